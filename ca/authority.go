@@ -1,0 +1,302 @@
+// Package ca holds meshca's certificate authorities: a root CA on any
+// crypto.Signer (a key file by default, Vault Transit in production),
+// name-constrained per-cluster intermediates, leaf signing and the trust
+// bundle. It never talks to workloads; policy lives in the issuer.
+package ca
+
+import (
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/url"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.step.sm/crypto/keyutil"
+	"go.step.sm/crypto/x509util"
+)
+
+// Defaults for CA lifetimes.
+const (
+	DefaultRootTTL         = 10 * 365 * 24 * time.Hour
+	DefaultIntermediateTTL = 30 * 24 * time.Hour
+	// backdate is subtracted from NotBefore so that peers whose clocks lag a
+	// little still accept a certificate that was just issued.
+	backdate = 30 * time.Second
+)
+
+// ErrCAExpired means the CA that was asked to sign is not valid at the
+// signing time; nothing is signed.
+var ErrCAExpired = errors.New("signing CA is not valid at this time")
+
+// Authority is a certificate authority: its certificate and the signer that
+// holds its key. An Authority is immutable and safe for concurrent use as long
+// as its Signer is.
+type Authority struct {
+	// Certificate is the CA's own certificate.
+	Certificate *x509.Certificate
+	// Signer holds the CA's private key; it may live in Vault or an HSM.
+	Signer crypto.Signer
+	// Chain holds the CA certificates above Certificate, nearest first, not
+	// including the root. It is empty for a root or for an intermediate
+	// signed directly by a root.
+	Chain []*x509.Certificate
+}
+
+// NewAuthority pairs a CA certificate with its signer after checking that the
+// certificate is a CA and that the signer's public key matches it.
+func NewAuthority(cert *x509.Certificate, signer crypto.Signer, chain ...*x509.Certificate) (*Authority, error) {
+	if cert == nil || signer == nil {
+		return nil, errors.New("authority needs a certificate and a signer")
+	}
+	if !cert.IsCA || !cert.BasicConstraintsValid {
+		return nil, fmt.Errorf("certificate %q is not a CA", cert.Subject)
+	}
+	if !keyutil.Equal(cert.PublicKey, signer.Public()) {
+		return nil, fmt.Errorf("certificate %q does not match the signer's public key", cert.Subject)
+	}
+	return &Authority{Certificate: cert, Signer: signer, Chain: chain}, nil
+}
+
+// RootConfig describes a self-signed root CA.
+type RootConfig struct {
+	// Signer holds the root key. Required.
+	Signer crypto.Signer
+	// CommonName of the root; empty means "meshca root CA".
+	CommonName string
+	// TTL is the root's lifetime; zero means DefaultRootTTL (10 years).
+	TTL time.Duration
+	// Now is the issuance time; zero means time.Now().
+	Now time.Time
+}
+
+const rootTemplate = `{
+	"subject": {{ toJson .Subject }},
+	"issuer": {{ toJson .Subject }},
+	"keyUsage": ["certSign", "crlSign"],
+	"basicConstraints": {"isCA": true, "maxPathLen": 1}
+}`
+
+// NewRoot creates a self-signed root CA certificate for cfg.Signer.
+func NewRoot(cfg RootConfig) (*Authority, error) {
+	if cfg.Signer == nil {
+		return nil, errors.New("root: signer is required")
+	}
+	if cfg.CommonName == "" {
+		cfg.CommonName = "meshca root CA"
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = DefaultRootTTL
+	}
+	if cfg.TTL < 0 {
+		return nil, fmt.Errorf("root: negative ttl %v", cfg.TTL)
+	}
+	now := cfg.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	data := x509util.NewTemplateData()
+	data.SetSubject(x509util.Subject{CommonName: cfg.CommonName, Organization: []string{"meshca"}})
+	tmpl, err := fromTemplate(rootTemplate, data, cfg.Signer.Public())
+	if err != nil {
+		return nil, fmt.Errorf("root: %w", err)
+	}
+	tmpl.NotBefore = now.Add(-backdate).UTC()
+	tmpl.NotAfter = now.Add(cfg.TTL).UTC()
+	if tmpl.SerialNumber, err = newSerial(); err != nil {
+		return nil, err
+	}
+	cert, err := x509util.CreateCertificate(tmpl, tmpl, cfg.Signer.Public(), cfg.Signer)
+	if err != nil {
+		return nil, fmt.Errorf("root: sign: %w", err)
+	}
+	return &Authority{Certificate: cert, Signer: cfg.Signer}, nil
+}
+
+// IntermediateRequest asks a root for a per-cluster intermediate CA.
+type IntermediateRequest struct {
+	// PublicKey of the intermediate; its private key stays with the issuer.
+	PublicKey crypto.PublicKey
+	// TrustDomain is the only trust domain the intermediate may issue into:
+	// it becomes a critical X.509 URI name constraint.
+	TrustDomain spiffeid.TrustDomain
+	// Cluster names the cluster; it goes into the subject.
+	Cluster string
+	// TTL is the requested lifetime; zero means DefaultIntermediateTTL. The
+	// result never outlives the signing CA.
+	TTL time.Duration
+	// Now is the issuance time; zero means time.Now().
+	Now time.Time
+}
+
+const intermediateTemplate = `{
+	"subject": {{ toJson .Subject }},
+	"keyUsage": ["certSign", "crlSign"],
+	"basicConstraints": {"isCA": true, "maxPathLen": 0},
+	"nameConstraints": {
+		"critical": true,
+		"permittedURIDomains": {{ toJson .Insecure.User.permitted }},
+		"excludedURIDomains": {{ toJson .Insecure.User.excluded }}
+	}
+}`
+
+// SignIntermediate signs a CA certificate with path length 0 that may only
+// issue SPIFFE IDs in req.TrustDomain.
+func (a *Authority) SignIntermediate(req IntermediateRequest) (*x509.Certificate, error) {
+	if req.PublicKey == nil {
+		return nil, errors.New("intermediate: public key is required")
+	}
+	if req.TrustDomain.IsZero() {
+		return nil, errors.New("intermediate: trust domain is required")
+	}
+	if req.Cluster == "" {
+		return nil, errors.New("intermediate: cluster is required")
+	}
+	if req.TTL == 0 {
+		req.TTL = DefaultIntermediateTTL
+	}
+	data := x509util.NewTemplateData()
+	data.SetSubject(x509util.Subject{
+		CommonName:         "meshca intermediate CA " + req.Cluster,
+		Organization:       []string{"meshca"},
+		OrganizationalUnit: []string{req.TrustDomain.Name()},
+	})
+	// RFC 5280 says a URI constraint without a leading period names exactly
+	// one host, but crypto/x509 also lets it match every subdomain, so that
+	// "cluster.local" would permit "spiffe://evil.cluster.local/...". The
+	// excluded ".cluster.local" (subdomains only) closes that gap for every
+	// verifier; a trust domain is a single host.
+	td := req.TrustDomain.Name()
+	data.SetInsecure(x509util.UserKey, map[string]any{"permitted": []string{td}, "excluded": []string{"." + td}})
+	tmpl, err := fromTemplate(intermediateTemplate, data, req.PublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("intermediate: %w", err)
+	}
+	if err := a.setValidity(tmpl, req.Now, req.TTL); err != nil {
+		return nil, fmt.Errorf("intermediate: %w", err)
+	}
+	cert, err := x509util.CreateCertificate(tmpl, a.Certificate, req.PublicKey, a.Signer)
+	if err != nil {
+		return nil, fmt.Errorf("intermediate: sign: %w", err)
+	}
+	return cert, nil
+}
+
+// LeafRequest asks a CA for an end-entity certificate. The caller (the
+// issuer) has already decided the names; SignLeaf does not apply policy.
+type LeafRequest struct {
+	PublicKey   crypto.PublicKey
+	URIs        []*url.URL
+	DNSNames    []string
+	IPAddresses []net.IP
+	// TTL is the requested lifetime; it must be positive. The certificate
+	// never outlives the signing CA: NotAfter is clamped to the CA's.
+	TTL time.Duration
+	// Now is the issuance time; zero means time.Now().
+	Now time.Time
+	// ExtKeyUsage defaults to server and client authentication.
+	ExtKeyUsage []x509.ExtKeyUsage
+}
+
+// SignLeaf signs an end-entity certificate with a random 128-bit serial.
+// It fails with ErrCAExpired when the CA is not valid at req.Now.
+func (a *Authority) SignLeaf(req LeafRequest) (*x509.Certificate, error) {
+	if req.PublicKey == nil {
+		return nil, errors.New("leaf: public key is required")
+	}
+	if req.TTL <= 0 {
+		return nil, fmt.Errorf("leaf: ttl must be positive, got %v", req.TTL)
+	}
+	eku := req.ExtKeyUsage
+	if eku == nil {
+		eku = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	}
+	ku := x509.KeyUsageDigitalSignature
+	if _, ok := req.PublicKey.(*rsa.PublicKey); ok {
+		ku |= x509.KeyUsageKeyEncipherment
+	}
+	tmpl := &x509.Certificate{
+		URIs:                  req.URIs,
+		DNSNames:              req.DNSNames,
+		IPAddresses:           req.IPAddresses,
+		KeyUsage:              ku,
+		ExtKeyUsage:           eku,
+		BasicConstraintsValid: true,
+	}
+	if err := a.setValidity(tmpl, req.Now, req.TTL); err != nil {
+		return nil, fmt.Errorf("leaf: %w", err)
+	}
+	var err error
+	if tmpl.SerialNumber, err = newSerial(); err != nil {
+		return nil, err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.Certificate, req.PublicKey, a.Signer)
+	if err != nil {
+		return nil, fmt.Errorf("leaf: sign: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("leaf: parse: %w", err)
+	}
+	return cert, nil
+}
+
+// setValidity sets NotBefore/NotAfter for a certificate signed by a: ttl from
+// now, clamped so it never outlives a's certificate, and a serial number.
+func (a *Authority) setValidity(tmpl *x509.Certificate, now time.Time, ttl time.Duration) error {
+	if now.IsZero() {
+		now = time.Now()
+	}
+	parent := a.Certificate
+	if now.Before(parent.NotBefore) || !now.Before(parent.NotAfter) {
+		return fmt.Errorf("%w: %q is valid from %s to %s", ErrCAExpired, parent.Subject.CommonName,
+			parent.NotBefore.UTC().Format(time.RFC3339), parent.NotAfter.UTC().Format(time.RFC3339))
+	}
+	notBefore := now.Add(-backdate)
+	if notBefore.Before(parent.NotBefore) {
+		notBefore = parent.NotBefore
+	}
+	notAfter := now.Add(ttl)
+	if notAfter.After(parent.NotAfter) {
+		notAfter = parent.NotAfter
+	}
+	tmpl.NotBefore, tmpl.NotAfter = notBefore.UTC(), notAfter.UTC()
+	if tmpl.SerialNumber == nil {
+		serial, err := newSerial()
+		if err != nil {
+			return err
+		}
+		tmpl.SerialNumber = serial
+	}
+	return nil
+}
+
+func fromTemplate(text string, data x509util.TemplateData, pub crypto.PublicKey) (*x509.Certificate, error) {
+	c, err := x509util.NewCertificateFromX509(&x509.Certificate{PublicKey: pub}, x509util.WithTemplate(text, data))
+	if err != nil {
+		return nil, fmt.Errorf("render template: %w", err)
+	}
+	return c.GetCertificate(), nil
+}
+
+// newSerial returns a random, positive, non-zero 128-bit serial number.
+func newSerial() (*big.Int, error) {
+	var b [16]byte
+	for {
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, fmt.Errorf("serial: %w", err)
+		}
+		if n := new(big.Int).SetBytes(b[:]); n.Sign() > 0 {
+			return n, nil
+		}
+	}
+}
+
+// SerialHex renders a serial number the way meshca stores and prints it:
+// lower-case hexadecimal without separators.
+func SerialHex(n *big.Int) string { return n.Text(16) }

@@ -1,0 +1,213 @@
+package ca_test
+
+import (
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"math/big"
+	"net/url"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/catest"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+var t0 = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+
+func TestNewRoot(t *testing.T) {
+	root, err := ca.NewRoot(ca.RootConfig{Signer: catest.Key(t, "root"), Now: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := root.Certificate
+	if !c.IsCA || c.MaxPathLen != 1 {
+		t.Errorf("IsCA=%v MaxPathLen=%d, want CA with path length 1", c.IsCA, c.MaxPathLen)
+	}
+	if err := c.CheckSignatureFrom(c); err != nil {
+		t.Errorf("root is not self-signed: %v", err)
+	}
+	if got, want := c.NotAfter, t0.Add(ca.DefaultRootTTL); !got.Equal(want) {
+		t.Errorf("NotAfter = %v, want %v", got, want)
+	}
+	if c.KeyUsage != x509.KeyUsageCertSign|x509.KeyUsageCRLSign {
+		t.Errorf("KeyUsage = %v", c.KeyUsage)
+	}
+	if c.Subject.CommonName != "meshca root CA" {
+		t.Errorf("CommonName = %q", c.Subject.CommonName)
+	}
+}
+
+func TestSignIntermediate(t *testing.T) {
+	tree := catest.New(t, catest.Options{Now: t0})
+	ic := tree.Intermediate.Certificate
+	if !ic.IsCA || ic.MaxPathLen != 0 || !ic.MaxPathLenZero {
+		t.Errorf("intermediate IsCA=%v MaxPathLen=%d zero=%v, want path length 0", ic.IsCA, ic.MaxPathLen, ic.MaxPathLenZero)
+	}
+	if !slices.Equal(ic.PermittedURIDomains, []string{"cluster.local"}) || !slices.Equal(ic.ExcludedURIDomains, []string{".cluster.local"}) || !ic.PermittedDNSDomainsCritical {
+		t.Errorf("name constraints = %v critical=%v", ic.PermittedURIDomains, ic.PermittedDNSDomainsCritical)
+	}
+	if err := ic.CheckSignatureFrom(tree.Root.Certificate); err != nil {
+		t.Errorf("intermediate not signed by root: %v", err)
+	}
+	if got, want := ic.NotAfter, t0.Add(ca.DefaultIntermediateTTL); !got.Equal(want) {
+		t.Errorf("NotAfter = %v, want %v", got, want)
+	}
+}
+
+func TestSignIntermediateNeverOutlivesRoot(t *testing.T) {
+	tree := catest.New(t, catest.Options{Now: t0, RootTTL: 48 * time.Hour, IntermediateTTL: 24 * time.Hour})
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	ic, err := tree.Root.SignIntermediate(ca.IntermediateRequest{
+		PublicKey: catest.Key(t, "x").Public(), TrustDomain: td, Cluster: "c", TTL: 365 * 24 * time.Hour, Now: t0.Add(time.Hour),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ic.NotAfter.Equal(tree.Root.Certificate.NotAfter) {
+		t.Errorf("intermediate NotAfter %v, want clamped to root's %v", ic.NotAfter, tree.Root.Certificate.NotAfter)
+	}
+	_, err = tree.Root.SignIntermediate(ca.IntermediateRequest{
+		PublicKey: catest.Key(t, "x").Public(), TrustDomain: td, Cluster: "c", Now: t0.Add(49 * time.Hour),
+	})
+	if !errors.Is(err, ca.ErrCAExpired) {
+		t.Errorf("signing with an expired root: err = %v, want ErrCAExpired", err)
+	}
+}
+
+func TestSignLeaf(t *testing.T) {
+	tree := catest.New(t, catest.Options{Now: t0})
+	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/default/sa/web")
+	leaf, err := tree.Intermediate.SignLeaf(ca.LeafRequest{
+		PublicKey: catest.Key(t, "leaf").Public(), URIs: []*url.URL{id.URL()}, TTL: time.Hour, Now: t0,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := leaf.NotAfter, t0.Add(time.Hour); !got.Equal(want) {
+		t.Errorf("NotAfter = %v, want %v", got, want)
+	}
+	if leaf.NotBefore.After(t0) {
+		t.Errorf("NotBefore %v is after issuance time", leaf.NotBefore)
+	}
+	if leaf.IsCA {
+		t.Error("leaf is a CA")
+	}
+	if !slices.Equal(leaf.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}) {
+		t.Errorf("ExtKeyUsage = %v", leaf.ExtKeyUsage)
+	}
+	if leaf.SerialNumber.BitLen() < 100 || leaf.SerialNumber.BitLen() > 128 {
+		t.Errorf("serial has %d bits, want a random 128-bit value", leaf.SerialNumber.BitLen())
+	}
+	// The chain verifies with crypto/x509 and with go-spiffe.
+	roots := tree.Bundle.Pool()
+	inters := x509.NewCertPool()
+	inters.AddCert(tree.Intermediate.Certificate)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters, CurrentTime: t0, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("x509 verify: %v", err)
+	}
+	xb := x509bundle.FromX509Authorities(tree.TrustDomain, tree.Bundle.Roots())
+	gotID, _, err := x509svid.Verify([]*x509.Certificate{leaf, tree.Intermediate.Certificate}, xb, x509svid.WithTime(t0))
+	if err != nil {
+		t.Fatalf("x509svid verify: %v", err)
+	}
+	if gotID != id {
+		t.Errorf("verified ID %v, want %v", gotID, id)
+	}
+}
+
+func TestSignLeafClampedToIntermediate(t *testing.T) {
+	tree := catest.New(t, catest.Options{Now: t0, IntermediateTTL: 2 * time.Hour})
+	leaf, err := tree.Intermediate.SignLeaf(ca.LeafRequest{PublicKey: catest.Key(t, "leaf").Public(), TTL: 24 * time.Hour, Now: t0.Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !leaf.NotAfter.Equal(tree.Intermediate.Certificate.NotAfter) {
+		t.Errorf("leaf NotAfter %v outlives intermediate %v", leaf.NotAfter, tree.Intermediate.Certificate.NotAfter)
+	}
+	_, err = tree.Intermediate.SignLeaf(ca.LeafRequest{PublicKey: catest.Key(t, "leaf").Public(), TTL: time.Hour, Now: t0.Add(3 * time.Hour)})
+	if !errors.Is(err, ca.ErrCAExpired) {
+		t.Errorf("signing with an expired intermediate: err = %v, want ErrCAExpired", err)
+	}
+}
+
+// A certificate for another trust domain, signed directly with the
+// intermediate's key (bypassing the issuer's policy), must still be rejected
+// by verifiers because of the intermediate's URI name constraint.
+func TestNameConstraintRejectsForeignTrustDomain(t *testing.T) {
+	tree := catest.New(t, catest.Options{Now: t0})
+	for _, tc := range []struct {
+		name   string
+		id     string
+		wantOK bool
+	}{
+		{"own trust domain", "spiffe://cluster.local/ns/a/sa/b", true},
+		{"other trust domain", "spiffe://other.example/ns/a/sa/b", false},
+		{"subdomain of own trust domain", "spiffe://evil.cluster.local/ns/a/sa/b", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u, _ := url.Parse(tc.id)
+			tmpl := &x509.Certificate{
+				SerialNumber: big.NewInt(42), URIs: []*url.URL{u},
+				NotBefore: t0.Add(-time.Minute), NotAfter: t0.Add(time.Hour),
+				KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+			}
+			der, err := x509.CreateCertificate(rand.Reader, tmpl, tree.Intermediate.Certificate, catest.Key(t, "leaf").Public(), tree.Intermediate.Signer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			leaf, _ := x509.ParseCertificate(der)
+			inters := x509.NewCertPool()
+			inters.AddCert(tree.Intermediate.Certificate)
+			_, err = leaf.Verify(x509.VerifyOptions{Roots: tree.Bundle.Pool(), Intermediates: inters, CurrentTime: t0, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+			if (err == nil) != tc.wantOK {
+				t.Errorf("x509 verify err = %v, want ok=%v", err, tc.wantOK)
+			}
+			td := spiffeid.RequireFromString(tc.id).TrustDomain()
+			xb := x509bundle.FromX509Authorities(td, tree.Bundle.Roots())
+			_, _, err = x509svid.Verify([]*x509.Certificate{leaf, tree.Intermediate.Certificate}, xb, x509svid.WithTime(t0))
+			if (err == nil) != tc.wantOK {
+				t.Errorf("x509svid verify err = %v, want ok=%v", err, tc.wantOK)
+			}
+		})
+	}
+}
+
+func TestNewAuthorityRejectsMismatchedKey(t *testing.T) {
+	tree := catest.New(t, catest.Options{Now: t0})
+	if _, err := ca.NewAuthority(tree.Root.Certificate, catest.Key(t, "other")); err == nil {
+		t.Error("NewAuthority accepted a signer that does not match the certificate")
+	}
+}
+
+func TestBundle(t *testing.T) {
+	a := catest.New(t, catest.Options{Now: t0})
+	b, err := ca.NewBundle(a.Root.Certificate, a.Root.Certificate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(b.Roots()); n != 1 {
+		t.Errorf("duplicate root kept: %d roots", n)
+	}
+	parsed, err := ca.ParseBundle(b.PEM())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !parsed.Roots()[0].Equal(a.Root.Certificate) {
+		t.Error("PEM round trip changed the root")
+	}
+	leaf, _ := a.Intermediate.SignLeaf(ca.LeafRequest{PublicKey: catest.Key(t, "leaf").Public(), TTL: time.Hour, Now: t0})
+	if _, err := ca.NewBundle(leaf); err == nil {
+		t.Error("bundle accepted a leaf certificate")
+	}
+	if _, err := ca.NewBundle(); err == nil {
+		t.Error("empty bundle accepted")
+	}
+	if _, err := ca.ParseBundle([]byte("not pem")); err == nil {
+		t.Error("garbage bundle accepted")
+	}
+}

@@ -1,0 +1,92 @@
+package ca_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/catest"
+	"go.step.sm/crypto/keyutil"
+)
+
+func TestKeyFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sub", "key.pem")
+	k1, err := ca.LoadOrCreateKeyFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Mode().Perm() != 0o600 {
+		t.Errorf("key file mode %v, want 0600", info.Mode().Perm())
+	}
+	data, _ := os.ReadFile(path)
+	if !contains(data, "-----BEGIN PRIVATE KEY-----") {
+		t.Errorf("key file is not PKCS#8 PEM:\n%s", data)
+	}
+	k2, err := ca.LoadOrCreateKeyFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !keyutil.Equal(k1.Public(), k2.Public()) {
+		t.Error("reloading the key file produced a different key")
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.LoadKeyFile(path); err == nil {
+		t.Error("a world-readable key file was accepted")
+	}
+	if err := os.WriteFile(path, []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.LoadKeyFile(path); err == nil {
+		t.Error("a corrupt key file was accepted")
+	}
+}
+
+func TestFileRootSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	r1, err := ca.LoadOrCreateFileRoot(ca.FileRootConfig{Dir: dir, Now: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := ca.LoadOrCreateFileRoot(ca.FileRootConfig{Dir: dir, Now: t0.Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r1.Certificate.Equal(r2.Certificate) {
+		t.Error("restart on the same directory produced a different root")
+	}
+	if _, err := ca.LoadOrCreateFileRoot(ca.FileRootConfig{Dir: dir, Now: t0.Add(ca.DefaultRootTTL + time.Hour)}); !errors.Is(err, ca.ErrCAExpired) {
+		t.Errorf("expired root: err = %v, want ErrCAExpired", err)
+	}
+}
+
+func TestFileRootRefusesMismatchedKey(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := ca.LoadOrCreateFileRoot(ca.FileRootConfig{Dir: dir, Now: t0}); err != nil {
+		t.Fatal(err)
+	}
+	other := catest.New(t, catest.Options{Now: t0})
+	if err := os.WriteFile(filepath.Join(dir, ca.RootCertFile), ca.EncodeCertificates(other.Intermediate.Certificate), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.LoadOrCreateFileRoot(ca.FileRootConfig{Dir: dir, Now: t0}); err == nil {
+		t.Error("a root certificate that does not match the key was accepted")
+	}
+	if err := os.Remove(filepath.Join(dir, ca.RootKeyFile)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.LoadOrCreateFileRoot(ca.FileRootConfig{Dir: dir, Now: t0}); err == nil {
+		t.Error("a root certificate without its key was accepted")
+	}
+}
+
+func contains(b []byte, s string) bool { return strings.Contains(string(b), s) }

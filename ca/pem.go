@@ -1,0 +1,17 @@
+package ca
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+)
+
+func pemEncode(b *pem.Block) []byte { return pem.EncodeToMemory(b) }
+
+// EncodeCertificates returns the PEM encoding of certs, in order.
+func EncodeCertificates(certs ...*x509.Certificate) []byte {
+	var out []byte
+	for _, c := range certs {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return out
+}

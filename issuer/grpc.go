@@ -1,0 +1,182 @@
+package issuer
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	pb "istio.io/api/security/v1alpha1"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshca/meshca/ca"
+)
+
+// ServerConfig configures the issuer's gRPC server.
+type ServerConfig struct {
+	// Issuer does the work. Required.
+	Issuer *Issuer
+	// Hosts are the DNS names and IP addresses in the serving certificate.
+	// Required; istio-agent expects "istiod.istio-system.svc" when it is
+	// pointed at localhost.
+	Hosts []string
+	// ServingTTL is the serving certificate's lifetime; zero means 24h. It is
+	// renewed when half of it has passed.
+	ServingTTL time.Duration
+	// MaxRequestBytes bounds a request message; zero means 64 KiB. Larger
+	// requests fail with ResourceExhausted before they are parsed.
+	MaxRequestBytes int
+}
+
+// Server serves the Istio CA API (istio.v1.auth.IstioCertificateService) and
+// the gRPC health service over TLS.
+type Server struct {
+	iss  *Issuer
+	log  *slog.Logger
+	grpc *grpc.Server
+}
+
+// NewServer builds a server; call Serve to run it.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.Issuer == nil {
+		return nil, errors.New("issuer server: issuer is required")
+	}
+	if len(cfg.Hosts) == 0 {
+		return nil, errors.New("issuer server: at least one serving host name or IP is required")
+	}
+	if cfg.ServingTTL == 0 {
+		cfg.ServingTTL = 24 * time.Hour
+	}
+	if cfg.MaxRequestBytes == 0 {
+		cfg.MaxRequestBytes = 64 << 10
+	}
+	certs, err := newServingCerts(cfg.Issuer, cfg.Hosts, cfg.ServingTTL)
+	if err != nil {
+		return nil, err
+	}
+	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate}
+	s := &Server{iss: cfg.Issuer, log: cfg.Issuer.cfg.Logger}
+	s.grpc = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsConfig)),
+		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
+		grpc.ConnectionTimeout(10*time.Second),
+		grpc.MaxConcurrentStreams(1024),
+	)
+	pb.RegisterIstioCertificateServiceServer(s.grpc, &istioService{srv: s})
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, hs)
+	return s, nil
+}
+
+// Serve accepts connections on lis until ctx is cancelled, then stops
+// gracefully: in-flight requests get up to 5 s to finish. It returns nil on
+// a clean shutdown.
+func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.grpc.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("issuer server: %w", err)
+	case <-ctx.Done():
+	}
+	done := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		s.grpc.Stop()
+	}
+	return nil
+}
+
+type istioService struct {
+	pb.UnimplementedIstioCertificateServiceServer
+	srv *Server
+}
+
+// CreateCertificate implements the Istio CA API: bearer token in the
+// "authorization" metadata, optional "clusterid", PEM CSR, validity in
+// seconds; the response is the PEM chain, leaf first and root last.
+func (i *istioService) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	token, err := bearerToken(md)
+	if err == nil {
+		certs, issueErr := i.srv.iss.Issue(ctx, Request{
+			Token: token, ClusterID: firstValue(md, "clusterid"), CSR: []byte(req.GetCsr()),
+			TTL: time.Duration(req.GetValidityDuration()) * time.Second,
+		})
+		if issueErr == nil {
+			resp := &pb.IstioCertificateResponse{CertChain: make([]string, 0, len(certs))}
+			for _, c := range certs {
+				resp.CertChain = append(resp.CertChain, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})))
+			}
+			i.srv.log.InfoContext(ctx, "certificate issued", "spiffe_id", certs[0].URIs[0].String(),
+				"serial", ca.SerialHex(certs[0].SerialNumber), "not_after", certs[0].NotAfter, "peer", peerAddr(ctx))
+			return resp, nil
+		}
+		err = issueErr
+	}
+	return nil, i.srv.status(ctx, err)
+}
+
+// status maps an Issue error to a gRPC status and logs the full reason. It
+// is the only place where issuer errors become status codes. Credential
+// problems and our own failures are opaque to the caller.
+func (s *Server) status(ctx context.Context, err error) error {
+	code, msg, level := codes.Internal, "internal error", slog.LevelError
+	switch {
+	case errors.Is(err, ErrUnauthenticated):
+		code, msg, level = codes.Unauthenticated, "authentication failed", slog.LevelWarn
+	case errors.Is(err, ErrPermissionDenied):
+		code, msg, level = codes.PermissionDenied, err.Error(), slog.LevelWarn
+	case errors.Is(err, ErrInvalidRequest):
+		code, msg, level = codes.InvalidArgument, err.Error(), slog.LevelInfo
+	case errors.Is(err, context.Canceled):
+		code, msg, level = codes.Canceled, "request cancelled", slog.LevelInfo
+	case errors.Is(err, context.DeadlineExceeded):
+		code, msg, level = codes.DeadlineExceeded, "deadline exceeded", slog.LevelWarn
+	case errors.Is(err, ErrUnavailable):
+		code, msg = codes.Unavailable, "certificate authority temporarily unavailable; retry later"
+	}
+	s.log.Log(ctx, level, "certificate request rejected", "code", code.String(), "reason", err.Error(), "peer", peerAddr(ctx))
+	return status.Error(code, msg)
+}
+
+func bearerToken(md metadata.MD) (string, error) {
+	v := firstValue(md, "authorization")
+	if v == "" {
+		return "", fmt.Errorf("%w: no authorization metadata", ErrUnauthenticated)
+	}
+	scheme, token, ok := strings.Cut(v, " ")
+	if !ok || !strings.EqualFold(scheme, "bearer") || strings.TrimSpace(token) == "" {
+		return "", fmt.Errorf("%w: authorization metadata is not a bearer token", ErrUnauthenticated)
+	}
+	return strings.TrimSpace(token), nil
+}
+
+func firstValue(md metadata.MD, key string) string {
+	if v := md.Get(key); len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+func peerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
+}

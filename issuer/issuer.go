@@ -1,0 +1,294 @@
+// Package issuer is a cluster issuer: it turns an attested workload and its
+// CSR into a short-lived SPIFFE certificate signed by the cluster's
+// intermediate, verifies what it signed, records it, and only then returns it.
+// It serves the Istio CA API over gRPC (see grpc.go). How tokens are verified
+// is not its business: it calls an Attestor.
+package issuer
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sync/atomic"
+	"time"
+
+	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/store"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Errors returned by Issue. The gRPC layer maps them to status codes in one
+// place (grpc.go); their text is for logs and, for caller faults, for the
+// caller.
+var (
+	// ErrUnauthenticated: the credential proves nothing. Callers see an
+	// opaque message; the wrapped reason goes to the log.
+	ErrUnauthenticated = errors.New("unauthenticated")
+	// ErrPermissionDenied: the caller is authenticated but may not have what
+	// it asked for.
+	ErrPermissionDenied = errors.New("permission denied")
+	// ErrInvalidRequest: the request is malformed (bad CSR, bad TTL).
+	ErrInvalidRequest = errors.New("invalid request")
+	// ErrUnavailable: a dependency (attestation, the store, the CA) cannot
+	// serve now; retrying later may succeed. Nothing was issued.
+	ErrUnavailable = errors.New("unavailable")
+)
+
+// Attestor verifies a workload credential (see package attest).
+type Attestor interface {
+	Attest(ctx context.Context, req attest.Request) (attest.Identity, error)
+}
+
+// Recorder durably records an issued certificate with its audit event. It
+// returns only after the record is committed.
+type Recorder interface {
+	RecordIssuance(ctx context.Context, cert store.Certificate, ev store.AuditEvent) error
+}
+
+// Defaults for leaf lifetimes.
+const (
+	DefaultTTL = time.Hour
+	MinTTL     = 5 * time.Minute
+	MaxTTL     = 24 * time.Hour
+)
+
+// Config configures an Issuer.
+type Config struct {
+	// TrustDomain of the SPIFFE IDs this issuer mints. Required.
+	TrustDomain spiffeid.TrustDomain
+	// Cluster is this issuer's cluster name, recorded with every certificate.
+	// Required.
+	Cluster string
+	// Authority is the cluster's intermediate CA. Required.
+	Authority *ca.Authority
+	// Bundle holds the trusted roots; every issued chain must verify to one
+	// of them. Required.
+	Bundle *ca.Bundle
+	// Attestor verifies bearer tokens. Required.
+	Attestor Attestor
+	// Recorder records every issued certificate. Required: there is no
+	// "don't record" mode.
+	Recorder Recorder
+	// DefaultTTL applies when a request names no validity; zero means 1h.
+	DefaultTTL time.Duration
+	// MinTTL and MaxTTL clamp requested validities; zero means 5m and 24h.
+	MinTTL, MaxTTL time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Logger receives one line per decision; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Validate reports the first problem with c, after defaults are applied.
+func (c *Config) Validate() error {
+	c.setDefaults()
+	switch {
+	case c.TrustDomain.IsZero():
+		return errors.New("issuer: trust domain is required")
+	case c.Cluster == "":
+		return errors.New("issuer: cluster is required")
+	case c.Authority == nil:
+		return errors.New("issuer: intermediate authority is required")
+	case c.Bundle == nil:
+		return errors.New("issuer: trust bundle is required")
+	case c.Attestor == nil:
+		return errors.New("issuer: attestor is required")
+	case c.Recorder == nil:
+		return errors.New("issuer: recorder is required")
+	case c.MinTTL <= 0 || c.MinTTL > c.MaxTTL:
+		return fmt.Errorf("issuer: ttl bounds [%v, %v] are invalid", c.MinTTL, c.MaxTTL)
+	case c.DefaultTTL < c.MinTTL || c.DefaultTTL > c.MaxTTL:
+		return fmt.Errorf("issuer: default ttl %v is outside [%v, %v]", c.DefaultTTL, c.MinTTL, c.MaxTTL)
+	}
+	return nil
+}
+
+func (c *Config) setDefaults() {
+	if c.DefaultTTL == 0 {
+		c.DefaultTTL = DefaultTTL
+	}
+	if c.MinTTL == 0 {
+		c.MinTTL = MinTTL
+	}
+	if c.MaxTTL == 0 {
+		c.MaxTTL = MaxTTL
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// signing is what a leaf is signed and verified with. It is swapped as a
+// whole when the intermediate or the bundle changes.
+type signing struct {
+	authority *ca.Authority
+	bundle    *ca.Bundle
+	// intermediates holds the authority's certificate and its chain, for
+	// chain verification.
+	intermediates *x509.CertPool
+	// chain is what follows the leaf in a response, root excluded.
+	chain []*x509.Certificate
+}
+
+// Issuer issues workload certificates. It is safe for concurrent use.
+type Issuer struct {
+	cfg     Config
+	signing atomic.Pointer[signing]
+}
+
+// New returns an Issuer for cfg.
+func New(cfg Config) (*Issuer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	iss := &Issuer{cfg: cfg}
+	if err := iss.SetAuthority(cfg.Authority, cfg.Bundle); err != nil {
+		return nil, err
+	}
+	return iss, nil
+}
+
+// SetAuthority switches to a new intermediate and bundle, for rotation. The
+// intermediate must chain to the bundle and be constrained to the issuer's
+// trust domain.
+func (iss *Issuer) SetAuthority(a *ca.Authority, b *ca.Bundle) error {
+	pool := x509.NewCertPool()
+	chain := append([]*x509.Certificate{a.Certificate}, a.Chain...)
+	for _, c := range chain {
+		pool.AddCert(c)
+	}
+	_, err := a.Certificate.Verify(x509.VerifyOptions{
+		Roots: b.Pool(), Intermediates: pool, CurrentTime: iss.cfg.Now(),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	})
+	if err != nil {
+		return fmt.Errorf("issuer: intermediate does not chain to the trust bundle: %w", err)
+	}
+	td := iss.cfg.TrustDomain.Name()
+	if c := a.Certificate; len(c.PermittedURIDomains) != 1 || c.PermittedURIDomains[0] != td {
+		return fmt.Errorf("issuer: intermediate permits URI domains %q, want exactly %q", c.PermittedURIDomains, td)
+	}
+	iss.signing.Store(&signing{authority: a, bundle: b, intermediates: pool, chain: chain})
+	return nil
+}
+
+// Bundle returns the current trust bundle.
+func (iss *Issuer) Bundle() *ca.Bundle { return iss.signing.Load().bundle }
+
+// Request is one certificate request.
+type Request struct {
+	// Token is the bearer credential, without "Bearer ".
+	Token string
+	// ClusterID names the caller's cluster; empty means the local one.
+	ClusterID string
+	// CSR is a PEM certificate signing request.
+	CSR []byte
+	// TTL is the requested validity; zero means the configured default.
+	TTL time.Duration
+}
+
+// Issue runs the hot path: attest → SPIFFE ID → CSR checks → sign → verify →
+// record. It returns the chain leaf first, root last. On any error nothing
+// was issued: a certificate that could not be recorded is discarded.
+func (iss *Issuer) Issue(ctx context.Context, req Request) ([]*x509.Certificate, error) {
+	if req.TTL < 0 {
+		return nil, fmt.Errorf("%w: validity must not be negative", ErrInvalidRequest)
+	}
+	ident, err := iss.cfg.Attestor.Attest(ctx, attest.Request{Token: req.Token, ClusterID: req.ClusterID})
+	if err != nil {
+		if errors.Is(err, attest.ErrUnavailable) {
+			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		return nil, fmt.Errorf("%w: %w", ErrUnauthenticated, err)
+	}
+	id, err := spiffeid.FromSegments(iss.cfg.TrustDomain, "ns", ident.Namespace, "sa", ident.ServiceAccount)
+	if err != nil {
+		return nil, fmt.Errorf("%w: identity %s/%s is not a valid SPIFFE path: %w", ErrPermissionDenied, ident.Namespace, ident.ServiceAccount, err)
+	}
+	csr, err := CheckCSR(req.CSR, id)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", id, err)
+	}
+	s := iss.signing.Load()
+	now := iss.cfg.Now()
+	leaf, err := s.authority.SignLeaf(ca.LeafRequest{
+		PublicKey: csr.PublicKey, URIs: []*url.URL{id.URL()}, TTL: iss.clampTTL(req.TTL), Now: now,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: sign %s: %w", ErrUnavailable, id, err)
+	}
+	root, err := s.verify(leaf, id, now)
+	if err != nil {
+		return nil, fmt.Errorf("verify issued certificate for %s: %w", id, err)
+	}
+	if err := iss.record(ctx, leaf, id, ident, now); err != nil {
+		return nil, fmt.Errorf("%w: record %s: %w", ErrUnavailable, id, err)
+	}
+	chain := make([]*x509.Certificate, 0, len(s.chain)+2)
+	chain = append(chain, leaf)
+	chain = append(chain, s.chain...)
+	return append(chain, root), nil
+}
+
+func (iss *Issuer) clampTTL(ttl time.Duration) time.Duration {
+	if ttl == 0 {
+		return iss.cfg.DefaultTTL
+	}
+	return min(max(ttl, iss.cfg.MinTTL), iss.cfg.MaxTTL)
+}
+
+// verify checks that leaf chains to the bundle with client and server
+// authentication and carries exactly id; it returns the root it chained to.
+func (s *signing) verify(leaf *x509.Certificate, id spiffeid.ID, now time.Time) (*x509.Certificate, error) {
+	for _, usage := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
+		if !hasEKU(leaf, usage) {
+			return nil, fmt.Errorf("leaf lacks extended key usage %v", usage)
+		}
+	}
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id.String() {
+		return nil, fmt.Errorf("leaf URI SANs %v, want exactly %s", leaf.URIs, id)
+	}
+	chains, err := leaf.Verify(x509.VerifyOptions{
+		Roots: s.bundle.Pool(), Intermediates: s.intermediates, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return nil, err
+	}
+	c := chains[0]
+	return c[len(c)-1], nil
+}
+
+func hasEKU(c *x509.Certificate, u x509.ExtKeyUsage) bool {
+	for _, e := range c.ExtKeyUsage {
+		if e == u {
+			return true
+		}
+	}
+	return false
+}
+
+func (iss *Issuer) record(ctx context.Context, leaf *x509.Certificate, id spiffeid.ID, ident attest.Identity, now time.Time) error {
+	fp := sha256.Sum256(leaf.Raw)
+	serial := ca.SerialHex(leaf.SerialNumber)
+	cert := store.Certificate{
+		Serial: serial, SPIFFEID: id.String(), Cluster: iss.cfg.Cluster,
+		NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter,
+		Fingerprint: hex.EncodeToString(fp[:]), PodUID: ident.PodUID,
+	}
+	ev := store.AuditEvent{
+		Time: now, Actor: "system:serviceaccount:" + ident.Namespace + ":" + ident.ServiceAccount,
+		Action: "certificate.issue", Cluster: iss.cfg.Cluster, SPIFFEID: id.String(), Serial: serial,
+		Detail: fmt.Sprintf("pod=%s not_after=%s", ident.PodName, leaf.NotAfter.UTC().Format(time.RFC3339)),
+	}
+	return iss.cfg.Recorder.RecordIssuance(ctx, cert, ev)
+}
