@@ -28,8 +28,9 @@ import (
 // caller.
 var (
 	// ErrUnauthenticated: the credential proves nothing. Callers see an
-	// opaque message; the wrapped reason goes to the log.
-	ErrUnauthenticated = errors.New("unauthenticated")
+	// opaque message; the wrapped reason goes to the log. It is attest's
+	// sentinel, so attestation errors need no second wrapping.
+	ErrUnauthenticated = attest.ErrUnauthenticated
 	// ErrPermissionDenied: the caller is authenticated but may not have what
 	// it asked for.
 	ErrPermissionDenied = errors.New("permission denied")
@@ -205,10 +206,14 @@ func (iss *Issuer) Issue(ctx context.Context, req Request) ([]*x509.Certificate,
 	}
 	ident, err := iss.cfg.Attestor.Attest(ctx, attest.Request{Token: req.Token, ClusterID: req.ClusterID})
 	if err != nil {
-		if errors.Is(err, attest.ErrUnavailable) {
+		switch {
+		case errors.Is(err, attest.ErrUnavailable):
 			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		case errors.Is(err, ErrUnauthenticated):
+			return nil, fmt.Errorf("attest: %w", err)
+		default: // an attestor that broke its contract still fails closed
+			return nil, fmt.Errorf("%w: attest: %w", ErrUnauthenticated, err)
 		}
-		return nil, fmt.Errorf("%w: %w", ErrUnauthenticated, err)
 	}
 	id, err := spiffeid.FromSegments(iss.cfg.TrustDomain, "ns", ident.Namespace, "sa", ident.ServiceAccount)
 	if err != nil {

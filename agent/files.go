@@ -1,0 +1,51 @@
+package agent
+
+import (
+	"encoding/pem"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/google/renameio/v2"
+	"go.step.sm/crypto/pemutil"
+
+	"github.com/meshca/meshca/ca"
+)
+
+// File names written by WriteFiles.
+const (
+	CertFile   = "cert.pem"
+	KeyFile    = "key.pem"
+	BundleFile = "bundle.pem"
+)
+
+// WriteFiles writes svid into dir as cert.pem (leaf then intermediates),
+// key.pem (PKCS#8, mode 0600) and bundle.pem (roots). Each file is replaced
+// atomically; the key is written first so that a reader never sees a
+// certificate without its key.
+func WriteFiles(dir string, svid *SVID) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create output directory: %w", err)
+	}
+	block, err := pemutil.Serialize(svid.Key, pemutil.WithPKCS8(true))
+	if err != nil {
+		return fmt.Errorf("encode key: %w", err)
+	}
+	files := []struct {
+		name string
+		data []byte
+		mode os.FileMode
+	}{
+		{KeyFile, pemEncode(block), 0o600},
+		{CertFile, ca.EncodeCertificates(svid.Chain...), 0o644},
+		{BundleFile, ca.EncodeCertificates(svid.Roots...), 0o644},
+	}
+	for _, f := range files {
+		if err := renameio.WriteFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
+			return fmt.Errorf("write %s: %w", f.name, err)
+		}
+	}
+	return nil
+}
+
+func pemEncode(b *pem.Block) []byte { return pem.EncodeToMemory(b) }

@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/google/renameio/v2"
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/store/sqlite"
+)
+
+func newDevCommand() *cobra.Command {
+	cfg := defaultDevConfig()
+	var configPath string
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run a complete development CA in one process (root, issuer, SQLite, dev tokens)",
+		Long: `meshca dev runs a root CA (key file), one cluster issuer (cluster "dev", trust domain
+cluster.local) serving the Istio CA API over TLS, an SQLite store and a dev token signer,
+all kept in --data-dir. Restarting on the same data dir keeps the same root. It writes
+DATA_DIR/bundle.pem, the root certificate clients must trust.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configPath != "" {
+				fileCfg := defaultDevConfig()
+				if err := loadConfig(configPath, &fileCfg); err != nil {
+					return err
+				}
+				applyChangedFlags(cmd, &fileCfg, cfg)
+				cfg = fileCfg
+			}
+			return runDev(cmd.Context(), cfg, cmd.OutOrStdout())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configPath, "config", "", "YAML config file (flags given explicitly override it)")
+	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the root key, dev token key, database and bundle.pem")
+	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "address to serve the Istio CA API on (TLS)")
+	f.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "trust domain of issued SPIFFE IDs")
+	f.StringSliceVar(&cfg.Hosts, "host", cfg.Hosts, "DNS name or IP for the serving certificate (repeatable)")
+	cmd.AddCommand(newDevTokenCommand())
+	return cmd
+}
+
+// applyChangedFlags copies the flags the user set explicitly from flagCfg
+// into fileCfg, so that flags override the config file.
+func applyChangedFlags(cmd *cobra.Command, fileCfg *devConfig, flagCfg devConfig) {
+	changed := cmd.Flags().Changed
+	if changed("data-dir") {
+		fileCfg.DataDir = flagCfg.DataDir
+	}
+	if changed("listen") {
+		fileCfg.Listen = flagCfg.Listen
+	}
+	if changed("trust-domain") {
+		fileCfg.TrustDomain = flagCfg.TrustDomain
+	}
+	if changed("host") {
+		fileCfg.Hosts = flagCfg.Hosts
+	}
+}
+
+func runDev(ctx context.Context, cfg devConfig, out io.Writer) error {
+	log := slog.Default()
+	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+	if err != nil {
+		return fmt.Errorf("trust domain %q: %w", cfg.TrustDomain, err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	root, err := ca.LoadOrCreateFileRoot(ca.FileRootConfig{Dir: cfg.DataDir})
+	if err != nil {
+		return err
+	}
+	inter, err := newIntermediate(root, td, cfg.Cluster, time.Duration(cfg.IntermediateTTL))
+	if err != nil {
+		return err
+	}
+	bundle, err := ca.NewBundle(root.Certificate)
+	if err != nil {
+		return err
+	}
+	signer, err := attest.LoadOrCreateDevSigner(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	jwks, err := attest.NewJWKS(attest.JWKSConfig{Issuer: attest.DevIssuer, Keys: attest.StaticKeys{Set: signer.KeySet()}, Cluster: cfg.Cluster})
+	if err != nil {
+		return err
+	}
+	db, err := sqlite.Open(ctx, sqlite.Config{Path: filepath.Join(cfg.DataDir, "meshca.db")})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+
+	iss, err := issuer.New(issuer.Config{
+		TrustDomain: td, Cluster: cfg.Cluster, Authority: inter, Bundle: bundle,
+		Attestor: attest.NewCached(jwks, attest.CacheConfig{}), Recorder: db,
+		DefaultTTL: time.Duration(cfg.LeafTTL), MinTTL: time.Duration(cfg.LeafMinTTL), MaxTTL: time.Duration(cfg.LeafMaxTTL),
+		Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	srv, err := issuer.NewServer(issuer.ServerConfig{Issuer: iss, Hosts: cfg.Hosts})
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	bundlePath := filepath.Join(cfg.DataDir, "bundle.pem")
+	if err := renameio.WriteFile(bundlePath, bundle.PEM(), 0o644); err != nil {
+		lis.Close()
+		return fmt.Errorf("write bundle: %w", err)
+	}
+	log.Info("meshca dev serving", "addr", lis.Addr().String(), "trust_domain", td.Name(), "cluster", cfg.Cluster,
+		"root_expires", root.Certificate.NotAfter, "intermediate_expires", inter.Certificate.NotAfter)
+	printDevBanner(out, lis.Addr().String(), cfg.DataDir, bundlePath)
+	if err := srv.Serve(ctx, lis); err != nil {
+		return err
+	}
+	log.Info("meshca dev stopped")
+	return nil
+}
+
+// newIntermediate mints the dev issuer's intermediate under root. Its key is
+// generated in memory and never written anywhere.
+func newIntermediate(root *ca.Authority, td spiffeid.TrustDomain, cluster string, ttl time.Duration) (*ca.Authority, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("intermediate key: %w", err)
+	}
+	cert, err := root.SignIntermediate(ca.IntermediateRequest{PublicKey: key.Public(), TrustDomain: td, Cluster: cluster, TTL: ttl})
+	if err != nil {
+		return nil, err
+	}
+	if time.Until(cert.NotAfter) < time.Hour {
+		return nil, errors.New("intermediate would expire within the hour: the root is about to expire")
+	}
+	return ca.NewAuthority(cert, key)
+}
+
+func printDevBanner(out io.Writer, addr, dataDir, bundlePath string) {
+	fmt.Fprintf(out, `meshca dev is serving the Istio CA API on %s (TLS; root: %s)
+
+Next, in another terminal:
+  meshca dev token --data-dir %s --namespace default --service-account web > token.jwt
+  meshca cert fetch --issuer %s --ca-bundle %s --token-file token.jwt --out ./certs
+
+Stop with Ctrl-C.
+`, addr, bundlePath, dataDir, addr, bundlePath)
+}

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshca/meshca/agent"
+	"github.com/meshca/meshca/ca"
+)
+
+func newCertCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "cert", Short: "Work with workload certificates"}
+	cmd.AddCommand(newCertFetchCommand())
+	return cmd
+}
+
+func newCertFetchCommand() *cobra.Command {
+	var (
+		cfg       agent.ClientConfig
+		bundle    string
+		tokenFile string
+		outDir    string
+		keyType   string
+		ttl       time.Duration
+		timeout   time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "fetch",
+		Short: "Generate a key locally and fetch a certificate for it from an issuer",
+		Long: `Generates a private key locally, sends a CSR to the issuer over the Istio CA API
+(authenticated by the token in --token-file) and writes OUT/cert.pem (leaf then
+intermediates), OUT/key.pem (PKCS#8, mode 0600) and OUT/bundle.pem (roots). The key
+never leaves this machine.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			bundlePEM, err := os.ReadFile(bundle)
+			if err != nil {
+				return fmt.Errorf("--ca-bundle: %w", err)
+			}
+			if cfg.Roots, err = ca.ParseBundle(bundlePEM); err != nil {
+				return fmt.Errorf("--ca-bundle %s: %w", bundle, err)
+			}
+			token, err := agent.ReadToken(tokenFile)
+			if err != nil {
+				return err
+			}
+			key, err := agent.GenerateKey(keyType)
+			if err != nil {
+				return err
+			}
+			client, err := agent.NewClient(cfg)
+			if err != nil {
+				return err
+			}
+			defer client.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			svid, err := client.Fetch(ctx, key, token, ttl)
+			if err != nil {
+				if st, ok := status.FromError(unwrapStatus(err)); ok {
+					return fmt.Errorf("cert fetch: issuer %s refused: %s: %s", cfg.Address, st.Code(), st.Message())
+				}
+				return fmt.Errorf("cert fetch: %w", err)
+			}
+			if err := agent.WriteFiles(outDir, svid); err != nil {
+				return err
+			}
+			leaf := svid.Chain[0]
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s/{cert,key,bundle}.pem: %s, serial %s, valid until %s\n",
+				outDir, leaf.URIs[0], ca.SerialHex(leaf.SerialNumber), leaf.NotAfter.UTC().Format(time.RFC3339))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Address, "issuer", "", "issuer address host:port (required)")
+	f.StringVar(&bundle, "ca-bundle", "", "PEM file of trusted root certificates (required)")
+	f.StringVar(&tokenFile, "token-file", "", "file holding the service-account token (required)")
+	f.StringVar(&outDir, "out", "", "directory to write cert.pem, key.pem and bundle.pem to (required)")
+	f.StringVar(&keyType, "key-type", agent.KeyECP256, "key type: ec-p256 or rsa-2048")
+	f.DurationVar(&ttl, "ttl", 0, "requested certificate lifetime (0: the issuer's default)")
+	f.StringVar(&cfg.ClusterID, "cluster-id", "", "cluster id sent to the issuer (empty: the issuer's local cluster)")
+	f.StringVar(&cfg.ServerName, "server-name", "", "TLS server name (default: the host of --issuer)")
+	f.DurationVar(&timeout, "timeout", 30*time.Second, "give up after this long")
+	for _, name := range []string{"issuer", "ca-bundle", "token-file", "out"} {
+		_ = cmd.MarkFlagRequired(name)
+	}
+	return cmd
+}
+
+// unwrapStatus finds the innermost error carrying a gRPC status.
+func unwrapStatus(err error) error {
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if _, ok := e.(interface{ GRPCStatus() *status.Status }); ok {
+			return e
+		}
+	}
+	return err
+}
