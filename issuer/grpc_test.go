@@ -1,0 +1,261 @@
+package issuer_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"net"
+	"net/url"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	pb "istio.io/api/security/v1alpha1"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/sqlite"
+)
+
+var devHosts = []string{"127.0.0.1", "::1", "localhost", "istiod.istio-system.svc"}
+
+// wire is an issuer served over real TLS gRPC on loopback, with the real
+// JWKS attestor and the real SQLite store.
+type wire struct {
+	tree   *catest.Tree
+	signer *attest.DevSigner
+	db     *sqlite.Store
+	client pb.IstioCertificateServiceClient
+	conn   *grpc.ClientConn
+}
+
+func newWire(t *testing.T) *wire {
+	t.Helper()
+	dir := t.TempDir()
+	w := &wire{tree: catest.New(t, catest.Options{})}
+	var err error
+	if w.signer, err = attest.LoadOrCreateDevSigner(dir); err != nil {
+		t.Fatal(err)
+	}
+	jwks, err := attest.NewJWKS(attest.JWKSConfig{Issuer: attest.DevIssuer, Keys: attest.StaticKeys{Set: w.signer.KeySet()}, Cluster: "dev"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.db, err = sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(dir, "meshca.db")}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.db.Close() })
+	iss, err := issuer.New(issuer.Config{
+		TrustDomain: w.tree.TrustDomain, Cluster: "dev", Authority: w.tree.Intermediate, Bundle: w.tree.Bundle,
+		Attestor: jwks, Recorder: w.db,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := issuer.NewServer(issuer.ServerConfig{Issuer: iss, Hosts: devHosts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, lis) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	creds := credentials.NewTLS(&tls.Config{RootCAs: w.tree.Bundle.Pool(), ServerName: "istiod.istio-system.svc"})
+	if w.conn, err = grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(creds)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.conn.Close() })
+	w.client = pb.NewIstioCertificateServiceClient(w.conn)
+	return w
+}
+
+func (w *wire) token(t *testing.T, spec attest.TokenSpec) string {
+	t.Helper()
+	if spec.Namespace == "" {
+		spec.Namespace, spec.ServiceAccount = "default", "web"
+	}
+	tok, err := w.signer.Mint(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func (w *wire) call(t *testing.T, md metadata.MD, csr []byte, ttl int64) (*pb.IstioCertificateResponse, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(metadata.NewOutgoingContext(context.Background(), md), 10*time.Second)
+	defer cancel()
+	return w.client.CreateCertificate(ctx, &pb.IstioCertificateRequest{Csr: string(csr), ValidityDuration: ttl})
+}
+
+func (w *wire) rows(t *testing.T) int {
+	t.Helper()
+	certs, err := w.db.Certificates(context.Background(), store.CertificateFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(certs)
+}
+
+func bearer(tok string) metadata.MD { return metadata.Pairs("authorization", "Bearer "+tok) }
+
+func TestGRPCCreateCertificate(t *testing.T) {
+	w := newWire(t)
+	resp, err := w.call(t, bearer(w.token(t, attest.TokenSpec{Audiences: []string{"istio-ca"}})), csrPEM(t, testKey(t, "p256"), nil), 600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := resp.GetCertChain()
+	if len(chain) != 3 {
+		t.Fatalf("cert_chain has %d entries, want leaf, intermediate, root", len(chain))
+	}
+	for i, p := range chain {
+		if strings.Count(p, "BEGIN CERTIFICATE") != 1 {
+			t.Errorf("cert_chain[%d] is not exactly one PEM certificate", i)
+		}
+	}
+	if !strings.Contains(chain[2], string(w.tree.Bundle.PEM())) {
+		t.Error("last entry is not the root")
+	}
+	leaf := parsePEMCert(t, chain[0])
+	if got := leaf.NotAfter.Sub(leaf.NotBefore); got < 10*time.Minute || got > 11*time.Minute {
+		t.Errorf("validity %v, want 10m (requested 600 s) plus backdating", got)
+	}
+	if w.rows(t) != 1 {
+		t.Errorf("store has %d rows, want 1", w.rows(t))
+	}
+	if err := w.db.VerifyAuditChain(context.Background()); err != nil {
+		t.Errorf("audit chain: %v", err)
+	}
+}
+
+func TestGRPCServingCertificate(t *testing.T) {
+	w := newWire(t)
+	addr := w.conn.Target()
+	conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: w.tree.Bundle.Pool(), ServerName: "localhost", NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cert := conn.ConnectionState().PeerCertificates[0]
+	if !slices.Equal(cert.DNSNames, []string{"localhost", "istiod.istio-system.svc"}) || len(cert.IPAddresses) != 2 {
+		t.Errorf("serving certificate names DNS=%v IP=%v", cert.DNSNames, cert.IPAddresses)
+	}
+	for _, name := range devHosts {
+		if err := cert.VerifyHostname(name); err != nil {
+			t.Errorf("serving certificate does not cover %s: %v", name, err)
+		}
+	}
+}
+
+func TestGRPCErrorCodes(t *testing.T) {
+	w := newWire(t)
+	other, err := attest.LoadOrCreateDevSigner(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p256CSR := csrPEM(t, testKey(t, "p256"), nil)
+	good := w.token(t, attest.TokenSpec{})
+	past := time.Now().Add(-3 * time.Hour)
+	foreign, err := other.Mint(attest.TokenSpec{Namespace: "default", ServiceAccount: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		md   metadata.MD
+		csr  []byte
+		code codes.Code
+		msg  string // the exact message for opaque codes, a substring otherwise
+	}{
+		{"wrong audience", bearer(w.token(t, attest.TokenSpec{Audiences: []string{"vault"}})), p256CSR, codes.Unauthenticated, "authentication failed"},
+		{"expired token", bearer(w.token(t, attest.TokenSpec{Now: past, TTL: time.Hour})), p256CSR, codes.Unauthenticated, "authentication failed"},
+		{"not yet valid token", bearer(w.token(t, attest.TokenSpec{Now: time.Now().Add(time.Hour)})), p256CSR, codes.Unauthenticated, "authentication failed"},
+		{"wrong signer", bearer(foreign), p256CSR, codes.Unauthenticated, "authentication failed"},
+		{"alg none", bearer(algNone(t, good)), p256CSR, codes.Unauthenticated, "authentication failed"},
+		{"no authorization", metadata.MD{}, p256CSR, codes.Unauthenticated, "authentication failed"},
+		{"basic auth", metadata.Pairs("authorization", "Basic "+good), p256CSR, codes.Unauthenticated, "authentication failed"},
+		{"unknown cluster", metadata.Pairs("authorization", "Bearer "+good, "clusterid", "west"), p256CSR, codes.Unauthenticated, "authentication failed"},
+		{"forged URI SAN", bearer(good), csrPEM(t, testKey(t, "p256"), &x509.CertificateRequest{URIs: []*url.URL{mustURL(t, "spiffe://cluster.local/ns/kube-system/sa/admin")}}), codes.PermissionDenied, "caller attested as spiffe://cluster.local/ns/default/sa/web"},
+		{"DNS SAN", bearer(good), csrPEM(t, testKey(t, "p256"), &x509.CertificateRequest{DNSNames: []string{"evil.example"}}), codes.InvalidArgument, "DNS SANs"},
+		{"RSA-1024", bearer(good), csrPEM(t, testKey(t, "rsa1024"), nil), codes.InvalidArgument, "1024 bits"},
+		{"garbage PEM", bearer(good), []byte("garbage"), codes.InvalidArgument, "not PEM"},
+		{"oversized CSR", bearer(good), []byte(strings.Repeat("A", 20<<10)), codes.InvalidArgument, "the limit is 16384"},
+		{"oversized request", bearer(good), []byte(strings.Repeat("A", 100<<10)), codes.ResourceExhausted, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := w.call(t, tc.md, tc.csr, 0)
+			st := status.Convert(err)
+			if st.Code() != tc.code {
+				t.Fatalf("code %v (%q), want %v", st.Code(), st.Message(), tc.code)
+			}
+			if tc.code == codes.Unauthenticated && st.Message() != tc.msg {
+				t.Errorf("Unauthenticated message %q leaks detail; want exactly %q", st.Message(), tc.msg)
+			}
+			if !strings.Contains(st.Message(), tc.msg) {
+				t.Errorf("message %q, want it to contain %q", st.Message(), tc.msg)
+			}
+			if resp != nil {
+				t.Error("response carried a certificate")
+			}
+			if n := w.rows(t); n != 0 {
+				t.Errorf("rejected request left %d certificate rows", n)
+			}
+		})
+	}
+}
+
+func TestGRPCStoreDownIsUnavailable(t *testing.T) {
+	w := newWire(t)
+	if err := w.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := w.call(t, bearer(w.token(t, attest.TokenSpec{})), csrPEM(t, testKey(t, "p256"), nil), 0)
+	if st := status.Convert(err); st.Code() != codes.Unavailable || resp != nil {
+		t.Fatalf("code %v resp %v, want Unavailable and no certificate", st.Code(), resp)
+	}
+}
+
+// algNone rewrites a signed token into an unsigned one with the same claims.
+func algNone(t *testing.T, tok string) string {
+	t.Helper()
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		t.Fatalf("token has %d parts", len(parts))
+	}
+	return base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"none","typ":"JWT"}`)) + "." + parts[1] + "."
+}
+
+func parsePEMCert(t *testing.T, p string) *x509.Certificate {
+	t.Helper()
+	block, _ := pem.Decode([]byte(p))
+	if block == nil {
+		t.Fatal("not PEM")
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
