@@ -45,4 +45,3 @@ the dev token key in --data-dir, which meshca dev trusts. For development only.`
 	_ = cmd.MarkFlagRequired("service-account")
 	return cmd
 }
-

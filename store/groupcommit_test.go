@@ -1,0 +1,415 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// fakeCommit records the batches it is given. When gate is non-nil, each
+// commit first waits for a value from it, so a test can hold a transaction
+// "in flight" while more items queue up.
+type fakeCommit struct {
+	gate chan struct{}
+	// result, when set, decides the outcome of each batch.
+	result func(batch []int) ([]error, error)
+
+	mu      sync.Mutex
+	batches [][]int
+}
+
+func (f *fakeCommit) commit(ctx context.Context, batch []int) ([]error, error) {
+	if f.gate != nil {
+		<-f.gate
+	}
+	f.mu.Lock()
+	f.batches = append(f.batches, slices.Clone(batch))
+	f.mu.Unlock()
+	if f.result != nil {
+		return f.result(batch)
+	}
+	return nil, nil
+}
+
+func (f *fakeCommit) sizes() []int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var s []int
+	for _, b := range f.batches {
+		s = append(s, len(b))
+	}
+	return s
+}
+
+func (f *fakeCommit) committed() []int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var all []int
+	for _, b := range f.batches {
+		all = append(all, b...)
+	}
+	slices.Sort(all)
+	return all
+}
+
+// doAll starts one Do per item and returns a channel of their results, keyed
+// by item.
+func doAll(ctx context.Context, g *GroupCommitter[int], items ...int) <-chan [2]any {
+	out := make(chan [2]any, len(items))
+	for _, it := range items {
+		go func() { out <- [2]any{it, g.Do(ctx, it)} }()
+	}
+	return out
+}
+
+func results(t *testing.T, ch <-chan [2]any, n int) map[int]error {
+	t.Helper()
+	m := make(map[int]error, n)
+	for range n {
+		r := <-ch
+		err, _ := r[1].(error)
+		m[r[0].(int)] = err
+	}
+	return m
+}
+
+func TestGroupCommitSingle(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeCommit{}
+		g := NewGroupCommitter(GroupCommitConfig{}, f.commit)
+		defer g.Close()
+		if err := g.Do(t.Context(), 7); err != nil {
+			t.Fatalf("Do = %v", err)
+		}
+		if got := f.committed(); !slices.Equal(got, []int{7}) {
+			t.Fatalf("committed %v, want [7]", got)
+		}
+	})
+}
+
+// While one transaction is in flight, everything that queues up behind it is
+// committed together in the next one.
+func TestGroupCommitBatchesWhileCommitting(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeCommit{gate: make(chan struct{})}
+		g := NewGroupCommitter(GroupCommitConfig{}, f.commit)
+		defer g.Close()
+
+		first := doAll(t.Context(), g, 0)
+		synctest.Wait() // item 0 is in flight, blocked on the gate
+		rest := doAll(t.Context(), g, 1, 2, 3, 4, 5, 6, 7, 8, 9)
+		synctest.Wait() // all nine are queued
+		f.gate <- struct{}{}
+		f.gate <- struct{}{}
+		for item, err := range results(t, first, 1) {
+			if err != nil {
+				t.Errorf("item %d: %v", item, err)
+			}
+		}
+		for item, err := range results(t, rest, 9) {
+			if err != nil {
+				t.Errorf("item %d: %v", item, err)
+			}
+		}
+		if got := f.sizes(); !slices.Equal(got, []int{1, 9}) {
+			t.Fatalf("batch sizes %v, want [1 9]", got)
+		}
+	})
+}
+
+func TestGroupCommitMaxBatch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeCommit{gate: make(chan struct{})}
+		g := NewGroupCommitter(GroupCommitConfig{MaxBatch: 4}, f.commit)
+		defer g.Close()
+
+		ch := doAll(t.Context(), g, 0)
+		synctest.Wait()
+		ch2 := doAll(t.Context(), g, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+		synctest.Wait()
+		close(f.gate)
+		results(t, ch, 1)
+		results(t, ch2, 10)
+		if got := f.sizes(); !slices.Equal(got, []int{1, 4, 4, 2}) {
+			t.Fatalf("batch sizes %v, want [1 4 4 2]", got)
+		}
+		if got := f.committed(); len(got) != 11 {
+			t.Fatalf("committed %v, want 11 items", got)
+		}
+	})
+}
+
+func TestGroupCommitMaxWait(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeCommit{}
+		g := NewGroupCommitter(GroupCommitConfig{MaxWait: 10 * time.Millisecond}, f.commit)
+		defer g.Close()
+
+		start := time.Now()
+		ch := doAll(t.Context(), g, 1)
+		time.Sleep(4 * time.Millisecond) // fake time inside the bubble
+		ch2 := doAll(t.Context(), g, 2)
+		results(t, ch, 1)
+		results(t, ch2, 1)
+		if got := f.sizes(); !slices.Equal(got, []int{2}) {
+			t.Fatalf("batch sizes %v, want [2]: the writer should wait for the second item", got)
+		}
+		if waited := time.Since(start); waited != 10*time.Millisecond {
+			t.Fatalf("batch committed after %v, want MaxWait = 10ms", waited)
+		}
+
+		// A lone item is committed when MaxWait runs out.
+		start = time.Now()
+		if err := g.Do(t.Context(), 3); err != nil {
+			t.Fatal(err)
+		}
+		if waited := time.Since(start); waited != 10*time.Millisecond {
+			t.Fatalf("lone item committed after %v, want 10ms", waited)
+		}
+	})
+}
+
+func TestGroupCommitNoWaitByDefault(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := NewGroupCommitter(GroupCommitConfig{}, (&fakeCommit{}).commit)
+		defer g.Close()
+		start := time.Now()
+		if err := g.Do(t.Context(), 1); err != nil {
+			t.Fatal(err)
+		}
+		if waited := time.Since(start); waited != 0 {
+			t.Fatalf("Do took %v of fake time with MaxWait 0, want 0", waited)
+		}
+	})
+}
+
+func TestGroupCommitErrorFailsWholeBatch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		errDisk := errors.New("disk full")
+		f := &fakeCommit{gate: make(chan struct{})}
+		f.result = func(batch []int) ([]error, error) {
+			if batch[0] == 0 {
+				return nil, nil
+			}
+			return nil, errDisk
+		}
+		g := NewGroupCommitter(GroupCommitConfig{}, f.commit)
+		defer g.Close()
+
+		ch := doAll(t.Context(), g, 0)
+		synctest.Wait()
+		ch2 := doAll(t.Context(), g, 1, 2, 3)
+		synctest.Wait()
+		close(f.gate)
+		if err := results(t, ch, 1)[0]; err != nil {
+			t.Fatalf("item 0: %v", err)
+		}
+		for item, err := range results(t, ch2, 3) {
+			if !errors.Is(err, errDisk) {
+				t.Errorf("item %d: err = %v, want %v", item, err, errDisk)
+			}
+		}
+		if got := f.sizes(); !slices.Equal(got, []int{1, 3}) {
+			t.Fatalf("batch sizes %v, want [1 3]", got)
+		}
+	})
+}
+
+func TestGroupCommitItemErrorsStayWithTheirItem(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		errDup := errors.New("duplicate")
+		f := &fakeCommit{gate: make(chan struct{})}
+		f.result = func(batch []int) ([]error, error) {
+			errs := make([]error, len(batch))
+			for i, it := range batch {
+				if it == 2 {
+					errs[i] = errDup
+				}
+			}
+			return errs, nil
+		}
+		g := NewGroupCommitter(GroupCommitConfig{}, f.commit)
+		defer g.Close()
+
+		ch := doAll(t.Context(), g, 0)
+		synctest.Wait()
+		ch2 := doAll(t.Context(), g, 1, 2, 3)
+		synctest.Wait()
+		close(f.gate)
+		results(t, ch, 1)
+		for item, err := range results(t, ch2, 3) {
+			if item == 2 && !errors.Is(err, errDup) {
+				t.Errorf("item 2: err = %v, want %v", err, errDup)
+			}
+			if item != 2 && err != nil {
+				t.Errorf("item %d: err = %v, want nil", item, err)
+			}
+		}
+		if got := f.sizes(); !slices.Equal(got, []int{1, 3}) {
+			t.Fatalf("batch sizes %v, want [1 3]: the bad item should share the batch", got)
+		}
+	})
+}
+
+func TestGroupCommitMismatchedItemErrorsFailAll(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeCommit{result: func([]int) ([]error, error) { return []error{nil, nil, nil}, nil }}
+		g := NewGroupCommitter(GroupCommitConfig{}, f.commit)
+		defer g.Close()
+		if err := g.Do(t.Context(), 1); err == nil {
+			t.Fatal("Do = nil although the backend answered for 3 items out of 1")
+		}
+	})
+}
+
+func TestGroupCommitCancelWhileQueued(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeCommit{gate: make(chan struct{})}
+		g := NewGroupCommitter(GroupCommitConfig{}, f.commit)
+		defer g.Close()
+
+		first := doAll(t.Context(), g, 0)
+		synctest.Wait()
+		ctx, cancel := context.WithCancel(t.Context())
+		queued := doAll(ctx, g, 1)
+		synctest.Wait()
+		cancel()
+		// Do returns while the transaction ahead of it is still blocked.
+		if err := results(t, queued, 1)[1]; !errors.Is(err, context.Canceled) {
+			t.Fatalf("queued item after cancel: err = %v, want context.Canceled", err)
+		}
+		close(f.gate)
+		results(t, first, 1)
+		if err := g.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.committed(); !slices.Equal(got, []int{0}) {
+			t.Fatalf("committed %v, want only [0]: a withdrawn item must never commit", got)
+		}
+	})
+}
+
+func TestGroupCommitCancelInFlightWaitsForOutcome(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeCommit{gate: make(chan struct{})}
+		g := NewGroupCommitter(GroupCommitConfig{}, f.commit)
+		defer g.Close()
+
+		ctx, cancel := context.WithCancel(t.Context())
+		ch := doAll(ctx, g, 1)
+		synctest.Wait() // item 1 is in its transaction
+		cancel()
+		synctest.Wait()
+		select {
+		case r := <-ch:
+			t.Fatalf("Do returned %v while its transaction was still running", r[1])
+		default:
+		}
+		close(f.gate)
+		if err := results(t, ch, 1)[1]; err != nil {
+			t.Fatalf("Do = %v, want nil: the item committed", err)
+		}
+	})
+}
+
+func TestGroupCommitCanceledBeforeDo(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeCommit{}
+		g := NewGroupCommitter(GroupCommitConfig{}, f.commit)
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		if err := g.Do(ctx, 1); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Do = %v, want context.Canceled", err)
+		}
+		g.Close()
+		if got := f.committed(); len(got) != 0 {
+			t.Fatalf("committed %v, want nothing", got)
+		}
+	})
+}
+
+func TestGroupCommitCloseFlushesQueue(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &fakeCommit{gate: make(chan struct{})}
+		// MaxBatch 1 also makes the queue hold a single item, so item 2
+		// below cannot even be queued before Close.
+		g := NewGroupCommitter(GroupCommitConfig{MaxBatch: 1}, f.commit)
+
+		inFlight := doAll(t.Context(), g, 0)
+		synctest.Wait()
+		queued := doAll(t.Context(), g, 1)
+		synctest.Wait()
+		blocked := doAll(t.Context(), g, 2)
+		synctest.Wait()
+
+		closed := make(chan error)
+		go func() { closed <- g.Close() }()
+		synctest.Wait()
+		select {
+		case <-closed:
+			t.Fatal("Close returned before the queued items were committed")
+		default:
+		}
+		if err := results(t, blocked, 1)[2]; !errors.Is(err, ErrClosed) {
+			t.Fatalf("item waiting for queue space at Close: err = %v, want ErrClosed", err)
+		}
+		if err := g.Do(t.Context(), 99); !errors.Is(err, ErrClosed) {
+			t.Fatalf("Do after Close = %v, want ErrClosed", err)
+		}
+		close(f.gate)
+		if err := <-closed; err != nil {
+			t.Fatalf("Close = %v", err)
+		}
+		for _, ch := range []<-chan [2]any{inFlight, queued} {
+			for item, err := range results(t, ch, 1) {
+				if err != nil {
+					t.Errorf("item %d queued before Close: %v", item, err)
+				}
+			}
+		}
+		if got := f.committed(); !slices.Equal(got, []int{0, 1}) {
+			t.Fatalf("committed %v, want [0 1]", got)
+		}
+		if err := g.Close(); err != nil {
+			t.Fatalf("second Close = %v", err)
+		}
+		// synctest.Test fails if the writer goroutine is still running here.
+	})
+}
+
+// Under real concurrency (no gate, no fake time), every item commits exactly
+// once and the CommitFunc never runs concurrently with itself.
+func TestGroupCommitConcurrentStress(t *testing.T) {
+	const n = 500
+	var running atomic.Int32
+	f := &fakeCommit{}
+	f.result = func([]int) ([]error, error) {
+		if running.Add(1) != 1 {
+			return nil, fmt.Errorf("concurrent commit")
+		}
+		defer running.Add(-1)
+		runtime.Gosched()
+		return nil, nil
+	}
+	g := NewGroupCommitter(GroupCommitConfig{}, f.commit)
+	t.Cleanup(func() { g.Close() })
+	items := make([]int, n)
+	for i := range items {
+		items[i] = i
+	}
+	for item, err := range results(t, doAll(t.Context(), g, items...), n) {
+		if err != nil {
+			t.Fatalf("item %d: %v", item, err)
+		}
+	}
+	if got := f.committed(); !slices.Equal(got, items) {
+		t.Fatalf("committed %d items, want each of %d exactly once", len(got), n)
+	}
+}

@@ -1,0 +1,176 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/meshca/meshca/store"
+)
+
+const certColumns = `serial, spiffe_id, cluster, not_before, not_after, fingerprint, pod_uid`
+
+const eventColumns = `seq, time, actor, action, cluster, spiffe_id, serial, detail, prev_hash, hash`
+
+// Certificate returns the certificate with the given serial, or an error
+// wrapping store.ErrNotFound.
+func (s *Store) Certificate(ctx context.Context, serial string) (store.Certificate, error) {
+	if s.closed.Load() {
+		return store.Certificate{}, fmt.Errorf("sqlite: certificate: %w", store.ErrClosed)
+	}
+	row := s.r.QueryRowContext(ctx, `SELECT `+certColumns+` FROM certificates WHERE serial = ?`, serial)
+	c, err := scanCert(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.Certificate{}, fmt.Errorf("sqlite: certificate %s: %w", serial, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.Certificate{}, fmt.Errorf("sqlite: certificate %s: %w", serial, err)
+	}
+	return c, nil
+}
+
+// Certificates lists the certificates matching f, newest first (NotBefore
+// descending, then Serial ascending). No match is an empty result, not an
+// error.
+func (s *Store) Certificates(ctx context.Context, f store.CertificateFilter) ([]store.Certificate, error) {
+	if s.closed.Load() {
+		return nil, fmt.Errorf("sqlite: certificates: %w", store.ErrClosed)
+	}
+	if f.Limit < 0 {
+		return nil, fmt.Errorf("sqlite: certificates: negative limit %d", f.Limit)
+	}
+	q, args := certificatesQuery(f)
+	rows, err := s.r.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: certificates: %w", err)
+	}
+	defer rows.Close()
+	var certs []store.Certificate
+	for rows.Next() {
+		c, err := scanCert(rows)
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: certificates: %w", err)
+		}
+		certs = append(certs, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: certificates: %w", err)
+	}
+	return certs, nil
+}
+
+func certificatesQuery(f store.CertificateFilter) (string, []any) {
+	var where []string
+	var args []any
+	if f.SPIFFEID != "" {
+		where = append(where, "spiffe_id = ?")
+		args = append(args, f.SPIFFEID)
+	}
+	if f.Cluster != "" {
+		where = append(where, "cluster = ?")
+		args = append(args, f.Cluster)
+	}
+	if !f.ActiveAt.IsZero() {
+		// Whole stored seconds against a possibly fractional instant:
+		// nb <= t iff nb <= floor(t), na >= t iff na >= ceil(t).
+		where = append(where, "not_before <= ?", "not_after >= ?")
+		args = append(args, f.ActiveAt.Unix(), unixCeil(f.ActiveAt))
+	}
+	var b strings.Builder
+	b.WriteString(`SELECT ` + certColumns + ` FROM certificates`)
+	if len(where) > 0 {
+		b.WriteString(" WHERE " + strings.Join(where, " AND "))
+	}
+	b.WriteString(" ORDER BY not_before DESC, serial ASC")
+	if f.Limit > 0 {
+		b.WriteString(" LIMIT ?")
+		args = append(args, f.Limit)
+	}
+	return b.String(), args
+}
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanCert(sc scanner) (store.Certificate, error) {
+	var c store.Certificate
+	var nb, na int64
+	if err := sc.Scan(&c.Serial, &c.SPIFFEID, &c.Cluster, &nb, &na, &c.Fingerprint, &c.PodUID); err != nil {
+		return store.Certificate{}, err
+	}
+	c.NotBefore, c.NotAfter = fromUnix(nb), fromUnix(na)
+	return c, nil
+}
+
+func scanEvent(sc scanner) (store.AuditEvent, error) {
+	var ev store.AuditEvent
+	var t int64
+	err := sc.Scan(&ev.Seq, &t, &ev.Actor, &ev.Action, &ev.Cluster, &ev.SPIFFEID,
+		&ev.Serial, &ev.Detail, &ev.PrevHash, &ev.Hash)
+	if err != nil {
+		return store.AuditEvent{}, err
+	}
+	ev.Time = fromUnix(t)
+	return ev, nil
+}
+
+// AuditEvents returns the events with Time >= since, in sequence order. The
+// events are not verified; see VerifyAuditChain.
+func (s *Store) AuditEvents(ctx context.Context, since time.Time) ([]store.AuditEvent, error) {
+	var events []store.AuditEvent
+	err := s.eachEvent(ctx, since, func(ev store.AuditEvent) error {
+		events = append(events, ev)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: audit events: %w", err)
+	}
+	return events, nil
+}
+
+// VerifyAuditChain walks the whole audit chain from seq 1 and returns nil, an
+// error wrapping the *store.BrokenLinkError of the first bad link, or an
+// error reading the chain. It reads the chain as of one snapshot, so it runs
+// alongside writes; its cost grows with the length of the log.
+//
+// A truncated tail is not a broken link: compare the chain's head with an
+// anchor kept elsewhere to detect one.
+func (s *Store) VerifyAuditChain(ctx context.Context) error {
+	var v store.ChainVerifier
+	if err := s.eachEvent(ctx, time.Time{}, v.Verify); err != nil {
+		return fmt.Errorf("sqlite: verify audit chain: %w", err)
+	}
+	return nil
+}
+
+// eachEvent calls fn for each event with Time >= since (all events for a
+// zero since) in sequence order, stopping at fn's first error.
+func (s *Store) eachEvent(ctx context.Context, since time.Time, fn func(store.AuditEvent) error) error {
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	q := `SELECT ` + eventColumns + ` FROM audit_events`
+	var args []any
+	if !since.IsZero() {
+		q += ` WHERE time >= ?`
+		args = append(args, unixCeil(since))
+	}
+	q += ` ORDER BY seq`
+	rows, err := s.r.QueryContext(ctx, q, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		ev, err := scanEvent(rows)
+		if err != nil {
+			return err
+		}
+		if err := fn(ev); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
