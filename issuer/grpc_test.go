@@ -6,6 +6,8 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
+	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"path/filepath"
@@ -39,9 +41,18 @@ type wire struct {
 	db     *sqlite.Store
 	client pb.IstioCertificateServiceClient
 	conn   *grpc.ClientConn
+	// attestor is what the server uses (JWKS, optionally cached).
+	attestor issuer.Attestor
 }
 
 func newWire(t *testing.T) *wire {
+	t.Helper()
+	return newWireWith(t, false)
+}
+
+// newWireWith builds a wire; cached puts the production attestation cache in
+// front of the JWKS attestor.
+func newWireWith(t testing.TB, cached bool) *wire {
 	t.Helper()
 	dir := t.TempDir()
 	w := &wire{tree: catest.New(t, catest.Options{})}
@@ -57,9 +68,14 @@ func newWire(t *testing.T) *wire {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.db.Close() })
+	var att issuer.Attestor = jwks
+	if cached {
+		att = attest.NewCached(jwks, attest.CacheConfig{})
+	}
+	w.attestor = att
 	iss, err := issuer.New(issuer.Config{
 		TrustDomain: w.tree.TrustDomain, Cluster: "dev", Authority: w.tree.Intermediate, Bundle: w.tree.Bundle,
-		Attestor: jwks, Recorder: w.db,
+		Attestor: att, Recorder: w.db, Logger: slog.New(slog.NewJSONHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +106,7 @@ func newWire(t *testing.T) *wire {
 	return w
 }
 
-func (w *wire) token(t *testing.T, spec attest.TokenSpec) string {
+func (w *wire) token(t testing.TB, spec attest.TokenSpec) string {
 	t.Helper()
 	if spec.Namespace == "" {
 		spec.Namespace, spec.ServiceAccount = "default", "web"
@@ -109,7 +125,7 @@ func (w *wire) call(t *testing.T, md metadata.MD, csr []byte, ttl int64) (*pb.Is
 	return w.client.CreateCertificate(ctx, &pb.IstioCertificateRequest{Csr: string(csr), ValidityDuration: ttl})
 }
 
-func (w *wire) rows(t *testing.T) int {
+func (w *wire) rows(t testing.TB) int {
 	t.Helper()
 	certs, err := w.db.Certificates(context.Background(), store.CertificateFilter{})
 	if err != nil {

@@ -128,16 +128,20 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// signing is what a leaf is signed and verified with. It is swapped as a
-// whole when the intermediate or the bundle changes.
+// signing is what a leaf is signed and verified with. It is immutable and
+// swapped as a whole when the intermediate or the bundle changes.
 type signing struct {
 	authority *ca.Authority
 	bundle    *ca.Bundle
-	// intermediates holds the authority's certificate and its chain, for
-	// chain verification.
-	intermediates *x509.CertPool
+	// anchor holds only the authority's certificate. Its own chain to the
+	// bundle was verified once, in SetAuthority; each leaf is then verified
+	// against it, which costs one signature check instead of one per link
+	// while enforcing the same name constraints, usages and validity.
+	anchor *x509.CertPool
 	// chain is what follows the leaf in a response, root excluded.
 	chain []*x509.Certificate
+	// root is the bundle root the authority chains to; it ends a response.
+	root *x509.Certificate
 }
 
 // Issuer issues workload certificates. It is safe for concurrent use.
@@ -159,26 +163,37 @@ func New(cfg Config) (*Issuer, error) {
 }
 
 // SetAuthority switches to a new intermediate and bundle, for rotation. The
-// intermediate must chain to the bundle and be constrained to the issuer's
-// trust domain.
+// intermediate must chain to the bundle, be constrained to the issuer's trust
+// domain, and not outlive the root it chains to.
 func (iss *Issuer) SetAuthority(a *ca.Authority, b *ca.Bundle) error {
-	pool := x509.NewCertPool()
-	chain := append([]*x509.Certificate{a.Certificate}, a.Chain...)
-	for _, c := range chain {
-		pool.AddCert(c)
+	inters := x509.NewCertPool()
+	for _, c := range a.Chain {
+		inters.AddCert(c)
 	}
-	_, err := a.Certificate.Verify(x509.VerifyOptions{
-		Roots: b.Pool(), Intermediates: pool, CurrentTime: iss.cfg.Now(),
+	chains, err := a.Certificate.Verify(x509.VerifyOptions{
+		Roots: b.Pool(), Intermediates: inters, CurrentTime: iss.cfg.Now(),
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
 	if err != nil {
 		return fmt.Errorf("issuer: intermediate does not chain to the trust bundle: %w", err)
 	}
+	chain := chains[0]
+	root := chain[len(chain)-1]
+	for _, c := range chain[:len(chain)-1] {
+		if c.NotAfter.After(root.NotAfter) {
+			return fmt.Errorf("issuer: %q expires after its root %q", c.Subject.CommonName, root.Subject.CommonName)
+		}
+	}
 	td := iss.cfg.TrustDomain.Name()
 	if c := a.Certificate; len(c.PermittedURIDomains) != 1 || c.PermittedURIDomains[0] != td {
 		return fmt.Errorf("issuer: intermediate permits URI domains %q, want exactly %q", c.PermittedURIDomains, td)
 	}
-	iss.signing.Store(&signing{authority: a, bundle: b, intermediates: pool, chain: chain})
+	anchor := x509.NewCertPool()
+	anchor.AddCert(a.Certificate)
+	iss.signing.Store(&signing{
+		authority: a, bundle: b, anchor: anchor, root: root,
+		chain: append([]*x509.Certificate(nil), chain[:len(chain)-1]...),
+	})
 	return nil
 }
 
@@ -231,8 +246,7 @@ func (iss *Issuer) Issue(ctx context.Context, req Request) ([]*x509.Certificate,
 	if err != nil {
 		return nil, fmt.Errorf("%w: sign %s: %w", ErrUnavailable, id, err)
 	}
-	root, err := s.verify(leaf, id, now)
-	if err != nil {
+	if err := s.verify(leaf, id, now); err != nil {
 		return nil, fmt.Errorf("verify issued certificate for %s: %w", id, err)
 	}
 	if err := iss.record(ctx, leaf, id, ident, now); err != nil {
@@ -241,7 +255,7 @@ func (iss *Issuer) Issue(ctx context.Context, req Request) ([]*x509.Certificate,
 	chain := make([]*x509.Certificate, 0, len(s.chain)+2)
 	chain = append(chain, leaf)
 	chain = append(chain, s.chain...)
-	return append(chain, root), nil
+	return append(chain, s.root), nil
 }
 
 func (iss *Issuer) clampTTL(ttl time.Duration) time.Duration {
@@ -251,26 +265,22 @@ func (iss *Issuer) clampTTL(ttl time.Duration) time.Duration {
 	return min(max(ttl, iss.cfg.MinTTL), iss.cfg.MaxTTL)
 }
 
-// verify checks that leaf chains to the bundle with client and server
-// authentication and carries exactly id; it returns the root it chained to.
-func (s *signing) verify(leaf *x509.Certificate, id spiffeid.ID, now time.Time) (*x509.Certificate, error) {
+// verify checks, before anything leaves the issuer, that leaf carries
+// exactly id with client and server authentication and verifies under the
+// signing authority (signature, validity, name constraints, usages).
+func (s *signing) verify(leaf *x509.Certificate, id spiffeid.ID, now time.Time) error {
 	for _, usage := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
 		if !hasEKU(leaf, usage) {
-			return nil, fmt.Errorf("leaf lacks extended key usage %v", usage)
+			return fmt.Errorf("leaf lacks extended key usage %v", usage)
 		}
 	}
 	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id.String() {
-		return nil, fmt.Errorf("leaf URI SANs %v, want exactly %s", leaf.URIs, id)
+		return fmt.Errorf("leaf URI SANs %v, want exactly %s", leaf.URIs, id)
 	}
-	chains, err := leaf.Verify(x509.VerifyOptions{
-		Roots: s.bundle.Pool(), Intermediates: s.intermediates, CurrentTime: now,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	_, err := leaf.Verify(x509.VerifyOptions{
+		Roots: s.anchor, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	})
-	if err != nil {
-		return nil, err
-	}
-	c := chains[0]
-	return c[len(c)-1], nil
+	return err
 }
 
 func hasEKU(c *x509.Certificate, u x509.ExtKeyUsage) bool {
