@@ -14,6 +14,12 @@ FUZZTIME    ?= 30s
 
 .PHONY: all build test unit e2e interop lint bench fuzz testbed tools clean
 
+# Each test-bed component (PostgreSQL, kube-apiserver, Vault, ...) lives in a
+# fragment test/testbed/NAME.mk that defines a target `testbed-NAME`, adds it
+# to TESTBED_TARGETS and exports what tests need (addresses, binary paths).
+TESTBED_TARGETS :=
+-include test/testbed/*.mk
+
 all: build
 
 build:
@@ -47,7 +53,7 @@ fuzz:
 	$(GO) test ./attest -run '^$$' -fuzz '^FuzzJWKSAttest$$' -fuzztime $(FUZZTIME)
 
 ## testbed: install what the tests need and is not a Go module.
-testbed:
+testbed: $(TESTBED_TARGETS)
 	@command -v openssl >/dev/null || { echo "installing openssl"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl) >/dev/null; }
 

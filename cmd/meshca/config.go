@@ -50,6 +50,8 @@ type devConfig struct {
 	// IntermediateTTL is the lifetime of the intermediate minted at start.
 	// Default 30 days.
 	IntermediateTTL duration `json:"intermediateTTL,omitempty"`
+	// Store selects the database; the default is SQLite in DataDir.
+	Store storeConfig `json:"store,omitempty"`
 }
 
 func defaultDevConfig() devConfig {

@@ -21,7 +21,6 @@ import (
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/issuer"
-	"github.com/meshca/meshca/store/sqlite"
 )
 
 func newDevCommand() *cobra.Command {
@@ -104,7 +103,7 @@ func runDev(ctx context.Context, cfg devConfig, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	db, err := sqlite.Open(ctx, sqlite.Config{Path: filepath.Join(cfg.DataDir, "meshca.db")})
+	db, err := openStore(ctx, cfg.Store, cfg.DataDir)
 	if err != nil {
 		return err
 	}
