@@ -2,10 +2,12 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"time"
 
+	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -64,15 +66,30 @@ func defaultDevConfig() devConfig {
 	}
 }
 
-// loadConfig decodes a YAML file into cfg strictly: unknown fields,
-// duplicate keys and type mismatches are errors naming the file.
+// loadConfig decodes a YAML file into cfg strictly: field names are
+// case-sensitive, and unknown fields, duplicate keys and type mismatches are
+// errors naming the file. (encoding/json, under sigs.k8s.io/yaml's own
+// UnmarshalStrict, would match "leafttl" to leafTTL and let the last of two
+// spellings win.)
 func loadConfig(path string, cfg any) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	if err := yaml.UnmarshalStrict(data, cfg); err != nil {
+	if err := decodeStrict(data, cfg); err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	return nil
+}
+
+func decodeStrict(data []byte, cfg any) error {
+	js, err := yaml.YAMLToJSONStrict(data)
+	if err != nil {
+		return err
+	}
+	strictErrs, err := kjson.UnmarshalStrict(js, cfg)
+	if err != nil {
+		return err
+	}
+	return errors.Join(strictErrs...)
 }

@@ -29,6 +29,13 @@ func TestConfigFile(t *testing.T) {
 			config: "leafTTL: 30m\nvault:\n  address: http://127.0.0.1:8200\n",
 			field:  "vault",
 		},
+		{
+			// Field names are case-sensitive: a second spelling must not
+			// silently override the first.
+			name:   "wrong case",
+			config: "leafTTL: 30m\nleafttl: 20h\n",
+			field:  "leafttl",
+		},
 	}
 	for _, tt := range bad {
 		t.Run(tt.name, func(t *testing.T) {
