@@ -152,7 +152,6 @@ func (w *benchWire) issue(i int64, csr []byte) (*pb.IstioCertificateResponse, er
 	return w.client.CreateCertificate(ctx, &pb.IstioCertificateRequest{Csr: string(csr)})
 }
 
-
 // benchIssueDirect calls Issuer.Issue in-process with the cached JWKS
 // attestor, and either the real SQLite store or an in-memory recorder.
 func benchIssueDirect(b *testing.B, sqliteStore bool) {
