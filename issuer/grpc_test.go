@@ -1,6 +1,7 @@
 package issuer_test
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -53,6 +54,12 @@ func newWire(t *testing.T) *wire {
 // newWireWith builds a wire; cached puts the production attestation cache in
 // front of the JWKS attestor.
 func newWireWith(t testing.TB, cached bool) *wire {
+	return newWireRecorder(t, cached, nil)
+}
+
+// newWireRecorder builds a wire whose issuer records into rec instead of the
+// SQLite store when rec is not nil.
+func newWireRecorder(t testing.TB, cached bool, rec issuer.Recorder) *wire {
 	t.Helper()
 	dir := t.TempDir()
 	w := &wire{tree: catest.New(t, catest.Options{})}
@@ -75,7 +82,7 @@ func newWireWith(t testing.TB, cached bool) *wire {
 	w.attestor = att
 	iss, err := issuer.New(issuer.Config{
 		TrustDomain: w.tree.TrustDomain, Cluster: "dev", Authority: w.tree.Intermediate, Bundle: w.tree.Bundle,
-		Attestor: att, Recorder: w.db, Logger: slog.New(slog.NewJSONHandler(io.Discard, nil)),
+		Attestor: att, Recorder: cmp.Or[issuer.Recorder](rec, w.db), Logger: slog.New(slog.NewJSONHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)
