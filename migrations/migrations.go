@@ -18,3 +18,9 @@ import "embed"
 //
 //go:embed sqlite/*.sql
 var SQLite embed.FS
+
+// Postgres holds the PostgreSQL migrations under the directory "postgres";
+// pass fs.Sub(Postgres, "postgres") to goose.
+//
+//go:embed postgres/*.sql
+var Postgres embed.FS

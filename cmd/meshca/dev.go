@@ -52,6 +52,7 @@ DATA_DIR/bundle.pem, the root certificate clients must trust.`,
 	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "address to serve the Istio CA API on (TLS)")
 	f.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "trust domain of issued SPIFFE IDs")
 	f.StringSliceVar(&cfg.Hosts, "host", cfg.Hosts, "DNS name or IP for the serving certificate (repeatable)")
+	f.StringVar(&cfg.Store.DSN, "store-dsn", cfg.Store.DSN, "database: a postgres:// URL, or an SQLite file path (default DATA_DIR/meshca.db)")
 	cmd.AddCommand(newDevTokenCommand())
 	return cmd
 }
@@ -71,6 +72,10 @@ func applyChangedFlags(cmd *cobra.Command, fileCfg *devConfig, flagCfg devConfig
 	}
 	if changed("host") {
 		fileCfg.Hosts = flagCfg.Hosts
+	}
+	if changed("store-dsn") {
+		// The driver follows the DSN given on the command line.
+		fileCfg.Store.DSN, fileCfg.Store.Driver = flagCfg.Store.DSN, ""
 	}
 }
 

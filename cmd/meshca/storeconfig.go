@@ -2,34 +2,137 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/postgres"
 	"github.com/meshca/meshca/store/sqlite"
 )
 
 // storeConfig selects the store backend. It appears as `store:` in every
 // component's YAML config.
 type storeConfig struct {
-	// Driver is "sqlite" (the embedded default) or "postgres".
+	// Driver is "sqlite" (the embedded default) or "postgres". Empty means
+	// postgres when DSN is a postgres:// or postgresql:// URL, else sqlite.
 	Driver string `json:"driver,omitempty"`
 	// DSN is the PostgreSQL connection string, or the SQLite file path. For
-	// SQLite an empty DSN means DATA_DIR/meshca.db.
+	// SQLite an empty DSN means DATA_DIR/meshca.db. It may hold a password:
+	// it is never logged.
 	DSN string `json:"dsn,omitempty"`
+	// Retention prunes the records of expired certificates (never audit
+	// events) in the background while the store is open.
+	Retention retentionConfig `json:"retention,omitempty"`
 }
 
-// openStore opens the configured store, running migrations. The caller
-// closes it.
+// retentionConfig is `store.retention:`.
+type retentionConfig struct {
+	// Grace is how long a certificate's record is kept after the
+	// certificate expired. Default 168h (7 days).
+	Grace duration `json:"grace,omitempty"`
+	// Interval is the time between two prunes; the first runs at start.
+	// Default 1h.
+	Interval duration `json:"interval,omitempty"`
+	// Disabled keeps every certificate record for ever.
+	Disabled bool `json:"disabled,omitempty"`
+}
+
+// driver returns the backend cfg selects.
+func (c storeConfig) driver() string {
+	if c.Driver != "" {
+		return c.Driver
+	}
+	if strings.HasPrefix(c.DSN, "postgres://") || strings.HasPrefix(c.DSN, "postgresql://") {
+		return "postgres"
+	}
+	return "sqlite"
+}
+
+func (c storeConfig) validate() error {
+	switch d := c.driver(); {
+	case d != "sqlite" && d != "postgres":
+		return fmt.Errorf("store driver %q is not supported (want sqlite or postgres)", c.Driver)
+	case d == "postgres" && c.DSN == "":
+		return errors.New("store driver postgres needs a dsn")
+	case c.Retention.Grace < 0 || c.Retention.Interval < 0:
+		return errors.New("store retention: grace and interval must not be negative")
+	}
+	return nil
+}
+
+// openStore opens the configured store, running migrations, and starts its
+// retention job unless disabled. The caller closes it; Close stops the job
+// first.
 func openStore(ctx context.Context, cfg storeConfig, dataDir string) (store.Store, error) {
-	switch cfg.Driver {
-	case "", "sqlite":
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	var s store.Store
+	var err error
+	switch cfg.driver() {
+	case "postgres":
+		s, err = postgres.Open(ctx, postgres.Config{DSN: cfg.DSN})
+	default:
 		path := cfg.DSN
 		if path == "" {
 			path = filepath.Join(dataDir, "meshca.db")
 		}
-		return sqlite.Open(ctx, sqlite.Config{Path: path})
-	default:
-		return nil, fmt.Errorf("store driver %q is not supported (want sqlite)", cfg.Driver)
+		s, err = sqlite.Open(ctx, sqlite.Config{Path: path})
 	}
+	if err != nil {
+		return nil, err
+	}
+	p, ok := s.(store.Pruner)
+	if cfg.Retention.Disabled || !ok {
+		return s, nil
+	}
+	return startRetention(s, p, store.RetentionConfig{
+		Grace: time.Duration(cfg.Retention.Grace), Interval: time.Duration(cfg.Retention.Interval), Logger: slog.Default(),
+	}), nil
+}
+
+// retainingStore is a store with its retention job running.
+type retainingStore struct {
+	store.Store
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+func startRetention(s store.Store, p store.Pruner, cfg store.RetentionConfig) *retainingStore {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &retainingStore{Store: s, stop: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		// cfg was validated with the store config; RunRetention returns
+		// when ctx is canceled.
+		_ = store.RunRetention(ctx, p, cfg)
+	}()
+	return r
+}
+
+// Close stops the retention job, then closes the store.
+func (r *retainingStore) Close() error {
+	r.stop()
+	<-r.done
+	return r.Store.Close()
+}
+
+// storeTarget turns the --store-dsn and --data-dir flags of the commands
+// that work on a database directly (migrate, audit verify) into a store
+// config: exactly one of them must be set.
+func storeTarget(dsn, dataDir string) (storeConfig, error) {
+	switch {
+	case dsn != "" && dataDir != "":
+		return storeConfig{}, errors.New("give --store-dsn or --data-dir, not both")
+	case dataDir != "":
+		return storeConfig{Driver: "sqlite", DSN: filepath.Join(dataDir, "meshca.db")}, nil
+	case dsn != "":
+		cfg := storeConfig{DSN: dsn}
+		return cfg, cfg.validate()
+	}
+	return storeConfig{}, errors.New("--store-dsn or --data-dir is required")
 }

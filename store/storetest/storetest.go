@@ -40,6 +40,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ConcurrentRecordIssuance", testConcurrentRecordIssuance},
 		{"CanceledContext", testCanceledContext},
 		{"AfterClose", testAfterClose},
+		{"PruneCertificates", testPruneCertificates},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

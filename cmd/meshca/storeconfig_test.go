@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/postgres/pgtest"
+)
+
+func TestStoreConfigDriver(t *testing.T) {
+	tests := []struct {
+		name       string
+		cfg        storeConfig
+		wantDriver string
+		wantErr    string
+	}{
+		{"default is sqlite", storeConfig{}, "sqlite", ""},
+		{"sqlite path", storeConfig{DSN: "/var/lib/meshca/meshca.db"}, "sqlite", ""},
+		{"postgres url", storeConfig{DSN: "postgres://meshca@db:5432/meshca"}, "postgres", ""},
+		{"postgresql url", storeConfig{DSN: "postgresql://meshca@db/meshca"}, "postgres", ""},
+		{"explicit postgres key=value", storeConfig{Driver: "postgres", DSN: "host=db dbname=meshca"}, "postgres", ""},
+		{"postgres without dsn", storeConfig{Driver: "postgres"}, "postgres", "needs a dsn"},
+		{"unknown driver", storeConfig{Driver: "mysql"}, "mysql", "not supported"},
+		{"negative grace", storeConfig{Retention: retentionConfig{Grace: duration(-time.Hour)}}, "sqlite", "negative"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.cfg.driver(); got != tt.wantDriver {
+				t.Errorf("driver() = %q, want %q", got, tt.wantDriver)
+			}
+			err := tt.cfg.validate()
+			if tt.wantErr == "" && err != nil {
+				t.Fatalf("validate() = %v", err)
+			}
+			if tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("validate() = %v, want it to mention %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestStoreConfigYAML(t *testing.T) {
+	cfg := defaultDevConfig()
+	yaml := "store:\n  driver: postgres\n  dsn: postgres://meshca@db/meshca\n  retention:\n    grace: 48h\n    interval: 10m\n"
+	if err := decodeStrict([]byte(yaml), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	want := storeConfig{Driver: "postgres", DSN: "postgres://meshca@db/meshca",
+		Retention: retentionConfig{Grace: duration(48 * time.Hour), Interval: duration(10 * time.Minute)}}
+	if cfg.Store != want {
+		t.Fatalf("store = %+v, want %+v", cfg.Store, want)
+	}
+	err := decodeStrict([]byte("store:\n  retention:\n    keep: 1h\n"), &cfg)
+	if err == nil || !strings.Contains(err.Error(), "store.retention.keep") {
+		t.Fatalf("unknown retention field: err = %v, want it named", err)
+	}
+}
+
+func TestStoreTarget(t *testing.T) {
+	if _, err := storeTarget("", ""); err == nil {
+		t.Error("no flag: want an error")
+	}
+	if _, err := storeTarget("postgres://x/y", "/d"); err == nil {
+		t.Error("both flags: want an error")
+	}
+	cfg, err := storeTarget("", "/d")
+	if err != nil || cfg.driver() != "sqlite" || cfg.DSN != "/d/meshca.db" {
+		t.Errorf("--data-dir /d = %+v, %v", cfg, err)
+	}
+	cfg, err = storeTarget("postgres://x/y", "")
+	if err != nil || cfg.driver() != "postgres" {
+		t.Errorf("--store-dsn postgres://x/y = %+v, %v", cfg, err)
+	}
+}
+
+// openStore starts the retention job with the store: a certificate that
+// expired longer ago than the grace period is pruned in the background,
+// while its audit event stays.
+func TestOpenStoreRunsRetention(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		cfg  func(t *testing.T) storeConfig
+	}{
+		{"sqlite", func(t *testing.T) storeConfig { return storeConfig{} }},
+		{"postgres", func(t *testing.T) storeConfig { return storeConfig{DSN: pgtest.NewDatabase(t)} }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := tt.cfg(t)
+			cfg.Retention = retentionConfig{Grace: duration(time.Hour), Interval: duration(50 * time.Millisecond)}
+			s, err := openStore(t.Context(), cfg, t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			now := time.Now()
+			old := store.Certificate{Serial: "01d", SPIFFEID: "spiffe://cluster.local/ns/a/sa/b", Cluster: "dev",
+				NotBefore: now.Add(-3 * time.Hour), NotAfter: now.Add(-2 * time.Hour), Fingerprint: "ff"}
+			fresh := old
+			fresh.Serial, fresh.NotAfter = "f4e54", now.Add(-30*time.Minute) // within the grace period
+			for _, c := range []store.Certificate{old, fresh} {
+				if err := s.RecordIssuance(t.Context(), c, store.AuditEvent{Actor: "test", Action: "certificate.issue", Serial: c.Serial}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			deadline := time.Now().Add(20 * time.Second)
+			for {
+				_, err := s.Certificate(t.Context(), old.Serial)
+				if errors.Is(err, store.ErrNotFound) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("expired certificate still stored after 20s: %v", err)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if _, err := s.Certificate(t.Context(), fresh.Serial); err != nil {
+				t.Errorf("certificate within the grace period: %v", err)
+			}
+			events, err := s.AuditEvents(context.Background(), time.Time{})
+			if err != nil || len(events) != 2 {
+				t.Fatalf("audit events after pruning: %d, %v; want both kept", len(events), err)
+			}
+		})
+	}
+}

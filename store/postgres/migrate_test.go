@@ -1,0 +1,162 @@
+package postgres
+
+import (
+	"context"
+	"io/fs"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+
+	"github.com/meshca/meshca/migrations"
+	"github.com/meshca/meshca/store/postgres/pgtest"
+)
+
+var wantTables = []string{"audit_chain_head", "audit_events", "certificates", "clusters", "intermediates", "revocations"}
+
+// tables lists the public schema's tables, leaving out goose's.
+func tables(t *testing.T, dsn string) []string {
+	t.Helper()
+	rows, err := rawConn(t, dsn).Query(t.Context(), `SELECT table_name FROM information_schema.tables
+		WHERE table_schema = 'public' AND table_name <> 'goose_db_version' ORDER BY table_name`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, n)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+func latestVersion(t *testing.T) int64 {
+	t.Helper()
+	entries, err := fs.Glob(migrations.Postgres, "postgres/*.sql")
+	if err != nil || len(entries) == 0 {
+		t.Fatalf("embedded migrations: %v, %v", entries, err)
+	}
+	return int64(len(entries)) // numbered 00001.. without gaps
+}
+
+func TestMigrateFromEmptyThenIdempotent(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	if got := tables(t, dsn); len(got) != 0 {
+		t.Fatalf("new database has tables %v", got)
+	}
+	latest := latestVersion(t)
+	r, err := Migrate(t.Context(), dsn)
+	if err != nil {
+		t.Fatalf("Migrate: %v", err)
+	}
+	if len(r.Applied) != int(latest) || r.Version != latest {
+		t.Fatalf("Migrate = %+v, want all %d versions applied", r, latest)
+	}
+	if got := tables(t, dsn); !slices.Equal(got, wantTables) {
+		t.Fatalf("tables %v, want %v", got, wantTables)
+	}
+	for range 2 {
+		r, err = Migrate(t.Context(), dsn)
+		if err != nil {
+			t.Fatalf("Migrate again: %v", err)
+		}
+		if len(r.Applied) != 0 || r.Version != latest {
+			t.Fatalf("Migrate again = %+v, want nothing applied, version %d", r, latest)
+		}
+	}
+	// The store opens on the migrated database and works.
+	s := openTest(t, Config{DSN: dsn})
+	seed(t, s, 2)
+}
+
+// Several processes (here: sessions) migrating an empty database at once:
+// exactly one applies each migration, all succeed, and the store works.
+func TestMigrateConcurrently(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	const n = 4
+	results := make([]MigrationResult, n)
+	errs := make([]error, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			results[i], errs[i] = Migrate(context.Background(), dsn)
+		})
+	}
+	close(start)
+	wg.Wait()
+	latest := latestVersion(t)
+	applied := 0
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("Migrate %d: %v", i, errs[i])
+		}
+		if results[i].Version != latest {
+			t.Errorf("Migrate %d: version %d, want %d", i, results[i].Version, latest)
+		}
+		applied += len(results[i].Applied)
+	}
+	if applied != int(latest) {
+		t.Fatalf("%d migrations applied in total by %d concurrent runs, want %d", applied, n, latest)
+	}
+	var rows int
+	if err := rawConn(t, dsn).QueryRow(t.Context(), `SELECT count(*) FROM goose_db_version WHERE version_id > 0`).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if rows != int(latest) {
+		t.Fatalf("goose_db_version has %d applied rows, want %d", rows, latest)
+	}
+}
+
+// TestMigrationsUpDownUp applies every migration, rolls all back and applies
+// them again, so a broken Down section fails here and not in an operator's
+// rollback.
+func TestMigrationsUpDownUp(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	db := stdlib.OpenDB(*mustParse(t, dsn))
+	t.Cleanup(func() { db.Close() })
+	fsys, err := fs.Sub(migrations.Postgres, "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := goose.NewProvider(goose.DialectPostgres, db, fsys, goose.WithDisableGlobalRegistry(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	if _, err := p.Up(ctx); err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	if _, err := p.DownTo(ctx, 0); err != nil {
+		t.Fatalf("down: %v", err)
+	}
+	if got := tables(t, dsn); len(got) != 0 {
+		t.Fatalf("after down: tables %v remain", got)
+	}
+	if _, err := p.Up(ctx); err != nil {
+		t.Fatalf("up again: %v", err)
+	}
+	if got := tables(t, dsn); !slices.Equal(got, wantTables) {
+		t.Fatalf("after second up: tables %v, want %v", got, wantTables)
+	}
+}
+
+func mustParse(t *testing.T, dsn string) *pgx.ConnConfig {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}

@@ -1,0 +1,108 @@
+package postgres
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/meshca/meshca/store"
+)
+
+// VerifyAuditChain walks the whole audit chain from seq 1, then checks that
+// it ends at the recorded chain head (audit_chain_head). It returns nil, an
+// error wrapping the *store.BrokenLinkError of the first bad link, or an
+// error reading the chain. It reads one snapshot (a REPEATABLE READ, READ ONLY transaction),
+// so it runs alongside writes; its cost grows with the length of the log.
+//
+// Because the head row is updated in the same transaction as the events,
+// deleting the last events shows as a missing event, which a chain on its
+// own cannot show. Someone who can also rewrite audit_chain_head can still
+// truncate or rewrite the tail undetected: compare the head with an anchor
+// kept elsewhere to rule that out.
+func (s *Store) VerifyAuditChain(ctx context.Context) error {
+	if s.closed.Load() {
+		return fmt.Errorf("postgres: verify audit chain: %w", store.ErrClosed)
+	}
+	tx, err := s.pool.BeginTx(ctx, snapshot)
+	if err != nil {
+		return fmt.Errorf("postgres: verify audit chain: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := verifyChain(ctx, tx); err != nil {
+		return fmt.Errorf("postgres: verify audit chain: %w", err)
+	}
+	return nil
+}
+
+// VerifyAuditLog verifies the audit chain of the database at dsn, as
+// [Store.VerifyAuditChain] does, over a single connection of its own, and
+// returns the head of the chain as far as it verified. It
+// only reads: it runs no migrations and takes no locks that writers wait
+// for, so it is safe against a live database (`meshca audit verify`).
+func VerifyAuditLog(ctx context.Context, dsn string) (store.ChainHead, error) {
+	head, err := verifyAuditLog(ctx, dsn)
+	if err != nil {
+		return head, fmt.Errorf("postgres: verify audit log: %w", err)
+	}
+	return head, nil
+}
+
+func verifyAuditLog(ctx context.Context, dsn string) (store.ChainHead, error) {
+	pcfg, err := pgxpool.ParseConfig(dsn) // the same DSNs as Open
+	if err != nil {
+		return store.ChainHead{}, fmt.Errorf("dsn: %w", err)
+	}
+	conn, err := pgx.ConnectConfig(ctx, pcfg.ConnConfig)
+	if err != nil {
+		return store.ChainHead{}, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	tx, err := conn.BeginTx(ctx, snapshot)
+	if err != nil {
+		return store.ChainHead{}, err
+	}
+	defer tx.Rollback(ctx)
+	return verifyChain(ctx, tx)
+}
+
+// snapshot reads the chain and its head as of one instant.
+var snapshot = pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}
+
+// verifyChain checks every event in sequence order, then the end of the
+// chain against the recorded head.
+func verifyChain(ctx context.Context, q querier) (store.ChainHead, error) {
+	var recorded store.ChainHead
+	err := q.QueryRow(ctx, `SELECT seq, hash FROM audit_chain_head WHERE id`).Scan(&recorded.Seq, &recorded.Hash)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.ChainHead{}, errors.New("the audit_chain_head row is missing")
+	}
+	if err != nil {
+		return store.ChainHead{}, fmt.Errorf("read chain head: %w", err)
+	}
+	var v store.ChainVerifier
+	if err := eachEvent(ctx, q, time.Time{}, v.Verify); err != nil {
+		return v.Head(), err
+	}
+	return v.Head(), checkHead(v.Head(), recorded)
+}
+
+// checkHead compares the last event of a chain that verified with the head
+// recorded alongside it.
+func checkHead(got, recorded store.ChainHead) error {
+	switch {
+	case got.Seq < recorded.Seq:
+		return &store.BrokenLinkError{Seq: got.Seq + 1,
+			Reason: fmt.Sprintf("missing event: the chain head records seq %d", recorded.Seq)}
+	case got.Seq > recorded.Seq:
+		return &store.BrokenLinkError{Seq: recorded.Seq + 1,
+			Reason: fmt.Sprintf("event after the recorded chain head (seq %d)", recorded.Seq)}
+	case !bytes.Equal(got.Hash, recorded.Hash):
+		return &store.BrokenLinkError{Seq: got.Seq, Reason: "hash differs from the recorded chain head"}
+	}
+	return nil
+}
