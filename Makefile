@@ -45,7 +45,7 @@ lint: tools
 
 ## bench: benchmarks that feed docs/benchmarks.md.
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -count 1 ./issuer/ ./store/... ./attest/
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -count 1 ./issuer/ ./store/... ./attest/ ./agent/
 
 ## fuzz: run each fuzz target for FUZZTIME (the seed corpora also run in `make test`).
 fuzz:

@@ -1,10 +1,12 @@
 // Package agent is meshca's workload-side half: it keeps private keys local,
-// fetches certificates from an issuer, and (in later work) serves them over
-// SDS and the SPIFFE Workload API. Keys it generates never leave the process
-// unless the operator asks for files on disk.
+// fetches certificates from an issuer, renews them (package rotation decides
+// when) and serves them to Envoy over SDS v3 and to applications over the
+// SPIFFE Workload API. Keys it generates never leave the process unless the
+// operator asks for files on disk.
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -19,6 +21,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	pb "istio.io/api/security/v1alpha1"
@@ -26,6 +29,7 @@ import (
 	"go.step.sm/crypto/keyutil"
 	"go.step.sm/crypto/pemutil"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 
@@ -40,11 +44,21 @@ const (
 
 // GenerateKey creates a private key of the given type (KeyECP256 when empty).
 func GenerateKey(keyType string) (crypto.Signer, error) {
+	gen, err := GenerateKeyFunc(keyType)
+	if err != nil {
+		return nil, err
+	}
+	return gen()
+}
+
+// GenerateKeyFunc returns a generator of keys of the given type (KeyECP256
+// when empty), or an error for an unknown type.
+func GenerateKeyFunc(keyType string) (func() (crypto.Signer, error), error) {
 	switch keyType {
 	case "", KeyECP256:
-		return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		return func() (crypto.Signer, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }, nil
 	case KeyRSA2048:
-		return rsa.GenerateKey(rand.Reader, 2048)
+		return func() (crypto.Signer, error) { return rsa.GenerateKey(rand.Reader, 2048) }, nil
 	default:
 		return nil, fmt.Errorf("unknown key type %q (want %s or %s)", keyType, KeyECP256, KeyRSA2048)
 	}
@@ -58,19 +72,26 @@ type ClientConfig struct {
 	// Address.
 	ServerName string
 	// Roots verify the issuer's serving certificate and every chain it
-	// returns. Required.
+	// returns. Required; SetRoots replaces them.
 	Roots *ca.Bundle
 	// ClusterID is sent as "clusterid" metadata; empty means the issuer's
 	// local cluster.
 	ClusterID string
 }
 
+// reconnectBackoff paces gRPC's reconnection to the issuer; its cap matches
+// the rotation loop's retry cap.
+var reconnectBackoff = backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 30 * time.Second}
+
 // Client requests certificates over the Istio CA API. It is safe for
 // concurrent use; Close releases its connection.
 type Client struct {
-	cfg  ClientConfig
-	conn *grpc.ClientConn
-	api  pb.IstioCertificateServiceClient
+	cfg ClientConfig
+
+	mu    sync.Mutex
+	roots *ca.Bundle
+	conn  *grpc.ClientConn
+	api   pb.IstioCertificateServiceClient
 }
 
 // NewClient prepares a TLS connection to the issuer; it does not block.
@@ -88,16 +109,45 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if cfg.ServerName == "" {
 		cfg.ServerName = strings.Trim(host, "[]")
 	}
-	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: cfg.Roots.Pool(), ServerName: cfg.ServerName}
-	conn, err := grpc.NewClient(cfg.Address, grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)))
-	if err != nil {
-		return nil, fmt.Errorf("connect to issuer %s: %w", cfg.Address, err)
+	c := &Client{cfg: cfg}
+	if err := c.SetRoots(cfg.Roots); err != nil {
+		return nil, err
 	}
-	return &Client{cfg: cfg, conn: conn, api: pb.NewIstioCertificateServiceClient(conn)}, nil
+	return c, nil
+}
+
+// SetRoots makes roots the trust anchors for the issuer's serving
+// certificate and for issued chains. When they differ from the current ones
+// the connection is replaced, which cancels requests in flight on the old
+// one.
+func (c *Client) SetRoots(roots *ca.Bundle) error {
+	if roots == nil {
+		return errors.New("CA bundle is required")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.roots != nil && bytes.Equal(c.roots.PEM(), roots.PEM()) {
+		return nil
+	}
+	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots.Pool(), ServerName: c.cfg.ServerName}
+	conn, err := grpc.NewClient(c.cfg.Address, grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnectBackoff, MinConnectTimeout: 10 * time.Second}))
+	if err != nil {
+		return fmt.Errorf("connect to issuer %s: %w", c.cfg.Address, err)
+	}
+	if c.conn != nil {
+		_ = c.conn.Close() // nothing to do about a failed close of a replaced connection
+	}
+	c.roots, c.conn, c.api = roots, conn, pb.NewIstioCertificateServiceClient(conn)
+	return nil
 }
 
 // Close closes the connection.
-func (c *Client) Close() error { return c.conn.Close() }
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.conn.Close()
+}
 
 // SVID is a workload certificate with its private key.
 type SVID struct {
@@ -105,13 +155,19 @@ type SVID struct {
 	Chain []*x509.Certificate
 	// Key is the leaf's private key; it was generated locally.
 	Key crypto.Signer
-	// Roots are the trust anchors the chain verified against.
+	// Roots are the trust anchors the chain verified against: the
+	// configured roots.
 	Roots []*x509.Certificate
 }
 
 // Fetch sends a CSR for key, authenticated by token, and returns the verified
-// result. The chain must verify to the configured roots and its leaf must
-// carry key's public key and exactly one SPIFFE ID.
+// result. The leaf must carry key's public key and exactly one URI SAN, and
+// the chain must verify to the configured roots. A root that ends the
+// response but is not configured is never trusted (istio-agent would trust
+// it): an issuer holds an intermediate constrained to one trust domain, and
+// letting it add roots would turn one compromised issuer into a root for
+// every trust domain. New roots reach agents through the CA bundle file
+// (and, later, the root's bundle watch).
 func (c *Client) Fetch(ctx context.Context, key crypto.Signer, token string, ttl time.Duration) (*SVID, error) {
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
@@ -121,17 +177,23 @@ func (c *Client) Fetch(ctx context.Context, key crypto.Signer, token string, ttl
 	if c.cfg.ClusterID != "" {
 		md.Set("clusterid", c.cfg.ClusterID)
 	}
-	resp, err := c.api.CreateCertificate(metadata.NewOutgoingContext(ctx, md), &pb.IstioCertificateRequest{
+	c.mu.Lock()
+	conn, api, roots := c.conn, c.api, c.roots
+	c.mu.Unlock()
+	// Each Fetch is a deliberate attempt, paced by the caller: connect now
+	// rather than after gRPC's own reconnect backoff.
+	conn.ResetConnectBackoff()
+	resp, err := api.CreateCertificate(metadata.NewOutgoingContext(ctx, md), &pb.IstioCertificateRequest{
 		Csr:              string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
 		ValidityDuration: int64(ttl / time.Second),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("issuer %s: %w", c.cfg.Address, err)
 	}
-	return c.verify(resp.GetCertChain(), key)
+	return verifyResponse(resp.GetCertChain(), key, roots)
 }
 
-func (c *Client) verify(pemChain []string, key crypto.Signer) (*SVID, error) {
+func verifyResponse(pemChain []string, key crypto.Signer, roots *ca.Bundle) (*SVID, error) {
 	if len(pemChain) < 2 {
 		return nil, fmt.Errorf("issuer returned %d certificates, want leaf ... root", len(pemChain))
 	}
@@ -154,11 +216,11 @@ func (c *Client) verify(pemChain []string, key crypto.Signer) (*SVID, error) {
 	for _, c := range certs[1 : len(certs)-1] {
 		inters.AddCert(c)
 	}
-	_, err := leaf.Verify(x509.VerifyOptions{Roots: c.cfg.Roots.Pool(), Intermediates: inters, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	_, err := leaf.Verify(x509.VerifyOptions{Roots: roots.Pool(), Intermediates: inters, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 	if err != nil {
 		return nil, fmt.Errorf("issued certificate does not verify against the CA bundle: %w", err)
 	}
-	return &SVID{Chain: certs[:len(certs)-1], Key: key, Roots: c.cfg.Roots.Roots()}, nil
+	return &SVID{Chain: certs[:len(certs)-1], Key: key, Roots: roots.Roots()}, nil
 }
 
 // ReadToken reads a bearer token file, as kubelet writes projected tokens.

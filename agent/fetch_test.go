@@ -1,0 +1,117 @@
+package agent
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/catest"
+)
+
+// otherTree is a root and intermediate with keys of their own, unrelated to
+// catest's trees (which share one root key).
+func otherTree(t *testing.T) (root, inter *ca.Authority) {
+	t.Helper()
+	root, err := ca.NewRoot(ca.RootConfig{Signer: catest.Key(t, "fetch-other-root"), CommonName: "other root"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ikey := catest.Key(t, "fetch-other-intermediate")
+	td := catest.New(t, catest.Options{}).TrustDomain
+	icert, err := root.SignIntermediate(ca.IntermediateRequest{PublicKey: ikey.Public(), TrustDomain: td, Cluster: "test", TTL: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter, err = ca.NewAuthority(icert, ikey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root, inter
+}
+
+func pemStrings(certs ...*x509.Certificate) []string {
+	var out []string
+	for _, c := range certs {
+		out = append(out, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})))
+	}
+	return out
+}
+
+func TestVerifyResponse(t *testing.T) {
+	tree := catest.New(t, catest.Options{})
+	otherRootCA, otherInter := otherTree(t)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sign := func(a *ca.Authority) *x509.Certificate {
+		leaf, err := a.SignLeaf(ca.LeafRequest{PublicKey: key.Public(), URIs: []*url.URL{webID.URL()}, TTL: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return leaf
+	}
+	leaf, otherLeaf := sign(tree.Intermediate), sign(otherInter)
+	for _, tc := range []struct {
+		name      string
+		chain     []string
+		wantRoots int
+		wantErr   string
+	}{
+		{"configured root", pemStrings(leaf, tree.Intermediate.Certificate, tree.Root.Certificate), 1, ""},
+		// istio-agent would trust the root that ends the response; meshca
+		// does not: an issuer must not be able to add trust anchors.
+		{"new root in the response", pemStrings(otherLeaf, otherInter.Certificate, otherRootCA.Certificate), 0, "does not verify"},
+		{"chain to an unknown root, ended by the configured root", pemStrings(otherLeaf, otherInter.Certificate, tree.Root.Certificate), 0, "does not verify"},
+		{"too short", pemStrings(leaf), 0, "want leaf ... root"},
+		{"not PEM", []string{"x", "y"}, 0, "certificate 0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			svid, err := verifyResponse(tc.chain, key, tree.Bundle)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(svid.Roots) != tc.wantRoots || !svid.Roots[0].Equal(tree.Root.Certificate) {
+				t.Errorf("%d roots, want %d starting with the configured root", len(svid.Roots), tc.wantRoots)
+			}
+			if len(svid.Chain) != 2 {
+				t.Errorf("chain of %d, want leaf and intermediate", len(svid.Chain))
+			}
+		})
+	}
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if _, err := verifyResponse(pemStrings(leaf, tree.Intermediate.Certificate, tree.Root.Certificate), other, tree.Bundle); err == nil ||
+		!strings.Contains(err.Error(), "our public key") {
+		t.Errorf("leaf for another key: %v", err)
+	}
+}
+
+func TestClientSetRoots(t *testing.T) {
+	tree := catest.New(t, catest.Options{})
+	c, err := NewClient(ClientConfig{Address: "127.0.0.1:1", Roots: tree.Bundle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	conn := c.conn
+	if err := c.SetRoots(tree.Bundle); err != nil || c.conn != conn {
+		t.Errorf("same roots replaced the connection (%v)", err)
+	}
+	bundle, _ := otherRoot(t, tree)
+	if err := c.SetRoots(bundle); err != nil || c.conn == conn || c.roots != bundle {
+		t.Errorf("new roots kept the old connection (%v)", err)
+	}
+}

@@ -1,0 +1,113 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/store/sqlite"
+)
+
+// testIssuer is meshca's real issuer — TLS gRPC on loopback, JWKS
+// attestation of dev tokens, SQLite — that a test can stop and start again
+// on the same address. Leaves may live as little as one second.
+type testIssuer struct {
+	tree       *catest.Tree
+	iss        *issuer.Issuer
+	signer     *attest.DevSigner
+	addr       string // fixed by the first start
+	bundleFile string
+	stopServe  func()
+}
+
+func newTestIssuer(t *testing.T) *testIssuer {
+	t.Helper()
+	dir := t.TempDir()
+	ti := &testIssuer{tree: catest.New(t, catest.Options{}), bundleFile: filepath.Join(dir, "bundle.pem")}
+	var err error
+	if ti.signer, err = attest.LoadOrCreateDevSigner(dir); err != nil {
+		t.Fatal(err)
+	}
+	jwks, err := attest.NewJWKS(attest.JWKSConfig{Issuer: attest.DevIssuer, Keys: attest.StaticKeys{Set: ti.signer.KeySet()}, Cluster: "dev"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(dir, "meshca.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	ti.iss, err = issuer.New(issuer.Config{
+		TrustDomain: ti.tree.TrustDomain, Cluster: "dev", Authority: ti.tree.Intermediate, Bundle: ti.tree.Bundle,
+		Attestor: jwks, Recorder: db, Logger: discardLogger(),
+		DefaultTTL: time.Hour, MinTTL: time.Second, MaxTTL: 24 * time.Hour,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(ti.bundleFile, ti.tree.Bundle.PEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ti.start(t)
+	t.Cleanup(func() {
+		if ti.stopServe != nil {
+			ti.stop(t)
+		}
+	})
+	return ti
+}
+
+// start serves on a new listener: 127.0.0.1:0 the first time, the same
+// address afterwards.
+func (ti *testIssuer) start(t *testing.T) {
+	t.Helper()
+	srv, err := issuer.NewServer(issuer.ServerConfig{Issuer: ti.iss, Hosts: []string{"127.0.0.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ti.addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ti.addr = lis.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, lis) }()
+	ti.stopServe = func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("issuer Serve: %v", err)
+		}
+	}
+}
+
+// stop stops serving (the listener is closed, connections are dropped).
+func (ti *testIssuer) stop(t *testing.T) {
+	t.Helper()
+	ti.stopServe()
+	ti.stopServe = nil
+}
+
+// tokenFile writes a dev token for default/web into a new file.
+func (ti *testIssuer) tokenFile(t *testing.T) string {
+	t.Helper()
+	tok, err := ti.signer.Mint(attest.TokenSpec{Namespace: "default", ServiceAccount: "web", TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(path, []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}

@@ -1,0 +1,220 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/rotation"
+)
+
+// Fetcher obtains certificates from an issuer. *Client is the real one.
+type Fetcher interface {
+	// Fetch sends a CSR for key, authenticated by token, and returns the
+	// verified SVID.
+	Fetch(ctx context.Context, key crypto.Signer, token string, ttl time.Duration) (*SVID, error)
+	// SetRoots replaces the roots that authenticate the issuer and verify
+	// what it returns.
+	SetRoots(roots *ca.Bundle) error
+}
+
+var _ Fetcher = (*Client)(nil)
+
+// ManagerConfig configures a Manager.
+type ManagerConfig struct {
+	// Fetcher talks to the issuer. Required.
+	Fetcher Fetcher
+	// Publisher receives every new snapshot. Required.
+	Publisher *Publisher
+	// TokenFile holds the bearer token; it is read for every renewal,
+	// because kubelet rotates projected tokens. Required.
+	TokenFile string
+	// CABundleFile holds the trusted roots (PEM). It is read at start and
+	// for every renewal; a change reaches the issuer connection and every
+	// subscriber. Required.
+	CABundleFile string
+	// KeyType is KeyECP256 or KeyRSA2048; empty means KeyECP256. A new key
+	// is generated for every renewal.
+	KeyType string
+	// TTL is the validity requested; zero means the issuer's default.
+	TTL time.Duration
+	// OutputDir, when set, receives cert.pem, key.pem (0600) and bundle.pem
+	// after every renewal; empty means the key never touches the disk.
+	OutputDir string
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Logger: nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Validate applies defaults and reports the first problem with c.
+func (c *ManagerConfig) Validate() error {
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	switch {
+	case c.Fetcher == nil:
+		return errors.New("agent: fetcher is required")
+	case c.Publisher == nil:
+		return errors.New("agent: publisher is required")
+	case c.TokenFile == "":
+		return errors.New("agent: token file is required")
+	case c.CABundleFile == "":
+		return errors.New("agent: CA bundle file is required")
+	case c.TTL < 0:
+		return fmt.Errorf("agent: ttl %v is negative", c.TTL)
+	}
+	if _, err := GenerateKeyFunc(c.KeyType); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	return nil
+}
+
+// Manager keeps the agent's identity: it is the rotation.Renewer that
+// fetches each new certificate and publishes it, and it knows whether the
+// agent is ready. Renew is called by one goroutine at a time; Ready may be
+// called concurrently.
+type Manager struct {
+	cfg    ManagerConfig
+	newKey func() (crypto.Signer, error)
+
+	mu          sync.Mutex
+	lastErr     error
+	lastAttempt time.Time
+}
+
+var _ rotation.Renewer = (*Manager)(nil)
+
+// NewManager reads the CA bundle file and publishes it, so that trust
+// bundles can be served before the first certificate arrives.
+func NewManager(cfg ManagerConfig) (*Manager, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	newKey, _ := GenerateKeyFunc(cfg.KeyType)
+	m := &Manager{cfg: cfg, newKey: newKey}
+	bundle, err := m.readBundle()
+	if err != nil {
+		return nil, err
+	}
+	snap, err := NewSnapshot(nil, bundle)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Publisher.Publish(snap)
+	return m, nil
+}
+
+// Renew implements rotation.Renewer: read the token and the CA bundle file,
+// generate a key, fetch a certificate and publish it with the bundle (the
+// file's roots plus the root the issuer returned). On failure the current
+// snapshot stays. Errors the issuer will repeat (Unauthenticated,
+// PermissionDenied, InvalidArgument) are marked rotation.ErrRefused.
+func (m *Manager) Renew(ctx context.Context) (rotation.Validity, error) {
+	v, err := m.renew(ctx)
+	m.mu.Lock()
+	m.lastErr, m.lastAttempt = err, m.cfg.Now()
+	m.mu.Unlock()
+	return v, err
+}
+
+func (m *Manager) renew(ctx context.Context) (rotation.Validity, error) {
+	fileBundle, err := m.readBundle()
+	if err != nil {
+		return rotation.Validity{}, err
+	}
+	if err := m.cfg.Fetcher.SetRoots(fileBundle); err != nil {
+		return rotation.Validity{}, err
+	}
+	token, err := ReadToken(m.cfg.TokenFile)
+	if err != nil {
+		return rotation.Validity{}, err
+	}
+	key, err := m.newKey()
+	if err != nil {
+		return rotation.Validity{}, fmt.Errorf("generate key: %w", err)
+	}
+	svid, err := m.cfg.Fetcher.Fetch(ctx, key, token, m.cfg.TTL)
+	if err != nil {
+		return rotation.Validity{}, markRefused(err)
+	}
+	bundle, err := ca.NewBundle(append(fileBundle.Roots(), svid.Roots...)...)
+	if err != nil {
+		return rotation.Validity{}, fmt.Errorf("trust bundle: %w", err)
+	}
+	svid.Roots = bundle.Roots()
+	snap, err := NewSnapshot(svid, bundle)
+	if err != nil {
+		return rotation.Validity{}, err
+	}
+	m.writeFiles(svid)
+	prev, _ := m.cfg.Publisher.Current()
+	m.cfg.Publisher.Publish(snap)
+	leaf := svid.Chain[0]
+	m.cfg.Logger.Info("certificate obtained", "spiffe_id", snap.ID().String(), "serial", ca.SerialHex(leaf.SerialNumber),
+		"not_after", leaf.NotAfter, "bundle_changed", prev.BundleVersion() != snap.BundleVersion())
+	return rotation.Validity{NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}, nil
+}
+
+// writeFiles writes the optional output files. A failure is logged, not
+// returned: the new certificate is valid and already served over the
+// sockets, and failing the renewal would only make the loop fetch another
+// one. The next renewal writes the files again.
+func (m *Manager) writeFiles(svid *SVID) {
+	if m.cfg.OutputDir == "" {
+		return
+	}
+	if err := WriteFiles(m.cfg.OutputDir, svid); err != nil {
+		m.cfg.Logger.Error("writing certificate files failed; they are stale until the next renewal", "dir", m.cfg.OutputDir, "error", err.Error())
+	}
+}
+
+func (m *Manager) readBundle() (*ca.Bundle, error) { return readBundleFile(m.cfg.CABundleFile) }
+
+// markRefused wraps issuer refusals that retrying soon cannot fix with
+// rotation.ErrRefused.
+func markRefused(err error) error {
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument:
+		return fmt.Errorf("%w: %w", rotation.ErrRefused, err)
+	}
+	return err
+}
+
+// Ready reports nil while the agent holds a certificate that has not
+// expired, and otherwise an error that says why, including the last renewal
+// failure.
+func (m *Manager) Ready() error {
+	snap, _ := m.cfg.Publisher.Current()
+	now := m.cfg.Now()
+	if snap.Valid(now) {
+		return nil
+	}
+	m.mu.Lock()
+	lastErr, lastAttempt := m.lastErr, m.lastAttempt
+	m.mu.Unlock()
+	var why string
+	if snap.SVID() == nil {
+		why = "no certificate yet"
+	} else {
+		why = fmt.Sprintf("certificate %s (serial %s) expired at %s", snap.ID(), snap.SVIDVersion(), snap.NotAfter().UTC().Format(time.RFC3339))
+	}
+	switch {
+	case lastErr != nil:
+		return fmt.Errorf("%s; last renewal attempt at %s failed: %w", why, lastAttempt.UTC().Format(time.RFC3339), lastErr)
+	case lastAttempt.IsZero():
+		return fmt.Errorf("%s; no renewal attempted yet", why)
+	}
+	return errors.New(why)
+}

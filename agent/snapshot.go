@@ -1,0 +1,184 @@
+package agent
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/meshca/meshca/ca"
+)
+
+// Source is what the SDS and Workload API servers serve from: the agent's
+// current identity, and a way to learn that it changed. It is the one seam
+// between renewal and serving (Istio calls its equivalent SecretManager), so
+// the servers are testable without a CA.
+type Source interface {
+	// Current returns the current snapshot (never nil) and a channel that is
+	// closed once a newer snapshot is available. It does not block.
+	Current() (*Snapshot, <-chan struct{})
+}
+
+// Snapshot is what the agent serves at one moment: its SVID, if it has one,
+// and its trust bundle. It is immutable. Its private key must never be
+// logged: Snapshot has no String method that would print it, and callers
+// must not print its fields.
+type Snapshot struct {
+	svid   *SVID
+	bundle *ca.Bundle
+	id     spiffeid.ID
+
+	svidVersion, bundleVersion string
+	// Encodings computed once per snapshot rather than once per stream.
+	chainPEM, keyPEM, bundlePEM []byte
+	chainDER, keyDER, bundleDER []byte
+
+	// sdsCache memoizes encoded SDS resources by name: after a rotation,
+	// every stream subscribed to a name sends the same bytes.
+	sdsMu    sync.Mutex
+	sdsCache map[string]*anypb.Any
+}
+
+// NewSnapshot builds a snapshot. svid may be nil (no certificate yet); bundle
+// may be nil only when svid is nil too. The SVID's leaf must carry exactly
+// one SPIFFE ID, and its key must be PKCS#8-encodable.
+func NewSnapshot(svid *SVID, bundle *ca.Bundle) (*Snapshot, error) {
+	s := &Snapshot{svid: svid, bundle: bundle}
+	if bundle != nil {
+		s.bundlePEM = bundle.PEM()
+		for _, r := range bundle.Roots() {
+			s.bundleDER = append(s.bundleDER, r.Raw...)
+		}
+		sum := sha256.Sum256(s.bundleDER)
+		s.bundleVersion = hex.EncodeToString(sum[:8])
+	}
+	if svid == nil {
+		return s, nil
+	}
+	if bundle == nil {
+		return nil, errors.New("snapshot: an SVID needs a trust bundle")
+	}
+	if len(svid.Chain) == 0 || len(svid.Chain[0].URIs) != 1 {
+		return nil, errors.New("snapshot: the SVID's leaf must carry exactly one URI SAN")
+	}
+	id, err := spiffeid.FromURI(svid.Chain[0].URIs[0])
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: leaf URI SAN: %w", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(svid.Key)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: encode key: %w", err)
+	}
+	s.id = id
+	s.keyDER = keyDER
+	s.keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	s.chainPEM = ca.EncodeCertificates(svid.Chain...)
+	for _, c := range svid.Chain {
+		s.chainDER = append(s.chainDER, c.Raw...)
+	}
+	s.svidVersion = ca.SerialHex(svid.Chain[0].SerialNumber)
+	return s, nil
+}
+
+// SVID returns the certificate and key, or nil before the first one. It may
+// have expired; see Valid.
+func (s *Snapshot) SVID() *SVID { return s.svid }
+
+// Bundle returns the trust bundle, or nil when none is known yet.
+func (s *Snapshot) Bundle() *ca.Bundle { return s.bundle }
+
+// ID returns the SVID's SPIFFE ID; the zero ID when there is no SVID.
+func (s *Snapshot) ID() spiffeid.ID { return s.id }
+
+// Valid reports whether the snapshot holds a certificate that has not
+// expired at now. NotBefore is not checked: issuers backdate it, and a clock
+// slightly behind the issuer's must not stop serving.
+func (s *Snapshot) Valid(now time.Time) bool {
+	return s.svid != nil && now.Before(s.svid.Chain[0].NotAfter)
+}
+
+// NotAfter returns when the SVID expires; the zero time without one.
+func (s *Snapshot) NotAfter() time.Time {
+	if s.svid == nil {
+		return time.Time{}
+	}
+	return s.svid.Chain[0].NotAfter
+}
+
+// SVIDVersion identifies the SVID (its serial number, hex); "" without one.
+func (s *Snapshot) SVIDVersion() string { return s.svidVersion }
+
+// BundleVersion identifies the bundle's content (a hash prefix); "" without
+// one.
+func (s *Snapshot) BundleVersion() string { return s.bundleVersion }
+
+// cachedSDS returns the encoded resource for name, building it with build
+// the first time.
+func (s *Snapshot) cachedSDS(name string, build func() (*anypb.Any, error)) (*anypb.Any, error) {
+	s.sdsMu.Lock()
+	defer s.sdsMu.Unlock()
+	if a, ok := s.sdsCache[name]; ok {
+		return a, nil
+	}
+	a, err := build()
+	if err != nil {
+		return nil, err
+	}
+	if s.sdsCache == nil {
+		s.sdsCache = map[string]*anypb.Any{}
+	}
+	s.sdsCache[name] = a
+	return a, nil
+}
+
+// Publisher holds the current snapshot and tells subscribers when it
+// changes. It implements Source; Current is lock-free, so that a thousand
+// streams woken by one rotation do not queue on a mutex. The zero value is
+// not usable; call NewPublisher.
+type Publisher struct {
+	mu    sync.Mutex // serializes Publish
+	state atomic.Pointer[publisherState]
+}
+
+type publisherState struct {
+	snap    *Snapshot
+	changed chan struct{}
+}
+
+var _ Source = (*Publisher)(nil)
+
+// NewPublisher returns a publisher holding an empty snapshot (no SVID, no
+// bundle).
+func NewPublisher() *Publisher {
+	p := &Publisher{}
+	p.state.Store(&publisherState{snap: &Snapshot{}, changed: make(chan struct{})})
+	return p
+}
+
+// Current implements Source.
+func (p *Publisher) Current() (*Snapshot, <-chan struct{}) {
+	st := p.state.Load()
+	return st.snap, st.changed
+}
+
+// Publish makes s current and wakes every subscriber, unless s has the same
+// SVID and bundle as the current snapshot. It reports whether it did.
+func (p *Publisher) Publish(s *Snapshot) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	old := p.state.Load()
+	if s.svidVersion == old.snap.svidVersion && s.bundleVersion == old.snap.bundleVersion {
+		return false
+	}
+	p.state.Store(&publisherState{snap: s, changed: make(chan struct{})})
+	close(old.changed)
+	return true
+}

@@ -1,0 +1,160 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// workloadHeader is the metadata every Workload API request must carry with
+// the value "true" (SPIFFE Workload API spec; PROTOCOLS.md).
+const workloadHeader = "workload.spiffe.io"
+
+// WorkloadConfig configures a Workload API server.
+type WorkloadConfig struct {
+	// Source provides what is served. Required.
+	Source Source
+	// Now is the clock used to decide whether a certificate has expired; nil
+	// means time.Now.
+	Now func() time.Time
+	// Logger receives stream events; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Validate applies defaults and reports the first problem with c.
+func (c *WorkloadConfig) Validate() error {
+	if c.Source == nil {
+		return errors.New("workload api: source is required")
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// WorkloadServer implements the X.509 half of the SPIFFE Workload API
+// (FetchX509SVID, FetchX509Bundles) over the agent's Source. Every caller of
+// the socket gets the agent's one identity: access is controlled by the
+// socket's file mode, not by workload attestation. JWT-SVIDs are not served
+// yet (Unimplemented).
+type WorkloadServer struct {
+	workload.UnimplementedSpiffeWorkloadAPIServer
+	cfg  WorkloadConfig
+	stop chan struct{}
+	once sync.Once
+}
+
+var _ workload.SpiffeWorkloadAPIServer = (*WorkloadServer)(nil)
+
+// NewWorkloadServer returns a server; NewGRPCServer and Register wire it.
+func NewWorkloadServer(cfg WorkloadConfig) (*WorkloadServer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &WorkloadServer{cfg: cfg, stop: make(chan struct{})}, nil
+}
+
+// ServerOptions are the gRPC server options the Workload API needs: the
+// security-header check on every method.
+func (w *WorkloadServer) ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			if err := checkWorkloadHeader(ctx); err != nil {
+				return nil, err
+			}
+			return h(ctx, req)
+		}),
+		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			if err := checkWorkloadHeader(ss.Context()); err != nil {
+				return err
+			}
+			return h(srv, ss)
+		}),
+	}
+}
+
+// Register adds the service to g, which must have been built with
+// ServerOptions.
+func (w *WorkloadServer) Register(g *grpc.Server) { workload.RegisterSpiffeWorkloadAPIServer(g, w) }
+
+// Shutdown ends every open stream with an OK status, so that a gRPC
+// GracefulStop can complete. Streams opened afterwards end at once.
+func (w *WorkloadServer) Shutdown() { w.once.Do(func() { close(w.stop) }) }
+
+func checkWorkloadHeader(ctx context.Context) error {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get(workloadHeader); len(v) != 1 || v[0] != "true" {
+		return status.Error(codes.InvalidArgument, "security header missing from request")
+	}
+	return nil
+}
+
+// FetchX509SVID streams the agent's X.509-SVID: once it holds a valid one,
+// and again after every change of certificate or bundle. It never sends an
+// empty list: until a valid certificate exists the stream just waits.
+func (w *WorkloadServer) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
+	return w.watch(stream.Context(), func(snap *Snapshot) (string, func() error) {
+		if !snap.Valid(w.cfg.Now()) {
+			return "", nil
+		}
+		return snap.SVIDVersion() + "," + snap.BundleVersion(), func() error {
+			return stream.Send(&workload.X509SVIDResponse{Svids: []*workload.X509SVID{{
+				SpiffeId:    snap.ID().String(),
+				X509Svid:    snap.chainDER,
+				X509SvidKey: snap.keyDER,
+				Bundle:      snap.bundleDER,
+			}}})
+		}
+	})
+}
+
+// FetchX509Bundles streams the trust bundle, keyed by trust domain ID, and
+// again after every change. It waits until the agent knows its trust domain
+// (from its first certificate).
+func (w *WorkloadServer) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
+	return w.watch(stream.Context(), func(snap *Snapshot) (string, func() error) {
+		if snap.SVID() == nil || snap.Bundle() == nil {
+			return "", nil
+		}
+		return snap.BundleVersion(), func() error {
+			return stream.Send(&workload.X509BundlesResponse{Bundles: map[string][]byte{
+				snap.ID().TrustDomain().IDString(): snap.bundleDER,
+			}})
+		}
+	})
+}
+
+// watch runs a server stream: for each snapshot, next returns the version
+// the stream should hold and how to send it ("" and nil when there is
+// nothing to send yet); watch sends whenever the version changes, until the
+// client leaves or the server shuts down.
+func (w *WorkloadServer) watch(ctx context.Context, next func(*Snapshot) (string, func() error)) error {
+	var sent string
+	for {
+		snap, changed := w.cfg.Source.Current()
+		if version, send := next(snap); send != nil && version != sent {
+			if err := send(); err != nil {
+				return err
+			}
+			sent = version
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil
+		case <-w.stop:
+			return nil
+		}
+	}
+}

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshca/meshca/agent"
+)
+
+// agentConfig is the YAML configuration of `meshca agent`. Flags override
+// the file; the zero value of each field means its default.
+type agentConfig struct {
+	// Issuer is the issuer's host:port. Required.
+	Issuer string `json:"issuer,omitempty"`
+	// ServerName overrides the issuer's TLS server name. Default: the host
+	// of Issuer.
+	ServerName string `json:"serverName,omitempty"`
+	// CABundle is the PEM file of trusted roots, re-read at each renewal.
+	// Required.
+	CABundle string `json:"caBundle,omitempty"`
+	// TokenFile holds the service-account token, re-read at each renewal.
+	// Required.
+	TokenFile string `json:"tokenFile,omitempty"`
+	// ClusterID is sent to the issuer. Default: the issuer's own cluster.
+	ClusterID string `json:"clusterID,omitempty"`
+	// KeyType is ec-p256 (default) or rsa-2048.
+	KeyType string `json:"keyType,omitempty"`
+	// TTL is the requested certificate lifetime. Default: the issuer's.
+	TTL duration `json:"ttl,omitempty"`
+	// SDSSocket is the Envoy SDS Unix socket (mode 0600). Default: none.
+	SDSSocket string `json:"sdsSocket,omitempty"`
+	// WorkloadSocket is the SPIFFE Workload API Unix socket. Default: none.
+	WorkloadSocket string `json:"workloadSocket,omitempty"`
+	// WorkloadSocketMode is that socket's file mode, in octal. Default 0666.
+	WorkloadSocketMode string `json:"workloadSocketMode,omitempty"`
+	// OutDir receives cert.pem, key.pem and bundle.pem. Default: no files.
+	OutDir string `json:"outDir,omitempty"`
+	// HealthAddr serves /healthz and /readyz; "" disables them. Default
+	// 127.0.0.1:8089.
+	HealthAddr string `json:"healthAddr,omitempty"`
+	// ShutdownTimeout bounds a graceful stop. Default 5s.
+	ShutdownTimeout duration `json:"shutdownTimeout,omitempty"`
+}
+
+func defaultAgentConfig() agentConfig {
+	return agentConfig{KeyType: agent.KeyECP256, HealthAddr: "127.0.0.1:8089"}
+}
+
+// agentFlags maps each flag to the config field it sets, so that flags given
+// explicitly override the file.
+var agentFlags = []struct {
+	name, usage string
+	field       func(*agentConfig) *string
+}{
+	{"issuer", "issuer address host:port (required)", func(c *agentConfig) *string { return &c.Issuer }},
+	{"ca-bundle", "PEM file of trusted root certificates, re-read at each renewal (required)", func(c *agentConfig) *string { return &c.CABundle }},
+	{"token-file", "service-account token file, re-read at each renewal (required)", func(c *agentConfig) *string { return &c.TokenFile }},
+	{"cluster-id", "cluster id sent to the issuer (empty: the issuer's local cluster)", func(c *agentConfig) *string { return &c.ClusterID }},
+	{"sds-socket", "Unix socket to serve Envoy SDS v3 on (mode 0600; empty: no SDS)", func(c *agentConfig) *string { return &c.SDSSocket }},
+	{"workload-socket", "Unix socket to serve the SPIFFE Workload API on (empty: none)", func(c *agentConfig) *string { return &c.WorkloadSocket }},
+	{"out", "directory to keep cert.pem, key.pem and bundle.pem in (empty: no files)", func(c *agentConfig) *string { return &c.OutDir }},
+	{"health-addr", "address of /healthz and /readyz (empty: none)", func(c *agentConfig) *string { return &c.HealthAddr }},
+	{"key-type", "key type: ec-p256 or rsa-2048", func(c *agentConfig) *string { return &c.KeyType }},
+	{"server-name", "issuer TLS server name (default: the host of --issuer)", func(c *agentConfig) *string { return &c.ServerName }},
+}
+
+func newAgentCommand() *cobra.Command {
+	cfg := defaultAgentConfig()
+	var (
+		configPath string
+		ttl        time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Keep a workload certificate renewed and serve it over SDS, the Workload API and files",
+		Long: `meshca agent runs next to a workload, like istio-agent or SPIRE's agent. It generates
+a private key locally, gets a certificate for it from the issuer with the token in
+--token-file, renews it at about half of its lifetime, and serves it to Envoy over SDS v3
+(--sds-socket; resources default, ROOTCA, ALL, the SPIFFE ID and the trust domain ID) and
+to applications over the SPIFFE Workload API (--workload-socket), and optionally as files
+(--out). /readyz answers 200 only while it holds a valid certificate. SIGTERM or SIGINT
+stops it gracefully.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.TTL = duration(ttl)
+			merged, err := mergeAgentConfig(cfg, configPath, cmd.Flags().Changed)
+			if err != nil {
+				return err
+			}
+			acfg, err := merged.agentConfig(slog.Default())
+			if err != nil {
+				return err
+			}
+			return runAgent(cmd.Context(), acfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configPath, "config", "", "YAML config file (flags given explicitly override it)")
+	for _, fl := range agentFlags {
+		p := fl.field(&cfg)
+		f.StringVar(p, fl.name, *p, fl.usage)
+	}
+	f.DurationVar(&ttl, "ttl", 0, "requested certificate lifetime (0: the issuer's default)")
+	return cmd
+}
+
+// mergeAgentConfig returns flagCfg when there is no config file, else the
+// file's configuration with the flags that changed (by name) applied on top.
+func mergeAgentConfig(flagCfg agentConfig, configPath string, changed func(string) bool) (agentConfig, error) {
+	if configPath == "" {
+		return flagCfg, nil
+	}
+	cfg := defaultAgentConfig()
+	if err := loadConfig(configPath, &cfg); err != nil {
+		return agentConfig{}, err
+	}
+	for _, f := range agentFlags {
+		if changed(f.name) {
+			*f.field(&cfg) = *f.field(&flagCfg)
+		}
+	}
+	if changed("ttl") {
+		cfg.TTL = flagCfg.TTL
+	}
+	return cfg, nil
+}
+
+// agentConfig turns the file/flag configuration into the agent's Config.
+func (c agentConfig) agentConfig(log *slog.Logger) (agent.Config, error) {
+	cfg := agent.Config{
+		IssuerAddress: c.Issuer, ServerName: c.ServerName, CABundleFile: c.CABundle, TokenFile: c.TokenFile,
+		ClusterID: c.ClusterID, KeyType: c.KeyType, TTL: time.Duration(c.TTL),
+		SDSSocket: c.SDSSocket, WorkloadSocket: c.WorkloadSocket, OutputDir: c.OutDir, HealthAddr: c.HealthAddr,
+		ShutdownTimeout: time.Duration(c.ShutdownTimeout), Logger: log,
+	}
+	if c.WorkloadSocketMode != "" {
+		mode, err := strconv.ParseUint(c.WorkloadSocketMode, 8, 32)
+		if err != nil || mode == 0 || mode > 0o777 {
+			return agent.Config{}, fmt.Errorf("workloadSocketMode %q: want an octal permission such as 0660", c.WorkloadSocketMode)
+		}
+		cfg.WorkloadSocketMode = os.FileMode(mode)
+	}
+	if err := cfg.Validate(); err != nil {
+		return agent.Config{}, err
+	}
+	return cfg, nil
+}
+
+func runAgent(ctx context.Context, cfg agent.Config) error {
+	a, err := agent.New(cfg)
+	if err != nil {
+		return err
+	}
+	if err := a.Run(ctx); err != nil {
+		return err
+	}
+	cfg.Logger.Info("meshca agent stopped")
+	return nil
+}
