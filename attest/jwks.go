@@ -45,6 +45,15 @@ type KeySource interface {
 	Keys(ctx context.Context) (*jose.JSONWebKeySet, error)
 }
 
+// KeyRefresher is an optional [KeySource] capability. When a token names a
+// key ID the current set lacks (the signer rotated its key), [JWKS] calls
+// Refresh once and retries with the set it returns. Implementations rate-limit
+// refreshes themselves and return the set they already had when they do
+// not fetch.
+type KeyRefresher interface {
+	Refresh(ctx context.Context) (*jose.JSONWebKeySet, error)
+}
+
 // StaticKeys is a [KeySource] that always returns Set. A nil Set is an error
 // (a misconfiguration), reported as unavailability rather than rejection.
 type StaticKeys struct {
@@ -190,6 +199,11 @@ func (a *JWKS) Attest(ctx context.Context, req Request) (Identity, error) {
 		return Identity{}, fmt.Errorf("%w: load token keys: %w", ErrUnavailable, err)
 	}
 	payload, err := verifySignature(jws, keys)
+	if r, ok := a.cfg.Keys.(KeyRefresher); ok && err != nil && unknownKeyID(jws, keys) {
+		if fresh, rerr := r.Refresh(ctx); rerr == nil && fresh != nil && fresh != keys {
+			payload, err = verifySignature(jws, fresh)
+		}
+	}
 	if err != nil {
 		return Identity{}, err
 	}
@@ -229,6 +243,15 @@ func verifySignature(jws *jose.JSONWebSignature, set *jose.JSONWebKeySet) ([]byt
 	default:
 		return nil, fmt.Errorf("%w: token signature does not verify (kid %q, %d keys tried)", ErrUnauthenticated, clip(hdr.KeyID), tried)
 	}
+}
+
+// unknownKeyID reports whether jws names a key ID that set does not hold.
+func unknownKeyID(jws *jose.JSONWebSignature, set *jose.JSONWebKeySet) bool {
+	if len(jws.Signatures) != 1 {
+		return false
+	}
+	kid := jws.Signatures[0].Header.KeyID
+	return kid != "" && len(set.Key(kid)) == 0
 }
 
 // usableKey reports whether k may verify a signature made with alg.

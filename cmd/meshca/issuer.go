@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/google/renameio/v2"
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/klog/v2"
+
+	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/issuer"
+)
+
+func newIssuerCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "issuer",
+		Short: "Cluster issuer commands",
+	}
+	cmd.AddCommand(newIssuerServeCommand())
+	return cmd
+}
+
+func newIssuerServeCommand() *cobra.Command {
+	var configPath string
+	cmd := &cobra.Command{
+		Use:   "serve --config issuer.yaml",
+		Short: "Serve the Istio CA API for one or more Kubernetes clusters",
+		Long: `meshca issuer serve runs a cluster issuer: it attests each caller's projected
+service-account token with the attestor configured for the cluster named by the gRPC
+metadata "clusterid" (tokenreview, jwks or dev), signs certificates with an intermediate
+minted at start under the root key, and records them in the store. It writes
+DATA_DIR/bundle.pem, the root certificate clients must trust. See deploy/issuer.yaml.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configPath == "" {
+				return errors.New("--config is required")
+			}
+			cfg := defaultIssuerConfig()
+			if err := loadConfig(configPath, &cfg); err != nil {
+				return err
+			}
+			if err := cfg.validate(); err != nil {
+				return fmt.Errorf("config %s: %w", configPath, err)
+			}
+			return runIssuer(cmd.Context(), cfg, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().StringVar(&configPath, "config", "", "YAML config file (required; see deploy/issuer.yaml)")
+	return cmd
+}
+
+// runIssuer wires a validated config and serves until ctx is done.
+func runIssuer(ctx context.Context, cfg issuerConfig, out io.Writer) error {
+	log := slog.Default()
+	// client-go logs through klog; keep one structured log stream.
+	klog.SetSlogLogger(log.With("component", "client-go"))
+	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+	if err != nil {
+		return fmt.Errorf("trust domain %q: %w", cfg.TrustDomain, err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	rootDir := cfg.Root.Dir
+	if rootDir == "" {
+		rootDir = cfg.DataDir
+	}
+	root, err := ca.LoadOrCreateFileRoot(ca.FileRootConfig{Dir: rootDir})
+	if err != nil {
+		return err
+	}
+	inter, err := newIntermediate(root, td, cfg.Cluster, time.Duration(cfg.IntermediateTTL))
+	if err != nil {
+		return err
+	}
+	bundle, err := ca.NewBundle(root.Certificate)
+	if err != nil {
+		return err
+	}
+	att, err := buildAttestor(cfg, log)
+	if err != nil {
+		return err
+	}
+	db, err := openStore(ctx, cfg.Store, cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+
+	iss, err := issuer.New(issuer.Config{
+		TrustDomain: td, Cluster: cfg.Cluster, Authority: inter, Bundle: bundle, Attestor: att, Recorder: db,
+		DefaultTTL: time.Duration(cfg.LeafTTL), MinTTL: time.Duration(cfg.LeafMinTTL), MaxTTL: time.Duration(cfg.LeafMaxTTL),
+		Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	srv, err := issuer.NewServer(issuer.ServerConfig{Issuer: iss, Hosts: cfg.Hosts})
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	bundlePath := filepath.Join(cfg.DataDir, "bundle.pem")
+	if err := renameio.WriteFile(bundlePath, bundle.PEM(), 0o644); err != nil {
+		lis.Close()
+		return fmt.Errorf("write bundle: %w", err)
+	}
+	log.Info("meshca issuer serving", "addr", lis.Addr().String(), "trust_domain", td.Name(), "cluster", cfg.Cluster,
+		"clusters", len(cfg.Clusters), "root_expires", root.Certificate.NotAfter, "intermediate_expires", inter.Certificate.NotAfter)
+	fmt.Fprintf(out, "meshca issuer is serving the Istio CA API on %s (TLS; root: %s)\n", lis.Addr(), bundlePath)
+	if err := srv.Serve(ctx, lis); err != nil {
+		return err
+	}
+	log.Info("meshca issuer stopped")
+	return nil
+}
+
+// buildAttestor builds, per cluster, policy → cache → attestor, and routes
+// between clusters by clusterid.
+func buildAttestor(cfg issuerConfig, log *slog.Logger) (attest.Attestor, error) {
+	mc := attest.MultiClusterConfig{Local: cfg.Cluster, Clusters: map[string]attest.Attestor{}, Aliases: map[string]string{}}
+	for i := range cfg.Clusters {
+		cl := &cfg.Clusters[i]
+		a, err := clusterAttestor(cl, cfg.DataDir, log)
+		if err != nil {
+			return nil, fmt.Errorf("cluster %q: %w", cl.Name, err)
+		}
+		if !cl.Cache.Disabled {
+			a = attest.NewCached(a, attest.CacheConfig{Size: cl.Cache.Size, TTL: cl.cacheTTL()})
+		}
+		if !cl.Policy.IsZero() {
+			if a, err = attest.NewPolicy(a, cl.Policy); err != nil {
+				return nil, fmt.Errorf("cluster %q: %w", cl.Name, err)
+			}
+		}
+		mc.Clusters[cl.Name] = a
+		for _, alias := range cl.Aliases {
+			mc.Aliases[alias] = cl.Name
+		}
+		log.Info("cluster attestor", "cluster", cl.Name, "attestor", cl.Attestor, "aliases", cl.Aliases,
+			"pod_binding_required", cl.Attestor == attestorTokenReview && !cl.AllowUnboundTokens,
+			"cache_ttl", cl.cacheTTL().String(), "cache_disabled", cl.Cache.Disabled)
+	}
+	return attest.NewMultiCluster(mc)
+}
+
+// clusterAttestor builds the bare attestor of one cluster. Nothing here
+// contacts the API server: an issuer starts even while a cluster is away,
+// and its requests fail with Unavailable until it returns.
+func clusterAttestor(cl *clusterConfig, dataDir string, log *slog.Logger) (attest.Attestor, error) {
+	if cl.Attestor == attestorDev {
+		dir := cl.DevKeyDir
+		if dir == "" {
+			dir = dataDir
+		}
+		signer, err := attest.LoadOrCreateDevSigner(dir)
+		if err != nil {
+			return nil, err
+		}
+		log.Warn("dev attestor: tokens signed by a local dev key are trusted; never use this in production", "cluster", cl.Name)
+		return attest.NewJWKS(attest.JWKSConfig{
+			Issuer: attest.DevIssuer, Keys: attest.StaticKeys{Set: signer.KeySet()}, Audiences: cl.Audiences, Cluster: cl.Name,
+		})
+	}
+	client, err := attest.NewKubeClient(attest.KubeClientConfig{Kubeconfig: cl.Kubeconfig, Context: cl.Context})
+	if err != nil {
+		return nil, err
+	}
+	if cl.Attestor == attestorJWKS {
+		keys, err := attest.NewRemoteKeys(attest.RemoteKeysConfig{
+			Client: client, RefreshInterval: time.Duration(cl.JWKS.RefreshInterval), MaxStale: time.Duration(cl.JWKS.MaxStale),
+			Timeout: time.Duration(cl.APITimeout), Logger: log.With("cluster", cl.Name),
+		})
+		if err != nil {
+			return nil, err
+		}
+		return attest.NewJWKS(attest.JWKSConfig{Issuer: cl.JWKS.Issuer, Keys: keys, Audiences: cl.Audiences, Cluster: cl.Name})
+	}
+	return attest.NewTokenReview(attest.TokenReviewConfig{
+		Client: client, Cluster: cl.Name, Audiences: cl.Audiences,
+		AllowUnboundTokens: cl.AllowUnboundTokens, Timeout: time.Duration(cl.APITimeout),
+	})
+}

@@ -1,0 +1,109 @@
+package main
+
+import (
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestIssuerExampleConfigs decodes and validates every example in deploy/,
+// so the documented configurations cannot rot.
+func TestIssuerExampleConfigs(t *testing.T) {
+	paths, err := filepath.Glob("../../deploy/issuer*.yaml")
+	if err != nil || len(paths) < 3 {
+		t.Fatalf("example configs: %v %v", paths, err)
+	}
+	for _, p := range paths {
+		t.Run(filepath.Base(p), func(t *testing.T) {
+			cfg := defaultIssuerConfig()
+			if err := loadConfig(p, &cfg); err != nil {
+				t.Fatal(err)
+			}
+			if err := cfg.validate(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestIssuerConfigValidate(t *testing.T) {
+	base := "cluster: east\nclusters:\n"
+	for _, tc := range []struct {
+		name, yaml, wantErr string
+	}{
+		{"no cluster", "clusters: [{name: a}]\n", "cluster is required"},
+		{"no clusters", "cluster: east\n", "at least the issuer's own cluster"},
+		{"local not listed", base + "  - {name: west}\n", `cluster "east" is not in clusters`},
+		{"unnamed", base + "  - {attestor: dev}\n", "name is required"},
+		{"bad attestor", base + "  - {name: east, attestor: oidc}\n", `attestor "oidc"`},
+		{"jwks without issuer", base + "  - {name: east, attestor: jwks}\n", "jwks.issuer is required"},
+		{"duplicate alias", base + "  - {name: east, aliases: [Kubernetes]}\n  - {name: west, aliases: [Kubernetes]}\n", `"Kubernetes" is used twice`},
+		{"alias shadows a name", base + "  - {name: east}\n  - {name: west, aliases: [east]}\n", `"east" is used twice`},
+		{"empty alias", base + "  - {name: east, aliases: [\"\"]}\n", "empty alias"},
+		{"bad policy", base + "  - {name: east, policy: {deny: [kube-system]}}\n", "NAMESPACE/SERVICEACCOUNT"},
+		{"unbound with jwks", base + "  - {name: east, attestor: jwks, jwks: {issuer: x}, allowUnboundTokens: true}\n", "tokenreview only"},
+		{"context without kubeconfig", base + "  - {name: east, context: c}\n", "context needs a kubeconfig"},
+		{"bad trust domain", "trustDomain: \"Not A TD\"\n" + base + "  - {name: east}\n", "trustDomain"},
+		{"unknown field", base + "  - {name: east, audience: x}\n", `unknown field "clusters[0].audience"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := defaultIssuerConfig()
+			err := decodeStrict([]byte(tc.yaml), &cfg)
+			if err == nil {
+				err = cfg.validate()
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("err = %v, want it to mention %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestIssuerCacheTTLDefaults(t *testing.T) {
+	for _, tc := range []struct {
+		cl   clusterConfig
+		want time.Duration
+	}{
+		{clusterConfig{Attestor: attestorTokenReview}, 10 * time.Second},
+		{clusterConfig{Attestor: attestorJWKS}, 5 * time.Minute},
+		{clusterConfig{Attestor: attestorTokenReview, Cache: cacheConfig{TTL: duration(time.Minute)}}, time.Minute},
+	} {
+		if got := tc.cl.cacheTTL(); got != tc.want {
+			t.Errorf("%+v: cacheTTL = %v, want %v", tc.cl, got, tc.want)
+		}
+	}
+}
+
+// TestBuildAttestorOffline checks that an issuer can be wired while its
+// clusters are unreachable: nothing contacts an API server at start.
+func TestBuildAttestorOffline(t *testing.T) {
+	dir := t.TempDir()
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: x}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := defaultIssuerConfig()
+	cfg.DataDir = dir
+	cfg.Cluster = "dev"
+	cfg.Clusters = []clusterConfig{
+		{Name: "dev", Attestor: attestorDev},
+		{Name: "west", Kubeconfig: kubeconfig, Aliases: []string{"Kubernetes"}},
+		{Name: "north", Attestor: attestorJWKS, Kubeconfig: kubeconfig, JWKS: jwksConfig{Issuer: "https://k"}},
+	}
+	if err := cfg.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := buildAttestor(cfg, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Fatal(err)
+	}
+}

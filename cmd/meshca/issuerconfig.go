@@ -1,0 +1,201 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/attest"
+)
+
+// Attestor kinds of a cluster in `meshca issuer serve`.
+const (
+	attestorTokenReview = "tokenreview"
+	attestorJWKS        = "jwks"
+	attestorDev         = "dev"
+)
+
+// issuerConfig is the YAML configuration of `meshca issuer serve`
+// (examples in deploy/issuer*.yaml). Unknown fields are errors.
+type issuerConfig struct {
+	// DataDir holds bundle.pem, the SQLite database (by default) and, unless
+	// root.dir says otherwise, the root key. Default ./.meshca-issuer.
+	DataDir string `json:"dataDir,omitempty"`
+	// Listen is the gRPC (TLS) address. Default 127.0.0.1:15012; in a pod,
+	// set 0.0.0.0:15012.
+	Listen string `json:"listen,omitempty"`
+	// TrustDomain of issued SPIFFE IDs. Default cluster.local.
+	TrustDomain string `json:"trustDomain,omitempty"`
+	// Cluster is this issuer's own cluster: it names the intermediate, is
+	// recorded with every certificate, and is where requests with an empty
+	// clusterid are attested. Required; must be one of Clusters.
+	Cluster string `json:"cluster,omitempty"`
+	// Hosts are the DNS names and IPs in the serving certificate. Default
+	// istiod.istio-system.svc, meshca.meshca-system.svc, localhost, 127.0.0.1.
+	Hosts []string `json:"hosts,omitempty"`
+	// Leaf lifetimes: default 1h, clamped to [5m, 24h].
+	LeafTTL    duration `json:"leafTTL,omitempty"`
+	LeafMinTTL duration `json:"leafMinTTL,omitempty"`
+	LeafMaxTTL duration `json:"leafMaxTTL,omitempty"`
+	// IntermediateTTL is the lifetime of the intermediate minted at start.
+	// Default 30 days.
+	IntermediateTTL duration `json:"intermediateTTL,omitempty"`
+	// Root is the root CA key (a file key until Vault support lands).
+	Root rootKeyConfig `json:"root,omitempty"`
+	// Store selects the database; the default is SQLite in DataDir.
+	Store storeConfig `json:"store,omitempty"`
+	// Clusters lists every cluster whose workloads this issuer attests.
+	// Required: at least the local one.
+	Clusters []clusterConfig `json:"clusters,omitempty"`
+}
+
+// rootKeyConfig locates the file root CA.
+type rootKeyConfig struct {
+	// Dir holds root-key.pem and root.pem, created on first start. Empty
+	// means DataDir.
+	Dir string `json:"dir,omitempty"`
+}
+
+// clusterConfig is one cluster an issuer attests tokens from.
+type clusterConfig struct {
+	// Name is the cluster's name, matched against the gRPC metadata
+	// "clusterid". Required.
+	Name string `json:"name,omitempty"`
+	// Aliases are further clusterid values meaning this cluster (istio-agent
+	// sends the Istio cluster name, often "Kubernetes"). The empty clusterid
+	// always means the issuer's own cluster.
+	Aliases []string `json:"aliases,omitempty"`
+	// Attestor is "tokenreview" (default), "jwks" or "dev".
+	Attestor string `json:"attestor,omitempty"`
+	// Kubeconfig and Context locate the API server (tokenreview, jwks).
+	// Empty Kubeconfig means in-cluster (the issuer pod's service account).
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	Context    string `json:"context,omitempty"`
+	// Audiences accepted in tokens. Default meshca and istio-ca.
+	Audiences []string `json:"audiences,omitempty"`
+	// AllowUnboundTokens accepts tokens not bound to a pod (tokenreview).
+	// Default false: pod binding is required.
+	AllowUnboundTokens bool `json:"allowUnboundTokens,omitempty"`
+	// Policy is the namespace/service-account allow and deny list.
+	Policy attest.PolicyConfig `json:"policy,omitempty"`
+	// Cache of positive results. Default TTL: 10s for tokenreview (so a
+	// revoked token lives at most that much longer), 5m otherwise.
+	Cache cacheConfig `json:"cache,omitempty"`
+	// JWKS configures attestor "jwks".
+	JWKS jwksConfig `json:"jwks,omitempty"`
+	// DevKeyDir holds the dev token signer key for attestor "dev" (tokens
+	// from `meshca dev token --data-dir DIR`). Empty means DataDir. Never
+	// use it in production.
+	DevKeyDir string `json:"devKeyDir,omitempty"`
+	// APITimeout bounds each API server call. Default 5s.
+	APITimeout duration `json:"apiTimeout,omitempty"`
+}
+
+// cacheConfig tunes one cluster's attestation cache.
+type cacheConfig struct {
+	// Disabled turns the cache off: every request is attested afresh.
+	Disabled bool `json:"disabled,omitempty"`
+	// Size bounds the number of cached identities. Default 10000.
+	Size int `json:"size,omitempty"`
+	// TTL bounds how long a result is reused (never past the token's exp).
+	TTL duration `json:"ttl,omitempty"`
+}
+
+// jwksConfig is the production JWKS mode: keys from the API server.
+type jwksConfig struct {
+	// Issuer is the API server's --service-account-issuer. Required.
+	Issuer string `json:"issuer,omitempty"`
+	// RefreshInterval, MaxStale: see attest.RemoteKeysConfig (5m, 1h).
+	RefreshInterval duration `json:"refreshInterval,omitempty"`
+	MaxStale        duration `json:"maxStale,omitempty"`
+}
+
+func defaultIssuerConfig() issuerConfig {
+	return issuerConfig{
+		DataDir:     "./.meshca-issuer",
+		Listen:      "127.0.0.1:15012",
+		TrustDomain: "cluster.local",
+		Hosts:       []string{"istiod.istio-system.svc", "meshca.meshca-system.svc", "localhost", "127.0.0.1"},
+	}
+}
+
+// validate checks what can be checked without I/O.
+func (c *issuerConfig) validate() error {
+	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
+		return fmt.Errorf("trustDomain %q: %w", c.TrustDomain, err)
+	}
+	if c.Cluster == "" {
+		return errors.New("cluster is required")
+	}
+	if len(c.Clusters) == 0 {
+		return errors.New("clusters: at least the issuer's own cluster is required")
+	}
+	names := map[string]bool{}
+	for i := range c.Clusters {
+		cl := &c.Clusters[i]
+		if err := cl.validate(); err != nil {
+			return fmt.Errorf("clusters[%d] %q: %w", i, cl.Name, err)
+		}
+		for _, n := range append([]string{cl.Name}, cl.Aliases...) {
+			if names[n] {
+				return fmt.Errorf("clusters[%d]: name or alias %q is used twice", i, n)
+			}
+			names[n] = true
+		}
+	}
+	if !slices.ContainsFunc(c.Clusters, func(cl clusterConfig) bool { return cl.Name == c.Cluster }) {
+		return fmt.Errorf("cluster %q is not in clusters", c.Cluster)
+	}
+	return nil
+}
+
+func (c *clusterConfig) validate() error {
+	if c.Name == "" {
+		return errors.New("name is required")
+	}
+	if slices.Contains(c.Aliases, "") {
+		return errors.New("empty alias (the empty clusterid always means the issuer's own cluster)")
+	}
+	if c.Attestor == "" {
+		c.Attestor = attestorTokenReview
+	}
+	switch c.Attestor {
+	case attestorTokenReview:
+	case attestorJWKS:
+		if c.JWKS.Issuer == "" {
+			return errors.New("jwks.issuer is required for attestor jwks")
+		}
+	case attestorDev:
+		if c.AllowUnboundTokens || c.Kubeconfig != "" {
+			return errors.New("attestor dev takes no kubeconfig or allowUnboundTokens")
+		}
+	default:
+		return fmt.Errorf("attestor %q: want tokenreview, jwks or dev", c.Attestor)
+	}
+	if c.Attestor != attestorTokenReview && c.AllowUnboundTokens {
+		return errors.New("allowUnboundTokens applies to attestor tokenreview only")
+	}
+	if c.Cache.Size < 0 || c.Cache.TTL < 0 || c.APITimeout < 0 {
+		return errors.New("negative cache size, cache ttl or apiTimeout")
+	}
+	kc := attest.KubeClientConfig{Kubeconfig: c.Kubeconfig, Context: c.Context}
+	if err := kc.Validate(); err != nil {
+		return err
+	}
+	return c.Policy.Validate()
+}
+
+// cacheTTL is the cluster's cache TTL with the attestor-specific default.
+func (c *clusterConfig) cacheTTL() time.Duration {
+	switch {
+	case c.Cache.TTL > 0:
+		return time.Duration(c.Cache.TTL)
+	case c.Attestor == attestorTokenReview:
+		return 10 * time.Second
+	default:
+		return 5 * time.Minute
+	}
+}
