@@ -8,19 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
-	"os"
-	"path/filepath"
 	"time"
 
-	"github.com/google/renameio/v2"
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/issuer"
 )
 
 func newDevCommand() *cobra.Command {
@@ -80,70 +74,24 @@ func applyChangedFlags(cmd *cobra.Command, fileCfg *devConfig, flagCfg devConfig
 }
 
 func runDev(ctx context.Context, cfg devConfig, out io.Writer) error {
-	log := slog.Default()
-	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
-	if err != nil {
-		return fmt.Errorf("trust domain %q: %w", cfg.TrustDomain, err)
-	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return fmt.Errorf("data dir: %w", err)
-	}
-	root, err := ca.LoadOrCreateFileRoot(ca.FileRootConfig{Dir: cfg.DataDir})
-	if err != nil {
-		return err
-	}
-	inter, err := newIntermediate(root, td, cfg.Cluster, time.Duration(cfg.IntermediateTTL))
-	if err != nil {
-		return err
-	}
-	bundle, err := ca.NewBundle(root.Certificate)
-	if err != nil {
-		return err
-	}
-	signer, err := attest.LoadOrCreateDevSigner(cfg.DataDir)
-	if err != nil {
-		return err
-	}
-	jwks, err := attest.NewJWKS(attest.JWKSConfig{Issuer: attest.DevIssuer, Keys: attest.StaticKeys{Set: signer.KeySet()}, Cluster: cfg.Cluster})
-	if err != nil {
-		return err
-	}
-	db, err := openStore(ctx, cfg.Store, cfg.DataDir)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-
-	iss, err := issuer.New(issuer.Config{
-		TrustDomain: td, Cluster: cfg.Cluster, Authority: inter, Bundle: bundle,
-		Attestor: attest.NewCached(jwks, attest.CacheConfig{}), Recorder: db,
-		DefaultTTL: time.Duration(cfg.LeafTTL), MinTTL: time.Duration(cfg.LeafMinTTL), MaxTTL: time.Duration(cfg.LeafMaxTTL),
-		Logger: log,
-	})
-	if err != nil {
-		return err
-	}
-	srv, err := issuer.NewServer(issuer.ServerConfig{Issuer: iss, Hosts: cfg.Hosts})
-	if err != nil {
-		return err
-	}
-	lis, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	bundlePath := filepath.Join(cfg.DataDir, "bundle.pem")
-	if err := renameio.WriteFile(bundlePath, bundle.PEM(), 0o644); err != nil {
-		lis.Close()
-		return fmt.Errorf("write bundle: %w", err)
-	}
-	log.Info("meshca dev serving", "addr", lis.Addr().String(), "trust_domain", td.Name(), "cluster", cfg.Cluster,
-		"root_expires", root.Certificate.NotAfter, "intermediate_expires", inter.Certificate.NotAfter)
-	printDevBanner(out, lis.Addr().String(), cfg.DataDir, bundlePath)
-	if err := srv.Serve(ctx, lis); err != nil {
-		return err
-	}
-	log.Info("meshca dev stopped")
-	return nil
+	return serveCA(ctx, caStack{
+		name: "meshca dev", trustDomain: cfg.TrustDomain, cluster: cfg.Cluster, dataDir: cfg.DataDir,
+		listen: cfg.Listen, hosts: cfg.Hosts, intermediateTTL: time.Duration(cfg.IntermediateTTL),
+		leafTTL: time.Duration(cfg.LeafTTL), leafMinTTL: time.Duration(cfg.LeafMinTTL), leafMaxTTL: time.Duration(cfg.LeafMaxTTL),
+		store: cfg.Store,
+		attestor: func() (attest.Attestor, error) {
+			signer, err := attest.LoadOrCreateDevSigner(cfg.DataDir)
+			if err != nil {
+				return nil, err
+			}
+			jwks, err := attest.NewJWKS(attest.JWKSConfig{Issuer: attest.DevIssuer, Keys: attest.StaticKeys{Set: signer.KeySet()}, Cluster: cfg.Cluster})
+			if err != nil {
+				return nil, err
+			}
+			return attest.NewCached(jwks, attest.CacheConfig{}), nil
+		},
+		banner: func(out io.Writer, addr, bundlePath string) { printDevBanner(out, addr, cfg.DataDir, bundlePath) },
+	}, out)
 }
 
 // newIntermediate mints the dev issuer's intermediate under root. Its key is

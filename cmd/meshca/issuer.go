@@ -6,19 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"os"
-	"path/filepath"
 	"time"
 
-	"github.com/google/renameio/v2"
 	"github.com/spf13/cobra"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/klog/v2"
 
 	"github.com/meshca/meshca/attest"
-	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/issuer"
 )
 
 func newIssuerCommand() *cobra.Command {
@@ -64,68 +57,16 @@ func runIssuer(ctx context.Context, cfg issuerConfig, out io.Writer) error {
 	log := slog.Default()
 	// client-go logs through klog; keep one structured log stream.
 	klog.SetSlogLogger(log.With("component", "client-go"))
-	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
-	if err != nil {
-		return fmt.Errorf("trust domain %q: %w", cfg.TrustDomain, err)
-	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return fmt.Errorf("data dir: %w", err)
-	}
-	rootDir := cfg.Root.Dir
-	if rootDir == "" {
-		rootDir = cfg.DataDir
-	}
-	root, err := ca.LoadOrCreateFileRoot(ca.FileRootConfig{Dir: rootDir})
-	if err != nil {
-		return err
-	}
-	inter, err := newIntermediate(root, td, cfg.Cluster, time.Duration(cfg.IntermediateTTL))
-	if err != nil {
-		return err
-	}
-	bundle, err := ca.NewBundle(root.Certificate)
-	if err != nil {
-		return err
-	}
-	att, err := buildAttestor(cfg, log)
-	if err != nil {
-		return err
-	}
-	db, err := openStore(ctx, cfg.Store, cfg.DataDir)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-
-	iss, err := issuer.New(issuer.Config{
-		TrustDomain: td, Cluster: cfg.Cluster, Authority: inter, Bundle: bundle, Attestor: att, Recorder: db,
-		DefaultTTL: time.Duration(cfg.LeafTTL), MinTTL: time.Duration(cfg.LeafMinTTL), MaxTTL: time.Duration(cfg.LeafMaxTTL),
-		Logger: log,
-	})
-	if err != nil {
-		return err
-	}
-	srv, err := issuer.NewServer(issuer.ServerConfig{Issuer: iss, Hosts: cfg.Hosts})
-	if err != nil {
-		return err
-	}
-	lis, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	bundlePath := filepath.Join(cfg.DataDir, "bundle.pem")
-	if err := renameio.WriteFile(bundlePath, bundle.PEM(), 0o644); err != nil {
-		lis.Close()
-		return fmt.Errorf("write bundle: %w", err)
-	}
-	log.Info("meshca issuer serving", "addr", lis.Addr().String(), "trust_domain", td.Name(), "cluster", cfg.Cluster,
-		"clusters", len(cfg.Clusters), "root_expires", root.Certificate.NotAfter, "intermediate_expires", inter.Certificate.NotAfter)
-	fmt.Fprintf(out, "meshca issuer is serving the Istio CA API on %s (TLS; root: %s)\n", lis.Addr(), bundlePath)
-	if err := srv.Serve(ctx, lis); err != nil {
-		return err
-	}
-	log.Info("meshca issuer stopped")
-	return nil
+	return serveCA(ctx, caStack{
+		name: "meshca issuer", trustDomain: cfg.TrustDomain, cluster: cfg.Cluster, dataDir: cfg.DataDir, rootDir: cfg.Root.Dir,
+		listen: cfg.Listen, hosts: cfg.Hosts, intermediateTTL: time.Duration(cfg.IntermediateTTL),
+		leafTTL: time.Duration(cfg.LeafTTL), leafMinTTL: time.Duration(cfg.LeafMinTTL), leafMaxTTL: time.Duration(cfg.LeafMaxTTL),
+		store:    cfg.Store,
+		attestor: func() (attest.Attestor, error) { return buildAttestor(cfg, log) },
+		banner: func(out io.Writer, addr, bundlePath string) {
+			fmt.Fprintf(out, "meshca issuer is serving the Istio CA API on %s (TLS; root: %s)\n", addr, bundlePath)
+		},
+	}, out)
 }
 
 // buildAttestor builds, per cluster, policy → cache → attestor, and routes
