@@ -12,7 +12,7 @@ STATICCHECK := $(CACHE_DIR)/staticcheck-$(STATICCHECK_VERSION)
 BENCHTIME   ?= 3s
 FUZZTIME    ?= 30s
 
-.PHONY: all build test unit e2e interop lint bench fuzz testbed tools clean
+.PHONY: all build test unit e2e interop lint bench fuzz testbed tools generate clean
 
 # Each test-bed component (PostgreSQL, kube-apiserver, Vault, ...) lives in a
 # fragment test/testbed/NAME.mk that defines a target `testbed-NAME`, adds it
@@ -58,6 +58,16 @@ testbed: $(TESTBED_TARGETS)
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl) >/dev/null; }
 
 tools: $(STATICCHECK)
+
+## generate: regenerate api/ (protobuf + gRPC Go code; the output is committed).
+BUF_VERSION := v1.59.0
+GENTOOLS    := $(CACHE_DIR)/gentools-$(BUF_VERSION)
+generate:
+	@test -x $(GENTOOLS)/protoc-gen-go-grpc || { mkdir -p $(GENTOOLS) && \
+		GOBIN=$(GENTOOLS) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION) && \
+		GOBIN=$(GENTOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12 && \
+		GOBIN=$(GENTOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.0; }
+	cd api && PATH=$(GENTOOLS):$$PATH buf lint && PATH=$(GENTOOLS):$$PATH buf generate
 
 $(STATICCHECK):
 	@mkdir -p $(CACHE_DIR)

@@ -1,0 +1,93 @@
+package store
+
+import (
+	"context"
+	"time"
+)
+
+// Cluster is a cluster registered with the root by `meshca admin cluster add`.
+type Cluster struct {
+	Name        string
+	TrustDomain string
+	// CreatedAt has second precision, UTC; the store sets it on insert.
+	CreatedAt time.Time
+}
+
+// JoinToken is a one-time enrolment token. Only its hash is stored.
+type JoinToken struct {
+	// Hash is the lower-case hexadecimal SHA-256 of the token.
+	Hash    string
+	Cluster string
+	// ExpiresAt has second precision, UTC.
+	ExpiresAt time.Time
+}
+
+// Intermediate is the record of one cluster intermediate signed by a root.
+type Intermediate struct {
+	// Serial is the lower-case hexadecimal serial number.
+	Serial      string
+	Cluster     string
+	TrustDomain string
+	// RootFingerprint is the lower-case hex SHA-256 of the DER root that
+	// signed it.
+	RootFingerprint string
+	// NotBefore and NotAfter have second precision, UTC.
+	NotBefore, NotAfter time.Time
+	// Fingerprint is the lower-case hex SHA-256 of DER.
+	Fingerprint string
+	DER         []byte
+}
+
+// IntermediateFilter selects intermediates; zero fields match everything.
+type IntermediateFilter struct {
+	Cluster         string
+	RootFingerprint string
+	// ActiveAt, when non-zero, keeps only those with NotBefore <= ActiveAt
+	// <= NotAfter.
+	ActiveAt time.Time
+}
+
+// Root is one root CA the root service has created. Which roots are in the
+// bundle and which one signs is decided from these records and the clock
+// (package ca), not stored.
+type Root struct {
+	// Fingerprint is the lower-case hex SHA-256 of DER; the primary key.
+	Fingerprint string
+	DER         []byte
+	// KeyRef names the key: a file path or "vault:<transit key name>".
+	KeyRef string
+	// AddedAt is when the root joined the bundle; ActivateAt is when it
+	// starts signing. Second precision, UTC.
+	AddedAt, ActivateAt time.Time
+}
+
+// RootStore is the root service's storage contract, implemented by both
+// backends next to Store. Every write appends its audit event in the same
+// transaction.
+type RootStore interface {
+	// AddCluster registers c, or finds it if a cluster of that name exists
+	// with the same trust domain, and stores tok for it. A cluster of that
+	// name with another trust domain is an error wrapping ErrAlreadyExists,
+	// and nothing is written.
+	AddCluster(ctx context.Context, c Cluster, tok JoinToken, ev AuditEvent) error
+	// Cluster returns the named cluster or ErrNotFound.
+	Cluster(ctx context.Context, name string) (Cluster, error)
+	// RedeemJoinToken marks the token with this hash used and returns its
+	// cluster, appending ev (with Cluster filled in) in the same
+	// transaction. A token that is unknown, already used or expired at now
+	// gives an error wrapping ErrNotFound, and nothing is written. Two
+	// concurrent redemptions of one token: exactly one succeeds.
+	RedeemJoinToken(ctx context.Context, hash string, now time.Time, ev AuditEvent) (Cluster, error)
+	// RecordIntermediate durably records in with its audit event. A serial
+	// already recorded wraps ErrAlreadyExists.
+	RecordIntermediate(ctx context.Context, in Intermediate, ev AuditEvent) error
+	// Intermediates lists intermediates matching f by NotBefore ascending,
+	// then Serial.
+	Intermediates(ctx context.Context, f IntermediateFilter) ([]Intermediate, error)
+	// AddRoot records a new root with its audit event. A fingerprint
+	// already recorded wraps ErrAlreadyExists.
+	AddRoot(ctx context.Context, r Root, ev AuditEvent) error
+	// Roots lists every root recorded, by AddedAt ascending, then
+	// Fingerprint.
+	Roots(ctx context.Context) ([]Root, error)
+}
