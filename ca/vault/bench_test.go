@@ -6,6 +6,8 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"testing"
+
+	"github.com/meshca/meshca/test/vaulttest"
 )
 
 // BenchmarkVaultSign signs SHA-256 digests with an ECDSA P-256 key from
@@ -28,7 +30,7 @@ func BenchmarkVaultSign(b *testing.B) {
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
 	}
 	b.Run("vault-transit-ecdsa-p256", func(b *testing.B) {
-		v := shared(b)
+		v := vaulttest.Shared(b)
 		cfg := tokenConfig(v, v.Token, "bench-ecdsa-p256")
 		run(b, newSigner(b, cfg))
 	})

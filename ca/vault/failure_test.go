@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/test/vaulttest"
 )
 
 // failTimeout bounds each call in the failure tests; failures must be
@@ -47,14 +49,14 @@ func recovers(t *testing.T, s *Signer) {
 }
 
 func TestSealedThenUnsealed(t *testing.T) {
-	v := dedicated(t, false)
-	cfg := tokenConfig(v, v.Token, keyName(t))
+	v := vaulttest.Start(t)
+	cfg := tokenConfig(v, v.Token, vaulttest.KeyName(t))
 	cfg.Timeout = failTimeout
 	s := newSigner(t, cfg)
 	mustSign(t, s)
 
-	if err := v.Admin.Sys().SealWithContext(context.Background()); err != nil {
-		t.Fatalf("seal: %v", err)
+	if err := v.Seal(); err != nil {
+		t.Fatal(err)
 	}
 	wantFailure(t, s, ErrSealed)
 	if err := v.Unseal(); err != nil {
@@ -67,8 +69,8 @@ func TestSealedThenUnsealed(t *testing.T) {
 // again (sealed), then unsealed: the same Signer, never recreated, signs
 // with the same key again.
 func TestStoppedThenRestarted(t *testing.T) {
-	v := startFileVault(t)
-	cfg := tokenConfig(v, v.Token, keyName(t))
+	v := vaulttest.StartFile(t)
+	cfg := tokenConfig(v, v.Token, vaulttest.KeyName(t))
 	cfg.Timeout = failTimeout
 	s := newSigner(t, cfg)
 	mustSign(t, s)
@@ -76,10 +78,7 @@ func TestStoppedThenRestarted(t *testing.T) {
 
 	v.Stop()
 	wantFailure(t, s, ErrUnreachable)
-	if err := v.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if err := v.waitReady(60*time.Second, false); err != nil {
+	if err := v.Restart(); err != nil {
 		t.Fatal(err)
 	}
 	wantFailure(t, s, ErrSealed)
@@ -113,9 +112,9 @@ func TestNewUnreachable(t *testing.T) {
 // A Vault that accepts connections but never answers: Sign gives up at
 // Config.Timeout with ErrUnreachable, and works again when Vault answers.
 func TestHungVault(t *testing.T) {
-	v := shared(t)
+	v := vaulttest.Shared(t)
 	p := newHangProxy(t, strings.TrimPrefix(v.Addr, "http://"))
-	cfg := tokenConfig(v, v.Token, keyName(t))
+	cfg := tokenConfig(v, v.Token, vaulttest.KeyName(t))
 	cfg.Address = "http://" + p.addr()
 	cfg.Timeout = time.Second
 	s := newSigner(t, cfg)
@@ -219,8 +218,8 @@ func (p *hangProxy) serve() {
 // Vault over HTTPS: its CA from Config.CACertFile is trusted; without it
 // the certificate is refused, and the error says so.
 func TestTLSCA(t *testing.T) {
-	v := dedicated(t, true)
-	cfg := tokenConfig(v, v.Token, keyName(t))
+	v := vaulttest.StartTLS(t)
+	cfg := tokenConfig(v, v.Token, vaulttest.KeyName(t))
 	cfg.CACertFile = v.CAFile
 	mustSign(t, newSigner(t, cfg))
 

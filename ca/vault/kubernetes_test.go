@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 	"github.com/meshca/meshca/test/kubetest"
+	"github.com/meshca/meshca/test/vaulttest"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -17,7 +18,7 @@ import (
 // Kubernetes login against a real Vault whose kubernetes auth method
 // reviews tokens with a real kube-apiserver.
 func TestKubernetesLogin(t *testing.T) {
-	v := shared(t)
+	v := vaulttest.Shared(t)
 	kc := kubetest.Start(t, kubetest.Options{Name: "vault-auth"})
 	ns := kc.Namespace(t)
 	kc.ServiceAccount(t, ns, "vault-reviewer")
@@ -34,7 +35,7 @@ func TestKubernetesLogin(t *testing.T) {
 		t.Fatalf("bind reviewer: %v", err)
 	}
 
-	name := keyName(t)
+	name := vaulttest.KeyName(t)
 	mount := "kubernetes-" + name
 	if err := v.Admin.Sys().EnableAuthWithOptionsWithContext(ctx, mount, &api.EnableAuthOptions{Type: "kubernetes"}); err != nil {
 		t.Fatalf("enable kubernetes auth: %v", err)
@@ -47,7 +48,7 @@ func TestKubernetesLogin(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("configure kubernetes auth: %v", err)
 	}
-	if err := v.Admin.Sys().PutPolicyWithContext(ctx, name, signPolicy(name)); err != nil {
+	if err := v.Admin.Sys().PutPolicyWithContext(ctx, name, vaulttest.SignPolicy(name)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := v.Admin.Logical().WriteWithContext(ctx, "auth/"+mount+"/role/meshca", map[string]any{

@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/test/vaulttest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -24,7 +25,7 @@ func digestOf(h crypto.Hash, msg string) []byte {
 }
 
 func TestSignVerifies(t *testing.T) {
-	v := shared(t)
+	v := vaulttest.Shared(t)
 	pssHash := &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA256}
 	pssAuto := &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto, Hash: crypto.SHA512}
 	tests := []struct {
@@ -41,7 +42,7 @@ func TestSignVerifies(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg := tokenConfig(v, "root", keyName(t))
+			cfg := tokenConfig(v, "root", vaulttest.KeyName(t))
 			cfg.KeyType = tt.keyType
 			s := newSigner(t, cfg)
 			h := tt.opts.HashFunc()
@@ -79,8 +80,8 @@ func TestSignVerifies(t *testing.T) {
 
 // The same key name gives the same key: a restarted meshca keeps its root.
 func TestNewReusesKey(t *testing.T) {
-	v := shared(t)
-	cfg := tokenConfig(v, "root", keyName(t))
+	v := vaulttest.Shared(t)
+	cfg := tokenConfig(v, "root", vaulttest.KeyName(t))
 	a, b := newSigner(t, cfg), newSigner(t, cfg)
 	if !a.Public().(*ecdsa.PublicKey).Equal(b.Public()) {
 		t.Fatal("second Signer has another public key")
@@ -91,10 +92,10 @@ func TestNewReusesKey(t *testing.T) {
 }
 
 func TestRootSignedByVault(t *testing.T) {
-	v := shared(t)
+	v := vaulttest.Shared(t)
 	for _, keyType := range []string{KeyTypeECDSAP256, KeyTypeECDSAP384, KeyTypeRSA2048} {
 		t.Run(keyType, func(t *testing.T) {
-			cfg := tokenConfig(v, "root", keyName(t))
+			cfg := tokenConfig(v, "root", vaulttest.KeyName(t))
 			cfg.KeyType = keyType
 			s := newSigner(t, cfg)
 			root, err := ca.NewRoot(ca.RootConfig{Signer: s, CommonName: "vault root"})
@@ -143,8 +144,8 @@ func TestRootSignedByVault(t *testing.T) {
 }
 
 func TestKeyCreatedNonExportable(t *testing.T) {
-	v := shared(t)
-	name := keyName(t)
+	v := vaulttest.Shared(t)
+	name := vaulttest.KeyName(t)
 	newSigner(t, tokenConfig(v, "root", name))
 	ctx := context.Background()
 	secret, err := v.Admin.Logical().ReadWithContext(ctx, "transit/keys/"+name)
@@ -165,7 +166,7 @@ func TestKeyCreatedNonExportable(t *testing.T) {
 }
 
 func TestRefusesUnsafeOrWrongKey(t *testing.T) {
-	v := shared(t)
+	v := vaulttest.Shared(t)
 	tests := []struct {
 		name    string
 		create  map[string]any
@@ -179,7 +180,7 @@ func TestRefusesUnsafeOrWrongKey(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			name := keyName(t)
+			name := vaulttest.KeyName(t)
 			ctx := context.Background()
 			if _, err := v.Admin.Logical().WriteWithContext(ctx, "transit/keys/"+name, tt.create); err != nil {
 				t.Fatalf("create key: %v", err)
