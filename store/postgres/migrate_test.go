@@ -15,7 +15,8 @@ import (
 	"github.com/meshca/meshca/store/postgres/pgtest"
 )
 
-var wantTables = []string{"audit_chain_head", "audit_events", "certificates", "clusters", "intermediates", "revocations"}
+var wantTables = []string{"audit_chain_head", "audit_events", "certificates", "clusters", "intermediates",
+	"join_tokens", "revocations", "roots"}
 
 // tables lists the public schema's tables, leaving out goose's.
 func tables(t *testing.T, dsn string) []string {

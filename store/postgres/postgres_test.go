@@ -23,6 +23,16 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+func TestRootStoreConformance(t *testing.T) {
+	storetest.RunRootStore(t, func(t *testing.T) storetest.RootStoreUnderTest {
+		s, err := Open(t.Context(), Config{DSN: pgtest.NewDatabase(t), MaxConns: 4})
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		return s
+	})
+}
+
 // openTest opens a store on dsn and closes it at the end of the test.
 func openTest(tb testing.TB, cfg Config) *Store {
 	tb.Helper()

@@ -101,17 +101,26 @@ func (s *Store) commitBatch(parent context.Context, batch []write) ([]error, err
 	ctx, cancel := context.WithTimeout(parent, s.commitTimeout)
 	defer cancel()
 	itemErrs, err := s.commitTx(ctx, batch)
-	if err != nil && ctx.Err() != nil && parent.Err() == nil {
-		// The store's own deadline, not a caller's. Report it without
-		// wrapping context.DeadlineExceeded, which callers would take for
-		// their own deadline (and the issuer would not map to Unavailable).
-		msg := fmt.Sprintf("batch transaction timed out after %v (%v)", s.commitTimeout, err)
-		if errors.Is(err, ErrCommitOutcomeUnknown) {
-			return nil, fmt.Errorf("%w: %s", ErrCommitOutcomeUnknown, msg)
-		}
-		return nil, errors.New(msg)
+	if err != nil {
+		return nil, s.timeoutError(parent, ctx, err)
 	}
-	return itemErrs, err
+	return itemErrs, nil
+}
+
+// timeoutError returns err, the error of a transaction run under ctx, a
+// context derived from parent with the commit timeout. When it was the store's
+// own deadline, not the caller's, that ended the transaction, the error is
+// reported without wrapping context.DeadlineExceeded, which callers would
+// take for their own deadline (and the issuer would not map to Unavailable).
+func (s *Store) timeoutError(parent, ctx context.Context, err error) error {
+	if ctx.Err() == nil || parent.Err() != nil {
+		return err
+	}
+	msg := fmt.Sprintf("transaction timed out after %v (%v)", s.commitTimeout, err)
+	if errors.Is(err, ErrCommitOutcomeUnknown) {
+		return fmt.Errorf("%w: %s", ErrCommitOutcomeUnknown, msg)
+	}
+	return errors.New(msg)
 }
 
 const (
@@ -240,17 +249,27 @@ func beginBatch(ctx context.Context, conn *pgx.Conn, certs certColumns) (map[str
 			inserted[s] = true
 		}
 	}
-	err := br.QueryRow().Scan(&head.Seq, &head.Hash)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, head, errors.New("lock audit chain head: the audit_chain_head row is missing")
-	}
+	head, err := scanHead(br.QueryRow())
 	if err != nil {
-		return nil, head, fmt.Errorf("lock audit chain head: %w", err)
+		return nil, head, err
 	}
 	if err := br.Close(); err != nil {
 		return nil, head, fmt.Errorf("begin: %w", err)
 	}
 	return inserted, head, nil
+}
+
+// scanHead reads the result of lockHeadSQL.
+func scanHead(row pgx.Row) (store.ChainHead, error) {
+	var head store.ChainHead
+	err := row.Scan(&head.Seq, &head.Hash)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return head, errors.New("lock audit chain head: the audit_chain_head row is missing")
+	}
+	if err != nil {
+		return head, fmt.Errorf("lock audit chain head: %w", err)
+	}
+	return head, nil
 }
 
 // finishBatch chains the events of batch after head, appends them, advances

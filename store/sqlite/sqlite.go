@@ -6,8 +6,11 @@
 // one connection owned by a [store.GroupCommitter]: concurrent writes share a
 // transaction (and an fsync), and the audit hash chain is extended inside
 // that transaction, after reading the current head, so seq numbers are
-// gapless and links never race. Reads use a separate pool of read-only
-// connections, which WAL lets run alongside the writer.
+// gapless and links never race. The root service's rare writes (the
+// [store.RootStore] methods) skip the batching: each runs a transaction of
+// its own on that same connection, between batches, and extends the chain
+// the same way. Reads use a separate pool of read-only connections, which
+// WAL lets run alongside the writer.
 //
 // One bad write cannot fail the others in its batch: each write runs under its
 // own SAVEPOINT, and a write that fails (a duplicate serial, say) is rolled
@@ -29,6 +32,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -74,15 +78,19 @@ func (c Config) Validate() error {
 	return c.GroupCommit.Validate()
 }
 
-// Store is the SQLite implementation of [store.Store]. It is safe for
-// concurrent use.
+// Store is the SQLite implementation of [store.Store] and
+// [store.RootStore]. It is safe for concurrent use.
 type Store struct {
 	now    func() time.Time
-	w      *sql.DB // exactly one connection, used only by the group committer
+	w      *sql.DB // exactly one connection, for every write
 	r      *sql.DB // read-only connections
 	stmts  writeStmts
 	gc     *store.GroupCommitter[write]
 	closed atomic.Bool
+	// direct is held shared by each write that runs its own transaction
+	// instead of going through gc (see writeTx), and exclusively by Close,
+	// so that Close waits for those writes before closing the database.
+	direct sync.RWMutex
 }
 
 var _ store.Store = (*Store)(nil)
@@ -140,7 +148,8 @@ func open(ctx context.Context, cfg Config) (_ *Store, err error) {
 		return nil, err
 	}
 	// One connection that never expires: every write and every chain head
-	// read happens on it, in the group committer's goroutine.
+	// read happens on it, so no two transactions ever extend the chain at
+	// once (database/sql hands it to one transaction at a time).
 	s.w.SetMaxOpenConns(1)
 	s.w.SetMaxIdleConns(1)
 	s.w.SetConnMaxLifetime(0)
@@ -206,6 +215,10 @@ func (s *Store) Close() error {
 	if !s.closed.CompareAndSwap(false, true) {
 		return nil
 	}
+	// Direct writes that started before closed was set finish first; those
+	// that wait for the lock then see closed.
+	s.direct.Lock()
+	defer s.direct.Unlock()
 	err := s.gc.Close()
 	if cerr := s.closeDBs(); cerr != nil {
 		err = errors.Join(err, cerr)

@@ -27,6 +27,16 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+func TestRootStoreConformance(t *testing.T) {
+	storetest.RunRootStore(t, func(t *testing.T) storetest.RootStoreUnderTest {
+		s, err := Open(t.Context(), Config{Path: filepath.Join(t.TempDir(), "meshca.db")})
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		return s
+	})
+}
+
 // openTest opens a store at path and closes it at the end of the test.
 func openTest(tb testing.TB, cfg Config) *Store {
 	tb.Helper()

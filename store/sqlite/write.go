@@ -198,7 +198,13 @@ func (b batchTx) insert(ctx context.Context, w write, ev store.AuditEvent) error
 			return fmt.Errorf("insert certificate: %w", err)
 		}
 	}
-	_, err := b.insertEvent.ExecContext(ctx, ev.Seq, ev.Time.Unix(), ev.Actor, ev.Action,
+	return insertEvent(ctx, b.insertEvent, ev)
+}
+
+// insertEvent inserts ev, already chained, with st (writeStmts.insertEvent
+// bound to the transaction).
+func insertEvent(ctx context.Context, st *sql.Stmt, ev store.AuditEvent) error {
+	_, err := st.ExecContext(ctx, ev.Seq, ev.Time.Unix(), ev.Actor, ev.Action,
 		ev.Cluster, ev.SPIFFEID, ev.Serial, ev.Detail, ev.PrevHash, ev.Hash)
 	if err != nil {
 		return fmt.Errorf("insert audit event: %w", err)

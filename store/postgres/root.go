@@ -1,0 +1,218 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/meshca/meshca/store"
+)
+
+var _ store.RootStore = (*Store)(nil)
+
+// The RootStore writes are rare (an administrator adds a cluster, a cluster
+// enrols, a root or intermediate rotates), so they are not batched: each
+// runs a transaction of its own through writeTx, which extends the audit
+// chain under the same audit_chain_head row lock as the batches.
+
+// AddCluster registers c, or finds it if a cluster of that name exists with
+// the same trust domain, and stores tok for it, with ev, in one transaction.
+// A cluster of that name with another trust domain, or a token hash already
+// stored, wraps store.ErrAlreadyExists and writes nothing. tok.Cluster may be
+// empty; otherwise it must be c.Name.
+func (s *Store) AddCluster(ctx context.Context, c store.Cluster, tok store.JoinToken, ev store.AuditEvent) error {
+	if err := s.addCluster(ctx, c, tok, ev); err != nil {
+		return fmt.Errorf("postgres: add cluster %s: %w", c.Name, err)
+	}
+	return nil
+}
+
+func (s *Store) addCluster(ctx context.Context, c store.Cluster, tok store.JoinToken, ev store.AuditEvent) error {
+	switch {
+	case c.Name == "" || c.TrustDomain == "":
+		return errors.New("empty name or trust domain")
+	case tok.Hash == "":
+		return errors.New("empty join token hash")
+	case tok.Cluster != "" && tok.Cluster != c.Name:
+		return fmt.Errorf("join token is for cluster %s", tok.Cluster)
+	}
+	if err := checkText([][2]string{{"name", c.Name}, {"trust domain", c.TrustDomain}, {"join token hash", tok.Hash}}); err != nil {
+		return err
+	}
+	now := s.now()
+	ev = withTime(ev, now)
+	return s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
+		// Of two concurrent first registrations, the second waits here for
+		// the first to commit and then finds its row.
+		if _, err := tx.Exec(ctx, `INSERT INTO clusters (name, trust_domain, created_at) VALUES ($1, $2, $3)
+			ON CONFLICT (name) DO NOTHING`, c.Name, c.TrustDomain, now.Unix()); err != nil {
+			return fmt.Errorf("insert cluster: %w", err)
+		}
+		var td string
+		if err := tx.QueryRow(ctx, `SELECT trust_domain FROM clusters WHERE name = $1`, c.Name).Scan(&td); err != nil {
+			return fmt.Errorf("read cluster: %w", err)
+		}
+		if td != c.TrustDomain {
+			return fmt.Errorf("registered with trust domain %s: %w", td, store.ErrAlreadyExists)
+		}
+		// The hash is not logged: it is enough to find the row.
+		return insertNew(ctx, tx, "join token",
+			`INSERT INTO join_tokens (hash, cluster, expires_at, used_at, created_at) VALUES ($1, $2, $3, 0, $4)
+			ON CONFLICT (hash) DO NOTHING`,
+			tok.Hash, c.Name, tok.ExpiresAt.Unix(), now.Unix())
+	})
+}
+
+// redeemSQL marks an unused, unexpired token used and returns its cluster.
+// Of two concurrent redemptions the second waits for the first's row lock,
+// then re-checks used_at = 0 against the committed row and matches nothing.
+const redeemSQL = `UPDATE join_tokens t SET used_at = $2
+	FROM clusters c
+	WHERE t.hash = $1 AND t.used_at = 0 AND t.expires_at > $3 AND c.name = t.cluster
+	RETURNING c.name, c.trust_domain, c.created_at`
+
+// RedeemJoinToken marks the unused token with this hash used, if it has not
+// expired at now (it is valid while now < ExpiresAt), and returns its
+// cluster, appending ev with Cluster filled in. Otherwise the error wraps
+// store.ErrNotFound and nothing is written. Of two concurrent redemptions,
+// from any number of processes, exactly one succeeds.
+func (s *Store) RedeemJoinToken(ctx context.Context, hash string, now time.Time, ev store.AuditEvent) (store.Cluster, error) {
+	var c store.Cluster
+	ev = withTime(ev, s.now())
+	err := s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
+		var created int64
+		// Stored whole seconds: e > now iff e > floor(now). used_at stays
+		// non-zero, which is what marks the token used, whatever the clock.
+		err := tx.QueryRow(ctx, redeemSQL, hash, max(now.Unix(), 1), now.Unix()).Scan(&c.Name, &c.TrustDomain, &created)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("join token unknown, used or expired: %w", store.ErrNotFound)
+		}
+		if err != nil {
+			return fmt.Errorf("mark join token used: %w", err)
+		}
+		c.CreatedAt = fromUnix(created)
+		ev.Cluster = c.Name
+		return nil
+	})
+	if err != nil {
+		return store.Cluster{}, fmt.Errorf("postgres: redeem join token: %w", err)
+	}
+	return c, nil
+}
+
+// RecordIntermediate records in with ev in one transaction. A serial
+// already recorded wraps store.ErrAlreadyExists.
+func (s *Store) RecordIntermediate(ctx context.Context, in store.Intermediate, ev store.AuditEvent) error {
+	if err := s.recordIntermediate(ctx, in, ev); err != nil {
+		return fmt.Errorf("postgres: record intermediate %s: %w", in.Serial, err)
+	}
+	return nil
+}
+
+func (s *Store) recordIntermediate(ctx context.Context, in store.Intermediate, ev store.AuditEvent) error {
+	if in.Serial == "" || len(in.DER) == 0 {
+		return errors.New("empty serial or certificate")
+	}
+	now := s.now()
+	ev = withTime(ev, now)
+	return s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
+		return insertNew(ctx, tx, "intermediate",
+			`INSERT INTO intermediates (`+intermediateColumnList+`, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+			ON CONFLICT (serial) DO NOTHING`,
+			in.Serial, in.Cluster, in.TrustDomain, in.RootFingerprint, in.NotBefore.Unix(), in.NotAfter.Unix(),
+			in.Fingerprint, in.DER, now.Unix())
+	})
+}
+
+// AddRoot records r with ev in one transaction. A fingerprint already
+// recorded wraps store.ErrAlreadyExists.
+func (s *Store) AddRoot(ctx context.Context, r store.Root, ev store.AuditEvent) error {
+	if err := s.addRoot(ctx, r, ev); err != nil {
+		return fmt.Errorf("postgres: add root %s: %w", r.Fingerprint, err)
+	}
+	return nil
+}
+
+func (s *Store) addRoot(ctx context.Context, r store.Root, ev store.AuditEvent) error {
+	if r.Fingerprint == "" || len(r.DER) == 0 {
+		return errors.New("empty fingerprint or certificate")
+	}
+	ev = withTime(ev, s.now())
+	return s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
+		return insertNew(ctx, tx, "root",
+			`INSERT INTO roots (`+rootColumnList+`) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (fingerprint) DO NOTHING`,
+			r.Fingerprint, r.DER, r.KeyRef, r.AddedAt.Unix(), r.ActivateAt.Unix())
+	})
+}
+
+// insertNew runs an INSERT ... ON CONFLICT DO NOTHING of one row and turns
+// "no row inserted" into an error wrapping store.ErrAlreadyExists.
+func insertNew(ctx context.Context, tx pgx.Tx, what, sql string, args ...any) error {
+	tag, err := tx.Exec(ctx, sql, args...)
+	if err != nil {
+		return fmt.Errorf("insert %s: %w", what, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("%s: %w", what, store.ErrAlreadyExists)
+	}
+	return nil
+}
+
+// writeTx runs fn and then appends ev, chained after the locked chain head,
+// in one transaction bounded by the commit timeout, and commits. ev is read
+// after fn returns, so fn may fill it in. The head is locked after fn's
+// writes, as in a batch, so the lock that serializes every appender is held
+// only for the append and the commit.
+func (s *Store) writeTx(parent context.Context, ev *store.AuditEvent, fn func(ctx context.Context, tx pgx.Tx) error) error {
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	if err := checkEvent(*ev); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(parent, s.commitTimeout)
+	defer cancel()
+	if err := s.runTx(ctx, ev, fn); err != nil {
+		return s.timeoutError(parent, ctx, err)
+	}
+	return nil
+}
+
+func (s *Store) runTx(ctx context.Context, ev *store.AuditEvent, fn func(ctx context.Context, tx pgx.Tx) error) (err error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			// The transaction's own error is the one worth reporting; a
+			// rollback that fails closes the connection, which ends the
+			// transaction too.
+			_ = tx.Rollback(ctx)
+		}
+	}()
+	if err := fn(ctx, tx); err != nil {
+		return err
+	}
+	head, err := scanHead(tx.QueryRow(ctx, lockHeadSQL))
+	if err != nil {
+		return err
+	}
+	tag, err := tx.Exec(ctx, appendEventsSQL, chainEvents(head, []write{{ev: *ev}})...)
+	if err != nil {
+		return fmt.Errorf("append audit event: %w", err)
+	}
+	if tag.RowsAffected() != 1 {
+		return fmt.Errorf("append audit event: advanced %d chain heads, want 1", tag.RowsAffected())
+	}
+	if err := tx.Commit(ctx); err != nil {
+		if errors.Is(err, pgx.ErrTxCommitRollback) {
+			return fmt.Errorf("commit: %w", err)
+		}
+		return commitError(err)
+	}
+	return nil
+}

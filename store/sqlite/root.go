@@ -1,0 +1,195 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/meshca/meshca/store"
+)
+
+var _ store.RootStore = (*Store)(nil)
+
+// The RootStore writes are rare (an administrator adds a cluster, a cluster
+// enrols, a root or intermediate rotates), so they are not batched: each
+// runs its own transaction on the writer connection through writeTx.
+
+// AddCluster registers c, or finds it if a cluster of that name exists with
+// the same trust domain, and stores tok for it, with ev, in one transaction.
+// A cluster of that name with another trust domain, or a token hash already
+// stored, wraps store.ErrAlreadyExists and writes nothing. tok.Cluster may be
+// empty; otherwise it must be c.Name.
+func (s *Store) AddCluster(ctx context.Context, c store.Cluster, tok store.JoinToken, ev store.AuditEvent) error {
+	if err := s.addCluster(ctx, c, tok, ev); err != nil {
+		return fmt.Errorf("sqlite: add cluster %s: %w", c.Name, err)
+	}
+	return nil
+}
+
+func (s *Store) addCluster(ctx context.Context, c store.Cluster, tok store.JoinToken, ev store.AuditEvent) error {
+	switch {
+	case c.Name == "" || c.TrustDomain == "":
+		return errors.New("empty name or trust domain")
+	case tok.Hash == "":
+		return errors.New("empty join token hash")
+	case tok.Cluster != "" && tok.Cluster != c.Name:
+		return fmt.Errorf("join token is for cluster %s", tok.Cluster)
+	}
+	now := s.now()
+	ev = withTime(ev, now)
+	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
+		var td string
+		err := tx.QueryRowContext(ctx, `SELECT trust_domain FROM clusters WHERE name = ?`, c.Name).Scan(&td)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			if _, err := tx.ExecContext(ctx, `INSERT INTO clusters (name, trust_domain, created_at) VALUES (?, ?, ?)`,
+				c.Name, c.TrustDomain, now.Unix()); err != nil {
+				return fmt.Errorf("insert cluster: %w", err)
+			}
+		case err != nil:
+			return fmt.Errorf("read cluster: %w", err)
+		case td != c.TrustDomain:
+			return fmt.Errorf("registered with trust domain %s: %w", td, store.ErrAlreadyExists)
+		}
+		// The hash is not logged: it is enough to find the row.
+		return insertNew(ctx, tx, "join token",
+			`INSERT INTO join_tokens (hash, cluster, expires_at, used_at, created_at) VALUES (?, ?, ?, 0, ?)
+			ON CONFLICT (hash) DO NOTHING`,
+			tok.Hash, c.Name, tok.ExpiresAt.Unix(), now.Unix())
+	})
+}
+
+// RedeemJoinToken marks the unused token with this hash used, if it has not
+// expired at now (it is valid while now < ExpiresAt), and returns its
+// cluster, appending ev with Cluster filled in. Otherwise the error wraps
+// store.ErrNotFound and nothing is written. Redemptions are serialized by
+// the writer connection, so of two concurrent ones exactly one succeeds.
+func (s *Store) RedeemJoinToken(ctx context.Context, hash string, now time.Time, ev store.AuditEvent) (store.Cluster, error) {
+	var c store.Cluster
+	ev = withTime(ev, s.now())
+	err := s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
+		// Stored whole seconds: e > now iff e > floor(now). used_at stays
+		// non-zero, which is what marks the token used, whatever the clock.
+		err := tx.QueryRowContext(ctx, `UPDATE join_tokens SET used_at = ?
+			WHERE hash = ? AND used_at = 0 AND expires_at > ? RETURNING cluster`,
+			max(now.Unix(), 1), hash, now.Unix()).Scan(&c.Name)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("join token unknown, used or expired: %w", store.ErrNotFound)
+		}
+		if err != nil {
+			return fmt.Errorf("mark join token used: %w", err)
+		}
+		name := c.Name
+		c, err = scanCluster(tx.QueryRowContext(ctx, `SELECT `+clusterColumns+` FROM clusters WHERE name = ?`, name))
+		if err != nil {
+			return fmt.Errorf("read cluster %s: %w", name, err)
+		}
+		ev.Cluster = c.Name
+		return nil
+	})
+	if err != nil {
+		return store.Cluster{}, fmt.Errorf("sqlite: redeem join token: %w", err)
+	}
+	return c, nil
+}
+
+// RecordIntermediate records in with ev in one transaction. A serial
+// already recorded wraps store.ErrAlreadyExists.
+func (s *Store) RecordIntermediate(ctx context.Context, in store.Intermediate, ev store.AuditEvent) error {
+	if err := s.recordIntermediate(ctx, in, ev); err != nil {
+		return fmt.Errorf("sqlite: record intermediate %s: %w", in.Serial, err)
+	}
+	return nil
+}
+
+func (s *Store) recordIntermediate(ctx context.Context, in store.Intermediate, ev store.AuditEvent) error {
+	if in.Serial == "" || len(in.DER) == 0 {
+		return errors.New("empty serial or certificate")
+	}
+	now := s.now()
+	ev = withTime(ev, now)
+	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
+		return insertNew(ctx, tx, "intermediate",
+			`INSERT INTO intermediates (`+intermediateColumns+`, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+			ON CONFLICT (serial) DO NOTHING`,
+			in.Serial, in.Cluster, in.TrustDomain, in.RootFingerprint, in.NotBefore.Unix(), in.NotAfter.Unix(),
+			in.Fingerprint, in.DER, now.Unix())
+	})
+}
+
+// AddRoot records r with ev in one transaction. A fingerprint already
+// recorded wraps store.ErrAlreadyExists.
+func (s *Store) AddRoot(ctx context.Context, r store.Root, ev store.AuditEvent) error {
+	if err := s.addRoot(ctx, r, ev); err != nil {
+		return fmt.Errorf("sqlite: add root %s: %w", r.Fingerprint, err)
+	}
+	return nil
+}
+
+func (s *Store) addRoot(ctx context.Context, r store.Root, ev store.AuditEvent) error {
+	if r.Fingerprint == "" || len(r.DER) == 0 {
+		return errors.New("empty fingerprint or certificate")
+	}
+	ev = withTime(ev, s.now())
+	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
+		return insertNew(ctx, tx, "root",
+			`INSERT INTO roots (`+rootColumns+`) VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING`,
+			r.Fingerprint, r.DER, r.KeyRef, r.AddedAt.Unix(), r.ActivateAt.Unix())
+	})
+}
+
+// insertNew runs an INSERT ... ON CONFLICT DO NOTHING of one row and turns
+// "no row inserted" into an error wrapping store.ErrAlreadyExists.
+func insertNew(ctx context.Context, tx *sql.Tx, what, query string, args ...any) error {
+	res, err := tx.ExecContext(ctx, query, args...)
+	if err != nil {
+		return fmt.Errorf("insert %s: %w", what, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("insert %s: %w", what, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("%s: %w", what, store.ErrAlreadyExists)
+	}
+	return nil
+}
+
+// writeTx runs fn and then appends ev, chained after the current head, in
+// one transaction on the writer connection, and commits. ev is read after
+// fn returns, so fn may fill it in. The writer connection is handed to one
+// transaction at a time, so this never interleaves with a group-commit
+// batch: whichever commits second chains after the other.
+func (s *Store) writeTx(ctx context.Context, ev *store.AuditEvent, fn func(tx *sql.Tx) error) (err error) {
+	s.direct.RLock()
+	defer s.direct.RUnlock()
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			// The transaction's own error is the one worth reporting.
+			_ = tx.Rollback()
+		}
+	}()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	head, err := readHead(ctx, tx.StmtContext(ctx, s.stmts.head))
+	if err != nil {
+		return fmt.Errorf("read audit chain head: %w", err)
+	}
+	if err := insertEvent(ctx, tx.StmtContext(ctx, s.stmts.insertEvent), head.Next(*ev)); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
