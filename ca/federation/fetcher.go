@@ -1,0 +1,368 @@
+package federation
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/federation"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/ca"
+)
+
+// Fetcher defaults.
+const (
+	DefaultRefreshInterval    = 5 * time.Minute
+	DefaultMinRefreshInterval = time.Second
+	DefaultMaxRefreshInterval = time.Hour
+	DefaultFetchTimeout       = 30 * time.Second
+)
+
+// ErrStaleBundle means an endpoint served a bundle whose sequence number is
+// lower than the one already held; it is ignored.
+var ErrStaleBundle = errors.New("bundle sequence number went back")
+
+// FetcherConfig configures a Fetcher.
+type FetcherConfig struct {
+	// Relationships to poll, one per federated trust domain. May be empty:
+	// the Fetcher then holds nothing and Run waits for its context.
+	Relationships []Relationship
+	// RefreshInterval is the polling period when the endpoint sends no
+	// refresh hint; zero means DefaultRefreshInterval (5 minutes).
+	RefreshInterval time.Duration
+	// MinRefreshInterval and MaxRefreshInterval clamp the period (hint or
+	// RefreshInterval); zero means 1 second and 1 hour. After a failed
+	// fetch the next one comes sooner: MinRefreshInterval, doubled per
+	// consecutive failure up to the regular period.
+	MinRefreshInterval, MaxRefreshInterval time.Duration
+	// FetchTimeout bounds one fetch; zero means DefaultFetchTimeout.
+	FetchTimeout time.Duration
+	// Now stamps Status; nil means time.Now. (The TLS verification inside
+	// go-spiffe always uses the real clock.)
+	Now func() time.Time
+	// Logger receives bundle changes and fetch failures; nil means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// Validate applies defaults and reports the first problem with c.
+func (c *FetcherConfig) Validate() error {
+	if c.RefreshInterval == 0 {
+		c.RefreshInterval = DefaultRefreshInterval
+	}
+	if c.MinRefreshInterval == 0 {
+		c.MinRefreshInterval = DefaultMinRefreshInterval
+	}
+	if c.MaxRefreshInterval == 0 {
+		c.MaxRefreshInterval = DefaultMaxRefreshInterval
+	}
+	if c.FetchTimeout == 0 {
+		c.FetchTimeout = DefaultFetchTimeout
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	switch {
+	case c.RefreshInterval < 0 || c.FetchTimeout < 0:
+		return errors.New("federation fetcher: durations must not be negative")
+	case c.MinRefreshInterval <= 0 || c.MinRefreshInterval > c.MaxRefreshInterval:
+		return fmt.Errorf("federation fetcher: refresh bounds [%v, %v] are invalid", c.MinRefreshInterval, c.MaxRefreshInterval)
+	}
+	seen := map[spiffeid.TrustDomain]bool{}
+	for i := range c.Relationships {
+		r := &c.Relationships[i]
+		if err := r.validate(); err != nil {
+			return fmt.Errorf("federation fetcher: relationship %d (%q): %w", i, r.TrustDomain, err)
+		}
+		if seen[r.TrustDomain] {
+			return fmt.Errorf("federation fetcher: trust domain %q has two relationships", r.TrustDomain)
+		}
+		seen[r.TrustDomain] = true
+	}
+	return nil
+}
+
+// Fetcher polls the bundle endpoints of federated trust domains and holds
+// the last good bundle of each: a failed fetch (endpoint down, wrong
+// identity, bad bundle) changes nothing but Status. It is the federated
+// bundle source of the root server. Safe for concurrent use.
+type Fetcher struct {
+	cfg  FetcherConfig
+	rels []*relState // sorted by trust domain
+
+	publishMu sync.Mutex
+	state     atomic.Pointer[fetcherState]
+}
+
+type fetcherState struct {
+	domains []ca.DomainBundle
+	changed chan struct{}
+}
+
+// relState is one relationship and what was learnt from it.
+type relState struct {
+	rel Relationship
+
+	mu     sync.Mutex
+	bundle *spiffebundle.Bundle // last good, or the initial bundle; nil if none yet
+	roots  *ca.Bundle           // bundle's X.509 authorities
+	status RelationshipStatus
+}
+
+// RelationshipStatus is what a Fetcher knows about one relationship, for
+// metrics and health.
+type RelationshipStatus struct {
+	TrustDomain spiffeid.TrustDomain
+	URL         string
+	// HasBundle reports whether a bundle (fetched or initial) is held;
+	// Sequence is its sequence number, zero when it has none.
+	HasBundle bool
+	Sequence  uint64
+	// Roots is the number of X.509 authorities held.
+	Roots int
+	// LastAttempt and LastSuccess are zero until the first (successful)
+	// fetch; LastError is the last fetch's error, empty after a success.
+	LastAttempt, LastSuccess time.Time
+	LastError                string
+	// ConsecutiveFailures resets on success; Fetches and FetchErrors only
+	// grow (counters).
+	ConsecutiveFailures int
+	Fetches             uint64
+	FetchErrors         uint64
+}
+
+// NewFetcher checks cfg and returns a Fetcher holding the initial bundles.
+func NewFetcher(cfg FetcherConfig) (*Fetcher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	f := &Fetcher{cfg: cfg}
+	for _, r := range cfg.Relationships {
+		rs := &relState{rel: r, status: RelationshipStatus{TrustDomain: r.TrustDomain, URL: r.URL}}
+		if r.InitialBundle != nil {
+			if _, err := rs.accept(r.InitialBundle.Clone()); err != nil {
+				return nil, fmt.Errorf("federation fetcher: %s: initial bundle: %w", r.TrustDomain, err)
+			}
+		}
+		f.rels = append(f.rels, rs)
+	}
+	slices.SortFunc(f.rels, func(a, b *relState) int {
+		return cmp.Compare(a.rel.TrustDomain.Name(), b.rel.TrustDomain.Name())
+	})
+	f.state.Store(&fetcherState{domains: f.collect(), changed: make(chan struct{})})
+	return f, nil
+}
+
+// Domains returns the federated bundles held, one per trust domain that has
+// one, sorted by name, all marked Federated. Call Changed first to wait for
+// the next change without missing one.
+func (f *Fetcher) Domains() []ca.DomainBundle {
+	return slices.Clone(f.state.Load().domains)
+}
+
+// Changed returns a channel that is closed when Domains next changes (a
+// root added or removed in some trust domain). Each change closes the
+// channel and starts a new one.
+func (f *Fetcher) Changed() <-chan struct{} { return f.state.Load().changed }
+
+// Status returns the state of every relationship, sorted by trust domain.
+func (f *Fetcher) Status() []RelationshipStatus {
+	out := make([]RelationshipStatus, 0, len(f.rels))
+	for _, r := range f.rels {
+		r.mu.Lock()
+		out = append(out, r.status)
+		r.mu.Unlock()
+	}
+	return out
+}
+
+// Refresh fetches every relationship once, concurrently, and returns the
+// failures joined. It is what Run does on each tick; callers may use it to
+// fetch on demand.
+func (f *Fetcher) Refresh(ctx context.Context) error {
+	errs := make([]error, len(f.rels))
+	var wg sync.WaitGroup
+	for i, r := range f.rels {
+		wg.Go(func() { errs[i] = f.fetch(ctx, r) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Run polls every relationship until ctx is cancelled, then returns nil:
+// each at once, then at its refresh delay (see FetcherConfig). Failures are
+// logged and counted in Status; they never stop the loop. Call Run once.
+func (f *Fetcher) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, r := range f.rels {
+		wg.Go(func() { f.poll(ctx, r) })
+	}
+	wg.Wait()
+	<-ctx.Done() // with no relationships, nothing above waited
+	return nil
+}
+
+func (f *Fetcher) poll(ctx context.Context, r *relState) {
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := f.fetch(ctx, r)
+		if ctx.Err() != nil {
+			return
+		}
+		hint, failures, held := r.schedule()
+		delay := refreshDelay(&f.cfg, hint, failures)
+		if err != nil {
+			f.cfg.Logger.Warn("federated bundle fetch failed; keeping the last good bundle",
+				"trust_domain", r.rel.TrustDomain.Name(), "url", r.rel.URL, "error", err.Error(),
+				"failures", failures, "have_bundle", held, "retry_in", delay)
+		}
+		t.Reset(delay)
+	}
+}
+
+// fetch fetches r's bundle once and, if it is good and new, publishes it.
+func (f *Fetcher) fetch(ctx context.Context, r *relState) error {
+	opt, err := r.authOption()
+	var b *spiffebundle.Bundle
+	if err == nil {
+		actx, cancel := context.WithTimeout(ctx, f.cfg.FetchTimeout)
+		b, err = federation.FetchBundle(actx, r.rel.TrustDomain, r.rel.URL, opt)
+		cancel()
+	}
+	changed := false
+	if err == nil {
+		changed, err = r.accept(b)
+	}
+	r.record(f.cfg.Now(), err)
+	if err != nil {
+		return fmt.Errorf("trust domain %s: %w", r.rel.TrustDomain, err)
+	}
+	if changed {
+		seq, _ := b.SequenceNumber()
+		f.cfg.Logger.Info("federated bundle updated", "trust_domain", r.rel.TrustDomain.Name(),
+			"sequence", seq, "roots", len(b.X509Authorities()))
+		f.publish()
+	}
+	return nil
+}
+
+// authOption returns how to authenticate r's endpoint: Web PKI, or SPIFFE
+// against the bundle held for r's trust domain, so that a remote root
+// rotation (new root added to the bundle, then the endpoint's SVID moved
+// under it) is followed.
+func (r *relState) authOption() (federation.FetchOption, error) {
+	if r.rel.Profile == ProfileHTTPSWeb {
+		return federation.WithWebPKIRoots(r.rel.WebRoots), nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.bundle == nil {
+		return nil, errors.New("no bundle to authenticate the endpoint with")
+	}
+	held := x509bundle.FromX509Authorities(r.rel.TrustDomain, r.bundle.X509Authorities())
+	return federation.WithSPIFFEAuth(held, r.rel.EndpointSPIFFEID), nil
+}
+
+// accept makes b the held bundle if it is usable and not older than the
+// one held, and reports whether the roots changed.
+func (r *relState) accept(b *spiffebundle.Bundle) (bool, error) {
+	certs := b.X509Authorities()
+	if len(certs) == 0 {
+		return false, errors.New("bundle has no X.509 authorities")
+	}
+	roots, err := ca.NewBundle(certs...)
+	if err != nil {
+		return false, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.bundle != nil {
+		newSeq, ok := b.SequenceNumber()
+		oldSeq, okOld := r.bundle.SequenceNumber()
+		if ok && okOld && newSeq < oldSeq {
+			return false, fmt.Errorf("%w: got %d, hold %d", ErrStaleBundle, newSeq, oldSeq)
+		}
+	}
+	changed := r.roots == nil || !bytes.Equal(r.roots.PEM(), roots.PEM())
+	r.bundle, r.roots = b, roots
+	r.status.HasBundle, r.status.Roots = true, len(roots.Roots())
+	r.status.Sequence, _ = b.SequenceNumber()
+	return changed, nil
+}
+
+func (r *relState) record(now time.Time, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := &r.status
+	s.LastAttempt = now
+	s.Fetches++
+	if err != nil {
+		s.LastError = err.Error()
+		s.ConsecutiveFailures++
+		s.FetchErrors++
+		return
+	}
+	s.LastSuccess, s.LastError, s.ConsecutiveFailures = now, "", 0
+}
+
+// schedule returns what refreshDelay needs: the held bundle's refresh hint
+// (zero if none), the consecutive failures, and whether a bundle is held.
+func (r *relState) schedule() (hint time.Duration, failures int, held bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.bundle != nil {
+		hint, _ = r.bundle.RefreshHint()
+	}
+	return hint, r.status.ConsecutiveFailures, r.bundle != nil
+}
+
+// publish makes the current bundles of all relationships visible, waking
+// the waiters on Changed if they differ from what was published.
+func (f *Fetcher) publish() {
+	f.publishMu.Lock()
+	defer f.publishMu.Unlock()
+	old := f.state.Load()
+	domains := f.collect()
+	if domainsEqual(old.domains, domains) {
+		return
+	}
+	f.state.Store(&fetcherState{domains: domains, changed: make(chan struct{})})
+	close(old.changed)
+}
+
+func (f *Fetcher) collect() []ca.DomainBundle {
+	var out []ca.DomainBundle
+	for _, r := range f.rels {
+		r.mu.Lock()
+		if r.roots != nil {
+			out = append(out, ca.DomainBundle{TrustDomain: r.rel.TrustDomain, Roots: r.roots, Federated: true})
+		}
+		r.mu.Unlock()
+	}
+	return out
+}
+
+func domainsEqual(a, b []ca.DomainBundle) bool {
+	return slices.EqualFunc(a, b, func(x, y ca.DomainBundle) bool {
+		return x.TrustDomain == y.TrustDomain && bytes.Equal(x.Roots.PEM(), y.Roots.PEM())
+	})
+}
