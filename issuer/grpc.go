@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
 )
 
@@ -39,10 +40,15 @@ type ServerConfig struct {
 	// MaxRequestBytes bounds a request message; zero means 64 KiB. Larger
 	// requests fail with ResourceExhausted before they are parsed.
 	MaxRequestBytes int
+	// Bundles is the trust bundle served by meshca.v1.BundleService on the
+	// same port, typically the *Intermediates relaying the root's. Nil
+	// means a bundle of the issuer's own trust domain and current roots.
+	Bundles BundleSource
 }
 
-// Server serves the Istio CA API (istio.v1.auth.IstioCertificateService) and
-// the gRPC health service over TLS.
+// Server serves the Istio CA API (istio.v1.auth.IstioCertificateService),
+// the trust bundle (meshca.v1.BundleService) and the gRPC health service
+// over TLS.
 type Server struct {
 	iss  *Issuer
 	log  *slog.Logger
@@ -76,6 +82,11 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		grpc.MaxConcurrentStreams(1024),
 	)
 	pb.RegisterIstioCertificateServiceServer(s.grpc, &istioService{srv: s})
+	var bundles BundleSource = issuerBundles{iss: cfg.Issuer}
+	if cfg.Bundles != nil {
+		bundles = cfg.Bundles
+	}
+	meshcav1.RegisterBundleServiceServer(s.grpc, &bundleService{src: bundles, log: s.log})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, hs)
 	return s, nil

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -142,12 +143,17 @@ type signing struct {
 	chain []*x509.Certificate
 	// root is the bundle root the authority chains to; it ends a response.
 	root *x509.Certificate
+	// replaced is closed when SetAuthority replaces this signing.
+	replaced chan struct{}
 }
 
 // Issuer issues workload certificates. It is safe for concurrent use.
 type Issuer struct {
 	cfg     Config
 	signing atomic.Pointer[signing]
+	// swapMu orders SetAuthority calls, so that each signing's replaced
+	// channel is closed exactly once.
+	swapMu sync.Mutex
 }
 
 // New returns an Issuer for cfg.
@@ -190,12 +196,20 @@ func (iss *Issuer) SetAuthority(a *ca.Authority, b *ca.Bundle) error {
 	}
 	anchor := x509.NewCertPool()
 	anchor.AddCert(a.Certificate)
-	iss.signing.Store(&signing{
-		authority: a, bundle: b, anchor: anchor, root: root,
+	next := &signing{
+		authority: a, bundle: b, anchor: anchor, root: root, replaced: make(chan struct{}),
 		chain: append([]*x509.Certificate(nil), chain[:len(chain)-1]...),
-	})
+	}
+	iss.swapMu.Lock()
+	defer iss.swapMu.Unlock()
+	if prev := iss.signing.Swap(next); prev != nil {
+		close(prev.replaced)
+	}
 	return nil
 }
+
+// Authority returns the intermediate the issuer signs with now.
+func (iss *Issuer) Authority() *ca.Authority { return iss.signing.Load().authority }
 
 // Bundle returns the current trust bundle.
 func (iss *Issuer) Bundle() *ca.Bundle { return iss.signing.Load().bundle }

@@ -15,8 +15,8 @@ import (
 )
 
 // servingCerts keeps the issuer's own TLS certificate, signed by the current
-// intermediate and renewed on demand once half of its life has passed. Its
-// key never leaves memory.
+// intermediate and renewed on demand once half of its life has passed or
+// the intermediate has changed. Its key never leaves memory.
 type servingCerts struct {
 	iss   *Issuer
 	hosts []string
@@ -26,6 +26,10 @@ type servingCerts struct {
 	key     crypto.Signer
 	current *tls.Certificate
 	renewAt time.Time
+	// signedBy is the authority that signed current; a new one (after
+	// SetAuthority) means renewing at once, so that the served chain moves
+	// to the new intermediate with the issued certificates.
+	signedBy *ca.Authority
 }
 
 func newServingCerts(iss *Issuer, hosts []string, ttl time.Duration) (*servingCerts, error) {
@@ -47,10 +51,10 @@ func (s *servingCerts) get() (*tls.Certificate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.iss.cfg.Now()
-	if s.current != nil && now.Before(s.renewAt) {
+	sig := s.iss.signing.Load()
+	if s.current != nil && now.Before(s.renewAt) && s.signedBy == sig.authority {
 		return s.current, nil
 	}
-	sig := s.iss.signing.Load()
 	req := ca.LeafRequest{PublicKey: s.key.Public(), TTL: s.ttl, Now: now}
 	for _, h := range s.hosts {
 		if ip := net.ParseIP(h); ip != nil {
@@ -67,7 +71,7 @@ func (s *servingCerts) get() (*tls.Certificate, error) {
 	for _, c := range sig.chain {
 		cert.Certificate = append(cert.Certificate, c.Raw)
 	}
-	s.current = cert
+	s.current, s.signedBy = cert, sig.authority
 	s.renewAt = leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
 	return cert, nil
 }

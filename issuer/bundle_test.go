@@ -1,0 +1,239 @@
+package issuer_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/issuer"
+)
+
+// serveIssuer serves iss (with bundles, nil for the default) on loopback
+// and returns its address.
+func serveIssuer(t *testing.T, iss *issuer.Issuer, bundles issuer.BundleSource) string {
+	t.Helper()
+	srv, err := issuer.NewServer(issuer.ServerConfig{Issuer: iss, Hosts: devHosts, Bundles: bundles})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, lis) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return lis.Addr().String()
+}
+
+// bundleClient is an agent's view of an issuer's BundleService: TLS with
+// roots, no client identity.
+func bundleClient(t *testing.T, addr string, roots *x509.CertPool) meshcav1.BundleServiceClient {
+	t.Helper()
+	creds := credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: "localhost"})
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return meshcav1.NewBundleServiceClient(conn)
+}
+
+func watchBundles(t *testing.T, c meshcav1.BundleServiceClient, known uint64) func() *ca.TrustBundle {
+	t.Helper()
+	stream, err := c.WatchBundle(t.Context(), &meshcav1.WatchBundleRequest{KnownSequence: known})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func() *ca.TrustBundle {
+		t.Helper()
+		got := make(chan error, 1)
+		var resp *meshcav1.WatchBundleResponse
+		go func() {
+			var err error
+			resp, err = stream.Recv()
+			got <- err
+		}()
+		select {
+		case err := <-got:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no bundle within 10 s")
+		}
+		tb, err := ca.TrustBundleFromProto(resp.GetBundle())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tb
+	}
+}
+
+func TestIssuerRelaysRootBundleAndFollowsRootRotation(t *testing.T) {
+	r := newFakeRoot(t, nil, time.Hour)
+	tok := r.addCluster("east", "east.example")
+	r.serve()
+	log, logs := captureLogs(t)
+	up := mustUpstream(t, upstreamConfig(r, t.TempDir(), tok, log))
+	a, tb := mustIntermediate(t, up)
+	iss, err := issuer.New(issuer.Config{
+		TrustDomain: up.TrustDomain(), Cluster: up.Cluster(), Authority: a, Bundle: tb.OwnRoots(),
+		Attestor: &fakeAttestor{identities: map[string]attest.Identity{goodToken: {Namespace: "default", ServiceAccount: "web"}}},
+		Recorder: &fakeRecorder{}, Logger: log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	loop, err := issuer.NewIntermediates(issuer.IntermediatesConfig{
+		Issuer: iss, Root: up, Bundle: tb, MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Logger: log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- loop.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	addr := serveIssuer(t, iss, loop)
+	agent := bundleClient(t, addr, tb.OwnRoots().Pool())
+	next := watchBundles(t, agent, 0)
+
+	first := next()
+	if first.Sequence != tb.Sequence || !first.Equal(tb) {
+		t.Fatalf("agent got bundle %d, want the root's %d", first.Sequence, tb.Sequence)
+	}
+	r.rotate()
+	second := next()
+	if second.Sequence <= first.Sequence || len(second.OwnRoots().Roots()) != 2 {
+		t.Fatalf("after a root joined: bundle %d with %d roots", second.Sequence, len(second.OwnRoots().Roots()))
+	}
+	r.activate(1)
+	third := next()
+	root1 := r.rootCert(1)
+	if third.Sequence <= second.Sequence || third.ActiveRoot != ca.Fingerprint(root1) {
+		t.Fatalf("after the root moved: bundle %d", third.Sequence)
+	}
+
+	eventually(t, "issuer moves under the new root", func() error {
+		if iss.Authority().Certificate.CheckSignatureFrom(root1) != nil {
+			return errNotYet
+		}
+		return nil
+	})
+	chain, err := iss.Issue(t.Context(), issuer.Request{Token: goodToken, CSR: csrPEM(t, testKey(t, "p256"), nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifyChain(t, chain, third)
+	if !chain[2].Equal(root1) {
+		t.Errorf("issued chain ends at %q, want the new root", chain[2].Subject.CommonName)
+	}
+
+	// The serving certificate follows the new intermediate at once.
+	conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: third.OwnRoots().Pool(), ServerName: "localhost", NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerCerts := conn.ConnectionState().PeerCertificates
+	conn.Close()
+	if len(peerCerts) < 2 || !peerCerts[1].Equal(iss.Authority().Certificate) {
+		t.Error("serving certificate is not signed by the new intermediate")
+	}
+
+	resp, err := agent.GetBundle(t.Context(), &meshcav1.GetBundleRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetBundle().GetSequence() != third.Sequence {
+		t.Errorf("GetBundle returned %d, want %d", resp.GetBundle().GetSequence(), third.Sequence)
+	}
+	assertNoSecrets(t, logs.String(), tok)
+}
+
+func TestIssuerServesItsOwnBundleByDefault(t *testing.T) {
+	tree := catest.New(t, catest.Options{})
+	iss, err := issuer.New(issuer.Config{
+		TrustDomain: tree.TrustDomain, Cluster: "dev", Authority: tree.Intermediate, Bundle: tree.Bundle,
+		Attestor: &fakeAttestor{}, Recorder: &fakeRecorder{}, Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := bundleClient(t, serveIssuer(t, iss, nil), tree.Bundle.Pool())
+	resp, err := agent.GetBundle(t.Context(), &meshcav1.GetBundleRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb, err := ca.TrustBundleFromProto(resp.GetBundle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := uint64(tree.Root.Certificate.NotBefore.UnixMilli())
+	if tb.Sequence != seq || len(tb.Domains) != 1 || tb.Domains[0].TrustDomain != tree.TrustDomain || tb.Domains[0].Federated ||
+		string(tb.Domains[0].Roots.PEM()) != string(tree.Bundle.PEM()) || tb.ActiveRoot != ca.Fingerprint(tree.Root.Certificate) {
+		t.Fatalf("default bundle: %+v, want sequence %d with the issuer's root for %s", tb, seq, tree.TrustDomain)
+	}
+	if again := watchBundles(t, agent, 0)(); again.Sequence != seq {
+		t.Errorf("the sequence is not stable: %d, then %d", seq, again.Sequence)
+	}
+
+	// A watcher that holds the current bundle hears only of the next.
+	next := watchBundles(t, agent, seq)
+	root2, inter2 := newerRoot(t, tree.TrustDomain)
+	both, err := ca.NewBundle(tree.Root.Certificate, root2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := iss.SetAuthority(inter2, both); err != nil {
+		t.Fatal(err)
+	}
+	got := next()
+	if want := uint64(root2.NotBefore.UnixMilli()); got.Sequence != want || got.Sequence <= seq || len(got.Domains[0].Roots.Roots()) != 2 {
+		t.Errorf("after a newer root: bundle %d with %d roots, want %d with 2", got.Sequence, len(got.Domains[0].Roots.Roots()), want)
+	}
+}
+
+// newerRoot returns a root issued 10 s after now and an intermediate for td
+// under it.
+func newerRoot(t *testing.T, td spiffeid.TrustDomain) (*x509.Certificate, *ca.Authority) {
+	t.Helper()
+	root, err := ca.NewRoot(ca.RootConfig{Signer: newKey(t), CommonName: "newer root", Now: time.Now().Add(10 * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := newKey(t)
+	cert, err := root.SignIntermediate(ca.IntermediateRequest{PublicKey: key.Public(), TrustDomain: td, Cluster: "dev", Now: time.Now()})
+	if err != nil {
+		t.Fatal(fmt.Errorf("intermediate: %w", err))
+	}
+	a, err := ca.NewAuthority(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root.Certificate, a
+}

@@ -1,0 +1,435 @@
+package issuer_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.step.sm/crypto/keyutil"
+	"go.step.sm/crypto/pemutil"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/issuer"
+)
+
+// testClock is a settable clock for certificate lifetimes and TLS.
+type testClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newTestClock() *testClock { return &testClock{now: time.Now()} }
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// upstreamConfig configures an Upstream of r; a nil log discards.
+func upstreamConfig(r *fakeRoot, dir, token string, log *slog.Logger) issuer.UpstreamConfig {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return issuer.UpstreamConfig{
+		Address: r.addr, ServerName: rootServerName, Roots: r.initialRoots(), JoinToken: token, CredentialDir: dir,
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Now: r.now, Logger: log,
+	}
+}
+
+func mustUpstream(t testing.TB, cfg issuer.UpstreamConfig) *issuer.Upstream {
+	t.Helper()
+	up, err := issuer.NewUpstream(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return up
+}
+
+func mustIntermediate(t testing.TB, up *issuer.Upstream) (*ca.Authority, *ca.TrustBundle) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a, tb, err := up.NewIntermediate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, tb
+}
+
+// checkIntermediate asserts that a is a CA for td under root, that tb names
+// root active, and that a leaf a signs verifies against tb.
+func checkIntermediate(t testing.TB, a *ca.Authority, tb *ca.TrustBundle, td string, root *x509.Certificate) {
+	t.Helper()
+	c := a.Certificate
+	if !c.IsCA || !slices.Equal(c.PermittedURIDomains, []string{td}) {
+		t.Errorf("intermediate: CA=%v permitted=%q, want a CA for %s", c.IsCA, c.PermittedURIDomains, td)
+	}
+	if err := c.CheckSignatureFrom(root); err != nil {
+		t.Errorf("intermediate is not signed by %q: %v", root.Subject.CommonName, err)
+	}
+	if tb.ActiveRoot != ca.Fingerprint(root) {
+		t.Errorf("bundle %d names another root active", tb.Sequence)
+	}
+	leaf, err := a.SignLeaf(ca.LeafRequest{PublicKey: testKey(t, "p256").Public(),
+		URIs: []*url.URL{mustURL(t, "spiffe://"+td+"/ns/default/sa/web")}, TTL: time.Minute, Now: c.NotBefore.Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifyChain(t, append([]*x509.Certificate{leaf, c}, a.Chain...), tb)
+}
+
+// verifyChain verifies chain (leaf first; a trailing root is ignored)
+// against tb's own roots.
+func verifyChain(t testing.TB, chain []*x509.Certificate, tb *ca.TrustBundle) {
+	t.Helper()
+	inters := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inters.AddCert(c)
+	}
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: tb.OwnRoots().Pool(), Intermediates: inters,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}, CurrentTime: midLife(chain[0])}); err != nil {
+		t.Errorf("chain does not verify against bundle %d: %v", tb.Sequence, err)
+	}
+}
+
+func midLife(c *x509.Certificate) time.Time { return c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) / 2) }
+
+func readCert(t testing.TB, path string) *x509.Certificate {
+	t.Helper()
+	c, err := pemutil.ReadCertificate(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestUpstreamEnrolsThenRenewsAfterRestart(t *testing.T) {
+	r := newFakeRoot(t, nil, 0)
+	tok := r.addCluster("east", "east.example")
+	r.serve()
+	dir := filepath.Join(t.TempDir(), "cred")
+	log, logs := captureLogs(t)
+
+	up := mustUpstream(t, upstreamConfig(r, dir, tok, log))
+	if !up.TrustDomain().IsZero() || up.Cluster() != "" {
+		t.Errorf("before enrolment: trust domain %q cluster %q, want none", up.TrustDomain(), up.Cluster())
+	}
+	a, tb := mustIntermediate(t, up)
+	checkIntermediate(t, a, tb, "east.example", r.rootCert(0))
+	if up.TrustDomain().Name() != "east.example" || up.Cluster() != "east" {
+		t.Errorf("enrolled as %q in %q, want east in east.example", up.Cluster(), up.TrustDomain())
+	}
+	if e, rn, _ := r.counts(); e != 1 || rn != 0 {
+		t.Errorf("%d enrolments and %d renewals, want 1 and 0", e, rn)
+	}
+
+	for name, want := range map[string]os.FileMode{"": 0o700, "credential-key.pem": 0o600, "credential.pem": 0o644} {
+		info, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := info.Mode().Perm(); got != want {
+			t.Errorf("%s has mode %v, want %v", filepath.Join(dir, name), got, want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "credential-key.pem.next")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pending key left behind: %v", err)
+	}
+	cred := readCert(t, filepath.Join(dir, "credential.pem"))
+	if len(cred.URIs) != 1 || cred.URIs[0].String() != "spiffe://east.example/meshca/cluster/east" || cred.IsCA {
+		t.Errorf("credential names %v (CA %v)", cred.URIs, cred.IsCA)
+	}
+	if err := cred.CheckSignatureFrom(r.rootCert(0)); err != nil {
+		t.Errorf("credential is not signed by the root: %v", err)
+	}
+	key, err := pemutil.Read(filepath.Join(dir, "credential-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !keyutil.Equal(cred.PublicKey, key.(crypto.Signer).Public()) {
+		t.Error("credential key file does not match the credential")
+	}
+
+	// A restart: a new Upstream on the same directory renews with the
+	// credential; no token needed.
+	up2 := mustUpstream(t, upstreamConfig(r, dir, "", log))
+	if up2.Cluster() != "east" || up2.TrustDomain().Name() != "east.example" {
+		t.Errorf("after restart: cluster %q trust domain %q", up2.Cluster(), up2.TrustDomain())
+	}
+	a2, tb2 := mustIntermediate(t, up2)
+	checkIntermediate(t, a2, tb2, "east.example", r.rootCert(0))
+	if e, rn, cr := r.counts(); e != 1 || rn != 1 || cr != 0 {
+		t.Errorf("%d enrolments, %d renewals, %d credential renewals; want 1, 1, 0", e, rn, cr)
+	}
+	if keyutil.Equal(a.Signer.Public(), a2.Signer.Public()) {
+		t.Error("the renewed intermediate reuses the first one's key")
+	}
+	assertNoSecrets(t, logs.String(), tok)
+}
+
+func TestUpstreamRejections(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, r *fakeRoot, dir string) issuer.UpstreamConfig
+		want  []string // substrings of the error
+		// rejected: the error is ErrRejected; otherwise it is a gRPC status
+		// with this code.
+		rejected bool
+		code     codes.Code
+	}{
+		{
+			name: "unknown join token",
+			setup: func(t *testing.T, r *fakeRoot, dir string) issuer.UpstreamConfig {
+				r.addCluster("east", "east.example")
+				return upstreamConfig(r, dir, "join-forged", nil)
+			},
+			want: []string{"join token rejected", "meshca admin cluster add", "Unauthenticated"}, rejected: true,
+		},
+		{
+			name: "spent join token",
+			setup: func(t *testing.T, r *fakeRoot, dir string) issuer.UpstreamConfig {
+				tok := r.addCluster("east", "east.example")
+				mustIntermediate(t, mustUpstream(t, upstreamConfig(r, t.TempDir(), tok, nil)))
+				return upstreamConfig(r, dir, tok, nil)
+			},
+			want: []string{"join token rejected"}, rejected: true,
+		},
+		{
+			name: "no credential and no token",
+			setup: func(t *testing.T, r *fakeRoot, dir string) issuer.UpstreamConfig {
+				r.addCluster("east", "east.example")
+				return upstreamConfig(r, dir, "", nil)
+			},
+			want: []string{"no join token", "meshca admin cluster add"}, rejected: true,
+		},
+		{
+			name: "expired credential and no token",
+			setup: func(t *testing.T, r *fakeRoot, dir string) issuer.UpstreamConfig {
+				tok := r.addCluster("east", "east.example")
+				mustIntermediate(t, mustUpstream(t, upstreamConfig(r, dir, tok, nil)))
+				cfg := upstreamConfig(r, dir, "", nil)
+				cfg.Now = func() time.Time { return time.Now().Add(31 * 24 * time.Hour) }
+				return cfg
+			},
+			want: []string{"expired", "no join token", "meshca admin cluster add"}, rejected: true,
+		},
+		{
+			name: "credential of a removed cluster",
+			setup: func(t *testing.T, r *fakeRoot, dir string) issuer.UpstreamConfig {
+				tok := r.addCluster("east", "east.example")
+				mustIntermediate(t, mustUpstream(t, upstreamConfig(r, dir, tok, nil)))
+				r.removeCluster("east")
+				return upstreamConfig(r, dir, "", nil)
+			},
+			want: []string{"credential", "rejected", "PermissionDenied"}, rejected: true,
+		},
+		{
+			name: "root down",
+			setup: func(t *testing.T, r *fakeRoot, dir string) issuer.UpstreamConfig {
+				tok := r.addCluster("east", "east.example")
+				mustIntermediate(t, mustUpstream(t, upstreamConfig(r, dir, tok, nil)))
+				r.stop()
+				return upstreamConfig(r, dir, "", nil)
+			},
+			code: codes.Unavailable,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newFakeRoot(t, nil, 0)
+			r.serve()
+			dir := t.TempDir()
+			log, logs := captureLogs(t)
+			cfg := tc.setup(t, r, dir)
+			cfg.Logger = log
+			_, _, err := mustUpstream(t, cfg).NewIntermediate(t.Context())
+			if err == nil {
+				t.Fatal("NewIntermediate succeeded")
+			}
+			if got := errors.Is(err, issuer.ErrRejected); got != tc.rejected {
+				t.Errorf("errors.Is(%q, ErrRejected) = %v, want %v", err, got, tc.rejected)
+			}
+			if !tc.rejected && status.Code(err) != tc.code {
+				t.Errorf("error %q, want code %v", err, tc.code)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+			assertNoSecrets(t, logs.String())
+		})
+	}
+}
+
+func TestUpstreamRenewsCredentialAtHalfLife(t *testing.T) {
+	clk := newTestClock()
+	r := newFakeRoot(t, clk.Now, 48*time.Hour)
+	tok := r.addCluster("east", "east.example")
+	r.serve()
+	dir := t.TempDir()
+	log, logs := captureLogs(t)
+	up := mustUpstream(t, upstreamConfig(r, dir, tok, log))
+	mustIntermediate(t, up)
+	first := readCert(t, filepath.Join(dir, "credential.pem"))
+
+	clk.Advance(24 * time.Hour) // 29 of 30 days left
+	mustIntermediate(t, up)
+	if _, _, cr := r.counts(); cr != 0 {
+		t.Fatalf("credential renewed with 29 of 30 days left")
+	}
+	clk.Advance(15 * 24 * time.Hour) // 14 days left: less than half
+	a, tb := mustIntermediate(t, up)
+	checkIntermediate(t, a, tb, "east.example", r.rootCert(0))
+	if _, _, cr := r.counts(); cr != 1 {
+		t.Fatalf("%d credential renewals with 14 of 30 days left, want 1", cr)
+	}
+	renewed := readCert(t, filepath.Join(dir, "credential.pem"))
+	if renewed.SerialNumber.Cmp(first.SerialNumber) == 0 || !renewed.NotAfter.After(first.NotAfter) {
+		t.Errorf("credential.pem still holds the first credential")
+	}
+	if info, err := os.Stat(filepath.Join(dir, "credential-key.pem")); err != nil || info.Mode().Perm() != 0o600 {
+		t.Errorf("renewed key file: %v %v", info, err)
+	}
+	// The renewed credential is what a restart uses.
+	mustIntermediate(t, mustUpstream(t, upstreamConfig(r, dir, "", log)))
+	if e, rn, cr := r.counts(); e != 1 || rn != 3 || cr != 1 {
+		t.Errorf("%d enrolments, %d renewals, %d credential renewals; want 1, 3, 1", e, rn, cr)
+	}
+	assertNoSecrets(t, logs.String(), tok)
+}
+
+func TestUpstreamFollowsRootRotation(t *testing.T) {
+	r := newFakeRoot(t, nil, 0)
+	tok := r.addCluster("east", "east.example")
+	r.serve()
+	dir := t.TempDir()
+	log, _ := captureLogs(t)
+	up := mustUpstream(t, upstreamConfig(r, dir, tok, log)) // trusts root 0 only
+	mustIntermediate(t, up)
+
+	r.rotate() // root 1 joins the bundle; root 0 still signs and serves
+	a, tb := mustIntermediate(t, up)
+	checkIntermediate(t, a, tb, "east.example", r.rootCert(0))
+	if n := len(tb.OwnRoots().Roots()); n != 2 {
+		t.Fatalf("bundle has %d roots, want 2", n)
+	}
+
+	r.activate(1) // root 1 signs and serves: Upstream must trust it from the bundle
+	a, tb = mustIntermediate(t, up)
+	checkIntermediate(t, a, tb, "east.example", r.rootCert(1))
+	mustIntermediate(t, up) // the credential, under root 0, is renewed now
+	if _, _, cr := r.counts(); cr != 1 {
+		t.Fatalf("%d credential renewals after the root moved, want 1", cr)
+	}
+	if err := readCert(t, filepath.Join(dir, "credential.pem")).CheckSignatureFrom(r.rootCert(1)); err != nil {
+		t.Errorf("credential not renewed under the new root: %v", err)
+	}
+
+	root0, root1 := r.initialRoots(), r.rootCert(1)
+	r.retire(0)
+	// A restart still configured with root 0 alone reaches the root: the
+	// roots of the last bundle were remembered.
+	cfg := upstreamConfig(r, dir, "", log)
+	cfg.Roots = root0
+	a, tb = mustIntermediate(t, mustUpstream(t, cfg))
+	checkIntermediate(t, a, tb, "east.example", root1)
+
+	// Without them (the same credential in a fresh directory), it could not.
+	bare := t.TempDir()
+	for _, name := range []string{"credential-key.pem", "credential.pem"} {
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(bare, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg.CredentialDir = bare
+	if _, _, err := mustUpstream(t, cfg).NewIntermediate(t.Context()); err == nil {
+		t.Error("an issuer that trusts only the retired root reached the root")
+	}
+}
+
+func TestUpstreamWatchBundleReconnects(t *testing.T) {
+	r := newFakeRoot(t, nil, 0)
+	tok := r.addCluster("east", "east.example")
+	r.serve()
+	log, logs := captureLogs(t)
+	up := mustUpstream(t, upstreamConfig(r, t.TempDir(), tok, log))
+	mustIntermediate(t, up)
+	start := r.bundle().Sequence
+
+	got := make(chan *ca.TrustBundle, 16)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- up.WatchBundle(ctx, func(tb *ca.TrustBundle) { got <- tb }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("WatchBundle returned %v, want nil", err)
+		}
+	})
+	next := func(want uint64) *ca.TrustBundle {
+		t.Helper()
+		select {
+		case tb := <-got:
+			if tb.Sequence != want {
+				t.Fatalf("bundle sequence %d, want %d", tb.Sequence, want)
+			}
+			return tb
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no bundle %d", want)
+		}
+		return nil
+	}
+
+	r.publish() // the bundle held since enrolment is not sent again
+	next(start + 1)
+	r.stop()
+	r.publish()
+	r.serve()
+	next(start + 2)
+
+	r.setSequence(start - 10) // older: ignored
+	r.setSequence(start + 100)
+	next(start + 100)
+
+	// Root rotation: after root 0 is retired, a reconnection must trust
+	// root 1 from the bundle.
+	r.rotate()
+	next(start + 101)
+	r.activate(1)
+	next(start + 102)
+	r.retire(0)
+	if tb := next(start + 103); len(tb.OwnRoots().Roots()) != 1 {
+		t.Fatalf("bundle after retirement has %d roots", len(tb.OwnRoots().Roots()))
+	}
+	r.stop()
+	r.serve()
+	r.publish()
+	next(start + 104)
+	if !strings.Contains(logs.String(), "reconnecting") {
+		t.Error("no reconnection logged")
+	}
+	assertNoSecrets(t, logs.String(), tok)
+}
