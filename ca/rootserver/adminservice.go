@@ -1,0 +1,143 @@
+package rootserver
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/peer"
+
+	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/store"
+)
+
+// JoinTokenPrefix starts every join token, so that a leaked one is easy to
+// recognise (and to scan for).
+const JoinTokenPrefix = "mjt1."
+
+type adminService struct {
+	meshcav1.UnimplementedAdminServiceServer
+	r *Root
+}
+
+// AddCluster implements meshcav1.AdminServiceServer.
+func (s *adminService) AddCluster(ctx context.Context, req *meshcav1.AddClusterRequest) (*meshcav1.AddClusterResponse, error) {
+	resp, err := s.r.addCluster(ctx, req, actorOf(ctx))
+	if err != nil {
+		return nil, statusOf(ctx, s.r.log, "AddCluster", err)
+	}
+	return resp, nil
+}
+
+// RotateRoot implements meshcav1.AdminServiceServer.
+func (s *adminService) RotateRoot(ctx context.Context, req *meshcav1.RotateRootRequest) (*meshcav1.RotateRootResponse, error) {
+	if req.GetPropagationDelaySeconds() < 0 {
+		err := fmt.Errorf("%w: negative propagation delay", errInvalidArgument)
+		return nil, statusOf(ctx, s.r.log, "RotateRoot", err)
+	}
+	st, err := s.r.rotate(ctx, time.Duration(req.GetPropagationDelaySeconds())*time.Second, actorOf(ctx))
+	if err != nil {
+		return nil, statusOf(ctx, s.r.log, "RotateRoot", err)
+	}
+	return &meshcav1.RotateRootResponse{Root: rootInfo(st)}, nil
+}
+
+// ListRoots implements meshcav1.AdminServiceServer. It lists the roots in
+// the bundle, oldest first.
+func (s *adminService) ListRoots(context.Context, *meshcav1.ListRootsRequest) (*meshcav1.ListRootsResponse, error) {
+	resp := &meshcav1.ListRootsResponse{}
+	for _, st := range s.r.Roots() {
+		if st.State.InBundle() {
+			resp.Roots = append(resp.Roots, rootInfo(st))
+		}
+	}
+	return resp, nil
+}
+
+func rootInfo(s ca.RootStatus) *meshcav1.RootInfo {
+	return &meshcav1.RootInfo{
+		Sha256: fingerprintHex(s.Cert), Subject: s.Cert.Subject.String(),
+		NotBeforeUnix: s.Cert.NotBefore.Unix(), NotAfterUnix: s.Cert.NotAfter.Unix(),
+		AddedAtUnix: s.AddedAt.Unix(), ActivateAtUnix: s.ActivateAt.Unix(),
+		State: string(s.State), Key: s.KeyRef,
+	}
+}
+
+// clusterNameRE is a DNS label: the name goes into a SPIFFE ID path and a
+// certificate subject.
+var clusterNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+func validClusterName(name string) bool { return clusterNameRE.MatchString(name) }
+
+func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, actor string) (*meshcav1.AddClusterResponse, error) {
+	if !validClusterName(req.GetName()) {
+		return nil, fmt.Errorf("%w: cluster name %q: use 1 to 63 lower-case letters, digits and '-', not at either end",
+			errInvalidArgument, req.GetName())
+	}
+	td, err := spiffeid.TrustDomainFromString(req.GetTrustDomain())
+	if err != nil || req.GetTrustDomain() == "" {
+		return nil, fmt.Errorf("%w: trust domain %q: %w", errInvalidArgument, req.GetTrustDomain(), err)
+	}
+	ttl := time.Duration(req.GetTokenTtlSeconds()) * time.Second
+	switch {
+	case req.GetTokenTtlSeconds() == 0:
+		ttl = r.cfg.JoinTokenTTL
+	case req.GetTokenTtlSeconds() < 0 || ttl > MaxJoinTokenTTL || ttl/time.Second != time.Duration(req.GetTokenTtlSeconds()):
+		return nil, fmt.Errorf("%w: token ttl %ds: must be between 1s and %v", errInvalidArgument,
+			req.GetTokenTtlSeconds(), MaxJoinTokenTTL)
+	}
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return nil, fmt.Errorf("join token: %w", err)
+	}
+	token := JoinTokenPrefix + base64.RawURLEncoding.EncodeToString(secret)
+	now := r.cfg.Now()
+	expires := now.Add(ttl).UTC().Truncate(time.Second)
+	c := store.Cluster{Name: req.GetName(), TrustDomain: td.Name()}
+	err = r.cfg.Store.AddCluster(ctx, c, store.JoinToken{Hash: hashToken(token), Cluster: c.Name, ExpiresAt: expires},
+		store.AuditEvent{
+			Time: now, Actor: actor, Action: "cluster.add", Cluster: c.Name,
+			Detail: fmt.Sprintf("trust domain %s, join token expires at %s", td.Name(), expires.Format(time.RFC3339)),
+		})
+	switch {
+	case errors.Is(err, store.ErrAlreadyExists):
+		return nil, fmt.Errorf("%w: cluster %s: %w", errAlreadyExists, c.Name, err)
+	case err != nil:
+		return nil, fmt.Errorf("%w: add cluster: %w", errUnavailable, err)
+	}
+	r.addDomain(td)
+	r.log.InfoContext(ctx, "join token created", "actor", actor, "cluster", c.Name, "trust_domain", td.Name(),
+		"expires_at", expires)
+	resp := &meshcav1.AddClusterResponse{JoinToken: token, ExpiresAtUnix: expires.Unix()}
+	for _, s := range r.Roots() {
+		if s.State.InBundle() {
+			resp.RootSha256 = append(resp.RootSha256, fingerprintHex(s.Cert))
+		}
+	}
+	return resp, nil
+}
+
+// peerCredInfo is the AuthInfo of an admin connection: who is on the other
+// end of the Unix socket.
+type peerCredInfo struct {
+	actor string
+}
+
+// AuthType implements credentials.AuthInfo.
+func (peerCredInfo) AuthType() string { return "unix-peercred" }
+
+// actorOf names the caller of an admin call for the audit log.
+func actorOf(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok {
+		if info, ok := p.AuthInfo.(peerCredInfo); ok && info.actor != "" {
+			return info.actor
+		}
+	}
+	return "admin:unknown"
+}

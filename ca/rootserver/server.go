@@ -1,0 +1,204 @@
+package rootserver
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/ca"
+)
+
+// gracePeriod bounds how long a stopping server waits for in-flight calls.
+const gracePeriod = 5 * time.Second
+
+// Serve serves RootService, BundleService and gRPC health over TLS on lis
+// until ctx ends, then stops gracefully and returns nil. The serving
+// certificate is signed directly by the active root; client certificates
+// (issuer credentials) are optional at the TLS layer and required by Renew.
+func (r *Root) Serve(ctx context.Context, lis net.Listener) error {
+	certs, err := newServingCerts(r)
+	if err != nil {
+		return err
+	}
+	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"}}
+	tlsConfig.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		// Rebuilt per handshake: the anchors follow root rotation.
+		return &tls.Config{
+			MinVersion:     tls.VersionTLS12,
+			NextProtos:     []string{"h2"},
+			GetCertificate: certs.GetCertificate,
+			ClientAuth:     tls.VerifyClientCertIfGiven,
+			ClientCAs:      r.state.Load().clientCAs,
+			Time:           r.cfg.Now,
+		}, nil
+	}
+	stopping := make(chan struct{})
+	srv := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsConfig)),
+		grpc.MaxRecvMsgSize(r.cfg.MaxRequestBytes),
+		grpc.ConnectionTimeout(10*time.Second),
+		grpc.MaxConcurrentStreams(1024),
+	)
+	meshcav1.RegisterRootServiceServer(srv, &rootService{r: r})
+	meshcav1.RegisterBundleServiceServer(srv, &bundleService{r: r, stopping: stopping})
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	return serve(ctx, srv, lis, stopping)
+}
+
+// ServeAdmin serves AdminService without TLS on lis, which should be a
+// Unix socket only its owner can reach (see ListenAdmin), until ctx ends.
+// The audit actor of each call is the peer's Unix user.
+func (r *Root) ServeAdmin(ctx context.Context, lis net.Listener) error {
+	srv := grpc.NewServer(
+		grpc.Creds(peerCredentials{}),
+		grpc.MaxRecvMsgSize(r.cfg.MaxRequestBytes),
+	)
+	meshcav1.RegisterAdminServiceServer(srv, &adminService{r: r})
+	return serve(ctx, srv, lis, make(chan struct{}))
+}
+
+func serve(ctx context.Context, srv *grpc.Server, lis net.Listener, stopping chan struct{}) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	select {
+	case err := <-errc:
+		close(stopping)
+		return fmt.Errorf("root server: %w", err)
+	case <-ctx.Done():
+	}
+	close(stopping)
+	done := make(chan struct{})
+	go func() { srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(gracePeriod):
+		srv.Stop()
+	}
+	return nil
+}
+
+// ListenAdmin listens on a Unix socket at path for ServeAdmin: the parent
+// directory is created with mode 0700 (an existing one is left as it is), a
+// stale socket is removed, and the socket gets mode 0600.
+func ListenAdmin(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("admin socket: %s exists and is not a socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("admin socket: remove stale socket: %w", err)
+		}
+	}
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		_ = lis.Close()
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	return lis, nil
+}
+
+// servingCerts is the TLS certificate of the network server: signed
+// directly by the active root, key in memory only, renewed at half-life and
+// when the active root changes. The chain carries the root too, so that a
+// new issuer can check it against the root fingerprints it was given.
+type servingCerts struct {
+	r   *Root
+	key crypto.Signer
+
+	mu      sync.Mutex
+	current *tls.Certificate
+	rootFP  [32]byte
+	renewAt time.Time
+}
+
+func newServingCerts(r *Root) (*servingCerts, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("serving key: %w", err)
+	}
+	s := &servingCerts{r: r, key: key}
+	if _, err := s.get(); err != nil {
+		// Handshakes fail until the active root's key is back (it is
+		// retried every tick); the server recovers without a restart.
+		r.log.Error("no serving certificate yet", "error", err)
+	}
+	return s, nil
+}
+
+// GetCertificate is a tls.Config.GetCertificate callback.
+func (s *servingCerts) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.get() }
+
+func (s *servingCerts) get() (*tls.Certificate, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.r.cfg.Now()
+	st := s.r.state.Load()
+	if s.current != nil && now.Before(s.renewAt) && s.rootFP == st.activeFP {
+		return s.current, nil
+	}
+	cert, err := s.sign(st, now)
+	if err != nil {
+		if s.current != nil && now.Before(s.current.Leaf.NotAfter) {
+			s.r.log.Warn("cannot renew the serving certificate; keeping the current one", "error", err,
+				"not_after", s.current.Leaf.NotAfter)
+			return s.current, nil
+		}
+		return nil, fmt.Errorf("serving certificate: %w", err)
+	}
+	s.current, s.rootFP = cert, st.activeFP
+	s.renewAt = cert.Leaf.NotBefore.Add(cert.Leaf.NotAfter.Sub(cert.Leaf.NotBefore) / 2)
+	return cert, nil
+}
+
+func (s *servingCerts) sign(st *state, now time.Time) (*tls.Certificate, error) {
+	if st.active == nil {
+		return nil, errNoActiveRoot
+	}
+	req := ca.LeafRequest{
+		PublicKey: s.key.Public(), TTL: s.r.cfg.ServingTTL, Now: now,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, h := range s.r.cfg.Hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			req.IPAddresses = append(req.IPAddresses, ip)
+		} else {
+			req.DNSNames = append(req.DNSNames, h)
+		}
+	}
+	leaf, err := st.active.SignLeaf(req)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(st.active.Certificate)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: now, KeyUsages: req.ExtKeyUsage}); err != nil {
+		return nil, fmt.Errorf("%w: serving certificate: %w", errSelfCheck, err)
+	}
+	return &tls.Certificate{
+		Certificate: [][]byte{leaf.Raw, st.active.Certificate.Raw},
+		PrivateKey:  s.key,
+		Leaf:        leaf,
+	}, nil
+}

@@ -1,0 +1,175 @@
+package rootserver
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"slices"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/store"
+)
+
+// credentialPathPrefix starts the path of every issuer credential's SPIFFE
+// ID: spiffe://<trust domain>/meshca/cluster/<cluster name>.
+const credentialPathPrefix = "/meshca/cluster/"
+
+// parseCSR parses a DER PKCS#10 request and checks its signature and key.
+// Subject and SANs are ignored: the root decides every name.
+func parseCSR(what string, der []byte) (*x509.CertificateRequest, error) {
+	if len(der) == 0 {
+		return nil, fmt.Errorf("%w: %s is missing", errInvalidArgument, what)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", errInvalidArgument, what, err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("%w: %s: signature: %w", errInvalidArgument, what, err)
+	}
+	if err := checkPublicKey(csr.PublicKey); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", errInvalidArgument, what, err)
+	}
+	return csr, nil
+}
+
+func checkPublicKey(pub crypto.PublicKey) error {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
+			return fmt.Errorf("ECDSA curve %s is not allowed (want P-256 or P-384)", k.Curve.Params().Name)
+		}
+	case *rsa.PublicKey:
+		if n := k.N.BitLen(); n < 2048 || n > 8192 {
+			return fmt.Errorf("RSA key of %d bits is not allowed (want 2048 to 8192)", n)
+		}
+	case ed25519.PublicKey:
+	default:
+		return fmt.Errorf("key type %T is not allowed", pub)
+	}
+	return nil
+}
+
+// credentialID is the SPIFFE ID of cluster c's issuer credential.
+func credentialID(c store.Cluster) (spiffeid.ID, error) {
+	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("cluster %s: trust domain: %w", c.Name, err)
+	}
+	id, err := spiffeid.FromPath(td, credentialPathPrefix+c.Name)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("cluster %s: credential ID: %w", c.Name, err)
+	}
+	return id, nil
+}
+
+// issued is what one Enroll or Renew signed.
+type issued struct {
+	intermediate, credential *x509.Certificate
+	bundle                   *ca.TrustBundle
+}
+
+// issue signs, verifies and records an intermediate for cluster c under the
+// active root of st, and a credential when credPub is not nil. The actor
+// goes into the audit log.
+func (r *Root) issue(ctx context.Context, st *state, c store.Cluster, interPub, credPub crypto.PublicKey, actor string) (issued, error) {
+	if st.active == nil {
+		return issued{}, errNoActiveRoot
+	}
+	id, err := credentialID(c)
+	if err != nil {
+		return issued{}, err
+	}
+	root := st.active
+	now := r.cfg.Now()
+	var out issued
+	if credPub != nil {
+		out.credential, err = root.SignLeaf(ca.LeafRequest{
+			PublicKey: credPub, URIs: []*url.URL{id.URL()}, TTL: r.cfg.CredentialTTL, Now: now,
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		})
+		if err != nil {
+			return issued{}, fmt.Errorf("%w: sign credential: %w", errUnavailable, err)
+		}
+		if err := verifyCredential(out.credential, root.Certificate, id, now); err != nil {
+			return issued{}, err
+		}
+		err = r.cfg.Store.AppendAudit(ctx, store.AuditEvent{
+			Time: now, Actor: actor, Action: "credential.issue", Cluster: c.Name, SPIFFEID: id.String(),
+			Serial: ca.SerialHex(out.credential.SerialNumber),
+			Detail: "issuer credential, root sha256 " + fingerprintHex(root.Certificate),
+		})
+		if err != nil {
+			return issued{}, fmt.Errorf("%w: audit credential: %w", errUnavailable, err)
+		}
+	}
+	out.intermediate, err = root.SignIntermediate(ca.IntermediateRequest{
+		PublicKey: interPub, TrustDomain: id.TrustDomain(), Cluster: c.Name, TTL: r.cfg.IntermediateTTL, Now: now,
+	})
+	if err != nil {
+		return issued{}, fmt.Errorf("%w: sign intermediate: %w", errUnavailable, err)
+	}
+	if err := verifyIntermediate(out.intermediate, root.Certificate, id.TrustDomain(), now); err != nil {
+		return issued{}, err
+	}
+	sum := sha256.Sum256(out.intermediate.Raw)
+	serial := ca.SerialHex(out.intermediate.SerialNumber)
+	err = r.cfg.Store.RecordIntermediate(ctx, store.Intermediate{
+		Serial: serial, Cluster: c.Name, TrustDomain: id.TrustDomain().Name(),
+		RootFingerprint: fingerprintHex(root.Certificate),
+		NotBefore:       out.intermediate.NotBefore.UTC(), NotAfter: out.intermediate.NotAfter.UTC(),
+		Fingerprint: hex.EncodeToString(sum[:]), DER: out.intermediate.Raw,
+	}, store.AuditEvent{
+		Time: now, Actor: actor, Action: "intermediate.issue", Cluster: c.Name, Serial: serial,
+		Detail: fmt.Sprintf("trust domain %s, root sha256 %s, not after %s", id.TrustDomain().Name(),
+			fingerprintHex(root.Certificate), out.intermediate.NotAfter.UTC().Format("2006-01-02T15:04:05Z")),
+	})
+	if err != nil {
+		return issued{}, fmt.Errorf("%w: record intermediate: %w", errUnavailable, err)
+	}
+	r.addDomain(id.TrustDomain())
+	out.bundle, _ = r.Current()
+	return out, nil
+}
+
+// verifyCredential checks a credential just signed: it chains directly to
+// root for client authentication and names exactly id.
+func verifyCredential(cred, root *x509.Certificate, id spiffeid.ID, now time.Time) error {
+	pool := x509.NewCertPool()
+	pool.AddCert(root)
+	chains, err := cred.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: credential: %w", errSelfCheck, err)
+	case len(chains) != 1 || len(chains[0]) != 2, cred.IsCA, len(cred.URIs) != 1 || cred.URIs[0].String() != id.String():
+		return fmt.Errorf("%w: credential is not a leaf for %s directly under the root", errSelfCheck, id)
+	}
+	return nil
+}
+
+// verifyIntermediate checks an intermediate just signed: it chains to root
+// and is a CA of path length 0 that may only issue into td.
+func verifyIntermediate(inter, root *x509.Certificate, td spiffeid.TrustDomain, now time.Time) error {
+	pool := x509.NewCertPool()
+	pool.AddCert(root)
+	_, err := inter.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: intermediate: %w", errSelfCheck, err)
+	case !inter.IsCA, !inter.MaxPathLenZero, inter.MaxPathLen != 0, !inter.PermittedDNSDomainsCritical,
+		!slices.Equal(inter.PermittedURIDomains, []string{td.Name()}):
+		return fmt.Errorf("%w: intermediate is not a path-length-0 CA constrained to %s", errSelfCheck, td)
+	}
+	return nil
+}
