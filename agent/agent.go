@@ -30,7 +30,15 @@ type Config struct {
 	ServerName string
 	// CABundleFile holds the roots (PEM) that authenticate the issuer and
 	// anchor the served trust bundle; re-read for every renewal. Required.
+	// It is the bootstrap trust: the own roots of the bundle the issuer
+	// publishes are added to it (see DisableBundleWatch).
 	CABundleFile string
+	// DisableBundleWatch turns off following the trust bundle the issuer
+	// publishes (meshca.v1.BundleService/WatchBundle) and its federated
+	// trust domains; trust then comes from CABundleFile only. The zero value
+	// watches; an issuer without BundleService (a plain Istio CA) is
+	// detected and needs no setting.
+	DisableBundleWatch bool
 	// TokenFile holds the bearer token (a projected service-account token);
 	// re-read for every renewal. Required.
 	TokenFile string
@@ -119,6 +127,7 @@ type Agent struct {
 	pub        *Publisher
 	manager    *Manager
 	loop       *rotation.Loop
+	watcher    *BundleWatcher // nil when disabled
 	servers    []server
 	healthAddr string
 }
@@ -150,6 +159,12 @@ func New(cfg Config) (_ *Agent, err error) {
 	if a.loop, err = rotation.New(rotation.Config{Renewer: a.manager, Logger: cfg.Logger}); err != nil {
 		return nil, err
 	}
+	if !cfg.DisableBundleWatch {
+		a.watcher, err = NewBundleWatcher(BundleWatcherConfig{Source: a.client, Updater: a.manager, Issuer: cfg.IssuerAddress, Logger: cfg.Logger})
+		if err != nil {
+			return nil, err
+		}
+	}
 	if a.servers, err = a.listen(); err != nil {
 		return nil, err
 	}
@@ -163,7 +178,8 @@ func (a *Agent) HealthAddr() string { return a.healthAddr }
 // Ready reports nil while the agent holds a valid certificate, else why not.
 func (a *Agent) Ready() error { return a.manager.Ready() }
 
-// Run renews and serves until ctx is cancelled, then closes every stream
+// Run renews, follows the issuer's trust bundle and serves until ctx is
+// cancelled, then closes every stream
 // cleanly, removes the sockets and returns nil. If a server fails, it shuts
 // the others down the same way and returns that error.
 func (a *Agent) Run(ctx context.Context) error {
@@ -174,13 +190,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		g.Go(s.serve)
 	}
 	g.Go(func() error { return a.loop.Run(gctx) })
+	if a.watcher != nil {
+		g.Go(func() error { return a.watcher.Run(gctx) })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		a.shutdown(servers)
 		return nil
 	})
 	a.cfg.Logger.Info("meshca agent running", "sds_socket", a.cfg.SDSSocket, "workload_socket", a.cfg.WorkloadSocket,
-		"output_dir", a.cfg.OutputDir, "health_addr", a.healthAddr, "issuer", a.cfg.IssuerAddress)
+		"output_dir", a.cfg.OutputDir, "health_addr", a.healthAddr, "issuer", a.cfg.IssuerAddress, "bundle_watch", a.watcher != nil)
 	return g.Wait()
 }
 

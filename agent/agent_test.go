@@ -27,10 +27,16 @@ type runningAgent struct {
 
 func runAgent(t *testing.T, ti *testIssuer, ttl time.Duration) *runningAgent {
 	t.Helper()
+	return startAgent(t, ti.addr, ti.bundleFile, ti.tokenFile(t), ttl)
+}
+
+// startAgent runs an agent against the issuer at addr until the test ends.
+func startAgent(t *testing.T, addr, bundleFile, tokenFile string, ttl time.Duration) *runningAgent {
+	t.Helper()
 	dir := t.TempDir()
 	ra := &runningAgent{logs: &logBuffer{}, done: make(chan error, 1)}
 	ra.cfg = Config{
-		IssuerAddress: ti.addr, CABundleFile: ti.bundleFile, TokenFile: ti.tokenFile(t), TTL: ttl,
+		IssuerAddress: addr, CABundleFile: bundleFile, TokenFile: tokenFile, TTL: ttl,
 		SDSSocket: filepath.Join(dir, "sds", "socket"), WorkloadSocket: filepath.Join(dir, "spiffe", "socket"),
 		OutputDir: filepath.Join(dir, "out"), HealthAddr: "127.0.0.1:0", Logger: ra.logs.logger(),
 	}

@@ -30,9 +30,11 @@ import (
 	"go.step.sm/crypto/pemutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 
+	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
 )
 
@@ -142,6 +144,22 @@ func (c *Client) SetRoots(roots *ca.Bundle) error {
 	return nil
 }
 
+// WatchBundle opens the issuer's trust bundle watch
+// (meshca.v1.BundleService/WatchBundle) on the connection Fetch uses, so the
+// issuer is authenticated by the same roots. knownSequence is the sequence
+// of the bundle already held (0: none). The stream ends when ctx is done, and
+// also when SetRoots replaces the connection; the caller then opens another.
+func (c *Client) WatchBundle(ctx context.Context, knownSequence uint64) (BundleStream, error) {
+	c.mu.Lock()
+	conn := c.conn
+	c.mu.Unlock()
+	stream, err := meshcav1.NewBundleServiceClient(conn).WatchBundle(ctx, &meshcav1.WatchBundleRequest{KnownSequence: knownSequence})
+	if err != nil {
+		return nil, fmt.Errorf("issuer %s: watch bundle: %w", c.cfg.Address, err)
+	}
+	return stream, nil
+}
+
 // Close closes the connection.
 func (c *Client) Close() error {
 	c.mu.Lock()
@@ -167,7 +185,7 @@ type SVID struct {
 // it): an issuer holds an intermediate constrained to one trust domain, and
 // letting it add roots would turn one compromised issuer into a root for
 // every trust domain. New roots reach agents through the CA bundle file
-// (and, later, the root's bundle watch).
+// and the bundle watch (BundleWatcher), which Manager turns into SetRoots.
 func (c *Client) Fetch(ctx context.Context, key crypto.Signer, token string, ttl time.Duration) (*SVID, error) {
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
@@ -180,9 +198,15 @@ func (c *Client) Fetch(ctx context.Context, key crypto.Signer, token string, ttl
 	c.mu.Lock()
 	conn, api, roots := c.conn, c.api, c.roots
 	c.mu.Unlock()
-	// Each Fetch is a deliberate attempt, paced by the caller: connect now
-	// rather than after gRPC's own reconnect backoff.
-	conn.ResetConnectBackoff()
+	// Each Fetch is a deliberate attempt, paced by the caller: after failed
+	// connections, connect now rather than after gRPC's own reconnect
+	// backoff. Only then: ResetConnectBackoff reads the channel's
+	// subchannels without a lock (grpc-go 1.85), which races with their
+	// creation when the channel leaves idle mode, as it does when a bundle
+	// watch starts at the same time.
+	if conn.GetState() == connectivity.TransientFailure {
+		conn.ResetConnectBackoff()
+	}
 	resp, err := api.CreateCertificate(metadata.NewOutgoingContext(ctx, md), &pb.IstioCertificateRequest{
 		Csr:              string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
 		ValidityDuration: int64(ttl / time.Second),

@@ -3,9 +3,11 @@ package agent
 import (
 	"context"
 	"crypto"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -92,6 +94,17 @@ type Manager struct {
 	mu          sync.Mutex
 	lastErr     error
 	lastAttempt time.Time
+
+	// trustMu serializes changes of trust and every Publish, so that a
+	// renewal and a bundle update cannot publish out of order.
+	trustMu sync.Mutex
+	// fileRoots is the CA bundle file as last read.
+	fileRoots *ca.Bundle
+	// trust is the last trust bundle accepted from the watch; nil before.
+	trust *ca.TrustBundle
+	// fetchedRoots are roots the fetcher reported for the current SVID
+	// beyond those it was configured with (none for *Client).
+	fetchedRoots []*x509.Certificate
 }
 
 var _ rotation.Renewer = (*Manager)(nil)
@@ -108,6 +121,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	m.fileRoots = bundle
 	snap, err := NewSnapshot(nil, bundle)
 	if err != nil {
 		return nil, err
@@ -117,10 +131,12 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 }
 
 // Renew implements rotation.Renewer: read the token and the CA bundle file,
-// generate a key, fetch a certificate and publish it with the bundle (the
-// file's roots plus the root the issuer returned). On failure the current
-// snapshot stays. Errors the issuer will repeat (Unauthenticated,
-// PermissionDenied, InvalidArgument) are marked rotation.ErrRefused.
+// generate a key, fetch a certificate and publish it with the own trust
+// domain's bundle (the file's roots, the watched bundle's own roots and any
+// other root the fetcher verified against) and the other trust domains'
+// bundles. On failure the current snapshot stays. Errors the issuer will
+// repeat (Unauthenticated, PermissionDenied, InvalidArgument) are marked
+// rotation.ErrRefused.
 func (m *Manager) Renew(ctx context.Context) (rotation.Validity, error) {
 	v, err := m.renew(ctx)
 	m.mu.Lock()
@@ -134,7 +150,8 @@ func (m *Manager) renew(ctx context.Context) (rotation.Validity, error) {
 	if err != nil {
 		return rotation.Validity{}, err
 	}
-	if err := m.cfg.Fetcher.SetRoots(fileBundle); err != nil {
+	configured, err := m.setFileRoots(fileBundle)
+	if err != nil {
 		return rotation.Validity{}, err
 	}
 	token, err := ReadToken(m.cfg.TokenFile)
@@ -149,22 +166,149 @@ func (m *Manager) renew(ctx context.Context) (rotation.Validity, error) {
 	if err != nil {
 		return rotation.Validity{}, markRefused(err)
 	}
-	bundle, err := ca.NewBundle(append(fileBundle.Roots(), svid.Roots...)...)
+	m.trustMu.Lock()
+	defer m.trustMu.Unlock()
+	prev, _ := m.cfg.Publisher.Current()
+	prevFetched := m.fetchedRoots
+	m.fetchedRoots = slices.DeleteFunc(slices.Clone(svid.Roots), func(r *x509.Certificate) bool { return bundleContains(configured, r) })
+	snap, _, err := m.publishLocked(svid)
 	if err != nil {
-		return rotation.Validity{}, fmt.Errorf("trust bundle: %w", err)
-	}
-	svid.Roots = bundle.Roots()
-	snap, err := NewSnapshot(svid, bundle)
-	if err != nil {
+		m.fetchedRoots = prevFetched
 		return rotation.Validity{}, err
 	}
-	m.writeFiles(svid)
-	prev, _ := m.cfg.Publisher.Current()
-	m.cfg.Publisher.Publish(snap)
+	m.writeFiles(snap.SVID())
 	leaf := svid.Chain[0]
 	m.cfg.Logger.Info("certificate obtained", "spiffe_id", snap.ID().String(), "serial", ca.SerialHex(leaf.SerialNumber),
 		"not_after", leaf.NotAfter, "bundle_changed", prev.BundleVersion() != snap.BundleVersion())
 	return rotation.Validity{NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}, nil
+}
+
+// setFileRoots records the CA bundle file's roots and gives the fetcher the
+// resulting trust anchors, which it returns.
+func (m *Manager) setFileRoots(file *ca.Bundle) (*ca.Bundle, error) {
+	m.trustMu.Lock()
+	defer m.trustMu.Unlock()
+	m.fileRoots = file
+	roots, err := m.anchorsLocked()
+	if err != nil {
+		return nil, err
+	}
+	if err := m.cfg.Fetcher.SetRoots(roots); err != nil {
+		return nil, err
+	}
+	return roots, nil
+}
+
+// anchorsLocked returns the roots that authenticate the issuer and verify
+// what it issues: the CA bundle file's and the watched bundle's own. The
+// caller holds trustMu.
+func (m *Manager) anchorsLocked() (*ca.Bundle, error) {
+	roots := m.fileRoots.Roots()
+	if m.trust != nil {
+		if own := m.trust.OwnRoots(); own != nil {
+			roots = append(roots, own.Roots()...)
+		}
+	}
+	b, err := ca.NewBundle(roots...)
+	if err != nil {
+		return nil, fmt.Errorf("trust bundle: %w", err)
+	}
+	return b, nil
+}
+
+// publishLocked publishes svid (nil: none yet) with the current trust: its
+// Roots become the own trust domain's bundle. It returns the snapshot built
+// and whether it differed from the current one. The caller holds trustMu.
+func (m *Manager) publishLocked(svid *SVID) (*Snapshot, bool, error) {
+	anchors, err := m.anchorsLocked()
+	if err != nil {
+		return nil, false, err
+	}
+	own, err := ca.NewBundle(append(anchors.Roots(), m.fetchedRoots...)...)
+	if err != nil {
+		return nil, false, fmt.Errorf("trust bundle: %w", err)
+	}
+	if svid != nil {
+		withRoots := *svid
+		withRoots.Roots = own.Roots()
+		svid = &withRoots
+	}
+	var domains []ca.DomainBundle
+	if m.trust != nil {
+		domains = m.trust.Domains
+	}
+	snap, err := NewFederatedSnapshot(svid, own, domains)
+	if err != nil {
+		return nil, false, err
+	}
+	return snap, m.cfg.Publisher.Publish(snap), nil
+}
+
+// ErrStaleBundle reports a trust bundle older than the one held.
+var ErrStaleBundle = errors.New("trust bundle is older than the one held")
+
+// TrustBundleSequence implements TrustUpdater.
+func (m *Manager) TrustBundleSequence() uint64 {
+	m.trustMu.Lock()
+	defer m.trustMu.Unlock()
+	if m.trust == nil {
+		return 0
+	}
+	return m.trust.Sequence
+}
+
+// SetTrustBundle implements TrustUpdater: b becomes the agent's trust at
+// once, unless its sequence is lower than the held one's (ErrStaleBundle).
+// Its own roots, with the CA bundle file's, authenticate the issuer from now
+// on and make the own trust domain's bundle; its other trust domains are
+// served as federated bundles. The current SVID is published again with
+// them, so that a new root reaches Envoy and applications before any issuer
+// uses it. It reports whether anything served changed.
+func (m *Manager) SetTrustBundle(b *ca.TrustBundle) (bool, error) {
+	if b == nil {
+		return false, errors.New("trust bundle is nil")
+	}
+	m.trustMu.Lock()
+	defer m.trustMu.Unlock()
+	prevTrust := m.trust
+	if prevTrust != nil && b.Sequence < prevTrust.Sequence {
+		return false, fmt.Errorf("%w: sequence %d, holding %d", ErrStaleBundle, b.Sequence, prevTrust.Sequence)
+	}
+	m.trust = b
+	if prevTrust.Equal(b) {
+		return false, nil
+	}
+	anchors, err := m.anchorsLocked()
+	if err == nil {
+		err = m.cfg.Fetcher.SetRoots(anchors)
+	}
+	prev, _ := m.cfg.Publisher.Current()
+	var (
+		snap    *Snapshot
+		changed bool
+	)
+	if err == nil {
+		snap, changed, err = m.publishLocked(prev.SVID())
+	}
+	if err != nil {
+		m.trust = prevTrust
+		return false, err
+	}
+	ownChanged := prev.BundleVersion() != snap.BundleVersion()
+	if ownChanged && snap.SVID() != nil {
+		m.writeFiles(snap.SVID())
+	}
+	var federated []string
+	for _, d := range snap.FederatedBundles() {
+		federated = append(federated, d.TrustDomain.Name())
+	}
+	m.cfg.Logger.Info("trust bundle updated", "sequence", b.Sequence, "own_roots", len(snap.Bundle().Roots()),
+		"own_bundle_changed", ownChanged, "trust_domains", federated, "federated_changed", prev.FederatedVersion() != snap.FederatedVersion())
+	return changed, nil
+}
+
+func bundleContains(b *ca.Bundle, c *x509.Certificate) bool {
+	return slices.ContainsFunc(b.Roots(), c.Equal)
 }
 
 // writeFiles writes the optional output files. A failure is logged, not

@@ -3,6 +3,8 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -12,9 +14,10 @@ import (
 )
 
 // SDS resource names the agent serves (PROTOCOLS.md): Istio's "default"
-// (workload certificate and key) and "ROOTCA" (trust bundle), SPIRE's "ALL"
-// (own and federated bundles), plus the workload's SPIFFE ID (certificate)
-// and its trust domain's ID, spiffe://<td> (bundle).
+// (workload certificate and key) and "ROOTCA" (own trust domain's bundle),
+// SPIRE's "ALL" (own and federated bundles), plus the workload's SPIFFE ID
+// (certificate) and the ID spiffe://<td> of its own or of any other trust
+// domain the agent knows (that domain's bundle).
 const (
 	ResourceDefault = "default"
 	ResourceRootCA  = "ROOTCA"
@@ -61,13 +64,14 @@ func classify(snap *Snapshot, name string, now time.Time) (resourceKind, error) 
 		return 0, errPending
 	}
 	id := snap.ID()
-	switch name {
-	case id.String():
+	if name == id.String() {
 		return kindCertificate, availableCert(snap, now)
-	case id.TrustDomain().IDString():
+	}
+	if _, ok := snap.byDomain[name]; ok {
 		return kindBundle, nil
 	}
-	return 0, fmt.Errorf("%w %q: this agent serves %s and %s", errUnknownResource, name, id, id.TrustDomain().IDString())
+	return 0, fmt.Errorf("%w %q: this agent serves %s and the bundles of %s", errUnknownResource, name, id,
+		strings.Join(slices.Sorted(maps.Keys(snap.byDomain)), ", "))
 }
 
 func availableCert(snap *Snapshot, now time.Time) error {
@@ -111,7 +115,7 @@ func resolve(snap *Snapshot, names []string, now time.Time) ([]*anypb.Any, strin
 		if kind == kindCertificate {
 			version += snap.SVIDVersion()
 		} else {
-			version += snap.BundleVersion()
+			version += snap.sdsBundle(name).version
 		}
 	}
 	return resources, version, nil
@@ -126,8 +130,21 @@ func buildSecret(snap *Snapshot, name string, kind resourceKind) *tlsv3.Secret {
 		}}}
 	}
 	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-		TrustedCa: inline(snap.bundlePEM),
+		TrustedCa: inline(snap.sdsBundle(name).pem),
 	}}}
+}
+
+// sdsBundle returns the roots served as the bundle resource name: ROOTCA
+// and the own trust domain ID get the own trust domain's roots, ALL those
+// of every trust domain, spiffe://<td> those of td.
+func (s *Snapshot) sdsBundle(name string) rootSet {
+	switch name {
+	case ResourceRootCA:
+		return rootSet{pem: s.bundlePEM, der: s.bundleDER, version: s.bundleVersion}
+	case ResourceAll:
+		return s.all
+	}
+	return s.byDomain[name]
 }
 
 func inline(b []byte) *corev3.DataSource {

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto"
+	"crypto/x509"
 	"errors"
 	"io"
 	"slices"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/agent/sdstest"
+	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/catest"
 )
 
@@ -409,4 +411,59 @@ func publicOf(t *testing.T, key any) crypto.PublicKey {
 		t.Fatalf("key %T has no public key", key)
 	}
 	return k.Public()
+}
+
+func TestSDSFederatedBundles(t *testing.T) {
+	f := newSDSFixture(t)
+	svid := newSVID(t, f.tree, webID, time.Hour)
+	root := f.tree.Root.Certificate
+	fed1, fed2 := federatedRoot(t, "fed1"), federatedRoot(t, "fed2")
+	federated := func(roots ...*x509.Certificate) []ca.DomainBundle {
+		return []ca.DomainBundle{{TrustDomain: otherTD, Roots: mustBundle(t, roots...), Federated: true}}
+	}
+	f.pub.Publish(mustFederatedSnapshot(t, svid, f.tree.Bundle, federated(fed1)))
+	e := envoy(t, f.path, "node")
+	rootCA, all := subscribe(t, e, ResourceRootCA), subscribe(t, e, ResourceAll)
+	other, own := subscribe(t, e, otherTD.IDString()), subscribe(t, e, "spiffe://cluster.local")
+	for _, tc := range []struct {
+		s    *sdstest.Subscription
+		want []*x509.Certificate
+	}{{rootCA, []*x509.Certificate{root}}, {all, []*x509.Certificate{root, fed1}}, {other, []*x509.Certificate{fed1}}, {own, []*x509.Certificate{root}}} {
+		if u := next(t, tc.s); !sameCerts(u.Roots, tc.want...) {
+			t.Errorf("%s: %d roots, want %d", tc.s.Name, len(u.Roots), len(tc.want))
+		}
+	}
+
+	// Only the federated bundle changes: ALL and other.example are pushed.
+	f.pub.Publish(mustFederatedSnapshot(t, svid, f.tree.Bundle, federated(fed1, fed2)))
+	if u := next(t, all); !sameCerts(u.Roots, root, fed1, fed2) {
+		t.Errorf("ALL: %d roots, want 3", len(u.Roots))
+	}
+	if u := next(t, other); !sameCerts(u.Roots, fed1, fed2) {
+		t.Errorf("%s: %d roots, want 2", other.Name, len(u.Roots))
+	}
+	// Then only the own bundle: had the federated change reached ROOTCA or
+	// spiffe://cluster.local, their next response would repeat one root.
+	bundle, extra := otherRoot(t, f.tree)
+	f.pub.Publish(mustFederatedSnapshot(t, svid, bundle, federated(fed1, fed2)))
+	for _, s := range []*sdstest.Subscription{rootCA, own} {
+		if u := next(t, s); !sameCerts(u.Roots, root, extra) {
+			t.Errorf("%s: %d roots, want the new own bundle of 2", s.Name, len(u.Roots))
+		}
+	}
+	if u := next(t, all); !sameCerts(u.Roots, root, extra, fed1, fed2) {
+		t.Errorf("ALL: %d roots, want 4", len(u.Roots))
+	}
+
+	// Federation ends: a stream for its trust domain ends, naming what is
+	// served; a new one is refused.
+	f.pub.Publish(mustSnapshot(t, svid, bundle))
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if _, err := other.Recv(ctx); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "spiffe://cluster.local") {
+		t.Errorf("%s after federation ended: %v, want InvalidArgument naming the served bundles", other.Name, err)
+	}
+	if u := next(t, all); !sameCerts(u.Roots, root, extra) {
+		t.Errorf("ALL after federation ended: %d roots, want the own 2", len(u.Roots))
+	}
 }

@@ -7,6 +7,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,18 +30,32 @@ type Source interface {
 }
 
 // Snapshot is what the agent serves at one moment: its SVID, if it has one,
-// and its trust bundle. It is immutable. Its private key must never be
-// logged: Snapshot has no String method that would print it, and callers
-// must not print its fields.
+// the trust bundle of its own trust domain, and the bundles of the other
+// trust domains it knows of (federated meshes and the root's other trust
+// domains). It is immutable. Its private key must never be logged: Snapshot
+// has no String method that would print it, and callers must not print its
+// fields.
 type Snapshot struct {
 	svid   *SVID
 	bundle *ca.Bundle
 	id     spiffeid.ID
+	// domains are the other trust domains' bundles, sorted by name, without
+	// the SVID's own trust domain.
+	domains []ca.DomainBundle
 
-	svidVersion, bundleVersion string
+	svidVersion, bundleVersion, federatedVersion string
 	// Encodings computed once per snapshot rather than once per stream.
 	chainPEM, keyPEM, bundlePEM []byte
 	chainDER, keyDER, bundleDER []byte
+	// federated has the DER roots of each of domains, keyed by trust domain
+	// ID (spiffe://td); shared by every Workload API response, read only.
+	federated map[string][]byte
+	// all is the own bundle followed by every other domain's roots, without
+	// duplicates: SDS "ALL".
+	all rootSet
+	// byDomain is the bundle of each trust domain ID the agent serves over
+	// SDS as spiffe://<td>, own included once the SVID is known.
+	byDomain map[string]rootSet
 
 	// sdsCache memoizes encoded SDS resources by name: after a rotation,
 	// every stream subscribed to a name sends the same bytes.
@@ -47,35 +63,75 @@ type Snapshot struct {
 	sdsCache map[string]*anypb.Any
 }
 
-// NewSnapshot builds a snapshot. svid may be nil (no certificate yet); bundle
-// may be nil only when svid is nil too. The SVID's leaf must carry exactly
-// one SPIFFE ID, and its key must be PKCS#8-encodable.
+// rootSet is one served bundle with its encodings.
+type rootSet struct {
+	pem, der []byte
+	version  string
+}
+
+func newRootSet(roots []*x509.Certificate) rootSet {
+	rs := rootSet{pem: ca.EncodeCertificates(roots...)}
+	for _, r := range roots {
+		rs.der = append(rs.der, r.Raw...)
+	}
+	rs.version = shortHash(rs.der)
+	return rs
+}
+
+func shortHash(b ...[]byte) string {
+	h := sha256.New()
+	for _, p := range b {
+		h.Write(p)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+// NewSnapshot builds a snapshot without other trust domains; see
+// NewFederatedSnapshot.
 func NewSnapshot(svid *SVID, bundle *ca.Bundle) (*Snapshot, error) {
+	return NewFederatedSnapshot(svid, bundle, nil)
+}
+
+// NewFederatedSnapshot builds a snapshot. svid may be nil (no certificate
+// yet); bundle (the own trust domain's roots) may be nil only when svid is
+// nil too. The SVID's leaf must carry exactly one SPIFFE ID, and its key must
+// be PKCS#8-encodable. domains are the bundles of other trust domains, each
+// named once; an entry for the SVID's own trust domain is dropped, because
+// bundle is what the agent trusts for it.
+func NewFederatedSnapshot(svid *SVID, bundle *ca.Bundle, domains []ca.DomainBundle) (*Snapshot, error) {
 	s := &Snapshot{svid: svid, bundle: bundle}
 	if bundle != nil {
 		s.bundlePEM = bundle.PEM()
 		for _, r := range bundle.Roots() {
 			s.bundleDER = append(s.bundleDER, r.Raw...)
 		}
-		sum := sha256.Sum256(s.bundleDER)
-		s.bundleVersion = hex.EncodeToString(sum[:8])
+		s.bundleVersion = shortHash(s.bundleDER)
 	}
-	if svid == nil {
-		return s, nil
+	if svid != nil {
+		if err := s.setSVID(svid); err != nil {
+			return nil, err
+		}
 	}
-	if bundle == nil {
-		return nil, errors.New("snapshot: an SVID needs a trust bundle")
+	if err := s.setDomains(domains); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Snapshot) setSVID(svid *SVID) error {
+	if s.bundle == nil {
+		return errors.New("snapshot: an SVID needs a trust bundle")
 	}
 	if len(svid.Chain) == 0 || len(svid.Chain[0].URIs) != 1 {
-		return nil, errors.New("snapshot: the SVID's leaf must carry exactly one URI SAN")
+		return errors.New("snapshot: the SVID's leaf must carry exactly one URI SAN")
 	}
 	id, err := spiffeid.FromURI(svid.Chain[0].URIs[0])
 	if err != nil {
-		return nil, fmt.Errorf("snapshot: leaf URI SAN: %w", err)
+		return fmt.Errorf("snapshot: leaf URI SAN: %w", err)
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(svid.Key)
 	if err != nil {
-		return nil, fmt.Errorf("snapshot: encode key: %w", err)
+		return fmt.Errorf("snapshot: encode key: %w", err)
 	}
 	s.id = id
 	s.keyDER = keyDER
@@ -85,15 +141,69 @@ func NewSnapshot(svid *SVID, bundle *ca.Bundle) (*Snapshot, error) {
 		s.chainDER = append(s.chainDER, c.Raw...)
 	}
 	s.svidVersion = ca.SerialHex(svid.Chain[0].SerialNumber)
-	return s, nil
+	return nil
+}
+
+// setDomains records the other trust domains and computes what is served
+// from them. It runs after setSVID, which tells the own trust domain.
+func (s *Snapshot) setDomains(domains []ca.DomainBundle) error {
+	own := s.id.TrustDomain()
+	var all []*x509.Certificate
+	if s.bundle != nil {
+		all = s.bundle.Roots()
+	}
+	s.byDomain = map[string]rootSet{}
+	if !own.IsZero() {
+		s.byDomain[own.IDString()] = rootSet{pem: s.bundlePEM, der: s.bundleDER, version: s.bundleVersion}
+	}
+	domains = slices.Clone(domains)
+	slices.SortFunc(domains, func(x, y ca.DomainBundle) int { return strings.Compare(x.TrustDomain.Name(), y.TrustDomain.Name()) })
+	var parts [][]byte
+	for _, d := range domains {
+		if d.TrustDomain.IsZero() || d.Roots == nil {
+			return errors.New("snapshot: a trust domain bundle needs a name and roots")
+		}
+		if d.TrustDomain == own {
+			continue
+		}
+		key := d.TrustDomain.IDString()
+		if _, dup := s.federated[key]; dup {
+			return fmt.Errorf("snapshot: trust domain %s listed twice", d.TrustDomain)
+		}
+		rs := newRootSet(d.Roots.Roots())
+		if s.federated == nil {
+			s.federated = map[string][]byte{}
+		}
+		s.federated[key] = rs.der
+		s.byDomain[key] = rs
+		s.domains = append(s.domains, d)
+		all = append(all, d.Roots.Roots()...)
+		parts = append(parts, []byte(key), rs.der)
+	}
+	if len(s.domains) > 0 {
+		s.federatedVersion = shortHash(parts...)
+	}
+	if len(all) > 0 {
+		b, err := ca.NewBundle(all...)
+		if err != nil {
+			return fmt.Errorf("snapshot: %w", err)
+		}
+		s.all = newRootSet(b.Roots())
+	}
+	return nil
 }
 
 // SVID returns the certificate and key, or nil before the first one. It may
 // have expired; see Valid.
 func (s *Snapshot) SVID() *SVID { return s.svid }
 
-// Bundle returns the trust bundle, or nil when none is known yet.
+// Bundle returns the own trust domain's bundle, or nil when none is known
+// yet.
 func (s *Snapshot) Bundle() *ca.Bundle { return s.bundle }
+
+// FederatedBundles returns the bundles of the other trust domains, sorted
+// by name, without the SVID's own. The slice is a copy.
+func (s *Snapshot) FederatedBundles() []ca.DomainBundle { return slices.Clone(s.domains) }
 
 // ID returns the SVID's SPIFFE ID; the zero ID when there is no SVID.
 func (s *Snapshot) ID() spiffeid.ID { return s.id }
@@ -116,9 +226,13 @@ func (s *Snapshot) NotAfter() time.Time {
 // SVIDVersion identifies the SVID (its serial number, hex); "" without one.
 func (s *Snapshot) SVIDVersion() string { return s.svidVersion }
 
-// BundleVersion identifies the bundle's content (a hash prefix); "" without
-// one.
+// BundleVersion identifies the own bundle's content (a hash prefix); ""
+// without one.
 func (s *Snapshot) BundleVersion() string { return s.bundleVersion }
+
+// FederatedVersion identifies the other trust domains' bundles (a hash
+// prefix over names and roots); "" when there are none.
+func (s *Snapshot) FederatedVersion() string { return s.federatedVersion }
 
 // cachedSDS returns the encoded resource for name, building it with build
 // the first time.
@@ -170,12 +284,13 @@ func (p *Publisher) Current() (*Snapshot, <-chan struct{}) {
 }
 
 // Publish makes s current and wakes every subscriber, unless s has the same
-// SVID and bundle as the current snapshot. It reports whether it did.
+// SVID and bundles as the current snapshot. It reports whether it did.
 func (p *Publisher) Publish(s *Snapshot) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	old := p.state.Load()
-	if s.svidVersion == old.snap.svidVersion && s.bundleVersion == old.snap.bundleVersion {
+	if s.svidVersion == old.snap.svidVersion && s.bundleVersion == old.snap.bundleVersion &&
+		s.federatedVersion == old.snap.federatedVersion {
 		return false
 	}
 	p.state.Store(&publisherState{snap: s, changed: make(chan struct{})})

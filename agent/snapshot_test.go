@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/catest"
 )
 
@@ -66,4 +67,73 @@ func TestNewSnapshot(t *testing.T) {
 	if s.SVIDVersion() != serialOf(svid.Chain[0]) {
 		t.Errorf("SVID version %q, want the serial", s.SVIDVersion())
 	}
+}
+
+func TestFederatedSnapshot(t *testing.T) {
+	tree := catest.New(t, catest.Options{})
+	svid := newSVID(t, tree, webID, time.Hour)
+	fed1, fed2 := federatedRoot(t, "fed1"), federatedRoot(t, "fed2")
+	domains := func(roots ...*x509.Certificate) []ca.DomainBundle {
+		return []ca.DomainBundle{
+			{TrustDomain: otherTD, Roots: mustBundle(t, roots...), Federated: true},
+			// The agent's own trust domain, as the root lists it: the
+			// snapshot's own bundle wins.
+			{TrustDomain: webID.TrustDomain(), Roots: mustBundle(t, fed1)},
+		}
+	}
+	s := mustFederatedSnapshot(t, svid, tree.Bundle, domains(fed1))
+	if got := s.FederatedBundles(); len(got) != 1 || got[0].TrustDomain != otherTD {
+		t.Fatalf("federated bundles %v, want only other.example", got)
+	}
+	if !sameCerts(s.Bundle().Roots(), tree.Root.Certificate) {
+		t.Error("own bundle replaced by the trust bundle's entry for the own trust domain")
+	}
+	if string(s.federated["spiffe://other.example"]) != string(fed1.Raw) {
+		t.Error("federated DER not keyed by trust domain ID")
+	}
+	plain := mustSnapshot(t, svid, tree.Bundle)
+	if s.BundleVersion() != plain.BundleVersion() || s.FederatedVersion() == "" || plain.FederatedVersion() != "" {
+		t.Errorf("versions: own %s vs %s, federated %q vs %q", s.BundleVersion(), plain.BundleVersion(), s.FederatedVersion(), plain.FederatedVersion())
+	}
+
+	p := NewPublisher()
+	p.Publish(s)
+	if p.Publish(mustFederatedSnapshot(t, svid, tree.Bundle, domains(fed1))) {
+		t.Error("the same federated bundles reported a change")
+	}
+	changed := mustFederatedSnapshot(t, svid, tree.Bundle, domains(fed1, fed2))
+	if !p.Publish(changed) || changed.FederatedVersion() == s.FederatedVersion() || changed.BundleVersion() != s.BundleVersion() {
+		t.Error("a new federated root did not change the federated version alone")
+	}
+	if !p.Publish(plain) {
+		t.Error("federation ending reported no change")
+	}
+
+	// Before the SVID the own trust domain is unknown: every domain is kept.
+	early := mustFederatedSnapshot(t, nil, tree.Bundle, domains(fed1))
+	if n := len(early.FederatedBundles()); n != 2 {
+		t.Errorf("without an SVID: %d domains, want 2", n)
+	}
+	dup := []ca.DomainBundle{{TrustDomain: otherTD, Roots: mustBundle(t, fed1)}, {TrustDomain: otherTD, Roots: mustBundle(t, fed2)}}
+	if _, err := NewFederatedSnapshot(svid, tree.Bundle, dup); err == nil {
+		t.Error("a trust domain listed twice was accepted")
+	}
+}
+
+func mustFederatedSnapshot(t testing.TB, svid *SVID, b *ca.Bundle, domains []ca.DomainBundle) *Snapshot {
+	t.Helper()
+	s, err := NewFederatedSnapshot(svid, b, domains)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func mustBundle(t testing.TB, roots ...*x509.Certificate) *ca.Bundle {
+	t.Helper()
+	b, err := ca.NewBundle(roots...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

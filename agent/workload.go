@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
@@ -100,37 +101,44 @@ func checkWorkloadHeader(ctx context.Context) error {
 	return nil
 }
 
-// FetchX509SVID streams the agent's X.509-SVID: once it holds a valid one,
-// and again after every change of certificate or bundle. It never sends an
-// empty list: until a valid certificate exists the stream just waits.
+// FetchX509SVID streams the agent's X.509-SVID with its trust domain's
+// bundle and the other trust domains' bundles (federated_bundles): once it
+// holds a valid one, and again after every change of certificate or
+// bundles. It never sends an empty list: until a valid certificate exists
+// the stream just waits.
 func (w *WorkloadServer) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
 	return w.watch(stream.Context(), func(snap *Snapshot) (string, func() error) {
 		if !snap.Valid(w.cfg.Now()) {
 			return "", nil
 		}
-		return snap.SVIDVersion() + "," + snap.BundleVersion(), func() error {
-			return stream.Send(&workload.X509SVIDResponse{Svids: []*workload.X509SVID{{
-				SpiffeId:    snap.ID().String(),
-				X509Svid:    snap.chainDER,
-				X509SvidKey: snap.keyDER,
-				Bundle:      snap.bundleDER,
-			}}})
+		return snap.SVIDVersion() + "," + snap.BundleVersion() + "," + snap.FederatedVersion(), func() error {
+			return stream.Send(&workload.X509SVIDResponse{
+				Svids: []*workload.X509SVID{{
+					SpiffeId:    snap.ID().String(),
+					X509Svid:    snap.chainDER,
+					X509SvidKey: snap.keyDER,
+					Bundle:      snap.bundleDER,
+				}},
+				FederatedBundles: snap.federated,
+			})
 		}
 	})
 }
 
-// FetchX509Bundles streams the trust bundle, keyed by trust domain ID, and
-// again after every change. It waits until the agent knows its trust domain
-// (from its first certificate).
+// FetchX509Bundles streams the trust bundles of the own and the other
+// trust domains, keyed by trust domain ID (spiffe://td), and again after
+// every change. It waits until the agent knows its trust domain (from its
+// first certificate).
 func (w *WorkloadServer) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
 	return w.watch(stream.Context(), func(snap *Snapshot) (string, func() error) {
 		if snap.SVID() == nil || snap.Bundle() == nil {
 			return "", nil
 		}
-		return snap.BundleVersion(), func() error {
-			return stream.Send(&workload.X509BundlesResponse{Bundles: map[string][]byte{
-				snap.ID().TrustDomain().IDString(): snap.bundleDER,
-			}})
+		return snap.BundleVersion() + "," + snap.FederatedVersion(), func() error {
+			bundles := make(map[string][]byte, len(snap.federated)+1)
+			maps.Copy(bundles, snap.federated)
+			bundles[snap.ID().TrustDomain().IDString()] = snap.bundleDER
+			return stream.Send(&workload.X509BundlesResponse{Bundles: bundles})
 		}
 	})
 }

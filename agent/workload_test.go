@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"io"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/catest"
 )
 
@@ -235,4 +237,68 @@ func keys(m map[string][]byte) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+func TestWorkloadAPIFederatedBundles(t *testing.T) {
+	f := newWorkloadFixture(t)
+	svid := newSVID(t, f.tree, webID, time.Hour)
+	root := f.tree.Root.Certificate
+	fed1, fed2 := federatedRoot(t, "fed1"), federatedRoot(t, "fed2")
+	federated := func(roots ...*x509.Certificate) []ca.DomainBundle {
+		return []ca.DomainBundle{{TrustDomain: otherTD, Roots: mustBundle(t, roots...), Federated: true}}
+	}
+	f.pub.Publish(mustFederatedSnapshot(t, svid, f.tree.Bundle, federated(fed1)))
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+
+	// The wire format: keys are trust domain IDs, values DER roots.
+	c := f.rawClient(t)
+	svids, err := c.FetchX509SVID(withHeader(ctx), &workload.X509SVIDRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := svids.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fb := resp.GetFederatedBundles(); len(fb) != 1 || string(fb["spiffe://other.example"]) != string(fed1.Raw) {
+		t.Errorf("federated_bundles has %v, want spiffe://other.example with its root", keys(fb))
+	}
+	bundles, err := c.FetchX509Bundles(withHeader(ctx), &workload.X509BundlesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bresp, err := bundles.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := bresp.GetBundles(); len(b) != 2 || string(b["spiffe://cluster.local"]) != string(root.Raw) || string(b["spiffe://other.example"]) != string(fed1.Raw) {
+		t.Errorf("bundles has %v, want cluster.local and other.example", keys(b))
+	}
+
+	// go-spiffe reads them.
+	addr := workloadapi.WithAddr(f.addr())
+	x509ctx, err := workloadapi.FetchX509Context(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, ok := x509ctx.Bundles.Get(otherTD); !ok || !bundleIs(b, fed1) || x509ctx.Bundles.Len() != 2 {
+		t.Errorf("X509Context: %d bundles, want cluster.local and other.example", x509ctx.Bundles.Len())
+	}
+	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	waitSource(t, src, otherTD, fed1)
+
+	// A change of the federated bundle alone reaches open streams.
+	f.pub.Publish(mustFederatedSnapshot(t, svid, f.tree.Bundle, federated(fed1, fed2)))
+	waitSource(t, src, otherTD, fed1, fed2)
+	if resp, err = svids.Recv(); err != nil || len(resp.GetFederatedBundles()["spiffe://other.example"]) != len(fed1.Raw)+len(fed2.Raw) {
+		t.Errorf("FetchX509SVID after the federated change: %v, want both federated roots", err)
+	}
+	if bresp, err = bundles.Recv(); err != nil || len(bresp.GetBundles()["spiffe://other.example"]) != len(fed1.Raw)+len(fed2.Raw) {
+		t.Errorf("FetchX509Bundles after the federated change: %v, want both federated roots", err)
+	}
 }

@@ -56,6 +56,8 @@ type bundleService struct {
 	meshcav1.UnimplementedBundleServiceServer
 	src BundleSource
 	log *slog.Logger
+	// stopping ends every watch when the server shuts down.
+	stopping <-chan struct{}
 }
 
 func (b *bundleService) GetBundle(ctx context.Context, _ *meshcav1.GetBundleRequest) (*meshcav1.GetBundleResponse, error) {
@@ -86,6 +88,8 @@ func (b *bundleService) WatchBundle(req *meshcav1.WatchBundleRequest, stream grp
 		case <-changed:
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
+		case <-b.stopping:
+			return status.Error(codes.Unavailable, "issuer shutting down")
 		}
 	}
 }

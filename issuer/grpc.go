@@ -53,6 +53,9 @@ type Server struct {
 	iss  *Issuer
 	log  *slog.Logger
 	grpc *grpc.Server
+	// stopping is closed when Serve begins to shut down: watch streams end
+	// at once instead of holding the graceful stop for its whole timeout.
+	stopping chan struct{}
 }
 
 // NewServer builds a server; call Serve to run it.
@@ -74,7 +77,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, err
 	}
 	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate}
-	s := &Server{iss: cfg.Issuer, log: cfg.Issuer.cfg.Logger}
+	s := &Server{iss: cfg.Issuer, log: cfg.Issuer.cfg.Logger, stopping: make(chan struct{})}
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsConfig)),
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
@@ -86,7 +89,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Bundles != nil {
 		bundles = cfg.Bundles
 	}
-	meshcav1.RegisterBundleServiceServer(s.grpc, &bundleService{src: bundles, log: s.log})
+	meshcav1.RegisterBundleServiceServer(s.grpc, &bundleService{src: bundles, log: s.log, stopping: s.stopping})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, hs)
 	return s, nil
@@ -103,6 +106,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		return fmt.Errorf("issuer server: %w", err)
 	case <-ctx.Done():
 	}
+	close(s.stopping)
 	done := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(done) }()
 	select {

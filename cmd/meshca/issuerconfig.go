@@ -43,8 +43,13 @@ type issuerConfig struct {
 	// IntermediateTTL is the lifetime of the intermediate minted at start.
 	// Default 30 days.
 	IntermediateTTL duration `json:"intermediateTTL,omitempty"`
-	// Root is the root CA key (a file key until Vault support lands).
+	// Root is a local file root CA key, for a self-contained issuer. Leave
+	// it empty when Upstream is set.
 	Root rootKeyConfig `json:"root,omitempty"`
+	// Upstream is the central root (`meshca root serve`): the issuer enrols
+	// with it, keeps its intermediate key in memory only, renews and
+	// rotates the intermediate, and relays the trust bundle to agents.
+	Upstream upstreamConfig `json:"upstream,omitempty"`
 	// Store selects the database; the default is SQLite in DataDir.
 	Store storeConfig `json:"store,omitempty"`
 	// Clusters lists every cluster whose workloads this issuer attests.
@@ -58,6 +63,25 @@ type rootKeyConfig struct {
 	// means DataDir.
 	Dir string `json:"dir,omitempty"`
 }
+
+// upstreamConfig is `upstream:` of the issuer config.
+type upstreamConfig struct {
+	// Address of the root's gRPC API, e.g. meshca-root.meshca-system.svc:15020.
+	Address string `json:"address,omitempty"`
+	// ServerName checked in the root's certificate; default the host of
+	// Address.
+	ServerName string `json:"serverName,omitempty"`
+	// BundleFile holds the root CA certificate(s) (PEM) that authenticate
+	// the root at first contact; later the issuer follows the root's
+	// published bundle. Required.
+	BundleFile string `json:"bundleFile,omitempty"`
+	// JoinTokenFile holds the one-time token from `meshca admin cluster
+	// add`. Needed only for the first start: afterwards the issuer renews
+	// with the credential it keeps in DATA_DIR.
+	JoinTokenFile string `json:"joinTokenFile,omitempty"`
+}
+
+func (u upstreamConfig) enabled() bool { return u.Address != "" }
 
 // clusterConfig is one cluster an issuer attests tokens from.
 type clusterConfig struct {
@@ -129,6 +153,16 @@ func (c *issuerConfig) validate() error {
 	}
 	if c.Cluster == "" {
 		return errors.New("cluster is required")
+	}
+	if c.Upstream.enabled() {
+		if c.Root.Dir != "" {
+			return errors.New("root.dir and upstream are exclusive: with upstream, the root's key stays with the root")
+		}
+		if c.Upstream.BundleFile == "" {
+			return errors.New("upstream.bundleFile is required (the root CA certificate, e.g. from the root's DATA_DIR/bundle.pem)")
+		}
+	} else if c.Upstream != (upstreamConfig{}) {
+		return errors.New("upstream.address is required when upstream is set")
 	}
 	if len(c.Clusters) == 0 {
 		return errors.New("clusters: at least the issuer's own cluster is required")

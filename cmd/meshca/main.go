@@ -47,7 +47,7 @@ func newRootCommand() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error (logs go to stderr as JSON)")
 	root.AddCommand(newDevCommand(), newIssuerCommand(), newCertCommand(), newAgentCommand(), newVersionCommand())
-	root.AddCommand(newMigrateCommand(), newAuditCommand())
+	root.AddCommand(newMigrateCommand(), newAuditCommand(), newRootCACommand(), newAdminCommand())
 	return root
 }
 

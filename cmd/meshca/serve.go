@@ -2,24 +2,29 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/google/renameio/v2"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/issuer"
 )
 
-// caStack is what `meshca dev` and `meshca issuer serve` both run: a file
-// root, an in-memory intermediate under it, an issuer recording into a store,
+// caStack is what `meshca dev` and `meshca issuer serve` both run: an
+// intermediate (minted at start under a local file root, or obtained from
+// the central root when upstream is set), an issuer recording into a store,
 // served over TLS. Only the attestor and what is printed differ.
 type caStack struct {
 	// name prefixes the "serving" and "stopped" log lines.
@@ -30,8 +35,21 @@ type caStack struct {
 	intermediateTTL                        time.Duration
 	leafTTL, leafMinTTL, leafMaxTTL        time.Duration
 	store                                  storeConfig
-	attestor                               func() (attest.Attestor, error)
-	banner                                 func(out io.Writer, addr, bundlePath string)
+	// upstream, when enabled, replaces the local file root.
+	upstream upstreamConfig
+	attestor func() (attest.Attestor, error)
+	banner   func(out io.Writer, addr, bundlePath string)
+}
+
+// intermediateSource is where the stack's intermediate comes from.
+type intermediateSource struct {
+	authority *ca.Authority
+	bundle    *ca.TrustBundle // nil for a local root
+	roots     *ca.Bundle
+	// loop rotates an upstream intermediate; nil for a local root.
+	loop *issuer.Intermediates
+	// notAfterRoot is logged at start.
+	rootExpires time.Time
 }
 
 // serveCA builds the stack and serves until ctx is done.
@@ -44,15 +62,13 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	if err := os.MkdirAll(s.dataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	root, err := ca.LoadOrCreateFileRoot(ca.FileRootConfig{Dir: cmpOr(s.rootDir, s.dataDir)})
-	if err != nil {
-		return err
+	var up *issuer.Upstream
+	var src intermediateSource
+	if s.upstream.enabled() {
+		up, src, err = enrol(ctx, s, td, log)
+	} else {
+		src, err = localIntermediate(s, td)
 	}
-	inter, err := newIntermediate(root, td, s.cluster, s.intermediateTTL)
-	if err != nil {
-		return err
-	}
-	bundle, err := ca.NewBundle(root.Certificate)
 	if err != nil {
 		return err
 	}
@@ -66,13 +82,20 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	}
 	defer db.Close()
 	iss, err := issuer.New(issuer.Config{
-		TrustDomain: td, Cluster: s.cluster, Authority: inter, Bundle: bundle, Attestor: att, Recorder: db,
+		TrustDomain: td, Cluster: s.cluster, Authority: src.authority, Bundle: src.roots, Attestor: att, Recorder: db,
 		DefaultTTL: s.leafTTL, MinTTL: s.leafMinTTL, MaxTTL: s.leafMaxTTL, Logger: log,
 	})
 	if err != nil {
 		return err
 	}
-	srv, err := issuer.NewServer(issuer.ServerConfig{Issuer: iss, Hosts: s.hosts})
+	scfg := issuer.ServerConfig{Issuer: iss, Hosts: s.hosts}
+	if up != nil {
+		if src.loop, err = issuer.NewIntermediates(issuer.IntermediatesConfig{Issuer: iss, Root: up, Bundle: src.bundle, Logger: log}); err != nil {
+			return err
+		}
+		scfg.Bundles = src.loop
+	}
+	srv, err := issuer.NewServer(scfg)
 	if err != nil {
 		return err
 	}
@@ -81,18 +104,126 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	bundlePath := filepath.Join(s.dataDir, "bundle.pem")
-	if err := renameio.WriteFile(bundlePath, bundle.PEM(), 0o644); err != nil {
+	if err := renameio.WriteFile(bundlePath, src.roots.PEM(), 0o644); err != nil {
 		lis.Close()
 		return fmt.Errorf("write bundle: %w", err)
 	}
 	log.Info(s.name+" serving", "addr", lis.Addr().String(), "trust_domain", td.Name(), "cluster", s.cluster,
-		"root_expires", root.Certificate.NotAfter, "intermediate_expires", inter.Certificate.NotAfter)
+		"root_expires", src.rootExpires, "intermediate_expires", src.authority.Certificate.NotAfter, "upstream", s.upstream.Address)
 	s.banner(out, lis.Addr().String(), bundlePath)
-	if err := srv.Serve(ctx, lis); err != nil {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Serve(gctx, lis) })
+	if src.loop != nil {
+		g.Go(func() error { return src.loop.Run(gctx) })
+		g.Go(func() error { followBundle(gctx, src.loop, bundlePath, log); return nil })
+	}
+	if err := g.Wait(); err != nil {
 		return err
 	}
 	log.Info(s.name + " stopped")
 	return nil
+}
+
+// localIntermediate mints an in-memory intermediate under the file root.
+func localIntermediate(s caStack, td spiffeid.TrustDomain) (intermediateSource, error) {
+	root, err := ca.LoadOrCreateFileRoot(ca.FileRootConfig{Dir: cmpOr(s.rootDir, s.dataDir)})
+	if err != nil {
+		return intermediateSource{}, err
+	}
+	inter, err := newIntermediate(root, td, s.cluster, s.intermediateTTL)
+	if err != nil {
+		return intermediateSource{}, err
+	}
+	bundle, err := ca.NewBundle(root.Certificate)
+	if err != nil {
+		return intermediateSource{}, err
+	}
+	return intermediateSource{authority: inter, roots: bundle, rootExpires: root.Certificate.NotAfter}, nil
+}
+
+// enrol obtains the first intermediate from the central root: with the
+// stored credential after a restart, else with the join token. While the
+// root is unreachable it retries with backoff; a refusal is final.
+func enrol(ctx context.Context, s caStack, td spiffeid.TrustDomain, log *slog.Logger) (*issuer.Upstream, intermediateSource, error) {
+	roots, err := readPEMBundle(s.upstream.BundleFile)
+	if err != nil {
+		return nil, intermediateSource{}, fmt.Errorf("upstream.bundleFile: %w", err)
+	}
+	var token string
+	if s.upstream.JoinTokenFile != "" {
+		data, err := os.ReadFile(s.upstream.JoinTokenFile)
+		switch {
+		case err == nil:
+			token = strings.TrimSpace(string(data))
+		case errors.Is(err, os.ErrNotExist):
+			// Fine after the first enrolment: the credential is used.
+		default:
+			return nil, intermediateSource{}, fmt.Errorf("upstream.joinTokenFile: %w", err)
+		}
+	}
+	up, err := issuer.NewUpstream(issuer.UpstreamConfig{
+		Address: s.upstream.Address, ServerName: s.upstream.ServerName, Roots: roots, TrustDomain: td, Cluster: s.cluster,
+		JoinToken: token, CredentialDir: filepath.Join(s.dataDir, "credential"), Logger: log,
+	})
+	if err != nil {
+		return nil, intermediateSource{}, err
+	}
+	backoff := time.Second
+	for {
+		a, tb, err := up.NewIntermediate(ctx)
+		if err == nil {
+			rootExpires := time.Time{}
+			if own := tb.OwnRoots(); own != nil {
+				for _, r := range own.Roots() {
+					if r.NotAfter.After(rootExpires) {
+						rootExpires = r.NotAfter
+					}
+				}
+			}
+			return up, intermediateSource{authority: a, bundle: tb, roots: tb.OwnRoots(), rootExpires: rootExpires}, nil
+		}
+		if errors.Is(err, issuer.ErrRejected) || ctx.Err() != nil {
+			return nil, intermediateSource{}, err
+		}
+		log.Warn("cannot reach the root to obtain an intermediate; retrying", "root", s.upstream.Address, "error", err.Error(), "retry_in", backoff.String())
+		select {
+		case <-ctx.Done():
+			return nil, intermediateSource{}, ctx.Err()
+		case <-time.After(backoff + rand.N(backoff/2)):
+		}
+		backoff = min(2*backoff, time.Minute)
+	}
+}
+
+// followBundle rewrites bundle.pem whenever the relayed bundle's own roots
+// change, so that clients bootstrapping from the file get current roots.
+func followBundle(ctx context.Context, src issuer.BundleSource, path string, log *slog.Logger) {
+	var last string
+	for {
+		b, changed := src.Current()
+		if b != nil {
+			if own := b.OwnRoots(); own != nil && string(own.PEM()) != last {
+				if err := renameio.WriteFile(path, own.PEM(), 0o644); err != nil {
+					log.Error("writing bundle.pem failed", "error", err)
+				} else {
+					last = string(own.PEM())
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
+
+func readPEMBundle(path string) (*ca.Bundle, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ca.ParseBundle(data)
 }
 
 func cmpOr(a, b string) string {

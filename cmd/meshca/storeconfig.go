@@ -68,21 +68,7 @@ func (c storeConfig) validate() error {
 // retention job unless disabled. The caller closes it; Close stops the job
 // first.
 func openStore(ctx context.Context, cfg storeConfig, dataDir string) (store.Store, error) {
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	var s store.Store
-	var err error
-	switch cfg.driver() {
-	case "postgres":
-		s, err = postgres.Open(ctx, postgres.Config{DSN: cfg.DSN})
-	default:
-		path := cfg.DSN
-		if path == "" {
-			path = filepath.Join(dataDir, "meshca.db")
-		}
-		s, err = sqlite.Open(ctx, sqlite.Config{Path: path})
-	}
+	s, err := openBackend(ctx, cfg, dataDir)
 	if err != nil {
 		return nil, err
 	}
@@ -93,6 +79,27 @@ func openStore(ctx context.Context, cfg storeConfig, dataDir string) (store.Stor
 	return startRetention(s, p, store.RetentionConfig{
 		Grace: time.Duration(cfg.Retention.Grace), Interval: time.Duration(cfg.Retention.Interval), Logger: slog.Default(),
 	}), nil
+}
+
+// backend is what both store backends implement.
+type backend interface {
+	store.Store
+	store.RootStore
+}
+
+// openBackend opens the configured backend, running migrations.
+func openBackend(ctx context.Context, cfg storeConfig, dataDir string) (backend, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.driver() == "postgres" {
+		return postgres.Open(ctx, postgres.Config{DSN: cfg.DSN})
+	}
+	path := cfg.DSN
+	if path == "" {
+		path = filepath.Join(dataDir, "meshca.db")
+	}
+	return sqlite.Open(ctx, sqlite.Config{Path: path})
 }
 
 // retainingStore is a store with its retention job running.

@@ -1,0 +1,215 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/ca"
+)
+
+// BundleStream is one open trust bundle watch.
+type BundleStream interface {
+	// Recv blocks until the next bundle arrives or the stream ends.
+	Recv() (*meshcav1.WatchBundleResponse, error)
+}
+
+// BundleSource opens trust bundle watches. *Client is the real one.
+type BundleSource interface {
+	// WatchBundle opens a watch that first sends the current bundle unless
+	// its sequence is knownSequence, then every newer one. The stream ends
+	// when ctx is done.
+	WatchBundle(ctx context.Context, knownSequence uint64) (BundleStream, error)
+}
+
+var _ BundleSource = (*Client)(nil)
+
+// TrustUpdater is what a BundleWatcher keeps up to date. *Manager is the
+// real one.
+type TrustUpdater interface {
+	// TrustBundleSequence returns the sequence of the bundle held; 0 for
+	// none.
+	TrustBundleSequence() uint64
+	// SetTrustBundle makes b the agent's trust, or fails with
+	// ErrStaleBundle when b is older than the bundle held. It reports
+	// whether anything served changed.
+	SetTrustBundle(b *ca.TrustBundle) (bool, error)
+}
+
+var _ TrustUpdater = (*Manager)(nil)
+
+// BundleWatcherConfig configures a BundleWatcher.
+type BundleWatcherConfig struct {
+	// Source opens the watch on the issuer. Required.
+	Source BundleSource
+	// Updater receives every bundle. Required.
+	Updater TrustUpdater
+	// Issuer names the issuer in logs; empty means not logged.
+	Issuer string
+	// RetryMin is the delay before the first reconnection after a watch
+	// ends; zero means 1 s. It doubles with every failure in a row, up to
+	// RetryMax, and is jittered (a random half of it is taken off).
+	RetryMin time.Duration
+	// RetryMax caps the reconnection delay; zero means 30 s (gRPC's
+	// reconnection cap in Client).
+	RetryMax time.Duration
+	// Logger: nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Validate applies defaults and reports the first problem with c.
+func (c *BundleWatcherConfig) Validate() error {
+	if c.RetryMin == 0 {
+		c.RetryMin = time.Second
+	}
+	if c.RetryMax == 0 {
+		c.RetryMax = reconnectBackoff.MaxDelay
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	switch {
+	case c.Source == nil:
+		return errors.New("bundle watch: source is required")
+	case c.Updater == nil:
+		return errors.New("bundle watch: updater is required")
+	case c.RetryMin < 0 || c.RetryMax < c.RetryMin:
+		return fmt.Errorf("bundle watch: retry delays %v..%v are not a range", c.RetryMin, c.RetryMax)
+	}
+	return nil
+}
+
+// BundleWatcher follows the trust bundle the issuer publishes
+// (meshca.v1.BundleService/WatchBundle) and hands every new one to its
+// TrustUpdater. It reconnects with exponential backoff and jitter while the
+// issuer is unreachable. An issuer without BundleService (a plain Istio CA)
+// stops it for good: the agent then trusts the CA bundle file only.
+type BundleWatcher struct {
+	cfg BundleWatcherConfig
+	// jitter returns a random duration in [0, d); rand by default.
+	jitter func(d time.Duration) time.Duration
+}
+
+// NewBundleWatcher returns a watcher; call Run to start it.
+func NewBundleWatcher(cfg BundleWatcherConfig) (*BundleWatcher, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &BundleWatcher{cfg: cfg, jitter: func(d time.Duration) time.Duration {
+		if d <= 0 {
+			return 0
+		}
+		return rand.N(d)
+	}}, nil
+}
+
+// Run watches until ctx is cancelled (it then returns nil) or the issuer
+// turns out not to implement BundleService (it logs that once and returns
+// nil). It never fails: errors are logged and retried.
+func (w *BundleWatcher) Run(ctx context.Context) error {
+	failures := 0
+	for {
+		received, err := w.watch(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if status.Code(err) == codes.Unimplemented {
+			w.log(slog.LevelInfo, "the issuer does not publish trust bundles; trusting the CA bundle file only", "error", err.Error())
+			return nil
+		}
+		if received {
+			failures = 0
+		}
+		delay := retryDelay(failures, w.cfg.RetryMin, w.cfg.RetryMax, w.jitter)
+		failures++
+		level := slog.LevelWarn
+		if received {
+			// A stream that worked and ended (the issuer restarted, or the
+			// connection was replaced for new roots) is routine.
+			level = slog.LevelDebug
+		}
+		w.log(level, "trust bundle watch ended; reconnecting", "error", errString(err), "retry_in", delay, "failures", failures)
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		}
+	}
+}
+
+// watch runs one stream until it ends, and reports whether it delivered
+// anything and why it ended.
+func (w *BundleWatcher) watch(ctx context.Context) (received bool, _ error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // releases the stream
+	stream, err := w.cfg.Source.WatchBundle(ctx, w.cfg.Updater.TrustBundleSequence())
+	if err != nil {
+		return false, err
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return received, err
+		}
+		received = true
+		w.apply(resp.GetBundle())
+	}
+}
+
+// apply decodes pb and hands it to the updater. A bundle that is malformed,
+// older than the one held or refused is logged and dropped: the agent keeps
+// the bundle it has.
+func (w *BundleWatcher) apply(pb *meshcav1.Bundle) {
+	b, err := ca.TrustBundleFromProto(pb)
+	if err != nil {
+		w.log(slog.LevelWarn, "malformed trust bundle ignored; keeping the current one", "sequence", pb.GetSequence(), "error", err.Error())
+		return
+	}
+	_, err = w.cfg.Updater.SetTrustBundle(b)
+	switch {
+	case errors.Is(err, ErrStaleBundle):
+		w.log(slog.LevelWarn, "trust bundle older than the current one ignored", "sequence", b.Sequence, "error", err.Error())
+	case err != nil:
+		w.log(slog.LevelError, "trust bundle could not be applied; keeping the current one", "sequence", b.Sequence, "error", err.Error())
+	}
+}
+
+func (w *BundleWatcher) log(level slog.Level, msg string, attrs ...any) {
+	if w.cfg.Issuer != "" {
+		attrs = append(attrs, "issuer", w.cfg.Issuer)
+	}
+	w.cfg.Logger.Log(context.Background(), level, msg, attrs...)
+}
+
+// retryDelay is the wait before reconnecting after failures failed attempts
+// in a row: lo doubled that many times, capped at hi, less a random part
+// of up to half of it (so that agents restarted together do not reconnect
+// together).
+func retryDelay(failures int, lo, hi time.Duration, jitter func(time.Duration) time.Duration) time.Duration {
+	d := lo
+	for range failures {
+		if d >= hi/2 {
+			d = hi
+			break
+		}
+		d *= 2
+	}
+	d = min(d, hi)
+	return d - jitter(d/2)
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "stream ended"
+	}
+	return err.Error()
+}

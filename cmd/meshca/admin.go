@@ -1,0 +1,167 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+)
+
+// defaultAdminSocket is where `meshca root serve` listens for admin calls
+// with its default data dir.
+const defaultAdminSocket = "./.meshca-root/admin.sock"
+
+// adminFlags are shared by every `meshca admin` subcommand.
+type adminFlags struct {
+	socket  string
+	output  string
+	timeout time.Duration
+}
+
+func newAdminCommand() *cobra.Command {
+	f := &adminFlags{}
+	cmd := &cobra.Command{
+		Use:   "admin",
+		Short: "Administer a running root CA over its admin socket",
+		Long: `meshca admin talks to a running "meshca root serve" over its Unix admin socket
+(DATA_DIR/admin.sock; access is controlled by the socket's file permissions).
+Output is a table by default, JSON with -o json.`,
+	}
+	def := os.Getenv("MESHCA_ADMIN_SOCKET")
+	if def == "" {
+		def = defaultAdminSocket
+	}
+	cmd.PersistentFlags().StringVar(&f.socket, "socket", def, "admin socket of the root (env MESHCA_ADMIN_SOCKET)")
+	cmd.PersistentFlags().StringVarP(&f.output, "output", "o", "table", "output format: table or json")
+	cmd.PersistentFlags().DurationVar(&f.timeout, "timeout", 30*time.Second, "deadline of the call")
+	cmd.AddCommand(newAdminClusterCommand(f), newAdminRootCommand(f))
+	return cmd
+}
+
+// call dials the admin socket and runs fn with a deadline.
+func (f *adminFlags) call(ctx context.Context, fn func(context.Context, meshcav1.AdminServiceClient) error) error {
+	if f.output != "table" && f.output != "json" {
+		return fmt.Errorf("-o %q: want table or json", f.output)
+	}
+	if _, err := os.Stat(f.socket); err != nil {
+		return fmt.Errorf("admin socket %s: %w (is meshca root serve running? set --socket)", f.socket, err)
+	}
+	conn, err := grpc.NewClient("unix:"+f.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("admin socket %s: %w", f.socket, err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	return fn(ctx, meshcav1.NewAdminServiceClient(conn))
+}
+
+func newAdminClusterCommand(f *adminFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "cluster", Short: "Register clusters and make join tokens for their issuers"}
+	var td string
+	var ttl time.Duration
+	add := &cobra.Command{
+		Use:   "add NAME --trust-domain TD",
+		Short: "Register a cluster (or find it) and print a one-time join token for its issuer",
+		Long: `Registers cluster NAME with trust domain TD (an existing cluster must have the same
+trust domain) and prints a new one-time join token. Put the token in the issuer's
+root.joinTokenFile; it is used once, at the issuer's first start, and expires after --ttl.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if td == "" {
+				return errors.New("--trust-domain is required")
+			}
+			return f.call(cmd.Context(), func(ctx context.Context, c meshcav1.AdminServiceClient) error {
+				resp, err := c.AddCluster(ctx, &meshcav1.AddClusterRequest{Name: args[0], TrustDomain: td, TokenTtlSeconds: int64(ttl / time.Second)})
+				if err != nil {
+					return err
+				}
+				return f.print(cmd.OutOrStdout(), resp, func(w io.Writer) {
+					fmt.Fprintf(w, "cluster\t%s\ntrust domain\t%s\njoin token\t%s\nexpires\t%s\nroot sha256\t%s\n", args[0], td,
+						resp.GetJoinToken(), unixTime(resp.GetExpiresAtUnix()), strings.Join(resp.GetRootSha256(), ", "))
+				})
+			})
+		},
+	}
+	add.Flags().StringVar(&td, "trust-domain", "", "trust domain of the cluster's workloads (required)")
+	add.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the join token may be used")
+	cmd.AddCommand(add)
+	return cmd
+}
+
+func newAdminRootCommand(f *adminFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "root", Short: "Inspect and rotate root CAs"}
+	var delay time.Duration
+	rotate := &cobra.Command{
+		Use:   "rotate",
+		Short: "Create a new root: it joins the bundle now and signs after the propagation delay",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return f.call(cmd.Context(), func(ctx context.Context, c meshcav1.AdminServiceClient) error {
+				resp, err := c.RotateRoot(ctx, &meshcav1.RotateRootRequest{PropagationDelaySeconds: int64(delay / time.Second)})
+				if err != nil {
+					return err
+				}
+				return f.print(cmd.OutOrStdout(), resp, func(w io.Writer) { printRoots(w, resp.GetRoot()) })
+			})
+		},
+	}
+	rotate.Flags().DurationVar(&delay, "propagation-delay", 0, "time before the new root signs (default: the root's configured delay)")
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the roots and their state (prepared, active, retiring, retired)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return f.call(cmd.Context(), func(ctx context.Context, c meshcav1.AdminServiceClient) error {
+				resp, err := c.ListRoots(ctx, &meshcav1.ListRootsRequest{})
+				if err != nil {
+					return err
+				}
+				return f.print(cmd.OutOrStdout(), resp, func(w io.Writer) { printRoots(w, resp.GetRoots()...) })
+			})
+		},
+	}
+	cmd.AddCommand(rotate, list)
+	return cmd
+}
+
+func printRoots(w io.Writer, roots ...*meshcav1.RootInfo) {
+	fmt.Fprintln(w, "SHA256\tSTATE\tNOT AFTER\tACTIVATES\tKEY")
+	for _, r := range roots {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", r.GetSha256(), r.GetState(), unixTime(r.GetNotAfterUnix()), unixTime(r.GetActivateAtUnix()), r.GetKey())
+	}
+}
+
+// print writes msg as JSON (protojson field names) or as a table.
+func (f *adminFlags) print(out io.Writer, msg proto.Message, table func(io.Writer)) error {
+	if f.output == "json" {
+		b, err := protojson.MarshalOptions{Multiline: true, UseProtoNames: true}.Marshal(msg)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(out, "%s\n", b)
+		return err
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	table(tw)
+	return tw.Flush()
+}
+
+func unixTime(s int64) string {
+	if s == 0 {
+		return "-"
+	}
+	return time.Unix(s, 0).UTC().Format(time.RFC3339)
+}

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestRootExampleConfigs decodes and validates deploy/root*.yaml.
+func TestRootExampleConfigs(t *testing.T) {
+	paths, err := filepath.Glob("../../deploy/root*.yaml")
+	if err != nil || len(paths) < 2 {
+		t.Fatalf("example configs: %v %v", paths, err)
+	}
+	for _, p := range paths {
+		t.Run(filepath.Base(p), func(t *testing.T) {
+			cfg := defaultRootConfig()
+			if err := loadConfig(p, &cfg); err != nil {
+				t.Fatal(err)
+			}
+			if err := cfg.validate(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func TestRootConfigValidate(t *testing.T) {
+	vault := "key:\n  kind: vault\n  vault:\n    address: https://vault:8200\n    auth: {method: token, tokenFile: /t}\n"
+	for _, tc := range []struct {
+		name, yaml, wantErr string
+	}{
+		{"bad key kind", "key: {kind: hsm}\n", `key.kind "hsm"`},
+		{"vault without address", "key: {kind: vault}\n", "key.vault: vault: address is required"},
+		{"vault bad auth", "key:\n  kind: vault\n  vault: {address: https://v:8200, auth: {method: ldap}}\n", `unknown method "ldap"`},
+		{"negative ttl", "intermediateTTL: -1h\n", "intermediateTTL is negative"},
+		{"intermediate outlives root", "rootTTL: 24h\nintermediateTTL: 48h\n", "shorter than rootTTL"},
+		{"no hosts", "hosts: []\n", "hosts"},
+		{"federation without td", "federation: {listen: ':8443'}\n", "federation.trustDomain"},
+		{"web without cert", "federation: {listen: ':8443', trustDomain: a.example, profile: https_web}\n", "certFile and keyFile"},
+		{"relationship without bundle", "federation:\n  federatesWith: [{trustDomain: b.example, url: 'https://b'}]\n", "needs bundleFile"},
+		{"relationship without url", "federation:\n  federatesWith: [{trustDomain: b.example, profile: https_web}]\n", "url is required"},
+		{"relationship twice", "federation:\n  federatesWith: [{trustDomain: b.example, url: 'https://b', profile: https_web}, {trustDomain: b.example, url: 'https://c', profile: https_web}]\n", "listed twice"},
+		{"unknown field", "key: {kind: file, path: /x}\n", `unknown field "key.path"`},
+		{"bad store", "store: {driver: mysql}\n", "mysql"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := defaultRootConfig()
+			err := decodeStrict([]byte(tc.yaml), &cfg)
+			if err == nil {
+				err = cfg.validate()
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("err = %v, want it to mention %q", err, tc.wantErr)
+			}
+		})
+	}
+	cfg := defaultRootConfig()
+	if err := decodeStrict([]byte(vault), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.validate(); err != nil {
+		t.Errorf("valid vault config: %v", err)
+	}
+	if got := cfg.vaultConfig("k").KeyName; got != "k" {
+		t.Errorf("vault key name %q", got)
+	}
+}
+
+func TestIssuerUpstreamConfig(t *testing.T) {
+	base := "cluster: east\nclusters: [{name: east, attestor: dev}]\n"
+	for _, tc := range []struct{ name, yaml, wantErr string }{
+		{"no bundle", base + "upstream: {address: 'r:15020'}\n", "upstream.bundleFile is required"},
+		{"root dir too", base + "root: {dir: /x}\nupstream: {address: 'r:15020', bundleFile: b.pem}\n", "exclusive"},
+		{"no address", base + "upstream: {bundleFile: b.pem}\n", "upstream.address is required"},
+	} {
+		cfg := defaultIssuerConfig()
+		err := decodeStrict([]byte(tc.yaml), &cfg)
+		if err == nil {
+			err = cfg.validate()
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("%s: err = %v, want it to mention %q", tc.name, err, tc.wantErr)
+		}
+	}
+}

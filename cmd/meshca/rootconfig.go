@@ -1,0 +1,259 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/ca/vault"
+)
+
+// Root key kinds of `meshca root serve`.
+const (
+	rootKeyFile  = "file"
+	rootKeyVault = "vault"
+)
+
+// rootConfig is the YAML configuration of `meshca root serve` (examples in
+// deploy/root*.yaml). Unknown fields are errors.
+type rootConfig struct {
+	// DataDir holds the admin socket, the SQLite database (by default) and,
+	// for key kind file, the root keys. Default ./.meshca-root.
+	DataDir string `json:"dataDir,omitempty"`
+	// Listen is the address of the issuer-facing gRPC API (TLS; enrolment,
+	// renewal, bundle). Default 127.0.0.1:15020; in a pod, 0.0.0.0:15020.
+	Listen string `json:"listen,omitempty"`
+	// AdminSocket is the Unix socket of `meshca admin` (mode 0600). Default
+	// DATA_DIR/admin.sock.
+	AdminSocket string `json:"adminSocket,omitempty"`
+	// Hosts are the DNS names and IPs in the serving certificate. Default
+	// localhost, 127.0.0.1, meshca-root.meshca-system.svc.
+	Hosts []string `json:"hosts,omitempty"`
+	// Key says where root keys live.
+	Key rootKeySource `json:"key,omitempty"`
+	// RootTTL is the life of each root. Default 87600h (10 years).
+	RootTTL duration `json:"rootTTL,omitempty"`
+	// IntermediateTTL is the life of each cluster intermediate. Default 48h:
+	// an issuer keeps issuing for about a day with the root unreachable
+	// (it renews at half-life).
+	IntermediateTTL duration `json:"intermediateTTL,omitempty"`
+	// CredentialTTL is the life of an issuer's enrolment credential.
+	// Default 720h (30 days); it is renewed with the intermediate.
+	CredentialTTL duration `json:"credentialTTL,omitempty"`
+	// Rotation of roots.
+	Rotation rootRotationConfig `json:"rotation,omitempty"`
+	// Store selects the database; the default is SQLite in DataDir. Several
+	// root replicas must share one PostgreSQL.
+	Store storeConfig `json:"store,omitempty"`
+	// Federation serves this mesh's bundle and fetches other meshes'.
+	Federation federationConfig `json:"federation,omitempty"`
+	// MetricsListen, when set, serves Prometheus metrics at /metrics (plain
+	// HTTP), e.g. 127.0.0.1:9090.
+	MetricsListen string `json:"metricsListen,omitempty"`
+}
+
+// rootKeySource is `key:` of the root config.
+type rootKeySource struct {
+	// Kind is "file" (default; keys in DATA_DIR, for trying meshca) or
+	// "vault" (Vault Transit; the production choice: the key never leaves
+	// Vault).
+	Kind string `json:"kind,omitempty"`
+	// Vault configures kind vault.
+	Vault vaultKeyConfig `json:"vault,omitempty"`
+}
+
+// vaultKeyConfig is `key.vault:`.
+type vaultKeyConfig struct {
+	// Address of Vault, e.g. https://vault.vault.svc:8200. Required.
+	Address string `json:"address,omitempty"`
+	// Namespace (Vault Enterprise); empty means the root namespace.
+	Namespace string `json:"namespace,omitempty"`
+	// Mount of the Transit engine. Default transit.
+	Mount string `json:"mount,omitempty"`
+	// KeyPrefix names the Transit keys: one key per root generation,
+	// PREFIX-<suffix>. Default meshca-root.
+	KeyPrefix string `json:"keyPrefix,omitempty"`
+	// KeyType: ecdsa-p256 (default), ecdsa-p384, rsa-2048, rsa-3072, rsa-4096.
+	KeyType string `json:"keyType,omitempty"`
+	// CACertFile verifies Vault's TLS certificate; empty means system roots.
+	CACertFile string `json:"caCertFile,omitempty"`
+	// Timeout of each Vault call. Default 10s.
+	Timeout duration `json:"timeout,omitempty"`
+	// Auth: method token (tokenFile), approle (roleID, secretIDFile) or
+	// kubernetes (role, jwtFile).
+	Auth vaultAuthConfig `json:"auth,omitempty"`
+}
+
+type vaultAuthConfig struct {
+	Method       string `json:"method,omitempty"`
+	TokenFile    string `json:"tokenFile,omitempty"`
+	RoleID       string `json:"roleID,omitempty"`
+	SecretIDFile string `json:"secretIDFile,omitempty"`
+	Role         string `json:"role,omitempty"`
+	JWTFile      string `json:"jwtFile,omitempty"`
+	// Mount of the auth method; default approle or kubernetes.
+	Mount string `json:"mount,omitempty"`
+}
+
+// rootRotationConfig is `rotation:`.
+type rootRotationConfig struct {
+	// Auto rotates the root when less than a third of its life remains.
+	// Default true.
+	Auto *bool `json:"auto,omitempty"`
+	// PropagationDelay is how long a new root is in the bundle before it
+	// signs: long enough for every agent to have it. Default 1h.
+	PropagationDelay duration `json:"propagationDelay,omitempty"`
+}
+
+// federationConfig is `federation:`.
+type federationConfig struct {
+	// Listen, when set, serves the SPIFFE bundle endpoint (HTTPS) there.
+	Listen string `json:"listen,omitempty"`
+	// TrustDomain whose bundle the endpoint serves (the mesh's own trust
+	// domain). Required with Listen.
+	TrustDomain string `json:"trustDomain,omitempty"`
+	// Profile is https_spiffe (default: the endpoint presents an SVID for
+	// spiffe://TD/meshca/bundle-endpoint signed by the root) or https_web
+	// (certFile/keyFile from a web PKI).
+	Profile  string `json:"profile,omitempty"`
+	CertFile string `json:"certFile,omitempty"`
+	KeyFile  string `json:"keyFile,omitempty"`
+	// FederatesWith lists other trust domains whose bundles this mesh
+	// trusts; they reach every agent.
+	FederatesWith []federationRelationship `json:"federatesWith,omitempty"`
+	// RefreshInterval when the remote gives no hint. Default 5m.
+	RefreshInterval duration `json:"refreshInterval,omitempty"`
+}
+
+type federationRelationship struct {
+	TrustDomain string `json:"trustDomain,omitempty"`
+	// URL of the remote bundle endpoint (https://...).
+	URL string `json:"url,omitempty"`
+	// Profile https_spiffe (default) or https_web.
+	Profile string `json:"profile,omitempty"`
+	// EndpointSPIFFEID the remote endpoint must present (https_spiffe).
+	// Default spiffe://TD/meshca/bundle-endpoint.
+	EndpointSPIFFEID string `json:"endpointSPIFFEID,omitempty"`
+	// BundleFile is the remote's initial SPIFFE bundle (JSON, as served by
+	// its endpoint); required for https_spiffe.
+	BundleFile string `json:"bundleFile,omitempty"`
+	// CACertFile verifies an https_web endpoint; empty means system roots.
+	CACertFile string `json:"caCertFile,omitempty"`
+}
+
+func defaultRootConfig() rootConfig {
+	return rootConfig{
+		DataDir: "./.meshca-root",
+		Listen:  "127.0.0.1:15020",
+		Hosts:   []string{"localhost", "127.0.0.1", "meshca-root.meshca-system.svc"},
+	}
+}
+
+func (c *rootConfig) adminSocket() string {
+	if c.AdminSocket != "" {
+		return c.AdminSocket
+	}
+	return filepath.Join(c.DataDir, "admin.sock")
+}
+
+func (c *rootConfig) autoRotate() bool { return c.Rotation.Auto == nil || *c.Rotation.Auto }
+
+// validate checks what can be checked without I/O.
+func (c *rootConfig) validate() error {
+	if c.DataDir == "" {
+		return errors.New("dataDir is required")
+	}
+	if len(c.Hosts) == 0 {
+		return errors.New("hosts: at least one serving name is required")
+	}
+	for name, d := range map[string]duration{"rootTTL": c.RootTTL, "intermediateTTL": c.IntermediateTTL,
+		"credentialTTL": c.CredentialTTL, "rotation.propagationDelay": c.Rotation.PropagationDelay} {
+		if d < 0 {
+			return fmt.Errorf("%s is negative", name)
+		}
+	}
+	if c.RootTTL != 0 && c.IntermediateTTL != 0 && time.Duration(c.IntermediateTTL) >= time.Duration(c.RootTTL) {
+		return errors.New("intermediateTTL must be shorter than rootTTL")
+	}
+	switch c.Key.Kind {
+	case "", rootKeyFile:
+		c.Key.Kind = rootKeyFile
+	case rootKeyVault:
+		if err := c.vaultConfig("check").Validate(); err != nil {
+			return fmt.Errorf("key.vault: %w", err)
+		}
+	default:
+		return fmt.Errorf("key.kind %q: want file or vault", c.Key.Kind)
+	}
+	if err := c.Store.validate(); err != nil {
+		return err
+	}
+	return c.Federation.validate()
+}
+
+// vaultConfig is the ca/vault template for one Transit key name.
+func (c *rootConfig) vaultConfig(keyName string) vault.Config {
+	v := c.Key.Vault
+	return vault.Config{
+		Address: v.Address, Namespace: v.Namespace, Mount: v.Mount, KeyName: keyName, KeyType: v.KeyType,
+		CACertFile: v.CACertFile, Timeout: time.Duration(v.Timeout),
+		Auth: vault.AuthConfig{
+			Method: v.Auth.Method, TokenFile: v.Auth.TokenFile,
+			AppRole:    vault.AppRoleConfig{RoleID: v.Auth.RoleID, SecretIDFile: v.Auth.SecretIDFile, Mount: v.Auth.Mount},
+			Kubernetes: vault.KubernetesConfig{Role: v.Auth.Role, JWTFile: v.Auth.JWTFile, Mount: v.Auth.Mount},
+		},
+	}
+}
+
+func (f *federationConfig) validate() error {
+	if f.Listen != "" {
+		if _, err := spiffeid.TrustDomainFromString(f.TrustDomain); err != nil {
+			return fmt.Errorf("federation.trustDomain %q: %w", f.TrustDomain, err)
+		}
+		switch f.Profile {
+		case "", "https_spiffe":
+			f.Profile = "https_spiffe"
+		case "https_web":
+			if f.CertFile == "" || f.KeyFile == "" {
+				return errors.New("federation: profile https_web needs certFile and keyFile")
+			}
+		default:
+			return fmt.Errorf("federation.profile %q: want https_spiffe or https_web", f.Profile)
+		}
+	}
+	seen := map[string]bool{}
+	for i := range f.FederatesWith {
+		r := &f.FederatesWith[i]
+		td, err := spiffeid.TrustDomainFromString(r.TrustDomain)
+		if err != nil {
+			return fmt.Errorf("federation.federatesWith[%d].trustDomain %q: %w", i, r.TrustDomain, err)
+		}
+		if seen[td.Name()] {
+			return fmt.Errorf("federation.federatesWith: %s listed twice", td.Name())
+		}
+		seen[td.Name()] = true
+		if r.URL == "" {
+			return fmt.Errorf("federation.federatesWith[%d] (%s): url is required", i, td.Name())
+		}
+		switch r.Profile {
+		case "", "https_spiffe":
+			r.Profile = "https_spiffe"
+			if r.BundleFile == "" {
+				return fmt.Errorf("federation.federatesWith[%d] (%s): https_spiffe needs bundleFile (the remote's SPIFFE bundle)", i, td.Name())
+			}
+			if r.EndpointSPIFFEID == "" {
+				r.EndpointSPIFFEID = "spiffe://" + td.Name() + "/meshca/bundle-endpoint"
+			}
+			if _, err := spiffeid.FromString(r.EndpointSPIFFEID); err != nil {
+				return fmt.Errorf("federation.federatesWith[%d] (%s): endpointSPIFFEID: %w", i, td.Name(), err)
+			}
+		case "https_web":
+		default:
+			return fmt.Errorf("federation.federatesWith[%d] (%s): profile %q: want https_spiffe or https_web", i, td.Name(), r.Profile)
+		}
+	}
+	return nil
+}
