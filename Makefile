@@ -29,10 +29,10 @@ build:
 test: testbed lint build unit e2e interop
 
 unit:
-	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /test/e2e)
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /test/e2e -e /test/multicluster)
 
 e2e: build
-	MESHCA_BIN=$(abspath $(BIN)) $(GO) test -count=1 ./test/e2e/...
+	MESHCA_BIN=$(abspath $(BIN)) $(GO) test -count=1 -timeout 30m ./test/e2e/... ./test/multicluster/...
 
 interop: build
 	cd test/interop && MESHCA_BIN=$(abspath $(BIN)) GOWORK=off $(GO) test -count=1 ./...

@@ -209,8 +209,16 @@ type Bundle struct {
 	ActiveRootSha256 []byte `protobuf:"bytes,3,opt,name=active_root_sha256,json=activeRootSha256,proto3" json:"active_root_sha256,omitempty"`
 	// refresh_hint_seconds suggests how often a poller should ask again.
 	RefreshHintSeconds int64 `protobuf:"varint,4,opt,name=refresh_hint_seconds,json=refreshHintSeconds,proto3" json:"refresh_hint_seconds,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// signature is the root's signature over the bundle's digest (see
+	// ca.TrustBundle.Digest: sequence, every domain with its roots, CRLs and
+	// federated flag, and active_root_sha256), made by the key of the root
+	// whose SHA-256 is signer_sha256. Issuers relay it unchanged, so an agent
+	// accepts new roots or federated domains only when a root it already
+	// trusts vouches for them; a compromised issuer cannot add trust.
+	Signature     []byte `protobuf:"bytes,5,opt,name=signature,proto3" json:"signature,omitempty"`
+	SignerSha256  []byte `protobuf:"bytes,6,opt,name=signer_sha256,json=signerSha256,proto3" json:"signer_sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Bundle) Reset() {
@@ -269,6 +277,20 @@ func (x *Bundle) GetRefreshHintSeconds() int64 {
 		return x.RefreshHintSeconds
 	}
 	return 0
+}
+
+func (x *Bundle) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+func (x *Bundle) GetSignerSha256() []byte {
+	if x != nil {
+		return x.SignerSha256
+	}
+	return nil
 }
 
 type TrustDomainBundle struct {
@@ -355,12 +377,14 @@ const file_meshca_v1_bundle_proto_rawDesc = "" +
 	"\x12WatchBundleRequest\x12%\n" +
 	"\x0eknown_sequence\x18\x01 \x01(\x04R\rknownSequence\"@\n" +
 	"\x13WatchBundleResponse\x12)\n" +
-	"\x06bundle\x18\x01 \x01(\v2\x11.meshca.v1.BundleR\x06bundle\"\xc7\x01\n" +
+	"\x06bundle\x18\x01 \x01(\v2\x11.meshca.v1.BundleR\x06bundle\"\x8a\x02\n" +
 	"\x06Bundle\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12A\n" +
 	"\rtrust_domains\x18\x02 \x03(\v2\x1c.meshca.v1.TrustDomainBundleR\ftrustDomains\x12,\n" +
 	"\x12active_root_sha256\x18\x03 \x01(\fR\x10activeRootSha256\x120\n" +
-	"\x14refresh_hint_seconds\x18\x04 \x01(\x03R\x12refreshHintSeconds\"\x93\x01\n" +
+	"\x14refresh_hint_seconds\x18\x04 \x01(\x03R\x12refreshHintSeconds\x12\x1c\n" +
+	"\tsignature\x18\x05 \x01(\fR\tsignature\x12#\n" +
+	"\rsigner_sha256\x18\x06 \x01(\fR\fsignerSha256\"\x93\x01\n" +
 	"\x11TrustDomainBundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12)\n" +
 	"\x10x509_authorities\x18\x02 \x03(\fR\x0fx509Authorities\x12\x12\n" +
