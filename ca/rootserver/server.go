@@ -10,11 +10,13 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -126,6 +128,9 @@ func ListenAdmin(path string) (net.Listener, error) {
 type servingCerts struct {
 	r   *Root
 	key crypto.Signer
+	// uri, when set, makes the certificate an X509-SVID for it (the SPIFFE
+	// bundle endpoint's) instead of a certificate for Config.Hosts.
+	uri *url.URL
 
 	mu      sync.Mutex
 	current *tls.Certificate
@@ -145,6 +150,22 @@ func newServingCerts(r *Root) (*servingCerts, error) {
 		r.log.Error("no serving certificate yet", "error", err)
 	}
 	return s, nil
+}
+
+// SVIDCertificate returns a tls.Config.GetCertificate callback that presents
+// an X509-SVID for id, signed directly by the active root, key in memory
+// only, renewed like the serving certificate. The SPIFFE bundle endpoint
+// (profile https_spiffe) serves with it.
+func (r *Root) SVIDCertificate(id spiffeid.ID) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("svid key: %w", err)
+	}
+	s := &servingCerts{r: r, key: key, uri: id.URL()}
+	if _, err := s.get(); err != nil {
+		r.log.Error("no bundle endpoint certificate yet", "spiffe_id", id.String(), "error", err)
+	}
+	return s.GetCertificate, nil
 }
 
 // GetCertificate is a tls.Config.GetCertificate callback.
@@ -180,7 +201,11 @@ func (s *servingCerts) sign(st *state, now time.Time) (*tls.Certificate, error) 
 		PublicKey: s.key.Public(), TTL: s.r.cfg.ServingTTL, Now: now,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
-	for _, h := range s.r.cfg.Hosts {
+	hosts := s.r.cfg.Hosts
+	if s.uri != nil {
+		hosts, req.URIs = nil, []*url.URL{s.uri}
+	}
+	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
 			req.IPAddresses = append(req.IPAddresses, ip)
 		} else {
