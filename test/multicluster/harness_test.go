@@ -192,7 +192,7 @@ func writeFile(t *testing.T, path, content string) string {
 // rootProc is a running `meshca root serve`.
 type rootProc struct {
 	*proc
-	Dir, Addr, Socket string
+	Dir, Addr, Socket, config string
 }
 
 // BundlePath is the PEM bundle the root keeps in its data dir.
@@ -206,10 +206,17 @@ func startRoot(t *testing.T, body string) *rootProc {
 	r := &rootProc{Dir: dir, Addr: freeAddr(t), Socket: filepath.Join(dir, "admin.sock")}
 	cfg := writeFile(t, filepath.Join(t.TempDir(), "root.yaml"), fmt.Sprintf("dataDir: %s\nlisten: %s\nadminSocket: %s\nhosts: [\"127.0.0.1\", \"localhost\"]\n%s",
 		dir, r.Addr, r.Socket, body))
-	r.proc = start(t, "root", "root", "serve", "--config", cfg, "--log-level", "debug")
+	r.config = cfg
+	r.restart(t)
+	return r
+}
+
+// restart starts the root (again) on the same config, data and address.
+func (r *rootProc) restart(t *testing.T) {
+	t.Helper()
+	r.proc = start(t, "root", "root", "serve", "--config", r.config, "--log-level", "debug")
 	r.waitListening(t, r.Addr)
 	r.waitFor(t, "bundle.pem", startTimeout, func() bool { _, err := os.Stat(r.BundlePath()); return err == nil })
-	return r
 }
 
 // admin runs `meshca admin -o json ARGS` against r and decodes the output
@@ -262,7 +269,7 @@ func (r *rootProc) roots(t *testing.T) []rootInfo {
 // issuerProc is a running `meshca issuer serve` under a root.
 type issuerProc struct {
 	*proc
-	Dir, Addr, Cluster, TrustDomain string
+	Dir, Addr, Cluster, TrustDomain, config string
 }
 
 // startIssuer enrols cluster/td with r and serves with the dev attestor.
@@ -285,9 +292,16 @@ clusters:
   - name: %s
     attestor: dev
 %s`, is.Dir, is.Addr, td, cluster, r.Addr, r.BundlePath(), token, cluster, extra))
-	is.proc = start(t, "issuer "+cluster, "issuer", "serve", "--config", cfg, "--log-level", "debug")
-	is.waitListening(t, is.Addr)
+	is.config = cfg
+	is.restart(t)
 	return is
+}
+
+// restart starts the issuer (again) on the same config and data.
+func (is *issuerProc) restart(t *testing.T) {
+	t.Helper()
+	is.proc = start(t, "issuer "+is.Cluster, "issuer", "serve", "--config", is.config, "--log-level", "debug")
+	is.waitListening(t, is.Addr)
 }
 
 // workload is a `meshca agent` for one service account and a go-spiffe
