@@ -38,8 +38,9 @@ type TrustUpdater interface {
 	// none.
 	TrustBundleSequence() uint64
 	// SetTrustBundle makes b the agent's trust, or fails with
-	// ErrStaleBundle when b is older than the bundle held. It reports
-	// whether anything served changed.
+	// ErrStaleBundle when b is older than the bundle held and with
+	// ErrUntrustedBundle when no trusted root vouches for what it adds. It
+	// reports whether anything served changed.
 	SetTrustBundle(b *ca.TrustBundle) (bool, error)
 }
 
@@ -178,6 +179,12 @@ func (w *BundleWatcher) apply(pb *meshcav1.Bundle) {
 	switch {
 	case errors.Is(err, ErrStaleBundle):
 		w.log(slog.LevelWarn, "trust bundle older than the current one ignored", "sequence", b.Sequence, "error", err.Error())
+	case errors.Is(err, ErrUntrustedBundle):
+		// The issuer relayed trust that no root the agent trusts signed:
+		// a compromised or misconfigured issuer, or an agent that missed a
+		// root rotation (its CA bundle file needs the new root).
+		w.log(slog.LevelError, "trust bundle rejected: not vouched for by a trusted root; keeping the current one",
+			"sequence", b.Sequence, "error", err.Error())
 	case err != nil:
 		w.log(slog.LevelError, "trust bundle could not be applied; keeping the current one", "sequence", b.Sequence, "error", err.Error())
 	}

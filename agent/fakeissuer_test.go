@@ -209,6 +209,20 @@ func trustBundle(seq uint64, td string, own []*x509.Certificate, federated map[s
 	return b
 }
 
+// signedProto returns pb signed by signer, as the root service signs every
+// bundle it publishes (issuers relay the signature).
+func signedProto(t testing.TB, pb *meshcav1.Bundle, signer *ca.Authority) *meshcav1.Bundle {
+	t.Helper()
+	tb, err := ca.TrustBundleFromProto(pb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Sign(signer.Signer, signer.Certificate); err != nil {
+		t.Fatal(err)
+	}
+	return tb.ToProto()
+}
+
 func derOf(certs ...*x509.Certificate) [][]byte {
 	var out [][]byte
 	for _, c := range certs {

@@ -84,7 +84,7 @@ func TestAgentFollowsIssuerBundle(t *testing.T) {
 	fi := newFakeIssuer(t, tree, true)
 	fed1, fed2 := federatedRoot(t, "fed1"), federatedRoot(t, "fed2")
 	root1 := tree.Root.Certificate
-	fi.pushBundle(trustBundle(10, "cluster.local", []*x509.Certificate{root1}, map[string][]*x509.Certificate{"other.example": {fed1}}))
+	fi.pushBundle(signedProto(t, trustBundle(10, "cluster.local", []*x509.Certificate{root1}, map[string][]*x509.Certificate{"other.example": {fed1}}), tree.Root))
 
 	ra := startAgent(t, fi.addr, fi.bundleFile, dummyToken(t), 2*time.Second)
 	ra.logs.waitFor(t, "trust bundle updated", `"sequence":10`)
@@ -137,7 +137,7 @@ func TestAgentFollowsIssuerBundle(t *testing.T) {
 	// waiting for a renewal.
 	root2CA, inter2 := otherTree(t)
 	root2 := root2CA.Certificate
-	fi.pushBundle(trustBundle(11, "cluster.local", []*x509.Certificate{root1, root2}, map[string][]*x509.Certificate{"other.example": {fed1, fed2}}))
+	fi.pushBundle(signedProto(t, trustBundle(11, "cluster.local", []*x509.Certificate{root1, root2}, map[string][]*x509.Certificate{"other.example": {fed1, fed2}}), tree.Root))
 	if u := next(t, rootCA); !sameCerts(u.Roots, root1, root2) {
 		t.Errorf("ROOTCA after the push: %d roots, want both own roots", len(u.Roots))
 	}
@@ -171,7 +171,11 @@ func TestAgentFollowsIssuerBundle(t *testing.T) {
 	if !sameCerts(snap.Bundle().Roots(), root1, root2) || len(snap.FederatedBundles()) != 1 || !sameCerts(snap.FederatedBundles()[0].Roots.Roots(), fed1, fed2) {
 		t.Error("an ignored bundle changed what is served")
 	}
-	fi.pushBundle(trustBundle(13, "cluster.local", []*x509.Certificate{root2}, nil))
+	// An unsigned bundle that adds a federated domain is rejected.
+	fi.pushBundle(trustBundle(13, "cluster.local", []*x509.Certificate{root2}, map[string][]*x509.Certificate{"evil.example": {federatedRoot(t, "evil")}}))
+	ra.logs.waitFor(t, "not vouched for by a trusted root", `"sequence":13`)
+	// Signed by the new root, known from bundle 11.
+	fi.pushBundle(signedProto(t, trustBundle(14, "cluster.local", []*x509.Certificate{root2}, nil), root2CA))
 	if u := next(t, all); !sameCerts(u.Roots, root1, root2) {
 		// root1 stays: it is in the CA bundle file.
 		t.Errorf("ALL after federation ended: %d roots, want the file's root and the new root", len(u.Roots))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -247,6 +249,11 @@ func (m *Manager) publishLocked(svid *SVID) (*Snapshot, bool, error) {
 // ErrStaleBundle reports a trust bundle older than the one held.
 var ErrStaleBundle = errors.New("trust bundle is older than the one held")
 
+// ErrUntrustedBundle reports a trust bundle that would add trust no root
+// the agent trusts vouches for: its signature does not verify, or it is
+// unsigned and adds a root or a trust domain.
+var ErrUntrustedBundle = errors.New("trust bundle is not vouched for by a trusted root")
+
 // TrustBundleSequence implements TrustUpdater.
 func (m *Manager) TrustBundleSequence() uint64 {
 	m.trustMu.Lock()
@@ -258,12 +265,17 @@ func (m *Manager) TrustBundleSequence() uint64 {
 }
 
 // SetTrustBundle implements TrustUpdater: b becomes the agent's trust at
-// once, unless its sequence is lower than the held one's (ErrStaleBundle).
-// Its own roots, with the CA bundle file's, authenticate the issuer from now
-// on and make the own trust domain's bundle; its other trust domains are
-// served as federated bundles. The current SVID is published again with
-// them, so that a new root reaches Envoy and applications before any issuer
-// uses it. It reports whether anything served changed.
+// once, unless its sequence is lower than the held one's (ErrStaleBundle)
+// or it is not vouched for (ErrUntrustedBundle). The issuer only relays
+// bundles, so a bundle is accepted when it is signed by a root the agent
+// trusts now (the CA bundle file's and the held bundle's own roots), or
+// when it is unsigned and adds no trust (see addedTrust); an issuer can
+// then at most withdraw trust, never extend it. Its own roots, with the CA
+// bundle file's, authenticate the issuer from now on and make the own trust
+// domain's bundle; its other trust domains are served as federated
+// bundles. The current SVID is published again with them, so that a new
+// root reaches Envoy and applications before any issuer uses it. It reports
+// whether anything served changed.
 func (m *Manager) SetTrustBundle(b *ca.TrustBundle) (bool, error) {
 	if b == nil {
 		return false, errors.New("trust bundle is nil")
@@ -273,6 +285,9 @@ func (m *Manager) SetTrustBundle(b *ca.TrustBundle) (bool, error) {
 	prevTrust := m.trust
 	if prevTrust != nil && b.Sequence < prevTrust.Sequence {
 		return false, fmt.Errorf("%w: sequence %d, holding %d", ErrStaleBundle, b.Sequence, prevTrust.Sequence)
+	}
+	if err := m.vouchedLocked(b); err != nil {
+		return false, err
 	}
 	m.trust = b
 	if prevTrust.Equal(b) {
@@ -305,6 +320,68 @@ func (m *Manager) SetTrustBundle(b *ca.TrustBundle) (bool, error) {
 	m.cfg.Logger.Info("trust bundle updated", "sequence", b.Sequence, "own_roots", len(snap.Bundle().Roots()),
 		"own_bundle_changed", ownChanged, "trust_domains", federated, "federated_changed", prev.FederatedVersion() != snap.FederatedVersion())
 	return changed, nil
+}
+
+// vouchedLocked checks that b may replace the held trust: signed by a root
+// trusted now, or unsigned and adding nothing. The caller holds trustMu.
+func (m *Manager) vouchedLocked(b *ca.TrustBundle) error {
+	trusted, err := m.anchorsLocked()
+	if err != nil {
+		return err
+	}
+	if b.IsSigned() {
+		if err := b.VerifySignature(trusted, m.cfg.Now()); err != nil {
+			return fmt.Errorf("%w: sequence %d: %w", ErrUntrustedBundle, b.Sequence, err)
+		}
+		return nil
+	}
+	if m.trust != nil && m.trust.IsSigned() {
+		// Once a root vouches for the bundle, only a root may replace it:
+		// an unsigned one could remove trust or, with a huge sequence,
+		// make every later genuine bundle look stale.
+		return fmt.Errorf("%w: unsigned bundle %d after a signed one", ErrUntrustedBundle, b.Sequence)
+	}
+	snap, _ := m.cfg.Publisher.Current()
+	if why := addedTrust(b, trusted, m.trust, snap.ID().TrustDomain()); why != "" {
+		return fmt.Errorf("%w: unsigned bundle %d %s", ErrUntrustedBundle, b.Sequence, why)
+	}
+	return nil
+}
+
+// addedTrust says what trust the unsigned bundle b would add (empty:
+// none), for an agent that trusts the roots trusted, holds the bundle held
+// (nil: none) and has an SVID in trust domain own (zero: none yet). Every
+// domain of b must be an own domain (not federated) that is own's or one of
+// held's own domains, with roots from trusted only. Without own and held
+// the agent cannot tell its trust domain yet; then b may name one domain,
+// as an issuer's own bundle does.
+func addedTrust(b *ca.TrustBundle, trusted *ca.Bundle, held *ca.TrustBundle, own spiffeid.TrustDomain) string {
+	known := map[spiffeid.TrustDomain]bool{}
+	if !own.IsZero() {
+		known[own] = true
+	}
+	if held != nil {
+		for _, d := range held.Domains {
+			if !d.Federated {
+				known[d.TrustDomain] = true
+			}
+		}
+	}
+	for _, d := range b.Domains {
+		switch {
+		case d.Federated:
+			return fmt.Sprintf("adds federated trust domain %s", d.TrustDomain.Name())
+		case !known[d.TrustDomain] && (len(known) > 0 || len(b.Domains) > 1):
+			return fmt.Sprintf("adds trust domain %s", d.TrustDomain.Name())
+		}
+		for _, r := range d.Roots.Roots() {
+			if !bundleContains(trusted, r) {
+				fp := ca.Fingerprint(r)
+				return fmt.Sprintf("adds root sha256 %s to %s", hex.EncodeToString(fp[:]), d.TrustDomain.Name())
+			}
+		}
+	}
+	return ""
 }
 
 func bundleContains(b *ca.Bundle, c *x509.Certificate) bool {

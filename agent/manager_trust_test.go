@@ -34,7 +34,9 @@ func TestManagerSetTrustBundle(t *testing.T) {
 			if len(federated) > 0 {
 				b.Domains = append(b.Domains, ca.DomainBundle{TrustDomain: otherTD, Roots: mustBundle(t, federated...), Federated: true})
 			}
-			return b
+			// Signed by the root the agent trusts from its file, as the
+			// root service signs what issuers relay.
+			return signedBy(t, b, f.tree.Root)
 		}
 		before := f.current()
 		_, changed := f.pub.Current()
@@ -100,5 +102,115 @@ func TestManagerSetTrustBundle(t *testing.T) {
 			t.Errorf("after federation ended: %d own roots, %d other domains; want 2 and east.example", len(last.Bundle().Roots()), len(last.FederatedBundles()))
 		}
 		f.logs.waitFor(t, "trust bundle updated", `"sequence":12`)
+	})
+}
+
+// signedBy signs b with signer and returns it.
+func signedBy(t testing.TB, b *ca.TrustBundle, signer *ca.Authority) *ca.TrustBundle {
+	t.Helper()
+	if err := b.Sign(signer.Signer, signer.Certificate); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestManagerAcceptsOnlyVouchedTrust: the issuer only relays the root's
+// bundle, so the agent takes new roots and trust domains only under the
+// signature of a root it already trusts; unsigned bundles may only
+// withdraw trust.
+func TestManagerAcceptsOnlyVouchedTrust(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := startManager(t, nil)
+		fileRoot := f.tree.Root
+		newRoot, err := ca.NewRoot(ca.RootConfig{Signer: catest.Key(t, "vouch-new-root"), CommonName: "new root"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rogue, err := ca.NewRoot(ca.RootConfig{Signer: catest.Key(t, "vouch-rogue-root"), CommonName: "rogue root"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fedRoot, err := ca.NewRoot(ca.RootConfig{Signer: catest.Key(t, "vouch-fed-root"), CommonName: "federated root"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		east := spiffeid.RequireTrustDomainFromString("east.example")
+		seq := uint64(100)
+		// bundle returns a new unsigned bundle: the own trust domain with
+		// own, plus other domains.
+		bundle := func(own []*x509.Certificate, others ...ca.DomainBundle) *ca.TrustBundle {
+			seq++
+			b := &ca.TrustBundle{Sequence: seq, Domains: []ca.DomainBundle{{TrustDomain: webID.TrustDomain(), Roots: mustBundle(t, own...)}}}
+			b.Domains = append(b.Domains, others...)
+			return b
+		}
+		fed := ca.DomainBundle{TrustDomain: otherTD, Roots: mustBundle(t, fedRoot.Certificate), Federated: true}
+		file := []*x509.Certificate{fileRoot.Certificate}
+		both := []*x509.Certificate{fileRoot.Certificate, newRoot.Certificate}
+
+		wantRejected := func(name string, b *ca.TrustBundle) {
+			t.Helper()
+			beforeSeq, before := f.mgr.TrustBundleSequence(), f.current()
+			beforeRoots := f.fetcher.lastRoots()
+			if _, err := f.mgr.SetTrustBundle(b); !errors.Is(err, ErrUntrustedBundle) {
+				t.Errorf("%s: %v, want ErrUntrustedBundle", name, err)
+			}
+			after := f.current()
+			if f.mgr.TrustBundleSequence() != beforeSeq || after.BundleVersion() != before.BundleVersion() ||
+				after.FederatedVersion() != before.FederatedVersion() || f.fetcher.lastRoots() != beforeRoots {
+				t.Errorf("%s: the rejected bundle changed the agent's trust", name)
+			}
+		}
+		wantAccepted := func(name string, b *ca.TrustBundle) {
+			t.Helper()
+			if _, err := f.mgr.SetTrustBundle(b); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			if f.mgr.TrustBundleSequence() != b.Sequence {
+				t.Fatalf("%s: holding %d, want %d", name, f.mgr.TrustBundleSequence(), b.Sequence)
+			}
+		}
+
+		// Unsigned: only what the agent already trusts.
+		wantRejected("unsigned, adds a root", bundle(both))
+		wantRejected("unsigned, adds a federated domain", bundle(file, fed))
+		wantRejected("unsigned, adds another trust domain", bundle(file, ca.DomainBundle{TrustDomain: east, Roots: mustBundle(t, file...)}))
+		wantRejected("unsigned, federated root", bundle(file, ca.DomainBundle{TrustDomain: otherTD, Roots: mustBundle(t, file...), Federated: true}))
+		wantAccepted("unsigned, adds nothing", bundle(file))
+
+		// Signed: only by a root the agent trusts, over what it carries.
+		wantRejected("signed by an unknown root", signedBy(t, bundle([]*x509.Certificate{fileRoot.Certificate, rogue.Certificate}), rogue))
+		tampered := signedBy(t, bundle(file), fileRoot)
+		tampered.Domains = append(tampered.Domains, fed)
+		wantRejected("signed, then a federated domain added", tampered)
+		tampered = signedBy(t, bundle(file), fileRoot)
+		tampered.Domains[0].Roots = mustBundle(t, both...)
+		wantRejected("signed, then a root added", tampered)
+
+		// A trusted root vouches for a new root and a federated domain.
+		wantAccepted("signed by the file's root", signedBy(t, bundle(both, fed, ca.DomainBundle{TrustDomain: east, Roots: mustBundle(t, both...)}), fileRoot))
+		snap := f.current()
+		if !sameCerts(snap.Bundle().Roots(), both...) || len(snap.FederatedBundles()) != 2 {
+			t.Fatalf("after the signed bundle: %d own roots and %d other domains, want 2 and 2", len(snap.Bundle().Roots()), len(snap.FederatedBundles()))
+		}
+		if !sameCerts(f.fetcher.lastRoots().Roots(), both...) {
+			t.Error("the issuer connection does not trust the new root")
+		}
+		// The new root, learnt from that bundle, vouches for the next one
+		// (a root rotation); a federated root vouches for nothing.
+		wantAccepted("signed by the new root", signedBy(t, bundle([]*x509.Certificate{newRoot.Certificate}, fed), newRoot))
+		wantRejected("signed by a federated root", signedBy(t, bundle(both, fed), fedRoot))
+
+		// Once a root has vouched, unsigned bundles are refused outright:
+		// not even a withdrawal (it could carry a huge sequence and make
+		// every genuine bundle after it look stale).
+		wantRejected("unsigned after signed, federation withdrawn", bundle([]*x509.Certificate{newRoot.Certificate}))
+		if n := len(f.current().FederatedBundles()); n != 1 {
+			t.Errorf("%d other domains after a refused unsigned bundle, want the 1 held", n)
+		}
+		wantAccepted("signed, federation withdrawn", signedBy(t, bundle([]*x509.Certificate{newRoot.Certificate}), newRoot))
+		if n := len(f.current().FederatedBundles()); n != 0 {
+			t.Errorf("%d other domains after withdrawal, want none", n)
+		}
 	})
 }

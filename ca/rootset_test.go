@@ -1,6 +1,7 @@
 package ca_test
 
 import (
+	"bytes"
 	"testing"
 	"time"
 
@@ -94,6 +95,9 @@ func TestTrustBundleFromProtoRejects(t *testing.T) {
 		"duplicate domain":  func(b *meshcav1.Bundle) { b.TrustDomains = append(b.TrustDomains, b.TrustDomains[0]) },
 		"only federated":    func(b *meshcav1.Bundle) { b.TrustDomains[0].Federated = true },
 		"short active hash": func(b *meshcav1.Bundle) { b.ActiveRootSha256 = []byte{1} },
+		"short signer hash": func(b *meshcav1.Bundle) { b.Signature, b.SignerSha256 = []byte{1}, []byte{1} },
+		"no signer hash":    func(b *meshcav1.Bundle) { b.Signature = []byte{1} },
+		"no signature":      func(b *meshcav1.Bundle) { b.SignerSha256 = bytes.Repeat([]byte{1}, 32) },
 	}
 	if _, err := ca.TrustBundleFromProto(good()); err != nil {
 		t.Fatalf("good bundle: %v", err)

@@ -27,8 +27,16 @@ type TrustBundle struct {
 	// ActiveRoot is the SHA-256 of the root that signs new intermediates;
 	// zero when unknown.
 	ActiveRoot [32]byte
-	// RefreshHint suggests how often a poller should ask again.
+	// RefreshHint suggests how often a poller should ask again. It is
+	// advice, not trust, and is not covered by Signature.
 	RefreshHint time.Duration
+	// Signature is the root's signature over Digest (see Sign), made by the
+	// root whose fingerprint is Signer; nil for an unsigned bundle (an
+	// issuer's own, without a root service).
+	Signature []byte
+	// Signer is the Fingerprint of the root that made Signature; zero when
+	// unsigned.
+	Signer [32]byte
 }
 
 // DomainBundle is the trust anchors of one trust domain.
@@ -92,6 +100,10 @@ func (b *TrustBundle) ToProto() *meshcav1.Bundle {
 	if b.ActiveRoot != ([32]byte{}) {
 		pb.ActiveRootSha256 = b.ActiveRoot[:]
 	}
+	if len(b.Signature) != 0 || b.Signer != ([32]byte{}) {
+		pb.Signature = b.Signature
+		pb.SignerSha256 = b.Signer[:]
+	}
 	for _, d := range b.Domains {
 		td := &meshcav1.TrustDomainBundle{TrustDomain: d.TrustDomain.Name(), Federated: d.Federated, Crls: d.CRLs}
 		for _, r := range d.Roots.Roots() {
@@ -116,6 +128,18 @@ func TrustBundleFromProto(pb *meshcav1.Bundle) (*TrustBundle, error) {
 			return nil, fmt.Errorf("trust bundle: active root hash has %d bytes, want %d", len(a), sha256.Size)
 		}
 		copy(b.ActiveRoot[:], a)
+	}
+	if s := pb.GetSignerSha256(); len(s) != 0 {
+		if len(s) != sha256.Size {
+			return nil, fmt.Errorf("trust bundle: signer hash has %d bytes, want %d", len(s), sha256.Size)
+		}
+		copy(b.Signer[:], s)
+	}
+	if sig := pb.GetSignature(); len(sig) != 0 {
+		b.Signature = slices.Clone(sig)
+	}
+	if (len(b.Signature) == 0) != (b.Signer == [32]byte{}) {
+		return nil, errors.New("trust bundle: a signature needs its signer's hash and the other way round")
 	}
 	own := false
 	for _, td := range pb.GetTrustDomains() {
@@ -149,7 +173,7 @@ func TrustBundleFromProto(pb *meshcav1.Bundle) (*TrustBundle, error) {
 }
 
 // Equal reports whether a and b carry the same domains, roots, CRLs and
-// active root, ignoring Sequence and RefreshHint.
+// active root, ignoring Sequence, RefreshHint and the signature.
 func (b *TrustBundle) Equal(o *TrustBundle) bool {
 	if b == nil || o == nil {
 		return b == o

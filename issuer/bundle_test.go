@@ -1,6 +1,7 @@
 package issuer_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -127,16 +128,29 @@ func TestIssuerRelaysRootBundleAndFollowsRootRotation(t *testing.T) {
 	if first.Sequence != tb.Sequence || !first.Equal(tb) {
 		t.Fatalf("agent got bundle %d, want the root's %d", first.Sequence, tb.Sequence)
 	}
+	// The root's signature is relayed unchanged, so agents can check it.
+	if !bytes.Equal(first.Signature, tb.Signature) || first.Signer != tb.Signer {
+		t.Fatal("the issuer did not relay the root's signature")
+	}
+	if err := first.VerifySignature(r.initialRoots(), time.Now()); err != nil {
+		t.Fatalf("relayed bundle: %v", err)
+	}
 	r.rotate()
 	second := next()
 	if second.Sequence <= first.Sequence || len(second.OwnRoots().Roots()) != 2 {
 		t.Fatalf("after a root joined: bundle %d with %d roots", second.Sequence, len(second.OwnRoots().Roots()))
+	}
+	if err := second.VerifySignature(r.initialRoots(), time.Now()); err != nil {
+		t.Fatalf("the bundle bringing a new root is not signed by the old one: %v", err)
 	}
 	r.activate(1)
 	third := next()
 	root1 := r.rootCert(1)
 	if third.Sequence <= second.Sequence || third.ActiveRoot != ca.Fingerprint(root1) {
 		t.Fatalf("after the root moved: bundle %d", third.Sequence)
+	}
+	if err := third.VerifySignature(second.OwnRoots(), time.Now()); err != nil || third.Signer != ca.Fingerprint(root1) {
+		t.Fatalf("bundle after the root moved: %v, want signed by the new root", err)
 	}
 
 	eventually(t, "issuer moves under the new root", func() error {
@@ -197,6 +211,9 @@ func TestIssuerServesItsOwnBundleByDefault(t *testing.T) {
 	if tb.Sequence != seq || len(tb.Domains) != 1 || tb.Domains[0].TrustDomain != tree.TrustDomain || tb.Domains[0].Federated ||
 		string(tb.Domains[0].Roots.PEM()) != string(tree.Bundle.PEM()) || tb.ActiveRoot != ca.Fingerprint(tree.Root.Certificate) {
 		t.Fatalf("default bundle: %+v, want sequence %d with the issuer's root for %s", tb, seq, tree.TrustDomain)
+	}
+	if tb.IsSigned() {
+		t.Error("an issuer without a root service signed its bundle")
 	}
 	if again := watchBundles(t, agent, 0)(); again.Sequence != seq {
 		t.Errorf("the sequence is not stable: %d, then %d", seq, again.Sequence)

@@ -45,13 +45,17 @@ type fakeRoot struct {
 	interTTL time.Duration
 	credTTL  time.Duration
 
-	mu           sync.Mutex
-	roots        []*ca.Authority
-	active       int
-	tokens       map[string]string // join token -> cluster name
-	clusters     map[string]fakeCluster
-	seq          uint64
-	changed      chan struct{}
+	mu       sync.Mutex
+	roots    []*ca.Authority
+	active   int
+	tokens   map[string]string // join token -> cluster name
+	clusters map[string]fakeCluster
+	seq      uint64
+	changed  chan struct{}
+	// signWith, when set, signs bundles instead of the active root; unsigned
+	// publishes them without a signature.
+	signWith     *ca.Authority
+	unsigned     bool
 	enrolls      int
 	renewals     int
 	credRenewals int
@@ -165,6 +169,15 @@ func (r *fakeRoot) publish() {
 	r.changed = make(chan struct{})
 }
 
+// setSigning makes the next bundles signed by signer (nil: the active
+// root) or, with unsigned, not signed at all, and publishes.
+func (r *fakeRoot) setSigning(signer *ca.Authority, unsigned bool) {
+	r.mu.Lock()
+	r.signWith, r.unsigned = signer, unsigned
+	r.mu.Unlock()
+	r.publish()
+}
+
 // setSequence forces the next published sequence (to test receivers).
 func (r *fakeRoot) setSequence(seq uint64) {
 	r.mu.Lock()
@@ -196,6 +209,16 @@ func (r *fakeRoot) current() (*ca.TrustBundle, <-chan struct{}) {
 		if !seen[c.td] {
 			seen[c.td] = true
 			tb.Domains = append(tb.Domains, ca.DomainBundle{TrustDomain: c.td, Roots: roots})
+		}
+	}
+	// Signed by the active root, as the root service does.
+	signer := r.roots[r.active]
+	if r.signWith != nil {
+		signer = r.signWith
+	}
+	if !r.unsigned {
+		if err := tb.Sign(signer.Signer, signer.Certificate); err != nil {
+			r.tb.Error(err)
 		}
 	}
 	// Through the wire form, which sorts domains as receivers do.

@@ -41,11 +41,12 @@ type UpstreamConfig struct {
 	// ServerName is the name checked in the root's serving certificate;
 	// empty means the host part of Address.
 	ServerName string
-	// Roots is the initial trust for the root's serving certificate: the
-	// root CA certificates printed by `meshca admin cluster add`. Required.
-	// The own roots of every bundle received later are trusted as well, and
-	// remembered in CredentialDir, so that a root rotation does not lock the
-	// issuer out, even across restarts.
+	// Roots is the initial trust for the root's serving certificate and
+	// for the signature of its trust bundles: the root CA certificates
+	// printed by `meshca admin cluster add`. Required. The own roots of
+	// every bundle received later are trusted as well, and remembered in
+	// CredentialDir, so that a root rotation does not lock the issuer out,
+	// even across restarts.
 	Roots *ca.Bundle
 	// TrustDomain and Cluster, when set, must be what the root enrolled this
 	// issuer as; zero values accept the root's answer.
@@ -117,10 +118,10 @@ type Upstream struct {
 	cred *credential // nil before enrolment
 	// bundle is the newest bundle received, nil before the first.
 	bundle *ca.TrustBundle
-	// trusted verifies the root's serving certificate: cfg.Roots and the
-	// own roots of the newest bundle (or, before one arrives, the roots
-	// remembered from the last run).
-	trusted *x509.CertPool
+	// trusted verifies the root's serving certificate and the signature of
+	// every bundle: cfg.Roots and the own roots of the newest bundle (or,
+	// before one arrives, the roots remembered from the last run).
+	trusted *ca.Bundle
 }
 
 // NewUpstream loads the stored credential, if any, and returns an Upstream.
@@ -135,7 +136,7 @@ func NewUpstream(cfg UpstreamConfig) (*Upstream, error) {
 	if err != nil {
 		cfg.Logger.Warn("ignoring the remembered root certificates", "error", err.Error())
 	}
-	u.trusted = trustPool(cfg.Roots, known)
+	u.trusted = mergeRoots(cfg.Roots, known)
 	cred, err := u.files.load()
 	if err != nil {
 		return nil, err
@@ -179,8 +180,8 @@ func (u *Upstream) Cluster() string {
 // (renewing the credential too when less than half of its life remains or
 // it chains to a root that no longer signs). The intermediate's key is
 // generated here and lives only in the returned Authority. Everything
-// received is verified; the bundle returned is the one it was verified
-// against.
+// received is verified, the bundle's signature included; the bundle
+// returned is the one it was verified against.
 func (u *Upstream) NewIntermediate(ctx context.Context) (*ca.Authority, *ca.TrustBundle, error) {
 	u.renewMu.Lock()
 	defer u.renewMu.Unlock()
@@ -246,6 +247,9 @@ func (u *Upstream) enroll(ctx context.Context, key crypto.Signer, csr []byte) (*
 	if err := u.storeCredential(cred); err != nil {
 		return nil, nil, fmt.Errorf("enroll: %w", err)
 	}
+	if err := u.verifyBundle(tb); err != nil {
+		return nil, nil, fmt.Errorf("enroll: %w", err)
+	}
 	auth, err := verifyIntermediate(resp.GetIntermediateChain(), key, tb, td, now)
 	if err != nil {
 		return nil, nil, fmt.Errorf("enroll: %w", err)
@@ -282,6 +286,9 @@ func (u *Upstream) renew(ctx context.Context, cred *credential, key crypto.Signe
 			u.files.certPath()))
 	}
 	tb, err := ca.TrustBundleFromProto(resp.GetBundle())
+	if err == nil {
+		err = u.verifyBundle(tb)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("renew: %w", err)
 	}
@@ -379,7 +386,7 @@ func (u *Upstream) acceptBundle(tb *ca.TrustBundle) bool {
 	prev := u.bundle
 	u.bundle = tb
 	own := tb.OwnRoots()
-	u.trusted = trustPool(u.cfg.Roots, own)
+	u.trusted = mergeRoots(u.cfg.Roots, own)
 	u.mu.Unlock()
 	if own != nil && (prev == nil || prev.OwnRoots() == nil || !bytes.Equal(prev.OwnRoots().PEM(), own.PEM())) {
 		if err := u.files.writeRoots(own); err != nil {
@@ -403,7 +410,7 @@ func (u *Upstream) sequence() uint64 {
 // fixed at handshake and change between uses.
 func (u *Upstream) dial(clientCert *tls.Certificate) (*grpc.ClientConn, error) {
 	u.mu.Lock()
-	pool := u.trusted
+	pool := u.trusted.Pool()
 	u.mu.Unlock()
 	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, ServerName: u.cfg.ServerName, Time: u.cfg.Now}
 	if clientCert != nil {
@@ -446,22 +453,40 @@ func rootError(op string, err error, advice string) error {
 	}
 }
 
-func trustPool(bundles ...*ca.Bundle) *x509.CertPool {
-	pool := x509.NewCertPool()
+// mergeRoots returns the union of bundles; the first must not be nil.
+func mergeRoots(bundles ...*ca.Bundle) *ca.Bundle {
+	var all []*x509.Certificate
 	for _, b := range bundles {
-		if b == nil {
-			continue
-		}
-		for _, r := range b.Roots() {
-			pool.AddCert(r)
+		if b != nil {
+			all = append(all, b.Roots()...)
 		}
 	}
-	return pool
+	out, err := ca.NewBundle(all...)
+	if err != nil {
+		// Only bundles of CA certificates come in, and cfg.Roots is never
+		// empty.
+		panic(fmt.Sprintf("merge root bundles: %v", err))
+	}
+	return out
+}
+
+// verifyBundle checks that a root this issuer trusts for the root
+// connection signed tb: the root signs every bundle it publishes, and
+// agents only accept what a root they trust vouches for.
+func (u *Upstream) verifyBundle(tb *ca.TrustBundle) error {
+	u.mu.Lock()
+	trusted := u.trusted
+	u.mu.Unlock()
+	if err := tb.VerifySignature(trusted, u.cfg.Now()); err != nil {
+		return fmt.Errorf("trust bundle %d: %w", tb.Sequence, err)
+	}
+	return nil
 }
 
 // WatchBundle streams the trust bundle from the root's BundleService and
 // calls fn (from this goroutine) with every bundle newer than the newest
-// one this Upstream has seen, from any call. It reconnects with exponential
+// one this Upstream has seen, from any call. A bundle not signed by a
+// trusted root (see UpstreamConfig.Roots) is logged and skipped. It reconnects with exponential
 // backoff and jitter whenever the stream breaks, each time trusting the own
 // roots of the newest bundle for the root's serving certificate. It blocks
 // until ctx is cancelled, then returns nil.
@@ -512,6 +537,11 @@ func (u *Upstream) watchOnce(ctx context.Context, fn func(*ca.TrustBundle)) (rec
 		tb, err := ca.TrustBundleFromProto(resp.GetBundle())
 		if err != nil {
 			return received, fmt.Errorf("watch bundle: %w", err)
+		}
+		if err := u.verifyBundle(tb); err != nil {
+			u.cfg.Logger.Warn("ignoring a trust bundle whose signature does not verify; keeping the current one",
+				"sequence", tb.Sequence, "held", u.sequence(), "error", err.Error())
+			continue
 		}
 		if !u.acceptBundle(tb) {
 			u.cfg.Logger.Debug("ignoring a trust bundle that is not newer", "sequence", tb.Sequence, "held", u.sequence())

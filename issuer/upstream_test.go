@@ -433,3 +433,67 @@ func TestUpstreamWatchBundleReconnects(t *testing.T) {
 	}
 	assertNoSecrets(t, logs.String(), tok)
 }
+
+func TestUpstreamIgnoresBundlesNotSignedByTrustedRoot(t *testing.T) {
+	r := newFakeRoot(t, nil, 0)
+	tok := r.addCluster("east", "east.example")
+	r.serve()
+	log, logs := captureLogs(t)
+	up := mustUpstream(t, upstreamConfig(r, t.TempDir(), tok, log))
+	_, enrolled := mustIntermediate(t, up)
+	if err := enrolled.VerifySignature(r.initialRoots(), time.Now()); err != nil {
+		t.Fatalf("bundle from enrolment: %v", err)
+	}
+	start := enrolled.Sequence
+
+	got := make(chan *ca.TrustBundle, 16)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- up.WatchBundle(ctx, func(tb *ca.TrustBundle) { got <- tb }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("WatchBundle returned %v, want nil", err)
+		}
+	})
+
+	// A rogue root that also lists itself, and an unsigned bundle: skipped.
+	rogue := r.newRoot("rogue root")
+	r.setSigning(rogue, false)
+	eventually(t, "rogue bundle skipped", func() error {
+		if !strings.Contains(logs.String(), "signed by an untrusted root") {
+			return errNotYet
+		}
+		return nil
+	})
+	r.setSigning(nil, true)
+	eventually(t, "unsigned bundle skipped", func() error {
+		if !strings.Contains(logs.String(), "is not signed") {
+			return errNotYet
+		}
+		return nil
+	})
+	select {
+	case tb := <-got:
+		t.Fatalf("bundle %d (signed %v) was accepted", tb.Sequence, tb.IsSigned())
+	default:
+	}
+	// Renewal refuses them too.
+	if _, _, err := up.NewIntermediate(t.Context()); !errors.Is(err, ca.ErrUnsigned) {
+		t.Fatalf("renewal with an unsigned bundle: %v, want ErrUnsigned", err)
+	}
+
+	// Signed by the active root again: accepted.
+	r.setSigning(nil, false)
+	select {
+	case tb := <-got:
+		if tb.Sequence != start+3 {
+			t.Errorf("bundle %d accepted, want %d", tb.Sequence, start+3)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the signed bundle was not accepted")
+	}
+	if !strings.Contains(logs.String(), `"level":"WARN","msg":"ignoring a trust bundle whose signature does not verify`) {
+		t.Error("skipped bundles not logged as warnings")
+	}
+}

@@ -111,7 +111,7 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 	case err != nil:
 		return nil, fmt.Errorf("%w: add cluster: %w", errUnavailable, err)
 	}
-	r.addDomain(td)
+	r.addDomain(ctx, td)
 	r.log.InfoContext(ctx, "join token created", "actor", actor, "cluster", c.Name, "trust_domain", td.Name(),
 		"expires_at", expires)
 	resp := &meshcav1.AddClusterResponse{JoinToken: token, ExpiresAtUnix: expires.Unix()}

@@ -242,7 +242,7 @@ func (r *Root) loadLocked(ctx context.Context) error {
 	r.storeDomains = domains
 	r.loadActiveLocked(ctx)
 	r.metrics.set(r.statuses, newest)
-	r.publishLocked(now)
+	r.publishLocked(ctx, now)
 	return nil
 }
 
@@ -272,7 +272,7 @@ func (r *Root) loadActiveLocked(ctx context.Context) {
 
 // publishLocked builds the bundle from the current statuses and domains,
 // publishes it if it differs from the current one, and stores the state.
-func (r *Root) publishLocked(now time.Time) {
+func (r *Root) publishLocked(ctx context.Context, now time.Time) {
 	st := &state{statuses: r.statuses, active: r.active, clientCAs: x509.NewCertPool()}
 	var inBundle []*x509.Certificate
 	for _, s := range r.statuses {
@@ -309,20 +309,69 @@ func (r *Root) publishLocked(now time.Time) {
 		}
 	}
 	slices.SortFunc(b.Domains, func(x, y ca.DomainBundle) int { return cmp.Compare(x.TrustDomain.Name(), y.TrustDomain.Name()) })
-	st.bundle = r.pub.publish(b, now)
+	prev, _ := r.pub.current()
+	signer := r.bundleSignerLocked(ctx, prev, now)
+	var err error
+	st.bundle, err = r.pub.publish(b, now, func(nb *ca.TrustBundle) error {
+		if signer == nil {
+			return errors.New("no root key to sign with")
+		}
+		return nb.Sign(signer.Signer, signer.Certificate)
+	})
+	switch {
+	case err != nil && st.bundle == b:
+		r.log.WarnContext(ctx, "published an unsigned trust bundle: no root can sign it; issuers and agents ignore it until a signed one follows",
+			"sequence", b.Sequence, "error", err.Error())
+	case err != nil:
+		r.log.WarnContext(ctx, "trust bundle changed but cannot be signed; still publishing the last signed one, retrying at the next re-evaluation",
+			"sequence", st.bundle.Sequence, "error", err.Error())
+	case st.bundle == b:
+		r.log.InfoContext(ctx, "trust bundle published", "sequence", b.Sequence, "trust_domains", len(b.Domains),
+			"signer_sha256", hex.EncodeToString(b.Signer[:]))
+	}
 	r.state.Store(st)
+}
+
+// bundleSignerLocked returns the root that signs a bundle replacing prev
+// (nil: none yet): the active root, so that receivers follow a rotation on
+// the signature of the root they were told about in advance. Receivers
+// accept only a signer they already trust, so when prev's own roots lack
+// the active root (it became active without being published as prepared
+// first), the root that signed prev signs instead, while it is still
+// recorded, unexpired and its key loads. It returns nil when no root can
+// sign.
+func (r *Root) bundleSignerLocked(ctx context.Context, prev *ca.TrustBundle, now time.Time) *ca.Authority {
+	if r.active == nil || prev == nil || !prev.IsSigned() || prev.Signer == ca.Fingerprint(r.active.Certificate) {
+		return r.active
+	}
+	if own := prev.OwnRoots(); own != nil && slices.ContainsFunc(own.Roots(), r.active.Certificate.Equal) {
+		return r.active
+	}
+	for _, s := range r.statuses {
+		if ca.Fingerprint(s.Cert) != prev.Signer || !now.Before(s.Cert.NotAfter) {
+			continue
+		}
+		key, err := r.signer(ctx, s.KeyRef)
+		if err != nil {
+			break
+		}
+		if a, err := ca.NewAuthority(s.Cert, key); err == nil {
+			return a
+		}
+	}
+	return r.active
 }
 
 // addDomain makes td one of the bundle's own trust domains, publishing at
 // once without reading the store.
-func (r *Root) addDomain(td spiffeid.TrustDomain) {
+func (r *Root) addDomain(ctx context.Context, td spiffeid.TrustDomain) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.domains[td] || r.storeDomains[td] {
 		return
 	}
 	r.domains[td] = true
-	r.publishLocked(r.cfg.Now())
+	r.publishLocked(ctx, r.cfg.Now())
 }
 
 // signer returns the key named by ref, loading it once.

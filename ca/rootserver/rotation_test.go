@@ -123,6 +123,19 @@ func wantBundle(t testing.TB, h *harness, td spiffeid.TrustDomain, roots []*x509
 	if b.ActiveRoot != ca.Fingerprint(active) {
 		t.Fatal("bundle names another active root")
 	}
+	wantSignedBy(t, b, active)
+}
+
+// wantSignedBy fails unless b carries a valid signature by signer.
+func wantSignedBy(t testing.TB, b *ca.TrustBundle, signer *x509.Certificate) {
+	t.Helper()
+	only, err := ca.NewBundle(signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.VerifySignature(only, signer.NotBefore.Add(time.Minute)); err != nil {
+		t.Fatalf("bundle %d is not signed by the expected root: %v", b.Sequence, err)
+	}
 }
 
 func wantStates(t testing.TB, h *harness, want ...ca.RootState) {
@@ -166,6 +179,8 @@ func TestWatchBundle(t *testing.T) {
 	if cur, _ := h.root.Current(); b1.Sequence != cur.Sequence || !b1.Equal(cur) {
 		t.Fatal("the first message is not the current bundle")
 	}
+	rootA := h.activeRoot()
+	wantSignedBy(t, b1, rootA)
 
 	h.clock.Advance(time.Second)
 	if _, err := h.root.rotate(context.Background(), 0, "admin:test"); err != nil {
@@ -176,6 +191,8 @@ func TestWatchBundle(t *testing.T) {
 		t.Fatalf("after rotation: sequence %d (was %d), %d roots; want a newer bundle with both roots, same active",
 			b2.Sequence, b1.Sequence, len(b2.Domains[0].Roots.Roots()))
 	}
+	// The bundle that introduces the new root is vouched for by the old.
+	wantSignedBy(t, b2, rootA)
 
 	h.clock.Advance(h.cfg.PropagationDelay)
 	h.refresh()
@@ -183,6 +200,11 @@ func TestWatchBundle(t *testing.T) {
 	if b3.Sequence <= b2.Sequence || b3.ActiveRoot == b2.ActiveRoot {
 		t.Fatal("activation of the new root was not delivered as a newer bundle")
 	}
+	rootB := h.activeRoot()
+	if rootB.Equal(rootA) {
+		t.Fatal("the new root is not active")
+	}
+	wantSignedBy(t, b3, rootB)
 
 	// A watcher that holds the current bundle gets only the next one.
 	recv2 := watch(b3.Sequence)
@@ -193,6 +215,8 @@ func TestWatchBundle(t *testing.T) {
 		t.Fatalf("after adding a trust domain: sequences %d and %d (was %d), %d domains",
 			b4.Sequence, b4again.Sequence, b3.Sequence, len(b4.Domains))
 	}
+	wantSignedBy(t, b4, rootB)
+	wantSignedBy(t, b4again, rootB)
 	got, err := client.GetBundle(ctx, &meshcav1.GetBundleRequest{})
 	if err != nil || got.GetBundle().GetSequence() != b4.Sequence {
 		t.Fatalf("GetBundle: %v, sequence %d; want %d", err, got.GetBundle().GetSequence(), b4.Sequence)

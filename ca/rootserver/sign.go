@@ -138,7 +138,7 @@ func (r *Root) issue(ctx context.Context, st *state, c store.Cluster, interPub, 
 	if err != nil {
 		return issued{}, fmt.Errorf("%w: record intermediate: %w", errUnavailable, err)
 	}
-	r.addDomain(id.TrustDomain())
+	r.addDomain(ctx, id.TrustDomain())
 	out.bundle, _ = r.Current()
 	return out, nil
 }
