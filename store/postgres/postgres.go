@@ -15,9 +15,10 @@
 // pg_advisory_xact_lock because the same row also holds the head, which
 // makes reading it O(1) and lets verification detect a deleted tail.) The
 // lock is taken after the certificates are inserted, so it is held only for
-// the audit insert, the head update and the commit. The root service's rare
-// writes (the [store.RootStore] methods) are not batched: each runs a
-// transaction of its own that takes the same lock the same way.
+// the audit insert, the head update and the commit. The rare writes of the
+// root service and of revocation (the [store.RootStore] and
+// [store.RevocationStore] methods) are not batched: each runs a transaction
+// of its own that takes the same lock the same way.
 //
 // One bad write cannot fail the others in its batch: certificates are
 // inserted with ON CONFLICT DO NOTHING, and a write whose serial was already
@@ -90,9 +91,10 @@ func (c Config) Validate() error {
 	return c.GroupCommit.Validate()
 }
 
-// Store is the PostgreSQL implementation of [store.Store] and
-// [store.RootStore]. It is safe for concurrent use, and any number of
-// Stores, in any number of processes, may share one database.
+// Store is the PostgreSQL implementation of [store.Store],
+// [store.RootStore] and [store.RevocationStore]. It is safe for concurrent
+// use, and any number of Stores, in any number of processes, may share one
+// database.
 type Store struct {
 	now           func() time.Time
 	commitTimeout time.Duration

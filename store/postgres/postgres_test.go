@@ -33,6 +33,16 @@ func TestRootStoreConformance(t *testing.T) {
 	})
 }
 
+func TestRevocationStoreConformance(t *testing.T) {
+	storetest.RunRevocationStore(t, func(t *testing.T) storetest.RevocationStoreUnderTest {
+		s, err := Open(t.Context(), Config{DSN: pgtest.NewDatabase(t), MaxConns: 4})
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		return s
+	})
+}
+
 // openTest opens a store on dsn and closes it at the end of the test.
 func openTest(tb testing.TB, cfg Config) *Store {
 	tb.Helper()

@@ -6,8 +6,9 @@
 // one connection owned by a [store.GroupCommitter]: concurrent writes share a
 // transaction (and an fsync), and the audit hash chain is extended inside
 // that transaction, after reading the current head, so seq numbers are
-// gapless and links never race. The root service's rare writes (the
-// [store.RootStore] methods) skip the batching: each runs a transaction of
+// gapless and links never race. The rare writes of the root service and of
+// revocation (the [store.RootStore] and [store.RevocationStore] methods)
+// skip the batching: each runs a transaction of
 // its own on that same connection, between batches, and extends the chain
 // the same way. Reads use a separate pool of read-only connections, which
 // WAL lets run alongside the writer.
@@ -78,8 +79,9 @@ func (c Config) Validate() error {
 	return c.GroupCommit.Validate()
 }
 
-// Store is the SQLite implementation of [store.Store] and
-// [store.RootStore]. It is safe for concurrent use.
+// Store is the SQLite implementation of [store.Store],
+// [store.RootStore] and [store.RevocationStore]. It is safe for concurrent
+// use.
 type Store struct {
 	now    func() time.Time
 	w      *sql.DB // exactly one connection, for every write

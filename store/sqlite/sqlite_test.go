@@ -37,6 +37,16 @@ func TestRootStoreConformance(t *testing.T) {
 	})
 }
 
+func TestRevocationStoreConformance(t *testing.T) {
+	storetest.RunRevocationStore(t, func(t *testing.T) storetest.RevocationStoreUnderTest {
+		s, err := Open(t.Context(), Config{Path: filepath.Join(t.TempDir(), "meshca.db")})
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		return s
+	})
+}
+
 // openTest opens a store at path and closes it at the end of the test.
 func openTest(tb testing.TB, cfg Config) *Store {
 	tb.Helper()

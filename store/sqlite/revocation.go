@@ -1,0 +1,182 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/meshca/meshca/store"
+)
+
+var _ store.RevocationStore = (*Store)(nil)
+
+// Revocation writes are rare (an administrator acts), so, like the
+// RootStore writes, each runs its own transaction through writeTx.
+//
+// For writes an entry is in force until it is lifted (lifted_at = 0), so
+// Revoke and Unrevoke do not depend on any clock; one whose ExpiresAt has
+// passed still counts, it is only left out of Revocations.
+
+const revocationColumns = `id, kind, value, cluster, reason, revoked_by, revoked_at, expires_at`
+
+// listedAt is the SQL condition of an entry Revocations lists at the second
+// given as its one argument: stored whole seconds, so e > t iff
+// e > floor(t).
+const listedAt = `lifted_at = 0 AND (expires_at = 0 OR expires_at > ?)`
+
+// Revoke records r with ev in one transaction and returns r as stored: ID
+// set, RevokedAt (the store's now when zero) and ExpiresAt at whole seconds
+// in UTC. An entry of the same kind and value not lifted, even one that has
+// expired, wraps store.ErrAlreadyExists and writes nothing. One that was
+// lifted is replaced: its row goes and r gets a new ID, larger than every ID
+// assigned before, so that whoever tracks the largest ID seen also sees it
+// come back. The lifted entry's history is in the audit log.
+//
+// Revocations are serialized by the writer connection, so of concurrent
+// ones of one kind and value exactly one succeeds.
+func (s *Store) Revoke(ctx context.Context, r store.Revocation, ev store.AuditEvent) (store.Revocation, error) {
+	out, err := s.revoke(ctx, r, ev)
+	if err != nil {
+		return store.Revocation{}, fmt.Errorf("sqlite: revoke %s %s: %w", r.Kind, r.Value, err)
+	}
+	return out, nil
+}
+
+func (s *Store) revoke(ctx context.Context, r store.Revocation, ev store.AuditEvent) (store.Revocation, error) {
+	if err := checkRevocation(r); err != nil {
+		return store.Revocation{}, err
+	}
+	now := s.now()
+	ev = withTime(ev, now)
+	if r.RevokedAt.IsZero() {
+		r.RevokedAt = now
+	}
+	r.RevokedAt = fromUnix(r.RevokedAt.Unix())
+	expires := expiresUnix(r.ExpiresAt)
+	r.ExpiresAt = expiresTime(expires)
+	err := s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM revocations WHERE kind = ? AND value = ? AND lifted_at <> 0`,
+			r.Kind, r.Value); err != nil {
+			return fmt.Errorf("delete lifted revocation: %w", err)
+		}
+		err := tx.QueryRowContext(ctx, `INSERT INTO revocations
+			(kind, value, cluster, reason, revoked_by, revoked_at, expires_at, lifted_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (kind, value) DO NOTHING RETURNING id`,
+			r.Kind, r.Value, r.Cluster, r.Reason, r.RevokedBy, r.RevokedAt.Unix(), expires).Scan(&r.ID)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("revocation in force: %w", store.ErrAlreadyExists)
+		}
+		if err != nil {
+			return fmt.Errorf("insert revocation: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return store.Revocation{}, err
+	}
+	return r, nil
+}
+
+// Unrevoke lifts the entry of kind and value not lifted yet (expired or
+// not), with ev, in one transaction. None wraps store.ErrNotFound and
+// writes nothing.
+func (s *Store) Unrevoke(ctx context.Context, kind, value string, ev store.AuditEvent) error {
+	if err := s.unrevoke(ctx, kind, value, ev); err != nil {
+		return fmt.Errorf("sqlite: unrevoke %s %s: %w", kind, value, err)
+	}
+	return nil
+}
+
+func (s *Store) unrevoke(ctx context.Context, kind, value string, ev store.AuditEvent) error {
+	if err := checkKindValue(kind, value); err != nil {
+		return err
+	}
+	now := s.now()
+	ev = withTime(ev, now)
+	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
+		// lifted_at stays non-zero, which is what marks the entry lifted,
+		// whatever the clock.
+		res, err := tx.ExecContext(ctx, `UPDATE revocations SET lifted_at = ?
+			WHERE kind = ? AND value = ? AND lifted_at = 0`,
+			max(now.Unix(), 1), kind, value)
+		if err != nil {
+			return fmt.Errorf("lift revocation: %w", err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return fmt.Errorf("lift revocation: %w", err)
+		}
+		if n == 0 {
+			return fmt.Errorf("no revocation in force: %w", store.ErrNotFound)
+		}
+		return nil
+	})
+}
+
+// Revocations lists the entries in force at now, by ID. None is an empty
+// result, not an error.
+func (s *Store) Revocations(ctx context.Context, now time.Time) ([]store.Revocation, error) {
+	if s.closed.Load() {
+		return nil, fmt.Errorf("sqlite: revocations: %w", store.ErrClosed)
+	}
+	rs, err := collect(ctx, s.r, scanRevocation,
+		`SELECT `+revocationColumns+` FROM revocations WHERE `+listedAt+` ORDER BY id`, now.Unix())
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: revocations: %w", err)
+	}
+	return rs, nil
+}
+
+func scanRevocation(sc scanner) (store.Revocation, error) {
+	var r store.Revocation
+	var revoked, expires int64
+	if err := sc.Scan(&r.ID, &r.Kind, &r.Value, &r.Cluster, &r.Reason, &r.RevokedBy, &revoked, &expires); err != nil {
+		return store.Revocation{}, err
+	}
+	r.RevokedAt, r.ExpiresAt = fromUnix(revoked), expiresTime(expires)
+	return r, nil
+}
+
+// checkRevocation refuses what the deny-list cannot hold or act on.
+func checkRevocation(r store.Revocation) error {
+	if err := checkKindValue(r.Kind, r.Value); err != nil {
+		return err
+	}
+	switch {
+	case r.RevokedBy == "":
+		return errors.New("empty revoked by")
+	case !r.ExpiresAt.IsZero() && r.ExpiresAt.Unix() <= 0:
+		// expires_at 0 means never.
+		return fmt.Errorf("expires at %v, not after the Unix epoch", r.ExpiresAt)
+	}
+	return nil
+}
+
+func checkKindValue(kind, value string) error {
+	switch kind {
+	case store.RevokeSerial, store.RevokeSPIFFEID, store.RevokeCluster, store.RevokeIntermediate:
+	default:
+		return fmt.Errorf("unknown revocation kind %q", kind)
+	}
+	if value == "" {
+		return errors.New("empty value")
+	}
+	return nil
+}
+
+// expiresUnix is the stored form of ExpiresAt: 0 for the zero time (never).
+func expiresUnix(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
+func expiresTime(sec int64) time.Time {
+	if sec == 0 {
+		return time.Time{}
+	}
+	return fromUnix(sec)
+}
