@@ -52,7 +52,7 @@ func TestTrustBundleSignVerify(t *testing.T) {
 	other := newTestRoot(t, "root-b", t0, 24*time.Hour)
 	fed := newTestRoot(t, "root-fed", t0, 24*time.Hour)
 	b := signedTestBundle(t, a, fed)
-	if err := b.VerifySignature(mustBundle(t, a.Certificate), time.Now()); !errors.Is(err, ca.ErrUnsigned) {
+	if err := b.VerifySignature(mustBundle(t, a.Certificate), t0.Add(time.Minute)); !errors.Is(err, ca.ErrUnsigned) {
 		t.Fatalf("unsigned: %v, want ErrUnsigned", err)
 	}
 	if err := b.Sign(a.Signer, a.Certificate); err != nil {
@@ -61,15 +61,18 @@ func TestTrustBundleSignVerify(t *testing.T) {
 	if b.Signer != ca.Fingerprint(a.Certificate) || len(b.Signature) == 0 {
 		t.Fatal("Sign did not set Signer and Signature")
 	}
-	if err := b.VerifySignature(mustBundle(t, other.Certificate, a.Certificate), time.Now()); err != nil {
+	if err := b.VerifySignature(mustBundle(t, other.Certificate, a.Certificate), t0.Add(time.Minute)); err != nil {
 		t.Fatalf("verify: %v", err)
+	}
+	if err := b.VerifySignature(mustBundle(t, a.Certificate), t0.Add(25*time.Hour)); !errors.Is(err, ca.ErrUntrustedSigner) {
+		t.Errorf("signed by an expired root: %v, want ErrUntrustedSigner", err)
 	}
 	for name, trusted := range map[string]*ca.Bundle{
 		"other root":      mustBundle(t, other.Certificate),
 		"federated root":  mustBundle(t, fed.Certificate),
 		"nothing trusted": nil,
 	} {
-		if err := b.VerifySignature(trusted, time.Now()); !errors.Is(err, ca.ErrUntrustedSigner) {
+		if err := b.VerifySignature(trusted, t0.Add(time.Minute)); !errors.Is(err, ca.ErrUntrustedSigner) {
 			t.Errorf("%s: %v, want ErrUntrustedSigner", name, err)
 		}
 	}
@@ -79,7 +82,7 @@ func TestTrustBundleSignVerify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := out.VerifySignature(mustBundle(t, a.Certificate), time.Now()); err != nil {
+	if err := out.VerifySignature(mustBundle(t, a.Certificate), t0.Add(time.Minute)); err != nil {
 		t.Errorf("after a round trip: %v", err)
 	}
 	if !out.Equal(b) {
@@ -92,7 +95,7 @@ func TestTrustBundleSignVerify(t *testing.T) {
 		t.Error("Equal looks at the signature")
 	}
 	out.RefreshHint = time.Hour
-	if err := out.VerifySignature(mustBundle(t, a.Certificate), time.Now()); err != nil {
+	if err := out.VerifySignature(mustBundle(t, a.Certificate), t0.Add(time.Minute)); err != nil {
 		t.Errorf("a changed refresh hint broke the signature: %v", err)
 	}
 }
@@ -146,7 +149,7 @@ func TestTrustBundleSignatureCoversContent(t *testing.T) {
 			}
 			before := b.Digest()
 			tamper(b)
-			if err := b.VerifySignature(trusted, time.Now()); !errors.Is(err, ca.ErrBadSignature) {
+			if err := b.VerifySignature(trusted, t0.Add(time.Minute)); !errors.Is(err, ca.ErrBadSignature) {
 				t.Errorf("tampered bundle: %v, want ErrBadSignature", err)
 			}
 			if name != "signature flipped" && name != "signature of another bundle" && string(before) == string(b.Digest()) {
@@ -205,11 +208,11 @@ func TestTrustBundleSignKeyTypes(t *testing.T) {
 			if remote.hash != tc.hash || remote.pss {
 				t.Errorf("signed with hash %v (pss %v), want %v", remote.hash, remote.pss, tc.hash)
 			}
-			if err := b.VerifySignature(mustBundle(t, cert), time.Now()); err != nil {
+			if err := b.VerifySignature(mustBundle(t, cert), t0.Add(time.Minute)); err != nil {
 				t.Errorf("verify: %v", err)
 			}
 			b.Sequence++
-			if err := b.VerifySignature(mustBundle(t, cert), time.Now()); !errors.Is(err, ca.ErrBadSignature) {
+			if err := b.VerifySignature(mustBundle(t, cert), t0.Add(time.Minute)); !errors.Is(err, ca.ErrBadSignature) {
 				t.Errorf("tampered: %v, want ErrBadSignature", err)
 			}
 		})
