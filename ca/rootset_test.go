@@ -65,7 +65,7 @@ func TestTrustBundleProtoRoundTrip(t *testing.T) {
 		Sequence: 42, ActiveRoot: ca.Fingerprint(a.Certificate), RefreshHint: time.Minute,
 		Domains: []ca.DomainBundle{
 			{TrustDomain: spiffeid.RequireTrustDomainFromString("east.example"), Roots: own},
-			{TrustDomain: spiffeid.RequireTrustDomainFromString("partner.example"), Roots: fed, Federated: true, CRLs: [][]byte{{1, 2}}},
+			{TrustDomain: spiffeid.RequireTrustDomainFromString("partner.example"), Roots: fed, Federated: true, CRLs: []ca.CRL{{DER: []byte{1, 2}, IssuerChain: [][]byte{{3}}}}},
 		},
 	}
 	out, err := ca.TrustBundleFromProto(in.ToProto())

@@ -43,9 +43,9 @@ type TrustBundle struct {
 type DomainBundle struct {
 	TrustDomain spiffeid.TrustDomain
 	Roots       *Bundle
-	// CRLs are DER CRLs issued under Roots, parsed and signature-checked by
-	// whoever accepted them.
-	CRLs [][]byte
+	// CRLs are revocation lists issued under Roots, as received: check each
+	// with VerifyCRL before use.
+	CRLs []CRL
 	// Federated marks another mesh's bundle.
 	Federated bool
 }
@@ -105,7 +105,10 @@ func (b *TrustBundle) ToProto() *meshcav1.Bundle {
 		pb.SignerSha256 = b.Signer[:]
 	}
 	for _, d := range b.Domains {
-		td := &meshcav1.TrustDomainBundle{TrustDomain: d.TrustDomain.Name(), Federated: d.Federated, Crls: d.CRLs}
+		td := &meshcav1.TrustDomainBundle{TrustDomain: d.TrustDomain.Name(), Federated: d.Federated}
+		for _, c := range d.CRLs {
+			td.Crls = append(td.Crls, &meshcav1.CRL{Der: c.DER, IssuerChain: c.IssuerChain})
+		}
 		for _, r := range d.Roots.Roots() {
 			td.X509Authorities = append(td.X509Authorities, r.Raw)
 		}
@@ -163,7 +166,11 @@ func TrustBundleFromProto(pb *meshcav1.Bundle) (*TrustBundle, error) {
 			return nil, fmt.Errorf("trust bundle: %s: %w", name, err)
 		}
 		own = own || !td.GetFederated()
-		b.Domains = append(b.Domains, DomainBundle{TrustDomain: name, Roots: roots, CRLs: td.GetCrls(), Federated: td.GetFederated()})
+		var crls []CRL
+		for _, c := range td.GetCrls() {
+			crls = append(crls, CRL{DER: c.GetDer(), IssuerChain: c.GetIssuerChain()})
+		}
+		b.Domains = append(b.Domains, DomainBundle{TrustDomain: name, Roots: roots, CRLs: crls, Federated: td.GetFederated()})
 	}
 	if !own {
 		return nil, errors.New("trust bundle: no trust domain of its own")
@@ -184,7 +191,7 @@ func (b *TrustBundle) Equal(o *TrustBundle) bool {
 	for i := range b.Domains {
 		x, y := b.Domains[i], o.Domains[i]
 		if x.TrustDomain != y.TrustDomain || x.Federated != y.Federated || !bytes.Equal(x.Roots.PEM(), y.Roots.PEM()) ||
-			!slices.EqualFunc(x.CRLs, y.CRLs, bytes.Equal) {
+			!slices.EqualFunc(x.CRLs, y.CRLs, CRL.equal) {
 			return false
 		}
 	}

@@ -33,12 +33,14 @@ var (
 
 // digestPrefix separates bundle digests from any other SHA-256 input, and
 // versions the encoding.
-const digestPrefix = "meshca-bundle-v1\x00"
+const digestPrefix = "meshca-bundle-v2\x00"
 
 // Digest returns the SHA-256 of the canonical encoding of everything a
 // signature vouches for: Sequence, ActiveRoot and every domain (sorted by
-// name) with its name, Federated flag, roots and CRLs (each set sorted by
-// bytes, so that their order does not matter). Every variable-length part
+// name) with its name, Federated flag and roots (sorted by bytes, so that
+// their order does not matter). CRLs are not covered: each is signed by its
+// issuer and checked on its own (VerifyCRL), so an issuer can add its own
+// to the root's bundle without breaking the root's signature. Every variable-length part
 // is length-prefixed, so that no two bundles encode alike. RefreshHint and
 // the signature itself are not covered.
 func (b *TrustBundle) Digest() []byte {
@@ -63,7 +65,6 @@ func (b *TrustBundle) Digest() []byte {
 			}
 		}
 		writeSet(&buf, roots)
-		writeSet(&buf, d.CRLs)
 	}
 	sum := sha256.Sum256(buf.Bytes())
 	return sum[:]

@@ -47,7 +47,10 @@ type Tree struct {
 // Options tune New; zero values give a 10-year root and a 30-day
 // intermediate issued at now for trust domain "cluster.local".
 type Options struct {
-	TrustDomain     string
+	TrustDomain string
+	// RootKey names the cached root key; empty means "root". Trees with
+	// different RootKeys have unrelated roots.
+	RootKey         string
 	Now             time.Time
 	RootTTL         time.Duration
 	IntermediateTTL time.Duration
@@ -66,7 +69,10 @@ func New(tb testing.TB, opts Options) *Tree {
 	if err != nil {
 		tb.Fatalf("trust domain: %v", err)
 	}
-	root, err := ca.NewRoot(ca.RootConfig{Signer: Key(tb, "root"), TTL: opts.RootTTL, Now: opts.Now})
+	if opts.RootKey == "" {
+		opts.RootKey = "root"
+	}
+	root, err := ca.NewRoot(ca.RootConfig{Signer: Key(tb, opts.RootKey), TTL: opts.RootTTL, Now: opts.Now})
 	if err != nil {
 		tb.Fatalf("root: %v", err)
 	}

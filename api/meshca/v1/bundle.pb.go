@@ -210,8 +210,9 @@ type Bundle struct {
 	// refresh_hint_seconds suggests how often a poller should ask again.
 	RefreshHintSeconds int64 `protobuf:"varint,4,opt,name=refresh_hint_seconds,json=refreshHintSeconds,proto3" json:"refresh_hint_seconds,omitempty"`
 	// signature is the root's signature over the bundle's digest (see
-	// ca.TrustBundle.Digest: sequence, every domain with its roots, CRLs and
-	// federated flag, and active_root_sha256), made by the key of the root
+	// ca.TrustBundle.Digest: sequence, every domain with its roots and
+	// federated flag, and active_root_sha256; CRLs are self-authenticating and
+	// not covered, so issuers can add their own), made by the key of the root
 	// whose SHA-256 is signer_sha256. Issuers relay it unchanged, so an agent
 	// accepts new roots or federated domains only when a root it already
 	// trusts vouches for them; a compromised issuer cannot add trust.
@@ -293,14 +294,74 @@ func (x *Bundle) GetSignerSha256() []byte {
 	return nil
 }
 
+type CRL struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// der is an RFC 5280 CRL.
+	Der []byte `protobuf:"bytes,1,opt,name=der,proto3" json:"der,omitempty"`
+	// issuer_chain is the CRL issuer's certificate and any CA certificates
+	// above it, DER, nearest first, root excluded; empty when a root of the
+	// trust domain signed the CRL.
+	IssuerChain   [][]byte `protobuf:"bytes,2,rep,name=issuer_chain,json=issuerChain,proto3" json:"issuer_chain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CRL) Reset() {
+	*x = CRL{}
+	mi := &file_meshca_v1_bundle_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CRL) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CRL) ProtoMessage() {}
+
+func (x *CRL) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_bundle_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CRL.ProtoReflect.Descriptor instead.
+func (*CRL) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_bundle_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CRL) GetDer() []byte {
+	if x != nil {
+		return x.Der
+	}
+	return nil
+}
+
+func (x *CRL) GetIssuerChain() [][]byte {
+	if x != nil {
+		return x.IssuerChain
+	}
+	return nil
+}
+
 type TrustDomainBundle struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// trust_domain is the trust domain name, e.g. "east.example".
 	TrustDomain string `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	// x509_authorities are DER root certificates.
 	X509Authorities [][]byte `protobuf:"bytes,2,rep,name=x509_authorities,json=x509Authorities,proto3" json:"x509_authorities,omitempty"`
-	// crls are DER-encoded X.509 CRLs issued under these roots.
-	Crls [][]byte `protobuf:"bytes,3,rep,name=crls,proto3" json:"crls,omitempty"`
+	// crls are the certificate revocation lists issued under these roots:
+	// the root's (revoked intermediates) and each cluster intermediate's
+	// (revoked leaves). They are not covered by the bundle signature: each
+	// authenticates itself by its own signature, checked by the receiver
+	// against issuer_chain and the roots; one that fails is dropped alone.
+	Crls []*CRL `protobuf:"bytes,3,rep,name=crls,proto3" json:"crls,omitempty"`
 	// federated is true for a bundle of another mesh, learned from its
 	// SPIFFE bundle endpoint.
 	Federated     bool `protobuf:"varint,4,opt,name=federated,proto3" json:"federated,omitempty"`
@@ -310,7 +371,7 @@ type TrustDomainBundle struct {
 
 func (x *TrustDomainBundle) Reset() {
 	*x = TrustDomainBundle{}
-	mi := &file_meshca_v1_bundle_proto_msgTypes[5]
+	mi := &file_meshca_v1_bundle_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -322,7 +383,7 @@ func (x *TrustDomainBundle) String() string {
 func (*TrustDomainBundle) ProtoMessage() {}
 
 func (x *TrustDomainBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_bundle_proto_msgTypes[5]
+	mi := &file_meshca_v1_bundle_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -335,7 +396,7 @@ func (x *TrustDomainBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrustDomainBundle.ProtoReflect.Descriptor instead.
 func (*TrustDomainBundle) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_bundle_proto_rawDescGZIP(), []int{5}
+	return file_meshca_v1_bundle_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TrustDomainBundle) GetTrustDomain() string {
@@ -352,7 +413,7 @@ func (x *TrustDomainBundle) GetX509Authorities() [][]byte {
 	return nil
 }
 
-func (x *TrustDomainBundle) GetCrls() [][]byte {
+func (x *TrustDomainBundle) GetCrls() []*CRL {
 	if x != nil {
 		return x.Crls
 	}
@@ -384,11 +445,14 @@ const file_meshca_v1_bundle_proto_rawDesc = "" +
 	"\x12active_root_sha256\x18\x03 \x01(\fR\x10activeRootSha256\x120\n" +
 	"\x14refresh_hint_seconds\x18\x04 \x01(\x03R\x12refreshHintSeconds\x12\x1c\n" +
 	"\tsignature\x18\x05 \x01(\fR\tsignature\x12#\n" +
-	"\rsigner_sha256\x18\x06 \x01(\fR\fsignerSha256\"\x93\x01\n" +
+	"\rsigner_sha256\x18\x06 \x01(\fR\fsignerSha256\":\n" +
+	"\x03CRL\x12\x10\n" +
+	"\x03der\x18\x01 \x01(\fR\x03der\x12!\n" +
+	"\fissuer_chain\x18\x02 \x03(\fR\vissuerChain\"\xa3\x01\n" +
 	"\x11TrustDomainBundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12)\n" +
-	"\x10x509_authorities\x18\x02 \x03(\fR\x0fx509Authorities\x12\x12\n" +
-	"\x04crls\x18\x03 \x03(\fR\x04crls\x12\x1c\n" +
+	"\x10x509_authorities\x18\x02 \x03(\fR\x0fx509Authorities\x12\"\n" +
+	"\x04crls\x18\x03 \x03(\v2\x0e.meshca.v1.CRLR\x04crls\x12\x1c\n" +
 	"\tfederated\x18\x04 \x01(\bR\tfederated2\xa7\x01\n" +
 	"\rBundleService\x12F\n" +
 	"\tGetBundle\x12\x1b.meshca.v1.GetBundleRequest\x1a\x1c.meshca.v1.GetBundleResponse\x12N\n" +
@@ -406,28 +470,30 @@ func file_meshca_v1_bundle_proto_rawDescGZIP() []byte {
 	return file_meshca_v1_bundle_proto_rawDescData
 }
 
-var file_meshca_v1_bundle_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_meshca_v1_bundle_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_meshca_v1_bundle_proto_goTypes = []any{
 	(*GetBundleRequest)(nil),    // 0: meshca.v1.GetBundleRequest
 	(*GetBundleResponse)(nil),   // 1: meshca.v1.GetBundleResponse
 	(*WatchBundleRequest)(nil),  // 2: meshca.v1.WatchBundleRequest
 	(*WatchBundleResponse)(nil), // 3: meshca.v1.WatchBundleResponse
 	(*Bundle)(nil),              // 4: meshca.v1.Bundle
-	(*TrustDomainBundle)(nil),   // 5: meshca.v1.TrustDomainBundle
+	(*CRL)(nil),                 // 5: meshca.v1.CRL
+	(*TrustDomainBundle)(nil),   // 6: meshca.v1.TrustDomainBundle
 }
 var file_meshca_v1_bundle_proto_depIdxs = []int32{
 	4, // 0: meshca.v1.GetBundleResponse.bundle:type_name -> meshca.v1.Bundle
 	4, // 1: meshca.v1.WatchBundleResponse.bundle:type_name -> meshca.v1.Bundle
-	5, // 2: meshca.v1.Bundle.trust_domains:type_name -> meshca.v1.TrustDomainBundle
-	0, // 3: meshca.v1.BundleService.GetBundle:input_type -> meshca.v1.GetBundleRequest
-	2, // 4: meshca.v1.BundleService.WatchBundle:input_type -> meshca.v1.WatchBundleRequest
-	1, // 5: meshca.v1.BundleService.GetBundle:output_type -> meshca.v1.GetBundleResponse
-	3, // 6: meshca.v1.BundleService.WatchBundle:output_type -> meshca.v1.WatchBundleResponse
-	5, // [5:7] is the sub-list for method output_type
-	3, // [3:5] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	6, // 2: meshca.v1.Bundle.trust_domains:type_name -> meshca.v1.TrustDomainBundle
+	5, // 3: meshca.v1.TrustDomainBundle.crls:type_name -> meshca.v1.CRL
+	0, // 4: meshca.v1.BundleService.GetBundle:input_type -> meshca.v1.GetBundleRequest
+	2, // 5: meshca.v1.BundleService.WatchBundle:input_type -> meshca.v1.WatchBundleRequest
+	1, // 6: meshca.v1.BundleService.GetBundle:output_type -> meshca.v1.GetBundleResponse
+	3, // 7: meshca.v1.BundleService.WatchBundle:output_type -> meshca.v1.WatchBundleResponse
+	6, // [6:8] is the sub-list for method output_type
+	4, // [4:6] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_meshca_v1_bundle_proto_init() }
@@ -441,7 +507,7 @@ func file_meshca_v1_bundle_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshca_v1_bundle_proto_rawDesc), len(file_meshca_v1_bundle_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

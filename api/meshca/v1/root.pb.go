@@ -21,6 +21,86 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type PublishCRLsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Crls          []*CRL                 `protobuf:"bytes,1,rep,name=crls,proto3" json:"crls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishCRLsRequest) Reset() {
+	*x = PublishCRLsRequest{}
+	mi := &file_meshca_v1_root_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishCRLsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishCRLsRequest) ProtoMessage() {}
+
+func (x *PublishCRLsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_root_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishCRLsRequest.ProtoReflect.Descriptor instead.
+func (*PublishCRLsRequest) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_root_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *PublishCRLsRequest) GetCrls() []*CRL {
+	if x != nil {
+		return x.Crls
+	}
+	return nil
+}
+
+type PublishCRLsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishCRLsResponse) Reset() {
+	*x = PublishCRLsResponse{}
+	mi := &file_meshca_v1_root_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishCRLsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishCRLsResponse) ProtoMessage() {}
+
+func (x *PublishCRLsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_root_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishCRLsResponse.ProtoReflect.Descriptor instead.
+func (*PublishCRLsResponse) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_root_proto_rawDescGZIP(), []int{1}
+}
+
 type EnrollRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// join_token is the token printed by `meshca admin cluster add`.
@@ -37,7 +117,7 @@ type EnrollRequest struct {
 
 func (x *EnrollRequest) Reset() {
 	*x = EnrollRequest{}
-	mi := &file_meshca_v1_root_proto_msgTypes[0]
+	mi := &file_meshca_v1_root_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -49,7 +129,7 @@ func (x *EnrollRequest) String() string {
 func (*EnrollRequest) ProtoMessage() {}
 
 func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_root_proto_msgTypes[0]
+	mi := &file_meshca_v1_root_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -62,7 +142,7 @@ func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollRequest.ProtoReflect.Descriptor instead.
 func (*EnrollRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_root_proto_rawDescGZIP(), []int{0}
+	return file_meshca_v1_root_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *EnrollRequest) GetJoinToken() string {
@@ -101,7 +181,7 @@ type EnrollResponse struct {
 
 func (x *EnrollResponse) Reset() {
 	*x = EnrollResponse{}
-	mi := &file_meshca_v1_root_proto_msgTypes[1]
+	mi := &file_meshca_v1_root_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -113,7 +193,7 @@ func (x *EnrollResponse) String() string {
 func (*EnrollResponse) ProtoMessage() {}
 
 func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_root_proto_msgTypes[1]
+	mi := &file_meshca_v1_root_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -126,7 +206,7 @@ func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollResponse.ProtoReflect.Descriptor instead.
 func (*EnrollResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_root_proto_rawDescGZIP(), []int{1}
+	return file_meshca_v1_root_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *EnrollResponse) GetCluster() string {
@@ -177,7 +257,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_meshca_v1_root_proto_msgTypes[2]
+	mi := &file_meshca_v1_root_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -189,7 +269,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_root_proto_msgTypes[2]
+	mi := &file_meshca_v1_root_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -202,7 +282,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_root_proto_rawDescGZIP(), []int{2}
+	return file_meshca_v1_root_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RenewRequest) GetIntermediateCsr() []byte {
@@ -231,7 +311,7 @@ type RenewResponse struct {
 
 func (x *RenewResponse) Reset() {
 	*x = RenewResponse{}
-	mi := &file_meshca_v1_root_proto_msgTypes[3]
+	mi := &file_meshca_v1_root_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -243,7 +323,7 @@ func (x *RenewResponse) String() string {
 func (*RenewResponse) ProtoMessage() {}
 
 func (x *RenewResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_root_proto_msgTypes[3]
+	mi := &file_meshca_v1_root_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -256,7 +336,7 @@ func (x *RenewResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
 func (*RenewResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_root_proto_rawDescGZIP(), []int{3}
+	return file_meshca_v1_root_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RenewResponse) GetIntermediateChain() [][]byte {
@@ -284,7 +364,10 @@ var File_meshca_v1_root_proto protoreflect.FileDescriptor
 
 const file_meshca_v1_root_proto_rawDesc = "" +
 	"\n" +
-	"\x14meshca/v1/root.proto\x12\tmeshca.v1\x1a\x16meshca/v1/bundle.proto\"\x80\x01\n" +
+	"\x14meshca/v1/root.proto\x12\tmeshca.v1\x1a\x16meshca/v1/bundle.proto\"8\n" +
+	"\x12PublishCRLsRequest\x12\"\n" +
+	"\x04crls\x18\x01 \x03(\v2\x0e.meshca.v1.CRLR\x04crls\"\x15\n" +
+	"\x13PublishCRLsResponse\"\x80\x01\n" +
 	"\rEnrollRequest\x12\x1d\n" +
 	"\n" +
 	"join_token\x18\x01 \x01(\tR\tjoinToken\x12%\n" +
@@ -302,10 +385,11 @@ const file_meshca_v1_root_proto_rawDesc = "" +
 	"\rRenewResponse\x12-\n" +
 	"\x12intermediate_chain\x18\x01 \x03(\fR\x11intermediateChain\x12)\n" +
 	"\x10credential_chain\x18\x02 \x03(\fR\x0fcredentialChain\x12)\n" +
-	"\x06bundle\x18\x03 \x01(\v2\x11.meshca.v1.BundleR\x06bundle2\x88\x01\n" +
+	"\x06bundle\x18\x03 \x01(\v2\x11.meshca.v1.BundleR\x06bundle2\xd6\x01\n" +
 	"\vRootService\x12=\n" +
 	"\x06Enroll\x12\x18.meshca.v1.EnrollRequest\x1a\x19.meshca.v1.EnrollResponse\x12:\n" +
-	"\x05Renew\x12\x17.meshca.v1.RenewRequest\x1a\x18.meshca.v1.RenewResponseB1Z/github.com/meshca/meshca/api/meshca/v1;meshcav1b\x06proto3"
+	"\x05Renew\x12\x17.meshca.v1.RenewRequest\x1a\x18.meshca.v1.RenewResponse\x12L\n" +
+	"\vPublishCRLs\x12\x1d.meshca.v1.PublishCRLsRequest\x1a\x1e.meshca.v1.PublishCRLsResponseB1Z/github.com/meshca/meshca/api/meshca/v1;meshcav1b\x06proto3"
 
 var (
 	file_meshca_v1_root_proto_rawDescOnce sync.Once
@@ -319,26 +403,32 @@ func file_meshca_v1_root_proto_rawDescGZIP() []byte {
 	return file_meshca_v1_root_proto_rawDescData
 }
 
-var file_meshca_v1_root_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_meshca_v1_root_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_meshca_v1_root_proto_goTypes = []any{
-	(*EnrollRequest)(nil),  // 0: meshca.v1.EnrollRequest
-	(*EnrollResponse)(nil), // 1: meshca.v1.EnrollResponse
-	(*RenewRequest)(nil),   // 2: meshca.v1.RenewRequest
-	(*RenewResponse)(nil),  // 3: meshca.v1.RenewResponse
-	(*Bundle)(nil),         // 4: meshca.v1.Bundle
+	(*PublishCRLsRequest)(nil),  // 0: meshca.v1.PublishCRLsRequest
+	(*PublishCRLsResponse)(nil), // 1: meshca.v1.PublishCRLsResponse
+	(*EnrollRequest)(nil),       // 2: meshca.v1.EnrollRequest
+	(*EnrollResponse)(nil),      // 3: meshca.v1.EnrollResponse
+	(*RenewRequest)(nil),        // 4: meshca.v1.RenewRequest
+	(*RenewResponse)(nil),       // 5: meshca.v1.RenewResponse
+	(*CRL)(nil),                 // 6: meshca.v1.CRL
+	(*Bundle)(nil),              // 7: meshca.v1.Bundle
 }
 var file_meshca_v1_root_proto_depIdxs = []int32{
-	4, // 0: meshca.v1.EnrollResponse.bundle:type_name -> meshca.v1.Bundle
-	4, // 1: meshca.v1.RenewResponse.bundle:type_name -> meshca.v1.Bundle
-	0, // 2: meshca.v1.RootService.Enroll:input_type -> meshca.v1.EnrollRequest
-	2, // 3: meshca.v1.RootService.Renew:input_type -> meshca.v1.RenewRequest
-	1, // 4: meshca.v1.RootService.Enroll:output_type -> meshca.v1.EnrollResponse
-	3, // 5: meshca.v1.RootService.Renew:output_type -> meshca.v1.RenewResponse
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	6, // 0: meshca.v1.PublishCRLsRequest.crls:type_name -> meshca.v1.CRL
+	7, // 1: meshca.v1.EnrollResponse.bundle:type_name -> meshca.v1.Bundle
+	7, // 2: meshca.v1.RenewResponse.bundle:type_name -> meshca.v1.Bundle
+	2, // 3: meshca.v1.RootService.Enroll:input_type -> meshca.v1.EnrollRequest
+	4, // 4: meshca.v1.RootService.Renew:input_type -> meshca.v1.RenewRequest
+	0, // 5: meshca.v1.RootService.PublishCRLs:input_type -> meshca.v1.PublishCRLsRequest
+	3, // 6: meshca.v1.RootService.Enroll:output_type -> meshca.v1.EnrollResponse
+	5, // 7: meshca.v1.RootService.Renew:output_type -> meshca.v1.RenewResponse
+	1, // 8: meshca.v1.RootService.PublishCRLs:output_type -> meshca.v1.PublishCRLsResponse
+	6, // [6:9] is the sub-list for method output_type
+	3, // [3:6] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_meshca_v1_root_proto_init() }
@@ -353,7 +443,7 @@ func file_meshca_v1_root_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshca_v1_root_proto_rawDesc), len(file_meshca_v1_root_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

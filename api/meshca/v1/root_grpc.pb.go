@@ -19,8 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	RootService_Enroll_FullMethodName = "/meshca.v1.RootService/Enroll"
-	RootService_Renew_FullMethodName  = "/meshca.v1.RootService/Renew"
+	RootService_Enroll_FullMethodName      = "/meshca.v1.RootService/Enroll"
+	RootService_Renew_FullMethodName       = "/meshca.v1.RootService/Renew"
+	RootService_PublishCRLs_FullMethodName = "/meshca.v1.RootService/PublishCRLs"
 )
 
 // RootServiceClient is the client API for RootService service.
@@ -37,6 +38,11 @@ type RootServiceClient interface {
 	// Renew signs a new intermediate for the caller's cluster, and optionally
 	// a new credential. The caller is identified by its credential.
 	Renew(ctx context.Context, in *RenewRequest, opts ...grpc.CallOption) (*RenewResponse, error)
+	// PublishCRLs hands the root the current CRLs of the caller's
+	// intermediates (authenticated by the issuer credential), so that every
+	// cluster's agents receive them with the bundle. Each replaces the
+	// previous CRL of the same issuer when its CRL number is higher.
+	PublishCRLs(ctx context.Context, in *PublishCRLsRequest, opts ...grpc.CallOption) (*PublishCRLsResponse, error)
 }
 
 type rootServiceClient struct {
@@ -67,6 +73,16 @@ func (c *rootServiceClient) Renew(ctx context.Context, in *RenewRequest, opts ..
 	return out, nil
 }
 
+func (c *rootServiceClient) PublishCRLs(ctx context.Context, in *PublishCRLsRequest, opts ...grpc.CallOption) (*PublishCRLsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PublishCRLsResponse)
+	err := c.cc.Invoke(ctx, RootService_PublishCRLs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RootServiceServer is the server API for RootService service.
 // All implementations must embed UnimplementedRootServiceServer
 // for forward compatibility.
@@ -81,6 +97,11 @@ type RootServiceServer interface {
 	// Renew signs a new intermediate for the caller's cluster, and optionally
 	// a new credential. The caller is identified by its credential.
 	Renew(context.Context, *RenewRequest) (*RenewResponse, error)
+	// PublishCRLs hands the root the current CRLs of the caller's
+	// intermediates (authenticated by the issuer credential), so that every
+	// cluster's agents receive them with the bundle. Each replaces the
+	// previous CRL of the same issuer when its CRL number is higher.
+	PublishCRLs(context.Context, *PublishCRLsRequest) (*PublishCRLsResponse, error)
 	mustEmbedUnimplementedRootServiceServer()
 }
 
@@ -96,6 +117,9 @@ func (UnimplementedRootServiceServer) Enroll(context.Context, *EnrollRequest) (*
 }
 func (UnimplementedRootServiceServer) Renew(context.Context, *RenewRequest) (*RenewResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Renew not implemented")
+}
+func (UnimplementedRootServiceServer) PublishCRLs(context.Context, *PublishCRLsRequest) (*PublishCRLsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PublishCRLs not implemented")
 }
 func (UnimplementedRootServiceServer) mustEmbedUnimplementedRootServiceServer() {}
 func (UnimplementedRootServiceServer) testEmbeddedByValue()                     {}
@@ -154,6 +178,24 @@ func _RootService_Renew_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RootService_PublishCRLs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PublishCRLsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RootServiceServer).PublishCRLs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RootService_PublishCRLs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RootServiceServer).PublishCRLs(ctx, req.(*PublishCRLsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RootService_ServiceDesc is the grpc.ServiceDesc for RootService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -168,6 +210,10 @@ var RootService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Renew",
 			Handler:    _RootService_Renew_Handler,
+		},
+		{
+			MethodName: "PublishCRLs",
+			Handler:    _RootService_PublishCRLs_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
