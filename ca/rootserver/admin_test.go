@@ -2,7 +2,6 @@ package rootserver
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,13 +14,14 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/admin"
 )
 
 func TestAdminService(t *testing.T) {
 	h := newHarness(t, nil)
 	dir := filepath.Join(t.TempDir(), "run")
 	path := filepath.Join(dir, "admin.sock")
-	lis, err := ListenAdmin(path)
+	lis, err := admin.ListenUnix(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,31 +118,5 @@ func TestAdminService(t *testing.T) {
 		roots[1].GetState() != "prepared" || roots[1].GetSha256() != rot.GetRoot().GetSha256() ||
 		roots[0].GetKey() == "" || roots[0].GetNotAfterUnix() != rootA.NotAfter.Unix() {
 		t.Fatalf("ListRoots: %+v", roots)
-	}
-}
-
-func TestListenAdminReplacesStaleSocket(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "admin.sock")
-	old, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	old.(*net.UnixListener).SetUnlinkOnClose(false)
-	old.Close()
-	lis, err := ListenAdmin(path)
-	if err != nil {
-		t.Fatalf("ListenAdmin over a stale socket: %v", err)
-	}
-	lis.Close()
-
-	file := filepath.Join(t.TempDir(), "not-a-socket")
-	if err := os.WriteFile(file, []byte("keep me"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ListenAdmin(file); err == nil {
-		t.Fatal("ListenAdmin replaced a regular file")
-	}
-	if b, _ := os.ReadFile(file); string(b) != "keep me" {
-		t.Fatal("ListenAdmin damaged a regular file")
 	}
 }

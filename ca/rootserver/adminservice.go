@@ -10,10 +10,10 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc/peer"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/admin"
 	"github.com/meshca/meshca/store"
 )
 
@@ -28,7 +28,7 @@ type adminService struct {
 
 // AddCluster implements meshcav1.AdminServiceServer.
 func (s *adminService) AddCluster(ctx context.Context, req *meshcav1.AddClusterRequest) (*meshcav1.AddClusterResponse, error) {
-	resp, err := s.r.addCluster(ctx, req, actorOf(ctx))
+	resp, err := s.r.addCluster(ctx, req, admin.Actor(ctx))
 	if err != nil {
 		return nil, statusOf(ctx, s.r.log, "AddCluster", err)
 	}
@@ -41,7 +41,7 @@ func (s *adminService) RotateRoot(ctx context.Context, req *meshcav1.RotateRootR
 		err := fmt.Errorf("%w: negative propagation delay", errInvalidArgument)
 		return nil, statusOf(ctx, s.r.log, "RotateRoot", err)
 	}
-	st, err := s.r.rotate(ctx, time.Duration(req.GetPropagationDelaySeconds())*time.Second, actorOf(ctx))
+	st, err := s.r.rotate(ctx, time.Duration(req.GetPropagationDelaySeconds())*time.Second, admin.Actor(ctx))
 	if err != nil {
 		return nil, statusOf(ctx, s.r.log, "RotateRoot", err)
 	}
@@ -121,23 +121,4 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 		}
 	}
 	return resp, nil
-}
-
-// peerCredInfo is the AuthInfo of an admin connection: who is on the other
-// end of the Unix socket.
-type peerCredInfo struct {
-	actor string
-}
-
-// AuthType implements credentials.AuthInfo.
-func (peerCredInfo) AuthType() string { return "unix-peercred" }
-
-// actorOf names the caller of an admin call for the audit log.
-func actorOf(ctx context.Context) string {
-	if p, ok := peer.FromContext(ctx); ok {
-		if info, ok := p.AuthInfo.(peerCredInfo); ok && info.actor != "" {
-			return info.actor
-		}
-	}
-	return "admin:unknown"
 }

@@ -11,8 +11,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -24,6 +22,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/admin"
 )
 
 // gracePeriod bounds how long a stopping server waits for in-flight calls.
@@ -64,11 +63,11 @@ func (r *Root) Serve(ctx context.Context, lis net.Listener) error {
 }
 
 // ServeAdmin serves AdminService without TLS on lis, which should be a
-// Unix socket only its owner can reach (see ListenAdmin), until ctx ends.
+// Unix socket only its owner can reach (see admin.ListenUnix), until ctx ends.
 // The audit actor of each call is the peer's Unix user.
 func (r *Root) ServeAdmin(ctx context.Context, lis net.Listener) error {
 	srv := grpc.NewServer(
-		grpc.Creds(peerCredentials{}),
+		grpc.Creds(admin.UnixCredentials()),
 		grpc.MaxRecvMsgSize(r.cfg.MaxRequestBytes),
 	)
 	meshcav1.RegisterAdminServiceServer(srv, &adminService{r: r})
@@ -93,32 +92,6 @@ func serve(ctx context.Context, srv *grpc.Server, lis net.Listener, stopping cha
 		srv.Stop()
 	}
 	return nil
-}
-
-// ListenAdmin listens on a Unix socket at path for ServeAdmin: the parent
-// directory is created with mode 0700 (an existing one is left as it is), a
-// stale socket is removed, and the socket gets mode 0600.
-func ListenAdmin(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("admin socket: %w", err)
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != os.ModeSocket {
-			return nil, fmt.Errorf("admin socket: %s exists and is not a socket", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("admin socket: remove stale socket: %w", err)
-		}
-	}
-	lis, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("admin socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		_ = lis.Close()
-		return nil, fmt.Errorf("admin socket: %w", err)
-	}
-	return lis, nil
 }
 
 // servingCerts is the TLS certificate of the network server: signed

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/admin"
 	"github.com/meshca/meshca/ca/federation"
 	"github.com/meshca/meshca/ca/rootserver"
 )
@@ -141,7 +142,7 @@ func runRoot(ctx context.Context, cfg rootConfig, out io.Writer) error {
 			return err
 		}
 	}
-	adminLis, err := rootserver.ListenAdmin(cfg.adminSocket())
+	adminLis, err := admin.ListenUnix(cfg.adminSocket())
 	if err != nil {
 		closeAll()
 		return err

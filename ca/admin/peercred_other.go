@@ -1,6 +1,6 @@
 //go:build !linux
 
-package rootserver
+package admin
 
 import "net"
 

@@ -1,4 +1,4 @@
-package rootserver
+package admin
 
 import (
 	"net"
