@@ -36,7 +36,9 @@ func newAdminCommand() *cobra.Command {
 		Use:   "admin",
 		Short: "Administer a running root CA over its admin socket",
 		Long: `meshca admin talks to a running "meshca root serve" over its Unix admin socket
-(DATA_DIR/admin.sock; access is controlled by the socket's file permissions).
+or a running "meshca issuer serve" over theirs (DATA_DIR/admin.sock; access is controlled
+by the socket's file permissions). Clusters, roots and cluster revocation are the root's;
+certificates, their revocation and the issuer's audit log are an issuer's.
 Output is a table by default, JSON with -o json.`,
 	}
 	def := os.Getenv("MESHCA_ADMIN_SOCKET")
@@ -46,7 +48,8 @@ Output is a table by default, JSON with -o json.`,
 	cmd.PersistentFlags().StringVar(&f.socket, "socket", def, "admin socket of the root (env MESHCA_ADMIN_SOCKET)")
 	cmd.PersistentFlags().StringVarP(&f.output, "output", "o", "table", "output format: table or json")
 	cmd.PersistentFlags().DurationVar(&f.timeout, "timeout", 30*time.Second, "deadline of the call")
-	cmd.AddCommand(newAdminClusterCommand(f), newAdminRootCommand(f))
+	cmd.AddCommand(newAdminClusterCommand(f), newAdminRootCommand(f), newAdminRevokeCommand(f), newAdminUnrevokeCommand(f),
+		newAdminRevocationsCommand(f), newAdminCertsCommand(f), newAdminAuditCommand(f))
 	return cmd
 }
 

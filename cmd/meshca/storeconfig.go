@@ -85,6 +85,8 @@ func openStore(ctx context.Context, cfg storeConfig, dataDir string) (store.Stor
 type backend interface {
 	store.Store
 	store.RootStore
+	store.RevocationStore
+	VerifyAuditChain(ctx context.Context) error
 }
 
 // openBackend opens the configured backend, running migrations.
