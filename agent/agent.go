@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
@@ -68,6 +69,11 @@ type Config struct {
 	HealthAddr string
 	// ShutdownTimeout bounds a graceful stop; zero means 5 s.
 	ShutdownTimeout time.Duration
+	// Registerer receives the agent's metrics (CRLRejectedMetricName); nil
+	// means no metrics. When it is also a prometheus.Gatherer (such as a
+	// *prometheus.Registry) and HealthAddr is set, the health server serves
+	// it at /metrics.
+	Registerer prometheus.Registerer
 	// Logger: nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -115,7 +121,7 @@ func (c *Config) Validate() error {
 func (c *Config) managerConfig(f Fetcher, pub *Publisher) ManagerConfig {
 	return ManagerConfig{
 		Fetcher: f, Publisher: pub, TokenFile: c.TokenFile, CABundleFile: c.CABundleFile,
-		KeyType: c.KeyType, TTL: c.TTL, OutputDir: c.OutputDir, Logger: c.Logger,
+		KeyType: c.KeyType, TTL: c.TTL, OutputDir: c.OutputDir, Registerer: c.Registerer, Logger: c.Logger,
 	}
 }
 
@@ -204,6 +210,9 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 func (a *Agent) close() {
+	if a.manager != nil {
+		a.manager.Stop()
+	}
 	if a.client != nil {
 		_ = a.client.Close() // only a connection to drop
 	}
@@ -253,7 +262,8 @@ func (a *Agent) listen() (_ []server, err error) {
 		servers = append(servers, s)
 	}
 	if a.cfg.HealthAddr != "" {
-		s, addr, err := httpServer(a.cfg.HealthAddr, HealthHandler(a.manager))
+		gatherer, _ := a.cfg.Registerer.(prometheus.Gatherer)
+		s, addr, err := httpServer(a.cfg.HealthAddr, healthAndMetrics(a.manager, gatherer))
 		if err != nil {
 			return nil, err
 		}

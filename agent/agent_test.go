@@ -33,12 +33,22 @@ func runAgent(t *testing.T, ti *testIssuer, ttl time.Duration) *runningAgent {
 // startAgent runs an agent against the issuer at addr until the test ends.
 func startAgent(t *testing.T, addr, bundleFile, tokenFile string, ttl time.Duration) *runningAgent {
 	t.Helper()
+	return startAgentWith(t, addr, bundleFile, tokenFile, ttl, nil)
+}
+
+// startAgentWith is startAgent with tweak (if not nil) applied to the
+// configuration.
+func startAgentWith(t *testing.T, addr, bundleFile, tokenFile string, ttl time.Duration, tweak func(*Config)) *runningAgent {
+	t.Helper()
 	dir := t.TempDir()
 	ra := &runningAgent{logs: &logBuffer{}, done: make(chan error, 1)}
 	ra.cfg = Config{
 		IssuerAddress: addr, CABundleFile: bundleFile, TokenFile: tokenFile, TTL: ttl,
 		SDSSocket: filepath.Join(dir, "sds", "socket"), WorkloadSocket: filepath.Join(dir, "spiffe", "socket"),
 		OutputDir: filepath.Join(dir, "out"), HealthAddr: "127.0.0.1:0", Logger: ra.logs.logger(),
+	}
+	if tweak != nil {
+		tweak(&ra.cfg)
 	}
 	var err error
 	if ra.Agent, err = New(ra.cfg); err != nil {

@@ -38,7 +38,8 @@ type TrustUpdater interface {
 	// none.
 	TrustBundleSequence() uint64
 	// SetTrustBundle makes b the agent's trust, or fails with
-	// ErrStaleBundle when b is older than the bundle held and with
+	// ErrStaleBundle when b is older than the bundle held (a bundle of the
+	// same sequence is applied: its CRLs may differ) and with
 	// ErrUntrustedBundle when no trusted root vouches for what it adds. It
 	// reports whether anything served changed.
 	SetTrustBundle(b *ca.TrustBundle) (bool, error)

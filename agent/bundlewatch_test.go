@@ -149,13 +149,13 @@ func TestBundleWatcherAppliesBundles(t *testing.T) {
 		malformed := &meshcav1.Bundle{Sequence: 7, TrustDomains: []*meshcav1.TrustDomainBundle{{TrustDomain: "cluster.local", X509Authorities: [][]byte{[]byte("junk")}}}}
 		onlyFederated := &meshcav1.Bundle{Sequence: 8, TrustDomains: []*meshcav1.TrustDomainBundle{{TrustDomain: "other.example", X509Authorities: derOf(root), Federated: true}}}
 		src := &fakeBundleSource{streams: []fakeOpen{{stream: &fakeBundleStream{
-			resps: []*meshcav1.Bundle{ownBundle(5, root), malformed, onlyFederated, ownBundle(3, root), ownBundle(6, root)},
+			resps: []*meshcav1.Bundle{ownBundle(5, root), malformed, onlyFederated, ownBundle(3, root), ownBundle(6, root), addCRLs(ownBundle(6, root), "cluster.local", ca.CRL{DER: []byte("crl")})},
 		}}}}
 		upd, logs := &fakeUpdater{}, &logBuffer{}
 		stop, _ := runWatcher(t, src, upd, logs)
 		synctest.Wait()
-		if got := upd.sequences(); fmt.Sprint(got) != "[5 6]" {
-			t.Errorf("applied sequences %v, want [5 6]: malformed and older bundles are skipped", got)
+		if got := upd.sequences(); fmt.Sprint(got) != "[5 6 6]" {
+			t.Errorf("applied sequences %v, want [5 6 6]: malformed and older bundles are skipped, one of the same sequence (new CRLs) is not", got)
 		}
 		for _, want := range [][]string{
 			{"malformed trust bundle ignored", `"sequence":7`, "authority 0", `"level":"WARN"`},

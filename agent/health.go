@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"net/http"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // HealthHandler serves GET /healthz (200 while the process serves HTTP at
@@ -25,5 +28,18 @@ func HealthHandler(m *Manager) http.Handler {
 		snap, _ := m.cfg.Publisher.Current()
 		fmt.Fprintf(w, "ready: %s valid until %s\n", snap.ID(), snap.NotAfter().UTC().Format(time.RFC3339))
 	})
+	return mux
+}
+
+// healthAndMetrics is HealthHandler plus GET /metrics from g; without g it
+// is HealthHandler.
+func healthAndMetrics(m *Manager, g prometheus.Gatherer) http.Handler {
+	health := HealthHandler(m)
+	if g == nil {
+		return health
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/", health)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	return mux
 }

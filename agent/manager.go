@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -53,8 +54,12 @@ type ManagerConfig struct {
 	// OutputDir, when set, receives cert.pem, key.pem (0600) and bundle.pem
 	// after every renewal; empty means the key never touches the disk.
 	OutputDir string
-	// Now is the clock; nil means time.Now.
+	// Now is the clock; nil means time.Now. The withdrawal of an expired
+	// CRL is scheduled on a real timer for the delay Now gives.
 	Now func() time.Time
+	// Registerer receives the agent's CRL metric (CRLRejectedMetricName);
+	// nil means no metrics.
+	Registerer prometheus.Registerer
 	// Logger: nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -90,8 +95,9 @@ func (c *ManagerConfig) Validate() error {
 // agent is ready. Renew is called by one goroutine at a time; Ready may be
 // called concurrently.
 type Manager struct {
-	cfg    ManagerConfig
-	newKey func() (crypto.Signer, error)
+	cfg     ManagerConfig
+	newKey  func() (crypto.Signer, error)
+	metrics *crlMetrics
 
 	mu          sync.Mutex
 	lastErr     error
@@ -107,6 +113,13 @@ type Manager struct {
 	// fetchedRoots are roots the fetcher reported for the current SVID
 	// beyond those it was configured with (none for *Client).
 	fetchedRoots []*x509.Certificate
+	// crls are the verified CRLs of trust, by trust domain, newest of each
+	// issuer; those past NextUpdate are removed when a snapshot is built.
+	crls map[spiffeid.TrustDomain][]*heldCRL
+	// crlTimer republishes when the first held CRL expires; nil when none
+	// is held. stopped: Stop was called, no timer is armed again.
+	crlTimer *time.Timer
+	stopped  bool
 }
 
 var _ rotation.Renewer = (*Manager)(nil)
@@ -118,7 +131,11 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		return nil, err
 	}
 	newKey, _ := GenerateKeyFunc(cfg.KeyType)
-	m := &Manager{cfg: cfg, newKey: newKey}
+	metrics, err := newCRLMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	m := &Manager{cfg: cfg, newKey: newKey, metrics: metrics}
 	bundle, err := m.readBundle()
 	if err != nil {
 		return nil, err
@@ -237,13 +254,50 @@ func (m *Manager) publishLocked(svid *SVID) (*Snapshot, bool, error) {
 	}
 	var domains []ca.DomainBundle
 	if m.trust != nil {
-		domains = m.trust.Domains
+		expiry := pruneCRLs(m.crls, m.cfg.Now(), m.cfg.Logger, m.metrics)
+		m.armCRLTimerLocked(expiry)
+		domains = withCRLs(m.trust.Domains, m.crls)
 	}
 	snap, err := NewFederatedSnapshot(svid, own, domains)
 	if err != nil {
 		return nil, false, err
 	}
 	return snap, m.cfg.Publisher.Publish(snap), nil
+}
+
+// armCRLTimerLocked makes the current SVID be published again at expiry
+// (zero: never), so that a CRL whose issuer stopped publishing is no longer
+// served once it has expired: a relying party would refuse every
+// certificate of that issuer over an expired CRL. The caller holds trustMu.
+func (m *Manager) armCRLTimerLocked(expiry time.Time) {
+	if m.crlTimer != nil {
+		m.crlTimer.Stop()
+		m.crlTimer = nil
+	}
+	if expiry.IsZero() || m.stopped {
+		return
+	}
+	m.crlTimer = time.AfterFunc(expiry.Sub(m.cfg.Now()), func() {
+		m.trustMu.Lock()
+		defer m.trustMu.Unlock()
+		if m.stopped {
+			return
+		}
+		prev, _ := m.cfg.Publisher.Current()
+		if _, _, err := m.publishLocked(prev.SVID()); err != nil {
+			m.cfg.Logger.Error("dropping expired CRLs failed", "error", err.Error())
+		}
+	})
+}
+
+// Stop releases the timer that drops expired CRLs. Renew and
+// SetTrustBundle still work afterwards, but a held CRL is then dropped only
+// by them.
+func (m *Manager) Stop() {
+	m.trustMu.Lock()
+	defer m.trustMu.Unlock()
+	m.stopped = true
+	m.armCRLTimerLocked(time.Time{})
 }
 
 // ErrStaleBundle reports a trust bundle older than the one held.
@@ -276,6 +330,15 @@ func (m *Manager) TrustBundleSequence() uint64 {
 // bundles. The current SVID is published again with them, so that a new
 // root reaches Envoy and applications before any issuer uses it. It reports
 // whether anything served changed.
+//
+// CRLs are not covered by the root's signature: issuers add their own to
+// the bundle they relay without changing its sequence, so a bundle with
+// the held sequence is applied too, and its CRLs replace the held ones.
+// Each CRL is checked with ca.VerifyCRL against its trust domain's roots;
+// one that fails is logged, counted (CRLRejectedMetricName) and dropped,
+// and the rest of b is applied regardless. Of the CRLs of one issuer only
+// the one with the highest number is served. A CRL is served until its
+// NextUpdate; then the snapshot is published again without it.
 func (m *Manager) SetTrustBundle(b *ca.TrustBundle) (bool, error) {
 	if b == nil {
 		return false, errors.New("trust bundle is nil")
@@ -289,10 +352,12 @@ func (m *Manager) SetTrustBundle(b *ca.TrustBundle) (bool, error) {
 	if err := m.vouchedLocked(b); err != nil {
 		return false, err
 	}
-	m.trust = b
 	if prevTrust.Equal(b) {
+		m.trust = b
 		return false, nil
 	}
+	prevCRLs := m.crls
+	m.trust, m.crls = b, verifyCRLs(b, m.cfg.Now(), m.cfg.Logger, m.metrics)
 	anchors, err := m.anchorsLocked()
 	if err == nil {
 		err = m.cfg.Fetcher.SetRoots(anchors)
@@ -306,7 +371,7 @@ func (m *Manager) SetTrustBundle(b *ca.TrustBundle) (bool, error) {
 		snap, changed, err = m.publishLocked(prev.SVID())
 	}
 	if err != nil {
-		m.trust = prevTrust
+		m.trust, m.crls = prevTrust, prevCRLs
 		return false, err
 	}
 	ownChanged := prev.BundleVersion() != snap.BundleVersion()
@@ -318,7 +383,8 @@ func (m *Manager) SetTrustBundle(b *ca.TrustBundle) (bool, error) {
 		federated = append(federated, d.TrustDomain.Name())
 	}
 	m.cfg.Logger.Info("trust bundle updated", "sequence", b.Sequence, "own_roots", len(snap.Bundle().Roots()),
-		"own_bundle_changed", ownChanged, "trust_domains", federated, "federated_changed", prev.FederatedVersion() != snap.FederatedVersion())
+		"own_bundle_changed", ownChanged, "trust_domains", federated, "federated_changed", prev.FederatedVersion() != snap.FederatedVersion(),
+		"crls", len(snap.CRLs()), "crls_changed", prev.CRLVersion() != snap.CRLVersion())
 	return changed, nil
 }
 

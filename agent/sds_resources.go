@@ -129,18 +129,22 @@ func buildSecret(snap *Snapshot, name string, kind resourceKind) *tlsv3.Secret {
 			PrivateKey:       inline(snap.keyPEM),
 		}}}
 	}
-	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-		TrustedCa: inline(snap.sdsBundle(name).pem),
-	}}}
+	rs := snap.sdsBundle(name)
+	vc := &tlsv3.CertificateValidationContext{TrustedCa: inline(rs.pem)}
+	if len(rs.crlPEM) > 0 {
+		vc.Crl = inline(rs.crlPEM)
+	}
+	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_ValidationContext{ValidationContext: vc}}
 }
 
-// sdsBundle returns the roots served as the bundle resource name: ROOTCA
-// and the own trust domain ID get the own trust domain's roots, ALL those
-// of every trust domain, spiffe://<td> those of td.
+// sdsBundle returns the roots and CRLs served as the bundle resource name:
+// ROOTCA and the own trust domain ID get the own trust domain's roots with
+// the CRLs of every own (non-federated) trust domain, ALL the roots and
+// CRLs of every trust domain, spiffe://<td> those of td.
 func (s *Snapshot) sdsBundle(name string) rootSet {
 	switch name {
 	case ResourceRootCA:
-		return rootSet{pem: s.bundlePEM, der: s.bundleDER, version: s.bundleVersion}
+		return s.own
 	case ResourceAll:
 		return s.all
 	}

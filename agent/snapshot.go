@@ -43,16 +43,22 @@ type Snapshot struct {
 	// the SVID's own trust domain.
 	domains []ca.DomainBundle
 
-	svidVersion, bundleVersion, federatedVersion string
+	svidVersion, bundleVersion, federatedVersion, crlVersion string
 	// Encodings computed once per snapshot rather than once per stream.
 	chainPEM, keyPEM, bundlePEM []byte
 	chainDER, keyDER, bundleDER []byte
 	// federated has the DER roots of each of domains, keyed by trust domain
 	// ID (spiffe://td); shared by every Workload API response, read only.
 	federated map[string][]byte
+	// own is the own bundle with the CRLs of every own (non-federated)
+	// trust domain: SDS "ROOTCA".
+	own rootSet
 	// all is the own bundle followed by every other domain's roots, without
-	// duplicates: SDS "ALL".
+	// duplicates, with every CRL: SDS "ALL".
 	all rootSet
+	// crls are the DER CRLs of every trust domain, without duplicates: the
+	// Workload API's crl fields.
+	crls [][]byte
 	// byDomain is the bundle of each trust domain ID the agent serves over
 	// SDS as spiffe://<td>, own included once the SVID is known.
 	byDomain map[string]rootSet
@@ -63,19 +69,59 @@ type Snapshot struct {
 	sdsCache map[string]*anypb.Any
 }
 
-// rootSet is one served bundle with its encodings.
+// rootSet is one served bundle with its encodings, and the CRLs served
+// with it.
 type rootSet struct {
 	pem, der []byte
-	version  string
+	// crlPEM is the CRLs as concatenated "X509 CRL" PEM blocks; nil when
+	// there are none.
+	crlPEM  []byte
+	version string
 }
 
-func newRootSet(roots []*x509.Certificate) rootSet {
-	rs := rootSet{pem: ca.EncodeCertificates(roots...)}
+// newRootSet encodes roots with crls.
+func newRootSet(roots []*x509.Certificate, crls [][]byte) rootSet {
+	var der []byte
 	for _, r := range roots {
-		rs.der = append(rs.der, r.Raw...)
+		der = append(der, r.Raw...)
 	}
-	rs.version = shortHash(rs.der)
+	return encodedRootSet(ca.EncodeCertificates(roots...), der, crls)
+}
+
+// encodedRootSet is the bundle encoded as rootsPEM and rootsDER, with crls
+// (DER). The version covers the roots and the CRLs; without CRLs it is the
+// roots' alone.
+func encodedRootSet(rootsPEM, rootsDER []byte, crls [][]byte) rootSet {
+	rs := rootSet{pem: rootsPEM, der: rootsDER}
+	for _, c := range crls {
+		rs.crlPEM = append(rs.crlPEM, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: c})...)
+	}
+	rs.version = shortHash(append([][]byte{rootsDER}, crls...)...)
 	return rs
+}
+
+// crlList collects DER CRLs without duplicates, in the order added.
+type crlList struct {
+	seen map[string]bool
+	ders [][]byte
+}
+
+func (l *crlList) add(ders ...[]byte) {
+	for _, der := range ders {
+		if l.seen == nil {
+			l.seen = map[string]bool{}
+		}
+		if !l.seen[string(der)] {
+			l.seen[string(der)] = true
+			l.ders = append(l.ders, der)
+		}
+	}
+}
+
+func (l *crlList) addAll(crls []ca.CRL) {
+	for _, c := range crls {
+		l.add(c.DER)
+	}
 }
 
 func shortHash(b ...[]byte) string {
@@ -97,7 +143,11 @@ func NewSnapshot(svid *SVID, bundle *ca.Bundle) (*Snapshot, error) {
 // nil too. The SVID's leaf must carry exactly one SPIFFE ID, and its key must
 // be PKCS#8-encodable. domains are the bundles of other trust domains, each
 // named once; an entry for the SVID's own trust domain is dropped, because
-// bundle is what the agent trusts for it.
+// bundle is what the agent trusts for it, but its CRLs are kept. The CRLs of
+// domains are served as they are: the caller has verified them (Manager
+// does, with ca.VerifyCRL) and keeps one per issuer. Those of own
+// (non-federated) domains are served with bundle, every domain's with its
+// roots, and all of them with ALL and over the Workload API.
 func NewFederatedSnapshot(svid *SVID, bundle *ca.Bundle, domains []ca.DomainBundle) (*Snapshot, error) {
 	s := &Snapshot{svid: svid, bundle: bundle}
 	if bundle != nil {
@@ -152,12 +202,22 @@ func (s *Snapshot) setDomains(domains []ca.DomainBundle) error {
 	if s.bundle != nil {
 		all = s.bundle.Roots()
 	}
-	s.byDomain = map[string]rootSet{}
-	if !own.IsZero() {
-		s.byDomain[own.IDString()] = rootSet{pem: s.bundlePEM, der: s.bundleDER, version: s.bundleVersion}
-	}
 	domains = slices.Clone(domains)
 	slices.SortFunc(domains, func(x, y ca.DomainBundle) int { return strings.Compare(x.TrustDomain.Name(), y.TrustDomain.Name()) })
+	var ownCRLs, allCRLs crlList
+	for _, d := range domains {
+		if !d.Federated || d.TrustDomain == own {
+			ownCRLs.addAll(d.CRLs)
+		}
+	}
+	if s.bundle != nil {
+		s.own = encodedRootSet(s.bundlePEM, s.bundleDER, ownCRLs.ders)
+	}
+	allCRLs.add(ownCRLs.ders...)
+	s.byDomain = map[string]rootSet{}
+	if !own.IsZero() {
+		s.byDomain[own.IDString()] = s.own
+	}
 	var parts [][]byte
 	for _, d := range domains {
 		if d.TrustDomain.IsZero() || d.Roots == nil {
@@ -170,7 +230,10 @@ func (s *Snapshot) setDomains(domains []ca.DomainBundle) error {
 		if _, dup := s.federated[key]; dup {
 			return fmt.Errorf("snapshot: trust domain %s listed twice", d.TrustDomain)
 		}
-		rs := newRootSet(d.Roots.Roots())
+		var crls crlList
+		crls.addAll(d.CRLs)
+		allCRLs.addAll(d.CRLs)
+		rs := newRootSet(d.Roots.Roots(), crls.ders)
 		if s.federated == nil {
 			s.federated = map[string][]byte{}
 		}
@@ -188,7 +251,11 @@ func (s *Snapshot) setDomains(domains []ca.DomainBundle) error {
 		if err != nil {
 			return fmt.Errorf("snapshot: %w", err)
 		}
-		s.all = newRootSet(b.Roots())
+		s.all = newRootSet(b.Roots(), allCRLs.ders)
+	}
+	s.crls = allCRLs.ders
+	if len(s.crls) > 0 {
+		s.crlVersion = shortHash(s.crls...)
 	}
 	return nil
 }
@@ -233,6 +300,14 @@ func (s *Snapshot) BundleVersion() string { return s.bundleVersion }
 // FederatedVersion identifies the other trust domains' bundles (a hash
 // prefix over names and roots); "" when there are none.
 func (s *Snapshot) FederatedVersion() string { return s.federatedVersion }
+
+// CRLs returns the DER CRLs of every trust domain, without duplicates; nil
+// when there are none. The slice is a copy; the CRLs must not be modified.
+func (s *Snapshot) CRLs() [][]byte { return slices.Clone(s.crls) }
+
+// CRLVersion identifies the CRLs served (a hash prefix); "" when there are
+// none.
+func (s *Snapshot) CRLVersion() string { return s.crlVersion }
 
 // cachedSDS returns the encoded resource for name, building it with build
 // the first time.
@@ -284,13 +359,13 @@ func (p *Publisher) Current() (*Snapshot, <-chan struct{}) {
 }
 
 // Publish makes s current and wakes every subscriber, unless s has the same
-// SVID and bundles as the current snapshot. It reports whether it did.
+// SVID, bundles and CRLs as the current snapshot. It reports whether it did.
 func (p *Publisher) Publish(s *Snapshot) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	old := p.state.Load()
 	if s.svidVersion == old.snap.svidVersion && s.bundleVersion == old.snap.bundleVersion &&
-		s.federatedVersion == old.snap.federatedVersion {
+		s.federatedVersion == old.snap.federatedVersion && s.crlVersion == old.snap.crlVersion {
 		return false
 	}
 	p.state.Store(&publisherState{snap: s, changed: make(chan struct{})})

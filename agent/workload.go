@@ -102,16 +102,16 @@ func checkWorkloadHeader(ctx context.Context) error {
 }
 
 // FetchX509SVID streams the agent's X.509-SVID with its trust domain's
-// bundle and the other trust domains' bundles (federated_bundles): once it
-// holds a valid one, and again after every change of certificate or
-// bundles. It never sends an empty list: until a valid certificate exists
+// bundle, the other trust domains' bundles (federated_bundles) and the
+// verified CRLs of every trust domain (crl, DER): once it holds a valid
+// one, and again after every change of certificate, bundles or CRLs. It never sends an empty list: until a valid certificate exists
 // the stream just waits.
 func (w *WorkloadServer) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
 	return w.watch(stream.Context(), func(snap *Snapshot) (string, func() error) {
 		if !snap.Valid(w.cfg.Now()) {
 			return "", nil
 		}
-		return snap.SVIDVersion() + "," + snap.BundleVersion() + "," + snap.FederatedVersion(), func() error {
+		return snap.SVIDVersion() + "," + snap.BundleVersion() + "," + snap.FederatedVersion() + "," + snap.CRLVersion(), func() error {
 			return stream.Send(&workload.X509SVIDResponse{
 				Svids: []*workload.X509SVID{{
 					SpiffeId:    snap.ID().String(),
@@ -120,25 +120,26 @@ func (w *WorkloadServer) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.
 					Bundle:      snap.bundleDER,
 				}},
 				FederatedBundles: snap.federated,
+				Crl:              snap.crls,
 			})
 		}
 	})
 }
 
 // FetchX509Bundles streams the trust bundles of the own and the other
-// trust domains, keyed by trust domain ID (spiffe://td), and again after
-// every change. It waits until the agent knows its trust domain (from its
+// trust domains, keyed by trust domain ID (spiffe://td), with the verified
+// CRLs of every trust domain (crl, DER), and again after every change. It waits until the agent knows its trust domain (from its
 // first certificate).
 func (w *WorkloadServer) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
 	return w.watch(stream.Context(), func(snap *Snapshot) (string, func() error) {
 		if snap.SVID() == nil || snap.Bundle() == nil {
 			return "", nil
 		}
-		return snap.BundleVersion() + "," + snap.FederatedVersion(), func() error {
+		return snap.BundleVersion() + "," + snap.FederatedVersion() + "," + snap.CRLVersion(), func() error {
 			bundles := make(map[string][]byte, len(snap.federated)+1)
 			maps.Copy(bundles, snap.federated)
 			bundles[snap.ID().TrustDomain().IDString()] = snap.bundleDER
-			return stream.Send(&workload.X509BundlesResponse{Bundles: bundles})
+			return stream.Send(&workload.X509BundlesResponse{Bundles: bundles, Crl: snap.crls})
 		}
 	})
 }

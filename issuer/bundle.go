@@ -1,13 +1,19 @@
 package issuer
 
 import (
+	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"log/slog"
+	"strconv"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
@@ -50,18 +56,66 @@ func localTrustBundle(iss *Issuer, sig *signing) *ca.TrustBundle {
 	}
 }
 
+// CRLSource supplies the issuer's own CRLs. *CRLSigner implements it.
+type CRLSource interface {
+	// Current returns the CRLs and a channel closed when they change.
+	Current() ([]ca.CRL, <-chan struct{})
+}
+
 // bundleService serves meshca.v1.BundleService to agents. Bundles are
 // public: callers authenticate the server (TLS) but need no identity.
+//
+// With a CRLSource, the issuer's own CRLs are added to its trust domain's
+// entry of every bundle it serves (see withCRLs), so agents get them at
+// once, with or without the root. The root's signature does not cover
+// CRLs (ca.TrustBundle.Digest), so the bundle keeps the root's Sequence and
+// Signature, which still verify. A change of CRLs alone therefore reaches
+// watchers as a bundle with the sequence they already hold: agents replace
+// the CRLs of the bundle they hold with those of a bundle of the same
+// sequence (and verify each CRL before use).
 type bundleService struct {
 	meshcav1.UnimplementedBundleServiceServer
 	src BundleSource
-	log *slog.Logger
+	// crls and td, when crls is not nil: the issuer's CRLs and its trust
+	// domain.
+	crls CRLSource
+	td   spiffeid.TrustDomain
+	log  *slog.Logger
 	// stopping ends every watch when the server shuts down.
 	stopping <-chan struct{}
+
+	// memo is the last merge, shared by every watcher: a bundle with CRLs
+	// is merged once per change, not once per agent.
+	memoMu sync.Mutex
+	memo   mergedBundle
+}
+
+type mergedBundle struct {
+	base *ca.TrustBundle
+	// crlsChanged identifies the CRLs merged: the source replaces the
+	// channel with every change.
+	crlsChanged <-chan struct{}
+	out         *ca.TrustBundle
+}
+
+// current returns the bundle to serve and two channels, either of which
+// is closed when it may change; the second is nil without a CRLSource.
+func (b *bundleService) current() (*ca.TrustBundle, <-chan struct{}, <-chan struct{}) {
+	tb, changed := b.src.Current()
+	if b.crls == nil || tb == nil {
+		return tb, changed, nil
+	}
+	crls, crlsChanged := b.crls.Current()
+	b.memoMu.Lock()
+	defer b.memoMu.Unlock()
+	if b.memo.base != tb || b.memo.crlsChanged != crlsChanged {
+		b.memo = mergedBundle{base: tb, crlsChanged: crlsChanged, out: withCRLs(tb, b.td, crls)}
+	}
+	return b.memo.out, changed, crlsChanged
 }
 
 func (b *bundleService) GetBundle(ctx context.Context, _ *meshcav1.GetBundleRequest) (*meshcav1.GetBundleResponse, error) {
-	tb, _ := b.src.Current()
+	tb, _, _ := b.current()
 	if tb == nil {
 		return nil, status.Error(codes.Unavailable, "no trust bundle yet; retry later")
 	}
@@ -69,27 +123,115 @@ func (b *bundleService) GetBundle(ctx context.Context, _ *meshcav1.GetBundleRequ
 }
 
 // WatchBundle sends the current bundle at once, unless the caller already
-// holds its sequence, then every newer one, until the caller goes away.
+// holds its sequence and it carries no CRLs (the caller's CRLs may be
+// older), then every newer one, and the same sequence again whenever its
+// CRLs change, until the caller goes away.
 func (b *bundleService) WatchBundle(req *meshcav1.WatchBundleRequest, stream grpc.ServerStreamingServer[meshcav1.WatchBundleResponse]) error {
 	ctx := stream.Context()
-	last, sent := req.GetKnownSequence(), false
+	last := req.GetKnownSequence()
+	var sent *ca.TrustBundle
 	for {
-		tb, changed := b.src.Current()
-		if tb != nil && (tb.Sequence > last || (!sent && tb.Sequence != last)) {
+		tb, changed, crlsChanged := b.current()
+		if tb != nil && shouldSend(tb, last, sent) {
 			if err := stream.Send(&meshcav1.WatchBundleResponse{Bundle: tb.ToProto()}); err != nil {
 				if !errors.Is(err, context.Canceled) && ctx.Err() == nil {
 					b.log.InfoContext(ctx, "bundle watch ended", "error", err.Error(), "peer", peerAddr(ctx))
 				}
 				return err
 			}
-			last, sent = tb.Sequence, true
+			last, sent = tb.Sequence, tb
 		}
 		select {
 		case <-changed:
+		case <-crlsChanged:
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		case <-b.stopping:
 			return status.Error(codes.Unavailable, "issuer shutting down")
 		}
 	}
+}
+
+// shouldSend decides whether a watcher that holds sequence last (and was
+// sent the bundle sent on this stream, nil for none yet) gets tb.
+func shouldSend(tb *ca.TrustBundle, last uint64, sent *ca.TrustBundle) bool {
+	switch {
+	case tb.Sequence > last:
+		return true
+	case sent == nil:
+		return tb.Sequence != last || hasCRLs(tb)
+	default:
+		return tb.Sequence == last && tb != sent && !tb.Equal(sent)
+	}
+}
+
+func hasCRLs(tb *ca.TrustBundle) bool {
+	for _, d := range tb.Domains {
+		if len(d.CRLs) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// withCRLs returns tb with own added to the CRLs of td's entry: of the
+// CRLs of one issuer (the first certificate of the issuer chain; for a
+// root's CRL, its issuer name and key identifier) only the one with the
+// highest CRL number is kept, so that the root's copy of an older CRL of
+// this issuer goes. CRLs that do not parse are left as they are, for
+// agents to reject. tb is not modified; its sequence and signature are
+// kept. Without a domain td, tb is returned.
+func withCRLs(tb *ca.TrustBundle, td spiffeid.TrustDomain, own []ca.CRL) *ca.TrustBundle {
+	i := -1
+	for j, d := range tb.Domains {
+		if d.TrustDomain == td {
+			i = j
+		}
+	}
+	if i < 0 || len(own) == 0 {
+		return tb
+	}
+	out := *tb
+	out.Domains = append([]ca.DomainBundle(nil), tb.Domains...)
+	out.Domains[i].CRLs = mergeCRLs(tb.Domains[i].CRLs, own)
+	return &out
+}
+
+// mergeCRLs keeps, per issuer, the CRL with the highest number, in the
+// order issuers first appear; on a tie the earlier one stays.
+func mergeCRLs(lists ...[]ca.CRL) []ca.CRL {
+	var out []ca.CRL
+	var numbers []*x509.RevocationList
+	index := map[string]int{}
+	for _, list := range lists {
+		for _, c := range list {
+			rl, err := x509.ParseRevocationList(c.DER)
+			if err != nil || rl.Number == nil {
+				out, numbers = append(out, c), append(numbers, nil)
+				continue
+			}
+			key := crlIssuerKey(c, rl)
+			j, seen := index[key]
+			switch {
+			case !seen:
+				index[key] = len(out)
+				out, numbers = append(out, c), append(numbers, rl)
+			case rl.Number.Cmp(numbers[j].Number) > 0:
+				out[j], numbers[j] = c, rl
+			}
+		}
+	}
+	return out
+}
+
+func crlIssuerKey(c ca.CRL, rl *x509.RevocationList) string {
+	if len(c.IssuerChain) > 0 {
+		return "chain:" + string(c.IssuerChain[0])
+	}
+	var key bytes.Buffer
+	key.WriteString("root:")
+	key.WriteString(strconv.Itoa(len(rl.RawIssuer)))
+	key.Write(rl.RawIssuer)
+	key.Write(rl.AuthorityKeyId)
+	return key.String()
 }

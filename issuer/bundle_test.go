@@ -26,7 +26,17 @@ import (
 // and returns its address.
 func serveIssuer(t *testing.T, iss *issuer.Issuer, bundles issuer.BundleSource) string {
 	t.Helper()
-	srv, err := issuer.NewServer(issuer.ServerConfig{Issuer: iss, Hosts: devHosts, Bundles: bundles})
+	return serveIssuerConfig(t, issuer.ServerConfig{Issuer: iss, Bundles: bundles})
+}
+
+// serveIssuerConfig serves cfg (Hosts default to devHosts) on loopback and
+// returns its address.
+func serveIssuerConfig(t *testing.T, cfg issuer.ServerConfig) string {
+	t.Helper()
+	if cfg.Hosts == nil {
+		cfg.Hosts = devHosts
+	}
+	srv, err := issuer.NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

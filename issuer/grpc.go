@@ -44,6 +44,10 @@ type ServerConfig struct {
 	// same port, typically the *Intermediates relaying the root's. Nil
 	// means a bundle of the issuer's own trust domain and current roots.
 	Bundles BundleSource
+	// CRLs, when set, are the issuer's own CRLs (a *CRLSigner), added to
+	// its trust domain's entry of the bundle served (see bundleService).
+	// Nil serves the bundle as it is.
+	CRLs CRLSource
 }
 
 // Server serves the Istio CA API (istio.v1.auth.IstioCertificateService),
@@ -56,6 +60,14 @@ type Server struct {
 	// stopping is closed when Serve begins to shut down: watch streams end
 	// at once instead of holding the graceful stop for its whole timeout.
 	stopping chan struct{}
+	certs    *servingCerts
+}
+
+// GetCertificate returns the issuer's TLS serving certificate (a
+// tls.Config.GetCertificate callback), for other listeners of the issuer,
+// such as the admin API over mutual TLS.
+func (s *Server) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return s.certs.GetCertificate(hello)
 }
 
 // NewServer builds a server; call Serve to run it.
@@ -77,7 +89,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, err
 	}
 	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate}
-	s := &Server{iss: cfg.Issuer, log: cfg.Issuer.cfg.Logger, stopping: make(chan struct{})}
+	s := &Server{iss: cfg.Issuer, log: cfg.Issuer.cfg.Logger, stopping: make(chan struct{}), certs: certs}
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsConfig)),
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
@@ -89,7 +101,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Bundles != nil {
 		bundles = cfg.Bundles
 	}
-	meshcav1.RegisterBundleServiceServer(s.grpc, &bundleService{src: bundles, log: s.log, stopping: s.stopping})
+	meshcav1.RegisterBundleServiceServer(s.grpc, &bundleService{
+		src: bundles, crls: cfg.CRLs, td: cfg.Issuer.cfg.TrustDomain, log: s.log, stopping: s.stopping,
+	})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, hs)
 	return s, nil

@@ -44,6 +44,8 @@ type wire struct {
 	conn   *grpc.ClientConn
 	// attestor is what the server uses (JWKS, optionally cached).
 	attestor issuer.Attestor
+	// denyList is the issuer's, nil without wireOptions.deny.
+	denyList issuer.DenyChecker
 }
 
 func newWire(t *testing.T) *wire {
@@ -61,6 +63,25 @@ func newWireWith(t testing.TB, cached bool) *wire {
 // SQLite store when rec is not nil.
 func newWireRecorder(t testing.TB, cached bool, rec issuer.Recorder) *wire {
 	t.Helper()
+	return newWireOptions(t, wireOptions{cached: cached, rec: rec})
+}
+
+// wireOptions tune newWireOptions; the zero value is newWire's wire.
+type wireOptions struct {
+	// cached puts the production attestation cache in front of the JWKS
+	// attestor.
+	cached bool
+	// rec, when set, records instead of the SQLite store.
+	rec issuer.Recorder
+	// now is the issuer's clock; nil means time.Now.
+	now func() time.Time
+	// deny, when set, is the issuer's deny-list, built over the wire's
+	// store; the wire keeps it in denyList.
+	deny func(db *sqlite.Store) issuer.DenyChecker
+}
+
+func newWireOptions(t testing.TB, opts wireOptions) *wire {
+	t.Helper()
 	dir := t.TempDir()
 	w := &wire{tree: catest.New(t, catest.Options{})}
 	var err error
@@ -76,13 +97,17 @@ func newWireRecorder(t testing.TB, cached bool, rec issuer.Recorder) *wire {
 	}
 	t.Cleanup(func() { w.db.Close() })
 	var att issuer.Attestor = jwks
-	if cached {
+	if opts.cached {
 		att = attest.NewCached(jwks, attest.CacheConfig{})
 	}
 	w.attestor = att
+	if opts.deny != nil {
+		w.denyList = opts.deny(w.db)
+	}
 	iss, err := issuer.New(issuer.Config{
 		TrustDomain: w.tree.TrustDomain, Cluster: "dev", Authority: w.tree.Intermediate, Bundle: w.tree.Bundle,
-		Attestor: att, Recorder: cmp.Or[issuer.Recorder](rec, w.db), Logger: slog.New(slog.NewJSONHandler(io.Discard, nil)),
+		Attestor: att, Recorder: cmp.Or[issuer.Recorder](opts.rec, w.db), DenyList: w.denyList, Now: opts.now,
+		Logger: slog.New(slog.NewJSONHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,6 +54,15 @@ type Recorder interface {
 	RecordIssuance(ctx context.Context, cert store.Certificate, ev store.AuditEvent) error
 }
 
+// DenyChecker is the deny-list Issue consults before signing. *DenyList
+// implements it.
+type DenyChecker interface {
+	// Revoked returns the revocation in force of a SPIFFE ID, if any.
+	Revoked(spiffeID string) (store.Revocation, bool)
+	// Stale reports whether the list is too old to be trusted at now.
+	Stale(now time.Time) bool
+}
+
 // Defaults for leaf lifetimes.
 const (
 	DefaultTTL = time.Hour
@@ -77,6 +87,10 @@ type Config struct {
 	// Recorder records every issued certificate. Required: there is no
 	// "don't record" mode.
 	Recorder Recorder
+	// DenyList, when set, is consulted before signing: a revoked SPIFFE ID
+	// gets ErrPermissionDenied, and a stale list fails every request with
+	// ErrUnavailable. Nil means no revocation checks.
+	DenyList DenyChecker
 	// DefaultTTL applies when a request names no validity; zero means 1h.
 	DefaultTTL time.Duration
 	// MinTTL and MaxTTL clamp requested validities; zero means 5m and 24h.
@@ -143,6 +157,10 @@ type signing struct {
 	chain []*x509.Certificate
 	// root is the bundle root the authority chains to; it ends a response.
 	root *x509.Certificate
+	// previous are the authorities signed with before, newest first, that
+	// had not expired when this signing replaced theirs: certificates they
+	// issued may still be in use, so their CRLs are still signed.
+	previous []*ca.Authority
 	// replaced is closed when SetAuthority replaces this signing.
 	replaced chan struct{}
 }
@@ -202,11 +220,43 @@ func (iss *Issuer) SetAuthority(a *ca.Authority, b *ca.Bundle) error {
 	}
 	iss.swapMu.Lock()
 	defer iss.swapMu.Unlock()
+	if prev := iss.signing.Load(); prev != nil {
+		next.previous = heldBefore(prev, a, iss.cfg.Now())
+	}
 	if prev := iss.signing.Swap(next); prev != nil {
 		close(prev.replaced)
 	}
 	return nil
 }
+
+// heldBefore returns the authorities of prev (its own, then its previous
+// ones) other than a that are still valid at now.
+func heldBefore(prev *signing, a *ca.Authority, now time.Time) []*ca.Authority {
+	var out []*ca.Authority
+	for _, p := range append([]*ca.Authority{prev.authority}, prev.previous...) {
+		if p != a && now.Before(p.Certificate.NotAfter) && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Held returns the authorities whose certificates may still be in use at
+// now: the current one first, then those it replaced that have not expired,
+// newest first. Each signs a CRL (see CRLSigner).
+func (iss *Issuer) Held(now time.Time) []*ca.Authority {
+	s := iss.signing.Load()
+	out := []*ca.Authority{s.authority}
+	for _, p := range s.previous {
+		if now.Before(p.Certificate.NotAfter) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// authorityChanged returns a channel closed when SetAuthority next runs.
+func (iss *Issuer) authorityChanged() <-chan struct{} { return iss.signing.Load().replaced }
 
 // Authority returns the intermediate the issuer signs with now.
 func (iss *Issuer) Authority() *ca.Authority { return iss.signing.Load().authority }
@@ -248,6 +298,9 @@ func (iss *Issuer) Issue(ctx context.Context, req Request) ([]*x509.Certificate,
 	if err != nil {
 		return nil, fmt.Errorf("%w: identity %s/%s is not a valid SPIFFE path: %w", ErrPermissionDenied, ident.Namespace, ident.ServiceAccount, err)
 	}
+	if err := iss.checkRevoked(id); err != nil {
+		return nil, err
+	}
 	csr, err := CheckCSR(req.CSR, id)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", id, err)
@@ -266,10 +319,32 @@ func (iss *Issuer) Issue(ctx context.Context, req Request) ([]*x509.Certificate,
 	if err := iss.record(ctx, leaf, id, ident, now); err != nil {
 		return nil, fmt.Errorf("%w: record %s: %w", ErrUnavailable, id, err)
 	}
+	// Checked again once recorded: a revocation that arrived meanwhile may
+	// have been turned into a CRL before the record existed, so this
+	// certificate must not leave. One that arrives later finds the record.
+	if err := iss.checkRevoked(id); err != nil {
+		return nil, err
+	}
 	chain := make([]*x509.Certificate, 0, len(s.chain)+2)
 	chain = append(chain, leaf)
 	chain = append(chain, s.chain...)
 	return append(chain, s.root), nil
+}
+
+// checkRevoked fails closed when the deny-list is stale and refuses a
+// revoked identity.
+func (iss *Issuer) checkRevoked(id spiffeid.ID) error {
+	dl := iss.cfg.DenyList
+	if dl == nil {
+		return nil
+	}
+	if dl.Stale(iss.cfg.Now()) {
+		return fmt.Errorf("%w: %s: the revocation deny-list is stale (store unreachable?)", ErrUnavailable, id)
+	}
+	if _, revoked := dl.Revoked(id.String()); revoked {
+		return fmt.Errorf("%w: %s: identity revoked", ErrPermissionDenied, id)
+	}
+	return nil
 }
 
 func (iss *Issuer) clampTTL(ttl time.Duration) time.Duration {

@@ -59,6 +59,10 @@ type fakeRoot struct {
 	enrolls      int
 	renewals     int
 	credRenewals int
+	// crls are put in the bundle, per trust domain (setCRLs); received
+	// are the CRLs issuers published, per cluster, newest last.
+	crls     map[spiffeid.TrustDomain][]ca.CRL
+	received map[string][][]ca.CRL
 
 	addr string
 	srv  *grpc.Server
@@ -208,7 +212,7 @@ func (r *fakeRoot) current() (*ca.TrustBundle, <-chan struct{}) {
 	for _, c := range r.clusters {
 		if !seen[c.td] {
 			seen[c.td] = true
-			tb.Domains = append(tb.Domains, ca.DomainBundle{TrustDomain: c.td, Roots: roots})
+			tb.Domains = append(tb.Domains, ca.DomainBundle{TrustDomain: c.td, Roots: roots, CRLs: r.crls[c.td]})
 		}
 	}
 	// Signed by the active root, as the root service does.
@@ -227,6 +231,27 @@ func (r *fakeRoot) current() (*ca.TrustBundle, <-chan struct{}) {
 		r.tb.Error(err)
 	}
 	return out, r.changed
+}
+
+// setCRLs puts crls in td's entry of the bundle and publishes.
+func (r *fakeRoot) setCRLs(td string, crls ...ca.CRL) {
+	r.mu.Lock()
+	if r.crls == nil {
+		r.crls = map[spiffeid.TrustDomain][]ca.CRL{}
+	}
+	r.crls[spiffeid.RequireTrustDomainFromString(td)] = crls
+	r.mu.Unlock()
+	r.publish()
+}
+
+// publishedCRLs returns what cluster last published, nil for nothing.
+func (r *fakeRoot) publishedCRLs(cluster string) []ca.CRL {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if got := r.received[cluster]; len(got) > 0 {
+		return got[len(got)-1]
+	}
+	return nil
 }
 
 func (r *fakeRoot) activeRoot() *ca.Authority {
@@ -303,20 +328,30 @@ func (r *fakeRoot) enroll(req *meshcav1.EnrollRequest) (*meshcav1.EnrollResponse
 	}, nil
 }
 
-// renew serves an issuer authenticated by the verified chain chain.
-func (r *fakeRoot) renew(chain []*x509.Certificate, req *meshcav1.RenewRequest) (*meshcav1.RenewResponse, error) {
+// caller returns the cluster of an issuer authenticated by the verified
+// chain chain.
+func (r *fakeRoot) caller(chain []*x509.Certificate) (fakeCluster, error) {
 	if len(chain) != 2 || len(chain[0].URIs) != 1 {
-		return nil, status.Error(codes.Unauthenticated, "authentication failed")
+		return fakeCluster{}, status.Error(codes.Unauthenticated, "authentication failed")
 	}
 	id, err := spiffeid.FromURI(chain[0].URIs[0])
 	if err != nil {
-		return nil, status.Error(codes.Unauthenticated, "authentication failed")
+		return fakeCluster{}, status.Error(codes.Unauthenticated, "authentication failed")
 	}
 	r.mu.Lock()
 	c, ok := r.clusters[strings.TrimPrefix(id.Path(), "/meshca/cluster/")]
 	r.mu.Unlock()
 	if !ok || c.td != id.TrustDomain() {
-		return nil, status.Error(codes.PermissionDenied, "unknown cluster")
+		return fakeCluster{}, status.Error(codes.PermissionDenied, "unknown cluster")
+	}
+	return c, nil
+}
+
+// renew serves an issuer authenticated by the verified chain chain.
+func (r *fakeRoot) renew(chain []*x509.Certificate, req *meshcav1.RenewRequest) (*meshcav1.RenewResponse, error) {
+	c, err := r.caller(chain)
+	if err != nil {
+		return nil, err
 	}
 	inter, err := r.signIntermediate(c, req.GetIntermediateCsr())
 	if err != nil {
@@ -414,6 +449,29 @@ func (s fakeRootService) Renew(ctx context.Context, req *meshcav1.RenewRequest) 
 		return nil, status.Error(codes.Unauthenticated, "authentication failed")
 	}
 	return s.r.renew(info.State.VerifiedChains[0], req)
+}
+
+func (s fakeRootService) PublishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest) (*meshcav1.PublishCRLsResponse, error) {
+	p, _ := peer.FromContext(ctx)
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.VerifiedChains) == 0 {
+		return nil, status.Error(codes.Unauthenticated, "authentication failed")
+	}
+	c, err := s.r.caller(info.State.VerifiedChains[0])
+	if err != nil {
+		return nil, err
+	}
+	var crls []ca.CRL
+	for _, pc := range req.GetCrls() {
+		crls = append(crls, ca.CRL{DER: pc.GetDer(), IssuerChain: pc.GetIssuerChain()})
+	}
+	s.r.mu.Lock()
+	defer s.r.mu.Unlock()
+	if s.r.received == nil {
+		s.r.received = map[string][][]ca.CRL{}
+	}
+	s.r.received[c.name] = append(s.r.received[c.name], crls)
+	return &meshcav1.PublishCRLsResponse{}, nil
 }
 
 type fakeBundleService struct {

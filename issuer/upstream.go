@@ -271,12 +271,8 @@ func (u *Upstream) renew(ctx context.Context, cred *credential, key crypto.Signe
 		}
 		u.cfg.Logger.Info("renewing the issuer credential", "reason", why, "cluster", cred.cluster)
 	}
-	clientCert := &tls.Certificate{PrivateKey: cred.key, Leaf: cred.leaf()}
-	for _, c := range cred.chain {
-		clientCert.Certificate = append(clientCert.Certificate, c.Raw)
-	}
 	var resp *meshcav1.RenewResponse
-	err := u.call(clientCert, func(c meshcav1.RootServiceClient) (err error) {
+	err := u.call(cred.tlsCertificate(), func(c meshcav1.RootServiceClient) (err error) {
 		resp, err = c.Renew(ctx, req)
 		return err
 	})
@@ -312,6 +308,40 @@ func (u *Upstream) renew(ctx context.Context, cred *credential, key crypto.Signe
 	u.cfg.Logger.Info("intermediate renewed by the root", "cluster", cred.cluster,
 		"serial", ca.SerialHex(auth.Certificate.SerialNumber), "not_after", auth.Certificate.NotAfter, "bundle_sequence", tb.Sequence)
 	return auth, tb, nil
+}
+
+// PublishCRLs hands the root the current CRLs of this issuer's
+// intermediates (RootService.PublishCRLs), authenticated by the issuer
+// credential, so that the root republishes them to every cluster. It makes
+// one attempt; the caller retries.
+func (u *Upstream) PublishCRLs(ctx context.Context, crls []ca.CRL) error {
+	u.mu.Lock()
+	cred := u.cred
+	u.mu.Unlock()
+	if cred == nil {
+		return errors.New("publish crls: the issuer has not enrolled with the root")
+	}
+	req := &meshcav1.PublishCRLsRequest{}
+	for _, c := range crls {
+		req.Crls = append(req.Crls, &meshcav1.CRL{Der: c.DER, IssuerChain: c.IssuerChain})
+	}
+	err := u.call(cred.tlsCertificate(), func(c meshcav1.RootServiceClient) error {
+		_, err := c.PublishCRLs(ctx, req)
+		return err
+	})
+	if err != nil {
+		return rootError("publish crls", err, fmt.Sprintf("issuer credential %s rejected", u.files.certPath()))
+	}
+	return nil
+}
+
+// tlsCertificate is the credential as a TLS client certificate.
+func (c *credential) tlsCertificate() *tls.Certificate {
+	cert := &tls.Certificate{PrivateKey: c.key, Leaf: c.leaf()}
+	for _, p := range c.chain {
+		cert.Certificate = append(cert.Certificate, p.Raw)
+	}
+	return cert
 }
 
 // credentialDue returns why the credential should be renewed now, or "".

@@ -13,6 +13,7 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 
@@ -130,6 +131,9 @@ type Update struct {
 	Key   crypto.PrivateKey
 	// Roots is set for a validation context secret.
 	Roots []*x509.Certificate
+	// CRLs are a validation context's CRLs (validation_context.crl), in
+	// the order served; nil when it has none.
+	CRLs []*x509.RevocationList
 }
 
 // ErrRejected wraps the reason a response was NACKed.
@@ -198,7 +202,7 @@ func (s *Subscription) Send(req *discoveryv3.DiscoveryRequest) error {
 // Check validates resp as Envoy's SDS subscription does for the resource
 // name: exactly one resource, a Secret named name that passes the proto's
 // validation rules, and a certificate chain with its matching private key or
-// a CA bundle, all inline PEM.
+// a CA bundle (with CRLs, if any, that parse), all inline PEM.
 func Check(resp *discoveryv3.DiscoveryResponse, name string) (*Update, error) {
 	if resp.GetTypeUrl() != SecretTypeURL {
 		return nil, fmt.Errorf("response type_url %q", resp.GetTypeUrl())
@@ -240,8 +244,38 @@ func Check(resp *discoveryv3.DiscoveryResponse, name string) (*Update, error) {
 			return nil, fmt.Errorf("failed to load trusted CA certificates from %s: %v", name, err)
 		}
 		u.Roots = roots
+		if crl := secret.GetValidationContext().GetCrl(); crl != nil {
+			if u.CRLs, err = parseCRLs(crl.GetInlineBytes()); err != nil {
+				return nil, fmt.Errorf("failed to load CRL from %s: %w", name, err)
+			}
+		}
 	default:
 		return nil, fmt.Errorf("secret %s is neither a TLS certificate nor a validation context", name)
 	}
 	return u, nil
+}
+
+// parseCRLs decodes concatenated "X509 CRL" PEM blocks, as Envoy loads
+// validation_context.crl: at least one, each a CRL.
+func parseCRLs(data []byte) ([]*x509.RevocationList, error) {
+	var out []*x509.RevocationList
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		if block.Type != "X509 CRL" {
+			return nil, fmt.Errorf("PEM block %q is not a CRL", block.Type)
+		}
+		rl, err := x509.ParseRevocationList(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rl)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no CRL")
+	}
+	return out, nil
 }

@@ -1,6 +1,8 @@
 // Package admin is the plumbing the root and the issuers share for their
 // admin APIs: the Unix admin socket, whose audit actor is the peer's Unix
-// user, and the names of callers.
+// user; admin over mutual TLS for configured admin SPIFFE IDs; the names of
+// callers; the store-backed read calls (Reads); and the mapping of admin
+// errors to gRPC statuses (Status).
 package admin
 
 import (
@@ -56,11 +58,17 @@ type peerCredInfo struct {
 func (peerCredInfo) AuthType() string { return "unix-peercred" }
 
 // Actor names the caller of an admin call for the audit log: "admin:<user>"
-// on the Unix socket, "admin:unknown" when it cannot tell.
+// on the Unix socket, "spiffe:<SPIFFE ID>" over mutual TLS (see MTLS),
+// "admin:unknown" when it cannot tell.
 func Actor(ctx context.Context) string {
 	if p, ok := peer.FromContext(ctx); ok {
-		if info, ok := p.AuthInfo.(peerCredInfo); ok && info.actor != "" {
-			return info.actor
+		switch info := p.AuthInfo.(type) {
+		case peerCredInfo:
+			if info.actor != "" {
+				return info.actor
+			}
+		case svidInfo:
+			return "spiffe:" + info.id.String()
 		}
 	}
 	return "admin:unknown"

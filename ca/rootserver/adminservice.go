@@ -21,9 +21,20 @@ import (
 // recognise (and to scan for).
 const JoinTokenPrefix = "mjt1."
 
+// adminService is the root's meshcav1.AdminService: clusters, roots and
+// cluster revocation, answered here, and the store-backed reads of
+// admin.Reads for the revocations (ListRevocations) and the audit log
+// (ListAuditEvents, VerifyAudit). Certificate records are kept by the
+// issuers, so the certificate calls answer FailedPrecondition.
 type adminService struct {
-	meshcav1.UnimplementedAdminServiceServer
+	*admin.Reads
 	r *Root
+}
+
+var _ meshcav1.AdminServiceServer = (*adminService)(nil)
+
+func newAdminService(r *Root) *adminService {
+	return &adminService{Reads: admin.NewReads(readStore(r.cfg.Store), r.cfg.Now, r.log), r: r}
 }
 
 // AddCluster implements meshcav1.AdminServiceServer.
@@ -46,6 +57,76 @@ func (s *adminService) RotateRoot(ctx context.Context, req *meshcav1.RotateRootR
 		return nil, statusOf(ctx, s.r.log, "RotateRoot", err)
 	}
 	return &meshcav1.RotateRootResponse{Root: rootInfo(st)}, nil
+}
+
+// Revoke implements meshcav1.AdminServiceServer: the root revokes whole
+// clusters; certificates and SPIFFE IDs are revoked on an issuer's admin
+// socket (FailedPrecondition here).
+func (s *adminService) Revoke(ctx context.Context, req *meshcav1.RevokeRequest) (*meshcav1.RevokeResponse, error) {
+	resp, err := s.r.revoke(ctx, req, admin.Actor(ctx))
+	if err != nil {
+		return nil, statusOf(ctx, s.r.log, "Revoke", err)
+	}
+	return resp, nil
+}
+
+// Unrevoke implements meshcav1.AdminServiceServer. It is always
+// FailedPrecondition: SPIFFE IDs are unrevoked on an issuer's admin socket,
+// and a revoked cluster is never reinstated (it enrols again under a new
+// name).
+func (s *adminService) Unrevoke(ctx context.Context, _ *meshcav1.UnrevokeRequest) (*meshcav1.UnrevokeResponse, error) {
+	err := fmt.Errorf("%w: unrevoke SPIFFE IDs on the issuer's admin socket; a revoked cluster is not reinstated: "+
+		"register it again under a new name", errFailedPrecondition)
+	return nil, statusOf(ctx, s.r.log, "Unrevoke", err)
+}
+
+// ListCertificates implements meshcav1.AdminServiceServer: always
+// FailedPrecondition, the root keeps no certificate records.
+func (s *adminService) ListCertificates(ctx context.Context, _ *meshcav1.ListCertificatesRequest) (*meshcav1.ListCertificatesResponse, error) {
+	return nil, statusOf(ctx, s.r.log, "ListCertificates", errCertificatesElsewhere)
+}
+
+// GetCertificate implements meshcav1.AdminServiceServer: always
+// FailedPrecondition, the root keeps no certificate records.
+func (s *adminService) GetCertificate(ctx context.Context, _ *meshcav1.GetCertificateRequest) (*meshcav1.GetCertificateResponse, error) {
+	return nil, statusOf(ctx, s.r.log, "GetCertificate", errCertificatesElsewhere)
+}
+
+var errCertificatesElsewhere = fmt.Errorf("%w: certificates are kept by the issuers: use an issuer's admin socket",
+	errFailedPrecondition)
+
+// rootReadStore is the root's Store as admin.Reads reads it: revocations
+// and the audit log. The certificate methods are never reached (the root
+// answers those calls itself).
+type rootReadStore struct{ Store }
+
+func (rootReadStore) Certificate(context.Context, string) (store.Certificate, error) {
+	return store.Certificate{}, errCertificatesElsewhere
+}
+
+func (rootReadStore) Certificates(context.Context, store.CertificateFilter) ([]store.Certificate, error) {
+	return nil, errCertificatesElsewhere
+}
+
+// AuditVerifier is an optional capability of a Store: with it the admin
+// socket answers VerifyAudit (otherwise Unimplemented). Both store backends
+// have it.
+type AuditVerifier interface {
+	VerifyAuditChain(ctx context.Context) error
+}
+
+// verifyingReadStore is a rootReadStore whose store can verify the audit
+// chain.
+type verifyingReadStore struct {
+	rootReadStore
+	AuditVerifier
+}
+
+func readStore(s Store) admin.ReadStore {
+	if v, ok := s.(AuditVerifier); ok {
+		return verifyingReadStore{rootReadStore{s}, v}
+	}
+	return rootReadStore{s}
 }
 
 // ListRoots implements meshcav1.AdminServiceServer. It lists the roots in
@@ -83,6 +164,9 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 	td, err := spiffeid.TrustDomainFromString(req.GetTrustDomain())
 	if err != nil || req.GetTrustDomain() == "" {
 		return nil, fmt.Errorf("%w: trust domain %q: %w", errInvalidArgument, req.GetTrustDomain(), err)
+	}
+	if r.state.Load().revoked[req.GetName()] {
+		return nil, fmt.Errorf("%w: cluster %s is revoked: register the cluster under a new name", errFailedPrecondition, req.GetName())
 	}
 	ttl := time.Duration(req.GetTokenTtlSeconds()) * time.Second
 	switch {

@@ -3,8 +3,19 @@
 // records in the store), decides from the records and the clock which root
 // is prepared, active or retiring, publishes the trust bundle, rotates the
 // root on a schedule or on request, and serves three gRPC services:
-// RootService (enrolment and renewal of cluster issuers) and BundleService
-// over TLS, AdminService on a Unix socket.
+// RootService (enrolment and renewal of cluster issuers, and their CRLs) and
+// BundleService over TLS, AdminService on a Unix socket.
+//
+// Revocation on the root is of whole clusters (AdminService.Revoke with a
+// cluster): the cluster and its unexpired intermediates enter the store's
+// deny-list, its issuer can no longer enrol, renew or publish CRLs
+// (PermissionDenied), and every in-bundle root whose key loads signs a CRL
+// of the revoked intermediates, carried in every own trust domain of the
+// bundle. It cannot be undone: the cluster enrols again under a new name.
+// Certificates and SPIFFE IDs are revoked on the issuers' admin sockets.
+// Issuers hand their own CRLs to PublishCRLs; the root keeps them in memory
+// only (issuers publish again when they reconnect) and relays them to every
+// cluster in their trust domain's entry.
 //
 // Use: New, then run Run (the re-evaluation loop), Serve and ServeAdmin
 // side by side until the context ends; Close releases the keys afterwards.
@@ -42,9 +53,13 @@ const (
 	MaxJoinTokenTTL = 7 * 24 * time.Hour
 )
 
-// Store is what the root service needs from storage: store.RootStore and
-// the audit log. Both store backends implement it.
+// Store is what the root service needs from storage: store.RootStore, the
+// deny-list (cluster and intermediate revocations) and the audit log. Both
+// store backends implement it.
 type Store interface {
+	store.RevocationStore
+	// AuditEvents is store.Store's: the admin socket's ListAuditEvents.
+	AuditEvents(ctx context.Context, since time.Time) ([]store.AuditEvent, error)
 	AddCluster(ctx context.Context, c store.Cluster, tok store.JoinToken, ev store.AuditEvent) error
 	Cluster(ctx context.Context, name string) (store.Cluster, error)
 	RedeemJoinToken(ctx context.Context, hash string, now time.Time, ev store.AuditEvent) (store.Cluster, error)
@@ -124,6 +139,11 @@ type Config struct {
 	RefreshHint time.Duration
 	// MaxRequestBytes bounds a gRPC request message; zero means 64 KiB.
 	MaxRequestBytes int
+	// CRLValidity is how long a root CRL (of revoked intermediates) is
+	// valid; it is re-signed at half of it, at the re-evaluation (Tick)
+	// that follows. Zero means ca.DefaultCRLValidity (24h). Keep it well
+	// above Tick.
+	CRLValidity time.Duration
 
 	// Registerer receives the CA expiry gauge; nil means no metrics.
 	Registerer prometheus.Registerer
@@ -157,7 +177,7 @@ func (c Config) Validate() error {
 	for name, d := range map[string]time.Duration{
 		"root ttl": c.RootTTL, "intermediate ttl": c.IntermediateTTL, "credential ttl": c.CredentialTTL,
 		"propagation delay": c.PropagationDelay, "tick": c.Tick, "serving ttl": c.ServingTTL,
-		"join token ttl": c.JoinTokenTTL, "refresh hint": c.RefreshHint,
+		"join token ttl": c.JoinTokenTTL, "refresh hint": c.RefreshHint, "crl validity": c.CRLValidity,
 	} {
 		if d < 0 {
 			return fmt.Errorf("root server: negative %s %v", name, d)
@@ -186,6 +206,7 @@ func (c Config) withDefaults() Config {
 	def(&c.ServingTTL, DefaultServingTTL)
 	def(&c.JoinTokenTTL, DefaultJoinTokenTTL)
 	def(&c.RefreshHint, DefaultRefreshHint)
+	def(&c.CRLValidity, ca.DefaultCRLValidity)
 	if c.MaxRequestBytes == 0 {
 		c.MaxRequestBytes = DefaultMaxRequestBytes
 	}

@@ -8,6 +8,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshca/meshca/ca/vault"
 )
 
 // Error classes. Service code wraps one of them (with %w) around the
@@ -19,8 +21,16 @@ var (
 	// errInvalidArgument: the caller's request is malformed.
 	errInvalidArgument = errors.New("invalid argument")
 	// errAlreadyExists: a cluster of that name exists with another trust
-	// domain.
+	// domain, or a cluster is already revoked.
 	errAlreadyExists = errors.New("already exists")
+	// errNotFound: an admin call names a cluster that is not registered.
+	errNotFound = errors.New("not found")
+	// errPermissionDenied: an authenticated issuer may not do this (its
+	// cluster is revoked, or a CRL it publishes is not its own).
+	errPermissionDenied = errors.New("permission denied")
+	// errFailedPrecondition: the call belongs to an issuer's admin socket,
+	// or the cluster's state does not allow it.
+	errFailedPrecondition = errors.New("failed precondition")
 	// errUnavailable: the store or a key (Vault) failed; retry later.
 	errUnavailable = errors.New("unavailable")
 	// errNoActiveRoot: no root may sign now (all expired, or the active
@@ -43,12 +53,24 @@ func statusOf(ctx context.Context, log *slog.Logger, method string, err error) e
 		code, msg, level = codes.InvalidArgument, err.Error(), slog.LevelInfo
 	case errors.Is(err, errAlreadyExists):
 		code, msg, level = codes.AlreadyExists, err.Error(), slog.LevelInfo
+	case errors.Is(err, errNotFound):
+		code, msg, level = codes.NotFound, err.Error(), slog.LevelInfo
+	case errors.Is(err, errPermissionDenied):
+		code, msg, level = codes.PermissionDenied, err.Error(), slog.LevelWarn
+	case errors.Is(err, errFailedPrecondition):
+		code, msg, level = codes.FailedPrecondition, err.Error(), slog.LevelInfo
 	case errors.Is(err, context.Canceled):
 		code, msg, level = codes.Canceled, "request cancelled", slog.LevelInfo
 	case errors.Is(err, context.DeadlineExceeded):
 		code, msg, level = codes.DeadlineExceeded, "deadline exceeded", slog.LevelWarn
 	case errors.Is(err, errUnavailable), errors.Is(err, errNoActiveRoot):
 		code, msg = codes.Unavailable, "root CA temporarily unavailable; retry later"
+		// Name a key store outage: the operator's fix is there.
+		for _, cause := range []error{vault.ErrSealed, vault.ErrUnreachable, vault.ErrPermissionDenied} {
+			if errors.Is(err, cause) {
+				msg = "root CA temporarily unavailable (" + cause.Error() + "); retry later"
+			}
+		}
 	}
 	log.Log(ctx, level, "request failed", "method", method, "code", code.String(), "reason", err.Error(),
 		"peer", peerAddr(ctx))

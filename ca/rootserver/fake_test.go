@@ -22,8 +22,15 @@ type fakeStore struct {
 	intermediates []store.Intermediate
 	roots         []store.Root
 	audit         []store.AuditEvent
+	revocations   []fakeRevocation
+	lastRevID     int64
 	// fail, when set, is returned by every method.
 	fail error
+}
+
+type fakeRevocation struct {
+	store.Revocation
+	lifted bool
 }
 
 type fakeToken struct {
@@ -162,6 +169,86 @@ func (s *fakeStore) AppendAudit(_ context.Context, ev store.AuditEvent) error {
 	}
 	s.audit = append(s.audit, ev)
 	return nil
+}
+
+func (s *fakeStore) Revoke(_ context.Context, r store.Revocation, ev store.AuditEvent) (store.Revocation, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return store.Revocation{}, s.fail
+	}
+	if r.Kind == "" || r.Value == "" || r.RevokedBy == "" {
+		return store.Revocation{}, fmt.Errorf("revocation %+v: missing kind, value or revoked by", r)
+	}
+	for i, x := range s.revocations {
+		if x.Kind != r.Kind || x.Value != r.Value {
+			continue
+		}
+		if !x.lifted {
+			return store.Revocation{}, fmt.Errorf("revocation %s %s: %w", r.Kind, r.Value, store.ErrAlreadyExists)
+		}
+		s.revocations = slices.Delete(s.revocations, i, i+1)
+		break
+	}
+	if r.RevokedAt.IsZero() {
+		r.RevokedAt = ev.Time
+	}
+	s.lastRevID++
+	r.ID, r.RevokedAt = s.lastRevID, sec(r.RevokedAt)
+	if !r.ExpiresAt.IsZero() {
+		r.ExpiresAt = sec(r.ExpiresAt)
+	}
+	s.revocations = append(s.revocations, fakeRevocation{Revocation: r})
+	s.audit = append(s.audit, ev)
+	return r, nil
+}
+
+func (s *fakeStore) Unrevoke(_ context.Context, kind, value string, ev store.AuditEvent) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return s.fail
+	}
+	for i, x := range s.revocations {
+		if x.Kind == kind && x.Value == value && !x.lifted {
+			s.revocations[i].lifted = true
+			s.audit = append(s.audit, ev)
+			return nil
+		}
+	}
+	return fmt.Errorf("revocation %s %s: %w", kind, value, store.ErrNotFound)
+}
+
+func (s *fakeStore) Revocations(_ context.Context, now time.Time) ([]store.Revocation, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return nil, s.fail
+	}
+	var out []store.Revocation
+	for _, x := range s.revocations {
+		if !x.lifted && (x.ExpiresAt.IsZero() || x.ExpiresAt.After(now)) {
+			out = append(out, x.Revocation)
+		}
+	}
+	slices.SortFunc(out, func(a, b store.Revocation) int { return cmp.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
+func (s *fakeStore) AuditEvents(_ context.Context, since time.Time) ([]store.AuditEvent, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return nil, s.fail
+	}
+	var out []store.AuditEvent
+	for i, ev := range s.audit {
+		if !ev.Time.Before(since) {
+			ev.Seq = int64(i + 1)
+			out = append(out, ev)
+		}
+	}
+	return out, nil
 }
 
 func (s *fakeStore) setFail(err error) {

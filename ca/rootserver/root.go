@@ -40,6 +40,15 @@ type Root struct {
 	domains, storeDomains map[spiffeid.TrustDomain]bool
 	active                *ca.Authority
 	warned                map[[32]byte]time.Time
+	// revs is the deny-list at the last re-evaluation (or Revoke call).
+	revs revocations
+	// rootCRLs are the root CRLs by root fingerprint, crlErrs the last
+	// signing failure of each (logged once).
+	rootCRLs map[[32]byte]*rootCRL
+	crlErrs  map[[32]byte]string
+	// issuerCRLs are the CRLs issuers published, by the serial of the
+	// intermediate that signed them; in memory only.
+	issuerCRLs map[string]issuerCRL
 
 	state atomic.Pointer[state]
 
@@ -59,6 +68,8 @@ type state struct {
 	// of issuer credentials.
 	clientCAs *x509.CertPool
 	bundle    *ca.TrustBundle
+	// revoked are the revoked cluster names; never modified.
+	revoked map[string]bool
 }
 
 // New loads the roots from cfg.Store, creates the first root when there is
@@ -76,6 +87,10 @@ func New(ctx context.Context, cfg Config) (*Root, error) {
 		storeDomains: map[spiffeid.TrustDomain]bool{},
 		warned:       map[[32]byte]time.Time{},
 		signers:      map[string]crypto.Signer{},
+		revs:         newRevocations(),
+		rootCRLs:     map[[32]byte]*rootCRL{},
+		crlErrs:      map[[32]byte]string{},
+		issuerCRLs:   map[string]issuerCRL{},
 	}
 	for _, name := range cfg.TrustDomains {
 		r.domains[spiffeid.RequireTrustDomainFromString(name)] = true
@@ -183,8 +198,8 @@ func (r *Root) refreshLocked(ctx context.Context) error {
 	return nil
 }
 
-// loadLocked reads roots and intermediates, decides the root states and
-// publishes.
+// loadLocked reads roots, intermediates and revocations, decides the root
+// states and publishes.
 func (r *Root) loadLocked(ctx context.Context) error {
 	now := r.cfg.Now()
 	rows, err := r.cfg.Store.Roots(ctx)
@@ -238,6 +253,11 @@ func (r *Root) loadLocked(ctx context.Context) error {
 			}
 		}
 	}
+	revs, err := r.loadRevocations(ctx, now, inters)
+	if err != nil {
+		return err
+	}
+	r.revs = revs
 	r.statuses = ca.RootStates(recs, lastUse, now)
 	r.storeDomains = domains
 	r.loadActiveLocked(ctx)
@@ -270,10 +290,13 @@ func (r *Root) loadActiveLocked(ctx context.Context) {
 	}
 }
 
-// publishLocked builds the bundle from the current statuses and domains,
-// publishes it if it differs from the current one, and stores the state.
+// publishLocked builds the bundle from the current statuses, domains and
+// CRLs (re-signing the root CRLs when due), publishes it if it differs from
+// the current one, and stores the state.
 func (r *Root) publishLocked(ctx context.Context, now time.Time) {
-	st := &state{statuses: r.statuses, active: r.active, clientCAs: x509.NewCertPool()}
+	r.signRootCRLsLocked(ctx, now)
+	r.pruneIssuerCRLsLocked(ctx, now)
+	st := &state{statuses: r.statuses, active: r.active, clientCAs: x509.NewCertPool(), revoked: r.revs.clusters}
 	var inBundle []*x509.Certificate
 	for _, s := range r.statuses {
 		if s.State.InBundle() {
@@ -293,7 +316,7 @@ func (r *Root) publishLocked(ctx context.Context, now time.Time) {
 			for td := range set {
 				if !own[td] {
 					own[td] = true
-					b.Domains = append(b.Domains, ca.DomainBundle{TrustDomain: td, Roots: roots})
+					b.Domains = append(b.Domains, ca.DomainBundle{TrustDomain: td, Roots: roots, CRLs: r.domainCRLsLocked(td)})
 				}
 			}
 		}

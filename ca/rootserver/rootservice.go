@@ -42,6 +42,15 @@ func (s *rootService) Renew(ctx context.Context, req *meshcav1.RenewRequest) (*m
 	return resp, nil
 }
 
+// PublishCRLs implements meshcav1.RootServiceServer.
+func (s *rootService) PublishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest) (*meshcav1.PublishCRLsResponse, error) {
+	resp, err := s.r.publishCRLs(ctx, req)
+	if err != nil {
+		return nil, statusOf(ctx, s.r.log, "PublishCRLs", err)
+	}
+	return resp, nil
+}
+
 // hashToken is how join tokens are named in the store: the lower-case hex
 // SHA-256 of the whole token.
 func hashToken(tok string) string {
@@ -77,6 +86,11 @@ func (r *Root) enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshca
 	case err != nil:
 		return nil, fmt.Errorf("%w: redeem join token: %w", errUnavailable, err)
 	}
+	if r.state.Load().revoked[c.Name] {
+		// The token is used up: a revoked cluster enrols again under a
+		// new name, with a new token.
+		return nil, revokedError(c.Name)
+	}
 	id, err := credentialID(c)
 	if err != nil {
 		return nil, err
@@ -101,6 +115,9 @@ func (r *Root) renew(ctx context.Context, req *meshcav1.RenewRequest) (*meshcav1
 	c, id, err := r.authenticate(ctx, st)
 	if err != nil {
 		return nil, err
+	}
+	if st.revoked[c.Name] {
+		return nil, revokedError(c.Name)
 	}
 	interCSR, err := parseCSR("intermediate CSR", req.GetIntermediateCsr())
 	if err != nil {

@@ -70,7 +70,7 @@ func (r *Root) ServeAdmin(ctx context.Context, lis net.Listener) error {
 		grpc.Creds(admin.UnixCredentials()),
 		grpc.MaxRecvMsgSize(r.cfg.MaxRequestBytes),
 	)
-	meshcav1.RegisterAdminServiceServer(srv, &adminService{r: r})
+	meshcav1.RegisterAdminServiceServer(srv, newAdminService(r))
 	return serve(ctx, srv, lis, make(chan struct{}))
 }
 

@@ -2,10 +2,15 @@ package rootserver
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+
+	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/sqlite"
@@ -76,4 +81,96 @@ func TestWithSQLite(t *testing.T) {
 	clock.Advance(iss.inter.NotAfter.Sub(clock.Now()) + time.Second)
 	h.refresh()
 	wantStates(t, h, ca.RootRetired, ca.RootActive)
+}
+
+// TestRevocationWithSQLite revokes a cluster on the embedded store and
+// restarts the root on it: the cluster stays revoked and the root CRL
+// still lists its intermediates.
+func TestRevocationWithSQLite(t *testing.T) {
+	clock := newFakeClock()
+	path := filepath.Join(t.TempDir(), "root.db")
+	open := func() *sqlite.Store {
+		s, err := sqlite.Open(context.Background(), sqlite.Config{Path: path, Now: clock.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	}
+	db := open()
+	h := newHarness(t, func(c *Config) { c.Store = db; c.Now = clock.Now })
+	h.clock = clock
+	addr := h.serve()
+	east, err := enroll(t, h.dial(addr, nil), h.addCluster("east", "east.example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Minute)
+	east2, err := renew(t, h.dial(addr, east.tlsCert()), east, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{ca.SerialHex(east.inter.SerialNumber), ca.SerialHex(east2.inter.SerialNumber)}
+	slices.Sort(want)
+	bg := context.Background()
+	if _, err := h.root.revoke(bg, &meshcav1.RevokeRequest{
+		Target: &meshcav1.RevokeRequest_Cluster{Cluster: "east"}, Reason: "test",
+	}, "admin:test"); err != nil {
+		t.Fatalf("revoke: %v", err)
+	}
+	evs, err := db.AuditEvents(bg, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var revokes int
+	for _, ev := range evs {
+		if (ev.Action == "cluster.revoke" || ev.Action == "intermediate.revoke") && ev.Actor == "admin:test" && ev.Cluster == "east" {
+			revokes++
+		}
+	}
+	if revokes != 3 {
+		t.Fatalf("%d revocation audit events by admin:test, want 3 (the cluster and two intermediates)", revokes)
+	}
+
+	clock.Advance(time.Second)
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	h.cfg.Store = open()
+	h.root = h.start()
+	addr = h.serve()
+	b, _ := h.root.Current()
+	crls := rootCRLSerials(t, b, "east.example", clock.Now())
+	if len(crls) != 1 {
+		t.Fatalf("%d root CRLs after a restart, want 1", len(crls))
+	}
+	for _, serials := range crls {
+		if !slices.Equal(serials, want) {
+			t.Fatalf("root CRL after a restart lists %v, want %v", serials, want)
+		}
+	}
+	wantBundleSigned(t, h, b)
+	_, err = renew(t, h.dial(addr, east.tlsCert()), east, false)
+	wantCode(t, err, codes.PermissionDenied)
+
+	// The admin socket reads the store: revocations, the audit log and
+	// its chain.
+	client := h.adminClient()
+	list, err := client.ListRevocations(bg, &meshcav1.ListRevocationsRequest{})
+	if err != nil || len(list.GetRevocations()) != 3 || list.GetRevocations()[0].GetKind() != store.RevokeCluster {
+		t.Fatalf("ListRevocations after a restart: %v, %+v", err, list.GetRevocations())
+	}
+	audit, err := client.ListAuditEvents(bg, &meshcav1.ListAuditEventsRequest{})
+	if err != nil || !slices.ContainsFunc(audit.GetEvents(), func(ev *meshcav1.AuditEvent) bool {
+		return ev.GetAction() == "cluster.revoke" && ev.GetActor() == "admin:test"
+	}) {
+		t.Fatalf("ListAuditEvents: %v, %d events without the revocation", err, len(audit.GetEvents()))
+	}
+	if v, err := client.VerifyAudit(bg, &meshcav1.VerifyAuditRequest{}); err != nil || !v.GetOk() {
+		t.Fatalf("VerifyAudit: %v, %+v", err, v)
+	}
+	_, err = h.root.addCluster(bg, &meshcav1.AddClusterRequest{Name: "east", TrustDomain: "east.example"}, "admin:test")
+	if !errors.Is(err, errFailedPrecondition) {
+		t.Fatalf("AddCluster of a revoked name after a restart: %v", err)
+	}
 }

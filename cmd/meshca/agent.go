@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
 	"github.com/meshca/meshca/agent"
@@ -41,8 +43,8 @@ type agentConfig struct {
 	WorkloadSocketMode string `json:"workloadSocketMode,omitempty"`
 	// OutDir receives cert.pem, key.pem and bundle.pem. Default: no files.
 	OutDir string `json:"outDir,omitempty"`
-	// HealthAddr serves /healthz and /readyz; "" disables them. Default
-	// 127.0.0.1:8089.
+	// HealthAddr serves /healthz, /readyz and /metrics; "" disables them.
+	// Default 127.0.0.1:8089.
 	HealthAddr string `json:"healthAddr,omitempty"`
 	// ShutdownTimeout bounds a graceful stop. Default 5s.
 	ShutdownTimeout duration `json:"shutdownTimeout,omitempty"`
@@ -65,7 +67,7 @@ var agentFlags = []struct {
 	{"sds-socket", "Unix socket to serve Envoy SDS v3 on (mode 0600; empty: no SDS)", func(c *agentConfig) *string { return &c.SDSSocket }},
 	{"workload-socket", "Unix socket to serve the SPIFFE Workload API on (empty: none)", func(c *agentConfig) *string { return &c.WorkloadSocket }},
 	{"out", "directory to keep cert.pem, key.pem and bundle.pem in (empty: no files)", func(c *agentConfig) *string { return &c.OutDir }},
-	{"health-addr", "address of /healthz and /readyz (empty: none)", func(c *agentConfig) *string { return &c.HealthAddr }},
+	{"health-addr", "address of /healthz, /readyz and /metrics (empty: none)", func(c *agentConfig) *string { return &c.HealthAddr }},
 	{"key-type", "key type: ec-p256 or rsa-2048", func(c *agentConfig) *string { return &c.KeyType }},
 	{"server-name", "issuer TLS server name (default: the host of --issuer)", func(c *agentConfig) *string { return &c.ServerName }},
 }
@@ -84,8 +86,8 @@ a private key locally, gets a certificate for it from the issuer with the token 
 --token-file, renews it at about half of its lifetime, and serves it to Envoy over SDS v3
 (--sds-socket; resources default, ROOTCA, ALL, the SPIFFE ID and the trust domain ID) and
 to applications over the SPIFFE Workload API (--workload-socket), and optionally as files
-(--out). /readyz answers 200 only while it holds a valid certificate. SIGTERM or SIGINT
-stops it gracefully.`,
+(--out). /readyz answers 200 only while it holds a valid certificate; /metrics on the same
+address exports meshca_agent_crl_rejected_total. SIGTERM or SIGINT stops it gracefully.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.TTL = duration(ttl)
@@ -153,6 +155,12 @@ func (c agentConfig) agentConfig(log *slog.Logger) (agent.Config, error) {
 }
 
 func runAgent(ctx context.Context, cfg agent.Config) error {
+	if cfg.Registerer == nil {
+		// Served at /metrics on the health address.
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		cfg.Registerer = reg
+	}
 	a, err := agent.New(cfg)
 	if err != nil {
 		return err

@@ -51,7 +51,16 @@ type issuerConfig struct {
 	// rotates the intermediate, and relays the trust bundle to agents.
 	Upstream upstreamConfig `json:"upstream,omitempty"`
 	// Store selects the database; the default is SQLite in DataDir.
+	// Replicas of one cluster's issuer share one PostgreSQL: certificates,
+	// audit log and revocations.
 	Store storeConfig `json:"store,omitempty"`
+	// AdminSocket is the Unix socket of `meshca admin` (revoke, certs,
+	// audit), mode 0600. Default DATA_DIR/admin.sock.
+	AdminSocket string `json:"adminSocket,omitempty"`
+	// Admin optionally serves the admin API over mutual TLS too.
+	Admin adminTLSConfig `json:"admin,omitempty"`
+	// Revocation tunes how replicas follow the deny-list.
+	Revocation revocationConfig `json:"revocation,omitempty"`
 	// Clusters lists every cluster whose workloads this issuer attests.
 	// Required: at least the local one.
 	Clusters []clusterConfig `json:"clusters,omitempty"`
@@ -62,6 +71,48 @@ type rootKeyConfig struct {
 	// Dir holds root-key.pem and root.pem, created on first start. Empty
 	// means DataDir.
 	Dir string `json:"dir,omitempty"`
+}
+
+// adminTLSConfig is `admin:`: the admin API over mutual TLS, for admins
+// holding an X509-SVID under the mesh's roots.
+type adminTLSConfig struct {
+	// Listen, when set, serves the admin API there (TLS with the issuer's
+	// serving certificate).
+	Listen string `json:"listen,omitempty"`
+	// SPIFFEIDs are the admins allowed in; every other identity is refused
+	// at the handshake. Required with Listen.
+	SPIFFEIDs []string `json:"spiffeIDs,omitempty"`
+}
+
+// revocationConfig is `revocation:`.
+type revocationConfig struct {
+	// PollInterval is how often a replica reloads the deny-list from the
+	// store. Default 1s.
+	PollInterval duration `json:"pollInterval,omitempty"`
+	// MaxStale is how old the deny-list may get (store unreachable) before
+	// issuance fails closed. Default 10s.
+	MaxStale duration `json:"maxStale,omitempty"`
+	// CRLValidity is the life of each CRL (re-signed at half of it and on
+	// every change). Default 24h.
+	CRLValidity duration `json:"crlValidity,omitempty"`
+}
+
+func (a adminTLSConfig) validate() error {
+	if a.Listen == "" {
+		if len(a.SPIFFEIDs) != 0 {
+			return errors.New("admin.spiffeIDs needs admin.listen")
+		}
+		return nil
+	}
+	if len(a.SPIFFEIDs) == 0 {
+		return errors.New("admin.listen needs at least one admin in admin.spiffeIDs")
+	}
+	for _, id := range a.SPIFFEIDs {
+		if _, err := spiffeid.FromString(id); err != nil {
+			return fmt.Errorf("admin.spiffeIDs: %q: %w", id, err)
+		}
+	}
+	return nil
 }
 
 // upstreamConfig is `upstream:` of the issuer config.
@@ -163,6 +214,12 @@ func (c *issuerConfig) validate() error {
 		}
 	} else if c.Upstream != (upstreamConfig{}) {
 		return errors.New("upstream.address is required when upstream is set")
+	}
+	if err := c.Admin.validate(); err != nil {
+		return err
+	}
+	if c.Revocation.PollInterval < 0 || c.Revocation.MaxStale < 0 || c.Revocation.CRLValidity < 0 {
+		return errors.New("revocation: durations must not be negative")
 	}
 	if len(c.Clusters) == 0 {
 		return errors.New("clusters: at least the issuer's own cluster is required")

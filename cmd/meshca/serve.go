@@ -19,6 +19,7 @@ import (
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/admin"
 	"github.com/meshca/meshca/issuer"
 )
 
@@ -37,8 +38,13 @@ type caStack struct {
 	store                                  storeConfig
 	// upstream, when enabled, replaces the local file root.
 	upstream upstreamConfig
-	attestor func() (attest.Attestor, error)
-	banner   func(out io.Writer, addr, bundlePath string)
+	// adminSocket is the Unix socket of the admin API; adminTLS optionally
+	// serves it over mutual TLS too.
+	adminSocket string
+	adminTLS    adminTLSConfig
+	revocation  revocationConfig
+	attestor    func() (attest.Attestor, error)
+	banner      func(out io.Writer, addr, bundlePath string)
 }
 
 // intermediateSource is where the stack's intermediate comes from.
@@ -81,14 +87,39 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 		return err
 	}
 	defer db.Close()
-	iss, err := issuer.New(issuer.Config{
-		TrustDomain: td, Cluster: s.cluster, Authority: src.authority, Bundle: src.roots, Attestor: att, Recorder: db,
-		DefaultTTL: s.leafTTL, MinTTL: s.leafMinTTL, MaxTTL: s.leafMaxTTL, Logger: log,
+	revs := db
+	deny, err := issuer.NewDenyList(issuer.DenyListConfig{
+		Store: revs, Cluster: s.cluster, PollInterval: time.Duration(s.revocation.PollInterval),
+		MaxStale: time.Duration(s.revocation.MaxStale), Logger: log,
 	})
 	if err != nil {
 		return err
 	}
-	scfg := issuer.ServerConfig{Issuer: iss, Hosts: s.hosts}
+	if err := deny.Refresh(ctx); err != nil {
+		return fmt.Errorf("load the deny-list: %w", err)
+	}
+	iss, err := issuer.New(issuer.Config{
+		TrustDomain: td, Cluster: s.cluster, Authority: src.authority, Bundle: src.roots, Attestor: att, Recorder: db,
+		DefaultTTL: s.leafTTL, MinTTL: s.leafMinTTL, MaxTTL: s.leafMaxTTL, DenyList: deny, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	var publisher issuer.CRLPublisher // nil without a root: never a nil *Upstream
+	if up != nil {
+		publisher = up
+	}
+	crls, err := issuer.NewCRLSigner(issuer.CRLSignerConfig{
+		Issuer: iss, DenyList: deny, Store: db, Validity: time.Duration(s.revocation.CRLValidity), Publisher: publisher, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	adminSrv, err := issuer.NewAdminServer(issuer.AdminConfig{TrustDomain: td, Cluster: s.cluster, Store: revs, DenyList: deny, Logger: log})
+	if err != nil {
+		return err
+	}
+	scfg := issuer.ServerConfig{Issuer: iss, Hosts: s.hosts, CRLs: crls}
 	if up != nil {
 		if src.loop, err = issuer.NewIntermediates(issuer.IntermediatesConfig{Issuer: iss, Root: up, Bundle: src.bundle, Logger: log}); err != nil {
 			return err
@@ -99,13 +130,44 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var mtls *admin.MTLS
+	if s.adminTLS.Listen != "" {
+		var ids []spiffeid.ID
+		for _, id := range s.adminTLS.SPIFFEIDs {
+			ids = append(ids, spiffeid.RequireFromString(id)) // validated with the config
+		}
+		if mtls, err = admin.NewMTLS(admin.MTLSConfig{GetCertificate: srv.GetCertificate, Roots: iss.Bundle, Admins: ids, Logger: log}); err != nil {
+			return err
+		}
+	}
+	var listeners []net.Listener
+	closeAll := func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}
 	lis, err := net.Listen("tcp", s.listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	listeners = append(listeners, lis)
+	adminLis, err := admin.ListenUnix(s.adminSocketPath())
+	if err != nil {
+		closeAll()
+		return err
+	}
+	listeners = append(listeners, adminLis)
+	var adminTLSLis net.Listener
+	if mtls != nil {
+		if adminTLSLis, err = net.Listen("tcp", s.adminTLS.Listen); err != nil {
+			closeAll()
+			return fmt.Errorf("admin listen: %w", err)
+		}
+		listeners = append(listeners, adminTLSLis)
+	}
 	bundlePath := filepath.Join(s.dataDir, "bundle.pem")
 	if err := renameio.WriteFile(bundlePath, src.roots.PEM(), 0o644); err != nil {
-		lis.Close()
+		closeAll()
 		return fmt.Errorf("write bundle: %w", err)
 	}
 	log.Info(s.name+" serving", "addr", lis.Addr().String(), "trust_domain", td.Name(), "cluster", s.cluster,
@@ -113,6 +175,12 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	s.banner(out, lis.Addr().String(), bundlePath)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Serve(gctx, lis) })
+	g.Go(func() error { return deny.Run(gctx) })
+	g.Go(func() error { return crls.Run(gctx) })
+	g.Go(func() error { return adminSrv.ServeUnix(gctx, adminLis) })
+	if adminTLSLis != nil {
+		g.Go(func() error { return adminSrv.ServeMTLS(gctx, adminTLSLis, mtls) })
+	}
 	if src.loop != nil {
 		g.Go(func() error { return src.loop.Run(gctx) })
 		g.Go(func() error { followBundle(gctx, src.loop, bundlePath, log); return nil })
@@ -122,6 +190,13 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	}
 	log.Info(s.name + " stopped")
 	return nil
+}
+
+func (s caStack) adminSocketPath() string {
+	if s.adminSocket != "" {
+		return s.adminSocket
+	}
+	return filepath.Join(s.dataDir, "admin.sock")
 }
 
 // localIntermediate mints an in-memory intermediate under the file root.

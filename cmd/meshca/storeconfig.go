@@ -67,7 +67,7 @@ func (c storeConfig) validate() error {
 // openStore opens the configured store, running migrations, and starts its
 // retention job unless disabled. The caller closes it; Close stops the job
 // first.
-func openStore(ctx context.Context, cfg storeConfig, dataDir string) (store.Store, error) {
+func openStore(ctx context.Context, cfg storeConfig, dataDir string) (backend, error) {
 	s, err := openBackend(ctx, cfg, dataDir)
 	if err != nil {
 		return nil, err
@@ -106,14 +106,14 @@ func openBackend(ctx context.Context, cfg storeConfig, dataDir string) (backend,
 
 // retainingStore is a store with its retention job running.
 type retainingStore struct {
-	store.Store
+	backend
 	stop context.CancelFunc
 	done chan struct{}
 }
 
-func startRetention(s store.Store, p store.Pruner, cfg store.RetentionConfig) *retainingStore {
+func startRetention(s backend, p store.Pruner, cfg store.RetentionConfig) *retainingStore {
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &retainingStore{Store: s, stop: cancel, done: make(chan struct{})}
+	r := &retainingStore{backend: s, stop: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
 		// cfg was validated with the store config; RunRetention returns
@@ -127,7 +127,7 @@ func startRetention(s store.Store, p store.Pruner, cfg store.RetentionConfig) *r
 func (r *retainingStore) Close() error {
 	r.stop()
 	<-r.done
-	return r.Store.Close()
+	return r.backend.Close()
 }
 
 // storeTarget turns the --store-dsn and --data-dir flags of the commands

@@ -310,6 +310,31 @@ type workload struct {
 	*proc
 	ID     spiffeid.ID
 	Source *workloadapi.X509Source
+	Socket string
+	// CRLs, when set (watchCRLs), makes probes check peers against the
+	// CRLs this workload's agent delivers.
+	CRLs *crlWatch
+}
+
+// watchCRLs makes w honour the CRLs its agent delivers.
+func (w *workload) watchCRLs(t *testing.T) { w.CRLs = watchCRLs(t, w.Socket) }
+
+// serverConfig and clientConfig are go-spiffe mTLS configs for w that
+// authorize peer, checking CRLs when w watches them.
+func (w *workload) serverConfig(peer spiffeid.ID) *tls.Config {
+	cfg := tlsconfig.MTLSServerConfig(w.Source, w.Source, tlsconfig.AuthorizeID(peer))
+	if w.CRLs != nil {
+		cfg.VerifyPeerCertificate = w.CRLs.verifier(w.Source, cfg.VerifyPeerCertificate)
+	}
+	return cfg
+}
+
+func (w *workload) clientConfig(peer spiffeid.ID) *tls.Config {
+	cfg := tlsconfig.MTLSClientConfig(w.Source, w.Source, tlsconfig.AuthorizeID(peer))
+	if w.CRLs != nil {
+		cfg.VerifyPeerCertificate = w.CRLs.verifier(w.Source, cfg.VerifyPeerCertificate)
+	}
+	return cfg
 }
 
 func startWorkload(t *testing.T, is *issuerProc, caBundle, ns, sa string, ttl time.Duration) *workload {
@@ -318,7 +343,7 @@ func startWorkload(t *testing.T, is *issuerProc, caBundle, ns, sa string, ttl ti
 	tokenOut := mustRun(t, "dev", "token", "--data-dir", is.Dir, "--namespace", ns, "--service-account", sa, "--ttl", "24h")
 	tokenFile := writeFile(t, filepath.Join(dir, "token"), tokenOut)
 	socket := filepath.Join(dir, "agent.sock")
-	w := &workload{ID: spiffeid.RequireFromString(fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", is.TrustDomain, ns, sa))}
+	w := &workload{ID: spiffeid.RequireFromString(fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", is.TrustDomain, ns, sa)), Socket: socket}
 	w.proc = start(t, "agent "+w.ID.String(), "agent", "--issuer", is.Addr, "--server-name", "localhost", "--ca-bundle", caBundle,
 		"--token-file", tokenFile, "--workload-socket", socket, "--health-addr", "", "--ttl", ttl.String(), "--log-level", "debug")
 	w.waitFor(t, "workload socket", startTimeout, func() bool { _, err := os.Stat(socket); return err == nil })
@@ -347,28 +372,13 @@ type mtlsProbe struct {
 
 func startProbe(t *testing.T, server, client *workload, interval time.Duration) *mtlsProbe {
 	t.Helper()
-	lis, err := tls.Listen("tcp", "127.0.0.1:0", tlsconfig.MTLSServerConfig(server.Source, server.Source, tlsconfig.AuthorizeID(client.ID)))
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", server.serverConfig(client.ID))
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-				buf := make([]byte, 4)
-				if _, err := c.Read(buf); err == nil {
-					_, _ = c.Write(buf)
-				}
-			}()
-		}
-	}()
+	go serveEcho(lis)
 	p := &mtlsProbe{stop: make(chan struct{}), done: make(chan struct{})}
-	clientCfg := tlsconfig.MTLSClientConfig(client.Source, client.Source, tlsconfig.AuthorizeID(server.ID))
+	clientCfg := client.clientConfig(server.ID)
 	go func() {
 		defer close(p.done)
 		defer lis.Close()
@@ -395,6 +405,24 @@ func startProbe(t *testing.T, server, client *workload, interval time.Duration) 
 	}()
 	t.Cleanup(p.halt)
 	return p
+}
+
+// serveEcho answers each connection's 4-byte ping until lis is closed.
+func serveEcho(lis net.Listener) {
+	for {
+		c, err := lis.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			buf := make([]byte, 4)
+			if _, err := c.Read(buf); err == nil {
+				_, _ = c.Write(buf)
+			}
+		}()
+	}
 }
 
 // exchange does one handshake and one round trip.

@@ -35,7 +35,10 @@ type BundleServiceClient interface {
 	// GetBundle returns the current bundle.
 	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*GetBundleResponse, error)
 	// WatchBundle sends the current bundle at once (unless its sequence equals
-	// known_sequence) and then every newer one, until the caller goes away.
+	// known_sequence and it carries no CRLs) and then every newer one, until
+	// the caller goes away. An issuer also resends the bundle under the same
+	// sequence when only its CRLs changed (CRLs are outside the signature);
+	// the receiver then replaces its CRLs.
 	WatchBundle(ctx context.Context, in *WatchBundleRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchBundleResponse], error)
 }
 
@@ -88,7 +91,10 @@ type BundleServiceServer interface {
 	// GetBundle returns the current bundle.
 	GetBundle(context.Context, *GetBundleRequest) (*GetBundleResponse, error)
 	// WatchBundle sends the current bundle at once (unless its sequence equals
-	// known_sequence) and then every newer one, until the caller goes away.
+	// known_sequence and it carries no CRLs) and then every newer one, until
+	// the caller goes away. An issuer also resends the bundle under the same
+	// sequence when only its CRLs changed (CRLs are outside the signature);
+	// the receiver then replaces its CRLs.
 	WatchBundle(*WatchBundleRequest, grpc.ServerStreamingServer[WatchBundleResponse]) error
 	mustEmbedUnimplementedBundleServiceServer()
 }

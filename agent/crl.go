@@ -1,0 +1,211 @@
+package agent
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/ca"
+)
+
+// CRLRejectedMetricName counts the CRLs the agent dropped from the trust
+// bundles it received, by reason: invalid (does not parse or its signature
+// does not verify), untrusted (its issuer does not chain to its trust
+// domain's roots) or stale (not current when received, or expired while
+// held).
+const CRLRejectedMetricName = "meshca_agent_crl_rejected_total"
+
+// Reasons of CRLRejectedMetricName.
+const (
+	crlInvalid   = "invalid"
+	crlUntrusted = "untrusted"
+	crlStale     = "stale"
+)
+
+// crlMetrics counts rejected CRLs. A nil *crlMetrics does nothing.
+type crlMetrics struct {
+	rejected *prometheus.CounterVec
+}
+
+// newCRLMetrics registers the counter on reg; nil reg means no metrics. A
+// counter registered before (another agent in the process) is shared.
+func newCRLMetrics(reg prometheus.Registerer) (*crlMetrics, error) {
+	if reg == nil {
+		return nil, nil
+	}
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: CRLRejectedMetricName,
+		Help: "CRLs dropped from received trust bundles, by reason (invalid, untrusted, stale).",
+	}, []string{"reason"})
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
+			return nil, fmt.Errorf("register %s: %w", CRLRejectedMetricName, err)
+		}
+		existing, ok := are.ExistingCollector.(*prometheus.CounterVec)
+		if !ok {
+			return nil, fmt.Errorf("register %s: registered as %T", CRLRejectedMetricName, are.ExistingCollector)
+		}
+		c = existing
+	}
+	for _, r := range []string{crlInvalid, crlUntrusted, crlStale} {
+		c.WithLabelValues(r) // export zeros, so that alerts see the series
+	}
+	return &crlMetrics{rejected: c}, nil
+}
+
+func (m *crlMetrics) reject(reason string) {
+	if m != nil {
+		m.rejected.WithLabelValues(reason).Inc()
+	}
+}
+
+// heldCRL is a CRL that VerifyCRL accepted.
+type heldCRL struct {
+	der []byte
+	// issuer identifies the CA that signed it (its name and key): CRLs of
+	// one issuer supersede each other by number.
+	issuer     [32]byte
+	issuerName string
+	number     *big.Int
+	thisUpdate time.Time
+	nextUpdate time.Time
+}
+
+// newer reports whether h supersedes o, a CRL of the same issuer: a higher
+// CRL number, then a later ThisUpdate, then (for a total order between
+// issuer replicas that signed at the same millisecond) the larger DER.
+func (h *heldCRL) newer(o *heldCRL) bool {
+	if c := h.number.Cmp(o.number); c != 0 {
+		return c > 0
+	}
+	if !h.thisUpdate.Equal(o.thisUpdate) {
+		return h.thisUpdate.After(o.thisUpdate)
+	}
+	return bytes.Compare(h.der, o.der) > 0
+}
+
+// crlReason maps a VerifyCRL error to a metric reason.
+func crlReason(err error) string {
+	switch {
+	case errors.Is(err, ca.ErrCRLStale):
+		return crlStale
+	case errors.Is(err, ca.ErrCRLUntrusted):
+		return crlUntrusted
+	}
+	return crlInvalid
+}
+
+// verifyCRLs checks every CRL of every domain of b against that domain's
+// roots at now. A CRL that fails is logged, counted and dropped; nothing
+// else of b is affected. For each issuer only its newest CRL is kept, in
+// every domain that carried one of its CRLs. The result maps each domain
+// with CRLs to them, without duplicates.
+func verifyCRLs(b *ca.TrustBundle, now time.Time, log *slog.Logger, metrics *crlMetrics) map[spiffeid.TrustDomain][]*heldCRL {
+	newest := map[[32]byte]*heldCRL{}
+	issuers := map[spiffeid.TrustDomain][][32]byte{}
+	for _, d := range b.Domains {
+		for i, c := range d.CRLs {
+			rl, issuer, err := ca.VerifyCRL(c, d.Roots, now)
+			if err != nil {
+				reason := crlReason(err)
+				metrics.reject(reason)
+				sum := sha256.Sum256(c.DER)
+				log.Warn("CRL rejected; the trust bundle is applied without it", "sequence", b.Sequence,
+					"trust_domain", d.TrustDomain.Name(), "crl_index", i, "crl_sha256", hex.EncodeToString(sum[:]),
+					"reason", reason, "error", err.Error())
+				continue
+			}
+			h := &heldCRL{
+				der: c.DER, issuer: issuerKey(issuer), issuerName: issuer.Subject.String(),
+				number: rl.Number, thisUpdate: rl.ThisUpdate, nextUpdate: rl.NextUpdate,
+			}
+			if h.number == nil {
+				h.number = new(big.Int)
+			}
+			if cur, ok := newest[h.issuer]; !ok || h.newer(cur) {
+				newest[h.issuer] = h
+			}
+			issuers[d.TrustDomain] = appendUnique(issuers[d.TrustDomain], h.issuer)
+		}
+	}
+	out := map[spiffeid.TrustDomain][]*heldCRL{}
+	for td, keys := range issuers {
+		for _, k := range keys {
+			out[td] = append(out[td], newest[k])
+		}
+	}
+	return out
+}
+
+// issuerKey identifies a CRL issuer by its name and key: intermediates
+// that share a name but not a key sign separate CRLs.
+func issuerKey(c *x509.Certificate) [32]byte {
+	h := sha256.New()
+	h.Write(c.RawSubject)
+	h.Write(c.RawSubjectPublicKeyInfo)
+	return [32]byte(h.Sum(nil))
+}
+
+func appendUnique[T comparable](s []T, v T) []T {
+	for _, x := range s {
+		if x == v {
+			return s
+		}
+	}
+	return append(s, v)
+}
+
+// pruneCRLs removes from held the CRLs whose NextUpdate has passed at now,
+// logging and counting each once, and returns the earliest NextUpdate of
+// those left (zero when none are left).
+func pruneCRLs(held map[spiffeid.TrustDomain][]*heldCRL, now time.Time, log *slog.Logger, metrics *crlMetrics) time.Time {
+	var earliest time.Time
+	dropped := map[*heldCRL]bool{}
+	for td, crls := range held {
+		var kept []*heldCRL
+		for _, h := range crls {
+			if now.Before(h.nextUpdate) {
+				kept = append(kept, h)
+				if earliest.IsZero() || h.nextUpdate.Before(earliest) {
+					earliest = h.nextUpdate
+				}
+				continue
+			}
+			if !dropped[h] {
+				dropped[h] = true
+				metrics.reject(crlStale)
+				log.Warn("CRL expired and is no longer served; its issuer has not published a newer one",
+					"issuer", h.issuerName, "crl_number", h.number.String(), "next_update", h.nextUpdate.UTC())
+			}
+		}
+		if len(kept) == 0 {
+			delete(held, td)
+		} else {
+			held[td] = kept
+		}
+	}
+	return earliest
+}
+
+// withCRLs returns a copy of domains whose CRLs are those of held.
+func withCRLs(domains []ca.DomainBundle, held map[spiffeid.TrustDomain][]*heldCRL) []ca.DomainBundle {
+	out := make([]ca.DomainBundle, len(domains))
+	for i, d := range domains {
+		d.CRLs = nil
+		for _, h := range held[d.TrustDomain] {
+			d.CRLs = append(d.CRLs, ca.CRL{DER: h.der})
+		}
+		out[i] = d
+	}
+	return out
+}

@@ -1,0 +1,333 @@
+package issuer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+
+	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/ca/admin"
+	"github.com/meshca/meshca/store"
+)
+
+// AdminStore is the cluster's store as the issuer's admin API uses it: the
+// certificate records and audit log it reads, and the deny-list it changes.
+// Both store backends implement it.
+type AdminStore interface {
+	admin.ReadStore
+	store.RevocationStore
+}
+
+// Refresher reloads the deny-list at once, so that a revocation made here
+// applies on this replica before the next poll (a *DenyList).
+type Refresher interface {
+	Refresh(ctx context.Context) error
+}
+
+// MaxRevokeReason bounds the reason of a revocation, in bytes.
+const MaxRevokeReason = 512
+
+// AdminConfig configures an AdminServer.
+type AdminConfig struct {
+	// TrustDomain of the issuer; only SPIFFE IDs in it are revoked here.
+	// Required.
+	TrustDomain spiffeid.TrustDomain
+	// Cluster is the issuer's cluster: revocations are recorded for it, and
+	// only its certificates are revoked by serial here. Required.
+	Cluster string
+	// Store is the cluster's store, shared by its issuer replicas. Required.
+	Store AdminStore
+	// DenyList is refreshed after each change. Required.
+	DenyList Refresher
+	// MaxRequestBytes bounds a request message; zero means 64 KiB.
+	MaxRequestBytes int
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Logger receives one line per change and per failed call; nil means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// Validate applies defaults and reports the first problem with c.
+func (c *AdminConfig) Validate() error {
+	if c.MaxRequestBytes == 0 {
+		c.MaxRequestBytes = 64 << 10
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	switch {
+	case c.TrustDomain.IsZero():
+		return errors.New("issuer admin: trust domain is required")
+	case c.Cluster == "":
+		return errors.New("issuer admin: cluster is required")
+	case c.Store == nil:
+		return errors.New("issuer admin: store is required")
+	case c.DenyList == nil:
+		return errors.New("issuer admin: deny-list is required")
+	case c.MaxRequestBytes < 0:
+		return fmt.Errorf("issuer admin: negative max request size %d", c.MaxRequestBytes)
+	}
+	return nil
+}
+
+// AdminServer is an issuer's meshca.v1.AdminService: revocation of its
+// cluster's certificate serials and of SPIFFE IDs of its trust domain
+// (recorded in the cluster's store with an audit event naming the actor,
+// then applied to the deny-list at once), and the read calls of
+// admin.Reads. The root's calls (AddCluster, RotateRoot, ListRoots,
+// cluster revocation) answer FailedPrecondition naming the root.
+//
+// Serve it with ServeUnix on the admin socket and, optionally, ServeMTLS
+// for configured admin SPIFFE IDs; both may run at once. It is a
+// meshcav1.AdminServiceServer, so it can also be registered on a server of
+// the caller's own. It is safe for concurrent use.
+type AdminServer struct {
+	*admin.Reads
+	cfg AdminConfig
+}
+
+var _ meshcav1.AdminServiceServer = (*AdminServer)(nil)
+
+// NewAdminServer returns the admin API for cfg.
+func NewAdminServer(cfg AdminConfig) (*AdminServer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &AdminServer{Reads: admin.NewReads(cfg.Store, cfg.Now, cfg.Logger), cfg: cfg}, nil
+}
+
+// ServeUnix serves the admin API on lis, a Unix socket from
+// admin.ListenUnix whose file permissions guard it, until ctx ends; the
+// actor of each change is the peer's Unix user. It closes lis, and returns
+// nil once ctx ends and in-flight calls have had up to 5 s to finish.
+func (s *AdminServer) ServeUnix(ctx context.Context, lis net.Listener) error {
+	return s.serve(ctx, lis, grpc.Creds(admin.UnixCredentials()))
+}
+
+// ServeMTLS serves the admin API over mutual TLS on lis until ctx ends,
+// to the admin SPIFFE IDs m allows; the actor of each change is
+// "spiffe:<SPIFFE ID>". It stops as ServeUnix does.
+func (s *AdminServer) ServeMTLS(ctx context.Context, lis net.Listener, m *admin.MTLS) error {
+	return s.serve(ctx, lis, m.ServerOptions()...)
+}
+
+// adminGracePeriod is how long in-flight admin calls get to finish at
+// shutdown.
+const adminGracePeriod = 5 * time.Second
+
+// serve accepts connections on lis until ctx is cancelled, then stops
+// gracefully: in-flight calls get adminGracePeriod. It closes lis and
+// returns nil on a clean shutdown.
+func (s *AdminServer) serve(ctx context.Context, lis net.Listener, opts ...grpc.ServerOption) error {
+	srv := grpc.NewServer(append(opts, grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes))...)
+	meshcav1.RegisterAdminServiceServer(srv, s)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("issuer admin server: %w", err)
+	case <-ctx.Done():
+	}
+	done := make(chan struct{})
+	go func() { srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(adminGracePeriod):
+		srv.Stop()
+	}
+	return nil
+}
+
+// Revoke implements meshcav1.AdminServiceServer. A serial must be one of
+// this cluster's certificates that has not expired; the revocation ends
+// with it. A SPIFFE ID must be a workload's of this trust domain; the
+// revocation lasts until Unrevoke.
+func (s *AdminServer) Revoke(ctx context.Context, req *meshcav1.RevokeRequest) (*meshcav1.RevokeResponse, error) {
+	rev, err := s.revoke(ctx, req, admin.Actor(ctx))
+	if err != nil {
+		return nil, s.status(ctx, "Revoke", err)
+	}
+	return &meshcav1.RevokeResponse{Revocation: admin.RevocationToProto(rev)}, nil
+}
+
+func (s *AdminServer) revoke(ctx context.Context, req *meshcav1.RevokeRequest, actor string) (store.Revocation, error) {
+	reason, err := checkReason(req.GetReason())
+	if err != nil {
+		return store.Revocation{}, err
+	}
+	now := s.cfg.Now()
+	r := store.Revocation{Cluster: s.cfg.Cluster, Reason: reason, RevokedBy: actor, RevokedAt: now}
+	ev := store.AuditEvent{Time: now, Actor: actor, Action: "revocation.add", Cluster: s.cfg.Cluster, Detail: reason}
+	switch t := req.GetTarget().(type) {
+	case *meshcav1.RevokeRequest_Serial:
+		c, err := s.revocableCert(ctx, t.Serial, now)
+		if err != nil {
+			return store.Revocation{}, err
+		}
+		r.Kind, r.Value, r.ExpiresAt = store.RevokeSerial, c.Serial, c.NotAfter
+		ev.Serial, ev.SPIFFEID = c.Serial, c.SPIFFEID
+	case *meshcav1.RevokeRequest_SpiffeId:
+		id, err := s.workloadID(t.SpiffeId)
+		if err != nil {
+			return store.Revocation{}, err
+		}
+		r.Kind, r.Value = store.RevokeSPIFFEID, id.String()
+		ev.SPIFFEID = id.String()
+	case *meshcav1.RevokeRequest_Cluster:
+		return store.Revocation{}, errOnRoot("cluster revocation")
+	default:
+		return store.Revocation{}, fmt.Errorf("%w: name a serial or a SPIFFE ID to revoke", admin.ErrInvalidArgument)
+	}
+	rev, err := s.cfg.Store.Revoke(ctx, r, ev)
+	switch {
+	case errors.Is(err, store.ErrAlreadyExists):
+		return store.Revocation{}, fmt.Errorf("%w: %s %s is already revoked", admin.ErrAlreadyExists, r.Kind, r.Value)
+	case err != nil:
+		return store.Revocation{}, fmt.Errorf("%w: revoke %s %s: %w", admin.ErrUnavailable, r.Kind, r.Value, err)
+	}
+	s.cfg.Logger.InfoContext(ctx, "revoked", "kind", rev.Kind, "value", rev.Value, "cluster", rev.Cluster,
+		"actor", actor, "reason", rev.Reason, "expires_at", rev.ExpiresAt)
+	s.refresh(ctx)
+	return rev, nil
+}
+
+// revocableCert returns the record of serial if this cluster issued it and
+// it has not expired at now.
+func (s *AdminServer) revocableCert(ctx context.Context, serial string, now time.Time) (store.Certificate, error) {
+	serial, err := admin.ParseSerial(serial)
+	if err != nil {
+		return store.Certificate{}, err
+	}
+	c, err := s.cfg.Store.Certificate(ctx, serial)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return store.Certificate{}, fmt.Errorf("%w: no certificate with serial %s in cluster %s",
+			admin.ErrNotFound, serial, s.cfg.Cluster)
+	case err != nil:
+		return store.Certificate{}, fmt.Errorf("%w: certificate %s: %w", admin.ErrUnavailable, serial, err)
+	case c.Cluster != s.cfg.Cluster:
+		return store.Certificate{}, fmt.Errorf("%w: certificate %s was issued in cluster %s; revoke it on that cluster's issuer",
+			admin.ErrFailedPrecondition, serial, c.Cluster)
+	case !now.Before(c.NotAfter):
+		return store.Certificate{}, fmt.Errorf("%w: certificate %s expired at %s; nothing to revoke",
+			admin.ErrFailedPrecondition, serial, c.NotAfter.Format(time.RFC3339))
+	}
+	return c, nil
+}
+
+// Unrevoke implements meshcav1.AdminServiceServer: it lifts the revocation
+// in force of a SPIFFE ID of this trust domain, or answers NotFound.
+func (s *AdminServer) Unrevoke(ctx context.Context, req *meshcav1.UnrevokeRequest) (*meshcav1.UnrevokeResponse, error) {
+	if err := s.unrevoke(ctx, req, admin.Actor(ctx)); err != nil {
+		return nil, s.status(ctx, "Unrevoke", err)
+	}
+	return &meshcav1.UnrevokeResponse{}, nil
+}
+
+func (s *AdminServer) unrevoke(ctx context.Context, req *meshcav1.UnrevokeRequest, actor string) error {
+	if req.GetSpiffeId() == "" {
+		return fmt.Errorf("%w: name the SPIFFE ID whose revocation to lift", admin.ErrInvalidArgument)
+	}
+	id, err := s.workloadID(req.GetSpiffeId())
+	if err != nil {
+		return err
+	}
+	err = s.cfg.Store.Unrevoke(ctx, store.RevokeSPIFFEID, id.String(), store.AuditEvent{
+		Time: s.cfg.Now(), Actor: actor, Action: "revocation.lift", Cluster: s.cfg.Cluster, SPIFFEID: id.String(),
+	})
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("%w: no revocation of %s in force", admin.ErrNotFound, id)
+	case err != nil:
+		return fmt.Errorf("%w: unrevoke %s: %w", admin.ErrUnavailable, id, err)
+	}
+	s.cfg.Logger.InfoContext(ctx, "revocation lifted", "spiffe_id", id.String(), "cluster", s.cfg.Cluster, "actor", actor)
+	s.refresh(ctx)
+	return nil
+}
+
+// refreshTimeout bounds the deny-list reload after a change.
+const refreshTimeout = 5 * time.Second
+
+// refresh reloads the deny-list after a change, even if the caller has
+// gone: the change is recorded, and this replica should apply it now. A
+// failure is only logged: the change stands, and the deny-list's next poll
+// (or its staleness limit) takes over.
+func (s *AdminServer) refresh(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), refreshTimeout)
+	defer cancel()
+	if err := s.cfg.DenyList.Refresh(ctx); err != nil {
+		s.cfg.Logger.WarnContext(ctx, "deny-list refresh after an admin change failed; the next poll applies it",
+			"error", err.Error())
+	}
+}
+
+// workloadID parses a SPIFFE ID this issuer could have issued: in its
+// trust domain, with a path.
+func (s *AdminServer) workloadID(raw string) (spiffeid.ID, error) {
+	id, err := admin.ParseSPIFFEID(raw)
+	switch {
+	case err != nil:
+		return spiffeid.ID{}, err
+	case id.TrustDomain() != s.cfg.TrustDomain:
+		return spiffeid.ID{}, fmt.Errorf("%w: %s is not in trust domain %s; revoke it on its own cluster's issuer",
+			admin.ErrInvalidArgument, id, s.cfg.TrustDomain.Name())
+	case id.Path() == "":
+		return spiffeid.ID{}, fmt.Errorf("%w: %s names a trust domain, not a workload", admin.ErrInvalidArgument, id)
+	}
+	return id, nil
+}
+
+// checkReason returns the trimmed reason if it fits the audit log and a
+// table: at most MaxRevokeReason bytes of UTF-8 without control
+// characters.
+func checkReason(reason string) (string, error) {
+	reason = strings.TrimSpace(reason)
+	switch {
+	case len(reason) > MaxRevokeReason:
+		return "", fmt.Errorf("%w: reason longer than %d bytes", admin.ErrInvalidArgument, MaxRevokeReason)
+	case !utf8.ValidString(reason) || strings.ContainsFunc(reason, unicode.IsControl):
+		return "", fmt.Errorf("%w: reason must be printable UTF-8 on one line", admin.ErrInvalidArgument)
+	}
+	return reason, nil
+}
+
+// errOnRoot is the answer to the calls only the root serves.
+func errOnRoot(what string) error {
+	return fmt.Errorf("%w: %s is done on the root's admin socket (meshca root), not on an issuer's",
+		admin.ErrFailedPrecondition, what)
+}
+
+// AddCluster implements meshcav1.AdminServiceServer: FailedPrecondition.
+func (s *AdminServer) AddCluster(ctx context.Context, _ *meshcav1.AddClusterRequest) (*meshcav1.AddClusterResponse, error) {
+	return nil, s.status(ctx, "AddCluster", errOnRoot("adding a cluster"))
+}
+
+// RotateRoot implements meshcav1.AdminServiceServer: FailedPrecondition.
+func (s *AdminServer) RotateRoot(ctx context.Context, _ *meshcav1.RotateRootRequest) (*meshcav1.RotateRootResponse, error) {
+	return nil, s.status(ctx, "RotateRoot", errOnRoot("root rotation"))
+}
+
+// ListRoots implements meshcav1.AdminServiceServer: FailedPrecondition.
+func (s *AdminServer) ListRoots(ctx context.Context, _ *meshcav1.ListRootsRequest) (*meshcav1.ListRootsResponse, error) {
+	return nil, s.status(ctx, "ListRoots", errOnRoot("listing roots"))
+}
+
+// status is the one place the issuer's admin errors become gRPC statuses
+// (through admin.Status, which the read calls use too).
+func (s *AdminServer) status(ctx context.Context, method string, err error) error {
+	return admin.Status(ctx, s.cfg.Logger, method, err)
+}

@@ -1,0 +1,86 @@
+package issuer
+
+import (
+	"bytes"
+	"math/big"
+	"testing"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/catest"
+)
+
+func TestMergeCRLs(t *testing.T) {
+	a := catest.New(t, catest.Options{})
+	b := catest.New(t, catest.Options{RootKey: "other root", TrustDomain: "other.example"})
+	sign := func(auth *ca.Authority, n int64) ca.CRL {
+		t.Helper()
+		c, _, err := auth.SignCRL(ca.CRLRequest{Number: big.NewInt(n)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	interOld, interNew, interTie := sign(a.Intermediate, 1), sign(a.Intermediate, 5), sign(a.Intermediate, 5)
+	rootA, rootANew, rootB := sign(a.Root, 3), sign(a.Root, 4), sign(b.Root, 2)
+	garbage := ca.CRL{DER: []byte("not a CRL")}
+	for _, tc := range []struct {
+		name  string
+		lists [][]ca.CRL
+		want  []ca.CRL
+	}{
+		{"own replaces an older copy in place", [][]ca.CRL{{rootA, interOld}, {interNew}}, []ca.CRL{rootA, interNew}},
+		{"an older own CRL does not replace the root's newer copy", [][]ca.CRL{{interNew}, {interOld}}, []ca.CRL{interNew}},
+		{"a tie keeps the first", [][]ca.CRL{{interNew}, {interTie}}, []ca.CRL{interNew}},
+		{"roots are told apart by issuer", [][]ca.CRL{{rootA, rootB}, {rootANew}}, []ca.CRL{rootANew, rootB}},
+		{"unparsable CRLs pass through", [][]ca.CRL{{garbage, garbage}, {interNew}}, []ca.CRL{garbage, garbage, interNew}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := mergeCRLs(tc.lists...)
+			if len(got) != len(tc.want) {
+				t.Fatalf("%d CRLs, want %d", len(got), len(tc.want))
+			}
+			for i := range got {
+				if !bytes.Equal(got[i].DER, tc.want[i].DER) {
+					t.Errorf("CRL %d is not the expected one", i)
+				}
+			}
+		})
+	}
+}
+
+func TestShouldSend(t *testing.T) {
+	a := catest.New(t, catest.Options{})
+	crl, _, err := a.Intermediate.SignCRL(ca.CRLRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bare := &ca.TrustBundle{Sequence: 10, Domains: []ca.DomainBundle{{TrustDomain: a.TrustDomain, Roots: a.Bundle}}}
+	withCRL := withCRLs(bare, a.TrustDomain, []ca.CRL{crl})
+	newer := &ca.TrustBundle{Sequence: 11, Domains: bare.Domains}
+	for _, tc := range []struct {
+		name string
+		tb   *ca.TrustBundle
+		last uint64
+		sent *ca.TrustBundle
+		want bool
+	}{
+		{"first, unknown to the caller", bare, 0, nil, true},
+		{"first, the caller holds it", bare, 10, nil, false},
+		{"first, the caller holds the sequence, CRLs may differ", withCRL, 10, nil, true},
+		{"first, the caller holds a newer one", bare, 12, nil, true},
+		{"newer", newer, 10, bare, true},
+		{"same sequence, new CRLs", withCRL, 10, bare, true},
+		{"same sequence, same content", withCRLs(bare, a.TrustDomain, []ca.CRL{crl}), 10, withCRL, false},
+		{"same pointer", withCRL, 10, withCRL, false},
+		{"older", bare, 11, newer, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := shouldSend(tc.tb, tc.last, tc.sent); got != tc.want {
+				t.Errorf("shouldSend = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	if withCRL == bare || len(bare.Domains[0].CRLs) != 0 {
+		t.Error("withCRLs modified the bundle it was given")
+	}
+}

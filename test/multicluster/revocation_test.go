@@ -1,0 +1,162 @@
+package multicluster
+
+import (
+	"crypto/tls"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// adminIssuer runs `meshca admin -o json ARGS` against an issuer's socket.
+func (is *issuerProc) admin(t *testing.T, out any, args ...string) error {
+	t.Helper()
+	r := &rootProc{Socket: filepath.Join(is.Dir, "admin.sock")}
+	return r.admin(t, out, args...)
+}
+
+// TestRevocationEndToEnd: two workloads of east in mutual TLS (each
+// checking the CRLs its agent delivers) and a third, bystander workload.
+// Revoking the client's serial makes its new handshakes fail within 5 s;
+// the bystander is unaffected. Revoking its SPIFFE ID stops its renewals;
+// unrevoking lets them through again.
+func TestRevocationEndToEnd(t *testing.T) {
+	root := startRoot(t, "intermediateTTL: 1h\n")
+	east := startIssuer(t, root, "east", "east.example", "")
+	server := startWorkload(t, east, root.BundlePath(), "shop", "backend", 10*time.Minute)
+	client := startWorkload(t, east, root.BundlePath(), "shop", "frontend", 10*time.Minute)
+	bystander := startWorkload(t, east, root.BundlePath(), "shop", "cart", 10*time.Minute)
+	server.watchCRLs(t)
+
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", server.serverConfig(client.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	go serveEcho(lis)
+	byLis, err := tls.Listen("tcp", "127.0.0.1:0", server.serverConfig(bystander.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer byLis.Close()
+	go serveEcho(byLis)
+	dial := func(w *workload, l string) func() error {
+		return func() error { return exchange(l, w.clientConfig(server.ID)) }
+	}
+	if err := dial(client, lis.Addr().String())(); err != nil {
+		t.Fatalf("mTLS before any revocation: %v", err)
+	}
+
+	// Revoke the client's current certificate.
+	serial := serialOf(t, client)
+	revokedAt := time.Now()
+	if err := east.admin(t, nil, "revoke", "--serial", serial, "--reason", "key compromise"); err != nil {
+		t.Fatal(err)
+	}
+	failingSince := waitFailing(t, "handshakes with the revoked certificate", 10*time.Second, dial(client, lis.Addr().String()))
+	if d := failingSince.Sub(revokedAt); d > 5*time.Second {
+		t.Errorf("the revoked certificate was refused %v after the command, want within 5s", d)
+	} else {
+		t.Logf("revoked certificate refused %v after `meshca admin revoke`", d.Round(time.Millisecond))
+	}
+	for i := 0; i < 20; i++ {
+		if err := dial(bystander, byLis.Addr().String())(); err != nil {
+			t.Fatalf("the bystander was affected: %v", err)
+		}
+	}
+
+	// Revoke the identity: a new certificate for it is refused.
+	if err := east.admin(t, nil, "revoke", "--spiffe-id", client.ID.String()); err != nil {
+		t.Fatal(err)
+	}
+	token := writeFile(t, filepath.Join(t.TempDir(), "token"), mustRun(t, "dev", "token", "--data-dir", east.Dir, "--namespace", "shop", "--service-account", "frontend"))
+	fetch := func() (string, error) {
+		return run(t, "cert", "fetch", "--issuer", east.Addr, "--server-name", "localhost", "--ca-bundle", root.BundlePath(),
+			"--token-file", token, "--out", t.TempDir())
+	}
+	if _, err := fetch(); err == nil || !strings.Contains(err.Error(), "PermissionDenied") || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("certificate for a revoked identity: %v, want PermissionDenied naming the revocation", err)
+	}
+	var list struct {
+		Revocations []struct {
+			Kind, Value string
+		} `json:"revocations"`
+	}
+	if err := east.admin(t, &list, "revocations"); err != nil || len(list.Revocations) != 2 {
+		t.Fatalf("revocations: %+v %v, want 2", list, err)
+	}
+
+	// Unrevoke: renewals work again.
+	if err := east.admin(t, nil, "unrevoke", "--spiffe-id", client.ID.String()); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "a certificate after unrevoke", 10*time.Second, func() bool { _, err := fetch(); return err == nil })
+
+	// Every change is in the audit log, with its actor.
+	var audit struct {
+		Events []struct {
+			Action, Actor string
+		} `json:"events"`
+	}
+	if err := east.admin(t, &audit, "audit", "list", "--since", "10m"); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range audit.Events {
+		if strings.HasPrefix(e.Action, "revocation.") {
+			n++
+			if !strings.HasPrefix(e.Actor, "admin:") {
+				t.Errorf("audit event %s has actor %q, want the Unix user", e.Action, e.Actor)
+			}
+		}
+	}
+	if n != 3 {
+		t.Errorf("%d revocation audit events, want 3 (2 revokes, 1 unrevoke)", n)
+	}
+	if err := east.admin(t, nil, "audit", "verify"); err != nil {
+		t.Errorf("audit verify: %v", err)
+	}
+}
+
+// TestRevokeCluster: revoking west at the root puts west's intermediate on
+// the root's CRL (delivered to east's workloads, which then refuse west's),
+// and west's issuer can no longer renew.
+func TestRevokeCluster(t *testing.T) {
+	root := startRoot(t, "intermediateTTL: 1h\n")
+	east := startIssuer(t, root, "east", "east.example", "")
+	west := startIssuer(t, root, "west", "west.example", "")
+	server := startWorkload(t, east, root.BundlePath(), "shop", "backend", 10*time.Minute)
+	client := startWorkload(t, west, root.BundlePath(), "shop", "frontend", 10*time.Minute)
+	server.watchCRLs(t)
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", server.serverConfig(client.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	go serveEcho(lis)
+	dial := func() error { return exchange(lis.Addr().String(), client.clientConfig(server.ID)) }
+	if err := dial(); err != nil {
+		t.Fatalf("east/west mTLS before revocation: %v", err)
+	}
+	westInter := intermediateOf(t, client)
+
+	if err := root.admin(t, nil, "revoke", "--cluster", "west", "--reason", "decommissioned"); err != nil {
+		t.Fatal(err)
+	}
+	waitFailing(t, "west's workload after revoking west", 10*time.Second, dial)
+	svid, _ := client.Source.GetX509SVID()
+	if !server.CRLs.lists(svid.Certificates[1].SerialNumber.Text(16)) {
+		t.Errorf("west's intermediate %s is not on the CRLs east's agent delivers", westInter)
+	}
+	// west's issuer is refused: a restart cannot renew its intermediate.
+	west.stop(t)
+	west.proc = start(t, "issuer west (revoked)", "issuer", "serve", "--config", west.config)
+	select {
+	case <-west.done:
+	case <-time.After(startTimeout):
+		t.Fatal("the revoked cluster's issuer keeps running without an intermediate")
+	}
+	if west.err == nil || !strings.Contains(west.out.String(), "cluster west is revoked") {
+		t.Errorf("the revoked cluster's issuer: exit %v, want a failure saying the cluster is revoked:\n%s", west.err, west.out.String())
+	}
+}
