@@ -46,6 +46,7 @@ lint: tools
 ## bench: benchmarks that feed docs/benchmarks.md.
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -count 1 ./issuer/ ./store/... ./attest/ ./agent/
+	$(GO) test -run '^$$' -bench . -benchtime 20x -count 1 ./test/bench/
 
 ## fuzz: run each fuzz target for FUZZTIME (the seed corpora also run in `make test`).
 fuzz:

@@ -1,0 +1,58 @@
+package multicluster
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+)
+
+// TestAdminOverMTLS: the issuer's admin API over mutual TLS answers the
+// configured admin identity and refuses any other workload of the mesh.
+func TestAdminOverMTLS(t *testing.T) {
+	root := startRoot(t, "intermediateTTL: 1h\n")
+	adminAddr := freeAddr(t)
+	east := startIssuer(t, root, "east", "east.example", fmt.Sprintf(
+		"admin:\n  listen: %s\n  spiffeIDs: [\"spiffe://east.example/ns/ops/sa/admin\"]\n", adminAddr))
+	ops := startWorkload(t, east, root.BundlePath(), "ops", "admin", 10*time.Minute)
+	web := startWorkload(t, east, root.BundlePath(), "shop", "web", 10*time.Minute)
+
+	call := func(w *workload) error {
+		// The issuer presents its serving certificate (DNS names), so the
+		// admin checks it as a web server under the mesh's roots, and
+		// presents its X509-SVID.
+		b, err := w.Source.GetX509BundleForTrustDomain(w.ID.TrustDomain())
+		if err != nil {
+			return err
+		}
+		pool := x509.NewCertPool()
+		for _, r := range b.X509Authorities() {
+			pool.AddCert(r)
+		}
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, ServerName: "localhost",
+			GetClientCertificate: tlsconfig.GetClientCertificate(w.Source)}
+		conn, err := grpc.NewClient(adminAddr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err = meshcav1.NewAdminServiceClient(conn).ListRevocations(ctx, &meshcav1.ListRevocationsRequest{})
+		return err
+	}
+	if err := call(ops); err != nil {
+		t.Fatalf("the admin identity was refused: %v", err)
+	}
+	if err := call(web); err == nil {
+		t.Fatal("a non-admin workload was let into the admin API")
+	}
+}
