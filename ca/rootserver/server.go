@@ -74,6 +74,36 @@ func (r *Root) ServeAdmin(ctx context.Context, lis net.Listener) error {
 	return serve(ctx, srv, lis, make(chan struct{}))
 }
 
+// ServeAdminMTLS serves AdminService over mutual TLS on lis, to the admins
+// m lets in (see admin.NewMTLS; build it with ServingCertificate and
+// OwnRoots), until ctx ends. The audit actor is the admin's SPIFFE ID.
+func (r *Root) ServeAdminMTLS(ctx context.Context, lis net.Listener, m *admin.MTLS) error {
+	srv := grpc.NewServer(append(m.ServerOptions(), grpc.MaxRecvMsgSize(r.cfg.MaxRequestBytes))...)
+	meshcav1.RegisterAdminServiceServer(srv, newAdminService(r))
+	return serve(ctx, srv, lis, make(chan struct{}))
+}
+
+// ServingCertificate returns a tls.Config.GetCertificate callback with a
+// certificate for Config.Hosts signed by the active root, like the one
+// Serve presents, for other listeners such as the admin API over mTLS.
+func (r *Root) ServingCertificate() (func(*tls.ClientHelloInfo) (*tls.Certificate, error), error) {
+	certs, err := newServingCerts(r)
+	if err != nil {
+		return nil, err
+	}
+	return certs.GetCertificate, nil
+}
+
+// OwnRoots returns the roots of the published bundle (its own trust
+// domains), nil when there are none yet.
+func (r *Root) OwnRoots() *ca.Bundle {
+	b, _ := r.Current()
+	if b == nil {
+		return nil
+	}
+	return b.OwnRoots()
+}
+
 func serve(ctx context.Context, srv *grpc.Server, lis net.Listener, stopping chan struct{}) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()

@@ -115,6 +115,15 @@ func (a adminTLSConfig) validate() error {
 	return nil
 }
 
+// adminIDs returns the validated admin SPIFFE IDs.
+func adminIDs(a adminTLSConfig) []spiffeid.ID {
+	var ids []spiffeid.ID
+	for _, id := range a.SPIFFEIDs {
+		ids = append(ids, spiffeid.RequireFromString(id)) // validated with the config
+	}
+	return ids
+}
+
 // upstreamConfig is `upstream:` of the issuer config.
 type upstreamConfig struct {
 	// Address of the root's gRPC API, e.g. meshca-root.meshca-system.svc:15020.

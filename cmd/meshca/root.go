@@ -142,6 +142,22 @@ func runRoot(ctx context.Context, cfg rootConfig, out io.Writer) error {
 			return err
 		}
 	}
+	var mtls *admin.MTLS
+	var adminTLSLis net.Listener
+	if cfg.Admin.Listen != "" {
+		get, err := root.ServingCertificate()
+		if err != nil {
+			closeAll()
+			return err
+		}
+		if mtls, err = admin.NewMTLS(admin.MTLSConfig{GetCertificate: get, Roots: root.OwnRoots, Admins: adminIDs(cfg.Admin), Logger: log}); err != nil {
+			closeAll()
+			return err
+		}
+		if adminTLSLis, err = listen(cfg.Admin.Listen); err != nil {
+			return err
+		}
+	}
 	adminLis, err := admin.ListenUnix(cfg.adminSocket())
 	if err != nil {
 		closeAll()
@@ -151,6 +167,9 @@ func runRoot(ctx context.Context, cfg rootConfig, out io.Writer) error {
 	g.Go(func() error { return root.Run(ctx) })
 	g.Go(func() error { return root.Serve(ctx, lis) })
 	g.Go(func() error { return root.ServeAdmin(ctx, adminLis) })
+	if mtls != nil {
+		g.Go(func() error { return root.ServeAdminMTLS(ctx, adminTLSLis, mtls) })
+	}
 	g.Go(func() error { return writeBundles(ctx, root, cfg, log) })
 	if fetcher != nil {
 		g.Go(func() error { return fetcher.Run(ctx) })

@@ -50,6 +50,9 @@ type rootConfig struct {
 	Store storeConfig `json:"store,omitempty"`
 	// Federation serves this mesh's bundle and fetches other meshes'.
 	Federation federationConfig `json:"federation,omitempty"`
+	// Admin optionally serves the admin API over mutual TLS too, to the
+	// listed admin SPIFFE IDs (X509-SVIDs under this root).
+	Admin adminTLSConfig `json:"admin,omitempty"`
 	// MetricsListen, when set, serves Prometheus metrics at /metrics (plain
 	// HTTP), e.g. 127.0.0.1:9090.
 	MetricsListen string `json:"metricsListen,omitempty"`
@@ -189,6 +192,9 @@ func (c *rootConfig) validate() error {
 		return fmt.Errorf("key.kind %q: want file or vault", c.Key.Kind)
 	}
 	if err := c.Store.validate(); err != nil {
+		return err
+	}
+	if err := c.Admin.validate(); err != nil {
 		return err
 	}
 	return c.Federation.validate()

@@ -132,11 +132,7 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	}
 	var mtls *admin.MTLS
 	if s.adminTLS.Listen != "" {
-		var ids []spiffeid.ID
-		for _, id := range s.adminTLS.SPIFFEIDs {
-			ids = append(ids, spiffeid.RequireFromString(id)) // validated with the config
-		}
-		if mtls, err = admin.NewMTLS(admin.MTLSConfig{GetCertificate: srv.GetCertificate, Roots: iss.Bundle, Admins: ids, Logger: log}); err != nil {
+		if mtls, err = admin.NewMTLS(admin.MTLSConfig{GetCertificate: srv.GetCertificate, Roots: iss.Bundle, Admins: adminIDs(s.adminTLS), Logger: log}); err != nil {
 			return err
 		}
 	}

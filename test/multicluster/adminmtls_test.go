@@ -15,17 +15,18 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 )
 
-// TestAdminOverMTLS: the issuer's admin API over mutual TLS answers the
-// configured admin identity and refuses any other workload of the mesh.
+// TestAdminOverMTLS: the admin APIs of the issuer and of the root over
+// mutual TLS answer the configured admin identity and refuse any other
+// workload of the mesh.
 func TestAdminOverMTLS(t *testing.T) {
-	root := startRoot(t, "intermediateTTL: 1h\n")
-	adminAddr := freeAddr(t)
+	rootAdminAddr, adminAddr := freeAddr(t), freeAddr(t)
+	root := startRoot(t, fmt.Sprintf("intermediateTTL: 1h\nadmin:\n  listen: %s\n  spiffeIDs: [\"spiffe://east.example/ns/ops/sa/admin\"]\n", rootAdminAddr))
 	east := startIssuer(t, root, "east", "east.example", fmt.Sprintf(
 		"admin:\n  listen: %s\n  spiffeIDs: [\"spiffe://east.example/ns/ops/sa/admin\"]\n", adminAddr))
 	ops := startWorkload(t, east, root.BundlePath(), "ops", "admin", 10*time.Minute)
 	web := startWorkload(t, east, root.BundlePath(), "shop", "web", 10*time.Minute)
 
-	call := func(w *workload) error {
+	call := func(w *workload, adminAddr string) error {
 		// The issuer presents its serving certificate (DNS names), so the
 		// admin checks it as a web server under the mesh's roots, and
 		// presents its X509-SVID.
@@ -49,10 +50,12 @@ func TestAdminOverMTLS(t *testing.T) {
 		_, err = meshcav1.NewAdminServiceClient(conn).ListRevocations(ctx, &meshcav1.ListRevocationsRequest{})
 		return err
 	}
-	if err := call(ops); err != nil {
-		t.Fatalf("the admin identity was refused: %v", err)
-	}
-	if err := call(web); err == nil {
-		t.Fatal("a non-admin workload was let into the admin API")
+	for _, addr := range []string{adminAddr, rootAdminAddr} {
+		if err := call(ops, addr); err != nil {
+			t.Fatalf("%s: the admin identity was refused: %v", addr, err)
+		}
+		if err := call(web, addr); err == nil {
+			t.Fatalf("%s: a non-admin workload was let into the admin API", addr)
+		}
 	}
 }
