@@ -324,3 +324,38 @@ func TestCRLNumbersGrowWithinOneMillisecond(t *testing.T) {
 		}
 	})
 }
+
+// A prepared intermediate signs its CRL before it signs any certificate, so
+// relying parties have it by the time they meet a chain through it.
+func TestCRLSignedByPreparedIntermediate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newCRLRig(t, 48*time.Hour, nil)
+		current := g.tree.Intermediate
+		key := newKey(t)
+		cert, err := g.tree.Root.SignIntermediate(ca.IntermediateRequest{
+			PublicKey: key.Public(), TrustDomain: g.tree.TrustDomain, Cluster: "dev", TTL: 48 * time.Hour, Now: time.Now(),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		prepared, err := ca.NewAuthority(cert, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.iss.SetPrepared(prepared)
+		synctest.Wait()
+		if g.iss.Authority() != current {
+			t.Fatal("SetPrepared switched the signing intermediate")
+		}
+		if held := g.iss.Held(time.Now()); len(held) != 2 || held[0] != current || held[1] != prepared {
+			t.Fatalf("issuer holds %d authorities, want the current one, then the prepared one", len(held))
+		}
+		_, issuers := g.crls(t)
+		if len(issuers) != 2 || !issuers[1].Equal(prepared.Certificate) {
+			t.Fatalf("%d CRLs, want the current and the prepared intermediate's", len(issuers))
+		}
+		if leaf := g.issue(t, goodToken, 0); leaf.CheckSignatureFrom(current.Certificate) != nil {
+			t.Error("a certificate was signed by the prepared intermediate before it was activated")
+		}
+	})
+}

@@ -215,6 +215,7 @@ func (m *Intermediates) renew(ctx context.Context) {
 	}
 	m.failures, m.retryAt = 0, time.Time{}
 	m.next, m.nextRoot = a, root
+	m.cfg.Issuer.SetPrepared(a) // its CRL travels before its first certificate
 	m.cfg.Logger.Info("next intermediate prepared", "serial", ca.SerialHex(a.Certificate.SerialNumber),
 		"not_after", a.Certificate.NotAfter, "root_sha256", hex.EncodeToString(root[:]),
 		"current_not_after", m.current.Certificate.NotAfter)

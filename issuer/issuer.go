@@ -161,7 +161,11 @@ type signing struct {
 	// had not expired when this signing replaced theirs: certificates they
 	// issued may still be in use, so their CRLs are still signed.
 	previous []*ca.Authority
-	// replaced is closed when SetAuthority replaces this signing.
+	// prepared is the intermediate that will replace this one (see
+	// SetPrepared); nil when none is prepared.
+	prepared *ca.Authority
+	// replaced is closed when SetAuthority (or SetPrepared) replaces this
+	// signing.
 	replaced chan struct{}
 }
 
@@ -241,12 +245,34 @@ func heldBefore(prev *signing, a *ca.Authority, now time.Time) []*ca.Authority {
 	return out
 }
 
-// Held returns the authorities whose certificates may still be in use at
-// now: the current one first, then those it replaced that have not expired,
-// newest first. Each signs a CRL (see CRLSigner).
+// SetPrepared records the intermediate that will replace the current one.
+// It does not sign with it; it is held (see Held) so that its CRL is signed
+// and distributed before any certificate under it exists: a relying party
+// that checks CRLs (Envoy does, for every CA of a chain, once it has any)
+// then never meets an intermediate it has no CRL for.
+func (iss *Issuer) SetPrepared(a *ca.Authority) {
+	iss.swapMu.Lock()
+	defer iss.swapMu.Unlock()
+	prev := iss.signing.Load()
+	if prev == nil || prev.authority == a {
+		return
+	}
+	next := *prev
+	next.prepared, next.replaced = a, make(chan struct{})
+	iss.signing.Store(&next)
+	close(prev.replaced)
+}
+
+// Held returns the authorities whose certificates may be in use at now: the
+// current one first, then the prepared one (see SetPrepared), then those it
+// replaced that have not expired, newest first. Each signs a CRL (see
+// CRLSigner).
 func (iss *Issuer) Held(now time.Time) []*ca.Authority {
 	s := iss.signing.Load()
 	out := []*ca.Authority{s.authority}
+	if p := s.prepared; p != nil && p != s.authority && !now.Before(p.Certificate.NotBefore) && now.Before(p.Certificate.NotAfter) {
+		out = append(out, p)
+	}
 	for _, p := range s.previous {
 		if now.Before(p.Certificate.NotAfter) {
 			out = append(out, p)

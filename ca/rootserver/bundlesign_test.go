@@ -122,7 +122,7 @@ func TestFirstBundleUnsignedWhenNoKey(t *testing.T) {
 	h.clock.Advance(time.Second)
 	h.refresh()
 	signed, _ := h.root.Current()
-	if signed.Sequence <= b.Sequence || !signed.Equal(b) {
+	if signed.Sequence <= b.Sequence || !equalButCRLs(signed, b) {
 		t.Fatalf("bundle %d after the key came back, want a newer one with the same content", signed.Sequence)
 	}
 	wantSignedBy(t, signed, h.activeRoot())

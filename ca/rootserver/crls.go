@@ -56,9 +56,11 @@ type issuerCRL struct {
 
 // signRootCRLsLocked keeps one CRL per in-bundle root valid at now listing
 // the revoked intermediates: signed when missing, when the list or the
-// roots change, and at half-life. While no intermediate is revoked there is
-// none. A root whose key cannot be loaded or that fails to sign keeps its
-// previous CRL while that is still current.
+// roots change, and at half-life. It exists, empty, while nothing is
+// revoked: a relying party that checks CRLs for every CA of a chain (Envoy,
+// once it has any CRL) must find one for the root too. A root whose key
+// cannot be loaded or that fails to sign keeps its previous CRL while that
+// is still current.
 func (r *Root) signRootCRLsLocked(ctx context.Context, now time.Time) {
 	serials := make([]string, 0, len(r.revs.inters))
 	for s := range r.revs.inters {
@@ -68,9 +70,6 @@ func (r *Root) signRootCRLsLocked(ctx context.Context, now time.Time) {
 	key := strings.Join(serials, ",")
 	keep := map[[32]byte]*rootCRL{}
 	defer func() { r.rootCRLs = keep }()
-	if len(serials) == 0 {
-		return
-	}
 	for _, s := range r.statuses {
 		if !s.State.InBundle() || now.Before(s.Cert.NotBefore) || !now.Before(s.Cert.NotAfter) {
 			continue

@@ -120,8 +120,10 @@ func TestRevokeCluster(t *testing.T) {
 	}
 	spareToken := h.addCluster("east", "east.example")
 	before, _ := h.root.Current()
-	if d, _ := before.Domain(spiffeid.RequireTrustDomainFromString("east.example")); len(d.CRLs) != 0 {
-		t.Fatalf("%d CRLs before any revocation", len(d.CRLs))
+	if d, _ := before.Domain(spiffeid.RequireTrustDomainFromString("east.example")); len(d.CRLs) != 1 {
+		t.Fatalf("%d CRLs before any revocation, want the root's (empty) one", len(d.CRLs))
+	} else if rl, _, err := ca.VerifyCRL(d.CRLs[0], d.Roots, h.clock.Now()); err != nil || len(rl.RevokedCertificateEntries) != 0 {
+		t.Fatalf("the root's CRL before any revocation: %v; want an empty, valid CRL", err)
 	}
 
 	resp, err := client.Revoke(bg, &meshcav1.RevokeRequest{Target: &meshcav1.RevokeRequest_Cluster{Cluster: "east"}, Reason: "key leaked"})
@@ -408,8 +410,13 @@ func TestRootCRLLifecycle(t *testing.T) {
 	h.clock.Advance(h.cfg.IntermediateTTL)
 	h.refresh()
 	b4, last := crlOf()
-	if len(last) != 0 {
-		t.Fatalf("%d root CRLs after the revoked intermediate expired, want none", len(last))
+	if d, _ := b4.Domain(spiffeid.RequireTrustDomainFromString("west.example")); len(last) != len(d.Roots.Roots()) {
+		t.Fatalf("%d root CRLs after the revoked intermediate expired, want one (empty) per root in the bundle", len(last))
+	}
+	for _, rl := range last {
+		if len(rl.RevokedCertificateEntries) != 0 {
+			t.Fatal("a root CRL still lists the expired intermediate")
+		}
 	}
 	wantBundleSigned(t, h, b4)
 }

@@ -116,7 +116,7 @@ func TestRestartKeepsRootsAndSequenceGrows(t *testing.T) {
 	h.clock.Advance(time.Second)
 	h.root = h.start()
 	after, _ := h.root.Current()
-	if !after.Equal(before) {
+	if !equalButCRLs(after, before) {
 		t.Fatal("the bundle changed across a restart")
 	}
 	if after.Sequence <= before.Sequence {

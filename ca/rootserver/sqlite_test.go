@@ -74,8 +74,8 @@ func TestWithSQLite(t *testing.T) {
 	h.root = h.start()
 	wantStates(t, h, ca.RootRetiring, ca.RootActive)
 	after, _ := h.root.Current()
-	if !after.Equal(before) || after.Sequence <= before.Sequence {
-		t.Fatalf("bundle across a restart: equal %v, sequence %d -> %d", after.Equal(before), before.Sequence, after.Sequence)
+	if !equalButCRLs(after, before) || after.Sequence <= before.Sequence {
+		t.Fatalf("bundle across a restart: equal %v, sequence %d -> %d", equalButCRLs(after, before), before.Sequence, after.Sequence)
 	}
 	// The old root retires once the first intermediate has expired.
 	clock.Advance(iss.inter.NotAfter.Sub(clock.Now()) + time.Second)
