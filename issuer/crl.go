@@ -59,6 +59,11 @@ type CRLSignerConfig struct {
 	// at half of it, and at once when the deny-list or the intermediate
 	// changes. Zero means ca.DefaultCRLValidity (24 h).
 	Validity time.Duration
+	// Roots, when set, also sign a CRL each (the same list): an issuer with
+	// its own local root passes it, so that a relying party that wants a
+	// CRL for every CA of a chain (Envoy) finds one for the root too. With
+	// a central root, the root publishes its own.
+	Roots []*ca.Authority
 	// Publisher, when set, receives every new set of CRLs (the root, in
 	// upstream mode). Failures are retried with backoff and never block
 	// signing or issuance.
@@ -210,6 +215,11 @@ func (s *CRLSigner) Run(ctx context.Context) error {
 // refresh signs what is due at now and returns when to look again.
 func (s *CRLSigner) refresh(ctx context.Context, set *DenySet, now time.Time) (time.Time, error) {
 	held := s.cfg.Issuer.Held(now)
+	for _, r := range s.cfg.Roots {
+		if !now.Before(r.Certificate.NotBefore) && now.Before(r.Certificate.NotAfter) {
+			held = append(held, r)
+		}
+	}
 	var due []*ca.Authority
 	for _, a := range held {
 		if sc, ok := s.signed[a]; !ok || sc.version != set.Version || !now.Before(sc.resignAt) {

@@ -359,3 +359,33 @@ func TestCRLSignedByPreparedIntermediate(t *testing.T) {
 		}
 	})
 }
+
+// An issuer with its own local root has the root sign a CRL too, so that a
+// relying party wanting one for every CA of a chain finds it.
+func TestCRLSignedByLocalRoot(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newCRLRig(t, 48*time.Hour, nil)
+		signer, err := issuer.NewCRLSigner(issuer.CRLSignerConfig{
+			Issuer: g.iss, DenyList: g.dl, Store: g.db, Roots: []*ca.Authority{g.tree.Root}, Jitter: func() float64 { return 0.5 },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runInBackground(t, "CRLSigner.Run (with root)", signer.Run)
+		synctest.Wait()
+		crls, _ := signer.Current()
+		var fromRoot int
+		for i, c := range crls {
+			_, iss, err := ca.VerifyCRL(c, g.tree.Bundle, time.Now())
+			if err != nil {
+				t.Fatalf("CRL %d: %v", i, err)
+			}
+			if iss.Equal(g.tree.Root.Certificate) {
+				fromRoot++
+			}
+		}
+		if len(crls) != 2 || fromRoot != 1 {
+			t.Fatalf("%d CRLs, %d from the root; want the intermediate's and the root's", len(crls), fromRoot)
+		}
+	})
+}

@@ -54,7 +54,9 @@ type intermediateSource struct {
 	roots     *ca.Bundle
 	// loop rotates an upstream intermediate; nil for a local root.
 	loop *issuer.Intermediates
-	// notAfterRoot is logged at start.
+	// localRoot is the local file root (it signs a CRL too); nil upstream.
+	localRoot *ca.Authority
+	// rootExpires is logged at start.
 	rootExpires time.Time
 }
 
@@ -109,8 +111,12 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	if up != nil {
 		publisher = up
 	}
+	var crlRoots []*ca.Authority
+	if src.localRoot != nil {
+		crlRoots = append(crlRoots, src.localRoot)
+	}
 	crls, err := issuer.NewCRLSigner(issuer.CRLSignerConfig{
-		Issuer: iss, DenyList: deny, Store: db, Validity: time.Duration(s.revocation.CRLValidity), Publisher: publisher, Logger: log,
+		Issuer: iss, DenyList: deny, Store: db, Validity: time.Duration(s.revocation.CRLValidity), Roots: crlRoots, Publisher: publisher, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -209,7 +215,7 @@ func localIntermediate(s caStack, td spiffeid.TrustDomain) (intermediateSource, 
 	if err != nil {
 		return intermediateSource{}, err
 	}
-	return intermediateSource{authority: inter, roots: bundle, rootExpires: root.Certificate.NotAfter}, nil
+	return intermediateSource{authority: inter, roots: bundle, localRoot: root, rootExpires: root.Certificate.NotAfter}, nil
 }
 
 // enrol obtains the first intermediate from the central root: with the
