@@ -1,34 +1,16 @@
 package main
 
 import (
-	"encoding/json"
-	"errors"
-	"fmt"
-	"os"
-	"time"
-
-	kjson "sigs.k8s.io/json"
-	"sigs.k8s.io/yaml"
+	"github.com/meshca/meshca/cmd/internal/cliconfig"
 )
 
-// duration is a time.Duration written as a Go duration string ("90m") in
-// YAML and JSON.
-type duration time.Duration
+// duration, loadConfig and decodeStrict are shared with the agent-only
+// binary (cmd/internal/cliconfig).
+type duration = cliconfig.Duration
 
-func (d *duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("duration must be a string such as \"1h\" or \"30m\": %w", err)
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return err
-	}
-	*d = duration(v)
-	return nil
-}
+func loadConfig(path string, cfg any) error { return cliconfig.Load(path, cfg) }
 
-func (d duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+func decodeStrict(data []byte, cfg any) error { return cliconfig.DecodeStrict(data, cfg) }
 
 // devConfig is the YAML configuration of `meshca dev`. Every field is
 // optional; flags override the file.
@@ -64,32 +46,4 @@ func defaultDevConfig() devConfig {
 		Cluster:     "dev",
 		Hosts:       []string{"127.0.0.1", "::1", "localhost", "istiod.istio-system.svc"},
 	}
-}
-
-// loadConfig decodes a YAML file into cfg strictly: field names are
-// case-sensitive, and unknown fields, duplicate keys and type mismatches are
-// errors naming the file. (encoding/json, under sigs.k8s.io/yaml's own
-// UnmarshalStrict, would match "leafttl" to leafTTL and let the last of two
-// spellings win.)
-func loadConfig(path string, cfg any) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	if err := decodeStrict(data, cfg); err != nil {
-		return fmt.Errorf("config %s: %w", path, err)
-	}
-	return nil
-}
-
-func decodeStrict(data []byte, cfg any) error {
-	js, err := yaml.YAMLToJSONStrict(data)
-	if err != nil {
-		return err
-	}
-	strictErrs, err := kjson.UnmarshalStrict(js, cfg)
-	if err != nil {
-		return err
-	}
-	return errors.Join(strictErrs...)
 }

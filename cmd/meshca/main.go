@@ -7,13 +7,15 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/meshca/meshca/cmd/internal/agentcmd"
+	"github.com/meshca/meshca/cmd/internal/cliconfig"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -30,23 +32,14 @@ func main() {
 }
 
 func newRootCommand() *cobra.Command {
-	var logLevel string
 	root := &cobra.Command{
 		Use:           "meshca",
 		Short:         "meshca: workload identity (SPIFFE X.509) for service meshes",
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			var level slog.Level
-			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-				return fmt.Errorf("--log-level: %w", err)
-			}
-			slog.SetDefault(slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level})))
-			return nil
-		},
 	}
-	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error (logs go to stderr as JSON)")
-	root.AddCommand(newDevCommand(), newIssuerCommand(), newCertCommand(), newAgentCommand(), newVersionCommand())
+	cliconfig.SetupLogging(root)
+	root.AddCommand(newDevCommand(), newIssuerCommand(), newCertCommand(), agentcmd.New(), newVersionCommand())
 	root.AddCommand(newMigrateCommand(), newAuditCommand(), newRootCACommand(), newAdminCommand())
 	return root
 }

@@ -1,4 +1,7 @@
-package main
+// Package agentcmd is the `agent` command, shared by `meshca agent` and the
+// agent-only binary `meshca-agent` (cmd/meshca-agent), which leaves out
+// everything else and so stays small in memory.
+package agentcmd
 
 import (
 	"context"
@@ -13,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshca/meshca/agent"
+	"github.com/meshca/meshca/cmd/internal/cliconfig"
 )
 
 // agentConfig is the YAML configuration of `meshca agent`. Flags override
@@ -34,7 +38,7 @@ type agentConfig struct {
 	// KeyType is ec-p256 (default) or rsa-2048.
 	KeyType string `json:"keyType,omitempty"`
 	// TTL is the requested certificate lifetime. Default: the issuer's.
-	TTL duration `json:"ttl,omitempty"`
+	TTL cliconfig.Duration `json:"ttl,omitempty"`
 	// SDSSocket is the Envoy SDS Unix socket (mode 0600). Default: none.
 	SDSSocket string `json:"sdsSocket,omitempty"`
 	// WorkloadSocket is the SPIFFE Workload API Unix socket. Default: none.
@@ -47,7 +51,7 @@ type agentConfig struct {
 	// Default 127.0.0.1:8089.
 	HealthAddr string `json:"healthAddr,omitempty"`
 	// ShutdownTimeout bounds a graceful stop. Default 5s.
-	ShutdownTimeout duration `json:"shutdownTimeout,omitempty"`
+	ShutdownTimeout cliconfig.Duration `json:"shutdownTimeout,omitempty"`
 }
 
 func defaultAgentConfig() agentConfig {
@@ -72,7 +76,8 @@ var agentFlags = []struct {
 	{"server-name", "issuer TLS server name (default: the host of --issuer)", func(c *agentConfig) *string { return &c.ServerName }},
 }
 
-func newAgentCommand() *cobra.Command {
+// New returns the `agent` command.
+func New() *cobra.Command {
 	cfg := defaultAgentConfig()
 	var (
 		configPath string
@@ -90,7 +95,7 @@ to applications over the SPIFFE Workload API (--workload-socket), and optionally
 address exports meshca_agent_crl_rejected_total. SIGTERM or SIGINT stops it gracefully.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg.TTL = duration(ttl)
+			cfg.TTL = cliconfig.Duration(ttl)
 			merged, err := mergeAgentConfig(cfg, configPath, cmd.Flags().Changed)
 			if err != nil {
 				return err
@@ -119,7 +124,7 @@ func mergeAgentConfig(flagCfg agentConfig, configPath string, changed func(strin
 		return flagCfg, nil
 	}
 	cfg := defaultAgentConfig()
-	if err := loadConfig(configPath, &cfg); err != nil {
+	if err := cliconfig.Load(configPath, &cfg); err != nil {
 		return agentConfig{}, err
 	}
 	for _, f := range agentFlags {

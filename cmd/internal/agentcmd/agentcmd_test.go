@@ -1,4 +1,4 @@
-package main
+package agentcmd
 
 import (
 	"log/slog"
@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/cmd/internal/cliconfig"
 )
 
 func TestAgentConfigFile(t *testing.T) {
@@ -40,7 +42,7 @@ shutdownTimeout: 2s
 				t.Fatal(err)
 			}
 			cfg := defaultAgentConfig()
-			err := loadConfig(path, &cfg)
+			err := cliconfig.Load(path, &cfg)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Errorf("err = %v, want %q", err, tc.wantErr)
@@ -104,13 +106,13 @@ func TestAgentFlagsOverrideFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	flags := defaultAgentConfig()
-	flags.Issuer, flags.TTL, flags.HealthAddr, flags.CABundle = "flag:2", duration(5*time.Minute), "", "/flag-default.pem"
+	flags.Issuer, flags.TTL, flags.HealthAddr, flags.CABundle = "flag:2", cliconfig.Duration(5*time.Minute), "", "/flag-default.pem"
 	changed := map[string]bool{"issuer": true, "ttl": true, "health-addr": true}
 	got, err := mergeAgentConfig(flags, path, func(name string) bool { return changed[name] })
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := agentConfig{Issuer: "flag:2", CABundle: "/file.pem", TokenFile: "/t", SDSSocket: "/s", TTL: duration(5 * time.Minute), KeyType: "ec-p256"}
+	want := agentConfig{Issuer: "flag:2", CABundle: "/file.pem", TokenFile: "/t", SDSSocket: "/s", TTL: cliconfig.Duration(5 * time.Minute), KeyType: "ec-p256"}
 	if got != want {
 		t.Errorf("merged %+v, want %+v", got, want)
 	}
