@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 )
 
@@ -50,4 +52,50 @@ type RevocationStore interface {
 	// Revocations lists the revocations in force at now (not lifted, and
 	// ExpiresAt zero or after now), by ID.
 	Revocations(ctx context.Context, now time.Time) ([]Revocation, error)
+}
+
+// Validate reports what makes r unfit for the deny-list (backends call it
+// before writing).
+func (r Revocation) Validate() error {
+	if err := ValidateRevocationTarget(r.Kind, r.Value); err != nil {
+		return err
+	}
+	switch {
+	case r.RevokedBy == "":
+		return errors.New("empty revoked by")
+	case !r.ExpiresAt.IsZero() && r.ExpiresAt.Unix() <= 0:
+		// The stored form of "never" is 0.
+		return fmt.Errorf("expires at %v, not after the Unix epoch", r.ExpiresAt)
+	}
+	return nil
+}
+
+// ValidateRevocationTarget checks a revocation's kind and value.
+func ValidateRevocationTarget(kind, value string) error {
+	switch kind {
+	case RevokeSerial, RevokeSPIFFEID, RevokeCluster, RevokeIntermediate:
+	default:
+		return fmt.Errorf("unknown revocation kind %q", kind)
+	}
+	if value == "" {
+		return errors.New("empty value")
+	}
+	return nil
+}
+
+// ExpiresUnix is the stored form of an ExpiresAt: Unix seconds, 0 for the
+// zero time (never). ExpiresFromUnix is its inverse, in UTC.
+func ExpiresUnix(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
+// ExpiresFromUnix turns a stored ExpiresAt back into a time (zero for 0).
+func ExpiresFromUnix(sec int64) time.Time {
+	if sec == 0 {
+		return time.Time{}
+	}
+	return time.Unix(sec, 0).UTC()
 }

@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 )
 
@@ -90,4 +92,19 @@ type RootStore interface {
 	// Roots lists every root recorded, by AddedAt ascending, then
 	// Fingerprint.
 	Roots(ctx context.Context) ([]Root, error)
+}
+
+// ValidateAddCluster reports what makes an AddCluster call invalid (backends
+// call it before writing): empty names, an empty token hash, or a token for
+// another cluster.
+func ValidateAddCluster(c Cluster, tok JoinToken) error {
+	switch {
+	case c.Name == "" || c.TrustDomain == "":
+		return errors.New("empty name or trust domain")
+	case tok.Hash == "":
+		return errors.New("empty join token hash")
+	case tok.Cluster != "" && tok.Cluster != c.Name:
+		return fmt.Errorf("join token is for cluster %s", tok.Cluster)
+	}
+	return nil
 }

@@ -31,13 +31,8 @@ func (s *Store) AddCluster(ctx context.Context, c store.Cluster, tok store.JoinT
 }
 
 func (s *Store) addCluster(ctx context.Context, c store.Cluster, tok store.JoinToken, ev store.AuditEvent) error {
-	switch {
-	case c.Name == "" || c.TrustDomain == "":
-		return errors.New("empty name or trust domain")
-	case tok.Hash == "":
-		return errors.New("empty join token hash")
-	case tok.Cluster != "" && tok.Cluster != c.Name:
-		return fmt.Errorf("join token is for cluster %s", tok.Cluster)
+	if err := store.ValidateAddCluster(c, tok); err != nil {
+		return err
 	}
 	if err := checkText([][2]string{{"name", c.Name}, {"trust domain", c.TrustDomain}, {"join token hash", tok.Hash}}); err != nil {
 		return err

@@ -45,7 +45,7 @@ func (s *Store) Revoke(ctx context.Context, r store.Revocation, ev store.AuditEv
 }
 
 func (s *Store) revoke(ctx context.Context, r store.Revocation, ev store.AuditEvent) (store.Revocation, error) {
-	if err := checkRevocation(r); err != nil {
+	if err := r.Validate(); err != nil {
 		return store.Revocation{}, err
 	}
 	now := s.now()
@@ -54,8 +54,8 @@ func (s *Store) revoke(ctx context.Context, r store.Revocation, ev store.AuditEv
 		r.RevokedAt = now
 	}
 	r.RevokedAt = fromUnix(r.RevokedAt.Unix())
-	expires := expiresUnix(r.ExpiresAt)
-	r.ExpiresAt = expiresTime(expires)
+	expires := store.ExpiresUnix(r.ExpiresAt)
+	r.ExpiresAt = store.ExpiresFromUnix(expires)
 	err := s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM revocations WHERE kind = ? AND value = ? AND lifted_at <> 0`,
 			r.Kind, r.Value); err != nil {
@@ -90,7 +90,7 @@ func (s *Store) Unrevoke(ctx context.Context, kind, value string, ev store.Audit
 }
 
 func (s *Store) unrevoke(ctx context.Context, kind, value string, ev store.AuditEvent) error {
-	if err := checkKindValue(kind, value); err != nil {
+	if err := store.ValidateRevocationTarget(kind, value); err != nil {
 		return err
 	}
 	now := s.now()
@@ -135,48 +135,6 @@ func scanRevocation(sc scanner) (store.Revocation, error) {
 	if err := sc.Scan(&r.ID, &r.Kind, &r.Value, &r.Cluster, &r.Reason, &r.RevokedBy, &revoked, &expires); err != nil {
 		return store.Revocation{}, err
 	}
-	r.RevokedAt, r.ExpiresAt = fromUnix(revoked), expiresTime(expires)
+	r.RevokedAt, r.ExpiresAt = fromUnix(revoked), store.ExpiresFromUnix(expires)
 	return r, nil
-}
-
-// checkRevocation refuses what the deny-list cannot hold or act on.
-func checkRevocation(r store.Revocation) error {
-	if err := checkKindValue(r.Kind, r.Value); err != nil {
-		return err
-	}
-	switch {
-	case r.RevokedBy == "":
-		return errors.New("empty revoked by")
-	case !r.ExpiresAt.IsZero() && r.ExpiresAt.Unix() <= 0:
-		// expires_at 0 means never.
-		return fmt.Errorf("expires at %v, not after the Unix epoch", r.ExpiresAt)
-	}
-	return nil
-}
-
-func checkKindValue(kind, value string) error {
-	switch kind {
-	case store.RevokeSerial, store.RevokeSPIFFEID, store.RevokeCluster, store.RevokeIntermediate:
-	default:
-		return fmt.Errorf("unknown revocation kind %q", kind)
-	}
-	if value == "" {
-		return errors.New("empty value")
-	}
-	return nil
-}
-
-// expiresUnix is the stored form of ExpiresAt: 0 for the zero time (never).
-func expiresUnix(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.Unix()
-}
-
-func expiresTime(sec int64) time.Time {
-	if sec == 0 {
-		return time.Time{}
-	}
-	return fromUnix(sec)
 }
