@@ -205,6 +205,12 @@ type LeafRequest struct {
 
 // SignLeaf signs an end-entity certificate with a random 128-bit serial.
 // It fails with ErrCAExpired when the CA is not valid at req.Now.
+//
+// A returned certificate's signature has been verified against the public
+// key of a.Certificate: x509.CreateCertificate refuses a signer whose public
+// key is not the parent certificate's and verifies the signature the signer
+// produced (TestSignLeafRefusesBadSignatures). Callers rely on this and do
+// not check the signature again.
 func (a *Authority) SignLeaf(req LeafRequest) (*x509.Certificate, error) {
 	if req.PublicKey == nil {
 		return nil, errors.New("leaf: public key is required")

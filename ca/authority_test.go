@@ -1,9 +1,11 @@
 package ca_test
 
 import (
+	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
+	"io"
 	"math/big"
 	"net/url"
 	"slices"
@@ -209,5 +211,39 @@ func TestBundle(t *testing.T) {
 	}
 	if _, err := ca.ParseBundle([]byte("not pem")); err == nil {
 		t.Error("garbage bundle accepted")
+	}
+}
+
+// corruptSigner signs with the right key, then flips a bit of the signature:
+// a faulty HSM or remote signer.
+type corruptSigner struct{ crypto.Signer }
+
+func (s corruptSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	sig, err := s.Signer.Sign(r, digest, opts)
+	if err == nil {
+		sig[len(sig)-1] ^= 1
+	}
+	return sig, err
+}
+
+// The issuer does not check a leaf's signature a second time: SignLeaf must
+// only return leaves whose signature verified against the authority's
+// certificate. These signers break that in the two ways it can break.
+func TestSignLeafRefusesBadSignatures(t *testing.T) {
+	tree := catest.New(t, catest.Options{Now: t0})
+	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/default/sa/web")
+	for name, signer := range map[string]crypto.Signer{
+		"corrupt signature": corruptSigner{tree.Intermediate.Signer},
+		"other key":         catest.Key(t, "other"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			a := &ca.Authority{Certificate: tree.Intermediate.Certificate, Signer: signer}
+			leaf, err := a.SignLeaf(ca.LeafRequest{
+				PublicKey: catest.Key(t, "leaf").Public(), URIs: []*url.URL{id.URL()}, TTL: time.Hour, Now: t0,
+			})
+			if err == nil {
+				t.Fatalf("SignLeaf returned a leaf (serial %x) with a bad signature", leaf.SerialNumber)
+			}
+		})
 	}
 }

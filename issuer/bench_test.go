@@ -12,7 +12,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca/catest"
 	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/test/benchcpu"
 )
 
 // benchCSRs returns n distinct ECDSA P-256 CSRs (PEM), generated once.
@@ -52,7 +52,7 @@ func BenchmarkIssuance(b *testing.B) {
 	csrs := benchCSRs()
 	b.Run("floor", func(b *testing.B) {
 		tree := catest.New(b, catest.Options{})
-		defer reportCPU(b)()
+		defer benchcpu.Start(b)()
 		id, _ := url.Parse(webID)
 		var n atomic.Int64
 		b.RunParallel(func(pb *testing.PB) {
@@ -96,7 +96,7 @@ func benchGRPC(b *testing.B, rec issuer.Recorder) {
 		var n atomic.Int64
 		b.SetParallelism(benchParallelism)
 		b.ResetTimer()
-		stop := reportCPU(b)
+		stop := benchcpu.Start(b)
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				i := n.Add(1)
@@ -146,10 +146,21 @@ func BenchmarkIssuanceLatency500(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 }
 
+// benchWire drives the server like a fleet of agents: each of benchAgents
+// agents has its own token, and they share the wire's TLS connection.
 type benchWire struct {
 	*wire
 	tokens []string
+	agents []benchAgent
 }
+
+type benchAgent struct {
+	client pb.IstioCertificateServiceClient
+	ctx    context.Context // carries the agent's bearer token
+}
+
+// benchAgents is how many agents (tokens) the clients take turns as.
+const benchAgents = 16
 
 func newBenchWire(b *testing.B) *benchWire { return newBenchWireRecorder(b, nil) }
 
@@ -157,15 +168,20 @@ func newBenchWireRecorder(b *testing.B, rec issuer.Recorder) *benchWire {
 	b.Helper()
 	w := newWireRecorder(b, true, rec)
 	bw := &benchWire{wire: w}
-	for i := range 16 {
-		bw.tokens = append(bw.tokens, w.token(b, attest.TokenSpec{Namespace: "bench", ServiceAccount: fmt.Sprintf("sa-%d", i)}))
+	for i := range benchAgents {
+		tok := w.token(b, attest.TokenSpec{Namespace: "bench", ServiceAccount: fmt.Sprintf("sa-%d", i)})
+		bw.tokens = append(bw.tokens, tok)
+		bw.agents = append(bw.agents, benchAgent{
+			client: w.client,
+			ctx:    metadata.NewOutgoingContext(context.Background(), metadata.Pairs("authorization", "Bearer "+tok)),
+		})
 	}
 	return bw
 }
 
 func (w *benchWire) issue(i int64, csr []byte) (*pb.IstioCertificateResponse, error) {
-	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+w.tokens[i%int64(len(w.tokens))])
-	return w.client.CreateCertificate(ctx, &pb.IstioCertificateRequest{Csr: string(csr)})
+	a := w.agents[i%int64(len(w.agents))]
+	return a.client.CreateCertificate(a.ctx, &pb.IstioCertificateRequest{Csr: string(csr)})
 }
 
 // benchIssueDirect calls Issuer.Issue in-process with the cached JWKS
@@ -187,7 +203,7 @@ func benchIssueDirect(b *testing.B, sqliteStore bool) {
 	var n atomic.Int64
 	b.SetParallelism(benchParallelism)
 	b.ResetTimer()
-	defer reportCPU(b)()
+	defer benchcpu.Start(b)()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			i := n.Add(1)
@@ -203,22 +219,3 @@ func benchIssueDirect(b *testing.B, sqliteStore bool) {
 // benchParallelism × GOMAXPROCS concurrent clients (64 on 2 cores): a CA
 // serves many agents at once, and group commit needs concurrency to batch.
 const benchParallelism = 32
-
-// reportCPU starts measuring this process's CPU time (user + system, all
-// threads: clients, server, store, GC) and returns a func that reports it per
-// operation as "cpu-us/op". Unlike ns/op it barely moves when other processes
-// load the machine, so ratios of cpu-us/op are the robust figure here.
-func reportCPU(b *testing.B) func() {
-	start := processCPU(b)
-	return func() {
-		b.ReportMetric(float64((processCPU(b)-start).Microseconds())/float64(b.N), "cpu-us/op")
-	}
-}
-
-func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}

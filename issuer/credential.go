@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -223,7 +224,7 @@ func verifyCredential(ders [][]byte, key crypto.Signer, tb *ca.TrustBundle, td s
 		return nil, fmt.Errorf("credential: chain has %d certificates, want the credential alone (signed by a root)", len(chain))
 	case leaf.IsCA:
 		return nil, errors.New("credential: is a CA certificate")
-	case !hasEKU(leaf, x509.ExtKeyUsageClientAuth):
+	case !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth):
 		return nil, errors.New("credential: lacks client authentication usage")
 	case len(leaf.URIs) != 1 || leaf.URIs[0].String() != want.String():
 		return nil, fmt.Errorf("credential: URI SANs %v, want exactly %s", leaf.URIs, want)

@@ -9,12 +9,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -148,15 +150,12 @@ func (c *Config) setDefaults() {
 type signing struct {
 	authority *ca.Authority
 	bundle    *ca.Bundle
-	// anchor holds only the authority's certificate. Its own chain to the
-	// bundle was verified once, in SetAuthority; each leaf is then verified
-	// against it, which costs one signature check instead of one per link
-	// while enforcing the same name constraints, usages and validity.
-	anchor *x509.CertPool
 	// chain is what follows the leaf in a response, root excluded.
 	chain []*x509.Certificate
 	// root is the bundle root the authority chains to; it ends a response.
 	root *x509.Certificate
+	// tailPEM is chain then root, PEM-encoded once for every response.
+	tailPEM []string
 	// previous are the authorities signed with before, newest first, that
 	// had not expired when this signing replaced theirs: certificates they
 	// issued may still be in use, so their CRLs are still signed.
@@ -216,11 +215,12 @@ func (iss *Issuer) SetAuthority(a *ca.Authority, b *ca.Bundle) error {
 	if c := a.Certificate; len(c.PermittedURIDomains) != 1 || c.PermittedURIDomains[0] != td {
 		return fmt.Errorf("issuer: intermediate permits URI domains %q, want exactly %q", c.PermittedURIDomains, td)
 	}
-	anchor := x509.NewCertPool()
-	anchor.AddCert(a.Certificate)
 	next := &signing{
-		authority: a, bundle: b, anchor: anchor, root: root, replaced: make(chan struct{}),
+		authority: a, bundle: b, root: root, replaced: make(chan struct{}),
 		chain: append([]*x509.Certificate(nil), chain[:len(chain)-1]...),
+	}
+	for _, c := range chain {
+		next.tailPEM = append(next.tailPEM, certPEM(c))
 	}
 	iss.swapMu.Lock()
 	defer iss.swapMu.Unlock()
@@ -306,30 +306,74 @@ type Request struct {
 // record. It returns the chain leaf first, root last. On any error nothing
 // was issued: a certificate that could not be recorded is discarded.
 func (iss *Issuer) Issue(ctx context.Context, req Request) ([]*x509.Certificate, error) {
+	leaf, s, err := iss.issue(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	chain := make([]*x509.Certificate, 0, len(s.chain)+2)
+	chain = append(chain, leaf)
+	chain = append(chain, s.chain...)
+	return append(chain, s.root), nil
+}
+
+// issuePEM is Issue with the chain PEM-encoded, for the gRPC service: only
+// the leaf is encoded per request.
+func (iss *Issuer) issuePEM(ctx context.Context, req Request) (*x509.Certificate, []string, error) {
+	leaf, s, err := iss.issue(ctx, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	return leaf, append([]string{certPEM(leaf)}, s.tailPEM...), nil
+}
+
+// certPEM is pem.EncodeToMemory for a certificate, in one allocation: it
+// runs once per issuance.
+func certPEM(c *x509.Certificate) string {
+	const begin, end = "-----BEGIN CERTIFICATE-----\n", "-----END CERTIFICATE-----\n"
+	der := c.Raw
+	n := base64.StdEncoding.EncodedLen(len(der))
+	var b strings.Builder
+	b.Grow(len(begin) + n + (n+63)/64 + len(end))
+	b.WriteString(begin)
+	var line [64]byte
+	for len(der) > 0 {
+		k := min(48, len(der)) // 48 bytes are one 64-character line
+		base64.StdEncoding.Encode(line[:], der[:k])
+		b.Write(line[:base64.StdEncoding.EncodedLen(k)])
+		b.WriteByte('\n')
+		der = der[k:]
+	}
+	b.WriteString(end)
+	return b.String()
+}
+
+// issue is the hot path; it returns the leaf and the signing state that
+// signed it, whose chain follows the leaf.
+func (iss *Issuer) issue(ctx context.Context, req Request) (*x509.Certificate, *signing, error) {
 	if req.TTL < 0 {
-		return nil, fmt.Errorf("%w: validity must not be negative", ErrInvalidRequest)
+		return nil, nil, fmt.Errorf("%w: validity must not be negative", ErrInvalidRequest)
 	}
 	ident, err := iss.cfg.Attestor.Attest(ctx, attest.Request{Token: req.Token, ClusterID: req.ClusterID})
 	if err != nil {
 		switch {
 		case errors.Is(err, attest.ErrUnavailable):
-			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+			return nil, nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		case errors.Is(err, ErrUnauthenticated):
-			return nil, fmt.Errorf("attest: %w", err)
+			return nil, nil, fmt.Errorf("attest: %w", err)
 		default: // an attestor that broke its contract still fails closed
-			return nil, fmt.Errorf("%w: attest: %w", ErrUnauthenticated, err)
+			return nil, nil, fmt.Errorf("%w: attest: %w", ErrUnauthenticated, err)
 		}
 	}
 	id, err := spiffeid.FromSegments(iss.cfg.TrustDomain, "ns", ident.Namespace, "sa", ident.ServiceAccount)
 	if err != nil {
-		return nil, fmt.Errorf("%w: identity %s/%s is not a valid SPIFFE path: %w", ErrPermissionDenied, ident.Namespace, ident.ServiceAccount, err)
+		return nil, nil, fmt.Errorf("%w: identity %s/%s is not a valid SPIFFE path: %w", ErrPermissionDenied, ident.Namespace, ident.ServiceAccount, err)
 	}
 	if err := iss.checkRevoked(id); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	csr, err := CheckCSR(req.CSR, id)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", id, err)
+		return nil, nil, fmt.Errorf("%s: %w", id, err)
 	}
 	s := iss.signing.Load()
 	now := iss.cfg.Now()
@@ -337,24 +381,21 @@ func (iss *Issuer) Issue(ctx context.Context, req Request) ([]*x509.Certificate,
 		PublicKey: csr.PublicKey, URIs: []*url.URL{id.URL()}, TTL: iss.clampTTL(req.TTL), Now: now,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: sign %s: %w", ErrUnavailable, id, err)
+		return nil, nil, fmt.Errorf("%w: sign %s: %w", ErrUnavailable, id, err)
 	}
-	if err := s.verify(leaf, id, now); err != nil {
-		return nil, fmt.Errorf("verify issued certificate for %s: %w", id, err)
+	if err := s.verify(leaf, csr.PublicKey, id, now); err != nil {
+		return nil, nil, fmt.Errorf("verify issued certificate for %s: %w", id, err)
 	}
 	if err := iss.record(ctx, leaf, id, ident, now); err != nil {
-		return nil, fmt.Errorf("%w: record %s: %w", ErrUnavailable, id, err)
+		return nil, nil, fmt.Errorf("%w: record %s: %w", ErrUnavailable, id, err)
 	}
 	// Checked again once recorded: a revocation that arrived meanwhile may
 	// have been turned into a CRL before the record existed, so this
 	// certificate must not leave. One that arrives later finds the record.
 	if err := iss.checkRevoked(id); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	chain := make([]*x509.Certificate, 0, len(s.chain)+2)
-	chain = append(chain, leaf)
-	chain = append(chain, s.chain...)
-	return append(chain, s.root), nil
+	return leaf, s, nil
 }
 
 // checkRevoked fails closed when the deny-list is stale and refuses a
@@ -378,33 +419,6 @@ func (iss *Issuer) clampTTL(ttl time.Duration) time.Duration {
 		return iss.cfg.DefaultTTL
 	}
 	return min(max(ttl, iss.cfg.MinTTL), iss.cfg.MaxTTL)
-}
-
-// verify checks, before anything leaves the issuer, that leaf carries
-// exactly id with client and server authentication and verifies under the
-// signing authority (signature, validity, name constraints, usages).
-func (s *signing) verify(leaf *x509.Certificate, id spiffeid.ID, now time.Time) error {
-	for _, usage := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
-		if !hasEKU(leaf, usage) {
-			return fmt.Errorf("leaf lacks extended key usage %v", usage)
-		}
-	}
-	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id.String() {
-		return fmt.Errorf("leaf URI SANs %v, want exactly %s", leaf.URIs, id)
-	}
-	_, err := leaf.Verify(x509.VerifyOptions{
-		Roots: s.anchor, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
-	return err
-}
-
-func hasEKU(c *x509.Certificate, u x509.ExtKeyUsage) bool {
-	for _, e := range c.ExtKeyUsage {
-		if e == u {
-			return true
-		}
-	}
-	return false
 }
 
 func (iss *Issuer) record(ctx context.Context, leaf *x509.Certificate, id spiffeid.ID, ident attest.Identity, now time.Time) error {

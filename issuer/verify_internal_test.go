@@ -1,10 +1,13 @@
 package issuer
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"math/big"
 	"net/url"
 	"testing"
@@ -15,10 +18,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// The issuer verifies each leaf against its intermediate as the anchor (the
-// intermediate's own chain is verified in SetAuthority). This proves that
-// mode still rejects what the full chain would: a foreign trust domain (name
-// constraint on the anchor), a missing usage, a foreign signer, and expiry.
+// The issuer checks each leaf without repeating the signature check that
+// x509.CreateCertificate made (see signing.verify). This proves it still
+// rejects what full RFC 5280 path validation would, and agrees with
+// crypto/x509's own verifier on every case where the signature is the
+// intermediate's.
 func TestVerifyRejectsWhatTheChainWould(t *testing.T) {
 	now := time.Now()
 	tree := catest.New(t, catest.Options{Now: now})
@@ -31,38 +35,112 @@ func TestVerifyRejectsWhatTheChainWould(t *testing.T) {
 		t.Fatal("signing state does not hold intermediate and root")
 	}
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	sign := func(signer *ca.Authority, uri string, eku []x509.ExtKeyUsage, notAfter time.Time) *x509.Certificate {
-		u, _ := url.Parse(uri)
-		der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-			SerialNumber: big.NewInt(7), URIs: []*url.URL{u}, NotBefore: now.Add(-time.Minute), NotAfter: notAfter,
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: eku,
-		}, signer.Certificate, key.Public(), signer.Signer)
+	otherKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	type leafSpec struct {
+		uri      string
+		eku      []x509.ExtKeyUsage
+		notAfter time.Time
+		edit     func(*x509.Certificate)
+	}
+	both := []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	sign := func(signer *ca.Authority, l leafSpec) *x509.Certificate {
+		t.Helper()
+		u, _ := url.Parse(l.uri)
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(7), URIs: []*url.URL{u}, NotBefore: signer.Certificate.NotBefore, NotAfter: l.notAfter,
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: l.eku, BasicConstraintsValid: true,
+		}
+		if l.edit != nil {
+			l.edit(tmpl)
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, signer.Certificate, key.Public(), signer.Signer)
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, _ := x509.ParseCertificate(der)
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
 		return c
 	}
-	both := []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	const id = "spiffe://cluster.local/ns/a/sa/b"
+	hour := now.Add(time.Hour)
 	other := catest.New(t, catest.Options{Now: now, TrustDomain: "other.example"})
 	for _, tc := range []struct {
-		name string
-		leaf *x509.Certificate
-		id   string
-		ok   bool
+		name   string
+		signer *ca.Authority
+		leaf   leafSpec
+		id     string
+		pub    crypto.PublicKey
+		ok     bool
+		// stdlibAgrees is false where the check is meshca's policy rather
+		// than RFC 5280's (crypto/x509 accepts those leaves).
+		stdlibAgrees bool
 	}{
-		{"good", sign(tree.Intermediate, "spiffe://cluster.local/ns/a/sa/b", both, now.Add(time.Hour)), "spiffe://cluster.local/ns/a/sa/b", true},
-		{"foreign trust domain", sign(tree.Intermediate, "spiffe://other.example/ns/a/sa/b", both, now.Add(time.Hour)), "spiffe://other.example/ns/a/sa/b", false},
-		{"client auth missing", sign(tree.Intermediate, "spiffe://cluster.local/ns/a/sa/b", both[:1], now.Add(time.Hour)), "spiffe://cluster.local/ns/a/sa/b", false},
-		{"other signer", sign(other.Intermediate, "spiffe://cluster.local/ns/a/sa/b", both, now.Add(time.Hour)), "spiffe://cluster.local/ns/a/sa/b", false},
-		{"expired", sign(tree.Intermediate, "spiffe://cluster.local/ns/a/sa/b", both, now.Add(-time.Second)), "spiffe://cluster.local/ns/a/sa/b", false},
-		{"other identity", sign(tree.Intermediate, "spiffe://cluster.local/ns/a/sa/c", both, now.Add(time.Hour)), "spiffe://cluster.local/ns/a/sa/b", false},
+		{"good", tree.Intermediate, leafSpec{uri: id, eku: both, notAfter: hour}, id, key.Public(), true, true},
+		{"foreign trust domain", tree.Intermediate, leafSpec{uri: "spiffe://other.example/ns/a/sa/b", eku: both, notAfter: hour}, "spiffe://other.example/ns/a/sa/b", key.Public(), false, true},
+		{"subdomain excluded", tree.Intermediate, leafSpec{uri: "spiffe://evil.cluster.local/ns/a/sa/b", eku: both, notAfter: hour}, "spiffe://evil.cluster.local/ns/a/sa/b", key.Public(), false, true},
+		{"client auth missing", tree.Intermediate, leafSpec{uri: id, eku: both[:1], notAfter: hour}, id, key.Public(), false, true},
+		{"other signer", other.Intermediate, leafSpec{uri: id, eku: both, notAfter: hour}, id, key.Public(), false, true},
+		{"expired", tree.Intermediate, leafSpec{uri: id, eku: both, notAfter: now.Add(-time.Second)}, id, key.Public(), false, true},
+		{"other identity", tree.Intermediate, leafSpec{uri: "spiffe://cluster.local/ns/a/sa/c", eku: both, notAfter: hour}, id, key.Public(), false, false},
+		{"other public key", tree.Intermediate, leafSpec{uri: id, eku: both, notAfter: hour}, id, otherKey.Public(), false, false},
+		{"extra DNS name", tree.Intermediate, leafSpec{uri: id, eku: both, notAfter: hour, edit: func(c *x509.Certificate) { c.DNSNames = []string{"a.cluster.local"} }}, id, key.Public(), false, false},
+		{"common name", tree.Intermediate, leafSpec{uri: id, eku: both, notAfter: hour, edit: func(c *x509.Certificate) { c.Subject = pkix.Name{CommonName: "x"} }}, id, key.Public(), false, false},
+		{"leaf is a CA", tree.Intermediate, leafSpec{uri: id, eku: both, notAfter: hour, edit: func(c *x509.Certificate) { c.IsCA = true; c.KeyUsage |= x509.KeyUsageCertSign }}, id, key.Public(), false, false},
+		{"outlives intermediate", tree.Intermediate, leafSpec{uri: id, eku: both, notAfter: tree.Intermediate.Certificate.NotAfter.Add(time.Hour)}, id, key.Public(), false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := s.verify(tc.leaf, spiffeid.RequireFromString(tc.id), now)
+			leaf := sign(tc.signer, tc.leaf)
+			err := s.verify(leaf, tc.pub, spiffeid.RequireFromString(tc.id), now)
 			if (err == nil) != tc.ok {
-				t.Errorf("verify err = %v, want ok=%v", err, tc.ok)
+				t.Fatalf("verify err = %v, want ok=%v", err, tc.ok)
+			}
+			if !tc.stdlibAgrees {
+				return
+			}
+			inters := x509.NewCertPool()
+			inters.AddCert(tree.Intermediate.Certificate)
+			_, stdErr := leaf.Verify(x509.VerifyOptions{
+				Roots: tree.Bundle.Pool(), Intermediates: inters, CurrentTime: now,
+				KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+			})
+			if (stdErr == nil) != tc.ok {
+				t.Errorf("crypto/x509 err = %v, meshca err = %v: they disagree", stdErr, err)
 			}
 		})
+	}
+}
+
+func TestDomainMatches(t *testing.T) {
+	for _, tc := range []struct {
+		host, constraint string
+		want             bool
+	}{
+		{"cluster.local", "cluster.local", true},
+		{"Cluster.Local", "cluster.local", true},
+		{"a.cluster.local", "cluster.local", true},
+		{"evilcluster.local", "cluster.local", false},
+		{"cluster.local", ".cluster.local", false},
+		{"a.cluster.local", ".cluster.local", true},
+		{"anything", "", true},
+		{"other.example", "cluster.local", false},
+	} {
+		if got := domainMatches(tc.host, tc.constraint); got != tc.want {
+			t.Errorf("domainMatches(%q, %q) = %v, want %v", tc.host, tc.constraint, got, tc.want)
+		}
+	}
+}
+
+func TestCertPEMMatchesEncodingPEM(t *testing.T) {
+	for _, n := range []int{0, 1, 47, 48, 49, 95, 96, 97, 700, 1023} {
+		raw := make([]byte, n)
+		for i := range raw {
+			raw[i] = byte(i * 7)
+		}
+		want := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: raw}))
+		if got := certPEM(&x509.Certificate{Raw: raw}); got != want {
+			t.Errorf("%d bytes: certPEM =\n%s\nwant\n%s", n, got, want)
+		}
 	}
 }

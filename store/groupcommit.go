@@ -14,10 +14,16 @@ type GroupCommitConfig struct {
 	// 256; 1 turns batching off (one transaction per item).
 	MaxBatch int
 	// MaxWait is how long the writer, having taken the first item of a batch,
-	// waits for more before committing. Zero means it does not wait: it takes
-	// whatever is already queued and commits. Batches still form without
-	// waiting, because items queue up while the previous transaction commits,
-	// so zero costs a lone writer no latency. Negative is invalid.
+	// waits for more before committing, when the store is under load: when
+	// at the recent rate of writes the wait would collect several more (see
+	// underLoad). A lightly loaded store never waits, so a lone writer pays
+	// no latency.
+	// Zero means the writer never waits: it takes whatever is already queued
+	// and commits. Batches still form then, from the items that queue up
+	// while the previous transaction commits, but a fast commit (SQLite's
+	// fsync) leaves them small, and each transaction costs CPU: waiting a
+	// couple of milliseconds under load multiplies the batch size
+	// (docs/benchmarks.md, issue 2). Negative is invalid.
 	MaxWait time.Duration
 }
 
@@ -50,7 +56,7 @@ type CommitFunc[T any] func(ctx context.Context, batch []T) (itemErrs []error, e
 // transaction (one fsync) instead of N.
 //
 // The writer takes the first queued item, then whatever else is queued up to
-// MaxBatch (waiting up to MaxWait for more), calls the CommitFunc once for the
+// MaxBatch (waiting up to MaxWait for more when under load), calls the CommitFunc once for the
 // batch, and answers every caller in the batch. Batches are committed one at a
 // time, in the order their items were taken, so the CommitFunc is never called
 // concurrently with itself.
@@ -61,6 +67,10 @@ type GroupCommitter[T any] struct {
 	closing chan struct{} // closed by Close: stop taking new items
 	stopped chan struct{} // closed by the writer when it has exited
 	once    sync.Once
+	// lastBatch is the size of the previous batch and lastCollect when the
+	// writer started collecting it; only the writer goroutine uses them.
+	lastBatch   int
+	lastCollect time.Time
 }
 
 // pending is one queued item. Its state decides who owns it: the caller may
@@ -169,11 +179,31 @@ func (g *GroupCommitter[T]) run() {
 	}
 }
 
+// minExpected is how many more items a wait must be expected to collect to
+// be worth its latency.
+const minExpected = 4
+
+// underLoad reports whether waiting MaxWait for more items is worth it: at
+// the rate items arrived during the previous cycle (the previous batch over
+// the time since its collection began), at least minExpected more would
+// arrive. With a 3ms MaxWait that is about 1,300 writes per second; below
+// it, a write is committed as soon as the writer is free.
+func (g *GroupCommitter[T]) underLoad(now time.Time) bool {
+	if g.cfg.MaxWait <= 0 || g.lastCollect.IsZero() {
+		return false
+	}
+	cycle := max(now.Sub(g.lastCollect), time.Microsecond)
+	return float64(g.lastBatch)*float64(g.cfg.MaxWait)/float64(cycle) >= minExpected
+}
+
 // collect returns a batch starting with first, topped up with queued items.
 func (g *GroupCommitter[T]) collect(first *pending[T]) []*pending[T] {
 	batch := []*pending[T]{first}
+	now := time.Now()
+	underLoad := g.underLoad(now)
+	defer func() { g.lastBatch, g.lastCollect = len(batch), now }()
 	var deadline <-chan time.Time
-	if g.cfg.MaxWait > 0 {
+	if underLoad {
 		t := time.NewTimer(g.cfg.MaxWait)
 		defer t.Stop()
 		deadline = t.C

@@ -148,30 +148,57 @@ func TestGroupCommitMaxBatch(t *testing.T) {
 
 func TestGroupCommitMaxWait(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		f := &fakeCommit{}
+		f := &fakeCommit{gate: make(chan struct{})}
 		g := NewGroupCommitter(GroupCommitConfig{MaxWait: 10 * time.Millisecond}, f.commit)
 		defer g.Close()
 
+		// Idle: a lone item is committed at once.
+		close(f.gate)
 		start := time.Now()
-		ch := doAll(t.Context(), g, 1)
-		time.Sleep(4 * time.Millisecond) // fake time inside the bubble
-		ch2 := doAll(t.Context(), g, 2)
-		results(t, ch, 1)
-		results(t, ch2, 1)
-		if got := f.sizes(); !slices.Equal(got, []int{2}) {
-			t.Fatalf("batch sizes %v, want [2]: the writer should wait for the second item", got)
+		if err := g.Do(t.Context(), 0); err != nil {
+			t.Fatal(err)
 		}
+		if waited := time.Since(start); waited != 0 {
+			t.Fatalf("lone item on an idle store committed after %v, want at once", waited)
+		}
+		time.Sleep(time.Second) // fake time inside the bubble
+
+		// Under load: item 1 is in flight while 2 to 5 queue up, so writes
+		// arrive fast. The writer takes 2 to 5 and waits for more: 6
+		// arrives 4ms later and joins the batch, committed when MaxWait
+		// runs out.
+		f.gate = make(chan struct{})
+		ch := doAll(t.Context(), g, 1)
+		synctest.Wait() // item 1 is in flight, blocked on the gate
+		ch2 := doAll(t.Context(), g, 2, 3, 4, 5)
+		synctest.Wait()
+		close(f.gate)
+		results(t, ch, 1)
+		start = time.Now()
+		time.Sleep(4 * time.Millisecond)
+		ch3 := doAll(t.Context(), g, 6)
+		results(t, ch2, 4)
+		results(t, ch3, 1)
 		if waited := time.Since(start); waited != 10*time.Millisecond {
 			t.Fatalf("batch committed after %v, want MaxWait = 10ms", waited)
 		}
 
-		// A lone item is committed when MaxWait runs out.
-		start = time.Now()
-		if err := g.Do(t.Context(), 3); err != nil {
-			t.Fatal(err)
+		// Right after that batch of five the rate is still high, so a lone
+		// item waits; a second later it is low, and a lone item does not.
+		for _, tc := range []struct {
+			pause, want time.Duration
+		}{{0, 10 * time.Millisecond}, {time.Second, 0}} {
+			time.Sleep(tc.pause)
+			start = time.Now()
+			if err := g.Do(t.Context(), 7); err != nil {
+				t.Fatal(err)
+			}
+			if waited := time.Since(start); waited != tc.want {
+				t.Fatalf("lone item after %v committed after %v, want %v", tc.pause, waited, tc.want)
+			}
 		}
-		if waited := time.Since(start); waited != 10*time.Millisecond {
-			t.Fatalf("lone item committed after %v, want 10ms", waited)
+		if got := f.sizes(); !slices.Equal(got, []int{1, 1, 5, 1, 1}) {
+			t.Fatalf("batch sizes %v, want [1 1 5 1 1]", got)
 		}
 	})
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/storetest"
+	"github.com/meshca/meshca/test/benchcpu"
 )
 
 func TestConformance(t *testing.T) {
@@ -356,6 +357,7 @@ func BenchmarkRecordIssuance(b *testing.B) {
 			var n atomic.Int64
 			b.SetParallelism(32) // 32 callers per core
 			b.ResetTimer()
+			defer benchcpu.Start(b)()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					// Random like real 128-bit serials: inserts land on
