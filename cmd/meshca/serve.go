@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -22,6 +23,20 @@ import (
 	"github.com/meshca/meshca/ca/admin"
 	"github.com/meshca/meshca/issuer"
 )
+
+// issuerGCPercent is the issuer's garbage-collection target unless GOGC is
+// set. Issuance allocates tens of kilobytes of short-lived garbage per
+// certificate over a live heap of a few tens of megabytes, so the default
+// 100 collects several times a second under load; 400 cuts that fourfold
+// for a heap a few times larger (docs/benchmarks.md, issue 2). The agent,
+// which must stay small, keeps Go's default.
+const issuerGCPercent = 400
+
+func setIssuerGC() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(issuerGCPercent)
+	}
+}
 
 // caStack is what `meshca dev` and `meshca issuer serve` both run: an
 // intermediate (minted at start under a local file root, or obtained from
@@ -63,6 +78,7 @@ type intermediateSource struct {
 // serveCA builds the stack and serves until ctx is done.
 func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	log := slog.Default()
+	setIssuerGC()
 	td, err := spiffeid.TrustDomainFromString(s.trustDomain)
 	if err != nil {
 		return fmt.Errorf("trust domain %q: %w", s.trustDomain, err)
