@@ -186,7 +186,7 @@ const minExpected = 4
 // underLoad reports whether waiting MaxWait for more items is worth it: at
 // the rate items arrived during the previous cycle (the previous batch over
 // the time since its collection began), at least minExpected more would
-// arrive. With a 3ms MaxWait that is about 1,300 writes per second; below
+// arrive. With a 5ms MaxWait that is 800 writes per second; below
 // it, a write is committed as soon as the writer is free.
 func (g *GroupCommitter[T]) underLoad(now time.Time) bool {
 	if g.cfg.MaxWait <= 0 || g.lastCollect.IsZero() {

@@ -13,6 +13,9 @@
 // the same way. Reads use a separate pool of read-only connections, which
 // WAL lets run alongside the writer.
 //
+// Batches: under load, the writer waits up to DefaultCommitWait for a batch
+// to fill, because every commit costs an fsync.
+//
 // One bad write cannot fail the others in its batch: each write runs under its
 // own SAVEPOINT, and a write that fails (a duplicate serial, say) is rolled
 // back to it and answered with its error while the rest of the batch commits.
@@ -67,12 +70,19 @@ type Config struct {
 }
 
 // DefaultCommitWait is how long, under load, the writer waits for more
-// writes before committing a batch. A commit costs the same CPU whatever its
-// size (the fsync, the WAL header, the transaction), and without the wait
-// batches under load average under two writes; 3ms makes them about fifteen
-// times larger and issuance a third cheaper (docs/benchmarks.md, issue 2).
-// An idle store never waits.
-const DefaultCommitWait = 3 * time.Millisecond
+// writes before committing a batch. A commit costs about the same CPU
+// whatever its size (the fsync, the WAL header, the transaction), and
+// without the wait batches under load average under two writes; with it
+// they hold twenty to thirty, and the store's share of issuance CPU falls
+// by more than half (docs/benchmarks.md, issue 2). A lightly loaded store
+// never waits (see store.GroupCommitConfig.MaxWait).
+const DefaultCommitWait = 5 * time.Millisecond
+
+// walAutocheckpoint lets the WAL grow to 4000 pages (16 MiB) before the
+// writer copies it back into the database: index pages that many batches
+// touch are then copied once per checkpoint instead of once per 1000 pages
+// (SQLite's default), for a bounded WAL.
+const walAutocheckpoint = "wal_autocheckpoint(4000)"
 
 // Validate reports whether c can be used by Open.
 func (c Config) Validate() error {
@@ -140,7 +150,7 @@ func open(ctx context.Context, cfg Config) (_ *Store, err error) {
 	busy := strconv.FormatInt(cfg.BusyTimeout.Milliseconds(), 10)
 	writerDSN := dsn(path, url.Values{
 		"_txlock": {"immediate"}, // take the write lock at BEGIN, not mid-transaction
-		"_pragma": {"busy_timeout(" + busy + ")", "journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)"},
+		"_pragma": {"busy_timeout(" + busy + ")", "journal_mode(WAL)", "synchronous(FULL)", walAutocheckpoint, "foreign_keys(1)"},
 	})
 	readerDSN := dsn(path, url.Values{
 		"_pragma": {"busy_timeout(" + busy + ")", "foreign_keys(1)", "query_only(1)"},

@@ -388,6 +388,7 @@ func TestPragmas(t *testing.T) {
 		{s.w, "synchronous", "2"}, // FULL
 		{s.w, "foreign_keys", "1"},
 		{s.w, "busy_timeout", "5000"},
+		{s.w, "wal_autocheckpoint", "4000"},
 		{s.r, "query_only", "1"},
 		{s.r, "busy_timeout", "5000"},
 	}
