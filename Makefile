@@ -50,7 +50,7 @@ lint: tools
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -count 1 ./issuer/ ./store/... ./attest/ ./agent/
 	$(GO) test -run '^$$' -bench . -benchtime 20x -count 1 ./test/bench/
-	$(GO) test -run '^$$' -bench IssuanceProcess -benchtime $(BENCHTIME) -count 1 ./test/e2e/
+	$(GO) test -run '^$$' -bench IssuanceRatio -benchtime 10x -count 1 ./test/e2e/
 
 ## fuzz: run each fuzz target for FUZZTIME (the seed corpora also run in `make test`).
 fuzz:
