@@ -14,15 +14,14 @@ type GroupCommitConfig struct {
 	// 256; 1 turns batching off (one transaction per item).
 	MaxBatch int
 	// MaxWait is how long the writer, having taken the first item of a batch,
-	// waits for more before committing, when the store is under load: when
-	// at the recent rate of writes the wait would collect several more (see
+	// waits for more before committing, when the store is under load: when,
+	// at the recent rate of writes, the wait would collect several more (see
 	// underLoad). A lightly loaded store never waits, so a lone writer pays
-	// no latency.
-	// Zero means the writer never waits: it takes whatever is already queued
-	// and commits. Batches still form then, from the items that queue up
-	// while the previous transaction commits, but a fast commit (SQLite's
-	// fsync) leaves them small, and each transaction costs CPU: waiting a
-	// couple of milliseconds under load multiplies the batch size
+	// no latency. Zero means the writer never waits: it takes whatever is
+	// queued and commits. Batches still form then, from the items that queue
+	// up while the previous transaction commits, but a fast commit leaves
+	// them small, and each transaction costs CPU (SQLite's fsync): waiting a
+	// few milliseconds under load multiplies the batch size
 	// (docs/benchmarks.md, issue 2). Negative is invalid.
 	MaxWait time.Duration
 }
@@ -56,10 +55,10 @@ type CommitFunc[T any] func(ctx context.Context, batch []T) (itemErrs []error, e
 // transaction (one fsync) instead of N.
 //
 // The writer takes the first queued item, then whatever else is queued up to
-// MaxBatch (waiting up to MaxWait for more when under load), calls the CommitFunc once for the
-// batch, and answers every caller in the batch. Batches are committed one at a
-// time, in the order their items were taken, so the CommitFunc is never called
-// concurrently with itself.
+// MaxBatch (waiting up to MaxWait for more when under load), calls the
+// CommitFunc once for the batch, and answers every caller in the batch.
+// Batches are committed one at a time, in the order their items were taken,
+// so the CommitFunc is never called concurrently with itself.
 type GroupCommitter[T any] struct {
 	cfg     GroupCommitConfig
 	commit  CommitFunc[T]
