@@ -67,7 +67,7 @@ const (
 // Run it with a number of rounds: go test -bench IssuanceRatio -benchtime 10x
 func BenchmarkIssuanceRatio(b *testing.B) {
 	// The floor runs under the same garbage-collection target as the
-	// issuer (meshca's CA commands default to 400; see cmd/meshca), so
+	// issuer (meshca dev and issuer serve default to 400; cmd/meshca), so
 	// neither side is charged for a GC setting the other does not have.
 	defer debug.SetGCPercent(debug.SetGCPercent(400))
 	csrs := benchCSRs(b)
