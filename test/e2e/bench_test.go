@@ -14,8 +14,6 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -205,25 +203,12 @@ func newWholePath(b *testing.B, csrs []string) wholePath {
 	return wholePath{pid: srv.cmd.Process.Pid, issue: issue}
 }
 
-// processCPU is the CPU time (user + system) process pid has used so far,
-// from /proc/PID/stat, in clock ticks of 10ms.
+// processCPU is the CPU time (user + system) process pid has used so far.
 func processCPU(tb testing.TB, pid int) time.Duration {
 	tb.Helper()
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := benchcpu.ReadStat(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	// Fields after the command name, which is in parentheses and may hold
-	// spaces: state is field 3, utime 14, stime 15.
-	fields := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+1:]))
-	var ticks int64
-	for _, f := range fields[11:13] {
-		v, err := strconv.ParseInt(f, 10, 64)
-		if err != nil {
-			tb.Fatalf("/proc/%d/stat: %v", pid, err)
-		}
-		ticks += v
-	}
-	const clockTicks = 100 // USER_HZ on Linux
-	return time.Duration(ticks) * time.Second / clockTicks
+	return st.UTime + st.STime
 }

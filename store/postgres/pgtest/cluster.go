@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/test/benchcpu"
 )
 
 // EnvBin names the environment variable with the directory of the
@@ -203,46 +205,18 @@ func (c *Cluster) CPUTime(tb testing.TB) time.Duration {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	var ticks int64
+	var total time.Duration
 	for _, p := range procs {
-		f, ok := procStat(p)
-		if !ok {
+		f, err := benchcpu.ReadStat(p)
+		if err != nil {
 			continue // exited meanwhile
 		}
 		switch {
-		case f.pid == postmaster:
-			ticks += f.utime + f.stime + f.cutime + f.cstime
-		case f.ppid == postmaster:
-			ticks += f.utime + f.stime
+		case f.PID == postmaster:
+			total += f.UTime + f.STime + f.CUTime + f.CSTime
+		case f.PPID == postmaster:
+			total += f.UTime + f.STime
 		}
 	}
-	// /proc reports clock ticks of USER_HZ, 100 per second on Linux.
-	return time.Duration(ticks) * (time.Second / 100)
-}
-
-type stat struct {
-	pid, ppid                    string
-	utime, stime, cutime, cstime int64
-}
-
-// procStat parses /proc/PID/stat. The command name (field 2) may contain
-// spaces, so fields are counted after its closing parenthesis.
-func procStat(path string) (stat, bool) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return stat{}, false
-	}
-	s := string(b)
-	end := strings.LastIndexByte(s, ')')
-	if end < 0 {
-		return stat{}, false
-	}
-	f := strings.Fields(s[end+1:]) // f[0] is field 3 (state)
-	if len(f) < 15 {
-		return stat{}, false
-	}
-	num := func(i int) int64 { n, _ := strconv.ParseInt(f[i], 10, 64); return n }
-	pid := strings.TrimSpace(s[:strings.IndexByte(s, '(')])
-	// Fields 4 (ppid), 14-17 (utime, stime, cutime, cstime) → f[1], f[11..14].
-	return stat{pid: pid, ppid: f[1], utime: num(11), stime: num(12), cutime: num(13), cstime: num(14)}, true
+	return total
 }

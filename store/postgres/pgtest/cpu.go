@@ -1,9 +1,10 @@
 package pgtest
 
 import (
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/test/benchcpu"
 )
 
 // CPUMeter measures CPU time, for benchmarks on machines whose other load
@@ -17,7 +18,7 @@ type CPUMeter struct {
 // StartCPUMeter starts measuring; c may be nil (this process only).
 func StartCPUMeter(tb testing.TB, c *Cluster) *CPUMeter {
 	tb.Helper()
-	m := &CPUMeter{cluster: c, self: processCPU(tb)}
+	m := &CPUMeter{cluster: c, self: benchcpu.Process(tb)}
 	if c != nil {
 		m.db = c.CPUTime(tb)
 	}
@@ -28,17 +29,9 @@ func StartCPUMeter(tb testing.TB, c *Cluster) *CPUMeter {
 // the cluster (zero without one).
 func (m *CPUMeter) Stop(tb testing.TB) (self, db time.Duration) {
 	tb.Helper()
-	self = processCPU(tb) - m.self
+	self = benchcpu.Process(tb) - m.self
 	if m.cluster != nil {
 		db = m.cluster.CPUTime(tb) - m.db
 	}
 	return self, db
-}
-
-func processCPU(tb testing.TB) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		tb.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
