@@ -2,6 +2,8 @@ package issuer
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/admin"
 	"github.com/meshca/meshca/store"
 )
@@ -25,6 +28,9 @@ import (
 type AdminStore interface {
 	admin.ReadStore
 	store.RevocationStore
+	// RecordIssuance is store.Store's: admin certificates are recorded like
+	// the certificates the issuer issues.
+	RecordIssuance(ctx context.Context, cert store.Certificate, ev store.AuditEvent) error
 }
 
 // Refresher reloads the deny-list at once, so that a revocation made here
@@ -48,6 +54,10 @@ type AdminConfig struct {
 	Store AdminStore
 	// DenyList is refreshed after each change. Required.
 	DenyList Refresher
+	// Root is the issuer's local root, which signs admin certificates
+	// (IssueAdminCredential); nil for an issuer under the central root, which
+	// has no root key: admin certificates are then issued on the root.
+	Root *ca.Authority
 	// MaxRequestBytes bounds a request message; zero means 64 KiB.
 	MaxRequestBytes int
 	// Now is the clock; nil means time.Now.
@@ -330,4 +340,53 @@ func (s *AdminServer) ListRoots(ctx context.Context, _ *meshcav1.ListRootsReques
 // (through admin.Status, which the read calls use too).
 func (s *AdminServer) status(ctx context.Context, method string, err error) error {
 	return admin.Status(ctx, s.cfg.Logger, method, err)
+}
+
+// IssueAdminCredential implements meshcav1.AdminServiceServer: on the Unix
+// admin socket only, an issuer with a local root signs an admin certificate
+// with it, recorded for its cluster (so that `meshca admin revoke --serial`
+// here revokes it). An issuer under the central root answers
+// FailedPrecondition: it holds no root key, and an admin certificate must
+// not come from a cluster intermediate.
+func (s *AdminServer) IssueAdminCredential(ctx context.Context, req *meshcav1.IssueAdminCredentialRequest) (*meshcav1.IssueAdminCredentialResponse, error) {
+	resp, err := s.issueAdminCredential(ctx, req, admin.Actor(ctx), admin.OnUnixSocket(ctx))
+	if err != nil {
+		return nil, s.status(ctx, "IssueAdminCredential", err)
+	}
+	return resp, nil
+}
+
+func (s *AdminServer) issueAdminCredential(ctx context.Context, req *meshcav1.IssueAdminCredentialRequest, actor string, onSocket bool) (*meshcav1.IssueAdminCredentialResponse, error) {
+	switch {
+	case !onSocket:
+		return nil, fmt.Errorf("%w: admin credentials are issued on the Unix admin socket only", admin.ErrPermissionDenied)
+	case s.cfg.Root == nil:
+		return nil, errOnRoot("issuing admin credentials (this issuer has no root key)")
+	}
+	cr, err := admin.ParseCredentialRequest(req)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", admin.ErrInvalidArgument, err)
+	}
+	now := s.cfg.Now()
+	cert, err := admin.SignCredential(s.cfg.Root, cr, now)
+	if err != nil {
+		return nil, err
+	}
+	serial := ca.SerialHex(cert.SerialNumber)
+	sum := sha256.Sum256(cert.Raw)
+	err = s.cfg.Store.RecordIssuance(ctx, store.Certificate{
+		Serial: serial, SPIFFEID: cr.ID.String(), Cluster: s.cfg.Cluster, NotBefore: cert.NotBefore, NotAfter: cert.NotAfter,
+		Fingerprint: hex.EncodeToString(sum[:]),
+	}, store.AuditEvent{
+		Time: now, Actor: actor, Action: "admin_credential.issue", Cluster: s.cfg.Cluster, SPIFFEID: cr.ID.String(),
+		Serial: serial, Detail: "not after " + cert.NotAfter.UTC().Format(time.RFC3339),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: record admin credential: %w", admin.ErrUnavailable, err)
+	}
+	s.cfg.Logger.InfoContext(ctx, "admin credential issued", "actor", actor, "spiffe_id", cr.ID.String(), "serial", serial,
+		"cluster", s.cfg.Cluster, "not_after", cert.NotAfter)
+	return &meshcav1.IssueAdminCredentialResponse{
+		Certificate: cert.Raw, Roots: [][]byte{s.cfg.Root.Certificate.Raw}, Serial: serial,
+	}, nil
 }

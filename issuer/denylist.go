@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/meshca/meshca/store"
 )
 
@@ -252,4 +254,21 @@ func (d *DenyList) staleLocked(now time.Time) bool {
 func (d *DenyList) LoadedAt() time.Time {
 	s, _ := d.Current()
 	return s.loaded
+}
+
+// CheckRevoked implements admin.RevocationChecker for the issuer's admin
+// API over mutual TLS: it fails when the serial or the SPIFFE ID is revoked
+// for this cluster, and while the list is stale (fail closed).
+func (d *DenyList) CheckRevoked(serial string, id spiffeid.ID) error {
+	now := d.cfg.Now()
+	if d.Stale(now) {
+		return fmt.Errorf("deny-list stale (last loaded at %s)", d.LoadedAt().UTC().Format(time.RFC3339))
+	}
+	if _, ok := d.RevokedSerial(serial); ok {
+		return fmt.Errorf("serial %s is revoked", serial)
+	}
+	if _, ok := d.Revoked(id.String()); ok {
+		return fmt.Errorf("SPIFFE ID %s is revoked", id)
+	}
+	return nil
 }

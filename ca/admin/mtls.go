@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -24,22 +25,42 @@ import (
 )
 
 // MTLSConfig configures the admin API over mutual TLS, for operators who
-// hold an X509-SVID of an admin identity instead of a shell on the host.
+// hold an admin certificate instead of a shell on the host. An admin
+// certificate is an X509-SVID signed directly by one of the roots, with the
+// client authentication usage (`meshca admin credential issue`): cluster
+// issuers sign with intermediates, so none of them can mint one.
 type MTLSConfig struct {
 	// GetCertificate returns the server's certificate at each handshake
 	// (a tls.Config.GetCertificate callback). Required.
 	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
-	// Roots returns the roots an admin's X509-SVID must chain to. It is
-	// called at each handshake and each call, so that the set follows root
-	// rotation. Required; nil or empty roots refuse everyone.
+	// Roots returns the roots that sign admin certificates. It is called at
+	// each handshake and each call, so that the set follows root rotation.
+	// Required; nil or empty roots refuse everyone.
 	Roots func() *ca.Bundle
 	// Admins are the SPIFFE IDs allowed to call, exactly. Required.
 	Admins []spiffeid.ID
+	// Revocations is the server's deny-list, asked at each handshake and
+	// each call. Required.
+	Revocations RevocationChecker
+	// CRLs returns the CRLs carried in the trust bundle; those signed by the
+	// root of an admin certificate, current and valid, are checked at each
+	// handshake and each call. Nil means none.
+	CRLs func() []ca.CRL
 	// Now is the clock certificates are checked against; nil means
 	// time.Now.
 	Now func() time.Time
 	// Logger receives one line per refused call; nil means slog.Default().
 	Logger *slog.Logger
+}
+
+// RevocationChecker is the deny-list as the admin API over mutual TLS asks
+// it.
+type RevocationChecker interface {
+	// CheckRevoked returns an error when the certificate of serial
+	// (lower-case hexadecimal) or the SPIFFE ID id is revoked, or when the
+	// deny-list cannot be trusted (never loaded, or too old): the admin is
+	// then refused (fail closed).
+	CheckRevoked(serial string, id spiffeid.ID) error
 }
 
 // Validate reports the first problem with c.
@@ -51,6 +72,8 @@ func (c MTLSConfig) Validate() error {
 		return errors.New("admin mtls: trusted roots are required")
 	case len(c.Admins) == 0:
 		return errors.New("admin mtls: at least one admin SPIFFE ID is required")
+	case c.Revocations == nil:
+		return errors.New("admin mtls: a deny-list is required")
 	}
 	for _, id := range c.Admins {
 		if id.IsZero() {
@@ -60,11 +83,12 @@ func (c MTLSConfig) Validate() error {
 	return nil
 }
 
-// MTLS serves the admin API over mutual TLS: a client must present an
-// X509-SVID that chains to the trusted roots and whose SPIFFE ID is one of
-// the admins, or the handshake fails. Its interceptors check again at each
-// call (a connection may outlive the SVID, or its root may leave the
-// bundle) and answer PermissionDenied; Actor is then "spiffe:<id>".
+// MTLS serves the admin API over mutual TLS: a client must present an admin
+// certificate of one of the admins, signed directly by a trusted root and
+// not revoked, or the handshake fails. Its interceptors check again at each
+// call (a connection may outlive the certificate, its root may leave the
+// bundle, or it may be revoked meanwhile) and answer PermissionDenied;
+// Actor is then "spiffe:<id>".
 type MTLS struct {
 	cfg       MTLSConfig
 	authorize tlsconfig.Authorizer
@@ -80,6 +104,9 @@ func NewMTLS(cfg MTLSConfig) (*MTLS, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.CRLs == nil {
+		cfg.CRLs = func() []ca.CRL { return nil }
 	}
 	admins := append([]spiffeid.ID(nil), cfg.Admins...)
 	cfg.Admins = admins
@@ -98,19 +125,22 @@ func (m *MTLS) ServerOptions() []grpc.ServerOption {
 }
 
 // TLSConfig is the server's TLS configuration: TLS 1.2 or later, a client
-// certificate required and verified as an admin X509-SVID at every
+// certificate required and verified as an admin certificate at every
 // handshake, resumed ones included.
 func (m *MTLS) TLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		NextProtos:     []string{"h2"},
 		GetCertificate: m.cfg.GetCertificate,
-		// The chain is checked by VerifyConnection, as an X509-SVID against
-		// roots read at each handshake, rather than by crypto/tls against a
-		// fixed pool.
+		// The chain is checked by VerifyConnection, as an admin certificate
+		// against roots read at each handshake, rather than by crypto/tls
+		// against a fixed pool.
 		ClientAuth: tls.RequireAnyClientCert,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			_, err := m.verify(cs.PeerCertificates)
+			id, err := m.verify(cs.PeerCertificates)
+			if err != nil {
+				m.cfg.Logger.Warn("admin handshake refused", "reason", err.Error(), "spiffe_id", id.String())
+			}
 			return err
 		},
 		Time: m.cfg.Now,
@@ -144,10 +174,10 @@ func (m *MTLS) StreamInterceptor() grpc.StreamServerInterceptor {
 	}
 }
 
-// check verifies the peer of ctx again, against the roots and the time of
-// now.
+// check verifies the peer of ctx again, against the roots, the deny-list,
+// the CRLs and the time of now.
 func (m *MTLS) check(ctx context.Context, method string) error {
-	err := errors.New("no admin X509-SVID on the connection")
+	err := errors.New("no admin certificate on the connection")
 	if p, ok := peer.FromContext(ctx); ok {
 		if info, ok := p.AuthInfo.(svidInfo); ok {
 			var id spiffeid.ID
@@ -159,29 +189,72 @@ func (m *MTLS) check(ctx context.Context, method string) error {
 	if err != nil {
 		m.cfg.Logger.WarnContext(ctx, "admin call refused", "method", method, "reason", err.Error(),
 			"peer", peerAddr(ctx))
-		return status.Error(codes.PermissionDenied, "admin access requires an admin X509-SVID")
+		return status.Error(codes.PermissionDenied, "admin access requires a valid admin certificate")
 	}
 	return nil
 }
 
-// verify returns the SPIFFE ID of the X509-SVID chain certs (leaf first)
-// when it chains to the trusted roots now and the ID is an admin's.
+// verify returns the SPIFFE ID of the admin certificate certs[0] when it is
+// an admin's, signed directly by a trusted root, valid now for client
+// authentication, and neither on the deny-list nor on its root's CRLs. The
+// rest of the chain is ignored: no intermediate can vouch for an admin. On
+// failure the SPIFFE ID is returned when it was read, for the log.
 func (m *MTLS) verify(certs []*x509.Certificate) (spiffeid.ID, error) {
 	var roots []*x509.Certificate
-	if b := m.cfg.Roots(); b != nil {
+	b := m.cfg.Roots()
+	if b != nil {
 		roots = b.Roots()
 	}
 	if len(roots) == 0 {
 		return spiffeid.ID{}, errors.New("admin mtls: no trusted roots")
 	}
-	id, chains, err := x509svid.Verify(certs, rootsSource(roots), x509svid.WithTime(m.cfg.Now()))
+	if len(certs) == 0 {
+		return spiffeid.ID{}, errors.New("admin mtls: no client certificate")
+	}
+	leaf := certs[0]
+	id, chains, err := x509svid.Verify(certs[:1], rootsSource(roots), x509svid.WithTime(m.cfg.Now()))
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("admin mtls: %w", err)
+		return id, fmt.Errorf("admin mtls: not signed directly by a trusted root: %w", err)
+	}
+	if len(chains) != 1 || len(chains[0]) != 2 {
+		return id, fmt.Errorf("admin mtls: %s: not one chain of the leaf and a root", id)
+	}
+	if !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
+		return id, fmt.Errorf("admin mtls: %s: no client authentication usage", id)
 	}
 	if err := m.authorize(id, chains); err != nil {
-		return spiffeid.ID{}, fmt.Errorf("admin mtls: %s is not an admin: %w", id, err)
+		return id, fmt.Errorf("admin mtls: %s is not an admin: %w", id, err)
+	}
+	serial := ca.SerialHex(leaf.SerialNumber)
+	if err := m.cfg.Revocations.CheckRevoked(serial, id); err != nil {
+		return id, fmt.Errorf("admin mtls: %s, serial %s: %w", id, serial, err)
+	}
+	if err := checkCRLs(m.cfg.CRLs(), b, chains[0][1], leaf, m.cfg.Now()); err != nil {
+		return id, fmt.Errorf("admin mtls: %s, serial %s: %w", id, serial, err)
 	}
 	return id, nil
+}
+
+// checkCRLs returns an error when a CRL of crls signed by root, valid at
+// now, lists leaf. CRLs of other issuers, and stale or invalid ones, are
+// skipped: the deny-list is the authority, the CRLs carry what another
+// server (the central root) revoked.
+func checkCRLs(crls []ca.CRL, roots *ca.Bundle, root, leaf *x509.Certificate, now time.Time) error {
+	for _, c := range crls {
+		if len(c.IssuerChain) != 0 {
+			continue // an intermediate's CRL: admin certificates are signed by roots
+		}
+		rl, issuer, err := ca.VerifyCRL(c, roots, now)
+		if err != nil || !issuer.Equal(root) {
+			continue
+		}
+		for _, e := range rl.RevokedCertificateEntries {
+			if e.SerialNumber.Cmp(leaf.SerialNumber) == 0 {
+				return fmt.Errorf("revoked on the root's CRL number %v", rl.Number)
+			}
+		}
+	}
+	return nil
 }
 
 // rootsSource offers the same roots for every trust domain: meshca's roots

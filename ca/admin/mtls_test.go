@@ -3,8 +3,11 @@ package admin_test
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/url"
 	"sync"
@@ -75,11 +78,63 @@ func leafCert(t *testing.T, inter *ca.Authority, keyName, id, dns string, now ti
 	return tls.Certificate{Certificate: [][]byte{leaf.Raw, inter.Certificate.Raw}, PrivateKey: key, Leaf: leaf}
 }
 
+// adminCert signs an admin certificate with the root authority: a
+// client-only X509-SVID for id, valid for ttl from now.
+func adminCert(t *testing.T, root *ca.Authority, keyName, id string, now time.Time, ttl time.Duration) tls.Certificate {
+	t.Helper()
+	key := catest.Key(t, keyName)
+	u, err := url.Parse(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := root.SignLeaf(ca.LeafRequest{
+		PublicKey: key.Public(), URIs: []*url.URL{u}, TTL: ttl, Now: now,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}
+}
+
+// fakeDenyList is an admin.RevocationChecker whose revoked serials and
+// SPIFFE IDs, and failure, the test sets.
+type fakeDenyList struct {
+	mu      sync.Mutex
+	serials map[string]bool
+	ids     map[string]bool
+	err     error
+}
+
+var _ admin.RevocationChecker = (*fakeDenyList)(nil)
+
+func (f *fakeDenyList) CheckRevoked(serial string, id spiffeid.ID) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case f.err != nil:
+		return f.err
+	case f.serials[serial]:
+		return errors.New("serial revoked")
+	case f.ids[id.String()]:
+		return errors.New("SPIFFE ID revoked")
+	}
+	return nil
+}
+
+func (f *fakeDenyList) set(serial, id string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.serials, f.ids, f.err = map[string]bool{serial: serial != ""}, map[string]bool{id: id != ""}, err
+}
+
 const aliceID = "spiffe://admin.example/admin/alice"
 
 type mtlsHarness struct {
 	tree   *catest.Tree
 	clock  *testClock
+	deny   *fakeDenyList
+	crls   atomic.Pointer[[]ca.CRL]
 	m      *admin.MTLS
 	echo   *actorEcho
 	addr   string
@@ -93,13 +148,17 @@ func newMTLSHarness(t *testing.T) *mtlsHarness {
 		tree:  catest.New(t, catest.Options{TrustDomain: "admin.example", Now: start.Add(-time.Hour)}),
 		clock: &testClock{t: start},
 		echo:  &actorEcho{},
+		deny:  &fakeDenyList{},
 	}
+	h.crls.Store(&[]ca.CRL{})
 	h.server = leafCert(t, h.tree.Intermediate, "admin-server", "", "admin.test", start.Add(-time.Minute), 24*time.Hour)
 	var err error
 	h.m, err = admin.NewMTLS(admin.MTLSConfig{
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &h.server, nil },
 		Roots:          func() *ca.Bundle { return h.tree.Bundle },
 		Admins:         []spiffeid.ID{spiffeid.RequireFromString("spiffe://admin.example/admin/bob"), spiffeid.RequireFromString(aliceID)},
+		Revocations:    h.deny,
+		CRLs:           func() []ca.CRL { return *h.crls.Load() },
 		Now:            h.clock.Now,
 		Logger:         slog.New(slog.DiscardHandler),
 	})
@@ -137,7 +196,7 @@ func (h *mtlsHarness) dial(t *testing.T, certs ...tls.Certificate) meshcav1.Admi
 func TestMTLSAdmin(t *testing.T) {
 	h := newMTLSHarness(t)
 	now := h.clock.Now()
-	alice := leafCert(t, h.tree.Intermediate, "admin-alice", aliceID, "", now.Add(-time.Minute), time.Hour)
+	alice := adminCert(t, h.tree.Root, "admin-alice", aliceID, now.Add(-time.Minute), time.Hour)
 
 	client := h.dial(t, alice)
 	resp, err := client.ListRevocations(t.Context(), &meshcav1.ListRevocationsRequest{})
@@ -154,7 +213,11 @@ func TestMTLSAdmin(t *testing.T) {
 		certs []tls.Certificate
 	}{
 		{"not an admin", []tls.Certificate{leafCert(t, h.tree.Intermediate, "admin-web", "spiffe://admin.example/ns/default/sa/web", "", now, time.Hour)}},
-		{"admin ID from another root", []tls.Certificate{leafCert(t, other.Intermediate, "admin-alice", aliceID, "", now, time.Hour)}},
+		{"admin ID from another root", []tls.Certificate{adminCert(t, other.Root, "admin-alice", aliceID, now, time.Hour)}},
+		// What any issuer of the trust domain can mint: the admin's SPIFFE
+		// ID under a cluster intermediate.
+		{"admin ID through an intermediate", []tls.Certificate{leafCert(t, h.tree.Intermediate, "admin-alice", aliceID, "", now, time.Hour)}},
+		{"admin ID without client authentication", []tls.Certificate{serverOnly(t, h.tree.Root, aliceID, now)}},
 		{"no SPIFFE ID", []tls.Certificate{leafCert(t, h.tree.Intermediate, "admin-dns", "", "alice.admin.example", now, time.Hour)}},
 		{"no client certificate", nil},
 	} {
@@ -218,13 +281,14 @@ func TestMTLSInterceptorRefusesOtherPeers(t *testing.T) {
 
 func TestMTLSRootsFollowRotation(t *testing.T) {
 	h := newMTLSHarness(t)
-	alice := leafCert(t, h.tree.Intermediate, "admin-alice", aliceID, "", h.clock.Now().Add(-time.Minute), time.Hour)
+	alice := adminCert(t, h.tree.Root, "admin-alice", aliceID, h.clock.Now().Add(-time.Minute), time.Hour)
 	var roots atomic.Pointer[ca.Bundle]
 	roots.Store(h.tree.Bundle)
 	m, err := admin.NewMTLS(admin.MTLSConfig{
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &h.server, nil },
 		Roots:          roots.Load,
 		Admins:         []spiffeid.ID{spiffeid.RequireFromString(aliceID)},
+		Revocations:    h.deny,
 		Now:            h.clock.Now,
 		Logger:         slog.New(slog.DiscardHandler),
 	})
@@ -265,17 +329,107 @@ func TestMTLSConfigValidate(t *testing.T) {
 	getCert := func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return nil, nil }
 	roots := func() *ca.Bundle { return nil }
 	admins := []spiffeid.ID{spiffeid.RequireFromString(aliceID)}
+	deny := &fakeDenyList{}
 	for name, cfg := range map[string]admin.MTLSConfig{
-		"no certificate": {Roots: roots, Admins: admins},
-		"no roots":       {GetCertificate: getCert, Admins: admins},
-		"no admins":      {GetCertificate: getCert, Roots: roots},
-		"zero admin":     {GetCertificate: getCert, Roots: roots, Admins: []spiffeid.ID{{}}},
+		"no certificate": {Roots: roots, Admins: admins, Revocations: deny},
+		"no roots":       {GetCertificate: getCert, Admins: admins, Revocations: deny},
+		"no admins":      {GetCertificate: getCert, Roots: roots, Revocations: deny},
+		"zero admin":     {GetCertificate: getCert, Roots: roots, Admins: []spiffeid.ID{{}}, Revocations: deny},
+		"no deny-list":   {GetCertificate: getCert, Roots: roots, Admins: admins},
 	} {
 		if _, err := admin.NewMTLS(cfg); err == nil {
 			t.Errorf("%s: NewMTLS accepted it", name)
 		}
 	}
-	if _, err := admin.NewMTLS(admin.MTLSConfig{GetCertificate: getCert, Roots: roots, Admins: admins}); err != nil {
+	if _, err := admin.NewMTLS(admin.MTLSConfig{GetCertificate: getCert, Roots: roots, Admins: admins, Revocations: deny}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// serverOnly signs, with root, a certificate for id with the server
+// authentication usage only.
+func serverOnly(t *testing.T, root *ca.Authority, id string, now time.Time) tls.Certificate {
+	t.Helper()
+	key := catest.Key(t, "admin-alice")
+	u, _ := url.Parse(id)
+	leaf, err := root.SignLeaf(ca.LeafRequest{
+		PublicKey: key.Public(), URIs: []*url.URL{u}, TTL: time.Hour, Now: now,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}
+}
+
+// TestMTLSRevocation: an admin certificate revoked on the deny-list (by
+// serial or SPIFFE ID) or on its root's CRL is refused at the next call on
+// an open connection and at the next handshake, and so is every admin
+// while the deny-list cannot be trusted.
+func TestMTLSRevocation(t *testing.T) {
+	h := newMTLSHarness(t)
+	now := h.clock.Now()
+	alice := adminCert(t, h.tree.Root, "admin-alice", aliceID, now.Add(-time.Minute), time.Hour)
+	serial := ca.SerialHex(alice.Leaf.SerialNumber)
+	rootCRL := func(serials ...*big.Int) []ca.CRL {
+		crl, _, err := h.tree.Root.SignCRL(ca.CRLRequest{Serials: serials, Now: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []ca.CRL{crl}
+	}
+	interCRL := func(serials ...*big.Int) []ca.CRL {
+		crl, _, err := h.tree.Intermediate.SignCRL(ca.CRLRequest{Serials: serials, Now: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []ca.CRL{crl}
+	}
+	for _, tc := range []struct {
+		name          string
+		serial, id    string
+		denyErr       error
+		crls          []ca.CRL
+		wantConnected bool
+	}{
+		{name: "serial on the deny-list", serial: serial},
+		{name: "SPIFFE ID on the deny-list", id: aliceID},
+		{name: "deny-list stale", denyErr: errors.New("deny-list stale")},
+		{name: "serial on the root's CRL", crls: rootCRL(alice.Leaf.SerialNumber)},
+		{name: "another serial on the root's CRL", crls: rootCRL(big.NewInt(7)), wantConnected: true},
+		// Only the root that signed an admin certificate can revoke it.
+		{name: "serial on an intermediate's CRL", crls: interCRL(alice.Leaf.SerialNumber), wantConnected: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h.deny.set("", "", nil)
+			h.crls.Store(&[]ca.CRL{})
+			client := h.dial(t, alice)
+			if _, err := client.ListRevocations(t.Context(), &meshcav1.ListRevocationsRequest{}); err != nil {
+				t.Fatalf("before the revocation: %v", err)
+			}
+			h.deny.set(tc.serial, tc.id, tc.denyErr)
+			crls := tc.crls
+			h.crls.Store(&crls)
+			before := h.echo.calls.Load()
+			_, err := client.ListRevocations(t.Context(), &meshcav1.ListRevocationsRequest{})
+			if tc.wantConnected {
+				if err != nil {
+					t.Fatalf("open connection: %v, want the call answered", err)
+				}
+			} else {
+				wantCode(t, err, codes.PermissionDenied)
+				if h.echo.calls.Load() != before {
+					t.Fatal("a revoked admin's call on an open connection reached the service")
+				}
+			}
+			_, err = h.dial(t, alice).ListRevocations(t.Context(), &meshcav1.ListRevocationsRequest{})
+			if tc.wantConnected {
+				if err != nil {
+					t.Fatalf("new connection: %v, want the call answered", err)
+				}
+				return
+			}
+			wantCode(t, err, codes.Unavailable) // the handshake failed
+		})
 	}
 }

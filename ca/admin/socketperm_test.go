@@ -3,8 +3,10 @@
 package admin_test
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -12,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/meshca/meshca/ca/admin"
 )
@@ -43,31 +46,45 @@ func TestSocketRefusesOtherUsers(t *testing.T) {
 		}
 	}
 	path := filepath.Join(dir, "admin.sock")
-	lis, err := admin.ListenUnix(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	go func() {
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
+	serve := func(cfg admin.UnixConfig) net.Listener {
+		t.Helper()
+		cfg.Path = path
+		lis, err := cfg.Listen()
+		if err != nil {
+			t.Fatal(err)
 		}
-	}()
+		go func() {
+			for {
+				c, err := lis.Accept()
+				if err != nil {
+					return
+				}
+				c.Write([]byte("served\n"))
+				c.Close()
+			}
+		}()
+		return lis
+	}
 
+	lis := serve(admin.UnixConfig{})
 	if got := runDialAsNobody(t, path); got != "refused: permission denied" {
 		t.Fatalf("another user dialling the 0600 admin socket: %q, want refused: permission denied", got)
 	}
-	// The same user reaches a socket open to all: the refusal above was the
-	// socket's mode, not the test's setup.
+	// With the socket open to all, the listener's user check still refuses
+	// the other user: the connection is closed before anything is served.
 	if err := os.Chmod(path, 0o666); err != nil {
 		t.Fatal(err)
 	}
-	if got := runDialAsNobody(t, path); got != "connected" {
-		t.Fatalf("another user dialling a 0666 socket: %q, want connected", got)
+	if got := runDialAsNobody(t, path); got != "closed" {
+		t.Fatalf("another user dialling a 0666 admin socket: %q, want closed by the server", got)
+	}
+	lis.Close()
+
+	// A user configured as allowed is served.
+	lis = serve(admin.UnixConfig{Mode: 0o666, AllowUIDs: []uint32{nobody}})
+	defer lis.Close()
+	if got := runDialAsNobody(t, path); got != "served" {
+		t.Fatalf("an allowed user dialling the admin socket: %q, want served", got)
 	}
 }
 
@@ -116,6 +133,14 @@ func dialAsNobody(path string) string {
 	case err != nil:
 		return "error: " + err.Error()
 	}
-	c.Close()
-	return "connected"
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	switch {
+	case err == io.EOF && line == "":
+		return "closed"
+	case err != nil:
+		return "read: " + err.Error()
+	}
+	return strings.TrimSpace(line)
 }

@@ -30,6 +30,9 @@ var (
 	ErrUnimplemented = errors.New("unimplemented")
 	// ErrUnavailable: the store failed; retrying later may succeed.
 	ErrUnavailable = errors.New("unavailable")
+	// ErrPermissionDenied: the caller may not make this call over this
+	// transport (issuing an admin credential over mutual TLS).
+	ErrPermissionDenied = errors.New("permission denied")
 )
 
 // Status maps an error from an admin call to a gRPC status and logs the
@@ -50,6 +53,8 @@ func Status(ctx context.Context, log *slog.Logger, method string, err error) err
 		code, msg, level = codes.AlreadyExists, err.Error(), slog.LevelInfo
 	case errors.Is(err, ErrFailedPrecondition):
 		code, msg, level = codes.FailedPrecondition, err.Error(), slog.LevelInfo
+	case errors.Is(err, ErrPermissionDenied):
+		code, msg, level = codes.PermissionDenied, err.Error(), slog.LevelWarn
 	case errors.Is(err, ErrUnimplemented):
 		code, msg, level = codes.Unimplemented, err.Error(), slog.LevelInfo
 	case errors.Is(err, context.Canceled):

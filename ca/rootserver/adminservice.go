@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -168,6 +170,18 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 	if r.state.Load().revoked[req.GetName()] {
 		return nil, fmt.Errorf("%w: cluster %s is revoked: register the cluster under a new name", errFailedPrecondition, req.GetName())
 	}
+	// One registration at a time: the trust domain check below and the
+	// write must not interleave with another's.
+	r.addMu.Lock()
+	defer r.addMu.Unlock()
+	sharing, err := r.holders(ctx, td, req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	if len(sharing) > 0 && !req.GetShareTrustDomain() {
+		return nil, fmt.Errorf("%w: trust domain %s is held by cluster %s: their issuers could mint each other's identities; "+
+			"ask for it explicitly (share trust domain) if that is meant", errFailedPrecondition, td.Name(), strings.Join(sharing, ", "))
+	}
 	ttl := time.Duration(req.GetTokenTtlSeconds()) * time.Second
 	switch {
 	case req.GetTokenTtlSeconds() == 0:
@@ -184,11 +198,12 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 	now := r.cfg.Now()
 	expires := now.Add(ttl).UTC().Truncate(time.Second)
 	c := store.Cluster{Name: req.GetName(), TrustDomain: td.Name()}
+	detail := fmt.Sprintf("trust domain %s, join token expires at %s", td.Name(), expires.Format(time.RFC3339))
+	if len(sharing) > 0 {
+		detail += ", trust domain shared with cluster " + strings.Join(sharing, ", ")
+	}
 	err = r.cfg.Store.AddCluster(ctx, c, store.JoinToken{Hash: hashToken(token), Cluster: c.Name, ExpiresAt: expires},
-		store.AuditEvent{
-			Time: now, Actor: actor, Action: "cluster.add", Cluster: c.Name,
-			Detail: fmt.Sprintf("trust domain %s, join token expires at %s", td.Name(), expires.Format(time.RFC3339)),
-		})
+		store.AuditEvent{Time: now, Actor: actor, Action: "cluster.add", Cluster: c.Name, Detail: detail})
 	switch {
 	case errors.Is(err, store.ErrAlreadyExists):
 		return nil, fmt.Errorf("%w: cluster %s: %w", errAlreadyExists, c.Name, err)
@@ -197,11 +212,94 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 	}
 	r.addDomain(ctx, td)
 	r.log.InfoContext(ctx, "join token created", "actor", actor, "cluster", c.Name, "trust_domain", td.Name(),
-		"expires_at", expires)
+		"expires_at", expires, "shares_trust_domain_with", sharing)
 	resp := &meshcav1.AddClusterResponse{JoinToken: token, ExpiresAtUnix: expires.Unix()}
 	for _, s := range r.Roots() {
 		if s.State.InBundle() {
 			resp.RootSha256 = append(resp.RootSha256, fingerprintHex(s.Cert))
+		}
+	}
+	return resp, nil
+}
+
+// holders returns the names of the registered clusters other than name in
+// trust domain td, sorted. A store without ClusterLister (both backends
+// have it) is asked for the clusters with an intermediate instead.
+func (r *Root) holders(ctx context.Context, td spiffeid.TrustDomain, name string) ([]string, error) {
+	var clusters []store.Cluster
+	if lister, ok := r.cfg.Store.(ClusterLister); ok {
+		var err error
+		if clusters, err = lister.Clusters(ctx); err != nil {
+			return nil, fmt.Errorf("%w: list clusters: %w", errUnavailable, err)
+		}
+	} else {
+		inters, err := r.cfg.Store.Intermediates(ctx, store.IntermediateFilter{})
+		if err != nil {
+			return nil, fmt.Errorf("%w: list intermediates: %w", errUnavailable, err)
+		}
+		for _, in := range inters {
+			clusters = append(clusters, store.Cluster{Name: in.Cluster, TrustDomain: in.TrustDomain})
+		}
+	}
+	var out []string
+	for _, c := range clusters {
+		if c.Name != name && c.TrustDomain == td.Name() {
+			out = append(out, c.Name)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// IssueAdminCredential implements meshcav1.AdminServiceServer: on the Unix
+// admin socket only, it signs an admin certificate with the active root and
+// records it.
+func (s *adminService) IssueAdminCredential(ctx context.Context, req *meshcav1.IssueAdminCredentialRequest) (*meshcav1.IssueAdminCredentialResponse, error) {
+	resp, err := s.r.issueAdminCredential(ctx, req, admin.Actor(ctx), admin.OnUnixSocket(ctx))
+	if err != nil {
+		return nil, statusOf(ctx, s.r.log, "IssueAdminCredential", err)
+	}
+	return resp, nil
+}
+
+func (r *Root) issueAdminCredential(ctx context.Context, req *meshcav1.IssueAdminCredentialRequest, actor string, onSocket bool) (*meshcav1.IssueAdminCredentialResponse, error) {
+	if !onSocket {
+		return nil, fmt.Errorf("%w: admin credentials are issued on the Unix admin socket only", errPermissionDenied)
+	}
+	cr, err := admin.ParseCredentialRequest(req)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errInvalidArgument, err)
+	}
+	if strings.HasPrefix(cr.ID.Path(), credentialPathPrefix) {
+		// It would be a valid issuer credential of that cluster.
+		return nil, fmt.Errorf("%w: SPIFFE ID %s is an issuer credential's", errInvalidArgument, cr.ID)
+	}
+	st := r.state.Load()
+	if st.active == nil {
+		return nil, errNoActiveRoot
+	}
+	now := r.cfg.Now()
+	cert, err := admin.SignCredential(st.active, cr, now)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errUnavailable, err)
+	}
+	serial := ca.SerialHex(cert.SerialNumber)
+	err = r.cfg.Store.RecordIssuance(ctx, store.Certificate{
+		Serial: serial, SPIFFEID: cr.ID.String(), NotBefore: cert.NotBefore, NotAfter: cert.NotAfter,
+		Fingerprint: fingerprintHex(cert),
+	}, store.AuditEvent{
+		Time: now, Actor: actor, Action: "admin_credential.issue", SPIFFEID: cr.ID.String(), Serial: serial,
+		Detail: fmt.Sprintf("root sha256 %s, not after %s", fingerprintHex(st.active.Certificate), cert.NotAfter.UTC().Format(time.RFC3339)),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: record admin credential: %w", errUnavailable, err)
+	}
+	r.log.InfoContext(ctx, "admin credential issued", "actor", actor, "spiffe_id", cr.ID.String(), "serial", serial,
+		"not_after", cert.NotAfter)
+	resp := &meshcav1.IssueAdminCredentialResponse{Certificate: cert.Raw, Serial: serial}
+	for _, s := range st.statuses {
+		if s.State.InBundle() {
+			resp.Roots = append(resp.Roots, s.Cert.Raw)
 		}
 	}
 	return resp, nil

@@ -54,10 +54,15 @@ const (
 )
 
 // Store is what the root service needs from storage: store.RootStore, the
-// deny-list (cluster and intermediate revocations) and the audit log. Both
-// store backends implement it.
+// deny-list (cluster, intermediate and serial revocations), the records of
+// admin certificates and the audit log. Both store backends implement it.
 type Store interface {
 	store.RevocationStore
+	// RecordIssuance and Certificate are store.Store's: admin certificates
+	// the root signs are recorded (without a cluster), and found again when
+	// revoked by serial.
+	RecordIssuance(ctx context.Context, cert store.Certificate, ev store.AuditEvent) error
+	Certificate(ctx context.Context, serial string) (store.Certificate, error)
 	// AuditEvents is store.Store's: the admin socket's ListAuditEvents.
 	AuditEvents(ctx context.Context, since time.Time) ([]store.AuditEvent, error)
 	AddCluster(ctx context.Context, c store.Cluster, tok store.JoinToken, ev store.AuditEvent) error

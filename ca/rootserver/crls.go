@@ -55,18 +55,24 @@ type issuerCRL struct {
 }
 
 // signRootCRLsLocked keeps one CRL per in-bundle root valid at now listing
-// the revoked intermediates: signed when missing, when the list or the
+// the revoked intermediates and the other certificates revoked by serial
+// (a serial is random, so listing one on a root that did not sign it is
+// harmless): signed when missing, when the list or the
 // roots change, and at half-life. It exists, empty, while nothing is
 // revoked: a relying party that checks CRLs for every CA of a chain (Envoy,
 // once it has any CRL) must find one for the root too. A root whose key
 // cannot be loaded or that fails to sign keeps its previous CRL while that
 // is still current.
 func (r *Root) signRootCRLsLocked(ctx context.Context, now time.Time) {
-	serials := make([]string, 0, len(r.revs.inters))
+	serials := make([]string, 0, len(r.revs.inters)+len(r.revs.serials))
 	for s := range r.revs.inters {
 		serials = append(serials, s)
 	}
+	for s := range r.revs.serials {
+		serials = append(serials, s)
+	}
 	slices.Sort(serials)
+	serials = slices.Compact(serials)
 	key := strings.Join(serials, ",")
 	keep := map[[32]byte]*rootCRL{}
 	defer func() { r.rootCRLs = keep }()

@@ -24,6 +24,7 @@ type fakeStore struct {
 	audit         []store.AuditEvent
 	revocations   []fakeRevocation
 	lastRevID     int64
+	certs         map[string]store.Certificate
 	// fail, when set, is returned by every method.
 	fail error
 }
@@ -41,7 +42,35 @@ type fakeToken struct {
 var _ Store = (*fakeStore)(nil)
 
 func newFakeStore() *fakeStore {
-	return &fakeStore{clusters: map[string]store.Cluster{}, tokens: map[string]*fakeToken{}}
+	return &fakeStore{clusters: map[string]store.Cluster{}, tokens: map[string]*fakeToken{}, certs: map[string]store.Certificate{}}
+}
+
+func (s *fakeStore) RecordIssuance(_ context.Context, c store.Certificate, ev store.AuditEvent) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return s.fail
+	}
+	if _, ok := s.certs[c.Serial]; ok {
+		return store.ErrAlreadyExists
+	}
+	c.NotBefore, c.NotAfter = sec(c.NotBefore), sec(c.NotAfter)
+	s.certs[c.Serial] = c
+	s.audit = append(s.audit, ev)
+	return nil
+}
+
+func (s *fakeStore) Certificate(_ context.Context, serial string) (store.Certificate, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return store.Certificate{}, s.fail
+	}
+	c, ok := s.certs[serial]
+	if !ok {
+		return store.Certificate{}, store.ErrNotFound
+	}
+	return c, nil
 }
 
 func sec(t time.Time) time.Time { return t.UTC().Truncate(time.Second) }

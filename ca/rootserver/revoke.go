@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca/admin"
@@ -33,10 +36,16 @@ type revocations struct {
 	clusters map[string]bool
 	// inters are the revoked intermediates in force, by serial.
 	inters map[string]store.Revocation
+	// serials are the other certificates the root signed that are revoked
+	// (admin certificates, issuer credentials), by serial.
+	serials map[string]store.Revocation
+	// ids are the revoked SPIFFE IDs.
+	ids map[string]bool
 }
 
 func newRevocations() revocations {
-	return revocations{clusters: map[string]bool{}, inters: map[string]store.Revocation{}}
+	return revocations{clusters: map[string]bool{}, inters: map[string]store.Revocation{},
+		serials: map[string]store.Revocation{}, ids: map[string]bool{}}
 }
 
 // with returns a copy of v with rs added.
@@ -48,12 +57,22 @@ func (v revocations) with(rs ...store.Revocation) revocations {
 	for serial, e := range v.inters {
 		out.inters[serial] = e
 	}
+	for serial, e := range v.serials {
+		out.serials[serial] = e
+	}
+	for id := range v.ids {
+		out.ids[id] = true
+	}
 	for _, e := range rs {
 		switch e.Kind {
 		case store.RevokeCluster:
 			out.clusters[e.Value] = true
 		case store.RevokeIntermediate:
 			out.inters[e.Value] = e
+		case store.RevokeSerial:
+			out.serials[e.Value] = e
+		case store.RevokeSPIFFEID:
+			out.ids[e.Value] = true
 		}
 	}
 	return out
@@ -108,18 +127,21 @@ func (r *Root) revokeIntermediate(ctx context.Context, in store.Intermediate, re
 	return out, nil
 }
 
-// revoke answers AdminService.Revoke: the root revokes clusters only.
+// revoke answers AdminService.Revoke: the root revokes clusters, and
+// certificates it signed by serial.
 func (r *Root) revoke(ctx context.Context, req *meshcav1.RevokeRequest, actor string) (*meshcav1.RevokeResponse, error) {
 	if len(req.GetReason()) > maxReasonBytes {
 		return nil, fmt.Errorf("%w: reason of %d bytes (at most %d)", errInvalidArgument, len(req.GetReason()), maxReasonBytes)
 	}
 	switch req.GetTarget().(type) {
 	case *meshcav1.RevokeRequest_Cluster:
-	case *meshcav1.RevokeRequest_Serial, *meshcav1.RevokeRequest_SpiffeId:
-		return nil, fmt.Errorf("%w: revoke certificates on the issuer's admin socket: the root revokes whole clusters only",
+	case *meshcav1.RevokeRequest_Serial:
+		return r.revokeSerial(ctx, req.GetSerial(), req.GetReason(), actor)
+	case *meshcav1.RevokeRequest_SpiffeId:
+		return nil, fmt.Errorf("%w: revoke SPIFFE IDs on the issuer's admin socket: the root revokes clusters and certificates it signed (by serial)",
 			errFailedPrecondition)
 	default:
-		return nil, fmt.Errorf("%w: nothing to revoke: name a cluster", errInvalidArgument)
+		return nil, fmt.Errorf("%w: nothing to revoke: name a cluster or a serial", errInvalidArgument)
 	}
 	name := req.GetCluster()
 	if !validClusterName(name) {
@@ -172,6 +194,72 @@ func (r *Root) revoke(ctx context.Context, req *meshcav1.RevokeRequest, actor st
 		"intermediates", len(recorded)-1, "reason", req.GetReason())
 	return &meshcav1.RevokeResponse{Revocation: admin.RevocationToProto(e)}, nil
 }
+
+// revokeSerial denies one certificate the root signed (an admin
+// certificate, an issuer credential), by serial: the deny-list refuses it at
+// once and every root CRL lists it. A serial the root recorded (admin
+// certificates) is revoked until its certificate expires; any other until
+// everything the root signs now has expired.
+func (r *Root) revokeSerial(ctx context.Context, raw, reason, actor string) (*meshcav1.RevokeResponse, error) {
+	serial, err := admin.ParseSerial(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s", errInvalidArgument, strings.TrimPrefix(err.Error(), admin.ErrInvalidArgument.Error()+": "))
+	}
+	now := r.cfg.Now()
+	e := store.Revocation{Kind: store.RevokeSerial, Value: serial, Reason: reason, RevokedBy: actor, RevokedAt: now,
+		ExpiresAt: now.Add(r.longestSigned())}
+	ev := store.AuditEvent{Time: now, Actor: actor, Action: "revocation.add", Serial: serial, Detail: "reason: " + reason}
+	c, err := r.cfg.Store.Certificate(ctx, serial)
+	switch {
+	case err == nil && !now.Before(c.NotAfter):
+		return nil, fmt.Errorf("%w: certificate %s expired at %s; nothing to revoke", errFailedPrecondition, serial,
+			c.NotAfter.UTC().Format(time.RFC3339))
+	case err == nil:
+		e.ExpiresAt, e.Cluster, ev.SPIFFEID, ev.Cluster = c.NotAfter, c.Cluster, c.SPIFFEID, c.Cluster
+	case !errors.Is(err, store.ErrNotFound):
+		return nil, fmt.Errorf("%w: certificate %s: %w", errUnavailable, serial, err)
+	}
+	out, err := r.cfg.Store.Revoke(ctx, e, ev)
+	switch {
+	case errors.Is(err, store.ErrAlreadyExists):
+		return nil, fmt.Errorf("%w: serial %s is already revoked", errAlreadyExists, serial)
+	case err != nil:
+		return nil, fmt.Errorf("%w: revoke serial %s: %w", errUnavailable, serial, err)
+	}
+	r.revocationsChanged(ctx, []store.Revocation{out})
+	r.log.WarnContext(ctx, "certificate revoked", "actor", actor, "serial", serial, "spiffe_id", ev.SPIFFEID,
+		"expires_at", out.ExpiresAt, "reason", reason)
+	return &meshcav1.RevokeResponse{Revocation: admin.RevocationToProto(out)}, nil
+}
+
+// longestSigned is the longest life of a certificate the root signs, roots
+// aside: a serial revoked now is certainly expired after it.
+func (r *Root) longestSigned() time.Duration {
+	return max(r.cfg.CredentialTTL, r.cfg.IntermediateTTL, r.cfg.ServingTTL, admin.MaxCredentialTTL)
+}
+
+// CheckRevoked implements admin.RevocationChecker for the root's admin API
+// over mutual TLS: it fails when the serial or the SPIFFE ID is revoked,
+// and when the deny-list was last read from the store longer ago than
+// maxRevocationAge (fail closed).
+func (r *Root) CheckRevoked(serial string, id spiffeid.ID) error {
+	st := r.state.Load()
+	now := r.cfg.Now()
+	switch {
+	case st.revsAt.IsZero() || now.Sub(st.revsAt) > r.maxRevocationAge():
+		return fmt.Errorf("deny-list too old (last read from the store at %s)", st.revsAt.UTC().Format(time.RFC3339))
+	case st.revokedIDs[id.String()]:
+		return fmt.Errorf("SPIFFE ID %s is revoked", id)
+	}
+	if _, ok := st.revokedSerials[serial]; ok {
+		return fmt.Errorf("serial %s is revoked", serial)
+	}
+	return nil
+}
+
+// maxRevocationAge is how old the deny-list may grow, the store failing,
+// before admin certificates are refused: three re-evaluations, at least 30s.
+func (r *Root) maxRevocationAge() time.Duration { return max(3*r.cfg.Tick, 30*time.Second) }
 
 // revocationsChanged applies what a Revoke call recorded at once: it
 // re-reads the store, or, when that fails, adds recorded to the deny-list

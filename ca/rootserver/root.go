@@ -40,8 +40,10 @@ type Root struct {
 	domains, storeDomains map[spiffeid.TrustDomain]bool
 	active                *ca.Authority
 	warned                map[[32]byte]time.Time
-	// revs is the deny-list at the last re-evaluation (or Revoke call).
-	revs revocations
+	// revs is the deny-list at the last re-evaluation (or Revoke call);
+	// revsAt is when it was last read from the store.
+	revs   revocations
+	revsAt time.Time
 	// rootCRLs are the root CRLs by root fingerprint, crlErrs the last
 	// signing failure of each (logged once).
 	rootCRLs map[[32]byte]*rootCRL
@@ -51,6 +53,9 @@ type Root struct {
 	issuerCRLs map[string]issuerCRL
 
 	state atomic.Pointer[state]
+
+	// addMu serializes cluster registrations.
+	addMu sync.Mutex
 
 	keysMu  sync.Mutex
 	signers map[string]crypto.Signer
@@ -70,6 +75,13 @@ type state struct {
 	bundle    *ca.TrustBundle
 	// revoked are the revoked cluster names; never modified.
 	revoked map[string]bool
+	// revokedSerials and revokedIDs are the other serial and SPIFFE ID
+	// revocations, as of revsAt (zero: never read); never modified.
+	revokedSerials map[string]store.Revocation
+	revokedIDs     map[string]bool
+	revsAt         time.Time
+	// rootCRLs are the current root CRLs.
+	rootCRLs []ca.CRL
 }
 
 // New loads the roots from cfg.Store, creates the first root when there is
@@ -257,7 +269,7 @@ func (r *Root) loadLocked(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	r.revs = revs
+	r.revs, r.revsAt = revs, now
 	r.statuses = ca.RootStates(recs, lastUse, now)
 	r.storeDomains = domains
 	r.loadActiveLocked(ctx)
@@ -296,7 +308,13 @@ func (r *Root) loadActiveLocked(ctx context.Context) {
 func (r *Root) publishLocked(ctx context.Context, now time.Time) {
 	r.signRootCRLsLocked(ctx, now)
 	r.pruneIssuerCRLsLocked(ctx, now)
-	st := &state{statuses: r.statuses, active: r.active, clientCAs: x509.NewCertPool(), revoked: r.revs.clusters}
+	st := &state{statuses: r.statuses, active: r.active, clientCAs: x509.NewCertPool(), revoked: r.revs.clusters,
+		revokedSerials: r.revs.serials, revokedIDs: r.revs.ids, revsAt: r.revsAt}
+	for _, s := range r.statuses {
+		if c := r.rootCRLs[ca.Fingerprint(s.Cert)]; c != nil {
+			st.rootCRLs = append(st.rootCRLs, c.crl)
+		}
+	}
 	var inBundle []*x509.Certificate
 	for _, s := range r.statuses {
 		if s.State.InBundle() {
@@ -384,6 +402,10 @@ func (r *Root) bundleSignerLocked(ctx context.Context, prev *ca.TrustBundle, now
 	}
 	return r.active
 }
+
+// RootCRLs returns the current CRLs of the in-bundle roots, for the admin
+// API over mutual TLS.
+func (r *Root) RootCRLs() []ca.CRL { return r.state.Load().rootCRLs }
 
 // addDomain makes td one of the bundle's own trust domains, publishing at
 // once without reading the store.

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -28,6 +31,10 @@ type adminFlags struct {
 	socket  string
 	output  string
 	timeout time.Duration
+	// server, when set, is the admin API over mutual TLS (instead of the
+	// socket), reached with the admin certificate cert/key and trusting the
+	// roots of caBundle.
+	server, serverName, cert, key, caBundle string
 }
 
 func newAdminCommand() *cobra.Command {
@@ -37,8 +44,11 @@ func newAdminCommand() *cobra.Command {
 		Short: "Administer a running root CA over its admin socket",
 		Long: `meshca admin talks to a running "meshca root serve" over its Unix admin socket
 or a running "meshca issuer serve" over theirs (DATA_DIR/admin.sock; access is controlled
-by the socket's file permissions). Clusters, roots and cluster revocation are the root's;
-certificates, their revocation and the issuer's audit log are an issuer's.
+by the socket's file permissions and the caller's Unix user). With --server it talks to
+the admin API over mutual TLS instead (the server's admin.listen), presenting an admin
+certificate from "meshca admin credential issue" (--cert, --key) and trusting the roots
+in --ca-bundle. Clusters, roots and cluster revocation are the root's; certificates,
+their revocation and the issuer's audit log are an issuer's.
 Output is a table by default, JSON with -o json.`,
 	}
 	def := os.Getenv("MESHCA_ADMIN_SOCKET")
@@ -48,22 +58,25 @@ Output is a table by default, JSON with -o json.`,
 	cmd.PersistentFlags().StringVar(&f.socket, "socket", def, "admin socket of the root (env MESHCA_ADMIN_SOCKET)")
 	cmd.PersistentFlags().StringVarP(&f.output, "output", "o", "table", "output format: table or json")
 	cmd.PersistentFlags().DurationVar(&f.timeout, "timeout", 30*time.Second, "deadline of the call")
+	cmd.PersistentFlags().StringVar(&f.server, "server", "", "HOST:PORT of the admin API over mutual TLS, instead of --socket")
+	cmd.PersistentFlags().StringVar(&f.serverName, "server-name", "", "name checked in the server's certificate (default: the host of --server)")
+	cmd.PersistentFlags().StringVar(&f.cert, "cert", "", "admin certificate (PEM) for --server")
+	cmd.PersistentFlags().StringVar(&f.key, "key", "", "private key (PEM) of --cert")
+	cmd.PersistentFlags().StringVar(&f.caBundle, "ca-bundle", "", "roots (PEM) that sign the server's certificate, for --server")
 	cmd.AddCommand(newAdminClusterCommand(f), newAdminRootCommand(f), newAdminRevokeCommand(f), newAdminUnrevokeCommand(f),
-		newAdminRevocationsCommand(f), newAdminCertsCommand(f), newAdminAuditCommand(f))
+		newAdminRevocationsCommand(f), newAdminCertsCommand(f), newAdminAuditCommand(f), newAdminCredentialCommand(f))
 	return cmd
 }
 
-// call dials the admin socket and runs fn with a deadline.
+// call dials the admin socket, or the admin API over mutual TLS with
+// --server, and runs fn with a deadline.
 func (f *adminFlags) call(ctx context.Context, fn func(context.Context, meshcav1.AdminServiceClient) error) error {
 	if f.output != "table" && f.output != "json" {
 		return fmt.Errorf("-o %q: want table or json", f.output)
 	}
-	if _, err := os.Stat(f.socket); err != nil {
-		return fmt.Errorf("admin socket %s: %w (is meshca root serve running? set --socket)", f.socket, err)
-	}
-	conn, err := grpc.NewClient("unix:"+f.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := f.dial()
 	if err != nil {
-		return fmt.Errorf("admin socket %s: %w", f.socket, err)
+		return err
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
@@ -75,19 +88,24 @@ func newAdminClusterCommand(f *adminFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "cluster", Short: "Register clusters and make join tokens for their issuers"}
 	var td string
 	var ttl time.Duration
+	var share bool
 	add := &cobra.Command{
 		Use:   "add NAME --trust-domain TD",
 		Short: "Register a cluster (or find it) and print a one-time join token for its issuer",
 		Long: `Registers cluster NAME with trust domain TD (an existing cluster must have the same
 trust domain) and prints a new one-time join token. Put the token in the issuer's
-root.joinTokenFile; it is used once, at the issuer's first start, and expires after --ttl.`,
+root.joinTokenFile; it is used once, at the issuer's first start, and expires after --ttl.
+A trust domain another cluster already holds is refused unless --share-trust-domain is
+given: the issuers of clusters sharing a trust domain can mint each other's identities.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if td == "" {
 				return errors.New("--trust-domain is required")
 			}
 			return f.call(cmd.Context(), func(ctx context.Context, c meshcav1.AdminServiceClient) error {
-				resp, err := c.AddCluster(ctx, &meshcav1.AddClusterRequest{Name: args[0], TrustDomain: td, TokenTtlSeconds: int64(ttl / time.Second)})
+				resp, err := c.AddCluster(ctx, &meshcav1.AddClusterRequest{
+					Name: args[0], TrustDomain: td, TokenTtlSeconds: int64(ttl / time.Second), ShareTrustDomain: share,
+				})
 				if err != nil {
 					return err
 				}
@@ -100,6 +118,7 @@ root.joinTokenFile; it is used once, at the issuer's first start, and expires af
 	}
 	add.Flags().StringVar(&td, "trust-domain", "", "trust domain of the cluster's workloads (required)")
 	add.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the join token may be used")
+	add.Flags().BoolVar(&share, "share-trust-domain", false, "allow a trust domain another cluster already holds")
 	cmd.AddCommand(add)
 	return cmd
 }
@@ -167,4 +186,45 @@ func unixTime(s int64) string {
 		return "-"
 	}
 	return time.Unix(s, 0).UTC().Format(time.RFC3339)
+}
+
+// dial connects to the admin socket, or to --server over mutual TLS.
+func (f *adminFlags) dial() (*grpc.ClientConn, error) {
+	if f.server == "" {
+		if f.cert != "" || f.key != "" || f.caBundle != "" {
+			return nil, errors.New("--cert, --key and --ca-bundle go with --server")
+		}
+		if _, err := os.Stat(f.socket); err != nil {
+			return nil, fmt.Errorf("admin socket %s: %w (is meshca root serve running? set --socket)", f.socket, err)
+		}
+		conn, err := grpc.NewClient("unix:"+f.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, fmt.Errorf("admin socket %s: %w", f.socket, err)
+		}
+		return conn, nil
+	}
+	if f.cert == "" || f.key == "" || f.caBundle == "" {
+		return nil, errors.New("--server needs --cert, --key and --ca-bundle")
+	}
+	host, _, err := net.SplitHostPort(f.server)
+	if err != nil {
+		return nil, fmt.Errorf("--server %q: %w", f.server, err)
+	}
+	cert, err := tls.LoadX509KeyPair(f.cert, f.key)
+	if err != nil {
+		return nil, fmt.Errorf("admin certificate: %w", err)
+	}
+	roots, err := readPEMBundle(f.caBundle)
+	if err != nil {
+		return nil, fmt.Errorf("--ca-bundle: %w", err)
+	}
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS12, RootCAs: roots.Pool(), ServerName: cmpOr(f.serverName, host),
+		Certificates: []tls.Certificate{cert},
+	}
+	conn, err := grpc.NewClient(f.server, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		return nil, fmt.Errorf("admin server %s: %w", f.server, err)
+	}
+	return conn, nil
 }

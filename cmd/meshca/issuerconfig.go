@@ -9,6 +9,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/ca/admin"
 )
 
 // Attestor kinds of a cluster in `meshca issuer serve`.
@@ -57,6 +58,8 @@ type issuerConfig struct {
 	// AdminSocket is the Unix socket of `meshca admin` (revoke, certs,
 	// audit), mode 0600. Default DATA_DIR/admin.sock.
 	AdminSocket string `json:"adminSocket,omitempty"`
+	// AdminSocketAllow names other users allowed on the admin socket.
+	AdminSocketAllow socketAllowConfig `json:"adminSocketAllow,omitempty"`
 	// Admin optionally serves the admin API over mutual TLS too.
 	Admin adminTLSConfig `json:"admin,omitempty"`
 	// Revocation tunes how replicas follow the deny-list.
@@ -74,14 +77,37 @@ type rootKeyConfig struct {
 }
 
 // adminTLSConfig is `admin:`: the admin API over mutual TLS, for admins
-// holding an X509-SVID under the mesh's roots.
+// holding an admin certificate (`meshca admin credential issue`): an
+// X509-SVID signed directly by a root, never through a cluster
+// intermediate.
 type adminTLSConfig struct {
-	// Listen, when set, serves the admin API there (TLS with the issuer's
+	// Listen, when set, serves the admin API there (TLS with the server's
 	// serving certificate).
 	Listen string `json:"listen,omitempty"`
 	// SPIFFEIDs are the admins allowed in; every other identity is refused
 	// at the handshake. Required with Listen.
 	SPIFFEIDs []string `json:"spiffeIDs,omitempty"`
+}
+
+// socketAllowConfig is `adminSocketAllow:`: who may connect to the admin
+// socket besides the server's own user and root (checked with
+// SO_PEERCRED). Empty means nobody else. The socket stays mode 0600 unless
+// someone else is allowed (then 0666, the check alone deciding); its
+// directory must let them through too.
+type socketAllowConfig struct {
+	// UIDs are allowed users.
+	UIDs []uint32 `json:"uids,omitempty"`
+	// GIDs are allowed primary groups.
+	GIDs []uint32 `json:"gids,omitempty"`
+}
+
+// unixConfig is the admin socket at path allowing a.
+func (a socketAllowConfig) unixConfig(path string) admin.UnixConfig {
+	c := admin.UnixConfig{Path: path, AllowUIDs: a.UIDs, AllowGIDs: a.GIDs}
+	if len(a.UIDs)+len(a.GIDs) > 0 {
+		c.Mode = 0o666
+	}
+	return c
 }
 
 // revocationConfig is `revocation:`.

@@ -150,7 +150,9 @@ func runRoot(ctx context.Context, cfg rootConfig, out io.Writer) error {
 			closeAll()
 			return err
 		}
-		if mtls, err = admin.NewMTLS(admin.MTLSConfig{GetCertificate: get, Roots: root.OwnRoots, Admins: adminIDs(cfg.Admin), Logger: log}); err != nil {
+		if mtls, err = admin.NewMTLS(admin.MTLSConfig{
+			GetCertificate: get, Roots: root.OwnRoots, Admins: adminIDs(cfg.Admin), Revocations: root, CRLs: root.RootCRLs, Logger: log,
+		}); err != nil {
 			closeAll()
 			return err
 		}
@@ -158,7 +160,9 @@ func runRoot(ctx context.Context, cfg rootConfig, out io.Writer) error {
 			return err
 		}
 	}
-	adminLis, err := admin.ListenUnix(cfg.adminSocket())
+	ucfg := cfg.AdminSocketAllow.unixConfig(cfg.adminSocket())
+	ucfg.Logger = log
+	adminLis, err := ucfg.Listen()
 	if err != nil {
 		closeAll()
 		return err

@@ -29,6 +29,8 @@ type rootConfig struct {
 	// AdminSocket is the Unix socket of `meshca admin` (mode 0600). Default
 	// DATA_DIR/admin.sock.
 	AdminSocket string `json:"adminSocket,omitempty"`
+	// AdminSocketAllow names other users allowed on the admin socket.
+	AdminSocketAllow socketAllowConfig `json:"adminSocketAllow,omitempty"`
 	// Hosts are the DNS names and IPs in the serving certificate. Default
 	// localhost, 127.0.0.1, meshca-root.meshca-system.svc.
 	Hosts []string `json:"hosts,omitempty"`

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -55,11 +56,12 @@ type caStack struct {
 	upstream upstreamConfig
 	// adminSocket is the Unix socket of the admin API; adminTLS optionally
 	// serves it over mutual TLS too.
-	adminSocket string
-	adminTLS    adminTLSConfig
-	revocation  revocationConfig
-	attestor    func() (attest.Attestor, error)
-	banner      func(out io.Writer, addr, bundlePath string)
+	adminSocket      string
+	adminSocketAllow socketAllowConfig
+	adminTLS         adminTLSConfig
+	revocation       revocationConfig
+	attestor         func() (attest.Attestor, error)
+	banner           func(out io.Writer, addr, bundlePath string)
 }
 
 // intermediateSource is where the stack's intermediate comes from.
@@ -137,7 +139,9 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	adminSrv, err := issuer.NewAdminServer(issuer.AdminConfig{TrustDomain: td, Cluster: s.cluster, Store: revs, DenyList: deny, Logger: log})
+	adminSrv, err := issuer.NewAdminServer(issuer.AdminConfig{
+		TrustDomain: td, Cluster: s.cluster, Store: revs, DenyList: deny, Root: src.localRoot, Logger: log,
+	})
 	if err != nil {
 		return err
 	}
@@ -154,7 +158,16 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	}
 	var mtls *admin.MTLS
 	if s.adminTLS.Listen != "" {
-		if mtls, err = admin.NewMTLS(admin.MTLSConfig{GetCertificate: srv.GetCertificate, Roots: iss.Bundle, Admins: adminIDs(s.adminTLS), Logger: log}); err != nil {
+		if mtls, err = admin.NewMTLS(admin.MTLSConfig{
+			GetCertificate: srv.GetCertificate, Roots: iss.Bundle, Admins: adminIDs(s.adminTLS), Revocations: deny,
+			CRLs: func() []ca.CRL {
+				if src.loop == nil {
+					return adminCRLs(crls, nil, td)
+				}
+				return adminCRLs(crls, src.loop, td)
+			},
+			Logger: log,
+		}); err != nil {
 			return err
 		}
 	}
@@ -169,7 +182,9 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	listeners = append(listeners, lis)
-	adminLis, err := admin.ListenUnix(s.adminSocketPath())
+	ucfg := s.adminSocketAllow.unixConfig(s.adminSocketPath())
+	ucfg.Logger = log
+	adminLis, err := ucfg.Listen()
 	if err != nil {
 		closeAll()
 		return err
@@ -208,6 +223,24 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	}
 	log.Info(s.name + " stopped")
 	return nil
+}
+
+// adminCRLs are the CRLs admin certificates are checked against: the
+// issuer's own (its local root's lists what its admin socket revoked) and
+// those the central root publishes in the relayed bundle (its root CRLs
+// list what the root's admin socket revoked).
+func adminCRLs(own *issuer.CRLSigner, relayed issuer.BundleSource, td spiffeid.TrustDomain) []ca.CRL {
+	out, _ := own.Current()
+	out = slices.Clone(out)
+	if relayed == nil {
+		return out
+	}
+	if b, _ := relayed.Current(); b != nil {
+		if d, ok := b.Domain(td); ok {
+			out = append(out, d.CRLs...)
+		}
+	}
+	return out
 }
 
 func (s caStack) adminSocketPath() string {

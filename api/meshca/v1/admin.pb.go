@@ -22,6 +22,135 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type IssueAdminCredentialRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// spiffe_id is the admin identity, as listed in the server's
+	// admin.spiffeIDs.
+	SpiffeId string `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// csr is a DER PKCS#10 request; only its public key is used, and its
+	// signature must verify.
+	Csr []byte `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
+	// ttl_seconds is the certificate's life; zero means 24h, at most 7 days.
+	TtlSeconds    int64 `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueAdminCredentialRequest) Reset() {
+	*x = IssueAdminCredentialRequest{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueAdminCredentialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueAdminCredentialRequest) ProtoMessage() {}
+
+func (x *IssueAdminCredentialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueAdminCredentialRequest.ProtoReflect.Descriptor instead.
+func (*IssueAdminCredentialRequest) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *IssueAdminCredentialRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *IssueAdminCredentialRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+func (x *IssueAdminCredentialRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+type IssueAdminCredentialResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// certificate is the DER admin certificate.
+	Certificate []byte `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	// roots are the DER roots the admin API's serving certificate and the
+	// admin certificate chain to.
+	Roots [][]byte `protobuf:"bytes,2,rep,name=roots,proto3" json:"roots,omitempty"`
+	// serial is the certificate's lower-case hexadecimal serial, for revoke.
+	Serial        string `protobuf:"bytes,3,opt,name=serial,proto3" json:"serial,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueAdminCredentialResponse) Reset() {
+	*x = IssueAdminCredentialResponse{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueAdminCredentialResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueAdminCredentialResponse) ProtoMessage() {}
+
+func (x *IssueAdminCredentialResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueAdminCredentialResponse.ProtoReflect.Descriptor instead.
+func (*IssueAdminCredentialResponse) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *IssueAdminCredentialResponse) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *IssueAdminCredentialResponse) GetRoots() [][]byte {
+	if x != nil {
+		return x.Roots
+	}
+	return nil
+}
+
+func (x *IssueAdminCredentialResponse) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
 type RevokeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Target:
@@ -37,7 +166,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[0]
+	mi := &file_meshca_v1_admin_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -49,7 +178,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[0]
+	mi := &file_meshca_v1_admin_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -62,7 +191,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *RevokeRequest) GetTarget() isRevokeRequest_Target {
@@ -138,7 +267,7 @@ type RevokeResponse struct {
 
 func (x *RevokeResponse) Reset() {
 	*x = RevokeResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[1]
+	mi := &file_meshca_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -150,7 +279,7 @@ func (x *RevokeResponse) String() string {
 func (*RevokeResponse) ProtoMessage() {}
 
 func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[1]
+	mi := &file_meshca_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -163,7 +292,7 @@ func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RevokeResponse) GetRevocation() *Revocation {
@@ -182,7 +311,7 @@ type UnrevokeRequest struct {
 
 func (x *UnrevokeRequest) Reset() {
 	*x = UnrevokeRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[2]
+	mi := &file_meshca_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -194,7 +323,7 @@ func (x *UnrevokeRequest) String() string {
 func (*UnrevokeRequest) ProtoMessage() {}
 
 func (x *UnrevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[2]
+	mi := &file_meshca_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -207,7 +336,7 @@ func (x *UnrevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnrevokeRequest.ProtoReflect.Descriptor instead.
 func (*UnrevokeRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *UnrevokeRequest) GetSpiffeId() string {
@@ -225,7 +354,7 @@ type UnrevokeResponse struct {
 
 func (x *UnrevokeResponse) Reset() {
 	*x = UnrevokeResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[3]
+	mi := &file_meshca_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -237,7 +366,7 @@ func (x *UnrevokeResponse) String() string {
 func (*UnrevokeResponse) ProtoMessage() {}
 
 func (x *UnrevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[3]
+	mi := &file_meshca_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -250,7 +379,7 @@ func (x *UnrevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnrevokeResponse.ProtoReflect.Descriptor instead.
 func (*UnrevokeResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 type ListRevocationsRequest struct {
@@ -261,7 +390,7 @@ type ListRevocationsRequest struct {
 
 func (x *ListRevocationsRequest) Reset() {
 	*x = ListRevocationsRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[4]
+	mi := &file_meshca_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -273,7 +402,7 @@ func (x *ListRevocationsRequest) String() string {
 func (*ListRevocationsRequest) ProtoMessage() {}
 
 func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[4]
+	mi := &file_meshca_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -286,7 +415,7 @@ func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevocationsRequest.ProtoReflect.Descriptor instead.
 func (*ListRevocationsRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 type ListRevocationsResponse struct {
@@ -298,7 +427,7 @@ type ListRevocationsResponse struct {
 
 func (x *ListRevocationsResponse) Reset() {
 	*x = ListRevocationsResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[5]
+	mi := &file_meshca_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -310,7 +439,7 @@ func (x *ListRevocationsResponse) String() string {
 func (*ListRevocationsResponse) ProtoMessage() {}
 
 func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[5]
+	mi := &file_meshca_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -323,7 +452,7 @@ func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevocationsResponse.ProtoReflect.Descriptor instead.
 func (*ListRevocationsResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListRevocationsResponse) GetRevocations() []*Revocation {
@@ -350,7 +479,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[6]
+	mi := &file_meshca_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -362,7 +491,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[6]
+	mi := &file_meshca_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -375,7 +504,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Revocation) GetKind() string {
@@ -441,7 +570,7 @@ type ListCertificatesRequest struct {
 
 func (x *ListCertificatesRequest) Reset() {
 	*x = ListCertificatesRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[7]
+	mi := &file_meshca_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -453,7 +582,7 @@ func (x *ListCertificatesRequest) String() string {
 func (*ListCertificatesRequest) ProtoMessage() {}
 
 func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[7]
+	mi := &file_meshca_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -466,7 +595,7 @@ func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*ListCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListCertificatesRequest) GetSpiffeId() string {
@@ -506,7 +635,7 @@ type ListCertificatesResponse struct {
 
 func (x *ListCertificatesResponse) Reset() {
 	*x = ListCertificatesResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[8]
+	mi := &file_meshca_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -518,7 +647,7 @@ func (x *ListCertificatesResponse) String() string {
 func (*ListCertificatesResponse) ProtoMessage() {}
 
 func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[8]
+	mi := &file_meshca_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -531,7 +660,7 @@ func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*ListCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListCertificatesResponse) GetCertificates() []*Certificate {
@@ -550,7 +679,7 @@ type GetCertificateRequest struct {
 
 func (x *GetCertificateRequest) Reset() {
 	*x = GetCertificateRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[9]
+	mi := &file_meshca_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -562,7 +691,7 @@ func (x *GetCertificateRequest) String() string {
 func (*GetCertificateRequest) ProtoMessage() {}
 
 func (x *GetCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[9]
+	mi := &file_meshca_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -575,7 +704,7 @@ func (x *GetCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCertificateRequest.ProtoReflect.Descriptor instead.
 func (*GetCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetCertificateRequest) GetSerial() string {
@@ -596,7 +725,7 @@ type GetCertificateResponse struct {
 
 func (x *GetCertificateResponse) Reset() {
 	*x = GetCertificateResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[10]
+	mi := &file_meshca_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -608,7 +737,7 @@ func (x *GetCertificateResponse) String() string {
 func (*GetCertificateResponse) ProtoMessage() {}
 
 func (x *GetCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[10]
+	mi := &file_meshca_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -621,7 +750,7 @@ func (x *GetCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCertificateResponse.ProtoReflect.Descriptor instead.
 func (*GetCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetCertificateResponse) GetCertificate() *Certificate {
@@ -653,7 +782,7 @@ type Certificate struct {
 
 func (x *Certificate) Reset() {
 	*x = Certificate{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[11]
+	mi := &file_meshca_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +794,7 @@ func (x *Certificate) String() string {
 func (*Certificate) ProtoMessage() {}
 
 func (x *Certificate) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[11]
+	mi := &file_meshca_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +807,7 @@ func (x *Certificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
 func (*Certificate) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Certificate) GetSerial() string {
@@ -742,7 +871,7 @@ type ListAuditEventsRequest struct {
 
 func (x *ListAuditEventsRequest) Reset() {
 	*x = ListAuditEventsRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[12]
+	mi := &file_meshca_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -754,7 +883,7 @@ func (x *ListAuditEventsRequest) String() string {
 func (*ListAuditEventsRequest) ProtoMessage() {}
 
 func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[12]
+	mi := &file_meshca_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -767,7 +896,7 @@ func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListAuditEventsRequest) GetSince() *timestamppb.Timestamp {
@@ -793,7 +922,7 @@ type ListAuditEventsResponse struct {
 
 func (x *ListAuditEventsResponse) Reset() {
 	*x = ListAuditEventsResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[13]
+	mi := &file_meshca_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -805,7 +934,7 @@ func (x *ListAuditEventsResponse) String() string {
 func (*ListAuditEventsResponse) ProtoMessage() {}
 
 func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[13]
+	mi := &file_meshca_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -818,7 +947,7 @@ func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListAuditEventsResponse) GetEvents() []*AuditEvent {
@@ -845,7 +974,7 @@ type AuditEvent struct {
 
 func (x *AuditEvent) Reset() {
 	*x = AuditEvent{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[14]
+	mi := &file_meshca_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -857,7 +986,7 @@ func (x *AuditEvent) String() string {
 func (*AuditEvent) ProtoMessage() {}
 
 func (x *AuditEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[14]
+	mi := &file_meshca_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -870,7 +999,7 @@ func (x *AuditEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEvent.ProtoReflect.Descriptor instead.
 func (*AuditEvent) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AuditEvent) GetSeq() int64 {
@@ -944,7 +1073,7 @@ type VerifyAuditRequest struct {
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[15]
+	mi := &file_meshca_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -956,7 +1085,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[15]
+	mi := &file_meshca_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -969,7 +1098,7 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 type VerifyAuditResponse struct {
@@ -984,7 +1113,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[16]
+	mi := &file_meshca_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1125,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[16]
+	mi := &file_meshca_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1138,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *VerifyAuditResponse) GetOk() bool {
@@ -1040,13 +1169,17 @@ type AddClusterRequest struct {
 	// token_ttl_seconds bounds the join token's life; zero means the
 	// server's default (1h).
 	TokenTtlSeconds int64 `protobuf:"varint,3,opt,name=token_ttl_seconds,json=tokenTtlSeconds,proto3" json:"token_ttl_seconds,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// share_trust_domain allows registering a cluster in a trust domain that
+	// another registered cluster already holds (their issuers can then mint
+	// each other's identities). Without it that is refused.
+	ShareTrustDomain bool `protobuf:"varint,4,opt,name=share_trust_domain,json=shareTrustDomain,proto3" json:"share_trust_domain,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *AddClusterRequest) Reset() {
 	*x = AddClusterRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[17]
+	mi := &file_meshca_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1058,7 +1191,7 @@ func (x *AddClusterRequest) String() string {
 func (*AddClusterRequest) ProtoMessage() {}
 
 func (x *AddClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[17]
+	mi := &file_meshca_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1071,7 +1204,7 @@ func (x *AddClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddClusterRequest.ProtoReflect.Descriptor instead.
 func (*AddClusterRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AddClusterRequest) GetName() string {
@@ -1095,6 +1228,13 @@ func (x *AddClusterRequest) GetTokenTtlSeconds() int64 {
 	return 0
 }
 
+func (x *AddClusterRequest) GetShareTrustDomain() bool {
+	if x != nil {
+		return x.ShareTrustDomain
+	}
+	return false
+}
+
 type AddClusterResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	JoinToken     string                 `protobuf:"bytes,1,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
@@ -1108,7 +1248,7 @@ type AddClusterResponse struct {
 
 func (x *AddClusterResponse) Reset() {
 	*x = AddClusterResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[18]
+	mi := &file_meshca_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1260,7 @@ func (x *AddClusterResponse) String() string {
 func (*AddClusterResponse) ProtoMessage() {}
 
 func (x *AddClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[18]
+	mi := &file_meshca_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1273,7 @@ func (x *AddClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddClusterResponse.ProtoReflect.Descriptor instead.
 func (*AddClusterResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AddClusterResponse) GetJoinToken() string {
@@ -1168,7 +1308,7 @@ type RotateRootRequest struct {
 
 func (x *RotateRootRequest) Reset() {
 	*x = RotateRootRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[19]
+	mi := &file_meshca_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1320,7 @@ func (x *RotateRootRequest) String() string {
 func (*RotateRootRequest) ProtoMessage() {}
 
 func (x *RotateRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[19]
+	mi := &file_meshca_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1333,7 @@ func (x *RotateRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRootRequest.ProtoReflect.Descriptor instead.
 func (*RotateRootRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RotateRootRequest) GetPropagationDelaySeconds() int64 {
@@ -1212,7 +1352,7 @@ type RotateRootResponse struct {
 
 func (x *RotateRootResponse) Reset() {
 	*x = RotateRootResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[20]
+	mi := &file_meshca_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1224,7 +1364,7 @@ func (x *RotateRootResponse) String() string {
 func (*RotateRootResponse) ProtoMessage() {}
 
 func (x *RotateRootResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[20]
+	mi := &file_meshca_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1237,7 +1377,7 @@ func (x *RotateRootResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRootResponse.ProtoReflect.Descriptor instead.
 func (*RotateRootResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RotateRootResponse) GetRoot() *RootInfo {
@@ -1255,7 +1395,7 @@ type ListRootsRequest struct {
 
 func (x *ListRootsRequest) Reset() {
 	*x = ListRootsRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[21]
+	mi := &file_meshca_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1267,7 +1407,7 @@ func (x *ListRootsRequest) String() string {
 func (*ListRootsRequest) ProtoMessage() {}
 
 func (x *ListRootsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[21]
+	mi := &file_meshca_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1280,7 +1420,7 @@ func (x *ListRootsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRootsRequest.ProtoReflect.Descriptor instead.
 func (*ListRootsRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 type ListRootsResponse struct {
@@ -1292,7 +1432,7 @@ type ListRootsResponse struct {
 
 func (x *ListRootsResponse) Reset() {
 	*x = ListRootsResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[22]
+	mi := &file_meshca_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1444,7 @@ func (x *ListRootsResponse) String() string {
 func (*ListRootsResponse) ProtoMessage() {}
 
 func (x *ListRootsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[22]
+	mi := &file_meshca_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1457,7 @@ func (x *ListRootsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRootsResponse.ProtoReflect.Descriptor instead.
 func (*ListRootsResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListRootsResponse) GetRoots() []*RootInfo {
@@ -1345,7 +1485,7 @@ type RootInfo struct {
 
 func (x *RootInfo) Reset() {
 	*x = RootInfo{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[23]
+	mi := &file_meshca_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1357,7 +1497,7 @@ func (x *RootInfo) String() string {
 func (*RootInfo) ProtoMessage() {}
 
 func (x *RootInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[23]
+	mi := &file_meshca_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1370,7 +1510,7 @@ func (x *RootInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootInfo.ProtoReflect.Descriptor instead.
 func (*RootInfo) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RootInfo) GetSha256() string {
@@ -1433,7 +1573,16 @@ var File_meshca_v1_admin_proto protoreflect.FileDescriptor
 
 const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x15meshca/v1/admin.proto\x12\tmeshca.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n" +
+	"\x15meshca/v1/admin.proto\x12\tmeshca.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"m\n" +
+	"\x1bIssueAdminCredentialRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x10\n" +
+	"\x03csr\x18\x02 \x01(\fR\x03csr\x12\x1f\n" +
+	"\vttl_seconds\x18\x03 \x01(\x03R\n" +
+	"ttlSeconds\"n\n" +
+	"\x1cIssueAdminCredentialResponse\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x14\n" +
+	"\x05roots\x18\x02 \x03(\fR\x05roots\x12\x16\n" +
+	"\x06serial\x18\x03 \x01(\tR\x06serial\"\x86\x01\n" +
 	"\rRevokeRequest\x12\x18\n" +
 	"\x06serial\x18\x01 \x01(\tH\x00R\x06serial\x12\x1d\n" +
 	"\tspiffe_id\x18\x02 \x01(\tH\x00R\bspiffeId\x12\x1a\n" +
@@ -1503,11 +1652,12 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\x13VerifyAuditResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x16\n" +
 	"\x06events\x18\x02 \x01(\x03R\x06events\x12\x18\n" +
-	"\aproblem\x18\x03 \x01(\tR\aproblem\"v\n" +
+	"\aproblem\x18\x03 \x01(\tR\aproblem\"\xa4\x01\n" +
 	"\x11AddClusterRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12*\n" +
-	"\x11token_ttl_seconds\x18\x03 \x01(\x03R\x0ftokenTtlSeconds\"|\n" +
+	"\x11token_ttl_seconds\x18\x03 \x01(\x03R\x0ftokenTtlSeconds\x12,\n" +
+	"\x12share_trust_domain\x18\x04 \x01(\bR\x10shareTrustDomain\"|\n" +
 	"\x12AddClusterResponse\x12\x1d\n" +
 	"\n" +
 	"join_token\x18\x01 \x01(\tR\tjoinToken\x12&\n" +
@@ -1529,7 +1679,7 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\radded_at_unix\x18\x05 \x01(\x03R\vaddedAtUnix\x12(\n" +
 	"\x10activate_at_unix\x18\x06 \x01(\x03R\x0eactivateAtUnix\x12\x14\n" +
 	"\x05state\x18\a \x01(\tR\x05state\x12\x10\n" +
-	"\x03key\x18\b \x01(\tR\x03key2\xa6\x06\n" +
+	"\x03key\x18\b \x01(\tR\x03key2\x8f\a\n" +
 	"\fAdminService\x12I\n" +
 	"\n" +
 	"AddCluster\x12\x1c.meshca.v1.AddClusterRequest\x1a\x1d.meshca.v1.AddClusterResponse\x12I\n" +
@@ -1542,7 +1692,8 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\x10ListCertificates\x12\".meshca.v1.ListCertificatesRequest\x1a#.meshca.v1.ListCertificatesResponse\x12U\n" +
 	"\x0eGetCertificate\x12 .meshca.v1.GetCertificateRequest\x1a!.meshca.v1.GetCertificateResponse\x12X\n" +
 	"\x0fListAuditEvents\x12!.meshca.v1.ListAuditEventsRequest\x1a\".meshca.v1.ListAuditEventsResponse\x12L\n" +
-	"\vVerifyAudit\x12\x1d.meshca.v1.VerifyAuditRequest\x1a\x1e.meshca.v1.VerifyAuditResponseB1Z/github.com/meshca/meshca/api/meshca/v1;meshcav1b\x06proto3"
+	"\vVerifyAudit\x12\x1d.meshca.v1.VerifyAuditRequest\x1a\x1e.meshca.v1.VerifyAuditResponse\x12g\n" +
+	"\x14IssueAdminCredential\x12&.meshca.v1.IssueAdminCredentialRequest\x1a'.meshca.v1.IssueAdminCredentialResponseB1Z/github.com/meshca/meshca/api/meshca/v1;meshcav1b\x06proto3"
 
 var (
 	file_meshca_v1_admin_proto_rawDescOnce sync.Once
@@ -1556,71 +1707,75 @@ func file_meshca_v1_admin_proto_rawDescGZIP() []byte {
 	return file_meshca_v1_admin_proto_rawDescData
 }
 
-var file_meshca_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_meshca_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_meshca_v1_admin_proto_goTypes = []any{
-	(*RevokeRequest)(nil),            // 0: meshca.v1.RevokeRequest
-	(*RevokeResponse)(nil),           // 1: meshca.v1.RevokeResponse
-	(*UnrevokeRequest)(nil),          // 2: meshca.v1.UnrevokeRequest
-	(*UnrevokeResponse)(nil),         // 3: meshca.v1.UnrevokeResponse
-	(*ListRevocationsRequest)(nil),   // 4: meshca.v1.ListRevocationsRequest
-	(*ListRevocationsResponse)(nil),  // 5: meshca.v1.ListRevocationsResponse
-	(*Revocation)(nil),               // 6: meshca.v1.Revocation
-	(*ListCertificatesRequest)(nil),  // 7: meshca.v1.ListCertificatesRequest
-	(*ListCertificatesResponse)(nil), // 8: meshca.v1.ListCertificatesResponse
-	(*GetCertificateRequest)(nil),    // 9: meshca.v1.GetCertificateRequest
-	(*GetCertificateResponse)(nil),   // 10: meshca.v1.GetCertificateResponse
-	(*Certificate)(nil),              // 11: meshca.v1.Certificate
-	(*ListAuditEventsRequest)(nil),   // 12: meshca.v1.ListAuditEventsRequest
-	(*ListAuditEventsResponse)(nil),  // 13: meshca.v1.ListAuditEventsResponse
-	(*AuditEvent)(nil),               // 14: meshca.v1.AuditEvent
-	(*VerifyAuditRequest)(nil),       // 15: meshca.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),      // 16: meshca.v1.VerifyAuditResponse
-	(*AddClusterRequest)(nil),        // 17: meshca.v1.AddClusterRequest
-	(*AddClusterResponse)(nil),       // 18: meshca.v1.AddClusterResponse
-	(*RotateRootRequest)(nil),        // 19: meshca.v1.RotateRootRequest
-	(*RotateRootResponse)(nil),       // 20: meshca.v1.RotateRootResponse
-	(*ListRootsRequest)(nil),         // 21: meshca.v1.ListRootsRequest
-	(*ListRootsResponse)(nil),        // 22: meshca.v1.ListRootsResponse
-	(*RootInfo)(nil),                 // 23: meshca.v1.RootInfo
-	(*timestamppb.Timestamp)(nil),    // 24: google.protobuf.Timestamp
+	(*IssueAdminCredentialRequest)(nil),  // 0: meshca.v1.IssueAdminCredentialRequest
+	(*IssueAdminCredentialResponse)(nil), // 1: meshca.v1.IssueAdminCredentialResponse
+	(*RevokeRequest)(nil),                // 2: meshca.v1.RevokeRequest
+	(*RevokeResponse)(nil),               // 3: meshca.v1.RevokeResponse
+	(*UnrevokeRequest)(nil),              // 4: meshca.v1.UnrevokeRequest
+	(*UnrevokeResponse)(nil),             // 5: meshca.v1.UnrevokeResponse
+	(*ListRevocationsRequest)(nil),       // 6: meshca.v1.ListRevocationsRequest
+	(*ListRevocationsResponse)(nil),      // 7: meshca.v1.ListRevocationsResponse
+	(*Revocation)(nil),                   // 8: meshca.v1.Revocation
+	(*ListCertificatesRequest)(nil),      // 9: meshca.v1.ListCertificatesRequest
+	(*ListCertificatesResponse)(nil),     // 10: meshca.v1.ListCertificatesResponse
+	(*GetCertificateRequest)(nil),        // 11: meshca.v1.GetCertificateRequest
+	(*GetCertificateResponse)(nil),       // 12: meshca.v1.GetCertificateResponse
+	(*Certificate)(nil),                  // 13: meshca.v1.Certificate
+	(*ListAuditEventsRequest)(nil),       // 14: meshca.v1.ListAuditEventsRequest
+	(*ListAuditEventsResponse)(nil),      // 15: meshca.v1.ListAuditEventsResponse
+	(*AuditEvent)(nil),                   // 16: meshca.v1.AuditEvent
+	(*VerifyAuditRequest)(nil),           // 17: meshca.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),          // 18: meshca.v1.VerifyAuditResponse
+	(*AddClusterRequest)(nil),            // 19: meshca.v1.AddClusterRequest
+	(*AddClusterResponse)(nil),           // 20: meshca.v1.AddClusterResponse
+	(*RotateRootRequest)(nil),            // 21: meshca.v1.RotateRootRequest
+	(*RotateRootResponse)(nil),           // 22: meshca.v1.RotateRootResponse
+	(*ListRootsRequest)(nil),             // 23: meshca.v1.ListRootsRequest
+	(*ListRootsResponse)(nil),            // 24: meshca.v1.ListRootsResponse
+	(*RootInfo)(nil),                     // 25: meshca.v1.RootInfo
+	(*timestamppb.Timestamp)(nil),        // 26: google.protobuf.Timestamp
 }
 var file_meshca_v1_admin_proto_depIdxs = []int32{
-	6,  // 0: meshca.v1.RevokeResponse.revocation:type_name -> meshca.v1.Revocation
-	6,  // 1: meshca.v1.ListRevocationsResponse.revocations:type_name -> meshca.v1.Revocation
-	24, // 2: meshca.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
-	24, // 3: meshca.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
-	11, // 4: meshca.v1.ListCertificatesResponse.certificates:type_name -> meshca.v1.Certificate
-	11, // 5: meshca.v1.GetCertificateResponse.certificate:type_name -> meshca.v1.Certificate
-	6,  // 6: meshca.v1.GetCertificateResponse.revoked:type_name -> meshca.v1.Revocation
-	24, // 7: meshca.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	24, // 8: meshca.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
-	24, // 9: meshca.v1.ListAuditEventsRequest.since:type_name -> google.protobuf.Timestamp
-	14, // 10: meshca.v1.ListAuditEventsResponse.events:type_name -> meshca.v1.AuditEvent
-	24, // 11: meshca.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
-	23, // 12: meshca.v1.RotateRootResponse.root:type_name -> meshca.v1.RootInfo
-	23, // 13: meshca.v1.ListRootsResponse.roots:type_name -> meshca.v1.RootInfo
-	17, // 14: meshca.v1.AdminService.AddCluster:input_type -> meshca.v1.AddClusterRequest
-	19, // 15: meshca.v1.AdminService.RotateRoot:input_type -> meshca.v1.RotateRootRequest
-	21, // 16: meshca.v1.AdminService.ListRoots:input_type -> meshca.v1.ListRootsRequest
-	0,  // 17: meshca.v1.AdminService.Revoke:input_type -> meshca.v1.RevokeRequest
-	2,  // 18: meshca.v1.AdminService.Unrevoke:input_type -> meshca.v1.UnrevokeRequest
-	4,  // 19: meshca.v1.AdminService.ListRevocations:input_type -> meshca.v1.ListRevocationsRequest
-	7,  // 20: meshca.v1.AdminService.ListCertificates:input_type -> meshca.v1.ListCertificatesRequest
-	9,  // 21: meshca.v1.AdminService.GetCertificate:input_type -> meshca.v1.GetCertificateRequest
-	12, // 22: meshca.v1.AdminService.ListAuditEvents:input_type -> meshca.v1.ListAuditEventsRequest
-	15, // 23: meshca.v1.AdminService.VerifyAudit:input_type -> meshca.v1.VerifyAuditRequest
-	18, // 24: meshca.v1.AdminService.AddCluster:output_type -> meshca.v1.AddClusterResponse
-	20, // 25: meshca.v1.AdminService.RotateRoot:output_type -> meshca.v1.RotateRootResponse
-	22, // 26: meshca.v1.AdminService.ListRoots:output_type -> meshca.v1.ListRootsResponse
-	1,  // 27: meshca.v1.AdminService.Revoke:output_type -> meshca.v1.RevokeResponse
-	3,  // 28: meshca.v1.AdminService.Unrevoke:output_type -> meshca.v1.UnrevokeResponse
-	5,  // 29: meshca.v1.AdminService.ListRevocations:output_type -> meshca.v1.ListRevocationsResponse
-	8,  // 30: meshca.v1.AdminService.ListCertificates:output_type -> meshca.v1.ListCertificatesResponse
-	10, // 31: meshca.v1.AdminService.GetCertificate:output_type -> meshca.v1.GetCertificateResponse
-	13, // 32: meshca.v1.AdminService.ListAuditEvents:output_type -> meshca.v1.ListAuditEventsResponse
-	16, // 33: meshca.v1.AdminService.VerifyAudit:output_type -> meshca.v1.VerifyAuditResponse
-	24, // [24:34] is the sub-list for method output_type
-	14, // [14:24] is the sub-list for method input_type
+	8,  // 0: meshca.v1.RevokeResponse.revocation:type_name -> meshca.v1.Revocation
+	8,  // 1: meshca.v1.ListRevocationsResponse.revocations:type_name -> meshca.v1.Revocation
+	26, // 2: meshca.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
+	26, // 3: meshca.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
+	13, // 4: meshca.v1.ListCertificatesResponse.certificates:type_name -> meshca.v1.Certificate
+	13, // 5: meshca.v1.GetCertificateResponse.certificate:type_name -> meshca.v1.Certificate
+	8,  // 6: meshca.v1.GetCertificateResponse.revoked:type_name -> meshca.v1.Revocation
+	26, // 7: meshca.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	26, // 8: meshca.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	26, // 9: meshca.v1.ListAuditEventsRequest.since:type_name -> google.protobuf.Timestamp
+	16, // 10: meshca.v1.ListAuditEventsResponse.events:type_name -> meshca.v1.AuditEvent
+	26, // 11: meshca.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	25, // 12: meshca.v1.RotateRootResponse.root:type_name -> meshca.v1.RootInfo
+	25, // 13: meshca.v1.ListRootsResponse.roots:type_name -> meshca.v1.RootInfo
+	19, // 14: meshca.v1.AdminService.AddCluster:input_type -> meshca.v1.AddClusterRequest
+	21, // 15: meshca.v1.AdminService.RotateRoot:input_type -> meshca.v1.RotateRootRequest
+	23, // 16: meshca.v1.AdminService.ListRoots:input_type -> meshca.v1.ListRootsRequest
+	2,  // 17: meshca.v1.AdminService.Revoke:input_type -> meshca.v1.RevokeRequest
+	4,  // 18: meshca.v1.AdminService.Unrevoke:input_type -> meshca.v1.UnrevokeRequest
+	6,  // 19: meshca.v1.AdminService.ListRevocations:input_type -> meshca.v1.ListRevocationsRequest
+	9,  // 20: meshca.v1.AdminService.ListCertificates:input_type -> meshca.v1.ListCertificatesRequest
+	11, // 21: meshca.v1.AdminService.GetCertificate:input_type -> meshca.v1.GetCertificateRequest
+	14, // 22: meshca.v1.AdminService.ListAuditEvents:input_type -> meshca.v1.ListAuditEventsRequest
+	17, // 23: meshca.v1.AdminService.VerifyAudit:input_type -> meshca.v1.VerifyAuditRequest
+	0,  // 24: meshca.v1.AdminService.IssueAdminCredential:input_type -> meshca.v1.IssueAdminCredentialRequest
+	20, // 25: meshca.v1.AdminService.AddCluster:output_type -> meshca.v1.AddClusterResponse
+	22, // 26: meshca.v1.AdminService.RotateRoot:output_type -> meshca.v1.RotateRootResponse
+	24, // 27: meshca.v1.AdminService.ListRoots:output_type -> meshca.v1.ListRootsResponse
+	3,  // 28: meshca.v1.AdminService.Revoke:output_type -> meshca.v1.RevokeResponse
+	5,  // 29: meshca.v1.AdminService.Unrevoke:output_type -> meshca.v1.UnrevokeResponse
+	7,  // 30: meshca.v1.AdminService.ListRevocations:output_type -> meshca.v1.ListRevocationsResponse
+	10, // 31: meshca.v1.AdminService.ListCertificates:output_type -> meshca.v1.ListCertificatesResponse
+	12, // 32: meshca.v1.AdminService.GetCertificate:output_type -> meshca.v1.GetCertificateResponse
+	15, // 33: meshca.v1.AdminService.ListAuditEvents:output_type -> meshca.v1.ListAuditEventsResponse
+	18, // 34: meshca.v1.AdminService.VerifyAudit:output_type -> meshca.v1.VerifyAuditResponse
+	1,  // 35: meshca.v1.AdminService.IssueAdminCredential:output_type -> meshca.v1.IssueAdminCredentialResponse
+	25, // [25:36] is the sub-list for method output_type
+	14, // [14:25] is the sub-list for method input_type
 	14, // [14:14] is the sub-list for extension type_name
 	14, // [14:14] is the sub-list for extension extendee
 	0,  // [0:14] is the sub-list for field type_name
@@ -1631,7 +1786,7 @@ func file_meshca_v1_admin_proto_init() {
 	if File_meshca_v1_admin_proto != nil {
 		return
 	}
-	file_meshca_v1_admin_proto_msgTypes[0].OneofWrappers = []any{
+	file_meshca_v1_admin_proto_msgTypes[2].OneofWrappers = []any{
 		(*RevokeRequest_Serial)(nil),
 		(*RevokeRequest_SpiffeId)(nil),
 		(*RevokeRequest_Cluster)(nil),
@@ -1642,7 +1797,7 @@ func file_meshca_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshca_v1_admin_proto_rawDesc), len(file_meshca_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,16 +19,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_AddCluster_FullMethodName       = "/meshca.v1.AdminService/AddCluster"
-	AdminService_RotateRoot_FullMethodName       = "/meshca.v1.AdminService/RotateRoot"
-	AdminService_ListRoots_FullMethodName        = "/meshca.v1.AdminService/ListRoots"
-	AdminService_Revoke_FullMethodName           = "/meshca.v1.AdminService/Revoke"
-	AdminService_Unrevoke_FullMethodName         = "/meshca.v1.AdminService/Unrevoke"
-	AdminService_ListRevocations_FullMethodName  = "/meshca.v1.AdminService/ListRevocations"
-	AdminService_ListCertificates_FullMethodName = "/meshca.v1.AdminService/ListCertificates"
-	AdminService_GetCertificate_FullMethodName   = "/meshca.v1.AdminService/GetCertificate"
-	AdminService_ListAuditEvents_FullMethodName  = "/meshca.v1.AdminService/ListAuditEvents"
-	AdminService_VerifyAudit_FullMethodName      = "/meshca.v1.AdminService/VerifyAudit"
+	AdminService_AddCluster_FullMethodName           = "/meshca.v1.AdminService/AddCluster"
+	AdminService_RotateRoot_FullMethodName           = "/meshca.v1.AdminService/RotateRoot"
+	AdminService_ListRoots_FullMethodName            = "/meshca.v1.AdminService/ListRoots"
+	AdminService_Revoke_FullMethodName               = "/meshca.v1.AdminService/Revoke"
+	AdminService_Unrevoke_FullMethodName             = "/meshca.v1.AdminService/Unrevoke"
+	AdminService_ListRevocations_FullMethodName      = "/meshca.v1.AdminService/ListRevocations"
+	AdminService_ListCertificates_FullMethodName     = "/meshca.v1.AdminService/ListCertificates"
+	AdminService_GetCertificate_FullMethodName       = "/meshca.v1.AdminService/GetCertificate"
+	AdminService_ListAuditEvents_FullMethodName      = "/meshca.v1.AdminService/ListAuditEvents"
+	AdminService_VerifyAudit_FullMethodName          = "/meshca.v1.AdminService/VerifyAudit"
+	AdminService_IssueAdminCredential_FullMethodName = "/meshca.v1.AdminService/IssueAdminCredential"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -66,6 +67,14 @@ type AdminServiceClient interface {
 	ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error)
 	// VerifyAudit walks the audit hash chain.
 	VerifyAudit(ctx context.Context, in *VerifyAuditRequest, opts ...grpc.CallOption) (*VerifyAuditResponse, error)
+	// IssueAdminCredential signs an admin certificate for the admin API over
+	// mutual TLS: a client-only X509-SVID signed directly by a root (the
+	// root's, or a standalone issuer's local root), so that no cluster issuer
+	// can mint one. The caller keeps the private key and sends a CSR. It is
+	// answered on the Unix admin socket only (PermissionDenied over mutual
+	// TLS), and by an issuer only when it has a local root
+	// (FailedPrecondition, naming the root, otherwise).
+	IssueAdminCredential(ctx context.Context, in *IssueAdminCredentialRequest, opts ...grpc.CallOption) (*IssueAdminCredentialResponse, error)
 }
 
 type adminServiceClient struct {
@@ -176,6 +185,16 @@ func (c *adminServiceClient) VerifyAudit(ctx context.Context, in *VerifyAuditReq
 	return out, nil
 }
 
+func (c *adminServiceClient) IssueAdminCredential(ctx context.Context, in *IssueAdminCredentialRequest, opts ...grpc.CallOption) (*IssueAdminCredentialResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IssueAdminCredentialResponse)
+	err := c.cc.Invoke(ctx, AdminService_IssueAdminCredential_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -211,6 +230,14 @@ type AdminServiceServer interface {
 	ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error)
 	// VerifyAudit walks the audit hash chain.
 	VerifyAudit(context.Context, *VerifyAuditRequest) (*VerifyAuditResponse, error)
+	// IssueAdminCredential signs an admin certificate for the admin API over
+	// mutual TLS: a client-only X509-SVID signed directly by a root (the
+	// root's, or a standalone issuer's local root), so that no cluster issuer
+	// can mint one. The caller keeps the private key and sends a CSR. It is
+	// answered on the Unix admin socket only (PermissionDenied over mutual
+	// TLS), and by an issuer only when it has a local root
+	// (FailedPrecondition, naming the root, otherwise).
+	IssueAdminCredential(context.Context, *IssueAdminCredentialRequest) (*IssueAdminCredentialResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -250,6 +277,9 @@ func (UnimplementedAdminServiceServer) ListAuditEvents(context.Context, *ListAud
 }
 func (UnimplementedAdminServiceServer) VerifyAudit(context.Context, *VerifyAuditRequest) (*VerifyAuditResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method VerifyAudit not implemented")
+}
+func (UnimplementedAdminServiceServer) IssueAdminCredential(context.Context, *IssueAdminCredentialRequest) (*IssueAdminCredentialResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method IssueAdminCredential not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -452,6 +482,24 @@ func _AdminService_VerifyAudit_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_IssueAdminCredential_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(IssueAdminCredentialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).IssueAdminCredential(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_IssueAdminCredential_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).IssueAdminCredential(ctx, req.(*IssueAdminCredentialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -498,6 +546,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "VerifyAudit",
 			Handler:    _AdminService_VerifyAudit_Handler,
+		},
+		{
+			MethodName: "IssueAdminCredential",
+			Handler:    _AdminService_IssueAdminCredential_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
