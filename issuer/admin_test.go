@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/admin"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/store"
@@ -77,7 +78,11 @@ type adminRig struct {
 // newAdminRig serves an issuer's AdminServer for cluster "east" of
 // east.example on a real admin socket, over a SQLite store holding
 // adminCerts.
-func newAdminRig(t *testing.T) *adminRig {
+func newAdminRig(t *testing.T) *adminRig { t.Helper(); return newAdminRigWith(t, nil) }
+
+// newAdminRigWith is newAdminRig for an issuer whose local root is root
+// (nil: an issuer under the central root).
+func newAdminRigWith(t *testing.T, root *ca.Authority) *adminRig {
 	t.Helper()
 	now := func() time.Time { return adminT0 }
 	db, err := sqlite.Open(t.Context(), sqlite.Config{Path: filepath.Join(t.TempDir(), "meshca.db"), Now: now})
@@ -93,7 +98,7 @@ func newAdminRig(t *testing.T) *adminRig {
 	rig := &adminRig{db: db, refresh: &fakeRefresher{}}
 	srv, err := issuer.NewAdminServer(issuer.AdminConfig{
 		TrustDomain: spiffeid.RequireTrustDomainFromString("east.example"), Cluster: "east",
-		Store: db, DenyList: rig.refresh, Now: now, Logger: slog.New(slog.DiscardHandler),
+		Store: db, DenyList: rig.refresh, Root: root, Now: now, Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -4,58 +4,129 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 )
 
-// TestAdminOverMTLS: the admin APIs of the issuer and of the root over
-// mutual TLS answer the configured admin identity and refuse any other
-// workload of the mesh.
+const opsAdminID = "spiffe://east.example/ns/ops/sa/admin"
+
+// TestAdminOverMTLS: a pod running as the admin's service account holds an
+// X509-SVID for the admin's SPIFFE ID, signed by its cluster's
+// intermediate; the admin APIs of the root and of the issuer refuse it, so
+// it cannot register a cluster for another trust domain. An admin
+// certificate from `meshca admin credential issue` opens both through
+// `meshca admin --server`, until `meshca admin revoke --serial` on the
+// root: then the root refuses it at once and the issuer as soon as the
+// root's CRL reaches it.
 func TestAdminOverMTLS(t *testing.T) {
 	rootAdminAddr, adminAddr := freeAddr(t), freeAddr(t)
-	root := startRoot(t, fmt.Sprintf("intermediateTTL: 1h\nadmin:\n  listen: %s\n  spiffeIDs: [\"spiffe://east.example/ns/ops/sa/admin\"]\n", rootAdminAddr))
-	east := startIssuer(t, root, "east", "east.example", fmt.Sprintf(
-		"admin:\n  listen: %s\n  spiffeIDs: [\"spiffe://east.example/ns/ops/sa/admin\"]\n", adminAddr))
+	root := startRoot(t, fmt.Sprintf("intermediateTTL: 1h\nadmin:\n  listen: %s\n  spiffeIDs: [%q]\n", rootAdminAddr, opsAdminID))
+	east := startIssuer(t, root, "east", "east.example", fmt.Sprintf("admin:\n  listen: %s\n  spiffeIDs: [%q]\n", adminAddr, opsAdminID))
+	root.waitListening(t, rootAdminAddr)
+	east.waitListening(t, adminAddr)
 	ops := startWorkload(t, east, root.BundlePath(), "ops", "admin", 10*time.Minute)
-	web := startWorkload(t, east, root.BundlePath(), "shop", "web", 10*time.Minute)
 
-	call := func(w *workload, adminAddr string) error {
-		// The issuer presents its serving certificate (DNS names), so the
-		// admin checks it as a web server under the mesh's roots, and
-		// presents its X509-SVID.
-		b, err := w.Source.GetX509BundleForTrustDomain(w.ID.TrustDomain())
-		if err != nil {
-			return err
+	// The attack: the workload SVID for the admin's ID.
+	for _, addr := range []string{rootAdminAddr, adminAddr} {
+		err := workloadAdminCall(t, ops, addr)
+		if err == nil {
+			t.Fatalf("%s: a workload X509-SVID for the admin's SPIFFE ID registered cluster west", addr)
 		}
-		pool := x509.NewCertPool()
-		for _, r := range b.X509Authorities() {
-			pool.AddCert(r)
-		}
-		cfg := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, ServerName: "localhost",
-			GetClientCertificate: tlsconfig.GetClientCertificate(w.Source)}
-		conn, err := grpc.NewClient(adminAddr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_, err = meshcav1.NewAdminServiceClient(conn).ListRevocations(ctx, &meshcav1.ListRevocationsRequest{})
-		return err
-	}
-	for _, addr := range []string{adminAddr, rootAdminAddr} {
-		if err := call(ops, addr); err != nil {
-			t.Fatalf("%s: the admin identity was refused: %v", addr, err)
-		}
-		if err := call(web, addr); err == nil {
-			t.Fatalf("%s: a non-admin workload was let into the admin API", addr)
+		if c := status.Code(err); c != codes.Unavailable && c != codes.PermissionDenied {
+			t.Fatalf("%s: %v; want a failed handshake or PermissionDenied", addr, err)
 		}
 	}
+	if !strings.Contains(root.out.String(), "not signed directly by a trusted root") {
+		t.Fatal("the root logged no reason for refusing the workload SVID")
+	}
+	// Nothing was registered: west is free for any trust domain.
+	if _, err := run(t, "admin", "--socket", root.Socket, "cluster", "add", "west", "--trust-domain", "other.example"); err != nil {
+		t.Fatalf("cluster west after the refused call: %v", err)
+	}
+
+	// An admin certificate, issued on the root's socket.
+	dir := filepath.Join(t.TempDir(), "ops-admin")
+	var issued struct {
+		Serial string `json:"serial"`
+	}
+	out := mustRun(t, "admin", "--socket", root.Socket, "-o", "json", "credential", "issue", "--spiffe-id", opsAdminID, "--out", dir)
+	if err := json.Unmarshal([]byte(out), &issued); err != nil || issued.Serial == "" {
+		t.Fatalf("credential issue printed %q: %v", out, err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "key.pem")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key.pem: %v, mode %v; want 0600", err, fi.Mode().Perm())
+	}
+	overMTLS := func(addr string, args ...string) (string, error) {
+		return run(t, append([]string{"admin", "--server", addr, "--cert", filepath.Join(dir, "cert.pem"),
+			"--key", filepath.Join(dir, "key.pem"), "--ca-bundle", filepath.Join(dir, "bundle.pem"), "-o", "json"}, args...)...)
+	}
+	if _, err := overMTLS(rootAdminAddr, "root", "list"); err != nil {
+		t.Fatalf("root admin API with the admin certificate: %v", err)
+	}
+	if _, err := overMTLS(adminAddr, "revocations"); err != nil {
+		t.Fatalf("issuer admin API with the root's admin certificate: %v", err)
+	}
+	// A second cluster in east.example only when asked for explicitly.
+	if _, err := overMTLS(rootAdminAddr, "cluster", "add", "east2", "--trust-domain", "east.example"); err == nil ||
+		!strings.Contains(err.Error(), "held by cluster east") {
+		t.Fatalf("cluster east2 in east.example without --share-trust-domain: %v", err)
+	}
+	if _, err := overMTLS(rootAdminAddr, "cluster", "add", "east2", "--trust-domain", "east.example", "--share-trust-domain"); err != nil {
+		t.Fatalf("cluster east2 with --share-trust-domain: %v", err)
+	}
+	// An admin over mutual TLS cannot mint more admin certificates.
+	if _, err := overMTLS(rootAdminAddr, "credential", "issue", "--spiffe-id", opsAdminID, "--out", filepath.Join(t.TempDir(), "x")); err == nil {
+		t.Fatal("an admin certificate issued another over mutual TLS")
+	}
+
+	mustRun(t, "admin", "--socket", root.Socket, "revoke", "--serial", issued.Serial, "--reason", "laptop lost")
+	if _, err := overMTLS(rootAdminAddr, "root", "list"); err == nil {
+		t.Fatal("the root admin API still answers a revoked admin certificate")
+	}
+	// The issuer learns of it from the root CRL in the relayed bundle.
+	east.waitFor(t, "the issuer refusing the revoked admin certificate", startTimeout, func() bool {
+		_, err := overMTLS(adminAddr, "revocations")
+		return err != nil
+	})
+	if !strings.Contains(east.out.String(), "revoked on the root's CRL") {
+		t.Fatal("the issuer refused the admin certificate, but not for its revocation on the root's CRL")
+	}
+}
+
+// workloadAdminCall calls AddCluster for west.example on the admin API at
+// addr, presenting w's X509-SVID and trusting w's bundle.
+func workloadAdminCall(t *testing.T, w *workload, addr string) error {
+	t.Helper()
+	b, err := w.Source.GetX509BundleForTrustDomain(w.ID.TrustDomain())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	for _, r := range b.X509Authorities() {
+		pool.AddCert(r)
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, ServerName: "localhost",
+		GetClientCertificate: tlsconfig.GetClientCertificate(w.Source)}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = meshcav1.NewAdminServiceClient(conn).AddCluster(ctx, &meshcav1.AddClusterRequest{Name: "west", TrustDomain: "west.example"})
+	return err
 }
