@@ -130,3 +130,50 @@ func workloadAdminCall(t *testing.T, w *workload, addr string) error {
 	_, err = meshcav1.NewAdminServiceClient(conn).AddCluster(ctx, &meshcav1.AddClusterRequest{Name: "west", TrustDomain: "west.example"})
 	return err
 }
+
+// TestStandaloneIssuerAdminCredential: an issuer with its own local root
+// issues admin certificates with that root on its socket; one opens its
+// admin API over mutual TLS until `meshca admin revoke --serial` on the
+// same socket.
+func TestStandaloneIssuerAdminCredential(t *testing.T) {
+	dir, addr, adminAddr := t.TempDir(), freeAddr(t), freeAddr(t)
+	cfg := writeFile(t, filepath.Join(t.TempDir(), "solo.yaml"), fmt.Sprintf(`dataDir: %s
+listen: %s
+trustDomain: solo.example
+cluster: solo
+hosts: ["127.0.0.1", "localhost"]
+admin:
+  listen: %s
+  spiffeIDs: ["spiffe://solo.example/admin/alice"]
+clusters:
+  - name: solo
+    attestor: dev
+`, dir, addr, adminAddr))
+	p := start(t, "issuer solo", "issuer", "serve", "--config", cfg, "--log-level", "debug")
+	p.waitListening(t, adminAddr)
+	sock := filepath.Join(dir, "admin.sock")
+	creds := filepath.Join(t.TempDir(), "alice")
+	var issued struct {
+		Serial string `json:"serial"`
+	}
+	out := mustRun(t, "admin", "--socket", sock, "-o", "json", "credential", "issue", "--spiffe-id", "spiffe://solo.example/admin/alice",
+		"--out", creds, "--ttl", "1h")
+	if err := json.Unmarshal([]byte(out), &issued); err != nil || issued.Serial == "" {
+		t.Fatalf("credential issue printed %q: %v", out, err)
+	}
+	call := func() error {
+		_, err := run(t, "admin", "--server", adminAddr, "--cert", filepath.Join(creds, "cert.pem"), "--key", filepath.Join(creds, "key.pem"),
+			"--ca-bundle", filepath.Join(creds, "bundle.pem"), "certs", "show", issued.Serial)
+		return err
+	}
+	if err := call(); err != nil {
+		t.Fatalf("issuer admin API with its admin certificate: %v", err)
+	}
+	mustRun(t, "admin", "--socket", sock, "revoke", "--serial", issued.Serial)
+	if err := call(); err == nil {
+		t.Fatal("the issuer admin API still answers a revoked admin certificate")
+	}
+	if !strings.Contains(p.out.String(), "is revoked") {
+		t.Fatal("the issuer logged no revocation as the reason of the refusal")
+	}
+}
