@@ -97,8 +97,9 @@ func (c *AdminConfig) Validate() error {
 // cluster's certificate serials and of SPIFFE IDs of its trust domain
 // (recorded in the cluster's store with an audit event naming the actor,
 // then applied to the deny-list at once), and the read calls of
-// admin.Reads. The root's calls (AddCluster, RotateRoot, ListRoots,
-// cluster revocation) answer FailedPrecondition naming the root.
+// admin.Reads; and, with a local root, admin certificates
+// (IssueAdminCredential). The root's calls (AddCluster, RotateRoot,
+// ListRoots, cluster revocation) answer FailedPrecondition naming the root.
 //
 // Serve it with ServeUnix on the admin socket and, optionally, ServeMTLS
 // for configured admin SPIFFE IDs; both may run at once. It is a

@@ -12,7 +12,15 @@
 // (PermissionDenied), and every in-bundle root whose key loads signs a CRL
 // of the revoked intermediates, carried in every own trust domain of the
 // bundle. It cannot be undone: the cluster enrols again under a new name.
-// Certificates and SPIFFE IDs are revoked on the issuers' admin sockets.
+// Certificates the root signed itself (admin certificates, issuer
+// credentials) are revoked by serial (AdminService.Revoke with a serial):
+// the deny-list refuses them at once and the root CRLs list them. Workload
+// certificates and SPIFFE IDs are revoked on the issuers' admin sockets.
+//
+// Admin certificates (AdminService.IssueAdminCredential, on the Unix
+// socket only) are client-only X509-SVIDs signed directly by the active
+// root, recorded and audited; the admin API over mutual TLS accepts nothing
+// else, so no cluster issuer can mint an admin.
 // Issuers hand their own CRLs to PublishCRLs; the root keeps them in memory
 // only (issuers publish again when they reconnect) and relays them to every
 // cluster in their trust domain's entry.

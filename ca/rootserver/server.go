@@ -75,8 +75,9 @@ func (r *Root) ServeAdmin(ctx context.Context, lis net.Listener) error {
 }
 
 // ServeAdminMTLS serves AdminService over mutual TLS on lis, to the admins
-// m lets in (see admin.NewMTLS; build it with ServingCertificate and
-// OwnRoots), until ctx ends. The audit actor is the admin's SPIFFE ID.
+// m lets in (see admin.NewMTLS; build it with ServingCertificate, OwnRoots,
+// the Root itself as the deny-list and RootCRLs), until ctx ends. The audit
+// actor is the admin's SPIFFE ID.
 func (r *Root) ServeAdminMTLS(ctx context.Context, lis net.Listener, m *admin.MTLS) error {
 	srv := grpc.NewServer(append(m.ServerOptions(), grpc.MaxRecvMsgSize(r.cfg.MaxRequestBytes))...)
 	meshcav1.RegisterAdminServiceServer(srv, newAdminService(r))

@@ -53,7 +53,7 @@ type AdminServiceClient interface {
 	// ListRoots lists the roots in the bundle and their state.
 	ListRoots(ctx context.Context, in *ListRootsRequest, opts ...grpc.CallOption) (*ListRootsResponse, error)
 	// Revoke denies one certificate serial or one SPIFFE ID (issuer), or a
-	// whole cluster (root).
+	// whole cluster or one certificate the root signed, by serial (root).
 	Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error)
 	// Unrevoke lifts the revocation of a SPIFFE ID (issuer).
 	Unrevoke(ctx context.Context, in *UnrevokeRequest, opts ...grpc.CallOption) (*UnrevokeResponse, error)
@@ -216,7 +216,7 @@ type AdminServiceServer interface {
 	// ListRoots lists the roots in the bundle and their state.
 	ListRoots(context.Context, *ListRootsRequest) (*ListRootsResponse, error)
 	// Revoke denies one certificate serial or one SPIFFE ID (issuer), or a
-	// whole cluster (root).
+	// whole cluster or one certificate the root signed, by serial (root).
 	Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error)
 	// Unrevoke lifts the revocation of a SPIFFE ID (issuer).
 	Unrevoke(context.Context, *UnrevokeRequest) (*UnrevokeResponse, error)
