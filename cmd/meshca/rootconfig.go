@@ -53,7 +53,8 @@ type rootConfig struct {
 	// Federation serves this mesh's bundle and fetches other meshes'.
 	Federation federationConfig `json:"federation,omitempty"`
 	// Admin optionally serves the admin API over mutual TLS too, to the
-	// listed admin SPIFFE IDs (X509-SVIDs under this root).
+	// listed admin SPIFFE IDs holding an admin certificate signed directly
+	// by this root (`meshca admin credential issue`).
 	Admin adminTLSConfig `json:"admin,omitempty"`
 	// MetricsListen, when set, serves Prometheus metrics at /metrics (plain
 	// HTTP), e.g. 127.0.0.1:9090.
