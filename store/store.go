@@ -86,3 +86,10 @@ type Store interface {
 	// Operations started after Close fail with an error wrapping ErrClosed.
 	Close() error
 }
+
+// AuditHeadReader reads the head of the audit chain: the seq and hash of its
+// last event, or the zero ChainHead for an empty log. Both backends implement
+// it; audit checkpoints sign what it returns.
+type AuditHeadReader interface {
+	AuditHead(ctx context.Context) (ChainHead, error)
+}

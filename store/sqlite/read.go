@@ -174,3 +174,20 @@ func (s *Store) eachEvent(ctx context.Context, since time.Time, fn func(store.Au
 	}
 	return rows.Err()
 }
+
+// AuditHead returns the seq and hash of the last audit event (the zero
+// ChainHead for an empty log): what a signed checkpoint records.
+func (s *Store) AuditHead(ctx context.Context) (store.ChainHead, error) {
+	if s.closed.Load() {
+		return store.ChainHead{}, fmt.Errorf("sqlite: audit head: %w", store.ErrClosed)
+	}
+	var h store.ChainHead
+	err := s.r.QueryRowContext(ctx, `SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&h.Seq, &h.Hash)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.ChainHead{}, nil
+	}
+	if err != nil {
+		return store.ChainHead{}, fmt.Errorf("sqlite: audit head: %w", err)
+	}
+	return h, nil
+}
