@@ -27,6 +27,9 @@ type storeConfig struct {
 	// Retention prunes the records of expired certificates (never audit
 	// events) in the background while the store is open.
 	Retention retentionConfig `json:"retention,omitempty"`
+	// Checkpoint configures the signed audit checkpoints of the issuer and
+	// the root.
+	Checkpoint checkpointConfig `json:"checkpoint,omitempty"`
 }
 
 // retentionConfig is `store.retention:`.
@@ -60,6 +63,8 @@ func (c storeConfig) validate() error {
 		return errors.New("store driver postgres needs a dsn")
 	case c.Retention.Grace < 0 || c.Retention.Interval < 0:
 		return errors.New("store retention: grace and interval must not be negative")
+	case c.Checkpoint.Interval < 0 || c.Checkpoint.Keep < 0:
+		return errors.New("store checkpoint: interval and keep must not be negative")
 	}
 	return nil
 }
@@ -86,6 +91,7 @@ type backend interface {
 	store.Store
 	store.RootStore
 	store.RevocationStore
+	store.AuditHeadReader
 	VerifyAuditChain(ctx context.Context) error
 }
 
