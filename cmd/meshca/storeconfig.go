@@ -101,13 +101,33 @@ func openBackend(ctx context.Context, cfg storeConfig, dataDir string) (backend,
 		return nil, err
 	}
 	if cfg.driver() == "postgres" {
-		return postgres.Open(ctx, postgres.Config{DSN: cfg.DSN})
+		s, err := postgres.Open(ctx, postgres.Config{DSN: cfg.DSN})
+		if err != nil {
+			return nil, err
+		}
+		warnAuditOwner(ctx, s)
+		return s, nil
 	}
 	path := cfg.DSN
 	if path == "" {
 		path = filepath.Join(dataDir, "meshca.db")
 	}
 	return sqlite.Open(ctx, sqlite.Config{Path: path})
+}
+
+// warnAuditOwner logs a warning when meshca runs as a database role that
+// could disable the audit log's triggers, which a separate runtime role
+// (meshca migrate --grant-to) cannot.
+func warnAuditOwner(ctx context.Context, s *postgres.Store) {
+	can, err := s.CanBypassAuditTriggers(ctx)
+	if err != nil {
+		slog.Warn("cannot check the database role's privileges on the audit log", "error", err)
+		return
+	}
+	if can {
+		slog.Warn("the database role owns the audit log's tables (or is a superuser) and could disable its append-only triggers; " +
+			"run meshca as a separate runtime role: meshca migrate --grant-to ROLE")
+	}
 }
 
 // retainingStore is a store with its retention job running.

@@ -83,3 +83,19 @@ func grantRuntime(ctx context.Context, dsn, role string) error {
 	}
 	return tx.Commit(ctx)
 }
+
+// CanBypassAuditTriggers reports whether the role the store is connected as
+// could disable the audit log's append-only triggers: it is a superuser, or
+// a member of the role that owns audit_events. Such a role should only
+// migrate; see [GrantRuntime].
+func (s *Store) CanBypassAuditTriggers(ctx context.Context) (bool, error) {
+	var can bool
+	err := s.pool.QueryRow(ctx, `
+		SELECT r.rolsuper OR pg_has_role(current_user, t.tableowner, 'MEMBER')
+		FROM pg_roles r, pg_tables t
+		WHERE r.rolname = current_user AND t.tablename = 'audit_events' AND t.schemaname = current_schema()`).Scan(&can)
+	if err != nil {
+		return false, fmt.Errorf("postgres: check audit privileges: %w", err)
+	}
+	return can, nil
+}

@@ -22,13 +22,25 @@ type roleDatabase struct {
 	ownerDSN, runtimeDSN, runtimeRole string
 }
 
-// newRoleDatabase creates the two roles and the database, migrates it as
-// the owner and grants the runtime role. Everything is dropped when tb ends.
-func newRoleDatabase(tb testing.TB) roleDatabase {
+// roles is a pair of non-superuser login roles: one to own and migrate, one
+// to run as.
+type roles struct{ owner, runtime string }
+
+// newRoles creates the two roles, dropped when tb ends (after the databases
+// of its sub-tests).
+func newRoles(tb testing.TB) roles {
 	tb.Helper()
 	admin := pgtest.AdminDSN(tb)
-	owner, runtime := newRole(tb, admin, "owner"), newRole(tb, admin, "runtime")
-	dsn := pgtest.CreateDatabase(tb, admin) // dropped before the roles
+	return roles{owner: newRole(tb, admin, "owner"), runtime: newRole(tb, admin, "runtime")}
+}
+
+// newRoleDatabase creates a database owned by r.owner, migrates it as the
+// owner and grants r.runtime. The database is dropped when tb ends.
+func newRoleDatabase(tb testing.TB, r roles) roleDatabase {
+	tb.Helper()
+	admin := pgtest.AdminDSN(tb)
+	owner, runtime := r.owner, r.runtime
+	dsn := pgtest.CreateDatabase(tb, admin)
 	u, err := url.Parse(dsn)
 	if err != nil {
 		tb.Fatal(err)
@@ -74,7 +86,7 @@ func withUser(tb testing.TB, dsn, user string) string {
 // owner of the tables could do to the audit log behind the triggers' back:
 // each is refused, while the store works as that role.
 func TestRuntimeRoleCannotRewriteAudit(t *testing.T) {
-	db := newRoleDatabase(t)
+	db := newRoleDatabase(t, newRoles(t))
 	s := openTest(t, Config{DSN: db.runtimeDSN})
 	seed(t, s, 3)
 	if _, err := s.Revoke(t.Context(), store.Revocation{Kind: store.RevokeSerial, Value: "c0", RevokedBy: "admin:alice"},
@@ -83,6 +95,12 @@ func TestRuntimeRoleCannotRewriteAudit(t *testing.T) {
 	}
 	if _, err := s.PruneCertificates(t.Context(), t0.AddDate(1, 0, 0)); err != nil {
 		t.Fatalf("PruneCertificates as the runtime role: %v", err)
+	}
+	if can, err := s.CanBypassAuditTriggers(t.Context()); err != nil || can {
+		t.Fatalf("CanBypassAuditTriggers as the runtime role = %v, %v; want false", can, err)
+	}
+	if can, err := openTest(t, Config{DSN: db.ownerDSN}).CanBypassAuditTriggers(t.Context()); err != nil || !can {
+		t.Fatalf("CanBypassAuditTriggers as the owner = %v, %v; want true", can, err)
 	}
 	conn := rawConn(t, db.runtimeDSN)
 	for _, q := range []string{
@@ -114,7 +132,7 @@ func TestRuntimeRoleCannotRewriteAudit(t *testing.T) {
 }
 
 func TestGrantRuntimeRefusesPowerfulRoles(t *testing.T) {
-	db := newRoleDatabase(t)
+	db := newRoleDatabase(t, newRoles(t))
 	owner, err := url.Parse(db.ownerDSN)
 	if err != nil {
 		t.Fatal(err)
@@ -135,8 +153,9 @@ func TestGrantRuntimeRefusesPowerfulRoles(t *testing.T) {
 // connected as the runtime role, so that every store operation is known to
 // need no more than GrantRuntime gives.
 func TestConformanceAsRuntimeRole(t *testing.T) {
+	r := newRoles(t)
 	open := func(t *testing.T) *Store {
-		s, err := Open(t.Context(), Config{DSN: newRoleDatabase(t).runtimeDSN, MaxConns: 4})
+		s, err := Open(t.Context(), Config{DSN: newRoleDatabase(t, r).runtimeDSN, MaxConns: 4})
 		if err != nil {
 			t.Fatalf("Open as the runtime role: %v", err)
 		}
