@@ -40,7 +40,8 @@ var fileName = regexp.MustCompile(`^[0-9]{20}-[0-9]{8}T[0-9]{6}Z\.json$`)
 
 // Config configures a Checkpointer.
 type Config struct {
-	// Head reads the audit chain's head. Required.
+	// Head reads the audit chain's head, and the hash at the last
+	// checkpoint's seq before a later head is signed. Required.
 	Head store.AuditHeadReader
 	// Signer is the ECDSA key that signs checkpoints. Required. It must not
 	// be stored in the database whose chain it anchors.
@@ -203,6 +204,9 @@ func (c *Checkpointer) Checkpoint(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("checkpoint: the audit chain head (seq %d, hash %x) is not after the last checkpoint (seq %d, hash %x): "+
 			"the chain lost events or was rewritten", head.Seq, head.Hash, c.last.Seq, c.last.Hash)
 	}
+	if err := c.checkLast(ctx); err != nil {
+		return "", err
+	}
 	now := c.cfg.Now().UTC()
 	data, err := Sign(c.cfg.Signer, Checkpoint{Name: c.cfg.Name, Head: head, Time: now})
 	if err != nil {
@@ -221,6 +225,28 @@ func (c *Checkpointer) Checkpoint(ctx context.Context) (string, error) {
 		c.log.Warn("removing old audit checkpoints failed", "dir", c.cfg.Dir, "error", err)
 	}
 	return path, nil
+}
+
+// checkLast makes sure the chain still passes through the last checkpoint
+// before a later head is signed, so that a chain rewritten from an earlier
+// event, or cut short and then grown past it, is reported instead of
+// signed.
+func (c *Checkpointer) checkLast(ctx context.Context) error {
+	if c.last.Seq == 0 {
+		return nil
+	}
+	h, err := c.cfg.Head.AuditHashAt(ctx, c.last.Seq)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("checkpoint: the audit chain has no event at the last checkpoint's seq %d: "+
+			"the chain lost events or was rewritten", c.last.Seq)
+	case err != nil:
+		return fmt.Errorf("checkpoint: %w", err)
+	case !bytes.Equal(h, c.last.Hash):
+		return fmt.Errorf("checkpoint: the event at the last checkpoint's seq %d has hash %x, not %x: "+
+			"the chain was rewritten", c.last.Seq, h, c.last.Hash)
+	}
+	return nil
 }
 
 // prune removes the oldest checkpoint files beyond Keep.

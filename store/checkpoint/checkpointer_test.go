@@ -19,10 +19,14 @@ import (
 	"github.com/meshca/meshca/store"
 )
 
-// fakeHead is a store.AuditHeadReader whose head the test moves.
+// fakeHead is a store.AuditHeadReader over a chain of events 1..head.Seq
+// whose hashes are headAt(seq, epoch).Hash: the test grows the chain, and
+// rewrites it by starting a new epoch.
 type fakeHead struct {
-	mu   sync.Mutex
-	head store.ChainHead
+	mu    sync.Mutex
+	head  store.ChainHead
+	epoch byte
+	from  int64 // events from this seq on have the current epoch's hashes
 }
 
 var _ store.AuditHeadReader = (*fakeHead)(nil)
@@ -33,14 +37,39 @@ func (f *fakeHead) AuditHead(context.Context) (store.ChainHead, error) {
 	return f.head, nil
 }
 
+func (f *fakeHead) AuditHashAt(_ context.Context, seq int64) ([]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if seq < 1 || seq > f.head.Seq {
+		return nil, store.ErrNotFound
+	}
+	return f.hashAt(seq), nil
+}
+
+func (f *fakeHead) hashAt(seq int64) []byte {
+	if seq >= f.from {
+		return headAt(seq, f.epoch).Hash
+	}
+	return headAt(seq, 0).Hash
+}
+
 func (f *fakeHead) set(seq int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.head = headAt(seq)
+	f.head = store.ChainHead{Seq: seq, Hash: f.hashAt(seq)}
 }
 
-func headAt(seq int64) store.ChainHead {
-	h := sha256.Sum256(binary.BigEndian.AppendUint64(nil, uint64(seq)))
+// rewrite re-hashes the chain from seq on, as a consistent rewrite would.
+func (f *fakeHead) rewrite(from int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.epoch++
+	f.from = from
+	f.head.Hash = f.hashAt(f.head.Seq)
+}
+
+func headAt(seq int64, epoch ...byte) store.ChainHead {
+	h := sha256.Sum256(append(binary.BigEndian.AppendUint64(nil, uint64(seq)), epoch...))
 	return store.ChainHead{Seq: seq, Hash: h[:]}
 }
 
@@ -128,6 +157,13 @@ func TestRunCheckpointsWhileEventsArrive(t *testing.T) {
 		if !strings.Contains(logs.String(), "audit checkpoint failed") || !strings.Contains(logs.String(), "not after the last checkpoint (seq 12") {
 			t.Fatalf("a head that went back was not reported:\n%s", logs.String())
 		}
+		head.set(14)
+		head.rewrite(11)
+		step(-1, 7, 9, 12) // rewritten below the last checkpoint, then grown: refused, logged
+		if !strings.Contains(logs.String(), "the event at the last checkpoint's seq 12 has hash") {
+			t.Fatalf("a rewritten chain was not reported:\n%s", logs.String())
+		}
+		head.rewrite(13) // the attacker puts seq 12 back; the rest stays rewritten
 		head.set(15)
 		cancel()
 		if err := <-done; err != nil {

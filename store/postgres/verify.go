@@ -136,3 +136,20 @@ func (s *Store) AuditHead(ctx context.Context) (store.ChainHead, error) {
 	}
 	return h, nil
 }
+
+// AuditHashAt returns the hash of the event at seq, or an error wrapping
+// store.ErrNotFound.
+func (s *Store) AuditHashAt(ctx context.Context, seq int64) ([]byte, error) {
+	if s.closed.Load() {
+		return nil, fmt.Errorf("postgres: audit hash: %w", store.ErrClosed)
+	}
+	var h []byte
+	err := s.pool.QueryRow(ctx, `SELECT hash FROM audit_events WHERE seq = $1`, seq).Scan(&h)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("postgres: audit hash at seq %d: %w", seq, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("postgres: audit hash at seq %d: %w", seq, err)
+	}
+	return h, nil
+}

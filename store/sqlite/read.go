@@ -191,3 +191,20 @@ func (s *Store) AuditHead(ctx context.Context) (store.ChainHead, error) {
 	}
 	return h, nil
 }
+
+// AuditHashAt returns the hash of the event at seq, or an error wrapping
+// store.ErrNotFound.
+func (s *Store) AuditHashAt(ctx context.Context, seq int64) ([]byte, error) {
+	if s.closed.Load() {
+		return nil, fmt.Errorf("sqlite: audit hash: %w", store.ErrClosed)
+	}
+	var h []byte
+	err := s.r.QueryRowContext(ctx, `SELECT hash FROM audit_events WHERE seq = ?`, seq).Scan(&h)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("sqlite: audit hash at seq %d: %w", seq, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: audit hash at seq %d: %w", seq, err)
+	}
+	return h, nil
+}

@@ -368,6 +368,12 @@ func testAuditHead(t *testing.T, s store.Store) {
 	if err != nil || head.Seq != 3 || !slices.Equal(head.Hash, events[2].Hash) {
 		t.Fatalf("AuditHead = %+v, %v; want seq 3, hash %x", head, err, events[2].Hash)
 	}
+	if h, err := hr.AuditHashAt(t.Context(), 2); err != nil || !slices.Equal(h, events[1].Hash) {
+		t.Fatalf("AuditHashAt(2) = %x, %v; want %x", h, err, events[1].Hash)
+	}
+	if _, err := hr.AuditHashAt(t.Context(), 4); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("AuditHashAt(4) = %v, want ErrNotFound", err)
+	}
 }
 
 func testAuditZeroTimeIsSet(t *testing.T, s store.Store) {
