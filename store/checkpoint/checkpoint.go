@@ -15,9 +15,10 @@
 //	{"version":1,"name":"cluster/east","seq":42,"hash":"<hex>",
 //	 "time":"2026-03-01T12:00:00Z","key_id":"<hex>","signature":"<base64>"}
 //
-// The signature is an ASN.1 ECDSA signature over the SHA-256 of the
-// encoding that [signedBytes] documents, never over the JSON text, so
-// whitespace and field order do not matter.
+// The signature is an ASN.1 ECDSA signature over the SHA-256 of a binary
+// encoding of the fields (a fixed domain string, then key_id, name, seq,
+// hash and time, each length-prefixed or fixed-size), never over the JSON
+// text, so whitespace and field order do not matter.
 package checkpoint
 
 import (
