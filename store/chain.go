@@ -18,7 +18,8 @@ import (
 // row breaks the link at that row (or, if the attacker also re-hashed the row,
 // at the row after it). What a chain cannot show on its own is a truncated
 // tail or a chain rewritten from some row to the end: that takes an anchor kept
-// elsewhere, such as a recently published [ChainHead].
+// elsewhere, such as a signed checkpoint of a recent [ChainHead] (see
+// [ChainVerifier.Anchor]).
 
 // HashSize is the length in bytes of PrevHash and Hash.
 const HashSize = sha256.Size
@@ -113,8 +114,9 @@ func (e *BrokenLinkError) Error() string {
 // expects a chain from its first event (Seq 1); [NewChainVerifier] starts
 // after a known head instead. A ChainVerifier is not safe for concurrent use.
 type ChainVerifier struct {
-	head ChainHead
-	err  error
+	head    ChainHead
+	anchors []ChainHead
+	err     error
 }
 
 // NewChainVerifier returns a verifier that expects the event after head, for
@@ -124,7 +126,8 @@ func NewChainVerifier(head ChainHead) *ChainVerifier {
 }
 
 // Verify checks that ev is the event that follows the ones verified so far.
-// It returns nil or a *BrokenLinkError; once it has failed it keeps returning
+// It returns nil, a *BrokenLinkError, or an *AnchorError when ev is at an
+// anchor's seq with another hash; once it has failed it keeps returning
 // that same error, because nothing after a break can be trusted.
 func (v *ChainVerifier) Verify(ev AuditEvent) error {
 	if v.err != nil {
@@ -141,10 +144,56 @@ func (v *ChainVerifier) Verify(ev AuditEvent) error {
 	case !bytes.Equal(ev.Hash, ChainHash(ev.PrevHash, ev)):
 		v.err = &BrokenLinkError{Seq: ev.Seq, Reason: "hash does not match the event's content"}
 	default:
-		v.head = HeadOf(ev)
-		return nil
+		if v.err = v.checkAnchors(ev); v.err == nil {
+			v.head = HeadOf(ev)
+		}
 	}
 	return v.err
+}
+
+// Anchor makes v require that the chain passes through a: that the event at
+// a.Seq has hash a.Hash. An anchor is a head recorded outside the database
+// (a signed checkpoint), so a chain that was truncated or rewritten from
+// some event onwards, hashes and all, no longer matches it. Call Anchor
+// before Verify, then [ChainVerifier.Finish] after the last event.
+func (v *ChainVerifier) Anchor(a ChainHead) {
+	v.anchors = append(v.anchors, a)
+}
+
+func (v *ChainVerifier) checkAnchors(ev AuditEvent) error {
+	for _, a := range v.anchors {
+		if a.Seq == ev.Seq && !bytes.Equal(a.Hash, ev.Hash) {
+			return &AnchorError{Anchor: a, Reason: fmt.Sprintf("the event at seq %d has hash %x", ev.Seq, ev.Hash)}
+		}
+	}
+	return nil
+}
+
+// Finish reports, after the last event, the first error of the chain, or an
+// *AnchorError if the chain ended before the seq of an anchor: its tail was
+// cut off. It returns nil if the chain verified and reached every anchor.
+func (v *ChainVerifier) Finish() error {
+	if v.err != nil {
+		return v.err
+	}
+	for _, a := range v.anchors {
+		if a.Seq > v.head.Seq {
+			v.err = &AnchorError{Anchor: a, Reason: fmt.Sprintf("the chain ends at seq %d", v.head.Seq)}
+			return v.err
+		}
+	}
+	return nil
+}
+
+// AnchorError reports a chain that does not pass through an anchor: it has
+// no event at the anchor's seq, or that event has another hash.
+type AnchorError struct {
+	Anchor ChainHead
+	Reason string
+}
+
+func (e *AnchorError) Error() string {
+	return fmt.Sprintf("audit chain does not reach the anchor at seq %d (hash %x): %s", e.Anchor.Seq, e.Anchor.Hash, e.Reason)
 }
 
 // Head returns the head after the last event that verified.

@@ -243,3 +243,53 @@ func TestNewChainVerifierResumesFromHead(t *testing.T) {
 		t.Fatalf("Verify against wrong anchor = %v, want break at seq 3", err)
 	}
 }
+
+// TestChainVerifierAnchor checks what an anchor adds to a chain that links
+// up on its own: a cut-off tail and a tail rewritten with fresh hashes.
+func TestChainVerifierAnchor(t *testing.T) {
+	chain := buildChain(6)
+	anchor := HeadOf(chain[4]) // seq 5
+	rewritten := append([]AuditEvent(nil), chain[:3]...)
+	head := HeadOf(rewritten[2])
+	for _, ev := range chain[3:] {
+		ev.Detail = "rewritten"
+		ev = head.Next(ev)
+		rewritten = append(rewritten, ev)
+		head = HeadOf(ev)
+	}
+	for _, tt := range []struct {
+		name    string
+		events  []AuditEvent
+		wantErr string // "" for success
+	}{
+		{"whole chain", chain, ""},
+		{"ends at the anchor", chain[:5], ""},
+		{"tail cut before the anchor", chain[:4], "the chain ends at seq 4"},
+		{"empty chain", nil, "the chain ends at seq 0"},
+		{"rewritten and re-hashed from seq 4", rewritten, "the event at seq 5 has hash"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := VerifyChain(tt.events); err != nil {
+				t.Fatalf("without the anchor the chain must verify: %v", err)
+			}
+			var v ChainVerifier
+			v.Anchor(anchor)
+			for _, ev := range tt.events {
+				if err := v.Verify(ev); err != nil {
+					break
+				}
+			}
+			err := v.Finish()
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("Finish: %v", err)
+				}
+				return
+			}
+			var ae *AnchorError
+			if !errors.As(err, &ae) || ae.Anchor.Seq != 5 || !bytes.Contains([]byte(err.Error()), []byte(tt.wantErr)) {
+				t.Fatalf("Finish = %v, want an *AnchorError at seq 5 containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}

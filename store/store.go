@@ -86,3 +86,15 @@ type Store interface {
 	// Operations started after Close fail with an error wrapping ErrClosed.
 	Close() error
 }
+
+// AuditHeadReader reads the head of the audit chain, and the hash of any
+// event in it. Both backends implement it; audit checkpoints sign what
+// AuditHead returns.
+type AuditHeadReader interface {
+	// AuditHead returns the seq and hash of the last event, or the zero
+	// ChainHead for an empty log.
+	AuditHead(ctx context.Context) (ChainHead, error)
+	// AuditHashAt returns the hash of the event at seq, or an error
+	// wrapping ErrNotFound.
+	AuditHashAt(ctx context.Context, seq int64) ([]byte, error)
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -131,4 +132,51 @@ func TestMigrateCommand(t *testing.T) {
 	if _, err := runCommand(t, "migrate"); err == nil {
 		t.Fatal("migrate without a target succeeded")
 	}
+}
+
+// TestMigrateGrantTo migrates as a non-superuser owner with --grant-to a
+// non-superuser runtime role, then checks that the role can record
+// issuances but cannot disable the audit log's triggers or delete from it.
+func TestMigrateGrantTo(t *testing.T) {
+	admin := pgtest.AdminDSN(t)
+	suffix := fmt.Sprintf("%d", time.Now().UnixNano())
+	owner, runtime := "meshca_test_owner_"+suffix, "meshca_test_runtime_"+suffix
+	for _, r := range []string{owner, runtime} {
+		pgtest.Exec(t, admin, `CREATE ROLE `+r+` LOGIN NOSUPERUSER`)
+		t.Cleanup(func() { pgtest.Exec(t, admin, `DROP ROLE IF EXISTS `+r) })
+	}
+	dsn := pgtest.CreateDatabase(t, admin)
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, admin, `ALTER DATABASE `+strings.TrimPrefix(u.Path, "/")+` OWNER TO `+owner)
+	as := func(user string) string { v := *u; v.User = url.User(user); return v.String() }
+	if _, err := runCommand(t, "migrate", "--store-dsn", as(owner), "--grant-to", "postgres"); err == nil || !strings.Contains(err.Error(), "superuser") {
+		t.Fatalf("migrate --grant-to postgres: err %v, want a refusal", err)
+	}
+	out, err := runCommand(t, "migrate", "--store-dsn", as(owner), "--grant-to", runtime)
+	if err != nil || !strings.Contains(out, "granted runtime role "+runtime) {
+		t.Fatalf("migrate --grant-to: err %v, output %q", err, out)
+	}
+	recordIssuances(t, storeConfig{DSN: as(runtime)}, "", 2)
+	for _, q := range []string{`ALTER TABLE audit_events DISABLE TRIGGER USER`, `DELETE FROM audit_events`} {
+		if err := execAs(t, as(runtime), q); err == nil || !strings.Contains(err.Error(), "SQLSTATE 42501") {
+			t.Errorf("%s as the runtime role: err %v, want insufficient_privilege", q, err)
+		}
+	}
+	if out, err := runCommand(t, "audit", "verify", "--store-dsn", as(runtime)); err != nil || !strings.Contains(out, "2 events") {
+		t.Fatalf("audit verify as the runtime role: err %v, output %q", err, out)
+	}
+}
+
+func execAs(t *testing.T, dsn, q string) error {
+	t.Helper()
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	_, err = db.Exec(q)
+	return err
 }

@@ -73,6 +73,11 @@ func runRoot(ctx context.Context, cfg rootConfig, out io.Writer) error {
 		return err
 	}
 	defer db.Close()
+	stopCheckpoints, err := startCheckpoints(db, cfg.Store.Checkpoint, cfg.DataDir, "root", log)
+	if err != nil {
+		return err
+	}
+	defer stopCheckpoints()
 	var keys rootserver.Keys = rootserver.FileKeys{Dir: cfg.DataDir}
 	if cfg.Key.Kind == rootKeyVault {
 		prefix := cfg.Key.Vault.KeyPrefix

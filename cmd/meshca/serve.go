@@ -107,6 +107,11 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 		return err
 	}
 	defer db.Close()
+	stopCheckpoints, err := startCheckpoints(db, s.store.Checkpoint, s.dataDir, "cluster/"+s.cluster, log)
+	if err != nil {
+		return err
+	}
+	defer stopCheckpoints()
 	revs := db
 	deny, err := issuer.NewDenyList(issuer.DenyListConfig{
 		Store: revs, Cluster: s.cluster, PollInterval: time.Duration(s.revocation.PollInterval),

@@ -27,6 +27,9 @@ type storeConfig struct {
 	// Retention prunes the records of expired certificates (never audit
 	// events) in the background while the store is open.
 	Retention retentionConfig `json:"retention,omitempty"`
+	// Checkpoint configures the signed audit checkpoints of the issuer and
+	// the root.
+	Checkpoint checkpointConfig `json:"checkpoint,omitempty"`
 }
 
 // retentionConfig is `store.retention:`.
@@ -60,6 +63,8 @@ func (c storeConfig) validate() error {
 		return errors.New("store driver postgres needs a dsn")
 	case c.Retention.Grace < 0 || c.Retention.Interval < 0:
 		return errors.New("store retention: grace and interval must not be negative")
+	case c.Checkpoint.Interval < 0 || c.Checkpoint.Keep < 0:
+		return errors.New("store checkpoint: interval and keep must not be negative")
 	}
 	return nil
 }
@@ -86,6 +91,7 @@ type backend interface {
 	store.Store
 	store.RootStore
 	store.RevocationStore
+	store.AuditHeadReader
 	VerifyAuditChain(ctx context.Context) error
 }
 
@@ -95,13 +101,33 @@ func openBackend(ctx context.Context, cfg storeConfig, dataDir string) (backend,
 		return nil, err
 	}
 	if cfg.driver() == "postgres" {
-		return postgres.Open(ctx, postgres.Config{DSN: cfg.DSN})
+		s, err := postgres.Open(ctx, postgres.Config{DSN: cfg.DSN})
+		if err != nil {
+			return nil, err
+		}
+		warnAuditOwner(ctx, s)
+		return s, nil
 	}
 	path := cfg.DSN
 	if path == "" {
 		path = filepath.Join(dataDir, "meshca.db")
 	}
 	return sqlite.Open(ctx, sqlite.Config{Path: path})
+}
+
+// warnAuditOwner logs a warning when meshca runs as a database role that
+// could disable the audit log's triggers, which a separate runtime role
+// (meshca migrate --grant-to) cannot.
+func warnAuditOwner(ctx context.Context, s *postgres.Store) {
+	can, err := s.CanBypassAuditTriggers(ctx)
+	if err != nil {
+		slog.Warn("cannot check the database role's privileges on the audit log", "error", err)
+		return
+	}
+	if can {
+		slog.Warn("the database role owns the audit log's tables (or is a superuser) and could disable its append-only triggers; " +
+			"run meshca as a separate runtime role: meshca migrate --grant-to ROLE")
+	}
 }
 
 // retainingStore is a store with its retention job running.

@@ -26,6 +26,8 @@ func TestStoreConfigDriver(t *testing.T) {
 		{"postgres without dsn", storeConfig{Driver: "postgres"}, "postgres", "needs a dsn"},
 		{"unknown driver", storeConfig{Driver: "mysql"}, "mysql", "not supported"},
 		{"negative grace", storeConfig{Retention: retentionConfig{Grace: duration(-time.Hour)}}, "sqlite", "negative"},
+		{"negative checkpoint interval", storeConfig{Checkpoint: checkpointConfig{Interval: duration(-time.Minute)}}, "sqlite", "store checkpoint"},
+		{"negative checkpoint keep", storeConfig{Checkpoint: checkpointConfig{Keep: -1}}, "sqlite", "store checkpoint"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -45,12 +47,15 @@ func TestStoreConfigDriver(t *testing.T) {
 
 func TestStoreConfigYAML(t *testing.T) {
 	cfg := defaultDevConfig()
-	yaml := "store:\n  driver: postgres\n  dsn: postgres://meshca@db/meshca\n  retention:\n    grace: 48h\n    interval: 10m\n"
+	yaml := "store:\n  driver: postgres\n  dsn: postgres://meshca@db/meshca\n  retention:\n    grace: 48h\n    interval: 10m\n" +
+		"  checkpoint:\n    interval: 30s\n    keyFile: /etc/meshca/checkpoint/key.pem\n    dir: /var/lib/meshca/ckpt\n    keep: 100\n"
 	if err := decodeStrict([]byte(yaml), &cfg); err != nil {
 		t.Fatal(err)
 	}
 	want := storeConfig{Driver: "postgres", DSN: "postgres://meshca@db/meshca",
-		Retention: retentionConfig{Grace: duration(48 * time.Hour), Interval: duration(10 * time.Minute)}}
+		Retention: retentionConfig{Grace: duration(48 * time.Hour), Interval: duration(10 * time.Minute)},
+		Checkpoint: checkpointConfig{Interval: duration(30 * time.Second), KeyFile: "/etc/meshca/checkpoint/key.pem",
+			Dir: "/var/lib/meshca/ckpt", Keep: 100}}
 	if cfg.Store != want {
 		t.Fatalf("store = %+v, want %+v", cfg.Store, want)
 	}

@@ -174,3 +174,37 @@ func (s *Store) eachEvent(ctx context.Context, since time.Time, fn func(store.Au
 	}
 	return rows.Err()
 }
+
+// AuditHead returns the seq and hash of the last audit event (the zero
+// ChainHead for an empty log): what a signed checkpoint records.
+func (s *Store) AuditHead(ctx context.Context) (store.ChainHead, error) {
+	if s.closed.Load() {
+		return store.ChainHead{}, fmt.Errorf("sqlite: audit head: %w", store.ErrClosed)
+	}
+	var h store.ChainHead
+	err := s.r.QueryRowContext(ctx, `SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&h.Seq, &h.Hash)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.ChainHead{}, nil
+	}
+	if err != nil {
+		return store.ChainHead{}, fmt.Errorf("sqlite: audit head: %w", err)
+	}
+	return h, nil
+}
+
+// AuditHashAt returns the hash of the event at seq, or an error wrapping
+// store.ErrNotFound.
+func (s *Store) AuditHashAt(ctx context.Context, seq int64) ([]byte, error) {
+	if s.closed.Load() {
+		return nil, fmt.Errorf("sqlite: audit hash: %w", store.ErrClosed)
+	}
+	var h []byte
+	err := s.r.QueryRowContext(ctx, `SELECT hash FROM audit_events WHERE seq = ?`, seq).Scan(&h)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("sqlite: audit hash at seq %d: %w", seq, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: audit hash at seq %d: %w", seq, err)
+	}
+	return h, nil
+}

@@ -17,15 +17,19 @@ import (
 // it verified. It opens its own query-only connection: it creates nothing,
 // runs no migrations and never writes, so it is safe against a database that
 // a running meshca has open (`meshca audit verify --data-dir`).
-func VerifyAuditLog(ctx context.Context, path string) (store.ChainHead, error) {
-	head, err := verifyAuditLog(ctx, path)
+//
+// The chain must also pass through every anchor (see
+// [store.ChainVerifier.Anchor]); a chain that does not fails with an error
+// wrapping a *store.AnchorError.
+func VerifyAuditLog(ctx context.Context, path string, anchors ...store.ChainHead) (store.ChainHead, error) {
+	head, err := verifyAuditLog(ctx, path, anchors)
 	if err != nil {
 		return head, fmt.Errorf("sqlite: verify audit log: %w", err)
 	}
 	return head, nil
 }
 
-func verifyAuditLog(ctx context.Context, path string) (store.ChainHead, error) {
+func verifyAuditLog(ctx context.Context, path string, anchors []store.ChainHead) (store.ChainHead, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return store.ChainHead{}, err
@@ -42,6 +46,11 @@ func verifyAuditLog(ctx context.Context, path string) (store.ChainHead, error) {
 	// eachEvent reads through s.r only.
 	s := &Store{r: db}
 	var v store.ChainVerifier
-	err = s.eachEvent(ctx, time.Time{}, v.Verify)
-	return v.Head(), err
+	for _, a := range anchors {
+		v.Anchor(a)
+	}
+	if err := s.eachEvent(ctx, time.Time{}, v.Verify); err != nil {
+		return v.Head(), err
+	}
+	return v.Head(), v.Finish()
 }

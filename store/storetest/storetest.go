@@ -35,6 +35,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"CertificatesFilter", testCertificatesFilter},
 		{"DuplicateSerial", testDuplicateSerial},
 		{"AuditChain", testAuditChain},
+		{"AuditHead", testAuditHead},
 		{"AuditZeroTimeIsSet", testAuditZeroTimeIsSet},
 		{"AuditEventsSince", testAuditEventsSince},
 		{"ConcurrentRecordIssuance", testConcurrentRecordIssuance},
@@ -345,6 +346,33 @@ func testAuditChain(t *testing.T, s store.Store) {
 	events := checkChain(t, s, len(want))
 	for i := range want {
 		checkEvent(t, events[i], want[i])
+	}
+}
+
+func testAuditHead(t *testing.T, s store.Store) {
+	hr, ok := s.(*closeOnce).Store.(store.AuditHeadReader)
+	if !ok {
+		t.Fatalf("%T does not implement store.AuditHeadReader", s)
+	}
+	head, err := hr.AuditHead(t.Context())
+	if err != nil || head.Seq != 0 || head.Hash != nil {
+		t.Fatalf("AuditHead of an empty log = %+v, %v; want the zero head", head, err)
+	}
+	for i := range 3 {
+		if err := s.AppendAudit(t.Context(), store.AuditEvent{Time: t0, Actor: "admin:alice", Action: fmt.Sprintf("step.%d", i)}); err != nil {
+			t.Fatalf("AppendAudit: %v", err)
+		}
+	}
+	events := checkChain(t, s, 3)
+	head, err = hr.AuditHead(t.Context())
+	if err != nil || head.Seq != 3 || !slices.Equal(head.Hash, events[2].Hash) {
+		t.Fatalf("AuditHead = %+v, %v; want seq 3, hash %x", head, err, events[2].Hash)
+	}
+	if h, err := hr.AuditHashAt(t.Context(), 2); err != nil || !slices.Equal(h, events[1].Hash) {
+		t.Fatalf("AuditHashAt(2) = %x, %v; want %x", h, err, events[1].Hash)
+	}
+	if _, err := hr.AuditHashAt(t.Context(), 4); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("AuditHashAt(4) = %v, want ErrNotFound", err)
 	}
 }
 
