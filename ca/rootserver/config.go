@@ -67,6 +67,8 @@ type Store interface {
 	Intermediates(ctx context.Context, f store.IntermediateFilter) ([]store.Intermediate, error)
 	AddRoot(ctx context.Context, r store.Root, ev store.AuditEvent) error
 	Roots(ctx context.Context) ([]store.Root, error)
+	ClusterCredential(ctx context.Context, cluster string) (store.ClusterCredential, error)
+	SwapClusterCredential(ctx context.Context, old, next store.ClusterCredential, ev store.AuditEvent) error
 	AppendAudit(ctx context.Context, ev store.AuditEvent) error
 }
 
@@ -145,7 +147,8 @@ type Config struct {
 	// above Tick.
 	CRLValidity time.Duration
 
-	// Registerer receives the CA expiry gauge; nil means no metrics.
+	// Registerer receives the CA expiry gauge and the credential reuse
+	// counter; nil means no metrics.
 	Registerer prometheus.Registerer
 	// Logger receives events; nil means slog.Default(). It never receives
 	// keys or tokens.
