@@ -108,15 +108,18 @@ func (r *Root) revokeIntermediate(ctx context.Context, in store.Intermediate, re
 	return out, nil
 }
 
-// revoke answers AdminService.Revoke: the root revokes clusters only.
+// revoke answers AdminService.Revoke: the root revokes clusters and
+// certificates it signed, by serial (revokeSerial).
 func (r *Root) revoke(ctx context.Context, req *meshcav1.RevokeRequest, actor string) (*meshcav1.RevokeResponse, error) {
 	if len(req.GetReason()) > maxReasonBytes {
 		return nil, fmt.Errorf("%w: reason of %d bytes (at most %d)", errInvalidArgument, len(req.GetReason()), maxReasonBytes)
 	}
 	switch req.GetTarget().(type) {
 	case *meshcav1.RevokeRequest_Cluster:
-	case *meshcav1.RevokeRequest_Serial, *meshcav1.RevokeRequest_SpiffeId:
-		return nil, fmt.Errorf("%w: revoke certificates on the issuer's admin socket: the root revokes whole clusters only",
+	case *meshcav1.RevokeRequest_Serial:
+		return r.revokeSerial(ctx, req, actor)
+	case *meshcav1.RevokeRequest_SpiffeId:
+		return nil, fmt.Errorf("%w: revoke SPIFFE IDs on the issuer's admin socket: the root revokes clusters and certificates it signed",
 			errFailedPrecondition)
 	default:
 		return nil, fmt.Errorf("%w: nothing to revoke: name a cluster", errInvalidArgument)

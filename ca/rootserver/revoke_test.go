@@ -261,15 +261,15 @@ func TestRevokeRefusals(t *testing.T) {
 				Target: &meshcav1.RevokeRequest_Cluster{Cluster: "east"}, Reason: strings.Repeat("x", maxReasonBytes+1)})
 			return err
 		}, codes.InvalidArgument, "reason"},
-		{"serial", func() error {
-			_, err := client.Revoke(context.Background(), &meshcav1.RevokeRequest{Target: &meshcav1.RevokeRequest_Serial{Serial: "1a"}})
+		{"malformed serial", func() error {
+			_, err := client.Revoke(context.Background(), &meshcav1.RevokeRequest{Target: &meshcav1.RevokeRequest_Serial{Serial: "zz"}})
 			return err
-		}, codes.FailedPrecondition, "revoke certificates on the issuer's admin socket"},
+		}, codes.InvalidArgument, "not a hexadecimal number"},
 		{"spiffe id", func() error {
 			_, err := client.Revoke(context.Background(), &meshcav1.RevokeRequest{
 				Target: &meshcav1.RevokeRequest_SpiffeId{SpiffeId: "spiffe://east.example/ns/a/sa/b"}})
 			return err
-		}, codes.FailedPrecondition, "revoke certificates on the issuer's admin socket"},
+		}, codes.FailedPrecondition, "revoke SPIFFE IDs on the issuer's admin socket"},
 		{"list certificates", func() error {
 			_, err := client.ListCertificates(context.Background(), &meshcav1.ListCertificatesRequest{})
 			return err
