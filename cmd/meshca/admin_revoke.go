@@ -17,12 +17,14 @@ func newAdminRevokeCommand(f *adminFlags) *cobra.Command {
 	var serial, id, cluster, reason string
 	cmd := &cobra.Command{
 		Use:   "revoke (--serial HEX | --spiffe-id ID | --cluster NAME) [--reason R]",
-		Short: "Revoke one certificate or one identity (issuer socket), or a whole cluster (root socket)",
+		Short: "Revoke one certificate or one identity (issuer socket), or a whole cluster or one certificate the root signed (root socket)",
 		Long: `Revokes at once: the issuers refuse new certificates for a revoked identity, and the
 certificates revoked go onto CRLs that agents hand to Envoy (SDS ROOTCA) and applications
 (Workload API) within seconds. --serial and --spiffe-id go to an issuer's admin socket;
 --cluster goes to the root's, and puts every intermediate of the cluster on the root's CRL
-and stops its issuer from renewing or enrolling.`,
+and stops its issuer from renewing or enrolling. --serial on the root's socket revokes one
+certificate the root signed: an intermediate (onto the root's CRL) or an issuer credential
+(the root refuses it from then on; its issuer enrols again with a new join token).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			req := &meshcav1.RevokeRequest{Reason: reason}
