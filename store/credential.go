@@ -28,6 +28,10 @@ type ClusterCredential struct {
 	// Revoked is true once the root saw a credential of the cluster
 	// reused: none is accepted until the cluster enrols again.
 	Revoked bool
+	// Since is the NotBefore of the credential the cluster's last
+	// enrolment issued, second precision, UTC: a credential issued before
+	// it belongs to an earlier enrolment. Zero means unknown.
+	Since time.Time
 	// UpdatedAt has second precision, UTC; the store sets it on write.
 	UpdatedAt time.Time
 }
@@ -36,7 +40,7 @@ type ClusterCredential struct {
 // (every field but UpdatedAt): what SwapClusterCredential compares.
 func (c ClusterCredential) SameState(o ClusterCredential) bool {
 	return c.Cluster == o.Cluster && c.Current == o.Current && c.Previous == o.Previous &&
-		c.CurrentUsed == o.CurrentUsed && c.Revoked == o.Revoked
+		c.CurrentUsed == o.CurrentUsed && c.Revoked == o.Revoked && c.Since.Unix() == o.Since.Unix()
 }
 
 // ValidateSwapClusterCredential reports what makes a SwapClusterCredential

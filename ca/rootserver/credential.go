@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -36,8 +37,14 @@ import (
 //     a new join token (`meshca admin cluster add` again) and the issuer
 //     enrols with it. Refusing only the late party would leave whoever
 //     rotated first (possibly the thief) in control.
+//   - a credential issued before the cluster's last enrolment
+//     (store.ClusterCredential.Since): refused, with a WARN, but not reuse:
+//     after a revoked lineage the administrator re-enrols the issuer, and
+//     the credentials a thief kept from before must not revoke the new
+//     lineage again.
 //   - no record (a cluster enrolled before the root kept lineages): the
-//     first credential presented is adopted as current.
+//     first credential presented is adopted as current, and its NotBefore
+//     starts the lineage.
 //
 // Two concurrent Renews with one credential swap from the same record: the
 // store lets exactly one win; the other is refused as unavailable (a
@@ -66,16 +73,21 @@ const (
 	reuse
 	// lineageRevoked: refuse; the lineage was revoked earlier.
 	lineageRevoked
+	// earlier: refuse; the credential predates the last enrolment.
+	earlier
 )
 
 // judgeCredential applies the rule above to the record of the cluster
-// (found false: none) and the serial presented.
-func judgeCredential(rec store.ClusterCredential, found bool, serial string) verdict {
+// (found false: none) and the credential presented.
+func judgeCredential(rec store.ClusterCredential, found bool, leaf *x509.Certificate) verdict {
+	serial := ca.SerialHex(leaf.SerialNumber)
 	switch {
 	case !found:
 		return adopt
 	case rec.Revoked:
 		return lineageRevoked
+	case leaf.NotBefore.Before(rec.Since):
+		return earlier
 	case serial == rec.Current:
 		return accept
 	case serial == rec.Previous && rec.Previous != "" && !rec.CurrentUsed:
@@ -93,10 +105,16 @@ func afterUse(rec store.ClusterCredential, serial string) store.ClusterCredentia
 	return rec
 }
 
-// afterRenew is the record once a Renew authenticated by serial, accepted,
-// issued the credential next: next is current, serial previous.
-func afterRenew(cluster, serial, next string) store.ClusterCredential {
-	return store.ClusterCredential{Cluster: cluster, Current: next, Previous: serial}
+// afterRenew is the record rec (the zero value: none) once a Renew
+// authenticated by leaf, accepted, issued the credential next: next is
+// current, leaf previous.
+func afterRenew(rec store.ClusterCredential, cluster string, leaf, next *x509.Certificate) store.ClusterCredential {
+	since := rec.Since
+	if rec.Cluster == "" {
+		since = leaf.NotBefore.UTC().Truncate(time.Second)
+	}
+	return store.ClusterCredential{Cluster: cluster, Current: ca.SerialHex(next.SerialNumber),
+		Previous: ca.SerialHex(leaf.SerialNumber), Since: since}
 }
 
 // maxSwapAttempts bounds the re-reads when a record changes under a write
@@ -120,7 +138,12 @@ func (r *Root) admitCredential(ctx context.Context, c store.Cluster, id spiffeid
 		}
 		var next store.ClusterCredential
 		var ev store.AuditEvent
-		switch judgeCredential(rec, found, serial) {
+		switch judgeCredential(rec, found, leaf) {
+		case earlier:
+			r.log.WarnContext(ctx, "credential of an earlier enrolment refused", "cluster", c.Name, "serial", serial,
+				"not_before", leaf.NotBefore, "lineage_since", rec.Since, "peer", peerAddr(ctx))
+			return store.ClusterCredential{}, fmt.Errorf("%w: credential serial %s of cluster %s predates its last enrolment",
+				errUnauthenticated, serial, c.Name)
 		case lineageRevoked:
 			return store.ClusterCredential{}, fmt.Errorf(
 				"%w: credential serial %s: the credentials of cluster %s were revoked after a reuse; it must enrol again with a new join token",
@@ -131,7 +154,8 @@ func (r *Root) admitCredential(ctx context.Context, c store.Cluster, id spiffeid
 			if call == renewCredential {
 				return store.ClusterCredential{}, nil
 			}
-			next = store.ClusterCredential{Cluster: c.Name, Current: serial, CurrentUsed: true}
+			next = store.ClusterCredential{Cluster: c.Name, Current: serial, CurrentUsed: true,
+				Since: leaf.NotBefore.UTC().Truncate(time.Second)}
 			ev = r.credentialEvent(id, c, serial, "credential.adopt",
 				"first credential seen for a cluster enrolled before the root recorded credentials")
 		case accept:

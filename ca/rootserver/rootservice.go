@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/credentials"
@@ -119,7 +120,8 @@ func (r *Root) enrollIssue(ctx context.Context, st *state, c store.Cluster, id s
 	if err != nil {
 		return issued{}, err
 	}
-	lineage := store.ClusterCredential{Cluster: c.Name, Current: ca.SerialHex(cred.SerialNumber)}
+	lineage := store.ClusterCredential{Cluster: c.Name, Current: ca.SerialHex(cred.SerialNumber),
+		Since: cred.NotBefore.UTC().Truncate(time.Second)}
 	if err := r.swapUntilDone(ctx, c.Name, lineage, r.credentialIssued("join-token", c, cred, st.active.Certificate)); err != nil {
 		return issued{}, fmt.Errorf("%w: record credential: %w", errUnavailable, err)
 	}
@@ -153,7 +155,7 @@ func (r *Root) renew(ctx context.Context, req *meshcav1.RenewRequest) (*meshcav1
 	if err != nil {
 		return nil, err
 	}
-	next := afterRenew(c.Name, caller.serial, ca.SerialHex(cred.SerialNumber))
+	next := afterRenew(caller.record, c.Name, caller.leaf, cred)
 	err = r.cfg.Store.SwapClusterCredential(ctx, caller.record, next, r.credentialIssued(caller.id.String(), c, cred, st.active.Certificate))
 	switch {
 	case errors.Is(err, store.ErrConflict):
@@ -179,7 +181,8 @@ func (r *Root) renew(ctx context.Context, req *meshcav1.RenewRequest) (*meshcav1
 type issuerCaller struct {
 	cluster store.Cluster
 	id      spiffeid.ID
-	// serial is the credential's.
+	leaf    *x509.Certificate
+	// serial is leaf's.
 	serial string
 	// record is the cluster's credential record the call was admitted on;
 	// the zero value when the cluster has none.
@@ -243,5 +246,5 @@ func (r *Root) authenticate(ctx context.Context, st *state, call credentialCall)
 	if err != nil {
 		return issuerCaller{}, err
 	}
-	return issuerCaller{cluster: c, id: id, serial: ca.SerialHex(leaf.SerialNumber), record: rec}, nil
+	return issuerCaller{cluster: c, id: id, leaf: leaf, serial: ca.SerialHex(leaf.SerialNumber), record: rec}, nil
 }

@@ -22,7 +22,7 @@ func checkCredential(t *testing.T, s store.RootStore, want store.ClusterCredenti
 	if err != nil {
 		t.Fatalf("ClusterCredential(%s): %v", want.Cluster, err)
 	}
-	if !got.SameState(want) {
+	if !got.SameState(want) || !got.Since.Equal(want.Since) || !want.Since.IsZero() && got.Since.Location() != time.UTC {
 		t.Fatalf("ClusterCredential(%s) = %+v, want %+v", want.Cluster, got, want)
 	}
 	if got.UpdatedAt.IsZero() || got.UpdatedAt.Location() != time.UTC || got.UpdatedAt.Nanosecond() != 0 {
@@ -40,12 +40,14 @@ func testClusterCredentialSwap(t *testing.T, s RootStoreUnderTest) {
 	if _, err := s.ClusterCredential(ctx, "east"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("ClusterCredential before enrolment = %v, want ErrNotFound", err)
 	}
+	since := stored(t0.Add(-time.Minute))
 	steps := []store.ClusterCredential{
 		{Cluster: "east", Current: "0a"},
 		{Cluster: "east", Current: "0b", Previous: "0a"},
 		{Cluster: "east", Current: "0b", Previous: "0a", CurrentUsed: true},
 		{Cluster: "east", Revoked: true},
-		{Cluster: "east", Current: "0c"},
+		{Cluster: "east", Current: "0c", Since: since},
+		{Cluster: "east", Current: "0d", Previous: "0c", Since: since},
 	}
 	var old store.ClusterCredential
 	for i, next := range steps {
