@@ -28,9 +28,13 @@ type ClusterCredential struct {
 	// Revoked is true once the root saw a credential of the cluster
 	// reused: none is accepted until the cluster enrols again.
 	Revoked bool
-	// Since is the NotBefore of the credential the cluster's last
-	// enrolment issued, second precision, UTC: a credential issued before
-	// it belongs to an earlier enrolment. Zero means unknown.
+	// Newest is the NotBefore of the newest credential issued to the
+	// cluster (Current's, while there is one); a revoked lineage keeps it.
+	// Second precision, UTC; zero means unknown.
+	Newest time.Time
+	// Since is the Newest of the lineage the cluster's last enrolment
+	// replaced: a credential whose NotBefore is not after it belongs to an
+	// earlier enrolment. Zero means none.
 	Since time.Time
 	// UpdatedAt has second precision, UTC; the store sets it on write.
 	UpdatedAt time.Time
@@ -40,7 +44,8 @@ type ClusterCredential struct {
 // (every field but UpdatedAt): what SwapClusterCredential compares.
 func (c ClusterCredential) SameState(o ClusterCredential) bool {
 	return c.Cluster == o.Cluster && c.Current == o.Current && c.Previous == o.Previous &&
-		c.CurrentUsed == o.CurrentUsed && c.Revoked == o.Revoked && c.Since.Unix() == o.Since.Unix()
+		c.CurrentUsed == o.CurrentUsed && c.Revoked == o.Revoked && c.Since.Unix() == o.Since.Unix() &&
+		c.Newest.Unix() == o.Newest.Unix()
 }
 
 // ValidateSwapClusterCredential reports what makes a SwapClusterCredential

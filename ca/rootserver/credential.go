@@ -37,14 +37,17 @@ import (
 //     a new join token (`meshca admin cluster add` again) and the issuer
 //     enrols with it. Refusing only the late party would leave whoever
 //     rotated first (possibly the thief) in control.
-//   - a credential issued before the cluster's last enrolment
-//     (store.ClusterCredential.Since): refused, with a WARN, but not reuse:
-//     after a revoked lineage the administrator re-enrols the issuer, and
-//     the credentials a thief kept from before must not revoke the new
-//     lineage again.
+//   - any other credential issued before the cluster's last enrolment (its
+//     NotBefore is not after store.ClusterCredential.Since, the NotBefore
+//     of the newest credential of the lineages that enrolment replaced):
+//     refused, with a WARN, but not reuse: after a revoked lineage the
+//     administrator re-enrols the issuer, and the credentials a thief kept
+//     from before must not revoke the new lineage again. (Every credential
+//     issued becomes current, so the newest is the current one's; NotBefore
+//     has second precision, so a reused credential issued in the same second
+//     as the last one before the enrolment is refused without the alarm.)
 //   - no record (a cluster enrolled before the root kept lineages): the
-//     first credential presented is adopted as current, and its NotBefore
-//     starts the lineage.
+//     first credential presented is adopted as current.
 //
 // Two concurrent Renews with one credential swap from the same record: the
 // store lets exactly one win; the other is refused as unavailable (a
@@ -86,12 +89,12 @@ func judgeCredential(rec store.ClusterCredential, found bool, leaf *x509.Certifi
 		return adopt
 	case rec.Revoked:
 		return lineageRevoked
-	case leaf.NotBefore.Before(rec.Since):
-		return earlier
 	case serial == rec.Current:
 		return accept
 	case serial == rec.Previous && rec.Previous != "" && !rec.CurrentUsed:
 		return accept
+	case !rec.Since.IsZero() && !leaf.NotBefore.After(rec.Since):
+		return earlier
 	}
 	return reuse
 }
@@ -109,13 +112,27 @@ func afterUse(rec store.ClusterCredential, serial string) store.ClusterCredentia
 // authenticated by leaf, accepted, issued the credential next: next is
 // current, leaf previous.
 func afterRenew(rec store.ClusterCredential, cluster string, leaf, next *x509.Certificate) store.ClusterCredential {
-	since := rec.Since
-	if rec.Cluster == "" {
-		since = leaf.NotBefore.UTC().Truncate(time.Second)
-	}
 	return store.ClusterCredential{Cluster: cluster, Current: ca.SerialHex(next.SerialNumber),
-		Previous: ca.SerialHex(leaf.SerialNumber), Since: since}
+		Previous: ca.SerialHex(leaf.SerialNumber), Newest: notBefore(next), Since: rec.Since}
 }
+
+// afterEnrol is the record old (found false: none) once an enrolment issued
+// the credential cred: a new lineage, and everything older is from an
+// earlier enrolment.
+func afterEnrol(old store.ClusterCredential, found bool, cluster string, cred *x509.Certificate) store.ClusterCredential {
+	next := store.ClusterCredential{Cluster: cluster, Current: ca.SerialHex(cred.SerialNumber), Newest: notBefore(cred)}
+	if found {
+		next.Since = old.Newest
+	}
+	return next
+}
+
+// afterReuse is the record once a reuse revoked the lineage of rec.
+func afterReuse(rec store.ClusterCredential, cluster string) store.ClusterCredential {
+	return store.ClusterCredential{Cluster: cluster, Revoked: true, Newest: rec.Newest, Since: rec.Since}
+}
+
+func notBefore(c *x509.Certificate) time.Time { return c.NotBefore.UTC().Truncate(time.Second) }
 
 // maxSwapAttempts bounds the re-reads when a record changes under a write
 // that must happen (a lineage revocation, a first use).
@@ -141,7 +158,7 @@ func (r *Root) admitCredential(ctx context.Context, c store.Cluster, id spiffeid
 		switch judgeCredential(rec, found, leaf) {
 		case earlier:
 			r.log.WarnContext(ctx, "credential of an earlier enrolment refused", "cluster", c.Name, "serial", serial,
-				"not_before", leaf.NotBefore, "lineage_since", rec.Since, "peer", peerAddr(ctx))
+				"not_before", leaf.NotBefore, "enrolled_after", rec.Since, "peer", peerAddr(ctx))
 			return store.ClusterCredential{}, fmt.Errorf("%w: credential serial %s of cluster %s predates its last enrolment",
 				errUnauthenticated, serial, c.Name)
 		case lineageRevoked:
@@ -154,8 +171,7 @@ func (r *Root) admitCredential(ctx context.Context, c store.Cluster, id spiffeid
 			if call == renewCredential {
 				return store.ClusterCredential{}, nil
 			}
-			next = store.ClusterCredential{Cluster: c.Name, Current: serial, CurrentUsed: true,
-				Since: leaf.NotBefore.UTC().Truncate(time.Second)}
+			next = store.ClusterCredential{Cluster: c.Name, Current: serial, CurrentUsed: true, Newest: notBefore(leaf)}
 			ev = r.credentialEvent(id, c, serial, "credential.adopt",
 				"first credential seen for a cluster enrolled before the root recorded credentials")
 		case accept:
@@ -212,7 +228,9 @@ func (r *Root) credentialReused(ctx context.Context, c store.Cluster, id spiffei
 	ev := r.credentialEvent(id, c, serial, "credential.reuse", fmt.Sprintf(
 		"credential serial %s presented; current %s (used: %t), previous %s; every credential of the cluster revoked, enrol again with a new join token",
 		serial, rec.Current, rec.CurrentUsed, cmp.Or(rec.Previous, "(none)")))
-	err := r.swapUntilDone(ctx, c.Name, store.ClusterCredential{Cluster: c.Name, Revoked: true}, ev)
+	err := r.swapUntilDone(ctx, c.Name, func(old store.ClusterCredential, _ bool) store.ClusterCredential {
+		return afterReuse(old, c.Name)
+	}, ev)
 	if err != nil {
 		// Still refused; the next use of the copy or the original tries
 		// again.
@@ -222,20 +240,21 @@ func (r *Root) credentialReused(ctx context.Context, c store.Cluster, id spiffei
 		errUnauthenticated, serial, c.Name, rec.Current, rec.Previous)
 }
 
-// swapUntilDone replaces the record of cluster by next, whatever it holds,
-// with ev.
-func (r *Root) swapUntilDone(ctx context.Context, cluster string, next store.ClusterCredential, ev store.AuditEvent) error {
+// swapUntilDone replaces the record of cluster, whatever it holds, by
+// next of it (found false: none), with ev.
+func (r *Root) swapUntilDone(ctx context.Context, cluster string, next func(old store.ClusterCredential, found bool) store.ClusterCredential, ev store.AuditEvent) error {
 	var err error
 	for range maxSwapAttempts {
 		var rec store.ClusterCredential
 		rec, err = r.cfg.Store.ClusterCredential(ctx, cluster)
+		found := err == nil
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			rec = store.ClusterCredential{}
 		case err != nil:
 			return err
 		}
-		if err = r.cfg.Store.SwapClusterCredential(ctx, rec, next, ev); !errors.Is(err, store.ErrConflict) {
+		if err = r.cfg.Store.SwapClusterCredential(ctx, rec, next(rec, found), ev); !errors.Is(err, store.ErrConflict) {
 			return err
 		}
 	}

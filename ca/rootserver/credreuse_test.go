@@ -435,10 +435,13 @@ func TestJudgeCredential(t *testing.T) {
 		{"previous, current unused", rec(false, false), true, leaf(0xa, later), accept},
 		{"previous, current used", rec(true, false), true, leaf(0xa, later), reuse},
 		{"other of this enrolment", rec(false, false), true, leaf(0xc, later), reuse},
-		{"enrolment's own credential", rec(false, false), true, leaf(0xb, since), accept},
+		{"current in the second of the last enrolment", rec(false, false), true, leaf(0xb, since), accept},
 		{"from an earlier enrolment", rec(false, false), true, leaf(0xc, since.Add(-time.Second)), earlier},
+		{"from an earlier enrolment, same second", rec(false, false), true, leaf(0xc, since), earlier},
 		{"lineage revoked", rec(false, true), true, leaf(0xb, later), lineageRevoked},
 		{"no previous after enrolment", store.ClusterCredential{Cluster: "east", Current: "b", Since: since}, true, leaf(0xa, later), reuse},
+		{"no earlier enrolment", store.ClusterCredential{Cluster: "east", Current: "b", Previous: "a", CurrentUsed: true}, true,
+			leaf(0xa, time.Time{}), reuse},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := judgeCredential(tc.rec, tc.found, tc.leaf); got != tc.want {

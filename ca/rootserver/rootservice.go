@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/credentials"
@@ -120,8 +119,9 @@ func (r *Root) enrollIssue(ctx context.Context, st *state, c store.Cluster, id s
 	if err != nil {
 		return issued{}, err
 	}
-	lineage := store.ClusterCredential{Cluster: c.Name, Current: ca.SerialHex(cred.SerialNumber),
-		Since: cred.NotBefore.UTC().Truncate(time.Second)}
+	lineage := func(old store.ClusterCredential, found bool) store.ClusterCredential {
+		return afterEnrol(old, found, c.Name, cred)
+	}
 	if err := r.swapUntilDone(ctx, c.Name, lineage, r.credentialIssued("join-token", c, cred, st.active.Certificate)); err != nil {
 		return issued{}, fmt.Errorf("%w: record credential: %w", errUnavailable, err)
 	}

@@ -18,16 +18,17 @@ func (s *Store) ClusterCredential(ctx context.Context, cluster string) (store.Cl
 		return store.ClusterCredential{}, fmt.Errorf("postgres: cluster credential: %w", store.ErrClosed)
 	}
 	c := store.ClusterCredential{Cluster: cluster}
-	var since, updated int64
-	err := s.pool.QueryRow(ctx, `SELECT current_serial, previous_serial, current_used, revoked, lineage_since, updated_at
-		FROM cluster_credentials WHERE cluster = $1`, cluster).Scan(&c.Current, &c.Previous, &c.CurrentUsed, &c.Revoked, &since, &updated)
+	var newest, since, updated int64
+	err := s.pool.QueryRow(ctx, `SELECT current_serial, previous_serial, current_used, revoked, newest_not_before,
+		lineage_since, updated_at FROM cluster_credentials WHERE cluster = $1`, cluster).
+		Scan(&c.Current, &c.Previous, &c.CurrentUsed, &c.Revoked, &newest, &since, &updated)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return store.ClusterCredential{}, fmt.Errorf("postgres: cluster credential %s: %w", cluster, store.ErrNotFound)
 	}
 	if err != nil {
 		return store.ClusterCredential{}, fmt.Errorf("postgres: cluster credential %s: %w", cluster, err)
 	}
-	c.Since, c.UpdatedAt = store.ExpiresFromUnix(since), fromUnix(updated)
+	c.Newest, c.Since, c.UpdatedAt = store.ExpiresFromUnix(newest), store.ExpiresFromUnix(since), fromUnix(updated)
 	return c, nil
 }
 
@@ -59,17 +60,21 @@ func (s *Store) swapClusterCredential(ctx context.Context, old, next store.Clust
 		var err error
 		if old.Cluster == "" {
 			tag, err = tx.Exec(ctx, `INSERT INTO cluster_credentials
-				(cluster, current_serial, previous_serial, current_used, revoked, lineage_since, updated_at)
-				VALUES ($1, $2, $3, $4, $5, $6, $7)
+				(cluster, current_serial, previous_serial, current_used, revoked, newest_not_before, lineage_since, updated_at)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 				ON CONFLICT (cluster) DO NOTHING`,
-				next.Cluster, next.Current, next.Previous, next.CurrentUsed, next.Revoked, store.ExpiresUnix(next.Since), now.Unix())
+				next.Cluster, next.Current, next.Previous, next.CurrentUsed, next.Revoked,
+				store.ExpiresUnix(next.Newest), store.ExpiresUnix(next.Since), now.Unix())
 		} else {
 			tag, err = tx.Exec(ctx, `UPDATE cluster_credentials
-				SET current_serial = $1, previous_serial = $2, current_used = $3, revoked = $4, lineage_since = $5, updated_at = $6
-				WHERE cluster = $7 AND current_serial = $8 AND previous_serial = $9 AND current_used = $10 AND revoked = $11
-				AND lineage_since = $12`,
-				next.Current, next.Previous, next.CurrentUsed, next.Revoked, store.ExpiresUnix(next.Since), now.Unix(),
-				old.Cluster, old.Current, old.Previous, old.CurrentUsed, old.Revoked, store.ExpiresUnix(old.Since))
+				SET current_serial = $1, previous_serial = $2, current_used = $3, revoked = $4, newest_not_before = $5,
+				lineage_since = $6, updated_at = $7
+				WHERE cluster = $8 AND current_serial = $9 AND previous_serial = $10 AND current_used = $11 AND revoked = $12
+				AND newest_not_before = $13 AND lineage_since = $14`,
+				next.Current, next.Previous, next.CurrentUsed, next.Revoked,
+				store.ExpiresUnix(next.Newest), store.ExpiresUnix(next.Since), now.Unix(),
+				old.Cluster, old.Current, old.Previous, old.CurrentUsed, old.Revoked,
+				store.ExpiresUnix(old.Newest), store.ExpiresUnix(old.Since))
 		}
 		if err != nil {
 			return fmt.Errorf("write: %w", err)

@@ -16,16 +16,18 @@ func (s *Store) ClusterCredential(ctx context.Context, cluster string) (store.Cl
 		return store.ClusterCredential{}, fmt.Errorf("sqlite: cluster credential: %w", store.ErrClosed)
 	}
 	c := store.ClusterCredential{Cluster: cluster}
-	var used, revoked, since, updated int64
-	err := s.r.QueryRowContext(ctx, `SELECT current_serial, previous_serial, current_used, revoked, lineage_since, updated_at
-		FROM cluster_credentials WHERE cluster = ?`, cluster).Scan(&c.Current, &c.Previous, &used, &revoked, &since, &updated)
+	var used, revoked, newest, since, updated int64
+	err := s.r.QueryRowContext(ctx, `SELECT current_serial, previous_serial, current_used, revoked, newest_not_before,
+		lineage_since, updated_at FROM cluster_credentials WHERE cluster = ?`, cluster).
+		Scan(&c.Current, &c.Previous, &used, &revoked, &newest, &since, &updated)
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.ClusterCredential{}, fmt.Errorf("sqlite: cluster credential %s: %w", cluster, store.ErrNotFound)
 	}
 	if err != nil {
 		return store.ClusterCredential{}, fmt.Errorf("sqlite: cluster credential %s: %w", cluster, err)
 	}
-	c.CurrentUsed, c.Revoked, c.Since, c.UpdatedAt = used != 0, revoked != 0, store.ExpiresFromUnix(since), fromUnix(updated)
+	c.CurrentUsed, c.Revoked, c.UpdatedAt = used != 0, revoked != 0, fromUnix(updated)
+	c.Newest, c.Since = store.ExpiresFromUnix(newest), store.ExpiresFromUnix(since)
 	return c, nil
 }
 
@@ -52,17 +54,21 @@ func (s *Store) swapClusterCredential(ctx context.Context, old, next store.Clust
 		var err error
 		if old.Cluster == "" {
 			res, err = tx.ExecContext(ctx, `INSERT INTO cluster_credentials
-				(cluster, current_serial, previous_serial, current_used, revoked, lineage_since, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+				(cluster, current_serial, previous_serial, current_used, revoked, newest_not_before, lineage_since, updated_at)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 				ON CONFLICT (cluster) DO NOTHING`,
 				next.Cluster, next.Current, next.Previous, boolInt(next.CurrentUsed), boolInt(next.Revoked),
-				store.ExpiresUnix(next.Since), now.Unix())
+				store.ExpiresUnix(next.Newest), store.ExpiresUnix(next.Since), now.Unix())
 		} else {
 			res, err = tx.ExecContext(ctx, `UPDATE cluster_credentials
-				SET current_serial = ?, previous_serial = ?, current_used = ?, revoked = ?, lineage_since = ?, updated_at = ?
+				SET current_serial = ?, previous_serial = ?, current_used = ?, revoked = ?, newest_not_before = ?,
+				lineage_since = ?, updated_at = ?
 				WHERE cluster = ? AND current_serial = ? AND previous_serial = ? AND current_used = ? AND revoked = ?
-				AND lineage_since = ?`,
-				next.Current, next.Previous, boolInt(next.CurrentUsed), boolInt(next.Revoked), store.ExpiresUnix(next.Since), now.Unix(),
-				old.Cluster, old.Current, old.Previous, boolInt(old.CurrentUsed), boolInt(old.Revoked), store.ExpiresUnix(old.Since))
+				AND newest_not_before = ? AND lineage_since = ?`,
+				next.Current, next.Previous, boolInt(next.CurrentUsed), boolInt(next.Revoked),
+				store.ExpiresUnix(next.Newest), store.ExpiresUnix(next.Since), now.Unix(),
+				old.Cluster, old.Current, old.Previous, boolInt(old.CurrentUsed), boolInt(old.Revoked),
+				store.ExpiresUnix(old.Newest), store.ExpiresUnix(old.Since))
 		}
 		if err != nil {
 			return fmt.Errorf("write: %w", err)

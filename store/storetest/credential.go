@@ -22,7 +22,8 @@ func checkCredential(t *testing.T, s store.RootStore, want store.ClusterCredenti
 	if err != nil {
 		t.Fatalf("ClusterCredential(%s): %v", want.Cluster, err)
 	}
-	if !got.SameState(want) || !got.Since.Equal(want.Since) || !want.Since.IsZero() && got.Since.Location() != time.UTC {
+	if !got.SameState(want) || !got.Since.Equal(want.Since) || !got.Newest.Equal(want.Newest) ||
+		!want.Since.IsZero() && got.Since.Location() != time.UTC || !want.Newest.IsZero() && got.Newest.Location() != time.UTC {
 		t.Fatalf("ClusterCredential(%s) = %+v, want %+v", want.Cluster, got, want)
 	}
 	if got.UpdatedAt.IsZero() || got.UpdatedAt.Location() != time.UTC || got.UpdatedAt.Nanosecond() != 0 {
@@ -40,14 +41,14 @@ func testClusterCredentialSwap(t *testing.T, s RootStoreUnderTest) {
 	if _, err := s.ClusterCredential(ctx, "east"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("ClusterCredential before enrolment = %v, want ErrNotFound", err)
 	}
-	since := stored(t0.Add(-time.Minute))
+	nb := func(m int) time.Time { return stored(t0.Add(time.Duration(m) * time.Minute)) }
 	steps := []store.ClusterCredential{
-		{Cluster: "east", Current: "0a"},
-		{Cluster: "east", Current: "0b", Previous: "0a"},
-		{Cluster: "east", Current: "0b", Previous: "0a", CurrentUsed: true},
-		{Cluster: "east", Revoked: true},
-		{Cluster: "east", Current: "0c", Since: since},
-		{Cluster: "east", Current: "0d", Previous: "0c", Since: since},
+		{Cluster: "east", Current: "0a", Newest: nb(0)},
+		{Cluster: "east", Current: "0b", Previous: "0a", Newest: nb(1)},
+		{Cluster: "east", Current: "0b", Previous: "0a", CurrentUsed: true, Newest: nb(1)},
+		{Cluster: "east", Revoked: true, Newest: nb(1)},
+		{Cluster: "east", Current: "0c", Newest: nb(2), Since: nb(1)},
+		{Cluster: "east", Current: "0d", Previous: "0c", Newest: nb(3), Since: nb(1)},
 	}
 	var old store.ClusterCredential
 	for i, next := range steps {
