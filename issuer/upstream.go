@@ -282,7 +282,7 @@ func (u *Upstream) renew(ctx context.Context, cred *credential, key crypto.Signe
 	})
 	if err != nil {
 		return nil, nil, rootError("renew", err, fmt.Sprintf(
-			"issuer credential %s rejected: if the cluster was removed or its root retired, delete it and enrol again with a new join token (meshca admin cluster add)",
+			"issuer credential %s rejected: if the cluster was removed, its root retired, or the credential revoked or used by another party (see the root's log), delete it and enrol again with a new join token (meshca admin cluster add)",
 			u.files.certPath()))
 	}
 	tb, err := ca.TrustBundleFromProto(resp.GetBundle())

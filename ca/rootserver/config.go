@@ -12,7 +12,14 @@
 // (PermissionDenied), and every in-bundle root whose key loads signs a CRL
 // of the revoked intermediates, carried in every own trust domain of the
 // bundle. It cannot be undone: the cluster enrols again under a new name.
-// Certificates and SPIFFE IDs are revoked on the issuers' admin sockets.
+// AdminService.Revoke with a serial revokes one certificate the root
+// signed: an intermediate (onto the root CRLs) or an issuer credential.
+// SPIFFE IDs are revoked on the issuers' admin sockets.
+//
+// Issuer credentials form one lineage per cluster: every Renew replaces the
+// caller's credential, and the root accepts only the newest one (and the
+// one it replaced, until the newest is used); any other credential of the
+// cluster is a copy in use, which revokes the lineage (credential.go).
 // Issuers hand their own CRLs to PublishCRLs; the root keeps them in memory
 // only (issuers publish again when they reconnect) and relays them to every
 // cluster in their trust domain's entry.
