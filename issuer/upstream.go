@@ -111,7 +111,8 @@ type Upstream struct {
 	cfg   UpstreamConfig
 	files credentialFiles
 
-	// renewMu serializes NewIntermediate, which may replace the credential.
+	// renewMu serializes the calls authenticated by the credential
+	// (NewIntermediate, which replaces it, and PublishCRLs).
 	renewMu sync.Mutex
 
 	mu   sync.Mutex
@@ -262,23 +263,26 @@ func (u *Upstream) enroll(ctx context.Context, key crypto.Signer, csr []byte) (*
 }
 
 func (u *Upstream) renew(ctx context.Context, cred *credential, key crypto.Signer, csr []byte) (*ca.Authority, *ca.TrustBundle, error) {
-	req := &meshcav1.RenewRequest{IntermediateCsr: csr}
-	var credKey crypto.Signer
-	if why := u.credentialDue(cred); why != "" {
-		var err error
-		if credKey, req.CredentialCsr, err = u.newCredentialKey(); err != nil {
-			return nil, nil, err
-		}
-		u.cfg.Logger.Info("renewing the issuer credential", "reason", why, "cluster", cred.cluster)
+	// Every renewal replaces the credential: the root accepts only the
+	// newest one (and the one it replaced until the newest is used), so
+	// that a copy of the credential files and this issuer cannot both
+	// keep renewing.
+	credKey, credCSR, err := u.newCredentialKey()
+	if err != nil {
+		return nil, nil, err
 	}
+	if why := u.credentialDue(cred); why != "" {
+		u.cfg.Logger.Info("renewing the issuer credential early", "reason", why, "cluster", cred.cluster)
+	}
+	req := &meshcav1.RenewRequest{IntermediateCsr: csr, CredentialCsr: credCSR}
 	var resp *meshcav1.RenewResponse
-	err := u.call(cred.tlsCertificate(), func(c meshcav1.RootServiceClient) (err error) {
+	err = u.call(cred.tlsCertificate(), func(c meshcav1.RootServiceClient) (err error) {
 		resp, err = c.Renew(ctx, req)
 		return err
 	})
 	if err != nil {
 		return nil, nil, rootError("renew", err, fmt.Sprintf(
-			"issuer credential %s rejected: if the cluster was removed or its root retired, delete it and enrol again with a new join token (meshca admin cluster add)",
+			"issuer credential %s rejected: if the cluster was removed, its root retired, or the credential revoked or used by another party (see the root's log), delete it and enrol again with a new join token (meshca admin cluster add)",
 			u.files.certPath()))
 	}
 	tb, err := ca.TrustBundleFromProto(resp.GetBundle())
@@ -289,16 +293,15 @@ func (u *Upstream) renew(ctx context.Context, cred *credential, key crypto.Signe
 		return nil, nil, fmt.Errorf("renew: %w", err)
 	}
 	now := u.cfg.Now()
-	if credKey != nil {
-		// A failed credential renewal is not fatal: the current credential
-		// still works, and the next renewal asks again.
-		if len(resp.GetCredentialChain()) == 0 {
-			u.cfg.Logger.Warn("the root did not renew the issuer credential", "cluster", cred.cluster)
-		} else if next, err := verifyCredential(resp.GetCredentialChain(), credKey, tb, cred.trustDomain, cred.cluster, now); err != nil {
-			u.cfg.Logger.Error("renewed issuer credential rejected; keeping the current one", "error", err.Error())
-		} else if err := u.storeCredential(next); err != nil {
-			u.cfg.Logger.Error("storing the renewed issuer credential failed; keeping the current one", "error", err.Error())
-		}
+	// A credential not stored is not fatal: the root accepts the current
+	// one until its successor has been used, and the next renewal asks
+	// again.
+	if len(resp.GetCredentialChain()) == 0 {
+		u.cfg.Logger.Warn("the root did not renew the issuer credential", "cluster", cred.cluster)
+	} else if next, err := verifyCredential(resp.GetCredentialChain(), credKey, tb, cred.trustDomain, cred.cluster, now); err != nil {
+		u.cfg.Logger.Error("renewed issuer credential rejected; keeping the current one", "error", err.Error())
+	} else if err := u.storeCredential(next); err != nil {
+		u.cfg.Logger.Error("storing the renewed issuer credential failed; keeping the current one", "error", err.Error())
 	}
 	auth, err := verifyIntermediate(resp.GetIntermediateChain(), key, tb, cred.trustDomain, now)
 	if err != nil {
@@ -313,8 +316,12 @@ func (u *Upstream) renew(ctx context.Context, cred *credential, key crypto.Signe
 // PublishCRLs hands the root the current CRLs of this issuer's
 // intermediates (RootService.PublishCRLs), authenticated by the issuer
 // credential, so that the root republishes them to every cluster. It makes
-// one attempt; the caller retries.
+// one attempt; the caller retries. It waits for a renewal in progress, so
+// that it presents the credential the renewal leaves: once the root has
+// seen the new credential used, the one it replaced counts as a copy.
 func (u *Upstream) PublishCRLs(ctx context.Context, crls []ca.CRL) error {
+	u.renewMu.Lock()
+	defer u.renewMu.Unlock()
 	u.mu.Lock()
 	cred := u.cred
 	u.mu.Unlock()

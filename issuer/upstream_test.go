@@ -177,8 +177,8 @@ func TestUpstreamEnrolsThenRenewsAfterRestart(t *testing.T) {
 	}
 	a2, tb2 := mustIntermediate(t, up2)
 	checkIntermediate(t, a2, tb2, "east.example", r.rootCert(0))
-	if e, rn, cr := r.counts(); e != 1 || rn != 1 || cr != 0 {
-		t.Errorf("%d enrolments, %d renewals, %d credential renewals; want 1, 1, 0", e, rn, cr)
+	if e, rn, cr := r.counts(); e != 1 || rn != 1 || cr != 1 {
+		t.Errorf("%d enrolments, %d renewals, %d credential renewals; want 1, 1, 1", e, rn, cr)
 	}
 	if keyutil.Equal(a.Signer.Public(), a2.Signer.Public()) {
 		t.Error("the renewed intermediate reuses the first one's key")
@@ -280,7 +280,10 @@ func TestUpstreamRejections(t *testing.T) {
 	}
 }
 
-func TestUpstreamRenewsCredentialAtHalfLife(t *testing.T) {
+// TestUpstreamRenewsCredentialWithEveryRenewal: the root accepts only a
+// cluster's newest credential, so every renewal asks for a new one and the
+// issuer stores it.
+func TestUpstreamRenewsCredentialWithEveryRenewal(t *testing.T) {
 	clk := newTestClock()
 	r := newFakeRoot(t, clk.Now, 48*time.Hour)
 	tok := r.addCluster("east", "east.example")
@@ -289,30 +292,27 @@ func TestUpstreamRenewsCredentialAtHalfLife(t *testing.T) {
 	log, logs := captureLogs(t)
 	up := mustUpstream(t, upstreamConfig(r, dir, tok, log))
 	mustIntermediate(t, up)
-	first := readCert(t, filepath.Join(dir, "credential.pem"))
-
-	clk.Advance(24 * time.Hour) // 29 of 30 days left
-	mustIntermediate(t, up)
-	if _, _, cr := r.counts(); cr != 0 {
-		t.Fatalf("credential renewed with 29 of 30 days left")
-	}
-	clk.Advance(15 * 24 * time.Hour) // 14 days left: less than half
-	a, tb := mustIntermediate(t, up)
-	checkIntermediate(t, a, tb, "east.example", r.rootCert(0))
-	if _, _, cr := r.counts(); cr != 1 {
-		t.Fatalf("%d credential renewals with 14 of 30 days left, want 1", cr)
-	}
-	renewed := readCert(t, filepath.Join(dir, "credential.pem"))
-	if renewed.SerialNumber.Cmp(first.SerialNumber) == 0 || !renewed.NotAfter.After(first.NotAfter) {
-		t.Errorf("credential.pem still holds the first credential")
+	prev := readCert(t, filepath.Join(dir, "credential.pem"))
+	for i := 1; i <= 2; i++ {
+		clk.Advance(24 * time.Hour)
+		a, tb := mustIntermediate(t, up)
+		checkIntermediate(t, a, tb, "east.example", r.rootCert(0))
+		if _, rn, cr := r.counts(); rn != i || cr != i {
+			t.Fatalf("%d renewals, %d credential renewals; want %d of each", rn, cr, i)
+		}
+		renewed := readCert(t, filepath.Join(dir, "credential.pem"))
+		if renewed.SerialNumber.Cmp(prev.SerialNumber) == 0 || !renewed.NotAfter.After(prev.NotAfter) {
+			t.Fatalf("renewal %d: credential.pem still holds the previous credential", i)
+		}
+		prev = renewed
 	}
 	if info, err := os.Stat(filepath.Join(dir, "credential-key.pem")); err != nil || info.Mode().Perm() != 0o600 {
 		t.Errorf("renewed key file: %v %v", info, err)
 	}
 	// The renewed credential is what a restart uses.
 	mustIntermediate(t, mustUpstream(t, upstreamConfig(r, dir, "", log)))
-	if e, rn, cr := r.counts(); e != 1 || rn != 3 || cr != 1 {
-		t.Errorf("%d enrolments, %d renewals, %d credential renewals; want 1, 3, 1", e, rn, cr)
+	if e, rn, cr := r.counts(); e != 1 || rn != 3 || cr != 3 {
+		t.Errorf("%d enrolments, %d renewals, %d credential renewals; want 1, 3, 3", e, rn, cr)
 	}
 	assertNoSecrets(t, logs.String(), tok)
 }
@@ -336,10 +336,7 @@ func TestUpstreamFollowsRootRotation(t *testing.T) {
 	r.activate(1) // root 1 signs and serves: Upstream must trust it from the bundle
 	a, tb = mustIntermediate(t, up)
 	checkIntermediate(t, a, tb, "east.example", r.rootCert(1))
-	mustIntermediate(t, up) // the credential, under root 0, is renewed now
-	if _, _, cr := r.counts(); cr != 1 {
-		t.Fatalf("%d credential renewals after the root moved, want 1", cr)
-	}
+	// The credential under root 0 was replaced with that renewal.
 	if err := readCert(t, filepath.Join(dir, "credential.pem")).CheckSignatureFrom(r.rootCert(1)); err != nil {
 		t.Errorf("credential not renewed under the new root: %v", err)
 	}

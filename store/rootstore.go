@@ -92,6 +92,16 @@ type RootStore interface {
 	// Roots lists every root recorded, by AddedAt ascending, then
 	// Fingerprint.
 	Roots(ctx context.Context) ([]Root, error)
+	// ClusterCredential returns the credential record of the named cluster,
+	// or an error wrapping ErrNotFound when it has none.
+	ClusterCredential(ctx context.Context, cluster string) (ClusterCredential, error)
+	// SwapClusterCredential replaces the record of next.Cluster with next
+	// (UpdatedAt set by the store) and appends ev, in one transaction, if
+	// the stored record has the state of old (see
+	// ClusterCredential.SameState); an old with an empty Cluster expects no
+	// record. Otherwise the error wraps ErrConflict and nothing is written:
+	// of two concurrent swaps from the same old state, exactly one succeeds.
+	SwapClusterCredential(ctx context.Context, old, next ClusterCredential, ev AuditEvent) error
 }
 
 // ValidateAddCluster reports what makes an AddCluster call invalid (backends

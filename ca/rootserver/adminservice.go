@@ -62,8 +62,8 @@ func (s *adminService) RotateRoot(ctx context.Context, req *meshcav1.RotateRootR
 }
 
 // Revoke implements meshcav1.AdminServiceServer: the root revokes whole
-// clusters; certificates and SPIFFE IDs are revoked on an issuer's admin
-// socket (FailedPrecondition here).
+// clusters and certificates it signed, by serial; SPIFFE IDs are revoked on
+// an issuer's admin socket (FailedPrecondition here).
 func (s *adminService) Revoke(ctx context.Context, req *meshcav1.RevokeRequest) (*meshcav1.RevokeResponse, error) {
 	resp, err := s.r.revoke(ctx, req, admin.Actor(ctx))
 	if err != nil {

@@ -21,6 +21,11 @@
 // socket only) are client-only X509-SVIDs signed directly by the active
 // root, recorded and audited; the admin API over mutual TLS accepts nothing
 // else, so no cluster issuer can mint an admin.
+//
+// Issuer credentials form one lineage per cluster: every Renew replaces the
+// caller's credential, and the root accepts only the newest one (and the
+// one it replaced, until the newest is used); any other credential of the
+// cluster is a copy in use, which revokes the lineage (credential.go).
 // Issuers hand their own CRLs to PublishCRLs; the root keeps them in memory
 // only (issuers publish again when they reconnect) and relays them to every
 // cluster in their trust domain's entry.
@@ -80,6 +85,8 @@ type Store interface {
 	Intermediates(ctx context.Context, f store.IntermediateFilter) ([]store.Intermediate, error)
 	AddRoot(ctx context.Context, r store.Root, ev store.AuditEvent) error
 	Roots(ctx context.Context) ([]store.Root, error)
+	ClusterCredential(ctx context.Context, cluster string) (store.ClusterCredential, error)
+	SwapClusterCredential(ctx context.Context, old, next store.ClusterCredential, ev store.AuditEvent) error
 	AppendAudit(ctx context.Context, ev store.AuditEvent) error
 }
 
@@ -158,7 +165,8 @@ type Config struct {
 	// above Tick.
 	CRLValidity time.Duration
 
-	// Registerer receives the CA expiry gauge; nil means no metrics.
+	// Registerer receives the CA expiry gauge and the credential reuse
+	// counter; nil means no metrics.
 	Registerer prometheus.Registerer
 	// Logger receives events; nil means slog.Default(). It never receives
 	// keys or tokens.

@@ -190,10 +190,11 @@ func (r *Root) domainCRLsLocked(td spiffeid.TrustDomain) []ca.CRL {
 // restarted root learns them again as issuers publish on reconnecting.
 func (r *Root) publishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest) (*meshcav1.PublishCRLsResponse, error) {
 	st := r.state.Load()
-	c, _, err := r.authenticate(ctx, st)
+	caller, err := r.authenticate(ctx, st, useCredential)
 	if err != nil {
 		return nil, err
 	}
+	c := caller.cluster
 	if st.revoked[c.Name] {
 		return nil, revokedError(c.Name)
 	}

@@ -25,6 +25,7 @@ type fakeStore struct {
 	revocations   []fakeRevocation
 	lastRevID     int64
 	certs         map[string]store.Certificate
+	credentials   map[string]store.ClusterCredential
 	// fail, when set, is returned by every method.
 	fail error
 }
@@ -42,7 +43,8 @@ type fakeToken struct {
 var _ Store = (*fakeStore)(nil)
 
 func newFakeStore() *fakeStore {
-	return &fakeStore{clusters: map[string]store.Cluster{}, tokens: map[string]*fakeToken{}, certs: map[string]store.Certificate{}}
+	return &fakeStore{clusters: map[string]store.Cluster{}, tokens: map[string]*fakeToken{}, certs: map[string]store.Certificate{},
+		credentials: map[string]store.ClusterCredential{}}
 }
 
 func (s *fakeStore) RecordIssuance(_ context.Context, c store.Certificate, ev store.AuditEvent) error {
@@ -188,6 +190,38 @@ func (s *fakeStore) Roots(context.Context) ([]store.Root, error) {
 		return cmp.Or(a.AddedAt.Compare(b.AddedAt), cmp.Compare(a.Fingerprint, b.Fingerprint))
 	})
 	return out, nil
+}
+
+func (s *fakeStore) ClusterCredential(_ context.Context, cluster string) (store.ClusterCredential, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return store.ClusterCredential{}, s.fail
+	}
+	c, ok := s.credentials[cluster]
+	if !ok {
+		return store.ClusterCredential{}, fmt.Errorf("cluster credential %s: %w", cluster, store.ErrNotFound)
+	}
+	return c, nil
+}
+
+func (s *fakeStore) SwapClusterCredential(_ context.Context, old, next store.ClusterCredential, ev store.AuditEvent) error {
+	if err := store.ValidateSwapClusterCredential(old, next); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return s.fail
+	}
+	cur, ok := s.credentials[next.Cluster]
+	if ok != (old.Cluster != "") || ok && !cur.SameState(old) {
+		return fmt.Errorf("cluster credential %s: %w", next.Cluster, store.ErrConflict)
+	}
+	next.UpdatedAt = sec(ev.Time)
+	s.credentials[next.Cluster] = next
+	s.audit = append(s.audit, ev)
+	return nil
 }
 
 func (s *fakeStore) AppendAudit(_ context.Context, ev store.AuditEvent) error {

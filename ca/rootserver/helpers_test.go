@@ -219,28 +219,25 @@ func enroll(t testing.TB, conn *grpc.ClientConn, token string) (*issuerSide, err
 	return s, nil
 }
 
-// renew asks for a new intermediate (and a new credential when newCred),
-// authenticated by s's credential.
+// renew asks for a new intermediate and a new credential, authenticated by
+// s's credential. The result holds the new credential when newCred;
+// otherwise it keeps s's, as an issuer does that lost the new one (the root
+// accepts the replaced credential until its successor is used).
 func renew(t testing.TB, conn *grpc.ClientConn, s *issuerSide, newCred bool) (*issuerSide, error) {
 	t.Helper()
 	out := &issuerSide{credKey: s.credKey, cred: s.cred, interKey: newKey(t)}
-	req := &meshcav1.RenewRequest{IntermediateCsr: csrFor(t, out.interKey)}
-	if newCred {
-		out.credKey = newKey(t)
-		req.CredentialCsr = csrFor(t, out.credKey)
-	}
+	credKey := newKey(t)
+	req := &meshcav1.RenewRequest{IntermediateCsr: csrFor(t, out.interKey), CredentialCsr: csrFor(t, credKey)}
 	resp, err := meshcav1.NewRootServiceClient(conn).Renew(context.Background(), req)
 	if err != nil {
 		return nil, err
 	}
 	out.inter = mustParse(t, resp.GetIntermediateChain()[0])
+	if len(resp.GetCredentialChain()) != 1 {
+		t.Fatalf("renew: %d credential certificates, want 1", len(resp.GetCredentialChain()))
+	}
 	if newCred {
-		if len(resp.GetCredentialChain()) != 1 {
-			t.Fatalf("renew: %d credential certificates, want 1", len(resp.GetCredentialChain()))
-		}
-		out.cred = mustParse(t, resp.GetCredentialChain()[0])
-	} else if len(resp.GetCredentialChain()) != 0 {
-		t.Fatal("renew without a credential CSR returned a credential")
+		out.credKey, out.cred = credKey, mustParse(t, resp.GetCredentialChain()[0])
 	}
 	if out.bundle, err = ca.TrustBundleFromProto(resp.GetBundle()); err != nil {
 		t.Fatalf("bundle: %v", err)

@@ -112,3 +112,39 @@ func (r *Root) alarmLocked(ctx context.Context, now time.Time) {
 		r.log.ErrorContext(ctx, "no active root: nothing can be signed", "prepared_root", successor)
 	}
 }
+
+// ReuseMetricName counts issuer credentials presented after the root had
+// replaced them and their successor had been used: two parties held
+// credentials of one cluster. Label: cluster.
+const ReuseMetricName = "meshca_root_credential_reuse_total"
+
+// reuseCounter counts credential reuse. A nil *reuseCounter does nothing.
+type reuseCounter struct{ c *prometheus.CounterVec }
+
+func newReuseCounter(reg prometheus.Registerer) (*reuseCounter, error) {
+	if reg == nil {
+		return nil, nil
+	}
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: ReuseMetricName,
+		Help: "Issuer credentials presented after they were replaced and their successor was used (a copy in use), by cluster.",
+	}, []string{"cluster"})
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
+			return nil, fmt.Errorf("register %s: %w", ReuseMetricName, err)
+		}
+		existing, ok := are.ExistingCollector.(*prometheus.CounterVec)
+		if !ok {
+			return nil, fmt.Errorf("register %s: registered as %T", ReuseMetricName, are.ExistingCollector)
+		}
+		c = existing
+	}
+	return &reuseCounter{c: c}, nil
+}
+
+func (m *reuseCounter) inc(cluster string) {
+	if m != nil {
+		m.c.WithLabelValues(cluster).Inc()
+	}
+}

@@ -196,10 +196,11 @@ func (r *Root) revoke(ctx context.Context, req *meshcav1.RevokeRequest, actor st
 }
 
 // revokeSerial denies one certificate the root signed (an admin
-// certificate, an issuer credential), by serial: the deny-list refuses it at
-// once and every root CRL lists it. A serial the root recorded (admin
-// certificates) is revoked until its certificate expires; any other until
-// everything the root signs now has expired.
+// certificate, an issuer credential, a cluster intermediate), by serial: the
+// deny-list refuses it at once and every root CRL lists it. A serial the
+// root recorded (admin certificates, intermediates) is revoked until its
+// certificate expires; any other (issuer credentials) until everything the
+// root signs now has expired.
 func (r *Root) revokeSerial(ctx context.Context, raw, reason, actor string) (*meshcav1.RevokeResponse, error) {
 	serial, err := admin.ParseSerial(raw)
 	if err != nil {
@@ -218,6 +219,10 @@ func (r *Root) revokeSerial(ctx context.Context, raw, reason, actor string) (*me
 		e.ExpiresAt, e.Cluster, ev.SPIFFEID, ev.Cluster = c.NotAfter, c.Cluster, c.SPIFFEID, c.Cluster
 	case !errors.Is(err, store.ErrNotFound):
 		return nil, fmt.Errorf("%w: certificate %s: %w", errUnavailable, serial, err)
+	default:
+		if err := r.markIntermediate(ctx, &e, &ev); err != nil {
+			return nil, err
+		}
 	}
 	out, err := r.cfg.Store.Revoke(ctx, e, ev)
 	switch {
@@ -230,6 +235,26 @@ func (r *Root) revokeSerial(ctx context.Context, raw, reason, actor string) (*me
 	r.log.WarnContext(ctx, "certificate revoked", "actor", actor, "serial", serial, "spiffe_id", ev.SPIFFEID,
 		"expires_at", out.ExpiresAt, "reason", reason)
 	return &meshcav1.RevokeResponse{Revocation: admin.RevocationToProto(out)}, nil
+}
+
+// markIntermediate turns e and ev into the revocation of a cluster
+// intermediate when serial names one the root recorded, so that the root
+// CRLs list it like the intermediates of a revoked cluster.
+func (r *Root) markIntermediate(ctx context.Context, e *store.Revocation, ev *store.AuditEvent) error {
+	inters, err := r.cfg.Store.Intermediates(ctx, store.IntermediateFilter{})
+	if err != nil {
+		return fmt.Errorf("%w: list intermediates: %w", errUnavailable, err)
+	}
+	for _, in := range inters {
+		if in.Serial == e.Value {
+			e.Kind, e.Cluster, e.ExpiresAt = store.RevokeIntermediate, in.Cluster, in.NotAfter
+			ev.Action, ev.Cluster = "intermediate.revoke", in.Cluster
+			ev.Detail = fmt.Sprintf("trust domain %s, not after %s, %s", in.TrustDomain,
+				in.NotAfter.UTC().Format(time.RFC3339), ev.Detail)
+			return nil
+		}
+	}
+	return nil
 }
 
 // longestSigned is the longest life of a certificate the root signs, roots

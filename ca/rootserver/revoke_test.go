@@ -305,8 +305,9 @@ func TestRevokeRefusals(t *testing.T) {
 
 // TestRevocationLoadedOnRefresh: a revocation recorded in the store without
 // this process (another root process, or a Revoke that failed half-way)
-// takes effect at the next re-evaluation, which also revokes the missing
-// intermediates.
+// refuses the cluster's credential at once (the root reads the deny-list on
+// every credential-authenticated call) and takes effect in full at the next
+// re-evaluation, which also revokes the missing intermediates.
 func TestRevocationLoadedOnRefresh(t *testing.T) {
 	h := newHarness(t, nil)
 	addr := h.serve()
@@ -314,14 +315,16 @@ func TestRevocationLoadedOnRefresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := renew(t, h.dial(addr, east.tlsCert()), east, false); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := h.fake.Revoke(context.Background(), store.Revocation{
 		Kind: store.RevokeCluster, Value: "east", Cluster: "east", RevokedBy: "admin:elsewhere",
 	}, store.AuditEvent{Time: h.clock.Now(), Actor: "admin:elsewhere", Action: "cluster.revoke"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := renew(t, h.dial(addr, east.tlsCert()), east, false); err != nil {
-		t.Fatalf("Renew before the re-evaluation: %v", err)
-	}
+	_, err = renew(t, h.dial(addr, east.tlsCert()), east, false)
+	wantCode(t, err, codes.PermissionDenied)
 	h.clock.Advance(time.Second)
 	h.refresh()
 	_, err = renew(t, h.dial(addr, east.tlsCert()), east, false)

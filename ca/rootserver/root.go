@@ -29,6 +29,7 @@ type Root struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *expiryMetrics
+	reuse   *reuseCounter
 	pub     publisher
 
 	// mu serializes re-evaluation and root creation, and guards the fields
@@ -112,6 +113,9 @@ func New(ctx context.Context, cfg Config) (*Root, error) {
 		return nil, fmt.Errorf("root server: %w", err)
 	}
 	r.metrics = m
+	if r.reuse, err = newReuseCounter(cfg.Registerer); err != nil {
+		return nil, fmt.Errorf("root server: %w", err)
+	}
 
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -95,7 +95,7 @@ func (r *Root) enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshca
 	if err != nil {
 		return nil, err
 	}
-	out, err := r.issue(ctx, st, c, interCSR.PublicKey, credCSR.PublicKey, id.String())
+	out, err := r.enrollIssue(ctx, st, c, id, interCSR.PublicKey, credCSR.PublicKey)
 	if err != nil {
 		return nil, fmt.Errorf("cluster %s enrolled with a join token, which is now used: %w", c.Name, err)
 	}
@@ -110,12 +110,36 @@ func (r *Root) enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshca
 	}, nil
 }
 
+// enrollIssue signs a credential and an intermediate for cluster c, which
+// has just redeemed a join token. The credential starts a new lineage: every
+// earlier credential of the cluster, and a revocation of its lineage after a
+// reuse, is replaced.
+func (r *Root) enrollIssue(ctx context.Context, st *state, c store.Cluster, id spiffeid.ID, interPub, credPub crypto.PublicKey) (issued, error) {
+	cred, err := r.signCredential(st, c, credPub)
+	if err != nil {
+		return issued{}, err
+	}
+	lineage := func(old store.ClusterCredential, found bool) store.ClusterCredential {
+		return afterEnrol(old, found, c.Name, cred)
+	}
+	if err := r.swapUntilDone(ctx, c.Name, lineage, r.credentialIssued("join-token", c, cred, st.active.Certificate)); err != nil {
+		return issued{}, fmt.Errorf("%w: record credential: %w", errUnavailable, err)
+	}
+	out, err := r.issue(ctx, st, c, interPub, id.String())
+	out.credential = cred
+	return out, err
+}
+
+// renew answers RootService.Renew: every renewal replaces the caller's
+// credential (see the lineage rule in credential.go), so the credential CSR
+// is required.
 func (r *Root) renew(ctx context.Context, req *meshcav1.RenewRequest) (*meshcav1.RenewResponse, error) {
 	st := r.state.Load()
-	c, id, err := r.authenticate(ctx, st)
+	caller, err := r.authenticate(ctx, st, renewCredential)
 	if err != nil {
 		return nil, err
 	}
+	c := caller.cluster
 	if st.revoked[c.Name] {
 		return nil, revokedError(c.Name)
 	}
@@ -123,27 +147,46 @@ func (r *Root) renew(ctx context.Context, req *meshcav1.RenewRequest) (*meshcav1
 	if err != nil {
 		return nil, err
 	}
-	var credPub crypto.PublicKey
-	if len(req.GetCredentialCsr()) != 0 {
-		credCSR, err := parseCSR("credential CSR", req.GetCredentialCsr())
-		if err != nil {
-			return nil, err
-		}
-		credPub = credCSR.PublicKey
+	credCSR, err := parseCSR("credential CSR", req.GetCredentialCsr())
+	if err != nil {
+		return nil, fmt.Errorf("%w (every renewal replaces the issuer credential)", err)
 	}
-	out, err := r.issue(ctx, st, c, interCSR.PublicKey, credPub, id.String())
+	cred, err := r.signCredential(st, c, credCSR.PublicKey)
 	if err != nil {
 		return nil, err
 	}
-	resp := &meshcav1.RenewResponse{IntermediateChain: [][]byte{out.intermediate.Raw}, Bundle: out.bundle.ToProto()}
-	args := []any{"cluster", c.Name, "serial", ca.SerialHex(out.intermediate.SerialNumber),
-		"not_after", out.intermediate.NotAfter, "root_sha256", hex.EncodeToString(st.activeFP[:])}
-	if out.credential != nil {
-		resp.CredentialChain = [][]byte{out.credential.Raw}
-		args = append(args, "credential_serial", ca.SerialHex(out.credential.SerialNumber))
+	next := afterRenew(caller.record, c.Name, caller.leaf, cred)
+	err = r.cfg.Store.SwapClusterCredential(ctx, caller.record, next, r.credentialIssued(caller.id.String(), c, cred, st.active.Certificate))
+	switch {
+	case errors.Is(err, store.ErrConflict):
+		r.log.WarnContext(ctx, "credential used concurrently: another renewal with the same credential was accepted first",
+			"cluster", c.Name, "serial", caller.serial, "peer", peerAddr(ctx))
+		return nil, fmt.Errorf("%w: concurrent renewal of cluster %s with credential serial %s lost: %w", errUnavailable, c.Name, caller.serial, err)
+	case err != nil:
+		return nil, fmt.Errorf("%w: record credential: %w", errUnavailable, err)
 	}
-	r.log.InfoContext(ctx, "intermediate renewed", args...)
-	return resp, nil
+	out, err := r.issue(ctx, st, c, interCSR.PublicKey, caller.id.String())
+	if err != nil {
+		return nil, err
+	}
+	r.log.InfoContext(ctx, "intermediate renewed", "cluster", c.Name, "serial", ca.SerialHex(out.intermediate.SerialNumber),
+		"not_after", out.intermediate.NotAfter, "root_sha256", hex.EncodeToString(st.activeFP[:]),
+		"credential_serial", ca.SerialHex(cred.SerialNumber), "replaced_credential_serial", caller.serial)
+	return &meshcav1.RenewResponse{
+		IntermediateChain: [][]byte{out.intermediate.Raw}, CredentialChain: [][]byte{cred.Raw}, Bundle: out.bundle.ToProto(),
+	}, nil
+}
+
+// issuerCaller is an issuer authenticated by its credential.
+type issuerCaller struct {
+	cluster store.Cluster
+	id      spiffeid.ID
+	leaf    *x509.Certificate
+	// serial is leaf's.
+	serial string
+	// record is the cluster's credential record the call was admitted on;
+	// the zero value when the cluster has none.
+	record store.ClusterCredential
 }
 
 // authenticate identifies a Renew caller by its TLS client certificate,
@@ -152,11 +195,12 @@ func (r *Root) renew(ctx context.Context, req *meshcav1.RenewRequest) (*meshcav1
 // certificate under an intermediate is refused, since intermediates can
 // mint URIs in their trust domain), naming
 // spiffe://<td>/meshca/cluster/<name> of a registered cluster of trust
-// domain td. The TLS layer has already checked the chain the client sent;
-// this check ignores the client's intermediates.
-func (r *Root) authenticate(ctx context.Context, st *state) (store.Cluster, spiffeid.ID, error) {
-	fail := func(format string, args ...any) (store.Cluster, spiffeid.ID, error) {
-		return store.Cluster{}, spiffeid.ID{}, fmt.Errorf("%w: "+format, append([]any{errUnauthenticated}, args...)...)
+// domain td, and admitted by admitCredential for call. The TLS layer has
+// already checked the chain the client sent; this check ignores the
+// client's intermediates.
+func (r *Root) authenticate(ctx context.Context, st *state, call credentialCall) (issuerCaller, error) {
+	fail := func(format string, args ...any) (issuerCaller, error) {
+		return issuerCaller{}, fmt.Errorf("%w: "+format, append([]any{errUnauthenticated}, args...)...)
 	}
 	p, ok := peer.FromContext(ctx)
 	if !ok {
@@ -194,9 +238,13 @@ func (r *Root) authenticate(ctx context.Context, st *state) (store.Cluster, spif
 	case errors.Is(err, store.ErrNotFound):
 		return fail("credential %s: cluster %s is not registered", id, name)
 	case err != nil:
-		return store.Cluster{}, spiffeid.ID{}, fmt.Errorf("%w: cluster %s: %w", errUnavailable, name, err)
+		return issuerCaller{}, fmt.Errorf("%w: cluster %s: %w", errUnavailable, name, err)
 	case c.TrustDomain != id.TrustDomain().Name():
 		return fail("credential %s: cluster %s has trust domain %s", id, name, c.TrustDomain)
 	}
-	return c, id, nil
+	rec, err := r.admitCredential(ctx, c, id, leaf, call)
+	if err != nil {
+		return issuerCaller{}, err
+	}
+	return issuerCaller{cluster: c, id: id, leaf: leaf, serial: ca.SerialHex(leaf.SerialNumber), record: rec}, nil
 }

@@ -80,10 +80,45 @@ type issued struct {
 	bundle                   *ca.TrustBundle
 }
 
+// signCredential signs and verifies an issuer credential for cluster c
+// under the active root of st. Nothing is recorded: the caller records it
+// with the cluster's credential record, in one transaction
+// (credentialIssued is its audit event).
+func (r *Root) signCredential(st *state, c store.Cluster, pub crypto.PublicKey) (*x509.Certificate, error) {
+	if st.active == nil {
+		return nil, errNoActiveRoot
+	}
+	id, err := credentialID(c)
+	if err != nil {
+		return nil, err
+	}
+	now := r.cfg.Now()
+	cred, err := st.active.SignLeaf(ca.LeafRequest{
+		PublicKey: pub, URIs: []*url.URL{id.URL()}, TTL: r.cfg.CredentialTTL, Now: now,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: sign credential: %w", errUnavailable, err)
+	}
+	if err := verifyCredential(cred, st.active.Certificate, id, now); err != nil {
+		return nil, err
+	}
+	return cred, nil
+}
+
+// credentialIssued is the audit event of credential cred for cluster c,
+// signed by root, on behalf of actor.
+func (r *Root) credentialIssued(actor string, c store.Cluster, cred, root *x509.Certificate) store.AuditEvent {
+	return store.AuditEvent{
+		Time: r.cfg.Now(), Actor: actor, Action: "credential.issue", Cluster: c.Name, SPIFFEID: cred.URIs[0].String(),
+		Serial: ca.SerialHex(cred.SerialNumber),
+		Detail: "issuer credential, root sha256 " + fingerprintHex(root),
+	}
+}
+
 // issue signs, verifies and records an intermediate for cluster c under the
-// active root of st, and a credential when credPub is not nil. The actor
-// goes into the audit log.
-func (r *Root) issue(ctx context.Context, st *state, c store.Cluster, interPub, credPub crypto.PublicKey, actor string) (issued, error) {
+// active root of st. The actor goes into the audit log.
+func (r *Root) issue(ctx context.Context, st *state, c store.Cluster, interPub crypto.PublicKey, actor string) (issued, error) {
 	if st.active == nil {
 		return issued{}, errNoActiveRoot
 	}
@@ -94,26 +129,6 @@ func (r *Root) issue(ctx context.Context, st *state, c store.Cluster, interPub, 
 	root := st.active
 	now := r.cfg.Now()
 	var out issued
-	if credPub != nil {
-		out.credential, err = root.SignLeaf(ca.LeafRequest{
-			PublicKey: credPub, URIs: []*url.URL{id.URL()}, TTL: r.cfg.CredentialTTL, Now: now,
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		})
-		if err != nil {
-			return issued{}, fmt.Errorf("%w: sign credential: %w", errUnavailable, err)
-		}
-		if err := verifyCredential(out.credential, root.Certificate, id, now); err != nil {
-			return issued{}, err
-		}
-		err = r.cfg.Store.AppendAudit(ctx, store.AuditEvent{
-			Time: now, Actor: actor, Action: "credential.issue", Cluster: c.Name, SPIFFEID: id.String(),
-			Serial: ca.SerialHex(out.credential.SerialNumber),
-			Detail: "issuer credential, root sha256 " + fingerprintHex(root.Certificate),
-		})
-		if err != nil {
-			return issued{}, fmt.Errorf("%w: audit credential: %w", errUnavailable, err)
-		}
-	}
 	out.intermediate, err = root.SignIntermediate(ca.IntermediateRequest{
 		PublicKey: interPub, TrustDomain: id.TrustDomain(), Cluster: c.Name, TTL: r.cfg.IntermediateTTL, Now: now,
 	})

@@ -22,9 +22,9 @@ func newAdminRevokeCommand(f *adminFlags) *cobra.Command {
 certificates revoked go onto CRLs that agents hand to Envoy (SDS ROOTCA) and applications
 (Workload API) within seconds. --serial and --spiffe-id go to an issuer's admin socket;
 --cluster goes to the root's, and puts every intermediate of the cluster on the root's CRL
-and stops its issuer from renewing or enrolling. --serial on the root revokes a
-certificate the root signed itself (an admin certificate, an issuer credential): the root
-refuses it at once and its CRLs list it.`,
+and stops its issuer from renewing or enrolling. --serial on the root's socket revokes one
+certificate the root signed: an intermediate (onto the root's CRL) or an issuer credential
+(the root refuses it from then on; its issuer enrols again with a new join token).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			req := &meshcav1.RevokeRequest{Reason: reason}

@@ -15,7 +15,7 @@ import (
 	"github.com/meshca/meshca/store/postgres/pgtest"
 )
 
-var wantTables = []string{"audit_chain_head", "audit_events", "certificates", "clusters", "intermediates",
+var wantTables = []string{"audit_chain_head", "audit_events", "certificates", "cluster_credentials", "clusters", "intermediates",
 	"join_tokens", "revocations", "roots"}
 
 // tables lists the public schema's tables, leaving out goose's.

@@ -50,6 +50,9 @@ func RunRootStore(t *testing.T, open func(t *testing.T) RootStoreUnderTest) {
 		{"DuplicateRoot", testDuplicateRoot},
 		{"ChainWithConcurrentIssuance", testRootChainWithConcurrentIssuance},
 		{"AfterClose", testRootAfterClose},
+		{"ClusterCredentialSwap", testClusterCredentialSwap},
+		{"ClusterCredentialInvalid", testClusterCredentialInvalid},
+		{"ConcurrentClusterCredentialSwap", testConcurrentClusterCredentialSwap},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -578,6 +581,11 @@ func testRootAfterClose(t *testing.T, s RootStoreUnderTest) {
 		"Intermediates":      func() error { _, err := s.Intermediates(ctx, store.IntermediateFilter{}); return err },
 		"AddRoot":            func() error { return s.AddRoot(ctx, root, rootEvent(root)) },
 		"Roots":              func() error { _, err := s.Roots(ctx); return err },
+		"ClusterCredential":  func() error { _, err := s.ClusterCredential(ctx, "east"); return err },
+		"SwapClusterCredential": func() error {
+			return s.SwapClusterCredential(ctx, store.ClusterCredential{}, store.ClusterCredential{Cluster: "east", Current: "0a"},
+				credentialEvent("credential.issue", "east", "0a"))
+		},
 	}
 	for name, op := range ops {
 		if err := op(); !errors.Is(err, store.ErrClosed) {
