@@ -69,7 +69,8 @@ type Config struct {
 	HealthAddr string
 	// ShutdownTimeout bounds a graceful stop; zero means 5 s.
 	ShutdownTimeout time.Duration
-	// Registerer receives the agent's metrics (CRLRejectedMetricName); nil
+	// Registerer receives the agent's metrics (CRLRejectedMetricName,
+	// BundleRejectedMetricName); nil
 	// means no metrics. When it is also a prometheus.Gatherer (such as a
 	// *prometheus.Registry) and HealthAddr is set, the health server serves
 	// it at /metrics.
@@ -166,7 +167,8 @@ func New(cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	if !cfg.DisableBundleWatch {
-		a.watcher, err = NewBundleWatcher(BundleWatcherConfig{Source: a.client, Updater: a.manager, Issuer: cfg.IssuerAddress, Logger: cfg.Logger})
+		a.watcher, err = NewBundleWatcher(BundleWatcherConfig{Source: a.client, Updater: a.manager, Issuer: cfg.IssuerAddress,
+			Registerer: cfg.Registerer, Logger: cfg.Logger})
 		if err != nil {
 			return nil, err
 		}

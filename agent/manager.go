@@ -116,6 +116,9 @@ type Manager struct {
 	// crls are the verified CRLs of trust, by trust domain, newest of each
 	// issuer; those past NextUpdate are removed when a snapshot is built.
 	crls map[spiffeid.TrustDomain][]*heldCRL
+	// crlMarks is the highest CRL number accepted from each CRL issuer
+	// (see checkCRLProgress).
+	crlMarks map[[32]byte]crlMark
 	// crlTimer republishes when the first held CRL expires; nil when none
 	// is held. stopped: Stop was called, no timer is armed again.
 	crlTimer *time.Timer
@@ -135,7 +138,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	m := &Manager{cfg: cfg, newKey: newKey, metrics: metrics}
+	m := &Manager{cfg: cfg, newKey: newKey, metrics: metrics, crlMarks: map[[32]byte]crlMark{}}
 	bundle, err := m.readBundle()
 	if err != nil {
 		return nil, err
@@ -338,7 +341,10 @@ func (m *Manager) TrustBundleSequence() uint64 {
 // one that fails is logged, counted (CRLRejectedMetricName) and dropped,
 // and the rest of b is applied regardless. Of the CRLs of one issuer only
 // the one with the highest number is served. A CRL is served until its
-// NextUpdate; then the snapshot is published again without it.
+// NextUpdate; then the snapshot is published again without it. A bundle
+// whose CRLs would go backwards (an older CRL of an issuer than one
+// accepted, or a current CRL left out) is refused whole with
+// ErrCRLRollback, ErrCRLConflict or ErrCRLDropped; see checkCRLProgress.
 func (m *Manager) SetTrustBundle(b *ca.TrustBundle) (bool, error) {
 	if b == nil {
 		return false, errors.New("trust bundle is nil")
@@ -356,8 +362,13 @@ func (m *Manager) SetTrustBundle(b *ca.TrustBundle) (bool, error) {
 		m.trust = b
 		return false, nil
 	}
+	now := m.cfg.Now()
+	next := verifyCRLs(b, now, m.cfg.Logger, m.metrics)
+	if err := checkCRLProgress(m.crlMarks, m.crls, next, b, now); err != nil {
+		return false, err
+	}
 	prevCRLs := m.crls
-	m.trust, m.crls = b, verifyCRLs(b, m.cfg.Now(), m.cfg.Logger, m.metrics)
+	m.trust, m.crls = b, next
 	anchors, err := m.anchorsLocked()
 	if err == nil {
 		err = m.cfg.Fetcher.SetRoots(anchors)
@@ -374,6 +385,7 @@ func (m *Manager) SetTrustBundle(b *ca.TrustBundle) (bool, error) {
 		m.trust, m.crls = prevTrust, prevCRLs
 		return false, err
 	}
+	recordCRLMarks(m.crlMarks, next)
 	ownChanged := prev.BundleVersion() != snap.BundleVersion()
 	if ownChanged && snap.SVID() != nil {
 		m.writeFiles(snap.SVID())
