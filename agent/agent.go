@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
@@ -52,6 +53,11 @@ type Config struct {
 	// TTL is the certificate lifetime requested; zero means the issuer's
 	// default.
 	TTL time.Duration
+	// SPIFFEID is the identity the agent's certificates must carry; a
+	// certificate with another is refused (the agent keeps the one it has
+	// and retries). The zero value means the identity of the first
+	// certificate obtained.
+	SPIFFEID spiffeid.ID
 	// SDSSocket is the Unix socket path for Envoy SDS v3, created with mode
 	// 0600 (only the agent's user, and root, may connect); empty means no
 	// SDS.
@@ -180,7 +186,7 @@ func (c *Config) workloadSocketGID() (int, error) {
 func (c *Config) managerConfig(f Fetcher, pub *Publisher) ManagerConfig {
 	return ManagerConfig{
 		Fetcher: f, Publisher: pub, TokenFile: c.TokenFile, CABundleFile: c.CABundleFile,
-		KeyType: c.KeyType, TTL: c.TTL, OutputDir: c.OutputDir, Registerer: c.Registerer, Logger: c.Logger,
+		KeyType: c.KeyType, TTL: c.TTL, SPIFFEID: c.SPIFFEID, OutputDir: c.OutputDir, Registerer: c.Registerer, Logger: c.Logger,
 	}
 }
 

@@ -51,6 +51,11 @@ type ManagerConfig struct {
 	KeyType string
 	// TTL is the validity requested; zero means the issuer's default.
 	TTL time.Duration
+	// SPIFFEID is the identity every certificate must carry. The zero
+	// value means the identity of the first certificate obtained: later
+	// ones must carry the same (a pod's service account does not change
+	// while it runs).
+	SPIFFEID spiffeid.ID
 	// OutputDir, when set, receives cert.pem, key.pem (0600) and bundle.pem
 	// after every renewal; empty means the key never touches the disk.
 	OutputDir string
@@ -123,6 +128,9 @@ type Manager struct {
 	// is held. stopped: Stop was called, no timer is armed again.
 	crlTimer *time.Timer
 	stopped  bool
+	// id is the identity of the certificates obtained so far; zero before
+	// the first.
+	id spiffeid.ID
 }
 
 var _ rotation.Renewer = (*Manager)(nil)
@@ -190,6 +198,10 @@ func (m *Manager) renew(ctx context.Context) (rotation.Validity, error) {
 	}
 	m.trustMu.Lock()
 	defer m.trustMu.Unlock()
+	id, err := m.checkIdentityLocked(svid.Chain[0])
+	if err != nil {
+		return rotation.Validity{}, err
+	}
 	prev, _ := m.cfg.Publisher.Current()
 	prevFetched := m.fetchedRoots
 	m.fetchedRoots = slices.DeleteFunc(slices.Clone(svid.Roots), func(r *x509.Certificate) bool { return bundleContains(configured, r) })
@@ -198,11 +210,44 @@ func (m *Manager) renew(ctx context.Context) (rotation.Validity, error) {
 		m.fetchedRoots = prevFetched
 		return rotation.Validity{}, err
 	}
+	m.id = id
 	m.writeFiles(snap.SVID())
 	leaf := svid.Chain[0]
 	m.cfg.Logger.Info("certificate obtained", "spiffe_id", snap.ID().String(), "serial", ca.SerialHex(leaf.SerialNumber),
 		"not_after", leaf.NotAfter, "bundle_changed", prev.BundleVersion() != snap.BundleVersion())
 	return rotation.Validity{NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}, nil
+}
+
+// ErrWrongIdentity reports a certificate from the issuer that does not
+// carry the identity the agent expects.
+var ErrWrongIdentity = errors.New("issued certificate carries an unexpected identity")
+
+// checkIdentityLocked returns the SPIFFE ID of leaf, a certificate just
+// fetched, or ErrWrongIdentity when it is not ManagerConfig.SPIFFEID (or,
+// without one, the identity of the certificates obtained before), or when
+// its trust domain is not one of the held trust bundle's own. The caller
+// holds trustMu.
+func (m *Manager) checkIdentityLocked(leaf *x509.Certificate) (spiffeid.ID, error) {
+	if len(leaf.URIs) != 1 {
+		return spiffeid.ID{}, fmt.Errorf("%w: %d URI SANs", ErrWrongIdentity, len(leaf.URIs))
+	}
+	id, err := spiffeid.FromURI(leaf.URIs[0])
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("%w: %w", ErrWrongIdentity, err)
+	}
+	want := m.cfg.SPIFFEID
+	if want.IsZero() {
+		want = m.id
+	}
+	if !want.IsZero() && id != want {
+		return spiffeid.ID{}, fmt.Errorf("%w: %s, want %s", ErrWrongIdentity, id, want)
+	}
+	if m.trust != nil && !slices.ContainsFunc(m.trust.Domains, func(d ca.DomainBundle) bool {
+		return !d.Federated && d.TrustDomain == id.TrustDomain()
+	}) {
+		return spiffeid.ID{}, fmt.Errorf("%w: %s is not in a trust domain of the trust bundle", ErrWrongIdentity, id)
+	}
+	return id, nil
 }
 
 // setFileRoots records the CA bundle file's roots and gives the fetcher the

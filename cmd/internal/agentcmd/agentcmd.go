@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/agent"
 	"github.com/meshca/meshca/cmd/internal/cliconfig"
@@ -36,6 +37,9 @@ type agentConfig struct {
 	TokenFile string `json:"tokenFile,omitempty"`
 	// ClusterID is sent to the issuer. Default: the issuer's own cluster.
 	ClusterID string `json:"clusterID,omitempty"`
+	// SPIFFEID is the identity the certificates must carry. Default: that
+	// of the first certificate obtained.
+	SPIFFEID string `json:"spiffeID,omitempty"`
 	// KeyType is ec-p256 (default) or rsa-2048.
 	KeyType string `json:"keyType,omitempty"`
 	// TTL is the requested certificate lifetime. Default: the issuer's.
@@ -91,6 +95,7 @@ var agentFlags = []struct {
 	{"out", "directory to keep cert.pem, key.pem and bundle.pem in (empty: no files)", func(c *agentConfig) *string { return &c.OutDir }},
 	{"health-addr", "address of /healthz, /readyz and /metrics (empty: none)", func(c *agentConfig) *string { return &c.HealthAddr }},
 	{"key-type", "key type: ec-p256 or rsa-2048", func(c *agentConfig) *string { return &c.KeyType }},
+	{"spiffe-id", "SPIFFE ID the certificates must carry (default: that of the first certificate obtained)", func(c *agentConfig) *string { return &c.SPIFFEID }},
 	{"server-name", "issuer TLS server name (default: the host of --issuer)", func(c *agentConfig) *string { return &c.ServerName }},
 	{"workload-socket-mode", "file mode of the Workload API socket, octal (default 0600, or 0660 with --workload-socket-group)", func(c *agentConfig) *string { return &c.WorkloadSocketMode }},
 	{"workload-socket-group", "numeric gid given to the Workload API socket (default: the agent's group)", func(c *agentConfig) *string { return &c.WorkloadSocketGroup }},
@@ -191,6 +196,11 @@ func (c agentConfig) agentConfig(log *slog.Logger) (agent.Config, error) {
 		Limits: agent.StreamLimits{MaxConnections: c.MaxConnections, MaxStreamsPerConnection: c.MaxStreamsPerConnection, MaxStreams: c.MaxStreams},
 	}
 	var err error
+	if c.SPIFFEID != "" {
+		if cfg.SPIFFEID, err = spiffeid.FromString(c.SPIFFEID); err != nil {
+			return agent.Config{}, fmt.Errorf("spiffeID %q: %w", c.SPIFFEID, err)
+		}
+	}
 	for _, l := range []struct {
 		name string
 		in   string
