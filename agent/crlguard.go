@@ -28,11 +28,13 @@ import (
 //   - Stripping: a bundle must carry, in each trust domain, a CRL of every
 //     issuer whose CRL the agent serves for that domain and that is still
 //     current (ErrCRLDropped). A held CRL is current at now when now is
-//     before its NextUpdate and its issuer is still trusted by the new
-//     bundle for that trust domain: a root's CRL while the root is among the
-//     domain's roots; an intermediate's CRL while the intermediate chains to
-//     the domain's roots at now and no CRL of the new bundle revokes it or a
-//     CA above it. A CRL may thus go only when it expires, when its root
+//     more than crlDropGrace before its NextUpdate (the root drops a CRL at
+//     NextUpdate by its own clock, which may run ahead of the agent's) and
+//     its issuer is still trusted by the new bundle for that trust domain:
+//     a root's CRL while the root is among the domain's roots; an
+//     intermediate's CRL while the intermediate chains to the domain's
+//     roots at now and no CRL of the new bundle revokes it or a CA above
+//     it. A CRL may thus go only when it (nearly) expires, when its root
 //     leaves the bundle, or when its intermediate expires or is revoked
 //     (which is when the root stops relaying it).
 //
@@ -41,6 +43,10 @@ import (
 // ca.VerifyCRL accepts count; a garbled copy of a current CRL is the same
 // as none. The numbers are not persisted: a restarted agent starts from the
 // first bundle it receives.
+
+// crlDropGrace is how long before its NextUpdate a CRL may be left out of a
+// bundle: the clock skew between the root and its agents tolerated.
+const crlDropGrace = 5 * time.Minute
 
 // Errors of a trust bundle that would take the CRLs backwards.
 var (
@@ -77,7 +83,7 @@ func checkCRLProgress(marks map[[32]byte]crlMark, held, next map[spiffeid.TrustD
 	revoked := revokedSerials(next)
 	for td, crls := range held {
 		for _, h := range crls {
-			if !now.Before(h.nextUpdate) || carriesIssuer(next[td], h.issuer) || !issuerTrusted(h, b, td, revoked, now) {
+			if !now.Add(crlDropGrace).Before(h.nextUpdate) || carriesIssuer(next[td], h.issuer) || !issuerTrusted(h, b, td, revoked, now) {
 				continue
 			}
 			return fmt.Errorf("%w: trust domain %s, issuer %q, CRL number %s valid until %s", ErrCRLDropped,

@@ -51,8 +51,8 @@ type fakeIssuer struct {
 	watches []uint64         // known_sequence of every WatchBundle call
 	// mint, when set, makes the leaf for a CSR's key instead of a good
 	// one for webID: a misbehaving issuer.
-	mint func(inter *ca.Authority, pub crypto.PublicKey) (*x509.Certificate, error)
-	conns   []net.Conn       // accepted so far
+	mint  func(inter *ca.Authority, pub crypto.PublicKey) (*x509.Certificate, error)
+	conns []net.Conn // accepted so far
 }
 
 // newFakeIssuer starts a fake issuer for tree until the test ends. With

@@ -11,13 +11,14 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// Default stream limits, per socket. An SDS or Workload API stream costs
-// the agent about 15 KiB while open and a connection about 80 KiB (HTTP/2
-// buffers), so the defaults keep a flood within ~25 MiB of a sidecar's
-// memory, far above what Envoy (a handful of streams on one or two
-// connections) or a few applications need.
+// Default stream limits, per socket. Measured on the agent binary, an open
+// Workload API stream costs about 11 KiB and a connection about 300 KiB
+// (HTTP/2 buffers and flow-control windows), so a flood at the defaults
+// adds about 20 MiB per socket to a sidecar that idles at about 18 MiB,
+// while Envoy (a handful of streams on one or two connections) and a few
+// application processes stay far below them.
 const (
-	DefaultMaxConnections          = 128
+	DefaultMaxConnections          = 32
 	DefaultMaxStreamsPerConnection = 256
 	DefaultMaxStreams              = 1024
 )

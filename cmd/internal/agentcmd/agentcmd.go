@@ -63,7 +63,7 @@ type agentConfig struct {
 	SDSAllowedUIDs string `json:"sdsAllowedUIDs,omitempty"`
 	SDSAllowedGIDs string `json:"sdsAllowedGIDs,omitempty"`
 	// MaxConnections, MaxStreamsPerConnection and MaxStreams bound each
-	// socket's clients. Defaults 128, 256 and 1024.
+	// socket's clients. Defaults 32, 256 and 1024.
 	MaxConnections          int `json:"maxConnections,omitempty"`
 	MaxStreamsPerConnection int `json:"maxStreamsPerConnection,omitempty"`
 	MaxStreams              int `json:"maxStreams,omitempty"`
@@ -110,7 +110,7 @@ var agentIntFlags = []struct {
 	name, usage string
 	field       func(*agentConfig) *int
 }{
-	{"max-connections", "connections each socket accepts at once (0: 128)", func(c *agentConfig) *int { return &c.MaxConnections }},
+	{"max-connections", "connections each socket accepts at once (0: 32)", func(c *agentConfig) *int { return &c.MaxConnections }},
 	{"max-streams-per-connection", "concurrent streams per connection (0: 256)", func(c *agentConfig) *int { return &c.MaxStreamsPerConnection }},
 	{"max-streams", "streams each socket serves at once; more fail with ResourceExhausted (0: 1024)", func(c *agentConfig) *int { return &c.MaxStreams }},
 }
