@@ -114,7 +114,7 @@ func TestAgentRefusesCRLRollback(t *testing.T) {
 }
 
 // TestManagerCRLCurrent pins down when a CRL may leave the bundle: when it
-// expires, when its root leaves the bundle, or when its intermediate is
+// is about to expire, when its root leaves the bundle, or when its intermediate is
 // revoked; not while its issuer is still trusted.
 func TestManagerCRLCurrent(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
@@ -148,10 +148,15 @@ func TestManagerCRLCurrent(t *testing.T) {
 		if snap := f.current(); !sameDERs(snap.CRLs(), root2) {
 			t.Errorf("served %d CRLs, want the root's second", len(snap.CRLs()))
 		}
-		// Once the root CRL has expired it may go too.
-		time.Sleep(time.Hour + time.Second)
+		// The root CRL may go once it is about to expire (the root's clock
+		// may run ahead), not before.
+		time.Sleep(time.Hour - crlDropGrace - time.Minute)
+		if _, err := f.mgr.SetTrustBundle(bundle(f.tree.Bundle)); !errors.Is(err, ErrCRLDropped) {
+			t.Errorf("the root CRL left out 6 minutes before it expires: %v, want ErrCRLDropped", err)
+		}
+		time.Sleep(time.Minute + time.Second)
 		if _, err := f.mgr.SetTrustBundle(bundle(f.tree.Bundle)); err != nil {
-			t.Errorf("the expired root CRL left out: %v, want it accepted", err)
+			t.Errorf("the root CRL left out 5 minutes before it expires: %v, want it accepted", err)
 		}
 		// A CRL numbered like one accepted before it expired is a rollback.
 		if _, err := f.mgr.SetTrustBundle(bundle(f.tree.Bundle, signCRL(t, f.tree.Root, 1, time.Now(), time.Hour))); !errors.Is(err, ErrCRLRollback) {

@@ -130,8 +130,11 @@ a private key locally, gets a certificate for it from the issuer with the token 
 --token-file, renews it at about half of its lifetime, and serves it to Envoy over SDS v3
 (--sds-socket; resources default, ROOTCA, ALL, the SPIFFE ID and the trust domain ID) and
 to applications over the SPIFFE Workload API (--workload-socket), and optionally as files
-(--out). /readyz answers 200 only while it holds a valid certificate; /metrics on the same
-address exports meshca_agent_crl_rejected_total and meshca_agent_bundle_rejected_total. SIGTERM or SIGINT stops it gracefully.`,
+(--out). Only the agent's user may use the sockets unless --workload-socket-group or
+--workload-socket-mode open the Workload API to others; --*-allowed-uids/gids narrow them
+further. /readyz answers 200 only while it holds a valid certificate; /metrics on the same
+address exports meshca_agent_crl_rejected_total and meshca_agent_bundle_rejected_total.
+SIGTERM or SIGINT stops it gracefully.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.TTL = cliconfig.Duration(ttl)
