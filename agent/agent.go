@@ -9,9 +9,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
@@ -51,16 +53,39 @@ type Config struct {
 	// TTL is the certificate lifetime requested; zero means the issuer's
 	// default.
 	TTL time.Duration
+	// SPIFFEID is the identity the agent's certificates must carry; a
+	// certificate with another is refused (the agent keeps the one it has
+	// and retries). The zero value means the identity of the first
+	// certificate obtained.
+	SPIFFEID spiffeid.ID
 	// SDSSocket is the Unix socket path for Envoy SDS v3, created with mode
-	// 0600; empty means no SDS.
+	// 0600 (only the agent's user, and root, may connect); empty means no
+	// SDS.
 	SDSSocket string
+	// SDSPeers further restricts the SDS socket to processes of given uids
+	// or gids; the zero value checks nothing beyond the file mode.
+	SDSPeers PeerPolicy
 	// WorkloadSocket is the Unix socket path for the SPIFFE Workload API;
-	// empty means none.
+	// empty means none. Whoever may connect gets the agent's certificate
+	// and private key.
 	WorkloadSocket string
 	// WorkloadSocketMode is the Workload API socket's file mode; zero means
-	// 0666 (any local user may fetch the agent's identity, as with SPIRE's
-	// agent socket).
+	// 0600 (only the agent's user), or 0660 when WorkloadSocketGroup is set
+	// (that group too). 0666 lets every local user fetch the agent's
+	// identity.
 	WorkloadSocketMode os.FileMode
+	// WorkloadSocketGroup is the numeric gid the Workload API socket is
+	// given, so that applications running as other users in that group (a
+	// pod's fsGroup, say) may connect; empty means the agent's own group.
+	WorkloadSocketGroup string
+	// WorkloadPeers further restricts the Workload API socket to processes
+	// of given uids or gids; the zero value checks nothing beyond the file
+	// mode.
+	WorkloadPeers PeerPolicy
+	// Limits bound the connections and streams of each socket (SDS and
+	// Workload API separately); the zero value means StreamLimits'
+	// defaults.
+	Limits StreamLimits
 	// OutputDir, when set, receives cert.pem, key.pem (0600) and bundle.pem
 	// after every renewal, written atomically; empty means no files.
 	OutputDir string
@@ -69,7 +94,8 @@ type Config struct {
 	HealthAddr string
 	// ShutdownTimeout bounds a graceful stop; zero means 5 s.
 	ShutdownTimeout time.Duration
-	// Registerer receives the agent's metrics (CRLRejectedMetricName); nil
+	// Registerer receives the agent's metrics (CRLRejectedMetricName,
+	// BundleRejectedMetricName); nil
 	// means no metrics. When it is also a prometheus.Gatherer (such as a
 	// *prometheus.Registry) and HealthAddr is set, the health server serves
 	// it at /metrics.
@@ -78,10 +104,20 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Validate applies defaults and reports the first problem with c.
+// Validate reports the first problem with c, as New would apply it. It
+// does not modify c.
 func (c *Config) Validate() error {
+	d := c.withDefaults()
+	return d.validate()
+}
+
+// withDefaults returns c with the defaults of its zero fields applied.
+func (c Config) withDefaults() Config {
 	if c.WorkloadSocketMode == 0 {
-		c.WorkloadSocketMode = 0o666
+		c.WorkloadSocketMode = 0o600
+		if c.WorkloadSocketGroup != "" {
+			c.WorkloadSocketMode = 0o660
+		}
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 5 * time.Second
@@ -89,6 +125,11 @@ func (c *Config) Validate() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	c.Limits = c.Limits.withDefaults()
+	return c
+}
+
+func (c *Config) validate() error {
 	switch {
 	case c.IssuerAddress == "":
 		return errors.New("agent: issuer address is required")
@@ -107,6 +148,18 @@ func (c *Config) Validate() error {
 	case c.ShutdownTimeout < 0:
 		return errors.New("agent: shutdown timeout must not be negative")
 	}
+	if _, err := c.workloadSocketGID(); err != nil {
+		return err
+	}
+	if err := c.SDSPeers.validate(); err != nil {
+		return fmt.Errorf("agent: sds peers: %w", err)
+	}
+	if err := c.WorkloadPeers.validate(); err != nil {
+		return fmt.Errorf("agent: workload api peers: %w", err)
+	}
+	if err := c.Limits.validate(); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
 	if c.HealthAddr != "" {
 		if _, _, err := net.SplitHostPort(c.HealthAddr); err != nil {
 			return fmt.Errorf("agent: health address: %w", err)
@@ -118,10 +171,22 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// workloadSocketGID returns the gid of WorkloadSocketGroup; -1 when empty.
+func (c *Config) workloadSocketGID() (int, error) {
+	if c.WorkloadSocketGroup == "" {
+		return -1, nil
+	}
+	gid, err := strconv.ParseUint(c.WorkloadSocketGroup, 10, 31)
+	if err != nil {
+		return 0, fmt.Errorf("agent: workload socket group %q: want a numeric gid", c.WorkloadSocketGroup)
+	}
+	return int(gid), nil
+}
+
 func (c *Config) managerConfig(f Fetcher, pub *Publisher) ManagerConfig {
 	return ManagerConfig{
 		Fetcher: f, Publisher: pub, TokenFile: c.TokenFile, CABundleFile: c.CABundleFile,
-		KeyType: c.KeyType, TTL: c.TTL, OutputDir: c.OutputDir, Registerer: c.Registerer, Logger: c.Logger,
+		KeyType: c.KeyType, TTL: c.TTL, SPIFFEID: c.SPIFFEID, OutputDir: c.OutputDir, Registerer: c.Registerer, Logger: c.Logger,
 	}
 }
 
@@ -142,7 +207,8 @@ type Agent struct {
 // the sockets and the health listener, so clients may connect as soon as it
 // returns; they are served once Run starts. It does not contact the issuer.
 func New(cfg Config) (_ *Agent, err error) {
-	if err := cfg.Validate(); err != nil {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, pub: NewPublisher()}
@@ -166,7 +232,8 @@ func New(cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	if !cfg.DisableBundleWatch {
-		a.watcher, err = NewBundleWatcher(BundleWatcherConfig{Source: a.client, Updater: a.manager, Issuer: cfg.IssuerAddress, Logger: cfg.Logger})
+		a.watcher, err = NewBundleWatcher(BundleWatcherConfig{Source: a.client, Updater: a.manager, Issuer: cfg.IssuerAddress,
+			Registerer: cfg.Registerer, Logger: cfg.Logger})
 		if err != nil {
 			return nil, err
 		}
@@ -240,9 +307,9 @@ func (a *Agent) listen() (_ []server, err error) {
 		if err != nil {
 			return nil, err
 		}
-		g := grpc.NewServer()
+		g := grpc.NewServer(a.cfg.Limits.serverOptions("sds", a.cfg.Logger)...)
 		sds.Register(g)
-		s, err := grpcServer("sds", a.cfg.SDSSocket, 0o600, g, sds.Shutdown)
+		s, err := a.grpcServer(unixSocket{name: "sds", path: a.cfg.SDSSocket, perm: 0o600, gid: -1, peers: a.cfg.SDSPeers}, g, sds.Shutdown)
 		if err != nil {
 			return nil, err
 		}
@@ -253,9 +320,11 @@ func (a *Agent) listen() (_ []server, err error) {
 		if err != nil {
 			return nil, err
 		}
-		g := grpc.NewServer(wl.ServerOptions()...)
+		g := grpc.NewServer(append(wl.ServerOptions(), a.cfg.Limits.serverOptions("workload api", a.cfg.Logger)...)...)
 		wl.Register(g)
-		s, err := grpcServer("workload api", a.cfg.WorkloadSocket, a.cfg.WorkloadSocketMode, g, wl.Shutdown)
+		gid, _ := a.cfg.workloadSocketGID() // checked by validate
+		sock := unixSocket{name: "workload api", path: a.cfg.WorkloadSocket, perm: a.cfg.WorkloadSocketMode, gid: gid, peers: a.cfg.WorkloadPeers}
+		s, err := a.grpcServer(sock, g, wl.Shutdown)
 		if err != nil {
 			return nil, err
 		}
@@ -286,13 +355,25 @@ func (a *Agent) shutdown(servers []server) {
 	}
 }
 
-// grpcServer serves g on a Unix socket. Shutting down ends the service's
-// streams (endStreams), then stops gracefully, or forcibly at the deadline.
-func grpcServer(name, path string, perm os.FileMode, g *grpc.Server, endStreams func()) (server, error) {
-	lis, err := listenUnix(path, perm)
+// unixSocket is one of the agent's Unix sockets: its name in logs, path,
+// file mode, group (-1: the agent's) and the processes it serves.
+type unixSocket struct {
+	name, path string
+	perm       os.FileMode
+	gid        int
+	peers      PeerPolicy
+}
+
+// grpcServer serves g on sock, within the connection limit. Shutting down
+// ends the service's streams (endStreams), then stops gracefully, or
+// forcibly at the deadline.
+func (a *Agent) grpcServer(sock unixSocket, g *grpc.Server, endStreams func()) (server, error) {
+	name := sock.name
+	ul, err := listenUnix(sock.path, sock.perm, sock.gid)
 	if err != nil {
 		return server{}, fmt.Errorf("%s: %w", name, err)
 	}
+	lis := newGuardedListener(ul, name, sock.peers, a.cfg.Limits.MaxConnections, a.cfg.Logger)
 	return server{
 		serve: func() error {
 			if err := g.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {

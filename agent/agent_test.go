@@ -135,7 +135,7 @@ func TestAgentWithRealIssuer(t *testing.T) {
 		t.Fatal("X509Source saw no rotation")
 	}
 
-	for path, want := range map[string]os.FileMode{ra.cfg.SDSSocket: 0o600, ra.cfg.WorkloadSocket: 0o666, filepath.Join(ra.cfg.OutputDir, KeyFile): 0o600} {
+	for path, want := range map[string]os.FileMode{ra.cfg.SDSSocket: 0o600, ra.cfg.WorkloadSocket: 0o600, filepath.Join(ra.cfg.OutputDir, KeyFile): 0o600} {
 		if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != want {
 			t.Errorf("%s: mode %v (%v), want %v", path, fi.Mode().Perm(), err, want)
 		}

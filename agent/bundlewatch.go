@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -62,6 +63,8 @@ type BundleWatcherConfig struct {
 	// RetryMax caps the reconnection delay; zero means 30 s (gRPC's
 	// reconnection cap in Client).
 	RetryMax time.Duration
+	// Registerer receives BundleRejectedMetricName; nil means no metrics.
+	Registerer prometheus.Registerer
 	// Logger: nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -94,7 +97,8 @@ func (c *BundleWatcherConfig) Validate() error {
 // issuer is unreachable. An issuer without BundleService (a plain Istio CA)
 // stops it for good: the agent then trusts the CA bundle file only.
 type BundleWatcher struct {
-	cfg BundleWatcherConfig
+	cfg      BundleWatcherConfig
+	rejected *prometheus.CounterVec // nil: no metrics
 	// jitter returns a random duration in [0, d); rand by default.
 	jitter func(d time.Duration) time.Duration
 }
@@ -104,12 +108,67 @@ func NewBundleWatcher(cfg BundleWatcherConfig) (*BundleWatcher, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &BundleWatcher{cfg: cfg, jitter: func(d time.Duration) time.Duration {
+	w := &BundleWatcher{cfg: cfg, jitter: func(d time.Duration) time.Duration {
 		if d <= 0 {
 			return 0
 		}
 		return rand.N(d)
-	}}, nil
+	}}
+	if cfg.Registerer != nil {
+		var err error
+		w.rejected, err = registerCounterVec(cfg.Registerer, BundleRejectedMetricName,
+			"Trust bundles received from the issuer and refused, by reason.", bundleRejectReasons...)
+		if err != nil {
+			return nil, fmt.Errorf("bundle watch: %w", err)
+		}
+	}
+	return w, nil
+}
+
+// BundleRejectedMetricName counts the trust bundles the agent refused
+// whole, by reason: malformed (does not decode), stale (older sequence
+// than the bundle held), untrusted (not vouched for by a trusted root),
+// crl_rollback (an older CRL than one accepted), crl_conflict (another CRL
+// under an accepted CRL number), crl_dropped (a current CRL left out) or
+// error (could not be applied). A refused bundle changes nothing.
+const BundleRejectedMetricName = "meshca_agent_bundle_rejected_total"
+
+// Reasons of BundleRejectedMetricName.
+const (
+	bundleMalformed   = "malformed"
+	bundleStale       = "stale"
+	bundleUntrusted   = "untrusted"
+	bundleCRLRollback = "crl_rollback"
+	bundleCRLConflict = "crl_conflict"
+	bundleCRLDropped  = "crl_dropped"
+	bundleError       = "error"
+)
+
+var bundleRejectReasons = []string{bundleMalformed, bundleStale, bundleUntrusted, bundleCRLRollback, bundleCRLConflict, bundleCRLDropped, bundleError}
+
+// rejectReason maps a SetTrustBundle error to a metric reason and a log
+// level: an untrusted bundle or one that could not be applied is an error,
+// the rest warnings.
+func rejectReason(err error) (string, slog.Level) {
+	switch {
+	case errors.Is(err, ErrStaleBundle):
+		return bundleStale, slog.LevelWarn
+	case errors.Is(err, ErrUntrustedBundle):
+		return bundleUntrusted, slog.LevelError
+	case errors.Is(err, ErrCRLRollback):
+		return bundleCRLRollback, slog.LevelWarn
+	case errors.Is(err, ErrCRLConflict):
+		return bundleCRLConflict, slog.LevelWarn
+	case errors.Is(err, ErrCRLDropped):
+		return bundleCRLDropped, slog.LevelWarn
+	}
+	return bundleError, slog.LevelError
+}
+
+func (w *BundleWatcher) reject(reason string) {
+	if w.rejected != nil {
+		w.rejected.WithLabelValues(reason).Inc()
+	}
 }
 
 // Run watches until ctx is cancelled (it then returns nil) or the issuer
@@ -168,27 +227,27 @@ func (w *BundleWatcher) watch(ctx context.Context) (received bool, _ error) {
 }
 
 // apply decodes pb and hands it to the updater. A bundle that is malformed,
-// older than the one held or refused is logged and dropped: the agent keeps
-// the bundle it has.
+// older than the one held or refused is logged and counted
+// (BundleRejectedMetricName) and dropped: the agent keeps the bundle, CRLs
+// and certificate it has.
 func (w *BundleWatcher) apply(pb *meshcav1.Bundle) {
 	b, err := ca.TrustBundleFromProto(pb)
 	if err != nil {
-		w.log(slog.LevelWarn, "malformed trust bundle ignored; keeping the current one", "sequence", pb.GetSequence(), "error", err.Error())
+		w.reject(bundleMalformed)
+		w.log(slog.LevelWarn, "trust bundle rejected; keeping the current one", "sequence", pb.GetSequence(),
+			"reason", bundleMalformed, "error", err.Error())
 		return
 	}
-	_, err = w.cfg.Updater.SetTrustBundle(b)
-	switch {
-	case errors.Is(err, ErrStaleBundle):
-		w.log(slog.LevelWarn, "trust bundle older than the current one ignored", "sequence", b.Sequence, "error", err.Error())
-	case errors.Is(err, ErrUntrustedBundle):
-		// The issuer relayed trust that no root the agent trusts signed:
-		// a compromised or misconfigured issuer, or an agent that missed a
-		// root rotation (its CA bundle file needs the new root).
-		w.log(slog.LevelError, "trust bundle rejected: not vouched for by a trusted root; keeping the current one",
-			"sequence", b.Sequence, "error", err.Error())
-	case err != nil:
-		w.log(slog.LevelError, "trust bundle could not be applied; keeping the current one", "sequence", b.Sequence, "error", err.Error())
+	if _, err = w.cfg.Updater.SetTrustBundle(b); err == nil {
+		return
 	}
+	// An untrusted bundle comes from a compromised or misconfigured issuer,
+	// or reaches an agent that missed a root rotation (its CA bundle file
+	// needs the new root); CRLs going backwards, from an issuer relaying an
+	// old or stripped copy.
+	reason, level := rejectReason(err)
+	w.reject(reason)
+	w.log(level, "trust bundle rejected; keeping the current one", "sequence", b.Sequence, "reason", reason, "error", err.Error())
 }
 
 func (w *BundleWatcher) log(level slog.Level, msg string, attrs ...any) {

@@ -158,9 +158,9 @@ func TestBundleWatcherAppliesBundles(t *testing.T) {
 			t.Errorf("applied sequences %v, want [5 6 6]: malformed and older bundles are skipped, one of the same sequence (new CRLs) is not", got)
 		}
 		for _, want := range [][]string{
-			{"malformed trust bundle ignored", `"sequence":7`, "authority 0", `"level":"WARN"`},
-			{"malformed trust bundle ignored", `"sequence":8`, "no trust domain of its own"},
-			{"older than the current one", `"sequence":3`, `"issuer":"issuer:15012"`},
+			{"trust bundle rejected", `"reason":"malformed"`, `"sequence":7`, "authority 0", `"level":"WARN"`},
+			{"trust bundle rejected", `"reason":"malformed"`, `"sequence":8`, "no trust domain of its own"},
+			{"trust bundle rejected", `"reason":"stale"`, `"sequence":3`, `"issuer":"issuer:15012"`},
 		} {
 			if lineWithAll(logs.String(), want...) == "" {
 				t.Errorf("no log line with %q; log:\n%s", want, logs.String())

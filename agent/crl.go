@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math/big"
 	"time"
@@ -42,23 +41,10 @@ func newCRLMetrics(reg prometheus.Registerer) (*crlMetrics, error) {
 	if reg == nil {
 		return nil, nil
 	}
-	c := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: CRLRejectedMetricName,
-		Help: "CRLs dropped from received trust bundles, by reason (invalid, untrusted, stale).",
-	}, []string{"reason"})
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if !errors.As(err, &are) {
-			return nil, fmt.Errorf("register %s: %w", CRLRejectedMetricName, err)
-		}
-		existing, ok := are.ExistingCollector.(*prometheus.CounterVec)
-		if !ok {
-			return nil, fmt.Errorf("register %s: registered as %T", CRLRejectedMetricName, are.ExistingCollector)
-		}
-		c = existing
-	}
-	for _, r := range []string{crlInvalid, crlUntrusted, crlStale} {
-		c.WithLabelValues(r) // export zeros, so that alerts see the series
+	c, err := registerCounterVec(reg, CRLRejectedMetricName,
+		"CRLs dropped from received trust bundles, by reason (invalid, untrusted, stale).", crlInvalid, crlUntrusted, crlStale)
+	if err != nil {
+		return nil, err
 	}
 	return &crlMetrics{rejected: c}, nil
 }
@@ -76,6 +62,16 @@ type heldCRL struct {
 	// one issuer supersede each other by number.
 	issuer     [32]byte
 	issuerName string
+	// issuerCert signed it. byRoot: issuerCert is a root of the trust
+	// domain (the CRL came without an issuer chain); otherwise issuerChain
+	// is the rest of the chain above issuerCert (DER, without the root).
+	issuerCert  *x509.Certificate
+	byRoot      bool
+	issuerChain [][]byte
+	// rawIssuer and revoked are the CRL's issuer name and the serials it
+	// revokes.
+	rawIssuer  []byte
+	revoked    []*big.Int
 	number     *big.Int
 	thisUpdate time.Time
 	nextUpdate time.Time
@@ -127,7 +123,14 @@ func verifyCRLs(b *ca.TrustBundle, now time.Time, log *slog.Logger, metrics *crl
 			}
 			h := &heldCRL{
 				der: c.DER, issuer: issuerKey(issuer), issuerName: issuer.Subject.String(),
+				issuerCert: issuer, byRoot: len(c.IssuerChain) == 0, rawIssuer: rl.RawIssuer,
 				number: rl.Number, thisUpdate: rl.ThisUpdate, nextUpdate: rl.NextUpdate,
+			}
+			if len(c.IssuerChain) > 1 {
+				h.issuerChain = c.IssuerChain[1:]
+			}
+			for _, e := range rl.RevokedCertificateEntries {
+				h.revoked = append(h.revoked, e.SerialNumber)
 			}
 			if h.number == nil {
 				h.number = new(big.Int)

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -48,7 +49,10 @@ type fakeIssuer struct {
 	bundle  *meshcav1.Bundle // nil: none yet
 	changed chan struct{}    // closed and replaced by every pushBundle
 	watches []uint64         // known_sequence of every WatchBundle call
-	conns   []net.Conn       // accepted so far
+	// mint, when set, makes the leaf for a CSR's key instead of a good
+	// one for webID: a misbehaving issuer.
+	mint  func(inter *ca.Authority, pub crypto.PublicKey) (*x509.Certificate, error)
+	conns []net.Conn // accepted so far
 }
 
 // newFakeIssuer starts a fake issuer for tree until the test ends. With
@@ -104,6 +108,13 @@ func (fi *fakeIssuer) setCA(t *testing.T, root, inter *ca.Authority) {
 	defer fi.mu.Unlock()
 	fi.root, fi.inter = root, inter
 	fi.serving = &tls.Certificate{Certificate: [][]byte{leaf.Raw, inter.Certificate.Raw}, PrivateKey: key, Leaf: leaf}
+}
+
+// setMint makes the issuer mint leaves with mint (nil: good ones).
+func (fi *fakeIssuer) setMint(mint func(inter *ca.Authority, pub crypto.PublicKey) (*x509.Certificate, error)) {
+	fi.mu.Lock()
+	defer fi.mu.Unlock()
+	fi.mint = mint
 }
 
 // dropConnections closes every connection accepted so far, so that clients
@@ -163,9 +174,14 @@ func (fi *fakeIssuer) CreateCertificate(_ context.Context, req *pb.IstioCertific
 		ttl = time.Hour
 	}
 	fi.mu.Lock()
-	root, inter := fi.root, fi.inter
+	root, inter, mint := fi.root, fi.inter, fi.mint
 	fi.mu.Unlock()
-	leaf, err := inter.SignLeaf(ca.LeafRequest{PublicKey: csr.PublicKey, URIs: []*url.URL{webID.URL()}, TTL: ttl})
+	if mint == nil {
+		mint = func(inter *ca.Authority, pub crypto.PublicKey) (*x509.Certificate, error) {
+			return inter.SignLeaf(ca.LeafRequest{PublicKey: pub, URIs: []*url.URL{webID.URL()}, TTL: ttl})
+		}
+	}
+	leaf, err := mint(inter, csr.PublicKey)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}

@@ -164,9 +164,9 @@ func TestAgentFollowsIssuerBundle(t *testing.T) {
 
 	// An older bundle and a malformed one are ignored; the watch goes on.
 	fi.pushBundle(trustBundle(9, "cluster.local", []*x509.Certificate{root1}, nil))
-	ra.logs.waitFor(t, "older than the current one", `"sequence":9`)
+	ra.logs.waitFor(t, "trust bundle rejected", `"reason":"stale"`, `"sequence":9`)
 	fi.pushBundle(&meshcav1.Bundle{Sequence: 12, TrustDomains: []*meshcav1.TrustDomainBundle{{TrustDomain: "cluster.local", X509Authorities: [][]byte{[]byte("not a certificate")}}}})
-	ra.logs.waitFor(t, "malformed trust bundle ignored", `"sequence":12`)
+	ra.logs.waitFor(t, "trust bundle rejected", `"reason":"malformed"`, `"sequence":12`)
 	snap, _ := ra.pub.Current()
 	if !sameCerts(snap.Bundle().Roots(), root1, root2) || len(snap.FederatedBundles()) != 1 || !sameCerts(snap.FederatedBundles()[0].Roots.Roots(), fed1, fed2) {
 		t.Error("an ignored bundle changed what is served")

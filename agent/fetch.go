@@ -26,6 +26,7 @@ import (
 
 	pb "istio.io/api/security/v1alpha1"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.step.sm/crypto/keyutil"
 	"go.step.sm/crypto/pemutil"
 	"google.golang.org/grpc"
@@ -179,8 +180,11 @@ type SVID struct {
 }
 
 // Fetch sends a CSR for key, authenticated by token, and returns the verified
-// result. The leaf must carry key's public key and exactly one URI SAN, and
-// the chain must verify to the configured roots. A root that ends the
+// result. The leaf must carry key's public key and exactly one URI SAN, a
+// SPIFFE ID; it must not be a CA (no basic constraints CA flag, no
+// keyCertSign or cRLSign usage) and must allow digitalSignature; the chain
+// must verify to the configured roots for client authentication. Which
+// SPIFFE ID is the caller's to check (Manager does). A root that ends the
 // response but is not configured is never trusted (istio-agent would trust
 // it): an issuer holds an intermediate constrained to one trust domain, and
 // letting it add roots would turn one compromised issuer into a root for
@@ -233,8 +237,8 @@ func verifyResponse(pemChain []string, key crypto.Signer, roots *ca.Bundle) (*SV
 	if !keyutil.Equal(leaf.PublicKey, key.Public()) {
 		return nil, errors.New("issued certificate does not carry our public key")
 	}
-	if len(leaf.URIs) != 1 {
-		return nil, fmt.Errorf("issued certificate has %d URI SANs, want one SPIFFE ID", len(leaf.URIs))
+	if err := checkLeaf(leaf); err != nil {
+		return nil, err
 	}
 	inters := x509.NewCertPool()
 	for _, c := range certs[1 : len(certs)-1] {
@@ -245,6 +249,24 @@ func verifyResponse(pemChain []string, key crypto.Signer, roots *ca.Bundle) (*SV
 		return nil, fmt.Errorf("issued certificate does not verify against the CA bundle: %w", err)
 	}
 	return &SVID{Chain: certs[:len(certs)-1], Key: key, Roots: roots.Roots()}, nil
+}
+
+// checkLeaf checks what x509svid.Verify (go-spiffe) checks of a leaf, plus
+// the digitalSignature usage every TLS key needs.
+func checkLeaf(leaf *x509.Certificate) error {
+	if len(leaf.URIs) != 1 {
+		return fmt.Errorf("issued certificate has %d URI SANs, want one SPIFFE ID", len(leaf.URIs))
+	}
+	if _, err := spiffeid.FromURI(leaf.URIs[0]); err != nil {
+		return fmt.Errorf("issued certificate: URI SAN is not a SPIFFE ID: %w", err)
+	}
+	if leaf.IsCA || leaf.KeyUsage&(x509.KeyUsageCertSign|x509.KeyUsageCRLSign) != 0 {
+		return errors.New("issued certificate is a CA certificate, want a leaf")
+	}
+	if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
+		return errors.New("issued certificate lacks the digitalSignature key usage")
+	}
+	return nil
 }
 
 // ReadToken reads a bearer token file, as kubelet writes projected tokens.

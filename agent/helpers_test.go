@@ -145,7 +145,7 @@ func discardLogger() *slog.Logger { return slog.New(slog.NewJSONHandler(io.Disca
 func serveGRPC(t testing.TB, g *grpc.Server, shutdown func()) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "s.sock")
-	lis, err := listenUnix(path, 0o600)
+	lis, err := listenUnix(path, 0o600, -1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,6 +51,11 @@ type ManagerConfig struct {
 	KeyType string
 	// TTL is the validity requested; zero means the issuer's default.
 	TTL time.Duration
+	// SPIFFEID is the identity every certificate must carry. The zero
+	// value means the identity of the first certificate obtained: later
+	// ones must carry the same (a pod's service account does not change
+	// while it runs).
+	SPIFFEID spiffeid.ID
 	// OutputDir, when set, receives cert.pem, key.pem (0600) and bundle.pem
 	// after every renewal; empty means the key never touches the disk.
 	OutputDir string
@@ -116,10 +121,16 @@ type Manager struct {
 	// crls are the verified CRLs of trust, by trust domain, newest of each
 	// issuer; those past NextUpdate are removed when a snapshot is built.
 	crls map[spiffeid.TrustDomain][]*heldCRL
+	// crlMarks is the highest CRL number accepted from each CRL issuer
+	// (see checkCRLProgress).
+	crlMarks map[[32]byte]crlMark
 	// crlTimer republishes when the first held CRL expires; nil when none
 	// is held. stopped: Stop was called, no timer is armed again.
 	crlTimer *time.Timer
 	stopped  bool
+	// id is the identity of the certificates obtained so far; zero before
+	// the first.
+	id spiffeid.ID
 }
 
 var _ rotation.Renewer = (*Manager)(nil)
@@ -135,7 +146,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	m := &Manager{cfg: cfg, newKey: newKey, metrics: metrics}
+	m := &Manager{cfg: cfg, newKey: newKey, metrics: metrics, crlMarks: map[[32]byte]crlMark{}}
 	bundle, err := m.readBundle()
 	if err != nil {
 		return nil, err
@@ -187,6 +198,10 @@ func (m *Manager) renew(ctx context.Context) (rotation.Validity, error) {
 	}
 	m.trustMu.Lock()
 	defer m.trustMu.Unlock()
+	id, err := m.checkIdentityLocked(svid.Chain[0])
+	if err != nil {
+		return rotation.Validity{}, err
+	}
 	prev, _ := m.cfg.Publisher.Current()
 	prevFetched := m.fetchedRoots
 	m.fetchedRoots = slices.DeleteFunc(slices.Clone(svid.Roots), func(r *x509.Certificate) bool { return bundleContains(configured, r) })
@@ -195,11 +210,44 @@ func (m *Manager) renew(ctx context.Context) (rotation.Validity, error) {
 		m.fetchedRoots = prevFetched
 		return rotation.Validity{}, err
 	}
+	m.id = id
 	m.writeFiles(snap.SVID())
 	leaf := svid.Chain[0]
 	m.cfg.Logger.Info("certificate obtained", "spiffe_id", snap.ID().String(), "serial", ca.SerialHex(leaf.SerialNumber),
 		"not_after", leaf.NotAfter, "bundle_changed", prev.BundleVersion() != snap.BundleVersion())
 	return rotation.Validity{NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}, nil
+}
+
+// ErrWrongIdentity reports a certificate from the issuer that does not
+// carry the identity the agent expects.
+var ErrWrongIdentity = errors.New("issued certificate carries an unexpected identity")
+
+// checkIdentityLocked returns the SPIFFE ID of leaf, a certificate just
+// fetched, or ErrWrongIdentity when it is not ManagerConfig.SPIFFEID (or,
+// without one, the identity of the certificates obtained before), or when
+// its trust domain is not one of the held trust bundle's own. The caller
+// holds trustMu.
+func (m *Manager) checkIdentityLocked(leaf *x509.Certificate) (spiffeid.ID, error) {
+	if len(leaf.URIs) != 1 {
+		return spiffeid.ID{}, fmt.Errorf("%w: %d URI SANs", ErrWrongIdentity, len(leaf.URIs))
+	}
+	id, err := spiffeid.FromURI(leaf.URIs[0])
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("%w: %w", ErrWrongIdentity, err)
+	}
+	want := m.cfg.SPIFFEID
+	if want.IsZero() {
+		want = m.id
+	}
+	if !want.IsZero() && id != want {
+		return spiffeid.ID{}, fmt.Errorf("%w: %s, want %s", ErrWrongIdentity, id, want)
+	}
+	if m.trust != nil && !slices.ContainsFunc(m.trust.Domains, func(d ca.DomainBundle) bool {
+		return !d.Federated && d.TrustDomain == id.TrustDomain()
+	}) {
+		return spiffeid.ID{}, fmt.Errorf("%w: %s is not in a trust domain of the trust bundle", ErrWrongIdentity, id)
+	}
+	return id, nil
 }
 
 // setFileRoots records the CA bundle file's roots and gives the fetcher the
@@ -338,7 +386,10 @@ func (m *Manager) TrustBundleSequence() uint64 {
 // one that fails is logged, counted (CRLRejectedMetricName) and dropped,
 // and the rest of b is applied regardless. Of the CRLs of one issuer only
 // the one with the highest number is served. A CRL is served until its
-// NextUpdate; then the snapshot is published again without it.
+// NextUpdate; then the snapshot is published again without it. A bundle
+// whose CRLs would go backwards (an older CRL of an issuer than one
+// accepted, or a current CRL left out) is refused whole with
+// ErrCRLRollback, ErrCRLConflict or ErrCRLDropped; see checkCRLProgress.
 func (m *Manager) SetTrustBundle(b *ca.TrustBundle) (bool, error) {
 	if b == nil {
 		return false, errors.New("trust bundle is nil")
@@ -356,8 +407,13 @@ func (m *Manager) SetTrustBundle(b *ca.TrustBundle) (bool, error) {
 		m.trust = b
 		return false, nil
 	}
+	now := m.cfg.Now()
+	next := verifyCRLs(b, now, m.cfg.Logger, m.metrics)
+	if err := checkCRLProgress(m.crlMarks, m.crls, next, b, now); err != nil {
+		return false, err
+	}
 	prevCRLs := m.crls
-	m.trust, m.crls = b, verifyCRLs(b, m.cfg.Now(), m.cfg.Logger, m.metrics)
+	m.trust, m.crls = b, next
 	anchors, err := m.anchorsLocked()
 	if err == nil {
 		err = m.cfg.Fetcher.SetRoots(anchors)
@@ -374,6 +430,7 @@ func (m *Manager) SetTrustBundle(b *ca.TrustBundle) (bool, error) {
 		m.trust, m.crls = prevTrust, prevCRLs
 		return false, err
 	}
+	recordCRLMarks(m.crlMarks, next)
 	ownChanged := prev.BundleVersion() != snap.BundleVersion()
 	if ownChanged && snap.SVID() != nil {
 		m.writeFiles(snap.SVID())

@@ -15,15 +15,17 @@ import (
 // (sun_path is 104 bytes on the BSDs, 108 on Linux, with a NUL).
 const maxSocketPath = 103
 
-// listenUnix listens on a Unix socket at path with file mode perm. It
+// listenUnix listens on a Unix socket at path with file mode perm and
+// group gid (-1: the process's). It
 // creates the socket's directory (0755) when missing. A socket file that
 // nobody serves (left by a crash) is replaced; a socket another process
 // serves, or a file that is not a socket, is an error.
 //
 // The socket is bound inside a private (0700) temporary directory next to
 // path, given its mode, then renamed into place, so it is never reachable
-// with a looser mode than perm. Closing the listener removes path.
-func listenUnix(path string, perm os.FileMode) (net.Listener, error) {
+// with a looser mode or another group than asked. Closing the listener
+// removes path.
+func listenUnix(path string, perm os.FileMode, gid int) (net.Listener, error) {
 	if len(path) > maxSocketPath {
 		return nil, fmt.Errorf("socket path %s is %d bytes long; the limit is %d", path, len(path), maxSocketPath)
 	}
@@ -45,6 +47,12 @@ func listenUnix(path string, perm os.FileMode) (net.Listener, error) {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
 	lis.SetUnlinkOnClose(false)
+	if gid >= 0 {
+		if err := os.Lchown(tmp, -1, gid); err != nil {
+			lis.Close()
+			return nil, fmt.Errorf("socket %s: group: %w", path, err)
+		}
+	}
 	if err := os.Chmod(tmp, perm); err != nil {
 		lis.Close()
 		return nil, fmt.Errorf("socket %s: %w", path, err)

@@ -12,7 +12,7 @@ func TestListenUnix(t *testing.T) {
 	dir := t.TempDir()
 	t.Run("creates directory and sets mode", func(t *testing.T) {
 		path := filepath.Join(dir, "a", "b", "sds.sock")
-		lis, err := listenUnix(path, 0o600)
+		lis, err := listenUnix(path, 0o600, -1)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -43,7 +43,7 @@ func TestListenUnix(t *testing.T) {
 		}
 		old.SetUnlinkOnClose(false)
 		old.Close() // the file stays, nobody listens: a crashed agent's socket
-		lis, err := listenUnix(path, 0o666)
+		lis, err := listenUnix(path, 0o666, -1)
 		if err != nil {
 			t.Fatalf("stale socket not replaced: %v", err)
 		}
@@ -54,12 +54,12 @@ func TestListenUnix(t *testing.T) {
 	})
 	t.Run("refuses a live socket", func(t *testing.T) {
 		path := filepath.Join(dir, "live.sock")
-		live, err := listenUnix(path, 0o600)
+		live, err := listenUnix(path, 0o600, -1)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer live.Close()
-		if _, err := listenUnix(path, 0o600); err == nil || !strings.Contains(err.Error(), "another process is serving") {
+		if _, err := listenUnix(path, 0o600, -1); err == nil || !strings.Contains(err.Error(), "another process is serving") {
 			t.Errorf("second listener: %v, want a refusal", err)
 		}
 	})
@@ -68,7 +68,7 @@ func TestListenUnix(t *testing.T) {
 		if err := os.WriteFile(path, []byte("x"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := listenUnix(path, 0o600); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		if _, err := listenUnix(path, 0o600, -1); err == nil || !strings.Contains(err.Error(), "not a socket") {
 			t.Errorf("listen over a file: %v", err)
 		}
 		if b, _ := os.ReadFile(path); string(b) != "x" {
@@ -76,7 +76,7 @@ func TestListenUnix(t *testing.T) {
 		}
 	})
 	t.Run("path too long", func(t *testing.T) {
-		if _, err := listenUnix("/"+strings.Repeat("x", 120), 0o600); err == nil || !strings.Contains(err.Error(), "limit") {
+		if _, err := listenUnix("/"+strings.Repeat("x", 120), 0o600, -1); err == nil || !strings.Contains(err.Error(), "limit") {
 			t.Errorf("long path: %v", err)
 		}
 	})

@@ -9,11 +9,13 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/agent"
 	"github.com/meshca/meshca/cmd/internal/cliconfig"
@@ -35,6 +37,9 @@ type agentConfig struct {
 	TokenFile string `json:"tokenFile,omitempty"`
 	// ClusterID is sent to the issuer. Default: the issuer's own cluster.
 	ClusterID string `json:"clusterID,omitempty"`
+	// SPIFFEID is the identity the certificates must carry. Default: that
+	// of the first certificate obtained.
+	SPIFFEID string `json:"spiffeID,omitempty"`
 	// KeyType is ec-p256 (default) or rsa-2048.
 	KeyType string `json:"keyType,omitempty"`
 	// TTL is the requested certificate lifetime. Default: the issuer's.
@@ -43,8 +48,25 @@ type agentConfig struct {
 	SDSSocket string `json:"sdsSocket,omitempty"`
 	// WorkloadSocket is the SPIFFE Workload API Unix socket. Default: none.
 	WorkloadSocket string `json:"workloadSocket,omitempty"`
-	// WorkloadSocketMode is that socket's file mode, in octal. Default 0666.
+	// WorkloadSocketMode is that socket's file mode, in octal. Default
+	// 0600, or 0660 with WorkloadSocketGroup.
 	WorkloadSocketMode string `json:"workloadSocketMode,omitempty"`
+	// WorkloadSocketGroup is the numeric gid given to that socket. Default:
+	// the agent's group.
+	WorkloadSocketGroup string `json:"workloadSocketGroup,omitempty"`
+	// WorkloadAllowedUIDs and WorkloadAllowedGIDs (comma-separated numeric
+	// ids) restrict the Workload API socket to processes with one of those
+	// uids or primary gids (SO_PEERCRED). Default: no check beyond the mode.
+	WorkloadAllowedUIDs string `json:"workloadAllowedUIDs,omitempty"`
+	WorkloadAllowedGIDs string `json:"workloadAllowedGIDs,omitempty"`
+	// SDSAllowedUIDs and SDSAllowedGIDs do the same for the SDS socket.
+	SDSAllowedUIDs string `json:"sdsAllowedUIDs,omitempty"`
+	SDSAllowedGIDs string `json:"sdsAllowedGIDs,omitempty"`
+	// MaxConnections, MaxStreamsPerConnection and MaxStreams bound each
+	// socket's clients. Defaults 32, 256 and 1024.
+	MaxConnections          int `json:"maxConnections,omitempty"`
+	MaxStreamsPerConnection int `json:"maxStreamsPerConnection,omitempty"`
+	MaxStreams              int `json:"maxStreams,omitempty"`
 	// OutDir receives cert.pem, key.pem and bundle.pem. Default: no files.
 	OutDir string `json:"outDir,omitempty"`
 	// HealthAddr serves /healthz, /readyz and /metrics; "" disables them.
@@ -73,7 +95,24 @@ var agentFlags = []struct {
 	{"out", "directory to keep cert.pem, key.pem and bundle.pem in (empty: no files)", func(c *agentConfig) *string { return &c.OutDir }},
 	{"health-addr", "address of /healthz, /readyz and /metrics (empty: none)", func(c *agentConfig) *string { return &c.HealthAddr }},
 	{"key-type", "key type: ec-p256 or rsa-2048", func(c *agentConfig) *string { return &c.KeyType }},
+	{"spiffe-id", "SPIFFE ID the certificates must carry (default: that of the first certificate obtained)", func(c *agentConfig) *string { return &c.SPIFFEID }},
 	{"server-name", "issuer TLS server name (default: the host of --issuer)", func(c *agentConfig) *string { return &c.ServerName }},
+	{"workload-socket-mode", "file mode of the Workload API socket, octal (default 0600, or 0660 with --workload-socket-group)", func(c *agentConfig) *string { return &c.WorkloadSocketMode }},
+	{"workload-socket-group", "numeric gid given to the Workload API socket (default: the agent's group)", func(c *agentConfig) *string { return &c.WorkloadSocketGroup }},
+	{"workload-allowed-uids", "comma-separated uids allowed on the Workload API socket, checked with SO_PEERCRED (default: no check beyond the file mode)", func(c *agentConfig) *string { return &c.WorkloadAllowedUIDs }},
+	{"workload-allowed-gids", "comma-separated primary gids allowed on the Workload API socket, checked with SO_PEERCRED", func(c *agentConfig) *string { return &c.WorkloadAllowedGIDs }},
+	{"sds-allowed-uids", "comma-separated uids allowed on the SDS socket, checked with SO_PEERCRED (default: no check beyond mode 0600)", func(c *agentConfig) *string { return &c.SDSAllowedUIDs }},
+	{"sds-allowed-gids", "comma-separated primary gids allowed on the SDS socket, checked with SO_PEERCRED", func(c *agentConfig) *string { return &c.SDSAllowedGIDs }},
+}
+
+// agentIntFlags are the integer flags, mapped like agentFlags.
+var agentIntFlags = []struct {
+	name, usage string
+	field       func(*agentConfig) *int
+}{
+	{"max-connections", "connections each socket accepts at once (0: 32)", func(c *agentConfig) *int { return &c.MaxConnections }},
+	{"max-streams-per-connection", "concurrent streams per connection (0: 256)", func(c *agentConfig) *int { return &c.MaxStreamsPerConnection }},
+	{"max-streams", "streams each socket serves at once; more fail with ResourceExhausted (0: 1024)", func(c *agentConfig) *int { return &c.MaxStreams }},
 }
 
 // New returns the `agent` command.
@@ -91,8 +130,11 @@ a private key locally, gets a certificate for it from the issuer with the token 
 --token-file, renews it at about half of its lifetime, and serves it to Envoy over SDS v3
 (--sds-socket; resources default, ROOTCA, ALL, the SPIFFE ID and the trust domain ID) and
 to applications over the SPIFFE Workload API (--workload-socket), and optionally as files
-(--out). /readyz answers 200 only while it holds a valid certificate; /metrics on the same
-address exports meshca_agent_crl_rejected_total. SIGTERM or SIGINT stops it gracefully.`,
+(--out). Only the agent's user may use the sockets unless --workload-socket-group or
+--workload-socket-mode open the Workload API to others; --*-allowed-uids/gids narrow them
+further. /readyz answers 200 only while it holds a valid certificate; /metrics on the same
+address exports meshca_agent_crl_rejected_total and meshca_agent_bundle_rejected_total.
+SIGTERM or SIGINT stops it gracefully.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.TTL = cliconfig.Duration(ttl)
@@ -113,6 +155,10 @@ address exports meshca_agent_crl_rejected_total. SIGTERM or SIGINT stops it grac
 		p := fl.field(&cfg)
 		f.StringVar(p, fl.name, *p, fl.usage)
 	}
+	for _, fl := range agentIntFlags {
+		p := fl.field(&cfg)
+		f.IntVar(p, fl.name, *p, fl.usage)
+	}
 	f.DurationVar(&ttl, "ttl", 0, "requested certificate lifetime (0: the issuer's default)")
 	return cmd
 }
@@ -132,6 +178,11 @@ func mergeAgentConfig(flagCfg agentConfig, configPath string, changed func(strin
 			*f.field(&cfg) = *f.field(&flagCfg)
 		}
 	}
+	for _, f := range agentIntFlags {
+		if changed(f.name) {
+			*f.field(&cfg) = *f.field(&flagCfg)
+		}
+	}
 	if changed("ttl") {
 		cfg.TTL = flagCfg.TTL
 	}
@@ -144,7 +195,28 @@ func (c agentConfig) agentConfig(log *slog.Logger) (agent.Config, error) {
 		IssuerAddress: c.Issuer, ServerName: c.ServerName, CABundleFile: c.CABundle, TokenFile: c.TokenFile,
 		ClusterID: c.ClusterID, KeyType: c.KeyType, TTL: time.Duration(c.TTL),
 		SDSSocket: c.SDSSocket, WorkloadSocket: c.WorkloadSocket, OutputDir: c.OutDir, HealthAddr: c.HealthAddr,
-		ShutdownTimeout: time.Duration(c.ShutdownTimeout), Logger: log,
+		ShutdownTimeout: time.Duration(c.ShutdownTimeout), Logger: log, WorkloadSocketGroup: c.WorkloadSocketGroup,
+		Limits: agent.StreamLimits{MaxConnections: c.MaxConnections, MaxStreamsPerConnection: c.MaxStreamsPerConnection, MaxStreams: c.MaxStreams},
+	}
+	var err error
+	if c.SPIFFEID != "" {
+		if cfg.SPIFFEID, err = spiffeid.FromString(c.SPIFFEID); err != nil {
+			return agent.Config{}, fmt.Errorf("spiffeID %q: %w", c.SPIFFEID, err)
+		}
+	}
+	for _, l := range []struct {
+		name string
+		in   string
+		out  *[]int
+	}{
+		{"workloadAllowedUIDs", c.WorkloadAllowedUIDs, &cfg.WorkloadPeers.UIDs},
+		{"workloadAllowedGIDs", c.WorkloadAllowedGIDs, &cfg.WorkloadPeers.GIDs},
+		{"sdsAllowedUIDs", c.SDSAllowedUIDs, &cfg.SDSPeers.UIDs},
+		{"sdsAllowedGIDs", c.SDSAllowedGIDs, &cfg.SDSPeers.GIDs},
+	} {
+		if *l.out, err = parseIDs(l.in); err != nil {
+			return agent.Config{}, fmt.Errorf("%s: %w", l.name, err)
+		}
 	}
 	if c.WorkloadSocketMode != "" {
 		mode, err := strconv.ParseUint(c.WorkloadSocketMode, 8, 32)
@@ -157,6 +229,23 @@ func (c agentConfig) agentConfig(log *slog.Logger) (agent.Config, error) {
 		return agent.Config{}, err
 	}
 	return cfg, nil
+}
+
+// parseIDs parses a comma-separated list of numeric uids or gids; empty
+// means none.
+func parseIDs(s string) ([]int, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		id, err := strconv.ParseUint(strings.TrimSpace(f), 10, 31)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a numeric id", f)
+		}
+		out = append(out, int(id))
+	}
+	return out, nil
 }
 
 func runAgent(ctx context.Context, cfg agent.Config) error {

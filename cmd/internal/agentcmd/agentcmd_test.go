@@ -1,6 +1,7 @@
 package agentcmd
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/agent"
 	"github.com/meshca/meshca/cmd/internal/cliconfig"
 )
 
@@ -22,6 +24,15 @@ ttl: 30m
 sdsSocket: /run/sds.sock
 workloadSocket: /run/spiffe.sock
 workloadSocketMode: "0660"
+workloadSocketGroup: "1337"
+workloadAllowedUIDs: "1000, 1337"
+workloadAllowedGIDs: "1337"
+sdsAllowedUIDs: "1337"
+sdsAllowedGIDs: "1338"
+maxConnections: 16
+maxStreamsPerConnection: 32
+maxStreams: 64
+spiffeID: spiffe://cluster.local/ns/default/sa/web
 outDir: /out
 healthAddr: 127.0.0.1:9000
 shutdownTimeout: 2s
@@ -61,6 +72,11 @@ shutdownTimeout: 2s
 				ac.ShutdownTimeout != 2*time.Second || ac.KeyType != "rsa-2048" || ac.SDSSocket != "/run/sds.sock" {
 				t.Errorf("decoded %+v", ac)
 			}
+			if ac.WorkloadSocketGroup != "1337" || fmt.Sprint(ac.WorkloadPeers) != "{[1000 1337] [1337]}" || fmt.Sprint(ac.SDSPeers) != "{[1337] [1338]}" ||
+				ac.Limits != (agent.StreamLimits{MaxConnections: 16, MaxStreamsPerConnection: 32, MaxStreams: 64}) ||
+				ac.SPIFFEID.String() != "spiffe://cluster.local/ns/default/sa/web" {
+				t.Errorf("decoded socket settings %+v", ac)
+			}
 		})
 	}
 }
@@ -82,6 +98,11 @@ func TestAgentConfigValidation(t *testing.T) {
 		{"bad mode", func(c *agentConfig) { c.WorkloadSocketMode = "rw" }, "octal"},
 		{"mode too wide", func(c *agentConfig) { c.WorkloadSocketMode = "4777" }, "octal"},
 		{"bad health addr", func(c *agentConfig) { c.HealthAddr = "8089" }, "health address"},
+		{"group by name", func(c *agentConfig) { c.WorkloadSocketGroup = "wheel" }, "numeric gid"},
+		{"bad uid", func(c *agentConfig) { c.WorkloadAllowedUIDs = "1000,root" }, "workloadAllowedUIDs"},
+		{"negative gid", func(c *agentConfig) { c.SDSAllowedGIDs = "-1" }, "sdsAllowedGIDs"},
+		{"negative limit", func(c *agentConfig) { c.MaxStreams = -1 }, "must not be negative"},
+		{"bad spiffe id", func(c *agentConfig) { c.SPIFFEID = "https://web" }, "spiffeID"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := base
