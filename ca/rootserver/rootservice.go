@@ -95,7 +95,7 @@ func (r *Root) enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshca
 	if err != nil {
 		return nil, err
 	}
-	out, err := r.issue(ctx, st, c, interCSR.PublicKey, credCSR.PublicKey, id.String())
+	out, err := r.issue(ctx, st, c, interCSR, credCSR.PublicKey, id.String())
 	if err != nil {
 		return nil, fmt.Errorf("cluster %s enrolled with a join token, which is now used: %w", c.Name, err)
 	}
@@ -131,7 +131,7 @@ func (r *Root) renew(ctx context.Context, req *meshcav1.RenewRequest) (*meshcav1
 		}
 		credPub = credCSR.PublicKey
 	}
-	out, err := r.issue(ctx, st, c, interCSR.PublicKey, credPub, id.String())
+	out, err := r.issue(ctx, st, c, interCSR, credPub, id.String())
 	if err != nil {
 		return nil, err
 	}
