@@ -26,7 +26,7 @@ func TestAdminOverMTLS(t *testing.T) {
 	ops := startWorkload(t, east, root.BundlePath(), "ops", "admin", 10*time.Minute)
 	web := startWorkload(t, east, root.BundlePath(), "shop", "web", 10*time.Minute)
 
-	call := func(w *workload, adminAddr string) error {
+	call := func(w *workload, adminAddr, serverName string) error {
 		// The issuer presents its serving certificate (DNS names), so the
 		// admin checks it as a web server under the mesh's roots, and
 		// presents its X509-SVID.
@@ -38,7 +38,7 @@ func TestAdminOverMTLS(t *testing.T) {
 		for _, r := range b.X509Authorities() {
 			pool.AddCert(r)
 		}
-		cfg := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, ServerName: "localhost",
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, ServerName: serverName,
 			GetClientCertificate: tlsconfig.GetClientCertificate(w.Source)}
 		conn, err := grpc.NewClient(adminAddr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 		if err != nil {
@@ -50,11 +50,11 @@ func TestAdminOverMTLS(t *testing.T) {
 		_, err = meshcav1.NewAdminServiceClient(conn).ListRevocations(ctx, &meshcav1.ListRevocationsRequest{})
 		return err
 	}
-	for _, addr := range []string{adminAddr, rootAdminAddr} {
-		if err := call(ops, addr); err != nil {
+	for addr, serverName := range map[string]string{adminAddr: "localhost", rootAdminAddr: rootHost} {
+		if err := call(ops, addr, serverName); err != nil {
 			t.Fatalf("%s: the admin identity was refused: %v", addr, err)
 		}
-		if err := call(web, addr); err == nil {
+		if err := call(web, addr, serverName); err == nil {
 			t.Fatalf("%s: a non-admin workload was let into the admin API", addr)
 		}
 	}
