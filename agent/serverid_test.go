@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"math/big"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/meshca/meshca/ca"
@@ -122,4 +124,25 @@ func TestClientRefusesRevokedIssuer(t *testing.T) {
 	if _, after := fi.received(); after != before {
 		t.Fatalf("the revoked issuer received %d more tokens", after-before)
 	}
+}
+
+// The Manager hands the issuer client the CRLs it verified from the trust
+// bundle, so that the client can refuse a revoked issuer.
+func TestManagerGivesFetcherCRLs(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := startManager(t, nil)
+		t.Cleanup(f.mgr.Stop)
+		rootCRL := signCRL(t, f.tree.Root, 1, time.Now(), time.Hour, 7)
+		tb := signedBy(t, &ca.TrustBundle{Sequence: 5, Domains: []ca.DomainBundle{
+			{TrustDomain: webID.TrustDomain(), Roots: f.tree.Bundle, CRLs: []ca.CRL{rootCRL}},
+		}}, f.tree.Root)
+		if _, err := f.mgr.SetTrustBundle(tb); err != nil {
+			t.Fatal(err)
+		}
+		f.fetcher.mu.Lock()
+		defer f.fetcher.mu.Unlock()
+		if len(f.fetcher.crls) != 1 || !bytes.Equal(f.fetcher.crls[0], rootCRL.DER) {
+			t.Fatalf("fetcher holds %d CRLs, want the root's", len(f.fetcher.crls))
+		}
+	})
 }
