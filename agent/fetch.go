@@ -187,6 +187,8 @@ func (c *Client) SetCRLs(ders [][]byte) error {
 			crls, kept = append(crls, crl), append(kept, der)
 		}
 	}
+	// The order of ders carries no meaning; compare sets.
+	slices.SortFunc(kept, bytes.Compare)
 	if slices.EqualFunc(kept, c.crlDER, bytes.Equal) {
 		return nil
 	}

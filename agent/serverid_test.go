@@ -146,3 +146,32 @@ func TestManagerGivesFetcherCRLs(t *testing.T) {
 		}
 	})
 }
+
+// The same CRLs in another order keep the connection: a bundle watch on it
+// is not cut for nothing.
+func TestClientSetCRLsKeepsConnectionForSameSet(t *testing.T) {
+	tree := catest.New(t, catest.Options{})
+	c, err := NewClient(ClientConfig{Address: "127.0.0.1:1", Roots: tree.Bundle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	a, _, err := tree.Root.SignCRL(ca.CRLRequest{Number: big.NewInt(1), Serials: []*big.Int{big.NewInt(1)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _, err := tree.Root.SignCRL(ca.CRLRequest{Number: big.NewInt(2), Serials: []*big.Int{big.NewInt(2)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetCRLs([][]byte{a.DER, b.DER}); err != nil {
+		t.Fatal(err)
+	}
+	conn := c.conn
+	if err := c.SetCRLs([][]byte{b.DER, a.DER}); err != nil || c.conn != conn {
+		t.Errorf("the same CRLs replaced the connection (%v)", err)
+	}
+	if err := c.SetCRLs([][]byte{a.DER}); err != nil || c.conn == conn {
+		t.Errorf("other CRLs kept the connection (%v)", err)
+	}
+}

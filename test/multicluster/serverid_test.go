@@ -1,10 +1,14 @@
 package multicluster
 
 import (
+	"context"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
 
 // wrongServer is what meshca's clients say when the server they reached is
@@ -76,20 +80,44 @@ clusters:
 // TestClientRefusesRevokedIssuer: after the root revokes west's
 // intermediate, west's agent (which receives the root's CRL in the trust
 // bundle) refuses west's issuer while it still serves with the revoked
-// intermediate, before sending its token.
+// intermediate, before sending its token; so does `meshca cert fetch` given
+// that CRL with --crl.
 func TestClientRefusesRevokedIssuer(t *testing.T) {
 	root := startRoot(t, "intermediateTTL: 1h\n")
 	west := startIssuer(t, root, "west", "west.example", "")
 	dir := t.TempDir()
 	token := writeFile(t, filepath.Join(dir, "token"),
 		mustRun(t, "dev", "token", "--data-dir", west.Dir, "--namespace", "shop", "--service-account", "web", "--ttl", "24h"))
+	socket := filepath.Join(dir, "agent.sock")
 	agent := start(t, "agent west", "agent", "--issuer", west.Addr, "--server-name", "localhost", "--cluster-id", "west",
-		"--ca-bundle", root.BundlePath(), "--token-file", token, "--out", filepath.Join(dir, "out"), "--ttl", "10s",
+		"--ca-bundle", root.BundlePath(), "--token-file", token, "--workload-socket", socket, "--ttl", "10s",
 		"--health-addr", "", "--log-level", "debug")
 	agent.waitFor(t, "two certificates", startTimeout, func() bool { return strings.Count(agent.out.String(), "certificate obtained") >= 2 })
+	crls := watchCRLs(t, socket)
+	fetch := func(extra ...string) error {
+		_, err := run(t, append([]string{"cert", "fetch", "--issuer", west.Addr, "--server-name", "localhost", "--cluster-id", "west",
+			"--ca-bundle", root.BundlePath(), "--token-file", token, "--out", t.TempDir()}, extra...)...)
+		return err
+	}
 
+	westInter := intermediateOfSocket(t, socket)
 	if err := root.admin(t, nil, "revoke", "--cluster", "west", "--reason", "key compromise"); err != nil {
 		t.Fatal(err)
+	}
+	waitUntil(t, "the root CRL listing west's intermediate", startTimeout, func() bool { return crls.lists(westInter) })
+	var crlPEM []byte
+	crls.mu.Lock()
+	for _, c := range crls.crls {
+		crlPEM = append(crlPEM, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: c.Raw})...)
+	}
+	crls.mu.Unlock()
+	crlFile := writeFile(t, filepath.Join(dir, "crls.pem"), string(crlPEM))
+	// Without the CRL, fetch cannot know: the revoked issuer still serves.
+	if err := fetch(); err != nil {
+		t.Fatalf("cert fetch without the CRL: %v", err)
+	}
+	if err := fetch("--crl", crlFile); err == nil || !strings.Contains(err.Error(), "is revoked") {
+		t.Fatalf("cert fetch --crl from the revoked issuer: %v, want a refused handshake", err)
 	}
 	agent.waitFor(t, "a refused handshake with the revoked issuer", startTimeout, func() bool {
 		return strings.Contains(agent.out.String(), "is revoked")
@@ -103,4 +131,17 @@ func TestClientRefusesRevokedIssuer(t *testing.T) {
 	if now := strings.Count(west.out.String(), "certificate issued"); now != issued {
 		t.Errorf("the revoked issuer issued %d more certificates to the agent", now-issued)
 	}
+}
+
+// intermediateOfSocket returns the serial (hex) of the intermediate above
+// the SVID the agent on socket serves.
+func intermediateOfSocket(t *testing.T, socket string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+socket))
+	if err != nil || len(svid.Certificates) < 2 {
+		t.Fatalf("SVID from %s: %v", socket, err)
+	}
+	return svid.Certificates[1].SerialNumber.Text(16)
 }
