@@ -62,8 +62,9 @@ type Options struct {
 }
 
 // TestServingNames are the names a test intermediate may vouch for by
-// default: the loopback names tests serve under, and the Istio name.
-var TestServingNames = []string{"localhost", "127.0.0.1", "::1", "istiod.istio-system.svc"}
+// default: the loopback names tests serve under, the Istio name, and the
+// reserved "test" domain (RFC 2606) with every name under it.
+var TestServingNames = []string{"localhost", "127.0.0.1", "::1", "istiod.istio-system.svc", "test"}
 
 // New builds a root and an intermediate for the given trust domain.
 func New(tb testing.TB, opts Options) *Tree {
