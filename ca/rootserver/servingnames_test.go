@@ -40,16 +40,21 @@ func enrollAsking(t *testing.T, conn *grpc.ClientConn, token string, dns []strin
 }
 
 // An issuer asks the root for an intermediate that vouches for the root's
-// own DNS name and IP: the root leaves them out, so the intermediate cannot
+// own DNS name, a parent domain of it, its IP, and names the root's
+// configuration does not allow issuers: the root leaves them out, so the intermediate cannot
 // sign a serving certificate that passes for the root's, and it names its
 // cluster's issuer.
 func TestIntermediateServingNames(t *testing.T) {
-	h := newHarness(t, func(c *Config) { c.Hosts = []string{"localhost", "127.0.0.1", "meshca-root.example"} })
+	h := newHarness(t, func(c *Config) {
+		c.Hosts = []string{"localhost", "127.0.0.1", "meshca-root.example"}
+		c.IssuerServingNames = []string{"istio-system.svc", "example", "127.0.0.1", "10.1.2.3"}
+	})
 	conn := h.dial(h.serve(), nil)
 	_, err := enrollAsking(t, conn, h.addCluster("east", "east.example"), []string{"*.istio-system.svc"}, nil)
 	wantCode(t, err, codes.InvalidArgument)
 	inter, err := enrollAsking(t, conn, h.addCluster("west", "west.example"),
-		[]string{"istiod.istio-system.svc", "meshca-root.example"}, []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.1.2.3")})
+		[]string{"istiod.istio-system.svc", "meshca-root.example", "example", "evil.org"},
+		[]net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.1.2.3"), net.ParseIP("10.9.9.9")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,6 +77,8 @@ func TestIntermediateServingNames(t *testing.T) {
 		{"localhost", false},
 		{"127.0.0.1", false},
 		{"::1", false},
+		{"evil.org", false},
+		{"10.9.9.9", false},
 	} {
 		req := ca.LeafRequest{PublicKey: newKey(t).Public(), TTL: time.Hour, Now: now, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
 		if ip := net.ParseIP(tc.name); ip != nil {
@@ -91,10 +98,21 @@ func TestIntermediateServingNames(t *testing.T) {
 		}
 	}
 
-	// Without names in the CSR, the intermediate gets the Istio names.
+	// By default issuers get the Istio names, also when they ask for none,
+	// and nothing else.
+	h = newHarness(t, nil)
+	conn = h.dial(h.serve(), nil)
 	def, err := enrollAsking(t, conn, h.addCluster("north", "north.example"), nil, nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	other, err := enrollAsking(t, conn, h.addCluster("south", "south.example"),
+		[]string{"meshca.meshca-system.svc", "svc", "evil.org"}, []net.IP{net.ParseIP("10.1.2.3")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := other.Certificate.PermittedDNSDomains; !slices.Equal(got, []string{"meshca.meshca-system.svc"}) || len(other.Certificate.PermittedIPRanges) != 0 {
+		t.Errorf("by default an issuer asking for broad names got DNS %v and IPs %v", got, other.Certificate.PermittedIPRanges)
 	}
 	if got := def.Certificate.PermittedDNSDomains; !slices.Equal(got, ca.DefaultServingNames) || len(def.Certificate.PermittedIPRanges) != 0 {
 		t.Errorf("default intermediate permits DNS %v and IPs %v, want %v and none", got, def.Certificate.PermittedIPRanges, ca.DefaultServingNames)

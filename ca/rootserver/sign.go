@@ -88,8 +88,9 @@ type issued struct {
 const maxServingNames = 32
 
 // servingNames returns the DNS names and IPs the intermediate for interCSR
-// may vouch for: those the CSR asks for (ca.DefaultServingNames when none),
-// minus the root's own serving names, which no cluster issuer may hold.
+// may vouch for: those the CSR asks for (ca.DefaultServingNames when none)
+// that Config.IssuerServingNames allows, minus the root's own serving names,
+// which no cluster issuer may hold.
 func (r *Root) servingNames(c store.Cluster, interCSR *x509.CertificateRequest) ([]string, error) {
 	asked := slices.Clone(interCSR.DNSNames)
 	for _, ip := range interCSR.IPAddresses {
@@ -106,25 +107,53 @@ func (r *Root) servingNames(c store.Cluster, interCSR *x509.CertificateRequest) 
 	}
 	var names, dropped []string
 	for _, n := range asked {
-		if r.isOwnHost(n) {
+		if r.isOwnHost(n) || !allowedName(r.cfg.IssuerServingNames, n) {
 			dropped = append(dropped, n)
 		} else if !slices.Contains(names, n) {
 			names = append(names, n)
 		}
 	}
 	if len(dropped) > 0 {
-		r.log.Warn("intermediate will not vouch for the root's own serving names", "cluster", c.Name, "names", dropped)
+		r.log.Warn("intermediate will not vouch for serving names that are the root's or not allowed by issuerServingNames",
+			"cluster", c.Name, "names", dropped)
 	}
 	return names, nil
 }
 
+// allowedName reports whether name (a DNS name or IP) is one of allowed or,
+// for a DNS name, under one of them.
+func allowedName(allowed []string, name string) bool {
+	ip := net.ParseIP(name)
+	for _, a := range allowed {
+		aip := net.ParseIP(a)
+		switch {
+		case ip != nil && aip != nil && aip.Equal(ip):
+			return true
+		case ip == nil && aip == nil:
+			a, name := strings.ToLower(a), strings.ToLower(name)
+			if name == a || strings.HasSuffix(name, "."+a) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // isOwnHost reports whether name (a DNS name or IP) is one of the root's
-// serving names.
+// serving names or, as a DNS name constraint also permits subdomains, a
+// parent domain of one.
 func (r *Root) isOwnHost(name string) bool {
 	ip := net.ParseIP(name)
 	for _, h := range r.cfg.Hosts {
-		if hip := net.ParseIP(h); hip != nil && ip != nil && hip.Equal(ip) || ip == nil && strings.EqualFold(h, name) {
+		hip := net.ParseIP(h)
+		switch {
+		case ip != nil && hip != nil && hip.Equal(ip):
 			return true
+		case ip == nil && hip == nil:
+			h, name := strings.ToLower(h), strings.ToLower(name)
+			if h == name || strings.HasSuffix(h, "."+name) {
+				return true
+			}
 		}
 	}
 	return false

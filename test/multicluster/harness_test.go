@@ -190,9 +190,10 @@ func writeFile(t *testing.T, path, content string) string {
 }
 
 // rootHost is the root's serving name. Issuers serve under 127.0.0.1 and
-// localhost; no issuer's intermediate may vouch for the root's names, so
-// the root has a name of its own.
-const rootHost = "meshca-root.localhost"
+// localhost (the root allows them those names); no issuer's intermediate
+// may vouch for the root's names or a parent domain of them, so the root
+// has a name of its own, outside localhost.
+const rootHost = "meshca-root.internal"
 
 // rootProc is a running `meshca root serve`.
 type rootProc struct {
@@ -209,7 +210,7 @@ func startRoot(t *testing.T, body string) *rootProc {
 	t.Helper()
 	dir := t.TempDir()
 	r := &rootProc{Dir: dir, Addr: freeAddr(t), Socket: filepath.Join(dir, "admin.sock")}
-	cfg := writeFile(t, filepath.Join(t.TempDir(), "root.yaml"), fmt.Sprintf("dataDir: %s\nlisten: %s\nadminSocket: %s\nhosts: [%q]\n%s",
+	cfg := writeFile(t, filepath.Join(t.TempDir(), "root.yaml"), fmt.Sprintf("dataDir: %s\nlisten: %s\nadminSocket: %s\nhosts: [%q]\nissuerServingNames: [\"127.0.0.1\", \"localhost\"]\n%s",
 		dir, r.Addr, r.Socket, rootHost, body))
 	r.config = cfg
 	r.restart(t)
