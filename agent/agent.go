@@ -48,6 +48,12 @@ type Config struct {
 	// ClusterID is sent to the issuer as "clusterid"; empty means the
 	// issuer's own cluster.
 	ClusterID string
+	// IssuerCluster is the cluster whose issuer the agent requires (see
+	// ClientConfig.IssuerCluster): set it when ClusterID is an alias or a
+	// remote cluster that another cluster's issuer attests. Empty means
+	// ClusterID; when both are empty any cluster's issuer is accepted, and
+	// New logs a warning.
+	IssuerCluster string
 	// KeyType is KeyECP256 (the default when empty) or KeyRSA2048.
 	KeyType string
 	// TTL is the certificate lifetime requested; zero means the issuer's
@@ -216,9 +222,14 @@ func New(cfg Config) (_ *Agent, err error) {
 	if err != nil {
 		return nil, err
 	}
-	a.client, err = NewClient(ClientConfig{Address: cfg.IssuerAddress, ServerName: cfg.ServerName, Roots: roots, ClusterID: cfg.ClusterID})
+	a.client, err = NewClient(ClientConfig{Address: cfg.IssuerAddress, ServerName: cfg.ServerName, Roots: roots,
+		ClusterID: cfg.ClusterID, IssuerCluster: cfg.IssuerCluster})
 	if err != nil {
 		return nil, err
+	}
+	if cfg.IssuerCluster == "" && cfg.ClusterID == "" {
+		cfg.Logger.Warn("no cluster id or issuer cluster configured: the issuer of any cluster under the CA bundle is accepted",
+			"issuer", cfg.IssuerAddress)
 	}
 	defer func() {
 		if err != nil {

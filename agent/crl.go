@@ -212,3 +212,14 @@ func withCRLs(domains []ca.DomainBundle, held map[spiffeid.TrustDomain][]*heldCR
 	}
 	return out
 }
+
+// heldDER returns the DER of every held CRL.
+func heldDER(held map[spiffeid.TrustDomain][]*heldCRL) [][]byte {
+	var out [][]byte
+	for _, hs := range held {
+		for _, h := range hs {
+			out = append(out, h.der)
+		}
+	}
+	return out
+}

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
@@ -53,6 +54,27 @@ type fakeIssuer struct {
 	// one for webID: a misbehaving issuer.
 	mint  func(inter *ca.Authority, pub crypto.PublicKey) (*x509.Certificate, error)
 	conns []net.Conn // accepted so far
+	// calls counts requests that reached the server; tokens those that
+	// carried authorization metadata.
+	calls, tokens int
+}
+
+// record counts a request and whether it carried a token.
+func (fi *fakeIssuer) record(ctx context.Context) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	fi.mu.Lock()
+	defer fi.mu.Unlock()
+	fi.calls++
+	if len(md.Get("authorization")) > 0 {
+		fi.tokens++
+	}
+}
+
+// received returns how many requests, and how many tokens, arrived.
+func (fi *fakeIssuer) received() (calls, tokens int) {
+	fi.mu.Lock()
+	defer fi.mu.Unlock()
+	return fi.calls, fi.tokens
 }
 
 // newFakeIssuer starts a fake issuer for tree until the test ends. With
@@ -71,7 +93,13 @@ func newFakeIssuer(t *testing.T, tree *catest.Tree, bundles bool) *fakeIssuer {
 			defer fi.mu.Unlock()
 			return fi.serving, nil
 		},
-	})))
+	})), grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		fi.record(ctx)
+		return h(ctx, req)
+	}), grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		fi.record(ss.Context())
+		return h(srv, ss)
+	}))
 	pb.RegisterIstioCertificateServiceServer(g, fi)
 	if bundles {
 		meshcav1.RegisterBundleServiceServer(g, fi)

@@ -29,9 +29,20 @@ type fakeFetcher struct {
 	roots  *ca.Bundle        // last SetRoots
 	tokens []string          // tokens of every Fetch
 	keys   []crypto.Signer
+	crls   [][]byte // last SetCRLs
 }
 
-var _ Fetcher = (*fakeFetcher)(nil)
+var (
+	_ Fetcher   = (*fakeFetcher)(nil)
+	_ CRLSetter = (*fakeFetcher)(nil)
+)
+
+func (f *fakeFetcher) SetCRLs(ders [][]byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.crls = ders
+	return nil
+}
 
 func (f *fakeFetcher) Fetch(_ context.Context, key crypto.Signer, token string, ttl time.Duration) (*SVID, error) {
 	f.mu.Lock()

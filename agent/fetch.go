@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -80,6 +81,12 @@ type ClientConfig struct {
 	// ClusterID is sent as "clusterid" metadata; empty means the issuer's
 	// local cluster.
 	ClusterID string
+	// IssuerCluster is the cluster whose issuer the client requires: during
+	// the TLS handshake, before any token is sent, the serving chain's
+	// intermediate must name it (ca.IssuerServerID), not be revoked by a
+	// held root CRL (SetCRLs), and chain to Roots. Empty means ClusterID;
+	// when both are empty, any cluster's issuer under Roots is accepted.
+	IssuerCluster string
 }
 
 // reconnectBackoff paces gRPC's reconnection to the issuer; its cap matches
@@ -93,8 +100,12 @@ type Client struct {
 
 	mu    sync.Mutex
 	roots *ca.Bundle
-	conn  *grpc.ClientConn
-	api   pb.IstioCertificateServiceClient
+	// crls are the held root CRLs (SetCRLs) that verified against roots;
+	// crlDER is their DER, to tell a change.
+	crls   []*x509.RevocationList
+	crlDER [][]byte
+	conn   *grpc.ClientConn
+	api    pb.IstioCertificateServiceClient
 }
 
 // NewClient prepares a TLS connection to the issuer; it does not block.
@@ -111,6 +122,9 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	if cfg.ServerName == "" {
 		cfg.ServerName = strings.Trim(host, "[]")
+	}
+	if cfg.IssuerCluster == "" {
+		cfg.IssuerCluster = cfg.ClusterID
 	}
 	c := &Client{cfg: cfg}
 	if err := c.SetRoots(cfg.Roots); err != nil {
@@ -132,7 +146,16 @@ func (c *Client) SetRoots(roots *ca.Bundle) error {
 	if c.roots != nil && bytes.Equal(c.roots.PEM(), roots.PEM()) {
 		return nil
 	}
-	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots.Pool(), ServerName: c.cfg.ServerName}
+	return c.connectLocked(roots, c.crls)
+}
+
+// connectLocked replaces the connection with one that trusts roots and
+// refuses an issuer whose intermediate one of crls revokes. The caller
+// holds mu.
+func (c *Client) connectLocked(roots *ca.Bundle, crls []*x509.RevocationList) error {
+	check := ca.ServerCheck{Cluster: c.cfg.IssuerCluster, CRLs: crls}
+	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots.Pool(), ServerName: c.cfg.ServerName,
+		VerifyConnection: check.VerifyConnection}
 	conn, err := grpc.NewClient(c.cfg.Address, grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnectBackoff, MinConnectTimeout: 10 * time.Second}))
 	if err != nil {
@@ -141,7 +164,39 @@ func (c *Client) SetRoots(roots *ca.Bundle) error {
 	if c.conn != nil {
 		_ = c.conn.Close() // nothing to do about a failed close of a replaced connection
 	}
-	c.roots, c.conn, c.api = roots, conn, pb.NewIstioCertificateServiceClient(conn)
+	c.roots, c.crls, c.conn, c.api = roots, crls, conn, pb.NewIstioCertificateServiceClient(conn)
+	return nil
+}
+
+// SetCRLs gives the client the CRLs it holds (DER). Those signed by one of
+// its roots, which list revoked intermediates, make it refuse an issuer
+// whose intermediate they list; the others are ignored. When they change,
+// the connection is replaced, so that one to a now revoked issuer ends.
+// Until the first call the client knows no revocation: it checks the
+// issuer's identity and chain only.
+func (c *Client) SetCRLs(ders [][]byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var crls []*x509.RevocationList
+	var kept [][]byte
+	for _, der := range ders {
+		crl, err := x509.ParseRevocationList(der)
+		if err != nil {
+			continue // the Manager verified what it holds; a stranger is no root CRL
+		}
+		if slices.ContainsFunc(c.roots.Roots(), func(r *x509.Certificate) bool { return crl.CheckSignatureFrom(r) == nil }) {
+			crls, kept = append(crls, crl), append(kept, der)
+		}
+	}
+	// The order of ders carries no meaning; compare sets.
+	slices.SortFunc(kept, bytes.Compare)
+	if slices.EqualFunc(kept, c.crlDER, bytes.Equal) {
+		return nil
+	}
+	if err := c.connectLocked(c.roots, crls); err != nil {
+		return err
+	}
+	c.crlDER = kept
 	return nil
 }
 

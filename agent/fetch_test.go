@@ -25,7 +25,7 @@ func otherTree(t *testing.T) (root, inter *ca.Authority) {
 	}
 	ikey := catest.Key(t, "fetch-other-intermediate")
 	td := catest.New(t, catest.Options{}).TrustDomain
-	icert, err := root.SignIntermediate(ca.IntermediateRequest{PublicKey: ikey.Public(), TrustDomain: td, Cluster: "test", TTL: 24 * time.Hour})
+	icert, err := root.SignIntermediate(ca.IntermediateRequest{PublicKey: ikey.Public(), TrustDomain: td, Cluster: "test", ServingNames: catest.TestServingNames, TTL: 24 * time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,6 +33,15 @@ type Fetcher interface {
 
 var _ Fetcher = (*Client)(nil)
 
+// CRLSetter is an optional capability of a Fetcher: it receives the
+// verified CRLs the Manager holds, so that it can refuse an issuer whose
+// intermediate the root revoked.
+type CRLSetter interface {
+	SetCRLs(ders [][]byte) error
+}
+
+var _ CRLSetter = (*Client)(nil)
+
 // ManagerConfig configures a Manager.
 type ManagerConfig struct {
 	// Fetcher talks to the issuer. Required.
@@ -417,6 +426,9 @@ func (m *Manager) SetTrustBundle(b *ca.TrustBundle) (bool, error) {
 	anchors, err := m.anchorsLocked()
 	if err == nil {
 		err = m.cfg.Fetcher.SetRoots(anchors)
+	}
+	if cs, ok := m.cfg.Fetcher.(CRLSetter); ok && err == nil {
+		err = cs.SetCRLs(heldDER(m.crls))
 	}
 	prev, _ := m.cfg.Publisher.Current()
 	var (

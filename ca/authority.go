@@ -125,8 +125,15 @@ type IntermediateRequest struct {
 	// TrustDomain is the only trust domain the intermediate may issue into:
 	// it becomes a critical X.509 URI name constraint.
 	TrustDomain spiffeid.TrustDomain
-	// Cluster names the cluster; it goes into the subject.
+	// Cluster names the cluster; it goes into the subject and into the
+	// intermediate's URI SAN (IssuerServerID), which meshca's clients
+	// require of the issuer they talk to.
 	Cluster string
+	// ServingNames are the DNS names and IP addresses the cluster's issuer
+	// serves under; they become the only DNS and IP names the intermediate
+	// may vouch for (critical name constraints). Nil means none: no DNS
+	// name and no IP address verifies under the intermediate.
+	ServingNames []string
 	// TTL is the requested lifetime; zero means DefaultIntermediateTTL. The
 	// result never outlives the signing CA.
 	TTL time.Duration
@@ -146,7 +153,8 @@ const intermediateTemplate = `{
 }`
 
 // SignIntermediate signs a CA certificate with path length 0 that may only
-// issue SPIFFE IDs in req.TrustDomain.
+// issue SPIFFE IDs in req.TrustDomain and serving certificates for
+// req.ServingNames, and that names its cluster's issuer (IssuerServerID).
 func (a *Authority) SignIntermediate(req IntermediateRequest) (*x509.Certificate, error) {
 	if req.PublicKey == nil {
 		return nil, errors.New("intermediate: public key is required")
@@ -175,6 +183,14 @@ func (a *Authority) SignIntermediate(req IntermediateRequest) (*x509.Certificate
 	data.SetInsecure(x509util.UserKey, map[string]any{"permitted": []string{td}, "excluded": []string{"." + td}})
 	tmpl, err := fromTemplate(intermediateTemplate, data, req.PublicKey)
 	if err != nil {
+		return nil, fmt.Errorf("intermediate: %w", err)
+	}
+	id, err := IssuerServerID(req.TrustDomain, req.Cluster)
+	if err != nil {
+		return nil, fmt.Errorf("intermediate: %w", err)
+	}
+	tmpl.URIs = []*url.URL{id.URL()}
+	if err := constrainServingNames(tmpl, req.ServingNames); err != nil {
 		return nil, fmt.Errorf("intermediate: %w", err)
 	}
 	if err := a.setValidity(tmpl, req.Now, req.TTL); err != nil {

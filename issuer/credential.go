@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -169,10 +170,19 @@ func (f credentialFiles) writeRoots(b *ca.Bundle) error {
 }
 
 // newCSR returns a DER PKCS#10 request for key. The root decides every
-// name and extension; only the public key (and the proof of its
-// possession) matters.
-func newCSR(key crypto.Signer, commonName string) ([]byte, error) {
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: commonName}}, key)
+// name and extension; it reads only the public key (and the proof of its
+// possession) and, in an intermediate CSR, the serving names (DNS names and
+// IPs) the issuer asks its intermediate to vouch for.
+func newCSR(key crypto.Signer, commonName string, servingNames ...string) ([]byte, error) {
+	tmpl := &x509.CertificateRequest{Subject: pkix.Name{CommonName: commonName}}
+	for _, n := range servingNames {
+		if ip := net.ParseIP(n); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
 	if err != nil {
 		return nil, fmt.Errorf("create %s request: %w", commonName, err)
 	}
@@ -240,9 +250,10 @@ func verifyCredential(ders [][]byte, key crypto.Signer, tb *ca.TrustBundle, td s
 }
 
 // verifyIntermediate checks an intermediate received from the root: a CA
-// for key, constrained to exactly td, chaining to one of tb's roots for td
+// for key, constrained to exactly td, naming cluster's issuer (which
+// meshca's clients require of this issuer), chaining to one of tb's roots for td
 // and not outliving it. It returns the intermediate as an Authority.
-func verifyIntermediate(ders [][]byte, key crypto.Signer, tb *ca.TrustBundle, td spiffeid.TrustDomain, now time.Time) (*ca.Authority, error) {
+func verifyIntermediate(ders [][]byte, key crypto.Signer, tb *ca.TrustBundle, td spiffeid.TrustDomain, cluster string, now time.Time) (*ca.Authority, error) {
 	chain, err := parseChain(ders, "intermediate")
 	if err != nil {
 		return nil, err
@@ -256,6 +267,8 @@ func verifyIntermediate(ders [][]byte, key crypto.Signer, tb *ca.TrustBundle, td
 		return nil, errors.New("intermediate: not a CA certificate")
 	case len(cert.PermittedURIDomains) != 1 || cert.PermittedURIDomains[0] != td.Name():
 		return nil, fmt.Errorf("intermediate: permits URI domains %q, want exactly %q", cert.PermittedURIDomains, td.Name())
+	case !namesIssuer(cert, td, cluster):
+		return nil, fmt.Errorf("intermediate: URI SANs %v do not name the issuer of cluster %q", cert.URIs, cluster)
 	case !keyutil.Equal(cert.PublicKey, key.Public()):
 		return nil, errors.New("intermediate: public key is not ours")
 	}
@@ -273,4 +286,11 @@ func verifyIntermediate(ders [][]byte, key crypto.Signer, tb *ca.TrustBundle, td
 		return nil, fmt.Errorf("intermediate: expires after its root %q", root.Subject.CommonName)
 	}
 	return ca.NewAuthority(cert, key, chain[1:]...)
+}
+
+// namesIssuer reports whether CA certificate c names the issuer of cluster
+// in td.
+func namesIssuer(c *x509.Certificate, td spiffeid.TrustDomain, cluster string) bool {
+	id, err := ca.IssuerServerID(td, cluster)
+	return err == nil && len(c.URIs) == 1 && c.URIs[0].String() == id.String()
 }

@@ -59,6 +59,11 @@ type fakeRoot struct {
 	enrolls      int
 	renewals     int
 	credRenewals int
+	// calls counts every RPC that reached the server, refused or not.
+	calls int
+	// impostor, when set, signs the serving certificate instead of the
+	// active root: a cluster's issuer posing as the root.
+	impostor *ca.Authority
 	// crls are put in the bundle, per trust domain (setCRLs); received
 	// are the CRLs issuers published, per cluster, newest last.
 	crls     map[spiffeid.TrustDomain][]ca.CRL
@@ -271,8 +276,13 @@ func (r *fakeRoot) signIntermediate(c fakeCluster, csrDER []byte) (*x509.Certifi
 	if err != nil {
 		return nil, err
 	}
+	// Like the real root: the CSR's SANs are the serving names asked for.
+	names := csr.DNSNames
+	for _, ip := range csr.IPAddresses {
+		names = append(names, ip.String())
+	}
 	return r.activeRoot().SignIntermediate(ca.IntermediateRequest{
-		PublicKey: csr.PublicKey, TrustDomain: c.td, Cluster: c.name, TTL: r.interTTL, Now: r.now(),
+		PublicKey: csr.PublicKey, TrustDomain: c.td, Cluster: c.name, ServingNames: names, TTL: r.interTTL, Now: r.now(),
 	})
 }
 
@@ -396,9 +406,15 @@ func (r *fakeRoot) serve() {
 	r.addr = lis.Addr().String()
 	servingKey := newKey(r.tb)
 	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-		root := r.activeRoot()
-		leaf, err := root.SignLeaf(ca.LeafRequest{
-			PublicKey: servingKey.Public(), DNSNames: []string{rootServerName}, TTL: time.Hour, Now: r.now(),
+		signer, chain, uris := r.activeRoot(), [][]byte(nil), []*url.URL{ca.RootServerURI}
+		r.mu.Lock()
+		if r.impostor != nil {
+			signer, chain, uris = r.impostor, [][]byte{r.impostor.Certificate.Raw}, nil
+		}
+		r.mu.Unlock()
+		leaf, err := signer.SignLeaf(ca.LeafRequest{
+			PublicKey: servingKey.Public(), DNSNames: []string{rootServerName}, URIs: uris,
+			TTL: time.Hour, Now: r.now(),
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		})
 		if err != nil {
@@ -412,10 +428,16 @@ func (r *fakeRoot) serve() {
 		r.mu.Unlock()
 		return &tls.Config{
 			MinVersion: tls.VersionTLS12, Time: r.now, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: clientCAs,
-			Certificates: []tls.Certificate{{Certificate: [][]byte{leaf.Raw}, PrivateKey: servingKey, Leaf: leaf}},
+			Certificates: []tls.Certificate{{Certificate: append([][]byte{leaf.Raw}, chain...), PrivateKey: servingKey, Leaf: leaf}},
 		}, nil
 	}}
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConfig)))
+	count := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		r.mu.Lock()
+		r.calls++
+		r.mu.Unlock()
+		return h(ctx, req)
+	}
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConfig)), grpc.UnaryInterceptor(count))
 	meshcav1.RegisterRootServiceServer(srv, fakeRootService{r: r})
 	meshcav1.RegisterBundleServiceServer(srv, fakeBundleService{r: r})
 	r.mu.Lock()

@@ -6,8 +6,11 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -56,16 +59,31 @@ func (s *servingCerts) get() (*tls.Certificate, error) {
 		return s.current, nil
 	}
 	req := ca.LeafRequest{PublicKey: s.key.Public(), TTL: s.ttl, Now: now}
+	var dropped []string
 	for _, h := range s.hosts {
-		if ip := net.ParseIP(h); ip != nil {
+		ip := net.ParseIP(h)
+		switch {
+		case !permits(sig.authority.Certificate, h, ip):
+			dropped = append(dropped, h)
+		case ip != nil:
 			req.IPAddresses = append(req.IPAddresses, ip)
-		} else {
+		default:
 			req.DNSNames = append(req.DNSNames, h)
 		}
+	}
+	if len(dropped) > 0 && s.signedBy != sig.authority {
+		s.iss.cfg.Logger.Warn("serving without the names the intermediate does not permit", "names", dropped,
+			"serial", ca.SerialHex(sig.authority.Certificate.SerialNumber))
+	}
+	if len(req.DNSNames)+len(req.IPAddresses) == 0 {
+		return nil, fmt.Errorf("serving certificate: the intermediate permits none of the serving names %q", s.hosts)
 	}
 	leaf, err := sig.authority.SignLeaf(req)
 	if err != nil {
 		return nil, fmt.Errorf("serving certificate: %w", err)
+	}
+	if err := verifyServing(leaf, sig, now); err != nil {
+		return nil, err
 	}
 	cert := &tls.Certificate{PrivateKey: s.key, Leaf: leaf, Certificate: [][]byte{leaf.Raw}}
 	for _, c := range sig.chain {
@@ -74,4 +92,45 @@ func (s *servingCerts) get() (*tls.Certificate, error) {
 	s.current, s.signedBy = cert, sig.authority
 	s.renewAt = leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
 	return cert, nil
+}
+
+// permits reports whether CA certificate c may vouch for the serving name
+// host (ip when it is an IP address), by c's name constraints as
+// crypto/x509 reads them. An intermediate without DNS or IP constraints
+// (minted before they existed) permits every name.
+func permits(c *x509.Certificate, host string, ip net.IP) bool {
+	if ip != nil {
+		for _, r := range c.ExcludedIPRanges {
+			if r.Contains(ip) {
+				return false
+			}
+		}
+		return len(c.PermittedIPRanges) == 0 || slices.ContainsFunc(c.PermittedIPRanges, func(r *net.IPNet) bool { return r.Contains(ip) })
+	}
+	match := func(constraint string) bool {
+		if strings.HasPrefix(constraint, ".") {
+			return strings.HasSuffix(host, constraint)
+		}
+		return constraint == "" || strings.EqualFold(host, constraint) || strings.HasSuffix(strings.ToLower(host), "."+strings.ToLower(constraint))
+	}
+	if slices.ContainsFunc(c.ExcludedDNSDomains, match) {
+		return false
+	}
+	return len(c.PermittedDNSDomains) == 0 || slices.ContainsFunc(c.PermittedDNSDomains, match)
+}
+
+// verifyServing checks a serving certificate just signed: it chains to the
+// bundle's roots for server authentication, every name it carries within
+// the name constraints above it.
+func verifyServing(leaf *x509.Certificate, sig *signing, now time.Time) error {
+	inters := x509.NewCertPool()
+	for _, c := range sig.chain {
+		inters.AddCert(c)
+	}
+	_, err := leaf.Verify(x509.VerifyOptions{Roots: sig.bundle.Pool(), Intermediates: inters, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	if err != nil {
+		return fmt.Errorf("serving certificate: %w", err)
+	}
+	return nil
 }

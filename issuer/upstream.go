@@ -52,6 +52,12 @@ type UpstreamConfig struct {
 	// issuer as; zero values accept the root's answer.
 	TrustDomain spiffeid.TrustDomain
 	Cluster     string
+	// ServingNames are the DNS names and IP addresses this issuer serves
+	// under; every intermediate request asks the root for them, and the
+	// intermediate may vouch for no other (the root also leaves out its own
+	// names). Nil asks for none, and the root then grants
+	// ca.DefaultServingNames.
+	ServingNames []string
 	// JoinToken is redeemed (once) when CredentialDir holds no usable
 	// credential. Empty is fine once the issuer has enrolled.
 	JoinToken string
@@ -190,7 +196,7 @@ func (u *Upstream) NewIntermediate(ctx context.Context) (*ca.Authority, *ca.Trus
 	if err != nil {
 		return nil, nil, fmt.Errorf("generate intermediate key: %w", err)
 	}
-	csr, err := newCSR(key, "meshca intermediate CA")
+	csr, err := newCSR(key, "meshca intermediate CA", u.cfg.ServingNames...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -251,7 +257,7 @@ func (u *Upstream) enroll(ctx context.Context, key crypto.Signer, csr []byte) (*
 	if err := u.verifyBundle(tb); err != nil {
 		return nil, nil, fmt.Errorf("enroll: %w", err)
 	}
-	auth, err := verifyIntermediate(resp.GetIntermediateChain(), key, tb, td, now)
+	auth, err := verifyIntermediate(resp.GetIntermediateChain(), key, tb, td, resp.GetCluster(), now)
 	if err != nil {
 		return nil, nil, fmt.Errorf("enroll: %w", err)
 	}
@@ -303,7 +309,7 @@ func (u *Upstream) renew(ctx context.Context, cred *credential, key crypto.Signe
 	} else if err := u.storeCredential(next); err != nil {
 		u.cfg.Logger.Error("storing the renewed issuer credential failed; keeping the current one", "error", err.Error())
 	}
-	auth, err := verifyIntermediate(resp.GetIntermediateChain(), key, tb, cred.trustDomain, now)
+	auth, err := verifyIntermediate(resp.GetIntermediateChain(), key, tb, cred.trustDomain, cred.cluster, now)
 	if err != nil {
 		return nil, nil, fmt.Errorf("renew: %w", err)
 	}
@@ -449,7 +455,11 @@ func (u *Upstream) dial(clientCert *tls.Certificate) (*grpc.ClientConn, error) {
 	u.mu.Lock()
 	pool := u.trusted.Pool()
 	u.mu.Unlock()
-	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, ServerName: u.cfg.ServerName, Time: u.cfg.Now}
+	// The host name alone does not tell the root from a cluster's issuer
+	// that serves under the same name: require the root's identity, during
+	// the handshake, before a join token or a CSR is sent.
+	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, ServerName: u.cfg.ServerName, Time: u.cfg.Now,
+		VerifyConnection: ca.ServerCheck{Root: true}.VerifyConnection}
 	if clientCert != nil {
 		tlsConfig.Certificates = []tls.Certificate{*clientCert}
 	}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.step.sm/crypto/keyutil"
 	"go.step.sm/crypto/pemutil"
 	"google.golang.org/grpc/codes"
@@ -50,7 +51,7 @@ func upstreamConfig(r *fakeRoot, dir, token string, log *slog.Logger) issuer.Ups
 		log = slog.New(slog.DiscardHandler)
 	}
 	return issuer.UpstreamConfig{
-		Address: r.addr, ServerName: rootServerName, Roots: r.initialRoots(), JoinToken: token, CredentialDir: dir,
+		Address: r.addr, ServerName: rootServerName, Roots: r.initialRoots(), JoinToken: token, CredentialDir: dir, ServingNames: devHosts,
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Now: r.now, Logger: log,
 	}
 }
@@ -492,5 +493,53 @@ func TestUpstreamIgnoresBundlesNotSignedByTrustedRoot(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), `"level":"WARN","msg":"ignoring a trust bundle whose signature does not verify`) {
 		t.Error("skipped bundles not logged as warnings")
+	}
+}
+
+// A cluster's issuer serves under the root's host name with a certificate
+// from its intermediate (signed by the same root): the issuer's client of
+// the root refuses it at the handshake, so neither the join token nor the
+// credential's renewal request reaches it.
+func TestUpstreamRefusesIssuerPosingAsRoot(t *testing.T) {
+	r := newFakeRoot(t, nil, 0)
+	tok := r.addCluster("east", "east.example")
+	r.serve()
+	dir := t.TempDir()
+	mustIntermediate(t, mustUpstream(t, upstreamConfig(r, dir, tok, nil)))
+
+	key := newKey(t)
+	cert, err := r.activeRoot().SignIntermediate(ca.IntermediateRequest{
+		PublicKey: key.Public(), TrustDomain: spiffeid.RequireTrustDomainFromString("west.example"), Cluster: "west",
+		ServingNames: []string{rootServerName}, Now: r.now(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	west, err := ca.NewAuthority(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	r.impostor, r.calls = west, 0
+	r.mu.Unlock()
+
+	for name, cfg := range map[string]issuer.UpstreamConfig{
+		"enrol with a join token": upstreamConfig(r, t.TempDir(), r.addCluster("north", "north.example"), nil),
+		"renew with a credential": upstreamConfig(r, dir, "", nil),
+	} {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, _, err := mustUpstream(t, cfg).NewIntermediate(ctx)
+			if err == nil || !strings.Contains(err.Error(), "want the meshca root") {
+				t.Fatalf("NewIntermediate from an issuer posing as the root: %v, want a refused handshake", err)
+			}
+			r.mu.Lock()
+			calls := r.calls
+			r.mu.Unlock()
+			if calls != 0 {
+				t.Fatalf("%d requests reached the impostor", calls)
+			}
+		})
 	}
 }

@@ -54,7 +54,17 @@ type Options struct {
 	Now             time.Time
 	RootTTL         time.Duration
 	IntermediateTTL time.Duration
+	// Cluster names the intermediate's cluster; empty means "test".
+	Cluster string
+	// ServingNames are the DNS names and IPs the intermediate may vouch
+	// for; nil means TestServingNames.
+	ServingNames []string
 }
+
+// TestServingNames are the names a test intermediate may vouch for by
+// default: the loopback names tests serve under, the Istio name, and the
+// reserved "test" domain (RFC 2606) with every name under it.
+var TestServingNames = []string{"localhost", "127.0.0.1", "::1", "istiod.istio-system.svc", "test"}
 
 // New builds a root and an intermediate for the given trust domain.
 func New(tb testing.TB, opts Options) *Tree {
@@ -72,13 +82,20 @@ func New(tb testing.TB, opts Options) *Tree {
 	if opts.RootKey == "" {
 		opts.RootKey = "root"
 	}
+	if opts.Cluster == "" {
+		opts.Cluster = "test"
+	}
+	if opts.ServingNames == nil {
+		opts.ServingNames = TestServingNames
+	}
 	root, err := ca.NewRoot(ca.RootConfig{Signer: Key(tb, opts.RootKey), TTL: opts.RootTTL, Now: opts.Now})
 	if err != nil {
 		tb.Fatalf("root: %v", err)
 	}
 	ikey := Key(tb, "intermediate-"+opts.TrustDomain)
 	icert, err := root.SignIntermediate(ca.IntermediateRequest{
-		PublicKey: ikey.Public(), TrustDomain: td, Cluster: "test", TTL: opts.IntermediateTTL, Now: opts.Now,
+		PublicKey: ikey.Public(), TrustDomain: td, Cluster: opts.Cluster, ServingNames: opts.ServingNames,
+		TTL: opts.IntermediateTTL, Now: opts.Now,
 	})
 	if err != nil {
 		tb.Fatalf("intermediate: %v", err)

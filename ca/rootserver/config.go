@@ -123,6 +123,12 @@ type Config struct {
 	// Hosts are the DNS names and IP addresses in the TLS serving
 	// certificate. Required.
 	Hosts []string
+	// IssuerServingNames are the DNS names (each with its subdomains) and
+	// IP addresses that cluster issuers may ask their intermediates to
+	// vouch for; a requested name outside them is left out, as are the
+	// root's own Hosts and their parent domains. Nil means
+	// ca.DefaultServingNames (the Istio and meshca Service names).
+	IssuerServingNames []string
 	// TrustDomains are published in the bundle even when no cluster is
 	// registered in them; nil means none.
 	TrustDomains []string
@@ -190,6 +196,9 @@ func (c Config) Validate() error {
 			return fmt.Errorf("root server: serving host %q is not a DNS name or IP address", h)
 		}
 	}
+	if _, _, err := ca.SplitServingNames(c.IssuerServingNames); err != nil {
+		return fmt.Errorf("root server: issuer serving names: %w", err)
+	}
 	for _, td := range c.TrustDomains {
 		if _, err := spiffeid.TrustDomainFromString(td); err != nil {
 			return fmt.Errorf("root server: trust domain %q: %w", td, err)
@@ -230,6 +239,9 @@ func (c Config) withDefaults() Config {
 	def(&c.CRLValidity, ca.DefaultCRLValidity)
 	if c.MaxRequestBytes == 0 {
 		c.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if c.IssuerServingNames == nil {
+		c.IssuerServingNames = ca.DefaultServingNames
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

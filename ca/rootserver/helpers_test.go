@@ -166,7 +166,8 @@ func newKey(t testing.TB) crypto.Signer {
 	return k
 }
 
-// csrFor is a DER CSR with names the root must ignore.
+// csrFor is a DER CSR with a subject the root must ignore; as an
+// intermediate CSR, its DNS name is the serving name the issuer asks for.
 func csrFor(t testing.TB, key crypto.Signer) []byte {
 	t.Helper()
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{

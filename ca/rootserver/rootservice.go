@@ -95,7 +95,7 @@ func (r *Root) enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshca
 	if err != nil {
 		return nil, err
 	}
-	out, err := r.enrollIssue(ctx, st, c, id, interCSR.PublicKey, credCSR.PublicKey)
+	out, err := r.enrollIssue(ctx, st, c, id, interCSR, credCSR.PublicKey)
 	if err != nil {
 		return nil, fmt.Errorf("cluster %s enrolled with a join token, which is now used: %w", c.Name, err)
 	}
@@ -114,7 +114,7 @@ func (r *Root) enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshca
 // has just redeemed a join token. The credential starts a new lineage: every
 // earlier credential of the cluster, and a revocation of its lineage after a
 // reuse, is replaced.
-func (r *Root) enrollIssue(ctx context.Context, st *state, c store.Cluster, id spiffeid.ID, interPub, credPub crypto.PublicKey) (issued, error) {
+func (r *Root) enrollIssue(ctx context.Context, st *state, c store.Cluster, id spiffeid.ID, interCSR *x509.CertificateRequest, credPub crypto.PublicKey) (issued, error) {
 	cred, err := r.signCredential(st, c, credPub)
 	if err != nil {
 		return issued{}, err
@@ -125,7 +125,7 @@ func (r *Root) enrollIssue(ctx context.Context, st *state, c store.Cluster, id s
 	if err := r.swapUntilDone(ctx, c.Name, lineage, r.credentialIssued("join-token", c, cred, st.active.Certificate)); err != nil {
 		return issued{}, fmt.Errorf("%w: record credential: %w", errUnavailable, err)
 	}
-	out, err := r.issue(ctx, st, c, interPub, id.String())
+	out, err := r.issue(ctx, st, c, interCSR, id.String())
 	out.credential = cred
 	return out, err
 }
@@ -165,7 +165,7 @@ func (r *Root) renew(ctx context.Context, req *meshcav1.RenewRequest) (*meshcav1
 	case err != nil:
 		return nil, fmt.Errorf("%w: record credential: %w", errUnavailable, err)
 	}
-	out, err := r.issue(ctx, st, c, interCSR.PublicKey, caller.id.String())
+	out, err := r.issue(ctx, st, c, interCSR, caller.id.String())
 	if err != nil {
 		return nil, err
 	}

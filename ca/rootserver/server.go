@@ -205,7 +205,10 @@ func (s *servingCerts) sign(st *state, now time.Time) (*tls.Certificate, error) 
 		PublicKey: s.key.Public(), TTL: s.r.cfg.ServingTTL, Now: now,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
+	// The URI names the root to meshca's clients (ca.ServerCheck), which
+	// no cluster intermediate can vouch for.
 	hosts := s.r.cfg.Hosts
+	req.URIs = []*url.URL{ca.RootServerURI}
 	if s.uri != nil {
 		hosts, req.URIs = nil, []*url.URL{s.uri}
 	}

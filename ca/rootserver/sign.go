@@ -11,8 +11,10 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/url"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -26,7 +28,9 @@ import (
 const credentialPathPrefix = "/meshca/cluster/"
 
 // parseCSR parses a DER PKCS#10 request and checks its signature and key.
-// Subject and SANs are ignored: the root decides every name.
+// The subject is ignored: the root decides every name, but takes an
+// intermediate CSR's DNS and IP SANs as the serving names its issuer asks
+// for (Root.servingNames).
 func parseCSR(what string, der []byte) (*x509.CertificateRequest, error) {
 	if len(der) == 0 {
 		return nil, fmt.Errorf("%w: %s is missing", errInvalidArgument, what)
@@ -116,9 +120,85 @@ func (r *Root) credentialIssued(actor string, c store.Cluster, cred, root *x509.
 	}
 }
 
-// issue signs, verifies and records an intermediate for cluster c under the
-// active root of st. The actor goes into the audit log.
-func (r *Root) issue(ctx context.Context, st *state, c store.Cluster, interPub crypto.PublicKey, actor string) (issued, error) {
+// maxServingNames bounds the serving names one intermediate may carry.
+const maxServingNames = 32
+
+// servingNames returns the DNS names and IPs the intermediate for interCSR
+// may vouch for: those the CSR asks for (ca.DefaultServingNames when none)
+// that Config.IssuerServingNames allows, minus the root's own serving names,
+// which no cluster issuer may hold.
+func (r *Root) servingNames(c store.Cluster, interCSR *x509.CertificateRequest) ([]string, error) {
+	asked := slices.Clone(interCSR.DNSNames)
+	for _, ip := range interCSR.IPAddresses {
+		asked = append(asked, ip.String())
+	}
+	if len(asked) == 0 {
+		asked = ca.DefaultServingNames
+	}
+	if len(asked) > maxServingNames {
+		return nil, fmt.Errorf("%w: intermediate CSR asks for %d serving names, at most %d are allowed", errInvalidArgument, len(asked), maxServingNames)
+	}
+	if _, _, err := ca.SplitServingNames(asked); err != nil {
+		return nil, fmt.Errorf("%w: intermediate CSR: %w", errInvalidArgument, err)
+	}
+	var names, dropped []string
+	for _, n := range asked {
+		if r.isOwnHost(n) || !allowedName(r.cfg.IssuerServingNames, n) {
+			dropped = append(dropped, n)
+		} else if !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	if len(dropped) > 0 {
+		r.log.Warn("intermediate will not vouch for serving names that are the root's or not allowed by issuerServingNames",
+			"cluster", c.Name, "names", dropped)
+	}
+	return names, nil
+}
+
+// allowedName reports whether name (a DNS name or IP) is one of allowed or,
+// for a DNS name, under one of them.
+func allowedName(allowed []string, name string) bool {
+	ip := net.ParseIP(name)
+	for _, a := range allowed {
+		aip := net.ParseIP(a)
+		switch {
+		case ip != nil && aip != nil && aip.Equal(ip):
+			return true
+		case ip == nil && aip == nil:
+			a, name := strings.ToLower(a), strings.ToLower(name)
+			if name == a || strings.HasSuffix(name, "."+a) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// isOwnHost reports whether name (a DNS name or IP) is one of the root's
+// serving names or, as a DNS name constraint also permits subdomains, a
+// parent domain of one.
+func (r *Root) isOwnHost(name string) bool {
+	ip := net.ParseIP(name)
+	for _, h := range r.cfg.Hosts {
+		hip := net.ParseIP(h)
+		switch {
+		case ip != nil && hip != nil && hip.Equal(ip):
+			return true
+		case ip == nil && hip == nil:
+			h, name := strings.ToLower(h), strings.ToLower(name)
+			if h == name || strings.HasSuffix(h, "."+name) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// issue signs, verifies and records an intermediate for cluster c (for
+// the key and serving names of interCSR) under the active root of st. The
+// actor goes into the audit log.
+func (r *Root) issue(ctx context.Context, st *state, c store.Cluster, interCSR *x509.CertificateRequest, actor string) (issued, error) {
 	if st.active == nil {
 		return issued{}, errNoActiveRoot
 	}
@@ -126,16 +206,21 @@ func (r *Root) issue(ctx context.Context, st *state, c store.Cluster, interPub c
 	if err != nil {
 		return issued{}, err
 	}
+	names, err := r.servingNames(c, interCSR)
+	if err != nil {
+		return issued{}, err
+	}
 	root := st.active
 	now := r.cfg.Now()
 	var out issued
 	out.intermediate, err = root.SignIntermediate(ca.IntermediateRequest{
-		PublicKey: interPub, TrustDomain: id.TrustDomain(), Cluster: c.Name, TTL: r.cfg.IntermediateTTL, Now: now,
+		PublicKey: interCSR.PublicKey, TrustDomain: id.TrustDomain(), Cluster: c.Name, ServingNames: names,
+		TTL: r.cfg.IntermediateTTL, Now: now,
 	})
 	if err != nil {
 		return issued{}, fmt.Errorf("%w: sign intermediate: %w", errUnavailable, err)
 	}
-	if err := verifyIntermediate(out.intermediate, root.Certificate, id.TrustDomain(), now); err != nil {
+	if err := verifyIntermediate(out.intermediate, root.Certificate, id.TrustDomain(), c.Name, now); err != nil {
 		return issued{}, err
 	}
 	sum := sha256.Sum256(out.intermediate.Raw)
@@ -147,8 +232,8 @@ func (r *Root) issue(ctx context.Context, st *state, c store.Cluster, interPub c
 		Fingerprint: hex.EncodeToString(sum[:]), DER: out.intermediate.Raw,
 	}, store.AuditEvent{
 		Time: now, Actor: actor, Action: "intermediate.issue", Cluster: c.Name, Serial: serial,
-		Detail: fmt.Sprintf("trust domain %s, root sha256 %s, not after %s", id.TrustDomain().Name(),
-			fingerprintHex(root.Certificate), out.intermediate.NotAfter.UTC().Format("2006-01-02T15:04:05Z")),
+		Detail: fmt.Sprintf("trust domain %s, root sha256 %s, not after %s, serving names %s", id.TrustDomain().Name(),
+			fingerprintHex(root.Certificate), out.intermediate.NotAfter.UTC().Format("2006-01-02T15:04:05Z"), strings.Join(names, " ")),
 	})
 	if err != nil {
 		return issued{}, fmt.Errorf("%w: record intermediate: %w", errUnavailable, err)
@@ -173,13 +258,19 @@ func verifyCredential(cred, root *x509.Certificate, id spiffeid.ID, now time.Tim
 	return nil
 }
 
-// verifyIntermediate checks an intermediate just signed: it chains to root
-// and is a CA of path length 0 that may only issue into td.
-func verifyIntermediate(inter, root *x509.Certificate, td spiffeid.TrustDomain, now time.Time) error {
+// verifyIntermediate checks an intermediate just signed: it chains to root,
+// is a CA of path length 0 that may only issue into td, and names cluster's
+// issuer.
+func verifyIntermediate(inter, root *x509.Certificate, td spiffeid.TrustDomain, cluster string, now time.Time) error {
 	pool := x509.NewCertPool()
 	pool.AddCert(root)
 	_, err := inter.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	serverID, idErr := ca.IssuerServerID(td, cluster)
 	switch {
+	case idErr != nil:
+		return fmt.Errorf("%w: intermediate: %w", errSelfCheck, idErr)
+	case len(inter.URIs) != 1 || inter.URIs[0].String() != serverID.String():
+		return fmt.Errorf("%w: intermediate does not name %s", errSelfCheck, serverID)
 	case err != nil:
 		return fmt.Errorf("%w: intermediate: %w", errSelfCheck, err)
 	case !inter.IsCA, !inter.MaxPathLenZero, inter.MaxPathLen != 0, !inter.PermittedDNSDomainsCritical,

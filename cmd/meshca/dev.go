@@ -94,14 +94,15 @@ func runDev(ctx context.Context, cfg devConfig, out io.Writer) error {
 	}, out)
 }
 
-// newIntermediate mints the dev issuer's intermediate under root. Its key is
-// generated in memory and never written anywhere.
-func newIntermediate(root *ca.Authority, td spiffeid.TrustDomain, cluster string, ttl time.Duration) (*ca.Authority, error) {
+// newIntermediate mints the dev issuer's intermediate under root, for the
+// serving names hosts. Its key is generated in memory and never written
+// anywhere.
+func newIntermediate(root *ca.Authority, td spiffeid.TrustDomain, cluster string, hosts []string, ttl time.Duration) (*ca.Authority, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("intermediate key: %w", err)
 	}
-	cert, err := root.SignIntermediate(ca.IntermediateRequest{PublicKey: key.Public(), TrustDomain: td, Cluster: cluster, TTL: ttl})
+	cert, err := root.SignIntermediate(ca.IntermediateRequest{PublicKey: key.Public(), TrustDomain: td, Cluster: cluster, ServingNames: hosts, TTL: ttl})
 	if err != nil {
 		return nil, err
 	}

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -29,6 +32,7 @@ func newCertFetchCommand() *cobra.Command {
 		keyType   string
 		ttl       time.Duration
 		timeout   time.Duration
+		crlFiles  []string
 	)
 	cmd := &cobra.Command{
 		Use:   "fetch",
@@ -36,7 +40,13 @@ func newCertFetchCommand() *cobra.Command {
 		Long: `Generates a private key locally, sends a CSR to the issuer over the Istio CA API
 (authenticated by the token in --token-file) and writes OUT/cert.pem (leaf then
 intermediates), OUT/key.pem (PKCS#8, mode 0600) and OUT/bundle.pem (roots). The key
-never leaves this machine.`,
+never leaves this machine.
+
+Before the token is sent, the issuer must prove to be the issuer of
+--issuer-cluster (default --cluster-id): its intermediate, signed by a root of
+--ca-bundle, names that cluster. With neither flag, any cluster's issuer is
+accepted. Each --crl (PEM or DER, signed by a root of --ca-bundle) makes fetch
+refuse an issuer whose intermediate it revokes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			bundlePEM, err := os.ReadFile(bundle)
@@ -59,6 +69,15 @@ never leaves this machine.`,
 				return err
 			}
 			defer client.Close()
+			if len(crlFiles) > 0 {
+				crls, err := readCRLFiles(crlFiles)
+				if err != nil {
+					return err
+				}
+				if err := client.SetCRLs(crls); err != nil {
+					return err
+				}
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
 			svid, err := client.Fetch(ctx, key, token, ttl)
@@ -86,6 +105,8 @@ never leaves this machine.`,
 	f.DurationVar(&ttl, "ttl", 0, "requested certificate lifetime (0: the issuer's default)")
 	f.StringVar(&cfg.ClusterID, "cluster-id", "", "cluster id sent to the issuer (empty: the issuer's local cluster)")
 	f.StringVar(&cfg.ServerName, "server-name", "", "TLS server name (default: the host of --issuer)")
+	f.StringVar(&cfg.IssuerCluster, "issuer-cluster", "", "cluster whose issuer is required, checked at the TLS handshake (default: --cluster-id; empty: any cluster's issuer)")
+	f.StringArrayVar(&crlFiles, "crl", nil, "root CRL file (PEM or DER); an issuer whose intermediate it revokes is refused (repeatable)")
 	f.DurationVar(&timeout, "timeout", 30*time.Second, "give up after this long")
 	for _, name := range []string{"issuer", "ca-bundle", "token-file", "out"} {
 		_ = cmd.MarkFlagRequired(name)
@@ -101,4 +122,38 @@ func unwrapStatus(err error) error {
 		}
 	}
 	return err
+}
+
+// readCRLFiles reads CRLs from PEM ("X509 CRL" blocks) or DER files.
+func readCRLFiles(paths []string) ([][]byte, error) {
+	var out [][]byte
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("--crl: %w", err)
+		}
+		if !bytes.Contains(data, []byte("-----BEGIN")) {
+			out = append(out, data)
+			continue
+		}
+		n := len(out)
+		for rest := data; ; {
+			var block *pem.Block
+			if block, rest = pem.Decode(rest); block == nil {
+				break
+			}
+			if block.Type == "X509 CRL" {
+				out = append(out, block.Bytes)
+			}
+		}
+		if len(out) == n {
+			return nil, fmt.Errorf("--crl %s: no X509 CRL block", p)
+		}
+	}
+	for i, der := range out {
+		if _, err := x509.ParseRevocationList(der); err != nil {
+			return nil, fmt.Errorf("--crl: CRL %d: %w", i+1, err)
+		}
+	}
+	return out, nil
 }

@@ -97,7 +97,7 @@ func runRoot(ctx context.Context, cfg rootConfig, out io.Writer) error {
 		trustDomains = append(trustDomains, cfg.Federation.TrustDomain)
 	}
 	rcfg := rootserver.Config{
-		Store: db, Keys: keys, Hosts: cfg.Hosts, TrustDomains: trustDomains,
+		Store: db, Keys: keys, Hosts: cfg.Hosts, IssuerServingNames: cfg.IssuerServingNames, TrustDomains: trustDomains,
 		RootTTL: time.Duration(cfg.RootTTL), IntermediateTTL: time.Duration(cfg.IntermediateTTL),
 		CredentialTTL: time.Duration(cfg.CredentialTTL), PropagationDelay: time.Duration(cfg.Rotation.PropagationDelay),
 		AutoRotate: cfg.autoRotate(), Registerer: reg, Logger: log,

@@ -34,6 +34,12 @@ type rootConfig struct {
 	// Hosts are the DNS names and IPs in the serving certificate. Default
 	// localhost, 127.0.0.1, meshca-root.meshca-system.svc.
 	Hosts []string `json:"hosts,omitempty"`
+	// IssuerServingNames are the DNS names (each with its subdomains) and
+	// IPs a cluster issuer may ask its intermediate to vouch for (its
+	// `hosts`); others are left out, as are this root's hosts and their
+	// parent domains. Default istiod.istio-system.svc,
+	// meshca.meshca-system.svc.
+	IssuerServingNames []string `json:"issuerServingNames,omitempty"`
 	// Key says where root keys live.
 	Key rootKeySource `json:"key,omitempty"`
 	// RootTTL is the life of each root. Default 87600h (10 years).

@@ -261,7 +261,7 @@ func localIntermediate(s caStack, td spiffeid.TrustDomain) (intermediateSource, 
 	if err != nil {
 		return intermediateSource{}, err
 	}
-	inter, err := newIntermediate(root, td, s.cluster, s.intermediateTTL)
+	inter, err := newIntermediate(root, td, s.cluster, s.hosts, s.intermediateTTL)
 	if err != nil {
 		return intermediateSource{}, err
 	}
@@ -294,7 +294,7 @@ func enrol(ctx context.Context, s caStack, td spiffeid.TrustDomain, log *slog.Lo
 	}
 	up, err := issuer.NewUpstream(issuer.UpstreamConfig{
 		Address: s.upstream.Address, ServerName: s.upstream.ServerName, Roots: roots, TrustDomain: td, Cluster: s.cluster,
-		JoinToken: token, CredentialDir: filepath.Join(s.dataDir, "credential"), Logger: log,
+		ServingNames: s.hosts, JoinToken: token, CredentialDir: filepath.Join(s.dataDir, "credential"), Logger: log,
 	})
 	if err != nil {
 		return nil, intermediateSource{}, err

@@ -148,7 +148,7 @@ func startIssuer(tb testing.TB) *issuerStack {
 func newIntermediate(tb testing.TB, root *ca.Authority, td spiffeid.TrustDomain) *ca.Authority {
 	tb.Helper()
 	key := catest.Key(tb, "bench-intermediate")
-	cert, err := root.SignIntermediate(ca.IntermediateRequest{PublicKey: key.Public(), TrustDomain: td, Cluster: benchCluster})
+	cert, err := root.SignIntermediate(ca.IntermediateRequest{PublicKey: key.Public(), TrustDomain: td, Cluster: benchCluster, ServingNames: []string{"127.0.0.1"}})
 	if err != nil {
 		tb.Fatalf("intermediate: %v", err)
 	}

@@ -40,8 +40,10 @@ func TestAdminOverMTLS(t *testing.T) {
 	ops := startWorkload(t, east, root.BundlePath(), "ops", "admin", 10*time.Minute)
 
 	// The attack: the workload SVID for the admin's ID.
+	// Each admin listener presents its server's serving certificate.
+	serverName := map[string]string{rootAdminAddr: rootHost, adminAddr: "localhost"}
 	for _, addr := range []string{rootAdminAddr, adminAddr} {
-		err := workloadAdminCall(t, ops, addr)
+		err := workloadAdminCall(t, ops, addr, serverName[addr])
 		if err == nil {
 			t.Fatalf("%s: a workload X509-SVID for the admin's SPIFFE ID registered cluster west", addr)
 		}
@@ -70,7 +72,7 @@ func TestAdminOverMTLS(t *testing.T) {
 		t.Fatalf("key.pem: %v, mode %v; want 0600", err, fi.Mode().Perm())
 	}
 	overMTLS := func(addr string, args ...string) (string, error) {
-		return run(t, append([]string{"admin", "--server", addr, "--cert", filepath.Join(dir, "cert.pem"),
+		return run(t, append([]string{"admin", "--server", addr, "--server-name", serverName[addr], "--cert", filepath.Join(dir, "cert.pem"),
 			"--key", filepath.Join(dir, "key.pem"), "--ca-bundle", filepath.Join(dir, "bundle.pem"), "-o", "json"}, args...)...)
 	}
 	if _, err := overMTLS(rootAdminAddr, "root", "list"); err != nil {
@@ -107,8 +109,8 @@ func TestAdminOverMTLS(t *testing.T) {
 }
 
 // workloadAdminCall calls AddCluster for west.example on the admin API at
-// addr, presenting w's X509-SVID and trusting w's bundle.
-func workloadAdminCall(t *testing.T, w *workload, addr string) error {
+// addr, presenting w's X509-SVID and trusting w's bundle for serverName.
+func workloadAdminCall(t *testing.T, w *workload, addr, serverName string) error {
 	t.Helper()
 	b, err := w.Source.GetX509BundleForTrustDomain(w.ID.TrustDomain())
 	if err != nil {
@@ -118,7 +120,7 @@ func workloadAdminCall(t *testing.T, w *workload, addr string) error {
 	for _, r := range b.X509Authorities() {
 		pool.AddCert(r)
 	}
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, ServerName: "localhost",
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, ServerName: serverName,
 		GetClientCertificate: tlsconfig.GetClientCertificate(w.Source)}
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 	if err != nil {

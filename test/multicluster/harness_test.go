@@ -189,6 +189,12 @@ func writeFile(t *testing.T, path, content string) string {
 	return path
 }
 
+// rootHost is the root's serving name. Issuers serve under 127.0.0.1 and
+// localhost (the root allows them those names); no issuer's intermediate
+// may vouch for the root's names or a parent domain of them, so the root
+// has a name of its own, outside localhost.
+const rootHost = "meshca-root.internal"
+
 // rootProc is a running `meshca root serve`.
 type rootProc struct {
 	*proc
@@ -204,8 +210,8 @@ func startRoot(t *testing.T, body string) *rootProc {
 	t.Helper()
 	dir := t.TempDir()
 	r := &rootProc{Dir: dir, Addr: freeAddr(t), Socket: filepath.Join(dir, "admin.sock")}
-	cfg := writeFile(t, filepath.Join(t.TempDir(), "root.yaml"), fmt.Sprintf("dataDir: %s\nlisten: %s\nadminSocket: %s\nhosts: [\"127.0.0.1\", \"localhost\"]\n%s",
-		dir, r.Addr, r.Socket, body))
+	cfg := writeFile(t, filepath.Join(t.TempDir(), "root.yaml"), fmt.Sprintf("dataDir: %s\nlisten: %s\nadminSocket: %s\nhosts: [%q]\nissuerServingNames: [\"127.0.0.1\", \"localhost\"]\n%s",
+		dir, r.Addr, r.Socket, rootHost, body))
 	r.config = cfg
 	r.restart(t)
 	return r
@@ -285,13 +291,13 @@ hosts: ["127.0.0.1", "localhost"]
 leafMinTTL: 5s
 upstream:
   address: %s
-  serverName: localhost
+  serverName: %s
   bundleFile: %s
   joinTokenFile: %s
 clusters:
   - name: %s
     attestor: dev
-%s`, is.Dir, is.Addr, td, cluster, r.Addr, r.BundlePath(), token, cluster, extra))
+%s`, is.Dir, is.Addr, td, cluster, r.Addr, rootHost, r.BundlePath(), token, cluster, extra))
 	is.config = cfg
 	is.restart(t)
 	return is

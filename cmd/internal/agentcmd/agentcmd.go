@@ -40,6 +40,10 @@ type agentConfig struct {
 	// SPIFFEID is the identity the certificates must carry. Default: that
 	// of the first certificate obtained.
 	SPIFFEID string `json:"spiffeID,omitempty"`
+	// IssuerCluster is the cluster whose issuer the agent requires (named
+	// in the issuer's intermediate, checked before the token is sent).
+	// Default: ClusterID; when both are empty, any cluster's issuer.
+	IssuerCluster string `json:"issuerCluster,omitempty"`
 	// KeyType is ec-p256 (default) or rsa-2048.
 	KeyType string `json:"keyType,omitempty"`
 	// TTL is the requested certificate lifetime. Default: the issuer's.
@@ -90,6 +94,7 @@ var agentFlags = []struct {
 	{"ca-bundle", "PEM file of trusted root certificates, re-read at each renewal (required)", func(c *agentConfig) *string { return &c.CABundle }},
 	{"token-file", "service-account token file, re-read at each renewal (required)", func(c *agentConfig) *string { return &c.TokenFile }},
 	{"cluster-id", "cluster id sent to the issuer (empty: the issuer's local cluster)", func(c *agentConfig) *string { return &c.ClusterID }},
+	{"issuer-cluster", "cluster whose issuer is required, checked at the TLS handshake (default: --cluster-id; empty: any cluster's issuer)", func(c *agentConfig) *string { return &c.IssuerCluster }},
 	{"sds-socket", "Unix socket to serve Envoy SDS v3 on (mode 0600; empty: no SDS)", func(c *agentConfig) *string { return &c.SDSSocket }},
 	{"workload-socket", "Unix socket to serve the SPIFFE Workload API on (empty: none)", func(c *agentConfig) *string { return &c.WorkloadSocket }},
 	{"out", "directory to keep cert.pem, key.pem and bundle.pem in (empty: no files)", func(c *agentConfig) *string { return &c.OutDir }},
@@ -193,7 +198,7 @@ func mergeAgentConfig(flagCfg agentConfig, configPath string, changed func(strin
 func (c agentConfig) agentConfig(log *slog.Logger) (agent.Config, error) {
 	cfg := agent.Config{
 		IssuerAddress: c.Issuer, ServerName: c.ServerName, CABundleFile: c.CABundle, TokenFile: c.TokenFile,
-		ClusterID: c.ClusterID, KeyType: c.KeyType, TTL: time.Duration(c.TTL),
+		ClusterID: c.ClusterID, IssuerCluster: c.IssuerCluster, KeyType: c.KeyType, TTL: time.Duration(c.TTL),
 		SDSSocket: c.SDSSocket, WorkloadSocket: c.WorkloadSocket, OutputDir: c.OutDir, HealthAddr: c.HealthAddr,
 		ShutdownTimeout: time.Duration(c.ShutdownTimeout), Logger: log, WorkloadSocketGroup: c.WorkloadSocketGroup,
 		Limits: agent.StreamLimits{MaxConnections: c.MaxConnections, MaxStreamsPerConnection: c.MaxStreamsPerConnection, MaxStreams: c.MaxStreams},

@@ -1,0 +1,242 @@
+package ca
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Server identities. A DNS name says little about which meshca server a
+// client reached: every cluster's issuer serves istiod.istio-system.svc. So
+// meshca's own clients also require an identity that only the intended
+// server can present:
+//
+//   - a cluster's issuer presents a serving certificate signed by its
+//     intermediate, and the root wrote IssuerServerID(trust domain,
+//     cluster) into that intermediate. An intermediate has path length 0,
+//     so no other cluster's issuer can make a CA that names this cluster;
+//   - the root presents a serving certificate signed directly by a root
+//     CA and naming RootServerURI. Intermediates cannot mint it: it has no
+//     host, so it fails every URI name constraint, and it must sit directly
+//     under a trusted root.
+const issuerPathPrefix = "/meshca/issuer/"
+
+// RootServerURI is the URI SAN of the root's TLS serving certificate.
+var RootServerURI = &url.URL{Scheme: "urn", Opaque: "meshca:root"}
+
+// DefaultServingNames are the DNS names a cluster's issuer serves under when
+// it asks for none: the names istio-agent and meshca's manifests use.
+var DefaultServingNames = []string{"istiod.istio-system.svc", "meshca.meshca-system.svc"}
+
+// IssuerServerID is the URI SAN of the intermediate of cluster's issuer in
+// td: spiffe://<td>/meshca/issuer/<cluster>.
+func IssuerServerID(td spiffeid.TrustDomain, cluster string) (spiffeid.ID, error) {
+	id, err := spiffeid.FromPath(td, issuerPathPrefix+cluster)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("issuer identity of cluster %q: %w", cluster, err)
+	}
+	return id, nil
+}
+
+// issuerCluster returns the trust domain and cluster a CA certificate names
+// as its issuer identity; ok is false when it names none.
+func issuerCluster(c *x509.Certificate) (td spiffeid.TrustDomain, cluster string, ok bool) {
+	for _, u := range c.URIs {
+		id, err := spiffeid.FromURI(u)
+		if err != nil {
+			continue
+		}
+		if name, found := strings.CutPrefix(id.Path(), issuerPathPrefix); found && name != "" && !strings.Contains(name, "/") {
+			return id.TrustDomain(), name, true
+		}
+	}
+	return spiffeid.TrustDomain{}, "", false
+}
+
+// SplitServingNames separates DNS names from IP addresses and checks each
+// name: a lower-case DNS name without wildcards, or an IP address.
+func SplitServingNames(names []string) (dns []string, ips []net.IP, err error) {
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			ips = append(ips, ip)
+			continue
+		}
+		if !validDNSName(n) {
+			return nil, nil, fmt.Errorf("serving name %q is not a DNS name or IP address", n)
+		}
+		dns = append(dns, n)
+	}
+	return dns, ips, nil
+}
+
+func validDNSName(n string) bool {
+	if n == "" || len(n) > 253 || strings.HasPrefix(n, ".") || strings.HasSuffix(n, ".") {
+		return false
+	}
+	for _, label := range strings.Split(n, ".") {
+		if label == "" || len(label) > 63 || strings.HasPrefix(label, "-") || strings.HasSuffix(label, "-") {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// constrainServingNames limits tmpl (a CA) to the given DNS names (each with
+// its subdomains, as crypto/x509 reads a DNS constraint) and IP addresses.
+// Without DNS names only the reserved "invalid" domain is permitted, which
+// no real name is in; without IPs every IP address is excluded.
+func constrainServingNames(tmpl *x509.Certificate, names []string) error {
+	dns, ips, err := SplitServingNames(names)
+	if err != nil {
+		return err
+	}
+	if len(dns) == 0 {
+		dns = []string{"invalid"}
+	}
+	tmpl.PermittedDNSDomains = dns
+	for _, ip := range ips {
+		bits := 8 * net.IPv6len
+		if v4 := ip.To4(); v4 != nil {
+			ip, bits = v4, 8*net.IPv4len
+		}
+		tmpl.PermittedIPRanges = append(tmpl.PermittedIPRanges, &net.IPNet{IP: ip, Mask: net.CIDRMask(bits, bits)})
+	}
+	if len(ips) == 0 {
+		tmpl.ExcludedIPRanges = []*net.IPNet{
+			{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 8*net.IPv4len)},
+			{IP: net.IPv6zero, Mask: net.CIDRMask(0, 8*net.IPv6len)},
+		}
+	}
+	tmpl.PermittedDNSDomainsCritical = true
+	return nil
+}
+
+// ErrWrongServer means a TLS server proved a chain to a trusted root but not
+// the identity the client asked for, or its CA is revoked.
+var ErrWrongServer = errors.New("not the expected meshca server")
+
+// ServerCheck is what a meshca client requires of the server it reached,
+// on top of a chain to its roots and the host name (crypto/tls checks
+// both). The zero value requires some cluster's issuer.
+type ServerCheck struct {
+	// Root requires the meshca root: a serving certificate signed directly
+	// by a trusted root CA and naming RootServerURI. Cluster and
+	// TrustDomain are then ignored.
+	Root bool
+	// Cluster requires the issuer of this cluster: the CA that signed the
+	// serving certificate names it (IssuerServerID). Empty means the issuer
+	// of any cluster.
+	Cluster string
+	// TrustDomain, when not zero, requires the issuer's intermediate to be
+	// of this trust domain too.
+	TrustDomain spiffeid.TrustDomain
+	// CRLs are CRLs the client holds; a chain with a CA listed as revoked
+	// in a CRL signed by that CA's issuer is refused. Their freshness is
+	// not checked: a revoked serial stays revoked. Nil means none known.
+	CRLs []*x509.RevocationList
+}
+
+// VerifyConnection is a tls.Config.VerifyConnection callback that accepts
+// the connection when one of its verified chains meets c. It runs during
+// the handshake, before the client sends any request or credential. The
+// tls.Config must verify chains (InsecureSkipVerify false).
+func (c ServerCheck) VerifyConnection(cs tls.ConnectionState) error {
+	if len(cs.VerifiedChains) == 0 {
+		return fmt.Errorf("%w: no verified chain", ErrWrongServer)
+	}
+	var first error
+	for _, chain := range cs.VerifiedChains {
+		err := c.VerifyChain(chain)
+		if err == nil {
+			return nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// VerifyChain checks one chain verified by crypto/x509 (leaf first, trusted
+// root last) against c.
+func (c ServerCheck) VerifyChain(chain []*x509.Certificate) error {
+	if len(chain) < 2 {
+		return fmt.Errorf("%w: the serving certificate is itself a root", ErrWrongServer)
+	}
+	if err := c.checkRevoked(chain); err != nil {
+		return err
+	}
+	leaf := chain[0]
+	if c.Root {
+		if len(chain) != 2 || !hasURI(leaf, RootServerURI) {
+			return fmt.Errorf("%w: want the meshca root (%s signed directly by a root CA), got %s", ErrWrongServer, RootServerURI, describe(chain))
+		}
+		return nil
+	}
+	td, cluster, ok := issuerCluster(chain[1])
+	switch {
+	case !ok || !chain[1].IsCA:
+		return fmt.Errorf("%w: want a cluster issuer, got %s (an intermediate without an issuer identity is refused)", ErrWrongServer, describe(chain))
+	case c.Cluster != "" && cluster != c.Cluster, !c.TrustDomain.IsZero() && td != c.TrustDomain:
+		want := c.Cluster
+		if !c.TrustDomain.IsZero() {
+			want = c.TrustDomain.Name() + "/" + want
+		}
+		return fmt.Errorf("%w: want the issuer of cluster %q, got the issuer of %s/%s", ErrWrongServer, want, td.Name(), cluster)
+	}
+	return nil
+}
+
+// checkRevoked refuses a chain with a CA that a held CRL of its issuer
+// lists.
+func (c ServerCheck) checkRevoked(chain []*x509.Certificate) error {
+	for i := 1; i < len(chain)-1; i++ {
+		cert, parent := chain[i], chain[i+1]
+		for _, crl := range c.CRLs {
+			if !bytes.Equal(crl.RawIssuer, parent.RawSubject) || crl.CheckSignatureFrom(parent) != nil {
+				continue
+			}
+			for _, e := range crl.RevokedCertificateEntries {
+				if e.SerialNumber != nil && e.SerialNumber.Cmp(cert.SerialNumber) == 0 {
+					return fmt.Errorf("%w: CA %q serial %s is revoked", ErrWrongServer, cert.Subject.CommonName, SerialHex(cert.SerialNumber))
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func hasURI(c *x509.Certificate, want *url.URL) bool {
+	for _, u := range c.URIs {
+		if u.String() == want.String() {
+			return true
+		}
+	}
+	return false
+}
+
+// describe names what a chain's server presented, for error messages.
+func describe(chain []*x509.Certificate) string {
+	if hasURI(chain[0], RootServerURI) && len(chain) == 2 {
+		return "the meshca root"
+	}
+	if len(chain) > 2 {
+		if td, cluster, ok := issuerCluster(chain[1]); ok {
+			return fmt.Sprintf("the issuer of %s/%s", td.Name(), cluster)
+		}
+		return fmt.Sprintf("a server under CA %q", chain[1].Subject.CommonName)
+	}
+	return fmt.Sprintf("a server signed directly by %q", chain[1].Subject.CommonName)
+}

@@ -1,0 +1,179 @@
+package ca_test
+
+import (
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"math/big"
+	"net"
+	"net/url"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/catest"
+)
+
+// serverChain signs a serving certificate for the given names with a and
+// verifies it against roots; it returns the verified chain or the error.
+func serverChain(t *testing.T, a *ca.Authority, roots *ca.Bundle, dns []string, ips []net.IP, uris []*url.URL) ([]*x509.Certificate, error) {
+	t.Helper()
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7), DNSNames: dns, IPAddresses: ips, URIs: uris,
+		NotBefore: t0.Add(-time.Minute), NotAfter: t0.Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.Certificate, catest.Key(t, "server").Public(), a.Signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inters := x509.NewCertPool()
+	for _, c := range append([]*x509.Certificate{a.Certificate}, a.Chain...) {
+		if !slices.ContainsFunc(roots.Roots(), c.Equal) {
+			inters.AddCert(c)
+		}
+	}
+	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots.Pool(), Intermediates: inters, CurrentTime: t0,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	if err != nil {
+		return nil, err
+	}
+	return chains[0], nil
+}
+
+// An intermediate vouches only for the serving names it was given: not the
+// root's DNS name, not another name, not any IP address it was not given.
+func TestIntermediateServingNameConstraints(t *testing.T) {
+	tree := catest.New(t, catest.Options{Now: t0, Cluster: "east", ServingNames: []string{"istiod.istio-system.svc", "10.0.0.7"}})
+	cases := []struct {
+		name string
+		dns  []string
+		ips  []net.IP
+		ok   bool
+	}{
+		{"given DNS name", []string{"istiod.istio-system.svc"}, nil, true},
+		{"given IP", nil, []net.IP{net.ParseIP("10.0.0.7")}, true},
+		{"root's DNS name", []string{"meshca-root.meshca-system.svc"}, nil, false},
+		{"another cluster's name", []string{"istiod.west.svc"}, nil, false},
+		{"IP not given", nil, []net.IP{net.ParseIP("10.0.0.8")}, false},
+		{"loopback", nil, []net.IP{net.ParseIP("127.0.0.1")}, false},
+		{"IPv6", nil, []net.IP{net.ParseIP("::1")}, false},
+		{"given and foreign name", []string{"istiod.istio-system.svc", "localhost"}, nil, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := serverChain(t, tree.Intermediate, tree.Bundle, tc.dns, tc.ips, nil)
+			if tc.ok != (err == nil) {
+				t.Fatalf("verify = %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+	// Without serving names an intermediate vouches for no DNS name nor IP.
+	bare := catest.New(t, catest.Options{Now: t0, ServingNames: []string{}})
+	for _, dns := range [][]string{{"localhost"}, {"istiod.istio-system.svc"}} {
+		if _, err := serverChain(t, bare.Intermediate, bare.Bundle, dns, nil, nil); err == nil {
+			t.Errorf("intermediate without serving names vouched for %v", dns)
+		}
+	}
+	if _, err := serverChain(t, bare.Intermediate, bare.Bundle, nil, []net.IP{net.ParseIP("127.0.0.1")}, nil); err == nil {
+		t.Error("intermediate without serving names vouched for 127.0.0.1")
+	}
+}
+
+func TestSplitServingNamesRejectsBadNames(t *testing.T) {
+	for _, n := range []string{"", "*.svc", "a..b", "Upper.svc", "a/b", "-a.svc", ".svc"} {
+		if _, _, err := ca.SplitServingNames([]string{n}); err == nil {
+			t.Errorf("SplitServingNames(%q) accepted", n)
+		}
+	}
+}
+
+func TestServerCheck(t *testing.T) {
+	east := catest.New(t, catest.Options{Now: t0, Cluster: "east", TrustDomain: "mesh.example"})
+	td := spiffeid.RequireTrustDomainFromString("mesh.example")
+	eastChain, err := serverChain(t, east.Intermediate, east.Bundle, []string{"localhost"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootChain, err := serverChain(t, east.Root, east.Bundle, []string{"localhost"}, nil, []*url.URL{ca.RootServerURI})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An issuer mints a leaf that claims to be the root: the URN fails the
+	// intermediate's URI constraint, so the chain does not even verify.
+	if _, err := serverChain(t, east.Intermediate, east.Bundle, []string{"localhost"}, nil, []*url.URL{ca.RootServerURI}); err == nil {
+		t.Error("an intermediate signed a leaf naming the root")
+	}
+	// An issuer mints a leaf naming west's issuer: the identity must be on
+	// the CA, so this is still east.
+	westID, _ := ca.IssuerServerID(td, "west")
+	forged, err := serverChain(t, east.Intermediate, east.Bundle, []string{"localhost"}, nil, []*url.URL{westID.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name  string
+		check ca.ServerCheck
+		chain []*x509.Certificate
+		ok    bool
+	}{
+		{"east for east", ca.ServerCheck{Cluster: "east"}, eastChain, true},
+		{"east with trust domain", ca.ServerCheck{Cluster: "east", TrustDomain: td}, eastChain, true},
+		{"east for west", ca.ServerCheck{Cluster: "west"}, eastChain, false},
+		{"east leaf naming west", ca.ServerCheck{Cluster: "west"}, forged, false},
+		{"east in another trust domain", ca.ServerCheck{Cluster: "east", TrustDomain: spiffeid.RequireTrustDomainFromString("other.example")}, eastChain, false},
+		{"any issuer", ca.ServerCheck{}, eastChain, true},
+		{"issuer for root", ca.ServerCheck{Root: true}, eastChain, false},
+		{"root for root", ca.ServerCheck{Root: true}, rootChain, true},
+		{"root for issuer", ca.ServerCheck{Cluster: "east"}, rootChain, false},
+		{"root for any issuer", ca.ServerCheck{}, rootChain, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.check.VerifyChain(tc.chain)
+			if tc.ok != (err == nil) || err != nil && !errors.Is(err, ca.ErrWrongServer) {
+				t.Fatalf("VerifyChain = %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+}
+
+// A client holding the root's CRL refuses an issuer whose intermediate it
+// lists, and only that one.
+func TestServerCheckRevokedIntermediate(t *testing.T) {
+	tree := catest.New(t, catest.Options{Now: t0, Cluster: "west"})
+	chain, err := serverChain(t, tree.Intermediate, tree.Bundle, []string{"localhost"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, other, err := tree.Root.SignCRL(ca.CRLRequest{Serials: []*big.Int{big.NewInt(99)}, Now: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (ca.ServerCheck{Cluster: "west", CRLs: []*x509.RevocationList{other}}).VerifyChain(chain); err != nil {
+		t.Fatalf("unrelated CRL refused the issuer: %v", err)
+	}
+	_, crl, err := tree.Root.SignCRL(ca.CRLRequest{Serials: []*big.Int{tree.Intermediate.Certificate.SerialNumber}, Now: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (ca.ServerCheck{Cluster: "west", CRLs: []*x509.RevocationList{crl}}).VerifyChain(chain); !errors.Is(err, ca.ErrWrongServer) {
+		t.Fatalf("revoked intermediate accepted: %v", err)
+	}
+	// A CRL signed by another root with the same subject does not count.
+	stranger := catest.New(t, catest.Options{Now: t0, RootKey: "stranger"})
+	_, forged, err := stranger.Root.SignCRL(ca.CRLRequest{Serials: []*big.Int{tree.Intermediate.Certificate.SerialNumber}, Now: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (ca.ServerCheck{Cluster: "west", CRLs: []*x509.RevocationList{forged}}).VerifyChain(chain); err != nil {
+		t.Fatalf("a CRL of another root refused the issuer: %v", err)
+	}
+}
