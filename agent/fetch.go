@@ -23,6 +23,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "istio.io/api/security/v1alpha1"
@@ -106,6 +107,12 @@ type Client struct {
 	crlDER [][]byte
 	conn   *grpc.ClientConn
 	api    pb.IstioCertificateServiceClient
+
+	// check is what every handshake verifies, CRLs included: it follows
+	// SetCRLs without a new connection. peer is the chain the issuer of the
+	// current connection presented at its last handshake.
+	check atomic.Pointer[ca.ServerCheck]
+	peer  atomic.Pointer[[]*x509.Certificate]
 }
 
 // NewClient prepares a TLS connection to the issuer; it does not block.
@@ -153,9 +160,10 @@ func (c *Client) SetRoots(roots *ca.Bundle) error {
 // refuses an issuer whose intermediate one of crls revokes. The caller
 // holds mu.
 func (c *Client) connectLocked(roots *ca.Bundle, crls []*x509.RevocationList) error {
-	check := ca.ServerCheck{Cluster: c.cfg.IssuerCluster, CRLs: crls}
+	c.check.Store(&ca.ServerCheck{Cluster: c.cfg.IssuerCluster, CRLs: crls})
+	c.peer.Store(nil)
 	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots.Pool(), ServerName: c.cfg.ServerName,
-		VerifyConnection: check.VerifyConnection}
+		VerifyConnection: c.verifyConnection}
 	conn, err := grpc.NewClient(c.cfg.Address, grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnectBackoff, MinConnectTimeout: 10 * time.Second}))
 	if err != nil {
@@ -171,7 +179,7 @@ func (c *Client) connectLocked(roots *ca.Bundle, crls []*x509.RevocationList) er
 // SetCRLs gives the client the CRLs it holds (DER). Those signed by one of
 // its roots, which list revoked intermediates, make it refuse an issuer
 // whose intermediate they list; the others are ignored. When they change,
-// the connection is replaced, so that one to a now revoked issuer ends.
+// a connection to an issuer they now revoke is replaced.
 // Until the first call the client knows no revocation: it checks the
 // issuer's identity and chain only.
 func (c *Client) SetCRLs(ders [][]byte) error {
@@ -193,11 +201,31 @@ func (c *Client) SetCRLs(ders [][]byte) error {
 	if slices.EqualFunc(kept, c.crlDER, bytes.Equal) {
 		return nil
 	}
-	if err := c.connectLocked(c.roots, crls); err != nil {
-		return err
+	c.crls, c.crlDER = crls, kept
+	c.check.Store(&ca.ServerCheck{Cluster: c.cfg.IssuerCluster, CRLs: crls})
+	// Every agent of a mesh receives the same root CRLs at about the same
+	// time: reconnecting all of them on every re-signed CRL would be a
+	// thundering herd. Only a connection to an issuer the new CRLs revoke
+	// is replaced.
+	if peer := c.peer.Load(); peer != nil {
+		if err := c.check.Load().VerifyChain(*peer); err != nil {
+			return c.connectLocked(c.roots, crls)
+		}
 	}
-	c.crlDER = kept
 	return nil
+}
+
+// verifyConnection is the handshake's check of which issuer was reached
+// (ServerCheck, with the CRLs held now); it remembers the accepted chain.
+func (c *Client) verifyConnection(cs tls.ConnectionState) error {
+	check := c.check.Load()
+	for _, chain := range cs.VerifiedChains {
+		if check.VerifyChain(chain) == nil {
+			c.peer.Store(&chain)
+			return nil
+		}
+	}
+	return check.VerifyConnection(cs)
 }
 
 // WatchBundle opens the issuer's trust bundle watch

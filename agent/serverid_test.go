@@ -147,8 +147,10 @@ func TestManagerGivesFetcherCRLs(t *testing.T) {
 	})
 }
 
-// The same CRLs in another order keep the connection: a bundle watch on it
-// is not cut for nothing.
+// The same CRLs in another order, and other CRLs that do not revoke the
+// issuer connected to, keep the connection (a bundle watch on it is not cut
+// for nothing, nor every agent of the mesh reconnected at once); the next
+// handshake checks the new CRLs.
 func TestClientSetCRLsKeepsConnectionForSameSet(t *testing.T) {
 	tree := catest.New(t, catest.Options{})
 	c, err := NewClient(ClientConfig{Address: "127.0.0.1:1", Roots: tree.Bundle})
@@ -171,7 +173,10 @@ func TestClientSetCRLsKeepsConnectionForSameSet(t *testing.T) {
 	if err := c.SetCRLs([][]byte{b.DER, a.DER}); err != nil || c.conn != conn {
 		t.Errorf("the same CRLs replaced the connection (%v)", err)
 	}
-	if err := c.SetCRLs([][]byte{a.DER}); err != nil || c.conn == conn {
-		t.Errorf("other CRLs kept the connection (%v)", err)
+	if err := c.SetCRLs([][]byte{a.DER}); err != nil || c.conn != conn {
+		t.Errorf("other CRLs that revoke no issuer replaced the connection (%v)", err)
+	}
+	if got := c.check.Load().CRLs; len(got) != 1 || !bytes.Equal(got[0].Raw, a.DER) {
+		t.Errorf("the handshake checks %d CRLs, want the one held now", len(got))
 	}
 }
