@@ -2,7 +2,6 @@ package grpclimit
 
 import "net"
 
-
 // Listener wraps lis so that connections past MaxConnections, or past
 // MaxConnectionsPerPeer from one IP address, are closed as soon as they
 // are accepted, before any TLS work. A connection counts until it is
