@@ -150,7 +150,9 @@ func New(cfg Config) (_ *Agent, err error) {
 	if err != nil {
 		return nil, err
 	}
-	a.client, err = NewClient(ClientConfig{Address: cfg.IssuerAddress, ServerName: cfg.ServerName, Roots: roots, ClusterID: cfg.ClusterID})
+	a.client, err = NewClient(ClientConfig{
+		Address: cfg.IssuerAddress, ServerName: cfg.ServerName, Roots: roots, ClusterID: cfg.ClusterID, TokenFile: cfg.TokenFile,
+	})
 	if err != nil {
 		return nil, err
 	}
