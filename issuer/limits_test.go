@@ -3,7 +3,7 @@ package issuer_test
 import (
 	"context"
 	"crypto/tls"
-	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"net"
@@ -150,11 +150,18 @@ func TestWatchBundleCapsAndReleases(t *testing.T) {
 	addr := serveIssuerConfig(t, issuer.ServerConfig{
 		Issuer: limitIssuer(t, tree), Limits: grpclimit.Config{MaxWatches: 4, MaxWatchesPerPeer: 2},
 	})
-	baseline := runtime.NumGoroutine()
-	ctx, cancel := context.WithCancel(t.Context())
 	peerA := dialIssuer(t, addr, "127.0.0.1", tree, watchToken, nil)
 	peerB := dialIssuer(t, addr, "127.0.0.2", tree, watchToken, nil)
 	peerC := dialIssuer(t, addr, "127.0.0.3", tree, watchToken, nil)
+	for _, conn := range []*grpc.ClientConn{peerA, peerB, peerC} {
+		if _, err := meshcav1.NewBundleServiceClient(conn).GetBundle(t.Context(), &meshcav1.GetBundleRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The connections are up: what streams add comes on top.
+	baseline := runtime.NumGoroutine()
+
+	ctx, cancel := context.WithCancel(t.Context())
 	for _, conn := range []*grpc.ClientConn{peerA, peerA, peerB, peerB} {
 		if err := openWatch(ctx, t, conn); err != nil {
 			t.Fatalf("watch within the caps: %v", err)
@@ -166,28 +173,23 @@ func TestWatchBundleCapsAndReleases(t *testing.T) {
 	if err := openWatch(ctx, t, peerC); status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("fifth watch in all: %v, want ResourceExhausted", err)
 	}
+	if n := runtime.NumGoroutine(); n < baseline+4 {
+		t.Fatalf("%d goroutines with 4 watches open, baseline %d: the count does not see streams", n, baseline)
+	}
 
-	// Streams that end give back their slot and their goroutines.
+	// Streams that end give back their slots and their goroutines.
 	cancel()
-	eventually(t, "watch slots given back", func() error {
-		if err := openWatch(t.Context(), t, peerC); err != nil {
-			return err
-		}
-		return nil
-	})
 	more, stop := context.WithCancel(t.Context())
-	defer stop()
-	for _, conn := range []*grpc.ClientConn{peerC, peerA, peerA} {
+	eventually(t, "watch slots given back", func() error { return openWatch(more, t, peerC) })
+	for _, conn := range []*grpc.ClientConn{peerA, peerA, peerC} {
 		if err := openWatch(more, t, conn); err != nil {
 			t.Fatalf("watch after the others ended: %v", err)
 		}
 	}
 	stop()
 	eventually(t, "goroutines back to the baseline", func() error {
-		// The three connections (and their transports) stay; the
-		// streams must not.
-		if n := runtime.NumGoroutine(); n > baseline+30 {
-			return errors.New("goroutines still held by ended streams")
+		if n := runtime.NumGoroutine(); n > baseline {
+			return fmt.Errorf("%d goroutines, baseline %d: ended streams hold some", n, baseline)
 		}
 		return nil
 	})

@@ -137,7 +137,9 @@ type upstreamConfig struct {
 	BundleFile string `json:"bundleFile,omitempty"`
 	// JoinTokenFile holds the one-time token from `meshca admin cluster
 	// add`. Needed only for the first start: afterwards the issuer renews
-	// with the credential it keeps in DATA_DIR.
+	// with the credential it keeps in DATA_DIR. The issuer removes the file
+	// once the root has accepted the token (a read-only mount, such as a
+	// Kubernetes Secret, is left alone with a warning).
 	JoinTokenFile string `json:"joinTokenFile,omitempty"`
 }
 

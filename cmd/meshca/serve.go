@@ -242,12 +242,12 @@ func enrol(ctx context.Context, s caStack, td spiffeid.TrustDomain, log *slog.Lo
 	if err != nil {
 		return nil, intermediateSource{}, fmt.Errorf("upstream.bundleFile: %w", err)
 	}
-	var token string
+	var token, tokenFile string
 	if s.upstream.JoinTokenFile != "" {
 		data, err := os.ReadFile(s.upstream.JoinTokenFile)
 		switch {
 		case err == nil:
-			token = strings.TrimSpace(string(data))
+			token, tokenFile = strings.TrimSpace(string(data)), s.upstream.JoinTokenFile
 		case errors.Is(err, os.ErrNotExist):
 			// Fine after the first enrolment: the credential is used.
 		default:
@@ -256,7 +256,7 @@ func enrol(ctx context.Context, s caStack, td spiffeid.TrustDomain, log *slog.Lo
 	}
 	up, err := issuer.NewUpstream(issuer.UpstreamConfig{
 		Address: s.upstream.Address, ServerName: s.upstream.ServerName, Roots: roots, TrustDomain: td, Cluster: s.cluster,
-		JoinToken: token, CredentialDir: filepath.Join(s.dataDir, "credential"), Logger: log,
+		JoinToken: token, JoinTokenFile: tokenFile, CredentialDir: filepath.Join(s.dataDir, "credential"), Logger: log,
 	})
 	if err != nil {
 		return nil, intermediateSource{}, err
