@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/grpclimit"
 	"github.com/meshca/meshca/store"
 )
 
@@ -30,6 +31,8 @@ type Root struct {
 	log     *slog.Logger
 	metrics *expiryMetrics
 	pub     publisher
+	// limits bound Serve's connections, streams and bundle watches.
+	limits *grpclimit.Limits
 
 	// mu serializes re-evaluation and root creation, and guards the fields
 	// below it.
@@ -100,6 +103,9 @@ func New(ctx context.Context, cfg Config) (*Root, error) {
 		return nil, fmt.Errorf("root server: %w", err)
 	}
 	r.metrics = m
+	if r.limits, err = grpclimit.New(cfg.Limits); err != nil {
+		return nil, fmt.Errorf("root server: %w", err)
+	}
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
