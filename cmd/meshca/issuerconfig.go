@@ -61,6 +61,8 @@ type issuerConfig struct {
 	Admin adminTLSConfig `json:"admin,omitempty"`
 	// Revocation tunes how replicas follow the deny-list.
 	Revocation revocationConfig `json:"revocation,omitempty"`
+	// Limits bound the connections, streams and bundle watches of Listen.
+	Limits limitsConfig `json:"limits,omitempty"`
 	// Clusters lists every cluster whose workloads this issuer attests.
 	// Required: at least the local one.
 	Clusters []clusterConfig `json:"clusters,omitempty"`
@@ -227,6 +229,9 @@ func (c *issuerConfig) validate() error {
 		return errors.New("upstream.address is required when upstream is set")
 	}
 	if err := c.Admin.validate(); err != nil {
+		return err
+	}
+	if err := c.Limits.validate(); err != nil {
 		return err
 	}
 	if c.Revocation.PollInterval < 0 || c.Revocation.MaxStale < 0 || c.Revocation.CRLValidity < 0 {

@@ -58,8 +58,10 @@ type caStack struct {
 	adminSocket string
 	adminTLS    adminTLSConfig
 	revocation  revocationConfig
-	attestor    func() (attest.Attestor, error)
-	banner      func(out io.Writer, addr, bundlePath string)
+	// limits bound the gRPC listener; zero values are the defaults.
+	limits   limitsConfig
+	attestor func() (attest.Attestor, error)
+	banner   func(out io.Writer, addr, bundlePath string)
 }
 
 // intermediateSource is where the stack's intermediate comes from.
@@ -141,7 +143,8 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	scfg := issuer.ServerConfig{Issuer: iss, Hosts: s.hosts, CRLs: crls}
+	scfg := issuer.ServerConfig{Issuer: iss, Hosts: s.hosts, CRLs: crls, Limits: s.limits.grpclimit()}
+	scfg.Limits.Logger = log
 	if up != nil {
 		if src.loop, err = issuer.NewIntermediates(issuer.IntermediatesConfig{Issuer: iss, Root: up, Bundle: src.bundle, Logger: log}); err != nil {
 			return err
