@@ -207,7 +207,9 @@ func (s *Server) status(ctx context.Context, op string, err error) error {
 	case errors.Is(err, context.DeadlineExceeded):
 		code, msg, level = codes.DeadlineExceeded, "deadline exceeded", slog.LevelWarn
 	case errors.Is(err, grpclimit.ErrLimit):
-		code, msg, level = codes.ResourceExhausted, "too many streams; retry later", slog.LevelWarn
+		// grpclimit logs refusals, at most one line a second: a flood
+		// of them must not flood the log.
+		code, msg, level = codes.ResourceExhausted, "too many streams; retry later", slog.LevelDebug
 	case errors.Is(err, ErrUnavailable):
 		code, msg = codes.Unavailable, "certificate authority temporarily unavailable; retry later"
 	}

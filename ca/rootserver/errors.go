@@ -59,7 +59,9 @@ func statusOf(ctx context.Context, log *slog.Logger, method string, err error) e
 	case errors.Is(err, errPermissionDenied):
 		code, msg, level = codes.PermissionDenied, err.Error(), slog.LevelWarn
 	case errors.Is(err, grpclimit.ErrLimit):
-		code, msg, level = codes.ResourceExhausted, "too many streams; retry later", slog.LevelWarn
+		// grpclimit logs refusals, at most one line a second: a flood
+		// of them must not flood the log.
+		code, msg, level = codes.ResourceExhausted, "too many streams; retry later", slog.LevelDebug
 	case errors.Is(err, errFailedPrecondition):
 		code, msg, level = codes.FailedPrecondition, err.Error(), slog.LevelInfo
 	case errors.Is(err, context.Canceled):
