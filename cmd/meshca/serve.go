@@ -144,7 +144,6 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 		return err
 	}
 	scfg := issuer.ServerConfig{Issuer: iss, Hosts: s.hosts, CRLs: crls, Limits: s.limits.grpclimit()}
-	scfg.Limits.Logger = log
 	if up != nil {
 		if src.loop, err = issuer.NewIntermediates(issuer.IntermediatesConfig{Issuer: iss, Root: up, Bundle: src.bundle, Logger: log}); err != nil {
 			return err
