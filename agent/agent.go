@@ -223,7 +223,7 @@ func New(cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	a.client, err = NewClient(ClientConfig{Address: cfg.IssuerAddress, ServerName: cfg.ServerName, Roots: roots,
-		ClusterID: cfg.ClusterID, IssuerCluster: cfg.IssuerCluster})
+		ClusterID: cfg.ClusterID, IssuerCluster: cfg.IssuerCluster, TokenFile: cfg.TokenFile})
 	if err != nil {
 		return nil, err
 	}

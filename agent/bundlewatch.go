@@ -177,6 +177,7 @@ func (w *BundleWatcher) reject(reason string) {
 func (w *BundleWatcher) Run(ctx context.Context) error {
 	failures := 0
 	for {
+		start := time.Now()
 		received, err := w.watch(ctx)
 		if ctx.Err() != nil {
 			return nil
@@ -185,13 +186,16 @@ func (w *BundleWatcher) Run(ctx context.Context) error {
 			w.log(slog.LevelInfo, "the issuer does not publish trust bundles; trusting the CA bundle file only", "error", err.Error())
 			return nil
 		}
-		if received {
+		// A stream that lasted worked, even if it brought nothing new:
+		// the issuer ends every connection after a maximum age.
+		lasted := time.Since(start) >= w.cfg.RetryMax
+		if received || lasted {
 			failures = 0
 		}
 		delay := retryDelay(failures, w.cfg.RetryMin, w.cfg.RetryMax, w.jitter)
 		failures++
 		level := slog.LevelWarn
-		if received {
+		if received || lasted {
 			// A stream that worked and ended (the issuer restarted, or the
 			// connection was replaced for new roots) is routine.
 			level = slog.LevelDebug

@@ -59,11 +59,12 @@ func (s *fakeBundleSource) callLog() []watchCall {
 	return append([]watchCall(nil), s.calls...)
 }
 
-// fakeBundleStream returns its responses, then its end error (blocking
-// until the watch's context is done when end is nil).
+// fakeBundleStream returns its responses, then, after lasts, its end
+// error (blocking until the watch's context is done when end is nil).
 type fakeBundleStream struct {
 	ctx   context.Context
 	resps []*meshcav1.Bundle
+	lasts time.Duration
 	end   error
 }
 
@@ -74,7 +75,11 @@ func (s *fakeBundleStream) Recv() (*meshcav1.WatchBundleResponse, error) {
 		return &meshcav1.WatchBundleResponse{Bundle: b}, nil
 	}
 	if s.end != nil {
-		return nil, s.end
+		select {
+		case <-time.After(s.lasts):
+			return nil, s.end
+		case <-s.ctx.Done():
+		}
 	}
 	<-s.ctx.Done()
 	return nil, status.FromContextError(s.ctx.Err()).Err()
@@ -242,6 +247,31 @@ func TestBundleWatcherReconnectsWithBackoff(t *testing.T) {
 		}
 		if lineWithAll(logs.String(), "trust bundle watch ended", "connection refused", `"level":"WARN"`) == "" {
 			t.Error("failures to connect not logged as warnings")
+		}
+	})
+}
+
+func TestBundleWatcherReconnectsAtOnceAfterALongStream(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// The issuer ends every connection after a maximum age; a watch
+		// that held the current bundle all along receives nothing on it.
+		aged := fakeOpen{stream: &fakeBundleStream{lasts: 30 * time.Minute, end: status.Error(codes.Unavailable, "error reading from server: EOF")}}
+		src := &fakeBundleSource{streams: []fakeOpen{aged, aged, aged, aged}}
+		logs := &logBuffer{}
+		stop, _ := runWatcher(t, src, &fakeUpdater{}, logs)
+		time.Sleep(2 * time.Hour)
+		stop()
+		calls := src.callLog()
+		if len(calls) < 4 {
+			t.Fatalf("%d watch calls in 2h, want at least 4", len(calls))
+		}
+		for i := 1; i < 4; i++ {
+			if gap := calls[i].at.Sub(calls[i-1].at) - 30*time.Minute; gap != time.Second {
+				t.Errorf("reconnection %d after %v, want %v: a stream that lasted is no failure", i, gap, time.Second)
+			}
+		}
+		if line := lineWithAll(logs.String(), "trust bundle watch ended", "EOF", `"level":"WARN"`); line != "" {
+			t.Errorf("the end of a long stream logged as a warning: %s", line)
 		}
 	})
 }

@@ -88,6 +88,10 @@ type ClientConfig struct {
 	// held root CRL (SetCRLs), and chain to Roots. Empty means ClusterID;
 	// when both are empty, any cluster's issuer under Roots is accepted.
 	IssuerCluster string
+	// TokenFile holds the bearer token that authenticates bundle watches,
+	// read for every watch (Fetch is given its token). Empty sends none:
+	// meshca's issuer then refuses the watch.
+	TokenFile string
 }
 
 // reconnectBackoff paces gRPC's reconnection to the issuer; its cap matches
@@ -230,13 +234,29 @@ func (c *Client) verifyConnection(cs tls.ConnectionState) error {
 
 // WatchBundle opens the issuer's trust bundle watch
 // (meshca.v1.BundleService/WatchBundle) on the connection Fetch uses, so the
-// issuer is authenticated by the same roots. knownSequence is the sequence
-// of the bundle already held (0: none). The stream ends when ctx is done, and
-// also when SetRoots replaces the connection; the caller then opens another.
+// issuer is authenticated by the same roots, with the token of
+// ClientConfig.TokenFile, which the issuer requires. knownSequence is the
+// sequence of the bundle already held (0: none). The stream ends when ctx
+// is done, and also when SetRoots replaces the connection or the issuer
+// closes it (it does after a maximum age); the caller then opens another.
 func (c *Client) WatchBundle(ctx context.Context, knownSequence uint64) (BundleStream, error) {
 	c.mu.Lock()
 	conn := c.conn
 	c.mu.Unlock()
+	var md metadata.MD
+	if c.cfg.TokenFile != "" {
+		token, err := ReadToken(c.cfg.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("watch bundle: %w", err)
+		}
+		md = metadata.Pairs("authorization", "Bearer "+token)
+	}
+	if c.cfg.ClusterID != "" {
+		md = metadata.Join(md, metadata.Pairs("clusterid", c.cfg.ClusterID))
+	}
+	if md != nil {
+		ctx = metadata.NewOutgoingContext(ctx, md)
+	}
 	stream, err := meshcav1.NewBundleServiceClient(conn).WatchBundle(ctx, &meshcav1.WatchBundleRequest{KnownSequence: knownSequence})
 	if err != nil {
 		return nil, fmt.Errorf("issuer %s: watch bundle: %w", c.cfg.Address, err)

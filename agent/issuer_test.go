@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca/catest"
 	"github.com/meshca/meshca/issuer"
@@ -110,4 +113,36 @@ func (ti *testIssuer) tokenFile(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// TestClientWatchBundleSendsItsToken watches the real issuer's bundle: it
+// refuses a watch without a workload credential, so the client sends the
+// token of its TokenFile.
+func TestClientWatchBundleSendsItsToken(t *testing.T) {
+	ti := newTestIssuer(t)
+	for _, tc := range []struct {
+		name      string
+		tokenFile string
+		want      codes.Code
+	}{
+		{"no token", "", codes.Unauthenticated},
+		{"token file", ti.tokenFile(t), codes.OK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := NewClient(ClientConfig{Address: ti.addr, Roots: ti.tree.Bundle, TokenFile: tc.tokenFile})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			stream, err := c.WatchBundle(ctx, 0)
+			if err == nil {
+				_, err = stream.Recv()
+			}
+			if status.Code(err) != tc.want {
+				t.Fatalf("watch: %v, want %v", err, tc.want)
+			}
+		})
+	}
 }

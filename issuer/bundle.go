@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -62,8 +63,11 @@ type CRLSource interface {
 	Current() ([]ca.CRL, <-chan struct{})
 }
 
-// bundleService serves meshca.v1.BundleService to agents. Bundles are
-// public: callers authenticate the server (TLS) but need no identity.
+// bundleService serves meshca.v1.BundleService to agents. GetBundle is
+// public: one cheap answer, bounded by the connection and stream caps. A
+// watch holds a stream and its memory until the caller leaves, so it takes
+// a workload credential (see authenticateWatch) and a watch slot (see
+// grpclimit.Limits.AcquireWatch), given back when the stream ends.
 //
 // With a CRLSource, the issuer's own CRLs are added to its trust domain's
 // entry of every bundle it serves (see withCRLs), so agents get them at
@@ -75,6 +79,8 @@ type CRLSource interface {
 // sequence (and verify each CRL before use).
 type bundleService struct {
 	meshcav1.UnimplementedBundleServiceServer
+	// srv authenticates watches, holds the watch caps and maps errors.
+	srv *Server
 	src BundleSource
 	// crls and td, when crls is not nil: the issuer's CRLs and its trust
 	// domain.
@@ -128,6 +134,15 @@ func (b *bundleService) GetBundle(ctx context.Context, _ *meshcav1.GetBundleRequ
 // CRLs change, until the caller goes away.
 func (b *bundleService) WatchBundle(req *meshcav1.WatchBundleRequest, stream grpc.ServerStreamingServer[meshcav1.WatchBundleResponse]) error {
 	ctx := stream.Context()
+	id, err := b.srv.iss.authenticateWatch(ctx)
+	if err != nil {
+		return b.srv.status(ctx, "bundle watch", err)
+	}
+	release, err := b.srv.limits.AcquireWatch(ctx)
+	if err != nil {
+		return b.srv.status(ctx, "bundle watch", fmt.Errorf("%s: %w", id, err))
+	}
+	defer release()
 	last := req.GetKnownSequence()
 	var sent *ca.TrustBundle
 	for {

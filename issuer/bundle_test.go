@@ -56,12 +56,29 @@ func serveIssuerConfig(t *testing.T, cfg issuer.ServerConfig) string {
 	return lis.Addr().String()
 }
 
+// watchToken is the bearer token of bundleClient, for the identity
+// watcher: not the workload that tests revoke.
+const watchToken = "watch-token"
+
+var watcher = attest.Identity{Namespace: "default", ServiceAccount: "watcher"}
+
 // bundleClient is an agent's view of an issuer's BundleService: TLS with
-// roots, no client identity.
+// roots, watchToken as its bearer token.
 func bundleClient(t *testing.T, addr string, roots *x509.CertPool) meshcav1.BundleServiceClient {
 	t.Helper()
+	return bundleClientToken(t, addr, roots, watchToken)
+}
+
+// bundleClientToken is bundleClient with the bearer token tok; empty sends
+// none.
+func bundleClientToken(t *testing.T, addr string, roots *x509.CertPool, tok string) meshcav1.BundleServiceClient {
+	t.Helper()
 	creds := credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: "localhost"})
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	if tok != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearerCreds(tok)))
+	}
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +126,7 @@ func TestIssuerRelaysRootBundleAndFollowsRootRotation(t *testing.T) {
 	a, tb := mustIntermediate(t, up)
 	iss, err := issuer.New(issuer.Config{
 		TrustDomain: up.TrustDomain(), Cluster: up.Cluster(), Authority: a, Bundle: tb.OwnRoots(),
-		Attestor: &fakeAttestor{identities: map[string]attest.Identity{goodToken: {Namespace: "default", ServiceAccount: "web"}}},
+		Attestor: &fakeAttestor{identities: map[string]attest.Identity{goodToken: {Namespace: "default", ServiceAccount: "web"}, watchToken: watcher}},
 		Recorder: &fakeRecorder{}, Logger: log,
 	})
 	if err != nil {
@@ -203,7 +220,8 @@ func TestIssuerServesItsOwnBundleByDefault(t *testing.T) {
 	tree := catest.New(t, catest.Options{})
 	iss, err := issuer.New(issuer.Config{
 		TrustDomain: tree.TrustDomain, Cluster: "dev", Authority: tree.Intermediate, Bundle: tree.Bundle,
-		Attestor: &fakeAttestor{}, Recorder: &fakeRecorder{}, Logger: slog.New(slog.DiscardHandler),
+		Attestor: &fakeAttestor{identities: map[string]attest.Identity{goodToken: {Namespace: "default", ServiceAccount: "web"}, watchToken: watcher}},
+		Recorder: &fakeRecorder{}, Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -86,7 +86,7 @@ func TestIssuerRelaysBundleWithItsCRLs(t *testing.T) {
 	}
 	iss, err := issuer.New(issuer.Config{
 		TrustDomain: td, Cluster: up.Cluster(), Authority: a, Bundle: tb.OwnRoots(),
-		Attestor: &fakeAttestor{identities: map[string]attest.Identity{goodToken: {Namespace: "default", ServiceAccount: "web"}}},
+		Attestor: &fakeAttestor{identities: map[string]attest.Identity{goodToken: {Namespace: "default", ServiceAccount: "web"}, watchToken: watcher}},
 		Recorder: db, DenyList: dl, Logger: log,
 	})
 	if err != nil {
@@ -187,7 +187,7 @@ func TestIssuerServesItsCRLsWithItsOwnBundle(t *testing.T) {
 	dl := newDenyList(t, db, log)
 	iss, err := issuer.New(issuer.Config{
 		TrustDomain: tree.TrustDomain, Cluster: "dev", Authority: tree.Intermediate, Bundle: tree.Bundle,
-		Attestor: &fakeAttestor{identities: map[string]attest.Identity{goodToken: {Namespace: "default", ServiceAccount: "web"}}},
+		Attestor: &fakeAttestor{identities: map[string]attest.Identity{goodToken: {Namespace: "default", ServiceAccount: "web"}, watchToken: watcher}},
 		Recorder: db, DenyList: dl, Logger: log,
 	})
 	if err != nil {

@@ -54,3 +54,12 @@ func (f *fakeRecorder) count() int {
 	defer f.mu.Unlock()
 	return len(f.certs)
 }
+
+// bearerCreds sends a bearer token with every call, as agents do.
+type bearerCreds string
+
+func (b bearerCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearerCreds) RequireTransportSecurity() bool { return true }

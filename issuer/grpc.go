@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"runtime"
 	"strings"
@@ -24,6 +25,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/grpclimit"
 )
 
 // ServerConfig configures the issuer's gRPC server.
@@ -48,15 +50,19 @@ type ServerConfig struct {
 	// its trust domain's entry of the bundle served (see bundleService).
 	// Nil serves the bundle as it is.
 	CRLs CRLSource
+	// Limits bound connections, streams and bundle watches (see package
+	// grpclimit; zero fields mean its defaults).
+	Limits grpclimit.Config
 }
 
 // Server serves the Istio CA API (istio.v1.auth.IstioCertificateService),
 // the trust bundle (meshca.v1.BundleService) and the gRPC health service
-// over TLS.
+// over TLS, within the limits of ServerConfig.Limits.
 type Server struct {
-	iss  *Issuer
-	log  *slog.Logger
-	grpc *grpc.Server
+	iss    *Issuer
+	log    *slog.Logger
+	grpc   *grpc.Server
+	limits *grpclimit.Limits
 	// stopping is closed when Serve begins to shut down: watch streams end
 	// at once instead of holding the graceful stop for its whole timeout.
 	stopping chan struct{}
@@ -84,43 +90,50 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.MaxRequestBytes == 0 {
 		cfg.MaxRequestBytes = 64 << 10
 	}
+	if cfg.Limits.Logger == nil {
+		cfg.Limits.Logger = cfg.Issuer.cfg.Logger
+	}
+	limits, err := grpclimit.New(cfg.Limits)
+	if err != nil {
+		return nil, fmt.Errorf("issuer server: %w", err)
+	}
 	certs, err := newServingCerts(cfg.Issuer, cfg.Hosts, cfg.ServingTTL)
 	if err != nil {
 		return nil, err
 	}
-	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate}
-	s := &Server{iss: cfg.Issuer, log: cfg.Issuer.cfg.Logger, stopping: make(chan struct{}), certs: certs}
-	s.grpc = grpc.NewServer(
+	// A client certificate is asked for, not required: it is one way to
+	// authenticate a bundle watch (see authenticateWatch), checked there.
+	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate, ClientAuth: tls.RequestClientCert}
+	s := &Server{iss: cfg.Issuer, log: cfg.Issuer.cfg.Logger, limits: limits, stopping: make(chan struct{}), certs: certs}
+	s.grpc = grpc.NewServer(append(limits.ServerOptions(),
 		grpc.Creds(credentials.NewTLS(tlsConfig)),
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
-		grpc.ConnectionTimeout(10*time.Second),
-		grpc.MaxConcurrentStreams(1024),
 		// Reused goroutines keep their grown stacks: a fresh goroutine per
 		// request grows its stack two or three times while parsing the CSR
 		// and signing (runtime.newstack was 2-5% of issuance CPU). Workers
 		// waiting for the store's group commit are busy, hence 32 per core;
 		// grpc-go starts a goroutine when every worker is busy.
 		grpc.NumStreamWorkers(uint32(32*runtime.GOMAXPROCS(0))),
-	)
+	)...)
 	pb.RegisterIstioCertificateServiceServer(s.grpc, &istioService{srv: s})
 	var bundles BundleSource = issuerBundles{iss: cfg.Issuer}
 	if cfg.Bundles != nil {
 		bundles = cfg.Bundles
 	}
 	meshcav1.RegisterBundleServiceServer(s.grpc, &bundleService{
-		src: bundles, crls: cfg.CRLs, td: cfg.Issuer.cfg.TrustDomain, log: s.log, stopping: s.stopping,
+		srv: s, src: bundles, crls: cfg.CRLs, td: cfg.Issuer.cfg.TrustDomain, log: s.log, stopping: s.stopping,
 	})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, hs)
 	return s, nil
 }
 
-// Serve accepts connections on lis until ctx is cancelled, then stops
-// gracefully: in-flight requests get up to 5 s to finish. It returns nil on
-// a clean shutdown.
+// Serve accepts connections on lis, within the connection caps, until ctx
+// is cancelled, then stops gracefully: in-flight requests get up to 5 s to
+// finish. It returns nil on a clean shutdown.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	errc := make(chan error, 1)
-	go func() { errc <- s.grpc.Serve(lis) }()
+	go func() { errc <- s.grpc.Serve(s.limits.Listener(lis)) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("issuer server: %w", err)
@@ -151,7 +164,7 @@ func (i *istioService) CreateCertificate(ctx context.Context, req *pb.IstioCerti
 	if err == nil {
 		leaf, chain, issueErr := i.srv.iss.issuePEM(ctx, Request{
 			Token: token, ClusterID: firstValue(md, "clusterid"), CSR: []byte(req.GetCsr()),
-			TTL: time.Duration(req.GetValidityDuration()) * time.Second,
+			TTL: requestedTTL(req.GetValidityDuration()),
 		})
 		if issueErr == nil {
 			i.srv.log.InfoContext(ctx, "certificate issued", "spiffe_id", leaf.URIs[0].String(),
@@ -160,13 +173,27 @@ func (i *istioService) CreateCertificate(ctx context.Context, req *pb.IstioCerti
 		}
 		err = issueErr
 	}
-	return nil, i.srv.status(ctx, err)
+	return nil, i.srv.status(ctx, "certificate request", err)
 }
 
-// status maps an Issue error to a gRPC status and logs the full reason. It
-// is the only place where issuer errors become status codes. Credential
-// problems and our own failures are opaque to the caller.
-func (s *Server) status(ctx context.Context, err error) error {
+// requestedTTL converts a requested validity in seconds to a duration,
+// saturating instead of overflowing: a huge request is clamped to the
+// maximum TTL later, a negative one stays negative and is refused.
+func requestedTTL(seconds int64) time.Duration {
+	const maxSeconds = math.MaxInt64 / int64(time.Second)
+	switch {
+	case seconds > maxSeconds:
+		return math.MaxInt64
+	case seconds < -maxSeconds:
+		return math.MinInt64
+	}
+	return time.Duration(seconds) * time.Second
+}
+
+// status maps an error of the call op to a gRPC status and logs the full
+// reason. It is the only place where issuer errors become status codes.
+// Credential problems and our own failures are opaque to the caller.
+func (s *Server) status(ctx context.Context, op string, err error) error {
 	code, msg, level := codes.Internal, "internal error", slog.LevelError
 	switch {
 	case errors.Is(err, ErrUnauthenticated):
@@ -179,10 +206,14 @@ func (s *Server) status(ctx context.Context, err error) error {
 		code, msg, level = codes.Canceled, "request cancelled", slog.LevelInfo
 	case errors.Is(err, context.DeadlineExceeded):
 		code, msg, level = codes.DeadlineExceeded, "deadline exceeded", slog.LevelWarn
+	case errors.Is(err, grpclimit.ErrLimit):
+		// grpclimit logs refusals, at most one line a second: a flood
+		// of them must not flood the log.
+		code, msg, level = codes.ResourceExhausted, "too many streams; retry later", slog.LevelDebug
 	case errors.Is(err, ErrUnavailable):
 		code, msg = codes.Unavailable, "certificate authority temporarily unavailable; retry later"
 	}
-	s.log.Log(ctx, level, "certificate request rejected", "code", code.String(), "reason", err.Error(), "peer", peerAddr(ctx))
+	s.log.Log(ctx, level, op+" rejected", "code", code.String(), "reason", err.Error(), "peer", peerAddr(ctx))
 	return status.Error(code, msg)
 }
 

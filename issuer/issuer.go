@@ -353,22 +353,8 @@ func (iss *Issuer) issue(ctx context.Context, req Request) (*x509.Certificate, *
 	if req.TTL < 0 {
 		return nil, nil, fmt.Errorf("%w: validity must not be negative", ErrInvalidRequest)
 	}
-	ident, err := iss.cfg.Attestor.Attest(ctx, attest.Request{Token: req.Token, ClusterID: req.ClusterID})
+	ident, id, err := iss.identify(ctx, req.Token, req.ClusterID)
 	if err != nil {
-		switch {
-		case errors.Is(err, attest.ErrUnavailable):
-			return nil, nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
-		case errors.Is(err, ErrUnauthenticated):
-			return nil, nil, fmt.Errorf("attest: %w", err)
-		default: // an attestor that broke its contract still fails closed
-			return nil, nil, fmt.Errorf("%w: attest: %w", ErrUnauthenticated, err)
-		}
-	}
-	id, err := spiffeid.FromSegments(iss.cfg.TrustDomain, "ns", ident.Namespace, "sa", ident.ServiceAccount)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w: identity %s/%s is not a valid SPIFFE path: %w", ErrPermissionDenied, ident.Namespace, ident.ServiceAccount, err)
-	}
-	if err := iss.checkRevoked(id); err != nil {
 		return nil, nil, err
 	}
 	csr, err := CheckCSR(req.CSR, id)
@@ -396,6 +382,30 @@ func (iss *Issuer) issue(ctx context.Context, req Request) (*x509.Certificate, *
 		return nil, nil, err
 	}
 	return leaf, s, nil
+}
+
+// identify attests a bearer token and returns the workload's identity and
+// SPIFFE ID; a revoked identity is refused (ErrPermissionDenied).
+func (iss *Issuer) identify(ctx context.Context, token, clusterID string) (attest.Identity, spiffeid.ID, error) {
+	ident, err := iss.cfg.Attestor.Attest(ctx, attest.Request{Token: token, ClusterID: clusterID})
+	if err != nil {
+		switch {
+		case errors.Is(err, attest.ErrUnavailable):
+			return attest.Identity{}, spiffeid.ID{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		case errors.Is(err, ErrUnauthenticated):
+			return attest.Identity{}, spiffeid.ID{}, fmt.Errorf("attest: %w", err)
+		default: // an attestor that broke its contract still fails closed
+			return attest.Identity{}, spiffeid.ID{}, fmt.Errorf("%w: attest: %w", ErrUnauthenticated, err)
+		}
+	}
+	id, err := spiffeid.FromSegments(iss.cfg.TrustDomain, "ns", ident.Namespace, "sa", ident.ServiceAccount)
+	if err != nil {
+		return attest.Identity{}, spiffeid.ID{}, fmt.Errorf("%w: identity %s/%s is not a valid SPIFFE path: %w", ErrPermissionDenied, ident.Namespace, ident.ServiceAccount, err)
+	}
+	if err := iss.checkRevoked(id); err != nil {
+		return attest.Identity{}, spiffeid.ID{}, err
+	}
+	return ident, id, nil
 }
 
 // checkRevoked fails closed when the deny-list is stale and refuses a

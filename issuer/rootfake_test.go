@@ -45,8 +45,11 @@ type fakeRoot struct {
 	interTTL time.Duration
 	credTTL  time.Duration
 
-	mu       sync.Mutex
-	roots    []*ca.Authority
+	mu    sync.Mutex
+	roots []*ca.Authority
+	// retired left the bundle but have not expired: like the root's, they
+	// still authenticate issuer credentials.
+	retired  []*ca.Authority
 	active   int
 	tokens   map[string]string // join token -> cluster name
 	clusters map[string]fakeCluster
@@ -161,6 +164,7 @@ func (r *fakeRoot) activate(i int) {
 // credentials.
 func (r *fakeRoot) retire(i int) {
 	r.mu.Lock()
+	r.retired = append(r.retired, r.roots[i])
 	r.roots = append(r.roots[:i:i], r.roots[i+1:]...)
 	if r.active >= i {
 		r.active--
@@ -422,7 +426,7 @@ func (r *fakeRoot) serve() {
 		}
 		clientCAs := x509.NewCertPool()
 		r.mu.Lock()
-		for _, a := range r.roots {
+		for _, a := range append(r.roots, r.retired...) {
 			clientCAs.AddCert(a.Certificate)
 		}
 		r.mu.Unlock()
@@ -501,7 +505,16 @@ type fakeBundleService struct {
 	r *fakeRoot
 }
 
+// WatchBundle requires an issuer credential, as the root does.
 func (s fakeBundleService) WatchBundle(req *meshcav1.WatchBundleRequest, stream grpc.ServerStreamingServer[meshcav1.WatchBundleResponse]) error {
+	p, _ := peer.FromContext(stream.Context())
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.VerifiedChains) == 0 {
+		return status.Error(codes.Unauthenticated, "authentication failed")
+	}
+	if _, err := s.r.caller(info.State.VerifiedChains[0]); err != nil {
+		return err
+	}
 	known := req.GetKnownSequence()
 	for {
 		tb, changed := s.r.current()

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	mathrand "math/rand/v2"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -61,6 +62,10 @@ type UpstreamConfig struct {
 	// JoinToken is redeemed (once) when CredentialDir holds no usable
 	// credential. Empty is fine once the issuer has enrolled.
 	JoinToken string
+	// JoinTokenFile is the file JoinToken was read from. Once the root has
+	// accepted the token (it is single-use), the file is removed; a failure
+	// to remove it is logged. Empty removes nothing.
+	JoinTokenFile string
 	// CredentialDir holds the issuer credential (credential-key.pem, mode
 	// 0600, and credential.pem) and the last known roots (roots.pem). It is
 	// created with mode 0700 if missing. Required.
@@ -233,6 +238,7 @@ func (u *Upstream) enroll(ctx context.Context, key crypto.Signer, csr []byte) (*
 	if err != nil {
 		return nil, nil, rootError("enroll", err, "join token rejected: make a new one with meshca admin cluster add")
 	}
+	u.removeJoinTokenFile()
 	td, err := spiffeid.TrustDomainFromString(resp.GetTrustDomain())
 	if err != nil {
 		return nil, nil, fmt.Errorf("enroll: root answered trust domain %q: %w", resp.GetTrustDomain(), err)
@@ -266,6 +272,21 @@ func (u *Upstream) enroll(ctx context.Context, key crypto.Signer, csr []byte) (*
 		"credential_not_after", cred.leaf().NotAfter, "intermediate_serial", ca.SerialHex(auth.Certificate.SerialNumber),
 		"intermediate_not_after", auth.Certificate.NotAfter, "bundle_sequence", tb.Sequence)
 	return auth, tb, nil
+}
+
+// removeJoinTokenFile removes the spent join token's file, if any: the
+// token no longer opens anything, and a secret left on disk invites a
+// look.
+func (u *Upstream) removeJoinTokenFile() {
+	path := u.cfg.JoinTokenFile
+	if path == "" {
+		return
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		u.cfg.Logger.Warn("cannot remove the spent join token file; remove it (or its secret) by hand", "path", path, "error", err.Error())
+		return
+	}
+	u.cfg.Logger.Info("spent join token file removed", "path", path)
 }
 
 func (u *Upstream) renew(ctx context.Context, cred *credential, key crypto.Signer, csr []byte) (*ca.Authority, *ca.TrustBundle, error) {
@@ -530,26 +551,35 @@ func (u *Upstream) verifyBundle(tb *ca.TrustBundle) error {
 	return nil
 }
 
-// WatchBundle streams the trust bundle from the root's BundleService and
-// calls fn (from this goroutine) with every bundle newer than the newest
-// one this Upstream has seen, from any call. A bundle not signed by a
-// trusted root (see UpstreamConfig.Roots) is logged and skipped. It reconnects with exponential
-// backoff and jitter whenever the stream breaks, each time trusting the own
-// roots of the newest bundle for the root's serving certificate. It blocks
-// until ctx is cancelled, then returns nil.
+// WatchBundle streams the trust bundle from the root's BundleService,
+// authenticated by the issuer credential, and calls fn (from this
+// goroutine) with every bundle newer than the newest one this Upstream has
+// seen, from any call. A bundle not signed by a trusted root (see
+// UpstreamConfig.Roots) is logged and skipped. It reconnects with
+// exponential backoff and jitter whenever the stream breaks (the root ends
+// every connection after a maximum age: a stream that lasted MaxBackoff
+// counts as no failure), each time with the current credential and
+// trusting the own roots of the newest bundle for the root's serving
+// certificate. It blocks until ctx is cancelled, then returns nil.
 func (u *Upstream) WatchBundle(ctx context.Context, fn func(*ca.TrustBundle)) error {
 	failures := 0
 	for {
+		start := time.Now()
 		received, err := u.watchOnce(ctx, fn)
 		if ctx.Err() != nil {
 			return nil
 		}
-		if received {
+		lasted := time.Since(start) >= u.cfg.MaxBackoff
+		if received || lasted {
 			failures = 0
 		}
 		failures++
 		delay := rotation.Backoff(failures, mathrand.Float64(), u.cfg.MinBackoff, u.cfg.MaxBackoff)
-		u.cfg.Logger.Warn("trust bundle watch interrupted; reconnecting", "error", err.Error(),
+		level := slog.LevelWarn
+		if lasted {
+			level = slog.LevelInfo
+		}
+		u.cfg.Logger.Log(ctx, level, "trust bundle watch interrupted; reconnecting", "error", err.Error(),
 			"failures", failures, "retry_in", delay)
 		t := time.NewTimer(delay)
 		select {
@@ -564,7 +594,13 @@ func (u *Upstream) WatchBundle(ctx context.Context, fn func(*ca.TrustBundle)) er
 // watchOnce runs one WatchBundle stream until it fails. received reports
 // whether any bundle arrived, which resets the backoff.
 func (u *Upstream) watchOnce(ctx context.Context, fn func(*ca.TrustBundle)) (received bool, err error) {
-	conn, err := u.dial(nil)
+	u.mu.Lock()
+	cred := u.cred
+	u.mu.Unlock()
+	if cred == nil {
+		return false, errors.New("watch bundle: the issuer has not enrolled with the root")
+	}
+	conn, err := u.dial(cred.tlsCertificate())
 	if err != nil {
 		return false, err
 	}

@@ -543,3 +543,30 @@ func TestUpstreamRefusesIssuerPosingAsRoot(t *testing.T) {
 		})
 	}
 }
+
+func TestUpstreamRemovesTheSpentJoinTokenFile(t *testing.T) {
+	r := newFakeRoot(t, nil, 0)
+	tok := r.addCluster("east", "east.example")
+	r.serve()
+	tokenFile := filepath.Join(t.TempDir(), "join-token")
+	if err := os.WriteFile(tokenFile, []byte(tok+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A token the root refuses is kept: the operator fixes the root
+	// side and the same file may be used again.
+	cfg := upstreamConfig(r, filepath.Join(t.TempDir(), "cred"), "not-"+tok, nil)
+	cfg.JoinTokenFile = tokenFile
+	if _, _, err := mustUpstream(t, cfg).NewIntermediate(t.Context()); !errors.Is(err, issuer.ErrRejected) {
+		t.Fatalf("enrolment with a refused token: %v, want ErrRejected", err)
+	}
+	if _, err := os.Stat(tokenFile); err != nil {
+		t.Fatalf("the file of a refused token: %v, want it kept", err)
+	}
+
+	cfg = upstreamConfig(r, filepath.Join(t.TempDir(), "cred"), tok, nil)
+	cfg.JoinTokenFile = tokenFile
+	mustIntermediate(t, mustUpstream(t, cfg))
+	if _, err := os.Stat(tokenFile); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("join token file after enrolment: %v, want it removed", err)
+	}
+}

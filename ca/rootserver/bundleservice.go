@@ -2,6 +2,7 @@ package rootserver
 
 import (
 	"context"
+	"fmt"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -18,15 +19,35 @@ type bundleService struct {
 	stopping <-chan struct{}
 }
 
-// GetBundle implements meshcav1.BundleServiceServer.
+// GetBundle implements meshcav1.BundleServiceServer. It is public: the
+// bundle is what the federation endpoint publishes anyway, and one cheap
+// answer is bounded by the connection and stream caps.
 func (s *bundleService) GetBundle(context.Context, *meshcav1.GetBundleRequest) (*meshcav1.GetBundleResponse, error) {
 	b, _ := s.r.Current()
 	return &meshcav1.GetBundleResponse{Bundle: b.ToProto()}, nil
 }
 
 // WatchBundle implements meshcav1.BundleServiceServer: the current bundle
-// at once unless the caller holds it, then every newer one.
+// at once unless the caller holds it, then every newer one. A watch holds
+// a stream until the caller leaves, so it is for issuers only: it takes an
+// issuer credential of a cluster that is not revoked (as Renew does) and a
+// watch slot (Config.Limits), given back when the stream ends.
 func (s *bundleService) WatchBundle(req *meshcav1.WatchBundleRequest, stream grpc.ServerStreamingServer[meshcav1.WatchBundleResponse]) error {
+	ctx := stream.Context()
+	st := s.r.state.Load()
+	caller, err := s.r.authenticate(ctx, st, watchCredential)
+	c := caller.cluster
+	if err == nil && st.revoked[c.Name] {
+		err = revokedError(c.Name)
+	}
+	if err != nil {
+		return statusOf(ctx, s.r.log, "WatchBundle", err)
+	}
+	release, err := s.r.limits.AcquireWatch(ctx)
+	if err != nil {
+		return statusOf(ctx, s.r.log, "WatchBundle", fmt.Errorf("cluster %s: %w", c.Name, err))
+	}
+	defer release()
 	known := req.GetKnownSequence()
 	for {
 		b, changed := s.r.Current()

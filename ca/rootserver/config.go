@@ -47,6 +47,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/grpclimit"
 	"github.com/meshca/meshca/store"
 )
 
@@ -165,6 +166,10 @@ type Config struct {
 	RefreshHint time.Duration
 	// MaxRequestBytes bounds a gRPC request message; zero means 64 KiB.
 	MaxRequestBytes int
+	// Limits bound Serve's connections, streams and bundle watches (see
+	// package grpclimit; zero fields mean its defaults, a nil Logger the
+	// root's).
+	Limits grpclimit.Config
 	// CRLValidity is how long a root CRL (of revoked intermediates) is
 	// valid; it is re-signed at half of it, at the re-evaluation (Tick)
 	// that follows. Zero means ca.DefaultCRLValidity (24h). Keep it well
@@ -219,6 +224,9 @@ func (c Config) Validate() error {
 	if c.MaxRequestBytes < 0 {
 		return fmt.Errorf("root server: negative max request bytes %d", c.MaxRequestBytes)
 	}
+	if err := c.Limits.Validate(); err != nil {
+		return fmt.Errorf("root server: %w", err)
+	}
 	return nil
 }
 
@@ -245,6 +253,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Limits.Logger == nil {
+		c.Limits.Logger = c.Logger
 	}
 	if c.Now == nil {
 		c.Now = time.Now

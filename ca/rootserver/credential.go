@@ -57,12 +57,18 @@ import (
 // SPIFFE ID or its cluster.
 
 // credentialCall says whether an authenticated call replaces the
-// credential (Renew) or only uses it.
+// credential (Renew), uses it, or only reads public state with it (a
+// bundle watch).
 type credentialCall int
 
 const (
 	useCredential credentialCall = iota
 	renewCredential
+	// watchCredential admits the current credential or its predecessor
+	// and records nothing: a watch reads what GetBundle gives anyone, and
+	// an issuer's watch may reconnect with the credential a renewal is
+	// just replacing, which must not count as reuse.
+	watchCredential
 )
 
 // verdict is how judgeCredential rules on a presented credential.
@@ -153,6 +159,9 @@ func (r *Root) admitCredential(ctx context.Context, c store.Cluster, id spiffeid
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return store.ClusterCredential{}, fmt.Errorf("%w: credential record of cluster %s: %w", errUnavailable, c.Name, err)
 		}
+		if call == watchCredential {
+			return admitWatch(rec, found, c.Name, serial)
+		}
 		var next store.ClusterCredential
 		var ev store.AuditEvent
 		switch judgeCredential(rec, found, leaf) {
@@ -195,6 +204,24 @@ func (r *Root) admitCredential(ctx context.Context, c store.Cluster, id spiffeid
 		// Changed under us (a Renew of the same issuer): judge again.
 	}
 	return store.ClusterCredential{}, fmt.Errorf("%w: credential record of cluster %s keeps changing", errUnavailable, c.Name)
+}
+
+// admitWatch admits a bundle watch with credential serial of cluster
+// (record rec, found false: none): the current credential, its
+// predecessor, or any credential of a cluster enrolled before the root
+// recorded credentials.
+func admitWatch(rec store.ClusterCredential, found bool, cluster, serial string) (store.ClusterCredential, error) {
+	switch {
+	case !found:
+		return store.ClusterCredential{}, nil
+	case rec.Revoked:
+		return store.ClusterCredential{}, fmt.Errorf("%w: credential serial %s: the credentials of cluster %s were revoked after a reuse",
+			errUnauthenticated, serial, cluster)
+	case serial == rec.Current, serial == rec.Previous && rec.Previous != "":
+		return rec, nil
+	}
+	return store.ClusterCredential{}, fmt.Errorf("%w: credential serial %s is neither the current credential of cluster %s nor its predecessor",
+		errUnauthenticated, serial, cluster)
 }
 
 // checkDenyList refuses a credential whose serial, SPIFFE ID or cluster is

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/ca/vault"
+	"github.com/meshca/meshca/internal/grpclimit"
 )
 
 // Error classes. Service code wraps one of them (with %w) around the
@@ -57,6 +58,10 @@ func statusOf(ctx context.Context, log *slog.Logger, method string, err error) e
 		code, msg, level = codes.NotFound, err.Error(), slog.LevelInfo
 	case errors.Is(err, errPermissionDenied):
 		code, msg, level = codes.PermissionDenied, err.Error(), slog.LevelWarn
+	case errors.Is(err, grpclimit.ErrLimit):
+		// grpclimit logs refusals, at most one line a second: a flood
+		// of them must not flood the log.
+		code, msg, level = codes.ResourceExhausted, "too many streams; retry later", slog.LevelDebug
 	case errors.Is(err, errFailedPrecondition):
 		code, msg, level = codes.FailedPrecondition, err.Error(), slog.LevelInfo
 	case errors.Is(err, context.Canceled):

@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/grpclimit"
 	"github.com/meshca/meshca/store"
 )
 
@@ -31,6 +32,8 @@ type Root struct {
 	metrics *expiryMetrics
 	reuse   *reuseCounter
 	pub     publisher
+	// limits bound Serve's connections, streams and bundle watches.
+	limits *grpclimit.Limits
 
 	// mu serializes re-evaluation and root creation, and guards the fields
 	// below it.
@@ -114,6 +117,9 @@ func New(ctx context.Context, cfg Config) (*Root, error) {
 	}
 	r.metrics = m
 	if r.reuse, err = newReuseCounter(cfg.Registerer); err != nil {
+		return nil, fmt.Errorf("root server: %w", err)
+	}
+	if r.limits, err = grpclimit.New(cfg.Limits); err != nil {
 		return nil, fmt.Errorf("root server: %w", err)
 	}
 

@@ -153,7 +153,12 @@ func wantStates(t testing.TB, h *harness, want ...ca.RootState) {
 
 func TestWatchBundle(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.TrustDomains = []string{"east.example"} })
-	client := meshcav1.NewBundleServiceClient(h.dial(h.serve(), nil))
+	addr := h.serve()
+	iss, err := enroll(t, h.dial(addr, nil), h.addCluster("east", "east.example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := meshcav1.NewBundleServiceClient(h.dial(addr, iss.tlsCert()))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	watch := func(known uint64) func() *ca.TrustBundle {

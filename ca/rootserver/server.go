@@ -28,10 +28,11 @@ import (
 // gracePeriod bounds how long a stopping server waits for in-flight calls.
 const gracePeriod = 5 * time.Second
 
-// Serve serves RootService, BundleService and gRPC health over TLS on lis
-// until ctx ends, then stops gracefully and returns nil. The serving
-// certificate is signed directly by the active root; client certificates
-// (issuer credentials) are optional at the TLS layer and required by Renew.
+// Serve serves RootService, BundleService and gRPC health over TLS on lis,
+// within Config.Limits, until ctx ends, then stops gracefully and returns
+// nil. The serving certificate is signed directly by the active root;
+// client certificates (issuer credentials) are optional at the TLS layer
+// and required by Renew, PublishCRLs and WatchBundle.
 func (r *Root) Serve(ctx context.Context, lis net.Listener) error {
 	certs, err := newServingCerts(r)
 	if err != nil {
@@ -50,16 +51,14 @@ func (r *Root) Serve(ctx context.Context, lis net.Listener) error {
 		}, nil
 	}
 	stopping := make(chan struct{})
-	srv := grpc.NewServer(
+	srv := grpc.NewServer(append(r.limits.ServerOptions(),
 		grpc.Creds(credentials.NewTLS(tlsConfig)),
 		grpc.MaxRecvMsgSize(r.cfg.MaxRequestBytes),
-		grpc.ConnectionTimeout(10*time.Second),
-		grpc.MaxConcurrentStreams(1024),
-	)
+	)...)
 	meshcav1.RegisterRootServiceServer(srv, &rootService{r: r})
 	meshcav1.RegisterBundleServiceServer(srv, &bundleService{r: r, stopping: stopping})
 	healthpb.RegisterHealthServer(srv, health.NewServer())
-	return serve(ctx, srv, lis, stopping)
+	return serve(ctx, srv, r.limits.Listener(lis), stopping)
 }
 
 // ServeAdmin serves AdminService without TLS on lis, which should be a

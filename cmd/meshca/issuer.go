@@ -62,6 +62,7 @@ func runIssuer(ctx context.Context, cfg issuerConfig, out io.Writer) error {
 		listen: cfg.Listen, hosts: cfg.Hosts, intermediateTTL: time.Duration(cfg.IntermediateTTL),
 		leafTTL: time.Duration(cfg.LeafTTL), leafMinTTL: time.Duration(cfg.LeafMinTTL), leafMaxTTL: time.Duration(cfg.LeafMaxTTL),
 		store: cfg.Store, upstream: cfg.Upstream, adminSocket: cfg.AdminSocket, adminSocketAllow: cfg.AdminSocketAllow, adminTLS: cfg.Admin, revocation: cfg.Revocation,
+		limits:   cfg.Limits,
 		attestor: func() (attest.Attestor, error) { return buildAttestor(cfg, log) },
 		banner: func(out io.Writer, addr, bundlePath string) {
 			fmt.Fprintf(out, "meshca issuer is serving the Istio CA API on %s (TLS; root: %s)\n", addr, bundlePath)

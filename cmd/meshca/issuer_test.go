@@ -49,6 +49,9 @@ func TestIssuerConfigValidate(t *testing.T) {
 		{"context without kubeconfig", base + "  - {name: east, context: c}\n", "context needs a kubeconfig"},
 		{"bad trust domain", "trustDomain: \"Not A TD\"\n" + base + "  - {name: east}\n", "trustDomain"},
 		{"unknown field", base + "  - {name: east, audience: x}\n", `unknown field "clusters[0].audience"`},
+		{"negative watch cap", "limits: {maxWatchesPerPeer: -1}\n" + base + "  - {name: east}\n", "negative max watches per peer"},
+		{"negative idle", "limits: {maxConnectionIdle: -1m}\n" + base + "  - {name: east}\n", "negative max connection idle"},
+		{"unknown limit", "limits: {maxStreams: 3}\n" + base + "  - {name: east}\n", `unknown field "limits.maxStreams"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := defaultIssuerConfig()

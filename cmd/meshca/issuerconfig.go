@@ -64,6 +64,8 @@ type issuerConfig struct {
 	Admin adminTLSConfig `json:"admin,omitempty"`
 	// Revocation tunes how replicas follow the deny-list.
 	Revocation revocationConfig `json:"revocation,omitempty"`
+	// Limits bound the connections, streams and bundle watches of Listen.
+	Limits limitsConfig `json:"limits,omitempty"`
 	// Clusters lists every cluster whose workloads this issuer attests.
 	// Required: at least the local one.
 	Clusters []clusterConfig `json:"clusters,omitempty"`
@@ -163,7 +165,9 @@ type upstreamConfig struct {
 	BundleFile string `json:"bundleFile,omitempty"`
 	// JoinTokenFile holds the one-time token from `meshca admin cluster
 	// add`. Needed only for the first start: afterwards the issuer renews
-	// with the credential it keeps in DATA_DIR.
+	// with the credential it keeps in DATA_DIR. The issuer removes the file
+	// once the root has accepted the token (a read-only mount, such as a
+	// Kubernetes Secret, is left alone with a warning).
 	JoinTokenFile string `json:"joinTokenFile,omitempty"`
 }
 
@@ -251,6 +255,9 @@ func (c *issuerConfig) validate() error {
 		return errors.New("upstream.address is required when upstream is set")
 	}
 	if err := c.Admin.validate(); err != nil {
+		return err
+	}
+	if err := c.Limits.validate(); err != nil {
 		return err
 	}
 	if c.Revocation.PollInterval < 0 || c.Revocation.MaxStale < 0 || c.Revocation.CRLValidity < 0 {

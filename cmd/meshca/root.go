@@ -100,7 +100,7 @@ func runRoot(ctx context.Context, cfg rootConfig, out io.Writer) error {
 		Store: db, Keys: keys, Hosts: cfg.Hosts, IssuerServingNames: cfg.IssuerServingNames, TrustDomains: trustDomains,
 		RootTTL: time.Duration(cfg.RootTTL), IntermediateTTL: time.Duration(cfg.IntermediateTTL),
 		CredentialTTL: time.Duration(cfg.CredentialTTL), PropagationDelay: time.Duration(cfg.Rotation.PropagationDelay),
-		AutoRotate: cfg.autoRotate(), Registerer: reg, Logger: log,
+		AutoRotate: cfg.autoRotate(), Limits: cfg.Limits.grpclimit(), Registerer: reg, Logger: log,
 	}
 	if cfg.Rotation.PropagationDelay != 0 && time.Duration(cfg.Rotation.PropagationDelay) < rootserver.DefaultTick {
 		// Re-evaluate often enough that a short delay (tests, demos) is

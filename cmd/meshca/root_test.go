@@ -43,6 +43,7 @@ func TestRootConfigValidate(t *testing.T) {
 		{"relationship twice", "federation:\n  federatesWith: [{trustDomain: b.example, url: 'https://b', profile: https_web}, {trustDomain: b.example, url: 'https://c', profile: https_web}]\n", "listed twice"},
 		{"unknown field", "key: {kind: file, path: /x}\n", `unknown field "key.path"`},
 		{"bad store", "store: {driver: mysql}\n", "mysql"},
+		{"negative connection cap", "limits: {maxConnections: -5}\n", "negative max connections"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := defaultRootConfig()

@@ -65,6 +65,8 @@ type rootConfig struct {
 	// MetricsListen, when set, serves Prometheus metrics at /metrics (plain
 	// HTTP), e.g. 127.0.0.1:9090.
 	MetricsListen string `json:"metricsListen,omitempty"`
+	// Limits bound the connections, streams and bundle watches of Listen.
+	Limits limitsConfig `json:"limits,omitempty"`
 }
 
 // rootKeySource is `key:` of the root config.
@@ -180,6 +182,9 @@ func (c *rootConfig) validate() error {
 	}
 	if len(c.Hosts) == 0 {
 		return errors.New("hosts: at least one serving name is required")
+	}
+	if err := c.Limits.validate(); err != nil {
+		return err
 	}
 	for name, d := range map[string]duration{"rootTTL": c.RootTTL, "intermediateTTL": c.IntermediateTTL,
 		"credentialTTL": c.CredentialTTL, "rotation.propagationDelay": c.Rotation.PropagationDelay} {

@@ -60,8 +60,10 @@ type caStack struct {
 	adminSocketAllow socketAllowConfig
 	adminTLS         adminTLSConfig
 	revocation       revocationConfig
-	attestor         func() (attest.Attestor, error)
-	banner           func(out io.Writer, addr, bundlePath string)
+	// limits bound the gRPC listener; zero values are the defaults.
+	limits   limitsConfig
+	attestor func() (attest.Attestor, error)
+	banner   func(out io.Writer, addr, bundlePath string)
 }
 
 // intermediateSource is where the stack's intermediate comes from.
@@ -150,7 +152,7 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	scfg := issuer.ServerConfig{Issuer: iss, Hosts: s.hosts, CRLs: crls}
+	scfg := issuer.ServerConfig{Issuer: iss, Hosts: s.hosts, CRLs: crls, Limits: s.limits.grpclimit()}
 	if up != nil {
 		if src.loop, err = issuer.NewIntermediates(issuer.IntermediatesConfig{Issuer: iss, Root: up, Bundle: src.bundle, Logger: log}); err != nil {
 			return err
@@ -280,12 +282,12 @@ func enrol(ctx context.Context, s caStack, td spiffeid.TrustDomain, log *slog.Lo
 	if err != nil {
 		return nil, intermediateSource{}, fmt.Errorf("upstream.bundleFile: %w", err)
 	}
-	var token string
+	var token, tokenFile string
 	if s.upstream.JoinTokenFile != "" {
 		data, err := os.ReadFile(s.upstream.JoinTokenFile)
 		switch {
 		case err == nil:
-			token = strings.TrimSpace(string(data))
+			token, tokenFile = strings.TrimSpace(string(data)), s.upstream.JoinTokenFile
 		case errors.Is(err, os.ErrNotExist):
 			// Fine after the first enrolment: the credential is used.
 		default:
@@ -294,7 +296,7 @@ func enrol(ctx context.Context, s caStack, td spiffeid.TrustDomain, log *slog.Lo
 	}
 	up, err := issuer.NewUpstream(issuer.UpstreamConfig{
 		Address: s.upstream.Address, ServerName: s.upstream.ServerName, Roots: roots, TrustDomain: td, Cluster: s.cluster,
-		ServingNames: s.hosts, JoinToken: token, CredentialDir: filepath.Join(s.dataDir, "credential"), Logger: log,
+		ServingNames: s.hosts, JoinToken: token, JoinTokenFile: tokenFile, CredentialDir: filepath.Join(s.dataDir, "credential"), Logger: log,
 	})
 	if err != nil {
 		return nil, intermediateSource{}, err
