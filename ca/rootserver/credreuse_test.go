@@ -450,3 +450,46 @@ func TestJudgeCredential(t *testing.T) {
 		})
 	}
 }
+
+// TestWatchWithPredecessorIsNoReuse: an issuer's bundle watch may reconnect
+// with the credential a renewal has just replaced, even after the new one
+// was used; that is no reuse (a watch reads only what GetBundle gives
+// anyone). An older credential is refused without raising the alarm.
+func TestWatchWithPredecessorIsNoReuse(t *testing.T) {
+	h := newCredHarness(t)
+	dir := t.TempDir()
+	up := h.upstream(dir, h.addCluster("east", "east.example"))
+	if err := h.newIntermediate(up); err != nil {
+		t.Fatalf("enrol: %v", err)
+	}
+	older := copyCredential(t, dir)
+	if err := h.newIntermediate(up); err != nil {
+		t.Fatal(err)
+	}
+	before := copyCredential(t, dir)
+	if err := h.newIntermediate(up); err != nil {
+		t.Fatal(err)
+	}
+	if err := up.PublishCRLs(context.Background(), nil); err != nil {
+		t.Fatalf("publish with the new credential: %v", err)
+	}
+	watched := func(dir string) bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		got := false
+		_ = h.upstream(dir, "").WatchBundle(ctx, func(*ca.TrustBundle) { got = true; cancel() })
+		return got
+	}
+	if !watched(copyCredential(t, before)) {
+		t.Fatal("the predecessor of the current credential could not watch the bundle")
+	}
+	if watched(copyCredential(t, older)) {
+		t.Fatal("a credential two renewals old watched the bundle")
+	}
+	if n := h.reuseCount("east"); n != 0 {
+		t.Fatalf("%s = %v after bundle watches, want 0", ReuseMetricName, n)
+	}
+	if err := h.newIntermediate(up); err != nil {
+		t.Fatalf("the issuer after the watches: %v", err)
+	}
+}
