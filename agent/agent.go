@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/unixsock"
 	"github.com/meshca/meshca/rotation"
 )
 
@@ -380,11 +381,15 @@ type unixSocket struct {
 // forcibly at the deadline.
 func (a *Agent) grpcServer(sock unixSocket, g *grpc.Server, endStreams func()) (server, error) {
 	name := sock.name
-	ul, err := listenUnix(sock.path, sock.perm, sock.gid)
+	cfg := unixsock.Config{Path: sock.path, Mode: sock.perm, DirMode: 0o755, Peers: sock.peers.policy(), Name: name, Logger: a.cfg.Logger}
+	if sock.gid >= 0 {
+		cfg.GID = &sock.gid
+	}
+	ul, err := unixsock.Listen(cfg)
 	if err != nil {
 		return server{}, fmt.Errorf("%s: %w", name, err)
 	}
-	lis := newGuardedListener(ul, name, sock.peers, a.cfg.Limits.MaxConnections, a.cfg.Logger)
+	lis := newCappedListener(ul, name, a.cfg.Limits.MaxConnections, a.cfg.Logger)
 	return server{
 		serve: func() error {
 			if err := g.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {

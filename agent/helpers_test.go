@@ -23,6 +23,7 @@ import (
 	"github.com/meshca/meshca/agent/sdstest"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/unixsock"
 )
 
 // waitTimeout bounds every wait for an event on a real socket.
@@ -145,7 +146,7 @@ func discardLogger() *slog.Logger { return slog.New(slog.NewJSONHandler(io.Disca
 func serveGRPC(t testing.TB, g *grpc.Server, shutdown func()) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "s.sock")
-	lis, err := listenUnix(path, 0o600, -1)
+	lis, err := unixsock.Listen(unixsock.Config{Path: path})
 	if err != nil {
 		t.Fatal(err)
 	}

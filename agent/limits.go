@@ -1,9 +1,12 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"math"
+	"net"
+	"sync"
 	"sync/atomic"
 
 	"google.golang.org/grpc"
@@ -96,4 +99,61 @@ func (g *streamGate) intercept(srv any, ss grpc.ServerStream, _ *grpc.StreamServ
 		}
 	}()
 	return h(srv, ss)
+}
+
+// cappedListener accepts no more than maxConns connections at a time; it
+// closes the others at once, so that their clients fail fast rather than
+// queue, and logs them. The clients learn nothing but a closed connection.
+type cappedListener struct {
+	net.Listener
+	name     string
+	maxConns int64
+	log      *slog.Logger
+
+	open atomic.Int64
+	// full is set while connections are refused for the cap, so that a
+	// flood logs once, not once per connection.
+	full atomic.Bool
+}
+
+func newCappedListener(lis net.Listener, name string, maxConns int, log *slog.Logger) *cappedListener {
+	return &cappedListener{Listener: lis, name: name, maxConns: int64(maxConns), log: log}
+}
+
+// Accept returns the next connection within the cap; it returns an error
+// only when the underlying listener does.
+func (l *cappedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if l.open.Add(1) > l.maxConns {
+			l.open.Add(-1)
+			_ = c.Close() // refused
+			if l.full.CompareAndSwap(false, true) {
+				l.log.Warn("connection limit reached; refusing new connections", "socket", l.name, "max_connections", l.maxConns)
+			}
+			continue
+		}
+		return &countedConn{Conn: c, l: l}, nil
+	}
+}
+
+// countedConn gives its slot back when closed (once, however often Close
+// is called).
+type countedConn struct {
+	net.Conn
+	l    *cappedListener
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		if c.l.open.Add(-1) < c.l.maxConns && c.l.full.CompareAndSwap(true, false) {
+			c.l.log.Log(context.Background(), slog.LevelInfo, "accepting connections again", "socket", c.l.name)
+		}
+	})
+	return err
 }

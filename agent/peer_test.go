@@ -151,7 +151,7 @@ func TestWorkloadSocketOtherUsers(t *testing.T) {
 			})
 			ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 			defer cancel()
-			if _, err := fetchSVID(ctx, ra.cfg.WorkloadSocket); err != nil && !ra.cfg.WorkloadPeers.enabled() {
+			if _, err := fetchSVID(ctx, ra.cfg.WorkloadSocket); err != nil && !ra.cfg.WorkloadPeers.policy().Enabled() {
 				t.Fatalf("the agent's own user: %v", err) // the agent is serving
 			}
 			if got := probeAs(t, ra.cfg.WorkloadSocket, nobody, nobody); got != tc.want {

@@ -13,20 +13,20 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
-	"slices"
-	"sync"
-	"syscall"
-	"time"
+	"os/user"
+	"strconv"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+
+	"github.com/meshca/meshca/internal/unixsock"
 )
 
 // UnixConfig configures the admin Unix socket.
 type UnixConfig struct {
-	// Path of the socket. Required. Its directory is created with mode 0700
-	// when missing (an existing one is left as it is).
+	// Path of the socket, at most 103 bytes (the longest every platform
+	// accepts). Required. Its directory is created with mode 0700 when
+	// missing (an existing one is left as it is).
 	Path string
 	// Mode is the socket file's mode; zero means 0600. The socket never
 	// exists at Path with another mode.
@@ -63,133 +63,48 @@ func ListenUnix(path string) (net.Listener, error) {
 // a crash) is replaced; a served one, or a file that is not a socket, is an
 // error. The socket is bound inside a private (0700) temporary directory
 // next to Path, given its mode, then renamed into place, so it is never
-// reachable with a looser mode. Accept returns only connections from the
-// allowed users; closing the listener removes the socket.
+// reachable with a looser mode. Accept returns only
+// connections from the allowed users (where the platform can tell who
+// connected; elsewhere the socket's mode alone guards it); closing the
+// listener removes the socket.
 func (c UnixConfig) Listen() (net.Listener, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	if c.Mode == 0 {
-		c.Mode = 0o600
+	sc := unixsock.Config{Path: c.Path, Mode: c.Mode, Name: "admin", Logger: c.Logger}
+	if sc.Mode == 0 {
+		sc.Mode = 0o600
 	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	dir := filepath.Dir(c.Path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("admin socket: %w", err)
-	}
-	if err := checkStaleSocket(c.Path); err != nil {
-		return nil, err
-	}
-	tmpDir, err := os.MkdirTemp(dir, ".admin-sock")
-	if err != nil {
-		return nil, fmt.Errorf("admin socket: %w", err)
-	}
-	defer os.RemoveAll(tmpDir)
-	tmp := filepath.Join(tmpDir, "s")
-	lis, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("admin socket: %w", err)
-	}
-	lis.SetUnlinkOnClose(false)
-	fail := func(err error) (net.Listener, error) {
-		lis.Close()
-		return nil, fmt.Errorf("admin socket %s: %w", c.Path, err)
-	}
-	if err := os.Chmod(tmp, c.Mode); err != nil {
-		return fail(err)
-	}
-	if err := os.Rename(tmp, c.Path); err != nil {
-		return fail(err)
-	}
-	fi, err := os.Lstat(c.Path)
-	if err != nil {
-		return fail(err)
-	}
-	allowUIDs := append([]uint32{0, uint32(os.Geteuid())}, c.AllowUIDs...)
-	return &unixListener{UnixListener: lis, cfg: c, uids: allowUIDs, file: fi}, nil
-}
-
-// checkStaleSocket returns nil when path does not exist or is a socket
-// nobody listens on (it is then replaced by the rename).
-func checkStaleSocket(path string) error {
-	fi, err := os.Lstat(path)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		return nil
-	case err != nil:
-		return fmt.Errorf("admin socket: %w", err)
-	case fi.Mode().Type() != os.ModeSocket:
-		return fmt.Errorf("admin socket: %s exists and is not a socket", path)
-	}
-	conn, err := net.DialTimeout("unix", path, time.Second)
-	if err == nil {
-		conn.Close()
-		return fmt.Errorf("admin socket: another process is serving %s", path)
-	}
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		return fmt.Errorf("admin socket: cannot tell whether %s is stale: %w", path, err)
-	}
-	return nil
-}
-
-// unixListener accepts connections from the allowed users only, and
-// removes its socket file when closed, unless someone replaced it.
-type unixListener struct {
-	*net.UnixListener
-	cfg  UnixConfig
-	uids []uint32
-	file os.FileInfo
-	once sync.Once
-}
-
-// Accept returns the next connection from an allowed user; others are
-// logged and closed.
-func (l *unixListener) Accept() (net.Conn, error) {
-	for {
-		conn, err := l.UnixListener.AcceptUnix()
-		if err != nil {
-			return nil, err
+	if unixsock.PeerCredSupported {
+		sc.Peers.UIDs = []int{0, os.Geteuid()}
+		for _, uid := range c.AllowUIDs {
+			sc.Peers.UIDs = append(sc.Peers.UIDs, int(uid))
 		}
-		cred, err := peerCred(conn)
-		switch {
-		case errors.Is(err, errPeerCredUnsupported):
-			return conn, nil
-		case err != nil:
-			l.cfg.Logger.Warn("admin socket connection refused", "reason", err.Error())
-		case slices.Contains(l.uids, cred.uid) || slices.Contains(l.cfg.AllowGIDs, cred.gid):
-			return conn, nil
-		default:
-			l.cfg.Logger.Warn("admin socket connection refused", "reason", "user not allowed",
-				"uid", cred.uid, "gid", cred.gid, "pid", cred.pid)
+		for _, gid := range c.AllowGIDs {
+			sc.Peers.GIDs = append(sc.Peers.GIDs, int(gid))
 		}
-		conn.Close()
 	}
+	lis, err := unixsock.Listen(sc)
+	if err != nil {
+		return nil, fmt.Errorf("admin: %w", err)
+	}
+	return lis, nil
 }
 
-// Close stops listening and removes the socket file.
-func (l *unixListener) Close() error {
-	err := l.UnixListener.Close()
-	l.once.Do(func() {
-		if fi, statErr := os.Lstat(l.cfg.Path); statErr == nil && os.SameFile(fi, l.file) {
-			if rmErr := os.Remove(l.cfg.Path); rmErr != nil && err == nil {
-				err = fmt.Errorf("remove admin socket %s: %w", l.cfg.Path, rmErr)
-			}
-		}
-	})
-	return err
+// unixPeerActor names the Unix user on the other end of conn, from its
+// peer credentials: "admin:<user name>", "admin:uid:<n>" when the name is
+// unknown, "admin:unknown" when it cannot tell.
+func unixPeerActor(conn net.Conn) string {
+	cred, err := unixsock.PeerCred(conn)
+	if err != nil {
+		return "admin:unknown"
+	}
+	uid := strconv.Itoa(cred.UID)
+	if u, err := user.LookupId(uid); err == nil && u.Username != "" {
+		return "admin:" + u.Username
+	}
+	return "admin:uid:" + uid
 }
-
-// unixCred is who is on the other end of a Unix socket.
-type unixCred struct {
-	uid, gid uint32
-	pid      int32
-}
-
-// errPeerCredUnsupported: this platform cannot tell who connected; the
-// socket's mode alone guards it.
-var errPeerCredUnsupported = errors.New("peer credentials are not supported on this platform")
 
 // UnixCredentials are the gRPC server transport credentials of an admin
 // socket: no encryption (the socket's permissions and the listener's user
