@@ -132,7 +132,7 @@ func (s *AdminServer) ServeUnix(ctx context.Context, lis net.Listener) error {
 // to the admin SPIFFE IDs m allows; the actor of each change is
 // "spiffe:<SPIFFE ID>". It stops as ServeUnix does.
 func (s *AdminServer) ServeMTLS(ctx context.Context, lis net.Listener, m *admin.MTLS) error {
-	return s.serve(ctx, lis, m.ServerOptions()...)
+	return s.serve(ctx, m.Listener(lis), m.ServerOptions()...)
 }
 
 // adminGracePeriod is how long in-flight admin calls get to finish at

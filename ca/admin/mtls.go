@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/grpclimit"
 )
 
 // MTLSConfig configures the admin API over mutual TLS, for operators who
@@ -92,7 +93,14 @@ func (c MTLSConfig) Validate() error {
 type MTLS struct {
 	cfg       MTLSConfig
 	authorize tlsconfig.Authorizer
+	limits    *grpclimit.Limits
 }
+
+// adminLimits bound the admin listener apart from the server's main one, so
+// that a flood of workload connections cannot lock the admins out, and few
+// connections suffice: it serves operators, not workloads.
+var adminLimits = grpclimit.Config{MaxConnections: 256, MaxConnectionsPerPeer: 32, MaxStreamsPerConnection: 32,
+	MaxWatches: 1, MaxWatchesPerPeer: 1}
 
 // NewMTLS returns the mutual TLS admin transport for cfg.
 func NewMTLS(cfg MTLSConfig) (*MTLS, error) {
@@ -110,18 +118,28 @@ func NewMTLS(cfg MTLSConfig) (*MTLS, error) {
 	}
 	admins := append([]spiffeid.ID(nil), cfg.Admins...)
 	cfg.Admins = admins
-	return &MTLS{cfg: cfg, authorize: tlsconfig.AuthorizeOneOf(admins...)}, nil
+	lc := adminLimits
+	lc.Logger = cfg.Logger
+	limits, err := grpclimit.New(lc)
+	if err != nil {
+		return nil, fmt.Errorf("admin mtls: %w", err)
+	}
+	return &MTLS{cfg: cfg, authorize: tlsconfig.AuthorizeOneOf(admins...), limits: limits}, nil
 }
 
+// Listener bounds the connections lis accepts for the admin API (at most
+// 256, 32 per peer address); serve on it.
+func (m *MTLS) Listener(lis net.Listener) net.Listener { return m.limits.Listener(lis) }
+
 // ServerOptions are the options of a gRPC server for the admin API over
-// mutual TLS: its transport credentials and the interceptors that check
-// every call.
+// mutual TLS: its transport credentials, the interceptors that check every
+// call, and keepalive, idle, age, stream and handshake limits.
 func (m *MTLS) ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{
+	return append([]grpc.ServerOption{
 		grpc.Creds(m.Credentials()),
 		grpc.ChainUnaryInterceptor(m.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(m.StreamInterceptor()),
-	}
+	}, m.limits.ServerOptions()...)
 }
 
 // TLSConfig is the server's TLS configuration: TLS 1.2 or later, a client

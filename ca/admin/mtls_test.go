@@ -172,7 +172,7 @@ func newMTLSHarness(t *testing.T) *mtlsHarness {
 	h.addr = lis.Addr().String()
 	srv := grpc.NewServer(h.m.ServerOptions()...)
 	meshcav1.RegisterAdminServiceServer(srv, h.echo)
-	go srv.Serve(lis)
+	go srv.Serve(h.m.Listener(lis))
 	t.Cleanup(srv.Stop)
 	return h
 }
@@ -431,5 +431,49 @@ func TestMTLSRevocation(t *testing.T) {
 			}
 			wantCode(t, err, codes.Unavailable) // the handshake failed
 		})
+	}
+}
+
+// Silent TCP connections to the admin listener (no TLS handshake) are
+// bounded per peer: past 32 the listener closes them at once, and an admin
+// is still served once they go away.
+func TestMTLSListenerBoundsSilentConnections(t *testing.T) {
+	h := newMTLSHarness(t)
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	closedAtOnce := 0
+	for range 40 {
+		c, err := net.Dial("tcp", h.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+		_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); errors.Is(err, io.EOF) {
+			closedAtOnce++
+		}
+	}
+	if closedAtOnce != 40-32 {
+		t.Fatalf("%d of 40 silent connections closed at once, want %d (32 per peer)", closedAtOnce, 40-32)
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	held = nil
+	alice := leafCert(t, h.tree.Root, "alice", aliceID, "", h.clock.Now().Add(-time.Minute), time.Hour)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := h.dial(t, alice).ListRevocations(context.Background(), &meshcav1.ListRevocationsRequest{})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("admin after the silent connections closed: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

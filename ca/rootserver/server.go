@@ -80,7 +80,7 @@ func (r *Root) ServeAdmin(ctx context.Context, lis net.Listener) error {
 func (r *Root) ServeAdminMTLS(ctx context.Context, lis net.Listener, m *admin.MTLS) error {
 	srv := grpc.NewServer(append(m.ServerOptions(), grpc.MaxRecvMsgSize(r.cfg.MaxRequestBytes))...)
 	meshcav1.RegisterAdminServiceServer(srv, newAdminService(r))
-	return serve(ctx, srv, lis, make(chan struct{}))
+	return serve(ctx, srv, m.Listener(lis), make(chan struct{}))
 }
 
 // ServingCertificate returns a tls.Config.GetCertificate callback with a
