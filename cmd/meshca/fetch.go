@@ -23,17 +23,20 @@ func newCertCommand() *cobra.Command {
 	return cmd
 }
 
+// certFetch is what `meshca cert fetch` was asked for.
+type certFetch struct {
+	cfg       agent.ClientConfig
+	bundle    string
+	tokenFile string
+	outDir    string
+	keyType   string
+	ttl       time.Duration
+	timeout   time.Duration
+	crlFiles  []string
+}
+
 func newCertFetchCommand() *cobra.Command {
-	var (
-		cfg       agent.ClientConfig
-		bundle    string
-		tokenFile string
-		outDir    string
-		keyType   string
-		ttl       time.Duration
-		timeout   time.Duration
-		crlFiles  []string
-	)
+	var fc certFetch
 	cmd := &cobra.Command{
 		Use:   "fetch",
 		Short: "Generate a key locally and fetch a certificate for it from an issuer",
@@ -48,70 +51,74 @@ Before the token is sent, the issuer must prove to be the issuer of
 accepted. Each --crl (PEM or DER, signed by a root of --ca-bundle) makes fetch
 refuse an issuer whose intermediate it revokes.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			bundlePEM, err := os.ReadFile(bundle)
-			if err != nil {
-				return fmt.Errorf("--ca-bundle: %w", err)
-			}
-			if cfg.Roots, err = ca.ParseBundle(bundlePEM); err != nil {
-				return fmt.Errorf("--ca-bundle %s: %w", bundle, err)
-			}
-			token, err := agent.ReadToken(tokenFile)
-			if err != nil {
-				return err
-			}
-			key, err := agent.GenerateKey(keyType)
-			if err != nil {
-				return err
-			}
-			client, err := agent.NewClient(cfg)
-			if err != nil {
-				return err
-			}
-			defer client.Close()
-			if len(crlFiles) > 0 {
-				crls, err := readCRLFiles(crlFiles)
-				if err != nil {
-					return err
-				}
-				if err := client.SetCRLs(crls); err != nil {
-					return err
-				}
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-			defer cancel()
-			svid, err := client.Fetch(ctx, key, token, ttl)
-			if err != nil {
-				if st, ok := status.FromError(unwrapStatus(err)); ok {
-					return fmt.Errorf("cert fetch: issuer %s refused: %s: %s", cfg.Address, st.Code(), st.Message())
-				}
-				return fmt.Errorf("cert fetch: %w", err)
-			}
-			if err := agent.WriteFiles(outDir, svid); err != nil {
-				return err
-			}
-			leaf := svid.Chain[0]
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s/{cert,key,bundle}.pem: %s, serial %s, valid until %s\n",
-				outDir, leaf.URIs[0], ca.SerialHex(leaf.SerialNumber), leaf.NotAfter.UTC().Format(time.RFC3339))
-			return nil
-		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return fc.run(cmd) },
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.Address, "issuer", "", "issuer address host:port (required)")
-	f.StringVar(&bundle, "ca-bundle", "", "PEM file of trusted root certificates (required)")
-	f.StringVar(&tokenFile, "token-file", "", "file holding the service-account token (required)")
-	f.StringVar(&outDir, "out", "", "directory to write cert.pem, key.pem and bundle.pem to (required)")
-	f.StringVar(&keyType, "key-type", agent.KeyECP256, "key type: ec-p256 or rsa-2048")
-	f.DurationVar(&ttl, "ttl", 0, "requested certificate lifetime (0: the issuer's default)")
-	f.StringVar(&cfg.ClusterID, "cluster-id", "", "cluster id sent to the issuer (empty: the issuer's local cluster)")
-	f.StringVar(&cfg.ServerName, "server-name", "", "TLS server name (default: the host of --issuer)")
-	f.StringVar(&cfg.IssuerCluster, "issuer-cluster", "", "cluster whose issuer is required, checked at the TLS handshake (default: --cluster-id; empty: any cluster's issuer)")
-	f.StringArrayVar(&crlFiles, "crl", nil, "root CRL file (PEM or DER); an issuer whose intermediate it revokes is refused (repeatable)")
-	f.DurationVar(&timeout, "timeout", 30*time.Second, "give up after this long")
+	f.StringVar(&fc.cfg.Address, "issuer", "", "issuer address host:port (required)")
+	f.StringVar(&fc.bundle, "ca-bundle", "", "PEM file of trusted root certificates (required)")
+	f.StringVar(&fc.tokenFile, "token-file", "", "file holding the service-account token (required)")
+	f.StringVar(&fc.outDir, "out", "", "directory to write cert.pem, key.pem and bundle.pem to (required)")
+	f.StringVar(&fc.keyType, "key-type", agent.KeyECP256, "key type: ec-p256 or rsa-2048")
+	f.DurationVar(&fc.ttl, "ttl", 0, "requested certificate lifetime (0: the issuer's default)")
+	f.StringVar(&fc.cfg.ClusterID, "cluster-id", "", "cluster id sent to the issuer (empty: the issuer's local cluster)")
+	f.StringVar(&fc.cfg.ServerName, "server-name", "", "TLS server name (default: the host of --issuer)")
+	f.StringVar(&fc.cfg.IssuerCluster, "issuer-cluster", "", "cluster whose issuer is required, checked at the TLS handshake (default: --cluster-id; empty: any cluster's issuer)")
+	f.StringArrayVar(&fc.crlFiles, "crl", nil, "root CRL file (PEM or DER); an issuer whose intermediate it revokes is refused (repeatable)")
+	f.DurationVar(&fc.timeout, "timeout", 30*time.Second, "give up after this long")
 	for _, name := range []string{"issuer", "ca-bundle", "token-file", "out"} {
 		_ = cmd.MarkFlagRequired(name)
 	}
 	return cmd
+}
+
+// run fetches and writes the certificate.
+func (fc certFetch) run(cmd *cobra.Command) error {
+	cfg := fc.cfg
+	bundlePEM, err := os.ReadFile(fc.bundle)
+	if err != nil {
+		return fmt.Errorf("--ca-bundle: %w", err)
+	}
+	if cfg.Roots, err = ca.ParseBundle(bundlePEM); err != nil {
+		return fmt.Errorf("--ca-bundle %s: %w", fc.bundle, err)
+	}
+	token, err := agent.ReadToken(fc.tokenFile)
+	if err != nil {
+		return err
+	}
+	key, err := agent.GenerateKey(fc.keyType)
+	if err != nil {
+		return err
+	}
+	client, err := agent.NewClient(cfg)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	if len(fc.crlFiles) > 0 {
+		crls, err := readCRLFiles(fc.crlFiles)
+		if err != nil {
+			return err
+		}
+		if err := client.SetCRLs(crls); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), fc.timeout)
+	defer cancel()
+	svid, err := client.Fetch(ctx, key, token, fc.ttl)
+	if err != nil {
+		if st, ok := status.FromError(unwrapStatus(err)); ok {
+			return fmt.Errorf("cert fetch: issuer %s refused: %s: %s", cfg.Address, st.Code(), st.Message())
+		}
+		return fmt.Errorf("cert fetch: %w", err)
+	}
+	if err := agent.WriteFiles(fc.outDir, svid); err != nil {
+		return err
+	}
+	leaf := svid.Chain[0]
+	fmt.Fprintf(cmd.OutOrStdout(), "wrote %s/{cert,key,bundle}.pem: %s, serial %s, valid until %s\n",
+		fc.outDir, leaf.URIs[0], ca.SerialHex(leaf.SerialNumber), leaf.NotAfter.UTC().Format(time.RFC3339))
+	return nil
 }
 
 // unwrapStatus finds the innermost error carrying a gRPC status.
