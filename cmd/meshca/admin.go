@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/ca"
 )
 
 // defaultAdminSocket is where `meshca root serve` listens for admin calls
@@ -35,6 +36,9 @@ type adminFlags struct {
 	// socket), reached with the admin certificate cert/key and trusting the
 	// roots of caBundle.
 	server, serverName, cert, key, caBundle string
+	// serverIdentity is which meshca server the server must be (see
+	// verifyServer).
+	serverIdentity string
 }
 
 func newAdminCommand() *cobra.Command {
@@ -60,6 +64,7 @@ Output is a table by default, JSON with -o json.`,
 	cmd.PersistentFlags().DurationVar(&f.timeout, "timeout", 30*time.Second, "deadline of the call")
 	cmd.PersistentFlags().StringVar(&f.server, "server", "", "HOST:PORT of the admin API over mutual TLS, instead of --socket")
 	cmd.PersistentFlags().StringVar(&f.serverName, "server-name", "", "name checked in the server's certificate (default: the host of --server)")
+	cmd.PersistentFlags().StringVar(&f.serverIdentity, "server-identity", "", `which meshca server --server must be: "root", or a cluster name for that cluster's issuer (default: the root or any cluster's issuer)`)
 	cmd.PersistentFlags().StringVar(&f.cert, "cert", "", "admin certificate (PEM) for --server")
 	cmd.PersistentFlags().StringVar(&f.key, "key", "", "private key (PEM) of --cert")
 	cmd.PersistentFlags().StringVar(&f.caBundle, "ca-bundle", "", "roots (PEM) that sign the server's certificate, for --server")
@@ -188,6 +193,23 @@ func unixTime(s int64) string {
 	return time.Unix(s, 0).UTC().Format(time.RFC3339)
 }
 
+// verifyServer checks, during the handshake and before any admin call, that
+// --server is the meshca server --server-identity names: the root, a
+// cluster's issuer, or by default either.
+func (f *adminFlags) verifyServer(cs tls.ConnectionState) error {
+	switch f.serverIdentity {
+	case "root":
+		return ca.ServerCheck{Root: true}.VerifyConnection(cs)
+	case "":
+		if (ca.ServerCheck{Root: true}).VerifyConnection(cs) == nil {
+			return nil
+		}
+		return ca.ServerCheck{}.VerifyConnection(cs)
+	default:
+		return ca.ServerCheck{Cluster: f.serverIdentity}.VerifyConnection(cs)
+	}
+}
+
 // dial connects to the admin socket, or to --server over mutual TLS.
 func (f *adminFlags) dial() (*grpc.ClientConn, error) {
 	if f.server == "" {
@@ -220,7 +242,7 @@ func (f *adminFlags) dial() (*grpc.ClientConn, error) {
 	}
 	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS12, RootCAs: roots.Pool(), ServerName: cmpOr(f.serverName, host),
-		Certificates: []tls.Certificate{cert},
+		Certificates: []tls.Certificate{cert}, VerifyConnection: f.verifyServer,
 	}
 	conn, err := grpc.NewClient(f.server, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
 	if err != nil {

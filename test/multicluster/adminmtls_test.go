@@ -81,6 +81,16 @@ func TestAdminOverMTLS(t *testing.T) {
 	if _, err := overMTLS(adminAddr, "revocations"); err != nil {
 		t.Fatalf("issuer admin API with the root's admin certificate: %v", err)
 	}
+	// The CLI checks which server it reached before any call.
+	if _, err := overMTLS(adminAddr, "--server-identity", "east", "revocations"); err != nil {
+		t.Fatalf("issuer admin API, --server-identity east: %v", err)
+	}
+	for addr, identity := range map[string]string{adminAddr: "root", rootAdminAddr: "east"} {
+		if _, err := overMTLS(addr, "--server-identity", identity, "root", "list"); err == nil ||
+			!strings.Contains(err.Error(), "want ") {
+			t.Fatalf("%s with --server-identity %s: %v; want the server refused", addr, identity, err)
+		}
+	}
 	// A second cluster in east.example only when asked for explicitly.
 	if _, err := overMTLS(rootAdminAddr, "cluster", "add", "east2", "--trust-domain", "east.example"); err == nil ||
 		!strings.Contains(err.Error(), "held by cluster east") {
