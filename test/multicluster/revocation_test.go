@@ -32,6 +32,38 @@ func (is *issuerProc) certSerials(t *testing.T, id string) []string {
 	return out
 }
 
+// checkKeptRevoked checks, after the revocation of id was lifted, that the
+// certificates of id in before are revoked by serial, and that id has
+// certificates issued since, none revoked.
+func (is *issuerProc) checkKeptRevoked(t *testing.T, id string, before []string) {
+	t.Helper()
+	var list struct {
+		Revocations []struct{ Kind, Value string } `json:"revocations"`
+	}
+	if err := is.admin(t, &list, "revocations"); err != nil {
+		t.Fatal(err)
+	}
+	revoked := map[string]bool{}
+	for _, r := range list.Revocations {
+		revoked[r.Kind+" "+r.Value] = true
+	}
+	fresh := 0
+	for _, serial := range is.certSerials(t, id) {
+		switch {
+		case slices.Contains(before, serial) && !revoked["serial "+serial]:
+			t.Errorf("certificate %s, issued before the lift, is no longer revoked: %v", serial, list.Revocations)
+		case !slices.Contains(before, serial):
+			fresh++
+			if revoked["serial "+serial] {
+				t.Errorf("certificate %s, issued after the lift, is revoked", serial)
+			}
+		}
+	}
+	if fresh == 0 {
+		t.Errorf("no certificate of %s issued after the lift", id)
+	}
+}
+
 // TestRevocationEndToEnd: two workloads of east in mutual TLS (each
 // checking the CRLs its agent delivers) and a third, bystander workload.
 // Revoking the client's serial makes its new handshakes fail within 5 s;
@@ -118,28 +150,7 @@ func TestRevocationEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitUntil(t, "a certificate after unrevoke", 10*time.Second, func() bool { _, err := fetch(); return err == nil })
-	if err := east.admin(t, &list, "revocations"); err != nil {
-		t.Fatal(err)
-	}
-	revoked := map[string]bool{}
-	for _, r := range list.Revocations {
-		revoked[r.Kind+" "+r.Value] = true
-	}
-	fresh := 0
-	for _, serial := range east.certSerials(t, client.ID.String()) {
-		switch {
-		case slices.Contains(before, serial) && !revoked["serial "+serial]:
-			t.Errorf("certificate %s, issued before the lift, is no longer revoked: %v", serial, list.Revocations)
-		case !slices.Contains(before, serial):
-			fresh++
-			if revoked["serial "+serial] {
-				t.Errorf("certificate %s, issued after the lift, is revoked", serial)
-			}
-		}
-	}
-	if fresh == 0 {
-		t.Error("no certificate of the client issued after the lift")
-	}
+	east.checkKeptRevoked(t, client.ID.String(), before)
 
 	// Every change is in the audit log, with its actor.
 	var audit struct {
