@@ -164,8 +164,9 @@ func (s *AdminServer) serve(ctx context.Context, lis net.Listener, opts ...grpc.
 
 // Revoke implements meshcav1.AdminServiceServer. A serial must be one of
 // this cluster's certificates that has not expired; the revocation ends
-// with it. A SPIFFE ID must be a workload's of this trust domain; the
-// revocation lasts until Unrevoke.
+// with it. A SPIFFE ID must be a workload's of this trust domain; its
+// certificates are revoked until they expire, and new ones are refused
+// until Unrevoke.
 func (s *AdminServer) Revoke(ctx context.Context, req *meshcav1.RevokeRequest) (*meshcav1.RevokeResponse, error) {
 	rev, err := s.revoke(ctx, req, admin.Actor(ctx))
 	if err != nil {
@@ -240,7 +241,9 @@ func (s *AdminServer) revocableCert(ctx context.Context, serial string, now time
 }
 
 // Unrevoke implements meshcav1.AdminServiceServer: it lifts the revocation
-// in force of a SPIFFE ID of this trust domain, or answers NotFound.
+// in force of a SPIFFE ID of this trust domain, or answers NotFound. Only
+// new issuance is allowed again: the certificates the revocation covered
+// stay revoked, by serial, until they expire (store.RevocationStore).
 func (s *AdminServer) Unrevoke(ctx context.Context, req *meshcav1.UnrevokeRequest) (*meshcav1.UnrevokeResponse, error) {
 	if err := s.unrevoke(ctx, req, admin.Actor(ctx)); err != nil {
 		return nil, s.status(ctx, "Unrevoke", err)
@@ -265,7 +268,8 @@ func (s *AdminServer) unrevoke(ctx context.Context, req *meshcav1.UnrevokeReques
 	case err != nil:
 		return fmt.Errorf("%w: unrevoke %s: %w", admin.ErrUnavailable, id, err)
 	}
-	s.cfg.Logger.InfoContext(ctx, "revocation lifted", "spiffe_id", id.String(), "cluster", s.cfg.Cluster, "actor", actor)
+	s.cfg.Logger.InfoContext(ctx, "revocation lifted; the certificates it revoked stay revoked until they expire",
+		"spiffe_id", id.String(), "cluster", s.cfg.Cluster, "actor", actor)
 	s.refresh(ctx)
 	return nil
 }

@@ -122,9 +122,11 @@ func (c *CRLSignerConfig) Validate() error {
 // CRLSigner keeps one current CRL per authority the issuer holds (the
 // current intermediate and previous ones until they expire), each listing
 // the revoked serials of the cluster and the serials of the unexpired
-// certificates of its revoked SPIFFE IDs. The serials are not split by
-// issuing intermediate (the store does not record it): every CRL lists all
-// of them, which is harmless, as a CRL only speaks for its own issuer.
+// certificates of its revoked SPIFFE IDs (once a SPIFFE ID revocation is
+// lifted, the store keeps the certificates it covered as revoked serials).
+// The serials are not split by issuing intermediate (the store does not
+// record it): every CRL lists all of them, which is harmless, as a CRL only
+// speaks for its own issuer.
 type CRLSigner struct {
 	cfg CRLSignerConfig
 

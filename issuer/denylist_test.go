@@ -103,6 +103,8 @@ func (m *memStore) revoke(kind, value, cluster string) {
 		RevokedBy: "admin:test", RevokedAt: time.Now()})
 }
 
+// unrevoke removes the entry. Unlike the real stores it does not keep the
+// identity's certificates revoked by serial: its callers test the deny-list.
 func (m *memStore) unrevoke(kind, value string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

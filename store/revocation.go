@@ -12,6 +12,8 @@ const (
 	// RevokeSerial denies one certificate, by lower-case hex serial.
 	RevokeSerial = "serial"
 	// RevokeSPIFFEID denies every certificate of an identity and any new one.
+	// Lifting it only lets the identity get new certificates: those it
+	// had stay revoked until they expire (see RevocationStore.Unrevoke).
 	RevokeSPIFFEID = "spiffe_id"
 	// RevokeCluster denies a whole cluster (root): its issuer can no longer
 	// enrol or renew.
@@ -48,6 +50,13 @@ type RevocationStore interface {
 	Revoke(ctx context.Context, r Revocation, ev AuditEvent) (Revocation, error)
 	// Unrevoke lifts the revocation in force of kind and value, with its
 	// audit event; none in force wraps ErrNotFound and writes nothing.
+	// Lifting a SPIFFE ID revocation also records, in the same transaction,
+	// a RevokeSerial entry for every certificate of the ID recorded before
+	// the lift and not expired (of the entry's Cluster, or of every cluster
+	// when it has none), with the lifted entry's Reason, RevokedBy and
+	// RevokedAt and the certificate's NotAfter as ExpiresAt: a revoked key
+	// stays on CRLs until it expires, and only new issuance is allowed
+	// again. A serial already in force is left as it is.
 	Unrevoke(ctx context.Context, kind, value string, ev AuditEvent) error
 	// Revocations lists the revocations in force at now (not lifted, and
 	// ExpiresAt zero or after now), by ID.

@@ -51,7 +51,7 @@ certificate the root signed: an intermediate (onto the root's CRL) or an issuer 
 		},
 	}
 	cmd.Flags().StringVar(&serial, "serial", "", "certificate serial, hexadecimal")
-	cmd.Flags().StringVar(&id, "spiffe-id", "", "SPIFFE ID: every certificate of it, and any new one")
+	cmd.Flags().StringVar(&id, "spiffe-id", "", "SPIFFE ID: every certificate of it (until each expires), and any new one until unrevoke")
 	cmd.Flags().StringVar(&cluster, "cluster", "", "cluster name: its intermediates and its issuer")
 	cmd.Flags().StringVar(&reason, "reason", "", "why, for the audit log")
 	return cmd
@@ -61,8 +61,11 @@ func newAdminUnrevokeCommand(f *adminFlags) *cobra.Command {
 	var id string
 	cmd := &cobra.Command{
 		Use:   "unrevoke --spiffe-id ID",
-		Short: "Lift the revocation of an identity (issuer socket): it can get certificates again",
-		Args:  cobra.NoArgs,
+		Short: "Lift the revocation of an identity (issuer socket): it can get new certificates again",
+		Long: `Lifts the revocation of an identity: its issuer issues it new certificates again. Every
+certificate of the identity issued before the lift stays revoked, on CRLs, until it expires
+(a revoked key is never trusted again); "revocations" lists them as serial revocations.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if id == "" {
 				return errors.New("--spiffe-id is required")

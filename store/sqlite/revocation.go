@@ -81,7 +81,8 @@ func (s *Store) revoke(ctx context.Context, r store.Revocation, ev store.AuditEv
 
 // Unrevoke lifts the entry of kind and value not lifted yet (expired or
 // not), with ev, in one transaction. None wraps store.ErrNotFound and
-// writes nothing.
+// writes nothing. Lifting a SPIFFE ID keeps its certificates revoked: see
+// keepCertificatesRevoked.
 func (s *Store) Unrevoke(ctx context.Context, kind, value string, ev store.AuditEvent) error {
 	if err := s.unrevoke(ctx, kind, value, ev); err != nil {
 		return fmt.Errorf("sqlite: unrevoke %s %s: %w", kind, value, err)
@@ -98,21 +99,52 @@ func (s *Store) unrevoke(ctx context.Context, kind, value string, ev store.Audit
 	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
 		// lifted_at stays non-zero, which is what marks the entry lifted,
 		// whatever the clock.
-		res, err := tx.ExecContext(ctx, `UPDATE revocations SET lifted_at = ?
-			WHERE kind = ? AND value = ? AND lifted_at = 0`,
-			max(now.Unix(), 1), kind, value)
-		if err != nil {
-			return fmt.Errorf("lift revocation: %w", err)
-		}
-		n, err := res.RowsAffected()
-		if err != nil {
-			return fmt.Errorf("lift revocation: %w", err)
-		}
-		if n == 0 {
+		var lifted store.Revocation
+		var revokedAt int64
+		err := tx.QueryRowContext(ctx, `UPDATE revocations SET lifted_at = ?
+			WHERE kind = ? AND value = ? AND lifted_at = 0
+			RETURNING cluster, reason, revoked_by, revoked_at`,
+			max(now.Unix(), 1), kind, value).Scan(&lifted.Cluster, &lifted.Reason, &lifted.RevokedBy, &revokedAt)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
 			return fmt.Errorf("no revocation in force: %w", store.ErrNotFound)
+		case err != nil:
+			return fmt.Errorf("lift revocation: %w", err)
+		case kind != store.RevokeSPIFFEID:
+			return nil
 		}
-		return nil
+		return keepCertificatesRevoked(ctx, tx, value, lifted, revokedAt, now)
 	})
+}
+
+// keepCertificatesRevoked turns the lifted revocation of SPIFFE ID id into
+// one serial revocation per certificate of id recorded before the lift and
+// not expired at now (of the revocation's cluster, or of every cluster when
+// it has none), each with the lifted one's reason, author and time, ending
+// when the certificate expires. Lifting only lets id get new certificates:
+// a revoked key stays revoked, and the certificates recorded after the
+// lift, which this transaction cannot see, are not affected.
+//
+// A lifted revocation of one of those serials is deleted first, as Revoke
+// does; one in force is kept as it is.
+func keepCertificatesRevoked(ctx context.Context, tx *sql.Tx, id string, lifted store.Revocation, revokedAt int64, now time.Time) error {
+	const certs = `SELECT serial FROM certificates
+		WHERE spiffe_id = ? AND (? = '' OR cluster = ?) AND not_after > ?`
+	args := []any{id, lifted.Cluster, lifted.Cluster, now.Unix()}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM revocations
+		WHERE kind = 'serial' AND lifted_at <> 0 AND value IN (`+certs+`)`, args...); err != nil {
+		return fmt.Errorf("delete lifted serial revocations: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO revocations
+		(kind, value, cluster, reason, revoked_by, revoked_at, expires_at, lifted_at)
+		SELECT 'serial', serial, cluster, ?, ?, ?, not_after, 0 FROM certificates
+		WHERE spiffe_id = ? AND (? = '' OR cluster = ?) AND not_after > ?
+		ORDER BY not_after, serial
+		ON CONFLICT (kind, value) DO NOTHING`,
+		append([]any{lifted.Reason, lifted.RevokedBy, revokedAt}, args...)...); err != nil {
+		return fmt.Errorf("keep the certificates of %s revoked: %w", id, err)
+	}
+	return nil
 }
 
 // Revocations lists the entries in force at now, by ID. None is an empty

@@ -33,6 +33,7 @@ func RunRevocationStore(t *testing.T, open func(t *testing.T) RevocationStoreUnd
 		{"Unrevoke", testUnrevoke},
 		{"UnrevokeNone", testUnrevokeNone},
 		{"RevokeAgainAfterUnrevoke", testRevokeAgainAfterUnrevoke},
+		{"UnrevokeKeepsCertificatesRevoked", testUnrevokeKeepsCertificatesRevoked},
 		{"ExpiredNotLifted", testExpiredNotLifted},
 		{"RevocationsAt", testRevocationsAt},
 		{"InvalidRevocation", testInvalidRevocation},
@@ -274,6 +275,69 @@ func testRevokeAgainAfterUnrevoke(t *testing.T, s RevocationStoreUnderTest) {
 	mustUnrevoke(t, s, store.RevokeSPIFFEID, idWeb)
 	checkRevocations(t, s, t0, other)
 	verifyChain(t, s, 5)
+}
+
+// testUnrevokeKeepsCertificatesRevoked: lifting a SPIFFE ID revocation lets
+// the identity get new certificates but keeps those it had revoked, by
+// serial, until they expire; revoking and lifting again adds the ones
+// issued meanwhile. Unrevoke uses the store's real clock for "expired", so
+// the certificates here expire long before or long after any plausible now.
+func testUnrevokeKeepsCertificatesRevoked(t *testing.T, s RevocationStoreUnderTest) {
+	far := t0.AddDate(100, 0, 0)
+	live := newCert("c1", idWeb, "east", t0, far)
+	mustRecord(t, s, live,
+		newCert("c2", idWeb, "east", t0.Add(-2*time.Hour), t0.Add(-time.Hour)), // expired
+		newCert("c3", idWeb, "west", t0, far),                                  // another cluster
+		newCert("c4", idDB, "east", t0, far),                                   // another identity
+		newCert("c5", idWeb, "east", t0, far))
+	// c5 is revoked on its own, c1 was and is no longer.
+	pinned := newRevocation(store.RevokeSerial, "c5")
+	pinned.Reason, pinned.ExpiresAt = "superseded", far
+	pinned = mustRevoke(t, s, pinned)
+	mustRevoke(t, s, newRevocation(store.RevokeSerial, "c1"))
+	mustUnrevoke(t, s, store.RevokeSerial, "c1")
+
+	id := mustRevoke(t, s, newRevocation(store.RevokeSPIFFEID, idWeb))
+	mustUnrevoke(t, s, store.RevokeSPIFFEID, idWeb)
+	kept := func(c store.Certificate, by store.Revocation) store.Revocation {
+		return store.Revocation{Kind: store.RevokeSerial, Value: c.Serial, Cluster: c.Cluster, Reason: by.Reason,
+			RevokedBy: by.RevokedBy, RevokedAt: by.RevokedAt, ExpiresAt: c.NotAfter}
+	}
+	checkRevocations(t, s, t0, pinned, kept(live, id))
+	got, err := s.Revocations(t.Context(), t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keptLive := got[1]
+	if keptLive.ID <= id.ID {
+		t.Errorf("kept revocation ID %d, want more than the lifted one's %d", keptLive.ID, id.ID)
+	}
+
+	// A certificate issued after the lift is not revoked ...
+	fresh := newCert("c6", idWeb, "east", t0.Add(time.Hour), far)
+	mustRecord(t, s, fresh)
+	checkRevocations(t, s, t0, pinned, keptLive)
+	// ... until the identity is revoked again; lifting that keeps it too,
+	// and leaves the entries already in force as they are.
+	again := newRevocation(store.RevokeSPIFFEID, idWeb)
+	again.Reason, again.RevokedBy, again.RevokedAt = "compromised again", "admin:carol", t0.Add(2*time.Hour)
+	again = mustRevoke(t, s, again)
+	mustUnrevoke(t, s, store.RevokeSPIFFEID, idWeb)
+	checkRevocations(t, s, t0, pinned, keptLive, kept(fresh, again))
+	got, err = s.Revocations(t.Context(), t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keptFresh := got[2]
+
+	// A revocation of every cluster's certificates (no Cluster) keeps the
+	// other cluster's certificate revoked as well.
+	global := newRevocation(store.RevokeSPIFFEID, idWeb)
+	global.Cluster = ""
+	global = mustRevoke(t, s, global)
+	mustUnrevoke(t, s, store.RevokeSPIFFEID, idWeb)
+	checkRevocations(t, s, t0, pinned, keptLive, keptFresh, kept(newCert("c3", idWeb, "west", t0, far), global))
+	verifyChain(t, s, 6+3+3*2)
 }
 
 // testExpiredNotLifted: for Revoke and Unrevoke an entry is in force until it

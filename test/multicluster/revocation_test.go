@@ -3,6 +3,7 @@ package multicluster
 import (
 	"crypto/tls"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,11 +16,60 @@ func (is *issuerProc) admin(t *testing.T, out any, args ...string) error {
 	return r.admin(t, out, args...)
 }
 
+// certSerials lists the serials of the unexpired certificates of id.
+func (is *issuerProc) certSerials(t *testing.T, id string) []string {
+	t.Helper()
+	var list struct {
+		Certificates []struct{ Serial string } `json:"certificates"`
+	}
+	if err := is.admin(t, &list, "certs", "list", "--spiffe-id", id, "--active"); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, c := range list.Certificates {
+		out = append(out, c.Serial)
+	}
+	return out
+}
+
+// checkKeptRevoked checks, after the revocation of id was lifted, that the
+// certificates of id in before are revoked by serial, and that id has
+// certificates issued since, none revoked.
+func (is *issuerProc) checkKeptRevoked(t *testing.T, id string, before []string) {
+	t.Helper()
+	var list struct {
+		Revocations []struct{ Kind, Value string } `json:"revocations"`
+	}
+	if err := is.admin(t, &list, "revocations"); err != nil {
+		t.Fatal(err)
+	}
+	revoked := map[string]bool{}
+	for _, r := range list.Revocations {
+		revoked[r.Kind+" "+r.Value] = true
+	}
+	fresh := 0
+	for _, serial := range is.certSerials(t, id) {
+		switch {
+		case slices.Contains(before, serial) && !revoked["serial "+serial]:
+			t.Errorf("certificate %s, issued before the lift, is no longer revoked: %v", serial, list.Revocations)
+		case !slices.Contains(before, serial):
+			fresh++
+			if revoked["serial "+serial] {
+				t.Errorf("certificate %s, issued after the lift, is revoked", serial)
+			}
+		}
+	}
+	if fresh == 0 {
+		t.Errorf("no certificate of %s issued after the lift", id)
+	}
+}
+
 // TestRevocationEndToEnd: two workloads of east in mutual TLS (each
 // checking the CRLs its agent delivers) and a third, bystander workload.
 // Revoking the client's serial makes its new handshakes fail within 5 s;
 // the bystander is unaffected. Revoking its SPIFFE ID stops its renewals;
-// unrevoking lets them through again.
+// unrevoking lets them through again and keeps the certificates issued
+// before revoked.
 func TestRevocationEndToEnd(t *testing.T) {
 	root := startRoot(t, "intermediateTTL: 1h\n")
 	east := startIssuer(t, root, "east", "east.example", "")
@@ -65,14 +115,18 @@ func TestRevocationEndToEnd(t *testing.T) {
 		}
 	}
 
-	// Revoke the identity: a new certificate for it is refused.
-	if err := east.admin(t, nil, "revoke", "--spiffe-id", client.ID.String()); err != nil {
-		t.Fatal(err)
-	}
+	// Revoke the identity: a new certificate for it is refused. The one
+	// fetched before is revoked with it.
 	token := writeFile(t, filepath.Join(t.TempDir(), "token"), mustRun(t, "dev", "token", "--data-dir", east.Dir, "--namespace", "shop", "--service-account", "frontend"))
 	fetch := func() (string, error) {
 		return run(t, "cert", "fetch", "--issuer", east.Addr, "--server-name", "localhost", "--ca-bundle", root.BundlePath(),
 			"--token-file", token, "--out", t.TempDir())
+	}
+	if _, err := fetch(); err != nil {
+		t.Fatalf("certificate before the identity is revoked: %v", err)
+	}
+	if err := east.admin(t, nil, "revoke", "--spiffe-id", client.ID.String()); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := fetch(); err == nil || !strings.Contains(err.Error(), "PermissionDenied") || !strings.Contains(err.Error(), "revoked") {
 		t.Fatalf("certificate for a revoked identity: %v, want PermissionDenied naming the revocation", err)
@@ -86,11 +140,17 @@ func TestRevocationEndToEnd(t *testing.T) {
 		t.Fatalf("revocations: %+v %v, want 2", list, err)
 	}
 
-	// Unrevoke: renewals work again.
+	// Unrevoke: renewals work again, and the certificates issued before
+	// the lift stay revoked (by serial) until they expire.
+	before := east.certSerials(t, client.ID.String())
+	if len(before) < 2 {
+		t.Fatalf("certificates of the client before the lift: %v, want the agent's and the fetched one", before)
+	}
 	if err := east.admin(t, nil, "unrevoke", "--spiffe-id", client.ID.String()); err != nil {
 		t.Fatal(err)
 	}
 	waitUntil(t, "a certificate after unrevoke", 10*time.Second, func() bool { _, err := fetch(); return err == nil })
+	east.checkKeptRevoked(t, client.ID.String(), before)
 
 	// Every change is in the audit log, with its actor.
 	var audit struct {
