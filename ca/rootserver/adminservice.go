@@ -114,7 +114,9 @@ func (rootReadStore) Certificates(context.Context, store.CertificateFilter) ([]s
 // socket answers VerifyAudit (otherwise Unimplemented). Both store backends
 // have it.
 type AuditVerifier interface {
-	VerifyAuditChain(ctx context.Context) error
+	// VerifyAuditHead walks the whole chain and returns the head as far as
+	// it verified.
+	VerifyAuditHead(ctx context.Context) (store.ChainHead, error)
 }
 
 // verifyingReadStore is a rootReadStore whose store can verify the audit

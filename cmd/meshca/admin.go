@@ -166,10 +166,20 @@ func printRoots(w io.Writer, roots ...*meshcav1.RootInfo) {
 	}
 }
 
-// print writes msg as JSON (protojson field names) or as a table.
+// print writes msg as JSON (protojson field names, zero fields left out)
+// or as a table.
 func (f *adminFlags) print(out io.Writer, msg proto.Message, table func(io.Writer)) error {
+	return f.printWith(out, protojson.MarshalOptions{Multiline: true, UseProtoNames: true}, msg, table)
+}
+
+// printAll is print with every field in the JSON, zero or not.
+func (f *adminFlags) printAll(out io.Writer, msg proto.Message, table func(io.Writer)) error {
+	return f.printWith(out, protojson.MarshalOptions{Multiline: true, UseProtoNames: true, EmitUnpopulated: true}, msg, table)
+}
+
+func (f *adminFlags) printWith(out io.Writer, opts protojson.MarshalOptions, msg proto.Message, table func(io.Writer)) error {
 	if f.output == "json" {
-		b, err := protojson.MarshalOptions{Multiline: true, UseProtoNames: true}.Marshal(msg)
+		b, err := opts.Marshal(msg)
 		if err != nil {
 			return err
 		}
