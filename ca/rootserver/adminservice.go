@@ -54,7 +54,7 @@ func (s *adminService) RotateRoot(ctx context.Context, req *meshcav1.RotateRootR
 		err := fmt.Errorf("%w: negative propagation delay", errInvalidArgument)
 		return nil, statusOf(ctx, s.r.log, "RotateRoot", err)
 	}
-	st, err := s.r.rotate(ctx, time.Duration(req.GetPropagationDelaySeconds())*time.Second, admin.Actor(ctx))
+	st, err := s.r.rotate(ctx, time.Duration(req.GetPropagationDelaySeconds())*time.Second, admin.Actor(ctx), req.GetForce())
 	if err != nil {
 		return nil, statusOf(ctx, s.r.log, "RotateRoot", err)
 	}

@@ -126,13 +126,18 @@ given: the issuers of clusters sharing a trust domain can mint each other's iden
 func newAdminRootCommand(f *adminFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "root", Short: "Inspect and rotate root CAs"}
 	var delay time.Duration
+	var force bool
 	rotate := &cobra.Command{
 		Use:   "rotate",
 		Short: "Create a new root: it joins the bundle now and signs after the propagation delay",
-		Args:  cobra.NoArgs,
+		Long: `Create a new root: it joins the bundle now and signs after the propagation delay.
+Refused while a rotation is in progress, that is while a root other than the active
+one is still in the bundle (prepared, or retiring until the last intermediate under it
+expires): --force rotates anyway and puts one more root in the bundle.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return f.call(cmd.Context(), func(ctx context.Context, c meshcav1.AdminServiceClient) error {
-				resp, err := c.RotateRoot(ctx, &meshcav1.RotateRootRequest{PropagationDelaySeconds: int64(delay / time.Second)})
+				resp, err := c.RotateRoot(ctx, &meshcav1.RotateRootRequest{PropagationDelaySeconds: int64(delay / time.Second), Force: force})
 				if err != nil {
 					return err
 				}
@@ -141,6 +146,7 @@ func newAdminRootCommand(f *adminFlags) *cobra.Command {
 		},
 	}
 	rotate.Flags().DurationVar(&delay, "propagation-delay", 0, "time before the new root signs (default: the root's configured delay)")
+	rotate.Flags().BoolVar(&force, "force", false, "rotate even while a rotation is in progress (a prepared or retiring root in the bundle)")
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List the roots and their state (prepared, active, retiring, retired)",
