@@ -500,8 +500,8 @@ func (r *Root) rotate(ctx context.Context, delay time.Duration, actor string, fo
 	}
 	pending, inProgress := rotationInProgress(r.statuses)
 	if inProgress && !force {
-		return ca.RootStatus{}, fmt.Errorf("%w: a root rotation is in progress: %s; rotating again would put a third root "+
-			"in the trust bundle: wait until the bundle holds only the active root, or force it (--force)",
+		return ca.RootStatus{}, fmt.Errorf("%w: a root rotation is in progress: %s; rotating again would add one more root "+
+			"to the trust bundle: wait until the bundle holds only the active root, or force it (--force)",
 			errFailedPrecondition, describePending(pending, r.lastUse))
 	}
 	var note string
@@ -534,7 +534,7 @@ func (r *Root) rotate(ctx context.Context, delay time.Duration, actor string, fo
 // prepared (it has not started signing yet) or retiring (something signed
 // under it is still valid). It returns the first such root. A rotation is
 // complete once the bundle holds the active root alone; rotating before
-// then would put a third root in the bundle.
+// then would put a third root in the bundle (old, pending and new).
 func rotationInProgress(roots []ca.RootStatus) (ca.RootStatus, bool) {
 	for _, s := range roots {
 		if s.State == ca.RootPrepared || s.State == ca.RootRetiring {
