@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,7 +30,7 @@ const (
 // ReadStore is what Reads reads: the certificate records and the audit
 // log. A store that also has Revocations (a store.RevocationStore) lets
 // GetCertificate say what revokes a certificate and answers
-// ListRevocations; one that has VerifyAuditChain answers VerifyAudit. Both
+// ListRevocations; one that has VerifyAuditHead answers VerifyAudit. Both
 // store backends have all of them.
 type ReadStore interface {
 	Certificate(ctx context.Context, serial string) (store.Certificate, error)
@@ -44,9 +45,10 @@ type revocationLister interface {
 }
 
 // auditVerifier is the optional capability of a ReadStore behind
-// VerifyAudit.
+// VerifyAudit: it walks the whole chain and returns the head as far as it
+// verified.
 type auditVerifier interface {
-	VerifyAuditChain(ctx context.Context) error
+	VerifyAuditHead(ctx context.Context) (store.ChainHead, error)
 }
 
 // Reads answers the store-backed read calls of meshcav1.AdminServiceServer
@@ -245,10 +247,10 @@ func (r *Reads) listAuditEvents(ctx context.Context, req *meshcav1.ListAuditEven
 }
 
 // VerifyAudit implements meshcav1.AdminServiceServer: it walks the whole
-// audit hash chain. A broken chain is an answer, not an error: ok is false,
-// problem names the first bad link and events counts the events before it.
-// On success events is not set: the stores do not report the chain's
-// length. Unimplemented when the store cannot verify its chain.
+// chain and reports the events that verified and the head they end at (the
+// whole chain when ok; when broken, problem names the first bad link and
+// the head is the last good event before it). Unimplemented when the store
+// cannot verify its chain.
 func (r *Reads) VerifyAudit(ctx context.Context, _ *meshcav1.VerifyAuditRequest) (*meshcav1.VerifyAuditResponse, error) {
 	resp, err := r.verifyAudit(ctx)
 	if err != nil {
@@ -262,16 +264,20 @@ func (r *Reads) verifyAudit(ctx context.Context) (*meshcav1.VerifyAuditResponse,
 	if !ok {
 		return nil, fmt.Errorf("%w: this server's store cannot verify its audit chain", ErrUnimplemented)
 	}
-	err := v.VerifyAuditChain(ctx)
+	head, err := v.VerifyAuditHead(ctx)
+	// Sequence numbers start at 1 without gaps (the verifier checks), so
+	// the head's seq counts the events that verified.
+	resp := &meshcav1.VerifyAuditResponse{Ok: err == nil, Events: head.Seq, HeadSeq: head.Seq, HeadHash: hex.EncodeToString(head.Hash)}
 	var broken *store.BrokenLinkError
 	switch {
 	case errors.As(err, &broken):
 		r.log.WarnContext(ctx, "audit chain broken", "seq", broken.Seq, "reason", broken.Reason, "actor", Actor(ctx))
-		return &meshcav1.VerifyAuditResponse{Ok: false, Events: broken.Seq - 1, Problem: broken.Error()}, nil
+		resp.Events, resp.Problem = broken.Seq-1, broken.Error()
+		return resp, nil
 	case err != nil:
 		return nil, fmt.Errorf("%w: verify audit chain: %w", ErrUnavailable, err)
 	}
-	return &meshcav1.VerifyAuditResponse{Ok: true}, nil
+	return resp, nil
 }
 
 // listLimit is the row cap of a list request: DefaultListLimit for zero,

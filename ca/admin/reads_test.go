@@ -3,6 +3,7 @@ package admin_test
 import (
 	"context"
 	"database/sql"
+	"encoding/hex"
 	"log/slog"
 	"path/filepath"
 	"slices"
@@ -330,10 +331,18 @@ func TestListAuditEvents(t *testing.T) {
 }
 
 func TestVerifyAudit(t *testing.T) {
-	r, _, path := openReads(t)
+	r, st, path := openReads(t)
 	resp, err := r.VerifyAudit(t.Context(), &meshcav1.VerifyAuditRequest{})
 	if err != nil || !resp.GetOk() || resp.GetProblem() != "" {
 		t.Fatalf("VerifyAudit of an intact chain = %v, %v", resp, err)
+	}
+	head, err := st.AuditHead(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := int64(len(seedCerts)); head.Seq != n || resp.GetEvents() != n || resp.GetHeadSeq() != n ||
+		resp.GetHeadHash() != hex.EncodeToString(head.Hash) {
+		t.Fatalf("VerifyAudit of an intact chain = %v, want %d events, head seq %d hash %x", resp, n, head.Seq, head.Hash)
 	}
 
 	// Someone with the file drops the guard rails and edits an event.
@@ -354,8 +363,13 @@ func TestVerifyAudit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.GetOk() || resp.GetEvents() != 2 || !strings.Contains(resp.GetProblem(), "seq 3") {
-		t.Fatalf("VerifyAudit of a tampered chain = %v, want not ok, broken at seq 3 after 2 events", resp)
+	hash2, err := st.AuditHashAt(t.Context(), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetOk() || resp.GetEvents() != 2 || !strings.Contains(resp.GetProblem(), "seq 3") ||
+		resp.GetHeadSeq() != 2 || resp.GetHeadHash() != hex.EncodeToString(hash2) {
+		t.Fatalf("VerifyAudit of a tampered chain = %v, want not ok, broken at seq 3 after 2 events ending at hash %x", resp, hash2)
 	}
 }
 

@@ -54,7 +54,7 @@ func (s *adminService) RotateRoot(ctx context.Context, req *meshcav1.RotateRootR
 		err := fmt.Errorf("%w: negative propagation delay", errInvalidArgument)
 		return nil, statusOf(ctx, s.r.log, "RotateRoot", err)
 	}
-	st, err := s.r.rotate(ctx, time.Duration(req.GetPropagationDelaySeconds())*time.Second, admin.Actor(ctx))
+	st, err := s.r.rotate(ctx, time.Duration(req.GetPropagationDelaySeconds())*time.Second, admin.Actor(ctx), req.GetForce())
 	if err != nil {
 		return nil, statusOf(ctx, s.r.log, "RotateRoot", err)
 	}
@@ -114,7 +114,9 @@ func (rootReadStore) Certificates(context.Context, store.CertificateFilter) ([]s
 // socket answers VerifyAudit (otherwise Unimplemented). Both store backends
 // have it.
 type AuditVerifier interface {
-	VerifyAuditChain(ctx context.Context) error
+	// VerifyAuditHead walks the whole chain and returns the head as far as
+	// it verified.
+	VerifyAuditHead(ctx context.Context) (store.ChainHead, error)
 }
 
 // verifyingReadStore is a rootReadStore whose store can verify the audit

@@ -135,7 +135,7 @@ func TestBundleSignedByKnownRootWhenActivatedAtOnce(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.TrustDomains = []string{"east.example"} })
 	old := h.activeRoot()
 	h.clock.Advance(time.Second)
-	if _, err := h.root.rotate(context.Background(), time.Nanosecond, "admin:test"); err != nil {
+	if _, err := h.root.rotate(context.Background(), time.Nanosecond, "admin:test", false); err != nil {
 		t.Fatal(err)
 	}
 	wantStates(t, h, ca.RootRetired, ca.RootActive)

@@ -1,6 +1,7 @@
 package rootserver
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -99,15 +100,21 @@ func writeNewFile(path string, data []byte) (err error) {
 	return f.Sync()
 }
 
-// VaultKeyPrefix is the ref prefix of Vault Transit keys.
+// VaultKeyPrefix is the ref prefix of Vault Transit keys: a ref is
+// "vault:<key name>". It is never part of a key name.
 const VaultKeyPrefix = "vault:"
+
+// DefaultVaultKeyName starts the name of every new Vault Transit key when
+// VaultKeys.Prefix is empty.
+const DefaultVaultKeyName = "meshca-root"
 
 // VaultKeys keeps each root key in its own Vault Transit key, created
 // non-exportable by vault.New. The ref is "vault:<key name>".
 type VaultKeys struct {
 	// Config is the template for every key; its KeyName is replaced.
 	Config vault.Config
-	// Prefix starts every new key name; empty means "meshca-root".
+	// Prefix starts every new key name, PREFIX-<unix time>-<random hex>;
+	// empty means DefaultVaultKeyName.
 	Prefix string
 }
 
@@ -116,10 +123,7 @@ var _ Keys = VaultKeys{}
 // NewKey implements Keys. The name carries the creation time and a random
 // suffix: vault.New would silently reuse an existing key of the same name.
 func (k VaultKeys) NewKey(ctx context.Context) (string, crypto.Signer, error) {
-	prefix := k.Prefix
-	if prefix == "" {
-		prefix = "meshca-root"
-	}
+	prefix := cmp.Or(k.Prefix, DefaultVaultKeyName)
 	suffix, err := randomHex(4)
 	if err != nil {
 		return "", nil, err

@@ -400,7 +400,7 @@ func TestRootCRLLifecycle(t *testing.T) {
 	wantBundleSigned(t, h, b2)
 
 	// A new root joins the bundle: it signs a CRL too.
-	if _, err := h.root.rotate(bg, 0, "admin:test"); err != nil {
+	if _, err := h.root.rotate(bg, 0, "admin:test", false); err != nil {
 		t.Fatal(err)
 	}
 	b3, third := crlOf()

@@ -39,6 +39,9 @@ type Root struct {
 	// below it.
 	mu       sync.Mutex
 	statuses []ca.RootStatus
+	// lastUse is the latest NotAfter of the intermediates under each root,
+	// by fingerprint, at the last re-evaluation.
+	lastUse map[[32]byte]time.Time
 	// domains are the own trust domains: configured, added since start,
 	// and found in the store at the last re-evaluation.
 	domains, storeDomains map[spiffeid.TrustDomain]bool
@@ -130,7 +133,7 @@ func New(ctx context.Context, cfg Config) (*Root, error) {
 		return nil, fmt.Errorf("root server: list roots: %w", err)
 	}
 	if len(roots) == 0 {
-		rec, err := r.createRootLocked(ctx, 0, "system:root-init")
+		rec, err := r.createRootLocked(ctx, 0, "system:root-init", "")
 		if err != nil {
 			_ = r.Close()
 			return nil, fmt.Errorf("root server: first root: %w", err)
@@ -206,7 +209,7 @@ func (r *Root) refreshLocked(ctx context.Context) error {
 	}
 	now := r.cfg.Now()
 	if r.cfg.AutoRotate && shouldRotate(r.statuses, now) {
-		rec, err := r.createRootLocked(ctx, r.cfg.PropagationDelay, "system:auto-rotate")
+		rec, err := r.createRootLocked(ctx, r.cfg.PropagationDelay, "system:auto-rotate", "")
 		if err != nil {
 			return fmt.Errorf("automatic root rotation: %w", err)
 		}
@@ -280,7 +283,7 @@ func (r *Root) loadLocked(ctx context.Context) error {
 		return err
 	}
 	r.revs, r.revsAt = revs, now
-	r.statuses = ca.RootStates(recs, lastUse, now)
+	r.statuses, r.lastUse = ca.RootStates(recs, lastUse, now), lastUse
 	r.storeDomains = domains
 	r.loadActiveLocked(ctx)
 	r.metrics.set(r.statuses, newest)
@@ -445,8 +448,8 @@ func (r *Root) signer(ctx context.Context, ref string) (crypto.Signer, error) {
 }
 
 // createRootLocked creates a key and a self-signed root and records it,
-// active after delay.
-func (r *Root) createRootLocked(ctx context.Context, delay time.Duration, actor string) (ca.RootRecord, error) {
+// active after delay. note, when set, ends the audit event's detail.
+func (r *Root) createRootLocked(ctx context.Context, delay time.Duration, actor, note string) (ca.RootRecord, error) {
 	ref, signer, err := r.cfg.Keys.NewKey(ctx)
 	if err != nil {
 		return ca.RootRecord{}, fmt.Errorf("%w: new root key: %w", errUnavailable, err)
@@ -471,8 +474,8 @@ func (r *Root) createRootLocked(ctx context.Context, delay time.Duration, actor 
 		Fingerprint: fp, DER: rec.Cert.Raw, KeyRef: ref, AddedAt: rec.AddedAt, ActivateAt: rec.ActivateAt,
 	}, store.AuditEvent{
 		Time: now, Actor: actor, Action: "root.create",
-		Detail: fmt.Sprintf("root sha256 %s, key %s, not after %s, activates at %s", fp, ref,
-			rec.Cert.NotAfter.UTC().Format(time.RFC3339), rec.ActivateAt.Format(time.RFC3339)),
+		Detail: fmt.Sprintf("root sha256 %s, key %s, not after %s, activates at %s%s", fp, ref,
+			rec.Cert.NotAfter.UTC().Format(time.RFC3339), rec.ActivateAt.Format(time.RFC3339), note),
 	})
 	if err != nil {
 		return ca.RootRecord{}, fmt.Errorf("%w: record root: %w", errUnavailable, err)
@@ -481,16 +484,37 @@ func (r *Root) createRootLocked(ctx context.Context, delay time.Duration, actor 
 }
 
 // rotate creates a new root that joins the bundle now and signs after delay
-// (zero: Config.PropagationDelay), and publishes the new bundle.
-func (r *Root) rotate(ctx context.Context, delay time.Duration, actor string) (ca.RootStatus, error) {
+// (zero: Config.PropagationDelay), and publishes the new bundle. While a
+// rotation is in progress (see rotationInProgress, decided on the store as
+// of now) it fails with errFailedPrecondition unless force is set.
+func (r *Root) rotate(ctx context.Context, delay time.Duration, actor string, force bool) (ca.RootStatus, error) {
 	if delay == 0 {
 		delay = r.cfg.PropagationDelay
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rec, err := r.createRootLocked(ctx, delay, actor)
+	// Another replica, or the automatic rotation, may have rotated since
+	// the last re-evaluation.
+	if err := r.loadLocked(ctx); err != nil {
+		return ca.RootStatus{}, err
+	}
+	pending, inProgress := rotationInProgress(r.statuses)
+	if inProgress && !force {
+		return ca.RootStatus{}, fmt.Errorf("%w: a root rotation is in progress: %s; rotating again would add one more root "+
+			"to the trust bundle: wait until the bundle holds only the active root, or force it (--force)",
+			errFailedPrecondition, describePending(pending, r.lastUse))
+	}
+	var note string
+	if inProgress {
+		note = fmt.Sprintf(", forced while root %s was %s", fingerprintHex(pending.Cert), pending.State)
+	}
+	rec, err := r.createRootLocked(ctx, delay, actor, note)
 	if err != nil {
 		return ca.RootStatus{}, err
+	}
+	if inProgress {
+		r.log.WarnContext(ctx, "forced a root rotation while another was in progress", "actor", actor,
+			"sha256", fingerprintHex(rec.Cert), "pending_sha256", fingerprintHex(pending.Cert), "pending_state", pending.State)
 	}
 	r.log.InfoContext(ctx, "rotated the root", "actor", actor, "sha256", fingerprintHex(rec.Cert),
 		"activate_at", rec.ActivateAt)
@@ -503,6 +527,32 @@ func (r *Root) rotate(ctx context.Context, delay time.Duration, actor string) (c
 		}
 	}
 	return ca.RootStatus{RootRecord: rec, State: ca.RootPrepared}, nil
+}
+
+// rotationInProgress reports whether a root rotation is in progress among
+// roots: a root other than the active one is still in the bundle, either
+// prepared (it has not started signing yet) or retiring (something signed
+// under it is still valid). It returns the first such root. A rotation is
+// complete once the bundle holds the active root alone; rotating before
+// then would put a third root in the bundle (old, pending and new).
+func rotationInProgress(roots []ca.RootStatus) (ca.RootStatus, bool) {
+	for _, s := range roots {
+		if s.State == ca.RootPrepared || s.State == ca.RootRetiring {
+			return s, true
+		}
+	}
+	return ca.RootStatus{}, false
+}
+
+// describePending names a root that keeps a rotation in progress and when
+// it stops doing so.
+func describePending(s ca.RootStatus, lastUse map[[32]byte]time.Time) string {
+	fp := fingerprintHex(s.Cert)
+	if s.State == ca.RootPrepared {
+		return fmt.Sprintf("root %s is prepared and becomes active at %s", fp, s.ActivateAt.UTC().Format(time.RFC3339))
+	}
+	return fmt.Sprintf("root %s is retiring and leaves the bundle at %s, when the last intermediate under it expires",
+		fp, lastUse[ca.Fingerprint(s.Cert)].UTC().Format(time.RFC3339))
 }
 
 // shouldRotate reports whether a new root is due at now: the active root

@@ -104,7 +104,7 @@ func TestConfigValidate(t *testing.T) {
 func TestRestartKeepsRootsAndSequenceGrows(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.TrustDomains = []string{"example.org"} })
 	h.clock.Advance(time.Minute)
-	next, err := h.root.rotate(context.Background(), 0, "admin:test")
+	next, err := h.root.rotate(context.Background(), 0, "admin:test", false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -188,7 +188,7 @@ func TestWatchBundle(t *testing.T) {
 	wantSignedBy(t, b1, rootA)
 
 	h.clock.Advance(time.Second)
-	if _, err := h.root.rotate(context.Background(), 0, "admin:test"); err != nil {
+	if _, err := h.root.rotate(context.Background(), 0, "admin:test", false); err != nil {
 		t.Fatal(err)
 	}
 	b2 := recv()

@@ -45,7 +45,7 @@ func TestWithSQLite(t *testing.T) {
 	rootA := h.activeRoot()
 
 	clock.Advance(time.Minute)
-	if _, err := h.root.rotate(context.Background(), 0, "admin:test"); err != nil {
+	if _, err := h.root.rotate(context.Background(), 0, "admin:test", false); err != nil {
 		t.Fatal(err)
 	}
 	clock.Advance(h.cfg.PropagationDelay)

@@ -131,13 +131,18 @@ given: the issuers of clusters sharing a trust domain can mint each other's iden
 func newAdminRootCommand(f *adminFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "root", Short: "Inspect and rotate root CAs"}
 	var delay time.Duration
+	var force bool
 	rotate := &cobra.Command{
 		Use:   "rotate",
 		Short: "Create a new root: it joins the bundle now and signs after the propagation delay",
-		Args:  cobra.NoArgs,
+		Long: `Create a new root: it joins the bundle now and signs after the propagation delay.
+Refused while a rotation is in progress, that is while a root other than the active
+one is still in the bundle (prepared, or retiring until the last intermediate under it
+expires): --force rotates anyway and puts one more root in the bundle.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return f.call(cmd.Context(), func(ctx context.Context, c meshcav1.AdminServiceClient) error {
-				resp, err := c.RotateRoot(ctx, &meshcav1.RotateRootRequest{PropagationDelaySeconds: int64(delay / time.Second)})
+				resp, err := c.RotateRoot(ctx, &meshcav1.RotateRootRequest{PropagationDelaySeconds: int64(delay / time.Second), Force: force})
 				if err != nil {
 					return err
 				}
@@ -146,6 +151,7 @@ func newAdminRootCommand(f *adminFlags) *cobra.Command {
 		},
 	}
 	rotate.Flags().DurationVar(&delay, "propagation-delay", 0, "time before the new root signs (default: the root's configured delay)")
+	rotate.Flags().BoolVar(&force, "force", false, "rotate even while a rotation is in progress (a prepared or retiring root in the bundle)")
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List the roots and their state (prepared, active, retiring, retired)",
@@ -171,10 +177,20 @@ func printRoots(w io.Writer, roots ...*meshcav1.RootInfo) {
 	}
 }
 
-// print writes msg as JSON (protojson field names) or as a table.
+// print writes msg as JSON (protojson field names, zero fields left out)
+// or as a table.
 func (f *adminFlags) print(out io.Writer, msg proto.Message, table func(io.Writer)) error {
+	return f.printWith(out, protojson.MarshalOptions{Multiline: true, UseProtoNames: true}, msg, table)
+}
+
+// printAll is print with every field in the JSON, zero or not.
+func (f *adminFlags) printAll(out io.Writer, msg proto.Message, table func(io.Writer)) error {
+	return f.printWith(out, protojson.MarshalOptions{Multiline: true, UseProtoNames: true, EmitUnpopulated: true}, msg, table)
+}
+
+func (f *adminFlags) printWith(out io.Writer, opts protojson.MarshalOptions, msg proto.Message, table func(io.Writer)) error {
 	if f.output == "json" {
-		b, err := protojson.MarshalOptions{Multiline: true, UseProtoNames: true}.Marshal(msg)
+		b, err := opts.Marshal(msg)
 		if err != nil {
 			return err
 		}

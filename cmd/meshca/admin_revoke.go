@@ -197,11 +197,14 @@ func newAdminAuditCommand(f *adminFlags) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if err := f.print(cmd.OutOrStdout(), resp, func(w io.Writer) {
+				// Every field, zero or not: an empty chain says events 0.
+				if err := f.printAll(cmd.OutOrStdout(), resp, func(w io.Writer) {
 					if resp.GetOk() {
-						fmt.Fprintf(w, "audit chain verified: %d events\n", resp.GetEvents())
+						fmt.Fprintf(w, "audit chain verified: %d events, head seq %d hash %s\n",
+							resp.GetEvents(), resp.GetHeadSeq(), resp.GetHeadHash())
 					} else {
-						fmt.Fprintf(w, "audit chain BROKEN: %s\n", resp.GetProblem())
+						fmt.Fprintf(w, "audit chain BROKEN: %s\n%d events verified, up to seq %d hash %s\n",
+							resp.GetProblem(), resp.GetEvents(), resp.GetHeadSeq(), resp.GetHeadHash())
 					}
 				}); err != nil {
 					return err

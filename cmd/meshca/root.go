@@ -78,14 +78,7 @@ func runRoot(ctx context.Context, cfg rootConfig, out io.Writer) error {
 		return err
 	}
 	defer stopCheckpoints()
-	var keys rootserver.Keys = rootserver.FileKeys{Dir: cfg.DataDir}
-	if cfg.Key.Kind == rootKeyVault {
-		prefix := cfg.Key.Vault.KeyPrefix
-		if prefix == "" {
-			prefix = rootserver.VaultKeyPrefix
-		}
-		keys = rootserver.VaultKeys{Config: cfg.vaultConfig(prefix), Prefix: prefix}
-	}
+	keys := cfg.keys()
 	fetcher, err := newFederationFetcher(cfg.Federation, log)
 	if err != nil {
 		return err

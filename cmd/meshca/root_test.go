@@ -4,6 +4,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/meshca/meshca/ca/rootserver"
 )
 
 // TestRootExampleConfigs decodes and validates deploy/root*.yaml.
@@ -32,6 +34,7 @@ func TestRootConfigValidate(t *testing.T) {
 	}{
 		{"bad key kind", "key: {kind: hsm}\n", `key.kind "hsm"`},
 		{"vault without address", "key: {kind: vault}\n", "key.vault: vault: address is required"},
+		{"vault bad key prefix", "key:\n  kind: vault\n  vault: {address: https://v:8200, keyPrefix: 'vault:', auth: {method: token, tokenFile: /t}}\n", `key.vault.keyPrefix "vault:"`},
 		{"vault bad auth", "key:\n  kind: vault\n  vault: {address: https://v:8200, auth: {method: ldap}}\n", `unknown method "ldap"`},
 		{"negative ttl", "intermediateTTL: -1h\n", "intermediateTTL is negative"},
 		{"intermediate outlives root", "rootTTL: 24h\nintermediateTTL: 48h\n", "shorter than rootTTL"},
@@ -65,6 +68,11 @@ func TestRootConfigValidate(t *testing.T) {
 	}
 	if got := cfg.vaultConfig("k").KeyName; got != "k" {
 		t.Errorf("vault key name %q", got)
+	}
+	// Without keyPrefix, keys are named after the documented default.
+	if keys, ok := cfg.keys().(rootserver.VaultKeys); !ok || keys.Prefix != rootserver.DefaultVaultKeyName ||
+		keys.Config.KeyName != rootserver.DefaultVaultKeyName {
+		t.Errorf("vault keys without keyPrefix: %+v, want prefix %s", cfg.keys(), rootserver.DefaultVaultKeyName)
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshca/meshca/ca/rootserver"
 	"github.com/meshca/meshca/ca/vault"
 )
 
@@ -87,8 +89,9 @@ type vaultKeyConfig struct {
 	Namespace string `json:"namespace,omitempty"`
 	// Mount of the Transit engine. Default transit.
 	Mount string `json:"mount,omitempty"`
-	// KeyPrefix names the Transit keys: one key per root generation,
-	// PREFIX-<suffix>. Default meshca-root.
+	// KeyPrefix starts the names of the Transit keys: one key per root
+	// generation, PREFIX-<unix time>-<random hex>. Letters, digits, '_',
+	// '-', '.' and '@'. Default meshca-root.
 	KeyPrefix string `json:"keyPrefix,omitempty"`
 	// KeyType: ecdsa-p256 (default), ecdsa-p384, rsa-2048, rsa-3072, rsa-4096.
 	KeyType string `json:"keyType,omitempty"`
@@ -202,6 +205,10 @@ func (c *rootConfig) validate() error {
 		if err := c.vaultConfig("check").Validate(); err != nil {
 			return fmt.Errorf("key.vault: %w", err)
 		}
+		// Key names are PREFIX-<unix time>-<random hex>.
+		if p := c.Key.Vault.KeyPrefix; p != "" && c.vaultConfig(p+"-0").Validate() != nil {
+			return fmt.Errorf("key.vault.keyPrefix %q: use letters, digits, '_', '-', '.' and '@'", p)
+		}
 	default:
 		return fmt.Errorf("key.kind %q: want file or vault", c.Key.Kind)
 	}
@@ -212,6 +219,17 @@ func (c *rootConfig) validate() error {
 		return err
 	}
 	return c.Federation.validate()
+}
+
+// keys is where the root keeps its keys: files in DataDir (kind file), or
+// Vault Transit keys named KeyPrefix-<unix time>-<random hex> (kind vault;
+// an empty KeyPrefix means rootserver.DefaultVaultKeyName).
+func (c *rootConfig) keys() rootserver.Keys {
+	if c.Key.Kind != rootKeyVault {
+		return rootserver.FileKeys{Dir: c.DataDir}
+	}
+	prefix := cmp.Or(c.Key.Vault.KeyPrefix, rootserver.DefaultVaultKeyName)
+	return rootserver.VaultKeys{Config: c.vaultConfig(prefix), Prefix: prefix}
 }
 
 // vaultConfig is the ca/vault template for one Transit key name.

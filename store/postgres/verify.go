@@ -25,18 +25,28 @@ import (
 // truncate or rewrite the tail undetected: compare the head with an anchor
 // kept elsewhere to rule that out.
 func (s *Store) VerifyAuditChain(ctx context.Context) error {
+	_, err := s.VerifyAuditHead(ctx)
+	return err
+}
+
+// VerifyAuditHead verifies the chain as VerifyAuditChain does and returns
+// the head of the chain as far as it verified: the last event on success
+// (the zero ChainHead for an empty log), the last good event before a
+// broken link.
+func (s *Store) VerifyAuditHead(ctx context.Context) (store.ChainHead, error) {
 	if s.closed.Load() {
-		return fmt.Errorf("postgres: verify audit chain: %w", store.ErrClosed)
+		return store.ChainHead{}, fmt.Errorf("postgres: verify audit chain: %w", store.ErrClosed)
 	}
 	tx, err := s.pool.BeginTx(ctx, snapshot)
 	if err != nil {
-		return fmt.Errorf("postgres: verify audit chain: %w", err)
+		return store.ChainHead{}, fmt.Errorf("postgres: verify audit chain: %w", err)
 	}
 	defer tx.Rollback(ctx)
-	if _, err := verifyChain(ctx, tx); err != nil {
-		return fmt.Errorf("postgres: verify audit chain: %w", err)
+	head, err := verifyChain(ctx, tx)
+	if err != nil {
+		return head, fmt.Errorf("postgres: verify audit chain: %w", err)
 	}
-	return nil
+	return head, nil
 }
 
 // VerifyAuditLog verifies the audit chain of the database at dsn, as

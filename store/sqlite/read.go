@@ -138,11 +138,20 @@ func (s *Store) AuditEvents(ctx context.Context, since time.Time) ([]store.Audit
 // A truncated tail is not a broken link: compare the chain's head with an
 // anchor kept elsewhere to detect one.
 func (s *Store) VerifyAuditChain(ctx context.Context) error {
+	_, err := s.VerifyAuditHead(ctx)
+	return err
+}
+
+// VerifyAuditHead verifies the chain as VerifyAuditChain does and returns
+// the head of the chain as far as it verified: the last event on success
+// (the zero ChainHead for an empty log), the last good event before a
+// broken link.
+func (s *Store) VerifyAuditHead(ctx context.Context) (store.ChainHead, error) {
 	var v store.ChainVerifier
 	if err := s.eachEvent(ctx, time.Time{}, v.Verify); err != nil {
-		return fmt.Errorf("sqlite: verify audit chain: %w", err)
+		return v.Head(), fmt.Errorf("sqlite: verify audit chain: %w", err)
 	}
-	return nil
+	return v.Head(), nil
 }
 
 // eachEvent calls fn for each event with Time >= since (all events for a

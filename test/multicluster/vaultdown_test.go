@@ -33,7 +33,8 @@ func TestVaultOutage(t *testing.T) {
 		if err := outage.down(); err != nil {
 			t.Fatalf("%s: %v", outage.name, err)
 		}
-		err := root.admin(t, nil, "root", "rotate")
+		// --force: the root of the previous round is still prepared.
+		err := root.admin(t, nil, "root", "rotate", "--force")
 		if err == nil || !strings.Contains(strings.ToLower(err.Error()), outage.want) {
 			t.Fatalf("Vault %s: root rotate gave %v, want an error saying %q", outage.name, err, outage.want)
 		}
@@ -43,7 +44,7 @@ func TestVaultOutage(t *testing.T) {
 			t.Fatalf("%s: bring Vault back: %v", outage.name, err)
 		}
 		waitUntil(t, "root rotate to work again after Vault "+outage.name, 60*time.Second, func() bool {
-			return root.admin(t, nil, "root", "rotate", "--propagation-delay", "1h") == nil
+			return root.admin(t, nil, "root", "rotate", "--propagation-delay", "1h", "--force") == nil
 		})
 	}
 	if n := len(root.roots(t)); n != 3 {

@@ -1102,11 +1102,18 @@ func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
 }
 
 type VerifyAuditResponse struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	Ok     bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
-	Events int64                  `protobuf:"varint,2,opt,name=events,proto3" json:"events,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Ok    bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
+	// events counts the events that verified: all of them when ok, those
+	// before the first broken link otherwise.
+	Events int64 `protobuf:"varint,2,opt,name=events,proto3" json:"events,omitempty"`
 	// problem describes the first broken link when ok is false.
-	Problem       string `protobuf:"bytes,3,opt,name=problem,proto3" json:"problem,omitempty"`
+	Problem string `protobuf:"bytes,3,opt,name=problem,proto3" json:"problem,omitempty"`
+	// head_seq and head_hash (lower-case hex) are the last event that
+	// verified; zero and empty for an empty chain. A signed checkpoint or an
+	// anchor kept elsewhere is compared with them.
+	HeadSeq       int64  `protobuf:"varint,4,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`
+	HeadHash      string `protobuf:"bytes,5,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1158,6 +1165,20 @@ func (x *VerifyAuditResponse) GetEvents() int64 {
 func (x *VerifyAuditResponse) GetProblem() string {
 	if x != nil {
 		return x.Problem
+	}
+	return ""
+}
+
+func (x *VerifyAuditResponse) GetHeadSeq() int64 {
+	if x != nil {
+		return x.HeadSeq
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetHeadHash() string {
+	if x != nil {
+		return x.HeadHash
 	}
 	return ""
 }
@@ -1302,8 +1323,12 @@ type RotateRootRequest struct {
 	// propagation_delay_seconds overrides the configured delay before the new
 	// root signs; zero means the configured one.
 	PropagationDelaySeconds int64 `protobuf:"varint,1,opt,name=propagation_delay_seconds,json=propagationDelaySeconds,proto3" json:"propagation_delay_seconds,omitempty"`
-	unknownFields           protoimpl.UnknownFields
-	sizeCache               protoimpl.SizeCache
+	// force rotates even while a rotation is in progress (a prepared or
+	// retiring root is in the bundle), which puts one more root in the
+	// bundle; for an emergency such as a compromised active root.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RotateRootRequest) Reset() {
@@ -1341,6 +1366,13 @@ func (x *RotateRootRequest) GetPropagationDelaySeconds() int64 {
 		return x.PropagationDelaySeconds
 	}
 	return 0
+}
+
+func (x *RotateRootRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 type RotateRootResponse struct {
@@ -1648,11 +1680,13 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\x06serial\x18\a \x01(\tR\x06serial\x12\x16\n" +
 	"\x06detail\x18\b \x01(\tR\x06detail\x12\x19\n" +
 	"\bhash_hex\x18\t \x01(\tR\ahashHex\"\x14\n" +
-	"\x12VerifyAuditRequest\"W\n" +
+	"\x12VerifyAuditRequest\"\x8f\x01\n" +
 	"\x13VerifyAuditResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x16\n" +
 	"\x06events\x18\x02 \x01(\x03R\x06events\x12\x18\n" +
-	"\aproblem\x18\x03 \x01(\tR\aproblem\"\xa4\x01\n" +
+	"\aproblem\x18\x03 \x01(\tR\aproblem\x12\x19\n" +
+	"\bhead_seq\x18\x04 \x01(\x03R\aheadSeq\x12\x1b\n" +
+	"\thead_hash\x18\x05 \x01(\tR\bheadHash\"\xa4\x01\n" +
 	"\x11AddClusterRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12*\n" +
@@ -1663,9 +1697,10 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"join_token\x18\x01 \x01(\tR\tjoinToken\x12&\n" +
 	"\x0fexpires_at_unix\x18\x02 \x01(\x03R\rexpiresAtUnix\x12\x1f\n" +
 	"\vroot_sha256\x18\x03 \x03(\tR\n" +
-	"rootSha256\"O\n" +
+	"rootSha256\"e\n" +
 	"\x11RotateRootRequest\x12:\n" +
-	"\x19propagation_delay_seconds\x18\x01 \x01(\x03R\x17propagationDelaySeconds\"=\n" +
+	"\x19propagation_delay_seconds\x18\x01 \x01(\x03R\x17propagationDelaySeconds\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"=\n" +
 	"\x12RotateRootResponse\x12'\n" +
 	"\x04root\x18\x01 \x01(\v2\x13.meshca.v1.RootInfoR\x04root\"\x12\n" +
 	"\x10ListRootsRequest\">\n" +

@@ -48,7 +48,9 @@ type AdminServiceClient interface {
 	// trust domain) and returns a new one-time join token for its issuer.
 	AddCluster(ctx context.Context, in *AddClusterRequest, opts ...grpc.CallOption) (*AddClusterResponse, error)
 	// RotateRoot creates a new root: it joins the bundle now and starts
-	// signing intermediates after the propagation delay.
+	// signing intermediates after the propagation delay. While a rotation is
+	// in progress (a root other than the active one is still in the bundle:
+	// prepared, or retiring) it is FailedPrecondition unless force is set.
 	RotateRoot(ctx context.Context, in *RotateRootRequest, opts ...grpc.CallOption) (*RotateRootResponse, error)
 	// ListRoots lists the roots in the bundle and their state.
 	ListRoots(ctx context.Context, in *ListRootsRequest, opts ...grpc.CallOption) (*ListRootsResponse, error)
@@ -211,7 +213,9 @@ type AdminServiceServer interface {
 	// trust domain) and returns a new one-time join token for its issuer.
 	AddCluster(context.Context, *AddClusterRequest) (*AddClusterResponse, error)
 	// RotateRoot creates a new root: it joins the bundle now and starts
-	// signing intermediates after the propagation delay.
+	// signing intermediates after the propagation delay. While a rotation is
+	// in progress (a root other than the active one is still in the bundle:
+	// prepared, or retiring) it is FailedPrecondition unless force is set.
 	RotateRoot(context.Context, *RotateRootRequest) (*RotateRootResponse, error)
 	// ListRoots lists the roots in the bundle and their state.
 	ListRoots(context.Context, *ListRootsRequest) (*ListRootsResponse, error)
