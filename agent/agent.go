@@ -239,7 +239,7 @@ func New(cfg Config) (_ *Agent, err error) {
 	if a.manager, err = NewManager(cfg.managerConfig(a.client, a.pub)); err != nil {
 		return nil, err
 	}
-	if a.loop, err = rotation.New(rotation.Config{Renewer: a.manager, Logger: cfg.Logger}); err != nil {
+	if a.loop, err = rotation.New(rotation.Config{Renewer: a.manager, RenewNow: a.manager.RenewNow(), Logger: cfg.Logger}); err != nil {
 		return nil, err
 	}
 	if !cfg.DisableBundleWatch {
