@@ -255,6 +255,19 @@ func New(cfg Config) (_ *Agent, err error) {
 	return a, nil
 }
 
+// SetTokenFile makes the agent read its token from path from now on, for
+// renewals and bundle watches. A path without a readable, non-empty token
+// is refused and changes nothing.
+func (a *Agent) SetTokenFile(path string) error {
+	if _, err := ReadToken(path); err != nil {
+		return err
+	}
+	a.manager.SetTokenFile(path)
+	a.client.SetTokenFile(path)
+	a.cfg.Logger.Info("token file replaced", "token_file", path)
+	return nil
+}
+
 // HealthAddr returns the address the health endpoints listen on ("" when
 // disabled); useful when Config.HealthAddr asked for port 0.
 func (a *Agent) HealthAddr() string { return a.healthAddr }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -112,6 +113,8 @@ type Manager struct {
 	cfg     ManagerConfig
 	newKey  func() (crypto.Signer, error)
 	metrics *crlMetrics
+	// tokenFile is ManagerConfig.TokenFile until SetTokenFile.
+	tokenFile atomic.Pointer[string]
 
 	mu          sync.Mutex
 	lastErr     error
@@ -161,6 +164,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	m := &Manager{cfg: cfg, newKey: newKey, metrics: metrics, crlMarks: map[[32]byte]crlMark{}, renewNow: make(chan struct{}, 1)}
+	m.tokenFile.Store(&cfg.TokenFile)
 	bundle, err := m.readBundle()
 	if err != nil {
 		return nil, err
@@ -198,7 +202,7 @@ func (m *Manager) renew(ctx context.Context) (rotation.Validity, error) {
 	if err != nil {
 		return rotation.Validity{}, err
 	}
-	token, err := ReadToken(m.cfg.TokenFile)
+	token, err := ReadToken(*m.tokenFile.Load())
 	if err != nil {
 		return rotation.Validity{}, err
 	}
@@ -235,6 +239,9 @@ func (m *Manager) renew(ctx context.Context) (rotation.Validity, error) {
 		"not_after", leaf.NotAfter, "bundle_changed", prev.BundleVersion() != snap.BundleVersion())
 	return rotation.Validity{NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}, nil
 }
+
+// SetTokenFile makes every later renewal read the token from path.
+func (m *Manager) SetTokenFile(path string) { m.tokenFile.Store(&path) }
 
 // ErrWrongIdentity reports a certificate from the issuer that does not
 // carry the identity the agent expects.
