@@ -240,7 +240,7 @@ func New(cfg Config) (_ *Agent, err error) {
 	if a.manager, err = NewManager(cfg.managerConfig(a.client, a.pub)); err != nil {
 		return nil, err
 	}
-	if a.loop, err = rotation.New(rotation.Config{Renewer: a.manager, Logger: cfg.Logger}); err != nil {
+	if a.loop, err = rotation.New(rotation.Config{Renewer: a.manager, RenewNow: a.manager.RenewNow(), Logger: cfg.Logger}); err != nil {
 		return nil, err
 	}
 	if !cfg.DisableBundleWatch {
@@ -254,6 +254,19 @@ func New(cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	return a, nil
+}
+
+// SetTokenFile makes the agent read its token from path from now on, for
+// renewals and bundle watches. A path without a readable, non-empty token
+// is refused and changes nothing.
+func (a *Agent) SetTokenFile(path string) error {
+	if _, err := ReadToken(path); err != nil {
+		return err
+	}
+	a.manager.SetTokenFile(path)
+	a.client.SetTokenFile(path)
+	a.cfg.Logger.Info("token file replaced", "token_file", path)
+	return nil
 }
 
 // HealthAddr returns the address the health endpoints listen on ("" when

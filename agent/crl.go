@@ -8,6 +8,7 @@ import (
 	"errors"
 	"log/slog"
 	"math/big"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -88,6 +89,16 @@ func (h *heldCRL) newer(o *heldCRL) bool {
 		return h.thisUpdate.After(o.thisUpdate)
 	}
 	return bytes.Compare(h.der, o.der) > 0
+}
+
+// revokes reports whether h lists leaf: leaf's serial is on it and the CA
+// that signed h signed leaf.
+func (h *heldCRL) revokes(leaf *x509.Certificate) bool {
+	if !bytes.Equal(h.rawIssuer, leaf.RawIssuer) ||
+		!slices.ContainsFunc(h.revoked, func(s *big.Int) bool { return s.Cmp(leaf.SerialNumber) == 0 }) {
+		return false
+	}
+	return leaf.CheckSignatureFrom(h.issuerCert) == nil
 }
 
 // crlReason maps a VerifyCRL error to a metric reason.

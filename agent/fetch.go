@@ -117,6 +117,8 @@ type Client struct {
 	// current connection presented at its last handshake.
 	check atomic.Pointer[ca.ServerCheck]
 	peer  atomic.Pointer[[]*x509.Certificate]
+	// tokenFile is ClientConfig.TokenFile until SetTokenFile.
+	tokenFile atomic.Pointer[string]
 }
 
 // NewClient prepares a TLS connection to the issuer; it does not block.
@@ -138,6 +140,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		cfg.IssuerCluster = cfg.ClusterID
 	}
 	c := &Client{cfg: cfg}
+	c.tokenFile.Store(&cfg.TokenFile)
 	if err := c.SetRoots(cfg.Roots); err != nil {
 		return nil, err
 	}
@@ -232,6 +235,9 @@ func (c *Client) verifyConnection(cs tls.ConnectionState) error {
 	return check.VerifyConnection(cs)
 }
 
+// SetTokenFile makes every later bundle watch read its token from path.
+func (c *Client) SetTokenFile(path string) { c.tokenFile.Store(&path) }
+
 // WatchBundle opens the issuer's trust bundle watch
 // (meshca.v1.BundleService/WatchBundle) on the connection Fetch uses, so the
 // issuer is authenticated by the same roots, with the token of
@@ -244,8 +250,8 @@ func (c *Client) WatchBundle(ctx context.Context, knownSequence uint64) (BundleS
 	conn := c.conn
 	c.mu.Unlock()
 	var md metadata.MD
-	if c.cfg.TokenFile != "" {
-		token, err := ReadToken(c.cfg.TokenFile)
+	if tokenFile := *c.tokenFile.Load(); tokenFile != "" {
+		token, err := ReadToken(tokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("watch bundle: %w", err)
 		}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -112,6 +113,8 @@ type Manager struct {
 	cfg     ManagerConfig
 	newKey  func() (crypto.Signer, error)
 	metrics *crlMetrics
+	// tokenFile is ManagerConfig.TokenFile until SetTokenFile.
+	tokenFile atomic.Pointer[string]
 
 	mu          sync.Mutex
 	lastErr     error
@@ -140,6 +143,11 @@ type Manager struct {
 	// id is the identity of the certificates obtained so far; zero before
 	// the first.
 	id spiffeid.ID
+	// renewNow asks the rotation loop for a renewal at once (capacity 1);
+	// revokedSerial is the serial of the last SVID reported revoked, so
+	// that each revocation asks once.
+	renewNow      chan struct{}
+	revokedSerial string
 }
 
 var _ rotation.Renewer = (*Manager)(nil)
@@ -155,7 +163,8 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	m := &Manager{cfg: cfg, newKey: newKey, metrics: metrics, crlMarks: map[[32]byte]crlMark{}}
+	m := &Manager{cfg: cfg, newKey: newKey, metrics: metrics, crlMarks: map[[32]byte]crlMark{}, renewNow: make(chan struct{}, 1)}
+	m.tokenFile.Store(&cfg.TokenFile)
 	bundle, err := m.readBundle()
 	if err != nil {
 		return nil, err
@@ -193,7 +202,7 @@ func (m *Manager) renew(ctx context.Context) (rotation.Validity, error) {
 	if err != nil {
 		return rotation.Validity{}, err
 	}
-	token, err := ReadToken(m.cfg.TokenFile)
+	token, err := ReadToken(*m.tokenFile.Load())
 	if err != nil {
 		return rotation.Validity{}, err
 	}
@@ -220,12 +229,19 @@ func (m *Manager) renew(ctx context.Context) (rotation.Validity, error) {
 		return rotation.Validity{}, err
 	}
 	m.id = id
+	select {
+	case <-m.renewNow: // asked for the certificate just replaced
+	default:
+	}
 	m.writeFiles(snap.SVID())
 	leaf := svid.Chain[0]
 	m.cfg.Logger.Info("certificate obtained", "spiffe_id", snap.ID().String(), "serial", ca.SerialHex(leaf.SerialNumber),
 		"not_after", leaf.NotAfter, "bundle_changed", prev.BundleVersion() != snap.BundleVersion())
 	return rotation.Validity{NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}, nil
 }
+
+// SetTokenFile makes every later renewal read the token from path.
+func (m *Manager) SetTokenFile(path string) { m.tokenFile.Store(&path) }
 
 // ErrWrongIdentity reports a certificate from the issuer that does not
 // carry the identity the agent expects.
@@ -454,7 +470,43 @@ func (m *Manager) SetTrustBundle(b *ca.TrustBundle) (bool, error) {
 	m.cfg.Logger.Info("trust bundle updated", "sequence", b.Sequence, "own_roots", len(snap.Bundle().Roots()),
 		"own_bundle_changed", ownChanged, "trust_domains", federated, "federated_changed", prev.FederatedVersion() != snap.FederatedVersion(),
 		"crls", len(snap.CRLs()), "crls_changed", prev.CRLVersion() != snap.CRLVersion())
+	m.checkRevokedLocked(snap)
 	return changed, nil
+}
+
+// RenewNow delivers when the SVID being served has been revoked: a held
+// CRL of the CA that signed it lists its serial. The rotation loop then
+// renews at once (rotation.Config.RenewNow). It delivers once per revoked
+// SVID; a renewal that succeeds first drains it.
+func (m *Manager) RenewNow() <-chan struct{} { return m.renewNow }
+
+// checkRevokedLocked asks for a renewal at once when a held CRL revokes
+// the SVID of snap (if any). The caller holds trustMu.
+func (m *Manager) checkRevokedLocked(snap *Snapshot) {
+	svid := snap.SVID()
+	if svid == nil {
+		return
+	}
+	leaf := svid.Chain[0]
+	serial := ca.SerialHex(leaf.SerialNumber)
+	if serial == m.revokedSerial {
+		return
+	}
+	for _, held := range m.crls {
+		for _, h := range held {
+			if !h.revokes(leaf) {
+				continue
+			}
+			m.revokedSerial = serial
+			m.cfg.Logger.Warn("own certificate revoked; renewing now", "serial", serial,
+				"spiffe_id", snap.ID().String(), "crl_issuer", h.issuerName, "crl_number", h.number.String())
+			select {
+			case m.renewNow <- struct{}{}:
+			default: // a renewal is already asked for
+			}
+			return
+		}
+	}
 }
 
 // vouchedLocked checks that b may replace the held trust: signed by a root

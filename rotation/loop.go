@@ -49,6 +49,11 @@ type Config struct {
 	RefusedBackoff time.Duration
 	// AttemptTimeout bounds one Renew call; zero means 30 s.
 	AttemptTimeout time.Duration
+	// RenewNow, when it delivers, makes the loop renew at once instead of
+	// waiting for the current certificate's renewal time (the Renewer
+	// learnt that the certificate must not be served any longer). While the
+	// loop is retrying a failure it keeps that backoff. Nil means never.
+	RenewNow <-chan struct{}
 	// Logger receives one line per renewal and per failure; nil means
 	// slog.Default(). The loop logs errors as Renew returned them, so
 	// Renewers must not put secrets in their errors.
@@ -121,6 +126,10 @@ func (l *Loop) Run(ctx context.Context) error {
 			case <-ctx.Done():
 				return nil
 			case <-l.cfg.Clock.After(wait):
+			case <-l.cfg.RenewNow:
+				if l.failures > 0 {
+					continue // already retrying; keep the backoff
+				}
 			}
 		}
 		if ctx.Err() != nil {

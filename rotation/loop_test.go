@@ -219,3 +219,42 @@ func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
+
+// TestLoopRenewNow: a delivery on RenewNow renews at once instead of at
+// half-life; when that renewal fails, further deliveries do not cut the
+// retry backoff short.
+func TestLoopRenewNow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fail := func(context.Context) (Validity, error) { return Validity{}, errors.New("issuer unavailable") }
+		r := &fakeRenewer{ttl: time.Hour}
+		now := make(chan struct{}, 1)
+		start := time.Now()
+		stop := runLoop(t, Config{Renewer: r, Jitter: half, MinBackoff: time.Second, MaxBackoff: time.Minute, RenewNow: now, Logger: discard()})
+		defer stop()
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		r.mu.Lock()
+		r.steps = append(r.steps, fail, fail)
+		r.mu.Unlock()
+		now <- struct{}{}
+		synctest.Wait()
+		if calls := r.callTimes(); len(calls) != 2 || !calls[1].Equal(start.Add(time.Minute)) {
+			t.Fatalf("renewals at %v, want at start and at once after RenewNow (%v)", calls, start.Add(time.Minute))
+		}
+		// The immediate renewal failed: the retry waits its backoff (1s,
+		// then 2s, with jitter 0.5) even though RenewNow delivers again.
+		now <- struct{}{}
+		synctest.Wait()
+		if calls := r.callTimes(); len(calls) != 2 {
+			t.Fatalf("%d renewals right after a failure and another RenewNow, want 2 (the backoff holds)", len(calls))
+		}
+		time.Sleep(10 * time.Second)
+		calls := r.callTimes()
+		if len(calls) != 4 {
+			t.Fatalf("%d renewals 10s after the failure, want 4 (two retries, the second one succeeding)", len(calls))
+		}
+		if ivs := intervals(calls[1:]); ivs[0] != time.Second || ivs[1] != 2*time.Second {
+			t.Errorf("retries after %v, want the backoff [1s 2s]", ivs)
+		}
+	})
+}

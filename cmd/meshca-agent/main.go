@@ -21,6 +21,7 @@ func main() {
 	root.Use = "meshca-agent"
 	root.SilenceUsage, root.SilenceErrors = true, true
 	cliconfig.SetupLogging(root)
+	cliconfig.CatchHangups()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := root.ExecuteContext(ctx)
 	stop()

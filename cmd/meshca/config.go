@@ -36,6 +36,9 @@ type devConfig struct {
 	IntermediateTTL duration `json:"intermediateTTL,omitempty"`
 	// Store selects the database; the default is SQLite in DataDir.
 	Store storeConfig `json:"store,omitempty"`
+	// LogLevel is debug, info, warn or error; --log-level overrides it.
+	// Default info. SIGHUP reloads it.
+	LogLevel string `json:"logLevel,omitempty"`
 }
 
 func defaultDevConfig() devConfig {

@@ -37,6 +37,9 @@ DATA_DIR/bundle.pem, the root certificate clients must trust.`,
 				applyChangedFlags(cmd, &fileCfg, cfg)
 				cfg = fileCfg
 			}
+			if err := reloadDev(cmd, configPath, cfg); err != nil {
+				return err
+			}
 			return runDev(cmd.Context(), cfg, cmd.OutOrStdout())
 		},
 	}

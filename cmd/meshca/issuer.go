@@ -12,6 +12,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/cmd/internal/cliconfig"
 )
 
 func newIssuerCommand() *cobra.Command {
@@ -32,29 +33,36 @@ func newIssuerServeCommand() *cobra.Command {
 service-account token with the attestor configured for the cluster named by the gRPC
 metadata "clusterid" (tokenreview, jwks or dev), signs certificates with an intermediate
 minted at start under the root key, and records them in the store. It writes
-DATA_DIR/bundle.pem, the root certificate clients must trust. See deploy/issuer.yaml.`,
+DATA_DIR/bundle.pem, the root certificate clients must trust. See deploy/issuer.yaml.
+SIGHUP re-reads --config: logLevel and clusters (attestors, caches, policies) take effect
+at once; the log names every other changed field, which needs a restart.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if configPath == "" {
 				return errors.New("--config is required")
 			}
-			cfg := defaultIssuerConfig()
-			if err := loadConfig(configPath, &cfg); err != nil {
+			cfg, err := loadIssuerConfig(configPath)
+			if err != nil {
 				return err
 			}
-			if err := cfg.validate(); err != nil {
-				return fmt.Errorf("config %s: %w", configPath, err)
+			if err := cliconfig.ApplyLogLevel(cmd, cfg.LogLevel); err != nil {
+				return err
 			}
-			return runIssuer(cmd.Context(), cfg, cmd.OutOrStdout())
+			live := &liveAttestor{}
+			reload := issuerReloader(cmd, configPath, cfg, live, slog.Default())
+			return runIssuer(cmd.Context(), cfg, cmd.OutOrStdout(), live, reload)
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "", "YAML config file (required; see deploy/issuer.yaml)")
 	return cmd
 }
 
-// runIssuer wires a validated config and serves until ctx is done.
-func runIssuer(ctx context.Context, cfg issuerConfig, out io.Writer) error {
+// runIssuer wires a validated config and serves until ctx is done. The
+// attestor is built into live, and from then on reload runs at every SIGHUP.
+func runIssuer(ctx context.Context, cfg issuerConfig, out io.Writer, live *liveAttestor, reload cliconfig.Reloader[issuerConfig]) error {
 	log := slog.Default()
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
 	// client-go logs through klog; keep one structured log stream.
 	klog.SetSlogLogger(log.With("component", "client-go"))
 	return serveCA(ctx, caStack{
@@ -62,8 +70,16 @@ func runIssuer(ctx context.Context, cfg issuerConfig, out io.Writer) error {
 		listen: cfg.Listen, hosts: cfg.Hosts, intermediateTTL: time.Duration(cfg.IntermediateTTL),
 		leafTTL: time.Duration(cfg.LeafTTL), leafMinTTL: time.Duration(cfg.LeafMinTTL), leafMaxTTL: time.Duration(cfg.LeafMaxTTL),
 		store: cfg.Store, upstream: cfg.Upstream, adminSocket: cfg.AdminSocket, adminSocketAllow: cfg.AdminSocketAllow, adminTLS: cfg.Admin, revocation: cfg.Revocation,
-		limits:   cfg.Limits,
-		attestor: func() (attest.Attestor, error) { return buildAttestor(cfg, log) },
+		limits: cfg.Limits,
+		attestor: func() (attest.Attestor, error) {
+			a, err := buildAttestor(cfg, log)
+			if err != nil {
+				return nil, err
+			}
+			live.set(a)
+			go reload.Run(rctx, cfg)
+			return live, nil
+		},
 		banner: func(out io.Writer, addr, bundlePath string) {
 			fmt.Fprintf(out, "meshca issuer is serving the Istio CA API on %s (TLS; root: %s)\n", addr, bundlePath)
 		},

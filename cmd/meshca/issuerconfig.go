@@ -67,8 +67,12 @@ type issuerConfig struct {
 	// Limits bound the connections, streams and bundle watches of Listen.
 	Limits limitsConfig `json:"limits,omitempty"`
 	// Clusters lists every cluster whose workloads this issuer attests.
-	// Required: at least the local one.
+	// Required: at least the local one. SIGHUP reloads the clusters (their
+	// attestors, caches and policies) without a restart.
 	Clusters []clusterConfig `json:"clusters,omitempty"`
+	// LogLevel is debug, info, warn or error; --log-level overrides it.
+	// Default info. SIGHUP reloads it.
+	LogLevel string `json:"logLevel,omitempty"`
 }
 
 // rootKeyConfig locates the file root CA.

@@ -22,6 +22,7 @@ import (
 var version = ""
 
 func main() {
+	cliconfig.CatchHangups()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCommand().ExecuteContext(ctx)
 	stop()

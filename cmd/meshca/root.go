@@ -54,6 +54,9 @@ See deploy/root.yaml and deploy/root-vault.yaml.`,
 			if err := cfg.validate(); err != nil {
 				return fmt.Errorf("config %s: %w", configPath, err)
 			}
+			if err := reloadRoot(cmd, configPath, cfg); err != nil {
+				return err
+			}
 			return runRoot(cmd.Context(), cfg, cmd.OutOrStdout())
 		},
 	}

@@ -69,6 +69,9 @@ type rootConfig struct {
 	MetricsListen string `json:"metricsListen,omitempty"`
 	// Limits bound the connections, streams and bundle watches of Listen.
 	Limits limitsConfig `json:"limits,omitempty"`
+	// LogLevel is debug, info, warn or error; --log-level overrides it.
+	// Default info. SIGHUP reloads it.
+	LogLevel string `json:"logLevel,omitempty"`
 }
 
 // rootKeySource is `key:` of the root config.

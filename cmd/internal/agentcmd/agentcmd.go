@@ -78,6 +78,9 @@ type agentConfig struct {
 	HealthAddr string `json:"healthAddr,omitempty"`
 	// ShutdownTimeout bounds a graceful stop. Default 5s.
 	ShutdownTimeout cliconfig.Duration `json:"shutdownTimeout,omitempty"`
+	// LogLevel is debug, info, warn or error; --log-level overrides it.
+	// Default info. SIGHUP reloads it.
+	LogLevel string `json:"logLevel,omitempty"`
 }
 
 func defaultAgentConfig() agentConfig {
@@ -139,19 +142,35 @@ to applications over the SPIFFE Workload API (--workload-socket), and optionally
 --workload-socket-mode open the Workload API to others; --*-allowed-uids/gids narrow them
 further. /readyz answers 200 only while it holds a valid certificate; /metrics on the same
 address exports meshca_agent_crl_rejected_total and meshca_agent_bundle_rejected_total.
-SIGTERM or SIGINT stops it gracefully.`,
+SIGTERM or SIGINT stops it gracefully. SIGHUP re-reads --config: logLevel and tokenFile
+take effect at once; the log names every other changed field, which needs a restart.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.TTL = cliconfig.Duration(ttl)
-			merged, err := mergeAgentConfig(cfg, configPath, cmd.Flags().Changed)
+			load := func() (agentConfig, error) {
+				merged, err := mergeAgentConfig(cfg, configPath, cmd.Flags().Changed)
+				if err != nil {
+					return agentConfig{}, err
+				}
+				if _, err := merged.agentConfig(slog.Default()); err != nil {
+					return agentConfig{}, err
+				}
+				return merged, nil
+			}
+			merged, err := load()
 			if err != nil {
+				return err
+			}
+			if err := cliconfig.ApplyLogLevel(cmd, merged.LogLevel); err != nil {
 				return err
 			}
 			acfg, err := merged.agentConfig(slog.Default())
 			if err != nil {
 				return err
 			}
-			return runAgent(cmd.Context(), acfg)
+			reload := cliconfig.Reloader[agentConfig]{Cmd: cmd, Path: configPath, Load: load,
+				LogLevel: func(c agentConfig) string { return c.LogLevel }, Live: []string{"tokenFile"}}
+			return runAgent(cmd.Context(), acfg, merged, reload)
 		},
 	}
 	f := cmd.Flags()
@@ -253,7 +272,9 @@ func parseIDs(s string) ([]int, error) {
 	return out, nil
 }
 
-func runAgent(ctx context.Context, cfg agent.Config) error {
+// runAgent runs the agent until ctx is done, reloading the configuration
+// with reload at every SIGHUP; started is the configuration cfg came from.
+func runAgent(ctx context.Context, cfg agent.Config, started agentConfig, reload cliconfig.Reloader[agentConfig]) error {
 	if cfg.Registerer == nil {
 		// Served at /metrics on the health address.
 		reg := prometheus.NewRegistry()
@@ -264,6 +285,10 @@ func runAgent(ctx context.Context, cfg agent.Config) error {
 	if err != nil {
 		return err
 	}
+	reload.Apply = func(c agentConfig) error { return a.SetTokenFile(c.TokenFile) }
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go reload.Run(rctx, started)
 	if err := a.Run(ctx); err != nil {
 		return err
 	}

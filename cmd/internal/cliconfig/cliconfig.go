@@ -63,17 +63,23 @@ func DecodeStrict(data []byte, cfg any) error {
 	return errors.Join(strictErrs...)
 }
 
+// logLevel is the level of the default logger; ApplyLogLevel changes it
+// while the process runs.
+var logLevel slog.LevelVar
+
 // SetupLogging adds the persistent --log-level flag to root and makes every
-// command log JSON at that level to stderr.
+// command log JSON at that level to stderr. A command with a config file
+// may change the level with ApplyLogLevel.
 func SetupLogging(root *cobra.Command) {
-	var logLevel string
+	var flagLevel string
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
 		var level slog.Level
-		if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		if err := level.UnmarshalText([]byte(flagLevel)); err != nil {
 			return fmt.Errorf("--log-level: %w", err)
 		}
-		slog.SetDefault(slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level})))
+		logLevel.Set(level)
+		slog.SetDefault(slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: &logLevel})))
 		return nil
 	}
-	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error (logs go to stderr as JSON)")
+	root.PersistentFlags().StringVar(&flagLevel, "log-level", "info", "log level: debug, info, warn or error (logs go to stderr as JSON)")
 }
