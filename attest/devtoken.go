@@ -60,6 +60,18 @@ func LoadOrCreateDevSigner(dir string) (*DevSigner, error) {
 	return newDevSigner(key)
 }
 
+// LoadDevSigner returns the signer whose key LoadOrCreateDevSigner stored in
+// dir, creating nothing: a token minted with a new key would only be
+// refused by the server that trusts the existing one. The error wraps
+// fs.ErrNotExist when dir holds no key.
+func LoadDevSigner(dir string) (*DevSigner, error) {
+	key, err := readDevKey(filepath.Join(dir, devKeyFile))
+	if err != nil {
+		return nil, err
+	}
+	return newDevSigner(key)
+}
+
 func readDevKey(path string) (*ecdsa.PrivateKey, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {

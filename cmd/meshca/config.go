@@ -25,7 +25,8 @@ type devConfig struct {
 	// Cluster is the issuer's cluster name. Default dev.
 	Cluster string `json:"cluster,omitempty"`
 	// Hosts are the DNS names and IPs in the serving certificate. Default
-	// 127.0.0.1, ::1, localhost, istiod.istio-system.svc.
+	// 127.0.0.1, ::1, localhost, istiod.istio-system.svc; given here, they
+	// replace the defaults. --host adds names to them.
 	Hosts []string `json:"hosts,omitempty"`
 	// Leaf lifetimes: default 1h, clamped to [5m, 24h].
 	LeafTTL    duration `json:"leafTTL,omitempty"`

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -19,7 +21,10 @@ import (
 
 func newDevCommand() *cobra.Command {
 	cfg := defaultDevConfig()
-	var configPath string
+	var (
+		configPath string
+		extraHosts []string
+	)
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run a complete development CA in one process (root, issuer, SQLite, dev tokens)",
@@ -37,6 +42,7 @@ DATA_DIR/bundle.pem, the root certificate clients must trust.`,
 				applyChangedFlags(cmd, &fileCfg, cfg)
 				cfg = fileCfg
 			}
+			cfg.Hosts = addHosts(cfg.Hosts, extraHosts)
 			if err := reloadDev(cmd, configPath, cfg); err != nil {
 				return err
 			}
@@ -48,7 +54,7 @@ DATA_DIR/bundle.pem, the root certificate clients must trust.`,
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the root key, dev token key, database and bundle.pem")
 	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "address to serve the Istio CA API on (TLS)")
 	f.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "trust domain of issued SPIFFE IDs")
-	f.StringSliceVar(&cfg.Hosts, "host", cfg.Hosts, "DNS name or IP for the serving certificate (repeatable)")
+	f.StringSliceVar(&extraHosts, "host", nil, "DNS name or IP to add to the serving certificate's names (repeatable; added to the defaults, or to the config file's hosts)")
 	f.StringVar(&cfg.Store.DSN, "store-dsn", cfg.Store.DSN, "database: a postgres:// URL, or an SQLite file path (default DATA_DIR/meshca.db)")
 	cmd.AddCommand(newDevTokenCommand())
 	return cmd
@@ -67,13 +73,23 @@ func applyChangedFlags(cmd *cobra.Command, fileCfg *devConfig, flagCfg devConfig
 	if changed("trust-domain") {
 		fileCfg.TrustDomain = flagCfg.TrustDomain
 	}
-	if changed("host") {
-		fileCfg.Hosts = flagCfg.Hosts
-	}
 	if changed("store-dsn") {
 		// The driver follows the DSN given on the command line.
 		fileCfg.Store.DSN, fileCfg.Store.Driver = flagCfg.Store.DSN, ""
 	}
+}
+
+// addHosts returns hosts followed by those of extra it does not already
+// hold. --host adds to the serving names rather than replacing them, so the
+// loopback names the printed next steps dial keep working.
+func addHosts(hosts, extra []string) []string {
+	out := slices.Clone(hosts)
+	for _, h := range extra {
+		if !slices.Contains(out, h) {
+			out = append(out, h)
+		}
+	}
+	return out
 }
 
 func runDev(ctx context.Context, cfg devConfig, out io.Writer) error {
@@ -93,7 +109,9 @@ func runDev(ctx context.Context, cfg devConfig, out io.Writer) error {
 			}
 			return attest.NewCached(jwks, attest.CacheConfig{}), nil
 		},
-		banner: func(out io.Writer, addr, bundlePath string) { printDevBanner(out, addr, cfg.DataDir, bundlePath) },
+		banner: func(out io.Writer, addr, bundlePath string) {
+			printDevBanner(out, addr, cfg.DataDir, bundlePath, cfg.Hosts)
+		},
 	}, out)
 }
 
@@ -115,13 +133,38 @@ func newIntermediate(root *ca.Authority, td spiffeid.TrustDomain, cluster string
 	return ca.NewAuthority(cert, key)
 }
 
-func printDevBanner(out io.Writer, addr, dataDir, bundlePath string) {
+func printDevBanner(out io.Writer, addr, dataDir, bundlePath string, hosts []string) {
+	issuerAddr, serverName := fetchTarget(addr, hosts)
+	fetchFlags := "--issuer " + issuerAddr
+	if serverName != "" {
+		fetchFlags += " --server-name " + serverName
+	}
 	fmt.Fprintf(out, `meshca dev is serving the Istio CA API on %s (TLS; root: %s)
 
 Next, in another terminal:
   meshca dev token --data-dir %s --namespace default --service-account web > token.jwt
-  meshca cert fetch --issuer %s --ca-bundle %s --token-file token.jwt --out ./certs
+  meshca cert fetch %s --ca-bundle %s --token-file token.jwt --out ./certs
 
 Stop with Ctrl-C.
-`, addr, bundlePath, dataDir, addr, bundlePath)
+`, addr, bundlePath, dataDir, fetchFlags, bundlePath)
+}
+
+// fetchTarget is the address the printed `meshca cert fetch` dials and the
+// server name it checks (empty: the address's host), chosen so that the
+// serving certificate, whose names are hosts, passes: the listen address
+// when hosts name its host; for a wildcard listen address, a loopback name
+// in hosts; else the listen address with the first of hosts as server name.
+func fetchTarget(addr string, hosts []string) (issuerAddr, serverName string) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || len(hosts) == 0 || slices.Contains(hosts, host) {
+		return addr, ""
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		for _, h := range []string{"127.0.0.1", "::1", "localhost"} {
+			if slices.Contains(hosts, h) {
+				return net.JoinHostPort(h, port), ""
+			}
+		}
+	}
+	return addr, hosts[0]
 }

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -27,6 +26,7 @@ import (
 	"github.com/meshca/meshca/ca/admin"
 	"github.com/meshca/meshca/ca/federation"
 	"github.com/meshca/meshca/ca/rootserver"
+	"github.com/meshca/meshca/internal/datadir"
 )
 
 func newRootCACommand() *cobra.Command {
@@ -68,9 +68,13 @@ See deploy/root.yaml and deploy/root-vault.yaml.`,
 // runRoot wires a validated root config and serves until ctx is done.
 func runRoot(ctx context.Context, cfg rootConfig, out io.Writer) error {
 	log := slog.Default()
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return fmt.Errorf("data dir: %w", err)
+	// Before anything else touches the data dir: a second root on it would
+	// share the keys, the database and the admin socket.
+	lock, err := datadir.Acquire(cfg.DataDir)
+	if err != nil {
+		return err
 	}
+	defer lock.Release()
 	db, err := openBackend(ctx, cfg.Store, cfg.DataDir)
 	if err != nil {
 		return err

@@ -22,6 +22,7 @@ import (
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/admin"
+	"github.com/meshca/meshca/internal/datadir"
 	"github.com/meshca/meshca/issuer"
 )
 
@@ -87,9 +88,13 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("trust domain %q: %w", s.trustDomain, err)
 	}
-	if err := os.MkdirAll(s.dataDir, 0o700); err != nil {
-		return fmt.Errorf("data dir: %w", err)
+	// Before anything else touches the data dir: a second process on it
+	// would share the keys, the database and the admin socket.
+	lock, err := datadir.Acquire(s.dataDir)
+	if err != nil {
+		return err
 	}
+	defer lock.Release()
 	var up *issuer.Upstream
 	var src intermediateSource
 	if s.upstream.enabled() {

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -18,10 +20,16 @@ func newDevTokenCommand() *cobra.Command {
 		Use:   "token",
 		Short: "Print a service-account token signed by the dev token signer",
 		Long: `Prints a JWT shaped like a Kubernetes projected service-account token, signed by
-the dev token key in --data-dir, which meshca dev trusts. For development only.`,
+the dev token key in --data-dir, which meshca dev trusts (it creates the key at its
+first start; this command never does). For development only.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			signer, err := attest.LoadOrCreateDevSigner(dataDir)
+			// Only the key the running server trusts is any use: never
+			// make a new one here.
+			signer, err := attest.LoadDevSigner(dataDir)
+			if errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("no dev signer at %s (is meshca dev running there? set --data-dir)", dataDir)
+			}
 			if err != nil {
 				return err
 			}

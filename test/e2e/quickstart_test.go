@@ -46,28 +46,33 @@ func TestQuickStart(t *testing.T) {
 
 	// The banner tells the newcomer what to type next; pasted as printed,
 	// those commands must work too.
-	t.Run("banner next steps", func(t *testing.T) {
-		// Commands are the indented lines that start with "meshca ".
-		var cmds []string
-		for _, line := range strings.Split(srv.Stdout(), "\n") {
-			if cmd := strings.TrimSpace(line); cmd != line && strings.HasPrefix(cmd, "meshca ") {
-				cmds = append(cmds, cmd)
-			}
+	t.Run("banner next steps", func(t *testing.T) { checkBannerSteps(t, srv) })
+}
+
+// checkBannerSteps runs the commands srv's banner prints, as printed, in
+// srv.Dir, and checks the certificate they fetch.
+func checkBannerSteps(t *testing.T, srv *devServer) {
+	t.Helper()
+	// Commands are the indented lines that start with "meshca ".
+	var cmds []string
+	for _, line := range strings.Split(srv.Stdout(), "\n") {
+		if cmd := strings.TrimSpace(line); cmd != line && strings.HasPrefix(cmd, "meshca ") {
+			cmds = append(cmds, cmd)
 		}
-		if len(cmds) != 2 || !strings.Contains(cmds[0], "dev token") || !strings.Contains(cmds[1], "cert fetch") {
-			t.Fatalf("banner shows commands %q, want `meshca dev token ...` then `meshca cert fetch ...`:\n%s", cmds, srv.Stdout())
+	}
+	if len(cmds) != 2 || !strings.Contains(cmds[0], "dev token") || !strings.Contains(cmds[1], "cert fetch") {
+		t.Fatalf("banner shows commands %q, want `meshca dev token ...` then `meshca cert fetch ...`:\n%s", cmds, srv.Stdout())
+	}
+	for _, cmd := range cmds {
+		if r := runShell(t, srv.Dir, cmd); r.code != 0 {
+			t.Fatalf("%s: %s\n%s", cmd, r, srv.Output())
 		}
-		for _, cmd := range cmds {
-			if r := runShell(t, srv.Dir, cmd); r.code != 0 {
-				t.Fatalf("%s: %s\n%s", cmd, r, srv.Output())
-			}
-		}
-		out := flagValue(cmds[1], "--out")
-		if out == "" {
-			t.Fatalf("banner fetch command %q has no --out", cmds[1])
-		}
-		checkFetched(t, filepath.Join(srv.Dir, out), certWant{ID: workloadID, TTL: time.Hour, KeyType: "ec-p256", Bundle: srv.BundlePath()})
-	})
+	}
+	out := flagValue(cmds[1], "--out")
+	if out == "" {
+		t.Fatalf("banner fetch command %q has no --out", cmds[1])
+	}
+	checkFetched(t, filepath.Join(srv.Dir, out), certWant{ID: workloadID, TTL: time.Hour, KeyType: "ec-p256", Bundle: srv.BundlePath()})
 }
 
 // flagValue returns the word after flag in a shell command line.

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/attest"
 )
 
 // logWait bounds the wait for the server to log a rejection it has already
@@ -16,6 +18,12 @@ const logWait = 5 * time.Second
 // "Unauthenticated", keeps the reason in the server's log, and writes nothing.
 func TestRejections(t *testing.T) {
 	srv := startDev(t, devOptions{})
+	// A dev signer the server does not trust (meshca dev token only uses
+	// an existing one).
+	otherDir := filepath.Join(t.TempDir(), "other")
+	if _, err := attest.LoadOrCreateDevSigner(otherDir); err != nil {
+		t.Fatal(err)
+	}
 
 	tests := []struct {
 		name string
@@ -31,7 +39,7 @@ func TestRejections(t *testing.T) {
 		},
 		{
 			name:      "token from another data dir",
-			tokenArgs: []string{"--data-dir", filepath.Join(t.TempDir(), "other")},
+			tokenArgs: []string{"--data-dir", otherDir},
 			wantLog:   []string{"Unauthenticated"},
 		},
 	}
