@@ -97,12 +97,18 @@ func pemCRLs(t testing.TB, data []byte) [][]byte {
 // rejectedCRLs returns the value of CRLRejectedMetricName for reason in g.
 func rejectedCRLs(t testing.TB, g prometheus.Gatherer, reason string) float64 {
 	t.Helper()
+	return counterByReason(t, g, CRLRejectedMetricName, reason)
+}
+
+// counterByReason returns the value of the counter name{reason} in g.
+func counterByReason(t testing.TB, g prometheus.Gatherer, name, reason string) float64 {
+	t.Helper()
 	families, err := g.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range families {
-		if mf.GetName() != CRLRejectedMetricName {
+		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
@@ -113,7 +119,7 @@ func rejectedCRLs(t testing.TB, g prometheus.Gatherer, reason string) float64 {
 			}
 		}
 	}
-	t.Fatalf("no %s{reason=%q}", CRLRejectedMetricName, reason)
+	t.Fatalf("no %s{reason=%q}", name, reason)
 	return 0
 }
 

@@ -23,24 +23,7 @@ import (
 // rejectedBundles returns the value of BundleRejectedMetricName for reason.
 func rejectedBundles(t testing.TB, g prometheus.Gatherer, reason string) float64 {
 	t.Helper()
-	families, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range families {
-		if mf.GetName() != BundleRejectedMetricName {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "reason" && l.GetValue() == reason {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	t.Fatalf("no %s{reason=%q}", BundleRejectedMetricName, reason)
-	return 0
+	return counterByReason(t, g, BundleRejectedMetricName, reason)
 }
 
 // TestAgentRefusesCRLRollback plays an issuer that relays the root's
