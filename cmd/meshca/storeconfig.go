@@ -93,6 +93,10 @@ type backend interface {
 	store.RevocationStore
 	store.AuditHeadReader
 	VerifyAuditChain(ctx context.Context) error
+	// VerifyAuditHead is what the admin API's VerifyAudit reports from;
+	// it is part of backend so that wrappers such as retainingStore keep
+	// it.
+	VerifyAuditHead(ctx context.Context) (store.ChainHead, error)
 }
 
 // openBackend opens the configured backend, running migrations.

@@ -2,6 +2,7 @@ package multicluster
 
 import (
 	"crypto/tls"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -97,13 +98,22 @@ func TestRevocationEndToEnd(t *testing.T) {
 		t.Fatalf("mTLS before any revocation: %v", err)
 	}
 
-	// Revoke the client's current certificate.
+	// Revoke the client's current certificate. Handshakes presenting it
+	// fail; its agent, seeing its own serial on the CRL, renews at once, and
+	// the client is back with a new certificate.
+	revoked, err := client.Source.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
 	serial := serialOf(t, client)
+	dialRevoked := func() error {
+		return exchange(lis.Addr().String(), tlsconfig.MTLSClientConfig(revoked, client.Source, tlsconfig.AuthorizeID(server.ID)))
+	}
 	revokedAt := time.Now()
 	if err := east.admin(t, nil, "revoke", "--serial", serial, "--reason", "key compromise"); err != nil {
 		t.Fatal(err)
 	}
-	failingSince := waitFailing(t, "handshakes with the revoked certificate", 10*time.Second, dial(client, lis.Addr().String()))
+	failingSince := waitFailing(t, "handshakes with the revoked certificate", 10*time.Second, dialRevoked)
 	if d := failingSince.Sub(revokedAt); d > 5*time.Second {
 		t.Errorf("the revoked certificate was refused %v after the command, want within 5s", d)
 	} else {
@@ -114,6 +124,9 @@ func TestRevocationEndToEnd(t *testing.T) {
 			t.Fatalf("the bystander was affected: %v", err)
 		}
 	}
+	client.waitFor(t, "the client's agent to replace its revoked certificate", 10*time.Second, func() bool {
+		return serialOf(t, client) != serial && dial(client, lis.Addr().String())() == nil
+	})
 
 	// Revoke the identity: a new certificate for it is refused. The one
 	// fetched before is revoked with it.
