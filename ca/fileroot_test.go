@@ -90,3 +90,45 @@ func TestFileRootRefusesMismatchedKey(t *testing.T) {
 }
 
 func contains(b []byte, s string) bool { return strings.Contains(string(b), s) }
+
+// TestLoadFileRootCreatesNothing: loading from a directory without a root
+// refuses and leaves it empty; loading from a read-only directory holding a
+// root (a mounted Secret) works and writes nothing.
+func TestLoadFileRootCreatesNothing(t *testing.T) {
+	empty := t.TempDir()
+	if _, err := ca.LoadFileRoot(ca.FileRootConfig{Dir: empty, Now: t0}); !errors.Is(err, ca.ErrNoFileRoot) {
+		t.Fatalf("LoadFileRoot(empty dir) = %v, want ErrNoFileRoot", err)
+	}
+	if entries, err := os.ReadDir(empty); err != nil || len(entries) != 0 {
+		t.Fatalf("empty dir after LoadFileRoot: %v, %v; want nothing created", entries, err)
+	}
+
+	dir := t.TempDir()
+	want, err := ca.LoadOrCreateFileRoot(ca.FileRootConfig{Dir: dir, Now: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o500); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Chmod(dir, 0o700) })
+	before, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, load := range map[string]func(ca.FileRootConfig) (*ca.Authority, error){
+		"LoadFileRoot": ca.LoadFileRoot, "LoadOrCreateFileRoot": ca.LoadOrCreateFileRoot,
+	} {
+		got, err := load(ca.FileRootConfig{Dir: dir, Now: t0.Add(time.Hour)})
+		if err != nil {
+			t.Fatalf("%s(read-only dir): %v", name, err)
+		}
+		if !got.Certificate.Equal(want.Certificate) {
+			t.Fatalf("%s(read-only dir) loaded another root", name)
+		}
+	}
+	after, err := os.ReadDir(dir)
+	if err != nil || len(after) != len(before) {
+		t.Fatalf("read-only dir had %d entries, now %d (%v)", len(before), len(after), err)
+	}
+}

@@ -16,8 +16,7 @@ import (
 )
 
 // RootClient is what Intermediates needs from the root CA. *Upstream
-// implements it for a central root, *LocalRoot for a root held in this
-// process.
+// implements it.
 type RootClient interface {
 	// NewIntermediate obtains a new, verified intermediate and the bundle
 	// it chains to.

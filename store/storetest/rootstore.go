@@ -21,6 +21,7 @@ import (
 type RootStoreUnderTest interface {
 	store.Store
 	store.RootStore
+	store.StandaloneRootStore
 }
 
 // chainVerifier is implemented by backends that can verify their own chain
@@ -53,6 +54,8 @@ func RunRootStore(t *testing.T, open func(t *testing.T) RootStoreUnderTest) {
 		{"ClusterCredentialSwap", testClusterCredentialSwap},
 		{"ClusterCredentialInvalid", testClusterCredentialInvalid},
 		{"ConcurrentClusterCredentialSwap", testConcurrentClusterCredentialSwap},
+		{"PinStandaloneRoot", testPinStandaloneRoot},
+		{"ConcurrentPinStandaloneRoot", testConcurrentPinStandaloneRoot},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

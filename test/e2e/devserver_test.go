@@ -49,6 +49,8 @@ type devServer struct {
 	Dir string
 	// DataDir is its data directory, absolute.
 	DataDir string
+	// name is the command's name in its "<name> stopped" log line.
+	name string
 
 	cmd    *exec.Cmd
 	stdout syncBuffer
@@ -99,10 +101,17 @@ func launchDev(t testing.TB, opts devOptions) (*devServer, error) {
 		}
 	}
 	args = append(args, opts.Args...)
+	return launchServer(t, "meshca dev", opts.Dir, addr, dataDir, args)
+}
 
-	s := &devServer{Addr: addr, Dir: opts.Dir, DataDir: dataDir, done: make(chan struct{})}
+// launchServer runs meshca with args in dir, a server that logs
+// "<name> stopped" on exit, serves on addr and writes bundle.pem into
+// dataDir, and waits until it is ready.
+func launchServer(t testing.TB, name, dir, addr, dataDir string, args []string) (*devServer, error) {
+	t.Helper()
+	s := &devServer{Addr: addr, Dir: dir, DataDir: dataDir, name: name, done: make(chan struct{})}
 	s.cmd = exec.Command(meshcaBin, args...)
-	s.cmd.Dir = opts.Dir
+	s.cmd.Dir = dir
 	s.cmd.Stdout, s.cmd.Stderr = &s.stdout, &s.stderr
 	if err := s.cmd.Start(); err != nil {
 		return nil, err
@@ -182,8 +191,8 @@ func (s *devServer) stop(t testing.TB, sig os.Signal) {
 	if s.err != nil {
 		t.Errorf("meshca dev on %s after %v: %v, want exit code 0\n%s", s.Addr, sig, s.err, s.Output())
 	}
-	if !strings.Contains(s.stderr.String(), "meshca dev stopped") {
-		t.Errorf("meshca dev on %s did not log \"meshca dev stopped\" after %v\n%s", s.Addr, sig, s.Output())
+	if !strings.Contains(s.stderr.String(), s.name+" stopped") {
+		t.Errorf("%s on %s did not log \"%s stopped\" after %v\n%s", s.name, s.Addr, s.name, sig, s.Output())
 	}
 }
 
