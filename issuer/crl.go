@@ -255,7 +255,11 @@ func (s *CRLSigner) refresh(ctx context.Context, set *DenySet, now time.Time) (t
 	}
 	var next time.Time
 	for _, a := range held {
-		next = earliest(next, a.Certificate.NotAfter)
+		// The current intermediate stays held once expired (until
+		// replaced): its end is no reason to wake again.
+		if now.Before(a.Certificate.NotAfter) {
+			next = earliest(next, a.Certificate.NotAfter)
+		}
 		if sc, ok := s.signed[a]; ok {
 			next = earliest(next, sc.resignAt)
 		}

@@ -389,3 +389,18 @@ func TestCRLSignedByLocalRoot(t *testing.T) {
 		}
 	})
 }
+
+// Once the intermediate has expired without a successor, the signer waits
+// for a change or its next re-signing instead of waking again at once,
+// forever (which spun a core and never let time move on). The test hangs
+// if it spins: the bubble's clock never reaches the end of the sleep.
+func TestCRLSignerIdleAfterIntermediateExpired(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := newCRLRig(t, time.Hour, nil)
+		time.Sleep(time.Until(g.tree.Intermediate.Certificate.NotAfter) + time.Hour)
+		synctest.Wait()
+		if n := strings.Count(g.logs.String(), "CRL signed"); n > 2 {
+			t.Errorf("%d CRLs signed in the two hours of a one-hour intermediate, want at most 2", n)
+		}
+	})
+}

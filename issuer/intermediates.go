@@ -16,7 +16,8 @@ import (
 )
 
 // RootClient is what Intermediates needs from the root CA. *Upstream
-// implements it.
+// implements it for a central root, *LocalRoot for a root held in this
+// process.
 type RootClient interface {
 	// NewIntermediate obtains a new, verified intermediate and the bundle
 	// it chains to.

@@ -33,23 +33,24 @@ type credHarness struct {
 }
 
 // hookStore is the SQLite store with test hooks on the calls a renewal
-// makes: beforeRead runs before each ClusterCredential read, failRecord is
+// makes: afterRead runs after each ClusterCredential read, failRecord is
 // returned once by the next RecordIntermediate.
 type hookStore struct {
 	*sqlite.Store
 	mu         sync.Mutex
-	beforeRead func()
+	afterRead  func()
 	failRecord error
 }
 
 func (s *hookStore) ClusterCredential(ctx context.Context, cluster string) (store.ClusterCredential, error) {
+	rec, err := s.Store.ClusterCredential(ctx, cluster)
 	s.mu.Lock()
-	hook := s.beforeRead
+	hook := s.afterRead
 	s.mu.Unlock()
 	if hook != nil {
 		hook()
 	}
-	return s.Store.ClusterCredential(ctx, cluster)
+	return rec, err
 }
 
 func (s *hookStore) RecordIntermediate(ctx context.Context, in store.Intermediate, ev store.AuditEvent) error {
@@ -368,11 +369,14 @@ func TestConcurrentRenewalsWithOneCredential(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Both reads happen before either swap: each waits for the other.
+	// Both reads happen before either swap: each, having read, waits for
+	// the other to have read too. (Waiting before the read would let one
+	// renewal read after the other's swap: that is the honest retry with
+	// the predecessor, which succeeds by design.)
 	var arrived sync.WaitGroup
 	arrived.Add(2)
 	h.db.mu.Lock()
-	h.db.beforeRead = func() {
+	h.db.afterRead = func() {
 		arrived.Done()
 		arrived.Wait()
 	}
@@ -385,7 +389,7 @@ func TestConcurrentRenewalsWithOneCredential(t *testing.T) {
 	}
 	wg.Wait()
 	h.db.mu.Lock()
-	h.db.beforeRead = nil
+	h.db.afterRead = nil
 	h.db.mu.Unlock()
 	ok := 0
 	for _, err := range errs {

@@ -32,8 +32,9 @@ type devConfig struct {
 	LeafTTL    duration `json:"leafTTL,omitempty"`
 	LeafMinTTL duration `json:"leafMinTTL,omitempty"`
 	LeafMaxTTL duration `json:"leafMaxTTL,omitempty"`
-	// IntermediateTTL is the lifetime of the intermediate minted at start.
-	// Default 30 days.
+	// IntermediateTTL is the lifetime of each intermediate minted under
+	// the root; the next one is prepared at half of it and used from 1/6
+	// before the end. Default 30 days, minimum 30s.
 	IntermediateTTL duration `json:"intermediateTTL,omitempty"`
 	// Store selects the database; the default is SQLite in DataDir.
 	Store storeConfig `json:"store,omitempty"`

@@ -2,10 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,10 +9,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/attest"
-	"github.com/meshca/meshca/ca"
 )
 
 func newDevCommand() *cobra.Command {
@@ -113,24 +107,6 @@ func runDev(ctx context.Context, cfg devConfig, out io.Writer) error {
 			printDevBanner(out, addr, cfg.DataDir, bundlePath, cfg.Hosts)
 		},
 	}, out)
-}
-
-// newIntermediate mints the dev issuer's intermediate under root, for the
-// serving names hosts. Its key is generated in memory and never written
-// anywhere.
-func newIntermediate(root *ca.Authority, td spiffeid.TrustDomain, cluster string, hosts []string, ttl time.Duration) (*ca.Authority, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("intermediate key: %w", err)
-	}
-	cert, err := root.SignIntermediate(ca.IntermediateRequest{PublicKey: key.Public(), TrustDomain: td, Cluster: cluster, ServingNames: hosts, TTL: ttl})
-	if err != nil {
-		return nil, err
-	}
-	if time.Until(cert.NotAfter) < time.Hour {
-		return nil, errors.New("intermediate would expire within the hour: the root is about to expire")
-	}
-	return ca.NewAuthority(cert, key)
 }
 
 func printDevBanner(out io.Writer, addr, dataDir, bundlePath string, hosts []string) {

@@ -52,6 +52,8 @@ func TestIssuerConfigValidate(t *testing.T) {
 		{"negative watch cap", "limits: {maxWatchesPerPeer: -1}\n" + base + "  - {name: east}\n", "negative max watches per peer"},
 		{"negative idle", "limits: {maxConnectionIdle: -1m}\n" + base + "  - {name: east}\n", "negative max connection idle"},
 		{"unknown limit", "limits: {maxStreams: 3}\n" + base + "  - {name: east}\n", `unknown field "limits.maxStreams"`},
+		{"short intermediates", "intermediateTTL: 10s\n" + base + "  - {name: east}\n", "intermediateTTL 10s is below the minimum 30s"},
+		{"negative intermediates", "intermediateTTL: -1h\n" + base + "  - {name: east}\n", "intermediateTTL -1h0m0s is below the minimum"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := defaultIssuerConfig()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca/admin"
+	"github.com/meshca/meshca/issuer"
 )
 
 // Attestor kinds of a cluster in `meshca issuer serve`.
@@ -41,8 +42,9 @@ type issuerConfig struct {
 	LeafTTL    duration `json:"leafTTL,omitempty"`
 	LeafMinTTL duration `json:"leafMinTTL,omitempty"`
 	LeafMaxTTL duration `json:"leafMaxTTL,omitempty"`
-	// IntermediateTTL is the lifetime of the intermediate minted at start.
-	// Default 30 days.
+	// IntermediateTTL is the lifetime of each intermediate minted under
+	// Root; the next one is prepared at half of it and used from 1/6 before
+	// the end. Default 30 days, minimum 30s. With Upstream the root sets it.
 	IntermediateTTL duration `json:"intermediateTTL,omitempty"`
 	// Root is a local file root CA key, for a self-contained issuer. Leave
 	// it empty when Upstream is set.
@@ -257,6 +259,9 @@ func (c *issuerConfig) validate() error {
 		}
 	} else if c.Upstream != (upstreamConfig{}) {
 		return errors.New("upstream.address is required when upstream is set")
+	}
+	if ttl := time.Duration(c.IntermediateTTL); ttl != 0 && ttl < issuer.MinLocalIntermediateTTL {
+		return fmt.Errorf("intermediateTTL %s is below the minimum %s", ttl, issuer.MinLocalIntermediateTTL)
 	}
 	if err := c.Admin.validate(); err != nil {
 		return err

@@ -41,9 +41,10 @@ func setIssuerGC() {
 }
 
 // caStack is what `meshca dev` and `meshca issuer serve` both run: an
-// intermediate (minted at start under a local file root, or obtained from
-// the central root when upstream is set), an issuer recording into a store,
-// served over TLS. Only the attestor and what is printed differ.
+// intermediate (minted under a local file root, or obtained from the
+// central root when upstream is set) rotated before it expires, an issuer
+// recording into a store, served over TLS. Only the attestor and what is
+// printed differ.
 type caStack struct {
 	// name prefixes the "serving" and "stopped" log lines.
 	name                                   string
@@ -67,17 +68,58 @@ type caStack struct {
 	banner   func(out io.Writer, addr, bundlePath string)
 }
 
-// intermediateSource is where the stack's intermediate comes from.
+// intermediateSource is where the stack's intermediates come from: the
+// central root when upstream is set, else the local file root. Either
+// way an issuer.Intermediates loop rotates them.
 type intermediateSource struct {
+	// authority is the first intermediate, bundle the trust bundle
+	// received with it and roots that bundle's own roots.
 	authority *ca.Authority
-	bundle    *ca.TrustBundle // nil for a local root
+	bundle    *ca.TrustBundle
 	roots     *ca.Bundle
-	// loop rotates an upstream intermediate; nil for a local root.
-	loop *issuer.Intermediates
+	// root mints the next intermediates: upstream or a *issuer.LocalRoot.
+	root issuer.RootClient
+	// upstream is the central root; nil for a local root.
+	upstream *issuer.Upstream
 	// localRoot is the local file root (it signs a CRL too); nil upstream.
 	localRoot *ca.Authority
 	// rootExpires is logged at start.
 	rootExpires time.Time
+}
+
+// newIntermediateSource obtains the first intermediate, from the central
+// root when upstream is set, else from the local file root.
+func newIntermediateSource(ctx context.Context, s caStack, td spiffeid.TrustDomain, log *slog.Logger) (intermediateSource, error) {
+	if s.upstream.enabled() {
+		return enrol(ctx, s, td, log)
+	}
+	return localIntermediate(ctx, s, td)
+}
+
+// publisher is where the issuer's CRLs go besides its agents: the central
+// root, or nil (never a nil *Upstream).
+func (src intermediateSource) publisher() issuer.CRLPublisher {
+	if src.upstream == nil {
+		return nil
+	}
+	return src.upstream
+}
+
+// crlRoots are the roots the issuer signs CRLs with: the local root.
+func (src intermediateSource) crlRoots() []*ca.Authority {
+	if src.localRoot == nil {
+		return nil
+	}
+	return []*ca.Authority{src.localRoot}
+}
+
+// relayed is the bundle the issuer serves to agents when it relays the
+// central root's, nil when it serves its own (issuer.ServerConfig.Bundles).
+func (src intermediateSource) relayed(loop *issuer.Intermediates) issuer.BundleSource {
+	if src.upstream == nil {
+		return nil
+	}
+	return loop
 }
 
 // serveCA builds the stack and serves until ctx is done.
@@ -95,13 +137,7 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 		return err
 	}
 	defer lock.Release()
-	var up *issuer.Upstream
-	var src intermediateSource
-	if s.upstream.enabled() {
-		up, src, err = enrol(ctx, s, td, log)
-	} else {
-		src, err = localIntermediate(ctx, s, td)
-	}
+	src, err := newIntermediateSource(ctx, s, td, log)
 	if err != nil {
 		return err
 	}
@@ -137,16 +173,8 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var publisher issuer.CRLPublisher // nil without a root: never a nil *Upstream
-	if up != nil {
-		publisher = up
-	}
-	var crlRoots []*ca.Authority
-	if src.localRoot != nil {
-		crlRoots = append(crlRoots, src.localRoot)
-	}
 	crls, err := issuer.NewCRLSigner(issuer.CRLSignerConfig{
-		Issuer: iss, DenyList: deny, Store: db, Validity: time.Duration(s.revocation.CRLValidity), Roots: crlRoots, Publisher: publisher, Logger: log,
+		Issuer: iss, DenyList: deny, Store: db, Validity: time.Duration(s.revocation.CRLValidity), Roots: src.crlRoots(), Publisher: src.publisher(), Logger: log,
 	})
 	if err != nil {
 		return err
@@ -157,14 +185,12 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	scfg := issuer.ServerConfig{Issuer: iss, Hosts: s.hosts, CRLs: crls, Limits: s.limits.grpclimit()}
-	if up != nil {
-		if src.loop, err = issuer.NewIntermediates(issuer.IntermediatesConfig{Issuer: iss, Root: up, Bundle: src.bundle, Logger: log}); err != nil {
-			return err
-		}
-		scfg.Bundles = src.loop
+	loop, err := issuer.NewIntermediates(issuer.IntermediatesConfig{Issuer: iss, Root: src.root, Bundle: src.bundle, Logger: log})
+	if err != nil {
+		return err
 	}
-	srv, err := issuer.NewServer(scfg)
+	relayed := src.relayed(loop)
+	srv, err := issuer.NewServer(issuer.ServerConfig{Issuer: iss, Hosts: s.hosts, CRLs: crls, Bundles: relayed, Limits: s.limits.grpclimit()})
 	if err != nil {
 		return err
 	}
@@ -172,13 +198,7 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	if s.adminTLS.Listen != "" {
 		if mtls, err = admin.NewMTLS(admin.MTLSConfig{
 			GetCertificate: srv.GetCertificate, Roots: iss.Bundle, Admins: adminIDs(s.adminTLS), Revocations: deny,
-			CRLs: func() []ca.CRL {
-				if src.loop == nil {
-					return adminCRLs(crls, nil, td)
-				}
-				return adminCRLs(crls, src.loop, td)
-			},
-			Logger: log,
+			CRLs: func() []ca.CRL { return adminCRLs(crls, relayed, td) }, Logger: log,
 		}); err != nil {
 			return err
 		}
@@ -226,9 +246,9 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 	if adminTLSLis != nil {
 		g.Go(func() error { return adminSrv.ServeMTLS(gctx, adminTLSLis, mtls) })
 	}
-	if src.loop != nil {
-		g.Go(func() error { return src.loop.Run(gctx) })
-		g.Go(func() error { followBundle(gctx, src.loop, bundlePath, log); return nil })
+	g.Go(func() error { return loop.Run(gctx) })
+	if relayed != nil {
+		g.Go(func() error { followBundle(gctx, relayed, bundlePath, log); return nil })
 	}
 	if err := g.Wait(); err != nil {
 		return err
@@ -262,31 +282,39 @@ func (s caStack) adminSocketPath() string {
 	return filepath.Join(s.dataDir, "admin.sock")
 }
 
-// localIntermediate mints an in-memory intermediate under the file root,
-// the one the store records for every replica (standaloneRoot).
+// localIntermediate mints the first in-memory intermediate under the file
+// root the store records for every replica (standaloneRoot), for the
+// serving names s.hosts; its LocalRoot mints the next ones.
 func localIntermediate(ctx context.Context, s caStack, td spiffeid.TrustDomain) (intermediateSource, error) {
 	root, err := standaloneRoot(ctx, s, td)
 	if err != nil {
 		return intermediateSource{}, err
 	}
-	inter, err := newIntermediate(root, td, s.cluster, s.hosts, s.intermediateTTL)
+	local, err := issuer.NewLocalRoot(issuer.LocalRootConfig{
+		Root: root, TrustDomain: td, Cluster: s.cluster, ServingNames: s.hosts, TTL: s.intermediateTTL,
+	})
 	if err != nil {
 		return intermediateSource{}, err
 	}
-	bundle, err := ca.NewBundle(root.Certificate)
+	inter, tb, err := local.NewIntermediate(ctx)
 	if err != nil {
 		return intermediateSource{}, err
 	}
-	return intermediateSource{authority: inter, roots: bundle, localRoot: root, rootExpires: root.Certificate.NotAfter}, nil
+	if na := inter.Certificate.NotAfter; !na.Before(root.Certificate.NotAfter) && time.Until(na) < time.Hour {
+		return intermediateSource{}, errors.New("intermediate would expire within the hour: the root is about to expire")
+	}
+	return intermediateSource{
+		authority: inter, bundle: tb, roots: tb.OwnRoots(), root: local, localRoot: root, rootExpires: root.Certificate.NotAfter,
+	}, nil
 }
 
 // enrol obtains the first intermediate from the central root: with the
 // stored credential after a restart, else with the join token. While the
 // root is unreachable it retries with backoff; a refusal is final.
-func enrol(ctx context.Context, s caStack, td spiffeid.TrustDomain, log *slog.Logger) (*issuer.Upstream, intermediateSource, error) {
+func enrol(ctx context.Context, s caStack, td spiffeid.TrustDomain, log *slog.Logger) (intermediateSource, error) {
 	roots, err := readPEMBundle(s.upstream.BundleFile)
 	if err != nil {
-		return nil, intermediateSource{}, fmt.Errorf("upstream.bundleFile: %w", err)
+		return intermediateSource{}, fmt.Errorf("upstream.bundleFile: %w", err)
 	}
 	var token, tokenFile string
 	if s.upstream.JoinTokenFile != "" {
@@ -297,7 +325,7 @@ func enrol(ctx context.Context, s caStack, td spiffeid.TrustDomain, log *slog.Lo
 		case errors.Is(err, os.ErrNotExist):
 			// Fine after the first enrolment: the credential is used.
 		default:
-			return nil, intermediateSource{}, fmt.Errorf("upstream.joinTokenFile: %w", err)
+			return intermediateSource{}, fmt.Errorf("upstream.joinTokenFile: %w", err)
 		}
 	}
 	up, err := issuer.NewUpstream(issuer.UpstreamConfig{
@@ -305,7 +333,7 @@ func enrol(ctx context.Context, s caStack, td spiffeid.TrustDomain, log *slog.Lo
 		ServingNames: s.hosts, JoinToken: token, JoinTokenFile: tokenFile, CredentialDir: filepath.Join(s.dataDir, "credential"), Logger: log,
 	})
 	if err != nil {
-		return nil, intermediateSource{}, err
+		return intermediateSource{}, err
 	}
 	backoff := time.Second
 	for {
@@ -319,15 +347,15 @@ func enrol(ctx context.Context, s caStack, td spiffeid.TrustDomain, log *slog.Lo
 					}
 				}
 			}
-			return up, intermediateSource{authority: a, bundle: tb, roots: tb.OwnRoots(), rootExpires: rootExpires}, nil
+			return intermediateSource{authority: a, bundle: tb, roots: tb.OwnRoots(), root: up, upstream: up, rootExpires: rootExpires}, nil
 		}
 		if errors.Is(err, issuer.ErrRejected) || ctx.Err() != nil {
-			return nil, intermediateSource{}, err
+			return intermediateSource{}, err
 		}
 		log.Warn("cannot reach the root to obtain an intermediate; retrying", "root", s.upstream.Address, "error", err.Error(), "retry_in", backoff.String())
 		select {
 		case <-ctx.Done():
-			return nil, intermediateSource{}, ctx.Err()
+			return intermediateSource{}, ctx.Err()
 		case <-time.After(backoff + rand.N(backoff/2)):
 		}
 		backoff = min(2*backoff, time.Minute)
