@@ -16,6 +16,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -84,10 +85,12 @@ func (e *Envoy) Subscribe(ctx context.Context, name string) (*Subscription, erro
 	s := &Subscription{Name: name, stream: stream, cancel: cancel, recv: make(chan received, 16)}
 	go s.receive()
 	first := &discoveryv3.DiscoveryRequest{Node: e.Node, ResourceNames: []string{name}, TypeUrl: SecretTypeURL}
-	if err := stream.Send(first); err != nil {
+	if err := stream.Send(first); err != nil && !errors.Is(err, io.EOF) {
 		cancel()
 		return nil, fmt.Errorf("send first sds request: %w", err)
 	}
+	// io.EOF: the server ended the stream already (a stream cap, say); as
+	// with gRPC streams generally, Recv and Next report its status.
 	return s, nil
 }
 
