@@ -104,7 +104,7 @@ func (c Config) Validate() error {
 // use.
 type Store struct {
 	now    func() time.Time
-	path   string // absolute path of the database file
+	path   string  // absolute path of the database file
 	w      *sql.DB // exactly one connection, for every write
 	r      *sql.DB // read-only connections
 	stmts  writeStmts
