@@ -53,6 +53,8 @@ func RunRootStore(t *testing.T, open func(t *testing.T) RootStoreUnderTest) {
 		{"ClusterCredentialSwap", testClusterCredentialSwap},
 		{"ClusterCredentialInvalid", testClusterCredentialInvalid},
 		{"ConcurrentClusterCredentialSwap", testConcurrentClusterCredentialSwap},
+		{"LeaderLease", testLeaderLease},
+		{"RootCRLs", testRootCRLs},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
