@@ -4,13 +4,20 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"errors"
 	"log/slog"
 	"math/big"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+
+	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/ca/admin"
 
 	"github.com/meshca/meshca/store/postgres"
 	"github.com/meshca/meshca/store/postgres/pgtest"
@@ -75,6 +82,31 @@ func (rs *replicaSet) refresh(rr ...*Root) {
 			rs.t.Fatalf("refresh: %v\n%s", err, rs.logs.String())
 		}
 	}
+}
+
+// adminClient serves r's AdminService on a Unix socket until the test ends.
+func adminClient(t *testing.T, r *Root) meshcav1.AdminServiceClient {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "admin.sock")
+	lis, err := admin.ListenUnix(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.ServeAdmin(ctx, lis) }()
+	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = conn.Close()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("ServeAdmin: %v", err)
+		}
+	})
+	return meshcav1.NewAdminServiceClient(conn)
 }
 
 func isLeader(r *Root) bool {
@@ -168,8 +200,15 @@ func testReplicas(t *testing.T, rs *replicaSet, kill func(t *testing.T, leader *
 	if n := rs.storedRoots(a); n != 2 {
 		t.Fatalf("%d roots after rotation was due on two replicas, want exactly 2", n)
 	}
-	if _, err := b.rotate(context.Background(), 0, "admin:test", true); !errors.Is(err, errNotLeader) {
-		t.Fatalf("rotation on the follower: %v, want %v", err, errNotLeader)
+	// An administrator's rotation on the follower is refused, naming the
+	// lease; on the leader it goes through.
+	_, err := adminClient(t, b).RotateRoot(t.Context(), &meshcav1.RotateRootRequest{Force: true})
+	wantCode(t, err, codes.FailedPrecondition)
+	if !strings.Contains(err.Error(), "leader lease") {
+		t.Fatalf("RotateRoot on the follower: %v, want the leader lease named", err)
+	}
+	if n := rs.storedRoots(a); n != 2 {
+		t.Fatalf("%d roots after a refused rotation, want 2", n)
 	}
 	rs.observe(a, b)
 
