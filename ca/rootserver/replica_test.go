@@ -261,7 +261,9 @@ func TestReplicasPostgres(t *testing.T) {
 	// The leader's session dies (its host is gone): PostgreSQL releases
 	// the lock.
 	testReplicas(t, rs, func(t *testing.T, _ *Root) {
-		pgtest.Exec(t, dsn, `SELECT pg_terminate_backend(pid) FROM pg_locks
+		// With a timeout, pg_terminate_backend returns once the session
+		// has ended, so its locks are released.
+		pgtest.Exec(t, dsn, `SELECT pg_terminate_backend(pid, 10000) FROM pg_locks
 			WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`)
 	})
 }
