@@ -48,6 +48,10 @@ type advisoryLease struct {
 	conn *pgx.Conn // nil once released
 }
 
+// leaseCheckTimeout bounds Held's round trip: a connection that does not
+// answer within it counts as lost.
+const leaseCheckTimeout = 5 * time.Second
+
 // Held pings the lock's connection: while the session lives, no other
 // session can hold the lock.
 func (l *advisoryLease) Held(ctx context.Context) error {
@@ -56,6 +60,8 @@ func (l *advisoryLease) Held(ctx context.Context) error {
 	if l.conn == nil {
 		return fmt.Errorf("postgres: leader lease released")
 	}
+	ctx, cancel := context.WithTimeout(ctx, leaseCheckTimeout)
+	defer cancel()
 	if err := l.conn.Ping(ctx); err != nil {
 		return fmt.Errorf("postgres: leader lease: %w", err)
 	}
