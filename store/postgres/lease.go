@@ -68,15 +68,18 @@ func (l *advisoryLease) Held(ctx context.Context) error {
 	return nil
 }
 
-// Release closes the lock's connection, which releases the lock.
+// Release unlocks the lock, so that another session can take it at once,
+// and closes its connection (which would release it too, but only once the
+// server has seen the session end).
 func (l *advisoryLease) Release() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.conn == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), leaseCheckTimeout)
 	defer cancel()
+	_, _ = l.conn.Exec(ctx, `SELECT pg_advisory_unlock($1)`, leaderLockID)
 	_ = l.conn.Close(ctx)
 	l.conn = nil
 }
