@@ -100,6 +100,21 @@ type ClusterLister interface {
 	Clusters(ctx context.Context) ([]store.Cluster, error)
 }
 
+// ReplicaStore is an optional capability of a Store that lets several root
+// servers share it. One of them at a time holds the store's leader lease
+// (TryLeader, re-checked at every re-evaluation); only that one creates
+// roots (the first root, automatic and administrator rotations) and signs
+// root CRLs, which it stores with PutRootCRL. Every replica serves
+// enrolment, renewal, bundle watches and the other admin calls, and
+// publishes the stored root CRLs, so that all of them publish the same CRL
+// under the same number. Without this capability the root server assumes
+// it is the only one on its store.
+type ReplicaStore interface {
+	TryLeader(ctx context.Context) (store.Lease, bool, error)
+	PutRootCRL(ctx context.Context, c store.RootCRL) error
+	RootCRLs(ctx context.Context) ([]store.RootCRL, error)
+}
+
 // Federated is a source of other meshes' bundles, published alongside the
 // root's own trust domains.
 type Federated interface {

@@ -62,7 +62,8 @@ type issuerCRL struct {
 // revoked: a relying party that checks CRLs for every CA of a chain (Envoy,
 // once it has any CRL) must find one for the root too. A root whose key
 // cannot be loaded or that fails to sign keeps its previous CRL while that
-// is still current.
+// is still current. With a ReplicaStore only the leader signs, and stores
+// what it signed; a follower publishes the stored CRLs (see leader.go).
 func (r *Root) signRootCRLsLocked(ctx context.Context, now time.Time) {
 	serials := make([]string, 0, len(r.revs.inters)+len(r.revs.serials))
 	for s := range r.revs.inters {
@@ -81,12 +82,22 @@ func (r *Root) signRootCRLsLocked(ctx context.Context, now time.Time) {
 			continue
 		}
 		fp := ca.Fingerprint(s.Cert)
-		old := r.rootCRLs[fp]
+		old := newerCRL(r.rootCRLs[fp], r.storedCRL(ctx, s))
+		if !r.leader {
+			// The leader signs; a follower publishes what it stored.
+			if old != nil && now.Before(old.nextUpdate) {
+				keep[fp] = old
+			}
+			continue
+		}
 		if old != nil && old.serials == key && now.Before(old.renewAt) {
 			keep[fp] = old
 			continue
 		}
 		c, err := r.signRootCRL(ctx, s, serials, old, now)
+		if err == nil {
+			err = r.storeRootCRL(ctx, s, c)
+		}
 		if err == nil {
 			c.serials = key
 			keep[fp] = c
@@ -115,10 +126,7 @@ func (r *Root) signRootCRL(ctx context.Context, s ca.RootStatus, serials []strin
 	if err != nil {
 		return nil, fmt.Errorf("root authority: %w", err)
 	}
-	req := ca.CRLRequest{Number: big.NewInt(now.UnixMilli()), Now: now, Validity: r.cfg.CRLValidity}
-	if old != nil && old.number.Cmp(req.Number) >= 0 {
-		req.Number = new(big.Int).Add(old.number, big.NewInt(1))
-	}
+	req := ca.CRLRequest{Number: nextCRLNumber(old, now), Now: now, Validity: r.cfg.CRLValidity}
 	for _, hexSerial := range serials {
 		n, ok := new(big.Int).SetString(hexSerial, 16)
 		if !ok {

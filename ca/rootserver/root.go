@@ -58,6 +58,11 @@ type Root struct {
 	// issuerCRLs are the CRLs issuers published, by the serial of the
 	// intermediate that signed them; in memory only.
 	issuerCRLs map[string]issuerCRL
+	// leader is whether this replica held the leader lease at the last
+	// check (see leadLocked); storedCRLs are the root CRLs in the store at
+	// the last re-evaluation, by root fingerprint (hex).
+	leader     bool
+	storedCRLs map[string]store.RootCRL
 
 	state atomic.Pointer[state]
 
@@ -66,6 +71,10 @@ type Root struct {
 
 	keysMu  sync.Mutex
 	signers map[string]crypto.Signer
+
+	// leaseMu guards lease, the held leader lease (nil: none).
+	leaseMu sync.Mutex
+	lease   store.Lease
 }
 
 // state is what request handlers read: one consistent view of the roots.
@@ -133,6 +142,10 @@ func New(ctx context.Context, cfg Config) (*Root, error) {
 		return nil, fmt.Errorf("root server: list roots: %w", err)
 	}
 	if len(roots) == 0 {
+		if !r.leadLocked(ctx) {
+			_ = r.Close()
+			return nil, fmt.Errorf("root server: first root: %w", errNotLeader)
+		}
 		rec, err := r.createRootLocked(ctx, 0, "system:root-init", "")
 		if err != nil {
 			_ = r.Close()
@@ -181,6 +194,7 @@ func (r *Root) Run(ctx context.Context) error {
 // Close closes the root keys that need it (Vault clients). Call it after
 // Run, Serve and ServeAdmin have returned.
 func (r *Root) Close() error {
+	r.releaseLease()
 	r.keysMu.Lock()
 	defer r.keysMu.Unlock()
 	var errs []error
@@ -204,11 +218,12 @@ func (r *Root) refresh(ctx context.Context) error {
 }
 
 func (r *Root) refreshLocked(ctx context.Context) error {
+	lead := r.leadLocked(ctx)
 	if err := r.loadLocked(ctx); err != nil {
 		return err
 	}
 	now := r.cfg.Now()
-	if r.cfg.AutoRotate && shouldRotate(r.statuses, now) {
+	if r.cfg.AutoRotate && lead && shouldRotate(r.statuses, now) {
 		rec, err := r.createRootLocked(ctx, r.cfg.PropagationDelay, "system:auto-rotate", "")
 		if err != nil {
 			return fmt.Errorf("automatic root rotation: %w", err)
@@ -280,6 +295,9 @@ func (r *Root) loadLocked(ctx context.Context) error {
 	}
 	revs, err := r.loadRevocations(ctx, now, inters)
 	if err != nil {
+		return err
+	}
+	if err := r.loadStoredCRLsLocked(ctx); err != nil {
 		return err
 	}
 	r.revs, r.revsAt = revs, now
@@ -493,6 +511,9 @@ func (r *Root) rotate(ctx context.Context, delay time.Duration, actor string, fo
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if !r.leadLocked(ctx) {
+		return ca.RootStatus{}, errNotLeader
+	}
 	// Another replica, or the automatic rotation, may have rotated since
 	// the last re-evaluation.
 	if err := r.loadLocked(ctx); err != nil {

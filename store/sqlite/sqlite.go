@@ -104,6 +104,7 @@ func (c Config) Validate() error {
 // use.
 type Store struct {
 	now    func() time.Time
+	path   string  // absolute path of the database file
 	w      *sql.DB // exactly one connection, for every write
 	r      *sql.DB // read-only connections
 	stmts  writeStmts
@@ -160,7 +161,7 @@ func open(ctx context.Context, cfg Config) (_ *Store, err error) {
 		return nil, err
 	}
 
-	s := &Store{now: cfg.Now}
+	s := &Store{now: cfg.Now, path: path}
 	defer func() {
 		if err != nil {
 			s.closeDBs()

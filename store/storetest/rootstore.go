@@ -56,6 +56,8 @@ func RunRootStore(t *testing.T, open func(t *testing.T) RootStoreUnderTest) {
 		{"ConcurrentClusterCredentialSwap", testConcurrentClusterCredentialSwap},
 		{"PinStandaloneRoot", testPinStandaloneRoot},
 		{"ConcurrentPinStandaloneRoot", testConcurrentPinStandaloneRoot},
+		{"LeaderLease", testLeaderLease},
+		{"RootCRLs", testRootCRLs},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

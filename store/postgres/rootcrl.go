@@ -1,0 +1,59 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/meshca/meshca/store"
+)
+
+// PutRootCRL stores c as the CRL of its root unless the stored one has the
+// same or a higher number; then it wraps store.ErrAlreadyExists.
+func (s *Store) PutRootCRL(ctx context.Context, c store.RootCRL) error {
+	if err := s.putRootCRL(ctx, c); err != nil {
+		return fmt.Errorf("postgres: put root CRL %s: %w", c.RootFingerprint, err)
+	}
+	return nil
+}
+
+func (s *Store) putRootCRL(ctx context.Context, c store.RootCRL) error {
+	if c.RootFingerprint == "" || len(c.DER) == 0 || c.Number <= 0 {
+		return errors.New("empty fingerprint, CRL or number")
+	}
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	tag, err := s.pool.Exec(ctx, `INSERT INTO root_crls (root_fingerprint, number, der, updated_at) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (root_fingerprint) DO UPDATE SET number = excluded.number, der = excluded.der, updated_at = excluded.updated_at
+		WHERE root_crls.number < excluded.number`, c.RootFingerprint, c.Number, c.DER, s.now().Unix())
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("a CRL numbered %d or higher is stored: %w", c.Number, store.ErrAlreadyExists)
+	}
+	return nil
+}
+
+// RootCRLs returns the stored root CRLs by root fingerprint.
+func (s *Store) RootCRLs(ctx context.Context) ([]store.RootCRL, error) {
+	if s.closed.Load() {
+		return nil, fmt.Errorf("postgres: root CRLs: %w", store.ErrClosed)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT root_fingerprint, number, der FROM root_crls ORDER BY root_fingerprint`)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: root CRLs: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.RootCRL, error) {
+		var c store.RootCRL
+		err := row.Scan(&c.RootFingerprint, &c.Number, &c.DER)
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: root CRLs: %w", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,55 @@
+package sqlite
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/meshca/meshca/store"
+)
+
+// PutRootCRL stores c as the CRL of its root unless the stored one has the
+// same or a higher number; then it wraps store.ErrAlreadyExists.
+func (s *Store) PutRootCRL(ctx context.Context, c store.RootCRL) error {
+	if err := s.putRootCRL(ctx, c); err != nil {
+		return fmt.Errorf("sqlite: put root CRL %s: %w", c.RootFingerprint, err)
+	}
+	return nil
+}
+
+func (s *Store) putRootCRL(ctx context.Context, c store.RootCRL) error {
+	if c.RootFingerprint == "" || len(c.DER) == 0 || c.Number <= 0 {
+		return errors.New("empty fingerprint, CRL or number")
+	}
+	s.direct.RLock()
+	defer s.direct.RUnlock()
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	res, err := s.w.ExecContext(ctx, `INSERT INTO root_crls (root_fingerprint, number, der, updated_at) VALUES (?, ?, ?, ?)
+		ON CONFLICT (root_fingerprint) DO UPDATE SET number = excluded.number, der = excluded.der, updated_at = excluded.updated_at
+		WHERE root_crls.number < excluded.number`, c.RootFingerprint, c.Number, c.DER, s.now().Unix())
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return fmt.Errorf("a CRL numbered %d or higher is stored: %w", c.Number, store.ErrAlreadyExists)
+	}
+	return nil
+}
+
+// RootCRLs returns the stored root CRLs by root fingerprint.
+func (s *Store) RootCRLs(ctx context.Context) ([]store.RootCRL, error) {
+	if s.closed.Load() {
+		return nil, fmt.Errorf("sqlite: root CRLs: %w", store.ErrClosed)
+	}
+	out, err := collect(ctx, s.r, func(sc scanner) (store.RootCRL, error) {
+		var c store.RootCRL
+		err := sc.Scan(&c.RootFingerprint, &c.Number, &c.DER)
+		return c, err
+	}, `SELECT root_fingerprint, number, der FROM root_crls ORDER BY root_fingerprint`)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: root CRLs: %w", err)
+	}
+	return out, nil
+}
