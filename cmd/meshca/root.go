@@ -85,19 +85,63 @@ func runRoot(ctx context.Context, cfg rootConfig, out io.Writer) error {
 		return err
 	}
 	defer stopCheckpoints()
-	keys := cfg.keys()
 	fetcher, err := newFederationFetcher(cfg.Federation, log)
 	if err != nil {
 		return err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	root, err := rootserver.New(ctx, cfg.serverConfig(db, fetcher, reg, log))
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	var ep *federation.Endpoint
+	if cfg.Federation.Listen != "" {
+		if ep, err = newBundleEndpoint(cfg.Federation, root, log); err != nil {
+			return err
+		}
+	}
+	ls, err := cfg.openListeners(root, ep != nil, log)
+	if err != nil {
+		return err
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return root.Run(ctx) })
+	g.Go(func() error { return root.Serve(ctx, ls.grpc) })
+	g.Go(func() error { return root.ServeAdmin(ctx, ls.admin) })
+	if ls.mtls != nil {
+		g.Go(func() error { return root.ServeAdminMTLS(ctx, ls.adminTLS, ls.mtls) })
+	}
+	g.Go(func() error { return writeBundles(ctx, root, cfg, log) })
+	if fetcher != nil {
+		g.Go(func() error { return fetcher.Run(ctx) })
+	}
+	if ep != nil {
+		g.Go(func() error { return ep.Serve(ctx, ls.federation) })
+	}
+	if cfg.MetricsListen != "" {
+		g.Go(func() error { return serveMetrics(ctx, cfg.MetricsListen, reg) })
+	}
+	log.Info("meshca root serving", "addr", ls.grpc.Addr().String(), "admin_socket", cfg.adminSocket(), "key", cfg.Key.Kind,
+		"federation", cfg.Federation.Listen)
+	fmt.Fprintf(out, "meshca root is serving on %s (TLS); admin socket %s; bundle %s\n", ls.grpc.Addr(), cfg.adminSocket(),
+		filepath.Join(cfg.DataDir, "bundle.pem"))
+	err = g.Wait()
+	log.Info("meshca root stopped")
+	return err
+}
+
+// serverConfig maps cfg to the root server's configuration, over the
+// store db, following the federated bundles of fetcher (nil: none) and
+// registering metrics with reg.
+func (cfg rootConfig) serverConfig(db backend, fetcher *federation.Fetcher, reg *prometheus.Registry, log *slog.Logger) rootserver.Config {
 	var trustDomains []string
 	if cfg.Federation.TrustDomain != "" {
 		trustDomains = append(trustDomains, cfg.Federation.TrustDomain)
 	}
 	rcfg := rootserver.Config{
-		Store: db, Keys: keys, Hosts: cfg.Hosts, IssuerServingNames: cfg.IssuerServingNames, TrustDomains: trustDomains,
+		Store: db, Keys: cfg.keys(), Hosts: cfg.Hosts, IssuerServingNames: cfg.IssuerServingNames, TrustDomains: trustDomains,
 		RootTTL: time.Duration(cfg.RootTTL), IntermediateTTL: time.Duration(cfg.IntermediateTTL),
 		CredentialTTL: time.Duration(cfg.CredentialTTL), PropagationDelay: time.Duration(cfg.Rotation.PropagationDelay),
 		AutoRotate: cfg.autoRotate(), Limits: cfg.Limits.grpclimit(), Registerer: reg, Logger: log,
@@ -110,92 +154,68 @@ func runRoot(ctx context.Context, cfg rootConfig, out io.Writer) error {
 	if fetcher != nil {
 		rcfg.Federated = fetcher
 	}
-	root, err := rootserver.New(ctx, rcfg)
-	if err != nil {
-		return err
-	}
-	defer root.Close()
+	return rcfg
+}
 
-	var ep *federation.Endpoint
-	if cfg.Federation.Listen != "" {
-		if ep, err = newBundleEndpoint(cfg.Federation, root, log); err != nil {
-			return err
+// rootListeners are the root server's listeners; federation, adminTLS
+// and mtls are nil when not configured.
+type rootListeners struct {
+	grpc, admin, adminTLS, federation net.Listener
+	mtls                              *admin.MTLS
+}
+
+func (l rootListeners) close() {
+	for _, lis := range []net.Listener{l.grpc, l.admin, l.adminTLS, l.federation} {
+		if lis != nil {
+			lis.Close()
 		}
 	}
-	var listeners []net.Listener
-	closeAll := func() {
-		for _, l := range listeners {
-			l.Close()
-		}
+}
+
+// openListeners opens the root's listeners (the federation endpoint's
+// when federation); on an error none stays open.
+func (cfg rootConfig) openListeners(root *rootserver.Root, federation bool, log *slog.Logger) (rootListeners, error) {
+	var ls rootListeners
+	fail := func(err error) (rootListeners, error) {
+		ls.close()
+		return rootListeners{}, err
 	}
 	listen := func(addr string) (net.Listener, error) {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
-			closeAll()
 			return nil, fmt.Errorf("listen %s: %w", addr, err)
 		}
-		listeners = append(listeners, l)
 		return l, nil
 	}
-	lis, err := listen(cfg.Listen)
-	if err != nil {
-		return err
+	var err error
+	if ls.grpc, err = listen(cfg.Listen); err != nil {
+		return fail(err)
 	}
-	var fedLis net.Listener
-	if ep != nil {
-		if fedLis, err = listen(cfg.Federation.Listen); err != nil {
-			return err
+	if federation {
+		if ls.federation, err = listen(cfg.Federation.Listen); err != nil {
+			return fail(err)
 		}
 	}
-	var mtls *admin.MTLS
-	var adminTLSLis net.Listener
 	if cfg.Admin.Listen != "" {
 		get, err := root.ServingCertificate()
 		if err != nil {
-			closeAll()
-			return err
+			return fail(err)
 		}
-		if mtls, err = admin.NewMTLS(admin.MTLSConfig{
+		if ls.mtls, err = admin.NewMTLS(admin.MTLSConfig{
 			GetCertificate: get, Roots: root.OwnRoots, Admins: adminIDs(cfg.Admin), Revocations: root, CRLs: root.RootCRLs, Logger: log,
 		}); err != nil {
-			closeAll()
-			return err
+			return fail(err)
 		}
-		if adminTLSLis, err = listen(cfg.Admin.Listen); err != nil {
-			return err
+		if ls.adminTLS, err = listen(cfg.Admin.Listen); err != nil {
+			return fail(err)
 		}
 	}
 	ucfg := cfg.AdminSocketAllow.unixConfig(cfg.adminSocket())
 	ucfg.Logger = log
-	adminLis, err := ucfg.Listen()
-	if err != nil {
-		closeAll()
-		return err
+	if ls.admin, err = ucfg.Listen(); err != nil {
+		return fail(err)
 	}
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return root.Run(ctx) })
-	g.Go(func() error { return root.Serve(ctx, lis) })
-	g.Go(func() error { return root.ServeAdmin(ctx, adminLis) })
-	if mtls != nil {
-		g.Go(func() error { return root.ServeAdminMTLS(ctx, adminTLSLis, mtls) })
-	}
-	g.Go(func() error { return writeBundles(ctx, root, cfg, log) })
-	if fetcher != nil {
-		g.Go(func() error { return fetcher.Run(ctx) })
-	}
-	if ep != nil {
-		g.Go(func() error { return ep.Serve(ctx, fedLis) })
-	}
-	if cfg.MetricsListen != "" {
-		g.Go(func() error { return serveMetrics(ctx, cfg.MetricsListen, reg) })
-	}
-	log.Info("meshca root serving", "addr", lis.Addr().String(), "admin_socket", cfg.adminSocket(), "key", cfg.Key.Kind,
-		"federation", cfg.Federation.Listen)
-	fmt.Fprintf(out, "meshca root is serving on %s (TLS); admin socket %s; bundle %s\n", lis.Addr(), cfg.adminSocket(),
-		filepath.Join(cfg.DataDir, "bundle.pem"))
-	err = g.Wait()
-	log.Info("meshca root stopped")
-	return err
+	return ls, nil
 }
 
 // writeBundles keeps DATA_DIR/bundle.pem (the roots, for issuers'

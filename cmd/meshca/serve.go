@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -17,11 +16,9 @@ import (
 
 	"github.com/google/renameio/v2"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/admin"
 	"github.com/meshca/meshca/internal/datadir"
 	"github.com/meshca/meshca/issuer"
 )
@@ -155,102 +152,23 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 		return err
 	}
 	defer stopCheckpoints()
-	revs := db
-	deny, err := issuer.NewDenyList(issuer.DenyListConfig{
-		Store: revs, Cluster: s.cluster, PollInterval: time.Duration(s.revocation.PollInterval),
-		MaxStale: time.Duration(s.revocation.MaxStale), Logger: log,
-	})
+	p, err := s.build(ctx, td, src, att, db, log)
 	if err != nil {
 		return err
 	}
-	if err := deny.Refresh(ctx); err != nil {
-		return fmt.Errorf("load the deny-list: %w", err)
-	}
-	iss, err := issuer.New(issuer.Config{
-		TrustDomain: td, Cluster: s.cluster, Authority: src.authority, Bundle: src.roots, Attestor: att, Recorder: db,
-		DefaultTTL: s.leafTTL, MinTTL: s.leafMinTTL, MaxTTL: s.leafMaxTTL, DenyList: deny, Logger: log,
-	})
+	ls, err := s.openListeners(p.mtls != nil, log)
 	if err != nil {
 		return err
-	}
-	crls, err := issuer.NewCRLSigner(issuer.CRLSignerConfig{
-		Issuer: iss, DenyList: deny, Store: db, Validity: time.Duration(s.revocation.CRLValidity), Roots: src.crlRoots(), Publisher: src.publisher(), Logger: log,
-	})
-	if err != nil {
-		return err
-	}
-	adminSrv, err := issuer.NewAdminServer(issuer.AdminConfig{
-		TrustDomain: td, Cluster: s.cluster, Store: revs, DenyList: deny, Root: src.localRoot, Logger: log,
-	})
-	if err != nil {
-		return err
-	}
-	loop, err := issuer.NewIntermediates(issuer.IntermediatesConfig{Issuer: iss, Root: src.root, Bundle: src.bundle, Logger: log})
-	if err != nil {
-		return err
-	}
-	relayed := src.relayed(loop)
-	srv, err := issuer.NewServer(issuer.ServerConfig{Issuer: iss, Hosts: s.hosts, CRLs: crls, Bundles: relayed, Limits: s.limits.grpclimit()})
-	if err != nil {
-		return err
-	}
-	var mtls *admin.MTLS
-	if s.adminTLS.Listen != "" {
-		if mtls, err = admin.NewMTLS(admin.MTLSConfig{
-			GetCertificate: srv.GetCertificate, Roots: iss.Bundle, Admins: adminIDs(s.adminTLS), Revocations: deny,
-			CRLs: func() []ca.CRL { return adminCRLs(crls, relayed, td) }, Logger: log,
-		}); err != nil {
-			return err
-		}
-	}
-	var listeners []net.Listener
-	closeAll := func() {
-		for _, l := range listeners {
-			l.Close()
-		}
-	}
-	lis, err := net.Listen("tcp", s.listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	listeners = append(listeners, lis)
-	ucfg := s.adminSocketAllow.unixConfig(s.adminSocketPath())
-	ucfg.Logger = log
-	adminLis, err := ucfg.Listen()
-	if err != nil {
-		closeAll()
-		return err
-	}
-	listeners = append(listeners, adminLis)
-	var adminTLSLis net.Listener
-	if mtls != nil {
-		if adminTLSLis, err = net.Listen("tcp", s.adminTLS.Listen); err != nil {
-			closeAll()
-			return fmt.Errorf("admin listen: %w", err)
-		}
-		listeners = append(listeners, adminTLSLis)
 	}
 	bundlePath := filepath.Join(s.dataDir, "bundle.pem")
 	if err := renameio.WriteFile(bundlePath, src.roots.PEM(), 0o644); err != nil {
-		closeAll()
+		ls.close()
 		return fmt.Errorf("write bundle: %w", err)
 	}
-	log.Info(s.name+" serving", "addr", lis.Addr().String(), "trust_domain", td.Name(), "cluster", s.cluster,
+	log.Info(s.name+" serving", "addr", ls.grpc.Addr().String(), "trust_domain", td.Name(), "cluster", s.cluster,
 		"root_expires", src.rootExpires, "intermediate_expires", src.authority.Certificate.NotAfter, "upstream", s.upstream.Address)
-	s.banner(out, lis.Addr().String(), bundlePath)
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return srv.Serve(gctx, lis) })
-	g.Go(func() error { return deny.Run(gctx) })
-	g.Go(func() error { return crls.Run(gctx) })
-	g.Go(func() error { return adminSrv.ServeUnix(gctx, adminLis) })
-	if adminTLSLis != nil {
-		g.Go(func() error { return adminSrv.ServeMTLS(gctx, adminTLSLis, mtls) })
-	}
-	g.Go(func() error { return loop.Run(gctx) })
-	if relayed != nil {
-		g.Go(func() error { followBundle(gctx, relayed, bundlePath, log); return nil })
-	}
-	if err := g.Wait(); err != nil {
+	s.banner(out, ls.grpc.Addr().String(), bundlePath)
+	if err := p.run(ctx, ls, bundlePath, log); err != nil {
 		return err
 	}
 	log.Info(s.name + " stopped")
