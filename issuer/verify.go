@@ -35,7 +35,7 @@ import (
 // the signer produced), and the intermediate's own chain to the bundle was
 // verified in SetAuthority. A signature check is the most expensive step of
 // issuance, so doing it once instead of twice is worth a fifth of the
-// issuer's CPU (docs/benchmarks.md, issue 2).
+// issuer's CPU (docs/benchmarks.md, issuance section).
 func (s *signing) verify(leaf *x509.Certificate, pub crypto.PublicKey, id spiffeid.ID, now time.Time) error {
 	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id.String() {
 		return fmt.Errorf("leaf URI SANs %v, want exactly %s", leaf.URIs, id)

@@ -22,7 +22,7 @@ type GroupCommitConfig struct {
 	// up while the previous transaction commits, but a fast commit leaves
 	// them small, and each transaction costs CPU (SQLite's fsync): waiting a
 	// few milliseconds under load multiplies the batch size
-	// (docs/benchmarks.md, issue 2). Negative is invalid.
+	// (docs/benchmarks.md, issuance section). Negative is invalid.
 	MaxWait time.Duration
 }
 

@@ -27,7 +27,7 @@ import (
 // set. Issuance allocates tens of kilobytes of short-lived garbage per
 // certificate over a live heap of a few tens of megabytes, so the default
 // 100 collects several times a second under load; 400 cuts that fourfold
-// for a heap a few times larger (docs/benchmarks.md, issue 2). The agent,
+// for a heap a few times larger (docs/benchmarks.md, "Issuance through the whole gRPC path"). The agent,
 // which must stay small, keeps Go's default.
 const issuerGCPercent = 400
 

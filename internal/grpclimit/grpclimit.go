@@ -11,6 +11,7 @@
 package grpclimit
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -117,30 +118,18 @@ func (c Config) Validate() error {
 }
 
 func (c Config) withDefaults() Config {
-	def := func(v *int, d int) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	def(&c.MaxConnections, DefaultMaxConnections)
-	def(&c.MaxConnectionsPerPeer, DefaultMaxConnectionsPerPeer)
-	def(&c.MaxWatches, DefaultMaxWatches)
-	def(&c.MaxWatchesPerPeer, DefaultMaxWatchesPerPeer)
-	if c.MaxStreamsPerConnection == 0 {
-		c.MaxStreamsPerConnection = DefaultMaxStreamsPerConnection
-	}
-	defDur := func(v *time.Duration, d time.Duration) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	defDur(&c.MaxConnectionIdle, DefaultMaxConnectionIdle)
-	defDur(&c.MaxConnectionAge, DefaultMaxConnectionAge)
-	defDur(&c.MaxConnectionAgeGrace, DefaultMaxConnectionAgeGrace)
-	defDur(&c.KeepaliveTime, DefaultKeepaliveTime)
-	defDur(&c.KeepaliveTimeout, DefaultKeepaliveTimeout)
-	defDur(&c.MinPingInterval, DefaultMinPingInterval)
-	defDur(&c.HandshakeTimeout, DefaultHandshakeTimeout)
+	c.MaxConnections = cmp.Or(c.MaxConnections, DefaultMaxConnections)
+	c.MaxConnectionsPerPeer = cmp.Or(c.MaxConnectionsPerPeer, DefaultMaxConnectionsPerPeer)
+	c.MaxWatches = cmp.Or(c.MaxWatches, DefaultMaxWatches)
+	c.MaxWatchesPerPeer = cmp.Or(c.MaxWatchesPerPeer, DefaultMaxWatchesPerPeer)
+	c.MaxStreamsPerConnection = cmp.Or(c.MaxStreamsPerConnection, DefaultMaxStreamsPerConnection)
+	c.MaxConnectionIdle = cmp.Or(c.MaxConnectionIdle, DefaultMaxConnectionIdle)
+	c.MaxConnectionAge = cmp.Or(c.MaxConnectionAge, DefaultMaxConnectionAge)
+	c.MaxConnectionAgeGrace = cmp.Or(c.MaxConnectionAgeGrace, DefaultMaxConnectionAgeGrace)
+	c.KeepaliveTime = cmp.Or(c.KeepaliveTime, DefaultKeepaliveTime)
+	c.KeepaliveTimeout = cmp.Or(c.KeepaliveTimeout, DefaultKeepaliveTimeout)
+	c.MinPingInterval = cmp.Or(c.MinPingInterval, DefaultMinPingInterval)
+	c.HandshakeTimeout = cmp.Or(c.HandshakeTimeout, DefaultHandshakeTimeout)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}

@@ -74,7 +74,7 @@ type Config struct {
 // whatever its size (the fsync, the WAL header, the transaction), and
 // without the wait batches under load average under two writes; with it
 // they hold twenty to thirty, and issuance through gRPC with SQLite takes
-// about a third less time per certificate (docs/benchmarks.md, issue 2). A lightly loaded store
+// about a third less time per certificate (docs/benchmarks.md, issuance section). A lightly loaded store
 // never waits (see store.GroupCommitConfig.MaxWait).
 const DefaultCommitWait = 5 * time.Millisecond
 

@@ -6,7 +6,7 @@
 // (agent/sdstest) — in one process on loopback and Unix sockets. It has no
 // non-test code.
 //
-// BenchmarkRevokeToSDS measures issue 7's target "time from `meshca admin
+// BenchmarkRevokeToSDS measures the revocation target "time from `meshca admin
 // revoke` to the CRL on 100 agents' SDS streams, p99 ≤ 2 s". Run it with a
 // bounded number of revocations, as `make bench` does:
 //

@@ -12,7 +12,7 @@ import (
 	"github.com/meshca/meshca/ca"
 )
 
-// revokeTarget is issue 7's target: the p99 time from `meshca admin
+// revokeTarget is the revocation target: the p99 time from `meshca admin
 // revoke` to the CRL on 100 agents' SDS streams.
 const revokeTarget = 2 * time.Second
 
@@ -21,7 +21,7 @@ const revokeTarget = 2 * time.Second
 // machine too loaded to say anything) trips it.
 const benchRoundTimeout = 30 * time.Second
 
-// BenchmarkRevokeToSDS measures issue 7's target: 100 agents of one issuer,
+// BenchmarkRevokeToSDS measures the revocation target: 100 agents of one issuer,
 // each with an Envoy subscribed to ROOTCA on its SDS socket; each iteration
 // issues a certificate (untimed), revokes its serial on the issuer's admin
 // socket, and waits until every stream has received a ROOTCA whose CRL

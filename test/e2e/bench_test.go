@@ -38,7 +38,7 @@ const (
 	benchRoundOps = 2000
 )
 
-// BenchmarkIssuanceRatio measures issue 2's target: issuance through the
+// BenchmarkIssuanceRatio measures the issuance target (at least 0.6 of the crypto floor): issuance through the
 // whole path as a share of the crypto floor, with the issuer in its own
 // process as deployed. `meshca dev` (TLS, cached dev-token attestation, CSR
 // checks, signing, verification, SQLite with synchronous=FULL, a log line
