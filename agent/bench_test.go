@@ -12,7 +12,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 
 	"github.com/meshca/meshca/agent/sdstest"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // BenchmarkSDSRotationPush measures, per rotation, the time from Publish to
@@ -30,7 +30,7 @@ func BenchmarkSDSRotationPush(b *testing.B) {
 }
 
 func benchPush(b *testing.B, streams int) {
-	tree := catest.New(b, catest.Options{})
+	tree := testkit.New(b, testkit.Options{})
 	snaps := []*Snapshot{
 		mustSnapshot(b, newSVID(b, tree, webID, time.Hour), tree.Bundle),
 		mustSnapshot(b, newSVID(b, tree, webID, time.Hour), tree.Bundle),

@@ -15,7 +15,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // fakeBundleSource hands out scripted streams: each WatchBundle call takes
@@ -150,7 +150,7 @@ func ownBundle(seq uint64, roots ...*x509.Certificate) *meshcav1.Bundle {
 
 func TestBundleWatcherAppliesBundles(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		root := catest.New(t, catest.Options{}).Root.Certificate
+		root := testkit.New(t, testkit.Options{}).Root.Certificate
 		malformed := &meshcav1.Bundle{Sequence: 7, TrustDomains: []*meshcav1.TrustDomainBundle{{TrustDomain: "cluster.local", X509Authorities: [][]byte{[]byte("junk")}}}}
 		onlyFederated := &meshcav1.Bundle{Sequence: 8, TrustDomains: []*meshcav1.TrustDomainBundle{{TrustDomain: "other.example", X509Authorities: derOf(root), Federated: true}}}
 		src := &fakeBundleSource{streams: []fakeOpen{{stream: &fakeBundleStream{
@@ -216,7 +216,7 @@ func TestBundleWatcherStopsWhenUnimplemented(t *testing.T) {
 
 func TestBundleWatcherReconnectsWithBackoff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		root := catest.New(t, catest.Options{}).Root.Certificate
+		root := testkit.New(t, testkit.Options{}).Root.Certificate
 		unavailable := fakeOpen{err: status.Error(codes.Unavailable, "connection refused")}
 		src := &fakeBundleSource{streams: []fakeOpen{
 			unavailable, unavailable, unavailable, unavailable, unavailable, unavailable, unavailable,

@@ -23,7 +23,7 @@ import (
 	"github.com/meshca/meshca/agent/sdstest"
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // signCRL has a sign a CRL numbered number at now, valid for validity,
@@ -146,7 +146,7 @@ func recvUntil[T any](t *testing.T, recv func() (T, error), what string, ok func
 // applied and certificates keep rotating.
 func TestAgentServesCRLs(t *testing.T) {
 	now := time.Now()
-	tree := catest.New(t, catest.Options{Now: now.Add(-time.Hour)})
+	tree := testkit.New(t, testkit.Options{Now: now.Add(-time.Hour)})
 	fi := newFakeIssuer(t, tree, true)
 	root := tree.Root.Certificate
 	bundle := func(seq uint64, federated map[string][]*x509.Certificate, crls ...ca.CRL) *meshcav1.Bundle {
@@ -219,7 +219,7 @@ func TestAgentServesCRLs(t *testing.T) {
 	// by an unknown CA and a stale one of the intermediate (numbered
 	// higher than CRL 2): those three are dropped, logged and counted;
 	// the federated domain and CRL 2 are served; rotation goes on.
-	foreign, err := ca.NewRoot(ca.RootConfig{Signer: catest.Key(t, "crl-foreign-root"), CommonName: "foreign root", Now: now.Add(-time.Hour)})
+	foreign, err := ca.NewRoot(ca.RootConfig{Signer: testkit.Key(t, "crl-foreign-root"), CommonName: "foreign root", Now: now.Add(-time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +271,7 @@ func TestManagerCRLs(t *testing.T) {
 		reg := prometheus.NewRegistry()
 		f := startManager(t, func(c *ManagerConfig) { c.Registerer = reg })
 		t.Cleanup(f.mgr.Stop)
-		fed, err := ca.NewRoot(ca.RootConfig{Signer: catest.Key(t, "crl-fed-root"), CommonName: "federated root"})
+		fed, err := ca.NewRoot(ca.RootConfig{Signer: testkit.Key(t, "crl-fed-root"), CommonName: "federated root"})
 		if err != nil {
 			t.Fatal(err)
 		}

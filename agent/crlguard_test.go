@@ -17,7 +17,7 @@ import (
 	"github.com/meshca/meshca/agent/sdstest"
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // rejectedBundles returns the value of BundleRejectedMetricName for reason.
@@ -34,7 +34,7 @@ func rejectedBundles(t testing.TB, g prometheus.Gatherer, reason string) float64
 // and SDS and the Workload API keep CRL 200 until CRL 300 arrives.
 func TestAgentRefusesCRLRollback(t *testing.T) {
 	now := time.Now()
-	tree := catest.New(t, catest.Options{Now: now.Add(-time.Hour)})
+	tree := testkit.New(t, testkit.Options{Now: now.Add(-time.Hour)})
 	fi := newFakeIssuer(t, tree, true)
 	root := tree.Root.Certificate
 	bundle := func(crls ...ca.CRL) *meshcav1.Bundle {

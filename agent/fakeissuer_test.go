@@ -28,7 +28,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // fakeIssuer serves the Istio CA API and, unless built without it,
@@ -79,7 +79,7 @@ func (fi *fakeIssuer) received() (calls, tokens int) {
 
 // newFakeIssuer starts a fake issuer for tree until the test ends. With
 // bundles false it does not register BundleService, like a plain Istio CA.
-func newFakeIssuer(t *testing.T, tree *catest.Tree, bundles bool) *fakeIssuer {
+func newFakeIssuer(t *testing.T, tree *testkit.Tree, bundles bool) *fakeIssuer {
 	t.Helper()
 	fi := &fakeIssuer{changed: make(chan struct{}), bundleFile: filepath.Join(t.TempDir(), "bundle.pem")}
 	fi.setCA(t, tree.Root, tree.Intermediate)
@@ -278,7 +278,7 @@ func derOf(certs ...*x509.Certificate) [][]byte {
 // federatedRoot returns a root CA for another mesh, named name.
 func federatedRoot(t testing.TB, name string) *x509.Certificate {
 	t.Helper()
-	r, err := ca.NewRoot(ca.RootConfig{Signer: catest.Key(t, "federated-"+name), CommonName: name + " root"})
+	r, err := ca.NewRoot(ca.RootConfig{Signer: testkit.Key(t, "federated-"+name), CommonName: name + " root"})
 	if err != nil {
 		t.Fatal(err)
 	}

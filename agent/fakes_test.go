@@ -12,13 +12,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
-// fakeFetcher issues certificates from a catest tree at time.Now() (fake
+// fakeFetcher issues certificates from a testkit tree at time.Now() (fake
 // time inside a synctest bubble), or fails with err while it is set.
 type fakeFetcher struct {
-	tree *catest.Tree
+	tree *testkit.Tree
 	id   spiffeid.ID
 	// ttl applies when Fetch is asked for 0.
 	ttl time.Duration

@@ -16,7 +16,7 @@ import (
 
 	"github.com/meshca/meshca/agent/sdstest"
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 var otherTD = spiffeid.RequireTrustDomainFromString("other.example")
@@ -80,7 +80,7 @@ func waitSource(t *testing.T, src *workloadapi.X509Source, td spiffeid.TrustDoma
 // publishes a trust bundle with a federated trust domain, then a new own
 // root, then switches to that root.
 func TestAgentFollowsIssuerBundle(t *testing.T) {
-	tree := catest.New(t, catest.Options{})
+	tree := testkit.New(t, testkit.Options{})
 	fi := newFakeIssuer(t, tree, true)
 	fed1, fed2 := federatedRoot(t, "fed1"), federatedRoot(t, "fed2")
 	root1 := tree.Root.Certificate
@@ -188,7 +188,7 @@ func TestAgentFollowsIssuerBundle(t *testing.T) {
 // Istio CA) stops the watch once, with one INFO line; the agent keeps
 // renewing and serving the CA bundle file's roots.
 func TestAgentWithoutBundleService(t *testing.T) {
-	tree := catest.New(t, catest.Options{})
+	tree := testkit.New(t, testkit.Options{})
 	fi := newFakeIssuer(t, tree, false)
 	ra := startAgent(t, fi.addr, fi.bundleFile, dummyToken(t), 2*time.Second)
 	line := ra.logs.waitFor(t, "does not publish trust bundles")
@@ -215,7 +215,7 @@ func TestAgentWithoutBundleService(t *testing.T) {
 // TestAgentBundleWatchDisabled: with DisableBundleWatch the issuer is
 // never asked for bundles.
 func TestAgentBundleWatchDisabled(t *testing.T) {
-	tree := catest.New(t, catest.Options{})
+	tree := testkit.New(t, testkit.Options{})
 	fi := newFakeIssuer(t, tree, true)
 	fi.pushBundle(trustBundle(10, "cluster.local", []*x509.Certificate{tree.Root.Certificate}, map[string][]*x509.Certificate{"other.example": {federatedRoot(t, "fed1")}}))
 	dir := t.TempDir()

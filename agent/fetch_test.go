@@ -12,20 +12,20 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // otherTree is a root and intermediate with keys of their own, unrelated to
-// catest's trees (which share one root key).
+// testkit's trees (which share one root key).
 func otherTree(t *testing.T) (root, inter *ca.Authority) {
 	t.Helper()
-	root, err := ca.NewRoot(ca.RootConfig{Signer: catest.Key(t, "fetch-other-root"), CommonName: "other root"})
+	root, err := ca.NewRoot(ca.RootConfig{Signer: testkit.Key(t, "fetch-other-root"), CommonName: "other root"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ikey := catest.Key(t, "fetch-other-intermediate")
-	td := catest.New(t, catest.Options{}).TrustDomain
-	icert, err := root.SignIntermediate(ca.IntermediateRequest{PublicKey: ikey.Public(), TrustDomain: td, Cluster: "test", ServingNames: catest.TestServingNames, TTL: 24 * time.Hour})
+	ikey := testkit.Key(t, "fetch-other-intermediate")
+	td := testkit.New(t, testkit.Options{}).TrustDomain
+	icert, err := root.SignIntermediate(ca.IntermediateRequest{PublicKey: ikey.Public(), TrustDomain: td, Cluster: "test", ServingNames: testkit.TestServingNames, TTL: 24 * time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func pemStrings(certs ...*x509.Certificate) []string {
 }
 
 func TestVerifyResponse(t *testing.T) {
-	tree := catest.New(t, catest.Options{})
+	tree := testkit.New(t, testkit.Options{})
 	otherRootCA, otherInter := otherTree(t)
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -100,7 +100,7 @@ func TestVerifyResponse(t *testing.T) {
 }
 
 func TestClientSetRoots(t *testing.T) {
-	tree := catest.New(t, catest.Options{})
+	tree := testkit.New(t, testkit.Options{})
 	c, err := NewClient(ClientConfig{Address: "127.0.0.1:1", Roots: tree.Bundle})
 	if err != nil {
 		t.Fatal(err)

@@ -22,7 +22,7 @@ import (
 
 	"github.com/meshca/meshca/agent/sdstest"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/internal/unixsock"
 )
 
@@ -33,13 +33,13 @@ var webID = spiffeid.RequireFromString("spiffe://cluster.local/ns/default/sa/web
 
 // newSVID issues a certificate for id from tree, valid for ttl from now
 // (backdated 30 s, as the issuer does).
-func newSVID(t testing.TB, tree *catest.Tree, id spiffeid.ID, ttl time.Duration) *SVID {
+func newSVID(t testing.TB, tree *testkit.Tree, id spiffeid.ID, ttl time.Duration) *SVID {
 	t.Helper()
 	return newSVIDAt(t, tree, id, time.Now(), ttl)
 }
 
 // newSVIDAt is newSVID issued at now.
-func newSVIDAt(t testing.TB, tree *catest.Tree, id spiffeid.ID, now time.Time, ttl time.Duration) *SVID {
+func newSVIDAt(t testing.TB, tree *testkit.Tree, id spiffeid.ID, now time.Time, ttl time.Duration) *SVID {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -62,9 +62,9 @@ func mustSnapshot(t testing.TB, svid *SVID, b *ca.Bundle) *Snapshot {
 }
 
 // otherRoot returns a bundle of tree's root plus a second, unrelated root.
-func otherRoot(t testing.TB, tree *catest.Tree) (*ca.Bundle, *x509.Certificate) {
+func otherRoot(t testing.TB, tree *testkit.Tree) (*ca.Bundle, *x509.Certificate) {
 	t.Helper()
-	other, err := ca.NewRoot(ca.RootConfig{Signer: catest.Key(t, "other-root"), CommonName: "other root"})
+	other, err := ca.NewRoot(ca.RootConfig{Signer: testkit.Key(t, "other-root"), CommonName: "other root"})
 	if err != nil {
 		t.Fatal(err)
 	}

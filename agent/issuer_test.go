@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/attest"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/store/sqlite"
 )
@@ -21,7 +21,7 @@ import (
 // attestation of dev tokens, SQLite — that a test can stop and start again
 // on the same address. Leaves may live as little as one second.
 type testIssuer struct {
-	tree       *catest.Tree
+	tree       *testkit.Tree
 	iss        *issuer.Issuer
 	signer     *attest.DevSigner
 	addr       string // fixed by the first start
@@ -32,7 +32,7 @@ type testIssuer struct {
 func newTestIssuer(t *testing.T) *testIssuer {
 	t.Helper()
 	dir := t.TempDir()
-	ti := &testIssuer{tree: catest.New(t, catest.Options{}), bundleFile: filepath.Join(dir, "bundle.pem")}
+	ti := &testIssuer{tree: testkit.New(t, testkit.Options{}), bundleFile: filepath.Join(dir, "bundle.pem")}
 	var err error
 	if ti.signer, err = attest.LoadOrCreateDevSigner(dir); err != nil {
 		t.Fatal(err)

@@ -15,7 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 var adminID = spiffeid.RequireFromString("spiffe://cluster.local/ns/ops/sa/admin")
@@ -49,7 +49,7 @@ func urls(ids ...spiffeid.ID) []*url.URL {
 // the digitalSignature usage, one with two identities. The agent serves
 // none of them, says why in its log and its readiness, and keeps retrying.
 func TestAgentRefusesWrongLeaf(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: time.Now().Add(-time.Hour)})
+	tree := testkit.New(t, testkit.Options{Now: time.Now().Add(-time.Hour)})
 	for _, tc := range []struct {
 		name string
 		tmpl x509.Certificate
@@ -84,7 +84,7 @@ func TestAgentRefusesWrongLeaf(t *testing.T) {
 // brings another identity than the first certificate's is refused, and the
 // agent keeps serving the certificate it has.
 func TestAgentPinsIdentity(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: time.Now().Add(-time.Hour)})
+	tree := testkit.New(t, testkit.Options{Now: time.Now().Add(-time.Hour)})
 	fi := newFakeIssuer(t, tree, false)
 	ra := startAgentWith(t, fi.addr, fi.bundleFile, dummyToken(t), 2*time.Second, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)

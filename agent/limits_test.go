@@ -11,7 +11,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // TestStreamLimits opens more Workload API and SDS streams and connections
@@ -20,7 +20,7 @@ import (
 // logged once, and the agent keeps serving what it admitted and admits
 // again once streams end.
 func TestStreamLimits(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: time.Now().Add(-time.Hour)})
+	tree := testkit.New(t, testkit.Options{Now: time.Now().Add(-time.Hour)})
 	fi := newFakeIssuer(t, tree, false)
 	ra := startAgentWith(t, fi.addr, fi.bundleFile, dummyToken(t), time.Hour, func(c *Config) {
 		c.Limits = StreamLimits{MaxStreams: 3, MaxConnections: 2}

@@ -20,7 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/rotation"
 )
 
@@ -28,7 +28,7 @@ import (
 // fetcher. It must be built inside a synctest bubble: the loop runs on fake
 // time, so hours pass in milliseconds.
 type managerFixture struct {
-	tree       *catest.Tree
+	tree       *testkit.Tree
 	fetcher    *fakeFetcher
 	pub        *Publisher
 	mgr        *Manager
@@ -42,7 +42,7 @@ func startManager(t *testing.T, tweak func(*ManagerConfig)) *managerFixture {
 	t.Helper()
 	dir := t.TempDir()
 	f := &managerFixture{
-		tree: catest.New(t, catest.Options{Now: time.Now()}), pub: NewPublisher(), logs: &logBuffer{},
+		tree: testkit.New(t, testkit.Options{Now: time.Now()}), pub: NewPublisher(), logs: &logBuffer{},
 		tokenFile: filepath.Join(dir, "token"), bundleFile: filepath.Join(dir, "bundle.pem"), outDir: filepath.Join(dir, "out"),
 	}
 	f.fetcher = &fakeFetcher{tree: f.tree, id: webID, ttl: time.Hour}
@@ -229,7 +229,7 @@ func TestManagerBundleChanges(t *testing.T) {
 
 		// The fetcher reports one more verified root (the real fetcher
 		// returns the configured roots; a bundle watch will add others).
-		other, err := ca.NewRoot(ca.RootConfig{Signer: catest.Key(t, "response-root"), CommonName: "new root"})
+		other, err := ca.NewRoot(ca.RootConfig{Signer: testkit.Key(t, "response-root"), CommonName: "new root"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -298,7 +298,7 @@ func TestHealthHandler(t *testing.T) {
 			body, _ := io.ReadAll(rec.Body)
 			return rec.Code, string(body)
 		}
-		tree := catest.New(t, catest.Options{Now: time.Now()})
+		tree := testkit.New(t, testkit.Options{Now: time.Now()})
 		dir := t.TempDir()
 		writeTestFile(t, filepath.Join(dir, "b.pem"), string(tree.Bundle.PEM()))
 		fetcher := &fakeFetcher{tree: tree, id: webID, ttl: time.Hour}

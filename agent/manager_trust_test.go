@@ -12,14 +12,14 @@ import (
 	"go.step.sm/crypto/pemutil"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 func TestManagerSetTrustBundle(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := startManager(t, func(c *ManagerConfig) { c.OutputDir = filepath.Join(filepath.Dir(c.TokenFile), "out") })
 		fileRoot := f.tree.Root.Certificate
-		newRoot, err := ca.NewRoot(ca.RootConfig{Signer: catest.Key(t, "manager-new-root"), CommonName: "new root"})
+		newRoot, err := ca.NewRoot(ca.RootConfig{Signer: testkit.Key(t, "manager-new-root"), CommonName: "new root"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -122,15 +122,15 @@ func TestManagerAcceptsOnlyVouchedTrust(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := startManager(t, nil)
 		fileRoot := f.tree.Root
-		newRoot, err := ca.NewRoot(ca.RootConfig{Signer: catest.Key(t, "vouch-new-root"), CommonName: "new root"})
+		newRoot, err := ca.NewRoot(ca.RootConfig{Signer: testkit.Key(t, "vouch-new-root"), CommonName: "new root"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		rogue, err := ca.NewRoot(ca.RootConfig{Signer: catest.Key(t, "vouch-rogue-root"), CommonName: "rogue root"})
+		rogue, err := ca.NewRoot(ca.RootConfig{Signer: testkit.Key(t, "vouch-rogue-root"), CommonName: "rogue root"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		fedRoot, err := ca.NewRoot(ca.RootConfig{Signer: catest.Key(t, "vouch-fed-root"), CommonName: "federated root"})
+		fedRoot, err := ca.NewRoot(ca.RootConfig{Signer: testkit.Key(t, "vouch-fed-root"), CommonName: "federated root"})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -19,7 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // probeEnv names the Workload API socket a re-executed test binary probes
@@ -117,7 +117,7 @@ const nobody = 65534
 // gets nothing, and gets the identity only when the socket's group or mode
 // lets it in and the peer check (when configured) names it.
 func TestWorkloadSocketOtherUsers(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: time.Now().Add(-time.Hour)})
+	tree := testkit.New(t, testkit.Options{Now: time.Now().Add(-time.Hour)})
 	fi := newFakeIssuer(t, tree, false)
 	if os.Geteuid() != 0 {
 		// Playing another user takes root. Without it, check that the
@@ -171,7 +171,7 @@ func TestWorkloadSocketOtherUsers(t *testing.T) {
 // name the test's own uid refuses it on both sockets, with an opaque
 // error, and the agent keeps serving the uids it names.
 func TestSocketPeerCheck(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: time.Now().Add(-time.Hour)})
+	tree := testkit.New(t, testkit.Options{Now: time.Now().Add(-time.Hour)})
 	fi := newFakeIssuer(t, tree, false)
 	me := os.Geteuid()
 	ra := startAgentWith(t, fi.addr, fi.bundleFile, dummyToken(t), time.Hour, func(c *Config) {

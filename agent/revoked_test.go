@@ -9,7 +9,7 @@ import (
 
 	"github.com/meshca/meshca/agent/sdstest"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // TestAgentRenewsRevokedCertificate: the issuer relays a CRL that lists
@@ -19,7 +19,7 @@ import (
 // revocation once. A CRL revoking another serial changes nothing.
 func TestAgentRenewsRevokedCertificate(t *testing.T) {
 	now := time.Now()
-	tree := catest.New(t, catest.Options{Now: now.Add(-time.Hour)})
+	tree := testkit.New(t, testkit.Options{Now: now.Add(-time.Hour)})
 	fi := newFakeIssuer(t, tree, true)
 	root := tree.Root.Certificate
 	crl := func(number int64, serials ...*big.Int) ca.CRL {

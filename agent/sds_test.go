@@ -20,13 +20,13 @@ import (
 
 	"github.com/meshca/meshca/agent/sdstest"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // sdsFixture is an SDS server over a Publisher, with a CA tree to make
 // certificates and a log to inspect.
 type sdsFixture struct {
-	tree *catest.Tree
+	tree *testkit.Tree
 	pub  *Publisher
 	path string
 	logs *logBuffer
@@ -34,7 +34,7 @@ type sdsFixture struct {
 
 func newSDSFixture(t *testing.T) *sdsFixture {
 	t.Helper()
-	f := &sdsFixture{tree: catest.New(t, catest.Options{}), pub: NewPublisher(), logs: &logBuffer{}}
+	f := &sdsFixture{tree: testkit.New(t, testkit.Options{}), pub: NewPublisher(), logs: &logBuffer{}}
 	f.path = startSDS(t, f.pub, f.logs.logger())
 	return f
 }
@@ -133,7 +133,7 @@ func TestSDSWaitsForCertificate(t *testing.T) {
 
 func TestSDSExpiredCertificateIsNotServed(t *testing.T) {
 	f := newSDSFixture(t)
-	f.tree = catest.New(t, catest.Options{Now: time.Now().Add(-3 * time.Hour)})
+	f.tree = testkit.New(t, testkit.Options{Now: time.Now().Add(-3 * time.Hour)})
 	expired := newSVIDAt(t, f.tree, webID, time.Now().Add(-2*time.Hour), time.Hour)
 	f.pub.Publish(mustSnapshot(t, expired, f.tree.Bundle))
 	s := subscribe(t, envoy(t, f.path, "node"), ResourceDefault)
@@ -371,7 +371,7 @@ func TestSDSDeltaSecretsUnimplemented(t *testing.T) {
 }
 
 func TestSDSShutdownEndsStreamsCleanly(t *testing.T) {
-	tree := catest.New(t, catest.Options{})
+	tree := testkit.New(t, testkit.Options{})
 	pub := NewPublisher()
 	pub.Publish(mustSnapshot(t, newSVID(t, tree, webID, time.Hour), tree.Bundle))
 	sds, err := NewSDSServer(SDSConfig{Source: pub, Logger: discardLogger()})

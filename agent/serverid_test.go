@@ -10,16 +10,16 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // clusterIntermediate signs an intermediate for cluster under tree's root:
 // another cluster of the same mesh.
-func clusterIntermediate(t *testing.T, tree *catest.Tree, cluster string) *ca.Authority {
+func clusterIntermediate(t *testing.T, tree *testkit.Tree, cluster string) *ca.Authority {
 	t.Helper()
-	key := catest.Key(t, "intermediate-"+cluster)
+	key := testkit.Key(t, "intermediate-"+cluster)
 	cert, err := tree.Root.SignIntermediate(ca.IntermediateRequest{
-		PublicKey: key.Public(), TrustDomain: tree.TrustDomain, Cluster: cluster, ServingNames: catest.TestServingNames, TTL: time.Hour,
+		PublicKey: key.Public(), TrustDomain: tree.TrustDomain, Cluster: cluster, ServingNames: testkit.TestServingNames, TTL: time.Hour,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -44,7 +44,7 @@ func fetchFrom(t *testing.T, fi *fakeIssuer, cfg ClientConfig) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err = c.Fetch(ctx, catest.Key(t, "workload"), "secret-token", time.Hour)
+	_, err = c.Fetch(ctx, testkit.Key(t, "workload"), "secret-token", time.Hour)
 	return err
 }
 
@@ -52,7 +52,7 @@ func fetchFrom(t *testing.T, fi *fakeIssuer, cfg ClientConfig) error {
 // under the same host name and chains to the same root: the agent refuses
 // the handshake, and its token never reaches east.
 func TestClientRefusesIssuerOfAnotherCluster(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: time.Now()})
+	tree := testkit.New(t, testkit.Options{Now: time.Now()})
 	fi := newFakeIssuer(t, tree, true)
 	fi.setCA(t, tree.Root, clusterIntermediate(t, tree, "east"))
 
@@ -82,7 +82,7 @@ func TestClientRefusesIssuerOfAnotherCluster(t *testing.T) {
 // west's issuer before sending its token; before it holds the CRL, and with
 // a CRL that revokes something else, it goes on.
 func TestClientRefusesRevokedIssuer(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: time.Now()})
+	tree := testkit.New(t, testkit.Options{Now: time.Now()})
 	west := clusterIntermediate(t, tree, "west")
 	fi := newFakeIssuer(t, tree, true)
 	fi.setCA(t, tree.Root, west)
@@ -94,7 +94,7 @@ func TestClientRefusesRevokedIssuer(t *testing.T) {
 	fetch := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_, err := c.Fetch(ctx, catest.Key(t, "workload"), "secret-token", time.Hour)
+		_, err := c.Fetch(ctx, testkit.Key(t, "workload"), "secret-token", time.Hour)
 		return err
 	}
 	if err := fetch(); err != nil {
@@ -152,7 +152,7 @@ func TestManagerGivesFetcherCRLs(t *testing.T) {
 // for nothing, nor every agent of the mesh reconnected at once); the next
 // handshake checks the new CRLs.
 func TestClientSetCRLsKeepsConnectionForSameSet(t *testing.T) {
-	tree := catest.New(t, catest.Options{})
+	tree := testkit.New(t, testkit.Options{})
 	c, err := NewClient(ClientConfig{Address: "127.0.0.1:1", Roots: tree.Bundle})
 	if err != nil {
 		t.Fatal(err)

@@ -6,11 +6,11 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 func TestPublisher(t *testing.T) {
-	tree := catest.New(t, catest.Options{})
+	tree := testkit.New(t, testkit.Options{})
 	p := NewPublisher()
 	empty, changed := p.Current()
 	if empty.SVID() != nil || empty.Bundle() != nil || empty.Valid(time.Now()) {
@@ -48,7 +48,7 @@ func TestPublisher(t *testing.T) {
 }
 
 func TestNewSnapshot(t *testing.T) {
-	tree := catest.New(t, catest.Options{})
+	tree := testkit.New(t, testkit.Options{})
 	svid := newSVID(t, tree, webID, time.Hour)
 	if _, err := NewSnapshot(svid, nil); err == nil {
 		t.Error("SVID without a bundle accepted")
@@ -70,7 +70,7 @@ func TestNewSnapshot(t *testing.T) {
 }
 
 func TestFederatedSnapshot(t *testing.T) {
-	tree := catest.New(t, catest.Options{})
+	tree := testkit.New(t, testkit.Options{})
 	svid := newSVID(t, tree, webID, time.Hour)
 	fed1, fed2 := federatedRoot(t, "fed1"), federatedRoot(t, "fed2")
 	domains := func(roots ...*x509.Certificate) []ca.DomainBundle {

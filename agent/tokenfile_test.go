@@ -7,14 +7,14 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/agent/sdstest"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // TestAgentSetTokenFile: a token file that cannot be read is refused and
 // changes nothing; a readable one is used by every later renewal, so the
 // old file may go.
 func TestAgentSetTokenFile(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: time.Now().Add(-time.Hour)})
+	tree := testkit.New(t, testkit.Options{Now: time.Now().Add(-time.Hour)})
 	fi := newFakeIssuer(t, tree, true)
 	oldToken := dummyToken(t)
 	ra := startAgent(t, fi.addr, fi.bundleFile, oldToken, 2*time.Second)

@@ -18,11 +18,11 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 type workloadFixture struct {
-	tree *catest.Tree
+	tree *testkit.Tree
 	pub  *Publisher
 	srv  *WorkloadServer
 	path string
@@ -30,7 +30,7 @@ type workloadFixture struct {
 
 func newWorkloadFixture(t *testing.T) *workloadFixture {
 	t.Helper()
-	f := &workloadFixture{tree: catest.New(t, catest.Options{}), pub: NewPublisher()}
+	f := &workloadFixture{tree: testkit.New(t, testkit.Options{}), pub: NewPublisher()}
 	var err error
 	if f.srv, err = NewWorkloadServer(WorkloadConfig{Source: f.pub, Logger: discardLogger()}); err != nil {
 		t.Fatal(err)

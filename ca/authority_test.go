@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -22,7 +22,7 @@ import (
 var t0 = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 
 func TestNewRoot(t *testing.T) {
-	root, err := ca.NewRoot(ca.RootConfig{Signer: catest.Key(t, "root"), Now: t0})
+	root, err := ca.NewRoot(ca.RootConfig{Signer: testkit.Key(t, "root"), Now: t0})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func TestNewRoot(t *testing.T) {
 }
 
 func TestSignIntermediate(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: t0})
+	tree := testkit.New(t, testkit.Options{Now: t0})
 	ic := tree.Intermediate.Certificate
 	if !ic.IsCA || ic.MaxPathLen != 0 || !ic.MaxPathLenZero {
 		t.Errorf("intermediate IsCA=%v MaxPathLen=%d zero=%v, want path length 0", ic.IsCA, ic.MaxPathLen, ic.MaxPathLenZero)
@@ -62,10 +62,10 @@ func TestSignIntermediate(t *testing.T) {
 }
 
 func TestSignIntermediateNeverOutlivesRoot(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: t0, RootTTL: 48 * time.Hour, IntermediateTTL: 24 * time.Hour})
+	tree := testkit.New(t, testkit.Options{Now: t0, RootTTL: 48 * time.Hour, IntermediateTTL: 24 * time.Hour})
 	td := spiffeid.RequireTrustDomainFromString("cluster.local")
 	ic, err := tree.Root.SignIntermediate(ca.IntermediateRequest{
-		PublicKey: catest.Key(t, "x").Public(), TrustDomain: td, Cluster: "c", TTL: 365 * 24 * time.Hour, Now: t0.Add(time.Hour),
+		PublicKey: testkit.Key(t, "x").Public(), TrustDomain: td, Cluster: "c", TTL: 365 * 24 * time.Hour, Now: t0.Add(time.Hour),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +74,7 @@ func TestSignIntermediateNeverOutlivesRoot(t *testing.T) {
 		t.Errorf("intermediate NotAfter %v, want clamped to root's %v", ic.NotAfter, tree.Root.Certificate.NotAfter)
 	}
 	_, err = tree.Root.SignIntermediate(ca.IntermediateRequest{
-		PublicKey: catest.Key(t, "x").Public(), TrustDomain: td, Cluster: "c", Now: t0.Add(49 * time.Hour),
+		PublicKey: testkit.Key(t, "x").Public(), TrustDomain: td, Cluster: "c", Now: t0.Add(49 * time.Hour),
 	})
 	if !errors.Is(err, ca.ErrCAExpired) {
 		t.Errorf("signing with an expired root: err = %v, want ErrCAExpired", err)
@@ -82,10 +82,10 @@ func TestSignIntermediateNeverOutlivesRoot(t *testing.T) {
 }
 
 func TestSignLeaf(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: t0})
+	tree := testkit.New(t, testkit.Options{Now: t0})
 	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/default/sa/web")
 	leaf, err := tree.Intermediate.SignLeaf(ca.LeafRequest{
-		PublicKey: catest.Key(t, "leaf").Public(), URIs: []*url.URL{id.URL()}, TTL: time.Hour, Now: t0,
+		PublicKey: testkit.Key(t, "leaf").Public(), URIs: []*url.URL{id.URL()}, TTL: time.Hour, Now: t0,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -123,15 +123,15 @@ func TestSignLeaf(t *testing.T) {
 }
 
 func TestSignLeafClampedToIntermediate(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: t0, IntermediateTTL: 2 * time.Hour})
-	leaf, err := tree.Intermediate.SignLeaf(ca.LeafRequest{PublicKey: catest.Key(t, "leaf").Public(), TTL: 24 * time.Hour, Now: t0.Add(time.Hour)})
+	tree := testkit.New(t, testkit.Options{Now: t0, IntermediateTTL: 2 * time.Hour})
+	leaf, err := tree.Intermediate.SignLeaf(ca.LeafRequest{PublicKey: testkit.Key(t, "leaf").Public(), TTL: 24 * time.Hour, Now: t0.Add(time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !leaf.NotAfter.Equal(tree.Intermediate.Certificate.NotAfter) {
 		t.Errorf("leaf NotAfter %v outlives intermediate %v", leaf.NotAfter, tree.Intermediate.Certificate.NotAfter)
 	}
-	_, err = tree.Intermediate.SignLeaf(ca.LeafRequest{PublicKey: catest.Key(t, "leaf").Public(), TTL: time.Hour, Now: t0.Add(3 * time.Hour)})
+	_, err = tree.Intermediate.SignLeaf(ca.LeafRequest{PublicKey: testkit.Key(t, "leaf").Public(), TTL: time.Hour, Now: t0.Add(3 * time.Hour)})
 	if !errors.Is(err, ca.ErrCAExpired) {
 		t.Errorf("signing with an expired intermediate: err = %v, want ErrCAExpired", err)
 	}
@@ -141,7 +141,7 @@ func TestSignLeafClampedToIntermediate(t *testing.T) {
 // intermediate's key (bypassing the issuer's policy), must still be rejected
 // by verifiers because of the intermediate's URI name constraint.
 func TestNameConstraintRejectsForeignTrustDomain(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: t0})
+	tree := testkit.New(t, testkit.Options{Now: t0})
 	for _, tc := range []struct {
 		name   string
 		id     string
@@ -158,7 +158,7 @@ func TestNameConstraintRejectsForeignTrustDomain(t *testing.T) {
 				NotBefore: t0.Add(-time.Minute), NotAfter: t0.Add(time.Hour),
 				KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 			}
-			der, err := x509.CreateCertificate(rand.Reader, tmpl, tree.Intermediate.Certificate, catest.Key(t, "leaf").Public(), tree.Intermediate.Signer)
+			der, err := x509.CreateCertificate(rand.Reader, tmpl, tree.Intermediate.Certificate, testkit.Key(t, "leaf").Public(), tree.Intermediate.Signer)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -180,14 +180,14 @@ func TestNameConstraintRejectsForeignTrustDomain(t *testing.T) {
 }
 
 func TestNewAuthorityRejectsMismatchedKey(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: t0})
-	if _, err := ca.NewAuthority(tree.Root.Certificate, catest.Key(t, "other")); err == nil {
+	tree := testkit.New(t, testkit.Options{Now: t0})
+	if _, err := ca.NewAuthority(tree.Root.Certificate, testkit.Key(t, "other")); err == nil {
 		t.Error("NewAuthority accepted a signer that does not match the certificate")
 	}
 }
 
 func TestBundle(t *testing.T) {
-	a := catest.New(t, catest.Options{Now: t0})
+	a := testkit.New(t, testkit.Options{Now: t0})
 	b, err := ca.NewBundle(a.Root.Certificate, a.Root.Certificate)
 	if err != nil {
 		t.Fatal(err)
@@ -202,7 +202,7 @@ func TestBundle(t *testing.T) {
 	if !parsed.Roots()[0].Equal(a.Root.Certificate) {
 		t.Error("PEM round trip changed the root")
 	}
-	leaf, _ := a.Intermediate.SignLeaf(ca.LeafRequest{PublicKey: catest.Key(t, "leaf").Public(), TTL: time.Hour, Now: t0})
+	leaf, _ := a.Intermediate.SignLeaf(ca.LeafRequest{PublicKey: testkit.Key(t, "leaf").Public(), TTL: time.Hour, Now: t0})
 	if _, err := ca.NewBundle(leaf); err == nil {
 		t.Error("bundle accepted a leaf certificate")
 	}
@@ -230,16 +230,16 @@ func (s corruptSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) 
 // only return leaves whose signature verified against the authority's
 // certificate. These signers break that in the two ways it can break.
 func TestSignLeafRefusesBadSignatures(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: t0})
+	tree := testkit.New(t, testkit.Options{Now: t0})
 	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/default/sa/web")
 	for name, signer := range map[string]crypto.Signer{
 		"corrupt signature": corruptSigner{tree.Intermediate.Signer},
-		"other key":         catest.Key(t, "other"),
+		"other key":         testkit.Key(t, "other"),
 	} {
 		t.Run(name, func(t *testing.T) {
 			a := &ca.Authority{Certificate: tree.Intermediate.Certificate, Signer: signer}
 			leaf, err := a.SignLeaf(ca.LeafRequest{
-				PublicKey: catest.Key(t, "leaf").Public(), URIs: []*url.URL{id.URL()}, TTL: time.Hour, Now: t0,
+				PublicKey: testkit.Key(t, "leaf").Public(), URIs: []*url.URL{id.URL()}, TTL: time.Hour, Now: t0,
 			})
 			if err == nil {
 				t.Fatalf("SignLeaf returned a leaf (serial %x) with a bad signature", leaf.SerialNumber)

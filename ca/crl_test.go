@@ -7,11 +7,11 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 func TestCRLSignVerify(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: t0})
+	tree := testkit.New(t, testkit.Options{Now: t0})
 	now := t0.Add(time.Hour)
 	serials := []*big.Int{big.NewInt(7), big.NewInt(42)}
 	crl, rl, err := tree.Intermediate.SignCRL(ca.CRLRequest{Serials: serials, Now: now, Validity: time.Hour})
@@ -38,7 +38,7 @@ func TestCRLSignVerify(t *testing.T) {
 		t.Fatalf("root CRL: %v", err)
 	}
 
-	other := catest.New(t, catest.Options{Now: t0, RootKey: "other-root", TrustDomain: "other.example"})
+	other := testkit.New(t, testkit.Options{Now: t0, RootKey: "other-root", TrustDomain: "other.example"})
 	tampered := ca.CRL{DER: append([]byte(nil), crl.DER...), IssuerChain: crl.IssuerChain}
 	tampered.DER[len(tampered.DER)-5] ^= 0xff
 	for _, tc := range []struct {
@@ -64,7 +64,7 @@ func TestCRLSignVerify(t *testing.T) {
 }
 
 func TestCRLNotAfterClampedAndExpiredCA(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: t0, IntermediateTTL: 2 * time.Hour})
+	tree := testkit.New(t, testkit.Options{Now: t0, IntermediateTTL: 2 * time.Hour})
 	_, rl, err := tree.Intermediate.SignCRL(ca.CRLRequest{Now: t0.Add(time.Hour), Validity: 24 * time.Hour})
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +80,7 @@ func TestCRLNotAfterClampedAndExpiredCA(t *testing.T) {
 // CRLs travel outside the bundle signature: an issuer adds its own to the
 // root's signed bundle and the signature still verifies.
 func TestCRLsNotCoveredBySignature(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: t0})
+	tree := testkit.New(t, testkit.Options{Now: t0})
 	b := &ca.TrustBundle{Sequence: 1, Domains: []ca.DomainBundle{{TrustDomain: tree.TrustDomain, Roots: tree.Bundle}}}
 	if err := b.Sign(tree.Root.Signer, tree.Root.Certificate); err != nil {
 		t.Fatal(err)

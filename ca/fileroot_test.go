@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"go.step.sm/crypto/keyutil"
 )
 
@@ -74,7 +74,7 @@ func TestFileRootRefusesMismatchedKey(t *testing.T) {
 	if _, err := ca.LoadOrCreateFileRoot(ca.FileRootConfig{Dir: dir, Now: t0}); err != nil {
 		t.Fatal(err)
 	}
-	other := catest.New(t, catest.Options{Now: t0})
+	other := testkit.New(t, testkit.Options{Now: t0})
 	if err := os.WriteFile(filepath.Join(dir, ca.RootCertFile), ca.EncodeCertificates(other.Intermediate.Certificate), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -9,12 +9,12 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 func newTestRoot(t *testing.T, key string, now time.Time, ttl time.Duration) *ca.Authority {
 	t.Helper()
-	r, err := ca.NewRoot(ca.RootConfig{Signer: catest.Key(t, key), Now: now, TTL: ttl})
+	r, err := ca.NewRoot(ca.RootConfig{Signer: testkit.Key(t, key), Now: now, TTL: ttl})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // serverChain signs a serving certificate for the given names with a and
@@ -26,7 +26,7 @@ func serverChain(t *testing.T, a *ca.Authority, roots *ca.Bundle, dns []string, 
 		NotBefore: t0.Add(-time.Minute), NotAfter: t0.Add(time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.Certificate, catest.Key(t, "server").Public(), a.Signer)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.Certificate, testkit.Key(t, "server").Public(), a.Signer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func serverChain(t *testing.T, a *ca.Authority, roots *ca.Bundle, dns []string, 
 // An intermediate vouches only for the serving names it was given: not the
 // root's DNS name, not another name, not any IP address it was not given.
 func TestIntermediateServingNameConstraints(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: t0, Cluster: "east", ServingNames: []string{"istiod.istio-system.svc", "10.0.0.7"}})
+	tree := testkit.New(t, testkit.Options{Now: t0, Cluster: "east", ServingNames: []string{"istiod.istio-system.svc", "10.0.0.7"}})
 	cases := []struct {
 		name string
 		dns  []string
@@ -76,7 +76,7 @@ func TestIntermediateServingNameConstraints(t *testing.T) {
 		})
 	}
 	// Without serving names an intermediate vouches for no DNS name nor IP.
-	bare := catest.New(t, catest.Options{Now: t0, ServingNames: []string{}})
+	bare := testkit.New(t, testkit.Options{Now: t0, ServingNames: []string{}})
 	for _, dns := range [][]string{{"localhost"}, {"istiod.istio-system.svc"}} {
 		if _, err := serverChain(t, bare.Intermediate, bare.Bundle, dns, nil, nil); err == nil {
 			t.Errorf("intermediate without serving names vouched for %v", dns)
@@ -96,7 +96,7 @@ func TestSplitServingNamesRejectsBadNames(t *testing.T) {
 }
 
 func TestServerCheck(t *testing.T) {
-	east := catest.New(t, catest.Options{Now: t0, Cluster: "east", TrustDomain: "mesh.example"})
+	east := testkit.New(t, testkit.Options{Now: t0, Cluster: "east", TrustDomain: "mesh.example"})
 	td := spiffeid.RequireTrustDomainFromString("mesh.example")
 	eastChain, err := serverChain(t, east.Intermediate, east.Bundle, []string{"localhost"}, nil, nil)
 	if err != nil {
@@ -148,7 +148,7 @@ func TestServerCheck(t *testing.T) {
 // A client holding the root's CRL refuses an issuer whose intermediate it
 // lists, and only that one.
 func TestServerCheckRevokedIntermediate(t *testing.T) {
-	tree := catest.New(t, catest.Options{Now: t0, Cluster: "west"})
+	tree := testkit.New(t, testkit.Options{Now: t0, Cluster: "west"})
 	chain, err := serverChain(t, tree.Intermediate, tree.Bundle, []string{"localhost"}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -168,7 +168,7 @@ func TestServerCheckRevokedIntermediate(t *testing.T) {
 		t.Fatalf("revoked intermediate accepted: %v", err)
 	}
 	// A CRL signed by another root with the same subject does not count.
-	stranger := catest.New(t, catest.Options{Now: t0, RootKey: "stranger"})
+	stranger := testkit.New(t, testkit.Options{Now: t0, RootKey: "stranger"})
 	_, forged, err := stranger.Root.SignCRL(ca.CRLRequest{Serials: []*big.Int{tree.Intermediate.Certificate.SerialNumber}, Now: t0})
 	if err != nil {
 		t.Fatal(err)

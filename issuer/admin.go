@@ -18,7 +18,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/admin"
+	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/store"
 )
 
@@ -26,7 +26,7 @@ import (
 // certificate records and audit log it reads, and the deny-list it changes.
 // Both store backends implement it.
 type AdminStore interface {
-	admin.ReadStore
+	adminapi.ReadStore
 	store.RevocationStore
 	// RecordIssuance is store.Store's: admin certificates are recorded like
 	// the certificates the issuer issues.
@@ -97,7 +97,7 @@ func (c *AdminConfig) Validate() error {
 // cluster's certificate serials and of SPIFFE IDs of its trust domain
 // (recorded in the cluster's store with an audit event naming the actor,
 // then applied to the deny-list at once), and the read calls of
-// admin.Reads; and, with a local root, admin certificates
+// adminapi.Reads; and, with a local root, admin certificates
 // (IssueAdminCredential). The root's calls (AddCluster, RotateRoot,
 // ListRoots, cluster revocation) answer FailedPrecondition naming the root.
 //
@@ -106,7 +106,7 @@ func (c *AdminConfig) Validate() error {
 // meshcav1.AdminServiceServer, so it can also be registered on a server of
 // the caller's own. It is safe for concurrent use.
 type AdminServer struct {
-	*admin.Reads
+	*adminapi.Reads
 	cfg AdminConfig
 }
 
@@ -117,21 +117,21 @@ func NewAdminServer(cfg AdminConfig) (*AdminServer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &AdminServer{Reads: admin.NewReads(cfg.Store, cfg.Now, cfg.Logger), cfg: cfg}, nil
+	return &AdminServer{Reads: adminapi.NewReads(cfg.Store, cfg.Now, cfg.Logger), cfg: cfg}, nil
 }
 
 // ServeUnix serves the admin API on lis, a Unix socket from
-// admin.ListenUnix whose file permissions guard it, until ctx ends; the
+// adminapi.ListenUnix whose file permissions guard it, until ctx ends; the
 // actor of each change is the peer's Unix user. It closes lis, and returns
 // nil once ctx ends and in-flight calls have had up to 5 s to finish.
 func (s *AdminServer) ServeUnix(ctx context.Context, lis net.Listener) error {
-	return s.serve(ctx, lis, grpc.Creds(admin.UnixCredentials()))
+	return s.serve(ctx, lis, grpc.Creds(adminapi.UnixCredentials()))
 }
 
 // ServeMTLS serves the admin API over mutual TLS on lis until ctx ends,
 // to the admin SPIFFE IDs m allows; the actor of each change is
 // "spiffe:<SPIFFE ID>". It stops as ServeUnix does.
-func (s *AdminServer) ServeMTLS(ctx context.Context, lis net.Listener, m *admin.MTLS) error {
+func (s *AdminServer) ServeMTLS(ctx context.Context, lis net.Listener, m *adminapi.MTLS) error {
 	return s.serve(ctx, m.Listener(lis), m.ServerOptions()...)
 }
 
@@ -168,11 +168,11 @@ func (s *AdminServer) serve(ctx context.Context, lis net.Listener, opts ...grpc.
 // certificates are revoked until they expire, and new ones are refused
 // until Unrevoke.
 func (s *AdminServer) Revoke(ctx context.Context, req *meshcav1.RevokeRequest) (*meshcav1.RevokeResponse, error) {
-	rev, err := s.revoke(ctx, req, admin.Actor(ctx))
+	rev, err := s.revoke(ctx, req, adminapi.Actor(ctx))
 	if err != nil {
 		return nil, s.status(ctx, "Revoke", err)
 	}
-	return &meshcav1.RevokeResponse{Revocation: admin.RevocationToProto(rev)}, nil
+	return &meshcav1.RevokeResponse{Revocation: adminapi.RevocationToProto(rev)}, nil
 }
 
 func (s *AdminServer) revoke(ctx context.Context, req *meshcav1.RevokeRequest, actor string) (store.Revocation, error) {
@@ -201,14 +201,14 @@ func (s *AdminServer) revoke(ctx context.Context, req *meshcav1.RevokeRequest, a
 	case *meshcav1.RevokeRequest_Cluster:
 		return store.Revocation{}, errOnRoot("cluster revocation")
 	default:
-		return store.Revocation{}, fmt.Errorf("%w: name a serial or a SPIFFE ID to revoke", admin.ErrInvalidArgument)
+		return store.Revocation{}, fmt.Errorf("%w: name a serial or a SPIFFE ID to revoke", adminapi.ErrInvalidArgument)
 	}
 	rev, err := s.cfg.Store.Revoke(ctx, r, ev)
 	switch {
 	case errors.Is(err, store.ErrAlreadyExists):
-		return store.Revocation{}, fmt.Errorf("%w: %s %s is already revoked", admin.ErrAlreadyExists, r.Kind, r.Value)
+		return store.Revocation{}, fmt.Errorf("%w: %s %s is already revoked", adminapi.ErrAlreadyExists, r.Kind, r.Value)
 	case err != nil:
-		return store.Revocation{}, fmt.Errorf("%w: revoke %s %s: %w", admin.ErrUnavailable, r.Kind, r.Value, err)
+		return store.Revocation{}, fmt.Errorf("%w: revoke %s %s: %w", adminapi.ErrUnavailable, r.Kind, r.Value, err)
 	}
 	s.cfg.Logger.InfoContext(ctx, "revoked", "kind", rev.Kind, "value", rev.Value, "cluster", rev.Cluster,
 		"actor", actor, "reason", rev.Reason, "expires_at", rev.ExpiresAt)
@@ -219,7 +219,7 @@ func (s *AdminServer) revoke(ctx context.Context, req *meshcav1.RevokeRequest, a
 // revocableCert returns the record of serial if this cluster issued it and
 // it has not expired at now.
 func (s *AdminServer) revocableCert(ctx context.Context, serial string, now time.Time) (store.Certificate, error) {
-	serial, err := admin.ParseSerial(serial)
+	serial, err := adminapi.ParseSerial(serial)
 	if err != nil {
 		return store.Certificate{}, err
 	}
@@ -227,15 +227,15 @@ func (s *AdminServer) revocableCert(ctx context.Context, serial string, now time
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return store.Certificate{}, fmt.Errorf("%w: no certificate with serial %s in cluster %s",
-			admin.ErrNotFound, serial, s.cfg.Cluster)
+			adminapi.ErrNotFound, serial, s.cfg.Cluster)
 	case err != nil:
-		return store.Certificate{}, fmt.Errorf("%w: certificate %s: %w", admin.ErrUnavailable, serial, err)
+		return store.Certificate{}, fmt.Errorf("%w: certificate %s: %w", adminapi.ErrUnavailable, serial, err)
 	case c.Cluster != s.cfg.Cluster:
 		return store.Certificate{}, fmt.Errorf("%w: certificate %s was issued in cluster %s; revoke it on that cluster's issuer",
-			admin.ErrFailedPrecondition, serial, c.Cluster)
+			adminapi.ErrFailedPrecondition, serial, c.Cluster)
 	case !now.Before(c.NotAfter):
 		return store.Certificate{}, fmt.Errorf("%w: certificate %s expired at %s; nothing to revoke",
-			admin.ErrFailedPrecondition, serial, c.NotAfter.Format(time.RFC3339))
+			adminapi.ErrFailedPrecondition, serial, c.NotAfter.Format(time.RFC3339))
 	}
 	return c, nil
 }
@@ -245,7 +245,7 @@ func (s *AdminServer) revocableCert(ctx context.Context, serial string, now time
 // new issuance is allowed again: the certificates the revocation covered
 // stay revoked, by serial, until they expire (store.RevocationStore).
 func (s *AdminServer) Unrevoke(ctx context.Context, req *meshcav1.UnrevokeRequest) (*meshcav1.UnrevokeResponse, error) {
-	if err := s.unrevoke(ctx, req, admin.Actor(ctx)); err != nil {
+	if err := s.unrevoke(ctx, req, adminapi.Actor(ctx)); err != nil {
 		return nil, s.status(ctx, "Unrevoke", err)
 	}
 	return &meshcav1.UnrevokeResponse{}, nil
@@ -253,7 +253,7 @@ func (s *AdminServer) Unrevoke(ctx context.Context, req *meshcav1.UnrevokeReques
 
 func (s *AdminServer) unrevoke(ctx context.Context, req *meshcav1.UnrevokeRequest, actor string) error {
 	if req.GetSpiffeId() == "" {
-		return fmt.Errorf("%w: name the SPIFFE ID whose revocation to lift", admin.ErrInvalidArgument)
+		return fmt.Errorf("%w: name the SPIFFE ID whose revocation to lift", adminapi.ErrInvalidArgument)
 	}
 	id, err := s.workloadID(req.GetSpiffeId())
 	if err != nil {
@@ -264,9 +264,9 @@ func (s *AdminServer) unrevoke(ctx context.Context, req *meshcav1.UnrevokeReques
 	})
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return fmt.Errorf("%w: no revocation of %s in force", admin.ErrNotFound, id)
+		return fmt.Errorf("%w: no revocation of %s in force", adminapi.ErrNotFound, id)
 	case err != nil:
-		return fmt.Errorf("%w: unrevoke %s: %w", admin.ErrUnavailable, id, err)
+		return fmt.Errorf("%w: unrevoke %s: %w", adminapi.ErrUnavailable, id, err)
 	}
 	s.cfg.Logger.InfoContext(ctx, "revocation lifted; the certificates it revoked stay revoked until they expire",
 		"spiffe_id", id.String(), "cluster", s.cfg.Cluster, "actor", actor)
@@ -293,15 +293,15 @@ func (s *AdminServer) refresh(ctx context.Context) {
 // workloadID parses a SPIFFE ID this issuer could have issued: in its
 // trust domain, with a path.
 func (s *AdminServer) workloadID(raw string) (spiffeid.ID, error) {
-	id, err := admin.ParseSPIFFEID(raw)
+	id, err := adminapi.ParseSPIFFEID(raw)
 	switch {
 	case err != nil:
 		return spiffeid.ID{}, err
 	case id.TrustDomain() != s.cfg.TrustDomain:
 		return spiffeid.ID{}, fmt.Errorf("%w: %s is not in trust domain %s; revoke it on its own cluster's issuer",
-			admin.ErrInvalidArgument, id, s.cfg.TrustDomain.Name())
+			adminapi.ErrInvalidArgument, id, s.cfg.TrustDomain.Name())
 	case id.Path() == "":
-		return spiffeid.ID{}, fmt.Errorf("%w: %s names a trust domain, not a workload", admin.ErrInvalidArgument, id)
+		return spiffeid.ID{}, fmt.Errorf("%w: %s names a trust domain, not a workload", adminapi.ErrInvalidArgument, id)
 	}
 	return id, nil
 }
@@ -313,9 +313,9 @@ func checkReason(reason string) (string, error) {
 	reason = strings.TrimSpace(reason)
 	switch {
 	case len(reason) > MaxRevokeReason:
-		return "", fmt.Errorf("%w: reason longer than %d bytes", admin.ErrInvalidArgument, MaxRevokeReason)
+		return "", fmt.Errorf("%w: reason longer than %d bytes", adminapi.ErrInvalidArgument, MaxRevokeReason)
 	case !utf8.ValidString(reason) || strings.ContainsFunc(reason, unicode.IsControl):
-		return "", fmt.Errorf("%w: reason must be printable UTF-8 on one line", admin.ErrInvalidArgument)
+		return "", fmt.Errorf("%w: reason must be printable UTF-8 on one line", adminapi.ErrInvalidArgument)
 	}
 	return reason, nil
 }
@@ -323,7 +323,7 @@ func checkReason(reason string) (string, error) {
 // errOnRoot is the answer to the calls only the root serves.
 func errOnRoot(what string) error {
 	return fmt.Errorf("%w: %s is done on the root's admin socket (meshca root), not on an issuer's",
-		admin.ErrFailedPrecondition, what)
+		adminapi.ErrFailedPrecondition, what)
 }
 
 // AddCluster implements meshcav1.AdminServiceServer: FailedPrecondition.
@@ -342,9 +342,9 @@ func (s *AdminServer) ListRoots(ctx context.Context, _ *meshcav1.ListRootsReques
 }
 
 // status is the one place the issuer's admin errors become gRPC statuses
-// (through admin.Status, which the read calls use too).
+// (through adminapi.Status, which the read calls use too).
 func (s *AdminServer) status(ctx context.Context, method string, err error) error {
-	return admin.Status(ctx, s.cfg.Logger, method, err)
+	return adminapi.Status(ctx, s.cfg.Logger, method, err)
 }
 
 // IssueAdminCredential implements meshcav1.AdminServiceServer: on the Unix
@@ -354,7 +354,7 @@ func (s *AdminServer) status(ctx context.Context, method string, err error) erro
 // FailedPrecondition: it holds no root key, and an admin certificate must
 // not come from a cluster intermediate.
 func (s *AdminServer) IssueAdminCredential(ctx context.Context, req *meshcav1.IssueAdminCredentialRequest) (*meshcav1.IssueAdminCredentialResponse, error) {
-	resp, err := s.issueAdminCredential(ctx, req, admin.Actor(ctx), admin.OnUnixSocket(ctx))
+	resp, err := s.issueAdminCredential(ctx, req, adminapi.Actor(ctx), adminapi.OnUnixSocket(ctx))
 	if err != nil {
 		return nil, s.status(ctx, "IssueAdminCredential", err)
 	}
@@ -364,16 +364,16 @@ func (s *AdminServer) IssueAdminCredential(ctx context.Context, req *meshcav1.Is
 func (s *AdminServer) issueAdminCredential(ctx context.Context, req *meshcav1.IssueAdminCredentialRequest, actor string, onSocket bool) (*meshcav1.IssueAdminCredentialResponse, error) {
 	switch {
 	case !onSocket:
-		return nil, fmt.Errorf("%w: admin credentials are issued on the Unix admin socket only", admin.ErrPermissionDenied)
+		return nil, fmt.Errorf("%w: admin credentials are issued on the Unix admin socket only", adminapi.ErrPermissionDenied)
 	case s.cfg.Root == nil:
 		return nil, errOnRoot("issuing admin credentials (this issuer has no root key)")
 	}
-	cr, err := admin.ParseCredentialRequest(req)
+	cr, err := adminapi.ParseCredentialRequest(req)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", admin.ErrInvalidArgument, err)
+		return nil, fmt.Errorf("%w: %w", adminapi.ErrInvalidArgument, err)
 	}
 	now := s.cfg.Now()
-	cert, err := admin.SignCredential(s.cfg.Root, cr, now)
+	cert, err := adminapi.SignCredential(s.cfg.Root, cr, now)
 	if err != nil {
 		return nil, err
 	}
@@ -387,7 +387,7 @@ func (s *AdminServer) issueAdminCredential(ctx context.Context, req *meshcav1.Is
 		Serial: serial, Detail: "not after " + cert.NotAfter.UTC().Format(time.RFC3339),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: record admin credential: %w", admin.ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: record admin credential: %w", adminapi.ErrUnavailable, err)
 	}
 	s.cfg.Logger.InfoContext(ctx, "admin credential issued", "actor", actor, "spiffe_id", cr.ID.String(), "serial", serial,
 		"cluster", s.cfg.Cluster, "not_after", cert.NotAfter)

@@ -19,7 +19,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/admin"
+	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/sqlite"
@@ -105,7 +105,7 @@ func newAdminRigWith(t *testing.T, root *ca.Authority) *adminRig {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "run", "admin.sock")
-	lis, err := admin.ListenUnix(path)
+	lis, err := adminapi.ListenUnix(path)
 	if err != nil {
 		t.Fatal(err)
 	}

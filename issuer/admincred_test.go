@@ -16,7 +16,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 )
 
@@ -48,7 +48,7 @@ func TestIssuerAdminCredential(t *testing.T) {
 		}
 	})
 	t.Run("local root", func(t *testing.T) {
-		tree := catest.New(t, catest.Options{TrustDomain: "east.example", Now: adminT0.Add(-time.Hour)})
+		tree := testkit.New(t, testkit.Options{TrustDomain: "east.example", Now: adminT0.Add(-time.Hour)})
 		rig := newAdminRigWith(t, tree.Root)
 		resp, err := rig.client.IssueAdminCredential(t.Context(), &meshcav1.IssueAdminCredentialRequest{SpiffeId: opsAdmin, Csr: adminCSR(t)})
 		if err != nil {

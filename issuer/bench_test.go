@@ -21,7 +21,7 @@ import (
 
 	"github.com/meshca/meshca/agent"
 	"github.com/meshca/meshca/attest"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/test/benchcpu"
 )
@@ -51,7 +51,7 @@ var benchCSRs = sync.OnceValue(func() [][]byte {
 func BenchmarkIssuance(b *testing.B) {
 	csrs := benchCSRs()
 	b.Run("floor", func(b *testing.B) {
-		tree := catest.New(b, catest.Options{})
+		tree := testkit.New(b, testkit.Options{})
 		defer benchcpu.Start(b)()
 		id, _ := url.Parse(webID)
 		var n atomic.Int64

@@ -6,12 +6,12 @@ import (
 	"testing"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 func TestMergeCRLs(t *testing.T) {
-	a := catest.New(t, catest.Options{})
-	b := catest.New(t, catest.Options{RootKey: "other root", TrustDomain: "other.example"})
+	a := testkit.New(t, testkit.Options{})
+	b := testkit.New(t, testkit.Options{RootKey: "other root", TrustDomain: "other.example"})
 	sign := func(auth *ca.Authority, n int64) ca.CRL {
 		t.Helper()
 		c, _, err := auth.SignCRL(ca.CRLRequest{Number: big.NewInt(n)})
@@ -49,7 +49,7 @@ func TestMergeCRLs(t *testing.T) {
 }
 
 func TestShouldSend(t *testing.T) {
-	a := catest.New(t, catest.Options{})
+	a := testkit.New(t, testkit.Options{})
 	crl, _, err := a.Intermediate.SignCRL(ca.CRLRequest{})
 	if err != nil {
 		t.Fatal(err)

@@ -18,7 +18,7 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 )
 
@@ -217,7 +217,7 @@ func TestIssuerRelaysRootBundleAndFollowsRootRotation(t *testing.T) {
 }
 
 func TestIssuerServesItsOwnBundleByDefault(t *testing.T) {
-	tree := catest.New(t, catest.Options{})
+	tree := testkit.New(t, testkit.Options{})
 	iss, err := issuer.New(issuer.Config{
 		TrustDomain: tree.TrustDomain, Cluster: "dev", Authority: tree.Intermediate, Bundle: tree.Bundle,
 		Attestor: &fakeAttestor{identities: map[string]attest.Identity{goodToken: {Namespace: "default", ServiceAccount: "web"}, watchToken: watcher}},

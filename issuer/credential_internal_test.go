@@ -14,13 +14,13 @@ import (
 	"go.step.sm/crypto/keyutil"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // TestCredentialFilesSurviveCrashes interrupts a credential renewal at each
 // point and checks that load returns a credential whose key matches.
 func TestCredentialFilesSurviveCrashes(t *testing.T) {
-	tree := catest.New(t, catest.Options{TrustDomain: "east.example"})
+	tree := testkit.New(t, testkit.Options{TrustDomain: "east.example"})
 	td := spiffeid.RequireTrustDomainFromString("east.example")
 	newCred := func() *credential {
 		t.Helper()

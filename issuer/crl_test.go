@@ -15,7 +15,7 @@ import (
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/store"
 )
@@ -28,7 +28,7 @@ const (
 // crlRig is an issuer with a deny-list and a CRL signer over a memStore.
 // It must be built inside a synctest bubble.
 type crlRig struct {
-	tree   *catest.Tree
+	tree   *testkit.Tree
 	db     *memStore
 	dl     *issuer.DenyList
 	iss    *issuer.Issuer
@@ -39,7 +39,7 @@ type crlRig struct {
 func newCRLRig(t *testing.T, interTTL time.Duration, pub issuer.CRLPublisher) *crlRig {
 	t.Helper()
 	log, logs := captureLogs(t)
-	g := &crlRig{tree: catest.New(t, catest.Options{IntermediateTTL: interTTL}), db: &memStore{}, logs: logs}
+	g := &crlRig{tree: testkit.New(t, testkit.Options{IntermediateTTL: interTTL}), db: &memStore{}, logs: logs}
 	g.dl = newDenyList(t, g.db, log)
 	var err error
 	g.iss, err = issuer.New(issuer.Config{

@@ -15,7 +15,7 @@ import (
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/store"
 )
@@ -181,7 +181,7 @@ func TestIssuerRelaysBundleWithItsCRLs(t *testing.T) {
 func webIDIn(td spiffeid.TrustDomain) string { return "spiffe://" + td.Name() + "/ns/default/sa/web" }
 
 func TestIssuerServesItsCRLsWithItsOwnBundle(t *testing.T) {
-	tree := catest.New(t, catest.Options{})
+	tree := testkit.New(t, testkit.Options{})
 	db := &memStore{}
 	log := slog.New(slog.DiscardHandler)
 	dl := newDenyList(t, db, log)

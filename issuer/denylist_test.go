@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/attest"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/sqlite"
@@ -285,7 +285,7 @@ func TestIssueRefusesRevokedIdentity(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		db := &memStore{}
 		dl := newDenyList(t, db, slog.New(slog.DiscardHandler))
-		tree := catest.New(t, catest.Options{})
+		tree := testkit.New(t, testkit.Options{})
 		iss, err := issuer.New(issuer.Config{
 			TrustDomain: tree.TrustDomain, Cluster: "dev", Authority: tree.Intermediate, Bundle: tree.Bundle,
 			Attestor: &fakeAttestor{identities: map[string]attest.Identity{goodToken: {Namespace: "default", ServiceAccount: "web"}}},
@@ -447,7 +447,7 @@ func TestGRPCStaleDenyListIsUnavailable(t *testing.T) {
 func TestDenyListReplicasShareTheStore(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "meshca.db")
 	synctest.Test(t, func(t *testing.T) {
-		tree := catest.New(t, catest.Options{})
+		tree := testkit.New(t, testkit.Options{})
 		type replica struct {
 			db  *sqlite.Store
 			dl  *issuer.DenyList

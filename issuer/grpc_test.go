@@ -26,7 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/attest"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/sqlite"
@@ -37,7 +37,7 @@ var devHosts = []string{"127.0.0.1", "::1", "localhost", "istiod.istio-system.sv
 // wire is an issuer served over real TLS gRPC on loopback, with the real
 // JWKS attestor and the real SQLite store.
 type wire struct {
-	tree   *catest.Tree
+	tree   *testkit.Tree
 	signer *attest.DevSigner
 	db     *sqlite.Store
 	client pb.IstioCertificateServiceClient
@@ -83,7 +83,7 @@ type wireOptions struct {
 func newWireOptions(t testing.TB, opts wireOptions) *wire {
 	t.Helper()
 	dir := t.TempDir()
-	w := &wire{tree: catest.New(t, catest.Options{})}
+	w := &wire{tree: testkit.New(t, testkit.Options{})}
 	var err error
 	if w.signer, err = attest.LoadOrCreateDevSigner(dir); err != nil {
 		t.Fatal(err)

@@ -14,7 +14,7 @@ import (
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -28,18 +28,18 @@ const (
 )
 
 type fixture struct {
-	tree *catest.Tree
+	tree *testkit.Tree
 	rec  *fakeRecorder
 	iss  *issuer.Issuer
 	now  time.Time
 }
 
-func newFixture(t *testing.T, opts catest.Options) *fixture {
+func newFixture(t *testing.T, opts testkit.Options) *fixture {
 	t.Helper()
 	if opts.Now.IsZero() {
 		opts.Now = t0
 	}
-	f := &fixture{tree: catest.New(t, opts), rec: &fakeRecorder{}, now: opts.Now.Add(time.Minute)}
+	f := &fixture{tree: testkit.New(t, opts), rec: &fakeRecorder{}, now: opts.Now.Add(time.Minute)}
 	iss, err := issuer.New(issuer.Config{
 		TrustDomain: f.tree.TrustDomain, Cluster: "dev",
 		Authority: f.tree.Intermediate, Bundle: f.tree.Bundle,
@@ -59,7 +59,7 @@ func newFixture(t *testing.T, opts catest.Options) *fixture {
 func TestIssueKeyTypes(t *testing.T) {
 	for _, kind := range []string{"p256", "p384", "rsa2048", "ed25519"} {
 		t.Run(kind, func(t *testing.T) {
-			f := newFixture(t, catest.Options{})
+			f := newFixture(t, testkit.Options{})
 			chain, err := f.iss.Issue(context.Background(), issuer.Request{Token: goodToken, CSR: csrPEM(t, testKey(t, kind), nil)})
 			if err != nil {
 				t.Fatal(err)
@@ -98,7 +98,7 @@ func TestIssueKeyTypes(t *testing.T) {
 }
 
 func TestIssueAcceptsOwnURISAN(t *testing.T) {
-	f := newFixture(t, catest.Options{})
+	f := newFixture(t, testkit.Options{})
 	csr := csrPEM(t, testKey(t, "p256"), &x509.CertificateRequest{URIs: []*url.URL{mustURL(t, webID)}})
 	if _, err := f.iss.Issue(context.Background(), issuer.Request{Token: goodToken, CSR: csr}); err != nil {
 		t.Fatal(err)
@@ -137,7 +137,7 @@ func TestIssueRejections(t *testing.T) {
 		{"no token", issuer.Request{CSR: goodCSR}, issuer.ErrUnauthenticated, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, catest.Options{})
+			f := newFixture(t, testkit.Options{})
 			chain, err := f.iss.Issue(context.Background(), tc.req)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
@@ -157,7 +157,7 @@ func TestIssueRejections(t *testing.T) {
 
 func TestIssueFailsClosed(t *testing.T) {
 	t.Run("store down", func(t *testing.T) {
-		f := newFixture(t, catest.Options{})
+		f := newFixture(t, testkit.Options{})
 		f.rec.err = errors.New("database is locked")
 		chain, err := f.iss.Issue(context.Background(), issuer.Request{Token: goodToken, CSR: csrPEM(t, testKey(t, "p256"), nil)})
 		if !errors.Is(err, issuer.ErrUnavailable) || chain != nil {
@@ -165,7 +165,7 @@ func TestIssueFailsClosed(t *testing.T) {
 		}
 	})
 	t.Run("attestation unavailable", func(t *testing.T) {
-		f := newFixture(t, catest.Options{})
+		f := newFixture(t, testkit.Options{})
 		iss, err := issuer.New(issuer.Config{
 			TrustDomain: f.tree.TrustDomain, Cluster: "dev", Authority: f.tree.Intermediate, Bundle: f.tree.Bundle,
 			Attestor: &fakeAttestor{err: errors.Join(attest.ErrUnavailable, errors.New("apiserver down"))},
@@ -183,7 +183,7 @@ func TestIssueFailsClosed(t *testing.T) {
 		}
 	})
 	t.Run("intermediate expired", func(t *testing.T) {
-		f := newFixture(t, catest.Options{IntermediateTTL: time.Hour})
+		f := newFixture(t, testkit.Options{IntermediateTTL: time.Hour})
 		f.now = t0.Add(2 * time.Hour)
 		_, err := f.iss.Issue(context.Background(), issuer.Request{Token: goodToken, CSR: csrPEM(t, testKey(t, "p256"), nil)})
 		if !errors.Is(err, issuer.ErrUnavailable) || !errors.Is(err, ca.ErrCAExpired) {
@@ -209,7 +209,7 @@ func TestTTLClamping(t *testing.T) {
 		{"beyond intermediate", 30 * time.Minute, time.Hour, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFixture(t, catest.Options{IntermediateTTL: tc.interTTL})
+			f := newFixture(t, testkit.Options{IntermediateTTL: tc.interTTL})
 			chain, err := f.iss.Issue(context.Background(), issuer.Request{Token: goodToken, CSR: csrPEM(t, testKey(t, "p256"), nil), TTL: tc.requested})
 			if err != nil {
 				t.Fatal(err)
@@ -229,8 +229,8 @@ func TestTTLClamping(t *testing.T) {
 }
 
 func TestSetAuthorityRejectsForeignIntermediate(t *testing.T) {
-	f := newFixture(t, catest.Options{})
-	other := catest.New(t, catest.Options{TrustDomain: "other.example", Now: t0})
+	f := newFixture(t, testkit.Options{})
+	other := testkit.New(t, testkit.Options{TrustDomain: "other.example", Now: t0})
 	if err := f.iss.SetAuthority(other.Intermediate, f.tree.Bundle); err == nil {
 		t.Error("accepted an intermediate constrained to another trust domain")
 	}

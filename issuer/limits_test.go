@@ -19,14 +19,14 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/attest"
-	"github.com/meshca/meshca/ca/catest"
 	"github.com/meshca/meshca/internal/grpclimit"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 )
 
 // limitIssuer is an issuer on the real clock that knows goodToken (web)
 // and watchToken (watcher), for the attacks on the server's limits.
-func limitIssuer(t *testing.T, tree *catest.Tree) *issuer.Issuer {
+func limitIssuer(t *testing.T, tree *testkit.Tree) *issuer.Issuer {
 	t.Helper()
 	iss, err := issuer.New(issuer.Config{
 		TrustDomain: tree.TrustDomain, Cluster: "dev", Authority: tree.Intermediate, Bundle: tree.Bundle,
@@ -44,7 +44,7 @@ func limitIssuer(t *testing.T, tree *catest.Tree) *issuer.Issuer {
 // dialIssuer connects to addr from the loopback address local (an own
 // peer for the per-peer caps), with tok as bearer token unless empty and
 // cert as TLS client certificate unless nil.
-func dialIssuer(t *testing.T, addr, local string, tree *catest.Tree, tok string, cert *tls.Certificate) *grpc.ClientConn {
+func dialIssuer(t *testing.T, addr, local string, tree *testkit.Tree, tok string, cert *tls.Certificate) *grpc.ClientConn {
 	t.Helper()
 	tlsConfig := &tls.Config{RootCAs: tree.Bundle.Pool(), ServerName: "localhost"}
 	if cert != nil {
@@ -102,14 +102,14 @@ func svid(t *testing.T, iss *issuer.Issuer) *tls.Certificate {
 }
 
 func TestWatchBundleRequiresAWorkloadCredential(t *testing.T) {
-	tree := catest.New(t, catest.Options{})
+	tree := testkit.New(t, testkit.Options{})
 	iss := limitIssuer(t, tree)
 	addr := serveIssuerConfig(t, issuer.ServerConfig{Issuer: iss})
 	// Another trust domain under the same root (a mesh root shared by
 	// clusters): its SVIDs chain to our root but are not ours.
-	other := limitIssuer(t, catest.New(t, catest.Options{TrustDomain: "other.example"}))
+	other := limitIssuer(t, testkit.New(t, testkit.Options{TrustDomain: "other.example"}))
 	// A tree under an unrelated root.
-	stranger := limitIssuer(t, catest.New(t, catest.Options{RootKey: "stranger"}))
+	stranger := limitIssuer(t, testkit.New(t, testkit.Options{RootKey: "stranger"}))
 
 	for _, tc := range []struct {
 		name string
@@ -146,7 +146,7 @@ func TestWatchBundleRequiresAWorkloadCredential(t *testing.T) {
 }
 
 func TestWatchBundleCapsAndReleases(t *testing.T) {
-	tree := catest.New(t, catest.Options{})
+	tree := testkit.New(t, testkit.Options{})
 	addr := serveIssuerConfig(t, issuer.ServerConfig{
 		Issuer: limitIssuer(t, tree), Limits: grpclimit.Config{MaxWatches: 4, MaxWatchesPerPeer: 2},
 	})
@@ -179,13 +179,20 @@ func TestWatchBundleCapsAndReleases(t *testing.T) {
 
 	// Streams that end give back their slots and their goroutines.
 	cancel()
-	more, stop := context.WithCancel(t.Context())
-	eventually(t, "watch slots given back", func() error { return openWatch(more, t, peerC) })
-	for _, conn := range []*grpc.ClientConn{peerA, peerA, peerC} {
-		if err := openWatch(more, t, conn); err != nil {
-			t.Fatalf("watch after the others ended: %v", err)
+	// The slots come back as the server notices each cancellation: retry
+	// until all four watches fit again (two per peer, four in all).
+	stop := func() {}
+	eventually(t, "watch slots given back", func() error {
+		more, cancelMore := context.WithCancel(t.Context())
+		for _, conn := range []*grpc.ClientConn{peerC, peerA, peerA, peerC} {
+			if err := openWatch(more, t, conn); err != nil {
+				cancelMore()
+				return fmt.Errorf("watch after the others ended: %w", err)
+			}
 		}
-	}
+		stop = cancelMore
+		return nil
+	})
 	stop()
 	eventually(t, "goroutines back to the baseline", func() error {
 		if n := runtime.NumGoroutine(); n > baseline {
@@ -196,7 +203,7 @@ func TestWatchBundleCapsAndReleases(t *testing.T) {
 }
 
 func TestIdleConnectionsAreClosed(t *testing.T) {
-	tree := catest.New(t, catest.Options{})
+	tree := testkit.New(t, testkit.Options{})
 	addr := serveIssuerConfig(t, issuer.ServerConfig{
 		Issuer: limitIssuer(t, tree), Limits: grpclimit.Config{MaxConnectionIdle: 100 * time.Millisecond},
 	})
@@ -216,7 +223,7 @@ func TestIdleConnectionsAreClosed(t *testing.T) {
 }
 
 func TestConnectionsPastTheCapAreRefused(t *testing.T) {
-	tree := catest.New(t, catest.Options{})
+	tree := testkit.New(t, testkit.Options{})
 	addr := serveIssuerConfig(t, issuer.ServerConfig{
 		Issuer: limitIssuer(t, tree), Limits: grpclimit.Config{MaxConnections: 3, MaxConnectionsPerPeer: 2},
 	})
@@ -244,7 +251,7 @@ func TestConnectionsPastTheCapAreRefused(t *testing.T) {
 }
 
 func TestMaxConnectionAgeEndsWatches(t *testing.T) {
-	tree := catest.New(t, catest.Options{})
+	tree := testkit.New(t, testkit.Options{})
 	addr := serveIssuerConfig(t, issuer.ServerConfig{
 		Issuer: limitIssuer(t, tree),
 		Limits: grpclimit.Config{MaxConnectionAge: 200 * time.Millisecond, MaxConnectionAgeGrace: 100 * time.Millisecond},

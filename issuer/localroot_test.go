@@ -12,7 +12,7 @@ import (
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 )
 
@@ -54,7 +54,7 @@ func crlSignedBy(t *testing.T, crls []ca.CRL, c *x509.Certificate) bool {
 func TestLocalRootRotatesIntermediates(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		log, logs := captureLogs(t)
-		tree := catest.New(t, catest.Options{})
+		tree := testkit.New(t, testkit.Options{})
 		local, err := issuer.NewLocalRoot(issuer.LocalRootConfig{
 			Root: tree.Root, TrustDomain: tree.TrustDomain, Cluster: "dev", ServingNames: []string{"localhost"}, TTL: time.Hour,
 		})
@@ -140,7 +140,7 @@ func TestLocalRootRotatesIntermediates(t *testing.T) {
 // mint once it has expired.
 func TestLocalRootNeverOutlivesRoot(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		tree := catest.New(t, catest.Options{RootTTL: 2 * time.Hour})
+		tree := testkit.New(t, testkit.Options{RootTTL: 2 * time.Hour})
 		local, err := issuer.NewLocalRoot(issuer.LocalRootConfig{Root: tree.Root, TrustDomain: tree.TrustDomain, Cluster: "dev", TTL: 24 * time.Hour})
 		if err != nil {
 			t.Fatal(err)
@@ -160,7 +160,7 @@ func TestLocalRootNeverOutlivesRoot(t *testing.T) {
 }
 
 func TestLocalRootConfigRefusesShortTTL(t *testing.T) {
-	tree := catest.New(t, catest.Options{})
+	tree := testkit.New(t, testkit.Options{})
 	for _, ttl := range []time.Duration{-time.Hour, time.Second, issuer.MinLocalIntermediateTTL - time.Nanosecond} {
 		if _, err := issuer.NewLocalRoot(issuer.LocalRootConfig{Root: tree.Root, TrustDomain: tree.TrustDomain, Cluster: "dev", TTL: ttl}); err == nil {
 			t.Errorf("TTL %v accepted", ttl)

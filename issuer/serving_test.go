@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 )
 
@@ -17,7 +17,7 @@ import (
 // can be pointed at it under that name; with no permitted name left it
 // refuses to start.
 func TestServingCertificateStaysWithinIntermediate(t *testing.T) {
-	tree := catest.New(t, catest.Options{Cluster: "east", ServingNames: []string{"istiod.istio-system.svc"}})
+	tree := testkit.New(t, testkit.Options{Cluster: "east", ServingNames: []string{"istiod.istio-system.svc"}})
 	iss, err := issuer.New(issuer.Config{
 		TrustDomain: tree.TrustDomain, Cluster: "east", Authority: tree.Intermediate, Bundle: tree.Bundle,
 		Attestor: &fakeAttestor{}, Recorder: &fakeRecorder{}, Logger: slog.New(slog.NewJSONHandler(io.Discard, nil)),

@@ -14,8 +14,8 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/admin"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/adminapi"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/store/sqlite"
 )
@@ -31,7 +31,7 @@ type replica struct {
 	stop   func()
 }
 
-func startReplica(t *testing.T, tree *catest.Tree, dbPath string) *replica {
+func startReplica(t *testing.T, tree *testkit.Tree, dbPath string) *replica {
 	t.Helper()
 	log, _ := captureLogs(t)
 	db, err := sqlite.Open(t.Context(), sqlite.Config{Path: dbPath})
@@ -64,7 +64,7 @@ func startReplica(t *testing.T, tree *catest.Tree, dbPath string) *replica {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "admin.sock")
-	lis, err := admin.ListenUnix(path)
+	lis, err := adminapi.ListenUnix(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func (r *replica) issue(t *testing.T, token string) *x509.Certificate {
 
 // revoked returns the serials on the replica's current CRL, verified
 // against tree.
-func (r *replica) revoked(t *testing.T, tree *catest.Tree) []string {
+func (r *replica) revoked(t *testing.T, tree *testkit.Tree) []string {
 	t.Helper()
 	crls, _ := r.signer.Current()
 	if len(crls) != 1 {
@@ -156,7 +156,7 @@ func (r *replica) adminCall(t *testing.T, what string, call func(context.Context
 // of the leaked key must not be trusted again), also after a restart; the
 // one issued after the lift is not revoked.
 func TestUnrevokeKeepsCertificatesOnTheCRL(t *testing.T) {
-	tree := catest.New(t, catest.Options{})
+	tree := testkit.New(t, testkit.Options{})
 	dbPath := filepath.Join(t.TempDir(), "meshca.db")
 	r := startReplica(t, tree, dbPath)
 	r.waitCRL(t, nil)

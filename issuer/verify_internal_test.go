@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -25,7 +25,7 @@ import (
 // intermediate's.
 func TestVerifyRejectsWhatTheChainWould(t *testing.T) {
 	now := time.Now()
-	tree := catest.New(t, catest.Options{Now: now})
+	tree := testkit.New(t, testkit.Options{Now: now})
 	iss := &Issuer{cfg: Config{TrustDomain: tree.TrustDomain, Now: func() time.Time { return now }}}
 	if err := iss.SetAuthority(tree.Intermediate, tree.Bundle); err != nil {
 		t.Fatal(err)
@@ -65,7 +65,7 @@ func TestVerifyRejectsWhatTheChainWould(t *testing.T) {
 	}
 	const id = "spiffe://cluster.local/ns/a/sa/b"
 	hour := now.Add(time.Hour)
-	other := catest.New(t, catest.Options{Now: now, TrustDomain: "other.example"})
+	other := testkit.New(t, testkit.Options{Now: now, TrustDomain: "other.example"})
 	for _, tc := range []struct {
 		name   string
 		signer *ca.Authority

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/test/vaulttest"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -109,7 +109,7 @@ func TestRootSignedByVault(t *testing.T) {
 			roots.AddCert(root.Certificate)
 
 			td := spiffeid.RequireTrustDomainFromString("vault.test")
-			ikey := catest.Key(t, "vault-intermediate")
+			ikey := testkit.Key(t, "vault-intermediate")
 			icert, err := root.SignIntermediate(ca.IntermediateRequest{PublicKey: ikey.Public(), TrustDomain: td, Cluster: "east"})
 			if err != nil {
 				t.Fatalf("SignIntermediate: %v", err)
@@ -122,7 +122,7 @@ func TestRootSignedByVault(t *testing.T) {
 				t.Fatal(err)
 			}
 			id := &url.URL{Scheme: "spiffe", Host: "vault.test", Path: "/ns/default/sa/web"}
-			leaf, err := inter.SignLeaf(ca.LeafRequest{PublicKey: catest.Key(t, "vault-leaf").Public(), URIs: []*url.URL{id}, TTL: time.Hour})
+			leaf, err := inter.SignLeaf(ca.LeafRequest{PublicKey: testkit.Key(t, "vault-leaf").Public(), URIs: []*url.URL{id}, TTL: time.Hour})
 			if err != nil {
 				t.Fatalf("SignLeaf: %v", err)
 			}
@@ -132,7 +132,7 @@ func TestRootSignedByVault(t *testing.T) {
 				t.Fatalf("leaf does not chain to the Vault root: %v", err)
 			}
 
-			direct, err := root.SignLeaf(ca.LeafRequest{PublicKey: catest.Key(t, "vault-leaf").Public(), URIs: []*url.URL{id}, TTL: time.Hour})
+			direct, err := root.SignLeaf(ca.LeafRequest{PublicKey: testkit.Key(t, "vault-leaf").Public(), URIs: []*url.URL{id}, TTL: time.Hour})
 			if err != nil {
 				t.Fatalf("root SignLeaf: %v", err)
 			}

@@ -9,7 +9,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/attest"
-	"github.com/meshca/meshca/ca/admin"
+	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/issuer"
 )
 
@@ -110,8 +110,8 @@ type socketAllowConfig struct {
 }
 
 // unixConfig is the admin socket at path allowing a.
-func (a socketAllowConfig) unixConfig(path string) admin.UnixConfig {
-	c := admin.UnixConfig{Path: path, AllowUIDs: a.UIDs, AllowGIDs: a.GIDs}
+func (a socketAllowConfig) unixConfig(path string) adminapi.UnixConfig {
+	c := adminapi.UnixConfig{Path: path, AllowUIDs: a.UIDs, AllowGIDs: a.GIDs}
 	if len(a.UIDs)+len(a.GIDs) > 0 {
 		c.Mode = 0o666
 	}

@@ -23,9 +23,9 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/admin"
-	"github.com/meshca/meshca/ca/federation"
-	"github.com/meshca/meshca/ca/rootserver"
+	"github.com/meshca/meshca/ca/root"
+	"github.com/meshca/meshca/ca/root/federation"
+	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/internal/datadir"
 )
 
@@ -91,29 +91,29 @@ func runRoot(ctx context.Context, cfg rootConfig, out io.Writer) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	root, err := rootserver.New(ctx, cfg.serverConfig(db, fetcher, reg, log))
+	srv, err := root.New(ctx, cfg.serverConfig(db, fetcher, reg, log))
 	if err != nil {
 		return err
 	}
-	defer root.Close()
+	defer srv.Close()
 	var ep *federation.Endpoint
 	if cfg.Federation.Listen != "" {
-		if ep, err = newBundleEndpoint(cfg.Federation, root, log); err != nil {
+		if ep, err = newBundleEndpoint(cfg.Federation, srv, log); err != nil {
 			return err
 		}
 	}
-	ls, err := cfg.openListeners(root, ep != nil, log)
+	ls, err := cfg.openListeners(srv, ep != nil, log)
 	if err != nil {
 		return err
 	}
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return root.Run(ctx) })
-	g.Go(func() error { return root.Serve(ctx, ls.grpc) })
-	g.Go(func() error { return root.ServeAdmin(ctx, ls.admin) })
+	g.Go(func() error { return srv.Run(ctx) })
+	g.Go(func() error { return srv.Serve(ctx, ls.grpc) })
+	g.Go(func() error { return srv.ServeAdmin(ctx, ls.admin) })
 	if ls.mtls != nil {
-		g.Go(func() error { return root.ServeAdminMTLS(ctx, ls.adminTLS, ls.mtls) })
+		g.Go(func() error { return srv.ServeAdminMTLS(ctx, ls.adminTLS, ls.mtls) })
 	}
-	g.Go(func() error { return writeBundles(ctx, root, cfg, log) })
+	g.Go(func() error { return writeBundles(ctx, srv, cfg, log) })
 	if fetcher != nil {
 		g.Go(func() error { return fetcher.Run(ctx) })
 	}
@@ -135,18 +135,18 @@ func runRoot(ctx context.Context, cfg rootConfig, out io.Writer) error {
 // serverConfig maps cfg to the root server's configuration, over the
 // store db, following the federated bundles of fetcher (nil: none) and
 // registering metrics with reg.
-func (cfg rootConfig) serverConfig(db backend, fetcher *federation.Fetcher, reg *prometheus.Registry, log *slog.Logger) rootserver.Config {
+func (cfg rootConfig) serverConfig(db backend, fetcher *federation.Fetcher, reg *prometheus.Registry, log *slog.Logger) root.Config {
 	var trustDomains []string
 	if cfg.Federation.TrustDomain != "" {
 		trustDomains = append(trustDomains, cfg.Federation.TrustDomain)
 	}
-	rcfg := rootserver.Config{
+	rcfg := root.Config{
 		Store: db, Keys: cfg.keys(), Hosts: cfg.Hosts, IssuerServingNames: cfg.IssuerServingNames, TrustDomains: trustDomains,
 		RootTTL: time.Duration(cfg.RootTTL), IntermediateTTL: time.Duration(cfg.IntermediateTTL),
 		CredentialTTL: time.Duration(cfg.CredentialTTL), PropagationDelay: time.Duration(cfg.Rotation.PropagationDelay),
 		AutoRotate: cfg.autoRotate(), Limits: cfg.Limits.grpclimit(), Registerer: reg, Logger: log,
 	}
-	if cfg.Rotation.PropagationDelay != 0 && time.Duration(cfg.Rotation.PropagationDelay) < rootserver.DefaultTick {
+	if cfg.Rotation.PropagationDelay != 0 && time.Duration(cfg.Rotation.PropagationDelay) < root.DefaultTick {
 		// Re-evaluate often enough that a short delay (tests, demos) is
 		// honoured within a second or so.
 		rcfg.Tick = time.Second
@@ -161,7 +161,7 @@ func (cfg rootConfig) serverConfig(db backend, fetcher *federation.Fetcher, reg 
 // and mtls are nil when not configured.
 type rootListeners struct {
 	grpc, admin, adminTLS, federation net.Listener
-	mtls                              *admin.MTLS
+	mtls                              *adminapi.MTLS
 }
 
 func (l rootListeners) close() {
@@ -174,7 +174,7 @@ func (l rootListeners) close() {
 
 // openListeners opens the root's listeners (the federation endpoint's
 // when federation); on an error none stays open.
-func (cfg rootConfig) openListeners(root *rootserver.Root, federation bool, log *slog.Logger) (rootListeners, error) {
+func (cfg rootConfig) openListeners(root *root.Root, federation bool, log *slog.Logger) (rootListeners, error) {
 	var ls rootListeners
 	fail := func(err error) (rootListeners, error) {
 		ls.close()
@@ -201,7 +201,7 @@ func (cfg rootConfig) openListeners(root *rootserver.Root, federation bool, log 
 		if err != nil {
 			return fail(err)
 		}
-		if ls.mtls, err = admin.NewMTLS(admin.MTLSConfig{
+		if ls.mtls, err = adminapi.NewMTLS(adminapi.MTLSConfig{
 			GetCertificate: get, Roots: root.OwnRoots, Admins: adminIDs(cfg.Admin), Revocations: root, CRLs: root.RootCRLs, Logger: log,
 		}); err != nil {
 			return fail(err)
@@ -221,7 +221,7 @@ func (cfg rootConfig) openListeners(root *rootserver.Root, federation bool, log 
 // writeBundles keeps DATA_DIR/bundle.pem (the roots, for issuers'
 // upstream.bundleFile and agents' --ca-bundle) and bundle.spiffe.json (the
 // SPIFFE bundle, for another mesh's federation bundleFile) up to date.
-func writeBundles(ctx context.Context, root *rootserver.Root, cfg rootConfig, log *slog.Logger) error {
+func writeBundles(ctx context.Context, root *root.Root, cfg rootConfig, log *slog.Logger) error {
 	pemPath := filepath.Join(cfg.DataDir, "bundle.pem")
 	jsonPath := filepath.Join(cfg.DataDir, "bundle.spiffe.json")
 	var last []byte
@@ -298,7 +298,7 @@ func newFederationFetcher(cfg federationConfig, log *slog.Logger) (*federation.F
 	return federation.NewFetcher(fc)
 }
 
-func newBundleEndpoint(cfg federationConfig, root *rootserver.Root, log *slog.Logger) (*federation.Endpoint, error) {
+func newBundleEndpoint(cfg federationConfig, root *root.Root, log *slog.Logger) (*federation.Endpoint, error) {
 	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
 	ec := federation.EndpointConfig{TrustDomain: td, Source: root, Profile: federation.Profile(cfg.Profile), Logger: log.With("component", "bundle-endpoint")}
 	if cfg.Profile == string(federation.ProfileHTTPSWeb) {

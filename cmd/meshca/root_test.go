@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/meshca/meshca/ca/rootserver"
+	"github.com/meshca/meshca/ca/root"
 )
 
 // TestRootExampleConfigs decodes and validates deploy/root*.yaml.
@@ -70,9 +70,9 @@ func TestRootConfigValidate(t *testing.T) {
 		t.Errorf("vault key name %q", got)
 	}
 	// Without keyPrefix, keys are named after the documented default.
-	if keys, ok := cfg.keys().(rootserver.VaultKeys); !ok || keys.Prefix != rootserver.DefaultVaultKeyName ||
-		keys.Config.KeyName != rootserver.DefaultVaultKeyName {
-		t.Errorf("vault keys without keyPrefix: %+v, want prefix %s", cfg.keys(), rootserver.DefaultVaultKeyName)
+	if keys, ok := cfg.keys().(root.VaultKeys); !ok || keys.Prefix != root.DefaultVaultKeyName ||
+		keys.Config.KeyName != root.DefaultVaultKeyName {
+		t.Errorf("vault keys without keyPrefix: %+v, want prefix %s", cfg.keys(), root.DefaultVaultKeyName)
 	}
 }
 

@@ -9,7 +9,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/meshca/meshca/ca/rootserver"
+	"github.com/meshca/meshca/ca/root"
 	"github.com/meshca/meshca/ca/vault"
 )
 
@@ -226,13 +226,13 @@ func (c *rootConfig) validate() error {
 
 // keys is where the root keeps its keys: files in DataDir (kind file), or
 // Vault Transit keys named KeyPrefix-<unix time>-<random hex> (kind vault;
-// an empty KeyPrefix means rootserver.DefaultVaultKeyName).
-func (c *rootConfig) keys() rootserver.Keys {
+// an empty KeyPrefix means root.DefaultVaultKeyName).
+func (c *rootConfig) keys() root.Keys {
 	if c.Key.Kind != rootKeyVault {
-		return rootserver.FileKeys{Dir: c.DataDir}
+		return root.FileKeys{Dir: c.DataDir}
 	}
-	prefix := cmp.Or(c.Key.Vault.KeyPrefix, rootserver.DefaultVaultKeyName)
-	return rootserver.VaultKeys{Config: c.vaultConfig(prefix), Prefix: prefix}
+	prefix := cmp.Or(c.Key.Vault.KeyPrefix, root.DefaultVaultKeyName)
+	return root.VaultKeys{Config: c.vaultConfig(prefix), Prefix: prefix}
 }
 
 // vaultConfig is the ca/vault template for one Transit key name.

@@ -12,7 +12,7 @@ import (
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/admin"
+	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/issuer"
 )
 
@@ -25,7 +25,7 @@ type caParts struct {
 	loop    *issuer.Intermediates
 	relayed issuer.BundleSource // nil without a central root
 	srv     *issuer.Server
-	mtls    *admin.MTLS // nil without an admin mTLS listener
+	mtls    *adminapi.MTLS // nil without an admin mTLS listener
 }
 
 // build makes the stack's components over the store db, with the
@@ -70,7 +70,7 @@ func (s caStack) build(ctx context.Context, td spiffeid.TrustDomain, src interme
 		return nil, err
 	}
 	if s.adminTLS.Listen != "" {
-		if p.mtls, err = admin.NewMTLS(admin.MTLSConfig{
+		if p.mtls, err = adminapi.NewMTLS(adminapi.MTLSConfig{
 			GetCertificate: p.srv.GetCertificate, Roots: iss.Bundle, Admins: adminIDs(s.adminTLS), Revocations: p.deny,
 			CRLs: func() []ca.CRL { return adminCRLs(p.crls, p.relayed, td) }, Logger: log,
 		}); err != nil {

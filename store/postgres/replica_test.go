@@ -24,7 +24,7 @@ import (
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/postgres"
@@ -33,7 +33,7 @@ import (
 // fleet is what issuer replicas of one cluster share: the CA tree and the
 // dev token signer their attestor trusts, plus ready-made tokens and CSRs.
 type fleet struct {
-	tree   *catest.Tree
+	tree   *testkit.Tree
 	signer *attest.DevSigner
 	tokens []string
 	csrs   [][]byte
@@ -41,7 +41,7 @@ type fleet struct {
 
 func newFleet(tb testing.TB) *fleet {
 	tb.Helper()
-	f := &fleet{tree: catest.New(tb, catest.Options{})}
+	f := &fleet{tree: testkit.New(tb, testkit.Options{})}
 	var err error
 	if f.signer, err = attest.LoadOrCreateDevSigner(tb.TempDir()); err != nil {
 		tb.Fatal(err)

@@ -9,7 +9,7 @@ import (
 )
 
 // replicaStore is what root servers sharing one store need of it (see
-// rootserver.ReplicaStore).
+// root.ReplicaStore).
 type replicaStore interface {
 	TryLeader(ctx context.Context) (store.Lease, bool, error)
 	PutRootCRL(ctx context.Context, c store.RootCRL) error

@@ -21,8 +21,8 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/admin"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/adminapi"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/sqlite"
@@ -67,7 +67,7 @@ func startIssuer(tb testing.TB) *issuerStack {
 	log := discardLogger()
 	s := &issuerStack{td: spiffeid.RequireTrustDomainFromString(benchTrustDomain)}
 
-	root, err := ca.NewRoot(ca.RootConfig{Signer: catest.Key(tb, "bench-root")})
+	root, err := ca.NewRoot(ca.RootConfig{Signer: testkit.Key(tb, "bench-root")})
 	if err != nil {
 		tb.Fatalf("root: %v", err)
 	}
@@ -121,7 +121,7 @@ func startIssuer(tb testing.TB) *issuerStack {
 	}
 	s.addr = lis.Addr().String()
 	adminSock := filepath.Join(dir, "admin.sock")
-	adminLis, err := admin.ListenUnix(adminSock)
+	adminLis, err := adminapi.ListenUnix(adminSock)
 	if err != nil {
 		lis.Close()
 		tb.Fatal(err)
@@ -147,7 +147,7 @@ func startIssuer(tb testing.TB) *issuerStack {
 // issuer serve` does with a local root (cmd/meshca/dev.go newIntermediate).
 func newIntermediate(tb testing.TB, root *ca.Authority, td spiffeid.TrustDomain) *ca.Authority {
 	tb.Helper()
-	key := catest.Key(tb, "bench-intermediate")
+	key := testkit.Key(tb, "bench-intermediate")
 	cert, err := root.SignIntermediate(ca.IntermediateRequest{PublicKey: key.Public(), TrustDomain: td, Cluster: benchCluster, ServingNames: []string{"127.0.0.1"}})
 	if err != nil {
 		tb.Fatalf("intermediate: %v", err)
@@ -234,7 +234,7 @@ func (s *issuerStack) agentSerial(ctx context.Context, id string) (string, error
 // record), and returns its serial (hex).
 func (s *issuerStack) issueSerial(ctx context.Context, tb testing.TB, token string) string {
 	tb.Helper()
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, catest.Key(tb, "bench-workload"))
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, testkit.Key(tb, "bench-workload"))
 	if err != nil {
 		tb.Fatal(err)
 	}

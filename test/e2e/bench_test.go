@@ -25,7 +25,7 @@ import (
 	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/test/benchcpu"
 )
 
@@ -132,7 +132,7 @@ func benchCSRs(b *testing.B) []string {
 // newFloor returns the crypto floor as one operation: parse and check the
 // CSR, then x509.CreateCertificate (which also verifies its signature).
 func newFloor(b *testing.B, csrs []string) func(i int64) error {
-	tree := catest.New(b, catest.Options{})
+	tree := testkit.New(b, testkit.Options{})
 	id, _ := url.Parse("spiffe://cluster.local/ns/bench/sa/web")
 	return func(i int64) error {
 		return floorOp(tree.Intermediate, id, csrs[i%int64(len(csrs))], i)

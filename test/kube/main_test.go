@@ -29,7 +29,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/meshca/meshca/attest"
-	"github.com/meshca/meshca/ca/catest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/sqlite"
@@ -126,7 +126,7 @@ type wire struct {
 
 func newWire(tb testing.TB, att attest.Attestor) *wire {
 	tb.Helper()
-	tree := catest.New(tb, catest.Options{})
+	tree := testkit.New(tb, testkit.Options{})
 	w := &wire{logs: &syncBuffer{}}
 	var err error
 	if w.db, err = sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(tb.TempDir(), "meshca.db")}); err != nil {

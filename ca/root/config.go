@@ -1,0 +1,279 @@
+// Package root is the central root CA behind `meshca root serve`. It
+// keeps the roots (their keys behind Keys: files or Vault Transit, their
+// records in the store), decides from the records and the clock which root
+// is prepared, active or retiring, publishes the trust bundle, rotates the
+// root on a schedule or on request, and serves three gRPC services:
+// RootService (enrolment and renewal of cluster issuers, and their CRLs) and
+// BundleService over TLS, AdminService on a Unix socket.
+//
+// Revocation on the root is of whole clusters (AdminService.Revoke with a
+// cluster): the cluster and its unexpired intermediates enter the store's
+// deny-list, its issuer can no longer enrol, renew or publish CRLs
+// (PermissionDenied), and every in-bundle root whose key loads signs a CRL
+// of the revoked intermediates, carried in every own trust domain of the
+// bundle. It cannot be undone: the cluster enrols again under a new name.
+// Certificates the root signed itself (admin certificates, issuer
+// credentials) are revoked by serial (AdminService.Revoke with a serial):
+// the deny-list refuses them at once and the root CRLs list them. Workload
+// certificates and SPIFFE IDs are revoked on the issuers' admin sockets.
+//
+// Admin certificates (AdminService.IssueAdminCredential, on the Unix
+// socket only) are client-only X509-SVIDs signed directly by the active
+// root, recorded and audited; the admin API over mutual TLS accepts nothing
+// else, so no cluster issuer can mint an admin.
+//
+// Issuer credentials form one lineage per cluster: every Renew replaces the
+// caller's credential, and the root accepts only the newest one (and the
+// one it replaced, until the newest is used); any other credential of the
+// cluster is a copy in use, which revokes the lineage (credential.go).
+// Issuers hand their own CRLs to PublishCRLs; the root keeps them in memory
+// only (issuers publish again when they reconnect) and relays them to every
+// cluster in their trust domain's entry.
+//
+// Use: New, then run Run (the re-evaluation loop), Serve and ServeAdmin
+// side by side until the context ends; Close releases the keys afterwards.
+package root
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/grpclimit"
+	"github.com/meshca/meshca/store"
+)
+
+// Defaults applied by New to zero Config fields.
+const (
+	DefaultRootTTL          = ca.DefaultRootTTL
+	DefaultIntermediateTTL  = 48 * time.Hour
+	DefaultCredentialTTL    = 30 * 24 * time.Hour
+	DefaultPropagationDelay = time.Hour
+	DefaultTick             = 10 * time.Second
+	DefaultServingTTL       = 24 * time.Hour
+	DefaultJoinTokenTTL     = time.Hour
+	DefaultRefreshHint      = 5 * time.Minute
+	DefaultMaxRequestBytes  = 64 << 10
+
+	// MaxJoinTokenTTL bounds a join token's life.
+	MaxJoinTokenTTL = 7 * 24 * time.Hour
+)
+
+// Store is what the root service needs from storage: store.RootStore, the
+// deny-list (cluster, intermediate and serial revocations), the records of
+// admin certificates and the audit log. Both store backends implement it.
+type Store interface {
+	store.RevocationStore
+	// RecordIssuance and Certificate are store.Store's: admin certificates
+	// the root signs are recorded (without a cluster), and found again when
+	// revoked by serial.
+	RecordIssuance(ctx context.Context, cert store.Certificate, ev store.AuditEvent) error
+	Certificate(ctx context.Context, serial string) (store.Certificate, error)
+	// AuditEvents is store.Store's: the admin socket's ListAuditEvents.
+	AuditEvents(ctx context.Context, since time.Time) ([]store.AuditEvent, error)
+	AddCluster(ctx context.Context, c store.Cluster, tok store.JoinToken, ev store.AuditEvent) error
+	Cluster(ctx context.Context, name string) (store.Cluster, error)
+	RedeemJoinToken(ctx context.Context, hash string, now time.Time, ev store.AuditEvent) (store.Cluster, error)
+	RecordIntermediate(ctx context.Context, in store.Intermediate, ev store.AuditEvent) error
+	Intermediates(ctx context.Context, f store.IntermediateFilter) ([]store.Intermediate, error)
+	AddRoot(ctx context.Context, r store.Root, ev store.AuditEvent) error
+	Roots(ctx context.Context) ([]store.Root, error)
+	ClusterCredential(ctx context.Context, cluster string) (store.ClusterCredential, error)
+	SwapClusterCredential(ctx context.Context, old, next store.ClusterCredential, ev store.AuditEvent) error
+	AppendAudit(ctx context.Context, ev store.AuditEvent) error
+}
+
+// ClusterLister is an optional capability of a Store: when it has it, every
+// registered cluster's trust domain is published, even before the cluster
+// enrols. Without it the bundle names the trust domains of clusters added
+// since start, of clusters with a valid intermediate, and
+// Config.TrustDomains.
+type ClusterLister interface {
+	Clusters(ctx context.Context) ([]store.Cluster, error)
+}
+
+// ReplicaStore is an optional capability of a Store that lets several root
+// servers share it. One of them at a time holds the store's leader lease
+// (TryLeader, re-checked at every re-evaluation); only that one creates
+// roots (the first root, automatic and administrator rotations) and signs
+// root CRLs, which it stores with PutRootCRL. Every replica serves
+// enrolment, renewal, bundle watches and the other admin calls, and
+// publishes the stored root CRLs, so that all of them publish the same CRL
+// under the same number. Without this capability the root server assumes
+// it is the only one on its store.
+type ReplicaStore interface {
+	TryLeader(ctx context.Context) (store.Lease, bool, error)
+	PutRootCRL(ctx context.Context, c store.RootCRL) error
+	RootCRLs(ctx context.Context) ([]store.RootCRL, error)
+}
+
+// Federated is a source of other meshes' bundles, published alongside the
+// root's own trust domains.
+type Federated interface {
+	// Domains returns the federated bundles now; the root marks them
+	// Federated. A trust domain the root has as its own is dropped.
+	Domains() []ca.DomainBundle
+	// Changed returns a channel that becomes ready (receives or is closed)
+	// when Domains may have changed. It is called again after every
+	// wake-up, so a channel closed once per change must be replaced by the
+	// next call.
+	Changed() <-chan struct{}
+}
+
+// Config configures the root service. Zero values are documented beside
+// each field; New applies the defaults, and cmd/ calls Validate first.
+type Config struct {
+	// Store keeps clusters, join tokens, roots, intermediates and the audit
+	// log. Required.
+	Store Store
+	// Keys creates and loads the root keys. Required.
+	Keys Keys
+	// Hosts are the DNS names and IP addresses in the TLS serving
+	// certificate. Required.
+	Hosts []string
+	// IssuerServingNames are the DNS names (each with its subdomains) and
+	// IP addresses that cluster issuers may ask their intermediates to
+	// vouch for; a requested name outside them is left out, as are the
+	// root's own Hosts and their parent domains. Nil means
+	// ca.DefaultServingNames (the Istio and meshca Service names).
+	IssuerServingNames []string
+	// TrustDomains are published in the bundle even when no cluster is
+	// registered in them; nil means none.
+	TrustDomains []string
+	// Federated supplies other meshes' bundles; nil means none.
+	Federated Federated
+
+	// RootCommonName is the subject CN of new roots; empty means
+	// "meshca root CA".
+	RootCommonName string
+	// RootTTL is the lifetime of a new root; zero means 10 years.
+	RootTTL time.Duration
+	// IntermediateTTL is the lifetime of a cluster intermediate; zero means
+	// 48h. It is clamped to the root's NotAfter.
+	IntermediateTTL time.Duration
+	// CredentialTTL is the lifetime of an issuer credential; zero means 30
+	// days.
+	CredentialTTL time.Duration
+	// PropagationDelay is how long a new root sits in the bundle before it
+	// signs; zero means 1h.
+	PropagationDelay time.Duration
+	// AutoRotate creates the next root when the active one has less than
+	// 1/3 of its life left and no newer root exists; false means only
+	// `meshca admin root rotate` rotates.
+	AutoRotate bool
+	// Tick is how often the roots and the bundle are re-evaluated; zero
+	// means 10s.
+	Tick time.Duration
+	// ServingTTL is the lifetime of the TLS serving certificate; zero means
+	// 24h. It is renewed at half-life and when the active root changes.
+	ServingTTL time.Duration
+	// JoinTokenTTL is the default life of a join token; zero means 1h.
+	JoinTokenTTL time.Duration
+	// RefreshHint is advertised in the bundle for pollers; zero means 5m.
+	RefreshHint time.Duration
+	// MaxRequestBytes bounds a gRPC request message; zero means 64 KiB.
+	MaxRequestBytes int
+	// Limits bound Serve's connections, streams and bundle watches (see
+	// package grpclimit; zero fields mean its defaults, a nil Logger the
+	// root's).
+	Limits grpclimit.Config
+	// CRLValidity is how long a root CRL (of revoked intermediates) is
+	// valid; it is re-signed at half of it, at the re-evaluation (Tick)
+	// that follows. Zero means ca.DefaultCRLValidity (24h). Keep it well
+	// above Tick.
+	CRLValidity time.Duration
+
+	// Registerer receives the CA expiry gauge and the credential reuse
+	// counter; nil means no metrics.
+	Registerer prometheus.Registerer
+	// Logger receives events; nil means slog.Default(). It never receives
+	// keys or tokens.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Validate reports the first problem with c.
+func (c Config) Validate() error {
+	switch {
+	case c.Store == nil:
+		return errors.New("root server: store is required")
+	case c.Keys == nil:
+		return errors.New("root server: keys are required")
+	case len(c.Hosts) == 0:
+		return errors.New("root server: at least one serving host name or IP is required")
+	}
+	for _, h := range c.Hosts {
+		if h == "" || strings.ContainsAny(h, " /:") && net.ParseIP(h) == nil {
+			return fmt.Errorf("root server: serving host %q is not a DNS name or IP address", h)
+		}
+	}
+	if _, _, err := ca.SplitServingNames(c.IssuerServingNames); err != nil {
+		return fmt.Errorf("root server: issuer serving names: %w", err)
+	}
+	for _, td := range c.TrustDomains {
+		if _, err := spiffeid.TrustDomainFromString(td); err != nil {
+			return fmt.Errorf("root server: trust domain %q: %w", td, err)
+		}
+	}
+	for name, d := range map[string]time.Duration{
+		"root ttl": c.RootTTL, "intermediate ttl": c.IntermediateTTL, "credential ttl": c.CredentialTTL,
+		"propagation delay": c.PropagationDelay, "tick": c.Tick, "serving ttl": c.ServingTTL,
+		"join token ttl": c.JoinTokenTTL, "refresh hint": c.RefreshHint, "crl validity": c.CRLValidity,
+	} {
+		if d < 0 {
+			return fmt.Errorf("root server: negative %s %v", name, d)
+		}
+	}
+	if c.JoinTokenTTL > MaxJoinTokenTTL {
+		return fmt.Errorf("root server: join token ttl %v exceeds %v", c.JoinTokenTTL, MaxJoinTokenTTL)
+	}
+	if c.MaxRequestBytes < 0 {
+		return fmt.Errorf("root server: negative max request bytes %d", c.MaxRequestBytes)
+	}
+	if err := c.Limits.Validate(); err != nil {
+		return fmt.Errorf("root server: %w", err)
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.RootTTL, DefaultRootTTL)
+	def(&c.IntermediateTTL, DefaultIntermediateTTL)
+	def(&c.CredentialTTL, DefaultCredentialTTL)
+	def(&c.PropagationDelay, DefaultPropagationDelay)
+	def(&c.Tick, DefaultTick)
+	def(&c.ServingTTL, DefaultServingTTL)
+	def(&c.JoinTokenTTL, DefaultJoinTokenTTL)
+	def(&c.RefreshHint, DefaultRefreshHint)
+	def(&c.CRLValidity, ca.DefaultCRLValidity)
+	if c.MaxRequestBytes == 0 {
+		c.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if c.IssuerServingNames == nil {
+		c.IssuerServingNames = ca.DefaultServingNames
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Limits.Logger == nil {
+		c.Limits.Logger = c.Logger
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}

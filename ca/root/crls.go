@@ -1,0 +1,291 @@
+package root
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/big"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/store"
+)
+
+// CRLs in the bundle. Every own trust domain's entry carries the root CRLs
+// (one per in-bundle root whose key loads, listing every revoked
+// intermediate) followed by the CRLs the issuers of the clusters in that
+// trust domain published, so that every cluster's agents receive every
+// cluster's CRLs. CRLs are outside the bundle signature, but a change still
+// publishes a new, signed bundle with a new sequence.
+
+// maxCRLsPerCall bounds the CRLs of one PublishCRLs call: an issuer has a
+// handful of intermediates at a time.
+const maxCRLsPerCall = 32
+
+// rootCRL is a CRL signed by one root.
+type rootCRL struct {
+	crl    ca.CRL
+	number *big.Int
+	// serials is the revoked set it lists, as a sorted, joined key.
+	serials string
+	// renewAt is half-way to NextUpdate; nextUpdate is when it goes stale.
+	renewAt, nextUpdate time.Time
+}
+
+// issuerCRL is a CRL an issuer published, verified when it came in.
+type issuerCRL struct {
+	crl         ca.CRL
+	number      *big.Int
+	cluster     string
+	trustDomain spiffeid.TrustDomain
+	// serial is the serial of the intermediate that signed it; the key of
+	// Root.issuerCRLs.
+	serial                     string
+	issuerNotAfter, nextUpdate time.Time
+}
+
+// signRootCRLsLocked keeps one CRL per in-bundle root valid at now listing
+// the revoked intermediates and the other certificates revoked by serial
+// (a serial is random, so listing one on a root that did not sign it is
+// harmless): signed when missing, when the list or the
+// roots change, and at half-life. It exists, empty, while nothing is
+// revoked: a relying party that checks CRLs for every CA of a chain (Envoy,
+// once it has any CRL) must find one for the root too. A root whose key
+// cannot be loaded or that fails to sign keeps its previous CRL while that
+// is still current. With a ReplicaStore only the leader signs, and stores
+// what it signed; a follower publishes the stored CRLs (see leader.go).
+func (r *Root) signRootCRLsLocked(ctx context.Context, now time.Time) {
+	serials := make([]string, 0, len(r.revs.inters)+len(r.revs.serials))
+	for s := range r.revs.inters {
+		serials = append(serials, s)
+	}
+	for s := range r.revs.serials {
+		serials = append(serials, s)
+	}
+	slices.Sort(serials)
+	serials = slices.Compact(serials)
+	key := strings.Join(serials, ",")
+	keep := map[[32]byte]*rootCRL{}
+	defer func() { r.rootCRLs = keep }()
+	for _, s := range r.statuses {
+		if !s.State.InBundle() || now.Before(s.Cert.NotBefore) || !now.Before(s.Cert.NotAfter) {
+			continue
+		}
+		fp := ca.Fingerprint(s.Cert)
+		old := newerCRL(r.rootCRLs[fp], r.storedCRL(ctx, s))
+		if !r.leader {
+			// The leader signs; a follower publishes what it stored.
+			if old != nil && now.Before(old.nextUpdate) {
+				keep[fp] = old
+			}
+			continue
+		}
+		if old != nil && old.serials == key && now.Before(old.renewAt) {
+			keep[fp] = old
+			continue
+		}
+		c, err := r.signRootCRL(ctx, s, serials, old, now)
+		if err == nil {
+			err = r.storeRootCRL(ctx, s, c)
+		}
+		if err == nil {
+			c.serials = key
+			keep[fp] = c
+			delete(r.crlErrs, fp)
+			r.log.InfoContext(ctx, "root CRL signed", "sha256", fingerprintHex(s.Cert), "number", c.number.String(),
+				"revoked_intermediates", len(serials), "next_update", c.nextUpdate)
+			continue
+		}
+		if old != nil && now.Before(old.nextUpdate) {
+			keep[fp] = old
+		}
+		if r.crlErrs[fp] != err.Error() {
+			r.crlErrs[fp] = err.Error()
+			r.log.ErrorContext(ctx, "cannot sign the root CRL; retrying at the next re-evaluation",
+				"sha256", fingerprintHex(s.Cert), "keeping_previous", keep[fp] != nil, "error", err)
+		}
+	}
+}
+
+func (r *Root) signRootCRL(ctx context.Context, s ca.RootStatus, serials []string, old *rootCRL, now time.Time) (*rootCRL, error) {
+	key, err := r.signer(ctx, s.KeyRef)
+	if err != nil {
+		return nil, err
+	}
+	a, err := ca.NewAuthority(s.Cert, key)
+	if err != nil {
+		return nil, fmt.Errorf("root authority: %w", err)
+	}
+	req := ca.CRLRequest{Number: nextCRLNumber(old, now), Now: now, Validity: r.cfg.CRLValidity}
+	for _, hexSerial := range serials {
+		n, ok := new(big.Int).SetString(hexSerial, 16)
+		if !ok {
+			return nil, fmt.Errorf("revoked intermediate serial %q is not hexadecimal", hexSerial)
+		}
+		req.Serials = append(req.Serials, n)
+	}
+	crl, rl, err := a.SignCRL(req)
+	if err != nil {
+		return nil, fmt.Errorf("%w: sign root CRL: %w", errUnavailable, err)
+	}
+	return &rootCRL{
+		crl: crl, number: rl.Number, nextUpdate: rl.NextUpdate,
+		renewAt: now.Add(rl.NextUpdate.Sub(now) / 2),
+	}, nil
+}
+
+// pruneIssuerCRLsLocked drops the published CRLs that went stale, whose
+// issuer expired, or whose cluster or issuer is revoked.
+func (r *Root) pruneIssuerCRLsLocked(ctx context.Context, now time.Time) {
+	for k, c := range r.issuerCRLs {
+		_, interRevoked := r.revs.inters[c.serial]
+		why := ""
+		switch {
+		case !now.Before(c.nextUpdate):
+			why = "next update passed"
+		case !now.Before(c.issuerNotAfter):
+			why = "issuer expired"
+		case r.revs.clusters[c.cluster]:
+			why = "cluster revoked"
+		case interRevoked:
+			why = "issuer revoked"
+		default:
+			continue
+		}
+		delete(r.issuerCRLs, k)
+		r.log.InfoContext(ctx, "dropped a published CRL", "cluster", c.cluster, "serial", c.serial,
+			"number", c.number.String(), "reason", why)
+	}
+}
+
+// domainCRLsLocked returns the CRLs of own trust domain td: the root CRLs,
+// oldest root first, then the issuer CRLs of td by issuer serial.
+func (r *Root) domainCRLsLocked(td spiffeid.TrustDomain) []ca.CRL {
+	var out []ca.CRL
+	for _, s := range r.statuses {
+		if c := r.rootCRLs[ca.Fingerprint(s.Cert)]; c != nil {
+			out = append(out, c.crl)
+		}
+	}
+	var issued []issuerCRL
+	for _, c := range r.issuerCRLs {
+		if c.trustDomain == td {
+			issued = append(issued, c)
+		}
+	}
+	slices.SortFunc(issued, func(a, b issuerCRL) int { return cmp.Compare(a.serial, b.serial) })
+	for _, c := range issued {
+		out = append(out, c.crl)
+	}
+	return out
+}
+
+// publishCRLs answers RootService.PublishCRLs. Every CRL must verify under
+// the in-bundle roots and be signed by an intermediate of the caller's
+// cluster; otherwise the whole call is refused. One that went stale or
+// whose issuer expired is skipped, and one whose CRL number is not above
+// the kept one of its issuer is ignored. Published CRLs live in memory: a
+// restarted root learns them again as issuers publish on reconnecting.
+func (r *Root) publishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest) (*meshcav1.PublishCRLsResponse, error) {
+	st := r.state.Load()
+	caller, err := r.authenticate(ctx, st, useCredential)
+	if err != nil {
+		return nil, err
+	}
+	c := caller.cluster
+	if st.revoked[c.Name] {
+		return nil, revokedError(c.Name)
+	}
+	if n := len(req.GetCrls()); n > maxCRLsPerCall {
+		return nil, fmt.Errorf("%w: %d CRLs in one call (at most %d)", errInvalidArgument, n, maxCRLsPerCall)
+	}
+	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: trust domain: %w", c.Name, err)
+	}
+	now := r.cfg.Now()
+	var roots []*x509.Certificate
+	for _, s := range st.statuses {
+		if s.State.InBundle() {
+			roots = append(roots, s.Cert)
+		}
+	}
+	pool, err := ca.NewBundle(roots...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: in-bundle roots: %w", errNoActiveRoot, err)
+	}
+	inters, err := r.cfg.Store.Intermediates(ctx, store.IntermediateFilter{Cluster: c.Name})
+	if err != nil {
+		return nil, fmt.Errorf("%w: list intermediates of cluster %s: %w", errUnavailable, c.Name, err)
+	}
+	var in []issuerCRL
+	for i, p := range req.GetCrls() {
+		crl := ca.CRL{DER: bytes.Clone(p.GetDer())}
+		for _, der := range p.GetIssuerChain() {
+			crl.IssuerChain = append(crl.IssuerChain, bytes.Clone(der))
+		}
+		got, ok, err := checkIssuerCRL(crl, pool, inters, c.Name, now)
+		if err != nil {
+			return nil, fmt.Errorf("crl %d: %w", i, err)
+		}
+		if ok {
+			got.trustDomain = td
+			in = append(in, got)
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	changed := 0
+	for _, got := range in {
+		if old, ok := r.issuerCRLs[got.serial]; ok && got.number.Cmp(old.number) <= 0 {
+			continue
+		}
+		r.issuerCRLs[got.serial] = got
+		changed++
+	}
+	if changed > 0 {
+		r.log.InfoContext(ctx, "issuer CRLs published", "cluster", c.Name, "new", changed, "received", len(req.GetCrls()))
+		r.publishLocked(ctx, now)
+	}
+	return &meshcav1.PublishCRLsResponse{}, nil
+}
+
+// checkIssuerCRL verifies one published CRL: ok is false when it is to be
+// skipped (stale, or its issuer expired).
+func checkIssuerCRL(crl ca.CRL, roots *ca.Bundle, inters []store.Intermediate, cluster string, now time.Time) (issuerCRL, bool, error) {
+	rl, issuer, err := ca.VerifyCRL(crl, roots, now)
+	switch {
+	case errors.Is(err, ca.ErrCRLStale):
+		return issuerCRL{}, false, nil
+	case err != nil && len(crl.IssuerChain) > 0:
+		if c, perr := x509.ParseCertificate(crl.IssuerChain[0]); perr == nil && !now.Before(c.NotAfter) {
+			return issuerCRL{}, false, nil
+		}
+		return issuerCRL{}, false, fmt.Errorf("%w: %w", errInvalidArgument, err)
+	case err != nil:
+		return issuerCRL{}, false, fmt.Errorf("%w: %w", errInvalidArgument, err)
+	case rl.Number == nil || rl.Number.Sign() <= 0:
+		return issuerCRL{}, false, fmt.Errorf("%w: no CRL number", errInvalidArgument)
+	}
+	sum := sha256.Sum256(issuer.Raw)
+	fp, serial := hex.EncodeToString(sum[:]), ca.SerialHex(issuer.SerialNumber)
+	i := slices.IndexFunc(inters, func(in store.Intermediate) bool { return in.Serial == serial && in.Fingerprint == fp })
+	if i < 0 {
+		return issuerCRL{}, false, fmt.Errorf("%w: the CRL's issuer (serial %s, %q) is not an intermediate of cluster %s",
+			errPermissionDenied, serial, issuer.Subject.CommonName, cluster)
+	}
+	return issuerCRL{
+		crl: crl, number: rl.Number, cluster: cluster, serial: serial,
+		issuerNotAfter: issuer.NotAfter, nextUpdate: rl.NextUpdate,
+	}, true, nil
+}

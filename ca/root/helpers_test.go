@@ -1,0 +1,293 @@
+package root
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/ca"
+)
+
+// syncBuffer collects log output from concurrent goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// harness is a root service on a fake clock, with file keys in a temporary
+// directory and (unless the test supplies another) an in-memory store.
+type harness struct {
+	t     testing.TB
+	clock *fakeClock
+	fake  *fakeStore
+	cfg   Config
+	logs  *syncBuffer
+	root  *Root
+}
+
+func newHarness(t testing.TB, mod func(*Config)) *harness {
+	t.Helper()
+	h := &harness{t: t, clock: newFakeClock(), fake: newFakeStore(), logs: &syncBuffer{}}
+	h.cfg = Config{
+		Store:            h.fake,
+		Keys:             FileKeys{Dir: t.TempDir()},
+		Hosts:            []string{"localhost", "127.0.0.1"},
+		IntermediateTTL:  2 * time.Hour,
+		CredentialTTL:    24 * time.Hour,
+		PropagationDelay: 10 * time.Minute,
+		Tick:             100 * time.Millisecond,
+		Logger:           slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Now:              h.clock.Now,
+	}
+	if mod != nil {
+		mod(&h.cfg)
+	}
+	h.root = h.start()
+	return h
+}
+
+// start builds a Root on the harness's configuration (store, keys, clock).
+func (h *harness) start() *Root {
+	h.t.Helper()
+	r, err := New(context.Background(), h.cfg)
+	if err != nil {
+		h.t.Fatalf("New: %v", err)
+	}
+	h.t.Cleanup(func() { _ = r.Close() })
+	return r
+}
+
+func (h *harness) refresh() {
+	h.t.Helper()
+	if err := h.root.refresh(context.Background()); err != nil {
+		h.t.Fatalf("refresh: %v", err)
+	}
+}
+
+func (h *harness) addCluster(name, td string) string {
+	h.t.Helper()
+	resp, err := h.root.addCluster(context.Background(), &meshcav1.AddClusterRequest{Name: name, TrustDomain: td}, "admin:test")
+	if err != nil {
+		h.t.Fatalf("add cluster %s: %v", name, err)
+	}
+	return resp.GetJoinToken()
+}
+
+// serve runs Serve on a loopback port until the test ends.
+func (h *harness) serve() string {
+	h.t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.root.Serve(ctx, lis) }()
+	h.t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			h.t.Errorf("Serve: %v", err)
+		}
+	})
+	return lis.Addr().String()
+}
+
+// rootsPool holds every recorded root.
+func (h *harness) rootsPool() *x509.CertPool {
+	pool := x509.NewCertPool()
+	for _, s := range h.root.Roots() {
+		pool.AddCert(s.Cert)
+	}
+	return pool
+}
+
+// dial connects to addr over TLS, trusting every recorded root, and
+// presenting cert when it is not nil.
+func (h *harness) dial(addr string, cert *tls.Certificate) *grpc.ClientConn {
+	h.t.Helper()
+	cfg := &tls.Config{RootCAs: h.rootsPool(), ServerName: "localhost", Time: h.clock.Now, MinVersion: tls.VersionTLS12}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// activeRoot is the certificate of the active root.
+func (h *harness) activeRoot() *x509.Certificate {
+	h.t.Helper()
+	st := h.root.state.Load()
+	if st.active == nil {
+		h.t.Fatal("no active root")
+	}
+	return st.active.Certificate
+}
+
+func newKey(t testing.TB) crypto.Signer {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// csrFor is a DER CSR with a subject the root must ignore; as an
+// intermediate CSR, its DNS name is the serving name the issuer asks for.
+func csrFor(t testing.TB, key crypto.Signer) []byte {
+	t.Helper()
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject: pkix.Name{CommonName: "ignored"}, DNSNames: []string{"ignored.example"},
+	}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+// issuerSide is what an issuer keeps after Enroll or Renew.
+type issuerSide struct {
+	credKey, interKey crypto.Signer
+	cred, inter       *x509.Certificate
+	bundle            *ca.TrustBundle
+}
+
+func (s *issuerSide) tlsCert() *tls.Certificate {
+	return &tls.Certificate{Certificate: [][]byte{s.cred.Raw}, PrivateKey: s.credKey, Leaf: s.cred}
+}
+
+func (s *issuerSide) authority(t testing.TB) *ca.Authority {
+	t.Helper()
+	a, err := ca.NewAuthority(s.inter, s.interKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func enroll(t testing.TB, conn *grpc.ClientConn, token string) (*issuerSide, error) {
+	t.Helper()
+	s := &issuerSide{credKey: newKey(t), interKey: newKey(t)}
+	resp, err := meshcav1.NewRootServiceClient(conn).Enroll(context.Background(), &meshcav1.EnrollRequest{
+		JoinToken: token, CredentialCsr: csrFor(t, s.credKey), IntermediateCsr: csrFor(t, s.interKey),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.GetCredentialChain()) != 1 || len(resp.GetIntermediateChain()) != 1 {
+		t.Fatalf("chains: %d credential, %d intermediate certificates; want 1 and 1 (no root)",
+			len(resp.GetCredentialChain()), len(resp.GetIntermediateChain()))
+	}
+	s.cred = mustParse(t, resp.GetCredentialChain()[0])
+	s.inter = mustParse(t, resp.GetIntermediateChain()[0])
+	if s.bundle, err = ca.TrustBundleFromProto(resp.GetBundle()); err != nil {
+		t.Fatalf("bundle: %v", err)
+	}
+	return s, nil
+}
+
+// renew asks for a new intermediate and a new credential, authenticated by
+// s's credential. The result holds the new credential when newCred;
+// otherwise it keeps s's, as an issuer does that lost the new one (the root
+// accepts the replaced credential until its successor is used).
+func renew(t testing.TB, conn *grpc.ClientConn, s *issuerSide, newCred bool) (*issuerSide, error) {
+	t.Helper()
+	out := &issuerSide{credKey: s.credKey, cred: s.cred, interKey: newKey(t)}
+	credKey := newKey(t)
+	req := &meshcav1.RenewRequest{IntermediateCsr: csrFor(t, out.interKey), CredentialCsr: csrFor(t, credKey)}
+	resp, err := meshcav1.NewRootServiceClient(conn).Renew(context.Background(), req)
+	if err != nil {
+		return nil, err
+	}
+	out.inter = mustParse(t, resp.GetIntermediateChain()[0])
+	if len(resp.GetCredentialChain()) != 1 {
+		t.Fatalf("renew: %d credential certificates, want 1", len(resp.GetCredentialChain()))
+	}
+	if newCred {
+		out.credKey, out.cred = credKey, mustParse(t, resp.GetCredentialChain()[0])
+	}
+	if out.bundle, err = ca.TrustBundleFromProto(resp.GetBundle()); err != nil {
+		t.Fatalf("bundle: %v", err)
+	}
+	return out, nil
+}
+
+func mustParse(t testing.TB, der []byte) *x509.Certificate {
+	t.Helper()
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// signedBy reports whether c verifies against root alone.
+func signedBy(c, root *x509.Certificate, now time.Time) bool {
+	pool := x509.NewCertPool()
+	pool.AddCert(root)
+	_, err := c.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	return err == nil
+}
+
+func wantCode(t testing.TB, err error, want codes.Code) {
+	t.Helper()
+	if status.Code(err) != want {
+		t.Fatalf("error %v: code %v, want %v", err, status.Code(err), want)
+	}
+}
+
+// eventually polls cond for up to 5 s (for loops that run on real tickers).
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func countLines(s, substr string) int {
+	n := 0
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			n++
+		}
+	}
+	return n
+}

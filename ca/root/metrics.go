@@ -1,0 +1,150 @@
+package root
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/store"
+)
+
+// ExpiryMetricName is the gauge of CA expiry times, shared with the issuer:
+// labels kind (root, intermediate, credential), cluster and sha256.
+const ExpiryMetricName = "meshca_ca_expiry_timestamp_seconds"
+
+// warnInterval spaces the repeated warnings about one CA close to expiry.
+const warnInterval = time.Hour
+
+// expiryMetrics exports the NotAfter of every root in the bundle and of the
+// newest valid intermediate of each cluster. A nil *expiryMetrics does
+// nothing.
+type expiryMetrics struct {
+	gauge *prometheus.GaugeVec
+	mu    sync.Mutex
+	// ours are the label sets this root set, so that stale ones are deleted
+	// without touching series someone else (an issuer in the same process)
+	// sets on a shared gauge.
+	ours map[[3]string]bool
+}
+
+func newExpiryMetrics(reg prometheus.Registerer) (*expiryMetrics, error) {
+	if reg == nil {
+		return nil, nil
+	}
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: ExpiryMetricName,
+		Help: "NotAfter of a CA certificate in Unix seconds, by kind (root, intermediate, credential), cluster and SHA-256.",
+	}, []string{"kind", "cluster", "sha256"})
+	if err := reg.Register(g); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
+			return nil, fmt.Errorf("register %s: %w", ExpiryMetricName, err)
+		}
+		existing, ok := are.ExistingCollector.(*prometheus.GaugeVec)
+		if !ok {
+			return nil, fmt.Errorf("register %s: registered as %T", ExpiryMetricName, are.ExistingCollector)
+		}
+		g = existing
+	}
+	return &expiryMetrics{gauge: g, ours: map[[3]string]bool{}}, nil
+}
+
+func (m *expiryMetrics) set(roots []ca.RootStatus, newest map[string]store.Intermediate) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := map[[3]string]float64{}
+	for _, s := range roots {
+		if s.State.InBundle() {
+			now[[3]string{"root", "", fingerprintHex(s.Cert)}] = float64(s.Cert.NotAfter.Unix())
+		}
+	}
+	for cluster, in := range newest {
+		now[[3]string{"intermediate", cluster, in.Fingerprint}] = float64(in.NotAfter.Unix())
+	}
+	for l := range m.ours {
+		if _, ok := now[l]; !ok {
+			m.gauge.DeleteLabelValues(l[0], l[1], l[2])
+			delete(m.ours, l)
+		}
+	}
+	for l, v := range now {
+		m.gauge.WithLabelValues(l[0], l[1], l[2]).Set(v)
+		m.ours[l] = true
+	}
+}
+
+// alarmLocked warns, at most once per warnInterval per root, about an
+// active or prepared root with less than 1/6 of its life left, and about
+// having no active root.
+func (r *Root) alarmLocked(ctx context.Context, now time.Time) {
+	due := func(key [32]byte) bool {
+		if last, ok := r.warned[key]; ok && now.Sub(last) < warnInterval {
+			return false
+		}
+		r.warned[key] = now
+		return true
+	}
+	active, successor := false, false
+	for _, s := range r.statuses {
+		switch s.State {
+		case ca.RootActive:
+			active = true
+		case ca.RootPrepared:
+			successor = true
+		default:
+			continue
+		}
+		c := s.Cert
+		if c.NotAfter.Sub(now) < c.NotAfter.Sub(c.NotBefore)/6 && due(ca.Fingerprint(c)) {
+			r.log.WarnContext(ctx, "root CA expires soon", "sha256", fingerprintHex(c), "state", string(s.State),
+				"not_after", c.NotAfter.UTC(), "left", c.NotAfter.Sub(now).Round(time.Second))
+		}
+	}
+	if !active && due([32]byte{}) {
+		r.log.ErrorContext(ctx, "no active root: nothing can be signed", "prepared_root", successor)
+	}
+}
+
+// ReuseMetricName counts issuer credentials presented after the root had
+// replaced them and their successor had been used: two parties held
+// credentials of one cluster. Label: cluster.
+const ReuseMetricName = "meshca_root_credential_reuse_total"
+
+// reuseCounter counts credential reuse. A nil *reuseCounter does nothing.
+type reuseCounter struct{ c *prometheus.CounterVec }
+
+func newReuseCounter(reg prometheus.Registerer) (*reuseCounter, error) {
+	if reg == nil {
+		return nil, nil
+	}
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: ReuseMetricName,
+		Help: "Issuer credentials presented after they were replaced and their successor was used (a copy in use), by cluster.",
+	}, []string{"cluster"})
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
+			return nil, fmt.Errorf("register %s: %w", ReuseMetricName, err)
+		}
+		existing, ok := are.ExistingCollector.(*prometheus.CounterVec)
+		if !ok {
+			return nil, fmt.Errorf("register %s: registered as %T", ReuseMetricName, are.ExistingCollector)
+		}
+		c = existing
+	}
+	return &reuseCounter{c: c}, nil
+}
+
+func (m *reuseCounter) inc(cluster string) {
+	if m != nil {
+		m.c.WithLabelValues(cluster).Inc()
+	}
+}

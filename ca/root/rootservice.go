@@ -1,0 +1,250 @@
+package root
+
+import (
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+
+	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/store"
+)
+
+type rootService struct {
+	meshcav1.UnimplementedRootServiceServer
+	r *Root
+}
+
+// Enroll implements meshcav1.RootServiceServer.
+func (s *rootService) Enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshcav1.EnrollResponse, error) {
+	resp, err := s.r.enroll(ctx, req)
+	if err != nil {
+		return nil, statusOf(ctx, s.r.log, "Enroll", err)
+	}
+	return resp, nil
+}
+
+// Renew implements meshcav1.RootServiceServer.
+func (s *rootService) Renew(ctx context.Context, req *meshcav1.RenewRequest) (*meshcav1.RenewResponse, error) {
+	resp, err := s.r.renew(ctx, req)
+	if err != nil {
+		return nil, statusOf(ctx, s.r.log, "Renew", err)
+	}
+	return resp, nil
+}
+
+// PublishCRLs implements meshcav1.RootServiceServer.
+func (s *rootService) PublishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest) (*meshcav1.PublishCRLsResponse, error) {
+	resp, err := s.r.publishCRLs(ctx, req)
+	if err != nil {
+		return nil, statusOf(ctx, s.r.log, "PublishCRLs", err)
+	}
+	return resp, nil
+}
+
+// hashToken is how join tokens are named in the store: the lower-case hex
+// SHA-256 of the whole token.
+func hashToken(tok string) string {
+	sum := sha256.Sum256([]byte(tok))
+	return hex.EncodeToString(sum[:])
+}
+
+// enroll checks both CSRs and that a root can sign before it redeems the
+// token, so that a malformed request or an outage does not burn it.
+func (r *Root) enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshcav1.EnrollResponse, error) {
+	credCSR, err := parseCSR("credential CSR", req.GetCredentialCsr())
+	if err != nil {
+		return nil, err
+	}
+	interCSR, err := parseCSR("intermediate CSR", req.GetIntermediateCsr())
+	if err != nil {
+		return nil, err
+	}
+	st := r.state.Load()
+	if st.active == nil {
+		return nil, errNoActiveRoot
+	}
+	if req.GetJoinToken() == "" {
+		return nil, fmt.Errorf("%w: no join token", errUnauthenticated)
+	}
+	now := r.cfg.Now()
+	c, err := r.cfg.Store.RedeemJoinToken(ctx, hashToken(req.GetJoinToken()), now, store.AuditEvent{
+		Time: now, Actor: "join-token", Action: "cluster.enroll", Detail: "enrolment from " + peerAddr(ctx),
+	})
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, fmt.Errorf("%w: join token: %w", errUnauthenticated, err)
+	case err != nil:
+		return nil, fmt.Errorf("%w: redeem join token: %w", errUnavailable, err)
+	}
+	if r.state.Load().revoked[c.Name] {
+		// The token is used up: a revoked cluster enrols again under a
+		// new name, with a new token.
+		return nil, revokedError(c.Name)
+	}
+	id, err := credentialID(c)
+	if err != nil {
+		return nil, err
+	}
+	out, err := r.enrollIssue(ctx, st, c, id, interCSR, credCSR.PublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s enrolled with a join token, which is now used: %w", c.Name, err)
+	}
+	r.log.InfoContext(ctx, "issuer enrolled", "cluster", c.Name, "trust_domain", c.TrustDomain,
+		"serial", ca.SerialHex(out.intermediate.SerialNumber), "not_after", out.intermediate.NotAfter,
+		"credential_serial", ca.SerialHex(out.credential.SerialNumber), "peer", peerAddr(ctx))
+	return &meshcav1.EnrollResponse{
+		Cluster: c.Name, TrustDomain: c.TrustDomain,
+		CredentialChain:   [][]byte{out.credential.Raw},
+		IntermediateChain: [][]byte{out.intermediate.Raw},
+		Bundle:            out.bundle.ToProto(),
+	}, nil
+}
+
+// enrollIssue signs a credential and an intermediate for cluster c, which
+// has just redeemed a join token. The credential starts a new lineage: every
+// earlier credential of the cluster, and a revocation of its lineage after a
+// reuse, is replaced.
+func (r *Root) enrollIssue(ctx context.Context, st *state, c store.Cluster, id spiffeid.ID, interCSR *x509.CertificateRequest, credPub crypto.PublicKey) (issued, error) {
+	cred, err := r.signCredential(st, c, credPub)
+	if err != nil {
+		return issued{}, err
+	}
+	lineage := func(old store.ClusterCredential, found bool) store.ClusterCredential {
+		return afterEnrol(old, found, c.Name, cred)
+	}
+	if err := r.swapUntilDone(ctx, c.Name, lineage, r.credentialIssued("join-token", c, cred, st.active.Certificate)); err != nil {
+		return issued{}, fmt.Errorf("%w: record credential: %w", errUnavailable, err)
+	}
+	out, err := r.issue(ctx, st, c, interCSR, id.String())
+	out.credential = cred
+	return out, err
+}
+
+// renew answers RootService.Renew: every renewal replaces the caller's
+// credential (see the lineage rule in credential.go), so the credential CSR
+// is required.
+func (r *Root) renew(ctx context.Context, req *meshcav1.RenewRequest) (*meshcav1.RenewResponse, error) {
+	st := r.state.Load()
+	caller, err := r.authenticate(ctx, st, renewCredential)
+	if err != nil {
+		return nil, err
+	}
+	c := caller.cluster
+	if st.revoked[c.Name] {
+		return nil, revokedError(c.Name)
+	}
+	interCSR, err := parseCSR("intermediate CSR", req.GetIntermediateCsr())
+	if err != nil {
+		return nil, err
+	}
+	credCSR, err := parseCSR("credential CSR", req.GetCredentialCsr())
+	if err != nil {
+		return nil, fmt.Errorf("%w (every renewal replaces the issuer credential)", err)
+	}
+	cred, err := r.signCredential(st, c, credCSR.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	next := afterRenew(caller.record, c.Name, caller.leaf, cred)
+	err = r.cfg.Store.SwapClusterCredential(ctx, caller.record, next, r.credentialIssued(caller.id.String(), c, cred, st.active.Certificate))
+	switch {
+	case errors.Is(err, store.ErrConflict):
+		r.log.WarnContext(ctx, "credential used concurrently: another renewal with the same credential was accepted first",
+			"cluster", c.Name, "serial", caller.serial, "peer", peerAddr(ctx))
+		return nil, fmt.Errorf("%w: concurrent renewal of cluster %s with credential serial %s lost: %w", errUnavailable, c.Name, caller.serial, err)
+	case err != nil:
+		return nil, fmt.Errorf("%w: record credential: %w", errUnavailable, err)
+	}
+	out, err := r.issue(ctx, st, c, interCSR, caller.id.String())
+	if err != nil {
+		return nil, err
+	}
+	r.log.InfoContext(ctx, "intermediate renewed", "cluster", c.Name, "serial", ca.SerialHex(out.intermediate.SerialNumber),
+		"not_after", out.intermediate.NotAfter, "root_sha256", hex.EncodeToString(st.activeFP[:]),
+		"credential_serial", ca.SerialHex(cred.SerialNumber), "replaced_credential_serial", caller.serial)
+	return &meshcav1.RenewResponse{
+		IntermediateChain: [][]byte{out.intermediate.Raw}, CredentialChain: [][]byte{cred.Raw}, Bundle: out.bundle.ToProto(),
+	}, nil
+}
+
+// issuerCaller is an issuer authenticated by its credential.
+type issuerCaller struct {
+	cluster store.Cluster
+	id      spiffeid.ID
+	leaf    *x509.Certificate
+	// serial is leaf's.
+	serial string
+	// record is the cluster's credential record the call was admitted on;
+	// the zero value when the cluster has none.
+	record store.ClusterCredential
+}
+
+// authenticate identifies a Renew caller by its TLS client certificate,
+// which must be an issuer credential: a leaf whose only verified chain is
+// [credential, root] with root one of the recorded, unexpired roots (a
+// certificate under an intermediate is refused, since intermediates can
+// mint URIs in their trust domain), naming
+// spiffe://<td>/meshca/cluster/<name> of a registered cluster of trust
+// domain td, and admitted by admitCredential for call. The TLS layer has
+// already checked the chain the client sent; this check ignores the
+// client's intermediates.
+func (r *Root) authenticate(ctx context.Context, st *state, call credentialCall) (issuerCaller, error) {
+	fail := func(format string, args ...any) (issuerCaller, error) {
+		return issuerCaller{}, fmt.Errorf("%w: "+format, append([]any{errUnauthenticated}, args...)...)
+	}
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return fail("no peer")
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return fail("no client certificate")
+	}
+	leaf := info.State.PeerCertificates[0]
+	chains, err := leaf.Verify(x509.VerifyOptions{
+		Roots: st.clientCAs, CurrentTime: r.cfg.Now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return fail("client certificate serial %s is not signed directly by a root: %w", ca.SerialHex(leaf.SerialNumber), err)
+	}
+	for _, chain := range chains {
+		if len(chain) != 2 {
+			return fail("client certificate serial %s: chain of length %d", ca.SerialHex(leaf.SerialNumber), len(chain))
+		}
+	}
+	if leaf.IsCA || len(leaf.URIs) != 1 {
+		return fail("client certificate serial %s is not an issuer credential", ca.SerialHex(leaf.SerialNumber))
+	}
+	id, err := spiffeid.FromURI(leaf.URIs[0])
+	if err != nil {
+		return fail("client certificate URI: %w", err)
+	}
+	name, ok := strings.CutPrefix(id.Path(), credentialPathPrefix)
+	if !ok || !validClusterName(name) {
+		return fail("client certificate ID %s is not an issuer credential", id)
+	}
+	c, err := r.cfg.Store.Cluster(ctx, name)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return fail("credential %s: cluster %s is not registered", id, name)
+	case err != nil:
+		return issuerCaller{}, fmt.Errorf("%w: cluster %s: %w", errUnavailable, name, err)
+	case c.TrustDomain != id.TrustDomain().Name():
+		return fail("credential %s: cluster %s has trust domain %s", id, name, c.TrustDomain)
+	}
+	rec, err := r.admitCredential(ctx, c, id, leaf, call)
+	if err != nil {
+		return issuerCaller{}, err
+	}
+	return issuerCaller{cluster: c, id: id, leaf: leaf, serial: ca.SerialHex(leaf.SerialNumber), record: rec}, nil
+}

@@ -1,0 +1,113 @@
+// Package testkit holds what tests across the module share: CA trees built
+// in one line (keys generated once per process and reused, so tests stay
+// fast).
+package testkit
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+var (
+	keysMu sync.Mutex
+	keys   = map[string]crypto.Signer{}
+)
+
+// Key returns a process-wide cached ECDSA P-256 key for name.
+func Key(tb testing.TB, name string) crypto.Signer {
+	tb.Helper()
+	keysMu.Lock()
+	defer keysMu.Unlock()
+	if k, ok := keys[name]; ok {
+		return k
+	}
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatalf("generate key: %v", err)
+	}
+	keys[name] = k
+	return k
+}
+
+// Tree is a root and one intermediate under it.
+type Tree struct {
+	Root         *ca.Authority
+	Intermediate *ca.Authority
+	Bundle       *ca.Bundle
+	TrustDomain  spiffeid.TrustDomain
+}
+
+// Options tune New; zero values give a 10-year root and a 30-day
+// intermediate issued at now for trust domain "cluster.local".
+type Options struct {
+	TrustDomain string
+	// RootKey names the cached root key; empty means "root". Trees with
+	// different RootKeys have unrelated roots.
+	RootKey         string
+	Now             time.Time
+	RootTTL         time.Duration
+	IntermediateTTL time.Duration
+	// Cluster names the intermediate's cluster; empty means "test".
+	Cluster string
+	// ServingNames are the DNS names and IPs the intermediate may vouch
+	// for; nil means TestServingNames.
+	ServingNames []string
+}
+
+// TestServingNames are the names a test intermediate may vouch for by
+// default: the loopback names tests serve under, the Istio name, and the
+// reserved "test" domain (RFC 2606) with every name under it.
+var TestServingNames = []string{"localhost", "127.0.0.1", "::1", "istiod.istio-system.svc", "test"}
+
+// New builds a root and an intermediate for the given trust domain.
+func New(tb testing.TB, opts Options) *Tree {
+	tb.Helper()
+	if opts.TrustDomain == "" {
+		opts.TrustDomain = "cluster.local"
+	}
+	if opts.Now.IsZero() {
+		opts.Now = time.Now()
+	}
+	td, err := spiffeid.TrustDomainFromString(opts.TrustDomain)
+	if err != nil {
+		tb.Fatalf("trust domain: %v", err)
+	}
+	if opts.RootKey == "" {
+		opts.RootKey = "root"
+	}
+	if opts.Cluster == "" {
+		opts.Cluster = "test"
+	}
+	if opts.ServingNames == nil {
+		opts.ServingNames = TestServingNames
+	}
+	root, err := ca.NewRoot(ca.RootConfig{Signer: Key(tb, opts.RootKey), TTL: opts.RootTTL, Now: opts.Now})
+	if err != nil {
+		tb.Fatalf("root: %v", err)
+	}
+	ikey := Key(tb, "intermediate-"+opts.TrustDomain)
+	icert, err := root.SignIntermediate(ca.IntermediateRequest{
+		PublicKey: ikey.Public(), TrustDomain: td, Cluster: opts.Cluster, ServingNames: opts.ServingNames,
+		TTL: opts.IntermediateTTL, Now: opts.Now,
+	})
+	if err != nil {
+		tb.Fatalf("intermediate: %v", err)
+	}
+	inter, err := ca.NewAuthority(icert, ikey)
+	if err != nil {
+		tb.Fatalf("intermediate authority: %v", err)
+	}
+	bundle, err := ca.NewBundle(root.Certificate)
+	if err != nil {
+		tb.Fatalf("bundle: %v", err)
+	}
+	return &Tree{Root: root, Intermediate: inter, Bundle: bundle, TrustDomain: td}
+}
