@@ -14,7 +14,7 @@ STATICCHECK := $(CACHE_DIR)/staticcheck-$(STATICCHECK_VERSION)
 BENCHTIME   ?= 3s
 FUZZTIME    ?= 30s
 
-.PHONY: all build test unit e2e interop lint bench fuzz testbed tools generate clean
+.PHONY: all build test unit e2e interop lint bench bench-agent-rss fuzz testbed tools generate clean
 
 # Each test-bed component (PostgreSQL, kube-apiserver, Vault, ...) lives in a
 # fragment test/testbed/NAME.mk that defines a target `testbed-NAME`, adds it
@@ -51,6 +51,17 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -count 1 ./issuer/ ./store/... ./attest/ ./agent/
 	$(GO) test -run '^$$' -bench . -benchtime 20x -count 1 ./test/bench/
 	$(GO) test -run '^$$' -bench IssuanceRatio -benchtime 10x -count 1 ./test/e2e/
+
+## bench-agent-rss: resident memory of meshca-agent with 10 SDS streams, this checkout
+## against BASE (a commit; built in a temporary worktree) in the same run.
+bench-agent-rss: build
+	@test -n "$(BASE)" || { echo "usage: make bench-agent-rss BASE=<commit>"; exit 2; }
+	tmp=$$(mktemp -d) && git worktree add --detach $$tmp/src $(BASE) >/dev/null && \
+	(cd $$tmp/src && $(GO) build -trimpath -tags grpcnotrace -o $$tmp/meshca-agent ./cmd/meshca-agent); \
+	st=$$?; git worktree remove --force $$tmp/src; [ $$st -eq 0 ] && \
+	MESHCA_BIN=$(abspath $(BIN)) MESHCA_AGENT_BIN=$(abspath $(AGENT_BIN)) MESHCA_AGENT_BASE_BIN=$$tmp/meshca-agent \
+		$(GO) test -count=1 -run '^$$' -bench AgentRSS -benchtime 3x -v ./test/e2e/; \
+	st=$$?; rm -rf $$tmp; exit $$st
 
 ## fuzz: run each fuzz target for FUZZTIME (the seed corpora also run in `make test`).
 fuzz:

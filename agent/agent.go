@@ -17,9 +17,9 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/unixsock"
 	"github.com/meshca/meshca/rotation"
+	"github.com/meshca/meshca/trust"
 )
 
 // Config configures an Agent: where its identity comes from and where it is
@@ -446,12 +446,12 @@ func httpServer(addr string, h http.Handler) (server, string, error) {
 	}, lis.Addr().String(), nil
 }
 
-func readBundleFile(path string) (*ca.Bundle, error) {
+func readBundleFile(path string) (*trust.Bundle, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read CA bundle: %w", err)
 	}
-	b, err := ca.ParseBundle(data)
+	b, err := trust.ParseBundle(data)
 	if err != nil {
 		return nil, fmt.Errorf("CA bundle %s: %w", path, err)
 	}

@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/trust"
 )
 
 // BundleStream is one open trust bundle watch.
@@ -43,7 +43,7 @@ type TrustUpdater interface {
 	// same sequence is applied: its CRLs may differ) and with
 	// ErrUntrustedBundle when no trusted root vouches for what it adds. It
 	// reports whether anything served changed.
-	SetTrustBundle(b *ca.TrustBundle) (bool, error)
+	SetTrustBundle(b *trust.TrustBundle) (bool, error)
 }
 
 var _ TrustUpdater = (*Manager)(nil)
@@ -235,7 +235,7 @@ func (w *BundleWatcher) watch(ctx context.Context) (received bool, _ error) {
 // (BundleRejectedMetricName) and dropped: the agent keeps the bundle, CRLs
 // and certificate it has.
 func (w *BundleWatcher) apply(pb *meshcav1.Bundle) {
-	b, err := ca.TrustBundleFromProto(pb)
+	b, err := trust.TrustBundleFromProto(pb)
 	if err != nil {
 		w.reject(bundleMalformed)
 		w.log(slog.LevelWarn, "trust bundle rejected; keeping the current one", "sequence", pb.GetSequence(),

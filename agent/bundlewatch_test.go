@@ -14,8 +14,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 // fakeBundleSource hands out scripted streams: each WatchBundle call takes
@@ -89,7 +89,7 @@ func (s *fakeBundleStream) Recv() (*meshcav1.WatchBundleResponse, error) {
 // Manager does.
 type fakeUpdater struct {
 	mu  sync.Mutex
-	got []*ca.TrustBundle
+	got []*trust.TrustBundle
 }
 
 var _ TrustUpdater = (*fakeUpdater)(nil)
@@ -103,7 +103,7 @@ func (u *fakeUpdater) TrustBundleSequence() uint64 {
 	return u.got[len(u.got)-1].Sequence
 }
 
-func (u *fakeUpdater) SetTrustBundle(b *ca.TrustBundle) (bool, error) {
+func (u *fakeUpdater) SetTrustBundle(b *trust.TrustBundle) (bool, error) {
 	held := u.TrustBundleSequence()
 	if b.Sequence < held {
 		return false, fmt.Errorf("%w: %d < %d", ErrStaleBundle, b.Sequence, held)
@@ -154,7 +154,7 @@ func TestBundleWatcherAppliesBundles(t *testing.T) {
 		malformed := &meshcav1.Bundle{Sequence: 7, TrustDomains: []*meshcav1.TrustDomainBundle{{TrustDomain: "cluster.local", X509Authorities: [][]byte{[]byte("junk")}}}}
 		onlyFederated := &meshcav1.Bundle{Sequence: 8, TrustDomains: []*meshcav1.TrustDomainBundle{{TrustDomain: "other.example", X509Authorities: derOf(root), Federated: true}}}
 		src := &fakeBundleSource{streams: []fakeOpen{{stream: &fakeBundleStream{
-			resps: []*meshcav1.Bundle{ownBundle(5, root), malformed, onlyFederated, ownBundle(3, root), ownBundle(6, root), addCRLs(ownBundle(6, root), "cluster.local", ca.CRL{DER: []byte("crl")})},
+			resps: []*meshcav1.Bundle{ownBundle(5, root), malformed, onlyFederated, ownBundle(3, root), ownBundle(6, root), addCRLs(ownBundle(6, root), "cluster.local", trust.CRL{DER: []byte("crl")})},
 		}}}}
 		upd, logs := &fakeUpdater{}, &logBuffer{}
 		stop, _ := runWatcher(t, src, upd, logs)

@@ -11,10 +11,9 @@ import (
 	"slices"
 	"time"
 
+	"github.com/meshca/meshca/trust"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
-	"github.com/meshca/meshca/ca"
 )
 
 // CRLRejectedMetricName counts the CRLs the agent dropped from the trust
@@ -104,9 +103,9 @@ func (h *heldCRL) revokes(leaf *x509.Certificate) bool {
 // crlReason maps a VerifyCRL error to a metric reason.
 func crlReason(err error) string {
 	switch {
-	case errors.Is(err, ca.ErrCRLStale):
+	case errors.Is(err, trust.ErrCRLStale):
 		return crlStale
-	case errors.Is(err, ca.ErrCRLUntrusted):
+	case errors.Is(err, trust.ErrCRLUntrusted):
 		return crlUntrusted
 	}
 	return crlInvalid
@@ -117,12 +116,12 @@ func crlReason(err error) string {
 // else of b is affected. For each issuer only its newest CRL is kept, in
 // every domain that carried one of its CRLs. The result maps each domain
 // with CRLs to them, without duplicates.
-func verifyCRLs(b *ca.TrustBundle, now time.Time, log *slog.Logger, metrics *crlMetrics) map[spiffeid.TrustDomain][]*heldCRL {
+func verifyCRLs(b *trust.TrustBundle, now time.Time, log *slog.Logger, metrics *crlMetrics) map[spiffeid.TrustDomain][]*heldCRL {
 	newest := map[[32]byte]*heldCRL{}
 	issuers := map[spiffeid.TrustDomain][][32]byte{}
 	for _, d := range b.Domains {
 		for i, c := range d.CRLs {
-			rl, issuer, err := ca.VerifyCRL(c, d.Roots, now)
+			rl, issuer, err := trust.VerifyCRL(c, d.Roots, now)
 			if err != nil {
 				reason := crlReason(err)
 				metrics.reject(reason)
@@ -212,12 +211,12 @@ func pruneCRLs(held map[spiffeid.TrustDomain][]*heldCRL, now time.Time, log *slo
 }
 
 // withCRLs returns a copy of domains whose CRLs are those of held.
-func withCRLs(domains []ca.DomainBundle, held map[spiffeid.TrustDomain][]*heldCRL) []ca.DomainBundle {
-	out := make([]ca.DomainBundle, len(domains))
+func withCRLs(domains []trust.DomainBundle, held map[spiffeid.TrustDomain][]*heldCRL) []trust.DomainBundle {
+	out := make([]trust.DomainBundle, len(domains))
 	for i, d := range domains {
 		d.CRLs = nil
 		for _, h := range held[d.TrustDomain] {
-			d.CRLs = append(d.CRLs, ca.CRL{DER: h.der})
+			d.CRLs = append(d.CRLs, trust.CRL{DER: h.der})
 		}
 		out[i] = d
 	}

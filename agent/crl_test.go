@@ -24,11 +24,12 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 // signCRL has a sign a CRL numbered number at now, valid for validity,
 // revoking serials.
-func signCRL(t testing.TB, a *ca.Authority, number int64, now time.Time, validity time.Duration, serials ...int64) ca.CRL {
+func signCRL(t testing.TB, a *ca.Authority, number int64, now time.Time, validity time.Duration, serials ...int64) trust.CRL {
 	t.Helper()
 	req := ca.CRLRequest{Number: big.NewInt(number), Now: now, Validity: validity}
 	for _, s := range serials {
@@ -44,7 +45,7 @@ func signCRL(t testing.TB, a *ca.Authority, number int64, now time.Time, validit
 // addCRLs adds crls to the entry of trust domain td of b, as an issuer adds
 // its own CRLs to the bundle it relays (outside the root's signature), and
 // returns b.
-func addCRLs(b *meshcav1.Bundle, td string, crls ...ca.CRL) *meshcav1.Bundle {
+func addCRLs(b *meshcav1.Bundle, td string, crls ...trust.CRL) *meshcav1.Bundle {
 	for _, d := range b.GetTrustDomains() {
 		if d.GetTrustDomain() == td {
 			for _, c := range crls {
@@ -56,7 +57,7 @@ func addCRLs(b *meshcav1.Bundle, td string, crls ...ca.CRL) *meshcav1.Bundle {
 }
 
 // sameDERs reports whether got holds exactly the CRLs want, in any order.
-func sameDERs(got [][]byte, want ...ca.CRL) bool {
+func sameDERs(got [][]byte, want ...trust.CRL) bool {
 	if len(got) != len(want) {
 		return false
 	}
@@ -149,7 +150,7 @@ func TestAgentServesCRLs(t *testing.T) {
 	tree := testkit.New(t, testkit.Options{Now: now.Add(-time.Hour)})
 	fi := newFakeIssuer(t, tree, true)
 	root := tree.Root.Certificate
-	bundle := func(seq uint64, federated map[string][]*x509.Certificate, crls ...ca.CRL) *meshcav1.Bundle {
+	bundle := func(seq uint64, federated map[string][]*x509.Certificate, crls ...trust.CRL) *meshcav1.Bundle {
 		return addCRLs(signedProto(t, trustBundle(seq, "cluster.local", []*x509.Certificate{root}, federated), tree.Root), "cluster.local", crls...)
 	}
 	crl1 := signCRL(t, tree.Intermediate, 1, now, time.Hour, 42)
@@ -227,7 +228,7 @@ func TestAgentServesCRLs(t *testing.T) {
 	stale := signCRL(t, tree.Intermediate, 3, now.Add(-50*time.Minute), 10*time.Minute)
 	fed := federatedRoot(t, "crl-fed")
 	last := next(t, def)
-	fi.pushBundle(bundle(11, map[string][]*x509.Certificate{"other.example": {fed}}, crl2, ca.CRL{DER: []byte("not a CRL")}, untrusted, stale))
+	fi.pushBundle(bundle(11, map[string][]*x509.Certificate{"other.example": {fed}}, crl2, trust.CRL{DER: []byte("not a CRL")}, untrusted, stale))
 	u = nextUntil(t, all, "the federated root", func(u *sdstest.Update) bool { return sameCerts(u.Roots, root, fed) })
 	if !sameDERs(servedCRLs(u), crl2) {
 		t.Errorf("ALL with rejected CRLs: %d CRLs, want only CRL 2", len(u.CRLs))
@@ -281,14 +282,14 @@ func TestManagerCRLs(t *testing.T) {
 		root1 := signCRL(t, f.tree.Root, 1, now, 10*time.Minute)
 		root3 := signCRL(t, f.tree.Root, 3, now, 20*time.Minute)
 		fed1 := signCRL(t, fed, 1, now, 2*time.Hour, 9)
-		bundle := func(seq uint64, own ...ca.CRL) *ca.TrustBundle {
-			return signedBy(t, &ca.TrustBundle{Sequence: seq, Domains: []ca.DomainBundle{
+		bundle := func(seq uint64, own ...trust.CRL) *trust.TrustBundle {
+			return signedBy(t, &trust.TrustBundle{Sequence: seq, Domains: []trust.DomainBundle{
 				// fed1 in the own domain does not chain to its roots.
 				{TrustDomain: webID.TrustDomain(), Roots: f.tree.Bundle, CRLs: append(own, fed1)},
 				// Another cluster under the same root carries a newer root
 				// CRL: the newest of each issuer is served everywhere.
-				{TrustDomain: east, Roots: f.tree.Bundle, CRLs: []ca.CRL{root3}},
-				{TrustDomain: otherTD, Roots: mustBundle(t, fed.Certificate), CRLs: []ca.CRL{fed1}, Federated: true},
+				{TrustDomain: east, Roots: f.tree.Bundle, CRLs: []trust.CRL{root3}},
+				{TrustDomain: otherTD, Roots: mustBundle(t, fed.Certificate), CRLs: []trust.CRL{fed1}, Federated: true},
 			}}, f.tree.Root)
 		}
 		if ok, err := f.mgr.SetTrustBundle(bundle(5, inter1, root1)); err != nil || !ok {
@@ -297,13 +298,13 @@ func TestManagerCRLs(t *testing.T) {
 		snap := f.current()
 		for _, tc := range []struct {
 			name string
-			want []ca.CRL
+			want []trust.CRL
 		}{
-			{ResourceRootCA, []ca.CRL{inter1, root3}},
-			{webID.TrustDomain().IDString(), []ca.CRL{inter1, root3}},
-			{east.IDString(), []ca.CRL{root3}},
-			{otherTD.IDString(), []ca.CRL{fed1}},
-			{ResourceAll, []ca.CRL{inter1, root3, fed1}},
+			{ResourceRootCA, []trust.CRL{inter1, root3}},
+			{webID.TrustDomain().IDString(), []trust.CRL{inter1, root3}},
+			{east.IDString(), []trust.CRL{root3}},
+			{otherTD.IDString(), []trust.CRL{fed1}},
+			{ResourceAll, []trust.CRL{inter1, root3, fed1}},
 		} {
 			if got := pemCRLs(t, snap.sdsBundle(tc.name).crlPEM); !sameDERs(got, tc.want...) {
 				t.Errorf("%s: %d CRLs, want %d", tc.name, len(got), len(tc.want))

@@ -8,9 +8,8 @@ import (
 	"math/big"
 	"time"
 
+	"github.com/meshca/meshca/trust"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
-	"github.com/meshca/meshca/ca"
 )
 
 // CRLs travel outside the root's signature on a trust bundle: any issuer
@@ -40,7 +39,7 @@ import (
 //
 // A refused bundle changes nothing: the agent keeps serving the trust,
 // CRLs and certificate it holds, and renewals go on. Only the CRLs that
-// ca.VerifyCRL accepts count; a garbled copy of a current CRL is the same
+// trust.VerifyCRL accepts count; a garbled copy of a current CRL is the same
 // as none. The numbers are not persisted: a restarted agent starts from the
 // first bundle it receives.
 
@@ -65,7 +64,7 @@ type crlMark struct {
 // checkCRLProgress reports whether the verified CRLs next of bundle b may
 // replace held, the CRLs served now, given marks, the highest number
 // accepted per issuer; nil when they may. See the comment above.
-func checkCRLProgress(marks map[[32]byte]crlMark, held, next map[spiffeid.TrustDomain][]*heldCRL, b *ca.TrustBundle, now time.Time) error {
+func checkCRLProgress(marks map[[32]byte]crlMark, held, next map[spiffeid.TrustDomain][]*heldCRL, b *trust.TrustBundle, now time.Time) error {
 	for _, crls := range next {
 		for _, h := range crls {
 			m, ok := marks[h.issuer]
@@ -133,7 +132,7 @@ func revocationKey(rawIssuer []byte, serial *big.Int) string {
 
 // issuerTrusted reports whether trust domain td of b still trusts the
 // issuer of h at now, with revoked the certificates b's CRLs revoke.
-func issuerTrusted(h *heldCRL, b *ca.TrustBundle, td spiffeid.TrustDomain, revoked map[string]bool, now time.Time) bool {
+func issuerTrusted(h *heldCRL, b *trust.TrustBundle, td spiffeid.TrustDomain, revoked map[string]bool, now time.Time) bool {
 	d, ok := b.Domain(td)
 	if !ok || d.Roots == nil {
 		return false
@@ -146,7 +145,7 @@ func issuerTrusted(h *heldCRL, b *ca.TrustBundle, td spiffeid.TrustDomain, revok
 	for _, der := range h.issuerChain {
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
-			return false // ca.VerifyCRL parsed it; cannot happen
+			return false // trust.VerifyCRL parsed it; cannot happen
 		}
 		inters.AddCert(c)
 		chain = append(chain, c)

@@ -18,6 +18,7 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 // rejectedBundles returns the value of BundleRejectedMetricName for reason.
@@ -37,7 +38,7 @@ func TestAgentRefusesCRLRollback(t *testing.T) {
 	tree := testkit.New(t, testkit.Options{Now: now.Add(-time.Hour)})
 	fi := newFakeIssuer(t, tree, true)
 	root := tree.Root.Certificate
-	bundle := func(crls ...ca.CRL) *meshcav1.Bundle {
+	bundle := func(crls ...trust.CRL) *meshcav1.Bundle {
 		return addCRLs(signedProto(t, trustBundle(10, "cluster.local", []*x509.Certificate{root}, nil), tree.Root), "cluster.local", crls...)
 	}
 	crl200 := signCRL(t, tree.Root, 200, now, time.Hour, 7, 8)
@@ -64,11 +65,11 @@ func TestAgentRefusesCRLRollback(t *testing.T) {
 
 	for _, tc := range []struct {
 		reason string
-		crls   []ca.CRL
+		crls   []trust.CRL
 	}{
-		{bundleCRLRollback, []ca.CRL{signCRL(t, tree.Root, 100, now, time.Hour)}},
+		{bundleCRLRollback, []trust.CRL{signCRL(t, tree.Root, 100, now, time.Hour)}},
 		{bundleCRLDropped, nil},
-		{bundleCRLConflict, []ca.CRL{signCRL(t, tree.Root, 200, now, time.Hour, 7)}},
+		{bundleCRLConflict, []trust.CRL{signCRL(t, tree.Root, 200, now, time.Hour, 7)}},
 	} {
 		fi.pushBundle(bundle(tc.crls...))
 		ra.logs.waitFor(t, "trust bundle rejected", `"reason":"`+tc.reason+`"`, `"level":"WARN"`, `"sequence":10`)
@@ -105,8 +106,8 @@ func TestManagerCRLCurrent(t *testing.T) {
 		t.Cleanup(f.mgr.Stop)
 		td := webID.TrustDomain()
 		now := time.Now()
-		bundle := func(roots *ca.Bundle, crls ...ca.CRL) *ca.TrustBundle {
-			return signedBy(t, &ca.TrustBundle{Sequence: 5, Domains: []ca.DomainBundle{{TrustDomain: td, Roots: roots, CRLs: crls}}}, f.tree.Root)
+		bundle := func(roots *trust.Bundle, crls ...trust.CRL) *trust.TrustBundle {
+			return signedBy(t, &trust.TrustBundle{Sequence: 5, Domains: []trust.DomainBundle{{TrustDomain: td, Roots: roots, CRLs: crls}}}, f.tree.Root)
 		}
 		inter := signCRL(t, f.tree.Intermediate, 1, now, 2*time.Hour)
 		root1 := signCRL(t, f.tree.Root, 1, now, time.Hour)

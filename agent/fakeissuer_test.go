@@ -29,6 +29,7 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 // fakeIssuer serves the Istio CA API and, unless built without it,
@@ -257,11 +258,11 @@ func trustBundle(seq uint64, td string, own []*x509.Certificate, federated map[s
 // bundle it publishes (issuers relay the signature).
 func signedProto(t testing.TB, pb *meshcav1.Bundle, signer *ca.Authority) *meshcav1.Bundle {
 	t.Helper()
-	tb, err := ca.TrustBundleFromProto(pb)
+	tb, err := trust.TrustBundleFromProto(pb)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := tb.Sign(signer.Signer, signer.Certificate); err != nil {
+	if err := ca.SignTrustBundle(tb, signer.Signer, signer.Certificate); err != nil {
 		t.Fatal(err)
 	}
 	return tb.ToProto()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 // fakeFetcher issues certificates from a testkit tree at time.Now() (fake
@@ -26,7 +27,7 @@ type fakeFetcher struct {
 	mu     sync.Mutex
 	err    error
 	extra  *x509.Certificate // a root returned at the end of every response, if set
-	roots  *ca.Bundle        // last SetRoots
+	roots  *trust.Bundle     // last SetRoots
 	tokens []string          // tokens of every Fetch
 	keys   []crypto.Signer
 	crls   [][]byte // last SetCRLs
@@ -68,7 +69,7 @@ func (f *fakeFetcher) Fetch(_ context.Context, key crypto.Signer, token string, 
 	return &SVID{Chain: []*x509.Certificate{leaf, f.tree.Intermediate.Certificate}, Key: key, Roots: roots}, nil
 }
 
-func (f *fakeFetcher) SetRoots(b *ca.Bundle) error {
+func (f *fakeFetcher) SetRoots(b *trust.Bundle) error {
 	if b == nil {
 		return errors.New("nil roots")
 	}
@@ -96,7 +97,7 @@ func (f *fakeFetcher) calls() (tokens []string, keys []crypto.Signer) {
 	return append([]string(nil), f.tokens...), append([]crypto.Signer(nil), f.keys...)
 }
 
-func (f *fakeFetcher) lastRoots() *ca.Bundle {
+func (f *fakeFetcher) lastRoots() *trust.Bundle {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.roots

@@ -38,7 +38,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/trust"
 )
 
 // Key types an agent can generate.
@@ -78,13 +78,13 @@ type ClientConfig struct {
 	ServerName string
 	// Roots verify the issuer's serving certificate and every chain it
 	// returns. Required; SetRoots replaces them.
-	Roots *ca.Bundle
+	Roots *trust.Bundle
 	// ClusterID is sent as "clusterid" metadata; empty means the issuer's
 	// local cluster.
 	ClusterID string
 	// IssuerCluster is the cluster whose issuer the client requires: during
 	// the TLS handshake, before any token is sent, the serving chain's
-	// intermediate must name it (ca.IssuerServerID), not be revoked by a
+	// intermediate must name it (trust.IssuerServerID), not be revoked by a
 	// held root CRL (SetCRLs), and chain to Roots. Empty means ClusterID;
 	// when both are empty, any cluster's issuer under Roots is accepted.
 	IssuerCluster string
@@ -104,7 +104,7 @@ type Client struct {
 	cfg ClientConfig
 
 	mu    sync.Mutex
-	roots *ca.Bundle
+	roots *trust.Bundle
 	// crls are the held root CRLs (SetCRLs) that verified against roots;
 	// crlDER is their DER, to tell a change.
 	crls   []*x509.RevocationList
@@ -115,7 +115,7 @@ type Client struct {
 	// check is what every handshake verifies, CRLs included: it follows
 	// SetCRLs without a new connection. peer is the chain the issuer of the
 	// current connection presented at its last handshake.
-	check atomic.Pointer[ca.ServerCheck]
+	check atomic.Pointer[trust.ServerCheck]
 	peer  atomic.Pointer[[]*x509.Certificate]
 	// tokenFile is ClientConfig.TokenFile until SetTokenFile.
 	tokenFile atomic.Pointer[string]
@@ -151,7 +151,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 // certificate and for issued chains. When they differ from the current ones
 // the connection is replaced, which cancels requests in flight on the old
 // one.
-func (c *Client) SetRoots(roots *ca.Bundle) error {
+func (c *Client) SetRoots(roots *trust.Bundle) error {
 	if roots == nil {
 		return errors.New("CA bundle is required")
 	}
@@ -166,8 +166,8 @@ func (c *Client) SetRoots(roots *ca.Bundle) error {
 // connectLocked replaces the connection with one that trusts roots and
 // refuses an issuer whose intermediate one of crls revokes. The caller
 // holds mu.
-func (c *Client) connectLocked(roots *ca.Bundle, crls []*x509.RevocationList) error {
-	c.check.Store(&ca.ServerCheck{Cluster: c.cfg.IssuerCluster, CRLs: crls})
+func (c *Client) connectLocked(roots *trust.Bundle, crls []*x509.RevocationList) error {
+	c.check.Store(&trust.ServerCheck{Cluster: c.cfg.IssuerCluster, CRLs: crls})
 	c.peer.Store(nil)
 	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots.Pool(), ServerName: c.cfg.ServerName,
 		VerifyConnection: c.verifyConnection}
@@ -209,7 +209,7 @@ func (c *Client) SetCRLs(ders [][]byte) error {
 		return nil
 	}
 	c.crls, c.crlDER = crls, kept
-	c.check.Store(&ca.ServerCheck{Cluster: c.cfg.IssuerCluster, CRLs: crls})
+	c.check.Store(&trust.ServerCheck{Cluster: c.cfg.IssuerCluster, CRLs: crls})
 	// Every agent of a mesh receives the same root CRLs at about the same
 	// time: reconnecting all of them on every re-signed CRL would be a
 	// thundering herd. Only a connection to an issuer the new CRLs revoke
@@ -330,7 +330,7 @@ func (c *Client) Fetch(ctx context.Context, key crypto.Signer, token string, ttl
 	return verifyResponse(resp.GetCertChain(), key, roots)
 }
 
-func verifyResponse(pemChain []string, key crypto.Signer, roots *ca.Bundle) (*SVID, error) {
+func verifyResponse(pemChain []string, key crypto.Signer, roots *trust.Bundle) (*SVID, error) {
 	if len(pemChain) < 2 {
 		return nil, fmt.Errorf("issuer returned %d certificates, want leaf ... root", len(pemChain))
 	}

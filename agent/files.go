@@ -7,9 +7,8 @@ import (
 	"path/filepath"
 
 	"github.com/google/renameio/v2"
+	"github.com/meshca/meshca/trust"
 	"go.step.sm/crypto/pemutil"
-
-	"github.com/meshca/meshca/ca"
 )
 
 // File names written by WriteFiles.
@@ -37,8 +36,8 @@ func WriteFiles(dir string, svid *SVID) error {
 		mode os.FileMode
 	}{
 		{KeyFile, pemEncode(block), 0o600},
-		{CertFile, ca.EncodeCertificates(svid.Chain...), 0o644},
-		{BundleFile, ca.EncodeCertificates(svid.Roots...), 0o644},
+		{CertFile, trust.EncodeCertificates(svid.Chain...), 0o644},
+		{BundleFile, trust.EncodeCertificates(svid.Roots...), 0o644},
 	}
 	for _, f := range files {
 		if err := renameio.WriteFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {

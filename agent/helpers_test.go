@@ -24,6 +24,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/internal/unixsock"
+	"github.com/meshca/meshca/trust"
 )
 
 // waitTimeout bounds every wait for an event on a real socket.
@@ -52,7 +53,7 @@ func newSVIDAt(t testing.TB, tree *testkit.Tree, id spiffeid.ID, now time.Time, 
 	return &SVID{Chain: []*x509.Certificate{leaf, tree.Intermediate.Certificate}, Key: key, Roots: tree.Bundle.Roots()}
 }
 
-func mustSnapshot(t testing.TB, svid *SVID, b *ca.Bundle) *Snapshot {
+func mustSnapshot(t testing.TB, svid *SVID, b *trust.Bundle) *Snapshot {
 	t.Helper()
 	s, err := NewSnapshot(svid, b)
 	if err != nil {
@@ -62,13 +63,13 @@ func mustSnapshot(t testing.TB, svid *SVID, b *ca.Bundle) *Snapshot {
 }
 
 // otherRoot returns a bundle of tree's root plus a second, unrelated root.
-func otherRoot(t testing.TB, tree *testkit.Tree) (*ca.Bundle, *x509.Certificate) {
+func otherRoot(t testing.TB, tree *testkit.Tree) (*trust.Bundle, *x509.Certificate) {
 	t.Helper()
 	other, err := ca.NewRoot(ca.RootConfig{Signer: testkit.Key(t, "other-root"), CommonName: "other root"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := ca.NewBundle(append(tree.Bundle.Roots(), other.Certificate)...)
+	b, err := trust.NewBundle(append(tree.Bundle.Roots(), other.Certificate)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,4 +208,4 @@ func next(t testing.TB, s *sdstest.Subscription) *sdstest.Update {
 	return u
 }
 
-func serialOf(c *x509.Certificate) string { return ca.SerialHex(c.SerialNumber) }
+func serialOf(c *x509.Certificate) string { return trust.SerialHex(c.SerialNumber) }

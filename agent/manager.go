@@ -18,8 +18,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/rotation"
+	"github.com/meshca/meshca/trust"
 )
 
 // Fetcher obtains certificates from an issuer. *Client is the real one.
@@ -29,7 +29,7 @@ type Fetcher interface {
 	Fetch(ctx context.Context, key crypto.Signer, token string, ttl time.Duration) (*SVID, error)
 	// SetRoots replaces the roots that authenticate the issuer and verify
 	// what it returns.
-	SetRoots(roots *ca.Bundle) error
+	SetRoots(roots *trust.Bundle) error
 }
 
 var _ Fetcher = (*Client)(nil)
@@ -124,9 +124,9 @@ type Manager struct {
 	// renewal and a bundle update cannot publish out of order.
 	trustMu sync.Mutex
 	// fileRoots is the CA bundle file as last read.
-	fileRoots *ca.Bundle
+	fileRoots *trust.Bundle
 	// trust is the last trust bundle accepted from the watch; nil before.
-	trust *ca.TrustBundle
+	trust *trust.TrustBundle
 	// fetchedRoots are roots the fetcher reported for the current SVID
 	// beyond those it was configured with (none for *Client).
 	fetchedRoots []*x509.Certificate
@@ -235,7 +235,7 @@ func (m *Manager) renew(ctx context.Context) (rotation.Validity, error) {
 	}
 	m.writeFiles(snap.SVID())
 	leaf := svid.Chain[0]
-	m.cfg.Logger.Info("certificate obtained", "spiffe_id", snap.ID().String(), "serial", ca.SerialHex(leaf.SerialNumber),
+	m.cfg.Logger.Info("certificate obtained", "spiffe_id", snap.ID().String(), "serial", trust.SerialHex(leaf.SerialNumber),
 		"not_after", leaf.NotAfter, "bundle_changed", prev.BundleVersion() != snap.BundleVersion())
 	return rotation.Validity{NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}, nil
 }
@@ -267,7 +267,7 @@ func (m *Manager) checkIdentityLocked(leaf *x509.Certificate) (spiffeid.ID, erro
 	if !want.IsZero() && id != want {
 		return spiffeid.ID{}, fmt.Errorf("%w: %s, want %s", ErrWrongIdentity, id, want)
 	}
-	if m.trust != nil && !slices.ContainsFunc(m.trust.Domains, func(d ca.DomainBundle) bool {
+	if m.trust != nil && !slices.ContainsFunc(m.trust.Domains, func(d trust.DomainBundle) bool {
 		return !d.Federated && d.TrustDomain == id.TrustDomain()
 	}) {
 		return spiffeid.ID{}, fmt.Errorf("%w: %s is not in a trust domain of the trust bundle", ErrWrongIdentity, id)
@@ -277,7 +277,7 @@ func (m *Manager) checkIdentityLocked(leaf *x509.Certificate) (spiffeid.ID, erro
 
 // setFileRoots records the CA bundle file's roots and gives the fetcher the
 // resulting trust anchors, which it returns.
-func (m *Manager) setFileRoots(file *ca.Bundle) (*ca.Bundle, error) {
+func (m *Manager) setFileRoots(file *trust.Bundle) (*trust.Bundle, error) {
 	m.trustMu.Lock()
 	defer m.trustMu.Unlock()
 	m.fileRoots = file
@@ -294,14 +294,14 @@ func (m *Manager) setFileRoots(file *ca.Bundle) (*ca.Bundle, error) {
 // anchorsLocked returns the roots that authenticate the issuer and verify
 // what it issues: the CA bundle file's and the watched bundle's own. The
 // caller holds trustMu.
-func (m *Manager) anchorsLocked() (*ca.Bundle, error) {
+func (m *Manager) anchorsLocked() (*trust.Bundle, error) {
 	roots := m.fileRoots.Roots()
 	if m.trust != nil {
 		if own := m.trust.OwnRoots(); own != nil {
 			roots = append(roots, own.Roots()...)
 		}
 	}
-	b, err := ca.NewBundle(roots...)
+	b, err := trust.NewBundle(roots...)
 	if err != nil {
 		return nil, fmt.Errorf("trust bundle: %w", err)
 	}
@@ -316,7 +316,7 @@ func (m *Manager) publishLocked(svid *SVID) (*Snapshot, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	own, err := ca.NewBundle(append(anchors.Roots(), m.fetchedRoots...)...)
+	own, err := trust.NewBundle(append(anchors.Roots(), m.fetchedRoots...)...)
 	if err != nil {
 		return nil, false, fmt.Errorf("trust bundle: %w", err)
 	}
@@ -325,7 +325,7 @@ func (m *Manager) publishLocked(svid *SVID) (*Snapshot, bool, error) {
 		withRoots.Roots = own.Roots()
 		svid = &withRoots
 	}
-	var domains []ca.DomainBundle
+	var domains []trust.DomainBundle
 	if m.trust != nil {
 		expiry := pruneCRLs(m.crls, m.cfg.Now(), m.cfg.Logger, m.metrics)
 		m.armCRLTimerLocked(expiry)
@@ -407,7 +407,7 @@ func (m *Manager) TrustBundleSequence() uint64 {
 // CRLs are not covered by the root's signature: issuers add their own to
 // the bundle they relay without changing its sequence, so a bundle with
 // the held sequence is applied too, and its CRLs replace the held ones.
-// Each CRL is checked with ca.VerifyCRL against its trust domain's roots;
+// Each CRL is checked with trust.VerifyCRL against its trust domain's roots;
 // one that fails is logged, counted (CRLRejectedMetricName) and dropped,
 // and the rest of b is applied regardless. Of the CRLs of one issuer only
 // the one with the highest number is served. A CRL is served until its
@@ -415,7 +415,7 @@ func (m *Manager) TrustBundleSequence() uint64 {
 // whose CRLs would go backwards (an older CRL of an issuer than one
 // accepted, or a current CRL left out) is refused whole with
 // ErrCRLRollback, ErrCRLConflict or ErrCRLDropped; see checkCRLProgress.
-func (m *Manager) SetTrustBundle(b *ca.TrustBundle) (bool, error) {
+func (m *Manager) SetTrustBundle(b *trust.TrustBundle) (bool, error) {
 	if b == nil {
 		return false, errors.New("trust bundle is nil")
 	}
@@ -488,7 +488,7 @@ func (m *Manager) checkRevokedLocked(snap *Snapshot) {
 		return
 	}
 	leaf := svid.Chain[0]
-	serial := ca.SerialHex(leaf.SerialNumber)
+	serial := trust.SerialHex(leaf.SerialNumber)
 	if serial == m.revokedSerial {
 		return
 	}
@@ -511,7 +511,7 @@ func (m *Manager) checkRevokedLocked(snap *Snapshot) {
 
 // vouchedLocked checks that b may replace the held trust: signed by a root
 // trusted now, or unsigned and adding nothing. The caller holds trustMu.
-func (m *Manager) vouchedLocked(b *ca.TrustBundle) error {
+func (m *Manager) vouchedLocked(b *trust.TrustBundle) error {
 	trusted, err := m.anchorsLocked()
 	if err != nil {
 		return err
@@ -542,7 +542,7 @@ func (m *Manager) vouchedLocked(b *ca.TrustBundle) error {
 // held's own domains, with roots from trusted only. Without own and held
 // the agent cannot tell its trust domain yet; then b may name one domain,
 // as an issuer's own bundle does.
-func addedTrust(b *ca.TrustBundle, trusted *ca.Bundle, held *ca.TrustBundle, own spiffeid.TrustDomain) string {
+func addedTrust(b *trust.TrustBundle, trusted *trust.Bundle, held *trust.TrustBundle, own spiffeid.TrustDomain) string {
 	known := map[spiffeid.TrustDomain]bool{}
 	if !own.IsZero() {
 		known[own] = true
@@ -563,7 +563,7 @@ func addedTrust(b *ca.TrustBundle, trusted *ca.Bundle, held *ca.TrustBundle, own
 		}
 		for _, r := range d.Roots.Roots() {
 			if !bundleContains(trusted, r) {
-				fp := ca.Fingerprint(r)
+				fp := trust.Fingerprint(r)
 				return fmt.Sprintf("adds root sha256 %s to %s", hex.EncodeToString(fp[:]), d.TrustDomain.Name())
 			}
 		}
@@ -571,7 +571,7 @@ func addedTrust(b *ca.TrustBundle, trusted *ca.Bundle, held *ca.TrustBundle, own
 	return ""
 }
 
-func bundleContains(b *ca.Bundle, c *x509.Certificate) bool {
+func bundleContains(b *trust.Bundle, c *x509.Certificate) bool {
 	return slices.ContainsFunc(b.Roots(), c.Equal)
 }
 
@@ -588,7 +588,7 @@ func (m *Manager) writeFiles(svid *SVID) {
 	}
 }
 
-func (m *Manager) readBundle() (*ca.Bundle, error) { return readBundleFile(m.cfg.CABundleFile) }
+func (m *Manager) readBundle() (*trust.Bundle, error) { return readBundleFile(m.cfg.CABundleFile) }
 
 // markRefused wraps issuer refusals that retrying soon cannot fix with
 // rotation.ErrRefused.

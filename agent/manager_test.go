@@ -22,6 +22,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/rotation"
+	"github.com/meshca/meshca/trust"
 )
 
 // managerFixture runs a Manager and its rotation loop against a fake
@@ -331,7 +332,7 @@ func TestHealthHandler(t *testing.T) {
 	})
 }
 
-func bundleHas(b *ca.Bundle, c *x509.Certificate) bool {
+func bundleHas(b *trust.Bundle, c *x509.Certificate) bool {
 	for _, r := range b.Roots() {
 		if r.Equal(c) {
 			return true

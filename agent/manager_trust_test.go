@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 func TestManagerSetTrustBundle(t *testing.T) {
@@ -25,14 +26,14 @@ func TestManagerSetTrustBundle(t *testing.T) {
 		}
 		fed := federatedRoot(t, "fed1")
 		east := spiffeid.RequireTrustDomainFromString("east.example")
-		bundle := func(seq uint64, own []*x509.Certificate, federated ...*x509.Certificate) *ca.TrustBundle {
-			b := &ca.TrustBundle{Sequence: seq, Domains: []ca.DomainBundle{
+		bundle := func(seq uint64, own []*x509.Certificate, federated ...*x509.Certificate) *trust.TrustBundle {
+			b := &trust.TrustBundle{Sequence: seq, Domains: []trust.DomainBundle{
 				{TrustDomain: webID.TrustDomain(), Roots: mustBundle(t, own...)},
 				// Another trust domain of the same root (another cluster).
 				{TrustDomain: east, Roots: mustBundle(t, own...)},
 			}}
 			if len(federated) > 0 {
-				b.Domains = append(b.Domains, ca.DomainBundle{TrustDomain: otherTD, Roots: mustBundle(t, federated...), Federated: true})
+				b.Domains = append(b.Domains, trust.DomainBundle{TrustDomain: otherTD, Roots: mustBundle(t, federated...), Federated: true})
 			}
 			// Signed by the root the agent trusts from its file, as the
 			// root service signs what issuers relay.
@@ -106,9 +107,9 @@ func TestManagerSetTrustBundle(t *testing.T) {
 }
 
 // signedBy signs b with signer and returns it.
-func signedBy(t testing.TB, b *ca.TrustBundle, signer *ca.Authority) *ca.TrustBundle {
+func signedBy(t testing.TB, b *trust.TrustBundle, signer *ca.Authority) *trust.TrustBundle {
 	t.Helper()
-	if err := b.Sign(signer.Signer, signer.Certificate); err != nil {
+	if err := ca.SignTrustBundle(b, signer.Signer, signer.Certificate); err != nil {
 		t.Fatal(err)
 	}
 	return b
@@ -138,17 +139,17 @@ func TestManagerAcceptsOnlyVouchedTrust(t *testing.T) {
 		seq := uint64(100)
 		// bundle returns a new unsigned bundle: the own trust domain with
 		// own, plus other domains.
-		bundle := func(own []*x509.Certificate, others ...ca.DomainBundle) *ca.TrustBundle {
+		bundle := func(own []*x509.Certificate, others ...trust.DomainBundle) *trust.TrustBundle {
 			seq++
-			b := &ca.TrustBundle{Sequence: seq, Domains: []ca.DomainBundle{{TrustDomain: webID.TrustDomain(), Roots: mustBundle(t, own...)}}}
+			b := &trust.TrustBundle{Sequence: seq, Domains: []trust.DomainBundle{{TrustDomain: webID.TrustDomain(), Roots: mustBundle(t, own...)}}}
 			b.Domains = append(b.Domains, others...)
 			return b
 		}
-		fed := ca.DomainBundle{TrustDomain: otherTD, Roots: mustBundle(t, fedRoot.Certificate), Federated: true}
+		fed := trust.DomainBundle{TrustDomain: otherTD, Roots: mustBundle(t, fedRoot.Certificate), Federated: true}
 		file := []*x509.Certificate{fileRoot.Certificate}
 		both := []*x509.Certificate{fileRoot.Certificate, newRoot.Certificate}
 
-		wantRejected := func(name string, b *ca.TrustBundle) {
+		wantRejected := func(name string, b *trust.TrustBundle) {
 			t.Helper()
 			beforeSeq, before := f.mgr.TrustBundleSequence(), f.current()
 			beforeRoots := f.fetcher.lastRoots()
@@ -161,7 +162,7 @@ func TestManagerAcceptsOnlyVouchedTrust(t *testing.T) {
 				t.Errorf("%s: the rejected bundle changed the agent's trust", name)
 			}
 		}
-		wantAccepted := func(name string, b *ca.TrustBundle) {
+		wantAccepted := func(name string, b *trust.TrustBundle) {
 			t.Helper()
 			if _, err := f.mgr.SetTrustBundle(b); err != nil {
 				t.Fatalf("%s: %v", name, err)
@@ -174,8 +175,8 @@ func TestManagerAcceptsOnlyVouchedTrust(t *testing.T) {
 		// Unsigned: only what the agent already trusts.
 		wantRejected("unsigned, adds a root", bundle(both))
 		wantRejected("unsigned, adds a federated domain", bundle(file, fed))
-		wantRejected("unsigned, adds another trust domain", bundle(file, ca.DomainBundle{TrustDomain: east, Roots: mustBundle(t, file...)}))
-		wantRejected("unsigned, federated root", bundle(file, ca.DomainBundle{TrustDomain: otherTD, Roots: mustBundle(t, file...), Federated: true}))
+		wantRejected("unsigned, adds another trust domain", bundle(file, trust.DomainBundle{TrustDomain: east, Roots: mustBundle(t, file...)}))
+		wantRejected("unsigned, federated root", bundle(file, trust.DomainBundle{TrustDomain: otherTD, Roots: mustBundle(t, file...), Federated: true}))
 		wantAccepted("unsigned, adds nothing", bundle(file))
 
 		// Signed: only by a root the agent trusts, over what it carries.
@@ -188,7 +189,7 @@ func TestManagerAcceptsOnlyVouchedTrust(t *testing.T) {
 		wantRejected("signed, then a root added", tampered)
 
 		// A trusted root vouches for a new root and a federated domain.
-		wantAccepted("signed by the file's root", signedBy(t, bundle(both, fed, ca.DomainBundle{TrustDomain: east, Roots: mustBundle(t, both...)}), fileRoot))
+		wantAccepted("signed by the file's root", signedBy(t, bundle(both, fed, trust.DomainBundle{TrustDomain: east, Roots: mustBundle(t, both...)}), fileRoot))
 		snap := f.current()
 		if !sameCerts(snap.Bundle().Roots(), both...) || len(snap.FederatedBundles()) != 2 {
 			t.Fatalf("after the signed bundle: %d own roots and %d other domains, want 2 and 2", len(snap.Bundle().Roots()), len(snap.FederatedBundles()))

@@ -10,6 +10,7 @@ import (
 	"github.com/meshca/meshca/agent/sdstest"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 // TestAgentRenewsRevokedCertificate: the issuer relays a CRL that lists
@@ -22,14 +23,14 @@ func TestAgentRenewsRevokedCertificate(t *testing.T) {
 	tree := testkit.New(t, testkit.Options{Now: now.Add(-time.Hour)})
 	fi := newFakeIssuer(t, tree, true)
 	root := tree.Root.Certificate
-	crl := func(number int64, serials ...*big.Int) ca.CRL {
+	crl := func(number int64, serials ...*big.Int) trust.CRL {
 		c, _, err := tree.Intermediate.SignCRL(ca.CRLRequest{Number: big.NewInt(number), Serials: serials, Now: now, Validity: time.Hour})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return c
 	}
-	bundle := func(crls ...ca.CRL) {
+	bundle := func(crls ...trust.CRL) {
 		fi.pushBundle(addCRLs(signedProto(t, trustBundle(10, "cluster.local", []*x509.Certificate{root}, nil), tree.Root), "cluster.local", crls...))
 	}
 	bundle(crl(1, big.NewInt(42)))

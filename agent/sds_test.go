@@ -19,8 +19,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/agent/sdstest"
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 // sdsFixture is an SDS server over a Publisher, with a CA tree to make
@@ -418,8 +418,8 @@ func TestSDSFederatedBundles(t *testing.T) {
 	svid := newSVID(t, f.tree, webID, time.Hour)
 	root := f.tree.Root.Certificate
 	fed1, fed2 := federatedRoot(t, "fed1"), federatedRoot(t, "fed2")
-	federated := func(roots ...*x509.Certificate) []ca.DomainBundle {
-		return []ca.DomainBundle{{TrustDomain: otherTD, Roots: mustBundle(t, roots...), Federated: true}}
+	federated := func(roots ...*x509.Certificate) []trust.DomainBundle {
+		return []trust.DomainBundle{{TrustDomain: otherTD, Roots: mustBundle(t, roots...), Federated: true}}
 	}
 	f.pub.Publish(mustFederatedSnapshot(t, svid, f.tree.Bundle, federated(fed1)))
 	e := envoy(t, f.path, "node")

@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 // clusterIntermediate signs an intermediate for cluster under tree's root:
@@ -133,8 +134,8 @@ func TestManagerGivesFetcherCRLs(t *testing.T) {
 		f := startManager(t, nil)
 		t.Cleanup(f.mgr.Stop)
 		rootCRL := signCRL(t, f.tree.Root, 1, time.Now(), time.Hour, 7)
-		tb := signedBy(t, &ca.TrustBundle{Sequence: 5, Domains: []ca.DomainBundle{
-			{TrustDomain: webID.TrustDomain(), Roots: f.tree.Bundle, CRLs: []ca.CRL{rootCRL}},
+		tb := signedBy(t, &trust.TrustBundle{Sequence: 5, Domains: []trust.DomainBundle{
+			{TrustDomain: webID.TrustDomain(), Roots: f.tree.Bundle, CRLs: []trust.CRL{rootCRL}},
 		}}, f.tree.Root)
 		if _, err := f.mgr.SetTrustBundle(tb); err != nil {
 			t.Fatal(err)

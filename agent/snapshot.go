@@ -13,10 +13,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/meshca/meshca/trust"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/types/known/anypb"
-
-	"github.com/meshca/meshca/ca"
 )
 
 // Source is what the SDS and Workload API servers serve from: the agent's
@@ -37,11 +36,11 @@ type Source interface {
 // fields.
 type Snapshot struct {
 	svid   *SVID
-	bundle *ca.Bundle
+	bundle *trust.Bundle
 	id     spiffeid.ID
 	// domains are the other trust domains' bundles, sorted by name, without
 	// the SVID's own trust domain.
-	domains []ca.DomainBundle
+	domains []trust.DomainBundle
 
 	svidVersion, bundleVersion, federatedVersion, crlVersion string
 	// Encodings computed once per snapshot rather than once per stream.
@@ -85,7 +84,7 @@ func newRootSet(roots []*x509.Certificate, crls [][]byte) rootSet {
 	for _, r := range roots {
 		der = append(der, r.Raw...)
 	}
-	return encodedRootSet(ca.EncodeCertificates(roots...), der, crls)
+	return encodedRootSet(trust.EncodeCertificates(roots...), der, crls)
 }
 
 // encodedRootSet is the bundle encoded as rootsPEM and rootsDER, with crls
@@ -118,7 +117,7 @@ func (l *crlList) add(ders ...[]byte) {
 	}
 }
 
-func (l *crlList) addAll(crls []ca.CRL) {
+func (l *crlList) addAll(crls []trust.CRL) {
 	for _, c := range crls {
 		l.add(c.DER)
 	}
@@ -134,7 +133,7 @@ func shortHash(b ...[]byte) string {
 
 // NewSnapshot builds a snapshot without other trust domains; see
 // NewFederatedSnapshot.
-func NewSnapshot(svid *SVID, bundle *ca.Bundle) (*Snapshot, error) {
+func NewSnapshot(svid *SVID, bundle *trust.Bundle) (*Snapshot, error) {
 	return NewFederatedSnapshot(svid, bundle, nil)
 }
 
@@ -145,10 +144,10 @@ func NewSnapshot(svid *SVID, bundle *ca.Bundle) (*Snapshot, error) {
 // named once; an entry for the SVID's own trust domain is dropped, because
 // bundle is what the agent trusts for it, but its CRLs are kept. The CRLs of
 // domains are served as they are: the caller has verified them (Manager
-// does, with ca.VerifyCRL) and keeps one per issuer. Those of own
+// does, with trust.VerifyCRL) and keeps one per issuer. Those of own
 // (non-federated) domains are served with bundle, every domain's with its
 // roots, and all of them with ALL and over the Workload API.
-func NewFederatedSnapshot(svid *SVID, bundle *ca.Bundle, domains []ca.DomainBundle) (*Snapshot, error) {
+func NewFederatedSnapshot(svid *SVID, bundle *trust.Bundle, domains []trust.DomainBundle) (*Snapshot, error) {
 	s := &Snapshot{svid: svid, bundle: bundle}
 	if bundle != nil {
 		s.bundlePEM = bundle.PEM()
@@ -186,24 +185,24 @@ func (s *Snapshot) setSVID(svid *SVID) error {
 	s.id = id
 	s.keyDER = keyDER
 	s.keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
-	s.chainPEM = ca.EncodeCertificates(svid.Chain...)
+	s.chainPEM = trust.EncodeCertificates(svid.Chain...)
 	for _, c := range svid.Chain {
 		s.chainDER = append(s.chainDER, c.Raw...)
 	}
-	s.svidVersion = ca.SerialHex(svid.Chain[0].SerialNumber)
+	s.svidVersion = trust.SerialHex(svid.Chain[0].SerialNumber)
 	return nil
 }
 
 // setDomains records the other trust domains and computes what is served
 // from them. It runs after setSVID, which tells the own trust domain.
-func (s *Snapshot) setDomains(domains []ca.DomainBundle) error {
+func (s *Snapshot) setDomains(domains []trust.DomainBundle) error {
 	own := s.id.TrustDomain()
 	var all []*x509.Certificate
 	if s.bundle != nil {
 		all = s.bundle.Roots()
 	}
 	domains = slices.Clone(domains)
-	slices.SortFunc(domains, func(x, y ca.DomainBundle) int { return strings.Compare(x.TrustDomain.Name(), y.TrustDomain.Name()) })
+	slices.SortFunc(domains, func(x, y trust.DomainBundle) int { return strings.Compare(x.TrustDomain.Name(), y.TrustDomain.Name()) })
 	var ownCRLs, allCRLs crlList
 	for _, d := range domains {
 		if !d.Federated || d.TrustDomain == own {
@@ -247,7 +246,7 @@ func (s *Snapshot) setDomains(domains []ca.DomainBundle) error {
 		s.federatedVersion = shortHash(parts...)
 	}
 	if len(all) > 0 {
-		b, err := ca.NewBundle(all...)
+		b, err := trust.NewBundle(all...)
 		if err != nil {
 			return fmt.Errorf("snapshot: %w", err)
 		}
@@ -266,11 +265,11 @@ func (s *Snapshot) SVID() *SVID { return s.svid }
 
 // Bundle returns the own trust domain's bundle, or nil when none is known
 // yet.
-func (s *Snapshot) Bundle() *ca.Bundle { return s.bundle }
+func (s *Snapshot) Bundle() *trust.Bundle { return s.bundle }
 
 // FederatedBundles returns the bundles of the other trust domains, sorted
 // by name, without the SVID's own. The slice is a copy.
-func (s *Snapshot) FederatedBundles() []ca.DomainBundle { return slices.Clone(s.domains) }
+func (s *Snapshot) FederatedBundles() []trust.DomainBundle { return slices.Clone(s.domains) }
 
 // ID returns the SVID's SPIFFE ID; the zero ID when there is no SVID.
 func (s *Snapshot) ID() spiffeid.ID { return s.id }

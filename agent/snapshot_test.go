@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 func TestPublisher(t *testing.T) {
@@ -73,8 +73,8 @@ func TestFederatedSnapshot(t *testing.T) {
 	tree := testkit.New(t, testkit.Options{})
 	svid := newSVID(t, tree, webID, time.Hour)
 	fed1, fed2 := federatedRoot(t, "fed1"), federatedRoot(t, "fed2")
-	domains := func(roots ...*x509.Certificate) []ca.DomainBundle {
-		return []ca.DomainBundle{
+	domains := func(roots ...*x509.Certificate) []trust.DomainBundle {
+		return []trust.DomainBundle{
 			{TrustDomain: otherTD, Roots: mustBundle(t, roots...), Federated: true},
 			// The agent's own trust domain, as the root lists it: the
 			// snapshot's own bundle wins.
@@ -114,13 +114,13 @@ func TestFederatedSnapshot(t *testing.T) {
 	if n := len(early.FederatedBundles()); n != 2 {
 		t.Errorf("without an SVID: %d domains, want 2", n)
 	}
-	dup := []ca.DomainBundle{{TrustDomain: otherTD, Roots: mustBundle(t, fed1)}, {TrustDomain: otherTD, Roots: mustBundle(t, fed2)}}
+	dup := []trust.DomainBundle{{TrustDomain: otherTD, Roots: mustBundle(t, fed1)}, {TrustDomain: otherTD, Roots: mustBundle(t, fed2)}}
 	if _, err := NewFederatedSnapshot(svid, tree.Bundle, dup); err == nil {
 		t.Error("a trust domain listed twice was accepted")
 	}
 }
 
-func mustFederatedSnapshot(t testing.TB, svid *SVID, b *ca.Bundle, domains []ca.DomainBundle) *Snapshot {
+func mustFederatedSnapshot(t testing.TB, svid *SVID, b *trust.Bundle, domains []trust.DomainBundle) *Snapshot {
 	t.Helper()
 	s, err := NewFederatedSnapshot(svid, b, domains)
 	if err != nil {
@@ -129,9 +129,9 @@ func mustFederatedSnapshot(t testing.TB, svid *SVID, b *ca.Bundle, domains []ca.
 	return s
 }
 
-func mustBundle(t testing.TB, roots ...*x509.Certificate) *ca.Bundle {
+func mustBundle(t testing.TB, roots ...*x509.Certificate) *trust.Bundle {
 	t.Helper()
-	b, err := ca.NewBundle(roots...)
+	b, err := trust.NewBundle(roots...)
 	if err != nil {
 		t.Fatal(err)
 	}

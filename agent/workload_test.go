@@ -17,8 +17,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 type workloadFixture struct {
@@ -244,8 +244,8 @@ func TestWorkloadAPIFederatedBundles(t *testing.T) {
 	svid := newSVID(t, f.tree, webID, time.Hour)
 	root := f.tree.Root.Certificate
 	fed1, fed2 := federatedRoot(t, "fed1"), federatedRoot(t, "fed2")
-	federated := func(roots ...*x509.Certificate) []ca.DomainBundle {
-		return []ca.DomainBundle{{TrustDomain: otherTD, Roots: mustBundle(t, roots...), Federated: true}}
+	federated := func(roots ...*x509.Certificate) []trust.DomainBundle {
+		return []trust.DomainBundle{{TrustDomain: otherTD, Roots: mustBundle(t, roots...), Federated: true}}
 	}
 	f.pub.Publish(mustFederatedSnapshot(t, svid, f.tree.Bundle, federated(fed1)))
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)

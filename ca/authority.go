@@ -1,7 +1,3 @@
-// Package ca holds meshca's certificate authorities: a root CA on any
-// crypto.Signer (a key file by default, Vault Transit in production),
-// name-constrained per-cluster intermediates, leaf signing and the trust
-// bundle. It never talks to workloads; policy lives in the issuer.
 package ca
 
 import (
@@ -19,6 +15,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.step.sm/crypto/keyutil"
 	"go.step.sm/crypto/x509util"
+
+	"github.com/meshca/meshca/trust"
 )
 
 // Defaults for CA lifetimes.
@@ -126,7 +124,7 @@ type IntermediateRequest struct {
 	// it becomes a critical X.509 URI name constraint.
 	TrustDomain spiffeid.TrustDomain
 	// Cluster names the cluster; it goes into the subject and into the
-	// intermediate's URI SAN (IssuerServerID), which meshca's clients
+	// intermediate's URI SAN (trust.IssuerServerID), which meshca's clients
 	// require of the issuer they talk to.
 	Cluster string
 	// ServingNames are the DNS names and IP addresses the cluster's issuer
@@ -154,7 +152,7 @@ const intermediateTemplate = `{
 
 // SignIntermediate signs a CA certificate with path length 0 that may only
 // issue SPIFFE IDs in req.TrustDomain and serving certificates for
-// req.ServingNames, and that names its cluster's issuer (IssuerServerID).
+// req.ServingNames, and that names its cluster's issuer (trust.IssuerServerID).
 func (a *Authority) SignIntermediate(req IntermediateRequest) (*x509.Certificate, error) {
 	if req.PublicKey == nil {
 		return nil, errors.New("intermediate: public key is required")
@@ -185,7 +183,7 @@ func (a *Authority) SignIntermediate(req IntermediateRequest) (*x509.Certificate
 	if err != nil {
 		return nil, fmt.Errorf("intermediate: %w", err)
 	}
-	id, err := IssuerServerID(req.TrustDomain, req.Cluster)
+	id, err := trust.IssuerServerID(req.TrustDomain, req.Cluster)
 	if err != nil {
 		return nil, fmt.Errorf("intermediate: %w", err)
 	}
@@ -318,7 +316,3 @@ func newSerial() (*big.Int, error) {
 		}
 	}
 }
-
-// SerialHex renders a serial number the way meshca stores and prints it:
-// lower-case hexadecimal without separators.
-func SerialHex(n *big.Int) string { return n.Text(16) }

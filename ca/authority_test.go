@@ -186,34 +186,6 @@ func TestNewAuthorityRejectsMismatchedKey(t *testing.T) {
 	}
 }
 
-func TestBundle(t *testing.T) {
-	a := testkit.New(t, testkit.Options{Now: t0})
-	b, err := ca.NewBundle(a.Root.Certificate, a.Root.Certificate)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n := len(b.Roots()); n != 1 {
-		t.Errorf("duplicate root kept: %d roots", n)
-	}
-	parsed, err := ca.ParseBundle(b.PEM())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !parsed.Roots()[0].Equal(a.Root.Certificate) {
-		t.Error("PEM round trip changed the root")
-	}
-	leaf, _ := a.Intermediate.SignLeaf(ca.LeafRequest{PublicKey: testkit.Key(t, "leaf").Public(), TTL: time.Hour, Now: t0})
-	if _, err := ca.NewBundle(leaf); err == nil {
-		t.Error("bundle accepted a leaf certificate")
-	}
-	if _, err := ca.NewBundle(); err == nil {
-		t.Error("empty bundle accepted")
-	}
-	if _, err := ca.ParseBundle([]byte("not pem")); err == nil {
-		t.Error("garbage bundle accepted")
-	}
-}
-
 // corruptSigner signs with the right key, then flips a bit of the signature:
 // a faulty HSM or remote signer.
 type corruptSigner struct{ crypto.Signer }

@@ -10,6 +10,8 @@ import (
 
 	"github.com/google/renameio/v2"
 	"go.step.sm/crypto/pemutil"
+
+	"github.com/meshca/meshca/trust"
 )
 
 // File names used by LoadOrCreateFileRoot inside its directory.
@@ -57,7 +59,7 @@ func LoadOrCreateFileRoot(cfg FileRootConfig) (*Authority, error) {
 		return nil, fmt.Errorf("file root: %w", err)
 	}
 	certPath := filepath.Join(cfg.Dir, RootCertFile)
-	if err := renameio.WriteFile(certPath, EncodeCertificates(root.Certificate), 0o644); err != nil {
+	if err := renameio.WriteFile(certPath, trust.EncodeCertificates(root.Certificate), 0o644); err != nil {
 		return nil, fmt.Errorf("file root: write certificate: %w", err)
 	}
 	return root, nil

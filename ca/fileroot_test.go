@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 	"go.step.sm/crypto/keyutil"
 )
 
@@ -75,7 +76,7 @@ func TestFileRootRefusesMismatchedKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	other := testkit.New(t, testkit.Options{Now: t0})
-	if err := os.WriteFile(filepath.Join(dir, ca.RootCertFile), ca.EncodeCertificates(other.Intermediate.Certificate), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, ca.RootCertFile), trust.EncodeCertificates(other.Intermediate.Certificate), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := ca.LoadOrCreateFileRoot(ca.FileRootConfig{Dir: dir, Now: t0}); err == nil {

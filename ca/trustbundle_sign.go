@@ -1,207 +1,40 @@
 package ca
 
 import (
-	"bytes"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
-	"time"
+
+	"github.com/meshca/meshca/trust"
 )
 
-// Errors of VerifySignature; match them with errors.Is.
-var (
-	// ErrUnsigned means the bundle carries no signature.
-	ErrUnsigned = errors.New("trust bundle is not signed")
-	// ErrUntrustedSigner means the bundle was signed by a root that is not
-	// trusted.
-	ErrUntrustedSigner = errors.New("trust bundle is signed by an untrusted root")
-	// ErrBadSignature means the signature does not match the bundle's
-	// content: it was altered, or the signature is not the signer's.
-	ErrBadSignature = errors.New("trust bundle signature does not verify")
-)
-
-// digestPrefix separates bundle digests from any other SHA-256 input, and
-// versions the encoding.
-const digestPrefix = "meshca-bundle-v2\x00"
-
-// Digest returns the SHA-256 of the canonical encoding of everything a
-// signature vouches for: Sequence, ActiveRoot and every domain (sorted by
-// name) with its name, Federated flag and roots (sorted by bytes, so that
-// their order does not matter). CRLs are not covered: each is signed by its
-// issuer and checked on its own (VerifyCRL), so an issuer can add its own
-// to the root's bundle without breaking the root's signature. Every variable-length part
-// is length-prefixed, so that no two bundles encode alike. RefreshHint and
-// the signature itself are not covered.
-func (b *TrustBundle) Digest() []byte {
-	var buf bytes.Buffer
-	buf.WriteString(digestPrefix)
-	buf.Write(binary.BigEndian.AppendUint64(nil, b.Sequence))
-	buf.Write(b.ActiveRoot[:])
-	domains := slices.Clone(b.Domains)
-	slices.SortStableFunc(domains, func(x, y DomainBundle) int { return strings.Compare(x.TrustDomain.Name(), y.TrustDomain.Name()) })
-	writeCount(&buf, len(domains))
-	for _, d := range domains {
-		writeBytes(&buf, []byte(d.TrustDomain.Name()))
-		if d.Federated {
-			buf.WriteByte(1)
-		} else {
-			buf.WriteByte(0)
-		}
-		var roots [][]byte
-		if d.Roots != nil {
-			for _, r := range d.Roots.Roots() {
-				roots = append(roots, r.Raw)
-			}
-		}
-		writeSet(&buf, roots)
-	}
-	sum := sha256.Sum256(buf.Bytes())
-	return sum[:]
-}
-
-func writeCount(buf *bytes.Buffer, n int) {
-	buf.Write(binary.BigEndian.AppendUint32(nil, uint32(n)))
-}
-
-func writeBytes(buf *bytes.Buffer, p []byte) {
-	writeCount(buf, len(p))
-	buf.Write(p)
-}
-
-// writeSet writes a count and then every element, sorted, length-prefixed.
-func writeSet(buf *bytes.Buffer, set [][]byte) {
-	set = slices.Clone(set)
-	slices.SortFunc(set, bytes.Compare)
-	writeCount(buf, len(set))
-	for _, p := range set {
-		writeBytes(buf, p)
-	}
-}
-
-// Sign signs b's Digest with signer, the key of the root signerCert, and
-// sets Signature and Signer. The hash follows the key: SHA-256 for ECDSA
-// P-256 and RSA (PKCS #1 v1.5), SHA-384 for P-384, SHA-512 for P-521, none
-// for Ed25519. signer may be remote (Vault Transit): only its Sign method
-// is used. The signature is verified before Sign returns; on error b is
-// unchanged. Sign modifies b, so call it before b is shared.
-func (b *TrustBundle) Sign(signer crypto.Signer, signerCert *x509.Certificate) error {
+// SignTrustBundle signs b's Digest with signer, the key of the root
+// signerCert, and sets b.Signature and b.Signer. The hash follows the key
+// (see trust.TrustBundle.SignedMessage). signer may be remote (Vault
+// Transit): only its Sign method is used. The signature is verified before
+// SignTrustBundle returns; on error b is unchanged. It modifies b, so call it
+// before b is shared.
+func SignTrustBundle(b *trust.TrustBundle, signer crypto.Signer, signerCert *x509.Certificate) error {
 	if signer == nil || signerCert == nil {
 		return errors.New("sign trust bundle: signer and its certificate are required")
 	}
 	if !publicKeysEqual(signer.Public(), signerCert.PublicKey) {
 		return errors.New("sign trust bundle: the key does not belong to the certificate")
 	}
-	opts, err := signatureOpts(signerCert.PublicKey)
+	msg, opts, err := b.SignedMessage(signerCert.PublicKey)
 	if err != nil {
 		return fmt.Errorf("sign trust bundle: %w", err)
 	}
-	digest := b.Digest()
-	sig, err := signer.Sign(rand.Reader, signedMessage(digest, opts), opts)
+	sig, err := signer.Sign(rand.Reader, msg, opts)
 	if err != nil {
 		return fmt.Errorf("sign trust bundle: %w", err)
 	}
-	if err := verifyWith(signerCert.PublicKey, digest, sig); err != nil {
+	if err := b.CheckSignatureFrom(signerCert.PublicKey, sig); err != nil {
 		return fmt.Errorf("sign trust bundle: the new signature does not verify: %w", err)
 	}
-	b.Signature, b.Signer = sig, Fingerprint(signerCert)
-	return nil
-}
-
-// IsSigned reports whether b carries a signature.
-func (b *TrustBundle) IsSigned() bool { return len(b.Signature) != 0 }
-
-// VerifySignature checks that b was signed by one of trusted's roots (found
-// by b.Signer) and that the signature covers b's current content. It fails
-// with ErrUnsigned, ErrUntrustedSigner (also for a signer root that is not
-// valid at now) or ErrBadSignature.
-func (b *TrustBundle) VerifySignature(trusted *Bundle, now time.Time) error {
-	if !b.IsSigned() {
-		return ErrUnsigned
-	}
-	var signer *x509.Certificate
-	if trusted != nil {
-		for _, r := range trusted.Roots() {
-			if Fingerprint(r) == b.Signer {
-				signer = r
-				break
-			}
-		}
-	}
-	if signer == nil {
-		return fmt.Errorf("%w: signer sha256 %s", ErrUntrustedSigner, hex.EncodeToString(b.Signer[:]))
-	}
-	if now.Before(signer.NotBefore) || !now.Before(signer.NotAfter) {
-		return fmt.Errorf("%w: signer sha256 %s is not valid now (valid %s to %s)", ErrUntrustedSigner, hex.EncodeToString(b.Signer[:]),
-			signer.NotBefore.UTC().Format(time.RFC3339), signer.NotAfter.UTC().Format(time.RFC3339))
-	}
-	if err := verifyWith(signer.PublicKey, b.Digest(), b.Signature); err != nil {
-		return fmt.Errorf("%w: signer sha256 %s, sequence %d: %w", ErrBadSignature, hex.EncodeToString(b.Signer[:]), b.Sequence, err)
-	}
-	return nil
-}
-
-// signatureOpts returns the signer options for a root key.
-func signatureOpts(pub crypto.PublicKey) (crypto.SignerOpts, error) {
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		switch k.Curve {
-		case elliptic.P256():
-			return crypto.SHA256, nil
-		case elliptic.P384():
-			return crypto.SHA384, nil
-		case elliptic.P521():
-			return crypto.SHA512, nil
-		}
-		return nil, fmt.Errorf("unsupported ECDSA curve %s", k.Curve.Params().Name)
-	case *rsa.PublicKey:
-		return crypto.SHA256, nil
-	case ed25519.PublicKey:
-		return crypto.Hash(0), nil
-	}
-	return nil, fmt.Errorf("unsupported public key %T", pub)
-}
-
-// signedMessage is what Signer.Sign receives for digest: its hash under
-// opts, or the digest itself for pure Ed25519.
-func signedMessage(digest []byte, opts crypto.SignerOpts) []byte {
-	h := opts.HashFunc()
-	if h == 0 {
-		return digest
-	}
-	hh := h.New()
-	hh.Write(digest)
-	return hh.Sum(nil)
-}
-
-func verifyWith(pub crypto.PublicKey, digest, sig []byte) error {
-	opts, err := signatureOpts(pub)
-	if err != nil {
-		return err
-	}
-	msg := signedMessage(digest, opts)
-	ok := false
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		ok = ecdsa.VerifyASN1(k, msg, sig)
-	case *rsa.PublicKey:
-		ok = rsa.VerifyPKCS1v15(k, opts.HashFunc(), msg, sig) == nil
-	case ed25519.PublicKey:
-		ok = ed25519.Verify(k, msg, sig)
-	}
-	if !ok {
-		return errors.New("invalid signature")
-	}
+	b.Signature, b.Signer = sig, trust.Fingerprint(signerCert)
 	return nil
 }
 

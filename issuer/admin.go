@@ -20,6 +20,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/trust"
 )
 
 // AdminStore is the cluster's store as the issuer's admin API uses it: the
@@ -377,7 +378,7 @@ func (s *AdminServer) issueAdminCredential(ctx context.Context, req *meshcav1.Is
 	if err != nil {
 		return nil, err
 	}
-	serial := ca.SerialHex(cert.SerialNumber)
+	serial := trust.SerialHex(cert.SerialNumber)
 	sum := sha256.Sum256(cert.Raw)
 	err = s.cfg.Store.RecordIssuance(ctx, store.Certificate{
 		Serial: serial, SPIFFEID: cr.ID.String(), Cluster: s.cfg.Cluster, NotBefore: cert.NotBefore, NotAfter: cert.NotAfter,

@@ -15,9 +15,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/trust"
 )
 
 const opsAdmin = "spiffe://east.example/ns/ops/sa/admin"
@@ -71,13 +71,13 @@ func TestIssuerAdminCredential(t *testing.T) {
 			t.Fatal(err)
 		}
 		id := spiffeid.RequireFromString(opsAdmin)
-		if err := deny.CheckRevoked(ca.SerialHex(cert.SerialNumber), id); err == nil {
+		if err := deny.CheckRevoked(trust.SerialHex(cert.SerialNumber), id); err == nil {
 			t.Fatal("a deny-list never loaded let an admin in")
 		}
 		if err := deny.Refresh(t.Context()); err != nil {
 			t.Fatal(err)
 		}
-		if err := deny.CheckRevoked(ca.SerialHex(cert.SerialNumber), id); err != nil {
+		if err := deny.CheckRevoked(trust.SerialHex(cert.SerialNumber), id); err != nil {
 			t.Fatalf("before the revocation: %v", err)
 		}
 		if _, err := rig.client.Revoke(t.Context(), &meshcav1.RevokeRequest{Target: &meshcav1.RevokeRequest_Serial{Serial: resp.GetSerial()}}); err != nil {
@@ -86,7 +86,7 @@ func TestIssuerAdminCredential(t *testing.T) {
 		if err := deny.Refresh(t.Context()); err != nil {
 			t.Fatal(err)
 		}
-		if err := deny.CheckRevoked(ca.SerialHex(cert.SerialNumber), id); err == nil {
+		if err := deny.CheckRevoked(trust.SerialHex(cert.SerialNumber), id); err == nil {
 			t.Fatal("a revoked admin certificate passed the deny-list")
 		}
 	})

@@ -17,7 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/trust"
 )
 
 // BundleSource supplies the trust bundle an issuer publishes to its agents.
@@ -25,7 +25,7 @@ import (
 type BundleSource interface {
 	// Current returns the newest bundle, nil when there is none yet, and a
 	// channel that is closed once a newer one replaces it.
-	Current() (*ca.TrustBundle, <-chan struct{})
+	Current() (*trust.TrustBundle, <-chan struct{})
 }
 
 // issuerBundles is the BundleSource of an issuer without a root to relay
@@ -34,7 +34,7 @@ type issuerBundles struct{ iss *Issuer }
 
 var _ BundleSource = issuerBundles{}
 
-func (s issuerBundles) Current() (*ca.TrustBundle, <-chan struct{}) {
+func (s issuerBundles) Current() (*trust.TrustBundle, <-chan struct{}) {
 	sig := s.iss.signing.Load()
 	return localTrustBundle(s.iss, sig), sig.replaced
 }
@@ -45,22 +45,22 @@ func (s issuerBundles) Current() (*ca.TrustBundle, <-chan struct{}) {
 // root joins; the sequences of a root service (publication time in Unix
 // milliseconds) stay above it, so moving an issuer under a root service
 // never looks like going back.
-func localTrustBundle(iss *Issuer, sig *signing) *ca.TrustBundle {
+func localTrustBundle(iss *Issuer, sig *signing) *trust.TrustBundle {
 	var newest int64
 	for _, r := range sig.bundle.Roots() {
 		newest = max(newest, r.NotBefore.UnixMilli())
 	}
-	return &ca.TrustBundle{
+	return &trust.TrustBundle{
 		Sequence:   uint64(max(newest, 1)),
-		Domains:    []ca.DomainBundle{{TrustDomain: iss.cfg.TrustDomain, Roots: sig.bundle}},
-		ActiveRoot: ca.Fingerprint(sig.root),
+		Domains:    []trust.DomainBundle{{TrustDomain: iss.cfg.TrustDomain, Roots: sig.bundle}},
+		ActiveRoot: trust.Fingerprint(sig.root),
 	}
 }
 
 // CRLSource supplies the issuer's own CRLs. *CRLSigner implements it.
 type CRLSource interface {
 	// Current returns the CRLs and a channel closed when they change.
-	Current() ([]ca.CRL, <-chan struct{})
+	Current() ([]trust.CRL, <-chan struct{})
 }
 
 // bundleService serves meshca.v1.BundleService to agents. GetBundle is
@@ -72,7 +72,7 @@ type CRLSource interface {
 // With a CRLSource, the issuer's own CRLs are added to its trust domain's
 // entry of every bundle it serves (see withCRLs), so agents get them at
 // once, with or without the root. The root's signature does not cover
-// CRLs (ca.TrustBundle.Digest), so the bundle keeps the root's Sequence and
+// CRLs (trust.TrustBundle.Digest), so the bundle keeps the root's Sequence and
 // Signature, which still verify. A change of CRLs alone therefore reaches
 // watchers as a bundle with the sequence they already hold: agents replace
 // the CRLs of the bundle they hold with those of a bundle of the same
@@ -97,16 +97,16 @@ type bundleService struct {
 }
 
 type mergedBundle struct {
-	base *ca.TrustBundle
+	base *trust.TrustBundle
 	// crlsChanged identifies the CRLs merged: the source replaces the
 	// channel with every change.
 	crlsChanged <-chan struct{}
-	out         *ca.TrustBundle
+	out         *trust.TrustBundle
 }
 
 // current returns the bundle to serve and two channels, either of which
 // is closed when it may change; the second is nil without a CRLSource.
-func (b *bundleService) current() (*ca.TrustBundle, <-chan struct{}, <-chan struct{}) {
+func (b *bundleService) current() (*trust.TrustBundle, <-chan struct{}, <-chan struct{}) {
 	tb, changed := b.src.Current()
 	if b.crls == nil || tb == nil {
 		return tb, changed, nil
@@ -144,7 +144,7 @@ func (b *bundleService) WatchBundle(req *meshcav1.WatchBundleRequest, stream grp
 	}
 	defer release()
 	last := req.GetKnownSequence()
-	var sent *ca.TrustBundle
+	var sent *trust.TrustBundle
 	for {
 		tb, changed, crlsChanged := b.current()
 		if tb != nil && shouldSend(tb, last, sent) {
@@ -169,7 +169,7 @@ func (b *bundleService) WatchBundle(req *meshcav1.WatchBundleRequest, stream grp
 
 // shouldSend decides whether a watcher that holds sequence last (and was
 // sent the bundle sent on this stream, nil for none yet) gets tb.
-func shouldSend(tb *ca.TrustBundle, last uint64, sent *ca.TrustBundle) bool {
+func shouldSend(tb *trust.TrustBundle, last uint64, sent *trust.TrustBundle) bool {
 	switch {
 	case tb.Sequence > last:
 		return true
@@ -180,7 +180,7 @@ func shouldSend(tb *ca.TrustBundle, last uint64, sent *ca.TrustBundle) bool {
 	}
 }
 
-func hasCRLs(tb *ca.TrustBundle) bool {
+func hasCRLs(tb *trust.TrustBundle) bool {
 	for _, d := range tb.Domains {
 		if len(d.CRLs) > 0 {
 			return true
@@ -196,7 +196,7 @@ func hasCRLs(tb *ca.TrustBundle) bool {
 // this issuer goes. CRLs that do not parse are left as they are, for
 // agents to reject. tb is not modified; its sequence and signature are
 // kept. Without a domain td, tb is returned.
-func withCRLs(tb *ca.TrustBundle, td spiffeid.TrustDomain, own []ca.CRL) *ca.TrustBundle {
+func withCRLs(tb *trust.TrustBundle, td spiffeid.TrustDomain, own []trust.CRL) *trust.TrustBundle {
 	i := -1
 	for j, d := range tb.Domains {
 		if d.TrustDomain == td {
@@ -207,15 +207,15 @@ func withCRLs(tb *ca.TrustBundle, td spiffeid.TrustDomain, own []ca.CRL) *ca.Tru
 		return tb
 	}
 	out := *tb
-	out.Domains = append([]ca.DomainBundle(nil), tb.Domains...)
+	out.Domains = append([]trust.DomainBundle(nil), tb.Domains...)
 	out.Domains[i].CRLs = mergeCRLs(tb.Domains[i].CRLs, own)
 	return &out
 }
 
 // mergeCRLs keeps, per issuer, the CRL with the highest number, in the
 // order issuers first appear; on a tie the earlier one stays.
-func mergeCRLs(lists ...[]ca.CRL) []ca.CRL {
-	var out []ca.CRL
+func mergeCRLs(lists ...[]trust.CRL) []trust.CRL {
+	var out []trust.CRL
 	var numbers []*x509.RevocationList
 	index := map[string]int{}
 	for _, list := range lists {
@@ -239,7 +239,7 @@ func mergeCRLs(lists ...[]ca.CRL) []ca.CRL {
 	return out
 }
 
-func crlIssuerKey(c ca.CRL, rl *x509.RevocationList) string {
+func crlIssuerKey(c trust.CRL, rl *x509.RevocationList) string {
 	if len(c.IssuerChain) > 0 {
 		return "chain:" + string(c.IssuerChain[0])
 	}

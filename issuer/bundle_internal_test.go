@@ -7,12 +7,13 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 func TestMergeCRLs(t *testing.T) {
 	a := testkit.New(t, testkit.Options{})
 	b := testkit.New(t, testkit.Options{RootKey: "other root", TrustDomain: "other.example"})
-	sign := func(auth *ca.Authority, n int64) ca.CRL {
+	sign := func(auth *ca.Authority, n int64) trust.CRL {
 		t.Helper()
 		c, _, err := auth.SignCRL(ca.CRLRequest{Number: big.NewInt(n)})
 		if err != nil {
@@ -22,17 +23,17 @@ func TestMergeCRLs(t *testing.T) {
 	}
 	interOld, interNew, interTie := sign(a.Intermediate, 1), sign(a.Intermediate, 5), sign(a.Intermediate, 5)
 	rootA, rootANew, rootB := sign(a.Root, 3), sign(a.Root, 4), sign(b.Root, 2)
-	garbage := ca.CRL{DER: []byte("not a CRL")}
+	garbage := trust.CRL{DER: []byte("not a CRL")}
 	for _, tc := range []struct {
 		name  string
-		lists [][]ca.CRL
-		want  []ca.CRL
+		lists [][]trust.CRL
+		want  []trust.CRL
 	}{
-		{"own replaces an older copy in place", [][]ca.CRL{{rootA, interOld}, {interNew}}, []ca.CRL{rootA, interNew}},
-		{"an older own CRL does not replace the root's newer copy", [][]ca.CRL{{interNew}, {interOld}}, []ca.CRL{interNew}},
-		{"a tie keeps the first", [][]ca.CRL{{interNew}, {interTie}}, []ca.CRL{interNew}},
-		{"roots are told apart by issuer", [][]ca.CRL{{rootA, rootB}, {rootANew}}, []ca.CRL{rootANew, rootB}},
-		{"unparsable CRLs pass through", [][]ca.CRL{{garbage, garbage}, {interNew}}, []ca.CRL{garbage, garbage, interNew}},
+		{"own replaces an older copy in place", [][]trust.CRL{{rootA, interOld}, {interNew}}, []trust.CRL{rootA, interNew}},
+		{"an older own CRL does not replace the root's newer copy", [][]trust.CRL{{interNew}, {interOld}}, []trust.CRL{interNew}},
+		{"a tie keeps the first", [][]trust.CRL{{interNew}, {interTie}}, []trust.CRL{interNew}},
+		{"roots are told apart by issuer", [][]trust.CRL{{rootA, rootB}, {rootANew}}, []trust.CRL{rootANew, rootB}},
+		{"unparsable CRLs pass through", [][]trust.CRL{{garbage, garbage}, {interNew}}, []trust.CRL{garbage, garbage, interNew}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := mergeCRLs(tc.lists...)
@@ -54,14 +55,14 @@ func TestShouldSend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bare := &ca.TrustBundle{Sequence: 10, Domains: []ca.DomainBundle{{TrustDomain: a.TrustDomain, Roots: a.Bundle}}}
-	withCRL := withCRLs(bare, a.TrustDomain, []ca.CRL{crl})
-	newer := &ca.TrustBundle{Sequence: 11, Domains: bare.Domains}
+	bare := &trust.TrustBundle{Sequence: 10, Domains: []trust.DomainBundle{{TrustDomain: a.TrustDomain, Roots: a.Bundle}}}
+	withCRL := withCRLs(bare, a.TrustDomain, []trust.CRL{crl})
+	newer := &trust.TrustBundle{Sequence: 11, Domains: bare.Domains}
 	for _, tc := range []struct {
 		name string
-		tb   *ca.TrustBundle
+		tb   *trust.TrustBundle
 		last uint64
-		sent *ca.TrustBundle
+		sent *trust.TrustBundle
 		want bool
 	}{
 		{"first, unknown to the caller", bare, 0, nil, true},
@@ -70,7 +71,7 @@ func TestShouldSend(t *testing.T) {
 		{"first, the caller holds a newer one", bare, 12, nil, true},
 		{"newer", newer, 10, bare, true},
 		{"same sequence, new CRLs", withCRL, 10, bare, true},
-		{"same sequence, same content", withCRLs(bare, a.TrustDomain, []ca.CRL{crl}), 10, withCRL, false},
+		{"same sequence, same content", withCRLs(bare, a.TrustDomain, []trust.CRL{crl}), 10, withCRL, false},
 		{"same pointer", withCRL, 10, withCRL, false},
 		{"older", bare, 11, newer, false},
 	} {

@@ -20,6 +20,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/trust"
 )
 
 // serveIssuer serves iss (with bundles, nil for the default) on loopback
@@ -86,13 +87,13 @@ func bundleClientToken(t *testing.T, addr string, roots *x509.CertPool, tok stri
 	return meshcav1.NewBundleServiceClient(conn)
 }
 
-func watchBundles(t *testing.T, c meshcav1.BundleServiceClient, known uint64) func() *ca.TrustBundle {
+func watchBundles(t *testing.T, c meshcav1.BundleServiceClient, known uint64) func() *trust.TrustBundle {
 	t.Helper()
 	stream, err := c.WatchBundle(t.Context(), &meshcav1.WatchBundleRequest{KnownSequence: known})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return func() *ca.TrustBundle {
+	return func() *trust.TrustBundle {
 		t.Helper()
 		got := make(chan error, 1)
 		var resp *meshcav1.WatchBundleResponse
@@ -109,7 +110,7 @@ func watchBundles(t *testing.T, c meshcav1.BundleServiceClient, known uint64) fu
 		case <-time.After(10 * time.Second):
 			t.Fatal("no bundle within 10 s")
 		}
-		tb, err := ca.TrustBundleFromProto(resp.GetBundle())
+		tb, err := trust.TrustBundleFromProto(resp.GetBundle())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -173,10 +174,10 @@ func TestIssuerRelaysRootBundleAndFollowsRootRotation(t *testing.T) {
 	r.activate(1)
 	third := next()
 	root1 := r.rootCert(1)
-	if third.Sequence <= second.Sequence || third.ActiveRoot != ca.Fingerprint(root1) {
+	if third.Sequence <= second.Sequence || third.ActiveRoot != trust.Fingerprint(root1) {
 		t.Fatalf("after the root moved: bundle %d", third.Sequence)
 	}
-	if err := third.VerifySignature(second.OwnRoots(), time.Now()); err != nil || third.Signer != ca.Fingerprint(root1) {
+	if err := third.VerifySignature(second.OwnRoots(), time.Now()); err != nil || third.Signer != trust.Fingerprint(root1) {
 		t.Fatalf("bundle after the root moved: %v, want signed by the new root", err)
 	}
 
@@ -231,13 +232,13 @@ func TestIssuerServesItsOwnBundleByDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tb, err := ca.TrustBundleFromProto(resp.GetBundle())
+	tb, err := trust.TrustBundleFromProto(resp.GetBundle())
 	if err != nil {
 		t.Fatal(err)
 	}
 	seq := uint64(tree.Root.Certificate.NotBefore.UnixMilli())
 	if tb.Sequence != seq || len(tb.Domains) != 1 || tb.Domains[0].TrustDomain != tree.TrustDomain || tb.Domains[0].Federated ||
-		string(tb.Domains[0].Roots.PEM()) != string(tree.Bundle.PEM()) || tb.ActiveRoot != ca.Fingerprint(tree.Root.Certificate) {
+		string(tb.Domains[0].Roots.PEM()) != string(tree.Bundle.PEM()) || tb.ActiveRoot != trust.Fingerprint(tree.Root.Certificate) {
 		t.Fatalf("default bundle: %+v, want sequence %d with the issuer's root for %s", tb, seq, tree.TrustDomain)
 	}
 	if tb.IsSigned() {
@@ -250,7 +251,7 @@ func TestIssuerServesItsOwnBundleByDefault(t *testing.T) {
 	// A watcher that holds the current bundle hears only of the next.
 	next := watchBundles(t, agent, seq)
 	root2, inter2 := newerRoot(t, tree.TrustDomain)
-	both, err := ca.NewBundle(tree.Root.Certificate, root2)
+	both, err := trust.NewBundle(tree.Root.Certificate, root2)
 	if err != nil {
 		t.Fatal(err)
 	}

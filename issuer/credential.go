@@ -22,6 +22,7 @@ import (
 	"go.step.sm/crypto/pemutil"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/trust"
 )
 
 // Files in UpstreamConfig.CredentialDir.
@@ -141,7 +142,7 @@ func (f credentialFiles) writePendingKey(key crypto.Signer) error {
 
 // commit stores cred, whose key writePendingKey has stored.
 func (f credentialFiles) commit(cred *credential) error {
-	if err := renameio.WriteFile(f.certPath(), ca.EncodeCertificates(cred.chain...), 0o644); err != nil {
+	if err := renameio.WriteFile(f.certPath(), trust.EncodeCertificates(cred.chain...), 0o644); err != nil {
 		return fmt.Errorf("write issuer credential: %w", err)
 	}
 	return f.promotePendingKey()
@@ -160,7 +161,7 @@ func (f credentialFiles) promotePendingKey() error {
 
 // loadRoots returns the roots remembered from the last bundle, nil when
 // there are none.
-func (f credentialFiles) loadRoots() (*ca.Bundle, error) {
+func (f credentialFiles) loadRoots() (*trust.Bundle, error) {
 	data, err := os.ReadFile(f.path(rootsFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -168,10 +169,10 @@ func (f credentialFiles) loadRoots() (*ca.Bundle, error) {
 	if err != nil {
 		return nil, err
 	}
-	return ca.ParseBundle(data)
+	return trust.ParseBundle(data)
 }
 
-func (f credentialFiles) writeRoots(b *ca.Bundle) error {
+func (f credentialFiles) writeRoots(b *trust.Bundle) error {
 	if err := os.MkdirAll(f.dir, 0o700); err != nil {
 		return err
 	}
@@ -199,7 +200,7 @@ func newCSR(key crypto.Signer, commonName string, servingNames ...string) ([]byt
 }
 
 // domainRoots returns the roots of td's own (not federated) entry in tb.
-func domainRoots(tb *ca.TrustBundle, td spiffeid.TrustDomain) (*ca.Bundle, error) {
+func domainRoots(tb *trust.TrustBundle, td spiffeid.TrustDomain) (*trust.Bundle, error) {
 	d, ok := tb.Domain(td)
 	if !ok || d.Federated {
 		return nil, fmt.Errorf("the bundle has no roots of its own for trust domain %q", td.Name())
@@ -225,7 +226,7 @@ func parseChain(ders [][]byte, what string) ([]*x509.Certificate, error) {
 // verifyCredential checks a credential received from the root: a client
 // certificate for key, naming exactly the credential ID of replica of the
 // cluster, signed directly by one of tb's roots for td.
-func verifyCredential(ders [][]byte, key crypto.Signer, tb *ca.TrustBundle, td spiffeid.TrustDomain, cluster, replica string, now time.Time) (*credential, error) {
+func verifyCredential(ders [][]byte, key crypto.Signer, tb *trust.TrustBundle, td spiffeid.TrustDomain, cluster, replica string, now time.Time) (*credential, error) {
 	chain, err := parseChain(ders, "credential")
 	if err != nil {
 		return nil, err
@@ -262,7 +263,7 @@ func verifyCredential(ders [][]byte, key crypto.Signer, tb *ca.TrustBundle, td s
 // for key, constrained to exactly td, naming cluster's issuer (which
 // meshca's clients require of this issuer), chaining to one of tb's roots for td
 // and not outliving it. It returns the intermediate as an Authority.
-func verifyIntermediate(ders [][]byte, key crypto.Signer, tb *ca.TrustBundle, td spiffeid.TrustDomain, cluster string, now time.Time) (*ca.Authority, error) {
+func verifyIntermediate(ders [][]byte, key crypto.Signer, tb *trust.TrustBundle, td spiffeid.TrustDomain, cluster string, now time.Time) (*ca.Authority, error) {
 	chain, err := parseChain(ders, "intermediate")
 	if err != nil {
 		return nil, err
@@ -300,6 +301,6 @@ func verifyIntermediate(ders [][]byte, key crypto.Signer, tb *ca.TrustBundle, td
 // namesIssuer reports whether CA certificate c names the issuer of cluster
 // in td.
 func namesIssuer(c *x509.Certificate, td spiffeid.TrustDomain, cluster string) bool {
-	id, err := ca.IssuerServerID(td, cluster)
+	id, err := trust.IssuerServerID(td, cluster)
 	return err == nil && len(c.URIs) == 1 && c.URIs[0].String() == id.String()
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 // TestCredentialFilesSurviveCrashes interrupts a credential renewal at each
@@ -68,7 +69,7 @@ func TestCredentialFilesSurviveCrashes(t *testing.T) {
 	mustLoad(first)
 
 	// Crash after the certificate was written, before the key was renamed.
-	if err := os.WriteFile(f.certPath(), ca.EncodeCertificates(second.chain...), 0o644); err != nil {
+	if err := os.WriteFile(f.certPath(), trust.EncodeCertificates(second.chain...), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	mustLoad(second)
@@ -79,7 +80,7 @@ func TestCredentialFilesSurviveCrashes(t *testing.T) {
 
 	// A certificate without its key is an error, not a silent re-enrolment.
 	third := newCred()
-	if err := os.WriteFile(f.certPath(), ca.EncodeCertificates(third.chain...), 0o644); err != nil {
+	if err := os.WriteFile(f.certPath(), trust.EncodeCertificates(third.chain...), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.load(); err == nil {

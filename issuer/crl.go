@@ -14,6 +14,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/rotation"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/trust"
 )
 
 // CertificateLister lists recorded certificates. The cluster's store
@@ -37,7 +38,7 @@ const RepublishInterval = time.Minute
 // CRLPublisher hands the issuer's CRLs to the root, which republishes them
 // to every cluster. *Upstream implements it.
 type CRLPublisher interface {
-	PublishCRLs(ctx context.Context, crls []ca.CRL) error
+	PublishCRLs(ctx context.Context, crls []trust.CRL) error
 }
 
 var (
@@ -134,13 +135,13 @@ type CRLSigner struct {
 	signed map[*ca.Authority]signedCRL
 
 	mu      sync.Mutex
-	current []ca.CRL
+	current []trust.CRL
 	gen     uint64 // grows with every change of current
 	changed chan struct{}
 }
 
 type signedCRL struct {
-	crl      ca.CRL
+	crl      trust.CRL
 	number   *big.Int
 	version  uint64 // of the deny-list it lists
 	resignAt time.Time
@@ -157,12 +158,12 @@ func NewCRLSigner(cfg CRLSignerConfig) (*CRLSigner, error) {
 
 // Current returns the CRLs of the held authorities, the current one's
 // first, and a channel closed when they change.
-func (s *CRLSigner) Current() ([]ca.CRL, <-chan struct{}) {
+func (s *CRLSigner) Current() ([]trust.CRL, <-chan struct{}) {
 	crls, changed, _ := s.snapshot()
 	return crls, changed
 }
 
-func (s *CRLSigner) snapshot() ([]ca.CRL, <-chan struct{}, uint64) {
+func (s *CRLSigner) snapshot() ([]trust.CRL, <-chan struct{}, uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.current, s.changed, s.gen
@@ -245,7 +246,7 @@ func (s *CRLSigner) refresh(ctx context.Context, set *DenySet, now time.Time) (t
 				// Only an authority that cannot sign at now (it expired
 				// meanwhile) gets here; its CRL goes.
 				s.cfg.Logger.Error("signing a CRL failed", "error", err.Error(),
-					"issuer_serial", ca.SerialHex(a.Certificate.SerialNumber))
+					"issuer_serial", trust.SerialHex(a.Certificate.SerialNumber))
 				delete(s.signed, a)
 			}
 		}
@@ -284,7 +285,7 @@ func (s *CRLSigner) sign(a *ca.Authority, version uint64, serials []*big.Int, no
 		return err
 	}
 	s.signed[a] = signedCRL{crl: crl, number: number, version: version, resignAt: now.Add(s.cfg.Validity / 2)}
-	s.cfg.Logger.Info("CRL signed", "issuer_serial", ca.SerialHex(a.Certificate.SerialNumber),
+	s.cfg.Logger.Info("CRL signed", "issuer_serial", trust.SerialHex(a.Certificate.SerialNumber),
 		"crl_number", number.String(), "revoked_serials", len(serials), "deny_list_version", version)
 	return nil
 }
@@ -326,7 +327,7 @@ func (s *CRLSigner) serials(ctx context.Context, set *DenySet, now time.Time) ([
 
 // setCurrent publishes the CRLs of held, in held's order.
 func (s *CRLSigner) setCurrent(held []*ca.Authority) {
-	var crls []ca.CRL
+	var crls []trust.CRL
 	for _, a := range held {
 		if sc, ok := s.signed[a]; ok {
 			crls = append(crls, sc.crl)

@@ -18,6 +18,7 @@ import (
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/trust"
 )
 
 const (
@@ -93,7 +94,7 @@ func (g *crlRig) crls(t *testing.T) ([]*x509.RevocationList, []*x509.Certificate
 	var lists []*x509.RevocationList
 	var issuers []*x509.Certificate
 	for i, c := range crls {
-		rl, iss, err := ca.VerifyCRL(c, g.tree.Bundle, time.Now())
+		rl, iss, err := trust.VerifyCRL(c, g.tree.Bundle, time.Now())
 		if err != nil {
 			t.Fatalf("CRL %d: %v", i, err)
 		}
@@ -105,7 +106,7 @@ func (g *crlRig) crls(t *testing.T) ([]*x509.RevocationList, []*x509.Certificate
 func revokedSerials(rl *x509.RevocationList) []string {
 	var out []string
 	for _, e := range rl.RevokedCertificateEntries {
-		out = append(out, ca.SerialHex(e.SerialNumber))
+		out = append(out, trust.SerialHex(e.SerialNumber))
 	}
 	slices.Sort(out)
 	return out
@@ -114,7 +115,7 @@ func revokedSerials(rl *x509.RevocationList) []string {
 func serialsOf(certs ...*x509.Certificate) []string {
 	var out []string
 	for _, c := range certs {
-		out = append(out, ca.SerialHex(c.SerialNumber))
+		out = append(out, trust.SerialHex(c.SerialNumber))
 	}
 	slices.Sort(out)
 	return out
@@ -136,7 +137,7 @@ func TestCRLListsRevokedSerialsAndIdentities(t *testing.T) {
 		other := g.issue(t, apiToken, 0)
 		_, changed := g.signer.Current()
 		g.revoke(t, store.RevokeSPIFFEID, webID)
-		g.revoke(t, store.RevokeSerial, ca.SerialHex(api.SerialNumber))
+		g.revoke(t, store.RevokeSerial, trust.SerialHex(api.SerialNumber))
 		select {
 		case <-changed:
 		default:
@@ -145,7 +146,7 @@ func TestCRLListsRevokedSerialsAndIdentities(t *testing.T) {
 		lists, _ = g.crls(t)
 		if got, want := revokedSerials(lists[0]), serialsOf(web, api); !slices.Equal(got, want) {
 			t.Errorf("CRL lists %v, want %v (not the expired %s nor the unrevoked %s)", got, want,
-				ca.SerialHex(expired.SerialNumber), ca.SerialHex(other.SerialNumber))
+				trust.SerialHex(expired.SerialNumber), trust.SerialHex(other.SerialNumber))
 		}
 		if lists[0].Number.Cmp(first) <= 0 {
 			t.Errorf("CRL number %v after a change, want more than %v", lists[0].Number, first)
@@ -250,12 +251,12 @@ type fakePublisher struct {
 	mu       sync.Mutex
 	failures int
 	calls    []time.Time
-	got      [][]ca.CRL
+	got      [][]trust.CRL
 }
 
 var _ issuer.CRLPublisher = (*fakePublisher)(nil)
 
-func (p *fakePublisher) PublishCRLs(_ context.Context, crls []ca.CRL) error {
+func (p *fakePublisher) PublishCRLs(_ context.Context, crls []trust.CRL) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.calls = append(p.calls, time.Now())
@@ -266,7 +267,7 @@ func (p *fakePublisher) PublishCRLs(_ context.Context, crls []ca.CRL) error {
 	return nil
 }
 
-func (p *fakePublisher) published() ([]time.Time, [][]ca.CRL) {
+func (p *fakePublisher) published() ([]time.Time, [][]trust.CRL) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return slices.Clone(p.calls), slices.Clone(p.got)
@@ -306,7 +307,7 @@ func TestCRLPublishedToTheRootOnChange(t *testing.T) {
 	})
 }
 
-func crlEqual(a, b ca.CRL) bool {
+func crlEqual(a, b trust.CRL) bool {
 	return bytes.Equal(a.DER, b.DER) && slices.EqualFunc(a.IssuerChain, b.IssuerChain, bytes.Equal)
 }
 
@@ -376,7 +377,7 @@ func TestCRLSignedByLocalRoot(t *testing.T) {
 		crls, _ := signer.Current()
 		var fromRoot int
 		for i, c := range crls {
-			_, iss, err := ca.VerifyCRL(c, g.tree.Bundle, time.Now())
+			_, iss, err := trust.VerifyCRL(c, g.tree.Bundle, time.Now())
 			if err != nil {
 				t.Fatalf("CRL %d: %v", i, err)
 			}

@@ -18,10 +18,11 @@ import (
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/trust"
 )
 
 // nextUntil receives bundles until one satisfies cond.
-func nextUntil(t *testing.T, next func() *ca.TrustBundle, what string, cond func(*ca.TrustBundle) error) *ca.TrustBundle {
+func nextUntil(t *testing.T, next func() *trust.TrustBundle, what string, cond func(*trust.TrustBundle) error) *trust.TrustBundle {
 	t.Helper()
 	var err error
 	for range 50 {
@@ -35,20 +36,20 @@ func nextUntil(t *testing.T, next func() *ca.TrustBundle, what string, cond func
 }
 
 // crlOf returns the CRL of td's entry whose issuer is cert.
-func crlOf(tb *ca.TrustBundle, td spiffeid.TrustDomain, cert *x509.Certificate) (ca.CRL, bool) {
+func crlOf(tb *trust.TrustBundle, td spiffeid.TrustDomain, cert *x509.Certificate) (trust.CRL, bool) {
 	d, _ := tb.Domain(td)
 	for _, c := range d.CRLs {
 		if len(c.IssuerChain) > 0 && bytes.Equal(c.IssuerChain[0], cert.Raw) {
 			return c, true
 		}
 	}
-	return ca.CRL{}, false
+	return trust.CRL{}, false
 }
 
 // verifiedCRL verifies c against roots now.
-func verifiedCRL(t *testing.T, c ca.CRL, roots *ca.Bundle) *x509.RevocationList {
+func verifiedCRL(t *testing.T, c trust.CRL, roots *trust.Bundle) *x509.RevocationList {
 	t.Helper()
-	rl, _, err := ca.VerifyCRL(c, roots, time.Now())
+	rl, _, err := trust.VerifyCRL(c, roots, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +112,7 @@ func TestIssuerRelaysBundleWithItsCRLs(t *testing.T) {
 	next := watchBundles(t, agent, 0)
 
 	rootBundle := r.bundle()
-	got := nextUntil(t, next, "the root's bundle with the issuer's CRL", func(b *ca.TrustBundle) error {
+	got := nextUntil(t, next, "the root's bundle with the issuer's CRL", func(b *trust.TrustBundle) error {
 		own, ok := crlOf(b, td, a.Certificate)
 		if b.Sequence != rootBundle.Sequence || !ok || bytes.Equal(own.DER, staleOwn.DER) {
 			return fmt.Errorf("bundle %d without the issuer's current CRL", b.Sequence)
@@ -201,7 +202,7 @@ func TestIssuerServesItsCRLsWithItsOwnBundle(t *testing.T) {
 	runInBackground(t, "CRLSigner.Run", signer.Run)
 	agent := bundleClient(t, serveIssuerConfig(t, issuer.ServerConfig{Issuer: iss, CRLs: signer}), tree.Bundle.Pool())
 	next := watchBundles(t, agent, 0)
-	got := nextUntil(t, next, "the issuer's CRL", func(b *ca.TrustBundle) error {
+	got := nextUntil(t, next, "the issuer's CRL", func(b *trust.TrustBundle) error {
 		if _, ok := crlOf(b, tree.TrustDomain, tree.Intermediate.Certificate); !ok {
 			return fmt.Errorf("bundle %d without it", b.Sequence)
 		}
@@ -217,7 +218,7 @@ func TestIssuerServesItsCRLsWithItsOwnBundle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db.revoke(store.RevokeSerial, ca.SerialHex(chain[0].SerialNumber), "dev")
+	db.revoke(store.RevokeSerial, trust.SerialHex(chain[0].SerialNumber), "dev")
 	if err := dl.Refresh(t.Context()); err != nil {
 		t.Fatal(err)
 	}

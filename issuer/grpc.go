@@ -24,8 +24,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/grpclimit"
+	"github.com/meshca/meshca/trust"
 )
 
 // ServerConfig configures the issuer's gRPC server.
@@ -168,7 +168,7 @@ func (i *istioService) CreateCertificate(ctx context.Context, req *pb.IstioCerti
 		})
 		if issueErr == nil {
 			i.srv.log.InfoContext(ctx, "certificate issued", "spiffe_id", leaf.URIs[0].String(),
-				"serial", ca.SerialHex(leaf.SerialNumber), "not_after", leaf.NotAfter, "peer", peerAddr(ctx))
+				"serial", trust.SerialHex(leaf.SerialNumber), "not_after", leaf.NotAfter, "peer", peerAddr(ctx))
 			return &pb.IstioCertificateResponse{CertChain: chain}, nil
 		}
 		err = issueErr

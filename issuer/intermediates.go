@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/rotation"
+	"github.com/meshca/meshca/trust"
 )
 
 // RootClient is what Intermediates needs from the root CA. *Upstream
@@ -21,9 +22,9 @@ import (
 type RootClient interface {
 	// NewIntermediate obtains a new, verified intermediate and the bundle
 	// it chains to.
-	NewIntermediate(ctx context.Context) (*ca.Authority, *ca.TrustBundle, error)
+	NewIntermediate(ctx context.Context) (*ca.Authority, *trust.TrustBundle, error)
 	// WatchBundle calls fn with every newer bundle until ctx is cancelled.
-	WatchBundle(ctx context.Context, fn func(*ca.TrustBundle)) error
+	WatchBundle(ctx context.Context, fn func(*trust.TrustBundle)) error
 }
 
 var _ RootClient = (*Upstream)(nil)
@@ -38,7 +39,7 @@ type IntermediatesConfig struct {
 	// Issuer.Authority().
 	Authority *ca.Authority
 	// Bundle is the bundle received with Authority. Required.
-	Bundle *ca.TrustBundle
+	Bundle *trust.TrustBundle
 	// Clock is the time source; nil means rotation.RealClock.
 	Clock rotation.Clock
 	// Jitter returns values in [0, 1) that spread retries; nil means
@@ -105,19 +106,19 @@ type Intermediates struct {
 
 	// Bundles offered by the watch goroutine, newest only.
 	offerMu sync.Mutex
-	offered *ca.TrustBundle
+	offered *trust.TrustBundle
 	offers  chan struct{}
 
 	// State owned by the Run goroutine.
 	current, next         *ca.Authority
 	currentRoot, nextRoot [32]byte
-	bundle                *ca.TrustBundle
+	bundle                *trust.TrustBundle
 	settled               [32]byte // an active root a renewal did not reach; not chased again
 	failures              int
 	retryAt               time.Time
 
 	pubMu     sync.Mutex
-	published *ca.TrustBundle
+	published *trust.TrustBundle
 	changed   chan struct{}
 }
 
@@ -137,7 +138,7 @@ func NewIntermediates(cfg IntermediatesConfig) (*Intermediates, error) {
 
 // Current returns the newest bundle from the root and a channel closed when
 // a newer one arrives.
-func (m *Intermediates) Current() (*ca.TrustBundle, <-chan struct{}) {
+func (m *Intermediates) Current() (*trust.TrustBundle, <-chan struct{}) {
 	m.pubMu.Lock()
 	defer m.pubMu.Unlock()
 	return m.published, m.changed
@@ -152,7 +153,7 @@ func (m *Intermediates) Run(ctx context.Context) error {
 	defer func() { cancel(); <-watched }()
 
 	v := validity(m.current)
-	m.cfg.Logger.Info("intermediate rotation started", "serial", ca.SerialHex(m.current.Certificate.SerialNumber),
+	m.cfg.Logger.Info("intermediate rotation started", "serial", trust.SerialHex(m.current.Certificate.SerialNumber),
 		"not_after", v.NotAfter, "prepare_at", prepareAt(v), "activate_at", activateAt(v))
 	for {
 		now := m.cfg.Clock.Now()
@@ -217,7 +218,7 @@ func (m *Intermediates) renew(ctx context.Context) {
 	m.failures, m.retryAt = 0, time.Time{}
 	m.next, m.nextRoot = a, root
 	m.cfg.Issuer.SetPrepared(a) // its CRL travels before its first certificate
-	m.cfg.Logger.Info("next intermediate prepared", "serial", ca.SerialHex(a.Certificate.SerialNumber),
+	m.cfg.Logger.Info("next intermediate prepared", "serial", trust.SerialHex(a.Certificate.SerialNumber),
 		"not_after", a.Certificate.NotAfter, "root_sha256", hex.EncodeToString(root[:]),
 		"current_not_after", m.current.Certificate.NotAfter)
 }
@@ -237,9 +238,9 @@ func (m *Intermediates) activate() {
 		m.fail(now, "the prepared intermediate does not verify; discarded", err)
 		return
 	}
-	m.cfg.Logger.Info("intermediate activated", "serial", ca.SerialHex(next.Certificate.SerialNumber),
+	m.cfg.Logger.Info("intermediate activated", "serial", trust.SerialHex(next.Certificate.SerialNumber),
 		"not_after", next.Certificate.NotAfter, "root_sha256", hex.EncodeToString(m.nextRoot[:]),
-		"previous_serial", ca.SerialHex(m.current.Certificate.SerialNumber))
+		"previous_serial", trust.SerialHex(m.current.Certificate.SerialNumber))
 	m.current, m.currentRoot = next, m.nextRoot
 }
 
@@ -267,7 +268,7 @@ func (m *Intermediates) fail(now time.Time, msg string, err error) {
 }
 
 // offer is WatchBundle's callback; the Run goroutine applies the bundle.
-func (m *Intermediates) offer(tb *ca.TrustBundle) {
+func (m *Intermediates) offer(tb *trust.TrustBundle) {
 	m.offerMu.Lock()
 	if m.offered == nil || tb.Sequence > m.offered.Sequence {
 		m.offered = tb
@@ -291,7 +292,7 @@ func (m *Intermediates) takeOffer() {
 
 // applyBundle adopts tb if it is newer: the issuer's chains are verified
 // against its roots from now on, and agents get it.
-func (m *Intermediates) applyBundle(tb *ca.TrustBundle) {
+func (m *Intermediates) applyBundle(tb *trust.TrustBundle) {
 	if tb == nil || tb.Sequence <= m.bundle.Sequence {
 		return
 	}
@@ -317,7 +318,7 @@ func (m *Intermediates) applyBundle(tb *ca.TrustBundle) {
 
 // rootOf returns the fingerprint of the root in tb's own domains that a's
 // chain ends under, zero when there is none.
-func rootOf(a *ca.Authority, tb *ca.TrustBundle) [32]byte {
+func rootOf(a *ca.Authority, tb *trust.TrustBundle) [32]byte {
 	top := a.Certificate
 	if len(a.Chain) > 0 {
 		top = a.Chain[len(a.Chain)-1]
@@ -325,7 +326,7 @@ func rootOf(a *ca.Authority, tb *ca.TrustBundle) [32]byte {
 	if own := tb.OwnRoots(); own != nil {
 		for _, r := range own.Roots() {
 			if bytes.Equal(top.RawIssuer, r.RawSubject) && top.CheckSignatureFrom(r) == nil {
-				return ca.Fingerprint(r)
+				return trust.Fingerprint(r)
 			}
 		}
 	}

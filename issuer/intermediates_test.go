@@ -14,6 +14,7 @@ import (
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/trust"
 )
 
 // rotationRig is an issuer whose intermediate an Intermediates loop rotates
@@ -79,7 +80,7 @@ func (g *rotationRig) issue(t *testing.T) []*x509.Certificate {
 }
 
 // bundle returns the bundle the loop publishes.
-func (g *rotationRig) bundle() *ca.TrustBundle {
+func (g *rotationRig) bundle() *trust.TrustBundle {
 	tb, _ := g.loop.Current()
 	return tb
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/trust"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -83,7 +84,7 @@ type Config struct {
 	Authority *ca.Authority
 	// Bundle holds the trusted roots; every issued chain must verify to one
 	// of them. Required.
-	Bundle *ca.Bundle
+	Bundle *trust.Bundle
 	// Attestor verifies bearer tokens. Required.
 	Attestor Attestor
 	// Recorder records every issued certificate. Required: there is no
@@ -149,7 +150,7 @@ func (c *Config) setDefaults() {
 // swapped as a whole when the intermediate or the bundle changes.
 type signing struct {
 	authority *ca.Authority
-	bundle    *ca.Bundle
+	bundle    *trust.Bundle
 	// chain is what follows the leaf in a response, root excluded.
 	chain []*x509.Certificate
 	// root is the bundle root the authority chains to; it ends a response.
@@ -192,7 +193,7 @@ func New(cfg Config) (*Issuer, error) {
 // SetAuthority switches to a new intermediate and bundle, for rotation. The
 // intermediate must chain to the bundle, be constrained to the issuer's trust
 // domain, and not outlive the root it chains to.
-func (iss *Issuer) SetAuthority(a *ca.Authority, b *ca.Bundle) error {
+func (iss *Issuer) SetAuthority(a *ca.Authority, b *trust.Bundle) error {
 	inters := x509.NewCertPool()
 	for _, c := range a.Chain {
 		inters.AddCert(c)
@@ -288,7 +289,7 @@ func (iss *Issuer) authorityChanged() <-chan struct{} { return iss.signing.Load(
 func (iss *Issuer) Authority() *ca.Authority { return iss.signing.Load().authority }
 
 // Bundle returns the current trust bundle.
-func (iss *Issuer) Bundle() *ca.Bundle { return iss.signing.Load().bundle }
+func (iss *Issuer) Bundle() *trust.Bundle { return iss.signing.Load().bundle }
 
 // Request is one certificate request.
 type Request struct {
@@ -433,7 +434,7 @@ func (iss *Issuer) clampTTL(ttl time.Duration) time.Duration {
 
 func (iss *Issuer) record(ctx context.Context, leaf *x509.Certificate, id spiffeid.ID, ident attest.Identity, now time.Time) error {
 	fp := sha256.Sum256(leaf.Raw)
-	serial := ca.SerialHex(leaf.SerialNumber)
+	serial := trust.SerialHex(leaf.SerialNumber)
 	cert := store.Certificate{
 		Serial: serial, SPIFFEID: id.String(), Cluster: iss.cfg.Cluster,
 		NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter,

@@ -16,6 +16,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/trust"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
@@ -86,7 +87,7 @@ func TestIssueKeyTypes(t *testing.T) {
 				t.Fatalf("recorded %d certificates, want 1", f.rec.count())
 			}
 			got := f.rec.certs[0]
-			if got.Serial != ca.SerialHex(leaf.SerialNumber) || got.SPIFFEID != webID || got.Cluster != "dev" || got.PodUID != "uid-1" || !got.NotAfter.Equal(leaf.NotAfter) || len(got.Fingerprint) != 64 {
+			if got.Serial != trust.SerialHex(leaf.SerialNumber) || got.SPIFFEID != webID || got.Cluster != "dev" || got.PodUID != "uid-1" || !got.NotAfter.Equal(leaf.NotAfter) || len(got.Fingerprint) != 64 {
 				t.Errorf("record %+v does not describe the leaf", got)
 			}
 			ev := f.rec.events[0]

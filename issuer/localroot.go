@@ -12,6 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/trust"
 )
 
 // MinLocalIntermediateTTL is the shortest intermediate lifetime a LocalRoot
@@ -27,7 +28,7 @@ type LocalRootConfig struct {
 	Root *ca.Authority
 	// TrustDomain and Cluster are the issuer's; each intermediate permits
 	// only SPIFFE IDs in TrustDomain and names the cluster's issuer
-	// (ca.IssuerServerID). Required.
+	// (trust.IssuerServerID). Required.
 	TrustDomain spiffeid.TrustDomain
 	Cluster     string
 	// ServingNames are the DNS names and IPs of the issuer's serving
@@ -65,7 +66,7 @@ func (c *LocalRootConfig) Validate() error {
 // is the root alone and never changes.
 type LocalRoot struct {
 	cfg    LocalRootConfig
-	bundle *ca.TrustBundle
+	bundle *trust.TrustBundle
 }
 
 var _ RootClient = (*LocalRoot)(nil)
@@ -81,25 +82,25 @@ func NewLocalRoot(cfg LocalRootConfig) (*LocalRoot, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	roots, err := ca.NewBundle(cfg.Root.Certificate)
+	roots, err := trust.NewBundle(cfg.Root.Certificate)
 	if err != nil {
 		return nil, fmt.Errorf("local root: %w", err)
 	}
 	// The sequence is the one an issuer's own bundle carries (see
 	// localTrustBundle), so agents see the same bundle either way.
-	return &LocalRoot{cfg: cfg, bundle: &ca.TrustBundle{
+	return &LocalRoot{cfg: cfg, bundle: &trust.TrustBundle{
 		Sequence:   uint64(max(cfg.Root.Certificate.NotBefore.UnixMilli(), 1)),
-		Domains:    []ca.DomainBundle{{TrustDomain: cfg.TrustDomain, Roots: roots}},
-		ActiveRoot: ca.Fingerprint(cfg.Root.Certificate),
+		Domains:    []trust.DomainBundle{{TrustDomain: cfg.TrustDomain, Roots: roots}},
+		ActiveRoot: trust.Fingerprint(cfg.Root.Certificate),
 	}}, nil
 }
 
 // Bundle returns the trust bundle: the root alone.
-func (r *LocalRoot) Bundle() *ca.TrustBundle { return r.bundle }
+func (r *LocalRoot) Bundle() *trust.TrustBundle { return r.bundle }
 
 // NewIntermediate mints an intermediate with a new P-256 key that stays in
 // memory. It fails with ca.ErrCAExpired once the root has expired.
-func (r *LocalRoot) NewIntermediate(context.Context) (*ca.Authority, *ca.TrustBundle, error) {
+func (r *LocalRoot) NewIntermediate(context.Context) (*ca.Authority, *trust.TrustBundle, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("intermediate key: %w", err)
@@ -119,7 +120,7 @@ func (r *LocalRoot) NewIntermediate(context.Context) (*ca.Authority, *ca.TrustBu
 }
 
 // WatchBundle returns when ctx is cancelled: the bundle never changes.
-func (r *LocalRoot) WatchBundle(ctx context.Context, _ func(*ca.TrustBundle)) error {
+func (r *LocalRoot) WatchBundle(ctx context.Context, _ func(*trust.TrustBundle)) error {
 	<-ctx.Done()
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/trust"
 )
 
 // blockingListener accepts nothing until it is closed; a server on it runs
@@ -32,7 +33,7 @@ func (l blockingListener) Close() error {
 func (blockingListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1} }
 
 // crlSignedBy reports whether one of crls is signed by c.
-func crlSignedBy(t *testing.T, crls []ca.CRL, c *x509.Certificate) bool {
+func crlSignedBy(t *testing.T, crls []trust.CRL, c *x509.Certificate) bool {
 	t.Helper()
 	for _, crl := range crls {
 		rl, err := x509.ParseRevocationList(crl.DER)
@@ -108,12 +109,12 @@ func TestLocalRootRotatesIntermediates(t *testing.T) {
 			verifyChain(t, chain, tb)
 			inter := chain[1]
 			if inter.CheckSignatureFrom(tree.Root.Certificate) != nil || inter.NotAfter.After(tree.Root.Certificate.NotAfter) {
-				t.Fatalf("intermediate %s is not signed by the local root within its life", ca.SerialHex(inter.SerialNumber))
+				t.Fatalf("intermediate %s is not signed by the local root within its life", trust.SerialHex(inter.SerialNumber))
 			}
 			if len(seen) == 0 || !seen[len(seen)-1].Equal(inter) {
 				current, _ := crls.Current()
 				if !crlSignedBy(t, current, inter) {
-					t.Fatalf("intermediate %s signs without a CRL of its own", ca.SerialHex(inter.SerialNumber))
+					t.Fatalf("intermediate %s signs without a CRL of its own", trust.SerialHex(inter.SerialNumber))
 				}
 				seen = append(seen, inter)
 			}
@@ -122,7 +123,7 @@ func TestLocalRootRotatesIntermediates(t *testing.T) {
 				t.Fatal(err)
 			}
 			if len(serving.Certificate) < 2 || serving.Leaf.CheckSignatureFrom(inter) != nil {
-				t.Fatalf("at %v the serving certificate is not signed by the active intermediate %s", time.Now(), ca.SerialHex(inter.SerialNumber))
+				t.Fatalf("at %v the serving certificate is not signed by the active intermediate %s", time.Now(), trust.SerialHex(inter.SerialNumber))
 			}
 			servingBy[string(serving.Certificate[1])] = true
 		}

@@ -28,6 +28,7 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/trust"
 )
 
 // rootServerName is the name in the fake root's serving certificate.
@@ -69,8 +70,8 @@ type fakeRoot struct {
 	impostor *ca.Authority
 	// crls are put in the bundle, per trust domain (setCRLs); received
 	// are the CRLs issuers published, per cluster, newest last.
-	crls     map[spiffeid.TrustDomain][]ca.CRL
-	received map[string][][]ca.CRL
+	crls     map[spiffeid.TrustDomain][]trust.CRL
+	received map[string][][]trust.CRL
 
 	addr string
 	srv  *grpc.Server
@@ -133,8 +134,8 @@ func (r *fakeRoot) rootCert(i int) *x509.Certificate {
 }
 
 // initialRoots is what `meshca admin cluster add` would print: root 0.
-func (r *fakeRoot) initialRoots() *ca.Bundle {
-	b, err := ca.NewBundle(r.rootCert(0))
+func (r *fakeRoot) initialRoots() *trust.Bundle {
+	b, err := trust.NewBundle(r.rootCert(0))
 	if err != nil {
 		r.tb.Fatal(err)
 	}
@@ -200,28 +201,28 @@ func (r *fakeRoot) setSequence(seq uint64) {
 	r.mu.Unlock()
 }
 
-func (r *fakeRoot) bundle() *ca.TrustBundle {
+func (r *fakeRoot) bundle() *trust.TrustBundle {
 	tb, _ := r.current()
 	return tb
 }
 
-func (r *fakeRoot) current() (*ca.TrustBundle, <-chan struct{}) {
+func (r *fakeRoot) current() (*trust.TrustBundle, <-chan struct{}) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var certs []*x509.Certificate
 	for _, a := range r.roots {
 		certs = append(certs, a.Certificate)
 	}
-	roots, err := ca.NewBundle(certs...)
+	roots, err := trust.NewBundle(certs...)
 	if err != nil {
 		r.tb.Error(err)
 	}
-	tb := &ca.TrustBundle{Sequence: r.seq, ActiveRoot: ca.Fingerprint(r.roots[r.active].Certificate)}
+	tb := &trust.TrustBundle{Sequence: r.seq, ActiveRoot: trust.Fingerprint(r.roots[r.active].Certificate)}
 	seen := map[spiffeid.TrustDomain]bool{}
 	for _, c := range r.clusters {
 		if !seen[c.td] {
 			seen[c.td] = true
-			tb.Domains = append(tb.Domains, ca.DomainBundle{TrustDomain: c.td, Roots: roots, CRLs: r.crls[c.td]})
+			tb.Domains = append(tb.Domains, trust.DomainBundle{TrustDomain: c.td, Roots: roots, CRLs: r.crls[c.td]})
 		}
 	}
 	// Signed by the active root, as the root service does.
@@ -230,12 +231,12 @@ func (r *fakeRoot) current() (*ca.TrustBundle, <-chan struct{}) {
 		signer = r.signWith
 	}
 	if !r.unsigned {
-		if err := tb.Sign(signer.Signer, signer.Certificate); err != nil {
+		if err := ca.SignTrustBundle(tb, signer.Signer, signer.Certificate); err != nil {
 			r.tb.Error(err)
 		}
 	}
 	// Through the wire form, which sorts domains as receivers do.
-	out, err := ca.TrustBundleFromProto(tb.ToProto())
+	out, err := trust.TrustBundleFromProto(tb.ToProto())
 	if err != nil {
 		r.tb.Error(err)
 	}
@@ -243,10 +244,10 @@ func (r *fakeRoot) current() (*ca.TrustBundle, <-chan struct{}) {
 }
 
 // setCRLs puts crls in td's entry of the bundle and publishes.
-func (r *fakeRoot) setCRLs(td string, crls ...ca.CRL) {
+func (r *fakeRoot) setCRLs(td string, crls ...trust.CRL) {
 	r.mu.Lock()
 	if r.crls == nil {
-		r.crls = map[spiffeid.TrustDomain][]ca.CRL{}
+		r.crls = map[spiffeid.TrustDomain][]trust.CRL{}
 	}
 	r.crls[spiffeid.RequireTrustDomainFromString(td)] = crls
 	r.mu.Unlock()
@@ -254,7 +255,7 @@ func (r *fakeRoot) setCRLs(td string, crls ...ca.CRL) {
 }
 
 // publishedCRLs returns what cluster last published, nil for nothing.
-func (r *fakeRoot) publishedCRLs(cluster string) []ca.CRL {
+func (r *fakeRoot) publishedCRLs(cluster string) []trust.CRL {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if got := r.received[cluster]; len(got) > 0 {
@@ -410,7 +411,7 @@ func (r *fakeRoot) serve() {
 	r.addr = lis.Addr().String()
 	servingKey := newKey(r.tb)
 	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-		signer, chain, uris := r.activeRoot(), [][]byte(nil), []*url.URL{ca.RootServerURI}
+		signer, chain, uris := r.activeRoot(), [][]byte(nil), []*url.URL{trust.RootServerURI}
 		r.mu.Lock()
 		if r.impostor != nil {
 			signer, chain, uris = r.impostor, [][]byte{r.impostor.Certificate.Raw}, nil
@@ -487,14 +488,14 @@ func (s fakeRootService) PublishCRLs(ctx context.Context, req *meshcav1.PublishC
 	if err != nil {
 		return nil, err
 	}
-	var crls []ca.CRL
+	var crls []trust.CRL
 	for _, pc := range req.GetCrls() {
-		crls = append(crls, ca.CRL{DER: pc.GetDer(), IssuerChain: pc.GetIssuerChain()})
+		crls = append(crls, trust.CRL{DER: pc.GetDer(), IssuerChain: pc.GetIssuerChain()})
 	}
 	s.r.mu.Lock()
 	defer s.r.mu.Unlock()
 	if s.r.received == nil {
-		s.r.received = map[string][][]ca.CRL{}
+		s.r.received = map[string][][]trust.CRL{}
 	}
 	s.r.received[c.name] = append(s.r.received[c.name], crls)
 	return &meshcav1.PublishCRLsResponse{}, nil
@@ -573,7 +574,7 @@ func (m *memRoot) callTimes() []time.Time {
 	return append([]time.Time(nil), m.calls...)
 }
 
-func (m *memRoot) NewIntermediate(context.Context) (*ca.Authority, *ca.TrustBundle, error) {
+func (m *memRoot) NewIntermediate(context.Context) (*ca.Authority, *trust.TrustBundle, error) {
 	m.mu.Lock()
 	m.calls = append(m.calls, time.Now())
 	down, reject, wrongTD := m.down, m.reject, m.wrongTD
@@ -606,7 +607,7 @@ func (m *memRoot) NewIntermediate(context.Context) (*ca.Authority, *ca.TrustBund
 	return a, m.root.bundle(), err
 }
 
-func (m *memRoot) WatchBundle(ctx context.Context, fn func(*ca.TrustBundle)) error {
+func (m *memRoot) WatchBundle(ctx context.Context, fn func(*trust.TrustBundle)) error {
 	var held uint64
 	for {
 		tb, changed := m.root.current()

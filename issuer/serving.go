@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/trust"
 )
 
 // servingCerts keeps the issuer's own TLS certificate, signed by the current
@@ -73,7 +74,7 @@ func (s *servingCerts) get() (*tls.Certificate, error) {
 	}
 	if len(dropped) > 0 && s.signedBy != sig.authority {
 		s.iss.cfg.Logger.Warn("serving without the names the intermediate does not permit", "names", dropped,
-			"serial", ca.SerialHex(sig.authority.Certificate.SerialNumber))
+			"serial", trust.SerialHex(sig.authority.Certificate.SerialNumber))
 	}
 	if len(req.DNSNames)+len(req.IPAddresses) == 0 {
 		return nil, fmt.Errorf("serving certificate: the intermediate permits none of the serving names %q", s.hosts)

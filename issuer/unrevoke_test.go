@@ -13,11 +13,11 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/attest"
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/store/sqlite"
+	"github.com/meshca/meshca/trust"
 )
 
 // replica is one issuer process over a SQLite store: deny-list, issuer, CRL
@@ -115,7 +115,7 @@ func (r *replica) revoked(t *testing.T, tree *testkit.Tree) []string {
 	if len(crls) != 1 {
 		t.Fatalf("%d CRLs, want 1", len(crls))
 	}
-	rl, _, err := ca.VerifyCRL(crls[0], tree.Bundle, time.Now())
+	rl, _, err := trust.VerifyCRL(crls[0], tree.Bundle, time.Now())
 	if err != nil {
 		t.Fatalf("CRL: %v", err)
 	}
@@ -184,13 +184,13 @@ func TestUnrevokeKeepsCertificatesOnTheCRL(t *testing.T) {
 	fresh := r.issue(t, goodToken)
 	r.adminCall(t, "revoke serial", func(ctx context.Context, c meshcav1.AdminServiceClient) error {
 		_, err := c.Revoke(ctx, &meshcav1.RevokeRequest{Target: &meshcav1.RevokeRequest_Serial{
-			Serial: ca.SerialHex(api.SerialNumber)}})
+			Serial: trust.SerialHex(api.SerialNumber)}})
 		return err
 	})
 	want := serialsOf(leaked, api)
 	if got := r.revoked(t, tree); !slices.Equal(got, want) {
 		t.Fatalf("CRL lists %v, want %v (not the certificate issued after the lift, %s)", got, want,
-			ca.SerialHex(fresh.SerialNumber))
+			trust.SerialHex(fresh.SerialNumber))
 	}
 
 	// A restarted issuer builds the same CRL from the store.

@@ -28,6 +28,7 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/rotation"
+	"github.com/meshca/meshca/trust"
 )
 
 // ErrRejected means the root refused this issuer's join token or credential.
@@ -48,7 +49,7 @@ type UpstreamConfig struct {
 	// every bundle received later are trusted as well, and remembered in
 	// CredentialDir, so that a root rotation does not lock the issuer out,
 	// even across restarts.
-	Roots *ca.Bundle
+	Roots *trust.Bundle
 	// TrustDomain and Cluster, when set, must be what the root enrolled this
 	// issuer as; zero values accept the root's answer.
 	TrustDomain spiffeid.TrustDomain
@@ -57,7 +58,7 @@ type UpstreamConfig struct {
 	// under; every intermediate request asks the root for them, and the
 	// intermediate may vouch for no other (the root also leaves out its own
 	// names). Nil asks for none, and the root then grants
-	// ca.DefaultServingNames.
+	// trust.DefaultServingNames.
 	ServingNames []string
 	// JoinToken is redeemed when CredentialDir holds no usable credential.
 	// Empty is fine once the issuer has enrolled.
@@ -135,11 +136,11 @@ type Upstream struct {
 	mu   sync.Mutex
 	cred *credential // nil before enrolment
 	// bundle is the newest bundle received, nil before the first.
-	bundle *ca.TrustBundle
+	bundle *trust.TrustBundle
 	// trusted verifies the root's serving certificate and the signature of
 	// every bundle: cfg.Roots and the own roots of the newest bundle (or,
 	// before one arrives, the roots remembered from the last run).
-	trusted *ca.Bundle
+	trusted *trust.Bundle
 }
 
 // NewUpstream loads the stored credential, if any, and returns an Upstream.
@@ -165,7 +166,7 @@ func NewUpstream(cfg UpstreamConfig) (*Upstream, error) {
 		}
 		u.cred = cred
 		cfg.Logger.Info("issuer credential loaded", "cluster", cred.cluster, "replica", cred.replica,
-			"trust_domain", cred.trustDomain.Name(), "serial", ca.SerialHex(cred.leaf().SerialNumber), "not_after", cred.leaf().NotAfter)
+			"trust_domain", cred.trustDomain.Name(), "serial", trust.SerialHex(cred.leaf().SerialNumber), "not_after", cred.leaf().NotAfter)
 		if cred.replica != "" && cred.replica != cfg.Replica {
 			cfg.Logger.Warn("the stored credential is of another replica name than configured; it is kept (names change only at enrolment)",
 				"stored_replica", cred.replica, "configured_replica", cfg.Replica)
@@ -204,7 +205,7 @@ func (u *Upstream) Cluster() string {
 // generated here and lives only in the returned Authority. Everything
 // received is verified, the bundle's signature included; the bundle
 // returned is the one it was verified against.
-func (u *Upstream) NewIntermediate(ctx context.Context) (*ca.Authority, *ca.TrustBundle, error) {
+func (u *Upstream) NewIntermediate(ctx context.Context) (*ca.Authority, *trust.TrustBundle, error) {
 	u.renewMu.Lock()
 	defer u.renewMu.Unlock()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -235,7 +236,7 @@ func (u *Upstream) NewIntermediate(ctx context.Context) (*ca.Authority, *ca.Trus
 	return u.renew(ctx, cred, key, csr)
 }
 
-func (u *Upstream) enroll(ctx context.Context, key crypto.Signer, csr []byte) (*ca.Authority, *ca.TrustBundle, error) {
+func (u *Upstream) enroll(ctx context.Context, key crypto.Signer, csr []byte) (*ca.Authority, *trust.TrustBundle, error) {
 	credKey, credCSR, err := u.newCredentialKey()
 	if err != nil {
 		return nil, nil, err
@@ -263,7 +264,7 @@ func (u *Upstream) enroll(ctx context.Context, key crypto.Signer, csr []byte) (*
 	if err := u.checkIdentity(td, resp.GetCluster()); err != nil {
 		return nil, nil, fmt.Errorf("enroll: %w", err)
 	}
-	tb, err := ca.TrustBundleFromProto(resp.GetBundle())
+	tb, err := trust.TrustBundleFromProto(resp.GetBundle())
 	if err != nil {
 		return nil, nil, fmt.Errorf("enroll: %w", err)
 	}
@@ -286,7 +287,7 @@ func (u *Upstream) enroll(ctx context.Context, key crypto.Signer, csr []byte) (*
 	}
 	u.acceptBundle(tb)
 	u.cfg.Logger.Info("enrolled with the root", "cluster", cred.cluster, "replica", cred.replica, "trust_domain", td.Name(),
-		"credential_not_after", cred.leaf().NotAfter, "intermediate_serial", ca.SerialHex(auth.Certificate.SerialNumber),
+		"credential_not_after", cred.leaf().NotAfter, "intermediate_serial", trust.SerialHex(auth.Certificate.SerialNumber),
 		"intermediate_not_after", auth.Certificate.NotAfter, "bundle_sequence", tb.Sequence)
 	return auth, tb, nil
 }
@@ -306,7 +307,7 @@ func (u *Upstream) removeJoinTokenFile() {
 	u.cfg.Logger.Info("spent join token file removed", "path", path)
 }
 
-func (u *Upstream) renew(ctx context.Context, cred *credential, key crypto.Signer, csr []byte) (*ca.Authority, *ca.TrustBundle, error) {
+func (u *Upstream) renew(ctx context.Context, cred *credential, key crypto.Signer, csr []byte) (*ca.Authority, *trust.TrustBundle, error) {
 	// Every renewal replaces the credential: the root accepts only the
 	// newest one (and the one it replaced until the newest is used), so
 	// that a copy of the credential files and this issuer cannot both
@@ -329,7 +330,7 @@ func (u *Upstream) renew(ctx context.Context, cred *credential, key crypto.Signe
 			"issuer credential %s rejected: if the cluster was removed, its root retired, or the credential revoked or used by another party (see the root's log), delete it and enrol again with a new join token (meshca admin cluster add)",
 			u.files.certPath()))
 	}
-	tb, err := ca.TrustBundleFromProto(resp.GetBundle())
+	tb, err := trust.TrustBundleFromProto(resp.GetBundle())
 	if err == nil {
 		err = u.verifyBundle(tb)
 	}
@@ -353,7 +354,7 @@ func (u *Upstream) renew(ctx context.Context, cred *credential, key crypto.Signe
 	}
 	u.acceptBundle(tb)
 	u.cfg.Logger.Info("intermediate renewed by the root", "cluster", cred.cluster,
-		"serial", ca.SerialHex(auth.Certificate.SerialNumber), "not_after", auth.Certificate.NotAfter, "bundle_sequence", tb.Sequence)
+		"serial", trust.SerialHex(auth.Certificate.SerialNumber), "not_after", auth.Certificate.NotAfter, "bundle_sequence", tb.Sequence)
 	return auth, tb, nil
 }
 
@@ -363,7 +364,7 @@ func (u *Upstream) renew(ctx context.Context, cred *credential, key crypto.Signe
 // one attempt; the caller retries. It waits for a renewal in progress, so
 // that it presents the credential the renewal leaves: once the root has
 // seen the new credential used, the one it replaced counts as a copy.
-func (u *Upstream) PublishCRLs(ctx context.Context, crls []ca.CRL) error {
+func (u *Upstream) PublishCRLs(ctx context.Context, crls []trust.CRL) error {
 	u.renewMu.Lock()
 	defer u.renewMu.Unlock()
 	u.mu.Lock()
@@ -408,7 +409,7 @@ func (u *Upstream) credentialDue(cred *credential) string {
 		return ""
 	}
 	for _, r := range tb.OwnRoots().Roots() {
-		if ca.Fingerprint(r) == tb.ActiveRoot && leaf.CheckSignatureFrom(r) == nil {
+		if trust.Fingerprint(r) == tb.ActiveRoot && leaf.CheckSignatureFrom(r) == nil {
 			return ""
 		}
 	}
@@ -441,7 +442,7 @@ func (u *Upstream) storeCredential(cred *credential) error {
 	u.cred = cred
 	u.mu.Unlock()
 	u.cfg.Logger.Info("issuer credential stored", "path", u.files.certPath(), "cluster", cred.cluster,
-		"serial", ca.SerialHex(cred.leaf().SerialNumber), "not_after", cred.leaf().NotAfter)
+		"serial", trust.SerialHex(cred.leaf().SerialNumber), "not_after", cred.leaf().NotAfter)
 	return nil
 }
 
@@ -458,7 +459,7 @@ func (u *Upstream) checkIdentity(td spiffeid.TrustDomain, cluster string) error 
 // acceptBundle records tb if it is newer than the one held and reports
 // whether it was. The own roots of the newest bundle are trusted for the
 // root's serving certificate and remembered for the next start.
-func (u *Upstream) acceptBundle(tb *ca.TrustBundle) bool {
+func (u *Upstream) acceptBundle(tb *trust.TrustBundle) bool {
 	u.mu.Lock()
 	if u.bundle != nil && tb.Sequence <= u.bundle.Sequence {
 		u.mu.Unlock()
@@ -497,7 +498,7 @@ func (u *Upstream) dial(clientCert *tls.Certificate) (*grpc.ClientConn, error) {
 	// that serves under the same name: require the root's identity, during
 	// the handshake, before a join token or a CSR is sent.
 	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, ServerName: u.cfg.ServerName, Time: u.cfg.Now,
-		VerifyConnection: ca.ServerCheck{Root: true}.VerifyConnection}
+		VerifyConnection: trust.ServerCheck{Root: true}.VerifyConnection}
 	if clientCert != nil {
 		tlsConfig.Certificates = []tls.Certificate{*clientCert}
 	}
@@ -539,14 +540,14 @@ func rootError(op string, err error, advice string) error {
 }
 
 // mergeRoots returns the union of bundles; the first must not be nil.
-func mergeRoots(bundles ...*ca.Bundle) *ca.Bundle {
+func mergeRoots(bundles ...*trust.Bundle) *trust.Bundle {
 	var all []*x509.Certificate
 	for _, b := range bundles {
 		if b != nil {
 			all = append(all, b.Roots()...)
 		}
 	}
-	out, err := ca.NewBundle(all...)
+	out, err := trust.NewBundle(all...)
 	if err != nil {
 		// Only bundles of CA certificates come in, and cfg.Roots is never
 		// empty.
@@ -558,7 +559,7 @@ func mergeRoots(bundles ...*ca.Bundle) *ca.Bundle {
 // verifyBundle checks that a root this issuer trusts for the root
 // connection signed tb: the root signs every bundle it publishes, and
 // agents only accept what a root they trust vouches for.
-func (u *Upstream) verifyBundle(tb *ca.TrustBundle) error {
+func (u *Upstream) verifyBundle(tb *trust.TrustBundle) error {
 	u.mu.Lock()
 	trusted := u.trusted
 	u.mu.Unlock()
@@ -578,7 +579,7 @@ func (u *Upstream) verifyBundle(tb *ca.TrustBundle) error {
 // counts as no failure), each time with the current credential and
 // trusting the own roots of the newest bundle for the root's serving
 // certificate. It blocks until ctx is cancelled, then returns nil.
-func (u *Upstream) WatchBundle(ctx context.Context, fn func(*ca.TrustBundle)) error {
+func (u *Upstream) WatchBundle(ctx context.Context, fn func(*trust.TrustBundle)) error {
 	failures := 0
 	for {
 		start := time.Now()
@@ -610,7 +611,7 @@ func (u *Upstream) WatchBundle(ctx context.Context, fn func(*ca.TrustBundle)) er
 
 // watchOnce runs one WatchBundle stream until it fails. received reports
 // whether any bundle arrived, which resets the backoff.
-func (u *Upstream) watchOnce(ctx context.Context, fn func(*ca.TrustBundle)) (received bool, err error) {
+func (u *Upstream) watchOnce(ctx context.Context, fn func(*trust.TrustBundle)) (received bool, err error) {
 	u.mu.Lock()
 	cred := u.cred
 	u.mu.Unlock()
@@ -634,7 +635,7 @@ func (u *Upstream) watchOnce(ctx context.Context, fn func(*ca.TrustBundle)) (rec
 			return received, fmt.Errorf("watch bundle: %w", err)
 		}
 		received = true
-		tb, err := ca.TrustBundleFromProto(resp.GetBundle())
+		tb, err := trust.TrustBundleFromProto(resp.GetBundle())
 		if err != nil {
 			return received, fmt.Errorf("watch bundle: %w", err)
 		}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/trust"
 )
 
 // testClock is a settable clock for certificate lifetimes and TLS.
@@ -65,7 +66,7 @@ func mustUpstream(t testing.TB, cfg issuer.UpstreamConfig) *issuer.Upstream {
 	return up
 }
 
-func mustIntermediate(t testing.TB, up *issuer.Upstream) (*ca.Authority, *ca.TrustBundle) {
+func mustIntermediate(t testing.TB, up *issuer.Upstream) (*ca.Authority, *trust.TrustBundle) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -78,7 +79,7 @@ func mustIntermediate(t testing.TB, up *issuer.Upstream) (*ca.Authority, *ca.Tru
 
 // checkIntermediate asserts that a is a CA for td under root, that tb names
 // root active, and that a leaf a signs verifies against tb.
-func checkIntermediate(t testing.TB, a *ca.Authority, tb *ca.TrustBundle, td string, root *x509.Certificate) {
+func checkIntermediate(t testing.TB, a *ca.Authority, tb *trust.TrustBundle, td string, root *x509.Certificate) {
 	t.Helper()
 	c := a.Certificate
 	if !c.IsCA || !slices.Equal(c.PermittedURIDomains, []string{td}) {
@@ -87,7 +88,7 @@ func checkIntermediate(t testing.TB, a *ca.Authority, tb *ca.TrustBundle, td str
 	if err := c.CheckSignatureFrom(root); err != nil {
 		t.Errorf("intermediate is not signed by %q: %v", root.Subject.CommonName, err)
 	}
-	if tb.ActiveRoot != ca.Fingerprint(root) {
+	if tb.ActiveRoot != trust.Fingerprint(root) {
 		t.Errorf("bundle %d names another root active", tb.Sequence)
 	}
 	leaf, err := a.SignLeaf(ca.LeafRequest{PublicKey: testKey(t, "p256").Public(),
@@ -100,7 +101,7 @@ func checkIntermediate(t testing.TB, a *ca.Authority, tb *ca.TrustBundle, td str
 
 // verifyChain verifies chain (leaf first; a trailing root is ignored)
 // against tb's own roots.
-func verifyChain(t testing.TB, chain []*x509.Certificate, tb *ca.TrustBundle) {
+func verifyChain(t testing.TB, chain []*x509.Certificate, tb *trust.TrustBundle) {
 	t.Helper()
 	inters := x509.NewCertPool()
 	for _, c := range chain[1:] {
@@ -377,17 +378,17 @@ func TestUpstreamWatchBundleReconnects(t *testing.T) {
 	mustIntermediate(t, up)
 	start := r.bundle().Sequence
 
-	got := make(chan *ca.TrustBundle, 16)
+	got := make(chan *trust.TrustBundle, 16)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	go func() { done <- up.WatchBundle(ctx, func(tb *ca.TrustBundle) { got <- tb }) }()
+	go func() { done <- up.WatchBundle(ctx, func(tb *trust.TrustBundle) { got <- tb }) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("WatchBundle returned %v, want nil", err)
 		}
 	})
-	next := func(want uint64) *ca.TrustBundle {
+	next := func(want uint64) *trust.TrustBundle {
 		t.Helper()
 		select {
 		case tb := <-got:
@@ -444,10 +445,10 @@ func TestUpstreamIgnoresBundlesNotSignedByTrustedRoot(t *testing.T) {
 	}
 	start := enrolled.Sequence
 
-	got := make(chan *ca.TrustBundle, 16)
+	got := make(chan *trust.TrustBundle, 16)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	go func() { done <- up.WatchBundle(ctx, func(tb *ca.TrustBundle) { got <- tb }) }()
+	go func() { done <- up.WatchBundle(ctx, func(tb *trust.TrustBundle) { got <- tb }) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -477,7 +478,7 @@ func TestUpstreamIgnoresBundlesNotSignedByTrustedRoot(t *testing.T) {
 	default:
 	}
 	// Renewal refuses them too.
-	if _, _, err := up.NewIntermediate(t.Context()); !errors.Is(err, ca.ErrUnsigned) {
+	if _, _, err := up.NewIntermediate(t.Context()); !errors.Is(err, trust.ErrUnsigned) {
 		t.Fatalf("renewal with an unsigned bundle: %v, want ErrUnsigned", err)
 	}
 

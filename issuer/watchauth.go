@@ -5,12 +5,11 @@ import (
 	"crypto/x509"
 	"fmt"
 
+	"github.com/meshca/meshca/trust"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
-
-	"github.com/meshca/meshca/ca"
 )
 
 // authenticateWatch identifies the caller of a bundle watch by a workload
@@ -64,10 +63,10 @@ func (iss *Issuer) verifySVID(certs []*x509.Certificate) (spiffeid.ID, error) {
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	})
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%w: client certificate serial %s: %w", ErrUnauthenticated, ca.SerialHex(leaf.SerialNumber), err)
+		return spiffeid.ID{}, fmt.Errorf("%w: client certificate serial %s: %w", ErrUnauthenticated, trust.SerialHex(leaf.SerialNumber), err)
 	}
 	if leaf.IsCA || len(leaf.URIs) != 1 {
-		return spiffeid.ID{}, fmt.Errorf("%w: client certificate serial %s is not an X509-SVID", ErrUnauthenticated, ca.SerialHex(leaf.SerialNumber))
+		return spiffeid.ID{}, fmt.Errorf("%w: client certificate serial %s is not an X509-SVID", ErrUnauthenticated, trust.SerialHex(leaf.SerialNumber))
 	}
 	id, err := spiffeid.FromURI(leaf.URIs[0])
 	if err != nil {

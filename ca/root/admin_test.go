@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/adminapi"
 )
 
@@ -100,7 +99,7 @@ func TestAdminService(t *testing.T) {
 	if err != nil {
 		t.Fatalf("RotateRoot: %v", err)
 	}
-	if rot.GetRoot().GetState() != string(ca.RootPrepared) || rot.GetRoot().GetActivateAtUnix() != h.clock.Now().Unix()+30 {
+	if rot.GetRoot().GetState() != string(RootPrepared) || rot.GetRoot().GetActivateAtUnix() != h.clock.Now().Unix()+30 {
 		t.Fatalf("RotateRoot: %+v", rot.GetRoot())
 	}
 	if ev := h.fake.events("root.create"); len(ev) != 2 || ev[1].Actor != h.fake.events("cluster.add")[0].Actor {

@@ -14,9 +14,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/trust"
 )
 
 // JoinTokenPrefix starts every join token, so that a leaked one is easy to
@@ -145,7 +145,7 @@ func (s *adminService) ListRoots(context.Context, *meshcav1.ListRootsRequest) (*
 	return resp, nil
 }
 
-func rootInfo(s ca.RootStatus) *meshcav1.RootInfo {
+func rootInfo(s RootStatus) *meshcav1.RootInfo {
 	return &meshcav1.RootInfo{
 		Sha256: fingerprintHex(s.Cert), Subject: s.Cert.Subject.String(),
 		NotBeforeUnix: s.Cert.NotBefore.Unix(), NotAfterUnix: s.Cert.NotAfter.Unix(),
@@ -296,7 +296,7 @@ func (r *Root) issueAdminCredential(ctx context.Context, req *meshcav1.IssueAdmi
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errUnavailable, err)
 	}
-	serial := ca.SerialHex(cert.SerialNumber)
+	serial := trust.SerialHex(cert.SerialNumber)
 	err = r.cfg.Store.RecordIssuance(ctx, store.Certificate{
 		Serial: serial, SPIFFEID: cr.ID.String(), NotBefore: cert.NotBefore, NotAfter: cert.NotAfter,
 		Fingerprint: fingerprintHex(cert),

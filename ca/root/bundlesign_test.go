@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/trust"
 )
 
 // sealableKeys wraps Keys so that a test can make every root key
@@ -138,10 +138,10 @@ func TestBundleSignedByKnownRootWhenActivatedAtOnce(t *testing.T) {
 	if _, err := h.root.rotate(context.Background(), time.Nanosecond, "admin:test", false); err != nil {
 		t.Fatal(err)
 	}
-	wantStates(t, h, ca.RootRetired, ca.RootActive)
+	wantStates(t, h, RootRetired, RootActive)
 	next := h.activeRoot()
 	b, _ := h.root.Current()
-	if b.ActiveRoot != ca.Fingerprint(next) {
+	if b.ActiveRoot != trust.Fingerprint(next) {
 		t.Fatal("the bundle does not name the new root active")
 	}
 	wantSignedBy(t, b, old)

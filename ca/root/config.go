@@ -49,6 +49,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/grpclimit"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/trust"
 )
 
 // Defaults applied by New to zero Config fields.
@@ -125,7 +126,7 @@ type ReplicaStore interface {
 type Federated interface {
 	// Domains returns the federated bundles now; the root marks them
 	// Federated. A trust domain the root has as its own is dropped.
-	Domains() []ca.DomainBundle
+	Domains() []trust.DomainBundle
 	// Changed returns a channel that becomes ready (receives or is closed)
 	// when Domains may have changed. It is called again after every
 	// wake-up, so a channel closed once per change must be replaced by the
@@ -148,7 +149,7 @@ type Config struct {
 	// IP addresses that cluster issuers may ask their intermediates to
 	// vouch for; a requested name outside them is left out, as are the
 	// root's own Hosts and their parent domains. Nil means
-	// ca.DefaultServingNames (the Istio and meshca Service names).
+	// trust.DefaultServingNames (the Istio and meshca Service names).
 	IssuerServingNames []string
 	// TrustDomains are published in the bundle even when no cluster is
 	// registered in them; nil means none.
@@ -221,7 +222,7 @@ func (c Config) Validate() error {
 			return fmt.Errorf("root server: serving host %q is not a DNS name or IP address", h)
 		}
 	}
-	if _, _, err := ca.SplitServingNames(c.IssuerServingNames); err != nil {
+	if _, _, err := trust.SplitServingNames(c.IssuerServingNames); err != nil {
 		return fmt.Errorf("root server: issuer serving names: %w", err)
 	}
 	for _, td := range c.TrustDomains {
@@ -269,7 +270,7 @@ func (c Config) withDefaults() Config {
 		c.MaxRequestBytes = DefaultMaxRequestBytes
 	}
 	if c.IssuerServingNames == nil {
-		c.IssuerServingNames = ca.DefaultServingNames
+		c.IssuerServingNames = trust.DefaultServingNames
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

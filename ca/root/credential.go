@@ -10,8 +10,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/trust"
 )
 
 // Issuer credential lineage. The root keeps, per issuer of a cluster (its
@@ -103,7 +103,7 @@ const (
 // judgeCredential applies the rule above to the record of the cluster
 // (found false: none) and the credential presented.
 func judgeCredential(rec store.ClusterCredential, found bool, leaf *x509.Certificate) verdict {
-	serial := ca.SerialHex(leaf.SerialNumber)
+	serial := trust.SerialHex(leaf.SerialNumber)
 	switch {
 	case !found:
 		return adopt
@@ -132,15 +132,15 @@ func afterUse(rec store.ClusterCredential, serial string) store.ClusterCredentia
 // authenticated by leaf, accepted, issued the credential next: next is
 // current, leaf previous.
 func afterRenew(rec store.ClusterCredential, k lineageKey, leaf, next *x509.Certificate) store.ClusterCredential {
-	return store.ClusterCredential{Cluster: k.cluster, Replica: k.replica, Current: ca.SerialHex(next.SerialNumber),
-		Previous: ca.SerialHex(leaf.SerialNumber), Newest: notBefore(next), Since: rec.Since}
+	return store.ClusterCredential{Cluster: k.cluster, Replica: k.replica, Current: trust.SerialHex(next.SerialNumber),
+		Previous: trust.SerialHex(leaf.SerialNumber), Newest: notBefore(next), Since: rec.Since}
 }
 
 // afterEnrol is the record old (found false: none) once an enrolment issued
 // the credential cred: a new lineage, and everything older is from an
 // earlier enrolment.
 func afterEnrol(old store.ClusterCredential, found bool, k lineageKey, cred *x509.Certificate) store.ClusterCredential {
-	next := store.ClusterCredential{Cluster: k.cluster, Replica: k.replica, Current: ca.SerialHex(cred.SerialNumber), Newest: notBefore(cred)}
+	next := store.ClusterCredential{Cluster: k.cluster, Replica: k.replica, Current: trust.SerialHex(cred.SerialNumber), Newest: notBefore(cred)}
 	if found {
 		next.Since = old.Newest
 	}
@@ -163,7 +163,7 @@ const maxSwapAttempts = 3
 // call proves. It returns the record the call was admitted on (the zero
 // value when the cluster has none): a Renew swaps from it.
 func (r *Root) admitCredential(ctx context.Context, c store.Cluster, replica string, id spiffeid.ID, leaf *x509.Certificate, call credentialCall) (store.ClusterCredential, error) {
-	serial := ca.SerialHex(leaf.SerialNumber)
+	serial := trust.SerialHex(leaf.SerialNumber)
 	if err := r.checkDenyList(ctx, c, id, serial); err != nil {
 		return store.ClusterCredential{}, err
 	}

@@ -17,10 +17,10 @@ import (
 	"go.step.sm/crypto/pemutil"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/sqlite"
+	"github.com/meshca/meshca/trust"
 )
 
 // credHarness is a root on the embedded store with a metrics registry, and
@@ -82,7 +82,7 @@ func newCredHarness(t *testing.T) *credHarness {
 // upstream is an issuer's client of the root keeping its credential in dir.
 func (h *credHarness) upstream(dir, token string) *issuer.Upstream {
 	h.t.Helper()
-	roots, err := ca.NewBundle(h.activeRoot())
+	roots, err := trust.NewBundle(h.activeRoot())
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -328,7 +328,7 @@ func TestRevokedCredentialRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	serial := ca.SerialHex(cred[0].SerialNumber)
+	serial := trust.SerialHex(cred[0].SerialNumber)
 	resp, err := h.adminClient().Revoke(context.Background(), &meshcav1.RevokeRequest{
 		Target: &meshcav1.RevokeRequest_Serial{Serial: strings.ToUpper(serial)}, Reason: "key compromise",
 	})
@@ -481,7 +481,7 @@ func TestWatchWithPredecessorIsNoReuse(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		got := false
-		_ = h.upstream(dir, "").WatchBundle(ctx, func(*ca.TrustBundle) { got = true; cancel() })
+		_ = h.upstream(dir, "").WatchBundle(ctx, func(*trust.TrustBundle) { got = true; cancel() })
 		return got
 	}
 	if !watched(copyCredential(t, before)) {

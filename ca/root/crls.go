@@ -19,6 +19,7 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/trust"
 )
 
 // CRLs in the bundle. Every own trust domain's entry carries the root CRLs
@@ -34,7 +35,7 @@ const maxCRLsPerCall = 32
 
 // rootCRL is a CRL signed by one root.
 type rootCRL struct {
-	crl    ca.CRL
+	crl    trust.CRL
 	number *big.Int
 	// serials is the revoked set it lists, as a sorted, joined key.
 	serials string
@@ -44,7 +45,7 @@ type rootCRL struct {
 
 // issuerCRL is a CRL an issuer published, verified when it came in.
 type issuerCRL struct {
-	crl         ca.CRL
+	crl         trust.CRL
 	number      *big.Int
 	cluster     string
 	trustDomain spiffeid.TrustDomain
@@ -81,7 +82,7 @@ func (r *Root) signRootCRLsLocked(ctx context.Context, now time.Time) {
 		if !s.State.InBundle() || now.Before(s.Cert.NotBefore) || !now.Before(s.Cert.NotAfter) {
 			continue
 		}
-		fp := ca.Fingerprint(s.Cert)
+		fp := trust.Fingerprint(s.Cert)
 		old := newerCRL(r.rootCRLs[fp], r.storedCRL(ctx, s))
 		if !r.leader {
 			// The leader signs; a follower publishes what it stored.
@@ -117,7 +118,7 @@ func (r *Root) signRootCRLsLocked(ctx context.Context, now time.Time) {
 	}
 }
 
-func (r *Root) signRootCRL(ctx context.Context, s ca.RootStatus, serials []string, old *rootCRL, now time.Time) (*rootCRL, error) {
+func (r *Root) signRootCRL(ctx context.Context, s RootStatus, serials []string, old *rootCRL, now time.Time) (*rootCRL, error) {
 	key, err := r.signer(ctx, s.KeyRef)
 	if err != nil {
 		return nil, err
@@ -170,10 +171,10 @@ func (r *Root) pruneIssuerCRLsLocked(ctx context.Context, now time.Time) {
 
 // domainCRLsLocked returns the CRLs of own trust domain td: the root CRLs,
 // oldest root first, then the issuer CRLs of td by issuer serial.
-func (r *Root) domainCRLsLocked(td spiffeid.TrustDomain) []ca.CRL {
-	var out []ca.CRL
+func (r *Root) domainCRLsLocked(td spiffeid.TrustDomain) []trust.CRL {
+	var out []trust.CRL
 	for _, s := range r.statuses {
-		if c := r.rootCRLs[ca.Fingerprint(s.Cert)]; c != nil {
+		if c := r.rootCRLs[trust.Fingerprint(s.Cert)]; c != nil {
 			out = append(out, c.crl)
 		}
 	}
@@ -220,7 +221,7 @@ func (r *Root) publishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest
 			roots = append(roots, s.Cert)
 		}
 	}
-	pool, err := ca.NewBundle(roots...)
+	pool, err := trust.NewBundle(roots...)
 	if err != nil {
 		return nil, fmt.Errorf("%w: in-bundle roots: %w", errNoActiveRoot, err)
 	}
@@ -230,7 +231,7 @@ func (r *Root) publishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest
 	}
 	var in []issuerCRL
 	for i, p := range req.GetCrls() {
-		crl := ca.CRL{DER: bytes.Clone(p.GetDer())}
+		crl := trust.CRL{DER: bytes.Clone(p.GetDer())}
 		for _, der := range p.GetIssuerChain() {
 			crl.IssuerChain = append(crl.IssuerChain, bytes.Clone(der))
 		}
@@ -262,10 +263,10 @@ func (r *Root) publishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest
 
 // checkIssuerCRL verifies one published CRL: ok is false when it is to be
 // skipped (stale, or its issuer expired).
-func checkIssuerCRL(crl ca.CRL, roots *ca.Bundle, inters []store.Intermediate, cluster string, now time.Time) (issuerCRL, bool, error) {
-	rl, issuer, err := ca.VerifyCRL(crl, roots, now)
+func checkIssuerCRL(crl trust.CRL, roots *trust.Bundle, inters []store.Intermediate, cluster string, now time.Time) (issuerCRL, bool, error) {
+	rl, issuer, err := trust.VerifyCRL(crl, roots, now)
 	switch {
-	case errors.Is(err, ca.ErrCRLStale):
+	case errors.Is(err, trust.ErrCRLStale):
 		return issuerCRL{}, false, nil
 	case err != nil && len(crl.IssuerChain) > 0:
 		if c, perr := x509.ParseCertificate(crl.IssuerChain[0]); perr == nil && !now.Before(c.NotAfter) {
@@ -278,7 +279,7 @@ func checkIssuerCRL(crl ca.CRL, roots *ca.Bundle, inters []store.Intermediate, c
 		return issuerCRL{}, false, fmt.Errorf("%w: no CRL number", errInvalidArgument)
 	}
 	sum := sha256.Sum256(issuer.Raw)
-	fp, serial := hex.EncodeToString(sum[:]), ca.SerialHex(issuer.SerialNumber)
+	fp, serial := hex.EncodeToString(sum[:]), trust.SerialHex(issuer.SerialNumber)
 	i := slices.IndexFunc(inters, func(in store.Intermediate) bool { return in.Serial == serial && in.Fingerprint == fp })
 	if i < 0 {
 		return issuerCRL{}, false, fmt.Errorf("%w: the CRL's issuer (serial %s, %q) is not an intermediate of cluster %s",

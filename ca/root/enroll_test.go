@@ -24,6 +24,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/trust"
 )
 
 func TestEnrollGood(t *testing.T) {
@@ -68,12 +69,12 @@ func TestEnrollGood(t *testing.T) {
 	}
 
 	recs := h.fake.allIntermediates()
-	if len(recs) != 1 || recs[0].Serial != ca.SerialHex(in.SerialNumber) || recs[0].Cluster != "east" ||
+	if len(recs) != 1 || recs[0].Serial != trust.SerialHex(in.SerialNumber) || recs[0].Cluster != "east" ||
 		recs[0].TrustDomain != "east.example" || recs[0].RootFingerprint != fingerprintHex(root) {
 		t.Fatalf("recorded intermediates: %+v", recs)
 	}
 	d, ok := iss.bundle.Domain(spiffeid.RequireTrustDomainFromString("east.example"))
-	if !ok || !d.Roots.Roots()[0].Equal(root) || iss.bundle.ActiveRoot != ca.Fingerprint(root) {
+	if !ok || !d.Roots.Roots()[0].Equal(root) || iss.bundle.ActiveRoot != trust.Fingerprint(root) {
 		t.Fatal("the bundle returned by Enroll lacks the cluster's trust domain or the active root")
 	}
 	for _, action := range []string{"cluster.add", "cluster.enroll", "intermediate.issue", "credential.issue"} {
@@ -82,7 +83,7 @@ func TestEnrollGood(t *testing.T) {
 			t.Errorf("audit %s: %+v, want one event for cluster east", action, evs)
 		}
 	}
-	if ev := h.fake.events("credential.issue")[0]; ev.SPIFFEID != wantID || ev.Serial != ca.SerialHex(c.SerialNumber) {
+	if ev := h.fake.events("credential.issue")[0]; ev.SPIFFEID != wantID || ev.Serial != trust.SerialHex(c.SerialNumber) {
 		t.Errorf("credential audit event: %+v", ev)
 	}
 }

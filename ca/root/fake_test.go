@@ -9,8 +9,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/trust"
 )
 
 // fakeStore is an in-memory Store with the contract of store.RootStore:
@@ -392,7 +392,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 // fakeFederated is a Federated source whose domains the test sets.
 type fakeFederated struct {
 	mu      sync.Mutex
-	domains []ca.DomainBundle
+	domains []trust.DomainBundle
 	changed chan struct{}
 }
 
@@ -400,7 +400,7 @@ var _ Federated = (*fakeFederated)(nil)
 
 func newFakeFederated() *fakeFederated { return &fakeFederated{changed: make(chan struct{})} }
 
-func (f *fakeFederated) Domains() []ca.DomainBundle {
+func (f *fakeFederated) Domains() []trust.DomainBundle {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.domains)
@@ -412,7 +412,7 @@ func (f *fakeFederated) Changed() <-chan struct{} {
 	return f.changed
 }
 
-func (f *fakeFederated) set(d ...ca.DomainBundle) {
+func (f *fakeFederated) set(d ...trust.DomainBundle) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.domains = d

@@ -24,6 +24,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/trust"
 )
 
 // syncBuffer collects log output from concurrent goroutines.
@@ -183,7 +184,7 @@ func csrFor(t testing.TB, key crypto.Signer) []byte {
 type issuerSide struct {
 	credKey, interKey crypto.Signer
 	cred, inter       *x509.Certificate
-	bundle            *ca.TrustBundle
+	bundle            *trust.TrustBundle
 }
 
 func (s *issuerSide) tlsCert() *tls.Certificate {
@@ -214,7 +215,7 @@ func enroll(t testing.TB, conn *grpc.ClientConn, token string) (*issuerSide, err
 	}
 	s.cred = mustParse(t, resp.GetCredentialChain()[0])
 	s.inter = mustParse(t, resp.GetIntermediateChain()[0])
-	if s.bundle, err = ca.TrustBundleFromProto(resp.GetBundle()); err != nil {
+	if s.bundle, err = trust.TrustBundleFromProto(resp.GetBundle()); err != nil {
 		t.Fatalf("bundle: %v", err)
 	}
 	return s, nil
@@ -240,7 +241,7 @@ func renew(t testing.TB, conn *grpc.ClientConn, s *issuerSide, newCred bool) (*i
 	if newCred {
 		out.credKey, out.cred = credKey, mustParse(t, resp.GetCredentialChain()[0])
 	}
-	if out.bundle, err = ca.TrustBundleFromProto(resp.GetBundle()); err != nil {
+	if out.bundle, err = trust.TrustBundleFromProto(resp.GetBundle()); err != nil {
 		t.Fatalf("bundle: %v", err)
 	}
 	return out, nil

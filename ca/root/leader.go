@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/trust"
 )
 
 // Root replicas. Several root servers may share one store when it is a
@@ -92,7 +92,7 @@ func (r *Root) loadStoredCRLsLocked(ctx context.Context) error {
 
 // storedCRL returns the stored CRL of root s when it verifies under s, nil
 // otherwise.
-func (r *Root) storedCRL(ctx context.Context, s ca.RootStatus) *rootCRL {
+func (r *Root) storedCRL(ctx context.Context, s RootStatus) *rootCRL {
 	row, ok := r.storedCRLs[fingerprintHex(s.Cert)]
 	if !ok {
 		return nil
@@ -119,17 +119,17 @@ func parseRootCRL(der []byte, root *x509.Certificate) (*rootCRL, error) {
 	}
 	serials := make([]string, 0, len(rl.RevokedCertificateEntries))
 	for _, e := range rl.RevokedCertificateEntries {
-		serials = append(serials, ca.SerialHex(e.SerialNumber))
+		serials = append(serials, trust.SerialHex(e.SerialNumber))
 	}
 	slices.Sort(serials)
 	return &rootCRL{
-		crl: ca.CRL{DER: der}, number: rl.Number, serials: strings.Join(serials, ","),
+		crl: trust.CRL{DER: der}, number: rl.Number, serials: strings.Join(serials, ","),
 		renewAt: rl.ThisUpdate.Add(rl.NextUpdate.Sub(rl.ThisUpdate) / 2), nextUpdate: rl.NextUpdate,
 	}, nil
 }
 
 // storeRootCRL stores c as root s's CRL, when the store is a ReplicaStore.
-func (r *Root) storeRootCRL(ctx context.Context, s ca.RootStatus, c *rootCRL) error {
+func (r *Root) storeRootCRL(ctx context.Context, s RootStatus, c *rootCRL) error {
 	rs, ok := r.cfg.Store.(ReplicaStore)
 	if !ok {
 		return nil

@@ -9,8 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/trust"
 )
 
 // ExpiryMetricName is the gauge of CA expiry times, shared with the issuer:
@@ -54,7 +54,7 @@ func newExpiryMetrics(reg prometheus.Registerer) (*expiryMetrics, error) {
 	return &expiryMetrics{gauge: g, ours: map[[3]string]bool{}}, nil
 }
 
-func (m *expiryMetrics) set(roots []ca.RootStatus, newest map[string]store.Intermediate) {
+func (m *expiryMetrics) set(roots []RootStatus, newest map[string]store.Intermediate) {
 	if m == nil {
 		return
 	}
@@ -95,15 +95,15 @@ func (r *Root) alarmLocked(ctx context.Context, now time.Time) {
 	active, successor := false, false
 	for _, s := range r.statuses {
 		switch s.State {
-		case ca.RootActive:
+		case RootActive:
 			active = true
-		case ca.RootPrepared:
+		case RootPrepared:
 			successor = true
 		default:
 			continue
 		}
 		c := s.Cert
-		if c.NotAfter.Sub(now) < c.NotAfter.Sub(c.NotBefore)/6 && due(ca.Fingerprint(c)) {
+		if c.NotAfter.Sub(now) < c.NotAfter.Sub(c.NotBefore)/6 && due(trust.Fingerprint(c)) {
 			r.log.WarnContext(ctx, "root CA expires soon", "sha256", fingerprintHex(c), "state", string(s.State),
 				"not_after", c.NotAfter.UTC(), "left", c.NotAfter.Sub(now).Round(time.Second))
 		}

@@ -4,7 +4,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/trust"
 )
 
 // publisher holds the published bundle and wakes watchers when it changes.
@@ -15,13 +15,13 @@ type publisher struct {
 }
 
 type published struct {
-	bundle  *ca.TrustBundle
+	bundle  *trust.TrustBundle
 	changed chan struct{}
 }
 
 // current returns the published bundle and its change channel; nil and nil
 // before the first publish.
-func (p *publisher) current() (*ca.TrustBundle, <-chan struct{}) {
+func (p *publisher) current() (*trust.TrustBundle, <-chan struct{}) {
 	st := p.st.Load()
 	if st == nil {
 		return nil, nil
@@ -39,7 +39,7 @@ func (p *publisher) current() (*ca.TrustBundle, <-chan struct{}) {
 // signatures, so an unsigned replacement would only be dropped by them.
 // Only the very first bundle is published unsigned (with the error), so
 // that there is always one.
-func (p *publisher) publish(b *ca.TrustBundle, now time.Time, sign func(*ca.TrustBundle) error) (*ca.TrustBundle, error) {
+func (p *publisher) publish(b *trust.TrustBundle, now time.Time, sign func(*trust.TrustBundle) error) (*trust.TrustBundle, error) {
 	old := p.st.Load()
 	var prev uint64
 	if old != nil {

@@ -13,10 +13,11 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/trust"
 )
 
 // issuerCRLFor signs a CRL with s's intermediate.
-func issuerCRLFor(t testing.TB, s *issuerSide, number int64, now time.Time, validity time.Duration, serials ...int64) ca.CRL {
+func issuerCRLFor(t testing.TB, s *issuerSide, number int64, now time.Time, validity time.Duration, serials ...int64) trust.CRL {
 	t.Helper()
 	req := ca.CRLRequest{Number: big.NewInt(number), Now: now, Validity: validity}
 	for _, n := range serials {
@@ -29,7 +30,7 @@ func issuerCRLFor(t testing.TB, s *issuerSide, number int64, now time.Time, vali
 	return crl
 }
 
-func crlProtos(crls ...ca.CRL) *meshcav1.PublishCRLsRequest {
+func crlProtos(crls ...trust.CRL) *meshcav1.PublishCRLsRequest {
 	req := &meshcav1.PublishCRLsRequest{}
 	for _, c := range crls {
 		req.Crls = append(req.Crls, &meshcav1.CRL{Der: c.DER, IssuerChain: c.IssuerChain})
@@ -40,14 +41,14 @@ func crlProtos(crls ...ca.CRL) *meshcav1.PublishCRLsRequest {
 // domainCRLs are the CRLs of td in the current bundle.
 // domainCRLs returns the issuers' CRLs published in td (the root's own
 // CRL, which names no issuer chain, left out).
-func domainCRLs(t testing.TB, h *harness, td string) []ca.CRL {
+func domainCRLs(t testing.TB, h *harness, td string) []trust.CRL {
 	t.Helper()
 	b, _ := h.root.Current()
 	d, ok := b.Domain(spiffeid.RequireTrustDomainFromString(td))
 	if !ok {
 		t.Fatalf("no domain %s in bundle %d", td, b.Sequence)
 	}
-	var out []ca.CRL
+	var out []trust.CRL
 	for _, c := range d.CRLs {
 		if len(c.IssuerChain) != 0 {
 			out = append(out, c)
@@ -58,8 +59,8 @@ func domainCRLs(t testing.TB, h *harness, td string) []ca.CRL {
 
 // equalButCRLs compares two bundles' content except their CRLs (the root's
 // own CRLs are re-signed, with new numbers, after a restart).
-func equalButCRLs(a, b *ca.TrustBundle) bool {
-	strip := func(x *ca.TrustBundle) *ca.TrustBundle {
+func equalButCRLs(a, b *trust.TrustBundle) bool {
+	strip := func(x *trust.TrustBundle) *trust.TrustBundle {
 		y := *x
 		y.Domains = slices.Clone(x.Domains)
 		for i := range y.Domains {
@@ -70,7 +71,7 @@ func equalButCRLs(a, b *ca.TrustBundle) bool {
 	return strip(a).Equal(strip(b))
 }
 
-func sameCRLs(a []ca.CRL, b ...ca.CRL) bool {
+func sameCRLs(a []trust.CRL, b ...trust.CRL) bool {
 	if len(a) != len(b) {
 		return false
 	}
@@ -114,7 +115,7 @@ func TestPublishCRLs(t *testing.T) {
 	}
 	wantBundleSigned(t, h, d)
 	ed, _ := d.Domain(spiffeid.RequireTrustDomainFromString("east.example"))
-	if rl, issuer, err := ca.VerifyCRL(got[0], ed.Roots, now); err != nil || !issuer.Equal(east.inter) || rl.Number.Int64() != 10 {
+	if rl, issuer, err := trust.VerifyCRL(got[0], ed.Roots, now); err != nil || !issuer.Equal(east.inter) || rl.Number.Int64() != 10 {
 		t.Fatalf("published CRL does not verify as east's: %v", err)
 	}
 
@@ -143,10 +144,10 @@ func TestPublishCRLs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	garbage := ca.CRL{DER: []byte("not a CRL")}
+	garbage := trust.CRL{DER: []byte("not a CRL")}
 	badChain := crl11
 	badChain.IssuerChain = [][]byte{[]byte("not a certificate")}
-	tooMany := make([]ca.CRL, maxCRLsPerCall+1)
+	tooMany := make([]trust.CRL, maxCRLsPerCall+1)
 	for i := range tooMany {
 		tooMany[i] = crl11
 	}

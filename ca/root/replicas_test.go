@@ -13,8 +13,8 @@ import (
 	"go.step.sm/crypto/pemutil"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/trust"
 )
 
 // addReplicated registers cluster name with a join token for replicas
@@ -34,7 +34,7 @@ func (h *credHarness) addReplicated(name, td string, replicas int32) string {
 // its credential in dir and its join token in dir/../token.
 func (h *credHarness) replica(dir, name, token string) (*issuer.Upstream, string) {
 	h.t.Helper()
-	roots, err := ca.NewBundle(h.activeRoot())
+	roots, err := trust.NewBundle(h.activeRoot())
 	if err != nil {
 		h.t.Fatal(err)
 	}

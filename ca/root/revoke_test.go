@@ -16,9 +16,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/trust"
 )
 
 // adminClient serves AdminService on a Unix socket until the test ends and
@@ -51,7 +51,7 @@ func (h *harness) adminClient() meshcav1.AdminServiceClient {
 // rootCRLSerials verifies the root CRLs of domain td in b against the
 // in-bundle roots and returns the serials each lists (hex, sorted), by
 // signing root.
-func rootCRLSerials(t testing.TB, b *ca.TrustBundle, td string, now time.Time) map[*x509.Certificate][]string {
+func rootCRLSerials(t testing.TB, b *trust.TrustBundle, td string, now time.Time) map[*x509.Certificate][]string {
 	t.Helper()
 	d, ok := b.Domain(spiffeid.RequireTrustDomainFromString(td))
 	if !ok {
@@ -62,7 +62,7 @@ func rootCRLSerials(t testing.TB, b *ca.TrustBundle, td string, now time.Time) m
 		if len(crl.IssuerChain) != 0 {
 			continue
 		}
-		rl, issuer, err := ca.VerifyCRL(crl, d.Roots, now)
+		rl, issuer, err := trust.VerifyCRL(crl, d.Roots, now)
 		if err != nil {
 			t.Fatalf("root CRL in %s: %v", td, err)
 		}
@@ -74,16 +74,16 @@ func rootCRLSerials(t testing.TB, b *ca.TrustBundle, td string, now time.Time) m
 func revokedSerials(rl *x509.RevocationList) []string {
 	var s []string
 	for _, e := range rl.RevokedCertificateEntries {
-		s = append(s, ca.SerialHex(e.SerialNumber))
+		s = append(s, trust.SerialHex(e.SerialNumber))
 	}
 	slices.Sort(s)
 	return s
 }
 
 // wantBundleSigned checks that b is signed by the active root, at now.
-func wantBundleSigned(t testing.TB, h *harness, b *ca.TrustBundle) {
+func wantBundleSigned(t testing.TB, h *harness, b *trust.TrustBundle) {
 	t.Helper()
-	roots, err := ca.NewBundle(h.activeRoot())
+	roots, err := trust.NewBundle(h.activeRoot())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +122,7 @@ func TestRevokeCluster(t *testing.T) {
 	before, _ := h.root.Current()
 	if d, _ := before.Domain(spiffeid.RequireTrustDomainFromString("east.example")); len(d.CRLs) != 1 {
 		t.Fatalf("%d CRLs before any revocation, want the root's (empty) one", len(d.CRLs))
-	} else if rl, _, err := ca.VerifyCRL(d.CRLs[0], d.Roots, h.clock.Now()); err != nil || len(rl.RevokedCertificateEntries) != 0 {
+	} else if rl, _, err := trust.VerifyCRL(d.CRLs[0], d.Roots, h.clock.Now()); err != nil || len(rl.RevokedCertificateEntries) != 0 {
 		t.Fatalf("the root's CRL before any revocation: %v; want an empty, valid CRL", err)
 	}
 
@@ -137,7 +137,7 @@ func TestRevokeCluster(t *testing.T) {
 	}
 
 	// The deny-list: the cluster and its two unexpired intermediates.
-	want := []string{ca.SerialHex(east2.inter.SerialNumber), ca.SerialHex(east3.inter.SerialNumber)}
+	want := []string{trust.SerialHex(east2.inter.SerialNumber), trust.SerialHex(east3.inter.SerialNumber)}
 	slices.Sort(want)
 	list, err := client.ListRevocations(bg, &meshcav1.ListRevocationsRequest{})
 	if err != nil {
@@ -363,13 +363,13 @@ func TestRootCRLLifecycle(t *testing.T) {
 	if _, err := h.root.revoke(bg, &meshcav1.RevokeRequest{Target: &meshcav1.RevokeRequest_Cluster{Cluster: "east"}}, "admin:test"); err != nil {
 		t.Fatal(err)
 	}
-	crlOf := func() (*ca.TrustBundle, []*x509.RevocationList) {
+	crlOf := func() (*trust.TrustBundle, []*x509.RevocationList) {
 		t.Helper()
 		b, _ := h.root.Current()
 		d, _ := b.Domain(spiffeid.RequireTrustDomainFromString("west.example"))
 		var rls []*x509.RevocationList
 		for _, c := range d.CRLs {
-			rl, _, err := ca.VerifyCRL(c, d.Roots, h.clock.Now())
+			rl, _, err := trust.VerifyCRL(c, d.Roots, h.clock.Now())
 			if err != nil {
 				t.Fatalf("bundle %d: %v", b.Sequence, err)
 			}

@@ -21,6 +21,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/grpclimit"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/trust"
 )
 
 // Root is the root CA service: the roots, the published trust bundle and
@@ -38,7 +39,7 @@ type Root struct {
 	// mu serializes re-evaluation and root creation, and guards the fields
 	// below it.
 	mu       sync.Mutex
-	statuses []ca.RootStatus
+	statuses []RootStatus
 	// lastUse is the latest NotAfter of the intermediates under each root,
 	// by fingerprint, at the last re-evaluation.
 	lastUse map[[32]byte]time.Time
@@ -80,7 +81,7 @@ type Root struct {
 // state is what request handlers read: one consistent view of the roots.
 type state struct {
 	// statuses are all recorded roots, oldest first, with their state.
-	statuses []ca.RootStatus
+	statuses []RootStatus
 	// active signs new intermediates and credentials; nil when no root may
 	// sign (then activeFP may still name the root that should).
 	active   *ca.Authority
@@ -88,7 +89,7 @@ type state struct {
 	// clientCAs are all recorded roots that have not expired: the anchors
 	// of issuer credentials.
 	clientCAs *x509.CertPool
-	bundle    *ca.TrustBundle
+	bundle    *trust.TrustBundle
 	// revoked are the revoked cluster names; never modified.
 	revoked map[string]bool
 	// revokedSerials and revokedIDs are the other serial and SPIFFE ID
@@ -97,7 +98,7 @@ type state struct {
 	revokedIDs     map[string]bool
 	revsAt         time.Time
 	// rootCRLs are the current root CRLs.
-	rootCRLs []ca.CRL
+	rootCRLs []trust.CRL
 }
 
 // New loads the roots from cfg.Store, creates the first root when there is
@@ -162,11 +163,11 @@ func New(ctx context.Context, cfg Config) (*Root, error) {
 
 // Current returns the published bundle (never nil) and a channel that is
 // closed when a newer one is published.
-func (r *Root) Current() (*ca.TrustBundle, <-chan struct{}) { return r.pub.current() }
+func (r *Root) Current() (*trust.TrustBundle, <-chan struct{}) { return r.pub.current() }
 
 // Roots returns every recorded root with its state at the last
 // re-evaluation, oldest first.
-func (r *Root) Roots() []ca.RootStatus { return slices.Clone(r.state.Load().statuses) }
+func (r *Root) Roots() []RootStatus { return slices.Clone(r.state.Load().statuses) }
 
 // Run re-evaluates the roots every Config.Tick and whenever the federated
 // bundles change, until ctx ends; it then returns nil. Failures are logged
@@ -246,17 +247,17 @@ func (r *Root) loadLocked(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: list roots: %w", errUnavailable, err)
 	}
-	recs := make([]ca.RootRecord, 0, len(rows))
+	recs := make([]RootRecord, 0, len(rows))
 	for _, row := range rows {
 		cert, err := x509.ParseCertificate(row.DER)
 		if err != nil {
 			return fmt.Errorf("root %s: %w", row.Fingerprint, err)
 		}
-		recs = append(recs, ca.RootRecord{Cert: cert, KeyRef: row.KeyRef, AddedAt: row.AddedAt, ActivateAt: row.ActivateAt})
+		recs = append(recs, RootRecord{Cert: cert, KeyRef: row.KeyRef, AddedAt: row.AddedAt, ActivateAt: row.ActivateAt})
 	}
 	// The store orders by AddedAt with second precision; the order that
 	// decides which root is newest is the activation time.
-	slices.SortStableFunc(recs, func(a, b ca.RootRecord) int {
+	slices.SortStableFunc(recs, func(a, b RootRecord) int {
 		return cmp.Or(a.ActivateAt.Compare(b.ActivateAt), a.AddedAt.Compare(b.AddedAt),
 			a.Cert.NotBefore.Compare(b.Cert.NotBefore))
 	})
@@ -301,7 +302,7 @@ func (r *Root) loadLocked(ctx context.Context) error {
 		return err
 	}
 	r.revs, r.revsAt = revs, now
-	r.statuses, r.lastUse = ca.RootStates(recs, lastUse, now), lastUse
+	r.statuses, r.lastUse = RootStates(recs, lastUse, now), lastUse
 	r.storeDomains = domains
 	r.loadActiveLocked(ctx)
 	r.metrics.set(r.statuses, newest)
@@ -313,7 +314,7 @@ func (r *Root) loadLocked(ctx context.Context) error {
 // its key if it changed. A key that cannot be loaded leaves r.active nil
 // (signing fails as unavailable) and is retried at the next re-evaluation.
 func (r *Root) loadActiveLocked(ctx context.Context) {
-	i := slices.IndexFunc(r.statuses, func(s ca.RootStatus) bool { return s.State == ca.RootActive })
+	i := slices.IndexFunc(r.statuses, func(s RootStatus) bool { return s.State == RootActive })
 	if i < 0 {
 		r.active = nil
 		return
@@ -342,7 +343,7 @@ func (r *Root) publishLocked(ctx context.Context, now time.Time) {
 	st := &state{statuses: r.statuses, active: r.active, clientCAs: x509.NewCertPool(), revoked: r.revs.clusters,
 		revokedSerials: r.revs.serials, revokedIDs: r.revs.ids, revsAt: r.revsAt}
 	for _, s := range r.statuses {
-		if c := r.rootCRLs[ca.Fingerprint(s.Cert)]; c != nil {
+		if c := r.rootCRLs[trust.Fingerprint(s.Cert)]; c != nil {
 			st.rootCRLs = append(st.rootCRLs, c.crl)
 		}
 	}
@@ -351,21 +352,21 @@ func (r *Root) publishLocked(ctx context.Context, now time.Time) {
 		if s.State.InBundle() {
 			inBundle = append(inBundle, s.Cert)
 		}
-		if s.State == ca.RootActive {
-			st.activeFP = ca.Fingerprint(s.Cert)
+		if s.State == RootActive {
+			st.activeFP = trust.Fingerprint(s.Cert)
 		}
 		if now.Before(s.Cert.NotAfter) {
 			st.clientCAs.AddCert(s.Cert)
 		}
 	}
-	b := &ca.TrustBundle{ActiveRoot: st.activeFP, RefreshHint: r.cfg.RefreshHint}
+	b := &trust.TrustBundle{ActiveRoot: st.activeFP, RefreshHint: r.cfg.RefreshHint}
 	own := map[spiffeid.TrustDomain]bool{}
-	if roots, err := ca.NewBundle(inBundle...); err == nil {
+	if roots, err := trust.NewBundle(inBundle...); err == nil {
 		for _, set := range []map[spiffeid.TrustDomain]bool{r.domains, r.storeDomains} {
 			for td := range set {
 				if !own[td] {
 					own[td] = true
-					b.Domains = append(b.Domains, ca.DomainBundle{TrustDomain: td, Roots: roots, CRLs: r.domainCRLsLocked(td)})
+					b.Domains = append(b.Domains, trust.DomainBundle{TrustDomain: td, Roots: roots, CRLs: r.domainCRLsLocked(td)})
 				}
 			}
 		}
@@ -380,15 +381,15 @@ func (r *Root) publishLocked(ctx context.Context, now time.Time) {
 			b.Domains = append(b.Domains, d)
 		}
 	}
-	slices.SortFunc(b.Domains, func(x, y ca.DomainBundle) int { return cmp.Compare(x.TrustDomain.Name(), y.TrustDomain.Name()) })
+	slices.SortFunc(b.Domains, func(x, y trust.DomainBundle) int { return cmp.Compare(x.TrustDomain.Name(), y.TrustDomain.Name()) })
 	prev, _ := r.pub.current()
 	signer := r.bundleSignerLocked(ctx, prev, now)
 	var err error
-	st.bundle, err = r.pub.publish(b, now, func(nb *ca.TrustBundle) error {
+	st.bundle, err = r.pub.publish(b, now, func(nb *trust.TrustBundle) error {
 		if signer == nil {
 			return errors.New("no root key to sign with")
 		}
-		return nb.Sign(signer.Signer, signer.Certificate)
+		return ca.SignTrustBundle(nb, signer.Signer, signer.Certificate)
 	})
 	switch {
 	case err != nil && st.bundle == b:
@@ -412,15 +413,15 @@ func (r *Root) publishLocked(ctx context.Context, now time.Time) {
 // first), the root that signed prev signs instead, while it is still
 // recorded, unexpired and its key loads. It returns nil when no root can
 // sign.
-func (r *Root) bundleSignerLocked(ctx context.Context, prev *ca.TrustBundle, now time.Time) *ca.Authority {
-	if r.active == nil || prev == nil || !prev.IsSigned() || prev.Signer == ca.Fingerprint(r.active.Certificate) {
+func (r *Root) bundleSignerLocked(ctx context.Context, prev *trust.TrustBundle, now time.Time) *ca.Authority {
+	if r.active == nil || prev == nil || !prev.IsSigned() || prev.Signer == trust.Fingerprint(r.active.Certificate) {
 		return r.active
 	}
 	if own := prev.OwnRoots(); own != nil && slices.ContainsFunc(own.Roots(), r.active.Certificate.Equal) {
 		return r.active
 	}
 	for _, s := range r.statuses {
-		if ca.Fingerprint(s.Cert) != prev.Signer || !now.Before(s.Cert.NotAfter) {
+		if trust.Fingerprint(s.Cert) != prev.Signer || !now.Before(s.Cert.NotAfter) {
 			continue
 		}
 		key, err := r.signer(ctx, s.KeyRef)
@@ -436,7 +437,7 @@ func (r *Root) bundleSignerLocked(ctx context.Context, prev *ca.TrustBundle, now
 
 // RootCRLs returns the current CRLs of the in-bundle roots, for the admin
 // API over mutual TLS.
-func (r *Root) RootCRLs() []ca.CRL { return r.state.Load().rootCRLs }
+func (r *Root) RootCRLs() []trust.CRL { return r.state.Load().rootCRLs }
 
 // addDomain makes td one of the bundle's own trust domains, publishing at
 // once without reading the store.
@@ -467,10 +468,10 @@ func (r *Root) signer(ctx context.Context, ref string) (crypto.Signer, error) {
 
 // createRootLocked creates a key and a self-signed root and records it,
 // active after delay. note, when set, ends the audit event's detail.
-func (r *Root) createRootLocked(ctx context.Context, delay time.Duration, actor, note string) (ca.RootRecord, error) {
+func (r *Root) createRootLocked(ctx context.Context, delay time.Duration, actor, note string) (RootRecord, error) {
 	ref, signer, err := r.cfg.Keys.NewKey(ctx)
 	if err != nil {
-		return ca.RootRecord{}, fmt.Errorf("%w: new root key: %w", errUnavailable, err)
+		return RootRecord{}, fmt.Errorf("%w: new root key: %w", errUnavailable, err)
 	}
 	r.keysMu.Lock()
 	r.signers[ref] = signer
@@ -478,12 +479,12 @@ func (r *Root) createRootLocked(ctx context.Context, delay time.Duration, actor,
 	now := r.cfg.Now()
 	root, err := ca.NewRoot(ca.RootConfig{Signer: signer, CommonName: r.cfg.RootCommonName, TTL: r.cfg.RootTTL, Now: now})
 	if err != nil {
-		return ca.RootRecord{}, fmt.Errorf("%w: new root: %w", errUnavailable, err)
+		return RootRecord{}, fmt.Errorf("%w: new root: %w", errUnavailable, err)
 	}
 	if err := verifySelfSigned(root.Certificate, now); err != nil {
-		return ca.RootRecord{}, err
+		return RootRecord{}, err
 	}
-	rec := ca.RootRecord{
+	rec := RootRecord{
 		Cert: root.Certificate, KeyRef: ref,
 		AddedAt: now.UTC().Truncate(time.Second), ActivateAt: now.Add(delay).UTC().Truncate(time.Second),
 	}
@@ -496,7 +497,7 @@ func (r *Root) createRootLocked(ctx context.Context, delay time.Duration, actor,
 			rec.Cert.NotAfter.UTC().Format(time.RFC3339), rec.ActivateAt.Format(time.RFC3339), note),
 	})
 	if err != nil {
-		return ca.RootRecord{}, fmt.Errorf("%w: record root: %w", errUnavailable, err)
+		return RootRecord{}, fmt.Errorf("%w: record root: %w", errUnavailable, err)
 	}
 	return rec, nil
 }
@@ -505,23 +506,23 @@ func (r *Root) createRootLocked(ctx context.Context, delay time.Duration, actor,
 // (zero: Config.PropagationDelay), and publishes the new bundle. While a
 // rotation is in progress (see rotationInProgress, decided on the store as
 // of now) it fails with errFailedPrecondition unless force is set.
-func (r *Root) rotate(ctx context.Context, delay time.Duration, actor string, force bool) (ca.RootStatus, error) {
+func (r *Root) rotate(ctx context.Context, delay time.Duration, actor string, force bool) (RootStatus, error) {
 	if delay == 0 {
 		delay = r.cfg.PropagationDelay
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !r.leadLocked(ctx) {
-		return ca.RootStatus{}, errNotLeader
+		return RootStatus{}, errNotLeader
 	}
 	// Another replica, or the automatic rotation, may have rotated since
 	// the last re-evaluation.
 	if err := r.loadLocked(ctx); err != nil {
-		return ca.RootStatus{}, err
+		return RootStatus{}, err
 	}
 	pending, inProgress := rotationInProgress(r.statuses)
 	if inProgress && !force {
-		return ca.RootStatus{}, fmt.Errorf("%w: a root rotation is in progress: %s; rotating again would add one more root "+
+		return RootStatus{}, fmt.Errorf("%w: a root rotation is in progress: %s; rotating again would add one more root "+
 			"to the trust bundle: wait until the bundle holds only the active root, or force it (--force)",
 			errFailedPrecondition, describePending(pending, r.lastUse))
 	}
@@ -531,7 +532,7 @@ func (r *Root) rotate(ctx context.Context, delay time.Duration, actor string, fo
 	}
 	rec, err := r.createRootLocked(ctx, delay, actor, note)
 	if err != nil {
-		return ca.RootStatus{}, err
+		return RootStatus{}, err
 	}
 	if inProgress {
 		r.log.WarnContext(ctx, "forced a root rotation while another was in progress", "actor", actor,
@@ -540,14 +541,14 @@ func (r *Root) rotate(ctx context.Context, delay time.Duration, actor string, fo
 	r.log.InfoContext(ctx, "rotated the root", "actor", actor, "sha256", fingerprintHex(rec.Cert),
 		"activate_at", rec.ActivateAt)
 	if err := r.loadLocked(ctx); err != nil {
-		return ca.RootStatus{RootRecord: rec, State: ca.RootPrepared}, err
+		return RootStatus{RootRecord: rec, State: RootPrepared}, err
 	}
 	for _, s := range r.statuses {
 		if bytes.Equal(s.Cert.Raw, rec.Cert.Raw) {
 			return s, nil
 		}
 	}
-	return ca.RootStatus{RootRecord: rec, State: ca.RootPrepared}, nil
+	return RootStatus{RootRecord: rec, State: RootPrepared}, nil
 }
 
 // rotationInProgress reports whether a root rotation is in progress among
@@ -556,33 +557,33 @@ func (r *Root) rotate(ctx context.Context, delay time.Duration, actor string, fo
 // under it is still valid). It returns the first such root. A rotation is
 // complete once the bundle holds the active root alone; rotating before
 // then would put a third root in the bundle (old, pending and new).
-func rotationInProgress(roots []ca.RootStatus) (ca.RootStatus, bool) {
+func rotationInProgress(roots []RootStatus) (RootStatus, bool) {
 	for _, s := range roots {
-		if s.State == ca.RootPrepared || s.State == ca.RootRetiring {
+		if s.State == RootPrepared || s.State == RootRetiring {
 			return s, true
 		}
 	}
-	return ca.RootStatus{}, false
+	return RootStatus{}, false
 }
 
 // describePending names a root that keeps a rotation in progress and when
 // it stops doing so.
-func describePending(s ca.RootStatus, lastUse map[[32]byte]time.Time) string {
+func describePending(s RootStatus, lastUse map[[32]byte]time.Time) string {
 	fp := fingerprintHex(s.Cert)
-	if s.State == ca.RootPrepared {
+	if s.State == RootPrepared {
 		return fmt.Sprintf("root %s is prepared and becomes active at %s", fp, s.ActivateAt.UTC().Format(time.RFC3339))
 	}
 	return fmt.Sprintf("root %s is retiring and leaves the bundle at %s, when the last intermediate under it expires",
-		fp, lastUse[ca.Fingerprint(s.Cert)].UTC().Format(time.RFC3339))
+		fp, lastUse[trust.Fingerprint(s.Cert)].UTC().Format(time.RFC3339))
 }
 
 // shouldRotate reports whether a new root is due at now: the active root
 // has less than 1/3 of its life left and no newer root exists, or no root
 // is active or prepared at all.
-func shouldRotate(roots []ca.RootStatus, now time.Time) bool {
-	i := slices.IndexFunc(roots, func(s ca.RootStatus) bool { return s.State == ca.RootActive })
+func shouldRotate(roots []RootStatus, now time.Time) bool {
+	i := slices.IndexFunc(roots, func(s RootStatus) bool { return s.State == RootActive })
 	if i < 0 {
-		return !slices.ContainsFunc(roots, func(s ca.RootStatus) bool { return s.State == ca.RootPrepared })
+		return !slices.ContainsFunc(roots, func(s RootStatus) bool { return s.State == RootPrepared })
 	}
 	if i < len(roots)-1 {
 		return false
@@ -601,6 +602,6 @@ func verifySelfSigned(c *x509.Certificate, now time.Time) error {
 }
 
 func fingerprintHex(c *x509.Certificate) string {
-	fp := ca.Fingerprint(c)
+	fp := trust.Fingerprint(c)
 	return hex.EncodeToString(fp[:])
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/root/federation"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 // The federation package plugs in on both sides.
@@ -30,7 +31,7 @@ func TestNewCreatesFirstRootOnce(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.TrustDomains = []string{"example.org"} })
 
 	roots := h.root.Roots()
-	if len(roots) != 1 || roots[0].State != ca.RootActive {
+	if len(roots) != 1 || roots[0].State != RootActive {
 		t.Fatalf("roots after first start: %+v, want one active root", roots)
 	}
 	first := roots[0]
@@ -50,7 +51,7 @@ func TestNewCreatesFirstRootOnce(t *testing.T) {
 	if !ok || len(d.Roots.Roots()) != 1 || !d.Roots.Roots()[0].Equal(first.Cert) || d.Federated {
 		t.Fatalf("bundle domain example.org: %+v, %v; want the first root", d, ok)
 	}
-	if b.ActiveRoot != ca.Fingerprint(first.Cert) {
+	if b.ActiveRoot != trust.Fingerprint(first.Cert) {
 		t.Error("bundle does not name the first root as active")
 	}
 	if b.Sequence != uint64(h.clock.Now().UnixMilli()) {
@@ -123,7 +124,7 @@ func TestRestartKeepsRootsAndSequenceGrows(t *testing.T) {
 		t.Fatalf("sequence went from %d to %d across a restart", before.Sequence, after.Sequence)
 	}
 	roots := h.root.Roots()
-	if len(roots) != 2 || roots[0].State != ca.RootActive || roots[1].State != ca.RootPrepared ||
+	if len(roots) != 2 || roots[0].State != RootActive || roots[1].State != RootPrepared ||
 		!roots[1].Cert.Equal(next.Cert) {
 		t.Fatalf("roots after restart: %v", states(roots))
 	}
@@ -160,7 +161,7 @@ func TestAutoRotate(t *testing.T) {
 	h.clock.Advance(2 * time.Hour) // 9h left
 	eventually(t, "automatic rotation", func() bool { return len(h.root.Roots()) == 2 })
 	roots := h.root.Roots()
-	if roots[0].State != ca.RootActive || roots[1].State != ca.RootPrepared {
+	if roots[0].State != RootActive || roots[1].State != RootPrepared {
 		t.Fatalf("after automatic rotation: %v, want active, prepared", states(roots))
 	}
 	if !roots[1].ActivateAt.Equal(sec(h.clock.Now().Add(time.Hour))) {
@@ -177,7 +178,7 @@ func TestAutoRotate(t *testing.T) {
 	h.clock.Advance(time.Hour + time.Second)
 	eventually(t, "activation of the new root", func() bool {
 		b, _ := h.root.Current()
-		return b.ActiveRoot == ca.Fingerprint(roots[1].Cert)
+		return b.ActiveRoot == trust.Fingerprint(roots[1].Cert)
 	})
 	if got := gaugeValue(t, reg, "root", fingerprintHex(roots[1].Cert)); got != float64(roots[1].Cert.NotAfter.Unix()) {
 		t.Errorf("expiry gauge of the new root: %v, want %d", got, roots[1].Cert.NotAfter.Unix())
@@ -258,9 +259,9 @@ func TestFederatedDomains(t *testing.T) {
 	other := testkit.New(t, testkit.Options{TrustDomain: "other.example", Now: h.clock.Now()})
 	first, _ := h.root.Current()
 	fed.set(
-		ca.DomainBundle{TrustDomain: other.TrustDomain, Roots: other.Bundle},
+		trust.DomainBundle{TrustDomain: other.TrustDomain, Roots: other.Bundle},
 		// A federated bundle for one of our own trust domains is ignored.
-		ca.DomainBundle{TrustDomain: spiffeid.RequireTrustDomainFromString("east.example"), Roots: other.Bundle},
+		trust.DomainBundle{TrustDomain: spiffeid.RequireTrustDomainFromString("east.example"), Roots: other.Bundle},
 	)
 	eventually(t, "federated bundle", func() bool { b, _ := h.root.Current(); return len(b.Domains) == 2 })
 	b, _ := h.root.Current()
@@ -275,7 +276,7 @@ func TestFederatedDomains(t *testing.T) {
 	if own.Federated || !own.Roots.Roots()[0].Equal(h.activeRoot()) {
 		t.Fatal("a federated bundle replaced an own trust domain")
 	}
-	if !bytes.Equal(b.OwnRoots().PEM(), ca.EncodeCertificates(h.activeRoot())) {
+	if !bytes.Equal(b.OwnRoots().PEM(), trust.EncodeCertificates(h.activeRoot())) {
 		t.Fatal("own roots changed")
 	}
 }
@@ -327,19 +328,19 @@ func TestShouldRotate(t *testing.T) {
 		return a
 	}
 	young, old := root(-time.Hour, 9*time.Hour), root(-8*time.Hour, 2*time.Hour)
-	st := func(a *ca.Authority, s ca.RootState) ca.RootStatus {
-		return ca.RootStatus{RootRecord: ca.RootRecord{Cert: a.Certificate}, State: s}
+	st := func(a *ca.Authority, s RootState) RootStatus {
+		return RootStatus{RootRecord: RootRecord{Cert: a.Certificate}, State: s}
 	}
 	for _, tc := range []struct {
 		name  string
-		roots []ca.RootStatus
+		roots []RootStatus
 		want  bool
 	}{
-		{"young active", []ca.RootStatus{st(young, ca.RootActive)}, false},
-		{"old active", []ca.RootStatus{st(old, ca.RootActive)}, true},
-		{"old active with successor", []ca.RootStatus{st(old, ca.RootActive), st(young, ca.RootPrepared)}, false},
-		{"only retired", []ca.RootStatus{st(old, ca.RootRetired)}, true},
-		{"only prepared", []ca.RootStatus{st(young, ca.RootPrepared)}, false},
+		{"young active", []RootStatus{st(young, RootActive)}, false},
+		{"old active", []RootStatus{st(old, RootActive)}, true},
+		{"old active with successor", []RootStatus{st(old, RootActive), st(young, RootPrepared)}, false},
+		{"only retired", []RootStatus{st(old, RootRetired)}, true},
+		{"only prepared", []RootStatus{st(young, RootPrepared)}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := shouldRotate(tc.roots, now); got != tc.want {
@@ -374,8 +375,8 @@ func gaugeValue(t testing.TB, reg *prometheus.Registry, kind, sha string) float6
 	return -1
 }
 
-func states(roots []ca.RootStatus) []ca.RootState {
-	out := make([]ca.RootState, len(roots))
+func states(roots []RootStatus) []RootState {
+	out := make([]RootState, len(roots))
 	for i, r := range roots {
 		out[i] = r.State
 	}

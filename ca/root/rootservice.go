@@ -14,8 +14,8 @@ import (
 	"google.golang.org/grpc/peer"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/trust"
 )
 
 type rootService struct {
@@ -112,8 +112,8 @@ func (r *Root) enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshca
 		return nil, fmt.Errorf("cluster %s replica %q enrolled with a join token, which is now used: %w", c.Name, replica, err)
 	}
 	r.log.InfoContext(ctx, "issuer enrolled", "cluster", c.Name, "replica", replica, "trust_domain", c.TrustDomain,
-		"serial", ca.SerialHex(out.intermediate.SerialNumber), "not_after", out.intermediate.NotAfter,
-		"credential_serial", ca.SerialHex(out.credential.SerialNumber), "peer", peerAddr(ctx))
+		"serial", trust.SerialHex(out.intermediate.SerialNumber), "not_after", out.intermediate.NotAfter,
+		"credential_serial", trust.SerialHex(out.credential.SerialNumber), "peer", peerAddr(ctx))
 	return &meshcav1.EnrollResponse{
 		Cluster: c.Name, TrustDomain: c.TrustDomain,
 		CredentialChain:   [][]byte{out.credential.Raw},
@@ -183,9 +183,9 @@ func (r *Root) renew(ctx context.Context, req *meshcav1.RenewRequest) (*meshcav1
 	if err != nil {
 		return nil, err
 	}
-	r.log.InfoContext(ctx, "intermediate renewed", "cluster", c.Name, "replica", caller.replica, "serial", ca.SerialHex(out.intermediate.SerialNumber),
+	r.log.InfoContext(ctx, "intermediate renewed", "cluster", c.Name, "replica", caller.replica, "serial", trust.SerialHex(out.intermediate.SerialNumber),
 		"not_after", out.intermediate.NotAfter, "root_sha256", hex.EncodeToString(st.activeFP[:]),
-		"credential_serial", ca.SerialHex(cred.SerialNumber), "replaced_credential_serial", caller.serial)
+		"credential_serial", trust.SerialHex(cred.SerialNumber), "replaced_credential_serial", caller.serial)
 	return &meshcav1.RenewResponse{
 		IntermediateChain: [][]byte{out.intermediate.Raw}, CredentialChain: [][]byte{cred.Raw}, Bundle: out.bundle.ToProto(),
 	}, nil
@@ -232,15 +232,15 @@ func (r *Root) authenticate(ctx context.Context, st *state, call credentialCall)
 		Roots: st.clientCAs, CurrentTime: r.cfg.Now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	})
 	if err != nil {
-		return fail("client certificate serial %s is not signed directly by a root: %w", ca.SerialHex(leaf.SerialNumber), err)
+		return fail("client certificate serial %s is not signed directly by a root: %w", trust.SerialHex(leaf.SerialNumber), err)
 	}
 	for _, chain := range chains {
 		if len(chain) != 2 {
-			return fail("client certificate serial %s: chain of length %d", ca.SerialHex(leaf.SerialNumber), len(chain))
+			return fail("client certificate serial %s: chain of length %d", trust.SerialHex(leaf.SerialNumber), len(chain))
 		}
 	}
 	if leaf.IsCA || len(leaf.URIs) != 1 {
-		return fail("client certificate serial %s is not an issuer credential", ca.SerialHex(leaf.SerialNumber))
+		return fail("client certificate serial %s is not an issuer credential", trust.SerialHex(leaf.SerialNumber))
 	}
 	id, err := spiffeid.FromURI(leaf.URIs[0])
 	if err != nil {
@@ -263,5 +263,5 @@ func (r *Root) authenticate(ctx context.Context, st *state, call credentialCall)
 	if err != nil {
 		return issuerCaller{}, err
 	}
-	return issuerCaller{cluster: c, replica: replica, id: id, leaf: leaf, serial: ca.SerialHex(leaf.SerialNumber), record: rec}, nil
+	return issuerCaller{cluster: c, replica: replica, id: id, leaf: leaf, serial: trust.SerialHex(leaf.SerialNumber), record: rec}, nil
 }

@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/ca"
 )
 
 // TestRotateRootWhileInProgress asks for a second root rotation while the
@@ -50,14 +49,14 @@ func TestRotateRootWhileInProgress(t *testing.T) {
 
 	h.clock.Advance(h.cfg.PropagationDelay + time.Second)
 	h.refresh()
-	wantStates(t, h, ca.RootRetiring, ca.RootActive)
+	wantStates(t, h, RootRetiring, RootActive)
 	refused("old root retiring", fingerprintHex(h.root.Roots()[0].Cert)+" is retiring")
 
 	forced, err := rotate(true)
 	if err != nil {
 		t.Fatalf("forced rotation: %v", err)
 	}
-	wantStates(t, h, ca.RootRetiring, ca.RootActive, ca.RootPrepared)
+	wantStates(t, h, RootRetiring, RootActive, RootPrepared)
 	ev := h.fake.events("root.create")
 	if last := ev[len(ev)-1]; !strings.Contains(last.Detail, forced.GetRoot().GetSha256()) || !strings.Contains(last.Detail, "forced while root") {
 		t.Fatalf("audit of the forced rotation: %q", last.Detail)
@@ -68,7 +67,7 @@ func TestRotateRootWhileInProgress(t *testing.T) {
 	h.clock.Advance(h.cfg.IntermediateTTL)
 	h.refresh()
 	for _, s := range h.root.Roots()[:2] {
-		if s.State != ca.RootRetired {
+		if s.State != RootRetired {
 			t.Fatalf("root states %v: want the first two retired", states(h.root.Roots()))
 		}
 	}
@@ -80,20 +79,20 @@ func TestRotateRootWhileInProgress(t *testing.T) {
 func TestRotationInProgress(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
-		states []ca.RootState
+		states []RootState
 		want   int // index of the root named, -1 for none
 	}{
-		{"active alone", []ca.RootState{ca.RootActive}, -1},
-		{"retired and active", []ca.RootState{ca.RootRetired, ca.RootActive}, -1},
-		{"active and prepared", []ca.RootState{ca.RootActive, ca.RootPrepared}, 1},
-		{"retiring and active", []ca.RootState{ca.RootRetiring, ca.RootActive}, 0},
-		{"prepared only", []ca.RootState{ca.RootPrepared}, 0},
-		{"all retired", []ca.RootState{ca.RootRetired, ca.RootRetired}, -1},
+		{"active alone", []RootState{RootActive}, -1},
+		{"retired and active", []RootState{RootRetired, RootActive}, -1},
+		{"active and prepared", []RootState{RootActive, RootPrepared}, 1},
+		{"retiring and active", []RootState{RootRetiring, RootActive}, 0},
+		{"prepared only", []RootState{RootPrepared}, 0},
+		{"all retired", []RootState{RootRetired, RootRetired}, -1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			roots := make([]ca.RootStatus, len(tc.states))
+			roots := make([]RootStatus, len(tc.states))
 			for i, st := range tc.states {
-				roots[i] = ca.RootStatus{RootRecord: ca.RootRecord{KeyRef: string(rune('a' + i))}, State: st}
+				roots[i] = RootStatus{RootRecord: RootRecord{KeyRef: string(rune('a' + i))}, State: st}
 			}
 			got, ok := rotationInProgress(roots)
 			switch {

@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/trust"
 )
 
 // TestRootRotation follows a root rotation from the outside: the new root
@@ -34,7 +34,7 @@ func TestRootRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rot.GetRoot().GetState() != string(ca.RootPrepared) ||
+	if rot.GetRoot().GetState() != string(RootPrepared) ||
 		rot.GetRoot().GetActivateAtUnix() != h.clock.Now().Add(h.cfg.PropagationDelay).Unix() {
 		t.Fatalf("RotateRoot: %+v, want prepared, active after the propagation delay", rot.GetRoot())
 	}
@@ -43,7 +43,7 @@ func TestRootRotation(t *testing.T) {
 		t.Fatal("RotateRoot reported another root than the one recorded")
 	}
 	wantBundle(t, h, east, []*x509.Certificate{rootA, rootB}, rootA)
-	wantStates(t, h, ca.RootActive, ca.RootPrepared)
+	wantStates(t, h, RootActive, RootPrepared)
 
 	// Before the delay, intermediates still come from the old root.
 	conn := h.dial(addr, iss.tlsCert())
@@ -59,7 +59,7 @@ func TestRootRotation(t *testing.T) {
 	h.clock.Advance(h.cfg.PropagationDelay)
 	h.refresh()
 	wantBundle(t, h, east, []*x509.Certificate{rootA, rootB}, rootB)
-	wantStates(t, h, ca.RootRetiring, ca.RootActive)
+	wantStates(t, h, RootRetiring, RootActive)
 	late, err := renew(t, conn, iss, true) // the credential under the old root is still accepted
 	if err != nil {
 		t.Fatalf("Renew with a credential under the retiring root: %v", err)
@@ -90,10 +90,10 @@ func TestRootRotation(t *testing.T) {
 	// (early) has expired, not before.
 	h.clock.Advance(early.inter.NotAfter.Sub(h.clock.Now()) - time.Second)
 	h.refresh()
-	wantStates(t, h, ca.RootRetiring, ca.RootActive)
+	wantStates(t, h, RootRetiring, RootActive)
 	h.clock.Advance(2 * time.Second)
 	h.refresh()
-	wantStates(t, h, ca.RootRetired, ca.RootActive)
+	wantStates(t, h, RootRetired, RootActive)
 	wantBundle(t, h, east, []*x509.Certificate{rootB}, rootB)
 	list, err := admin.ListRoots(context.Background(), &meshcav1.ListRootsRequest{})
 	if err != nil {
@@ -120,16 +120,16 @@ func wantBundle(t testing.TB, h *harness, td spiffeid.TrustDomain, roots []*x509
 			t.Fatalf("bundle root %d differs", i)
 		}
 	}
-	if b.ActiveRoot != ca.Fingerprint(active) {
+	if b.ActiveRoot != trust.Fingerprint(active) {
 		t.Fatal("bundle names another active root")
 	}
 	wantSignedBy(t, b, active)
 }
 
 // wantSignedBy fails unless b carries a valid signature by signer.
-func wantSignedBy(t testing.TB, b *ca.TrustBundle, signer *x509.Certificate) {
+func wantSignedBy(t testing.TB, b *trust.TrustBundle, signer *x509.Certificate) {
 	t.Helper()
-	only, err := ca.NewBundle(signer)
+	only, err := trust.NewBundle(signer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +138,7 @@ func wantSignedBy(t testing.TB, b *ca.TrustBundle, signer *x509.Certificate) {
 	}
 }
 
-func wantStates(t testing.TB, h *harness, want ...ca.RootState) {
+func wantStates(t testing.TB, h *harness, want ...RootState) {
 	t.Helper()
 	got := states(h.root.Roots())
 	if len(got) != len(want) {
@@ -161,18 +161,18 @@ func TestWatchBundle(t *testing.T) {
 	client := meshcav1.NewBundleServiceClient(h.dial(addr, iss.tlsCert()))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	watch := func(known uint64) func() *ca.TrustBundle {
+	watch := func(known uint64) func() *trust.TrustBundle {
 		stream, err := client.WatchBundle(ctx, &meshcav1.WatchBundleRequest{KnownSequence: known})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return func() *ca.TrustBundle {
+		return func() *trust.TrustBundle {
 			t.Helper()
 			msg, err := stream.Recv()
 			if err != nil {
 				t.Fatalf("Recv: %v", err)
 			}
-			b, err := ca.TrustBundleFromProto(msg.GetBundle())
+			b, err := trust.TrustBundleFromProto(msg.GetBundle())
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -23,6 +23,7 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/adminapi"
+	"github.com/meshca/meshca/trust"
 )
 
 // gracePeriod bounds how long a stopping server waits for in-flight calls.
@@ -96,7 +97,7 @@ func (r *Root) ServingCertificate() (func(*tls.ClientHelloInfo) (*tls.Certificat
 
 // OwnRoots returns the roots of the published bundle (its own trust
 // domains), nil when there are none yet.
-func (r *Root) OwnRoots() *ca.Bundle {
+func (r *Root) OwnRoots() *trust.Bundle {
 	b, _ := r.Current()
 	if b == nil {
 		return nil
@@ -204,10 +205,10 @@ func (s *servingCerts) sign(st *state, now time.Time) (*tls.Certificate, error) 
 		PublicKey: s.key.Public(), TTL: s.r.cfg.ServingTTL, Now: now,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
-	// The URI names the root to meshca's clients (ca.ServerCheck), which
+	// The URI names the root to meshca's clients (trust.ServerCheck), which
 	// no cluster intermediate can vouch for.
 	hosts := s.r.cfg.Hosts
-	req.URIs = []*url.URL{ca.RootServerURI}
+	req.URIs = []*url.URL{trust.RootServerURI}
 	if s.uri != nil {
 		hosts, req.URIs = nil, []*url.URL{s.uri}
 	}

@@ -15,6 +15,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/trust"
 )
 
 // enrollAsking enrols with an intermediate CSR that asks for the given
@@ -114,8 +115,8 @@ func TestIntermediateServingNames(t *testing.T) {
 	if got := other.Certificate.PermittedDNSDomains; !slices.Equal(got, []string{"meshca.meshca-system.svc"}) || len(other.Certificate.PermittedIPRanges) != 0 {
 		t.Errorf("by default an issuer asking for broad names got DNS %v and IPs %v", got, other.Certificate.PermittedIPRanges)
 	}
-	if got := def.Certificate.PermittedDNSDomains; !slices.Equal(got, ca.DefaultServingNames) || len(def.Certificate.PermittedIPRanges) != 0 {
-		t.Errorf("default intermediate permits DNS %v and IPs %v, want %v and none", got, def.Certificate.PermittedIPRanges, ca.DefaultServingNames)
+	if got := def.Certificate.PermittedDNSDomains; !slices.Equal(got, trust.DefaultServingNames) || len(def.Certificate.PermittedIPRanges) != 0 {
+		t.Errorf("default intermediate permits DNS %v and IPs %v, want %v and none", got, def.Certificate.PermittedIPRanges, trust.DefaultServingNames)
 	}
 }
 
@@ -124,7 +125,7 @@ func TestIntermediateServingNames(t *testing.T) {
 func TestRootServingIdentity(t *testing.T) {
 	h := newHarness(t, nil)
 	addr := h.serve()
-	handshake := func(check ca.ServerCheck) error {
+	handshake := func(check trust.ServerCheck) error {
 		cfg := &tls.Config{RootCAs: h.rootsPool(), ServerName: "localhost", Time: h.clock.Now, MinVersion: tls.VersionTLS12,
 			VerifyConnection: check.VerifyConnection}
 		c, err := tls.Dial("tcp", addr, cfg)
@@ -133,10 +134,10 @@ func TestRootServingIdentity(t *testing.T) {
 		}
 		return err
 	}
-	if err := handshake(ca.ServerCheck{Root: true}); err != nil {
+	if err := handshake(trust.ServerCheck{Root: true}); err != nil {
 		t.Fatalf("handshake with the root as the root: %v", err)
 	}
-	if err := handshake(ca.ServerCheck{Cluster: "east"}); err == nil {
+	if err := handshake(trust.ServerCheck{Cluster: "east"}); err == nil {
 		t.Fatal("the root passed for east's issuer")
 	}
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/trust"
 )
 
 // credentialPathPrefix starts the path of every issuer credential's SPIFFE
@@ -102,7 +103,7 @@ func credentialID(c store.Cluster, replica string) (spiffeid.ID, error) {
 // issued is what one Enroll or Renew signed.
 type issued struct {
 	intermediate, credential *x509.Certificate
-	bundle                   *ca.TrustBundle
+	bundle                   *trust.TrustBundle
 }
 
 // signCredential signs and verifies an issuer credential for replica of
@@ -136,7 +137,7 @@ func (r *Root) signCredential(st *state, c store.Cluster, replica string, pub cr
 func (r *Root) credentialIssued(actor string, c store.Cluster, cred, root *x509.Certificate) store.AuditEvent {
 	return store.AuditEvent{
 		Time: r.cfg.Now(), Actor: actor, Action: "credential.issue", Cluster: c.Name, SPIFFEID: cred.URIs[0].String(),
-		Serial: ca.SerialHex(cred.SerialNumber),
+		Serial: trust.SerialHex(cred.SerialNumber),
 		Detail: "issuer credential, root sha256 " + fingerprintHex(root),
 	}
 }
@@ -145,7 +146,7 @@ func (r *Root) credentialIssued(actor string, c store.Cluster, cred, root *x509.
 const maxServingNames = 32
 
 // servingNames returns the DNS names and IPs the intermediate for interCSR
-// may vouch for: those the CSR asks for (ca.DefaultServingNames when none)
+// may vouch for: those the CSR asks for (trust.DefaultServingNames when none)
 // that Config.IssuerServingNames allows, minus the root's own serving names,
 // which no cluster issuer may hold.
 func (r *Root) servingNames(c store.Cluster, interCSR *x509.CertificateRequest) ([]string, error) {
@@ -154,12 +155,12 @@ func (r *Root) servingNames(c store.Cluster, interCSR *x509.CertificateRequest) 
 		asked = append(asked, ip.String())
 	}
 	if len(asked) == 0 {
-		asked = ca.DefaultServingNames
+		asked = trust.DefaultServingNames
 	}
 	if len(asked) > maxServingNames {
 		return nil, fmt.Errorf("%w: intermediate CSR asks for %d serving names, at most %d are allowed", errInvalidArgument, len(asked), maxServingNames)
 	}
-	if _, _, err := ca.SplitServingNames(asked); err != nil {
+	if _, _, err := trust.SplitServingNames(asked); err != nil {
 		return nil, fmt.Errorf("%w: intermediate CSR: %w", errInvalidArgument, err)
 	}
 	var names, dropped []string
@@ -245,7 +246,7 @@ func (r *Root) issue(ctx context.Context, st *state, c store.Cluster, interCSR *
 		return issued{}, err
 	}
 	sum := sha256.Sum256(out.intermediate.Raw)
-	serial := ca.SerialHex(out.intermediate.SerialNumber)
+	serial := trust.SerialHex(out.intermediate.SerialNumber)
 	err = r.cfg.Store.RecordIntermediate(ctx, store.Intermediate{
 		Serial: serial, Cluster: c.Name, TrustDomain: td.Name(),
 		RootFingerprint: fingerprintHex(root.Certificate),
@@ -286,7 +287,7 @@ func verifyIntermediate(inter, root *x509.Certificate, td spiffeid.TrustDomain, 
 	pool := x509.NewCertPool()
 	pool.AddCert(root)
 	_, err := inter.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
-	serverID, idErr := ca.IssuerServerID(td, cluster)
+	serverID, idErr := trust.IssuerServerID(td, cluster)
 	switch {
 	case idErr != nil:
 		return fmt.Errorf("%w: intermediate: %w", errSelfCheck, idErr)

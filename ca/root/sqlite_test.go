@@ -11,9 +11,9 @@ import (
 	"google.golang.org/grpc/codes"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/sqlite"
+	"github.com/meshca/meshca/trust"
 )
 
 // TestWithSQLite runs enrolment, renewal, rotation and a restart against
@@ -50,7 +50,7 @@ func TestWithSQLite(t *testing.T) {
 	}
 	clock.Advance(h.cfg.PropagationDelay)
 	h.refresh()
-	wantStates(t, h, ca.RootRetiring, ca.RootActive)
+	wantStates(t, h, RootRetiring, RootActive)
 	rootB := h.activeRoot()
 	next, err := renew(t, h.dial(addr, iss.tlsCert()), iss, true)
 	if err != nil {
@@ -60,7 +60,7 @@ func TestWithSQLite(t *testing.T) {
 		t.Fatal("renewal after activation is not under the new root")
 	}
 	ins, err := db.Intermediates(context.Background(), store.IntermediateFilter{RootFingerprint: fingerprintHex(rootA)})
-	if err != nil || len(ins) != 1 || ins[0].Serial != ca.SerialHex(iss.inter.SerialNumber) {
+	if err != nil || len(ins) != 1 || ins[0].Serial != trust.SerialHex(iss.inter.SerialNumber) {
 		t.Fatalf("intermediates under the old root: %v, %+v", err, ins)
 	}
 
@@ -72,7 +72,7 @@ func TestWithSQLite(t *testing.T) {
 	}
 	h.cfg.Store = open()
 	h.root = h.start()
-	wantStates(t, h, ca.RootRetiring, ca.RootActive)
+	wantStates(t, h, RootRetiring, RootActive)
 	after, _ := h.root.Current()
 	if !equalButCRLs(after, before) || after.Sequence <= before.Sequence {
 		t.Fatalf("bundle across a restart: equal %v, sequence %d -> %d", equalButCRLs(after, before), before.Sequence, after.Sequence)
@@ -80,7 +80,7 @@ func TestWithSQLite(t *testing.T) {
 	// The old root retires once the first intermediate has expired.
 	clock.Advance(iss.inter.NotAfter.Sub(clock.Now()) + time.Second)
 	h.refresh()
-	wantStates(t, h, ca.RootRetired, ca.RootActive)
+	wantStates(t, h, RootRetired, RootActive)
 }
 
 // TestRevocationWithSQLite revokes a cluster on the embedded store and
@@ -110,7 +110,7 @@ func TestRevocationWithSQLite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{ca.SerialHex(east.inter.SerialNumber), ca.SerialHex(east2.inter.SerialNumber)}
+	want := []string{trust.SerialHex(east.inter.SerialNumber), trust.SerialHex(east2.inter.SerialNumber)}
 	slices.Sort(want)
 	bg := context.Background()
 	if _, err := h.root.revoke(bg, &meshcav1.RevokeRequest{

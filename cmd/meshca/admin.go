@@ -20,7 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/trust"
 )
 
 // defaultAdminSocket is where `meshca root serve` listens for admin calls
@@ -227,14 +227,14 @@ func unixTime(s int64) string {
 func (f *adminFlags) verifyServer(cs tls.ConnectionState) error {
 	switch f.serverIdentity {
 	case "root":
-		return ca.ServerCheck{Root: true}.VerifyConnection(cs)
+		return trust.ServerCheck{Root: true}.VerifyConnection(cs)
 	case "":
-		if (ca.ServerCheck{Root: true}).VerifyConnection(cs) == nil {
+		if (trust.ServerCheck{Root: true}).VerifyConnection(cs) == nil {
 			return nil
 		}
-		return ca.ServerCheck{}.VerifyConnection(cs)
+		return trust.ServerCheck{}.VerifyConnection(cs)
 	default:
-		return ca.ServerCheck{Cluster: f.serverIdentity}.VerifyConnection(cs)
+		return trust.ServerCheck{Cluster: f.serverIdentity}.VerifyConnection(cs)
 	}
 }
 

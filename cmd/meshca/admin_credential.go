@@ -18,7 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/trust"
 )
 
 func newAdminCredentialCommand(f *adminFlags) *cobra.Command {
@@ -99,7 +99,7 @@ func writeAdminCredential(dir string, key *ecdsa.PrivateKey, resp *meshcav1.Issu
 		}
 		roots = append(roots, r)
 	}
-	bundle, err := ca.NewBundle(roots...)
+	bundle, err := trust.NewBundle(roots...)
 	if err != nil {
 		return nil, fmt.Errorf("roots: %w", err)
 	}
@@ -119,7 +119,7 @@ func writeAdminCredential(dir string, key *ecdsa.PrivateKey, resp *meshcav1.Issu
 		mode os.FileMode
 	}{
 		{"key.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600},
-		{"cert.pem", ca.EncodeCertificates(cert), 0o644},
+		{"cert.pem", trust.EncodeCertificates(cert), 0o644},
 		{"bundle.pem", bundle.PEM(), 0o644},
 	} {
 		if err := renameio.WriteFile(filepath.Join(dir, file.name), file.data, file.mode); err != nil {

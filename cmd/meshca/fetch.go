@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/agent"
-	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/trust"
 )
 
 func newCertCommand() *cobra.Command {
@@ -78,7 +78,7 @@ func (fc certFetch) run(cmd *cobra.Command) error {
 	if err != nil {
 		return fmt.Errorf("--ca-bundle: %w", err)
 	}
-	if cfg.Roots, err = ca.ParseBundle(bundlePEM); err != nil {
+	if cfg.Roots, err = trust.ParseBundle(bundlePEM); err != nil {
 		return fmt.Errorf("--ca-bundle %s: %w", fc.bundle, err)
 	}
 	token, err := agent.ReadToken(fc.tokenFile)
@@ -117,7 +117,7 @@ func (fc certFetch) run(cmd *cobra.Command) error {
 	}
 	leaf := svid.Chain[0]
 	fmt.Fprintf(cmd.OutOrStdout(), "wrote %s/{cert,key,bundle}.pem: %s, serial %s, valid until %s\n",
-		fc.outDir, leaf.URIs[0], ca.SerialHex(leaf.SerialNumber), leaf.NotAfter.UTC().Format(time.RFC3339))
+		fc.outDir, leaf.URIs[0], trust.SerialHex(leaf.SerialNumber), leaf.NotAfter.UTC().Format(time.RFC3339))
 	return nil
 }
 

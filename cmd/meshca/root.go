@@ -22,11 +22,11 @@ import (
 	"go.step.sm/crypto/pemutil"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/root"
 	"github.com/meshca/meshca/ca/root/federation"
 	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/internal/datadir"
+	"github.com/meshca/meshca/trust"
 )
 
 func newRootCACommand() *cobra.Command {
@@ -234,7 +234,7 @@ func writeBundles(ctx context.Context, root *root.Root, cfg rootConfig, log *slo
 		}
 		b, changed := root.Current()
 		if len(roots) > 0 {
-			pemData := ca.EncodeCertificates(roots...)
+			pemData := trust.EncodeCertificates(roots...)
 			if string(pemData) != string(last) {
 				if err := renameio.WriteFile(pemPath, pemData, 0o644); err != nil {
 					log.Error("writing bundle.pem failed", "error", err)

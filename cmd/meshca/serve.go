@@ -21,6 +21,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/datadir"
 	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/trust"
 )
 
 // issuerGCPercent is the issuer's garbage-collection target unless GOGC is
@@ -72,8 +73,8 @@ type intermediateSource struct {
 	// authority is the first intermediate, bundle the trust bundle
 	// received with it and roots that bundle's own roots.
 	authority *ca.Authority
-	bundle    *ca.TrustBundle
-	roots     *ca.Bundle
+	bundle    *trust.TrustBundle
+	roots     *trust.Bundle
 	// root mints the next intermediates: upstream or a *issuer.LocalRoot.
 	root issuer.RootClient
 	// upstream is the central root; nil for a local root.
@@ -179,7 +180,7 @@ func serveCA(ctx context.Context, s caStack, out io.Writer) error {
 // issuer's own (its local root's lists what its admin socket revoked) and
 // those the central root publishes in the relayed bundle (its root CRLs
 // list what the root's admin socket revoked).
-func adminCRLs(own *issuer.CRLSigner, relayed issuer.BundleSource, td spiffeid.TrustDomain) []ca.CRL {
+func adminCRLs(own *issuer.CRLSigner, relayed issuer.BundleSource, td spiffeid.TrustDomain) []trust.CRL {
 	out, _ := own.Current()
 	out = slices.Clone(out)
 	if relayed == nil {
@@ -304,12 +305,12 @@ func followBundle(ctx context.Context, src issuer.BundleSource, path string, log
 	}
 }
 
-func readPEMBundle(path string) (*ca.Bundle, error) {
+func readPEMBundle(path string) (*trust.Bundle, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	return ca.ParseBundle(data)
+	return trust.ParseBundle(data)
 }
 
 func cmpOr(a, b string) string {

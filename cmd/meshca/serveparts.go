@@ -11,9 +11,9 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/meshca/meshca/attest"
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/trust"
 )
 
 // caParts are the components of a CA stack, built by caStack.build and
@@ -72,7 +72,7 @@ func (s caStack) build(ctx context.Context, td spiffeid.TrustDomain, src interme
 	if s.adminTLS.Listen != "" {
 		if p.mtls, err = adminapi.NewMTLS(adminapi.MTLSConfig{
 			GetCertificate: p.srv.GetCertificate, Roots: iss.Bundle, Admins: adminIDs(s.adminTLS), Revocations: p.deny,
-			CRLs: func() []ca.CRL { return adminCRLs(p.crls, p.relayed, td) }, Logger: log,
+			CRLs: func() []trust.CRL { return adminCRLs(p.crls, p.relayed, td) }, Logger: log,
 		}); err != nil {
 			return nil, err
 		}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/trust"
 )
 
 // sharedRootAdvice tells the operator of a refused replica what to do.
@@ -76,6 +77,6 @@ func sameRoot(recorded string, root *ca.Authority, td spiffeid.TrustDomain, clus
 
 // rootFingerprint is the lower-case hex SHA-256 of the root's DER.
 func rootFingerprint(root *ca.Authority) string {
-	sum := ca.Fingerprint(root.Certificate)
+	sum := trust.Fingerprint(root.Certificate)
 	return hex.EncodeToString(sum[:])
 }

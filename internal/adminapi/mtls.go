@@ -21,8 +21,8 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/grpclimit"
+	"github.com/meshca/meshca/trust"
 )
 
 // MTLSConfig configures the admin API over mutual TLS, for operators who
@@ -37,7 +37,7 @@ type MTLSConfig struct {
 	// Roots returns the roots that sign admin certificates. It is called at
 	// each handshake and each call, so that the set follows root rotation.
 	// Required; nil or empty roots refuse everyone.
-	Roots func() *ca.Bundle
+	Roots func() *trust.Bundle
 	// Admins are the SPIFFE IDs allowed to call, exactly. Required.
 	Admins []spiffeid.ID
 	// Revocations is the server's deny-list, asked at each handshake and
@@ -46,7 +46,7 @@ type MTLSConfig struct {
 	// CRLs returns the CRLs carried in the trust bundle; those signed by the
 	// root of an admin certificate, current and valid, are checked at each
 	// handshake and each call. Nil means none.
-	CRLs func() []ca.CRL
+	CRLs func() []trust.CRL
 	// Now is the clock certificates are checked against; nil means
 	// time.Now.
 	Now func() time.Time
@@ -114,7 +114,7 @@ func NewMTLS(cfg MTLSConfig) (*MTLS, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.CRLs == nil {
-		cfg.CRLs = func() []ca.CRL { return nil }
+		cfg.CRLs = func() []trust.CRL { return nil }
 	}
 	admins := append([]spiffeid.ID(nil), cfg.Admins...)
 	cfg.Admins = admins
@@ -243,7 +243,7 @@ func (m *MTLS) verify(certs []*x509.Certificate) (spiffeid.ID, error) {
 	if err := m.authorize(id, chains); err != nil {
 		return id, fmt.Errorf("admin mtls: %s is not an admin: %w", id, err)
 	}
-	serial := ca.SerialHex(leaf.SerialNumber)
+	serial := trust.SerialHex(leaf.SerialNumber)
 	if err := m.cfg.Revocations.CheckRevoked(serial, id); err != nil {
 		return id, fmt.Errorf("admin mtls: %s, serial %s: %w", id, serial, err)
 	}
@@ -257,12 +257,12 @@ func (m *MTLS) verify(certs []*x509.Certificate) (spiffeid.ID, error) {
 // now, lists leaf. CRLs of other issuers, and stale or invalid ones, are
 // skipped: the deny-list is the authority, the CRLs carry what another
 // server (the central root) revoked.
-func checkCRLs(crls []ca.CRL, roots *ca.Bundle, root, leaf *x509.Certificate, now time.Time) error {
+func checkCRLs(crls []trust.CRL, roots *trust.Bundle, root, leaf *x509.Certificate, now time.Time) error {
 	for _, c := range crls {
 		if len(c.IssuerChain) != 0 {
 			continue // an intermediate's CRL: admin certificates are signed by roots
 		}
-		rl, issuer, err := ca.VerifyCRL(c, roots, now)
+		rl, issuer, err := trust.VerifyCRL(c, roots, now)
 		if err != nil || !issuer.Equal(root) {
 			continue
 		}

@@ -25,6 +25,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 // actorEcho answers ListRevocations with the caller's actor.
@@ -134,7 +135,7 @@ type mtlsHarness struct {
 	tree   *testkit.Tree
 	clock  *testClock
 	deny   *fakeDenyList
-	crls   atomic.Pointer[[]ca.CRL]
+	crls   atomic.Pointer[[]trust.CRL]
 	m      *adminapi.MTLS
 	echo   *actorEcho
 	addr   string
@@ -150,15 +151,15 @@ func newMTLSHarness(t *testing.T) *mtlsHarness {
 		echo:  &actorEcho{},
 		deny:  &fakeDenyList{},
 	}
-	h.crls.Store(&[]ca.CRL{})
+	h.crls.Store(&[]trust.CRL{})
 	h.server = leafCert(t, h.tree.Intermediate, "admin-server", "", "admin.test", start.Add(-time.Minute), 24*time.Hour)
 	var err error
 	h.m, err = adminapi.NewMTLS(adminapi.MTLSConfig{
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &h.server, nil },
-		Roots:          func() *ca.Bundle { return h.tree.Bundle },
+		Roots:          func() *trust.Bundle { return h.tree.Bundle },
 		Admins:         []spiffeid.ID{spiffeid.RequireFromString("spiffe://admin.example/admin/bob"), spiffeid.RequireFromString(aliceID)},
 		Revocations:    h.deny,
-		CRLs:           func() []ca.CRL { return *h.crls.Load() },
+		CRLs:           func() []trust.CRL { return *h.crls.Load() },
 		Now:            h.clock.Now,
 		Logger:         slog.New(slog.DiscardHandler),
 	})
@@ -282,7 +283,7 @@ func TestMTLSInterceptorRefusesOtherPeers(t *testing.T) {
 func TestMTLSRootsFollowRotation(t *testing.T) {
 	h := newMTLSHarness(t)
 	alice := adminCert(t, h.tree.Root, "admin-alice", aliceID, h.clock.Now().Add(-time.Minute), time.Hour)
-	var roots atomic.Pointer[ca.Bundle]
+	var roots atomic.Pointer[trust.Bundle]
 	roots.Store(h.tree.Bundle)
 	m, err := adminapi.NewMTLS(adminapi.MTLSConfig{
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &h.server, nil },
@@ -327,7 +328,7 @@ func TestMTLSRootsFollowRotation(t *testing.T) {
 
 func TestMTLSConfigValidate(t *testing.T) {
 	getCert := func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return nil, nil }
-	roots := func() *ca.Bundle { return nil }
+	roots := func() *trust.Bundle { return nil }
 	admins := []spiffeid.ID{spiffeid.RequireFromString(aliceID)}
 	deny := &fakeDenyList{}
 	for name, cfg := range map[string]adminapi.MTLSConfig{
@@ -370,26 +371,26 @@ func TestMTLSRevocation(t *testing.T) {
 	h := newMTLSHarness(t)
 	now := h.clock.Now()
 	alice := adminCert(t, h.tree.Root, "admin-alice", aliceID, now.Add(-time.Minute), time.Hour)
-	serial := ca.SerialHex(alice.Leaf.SerialNumber)
-	rootCRL := func(serials ...*big.Int) []ca.CRL {
+	serial := trust.SerialHex(alice.Leaf.SerialNumber)
+	rootCRL := func(serials ...*big.Int) []trust.CRL {
 		crl, _, err := h.tree.Root.SignCRL(ca.CRLRequest{Serials: serials, Now: now})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return []ca.CRL{crl}
+		return []trust.CRL{crl}
 	}
-	interCRL := func(serials ...*big.Int) []ca.CRL {
+	interCRL := func(serials ...*big.Int) []trust.CRL {
 		crl, _, err := h.tree.Intermediate.SignCRL(ca.CRLRequest{Serials: serials, Now: now})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return []ca.CRL{crl}
+		return []trust.CRL{crl}
 	}
 	for _, tc := range []struct {
 		name          string
 		serial, id    string
 		denyErr       error
-		crls          []ca.CRL
+		crls          []trust.CRL
 		wantConnected bool
 	}{
 		{name: "serial on the deny-list", serial: serial},
@@ -402,7 +403,7 @@ func TestMTLSRevocation(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h.deny.set("", "", nil)
-			h.crls.Store(&[]ca.CRL{})
+			h.crls.Store(&[]trust.CRL{})
 			client := h.dial(t, alice)
 			if _, err := client.ListRevocations(t.Context(), &meshcav1.ListRevocationsRequest{}); err != nil {
 				t.Fatalf("before the revocation: %v", err)

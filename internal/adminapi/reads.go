@@ -296,7 +296,7 @@ func listLimit(n int32) (int, error) {
 const maxSerialHexDigits = 40
 
 // ParseSerial returns a certificate serial in the store's form (lower-case
-// hexadecimal, no leading zeros, as ca.SerialHex writes it) from what an
+// hexadecimal, no leading zeros, as trust.SerialHex writes it) from what an
 // operator may paste: upper or lower case, an optional "0x", and ':'
 // between octets as OpenSSL prints them. A malformed serial wraps
 // ErrInvalidArgument.

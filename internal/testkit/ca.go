@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/trust"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -37,11 +38,22 @@ func Key(tb testing.TB, name string) crypto.Signer {
 	return k
 }
 
+// Root returns a self-signed root CA on the cached key named key, issued at
+// now and valid for ttl.
+func Root(tb testing.TB, key string, now time.Time, ttl time.Duration) *ca.Authority {
+	tb.Helper()
+	r, err := ca.NewRoot(ca.RootConfig{Signer: Key(tb, key), Now: now, TTL: ttl})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return r
+}
+
 // Tree is a root and one intermediate under it.
 type Tree struct {
 	Root         *ca.Authority
 	Intermediate *ca.Authority
-	Bundle       *ca.Bundle
+	Bundle       *trust.Bundle
 	TrustDomain  spiffeid.TrustDomain
 }
 
@@ -105,7 +117,7 @@ func New(tb testing.TB, opts Options) *Tree {
 	if err != nil {
 		tb.Fatalf("intermediate authority: %v", err)
 	}
-	bundle, err := ca.NewBundle(root.Certificate)
+	bundle, err := trust.NewBundle(root.Certificate)
 	if err != nil {
 		tb.Fatalf("bundle: %v", err)
 	}

@@ -23,11 +23,11 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/meshca/meshca/attest"
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/postgres"
+	"github.com/meshca/meshca/trust"
 )
 
 // fleet is what issuer replicas of one cluster share: the CA tree and the
@@ -159,7 +159,7 @@ func (r *replica) issue(i int) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return ca.SerialHex(leaf.SerialNumber), nil
+	return trust.SerialHex(leaf.SerialNumber), nil
 }
 
 // trackingRecorder passes writes to a store and remembers the serials whose

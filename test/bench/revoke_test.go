@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/trust"
 )
 
 // revokeTarget is the revocation target: the p99 time from `meshca admin
@@ -93,7 +93,7 @@ func TestRevokeReachesSDSStreams(t *testing.T) {
 		t.Fatalf("%d arrivals for %d streams; streams without one: %v", len(got), agents, m)
 	}
 	for _, a := range got {
-		_, signer, err := ca.VerifyCRL(ca.CRL{DER: a.crl.Raw, IssuerChain: [][]byte{s.intermediate.Raw}}, s.roots, time.Now())
+		_, signer, err := trust.VerifyCRL(trust.CRL{DER: a.crl.Raw, IssuerChain: [][]byte{s.intermediate.Raw}}, s.roots, time.Now())
 		if err != nil {
 			t.Errorf("stream %d: CRL listing %s does not verify: %v", a.stream, revoked, err)
 		} else if !signer.Equal(s.intermediate) {

@@ -26,6 +26,7 @@ import (
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/sqlite"
+	"github.com/meshca/meshca/trust"
 )
 
 // benchCluster and benchTrustDomain are the issuer's cluster and trust
@@ -46,7 +47,7 @@ type issuerStack struct {
 	addr string
 	// rootPEM is what the issuer writes to DATA_DIR/bundle.pem.
 	rootPEM []byte
-	roots   *ca.Bundle
+	roots   *trust.Bundle
 	// intermediate signs the leaves and the CRLs.
 	intermediate *x509.Certificate
 	db           *sqlite.Store
@@ -73,7 +74,7 @@ func startIssuer(tb testing.TB) *issuerStack {
 	}
 	authority := newIntermediate(tb, root, s.td)
 	s.intermediate = authority.Certificate
-	if s.roots, err = ca.NewBundle(root.Certificate); err != nil {
+	if s.roots, err = trust.NewBundle(root.Certificate); err != nil {
 		tb.Fatalf("bundle: %v", err)
 	}
 	s.rootPEM = s.roots.PEM()
@@ -242,7 +243,7 @@ func (s *issuerStack) issueSerial(ctx context.Context, tb testing.TB, token stri
 	if err != nil {
 		tb.Fatalf("issue: %v", err)
 	}
-	return ca.SerialHex(chain[0].SerialNumber)
+	return trust.SerialHex(chain[0].SerialNumber)
 }
 
 // writeFile writes data to dir/name and returns the path.

@@ -53,7 +53,7 @@ func startAgent(t *testing.T, srv *devServer, tokenFile string, ttl time.Duratio
 
 // startAgentCmd is startAgent with the agent command given as argv (the
 // `meshca agent` command, or the `meshca-agent` binary).
-func startAgentCmd(t *testing.T, argv []string, srv *devServer, tokenFile string, ttl time.Duration) *agentProc {
+func startAgentCmd(t testing.TB, argv []string, srv *devServer, tokenFile string, ttl time.Duration) *agentProc {
 	t.Helper()
 	dir := t.TempDir()
 	a := &agentProc{
@@ -77,7 +77,7 @@ func startAgentCmd(t *testing.T, argv []string, srv *devServer, tokenFile string
 
 // waitReadyz polls /readyz until it answers want, the process exits, or
 // agentWaitTimeout passes; it returns the last answer.
-func (a *agentProc) waitReadyz(t *testing.T, want int) (int, string) {
+func (a *agentProc) waitReadyz(t testing.TB, want int) (int, string) {
 	t.Helper()
 	client := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(agentWaitTimeout)
@@ -102,7 +102,7 @@ func (a *agentProc) waitReadyz(t *testing.T, want int) (int, string) {
 
 // stop sends SIGTERM and checks a clean exit; it does nothing the second
 // time.
-func (a *agentProc) stop(t *testing.T) {
+func (a *agentProc) stop(t testing.TB) {
 	t.Helper()
 	if a.stopped {
 		return
@@ -139,7 +139,7 @@ func (a *agentProc) stop(t *testing.T) {
 }
 
 // startShortLivedDev starts meshca dev allowing certificates of one second.
-func startShortLivedDev(t *testing.T) *devServer {
+func startShortLivedDev(t testing.TB) *devServer {
 	t.Helper()
 	work := t.TempDir()
 	writeFile(t, filepath.Join(work, "dev.yaml"), "leafTTL: 1h\nleafMinTTL: 1s\n")
@@ -274,7 +274,7 @@ func TestAgentRSS(t *testing.T) {
 
 // agentBinary returns $MESHCA_AGENT_BIN, or builds cmd/meshca-agent as
 // `make build` does.
-func agentBinary(t *testing.T) string {
+func agentBinary(t testing.TB) string {
 	t.Helper()
 	if env := os.Getenv("MESHCA_AGENT_BIN"); env != "" {
 		abs, err := filepath.Abs(env)
@@ -291,7 +291,7 @@ func agentBinary(t *testing.T) string {
 
 // streamsRSS opens 10 SDS streams (default and ROOTCA alternately) on the
 // socket, waits for each first response, and returns the process's memory.
-func streamsRSS(t *testing.T, pid int, socket string) map[string]int {
+func streamsRSS(t testing.TB, pid int, socket string) map[string]int {
 	t.Helper()
 	envoy, err := sdstest.Dial(socket, &corev3.Node{Id: "rss"})
 	if err != nil {
@@ -315,7 +315,7 @@ func streamsRSS(t *testing.T, pid int, socket string) map[string]int {
 func ratio(a, b map[string]int, key string) float64 { return float64(a[key]) / float64(b[key]) }
 
 // procStatus returns the kB fields of /proc/PID/status.
-func procStatus(t *testing.T, pid int) map[string]int {
+func procStatus(t testing.TB, pid int) map[string]int {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {

@@ -6,9 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshca/meshca/trust"
 	"go.step.sm/crypto/pemutil"
-
-	"github.com/meshca/meshca/ca"
 )
 
 // TestCopiedIssuerCredential copies an enrolled issuer's credential
@@ -118,5 +117,5 @@ func credentialSerial(t *testing.T, pemData []byte) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ca.SerialHex(certs[0].SerialNumber)
+	return trust.SerialHex(certs[0].SerialNumber)
 }

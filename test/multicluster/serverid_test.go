@@ -12,7 +12,7 @@ import (
 )
 
 // wrongServer is what meshca's clients say when the server they reached is
-// not the one they asked for (ca.ErrWrongServer).
+// not the one they asked for (trust.ErrWrongServer).
 const wrongServer = "not the expected meshca server"
 
 // TestClientsVerifyWhichServer: every cluster's issuer serves under the same

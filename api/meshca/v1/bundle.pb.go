@@ -7,11 +7,12 @@
 package meshcav1
 
 import (
-	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
-	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
+
+	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
+	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 )
 
 const (
@@ -210,7 +211,7 @@ type Bundle struct {
 	// refresh_hint_seconds suggests how often a poller should ask again.
 	RefreshHintSeconds int64 `protobuf:"varint,4,opt,name=refresh_hint_seconds,json=refreshHintSeconds,proto3" json:"refresh_hint_seconds,omitempty"`
 	// signature is the root's signature over the bundle's digest (see
-	// ca.TrustBundle.Digest: sequence, every domain with its roots and
+	// trust.TrustBundle.Digest: sequence, every domain with its roots and
 	// federated flag, and active_root_sha256; CRLs are self-authenticating and
 	// not covered, so issuers can add their own), made by the key of the root
 	// whose SHA-256 is signer_sha256. Issuers relay it unchanged, so an agent

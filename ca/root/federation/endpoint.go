@@ -12,12 +12,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/meshca/meshca/trust"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-
-	"github.com/meshca/meshca/ca"
 )
 
 // Endpoint defaults.
@@ -35,7 +34,7 @@ const (
 type BundleSource interface {
 	// Current returns the current trust bundle (nil before there is one)
 	// and a channel closed once a newer one is available. It does not block.
-	Current() (*ca.TrustBundle, <-chan struct{})
+	Current() (*trust.TrustBundle, <-chan struct{})
 }
 
 // EndpointConfig configures an Endpoint.
@@ -222,7 +221,7 @@ type spiffeSource struct {
 }
 
 type convertedBundle struct {
-	from *ca.TrustBundle
+	from *trust.TrustBundle
 	to   *spiffebundle.Bundle
 }
 
@@ -250,7 +249,7 @@ func (s *spiffeSource) GetBundleForTrustDomain(td spiffeid.TrustDomain) (*spiffe
 
 // toSPIFFEBundle returns the SPIFFE bundle of td's roots in tb, with tb's
 // sequence (when set) and refresh hint (or hint when tb has none).
-func toSPIFFEBundle(tb *ca.TrustBundle, td spiffeid.TrustDomain, hint time.Duration) (*spiffebundle.Bundle, error) {
+func toSPIFFEBundle(tb *trust.TrustBundle, td spiffeid.TrustDomain, hint time.Duration) (*spiffebundle.Bundle, error) {
 	d, ok := tb.Domain(td)
 	switch {
 	case !ok:

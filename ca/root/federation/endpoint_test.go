@@ -12,28 +12,27 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/trust"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
-	"github.com/meshca/meshca/ca"
 )
 
 func TestEndpointServesSPIFFEBundle(t *testing.T) {
 	b := newMesh(t, "b")
 	r2 := b.rotate(t)
 	fed := newRoot(t, "c root")
-	fedBundle, err := ca.NewBundle(fed.Certificate)
+	fedBundle, err := trust.NewBundle(fed.Certificate)
 	if err != nil {
 		t.Fatal(err)
 	}
-	own, err := ca.NewBundle(b.rootCerts()...)
+	own, err := trust.NewBundle(b.rootCerts()...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := spiffeid.RequireTrustDomainFromString("c.example")
-	withFed := func(hint time.Duration) *ca.TrustBundle {
-		return &ca.TrustBundle{Sequence: 42, RefreshHint: hint, Domains: []ca.DomainBundle{
+	withFed := func(hint time.Duration) *trust.TrustBundle {
+		return &trust.TrustBundle{Sequence: 42, RefreshHint: hint, Domains: []trust.DomainBundle{
 			{TrustDomain: b.td, Roots: own},
 			{TrustDomain: c, Roots: fedBundle, Federated: true},
 		}}
@@ -42,7 +41,7 @@ func TestEndpointServesSPIFFEBundle(t *testing.T) {
 	tests := []struct {
 		name       string
 		td         spiffeid.TrustDomain
-		bundle     *ca.TrustBundle
+		bundle     *trust.TrustBundle
 		method     string
 		path       string
 		wantStatus int

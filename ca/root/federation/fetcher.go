@@ -12,12 +12,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/meshca/meshca/trust"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
-	"github.com/meshca/meshca/ca"
 )
 
 // Fetcher defaults.
@@ -108,7 +107,7 @@ type Fetcher struct {
 }
 
 type fetcherState struct {
-	domains []ca.DomainBundle
+	domains []trust.DomainBundle
 	changed chan struct{}
 }
 
@@ -118,7 +117,7 @@ type relState struct {
 
 	mu     sync.Mutex
 	bundle *spiffebundle.Bundle // last good, or the initial bundle; nil if none yet
-	roots  *ca.Bundle           // bundle's X.509 authorities
+	roots  *trust.Bundle        // bundle's X.509 authorities
 	status RelationshipStatus
 }
 
@@ -169,7 +168,7 @@ func NewFetcher(cfg FetcherConfig) (*Fetcher, error) {
 // Domains returns the federated bundles held, one per trust domain that has
 // one, sorted by name, all marked Federated. Call Changed first to wait for
 // the next change without missing one.
-func (f *Fetcher) Domains() []ca.DomainBundle {
+func (f *Fetcher) Domains() []trust.DomainBundle {
 	return slices.Clone(f.state.Load().domains)
 }
 
@@ -289,7 +288,7 @@ func (r *relState) accept(b *spiffebundle.Bundle) (bool, error) {
 	if len(certs) == 0 {
 		return false, errors.New("bundle has no X.509 authorities")
 	}
-	roots, err := ca.NewBundle(certs...)
+	roots, err := trust.NewBundle(certs...)
 	if err != nil {
 		return false, err
 	}
@@ -349,20 +348,20 @@ func (f *Fetcher) publish() {
 	close(old.changed)
 }
 
-func (f *Fetcher) collect() []ca.DomainBundle {
-	var out []ca.DomainBundle
+func (f *Fetcher) collect() []trust.DomainBundle {
+	var out []trust.DomainBundle
 	for _, r := range f.rels {
 		r.mu.Lock()
 		if r.roots != nil {
-			out = append(out, ca.DomainBundle{TrustDomain: r.rel.TrustDomain, Roots: r.roots, Federated: true})
+			out = append(out, trust.DomainBundle{TrustDomain: r.rel.TrustDomain, Roots: r.roots, Federated: true})
 		}
 		r.mu.Unlock()
 	}
 	return out
 }
 
-func domainsEqual(a, b []ca.DomainBundle) bool {
-	return slices.EqualFunc(a, b, func(x, y ca.DomainBundle) bool {
+func domainsEqual(a, b []trust.DomainBundle) bool {
+	return slices.EqualFunc(a, b, func(x, y trust.DomainBundle) bool {
 		return x.TrustDomain == y.TrustDomain && bytes.Equal(x.Roots.PEM(), y.Roots.PEM())
 	})
 }

@@ -26,19 +26,20 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/trust"
 )
 
 // fakeSource is a BundleSource the test publishes to, like the root
 // server's publisher.
 type fakeSource struct {
 	mu      sync.Mutex
-	tb      *ca.TrustBundle
+	tb      *trust.TrustBundle
 	changed chan struct{}
 }
 
 var _ BundleSource = (*fakeSource)(nil)
 
-func (s *fakeSource) Current() (*ca.TrustBundle, <-chan struct{}) {
+func (s *fakeSource) Current() (*trust.TrustBundle, <-chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.changed == nil {
@@ -47,7 +48,7 @@ func (s *fakeSource) Current() (*ca.TrustBundle, <-chan struct{}) {
 	return s.tb, s.changed
 }
 
-func (s *fakeSource) set(tb *ca.TrustBundle) {
+func (s *fakeSource) set(tb *trust.TrustBundle) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.changed != nil {
@@ -113,11 +114,11 @@ func (m *mesh) publish(tb testing.TB, roots ...*x509.Certificate) {
 
 func (m *mesh) publishAt(tb testing.TB, seq uint64, roots ...*x509.Certificate) {
 	tb.Helper()
-	b, err := ca.NewBundle(roots...)
+	b, err := trust.NewBundle(roots...)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	m.src.set(&ca.TrustBundle{Sequence: seq, Domains: []ca.DomainBundle{{TrustDomain: m.td, Roots: b}}})
+	m.src.set(&trust.TrustBundle{Sequence: seq, Domains: []trust.DomainBundle{{TrustDomain: m.td, Roots: b}}})
 }
 
 // rotate adds a root and publishes both: the prepare step of a root
@@ -218,7 +219,7 @@ func (w *webPKI) writeServerCert(tb testing.TB, certFile, keyFile string) *x509.
 	if err != nil {
 		tb.Fatal(err)
 	}
-	writeFileAtomic(tb, certFile, ca.EncodeCertificates(cert))
+	writeFileAtomic(tb, certFile, trust.EncodeCertificates(cert))
 	writeFileAtomic(tb, keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
 	return cert
 }
@@ -357,7 +358,7 @@ func (l *logBuffer) logger() *slog.Logger {
 }
 
 // rootsOf returns the certificates of d, or nil.
-func rootsOf(d []ca.DomainBundle, td spiffeid.TrustDomain) []*x509.Certificate {
+func rootsOf(d []trust.DomainBundle, td spiffeid.TrustDomain) []*x509.Certificate {
 	for _, x := range d {
 		if x.TrustDomain == td {
 			return x.Roots.Roots()

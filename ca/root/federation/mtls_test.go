@@ -10,16 +10,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/trust"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-
-	"github.com/meshca/meshca/ca"
 )
 
 // trustSet is what a workload of m trusts: its own roots and the federated
 // bundles its root fetched.
-func trustSet(m *mesh, federated []ca.DomainBundle) *x509bundle.Set {
+func trustSet(m *mesh, federated []trust.DomainBundle) *x509bundle.Set {
 	set := x509bundle.NewSet(x509bundle.FromX509Authorities(m.td, m.rootCerts()))
 	for _, d := range federated {
 		set.Add(x509bundle.FromX509Authorities(d.TrustDomain, d.Roots.Roots()))

@@ -1,4 +1,4 @@
-package ca_test
+package trust_test
 
 import (
 	"errors"
@@ -8,6 +8,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 func TestCRLSignVerify(t *testing.T) {
@@ -24,7 +25,7 @@ func TestCRLSignVerify(t *testing.T) {
 	if len(crl.IssuerChain) != 1 || string(crl.IssuerChain[0]) != string(tree.Intermediate.Certificate.Raw) {
 		t.Fatal("an intermediate's CRL must carry the intermediate as its issuer chain")
 	}
-	got, issuer, err := ca.VerifyCRL(crl, tree.Bundle, now.Add(time.Minute))
+	got, issuer, err := trust.VerifyCRL(crl, tree.Bundle, now.Add(time.Minute))
 	if err != nil || !issuer.Equal(tree.Intermediate.Certificate) || len(got.RevokedCertificateEntries) != 2 {
 		t.Fatalf("VerifyCRL: %v", err)
 	}
@@ -34,30 +35,30 @@ func TestCRLSignVerify(t *testing.T) {
 	if err != nil || len(rootCRL.IssuerChain) != 0 {
 		t.Fatalf("root CRL: %v, chain %d", err, len(rootCRL.IssuerChain))
 	}
-	if _, issuer, err := ca.VerifyCRL(rootCRL, tree.Bundle, now); err != nil || !issuer.Equal(tree.Root.Certificate) {
+	if _, issuer, err := trust.VerifyCRL(rootCRL, tree.Bundle, now); err != nil || !issuer.Equal(tree.Root.Certificate) {
 		t.Fatalf("root CRL: %v", err)
 	}
 
 	other := testkit.New(t, testkit.Options{Now: t0, RootKey: "other-root", TrustDomain: "other.example"})
-	tampered := ca.CRL{DER: append([]byte(nil), crl.DER...), IssuerChain: crl.IssuerChain}
+	tampered := trust.CRL{DER: append([]byte(nil), crl.DER...), IssuerChain: crl.IssuerChain}
 	tampered.DER[len(tampered.DER)-5] ^= 0xff
 	for _, tc := range []struct {
 		name  string
-		crl   ca.CRL
-		roots *ca.Bundle
+		crl   trust.CRL
+		roots *trust.Bundle
 		at    time.Time
 		want  error
 	}{
-		{"garbage", ca.CRL{DER: []byte("not a crl")}, tree.Bundle, now, ca.ErrCRLInvalid},
-		{"tampered", tampered, tree.Bundle, now, ca.ErrCRLInvalid},
-		{"issuer from another root", crl, other.Bundle, now, ca.ErrCRLUntrusted},
-		{"root CRL under another root", rootCRL, other.Bundle, now, ca.ErrCRLUntrusted},
-		{"chain of garbage", ca.CRL{DER: crl.DER, IssuerChain: [][]byte{[]byte("x")}}, tree.Bundle, now, ca.ErrCRLInvalid},
-		{"issuer swapped", ca.CRL{DER: crl.DER, IssuerChain: [][]byte{other.Intermediate.Certificate.Raw}}, other.Bundle, now, ca.ErrCRLInvalid},
-		{"stale", crl, tree.Bundle, now.Add(2 * time.Hour), ca.ErrCRLStale},
-		{"not yet valid", crl, tree.Bundle, now.Add(-time.Hour), ca.ErrCRLStale},
+		{"garbage", trust.CRL{DER: []byte("not a crl")}, tree.Bundle, now, trust.ErrCRLInvalid},
+		{"tampered", tampered, tree.Bundle, now, trust.ErrCRLInvalid},
+		{"issuer from another root", crl, other.Bundle, now, trust.ErrCRLUntrusted},
+		{"root CRL under another root", rootCRL, other.Bundle, now, trust.ErrCRLUntrusted},
+		{"chain of garbage", trust.CRL{DER: crl.DER, IssuerChain: [][]byte{[]byte("x")}}, tree.Bundle, now, trust.ErrCRLInvalid},
+		{"issuer swapped", trust.CRL{DER: crl.DER, IssuerChain: [][]byte{other.Intermediate.Certificate.Raw}}, other.Bundle, now, trust.ErrCRLInvalid},
+		{"stale", crl, tree.Bundle, now.Add(2 * time.Hour), trust.ErrCRLStale},
+		{"not yet valid", crl, tree.Bundle, now.Add(-time.Hour), trust.ErrCRLStale},
 	} {
-		if _, _, err := ca.VerifyCRL(tc.crl, tc.roots, tc.at); !errors.Is(err, tc.want) {
+		if _, _, err := trust.VerifyCRL(tc.crl, tc.roots, tc.at); !errors.Is(err, tc.want) {
 			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
 		}
 	}
@@ -81,8 +82,8 @@ func TestCRLNotAfterClampedAndExpiredCA(t *testing.T) {
 // root's signed bundle and the signature still verifies.
 func TestCRLsNotCoveredBySignature(t *testing.T) {
 	tree := testkit.New(t, testkit.Options{Now: t0})
-	b := &ca.TrustBundle{Sequence: 1, Domains: []ca.DomainBundle{{TrustDomain: tree.TrustDomain, Roots: tree.Bundle}}}
-	if err := b.Sign(tree.Root.Signer, tree.Root.Certificate); err != nil {
+	b := &trust.TrustBundle{Sequence: 1, Domains: []trust.DomainBundle{{TrustDomain: tree.TrustDomain, Roots: tree.Bundle}}}
+	if err := ca.SignTrustBundle(b, tree.Root.Signer, tree.Root.Certificate); err != nil {
 		t.Fatal(err)
 	}
 	crl, _, err := tree.Intermediate.SignCRL(ca.CRLRequest{Now: t0.Add(time.Minute)})
@@ -90,7 +91,7 @@ func TestCRLsNotCoveredBySignature(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.Domains[0].CRLs = append(b.Domains[0].CRLs, crl)
-	out, err := ca.TrustBundleFromProto(b.ToProto())
+	out, err := trust.TrustBundleFromProto(b.ToProto())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package ca_test
+package trust_test
 
 import (
 	"crypto/rand"
@@ -15,11 +15,12 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 // serverChain signs a serving certificate for the given names with a and
 // verifies it against roots; it returns the verified chain or the error.
-func serverChain(t *testing.T, a *ca.Authority, roots *ca.Bundle, dns []string, ips []net.IP, uris []*url.URL) ([]*x509.Certificate, error) {
+func serverChain(t *testing.T, a *ca.Authority, roots *trust.Bundle, dns []string, ips []net.IP, uris []*url.URL) ([]*x509.Certificate, error) {
 	t.Helper()
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(7), DNSNames: dns, IPAddresses: ips, URIs: uris,
@@ -89,7 +90,7 @@ func TestIntermediateServingNameConstraints(t *testing.T) {
 
 func TestSplitServingNamesRejectsBadNames(t *testing.T) {
 	for _, n := range []string{"", "*.svc", "a..b", "Upper.svc", "a/b", "-a.svc", ".svc"} {
-		if _, _, err := ca.SplitServingNames([]string{n}); err == nil {
+		if _, _, err := trust.SplitServingNames([]string{n}); err == nil {
 			t.Errorf("SplitServingNames(%q) accepted", n)
 		}
 	}
@@ -102,43 +103,43 @@ func TestServerCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rootChain, err := serverChain(t, east.Root, east.Bundle, []string{"localhost"}, nil, []*url.URL{ca.RootServerURI})
+	rootChain, err := serverChain(t, east.Root, east.Bundle, []string{"localhost"}, nil, []*url.URL{trust.RootServerURI})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// An issuer mints a leaf that claims to be the root: the URN fails the
 	// intermediate's URI constraint, so the chain does not even verify.
-	if _, err := serverChain(t, east.Intermediate, east.Bundle, []string{"localhost"}, nil, []*url.URL{ca.RootServerURI}); err == nil {
+	if _, err := serverChain(t, east.Intermediate, east.Bundle, []string{"localhost"}, nil, []*url.URL{trust.RootServerURI}); err == nil {
 		t.Error("an intermediate signed a leaf naming the root")
 	}
 	// An issuer mints a leaf naming west's issuer: the identity must be on
 	// the CA, so this is still east.
-	westID, _ := ca.IssuerServerID(td, "west")
+	westID, _ := trust.IssuerServerID(td, "west")
 	forged, err := serverChain(t, east.Intermediate, east.Bundle, []string{"localhost"}, nil, []*url.URL{westID.URL()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	cases := []struct {
 		name  string
-		check ca.ServerCheck
+		check trust.ServerCheck
 		chain []*x509.Certificate
 		ok    bool
 	}{
-		{"east for east", ca.ServerCheck{Cluster: "east"}, eastChain, true},
-		{"east with trust domain", ca.ServerCheck{Cluster: "east", TrustDomain: td}, eastChain, true},
-		{"east for west", ca.ServerCheck{Cluster: "west"}, eastChain, false},
-		{"east leaf naming west", ca.ServerCheck{Cluster: "west"}, forged, false},
-		{"east in another trust domain", ca.ServerCheck{Cluster: "east", TrustDomain: spiffeid.RequireTrustDomainFromString("other.example")}, eastChain, false},
-		{"any issuer", ca.ServerCheck{}, eastChain, true},
-		{"issuer for root", ca.ServerCheck{Root: true}, eastChain, false},
-		{"root for root", ca.ServerCheck{Root: true}, rootChain, true},
-		{"root for issuer", ca.ServerCheck{Cluster: "east"}, rootChain, false},
-		{"root for any issuer", ca.ServerCheck{}, rootChain, false},
+		{"east for east", trust.ServerCheck{Cluster: "east"}, eastChain, true},
+		{"east with trust domain", trust.ServerCheck{Cluster: "east", TrustDomain: td}, eastChain, true},
+		{"east for west", trust.ServerCheck{Cluster: "west"}, eastChain, false},
+		{"east leaf naming west", trust.ServerCheck{Cluster: "west"}, forged, false},
+		{"east in another trust domain", trust.ServerCheck{Cluster: "east", TrustDomain: spiffeid.RequireTrustDomainFromString("other.example")}, eastChain, false},
+		{"any issuer", trust.ServerCheck{}, eastChain, true},
+		{"issuer for root", trust.ServerCheck{Root: true}, eastChain, false},
+		{"root for root", trust.ServerCheck{Root: true}, rootChain, true},
+		{"root for issuer", trust.ServerCheck{Cluster: "east"}, rootChain, false},
+		{"root for any issuer", trust.ServerCheck{}, rootChain, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.check.VerifyChain(tc.chain)
-			if tc.ok != (err == nil) || err != nil && !errors.Is(err, ca.ErrWrongServer) {
+			if tc.ok != (err == nil) || err != nil && !errors.Is(err, trust.ErrWrongServer) {
 				t.Fatalf("VerifyChain = %v, want ok=%v", err, tc.ok)
 			}
 		})
@@ -157,14 +158,14 @@ func TestServerCheckRevokedIntermediate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := (ca.ServerCheck{Cluster: "west", CRLs: []*x509.RevocationList{other}}).VerifyChain(chain); err != nil {
+	if err := (trust.ServerCheck{Cluster: "west", CRLs: []*x509.RevocationList{other}}).VerifyChain(chain); err != nil {
 		t.Fatalf("unrelated CRL refused the issuer: %v", err)
 	}
 	_, crl, err := tree.Root.SignCRL(ca.CRLRequest{Serials: []*big.Int{tree.Intermediate.Certificate.SerialNumber}, Now: t0})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := (ca.ServerCheck{Cluster: "west", CRLs: []*x509.RevocationList{crl}}).VerifyChain(chain); !errors.Is(err, ca.ErrWrongServer) {
+	if err := (trust.ServerCheck{Cluster: "west", CRLs: []*x509.RevocationList{crl}}).VerifyChain(chain); !errors.Is(err, trust.ErrWrongServer) {
 		t.Fatalf("revoked intermediate accepted: %v", err)
 	}
 	// A CRL signed by another root with the same subject does not count.
@@ -173,7 +174,7 @@ func TestServerCheckRevokedIntermediate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := (ca.ServerCheck{Cluster: "west", CRLs: []*x509.RevocationList{forged}}).VerifyChain(chain); err != nil {
+	if err := (trust.ServerCheck{Cluster: "west", CRLs: []*x509.RevocationList{forged}}).VerifyChain(chain); err != nil {
 		t.Fatalf("a CRL of another root refused the issuer: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package ca
+package trust
 
 import (
 	"bytes"
@@ -11,8 +11,8 @@ import (
 
 // Bundle is a set of trusted root CA certificates. A Bundle is immutable:
 // changes produce a new Bundle, so it can be shared between goroutines and
-// swapped atomically. Later issues grow it with a sequence number, CRLs and
-// federated trust domains.
+// swapped atomically. TrustBundle groups Bundles per trust domain with their
+// CRLs.
 type Bundle struct {
 	roots []*x509.Certificate
 	pool  *x509.CertPool

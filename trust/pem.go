@@ -1,11 +1,9 @@
-package ca
+package trust
 
 import (
 	"crypto/x509"
 	"encoding/pem"
 )
-
-func pemEncode(b *pem.Block) []byte { return pem.EncodeToMemory(b) }
 
 // EncodeCertificates returns the PEM encoding of certs, in order.
 func EncodeCertificates(certs ...*x509.Certificate) []byte {

@@ -1,4 +1,4 @@
-package ca_test
+package trust_test
 
 import (
 	"crypto"
@@ -20,27 +20,29 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 // signedTestBundle is a bundle with two own domains, a federated one and
 // CRLs, active root a, not signed yet.
-func signedTestBundle(t *testing.T, a, fedRoot *ca.Authority) *ca.TrustBundle {
+func signedTestBundle(t *testing.T, a, fedRoot *ca.Authority) *trust.TrustBundle {
 	t.Helper()
 	own := mustBundle(t, a.Certificate)
-	return &ca.TrustBundle{
-		Sequence: 7, ActiveRoot: ca.Fingerprint(a.Certificate), RefreshHint: time.Minute,
-		Domains: []ca.DomainBundle{
-			{TrustDomain: spiffeid.RequireTrustDomainFromString("east.example"), Roots: own, CRLs: []ca.CRL{{DER: []byte("crl-east")}}},
+	return &trust.TrustBundle{
+		Sequence: 7, ActiveRoot: trust.Fingerprint(a.Certificate), RefreshHint: time.Minute,
+		Domains: []trust.DomainBundle{
+			{TrustDomain: spiffeid.RequireTrustDomainFromString("east.example"), Roots: own, CRLs: []trust.CRL{{DER: []byte("crl-east")}}},
 			{TrustDomain: spiffeid.RequireTrustDomainFromString("partner.example"), Roots: mustBundle(t, fedRoot.Certificate),
-				Federated: true, CRLs: []ca.CRL{{DER: []byte("crl-partner-1")}, {DER: []byte("crl-partner-2")}}},
+				Federated: true, CRLs: []trust.CRL{{DER: []byte("crl-partner-1")}, {DER: []byte("crl-partner-2")}}},
 			{TrustDomain: spiffeid.RequireTrustDomainFromString("west.example"), Roots: own},
 		},
 	}
 }
 
-func mustBundle(t *testing.T, certs ...*x509.Certificate) *ca.Bundle {
+func mustBundle(t *testing.T, certs ...*x509.Certificate) *trust.Bundle {
 	t.Helper()
-	b, err := ca.NewBundle(certs...)
+	b, err := trust.NewBundle(certs...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,37 +50,37 @@ func mustBundle(t *testing.T, certs ...*x509.Certificate) *ca.Bundle {
 }
 
 func TestTrustBundleSignVerify(t *testing.T) {
-	a := newTestRoot(t, "root-a", t0, 24*time.Hour)
-	other := newTestRoot(t, "root-b", t0, 24*time.Hour)
-	fed := newTestRoot(t, "root-fed", t0, 24*time.Hour)
+	a := testkit.Root(t, "root-a", t0, 24*time.Hour)
+	other := testkit.Root(t, "root-b", t0, 24*time.Hour)
+	fed := testkit.Root(t, "root-fed", t0, 24*time.Hour)
 	b := signedTestBundle(t, a, fed)
-	if err := b.VerifySignature(mustBundle(t, a.Certificate), t0.Add(time.Minute)); !errors.Is(err, ca.ErrUnsigned) {
+	if err := b.VerifySignature(mustBundle(t, a.Certificate), t0.Add(time.Minute)); !errors.Is(err, trust.ErrUnsigned) {
 		t.Fatalf("unsigned: %v, want ErrUnsigned", err)
 	}
-	if err := b.Sign(a.Signer, a.Certificate); err != nil {
+	if err := ca.SignTrustBundle(b, a.Signer, a.Certificate); err != nil {
 		t.Fatal(err)
 	}
-	if b.Signer != ca.Fingerprint(a.Certificate) || len(b.Signature) == 0 {
+	if b.Signer != trust.Fingerprint(a.Certificate) || len(b.Signature) == 0 {
 		t.Fatal("Sign did not set Signer and Signature")
 	}
 	if err := b.VerifySignature(mustBundle(t, other.Certificate, a.Certificate), t0.Add(time.Minute)); err != nil {
 		t.Fatalf("verify: %v", err)
 	}
-	if err := b.VerifySignature(mustBundle(t, a.Certificate), t0.Add(25*time.Hour)); !errors.Is(err, ca.ErrUntrustedSigner) {
+	if err := b.VerifySignature(mustBundle(t, a.Certificate), t0.Add(25*time.Hour)); !errors.Is(err, trust.ErrUntrustedSigner) {
 		t.Errorf("signed by an expired root: %v, want ErrUntrustedSigner", err)
 	}
-	for name, trusted := range map[string]*ca.Bundle{
+	for name, trusted := range map[string]*trust.Bundle{
 		"other root":      mustBundle(t, other.Certificate),
 		"federated root":  mustBundle(t, fed.Certificate),
 		"nothing trusted": nil,
 	} {
-		if err := b.VerifySignature(trusted, t0.Add(time.Minute)); !errors.Is(err, ca.ErrUntrustedSigner) {
+		if err := b.VerifySignature(trusted, t0.Add(time.Minute)); !errors.Is(err, trust.ErrUntrustedSigner) {
 			t.Errorf("%s: %v, want ErrUntrustedSigner", name, err)
 		}
 	}
 
 	// The wire keeps the signature, and it still verifies.
-	out, err := ca.TrustBundleFromProto(b.ToProto())
+	out, err := trust.TrustBundleFromProto(b.ToProto())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,37 +103,37 @@ func TestTrustBundleSignVerify(t *testing.T) {
 }
 
 func TestTrustBundleSignatureCoversContent(t *testing.T) {
-	a := newTestRoot(t, "root-a", t0, 24*time.Hour)
-	rogue := newTestRoot(t, "root-rogue", t0, 24*time.Hour)
-	fed := newTestRoot(t, "root-fed", t0, 24*time.Hour)
+	a := testkit.Root(t, "root-a", t0, 24*time.Hour)
+	rogue := testkit.Root(t, "root-rogue", t0, 24*time.Hour)
+	fed := testkit.Root(t, "root-fed", t0, 24*time.Hour)
 	trusted := mustBundle(t, a.Certificate)
-	cases := map[string]func(b *ca.TrustBundle){
-		"sequence":       func(b *ca.TrustBundle) { b.Sequence++ },
-		"active root":    func(b *ca.TrustBundle) { b.ActiveRoot = ca.Fingerprint(rogue.Certificate) },
-		"no active root": func(b *ca.TrustBundle) { b.ActiveRoot = [32]byte{} },
-		"root added": func(b *ca.TrustBundle) {
+	cases := map[string]func(b *trust.TrustBundle){
+		"sequence":       func(b *trust.TrustBundle) { b.Sequence++ },
+		"active root":    func(b *trust.TrustBundle) { b.ActiveRoot = trust.Fingerprint(rogue.Certificate) },
+		"no active root": func(b *trust.TrustBundle) { b.ActiveRoot = [32]byte{} },
+		"root added": func(b *trust.TrustBundle) {
 			b.Domains[0].Roots = mustBundle(t, a.Certificate, rogue.Certificate)
 		},
-		"root replaced": func(b *ca.TrustBundle) { b.Domains[1].Roots = mustBundle(t, rogue.Certificate) },
-		"federated set": func(b *ca.TrustBundle) { b.Domains[2].Federated = true },
-		"federated cleared": func(b *ca.TrustBundle) {
+		"root replaced": func(b *trust.TrustBundle) { b.Domains[1].Roots = mustBundle(t, rogue.Certificate) },
+		"federated set": func(b *trust.TrustBundle) { b.Domains[2].Federated = true },
+		"federated cleared": func(b *trust.TrustBundle) {
 			b.Domains[1].Federated = false
 		},
-		"domain renamed": func(b *ca.TrustBundle) {
+		"domain renamed": func(b *trust.TrustBundle) {
 			b.Domains[2].TrustDomain = spiffeid.RequireTrustDomainFromString("evil.example")
 		},
-		"domain added": func(b *ca.TrustBundle) {
-			b.Domains = append(b.Domains, ca.DomainBundle{TrustDomain: spiffeid.RequireTrustDomainFromString("zz.example"), Roots: trusted})
+		"domain added": func(b *trust.TrustBundle) {
+			b.Domains = append(b.Domains, trust.DomainBundle{TrustDomain: spiffeid.RequireTrustDomainFromString("zz.example"), Roots: trusted})
 		},
-		"domain removed": func(b *ca.TrustBundle) { b.Domains = b.Domains[:2] },
-		"signature flipped": func(b *ca.TrustBundle) {
+		"domain removed": func(b *trust.TrustBundle) { b.Domains = b.Domains[:2] },
+		"signature flipped": func(b *trust.TrustBundle) {
 			b.Signature = append([]byte(nil), b.Signature...)
 			b.Signature[len(b.Signature)/2] ^= 1
 		},
-		"signature of another bundle": func(b *ca.TrustBundle) {
+		"signature of another bundle": func(b *trust.TrustBundle) {
 			o := signedTestBundle(t, a, fed)
 			o.Sequence = 99
-			if err := o.Sign(a.Signer, a.Certificate); err != nil {
+			if err := ca.SignTrustBundle(o, a.Signer, a.Certificate); err != nil {
 				t.Fatal(err)
 			}
 			b.Signature = o.Signature
@@ -140,12 +142,12 @@ func TestTrustBundleSignatureCoversContent(t *testing.T) {
 	for name, tamper := range cases {
 		t.Run(name, func(t *testing.T) {
 			b := signedTestBundle(t, a, fed)
-			if err := b.Sign(a.Signer, a.Certificate); err != nil {
+			if err := ca.SignTrustBundle(b, a.Signer, a.Certificate); err != nil {
 				t.Fatal(err)
 			}
 			before := b.Digest()
 			tamper(b)
-			if err := b.VerifySignature(trusted, t0.Add(time.Minute)); !errors.Is(err, ca.ErrBadSignature) {
+			if err := b.VerifySignature(trusted, t0.Add(time.Minute)); !errors.Is(err, trust.ErrBadSignature) {
 				t.Errorf("tampered bundle: %v, want ErrBadSignature", err)
 			}
 			if name != "signature flipped" && name != "signature of another bundle" && string(before) == string(b.Digest()) {
@@ -156,9 +158,9 @@ func TestTrustBundleSignatureCoversContent(t *testing.T) {
 }
 
 func TestTrustBundleDigestIgnoresOrder(t *testing.T) {
-	a := newTestRoot(t, "root-a", t0, 24*time.Hour)
-	c := newTestRoot(t, "root-c", t0, 24*time.Hour)
-	fed := newTestRoot(t, "root-fed", t0, 24*time.Hour)
+	a := testkit.Root(t, "root-a", t0, 24*time.Hour)
+	c := testkit.Root(t, "root-c", t0, 24*time.Hour)
+	fed := testkit.Root(t, "root-fed", t0, 24*time.Hour)
 	b := signedTestBundle(t, a, fed)
 	b.Domains[0].Roots = mustBundle(t, a.Certificate, c.Certificate)
 	reordered := signedTestBundle(t, a, fed)
@@ -184,7 +186,7 @@ func TestTrustBundleSignKeyTypes(t *testing.T) {
 		key  crypto.Signer
 		hash crypto.Hash
 	}{
-		{"ecdsa p-256", newTestRoot(t, "root-a", t0, time.Hour).Signer, crypto.SHA256},
+		{"ecdsa p-256", testkit.Root(t, "root-a", t0, time.Hour).Signer, crypto.SHA256},
 		{"ecdsa p-384", p384, crypto.SHA384},
 		{"rsa", rsaKey, crypto.SHA256},
 		{"ed25519", edKey, 0},
@@ -194,10 +196,10 @@ func TestTrustBundleSignKeyTypes(t *testing.T) {
 			// Only Sign is reachable, as with a Vault Transit key; it
 			// checks the options it gets.
 			remote := &opaqueSigner{key: tc.key}
-			b := &ca.TrustBundle{Sequence: 1, ActiveRoot: ca.Fingerprint(cert), Domains: []ca.DomainBundle{
+			b := &trust.TrustBundle{Sequence: 1, ActiveRoot: trust.Fingerprint(cert), Domains: []trust.DomainBundle{
 				{TrustDomain: spiffeid.RequireTrustDomainFromString("east.example"), Roots: mustBundle(t, cert)},
 			}}
-			if err := b.Sign(remote, cert); err != nil {
+			if err := ca.SignTrustBundle(b, remote, cert); err != nil {
 				t.Fatal(err)
 			}
 			if remote.hash != tc.hash || remote.pss {
@@ -207,7 +209,7 @@ func TestTrustBundleSignKeyTypes(t *testing.T) {
 				t.Errorf("verify: %v", err)
 			}
 			b.Sequence++
-			if err := b.VerifySignature(mustBundle(t, cert), t0.Add(time.Minute)); !errors.Is(err, ca.ErrBadSignature) {
+			if err := b.VerifySignature(mustBundle(t, cert), t0.Add(time.Minute)); !errors.Is(err, trust.ErrBadSignature) {
 				t.Errorf("tampered: %v, want ErrBadSignature", err)
 			}
 		})
@@ -215,9 +217,9 @@ func TestTrustBundleSignKeyTypes(t *testing.T) {
 }
 
 func TestTrustBundleSignFailures(t *testing.T) {
-	a := newTestRoot(t, "root-a", t0, 24*time.Hour)
-	other := newTestRoot(t, "root-b", t0, 24*time.Hour)
-	fed := newTestRoot(t, "root-fed", t0, 24*time.Hour)
+	a := testkit.Root(t, "root-a", t0, 24*time.Hour)
+	other := testkit.Root(t, "root-b", t0, 24*time.Hour)
+	fed := testkit.Root(t, "root-fed", t0, 24*time.Hour)
 	for name, signer := range map[string]crypto.Signer{
 		"key of another root": other.Signer,
 		"signer fails":        &opaqueSigner{key: a.Signer, err: errors.New("vault is sealed")},
@@ -225,7 +227,7 @@ func TestTrustBundleSignFailures(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			b := signedTestBundle(t, a, fed)
-			if err := b.Sign(signer, a.Certificate); err == nil {
+			if err := ca.SignTrustBundle(b, signer, a.Certificate); err == nil {
 				t.Fatal("Sign succeeded")
 			}
 			if b.IsSigned() || b.Signer != ([32]byte{}) {

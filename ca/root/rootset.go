@@ -1,8 +1,10 @@
-package ca
+package root
 
 import (
 	"crypto/x509"
 	"time"
+
+	"github.com/meshca/meshca/trust"
 )
 
 // RootState is where a root is in its life, decided by RootStates from the
@@ -63,7 +65,7 @@ func RootStates(roots []RootRecord, lastUse map[[32]byte]time.Time, now time.Tim
 			st = RootActive
 		case i > active:
 			st = RootPrepared
-		case lastUse[Fingerprint(r.Cert)].After(now):
+		case lastUse[trust.Fingerprint(r.Cert)].After(now):
 			st = RootRetiring
 		}
 		out[i] = RootStatus{RootRecord: r, State: st}

@@ -1,0 +1,109 @@
+package trust
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/x509"
+	"slices"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// TrustBundle is what the root publishes and every issuer and agent
+// receives: the roots of each trust domain a workload may meet (the root's
+// own trust domains and federated ones), with their CRLs, under a sequence
+// number that grows with every change. It is immutable.
+type TrustBundle struct {
+	// Sequence orders bundles from one root; higher is newer.
+	Sequence uint64
+	// Domains has one entry per trust domain, sorted by name.
+	Domains []DomainBundle
+	// ActiveRoot is the SHA-256 of the root that signs new intermediates;
+	// zero when unknown.
+	ActiveRoot [32]byte
+	// RefreshHint suggests how often a poller should ask again. It is
+	// advice, not trust, and is not covered by Signature.
+	RefreshHint time.Duration
+	// Signature is the root's signature over Digest (see SignedMessage), made by the
+	// root whose fingerprint is Signer; nil for an unsigned bundle (an
+	// issuer's own, without a root service).
+	Signature []byte
+	// Signer is the Fingerprint of the root that made Signature; zero when
+	// unsigned.
+	Signer [32]byte
+}
+
+// DomainBundle is the trust anchors of one trust domain.
+type DomainBundle struct {
+	TrustDomain spiffeid.TrustDomain
+	Roots       *Bundle
+	// CRLs are revocation lists issued under Roots, as received: check each
+	// with VerifyCRL before use.
+	CRLs []CRL
+	// Federated marks another mesh's bundle.
+	Federated bool
+}
+
+// Domain returns the bundle of td, or false.
+func (b *TrustBundle) Domain(td spiffeid.TrustDomain) (DomainBundle, bool) {
+	for _, d := range b.Domains {
+		if d.TrustDomain == td {
+			return d, true
+		}
+	}
+	return DomainBundle{}, false
+}
+
+// AllRoots returns every root of every domain (own and federated), without
+// duplicates, as one Bundle; nil when there are none.
+func (b *TrustBundle) AllRoots() *Bundle {
+	var all []*x509.Certificate
+	for _, d := range b.Domains {
+		all = append(all, d.Roots.Roots()...)
+	}
+	out, err := NewBundle(all...)
+	if err != nil {
+		return nil
+	}
+	return out
+}
+
+// OwnRoots returns the roots of the non-federated domains (the root CA's
+// own roots), nil when there are none.
+func (b *TrustBundle) OwnRoots() *Bundle {
+	var own []*x509.Certificate
+	for _, d := range b.Domains {
+		if !d.Federated {
+			own = append(own, d.Roots.Roots()...)
+		}
+	}
+	out, err := NewBundle(own...)
+	if err != nil {
+		return nil
+	}
+	return out
+}
+
+// Fingerprint is the SHA-256 of a certificate's DER, the form roots are
+// named by on the wire and in the store.
+func Fingerprint(c *x509.Certificate) [32]byte { return sha256.Sum256(c.Raw) }
+
+// Equal reports whether a and b carry the same domains, roots, CRLs and
+// active root, ignoring Sequence, RefreshHint and the signature.
+func (b *TrustBundle) Equal(o *TrustBundle) bool {
+	if b == nil || o == nil {
+		return b == o
+	}
+	if b.ActiveRoot != o.ActiveRoot || len(b.Domains) != len(o.Domains) {
+		return false
+	}
+	for i := range b.Domains {
+		x, y := b.Domains[i], o.Domains[i]
+		if x.TrustDomain != y.TrustDomain || x.Federated != y.Federated || !bytes.Equal(x.Roots.PEM(), y.Roots.PEM()) ||
+			!slices.EqualFunc(x.CRLs, y.CRLs, CRL.equal) {
+			return false
+		}
+	}
+	return true
+}
