@@ -24,6 +24,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/store/sqlite"
 )
 
 // syncBuffer collects log output from concurrent goroutines.
@@ -44,12 +45,13 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-// harness is a root service on a fake clock, with file keys in a temporary
-// directory and (unless the test supplies another) an in-memory store.
+// harness is a root service on a fake clock, with file keys and an
+// embedded SQLite store in temporary directories. mod may wrap the store
+// (cfg.Store) to add a capability or inject a fault; db stays the real one.
 type harness struct {
 	t     testing.TB
 	clock *fakeClock
-	fake  *fakeStore
+	db    *sqlite.Store
 	cfg   Config
 	logs  *syncBuffer
 	root  *Root
@@ -57,9 +59,10 @@ type harness struct {
 
 func newHarness(t testing.TB, mod func(*Config)) *harness {
 	t.Helper()
-	h := &harness{t: t, clock: newFakeClock(), fake: newFakeStore(), logs: &syncBuffer{}}
+	h := &harness{t: t, clock: newFakeClock(), logs: &syncBuffer{}}
+	h.db = openSQLite(t, h.clock.Now)
 	h.cfg = Config{
-		Store:            h.fake,
+		Store:            h.db,
 		Keys:             FileKeys{Dir: t.TempDir()},
 		Hosts:            []string{"localhost", "127.0.0.1"},
 		IntermediateTTL:  2 * time.Hour,
