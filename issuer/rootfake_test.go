@@ -33,12 +33,15 @@ import (
 // rootServerName is the name in the fake root's serving certificate.
 const rootServerName = "root.test"
 
-// fakeRoot is a hand-written root CA that signs as meshca's root service
-// does: the credential directly under the active root, for
+// fakeRoot is a hand-written root CA for what the real one (ca/root/roottest)
+// cannot be made to do: publish bundles under chosen sequences or
+// signatures, serve under an impostor's certificate, and answer in memory
+// inside a testing/synctest bubble (memRoot). It signs as meshca's root
+// service does: the credential directly under the active root, for
 // spiffe://<td>/meshca/cluster/<name>; a name-constrained intermediate under
 // the active root. Its bundle lists every root for every registered trust
 // domain and changes sequence only on publish. serve puts it on real TLS
-// gRPC (RootService and BundleService); memRoot calls it in memory.
+// gRPC (RootService and BundleService).
 type fakeRoot struct {
 	tb       testing.TB
 	now      func() time.Time
@@ -57,20 +60,14 @@ type fakeRoot struct {
 	changed  chan struct{}
 	// signWith, when set, signs bundles instead of the active root; unsigned
 	// publishes them without a signature.
-	signWith     *ca.Authority
-	unsigned     bool
-	enrolls      int
-	renewals     int
-	credRenewals int
+	signWith *ca.Authority
+	unsigned bool
+	enrolls  int
 	// calls counts every RPC that reached the server, refused or not.
 	calls int
 	// impostor, when set, signs the serving certificate instead of the
 	// active root: a cluster's issuer posing as the root.
 	impostor *ca.Authority
-	// crls are put in the bundle, per trust domain (setCRLs); received
-	// are the CRLs issuers published, per cluster, newest last.
-	crls     map[spiffeid.TrustDomain][]ca.CRL
-	received map[string][][]ca.CRL
 
 	addr string
 	srv  *grpc.Server
@@ -117,12 +114,6 @@ func (r *fakeRoot) addCluster(name, td string) string {
 	tok := fmt.Sprintf("join-%s-%d", name, len(r.tokens)+r.enrolls)
 	r.tokens[tok] = name
 	return tok
-}
-
-func (r *fakeRoot) removeCluster(name string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	delete(r.clusters, name)
 }
 
 // rootCert returns root i's certificate.
@@ -221,7 +212,7 @@ func (r *fakeRoot) current() (*ca.TrustBundle, <-chan struct{}) {
 	for _, c := range r.clusters {
 		if !seen[c.td] {
 			seen[c.td] = true
-			tb.Domains = append(tb.Domains, ca.DomainBundle{TrustDomain: c.td, Roots: roots, CRLs: r.crls[c.td]})
+			tb.Domains = append(tb.Domains, ca.DomainBundle{TrustDomain: c.td, Roots: roots})
 		}
 	}
 	// Signed by the active root, as the root service does.
@@ -242,37 +233,10 @@ func (r *fakeRoot) current() (*ca.TrustBundle, <-chan struct{}) {
 	return out, r.changed
 }
 
-// setCRLs puts crls in td's entry of the bundle and publishes.
-func (r *fakeRoot) setCRLs(td string, crls ...ca.CRL) {
-	r.mu.Lock()
-	if r.crls == nil {
-		r.crls = map[spiffeid.TrustDomain][]ca.CRL{}
-	}
-	r.crls[spiffeid.RequireTrustDomainFromString(td)] = crls
-	r.mu.Unlock()
-	r.publish()
-}
-
-// publishedCRLs returns what cluster last published, nil for nothing.
-func (r *fakeRoot) publishedCRLs(cluster string) []ca.CRL {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if got := r.received[cluster]; len(got) > 0 {
-		return got[len(got)-1]
-	}
-	return nil
-}
-
 func (r *fakeRoot) activeRoot() *ca.Authority {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.roots[r.active]
-}
-
-func (r *fakeRoot) counts() (enrolls, renewals, credRenewals int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.enrolls, r.renewals, r.credRenewals
 }
 
 func (r *fakeRoot) signIntermediate(c fakeCluster, csrDER []byte) (*x509.Certificate, error) {
@@ -379,14 +343,14 @@ func (r *fakeRoot) renew(chain []*x509.Certificate, req *meshcav1.RenewRequest) 
 		}
 		resp.CredentialChain = [][]byte{cred.Raw}
 	}
-	r.mu.Lock()
-	r.renewals++
-	if resp.CredentialChain != nil {
-		r.credRenewals++
-	}
-	r.mu.Unlock()
 	resp.Bundle = r.bundle().ToProto()
 	return resp, nil
+}
+
+// upstreamConfig configures an Upstream of r, trusting root 0; a nil log
+// discards.
+func (r *fakeRoot) upstreamConfig(dir, token string, log *slog.Logger) issuer.UpstreamConfig {
+	return upstreamConfigAt(r.addr, rootServerName, r.initialRoots(), r.now, dir, token, log)
 }
 
 // serve starts (or restarts, on the same address) the gRPC server.
@@ -475,29 +439,6 @@ func (s fakeRootService) Renew(ctx context.Context, req *meshcav1.RenewRequest) 
 		return nil, status.Error(codes.Unauthenticated, "authentication failed")
 	}
 	return s.r.renew(info.State.VerifiedChains[0], req)
-}
-
-func (s fakeRootService) PublishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest) (*meshcav1.PublishCRLsResponse, error) {
-	p, _ := peer.FromContext(ctx)
-	info, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(info.State.VerifiedChains) == 0 {
-		return nil, status.Error(codes.Unauthenticated, "authentication failed")
-	}
-	c, err := s.r.caller(info.State.VerifiedChains[0])
-	if err != nil {
-		return nil, err
-	}
-	var crls []ca.CRL
-	for _, pc := range req.GetCrls() {
-		crls = append(crls, ca.CRL{DER: pc.GetDer(), IssuerChain: pc.GetIssuerChain()})
-	}
-	s.r.mu.Lock()
-	defer s.r.mu.Unlock()
-	if s.r.received == nil {
-		s.r.received = map[string][][]ca.CRL{}
-	}
-	s.r.received[c.name] = append(s.r.received[c.name], crls)
-	return &meshcav1.PublishCRLsResponse{}, nil
 }
 
 type fakeBundleService struct {
