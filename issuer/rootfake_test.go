@@ -1,14 +1,12 @@
 package issuer_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -48,11 +46,8 @@ type fakeRoot struct {
 	interTTL time.Duration
 	credTTL  time.Duration
 
-	mu    sync.Mutex
-	roots []*ca.Authority
-	// retired left the bundle but have not expired: like the root's, they
-	// still authenticate issuer credentials.
-	retired  []*ca.Authority
+	mu       sync.Mutex
+	roots    []*ca.Authority
 	active   int
 	tokens   map[string]string // join token -> cluster name
 	clusters map[string]fakeCluster
@@ -70,7 +65,6 @@ type fakeRoot struct {
 	impostor *ca.Authority
 
 	addr string
-	srv  *grpc.Server
 }
 
 type fakeCluster struct {
@@ -147,19 +141,6 @@ func (r *fakeRoot) rotate() int {
 func (r *fakeRoot) activate(i int) {
 	r.mu.Lock()
 	r.active = i
-	r.mu.Unlock()
-	r.publish()
-}
-
-// retire drops root i from the bundle and from the roots trusted for
-// credentials.
-func (r *fakeRoot) retire(i int) {
-	r.mu.Lock()
-	r.retired = append(r.retired, r.roots[i])
-	r.roots = append(r.roots[:i:i], r.roots[i+1:]...)
-	if r.active >= i {
-		r.active--
-	}
 	r.mu.Unlock()
 	r.publish()
 }
@@ -353,21 +334,10 @@ func (r *fakeRoot) upstreamConfig(dir, token string, log *slog.Logger) issuer.Up
 	return upstreamConfigAt(r.addr, rootServerName, r.initialRoots(), r.now, dir, token, log)
 }
 
-// serve starts (or restarts, on the same address) the gRPC server.
+// serve starts the gRPC server on a loopback port until the test ends.
 func (r *fakeRoot) serve() {
 	r.tb.Helper()
-	addr := r.addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	var lis net.Listener
-	var err error
-	for range 50 { // the old listener's port may take a moment to free
-		if lis, err = net.Listen("tcp", addr); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		r.tb.Fatal(err)
 	}
@@ -390,7 +360,7 @@ func (r *fakeRoot) serve() {
 		}
 		clientCAs := x509.NewCertPool()
 		r.mu.Lock()
-		for _, a := range append(r.roots, r.retired...) {
+		for _, a := range r.roots {
 			clientCAs.AddCert(a.Certificate)
 		}
 		r.mu.Unlock()
@@ -408,19 +378,8 @@ func (r *fakeRoot) serve() {
 	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConfig)), grpc.UnaryInterceptor(count))
 	meshcav1.RegisterRootServiceServer(srv, fakeRootService{r: r})
 	meshcav1.RegisterBundleServiceServer(srv, fakeBundleService{r: r})
-	r.mu.Lock()
-	r.srv = srv
-	r.mu.Unlock()
 	go srv.Serve(lis)
 	r.tb.Cleanup(srv.Stop)
-}
-
-// stop closes the server and every connection to it.
-func (r *fakeRoot) stop() {
-	r.mu.Lock()
-	srv := r.srv
-	r.mu.Unlock()
-	srv.Stop()
 }
 
 type fakeRootService struct {
@@ -560,71 +519,5 @@ func (m *memRoot) WatchBundle(ctx context.Context, fn func(*ca.TrustBundle)) err
 		case <-ctx.Done():
 			return nil
 		}
-	}
-}
-
-// logBuffer collects log output for assertions.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-// captureLogs returns a debug-level JSON logger and its output, which is
-// printed if the test fails.
-func captureLogs(t testing.TB) (*slog.Logger, *logBuffer) {
-	buf := &logBuffer{}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("logs:\n%s", buf.String())
-		}
-	})
-	return slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
-}
-
-// assertNoSecrets fails if logs contain key material or any of secrets.
-func assertNoSecrets(t testing.TB, logs string, secrets ...string) {
-	t.Helper()
-	for _, s := range append([]string{"PRIVATE KEY", "BEGIN"}, secrets...) {
-		if s != "" && strings.Contains(logs, s) {
-			t.Errorf("logs contain %q", s)
-		}
-	}
-}
-
-func newKey(tb testing.TB) *ecdsa.PrivateKey {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return key
-}
-
-var errNotYet = errors.New("not yet")
-
-// eventually polls cond (real time) until it returns nil or 10 s pass.
-func eventually(t testing.TB, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/url"
 	"os"
@@ -372,15 +373,9 @@ func TestUpstreamFollowsRootRotation(t *testing.T) {
 	}
 }
 
-func TestUpstreamWatchBundleReconnects(t *testing.T) {
-	r := newFakeRoot(t, nil, 0)
-	tok := r.addCluster("east", "east.example")
-	r.serve()
-	log, logs := captureLogs(t)
-	up := mustUpstream(t, r.upstreamConfig(t.TempDir(), tok, log))
-	mustIntermediate(t, up)
-	start := r.bundle().Sequence
-
+// watchUpstream runs up.WatchBundle until the test ends and returns a
+// function that receives the next bundle and checks it with want.
+func watchUpstream(t *testing.T, up *issuer.Upstream) func(want func(*ca.TrustBundle) error) *ca.TrustBundle {
 	got := make(chan *ca.TrustBundle, 16)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
@@ -391,57 +386,106 @@ func TestUpstreamWatchBundleReconnects(t *testing.T) {
 			t.Errorf("WatchBundle returned %v, want nil", err)
 		}
 	})
-	next := func(want uint64) *ca.TrustBundle {
+	return func(want func(*ca.TrustBundle) error) *ca.TrustBundle {
 		t.Helper()
 		select {
 		case tb := <-got:
-			if tb.Sequence != want {
-				t.Fatalf("bundle sequence %d, want %d", tb.Sequence, want)
+			if err := want(tb); err != nil {
+				t.Fatal(err)
 			}
 			return tb
 		case <-time.After(10 * time.Second):
-			t.Fatalf("no bundle %d", want)
+			t.Fatal("no bundle within 10 s")
 		}
 		return nil
 	}
+}
 
-	r.publish() // the bundle held since enrolment is not sent again
-	next(start + 1)
-	r.stop()
-	r.publish()
-	r.serve()
-	next(start + 2)
+// after wants a bundle newer than prev.
+func after(prev *ca.TrustBundle) func(*ca.TrustBundle) error {
+	return func(tb *ca.TrustBundle) error {
+		if tb.Sequence <= prev.Sequence {
+			return fmt.Errorf("bundle sequence %d, want one after %d", tb.Sequence, prev.Sequence)
+		}
+		return nil
+	}
+}
 
-	r.setSequence(start - 10) // older: ignored
-	r.setSequence(start + 100)
-	next(start + 100)
+func TestUpstreamWatchBundleReconnects(t *testing.T) {
+	r := roottest.New(t)
+	tok := r.AddCluster("east", "east.example")
+	log, logs := captureLogs(t)
+	up := mustUpstream(t, upstreamConfig(r, t.TempDir(), tok, log))
+	_, held := mustIntermediate(t, up)
+	next := watchUpstream(t, up)
+
+	// A new trust domain changes the bundle; the one held since
+	// enrolment is not sent again.
+	r.AddCluster("north", "north.example")
+	prev := next(after(held))
+	r.Stop()
+	r.AddCluster("south", "south.example")
+	r.Serve()
+	prev = next(after(prev))
 
 	// Root rotation: after root 0 is retired, a reconnection must trust
 	// root 1 from the bundle.
-	r.rotate()
-	next(start + 101)
-	r.activate(1)
-	next(start + 102)
-	r.retire(0)
-	if tb := next(start + 103); len(tb.OwnRoots().Roots()) != 1 {
-		t.Fatalf("bundle after retirement has %d roots", len(tb.OwnRoots().Roots()))
+	root0 := r.Active()
+	root1 := r.Rotate()
+	prev = next(after(prev))
+	r.Activate(root1)
+	prev = next(after(prev))
+	r.Retire(root0)
+	prev = next(after(prev))
+	if n := len(prev.OwnRoots().Roots()); n != 1 {
+		t.Fatalf("bundle after retirement has %d roots", n)
 	}
-	r.stop()
-	r.serve()
-	r.publish()
-	next(start + 104)
+	r.Stop()
+	r.Serve()
+	r.AddCluster("west", "west.example")
+	next(after(prev))
 	if !strings.Contains(logs.String(), "reconnecting") {
 		t.Error("no reconnection logged")
 	}
 	assertNoSecrets(t, logs.String(), tok)
 }
 
-func TestUpstreamIgnoresBundlesNotSignedByTrustedRoot(t *testing.T) {
+// enrolWithFake serves a fakeRoot with cluster east and returns an
+// Upstream of it holding east's join token, and its logs.
+func enrolWithFake(t *testing.T) (*fakeRoot, *issuer.Upstream, string, *logBuffer) {
 	r := newFakeRoot(t, nil, 0)
 	tok := r.addCluster("east", "east.example")
 	r.serve()
 	log, logs := captureLogs(t)
-	up := mustUpstream(t, r.upstreamConfig(t.TempDir(), tok, log))
+	return r, mustUpstream(t, r.upstreamConfig(t.TempDir(), tok, log)), tok, logs
+}
+
+// TestUpstreamWatchBundleFollowsSequence: a bundle older than the one held
+// is ignored, a jump ahead is followed.
+func TestUpstreamWatchBundleFollowsSequence(t *testing.T) {
+	r, up, tok, logs := enrolWithFake(t)
+	mustIntermediate(t, up)
+	start := r.bundle().Sequence
+	next := watchUpstream(t, up)
+	is := func(want uint64) func(*ca.TrustBundle) error {
+		return func(tb *ca.TrustBundle) error {
+			if tb.Sequence != want {
+				return fmt.Errorf("bundle sequence %d, want %d", tb.Sequence, want)
+			}
+			return nil
+		}
+	}
+
+	r.publish() // the bundle held since enrolment is not sent again
+	next(is(start + 1))
+	r.setSequence(start - 10) // older: ignored
+	r.setSequence(start + 100)
+	next(is(start + 100))
+	assertNoSecrets(t, logs.String(), tok)
+}
+
+func TestUpstreamIgnoresBundlesNotSignedByTrustedRoot(t *testing.T) {
+	r, up, _, logs := enrolWithFake(t)
 	_, enrolled := mustIntermediate(t, up)
 	if err := enrolled.VerifySignature(r.initialRoots(), time.Now()); err != nil {
 		t.Fatalf("bundle from enrolment: %v", err)
