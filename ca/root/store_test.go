@@ -5,12 +5,10 @@ import (
 	"errors"
 	"path/filepath"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/sqlite"
 )
@@ -116,59 +114,6 @@ func (s listingStore) Clusters(ctx context.Context) ([]store.Cluster, error) {
 		out = append(out, c)
 	}
 	return out, nil
-}
-
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{t: time.Now().Truncate(time.Second)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-// fakeFederated is a Federated source whose domains the test sets.
-type fakeFederated struct {
-	mu      sync.Mutex
-	domains []ca.DomainBundle
-	changed chan struct{}
-}
-
-var _ Federated = (*fakeFederated)(nil)
-
-func newFakeFederated() *fakeFederated { return &fakeFederated{changed: make(chan struct{})} }
-
-func (f *fakeFederated) Domains() []ca.DomainBundle {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.domains)
-}
-
-func (f *fakeFederated) Changed() <-chan struct{} {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.changed
-}
-
-func (f *fakeFederated) set(d ...ca.DomainBundle) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.domains = d
-	close(f.changed)
-	f.changed = make(chan struct{})
 }
 
 // sec is t as the stores keep it: UTC, to the second.
