@@ -18,6 +18,7 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/root/roottest"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/trust"
@@ -119,9 +120,9 @@ func watchBundles(t *testing.T, c meshcav1.BundleServiceClient, known uint64) fu
 }
 
 func TestIssuerRelaysRootBundleAndFollowsRootRotation(t *testing.T) {
-	r := newFakeRoot(t, nil, time.Hour)
-	tok := r.addCluster("east", "east.example")
-	r.serve()
+	r := roottest.New(t)
+	tok := r.AddCluster("east", "east.example")
+	initial := r.Roots()
 	log, logs := captureLogs(t)
 	up := mustUpstream(t, upstreamConfig(r, t.TempDir(), tok, log))
 	a, tb := mustIntermediate(t, up)
@@ -160,20 +161,19 @@ func TestIssuerRelaysRootBundleAndFollowsRootRotation(t *testing.T) {
 	if !bytes.Equal(first.Signature, tb.Signature) || first.Signer != tb.Signer {
 		t.Fatal("the issuer did not relay the root's signature")
 	}
-	if err := first.VerifySignature(r.initialRoots(), time.Now()); err != nil {
+	if err := first.VerifySignature(initial, time.Now()); err != nil {
 		t.Fatalf("relayed bundle: %v", err)
 	}
-	r.rotate()
+	root1 := r.Rotate()
 	second := next()
 	if second.Sequence <= first.Sequence || len(second.OwnRoots().Roots()) != 2 {
 		t.Fatalf("after a root joined: bundle %d with %d roots", second.Sequence, len(second.OwnRoots().Roots()))
 	}
-	if err := second.VerifySignature(r.initialRoots(), time.Now()); err != nil {
+	if err := second.VerifySignature(initial, time.Now()); err != nil {
 		t.Fatalf("the bundle bringing a new root is not signed by the old one: %v", err)
 	}
-	r.activate(1)
+	r.Activate(root1)
 	third := next()
-	root1 := r.rootCert(1)
 	if third.Sequence <= second.Sequence || third.ActiveRoot != trust.Fingerprint(root1) {
 		t.Fatalf("after the root moved: bundle %d", third.Sequence)
 	}

@@ -2,12 +2,15 @@ package issuer_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/big"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +18,7 @@ import (
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/root/roottest"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/store"
@@ -56,10 +60,26 @@ func verifiedCRL(t *testing.T, c trust.CRL, roots *trust.Bundle) *x509.Revocatio
 	return rl
 }
 
+// gatedPublisher hands CRLs to the root only while open; closed, it fails
+// as an unreachable root does, so the root keeps republishing what it had.
+type gatedPublisher struct {
+	to   issuer.CRLPublisher
+	open atomic.Bool
+}
+
+var _ issuer.CRLPublisher = (*gatedPublisher)(nil)
+
+func (p *gatedPublisher) PublishCRLs(ctx context.Context, crls []trust.CRL) error {
+	if !p.open.Load() {
+		return errors.New("root unreachable")
+	}
+	return p.to.PublishCRLs(ctx, crls)
+}
+
 func TestIssuerRelaysBundleWithItsCRLs(t *testing.T) {
-	r := newFakeRoot(t, nil, time.Hour)
-	tok := r.addCluster("east", "east.example")
-	r.serve()
+	r := roottest.New(t)
+	tok := r.AddCluster("east", "east.example")
+	initial := r.Roots()
 	log, logs := captureLogs(t)
 	up := mustUpstream(t, upstreamConfig(r, t.TempDir(), tok, log))
 	if err := up.PublishCRLs(t.Context(), nil); err == nil || !strings.Contains(err.Error(), "not enrolled") {
@@ -70,16 +90,30 @@ func TestIssuerRelaysBundleWithItsCRLs(t *testing.T) {
 
 	// The root's bundle carries its own CRL and an older copy of this
 	// issuer's, as the root republishes what issuers publish.
-	rootCRL, _, err := r.activeRoot().SignCRL(ca.CRLRequest{Number: big.NewInt(7)})
-	if err != nil {
-		t.Fatal(err)
-	}
 	staleOwn, _, err := a.SignCRL(ca.CRLRequest{Number: big.NewInt(1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.setCRLs(td.Name(), rootCRL, staleOwn)
+	if err := up.PublishCRLs(t.Context(), []trust.CRL{staleOwn}); err != nil {
+		t.Fatal(err)
+	}
+	// relayed are the issuer CRLs the root republishes in td, after its own.
+	relayed := func() []trust.CRL {
+		d, _ := r.Bundle().Domain(td)
+		return d.CRLs[1:]
+	}
+	eventually(t, "the root relays the older CRL", func() error {
+		if !slices.EqualFunc(relayed(), []trust.CRL{staleOwn}, crlEqual) {
+			return errNotYet
+		}
+		return nil
+	})
+	d, _ := r.Bundle().Domain(td)
+	rootCRL := d.CRLs[0]
 
+	// The issuer's own publications reach the root only while the gate is
+	// open, so that what the root relays stays known.
+	gate := &gatedPublisher{to: up}
 	db := &memStore{}
 	dl, err := issuer.NewDenyList(issuer.DenyListConfig{Store: db, Cluster: up.Cluster(), Logger: log})
 	if err != nil {
@@ -94,7 +128,7 @@ func TestIssuerRelaysBundleWithItsCRLs(t *testing.T) {
 		t.Fatal(err)
 	}
 	signer, err := issuer.NewCRLSigner(issuer.CRLSignerConfig{
-		Issuer: iss, DenyList: dl, Store: db, Publisher: up, MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Logger: log,
+		Issuer: iss, DenyList: dl, Store: db, Publisher: gate, MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Logger: log,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -111,7 +145,7 @@ func TestIssuerRelaysBundleWithItsCRLs(t *testing.T) {
 	agent := bundleClient(t, serveIssuerConfig(t, issuer.ServerConfig{Issuer: iss, Bundles: loop, CRLs: signer}), tb.OwnRoots().Pool())
 	next := watchBundles(t, agent, 0)
 
-	rootBundle := r.bundle()
+	rootBundle := r.Bundle()
 	got := nextUntil(t, next, "the root's bundle with the issuer's CRL", func(b *trust.TrustBundle) error {
 		own, ok := crlOf(b, td, a.Certificate)
 		if b.Sequence != rootBundle.Sequence || !ok || bytes.Equal(own.DER, staleOwn.DER) {
@@ -124,10 +158,10 @@ func TestIssuerRelaysBundleWithItsCRLs(t *testing.T) {
 	if got.Signer != rootBundle.Signer || !got.IsSigned() {
 		t.Error("the relayed bundle does not carry the root's signature")
 	}
-	if err := got.VerifySignature(r.initialRoots(), time.Now()); err != nil {
+	if err := got.VerifySignature(initial, time.Now()); err != nil {
 		t.Fatalf("relayed bundle with CRLs: %v", err)
 	}
-	d, _ := got.Domain(td)
+	d, _ = got.Domain(td)
 	if len(d.CRLs) != 2 || !bytes.Equal(d.CRLs[0].DER, rootCRL.DER) {
 		t.Fatalf("%d CRLs in %s, want the root's, then the issuer's newest (the older copy replaced)", len(d.CRLs), td)
 	}
@@ -136,10 +170,19 @@ func TestIssuerRelaysBundleWithItsCRLs(t *testing.T) {
 	if first.Number.Cmp(big.NewInt(1)) <= 0 || len(first.RevokedCertificateEntries) != 0 {
 		t.Errorf("the issuer's CRL has number %v and %d entries, want a newer, empty one", first.Number, len(first.RevokedCertificateEntries))
 	}
+	gate.open.Store(true)
 	eventually(t, "the root receives the issuer's CRLs", func() error {
 		current, _ := signer.Current()
-		if !slices.EqualFunc(r.publishedCRLs("east"), current, crlEqual) {
+		if !slices.EqualFunc(relayed(), current, crlEqual) {
 			return errNotYet
+		}
+		return nil
+	})
+	gate.open.Store(false)
+	// The root republished under a new sequence: watchers get that first.
+	got = nextUntil(t, next, "the root's bundle with the issuer's current CRL", func(b *trust.TrustBundle) error {
+		if b.Sequence != r.Bundle().Sequence {
+			return fmt.Errorf("bundle %d, not the root's current one", b.Sequence)
 		}
 		return nil
 	})
@@ -161,7 +204,7 @@ func TestIssuerRelaysBundleWithItsCRLs(t *testing.T) {
 		t.Fatalf("after the revocation: bundle %d listing %v (number %v), want %d listing %v", revoked.Sequence,
 			revokedSerials(rl), rl.Number, got.Sequence, serialsOf(chain[0]))
 	}
-	if err := revoked.VerifySignature(r.initialRoots(), time.Now()); err != nil {
+	if err := revoked.VerifySignature(initial, time.Now()); err != nil {
 		t.Errorf("bundle with new CRLs: %v", err)
 	}
 	// A watcher that already holds the sequence gets it at once: its CRLs
@@ -169,9 +212,10 @@ func TestIssuerRelaysBundleWithItsCRLs(t *testing.T) {
 	if again := watchBundles(t, agent, got.Sequence)(); again.Sequence != got.Sequence || !again.Equal(revoked) {
 		t.Error("a reconnecting watcher did not get the current CRLs")
 	}
+	gate.open.Store(true)
 	eventually(t, "the root receives the new CRLs", func() error {
 		current, _ := signer.Current()
-		if !slices.EqualFunc(r.publishedCRLs("east"), current, crlEqual) {
+		if !slices.EqualFunc(relayed(), current, crlEqual) {
 			return errNotYet
 		}
 		return nil

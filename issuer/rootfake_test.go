@@ -1,14 +1,12 @@
 package issuer_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -34,23 +32,23 @@ import (
 // rootServerName is the name in the fake root's serving certificate.
 const rootServerName = "root.test"
 
-// fakeRoot is a hand-written root CA that signs as meshca's root service
-// does: the credential directly under the active root, for
+// fakeRoot is a hand-written root CA for what the real one (ca/root/roottest)
+// cannot be made to do: publish bundles under chosen sequences or
+// signatures, serve under an impostor's certificate, and answer in memory
+// inside a testing/synctest bubble (memRoot). It signs as meshca's root
+// service does: the credential directly under the active root, for
 // spiffe://<td>/meshca/cluster/<name>; a name-constrained intermediate under
 // the active root. Its bundle lists every root for every registered trust
 // domain and changes sequence only on publish. serve puts it on real TLS
-// gRPC (RootService and BundleService); memRoot calls it in memory.
+// gRPC (RootService and BundleService).
 type fakeRoot struct {
 	tb       testing.TB
 	now      func() time.Time
 	interTTL time.Duration
 	credTTL  time.Duration
 
-	mu    sync.Mutex
-	roots []*ca.Authority
-	// retired left the bundle but have not expired: like the root's, they
-	// still authenticate issuer credentials.
-	retired  []*ca.Authority
+	mu       sync.Mutex
+	roots    []*ca.Authority
 	active   int
 	tokens   map[string]string // join token -> cluster name
 	clusters map[string]fakeCluster
@@ -58,23 +56,16 @@ type fakeRoot struct {
 	changed  chan struct{}
 	// signWith, when set, signs bundles instead of the active root; unsigned
 	// publishes them without a signature.
-	signWith     *ca.Authority
-	unsigned     bool
-	enrolls      int
-	renewals     int
-	credRenewals int
+	signWith *ca.Authority
+	unsigned bool
+	enrolls  int
 	// calls counts every RPC that reached the server, refused or not.
 	calls int
 	// impostor, when set, signs the serving certificate instead of the
 	// active root: a cluster's issuer posing as the root.
 	impostor *ca.Authority
-	// crls are put in the bundle, per trust domain (setCRLs); received
-	// are the CRLs issuers published, per cluster, newest last.
-	crls     map[spiffeid.TrustDomain][]trust.CRL
-	received map[string][][]trust.CRL
 
 	addr string
-	srv  *grpc.Server
 }
 
 type fakeCluster struct {
@@ -120,12 +111,6 @@ func (r *fakeRoot) addCluster(name, td string) string {
 	return tok
 }
 
-func (r *fakeRoot) removeCluster(name string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	delete(r.clusters, name)
-}
-
 // rootCert returns root i's certificate.
 func (r *fakeRoot) rootCert(i int) *x509.Certificate {
 	r.mu.Lock()
@@ -157,19 +142,6 @@ func (r *fakeRoot) rotate() int {
 func (r *fakeRoot) activate(i int) {
 	r.mu.Lock()
 	r.active = i
-	r.mu.Unlock()
-	r.publish()
-}
-
-// retire drops root i from the bundle and from the roots trusted for
-// credentials.
-func (r *fakeRoot) retire(i int) {
-	r.mu.Lock()
-	r.retired = append(r.retired, r.roots[i])
-	r.roots = append(r.roots[:i:i], r.roots[i+1:]...)
-	if r.active >= i {
-		r.active--
-	}
 	r.mu.Unlock()
 	r.publish()
 }
@@ -222,7 +194,7 @@ func (r *fakeRoot) current() (*trust.TrustBundle, <-chan struct{}) {
 	for _, c := range r.clusters {
 		if !seen[c.td] {
 			seen[c.td] = true
-			tb.Domains = append(tb.Domains, trust.DomainBundle{TrustDomain: c.td, Roots: roots, CRLs: r.crls[c.td]})
+			tb.Domains = append(tb.Domains, trust.DomainBundle{TrustDomain: c.td, Roots: roots})
 		}
 	}
 	// Signed by the active root, as the root service does.
@@ -243,37 +215,10 @@ func (r *fakeRoot) current() (*trust.TrustBundle, <-chan struct{}) {
 	return out, r.changed
 }
 
-// setCRLs puts crls in td's entry of the bundle and publishes.
-func (r *fakeRoot) setCRLs(td string, crls ...trust.CRL) {
-	r.mu.Lock()
-	if r.crls == nil {
-		r.crls = map[spiffeid.TrustDomain][]trust.CRL{}
-	}
-	r.crls[spiffeid.RequireTrustDomainFromString(td)] = crls
-	r.mu.Unlock()
-	r.publish()
-}
-
-// publishedCRLs returns what cluster last published, nil for nothing.
-func (r *fakeRoot) publishedCRLs(cluster string) []trust.CRL {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if got := r.received[cluster]; len(got) > 0 {
-		return got[len(got)-1]
-	}
-	return nil
-}
-
 func (r *fakeRoot) activeRoot() *ca.Authority {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.roots[r.active]
-}
-
-func (r *fakeRoot) counts() (enrolls, renewals, credRenewals int) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.enrolls, r.renewals, r.credRenewals
 }
 
 func (r *fakeRoot) signIntermediate(c fakeCluster, csrDER []byte) (*x509.Certificate, error) {
@@ -380,31 +325,20 @@ func (r *fakeRoot) renew(chain []*x509.Certificate, req *meshcav1.RenewRequest) 
 		}
 		resp.CredentialChain = [][]byte{cred.Raw}
 	}
-	r.mu.Lock()
-	r.renewals++
-	if resp.CredentialChain != nil {
-		r.credRenewals++
-	}
-	r.mu.Unlock()
 	resp.Bundle = r.bundle().ToProto()
 	return resp, nil
 }
 
-// serve starts (or restarts, on the same address) the gRPC server.
+// upstreamConfig configures an Upstream of r, trusting root 0; a nil log
+// discards.
+func (r *fakeRoot) upstreamConfig(dir, token string, log *slog.Logger) issuer.UpstreamConfig {
+	return upstreamConfigAt(r.addr, rootServerName, r.initialRoots(), r.now, dir, token, log)
+}
+
+// serve starts the gRPC server on a loopback port until the test ends.
 func (r *fakeRoot) serve() {
 	r.tb.Helper()
-	addr := r.addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	var lis net.Listener
-	var err error
-	for range 50 { // the old listener's port may take a moment to free
-		if lis, err = net.Listen("tcp", addr); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		r.tb.Fatal(err)
 	}
@@ -427,7 +361,7 @@ func (r *fakeRoot) serve() {
 		}
 		clientCAs := x509.NewCertPool()
 		r.mu.Lock()
-		for _, a := range append(r.roots, r.retired...) {
+		for _, a := range r.roots {
 			clientCAs.AddCert(a.Certificate)
 		}
 		r.mu.Unlock()
@@ -445,19 +379,8 @@ func (r *fakeRoot) serve() {
 	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConfig)), grpc.UnaryInterceptor(count))
 	meshcav1.RegisterRootServiceServer(srv, fakeRootService{r: r})
 	meshcav1.RegisterBundleServiceServer(srv, fakeBundleService{r: r})
-	r.mu.Lock()
-	r.srv = srv
-	r.mu.Unlock()
 	go srv.Serve(lis)
 	r.tb.Cleanup(srv.Stop)
-}
-
-// stop closes the server and every connection to it.
-func (r *fakeRoot) stop() {
-	r.mu.Lock()
-	srv := r.srv
-	r.mu.Unlock()
-	srv.Stop()
 }
 
 type fakeRootService struct {
@@ -476,29 +399,6 @@ func (s fakeRootService) Renew(ctx context.Context, req *meshcav1.RenewRequest) 
 		return nil, status.Error(codes.Unauthenticated, "authentication failed")
 	}
 	return s.r.renew(info.State.VerifiedChains[0], req)
-}
-
-func (s fakeRootService) PublishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest) (*meshcav1.PublishCRLsResponse, error) {
-	p, _ := peer.FromContext(ctx)
-	info, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(info.State.VerifiedChains) == 0 {
-		return nil, status.Error(codes.Unauthenticated, "authentication failed")
-	}
-	c, err := s.r.caller(info.State.VerifiedChains[0])
-	if err != nil {
-		return nil, err
-	}
-	var crls []trust.CRL
-	for _, pc := range req.GetCrls() {
-		crls = append(crls, trust.CRL{DER: pc.GetDer(), IssuerChain: pc.GetIssuerChain()})
-	}
-	s.r.mu.Lock()
-	defer s.r.mu.Unlock()
-	if s.r.received == nil {
-		s.r.received = map[string][][]trust.CRL{}
-	}
-	s.r.received[c.name] = append(s.r.received[c.name], crls)
-	return &meshcav1.PublishCRLsResponse{}, nil
 }
 
 type fakeBundleService struct {
@@ -620,71 +520,5 @@ func (m *memRoot) WatchBundle(ctx context.Context, fn func(*trust.TrustBundle)) 
 		case <-ctx.Done():
 			return nil
 		}
-	}
-}
-
-// logBuffer collects log output for assertions.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-// captureLogs returns a debug-level JSON logger and its output, which is
-// printed if the test fails.
-func captureLogs(t testing.TB) (*slog.Logger, *logBuffer) {
-	buf := &logBuffer{}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("logs:\n%s", buf.String())
-		}
-	})
-	return slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
-}
-
-// assertNoSecrets fails if logs contain key material or any of secrets.
-func assertNoSecrets(t testing.TB, logs string, secrets ...string) {
-	t.Helper()
-	for _, s := range append([]string{"PRIVATE KEY", "BEGIN"}, secrets...) {
-		if s != "" && strings.Contains(logs, s) {
-			t.Errorf("logs contain %q", s)
-		}
-	}
-}
-
-func newKey(tb testing.TB) *ecdsa.PrivateKey {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return key
-}
-
-var errNotYet = errors.New("not yet")
-
-// eventually polls cond (real time) until it returns nil or 10 s pass.
-func eventually(t testing.TB, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/url"
 	"os"
@@ -22,6 +23,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/root"
+	"github.com/meshca/meshca/ca/root/roottest"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/trust"
 )
@@ -46,14 +49,19 @@ func (c *testClock) Advance(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
-// upstreamConfig configures an Upstream of r; a nil log discards.
-func upstreamConfig(r *fakeRoot, dir, token string, log *slog.Logger) issuer.UpstreamConfig {
+// upstreamConfig configures an Upstream of r, trusting the roots r
+// publishes now, on r's clock; a nil log discards.
+func upstreamConfig(r *roottest.Root, dir, token string, log *slog.Logger) issuer.UpstreamConfig {
+	return upstreamConfigAt(r.Addr, roottest.ServerName, r.Roots(), r.Clock.Now, dir, token, log)
+}
+
+func upstreamConfigAt(addr, serverName string, roots *trust.Bundle, now func() time.Time, dir, token string, log *slog.Logger) issuer.UpstreamConfig {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return issuer.UpstreamConfig{
-		Address: r.addr, ServerName: rootServerName, Roots: r.initialRoots(), JoinToken: token, CredentialDir: dir, ServingNames: devHosts,
-		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Now: r.now, Logger: log,
+		Address: addr, ServerName: serverName, Roots: roots, JoinToken: token, CredentialDir: dir, ServingNames: devHosts,
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Now: now, Logger: log,
 	}
 }
 
@@ -125,9 +133,9 @@ func readCert(t testing.TB, path string) *x509.Certificate {
 }
 
 func TestUpstreamEnrolsThenRenewsAfterRestart(t *testing.T) {
-	r := newFakeRoot(t, nil, 0)
-	tok := r.addCluster("east", "east.example")
-	r.serve()
+	r := roottest.New(t)
+	tok := r.AddCluster("east", "east.example")
+	root := r.Active()
 	dir := filepath.Join(t.TempDir(), "cred")
 	log, logs := captureLogs(t)
 
@@ -136,11 +144,11 @@ func TestUpstreamEnrolsThenRenewsAfterRestart(t *testing.T) {
 		t.Errorf("before enrolment: trust domain %q cluster %q, want none", up.TrustDomain(), up.Cluster())
 	}
 	a, tb := mustIntermediate(t, up)
-	checkIntermediate(t, a, tb, "east.example", r.rootCert(0))
+	checkIntermediate(t, a, tb, "east.example", root)
 	if up.TrustDomain().Name() != "east.example" || up.Cluster() != "east" {
 		t.Errorf("enrolled as %q in %q, want east in east.example", up.Cluster(), up.TrustDomain())
 	}
-	if e, rn, _ := r.counts(); e != 1 || rn != 0 {
+	if e, rn, _ := r.Counts(); e != 1 || rn != 0 {
 		t.Errorf("%d enrolments and %d renewals, want 1 and 0", e, rn)
 	}
 
@@ -160,7 +168,7 @@ func TestUpstreamEnrolsThenRenewsAfterRestart(t *testing.T) {
 	if len(cred.URIs) != 1 || cred.URIs[0].String() != "spiffe://east.example/meshca/cluster/east" || cred.IsCA {
 		t.Errorf("credential names %v (CA %v)", cred.URIs, cred.IsCA)
 	}
-	if err := cred.CheckSignatureFrom(r.rootCert(0)); err != nil {
+	if err := cred.CheckSignatureFrom(root); err != nil {
 		t.Errorf("credential is not signed by the root: %v", err)
 	}
 	key, err := pemutil.Read(filepath.Join(dir, "credential-key.pem"))
@@ -178,8 +186,8 @@ func TestUpstreamEnrolsThenRenewsAfterRestart(t *testing.T) {
 		t.Errorf("after restart: cluster %q trust domain %q", up2.Cluster(), up2.TrustDomain())
 	}
 	a2, tb2 := mustIntermediate(t, up2)
-	checkIntermediate(t, a2, tb2, "east.example", r.rootCert(0))
-	if e, rn, cr := r.counts(); e != 1 || rn != 1 || cr != 1 {
+	checkIntermediate(t, a2, tb2, "east.example", root)
+	if e, rn, cr := r.Counts(); e != 1 || rn != 1 || cr != 1 {
 		t.Errorf("%d enrolments, %d renewals, %d credential renewals; want 1, 1, 1", e, rn, cr)
 	}
 	if keyutil.Equal(a.Signer.Public(), a2.Signer.Public()) {
@@ -191,7 +199,7 @@ func TestUpstreamEnrolsThenRenewsAfterRestart(t *testing.T) {
 func TestUpstreamRejections(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
-		setup func(t *testing.T, r *fakeRoot, dir string) issuer.UpstreamConfig
+		setup func(t *testing.T, r *roottest.Root, dir string) issuer.UpstreamConfig
 		want  []string // substrings of the error
 		// rejected: the error is ErrRejected; otherwise it is a gRPC status
 		// with this code.
@@ -200,16 +208,16 @@ func TestUpstreamRejections(t *testing.T) {
 	}{
 		{
 			name: "unknown join token",
-			setup: func(t *testing.T, r *fakeRoot, dir string) issuer.UpstreamConfig {
-				r.addCluster("east", "east.example")
-				return upstreamConfig(r, dir, "join-forged", nil)
+			setup: func(t *testing.T, r *roottest.Root, dir string) issuer.UpstreamConfig {
+				r.AddCluster("east", "east.example")
+				return upstreamConfig(r, dir, root.JoinTokenPrefix+"forged", nil)
 			},
 			want: []string{"join token rejected", "meshca admin cluster add", "Unauthenticated"}, rejected: true,
 		},
 		{
 			name: "spent join token",
-			setup: func(t *testing.T, r *fakeRoot, dir string) issuer.UpstreamConfig {
-				tok := r.addCluster("east", "east.example")
+			setup: func(t *testing.T, r *roottest.Root, dir string) issuer.UpstreamConfig {
+				tok := r.AddCluster("east", "east.example")
 				mustIntermediate(t, mustUpstream(t, upstreamConfig(r, t.TempDir(), tok, nil)))
 				return upstreamConfig(r, dir, tok, nil)
 			},
@@ -217,16 +225,16 @@ func TestUpstreamRejections(t *testing.T) {
 		},
 		{
 			name: "no credential and no token",
-			setup: func(t *testing.T, r *fakeRoot, dir string) issuer.UpstreamConfig {
-				r.addCluster("east", "east.example")
+			setup: func(t *testing.T, r *roottest.Root, dir string) issuer.UpstreamConfig {
+				r.AddCluster("east", "east.example")
 				return upstreamConfig(r, dir, "", nil)
 			},
 			want: []string{"no join token", "meshca admin cluster add"}, rejected: true,
 		},
 		{
 			name: "expired credential and no token",
-			setup: func(t *testing.T, r *fakeRoot, dir string) issuer.UpstreamConfig {
-				tok := r.addCluster("east", "east.example")
+			setup: func(t *testing.T, r *roottest.Root, dir string) issuer.UpstreamConfig {
+				tok := r.AddCluster("east", "east.example")
 				mustIntermediate(t, mustUpstream(t, upstreamConfig(r, dir, tok, nil)))
 				cfg := upstreamConfig(r, dir, "", nil)
 				cfg.Now = func() time.Time { return time.Now().Add(31 * 24 * time.Hour) }
@@ -235,29 +243,28 @@ func TestUpstreamRejections(t *testing.T) {
 			want: []string{"expired", "no join token", "meshca admin cluster add"}, rejected: true,
 		},
 		{
-			name: "credential of a removed cluster",
-			setup: func(t *testing.T, r *fakeRoot, dir string) issuer.UpstreamConfig {
-				tok := r.addCluster("east", "east.example")
+			name: "credential of a revoked cluster",
+			setup: func(t *testing.T, r *roottest.Root, dir string) issuer.UpstreamConfig {
+				tok := r.AddCluster("east", "east.example")
 				mustIntermediate(t, mustUpstream(t, upstreamConfig(r, dir, tok, nil)))
-				r.removeCluster("east")
+				r.RevokeCluster("east")
 				return upstreamConfig(r, dir, "", nil)
 			},
 			want: []string{"credential", "rejected", "PermissionDenied"}, rejected: true,
 		},
 		{
 			name: "root down",
-			setup: func(t *testing.T, r *fakeRoot, dir string) issuer.UpstreamConfig {
-				tok := r.addCluster("east", "east.example")
+			setup: func(t *testing.T, r *roottest.Root, dir string) issuer.UpstreamConfig {
+				tok := r.AddCluster("east", "east.example")
 				mustIntermediate(t, mustUpstream(t, upstreamConfig(r, dir, tok, nil)))
-				r.stop()
+				r.Stop()
 				return upstreamConfig(r, dir, "", nil)
 			},
 			code: codes.Unavailable,
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := newFakeRoot(t, nil, 0)
-			r.serve()
+			r := roottest.New(t)
 			dir := t.TempDir()
 			log, logs := captureLogs(t)
 			cfg := tc.setup(t, r, dir)
@@ -286,20 +293,19 @@ func TestUpstreamRejections(t *testing.T) {
 // cluster's newest credential, so every renewal asks for a new one and the
 // issuer stores it.
 func TestUpstreamRenewsCredentialWithEveryRenewal(t *testing.T) {
-	clk := newTestClock()
-	r := newFakeRoot(t, clk.Now, 48*time.Hour)
-	tok := r.addCluster("east", "east.example")
-	r.serve()
+	r := roottest.New(t, func(c *root.Config) { c.IntermediateTTL = 48 * time.Hour })
+	tok := r.AddCluster("east", "east.example")
+	root := r.Active()
 	dir := t.TempDir()
 	log, logs := captureLogs(t)
 	up := mustUpstream(t, upstreamConfig(r, dir, tok, log))
 	mustIntermediate(t, up)
 	prev := readCert(t, filepath.Join(dir, "credential.pem"))
 	for i := 1; i <= 2; i++ {
-		clk.Advance(24 * time.Hour)
+		r.Clock.Advance(24 * time.Hour)
 		a, tb := mustIntermediate(t, up)
-		checkIntermediate(t, a, tb, "east.example", r.rootCert(0))
-		if _, rn, cr := r.counts(); rn != i || cr != i {
+		checkIntermediate(t, a, tb, "east.example", root)
+		if _, rn, cr := r.Counts(); rn != i || cr != i {
 			t.Fatalf("%d renewals, %d credential renewals; want %d of each", rn, cr, i)
 		}
 		renewed := readCert(t, filepath.Join(dir, "credential.pem"))
@@ -313,42 +319,41 @@ func TestUpstreamRenewsCredentialWithEveryRenewal(t *testing.T) {
 	}
 	// The renewed credential is what a restart uses.
 	mustIntermediate(t, mustUpstream(t, upstreamConfig(r, dir, "", log)))
-	if e, rn, cr := r.counts(); e != 1 || rn != 3 || cr != 3 {
+	if e, rn, cr := r.Counts(); e != 1 || rn != 3 || cr != 3 {
 		t.Errorf("%d enrolments, %d renewals, %d credential renewals; want 1, 3, 3", e, rn, cr)
 	}
 	assertNoSecrets(t, logs.String(), tok)
 }
 
 func TestUpstreamFollowsRootRotation(t *testing.T) {
-	r := newFakeRoot(t, nil, 0)
-	tok := r.addCluster("east", "east.example")
-	r.serve()
+	r := roottest.New(t)
+	tok := r.AddCluster("east", "east.example")
+	root0, initial := r.Active(), r.Roots()
 	dir := t.TempDir()
 	log, _ := captureLogs(t)
 	up := mustUpstream(t, upstreamConfig(r, dir, tok, log)) // trusts root 0 only
 	mustIntermediate(t, up)
 
-	r.rotate() // root 1 joins the bundle; root 0 still signs and serves
+	root1 := r.Rotate() // root 1 joins the bundle; root 0 still signs and serves
 	a, tb := mustIntermediate(t, up)
-	checkIntermediate(t, a, tb, "east.example", r.rootCert(0))
+	checkIntermediate(t, a, tb, "east.example", root0)
 	if n := len(tb.OwnRoots().Roots()); n != 2 {
 		t.Fatalf("bundle has %d roots, want 2", n)
 	}
 
-	r.activate(1) // root 1 signs and serves: Upstream must trust it from the bundle
+	r.Activate(root1) // root 1 signs and serves: Upstream must trust it from the bundle
 	a, tb = mustIntermediate(t, up)
-	checkIntermediate(t, a, tb, "east.example", r.rootCert(1))
+	checkIntermediate(t, a, tb, "east.example", root1)
 	// The credential under root 0 was replaced with that renewal.
-	if err := readCert(t, filepath.Join(dir, "credential.pem")).CheckSignatureFrom(r.rootCert(1)); err != nil {
+	if err := readCert(t, filepath.Join(dir, "credential.pem")).CheckSignatureFrom(root1); err != nil {
 		t.Errorf("credential not renewed under the new root: %v", err)
 	}
 
-	root0, root1 := r.initialRoots(), r.rootCert(1)
-	r.retire(0)
+	r.Retire(root0)
 	// A restart still configured with root 0 alone reaches the root: the
 	// roots of the last bundle were remembered.
 	cfg := upstreamConfig(r, dir, "", log)
-	cfg.Roots = root0
+	cfg.Roots = initial
 	a, tb = mustIntermediate(t, mustUpstream(t, cfg))
 	checkIntermediate(t, a, tb, "east.example", root1)
 
@@ -369,15 +374,9 @@ func TestUpstreamFollowsRootRotation(t *testing.T) {
 	}
 }
 
-func TestUpstreamWatchBundleReconnects(t *testing.T) {
-	r := newFakeRoot(t, nil, 0)
-	tok := r.addCluster("east", "east.example")
-	r.serve()
-	log, logs := captureLogs(t)
-	up := mustUpstream(t, upstreamConfig(r, t.TempDir(), tok, log))
-	mustIntermediate(t, up)
-	start := r.bundle().Sequence
-
+// watchUpstream runs up.WatchBundle until the test ends and returns a
+// function that receives the next bundle and checks it with want.
+func watchUpstream(t *testing.T, up *issuer.Upstream) func(want func(*trust.TrustBundle) error) *trust.TrustBundle {
 	got := make(chan *trust.TrustBundle, 16)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
@@ -388,57 +387,106 @@ func TestUpstreamWatchBundleReconnects(t *testing.T) {
 			t.Errorf("WatchBundle returned %v, want nil", err)
 		}
 	})
-	next := func(want uint64) *trust.TrustBundle {
+	return func(want func(*trust.TrustBundle) error) *trust.TrustBundle {
 		t.Helper()
 		select {
 		case tb := <-got:
-			if tb.Sequence != want {
-				t.Fatalf("bundle sequence %d, want %d", tb.Sequence, want)
+			if err := want(tb); err != nil {
+				t.Fatal(err)
 			}
 			return tb
 		case <-time.After(10 * time.Second):
-			t.Fatalf("no bundle %d", want)
+			t.Fatal("no bundle within 10 s")
 		}
 		return nil
 	}
+}
 
-	r.publish() // the bundle held since enrolment is not sent again
-	next(start + 1)
-	r.stop()
-	r.publish()
-	r.serve()
-	next(start + 2)
+// after wants a bundle newer than prev.
+func after(prev *trust.TrustBundle) func(*trust.TrustBundle) error {
+	return func(tb *trust.TrustBundle) error {
+		if tb.Sequence <= prev.Sequence {
+			return fmt.Errorf("bundle sequence %d, want one after %d", tb.Sequence, prev.Sequence)
+		}
+		return nil
+	}
+}
 
-	r.setSequence(start - 10) // older: ignored
-	r.setSequence(start + 100)
-	next(start + 100)
+func TestUpstreamWatchBundleReconnects(t *testing.T) {
+	r := roottest.New(t)
+	tok := r.AddCluster("east", "east.example")
+	log, logs := captureLogs(t)
+	up := mustUpstream(t, upstreamConfig(r, t.TempDir(), tok, log))
+	_, held := mustIntermediate(t, up)
+	next := watchUpstream(t, up)
+
+	// A new trust domain changes the bundle; the one held since
+	// enrolment is not sent again.
+	r.AddCluster("north", "north.example")
+	prev := next(after(held))
+	r.Stop()
+	r.AddCluster("south", "south.example")
+	r.Serve()
+	prev = next(after(prev))
 
 	// Root rotation: after root 0 is retired, a reconnection must trust
 	// root 1 from the bundle.
-	r.rotate()
-	next(start + 101)
-	r.activate(1)
-	next(start + 102)
-	r.retire(0)
-	if tb := next(start + 103); len(tb.OwnRoots().Roots()) != 1 {
-		t.Fatalf("bundle after retirement has %d roots", len(tb.OwnRoots().Roots()))
+	root0 := r.Active()
+	root1 := r.Rotate()
+	prev = next(after(prev))
+	r.Activate(root1)
+	prev = next(after(prev))
+	r.Retire(root0)
+	prev = next(after(prev))
+	if n := len(prev.OwnRoots().Roots()); n != 1 {
+		t.Fatalf("bundle after retirement has %d roots", n)
 	}
-	r.stop()
-	r.serve()
-	r.publish()
-	next(start + 104)
+	r.Stop()
+	r.Serve()
+	r.AddCluster("west", "west.example")
+	next(after(prev))
 	if !strings.Contains(logs.String(), "reconnecting") {
 		t.Error("no reconnection logged")
 	}
 	assertNoSecrets(t, logs.String(), tok)
 }
 
-func TestUpstreamIgnoresBundlesNotSignedByTrustedRoot(t *testing.T) {
+// enrolWithFake serves a fakeRoot with cluster east and returns an
+// Upstream of it holding east's join token, and its logs.
+func enrolWithFake(t *testing.T) (*fakeRoot, *issuer.Upstream, string, *logBuffer) {
 	r := newFakeRoot(t, nil, 0)
 	tok := r.addCluster("east", "east.example")
 	r.serve()
 	log, logs := captureLogs(t)
-	up := mustUpstream(t, upstreamConfig(r, t.TempDir(), tok, log))
+	return r, mustUpstream(t, r.upstreamConfig(t.TempDir(), tok, log)), tok, logs
+}
+
+// TestUpstreamWatchBundleFollowsSequence: a bundle older than the one held
+// is ignored, a jump ahead is followed.
+func TestUpstreamWatchBundleFollowsSequence(t *testing.T) {
+	r, up, tok, logs := enrolWithFake(t)
+	mustIntermediate(t, up)
+	start := r.bundle().Sequence
+	next := watchUpstream(t, up)
+	is := func(want uint64) func(*trust.TrustBundle) error {
+		return func(tb *trust.TrustBundle) error {
+			if tb.Sequence != want {
+				return fmt.Errorf("bundle sequence %d, want %d", tb.Sequence, want)
+			}
+			return nil
+		}
+	}
+
+	r.publish() // the bundle held since enrolment is not sent again
+	next(is(start + 1))
+	r.setSequence(start - 10) // older: ignored
+	r.setSequence(start + 100)
+	next(is(start + 100))
+	assertNoSecrets(t, logs.String(), tok)
+}
+
+func TestUpstreamIgnoresBundlesNotSignedByTrustedRoot(t *testing.T) {
+	r, up, _, logs := enrolWithFake(t)
 	_, enrolled := mustIntermediate(t, up)
 	if err := enrolled.VerifySignature(r.initialRoots(), time.Now()); err != nil {
 		t.Fatalf("bundle from enrolment: %v", err)
@@ -506,7 +554,7 @@ func TestUpstreamRefusesIssuerPosingAsRoot(t *testing.T) {
 	tok := r.addCluster("east", "east.example")
 	r.serve()
 	dir := t.TempDir()
-	mustIntermediate(t, mustUpstream(t, upstreamConfig(r, dir, tok, nil)))
+	mustIntermediate(t, mustUpstream(t, r.upstreamConfig(dir, tok, nil)))
 
 	key := newKey(t)
 	cert, err := r.activeRoot().SignIntermediate(ca.IntermediateRequest{
@@ -525,8 +573,8 @@ func TestUpstreamRefusesIssuerPosingAsRoot(t *testing.T) {
 	r.mu.Unlock()
 
 	for name, cfg := range map[string]issuer.UpstreamConfig{
-		"enrol with a join token": upstreamConfig(r, t.TempDir(), r.addCluster("north", "north.example"), nil),
-		"renew with a credential": upstreamConfig(r, dir, "", nil),
+		"enrol with a join token": r.upstreamConfig(t.TempDir(), r.addCluster("north", "north.example"), nil),
+		"renew with a credential": r.upstreamConfig(dir, "", nil),
 	} {
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -546,9 +594,8 @@ func TestUpstreamRefusesIssuerPosingAsRoot(t *testing.T) {
 }
 
 func TestUpstreamRemovesTheSpentJoinTokenFile(t *testing.T) {
-	r := newFakeRoot(t, nil, 0)
-	tok := r.addCluster("east", "east.example")
-	r.serve()
+	r := roottest.New(t)
+	tok := r.AddCluster("east", "east.example")
 	tokenFile := filepath.Join(t.TempDir(), "join-token")
 	if err := os.WriteFile(tokenFile, []byte(tok+"\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -57,7 +57,7 @@ func TestAdminService(t *testing.T) {
 		len(resp.GetRootSha256()) != 1 || resp.GetRootSha256()[0] != fingerprintHex(rootA) {
 		t.Fatalf("AddCluster response: expires %d, roots %v", resp.GetExpiresAtUnix(), resp.GetRootSha256())
 	}
-	ev := h.fake.events("cluster.add")
+	ev := h.events("cluster.add")
 	if len(ev) != 1 || !strings.HasPrefix(ev[0].Actor, "admin:") || ev[0].Actor == "admin:unknown" {
 		t.Fatalf("audit actor %+v, want the Unix user", ev)
 	}
@@ -90,7 +90,7 @@ func TestAdminService(t *testing.T) {
 			wantCode(t, err, tc.want)
 		})
 	}
-	if _, err := h.fake.Cluster(bg, "x"); err == nil {
+	if _, err := h.db.Cluster(bg, "x"); err == nil {
 		t.Fatal("a refused AddCluster registered a cluster")
 	}
 
@@ -102,7 +102,7 @@ func TestAdminService(t *testing.T) {
 	if rot.GetRoot().GetState() != string(RootPrepared) || rot.GetRoot().GetActivateAtUnix() != h.clock.Now().Unix()+30 {
 		t.Fatalf("RotateRoot: %+v", rot.GetRoot())
 	}
-	if ev := h.fake.events("root.create"); len(ev) != 2 || ev[1].Actor != h.fake.events("cluster.add")[0].Actor {
+	if ev := h.events("root.create"); len(ev) != 2 || ev[1].Actor != h.events("cluster.add")[0].Actor {
 		t.Fatalf("root.create audit: %+v", ev)
 	}
 	_, err = client.RotateRoot(bg, &meshcav1.RotateRootRequest{PropagationDelaySeconds: -1})

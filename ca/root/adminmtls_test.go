@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/sqlite"
 )
 
 const opsAdmin = "spiffe://east.example/ns/ops/sa/admin"
@@ -99,7 +101,7 @@ func TestAdminMTLSRefusesWorkloadCertificates(t *testing.T) {
 	if c := status.Code(err); c != codes.Unavailable && c != codes.PermissionDenied {
 		t.Fatalf("AddCluster with a workload certificate: %v; want a failed handshake or PermissionDenied", err)
 	}
-	if _, err := h.fake.Cluster(context.Background(), "west"); err == nil {
+	if _, err := h.db.Cluster(context.Background(), "west"); err == nil {
 		t.Fatal("cluster west was registered")
 	}
 	if !strings.Contains(h.logs.String(), "not signed directly by a trusted root") {
@@ -126,7 +128,7 @@ func TestAdminCredentialRevoked(t *testing.T) {
 		cert.ExtKeyUsage[0] != x509.ExtKeyUsageClientAuth || cert.NotAfter.Sub(cert.NotBefore) > adminapi.DefaultCredentialTTL+time.Hour {
 		t.Fatalf("admin certificate: CA %v, usages %v, valid %v to %v", cert.IsCA, cert.ExtKeyUsage, cert.NotBefore, cert.NotAfter)
 	}
-	if evs := h.fake.events("admin_credential.issue"); len(evs) != 1 || evs[0].Serial != resp.GetSerial() ||
+	if evs := h.events("admin_credential.issue"); len(evs) != 1 || evs[0].Serial != resp.GetSerial() ||
 		!strings.HasPrefix(evs[0].Actor, "admin:") {
 		t.Fatalf("audit events %+v", evs)
 	}
@@ -149,7 +151,7 @@ func TestAdminCredentialRevoked(t *testing.T) {
 	_, err = h.mtlsAdminClient(addr, key, cert).AddCluster(context.Background(),
 		&meshcav1.AddClusterRequest{Name: "west", TrustDomain: "west.example"})
 	wantCode(t, err, codes.Unavailable) // the handshake failed
-	if _, err := h.fake.Cluster(context.Background(), "west"); err == nil {
+	if _, err := h.db.Cluster(context.Background(), "west"); err == nil {
 		t.Fatal("a revoked admin registered a cluster")
 	}
 	b, _ := h.root.Current()
@@ -162,7 +164,7 @@ func TestAdminCredentialRevoked(t *testing.T) {
 	if !found {
 		t.Fatal("the root CRLs do not list the revoked admin certificate")
 	}
-	rs, _ := h.fake.Revocations(context.Background(), h.clock.Now())
+	rs, _ := h.db.Revocations(context.Background(), h.clock.Now())
 	if len(rs) != 1 || rs[0].Kind != store.RevokeSerial || !rs[0].ExpiresAt.Equal(cert.NotAfter) {
 		t.Fatalf("revocations %+v; want the serial until the certificate expires (%v)", rs, cert.NotAfter)
 	}
@@ -193,7 +195,7 @@ func TestAdminCredentialRefusals(t *testing.T) {
 			wantCode(t, err, codes.InvalidArgument)
 		})
 	}
-	if evs := h.fake.events("admin_credential.issue"); len(evs) != 0 {
+	if evs := h.events("admin_credential.issue"); len(evs) != 0 {
 		t.Fatalf("refused requests were recorded: %+v", evs)
 	}
 	resp, err := sock.IssueAdminCredential(context.Background(), &meshcav1.IssueAdminCredentialRequest{SpiffeId: opsAdmin, Csr: csr, TtlSeconds: 600})
@@ -208,12 +210,13 @@ func TestAdminCredentialRefusals(t *testing.T) {
 // TestAdminDenyListFailsClosed: while the store cannot be read, the
 // deny-list grows old and admin certificates are refused.
 func TestAdminDenyListFailsClosed(t *testing.T) {
-	h := newHarness(t, nil)
+	var down atomic.Bool
+	h := newHarness(t, func(c *Config) { c.Store = downRevocations{c.Store.(*sqlite.Store), &down} })
 	id := spiffeid.RequireFromString(opsAdmin)
 	if err := h.root.CheckRevoked("1a", id); err != nil {
 		t.Fatalf("fresh deny-list: %v", err)
 	}
-	h.fake.setFail(errStoreDown)
+	down.Store(true)
 	h.clock.Advance(h.root.maxRevocationAge() + time.Second)
 	if err := h.root.refresh(context.Background()); err == nil {
 		t.Fatal("refresh with the store down succeeded")
@@ -221,7 +224,7 @@ func TestAdminDenyListFailsClosed(t *testing.T) {
 	if err := h.root.CheckRevoked("1a", id); err == nil {
 		t.Fatal("an old deny-list let an admin in")
 	}
-	h.fake.setFail(nil)
+	down.Store(false)
 	h.refresh()
 	if err := h.root.CheckRevoked("1a", id); err != nil {
 		t.Fatalf("deny-list read again: %v", err)
@@ -232,7 +235,7 @@ func TestAdminDenyListFailsClosed(t *testing.T) {
 // another cluster holds is refused unless asked for explicitly, and the
 // sharing is audited.
 func TestAddClusterSharedTrustDomain(t *testing.T) {
-	h := newHarness(t, func(c *Config) { c.Store = listingStore{c.Store.(*fakeStore)} })
+	h := newHarness(t, func(c *Config) { c.Store = listingStore{c.Store.(*sqlite.Store)} })
 	sock := h.adminClient()
 	ctx := context.Background()
 	if _, err := sock.AddCluster(ctx, &meshcav1.AddClusterRequest{Name: "east", TrustDomain: "east.example"}); err != nil {
@@ -240,7 +243,7 @@ func TestAddClusterSharedTrustDomain(t *testing.T) {
 	}
 	_, err := sock.AddCluster(ctx, &meshcav1.AddClusterRequest{Name: "east2", TrustDomain: "east.example"})
 	wantCode(t, err, codes.FailedPrecondition)
-	if _, err := h.fake.Cluster(ctx, "east2"); err == nil {
+	if _, err := h.db.Cluster(ctx, "east2"); err == nil {
 		t.Fatal("a second cluster was registered in east.example")
 	}
 	// The same cluster again (a new join token) is not sharing.
@@ -250,7 +253,7 @@ func TestAddClusterSharedTrustDomain(t *testing.T) {
 	if _, err := sock.AddCluster(ctx, &meshcav1.AddClusterRequest{Name: "east2", TrustDomain: "east.example", ShareTrustDomain: true}); err != nil {
 		t.Fatalf("explicit sharing: %v", err)
 	}
-	evs := h.fake.events("cluster.add")
+	evs := h.events("cluster.add")
 	if len(evs) != 3 || !strings.Contains(evs[2].Detail, "shared with cluster east") {
 		t.Fatalf("audit events %+v; want the sharing recorded", evs)
 	}

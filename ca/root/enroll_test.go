@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/store/sqlite"
 	"github.com/meshca/meshca/trust"
 )
 
@@ -68,7 +70,7 @@ func TestEnrollGood(t *testing.T) {
 		t.Errorf("intermediate lives %v, want %v", d, h.cfg.IntermediateTTL)
 	}
 
-	recs := h.fake.allIntermediates()
+	recs := h.allIntermediates()
 	if len(recs) != 1 || recs[0].Serial != trust.SerialHex(in.SerialNumber) || recs[0].Cluster != "east" ||
 		recs[0].TrustDomain != "east.example" || recs[0].RootFingerprint != fingerprintHex(root) {
 		t.Fatalf("recorded intermediates: %+v", recs)
@@ -78,12 +80,12 @@ func TestEnrollGood(t *testing.T) {
 		t.Fatal("the bundle returned by Enroll lacks the cluster's trust domain or the active root")
 	}
 	for _, action := range []string{"cluster.add", "cluster.enroll", "intermediate.issue", "credential.issue"} {
-		evs := h.fake.events(action)
+		evs := h.events(action)
 		if len(evs) != 1 || evs[0].Cluster != "east" {
 			t.Errorf("audit %s: %+v, want one event for cluster east", action, evs)
 		}
 	}
-	if ev := h.fake.events("credential.issue")[0]; ev.SPIFFEID != wantID || ev.Serial != trust.SerialHex(c.SerialNumber) {
+	if ev := h.events("credential.issue")[0]; ev.SPIFFEID != wantID || ev.Serial != trust.SerialHex(c.SerialNumber) {
 		t.Errorf("credential audit event: %+v", ev)
 	}
 }
@@ -119,16 +121,16 @@ func TestEnrollTokenRefused(t *testing.T) {
 			h := newHarness(t, nil)
 			conn := h.dial(h.serve(), nil)
 			token := tc.token(h, conn)
-			before, audits := h.fake.intermediateCount(), h.fake.auditCount()
+			before, audits := h.intermediateCount(), h.auditCount()
 			_, err := enroll(t, conn, token)
 			wantCode(t, err, codes.Unauthenticated)
 			if msg := status.Convert(err).Message(); msg != "authentication failed" {
 				t.Errorf("message %q tells the caller more than it should", msg)
 			}
-			if n := h.fake.intermediateCount(); n != before {
+			if n := h.intermediateCount(); n != before {
 				t.Errorf("%d intermediates recorded, want %d", n, before)
 			}
-			if h.fake.auditCount() != audits {
+			if h.auditCount() != audits {
 				t.Error("a refused enrolment wrote audit events")
 			}
 			if !strings.Contains(h.logs.String(), "join token") {
@@ -171,7 +173,7 @@ func TestEnrollBadCSR(t *testing.T) {
 			wantCode(t, err, codes.InvalidArgument)
 		})
 	}
-	if h.fake.intermediateCount() != 0 {
+	if h.intermediateCount() != 0 {
 		t.Fatal("an intermediate was recorded for a bad request")
 	}
 	// Bad requests did not burn the token; other key types are accepted.
@@ -195,7 +197,8 @@ func TestEnrollBadCSR(t *testing.T) {
 }
 
 func TestEnrollFailures(t *testing.T) {
-	h := newHarness(t, nil)
+	var down atomic.Bool
+	h := newHarness(t, func(c *Config) { c.Store = downRedeem{c.Store.(*sqlite.Store), &down} })
 	conn := h.dial(h.serve(), nil)
 	token := h.addCluster("east", "east.example")
 
@@ -204,10 +207,10 @@ func TestEnrollFailures(t *testing.T) {
 	})
 	wantCode(t, err, codes.ResourceExhausted)
 
-	h.fake.setFail(errStoreDown)
+	down.Store(true)
 	_, err = enroll(t, conn, token)
 	wantCode(t, err, codes.Unavailable)
-	h.fake.setFail(nil)
+	down.Store(false)
 	if _, err := enroll(t, conn, token); err != nil {
 		t.Fatalf("Enroll after the store came back: %v", err)
 	}
@@ -232,10 +235,10 @@ func TestRenew(t *testing.T) {
 		!slices.Equal(next.inter.PermittedURIDomains, []string{"east.example"}) || !next.inter.NotBefore.After(iss.inter.NotBefore) {
 		t.Fatal("renewed intermediate is not a newer one for east.example under the active root")
 	}
-	if n := h.fake.intermediateCount(); n != 2 {
+	if n := h.intermediateCount(); n != 2 {
 		t.Fatalf("%d intermediates recorded, want 2", n)
 	}
-	if ev := h.fake.events("intermediate.issue"); ev[1].Actor != "spiffe://east.example/meshca/cluster/east" {
+	if ev := h.events("intermediate.issue"); ev[1].Actor != "spiffe://east.example/meshca/cluster/east" {
 		t.Errorf("renewal audited as %q", ev[1].Actor)
 	}
 
@@ -284,10 +287,10 @@ func TestRenew(t *testing.T) {
 		{"not a credential path", leaf(root, "spiffe://east.example/ns/default/sa/east")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			before := h.fake.intermediateCount()
+			before := h.intermediateCount()
 			_, err := renew(t, h.dial(addr, tc.cert), iss, false)
 			wantCode(t, err, codes.Unauthenticated)
-			if h.fake.intermediateCount() != before {
+			if h.intermediateCount() != before {
 				t.Fatal("a refused renewal recorded an intermediate")
 			}
 		})

@@ -12,6 +12,7 @@ import (
 	"crypto/x509/pkix"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -24,6 +25,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/store/sqlite"
 	"github.com/meshca/meshca/trust"
 )
 
@@ -45,12 +47,13 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-// harness is a root service on a fake clock, with file keys in a temporary
-// directory and (unless the test supplies another) an in-memory store.
+// harness is a root service on a fake clock, with file keys and an
+// embedded SQLite store in temporary directories. mod may wrap the store
+// (cfg.Store) to add a capability or inject a fault; db stays the real one.
 type harness struct {
 	t     testing.TB
 	clock *fakeClock
-	fake  *fakeStore
+	db    *sqlite.Store
 	cfg   Config
 	logs  *syncBuffer
 	root  *Root
@@ -58,9 +61,10 @@ type harness struct {
 
 func newHarness(t testing.TB, mod func(*Config)) *harness {
 	t.Helper()
-	h := &harness{t: t, clock: newFakeClock(), fake: newFakeStore(), logs: &syncBuffer{}}
+	h := &harness{t: t, clock: newFakeClock(), logs: &syncBuffer{}}
+	h.db = openSQLite(t, h.clock.Now)
 	h.cfg = Config{
-		Store:            h.fake,
+		Store:            h.db,
 		Keys:             FileKeys{Dir: t.TempDir()},
 		Hosts:            []string{"localhost", "127.0.0.1"},
 		IntermediateTTL:  2 * time.Hour,
@@ -291,4 +295,57 @@ func countLines(s, substr string) int {
 		}
 	}
 	return n
+}
+
+// fakeClock is a settable clock.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock {
+	return &fakeClock{t: time.Now().Truncate(time.Second)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// fakeFederated is a Federated source whose domains the test sets.
+type fakeFederated struct {
+	mu      sync.Mutex
+	domains []trust.DomainBundle
+	changed chan struct{}
+}
+
+var _ Federated = (*fakeFederated)(nil)
+
+func newFakeFederated() *fakeFederated { return &fakeFederated{changed: make(chan struct{})} }
+
+func (f *fakeFederated) Domains() []trust.DomainBundle {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.domains)
+}
+
+func (f *fakeFederated) Changed() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.changed
+}
+
+func (f *fakeFederated) set(d ...trust.DomainBundle) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.domains = d
+	close(f.changed)
+	f.changed = make(chan struct{})
 }

@@ -164,7 +164,7 @@ func TestRevokeCluster(t *testing.T) {
 	}
 
 	// Audit events, with the admin as actor.
-	if evs := h.fake.events("cluster.revoke"); len(evs) != 1 || evs[0].Actor != actor || evs[0].Cluster != "east" ||
+	if evs := h.events("cluster.revoke"); len(evs) != 1 || evs[0].Actor != actor || evs[0].Cluster != "east" ||
 		!strings.Contains(evs[0].Detail, "key leaked") {
 		t.Fatalf("cluster.revoke audit: %+v", evs)
 	}
@@ -176,7 +176,7 @@ func TestRevokeCluster(t *testing.T) {
 		t.Fatalf("last audit event listed: %+v", last)
 	}
 	var audited []string
-	for _, ev := range h.fake.events("intermediate.revoke") {
+	for _, ev := range h.events("intermediate.revoke") {
 		if ev.Actor != actor || ev.Cluster != "east" {
 			t.Errorf("intermediate.revoke audit: %+v", ev)
 		}
@@ -226,16 +226,17 @@ func TestRevokeCluster(t *testing.T) {
 	wantCode(t, err, codes.FailedPrecondition)
 
 	// Again: AlreadyExists, nothing new.
-	n := h.fake.auditCount()
+	n := h.auditCount()
 	_, err = client.Revoke(bg, &meshcav1.RevokeRequest{Target: &meshcav1.RevokeRequest_Cluster{Cluster: "east"}})
 	wantCode(t, err, codes.AlreadyExists)
-	if h.fake.auditCount() != n {
+	if h.auditCount() != n {
 		t.Fatal("a repeated revocation wrote audit events")
 	}
 }
 
 func TestRevokeRefusals(t *testing.T) {
-	h := newHarness(t, nil)
+	// The Store contract alone: without AuditVerifier, VerifyAudit is refused.
+	h := newHarness(t, func(c *Config) { c.Store = storeOnly{c.Store} })
 	client := h.adminClient()
 	h.addCluster("east", "east.example")
 	for _, tc := range []struct {
@@ -295,10 +296,10 @@ func TestRevokeRefusals(t *testing.T) {
 			}
 		})
 	}
-	if evs := h.fake.events("cluster.revoke"); len(evs) != 0 {
+	if evs := h.events("cluster.revoke"); len(evs) != 0 {
 		t.Fatalf("refused calls revoked: %+v", evs)
 	}
-	if rs, _ := h.fake.Revocations(context.Background(), h.clock.Now()); len(rs) != 0 {
+	if rs, _ := h.db.Revocations(context.Background(), h.clock.Now()); len(rs) != 0 {
 		t.Fatalf("refused calls recorded revocations: %+v", rs)
 	}
 }
@@ -318,7 +319,7 @@ func TestRevocationLoadedOnRefresh(t *testing.T) {
 	if _, err := renew(t, h.dial(addr, east.tlsCert()), east, false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.fake.Revoke(context.Background(), store.Revocation{
+	if _, err := h.db.Revoke(context.Background(), store.Revocation{
 		Kind: store.RevokeCluster, Value: "east", Cluster: "east", RevokedBy: "admin:elsewhere",
 	}, store.AuditEvent{Time: h.clock.Now(), Actor: "admin:elsewhere", Action: "cluster.revoke"}); err != nil {
 		t.Fatal(err)
@@ -333,11 +334,11 @@ func TestRevocationLoadedOnRefresh(t *testing.T) {
 	// Both intermediates (the enrolment's and the one that raced) are
 	// revoked by the root itself and on its CRL.
 	var want []string
-	for _, in := range h.fake.allIntermediates() {
+	for _, in := range h.allIntermediates() {
 		want = append(want, in.Serial)
 	}
 	slices.Sort(want)
-	evs := h.fake.events("intermediate.revoke")
+	evs := h.events("intermediate.revoke")
 	if len(evs) != 2 || evs[0].Actor != actorRoot || evs[1].Actor != actorRoot {
 		t.Fatalf("intermediate.revoke audit: %+v", evs)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/root/federation"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/store/sqlite"
 	"github.com/meshca/meshca/trust"
 )
 
@@ -42,7 +43,7 @@ func TestNewCreatesFirstRootOnce(t *testing.T) {
 	if err != nil || info.Mode().Perm() != 0o600 {
 		t.Fatalf("key file %s: %v, mode %v; want mode 0600", first.KeyRef, err, info.Mode().Perm())
 	}
-	if evs := h.fake.events("root.create"); len(evs) != 1 || evs[0].Actor != "system:root-init" {
+	if evs := h.events("root.create"); len(evs) != 1 || evs[0].Actor != "system:root-init" {
 		t.Fatalf("audit events root.create: %+v, want one by system:root-init", evs)
 	}
 
@@ -64,22 +65,21 @@ func TestNewCreatesFirstRootOnce(t *testing.T) {
 	if r := again.Roots(); len(r) != 1 || !r[0].Cert.Equal(first.Cert) {
 		t.Fatalf("roots after restart: %d, want the same one", len(r))
 	}
-	if n := len(h.fake.events("root.create")); n != 1 {
+	if n := len(h.events("root.create")); n != 1 {
 		t.Fatalf("%d roots created after restart, want 1 in total", n)
 	}
 }
 
 func TestNewFailsWhenStoreIsDown(t *testing.T) {
-	fake := newFakeStore()
-	fake.setFail(errStoreDown)
-	_, err := New(context.Background(), Config{Store: fake, Keys: FileKeys{Dir: t.TempDir()}, Hosts: []string{"localhost"}})
+	db := downRoots{openSQLite(t, nil)}
+	_, err := New(context.Background(), Config{Store: db, Keys: FileKeys{Dir: t.TempDir()}, Hosts: []string{"localhost"}})
 	if !errors.Is(err, errStoreDown) {
 		t.Fatalf("New with the store down: %v, want it to wrap the store's error", err)
 	}
 }
 
 func TestConfigValidate(t *testing.T) {
-	ok := Config{Store: newFakeStore(), Keys: FileKeys{Dir: "x"}, Hosts: []string{"root.example", "10.0.0.1"}}
+	ok := Config{Store: openSQLite(t, nil), Keys: FileKeys{Dir: "x"}, Hosts: []string{"root.example", "10.0.0.1"}}
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("valid config: %v", err)
 	}
@@ -167,7 +167,7 @@ func TestAutoRotate(t *testing.T) {
 	if !roots[1].ActivateAt.Equal(sec(h.clock.Now().Add(time.Hour))) {
 		t.Errorf("new root activates at %v, want in the propagation delay", roots[1].ActivateAt)
 	}
-	if evs := h.fake.events("root.create"); len(evs) != 2 || evs[1].Actor != "system:auto-rotate" {
+	if evs := h.events("root.create"); len(evs) != 2 || evs[1].Actor != "system:auto-rotate" {
 		t.Fatalf("root.create events: %+v", evs)
 	}
 	time.Sleep(3 * h.cfg.Tick) // a newer root exists: no further rotation
@@ -229,7 +229,7 @@ func TestTrustDomainsAcrossRestart(t *testing.T) {
 		t.Run(fmt.Sprintf("listing=%v", listing), func(t *testing.T) {
 			h := newHarness(t, func(c *Config) {
 				if listing {
-					c.Store = listingStore{c.Store.(*fakeStore)}
+					c.Store = listingStore{c.Store.(*sqlite.Store)}
 				}
 			})
 			h.addCluster("idle", "idle.example")

@@ -57,7 +57,7 @@ func TestRotateRootWhileInProgress(t *testing.T) {
 		t.Fatalf("forced rotation: %v", err)
 	}
 	wantStates(t, h, RootRetiring, RootActive, RootPrepared)
-	ev := h.fake.events("root.create")
+	ev := h.events("root.create")
 	if last := ev[len(ev)-1]; !strings.Contains(last.Detail, forced.GetRoot().GetSha256()) || !strings.Contains(last.Detail, "forced while root") {
 		t.Fatalf("audit of the forced rotation: %q", last.Detail)
 	}
