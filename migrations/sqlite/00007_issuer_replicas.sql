@@ -9,7 +9,8 @@
 -- +goose Up
 ALTER TABLE join_tokens ADD COLUMN replicas INTEGER NOT NULL DEFAULT 1 CHECK (replicas >= 1);
 
-CREATE TABLE cluster_credentials_new (
+ALTER TABLE cluster_credentials RENAME TO cluster_credentials_old;
+CREATE TABLE cluster_credentials (
     cluster         TEXT    NOT NULL REFERENCES clusters (name) ON DELETE CASCADE,
     replica         TEXT    NOT NULL DEFAULT '',
     current_serial  TEXT    NOT NULL,
@@ -21,17 +22,17 @@ CREATE TABLE cluster_credentials_new (
     updated_at      INTEGER NOT NULL,
     PRIMARY KEY (cluster, replica)
 ) STRICT;
-INSERT INTO cluster_credentials_new
+INSERT INTO cluster_credentials
     (cluster, current_serial, previous_serial, current_used, revoked, newest_not_before, lineage_since, updated_at)
     SELECT cluster, current_serial, previous_serial, current_used, revoked, newest_not_before, lineage_since, updated_at
-    FROM cluster_credentials;
-DROP TABLE cluster_credentials;
-ALTER TABLE cluster_credentials_new RENAME TO cluster_credentials;
+    FROM cluster_credentials_old;
+DROP TABLE cluster_credentials_old;
 
 -- +goose Down
 -- The lineages of named replicas cannot be kept in a table of one row per
 -- cluster: those replicas enrol again after a downgrade.
-CREATE TABLE cluster_credentials_old (
+ALTER TABLE cluster_credentials RENAME TO cluster_credentials_new;
+CREATE TABLE cluster_credentials (
     cluster         TEXT    NOT NULL PRIMARY KEY REFERENCES clusters (name) ON DELETE CASCADE,
     current_serial  TEXT    NOT NULL,
     previous_serial TEXT    NOT NULL DEFAULT '',
@@ -41,9 +42,8 @@ CREATE TABLE cluster_credentials_old (
     lineage_since   INTEGER NOT NULL DEFAULT 0,
     updated_at      INTEGER NOT NULL
 ) STRICT;
-INSERT INTO cluster_credentials_old
+INSERT INTO cluster_credentials
     SELECT cluster, current_serial, previous_serial, current_used, revoked, newest_not_before, lineage_since, updated_at
-    FROM cluster_credentials WHERE replica = '';
-DROP TABLE cluster_credentials;
-ALTER TABLE cluster_credentials_old RENAME TO cluster_credentials;
+    FROM cluster_credentials_new WHERE replica = '';
+DROP TABLE cluster_credentials_new;
 ALTER TABLE join_tokens DROP COLUMN replicas;
