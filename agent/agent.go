@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/internal/unixsock"
 	"github.com/meshca/meshca/rotation"
 )
@@ -412,13 +413,7 @@ func (a *Agent) grpcServer(sock unixSocket, g *grpc.Server, endStreams func()) (
 		},
 		shutdown: func(ctx context.Context) {
 			endStreams()
-			stopped := make(chan struct{})
-			go func() { g.GracefulStop(); close(stopped) }()
-			select {
-			case <-stopped:
-			case <-ctx.Done():
-				g.Stop()
-			}
+			grpcx.Stop(ctx, g)
 			_ = lis.Close() // removes the socket file; already closed by Stop is fine
 		},
 	}, nil

@@ -18,6 +18,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/grpcx"
 )
 
 // BundleSource supplies the trust bundle an issuer publishes to its agents.
@@ -123,7 +124,7 @@ func (b *bundleService) current() (*ca.TrustBundle, <-chan struct{}, <-chan stru
 func (b *bundleService) GetBundle(ctx context.Context, _ *meshcav1.GetBundleRequest) (*meshcav1.GetBundleResponse, error) {
 	tb, _, _ := b.current()
 	if tb == nil {
-		return nil, status.Error(codes.Unavailable, "no trust bundle yet; retry later")
+		return nil, b.srv.status(ctx, "bundle request", errNoBundle)
 	}
 	return &meshcav1.GetBundleResponse{Bundle: tb.ToProto()}, nil
 }
@@ -150,7 +151,7 @@ func (b *bundleService) WatchBundle(req *meshcav1.WatchBundleRequest, stream grp
 		if tb != nil && shouldSend(tb, last, sent) {
 			if err := stream.Send(&meshcav1.WatchBundleResponse{Bundle: tb.ToProto()}); err != nil {
 				if !errors.Is(err, context.Canceled) && ctx.Err() == nil {
-					b.log.InfoContext(ctx, "bundle watch ended", "error", err.Error(), "peer", peerAddr(ctx))
+					b.log.InfoContext(ctx, "bundle watch ended", "error", err.Error(), "peer", grpcx.PeerAddr(ctx))
 				}
 				return err
 			}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/store"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -32,17 +33,17 @@ import (
 // caller.
 var (
 	// ErrUnauthenticated: the credential proves nothing. Callers see an
-	// opaque message; the wrapped reason goes to the log. It is attest's
-	// sentinel, so attestation errors need no second wrapping.
-	ErrUnauthenticated = attest.ErrUnauthenticated
+	// opaque message; the wrapped reason goes to the log. Attestation
+	// errors are marked with it (identify).
+	ErrUnauthenticated = grpcx.ErrUnauthenticated
 	// ErrPermissionDenied: the caller is authenticated but may not have what
 	// it asked for.
-	ErrPermissionDenied = errors.New("permission denied")
+	ErrPermissionDenied = grpcx.ErrPermissionDenied
 	// ErrInvalidRequest: the request is malformed (bad CSR, bad TTL).
-	ErrInvalidRequest = errors.New("invalid request")
+	ErrInvalidRequest = grpcx.Mark(errors.New("invalid request"), grpcx.ErrInvalidArgument)
 	// ErrUnavailable: a dependency (attestation, the store, the CA) cannot
 	// serve now; retrying later may succeed. Nothing was issued.
-	ErrUnavailable = errors.New("unavailable")
+	ErrUnavailable = grpcx.ErrUnavailable
 )
 
 // Attestor verifies a workload credential (see package attest).
@@ -392,8 +393,8 @@ func (iss *Issuer) identify(ctx context.Context, token, clusterID string) (attes
 		switch {
 		case errors.Is(err, attest.ErrUnavailable):
 			return attest.Identity{}, spiffeid.ID{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
-		case errors.Is(err, ErrUnauthenticated):
-			return attest.Identity{}, spiffeid.ID{}, fmt.Errorf("attest: %w", err)
+		case errors.Is(err, attest.ErrUnauthenticated):
+			return attest.Identity{}, spiffeid.ID{}, fmt.Errorf("attest: %w", grpcx.Mark(err, ErrUnauthenticated))
 		default: // an attestor that broke its contract still fails closed
 			return attest.Identity{}, spiffeid.ID{}, fmt.Errorf("%w: attest: %w", ErrUnauthenticated, err)
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/store"
 )
 
@@ -157,7 +158,7 @@ func (r *Root) admitCredential(ctx context.Context, c store.Cluster, id spiffeid
 		rec, err := r.cfg.Store.ClusterCredential(ctx, c.Name)
 		found := err == nil
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return store.ClusterCredential{}, fmt.Errorf("%w: credential record of cluster %s: %w", errUnavailable, c.Name, err)
+			return store.ClusterCredential{}, fmt.Errorf("%w: credential record of cluster %s: %w", grpcx.ErrUnavailable, c.Name, err)
 		}
 		if call == watchCredential {
 			return admitWatch(rec, found, c.Name, serial)
@@ -167,13 +168,13 @@ func (r *Root) admitCredential(ctx context.Context, c store.Cluster, id spiffeid
 		switch judgeCredential(rec, found, leaf) {
 		case earlier:
 			r.log.WarnContext(ctx, "credential of an earlier enrolment refused", "cluster", c.Name, "serial", serial,
-				"not_before", leaf.NotBefore, "enrolled_after", rec.Since, "peer", peerAddr(ctx))
+				"not_before", leaf.NotBefore, "enrolled_after", rec.Since, "peer", grpcx.PeerAddr(ctx))
 			return store.ClusterCredential{}, fmt.Errorf("%w: credential serial %s of cluster %s predates its last enrolment",
-				errUnauthenticated, serial, c.Name)
+				grpcx.ErrUnauthenticated, serial, c.Name)
 		case lineageRevoked:
 			return store.ClusterCredential{}, fmt.Errorf(
 				"%w: credential serial %s: the credentials of cluster %s were revoked after a reuse; it must enrol again with a new join token",
-				errUnauthenticated, serial, c.Name)
+				grpcx.ErrUnauthenticated, serial, c.Name)
 		case reuse:
 			return store.ClusterCredential{}, r.credentialReused(ctx, c, id, rec, serial)
 		case adopt:
@@ -199,11 +200,11 @@ func (r *Root) admitCredential(ctx context.Context, c store.Cluster, id spiffeid
 		case err == nil:
 			return next, nil
 		case !errors.Is(err, store.ErrConflict):
-			return store.ClusterCredential{}, fmt.Errorf("%w: record credential use of cluster %s: %w", errUnavailable, c.Name, err)
+			return store.ClusterCredential{}, fmt.Errorf("%w: record credential use of cluster %s: %w", grpcx.ErrUnavailable, c.Name, err)
 		}
 		// Changed under us (a Renew of the same issuer): judge again.
 	}
-	return store.ClusterCredential{}, fmt.Errorf("%w: credential record of cluster %s keeps changing", errUnavailable, c.Name)
+	return store.ClusterCredential{}, fmt.Errorf("%w: credential record of cluster %s keeps changing", grpcx.ErrUnavailable, c.Name)
 }
 
 // admitWatch admits a bundle watch with credential serial of cluster
@@ -216,12 +217,12 @@ func admitWatch(rec store.ClusterCredential, found bool, cluster, serial string)
 		return store.ClusterCredential{}, nil
 	case rec.Revoked:
 		return store.ClusterCredential{}, fmt.Errorf("%w: credential serial %s: the credentials of cluster %s were revoked after a reuse",
-			errUnauthenticated, serial, cluster)
+			grpcx.ErrUnauthenticated, serial, cluster)
 	case serial == rec.Current, serial == rec.Previous && rec.Previous != "":
 		return rec, nil
 	}
 	return store.ClusterCredential{}, fmt.Errorf("%w: credential serial %s is neither the current credential of cluster %s nor its predecessor",
-		errUnauthenticated, serial, cluster)
+		grpcx.ErrUnauthenticated, serial, cluster)
 }
 
 // checkDenyList refuses a credential whose serial, SPIFFE ID or cluster is
@@ -230,14 +231,14 @@ func admitWatch(rec store.ClusterCredential, found bool, cluster, serial string)
 func (r *Root) checkDenyList(ctx context.Context, c store.Cluster, id spiffeid.ID, serial string) error {
 	revs, err := r.cfg.Store.Revocations(ctx, r.cfg.Now())
 	if err != nil {
-		return fmt.Errorf("%w: read the deny-list: %w", errUnavailable, err)
+		return fmt.Errorf("%w: read the deny-list: %w", grpcx.ErrUnavailable, err)
 	}
 	for _, e := range revs {
 		switch {
 		case e.Kind == store.RevokeSerial && e.Value == serial,
 			e.Kind == store.RevokeSPIFFEID && e.Value == id.String():
 			return fmt.Errorf("%w: credential serial %s of cluster %s is revoked (%s %s)",
-				errUnauthenticated, serial, c.Name, e.Kind, e.Value)
+				grpcx.ErrUnauthenticated, serial, c.Name, e.Kind, e.Value)
 		case e.Kind == store.RevokeCluster && e.Value == c.Name:
 			return revokedError(c.Name)
 		}
@@ -251,7 +252,7 @@ func (r *Root) credentialReused(ctx context.Context, c store.Cluster, id spiffei
 	r.reuse.inc(c.Name)
 	r.log.ErrorContext(ctx, "credential reuse: a credential of this cluster is held by two parties; revoking every credential of the cluster, which must enrol again with a new join token",
 		"cluster", c.Name, "serial", serial, "current_serial", rec.Current, "previous_serial", rec.Previous,
-		"current_used", rec.CurrentUsed, "peer", peerAddr(ctx))
+		"current_used", rec.CurrentUsed, "peer", grpcx.PeerAddr(ctx))
 	ev := r.credentialEvent(id, c, serial, "credential.reuse", fmt.Sprintf(
 		"credential serial %s presented; current %s (used: %t), previous %s; every credential of the cluster revoked, enrol again with a new join token",
 		serial, rec.Current, rec.CurrentUsed, cmp.Or(rec.Previous, "(none)")))
@@ -264,7 +265,7 @@ func (r *Root) credentialReused(ctx context.Context, c store.Cluster, id spiffei
 		r.log.ErrorContext(ctx, "cannot record the revocation of a reused credential's lineage", "cluster", c.Name, "error", err)
 	}
 	return fmt.Errorf("%w: credential serial %s of cluster %s reused (current %s, previous %s)",
-		errUnauthenticated, serial, c.Name, rec.Current, rec.Previous)
+		grpcx.ErrUnauthenticated, serial, c.Name, rec.Current, rec.Previous)
 }
 
 // swapUntilDone replaces the record of cluster, whatever it holds, by
