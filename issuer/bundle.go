@@ -36,8 +36,8 @@ type issuerBundles struct{ iss *Issuer }
 var _ BundleSource = issuerBundles{}
 
 func (s issuerBundles) Current() (*ca.TrustBundle, <-chan struct{}) {
-	sig := s.iss.signing.Load()
-	return localTrustBundle(s.iss, sig), sig.replaced
+	sig, replaced := s.iss.signing.Load()
+	return localTrustBundle(s.iss, sig), replaced
 }
 
 // localTrustBundle builds the bundle of a signing. Its sequence is derived

@@ -17,13 +17,12 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/grpcx"
+	"github.com/meshca/meshca/internal/watch"
 	"github.com/meshca/meshca/store"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -164,18 +163,20 @@ type signing struct {
 	// prepared is the intermediate that will replace this one (see
 	// SetPrepared); nil when none is prepared.
 	prepared *ca.Authority
-	// replaced is closed when SetAuthority (or SetPrepared) replaces this
-	// signing.
-	replaced chan struct{}
 }
 
 // Issuer issues workload certificates. It is safe for concurrent use.
 type Issuer struct {
-	cfg     Config
-	signing atomic.Pointer[signing]
-	// swapMu orders SetAuthority calls, so that each signing's replaced
-	// channel is closed exactly once.
-	swapMu sync.Mutex
+	cfg Config
+	// signing is replaced by SetAuthority and SetPrepared, which wake its
+	// watchers; nil before the first SetAuthority.
+	signing watch.Value[*signing]
+}
+
+// current returns the signing in force.
+func (iss *Issuer) current() *signing {
+	s, _ := iss.signing.Load()
+	return s
 }
 
 // New returns an Issuer for cfg.
@@ -217,20 +218,18 @@ func (iss *Issuer) SetAuthority(a *ca.Authority, b *ca.Bundle) error {
 		return fmt.Errorf("issuer: intermediate permits URI domains %q, want exactly %q", c.PermittedURIDomains, td)
 	}
 	next := &signing{
-		authority: a, bundle: b, root: root, replaced: make(chan struct{}),
+		authority: a, bundle: b, root: root,
 		chain: append([]*x509.Certificate(nil), chain[:len(chain)-1]...),
 	}
 	for _, c := range chain {
 		next.tailPEM = append(next.tailPEM, certPEM(c))
 	}
-	iss.swapMu.Lock()
-	defer iss.swapMu.Unlock()
-	if prev := iss.signing.Load(); prev != nil {
-		next.previous = heldBefore(prev, a, iss.cfg.Now())
-	}
-	if prev := iss.signing.Swap(next); prev != nil {
-		close(prev.replaced)
-	}
+	iss.signing.Update(func(prev *signing) (*signing, bool) {
+		if prev != nil {
+			next.previous = heldBefore(prev, a, iss.cfg.Now())
+		}
+		return next, true
+	})
 	return nil
 }
 
@@ -252,16 +251,14 @@ func heldBefore(prev *signing, a *ca.Authority, now time.Time) []*ca.Authority {
 // that checks CRLs (Envoy does, for every CA of a chain, once it has any)
 // then never meets an intermediate it has no CRL for.
 func (iss *Issuer) SetPrepared(a *ca.Authority) {
-	iss.swapMu.Lock()
-	defer iss.swapMu.Unlock()
-	prev := iss.signing.Load()
-	if prev == nil || prev.authority == a {
-		return
-	}
-	next := *prev
-	next.prepared, next.replaced = a, make(chan struct{})
-	iss.signing.Store(&next)
-	close(prev.replaced)
+	iss.signing.Update(func(prev *signing) (*signing, bool) {
+		if prev == nil || prev.authority == a {
+			return prev, false
+		}
+		next := *prev
+		next.prepared = a
+		return &next, true
+	})
 }
 
 // Held returns the authorities whose certificates may be in use at now: the
@@ -269,7 +266,7 @@ func (iss *Issuer) SetPrepared(a *ca.Authority) {
 // replaced that have not expired, newest first. Each signs a CRL (see
 // CRLSigner).
 func (iss *Issuer) Held(now time.Time) []*ca.Authority {
-	s := iss.signing.Load()
+	s := iss.current()
 	out := []*ca.Authority{s.authority}
 	if p := s.prepared; p != nil && p != s.authority && !now.Before(p.Certificate.NotBefore) && now.Before(p.Certificate.NotAfter) {
 		out = append(out, p)
@@ -283,13 +280,13 @@ func (iss *Issuer) Held(now time.Time) []*ca.Authority {
 }
 
 // authorityChanged returns a channel closed when SetAuthority next runs.
-func (iss *Issuer) authorityChanged() <-chan struct{} { return iss.signing.Load().replaced }
+func (iss *Issuer) authorityChanged() <-chan struct{} { return iss.signing.Changed() }
 
 // Authority returns the intermediate the issuer signs with now.
-func (iss *Issuer) Authority() *ca.Authority { return iss.signing.Load().authority }
+func (iss *Issuer) Authority() *ca.Authority { return iss.current().authority }
 
 // Bundle returns the current trust bundle.
-func (iss *Issuer) Bundle() *ca.Bundle { return iss.signing.Load().bundle }
+func (iss *Issuer) Bundle() *ca.Bundle { return iss.current().bundle }
 
 // Request is one certificate request.
 type Request struct {
@@ -362,7 +359,7 @@ func (iss *Issuer) issue(ctx context.Context, req Request) (*x509.Certificate, *
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", id, err)
 	}
-	s := iss.signing.Load()
+	s := iss.current()
 	now := iss.cfg.Now()
 	leaf, err := s.authority.SignLeaf(ca.LeafRequest{
 		PublicKey: csr.PublicKey, URIs: []*url.URL{id.URL()}, TTL: iss.clampTTL(req.TTL), Now: now,
