@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/internal/unixsock"
 	"github.com/meshca/meshca/rotation"
 	"github.com/meshca/meshca/trust"
@@ -412,13 +413,7 @@ func (a *Agent) grpcServer(sock unixSocket, g *grpc.Server, endStreams func()) (
 		},
 		shutdown: func(ctx context.Context) {
 			endStreams()
-			stopped := make(chan struct{})
-			go func() { g.GracefulStop(); close(stopped) }()
-			select {
-			case <-stopped:
-			case <-ctx.Done():
-				g.Stop()
-			}
+			grpcx.Stop(ctx, g)
 			_ = lis.Close() // removes the socket file; already closed by Stop is fine
 		},
 	}, nil

@@ -10,12 +10,13 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/meshca/meshca/trust"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/meshca/meshca/internal/watch"
+	"github.com/meshca/meshca/trust"
 )
 
 // Source is what the SDS and Workload API servers serve from: the agent's
@@ -332,42 +333,24 @@ func (s *Snapshot) cachedSDS(name string, build func() (*anypb.Any, error)) (*an
 // streams woken by one rotation do not queue on a mutex. The zero value is
 // not usable; call NewPublisher.
 type Publisher struct {
-	mu    sync.Mutex // serializes Publish
-	state atomic.Pointer[publisherState]
-}
-
-type publisherState struct {
-	snap    *Snapshot
-	changed chan struct{}
+	v *watch.Value[*Snapshot]
 }
 
 var _ Source = (*Publisher)(nil)
 
 // NewPublisher returns a publisher holding an empty snapshot (no SVID, no
 // bundle).
-func NewPublisher() *Publisher {
-	p := &Publisher{}
-	p.state.Store(&publisherState{snap: &Snapshot{}, changed: make(chan struct{})})
-	return p
-}
+func NewPublisher() *Publisher { return &Publisher{v: watch.New(&Snapshot{})} }
 
 // Current implements Source.
-func (p *Publisher) Current() (*Snapshot, <-chan struct{}) {
-	st := p.state.Load()
-	return st.snap, st.changed
-}
+func (p *Publisher) Current() (*Snapshot, <-chan struct{}) { return p.v.Load() }
 
 // Publish makes s current and wakes every subscriber, unless s has the same
 // SVID, bundles and CRLs as the current snapshot. It reports whether it did.
 func (p *Publisher) Publish(s *Snapshot) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	old := p.state.Load()
-	if s.svidVersion == old.snap.svidVersion && s.bundleVersion == old.snap.bundleVersion &&
-		s.federatedVersion == old.snap.federatedVersion && s.crlVersion == old.snap.crlVersion {
-		return false
-	}
-	p.state.Store(&publisherState{snap: s, changed: make(chan struct{})})
-	close(old.changed)
-	return true
+	return p.v.Update(func(old *Snapshot) (*Snapshot, bool) {
+		same := s.svidVersion == old.svidVersion && s.bundleVersion == old.bundleVersion &&
+			s.federatedVersion == old.federatedVersion && s.crlVersion == old.crlVersion
+		return s, !same
+	})
 }

@@ -19,6 +19,7 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/adminapi"
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/trust"
 )
@@ -146,19 +147,8 @@ const adminGracePeriod = 5 * time.Second
 func (s *AdminServer) serve(ctx context.Context, lis net.Listener, opts ...grpc.ServerOption) error {
 	srv := grpc.NewServer(append(opts, grpc.MaxRecvMsgSize(s.cfg.MaxRequestBytes))...)
 	meshcav1.RegisterAdminServiceServer(srv, s)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(lis) }()
-	select {
-	case err := <-errc:
+	if err := grpcx.Serve(ctx, srv, lis, adminGracePeriod, nil); err != nil {
 		return fmt.Errorf("issuer admin server: %w", err)
-	case <-ctx.Done():
-	}
-	done := make(chan struct{})
-	go func() { srv.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(adminGracePeriod):
-		srv.Stop()
 	}
 	return nil
 }
@@ -202,14 +192,14 @@ func (s *AdminServer) revoke(ctx context.Context, req *meshcav1.RevokeRequest, a
 	case *meshcav1.RevokeRequest_Cluster:
 		return store.Revocation{}, errOnRoot("cluster revocation")
 	default:
-		return store.Revocation{}, fmt.Errorf("%w: name a serial or a SPIFFE ID to revoke", adminapi.ErrInvalidArgument)
+		return store.Revocation{}, fmt.Errorf("%w: name a serial or a SPIFFE ID to revoke", grpcx.ErrInvalidArgument)
 	}
 	rev, err := s.cfg.Store.Revoke(ctx, r, ev)
 	switch {
 	case errors.Is(err, store.ErrAlreadyExists):
-		return store.Revocation{}, fmt.Errorf("%w: %s %s is already revoked", adminapi.ErrAlreadyExists, r.Kind, r.Value)
+		return store.Revocation{}, fmt.Errorf("%w: %s %s is already revoked", grpcx.ErrAlreadyExists, r.Kind, r.Value)
 	case err != nil:
-		return store.Revocation{}, fmt.Errorf("%w: revoke %s %s: %w", adminapi.ErrUnavailable, r.Kind, r.Value, err)
+		return store.Revocation{}, fmt.Errorf("%w: revoke %s %s: %w", grpcx.ErrUnavailable, r.Kind, r.Value, err)
 	}
 	s.cfg.Logger.InfoContext(ctx, "revoked", "kind", rev.Kind, "value", rev.Value, "cluster", rev.Cluster,
 		"actor", actor, "reason", rev.Reason, "expires_at", rev.ExpiresAt)
@@ -228,15 +218,15 @@ func (s *AdminServer) revocableCert(ctx context.Context, serial string, now time
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return store.Certificate{}, fmt.Errorf("%w: no certificate with serial %s in cluster %s",
-			adminapi.ErrNotFound, serial, s.cfg.Cluster)
+			grpcx.ErrNotFound, serial, s.cfg.Cluster)
 	case err != nil:
-		return store.Certificate{}, fmt.Errorf("%w: certificate %s: %w", adminapi.ErrUnavailable, serial, err)
+		return store.Certificate{}, fmt.Errorf("%w: certificate %s: %w", grpcx.ErrUnavailable, serial, err)
 	case c.Cluster != s.cfg.Cluster:
 		return store.Certificate{}, fmt.Errorf("%w: certificate %s was issued in cluster %s; revoke it on that cluster's issuer",
-			adminapi.ErrFailedPrecondition, serial, c.Cluster)
+			grpcx.ErrFailedPrecondition, serial, c.Cluster)
 	case !now.Before(c.NotAfter):
 		return store.Certificate{}, fmt.Errorf("%w: certificate %s expired at %s; nothing to revoke",
-			adminapi.ErrFailedPrecondition, serial, c.NotAfter.Format(time.RFC3339))
+			grpcx.ErrFailedPrecondition, serial, c.NotAfter.Format(time.RFC3339))
 	}
 	return c, nil
 }
@@ -254,7 +244,7 @@ func (s *AdminServer) Unrevoke(ctx context.Context, req *meshcav1.UnrevokeReques
 
 func (s *AdminServer) unrevoke(ctx context.Context, req *meshcav1.UnrevokeRequest, actor string) error {
 	if req.GetSpiffeId() == "" {
-		return fmt.Errorf("%w: name the SPIFFE ID whose revocation to lift", adminapi.ErrInvalidArgument)
+		return fmt.Errorf("%w: name the SPIFFE ID whose revocation to lift", grpcx.ErrInvalidArgument)
 	}
 	id, err := s.workloadID(req.GetSpiffeId())
 	if err != nil {
@@ -265,9 +255,9 @@ func (s *AdminServer) unrevoke(ctx context.Context, req *meshcav1.UnrevokeReques
 	})
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return fmt.Errorf("%w: no revocation of %s in force", adminapi.ErrNotFound, id)
+		return fmt.Errorf("%w: no revocation of %s in force", grpcx.ErrNotFound, id)
 	case err != nil:
-		return fmt.Errorf("%w: unrevoke %s: %w", adminapi.ErrUnavailable, id, err)
+		return fmt.Errorf("%w: unrevoke %s: %w", grpcx.ErrUnavailable, id, err)
 	}
 	s.cfg.Logger.InfoContext(ctx, "revocation lifted; the certificates it revoked stay revoked until they expire",
 		"spiffe_id", id.String(), "cluster", s.cfg.Cluster, "actor", actor)
@@ -300,9 +290,9 @@ func (s *AdminServer) workloadID(raw string) (spiffeid.ID, error) {
 		return spiffeid.ID{}, err
 	case id.TrustDomain() != s.cfg.TrustDomain:
 		return spiffeid.ID{}, fmt.Errorf("%w: %s is not in trust domain %s; revoke it on its own cluster's issuer",
-			adminapi.ErrInvalidArgument, id, s.cfg.TrustDomain.Name())
+			grpcx.ErrInvalidArgument, id, s.cfg.TrustDomain.Name())
 	case id.Path() == "":
-		return spiffeid.ID{}, fmt.Errorf("%w: %s names a trust domain, not a workload", adminapi.ErrInvalidArgument, id)
+		return spiffeid.ID{}, fmt.Errorf("%w: %s names a trust domain, not a workload", grpcx.ErrInvalidArgument, id)
 	}
 	return id, nil
 }
@@ -314,9 +304,9 @@ func checkReason(reason string) (string, error) {
 	reason = strings.TrimSpace(reason)
 	switch {
 	case len(reason) > MaxRevokeReason:
-		return "", fmt.Errorf("%w: reason longer than %d bytes", adminapi.ErrInvalidArgument, MaxRevokeReason)
+		return "", fmt.Errorf("%w: reason longer than %d bytes", grpcx.ErrInvalidArgument, MaxRevokeReason)
 	case !utf8.ValidString(reason) || strings.ContainsFunc(reason, unicode.IsControl):
-		return "", fmt.Errorf("%w: reason must be printable UTF-8 on one line", adminapi.ErrInvalidArgument)
+		return "", fmt.Errorf("%w: reason must be printable UTF-8 on one line", grpcx.ErrInvalidArgument)
 	}
 	return reason, nil
 }
@@ -324,7 +314,7 @@ func checkReason(reason string) (string, error) {
 // errOnRoot is the answer to the calls only the root serves.
 func errOnRoot(what string) error {
 	return fmt.Errorf("%w: %s is done on the root's admin socket (meshca root), not on an issuer's",
-		adminapi.ErrFailedPrecondition, what)
+		grpcx.ErrFailedPrecondition, what)
 }
 
 // AddCluster implements meshcav1.AdminServiceServer: FailedPrecondition.
@@ -365,13 +355,13 @@ func (s *AdminServer) IssueAdminCredential(ctx context.Context, req *meshcav1.Is
 func (s *AdminServer) issueAdminCredential(ctx context.Context, req *meshcav1.IssueAdminCredentialRequest, actor string, onSocket bool) (*meshcav1.IssueAdminCredentialResponse, error) {
 	switch {
 	case !onSocket:
-		return nil, fmt.Errorf("%w: admin credentials are issued on the Unix admin socket only", adminapi.ErrPermissionDenied)
+		return nil, fmt.Errorf("%w: admin credentials are issued on the Unix admin socket only", grpcx.ErrPermissionDenied)
 	case s.cfg.Root == nil:
 		return nil, errOnRoot("issuing admin credentials (this issuer has no root key)")
 	}
 	cr, err := adminapi.ParseCredentialRequest(req)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", adminapi.ErrInvalidArgument, err)
+		return nil, fmt.Errorf("%w: %w", grpcx.ErrInvalidArgument, err)
 	}
 	now := s.cfg.Now()
 	cert, err := adminapi.SignCredential(s.cfg.Root, cr, now)
@@ -388,7 +378,7 @@ func (s *AdminServer) issueAdminCredential(ctx context.Context, req *meshcav1.Is
 		Serial: serial, Detail: "not after " + cert.NotAfter.UTC().Format(time.RFC3339),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: record admin credential: %w", adminapi.ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: record admin credential: %w", grpcx.ErrUnavailable, err)
 	}
 	s.cfg.Logger.InfoContext(ctx, "admin credential issued", "actor", actor, "spiffe_id", cr.ID.String(), "serial", serial,
 		"cluster", s.cfg.Cluster, "not_after", cert.NotAfter)

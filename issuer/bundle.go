@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/trust"
 )
 
@@ -35,8 +36,8 @@ type issuerBundles struct{ iss *Issuer }
 var _ BundleSource = issuerBundles{}
 
 func (s issuerBundles) Current() (*trust.TrustBundle, <-chan struct{}) {
-	sig := s.iss.signing.Load()
-	return localTrustBundle(s.iss, sig), sig.replaced
+	sig, replaced := s.iss.signing.Load()
+	return localTrustBundle(s.iss, sig), replaced
 }
 
 // localTrustBundle builds the bundle of a signing. Its sequence is derived
@@ -123,7 +124,7 @@ func (b *bundleService) current() (*trust.TrustBundle, <-chan struct{}, <-chan s
 func (b *bundleService) GetBundle(ctx context.Context, _ *meshcav1.GetBundleRequest) (*meshcav1.GetBundleResponse, error) {
 	tb, _, _ := b.current()
 	if tb == nil {
-		return nil, status.Error(codes.Unavailable, "no trust bundle yet; retry later")
+		return nil, b.srv.status(ctx, "bundle request", errNoBundle)
 	}
 	return &meshcav1.GetBundleResponse{Bundle: tb.ToProto()}, nil
 }
@@ -150,7 +151,7 @@ func (b *bundleService) WatchBundle(req *meshcav1.WatchBundleRequest, stream grp
 		if tb != nil && shouldSend(tb, last, sent) {
 			if err := stream.Send(&meshcav1.WatchBundleResponse{Bundle: tb.ToProto()}); err != nil {
 				if !errors.Is(err, context.Canceled) && ctx.Err() == nil {
-					b.log.InfoContext(ctx, "bundle watch ended", "error", err.Error(), "peer", peerAddr(ctx))
+					b.log.InfoContext(ctx, "bundle watch ended", "error", err.Error(), "peer", grpcx.PeerAddr(ctx))
 				}
 				return err
 			}

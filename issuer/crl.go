@@ -8,10 +8,10 @@ import (
 	"math/big"
 	"math/rand/v2"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/watch"
 	"github.com/meshca/meshca/rotation"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/trust"
@@ -134,10 +134,13 @@ type CRLSigner struct {
 	// State owned by the Run goroutine.
 	signed map[*ca.Authority]signedCRL
 
-	mu      sync.Mutex
-	current []trust.CRL
-	gen     uint64 // grows with every change of current
-	changed chan struct{}
+	current watch.Value[crlSet]
+}
+
+// crlSet is the CRLs published, numbered by change.
+type crlSet struct {
+	crls []trust.CRL
+	gen  uint64 // grows with every change
 }
 
 type signedCRL struct {
@@ -153,7 +156,7 @@ func NewCRLSigner(cfg CRLSignerConfig) (*CRLSigner, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &CRLSigner{cfg: cfg, signed: map[*ca.Authority]signedCRL{}, changed: make(chan struct{})}, nil
+	return &CRLSigner{cfg: cfg, signed: map[*ca.Authority]signedCRL{}}, nil
 }
 
 // Current returns the CRLs of the held authorities, the current one's
@@ -164,9 +167,8 @@ func (s *CRLSigner) Current() ([]trust.CRL, <-chan struct{}) {
 }
 
 func (s *CRLSigner) snapshot() ([]trust.CRL, <-chan struct{}, uint64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.current, s.changed, s.gen
+	set, changed := s.current.Load()
+	return set.crls, changed, set.gen
 }
 
 // Run signs until ctx is cancelled, then returns nil: once the deny-list
@@ -333,12 +335,7 @@ func (s *CRLSigner) setCurrent(held []*ca.Authority) {
 			crls = append(crls, sc.crl)
 		}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.current = crls
-	s.gen++
-	close(s.changed)
-	s.changed = make(chan struct{})
+	s.current.Update(func(old crlSet) (crlSet, bool) { return crlSet{crls: crls, gen: old.gen + 1}, true })
 }
 
 // publish hands every new set of CRLs to the Publisher until ctx is

@@ -15,16 +15,14 @@ import (
 	pb "istio.io/api/security/v1alpha1"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/status"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/internal/grpclimit"
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/trust"
 )
 
@@ -129,23 +127,12 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 }
 
 // Serve accepts connections on lis, within the connection caps, until ctx
-// is cancelled, then stops gracefully: in-flight requests get up to 5 s to
-// finish. It returns nil on a clean shutdown.
+// is cancelled, then stops gracefully: bundle watches end at once,
+// in-flight requests get up to 5 s to finish. It returns nil on a clean
+// shutdown.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
-	errc := make(chan error, 1)
-	go func() { errc <- s.grpc.Serve(s.limits.Listener(lis)) }()
-	select {
-	case err := <-errc:
+	if err := grpcx.Serve(ctx, s.grpc, s.limits.Listener(lis), 5*time.Second, func() { close(s.stopping) }); err != nil {
 		return fmt.Errorf("issuer server: %w", err)
-	case <-ctx.Done():
-	}
-	close(s.stopping)
-	done := make(chan struct{})
-	go func() { s.grpc.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		s.grpc.Stop()
 	}
 	return nil
 }
@@ -168,7 +155,7 @@ func (i *istioService) CreateCertificate(ctx context.Context, req *pb.IstioCerti
 		})
 		if issueErr == nil {
 			i.srv.log.InfoContext(ctx, "certificate issued", "spiffe_id", leaf.URIs[0].String(),
-				"serial", trust.SerialHex(leaf.SerialNumber), "not_after", leaf.NotAfter, "peer", peerAddr(ctx))
+				"serial", trust.SerialHex(leaf.SerialNumber), "not_after", leaf.NotAfter, "peer", grpcx.PeerAddr(ctx))
 			return &pb.IstioCertificateResponse{CertChain: chain}, nil
 		}
 		err = issueErr
@@ -191,30 +178,22 @@ func requestedTTL(seconds int64) time.Duration {
 }
 
 // status maps an error of the call op to a gRPC status and logs the full
-// reason. It is the only place where issuer errors become status codes.
-// Credential problems and our own failures are opaque to the caller.
+// reason ("<op> rejected"). It is the only place where issuer errors become
+// status codes. Credential problems and our own failures are opaque to the
+// caller.
 func (s *Server) status(ctx context.Context, op string, err error) error {
-	code, msg, level := codes.Internal, "internal error", slog.LevelError
-	switch {
-	case errors.Is(err, ErrUnauthenticated):
-		code, msg, level = codes.Unauthenticated, "authentication failed", slog.LevelWarn
-	case errors.Is(err, ErrPermissionDenied):
-		code, msg, level = codes.PermissionDenied, err.Error(), slog.LevelWarn
-	case errors.Is(err, ErrInvalidRequest):
-		code, msg, level = codes.InvalidArgument, err.Error(), slog.LevelInfo
-	case errors.Is(err, context.Canceled):
-		code, msg, level = codes.Canceled, "request cancelled", slog.LevelInfo
-	case errors.Is(err, context.DeadlineExceeded):
-		code, msg, level = codes.DeadlineExceeded, "deadline exceeded", slog.LevelWarn
-	case errors.Is(err, grpclimit.ErrLimit):
-		// grpclimit logs refusals, at most one line a second: a flood
-		// of them must not flood the log.
-		code, msg, level = codes.ResourceExhausted, "too many streams; retry later", slog.LevelDebug
-	case errors.Is(err, ErrUnavailable):
-		code, msg = codes.Unavailable, "certificate authority temporarily unavailable; retry later"
+	return grpcx.Mapper{Log: s.log, Event: op + " rejected", Unavailable: issuerUnavailable}.Status(ctx, "", err)
+}
+
+// errNoBundle: the issuer has no trust bundle to serve yet.
+var errNoBundle = grpcx.Mark(errors.New("no trust bundle yet"), ErrUnavailable)
+
+// issuerUnavailable is what callers read when the issuer cannot serve now.
+func issuerUnavailable(err error) string {
+	if errors.Is(err, errNoBundle) {
+		return "no trust bundle yet; retry later"
 	}
-	s.log.Log(ctx, level, op+" rejected", "code", code.String(), "reason", err.Error(), "peer", peerAddr(ctx))
-	return status.Error(code, msg)
+	return "certificate authority temporarily unavailable; retry later"
 }
 
 func bearerToken(md metadata.MD) (string, error) {
@@ -232,13 +211,6 @@ func bearerToken(md metadata.MD) (string, error) {
 func firstValue(md metadata.MD, key string) string {
 	if v := md.Get(key); len(v) > 0 {
 		return v[0]
-	}
-	return ""
-}
-
-func peerAddr(ctx context.Context) string {
-	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		return p.Addr.String()
 	}
 	return ""
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/watch"
 	"github.com/meshca/meshca/rotation"
 	"github.com/meshca/meshca/trust"
 )
@@ -117,9 +118,7 @@ type Intermediates struct {
 	failures              int
 	retryAt               time.Time
 
-	pubMu     sync.Mutex
-	published *trust.TrustBundle
-	changed   chan struct{}
+	published *watch.Value[*trust.TrustBundle]
 }
 
 var _ BundleSource = (*Intermediates)(nil)
@@ -132,16 +131,14 @@ func NewIntermediates(cfg IntermediatesConfig) (*Intermediates, error) {
 	return &Intermediates{
 		cfg: cfg, offers: make(chan struct{}, 1),
 		current: cfg.Authority, currentRoot: rootOf(cfg.Authority, cfg.Bundle), bundle: cfg.Bundle,
-		published: cfg.Bundle, changed: make(chan struct{}),
+		published: watch.New(cfg.Bundle),
 	}, nil
 }
 
 // Current returns the newest bundle from the root and a channel closed when
 // a newer one arrives.
 func (m *Intermediates) Current() (*trust.TrustBundle, <-chan struct{}) {
-	m.pubMu.Lock()
-	defer m.pubMu.Unlock()
-	return m.published, m.changed
+	return m.published.Load()
 }
 
 // Run rotates until ctx is cancelled, then returns nil. It watches the
@@ -307,11 +304,7 @@ func (m *Intermediates) applyBundle(tb *trust.TrustBundle) {
 		m.cfg.Logger.Error("the current intermediate does not verify against the new trust bundle; the issuer keeps its previous roots",
 			"sequence", tb.Sequence, "error", err.Error())
 	}
-	m.pubMu.Lock()
-	m.published = tb
-	close(m.changed)
-	m.changed = make(chan struct{})
-	m.pubMu.Unlock()
+	m.published.Store(tb)
 	m.cfg.Logger.Info("trust bundle updated", "sequence", tb.Sequence, "trust_domains", len(tb.Domains),
 		"active_root_sha256", hex.EncodeToString(tb.ActiveRoot[:]))
 }

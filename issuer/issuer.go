@@ -17,12 +17,12 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/grpcx"
+	"github.com/meshca/meshca/internal/watch"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/trust"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -33,17 +33,17 @@ import (
 // caller.
 var (
 	// ErrUnauthenticated: the credential proves nothing. Callers see an
-	// opaque message; the wrapped reason goes to the log. It is attest's
-	// sentinel, so attestation errors need no second wrapping.
-	ErrUnauthenticated = attest.ErrUnauthenticated
+	// opaque message; the wrapped reason goes to the log. Attestation
+	// errors are marked with it (identify).
+	ErrUnauthenticated = grpcx.ErrUnauthenticated
 	// ErrPermissionDenied: the caller is authenticated but may not have what
 	// it asked for.
-	ErrPermissionDenied = errors.New("permission denied")
+	ErrPermissionDenied = grpcx.ErrPermissionDenied
 	// ErrInvalidRequest: the request is malformed (bad CSR, bad TTL).
-	ErrInvalidRequest = errors.New("invalid request")
+	ErrInvalidRequest = grpcx.Mark(errors.New("invalid request"), grpcx.ErrInvalidArgument)
 	// ErrUnavailable: a dependency (attestation, the store, the CA) cannot
 	// serve now; retrying later may succeed. Nothing was issued.
-	ErrUnavailable = errors.New("unavailable")
+	ErrUnavailable = grpcx.ErrUnavailable
 )
 
 // Attestor verifies a workload credential (see package attest).
@@ -164,18 +164,20 @@ type signing struct {
 	// prepared is the intermediate that will replace this one (see
 	// SetPrepared); nil when none is prepared.
 	prepared *ca.Authority
-	// replaced is closed when SetAuthority (or SetPrepared) replaces this
-	// signing.
-	replaced chan struct{}
 }
 
 // Issuer issues workload certificates. It is safe for concurrent use.
 type Issuer struct {
-	cfg     Config
-	signing atomic.Pointer[signing]
-	// swapMu orders SetAuthority calls, so that each signing's replaced
-	// channel is closed exactly once.
-	swapMu sync.Mutex
+	cfg Config
+	// signing is replaced by SetAuthority and SetPrepared, which wake its
+	// watchers; nil before the first SetAuthority.
+	signing watch.Value[*signing]
+}
+
+// current returns the signing in force.
+func (iss *Issuer) current() *signing {
+	s, _ := iss.signing.Load()
+	return s
 }
 
 // New returns an Issuer for cfg.
@@ -217,20 +219,18 @@ func (iss *Issuer) SetAuthority(a *ca.Authority, b *trust.Bundle) error {
 		return fmt.Errorf("issuer: intermediate permits URI domains %q, want exactly %q", c.PermittedURIDomains, td)
 	}
 	next := &signing{
-		authority: a, bundle: b, root: root, replaced: make(chan struct{}),
+		authority: a, bundle: b, root: root,
 		chain: append([]*x509.Certificate(nil), chain[:len(chain)-1]...),
 	}
 	for _, c := range chain {
 		next.tailPEM = append(next.tailPEM, certPEM(c))
 	}
-	iss.swapMu.Lock()
-	defer iss.swapMu.Unlock()
-	if prev := iss.signing.Load(); prev != nil {
-		next.previous = heldBefore(prev, a, iss.cfg.Now())
-	}
-	if prev := iss.signing.Swap(next); prev != nil {
-		close(prev.replaced)
-	}
+	iss.signing.Update(func(prev *signing) (*signing, bool) {
+		if prev != nil {
+			next.previous = heldBefore(prev, a, iss.cfg.Now())
+		}
+		return next, true
+	})
 	return nil
 }
 
@@ -252,16 +252,14 @@ func heldBefore(prev *signing, a *ca.Authority, now time.Time) []*ca.Authority {
 // that checks CRLs (Envoy does, for every CA of a chain, once it has any)
 // then never meets an intermediate it has no CRL for.
 func (iss *Issuer) SetPrepared(a *ca.Authority) {
-	iss.swapMu.Lock()
-	defer iss.swapMu.Unlock()
-	prev := iss.signing.Load()
-	if prev == nil || prev.authority == a {
-		return
-	}
-	next := *prev
-	next.prepared, next.replaced = a, make(chan struct{})
-	iss.signing.Store(&next)
-	close(prev.replaced)
+	iss.signing.Update(func(prev *signing) (*signing, bool) {
+		if prev == nil || prev.authority == a {
+			return prev, false
+		}
+		next := *prev
+		next.prepared = a
+		return &next, true
+	})
 }
 
 // Held returns the authorities whose certificates may be in use at now: the
@@ -269,7 +267,7 @@ func (iss *Issuer) SetPrepared(a *ca.Authority) {
 // replaced that have not expired, newest first. Each signs a CRL (see
 // CRLSigner).
 func (iss *Issuer) Held(now time.Time) []*ca.Authority {
-	s := iss.signing.Load()
+	s := iss.current()
 	out := []*ca.Authority{s.authority}
 	if p := s.prepared; p != nil && p != s.authority && !now.Before(p.Certificate.NotBefore) && now.Before(p.Certificate.NotAfter) {
 		out = append(out, p)
@@ -283,13 +281,13 @@ func (iss *Issuer) Held(now time.Time) []*ca.Authority {
 }
 
 // authorityChanged returns a channel closed when SetAuthority next runs.
-func (iss *Issuer) authorityChanged() <-chan struct{} { return iss.signing.Load().replaced }
+func (iss *Issuer) authorityChanged() <-chan struct{} { return iss.signing.Changed() }
 
 // Authority returns the intermediate the issuer signs with now.
-func (iss *Issuer) Authority() *ca.Authority { return iss.signing.Load().authority }
+func (iss *Issuer) Authority() *ca.Authority { return iss.current().authority }
 
 // Bundle returns the current trust bundle.
-func (iss *Issuer) Bundle() *trust.Bundle { return iss.signing.Load().bundle }
+func (iss *Issuer) Bundle() *trust.Bundle { return iss.current().bundle }
 
 // Request is one certificate request.
 type Request struct {
@@ -362,7 +360,7 @@ func (iss *Issuer) issue(ctx context.Context, req Request) (*x509.Certificate, *
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", id, err)
 	}
-	s := iss.signing.Load()
+	s := iss.current()
 	now := iss.cfg.Now()
 	leaf, err := s.authority.SignLeaf(ca.LeafRequest{
 		PublicKey: csr.PublicKey, URIs: []*url.URL{id.URL()}, TTL: iss.clampTTL(req.TTL), Now: now,
@@ -393,8 +391,8 @@ func (iss *Issuer) identify(ctx context.Context, token, clusterID string) (attes
 		switch {
 		case errors.Is(err, attest.ErrUnavailable):
 			return attest.Identity{}, spiffeid.ID{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
-		case errors.Is(err, ErrUnauthenticated):
-			return attest.Identity{}, spiffeid.ID{}, fmt.Errorf("attest: %w", err)
+		case errors.Is(err, attest.ErrUnauthenticated):
+			return attest.Identity{}, spiffeid.ID{}, fmt.Errorf("attest: %w", grpcx.Mark(err, ErrUnauthenticated))
 		default: // an attestor that broke its contract still fails closed
 			return attest.Identity{}, spiffeid.ID{}, fmt.Errorf("%w: attest: %w", ErrUnauthenticated, err)
 		}

@@ -55,7 +55,7 @@ func (s *servingCerts) get() (*tls.Certificate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.iss.cfg.Now()
-	sig := s.iss.signing.Load()
+	sig := s.iss.current()
 	if s.current != nil && now.Before(s.renewAt) && s.signedBy == sig.authority {
 		return s.current, nil
 	}

@@ -30,7 +30,7 @@ func TestVerifyRejectsWhatTheChainWould(t *testing.T) {
 	if err := iss.SetAuthority(tree.Intermediate, tree.Bundle); err != nil {
 		t.Fatal(err)
 	}
-	s := iss.signing.Load()
+	s := iss.current()
 	if !s.root.Equal(tree.Root.Certificate) || len(s.chain) != 1 || !s.chain[0].Equal(tree.Intermediate.Certificate) {
 		t.Fatal("signing state does not hold intermediate and root")
 	}

@@ -15,6 +15,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/internal/adminapi"
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/trust"
 )
@@ -51,7 +52,7 @@ func (s *adminService) AddCluster(ctx context.Context, req *meshcav1.AddClusterR
 // RotateRoot implements meshcav1.AdminServiceServer.
 func (s *adminService) RotateRoot(ctx context.Context, req *meshcav1.RotateRootRequest) (*meshcav1.RotateRootResponse, error) {
 	if req.GetPropagationDelaySeconds() < 0 {
-		err := fmt.Errorf("%w: negative propagation delay", errInvalidArgument)
+		err := fmt.Errorf("%w: negative propagation delay", grpcx.ErrInvalidArgument)
 		return nil, statusOf(ctx, s.r.log, "RotateRoot", err)
 	}
 	st, err := s.r.rotate(ctx, time.Duration(req.GetPropagationDelaySeconds())*time.Second, adminapi.Actor(ctx), req.GetForce())
@@ -78,7 +79,7 @@ func (s *adminService) Revoke(ctx context.Context, req *meshcav1.RevokeRequest) 
 // name).
 func (s *adminService) Unrevoke(ctx context.Context, _ *meshcav1.UnrevokeRequest) (*meshcav1.UnrevokeResponse, error) {
 	err := fmt.Errorf("%w: unrevoke SPIFFE IDs on the issuer's admin socket; a revoked cluster is not reinstated: "+
-		"register it again under a new name", errFailedPrecondition)
+		"register it again under a new name", grpcx.ErrFailedPrecondition)
 	return nil, statusOf(ctx, s.r.log, "Unrevoke", err)
 }
 
@@ -95,7 +96,7 @@ func (s *adminService) GetCertificate(ctx context.Context, _ *meshcav1.GetCertif
 }
 
 var errCertificatesElsewhere = fmt.Errorf("%w: certificates are kept by the issuers: use an issuer's admin socket",
-	errFailedPrecondition)
+	grpcx.ErrFailedPrecondition)
 
 // rootReadStore is the root's Store as adminapi.Reads reads it: revocations
 // and the audit log. The certificate methods are never reached (the root
@@ -163,14 +164,14 @@ func validClusterName(name string) bool { return clusterNameRE.MatchString(name)
 func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, actor string) (*meshcav1.AddClusterResponse, error) {
 	if !validClusterName(req.GetName()) {
 		return nil, fmt.Errorf("%w: cluster name %q: use 1 to 63 lower-case letters, digits and '-', not at either end",
-			errInvalidArgument, req.GetName())
+			grpcx.ErrInvalidArgument, req.GetName())
 	}
 	td, err := spiffeid.TrustDomainFromString(req.GetTrustDomain())
 	if err != nil || req.GetTrustDomain() == "" {
-		return nil, fmt.Errorf("%w: trust domain %q: %w", errInvalidArgument, req.GetTrustDomain(), err)
+		return nil, fmt.Errorf("%w: trust domain %q: %w", grpcx.ErrInvalidArgument, req.GetTrustDomain(), err)
 	}
 	if r.state.Load().revoked[req.GetName()] {
-		return nil, fmt.Errorf("%w: cluster %s is revoked: register the cluster under a new name", errFailedPrecondition, req.GetName())
+		return nil, fmt.Errorf("%w: cluster %s is revoked: register the cluster under a new name", grpcx.ErrFailedPrecondition, req.GetName())
 	}
 	// One registration at a time: the trust domain check below and the
 	// write must not interleave with another's.
@@ -182,11 +183,11 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 	}
 	if len(sharing) > 0 && !req.GetShareTrustDomain() {
 		return nil, fmt.Errorf("%w: trust domain %s is held by cluster %s: their issuers could mint each other's identities; "+
-			"ask for it explicitly (share trust domain) if that is meant", errFailedPrecondition, td.Name(), strings.Join(sharing, ", "))
+			"ask for it explicitly (share trust domain) if that is meant", grpcx.ErrFailedPrecondition, td.Name(), strings.Join(sharing, ", "))
 	}
 	replicas := int(max(req.GetReplicas(), 1))
 	if replicas > store.MaxReplicas {
-		return nil, fmt.Errorf("%w: %d replicas: at most %d", errInvalidArgument, replicas, store.MaxReplicas)
+		return nil, fmt.Errorf("%w: %d replicas: at most %d", grpcx.ErrInvalidArgument, replicas, store.MaxReplicas)
 	}
 	maxTTL := MaxJoinTokenTTL
 	if replicas > 1 {
@@ -197,7 +198,7 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 	case req.GetTokenTtlSeconds() == 0:
 		ttl = r.cfg.JoinTokenTTL
 	case req.GetTokenTtlSeconds() < 0 || ttl > maxTTL || ttl/time.Second != time.Duration(req.GetTokenTtlSeconds()):
-		return nil, fmt.Errorf("%w: token ttl %ds: must be between 1s and %v", errInvalidArgument,
+		return nil, fmt.Errorf("%w: token ttl %ds: must be between 1s and %v", grpcx.ErrInvalidArgument,
 			req.GetTokenTtlSeconds(), maxTTL)
 	}
 	secret := make([]byte, 32)
@@ -219,9 +220,9 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 		store.AuditEvent{Time: now, Actor: actor, Action: "cluster.add", Cluster: c.Name, Detail: detail})
 	switch {
 	case errors.Is(err, store.ErrAlreadyExists):
-		return nil, fmt.Errorf("%w: cluster %s: %w", errAlreadyExists, c.Name, err)
+		return nil, fmt.Errorf("%w: cluster %s: %w", grpcx.ErrAlreadyExists, c.Name, err)
 	case err != nil:
-		return nil, fmt.Errorf("%w: add cluster: %w", errUnavailable, err)
+		return nil, fmt.Errorf("%w: add cluster: %w", grpcx.ErrUnavailable, err)
 	}
 	r.addDomain(ctx, td)
 	r.log.InfoContext(ctx, "join token created", "actor", actor, "cluster", c.Name, "trust_domain", td.Name(),
@@ -243,12 +244,12 @@ func (r *Root) holders(ctx context.Context, td spiffeid.TrustDomain, name string
 	if lister, ok := r.cfg.Store.(ClusterLister); ok {
 		var err error
 		if clusters, err = lister.Clusters(ctx); err != nil {
-			return nil, fmt.Errorf("%w: list clusters: %w", errUnavailable, err)
+			return nil, fmt.Errorf("%w: list clusters: %w", grpcx.ErrUnavailable, err)
 		}
 	} else {
 		inters, err := r.cfg.Store.Intermediates(ctx, store.IntermediateFilter{})
 		if err != nil {
-			return nil, fmt.Errorf("%w: list intermediates: %w", errUnavailable, err)
+			return nil, fmt.Errorf("%w: list intermediates: %w", grpcx.ErrUnavailable, err)
 		}
 		for _, in := range inters {
 			clusters = append(clusters, store.Cluster{Name: in.Cluster, TrustDomain: in.TrustDomain})
@@ -277,15 +278,15 @@ func (s *adminService) IssueAdminCredential(ctx context.Context, req *meshcav1.I
 
 func (r *Root) issueAdminCredential(ctx context.Context, req *meshcav1.IssueAdminCredentialRequest, actor string, onSocket bool) (*meshcav1.IssueAdminCredentialResponse, error) {
 	if !onSocket {
-		return nil, fmt.Errorf("%w: admin credentials are issued on the Unix admin socket only", errPermissionDenied)
+		return nil, fmt.Errorf("%w: admin credentials are issued on the Unix admin socket only", grpcx.ErrPermissionDenied)
 	}
 	cr, err := adminapi.ParseCredentialRequest(req)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errInvalidArgument, err)
+		return nil, fmt.Errorf("%w: %w", grpcx.ErrInvalidArgument, err)
 	}
 	if strings.HasPrefix(cr.ID.Path(), credentialPathPrefix) {
 		// It would be a valid issuer credential of that cluster.
-		return nil, fmt.Errorf("%w: SPIFFE ID %s is an issuer credential's", errInvalidArgument, cr.ID)
+		return nil, fmt.Errorf("%w: SPIFFE ID %s is an issuer credential's", grpcx.ErrInvalidArgument, cr.ID)
 	}
 	st := r.state.Load()
 	if st.active == nil {
@@ -294,7 +295,7 @@ func (r *Root) issueAdminCredential(ctx context.Context, req *meshcav1.IssueAdmi
 	now := r.cfg.Now()
 	cert, err := adminapi.SignCredential(st.active, cr, now)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errUnavailable, err)
+		return nil, fmt.Errorf("%w: %w", grpcx.ErrUnavailable, err)
 	}
 	serial := trust.SerialHex(cert.SerialNumber)
 	err = r.cfg.Store.RecordIssuance(ctx, store.Certificate{
@@ -305,7 +306,7 @@ func (r *Root) issueAdminCredential(ctx context.Context, req *meshcav1.IssueAdmi
 		Detail: fmt.Sprintf("root sha256 %s, not after %s", fingerprintHex(st.active.Certificate), cert.NotAfter.UTC().Format(time.RFC3339)),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: record admin credential: %w", errUnavailable, err)
+		return nil, fmt.Errorf("%w: record admin credential: %w", grpcx.ErrUnavailable, err)
 	}
 	r.log.InfoContext(ctx, "admin credential issued", "actor", actor, "spiffe_id", cr.ID.String(), "serial", serial,
 		"not_after", cert.NotAfter)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/trust"
 )
@@ -172,7 +173,7 @@ func (r *Root) admitCredential(ctx context.Context, c store.Cluster, replica str
 		rec, err := r.cfg.Store.ClusterCredential(ctx, c.Name, replica)
 		found := err == nil
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return store.ClusterCredential{}, fmt.Errorf("%w: credential record of cluster %s: %w", errUnavailable, k, err)
+			return store.ClusterCredential{}, fmt.Errorf("%w: credential record of cluster %s: %w", grpcx.ErrUnavailable, k, err)
 		}
 		if call == watchCredential {
 			return admitWatch(rec, found, k, serial)
@@ -182,13 +183,13 @@ func (r *Root) admitCredential(ctx context.Context, c store.Cluster, replica str
 		switch judgeCredential(rec, found, leaf) {
 		case earlier:
 			r.log.WarnContext(ctx, "credential of an earlier enrolment refused", "cluster", c.Name, "replica", replica, "serial", serial,
-				"not_before", leaf.NotBefore, "enrolled_after", rec.Since, "peer", peerAddr(ctx))
+				"not_before", leaf.NotBefore, "enrolled_after", rec.Since, "peer", grpcx.PeerAddr(ctx))
 			return store.ClusterCredential{}, fmt.Errorf("%w: credential serial %s of cluster %s predates its last enrolment",
-				errUnauthenticated, serial, k)
+				grpcx.ErrUnauthenticated, serial, k)
 		case lineageRevoked:
 			return store.ClusterCredential{}, fmt.Errorf(
 				"%w: credential serial %s: the credentials of cluster %s were revoked after a reuse; it must enrol again with a new join token",
-				errUnauthenticated, serial, k)
+				grpcx.ErrUnauthenticated, serial, k)
 		case reuse:
 			return store.ClusterCredential{}, r.credentialReused(ctx, c, k, id, rec, serial)
 		case adopt:
@@ -214,11 +215,11 @@ func (r *Root) admitCredential(ctx context.Context, c store.Cluster, replica str
 		case err == nil:
 			return next, nil
 		case !errors.Is(err, store.ErrConflict):
-			return store.ClusterCredential{}, fmt.Errorf("%w: record credential use of cluster %s: %w", errUnavailable, k, err)
+			return store.ClusterCredential{}, fmt.Errorf("%w: record credential use of cluster %s: %w", grpcx.ErrUnavailable, k, err)
 		}
 		// Changed under us (a Renew of the same issuer): judge again.
 	}
-	return store.ClusterCredential{}, fmt.Errorf("%w: credential record of cluster %s keeps changing", errUnavailable, k)
+	return store.ClusterCredential{}, fmt.Errorf("%w: credential record of cluster %s keeps changing", grpcx.ErrUnavailable, k)
 }
 
 // admitWatch admits a bundle watch with credential serial of cluster
@@ -231,12 +232,12 @@ func admitWatch(rec store.ClusterCredential, found bool, cluster lineageKey, ser
 		return store.ClusterCredential{}, nil
 	case rec.Revoked:
 		return store.ClusterCredential{}, fmt.Errorf("%w: credential serial %s: the credentials of cluster %s were revoked after a reuse",
-			errUnauthenticated, serial, cluster)
+			grpcx.ErrUnauthenticated, serial, cluster)
 	case serial == rec.Current, serial == rec.Previous && rec.Previous != "":
 		return rec, nil
 	}
 	return store.ClusterCredential{}, fmt.Errorf("%w: credential serial %s is neither the current credential of cluster %s nor its predecessor",
-		errUnauthenticated, serial, cluster)
+		grpcx.ErrUnauthenticated, serial, cluster)
 }
 
 // checkDenyList refuses a credential whose serial, SPIFFE ID or cluster is
@@ -245,14 +246,14 @@ func admitWatch(rec store.ClusterCredential, found bool, cluster lineageKey, ser
 func (r *Root) checkDenyList(ctx context.Context, c store.Cluster, id spiffeid.ID, serial string) error {
 	revs, err := r.cfg.Store.Revocations(ctx, r.cfg.Now())
 	if err != nil {
-		return fmt.Errorf("%w: read the deny-list: %w", errUnavailable, err)
+		return fmt.Errorf("%w: read the deny-list: %w", grpcx.ErrUnavailable, err)
 	}
 	for _, e := range revs {
 		switch {
 		case e.Kind == store.RevokeSerial && e.Value == serial,
 			e.Kind == store.RevokeSPIFFEID && e.Value == id.String():
 			return fmt.Errorf("%w: credential serial %s of cluster %s is revoked (%s %s)",
-				errUnauthenticated, serial, c.Name, e.Kind, e.Value)
+				grpcx.ErrUnauthenticated, serial, c.Name, e.Kind, e.Value)
 		case e.Kind == store.RevokeCluster && e.Value == c.Name:
 			return revokedError(c.Name)
 		}
@@ -266,7 +267,7 @@ func (r *Root) credentialReused(ctx context.Context, c store.Cluster, k lineageK
 	r.reuse.inc(c.Name)
 	r.log.ErrorContext(ctx, "credential reuse: a credential of this cluster is held by two parties; revoking every credential of the cluster, which must enrol again with a new join token",
 		"cluster", c.Name, "replica", k.replica, "serial", serial, "current_serial", rec.Current, "previous_serial", rec.Previous,
-		"current_used", rec.CurrentUsed, "peer", peerAddr(ctx))
+		"current_used", rec.CurrentUsed, "peer", grpcx.PeerAddr(ctx))
 	ev := r.credentialEvent(id, c, serial, "credential.reuse", fmt.Sprintf(
 		"credential serial %s presented; current %s (used: %t), previous %s; every credential of the cluster revoked, enrol again with a new join token",
 		serial, rec.Current, rec.CurrentUsed, cmp.Or(rec.Previous, "(none)")))
@@ -280,7 +281,7 @@ func (r *Root) credentialReused(ctx context.Context, c store.Cluster, k lineageK
 			"replica", k.replica, "error", err)
 	}
 	return fmt.Errorf("%w: credential serial %s of cluster %s reused (current %s, previous %s)",
-		errUnauthenticated, serial, k, rec.Current, rec.Previous)
+		grpcx.ErrUnauthenticated, serial, k, rec.Current, rec.Previous)
 }
 
 // swapUntilDone replaces the record of lineage k, whatever it holds, by

@@ -18,6 +18,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/trust"
 )
@@ -137,7 +138,7 @@ func (r *Root) signRootCRL(ctx context.Context, s RootStatus, serials []string, 
 	}
 	crl, rl, err := a.SignCRL(req)
 	if err != nil {
-		return nil, fmt.Errorf("%w: sign root CRL: %w", errUnavailable, err)
+		return nil, fmt.Errorf("%w: sign root CRL: %w", grpcx.ErrUnavailable, err)
 	}
 	return &rootCRL{
 		crl: crl, number: rl.Number, nextUpdate: rl.NextUpdate,
@@ -208,7 +209,7 @@ func (r *Root) publishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest
 		return nil, revokedError(c.Name)
 	}
 	if n := len(req.GetCrls()); n > maxCRLsPerCall {
-		return nil, fmt.Errorf("%w: %d CRLs in one call (at most %d)", errInvalidArgument, n, maxCRLsPerCall)
+		return nil, fmt.Errorf("%w: %d CRLs in one call (at most %d)", grpcx.ErrInvalidArgument, n, maxCRLsPerCall)
 	}
 	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
 	if err != nil {
@@ -227,7 +228,7 @@ func (r *Root) publishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest
 	}
 	inters, err := r.cfg.Store.Intermediates(ctx, store.IntermediateFilter{Cluster: c.Name})
 	if err != nil {
-		return nil, fmt.Errorf("%w: list intermediates of cluster %s: %w", errUnavailable, c.Name, err)
+		return nil, fmt.Errorf("%w: list intermediates of cluster %s: %w", grpcx.ErrUnavailable, c.Name, err)
 	}
 	var in []issuerCRL
 	for i, p := range req.GetCrls() {
@@ -272,18 +273,18 @@ func checkIssuerCRL(crl trust.CRL, roots *trust.Bundle, inters []store.Intermedi
 		if c, perr := x509.ParseCertificate(crl.IssuerChain[0]); perr == nil && !now.Before(c.NotAfter) {
 			return issuerCRL{}, false, nil
 		}
-		return issuerCRL{}, false, fmt.Errorf("%w: %w", errInvalidArgument, err)
+		return issuerCRL{}, false, fmt.Errorf("%w: %w", grpcx.ErrInvalidArgument, err)
 	case err != nil:
-		return issuerCRL{}, false, fmt.Errorf("%w: %w", errInvalidArgument, err)
+		return issuerCRL{}, false, fmt.Errorf("%w: %w", grpcx.ErrInvalidArgument, err)
 	case rl.Number == nil || rl.Number.Sign() <= 0:
-		return issuerCRL{}, false, fmt.Errorf("%w: no CRL number", errInvalidArgument)
+		return issuerCRL{}, false, fmt.Errorf("%w: no CRL number", grpcx.ErrInvalidArgument)
 	}
 	sum := sha256.Sum256(issuer.Raw)
 	fp, serial := hex.EncodeToString(sum[:]), trust.SerialHex(issuer.SerialNumber)
 	i := slices.IndexFunc(inters, func(in store.Intermediate) bool { return in.Serial == serial && in.Fingerprint == fp })
 	if i < 0 {
 		return issuerCRL{}, false, fmt.Errorf("%w: the CRL's issuer (serial %s, %q) is not an intermediate of cluster %s",
-			errPermissionDenied, serial, issuer.Subject.CommonName, cluster)
+			grpcx.ErrPermissionDenied, serial, issuer.Subject.CommonName, cluster)
 	}
 	return issuerCRL{
 		crl: crl, number: rl.Number, cluster: cluster, serial: serial,

@@ -20,6 +20,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/vault"
+	"github.com/meshca/meshca/internal/grpcx"
 )
 
 // Keys creates and loads root keys. A ref names a key in the store
@@ -150,7 +151,7 @@ func (k VaultKeys) open(ctx context.Context, name string) (crypto.Signer, error)
 	cfg.KeyName = name
 	s, err := vault.New(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("vault keys: %w: %w", errUnavailable, err)
+		return nil, fmt.Errorf("vault keys: %w: %w", grpcx.ErrUnavailable, err)
 	}
 	return s, nil
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/trust"
 )
@@ -27,7 +28,7 @@ import (
 // errNotLeader is returned for a root creation on a replica that does not
 // hold the leader lease.
 var errNotLeader = fmt.Errorf("%w: this root server does not hold the leader lease of its store: "+
-	"run it on the root server whose log says it took the lease", errFailedPrecondition)
+	"run it on the root server whose log says it took the lease", grpcx.ErrFailedPrecondition)
 
 // leadLocked keeps or takes the leader lease and records in r.leader
 // whether this replica holds it. Without a ReplicaStore it always does.
@@ -80,7 +81,7 @@ func (r *Root) loadStoredCRLsLocked(ctx context.Context) error {
 	}
 	rows, err := rs.RootCRLs(ctx)
 	if err != nil {
-		return fmt.Errorf("%w: list root CRLs: %w", errUnavailable, err)
+		return fmt.Errorf("%w: list root CRLs: %w", grpcx.ErrUnavailable, err)
 	}
 	stored := make(map[string]store.RootCRL, len(rows))
 	for _, c := range rows {
@@ -139,7 +140,7 @@ func (r *Root) storeRootCRL(ctx context.Context, s RootStatus, c *rootCRL) error
 	}
 	err := rs.PutRootCRL(ctx, store.RootCRL{RootFingerprint: fingerprintHex(s.Cert), Number: c.number.Int64(), DER: c.crl.DER})
 	if err != nil {
-		return fmt.Errorf("%w: store root CRL: %w", errUnavailable, err)
+		return fmt.Errorf("%w: store root CRL: %w", grpcx.ErrUnavailable, err)
 	}
 	return nil
 }

@@ -1,9 +1,9 @@
 package root
 
 import (
-	"sync/atomic"
 	"time"
 
+	"github.com/meshca/meshca/internal/watch"
 	"github.com/meshca/meshca/trust"
 )
 
@@ -11,23 +11,12 @@ import (
 // current is lock-free; publish is called with Root.mu held, so publishes
 // never race. Every bundle but possibly the first (see publish) is signed.
 type publisher struct {
-	st atomic.Pointer[published]
+	v watch.Value[*trust.TrustBundle]
 }
 
-type published struct {
-	bundle  *trust.TrustBundle
-	changed chan struct{}
-}
-
-// current returns the published bundle and its change channel; nil and nil
-// before the first publish.
-func (p *publisher) current() (*trust.TrustBundle, <-chan struct{}) {
-	st := p.st.Load()
-	if st == nil {
-		return nil, nil
-	}
-	return st.bundle, st.changed
-}
+// current returns the published bundle, nil before the first publish, and
+// a channel closed when a newer one is published.
+func (p *publisher) current() (*trust.TrustBundle, <-chan struct{}) { return p.v.Load() }
 
 // publish makes b current unless it has the same content as the current
 // bundle and that one is signed, and returns the bundle now current. A new
@@ -40,13 +29,13 @@ func (p *publisher) current() (*trust.TrustBundle, <-chan struct{}) {
 // Only the very first bundle is published unsigned (with the error), so
 // that there is always one.
 func (p *publisher) publish(b *trust.TrustBundle, now time.Time, sign func(*trust.TrustBundle) error) (*trust.TrustBundle, error) {
-	old := p.st.Load()
+	old, _ := p.v.Load()
 	var prev uint64
 	if old != nil {
-		if old.bundle.Equal(b) && old.bundle.IsSigned() {
-			return old.bundle, nil
+		if old.Equal(b) && old.IsSigned() {
+			return old, nil
 		}
-		prev = old.bundle.Sequence
+		prev = old.Sequence
 	}
 	b.Sequence = prev + 1
 	if ms := now.UnixMilli(); ms > 0 && uint64(ms) > b.Sequence {
@@ -54,11 +43,8 @@ func (p *publisher) publish(b *trust.TrustBundle, now time.Time, sign func(*trus
 	}
 	err := sign(b)
 	if err != nil && old != nil {
-		return old.bundle, err
+		return old, err
 	}
-	p.st.Store(&published{bundle: b, changed: make(chan struct{})})
-	if old != nil {
-		close(old.changed)
-	}
+	p.v.Store(b)
 	return b, err
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/store"
 )
 
@@ -37,18 +38,18 @@ func (r *Root) admitReplica(ctx context.Context, c store.Cluster, replica string
 	switch {
 	case replica == "":
 		return fmt.Errorf("%w: the join token of cluster %s is for %d replicas: each replica must name itself (upstream.replica)",
-			errInvalidArgument, c.Name, replicas)
+			grpcx.ErrInvalidArgument, c.Name, replicas)
 	case !validClusterName(replica):
 		return fmt.Errorf("%w: replica name %q: use 1 to 63 lower-case letters, digits and '-', not at either end",
-			errInvalidArgument, replica)
+			grpcx.ErrInvalidArgument, replica)
 	}
 	recs, err := r.cfg.Store.ClusterCredentials(ctx, c.Name)
 	if err != nil {
-		return fmt.Errorf("%w: credential records of cluster %s: %w", errUnavailable, c.Name, err)
+		return fmt.Errorf("%w: credential records of cluster %s: %w", grpcx.ErrUnavailable, c.Name, err)
 	}
 	revs, err := r.cfg.Store.Revocations(ctx, now)
 	if err != nil {
-		return fmt.Errorf("%w: read the deny-list: %w", errUnavailable, err)
+		return fmt.Errorf("%w: read the deny-list: %w", grpcx.ErrUnavailable, err)
 	}
 	denied := map[string]bool{}
 	for _, e := range revs {
@@ -67,8 +68,8 @@ func (r *Root) admitReplica(ctx context.Context, c store.Cluster, replica string
 		return nil
 	}
 	r.log.WarnContext(ctx, "issuer replica refused: the cluster has as many live replicas as its join token admits",
-		"cluster", c.Name, "replica", replica, "replicas", replicas, "live", live, "peer", peerAddr(ctx))
+		"cluster", c.Name, "replica", replica, "replicas", replicas, "live", live, "peer", grpcx.PeerAddr(ctx))
 	return fmt.Errorf("%w: cluster %s has %d live issuer replicas (%s), the most its join token admits: "+
 		"revoke a gone replica's credential, wait %s after one stopped, or add the cluster again with more --replicas",
-		errFailedPrecondition, c.Name, len(live), strings.Join(live, ", "), r.cfg.IntermediateTTL)
+		grpcx.ErrFailedPrecondition, c.Name, len(live), strings.Join(live, ", "), r.cfg.IntermediateTTL)
 }

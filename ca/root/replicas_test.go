@@ -13,6 +13,7 @@ import (
 	"go.step.sm/crypto/pemutil"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/trust"
 )
@@ -99,11 +100,11 @@ func TestIssuerReplicasShareJoinToken(t *testing.T) {
 		t.Fatalf("a third replica of a 2-replica token: %v, want a refusal naming the live replicas", err)
 	}
 	// Unnamed: refused with what to set.
-	if _, err := h.root.enroll(context.Background(), enrollRequest(t, token, "")); !errors.Is(err, errInvalidArgument) ||
+	if _, err := h.root.enroll(context.Background(), enrollRequest(t, token, "")); !errors.Is(err, grpcx.ErrInvalidArgument) ||
 		!strings.Contains(err.Error(), "upstream.replica") {
 		t.Fatalf("unnamed enrolment with a replicas token: %v, want invalid argument naming upstream.replica", err)
 	}
-	if _, err := h.root.enroll(context.Background(), enrollRequest(t, token, "Bad.Name")); !errors.Is(err, errInvalidArgument) {
+	if _, err := h.root.enroll(context.Background(), enrollRequest(t, token, "Bad.Name")); !errors.Is(err, grpcx.ErrInvalidArgument) {
 		t.Fatalf("enrolment as replica Bad.Name: %v, want invalid argument", err)
 	}
 

@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/internal/adminapi"
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/store"
 )
 
@@ -85,7 +85,7 @@ func (v revocations) with(rs ...store.Revocation) revocations {
 func (r *Root) loadRevocations(ctx context.Context, now time.Time, inters []store.Intermediate) (revocations, error) {
 	rs, err := r.cfg.Store.Revocations(ctx, now)
 	if err != nil {
-		return revocations{}, fmt.Errorf("%w: list revocations: %w", errUnavailable, err)
+		return revocations{}, fmt.Errorf("%w: list revocations: %w", grpcx.ErrUnavailable, err)
 	}
 	revs := newRevocations().with(rs...)
 	var added []store.Revocation
@@ -122,7 +122,7 @@ func (r *Root) revokeIntermediate(ctx context.Context, in store.Intermediate, re
 	case errors.Is(err, store.ErrAlreadyExists):
 		return e, nil
 	case err != nil:
-		return store.Revocation{}, fmt.Errorf("%w: revoke intermediate %s of cluster %s: %w", errUnavailable, in.Serial, in.Cluster, err)
+		return store.Revocation{}, fmt.Errorf("%w: revoke intermediate %s of cluster %s: %w", grpcx.ErrUnavailable, in.Serial, in.Cluster, err)
 	}
 	return out, nil
 }
@@ -131,7 +131,7 @@ func (r *Root) revokeIntermediate(ctx context.Context, in store.Intermediate, re
 // certificates it signed by serial.
 func (r *Root) revoke(ctx context.Context, req *meshcav1.RevokeRequest, actor string) (*meshcav1.RevokeResponse, error) {
 	if len(req.GetReason()) > maxReasonBytes {
-		return nil, fmt.Errorf("%w: reason of %d bytes (at most %d)", errInvalidArgument, len(req.GetReason()), maxReasonBytes)
+		return nil, fmt.Errorf("%w: reason of %d bytes (at most %d)", grpcx.ErrInvalidArgument, len(req.GetReason()), maxReasonBytes)
 	}
 	switch req.GetTarget().(type) {
 	case *meshcav1.RevokeRequest_Cluster:
@@ -139,20 +139,20 @@ func (r *Root) revoke(ctx context.Context, req *meshcav1.RevokeRequest, actor st
 		return r.revokeSerial(ctx, req.GetSerial(), req.GetReason(), actor)
 	case *meshcav1.RevokeRequest_SpiffeId:
 		return nil, fmt.Errorf("%w: revoke SPIFFE IDs on the issuer's admin socket: the root revokes clusters and certificates it signed (by serial)",
-			errFailedPrecondition)
+			grpcx.ErrFailedPrecondition)
 	default:
-		return nil, fmt.Errorf("%w: nothing to revoke: name a cluster or a serial", errInvalidArgument)
+		return nil, fmt.Errorf("%w: nothing to revoke: name a cluster or a serial", grpcx.ErrInvalidArgument)
 	}
 	name := req.GetCluster()
 	if !validClusterName(name) {
-		return nil, fmt.Errorf("%w: cluster name %q is not valid", errInvalidArgument, name)
+		return nil, fmt.Errorf("%w: cluster name %q is not valid", grpcx.ErrInvalidArgument, name)
 	}
 	c, err := r.cfg.Store.Cluster(ctx, name)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return nil, fmt.Errorf("%w: cluster %s is not registered", errNotFound, name)
+		return nil, fmt.Errorf("%w: cluster %s is not registered", grpcx.ErrNotFound, name)
 	case err != nil:
-		return nil, fmt.Errorf("%w: cluster %s: %w", errUnavailable, name, err)
+		return nil, fmt.Errorf("%w: cluster %s: %w", grpcx.ErrUnavailable, name, err)
 	}
 	now := r.cfg.Now()
 	// The cluster first: from then on the re-evaluation revokes whatever
@@ -165,15 +165,15 @@ func (r *Root) revoke(ctx context.Context, req *meshcav1.RevokeRequest, actor st
 	})
 	switch {
 	case errors.Is(err, store.ErrAlreadyExists):
-		return nil, fmt.Errorf("%w: cluster %s is already revoked", errAlreadyExists, c.Name)
+		return nil, fmt.Errorf("%w: cluster %s is already revoked", grpcx.ErrAlreadyExists, c.Name)
 	case err != nil:
-		return nil, fmt.Errorf("%w: revoke cluster %s: %w", errUnavailable, c.Name, err)
+		return nil, fmt.Errorf("%w: revoke cluster %s: %w", grpcx.ErrUnavailable, c.Name, err)
 	}
 	recorded := []store.Revocation{e}
 	inters, err := r.cfg.Store.Intermediates(ctx, store.IntermediateFilter{Cluster: c.Name})
 	if err != nil {
 		err = fmt.Errorf("%w: cluster %s is revoked, listing its intermediates failed (the next re-evaluation revokes them): %w",
-			errUnavailable, c.Name, err)
+			grpcx.ErrUnavailable, c.Name, err)
 	}
 	for _, in := range inters {
 		if !now.Before(in.NotAfter) {
@@ -204,7 +204,7 @@ func (r *Root) revoke(ctx context.Context, req *meshcav1.RevokeRequest, actor st
 func (r *Root) revokeSerial(ctx context.Context, raw, reason, actor string) (*meshcav1.RevokeResponse, error) {
 	serial, err := adminapi.ParseSerial(raw)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s", errInvalidArgument, strings.TrimPrefix(err.Error(), adminapi.ErrInvalidArgument.Error()+": "))
+		return nil, err // of class grpcx.ErrInvalidArgument
 	}
 	now := r.cfg.Now()
 	e := store.Revocation{Kind: store.RevokeSerial, Value: serial, Reason: reason, RevokedBy: actor, RevokedAt: now,
@@ -213,12 +213,12 @@ func (r *Root) revokeSerial(ctx context.Context, raw, reason, actor string) (*me
 	c, err := r.cfg.Store.Certificate(ctx, serial)
 	switch {
 	case err == nil && !now.Before(c.NotAfter):
-		return nil, fmt.Errorf("%w: certificate %s expired at %s; nothing to revoke", errFailedPrecondition, serial,
+		return nil, fmt.Errorf("%w: certificate %s expired at %s; nothing to revoke", grpcx.ErrFailedPrecondition, serial,
 			c.NotAfter.UTC().Format(time.RFC3339))
 	case err == nil:
 		e.ExpiresAt, e.Cluster, ev.SPIFFEID, ev.Cluster = c.NotAfter, c.Cluster, c.SPIFFEID, c.Cluster
 	case !errors.Is(err, store.ErrNotFound):
-		return nil, fmt.Errorf("%w: certificate %s: %w", errUnavailable, serial, err)
+		return nil, fmt.Errorf("%w: certificate %s: %w", grpcx.ErrUnavailable, serial, err)
 	default:
 		if err := r.markIntermediate(ctx, &e, &ev); err != nil {
 			return nil, err
@@ -227,9 +227,9 @@ func (r *Root) revokeSerial(ctx context.Context, raw, reason, actor string) (*me
 	out, err := r.cfg.Store.Revoke(ctx, e, ev)
 	switch {
 	case errors.Is(err, store.ErrAlreadyExists):
-		return nil, fmt.Errorf("%w: serial %s is already revoked", errAlreadyExists, serial)
+		return nil, fmt.Errorf("%w: serial %s is already revoked", grpcx.ErrAlreadyExists, serial)
 	case err != nil:
-		return nil, fmt.Errorf("%w: revoke serial %s: %w", errUnavailable, serial, err)
+		return nil, fmt.Errorf("%w: revoke serial %s: %w", grpcx.ErrUnavailable, serial, err)
 	}
 	r.revocationsChanged(ctx, []store.Revocation{out})
 	r.log.WarnContext(ctx, "certificate revoked", "actor", actor, "serial", serial, "spiffe_id", ev.SPIFFEID,
@@ -243,7 +243,7 @@ func (r *Root) revokeSerial(ctx context.Context, raw, reason, actor string) (*me
 func (r *Root) markIntermediate(ctx context.Context, e *store.Revocation, ev *store.AuditEvent) error {
 	inters, err := r.cfg.Store.Intermediates(ctx, store.IntermediateFilter{})
 	if err != nil {
-		return fmt.Errorf("%w: list intermediates: %w", errUnavailable, err)
+		return fmt.Errorf("%w: list intermediates: %w", grpcx.ErrUnavailable, err)
 	}
 	for _, in := range inters {
 		if in.Serial == e.Value {
@@ -301,5 +301,5 @@ func (r *Root) revocationsChanged(ctx context.Context, recorded []store.Revocati
 
 // revokedError is the refusal of a revoked cluster's issuer.
 func revokedError(cluster string) error {
-	return fmt.Errorf("%w: cluster %s is revoked", errPermissionDenied, cluster)
+	return fmt.Errorf("%w: cluster %s is revoked", grpcx.ErrPermissionDenied, cluster)
 }

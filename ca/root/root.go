@@ -20,6 +20,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/grpclimit"
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/trust"
 )
@@ -245,7 +246,7 @@ func (r *Root) loadLocked(ctx context.Context) error {
 	now := r.cfg.Now()
 	rows, err := r.cfg.Store.Roots(ctx)
 	if err != nil {
-		return fmt.Errorf("%w: list roots: %w", errUnavailable, err)
+		return fmt.Errorf("%w: list roots: %w", grpcx.ErrUnavailable, err)
 	}
 	recs := make([]RootRecord, 0, len(rows))
 	for _, row := range rows {
@@ -263,7 +264,7 @@ func (r *Root) loadLocked(ctx context.Context) error {
 	})
 	inters, err := r.cfg.Store.Intermediates(ctx, store.IntermediateFilter{ActiveAt: now})
 	if err != nil {
-		return fmt.Errorf("%w: list intermediates: %w", errUnavailable, err)
+		return fmt.Errorf("%w: list intermediates: %w", grpcx.ErrUnavailable, err)
 	}
 	lastUse := map[[32]byte]time.Time{}
 	domains := map[spiffeid.TrustDomain]bool{}
@@ -286,7 +287,7 @@ func (r *Root) loadLocked(ctx context.Context) error {
 	if lister, ok := r.cfg.Store.(ClusterLister); ok {
 		clusters, err := lister.Clusters(ctx)
 		if err != nil {
-			return fmt.Errorf("%w: list clusters: %w", errUnavailable, err)
+			return fmt.Errorf("%w: list clusters: %w", grpcx.ErrUnavailable, err)
 		}
 		for _, c := range clusters {
 			if td, err := spiffeid.TrustDomainFromString(c.TrustDomain); err == nil {
@@ -460,7 +461,7 @@ func (r *Root) signer(ctx context.Context, ref string) (crypto.Signer, error) {
 	}
 	s, err := r.cfg.Keys.Load(ctx, ref)
 	if err != nil {
-		return nil, fmt.Errorf("%w: load key %s: %w", errUnavailable, ref, err)
+		return nil, fmt.Errorf("%w: load key %s: %w", grpcx.ErrUnavailable, ref, err)
 	}
 	r.signers[ref] = s
 	return s, nil
@@ -471,7 +472,7 @@ func (r *Root) signer(ctx context.Context, ref string) (crypto.Signer, error) {
 func (r *Root) createRootLocked(ctx context.Context, delay time.Duration, actor, note string) (RootRecord, error) {
 	ref, signer, err := r.cfg.Keys.NewKey(ctx)
 	if err != nil {
-		return RootRecord{}, fmt.Errorf("%w: new root key: %w", errUnavailable, err)
+		return RootRecord{}, fmt.Errorf("%w: new root key: %w", grpcx.ErrUnavailable, err)
 	}
 	r.keysMu.Lock()
 	r.signers[ref] = signer
@@ -479,7 +480,7 @@ func (r *Root) createRootLocked(ctx context.Context, delay time.Duration, actor,
 	now := r.cfg.Now()
 	root, err := ca.NewRoot(ca.RootConfig{Signer: signer, CommonName: r.cfg.RootCommonName, TTL: r.cfg.RootTTL, Now: now})
 	if err != nil {
-		return RootRecord{}, fmt.Errorf("%w: new root: %w", errUnavailable, err)
+		return RootRecord{}, fmt.Errorf("%w: new root: %w", grpcx.ErrUnavailable, err)
 	}
 	if err := verifySelfSigned(root.Certificate, now); err != nil {
 		return RootRecord{}, err
@@ -497,7 +498,7 @@ func (r *Root) createRootLocked(ctx context.Context, delay time.Duration, actor,
 			rec.Cert.NotAfter.UTC().Format(time.RFC3339), rec.ActivateAt.Format(time.RFC3339), note),
 	})
 	if err != nil {
-		return RootRecord{}, fmt.Errorf("%w: record root: %w", errUnavailable, err)
+		return RootRecord{}, fmt.Errorf("%w: record root: %w", grpcx.ErrUnavailable, err)
 	}
 	return rec, nil
 }
@@ -505,7 +506,7 @@ func (r *Root) createRootLocked(ctx context.Context, delay time.Duration, actor,
 // rotate creates a new root that joins the bundle now and signs after delay
 // (zero: Config.PropagationDelay), and publishes the new bundle. While a
 // rotation is in progress (see rotationInProgress, decided on the store as
-// of now) it fails with errFailedPrecondition unless force is set.
+// of now) it fails with grpcx.ErrFailedPrecondition unless force is set.
 func (r *Root) rotate(ctx context.Context, delay time.Duration, actor string, force bool) (RootStatus, error) {
 	if delay == 0 {
 		delay = r.cfg.PropagationDelay
@@ -524,7 +525,7 @@ func (r *Root) rotate(ctx context.Context, delay time.Duration, actor string, fo
 	if inProgress && !force {
 		return RootStatus{}, fmt.Errorf("%w: a root rotation is in progress: %s; rotating again would add one more root "+
 			"to the trust bundle: wait until the bundle holds only the active root, or force it (--force)",
-			errFailedPrecondition, describePending(pending, r.lastUse))
+			grpcx.ErrFailedPrecondition, describePending(pending, r.lastUse))
 	}
 	var note string
 	if inProgress {

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/peer"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/trust"
 )
@@ -73,19 +74,19 @@ func (r *Root) enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshca
 		return nil, errNoActiveRoot
 	}
 	if req.GetJoinToken() == "" {
-		return nil, fmt.Errorf("%w: no join token", errUnauthenticated)
+		return nil, fmt.Errorf("%w: no join token", grpcx.ErrUnauthenticated)
 	}
 	replica := req.GetReplica()
 	now := r.cfg.Now()
 	c, replicas, err := r.cfg.Store.RedeemJoinToken(ctx, hashToken(req.GetJoinToken()), now, store.AuditEvent{
 		Time: now, Actor: "join-token", Action: "cluster.enroll",
-		Detail: fmt.Sprintf("enrolment of replica %q from %s", replica, peerAddr(ctx)),
+		Detail: fmt.Sprintf("enrolment of replica %q from %s", replica, grpcx.PeerAddr(ctx)),
 	})
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return nil, fmt.Errorf("%w: join token: %w", errUnauthenticated, err)
+		return nil, fmt.Errorf("%w: join token: %w", grpcx.ErrUnauthenticated, err)
 	case err != nil:
-		return nil, fmt.Errorf("%w: redeem join token: %w", errUnavailable, err)
+		return nil, fmt.Errorf("%w: redeem join token: %w", grpcx.ErrUnavailable, err)
 	}
 	if r.state.Load().revoked[c.Name] {
 		// The token is used up: a revoked cluster enrols again under a
@@ -113,7 +114,7 @@ func (r *Root) enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshca
 	}
 	r.log.InfoContext(ctx, "issuer enrolled", "cluster", c.Name, "replica", replica, "trust_domain", c.TrustDomain,
 		"serial", trust.SerialHex(out.intermediate.SerialNumber), "not_after", out.intermediate.NotAfter,
-		"credential_serial", trust.SerialHex(out.credential.SerialNumber), "peer", peerAddr(ctx))
+		"credential_serial", trust.SerialHex(out.credential.SerialNumber), "peer", grpcx.PeerAddr(ctx))
 	return &meshcav1.EnrollResponse{
 		Cluster: c.Name, TrustDomain: c.TrustDomain,
 		CredentialChain:   [][]byte{out.credential.Raw},
@@ -137,7 +138,7 @@ func (r *Root) enrollIssue(ctx context.Context, st *state, c store.Cluster, repl
 		return afterEnrol(old, found, key, cred)
 	}
 	if err := r.swapUntilDone(ctx, key, lineage, r.credentialIssued("join-token", c, cred, st.active.Certificate)); err != nil {
-		return issued{}, fmt.Errorf("%w: record credential: %w", errUnavailable, err)
+		return issued{}, fmt.Errorf("%w: record credential: %w", grpcx.ErrUnavailable, err)
 	}
 	out, err := r.issue(ctx, st, c, interCSR, id.String())
 	out.credential = cred
@@ -174,10 +175,10 @@ func (r *Root) renew(ctx context.Context, req *meshcav1.RenewRequest) (*meshcav1
 	switch {
 	case errors.Is(err, store.ErrConflict):
 		r.log.WarnContext(ctx, "credential used concurrently: another renewal with the same credential was accepted first",
-			"cluster", c.Name, "serial", caller.serial, "peer", peerAddr(ctx))
-		return nil, fmt.Errorf("%w: concurrent renewal of cluster %s with credential serial %s lost: %w", errUnavailable, c.Name, caller.serial, err)
+			"cluster", c.Name, "serial", caller.serial, "peer", grpcx.PeerAddr(ctx))
+		return nil, fmt.Errorf("%w: concurrent renewal of cluster %s with credential serial %s lost: %w", grpcx.ErrUnavailable, c.Name, caller.serial, err)
 	case err != nil:
-		return nil, fmt.Errorf("%w: record credential: %w", errUnavailable, err)
+		return nil, fmt.Errorf("%w: record credential: %w", grpcx.ErrUnavailable, err)
 	}
 	out, err := r.issue(ctx, st, c, interCSR, caller.id.String())
 	if err != nil {
@@ -217,7 +218,7 @@ type issuerCaller struct {
 // client's intermediates.
 func (r *Root) authenticate(ctx context.Context, st *state, call credentialCall) (issuerCaller, error) {
 	fail := func(format string, args ...any) (issuerCaller, error) {
-		return issuerCaller{}, fmt.Errorf("%w: "+format, append([]any{errUnauthenticated}, args...)...)
+		return issuerCaller{}, fmt.Errorf("%w: "+format, append([]any{grpcx.ErrUnauthenticated}, args...)...)
 	}
 	p, ok := peer.FromContext(ctx)
 	if !ok {
@@ -255,7 +256,7 @@ func (r *Root) authenticate(ctx context.Context, st *state, call credentialCall)
 	case errors.Is(err, store.ErrNotFound):
 		return fail("credential %s: cluster %s is not registered", id, name)
 	case err != nil:
-		return issuerCaller{}, fmt.Errorf("%w: cluster %s: %w", errUnavailable, name, err)
+		return issuerCaller{}, fmt.Errorf("%w: cluster %s: %w", grpcx.ErrUnavailable, name, err)
 	case c.TrustDomain != id.TrustDomain().Name():
 		return fail("credential %s: cluster %s has trust domain %s", id, name, c.TrustDomain)
 	}

@@ -23,6 +23,7 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/adminapi"
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/trust"
 )
 
@@ -106,21 +107,9 @@ func (r *Root) OwnRoots() *trust.Bundle {
 }
 
 func serve(ctx context.Context, srv *grpc.Server, lis net.Listener, stopping chan struct{}) error {
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(lis) }()
-	select {
-	case err := <-errc:
+	if err := grpcx.Serve(ctx, srv, lis, gracePeriod, func() { close(stopping) }); err != nil {
 		close(stopping)
 		return fmt.Errorf("root server: %w", err)
-	case <-ctx.Done():
-	}
-	close(stopping)
-	done := make(chan struct{})
-	go func() { srv.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(gracePeriod):
-		srv.Stop()
 	}
 	return nil
 }

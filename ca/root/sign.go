@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/trust"
 )
@@ -50,17 +51,17 @@ func parseCredentialPath(path string) (cluster, replica string, ok bool) {
 // for (Root.servingNames).
 func parseCSR(what string, der []byte) (*x509.CertificateRequest, error) {
 	if len(der) == 0 {
-		return nil, fmt.Errorf("%w: %s is missing", errInvalidArgument, what)
+		return nil, fmt.Errorf("%w: %s is missing", grpcx.ErrInvalidArgument, what)
 	}
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", errInvalidArgument, what, err)
+		return nil, fmt.Errorf("%w: %s: %w", grpcx.ErrInvalidArgument, what, err)
 	}
 	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("%w: %s: signature: %w", errInvalidArgument, what, err)
+		return nil, fmt.Errorf("%w: %s: signature: %w", grpcx.ErrInvalidArgument, what, err)
 	}
 	if err := checkPublicKey(csr.PublicKey); err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", errInvalidArgument, what, err)
+		return nil, fmt.Errorf("%w: %s: %w", grpcx.ErrInvalidArgument, what, err)
 	}
 	return csr, nil
 }
@@ -124,7 +125,7 @@ func (r *Root) signCredential(st *state, c store.Cluster, replica string, pub cr
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: sign credential: %w", errUnavailable, err)
+		return nil, fmt.Errorf("%w: sign credential: %w", grpcx.ErrUnavailable, err)
 	}
 	if err := verifyCredential(cred, st.active.Certificate, id, now); err != nil {
 		return nil, err
@@ -158,10 +159,10 @@ func (r *Root) servingNames(c store.Cluster, interCSR *x509.CertificateRequest) 
 		asked = trust.DefaultServingNames
 	}
 	if len(asked) > maxServingNames {
-		return nil, fmt.Errorf("%w: intermediate CSR asks for %d serving names, at most %d are allowed", errInvalidArgument, len(asked), maxServingNames)
+		return nil, fmt.Errorf("%w: intermediate CSR asks for %d serving names, at most %d are allowed", grpcx.ErrInvalidArgument, len(asked), maxServingNames)
 	}
 	if _, _, err := trust.SplitServingNames(asked); err != nil {
-		return nil, fmt.Errorf("%w: intermediate CSR: %w", errInvalidArgument, err)
+		return nil, fmt.Errorf("%w: intermediate CSR: %w", grpcx.ErrInvalidArgument, err)
 	}
 	var names, dropped []string
 	for _, n := range asked {
@@ -240,7 +241,7 @@ func (r *Root) issue(ctx context.Context, st *state, c store.Cluster, interCSR *
 		TTL: r.cfg.IntermediateTTL, Now: now,
 	})
 	if err != nil {
-		return issued{}, fmt.Errorf("%w: sign intermediate: %w", errUnavailable, err)
+		return issued{}, fmt.Errorf("%w: sign intermediate: %w", grpcx.ErrUnavailable, err)
 	}
 	if err := verifyIntermediate(out.intermediate, root.Certificate, td, c.Name, now); err != nil {
 		return issued{}, err
@@ -258,7 +259,7 @@ func (r *Root) issue(ctx context.Context, st *state, c store.Cluster, interCSR *
 			fingerprintHex(root.Certificate), out.intermediate.NotAfter.UTC().Format("2006-01-02T15:04:05Z"), strings.Join(names, " ")),
 	})
 	if err != nil {
-		return issued{}, fmt.Errorf("%w: record intermediate: %w", errUnavailable, err)
+		return issued{}, fmt.Errorf("%w: record intermediate: %w", grpcx.ErrUnavailable, err)
 	}
 	r.addDomain(ctx, td)
 	out.bundle, _ = r.Current()

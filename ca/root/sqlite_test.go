@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/sqlite"
 	"github.com/meshca/meshca/trust"
@@ -170,7 +171,7 @@ func TestRevocationWithSQLite(t *testing.T) {
 		t.Fatalf("VerifyAudit: %v, %+v", err, v)
 	}
 	_, err = h.root.addCluster(bg, &meshcav1.AddClusterRequest{Name: "east", TrustDomain: "east.example"}, "admin:test")
-	if !errors.Is(err, errFailedPrecondition) {
+	if !errors.Is(err, grpcx.ErrFailedPrecondition) {
 		t.Fatalf("AddCluster of a revoked name after a restart: %v", err)
 	}
 }

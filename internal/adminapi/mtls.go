@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/grpclimit"
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/trust"
 )
 
@@ -206,7 +207,7 @@ func (m *MTLS) check(ctx context.Context, method string) error {
 	}
 	if err != nil {
 		m.cfg.Logger.WarnContext(ctx, "admin call refused", "method", method, "reason", err.Error(),
-			"peer", peerAddr(ctx))
+			"peer", grpcx.PeerAddr(ctx))
 		return status.Error(codes.PermissionDenied, "admin access requires a valid admin certificate")
 	}
 	return nil

@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/store"
 )
 
@@ -110,7 +111,7 @@ func (r *Reads) listCertificates(ctx context.Context, req *meshcav1.ListCertific
 	}
 	certs, err := r.st.Certificates(ctx, f)
 	if err != nil {
-		return nil, fmt.Errorf("%w: list certificates: %w", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: list certificates: %w", grpcx.ErrUnavailable, err)
 	}
 	resp := &meshcav1.ListCertificatesResponse{Certificates: make([]*meshcav1.Certificate, 0, len(certs))}
 	for _, c := range certs {
@@ -139,15 +140,15 @@ func (r *Reads) getCertificate(ctx context.Context, req *meshcav1.GetCertificate
 	c, err := r.st.Certificate(ctx, serial)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		return nil, fmt.Errorf("%w: no certificate with serial %s", ErrNotFound, serial)
+		return nil, fmt.Errorf("%w: no certificate with serial %s", grpcx.ErrNotFound, serial)
 	case err != nil:
-		return nil, fmt.Errorf("%w: get certificate %s: %w", ErrUnavailable, serial, err)
+		return nil, fmt.Errorf("%w: get certificate %s: %w", grpcx.ErrUnavailable, serial, err)
 	}
 	resp := &meshcav1.GetCertificateResponse{Certificate: CertificateToProto(c)}
 	if rl, ok := r.st.(revocationLister); ok {
 		revs, err := rl.Revocations(ctx, r.now())
 		if err != nil {
-			return nil, fmt.Errorf("%w: revocations: %w", ErrUnavailable, err)
+			return nil, fmt.Errorf("%w: revocations: %w", grpcx.ErrUnavailable, err)
 		}
 		if rev, ok := covering(revs, c); ok {
 			resp.Revoked = RevocationToProto(rev)
@@ -197,11 +198,11 @@ func (r *Reads) ListRevocations(ctx context.Context, _ *meshcav1.ListRevocations
 func (r *Reads) listRevocations(ctx context.Context) (*meshcav1.ListRevocationsResponse, error) {
 	rl, ok := r.st.(revocationLister)
 	if !ok {
-		return nil, fmt.Errorf("%w: this server's store keeps no revocations", ErrUnimplemented)
+		return nil, fmt.Errorf("%w: this server's store keeps no revocations", grpcx.ErrUnimplemented)
 	}
 	revs, err := rl.Revocations(ctx, r.now())
 	if err != nil {
-		return nil, fmt.Errorf("%w: revocations: %w", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: revocations: %w", grpcx.ErrUnavailable, err)
 	}
 	resp := &meshcav1.ListRevocationsResponse{Revocations: make([]*meshcav1.Revocation, 0, len(revs))}
 	for _, rev := range revs {
@@ -230,13 +231,13 @@ func (r *Reads) listAuditEvents(ctx context.Context, req *meshcav1.ListAuditEven
 	since := r.now().Add(-DefaultAuditWindow)
 	if req.GetSince() != nil {
 		if err := req.GetSince().CheckValid(); err != nil {
-			return nil, fmt.Errorf("%w: since: %w", ErrInvalidArgument, err)
+			return nil, fmt.Errorf("%w: since: %w", grpcx.ErrInvalidArgument, err)
 		}
 		since = req.GetSince().AsTime()
 	}
 	events, err := r.st.AuditEvents(ctx, since)
 	if err != nil {
-		return nil, fmt.Errorf("%w: audit events: %w", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: audit events: %w", grpcx.ErrUnavailable, err)
 	}
 	events = events[:min(len(events), limit)]
 	resp := &meshcav1.ListAuditEventsResponse{Events: make([]*meshcav1.AuditEvent, 0, len(events))}
@@ -262,7 +263,7 @@ func (r *Reads) VerifyAudit(ctx context.Context, _ *meshcav1.VerifyAuditRequest)
 func (r *Reads) verifyAudit(ctx context.Context) (*meshcav1.VerifyAuditResponse, error) {
 	v, ok := r.st.(auditVerifier)
 	if !ok {
-		return nil, fmt.Errorf("%w: this server's store cannot verify its audit chain", ErrUnimplemented)
+		return nil, fmt.Errorf("%w: this server's store cannot verify its audit chain", grpcx.ErrUnimplemented)
 	}
 	head, err := v.VerifyAuditHead(ctx)
 	// Sequence numbers start at 1 without gaps (the verifier checks), so
@@ -275,7 +276,7 @@ func (r *Reads) verifyAudit(ctx context.Context) (*meshcav1.VerifyAuditResponse,
 		resp.Events, resp.Problem = broken.Seq-1, broken.Error()
 		return resp, nil
 	case err != nil:
-		return nil, fmt.Errorf("%w: verify audit chain: %w", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: verify audit chain: %w", grpcx.ErrUnavailable, err)
 	}
 	return resp, nil
 }
@@ -287,7 +288,7 @@ func listLimit(n int32) (int, error) {
 	case n == 0:
 		return DefaultListLimit, nil
 	case n < 0 || n > MaxListLimit:
-		return 0, fmt.Errorf("%w: limit %d: must be between 1 and %d", ErrInvalidArgument, n, MaxListLimit)
+		return 0, fmt.Errorf("%w: limit %d: must be between 1 and %d", grpcx.ErrInvalidArgument, n, MaxListLimit)
 	}
 	return int(n), nil
 }
@@ -299,27 +300,27 @@ const maxSerialHexDigits = 40
 // hexadecimal, no leading zeros, as trust.SerialHex writes it) from what an
 // operator may paste: upper or lower case, an optional "0x", and ':'
 // between octets as OpenSSL prints them. A malformed serial wraps
-// ErrInvalidArgument.
+// grpcx.ErrInvalidArgument.
 func ParseSerial(s string) (string, error) {
 	digits := strings.ReplaceAll(strings.TrimPrefix(strings.TrimPrefix(s, "0x"), "0X"), ":", "")
 	n, ok := new(big.Int).SetString(digits, 16)
 	switch {
 	case digits == "" || !ok || strings.ContainsAny(digits, "+-_"):
-		return "", fmt.Errorf("%w: serial %q: not a hexadecimal number", ErrInvalidArgument, s)
+		return "", fmt.Errorf("%w: serial %q: not a hexadecimal number", grpcx.ErrInvalidArgument, s)
 	case n.Sign() <= 0:
-		return "", fmt.Errorf("%w: serial %q: must be positive", ErrInvalidArgument, s)
+		return "", fmt.Errorf("%w: serial %q: must be positive", grpcx.ErrInvalidArgument, s)
 	case len(n.Text(16)) > maxSerialHexDigits:
-		return "", fmt.Errorf("%w: serial %q: longer than 20 octets", ErrInvalidArgument, s)
+		return "", fmt.Errorf("%w: serial %q: longer than 20 octets", grpcx.ErrInvalidArgument, s)
 	}
 	return n.Text(16), nil
 }
 
 // ParseSPIFFEID parses a SPIFFE ID from a request; a malformed one wraps
-// ErrInvalidArgument.
+// grpcx.ErrInvalidArgument.
 func ParseSPIFFEID(s string) (spiffeid.ID, error) {
 	id, err := spiffeid.FromString(s)
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%w: SPIFFE ID %q: %w", ErrInvalidArgument, s, err)
+		return spiffeid.ID{}, fmt.Errorf("%w: SPIFFE ID %q: %w", grpcx.ErrInvalidArgument, s, err)
 	}
 	return id, nil
 }

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshca/meshca/internal/grpcx"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
@@ -45,7 +46,7 @@ const (
 
 // ErrLimit is wrapped by the error of a watch refused for a cap. Servers
 // map it to codes.ResourceExhausted.
-var ErrLimit = errors.New("limit reached")
+var ErrLimit = grpcx.Mark(errors.New("limit reached"), grpcx.ErrResourceExhausted)
 
 // Config sets the limits. Zero values mean the defaults above; negative
 // values are invalid.

@@ -9,14 +9,15 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/meshca/meshca/trust"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/internal/watch"
+	"github.com/meshca/meshca/trust"
 )
 
 // Fetcher defaults.
@@ -102,13 +103,7 @@ type Fetcher struct {
 	cfg  FetcherConfig
 	rels []*relState // sorted by trust domain
 
-	publishMu sync.Mutex
-	state     atomic.Pointer[fetcherState]
-}
-
-type fetcherState struct {
-	domains []trust.DomainBundle
-	changed chan struct{}
+	domains watch.Value[[]trust.DomainBundle]
 }
 
 // relState is one relationship and what was learnt from it.
@@ -161,7 +156,7 @@ func NewFetcher(cfg FetcherConfig) (*Fetcher, error) {
 	slices.SortFunc(f.rels, func(a, b *relState) int {
 		return cmp.Compare(a.rel.TrustDomain.Name(), b.rel.TrustDomain.Name())
 	})
-	f.state.Store(&fetcherState{domains: f.collect(), changed: make(chan struct{})})
+	f.domains.Store(f.collect())
 	return f, nil
 }
 
@@ -169,13 +164,14 @@ func NewFetcher(cfg FetcherConfig) (*Fetcher, error) {
 // one, sorted by name, all marked Federated. Call Changed first to wait for
 // the next change without missing one.
 func (f *Fetcher) Domains() []trust.DomainBundle {
-	return slices.Clone(f.state.Load().domains)
+	domains, _ := f.domains.Load()
+	return slices.Clone(domains)
 }
 
 // Changed returns a channel that is closed when Domains next changes (a
 // root added or removed in some trust domain). Each change closes the
 // channel and starts a new one.
-func (f *Fetcher) Changed() <-chan struct{} { return f.state.Load().changed }
+func (f *Fetcher) Changed() <-chan struct{} { return f.domains.Changed() }
 
 // Status returns the state of every relationship, sorted by trust domain.
 func (f *Fetcher) Status() []RelationshipStatus {
@@ -337,15 +333,10 @@ func (r *relState) schedule() (hint time.Duration, failures int, held bool) {
 // publish makes the current bundles of all relationships visible, waking
 // the waiters on Changed if they differ from what was published.
 func (f *Fetcher) publish() {
-	f.publishMu.Lock()
-	defer f.publishMu.Unlock()
-	old := f.state.Load()
-	domains := f.collect()
-	if domainsEqual(old.domains, domains) {
-		return
-	}
-	f.state.Store(&fetcherState{domains: domains, changed: make(chan struct{})})
-	close(old.changed)
+	f.domains.Update(func(old []trust.DomainBundle) ([]trust.DomainBundle, bool) {
+		domains := f.collect()
+		return domains, !domainsEqual(old, domains)
+	})
 }
 
 func (f *Fetcher) collect() []trust.DomainBundle {
