@@ -113,7 +113,7 @@ type Config struct {
 
 // Validate reports the first problem with c, as New would apply it. It
 // does not modify c.
-func (c *Config) Validate() error {
+func (c Config) Validate() error {
 	d := c.withDefaults()
 	return d.validate()
 }

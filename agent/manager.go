@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/x509"
@@ -79,14 +80,8 @@ type ManagerConfig struct {
 	Logger *slog.Logger
 }
 
-// Validate applies defaults and reports the first problem with c.
-func (c *ManagerConfig) Validate() error {
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+// Validate reports the first problem with c. It does not change c.
+func (c ManagerConfig) Validate() error {
 	switch {
 	case c.Fetcher == nil:
 		return errors.New("agent: fetcher is required")
@@ -152,12 +147,22 @@ type Manager struct {
 
 var _ rotation.Renewer = (*Manager)(nil)
 
+// withDefaults returns c with its zero fields replaced by their defaults.
+func (c ManagerConfig) withDefaults() ManagerConfig {
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	return c
+}
+
 // NewManager reads the CA bundle file and publishes it, so that trust
 // bundles can be served before the first certificate arrives.
 func NewManager(cfg ManagerConfig) (*Manager, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	newKey, _ := GenerateKeyFunc(cfg.KeyType)
 	metrics, err := newCRLMetrics(cfg.Registerer)
 	if err != nil {

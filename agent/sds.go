@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -31,18 +32,21 @@ type SDSConfig struct {
 	Logger *slog.Logger
 }
 
-// Validate applies defaults and reports the first problem with c.
-func (c *SDSConfig) Validate() error {
+// Validate reports the first problem with c. It does not change c.
+func (c SDSConfig) Validate() error {
 	if c.Source == nil {
 		return errors.New("sds: source is required")
 	}
+	return nil
+}
+
+// withDefaults returns c with its zero fields replaced by their defaults.
+func (c SDSConfig) withDefaults() SDSConfig {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	return nil
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	return c
 }
 
 // SDSServer implements Envoy's SecretDiscoveryService v3 (state of the world)
@@ -65,7 +69,7 @@ func NewSDSServer(cfg SDSConfig) (*SDSServer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &SDSServer{cfg: cfg, stop: make(chan struct{})}, nil
+	return &SDSServer{cfg: cfg.withDefaults(), stop: make(chan struct{})}, nil
 }
 
 // Register adds the service to g.

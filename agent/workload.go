@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -30,18 +31,21 @@ type WorkloadConfig struct {
 	Logger *slog.Logger
 }
 
-// Validate applies defaults and reports the first problem with c.
-func (c *WorkloadConfig) Validate() error {
+// Validate reports the first problem with c. It does not change c.
+func (c WorkloadConfig) Validate() error {
 	if c.Source == nil {
 		return errors.New("workload api: source is required")
 	}
+	return nil
+}
+
+// withDefaults returns c with its zero fields replaced by their defaults.
+func (c WorkloadConfig) withDefaults() WorkloadConfig {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	return nil
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	return c
 }
 
 // WorkloadServer implements the X.509 half of the SPIFFE Workload API
@@ -63,7 +67,7 @@ func NewWorkloadServer(cfg WorkloadConfig) (*WorkloadServer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &WorkloadServer{cfg: cfg, stop: make(chan struct{})}, nil
+	return &WorkloadServer{cfg: cfg.withDefaults(), stop: make(chan struct{})}, nil
 }
 
 // ServerOptions are the gRPC server options the Workload API needs: the

@@ -68,7 +68,7 @@ type AdminConfig struct {
 	Logger *slog.Logger
 }
 
-// Validate applies defaults and reports the first problem with c.
+// Validate reports the first problem with c. It does not change c.
 func (c AdminConfig) Validate() error {
 	switch {
 	case c.TrustDomain.IsZero():

@@ -52,7 +52,7 @@ type DenyListConfig struct {
 	Logger *slog.Logger
 }
 
-// Validate applies defaults and reports the first problem with c.
+// Validate reports the first problem with c. It does not change c.
 func (c DenyListConfig) Validate() error {
 	c = c.withDefaults()
 	switch {

@@ -81,7 +81,7 @@ type UpstreamConfig struct {
 	Logger *slog.Logger
 }
 
-// Validate applies defaults and reports the first problem with c.
+// Validate reports the first problem with c. It does not change c.
 func (c UpstreamConfig) Validate() error {
 	if c.Address == "" {
 		return errors.New("upstream: root address is required")
