@@ -162,7 +162,7 @@ func TestEndpointConfigValidate(t *testing.T) {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)
 				}
-				if tc.cfg.RefreshHint != DefaultRefreshHint || tc.cfg.ShutdownTimeout != DefaultShutdownTimeout || tc.cfg.Logger == nil {
+				if d := tc.cfg.withDefaults(); d.RefreshHint != DefaultRefreshHint || d.ShutdownTimeout != DefaultShutdownTimeout || d.Logger == nil {
 					t.Error("defaults not applied")
 				}
 				return
