@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -126,12 +127,8 @@ func (c Config) withDefaults() Config {
 			c.WorkloadSocketMode = 0o660
 		}
 	}
-	if c.ShutdownTimeout == 0 {
-		c.ShutdownTimeout = 5 * time.Second
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, 5*time.Second)
+	c.Logger = cmp.Or(c.Logger, slog.Default())
 	c.Limits = c.Limits.withDefaults()
 	return c
 }

@@ -5,6 +5,7 @@
 package ca
 
 import (
+	"cmp"
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
@@ -87,12 +88,8 @@ func NewRoot(cfg RootConfig) (*Authority, error) {
 	if cfg.Signer == nil {
 		return nil, errors.New("root: signer is required")
 	}
-	if cfg.CommonName == "" {
-		cfg.CommonName = "meshca root CA"
-	}
-	if cfg.TTL == 0 {
-		cfg.TTL = DefaultRootTTL
-	}
+	cfg.CommonName = cmp.Or(cfg.CommonName, "meshca root CA")
+	cfg.TTL = cmp.Or(cfg.TTL, DefaultRootTTL)
 	if cfg.TTL < 0 {
 		return nil, fmt.Errorf("root: negative ttl %v", cfg.TTL)
 	}
@@ -165,9 +162,7 @@ func (a *Authority) SignIntermediate(req IntermediateRequest) (*x509.Certificate
 	if req.Cluster == "" {
 		return nil, errors.New("intermediate: cluster is required")
 	}
-	if req.TTL == 0 {
-		req.TTL = DefaultIntermediateTTL
-	}
+	req.TTL = cmp.Or(req.TTL, DefaultIntermediateTTL)
 	data := x509util.NewTemplateData()
 	data.SetSubject(x509util.Subject{
 		CommonName:         "meshca intermediate CA " + req.Cluster,

@@ -1,6 +1,7 @@
 package issuer
 
 import (
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -75,9 +76,7 @@ func NewLocalRoot(cfg LocalRootConfig) (*LocalRoot, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.TTL == 0 {
-		cfg.TTL = ca.DefaultIntermediateTTL
-	}
+	cfg.TTL = cmp.Or(cfg.TTL, ca.DefaultIntermediateTTL)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}

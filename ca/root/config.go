@@ -35,6 +35,7 @@
 package root
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -246,32 +247,21 @@ func (c Config) Validate() error {
 }
 
 func (c Config) withDefaults() Config {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	def(&c.RootTTL, DefaultRootTTL)
-	def(&c.IntermediateTTL, DefaultIntermediateTTL)
-	def(&c.CredentialTTL, DefaultCredentialTTL)
-	def(&c.PropagationDelay, DefaultPropagationDelay)
-	def(&c.Tick, DefaultTick)
-	def(&c.ServingTTL, DefaultServingTTL)
-	def(&c.JoinTokenTTL, DefaultJoinTokenTTL)
-	def(&c.RefreshHint, DefaultRefreshHint)
-	def(&c.CRLValidity, ca.DefaultCRLValidity)
-	if c.MaxRequestBytes == 0 {
-		c.MaxRequestBytes = DefaultMaxRequestBytes
-	}
+	c.RootTTL = cmp.Or(c.RootTTL, DefaultRootTTL)
+	c.IntermediateTTL = cmp.Or(c.IntermediateTTL, DefaultIntermediateTTL)
+	c.CredentialTTL = cmp.Or(c.CredentialTTL, DefaultCredentialTTL)
+	c.PropagationDelay = cmp.Or(c.PropagationDelay, DefaultPropagationDelay)
+	c.Tick = cmp.Or(c.Tick, DefaultTick)
+	c.ServingTTL = cmp.Or(c.ServingTTL, DefaultServingTTL)
+	c.JoinTokenTTL = cmp.Or(c.JoinTokenTTL, DefaultJoinTokenTTL)
+	c.RefreshHint = cmp.Or(c.RefreshHint, DefaultRefreshHint)
+	c.CRLValidity = cmp.Or(c.CRLValidity, ca.DefaultCRLValidity)
+	c.MaxRequestBytes = cmp.Or(c.MaxRequestBytes, DefaultMaxRequestBytes)
 	if c.IssuerServingNames == nil {
 		c.IssuerServingNames = ca.DefaultServingNames
 	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	if c.Limits.Logger == nil {
-		c.Limits.Logger = c.Logger
-	}
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	c.Limits.Logger = cmp.Or(c.Limits.Logger, c.Logger)
 	if c.Now == nil {
 		c.Now = time.Now
 	}

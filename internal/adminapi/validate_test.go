@@ -1,0 +1,14 @@
+package adminapi
+
+import (
+	"testing"
+
+	"github.com/meshca/meshca/internal/testkit"
+)
+
+func TestValidateKeepsConfig(t *testing.T) {
+	testkit.ValidateKeepsConfig(t, map[string]testkit.Validator{
+		"unix": &UnixConfig{},
+		"mtls": &MTLSConfig{},
+	})
+}

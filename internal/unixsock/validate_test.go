@@ -1,0 +1,14 @@
+package unixsock
+
+import (
+	"testing"
+
+	"github.com/meshca/meshca/internal/testkit"
+)
+
+func TestValidateKeepsConfig(t *testing.T) {
+	testkit.ValidateKeepsConfig(t, map[string]testkit.Validator{
+		"config":      &Config{},
+		"peer policy": &PeerPolicy{},
+	})
+}

@@ -1,0 +1,15 @@
+package store
+
+import (
+	"testing"
+
+	"github.com/meshca/meshca/internal/testkit"
+)
+
+func TestValidateKeepsConfig(t *testing.T) {
+	testkit.ValidateKeepsConfig(t, map[string]testkit.Validator{
+		"group commit": &GroupCommitConfig{},
+		"retention":    &RetentionConfig{},
+		"revocation":   &Revocation{},
+	})
+}
