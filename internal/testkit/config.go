@@ -1,6 +1,7 @@
 package testkit
 
 import (
+	"fmt"
 	"reflect"
 	"testing"
 )
@@ -8,15 +9,15 @@ import (
 // Validator is a component config; Validate reports its first problem.
 type Validator interface{ Validate() error }
 
-// ValidateKeepsConfig calls Validate on every config in configs (each a
+// ValidateKeepsConfig calls Validate on each of configs (each a
 // pointer, so that a method with a pointer receiver could write through
 // it) and fails t if a call changed its config: Validate only reports, and
 // defaults are resolved by the component's constructor. Configs whose
 // function fields are set cannot be compared and must not be passed.
-func ValidateKeepsConfig(t *testing.T, configs map[string]Validator) {
+func ValidateKeepsConfig(t *testing.T, configs ...Validator) {
 	t.Helper()
-	for name, cfg := range configs {
-		t.Run(name, func(t *testing.T) {
+	for i, cfg := range configs {
+		t.Run(fmt.Sprintf("%d %T", i, cfg), func(t *testing.T) {
 			v := reflect.ValueOf(cfg)
 			if v.Kind() != reflect.Pointer {
 				t.Fatalf("%T is not a pointer", cfg)

@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 func TestEndpointServesSPIFFEBundle(t *testing.T) {
@@ -306,4 +307,9 @@ func TestEndpointServeStops(t *testing.T) {
 	if _, err := client.Get(ep.url); err == nil {
 		t.Fatal("endpoint still answers after Serve returned")
 	}
+}
+
+func TestValidateKeepsConfig(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("b.example")
+	testkit.ValidateKeepsConfig(t, &FetcherConfig{}, &FetcherConfig{MinRefreshInterval: time.Hour, MaxRefreshInterval: time.Minute}, &EndpointConfig{}, &EndpointConfig{TrustDomain: td, Source: &fakeSource{}, Profile: ProfileHTTPSWeb, CertFile: "c", KeyFile: "k"})
 }
