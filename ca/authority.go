@@ -1,7 +1,3 @@
-// Package ca holds meshca's certificate authorities: a root CA on any
-// crypto.Signer (a key file by default, Vault Transit in production),
-// name-constrained per-cluster intermediates, leaf signing and the trust
-// bundle. It never talks to workloads; policy lives in the issuer.
 package ca
 
 import (
@@ -191,6 +187,9 @@ func (a *Authority) SignIntermediate(req IntermediateRequest) (*x509.Certificate
 	if err := a.setValidity(tmpl, req.Now, req.TTL); err != nil {
 		return nil, fmt.Errorf("intermediate: %w", err)
 	}
+	if tmpl.SerialNumber, err = newSerial(); err != nil {
+		return nil, err
+	}
 	cert, err := x509util.CreateCertificate(tmpl, a.Certificate, req.PublicKey, a.Signer)
 	if err != nil {
 		return nil, fmt.Errorf("intermediate: sign: %w", err)
@@ -264,7 +263,8 @@ func (a *Authority) SignLeaf(req LeafRequest) (*x509.Certificate, error) {
 }
 
 // setValidity sets NotBefore/NotAfter for a certificate signed by a: ttl from
-// now, clamped so it never outlives a's certificate, and a serial number.
+// now, clamped so it never outlives a's certificate. The caller draws the
+// serial number.
 func (a *Authority) setValidity(tmpl *x509.Certificate, now time.Time, ttl time.Duration) error {
 	if now.IsZero() {
 		now = time.Now()
@@ -283,13 +283,6 @@ func (a *Authority) setValidity(tmpl *x509.Certificate, now time.Time, ttl time.
 		notAfter = parent.NotAfter
 	}
 	tmpl.NotBefore, tmpl.NotAfter = notBefore.UTC(), notAfter.UTC()
-	if tmpl.SerialNumber == nil {
-		serial, err := newSerial()
-		if err != nil {
-			return err
-		}
-		tmpl.SerialNumber = serial
-	}
 	return nil
 }
 
