@@ -206,5 +206,9 @@ func TestAgentNotReadyWhenIssuerUnreachablePastExpiry(t *testing.T) {
 }
 
 func TestValidateKeepsConfig(t *testing.T) {
-	testkit.ValidateKeepsConfig(t, &Config{}, &Config{IssuerAddress: "issuer:8443", CABundleFile: "ca.pem", TokenFile: "token", OutputDir: t.TempDir()}, &ManagerConfig{}, &ManagerConfig{TokenFile: "token", CABundleFile: "ca.pem", TTL: time.Hour}, &BundleWatcherConfig{}, &BundleWatcherConfig{RetryMin: time.Minute, RetryMax: time.Second}, &WorkloadConfig{}, &SDSConfig{})
+	testkit.ValidateKeepsConfig(t,
+		&Config{}, &Config{IssuerAddress: "issuer:8443", CABundleFile: "ca.pem", TokenFile: "token", OutputDir: t.TempDir()},
+		&ManagerConfig{}, &ManagerConfig{TokenFile: "token", CABundleFile: "ca.pem", TTL: time.Hour},
+		&BundleWatcherConfig{}, &BundleWatcherConfig{RetryMin: time.Minute, RetryMax: time.Second},
+		&WorkloadConfig{}, &SDSConfig{})
 }

@@ -25,9 +25,6 @@ import (
 type SDSConfig struct {
 	// Source provides what is served. Required.
 	Source Source
-	// Now is the clock used to decide whether a certificate has expired; nil
-	// means time.Now.
-	Now func() time.Time
 	// Logger receives stream events and NACKs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -42,9 +39,6 @@ func (c SDSConfig) Validate() error {
 
 // withDefaults returns c with its zero fields replaced by their defaults.
 func (c SDSConfig) withDefaults() SDSConfig {
-	if c.Now == nil {
-		c.Now = time.Now
-	}
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	return c
 }
@@ -93,7 +87,7 @@ func (s *SDSServer) FetchSecrets(_ context.Context, req *discoveryv3.DiscoveryRe
 		return nil, status.Error(codes.InvalidArgument, "name at least one resource")
 	}
 	snap, _ := s.cfg.Source.Current()
-	resources, version, err := resolve(snap, req.GetResourceNames(), s.cfg.Now())
+	resources, version, err := resolve(snap, req.GetResourceNames(), time.Now())
 	if err != nil {
 		return nil, sdsStatus(err)
 	}
@@ -230,7 +224,7 @@ func (st *sdsStream) push(snap *Snapshot) error {
 	if st.closed || len(st.names) == 0 {
 		return nil
 	}
-	resources, version, err := resolve(snap, st.names, st.srv.cfg.Now())
+	resources, version, err := resolve(snap, st.names, time.Now())
 	switch {
 	case errors.Is(err, errPending):
 		return nil

@@ -24,9 +24,6 @@ const workloadHeader = "workload.spiffe.io"
 type WorkloadConfig struct {
 	// Source provides what is served. Required.
 	Source Source
-	// Now is the clock used to decide whether a certificate has expired; nil
-	// means time.Now.
-	Now func() time.Time
 	// Logger receives stream events; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -41,9 +38,6 @@ func (c WorkloadConfig) Validate() error {
 
 // withDefaults returns c with its zero fields replaced by their defaults.
 func (c WorkloadConfig) withDefaults() WorkloadConfig {
-	if c.Now == nil {
-		c.Now = time.Now
-	}
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	return c
 }
@@ -112,7 +106,7 @@ func checkWorkloadHeader(ctx context.Context) error {
 // the stream just waits.
 func (w *WorkloadServer) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
 	return w.watch(stream.Context(), func(snap *Snapshot) (string, func() error) {
-		if !snap.Valid(w.cfg.Now()) {
+		if !snap.Valid(time.Now()) {
 			return "", nil
 		}
 		return snap.SVIDVersion() + "," + snap.BundleVersion() + "," + snap.FederatedVersion() + "," + snap.CRLVersion(), func() error {
