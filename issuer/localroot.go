@@ -39,8 +39,6 @@ type LocalRootConfig struct {
 	// ca.DefaultIntermediateTTL, otherwise at least MinLocalIntermediateTTL.
 	// An intermediate never outlives Root: near its end it is cut short.
 	TTL time.Duration
-	// Now is the time source; nil means time.Now.
-	Now func() time.Time
 }
 
 // Validate reports the first problem with c; it does not change c.
@@ -77,9 +75,6 @@ func NewLocalRoot(cfg LocalRootConfig) (*LocalRoot, error) {
 		return nil, err
 	}
 	cfg.TTL = cmp.Or(cfg.TTL, ca.DefaultIntermediateTTL)
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
 	roots, err := ca.NewBundle(cfg.Root.Certificate)
 	if err != nil {
 		return nil, fmt.Errorf("local root: %w", err)
@@ -105,7 +100,7 @@ func (r *LocalRoot) NewIntermediate(context.Context) (*ca.Authority, *ca.TrustBu
 	}
 	cert, err := r.cfg.Root.SignIntermediate(ca.IntermediateRequest{
 		PublicKey: key.Public(), TrustDomain: r.cfg.TrustDomain, Cluster: r.cfg.Cluster,
-		ServingNames: r.cfg.ServingNames, TTL: r.cfg.TTL, Now: r.cfg.Now(),
+		ServingNames: r.cfg.ServingNames, TTL: r.cfg.TTL, Now: time.Now(),
 	})
 	if err != nil {
 		return nil, nil, err
