@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -114,7 +115,7 @@ type Config struct {
 
 // Validate reports the first problem with c, as New would apply it. It
 // does not modify c.
-func (c *Config) Validate() error {
+func (c Config) Validate() error {
 	d := c.withDefaults()
 	return d.validate()
 }
@@ -127,12 +128,8 @@ func (c Config) withDefaults() Config {
 			c.WorkloadSocketMode = 0o660
 		}
 	}
-	if c.ShutdownTimeout == 0 {
-		c.ShutdownTimeout = 5 * time.Second
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, 5*time.Second)
+	c.Logger = cmp.Or(c.Logger, slog.Default())
 	c.Limits = c.Limits.withDefaults()
 	return c
 }

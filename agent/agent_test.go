@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // runningAgent is an Agent run by a test against a testIssuer, with every
@@ -201,4 +203,12 @@ func TestAgentNotReadyWhenIssuerUnreachablePastExpiry(t *testing.T) {
 			t.Errorf("/readyz body %q does not say %q", body, want)
 		}
 	}
+}
+
+func TestValidateKeepsConfig(t *testing.T) {
+	testkit.ValidateKeepsConfig(t,
+		&Config{}, &Config{IssuerAddress: "issuer:8443", CABundleFile: "ca.pem", TokenFile: "token", OutputDir: t.TempDir()},
+		&ManagerConfig{}, &ManagerConfig{TokenFile: "token", CABundleFile: "ca.pem", TTL: time.Hour},
+		&BundleWatcherConfig{}, &BundleWatcherConfig{RetryMin: time.Minute, RetryMax: time.Second},
+		&WorkloadConfig{}, &SDSConfig{})
 }

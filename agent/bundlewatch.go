@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -69,17 +70,9 @@ type BundleWatcherConfig struct {
 	Logger *slog.Logger
 }
 
-// Validate applies defaults and reports the first problem with c.
-func (c *BundleWatcherConfig) Validate() error {
-	if c.RetryMin == 0 {
-		c.RetryMin = time.Second
-	}
-	if c.RetryMax == 0 {
-		c.RetryMax = reconnectBackoff.MaxDelay
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+// Validate reports the first problem with c. It does not change c.
+func (c BundleWatcherConfig) Validate() error {
+	c = c.withDefaults()
 	switch {
 	case c.Source == nil:
 		return errors.New("bundle watch: source is required")
@@ -103,11 +96,20 @@ type BundleWatcher struct {
 	jitter func(d time.Duration) time.Duration
 }
 
+// withDefaults returns c with its zero fields replaced by their defaults.
+func (c BundleWatcherConfig) withDefaults() BundleWatcherConfig {
+	c.RetryMin = cmp.Or(c.RetryMin, time.Second)
+	c.RetryMax = cmp.Or(c.RetryMax, reconnectBackoff.MaxDelay)
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	return c
+}
+
 // NewBundleWatcher returns a watcher; call Run to start it.
 func NewBundleWatcher(cfg BundleWatcherConfig) (*BundleWatcher, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	w := &BundleWatcher{cfg: cfg, jitter: func(d time.Duration) time.Duration {
 		if d <= 0 {
 			return 0

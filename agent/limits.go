@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -45,15 +46,9 @@ type StreamLimits struct {
 }
 
 func (l StreamLimits) withDefaults() StreamLimits {
-	if l.MaxConnections == 0 {
-		l.MaxConnections = DefaultMaxConnections
-	}
-	if l.MaxStreamsPerConnection == 0 {
-		l.MaxStreamsPerConnection = DefaultMaxStreamsPerConnection
-	}
-	if l.MaxStreams == 0 {
-		l.MaxStreams = DefaultMaxStreams
-	}
+	l.MaxConnections = cmp.Or(l.MaxConnections, DefaultMaxConnections)
+	l.MaxStreamsPerConnection = cmp.Or(l.MaxStreamsPerConnection, DefaultMaxStreamsPerConnection)
+	l.MaxStreams = cmp.Or(l.MaxStreams, DefaultMaxStreams)
 	return l
 }
 

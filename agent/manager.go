@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/x509"
@@ -69,9 +70,6 @@ type ManagerConfig struct {
 	// OutputDir, when set, receives cert.pem, key.pem (0600) and bundle.pem
 	// after every renewal; empty means the key never touches the disk.
 	OutputDir string
-	// Now is the clock; nil means time.Now. The withdrawal of an expired
-	// CRL is scheduled on a real timer for the delay Now gives.
-	Now func() time.Time
 	// Registerer receives the agent's CRL metric (CRLRejectedMetricName);
 	// nil means no metrics.
 	Registerer prometheus.Registerer
@@ -79,14 +77,8 @@ type ManagerConfig struct {
 	Logger *slog.Logger
 }
 
-// Validate applies defaults and reports the first problem with c.
-func (c *ManagerConfig) Validate() error {
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+// Validate reports the first problem with c. It does not change c.
+func (c ManagerConfig) Validate() error {
 	switch {
 	case c.Fetcher == nil:
 		return errors.New("agent: fetcher is required")
@@ -152,12 +144,19 @@ type Manager struct {
 
 var _ rotation.Renewer = (*Manager)(nil)
 
+// withDefaults returns c with its zero fields replaced by their defaults.
+func (c ManagerConfig) withDefaults() ManagerConfig {
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	return c
+}
+
 // NewManager reads the CA bundle file and publishes it, so that trust
 // bundles can be served before the first certificate arrives.
 func NewManager(cfg ManagerConfig) (*Manager, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	newKey, _ := GenerateKeyFunc(cfg.KeyType)
 	metrics, err := newCRLMetrics(cfg.Registerer)
 	if err != nil {
@@ -188,7 +187,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 func (m *Manager) Renew(ctx context.Context) (rotation.Validity, error) {
 	v, err := m.renew(ctx)
 	m.mu.Lock()
-	m.lastErr, m.lastAttempt = err, m.cfg.Now()
+	m.lastErr, m.lastAttempt = err, time.Now()
 	m.mu.Unlock()
 	return v, err
 }
@@ -327,7 +326,7 @@ func (m *Manager) publishLocked(svid *SVID) (*Snapshot, bool, error) {
 	}
 	var domains []trust.DomainBundle
 	if m.trust != nil {
-		expiry := pruneCRLs(m.crls, m.cfg.Now(), m.cfg.Logger, m.metrics)
+		expiry := pruneCRLs(m.crls, time.Now(), m.cfg.Logger, m.metrics)
 		m.armCRLTimerLocked(expiry)
 		domains = withCRLs(m.trust.Domains, m.crls)
 	}
@@ -350,7 +349,7 @@ func (m *Manager) armCRLTimerLocked(expiry time.Time) {
 	if expiry.IsZero() || m.stopped {
 		return
 	}
-	m.crlTimer = time.AfterFunc(expiry.Sub(m.cfg.Now()), func() {
+	m.crlTimer = time.AfterFunc(time.Until(expiry), func() {
 		m.trustMu.Lock()
 		defer m.trustMu.Unlock()
 		if m.stopped {
@@ -432,7 +431,7 @@ func (m *Manager) SetTrustBundle(b *trust.TrustBundle) (bool, error) {
 		m.trust = b
 		return false, nil
 	}
-	now := m.cfg.Now()
+	now := time.Now()
 	next := verifyCRLs(b, now, m.cfg.Logger, m.metrics)
 	if err := checkCRLProgress(m.crlMarks, m.crls, next, b, now); err != nil {
 		return false, err
@@ -517,7 +516,7 @@ func (m *Manager) vouchedLocked(b *trust.TrustBundle) error {
 		return err
 	}
 	if b.IsSigned() {
-		if err := b.VerifySignature(trusted, m.cfg.Now()); err != nil {
+		if err := b.VerifySignature(trusted, time.Now()); err != nil {
 			return fmt.Errorf("%w: sequence %d: %w", ErrUntrustedBundle, b.Sequence, err)
 		}
 		return nil
@@ -605,7 +604,7 @@ func markRefused(err error) error {
 // failure.
 func (m *Manager) Ready() error {
 	snap, _ := m.cfg.Publisher.Current()
-	now := m.cfg.Now()
+	now := time.Now()
 	if snap.Valid(now) {
 		return nil
 	}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -24,25 +25,22 @@ import (
 type SDSConfig struct {
 	// Source provides what is served. Required.
 	Source Source
-	// Now is the clock used to decide whether a certificate has expired; nil
-	// means time.Now.
-	Now func() time.Time
 	// Logger receives stream events and NACKs; nil means slog.Default().
 	Logger *slog.Logger
 }
 
-// Validate applies defaults and reports the first problem with c.
-func (c *SDSConfig) Validate() error {
+// Validate reports the first problem with c. It does not change c.
+func (c SDSConfig) Validate() error {
 	if c.Source == nil {
 		return errors.New("sds: source is required")
 	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
 	return nil
+}
+
+// withDefaults returns c with its zero fields replaced by their defaults.
+func (c SDSConfig) withDefaults() SDSConfig {
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	return c
 }
 
 // SDSServer implements Envoy's SecretDiscoveryService v3 (state of the world)
@@ -65,7 +63,7 @@ func NewSDSServer(cfg SDSConfig) (*SDSServer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &SDSServer{cfg: cfg, stop: make(chan struct{})}, nil
+	return &SDSServer{cfg: cfg.withDefaults(), stop: make(chan struct{})}, nil
 }
 
 // Register adds the service to g.
@@ -89,7 +87,7 @@ func (s *SDSServer) FetchSecrets(_ context.Context, req *discoveryv3.DiscoveryRe
 		return nil, status.Error(codes.InvalidArgument, "name at least one resource")
 	}
 	snap, _ := s.cfg.Source.Current()
-	resources, version, err := resolve(snap, req.GetResourceNames(), s.cfg.Now())
+	resources, version, err := resolve(snap, req.GetResourceNames(), time.Now())
 	if err != nil {
 		return nil, sdsStatus(err)
 	}
@@ -226,7 +224,7 @@ func (st *sdsStream) push(snap *Snapshot) error {
 	if st.closed || len(st.names) == 0 {
 		return nil
 	}
-	resources, version, err := resolve(snap, st.names, st.srv.cfg.Now())
+	resources, version, err := resolve(snap, st.names, time.Now())
 	switch {
 	case errors.Is(err, errPending):
 		return nil

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -23,25 +24,22 @@ const workloadHeader = "workload.spiffe.io"
 type WorkloadConfig struct {
 	// Source provides what is served. Required.
 	Source Source
-	// Now is the clock used to decide whether a certificate has expired; nil
-	// means time.Now.
-	Now func() time.Time
 	// Logger receives stream events; nil means slog.Default().
 	Logger *slog.Logger
 }
 
-// Validate applies defaults and reports the first problem with c.
-func (c *WorkloadConfig) Validate() error {
+// Validate reports the first problem with c. It does not change c.
+func (c WorkloadConfig) Validate() error {
 	if c.Source == nil {
 		return errors.New("workload api: source is required")
 	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
 	return nil
+}
+
+// withDefaults returns c with its zero fields replaced by their defaults.
+func (c WorkloadConfig) withDefaults() WorkloadConfig {
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	return c
 }
 
 // WorkloadServer implements the X.509 half of the SPIFFE Workload API
@@ -63,7 +61,7 @@ func NewWorkloadServer(cfg WorkloadConfig) (*WorkloadServer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &WorkloadServer{cfg: cfg, stop: make(chan struct{})}, nil
+	return &WorkloadServer{cfg: cfg.withDefaults(), stop: make(chan struct{})}, nil
 }
 
 // ServerOptions are the gRPC server options the Workload API needs: the
@@ -108,7 +106,7 @@ func checkWorkloadHeader(ctx context.Context) error {
 // the stream just waits.
 func (w *WorkloadServer) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
 	return w.watch(stream.Context(), func(snap *Snapshot) (string, func() error) {
-		if !snap.Valid(w.cfg.Now()) {
+		if !snap.Valid(time.Now()) {
 			return "", nil
 		}
 		return snap.SVIDVersion() + "," + snap.BundleVersion() + "," + snap.FederatedVersion() + "," + snap.CRLVersion(), func() error {

@@ -26,7 +26,7 @@ type CacheConfig struct {
 
 // Validate rejects negative values, which NewCached would otherwise silently
 // replace by defaults.
-func (c *CacheConfig) Validate() error {
+func (c CacheConfig) Validate() error {
 	if c.Size < 0 {
 		return fmt.Errorf("attestation cache: negative size %d", c.Size)
 	}

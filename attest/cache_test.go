@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 func TestCachedHit(t *testing.T) {
@@ -247,4 +249,8 @@ func BenchmarkCachedAttest(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+func TestValidateKeepsConfig(t *testing.T) {
+	testkit.ValidateKeepsConfig(t, &CacheConfig{}, &JWKSConfig{}, &RemoteKeysConfig{}, &MultiClusterConfig{}, &PolicyConfig{}, &TokenReviewConfig{}, &KubeClientConfig{})
 }

@@ -104,7 +104,7 @@ type JWKSConfig struct {
 
 // Validate reports whether c is usable. Zero values that have defaults are
 // valid; Validate does not call c.Keys.
-func (c *JWKSConfig) Validate() error {
+func (c JWKSConfig) Validate() error {
 	if c.Issuer == "" {
 		return errors.New("jwks attestor: issuer is required")
 	}

@@ -47,7 +47,7 @@ type RemoteKeysConfig struct {
 }
 
 // Validate reports whether c is usable; zero values that have defaults are.
-func (c *RemoteKeysConfig) Validate() error {
+func (c RemoteKeysConfig) Validate() error {
 	switch {
 	case c.Client == nil:
 		return errors.New("remote jwks: kubernetes client is required")

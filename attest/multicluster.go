@@ -26,7 +26,7 @@ type MultiClusterConfig struct {
 }
 
 // Validate reports the first problem with c.
-func (c *MultiClusterConfig) Validate() error {
+func (c MultiClusterConfig) Validate() error {
 	if len(c.Clusters) == 0 {
 		return errors.New("multi-cluster attestor: no clusters")
 	}

@@ -22,7 +22,7 @@ type PolicyConfig struct {
 
 // Validate checks that every entry is NAMESPACE/SERVICEACCOUNT with each
 // part "*" or a DNS-1123 label.
-func (c *PolicyConfig) Validate() error {
+func (c PolicyConfig) Validate() error {
 	for _, list := range []struct {
 		name    string
 		entries []string

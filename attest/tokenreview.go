@@ -48,7 +48,7 @@ type TokenReviewConfig struct {
 
 // Validate reports whether c is usable. Zero values that have defaults are
 // valid.
-func (c *TokenReviewConfig) Validate() error {
+func (c TokenReviewConfig) Validate() error {
 	if c.Client == nil {
 		return errors.New("tokenreview attestor: kubernetes client is required")
 	}

@@ -34,7 +34,7 @@ type KubeClientConfig struct {
 }
 
 // Validate reports whether c is usable.
-func (c *KubeClientConfig) Validate() error {
+func (c KubeClientConfig) Validate() error {
 	switch {
 	case c.Kubeconfig == "" && c.Context != "":
 		return errors.New("kube client: context needs a kubeconfig")

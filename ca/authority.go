@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"cmp"
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
@@ -85,12 +86,8 @@ func NewRoot(cfg RootConfig) (*Authority, error) {
 	if cfg.Signer == nil {
 		return nil, errors.New("root: signer is required")
 	}
-	if cfg.CommonName == "" {
-		cfg.CommonName = "meshca root CA"
-	}
-	if cfg.TTL == 0 {
-		cfg.TTL = DefaultRootTTL
-	}
+	cfg.CommonName = cmp.Or(cfg.CommonName, "meshca root CA")
+	cfg.TTL = cmp.Or(cfg.TTL, DefaultRootTTL)
 	if cfg.TTL < 0 {
 		return nil, fmt.Errorf("root: negative ttl %v", cfg.TTL)
 	}
@@ -163,9 +160,7 @@ func (a *Authority) SignIntermediate(req IntermediateRequest) (*x509.Certificate
 	if req.Cluster == "" {
 		return nil, errors.New("intermediate: cluster is required")
 	}
-	if req.TTL == 0 {
-		req.TTL = DefaultIntermediateTTL
-	}
+	req.TTL = cmp.Or(req.TTL, DefaultIntermediateTTL)
 	data := x509util.NewTemplateData()
 	data.SetSubject(x509util.Subject{
 		CommonName:         "meshca intermediate CA " + req.Cluster,
@@ -193,6 +188,9 @@ func (a *Authority) SignIntermediate(req IntermediateRequest) (*x509.Certificate
 	}
 	if err := a.setValidity(tmpl, req.Now, req.TTL); err != nil {
 		return nil, fmt.Errorf("intermediate: %w", err)
+	}
+	if tmpl.SerialNumber, err = newSerial(); err != nil {
+		return nil, err
 	}
 	cert, err := x509util.CreateCertificate(tmpl, a.Certificate, req.PublicKey, a.Signer)
 	if err != nil {
@@ -267,7 +265,8 @@ func (a *Authority) SignLeaf(req LeafRequest) (*x509.Certificate, error) {
 }
 
 // setValidity sets NotBefore/NotAfter for a certificate signed by a: ttl from
-// now, clamped so it never outlives a's certificate, and a serial number.
+// now, clamped so it never outlives a's certificate. The caller draws the
+// serial number.
 func (a *Authority) setValidity(tmpl *x509.Certificate, now time.Time, ttl time.Duration) error {
 	if now.IsZero() {
 		now = time.Now()
@@ -286,13 +285,6 @@ func (a *Authority) setValidity(tmpl *x509.Certificate, now time.Time, ttl time.
 		notAfter = parent.NotAfter
 	}
 	tmpl.NotBefore, tmpl.NotAfter = notBefore.UTC(), notAfter.UTC()
-	if tmpl.SerialNumber == nil {
-		serial, err := newSerial()
-		if err != nil {
-			return err
-		}
-		tmpl.SerialNumber = serial
-	}
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package issuer
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -69,17 +70,8 @@ type AdminConfig struct {
 	Logger *slog.Logger
 }
 
-// Validate applies defaults and reports the first problem with c.
-func (c *AdminConfig) Validate() error {
-	if c.MaxRequestBytes == 0 {
-		c.MaxRequestBytes = 64 << 10
-	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+// Validate reports the first problem with c. It does not change c.
+func (c AdminConfig) Validate() error {
 	switch {
 	case c.TrustDomain.IsZero():
 		return errors.New("issuer admin: trust domain is required")
@@ -119,6 +111,7 @@ func NewAdminServer(cfg AdminConfig) (*AdminServer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	return &AdminServer{Reads: adminapi.NewReads(cfg.Store, cfg.Now, cfg.Logger), cfg: cfg}, nil
 }
 
@@ -136,6 +129,20 @@ func (s *AdminServer) ServeUnix(ctx context.Context, lis net.Listener) error {
 func (s *AdminServer) ServeMTLS(ctx context.Context, lis net.Listener, m *adminapi.MTLS) error {
 	return s.serve(ctx, m.Listener(lis), m.ServerOptions()...)
 }
+
+// withDefaults returns c with its zero fields replaced by their defaults.
+func (c AdminConfig) withDefaults() AdminConfig {
+	c.MaxRequestBytes = cmp.Or(c.MaxRequestBytes, defaultAdminMaxRequestBytes)
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	return c
+}
+
+// defaultAdminMaxRequestBytes bounds an admin request when
+// AdminConfig.MaxRequestBytes is zero.
+const defaultAdminMaxRequestBytes = 64 << 10
 
 // adminGracePeriod is how long in-flight admin calls get to finish at
 // shutdown.

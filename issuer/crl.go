@@ -1,6 +1,7 @@
 package issuer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -69,8 +70,6 @@ type CRLSignerConfig struct {
 	// upstream mode). Failures are retried with backoff and never block
 	// signing or issuance.
 	Publisher CRLPublisher
-	// Clock is the time source; nil means rotation.RealClock.
-	Clock rotation.Clock
 	// Jitter returns values in [0, 1) that spread retries; nil means
 	// math/rand/v2's Float64.
 	Jitter func() float64
@@ -84,29 +83,9 @@ type CRLSignerConfig struct {
 	Logger *slog.Logger
 }
 
-// Validate applies defaults and reports the first problem with c.
-func (c *CRLSignerConfig) Validate() error {
-	if c.Validity == 0 {
-		c.Validity = ca.DefaultCRLValidity
-	}
-	if c.Clock == nil {
-		c.Clock = rotation.RealClock{}
-	}
-	if c.Jitter == nil {
-		c.Jitter = rand.Float64
-	}
-	if c.MinBackoff == 0 {
-		c.MinBackoff = time.Second
-	}
-	if c.MaxBackoff == 0 {
-		c.MaxBackoff = time.Minute
-	}
-	if c.AttemptTimeout == 0 {
-		c.AttemptTimeout = 30 * time.Second
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+// Validate reports the first problem with c. It does not change c.
+func (c CRLSignerConfig) Validate() error {
+	c = c.withDefaults()
 	switch {
 	case c.Issuer == nil:
 		return errors.New("crl signer: issuer is required")
@@ -118,6 +97,19 @@ func (c *CRLSignerConfig) Validate() error {
 		return errors.New("crl signer: invalid validity, backoff or timeout")
 	}
 	return nil
+}
+
+// withDefaults returns c with its zero fields replaced by their defaults.
+func (c CRLSignerConfig) withDefaults() CRLSignerConfig {
+	c.Validity = cmp.Or(c.Validity, ca.DefaultCRLValidity)
+	if c.Jitter == nil {
+		c.Jitter = rand.Float64
+	}
+	c.MinBackoff = cmp.Or(c.MinBackoff, time.Second)
+	c.MaxBackoff = cmp.Or(c.MaxBackoff, time.Minute)
+	c.AttemptTimeout = cmp.Or(c.AttemptTimeout, 30*time.Second)
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	return c
 }
 
 // CRLSigner keeps one current CRL per authority the issuer holds (the
@@ -156,7 +148,7 @@ func NewCRLSigner(cfg CRLSignerConfig) (*CRLSigner, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &CRLSigner{cfg: cfg, signed: map[*ca.Authority]signedCRL{}}, nil
+	return &CRLSigner{cfg: cfg.withDefaults(), signed: map[*ca.Authority]signedCRL{}}, nil
 }
 
 // Current returns the CRLs of the held authorities, the current one's
@@ -187,7 +179,7 @@ func (s *CRLSigner) Run(ctx context.Context) error {
 	for {
 		set, denyChanged := s.cfg.DenyList.Current()
 		authChanged := s.cfg.Issuer.authorityChanged()
-		now := s.cfg.Clock.Now()
+		now := time.Now()
 		var wake <-chan time.Time
 		if set.Version != 0 {
 			next, err := s.refresh(ctx, set, now)
@@ -199,11 +191,11 @@ func (s *CRLSigner) Run(ctx context.Context) error {
 				delay := rotation.Backoff(failures, s.cfg.Jitter(), s.cfg.MinBackoff, s.cfg.MaxBackoff)
 				s.cfg.Logger.Warn("signing CRLs failed; keeping the current ones", "error", err.Error(),
 					"failures", failures, "retry_in", delay)
-				wake = s.cfg.Clock.After(delay)
+				wake = time.After(delay)
 			default:
 				failures = 0
 				if !next.IsZero() {
-					wake = s.cfg.Clock.After(next.Sub(now))
+					wake = time.After(next.Sub(now))
 				}
 			}
 		}
@@ -359,7 +351,7 @@ func (s *CRLSigner) publish(ctx context.Context) {
 				delay := rotation.Backoff(failures, s.cfg.Jitter(), s.cfg.MinBackoff, s.cfg.MaxBackoff)
 				s.cfg.Logger.Warn("publishing CRLs to the root failed; agents of this cluster have them already",
 					"error", err.Error(), "failures", failures, "retry_in", delay)
-				wake = s.cfg.Clock.After(delay)
+				wake = time.After(delay)
 			default:
 				if gen != logged {
 					s.cfg.Logger.Info("CRLs published to the root", "crls", len(crls))
@@ -370,7 +362,7 @@ func (s *CRLSigner) publish(ctx context.Context) {
 		if wake == nil && len(crls) > 0 {
 			// The root keeps CRLs in memory only: send them again now and
 			// then, so that a restarted root has them back soon.
-			wake = s.cfg.Clock.After(RepublishInterval)
+			wake = time.After(RepublishInterval)
 		}
 		select {
 		case <-ctx.Done():

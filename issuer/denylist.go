@@ -1,6 +1,7 @@
 package issuer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -51,20 +52,9 @@ type DenyListConfig struct {
 	Logger *slog.Logger
 }
 
-// Validate applies defaults and reports the first problem with c.
-func (c *DenyListConfig) Validate() error {
-	if c.PollInterval == 0 {
-		c.PollInterval = DefaultDenyPollInterval
-	}
-	if c.MaxStale == 0 {
-		c.MaxStale = DefaultDenyMaxStale
-	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+// Validate reports the first problem with c. It does not change c.
+func (c DenyListConfig) Validate() error {
+	c = c.withDefaults()
 	switch {
 	case c.Store == nil:
 		return errors.New("deny-list: revocation store is required")
@@ -109,13 +99,24 @@ type DenyList struct {
 	reported bool // staleness logged since the last success
 }
 
+// withDefaults returns c with its zero fields replaced by their defaults.
+func (c DenyListConfig) withDefaults() DenyListConfig {
+	c.PollInterval = cmp.Or(c.PollInterval, DefaultDenyPollInterval)
+	c.MaxStale = cmp.Or(c.MaxStale, DefaultDenyMaxStale)
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	return c
+}
+
 // NewDenyList returns an empty, stale deny-list; call Run (or Refresh) to
 // load it.
 func NewDenyList(cfg DenyListConfig) (*DenyList, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &DenyList{cfg: cfg, set: &DenySet{}, changed: make(chan struct{})}, nil
+	return &DenyList{cfg: cfg.withDefaults(), set: &DenySet{}, changed: make(chan struct{})}, nil
 }
 
 // Run loads the list at once and then every PollInterval until ctx is

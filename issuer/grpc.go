@@ -1,6 +1,7 @@
 package issuer
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -82,15 +83,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if len(cfg.Hosts) == 0 {
 		return nil, errors.New("issuer server: at least one serving host name or IP is required")
 	}
-	if cfg.ServingTTL == 0 {
-		cfg.ServingTTL = 24 * time.Hour
-	}
-	if cfg.MaxRequestBytes == 0 {
-		cfg.MaxRequestBytes = 64 << 10
-	}
-	if cfg.Limits.Logger == nil {
-		cfg.Limits.Logger = cfg.Issuer.cfg.Logger
-	}
+	cfg.ServingTTL = cmp.Or(cfg.ServingTTL, 24*time.Hour)
+	cfg.MaxRequestBytes = cmp.Or(cfg.MaxRequestBytes, 64<<10)
+	cfg.Limits.Logger = cmp.Or(cfg.Limits.Logger, cfg.Issuer.cfg.Logger)
 	limits, err := grpclimit.New(cfg.Limits)
 	if err != nil {
 		return nil, fmt.Errorf("issuer server: %w", err)

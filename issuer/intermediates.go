@@ -2,6 +2,7 @@ package issuer
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -41,8 +42,6 @@ type IntermediatesConfig struct {
 	Authority *ca.Authority
 	// Bundle is the bundle received with Authority. Required.
 	Bundle *trust.TrustBundle
-	// Clock is the time source; nil means rotation.RealClock.
-	Clock rotation.Clock
 	// Jitter returns values in [0, 1) that spread retries; nil means
 	// math/rand/v2's Float64.
 	Jitter func() float64
@@ -56,8 +55,8 @@ type IntermediatesConfig struct {
 	Logger *slog.Logger
 }
 
-// Validate applies defaults and reports the first problem with c.
-func (c *IntermediatesConfig) Validate() error {
+// Validate reports the first problem with c. It does not change c.
+func (c IntermediatesConfig) Validate() error {
 	switch {
 	case c.Issuer == nil:
 		return errors.New("intermediates: issuer is required")
@@ -66,34 +65,28 @@ func (c *IntermediatesConfig) Validate() error {
 	case c.Bundle == nil:
 		return errors.New("intermediates: trust bundle is required")
 	}
-	if c.Authority == nil {
-		c.Authority = c.Issuer.Authority()
-	}
-	if c.Clock == nil {
-		c.Clock = rotation.RealClock{}
-	}
-	if c.Jitter == nil {
-		c.Jitter = rand.Float64
-	}
-	if c.MinBackoff == 0 {
-		c.MinBackoff = time.Second
-	}
-	if c.MaxBackoff == 0 {
-		c.MaxBackoff = time.Minute
-	}
-	if c.RefusedBackoff == 0 {
-		c.RefusedBackoff = 5 * time.Minute
-	}
-	if c.AttemptTimeout == 0 {
-		c.AttemptTimeout = 30 * time.Second
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+	c = c.withDefaults()
 	if c.MinBackoff <= 0 || c.MinBackoff > c.MaxBackoff || c.RefusedBackoff < 0 || c.AttemptTimeout < 0 {
 		return errors.New("intermediates: invalid backoff or timeout")
 	}
 	return nil
+}
+
+// withDefaults returns c with its zero fields replaced by their defaults.
+// c.Issuer must be set.
+func (c IntermediatesConfig) withDefaults() IntermediatesConfig {
+	if c.Authority == nil {
+		c.Authority = c.Issuer.Authority()
+	}
+	if c.Jitter == nil {
+		c.Jitter = rand.Float64
+	}
+	c.MinBackoff = cmp.Or(c.MinBackoff, time.Second)
+	c.MaxBackoff = cmp.Or(c.MaxBackoff, time.Minute)
+	c.RefusedBackoff = cmp.Or(c.RefusedBackoff, 5*time.Minute)
+	c.AttemptTimeout = cmp.Or(c.AttemptTimeout, 30*time.Second)
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	return c
 }
 
 // Intermediates rotates the issuer's intermediate CA: it prepares the next
@@ -128,6 +121,7 @@ func NewIntermediates(cfg IntermediatesConfig) (*Intermediates, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	return &Intermediates{
 		cfg: cfg, offers: make(chan struct{}, 1),
 		current: cfg.Authority, currentRoot: rootOf(cfg.Authority, cfg.Bundle), bundle: cfg.Bundle,
@@ -153,7 +147,7 @@ func (m *Intermediates) Run(ctx context.Context) error {
 	m.cfg.Logger.Info("intermediate rotation started", "serial", trust.SerialHex(m.current.Certificate.SerialNumber),
 		"not_after", v.NotAfter, "prepare_at", prepareAt(v), "activate_at", activateAt(v))
 	for {
-		now := m.cfg.Clock.Now()
+		now := time.Now()
 		step, at := m.state().next(now)
 		switch step {
 		case stepRenew:
@@ -171,7 +165,7 @@ func (m *Intermediates) Run(ctx context.Context) error {
 			return nil
 		case <-m.offers:
 			m.takeOffer()
-		case <-m.cfg.Clock.After(at.Sub(now)):
+		case <-time.After(at.Sub(now)):
 		}
 	}
 }
@@ -191,7 +185,7 @@ func (m *Intermediates) renew(ctx context.Context) {
 	actx, cancel := context.WithTimeout(ctx, m.cfg.AttemptTimeout)
 	a, tb, err := m.cfg.Root.NewIntermediate(actx)
 	cancel()
-	now := m.cfg.Clock.Now()
+	now := time.Now()
 	if err != nil {
 		if ctx.Err() == nil {
 			m.fail(now, "intermediate renewal failed; still issuing with the current intermediate", err)
@@ -223,7 +217,7 @@ func (m *Intermediates) renew(ctx context.Context) {
 // activate switches the issuer to the prepared intermediate, which
 // SetAuthority verifies against the current bundle first.
 func (m *Intermediates) activate() {
-	now := m.cfg.Clock.Now()
+	now := time.Now()
 	next := m.next
 	m.next = nil
 	own := m.bundle.OwnRoots()

@@ -6,6 +6,7 @@
 package issuer
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
@@ -104,9 +105,10 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Validate reports the first problem with c, after defaults are applied.
-func (c *Config) Validate() error {
-	c.setDefaults()
+// Validate reports the first problem with c, as New would resolve its
+// defaults. It does not change c.
+func (c Config) Validate() error {
+	c = c.withDefaults()
 	switch {
 	case c.TrustDomain.IsZero():
 		return errors.New("issuer: trust domain is required")
@@ -128,22 +130,16 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-func (c *Config) setDefaults() {
-	if c.DefaultTTL == 0 {
-		c.DefaultTTL = DefaultTTL
-	}
-	if c.MinTTL == 0 {
-		c.MinTTL = MinTTL
-	}
-	if c.MaxTTL == 0 {
-		c.MaxTTL = MaxTTL
-	}
+// withDefaults returns c with its zero fields replaced by their defaults.
+func (c Config) withDefaults() Config {
+	c.DefaultTTL = cmp.Or(c.DefaultTTL, DefaultTTL)
+	c.MinTTL = cmp.Or(c.MinTTL, MinTTL)
+	c.MaxTTL = cmp.Or(c.MaxTTL, MaxTTL)
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	return c
 }
 
 // signing is what a leaf is signed and verified with. It is immutable and
@@ -185,6 +181,7 @@ func New(cfg Config) (*Issuer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	iss := &Issuer{cfg: cfg}
 	if err := iss.SetAuthority(cfg.Authority, cfg.Bundle); err != nil {
 		return nil, err

@@ -244,3 +244,18 @@ func tamperSignature(t *testing.T, csrPEMBytes []byte) []byte {
 	der[len(der)-5] ^= 0xff
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
 }
+
+func TestValidateKeepsConfig(t *testing.T) {
+	testkit.ValidateKeepsConfig(t,
+		&issuer.Config{},
+		&issuer.Config{MinTTL: time.Hour, MaxTTL: time.Minute},
+		&issuer.UpstreamConfig{},
+		&issuer.UpstreamConfig{Address: "root.example:8443", CredentialDir: t.TempDir()},
+		&issuer.DenyListConfig{},
+		&issuer.DenyListConfig{Cluster: "c1", PollInterval: time.Minute},
+		&issuer.AdminConfig{},
+		&issuer.CRLSignerConfig{},
+		&issuer.IntermediatesConfig{},
+		&issuer.LocalRootConfig{},
+	)
+}

@@ -1,6 +1,7 @@
 package issuer
 
 import (
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -39,8 +40,6 @@ type LocalRootConfig struct {
 	// ca.DefaultIntermediateTTL, otherwise at least MinLocalIntermediateTTL.
 	// An intermediate never outlives Root: near its end it is cut short.
 	TTL time.Duration
-	// Now is the time source; nil means time.Now.
-	Now func() time.Time
 }
 
 // Validate reports the first problem with c; it does not change c.
@@ -76,12 +75,7 @@ func NewLocalRoot(cfg LocalRootConfig) (*LocalRoot, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.TTL == 0 {
-		cfg.TTL = ca.DefaultIntermediateTTL
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
+	cfg.TTL = cmp.Or(cfg.TTL, ca.DefaultIntermediateTTL)
 	roots, err := trust.NewBundle(cfg.Root.Certificate)
 	if err != nil {
 		return nil, fmt.Errorf("local root: %w", err)
@@ -107,7 +101,7 @@ func (r *LocalRoot) NewIntermediate(context.Context) (*ca.Authority, *trust.Trus
 	}
 	cert, err := r.cfg.Root.SignIntermediate(ca.IntermediateRequest{
 		PublicKey: key.Public(), TrustDomain: r.cfg.TrustDomain, Cluster: r.cfg.Cluster,
-		ServingNames: r.cfg.ServingNames, TTL: r.cfg.TTL, Now: r.cfg.Now(),
+		ServingNames: r.cfg.ServingNames, TTL: r.cfg.TTL, Now: time.Now(),
 	})
 	if err != nil {
 		return nil, nil, err

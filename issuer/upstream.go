@@ -2,6 +2,7 @@ package issuer
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -87,30 +88,17 @@ type UpstreamConfig struct {
 	Logger *slog.Logger
 }
 
-// Validate applies defaults and reports the first problem with c.
-func (c *UpstreamConfig) Validate() error {
-	if c.MinBackoff == 0 {
-		c.MinBackoff = time.Second
-	}
-	if c.MaxBackoff == 0 {
-		c.MaxBackoff = time.Minute
-	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+// Validate reports the first problem with c. It does not change c.
+func (c UpstreamConfig) Validate() error {
 	if c.Address == "" {
 		return errors.New("upstream: root address is required")
 	}
 	if c.ServerName == "" {
-		host, _, err := net.SplitHostPort(c.Address)
-		if err != nil {
+		if _, _, err := net.SplitHostPort(c.Address); err != nil {
 			return fmt.Errorf("upstream: root address %q: %w", c.Address, err)
 		}
-		c.ServerName = host
 	}
+	c = c.withDefaults()
 	switch {
 	case c.Roots == nil:
 		return errors.New("upstream: root certificates to trust are required")
@@ -143,6 +131,21 @@ type Upstream struct {
 	trusted *trust.Bundle
 }
 
+// withDefaults returns c with its zero fields replaced by their defaults.
+// c.Address must be a valid host:port when c.ServerName is empty.
+func (c UpstreamConfig) withDefaults() UpstreamConfig {
+	c.MinBackoff = cmp.Or(c.MinBackoff, time.Second)
+	c.MaxBackoff = cmp.Or(c.MaxBackoff, time.Minute)
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	if c.ServerName == "" {
+		c.ServerName, _, _ = net.SplitHostPort(c.Address)
+	}
+	return c
+}
+
 // NewUpstream loads the stored credential, if any, and returns an Upstream.
 // It does not contact the root. A credential that is present but unreadable
 // is an error: the issuer never silently enrols again.
@@ -150,6 +153,7 @@ func NewUpstream(cfg UpstreamConfig) (*Upstream, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	u := &Upstream{cfg: cfg, files: credentialFiles{dir: cfg.CredentialDir}}
 	known, err := u.files.loadRoots()
 	if err != nil {

@@ -1,6 +1,7 @@
 package rotation
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -16,28 +17,10 @@ type Renewer interface {
 	Renew(ctx context.Context) (Validity, error)
 }
 
-// Clock is the loop's time source. Tests run the loop inside a
-// testing/synctest bubble with RealClock, where time is fake.
-type Clock interface {
-	Now() time.Time
-	After(d time.Duration) <-chan time.Time
-}
-
-// RealClock is the time package.
-type RealClock struct{}
-
-// Now is time.Now.
-func (RealClock) Now() time.Time { return time.Now() }
-
-// After is time.After.
-func (RealClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
-
 // Config configures a Loop.
 type Config struct {
 	// Renewer is called to renew. Required.
 	Renewer Renewer
-	// Clock is the time source; nil means RealClock.
-	Clock Clock
 	// Jitter returns values in [0, 1) that spread renewals and retries; nil
 	// means math/rand/v2's Float64.
 	Jitter func() float64
@@ -60,9 +43,9 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Validate applies defaults and reports the first problem with c.
-func (c *Config) Validate() error {
-	c.setDefaults()
+// Validate reports the first problem with c. It does not change c.
+func (c Config) Validate() error {
+	c = c.withDefaults()
 	switch {
 	case c.Renewer == nil:
 		return errors.New("rotation: renewer is required")
@@ -74,28 +57,17 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-func (c *Config) setDefaults() {
-	if c.Clock == nil {
-		c.Clock = RealClock{}
-	}
+// withDefaults returns c with its zero fields replaced by their defaults.
+func (c Config) withDefaults() Config {
 	if c.Jitter == nil {
 		c.Jitter = rand.Float64
 	}
-	if c.MinBackoff == 0 {
-		c.MinBackoff = DefaultMinBackoff
-	}
-	if c.MaxBackoff == 0 {
-		c.MaxBackoff = DefaultMaxBackoff
-	}
-	if c.RefusedBackoff == 0 {
-		c.RefusedBackoff = DefaultRefusedBackoff
-	}
-	if c.AttemptTimeout == 0 {
-		c.AttemptTimeout = 30 * time.Second
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+	c.MinBackoff = cmp.Or(c.MinBackoff, DefaultMinBackoff)
+	c.MaxBackoff = cmp.Or(c.MaxBackoff, DefaultMaxBackoff)
+	c.RefusedBackoff = cmp.Or(c.RefusedBackoff, DefaultRefusedBackoff)
+	c.AttemptTimeout = cmp.Or(c.AttemptTimeout, defaultAttemptTimeout)
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	return c
 }
 
 // Loop renews a certificate for as long as it runs: at once when started,
@@ -114,18 +86,20 @@ func New(cfg Config) (*Loop, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Loop{cfg: cfg}, nil
+	return &Loop{cfg: cfg.withDefaults()}, nil
 }
 
-// Run renews until ctx is cancelled, then returns nil. It blocks.
+// Run renews until ctx is cancelled, then returns nil. It blocks. It
+// waits on the time package's timers (tests run it inside a
+// testing/synctest bubble, where time is fake).
 func (l *Loop) Run(ctx context.Context) error {
-	due := l.cfg.Clock.Now()
+	due := time.Now()
 	for {
-		if wait := due.Sub(l.cfg.Clock.Now()); wait > 0 {
+		if wait := time.Until(due); wait > 0 {
 			select {
 			case <-ctx.Done():
 				return nil
-			case <-l.cfg.Clock.After(wait):
+			case <-time.After(wait):
 			case <-l.cfg.RenewNow:
 				if l.failures > 0 {
 					continue // already retrying; keep the backoff
@@ -144,7 +118,7 @@ func (l *Loop) attempt(ctx context.Context) time.Time {
 	actx, cancel := context.WithTimeout(ctx, l.cfg.AttemptTimeout)
 	v, err := l.cfg.Renewer.Renew(actx)
 	cancel()
-	now := l.cfg.Clock.Now()
+	now := time.Now()
 	if err == nil {
 		l.failures = 0
 		l.current = &v

@@ -1,7 +1,3 @@
-// Package rotation decides when to renew a certificate and runs the renewal
-// loop. Every decision is a pure function of the current time (and of a
-// jitter value passed in), so it can be table-tested; the loop runs on an
-// injected Clock and does no I/O itself: it calls the Renewer it is given.
 package rotation
 
 import (
@@ -23,6 +19,8 @@ const (
 	DefaultMinBackoff     = 100 * time.Millisecond
 	DefaultMaxBackoff     = 30 * time.Second
 	DefaultRefusedBackoff = 5 * time.Minute
+	// defaultAttemptTimeout bounds one Renew call (see Config).
+	defaultAttemptTimeout = 30 * time.Second
 	// backoffJitter spreads each retry delay over ±20% of itself.
 	backoffJitter = 0.2
 )
@@ -76,7 +74,7 @@ func Backoff(failures int, jitter float64, minDelay, maxDelay time.Duration) tim
 // with err, the failures-th failure in a row: RefusedBackoff (±20%) when err
 // is ErrRefused, exponential Backoff otherwise. refused reports which.
 func RetryDelay(err error, failures int, jitter float64, cfg Config) (delay time.Duration, refused bool) {
-	cfg.setDefaults()
+	cfg = cfg.withDefaults()
 	if errors.Is(err, ErrRefused) {
 		return time.Duration(float64(cfg.RefusedBackoff) * (1 + backoffJitter*(2*clampUnit(jitter)-1))), true
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 var t0 = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
@@ -135,4 +137,8 @@ func TestConfigValidate(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestValidateKeepsConfig(t *testing.T) {
+	testkit.ValidateKeepsConfig(t, &Config{}, &Config{Renewer: &fakeRenewer{}}, &Config{Renewer: &fakeRenewer{}, MinBackoff: time.Minute, MaxBackoff: time.Second})
 }

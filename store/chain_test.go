@@ -7,6 +7,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // buildChain returns n chained events with distinct content.
@@ -292,4 +294,8 @@ func TestChainVerifierAnchor(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestValidateKeepsConfig(t *testing.T) {
+	testkit.ValidateKeepsConfig(t, &GroupCommitConfig{}, &RetentionConfig{}, &Revocation{})
 }

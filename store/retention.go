@@ -31,8 +31,6 @@ type RetentionConfig struct {
 	// Interval is the time between two prunes; the first runs at once.
 	// Zero means DefaultRetentionInterval (1h).
 	Interval time.Duration
-	// Now is the clock; nil means time.Now.
-	Now func() time.Time
 	// Logger receives one line per prune that deleted something or failed;
 	// nil means slog.Default().
 	Logger *slog.Logger
@@ -64,9 +62,6 @@ func RunRetention(ctx context.Context, p Pruner, cfg RetentionConfig) error {
 	if cfg.Interval == 0 {
 		cfg.Interval = DefaultRetentionInterval
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -83,7 +78,7 @@ func RunRetention(ctx context.Context, p Pruner, cfg RetentionConfig) error {
 }
 
 func pruneOnce(ctx context.Context, p Pruner, cfg RetentionConfig) {
-	cutoff := cfg.Now().Add(-cfg.Grace)
+	cutoff := time.Now().Add(-cfg.Grace)
 	n, err := p.PruneCertificates(ctx, cutoff)
 	switch {
 	case err != nil && ctx.Err() == nil:

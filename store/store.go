@@ -1,6 +1,6 @@
 // Package store records every issued certificate and every audit event.
-// Implementations live in sub-packages (sqlite, and later postgres); no SQL
-// leaves this package tree.
+// Implementations live in sub-packages (sqlite, embedded, and postgres);
+// no SQL leaves this package tree.
 package store
 
 import (

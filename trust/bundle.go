@@ -11,8 +11,9 @@ import (
 
 // Bundle is a set of trusted root CA certificates. A Bundle is immutable:
 // changes produce a new Bundle, so it can be shared between goroutines and
-// swapped atomically. TrustBundle groups Bundles per trust domain with their
-// CRLs.
+// swapped atomically. The sequence number, the trust domains (own and
+// federated) with their CRLs, and the signature travel in a TrustBundle,
+// which holds one Bundle per trust domain.
 type Bundle struct {
 	roots []*x509.Certificate
 	pool  *x509.CertPool

@@ -14,6 +14,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/internal/adminapi"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 func TestAdminService(t *testing.T) {
@@ -118,4 +119,8 @@ func TestAdminService(t *testing.T) {
 		roots[0].GetKey() == "" || roots[0].GetNotAfterUnix() != rootA.NotAfter.Unix() {
 		t.Fatalf("ListRoots: %+v", roots)
 	}
+}
+
+func TestValidateKeepsConfig(t *testing.T) {
+	testkit.ValidateKeepsConfig(t, &Config{})
 }

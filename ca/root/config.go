@@ -1,40 +1,7 @@
-// Package root is the central root CA behind `meshca root serve`. It
-// keeps the roots (their keys behind Keys: files or Vault Transit, their
-// records in the store), decides from the records and the clock which root
-// is prepared, active or retiring, publishes the trust bundle, rotates the
-// root on a schedule or on request, and serves three gRPC services:
-// RootService (enrolment and renewal of cluster issuers, and their CRLs) and
-// BundleService over TLS, AdminService on a Unix socket.
-//
-// Revocation on the root is of whole clusters (AdminService.Revoke with a
-// cluster): the cluster and its unexpired intermediates enter the store's
-// deny-list, its issuer can no longer enrol, renew or publish CRLs
-// (PermissionDenied), and every in-bundle root whose key loads signs a CRL
-// of the revoked intermediates, carried in every own trust domain of the
-// bundle. It cannot be undone: the cluster enrols again under a new name.
-// Certificates the root signed itself (admin certificates, issuer
-// credentials) are revoked by serial (AdminService.Revoke with a serial):
-// the deny-list refuses them at once and the root CRLs list them. Workload
-// certificates and SPIFFE IDs are revoked on the issuers' admin sockets.
-//
-// Admin certificates (AdminService.IssueAdminCredential, on the Unix
-// socket only) are client-only X509-SVIDs signed directly by the active
-// root, recorded and audited; the admin API over mutual TLS accepts nothing
-// else, so no cluster issuer can mint an admin.
-//
-// Issuer credentials form one lineage per cluster: every Renew replaces the
-// caller's credential, and the root accepts only the newest one (and the
-// one it replaced, until the newest is used); any other credential of the
-// cluster is a copy in use, which revokes the lineage (credential.go).
-// Issuers hand their own CRLs to PublishCRLs; the root keeps them in memory
-// only (issuers publish again when they reconnect) and relays them to every
-// cluster in their trust domain's entry.
-//
-// Use: New, then run Run (the re-evaluation loop), Serve and ServeAdmin
-// side by side until the context ends; Close releases the keys afterwards.
 package root
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -252,32 +219,21 @@ func (c Config) Validate() error {
 }
 
 func (c Config) withDefaults() Config {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	def(&c.RootTTL, DefaultRootTTL)
-	def(&c.IntermediateTTL, DefaultIntermediateTTL)
-	def(&c.CredentialTTL, DefaultCredentialTTL)
-	def(&c.PropagationDelay, DefaultPropagationDelay)
-	def(&c.Tick, DefaultTick)
-	def(&c.ServingTTL, DefaultServingTTL)
-	def(&c.JoinTokenTTL, DefaultJoinTokenTTL)
-	def(&c.RefreshHint, DefaultRefreshHint)
-	def(&c.CRLValidity, ca.DefaultCRLValidity)
-	if c.MaxRequestBytes == 0 {
-		c.MaxRequestBytes = DefaultMaxRequestBytes
-	}
+	c.RootTTL = cmp.Or(c.RootTTL, DefaultRootTTL)
+	c.IntermediateTTL = cmp.Or(c.IntermediateTTL, DefaultIntermediateTTL)
+	c.CredentialTTL = cmp.Or(c.CredentialTTL, DefaultCredentialTTL)
+	c.PropagationDelay = cmp.Or(c.PropagationDelay, DefaultPropagationDelay)
+	c.Tick = cmp.Or(c.Tick, DefaultTick)
+	c.ServingTTL = cmp.Or(c.ServingTTL, DefaultServingTTL)
+	c.JoinTokenTTL = cmp.Or(c.JoinTokenTTL, DefaultJoinTokenTTL)
+	c.RefreshHint = cmp.Or(c.RefreshHint, DefaultRefreshHint)
+	c.CRLValidity = cmp.Or(c.CRLValidity, ca.DefaultCRLValidity)
+	c.MaxRequestBytes = cmp.Or(c.MaxRequestBytes, DefaultMaxRequestBytes)
 	if c.IssuerServingNames == nil {
 		c.IssuerServingNames = trust.DefaultServingNames
 	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	if c.Limits.Logger == nil {
-		c.Limits.Logger = c.Logger
-	}
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	c.Limits.Logger = cmp.Or(c.Limits.Logger, c.Logger)
 	if c.Now == nil {
 		c.Now = time.Now
 	}

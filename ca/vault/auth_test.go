@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/test/vaulttest"
 )
 
@@ -197,4 +198,8 @@ func TestPermissionDenied(t *testing.T) {
 			t.Fatalf("New: %v, want a failed approle login", err)
 		}
 	})
+}
+
+func TestValidateKeepsConfig(t *testing.T) {
+	testkit.ValidateKeepsConfig(t, &Config{})
 }

@@ -1,6 +1,7 @@
 package vault
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -172,30 +173,14 @@ func (a AuthConfig) validate() error {
 
 // withDefaults returns c with every zero optional field set to its default.
 func (c Config) withDefaults() Config {
-	if c.Mount == "" {
-		c.Mount = DefaultMount
-	}
-	if c.KeyType == "" {
-		c.KeyType = KeyTypeECDSAP256
-	}
-	if c.Timeout == 0 {
-		c.Timeout = DefaultTimeout
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	if c.Auth.Method == "" {
-		c.Auth.Method = AuthToken
-	}
-	if c.Auth.AppRole.Mount == "" {
-		c.Auth.AppRole.Mount = DefaultAppRoleMount
-	}
-	if c.Auth.Kubernetes.Mount == "" {
-		c.Auth.Kubernetes.Mount = DefaultKubernetesMount
-	}
-	if c.Auth.Kubernetes.JWTFile == "" {
-		c.Auth.Kubernetes.JWTFile = DefaultKubernetesJWTFile
-	}
+	c.Mount = cmp.Or(c.Mount, DefaultMount)
+	c.KeyType = cmp.Or(c.KeyType, KeyTypeECDSAP256)
+	c.Timeout = cmp.Or(c.Timeout, DefaultTimeout)
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	c.Auth.Method = cmp.Or(c.Auth.Method, AuthToken)
+	c.Auth.AppRole.Mount = cmp.Or(c.Auth.AppRole.Mount, DefaultAppRoleMount)
+	c.Auth.Kubernetes.Mount = cmp.Or(c.Auth.Kubernetes.Mount, DefaultKubernetesMount)
+	c.Auth.Kubernetes.JWTFile = cmp.Or(c.Auth.Kubernetes.JWTFile, DefaultKubernetesJWTFile)
 	return c
 }
 

@@ -478,3 +478,7 @@ func TestMTLSListenerBoundsSilentConnections(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+func TestValidateKeepsConfig(t *testing.T) {
+	testkit.ValidateKeepsConfig(t, &adminapi.UnixConfig{}, &adminapi.MTLSConfig{})
+}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/peer"
 
 	"github.com/meshca/meshca/internal/grpclimit"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 func mustLimits(t *testing.T, cfg grpclimit.Config) *grpclimit.Limits {
@@ -139,4 +140,8 @@ func TestConfigValidate(t *testing.T) {
 	if err := (grpclimit.Config{}).Validate(); err != nil {
 		t.Fatalf("zero config: %v", err)
 	}
+}
+
+func TestValidateKeepsConfig(t *testing.T) {
+	testkit.ValidateKeepsConfig(t, &grpclimit.Config{})
 }

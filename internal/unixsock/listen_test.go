@@ -7,6 +7,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 func TestListen(t *testing.T) {
@@ -141,4 +143,8 @@ func TestListen(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestValidateKeepsConfig(t *testing.T) {
+	testkit.ValidateKeepsConfig(t, &Config{}, &PeerPolicy{})
 }

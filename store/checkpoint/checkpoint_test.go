@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/store"
 )
 
@@ -125,4 +126,8 @@ func TestLoadOrCreateKey(t *testing.T) {
 	if _, err := LoadOrCreateKey(path); err == nil || !strings.Contains(err.Error(), "want no access for group and others") {
 		t.Fatalf("LoadOrCreateKey of a world-readable key = %v, want a refusal", err)
 	}
+}
+
+func TestValidateKeepsConfig(t *testing.T) {
+	testkit.ValidateKeepsConfig(t, &Config{})
 }

@@ -60,8 +60,6 @@ type Config struct {
 	// Keep is how many checkpoint files are kept, the oldest removed first.
 	// Zero means DefaultKeep.
 	Keep int
-	// Now is the clock of checkpoint times. Nil means time.Now.
-	Now func() time.Time
 	// Logger receives a line per checkpoint and per failure. Nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -107,9 +105,6 @@ func New(cfg Config) (*Checkpointer, error) {
 	}
 	if cfg.Keep == 0 {
 		cfg.Keep = DefaultKeep
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -207,7 +202,7 @@ func (c *Checkpointer) Checkpoint(ctx context.Context) (string, error) {
 	if err := c.checkLast(ctx); err != nil {
 		return "", err
 	}
-	now := c.cfg.Now().UTC()
+	now := time.Now().UTC()
 	data, err := Sign(c.cfg.Signer, Checkpoint{Name: c.cfg.Name, Head: head, Time: now})
 	if err != nil {
 		return "", fmt.Errorf("checkpoint: %w", err)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/postgres/pgtest"
 	"github.com/meshca/meshca/store/storetest"
@@ -267,4 +268,8 @@ func TestStalledTransactionReleasesChainHead(t *testing.T) {
 	if err := s.VerifyAuditChain(t.Context()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func TestValidateKeepsConfig(t *testing.T) {
+	testkit.ValidateKeepsConfig(t, &Config{})
 }

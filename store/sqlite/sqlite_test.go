@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/storetest"
 	"github.com/meshca/meshca/test/benchcpu"
@@ -401,4 +402,8 @@ func TestPragmas(t *testing.T) {
 			t.Errorf("PRAGMA %s = %q, want %q", tt.pragma, got, tt.want)
 		}
 	}
+}
+
+func TestValidateKeepsConfig(t *testing.T) {
+	testkit.ValidateKeepsConfig(t, &Config{})
 }

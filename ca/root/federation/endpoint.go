@@ -1,6 +1,7 @@
 package federation
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -76,17 +77,8 @@ type EndpointConfig struct {
 	Logger *slog.Logger
 }
 
-// Validate applies defaults and reports the first problem with c.
-func (c *EndpointConfig) Validate() error {
-	if c.RefreshHint == 0 {
-		c.RefreshHint = DefaultRefreshHint
-	}
-	if c.ShutdownTimeout == 0 {
-		c.ShutdownTimeout = DefaultShutdownTimeout
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+// Validate reports the first problem with c. It does not change c.
+func (c EndpointConfig) Validate() error {
 	files := c.CertFile != "" || c.KeyFile != ""
 	switch {
 	case c.TrustDomain.IsZero():
@@ -121,6 +113,14 @@ func (c *EndpointConfig) Validate() error {
 	return nil
 }
 
+// withDefaults returns c with its zero fields replaced by their defaults.
+func (c EndpointConfig) withDefaults() EndpointConfig {
+	c.RefreshHint = cmp.Or(c.RefreshHint, DefaultRefreshHint)
+	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, DefaultShutdownTimeout)
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	return c
+}
+
 // Endpoint serves one trust domain's bundle at "/" over HTTPS.
 type Endpoint struct {
 	cfg     EndpointConfig
@@ -134,6 +134,7 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	e := &Endpoint{cfg: cfg}
 	src := &spiffeSource{td: cfg.TrustDomain, src: cfg.Source, hint: cfg.RefreshHint}
 	h, err := federation.NewHandler(cfg.TrustDomain, src, federation.WithLogger(spiffeLogger{cfg.Logger}))

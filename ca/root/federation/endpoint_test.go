@@ -12,10 +12,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshca/meshca/trust"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 func TestEndpointServesSPIFFEBundle(t *testing.T) {
@@ -161,7 +163,7 @@ func TestEndpointConfigValidate(t *testing.T) {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)
 				}
-				if tc.cfg.RefreshHint != DefaultRefreshHint || tc.cfg.ShutdownTimeout != DefaultShutdownTimeout || tc.cfg.Logger == nil {
+				if d := tc.cfg.withDefaults(); d.RefreshHint != DefaultRefreshHint || d.ShutdownTimeout != DefaultShutdownTimeout || d.Logger == nil {
 					t.Error("defaults not applied")
 				}
 				return
@@ -305,4 +307,9 @@ func TestEndpointServeStops(t *testing.T) {
 	if _, err := client.Get(ep.url); err == nil {
 		t.Fatal("endpoint still answers after Serve returned")
 	}
+}
+
+func TestValidateKeepsConfig(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("b.example")
+	testkit.ValidateKeepsConfig(t, &FetcherConfig{}, &FetcherConfig{MinRefreshInterval: time.Hour, MaxRefreshInterval: time.Minute}, &EndpointConfig{}, &EndpointConfig{TrustDomain: td, Source: &fakeSource{}, Profile: ProfileHTTPSWeb, CertFile: "c", KeyFile: "k"})
 }

@@ -55,26 +55,9 @@ type FetcherConfig struct {
 	Logger *slog.Logger
 }
 
-// Validate applies defaults and reports the first problem with c.
-func (c *FetcherConfig) Validate() error {
-	if c.RefreshInterval == 0 {
-		c.RefreshInterval = DefaultRefreshInterval
-	}
-	if c.MinRefreshInterval == 0 {
-		c.MinRefreshInterval = DefaultMinRefreshInterval
-	}
-	if c.MaxRefreshInterval == 0 {
-		c.MaxRefreshInterval = DefaultMaxRefreshInterval
-	}
-	if c.FetchTimeout == 0 {
-		c.FetchTimeout = DefaultFetchTimeout
-	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+// Validate reports the first problem with c. It does not change c.
+func (c FetcherConfig) Validate() error {
+	c = c.withDefaults()
 	switch {
 	case c.RefreshInterval < 0 || c.FetchTimeout < 0:
 		return errors.New("federation fetcher: durations must not be negative")
@@ -93,6 +76,19 @@ func (c *FetcherConfig) Validate() error {
 		seen[r.TrustDomain] = true
 	}
 	return nil
+}
+
+// withDefaults returns c with its zero fields replaced by their defaults.
+func (c FetcherConfig) withDefaults() FetcherConfig {
+	c.RefreshInterval = cmp.Or(c.RefreshInterval, DefaultRefreshInterval)
+	c.MinRefreshInterval = cmp.Or(c.MinRefreshInterval, DefaultMinRefreshInterval)
+	c.MaxRefreshInterval = cmp.Or(c.MaxRefreshInterval, DefaultMaxRefreshInterval)
+	c.FetchTimeout = cmp.Or(c.FetchTimeout, DefaultFetchTimeout)
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	return c
 }
 
 // Fetcher polls the bundle endpoints of federated trust domains and holds
@@ -143,6 +139,7 @@ func NewFetcher(cfg FetcherConfig) (*Fetcher, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg = cfg.withDefaults()
 	f := &Fetcher{cfg: cfg}
 	for _, r := range cfg.Relationships {
 		rs := &relState{rel: r, status: RelationshipStatus{TrustDomain: r.TrustDomain, URL: r.URL}}

@@ -304,10 +304,11 @@ func TestFetcherRun(t *testing.T) {
 }
 
 func TestRefreshDelay(t *testing.T) {
-	cfg := &FetcherConfig{}
-	if err := cfg.Validate(); err != nil {
+	var zero FetcherConfig
+	if err := zero.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	cfg := zero.withDefaults()
 	tests := []struct {
 		name     string
 		hint     time.Duration
@@ -325,7 +326,7 @@ func TestRefreshDelay(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := refreshDelay(cfg, tc.hint, tc.failures); got != tc.want {
+			if got := refreshDelay(&cfg, tc.hint, tc.failures); got != tc.want {
 				t.Errorf("refreshDelay(%v, %d) = %v, want %v", tc.hint, tc.failures, got, tc.want)
 			}
 		})
