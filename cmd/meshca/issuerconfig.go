@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -243,7 +244,7 @@ func defaultIssuerConfig() issuerConfig {
 }
 
 // validate checks what can be checked without I/O.
-func (c *issuerConfig) validate() error {
+func (c issuerConfig) validate() error {
 	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
 		return fmt.Errorf("trustDomain %q: %w", c.TrustDomain, err)
 	}
@@ -276,8 +277,7 @@ func (c *issuerConfig) validate() error {
 		return errors.New("clusters: at least the issuer's own cluster is required")
 	}
 	names := map[string]bool{}
-	for i := range c.Clusters {
-		cl := &c.Clusters[i]
+	for i, cl := range c.Clusters {
 		if err := cl.validate(); err != nil {
 			return fmt.Errorf("clusters[%d] %q: %w", i, cl.Name, err)
 		}
@@ -294,17 +294,14 @@ func (c *issuerConfig) validate() error {
 	return nil
 }
 
-func (c *clusterConfig) validate() error {
+func (c clusterConfig) validate() error {
 	if c.Name == "" {
 		return errors.New("name is required")
 	}
 	if slices.Contains(c.Aliases, "") {
 		return errors.New("empty alias (the empty clusterid always means the issuer's own cluster)")
 	}
-	if c.Attestor == "" {
-		c.Attestor = attestorTokenReview
-	}
-	switch c.Attestor {
+	switch c.attestor() {
 	case attestorTokenReview:
 	case attestorJWKS:
 		if c.JWKS.Issuer == "" {
@@ -317,7 +314,7 @@ func (c *clusterConfig) validate() error {
 	default:
 		return fmt.Errorf("attestor %q: want tokenreview, jwks or dev", c.Attestor)
 	}
-	if c.Attestor != attestorTokenReview && c.AllowUnboundTokens {
+	if c.attestor() != attestorTokenReview && c.AllowUnboundTokens {
 		return errors.New("allowUnboundTokens applies to attestor tokenreview only")
 	}
 	if c.Cache.Size < 0 || c.Cache.TTL < 0 || c.APITimeout < 0 {
@@ -330,14 +327,10 @@ func (c *clusterConfig) validate() error {
 	return c.Policy.Validate()
 }
 
+// attestor is the cluster's attestor kind, tokenreview by default.
+func (c clusterConfig) attestor() string { return cmp.Or(c.Attestor, attestorTokenReview) }
+
 // cacheTTL is the cluster's cache TTL with the attestor-specific default.
-func (c *clusterConfig) cacheTTL() time.Duration {
-	switch {
-	case c.Cache.TTL > 0:
-		return time.Duration(c.Cache.TTL)
-	case c.Attestor == attestorTokenReview:
-		return 10 * time.Second
-	default:
-		return 5 * time.Minute
-	}
+func (c clusterConfig) cacheTTL() time.Duration {
+	return attest.CacheTTL(time.Duration(c.Cache.TTL), c.attestor() == attestorTokenReview)
 }

@@ -1,7 +1,8 @@
-// Command meshca is the one meshca binary: the development CA (`meshca dev`),
-// its token helper, a certificate fetcher, and (later) the root, issuer,
-// agent and admin commands. It parses flags and config into component
-// Configs and wires them; the logic lives in the packages.
+// Command meshca is the one meshca binary: the development CA (`meshca dev`)
+// and its token helper, the root (`meshca root serve`), the cluster issuer
+// (`meshca issuer serve`), the agent, the admin client, a certificate
+// fetcher, migrations and audit checks. It parses flags and config into
+// component Configs and runs them; the logic lives in the packages.
 package main
 
 import (
