@@ -14,7 +14,7 @@ import (
 
 	"github.com/meshca/meshca/ca/root/federation"
 	"github.com/meshca/meshca/internal/adminapi"
-	"github.com/meshca/meshca/internal/datadir"
+	"github.com/meshca/meshca/internal/serverdir"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/checkpoint"
 )
@@ -138,25 +138,11 @@ func RunStack(ctx context.Context, c StackConfig) error {
 		return err
 	}
 	log := c.logger()
-	// Before anything else touches the data dir: a second root on it would
-	// share the keys, the database and the admin socket.
-	lock, err := datadir.Acquire(c.DataDir)
+	db, closeAll, err := serverdir.Open(ctx, c.DataDir, c.OpenStore, c.Checkpoint, "root", log)
 	if err != nil {
 		return err
 	}
-	defer lock.Release()
-	db, err := c.OpenStore(ctx)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	cp := c.Checkpoint
-	cp.DataDir = c.DataDir
-	stopCheckpoints, err := checkpoint.Start(db, cp, "root", log)
-	if err != nil {
-		return err
-	}
-	defer stopCheckpoints()
+	defer closeAll()
 	fetcher, err := c.newFetcher(log)
 	if err != nil {
 		return err

@@ -20,8 +20,8 @@ import (
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/internal/adminapi"
-	"github.com/meshca/meshca/internal/datadir"
 	"github.com/meshca/meshca/internal/grpclimit"
+	"github.com/meshca/meshca/internal/serverdir"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/checkpoint"
 )
@@ -163,18 +163,11 @@ func Run(ctx context.Context, c Config) error {
 		return err
 	}
 	log := c.logger()
-	// Before anything else touches the data dir: a second process on it
-	// would share the keys, the database and the admin socket.
-	lock, err := datadir.Acquire(c.DataDir)
+	db, closeAll, err := serverdir.Open(ctx, c.DataDir, c.OpenStore, c.Checkpoint, "cluster/"+c.Cluster, log)
 	if err != nil {
 		return err
 	}
-	defer lock.Release()
-	db, err := c.OpenStore(ctx)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
+	defer closeAll()
 	src, err := newIntermediateSource(ctx, c, db, log)
 	if err != nil {
 		return err
@@ -183,13 +176,6 @@ func Run(ctx context.Context, c Config) error {
 	if err != nil {
 		return err
 	}
-	cp := c.Checkpoint
-	cp.DataDir = c.DataDir
-	stopCheckpoints, err := checkpoint.Start(db, cp, "cluster/"+c.Cluster, log)
-	if err != nil {
-		return err
-	}
-	defer stopCheckpoints()
 	return c.serve(ctx, src, att, db, log)
 }
 
