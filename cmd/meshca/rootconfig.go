@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -171,13 +170,6 @@ func defaultRootConfig() rootConfig {
 		Listen:  "127.0.0.1:15020",
 		Hosts:   []string{"localhost", "127.0.0.1", "meshca-root.meshca-system.svc"},
 	}
-}
-
-func (c rootConfig) adminSocket() string {
-	if c.AdminSocket != "" {
-		return c.AdminSocket
-	}
-	return filepath.Join(c.DataDir, "admin.sock")
 }
 
 func (c rootConfig) autoRotate() bool { return c.Rotation.Auto == nil || *c.Rotation.Auto }

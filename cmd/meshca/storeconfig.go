@@ -83,16 +83,6 @@ type backend interface {
 // openBackend opens the configured backend, running migrations, and warns
 // if a PostgreSQL role could disable the audit log's triggers.
 func openBackend(ctx context.Context, cfg storeConfig, dataDir string) (backend, error) {
-	s, err := openBackendQuiet(ctx, cfg, dataDir)
-	if pg, ok := s.(*postgres.Store); ok && err == nil {
-		warnAuditOwner(ctx, pg)
-	}
-	return s, err
-}
-
-// openBackendQuiet is openBackend without the warning, for a short look
-// at the store before the one the server keeps open.
-func openBackendQuiet(ctx context.Context, cfg storeConfig, dataDir string) (backend, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -101,6 +91,7 @@ func openBackendQuiet(ctx context.Context, cfg storeConfig, dataDir string) (bac
 		if err != nil {
 			return nil, err // not a nil *postgres.Store in the interface
 		}
+		warnAuditOwner(ctx, s)
 		return s, nil
 	}
 	path := cfg.DSN
