@@ -285,31 +285,20 @@ func (f federationConfig) validate() error {
 			return fmt.Errorf("federation.profile %q: want https_spiffe or https_web", f.Profile)
 		}
 	}
+	// The relationships' rules are the federation package's.
 	seen := map[string]bool{}
 	for i, r := range f.FederatesWith {
-		td, err := spiffeid.TrustDomainFromString(r.TrustDomain)
+		rf, err := r.files()
+		if err == nil {
+			err = rf.Validate()
+		}
 		if err != nil {
-			return fmt.Errorf("federation.federatesWith[%d].trustDomain %q: %w", i, r.TrustDomain, err)
+			return fmt.Errorf("federation.federatesWith[%d] (%s): %w", i, r.TrustDomain, err)
 		}
-		if seen[td.Name()] {
-			return fmt.Errorf("federation.federatesWith: %s listed twice", td.Name())
+		if seen[rf.TrustDomain.Name()] {
+			return fmt.Errorf("federation.federatesWith: %s listed twice", rf.TrustDomain.Name())
 		}
-		seen[td.Name()] = true
-		if r.URL == "" {
-			return fmt.Errorf("federation.federatesWith[%d] (%s): url is required", i, td.Name())
-		}
-		switch r.Profile {
-		case "", "https_spiffe":
-			if r.BundleFile == "" {
-				return fmt.Errorf("federation.federatesWith[%d] (%s): https_spiffe needs bundleFile (the remote's SPIFFE bundle)", i, td.Name())
-			}
-			if _, err := r.files(); err != nil {
-				return fmt.Errorf("federation.federatesWith[%d] (%s): %w", i, td.Name(), err)
-			}
-		case "https_web":
-		default:
-			return fmt.Errorf("federation.federatesWith[%d] (%s): profile %q: want https_spiffe or https_web", i, td.Name(), r.Profile)
-		}
+		seen[rf.TrustDomain.Name()] = true
 	}
 	return nil
 }

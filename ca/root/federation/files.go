@@ -2,6 +2,7 @@ package federation
 
 import (
 	"crypto/x509"
+	"errors"
 	"fmt"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -23,6 +24,24 @@ type RelationshipFiles struct {
 	// CACertFile verifies an https_web endpoint (PEM); empty means the
 	// system roots.
 	CACertFile string
+}
+
+// Validate reports the first problem with f that can be seen without
+// reading its files; the rules are those of FetcherConfig.Validate. It does
+// not change f.
+func (f RelationshipFiles) Validate() error {
+	if err := checkNames(f.TrustDomain, f.URL, f.Profile, f.EndpointSPIFFEID); err != nil {
+		return err
+	}
+	if f.Profile == ProfileHTTPSSPIFFE {
+		switch {
+		case f.BundleFile == "":
+			return errors.New("https_spiffe needs bundleFile (the remote's SPIFFE bundle)")
+		case f.CACertFile != "":
+			return errors.New("https_spiffe does not use Web PKI roots (caCertFile)")
+		}
+	}
+	return nil
 }
 
 // Load reads the files of f into a Relationship.
