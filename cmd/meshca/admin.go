@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -269,7 +270,7 @@ func (f *adminFlags) dial() (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("--ca-bundle: %w", err)
 	}
 	cfg := &tls.Config{
-		MinVersion: tls.VersionTLS12, RootCAs: roots.Pool(), ServerName: cmpOr(f.serverName, host),
+		MinVersion: tls.VersionTLS12, RootCAs: roots.Pool(), ServerName: cmp.Or(f.serverName, host),
 		Certificates: []tls.Certificate{cert}, VerifyConnection: f.verifyServer,
 	}
 	conn, err := grpc.NewClient(f.server, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))

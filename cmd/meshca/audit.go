@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -78,7 +79,7 @@ the first broken link.`,
 func readCheckpoints(paths []string, keyFile string, out io.Writer) ([]store.ChainHead, error) {
 	var heads []store.ChainHead
 	for _, p := range paths {
-		kf := cmpOr(keyFile, filepath.Join(filepath.Dir(p), checkpoint.PublicKeyFile))
+		kf := cmp.Or(keyFile, filepath.Join(filepath.Dir(p), checkpoint.PublicKeyFile))
 		pub, err := checkpoint.ReadPublicKey(kf)
 		if err != nil {
 			return nil, fmt.Errorf("checkpoint key: %w", err)

@@ -108,7 +108,7 @@ func newCheckpointedChain(t *testing.T, backend string, n int) (chainDB, string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	stop, err := startCheckpoints(db, cfg.Checkpoint, dataDir, "cluster/dev", slog.Default())
+	stop, err := checkpoint.Start(db, cfg.Checkpoint.dirConfig(dataDir), "cluster/dev", slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}

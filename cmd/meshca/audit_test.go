@@ -21,7 +21,7 @@ import (
 // standard output and error.
 func runCommand(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	cmd := newRootCommand()
+	cmd := newCLI()
 	var out, errOut bytes.Buffer
 	cmd.SetOut(&out)
 	cmd.SetErr(&errOut)
@@ -35,8 +35,7 @@ func runCommand(t *testing.T, args ...string) (string, error) {
 // recordIssuances opens the store cfg selects and records n issuances.
 func recordIssuances(t *testing.T, cfg storeConfig, dataDir string, n int) {
 	t.Helper()
-	cfg.Retention.Disabled = true
-	s, err := openStore(t.Context(), cfg, dataDir)
+	s, err := openBackend(t.Context(), cfg, dataDir)
 	if err != nil {
 		t.Fatal(err)
 	}

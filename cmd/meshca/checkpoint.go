@@ -1,15 +1,5 @@
 package main
 
-import (
-	"context"
-	"log/slog"
-	"path/filepath"
-	"time"
-
-	"github.com/meshca/meshca/store"
-	"github.com/meshca/meshca/store/checkpoint"
-)
-
 // checkpointConfig is `store.checkpoint:`: signed audit checkpoints, which
 // anchor the audit chain outside the database (see package
 // store/checkpoint). They are always on.
@@ -27,30 +17,4 @@ type checkpointConfig struct {
 	// Keep is how many checkpoint files are kept. Default 10080 (a week at
 	// one a minute).
 	Keep int `json:"keep,omitempty"`
-}
-
-// startCheckpoints signs checkpoints of db's audit chain, named name, until
-// stop is called; stop returns after a final checkpoint, so call it before
-// closing db.
-func startCheckpoints(db store.AuditHeadReader, cfg checkpointConfig, dataDir, name string, log *slog.Logger) (stop func(), err error) {
-	key, err := checkpoint.LoadOrCreateKey(cmpOr(cfg.KeyFile, filepath.Join(dataDir, "audit-checkpoint-key.pem")))
-	if err != nil {
-		return nil, err
-	}
-	cp, err := checkpoint.New(checkpoint.Config{
-		Head: db, Signer: key, Dir: cmpOr(cfg.Dir, filepath.Join(dataDir, "audit-checkpoints")), Name: name,
-		Interval: time.Duration(cfg.Interval), Keep: cfg.Keep, Logger: log,
-	})
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := cp.Run(ctx); err != nil {
-			log.Error("final audit checkpoint failed", "chain", name, "error", err)
-		}
-	}()
-	return func() { cancel(); <-done }, nil
 }

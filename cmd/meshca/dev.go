@@ -6,11 +6,11 @@ import (
 	"io"
 	"net"
 	"slices"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/issuer/stack"
 )
 
 func newDevCommand() *cobra.Command {
@@ -87,26 +87,24 @@ func addHosts(hosts, extra []string) []string {
 }
 
 func runDev(ctx context.Context, cfg devConfig, out io.Writer) error {
-	return serveCA(ctx, caStack{
-		name: "meshca dev", trustDomain: cfg.TrustDomain, cluster: cfg.Cluster, dataDir: cfg.DataDir,
-		listen: cfg.Listen, hosts: cfg.Hosts, intermediateTTL: time.Duration(cfg.IntermediateTTL),
-		leafTTL: time.Duration(cfg.LeafTTL), leafMinTTL: time.Duration(cfg.LeafMinTTL), leafMaxTTL: time.Duration(cfg.LeafMaxTTL),
-		store: cfg.Store,
-		attestor: func() (attest.Attestor, error) {
-			signer, err := attest.LoadOrCreateDevSigner(cfg.DataDir)
-			if err != nil {
-				return nil, err
-			}
-			jwks, err := attest.NewJWKS(attest.JWKSConfig{Issuer: attest.DevIssuer, Keys: attest.StaticKeys{Set: signer.KeySet()}, Cluster: cfg.Cluster})
-			if err != nil {
-				return nil, err
-			}
-			return attest.NewCached(jwks, attest.CacheConfig{}), nil
-		},
-		banner: func(out io.Writer, addr, bundlePath string) {
-			printDevBanner(out, addr, cfg.DataDir, bundlePath, cfg.Hosts)
-		},
-	}, out)
+	sc, err := devStack(cfg)
+	if err != nil {
+		return err
+	}
+	sc.Attestor = func() (attest.Attestor, error) {
+		signer, err := attest.LoadOrCreateDevSigner(cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		jwks, err := attest.NewJWKS(attest.JWKSConfig{Issuer: attest.DevIssuer, Keys: attest.StaticKeys{Set: signer.KeySet()}, Cluster: cfg.Cluster})
+		if err != nil {
+			return nil, err
+		}
+		return attest.NewCached(jwks, attest.CacheConfig{}), nil
+	}
+	sc.Serving = func(addr, bundlePath string) { printDevBanner(out, addr, cfg.DataDir, bundlePath, cfg.Hosts) }
+	setIssuerGC()
+	return stack.Run(ctx, sc)
 }
 
 func printDevBanner(out io.Writer, addr, dataDir, bundlePath string, hosts []string) {

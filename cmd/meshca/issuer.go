@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/cmd/internal/cliconfig"
+	"github.com/meshca/meshca/issuer/stack"
 )
 
 func newIssuerCommand() *cobra.Command {
@@ -65,25 +66,24 @@ func runIssuer(ctx context.Context, cfg issuerConfig, out io.Writer, live *liveA
 	defer stop()
 	// client-go logs through klog; keep one structured log stream.
 	klog.SetSlogLogger(log.With("component", "client-go"))
-	return serveCA(ctx, caStack{
-		name: "meshca issuer", trustDomain: cfg.TrustDomain, cluster: cfg.Cluster, dataDir: cfg.DataDir, rootDir: cfg.Root.Dir,
-		listen: cfg.Listen, hosts: cfg.Hosts, intermediateTTL: time.Duration(cfg.IntermediateTTL),
-		leafTTL: time.Duration(cfg.LeafTTL), leafMinTTL: time.Duration(cfg.LeafMinTTL), leafMaxTTL: time.Duration(cfg.LeafMaxTTL),
-		store: cfg.Store, upstream: cfg.Upstream, adminSocket: cfg.AdminSocket, adminSocketAllow: cfg.AdminSocketAllow, adminTLS: cfg.Admin, revocation: cfg.Revocation,
-		limits: cfg.Limits,
-		attestor: func() (attest.Attestor, error) {
-			a, err := buildAttestor(cfg, log)
-			if err != nil {
-				return nil, err
-			}
-			live.set(a)
-			go reload.Run(rctx, cfg)
-			return live, nil
-		},
-		banner: func(out io.Writer, addr, bundlePath string) {
-			fmt.Fprintf(out, "meshca issuer is serving the Istio CA API on %s (TLS; root: %s)\n", addr, bundlePath)
-		},
-	}, out)
+	sc, err := issuerStack(cfg)
+	if err != nil {
+		return err
+	}
+	sc.Attestor = func() (attest.Attestor, error) {
+		a, err := buildAttestor(cfg, log)
+		if err != nil {
+			return nil, err
+		}
+		live.set(a)
+		go reload.Run(rctx, cfg)
+		return live, nil
+	}
+	sc.Serving = func(addr, bundlePath string) {
+		fmt.Fprintf(out, "meshca issuer is serving the Istio CA API on %s (TLS; root: %s)\n", addr, bundlePath)
+	}
+	setIssuerGC()
+	return stack.Run(ctx, sc)
 }
 
 // buildAttestor builds, per cluster, policy → cache → attestor, and routes
@@ -108,8 +108,8 @@ func buildAttestor(cfg issuerConfig, log *slog.Logger) (attest.Attestor, error) 
 		for _, alias := range cl.Aliases {
 			mc.Aliases[alias] = cl.Name
 		}
-		log.Info("cluster attestor", "cluster", cl.Name, "attestor", cl.Attestor, "aliases", cl.Aliases,
-			"pod_binding_required", cl.Attestor == attestorTokenReview && !cl.AllowUnboundTokens,
+		log.Info("cluster attestor", "cluster", cl.Name, "attestor", cl.attestor(), "aliases", cl.Aliases,
+			"pod_binding_required", cl.attestor() == attestorTokenReview && !cl.AllowUnboundTokens,
 			"cache_ttl", cl.cacheTTL().String(), "cache_disabled", cl.Cache.Disabled)
 	}
 	return attest.NewMultiCluster(mc)
@@ -119,7 +119,7 @@ func buildAttestor(cfg issuerConfig, log *slog.Logger) (attest.Attestor, error) 
 // contacts the API server: an issuer starts even while a cluster is away,
 // and its requests fail with Unavailable until it returns.
 func clusterAttestor(cl *clusterConfig, dataDir string, log *slog.Logger) (attest.Attestor, error) {
-	if cl.Attestor == attestorDev {
+	if cl.attestor() == attestorDev {
 		dir := cl.DevKeyDir
 		if dir == "" {
 			dir = dataDir
@@ -137,7 +137,7 @@ func clusterAttestor(cl *clusterConfig, dataDir string, log *slog.Logger) (attes
 	if err != nil {
 		return nil, err
 	}
-	if cl.Attestor == attestorJWKS {
+	if cl.attestor() == attestorJWKS {
 		keys, err := attest.NewRemoteKeys(attest.RemoteKeysConfig{
 			Client: client, RefreshInterval: time.Duration(cl.JWKS.RefreshInterval), MaxStale: time.Duration(cl.JWKS.MaxStale),
 			Timeout: time.Duration(cl.APITimeout), Logger: log.With("cluster", cl.Name),

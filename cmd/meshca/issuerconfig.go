@@ -1,10 +1,10 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -179,25 +179,12 @@ type upstreamConfig struct {
 	JoinTokenFile string `json:"joinTokenFile,omitempty"`
 	// Replica names this issuer among the replicas of its cluster that
 	// share a join token of several replicas: a DNS label, unique among
-	// them, stable across restarts (the pod name). Default: the host name.
+	// them, stable across restarts (the pod name). Default: the short host
+	// name.
 	Replica string `json:"replica,omitempty"`
 }
 
 func (u upstreamConfig) enabled() bool { return u.Address != "" }
-
-// replica is Replica, or the short host name (a pod's name) when unset, in
-// lower case; "" when neither is known.
-func (u upstreamConfig) replica(hostname func() (string, error)) string {
-	if u.Replica != "" {
-		return u.Replica
-	}
-	h, err := hostname()
-	if err != nil {
-		return ""
-	}
-	h, _, _ = strings.Cut(h, ".")
-	return strings.ToLower(h)
-}
 
 // clusterConfig is one cluster an issuer attests tokens from.
 type clusterConfig struct {
@@ -263,7 +250,7 @@ func defaultIssuerConfig() issuerConfig {
 }
 
 // validate checks what can be checked without I/O.
-func (c *issuerConfig) validate() error {
+func (c issuerConfig) validate() error {
 	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
 		return fmt.Errorf("trustDomain %q: %w", c.TrustDomain, err)
 	}
@@ -296,8 +283,7 @@ func (c *issuerConfig) validate() error {
 		return errors.New("clusters: at least the issuer's own cluster is required")
 	}
 	names := map[string]bool{}
-	for i := range c.Clusters {
-		cl := &c.Clusters[i]
+	for i, cl := range c.Clusters {
 		if err := cl.validate(); err != nil {
 			return fmt.Errorf("clusters[%d] %q: %w", i, cl.Name, err)
 		}
@@ -314,17 +300,14 @@ func (c *issuerConfig) validate() error {
 	return nil
 }
 
-func (c *clusterConfig) validate() error {
+func (c clusterConfig) validate() error {
 	if c.Name == "" {
 		return errors.New("name is required")
 	}
 	if slices.Contains(c.Aliases, "") {
 		return errors.New("empty alias (the empty clusterid always means the issuer's own cluster)")
 	}
-	if c.Attestor == "" {
-		c.Attestor = attestorTokenReview
-	}
-	switch c.Attestor {
+	switch c.attestor() {
 	case attestorTokenReview:
 	case attestorJWKS:
 		if c.JWKS.Issuer == "" {
@@ -337,7 +320,7 @@ func (c *clusterConfig) validate() error {
 	default:
 		return fmt.Errorf("attestor %q: want tokenreview, jwks or dev", c.Attestor)
 	}
-	if c.Attestor != attestorTokenReview && c.AllowUnboundTokens {
+	if c.attestor() != attestorTokenReview && c.AllowUnboundTokens {
 		return errors.New("allowUnboundTokens applies to attestor tokenreview only")
 	}
 	if c.Cache.Size < 0 || c.Cache.TTL < 0 || c.APITimeout < 0 {
@@ -350,14 +333,10 @@ func (c *clusterConfig) validate() error {
 	return c.Policy.Validate()
 }
 
+// attestor is the cluster's attestor kind, tokenreview by default.
+func (c clusterConfig) attestor() string { return cmp.Or(c.Attestor, attestorTokenReview) }
+
 // cacheTTL is the cluster's cache TTL with the attestor-specific default.
-func (c *clusterConfig) cacheTTL() time.Duration {
-	switch {
-	case c.Cache.TTL > 0:
-		return time.Duration(c.Cache.TTL)
-	case c.Attestor == attestorTokenReview:
-		return 10 * time.Second
-	default:
-		return 5 * time.Minute
-	}
+func (c clusterConfig) cacheTTL() time.Duration {
+	return attest.CacheTTL(time.Duration(c.Cache.TTL), c.attestor() == attestorTokenReview)
 }

@@ -1,7 +1,8 @@
-// Command meshca is the one meshca binary: the development CA (`meshca dev`),
-// its token helper, a certificate fetcher, and (later) the root, issuer,
-// agent and admin commands. It parses flags and config into component
-// Configs and wires them; the logic lives in the packages.
+// Command meshca is the one meshca binary: the development CA (`meshca dev`)
+// and its token helper, the root (`meshca root serve`), the cluster issuer
+// (`meshca issuer serve`), the agent, the admin client, a certificate
+// fetcher, migrations and audit checks. It parses flags and config into
+// component Configs and runs them; the logic lives in the packages.
 package main
 
 import (
@@ -24,7 +25,7 @@ var version = ""
 func main() {
 	cliconfig.CatchHangups()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newRootCommand().ExecuteContext(ctx)
+	err := newCLI().ExecuteContext(ctx)
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "meshca:", err)
@@ -32,17 +33,19 @@ func main() {
 	}
 }
 
-func newRootCommand() *cobra.Command {
-	root := &cobra.Command{
+// newCLI is the top-level `meshca` command. ("root" in this package means
+// the root CA only.)
+func newCLI() *cobra.Command {
+	cli := &cobra.Command{
 		Use:           "meshca",
 		Short:         "meshca: workload identity (SPIFFE X.509) for service meshes",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	cliconfig.SetupLogging(root)
-	root.AddCommand(newDevCommand(), newIssuerCommand(), newCertCommand(), agentcmd.New(), newVersionCommand())
-	root.AddCommand(newMigrateCommand(), newAuditCommand(), newRootCACommand(), newAdminCommand())
-	return root
+	cliconfig.SetupLogging(cli)
+	cli.AddCommand(newDevCommand(), newIssuerCommand(), newCertCommand(), agentcmd.New(), newVersionCommand())
+	cli.AddCommand(newMigrateCommand(), newAuditCommand(), newRootCACommand(), newAdminCommand())
+	return cli
 }
 
 func newVersionCommand() *cobra.Command {

@@ -4,12 +4,12 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca/root"
+	"github.com/meshca/meshca/ca/root/federation"
 	"github.com/meshca/meshca/ca/vault"
 )
 
@@ -172,17 +172,10 @@ func defaultRootConfig() rootConfig {
 	}
 }
 
-func (c *rootConfig) adminSocket() string {
-	if c.AdminSocket != "" {
-		return c.AdminSocket
-	}
-	return filepath.Join(c.DataDir, "admin.sock")
-}
-
-func (c *rootConfig) autoRotate() bool { return c.Rotation.Auto == nil || *c.Rotation.Auto }
+func (c rootConfig) autoRotate() bool { return c.Rotation.Auto == nil || *c.Rotation.Auto }
 
 // validate checks what can be checked without I/O.
-func (c *rootConfig) validate() error {
+func (c rootConfig) validate() error {
 	if c.DataDir == "" {
 		return errors.New("dataDir is required")
 	}
@@ -203,7 +196,6 @@ func (c *rootConfig) validate() error {
 	}
 	switch c.Key.Kind {
 	case "", rootKeyFile:
-		c.Key.Kind = rootKeyFile
 	case rootKeyVault:
 		if err := c.vaultConfig("check").Validate(); err != nil {
 			return fmt.Errorf("key.vault: %w", err)
@@ -227,7 +219,7 @@ func (c *rootConfig) validate() error {
 // keys is where the root keeps its keys: files in DataDir (kind file), or
 // Vault Transit keys named KeyPrefix-<unix time>-<random hex> (kind vault;
 // an empty KeyPrefix means root.DefaultVaultKeyName).
-func (c *rootConfig) keys() root.Keys {
+func (c rootConfig) keys() root.Keys {
 	if c.Key.Kind != rootKeyVault {
 		return root.FileKeys{Dir: c.DataDir}
 	}
@@ -236,7 +228,7 @@ func (c *rootConfig) keys() root.Keys {
 }
 
 // vaultConfig is the ca/vault template for one Transit key name.
-func (c *rootConfig) vaultConfig(keyName string) vault.Config {
+func (c rootConfig) vaultConfig(keyName string) vault.Config {
 	v := c.Key.Vault
 	return vault.Config{
 		Address: v.Address, Namespace: v.Namespace, Mount: v.Mount, KeyName: keyName, KeyType: v.KeyType,
@@ -249,14 +241,42 @@ func (c *rootConfig) vaultConfig(keyName string) vault.Config {
 	}
 }
 
-func (f *federationConfig) validate() error {
+// profile is the endpoint's profile, https_spiffe by default.
+func (f federationConfig) profile() string {
+	return cmp.Or(f.Profile, string(federation.ProfileHTTPSSPIFFE))
+}
+
+// profile is the relationship's profile, https_spiffe by default.
+func (r federationRelationship) profile() string {
+	return cmp.Or(r.Profile, string(federation.ProfileHTTPSSPIFFE))
+}
+
+// files maps the relationship to the files the root stack loads: the
+// endpoint SPIFFE ID defaults to spiffe://TD/meshca/bundle-endpoint.
+func (r federationRelationship) files() (federation.RelationshipFiles, error) {
+	td, err := spiffeid.TrustDomainFromString(r.TrustDomain)
+	if err != nil {
+		return federation.RelationshipFiles{}, fmt.Errorf("trustDomain %q: %w", r.TrustDomain, err)
+	}
+	f := federation.RelationshipFiles{
+		TrustDomain: td, URL: r.URL, Profile: federation.Profile(r.profile()), BundleFile: r.BundleFile, CACertFile: r.CACertFile,
+	}
+	if f.Profile == federation.ProfileHTTPSSPIFFE {
+		id := cmp.Or(r.EndpointSPIFFEID, "spiffe://"+td.Name()+"/meshca/bundle-endpoint")
+		if f.EndpointSPIFFEID, err = spiffeid.FromString(id); err != nil {
+			return federation.RelationshipFiles{}, fmt.Errorf("endpointSPIFFEID: %w", err)
+		}
+	}
+	return f, nil
+}
+
+func (f federationConfig) validate() error {
 	if f.Listen != "" {
 		if _, err := spiffeid.TrustDomainFromString(f.TrustDomain); err != nil {
 			return fmt.Errorf("federation.trustDomain %q: %w", f.TrustDomain, err)
 		}
 		switch f.Profile {
 		case "", "https_spiffe":
-			f.Profile = "https_spiffe"
 		case "https_web":
 			if f.CertFile == "" || f.KeyFile == "" {
 				return errors.New("federation: profile https_web needs certFile and keyFile")
@@ -265,36 +285,20 @@ func (f *federationConfig) validate() error {
 			return fmt.Errorf("federation.profile %q: want https_spiffe or https_web", f.Profile)
 		}
 	}
+	// The relationships' rules are the federation package's.
 	seen := map[string]bool{}
-	for i := range f.FederatesWith {
-		r := &f.FederatesWith[i]
-		td, err := spiffeid.TrustDomainFromString(r.TrustDomain)
+	for i, r := range f.FederatesWith {
+		rf, err := r.files()
+		if err == nil {
+			err = rf.Validate()
+		}
 		if err != nil {
-			return fmt.Errorf("federation.federatesWith[%d].trustDomain %q: %w", i, r.TrustDomain, err)
+			return fmt.Errorf("federation.federatesWith[%d] (%s): %w", i, r.TrustDomain, err)
 		}
-		if seen[td.Name()] {
-			return fmt.Errorf("federation.federatesWith: %s listed twice", td.Name())
+		if seen[rf.TrustDomain.Name()] {
+			return fmt.Errorf("federation.federatesWith: %s listed twice", rf.TrustDomain.Name())
 		}
-		seen[td.Name()] = true
-		if r.URL == "" {
-			return fmt.Errorf("federation.federatesWith[%d] (%s): url is required", i, td.Name())
-		}
-		switch r.Profile {
-		case "", "https_spiffe":
-			r.Profile = "https_spiffe"
-			if r.BundleFile == "" {
-				return fmt.Errorf("federation.federatesWith[%d] (%s): https_spiffe needs bundleFile (the remote's SPIFFE bundle)", i, td.Name())
-			}
-			if r.EndpointSPIFFEID == "" {
-				r.EndpointSPIFFEID = "spiffe://" + td.Name() + "/meshca/bundle-endpoint"
-			}
-			if _, err := spiffeid.FromString(r.EndpointSPIFFEID); err != nil {
-				return fmt.Errorf("federation.federatesWith[%d] (%s): endpointSPIFFEID: %w", i, td.Name(), err)
-			}
-		case "https_web":
-		default:
-			return fmt.Errorf("federation.federatesWith[%d] (%s): profile %q: want https_spiffe or https_web", i, td.Name(), r.Profile)
-		}
+		seen[rf.TrustDomain.Name()] = true
 	}
 	return nil
 }

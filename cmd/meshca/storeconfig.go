@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/postgres"
@@ -69,23 +68,6 @@ func (c storeConfig) validate() error {
 	return nil
 }
 
-// openStore opens the configured store, running migrations, and starts its
-// retention job unless disabled. The caller closes it; Close stops the job
-// first.
-func openStore(ctx context.Context, cfg storeConfig, dataDir string) (backend, error) {
-	s, err := openBackend(ctx, cfg, dataDir)
-	if err != nil {
-		return nil, err
-	}
-	p, ok := s.(store.Pruner)
-	if cfg.Retention.Disabled || !ok {
-		return s, nil
-	}
-	return startRetention(s, p, store.RetentionConfig{
-		Grace: time.Duration(cfg.Retention.Grace), Interval: time.Duration(cfg.Retention.Interval), Logger: slog.Default(),
-	}), nil
-}
-
 // backend is what both store backends implement.
 type backend interface {
 	store.Store
@@ -94,25 +76,13 @@ type backend interface {
 	store.AuditHeadReader
 	store.StandaloneRootStore
 	VerifyAuditChain(ctx context.Context) error
-	// VerifyAuditHead is what the admin API's VerifyAudit reports from;
-	// it is part of backend so that wrappers such as retainingStore keep
-	// it.
+	// VerifyAuditHead is what the admin API's VerifyAudit reports from.
 	VerifyAuditHead(ctx context.Context) (store.ChainHead, error)
 }
 
 // openBackend opens the configured backend, running migrations, and warns
 // if a PostgreSQL role could disable the audit log's triggers.
 func openBackend(ctx context.Context, cfg storeConfig, dataDir string) (backend, error) {
-	s, err := openBackendQuiet(ctx, cfg, dataDir)
-	if pg, ok := s.(*postgres.Store); ok && err == nil {
-		warnAuditOwner(ctx, pg)
-	}
-	return s, err
-}
-
-// openBackendQuiet is openBackend without the warning, for a short look
-// at the store before the one the server keeps open.
-func openBackendQuiet(ctx context.Context, cfg storeConfig, dataDir string) (backend, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -121,6 +91,7 @@ func openBackendQuiet(ctx context.Context, cfg storeConfig, dataDir string) (bac
 		if err != nil {
 			return nil, err // not a nil *postgres.Store in the interface
 		}
+		warnAuditOwner(ctx, s)
 		return s, nil
 	}
 	path := cfg.DSN
@@ -143,32 +114,6 @@ func warnAuditOwner(ctx context.Context, s *postgres.Store) {
 		slog.Warn("the database role owns the audit log's tables (or is a superuser) and could disable its append-only triggers; " +
 			"run meshca as a separate runtime role: meshca migrate --grant-to ROLE")
 	}
-}
-
-// retainingStore is a store with its retention job running.
-type retainingStore struct {
-	backend
-	stop context.CancelFunc
-	done chan struct{}
-}
-
-func startRetention(s backend, p store.Pruner, cfg store.RetentionConfig) *retainingStore {
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &retainingStore{backend: s, stop: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(r.done)
-		// cfg was validated with the store config; RunRetention returns
-		// when ctx is canceled.
-		_ = store.RunRetention(ctx, p, cfg)
-	}()
-	return r
-}
-
-// Close stops the retention job, then closes the store.
-func (r *retainingStore) Close() error {
-	r.stop()
-	<-r.done
-	return r.backend.Close()
 }
 
 // storeTarget turns the --store-dsn and --data-dir flags of the commands

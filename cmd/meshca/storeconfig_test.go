@@ -1,14 +1,9 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/meshca/meshca/store"
-	"github.com/meshca/meshca/store/postgres/pgtest"
 )
 
 func TestStoreConfigDriver(t *testing.T) {
@@ -79,56 +74,5 @@ func TestStoreTarget(t *testing.T) {
 	cfg, err = storeTarget("postgres://x/y", "")
 	if err != nil || cfg.driver() != "postgres" {
 		t.Errorf("--store-dsn postgres://x/y = %+v, %v", cfg, err)
-	}
-}
-
-// openStore starts the retention job with the store: a certificate that
-// expired longer ago than the grace period is pruned in the background,
-// while its audit event stays.
-func TestOpenStoreRunsRetention(t *testing.T) {
-	for _, tt := range []struct {
-		name string
-		cfg  func(t *testing.T) storeConfig
-	}{
-		{"sqlite", func(t *testing.T) storeConfig { return storeConfig{} }},
-		{"postgres", func(t *testing.T) storeConfig { return storeConfig{DSN: pgtest.NewDatabase(t)} }},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			cfg := tt.cfg(t)
-			cfg.Retention = retentionConfig{Grace: duration(time.Hour), Interval: duration(50 * time.Millisecond)}
-			s, err := openStore(t.Context(), cfg, t.TempDir())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			now := time.Now()
-			old := store.Certificate{Serial: "01d", SPIFFEID: "spiffe://cluster.local/ns/a/sa/b", Cluster: "dev",
-				NotBefore: now.Add(-3 * time.Hour), NotAfter: now.Add(-2 * time.Hour), Fingerprint: "ff"}
-			fresh := old
-			fresh.Serial, fresh.NotAfter = "f4e54", now.Add(-30*time.Minute) // within the grace period
-			for _, c := range []store.Certificate{old, fresh} {
-				if err := s.RecordIssuance(t.Context(), c, store.AuditEvent{Actor: "test", Action: "certificate.issue", Serial: c.Serial}); err != nil {
-					t.Fatal(err)
-				}
-			}
-			deadline := time.Now().Add(20 * time.Second)
-			for {
-				_, err := s.Certificate(t.Context(), old.Serial)
-				if errors.Is(err, store.ErrNotFound) {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("expired certificate still stored after 20s: %v", err)
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-			if _, err := s.Certificate(t.Context(), fresh.Serial); err != nil {
-				t.Errorf("certificate within the grace period: %v", err)
-			}
-			events, err := s.AuditEvents(context.Background(), time.Time{})
-			if err != nil || len(events) != 2 {
-				t.Fatalf("audit events after pruning: %d, %v; want both kept", len(events), err)
-			}
-		})
 	}
 }

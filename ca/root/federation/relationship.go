@@ -36,15 +36,8 @@ type Relationship struct {
 
 // validate reports the first problem with r.
 func (r *Relationship) validate() error {
-	if r.TrustDomain.IsZero() {
-		return errors.New("trust domain is required")
-	}
-	u, err := url.Parse(r.URL)
-	switch {
-	case err != nil:
-		return fmt.Errorf("url: %w", err)
-	case u.Scheme != "https" || u.Host == "":
-		return fmt.Errorf("url %q: want https://host[:port]/path", r.URL)
+	if err := checkNames(r.TrustDomain, r.URL, r.Profile, r.EndpointSPIFFEID); err != nil {
+		return err
 	}
 	if b := r.InitialBundle; b != nil {
 		if b.TrustDomain() != r.TrustDomain {
@@ -54,24 +47,47 @@ func (r *Relationship) validate() error {
 			return errors.New("initial bundle has no X.509 authorities")
 		}
 	}
-	switch r.Profile {
-	case ProfileHTTPSSPIFFE:
+	if r.Profile == ProfileHTTPSSPIFFE {
 		switch {
-		case r.EndpointSPIFFEID.IsZero():
-			return errors.New("https_spiffe needs the endpoint SPIFFE ID")
-		case r.EndpointSPIFFEID.TrustDomain() != r.TrustDomain:
-			return fmt.Errorf("endpoint SPIFFE ID %q is not in trust domain %q", r.EndpointSPIFFEID, r.TrustDomain)
 		case r.InitialBundle == nil:
 			return errors.New("https_spiffe needs an initial bundle to authenticate the endpoint with")
 		case r.WebRoots != nil:
 			return errors.New("https_spiffe does not use Web PKI roots")
 		}
+	}
+	return nil
+}
+
+// checkNames reports the first problem with what names a relationship,
+// files or none: its trust domain, URL, profile and endpoint SPIFFE ID.
+func checkNames(td spiffeid.TrustDomain, rawURL string, p Profile, endpointID spiffeid.ID) error {
+	if td.IsZero() {
+		return errors.New("trust domain is required")
+	}
+	if rawURL == "" {
+		return errors.New("url is required: want https://host[:port]/path")
+	}
+	u, err := url.Parse(rawURL)
+	switch {
+	case err != nil:
+		return fmt.Errorf("url: %w", err)
+	case u.Scheme != "https" || u.Host == "":
+		return fmt.Errorf("url %q: want https://host[:port]/path", rawURL)
+	}
+	switch p {
+	case ProfileHTTPSSPIFFE:
+		switch {
+		case endpointID.IsZero():
+			return errors.New("https_spiffe needs the endpoint SPIFFE ID")
+		case endpointID.TrustDomain() != td:
+			return fmt.Errorf("endpoint SPIFFE ID %q is not in trust domain %q", endpointID, td)
+		}
 	case ProfileHTTPSWeb:
-		if !r.EndpointSPIFFEID.IsZero() {
+		if !endpointID.IsZero() {
 			return errors.New("https_web does not use an endpoint SPIFFE ID")
 		}
 	default:
-		return fmt.Errorf("unknown profile %q", r.Profile)
+		return fmt.Errorf("unknown profile %q", p)
 	}
 	return nil
 }

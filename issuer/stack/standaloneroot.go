@@ -1,11 +1,11 @@
-package main
+package stack
 
 import (
+	"cmp"
 	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"log/slog"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -23,16 +23,11 @@ const sharedRootAdvice = "mount the same root key in every replica (root.dir), e
 // replica on a store records its root (creating it if root.dir is empty); a
 // replica whose root differs, or whose root.dir is empty once a root is
 // recorded, is refused and creates nothing.
-func standaloneRoot(ctx context.Context, s caStack, td spiffeid.TrustDomain) (*ca.Authority, error) {
-	dir := cmpOr(s.rootDir, s.dataDir)
-	db, err := openBackendQuiet(ctx, s.store, s.dataDir)
-	if err != nil {
-		return nil, err
-	}
-	defer db.Close()
-	recorded, err := db.StandaloneRoot(ctx, td.String(), s.cluster)
+func standaloneRoot(ctx context.Context, c Config, db store.StandaloneRootStore) (*ca.Authority, error) {
+	td, dir := c.TrustDomain, cmp.Or(c.RootDir, c.DataDir)
+	recorded, err := db.StandaloneRoot(ctx, td.String(), c.Cluster)
 	if errors.Is(err, store.ErrNotFound) {
-		return pinFileRoot(ctx, db, s, td, dir)
+		return pinFileRoot(ctx, db, c, dir)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read the recorded root: %w", err)
@@ -40,30 +35,31 @@ func standaloneRoot(ctx context.Context, s caStack, td spiffeid.TrustDomain) (*c
 	root, err := ca.LoadFileRoot(ca.FileRootConfig{Dir: dir})
 	if errors.Is(err, ca.ErrNoFileRoot) {
 		return nil, fmt.Errorf("the store records root %s for trust domain %s cluster %q, but %s holds no root: refusing to create another; %s",
-			recorded, td, s.cluster, dir, sharedRootAdvice)
+			recorded, td, c.Cluster, dir, sharedRootAdvice)
 	}
 	if err != nil {
 		return nil, err
 	}
-	return root, sameRoot(recorded, root, td, s.cluster, dir)
+	return root, sameRoot(recorded, root, td, c.Cluster, dir)
 }
 
 // pinFileRoot loads or creates the root in dir and records it for the
 // trust domain and cluster, unless another replica recorded one first.
-func pinFileRoot(ctx context.Context, db store.StandaloneRootStore, s caStack, td spiffeid.TrustDomain, dir string) (*ca.Authority, error) {
+func pinFileRoot(ctx context.Context, db store.StandaloneRootStore, c Config, dir string) (*ca.Authority, error) {
+	td := c.TrustDomain
 	root, err := ca.LoadOrCreateFileRoot(ca.FileRootConfig{Dir: dir})
 	if err != nil {
 		return nil, err
 	}
 	fp := rootFingerprint(root)
-	recorded, err := db.PinStandaloneRoot(ctx, td.String(), s.cluster, fp)
+	recorded, err := db.PinStandaloneRoot(ctx, td.String(), c.Cluster, fp)
 	if err != nil {
 		return nil, fmt.Errorf("record the root: %w", err)
 	}
 	if recorded == fp {
-		slog.Default().Info("serving under the root recorded in the store", "trust_domain", td.String(), "cluster", s.cluster, "root_fingerprint", fp)
+		c.logger().Info("serving under the root recorded in the store", "trust_domain", td.String(), "cluster", c.Cluster, "root_fingerprint", fp)
 	}
-	return root, sameRoot(recorded, root, td, s.cluster, dir)
+	return root, sameRoot(recorded, root, td, c.Cluster, dir)
 }
 
 // sameRoot refuses root unless it is the recorded one.

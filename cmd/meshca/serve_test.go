@@ -1,0 +1,124 @@
+package main
+
+import (
+	"testing"
+	"time"
+
+	"github.com/meshca/meshca/ca/root"
+	"github.com/meshca/meshca/ca/root/federation"
+)
+
+// issuerStack maps the issuer's YAML into the stack's config, defaults
+// resolved, without changing the config it maps.
+func TestIssuerStackMapping(t *testing.T) {
+	base := "cluster: east\nclusters: [{name: east, attestor: dev}]\n"
+	for _, tc := range []struct {
+		name, yaml string
+		check      func(t *testing.T, cfg issuerConfig)
+	}{
+		{"local root", base + "dataDir: /d\nroot: {dir: /r}\nintermediateTTL: 2h\n", func(t *testing.T, cfg issuerConfig) {
+			sc, err := issuerStack(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sc.Upstream != nil || sc.RootDir != "/r" || sc.IntermediateTTL != 2*time.Hour || sc.Name != "meshca issuer" {
+				t.Errorf("stack = %+v", sc)
+			}
+			if sc.Retention == nil || sc.Checkpoint.DataDir != "/d" || sc.AdminSocket.Path != "" || sc.AdminSocket.Mode != 0 {
+				t.Errorf("retention %+v, checkpoint %+v, admin socket %+v", sc.Retention, sc.Checkpoint, sc.AdminSocket)
+			}
+		}},
+		{"upstream", base + "upstream: {address: 'r:15020', bundleFile: b.pem, joinTokenFile: t}\n", func(t *testing.T, cfg issuerConfig) {
+			sc, err := issuerStack(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if u := sc.Upstream; u == nil || u.Address != "r:15020" || u.BundleFile != "b.pem" || u.JoinTokenFile != "t" {
+				t.Errorf("upstream = %+v", sc.Upstream)
+			}
+		}},
+		{"retention off, socket shared", base + "store: {retention: {disabled: true}}\nadminSocketAllow: {uids: [7]}\nadminSocket: /s\n", func(t *testing.T, cfg issuerConfig) {
+			sc, err := issuerStack(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sc.Retention != nil || sc.AdminSocket.Path != "/s" || sc.AdminSocket.Mode != 0o666 {
+				t.Errorf("retention %+v, admin socket %+v", sc.Retention, sc.AdminSocket)
+			}
+		}},
+		{"default attestor not written back", "cluster: east\nclusters: [{name: east}]\n", func(t *testing.T, cfg issuerConfig) {
+			if cfg.Clusters[0].Attestor != "" || cfg.Clusters[0].attestor() != attestorTokenReview {
+				t.Errorf("attestor %q, resolved %q", cfg.Clusters[0].Attestor, cfg.Clusters[0].attestor())
+			}
+			if got := cfg.Clusters[0].cacheTTL(); got != 10*time.Second {
+				t.Errorf("cache TTL %v", got)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := defaultIssuerConfig()
+			if err := decodeStrict([]byte(tc.yaml), &cfg); err != nil {
+				t.Fatal(err)
+			}
+			if err := cfg.validate(); err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, cfg)
+		})
+	}
+}
+
+// rootStack maps the root's YAML into the root stack's config: federation
+// profiles and endpoint IDs default here, not in validate.
+func TestRootStackMapping(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml string
+		check      func(t *testing.T, sc root.StackConfig)
+	}{
+		{"defaults", "", func(t *testing.T, sc root.StackConfig) {
+			if _, ok := sc.Root.Keys.(root.FileKeys); !ok || sc.Endpoint != nil || len(sc.Federation) != 0 || !sc.Root.AutoRotate {
+				t.Errorf("stack = %+v", sc)
+			}
+			if !sc.BundleTrustDomain.IsZero() || sc.AdminSocketPath() != ".meshca-root/admin.sock" {
+				t.Errorf("bundle trust domain %v, admin socket %s", sc.BundleTrustDomain, sc.AdminSocketPath())
+			}
+		}},
+		{"federation", "federation:\n  listen: ':8443'\n  trustDomain: a.example\n  federatesWith: [{trustDomain: b.example, url: 'https://b', bundleFile: b.json}, {trustDomain: c.example, url: 'https://c', profile: https_web}]\n",
+			func(t *testing.T, sc root.StackConfig) {
+				if e := sc.Endpoint; e == nil || e.Profile != federation.ProfileHTTPSSPIFFE || e.TrustDomain.Name() != "a.example" {
+					t.Errorf("endpoint = %+v", sc.Endpoint)
+				}
+				if len(sc.Federation) != 2 || sc.Federation[0].EndpointSPIFFEID.String() != "spiffe://b.example/meshca/bundle-endpoint" ||
+					sc.Federation[1].Profile != federation.ProfileHTTPSWeb || !sc.Federation[1].EndpointSPIFFEID.IsZero() {
+					t.Errorf("federation = %+v", sc.Federation)
+				}
+				if sc.BundleTrustDomain.Name() != "a.example" || len(sc.Root.TrustDomains) != 1 {
+					t.Errorf("bundle trust domain %v, trust domains %v", sc.BundleTrustDomain, sc.Root.TrustDomains)
+				}
+			}},
+		{"short propagation delay", "rotation: {propagationDelay: 2s, auto: false}\n", func(t *testing.T, sc root.StackConfig) {
+			if sc.Root.PropagationDelay != 2*time.Second || sc.Root.AutoRotate {
+				t.Errorf("root = %+v", sc.Root)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := defaultRootConfig()
+			if err := decodeStrict([]byte(tc.yaml), &cfg); err != nil {
+				t.Fatal(err)
+			}
+			if err := cfg.validate(); err != nil {
+				t.Fatal(err)
+			}
+			before := cfg.Federation.Profile
+			sc, err := rootStack(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Federation.Profile != before || cfg.Key.Kind != "" && cfg.Key.Kind != rootKeyFile {
+				t.Errorf("config changed by the mapping")
+			}
+			tc.check(t, sc)
+		})
+	}
+}

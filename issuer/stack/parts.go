@@ -1,0 +1,120 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/internal/adminapi"
+	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/trust"
+)
+
+// parts are the components of a stack, built by Config.build and started
+// by run.
+type parts struct {
+	deny    *issuer.DenyList
+	crls    *issuer.CRLSigner
+	admin   *issuer.AdminServer
+	loop    *issuer.Intermediates
+	relayed issuer.BundleSource // nil without a central root
+	srv     *issuer.Server
+	mtls    *adminapi.MTLS // nil without an admin mTLS listener
+}
+
+// build makes the stack's components over the store db, with the
+// intermediates of src and the attestor att; the deny-list is loaded.
+func (c Config) build(ctx context.Context, src intermediateSource, att attest.Attestor, db Store, log *slog.Logger) (*parts, error) {
+	p := &parts{}
+	var err error
+	if p.deny, err = issuer.NewDenyList(issuer.DenyListConfig{
+		Store: db, Cluster: c.Cluster, PollInterval: c.Revocation.PollInterval, MaxStale: c.Revocation.MaxStale, Logger: log,
+	}); err != nil {
+		return nil, err
+	}
+	if err := p.deny.Refresh(ctx); err != nil {
+		return nil, fmt.Errorf("load the deny-list: %w", err)
+	}
+	iss, err := issuer.New(issuer.Config{
+		TrustDomain: c.TrustDomain, Cluster: c.Cluster, Authority: src.authority, Bundle: src.roots, Attestor: att, Recorder: db,
+		DefaultTTL: c.LeafTTL, MinTTL: c.LeafMinTTL, MaxTTL: c.LeafMaxTTL, DenyList: p.deny, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if p.crls, err = issuer.NewCRLSigner(issuer.CRLSignerConfig{
+		Issuer: iss, DenyList: p.deny, Store: db, Validity: c.Revocation.CRLValidity, Roots: src.crlRoots(),
+		Publisher: src.publisher(), Logger: log,
+	}); err != nil {
+		return nil, err
+	}
+	if p.admin, err = issuer.NewAdminServer(issuer.AdminConfig{
+		TrustDomain: c.TrustDomain, Cluster: c.Cluster, Store: db, DenyList: p.deny, Root: src.localRoot, Logger: log,
+	}); err != nil {
+		return nil, err
+	}
+	if p.loop, err = issuer.NewIntermediates(issuer.IntermediatesConfig{Issuer: iss, Root: src.root, Bundle: src.bundle, Logger: log}); err != nil {
+		return nil, err
+	}
+	p.relayed = src.relayed(p.loop)
+	if p.srv, err = issuer.NewServer(issuer.ServerConfig{
+		Issuer: iss, Hosts: c.Hosts, CRLs: p.crls, Bundles: p.relayed, Limits: c.Limits,
+	}); err != nil {
+		return nil, err
+	}
+	if c.AdminTLSListen != "" {
+		if p.mtls, err = adminapi.NewMTLS(adminapi.MTLSConfig{
+			GetCertificate: p.srv.GetCertificate, Roots: iss.Bundle, Admins: c.Admins, Revocations: p.deny,
+			CRLs: func() []trust.CRL { return adminCRLs(p.crls, p.relayed, c.TrustDomain) }, Logger: log,
+		}); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// run serves on ls and runs the stack's loops (retention of db's expired
+// certificates too, unless retention is nil) until ctx ends or one of them
+// fails; bundlePath follows the relayed bundle.
+func (p *parts) run(ctx context.Context, ls listeners, bundlePath string, db Store, retention *store.RetentionConfig, log *slog.Logger) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return p.srv.Serve(gctx, ls.grpc) })
+	g.Go(func() error { return p.deny.Run(gctx) })
+	g.Go(func() error { return p.crls.Run(gctx) })
+	g.Go(func() error { return p.admin.ServeUnix(gctx, ls.admin) })
+	if ls.adminTLS != nil {
+		g.Go(func() error { return p.admin.ServeMTLS(gctx, ls.adminTLS, p.mtls) })
+	}
+	g.Go(func() error { return p.loop.Run(gctx) })
+	if p.relayed != nil {
+		g.Go(func() error { return issuer.FollowBundleFile(gctx, p.relayed, bundlePath, log) })
+	}
+	if pr, ok := db.(store.Pruner); ok && retention != nil {
+		g.Go(func() error { return store.RunRetention(gctx, pr, *retention) })
+	}
+	return g.Wait()
+}
+
+// adminCRLs are the CRLs admin certificates are checked against: the
+// issuer's own (its local root's lists what its admin socket revoked) and
+// those the central root publishes in the relayed bundle (its root CRLs
+// list what the root's admin socket revoked).
+func adminCRLs(own *issuer.CRLSigner, relayed issuer.BundleSource, td spiffeid.TrustDomain) []trust.CRL {
+	out, _ := own.Current()
+	out = slices.Clone(out)
+	if relayed == nil {
+		return out
+	}
+	if b, _ := relayed.Current(); b != nil {
+		if d, ok := b.Domain(td); ok {
+			out = append(out, d.CRLs...)
+		}
+	}
+	return out
+}

@@ -1,0 +1,182 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/trust"
+)
+
+// intermediateSource is where the stack's intermediates come from: the
+// central root when Upstream is set, else the local file root. Either way
+// an issuer.Intermediates loop rotates them.
+type intermediateSource struct {
+	// authority is the first intermediate, bundle the trust bundle
+	// received with it and roots that bundle's own roots.
+	authority *ca.Authority
+	bundle    *trust.TrustBundle
+	roots     *trust.Bundle
+	// root mints the next intermediates: upstream or a *issuer.LocalRoot.
+	root issuer.RootClient
+	// upstream is the central root; nil for a local root.
+	upstream *issuer.Upstream
+	// localRoot is the local file root (it signs a CRL too); nil upstream.
+	localRoot *ca.Authority
+	// rootExpires is logged at start.
+	rootExpires time.Time
+}
+
+// newIntermediateSource obtains the first intermediate, from the central
+// root when c.Upstream is set, else from the local file root recorded in
+// db.
+func newIntermediateSource(ctx context.Context, c Config, db Store, log *slog.Logger) (intermediateSource, error) {
+	if c.Upstream != nil {
+		return enrol(ctx, c, log)
+	}
+	return localIntermediate(ctx, c, db)
+}
+
+// publisher is where the issuer's CRLs go besides its agents: the central
+// root, or nil (never a nil *Upstream).
+func (src intermediateSource) publisher() issuer.CRLPublisher {
+	if src.upstream == nil {
+		return nil
+	}
+	return src.upstream
+}
+
+// crlRoots are the roots the issuer signs CRLs with: the local root.
+func (src intermediateSource) crlRoots() []*ca.Authority {
+	if src.localRoot == nil {
+		return nil
+	}
+	return []*ca.Authority{src.localRoot}
+}
+
+// relayed is the bundle the issuer serves to agents when it relays the
+// central root's, nil when it serves its own (issuer.ServerConfig.Bundles).
+func (src intermediateSource) relayed(loop *issuer.Intermediates) issuer.BundleSource {
+	if src.upstream == nil {
+		return nil
+	}
+	return loop
+}
+
+// localIntermediate mints the first in-memory intermediate under the file
+// root db records for every replica (standaloneRoot), for the serving
+// names c.Hosts; its LocalRoot mints the next ones.
+func localIntermediate(ctx context.Context, c Config, db Store) (intermediateSource, error) {
+	root, err := standaloneRoot(ctx, c, db)
+	if err != nil {
+		return intermediateSource{}, err
+	}
+	local, err := issuer.NewLocalRoot(issuer.LocalRootConfig{
+		Root: root, TrustDomain: c.TrustDomain, Cluster: c.Cluster, ServingNames: c.Hosts, TTL: c.IntermediateTTL,
+	})
+	if err != nil {
+		return intermediateSource{}, err
+	}
+	inter, tb, err := local.NewIntermediate(ctx)
+	if err != nil {
+		return intermediateSource{}, err
+	}
+	if err := rootLeavesAnHour(inter, root, time.Now()); err != nil {
+		return intermediateSource{}, err
+	}
+	return intermediateSource{
+		authority: inter, bundle: tb, roots: tb.OwnRoots(), root: local, localRoot: root, rootExpires: root.Certificate.NotAfter,
+	}, nil
+}
+
+// rootLeavesAnHour refuses to start with an intermediate cut short by its
+// root's expiry to less than an hour from now: the issuer would stop
+// issuing within the hour, and a local root is not rotated.
+func rootLeavesAnHour(inter, root *ca.Authority, now time.Time) error {
+	if na := inter.Certificate.NotAfter; !na.Before(root.Certificate.NotAfter) && na.Sub(now) < time.Hour {
+		return errors.New("intermediate would expire within the hour: the root is about to expire")
+	}
+	return nil
+}
+
+// enrol obtains the first intermediate from the central root: with the
+// stored credential after a restart, else with the join token. While the
+// root is unreachable it retries (issuer.Upstream.FirstIntermediate); a
+// refusal is final.
+func enrol(ctx context.Context, c Config, log *slog.Logger) (intermediateSource, error) {
+	roots, err := readPEMBundle(c.Upstream.BundleFile)
+	if err != nil {
+		return intermediateSource{}, fmt.Errorf("upstream.bundleFile: %w", err)
+	}
+	token, tokenFile, err := readJoinToken(c.Upstream.JoinTokenFile)
+	if err != nil {
+		return intermediateSource{}, err
+	}
+	up, err := issuer.NewUpstream(issuer.UpstreamConfig{
+		Address: c.Upstream.Address, ServerName: c.Upstream.ServerName, Roots: roots, TrustDomain: c.TrustDomain, Cluster: c.Cluster,
+		ServingNames: c.Hosts, JoinToken: token, JoinTokenFile: tokenFile, Replica: replicaName(c.Upstream.Replica, os.Hostname),
+		CredentialDir: filepath.Join(c.DataDir, "credential"), Logger: log,
+	})
+	if err != nil {
+		return intermediateSource{}, err
+	}
+	a, tb, err := up.FirstIntermediate(ctx)
+	if err != nil {
+		return intermediateSource{}, err
+	}
+	var rootExpires time.Time
+	if own := tb.OwnRoots(); own != nil {
+		for _, r := range own.Roots() {
+			if r.NotAfter.After(rootExpires) {
+				rootExpires = r.NotAfter
+			}
+		}
+	}
+	return intermediateSource{authority: a, bundle: tb, roots: tb.OwnRoots(), root: up, upstream: up, rootExpires: rootExpires}, nil
+}
+
+// readJoinToken reads the join token from path; a missing file (fine after
+// the first enrolment: the credential is used) gives no token.
+func readJoinToken(path string) (token, tokenFile string, err error) {
+	if path == "" {
+		return "", "", nil
+	}
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		return strings.TrimSpace(string(data)), path, nil
+	case errors.Is(err, os.ErrNotExist):
+		return "", "", nil
+	default:
+		return "", "", fmt.Errorf("upstream.joinTokenFile: %w", err)
+	}
+}
+
+func readPEMBundle(path string) (*trust.Bundle, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return trust.ParseBundle(data)
+}
+
+// replicaName is configured, or else the short host name in lower case
+// (a pod's name); "" when neither is known.
+func replicaName(configured string, hostname func() (string, error)) string {
+	if configured != "" {
+		return configured
+	}
+	h, err := hostname()
+	if err != nil {
+		return ""
+	}
+	h, _, _ = strings.Cut(h, ".")
+	return strings.ToLower(h)
+}
