@@ -36,35 +36,44 @@ const (
 )
 
 // credential is the issuer's client certificate for Renew: a leaf signed
-// directly by a root, for spiffe://<trust domain>/meshca/cluster/<cluster>.
+// directly by a root, for spiffe://<trust domain>/meshca/cluster/<cluster>,
+// or .../<cluster>/<replica> for a replica enrolled with a join token of
+// several replicas.
 type credential struct {
 	key         crypto.Signer
 	chain       []*x509.Certificate // the credential first, root excluded
 	trustDomain spiffeid.TrustDomain
 	cluster     string
+	replica     string
 }
 
 func (c *credential) leaf() *x509.Certificate { return c.chain[0] }
 
-// credentialID is the SPIFFE ID the root gives a cluster's issuer credential.
-func credentialID(td spiffeid.TrustDomain, cluster string) (spiffeid.ID, error) {
-	return spiffeid.FromSegments(td, "meshca", "cluster", cluster)
+// credentialID is the SPIFFE ID the root gives the issuer credential of
+// replica of a cluster ("" for its single issuer).
+func credentialID(td spiffeid.TrustDomain, cluster, replica string) (spiffeid.ID, error) {
+	if replica == "" {
+		return spiffeid.FromSegments(td, "meshca", "cluster", cluster)
+	}
+	return spiffeid.FromSegments(td, "meshca", "cluster", cluster, replica)
 }
 
-// parseCredentialID returns the trust domain and cluster a credential names.
-func parseCredentialID(leaf *x509.Certificate) (spiffeid.TrustDomain, string, error) {
+// parseCredentialID returns the trust domain, cluster and replica a
+// credential names.
+func parseCredentialID(leaf *x509.Certificate) (td spiffeid.TrustDomain, cluster, replica string, err error) {
 	if len(leaf.URIs) != 1 {
-		return spiffeid.TrustDomain{}, "", fmt.Errorf("credential has %d URI SANs, want 1", len(leaf.URIs))
+		return spiffeid.TrustDomain{}, "", "", fmt.Errorf("credential has %d URI SANs, want 1", len(leaf.URIs))
 	}
 	id, err := spiffeid.FromURI(leaf.URIs[0])
 	if err != nil {
-		return spiffeid.TrustDomain{}, "", fmt.Errorf("credential URI SAN: %w", err)
+		return spiffeid.TrustDomain{}, "", "", fmt.Errorf("credential URI SAN: %w", err)
 	}
-	cluster, ok := strings.CutPrefix(id.Path(), "/meshca/cluster/")
-	if want, err := credentialID(id.TrustDomain(), cluster); !ok || err != nil || want != id {
-		return spiffeid.TrustDomain{}, "", fmt.Errorf("credential %s is not an issuer credential", id)
+	rest, ok := strings.CutPrefix(id.Path(), "/meshca/cluster/")
+	cluster, replica, _ = strings.Cut(rest, "/")
+	if want, err := credentialID(id.TrustDomain(), cluster, replica); !ok || err != nil || want != id {
+		return spiffeid.TrustDomain{}, "", "", fmt.Errorf("credential %s is not an issuer credential", id)
 	}
-	return id.TrustDomain(), cluster, nil
+	return id.TrustDomain(), cluster, replica, nil
 }
 
 // credentialFiles stores the credential. Every file is replaced atomically
@@ -90,7 +99,7 @@ func (f credentialFiles) load() (*credential, error) {
 	if err != nil {
 		return nil, fmt.Errorf("issuer credential %s: %w", f.certPath(), err)
 	}
-	td, cluster, err := parseCredentialID(chain[0])
+	td, cluster, replica, err := parseCredentialID(chain[0])
 	if err != nil {
 		return nil, fmt.Errorf("issuer credential %s: %w", f.certPath(), err)
 	}
@@ -110,7 +119,7 @@ func (f credentialFiles) load() (*credential, error) {
 				return nil, err
 			}
 		}
-		return &credential{key: key, chain: chain, trustDomain: td, cluster: cluster}, nil
+		return &credential{key: key, chain: chain, trustDomain: td, cluster: cluster, replica: replica}, nil
 	}
 	return nil, fmt.Errorf("issuer credential %s: no key in %s matches it", f.certPath(), f.dir)
 }
@@ -214,15 +223,15 @@ func parseChain(ders [][]byte, what string) ([]*x509.Certificate, error) {
 }
 
 // verifyCredential checks a credential received from the root: a client
-// certificate for key, naming exactly the cluster's credential ID, signed
-// directly by one of tb's roots for td.
-func verifyCredential(ders [][]byte, key crypto.Signer, tb *ca.TrustBundle, td spiffeid.TrustDomain, cluster string, now time.Time) (*credential, error) {
+// certificate for key, naming exactly the credential ID of replica of the
+// cluster, signed directly by one of tb's roots for td.
+func verifyCredential(ders [][]byte, key crypto.Signer, tb *ca.TrustBundle, td spiffeid.TrustDomain, cluster, replica string, now time.Time) (*credential, error) {
 	chain, err := parseChain(ders, "credential")
 	if err != nil {
 		return nil, err
 	}
 	leaf := chain[0]
-	want, err := credentialID(td, cluster)
+	want, err := credentialID(td, cluster, replica)
 	if err != nil {
 		return nil, fmt.Errorf("credential: cluster %q: %w", cluster, err)
 	}
@@ -246,7 +255,7 @@ func verifyCredential(ders [][]byte, key crypto.Signer, tb *ca.TrustBundle, td s
 	}); err != nil {
 		return nil, fmt.Errorf("credential: %w", err)
 	}
-	return &credential{key: key, chain: chain, trustDomain: td, cluster: cluster}, nil
+	return &credential{key: key, chain: chain, trustDomain: td, cluster: cluster, replica: replica}, nil
 }
 
 // verifyIntermediate checks an intermediate received from the root: a CA

@@ -28,7 +28,7 @@ func TestCredentialFilesSurviveCrashes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		id, _ := credentialID(td, "east")
+		id, _ := credentialID(td, "east", "")
 		leaf, err := tree.Root.SignLeaf(ca.LeafRequest{PublicKey: key.Public(), URIs: []*url.URL{id.URL()}, TTL: time.Hour})
 		if err != nil {
 			t.Fatal(err)

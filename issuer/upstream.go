@@ -59,13 +59,19 @@ type UpstreamConfig struct {
 	// names). Nil asks for none, and the root then grants
 	// ca.DefaultServingNames.
 	ServingNames []string
-	// JoinToken is redeemed (once) when CredentialDir holds no usable
-	// credential. Empty is fine once the issuer has enrolled.
+	// JoinToken is redeemed when CredentialDir holds no usable credential.
+	// Empty is fine once the issuer has enrolled.
 	JoinToken string
 	// JoinTokenFile is the file JoinToken was read from. Once the root has
-	// accepted the token (it is single-use), the file is removed; a failure
-	// to remove it is logged. Empty removes nothing.
+	// accepted a one-time token, the file is removed; a failure to remove it
+	// is logged. A token shared by several replicas is left in place. Empty
+	// removes nothing.
 	JoinTokenFile string
+	// Replica names this issuer among the replicas of its cluster (a DNS
+	// label, such as the pod name). It is sent at enrolment; with a join
+	// token of several replicas the root gives this replica a credential of
+	// its own. A one-time token ignores it.
+	Replica string
 	// CredentialDir holds the issuer credential (credential-key.pem, mode
 	// 0600, and credential.pem) and the last known roots (roots.pem). It is
 	// created with mode 0700 if missing. Required.
@@ -158,8 +164,12 @@ func NewUpstream(cfg UpstreamConfig) (*Upstream, error) {
 			return nil, fmt.Errorf("stored credential %s: %w", u.files.certPath(), err)
 		}
 		u.cred = cred
-		cfg.Logger.Info("issuer credential loaded", "cluster", cred.cluster, "trust_domain", cred.trustDomain.Name(),
-			"serial", ca.SerialHex(cred.leaf().SerialNumber), "not_after", cred.leaf().NotAfter)
+		cfg.Logger.Info("issuer credential loaded", "cluster", cred.cluster, "replica", cred.replica,
+			"trust_domain", cred.trustDomain.Name(), "serial", ca.SerialHex(cred.leaf().SerialNumber), "not_after", cred.leaf().NotAfter)
+		if cred.replica != "" && cred.replica != cfg.Replica {
+			cfg.Logger.Warn("the stored credential is of another replica name than configured; it is kept (names change only at enrolment)",
+				"stored_replica", cred.replica, "configured_replica", cfg.Replica)
+		}
 	}
 	return u, nil
 }
@@ -232,13 +242,20 @@ func (u *Upstream) enroll(ctx context.Context, key crypto.Signer, csr []byte) (*
 	}
 	var resp *meshcav1.EnrollResponse
 	err = u.call(nil, func(c meshcav1.RootServiceClient) (err error) {
-		resp, err = c.Enroll(ctx, &meshcav1.EnrollRequest{JoinToken: u.cfg.JoinToken, CredentialCsr: credCSR, IntermediateCsr: csr})
+		resp, err = c.Enroll(ctx, &meshcav1.EnrollRequest{
+			JoinToken: u.cfg.JoinToken, CredentialCsr: credCSR, IntermediateCsr: csr, Replica: u.cfg.Replica,
+		})
 		return err
 	})
 	if err != nil {
 		return nil, nil, rootError("enroll", err, "join token rejected: make a new one with meshca admin cluster add")
 	}
-	u.removeJoinTokenFile()
+	replica := ""
+	if resp.GetReplicas() > 1 {
+		replica = u.cfg.Replica
+	} else {
+		u.removeJoinTokenFile()
+	}
 	td, err := spiffeid.TrustDomainFromString(resp.GetTrustDomain())
 	if err != nil {
 		return nil, nil, fmt.Errorf("enroll: root answered trust domain %q: %w", resp.GetTrustDomain(), err)
@@ -253,7 +270,7 @@ func (u *Upstream) enroll(ctx context.Context, key crypto.Signer, csr []byte) (*
 	now := u.cfg.Now()
 	// The credential is kept even if the intermediate turns out bad: the
 	// join token is spent, and the credential is what lets us try again.
-	cred, err := verifyCredential(resp.GetCredentialChain(), credKey, tb, td, resp.GetCluster(), now)
+	cred, err := verifyCredential(resp.GetCredentialChain(), credKey, tb, td, resp.GetCluster(), replica, now)
 	if err != nil {
 		return nil, nil, fmt.Errorf("enroll: %w", err)
 	}
@@ -268,7 +285,7 @@ func (u *Upstream) enroll(ctx context.Context, key crypto.Signer, csr []byte) (*
 		return nil, nil, fmt.Errorf("enroll: %w", err)
 	}
 	u.acceptBundle(tb)
-	u.cfg.Logger.Info("enrolled with the root", "cluster", cred.cluster, "trust_domain", td.Name(),
+	u.cfg.Logger.Info("enrolled with the root", "cluster", cred.cluster, "replica", cred.replica, "trust_domain", td.Name(),
 		"credential_not_after", cred.leaf().NotAfter, "intermediate_serial", ca.SerialHex(auth.Certificate.SerialNumber),
 		"intermediate_not_after", auth.Certificate.NotAfter, "bundle_sequence", tb.Sequence)
 	return auth, tb, nil
@@ -325,7 +342,7 @@ func (u *Upstream) renew(ctx context.Context, cred *credential, key crypto.Signe
 	// again.
 	if len(resp.GetCredentialChain()) == 0 {
 		u.cfg.Logger.Warn("the root did not renew the issuer credential", "cluster", cred.cluster)
-	} else if next, err := verifyCredential(resp.GetCredentialChain(), credKey, tb, cred.trustDomain, cred.cluster, now); err != nil {
+	} else if next, err := verifyCredential(resp.GetCredentialChain(), credKey, tb, cred.trustDomain, cred.cluster, cred.replica, now); err != nil {
 		u.cfg.Logger.Error("renewed issuer credential rejected; keeping the current one", "error", err.Error())
 	} else if err := u.storeCredential(next); err != nil {
 		u.cfg.Logger.Error("storing the renewed issuer credential failed; keeping the current one", "error", err.Error())

@@ -12,10 +12,14 @@ import (
 var ErrConflict = errors.New("conflict")
 
 // ClusterCredential is the root's record of which issuer credentials of one
-// cluster it accepts: the current one and, until the current one has been
-// used, the one it replaced. Serials are lower-case hexadecimal.
+// issuer of a cluster (a credential lineage) it accepts: the current one
+// and, until the current one has been used, the one it replaced. Serials
+// are lower-case hexadecimal.
 type ClusterCredential struct {
 	Cluster string
+	// Replica names the issuer replica of Cluster the lineage belongs to;
+	// empty for the single issuer enrolled by a one-time join token.
+	Replica string
 	// Current is the serial of the newest credential the root issued to
 	// the cluster.
 	Current string
@@ -43,7 +47,7 @@ type ClusterCredential struct {
 // SameState reports whether c and o hold the same accepted credentials
 // (every field but UpdatedAt): what SwapClusterCredential compares.
 func (c ClusterCredential) SameState(o ClusterCredential) bool {
-	return c.Cluster == o.Cluster && c.Current == o.Current && c.Previous == o.Previous &&
+	return c.Cluster == o.Cluster && c.Replica == o.Replica && c.Current == o.Current && c.Previous == o.Previous &&
 		c.CurrentUsed == o.CurrentUsed && c.Revoked == o.Revoked && c.Since.Unix() == o.Since.Unix() &&
 		c.Newest.Unix() == o.Newest.Unix()
 }
@@ -56,6 +60,8 @@ func ValidateSwapClusterCredential(old, next ClusterCredential) error {
 		return errors.New("empty cluster")
 	case old.Cluster != "" && old.Cluster != next.Cluster:
 		return fmt.Errorf("expected state is of cluster %s, not %s", old.Cluster, next.Cluster)
+	case old.Cluster != "" && old.Replica != next.Replica:
+		return fmt.Errorf("expected state is of replica %q, not %q", old.Replica, next.Replica)
 	case next.Current == "" && !next.Revoked:
 		return errors.New("empty current serial")
 	}

@@ -15,13 +15,18 @@ type Cluster struct {
 	CreatedAt time.Time
 }
 
-// JoinToken is a one-time enrolment token. Only its hash is stored.
+// JoinToken is an enrolment token. Only its hash is stored.
 type JoinToken struct {
 	// Hash is the lower-case hexadecimal SHA-256 of the token.
 	Hash    string
 	Cluster string
 	// ExpiresAt has second precision, UTC.
 	ExpiresAt time.Time
+	// Replicas is how many issuer replicas of the cluster may hold a live
+	// credential lineage at once through this token. 0 or 1: a one-time
+	// token, used up by its first enrolment. More: a join secret shared by
+	// the replicas, redeemable any number of times until it expires.
+	Replicas int
 }
 
 // Intermediate is the record of one cluster intermediate signed by a root.
@@ -75,11 +80,13 @@ type RootStore interface {
 	// Cluster returns the named cluster or ErrNotFound.
 	Cluster(ctx context.Context, name string) (Cluster, error)
 	// RedeemJoinToken marks the token with this hash used and returns its
-	// cluster, appending ev (with Cluster filled in) in the same
-	// transaction. A token that is unknown, already used or expired at now
-	// gives an error wrapping ErrNotFound, and nothing is written. Two
-	// concurrent redemptions of one token: exactly one succeeds.
-	RedeemJoinToken(ctx context.Context, hash string, now time.Time, ev AuditEvent) (Cluster, error)
+	// cluster and its Replicas (at least 1), appending ev (with Cluster
+	// filled in) in the same transaction. A token that is unknown, expired
+	// at now, or one-time and already used gives an error wrapping
+	// ErrNotFound, and nothing is written. Two concurrent redemptions of
+	// one one-time token: exactly one succeeds. A token of more replicas
+	// stays redeemable until it expires.
+	RedeemJoinToken(ctx context.Context, hash string, now time.Time, ev AuditEvent) (Cluster, int, error)
 	// RecordIntermediate durably records in with its audit event. A serial
 	// already recorded wraps ErrAlreadyExists.
 	RecordIntermediate(ctx context.Context, in Intermediate, ev AuditEvent) error
@@ -92,17 +99,24 @@ type RootStore interface {
 	// Roots lists every root recorded, by AddedAt ascending, then
 	// Fingerprint.
 	Roots(ctx context.Context) ([]Root, error)
-	// ClusterCredential returns the credential record of the named cluster,
-	// or an error wrapping ErrNotFound when it has none.
-	ClusterCredential(ctx context.Context, cluster string) (ClusterCredential, error)
-	// SwapClusterCredential replaces the record of next.Cluster with next
-	// (UpdatedAt set by the store) and appends ev, in one transaction, if
-	// the stored record has the state of old (see
+	// ClusterCredential returns the credential record of replica of the
+	// named cluster ("" for its single issuer), or an error wrapping
+	// ErrNotFound when it has none.
+	ClusterCredential(ctx context.Context, cluster, replica string) (ClusterCredential, error)
+	// ClusterCredentials lists the credential records of every replica of
+	// the named cluster, by Replica.
+	ClusterCredentials(ctx context.Context, cluster string) ([]ClusterCredential, error)
+	// SwapClusterCredential replaces the record of next.Cluster and
+	// next.Replica with next (UpdatedAt set by the store) and appends ev,
+	// in one transaction, if the stored record has the state of old (see
 	// ClusterCredential.SameState); an old with an empty Cluster expects no
 	// record. Otherwise the error wraps ErrConflict and nothing is written:
 	// of two concurrent swaps from the same old state, exactly one succeeds.
 	SwapClusterCredential(ctx context.Context, old, next ClusterCredential, ev AuditEvent) error
 }
+
+// MaxReplicas bounds JoinToken.Replicas.
+const MaxReplicas = 64
 
 // ValidateAddCluster reports what makes an AddCluster call invalid (backends
 // call it before writing): empty names, an empty token hash, or a token for
@@ -115,6 +129,8 @@ func ValidateAddCluster(c Cluster, tok JoinToken) error {
 		return errors.New("empty join token hash")
 	case tok.Cluster != "" && tok.Cluster != c.Name:
 		return fmt.Errorf("join token is for cluster %s", tok.Cluster)
+	case tok.Replicas < 0 || tok.Replicas > MaxReplicas:
+		return fmt.Errorf("join token for %d replicas: want 1 to %d", tok.Replicas, MaxReplicas)
 	}
 	return nil
 }

@@ -184,13 +184,21 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 		return nil, fmt.Errorf("%w: trust domain %s is held by cluster %s: their issuers could mint each other's identities; "+
 			"ask for it explicitly (share trust domain) if that is meant", errFailedPrecondition, td.Name(), strings.Join(sharing, ", "))
 	}
+	replicas := int(max(req.GetReplicas(), 1))
+	if replicas > store.MaxReplicas {
+		return nil, fmt.Errorf("%w: %d replicas: at most %d", errInvalidArgument, replicas, store.MaxReplicas)
+	}
+	maxTTL := MaxJoinTokenTTL
+	if replicas > 1 {
+		maxTTL = MaxReplicaJoinTokenTTL
+	}
 	ttl := time.Duration(req.GetTokenTtlSeconds()) * time.Second
 	switch {
 	case req.GetTokenTtlSeconds() == 0:
 		ttl = r.cfg.JoinTokenTTL
-	case req.GetTokenTtlSeconds() < 0 || ttl > MaxJoinTokenTTL || ttl/time.Second != time.Duration(req.GetTokenTtlSeconds()):
+	case req.GetTokenTtlSeconds() < 0 || ttl > maxTTL || ttl/time.Second != time.Duration(req.GetTokenTtlSeconds()):
 		return nil, fmt.Errorf("%w: token ttl %ds: must be between 1s and %v", errInvalidArgument,
-			req.GetTokenTtlSeconds(), MaxJoinTokenTTL)
+			req.GetTokenTtlSeconds(), maxTTL)
 	}
 	secret := make([]byte, 32)
 	if _, err := rand.Read(secret); err != nil {
@@ -201,10 +209,13 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 	expires := now.Add(ttl).UTC().Truncate(time.Second)
 	c := store.Cluster{Name: req.GetName(), TrustDomain: td.Name()}
 	detail := fmt.Sprintf("trust domain %s, join token expires at %s", td.Name(), expires.Format(time.RFC3339))
+	if replicas > 1 {
+		detail += fmt.Sprintf(", shared by up to %d issuer replicas", replicas)
+	}
 	if len(sharing) > 0 {
 		detail += ", trust domain shared with cluster " + strings.Join(sharing, ", ")
 	}
-	err = r.cfg.Store.AddCluster(ctx, c, store.JoinToken{Hash: hashToken(token), Cluster: c.Name, ExpiresAt: expires},
+	err = r.cfg.Store.AddCluster(ctx, c, store.JoinToken{Hash: hashToken(token), Cluster: c.Name, ExpiresAt: expires, Replicas: replicas},
 		store.AuditEvent{Time: now, Actor: actor, Action: "cluster.add", Cluster: c.Name, Detail: detail})
 	switch {
 	case errors.Is(err, store.ErrAlreadyExists):
@@ -214,7 +225,7 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 	}
 	r.addDomain(ctx, td)
 	r.log.InfoContext(ctx, "join token created", "actor", actor, "cluster", c.Name, "trust_domain", td.Name(),
-		"expires_at", expires, "shares_trust_domain_with", sharing)
+		"expires_at", expires, "replicas", replicas, "shares_trust_domain_with", sharing)
 	resp := &meshcav1.AddClusterResponse{JoinToken: token, ExpiresAtUnix: expires.Unix()}
 	for _, s := range r.Roots() {
 		if s.State.InBundle() {

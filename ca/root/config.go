@@ -65,6 +65,10 @@ const (
 
 	// MaxJoinTokenTTL bounds a join token's life.
 	MaxJoinTokenTTL = 7 * 24 * time.Hour
+	// MaxReplicaJoinTokenTTL bounds a join token shared by several issuer
+	// replicas: it must outlive replacements of replicas, and is replaced
+	// (cluster add again, then the Secret) within this time.
+	MaxReplicaJoinTokenTTL = 90 * 24 * time.Hour
 )
 
 // Store is what the root service needs from storage: store.RootStore, the
@@ -81,12 +85,13 @@ type Store interface {
 	AuditEvents(ctx context.Context, since time.Time) ([]store.AuditEvent, error)
 	AddCluster(ctx context.Context, c store.Cluster, tok store.JoinToken, ev store.AuditEvent) error
 	Cluster(ctx context.Context, name string) (store.Cluster, error)
-	RedeemJoinToken(ctx context.Context, hash string, now time.Time, ev store.AuditEvent) (store.Cluster, error)
+	RedeemJoinToken(ctx context.Context, hash string, now time.Time, ev store.AuditEvent) (store.Cluster, int, error)
 	RecordIntermediate(ctx context.Context, in store.Intermediate, ev store.AuditEvent) error
 	Intermediates(ctx context.Context, f store.IntermediateFilter) ([]store.Intermediate, error)
 	AddRoot(ctx context.Context, r store.Root, ev store.AuditEvent) error
 	Roots(ctx context.Context) ([]store.Root, error)
-	ClusterCredential(ctx context.Context, cluster string) (store.ClusterCredential, error)
+	ClusterCredential(ctx context.Context, cluster, replica string) (store.ClusterCredential, error)
+	ClusterCredentials(ctx context.Context, cluster string) ([]store.ClusterCredential, error)
 	SwapClusterCredential(ctx context.Context, old, next store.ClusterCredential, ev store.AuditEvent) error
 	AppendAudit(ctx context.Context, ev store.AuditEvent) error
 }

@@ -14,9 +14,12 @@ import (
 	"github.com/meshca/meshca/store"
 )
 
-// Issuer credential lineage. The root keeps, per cluster, the serial of the
-// credential it issued last (current) and of the one that credential
-// replaced (previous), in store.ClusterCredential. Every Renew replaces the
+// Issuer credential lineage. The root keeps, per issuer of a cluster (its
+// single issuer, or each named replica enrolled with a join token of more
+// replicas), the serial of the credential it issued last (current) and of
+// the one that credential replaced (previous), in store.ClusterCredential.
+// Everything below is per lineage: a replica's credentials say nothing about
+// another replica's. Every Renew replaces the
 // credential, so a copy of an issuer's credential files and the original
 // cannot both keep renewing without one of them presenting a credential the
 // root no longer accepts. The rule, for a credential that chains to a root
@@ -71,6 +74,17 @@ const (
 	watchCredential
 )
 
+// lineageKey names one credential lineage: an issuer replica of a cluster
+// (replica "" is the cluster's single issuer).
+type lineageKey struct{ cluster, replica string }
+
+func (k lineageKey) String() string {
+	if k.replica == "" {
+		return k.cluster
+	}
+	return k.cluster + " replica " + k.replica
+}
+
 // verdict is how judgeCredential rules on a presented credential.
 type verdict int
 
@@ -117,16 +131,16 @@ func afterUse(rec store.ClusterCredential, serial string) store.ClusterCredentia
 // afterRenew is the record rec (the zero value: none) once a Renew
 // authenticated by leaf, accepted, issued the credential next: next is
 // current, leaf previous.
-func afterRenew(rec store.ClusterCredential, cluster string, leaf, next *x509.Certificate) store.ClusterCredential {
-	return store.ClusterCredential{Cluster: cluster, Current: ca.SerialHex(next.SerialNumber),
+func afterRenew(rec store.ClusterCredential, k lineageKey, leaf, next *x509.Certificate) store.ClusterCredential {
+	return store.ClusterCredential{Cluster: k.cluster, Replica: k.replica, Current: ca.SerialHex(next.SerialNumber),
 		Previous: ca.SerialHex(leaf.SerialNumber), Newest: notBefore(next), Since: rec.Since}
 }
 
 // afterEnrol is the record old (found false: none) once an enrolment issued
 // the credential cred: a new lineage, and everything older is from an
 // earlier enrolment.
-func afterEnrol(old store.ClusterCredential, found bool, cluster string, cred *x509.Certificate) store.ClusterCredential {
-	next := store.ClusterCredential{Cluster: cluster, Current: ca.SerialHex(cred.SerialNumber), Newest: notBefore(cred)}
+func afterEnrol(old store.ClusterCredential, found bool, k lineageKey, cred *x509.Certificate) store.ClusterCredential {
+	next := store.ClusterCredential{Cluster: k.cluster, Replica: k.replica, Current: ca.SerialHex(cred.SerialNumber), Newest: notBefore(cred)}
 	if found {
 		next.Since = old.Newest
 	}
@@ -134,8 +148,8 @@ func afterEnrol(old store.ClusterCredential, found bool, cluster string, cred *x
 }
 
 // afterReuse is the record once a reuse revoked the lineage of rec.
-func afterReuse(rec store.ClusterCredential, cluster string) store.ClusterCredential {
-	return store.ClusterCredential{Cluster: cluster, Revoked: true, Newest: rec.Newest, Since: rec.Since}
+func afterReuse(rec store.ClusterCredential, k lineageKey) store.ClusterCredential {
+	return store.ClusterCredential{Cluster: k.cluster, Replica: k.replica, Revoked: true, Newest: rec.Newest, Since: rec.Since}
 }
 
 func notBefore(c *x509.Certificate) time.Time { return c.NotBefore.UTC().Truncate(time.Second) }
@@ -144,43 +158,44 @@ func notBefore(c *x509.Certificate) time.Time { return c.NotBefore.UTC().Truncat
 // that must happen (a lineage revocation, a first use).
 const maxSwapAttempts = 3
 
-// admitCredential decides whether leaf, the verified credential of cluster
-// c with ID id, may authenticate a call of kind call, and records what the
+// admitCredential decides whether leaf, the verified credential of replica
+// of cluster c with ID id, may authenticate a call of kind call, and records what the
 // call proves. It returns the record the call was admitted on (the zero
 // value when the cluster has none): a Renew swaps from it.
-func (r *Root) admitCredential(ctx context.Context, c store.Cluster, id spiffeid.ID, leaf *x509.Certificate, call credentialCall) (store.ClusterCredential, error) {
+func (r *Root) admitCredential(ctx context.Context, c store.Cluster, replica string, id spiffeid.ID, leaf *x509.Certificate, call credentialCall) (store.ClusterCredential, error) {
 	serial := ca.SerialHex(leaf.SerialNumber)
 	if err := r.checkDenyList(ctx, c, id, serial); err != nil {
 		return store.ClusterCredential{}, err
 	}
+	k := lineageKey{c.Name, replica}
 	for range maxSwapAttempts {
-		rec, err := r.cfg.Store.ClusterCredential(ctx, c.Name)
+		rec, err := r.cfg.Store.ClusterCredential(ctx, c.Name, replica)
 		found := err == nil
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return store.ClusterCredential{}, fmt.Errorf("%w: credential record of cluster %s: %w", errUnavailable, c.Name, err)
+			return store.ClusterCredential{}, fmt.Errorf("%w: credential record of cluster %s: %w", errUnavailable, k, err)
 		}
 		if call == watchCredential {
-			return admitWatch(rec, found, c.Name, serial)
+			return admitWatch(rec, found, k, serial)
 		}
 		var next store.ClusterCredential
 		var ev store.AuditEvent
 		switch judgeCredential(rec, found, leaf) {
 		case earlier:
-			r.log.WarnContext(ctx, "credential of an earlier enrolment refused", "cluster", c.Name, "serial", serial,
+			r.log.WarnContext(ctx, "credential of an earlier enrolment refused", "cluster", c.Name, "replica", replica, "serial", serial,
 				"not_before", leaf.NotBefore, "enrolled_after", rec.Since, "peer", peerAddr(ctx))
 			return store.ClusterCredential{}, fmt.Errorf("%w: credential serial %s of cluster %s predates its last enrolment",
-				errUnauthenticated, serial, c.Name)
+				errUnauthenticated, serial, k)
 		case lineageRevoked:
 			return store.ClusterCredential{}, fmt.Errorf(
 				"%w: credential serial %s: the credentials of cluster %s were revoked after a reuse; it must enrol again with a new join token",
-				errUnauthenticated, serial, c.Name)
+				errUnauthenticated, serial, k)
 		case reuse:
-			return store.ClusterCredential{}, r.credentialReused(ctx, c, id, rec, serial)
+			return store.ClusterCredential{}, r.credentialReused(ctx, c, k, id, rec, serial)
 		case adopt:
 			if call == renewCredential {
 				return store.ClusterCredential{}, nil
 			}
-			next = store.ClusterCredential{Cluster: c.Name, Current: serial, CurrentUsed: true, Newest: notBefore(leaf)}
+			next = store.ClusterCredential{Cluster: c.Name, Replica: replica, Current: serial, CurrentUsed: true, Newest: notBefore(leaf)}
 			ev = r.credentialEvent(id, c, serial, "credential.adopt",
 				"first credential seen for a cluster enrolled before the root recorded credentials")
 		case accept:
@@ -199,18 +214,18 @@ func (r *Root) admitCredential(ctx context.Context, c store.Cluster, id spiffeid
 		case err == nil:
 			return next, nil
 		case !errors.Is(err, store.ErrConflict):
-			return store.ClusterCredential{}, fmt.Errorf("%w: record credential use of cluster %s: %w", errUnavailable, c.Name, err)
+			return store.ClusterCredential{}, fmt.Errorf("%w: record credential use of cluster %s: %w", errUnavailable, k, err)
 		}
 		// Changed under us (a Renew of the same issuer): judge again.
 	}
-	return store.ClusterCredential{}, fmt.Errorf("%w: credential record of cluster %s keeps changing", errUnavailable, c.Name)
+	return store.ClusterCredential{}, fmt.Errorf("%w: credential record of cluster %s keeps changing", errUnavailable, k)
 }
 
 // admitWatch admits a bundle watch with credential serial of cluster
 // (record rec, found false: none): the current credential, its
 // predecessor, or any credential of a cluster enrolled before the root
 // recorded credentials.
-func admitWatch(rec store.ClusterCredential, found bool, cluster, serial string) (store.ClusterCredential, error) {
+func admitWatch(rec store.ClusterCredential, found bool, cluster lineageKey, serial string) (store.ClusterCredential, error) {
 	switch {
 	case !found:
 		return store.ClusterCredential{}, nil
@@ -245,35 +260,36 @@ func (r *Root) checkDenyList(ctx context.Context, c store.Cluster, id spiffeid.I
 	return nil
 }
 
-// credentialReused raises the alarm about a reused credential of cluster c
-// and revokes the cluster's lineage, and returns the refusal.
-func (r *Root) credentialReused(ctx context.Context, c store.Cluster, id spiffeid.ID, rec store.ClusterCredential, serial string) error {
+// credentialReused raises the alarm about a reused credential of lineage k
+// of cluster c and revokes the lineage, and returns the refusal.
+func (r *Root) credentialReused(ctx context.Context, c store.Cluster, k lineageKey, id spiffeid.ID, rec store.ClusterCredential, serial string) error {
 	r.reuse.inc(c.Name)
 	r.log.ErrorContext(ctx, "credential reuse: a credential of this cluster is held by two parties; revoking every credential of the cluster, which must enrol again with a new join token",
-		"cluster", c.Name, "serial", serial, "current_serial", rec.Current, "previous_serial", rec.Previous,
+		"cluster", c.Name, "replica", k.replica, "serial", serial, "current_serial", rec.Current, "previous_serial", rec.Previous,
 		"current_used", rec.CurrentUsed, "peer", peerAddr(ctx))
 	ev := r.credentialEvent(id, c, serial, "credential.reuse", fmt.Sprintf(
 		"credential serial %s presented; current %s (used: %t), previous %s; every credential of the cluster revoked, enrol again with a new join token",
 		serial, rec.Current, rec.CurrentUsed, cmp.Or(rec.Previous, "(none)")))
-	err := r.swapUntilDone(ctx, c.Name, func(old store.ClusterCredential, _ bool) store.ClusterCredential {
-		return afterReuse(old, c.Name)
+	err := r.swapUntilDone(ctx, k, func(old store.ClusterCredential, _ bool) store.ClusterCredential {
+		return afterReuse(old, k)
 	}, ev)
 	if err != nil {
 		// Still refused; the next use of the copy or the original tries
 		// again.
-		r.log.ErrorContext(ctx, "cannot record the revocation of a reused credential's lineage", "cluster", c.Name, "error", err)
+		r.log.ErrorContext(ctx, "cannot record the revocation of a reused credential's lineage", "cluster", c.Name,
+			"replica", k.replica, "error", err)
 	}
 	return fmt.Errorf("%w: credential serial %s of cluster %s reused (current %s, previous %s)",
-		errUnauthenticated, serial, c.Name, rec.Current, rec.Previous)
+		errUnauthenticated, serial, k, rec.Current, rec.Previous)
 }
 
-// swapUntilDone replaces the record of cluster, whatever it holds, by
+// swapUntilDone replaces the record of lineage k, whatever it holds, by
 // next of it (found false: none), with ev.
-func (r *Root) swapUntilDone(ctx context.Context, cluster string, next func(old store.ClusterCredential, found bool) store.ClusterCredential, ev store.AuditEvent) error {
+func (r *Root) swapUntilDone(ctx context.Context, k lineageKey, next func(old store.ClusterCredential, found bool) store.ClusterCredential, ev store.AuditEvent) error {
 	var err error
 	for range maxSwapAttempts {
 		var rec store.ClusterCredential
-		rec, err = r.cfg.Store.ClusterCredential(ctx, cluster)
+		rec, err = r.cfg.Store.ClusterCredential(ctx, k.cluster, k.replica)
 		found := err == nil
 		switch {
 		case errors.Is(err, store.ErrNotFound):

@@ -42,8 +42,8 @@ type hookStore struct {
 	failRecord error
 }
 
-func (s *hookStore) ClusterCredential(ctx context.Context, cluster string) (store.ClusterCredential, error) {
-	rec, err := s.Store.ClusterCredential(ctx, cluster)
+func (s *hookStore) ClusterCredential(ctx context.Context, cluster, replica string) (store.ClusterCredential, error) {
+	rec, err := s.Store.ClusterCredential(ctx, cluster, replica)
 	s.mu.Lock()
 	hook := s.afterRead
 	s.mu.Unlock()
@@ -277,7 +277,7 @@ func TestLostRenewalRetry(t *testing.T) {
 	if err := h.newIntermediate(up); err == nil || errors.Is(err, issuer.ErrRejected) {
 		t.Fatalf("renewal with a failing store: %v, want a retryable error", err)
 	}
-	if rec, err := h.db.ClusterCredential(context.Background(), "east"); err != nil || rec.Previous == "" || rec.CurrentUsed {
+	if rec, err := h.db.ClusterCredential(context.Background(), "east", ""); err != nil || rec.Previous == "" || rec.CurrentUsed {
 		t.Fatalf("the failed renewal did not replace the credential: %+v, %v", rec, err)
 	}
 	// The retry with the predecessor, twice (each answer lost again is

@@ -111,20 +111,20 @@ func (s *fakeStore) Cluster(_ context.Context, name string) (store.Cluster, erro
 	return c, nil
 }
 
-func (s *fakeStore) RedeemJoinToken(_ context.Context, hash string, now time.Time, ev store.AuditEvent) (store.Cluster, error) {
+func (s *fakeStore) RedeemJoinToken(_ context.Context, hash string, now time.Time, ev store.AuditEvent) (store.Cluster, int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.fail != nil {
-		return store.Cluster{}, s.fail
+		return store.Cluster{}, 0, s.fail
 	}
 	t, ok := s.tokens[hash]
-	if !ok || t.used || !t.tok.ExpiresAt.After(sec(now)) {
-		return store.Cluster{}, fmt.Errorf("join token unknown, used or expired: %w", store.ErrNotFound)
+	if !ok || t.used && t.tok.Replicas <= 1 || !t.tok.ExpiresAt.After(sec(now)) {
+		return store.Cluster{}, 0, fmt.Errorf("join token unknown, used or expired: %w", store.ErrNotFound)
 	}
 	t.used = true
 	ev.Cluster = t.tok.Cluster
 	s.audit = append(s.audit, ev)
-	return s.clusters[t.tok.Cluster], nil
+	return s.clusters[t.tok.Cluster], max(t.tok.Replicas, 1), nil
 }
 
 func (s *fakeStore) RecordIntermediate(_ context.Context, in store.Intermediate, ev store.AuditEvent) error {
@@ -192,13 +192,29 @@ func (s *fakeStore) Roots(context.Context) ([]store.Root, error) {
 	return out, nil
 }
 
-func (s *fakeStore) ClusterCredential(_ context.Context, cluster string) (store.ClusterCredential, error) {
+func (s *fakeStore) ClusterCredentials(_ context.Context, cluster string) ([]store.ClusterCredential, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return nil, s.fail
+	}
+	var out []store.ClusterCredential
+	for _, c := range s.credentials {
+		if c.Cluster == cluster {
+			out = append(out, c)
+		}
+	}
+	slices.SortFunc(out, func(a, b store.ClusterCredential) int { return cmp.Compare(a.Replica, b.Replica) })
+	return out, nil
+}
+
+func (s *fakeStore) ClusterCredential(_ context.Context, cluster, replica string) (store.ClusterCredential, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.fail != nil {
 		return store.ClusterCredential{}, s.fail
 	}
-	c, ok := s.credentials[cluster]
+	c, ok := s.credentials[cluster+"\x00"+replica]
 	if !ok {
 		return store.ClusterCredential{}, fmt.Errorf("cluster credential %s: %w", cluster, store.ErrNotFound)
 	}
@@ -214,12 +230,13 @@ func (s *fakeStore) SwapClusterCredential(_ context.Context, old, next store.Clu
 	if s.fail != nil {
 		return s.fail
 	}
-	cur, ok := s.credentials[next.Cluster]
+	key := next.Cluster + "\x00" + next.Replica
+	cur, ok := s.credentials[key]
 	if ok != (old.Cluster != "") || ok && !cur.SameState(old) {
 		return fmt.Errorf("cluster credential %s: %w", next.Cluster, store.ErrConflict)
 	}
 	next.UpdatedAt = sec(ev.Time)
-	s.credentials[next.Cluster] = next
+	s.credentials[key] = next
 	s.audit = append(s.audit, ev)
 	return nil
 }

@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/credentials"
@@ -76,9 +75,11 @@ func (r *Root) enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshca
 	if req.GetJoinToken() == "" {
 		return nil, fmt.Errorf("%w: no join token", errUnauthenticated)
 	}
+	replica := req.GetReplica()
 	now := r.cfg.Now()
-	c, err := r.cfg.Store.RedeemJoinToken(ctx, hashToken(req.GetJoinToken()), now, store.AuditEvent{
-		Time: now, Actor: "join-token", Action: "cluster.enroll", Detail: "enrolment from " + peerAddr(ctx),
+	c, replicas, err := r.cfg.Store.RedeemJoinToken(ctx, hashToken(req.GetJoinToken()), now, store.AuditEvent{
+		Time: now, Actor: "join-token", Action: "cluster.enroll",
+		Detail: fmt.Sprintf("enrolment of replica %q from %s", replica, peerAddr(ctx)),
 	})
 	switch {
 	case errors.Is(err, store.ErrNotFound):
@@ -91,15 +92,26 @@ func (r *Root) enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshca
 		// new name, with a new token.
 		return nil, revokedError(c.Name)
 	}
-	id, err := credentialID(c)
+	if replicas > 1 {
+		// A token of several replicas stays valid: refusing here burns
+		// nothing.
+		if err := r.admitReplica(ctx, c, replica, replicas, now); err != nil {
+			return nil, err
+		}
+	} else {
+		// A one-time token enrols the cluster's single issuer, whatever
+		// name it gives.
+		replica = ""
+	}
+	id, err := credentialID(c, replica)
 	if err != nil {
 		return nil, err
 	}
-	out, err := r.enrollIssue(ctx, st, c, id, interCSR, credCSR.PublicKey)
+	out, err := r.enrollIssue(ctx, st, c, replica, id, interCSR, credCSR.PublicKey)
 	if err != nil {
-		return nil, fmt.Errorf("cluster %s enrolled with a join token, which is now used: %w", c.Name, err)
+		return nil, fmt.Errorf("cluster %s replica %q enrolled with a join token, which is now used: %w", c.Name, replica, err)
 	}
-	r.log.InfoContext(ctx, "issuer enrolled", "cluster", c.Name, "trust_domain", c.TrustDomain,
+	r.log.InfoContext(ctx, "issuer enrolled", "cluster", c.Name, "replica", replica, "trust_domain", c.TrustDomain,
 		"serial", ca.SerialHex(out.intermediate.SerialNumber), "not_after", out.intermediate.NotAfter,
 		"credential_serial", ca.SerialHex(out.credential.SerialNumber), "peer", peerAddr(ctx))
 	return &meshcav1.EnrollResponse{
@@ -107,22 +119,24 @@ func (r *Root) enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshca
 		CredentialChain:   [][]byte{out.credential.Raw},
 		IntermediateChain: [][]byte{out.intermediate.Raw},
 		Bundle:            out.bundle.ToProto(),
+		Replicas:          int32(replicas), //nolint:gosec // at most store.MaxReplicas
 	}, nil
 }
 
-// enrollIssue signs a credential and an intermediate for cluster c, which
-// has just redeemed a join token. The credential starts a new lineage: every
-// earlier credential of the cluster, and a revocation of its lineage after a
-// reuse, is replaced.
-func (r *Root) enrollIssue(ctx context.Context, st *state, c store.Cluster, id spiffeid.ID, interCSR *x509.CertificateRequest, credPub crypto.PublicKey) (issued, error) {
-	cred, err := r.signCredential(st, c, credPub)
+// enrollIssue signs a credential and an intermediate for replica of
+// cluster c, which has just redeemed a join token. The credential starts a
+// new lineage: every earlier credential of that replica, and a revocation
+// of its lineage after a reuse, is replaced.
+func (r *Root) enrollIssue(ctx context.Context, st *state, c store.Cluster, replica string, id spiffeid.ID, interCSR *x509.CertificateRequest, credPub crypto.PublicKey) (issued, error) {
+	cred, err := r.signCredential(st, c, replica, credPub)
 	if err != nil {
 		return issued{}, err
 	}
+	key := lineageKey{c.Name, replica}
 	lineage := func(old store.ClusterCredential, found bool) store.ClusterCredential {
-		return afterEnrol(old, found, c.Name, cred)
+		return afterEnrol(old, found, key, cred)
 	}
-	if err := r.swapUntilDone(ctx, c.Name, lineage, r.credentialIssued("join-token", c, cred, st.active.Certificate)); err != nil {
+	if err := r.swapUntilDone(ctx, key, lineage, r.credentialIssued("join-token", c, cred, st.active.Certificate)); err != nil {
 		return issued{}, fmt.Errorf("%w: record credential: %w", errUnavailable, err)
 	}
 	out, err := r.issue(ctx, st, c, interCSR, id.String())
@@ -151,11 +165,11 @@ func (r *Root) renew(ctx context.Context, req *meshcav1.RenewRequest) (*meshcav1
 	if err != nil {
 		return nil, fmt.Errorf("%w (every renewal replaces the issuer credential)", err)
 	}
-	cred, err := r.signCredential(st, c, credCSR.PublicKey)
+	cred, err := r.signCredential(st, c, caller.replica, credCSR.PublicKey)
 	if err != nil {
 		return nil, err
 	}
-	next := afterRenew(caller.record, c.Name, caller.leaf, cred)
+	next := afterRenew(caller.record, lineageKey{c.Name, caller.replica}, caller.leaf, cred)
 	err = r.cfg.Store.SwapClusterCredential(ctx, caller.record, next, r.credentialIssued(caller.id.String(), c, cred, st.active.Certificate))
 	switch {
 	case errors.Is(err, store.ErrConflict):
@@ -169,7 +183,7 @@ func (r *Root) renew(ctx context.Context, req *meshcav1.RenewRequest) (*meshcav1
 	if err != nil {
 		return nil, err
 	}
-	r.log.InfoContext(ctx, "intermediate renewed", "cluster", c.Name, "serial", ca.SerialHex(out.intermediate.SerialNumber),
+	r.log.InfoContext(ctx, "intermediate renewed", "cluster", c.Name, "replica", caller.replica, "serial", ca.SerialHex(out.intermediate.SerialNumber),
 		"not_after", out.intermediate.NotAfter, "root_sha256", hex.EncodeToString(st.activeFP[:]),
 		"credential_serial", ca.SerialHex(cred.SerialNumber), "replaced_credential_serial", caller.serial)
 	return &meshcav1.RenewResponse{
@@ -180,6 +194,9 @@ func (r *Root) renew(ctx context.Context, req *meshcav1.RenewRequest) (*meshcav1
 // issuerCaller is an issuer authenticated by its credential.
 type issuerCaller struct {
 	cluster store.Cluster
+	// replica is the replica of the cluster's issuer the credential names;
+	// empty for its single issuer.
+	replica string
 	id      spiffeid.ID
 	leaf    *x509.Certificate
 	// serial is leaf's.
@@ -194,7 +211,7 @@ type issuerCaller struct {
 // [credential, root] with root one of the recorded, unexpired roots (a
 // certificate under an intermediate is refused, since intermediates can
 // mint URIs in their trust domain), naming
-// spiffe://<td>/meshca/cluster/<name> of a registered cluster of trust
+// spiffe://<td>/meshca/cluster/<name>[/<replica>] of a registered cluster of trust
 // domain td, and admitted by admitCredential for call. The TLS layer has
 // already checked the chain the client sent; this check ignores the
 // client's intermediates.
@@ -229,8 +246,8 @@ func (r *Root) authenticate(ctx context.Context, st *state, call credentialCall)
 	if err != nil {
 		return fail("client certificate URI: %w", err)
 	}
-	name, ok := strings.CutPrefix(id.Path(), credentialPathPrefix)
-	if !ok || !validClusterName(name) {
+	name, replica, ok := parseCredentialPath(id.Path())
+	if !ok {
 		return fail("client certificate ID %s is not an issuer credential", id)
 	}
 	c, err := r.cfg.Store.Cluster(ctx, name)
@@ -242,9 +259,9 @@ func (r *Root) authenticate(ctx context.Context, st *state, call credentialCall)
 	case c.TrustDomain != id.TrustDomain().Name():
 		return fail("credential %s: cluster %s has trust domain %s", id, name, c.TrustDomain)
 	}
-	rec, err := r.admitCredential(ctx, c, id, leaf, call)
+	rec, err := r.admitCredential(ctx, c, replica, id, leaf, call)
 	if err != nil {
 		return issuerCaller{}, err
 	}
-	return issuerCaller{cluster: c, id: id, leaf: leaf, serial: ca.SerialHex(leaf.SerialNumber), record: rec}, nil
+	return issuerCaller{cluster: c, replica: replica, id: id, leaf: leaf, serial: ca.SerialHex(leaf.SerialNumber), record: rec}, nil
 }

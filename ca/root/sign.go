@@ -24,8 +24,24 @@ import (
 )
 
 // credentialPathPrefix starts the path of every issuer credential's SPIFFE
-// ID: spiffe://<trust domain>/meshca/cluster/<cluster name>.
+// ID: spiffe://<trust domain>/meshca/cluster/<cluster name>, and
+// .../<cluster name>/<replica> for a named replica of the cluster's issuer.
 const credentialPathPrefix = "/meshca/cluster/"
+
+// parseCredentialPath returns the cluster and replica ("" for none) an
+// issuer credential's SPIFFE ID path names; ok is false when the path is
+// not an issuer credential's.
+func parseCredentialPath(path string) (cluster, replica string, ok bool) {
+	rest, ok := strings.CutPrefix(path, credentialPathPrefix)
+	if !ok {
+		return "", "", false
+	}
+	cluster, replica, named := strings.Cut(rest, "/")
+	if !validClusterName(cluster) || named && !validClusterName(replica) {
+		return "", "", false
+	}
+	return cluster, replica, true
+}
 
 // parseCSR parses a DER PKCS#10 request and checks its signature and key.
 // The subject is ignored: the root decides every name, but takes an
@@ -65,13 +81,18 @@ func checkPublicKey(pub crypto.PublicKey) error {
 	return nil
 }
 
-// credentialID is the SPIFFE ID of cluster c's issuer credential.
-func credentialID(c store.Cluster) (spiffeid.ID, error) {
+// credentialID is the SPIFFE ID of the issuer credential of replica of
+// cluster c ("" for its single issuer).
+func credentialID(c store.Cluster, replica string) (spiffeid.ID, error) {
 	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
 	if err != nil {
 		return spiffeid.ID{}, fmt.Errorf("cluster %s: trust domain: %w", c.Name, err)
 	}
-	id, err := spiffeid.FromPath(td, credentialPathPrefix+c.Name)
+	path := credentialPathPrefix + c.Name
+	if replica != "" {
+		path += "/" + replica
+	}
+	id, err := spiffeid.FromPath(td, path)
 	if err != nil {
 		return spiffeid.ID{}, fmt.Errorf("cluster %s: credential ID: %w", c.Name, err)
 	}
@@ -84,15 +105,15 @@ type issued struct {
 	bundle                   *ca.TrustBundle
 }
 
-// signCredential signs and verifies an issuer credential for cluster c
-// under the active root of st. Nothing is recorded: the caller records it
+// signCredential signs and verifies an issuer credential for replica of
+// cluster c under the active root of st. Nothing is recorded: the caller records it
 // with the cluster's credential record, in one transaction
 // (credentialIssued is its audit event).
-func (r *Root) signCredential(st *state, c store.Cluster, pub crypto.PublicKey) (*x509.Certificate, error) {
+func (r *Root) signCredential(st *state, c store.Cluster, replica string, pub crypto.PublicKey) (*x509.Certificate, error) {
 	if st.active == nil {
 		return nil, errNoActiveRoot
 	}
-	id, err := credentialID(c)
+	id, err := credentialID(c, replica)
 	if err != nil {
 		return nil, err
 	}
@@ -202,9 +223,9 @@ func (r *Root) issue(ctx context.Context, st *state, c store.Cluster, interCSR *
 	if st.active == nil {
 		return issued{}, errNoActiveRoot
 	}
-	id, err := credentialID(c)
+	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
 	if err != nil {
-		return issued{}, err
+		return issued{}, fmt.Errorf("cluster %s: trust domain: %w", c.Name, err)
 	}
 	names, err := r.servingNames(c, interCSR)
 	if err != nil {
@@ -214,31 +235,31 @@ func (r *Root) issue(ctx context.Context, st *state, c store.Cluster, interCSR *
 	now := r.cfg.Now()
 	var out issued
 	out.intermediate, err = root.SignIntermediate(ca.IntermediateRequest{
-		PublicKey: interCSR.PublicKey, TrustDomain: id.TrustDomain(), Cluster: c.Name, ServingNames: names,
+		PublicKey: interCSR.PublicKey, TrustDomain: td, Cluster: c.Name, ServingNames: names,
 		TTL: r.cfg.IntermediateTTL, Now: now,
 	})
 	if err != nil {
 		return issued{}, fmt.Errorf("%w: sign intermediate: %w", errUnavailable, err)
 	}
-	if err := verifyIntermediate(out.intermediate, root.Certificate, id.TrustDomain(), c.Name, now); err != nil {
+	if err := verifyIntermediate(out.intermediate, root.Certificate, td, c.Name, now); err != nil {
 		return issued{}, err
 	}
 	sum := sha256.Sum256(out.intermediate.Raw)
 	serial := ca.SerialHex(out.intermediate.SerialNumber)
 	err = r.cfg.Store.RecordIntermediate(ctx, store.Intermediate{
-		Serial: serial, Cluster: c.Name, TrustDomain: id.TrustDomain().Name(),
+		Serial: serial, Cluster: c.Name, TrustDomain: td.Name(),
 		RootFingerprint: fingerprintHex(root.Certificate),
 		NotBefore:       out.intermediate.NotBefore.UTC(), NotAfter: out.intermediate.NotAfter.UTC(),
 		Fingerprint: hex.EncodeToString(sum[:]), DER: out.intermediate.Raw,
 	}, store.AuditEvent{
 		Time: now, Actor: actor, Action: "intermediate.issue", Cluster: c.Name, Serial: serial,
-		Detail: fmt.Sprintf("trust domain %s, root sha256 %s, not after %s, serving names %s", id.TrustDomain().Name(),
+		Detail: fmt.Sprintf("trust domain %s, root sha256 %s, not after %s, serving names %s", td.Name(),
 			fingerprintHex(root.Certificate), out.intermediate.NotAfter.UTC().Format("2006-01-02T15:04:05Z"), strings.Join(names, " ")),
 	})
 	if err != nil {
 		return issued{}, fmt.Errorf("%w: record intermediate: %w", errUnavailable, err)
 	}
-	r.addDomain(ctx, id.TrustDomain())
+	r.addDomain(ctx, td)
 	out.bundle, _ = r.Current()
 	return out, nil
 }

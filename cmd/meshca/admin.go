@@ -94,12 +94,21 @@ func newAdminClusterCommand(f *adminFlags) *cobra.Command {
 	var td string
 	var ttl time.Duration
 	var share bool
+	var replicas int32
 	add := &cobra.Command{
 		Use:   "add NAME --trust-domain TD",
-		Short: "Register a cluster (or find it) and print a one-time join token for its issuer",
+		Short: "Register a cluster (or find it) and print a join token for its issuer",
 		Long: `Registers cluster NAME with trust domain TD (an existing cluster must have the same
 trust domain) and prints a new one-time join token. Put the token in the issuer's
-root.joinTokenFile; it is used once, at the issuer's first start, and expires after --ttl.
+upstream.joinTokenFile; it is used once, at the issuer's first start, and expires after --ttl.
+
+With --replicas N the token is a join secret for N issuer replicas of the cluster (one
+Secret mounted in every replica): each replica enrols under its own name (upstream.replica,
+default the host name, that is the pod name) and gets its own credential and intermediates.
+It stays valid until it expires, so replicas can be replaced and scaled up to N without
+another cluster add; a replica that has not renewed for an intermediate lifetime no longer
+counts towards N. Treat it like the issuers' keys; replace it before it expires.
+
 A trust domain another cluster already holds is refused unless --share-trust-domain is
 given: the issuers of clusters sharing a trust domain can mint each other's identities.`,
 		Args: cobra.ExactArgs(1),
@@ -110,6 +119,7 @@ given: the issuers of clusters sharing a trust domain can mint each other's iden
 			return f.call(cmd.Context(), func(ctx context.Context, c meshcav1.AdminServiceClient) error {
 				resp, err := c.AddCluster(ctx, &meshcav1.AddClusterRequest{
 					Name: args[0], TrustDomain: td, TokenTtlSeconds: int64(ttl / time.Second), ShareTrustDomain: share,
+					Replicas: replicas,
 				})
 				if err != nil {
 					return err
@@ -124,6 +134,8 @@ given: the issuers of clusters sharing a trust domain can mint each other's iden
 	add.Flags().StringVar(&td, "trust-domain", "", "trust domain of the cluster's workloads (required)")
 	add.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the join token may be used")
 	add.Flags().BoolVar(&share, "share-trust-domain", false, "allow a trust domain another cluster already holds")
+	add.Flags().Int32Var(&replicas, "replicas", 1, "issuer replicas that share the join token, each enrolling under its own name "+
+		"(upstream.replica); above 1 the token stays valid until it expires (--ttl up to 90 days)")
 	cmd.AddCommand(add)
 	return cmd
 }

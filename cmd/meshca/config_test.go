@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -41,5 +42,25 @@ func TestDecodeStrict(t *testing.T) {
 				t.Errorf("err = %v, want it to mention %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+func TestUpstreamReplicaName(t *testing.T) {
+	host := func(name string, err error) func() (string, error) {
+		return func() (string, error) { return name, err }
+	}
+	for _, tc := range []struct {
+		cfg      upstreamConfig
+		hostname func() (string, error)
+		want     string
+	}{
+		{upstreamConfig{Replica: "east-0"}, host("ignored", nil), "east-0"},
+		{upstreamConfig{}, host("meshca-issuer-7d9f-x2x9z", nil), "meshca-issuer-7d9f-x2x9z"},
+		{upstreamConfig{}, host("Node-1.example.com", nil), "node-1"},
+		{upstreamConfig{}, host("", errors.New("no host name")), ""},
+	} {
+		if got := tc.cfg.replica(tc.hostname); got != tc.want {
+			t.Errorf("replica of %+v = %q, want %q", tc.cfg, got, tc.want)
+		}
 	}
 }

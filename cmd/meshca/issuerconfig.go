@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -169,15 +170,34 @@ type upstreamConfig struct {
 	// the root at first contact; later the issuer follows the root's
 	// published bundle. Required.
 	BundleFile string `json:"bundleFile,omitempty"`
-	// JoinTokenFile holds the one-time token from `meshca admin cluster
-	// add`. Needed only for the first start: afterwards the issuer renews
-	// with the credential it keeps in DATA_DIR. The issuer removes the file
-	// once the root has accepted the token (a read-only mount, such as a
-	// Kubernetes Secret, is left alone with a warning).
+	// JoinTokenFile holds the token from `meshca admin cluster add`.
+	// Needed only when DATA_DIR holds no credential: afterwards the issuer
+	// renews with the credential it keeps there. The issuer removes the
+	// file once the root has accepted a one-time token (a read-only mount,
+	// such as a Kubernetes Secret, is left alone with a warning); a token of
+	// several replicas (`cluster add --replicas N`) is kept.
 	JoinTokenFile string `json:"joinTokenFile,omitempty"`
+	// Replica names this issuer among the replicas of its cluster that
+	// share a join token of several replicas: a DNS label, unique among
+	// them, stable across restarts (the pod name). Default: the host name.
+	Replica string `json:"replica,omitempty"`
 }
 
 func (u upstreamConfig) enabled() bool { return u.Address != "" }
+
+// replica is Replica, or the short host name (a pod's name) when unset, in
+// lower case; "" when neither is known.
+func (u upstreamConfig) replica(hostname func() (string, error)) string {
+	if u.Replica != "" {
+		return u.Replica
+	}
+	h, err := hostname()
+	if err != nil {
+		return ""
+	}
+	h, _, _ = strings.Cut(h, ".")
+	return strings.ToLower(h)
+}
 
 // clusterConfig is one cluster an issuer attests tokens from.
 type clusterConfig struct {

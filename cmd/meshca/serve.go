@@ -248,7 +248,8 @@ func enrol(ctx context.Context, s caStack, td spiffeid.TrustDomain, log *slog.Lo
 	}
 	up, err := issuer.NewUpstream(issuer.UpstreamConfig{
 		Address: s.upstream.Address, ServerName: s.upstream.ServerName, Roots: roots, TrustDomain: td, Cluster: s.cluster,
-		ServingNames: s.hosts, JoinToken: token, JoinTokenFile: tokenFile, CredentialDir: filepath.Join(s.dataDir, "credential"), Logger: log,
+		ServingNames: s.hosts, JoinToken: token, JoinTokenFile: tokenFile, Replica: s.upstream.replica(os.Hostname),
+		CredentialDir: filepath.Join(s.dataDir, "credential"), Logger: log,
 	})
 	if err != nil {
 		return intermediateSource{}, err

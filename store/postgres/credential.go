@@ -11,28 +11,57 @@ import (
 	"github.com/meshca/meshca/store"
 )
 
-// ClusterCredential returns the credential record of the named cluster, or
-// an error wrapping store.ErrNotFound.
-func (s *Store) ClusterCredential(ctx context.Context, cluster string) (store.ClusterCredential, error) {
-	if s.closed.Load() {
-		return store.ClusterCredential{}, fmt.Errorf("postgres: cluster credential: %w", store.ErrClosed)
-	}
-	c := store.ClusterCredential{Cluster: cluster}
+const credentialColumns = `cluster, replica, current_serial, previous_serial, current_used, revoked,
+	newest_not_before, lineage_since, updated_at`
+
+func scanCredential(row pgx.Row) (store.ClusterCredential, error) {
+	var c store.ClusterCredential
 	var newest, since, updated int64
-	err := s.pool.QueryRow(ctx, `SELECT current_serial, previous_serial, current_used, revoked, newest_not_before,
-		lineage_since, updated_at FROM cluster_credentials WHERE cluster = $1`, cluster).
-		Scan(&c.Current, &c.Previous, &c.CurrentUsed, &c.Revoked, &newest, &since, &updated)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return store.ClusterCredential{}, fmt.Errorf("postgres: cluster credential %s: %w", cluster, store.ErrNotFound)
-	}
-	if err != nil {
-		return store.ClusterCredential{}, fmt.Errorf("postgres: cluster credential %s: %w", cluster, err)
+	if err := row.Scan(&c.Cluster, &c.Replica, &c.Current, &c.Previous, &c.CurrentUsed, &c.Revoked,
+		&newest, &since, &updated); err != nil {
+		return store.ClusterCredential{}, err
 	}
 	c.Newest, c.Since, c.UpdatedAt = store.ExpiresFromUnix(newest), store.ExpiresFromUnix(since), fromUnix(updated)
 	return c, nil
 }
 
-// SwapClusterCredential replaces the record of next.Cluster with next, with
+// ClusterCredential returns the credential record of replica of the named
+// cluster, or an error wrapping store.ErrNotFound.
+func (s *Store) ClusterCredential(ctx context.Context, cluster, replica string) (store.ClusterCredential, error) {
+	if s.closed.Load() {
+		return store.ClusterCredential{}, fmt.Errorf("postgres: cluster credential: %w", store.ErrClosed)
+	}
+	c, err := scanCredential(s.pool.QueryRow(ctx, `SELECT `+credentialColumns+`
+		FROM cluster_credentials WHERE cluster = $1 AND replica = $2`, cluster, replica))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.ClusterCredential{}, fmt.Errorf("postgres: cluster credential %s %q: %w", cluster, replica, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.ClusterCredential{}, fmt.Errorf("postgres: cluster credential %s %q: %w", cluster, replica, err)
+	}
+	return c, nil
+}
+
+// ClusterCredentials lists the credential records of every replica of the
+// named cluster, by replica.
+func (s *Store) ClusterCredentials(ctx context.Context, cluster string) ([]store.ClusterCredential, error) {
+	if s.closed.Load() {
+		return nil, fmt.Errorf("postgres: cluster credentials: %w", store.ErrClosed)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+credentialColumns+`
+		FROM cluster_credentials WHERE cluster = $1 ORDER BY replica`, cluster)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: cluster credentials %s: %w", cluster, err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.ClusterCredential, error) { return scanCredential(r) })
+	if err != nil {
+		return nil, fmt.Errorf("postgres: cluster credentials %s: %w", cluster, err)
+	}
+	return out, nil
+}
+
+// SwapClusterCredential replaces the record of next.Cluster and next.Replica
+// with next, with
 // ev, in one transaction, if the stored record has old's state (no record
 // when old.Cluster is empty); otherwise the error wraps store.ErrConflict
 // and nothing is written. Of two concurrent swaps from one state, from any
@@ -49,7 +78,7 @@ func (s *Store) swapClusterCredential(ctx context.Context, old, next store.Clust
 	if err := store.ValidateSwapClusterCredential(old, next); err != nil {
 		return err
 	}
-	if err := checkText([][2]string{{"cluster", next.Cluster}, {"current serial", next.Current}, {"previous serial", next.Previous},
+	if err := checkText([][2]string{{"cluster", next.Cluster}, {"replica", next.Replica}, {"current serial", next.Current}, {"previous serial", next.Previous},
 		{"expected current serial", old.Current}, {"expected previous serial", old.Previous}}); err != nil {
 		return err
 	}
@@ -60,20 +89,20 @@ func (s *Store) swapClusterCredential(ctx context.Context, old, next store.Clust
 		var err error
 		if old.Cluster == "" {
 			tag, err = tx.Exec(ctx, `INSERT INTO cluster_credentials
-				(cluster, current_serial, previous_serial, current_used, revoked, newest_not_before, lineage_since, updated_at)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-				ON CONFLICT (cluster) DO NOTHING`,
-				next.Cluster, next.Current, next.Previous, next.CurrentUsed, next.Revoked,
+				(cluster, replica, current_serial, previous_serial, current_used, revoked, newest_not_before, lineage_since, updated_at)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+				ON CONFLICT (cluster, replica) DO NOTHING`,
+				next.Cluster, next.Replica, next.Current, next.Previous, next.CurrentUsed, next.Revoked,
 				store.ExpiresUnix(next.Newest), store.ExpiresUnix(next.Since), now.Unix())
 		} else {
 			tag, err = tx.Exec(ctx, `UPDATE cluster_credentials
 				SET current_serial = $1, previous_serial = $2, current_used = $3, revoked = $4, newest_not_before = $5,
 				lineage_since = $6, updated_at = $7
-				WHERE cluster = $8 AND current_serial = $9 AND previous_serial = $10 AND current_used = $11 AND revoked = $12
-				AND newest_not_before = $13 AND lineage_since = $14`,
+				WHERE cluster = $8 AND replica = $9 AND current_serial = $10 AND previous_serial = $11 AND current_used = $12
+				AND revoked = $13 AND newest_not_before = $14 AND lineage_since = $15`,
 				next.Current, next.Previous, next.CurrentUsed, next.Revoked,
 				store.ExpiresUnix(next.Newest), store.ExpiresUnix(next.Since), now.Unix(),
-				old.Cluster, old.Current, old.Previous, old.CurrentUsed, old.Revoked,
+				old.Cluster, old.Replica, old.Current, old.Previous, old.CurrentUsed, old.Revoked,
 				store.ExpiresUnix(old.Newest), store.ExpiresUnix(old.Since))
 		}
 		if err != nil {

@@ -55,33 +55,37 @@ func (s *Store) addCluster(ctx context.Context, c store.Cluster, tok store.JoinT
 		}
 		// The hash is not logged: it is enough to find the row.
 		return insertNew(ctx, tx, "join token",
-			`INSERT INTO join_tokens (hash, cluster, expires_at, used_at, created_at) VALUES ($1, $2, $3, 0, $4)
+			`INSERT INTO join_tokens (hash, cluster, expires_at, used_at, created_at, replicas) VALUES ($1, $2, $3, 0, $4, $5)
 			ON CONFLICT (hash) DO NOTHING`,
-			tok.Hash, c.Name, tok.ExpiresAt.Unix(), now.Unix())
+			tok.Hash, c.Name, tok.ExpiresAt.Unix(), now.Unix(), max(tok.Replicas, 1))
 	})
 }
 
-// redeemSQL marks an unused, unexpired token used and returns its cluster.
-// Of two concurrent redemptions the second waits for the first's row lock,
-// then re-checks used_at = 0 against the committed row and matches nothing.
+// redeemSQL marks an unexpired token used (a one-time token only if
+// unused) and returns its cluster and replicas. Of two concurrent
+// redemptions of a one-time token the second waits for the first's row
+// lock, then re-checks used_at = 0 against the committed row and matches
+// nothing.
 const redeemSQL = `UPDATE join_tokens t SET used_at = $2
 	FROM clusters c
-	WHERE t.hash = $1 AND t.used_at = 0 AND t.expires_at > $3 AND c.name = t.cluster
-	RETURNING c.name, c.trust_domain, c.created_at`
+	WHERE t.hash = $1 AND (t.used_at = 0 OR t.replicas > 1) AND t.expires_at > $3 AND c.name = t.cluster
+	RETURNING c.name, c.trust_domain, c.created_at, t.replicas`
 
-// RedeemJoinToken marks the unused token with this hash used, if it has not
-// expired at now (it is valid while now < ExpiresAt), and returns its
-// cluster, appending ev with Cluster filled in. Otherwise the error wraps
-// store.ErrNotFound and nothing is written. Of two concurrent redemptions,
+// RedeemJoinToken marks the token with this hash used, if it has not
+// expired at now (it is valid while now < ExpiresAt) and is not a one-time
+// token already used, and returns its cluster and replicas, appending ev
+// with Cluster filled in. Otherwise the error wraps store.ErrNotFound and
+// nothing is written. Of two concurrent redemptions of a one-time token,
 // from any number of processes, exactly one succeeds.
-func (s *Store) RedeemJoinToken(ctx context.Context, hash string, now time.Time, ev store.AuditEvent) (store.Cluster, error) {
+func (s *Store) RedeemJoinToken(ctx context.Context, hash string, now time.Time, ev store.AuditEvent) (store.Cluster, int, error) {
 	var c store.Cluster
+	var replicas int
 	ev = withTime(ev, s.now())
 	err := s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
 		var created int64
 		// Stored whole seconds: e > now iff e > floor(now). used_at stays
 		// non-zero, which is what marks the token used, whatever the clock.
-		err := tx.QueryRow(ctx, redeemSQL, hash, max(now.Unix(), 1), now.Unix()).Scan(&c.Name, &c.TrustDomain, &created)
+		err := tx.QueryRow(ctx, redeemSQL, hash, max(now.Unix(), 1), now.Unix()).Scan(&c.Name, &c.TrustDomain, &created, &replicas)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("join token unknown, used or expired: %w", store.ErrNotFound)
 		}
@@ -93,9 +97,9 @@ func (s *Store) RedeemJoinToken(ctx context.Context, hash string, now time.Time,
 		return nil
 	})
 	if err != nil {
-		return store.Cluster{}, fmt.Errorf("postgres: redeem join token: %w", err)
+		return store.Cluster{}, 0, fmt.Errorf("postgres: redeem join token: %w", err)
 	}
-	return c, nil
+	return c, replicas, nil
 }
 
 // RecordIntermediate records in with ev in one transaction. A serial

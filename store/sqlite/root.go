@@ -50,26 +50,29 @@ func (s *Store) addCluster(ctx context.Context, c store.Cluster, tok store.JoinT
 		}
 		// The hash is not logged: it is enough to find the row.
 		return insertNew(ctx, tx, "join token",
-			`INSERT INTO join_tokens (hash, cluster, expires_at, used_at, created_at) VALUES (?, ?, ?, 0, ?)
+			`INSERT INTO join_tokens (hash, cluster, expires_at, used_at, created_at, replicas) VALUES (?, ?, ?, 0, ?, ?)
 			ON CONFLICT (hash) DO NOTHING`,
-			tok.Hash, c.Name, tok.ExpiresAt.Unix(), now.Unix())
+			tok.Hash, c.Name, tok.ExpiresAt.Unix(), now.Unix(), max(tok.Replicas, 1))
 	})
 }
 
-// RedeemJoinToken marks the unused token with this hash used, if it has not
-// expired at now (it is valid while now < ExpiresAt), and returns its
-// cluster, appending ev with Cluster filled in. Otherwise the error wraps
-// store.ErrNotFound and nothing is written. Redemptions are serialized by
-// the writer connection, so of two concurrent ones exactly one succeeds.
-func (s *Store) RedeemJoinToken(ctx context.Context, hash string, now time.Time, ev store.AuditEvent) (store.Cluster, error) {
+// RedeemJoinToken marks the token with this hash used, if it has not
+// expired at now (it is valid while now < ExpiresAt) and is not a one-time
+// token already used, and returns its cluster and replicas, appending ev
+// with Cluster filled in. Otherwise the error wraps store.ErrNotFound and
+// nothing is written. Redemptions are serialized by the writer connection,
+// so of two concurrent ones of a one-time token exactly one succeeds.
+func (s *Store) RedeemJoinToken(ctx context.Context, hash string, now time.Time, ev store.AuditEvent) (store.Cluster, int, error) {
 	var c store.Cluster
+	var replicas int
 	ev = withTime(ev, s.now())
 	err := s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
 		// Stored whole seconds: e > now iff e > floor(now). used_at stays
-		// non-zero, which is what marks the token used, whatever the clock.
+		// non-zero, which is what marks a one-time token used, whatever
+		// the clock; a token of more replicas records its last use.
 		err := tx.QueryRowContext(ctx, `UPDATE join_tokens SET used_at = ?
-			WHERE hash = ? AND used_at = 0 AND expires_at > ? RETURNING cluster`,
-			max(now.Unix(), 1), hash, now.Unix()).Scan(&c.Name)
+			WHERE hash = ? AND (used_at = 0 OR replicas > 1) AND expires_at > ? RETURNING cluster, replicas`,
+			max(now.Unix(), 1), hash, now.Unix()).Scan(&c.Name, &replicas)
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("join token unknown, used or expired: %w", store.ErrNotFound)
 		}
@@ -85,9 +88,9 @@ func (s *Store) RedeemJoinToken(ctx context.Context, hash string, now time.Time,
 		return nil
 	})
 	if err != nil {
-		return store.Cluster{}, fmt.Errorf("sqlite: redeem join token: %w", err)
+		return store.Cluster{}, 0, fmt.Errorf("sqlite: redeem join token: %w", err)
 	}
-	return c, nil
+	return c, replicas, nil
 }
 
 // RecordIntermediate records in with ev in one transaction. A serial

@@ -45,6 +45,7 @@ func RunRootStore(t *testing.T, open func(t *testing.T) RootStoreUnderTest) {
 		{"RedeemJoinToken", testRedeemJoinToken},
 		{"RedeemJoinTokenRefused", testRedeemJoinTokenRefused},
 		{"ConcurrentRedeemJoinToken", testConcurrentRedeemJoinToken},
+		{"JoinTokenForReplicas", testJoinTokenForReplicas},
 		{"Intermediates", testIntermediates},
 		{"DuplicateIntermediate", testDuplicateIntermediate},
 		{"Roots", testRoots},
@@ -54,6 +55,7 @@ func RunRootStore(t *testing.T, open func(t *testing.T) RootStoreUnderTest) {
 		{"ClusterCredentialSwap", testClusterCredentialSwap},
 		{"ClusterCredentialInvalid", testClusterCredentialInvalid},
 		{"ConcurrentClusterCredentialSwap", testConcurrentClusterCredentialSwap},
+		{"ClusterCredentialReplicas", testClusterCredentialReplicas},
 		{"PinStandaloneRoot", testPinStandaloneRoot},
 		{"ConcurrentPinStandaloneRoot", testConcurrentPinStandaloneRoot},
 		{"LeaderLease", testLeaderLease},
@@ -155,7 +157,7 @@ func testAddClusterThenCluster(t *testing.T, s RootStoreUnderTest) {
 	events := verifyChain(t, s, 1)
 	checkEvent(t, events[0], ev)
 	// The token was stored for the cluster.
-	if c, err := s.RedeemJoinToken(t.Context(), tok.Hash, t0, redeemEvent()); err != nil || c.Name != "east" {
+	if c, _, err := s.RedeemJoinToken(t.Context(), tok.Hash, t0, redeemEvent()); err != nil || c.Name != "east" {
 		t.Fatalf("RedeemJoinToken = %+v, %v; want cluster east", c, err)
 	}
 }
@@ -176,12 +178,12 @@ func testAddClusterAgainSameTrustDomain(t *testing.T, s RootStoreUnderTest) {
 	}
 	// Both tokens work, once each.
 	for _, tok := range []string{"tok-2", "tok-1"} {
-		if _, err := s.RedeemJoinToken(t.Context(), tokenHash(tok), t0, redeemEvent()); err != nil {
+		if _, _, err := s.RedeemJoinToken(t.Context(), tokenHash(tok), t0, redeemEvent()); err != nil {
 			t.Fatalf("RedeemJoinToken(%s): %v", tok, err)
 		}
 	}
 	for _, tok := range []string{"tok-1", "tok-2"} {
-		if _, err := s.RedeemJoinToken(t.Context(), tokenHash(tok), t0, redeemEvent()); !errors.Is(err, store.ErrNotFound) {
+		if _, _, err := s.RedeemJoinToken(t.Context(), tokenHash(tok), t0, redeemEvent()); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("second RedeemJoinToken(%s) = %v, want ErrNotFound", tok, err)
 		}
 	}
@@ -203,7 +205,7 @@ func testAddClusterOtherTrustDomain(t *testing.T, s RootStoreUnderTest) {
 	checkCluster(t, got, "east", tdEast)
 	// Nothing was written: no event, no token.
 	verifyChain(t, s, 1)
-	if _, err := s.RedeemJoinToken(t.Context(), tok.Hash, t0, redeemEvent()); !errors.Is(err, store.ErrNotFound) {
+	if _, _, err := s.RedeemJoinToken(t.Context(), tok.Hash, t0, redeemEvent()); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("RedeemJoinToken(token of the refused AddCluster) = %v, want ErrNotFound", err)
 	}
 	verifyChain(t, s, 1)
@@ -225,7 +227,7 @@ func testRedeemJoinToken(t *testing.T, s RootStoreUnderTest) {
 	ev := redeemEvent()
 	ev.Detail = "redeemed"
 	// Half a second before it expires, the token is still good.
-	c, err := s.RedeemJoinToken(t.Context(), tokenHash("tok-west"), t0.Add(time.Hour-500*time.Millisecond), ev)
+	c, _, err := s.RedeemJoinToken(t.Context(), tokenHash("tok-west"), t0.Add(time.Hour-500*time.Millisecond), ev)
 	if err != nil {
 		t.Fatalf("RedeemJoinToken: %v", err)
 	}
@@ -241,7 +243,7 @@ func testRedeemJoinToken(t *testing.T, s RootStoreUnderTest) {
 	ev.Cluster = "west"
 	checkEvent(t, events[2], ev)
 
-	if _, err := s.RedeemJoinToken(t.Context(), tokenHash("tok-west"), t0, redeemEvent()); !errors.Is(err, store.ErrNotFound) {
+	if _, _, err := s.RedeemJoinToken(t.Context(), tokenHash("tok-west"), t0, redeemEvent()); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("second RedeemJoinToken = %v, want ErrNotFound", err)
 	}
 	verifyChain(t, s, 3)
@@ -261,14 +263,14 @@ func testRedeemJoinTokenRefused(t *testing.T, s RootStoreUnderTest) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := s.RedeemJoinToken(t.Context(), tt.hash, tt.now, redeemEvent()); !errors.Is(err, store.ErrNotFound) {
+			if _, _, err := s.RedeemJoinToken(t.Context(), tt.hash, tt.now, redeemEvent()); !errors.Is(err, store.ErrNotFound) {
 				t.Fatalf("RedeemJoinToken = %v, want ErrNotFound", err)
 			}
 		})
 	}
 	verifyChain(t, s, 1)
 	// The refusals left the token unused.
-	if _, err := s.RedeemJoinToken(t.Context(), tokenHash("tok-east"), t0, redeemEvent()); err != nil {
+	if _, _, err := s.RedeemJoinToken(t.Context(), tokenHash("tok-east"), t0, redeemEvent()); err != nil {
 		t.Fatalf("RedeemJoinToken after refusals: %v", err)
 	}
 	verifyChain(t, s, 2)
@@ -285,7 +287,7 @@ func testConcurrentRedeemJoinToken(t *testing.T, s RootStoreUnderTest) {
 			<-start
 			ev := redeemEvent()
 			ev.Detail = fmt.Sprint("attempt ", i)
-			_, errs[i] = s.RedeemJoinToken(t.Context(), tokenHash("tok-east"), t0, ev)
+			_, _, errs[i] = s.RedeemJoinToken(t.Context(), tokenHash("tok-east"), t0, ev)
 		})
 	}
 	close(start)
@@ -528,7 +530,7 @@ func testRootChainWithConcurrentIssuance(t *testing.T, s RootStoreUnderTest) {
 			tok := fmt.Sprint("tok-", r+1)
 			c := store.Cluster{Name: "east", TrustDomain: tdEast}
 			errs <- s.AddCluster(t.Context(), c, joinToken("east", tok, t0.Add(time.Hour)), adminEvent("cluster.add", "east", tok))
-			_, err := s.RedeemJoinToken(t.Context(), tokenHash(tok), t0, redeemEvent())
+			_, _, err := s.RedeemJoinToken(t.Context(), tokenHash(tok), t0, redeemEvent())
 			errs <- err
 		})
 		wg.Go(func() {
@@ -579,14 +581,15 @@ func testRootAfterClose(t *testing.T, s RootStoreUnderTest) {
 		},
 		"Cluster": func() error { _, err := s.Cluster(ctx, "east"); return err },
 		"RedeemJoinToken": func() error {
-			_, err := s.RedeemJoinToken(ctx, tokenHash("tok-1"), t0, redeemEvent())
+			_, _, err := s.RedeemJoinToken(ctx, tokenHash("tok-1"), t0, redeemEvent())
 			return err
 		},
 		"RecordIntermediate": func() error { return s.RecordIntermediate(ctx, in, intermediateEvent(in)) },
 		"Intermediates":      func() error { _, err := s.Intermediates(ctx, store.IntermediateFilter{}); return err },
 		"AddRoot":            func() error { return s.AddRoot(ctx, root, rootEvent(root)) },
 		"Roots":              func() error { _, err := s.Roots(ctx); return err },
-		"ClusterCredential":  func() error { _, err := s.ClusterCredential(ctx, "east"); return err },
+		"ClusterCredential":  func() error { _, err := s.ClusterCredential(ctx, "east", ""); return err },
+		"ClusterCredentials": func() error { _, err := s.ClusterCredentials(ctx, "east"); return err },
 		"SwapClusterCredential": func() error {
 			return s.SwapClusterCredential(ctx, store.ClusterCredential{}, store.ClusterCredential{Cluster: "east", Current: "0a"},
 				credentialEvent("credential.issue", "east", "0a"))

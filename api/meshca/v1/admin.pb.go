@@ -1194,8 +1194,13 @@ type AddClusterRequest struct {
 	// another registered cluster already holds (their issuers can then mint
 	// each other's identities). Without it that is refused.
 	ShareTrustDomain bool `protobuf:"varint,4,opt,name=share_trust_domain,json=shareTrustDomain,proto3" json:"share_trust_domain,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// replicas is how many issuer replicas of the cluster may hold a live
+	// credential at once through this token. Zero or one: a one-time token,
+	// used up by the first enrolment. More: a join secret that the replicas
+	// share, redeemable until it expires; each enrolment names its replica.
+	Replicas      int32 `protobuf:"varint,5,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AddClusterRequest) Reset() {
@@ -1254,6 +1259,13 @@ func (x *AddClusterRequest) GetShareTrustDomain() bool {
 		return x.ShareTrustDomain
 	}
 	return false
+}
+
+func (x *AddClusterRequest) GetReplicas() int32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
 }
 
 type AddClusterResponse struct {
@@ -1686,12 +1698,13 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\x06events\x18\x02 \x01(\x03R\x06events\x12\x18\n" +
 	"\aproblem\x18\x03 \x01(\tR\aproblem\x12\x19\n" +
 	"\bhead_seq\x18\x04 \x01(\x03R\aheadSeq\x12\x1b\n" +
-	"\thead_hash\x18\x05 \x01(\tR\bheadHash\"\xa4\x01\n" +
+	"\thead_hash\x18\x05 \x01(\tR\bheadHash\"\xc0\x01\n" +
 	"\x11AddClusterRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12*\n" +
 	"\x11token_ttl_seconds\x18\x03 \x01(\x03R\x0ftokenTtlSeconds\x12,\n" +
-	"\x12share_trust_domain\x18\x04 \x01(\bR\x10shareTrustDomain\"|\n" +
+	"\x12share_trust_domain\x18\x04 \x01(\bR\x10shareTrustDomain\x12\x1a\n" +
+	"\breplicas\x18\x05 \x01(\x05R\breplicas\"|\n" +
 	"\x12AddClusterResponse\x12\x1d\n" +
 	"\n" +
 	"join_token\x18\x01 \x01(\tR\tjoinToken\x12&\n" +

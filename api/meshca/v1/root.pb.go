@@ -111,8 +111,12 @@ type EnrollRequest struct {
 	// intermediate_csr is a DER PKCS#10 request for the intermediate CA; its
 	// key stays in the issuer's memory. Only the public key is used.
 	IntermediateCsr []byte `protobuf:"bytes,3,opt,name=intermediate_csr,json=intermediateCsr,proto3" json:"intermediate_csr,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// replica names this issuer among the replicas of its cluster (a DNS
+	// label, such as the pod name); each replica holds its own credential.
+	// Required with a join token of more than one replica.
+	Replica       string `protobuf:"bytes,4,opt,name=replica,proto3" json:"replica,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EnrollRequest) Reset() {
@@ -166,6 +170,13 @@ func (x *EnrollRequest) GetIntermediateCsr() []byte {
 	return nil
 }
 
+func (x *EnrollRequest) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
 type EnrollResponse struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Cluster     string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
@@ -175,8 +186,11 @@ type EnrollResponse struct {
 	// intermediate_chain: DER, the intermediate first, root not included.
 	IntermediateChain [][]byte `protobuf:"bytes,4,rep,name=intermediate_chain,json=intermediateChain,proto3" json:"intermediate_chain,omitempty"`
 	Bundle            *Bundle  `protobuf:"bytes,5,opt,name=bundle,proto3" json:"bundle,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// replicas is the join token's (at least 1): above 1 the token stays
+	// valid for the other replicas, so the issuer keeps its file.
+	Replicas      int32 `protobuf:"varint,6,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EnrollResponse) Reset() {
@@ -242,6 +256,13 @@ func (x *EnrollResponse) GetBundle() *Bundle {
 		return x.Bundle
 	}
 	return nil
+}
+
+func (x *EnrollResponse) GetReplicas() int32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
 }
 
 type RenewRequest struct {
@@ -367,18 +388,20 @@ const file_meshca_v1_root_proto_rawDesc = "" +
 	"\x14meshca/v1/root.proto\x12\tmeshca.v1\x1a\x16meshca/v1/bundle.proto\"8\n" +
 	"\x12PublishCRLsRequest\x12\"\n" +
 	"\x04crls\x18\x01 \x03(\v2\x0e.meshca.v1.CRLR\x04crls\"\x15\n" +
-	"\x13PublishCRLsResponse\"\x80\x01\n" +
+	"\x13PublishCRLsResponse\"\x9a\x01\n" +
 	"\rEnrollRequest\x12\x1d\n" +
 	"\n" +
 	"join_token\x18\x01 \x01(\tR\tjoinToken\x12%\n" +
 	"\x0ecredential_csr\x18\x02 \x01(\fR\rcredentialCsr\x12)\n" +
-	"\x10intermediate_csr\x18\x03 \x01(\fR\x0fintermediateCsr\"\xd2\x01\n" +
+	"\x10intermediate_csr\x18\x03 \x01(\fR\x0fintermediateCsr\x12\x18\n" +
+	"\areplica\x18\x04 \x01(\tR\areplica\"\xee\x01\n" +
 	"\x0eEnrollResponse\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12)\n" +
 	"\x10credential_chain\x18\x03 \x03(\fR\x0fcredentialChain\x12-\n" +
 	"\x12intermediate_chain\x18\x04 \x03(\fR\x11intermediateChain\x12)\n" +
-	"\x06bundle\x18\x05 \x01(\v2\x11.meshca.v1.BundleR\x06bundle\"`\n" +
+	"\x06bundle\x18\x05 \x01(\v2\x11.meshca.v1.BundleR\x06bundle\x12\x1a\n" +
+	"\breplicas\x18\x06 \x01(\x05R\breplicas\"`\n" +
 	"\fRenewRequest\x12)\n" +
 	"\x10intermediate_csr\x18\x01 \x01(\fR\x0fintermediateCsr\x12%\n" +
 	"\x0ecredential_csr\x18\x02 \x01(\fR\rcredentialCsr\"\x94\x01\n" +
