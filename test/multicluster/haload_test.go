@@ -20,8 +20,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	pb "istio.io/api/security/v1alpha1"
 
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
 )
 
 const (
@@ -346,7 +346,7 @@ func checkVerifies(t *testing.T, d *haDeployment, chains [][]*x509.Certificate) 
 			_, err := chain[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
 			if err != nil {
 				if failed++; failed <= 3 {
-					t.Errorf("certificate %s does not verify against %s's bundle.pem: %v", ca.SerialHex(chain[0].SerialNumber), r.name, err)
+					t.Errorf("certificate %s does not verify against %s's bundle.pem: %v", trust.SerialHex(chain[0].SerialNumber), r.name, err)
 				}
 			}
 		}
@@ -367,7 +367,7 @@ func checkStored(t *testing.T, d *haDeployment, chains [][]*x509.Certificate, un
 	received := map[string]bool{}
 	var errs []error
 	for _, chain := range chains {
-		serial := ca.SerialHex(chain[0].SerialNumber)
+		serial := trust.SerialHex(chain[0].SerialNumber)
 		if received[serial] && len(errs) < 5 {
 			errs = append(errs, fmt.Errorf("serial %s received twice", serial))
 		}
