@@ -44,7 +44,7 @@ func newAdminService(r *Root) *adminService {
 func (s *adminService) AddCluster(ctx context.Context, req *meshcav1.AddClusterRequest) (*meshcav1.AddClusterResponse, error) {
 	resp, err := s.r.addCluster(ctx, req, adminapi.Actor(ctx))
 	if err != nil {
-		return nil, statusOf(ctx, s.r.log, "AddCluster", err)
+		return nil, s.status(ctx, "AddCluster", err)
 	}
 	return resp, nil
 }
@@ -53,11 +53,11 @@ func (s *adminService) AddCluster(ctx context.Context, req *meshcav1.AddClusterR
 func (s *adminService) RotateRoot(ctx context.Context, req *meshcav1.RotateRootRequest) (*meshcav1.RotateRootResponse, error) {
 	if req.GetPropagationDelaySeconds() < 0 {
 		err := fmt.Errorf("%w: negative propagation delay", grpcx.ErrInvalidArgument)
-		return nil, statusOf(ctx, s.r.log, "RotateRoot", err)
+		return nil, s.status(ctx, "RotateRoot", err)
 	}
 	st, err := s.r.rotate(ctx, time.Duration(req.GetPropagationDelaySeconds())*time.Second, adminapi.Actor(ctx), req.GetForce())
 	if err != nil {
-		return nil, statusOf(ctx, s.r.log, "RotateRoot", err)
+		return nil, s.status(ctx, "RotateRoot", err)
 	}
 	return &meshcav1.RotateRootResponse{Root: rootInfo(st)}, nil
 }
@@ -68,7 +68,7 @@ func (s *adminService) RotateRoot(ctx context.Context, req *meshcav1.RotateRootR
 func (s *adminService) Revoke(ctx context.Context, req *meshcav1.RevokeRequest) (*meshcav1.RevokeResponse, error) {
 	resp, err := s.r.revoke(ctx, req, adminapi.Actor(ctx))
 	if err != nil {
-		return nil, statusOf(ctx, s.r.log, "Revoke", err)
+		return nil, s.status(ctx, "Revoke", err)
 	}
 	return resp, nil
 }
@@ -80,19 +80,19 @@ func (s *adminService) Revoke(ctx context.Context, req *meshcav1.RevokeRequest) 
 func (s *adminService) Unrevoke(ctx context.Context, _ *meshcav1.UnrevokeRequest) (*meshcav1.UnrevokeResponse, error) {
 	err := fmt.Errorf("%w: unrevoke SPIFFE IDs on the issuer's admin socket; a revoked cluster is not reinstated: "+
 		"register it again under a new name", grpcx.ErrFailedPrecondition)
-	return nil, statusOf(ctx, s.r.log, "Unrevoke", err)
+	return nil, s.status(ctx, "Unrevoke", err)
 }
 
 // ListCertificates implements meshcav1.AdminServiceServer: always
 // FailedPrecondition, the root keeps no certificate records.
 func (s *adminService) ListCertificates(ctx context.Context, _ *meshcav1.ListCertificatesRequest) (*meshcav1.ListCertificatesResponse, error) {
-	return nil, statusOf(ctx, s.r.log, "ListCertificates", errCertificatesElsewhere)
+	return nil, s.status(ctx, "ListCertificates", errCertificatesElsewhere)
 }
 
 // GetCertificate implements meshcav1.AdminServiceServer: always
 // FailedPrecondition, the root keeps no certificate records.
 func (s *adminService) GetCertificate(ctx context.Context, _ *meshcav1.GetCertificateRequest) (*meshcav1.GetCertificateResponse, error) {
-	return nil, statusOf(ctx, s.r.log, "GetCertificate", errCertificatesElsewhere)
+	return nil, s.status(ctx, "GetCertificate", errCertificatesElsewhere)
 }
 
 var errCertificatesElsewhere = fmt.Errorf("%w: certificates are kept by the issuers: use an issuer's admin socket",
@@ -271,7 +271,7 @@ func (r *Root) holders(ctx context.Context, td spiffeid.TrustDomain, name string
 func (s *adminService) IssueAdminCredential(ctx context.Context, req *meshcav1.IssueAdminCredentialRequest) (*meshcav1.IssueAdminCredentialResponse, error) {
 	resp, err := s.r.issueAdminCredential(ctx, req, adminapi.Actor(ctx), adminapi.OnUnixSocket(ctx))
 	if err != nil {
-		return nil, statusOf(ctx, s.r.log, "IssueAdminCredential", err)
+		return nil, s.status(ctx, "IssueAdminCredential", err)
 	}
 	return resp, nil
 }
