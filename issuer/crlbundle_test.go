@@ -135,7 +135,7 @@ func TestIssuerRelaysBundleWithItsCRLs(t *testing.T) {
 	if first.Number.Cmp(big.NewInt(1)) <= 0 || len(first.RevokedCertificateEntries) != 0 {
 		t.Errorf("the issuer's CRL has number %v and %d entries, want a newer, empty one", first.Number, len(first.RevokedCertificateEntries))
 	}
-	eventually(t, "the root receives the issuer's CRLs", func() error {
+	testkit.Eventually(t, 10*time.Second, "the root receives the issuer's CRLs", func() error {
 		current, _ := signer.Current()
 		if !slices.EqualFunc(r.publishedCRLs("east"), current, crlEqual) {
 			return errNotYet
@@ -168,7 +168,7 @@ func TestIssuerRelaysBundleWithItsCRLs(t *testing.T) {
 	if again := watchBundles(t, agent, got.Sequence)(); again.Sequence != got.Sequence || !again.Equal(revoked) {
 		t.Error("a reconnecting watcher did not get the current CRLs")
 	}
-	eventually(t, "the root receives the new CRLs", func() error {
+	testkit.Eventually(t, 10*time.Second, "the root receives the new CRLs", func() error {
 		current, _ := signer.Current()
 		if !slices.EqualFunc(r.publishedCRLs("east"), current, crlEqual) {
 			return errNotYet

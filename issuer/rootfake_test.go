@@ -671,19 +671,3 @@ func newKey(tb testing.TB) *ecdsa.PrivateKey {
 }
 
 var errNotYet = errors.New("not yet")
-
-// eventually polls cond (real time) until it returns nil or 10 s pass.
-func eventually(t testing.TB, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}

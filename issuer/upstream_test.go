@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 )
 
@@ -378,14 +379,8 @@ func TestUpstreamWatchBundleReconnects(t *testing.T) {
 	start := r.bundle().Sequence
 
 	got := make(chan *ca.TrustBundle, 16)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- up.WatchBundle(ctx, func(tb *ca.TrustBundle) { got <- tb }) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("WatchBundle returned %v, want nil", err)
-		}
+	testkit.Go(t, "WatchBundle", func(ctx context.Context) error {
+		return up.WatchBundle(ctx, func(tb *ca.TrustBundle) { got <- tb })
 	})
 	next := func(want uint64) *ca.TrustBundle {
 		t.Helper()
@@ -445,27 +440,21 @@ func TestUpstreamIgnoresBundlesNotSignedByTrustedRoot(t *testing.T) {
 	start := enrolled.Sequence
 
 	got := make(chan *ca.TrustBundle, 16)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- up.WatchBundle(ctx, func(tb *ca.TrustBundle) { got <- tb }) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("WatchBundle returned %v, want nil", err)
-		}
+	testkit.Go(t, "WatchBundle", func(ctx context.Context) error {
+		return up.WatchBundle(ctx, func(tb *ca.TrustBundle) { got <- tb })
 	})
 
 	// A rogue root that also lists itself, and an unsigned bundle: skipped.
 	rogue := r.newRoot("rogue root")
 	r.setSigning(rogue, false)
-	eventually(t, "rogue bundle skipped", func() error {
+	testkit.Eventually(t, 10*time.Second, "rogue bundle skipped", func() error {
 		if !strings.Contains(logs.String(), "signed by an untrusted root") {
 			return errNotYet
 		}
 		return nil
 	})
 	r.setSigning(nil, true)
-	eventually(t, "unsigned bundle skipped", func() error {
+	testkit.Eventually(t, 10*time.Second, "unsigned bundle skipped", func() error {
 		if !strings.Contains(logs.String(), "is not signed") {
 			return errNotYet
 		}

@@ -1,7 +1,6 @@
 package root
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -11,9 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"log/slog"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,25 +21,8 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/testkit"
 )
-
-// syncBuffer collects log output from concurrent goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // harness is a root service on a fake clock, with file keys in a temporary
 // directory and (unless the test supplies another) an in-memory store.
@@ -51,13 +31,13 @@ type harness struct {
 	clock *fakeClock
 	fake  *fakeStore
 	cfg   Config
-	logs  *syncBuffer
+	logs  *testkit.LogBuffer
 	root  *Root
 }
 
 func newHarness(t testing.TB, mod func(*Config)) *harness {
 	t.Helper()
-	h := &harness{t: t, clock: newFakeClock(), fake: newFakeStore(), logs: &syncBuffer{}}
+	h := &harness{t: t, clock: newFakeClock(), fake: newFakeStore(), logs: &testkit.LogBuffer{}}
 	h.cfg = Config{
 		Store:            h.fake,
 		Keys:             FileKeys{Dir: t.TempDir()},
@@ -106,19 +86,8 @@ func (h *harness) addCluster(name, td string) string {
 // serve runs Serve on a loopback port until the test ends.
 func (h *harness) serve() string {
 	h.t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.root.Serve(ctx, lis) }()
-	h.t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			h.t.Errorf("Serve: %v", err)
-		}
-	})
+	lis := testkit.Listen(h.t)
+	testkit.Go(h.t, "Serve", func(ctx context.Context) error { return h.root.Serve(ctx, lis) })
 	return lis.Addr().String()
 }
 
@@ -199,6 +168,17 @@ func (s *issuerSide) authority(t testing.TB) *ca.Authority {
 	return a
 }
 
+// mustEnroll registers cluster with trust domain td and enrols it over
+// the root service at addr.
+func (h *harness) mustEnroll(addr, cluster, td string) *issuerSide {
+	h.t.Helper()
+	s, err := enroll(h.t, h.dial(addr, nil), h.addCluster(cluster, td))
+	if err != nil {
+		h.t.Fatalf("enrol %s: %v", cluster, err)
+	}
+	return s
+}
+
 func enroll(t testing.TB, conn *grpc.ClientConn, token string) (*issuerSide, error) {
 	t.Helper()
 	s := &issuerSide{credKey: newKey(t), interKey: newKey(t)}
@@ -267,18 +247,6 @@ func wantCode(t testing.TB, err error, want codes.Code) {
 	t.Helper()
 	if status.Code(err) != want {
 		t.Fatalf("error %v: code %v, want %v", err, status.Code(err), want)
-	}
-}
-
-// eventually polls cond for up to 5 s (for loops that run on real tickers).
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

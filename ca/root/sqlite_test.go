@@ -20,15 +20,7 @@ import (
 // the embedded store.
 func TestWithSQLite(t *testing.T) {
 	clock := newFakeClock()
-	path := filepath.Join(t.TempDir(), "root.db")
-	open := func() *sqlite.Store {
-		s, err := sqlite.Open(context.Background(), sqlite.Config{Path: path, Now: clock.Now})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		return s
-	}
+	open := sqliteOpener(t, clock.Now)
 	db := open()
 	h := newHarness(t, func(c *Config) { c.Store = db; c.Now = clock.Now })
 	h.clock = clock
@@ -88,23 +80,12 @@ func TestWithSQLite(t *testing.T) {
 // still lists its intermediates.
 func TestRevocationWithSQLite(t *testing.T) {
 	clock := newFakeClock()
-	path := filepath.Join(t.TempDir(), "root.db")
-	open := func() *sqlite.Store {
-		s, err := sqlite.Open(context.Background(), sqlite.Config{Path: path, Now: clock.Now})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		return s
-	}
+	open := sqliteOpener(t, clock.Now)
 	db := open()
 	h := newHarness(t, func(c *Config) { c.Store = db; c.Now = clock.Now })
 	h.clock = clock
 	addr := h.serve()
-	east, err := enroll(t, h.dial(addr, nil), h.addCluster("east", "east.example"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	east := h.mustEnroll(addr, "east", "east.example")
 	clock.Advance(time.Minute)
 	east2, err := renew(t, h.dial(addr, east.tlsCert()), east, false)
 	if err != nil {
@@ -172,5 +153,19 @@ func TestRevocationWithSQLite(t *testing.T) {
 	_, err = h.root.addCluster(bg, &meshcav1.AddClusterRequest{Name: "east", TrustDomain: "east.example"}, "admin:test")
 	if !errors.Is(err, errFailedPrecondition) {
 		t.Fatalf("AddCluster of a revoked name after a restart: %v", err)
+	}
+}
+
+// sqliteOpener returns a function that opens one SQLite file (again) with
+// time from now; each store it opens is closed at the end of the test.
+func sqliteOpener(t *testing.T, now func() time.Time) func() *sqlite.Store {
+	path := filepath.Join(t.TempDir(), "root.db")
+	return func() *sqlite.Store {
+		s, err := sqlite.Open(context.Background(), sqlite.Config{Path: path, Now: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
 	}
 }
