@@ -1,7 +1,6 @@
 package issuer_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -27,6 +26,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 )
 
@@ -622,28 +622,10 @@ func (m *memRoot) WatchBundle(ctx context.Context, fn func(*ca.TrustBundle)) err
 	}
 }
 
-// logBuffer collects log output for assertions.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // captureLogs returns a debug-level JSON logger and its output, which is
 // printed if the test fails.
-func captureLogs(t testing.TB) (*slog.Logger, *logBuffer) {
-	buf := &logBuffer{}
+func captureLogs(t testing.TB) (*slog.Logger, *testkit.LogBuffer) {
+	buf := &testkit.LogBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("logs:\n%s", buf.String())

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,26 +24,6 @@ import (
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 )
-
-// testClock is a settable clock for certificate lifetimes and TLS.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newTestClock() *testClock { return &testClock{now: time.Now()} }
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // upstreamConfig configures an Upstream of r; a nil log discards.
 func upstreamConfig(r *fakeRoot, dir, token string, log *slog.Logger) issuer.UpstreamConfig {
@@ -286,7 +265,7 @@ func TestUpstreamRejections(t *testing.T) {
 // cluster's newest credential, so every renewal asks for a new one and the
 // issuer stores it.
 func TestUpstreamRenewsCredentialWithEveryRenewal(t *testing.T) {
-	clk := newTestClock()
+	clk := testkit.NewClock(time.Now())
 	r := newFakeRoot(t, clk.Now, 48*time.Hour)
 	tok := r.addCluster("east", "east.example")
 	r.serve()

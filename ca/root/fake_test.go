@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/store"
 )
 
@@ -350,28 +351,6 @@ func (s *fakeStore) intermediateCount() int {
 	return len(s.intermediates)
 }
 
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{t: time.Now().Truncate(time.Second)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // fakeFederated is a Federated source whose domains the test sets.
 type fakeFederated struct {
 	mu      sync.Mutex
@@ -422,3 +401,6 @@ func (s listingStore) Clusters(context.Context) ([]store.Cluster, error) {
 	}
 	return out, nil
 }
+
+// newFakeClock returns a clock standing at the current second.
+func newFakeClock() *testkit.Clock { return testkit.NewClock(time.Now().Truncate(time.Second)) }

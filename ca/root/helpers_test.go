@@ -28,7 +28,7 @@ import (
 // directory and (unless the test supplies another) an in-memory store.
 type harness struct {
 	t     testing.TB
-	clock *fakeClock
+	clock *testkit.Clock
 	fake  *fakeStore
 	cfg   Config
 	logs  *testkit.LogBuffer

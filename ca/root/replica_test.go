@@ -30,7 +30,7 @@ import (
 // clock, driven by explicit re-evaluations.
 type replicaSet struct {
 	t     *testing.T
-	clock *fakeClock
+	clock *testkit.Clock
 	cfg   Config
 	logs  *testkit.LogBuffer
 	open  func() Store
