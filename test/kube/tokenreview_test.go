@@ -123,8 +123,8 @@ func TestTerminatingPod(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.pollFail(t, tok, codes.Unauthenticated, 15*time.Second)
-	if !strings.Contains(w.logs.String(), "terminating") && !strings.Contains(w.logs.String(), "being deleted") {
-		t.Errorf("log does not say the pod is terminating:\n%s", w.logs.String())
+	if !strings.Contains(w.logs(), "terminating") && !strings.Contains(w.logs(), "being deleted") {
+		t.Errorf("log does not say the pod is terminating:\n%s", w.logs())
 	}
 }
 
@@ -147,8 +147,8 @@ func TestUnboundToken(t *testing.T) {
 	tok := c.Token(t, wl.ns, wl.sa, audience)
 	required := newWire(t, newTokenReview(t, c, "east", attest.TokenReviewConfig{}))
 	required.mustFail(t, tok, "", codes.Unauthenticated)
-	if !strings.Contains(required.logs.String(), "not bound to a pod") {
-		t.Errorf("log does not give the reason:\n%s", required.logs.String())
+	if !strings.Contains(required.logs(), "not bound to a pod") {
+		t.Errorf("log does not give the reason:\n%s", required.logs())
 	}
 	allowed := newWire(t, newTokenReview(t, c, "east", attest.TokenReviewConfig{AllowUnboundTokens: true}))
 	allowed.mustIssue(t, tok, "", wl.spiffeID())

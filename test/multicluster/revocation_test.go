@@ -2,12 +2,14 @@ package multicluster
 
 import (
 	"crypto/tls"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/test/harness"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 )
 
 // adminIssuer runs `meshca admin -o json ARGS` against an issuer's socket.
@@ -124,13 +126,13 @@ func TestRevocationEndToEnd(t *testing.T) {
 			t.Fatalf("the bystander was affected: %v", err)
 		}
 	}
-	client.waitFor(t, "the client's agent to replace its revoked certificate", 10*time.Second, func() bool {
+	client.WaitFor(t, "the client's agent to replace its revoked certificate", 10*time.Second, func() bool {
 		return serialOf(t, client) != serial && dial(client, lis.Addr().String())() == nil
 	})
 
 	// Revoke the identity: a new certificate for it is refused. The one
 	// fetched before is revoked with it.
-	token := writeFile(t, filepath.Join(t.TempDir(), "token"), mustRun(t, "dev", "token", "--data-dir", east.Dir, "--namespace", "shop", "--service-account", "frontend"))
+	token := harness.WriteFile(t, filepath.Join(t.TempDir(), "token"), mustRun(t, "dev", "token", "--data-dir", east.Dir, "--namespace", "shop", "--service-account", "frontend"))
 	fetch := func() (string, error) {
 		return run(t, "cert", "fetch", "--issuer", east.Addr, "--server-name", "localhost", "--ca-bundle", root.BundlePath(),
 			"--token-file", token, "--out", t.TempDir())
@@ -222,14 +224,14 @@ func TestRevokeCluster(t *testing.T) {
 		t.Errorf("west's intermediate %s is not on the CRLs east's agent delivers", westInter)
 	}
 	// west's issuer is refused: a restart cannot renew its intermediate.
-	west.stop(t)
-	west.proc = start(t, "issuer west (revoked)", "issuer", "serve", "--config", west.config)
+	west.Stop(t)
+	west.Proc = start(t, "issuer west (revoked)", "issuer", "serve", "--config", west.config)
 	select {
-	case <-west.done:
-	case <-time.After(startTimeout):
+	case <-west.Done():
+	case <-time.After(harness.StartTimeout):
 		t.Fatal("the revoked cluster's issuer keeps running without an intermediate")
 	}
-	if west.err == nil || !strings.Contains(west.out.String(), "cluster west is revoked") {
-		t.Errorf("the revoked cluster's issuer: exit %v, want a failure saying the cluster is revoked:\n%s", west.err, west.out.String())
+	if west.Err() == nil || !strings.Contains(west.Output(), "cluster west is revoked") {
+		t.Errorf("the revoked cluster's issuer: exit %v, want a failure saying the cluster is revoked:\n%s", west.Err(), west.Output())
 	}
 }
