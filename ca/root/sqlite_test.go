@@ -19,11 +19,8 @@ import (
 // TestWithSQLite runs enrolment, renewal, rotation and a restart against
 // the embedded store.
 func TestWithSQLite(t *testing.T) {
-	clock := newFakeClock()
-	open := sqliteOpener(t, clock.Now)
-	db := open()
-	h := newHarness(t, func(c *Config) { c.Store = db; c.Now = clock.Now })
-	h.clock = clock
+	h, db, open := newSQLiteHarness(t)
+	clock := h.clock
 	addr := h.serve()
 
 	token := h.addCluster("east", "east.example")
@@ -79,11 +76,8 @@ func TestWithSQLite(t *testing.T) {
 // restarts the root on it: the cluster stays revoked and the root CRL
 // still lists its intermediates.
 func TestRevocationWithSQLite(t *testing.T) {
-	clock := newFakeClock()
-	open := sqliteOpener(t, clock.Now)
-	db := open()
-	h := newHarness(t, func(c *Config) { c.Store = db; c.Now = clock.Now })
-	h.clock = clock
+	h, db, open := newSQLiteHarness(t)
+	clock := h.clock
 	addr := h.serve()
 	east := h.mustEnroll(addr, "east", "east.example")
 	clock.Advance(time.Minute)
@@ -154,6 +148,19 @@ func TestRevocationWithSQLite(t *testing.T) {
 	if !errors.Is(err, errFailedPrecondition) {
 		t.Fatalf("AddCluster of a revoked name after a restart: %v", err)
 	}
+}
+
+// newSQLiteHarness returns a harness whose root keeps its data in one
+// SQLite file, that store, and a function that opens the file again (for
+// a restart).
+// The store and the root share the harness's clock.
+func newSQLiteHarness(t *testing.T) (h *harness, db *sqlite.Store, open func() *sqlite.Store) {
+	clock := newFakeClock()
+	open = sqliteOpener(t, clock.Now)
+	db = open()
+	h = newHarness(t, func(c *Config) { c.Store = db; c.Now = clock.Now })
+	h.clock = clock
+	return h, db, open
 }
 
 // sqliteOpener returns a function that opens one SQLite file (again) with
