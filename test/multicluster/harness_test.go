@@ -272,6 +272,19 @@ func startProbe(t *testing.T, server, client *workload, interval time.Duration) 
 	return p
 }
 
+// echoServer serves serveEcho over TLS with cfg on a loopback port until the
+// end of the test, and returns its address.
+func echoServer(t *testing.T, cfg *tls.Config) string {
+	t.Helper()
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lis.Close() })
+	go serveEcho(lis)
+	return lis.Addr().String()
+}
+
 // serveEcho answers each connection's 4-byte ping until lis is closed.
 func serveEcho(lis net.Listener) {
 	for {

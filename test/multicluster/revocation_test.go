@@ -1,7 +1,6 @@
 package multicluster
 
 import (
-	"crypto/tls"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -81,22 +80,12 @@ func TestRevocationEndToEnd(t *testing.T) {
 	bystander := startWorkload(t, east, root.BundlePath(), "shop", "cart", 10*time.Minute)
 	server.watchCRLs(t)
 
-	lis, err := tls.Listen("tcp", "127.0.0.1:0", server.serverConfig(client.ID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	go serveEcho(lis)
-	byLis, err := tls.Listen("tcp", "127.0.0.1:0", server.serverConfig(bystander.ID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer byLis.Close()
-	go serveEcho(byLis)
+	addr := echoServer(t, server.serverConfig(client.ID))
+	byAddr := echoServer(t, server.serverConfig(bystander.ID))
 	dial := func(w *workload, l string) func() error {
 		return func() error { return exchange(l, w.clientConfig(server.ID)) }
 	}
-	if err := dial(client, lis.Addr().String())(); err != nil {
+	if err := dial(client, addr)(); err != nil {
 		t.Fatalf("mTLS before any revocation: %v", err)
 	}
 
@@ -109,7 +98,7 @@ func TestRevocationEndToEnd(t *testing.T) {
 	}
 	serial := serialOf(t, client)
 	dialRevoked := func() error {
-		return exchange(lis.Addr().String(), tlsconfig.MTLSClientConfig(revoked, client.Source, tlsconfig.AuthorizeID(server.ID)))
+		return exchange(addr, tlsconfig.MTLSClientConfig(revoked, client.Source, tlsconfig.AuthorizeID(server.ID)))
 	}
 	revokedAt := time.Now()
 	if err := east.admin(t, nil, "revoke", "--serial", serial, "--reason", "key compromise"); err != nil {
@@ -122,12 +111,12 @@ func TestRevocationEndToEnd(t *testing.T) {
 		t.Logf("revoked certificate refused %v after `meshca admin revoke`", d.Round(time.Millisecond))
 	}
 	for i := 0; i < 20; i++ {
-		if err := dial(bystander, byLis.Addr().String())(); err != nil {
+		if err := dial(bystander, byAddr)(); err != nil {
 			t.Fatalf("the bystander was affected: %v", err)
 		}
 	}
 	client.WaitFor(t, "the client's agent to replace its revoked certificate", 10*time.Second, func() bool {
-		return serialOf(t, client) != serial && dial(client, lis.Addr().String())() == nil
+		return serialOf(t, client) != serial && dial(client, addr)() == nil
 	})
 
 	// Revoke the identity: a new certificate for it is refused. The one
@@ -203,13 +192,8 @@ func TestRevokeCluster(t *testing.T) {
 	server := startWorkload(t, east, root.BundlePath(), "shop", "backend", 10*time.Minute)
 	client := startWorkload(t, west, root.BundlePath(), "shop", "frontend", 10*time.Minute)
 	server.watchCRLs(t)
-	lis, err := tls.Listen("tcp", "127.0.0.1:0", server.serverConfig(client.ID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	go serveEcho(lis)
-	dial := func() error { return exchange(lis.Addr().String(), client.clientConfig(server.ID)) }
+	addr := echoServer(t, server.serverConfig(client.ID))
+	dial := func() error { return exchange(addr, client.clientConfig(server.ID)) }
 	if err := dial(); err != nil {
 		t.Fatalf("east/west mTLS before revocation: %v", err)
 	}
