@@ -227,15 +227,7 @@ func TestAgentBundleWatchDisabled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	defer testkit.Go(t, "Run", a.Run)()
 	e := envoy(t, cfg.SDSSocket, "node")
 	next(t, subscribe(t, e, ResourceDefault))
 	if u := next(t, subscribe(t, e, ResourceAll)); !sameCerts(u.Roots, tree.Root.Certificate) {

@@ -58,11 +58,6 @@ func newTestIssuer(t *testing.T) *testIssuer {
 		t.Fatal(err)
 	}
 	ti.start(t)
-	t.Cleanup(func() {
-		if ti.stopServe != nil {
-			ti.stop(t)
-		}
-	})
 	return ti
 }
 
@@ -83,15 +78,7 @@ func (ti *testIssuer) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	ti.addr = lis.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, lis) }()
-	ti.stopServe = func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("issuer Serve: %v", err)
-		}
-	}
+	ti.stopServe = testkit.Go(t, "issuer Serve", func(ctx context.Context) error { return srv.Serve(ctx, lis) })
 }
 
 // stop stops serving (the listener is closed, connections are dropped).

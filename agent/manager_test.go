@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"crypto/rsa"
 	"crypto/x509"
 	"io"
@@ -63,15 +62,7 @@ func startManager(t *testing.T, tweak func(*ManagerConfig)) *managerFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- loop.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("loop: %v", err)
-		}
-	})
+	testkit.Go(t, "loop", loop.Run)
 	synctest.Wait() // the first renewal has happened
 	return f
 }

@@ -13,6 +13,7 @@ import (
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"go.step.sm/crypto/keyutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -277,16 +278,25 @@ func TestSDSPushOnlyToStreamsThatChanged(t *testing.T) {
 	}
 }
 
-func TestSDSSeveralNamesOnOneStream(t *testing.T) {
+// rawStream opens a StreamSecrets stream on an agent that has its first
+// certificate, for requests that sdstest would never send. The stream ends
+// with the test.
+func rawStream(t *testing.T) secretv3.SecretDiscoveryService_StreamSecretsClient {
+	t.Helper()
 	f := newSDSFixture(t)
 	f.rotate(t)
 	e := envoy(t, f.path, "node")
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-	defer cancel()
+	t.Cleanup(cancel)
 	stream, err := e.Client().StreamSecrets(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return stream
+}
+
+func TestSDSSeveralNamesOnOneStream(t *testing.T) {
+	stream := rawStream(t)
 	if err := stream.Send(&discoveryv3.DiscoveryRequest{ResourceNames: []string{ResourceRootCA, ResourceDefault, ResourceRootCA}, TypeUrl: SecretTypeURL}); err != nil {
 		t.Fatal(err)
 	}
@@ -338,15 +348,7 @@ func TestSDSFetchSecrets(t *testing.T) {
 }
 
 func TestSDSRejectsOtherTypes(t *testing.T) {
-	f := newSDSFixture(t)
-	f.rotate(t)
-	e := envoy(t, f.path, "node")
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-	defer cancel()
-	stream, err := e.Client().StreamSecrets(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	stream := rawStream(t)
 	const cluster = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 	if err := stream.Send(&discoveryv3.DiscoveryRequest{ResourceNames: []string{ResourceDefault}, TypeUrl: cluster}); err != nil {
 		t.Fatal(err)

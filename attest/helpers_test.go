@@ -12,6 +12,7 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // testNow is the fixed "current time" of every test that does not move it.
@@ -44,26 +45,6 @@ func (f *fakeAttestor) Calls() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.calls
-}
-
-// fakeClock is a manually advanced clock, safe for concurrent use.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{now: testNow} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
 }
 
 // testSigners caches in-memory dev signers so tests do not regenerate keys.
@@ -193,3 +174,5 @@ func sameIdentity(a, b Identity) bool {
 	a.Expiry, b.Expiry = time.Time{}, time.Time{}
 	return a == b && ae.Equal(be)
 }
+
+func newFakeClock() *testkit.Clock { return testkit.NewClock(testNow) }

@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
-	"net"
 	"testing"
 	"time"
 
@@ -42,20 +41,8 @@ func serveIssuerConfig(t *testing.T, cfg issuer.ServerConfig) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, lis) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return lis.Addr().String()
+	addr := testkit.Serve(t, "Serve", srv.Serve)
+	return addr
 }
 
 // watchToken is the bearer token of bundleClient, for the identity
@@ -181,7 +168,7 @@ func TestIssuerRelaysRootBundleAndFollowsRootRotation(t *testing.T) {
 		t.Fatalf("bundle after the root moved: %v, want signed by the new root", err)
 	}
 
-	eventually(t, "issuer moves under the new root", func() error {
+	testkit.Eventually(t, 10*time.Second, "issuer moves under the new root", func() error {
 		if iss.Authority().Certificate.CheckSignatureFrom(root1) != nil {
 			return errNotYet
 		}

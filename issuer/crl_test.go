@@ -34,7 +34,7 @@ type crlRig struct {
 	dl     *issuer.DenyList
 	iss    *issuer.Issuer
 	signer *issuer.CRLSigner
-	logs   *logBuffer
+	logs   *testkit.LogBuffer
 }
 
 func newCRLRig(t *testing.T, interTTL time.Duration, pub issuer.CRLPublisher) *crlRig {

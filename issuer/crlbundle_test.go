@@ -102,7 +102,7 @@ func TestIssuerRelaysBundleWithItsCRLs(t *testing.T) {
 		d, _ := r.Bundle().Domain(td)
 		return d.CRLs[1:]
 	}
-	eventually(t, "the root relays the older CRL", func() error {
+	testkit.Eventually(t, 10*time.Second, "the root relays the older CRL", func() error {
 		if !slices.EqualFunc(relayed(), []trust.CRL{staleOwn}, crlEqual) {
 			return errNotYet
 		}
@@ -171,7 +171,7 @@ func TestIssuerRelaysBundleWithItsCRLs(t *testing.T) {
 		t.Errorf("the issuer's CRL has number %v and %d entries, want a newer, empty one", first.Number, len(first.RevokedCertificateEntries))
 	}
 	gate.open.Store(true)
-	eventually(t, "the root receives the issuer's CRLs", func() error {
+	testkit.Eventually(t, 10*time.Second, "the root receives the issuer's CRLs", func() error {
 		current, _ := signer.Current()
 		if !slices.EqualFunc(relayed(), current, crlEqual) {
 			return errNotYet
@@ -213,7 +213,7 @@ func TestIssuerRelaysBundleWithItsCRLs(t *testing.T) {
 		t.Error("a reconnecting watcher did not get the current CRLs")
 	}
 	gate.open.Store(true)
-	eventually(t, "the root receives the new CRLs", func() error {
+	testkit.Eventually(t, 10*time.Second, "the root receives the new CRLs", func() error {
 		current, _ := signer.Current()
 		if !slices.EqualFunc(relayed(), current, crlEqual) {
 			return errNotYet

@@ -418,7 +418,7 @@ func TestGRPCRevokedIdentityRefused(t *testing.T) {
 }
 
 func TestGRPCStaleDenyListIsUnavailable(t *testing.T) {
-	clock := newTestClock()
+	clock := testkit.NewClock(time.Now())
 	w := newWireOptions(t, wireOptions{now: clock.Now, deny: denyOver(t, clock.Now)})
 	web := bearer(w.token(t, attest.TokenSpec{}))
 	csr := csrPEM(t, testKey(t, "p256"), nil)

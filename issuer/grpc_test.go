@@ -9,7 +9,6 @@ import (
 	"encoding/pem"
 	"io"
 	"log/slog"
-	"net"
 	"net/url"
 	"path/filepath"
 	"slices"
@@ -116,21 +115,9 @@ func newWireOptions(t testing.TB, opts wireOptions) *wire {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, lis) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	addr := testkit.Serve(t, "Serve", srv.Serve)
 	creds := credentials.NewTLS(&tls.Config{RootCAs: w.tree.Bundle.Pool(), ServerName: "istiod.istio-system.svc"})
-	if w.conn, err = grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(creds)); err != nil {
+	if w.conn, err = grpc.NewClient(addr, grpc.WithTransportCredentials(creds)); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.conn.Close() })

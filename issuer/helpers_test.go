@@ -1,40 +1,21 @@
 package issuer_test
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
-	"time"
+
+	"github.com/meshca/meshca/internal/testkit"
 )
-
-// logBuffer collects log output for assertions.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
 
 // captureLogs returns a debug-level JSON logger and its output, which is
 // printed if the test fails.
-func captureLogs(t testing.TB) (*slog.Logger, *logBuffer) {
-	buf := &logBuffer{}
+func captureLogs(t testing.TB) (*slog.Logger, *testkit.LogBuffer) {
+	buf := &testkit.LogBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("logs:\n%s", buf.String())
@@ -62,19 +43,3 @@ func newKey(tb testing.TB) *ecdsa.PrivateKey {
 }
 
 var errNotYet = errors.New("not yet")
-
-// eventually polls cond (real time) until it returns nil or 10 s pass.
-func eventually(t testing.TB, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}

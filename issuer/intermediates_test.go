@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/trust"
 )
@@ -26,7 +27,7 @@ type rotationRig struct {
 	iss    *issuer.Issuer
 	loop   *issuer.Intermediates
 	first  *ca.Authority
-	logs   *logBuffer
+	logs   *testkit.LogBuffer
 }
 
 func newRotationRig(t *testing.T, interTTL time.Duration) *rotationRig {

@@ -182,7 +182,7 @@ func TestWatchBundleCapsAndReleases(t *testing.T) {
 	// The slots come back as the server notices each cancellation: retry
 	// until all four watches fit again (two per peer, four in all).
 	stop := func() {}
-	eventually(t, "watch slots given back", func() error {
+	testkit.Eventually(t, 10*time.Second, "watch slots given back", func() error {
 		more, cancelMore := context.WithCancel(t.Context())
 		for _, conn := range []*grpc.ClientConn{peerC, peerA, peerA, peerC} {
 			if err := openWatch(more, t, conn); err != nil {
@@ -194,7 +194,7 @@ func TestWatchBundleCapsAndReleases(t *testing.T) {
 		return nil
 	})
 	stop()
-	eventually(t, "goroutines back to the baseline", func() error {
+	testkit.Eventually(t, 10*time.Second, "goroutines back to the baseline", func() error {
 		if n := runtime.NumGoroutine(); n > baseline {
 			return fmt.Errorf("%d goroutines, baseline %d: ended streams hold some", n, baseline)
 		}

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,29 +24,10 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/root"
 	"github.com/meshca/meshca/ca/root/roottest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/trust"
 )
-
-// testClock is a settable clock for certificate lifetimes and TLS.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newTestClock() *testClock { return &testClock{now: time.Now()} }
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // upstreamConfig configures an Upstream of r, trusting the roots r
 // publishes now, on r's clock; a nil log discards.
@@ -453,7 +433,7 @@ func TestUpstreamWatchBundleReconnects(t *testing.T) {
 
 // enrolWithFake serves a fakeRoot with cluster east and returns an
 // Upstream of it holding east's join token, and its logs.
-func enrolWithFake(t *testing.T) (*fakeRoot, *issuer.Upstream, string, *logBuffer) {
+func enrolWithFake(t *testing.T) (*fakeRoot, *issuer.Upstream, string, *testkit.LogBuffer) {
 	r := newFakeRoot(t, nil, 0)
 	tok := r.addCluster("east", "east.example")
 	r.serve()
@@ -507,14 +487,14 @@ func TestUpstreamIgnoresBundlesNotSignedByTrustedRoot(t *testing.T) {
 	// A rogue root that also lists itself, and an unsigned bundle: skipped.
 	rogue := r.newRoot("rogue root")
 	r.setSigning(rogue, false)
-	eventually(t, "rogue bundle skipped", func() error {
+	testkit.Eventually(t, 10*time.Second, "rogue bundle skipped", func() error {
 		if !strings.Contains(logs.String(), "signed by an untrusted root") {
 			return errNotYet
 		}
 		return nil
 	})
 	r.setSigning(nil, true)
-	eventually(t, "unsigned bundle skipped", func() error {
+	testkit.Eventually(t, 10*time.Second, "unsigned bundle skipped", func() error {
 		if !strings.Contains(logs.String(), "is not signed") {
 			return errNotYet
 		}

@@ -1,16 +1,16 @@
 package rotation
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // runLoop starts a loop inside the current synctest bubble and returns a
@@ -129,7 +129,7 @@ func TestLoopRefusedWaitsLong(t *testing.T) {
 			return Validity{}, fmt.Errorf("renew: %w: Unauthenticated", ErrRefused)
 		}
 		r := &fakeRenewer{ttl: time.Hour, steps: []func(context.Context) (Validity, error){refused, refused}}
-		var logs syncBuffer
+		var logs testkit.LogBuffer
 		stop := runLoop(t, Config{Renewer: r, Jitter: half, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 		time.Sleep(11 * time.Minute)
 		stop()
@@ -163,7 +163,7 @@ func TestLoopAttemptTimeout(t *testing.T) {
 func TestLoopLogsExpiry(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		r := &fakeRenewer{ttl: time.Hour}
-		var logs syncBuffer
+		var logs testkit.LogBuffer
 		stop := runLoop(t, Config{Renewer: r, Jitter: half, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 		synctest.Wait()
 		r.mu.Lock()
@@ -197,23 +197,6 @@ func TestLoopStopsWhileWaiting(t *testing.T) {
 }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
 
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")

@@ -31,15 +31,7 @@ func TestAdminService(t *testing.T) {
 	if info, err := os.Stat(dir); err != nil || info.Mode().Perm() != 0o700 {
 		t.Fatalf("socket directory: %v, mode %v; want 0700", err, info.Mode().Perm())
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.root.ServeAdmin(ctx, lis) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("ServeAdmin: %v", err)
-		}
-	}()
+	defer testkit.Go(t, "ServeAdmin", func(ctx context.Context) error { return h.root.ServeAdmin(ctx, lis) })()
 	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"net"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -20,6 +19,7 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/adminapi"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/sqlite"
 )
@@ -41,20 +41,9 @@ func (h *harness) serveAdminMTLS() string {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	lis := testkit.Listen(h.t)
 	root := h.root
-	go func() { done <- root.ServeAdminMTLS(ctx, lis, m) }()
-	h.t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			h.t.Errorf("ServeAdminMTLS: %v", err)
-		}
-	})
+	testkit.Go(h.t, "ServeAdminMTLS", func(ctx context.Context) error { return root.ServeAdminMTLS(ctx, lis, m) })
 	return lis.Addr().String()
 }
 

@@ -219,10 +219,7 @@ func TestEnrollFailures(t *testing.T) {
 func TestRenew(t *testing.T) {
 	h := newHarness(t, nil)
 	addr := h.serve()
-	iss, err := enroll(t, h.dial(addr, nil), h.addCluster("east", "east.example"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	iss := h.mustEnroll(addr, "east", "east.example")
 	h.addCluster("west", "west.example")
 	withCred := h.dial(addr, iss.tlsCert())
 	h.clock.Advance(time.Hour)

@@ -1,7 +1,6 @@
 package root
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -11,7 +10,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"log/slog"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -25,43 +23,29 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/store/sqlite"
 	"github.com/meshca/meshca/trust"
 )
-
-// syncBuffer collects log output from concurrent goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // harness is a root service on a fake clock, with file keys and an
 // embedded SQLite store in temporary directories. mod may wrap the store
 // (cfg.Store) to add a capability or inject a fault; db stays the real one.
 type harness struct {
 	t     testing.TB
-	clock *fakeClock
+	clock *testkit.Clock
 	db    *sqlite.Store
 	cfg   Config
-	logs  *syncBuffer
+	logs  *testkit.LogBuffer
 	root  *Root
 }
 
+// newFakeClock is a settable clock at the current second.
+func newFakeClock() *testkit.Clock { return testkit.NewClock(time.Now().Truncate(time.Second)) }
+
 func newHarness(t testing.TB, mod func(*Config)) *harness {
 	t.Helper()
-	h := &harness{t: t, clock: newFakeClock(), logs: &syncBuffer{}}
+	h := &harness{t: t, clock: newFakeClock(), logs: &testkit.LogBuffer{}}
 	h.db = openSQLite(t, h.clock.Now)
 	h.cfg = Config{
 		Store:            h.db,
@@ -111,19 +95,8 @@ func (h *harness) addCluster(name, td string) string {
 // serve runs Serve on a loopback port until the test ends.
 func (h *harness) serve() string {
 	h.t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.root.Serve(ctx, lis) }()
-	h.t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			h.t.Errorf("Serve: %v", err)
-		}
-	})
+	lis := testkit.Listen(h.t)
+	testkit.Go(h.t, "Serve", func(ctx context.Context) error { return h.root.Serve(ctx, lis) })
 	return lis.Addr().String()
 }
 
@@ -204,6 +177,17 @@ func (s *issuerSide) authority(t testing.TB) *ca.Authority {
 	return a
 }
 
+// mustEnroll registers cluster with trust domain td and enrols it over
+// the root service at addr.
+func (h *harness) mustEnroll(addr, cluster, td string) *issuerSide {
+	h.t.Helper()
+	s, err := enroll(h.t, h.dial(addr, nil), h.addCluster(cluster, td))
+	if err != nil {
+		h.t.Fatalf("enrol %s: %v", cluster, err)
+	}
+	return s
+}
+
 func enroll(t testing.TB, conn *grpc.ClientConn, token string) (*issuerSide, error) {
 	t.Helper()
 	s := &issuerSide{credKey: newKey(t), interKey: newKey(t)}
@@ -275,18 +259,6 @@ func wantCode(t testing.TB, err error, want codes.Code) {
 	}
 }
 
-// eventually polls cond for up to 5 s (for loops that run on real tickers).
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func countLines(s, substr string) int {
 	n := 0
 	for _, l := range strings.Split(s, "\n") {
@@ -295,28 +267,6 @@ func countLines(s, substr string) int {
 		}
 	}
 	return n
-}
-
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{t: time.Now().Truncate(time.Second)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
 }
 
 // fakeFederated is a Federated source whose domains the test sets.

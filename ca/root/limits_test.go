@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"net"
 	"net/url"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/grpclimit"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // firstBundle opens a bundle watch on conn and returns the error of its
@@ -81,10 +83,7 @@ func TestWatchBundleRequiresAnIssuerCredential(t *testing.T) {
 func TestWatchBundleCapsPerPeerAndInAll(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.Limits = grpclimit.Config{MaxWatches: 3, MaxWatchesPerPeer: 2} })
 	addr := h.serve()
-	east, err := enroll(t, h.dial(addr, nil), h.addCluster("east", "east.example"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	east := h.mustEnroll(addr, "east", "east.example")
 	from := func(local string) *grpc.ClientConn {
 		cfg := &tls.Config{RootCAs: h.rootsPool(), ServerName: "localhost", Time: h.clock.Now, Certificates: []tls.Certificate{*east.tlsCert()}}
 		conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)),
@@ -108,15 +107,18 @@ func TestWatchBundleCapsPerPeerAndInAll(t *testing.T) {
 	// The slots come back as the server sees the streams end: until all
 	// three have, an attempt may still be refused; its own streams end
 	// with it, so the next attempt starts from what is held.
-	eventually(t, "watch slots given back", func() bool {
+	testkit.Eventually(t, 5*time.Second, "watch slots given back", func() error {
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		for _, conn := range []*grpc.ClientConn{a, a, c} {
-			if firstBundle(ctx, t, conn) != nil {
-				return false
+			if err := firstBundle(ctx, t, conn); err != nil {
+				return err
 			}
 		}
-		return status.Code(firstBundle(ctx, t, a)) == codes.ResourceExhausted // per peer
+		if err := firstBundle(ctx, t, a); status.Code(err) != codes.ResourceExhausted { // per peer
+			return fmt.Errorf("a third watch from one peer: %v, want ResourceExhausted", err)
+		}
+		return nil
 	})
 }
 

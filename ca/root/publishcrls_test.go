@@ -86,14 +86,8 @@ func sameCRLs(a []trust.CRL, b ...trust.CRL) bool {
 func TestPublishCRLs(t *testing.T) {
 	h := newHarness(t, nil)
 	addr := h.serve()
-	east, err := enroll(t, h.dial(addr, nil), h.addCluster("east", "east.example"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	west, err := enroll(t, h.dial(addr, nil), h.addCluster("west", "west.example"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	east := h.mustEnroll(addr, "east", "east.example")
+	west := h.mustEnroll(addr, "west", "west.example")
 	eastRoot := meshcav1.NewRootServiceClient(h.dial(addr, east.tlsCert()))
 	westRoot := meshcav1.NewRootServiceClient(h.dial(addr, west.tlsCert()))
 	bg := context.Background()
@@ -215,10 +209,7 @@ func TestPublishCRLs(t *testing.T) {
 func TestPublishedCRLDroppedWhenIssuerExpires(t *testing.T) {
 	h := newHarness(t, nil)
 	addr := h.serve()
-	east, err := enroll(t, h.dial(addr, nil), h.addCluster("east", "east.example"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	east := h.mustEnroll(addr, "east", "east.example")
 	h.clock.Advance(time.Hour)
 	next, err := renew(t, h.dial(addr, east.tlsCert()), east, false)
 	if err != nil {

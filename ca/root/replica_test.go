@@ -18,6 +18,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/internal/adminapi"
+	"github.com/meshca/meshca/internal/testkit"
 
 	"github.com/meshca/meshca/store/postgres"
 	"github.com/meshca/meshca/store/postgres/pgtest"
@@ -29,9 +30,9 @@ import (
 // clock, driven by explicit re-evaluations.
 type replicaSet struct {
 	t     *testing.T
-	clock *fakeClock
+	clock *testkit.Clock
 	cfg   Config
-	logs  *syncBuffer
+	logs  *testkit.LogBuffer
 	open  func() Store
 	// seen is the highest CRL number seen per root across both replicas'
 	// bundles, with the CRL that carried it.
@@ -44,7 +45,7 @@ type seenCRL struct {
 }
 
 func newReplicaSet(t *testing.T, open func(now func() time.Time) Store) *replicaSet {
-	rs := &replicaSet{t: t, clock: newFakeClock(), logs: &syncBuffer{}, seen: map[string]seenCRL{}}
+	rs := &replicaSet{t: t, clock: newFakeClock(), logs: &testkit.LogBuffer{}, seen: map[string]seenCRL{}}
 	rs.open = func() Store { return open(rs.clock.Now) }
 	rs.cfg = Config{
 		Keys:             FileKeys{Dir: t.TempDir()},
@@ -85,27 +86,19 @@ func (rs *replicaSet) refresh(rr ...*Root) {
 }
 
 // adminClient serves r's AdminService on a Unix socket until the test ends.
-func adminClient(t *testing.T, r *Root) meshcav1.AdminServiceClient {
+func adminClient(t testing.TB, r *Root) meshcav1.AdminServiceClient {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "admin.sock")
 	lis, err := adminapi.ListenUnix(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.ServeAdmin(ctx, lis) }()
+	testkit.Go(t, "ServeAdmin", func(ctx context.Context) error { return r.ServeAdmin(ctx, lis) })
 	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = conn.Close()
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("ServeAdmin: %v", err)
-		}
-	})
+	t.Cleanup(func() { _ = conn.Close() })
 	return meshcav1.NewAdminServiceClient(conn)
 }
 

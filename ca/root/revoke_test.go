@@ -3,20 +3,16 @@ package root
 import (
 	"context"
 	"crypto/x509"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/trust"
 )
@@ -25,27 +21,7 @@ import (
 // returns a client whose calls carry this process's Unix user as actor.
 func (h *harness) adminClient() meshcav1.AdminServiceClient {
 	h.t.Helper()
-	path := filepath.Join(h.t.TempDir(), "admin.sock")
-	lis, err := adminapi.ListenUnix(path)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	root := h.root
-	go func() { done <- root.ServeAdmin(ctx, lis) }()
-	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.t.Cleanup(func() {
-		_ = conn.Close()
-		cancel()
-		if err := <-done; err != nil {
-			h.t.Errorf("ServeAdmin: %v", err)
-		}
-	})
-	return meshcav1.NewAdminServiceClient(conn)
+	return adminClient(h.t, h.root)
 }
 
 // rootCRLSerials verifies the root CRLs of domain td in b against the
@@ -98,14 +74,8 @@ func TestRevokeCluster(t *testing.T) {
 	client := h.adminClient()
 	bg := context.Background()
 
-	east, err := enroll(t, h.dial(addr, nil), h.addCluster("east", "east.example"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	west, err := enroll(t, h.dial(addr, nil), h.addCluster("west", "west.example"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	east := h.mustEnroll(addr, "east", "east.example")
+	west := h.mustEnroll(addr, "west", "west.example")
 	// Three intermediates of east: the first expires before the
 	// revocation and is left out.
 	h.clock.Advance(time.Hour)
@@ -312,10 +282,7 @@ func TestRevokeRefusals(t *testing.T) {
 func TestRevocationLoadedOnRefresh(t *testing.T) {
 	h := newHarness(t, nil)
 	addr := h.serve()
-	east, err := enroll(t, h.dial(addr, nil), h.addCluster("east", "east.example"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	east := h.mustEnroll(addr, "east", "east.example")
 	if _, err := renew(t, h.dial(addr, east.tlsCert()), east, false); err != nil {
 		t.Fatal(err)
 	}
@@ -324,7 +291,7 @@ func TestRevocationLoadedOnRefresh(t *testing.T) {
 	}, store.AuditEvent{Time: h.clock.Now(), Actor: "admin:elsewhere", Action: "cluster.revoke"}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = renew(t, h.dial(addr, east.tlsCert()), east, false)
+	_, err := renew(t, h.dial(addr, east.tlsCert()), east, false)
 	wantCode(t, err, codes.PermissionDenied)
 	h.clock.Advance(time.Second)
 	h.refresh()

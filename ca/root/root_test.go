@@ -147,10 +147,7 @@ func TestAutoRotate(t *testing.T) {
 		c.AutoRotate = true
 		c.Registerer = reg
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.root.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer testkit.Go(t, "Run", h.root.Run)()
 
 	h.clock.Advance(19 * time.Hour) // 11h of 30h left: more than 1/3
 	time.Sleep(3 * h.cfg.Tick)
@@ -159,7 +156,12 @@ func TestAutoRotate(t *testing.T) {
 	}
 
 	h.clock.Advance(2 * time.Hour) // 9h left
-	eventually(t, "automatic rotation", func() bool { return len(h.root.Roots()) == 2 })
+	testkit.Eventually(t, 5*time.Second, "automatic rotation", func() error {
+		if n := len(h.root.Roots()); n != 2 {
+			return fmt.Errorf("%d roots, want 2", n)
+		}
+		return nil
+	})
 	roots := h.root.Roots()
 	if roots[0].State != RootActive || roots[1].State != RootPrepared {
 		t.Fatalf("after automatic rotation: %v, want active, prepared", states(roots))
@@ -176,9 +178,11 @@ func TestAutoRotate(t *testing.T) {
 	}
 
 	h.clock.Advance(time.Hour + time.Second)
-	eventually(t, "activation of the new root", func() bool {
-		b, _ := h.root.Current()
-		return b.ActiveRoot == trust.Fingerprint(roots[1].Cert)
+	testkit.Eventually(t, 5*time.Second, "activation of the new root", func() error {
+		if b, _ := h.root.Current(); b.ActiveRoot != trust.Fingerprint(roots[1].Cert) {
+			return errors.New("the active root is still the old one")
+		}
+		return nil
 	})
 	if got := gaugeValue(t, reg, "root", fingerprintHex(roots[1].Cert)); got != float64(roots[1].Cert.NotAfter.Unix()) {
 		t.Errorf("expiry gauge of the new root: %v, want %d", got, roots[1].Cert.NotAfter.Unix())
@@ -251,10 +255,7 @@ func TestTrustDomainsAcrossRestart(t *testing.T) {
 func TestFederatedDomains(t *testing.T) {
 	fed := newFakeFederated()
 	h := newHarness(t, func(c *Config) { c.TrustDomains = []string{"east.example"}; c.Federated = fed })
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.root.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer testkit.Go(t, "Run", h.root.Run)()
 
 	other := testkit.New(t, testkit.Options{TrustDomain: "other.example", Now: h.clock.Now()})
 	first, _ := h.root.Current()
@@ -263,7 +264,12 @@ func TestFederatedDomains(t *testing.T) {
 		// A federated bundle for one of our own trust domains is ignored.
 		trust.DomainBundle{TrustDomain: spiffeid.RequireTrustDomainFromString("east.example"), Roots: other.Bundle},
 	)
-	eventually(t, "federated bundle", func() bool { b, _ := h.root.Current(); return len(b.Domains) == 2 })
+	testkit.Eventually(t, 5*time.Second, "federated bundle", func() error {
+		if b, _ := h.root.Current(); len(b.Domains) != 2 {
+			return fmt.Errorf("%d trust domains in the bundle, want 2", len(b.Domains))
+		}
+		return nil
+	})
 	b, _ := h.root.Current()
 	if b.Sequence <= first.Sequence {
 		t.Errorf("sequence %d after federation, was %d", b.Sequence, first.Sequence)

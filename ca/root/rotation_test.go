@@ -22,10 +22,7 @@ func TestRootRotation(t *testing.T) {
 	h := newHarness(t, nil)
 	addr := h.serve()
 	east := spiffeid.RequireTrustDomainFromString("east.example")
-	iss, err := enroll(t, h.dial(addr, nil), h.addCluster("east", "east.example"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	iss := h.mustEnroll(addr, "east", "east.example")
 	rootA := h.activeRoot()
 	admin := &adminService{r: h.root}
 
@@ -154,10 +151,7 @@ func wantStates(t testing.TB, h *harness, want ...RootState) {
 func TestWatchBundle(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.TrustDomains = []string{"east.example"} })
 	addr := h.serve()
-	iss, err := enroll(t, h.dial(addr, nil), h.addCluster("east", "east.example"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	iss := h.mustEnroll(addr, "east", "east.example")
 	client := meshcav1.NewBundleServiceClient(h.dial(addr, iss.tlsCert()))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

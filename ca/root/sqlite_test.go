@@ -20,19 +20,8 @@ import (
 // TestWithSQLite runs enrolment, renewal, rotation and a restart against
 // the embedded store.
 func TestWithSQLite(t *testing.T) {
-	clock := newFakeClock()
-	path := filepath.Join(t.TempDir(), "root.db")
-	open := func() *sqlite.Store {
-		s, err := sqlite.Open(context.Background(), sqlite.Config{Path: path, Now: clock.Now})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		return s
-	}
-	db := open()
-	h := newHarness(t, func(c *Config) { c.Store = db; c.Now = clock.Now })
-	h.clock = clock
+	h, db, open := newSQLiteHarness(t)
+	clock := h.clock
 	addr := h.serve()
 
 	token := h.addCluster("east", "east.example")
@@ -88,24 +77,10 @@ func TestWithSQLite(t *testing.T) {
 // restarts the root on it: the cluster stays revoked and the root CRL
 // still lists its intermediates.
 func TestRevocationWithSQLite(t *testing.T) {
-	clock := newFakeClock()
-	path := filepath.Join(t.TempDir(), "root.db")
-	open := func() *sqlite.Store {
-		s, err := sqlite.Open(context.Background(), sqlite.Config{Path: path, Now: clock.Now})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = s.Close() })
-		return s
-	}
-	db := open()
-	h := newHarness(t, func(c *Config) { c.Store = db; c.Now = clock.Now })
-	h.clock = clock
+	h, db, open := newSQLiteHarness(t)
+	clock := h.clock
 	addr := h.serve()
-	east, err := enroll(t, h.dial(addr, nil), h.addCluster("east", "east.example"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	east := h.mustEnroll(addr, "east", "east.example")
 	clock.Advance(time.Minute)
 	east2, err := renew(t, h.dial(addr, east.tlsCert()), east, false)
 	if err != nil {
@@ -173,5 +148,32 @@ func TestRevocationWithSQLite(t *testing.T) {
 	_, err = h.root.addCluster(bg, &meshcav1.AddClusterRequest{Name: "east", TrustDomain: "east.example"}, "admin:test")
 	if !errors.Is(err, grpcx.ErrFailedPrecondition) {
 		t.Fatalf("AddCluster of a revoked name after a restart: %v", err)
+	}
+}
+
+// newSQLiteHarness returns a harness whose root keeps its data in one
+// SQLite file, that store, and a function that opens the file again (for
+// a restart).
+// The store and the root share the harness's clock.
+func newSQLiteHarness(t *testing.T) (h *harness, db *sqlite.Store, open func() *sqlite.Store) {
+	clock := newFakeClock()
+	open = sqliteOpener(t, clock.Now)
+	db = open()
+	h = newHarness(t, func(c *Config) { c.Store = db; c.Now = clock.Now })
+	h.clock = clock
+	return h, db, open
+}
+
+// sqliteOpener returns a function that opens one SQLite file (again) with
+// time from now; each store it opens is closed at the end of the test.
+func sqliteOpener(t *testing.T, now func() time.Time) func() *sqlite.Store {
+	path := filepath.Join(t.TempDir(), "root.db")
+	return func() *sqlite.Store {
+		s, err := sqlite.Open(context.Background(), sqlite.Config{Path: path, Now: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
 	}
 }

@@ -59,7 +59,7 @@ func TestTokenRenewedThenReplaced(t *testing.T) {
 	auth := appRole(t, v, name, vaulttest.SignPolicy(name), map[string]any{"token_ttl": "2s", "token_max_ttl": "5s"})
 	s := newSigner(t, Config{Address: v.Addr, KeyName: name, Auth: auth})
 	first := s.client.Token()
-	eventually(t, 10*time.Second, "first token renewed", func() error {
+	testkit.Eventually(t, 10*time.Second, "first token renewed", func() error {
 		self, err := v.Admin.Auth().Token().LookupWithContext(context.Background(), first)
 		if err != nil {
 			return err
@@ -69,7 +69,7 @@ func TestTokenRenewedThenReplaced(t *testing.T) {
 		}
 		return nil
 	})
-	eventually(t, 20*time.Second, "token replaced by a new login", func() error {
+	testkit.Eventually(t, 20*time.Second, "token replaced by a new login", func() error {
 		if s.client.Token() == first {
 			return errors.New("still the first token")
 		}
@@ -130,7 +130,7 @@ func TestTokenFileReread(t *testing.T) {
 	if err := os.WriteFile(file, []byte(second+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "first token expired", func() error {
+	testkit.Eventually(t, 30*time.Second, "first token expired", func() error {
 		if v.TokenValid(first) {
 			return errors.New("still valid")
 		}
@@ -149,7 +149,7 @@ func TestInlineTokenExpiry(t *testing.T) {
 	tok := v.ChildToken(t, nil, 3*time.Second)
 	s := newSigner(t, tokenConfig(v, tok, vaulttest.KeyName(t)))
 	mustSign(t, s)
-	eventually(t, 30*time.Second, "sign fails with ErrPermissionDenied", func() error {
+	testkit.Eventually(t, 30*time.Second, "sign fails with ErrPermissionDenied", func() error {
 		_, err := s.Sign(nil, digestOf(crypto.SHA256, "x"), crypto.SHA256)
 		if !errors.Is(err, ErrPermissionDenied) {
 			return fmt.Errorf("got %v", err)

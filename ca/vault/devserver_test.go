@@ -2,7 +2,6 @@ package vault
 
 import (
 	"context"
-	"net"
 	"os"
 	"testing"
 	"time"
@@ -36,29 +35,4 @@ func newSigner(tb testing.TB, cfg Config) *Signer {
 	}
 	tb.Cleanup(func() { s.Close() })
 	return s
-}
-
-// eventually polls cond every 50ms until it returns nil or limit passes.
-func eventually(tb testing.TB, limit time.Duration, what string, cond func() error) {
-	tb.Helper()
-	deadline := time.Now().Add(limit)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("%s: not within %v: %v", what, limit, err)
-		}
-		time.Sleep(50 * time.Millisecond) // poll interval
-	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -6,12 +6,12 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/test/vaulttest"
 )
 
@@ -45,7 +45,7 @@ func wantFailure(t *testing.T, s *Signer, sentinel error) {
 // recovers polls until the same Signer signs again.
 func recovers(t *testing.T, s *Signer) {
 	t.Helper()
-	eventually(t, 60*time.Second, "sign after recovery", func() error { return signErr(s) })
+	testkit.Eventually(t, 60*time.Second, "sign after recovery", func() error { return signErr(s) })
 }
 
 func TestSealedThenUnsealed(t *testing.T) {
@@ -93,13 +93,10 @@ func TestStoppedThenRestarted(t *testing.T) {
 }
 
 func TestNewUnreachable(t *testing.T) {
-	port, err := freePort() // nothing listens there any more
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := Config{Address: "http://127.0.0.1:" + strconv.Itoa(port), KeyName: "k", Auth: AuthConfig{Token: "t"}, Timeout: failTimeout}
+	// Nothing listens there any more.
+	cfg := Config{Address: "http://" + testkit.FreeAddr(t), KeyName: "k", Auth: AuthConfig{Token: "t"}, Timeout: failTimeout}
 	start := time.Now()
-	_, err = New(context.Background(), cfg)
+	_, err := New(context.Background(), cfg)
 	if !errors.Is(err, ErrUnreachable) {
 		t.Fatalf("New: %v, want ErrUnreachable", err)
 	}

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,29 +14,12 @@ import (
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/cmd/internal/cliconfig"
+	"github.com/meshca/meshca/internal/testkit"
 )
-
-// lockedBuffer is a log sink safe for the reloader's goroutine.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // hangupAndWait sends the process SIGHUP and waits for the n-th log line
 // containing msg, which it returns.
-func hangupAndWait(t *testing.T, logs *lockedBuffer, msg string, n int) string {
+func hangupAndWait(t *testing.T, logs *testkit.LogBuffer, msg string, n int) string {
 	t.Helper()
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
@@ -77,7 +58,7 @@ func TestIssuerHangupReloadsClusters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &lockedBuffer{}
+	logs := &testkit.LogBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, nil))
 	live := &liveAttestor{}
 	a, err := buildAttestor(started, log)

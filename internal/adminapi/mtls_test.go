@@ -39,23 +39,6 @@ func (a *actorEcho) ListRevocations(ctx context.Context, _ *meshcav1.ListRevocat
 	return &meshcav1.ListRevocationsResponse{Revocations: []*meshcav1.Revocation{{RevokedBy: adminapi.Actor(ctx)}}}, nil
 }
 
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // leafCert signs a leaf with inter for a SPIFFE ID (when id is set) or a
 // DNS name, valid for ttl from now, as a TLS certificate with its chain.
 func leafCert(t *testing.T, inter *ca.Authority, keyName, id, dns string, now time.Time, ttl time.Duration) tls.Certificate {
@@ -133,7 +116,7 @@ const aliceID = "spiffe://admin.example/admin/alice"
 
 type mtlsHarness struct {
 	tree   *testkit.Tree
-	clock  *testClock
+	clock  *testkit.Clock
 	deny   *fakeDenyList
 	crls   atomic.Pointer[[]trust.CRL]
 	m      *adminapi.MTLS
@@ -147,7 +130,7 @@ func newMTLSHarness(t *testing.T) *mtlsHarness {
 	start := time.Now().Truncate(time.Second)
 	h := &mtlsHarness{
 		tree:  testkit.New(t, testkit.Options{TrustDomain: "admin.example", Now: start.Add(-time.Hour)}),
-		clock: &testClock{t: start},
+		clock: testkit.NewClock(start),
 		echo:  &actorEcho{},
 		deny:  &fakeDenyList{},
 	}

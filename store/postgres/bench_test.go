@@ -2,14 +2,12 @@ package postgres
 
 import (
 	"context"
-	"fmt"
-	mrand "math/rand/v2"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/postgres/pgtest"
+	"github.com/meshca/meshca/store/storetest"
 )
 
 // BenchmarkRecordIssuance compares, in one run, group commit with one
@@ -30,21 +28,9 @@ func BenchmarkRecordIssuance(b *testing.B) {
 		b.Run(bc.name, func(b *testing.B) {
 			dsn := pgtest.CreateDatabase(b, cluster.AdminDSN)
 			s := openTest(b, Config{DSN: dsn, GroupCommit: store.GroupCommitConfig{MaxBatch: bc.maxBatch}})
-			var n atomic.Int64
-			b.SetParallelism(32) // 32 callers per core
 			b.ResetTimer()
 			cpu := pgtest.StartCPUMeter(b, cluster)
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					// Random like real 128-bit serials: inserts land on
-					// random index pages, as in production.
-					serial := fmt.Sprintf("%016x%x", mrand.Uint64(), n.Add(1))
-					if err := s.RecordIssuance(context.Background(), testCert(serial), testEvent(serial)); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
+			storetest.RecordParallel(b, s)
 			b.StopTimer()
 			self, db := cpu.Stop(b)
 			reportCPU(b, self, db)

@@ -88,12 +88,12 @@ func withUser(tb testing.TB, dsn, user string) string {
 func TestRuntimeRoleCannotRewriteAudit(t *testing.T) {
 	db := newRoleDatabase(t, newRoles(t))
 	s := openTest(t, Config{DSN: db.runtimeDSN})
-	seed(t, s, 3)
+	storetest.Seed(t, s, 3)
 	if _, err := s.Revoke(t.Context(), store.Revocation{Kind: store.RevokeSerial, Value: "c0", RevokedBy: "admin:alice"},
 		store.AuditEvent{Actor: "admin:alice", Action: "revoke"}); err != nil {
 		t.Fatalf("Revoke as the runtime role: %v", err)
 	}
-	if _, err := s.PruneCertificates(t.Context(), t0.AddDate(1, 0, 0)); err != nil {
+	if _, err := s.PruneCertificates(t.Context(), storetest.T0.AddDate(1, 0, 0)); err != nil {
 		t.Fatalf("PruneCertificates as the runtime role: %v", err)
 	}
 	if can, err := s.CanBypassAuditTriggers(t.Context()); err != nil || can {

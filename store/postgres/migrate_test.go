@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshca/meshca/migrations"
 	"github.com/meshca/meshca/store/postgres/pgtest"
+	"github.com/meshca/meshca/store/storetest"
 )
 
 var wantTables = []string{"audit_chain_head", "audit_events", "certificates", "cluster_credentials", "clusters", "intermediates",
@@ -29,16 +30,8 @@ func tables(t *testing.T, dsn string) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rows.Close()
-	var names []string
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		names = append(names, n)
-	}
-	if err := rows.Err(); err != nil {
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
 		t.Fatal(err)
 	}
 	return names
@@ -90,7 +83,7 @@ func TestMigrateFromEmptyThenIdempotent(t *testing.T) {
 	}
 	// The store opens on the migrated database and works.
 	s := openTest(t, Config{DSN: dsn})
-	seed(t, s, 2)
+	storetest.Seed(t, s, 2)
 }
 
 // Several processes (here: sessions) migrating an empty database at once:

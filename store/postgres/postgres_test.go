@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -58,34 +57,6 @@ func openTest(tb testing.TB, cfg Config) *Store {
 	return s
 }
 
-var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-
-func testCert(serial string) store.Certificate {
-	return store.Certificate{
-		Serial:      serial,
-		SPIFFEID:    "spiffe://example.org/ns/default/sa/web",
-		Cluster:     "east",
-		NotBefore:   t0,
-		NotAfter:    t0.Add(time.Hour),
-		Fingerprint: strings.Repeat("ab", 32),
-	}
-}
-
-func testEvent(serial string) store.AuditEvent {
-	return store.AuditEvent{Time: t0, Actor: "issuer", Action: "certificate.issue", Serial: serial, Detail: "ttl=1h"}
-}
-
-// seed records n issuances with serials s1..sn.
-func seed(t *testing.T, s *Store, n int) {
-	t.Helper()
-	for i := 1; i <= n; i++ {
-		serial := fmt.Sprint("s", i)
-		if err := s.RecordIssuance(t.Context(), testCert(serial), testEvent(serial)); err != nil {
-			t.Fatalf("RecordIssuance: %v", err)
-		}
-	}
-}
-
 func TestConfigValidate(t *testing.T) {
 	tests := []struct {
 		name string
@@ -112,13 +83,13 @@ func TestConfigValidate(t *testing.T) {
 func TestReopenContinuesChain(t *testing.T) {
 	dsn := pgtest.NewDatabase(t)
 	s := openTest(t, Config{DSN: dsn})
-	seed(t, s, 3)
+	storetest.Seed(t, s, 3)
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
 	s = openTest(t, Config{DSN: dsn})
 	for _, serial := range []string{"s4", "s5"} {
-		if err := s.RecordIssuance(t.Context(), testCert(serial), testEvent(serial)); err != nil {
+		if err := s.RecordIssuance(t.Context(), storetest.Cert(serial), storetest.Event(serial)); err != nil {
 			t.Fatalf("RecordIssuance after reopen: %v", err)
 		}
 	}
@@ -135,17 +106,17 @@ func TestReopenContinuesChain(t *testing.T) {
 // never its neighbours' batch.
 func TestInvalidTextFailsAlone(t *testing.T) {
 	s := openTest(t, Config{DSN: pgtest.NewDatabase(t)})
-	bad := testCert("bad1")
+	bad := storetest.Cert("bad1")
 	bad.PodUID = "pod\x00uid"
-	if err := s.RecordIssuance(t.Context(), bad, testEvent("bad1")); err == nil {
+	if err := s.RecordIssuance(t.Context(), bad, storetest.Event("bad1")); err == nil {
 		t.Fatal("RecordIssuance with a NUL in pod uid succeeded")
 	}
-	ev := testEvent("x")
+	ev := storetest.Event("x")
 	ev.Detail = "\xff\xfe"
 	if err := s.AppendAudit(t.Context(), ev); err == nil {
 		t.Fatal("AppendAudit with invalid UTF-8 succeeded")
 	}
-	seed(t, s, 1)
+	storetest.Seed(t, s, 1)
 	if err := s.VerifyAuditChain(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -155,13 +126,13 @@ func TestInvalidTextFailsAlone(t *testing.T) {
 // chain has no gap where they were left out.
 func TestDuplicateWithinOneBatch(t *testing.T) {
 	s := openTest(t, Config{DSN: pgtest.NewDatabase(t)})
-	seed(t, s, 1) // s1
+	storetest.Seed(t, s, 1) // s1
 	errs, err := s.commitBatch(t.Context(), []write{
-		{cert: ptr(testCert("aa")), ev: testEvent("aa")},
-		{cert: ptr(testCert("s1")), ev: testEvent("s1-again")},
-		{cert: ptr(testCert("bb")), ev: testEvent("bb")},
-		{cert: ptr(testCert("aa")), ev: testEvent("aa-again")},
-		{ev: testEvent("plain event")},
+		{cert: ptr(storetest.Cert("aa")), ev: storetest.Event("aa")},
+		{cert: ptr(storetest.Cert("s1")), ev: storetest.Event("s1-again")},
+		{cert: ptr(storetest.Cert("bb")), ev: storetest.Event("bb")},
+		{cert: ptr(storetest.Cert("aa")), ev: storetest.Event("aa-again")},
+		{ev: storetest.Event("plain event")},
 	})
 	if err != nil {
 		t.Fatalf("commitBatch: %v", err)
@@ -170,16 +141,8 @@ func TestDuplicateWithinOneBatch(t *testing.T) {
 		!errors.Is(errs[3], store.ErrAlreadyExists) || errs[4] != nil {
 		t.Fatalf("item errors = %v, want only items 1 and 3 to fail with ErrAlreadyExists", errs)
 	}
-	events, err := s.AuditEvents(t.Context(), time.Time{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, ev := range events {
-		got = append(got, fmt.Sprint(ev.Seq, ":", ev.Serial))
-	}
-	if want := "1:s1 2:aa 3:bb 4:plain event"; strings.Join(got, " ") != want {
-		t.Fatalf("audit log %q, want %q", strings.Join(got, " "), want)
+	if got, want := storetest.AuditLog(t, s), "1:s1 2:aa 3:bb 4:plain event"; got != want {
+		t.Fatalf("audit log %q, want %q", got, want)
 	}
 	if err := s.VerifyAuditChain(t.Context()); err != nil {
 		t.Fatal(err)
@@ -194,7 +157,7 @@ func ptr[T any](v T) *T { return &v }
 func TestCommitTimeoutIsNotCallersDeadline(t *testing.T) {
 	dsn := pgtest.NewDatabase(t)
 	s := openTest(t, Config{DSN: dsn, CommitTimeout: 200 * time.Millisecond})
-	seed(t, s, 1)
+	storetest.Seed(t, s, 1)
 	conn := rawConn(t, dsn)
 	tx, err := conn.Begin(t.Context())
 	if err != nil {
@@ -204,7 +167,7 @@ func TestCommitTimeoutIsNotCallersDeadline(t *testing.T) {
 	if _, err := tx.Exec(t.Context(), lockHeadSQL); err != nil {
 		t.Fatal(err)
 	}
-	err = s.RecordIssuance(t.Context(), testCert("late"), testEvent("late"))
+	err = s.RecordIssuance(t.Context(), storetest.Cert("late"), storetest.Event("late"))
 	if err == nil {
 		t.Fatal("RecordIssuance succeeded while the chain head was locked elsewhere")
 	}
@@ -223,7 +186,7 @@ func TestCommitTimeoutIsNotCallersDeadline(t *testing.T) {
 	// would; a write that fails every time for 5 s fails the test.
 	deadline := time.Now().Add(5 * time.Second)
 	for i := 0; ; i++ {
-		err := s.RecordIssuance(t.Context(), testCert(fmt.Sprintf("after-%d", i)), testEvent("after"))
+		err := s.RecordIssuance(t.Context(), storetest.Cert(fmt.Sprintf("after-%d", i)), storetest.Event("after"))
 		if err == nil {
 			break
 		}
@@ -254,7 +217,7 @@ func TestStalledTransactionReleasesChainHead(t *testing.T) {
 	deadline := time.Now().Add(15 * time.Second)
 	for attempt := 0; ; attempt++ {
 		serial := fmt.Sprint("after-stall-", attempt)
-		err := s.RecordIssuance(t.Context(), testCert(serial), testEvent(serial))
+		err := s.RecordIssuance(t.Context(), storetest.Cert(serial), storetest.Event(serial))
 		if err == nil {
 			break
 		}

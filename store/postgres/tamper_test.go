@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/postgres/pgtest"
+	"github.com/meshca/meshca/store/storetest"
 )
 
 // rawConn connects to dsn behind the store's back.
@@ -26,7 +27,7 @@ func rawConn(tb testing.TB, dsn string) *pgx.Conn {
 func TestAuditLogIsAppendOnly(t *testing.T) {
 	dsn := pgtest.NewDatabase(t)
 	s := openTest(t, Config{DSN: dsn})
-	seed(t, s, 2)
+	storetest.Seed(t, s, 2)
 	conn := rawConn(t, dsn)
 	for _, q := range []string{
 		`UPDATE audit_events SET detail = 'x' WHERE seq = 1`,
@@ -73,7 +74,7 @@ func appendForged(t *testing.T, conn *pgx.Conn) {
 		Scan(&last.Seq, &last.Hash); err != nil {
 		t.Fatal(err)
 	}
-	ev := last.Next(store.AuditEvent{Time: t0, Actor: "mallory", Action: "certificate.issue", Serial: "f0"})
+	ev := last.Next(store.AuditEvent{Time: storetest.T0, Actor: "mallory", Action: "certificate.issue", Serial: "f0"})
 	mustExec(t, conn, `INSERT INTO audit_events (`+eventColumnList+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
 		ev.Seq, ev.Time.Unix(), ev.Actor, ev.Action, ev.Cluster, ev.SPIFFEID, ev.Serial, ev.Detail, ev.PrevHash, ev.Hash)
 }
@@ -124,7 +125,7 @@ func TestTamperingBreaksChain(t *testing.T) {
 			t.Parallel()
 			dsn := pgtest.NewDatabase(t)
 			s := openTest(t, Config{DSN: dsn, MaxConns: 2})
-			seed(t, s, 6)
+			storetest.Seed(t, s, 6)
 			if err := s.Close(); err != nil {
 				t.Fatal(err)
 			}

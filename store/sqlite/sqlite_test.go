@@ -4,12 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"fmt"
-	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -60,41 +57,13 @@ func openTest(tb testing.TB, cfg Config) *Store {
 	return s
 }
 
-var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-
-func testCert(serial string) store.Certificate {
-	return store.Certificate{
-		Serial:      serial,
-		SPIFFEID:    "spiffe://example.org/ns/default/sa/web",
-		Cluster:     "east",
-		NotBefore:   t0,
-		NotAfter:    t0.Add(time.Hour),
-		Fingerprint: strings.Repeat("ab", 32),
-	}
-}
-
-func testEvent(serial string) store.AuditEvent {
-	return store.AuditEvent{Time: t0, Actor: "issuer", Action: "certificate.issue", Serial: serial, Detail: "ttl=1h"}
-}
-
-// seed records n issuances with serials s1..sn.
-func seed(t *testing.T, s *Store, n int) {
-	t.Helper()
-	for i := 1; i <= n; i++ {
-		serial := fmt.Sprint("s", i)
-		if err := s.RecordIssuance(t.Context(), testCert(serial), testEvent(serial)); err != nil {
-			t.Fatalf("RecordIssuance: %v", err)
-		}
-	}
-}
-
 func TestReopenKeepsDataAndContinuesChain(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "meshca.db")
 	s, err := Open(t.Context(), Config{Path: path})
 	if err != nil {
 		t.Fatal(err)
 	}
-	seed(t, s, 3)
+	storetest.Seed(t, s, 3)
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
@@ -104,7 +73,7 @@ func TestReopenKeepsDataAndContinuesChain(t *testing.T) {
 		t.Fatalf("Certificate after reopen: %v", err)
 	}
 	for _, serial := range []string{"s4", "s5"} {
-		if err := s.RecordIssuance(t.Context(), testCert(serial), testEvent(serial)); err != nil {
+		if err := s.RecordIssuance(t.Context(), storetest.Cert(serial), storetest.Event(serial)); err != nil {
 			t.Fatalf("RecordIssuance after reopen: %v", err)
 		}
 	}
@@ -123,7 +92,7 @@ func TestReopenKeepsDataAndContinuesChain(t *testing.T) {
 func TestFileMode(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "meshca.db")
 	s := openTest(t, Config{Path: path})
-	seed(t, s, 1) // makes sure the WAL exists
+	storetest.Seed(t, s, 1) // makes sure the WAL exists
 	for _, p := range []string{path, path + "-wal", path + "-shm"} {
 		fi, err := os.Stat(p)
 		if err != nil {
@@ -201,7 +170,7 @@ func exec(t *testing.T, db *sql.DB, q string, args ...any) {
 func TestAuditLogIsAppendOnly(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "meshca.db")
 	s := openTest(t, Config{Path: path})
-	seed(t, s, 2)
+	storetest.Seed(t, s, 2)
 	db := rawDB(t, path)
 	for _, q := range []string{
 		`UPDATE audit_events SET detail = 'x' WHERE seq = 1`,
@@ -274,7 +243,7 @@ func TestTamperingBreaksChain(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			seed(t, s, 6)
+			storetest.Seed(t, s, 6)
 			if err := s.VerifyAuditChain(t.Context()); err != nil {
 				t.Fatalf("VerifyAuditChain before tampering: %v", err)
 			}
@@ -310,10 +279,10 @@ func TestTamperingBreaksChain(t *testing.T) {
 func TestDuplicateWithinOneBatch(t *testing.T) {
 	s := openTest(t, Config{Path: filepath.Join(t.TempDir(), "meshca.db")})
 	errs, err := s.commitBatch(t.Context(), []write{
-		{cert: ptr(testCert("aa")), ev: testEvent("aa")},
-		{cert: ptr(testCert("bb")), ev: testEvent("bb")},
-		{cert: ptr(testCert("aa")), ev: testEvent("aa-again")},
-		{ev: testEvent("plain event")},
+		{cert: ptr(storetest.Cert("aa")), ev: storetest.Event("aa")},
+		{cert: ptr(storetest.Cert("bb")), ev: storetest.Event("bb")},
+		{cert: ptr(storetest.Cert("aa")), ev: storetest.Event("aa-again")},
+		{ev: storetest.Event("plain event")},
 	})
 	if err != nil {
 		t.Fatalf("commitBatch: %v", err)
@@ -321,16 +290,8 @@ func TestDuplicateWithinOneBatch(t *testing.T) {
 	if len(errs) != 4 || errs[0] != nil || errs[1] != nil || !errors.Is(errs[2], store.ErrAlreadyExists) || errs[3] != nil {
 		t.Fatalf("item errors = %v, want only item 2 to fail with ErrAlreadyExists", errs)
 	}
-	events, err := s.AuditEvents(t.Context(), time.Time{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, ev := range events {
-		got = append(got, fmt.Sprint(ev.Seq, ":", ev.Serial))
-	}
-	if want := "1:aa 2:bb 3:plain event"; strings.Join(got, " ") != want {
-		t.Fatalf("audit log %q, want %q (no gap where the duplicate was rolled back)", strings.Join(got, " "), want)
+	if got, want := storetest.AuditLog(t, s), "1:aa 2:bb 3:plain event"; got != want {
+		t.Fatalf("audit log %q, want %q (no gap where the duplicate was rolled back)", got, want)
 	}
 	if err := s.VerifyAuditChain(t.Context()); err != nil {
 		t.Fatal(err)
@@ -355,21 +316,9 @@ func BenchmarkRecordIssuance(b *testing.B) {
 				Path:        filepath.Join(b.TempDir(), "bench.db"),
 				GroupCommit: store.GroupCommitConfig{MaxBatch: bc.maxBatch},
 			})
-			var n atomic.Int64
-			b.SetParallelism(32) // 32 callers per core
 			b.ResetTimer()
 			defer benchcpu.Start(b)()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					// Random like real 128-bit serials: inserts land on
-					// random index pages, as in production.
-					serial := fmt.Sprintf("%016x%x", mrand.Uint64(), n.Add(1))
-					if err := s.RecordIssuance(context.Background(), testCert(serial), testEvent(serial)); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
+			storetest.RecordParallel(b, s)
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
 		})
 	}

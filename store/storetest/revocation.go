@@ -23,10 +23,9 @@ type RevocationStoreUnderTest interface {
 // a new, empty store for the calling sub-test, as for Run;
 // RunRevocationStore closes it when the sub-test ends, so open must not.
 func RunRevocationStore(t *testing.T, open func(t *testing.T) RevocationStoreUnderTest) {
-	tests := []struct {
-		name string
-		fn   func(t *testing.T, s RevocationStoreUnderTest)
-	}{
+	runCases(t, open, func(s RevocationStoreUnderTest) RevocationStoreUnderTest {
+		return &revocationCloseOnce{RevocationStoreUnderTest: s}
+	}, []testCase[RevocationStoreUnderTest]{
 		{"RevokeThenList", testRevokeThenList},
 		{"RevokedAtZeroIsSet", testRevokedAtZeroIsSet},
 		{"RevokeInForce", testRevokeInForce},
@@ -41,31 +40,16 @@ func RunRevocationStore(t *testing.T, open func(t *testing.T) RevocationStoreUnd
 		{"ConcurrentRevoke", testConcurrentRevoke},
 		{"ChainWithConcurrentIssuance", testRevocationChainWithConcurrentIssuance},
 		{"AfterClose", testRevocationAfterClose},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s := &revocationCloseOnce{RevocationStoreUnderTest: open(t)}
-			t.Cleanup(func() {
-				if err := s.Close(); err != nil {
-					t.Errorf("Close: %v", err)
-				}
-			})
-			tt.fn(t, s)
-		})
-	}
+	})
 }
 
 // revocationCloseOnce is closeOnce for a RevocationStoreUnderTest.
 type revocationCloseOnce struct {
 	RevocationStoreUnderTest
-	once sync.Once
-	err  error
+	onceCloser
 }
 
-func (c *revocationCloseOnce) Close() error {
-	c.once.Do(func() { c.err = c.RevocationStoreUnderTest.Close() })
-	return c.err
-}
+func (c *revocationCloseOnce) Close() error { return c.close(c.RevocationStoreUnderTest.Close) }
 
 func newRevocation(kind, value string) store.Revocation {
 	return store.Revocation{
@@ -489,50 +473,20 @@ func testConcurrentRevoke(t *testing.T, s RevocationStoreUnderTest) {
 // concurrent issuances: the chain stays whole and gapless.
 func testRevocationChainWithConcurrentIssuance(t *testing.T, s RevocationStoreUnderTest) {
 	const issuances, rounds = 24, 4
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	errs := make(chan error, issuances+3*rounds)
-	for i := range issuances {
-		wg.Go(func() {
-			<-start
-			c := newCert(fmt.Sprintf("mix%02x", i), idWeb, "east", t0, t0.Add(time.Hour))
-			errs <- s.RecordIssuance(t.Context(), c, issueEvent(c))
-		})
-	}
+	var writes []func() error
 	for r := range rounds {
-		wg.Go(func() {
-			<-start
+		writes = append(writes, func() error {
 			rev := newRevocation(store.RevokeSerial, fmt.Sprintf("mix%02x", r))
 			_, err := s.Revoke(t.Context(), rev, revokeEvent(rev))
-			errs <- err
-			errs <- s.Unrevoke(t.Context(), rev.Kind, rev.Value, unrevokeEvent(rev.Kind, rev.Value))
-		})
-		wg.Go(func() {
-			<-start
+			return errors.Join(err, s.Unrevoke(t.Context(), rev.Kind, rev.Value, unrevokeEvent(rev.Kind, rev.Value)))
+		}, func() error {
 			rev := newRevocation(store.RevokeSPIFFEID, fmt.Sprint(idDB, r))
 			_, err := s.Revoke(t.Context(), rev, revokeEvent(rev))
-			errs <- err
+			return err
 		})
 	}
-	close(start)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Errorf("concurrent write: %v", err)
-		}
-	}
-	events := verifyChain(t, s, issuances+3*rounds)
-	counts := map[string]int{}
-	for _, ev := range events {
-		counts[ev.Action]++
-	}
-	want := map[string]int{"certificate.issue": issuances, "revocation.add": 2 * rounds, "revocation.lift": rounds}
-	for action, n := range want {
-		if counts[action] != n {
-			t.Errorf("%d %s events, want %d", counts[action], action, n)
-		}
-	}
+	writeWithIssuances(t, s, issuances, writes,
+		map[string]int{"certificate.issue": issuances, "revocation.add": 2 * rounds, "revocation.lift": rounds})
 	got, err := s.Revocations(t.Context(), t0)
 	if err != nil {
 		t.Fatalf("Revocations: %v", err)

@@ -34,10 +34,9 @@ type chainVerifier interface {
 // store for the calling sub-test, as for Run; RunRootStore closes it when
 // the sub-test ends, so open must not.
 func RunRootStore(t *testing.T, open func(t *testing.T) RootStoreUnderTest) {
-	tests := []struct {
-		name string
-		fn   func(t *testing.T, s RootStoreUnderTest)
-	}{
+	runCases(t, open, func(s RootStoreUnderTest) RootStoreUnderTest {
+		return &rootCloseOnce{RootStoreUnderTest: s}
+	}, []testCase[RootStoreUnderTest]{
 		{"AddClusterThenCluster", testAddClusterThenCluster},
 		{"AddClusterAgainSameTrustDomain", testAddClusterAgainSameTrustDomain},
 		{"AddClusterOtherTrustDomain", testAddClusterOtherTrustDomain},
@@ -60,31 +59,16 @@ func RunRootStore(t *testing.T, open func(t *testing.T) RootStoreUnderTest) {
 		{"ConcurrentPinStandaloneRoot", testConcurrentPinStandaloneRoot},
 		{"LeaderLease", testLeaderLease},
 		{"RootCRLs", testRootCRLs},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s := &rootCloseOnce{RootStoreUnderTest: open(t)}
-			t.Cleanup(func() {
-				if err := s.Close(); err != nil {
-					t.Errorf("Close: %v", err)
-				}
-			})
-			tt.fn(t, s)
-		})
-	}
+	})
 }
 
 // rootCloseOnce is closeOnce for a RootStoreUnderTest.
 type rootCloseOnce struct {
 	RootStoreUnderTest
-	once sync.Once
-	err  error
+	onceCloser
 }
 
-func (c *rootCloseOnce) Close() error {
-	c.once.Do(func() { c.err = c.RootStoreUnderTest.Close() })
-	return c.err
-}
+func (c *rootCloseOnce) Close() error { return c.close(c.RootStoreUnderTest.Close) }
 
 const (
 	tdEast = "east.example.org"
@@ -514,9 +498,35 @@ func testDuplicateRoot(t *testing.T, s RootStoreUnderTest) {
 func testRootChainWithConcurrentIssuance(t *testing.T, s RootStoreUnderTest) {
 	mustAddCluster(t, s, "east", tdEast, "tok-0")
 	const issuances, rounds = 24, 4
+	var writes []func() error
+	for r := range rounds {
+		writes = append(writes, func() error {
+			tok := fmt.Sprint("tok-", r+1)
+			c := store.Cluster{Name: "east", TrustDomain: tdEast}
+			err := s.AddCluster(t.Context(), c, joinToken("east", tok, t0.Add(time.Hour)), adminEvent("cluster.add", "east", tok))
+			_, _, redeemErr := s.RedeemJoinToken(t.Context(), tokenHash(tok), t0, redeemEvent())
+			return errors.Join(err, redeemErr)
+		}, func() error {
+			in := newIntermediate(fmt.Sprint("mixi", r), "east", fmt.Sprintf("%064x", r), t0, t0.Add(time.Hour))
+			return s.RecordIntermediate(t.Context(), in, intermediateEvent(in))
+		}, func() error {
+			root := newRoot(fmt.Sprint("mix", r), t0, t0)
+			return s.AddRoot(t.Context(), root, rootEvent(root))
+		})
+	}
+	writeWithIssuances(t, s, issuances, writes, map[string]int{"cluster.add": 1 + rounds, "cluster.join": rounds,
+		"certificate.issue": issuances, "intermediate.sign": rounds, "root.add": rounds})
+}
+
+// writeWithIssuances runs issuances issuances (serials mix00, mix01, ...)
+// and writes, all at once, and fails the test if any fails. Then the chain
+// must be whole and hold exactly the events counted in want, by action
+// (events written before count too).
+func writeWithIssuances(t *testing.T, s store.Store, issuances int, writes []func() error, want map[string]int) {
+	t.Helper()
 	var wg sync.WaitGroup
 	start := make(chan struct{})
-	errs := make(chan error, issuances+4*rounds)
+	errs := make(chan error, issuances+len(writes))
 	for i := range issuances {
 		wg.Go(func() {
 			<-start
@@ -524,24 +534,10 @@ func testRootChainWithConcurrentIssuance(t *testing.T, s RootStoreUnderTest) {
 			errs <- s.RecordIssuance(t.Context(), c, issueEvent(c))
 		})
 	}
-	for r := range rounds {
+	for _, write := range writes {
 		wg.Go(func() {
 			<-start
-			tok := fmt.Sprint("tok-", r+1)
-			c := store.Cluster{Name: "east", TrustDomain: tdEast}
-			errs <- s.AddCluster(t.Context(), c, joinToken("east", tok, t0.Add(time.Hour)), adminEvent("cluster.add", "east", tok))
-			_, _, err := s.RedeemJoinToken(t.Context(), tokenHash(tok), t0, redeemEvent())
-			errs <- err
-		})
-		wg.Go(func() {
-			<-start
-			in := newIntermediate(fmt.Sprint("mixi", r), "east", fmt.Sprintf("%064x", r), t0, t0.Add(time.Hour))
-			errs <- s.RecordIntermediate(t.Context(), in, intermediateEvent(in))
-		})
-		wg.Go(func() {
-			<-start
-			root := newRoot(fmt.Sprint("mix", r), t0, t0)
-			errs <- s.AddRoot(t.Context(), root, rootEvent(root))
+			errs <- write()
 		})
 	}
 	close(start)
@@ -552,13 +548,14 @@ func testRootChainWithConcurrentIssuance(t *testing.T, s RootStoreUnderTest) {
 			t.Errorf("concurrent write: %v", err)
 		}
 	}
-	events := verifyChain(t, s, 1+issuances+4*rounds)
+	total := 0
+	for _, n := range want {
+		total += n
+	}
 	counts := map[string]int{}
-	for _, ev := range events {
+	for _, ev := range verifyChain(t, s, total) {
 		counts[ev.Action]++
 	}
-	want := map[string]int{"cluster.add": 1 + rounds, "cluster.join": rounds, "certificate.issue": issuances,
-		"intermediate.sign": rounds, "root.add": rounds}
 	for action, n := range want {
 		if counts[action] != n {
 			t.Errorf("%d %s events, want %d", counts[action], action, n)

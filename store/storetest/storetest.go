@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sync"
 	"testing"
@@ -26,10 +27,7 @@ import (
 // sub-test (it may register its own t.Cleanup, for example to drop a schema);
 // Run closes the store when the sub-test ends, so open must not.
 func Run(t *testing.T, open func(t *testing.T) store.Store) {
-	tests := []struct {
-		name string
-		fn   func(t *testing.T, s store.Store)
-	}{
+	runCases(t, open, func(s store.Store) store.Store { return &closeOnce{Store: s} }, []testCase[store.Store]{
 		{"RecordIssuanceReadBack", testRecordIssuanceReadBack},
 		{"CertificateNotFound", testCertificateNotFound},
 		{"CertificatesFilter", testCertificatesFilter},
@@ -42,10 +40,23 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"CanceledContext", testCanceledContext},
 		{"AfterClose", testAfterClose},
 		{"PruneCertificates", testPruneCertificates},
-	}
-	for _, tt := range tests {
+	})
+}
+
+// testCase is one test of a suite, on a store of type S.
+type testCase[S any] struct {
+	name string
+	fn   func(t *testing.T, s S)
+}
+
+// runCases runs each case as a sub-test on a new store from open, wrapped
+// by once so that a test may close the store itself while the cleanup
+// still closes it in every other case, without asking backends to tolerate
+// a second Close.
+func runCases[S io.Closer](t *testing.T, open func(t *testing.T) S, once func(S) S, cases []testCase[S]) {
+	for _, tt := range cases {
 		t.Run(tt.name, func(t *testing.T) {
-			s := &closeOnce{Store: open(t)}
+			s := once(open(t))
 			t.Cleanup(func() {
 				if err := s.Close(); err != nil {
 					t.Errorf("Close: %v", err)
@@ -56,18 +67,24 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	}
 }
 
-// closeOnce lets a test close the store itself while the cleanup still closes
-// it in every other case, without asking backends to tolerate a second Close.
-type closeOnce struct {
-	store.Store
+// onceCloser makes a Close method close at most once and repeat its result.
+type onceCloser struct {
 	once sync.Once
 	err  error
 }
 
-func (c *closeOnce) Close() error {
-	c.once.Do(func() { c.err = c.Store.Close() })
-	return c.err
+func (o *onceCloser) close(f func() error) error {
+	o.once.Do(func() { o.err = f() })
+	return o.err
 }
+
+// closeOnce is a store.Store whose Close closes at most once.
+type closeOnce struct {
+	store.Store
+	onceCloser
+}
+
+func (c *closeOnce) Close() error { return c.close(c.Store.Close) }
 
 // t0 is the suite's reference instant; nothing depends on the real clock.
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)

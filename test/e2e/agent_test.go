@@ -22,6 +22,7 @@ import (
 	"go.step.sm/crypto/pemutil"
 
 	"github.com/meshca/meshca/agent/sdstest"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // agentWaitTimeout bounds each wait for something the agent does by itself
@@ -38,7 +39,7 @@ type agentProc struct {
 	SDSSocket, WorkloadSocket, OutDir, HealthAddr string
 
 	cmd     *exec.Cmd
-	stderr  syncBuffer
+	stderr  testkit.LogBuffer
 	done    chan struct{}
 	err     error
 	stopped bool // stop ran; used by the test goroutine only
@@ -58,7 +59,7 @@ func startAgentCmd(t testing.TB, argv []string, srv *devServer, tokenFile string
 	dir := t.TempDir()
 	a := &agentProc{
 		SDSSocket: filepath.Join(dir, "sds", "socket"), WorkloadSocket: filepath.Join(dir, "spiffe", "agent.sock"),
-		OutDir: filepath.Join(dir, "out"), HealthAddr: freeLoopbackAddr(t), done: make(chan struct{}),
+		OutDir: filepath.Join(dir, "out"), HealthAddr: testkit.FreeAddr(t), done: make(chan struct{}),
 	}
 	a.cmd = exec.Command(argv[0], append(argv[1:], "--issuer", srv.Addr, "--ca-bundle", srv.BundlePath(), "--token-file", tokenFile,
 		"--sds-socket", a.SDSSocket, "--workload-socket", a.WorkloadSocket, "--out", a.OutDir,

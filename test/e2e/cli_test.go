@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // configExitTimeout is how quickly a bad config must be refused: at once, not
@@ -42,7 +44,7 @@ func TestConfigFile(t *testing.T) {
 			work := t.TempDir()
 			writeFile(t, filepath.Join(work, "f.yaml"), tt.config)
 			r := runWithin(t, configExitTimeout, work, meshcaBin,
-				"dev", "--config", "f.yaml", "--listen", freeLoopbackAddr(t))
+				"dev", "--config", "f.yaml", "--listen", testkit.FreeAddr(t))
 			if r.code == 0 {
 				t.Fatalf("meshca dev accepted a config with unknown field %q: %s", tt.field, r)
 			}

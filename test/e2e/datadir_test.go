@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // TestSecondServerOnADataDirIsRefused starts meshca dev, then tries every
@@ -22,16 +24,16 @@ func TestSecondServerOnADataDirIsRefused(t *testing.T) {
 	pid := "pid " + strconv.Itoa(srv.cmd.Process.Pid)
 
 	issuerCfg := filepath.Join(t.TempDir(), "issuer.yaml")
-	writeFile(t, issuerCfg, "dataDir: "+srv.DataDir+"\nlisten: "+freeLoopbackAddr(t)+
+	writeFile(t, issuerCfg, "dataDir: "+srv.DataDir+"\nlisten: "+testkit.FreeAddr(t)+
 		"\ncluster: dev\nclusters:\n  - name: dev\n    attestor: dev\n")
 	rootCfg := filepath.Join(t.TempDir(), "root.yaml")
-	writeFile(t, rootCfg, "dataDir: "+srv.DataDir+"\nlisten: "+freeLoopbackAddr(t)+
+	writeFile(t, rootCfg, "dataDir: "+srv.DataDir+"\nlisten: "+testkit.FreeAddr(t)+
 		"\nhosts: [\"meshca-root.internal\"]\nkey:\n  kind: file\n")
 	seconds := []struct {
 		name string
 		args []string
 	}{
-		{"meshca dev", []string{"dev", "--listen", freeLoopbackAddr(t)}},
+		{"meshca dev", []string{"dev", "--listen", testkit.FreeAddr(t)}},
 		{"meshca issuer serve", []string{"issuer", "serve", "--config", issuerCfg}},
 		{"meshca root serve", []string{"root", "serve", "--config", rootCfg}},
 	}

@@ -1,10 +1,8 @@
 package e2e
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +11,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/test/harness"
 )
 
 const (
@@ -53,8 +54,8 @@ type devServer struct {
 	name string
 
 	cmd    *exec.Cmd
-	stdout syncBuffer
-	stderr syncBuffer
+	stdout testkit.LogBuffer
+	stderr testkit.LogBuffer
 	done   chan struct{} // closed when the process has exited
 	err    error         // cmd.Wait's result, set before done is closed
 
@@ -89,7 +90,7 @@ func launchDev(t testing.TB, opts devOptions) (*devServer, error) {
 	t.Helper()
 	addr := opts.Addr
 	if addr == "" {
-		addr = freeLoopbackAddr(t)
+		addr = testkit.FreeAddr(t)
 	}
 	args := []string{"dev", "--listen", addr}
 	dataDir := filepath.Join(opts.Dir, ".meshca-dev")
@@ -142,7 +143,7 @@ func (s *devServer) waitReady() error {
 			return fmt.Errorf("exited before becoming ready: %v", s.err)
 		default:
 		}
-		if canConnect(s.Addr) && fileExists(s.BundlePath()) {
+		if harness.CanConnect(s.Addr) && fileExists(s.BundlePath()) {
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -231,50 +232,7 @@ func (s *devServer) Output() string {
 	return fmt.Sprintf("meshca dev stdout:\n%s\nmeshca dev stderr:\n%s", s.Stdout(), s.Stderr())
 }
 
-// freeLoopbackAddr returns 127.0.0.1:port for a port that was free a moment
-// ago (the listener is closed so meshca can take it).
-func freeLoopbackAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return addr
-}
-
-func canConnect(addr string) bool {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return false
-	}
-	c.Close()
-	return true
-}
-
 func fileExists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
-}
-
-// syncBuffer is a bytes.Buffer safe for one writer (exec's copier) and
-// concurrent readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

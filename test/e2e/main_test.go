@@ -10,13 +10,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 const (
 	// commandTimeout bounds every one-shot command (token, fetch, openssl).
 	// cert fetch gives up after 30 s on its own; this is the backstop.
 	commandTimeout = 60 * time.Second
-	// buildTimeout bounds building the binary in TestMain.
+	// buildTimeout bounds building a binary.
 	buildTimeout = 10 * time.Minute
 )
 
@@ -48,26 +50,14 @@ func TestMain(m *testing.M) {
 
 func setUpBinary(dir string) error {
 	binDir = dir
-	link := filepath.Join(dir, "meshca")
-	if env := os.Getenv("MESHCA_BIN"); env != "" {
-		abs, err := filepath.Abs(env)
-		if err != nil {
-			return fmt.Errorf("MESHCA_BIN=%q: %w", env, err)
-		}
-		if _, err := os.Stat(abs); err != nil {
-			return fmt.Errorf("MESHCA_BIN=%q: %w", env, err)
-		}
-		meshcaBin = abs
-		return os.Symlink(abs, link)
+	bin, err := testkit.MeshcaBinary(dir)
+	if err != nil {
+		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-	defer cancel()
-	// `go test` puts its own GOROOT/bin first on PATH, so this is the same go.
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", link, "github.com/meshca/meshca/cmd/meshca")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build github.com/meshca/meshca/cmd/meshca: %w\n%s", err, out)
+	meshcaBin = bin
+	if link := filepath.Join(dir, "meshca"); bin != link {
+		return os.Symlink(bin, link)
 	}
-	meshcaBin = link
 	return nil
 }
 

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // reloadTimeout bounds the wait for a log line after SIGHUP.
@@ -26,7 +28,7 @@ func hangup(t *testing.T, p *os.Process) {
 // waitLog waits until log holds, after its first from bytes, a line with
 // every one of substrs, and returns that line; it fails the test when the
 // process exits (done is closed) or reloadTimeout passes first.
-func waitLog(t *testing.T, log *syncBuffer, from int, done <-chan struct{}, substrs ...string) string {
+func waitLog(t *testing.T, log *testkit.LogBuffer, from int, done <-chan struct{}, substrs ...string) string {
 	t.Helper()
 	deadline := time.Now().Add(reloadTimeout)
 	for {
@@ -104,7 +106,7 @@ func TestHangupReloadsAgent(t *testing.T) {
 			dir := t.TempDir()
 			a := &agentProc{
 				SDSSocket: filepath.Join(dir, "sds.sock"), WorkloadSocket: filepath.Join(dir, "agent.sock"),
-				HealthAddr: freeLoopbackAddr(t), done: make(chan struct{}),
+				HealthAddr: testkit.FreeAddr(t), done: make(chan struct{}),
 			}
 			cfgPath := filepath.Join(dir, "agent.yaml")
 			config := func(level, token, ttl string) string {

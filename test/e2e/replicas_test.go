@@ -13,6 +13,7 @@ import (
 	"go.step.sm/crypto/pemutil"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/store/postgres/pgtest"
 )
 
@@ -105,7 +106,7 @@ func startIssuer(t *testing.T, work, name, rootDir, dsn string) *devServer {
 // PostgreSQL store at dsn, listening on the returned address.
 func issuerConfig(t *testing.T, work, name, rootDir, dsn string) (path, addr string) {
 	t.Helper()
-	addr = freeLoopbackAddr(t)
+	addr = testkit.FreeAddr(t)
 	path = filepath.Join(work, name+".yaml")
 	writeFile(t, path, "dataDir: "+filepath.Join(work, name)+"\nlisten: "+addr+
 		"\ncluster: dev\nclusters:\n  - name: dev\n    attestor: dev\nroot:\n  dir: "+rootDir+

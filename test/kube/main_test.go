@@ -1,7 +1,6 @@
 package kube
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -11,7 +10,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -121,13 +119,15 @@ type wire struct {
 	db     *sqlite.Store
 	client pb.IstioCertificateServiceClient
 	iss    *issuer.Issuer
-	logs   *syncBuffer
+	// logs returns what the issuer logged so far.
+	logs func() string
 }
 
 func newWire(tb testing.TB, att attest.Attestor) *wire {
 	tb.Helper()
 	tree := testkit.New(tb, testkit.Options{})
-	w := &wire{logs: &syncBuffer{}}
+	var logs testkit.LogBuffer
+	w := &wire{logs: logs.String}
 	var err error
 	if w.db, err = sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(tb.TempDir(), "meshca.db")}); err != nil {
 		tb.Fatal(err)
@@ -135,7 +135,7 @@ func newWire(tb testing.TB, att attest.Attestor) *wire {
 	tb.Cleanup(func() { w.db.Close() })
 	w.iss, err = issuer.New(issuer.Config{
 		TrustDomain: tree.TrustDomain, Cluster: "east", Authority: tree.Intermediate, Bundle: tree.Bundle,
-		Attestor: att, Recorder: w.db, Logger: slog.New(slog.NewJSONHandler(w.logs, nil)),
+		Attestor: att, Recorder: w.db, Logger: slog.New(slog.NewJSONHandler(&logs, nil)),
 	})
 	if err != nil {
 		tb.Fatal(err)
@@ -144,21 +144,9 @@ func newWire(tb testing.TB, att attest.Attestor) *wire {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, lis) }()
-	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("Serve: %v", err)
-		}
-	})
+	addr := testkit.Serve(tb, "Serve", srv.Serve)
 	creds := credentials.NewTLS(&tls.Config{RootCAs: tree.Bundle.Pool(), ServerName: "istiod.istio-system.svc"})
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(creds))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -203,7 +191,7 @@ func (w *wire) mustIssue(tb testing.TB, token, clusterID, wantID string) *x509.C
 	tb.Helper()
 	leaf, err := w.issue(tb, token, clusterID)
 	if err != nil {
-		tb.Fatalf("issue: %v\nissuer log:\n%s", err, w.logs.String())
+		tb.Fatalf("issue: %v\nissuer log:\n%s", err, w.logs())
 	}
 	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != wantID {
 		tb.Fatalf("leaf URI SANs %v, want exactly %s", leaf.URIs, wantID)
@@ -227,7 +215,7 @@ func (w *wire) checkFailure(tb testing.TB, err error, code codes.Code) {
 	tb.Helper()
 	st := status.Convert(err)
 	if err == nil || st.Code() != code {
-		tb.Fatalf("got code %v (%q), want %v\nissuer log:\n%s", st.Code(), st.Message(), code, w.logs.String())
+		tb.Fatalf("got code %v (%q), want %v\nissuer log:\n%s", st.Code(), st.Message(), code, w.logs())
 	}
 	if code == codes.Unauthenticated && st.Message() != "authentication failed" {
 		tb.Errorf("Unauthenticated message %q is not opaque", st.Message())
@@ -278,7 +266,7 @@ func (w *wire) certRows(tb testing.TB) []store.Certificate {
 // issuer's log.
 func (w *wire) requireTokensNotLogged(tb testing.TB, tokens ...string) {
 	tb.Helper()
-	logs := w.logs.String()
+	logs := w.logs()
 	for _, tok := range tokens {
 		sig := tok[strings.LastIndexByte(tok, '.')+1:]
 		if len(sig) < 16 {
@@ -309,21 +297,3 @@ var testCSR = func() func(testing.TB) []byte {
 		return csr
 	}
 }()
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers (the logger).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}

@@ -3,7 +3,6 @@ package kube
 import (
 	"context"
 	"errors"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/test/kubetest"
 )
 
@@ -67,7 +67,7 @@ func TestJWKSOutageAndKeyRotation(t *testing.T) {
 	seen := c.PodToken(t, wl.ns, wl.sa, wl.pod, audience)
 	fresh := c.PodToken(t, wl.ns, wl.sa, wl.pod, audience)
 	ctx := context.Background()
-	clock := &manualClock{now: time.Now()}
+	clock := testkit.NewClock(time.Now())
 	keys, err := attest.NewRemoteKeys(attest.RemoteKeysConfig{
 		Client: c.Admin, RefreshInterval: time.Minute, MaxStale: time.Hour, MinRefreshInterval: 10 * time.Second, Now: clock.Now,
 	})
@@ -126,7 +126,7 @@ func TestJWKSOutageAndKeyRotation(t *testing.T) {
 // waitKeys moves the clock by advance once, then polls keys.Keys (moving
 // the clock past MinRefreshInterval between tries, for at most 30 s of real
 // time) until done accepts its error.
-func waitKeys(t *testing.T, keys *attest.RemoteKeys, clock *manualClock, done func(error) bool, advance time.Duration) {
+func waitKeys(t *testing.T, keys *attest.RemoteKeys, clock *testkit.Clock, done func(error) bool, advance time.Duration) {
 	t.Helper()
 	clock.Advance(advance)
 	deadline := time.Now().Add(30 * time.Second)
@@ -141,24 +141,6 @@ func waitKeys(t *testing.T, keys *attest.RemoteKeys, clock *manualClock, done fu
 		clock.Advance(11 * time.Second)
 		time.Sleep(100 * time.Millisecond) // poll interval for the background fetch
 	}
-}
-
-// manualClock is a clock tests move by hand.
-type manualClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *manualClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *manualClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
 }
 
 // primedKeys answers Keys with a fixed (old) set and refreshes through the

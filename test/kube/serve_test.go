@@ -1,19 +1,13 @@
 package kube
 
 import (
-	"bytes"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	pb "istio.io/api/security/v1alpha1"
 
@@ -21,21 +15,17 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/test/harness"
 	"github.com/meshca/meshca/test/kubetest"
 )
 
 // meshcaBinary returns $MESHCA_BIN or builds cmd/meshca into a temp dir.
 func meshcaBinary(t *testing.T) string {
 	t.Helper()
-	if bin := os.Getenv("MESHCA_BIN"); bin != "" {
-		return bin
-	}
-	bin := filepath.Join(t.TempDir(), "meshca")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/meshca/meshca/cmd/meshca").CombinedOutput()
+	bin, err := testkit.MeshcaBinary(t.TempDir())
 	if err != nil {
-		t.Fatalf("go build cmd/meshca: %v\n%s", err, out)
+		t.Fatal(err)
 	}
 	return bin
 }
@@ -50,12 +40,7 @@ func TestIssuerServe(t *testing.T) {
 	dir := t.TempDir()
 	kubeconfig := filepath.Join(dir, "east.kubeconfig")
 	c.WriteKubeconfig(t, kubeconfig, "")
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := lis.Addr().String()
-	lis.Close()
+	addr := testkit.FreeAddr(t)
 	config := filepath.Join(dir, "issuer.yaml")
 	writeFile(t, config, fmt.Sprintf(`dataDir: %s
 listen: %s
@@ -77,29 +62,14 @@ clusters:
       issuer: %s
 `, filepath.Join(dir, "data"), addr, kubeconfig, kubeconfig, kubetest.Issuer))
 
-	var stderr syncBuffer
-	cmd := exec.Command(bin, "issuer", "serve", "--config", config)
-	cmd.Stdout, cmd.Stderr = &bytes.Buffer{}, &stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stopped := false
-	t.Cleanup(func() {
-		if !stopped {
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
-	waitListening(t, addr, exited, &stderr)
+	p := harness.Start(t, bin, "issuer", "issuer", "serve", "--config", config)
+	p.WaitListening(t, addr)
 
 	bundle, err := os.ReadFile(filepath.Join(dir, "data", "bundle.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &wire{client: dialIssuer(t, addr, bundle), logs: &stderr}
+	w := &wire{client: dialIssuer(t, addr, bundle), logs: p.Output}
 	wl := newWorkload(t, c)
 	tok := c.PodToken(t, wl.ns, wl.sa, wl.pod, audience)
 	w.mustIssue(t, tok, "Kubernetes", wl.spiffeID())
@@ -111,43 +81,14 @@ clusters:
 	_, err = w.issue(t, tok, "west")
 	w.checkFailure(t, err, codes.Unauthenticated)
 
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
+	if err := p.Stop(t); err != nil {
+		t.Errorf("issuer exited with %v\n%s", err, p.Output())
 	}
-	select {
-	case err := <-exited:
-		stopped = true
-		if err != nil {
-			t.Errorf("issuer exited with %v\n%s", err, stderr.String())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("issuer did not stop within 20s of SIGTERM")
-	}
-	logs := stderr.String()
+	logs := p.Output()
 	if !strings.Contains(logs, `"msg":"certificate issued"`) || !strings.Contains(logs, `"msg":"certificate request rejected"`) {
 		t.Errorf("issuer log lacks the issuance or the rejection reason:\n%s", logs)
 	}
 	w.requireTokensNotLogged(t, tok)
-}
-
-func waitListening(t *testing.T, addr string, exited <-chan error, stderr *syncBuffer) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if conn, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			conn.Close()
-			return
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("issuer exited before listening: %v\n%s", err, stderr.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("issuer not listening on %s after 60s\n%s", addr, stderr.String())
-		}
-		time.Sleep(100 * time.Millisecond) // poll interval
-	}
 }
 
 func dialIssuer(t *testing.T, addr string, bundlePEM []byte) pb.IstioCertificateServiceClient {

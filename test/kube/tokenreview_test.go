@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/test/kubetest"
 )
 
 func TestValidPodBoundToken(t *testing.T) {
@@ -70,13 +71,21 @@ func TestWrongAudience(t *testing.T) {
 	w.requireTokensNotLogged(t, vault, apiAud)
 }
 
+// issuedWorkload makes a workload in the shared cluster and a TokenReview
+// issuer, and checks that the workload's pod-bound token is accepted.
+func issuedWorkload(t *testing.T) (c *kubetest.Cluster, wl workload, tok string, w *wire) {
+	t.Helper()
+	c = east(t)
+	wl = newWorkload(t, c)
+	tok = c.PodToken(t, wl.ns, wl.sa, wl.pod, audience)
+	w = newWire(t, newTokenReview(t, c, "east", attest.TokenReviewConfig{}))
+	w.mustIssue(t, tok, "", wl.spiffeID())
+	return c, wl, tok, w
+}
+
 func TestDeletedPod(t *testing.T) {
 	t.Parallel()
-	c := east(t)
-	wl := newWorkload(t, c)
-	tok := c.PodToken(t, wl.ns, wl.sa, wl.pod, audience)
-	w := newWire(t, newTokenReview(t, c, "east", attest.TokenReviewConfig{}))
-	w.mustIssue(t, tok, "", wl.spiffeID())
+	c, wl, tok, w := issuedWorkload(t)
 	c.DeletePod(t, wl.ns, wl.pod.Name)
 	took := w.pollFail(t, tok, codes.Unauthenticated, 15*time.Second)
 	t.Logf("token of a deleted pod rejected after %s", took)
@@ -87,11 +96,7 @@ func TestDeletedPod(t *testing.T) {
 
 func TestPodRecreatedUnderSameName(t *testing.T) {
 	t.Parallel()
-	c := east(t)
-	wl := newWorkload(t, c)
-	old := c.PodToken(t, wl.ns, wl.sa, wl.pod, audience)
-	w := newWire(t, newTokenReview(t, c, "east", attest.TokenReviewConfig{}))
-	w.mustIssue(t, old, "", wl.spiffeID())
+	c, wl, old, w := issuedWorkload(t)
 
 	c.DeletePod(t, wl.ns, wl.pod.Name)
 	again := c.Pod(t, wl.ns, wl.pod.Name, wl.sa)
@@ -123,18 +128,14 @@ func TestTerminatingPod(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.pollFail(t, tok, codes.Unauthenticated, 15*time.Second)
-	if !strings.Contains(w.logs.String(), "terminating") && !strings.Contains(w.logs.String(), "being deleted") {
-		t.Errorf("log does not say the pod is terminating:\n%s", w.logs.String())
+	if !strings.Contains(w.logs(), "terminating") && !strings.Contains(w.logs(), "being deleted") {
+		t.Errorf("log does not say the pod is terminating:\n%s", w.logs())
 	}
 }
 
 func TestDeletedServiceAccount(t *testing.T) {
 	t.Parallel()
-	c := east(t)
-	wl := newWorkload(t, c)
-	tok := c.PodToken(t, wl.ns, wl.sa, wl.pod, audience)
-	w := newWire(t, newTokenReview(t, c, "east", attest.TokenReviewConfig{}))
-	w.mustIssue(t, tok, "", wl.spiffeID())
+	c, wl, tok, w := issuedWorkload(t)
 	c.DeleteServiceAccount(t, wl.ns, wl.sa)
 	// The API server caches successful reviews for about 10 s.
 	took := w.pollFail(t, tok, codes.Unauthenticated, 30*time.Second)
@@ -147,8 +148,8 @@ func TestUnboundToken(t *testing.T) {
 	tok := c.Token(t, wl.ns, wl.sa, audience)
 	required := newWire(t, newTokenReview(t, c, "east", attest.TokenReviewConfig{}))
 	required.mustFail(t, tok, "", codes.Unauthenticated)
-	if !strings.Contains(required.logs.String(), "not bound to a pod") {
-		t.Errorf("log does not give the reason:\n%s", required.logs.String())
+	if !strings.Contains(required.logs(), "not bound to a pod") {
+		t.Errorf("log does not give the reason:\n%s", required.logs())
 	}
 	allowed := newWire(t, newTokenReview(t, c, "east", attest.TokenReviewConfig{AllowUnboundTokens: true}))
 	allowed.mustIssue(t, tok, "", wl.spiffeID())

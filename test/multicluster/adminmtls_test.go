@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/test/harness"
 )
 
 const opsAdminID = "spiffe://east.example/ns/ops/sa/admin"
@@ -32,11 +34,11 @@ const opsAdminID = "spiffe://east.example/ns/ops/sa/admin"
 // root: then the root refuses it at once and the issuer as soon as the
 // root's CRL reaches it.
 func TestAdminOverMTLS(t *testing.T) {
-	rootAdminAddr, adminAddr := freeAddr(t), freeAddr(t)
+	rootAdminAddr, adminAddr := testkit.FreeAddr(t), testkit.FreeAddr(t)
 	root := startRoot(t, fmt.Sprintf("intermediateTTL: 1h\nadmin:\n  listen: %s\n  spiffeIDs: [%q]\n", rootAdminAddr, opsAdminID))
 	east := startIssuer(t, root, "east", "east.example", fmt.Sprintf("admin:\n  listen: %s\n  spiffeIDs: [%q]\n", adminAddr, opsAdminID))
-	root.waitListening(t, rootAdminAddr)
-	east.waitListening(t, adminAddr)
+	root.WaitListening(t, rootAdminAddr)
+	east.WaitListening(t, adminAddr)
 	ops := startWorkload(t, east, root.BundlePath(), "ops", "admin", 10*time.Minute)
 
 	// The attack: the workload SVID for the admin's ID.
@@ -51,7 +53,7 @@ func TestAdminOverMTLS(t *testing.T) {
 			t.Fatalf("%s: %v; want a failed handshake or PermissionDenied", addr, err)
 		}
 	}
-	if !strings.Contains(root.out.String(), "not signed directly by a trusted root") {
+	if !strings.Contains(root.Output(), "not signed directly by a trusted root") {
 		t.Fatal("the root logged no reason for refusing the workload SVID")
 	}
 	// Nothing was registered: west is free for any trust domain.
@@ -109,11 +111,11 @@ func TestAdminOverMTLS(t *testing.T) {
 		t.Fatal("the root admin API still answers a revoked admin certificate")
 	}
 	// The issuer learns of it from the root CRL in the relayed bundle.
-	east.waitFor(t, "the issuer refusing the revoked admin certificate", startTimeout, func() bool {
+	east.WaitFor(t, "the issuer refusing the revoked admin certificate", harness.StartTimeout, func() bool {
 		_, err := overMTLS(adminAddr, "revocations")
 		return err != nil
 	})
-	if !strings.Contains(east.out.String(), "revoked on the root's CRL") {
+	if !strings.Contains(east.Output(), "revoked on the root's CRL") {
 		t.Fatal("the issuer refused the admin certificate, but not for its revocation on the root's CRL")
 	}
 }
@@ -148,8 +150,8 @@ func workloadAdminCall(t *testing.T, w *workload, addr, serverName string) error
 // admin API over mutual TLS until `meshca admin revoke --serial` on the
 // same socket.
 func TestStandaloneIssuerAdminCredential(t *testing.T) {
-	dir, addr, adminAddr := t.TempDir(), freeAddr(t), freeAddr(t)
-	cfg := writeFile(t, filepath.Join(t.TempDir(), "solo.yaml"), fmt.Sprintf(`dataDir: %s
+	dir, addr, adminAddr := t.TempDir(), testkit.FreeAddr(t), testkit.FreeAddr(t)
+	cfg := harness.WriteFile(t, filepath.Join(t.TempDir(), "solo.yaml"), fmt.Sprintf(`dataDir: %s
 listen: %s
 trustDomain: solo.example
 cluster: solo
@@ -162,7 +164,7 @@ clusters:
     attestor: dev
 `, dir, addr, adminAddr))
 	p := start(t, "issuer solo", "issuer", "serve", "--config", cfg, "--log-level", "debug")
-	p.waitListening(t, adminAddr)
+	p.WaitListening(t, adminAddr)
 	sock := filepath.Join(dir, "admin.sock")
 	creds := filepath.Join(t.TempDir(), "alice")
 	var issued struct {
@@ -185,7 +187,7 @@ clusters:
 	if err := call(); err == nil {
 		t.Fatal("the issuer admin API still answers a revoked admin certificate")
 	}
-	if !strings.Contains(p.out.String(), "is revoked") {
+	if !strings.Contains(p.Output(), "is revoked") {
 		t.Fatal("the issuer logged no revocation as the reason of the refusal")
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 
 	"github.com/meshca/meshca/store/postgres/pgtest"
+	"github.com/meshca/meshca/test/harness"
 )
 
 // TestBackupRestoreDrill runs the restore drill of docs/operations.md: a
@@ -48,9 +49,9 @@ func TestBackupRestoreDrill(t *testing.T) {
 
 	// Back up: stop the servers (each signs a last checkpoint), dump the
 	// databases, archive the data directories, ship the checkpoints.
-	before.stop(t)
-	east.stop(t)
-	root.stop(t)
+	before.Stop(t)
+	east.Stop(t)
+	root.Stop(t)
 	backup := t.TempDir()
 	parts := []struct {
 		name, dsn, dir string
@@ -100,9 +101,9 @@ func TestBackupRestoreDrill(t *testing.T) {
 	}
 	after := startWorkload(t, east, root.BundlePath(), "shop", "backend", time.Hour)
 	verifyUnder(t, after, bundlePEM)
-	after.stop(t)
-	east.stop(t)
-	root.stop(t)
+	after.Stop(t)
+	east.Stop(t)
+	root.Stop(t)
 	for _, p := range parts {
 		// The chain written since the restore extends the one backed up.
 		out, err := run(t, "audit", "verify", "--store-dsn", p.dsn,
@@ -163,7 +164,7 @@ func copyFile(t *testing.T, from, to string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, to, string(b))
+	harness.WriteFile(t, to, string(b))
 }
 
 // dbName is the database a postgres:// DSN names.

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/test/harness"
 )
 
 // TestRootAndIssuerSignAuditCheckpoints runs a root and an issuer, issues a
@@ -15,14 +17,14 @@ func TestRootAndIssuerSignAuditCheckpoints(t *testing.T) {
 	root := startRoot(t, "")
 	east := startIssuer(t, root, "east", "east.example", "")
 	startWorkload(t, east, root.BundlePath(), "shop", "frontend", time.Hour)
-	root.stop(t)
-	east.stop(t)
+	root.Stop(t)
+	east.Stop(t)
 	for _, p := range []struct {
-		proc      *proc
+		proc      *harness.Proc
 		dir, name string
-	}{{root.proc, root.Dir, "root"}, {east.proc, east.Dir, "cluster/east"}} {
-		if !strings.Contains(p.proc.out.String(), `"msg":"audit checkpoint","chain":"`+p.name+`"`) {
-			t.Errorf("%s logged no audit checkpoint:\n%s", p.name, p.proc.out.String())
+	}{{root.Proc, root.Dir, "root"}, {east.Proc, east.Dir, "cluster/east"}} {
+		if !strings.Contains(p.proc.Output(), `"msg":"audit checkpoint","chain":"`+p.name+`"`) {
+			t.Errorf("%s logged no audit checkpoint:\n%s", p.name, p.proc.Output())
 		}
 		latest := filepath.Join(p.dir, "audit-checkpoints", "latest.json")
 		out, err := run(t, "audit", "verify", "--data-dir", p.dir, "--checkpoint", latest)

@@ -8,6 +8,9 @@ import (
 
 	"github.com/meshca/meshca/trust"
 	"go.step.sm/crypto/pemutil"
+
+	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/test/harness"
 )
 
 // TestCopiedIssuerCredential copies an enrolled issuer's credential
@@ -22,9 +25,9 @@ import (
 func TestCopiedIssuerCredential(t *testing.T) {
 	root := startRoot(t, "")
 	east := startIssuer(t, root, "east", "east.example", "")
-	east.stop(t)
+	east.Stop(t)
 
-	thief := &issuerProc{Dir: t.TempDir(), Addr: freeAddr(t), Cluster: "east", TrustDomain: "east.example"}
+	thief := &issuerProc{Dir: t.TempDir(), Addr: testkit.FreeAddr(t), Cluster: "east", TrustDomain: "east.example"}
 	copyDir(t, filepath.Join(east.Dir, "credential"), filepath.Join(thief.Dir, "credential"))
 	cfg, err := os.ReadFile(east.config)
 	if err != nil {
@@ -32,25 +35,25 @@ func TestCopiedIssuerCredential(t *testing.T) {
 	}
 	body := strings.Replace(strings.Replace(string(cfg), "dataDir: "+east.Dir, "dataDir: "+thief.Dir, 1),
 		"listen: "+east.Addr, "listen: "+thief.Addr, 1)
-	thief.config = writeFile(t, filepath.Join(t.TempDir(), "thief.yaml"), body)
+	thief.config = harness.WriteFile(t, filepath.Join(t.TempDir(), "thief.yaml"), body)
 	// The copy renews twice (a start each): the root moves on to the
 	// copy's credentials.
 	thief.restart(t)
-	thief.stop(t)
+	thief.Stop(t)
 	thief.restart(t)
-	thief.stop(t)
+	thief.Stop(t)
 
 	refused := func(is *issuerProc, what string) {
 		t.Helper()
 		p := start(t, what, "issuer", "serve", "--config", is.config, "--log-level", "debug")
-		<-p.done
-		if p.err == nil || !strings.Contains(p.out.String(), "rejected by the root") {
-			t.Fatalf("%s: exit %v, want the root to reject its credential\n%s", what, p.err, p.out.String())
+		<-p.Done()
+		if p.Err() == nil || !strings.Contains(p.Output(), "rejected by the root") {
+			t.Fatalf("%s: exit %v, want the root to reject its credential\n%s", what, p.Err(), p.Output())
 		}
 	}
 	refused(east, "the original issuer with the credential the copy replaced")
-	root.waitFor(t, "the reuse alarm", startTimeout, func() bool {
-		return strings.Contains(root.out.String(), "credential reuse")
+	root.WaitFor(t, "the reuse alarm", harness.StartTimeout, func() bool {
+		return strings.Contains(root.Output(), "credential reuse")
 	})
 	audit := mustRun(t, "admin", "--socket", root.Socket, "-o", "json", "audit", "list")
 	if !strings.Contains(audit, "credential.reuse") {
@@ -77,10 +80,10 @@ func TestCopiedIssuerCredential(t *testing.T) {
 		t.Fatal(err)
 	}
 	east.restart(t)
-	east.stop(t)
+	east.Stop(t)
 	refused(thief, "the copy after the new enrolment")
 	east.restart(t)
-	east.stop(t)
+	east.Stop(t)
 
 	// Revoking the new credential by serial on the root's socket.
 	cred, err := os.ReadFile(filepath.Join(east.Dir, "credential", "credential.pem"))

@@ -15,6 +15,9 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/test/harness"
 )
 
 // TestFederatedMeshes runs two meshes with their own roots and trust
@@ -23,7 +26,7 @@ import (
 // after the exchange the federated bundles reach the agents, and a workload
 // of A and one of B complete mutual TLS.
 func TestFederatedMeshes(t *testing.T) {
-	fedA, fedB := freeAddr(t), freeAddr(t)
+	fedA, fedB := testkit.FreeAddr(t), testkit.FreeAddr(t)
 	webCA, webCert, webKey := webPKI(t, t.TempDir())
 
 	rootA := startRoot(t, fmt.Sprintf(`federation:
@@ -37,7 +40,7 @@ func TestFederatedMeshes(t *testing.T) {
       profile: https_web
       caCertFile: %s
 `, fedA, fedB, webCA))
-	rootA.waitListening(t, fedA)
+	rootA.WaitListening(t, fedA)
 	bundleA := filepath.Join(rootA.Dir, "bundle.spiffe.json")
 	if _, err := os.Stat(bundleA); err != nil {
 		t.Fatalf("root A wrote no SPIFFE bundle for federation: %v", err)
@@ -55,7 +58,7 @@ func TestFederatedMeshes(t *testing.T) {
       profile: https_spiffe
       bundleFile: %s
 `, fedB, webCert, webKey, fedA, bundleA))
-	rootB.waitListening(t, fedB)
+	rootB.WaitListening(t, fedB)
 
 	issuerA := startIssuer(t, rootA, "a1", "a.example", "")
 	issuerB := startIssuer(t, rootB, "b1", "b.example", "")
@@ -111,8 +114,8 @@ func webPKI(t *testing.T, dir string) (caFile, certFile, keyFile string) {
 		t.Fatal(err)
 	}
 	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
-	caFile = writeFile(t, filepath.Join(dir, "web-ca.pem"), string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})))
-	certFile = writeFile(t, filepath.Join(dir, "web.pem"), string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
-	keyFile = writeFile(t, filepath.Join(dir, "web-key.pem"), string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})))
+	caFile = harness.WriteFile(t, filepath.Join(dir, "web-ca.pem"), string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})))
+	certFile = harness.WriteFile(t, filepath.Join(dir, "web.pem"), string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	keyFile = harness.WriteFile(t, filepath.Join(dir, "web-key.pem"), string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})))
 	return caFile, certFile, keyFile
 }

@@ -11,7 +11,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/store/postgres/pgtest"
+	"github.com/meshca/meshca/test/harness"
 )
 
 const (
@@ -95,7 +97,7 @@ type haDeployment struct {
 // haReplica is one `meshca issuer serve` replica. Its t.Cleanup (from
 // start) stops it with SIGTERM unless it has exited.
 type haReplica struct {
-	*proc
+	*harness.Proc
 	name, config, dir, addr string
 	deployment              *haDeployment
 }
@@ -103,8 +105,8 @@ type haReplica struct {
 // restart starts the replica (again) on the same config and data.
 func (r *haReplica) restart(t *testing.T) {
 	t.Helper()
-	r.proc = start(t, "issuer "+r.name, "issuer", "serve", "--config", r.config, "--log-level", "debug")
-	r.waitListening(t, r.addr)
+	r.Proc = start(t, "issuer "+r.name, "issuer", "serve", "--config", r.config, "--log-level", "debug")
+	r.WaitListening(t, r.addr)
 }
 
 // BundlePath is the root bundle the replica writes into its data dir.
@@ -117,11 +119,11 @@ func startReplicas(t *testing.T, d *haDeployment, names []string, body func(i in
 	t.Helper()
 	d.devKeys = t.TempDir()
 	for i, name := range names {
-		r := &haReplica{name: name, dir: t.TempDir(), addr: freeAddr(t), deployment: d}
-		r.config = writeFile(t, filepath.Join(t.TempDir(), name+".yaml"), fmt.Sprintf("dataDir: %s\nlisten: %s\n", r.dir, r.addr)+
+		r := &haReplica{name: name, dir: t.TempDir(), addr: testkit.FreeAddr(t), deployment: d}
+		r.config = harness.WriteFile(t, filepath.Join(t.TempDir(), name+".yaml"), fmt.Sprintf("dataDir: %s\nlisten: %s\n", r.dir, r.addr)+
 			fmt.Sprintf("hosts: [\"127.0.0.1\", \"localhost\"]\nstore: {dsn: %q}\n", d.dsn)+body(i, r.dir, r.addr))
 		r.restart(t)
-		r.waitFor(t, "bundle.pem", startTimeout, func() bool { _, err := os.Stat(r.BundlePath()); return err == nil })
+		r.WaitFor(t, "bundle.pem", harness.StartTimeout, func() bool { _, err := os.Stat(r.BundlePath()); return err == nil })
 		d.replicas = append(d.replicas, r)
 	}
 }
@@ -184,7 +186,7 @@ func replicasJoinToken(t *testing.T, r *rootProc, cluster, td string, n int) str
 	if resp.JoinToken == "" {
 		t.Fatal("cluster add printed no join token")
 	}
-	return writeFile(t, filepath.Join(t.TempDir(), cluster+"-token"), resp.JoinToken+"\n")
+	return harness.WriteFile(t, filepath.Join(t.TempDir(), cluster+"-token"), resp.JoinToken+"\n")
 }
 
 // storedSerials returns the serials of the certificates of haNamespace in

@@ -176,12 +176,11 @@ func (l *haLoad) stop() {
 func (l *haLoad) kill(t *testing.T, r *haReplica) {
 	t.Helper()
 	o := &haOutage{signalled: time.Now()}
-	if err := r.cmd.Process.Kill(); err != nil {
+	if err := r.Kill(); err != nil {
 		t.Fatalf("kill %s: %v", r.name, err)
 	}
 	o.killed = time.Now()
-	<-r.done
-	o.reaped = time.Now()
+	o.reaped = o.killed
 	l.mu.Lock()
 	l.outages[r] = o
 	l.mu.Unlock()

@@ -1,7 +1,6 @@
 package multicluster
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -9,11 +8,8 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,142 +17,26 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/test/harness"
 	"github.com/meshca/meshca/test/vaulttest"
-)
-
-const (
-	startTimeout = 60 * time.Second
-	stopTimeout  = 15 * time.Second
 )
 
 // meshcaBin is the binary under test: $MESHCA_BIN, or built by TestMain.
 var meshcaBin string
 
-func TestMain(m *testing.M) {
-	code := 1
-	dir, err := os.MkdirTemp("", "meshca-multicluster-")
-	if err == nil {
-		if meshcaBin, err = binary(dir); err == nil {
-			code = m.Run()
-		}
-		os.RemoveAll(dir)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "multicluster:", err)
-	}
-	vaulttest.StopShared()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { harness.Main(m, "multicluster", &meshcaBin, vaulttest.StopShared) }
 
-func binary(dir string) (string, error) {
-	if env := os.Getenv("MESHCA_BIN"); env != "" {
-		abs, err := filepath.Abs(env)
-		if err != nil {
-			return "", err
-		}
-		_, err = os.Stat(abs)
-		return abs, err
-	}
-	bin := filepath.Join(dir, "meshca")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/meshca/meshca/cmd/meshca")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("build meshca: %w", err)
-	}
-	return bin, nil
-}
-
-// proc is a running meshca process. Cleanup stops it with SIGTERM and
-// checks that its log never held key material or tokens.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  syncBuffer
-	done chan struct{}
-	err  error
-}
-
-func start(t *testing.T, name string, args ...string) *proc {
+// start starts the binary under test (see harness.Start).
+func start(t *testing.T, name string, args ...string) *harness.Proc {
 	t.Helper()
-	p := &proc{name: name, done: make(chan struct{})}
-	p.cmd = exec.Command(meshcaBin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.stop(t)
-		if t.Failed() {
-			t.Logf("--- %s output ---\n%s", name, p.out.String())
-		}
-		for _, secret := range []string{"PRIVATE KEY", "eyJ", "mjt1."} {
-			if strings.Contains(p.out.String(), secret) {
-				t.Errorf("%s logged secret material (%q)", name, secret)
-			}
-		}
-	})
-	return p
+	return harness.Start(t, meshcaBin, name, args...)
 }
 
-// stop sends SIGTERM and waits; it is a no-op once the process has exited.
-func (p *proc) stop(t *testing.T) {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(stopTimeout):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-		t.Errorf("%s did not stop within %v of SIGTERM", p.name, stopTimeout)
-	}
-}
-
-// waitFor polls cond until it holds, the process exits or timeout passes.
-func (p *proc) waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		select {
-		case <-p.done:
-			t.Fatalf("%s exited (%v) while waiting for %s\n%s", p.name, p.err, what, p.out.String())
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: no %s within %v\n%s", p.name, what, timeout, p.out.String())
-		}
-	}
-}
-
-func (p *proc) waitListening(t *testing.T, addr string) {
-	t.Helper()
-	p.waitFor(t, "listener on "+addr, startTimeout, func() bool {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-}
-
-// run runs a one-shot meshca command and returns its stdout, failing the
-// test on a non-zero exit unless allowFail.
+// run runs a one-shot meshca command and returns its stdout.
 func run(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, meshcaBin, args...)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("meshca %s: %w\n%s%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
-	}
-	return stdout.String(), nil
+	return harness.Run(meshcaBin, args...)
 }
 
 func mustRun(t *testing.T, args ...string) string {
@@ -168,27 +48,6 @@ func mustRun(t *testing.T, args ...string) string {
 	return out
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func writeFile(t *testing.T, path, content string) string {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
 // rootHost is the root's serving name. Issuers serve under 127.0.0.1 and
 // localhost (the root allows them those names); no issuer's intermediate
 // may vouch for the root's names or a parent domain of them, so the root
@@ -197,7 +56,7 @@ const rootHost = "meshca-root.internal"
 
 // rootProc is a running `meshca root serve`.
 type rootProc struct {
-	*proc
+	*harness.Proc
 	Dir, Addr, Socket, config string
 }
 
@@ -209,8 +68,8 @@ func (r *rootProc) BundlePath() string { return filepath.Join(r.Dir, "bundle.pem
 func startRoot(t *testing.T, body string) *rootProc {
 	t.Helper()
 	dir := t.TempDir()
-	r := &rootProc{Dir: dir, Addr: freeAddr(t), Socket: filepath.Join(dir, "admin.sock")}
-	cfg := writeFile(t, filepath.Join(t.TempDir(), "root.yaml"), fmt.Sprintf("dataDir: %s\nlisten: %s\nadminSocket: %s\nhosts: [%q]\nissuerServingNames: [\"127.0.0.1\", \"localhost\"]\n%s",
+	r := &rootProc{Dir: dir, Addr: testkit.FreeAddr(t), Socket: filepath.Join(dir, "admin.sock")}
+	cfg := harness.WriteFile(t, filepath.Join(t.TempDir(), "root.yaml"), fmt.Sprintf("dataDir: %s\nlisten: %s\nadminSocket: %s\nhosts: [%q]\nissuerServingNames: [\"127.0.0.1\", \"localhost\"]\n%s",
 		dir, r.Addr, r.Socket, rootHost, body))
 	r.config = cfg
 	r.restart(t)
@@ -220,9 +79,9 @@ func startRoot(t *testing.T, body string) *rootProc {
 // restart starts the root (again) on the same config, data and address.
 func (r *rootProc) restart(t *testing.T) {
 	t.Helper()
-	r.proc = start(t, "root", "root", "serve", "--config", r.config, "--log-level", "debug")
-	r.waitListening(t, r.Addr)
-	r.waitFor(t, "bundle.pem", startTimeout, func() bool { _, err := os.Stat(r.BundlePath()); return err == nil })
+	r.Proc = start(t, "root", "root", "serve", "--config", r.config, "--log-level", "debug")
+	r.WaitListening(t, r.Addr)
+	r.WaitFor(t, "bundle.pem", harness.StartTimeout, func() bool { _, err := os.Stat(r.BundlePath()); return err == nil })
 }
 
 // admin runs `meshca admin -o json ARGS` against r and decodes the output
@@ -253,7 +112,7 @@ func (r *rootProc) joinToken(t *testing.T, cluster, td string) string {
 	if resp.JoinToken == "" {
 		t.Fatal("cluster add printed no join token")
 	}
-	return writeFile(t, filepath.Join(t.TempDir(), cluster+"-token"), resp.JoinToken+"\n")
+	return harness.WriteFile(t, filepath.Join(t.TempDir(), cluster+"-token"), resp.JoinToken+"\n")
 }
 
 type rootInfo struct {
@@ -274,7 +133,7 @@ func (r *rootProc) roots(t *testing.T) []rootInfo {
 
 // issuerProc is a running `meshca issuer serve` under a root.
 type issuerProc struct {
-	*proc
+	*harness.Proc
 	Dir, Addr, Cluster, TrustDomain, config string
 }
 
@@ -282,8 +141,8 @@ type issuerProc struct {
 func startIssuer(t *testing.T, r *rootProc, cluster, td, extra string) *issuerProc {
 	t.Helper()
 	token := r.joinToken(t, cluster, td)
-	is := &issuerProc{Dir: t.TempDir(), Addr: freeAddr(t), Cluster: cluster, TrustDomain: td}
-	cfg := writeFile(t, filepath.Join(t.TempDir(), cluster+".yaml"), fmt.Sprintf(`dataDir: %s
+	is := &issuerProc{Dir: t.TempDir(), Addr: testkit.FreeAddr(t), Cluster: cluster, TrustDomain: td}
+	cfg := harness.WriteFile(t, filepath.Join(t.TempDir(), cluster+".yaml"), fmt.Sprintf(`dataDir: %s
 listen: %s
 trustDomain: %s
 cluster: %s
@@ -306,14 +165,14 @@ clusters:
 // restart starts the issuer (again) on the same config and data.
 func (is *issuerProc) restart(t *testing.T) {
 	t.Helper()
-	is.proc = start(t, "issuer "+is.Cluster, "issuer", "serve", "--config", is.config, "--log-level", "debug")
-	is.waitListening(t, is.Addr)
+	is.Proc = start(t, "issuer "+is.Cluster, "issuer", "serve", "--config", is.config, "--log-level", "debug")
+	is.WaitListening(t, is.Addr)
 }
 
 // workload is a `meshca agent` for one service account and a go-spiffe
 // X509Source on its Workload API socket.
 type workload struct {
-	*proc
+	*harness.Proc
 	ID     spiffeid.ID
 	Source *workloadapi.X509Source
 	Socket string
@@ -347,17 +206,17 @@ func startWorkload(t *testing.T, is *issuerProc, caBundle, ns, sa string, ttl ti
 	t.Helper()
 	dir := t.TempDir()
 	tokenOut := mustRun(t, "dev", "token", "--data-dir", is.Dir, "--namespace", ns, "--service-account", sa, "--ttl", "24h")
-	tokenFile := writeFile(t, filepath.Join(dir, "token"), tokenOut)
+	tokenFile := harness.WriteFile(t, filepath.Join(dir, "token"), tokenOut)
 	socket := filepath.Join(dir, "agent.sock")
 	w := &workload{ID: spiffeid.RequireFromString(fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", is.TrustDomain, ns, sa)), Socket: socket}
-	w.proc = start(t, "agent "+w.ID.String(), "agent", "--issuer", is.Addr, "--server-name", "localhost", "--ca-bundle", caBundle,
+	w.Proc = start(t, "agent "+w.ID.String(), "agent", "--issuer", is.Addr, "--server-name", "localhost", "--ca-bundle", caBundle,
 		"--token-file", tokenFile, "--workload-socket", socket, "--health-addr", "", "--ttl", ttl.String(), "--log-level", "debug")
-	w.waitFor(t, "workload socket", startTimeout, func() bool { _, err := os.Stat(socket); return err == nil })
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	w.WaitFor(t, "workload socket", harness.StartTimeout, func() bool { _, err := os.Stat(socket); return err == nil })
+	ctx, cancel := context.WithTimeout(context.Background(), harness.StartTimeout)
 	defer cancel()
 	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+socket)))
 	if err != nil {
-		t.Fatalf("X509Source for %s: %v\n%s", w.ID, err, w.out.String())
+		t.Fatalf("X509Source for %s: %v\n%s", w.ID, err, w.Output())
 	}
 	t.Cleanup(func() { src.Close() })
 	w.Source = src
@@ -413,6 +272,19 @@ func startProbe(t *testing.T, server, client *workload, interval time.Duration) 
 	return p
 }
 
+// echoServer serves serveEcho over TLS with cfg on a loopback port until the
+// end of the test, and returns its address.
+func echoServer(t *testing.T, cfg *tls.Config) string {
+	t.Helper()
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lis.Close() })
+	go serveEcho(lis)
+	return lis.Addr().String()
+}
+
 // serveEcho answers each connection's 4-byte ping until lis is closed.
 func serveEcho(lis net.Listener) {
 	for {
@@ -466,23 +338,6 @@ func (p *mtlsProbe) counts() (ok, fail int, errs []string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.ok, p.fail, append([]string(nil), p.errs...)
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func mustTD(name string) spiffeid.TrustDomain { return spiffeid.RequireTrustDomainFromString(name) }

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/test/harness"
 )
 
 // TestRestarts stops the root while an issuer serves (the issuer keeps
@@ -16,20 +18,20 @@ func TestRestarts(t *testing.T) {
 	w := startWorkload(t, east, root.BundlePath(), "shop", "frontend", 6*time.Second)
 	firstInter := intermediateOf(t, w)
 
-	root.stop(t)
+	root.Stop(t)
 	renewals(t, w, 2, 30*time.Second) // the issuer does not need the root to issue
 	root.restart(t)
 
-	east.stop(t)
+	east.Stop(t)
 	east.restart(t)
-	east.waitFor(t, "renewal with the stored credential", startTimeout, func() bool {
-		return strings.Contains(east.out.String(), "meshca issuer serving")
+	east.WaitFor(t, "renewal with the stored credential", harness.StartTimeout, func() bool {
+		return strings.Contains(east.Output(), "meshca issuer serving")
 	})
 	renewals(t, w, 2, 30*time.Second)
 	if got := intermediateOf(t, w); got == firstInter {
 		t.Error("after the issuer restarted, the workload's certificate is still signed by the old intermediate; the key of which was in the old process only")
 	}
-	if strings.Contains(east.out.String(), "join token rejected") {
-		t.Errorf("the restarted issuer tried its spent join token:\n%s", east.out.String())
+	if strings.Contains(east.Output(), "join token rejected") {
+		t.Errorf("the restarted issuer tried its spent join token:\n%s", east.Output())
 	}
 }

@@ -1,13 +1,14 @@
 package multicluster
 
 import (
-	"crypto/tls"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/test/harness"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 )
 
 // adminIssuer runs `meshca admin -o json ARGS` against an issuer's socket.
@@ -79,22 +80,12 @@ func TestRevocationEndToEnd(t *testing.T) {
 	bystander := startWorkload(t, east, root.BundlePath(), "shop", "cart", 10*time.Minute)
 	server.watchCRLs(t)
 
-	lis, err := tls.Listen("tcp", "127.0.0.1:0", server.serverConfig(client.ID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	go serveEcho(lis)
-	byLis, err := tls.Listen("tcp", "127.0.0.1:0", server.serverConfig(bystander.ID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer byLis.Close()
-	go serveEcho(byLis)
+	addr := echoServer(t, server.serverConfig(client.ID))
+	byAddr := echoServer(t, server.serverConfig(bystander.ID))
 	dial := func(w *workload, l string) func() error {
 		return func() error { return exchange(l, w.clientConfig(server.ID)) }
 	}
-	if err := dial(client, lis.Addr().String())(); err != nil {
+	if err := dial(client, addr)(); err != nil {
 		t.Fatalf("mTLS before any revocation: %v", err)
 	}
 
@@ -107,7 +98,7 @@ func TestRevocationEndToEnd(t *testing.T) {
 	}
 	serial := serialOf(t, client)
 	dialRevoked := func() error {
-		return exchange(lis.Addr().String(), tlsconfig.MTLSClientConfig(revoked, client.Source, tlsconfig.AuthorizeID(server.ID)))
+		return exchange(addr, tlsconfig.MTLSClientConfig(revoked, client.Source, tlsconfig.AuthorizeID(server.ID)))
 	}
 	revokedAt := time.Now()
 	if err := east.admin(t, nil, "revoke", "--serial", serial, "--reason", "key compromise"); err != nil {
@@ -120,17 +111,17 @@ func TestRevocationEndToEnd(t *testing.T) {
 		t.Logf("revoked certificate refused %v after `meshca admin revoke`", d.Round(time.Millisecond))
 	}
 	for i := 0; i < 20; i++ {
-		if err := dial(bystander, byLis.Addr().String())(); err != nil {
+		if err := dial(bystander, byAddr)(); err != nil {
 			t.Fatalf("the bystander was affected: %v", err)
 		}
 	}
-	client.waitFor(t, "the client's agent to replace its revoked certificate", 10*time.Second, func() bool {
-		return serialOf(t, client) != serial && dial(client, lis.Addr().String())() == nil
+	client.WaitFor(t, "the client's agent to replace its revoked certificate", 10*time.Second, func() bool {
+		return serialOf(t, client) != serial && dial(client, addr)() == nil
 	})
 
 	// Revoke the identity: a new certificate for it is refused. The one
 	// fetched before is revoked with it.
-	token := writeFile(t, filepath.Join(t.TempDir(), "token"), mustRun(t, "dev", "token", "--data-dir", east.Dir, "--namespace", "shop", "--service-account", "frontend"))
+	token := harness.WriteFile(t, filepath.Join(t.TempDir(), "token"), mustRun(t, "dev", "token", "--data-dir", east.Dir, "--namespace", "shop", "--service-account", "frontend"))
 	fetch := func() (string, error) {
 		return run(t, "cert", "fetch", "--issuer", east.Addr, "--server-name", "localhost", "--ca-bundle", root.BundlePath(),
 			"--token-file", token, "--out", t.TempDir())
@@ -201,13 +192,8 @@ func TestRevokeCluster(t *testing.T) {
 	server := startWorkload(t, east, root.BundlePath(), "shop", "backend", 10*time.Minute)
 	client := startWorkload(t, west, root.BundlePath(), "shop", "frontend", 10*time.Minute)
 	server.watchCRLs(t)
-	lis, err := tls.Listen("tcp", "127.0.0.1:0", server.serverConfig(client.ID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	go serveEcho(lis)
-	dial := func() error { return exchange(lis.Addr().String(), client.clientConfig(server.ID)) }
+	addr := echoServer(t, server.serverConfig(client.ID))
+	dial := func() error { return exchange(addr, client.clientConfig(server.ID)) }
 	if err := dial(); err != nil {
 		t.Fatalf("east/west mTLS before revocation: %v", err)
 	}
@@ -222,14 +208,14 @@ func TestRevokeCluster(t *testing.T) {
 		t.Errorf("west's intermediate %s is not on the CRLs east's agent delivers", westInter)
 	}
 	// west's issuer is refused: a restart cannot renew its intermediate.
-	west.stop(t)
-	west.proc = start(t, "issuer west (revoked)", "issuer", "serve", "--config", west.config)
+	west.Stop(t)
+	west.Proc = start(t, "issuer west (revoked)", "issuer", "serve", "--config", west.config)
 	select {
-	case <-west.done:
-	case <-time.After(startTimeout):
+	case <-west.Done():
+	case <-time.After(harness.StartTimeout):
 		t.Fatal("the revoked cluster's issuer keeps running without an intermediate")
 	}
-	if west.err == nil || !strings.Contains(west.out.String(), "cluster west is revoked") {
-		t.Errorf("the revoked cluster's issuer: exit %v, want a failure saying the cluster is revoked:\n%s", west.err, west.out.String())
+	if west.Err() == nil || !strings.Contains(west.Output(), "cluster west is revoked") {
+		t.Errorf("the revoked cluster's issuer: exit %v, want a failure saying the cluster is revoked:\n%s", west.Err(), west.Output())
 	}
 }

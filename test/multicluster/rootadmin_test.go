@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshca/meshca/test/harness"
 	"github.com/meshca/meshca/test/vaulttest"
 )
 
@@ -68,7 +69,7 @@ func TestAdminAuditVerifyReportsHead(t *testing.T) {
 // key.vault.keyPrefix: its keys are named meshca-root-<time>-<random>.
 func TestVaultRootDefaultKeyPrefix(t *testing.T) {
 	v := vaulttest.Shared(t)
-	tokenFile := writeFile(t, filepath.Join(t.TempDir(), "vault-token"), v.Token)
+	tokenFile := harness.WriteFile(t, filepath.Join(t.TempDir(), "vault-token"), v.Token)
 	root := startRoot(t, fmt.Sprintf("key:\n  kind: vault\n  vault:\n    address: %s\n    auth:\n      method: token\n      tokenFile: %s\n",
 		v.Addr, tokenFile))
 	if err := root.admin(t, nil, "root", "rotate", "--propagation-delay", "1h"); err != nil {

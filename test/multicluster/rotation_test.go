@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/test/harness"
 	"github.com/meshca/meshca/test/vaulttest"
 )
 
@@ -24,7 +25,7 @@ const (
 // vaultRootConfig is the YAML of a root whose keys live in Vault Transit.
 func vaultRootConfig(t *testing.T, v *vaulttest.Server) string {
 	t.Helper()
-	tokenFile := writeFile(t, filepath.Join(t.TempDir(), "vault-token"), v.Token)
+	tokenFile := harness.WriteFile(t, filepath.Join(t.TempDir(), "vault-token"), v.Token)
 	return fmt.Sprintf(`key:
   kind: vault
   vault:

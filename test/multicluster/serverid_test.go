@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/test/harness"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
 
@@ -26,13 +28,13 @@ func TestClientsVerifyWhichServer(t *testing.T) {
 	east := startIssuer(t, root, "east", "east.example", "")
 	west := startIssuer(t, root, "west", "west.example", "")
 	dir := t.TempDir()
-	westToken := writeFile(t, filepath.Join(dir, "west-token"),
+	westToken := harness.WriteFile(t, filepath.Join(dir, "west-token"),
 		mustRun(t, "dev", "token", "--data-dir", west.Dir, "--namespace", "shop", "--service-account", "web", "--ttl", "24h"))
 
 	// A west agent whose address leads to east's issuer.
 	agent := start(t, "agent west -> east", "agent", "--issuer", east.Addr, "--server-name", "localhost", "--cluster-id", "west",
 		"--ca-bundle", root.BundlePath(), "--token-file", westToken, "--out", filepath.Join(dir, "agent-out"), "--health-addr", "", "--log-level", "debug")
-	agent.waitFor(t, "a refused handshake", startTimeout, func() bool { return strings.Contains(agent.out.String(), wrongServer) })
+	agent.WaitFor(t, "a refused handshake", harness.StartTimeout, func() bool { return strings.Contains(agent.Output(), wrongServer) })
 	if _, err := os.Stat(filepath.Join(dir, "agent-out", "cert.pem")); err == nil {
 		t.Error("the west agent got a certificate from east's issuer")
 	}
@@ -51,8 +53,8 @@ func TestClientsVerifyWhichServer(t *testing.T) {
 
 	// An issuer whose root address leads to east's issuer, which serves under
 	// the name it expects the root under.
-	north := &issuerProc{Dir: t.TempDir(), Addr: freeAddr(t), Cluster: "north", TrustDomain: "north.example"}
-	north.config = writeFile(t, filepath.Join(t.TempDir(), "north.yaml"), "dataDir: "+north.Dir+"\nlisten: "+north.Addr+`
+	north := &issuerProc{Dir: t.TempDir(), Addr: testkit.FreeAddr(t), Cluster: "north", TrustDomain: "north.example"}
+	north.config = harness.WriteFile(t, filepath.Join(t.TempDir(), "north.yaml"), "dataDir: "+north.Dir+"\nlisten: "+north.Addr+`
 trustDomain: north.example
 cluster: north
 hosts: ["localhost"]
@@ -65,12 +67,12 @@ clusters:
   - name: north
     attestor: dev
 `)
-	north.proc = start(t, "issuer north -> east", "issuer", "serve", "--config", north.config, "--log-level", "debug")
-	north.waitFor(t, "a refused handshake with the root", startTimeout, func() bool {
-		return strings.Contains(north.out.String(), "want the meshca root")
+	north.Proc = start(t, "issuer north -> east", "issuer", "serve", "--config", north.config, "--log-level", "debug")
+	north.WaitFor(t, "a refused handshake with the root", harness.StartTimeout, func() bool {
+		return strings.Contains(north.Output(), "want the meshca root")
 	})
 
-	for _, line := range strings.Split(east.out.String(), "\n") {
+	for _, line := range strings.Split(east.Output(), "\n") {
 		if strings.Contains(line, "certificate request rejected") || strings.Contains(line, "certificate issued") {
 			t.Errorf("a request reached east's issuer: %s", line)
 		}
@@ -86,13 +88,13 @@ func TestClientRefusesRevokedIssuer(t *testing.T) {
 	root := startRoot(t, "intermediateTTL: 1h\n")
 	west := startIssuer(t, root, "west", "west.example", "")
 	dir := t.TempDir()
-	token := writeFile(t, filepath.Join(dir, "token"),
+	token := harness.WriteFile(t, filepath.Join(dir, "token"),
 		mustRun(t, "dev", "token", "--data-dir", west.Dir, "--namespace", "shop", "--service-account", "web", "--ttl", "24h"))
 	socket := filepath.Join(dir, "agent.sock")
 	agent := start(t, "agent west", "agent", "--issuer", west.Addr, "--server-name", "localhost", "--cluster-id", "west",
 		"--ca-bundle", root.BundlePath(), "--token-file", token, "--workload-socket", socket, "--ttl", "10s",
 		"--health-addr", "", "--log-level", "debug")
-	agent.waitFor(t, "two certificates", startTimeout, func() bool { return strings.Count(agent.out.String(), "certificate obtained") >= 2 })
+	agent.WaitFor(t, "two certificates", harness.StartTimeout, func() bool { return strings.Count(agent.Output(), "certificate obtained") >= 2 })
 	crls := watchCRLs(t, socket)
 	fetch := func(extra ...string) error {
 		_, err := run(t, append([]string{"cert", "fetch", "--issuer", west.Addr, "--server-name", "localhost", "--cluster-id", "west",
@@ -104,14 +106,14 @@ func TestClientRefusesRevokedIssuer(t *testing.T) {
 	if err := root.admin(t, nil, "revoke", "--cluster", "west", "--reason", "key compromise"); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the root CRL listing west's intermediate", startTimeout, func() bool { return crls.lists(westInter) })
+	waitUntil(t, "the root CRL listing west's intermediate", harness.StartTimeout, func() bool { return crls.lists(westInter) })
 	var crlPEM []byte
 	crls.mu.Lock()
 	for _, c := range crls.crls {
 		crlPEM = append(crlPEM, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: c.Raw})...)
 	}
 	crls.mu.Unlock()
-	crlFile := writeFile(t, filepath.Join(dir, "crls.pem"), string(crlPEM))
+	crlFile := harness.WriteFile(t, filepath.Join(dir, "crls.pem"), string(crlPEM))
 	// Without the CRL, fetch cannot know: the revoked issuer still serves.
 	if err := fetch(); err != nil {
 		t.Fatalf("cert fetch without the CRL: %v", err)
@@ -119,16 +121,16 @@ func TestClientRefusesRevokedIssuer(t *testing.T) {
 	if err := fetch("--crl", crlFile); err == nil || !strings.Contains(err.Error(), "is revoked") {
 		t.Fatalf("cert fetch --crl from the revoked issuer: %v, want a refused handshake", err)
 	}
-	agent.waitFor(t, "a refused handshake with the revoked issuer", startTimeout, func() bool {
-		return strings.Contains(agent.out.String(), "is revoked")
+	agent.WaitFor(t, "a refused handshake with the revoked issuer", harness.StartTimeout, func() bool {
+		return strings.Contains(agent.Output(), "is revoked")
 	})
-	issued := strings.Count(west.out.String(), "certificate issued")
+	issued := strings.Count(west.Output(), "certificate issued")
 	// Renewals go on failing: the revoked issuer sees no more requests.
-	before := strings.Count(agent.out.String(), "is revoked")
-	agent.waitFor(t, "another refused renewal", startTimeout, func() bool {
-		return strings.Count(agent.out.String(), "is revoked") > before
+	before := strings.Count(agent.Output(), "is revoked")
+	agent.WaitFor(t, "another refused renewal", harness.StartTimeout, func() bool {
+		return strings.Count(agent.Output(), "is revoked") > before
 	})
-	if now := strings.Count(west.out.String(), "certificate issued"); now != issued {
+	if now := strings.Count(west.Output(), "certificate issued"); now != issued {
 		t.Errorf("the revoked issuer issued %d more certificates to the agent", now-issued)
 	}
 }
@@ -137,7 +139,7 @@ func TestClientRefusesRevokedIssuer(t *testing.T) {
 // the SVID the agent on socket serves.
 func intermediateOfSocket(t *testing.T, socket string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), harness.StartTimeout)
 	defer cancel()
 	svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+socket))
 	if err != nil || len(svid.Certificates) < 2 {

@@ -31,24 +31,22 @@
 package vaulttest
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/vault/api"
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // Version and environment variable of the test bed.
@@ -119,7 +117,7 @@ type Server struct {
 	bin  string
 	args []string
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testkit.LogBuffer
 	exit chan struct{} // closed when the process has exited
 }
 
@@ -187,11 +185,10 @@ var unsealKeyRE = regexp.MustCompile(`Unseal Key: (\S+)`)
 // certificate from a CA that Vault writes to tlsDir/vault-ca.pem. The
 // caller must Stop it.
 func NewDev(bin, tlsDir string) (*Server, error) {
-	port, err := freePort()
+	addr, err := testkit.FindFreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	addr := "127.0.0.1:" + strconv.Itoa(port)
 	v := &Server{Addr: "http://" + addr, Token: DevRootToken, dev: true, bin: bin,
 		args: []string{"server", "-dev", "-dev-root-token-id=" + DevRootToken, "-dev-listen-address=" + addr, "-dev-no-store-token"}}
 	if tlsDir != "" {
@@ -233,11 +230,7 @@ func NewDev(bin, tlsDir string) (*Server, error) {
 func StartFile(tb testing.TB) *Server {
 	tb.Helper()
 	bin := Bin(tb)
-	port, err := freePort()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	addr := "127.0.0.1:" + strconv.Itoa(port)
+	addr := testkit.FreeAddr(tb)
 	dir := tb.TempDir()
 	conf := fmt.Sprintf(`storage "file" { path = %q }
 listener "tcp" {
@@ -378,7 +371,7 @@ func (v *Server) startProcess() error {
 	}
 	cmd := exec.Command(v.bin, v.args...)
 	cmd.Env = []string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}
-	out := &syncBuffer{}
+	out := &testkit.LogBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		os.RemoveAll(home)
@@ -462,31 +455,4 @@ func (v *Server) healthCode() int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// syncBuffer collects the server's output from its copying goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -3,7 +3,6 @@ package pgtest
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -14,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/test/benchcpu"
 )
 
@@ -90,7 +90,7 @@ func (c *Cluster) startOnFreePort(tb testing.TB) {
 	tb.Helper()
 	const attempts = 3
 	for i := 1; ; i++ {
-		c.Port = freePort(tb)
+		c.Port = testkit.FreePort(tb)
 		out, err := c.start()
 		if err == nil {
 			break
@@ -176,17 +176,6 @@ func chownToPostgres(dir string) error {
 		return err
 	}
 	return os.Chown(dir, uid, gid)
-}
-
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort(tb testing.TB) int {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // CPUTime returns the CPU time (user + system) the cluster's processes have
