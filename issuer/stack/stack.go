@@ -183,21 +183,22 @@ func Run(ctx context.Context, c Config) error {
 	return c.serve(ctx, src, att, db, log)
 }
 
-// serve builds the components, opens the listeners, writes bundle.pem and
+// serve builds the components, writes bundle.pem, opens the listeners and
 // runs everything until ctx is done or a component fails.
 func (c Config) serve(ctx context.Context, src intermediateSource, att attest.Attestor, db Store, log *slog.Logger) error {
 	p, err := c.build(ctx, src, att, db, log)
 	if err != nil {
 		return err
 	}
+	// bundle.pem is in place before the port accepts a connection: whoever
+	// sees the issuer listening can read the roots to dial it with.
+	bundlePath := filepath.Join(c.DataDir, "bundle.pem")
+	if err := renameio.WriteFile(bundlePath, src.roots.PEM(), 0o644); err != nil {
+		return fmt.Errorf("write bundle: %w", err)
+	}
 	ls, err := c.openListeners(p.mtls != nil)
 	if err != nil {
 		return err
-	}
-	bundlePath := filepath.Join(c.DataDir, "bundle.pem")
-	if err := renameio.WriteFile(bundlePath, src.roots.PEM(), 0o644); err != nil {
-		ls.close()
-		return fmt.Errorf("write bundle: %w", err)
 	}
 	var upstreamAddr string
 	if c.Upstream != nil {
