@@ -18,13 +18,18 @@ import (
 	"github.com/meshca/meshca/trust"
 )
 
-// RootClient is what Intermediates needs from the root CA. *Upstream
-// implements it for a central root, *LocalRoot for a root held in this
-// process.
-type RootClient interface {
+// IntermediateSource is what Intermediates asks for the next intermediate.
+type IntermediateSource interface {
 	// NewIntermediate obtains a new, verified intermediate and the bundle
 	// it chains to.
 	NewIntermediate(ctx context.Context) (*ca.Authority, *trust.TrustBundle, error)
+}
+
+// RootClient is what Intermediates needs from the root CA: its
+// intermediates and its bundle. *Upstream implements it for a central
+// root, *LocalRoot for a root held in this process.
+type RootClient interface {
+	IntermediateSource
 	// WatchBundle calls fn with every newer bundle until ctx is cancelled.
 	WatchBundle(ctx context.Context, fn func(*trust.TrustBundle)) error
 }

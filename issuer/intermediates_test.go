@@ -3,38 +3,56 @@ package issuer_test
 import (
 	"context"
 	"crypto/x509"
+	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/internal/watch"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/trust"
 )
 
-// rotationRig is an issuer whose intermediate an Intermediates loop rotates
-// against a memRoot. It must be built inside a synctest bubble: the loop
-// runs on fake time.
+// rotationRig is an issuer whose intermediate an Intermediates loop rotates.
+// Its intermediates come from a real LocalRoot behind a flakySource; its
+// bundles from a bundleFeed the test publishes to. It must be built inside
+// a synctest bubble: the loop runs on fake time.
 type rotationRig struct {
-	root   *fakeRoot
-	client *memRoot
+	// roots are two roots of trust domain east.example: root 0 signs
+	// first; root 1 joins the bundle and takes over when a test says so.
+	roots  [2]*ca.Authority
+	client *flakySource
+	feed   *bundleFeed
 	iss    *issuer.Issuer
 	loop   *issuer.Intermediates
 	first  *ca.Authority
 	logs   *testkit.LogBuffer
 }
 
+var east = spiffeid.RequireTrustDomainFromString("east.example")
+
 func newRotationRig(t *testing.T, interTTL time.Duration) *rotationRig {
 	t.Helper()
-	g := &rotationRig{root: newFakeRoot(t, nil, interTTL)}
-	g.root.addCluster("east", "east.example")
-	g.client = &memRoot{root: g.root, cluster: "east"}
+	g := &rotationRig{feed: &bundleFeed{}}
+	now := time.Now()
+	for i := range g.roots {
+		root, err := ca.NewRoot(ca.RootConfig{Signer: newKey(t), CommonName: fmt.Sprintf("root %d", i), Now: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.roots[i] = root
+	}
+	g.client = &flakySource{mint: g.localRoot(t, 0, east, interTTL)}
 	a, tb, err := g.client.NewIntermediate(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -43,7 +61,7 @@ func newRotationRig(t *testing.T, interTTL time.Duration) *rotationRig {
 	log, logs := captureLogs(t)
 	g.logs = logs
 	g.iss, err = issuer.New(issuer.Config{
-		TrustDomain: spiffeid.RequireTrustDomainFromString("east.example"), Cluster: "east", Authority: a, Bundle: tb.OwnRoots(),
+		TrustDomain: east, Cluster: "east", Authority: a, Bundle: tb.OwnRoots(),
 		Attestor: &fakeAttestor{identities: map[string]attest.Identity{goodToken: {Namespace: "default", ServiceAccount: "web"}}},
 		Recorder: &fakeRecorder{}, MinTTL: time.Second, DefaultTTL: 10 * time.Second, MaxTTL: time.Minute, Logger: log,
 	})
@@ -51,7 +69,7 @@ func newRotationRig(t *testing.T, interTTL time.Duration) *rotationRig {
 		t.Fatal(err)
 	}
 	g.loop, err = issuer.NewIntermediates(issuer.IntermediatesConfig{
-		Issuer: g.iss, Root: g.client, Bundle: tb, Jitter: func() float64 { return 0.5 },
+		Issuer: g.iss, Root: rootClient{g.client, g.feed}, Bundle: tb, Jitter: func() float64 { return 0.5 },
 		MinBackoff: time.Second, MaxBackoff: 8 * time.Second, Logger: log,
 	})
 	if err != nil {
@@ -68,6 +86,103 @@ func newRotationRig(t *testing.T, interTTL time.Duration) *rotationRig {
 		assertNoSecrets(t, g.logs.String())
 	})
 	return g
+}
+
+// localRoot is a LocalRoot minting interTTL intermediates of cluster east
+// in td under root i.
+func (g *rotationRig) localRoot(t *testing.T, i int, td spiffeid.TrustDomain, interTTL time.Duration) *issuer.LocalRoot {
+	t.Helper()
+	local, err := issuer.NewLocalRoot(issuer.LocalRootConfig{Root: g.roots[i], TrustDomain: td, Cluster: "east", TTL: interTTL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return local
+}
+
+// publish publishes a bundle of both roots, naming root active active,
+// under sequence seq.
+func (g *rotationRig) publish(t *testing.T, seq uint64, active int) {
+	t.Helper()
+	roots, err := trust.NewBundle(g.roots[0].Certificate, g.roots[1].Certificate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.feed.publish(&trust.TrustBundle{Sequence: seq, ActiveRoot: trust.Fingerprint(g.roots[active].Certificate),
+		Domains: []trust.DomainBundle{{TrustDomain: east, Roots: roots}}})
+}
+
+// rootClient is the root as Intermediates sees it, put together from a
+// source of intermediates and a source of bundles.
+type rootClient struct {
+	issuer.IntermediateSource
+	feed *bundleFeed
+}
+
+func (c rootClient) WatchBundle(ctx context.Context, fn func(*trust.TrustBundle)) error {
+	return c.feed.WatchBundle(ctx, fn)
+}
+
+// flakySource asks mint for each intermediate and records when it was
+// asked; down makes it fail as an unreachable root does, reject as a root
+// that refuses the credential.
+type flakySource struct {
+	mu     sync.Mutex
+	mint   issuer.IntermediateSource
+	down   bool
+	reject bool
+	calls  []time.Time
+}
+
+var _ issuer.IntermediateSource = (*flakySource)(nil)
+
+func (f *flakySource) NewIntermediate(ctx context.Context) (*ca.Authority, *trust.TrustBundle, error) {
+	f.mu.Lock()
+	f.calls = append(f.calls, time.Now())
+	mint, down, reject := f.mint, f.down, f.reject
+	f.mu.Unlock()
+	switch {
+	case down:
+		return nil, nil, status.Error(codes.Unavailable, "connection refused")
+	case reject:
+		return nil, nil, fmt.Errorf("renew: %w: credential rejected", issuer.ErrRejected)
+	}
+	return mint.NewIntermediate(ctx)
+}
+
+func (f *flakySource) set(change func(f *flakySource)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	change(f)
+}
+
+func (f *flakySource) callTimes() []time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.calls)
+}
+
+// bundleFeed is a root's bundle stream: WatchBundle passes on every bundle
+// published to it that is newer than the last one it passed on.
+type bundleFeed struct {
+	v watch.Value[*trust.TrustBundle]
+}
+
+func (b *bundleFeed) publish(tb *trust.TrustBundle) { b.v.Store(tb) }
+
+func (b *bundleFeed) WatchBundle(ctx context.Context, fn func(*trust.TrustBundle)) error {
+	var held uint64
+	for {
+		tb, changed := b.v.Load()
+		if tb != nil && tb.Sequence > held {
+			held = tb.Sequence
+			fn(tb)
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil
+		}
+	}
 }
 
 // issue issues a workload certificate and returns its chain, leaf first.
@@ -159,7 +274,7 @@ func TestIntermediatesFollowActiveRoot(t *testing.T) {
 		g := newRotationRig(t, time.Hour)
 		seq := g.bundle().Sequence
 
-		g.root.rotate() // a new root joins the bundle but does not sign yet
+		g.publish(t, seq+1, 0) // a new root joins the bundle but does not sign yet
 		synctest.Wait()
 		if n := len(g.client.callTimes()); n != 1 {
 			t.Errorf("%d calls to the root after a root joined, want none besides the first", n)
@@ -174,13 +289,16 @@ func TestIntermediatesFollowActiveRoot(t *testing.T) {
 			t.Error("intermediate changed when a root joined")
 		}
 
-		g.root.activate(1)
+		// The root signs under root 1 and says so in its bundle; what it
+		// returns with each intermediate is root 1's own bundle, older.
+		g.client.set(func(f *flakySource) { f.mint = g.localRoot(t, 1, east, time.Hour) })
+		g.publish(t, seq+2, 1)
 		synctest.Wait()
 		if n := len(g.client.callTimes()); n != 2 {
 			t.Fatalf("%d calls to the root after the active root changed, want one renewal at once", n)
 		}
 		chain := g.issue(t)
-		if root1 := g.root.rootCert(1); !chain[2].Equal(root1) || chain[1].CheckSignatureFrom(root1) != nil {
+		if root1 := g.roots[1].Certificate; !chain[2].Equal(root1) || chain[1].CheckSignatureFrom(root1) != nil {
 			t.Errorf("issued chain ends at %q, want the new root", chain[2].Subject.CommonName)
 		}
 		verifyChain(t, chain, g.bundle())
@@ -194,7 +312,7 @@ func TestIntermediatesKeepIssuingWhileRootDown(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		g := newRotationRig(t, 60*time.Second)
 		prepare, activate := phases(g.first.Certificate)
-		g.client.setDown(true)
+		g.client.set(func(f *flakySource) { f.down = true })
 
 		sleepUntil(activate.Add(5 * time.Second))
 		calls := g.client.callTimes()[1:]
@@ -214,7 +332,7 @@ func TestIntermediatesKeepIssuingWhileRootDown(t *testing.T) {
 			t.Error("failures not logged as warnings, then as errors past 1/6 of the life")
 		}
 
-		g.client.setDown(false)
+		g.client.set(func(f *flakySource) { f.down = false })
 		sleepUntil(time.Now().Add(8 * time.Second))
 		if g.iss.Authority() == g.first {
 			t.Fatal("not switched once the root was back, past the 1/6 point")
@@ -227,7 +345,10 @@ func TestIntermediatesNeverActivateUnverifiable(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		g := newRotationRig(t, 60*time.Second)
 		_, activate := phases(g.first.Certificate)
-		g.client.setWrongTD(true)
+		first := g.client.mint
+		g.client.set(func(f *flakySource) {
+			f.mint = g.localRoot(t, 0, spiffeid.RequireTrustDomainFromString("elsewhere.example"), time.Minute)
+		})
 		sleepUntil(activate.Add(10 * time.Second))
 		if g.iss.Authority() != g.first {
 			t.Fatal("activated an intermediate for another trust domain")
@@ -236,7 +357,7 @@ func TestIntermediatesNeverActivateUnverifiable(t *testing.T) {
 			t.Error("discarding not logged")
 		}
 		g.issue(t)
-		g.client.setWrongTD(false)
+		g.client.set(func(f *flakySource) { f.mint = first })
 		sleepUntil(time.Now().Add(8 * time.Second))
 		if g.iss.Authority() == g.first {
 			t.Fatal("not switched once the root signed correctly")
@@ -248,7 +369,7 @@ func TestIntermediatesRejectedRetriesSlowly(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		g := newRotationRig(t, time.Hour)
 		prepare, _ := phases(g.first.Certificate)
-		g.client.setReject(true)
+		g.client.set(func(f *flakySource) { f.reject = true })
 		sleepUntil(prepare.Add(6 * time.Minute))
 		calls := g.client.callTimes()[1:]
 		if want := []time.Time{prepare, prepare.Add(5 * time.Minute)}; len(calls) != 2 || !calls[0].Equal(want[0]) || !calls[1].Equal(want[1]) {

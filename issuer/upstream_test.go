@@ -3,6 +3,7 @@ package issuer_test
 import (
 	"context"
 	"crypto"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -32,16 +33,12 @@ import (
 // upstreamConfig configures an Upstream of r, trusting the roots r
 // publishes now, on r's clock; a nil log discards.
 func upstreamConfig(r *roottest.Root, dir, token string, log *slog.Logger) issuer.UpstreamConfig {
-	return upstreamConfigAt(r.Addr, roottest.ServerName, r.Roots(), r.Clock.Now, dir, token, log)
-}
-
-func upstreamConfigAt(addr, serverName string, roots *trust.Bundle, now func() time.Time, dir, token string, log *slog.Logger) issuer.UpstreamConfig {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return issuer.UpstreamConfig{
-		Address: addr, ServerName: serverName, Roots: roots, JoinToken: token, CredentialDir: dir, ServingNames: devHosts,
-		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Now: now, Logger: log,
+		Address: r.Addr, ServerName: roottest.ServerName, Roots: r.Roots(), JoinToken: token, CredentialDir: dir, ServingNames: devHosts,
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Now: r.Clock.Now, Logger: log,
 	}
 }
 
@@ -431,47 +428,77 @@ func TestUpstreamWatchBundleReconnects(t *testing.T) {
 	assertNoSecrets(t, logs.String(), tok)
 }
 
-// enrolWithFake serves a fakeRoot with cluster east and returns an
-// Upstream of it holding east's join token, and its logs.
-func enrolWithFake(t *testing.T) (*fakeRoot, *issuer.Upstream, string, *testkit.LogBuffer) {
-	r := newFakeRoot(t, nil, 0)
-	tok := r.addCluster("east", "east.example")
-	r.serve()
+// enrol starts a root with cluster east and returns it and an Upstream of
+// it enrolled as east, with the bundle received and its logs.
+func enrol(t *testing.T) (*roottest.Root, *issuer.Upstream, *trust.TrustBundle, *testkit.LogBuffer) {
+	r := roottest.New(t)
+	tok := r.AddCluster("east", "east.example")
 	log, logs := captureLogs(t)
-	return r, mustUpstream(t, r.upstreamConfig(t.TempDir(), tok, log)), tok, logs
+	up := mustUpstream(t, upstreamConfig(r, t.TempDir(), tok, log))
+	_, tb := mustIntermediate(t, up)
+	assertNoSecrets(t, logs.String(), tok)
+	return r, up, tb, logs
+}
+
+// is wants the bundle with sequence want.
+func is(want uint64) func(*trust.TrustBundle) error {
+	return func(tb *trust.TrustBundle) error {
+		if tb.Sequence != want {
+			return fmt.Errorf("bundle sequence %d, want %d", tb.Sequence, want)
+		}
+		return nil
+	}
 }
 
 // TestUpstreamWatchBundleFollowsSequence: a bundle older than the one held
-// is ignored, a jump ahead is followed.
+// is ignored, a jump ahead is followed. The older one comes from a replica
+// of the root whose clock is behind, which takes over the root's address.
 func TestUpstreamWatchBundleFollowsSequence(t *testing.T) {
-	r, up, tok, logs := enrolWithFake(t)
-	mustIntermediate(t, up)
-	start := r.bundle().Sequence
+	r, up, held, logs := enrol(t)
+	// The root's clock runs 20 s ahead of the replica's (real time): within
+	// the 30 s certificates are backdated by, so TLS works either way.
+	r.Clock.Advance(20 * time.Second)
 	next := watchUpstream(t, up)
-	is := func(want uint64) func(*trust.TrustBundle) error {
-		return func(tb *trust.TrustBundle) error {
-			if tb.Sequence != want {
-				return fmt.Errorf("bundle sequence %d, want %d", tb.Sequence, want)
-			}
-			return nil
-		}
+
+	r.AddCluster("north", "north.example") // the bundle held since enrolment is not sent again
+	prev := next(after(held))
+	if want := r.Bundle().Sequence; prev.Sequence != want {
+		t.Fatalf("bundle %d received, want the one published, %d", prev.Sequence, want)
 	}
 
-	r.publish() // the bundle held since enrolment is not sent again
-	next(is(start + 1))
-	r.setSequence(start - 10) // older: ignored
-	r.setSequence(start + 100)
-	next(is(start + 100))
-	assertNoSecrets(t, logs.String(), tok)
+	// A replica on the same store numbers its bundles by its own clock
+	// (milliseconds): older ones.
+	replica := roottest.New(t, func(c *root.Config) { c.Store, c.Keys = r.Store, r.Config.Keys })
+	older := replica.Bundle().Sequence
+	if older >= prev.Sequence {
+		t.Fatalf("the replica publishes bundle %d, want one older than %d", older, prev.Sequence)
+	}
+	r.Stop()
+	replica.Stop()
+	replica.Addr = r.Addr
+	replica.Serve()
+	testkit.Eventually(t, 10*time.Second, "older bundle ignored", func() error {
+		if !strings.Contains(logs.String(), fmt.Sprintf(`"msg":"ignoring a trust bundle that is not newer","sequence":%d`, older)) {
+			return errNotYet
+		}
+		return nil
+	})
+
+	replica.Clock.Advance(40 * time.Second) // 20 s ahead: its next bundle jumps ahead
+	replica.AddCluster("south", "south.example")
+	ahead := replica.Bundle().Sequence
+	if ahead < prev.Sequence+10_000 {
+		t.Fatalf("the replica publishes bundle %d, want one well ahead of %d", ahead, prev.Sequence)
+	}
+	next(is(ahead))
 }
 
 func TestUpstreamIgnoresBundlesNotSignedByTrustedRoot(t *testing.T) {
-	r, up, _, logs := enrolWithFake(t)
-	_, enrolled := mustIntermediate(t, up)
-	if err := enrolled.VerifySignature(r.initialRoots(), time.Now()); err != nil {
+	r, up, enrolled, logs := enrol(t)
+	if err := enrolled.VerifySignature(r.Roots(), time.Now()); err != nil {
 		t.Fatalf("bundle from enrolment: %v", err)
 	}
-	start := enrolled.Sequence
+	tampering := serveTampering(t, r)
 
 	got := make(chan *trust.TrustBundle, 16)
 	ctx, cancel := context.WithCancel(t.Context())
@@ -485,15 +512,30 @@ func TestUpstreamIgnoresBundlesNotSignedByTrustedRoot(t *testing.T) {
 	})
 
 	// A rogue root that also lists itself, and an unsigned bundle: skipped.
-	rogue := r.newRoot("rogue root")
-	r.setSigning(rogue, false)
+	rogue, err := ca.NewRoot(ca.RootConfig{Signer: newKey(t), CommonName: "rogue root"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tampering.setTamper(func(tb *trust.TrustBundle) *trust.TrustBundle {
+		out := unsigned(t, tb)
+		for i, d := range out.Domains {
+			roots, err := trust.NewBundle(append(d.Roots.Roots(), rogue.Certificate)...)
+			if err != nil {
+				t.Error(err)
+			}
+			out.Domains[i].Roots = roots
+		}
+		return resigned(t, out, rogue)
+	})
+	r.AddCluster("north", "north.example")
 	testkit.Eventually(t, 10*time.Second, "rogue bundle skipped", func() error {
 		if !strings.Contains(logs.String(), "signed by an untrusted root") {
 			return errNotYet
 		}
 		return nil
 	})
-	r.setSigning(nil, true)
+	tampering.setTamper(func(tb *trust.TrustBundle) *trust.TrustBundle { return unsigned(t, tb) })
+	r.AddCluster("south", "south.example")
 	testkit.Eventually(t, 10*time.Second, "unsigned bundle skipped", func() error {
 		if !strings.Contains(logs.String(), "is not signed") {
 			return errNotYet
@@ -511,11 +553,12 @@ func TestUpstreamIgnoresBundlesNotSignedByTrustedRoot(t *testing.T) {
 	}
 
 	// Signed by the active root again: accepted.
-	r.setSigning(nil, false)
+	tampering.setTamper(func(tb *trust.TrustBundle) *trust.TrustBundle { return tb })
+	r.AddCluster("west", "west.example")
 	select {
 	case tb := <-got:
-		if tb.Sequence != start+3 {
-			t.Errorf("bundle %d accepted, want %d", tb.Sequence, start+3)
+		if want := r.Bundle().Sequence; tb.Sequence != want {
+			t.Errorf("bundle %d accepted, want %d", tb.Sequence, want)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the signed bundle was not accepted")
@@ -530,44 +573,50 @@ func TestUpstreamIgnoresBundlesNotSignedByTrustedRoot(t *testing.T) {
 // the root refuses it at the handshake, so neither the join token nor the
 // credential's renewal request reaches it.
 func TestUpstreamRefusesIssuerPosingAsRoot(t *testing.T) {
-	r := newFakeRoot(t, nil, 0)
-	tok := r.addCluster("east", "east.example")
-	r.serve()
+	r := roottest.New(t)
+	tok := r.AddCluster("east", "east.example")
 	dir := t.TempDir()
-	mustIntermediate(t, mustUpstream(t, r.upstreamConfig(dir, tok, nil)))
+	mustIntermediate(t, mustUpstream(t, upstreamConfig(r, dir, tok, nil)))
 
+	// The root service never names its own host in an intermediate: sign
+	// it with the root's key directly.
 	key := newKey(t)
-	cert, err := r.activeRoot().SignIntermediate(ca.IntermediateRequest{
+	inter, err := activeRootAuthority(t, r).SignIntermediate(ca.IntermediateRequest{
 		PublicKey: key.Public(), TrustDomain: spiffeid.RequireTrustDomainFromString("west.example"), Cluster: "west",
-		ServingNames: []string{rootServerName}, Now: r.now(),
+		ServingNames: []string{roottest.ServerName}, Now: r.Clock.Now(),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	west, err := ca.NewAuthority(cert, key)
+	west, err := ca.NewAuthority(inter, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.mu.Lock()
-	r.impostor, r.calls = west, 0
-	r.mu.Unlock()
+	servingKey := newKey(t)
+	leaf, err := west.SignLeaf(ca.LeafRequest{
+		PublicKey: servingKey.Public(), DNSNames: []string{roottest.ServerName}, TTL: time.Hour, Now: r.Clock.Now(),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	impostor := &countingServer{}
+	addr := impostor.serve(t, []*x509.Certificate{leaf, inter}, &tls.Certificate{PrivateKey: servingKey})
 
 	for name, cfg := range map[string]issuer.UpstreamConfig{
-		"enrol with a join token": r.upstreamConfig(t.TempDir(), r.addCluster("north", "north.example"), nil),
-		"renew with a credential": r.upstreamConfig(dir, "", nil),
+		"enrol with a join token": upstreamConfig(r, t.TempDir(), r.AddCluster("north", "north.example"), nil),
+		"renew with a credential": upstreamConfig(r, dir, "", nil),
 	} {
 		t.Run(name, func(t *testing.T) {
+			cfg.Address = addr
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			_, _, err := mustUpstream(t, cfg).NewIntermediate(ctx)
 			if err == nil || !strings.Contains(err.Error(), "want the meshca root") {
 				t.Fatalf("NewIntermediate from an issuer posing as the root: %v, want a refused handshake", err)
 			}
-			r.mu.Lock()
-			calls := r.calls
-			r.mu.Unlock()
-			if calls != 0 {
-				t.Fatalf("%d requests reached the impostor", calls)
+			if n := impostor.count(); n != 0 {
+				t.Fatalf("%d requests reached the impostor", n)
 			}
 		})
 	}
