@@ -46,26 +46,6 @@ func (f *fakeAttestor) Calls() int {
 	return f.calls
 }
 
-// fakeClock is a manually advanced clock, safe for concurrent use.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{now: testNow} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 // testSigners caches in-memory dev signers so tests do not regenerate keys.
 var testSigners = sync.OnceValue(func() [2]*DevSigner {
 	var out [2]*DevSigner
