@@ -98,7 +98,11 @@ type JWKSConfig struct {
 	// non-empty ClusterID is rejected. Empty is a valid name (single cluster).
 	Cluster string
 
-	// Now returns the current time. Nil means time.Now.
+	// Now is the instant tokens are checked against. Nil means time.Now.
+	// It exists for tokens dated at a fixed instant: the committed fuzz
+	// seeds (testdata/fuzz) and the table tests and benchmarks built on
+	// them, which a synctest bubble (always starting in 2000) cannot
+	// reach. Every time check of the attestor reads it.
 	Now func() time.Time
 }
 
