@@ -20,8 +20,6 @@ type CacheConfig struct {
 	// never reused past its Identity.Expiry either. Zero (or negative) means
 	// 5 minutes.
 	TTL time.Duration
-	// Now returns the current time. Nil means time.Now.
-	Now func() time.Time
 }
 
 // Validate rejects negative values, which NewCached would otherwise silently
@@ -53,20 +51,16 @@ func NewCached(next Attestor, cfg CacheConfig) Attestor {
 	if cfg.TTL <= 0 {
 		cfg.TTL = 5 * time.Minute
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
 	entries, err := lru.New[[sha256.Size]byte, cacheEntry](cfg.Size)
 	if err != nil {
 		panic("attest: lru.New with positive size failed: " + err.Error()) // unreachable
 	}
-	return &cached{next: next, ttl: cfg.TTL, now: cfg.Now, entries: entries}
+	return &cached{next: next, ttl: cfg.TTL, entries: entries}
 }
 
 type cached struct {
 	next    Attestor
 	ttl     time.Duration
-	now     func() time.Time
 	entries *lru.Cache[[sha256.Size]byte, cacheEntry]
 }
 
@@ -82,7 +76,7 @@ func (c *cached) Attest(ctx context.Context, req Request) (Identity, error) {
 	}
 	key := cacheKey(req)
 	if e, ok := c.entries.Get(key); ok {
-		if c.now().Before(e.until) {
+		if time.Now().Before(e.until) {
 			return e.id, nil
 		}
 		// A concurrent miss may have just stored a fresh entry that this
@@ -93,7 +87,7 @@ func (c *cached) Attest(ctx context.Context, req Request) (Identity, error) {
 	if err != nil {
 		return Identity{}, err
 	}
-	now := c.now()
+	now := time.Now()
 	until := now.Add(c.ttl)
 	if !id.Expiry.IsZero() && id.Expiry.Before(until) {
 		until = id.Expiry

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/meshca/meshca/internal/testkit"
@@ -13,7 +14,7 @@ import (
 
 func TestCachedHit(t *testing.T) {
 	next := &fakeAttestor{}
-	c := NewCached(next, CacheConfig{Now: newFakeClock().Now})
+	c := NewCached(next, CacheConfig{})
 	ctx := context.Background()
 
 	for i := range 3 {
@@ -68,50 +69,50 @@ func TestCachedExpiry(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			clk := newFakeClock()
-			next := &fakeAttestor{fn: func(Request) (Identity, error) {
-				id := Identity{Namespace: "ns", ServiceAccount: "sa"}
-				if tc.expiresIn != 0 {
-					id.Expiry = clk.Now().Add(tc.expiresIn)
+			synctest.Test(t, func(t *testing.T) {
+				next := &fakeAttestor{fn: func(Request) (Identity, error) {
+					id := Identity{Namespace: "ns", ServiceAccount: "sa"}
+					if tc.expiresIn != 0 {
+						id.Expiry = time.Now().Add(tc.expiresIn)
+					}
+					return id, nil
+				}}
+				c := NewCached(next, CacheConfig{TTL: ttl})
+				req := Request{Token: "tok"}
+				attest := func() {
+					t.Helper()
+					if _, err := c.Attest(context.Background(), req); err != nil {
+						t.Fatal(err)
+					}
 				}
-				return id, nil
-			}}
-			c := NewCached(next, CacheConfig{TTL: ttl, Now: clk.Now})
-			req := Request{Token: "tok"}
-			attest := func() {
-				t.Helper()
-				if _, err := c.Attest(context.Background(), req); err != nil {
-					t.Fatal(err)
-				}
-			}
 
-			attest()
-			clk.Advance(tc.validFor - time.Nanosecond)
-			attest()
-			if got := next.Calls(); got != 1 {
-				t.Fatalf("just before %s: next called %d times, want 1", tc.validFor, got)
-			}
-			clk.Advance(time.Nanosecond)
-			attest()
-			if got := next.Calls(); got != 2 {
-				t.Fatalf("at %s: next called %d times, want 2 (stale entry served)", tc.validFor, got)
-			}
-			// The refreshed entry is served again.
-			attest()
-			if got := next.Calls(); got != 2 {
-				t.Fatalf("after refresh: next called %d times, want 2", got)
-			}
+				attest()
+				time.Sleep(tc.validFor - time.Nanosecond)
+				attest()
+				if got := next.Calls(); got != 1 {
+					t.Fatalf("just before %s: next called %d times, want 1", tc.validFor, got)
+				}
+				time.Sleep(time.Nanosecond)
+				attest()
+				if got := next.Calls(); got != 2 {
+					t.Fatalf("at %s: next called %d times, want 2 (stale entry served)", tc.validFor, got)
+				}
+				// The refreshed entry is served again.
+				attest()
+				if got := next.Calls(); got != 2 {
+					t.Fatalf("after refresh: next called %d times, want 2", got)
+				}
+			})
 		})
 	}
 }
 
 func TestCachedSkipsExpiredIdentity(t *testing.T) {
-	clk := newFakeClock()
 	next := &fakeAttestor{fn: func(Request) (Identity, error) {
 		// Accepted within leeway, but already past its expiry.
-		return Identity{Namespace: "ns", ServiceAccount: "sa", Expiry: clk.Now().Add(-time.Second)}, nil
+		return Identity{Namespace: "ns", ServiceAccount: "sa", Expiry: time.Now().Add(-time.Second)}, nil
 	}}
-	c := NewCached(next, CacheConfig{Now: clk.Now})
+	c := NewCached(next, CacheConfig{})
 	for range 2 {
 		if _, err := c.Attest(context.Background(), Request{Token: "tok"}); err != nil {
 			t.Fatal(err)
@@ -132,7 +133,7 @@ func TestCachedDoesNotCacheFailures(t *testing.T) {
 				}
 				return Identity{Namespace: "ns", ServiceAccount: "sa"}, nil
 			}}
-			c := NewCached(next, CacheConfig{Now: newFakeClock().Now})
+			c := NewCached(next, CacheConfig{})
 			ctx := context.Background()
 			for i := range 2 {
 				id, err := c.Attest(ctx, Request{Token: "tok"})
@@ -153,7 +154,7 @@ func TestCachedDoesNotCacheFailures(t *testing.T) {
 
 func TestCachedEvictsLeastRecentlyUsed(t *testing.T) {
 	next := &fakeAttestor{}
-	c := NewCached(next, CacheConfig{Size: 2, Now: newFakeClock().Now})
+	c := NewCached(next, CacheConfig{Size: 2})
 	ctx := context.Background()
 	for _, tok := range []string{"a", "b", "a", "c", "a", "b"} {
 		if _, err := c.Attest(ctx, Request{Token: tok}); err != nil {
@@ -168,7 +169,7 @@ func TestCachedEvictsLeastRecentlyUsed(t *testing.T) {
 
 func TestCachedBypassesOversizedRequests(t *testing.T) {
 	next := &fakeAttestor{}
-	c := NewCached(next, CacheConfig{Now: newFakeClock().Now})
+	c := NewCached(next, CacheConfig{})
 	big := Request{Token: string(make([]byte, MaxTokenSize+1))}
 	for range 2 {
 		if _, err := c.Attest(context.Background(), big); err != nil {
@@ -192,16 +193,18 @@ func TestCacheConfigValidate(t *testing.T) {
 }
 
 // TestCachedConcurrent is meant for -race: many goroutines share a small
-// cache while the clock moves, and every answer must belong to its token.
-func TestCachedConcurrent(t *testing.T) {
-	clk := newFakeClock()
+// cache while the (bubble's) clock moves, and every answer must belong to
+// its token.
+func TestCachedConcurrent(t *testing.T) { synctest.Test(t, testCachedConcurrent) }
+
+func testCachedConcurrent(t *testing.T) {
 	next := &fakeAttestor{fn: func(req Request) (Identity, error) {
 		if req.Token == "bad" {
 			return Identity{}, ErrUnauthenticated
 		}
-		return Identity{Namespace: req.Token, ServiceAccount: "sa", Expiry: clk.Now().Add(time.Minute)}, nil
+		return Identity{Namespace: req.Token, ServiceAccount: "sa", Expiry: time.Now().Add(time.Minute)}, nil
 	}}
-	c := NewCached(next, CacheConfig{Size: 8, TTL: 30 * time.Second, Now: clk.Now})
+	c := NewCached(next, CacheConfig{Size: 8, TTL: 30 * time.Second})
 
 	const workers, iterations, tokens = 8, 500, 12
 	var wg sync.WaitGroup
@@ -211,7 +214,7 @@ func TestCachedConcurrent(t *testing.T) {
 			for i := range iterations {
 				tok := fmt.Sprintf("tok%d", (w+i)%tokens)
 				if i%50 == 0 {
-					clk.Advance(time.Second)
+					time.Sleep(time.Second)
 					tok = "bad"
 				}
 				id, err := c.Attest(context.Background(), Request{Token: tok})
@@ -237,8 +240,16 @@ func TestCachedConcurrent(t *testing.T) {
 }
 
 func BenchmarkCachedAttest(b *testing.B) {
-	a := NewCached(newTestJWKS(b), CacheConfig{Now: func() time.Time { return testNow }})
-	req := Request{Token: mint(b, trustedSigner(), validSpec()), ClusterID: testCluster}
+	// The cache reads the real clock, so the token is minted now (the
+	// attestor on testNow would make every call a miss).
+	jwks, err := NewJWKS(JWKSConfig{Issuer: DevIssuer, Keys: StaticKeys{Set: trustedSigner().KeySet()}, Cluster: testCluster})
+	if err != nil {
+		b.Fatal(err)
+	}
+	a := NewCached(jwks, CacheConfig{})
+	spec := validSpec()
+	spec.Now = time.Now()
+	req := Request{Token: mint(b, trustedSigner(), spec), ClusterID: testCluster}
 	ctx := context.Background()
 	if _, err := a.Attest(ctx, req); err != nil {
 		b.Fatal(err)

@@ -66,12 +66,11 @@ func TestLoadOrCreateDevSignerPersists(t *testing.T) {
 	a, err := NewJWKS(JWKSConfig{
 		Issuer: DevIssuer,
 		Keys:   StaticKeys{Set: restarted.KeySet()},
-		Now:    func() time.Time { return testNow },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := a.Attest(context.Background(), Request{Token: mint(t, first, validSpec())})
+	got, err := a.attestAt(context.Background(), Request{Token: mint(t, first, validSpec())}, testNow)
 	if err != nil {
 		t.Fatalf("Attest: %v", err)
 	}
@@ -170,7 +169,7 @@ func TestMintDefaultsAndValidation(t *testing.T) {
 	s := trustedSigner()
 	a := newTestJWKS(t)
 	// Default TTL is one hour and default audience is meshca.
-	id, err := a.Attest(context.Background(), Request{Token: mint(t, s, TokenSpec{Namespace: "ns", ServiceAccount: "sa", Now: testNow})})
+	id, err := a.attestAt(context.Background(), Request{Token: mint(t, s, TokenSpec{Namespace: "ns", ServiceAccount: "sa", Now: testNow})}, testNow)
 	if err != nil {
 		t.Fatalf("Attest: %v", err)
 	}

@@ -67,14 +67,13 @@ func trustedSigner() *DevSigner { return testSigners()[0] }
 func otherSigner() *DevSigner   { return testSigners()[1] }
 
 // newTestJWKS returns an attestor trusting trustedSigner, for DevIssuer and
-// testCluster, at the fixed time testNow.
+// testCluster; tests call its attestAt with the fixed time testNow.
 func newTestJWKS(tb testing.TB) *JWKS {
 	tb.Helper()
 	a, err := NewJWKS(JWKSConfig{
 		Issuer:  DevIssuer,
 		Keys:    StaticKeys{Set: trustedSigner().KeySet()},
 		Cluster: testCluster,
-		Now:     func() time.Time { return testNow },
 	})
 	if err != nil {
 		tb.Fatalf("NewJWKS: %v", err)

@@ -226,7 +226,7 @@ func TestJWKSAttest(t *testing.T) {
 			if tc.keys != nil {
 				a.cfg.Keys = StaticKeys{Set: tc.keys}
 			}
-			got, err := a.Attest(context.Background(), tc.req)
+			got, err := a.attestAt(context.Background(), tc.req, testNow)
 			if tc.wantErr == "" {
 				if err != nil {
 					t.Fatalf("Attest: %v", err)
@@ -268,7 +268,7 @@ func TestJWKSAttestKeySourceError(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			a := newTestJWKS(t)
 			a.cfg.Keys = keys
-			_, err := a.Attest(context.Background(), Request{Token: mint(t, trustedSigner(), validSpec())})
+			_, err := a.attestAt(context.Background(), Request{Token: mint(t, trustedSigner(), validSpec())}, testNow)
 			if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrUnauthenticated) {
 				t.Fatalf("Attest error = %v, want ErrUnavailable only", err)
 			}
@@ -319,8 +319,8 @@ func TestNewJWKSDefaults(t *testing.T) {
 	if a.cfg.Audiences[0] != "custom" {
 		t.Errorf("attestor shares the caller's Audiences slice")
 	}
-	if a.cfg.Leeway != DefaultLeeway || a.cfg.Now == nil || len(a.cfg.Algorithms) != len(asymmetricAlgorithms) {
-		t.Errorf("defaults not applied: leeway %s, now set %t, %d algorithms", a.cfg.Leeway, a.cfg.Now != nil, len(a.cfg.Algorithms))
+	if a.cfg.Leeway != DefaultLeeway || len(a.cfg.Algorithms) != len(asymmetricAlgorithms) {
+		t.Errorf("defaults not applied: leeway %s, %d algorithms", a.cfg.Leeway, len(a.cfg.Algorithms))
 	}
 
 	a, err = NewJWKS(JWKSConfig{Issuer: DevIssuer, Keys: StaticKeys{Set: trustedSigner().KeySet()}, Cluster: testCluster})
@@ -340,7 +340,7 @@ func BenchmarkJWKSAttest(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := a.Attest(ctx, req); err != nil {
+		if _, err := a.attestAt(ctx, req, testNow); err != nil {
 			b.Fatal(err)
 		}
 	}

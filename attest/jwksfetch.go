@@ -40,7 +40,11 @@ type RemoteKeysConfig struct {
 	MinRefreshInterval time.Duration
 	// Timeout bounds one fetch. Zero means DefaultAPITimeout.
 	Timeout time.Duration
-	// Now returns the current time. Nil means time.Now.
+	// Now is the clock the refresh schedule (RefreshInterval, MaxStale,
+	// MinRefreshInterval) is measured on. Nil means time.Now. It exists
+	// because the key set is fetched from a real kube-apiserver, whose
+	// outage tests (test/kube) move the schedule by hours without waiting
+	// and cannot run inside a synctest bubble.
 	Now func() time.Time
 	// Logger receives background refresh failures. Nil means slog.Default().
 	Logger *slog.Logger

@@ -63,7 +63,11 @@ type AdminConfig struct {
 	Root *ca.Authority
 	// MaxRequestBytes bounds a request message; zero means 64 KiB.
 	MaxRequestBytes int
-	// Now is the clock; nil means time.Now.
+	// Now is the admin server's clock; nil means time.Now. It dates admin
+	// credentials and audit events and is the "now" of the read calls
+	// (active certificates, revocations, the audit window). It exists
+	// because its tests serve on a real Unix socket over a store holding
+	// certificates dated at a fixed instant; open Store on the same clock.
 	Now func() time.Time
 	// Logger receives one line per change and per failed call; nil means
 	// slog.Default().

@@ -45,7 +45,10 @@ type DenyListConfig struct {
 	// Stale reports true and the issuer stops issuing; zero means 10 s. It
 	// must exceed PollInterval.
 	MaxStale time.Duration
-	// Now is the clock; nil means time.Now.
+	// Now stamps each load and judges staleness in CheckRevoked; nil means
+	// time.Now (polling waits on a real ticker). It must be the clock of the
+	// Issuer that asks Stale: tests over real TLS move both together to
+	// make the list stale without waiting.
 	Now func() time.Time
 	// Logger receives a line per change and per change of health; nil means
 	// slog.Default().

@@ -99,7 +99,12 @@ type Config struct {
 	DefaultTTL time.Duration
 	// MinTTL and MaxTTL clamp requested validities; zero means 5m and 24h.
 	MinTTL, MaxTTL time.Duration
-	// Now is the clock; nil means time.Now.
+	// Now is the issuer's clock; nil means time.Now. Leaves are dated by
+	// it, new intermediates verified against it and the deny-list's
+	// staleness judged at it. It exists because the issuer's gRPC tests
+	// serve over real TLS (outside any synctest bubble) with certificates
+	// and tokens dated at fixed instants; a test that sets it gives the
+	// same clock to the DenyList, the AdminServer and the store.
 	Now func() time.Time
 	// Logger receives one line per decision; nil means slog.Default().
 	Logger *slog.Logger

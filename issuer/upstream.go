@@ -81,7 +81,10 @@ type UpstreamConfig struct {
 	// MinBackoff and MaxBackoff bound WatchBundle's reconnection delay; zero
 	// means 1 s and 1 min.
 	MinBackoff, MaxBackoff time.Duration
-	// Now is the clock for certificate checks and TLS; nil means time.Now.
+	// Now is the clock for certificate checks, renewal decisions and TLS;
+	// nil means time.Now (reconnection back-off waits on real timers). It
+	// exists because the upstream talks to a real root over TLS (roottest),
+	// whose clock tests move ahead: give both the same clock.
 	Now func() time.Time
 	// Logger receives one line per enrolment, renewal and bundle; nil means
 	// slog.Default(). Keys and tokens are never logged.

@@ -170,7 +170,13 @@ type Config struct {
 	// Logger receives events; nil means slog.Default(). It never receives
 	// keys or tokens.
 	Logger *slog.Logger
-	// Now is the clock; nil means time.Now.
+	// Now is the root's clock; nil means time.Now. Every instant the root
+	// reads comes from it: certificates and CRLs it signs, rotation and
+	// expiry decisions, enrolment checks and its TLS server's handshakes
+	// (its re-evaluation ticker is real time). It exists because the root
+	// serves gRPC over real TLS, which a synctest bubble cannot host, and
+	// its tests (and roottest's offset clock) move it by hours and days;
+	// open Store on the same clock so audit rows agree.
 	Now func() time.Time
 }
 

@@ -48,8 +48,11 @@ type MTLSConfig struct {
 	// root of an admin certificate, current and valid, are checked at each
 	// handshake and each call. Nil means none.
 	CRLs func() []trust.CRL
-	// Now is the clock certificates are checked against; nil means
-	// time.Now.
+	// Now is the clock certificates and CRLs are checked against, at each
+	// handshake and each call; nil means time.Now. It exists because the
+	// admin listener is real TLS (no synctest bubble) and its tests move
+	// the clock past certificate and CRL lifetimes; set it to the serving
+	// component's clock.
 	Now func() time.Time
 	// Logger receives one line per refused call; nil means slog.Default().
 	Logger *slog.Logger

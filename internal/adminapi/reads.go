@@ -69,9 +69,10 @@ type Reads struct {
 	log *slog.Logger
 }
 
-// NewReads returns the read calls over st. now is the clock (nil means
-// time.Now); log receives one line per failed call (nil means
-// slog.Default()).
+// NewReads returns the read calls over st. now is the serving component's
+// clock (nil means time.Now), the one its store stamps rows with, so that
+// "active now" and the audit window agree with them; log receives one line
+// per failed call (nil means slog.Default()).
 func NewReads(st ReadStore, now func() time.Time, log *slog.Logger) *Reads {
 	if now == nil {
 		now = time.Now

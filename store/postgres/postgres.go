@@ -57,7 +57,10 @@ type Config struct {
 	// the UTF8 encoding.
 	DSN string
 	// Now is the store's clock, used for created_at and for audit events
-	// without a Time. Nil means time.Now.
+	// without a Time. Nil means time.Now. It exists so that a service
+	// under test on a fixed or moved clock (served over real TLS, so not
+	// in a synctest bubble) stamps its rows on that same clock: audit
+	// order and "active now" queries compare the two.
 	Now func() time.Time
 	// MaxConns caps the pool's connections. Zero keeps the DSN's
 	// pool_max_conns, or pgxpool's default (the larger of 4 and the number of

@@ -54,7 +54,10 @@ type Config struct {
 	// Path+"-shm" beside it with the same mode. Required; must not contain '?'.
 	Path string
 	// Now is the store's clock, used for created_at and for audit events
-	// without a Time. Nil means time.Now.
+	// without a Time. Nil means time.Now. It exists so that a service
+	// under test on a fixed or moved clock (served over real TLS, so not
+	// in a synctest bubble) stamps its rows on that same clock: audit
+	// order and "active now" queries compare the two.
 	Now func() time.Time
 	// BusyTimeout is how long a statement waits for a lock held by another
 	// connection (another process, or the writer during a checkpoint) before

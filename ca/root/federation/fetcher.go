@@ -47,9 +47,6 @@ type FetcherConfig struct {
 	MinRefreshInterval, MaxRefreshInterval time.Duration
 	// FetchTimeout bounds one fetch; zero means DefaultFetchTimeout.
 	FetchTimeout time.Duration
-	// Now stamps Status; nil means time.Now. (The TLS verification inside
-	// go-spiffe always uses the real clock.)
-	Now func() time.Time
 	// Logger receives bundle changes and fetch failures; nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -84,9 +81,6 @@ func (c FetcherConfig) withDefaults() FetcherConfig {
 	c.MinRefreshInterval = cmp.Or(c.MinRefreshInterval, DefaultMinRefreshInterval)
 	c.MaxRefreshInterval = cmp.Or(c.MaxRefreshInterval, DefaultMaxRefreshInterval)
 	c.FetchTimeout = cmp.Or(c.FetchTimeout, DefaultFetchTimeout)
-	if c.Now == nil {
-		c.Now = time.Now
-	}
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	return c
 }
@@ -244,7 +238,7 @@ func (f *Fetcher) fetch(ctx context.Context, r *relState) error {
 	if err == nil {
 		changed, err = r.accept(b)
 	}
-	r.record(f.cfg.Now(), err)
+	r.record(time.Now(), err)
 	if err != nil {
 		return fmt.Errorf("trust domain %s: %w", r.rel.TrustDomain, err)
 	}
