@@ -2,6 +2,7 @@ package multicluster
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -199,6 +200,8 @@ const rootHost = "meshca-root.internal"
 type rootProc struct {
 	*proc
 	Dir, Addr, Socket, config string
+	// name labels the process in the test log; empty means "root".
+	name string
 }
 
 // BundlePath is the PEM bundle the root keeps in its data dir.
@@ -208,8 +211,15 @@ func (r *rootProc) BundlePath() string { return filepath.Join(r.Dir, "bundle.pem
 // adminSocket are added) and waits until it serves.
 func startRoot(t *testing.T, body string) *rootProc {
 	t.Helper()
+	return startNamedRoot(t, "root", body)
+}
+
+// startNamedRoot is startRoot for a root named name in the test log (one
+// of several replicas).
+func startNamedRoot(t *testing.T, name, body string) *rootProc {
+	t.Helper()
 	dir := t.TempDir()
-	r := &rootProc{Dir: dir, Addr: freeAddr(t), Socket: filepath.Join(dir, "admin.sock")}
+	r := &rootProc{Dir: dir, Addr: freeAddr(t), Socket: filepath.Join(dir, "admin.sock"), name: name}
 	cfg := writeFile(t, filepath.Join(t.TempDir(), "root.yaml"), fmt.Sprintf("dataDir: %s\nlisten: %s\nadminSocket: %s\nhosts: [%q]\nissuerServingNames: [\"127.0.0.1\", \"localhost\"]\n%s",
 		dir, r.Addr, r.Socket, rootHost, body))
 	r.config = cfg
@@ -220,7 +230,7 @@ func startRoot(t *testing.T, body string) *rootProc {
 // restart starts the root (again) on the same config, data and address.
 func (r *rootProc) restart(t *testing.T) {
 	t.Helper()
-	r.proc = start(t, "root", "root", "serve", "--config", r.config, "--log-level", "debug")
+	r.proc = start(t, cmp.Or(r.name, "root"), "root", "serve", "--config", r.config, "--log-level", "debug")
 	r.waitListening(t, r.Addr)
 	r.waitFor(t, "bundle.pem", startTimeout, func() bool { _, err := os.Stat(r.BundlePath()); return err == nil })
 }
