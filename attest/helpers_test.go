@@ -12,7 +12,6 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
-	"github.com/meshca/meshca/internal/testkit"
 )
 
 // testNow is the fixed "current time" of every test that does not move it.
@@ -173,5 +172,3 @@ func sameIdentity(a, b Identity) bool {
 	a.Expiry, b.Expiry = time.Time{}, time.Time{}
 	return a == b && ae.Equal(be)
 }
-
-func newFakeClock() *testkit.Clock { return testkit.NewClock(testNow) }

@@ -193,21 +193,16 @@ func replicasJoinToken(t *testing.T, r *rootProc, cluster, td string, n int) str
 // the store at dsn.
 func storedSerials(t *testing.T, dsn string) map[string]bool {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	rows, err := conn.Query(ctx, `SELECT serial FROM certificates WHERE spiffe_id LIKE $1`, "spiffe://%/ns/"+haNamespace+"/sa/%")
-	if err != nil {
-		t.Fatal(err)
-	}
-	serials, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
+	var serials []string
+	withConn(t, dsn, func(ctx context.Context, conn *pgx.Conn) {
+		rows, err := conn.Query(ctx, `SELECT serial FROM certificates WHERE spiffe_id LIKE $1`, "spiffe://%/ns/"+haNamespace+"/sa/%")
+		if err == nil {
+			serials, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
 	set := make(map[string]bool, len(serials))
 	for _, s := range serials {
 		set[s] = true

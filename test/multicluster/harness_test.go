@@ -1,6 +1,7 @@
 package multicluster
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -58,6 +59,8 @@ const rootHost = "meshca-root.internal"
 type rootProc struct {
 	*harness.Proc
 	Dir, Addr, Socket, config string
+	// name labels the process in the test log; empty means "root".
+	name string
 }
 
 // BundlePath is the PEM bundle the root keeps in its data dir.
@@ -67,8 +70,15 @@ func (r *rootProc) BundlePath() string { return filepath.Join(r.Dir, "bundle.pem
 // adminSocket are added) and waits until it serves.
 func startRoot(t *testing.T, body string) *rootProc {
 	t.Helper()
+	return startNamedRoot(t, "root", body)
+}
+
+// startNamedRoot is startRoot for a root named name in the test log (one
+// of several replicas).
+func startNamedRoot(t *testing.T, name, body string) *rootProc {
+	t.Helper()
 	dir := t.TempDir()
-	r := &rootProc{Dir: dir, Addr: testkit.FreeAddr(t), Socket: filepath.Join(dir, "admin.sock")}
+	r := &rootProc{Dir: dir, Addr: testkit.FreeAddr(t), Socket: filepath.Join(dir, "admin.sock"), name: name}
 	cfg := harness.WriteFile(t, filepath.Join(t.TempDir(), "root.yaml"), fmt.Sprintf("dataDir: %s\nlisten: %s\nadminSocket: %s\nhosts: [%q]\nissuerServingNames: [\"127.0.0.1\", \"localhost\"]\n%s",
 		dir, r.Addr, r.Socket, rootHost, body))
 	r.config = cfg
@@ -79,7 +89,7 @@ func startRoot(t *testing.T, body string) *rootProc {
 // restart starts the root (again) on the same config, data and address.
 func (r *rootProc) restart(t *testing.T) {
 	t.Helper()
-	r.Proc = start(t, "root", "root", "serve", "--config", r.config, "--log-level", "debug")
+	r.Proc = start(t, cmp.Or(r.name, "root"), "root", "serve", "--config", r.config, "--log-level", "debug")
 	r.WaitListening(t, r.Addr)
 	r.WaitFor(t, "bundle.pem", harness.StartTimeout, func() bool { _, err := os.Stat(r.BundlePath()); return err == nil })
 }

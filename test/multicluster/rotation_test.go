@@ -25,6 +25,17 @@ const (
 // vaultRootConfig is the YAML of a root whose keys live in Vault Transit.
 func vaultRootConfig(t *testing.T, v *vaulttest.Server) string {
 	t.Helper()
+	return vaultKeyConfig(t, v) + fmt.Sprintf(`intermediateTTL: %s
+rotation:
+  auto: false
+  propagationDelay: %s
+`, testIntermediateTTL, testPropagation)
+}
+
+// vaultKeyConfig is the `key:` YAML of a root whose keys live in Vault
+// Transit under a prefix of the test's own.
+func vaultKeyConfig(t *testing.T, v *vaulttest.Server) string {
+	t.Helper()
 	tokenFile := harness.WriteFile(t, filepath.Join(t.TempDir(), "vault-token"), v.Token)
 	return fmt.Sprintf(`key:
   kind: vault
@@ -35,11 +46,7 @@ func vaultRootConfig(t *testing.T, v *vaulttest.Server) string {
     auth:
       method: token
       tokenFile: %s
-intermediateTTL: %s
-rotation:
-  auto: false
-  propagationDelay: %s
-`, v.Addr, vaulttest.KeyName(t), tokenFile, testIntermediateTTL, testPropagation)
+`, v.Addr, vaulttest.KeyName(t), tokenFile)
 }
 
 // TestEastWestThroughRotations runs mutual TLS between a workload of
