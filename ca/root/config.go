@@ -80,12 +80,17 @@ type ClusterLister interface {
 // root CRLs, which it stores with PutRootCRL. Every replica serves
 // enrolment, renewal, bundle watches and the other admin calls, and
 // publishes the stored root CRLs, so that all of them publish the same CRL
-// under the same number. Without this capability the root server assumes
+// under the same number; every replica also stores the issuer CRLs it
+// accepts and relays those the others stored. Without this capability the root server assumes
 // it is the only one on its store.
 type ReplicaStore interface {
 	TryLeader(ctx context.Context) (store.Lease, bool, error)
 	PutRootCRL(ctx context.Context, c store.RootCRL) error
 	RootCRLs(ctx context.Context) ([]store.RootCRL, error)
+	// PutIssuerCRL and IssuerCRLs share the CRLs issuers publish between
+	// the replicas (issuercrls.go).
+	PutIssuerCRL(ctx context.Context, c store.IssuerCRL) error
+	IssuerCRLs(ctx context.Context, now time.Time) ([]store.IssuerCRL, error)
 }
 
 // Federated is a source of other meshes' bundles, published alongside the

@@ -196,8 +196,8 @@ func (r *Root) domainCRLsLocked(td spiffeid.TrustDomain) []trust.CRL {
 // the in-bundle roots and be signed by an intermediate of the caller's
 // cluster; otherwise the whole call is refused. One that went stale or
 // whose issuer expired is skipped, and one whose CRL number is not above
-// the kept one of its issuer is ignored. Published CRLs live in memory: a
-// restarted root learns them again as issuers publish on reconnecting.
+// the kept one of its issuer is ignored. Accepted CRLs are also stored for
+// the other root replicas (issuercrls.go).
 func (r *Root) publishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest) (*meshcav1.PublishCRLsResponse, error) {
 	st := r.state.Load()
 	caller, err := r.authenticate(ctx, st, useCredential)
@@ -245,6 +245,7 @@ func (r *Root) publishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest
 			in = append(in, got)
 		}
 	}
+	r.storeIssuerCRLs(ctx, in)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	changed := 0

@@ -304,6 +304,7 @@ func (r *Root) loadLocked(ctx context.Context) error {
 	}
 	r.revs, r.revsAt = revs, now
 	r.statuses, r.lastUse = RootStates(recs, lastUse, now), lastUse
+	r.mergeStoredIssuerCRLsLocked(ctx, now, inters)
 	r.storeDomains = domains
 	r.loadActiveLocked(ctx)
 	r.metrics.set(r.statuses, newest)

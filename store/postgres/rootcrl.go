@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -54,6 +55,74 @@ func (s *Store) RootCRLs(ctx context.Context) ([]store.RootCRL, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("postgres: root CRLs: %w", err)
+	}
+	return out, nil
+}
+
+// PutIssuerCRL stores c as the CRL of its issuer unless the stored one has
+// the same or a higher number; then it wraps store.ErrAlreadyExists. Rows
+// of expired issuers are dropped on the way.
+func (s *Store) PutIssuerCRL(ctx context.Context, c store.IssuerCRL) error {
+	if err := s.putIssuerCRL(ctx, c); err != nil {
+		return fmt.Errorf("postgres: put issuer CRL %s: %w", c.IssuerSerial, err)
+	}
+	return nil
+}
+
+func (s *Store) putIssuerCRL(ctx context.Context, c store.IssuerCRL) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	if err := checkText([][2]string{{"issuer serial", c.IssuerSerial}, {"cluster", c.Cluster}}); err != nil {
+		return err
+	}
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	now := s.now().Unix()
+	if _, err := s.pool.Exec(ctx, `DELETE FROM issuer_crls WHERE issuer_not_after <= $1`, now); err != nil {
+		return err
+	}
+	tag, err := s.pool.Exec(ctx, `INSERT INTO issuer_crls
+		(issuer_serial, cluster, number, der, issuer_chain, issuer_not_after, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
+		ON CONFLICT (issuer_serial) DO UPDATE SET number = excluded.number, der = excluded.der,
+		issuer_chain = excluded.issuer_chain, updated_at = excluded.updated_at
+		WHERE issuer_crls.number < excluded.number AND issuer_crls.cluster = excluded.cluster`,
+		c.IssuerSerial, c.Cluster, c.Number, c.DER, store.JoinDER(c.IssuerChain), c.IssuerNotAfter.Unix(), now)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("a CRL numbered %d or higher is stored: %w", c.Number, store.ErrAlreadyExists)
+	}
+	return nil
+}
+
+// IssuerCRLs returns the stored CRLs of issuers that have not expired at
+// now, by issuer serial.
+func (s *Store) IssuerCRLs(ctx context.Context, now time.Time) ([]store.IssuerCRL, error) {
+	if s.closed.Load() {
+		return nil, fmt.Errorf("postgres: issuer CRLs: %w", store.ErrClosed)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT issuer_serial, cluster, number, der, issuer_chain, issuer_not_after FROM issuer_crls
+		WHERE issuer_not_after > $1 ORDER BY issuer_serial`, now.Unix())
+	if err != nil {
+		return nil, fmt.Errorf("postgres: issuer CRLs: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.IssuerCRL, error) {
+		var c store.IssuerCRL
+		var chain []byte
+		var notAfter int64
+		if err := row.Scan(&c.IssuerSerial, &c.Cluster, &c.Number, &c.DER, &chain, &notAfter); err != nil {
+			return c, err
+		}
+		c.IssuerNotAfter = store.ExpiresFromUnix(notAfter)
+		var err error
+		c.IssuerChain, err = store.SplitDER(chain)
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: issuer CRLs: %w", err)
 	}
 	return out, nil
 }

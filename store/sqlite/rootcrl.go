@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/meshca/meshca/store"
 )
@@ -50,6 +51,69 @@ func (s *Store) RootCRLs(ctx context.Context) ([]store.RootCRL, error) {
 	}, `SELECT root_fingerprint, number, der FROM root_crls ORDER BY root_fingerprint`)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: root CRLs: %w", err)
+	}
+	return out, nil
+}
+
+// PutIssuerCRL stores c as the CRL of its issuer unless the stored one has
+// the same or a higher number; then it wraps store.ErrAlreadyExists. Rows
+// of expired issuers are dropped on the way.
+func (s *Store) PutIssuerCRL(ctx context.Context, c store.IssuerCRL) error {
+	if err := s.putIssuerCRL(ctx, c); err != nil {
+		return fmt.Errorf("sqlite: put issuer CRL %s: %w", c.IssuerSerial, err)
+	}
+	return nil
+}
+
+func (s *Store) putIssuerCRL(ctx context.Context, c store.IssuerCRL) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	s.direct.RLock()
+	defer s.direct.RUnlock()
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	now := s.now().Unix()
+	if _, err := s.w.ExecContext(ctx, `DELETE FROM issuer_crls WHERE issuer_not_after <= ?`, now); err != nil {
+		return err
+	}
+	res, err := s.w.ExecContext(ctx, `INSERT INTO issuer_crls
+		(issuer_serial, cluster, number, der, issuer_chain, issuer_not_after, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (issuer_serial) DO UPDATE SET number = excluded.number, der = excluded.der,
+		issuer_chain = excluded.issuer_chain, updated_at = excluded.updated_at
+		WHERE issuer_crls.number < excluded.number AND issuer_crls.cluster = excluded.cluster`,
+		c.IssuerSerial, c.Cluster, c.Number, c.DER, store.JoinDER(c.IssuerChain), c.IssuerNotAfter.Unix(), now)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return fmt.Errorf("a CRL numbered %d or higher is stored: %w", c.Number, store.ErrAlreadyExists)
+	}
+	return nil
+}
+
+// IssuerCRLs returns the stored CRLs of issuers that have not expired at
+// now, by issuer serial.
+func (s *Store) IssuerCRLs(ctx context.Context, now time.Time) ([]store.IssuerCRL, error) {
+	if s.closed.Load() {
+		return nil, fmt.Errorf("sqlite: issuer CRLs: %w", store.ErrClosed)
+	}
+	out, err := collect(ctx, s.r, func(sc scanner) (store.IssuerCRL, error) {
+		var c store.IssuerCRL
+		var chain []byte
+		var notAfter int64
+		if err := sc.Scan(&c.IssuerSerial, &c.Cluster, &c.Number, &c.DER, &chain, &notAfter); err != nil {
+			return c, err
+		}
+		c.IssuerNotAfter = store.ExpiresFromUnix(notAfter)
+		var err error
+		c.IssuerChain, err = store.SplitDER(chain)
+		return c, err
+	}, `SELECT issuer_serial, cluster, number, der, issuer_chain, issuer_not_after FROM issuer_crls
+		WHERE issuer_not_after > ? ORDER BY issuer_serial`, now.Unix())
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: issuer CRLs: %w", err)
 	}
 	return out, nil
 }

@@ -59,6 +59,7 @@ func RunRootStore(t *testing.T, open func(t *testing.T) RootStoreUnderTest) {
 		{"ConcurrentPinStandaloneRoot", testConcurrentPinStandaloneRoot},
 		{"LeaderLease", testLeaderLease},
 		{"RootCRLs", testRootCRLs},
+		{"IssuerCRLs", testIssuerCRLs},
 	})
 }
 
