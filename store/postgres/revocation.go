@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 var _ store.RevocationStore = (*Store)(nil)
@@ -54,11 +55,11 @@ func (s *Store) revoke(ctx context.Context, r store.Revocation, ev store.AuditEv
 		return store.Revocation{}, err
 	}
 	now := s.now()
-	ev = withTime(ev, now)
+	ev = sqlq.WithTime(ev, now)
 	if r.RevokedAt.IsZero() {
 		r.RevokedAt = now
 	}
-	r.RevokedAt = fromUnix(r.RevokedAt.Unix())
+	r.RevokedAt = sqlq.FromUnix(r.RevokedAt.Unix())
 	expires := store.ExpiresUnix(r.ExpiresAt)
 	r.ExpiresAt = store.ExpiresFromUnix(expires)
 	err := s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
@@ -103,7 +104,7 @@ func (s *Store) unrevoke(ctx context.Context, kind, value string, ev store.Audit
 		return err
 	}
 	now := s.now()
-	ev = withTime(ev, now)
+	ev = sqlq.WithTime(ev, now)
 	return s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
 		// lifted_at stays non-zero, which is what marks the entry lifted,
 		// whatever the clock. Of two concurrent lifts the second waits for
@@ -179,6 +180,6 @@ func scanRevocation(row pgx.CollectableRow) (store.Revocation, error) {
 	if err := row.Scan(&r.ID, &r.Kind, &r.Value, &r.Cluster, &r.Reason, &r.RevokedBy, &revoked, &expires); err != nil {
 		return store.Revocation{}, err
 	}
-	r.RevokedAt, r.ExpiresAt = fromUnix(revoked), store.ExpiresFromUnix(expires)
+	r.RevokedAt, r.ExpiresAt = sqlq.FromUnix(revoked), store.ExpiresFromUnix(expires)
 	return r, nil
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 var _ store.RootStore = (*Store)(nil)
@@ -38,7 +39,7 @@ func (s *Store) addCluster(ctx context.Context, c store.Cluster, tok store.JoinT
 		return err
 	}
 	now := s.now()
-	ev = withTime(ev, now)
+	ev = sqlq.WithTime(ev, now)
 	return s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
 		// Of two concurrent first registrations, the second waits here for
 		// the first to commit and then finds its row.
@@ -80,7 +81,7 @@ const redeemSQL = `UPDATE join_tokens t SET used_at = $2
 func (s *Store) RedeemJoinToken(ctx context.Context, hash string, now time.Time, ev store.AuditEvent) (store.Cluster, int, error) {
 	var c store.Cluster
 	var replicas int
-	ev = withTime(ev, s.now())
+	ev = sqlq.WithTime(ev, s.now())
 	err := s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
 		var created int64
 		// Stored whole seconds: e > now iff e > floor(now). used_at stays
@@ -92,7 +93,7 @@ func (s *Store) RedeemJoinToken(ctx context.Context, hash string, now time.Time,
 		if err != nil {
 			return fmt.Errorf("mark join token used: %w", err)
 		}
-		c.CreatedAt = fromUnix(created)
+		c.CreatedAt = sqlq.FromUnix(created)
 		ev.Cluster = c.Name
 		return nil
 	})
@@ -116,10 +117,10 @@ func (s *Store) recordIntermediate(ctx context.Context, in store.Intermediate, e
 		return errors.New("empty serial or certificate")
 	}
 	now := s.now()
-	ev = withTime(ev, now)
+	ev = sqlq.WithTime(ev, now)
 	return s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
 		return insertNew(ctx, tx, "intermediate",
-			`INSERT INTO intermediates (`+intermediateColumnList+`, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+			`INSERT INTO intermediates (`+sqlq.IntermediateColumns+`, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 			ON CONFLICT (serial) DO NOTHING`,
 			in.Serial, in.Cluster, in.TrustDomain, in.RootFingerprint, in.NotBefore.Unix(), in.NotAfter.Unix(),
 			in.Fingerprint, in.DER, now.Unix())
@@ -139,10 +140,10 @@ func (s *Store) addRoot(ctx context.Context, r store.Root, ev store.AuditEvent) 
 	if r.Fingerprint == "" || len(r.DER) == 0 {
 		return errors.New("empty fingerprint or certificate")
 	}
-	ev = withTime(ev, s.now())
+	ev = sqlq.WithTime(ev, s.now())
 	return s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
 		return insertNew(ctx, tx, "root",
-			`INSERT INTO roots (`+rootColumnList+`) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (fingerprint) DO NOTHING`,
+			`INSERT INTO roots (`+sqlq.RootColumns+`) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (fingerprint) DO NOTHING`,
 			r.Fingerprint, r.DER, r.KeyRef, r.AddedAt.Unix(), r.ActivateAt.Unix())
 	})
 }

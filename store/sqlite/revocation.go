@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 var _ store.RevocationStore = (*Store)(nil)
@@ -49,11 +50,11 @@ func (s *Store) revoke(ctx context.Context, r store.Revocation, ev store.AuditEv
 		return store.Revocation{}, err
 	}
 	now := s.now()
-	ev = withTime(ev, now)
+	ev = sqlq.WithTime(ev, now)
 	if r.RevokedAt.IsZero() {
 		r.RevokedAt = now
 	}
-	r.RevokedAt = fromUnix(r.RevokedAt.Unix())
+	r.RevokedAt = sqlq.FromUnix(r.RevokedAt.Unix())
 	expires := store.ExpiresUnix(r.ExpiresAt)
 	r.ExpiresAt = store.ExpiresFromUnix(expires)
 	err := s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
@@ -95,7 +96,7 @@ func (s *Store) unrevoke(ctx context.Context, kind, value string, ev store.Audit
 		return err
 	}
 	now := s.now()
-	ev = withTime(ev, now)
+	ev = sqlq.WithTime(ev, now)
 	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
 		// lifted_at stays non-zero, which is what marks the entry lifted,
 		// whatever the clock.
@@ -161,12 +162,12 @@ func (s *Store) Revocations(ctx context.Context, now time.Time) ([]store.Revocat
 	return rs, nil
 }
 
-func scanRevocation(sc scanner) (store.Revocation, error) {
+func scanRevocation(sc sqlq.Scanner) (store.Revocation, error) {
 	var r store.Revocation
 	var revoked, expires int64
 	if err := sc.Scan(&r.ID, &r.Kind, &r.Value, &r.Cluster, &r.Reason, &r.RevokedBy, &revoked, &expires); err != nil {
 		return store.Revocation{}, err
 	}
-	r.RevokedAt, r.ExpiresAt = fromUnix(revoked), store.ExpiresFromUnix(expires)
+	r.RevokedAt, r.ExpiresAt = sqlq.FromUnix(revoked), store.ExpiresFromUnix(expires)
 	return r, nil
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 var _ store.RootStore = (*Store)(nil)
@@ -33,7 +34,7 @@ func (s *Store) addCluster(ctx context.Context, c store.Cluster, tok store.JoinT
 		return err
 	}
 	now := s.now()
-	ev = withTime(ev, now)
+	ev = sqlq.WithTime(ev, now)
 	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
 		var td string
 		err := tx.QueryRowContext(ctx, `SELECT trust_domain FROM clusters WHERE name = ?`, c.Name).Scan(&td)
@@ -65,7 +66,7 @@ func (s *Store) addCluster(ctx context.Context, c store.Cluster, tok store.JoinT
 func (s *Store) RedeemJoinToken(ctx context.Context, hash string, now time.Time, ev store.AuditEvent) (store.Cluster, int, error) {
 	var c store.Cluster
 	var replicas int
-	ev = withTime(ev, s.now())
+	ev = sqlq.WithTime(ev, s.now())
 	err := s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
 		// Stored whole seconds: e > now iff e > floor(now). used_at stays
 		// non-zero, which is what marks a one-time token used, whatever
@@ -80,7 +81,7 @@ func (s *Store) RedeemJoinToken(ctx context.Context, hash string, now time.Time,
 			return fmt.Errorf("mark join token used: %w", err)
 		}
 		name := c.Name
-		c, err = scanCluster(tx.QueryRowContext(ctx, `SELECT `+clusterColumns+` FROM clusters WHERE name = ?`, name))
+		c, err = sqlq.ScanCluster(tx.QueryRowContext(ctx, `SELECT `+sqlq.ClusterColumns+` FROM clusters WHERE name = ?`, name))
 		if err != nil {
 			return fmt.Errorf("read cluster %s: %w", name, err)
 		}
@@ -107,10 +108,10 @@ func (s *Store) recordIntermediate(ctx context.Context, in store.Intermediate, e
 		return errors.New("empty serial or certificate")
 	}
 	now := s.now()
-	ev = withTime(ev, now)
+	ev = sqlq.WithTime(ev, now)
 	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
 		return insertNew(ctx, tx, "intermediate",
-			`INSERT INTO intermediates (`+intermediateColumns+`, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+			`INSERT INTO intermediates (`+sqlq.IntermediateColumns+`, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (serial) DO NOTHING`,
 			in.Serial, in.Cluster, in.TrustDomain, in.RootFingerprint, in.NotBefore.Unix(), in.NotAfter.Unix(),
 			in.Fingerprint, in.DER, now.Unix())
@@ -130,10 +131,10 @@ func (s *Store) addRoot(ctx context.Context, r store.Root, ev store.AuditEvent) 
 	if r.Fingerprint == "" || len(r.DER) == 0 {
 		return errors.New("empty fingerprint or certificate")
 	}
-	ev = withTime(ev, s.now())
+	ev = sqlq.WithTime(ev, s.now())
 	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
 		return insertNew(ctx, tx, "root",
-			`INSERT INTO roots (`+rootColumns+`) VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING`,
+			`INSERT INTO roots (`+sqlq.RootColumns+`) VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING`,
 			r.Fingerprint, r.DER, r.KeyRef, r.AddedAt.Unix(), r.ActivateAt.Unix())
 	})
 }

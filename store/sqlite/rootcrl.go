@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 // PutRootCRL stores c as the CRL of its root unless the stored one has the
@@ -43,7 +44,7 @@ func (s *Store) RootCRLs(ctx context.Context) ([]store.RootCRL, error) {
 	if s.closed.Load() {
 		return nil, fmt.Errorf("sqlite: root CRLs: %w", store.ErrClosed)
 	}
-	out, err := collect(ctx, s.r, func(sc scanner) (store.RootCRL, error) {
+	out, err := collect(ctx, s.r, func(sc sqlq.Scanner) (store.RootCRL, error) {
 		var c store.RootCRL
 		err := sc.Scan(&c.RootFingerprint, &c.Number, &c.DER)
 		return c, err
