@@ -277,6 +277,12 @@ func derOf(certs ...*x509.Certificate) [][]byte {
 }
 
 // federatedRoot returns a root CA for another mesh, named name.
+// federatedOther is the federated bundle of otherTD with roots.
+func federatedOther(t testing.TB, roots ...*x509.Certificate) []trust.DomainBundle {
+	t.Helper()
+	return []trust.DomainBundle{{TrustDomain: otherTD, Roots: mustBundle(t, roots...), Federated: true}}
+}
+
 func federatedRoot(t testing.TB, name string) *x509.Certificate {
 	t.Helper()
 	r, err := ca.NewRoot(ca.RootConfig{Signer: testkit.Key(t, "federated-"+name), CommonName: name + " root"})

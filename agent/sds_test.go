@@ -21,7 +21,6 @@ import (
 
 	"github.com/meshca/meshca/agent/sdstest"
 	"github.com/meshca/meshca/internal/testkit"
-	"github.com/meshca/meshca/trust"
 )
 
 // sdsFixture is an SDS server over a Publisher, with a CA tree to make
@@ -420,10 +419,7 @@ func TestSDSFederatedBundles(t *testing.T) {
 	svid := newSVID(t, f.tree, webID, time.Hour)
 	root := f.tree.Root.Certificate
 	fed1, fed2 := federatedRoot(t, "fed1"), federatedRoot(t, "fed2")
-	federated := func(roots ...*x509.Certificate) []trust.DomainBundle {
-		return []trust.DomainBundle{{TrustDomain: otherTD, Roots: mustBundle(t, roots...), Federated: true}}
-	}
-	f.pub.Publish(mustFederatedSnapshot(t, svid, f.tree.Bundle, federated(fed1)))
+	f.pub.Publish(mustFederatedSnapshot(t, svid, f.tree.Bundle, federatedOther(t, fed1)))
 	e := envoy(t, f.path, "node")
 	rootCA, all := subscribe(t, e, ResourceRootCA), subscribe(t, e, ResourceAll)
 	other, own := subscribe(t, e, otherTD.IDString()), subscribe(t, e, "spiffe://cluster.local")
@@ -437,7 +433,7 @@ func TestSDSFederatedBundles(t *testing.T) {
 	}
 
 	// Only the federated bundle changes: ALL and other.example are pushed.
-	f.pub.Publish(mustFederatedSnapshot(t, svid, f.tree.Bundle, federated(fed1, fed2)))
+	f.pub.Publish(mustFederatedSnapshot(t, svid, f.tree.Bundle, federatedOther(t, fed1, fed2)))
 	if u := next(t, all); !sameCerts(u.Roots, root, fed1, fed2) {
 		t.Errorf("ALL: %d roots, want 3", len(u.Roots))
 	}
@@ -447,7 +443,7 @@ func TestSDSFederatedBundles(t *testing.T) {
 	// Then only the own bundle: had the federated change reached ROOTCA or
 	// spiffe://cluster.local, their next response would repeat one root.
 	bundle, extra := otherRoot(t, f.tree)
-	f.pub.Publish(mustFederatedSnapshot(t, svid, bundle, federated(fed1, fed2)))
+	f.pub.Publish(mustFederatedSnapshot(t, svid, bundle, federatedOther(t, fed1, fed2)))
 	for _, s := range []*sdstest.Subscription{rootCA, own} {
 		if u := next(t, s); !sameCerts(u.Roots, root, extra) {
 			t.Errorf("%s: %d roots, want the new own bundle of 2", s.Name, len(u.Roots))

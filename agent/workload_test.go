@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"io"
 	"testing"
@@ -18,7 +17,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/testkit"
-	"github.com/meshca/meshca/trust"
 )
 
 type workloadFixture struct {
@@ -244,10 +242,7 @@ func TestWorkloadAPIFederatedBundles(t *testing.T) {
 	svid := newSVID(t, f.tree, webID, time.Hour)
 	root := f.tree.Root.Certificate
 	fed1, fed2 := federatedRoot(t, "fed1"), federatedRoot(t, "fed2")
-	federated := func(roots ...*x509.Certificate) []trust.DomainBundle {
-		return []trust.DomainBundle{{TrustDomain: otherTD, Roots: mustBundle(t, roots...), Federated: true}}
-	}
-	f.pub.Publish(mustFederatedSnapshot(t, svid, f.tree.Bundle, federated(fed1)))
+	f.pub.Publish(mustFederatedSnapshot(t, svid, f.tree.Bundle, federatedOther(t, fed1)))
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 
@@ -293,7 +288,7 @@ func TestWorkloadAPIFederatedBundles(t *testing.T) {
 	waitSource(t, src, otherTD, fed1)
 
 	// A change of the federated bundle alone reaches open streams.
-	f.pub.Publish(mustFederatedSnapshot(t, svid, f.tree.Bundle, federated(fed1, fed2)))
+	f.pub.Publish(mustFederatedSnapshot(t, svid, f.tree.Bundle, federatedOther(t, fed1, fed2)))
 	waitSource(t, src, otherTD, fed1, fed2)
 	if resp, err = svids.Recv(); err != nil || len(resp.GetFederatedBundles()["spiffe://other.example"]) != len(fed1.Raw)+len(fed2.Raw) {
 		t.Errorf("FetchX509SVID after the federated change: %v, want both federated roots", err)

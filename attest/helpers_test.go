@@ -7,6 +7,8 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,6 +20,21 @@ import (
 var testNow = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
 const testCluster = "c1"
+
+// checkUnauthenticated fails t unless err is nil when wantErr is empty, and
+// otherwise wraps ErrUnauthenticated and contains wantErr.
+func checkUnauthenticated(t testing.TB, err error, wantErr string) {
+	t.Helper()
+	if wantErr == "" {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if !errors.Is(err, ErrUnauthenticated) || !strings.Contains(err.Error(), wantErr) {
+		t.Fatalf("err = %v, want ErrUnauthenticated containing %q", err, wantErr)
+	}
+}
 
 // fakeAttestor is a hand-written Attestor that counts calls and answers with
 // fn (or a fixed identity when fn is nil).

@@ -173,14 +173,8 @@ func (a *JWKS) Attest(ctx context.Context, req Request) (Identity, error) {
 // attestAt is Attest with the token's times checked against now (tests and
 // the committed fuzz seeds hold tokens dated at a fixed instant).
 func (a *JWKS) attestAt(ctx context.Context, req Request, now time.Time) (Identity, error) {
-	if req.ClusterID != "" && req.ClusterID != a.cfg.Cluster {
-		return Identity{}, fmt.Errorf("%w: unknown cluster %q", ErrUnauthenticated, clip(req.ClusterID))
-	}
-	switch {
-	case req.Token == "":
-		return Identity{}, fmt.Errorf("%w: empty token", ErrUnauthenticated)
-	case len(req.Token) > MaxTokenSize:
-		return Identity{}, fmt.Errorf("%w: token is %d bytes, limit %d", ErrUnauthenticated, len(req.Token), MaxTokenSize)
+	if err := checkRequest(req, a.cfg.Cluster); err != nil {
+		return Identity{}, err
 	}
 	// ParseSignedCompact enforces the algorithm allow list, so "none" and
 	// HMAC tokens never reach key selection.
@@ -263,6 +257,22 @@ func usableKey(k *jose.JSONWebKey, alg string) bool {
 		return false
 	}
 	return k.Algorithm == "" || k.Algorithm == alg
+}
+
+// checkRequest refuses, before any key or API server is asked, a request
+// for a cluster other than cluster (an empty ClusterID means cluster) and
+// an empty or oversized token. Errors wrap [ErrUnauthenticated].
+func checkRequest(req Request, cluster string) error {
+	if req.ClusterID != "" && req.ClusterID != cluster {
+		return fmt.Errorf("%w: unknown cluster %q", ErrUnauthenticated, clip(req.ClusterID))
+	}
+	switch {
+	case req.Token == "":
+		return fmt.Errorf("%w: empty token", ErrUnauthenticated)
+	case len(req.Token) > MaxTokenSize:
+		return fmt.Errorf("%w: token is %d bytes, limit %d", ErrUnauthenticated, len(req.Token), MaxTokenSize)
+	}
+	return nil
 }
 
 // clip bounds attacker-controlled strings quoted into log reasons.

@@ -3,7 +3,6 @@ package attest
 import (
 	"context"
 	"errors"
-	"strings"
 	"testing"
 )
 
@@ -34,15 +33,7 @@ func TestPolicyCheck(t *testing.T) {
 				t.Fatal(err)
 			}
 			err = p.check(tc.ns, tc.sa)
-			if tc.wantErr == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if !errors.Is(err, ErrUnauthenticated) || !strings.Contains(err.Error(), tc.wantErr) {
-				t.Fatalf("err = %v, want ErrUnauthenticated containing %q", err, tc.wantErr)
-			}
+			checkUnauthenticated(t, err, tc.wantErr)
 		})
 	}
 }

@@ -101,14 +101,8 @@ func NewTokenReview(cfg TokenReviewConfig) (*TokenReview, error) {
 // token's "exp" claim, read without verification once the API server has
 // accepted the token (see unverifiedExpiry); zero when the token has none.
 func (a *TokenReview) Attest(ctx context.Context, req Request) (Identity, error) {
-	if req.ClusterID != "" && req.ClusterID != a.cfg.Cluster {
-		return Identity{}, fmt.Errorf("%w: unknown cluster %q", ErrUnauthenticated, clip(req.ClusterID))
-	}
-	switch {
-	case req.Token == "":
-		return Identity{}, fmt.Errorf("%w: empty token", ErrUnauthenticated)
-	case len(req.Token) > MaxTokenSize:
-		return Identity{}, fmt.Errorf("%w: token is %d bytes, limit %d", ErrUnauthenticated, len(req.Token), MaxTokenSize)
+	if err := checkRequest(req, a.cfg.Cluster); err != nil {
+		return Identity{}, err
 	}
 	review, err := a.review(ctx, req.Token)
 	if err != nil {

@@ -156,15 +156,7 @@ func TestCheckPod(t *testing.T) {
 				tc.mutate(p)
 			}
 			err := checkPod(p, &id)
-			if tc.wantErr == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if !errors.Is(err, ErrUnauthenticated) || !strings.Contains(err.Error(), tc.wantErr) {
-				t.Fatalf("err = %v, want ErrUnauthenticated containing %q", err, tc.wantErr)
-			}
+			checkUnauthenticated(t, err, tc.wantErr)
 		})
 	}
 }

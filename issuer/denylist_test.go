@@ -129,6 +129,21 @@ func (m *memStore) serials(spiffeID string) []string {
 	return out
 }
 
+// newDenyingIssuer returns an issuer of tree that records to rec, refuses
+// what dl denies and attests goodToken as default/web.
+func newDenyingIssuer(t *testing.T, tree *testkit.Tree, rec issuer.Recorder, dl *issuer.DenyList) *issuer.Issuer {
+	t.Helper()
+	iss, err := issuer.New(issuer.Config{
+		TrustDomain: tree.TrustDomain, Cluster: "dev", Authority: tree.Intermediate, Bundle: tree.Bundle,
+		Attestor: &fakeAttestor{identities: map[string]attest.Identity{goodToken: {Namespace: "default", ServiceAccount: "web"}}},
+		Recorder: rec, DenyList: dl, Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return iss
+}
+
 func newDenyList(t *testing.T, lister issuer.RevocationLister, log *slog.Logger) *issuer.DenyList {
 	t.Helper()
 	dl, err := issuer.NewDenyList(issuer.DenyListConfig{Store: lister, Cluster: "dev", Logger: log})
@@ -286,14 +301,7 @@ func TestIssueRefusesRevokedIdentity(t *testing.T) {
 		db := &memStore{}
 		dl := newDenyList(t, db, slog.New(slog.DiscardHandler))
 		tree := testkit.New(t, testkit.Options{})
-		iss, err := issuer.New(issuer.Config{
-			TrustDomain: tree.TrustDomain, Cluster: "dev", Authority: tree.Intermediate, Bundle: tree.Bundle,
-			Attestor: &fakeAttestor{identities: map[string]attest.Identity{goodToken: {Namespace: "default", ServiceAccount: "web"}}},
-			Recorder: db, DenyList: dl, Logger: slog.New(slog.DiscardHandler),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		iss := newDenyingIssuer(t, tree, db, dl)
 		issue := func() error {
 			_, err := iss.Issue(t.Context(), issuer.Request{Token: goodToken, CSR: csrPEM(t, testKey(t, "p256"), nil)})
 			return err
@@ -311,7 +319,7 @@ func TestIssueRefusesRevokedIdentity(t *testing.T) {
 		if err := dl.Refresh(t.Context()); err != nil {
 			t.Fatal(err)
 		}
-		err = issue()
+		err := issue()
 		if !errors.Is(err, issuer.ErrPermissionDenied) || !strings.Contains(err.Error(), webID+": identity revoked") {
 			t.Fatalf("revoked identity: %v, want ErrPermissionDenied naming %s", err, webID)
 		}
@@ -462,14 +470,7 @@ func TestDenyListReplicasShareTheStore(t *testing.T) {
 			t.Cleanup(func() { db.Close() })
 			dl := newDenyList(t, db, slog.New(slog.DiscardHandler))
 			runInBackground(t, "Run", dl.Run)
-			iss, err := issuer.New(issuer.Config{
-				TrustDomain: tree.TrustDomain, Cluster: "dev", Authority: tree.Intermediate, Bundle: tree.Bundle,
-				Attestor: &fakeAttestor{identities: map[string]attest.Identity{goodToken: {Namespace: "default", ServiceAccount: "web"}}},
-				Recorder: db, DenyList: dl, Logger: slog.New(slog.DiscardHandler),
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
+			iss := newDenyingIssuer(t, tree, db, dl)
 			replicas[i] = replica{db: db, dl: dl, iss: iss}
 		}
 		synctest.Wait()

@@ -354,16 +354,7 @@ func TestUpstreamFollowsRootRotation(t *testing.T) {
 // watchUpstream runs up.WatchBundle until the test ends and returns a
 // function that receives the next bundle and checks it with want.
 func watchUpstream(t *testing.T, up *issuer.Upstream) func(want func(*trust.TrustBundle) error) *trust.TrustBundle {
-	got := make(chan *trust.TrustBundle, 16)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- up.WatchBundle(ctx, func(tb *trust.TrustBundle) { got <- tb }) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("WatchBundle returned %v, want nil", err)
-		}
-	})
+	got := startWatch(t, up)
 	return func(want func(*trust.TrustBundle) error) *trust.TrustBundle {
 		t.Helper()
 		select {
@@ -377,6 +368,22 @@ func watchUpstream(t *testing.T, up *issuer.Upstream) func(want func(*trust.Trus
 		}
 		return nil
 	}
+}
+
+// startWatch runs up.WatchBundle until the test ends, which checks that it
+// returned nil, and returns the bundles it delivers.
+func startWatch(t *testing.T, up *issuer.Upstream) <-chan *trust.TrustBundle {
+	got := make(chan *trust.TrustBundle, 16)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- up.WatchBundle(ctx, func(tb *trust.TrustBundle) { got <- tb }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("WatchBundle returned %v, want nil", err)
+		}
+	})
+	return got
 }
 
 // after wants a bundle newer than prev.
@@ -500,16 +507,7 @@ func TestUpstreamIgnoresBundlesNotSignedByTrustedRoot(t *testing.T) {
 	}
 	tampering := serveTampering(t, r)
 
-	got := make(chan *trust.TrustBundle, 16)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- up.WatchBundle(ctx, func(tb *trust.TrustBundle) { got <- tb }) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("WatchBundle returned %v, want nil", err)
-		}
-	})
+	got := startWatch(t, up)
 
 	// A rogue root that also lists itself, and an unsigned bundle: skipped.
 	rogue, err := ca.NewRoot(ca.RootConfig{Signer: newKey(t), CommonName: "rogue root"})

@@ -61,6 +61,23 @@ func (f *fakeCommit) committed() []int {
 
 // doAll starts one Do per item and returns a channel of their results, keyed
 // by item.
+// startCommitter starts a committer of ints that is closed when the test
+// ends.
+func startCommitter(t *testing.T, cfg GroupCommitConfig, commit func(context.Context, []int) ([]error, error)) *GroupCommitter[int] {
+	t.Helper()
+	g := NewGroupCommitter(cfg, commit)
+	t.Cleanup(func() { g.Close() })
+	return g
+}
+
+// wantCommitted fails t unless f committed exactly want, in order.
+func wantCommitted(t *testing.T, f *fakeCommit, want []int) {
+	t.Helper()
+	if got := f.committed(); !slices.Equal(got, want) {
+		t.Fatalf("committed %v, want %v", got, want)
+	}
+}
+
 func doAll(ctx context.Context, g *GroupCommitter[int], items ...int) <-chan [2]any {
 	out := make(chan [2]any, len(items))
 	for _, it := range items {
@@ -83,14 +100,11 @@ func results(t *testing.T, ch <-chan [2]any, n int) map[int]error {
 func TestGroupCommitSingle(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := &fakeCommit{}
-		g := NewGroupCommitter(GroupCommitConfig{}, f.commit)
-		defer g.Close()
+		g := startCommitter(t, GroupCommitConfig{}, f.commit)
 		if err := g.Do(t.Context(), 7); err != nil {
 			t.Fatalf("Do = %v", err)
 		}
-		if got := f.committed(); !slices.Equal(got, []int{7}) {
-			t.Fatalf("committed %v, want [7]", got)
-		}
+		wantCommitted(t, f, []int{7})
 	})
 }
 
@@ -99,8 +113,7 @@ func TestGroupCommitSingle(t *testing.T) {
 func TestGroupCommitBatchesWhileCommitting(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := &fakeCommit{gate: make(chan struct{})}
-		g := NewGroupCommitter(GroupCommitConfig{}, f.commit)
-		defer g.Close()
+		g := startCommitter(t, GroupCommitConfig{}, f.commit)
 
 		first := doAll(t.Context(), g, 0)
 		synctest.Wait() // item 0 is in flight, blocked on the gate
@@ -127,8 +140,7 @@ func TestGroupCommitBatchesWhileCommitting(t *testing.T) {
 func TestGroupCommitMaxBatch(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := &fakeCommit{gate: make(chan struct{})}
-		g := NewGroupCommitter(GroupCommitConfig{MaxBatch: 4}, f.commit)
-		defer g.Close()
+		g := startCommitter(t, GroupCommitConfig{MaxBatch: 4}, f.commit)
 
 		ch := doAll(t.Context(), g, 0)
 		synctest.Wait()
@@ -149,8 +161,7 @@ func TestGroupCommitMaxBatch(t *testing.T) {
 func TestGroupCommitMaxWait(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := &fakeCommit{gate: make(chan struct{})}
-		g := NewGroupCommitter(GroupCommitConfig{MaxWait: 10 * time.Millisecond}, f.commit)
-		defer g.Close()
+		g := startCommitter(t, GroupCommitConfig{MaxWait: 10 * time.Millisecond}, f.commit)
 
 		// Idle: a lone item is committed at once.
 		close(f.gate)
@@ -205,8 +216,7 @@ func TestGroupCommitMaxWait(t *testing.T) {
 
 func TestGroupCommitNoWaitByDefault(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		g := NewGroupCommitter(GroupCommitConfig{}, (&fakeCommit{}).commit)
-		defer g.Close()
+		g := startCommitter(t, GroupCommitConfig{}, (&fakeCommit{}).commit)
 		start := time.Now()
 		if err := g.Do(t.Context(), 1); err != nil {
 			t.Fatal(err)
@@ -227,8 +237,7 @@ func TestGroupCommitErrorFailsWholeBatch(t *testing.T) {
 			}
 			return nil, errDisk
 		}
-		g := NewGroupCommitter(GroupCommitConfig{}, f.commit)
-		defer g.Close()
+		g := startCommitter(t, GroupCommitConfig{}, f.commit)
 
 		ch := doAll(t.Context(), g, 0)
 		synctest.Wait()
@@ -262,8 +271,7 @@ func TestGroupCommitItemErrorsStayWithTheirItem(t *testing.T) {
 			}
 			return errs, nil
 		}
-		g := NewGroupCommitter(GroupCommitConfig{}, f.commit)
-		defer g.Close()
+		g := startCommitter(t, GroupCommitConfig{}, f.commit)
 
 		ch := doAll(t.Context(), g, 0)
 		synctest.Wait()
@@ -288,8 +296,7 @@ func TestGroupCommitItemErrorsStayWithTheirItem(t *testing.T) {
 func TestGroupCommitMismatchedItemErrorsFailAll(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := &fakeCommit{result: func([]int) ([]error, error) { return []error{nil, nil, nil}, nil }}
-		g := NewGroupCommitter(GroupCommitConfig{}, f.commit)
-		defer g.Close()
+		g := startCommitter(t, GroupCommitConfig{}, f.commit)
 		if err := g.Do(t.Context(), 1); err == nil {
 			t.Fatal("Do = nil although the backend answered for 3 items out of 1")
 		}
@@ -299,8 +306,7 @@ func TestGroupCommitMismatchedItemErrorsFailAll(t *testing.T) {
 func TestGroupCommitCancelWhileQueued(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := &fakeCommit{gate: make(chan struct{})}
-		g := NewGroupCommitter(GroupCommitConfig{}, f.commit)
-		defer g.Close()
+		g := startCommitter(t, GroupCommitConfig{}, f.commit)
 
 		first := doAll(t.Context(), g, 0)
 		synctest.Wait()
@@ -317,17 +323,14 @@ func TestGroupCommitCancelWhileQueued(t *testing.T) {
 		if err := g.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if got := f.committed(); !slices.Equal(got, []int{0}) {
-			t.Fatalf("committed %v, want only [0]: a withdrawn item must never commit", got)
-		}
+		wantCommitted(t, f, []int{0}) // a withdrawn item must never commit
 	})
 }
 
 func TestGroupCommitCancelInFlightWaitsForOutcome(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := &fakeCommit{gate: make(chan struct{})}
-		g := NewGroupCommitter(GroupCommitConfig{}, f.commit)
-		defer g.Close()
+		g := startCommitter(t, GroupCommitConfig{}, f.commit)
 
 		ctx, cancel := context.WithCancel(t.Context())
 		ch := doAll(ctx, g, 1)
@@ -401,9 +404,7 @@ func TestGroupCommitCloseFlushesQueue(t *testing.T) {
 				}
 			}
 		}
-		if got := f.committed(); !slices.Equal(got, []int{0, 1}) {
-			t.Fatalf("committed %v, want [0 1]", got)
-		}
+		wantCommitted(t, f, []int{0, 1})
 		if err := g.Close(); err != nil {
 			t.Fatalf("second Close = %v", err)
 		}

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 const credentialColumns = `cluster, replica, current_serial, previous_serial, current_used, revoked,
@@ -21,7 +22,7 @@ func scanCredential(row pgx.Row) (store.ClusterCredential, error) {
 		&newest, &since, &updated); err != nil {
 		return store.ClusterCredential{}, err
 	}
-	c.Newest, c.Since, c.UpdatedAt = store.ExpiresFromUnix(newest), store.ExpiresFromUnix(since), fromUnix(updated)
+	c.Newest, c.Since, c.UpdatedAt = store.ExpiresFromUnix(newest), store.ExpiresFromUnix(since), sqlq.FromUnix(updated)
 	return c, nil
 }
 
@@ -83,7 +84,7 @@ func (s *Store) swapClusterCredential(ctx context.Context, old, next store.Clust
 		return err
 	}
 	now := s.now()
-	ev = withTime(ev, now)
+	ev = sqlq.WithTime(ev, now)
 	return s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
 		var tag pgconn.CommandTag
 		var err error

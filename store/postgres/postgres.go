@@ -187,16 +187,3 @@ func (s *Store) Close() error {
 	}
 	return nil
 }
-
-// unixCeil returns the smallest whole Unix second not before t: stored
-// second t' satisfies t' >= t exactly when t' >= unixCeil(t).
-func unixCeil(t time.Time) int64 {
-	if t.Nanosecond() > 0 {
-		return t.Unix() + 1
-	}
-	return t.Unix()
-}
-
-func fromUnix(sec int64) time.Time {
-	return time.Unix(sec, 0).UTC()
-}

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 var _ store.RevocationStore = (*Store)(nil)
@@ -19,12 +20,6 @@ var _ store.RevocationStore = (*Store)(nil)
 // For writes an entry is in force until it is lifted (lifted_at = 0), so
 // Revoke and Unrevoke do not depend on any clock; one whose ExpiresAt has
 // passed still counts, it is only left out of Revocations.
-
-const revocationColumnList = `id, kind, value, cluster, reason, revoked_by, revoked_at, expires_at`
-
-// listedAt is the SQL condition of an entry Revocations lists at the second
-// $1: stored whole seconds, so e > t iff e > floor(t).
-const listedAt = `lifted_at = 0 AND (expires_at = 0 OR expires_at > $1)`
 
 // Revoke records r with ev in one transaction and returns r as stored: ID
 // set, RevokedAt (the store's now when zero) and ExpiresAt at whole seconds
@@ -54,22 +49,13 @@ func (s *Store) revoke(ctx context.Context, r store.Revocation, ev store.AuditEv
 		return store.Revocation{}, err
 	}
 	now := s.now()
-	ev = withTime(ev, now)
-	if r.RevokedAt.IsZero() {
-		r.RevokedAt = now
-	}
-	r.RevokedAt = fromUnix(r.RevokedAt.Unix())
-	expires := store.ExpiresUnix(r.ExpiresAt)
-	r.ExpiresAt = store.ExpiresFromUnix(expires)
+	ev = sqlq.WithTime(ev, now)
+	r, expires := sqlq.PrepareRevocation(r, now)
 	err := s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `DELETE FROM revocations WHERE kind = $1 AND value = $2 AND lifted_at <> 0`,
-			r.Kind, r.Value); err != nil {
+		if _, err := tx.Exec(ctx, deleteLiftedSQL, r.Kind, r.Value); err != nil {
 			return fmt.Errorf("delete lifted revocation: %w", err)
 		}
-		err := tx.QueryRow(ctx, `INSERT INTO revocations
-			(kind, value, cluster, reason, revoked_by, revoked_at, expires_at, lifted_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, 0) ON CONFLICT (kind, value) DO NOTHING RETURNING id`,
-			r.Kind, r.Value, r.Cluster, r.Reason, r.RevokedBy, r.RevokedAt.Unix(), expires).Scan(&r.ID)
+		err := tx.QueryRow(ctx, insertRevocationSQL, sqlq.RevocationArgs(r, expires)...).Scan(&r.ID)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("revocation in force: %w", store.ErrAlreadyExists)
 		}
@@ -103,17 +89,14 @@ func (s *Store) unrevoke(ctx context.Context, kind, value string, ev store.Audit
 		return err
 	}
 	now := s.now()
-	ev = withTime(ev, now)
+	ev = sqlq.WithTime(ev, now)
 	return s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
 		// lifted_at stays non-zero, which is what marks the entry lifted,
 		// whatever the clock. Of two concurrent lifts the second waits for
 		// the first's row lock, then re-checks lifted_at and matches nothing.
 		var lifted store.Revocation
 		var revokedAt int64
-		err := tx.QueryRow(ctx, `UPDATE revocations SET lifted_at = $3
-			WHERE kind = $1 AND value = $2 AND lifted_at = 0
-			RETURNING cluster, reason, revoked_by, revoked_at`,
-			kind, value, max(now.Unix(), 1)).Scan(&lifted.Cluster, &lifted.Reason, &lifted.RevokedBy, &revokedAt)
+		err := tx.QueryRow(ctx, liftSQL, max(now.Unix(), 1), kind, value).Scan(&lifted.Cluster, &lifted.Reason, &lifted.RevokedBy, &revokedAt)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 			return fmt.Errorf("no revocation in force: %w", store.ErrNotFound)
@@ -162,23 +145,20 @@ func (s *Store) Revocations(ctx context.Context, now time.Time) ([]store.Revocat
 	if s.closed.Load() {
 		return nil, fmt.Errorf("postgres: revocations: %w", store.ErrClosed)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT `+revocationColumnList+` FROM revocations WHERE `+listedAt+` ORDER BY id`, now.Unix())
+	rows, err := s.pool.Query(ctx, revocationsSQL, now.Unix())
 	if err != nil {
 		return nil, fmt.Errorf("postgres: revocations: %w", err)
 	}
-	rs, err := pgx.CollectRows(rows, scanRevocation)
+	rs, err := pgx.CollectRows(rows, collectable(sqlq.ScanRevocation))
 	if err != nil {
 		return nil, fmt.Errorf("postgres: revocations: %w", err)
 	}
 	return rs, nil
 }
 
-func scanRevocation(row pgx.CollectableRow) (store.Revocation, error) {
-	var r store.Revocation
-	var revoked, expires int64
-	if err := row.Scan(&r.ID, &r.Kind, &r.Value, &r.Cluster, &r.Reason, &r.RevokedBy, &revoked, &expires); err != nil {
-		return store.Revocation{}, err
-	}
-	r.RevokedAt, r.ExpiresAt = fromUnix(revoked), store.ExpiresFromUnix(expires)
-	return r, nil
-}
+var (
+	deleteLiftedSQL     = sqlq.DeleteLiftedSQL(sqlq.Dollar)
+	insertRevocationSQL = sqlq.InsertRevocationSQL(sqlq.Dollar)
+	liftSQL             = sqlq.LiftSQL(sqlq.Dollar)
+	revocationsSQL      = sqlq.RevocationsSQL(sqlq.Dollar)
+)

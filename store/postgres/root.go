@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 var _ store.RootStore = (*Store)(nil)
@@ -38,7 +39,7 @@ func (s *Store) addCluster(ctx context.Context, c store.Cluster, tok store.JoinT
 		return err
 	}
 	now := s.now()
-	ev = withTime(ev, now)
+	ev = sqlq.WithTime(ev, now)
 	return s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
 		// Of two concurrent first registrations, the second waits here for
 		// the first to commit and then finds its row.
@@ -55,8 +56,7 @@ func (s *Store) addCluster(ctx context.Context, c store.Cluster, tok store.JoinT
 		}
 		// The hash is not logged: it is enough to find the row.
 		return insertNew(ctx, tx, "join token",
-			`INSERT INTO join_tokens (hash, cluster, expires_at, used_at, created_at, replicas) VALUES ($1, $2, $3, 0, $4, $5)
-			ON CONFLICT (hash) DO NOTHING`,
+			insertJoinTokenSQL,
 			tok.Hash, c.Name, tok.ExpiresAt.Unix(), now.Unix(), max(tok.Replicas, 1))
 	})
 }
@@ -80,7 +80,7 @@ const redeemSQL = `UPDATE join_tokens t SET used_at = $2
 func (s *Store) RedeemJoinToken(ctx context.Context, hash string, now time.Time, ev store.AuditEvent) (store.Cluster, int, error) {
 	var c store.Cluster
 	var replicas int
-	ev = withTime(ev, s.now())
+	ev = sqlq.WithTime(ev, s.now())
 	err := s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
 		var created int64
 		// Stored whole seconds: e > now iff e > floor(now). used_at stays
@@ -92,7 +92,7 @@ func (s *Store) RedeemJoinToken(ctx context.Context, hash string, now time.Time,
 		if err != nil {
 			return fmt.Errorf("mark join token used: %w", err)
 		}
-		c.CreatedAt = fromUnix(created)
+		c.CreatedAt = sqlq.FromUnix(created)
 		ev.Cluster = c.Name
 		return nil
 	})
@@ -112,17 +112,14 @@ func (s *Store) RecordIntermediate(ctx context.Context, in store.Intermediate, e
 }
 
 func (s *Store) recordIntermediate(ctx context.Context, in store.Intermediate, ev store.AuditEvent) error {
-	if in.Serial == "" || len(in.DER) == 0 {
-		return errors.New("empty serial or certificate")
+	if err := sqlq.CheckIntermediate(in); err != nil {
+		return err
 	}
 	now := s.now()
-	ev = withTime(ev, now)
+	ev = sqlq.WithTime(ev, now)
 	return s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
 		return insertNew(ctx, tx, "intermediate",
-			`INSERT INTO intermediates (`+intermediateColumnList+`, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-			ON CONFLICT (serial) DO NOTHING`,
-			in.Serial, in.Cluster, in.TrustDomain, in.RootFingerprint, in.NotBefore.Unix(), in.NotAfter.Unix(),
-			in.Fingerprint, in.DER, now.Unix())
+			insertIntermediateSQL, sqlq.IntermediateArgs(in, now.Unix())...)
 	})
 }
 
@@ -136,16 +133,21 @@ func (s *Store) AddRoot(ctx context.Context, r store.Root, ev store.AuditEvent) 
 }
 
 func (s *Store) addRoot(ctx context.Context, r store.Root, ev store.AuditEvent) error {
-	if r.Fingerprint == "" || len(r.DER) == 0 {
-		return errors.New("empty fingerprint or certificate")
+	if err := sqlq.CheckRoot(r); err != nil {
+		return err
 	}
-	ev = withTime(ev, s.now())
+	ev = sqlq.WithTime(ev, s.now())
 	return s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
 		return insertNew(ctx, tx, "root",
-			`INSERT INTO roots (`+rootColumnList+`) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (fingerprint) DO NOTHING`,
-			r.Fingerprint, r.DER, r.KeyRef, r.AddedAt.Unix(), r.ActivateAt.Unix())
+			insertRootSQL, sqlq.RootArgs(r)...)
 	})
 }
+
+var (
+	insertJoinTokenSQL    = sqlq.InsertJoinTokenSQL(sqlq.Dollar)
+	insertIntermediateSQL = sqlq.InsertIntermediateSQL(sqlq.Dollar)
+	insertRootSQL         = sqlq.InsertRootSQL(sqlq.Dollar)
+)
 
 // insertNew runs an INSERT ... ON CONFLICT DO NOTHING of one row and turns
 // "no row inserted" into an error wrapping store.ErrAlreadyExists.

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 // PutRootCRL stores c as the CRL of its root unless the stored one has the
@@ -79,16 +80,11 @@ func (s *Store) putIssuerCRL(ctx context.Context, c store.IssuerCRL) error {
 	if s.closed.Load() {
 		return store.ErrClosed
 	}
-	now := s.now().Unix()
-	if _, err := s.pool.Exec(ctx, `DELETE FROM issuer_crls WHERE issuer_not_after <= $1`, now); err != nil {
+	now := s.now()
+	if _, err := s.pool.Exec(ctx, sqlq.DeleteExpiredIssuerCRLsSQL(sqlq.Dollar), now.Unix()); err != nil {
 		return err
 	}
-	tag, err := s.pool.Exec(ctx, `INSERT INTO issuer_crls
-		(issuer_serial, cluster, number, der, issuer_chain, issuer_not_after, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
-		ON CONFLICT (issuer_serial) DO UPDATE SET number = excluded.number, der = excluded.der,
-		issuer_chain = excluded.issuer_chain, updated_at = excluded.updated_at
-		WHERE issuer_crls.number < excluded.number AND issuer_crls.cluster = excluded.cluster`,
-		c.IssuerSerial, c.Cluster, c.Number, c.DER, store.JoinDER(c.IssuerChain), c.IssuerNotAfter.Unix(), now)
+	tag, err := s.pool.Exec(ctx, sqlq.PutIssuerCRLSQL(sqlq.Dollar), sqlq.IssuerCRLArgs(c, now)...)
 	if err != nil {
 		return err
 	}
@@ -104,23 +100,11 @@ func (s *Store) IssuerCRLs(ctx context.Context, now time.Time) ([]store.IssuerCR
 	if s.closed.Load() {
 		return nil, fmt.Errorf("postgres: issuer CRLs: %w", store.ErrClosed)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT issuer_serial, cluster, number, der, issuer_chain, issuer_not_after FROM issuer_crls
-		WHERE issuer_not_after > $1 ORDER BY issuer_serial`, now.Unix())
+	rows, err := s.pool.Query(ctx, sqlq.IssuerCRLsSQL(sqlq.Dollar), now.Unix())
 	if err != nil {
 		return nil, fmt.Errorf("postgres: issuer CRLs: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.IssuerCRL, error) {
-		var c store.IssuerCRL
-		var chain []byte
-		var notAfter int64
-		if err := row.Scan(&c.IssuerSerial, &c.Cluster, &c.Number, &c.DER, &chain, &notAfter); err != nil {
-			return c, err
-		}
-		c.IssuerNotAfter = store.ExpiresFromUnix(notAfter)
-		var err error
-		c.IssuerChain, err = store.SplitDER(chain)
-		return c, err
-	})
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.IssuerCRL, error) { return sqlq.ScanIssuerCRL(row) })
 	if err != nil {
 		return nil, fmt.Errorf("postgres: issuer CRLs: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 	"github.com/meshca/meshca/store/postgres/pgtest"
 	"github.com/meshca/meshca/store/storetest"
 )
@@ -50,8 +51,8 @@ func TestAuditLogIsAppendOnly(t *testing.T) {
 // careful attacker would; the break then shows at the next row.
 func rehash(t *testing.T, conn *pgx.Conn, seq int64) {
 	t.Helper()
-	row := conn.QueryRow(t.Context(), `SELECT `+eventColumnList+` FROM audit_events WHERE seq = $1`, seq)
-	ev, err := scanEvent(row)
+	row := conn.QueryRow(t.Context(), `SELECT `+sqlq.EventColumns+` FROM audit_events WHERE seq = $1`, seq)
+	ev, err := sqlq.ScanEvent(row)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +76,7 @@ func appendForged(t *testing.T, conn *pgx.Conn) {
 		t.Fatal(err)
 	}
 	ev := last.Next(store.AuditEvent{Time: storetest.T0, Actor: "mallory", Action: "certificate.issue", Serial: "f0"})
-	mustExec(t, conn, `INSERT INTO audit_events (`+eventColumnList+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+	mustExec(t, conn, `INSERT INTO audit_events (`+sqlq.EventColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
 		ev.Seq, ev.Time.Unix(), ev.Actor, ev.Action, ev.Cluster, ev.SPIFFEID, ev.Serial, ev.Detail, ev.PrevHash, ev.Hash)
 }
 

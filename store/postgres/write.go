@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 // ErrCommitOutcomeUnknown is wrapped by the error of a write whose COMMIT
@@ -40,7 +40,7 @@ func (s *Store) RecordIssuance(ctx context.Context, cert store.Certificate, ev s
 		return fmt.Errorf("postgres: record issuance: %w", err)
 	}
 	now := s.now()
-	if err := s.do(ctx, write{cert: &cert, createdAt: now.Unix(), ev: withTime(ev, now)}); err != nil {
+	if err := s.do(ctx, write{cert: &cert, createdAt: now.Unix(), ev: sqlq.WithTime(ev, now)}); err != nil {
 		return fmt.Errorf("postgres: record issuance: %w", err)
 	}
 	return nil
@@ -48,7 +48,7 @@ func (s *Store) RecordIssuance(ctx context.Context, cert store.Certificate, ev s
 
 // AppendAudit appends ev to the audit chain and returns after it committed.
 func (s *Store) AppendAudit(ctx context.Context, ev store.AuditEvent) error {
-	if err := s.do(ctx, write{ev: withTime(ev, s.now())}); err != nil {
+	if err := s.do(ctx, write{ev: sqlq.WithTime(ev, s.now())}); err != nil {
 		return fmt.Errorf("postgres: append audit: %w", err)
 	}
 	return nil
@@ -62,13 +62,6 @@ func (s *Store) do(ctx context.Context, w write) error {
 		return err
 	}
 	return s.gc.Do(ctx, w)
-}
-
-func withTime(ev store.AuditEvent, now time.Time) store.AuditEvent {
-	if ev.Time.IsZero() {
-		ev.Time = now
-	}
-	return ev
 }
 
 func checkCert(c store.Certificate) error {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 const credentialColumns = `cluster, replica, current_serial, previous_serial, current_used, revoked,
@@ -18,7 +19,7 @@ func scanCredential(row interface{ Scan(...any) error }) (store.ClusterCredentia
 	if err := row.Scan(&c.Cluster, &c.Replica, &c.Current, &c.Previous, &used, &revoked, &newest, &since, &updated); err != nil {
 		return store.ClusterCredential{}, err
 	}
-	c.CurrentUsed, c.Revoked, c.UpdatedAt = used != 0, revoked != 0, fromUnix(updated)
+	c.CurrentUsed, c.Revoked, c.UpdatedAt = used != 0, revoked != 0, sqlq.FromUnix(updated)
 	c.Newest, c.Since = store.ExpiresFromUnix(newest), store.ExpiresFromUnix(since)
 	return c, nil
 }
@@ -84,7 +85,7 @@ func (s *Store) swapClusterCredential(ctx context.Context, old, next store.Clust
 		return err
 	}
 	now := s.now()
-	ev = withTime(ev, now)
+	ev = sqlq.WithTime(ev, now)
 	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
 		var res sql.Result
 		var err error

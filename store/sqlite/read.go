@@ -5,15 +5,11 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
-
-const certColumns = `serial, spiffe_id, cluster, not_before, not_after, fingerprint, pod_uid`
-
-const eventColumns = `seq, time, actor, action, cluster, spiffe_id, serial, detail, prev_hash, hash`
 
 // Certificate returns the certificate with the given serial, or an error
 // wrapping store.ErrNotFound.
@@ -21,8 +17,8 @@ func (s *Store) Certificate(ctx context.Context, serial string) (store.Certifica
 	if s.closed.Load() {
 		return store.Certificate{}, fmt.Errorf("sqlite: certificate: %w", store.ErrClosed)
 	}
-	row := s.r.QueryRowContext(ctx, `SELECT `+certColumns+` FROM certificates WHERE serial = ?`, serial)
-	c, err := scanCert(row)
+	row := s.r.QueryRowContext(ctx, `SELECT `+sqlq.CertColumns+` FROM certificates WHERE serial = ?`, serial)
+	c, err := sqlq.ScanCert(row)
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.Certificate{}, fmt.Errorf("sqlite: certificate %s: %w", serial, store.ErrNotFound)
 	}
@@ -42,78 +38,12 @@ func (s *Store) Certificates(ctx context.Context, f store.CertificateFilter) ([]
 	if f.Limit < 0 {
 		return nil, fmt.Errorf("sqlite: certificates: negative limit %d", f.Limit)
 	}
-	q, args := certificatesQuery(f)
-	rows, err := s.r.QueryContext(ctx, q, args...)
+	q, args := sqlq.CertificatesQuery(f, sqlq.Question)
+	certs, err := collect(ctx, s.r, sqlq.ScanCert, q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: certificates: %w", err)
-	}
-	defer rows.Close()
-	var certs []store.Certificate
-	for rows.Next() {
-		c, err := scanCert(rows)
-		if err != nil {
-			return nil, fmt.Errorf("sqlite: certificates: %w", err)
-		}
-		certs = append(certs, c)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlite: certificates: %w", err)
 	}
 	return certs, nil
-}
-
-func certificatesQuery(f store.CertificateFilter) (string, []any) {
-	var where []string
-	var args []any
-	if f.SPIFFEID != "" {
-		where = append(where, "spiffe_id = ?")
-		args = append(args, f.SPIFFEID)
-	}
-	if f.Cluster != "" {
-		where = append(where, "cluster = ?")
-		args = append(args, f.Cluster)
-	}
-	if !f.ActiveAt.IsZero() {
-		// Whole stored seconds against a possibly fractional instant:
-		// nb <= t iff nb <= floor(t), na >= t iff na >= ceil(t).
-		where = append(where, "not_before <= ?", "not_after >= ?")
-		args = append(args, f.ActiveAt.Unix(), unixCeil(f.ActiveAt))
-	}
-	var b strings.Builder
-	b.WriteString(`SELECT ` + certColumns + ` FROM certificates`)
-	if len(where) > 0 {
-		b.WriteString(" WHERE " + strings.Join(where, " AND "))
-	}
-	b.WriteString(" ORDER BY not_before DESC, serial ASC")
-	if f.Limit > 0 {
-		b.WriteString(" LIMIT ?")
-		args = append(args, f.Limit)
-	}
-	return b.String(), args
-}
-
-type scanner interface{ Scan(dest ...any) error }
-
-func scanCert(sc scanner) (store.Certificate, error) {
-	var c store.Certificate
-	var nb, na int64
-	if err := sc.Scan(&c.Serial, &c.SPIFFEID, &c.Cluster, &nb, &na, &c.Fingerprint, &c.PodUID); err != nil {
-		return store.Certificate{}, err
-	}
-	c.NotBefore, c.NotAfter = fromUnix(nb), fromUnix(na)
-	return c, nil
-}
-
-func scanEvent(sc scanner) (store.AuditEvent, error) {
-	var ev store.AuditEvent
-	var t int64
-	err := sc.Scan(&ev.Seq, &t, &ev.Actor, &ev.Action, &ev.Cluster, &ev.SPIFFEID,
-		&ev.Serial, &ev.Detail, &ev.PrevHash, &ev.Hash)
-	if err != nil {
-		return store.AuditEvent{}, err
-	}
-	ev.Time = fromUnix(t)
-	return ev, nil
 }
 
 // AuditEvents returns the events with Time >= since, in sequence order. The
@@ -160,20 +90,14 @@ func (s *Store) eachEvent(ctx context.Context, since time.Time, fn func(store.Au
 	if s.closed.Load() {
 		return store.ErrClosed
 	}
-	q := `SELECT ` + eventColumns + ` FROM audit_events`
-	var args []any
-	if !since.IsZero() {
-		q += ` WHERE time >= ?`
-		args = append(args, unixCeil(since))
-	}
-	q += ` ORDER BY seq`
+	q, args := sqlq.EventsQuery(since, sqlq.Question)
 	rows, err := s.r.QueryContext(ctx, q, args...)
 	if err != nil {
 		return err
 	}
 	defer rows.Close()
 	for rows.Next() {
-		ev, err := scanEvent(rows)
+		ev, err := sqlq.ScanEvent(rows)
 		if err != nil {
 			return err
 		}

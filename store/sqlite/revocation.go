@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 var _ store.RevocationStore = (*Store)(nil)
@@ -18,13 +19,6 @@ var _ store.RevocationStore = (*Store)(nil)
 // For writes an entry is in force until it is lifted (lifted_at = 0), so
 // Revoke and Unrevoke do not depend on any clock; one whose ExpiresAt has
 // passed still counts, it is only left out of Revocations.
-
-const revocationColumns = `id, kind, value, cluster, reason, revoked_by, revoked_at, expires_at`
-
-// listedAt is the SQL condition of an entry Revocations lists at the second
-// given as its one argument: stored whole seconds, so e > t iff
-// e > floor(t).
-const listedAt = `lifted_at = 0 AND (expires_at = 0 OR expires_at > ?)`
 
 // Revoke records r with ev in one transaction and returns r as stored: ID
 // set, RevokedAt (the store's now when zero) and ExpiresAt at whole seconds
@@ -49,22 +43,13 @@ func (s *Store) revoke(ctx context.Context, r store.Revocation, ev store.AuditEv
 		return store.Revocation{}, err
 	}
 	now := s.now()
-	ev = withTime(ev, now)
-	if r.RevokedAt.IsZero() {
-		r.RevokedAt = now
-	}
-	r.RevokedAt = fromUnix(r.RevokedAt.Unix())
-	expires := store.ExpiresUnix(r.ExpiresAt)
-	r.ExpiresAt = store.ExpiresFromUnix(expires)
+	ev = sqlq.WithTime(ev, now)
+	r, expires := sqlq.PrepareRevocation(r, now)
 	err := s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM revocations WHERE kind = ? AND value = ? AND lifted_at <> 0`,
-			r.Kind, r.Value); err != nil {
+		if _, err := tx.ExecContext(ctx, deleteLiftedSQL, r.Kind, r.Value); err != nil {
 			return fmt.Errorf("delete lifted revocation: %w", err)
 		}
-		err := tx.QueryRowContext(ctx, `INSERT INTO revocations
-			(kind, value, cluster, reason, revoked_by, revoked_at, expires_at, lifted_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (kind, value) DO NOTHING RETURNING id`,
-			r.Kind, r.Value, r.Cluster, r.Reason, r.RevokedBy, r.RevokedAt.Unix(), expires).Scan(&r.ID)
+		err := tx.QueryRowContext(ctx, insertRevocationSQL, sqlq.RevocationArgs(r, expires)...).Scan(&r.ID)
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("revocation in force: %w", store.ErrAlreadyExists)
 		}
@@ -95,16 +80,13 @@ func (s *Store) unrevoke(ctx context.Context, kind, value string, ev store.Audit
 		return err
 	}
 	now := s.now()
-	ev = withTime(ev, now)
+	ev = sqlq.WithTime(ev, now)
 	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
 		// lifted_at stays non-zero, which is what marks the entry lifted,
 		// whatever the clock.
 		var lifted store.Revocation
 		var revokedAt int64
-		err := tx.QueryRowContext(ctx, `UPDATE revocations SET lifted_at = ?
-			WHERE kind = ? AND value = ? AND lifted_at = 0
-			RETURNING cluster, reason, revoked_by, revoked_at`,
-			max(now.Unix(), 1), kind, value).Scan(&lifted.Cluster, &lifted.Reason, &lifted.RevokedBy, &revokedAt)
+		err := tx.QueryRowContext(ctx, liftSQL, max(now.Unix(), 1), kind, value).Scan(&lifted.Cluster, &lifted.Reason, &lifted.RevokedBy, &revokedAt)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			return fmt.Errorf("no revocation in force: %w", store.ErrNotFound)
@@ -153,20 +135,16 @@ func (s *Store) Revocations(ctx context.Context, now time.Time) ([]store.Revocat
 	if s.closed.Load() {
 		return nil, fmt.Errorf("sqlite: revocations: %w", store.ErrClosed)
 	}
-	rs, err := collect(ctx, s.r, scanRevocation,
-		`SELECT `+revocationColumns+` FROM revocations WHERE `+listedAt+` ORDER BY id`, now.Unix())
+	rs, err := collect(ctx, s.r, sqlq.ScanRevocation, revocationsSQL, now.Unix())
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: revocations: %w", err)
 	}
 	return rs, nil
 }
 
-func scanRevocation(sc scanner) (store.Revocation, error) {
-	var r store.Revocation
-	var revoked, expires int64
-	if err := sc.Scan(&r.ID, &r.Kind, &r.Value, &r.Cluster, &r.Reason, &r.RevokedBy, &revoked, &expires); err != nil {
-		return store.Revocation{}, err
-	}
-	r.RevokedAt, r.ExpiresAt = fromUnix(revoked), store.ExpiresFromUnix(expires)
-	return r, nil
-}
+var (
+	deleteLiftedSQL     = sqlq.DeleteLiftedSQL(sqlq.Question)
+	insertRevocationSQL = sqlq.InsertRevocationSQL(sqlq.Question)
+	liftSQL             = sqlq.LiftSQL(sqlq.Question)
+	revocationsSQL      = sqlq.RevocationsSQL(sqlq.Question)
+)

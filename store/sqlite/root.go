@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 var _ store.RootStore = (*Store)(nil)
@@ -33,7 +34,7 @@ func (s *Store) addCluster(ctx context.Context, c store.Cluster, tok store.JoinT
 		return err
 	}
 	now := s.now()
-	ev = withTime(ev, now)
+	ev = sqlq.WithTime(ev, now)
 	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
 		var td string
 		err := tx.QueryRowContext(ctx, `SELECT trust_domain FROM clusters WHERE name = ?`, c.Name).Scan(&td)
@@ -50,8 +51,7 @@ func (s *Store) addCluster(ctx context.Context, c store.Cluster, tok store.JoinT
 		}
 		// The hash is not logged: it is enough to find the row.
 		return insertNew(ctx, tx, "join token",
-			`INSERT INTO join_tokens (hash, cluster, expires_at, used_at, created_at, replicas) VALUES (?, ?, ?, 0, ?, ?)
-			ON CONFLICT (hash) DO NOTHING`,
+			insertJoinTokenSQL,
 			tok.Hash, c.Name, tok.ExpiresAt.Unix(), now.Unix(), max(tok.Replicas, 1))
 	})
 }
@@ -65,7 +65,7 @@ func (s *Store) addCluster(ctx context.Context, c store.Cluster, tok store.JoinT
 func (s *Store) RedeemJoinToken(ctx context.Context, hash string, now time.Time, ev store.AuditEvent) (store.Cluster, int, error) {
 	var c store.Cluster
 	var replicas int
-	ev = withTime(ev, s.now())
+	ev = sqlq.WithTime(ev, s.now())
 	err := s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
 		// Stored whole seconds: e > now iff e > floor(now). used_at stays
 		// non-zero, which is what marks a one-time token used, whatever
@@ -80,7 +80,7 @@ func (s *Store) RedeemJoinToken(ctx context.Context, hash string, now time.Time,
 			return fmt.Errorf("mark join token used: %w", err)
 		}
 		name := c.Name
-		c, err = scanCluster(tx.QueryRowContext(ctx, `SELECT `+clusterColumns+` FROM clusters WHERE name = ?`, name))
+		c, err = sqlq.ScanCluster(tx.QueryRowContext(ctx, `SELECT `+sqlq.ClusterColumns+` FROM clusters WHERE name = ?`, name))
 		if err != nil {
 			return fmt.Errorf("read cluster %s: %w", name, err)
 		}
@@ -103,17 +103,14 @@ func (s *Store) RecordIntermediate(ctx context.Context, in store.Intermediate, e
 }
 
 func (s *Store) recordIntermediate(ctx context.Context, in store.Intermediate, ev store.AuditEvent) error {
-	if in.Serial == "" || len(in.DER) == 0 {
-		return errors.New("empty serial or certificate")
+	if err := sqlq.CheckIntermediate(in); err != nil {
+		return err
 	}
 	now := s.now()
-	ev = withTime(ev, now)
+	ev = sqlq.WithTime(ev, now)
 	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
 		return insertNew(ctx, tx, "intermediate",
-			`INSERT INTO intermediates (`+intermediateColumns+`, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-			ON CONFLICT (serial) DO NOTHING`,
-			in.Serial, in.Cluster, in.TrustDomain, in.RootFingerprint, in.NotBefore.Unix(), in.NotAfter.Unix(),
-			in.Fingerprint, in.DER, now.Unix())
+			insertIntermediateSQL, sqlq.IntermediateArgs(in, now.Unix())...)
 	})
 }
 
@@ -127,16 +124,21 @@ func (s *Store) AddRoot(ctx context.Context, r store.Root, ev store.AuditEvent) 
 }
 
 func (s *Store) addRoot(ctx context.Context, r store.Root, ev store.AuditEvent) error {
-	if r.Fingerprint == "" || len(r.DER) == 0 {
-		return errors.New("empty fingerprint or certificate")
+	if err := sqlq.CheckRoot(r); err != nil {
+		return err
 	}
-	ev = withTime(ev, s.now())
+	ev = sqlq.WithTime(ev, s.now())
 	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
 		return insertNew(ctx, tx, "root",
-			`INSERT INTO roots (`+rootColumns+`) VALUES (?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING`,
-			r.Fingerprint, r.DER, r.KeyRef, r.AddedAt.Unix(), r.ActivateAt.Unix())
+			insertRootSQL, sqlq.RootArgs(r)...)
 	})
 }
+
+var (
+	insertJoinTokenSQL    = sqlq.InsertJoinTokenSQL(sqlq.Question)
+	insertIntermediateSQL = sqlq.InsertIntermediateSQL(sqlq.Question)
+	insertRootSQL         = sqlq.InsertRootSQL(sqlq.Question)
+)
 
 // insertNew runs an INSERT ... ON CONFLICT DO NOTHING of one row and turns
 // "no row inserted" into an error wrapping store.ErrAlreadyExists.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 // PutRootCRL stores c as the CRL of its root unless the stored one has the
@@ -44,7 +45,7 @@ func (s *Store) RootCRLs(ctx context.Context) ([]store.RootCRL, error) {
 	if s.closed.Load() {
 		return nil, fmt.Errorf("sqlite: root CRLs: %w", store.ErrClosed)
 	}
-	out, err := collect(ctx, s.r, func(sc scanner) (store.RootCRL, error) {
+	out, err := collect(ctx, s.r, func(sc sqlq.Scanner) (store.RootCRL, error) {
 		var c store.RootCRL
 		err := sc.Scan(&c.RootFingerprint, &c.Number, &c.DER)
 		return c, err
@@ -74,16 +75,11 @@ func (s *Store) putIssuerCRL(ctx context.Context, c store.IssuerCRL) error {
 	if s.closed.Load() {
 		return store.ErrClosed
 	}
-	now := s.now().Unix()
-	if _, err := s.w.ExecContext(ctx, `DELETE FROM issuer_crls WHERE issuer_not_after <= ?`, now); err != nil {
+	now := s.now()
+	if _, err := s.w.ExecContext(ctx, sqlq.DeleteExpiredIssuerCRLsSQL(sqlq.Question), now.Unix()); err != nil {
 		return err
 	}
-	res, err := s.w.ExecContext(ctx, `INSERT INTO issuer_crls
-		(issuer_serial, cluster, number, der, issuer_chain, issuer_not_after, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (issuer_serial) DO UPDATE SET number = excluded.number, der = excluded.der,
-		issuer_chain = excluded.issuer_chain, updated_at = excluded.updated_at
-		WHERE issuer_crls.number < excluded.number AND issuer_crls.cluster = excluded.cluster`,
-		c.IssuerSerial, c.Cluster, c.Number, c.DER, store.JoinDER(c.IssuerChain), c.IssuerNotAfter.Unix(), now)
+	res, err := s.w.ExecContext(ctx, sqlq.PutIssuerCRLSQL(sqlq.Question), sqlq.IssuerCRLArgs(c, now)...)
 	if err != nil {
 		return err
 	}
@@ -99,19 +95,7 @@ func (s *Store) IssuerCRLs(ctx context.Context, now time.Time) ([]store.IssuerCR
 	if s.closed.Load() {
 		return nil, fmt.Errorf("sqlite: issuer CRLs: %w", store.ErrClosed)
 	}
-	out, err := collect(ctx, s.r, func(sc scanner) (store.IssuerCRL, error) {
-		var c store.IssuerCRL
-		var chain []byte
-		var notAfter int64
-		if err := sc.Scan(&c.IssuerSerial, &c.Cluster, &c.Number, &c.DER, &chain, &notAfter); err != nil {
-			return c, err
-		}
-		c.IssuerNotAfter = store.ExpiresFromUnix(notAfter)
-		var err error
-		c.IssuerChain, err = store.SplitDER(chain)
-		return c, err
-	}, `SELECT issuer_serial, cluster, number, der, issuer_chain, issuer_not_after FROM issuer_crls
-		WHERE issuer_not_after > ? ORDER BY issuer_serial`, now.Unix())
+	out, err := collect(ctx, s.r, sqlq.ScanIssuerCRL, sqlq.IssuerCRLsSQL(sqlq.Question), now.Unix())
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: issuer CRLs: %w", err)
 	}

@@ -5,12 +5,12 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"time"
 
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 // write is one queued write: an audit event, with the certificate it records
@@ -31,7 +31,7 @@ func (s *Store) RecordIssuance(ctx context.Context, cert store.Certificate, ev s
 		return errors.New("sqlite: record issuance: empty serial")
 	}
 	now := s.now()
-	if err := s.do(ctx, write{cert: &cert, createdAt: now.Unix(), ev: withTime(ev, now)}); err != nil {
+	if err := s.do(ctx, write{cert: &cert, createdAt: now.Unix(), ev: sqlq.WithTime(ev, now)}); err != nil {
 		return fmt.Errorf("sqlite: record issuance: %w", err)
 	}
 	return nil
@@ -39,7 +39,7 @@ func (s *Store) RecordIssuance(ctx context.Context, cert store.Certificate, ev s
 
 // AppendAudit appends ev to the audit chain and returns after it committed.
 func (s *Store) AppendAudit(ctx context.Context, ev store.AuditEvent) error {
-	if err := s.do(ctx, write{ev: withTime(ev, s.now())}); err != nil {
+	if err := s.do(ctx, write{ev: sqlq.WithTime(ev, s.now())}); err != nil {
 		return fmt.Errorf("sqlite: append audit: %w", err)
 	}
 	return nil
@@ -50,13 +50,6 @@ func (s *Store) do(ctx context.Context, w write) error {
 		return store.ErrClosed
 	}
 	return s.gc.Do(ctx, w)
-}
-
-func withTime(ev store.AuditEvent, now time.Time) store.AuditEvent {
-	if ev.Time.IsZero() {
-		ev.Time = now
-	}
-	return ev
 }
 
 // writeStmts are prepared once on the writer connection and bound to each
