@@ -30,7 +30,7 @@ const opsAdmin = "spiffe://east.example/ns/ops/sa/admin"
 // port until the test ends, wired as `meshca root serve` wires it.
 func (h *harness) serveAdminMTLS() string {
 	h.t.Helper()
-	get, err := h.root.ServingCertificate()
+	get, err := h.root.servingCertificate()
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -48,7 +48,7 @@ func (h *harness) serveAdminMTLS() string {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	root := h.root
-	go func() { done <- root.ServeAdminMTLS(ctx, lis, m) }()
+	go func() { done <- root.serveAdminMTLS(ctx, lis, m) }()
 	h.t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
