@@ -103,9 +103,9 @@ type Config struct {
 	HealthAddr string
 	// ShutdownTimeout bounds a graceful stop; zero means 5 s.
 	ShutdownTimeout time.Duration
-	// Registerer receives the agent's metrics (CRLRejectedMetricName,
-	// BundleRejectedMetricName); nil
-	// means no metrics. When it is also a prometheus.Gatherer (such as a
+	// Registerer receives the agent's metrics
+	// (meshca_agent_crl_rejected_total, meshca_agent_bundle_rejected_total);
+	// nil means no metrics. When it is also a prometheus.Gatherer (such as a
 	// *prometheus.Registry) and HealthAddr is set, the health server serves
 	// it at /metrics.
 	Registerer prometheus.Registerer
@@ -170,7 +170,7 @@ func (c *Config) validate() error {
 			return fmt.Errorf("agent: health address: %w", err)
 		}
 	}
-	if _, err := GenerateKeyFunc(c.KeyType); err != nil {
+	if _, err := generateKeyFunc(c.KeyType); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
 	return nil
@@ -188,8 +188,8 @@ func (c *Config) workloadSocketGID() (int, error) {
 	return int(gid), nil
 }
 
-func (c *Config) managerConfig(f Fetcher, pub *Publisher) ManagerConfig {
-	return ManagerConfig{
+func (c *Config) managerConfig(f fetcher, pub *publisher) managerConfig {
+	return managerConfig{
 		Fetcher: f, Publisher: pub, TokenFile: c.TokenFile, CABundleFile: c.CABundleFile,
 		KeyType: c.KeyType, TTL: c.TTL, SPIFFEID: c.SPIFFEID, OutputDir: c.OutputDir, Registerer: c.Registerer, Logger: c.Logger,
 	}
@@ -200,10 +200,10 @@ func (c *Config) managerConfig(f Fetcher, pub *Publisher) ManagerConfig {
 type Agent struct {
 	cfg        Config
 	client     *Client
-	pub        *Publisher
-	manager    *Manager
+	pub        *publisher
+	manager    *manager
 	loop       *rotation.Loop
-	watcher    *BundleWatcher // nil when disabled
+	watcher    *bundleWatcher // nil when disabled
 	servers    []server
 	healthAddr string
 }
@@ -216,7 +216,7 @@ func New(cfg Config) (_ *Agent, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, pub: NewPublisher()}
+	a := &Agent{cfg: cfg, pub: newPublisher()}
 	roots, err := readBundleFile(cfg.CABundleFile)
 	if err != nil {
 		return nil, err
@@ -235,14 +235,14 @@ func New(cfg Config) (_ *Agent, err error) {
 			a.close()
 		}
 	}()
-	if a.manager, err = NewManager(cfg.managerConfig(a.client, a.pub)); err != nil {
+	if a.manager, err = newManager(cfg.managerConfig(a.client, a.pub)); err != nil {
 		return nil, err
 	}
 	if a.loop, err = rotation.New(rotation.Config{Renewer: a.manager, RenewNow: a.manager.RenewNow(), Logger: cfg.Logger}); err != nil {
 		return nil, err
 	}
 	if !cfg.DisableBundleWatch {
-		a.watcher, err = NewBundleWatcher(BundleWatcherConfig{Source: a.client, Updater: a.manager, Issuer: cfg.IssuerAddress,
+		a.watcher, err = newBundleWatcher(bundleWatcherConfig{Source: a.client, Updater: a.manager, Issuer: cfg.IssuerAddress,
 			Registerer: cfg.Registerer, Logger: cfg.Logger})
 		if err != nil {
 			return nil, err
@@ -262,17 +262,17 @@ func (a *Agent) SetTokenFile(path string) error {
 		return err
 	}
 	a.manager.SetTokenFile(path)
-	a.client.SetTokenFile(path)
+	a.client.setTokenFile(path)
 	a.cfg.Logger.Info("token file replaced", "token_file", path)
 	return nil
 }
 
-// HealthAddr returns the address the health endpoints listen on ("" when
+// boundHealthAddr returns the address the health endpoints listen on ("" when
 // disabled); useful when Config.HealthAddr asked for port 0.
-func (a *Agent) HealthAddr() string { return a.healthAddr }
+func (a *Agent) boundHealthAddr() string { return a.healthAddr }
 
-// Ready reports nil while the agent holds a valid certificate, else why not.
-func (a *Agent) Ready() error { return a.manager.Ready() }
+// ready reports nil while the agent holds a valid certificate, else why not.
+func (a *Agent) ready() error { return a.manager.Ready() }
 
 // Run renews, follows the issuer's trust bundle and serves until ctx is
 // cancelled, then closes every stream
@@ -326,7 +326,7 @@ func (a *Agent) listen() (_ []server, err error) {
 		}
 	}()
 	if a.cfg.SDSSocket != "" {
-		sds, err := NewSDSServer(SDSConfig{Source: a.pub, Logger: a.cfg.Logger})
+		sds, err := newSDSServer(sdsConfig{Source: a.pub, Logger: a.cfg.Logger})
 		if err != nil {
 			return nil, err
 		}
@@ -339,7 +339,7 @@ func (a *Agent) listen() (_ []server, err error) {
 		servers = append(servers, s)
 	}
 	if a.cfg.WorkloadSocket != "" {
-		wl, err := NewWorkloadServer(WorkloadConfig{Source: a.pub, Logger: a.cfg.Logger})
+		wl, err := newWorkloadServer(workloadConfig{Source: a.pub, Logger: a.cfg.Logger})
 		if err != nil {
 			return nil, err
 		}

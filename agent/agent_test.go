@@ -84,7 +84,7 @@ func (ra *runningAgent) stop(t *testing.T) {
 func (ra *runningAgent) readyz(t *testing.T) (int, string) {
 	t.Helper()
 	c := &http.Client{Timeout: waitTimeout}
-	resp, err := c.Get("http://" + ra.HealthAddr() + "/readyz")
+	resp, err := c.Get("http://" + ra.boundHealthAddr() + "/readyz")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +137,7 @@ func TestAgentWithRealIssuer(t *testing.T) {
 		t.Fatal("X509Source saw no rotation")
 	}
 
-	for path, want := range map[string]os.FileMode{ra.cfg.SDSSocket: 0o600, ra.cfg.WorkloadSocket: 0o600, filepath.Join(ra.cfg.OutputDir, KeyFile): 0o600} {
+	for path, want := range map[string]os.FileMode{ra.cfg.SDSSocket: 0o600, ra.cfg.WorkloadSocket: 0o600, filepath.Join(ra.cfg.OutputDir, keyFile): 0o600} {
 		if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != want {
 			t.Errorf("%s: mode %v (%v), want %v", path, fi.Mode().Perm(), err, want)
 		}
@@ -174,7 +174,7 @@ func TestAgentSurvivesIssuerRestart(t *testing.T) {
 	// The renewal at about 2 s fails; the agent keeps serving the
 	// certificate it has, which is valid until about 4 s.
 	ra.logs.waitFor(t, "certificate renewal failed", `"expired":false`)
-	if err := ra.Ready(); err != nil {
+	if err := ra.ready(); err != nil {
 		t.Errorf("not ready while the certificate is valid: %v", err)
 	}
 	ti.start(t)
@@ -182,7 +182,7 @@ func TestAgentSurvivesIssuerRestart(t *testing.T) {
 	if second.Chain[0].Equal(first.Chain[0]) {
 		t.Error("no new certificate after the issuer came back")
 	}
-	if err := ra.Ready(); err != nil {
+	if err := ra.ready(); err != nil {
 		t.Errorf("not ready after recovery: %v", err)
 	}
 }
@@ -208,7 +208,7 @@ func TestAgentNotReadyWhenIssuerUnreachablePastExpiry(t *testing.T) {
 func TestValidateKeepsConfig(t *testing.T) {
 	testkit.ValidateKeepsConfig(t,
 		&Config{}, &Config{IssuerAddress: "issuer:8443", CABundleFile: "ca.pem", TokenFile: "token", OutputDir: t.TempDir()},
-		&ManagerConfig{}, &ManagerConfig{TokenFile: "token", CABundleFile: "ca.pem", TTL: time.Hour},
-		&BundleWatcherConfig{}, &BundleWatcherConfig{RetryMin: time.Minute, RetryMax: time.Second},
-		&WorkloadConfig{}, &SDSConfig{})
+		&managerConfig{}, &managerConfig{TokenFile: "token", CABundleFile: "ca.pem", TTL: time.Hour},
+		&bundleWatcherConfig{}, &bundleWatcherConfig{RetryMin: time.Minute, RetryMax: time.Second},
+		&workloadConfig{}, &sdsConfig{})
 }

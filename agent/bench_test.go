@@ -31,11 +31,11 @@ func BenchmarkSDSRotationPush(b *testing.B) {
 
 func benchPush(b *testing.B, streams int) {
 	tree := testkit.New(b, testkit.Options{})
-	snaps := []*Snapshot{
+	snaps := []*snapshot{
 		mustSnapshot(b, newSVID(b, tree, webID, time.Hour), tree.Bundle),
 		mustSnapshot(b, newSVID(b, tree, webID, time.Hour), tree.Bundle),
 	}
-	pub := NewPublisher()
+	pub := newPublisher()
 	pub.Publish(snaps[0])
 	path := startSDS(b, pub, discardLogger())
 
@@ -101,7 +101,7 @@ func openBenchStreams(ctx context.Context, b *testing.B, path string, n int) (re
 		if err != nil {
 			b.Fatal(err)
 		}
-		req := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "bench"}, ResourceNames: []string{ResourceDefault}, TypeUrl: SecretTypeURL}
+		req := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "bench"}, ResourceNames: []string{ResourceDefault}, TypeUrl: secretTypeURL}
 		if err := stream.Send(req); err != nil {
 			b.Fatal(err)
 		}
@@ -114,7 +114,7 @@ func openBenchStreams(ctx context.Context, b *testing.B, path string, n int) (re
 		}
 		ack := func(resp *discoveryv3.DiscoveryResponse) error {
 			return stream.Send(&discoveryv3.DiscoveryRequest{VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce(),
-				ResourceNames: []string{ResourceDefault}, TypeUrl: SecretTypeURL})
+				ResourceNames: []string{ResourceDefault}, TypeUrl: secretTypeURL})
 		}
 		if err := ack(resp); err != nil {
 			b.Fatal(err)

@@ -23,38 +23,38 @@ type BundleStream interface {
 	Recv() (*meshcav1.WatchBundleResponse, error)
 }
 
-// BundleSource opens trust bundle watches. *Client is the real one.
-type BundleSource interface {
+// bundleSource opens trust bundle watches. *Client is the real one.
+type bundleSource interface {
 	// WatchBundle opens a watch that first sends the current bundle unless
 	// its sequence is knownSequence, then every newer one. The stream ends
 	// when ctx is done.
 	WatchBundle(ctx context.Context, knownSequence uint64) (BundleStream, error)
 }
 
-var _ BundleSource = (*Client)(nil)
+var _ bundleSource = (*Client)(nil)
 
-// TrustUpdater is what a BundleWatcher keeps up to date. *Manager is the
+// trustUpdater is what a bundleWatcher keeps up to date. *manager is the
 // real one.
-type TrustUpdater interface {
+type trustUpdater interface {
 	// TrustBundleSequence returns the sequence of the bundle held; 0 for
 	// none.
 	TrustBundleSequence() uint64
 	// SetTrustBundle makes b the agent's trust, or fails with
-	// ErrStaleBundle when b is older than the bundle held (a bundle of the
+	// errStaleBundle when b is older than the bundle held (a bundle of the
 	// same sequence is applied: its CRLs may differ) and with
-	// ErrUntrustedBundle when no trusted root vouches for what it adds. It
+	// errUntrustedBundle when no trusted root vouches for what it adds. It
 	// reports whether anything served changed.
 	SetTrustBundle(b *trust.TrustBundle) (bool, error)
 }
 
-var _ TrustUpdater = (*Manager)(nil)
+var _ trustUpdater = (*manager)(nil)
 
-// BundleWatcherConfig configures a BundleWatcher.
-type BundleWatcherConfig struct {
+// bundleWatcherConfig configures a bundleWatcher.
+type bundleWatcherConfig struct {
 	// Source opens the watch on the issuer. Required.
-	Source BundleSource
+	Source bundleSource
 	// Updater receives every bundle. Required.
-	Updater TrustUpdater
+	Updater trustUpdater
 	// Issuer names the issuer in logs; empty means not logged.
 	Issuer string
 	// RetryMin is the delay before the first reconnection after a watch
@@ -64,14 +64,14 @@ type BundleWatcherConfig struct {
 	// RetryMax caps the reconnection delay; zero means 30 s (gRPC's
 	// reconnection cap in Client).
 	RetryMax time.Duration
-	// Registerer receives BundleRejectedMetricName; nil means no metrics.
+	// Registerer receives bundleRejectedMetricName; nil means no metrics.
 	Registerer prometheus.Registerer
 	// Logger: nil means slog.Default().
 	Logger *slog.Logger
 }
 
 // Validate reports the first problem with c. It does not change c.
-func (c BundleWatcherConfig) Validate() error {
+func (c bundleWatcherConfig) Validate() error {
 	c = c.withDefaults()
 	switch {
 	case c.Source == nil:
@@ -84,33 +84,33 @@ func (c BundleWatcherConfig) Validate() error {
 	return nil
 }
 
-// BundleWatcher follows the trust bundle the issuer publishes
+// bundleWatcher follows the trust bundle the issuer publishes
 // (meshca.v1.BundleService/WatchBundle) and hands every new one to its
-// TrustUpdater. It reconnects with exponential backoff and jitter while the
+// trustUpdater. It reconnects with exponential backoff and jitter while the
 // issuer is unreachable. An issuer without BundleService (a plain Istio CA)
 // stops it for good: the agent then trusts the CA bundle file only.
-type BundleWatcher struct {
-	cfg      BundleWatcherConfig
+type bundleWatcher struct {
+	cfg      bundleWatcherConfig
 	rejected *prometheus.CounterVec // nil: no metrics
 	// jitter returns a random duration in [0, d); rand by default.
 	jitter func(d time.Duration) time.Duration
 }
 
 // withDefaults returns c with its zero fields replaced by their defaults.
-func (c BundleWatcherConfig) withDefaults() BundleWatcherConfig {
+func (c bundleWatcherConfig) withDefaults() bundleWatcherConfig {
 	c.RetryMin = cmp.Or(c.RetryMin, time.Second)
 	c.RetryMax = cmp.Or(c.RetryMax, reconnectBackoff.MaxDelay)
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	return c
 }
 
-// NewBundleWatcher returns a watcher; call Run to start it.
-func NewBundleWatcher(cfg BundleWatcherConfig) (*BundleWatcher, error) {
+// newBundleWatcher returns a watcher; call Run to start it.
+func newBundleWatcher(cfg bundleWatcherConfig) (*bundleWatcher, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	w := &BundleWatcher{cfg: cfg, jitter: func(d time.Duration) time.Duration {
+	w := &bundleWatcher{cfg: cfg, jitter: func(d time.Duration) time.Duration {
 		if d <= 0 {
 			return 0
 		}
@@ -118,7 +118,7 @@ func NewBundleWatcher(cfg BundleWatcherConfig) (*BundleWatcher, error) {
 	}}
 	if cfg.Registerer != nil {
 		var err error
-		w.rejected, err = registerCounterVec(cfg.Registerer, BundleRejectedMetricName,
+		w.rejected, err = registerCounterVec(cfg.Registerer, bundleRejectedMetricName,
 			"Trust bundles received from the issuer and refused, by reason.", bundleRejectReasons...)
 		if err != nil {
 			return nil, fmt.Errorf("bundle watch: %w", err)
@@ -127,15 +127,15 @@ func NewBundleWatcher(cfg BundleWatcherConfig) (*BundleWatcher, error) {
 	return w, nil
 }
 
-// BundleRejectedMetricName counts the trust bundles the agent refused
+// bundleRejectedMetricName counts the trust bundles the agent refused
 // whole, by reason: malformed (does not decode), stale (older sequence
 // than the bundle held), untrusted (not vouched for by a trusted root),
 // crl_rollback (an older CRL than one accepted), crl_conflict (another CRL
 // under an accepted CRL number), crl_dropped (a current CRL left out) or
 // error (could not be applied). A refused bundle changes nothing.
-const BundleRejectedMetricName = "meshca_agent_bundle_rejected_total"
+const bundleRejectedMetricName = "meshca_agent_bundle_rejected_total"
 
-// Reasons of BundleRejectedMetricName.
+// Reasons of bundleRejectedMetricName.
 const (
 	bundleMalformed   = "malformed"
 	bundleStale       = "stale"
@@ -153,21 +153,21 @@ var bundleRejectReasons = []string{bundleMalformed, bundleStale, bundleUntrusted
 // the rest warnings.
 func rejectReason(err error) (string, slog.Level) {
 	switch {
-	case errors.Is(err, ErrStaleBundle):
+	case errors.Is(err, errStaleBundle):
 		return bundleStale, slog.LevelWarn
-	case errors.Is(err, ErrUntrustedBundle):
+	case errors.Is(err, errUntrustedBundle):
 		return bundleUntrusted, slog.LevelError
-	case errors.Is(err, ErrCRLRollback):
+	case errors.Is(err, errCRLRollback):
 		return bundleCRLRollback, slog.LevelWarn
-	case errors.Is(err, ErrCRLConflict):
+	case errors.Is(err, errCRLConflict):
 		return bundleCRLConflict, slog.LevelWarn
-	case errors.Is(err, ErrCRLDropped):
+	case errors.Is(err, errCRLDropped):
 		return bundleCRLDropped, slog.LevelWarn
 	}
 	return bundleError, slog.LevelError
 }
 
-func (w *BundleWatcher) reject(reason string) {
+func (w *bundleWatcher) reject(reason string) {
 	if w.rejected != nil {
 		w.rejected.WithLabelValues(reason).Inc()
 	}
@@ -176,7 +176,7 @@ func (w *BundleWatcher) reject(reason string) {
 // Run watches until ctx is cancelled (it then returns nil) or the issuer
 // turns out not to implement BundleService (it logs that once and returns
 // nil). It never fails: errors are logged and retried.
-func (w *BundleWatcher) Run(ctx context.Context) error {
+func (w *bundleWatcher) Run(ctx context.Context) error {
 	failures := 0
 	for {
 		start := time.Now()
@@ -215,7 +215,7 @@ func (w *BundleWatcher) Run(ctx context.Context) error {
 
 // watch runs one stream until it ends, and reports whether it delivered
 // anything and why it ended.
-func (w *BundleWatcher) watch(ctx context.Context) (received bool, _ error) {
+func (w *bundleWatcher) watch(ctx context.Context) (received bool, _ error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // releases the stream
 	stream, err := w.cfg.Source.WatchBundle(ctx, w.cfg.Updater.TrustBundleSequence())
@@ -234,9 +234,9 @@ func (w *BundleWatcher) watch(ctx context.Context) (received bool, _ error) {
 
 // apply decodes pb and hands it to the updater. A bundle that is malformed,
 // older than the one held or refused is logged and counted
-// (BundleRejectedMetricName) and dropped: the agent keeps the bundle, CRLs
+// (bundleRejectedMetricName) and dropped: the agent keeps the bundle, CRLs
 // and certificate it has.
-func (w *BundleWatcher) apply(pb *meshcav1.Bundle) {
+func (w *bundleWatcher) apply(pb *meshcav1.Bundle) {
 	b, err := trust.TrustBundleFromProto(pb)
 	if err != nil {
 		w.reject(bundleMalformed)
@@ -256,7 +256,7 @@ func (w *BundleWatcher) apply(pb *meshcav1.Bundle) {
 	w.log(level, "trust bundle rejected; keeping the current one", "sequence", b.Sequence, "reason", reason, "error", err.Error())
 }
 
-func (w *BundleWatcher) log(level slog.Level, msg string, attrs ...any) {
+func (w *bundleWatcher) log(level slog.Level, msg string, attrs ...any) {
 	if w.cfg.Issuer != "" {
 		attrs = append(attrs, "issuer", w.cfg.Issuer)
 	}

@@ -37,7 +37,7 @@ type watchCall struct {
 	known uint64
 }
 
-var _ BundleSource = (*fakeBundleSource)(nil)
+var _ bundleSource = (*fakeBundleSource)(nil)
 
 func (s *fakeBundleSource) WatchBundle(ctx context.Context, known uint64) (BundleStream, error) {
 	s.mu.Lock()
@@ -92,7 +92,7 @@ type fakeUpdater struct {
 	got []*trust.TrustBundle
 }
 
-var _ TrustUpdater = (*fakeUpdater)(nil)
+var _ trustUpdater = (*fakeUpdater)(nil)
 
 func (u *fakeUpdater) TrustBundleSequence() uint64 {
 	u.mu.Lock()
@@ -106,7 +106,7 @@ func (u *fakeUpdater) TrustBundleSequence() uint64 {
 func (u *fakeUpdater) SetTrustBundle(b *trust.TrustBundle) (bool, error) {
 	held := u.TrustBundleSequence()
 	if b.Sequence < held {
-		return false, fmt.Errorf("%w: %d < %d", ErrStaleBundle, b.Sequence, held)
+		return false, fmt.Errorf("%w: %d < %d", errStaleBundle, b.Sequence, held)
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -126,9 +126,9 @@ func (u *fakeUpdater) sequences() []uint64 {
 
 // runWatcher runs a watcher with jitter off inside a synctest bubble and
 // returns a function that stops it and waits for Run to return nil.
-func runWatcher(t *testing.T, src BundleSource, upd TrustUpdater, logs *logBuffer) (stop func(), done <-chan error) {
+func runWatcher(t *testing.T, src bundleSource, upd trustUpdater, logs *logBuffer) (stop func(), done <-chan error) {
 	t.Helper()
-	w, err := NewBundleWatcher(BundleWatcherConfig{Source: src, Updater: upd, Issuer: "issuer:15012", Logger: logs.logger()})
+	w, err := newBundleWatcher(bundleWatcherConfig{Source: src, Updater: upd, Issuer: "issuer:15012", Logger: logs.logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,20 +303,20 @@ func TestRetryDelay(t *testing.T) {
 func TestBundleWatcherConfig(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		cfg  BundleWatcherConfig
+		cfg  bundleWatcherConfig
 		want string
 	}{
-		{"no source", BundleWatcherConfig{Updater: &fakeUpdater{}}, "source is required"},
-		{"no updater", BundleWatcherConfig{Source: &fakeBundleSource{}}, "updater is required"},
-		{"inverted", BundleWatcherConfig{Source: &fakeBundleSource{}, Updater: &fakeUpdater{}, RetryMin: time.Minute, RetryMax: time.Second}, "not a range"},
+		{"no source", bundleWatcherConfig{Updater: &fakeUpdater{}}, "source is required"},
+		{"no updater", bundleWatcherConfig{Source: &fakeBundleSource{}}, "updater is required"},
+		{"inverted", bundleWatcherConfig{Source: &fakeBundleSource{}, Updater: &fakeUpdater{}, RetryMin: time.Minute, RetryMax: time.Second}, "not a range"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := NewBundleWatcher(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
+			if _, err := newBundleWatcher(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("err = %v, want %q", err, tc.want)
 			}
 		})
 	}
-	if _, err := NewBundleWatcher(BundleWatcherConfig{Source: &fakeBundleSource{}, Updater: &fakeUpdater{}}); err != nil {
+	if _, err := newBundleWatcher(bundleWatcherConfig{Source: &fakeBundleSource{}, Updater: &fakeUpdater{}}); err != nil {
 		t.Errorf("defaults: %v", err)
 	}
 }

@@ -16,14 +16,14 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// CRLRejectedMetricName counts the CRLs the agent dropped from the trust
+// crlRejectedMetricName counts the CRLs the agent dropped from the trust
 // bundles it received, by reason: invalid (does not parse or its signature
 // does not verify), untrusted (its issuer does not chain to its trust
 // domain's roots) or stale (not current when received, or expired while
 // held).
-const CRLRejectedMetricName = "meshca_agent_crl_rejected_total"
+const crlRejectedMetricName = "meshca_agent_crl_rejected_total"
 
-// Reasons of CRLRejectedMetricName.
+// Reasons of crlRejectedMetricName.
 const (
 	crlInvalid   = "invalid"
 	crlUntrusted = "untrusted"
@@ -41,7 +41,7 @@ func newCRLMetrics(reg prometheus.Registerer) (*crlMetrics, error) {
 	if reg == nil {
 		return nil, nil
 	}
-	c, err := registerCounterVec(reg, CRLRejectedMetricName,
+	c, err := registerCounterVec(reg, crlRejectedMetricName,
 		"CRLs dropped from received trust bundles, by reason (invalid, untrusted, stale).", crlInvalid, crlUntrusted, crlStale)
 	if err != nil {
 		return nil, err

@@ -95,10 +95,10 @@ func pemCRLs(t testing.TB, data []byte) [][]byte {
 	}
 }
 
-// rejectedCRLs returns the value of CRLRejectedMetricName for reason in g.
+// rejectedCRLs returns the value of crlRejectedMetricName for reason in g.
 func rejectedCRLs(t testing.TB, g prometheus.Gatherer, reason string) float64 {
 	t.Helper()
-	return counterByReason(t, g, CRLRejectedMetricName, reason)
+	return counterByReason(t, g, crlRejectedMetricName, reason)
 }
 
 // counterByReason returns the value of the counter name{reason} in g.
@@ -160,7 +160,7 @@ func TestAgentServesCRLs(t *testing.T) {
 	ra := startAgentWith(t, fi.addr, fi.bundleFile, dummyToken(t), 2*time.Second, func(c *Config) { c.Registerer = reg })
 	e := envoy(t, ra.cfg.SDSSocket, "node")
 	def := subscribe(t, e, ResourceDefault)
-	rootCA, all, own := subscribe(t, e, ResourceRootCA), subscribe(t, e, ResourceAll), subscribe(t, e, "spiffe://cluster.local")
+	rootCA, all, own := subscribe(t, e, ResourceRootCA), subscribe(t, e, resourceAll), subscribe(t, e, "spiffe://cluster.local")
 	next(t, def)
 	var onCRL1 *sdstest.Update
 	for _, s := range []*sdstest.Subscription{rootCA, all, own} {
@@ -239,12 +239,12 @@ func TestAgentServesCRLs(t *testing.T) {
 			t.Errorf("log line %s, want a WARN naming the trust domain", line)
 		}
 		if n := rejectedCRLs(t, reg, reason); n != 1 {
-			t.Errorf("%s{reason=%q} = %v, want 1", CRLRejectedMetricName, reason, n)
+			t.Errorf("%s{reason=%q} = %v, want 1", crlRejectedMetricName, reason, n)
 		}
 	}
 	ra.logs.waitFor(t, "trust bundle updated", `"sequence":11`)
 	nextUntil(t, def, "a renewal after the rejected CRLs", func(u *sdstest.Update) bool { return !u.Chain[0].Equal(last.Chain[0]) })
-	if err := ra.Ready(); err != nil {
+	if err := ra.ready(); err != nil {
 		t.Errorf("not ready: %v", err)
 	}
 	snap, _ := ra.pub.Current()
@@ -253,13 +253,13 @@ func TestAgentServesCRLs(t *testing.T) {
 	}
 
 	// The health server exports the counter.
-	resp, err := (&http.Client{Timeout: waitTimeout}).Get("http://" + ra.HealthAddr() + "/metrics")
+	resp, err := (&http.Client{Timeout: waitTimeout}).Get("http://" + ra.boundHealthAddr() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	body, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK || !strings.Contains(string(body), CRLRejectedMetricName+`{reason="untrusted"} 1`) {
+	if err != nil || resp.StatusCode != http.StatusOK || !strings.Contains(string(body), crlRejectedMetricName+`{reason="untrusted"} 1`) {
 		t.Errorf("/metrics: %d %v, want the CRL counter; body:\n%s", resp.StatusCode, err, body)
 	}
 }
@@ -270,7 +270,7 @@ func TestAgentServesCRLs(t *testing.T) {
 func TestManagerCRLs(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		reg := prometheus.NewRegistry()
-		f := startManager(t, func(c *ManagerConfig) { c.Registerer = reg })
+		f := startManager(t, func(c *managerConfig) { c.Registerer = reg })
 		t.Cleanup(f.mgr.Stop)
 		fed, err := ca.NewRoot(ca.RootConfig{Signer: testkit.Key(t, "crl-fed-root"), CommonName: "federated root"})
 		if err != nil {
@@ -304,7 +304,7 @@ func TestManagerCRLs(t *testing.T) {
 			{webID.TrustDomain().IDString(), []trust.CRL{inter1, root3}},
 			{east.IDString(), []trust.CRL{root3}},
 			{otherTD.IDString(), []trust.CRL{fed1}},
-			{ResourceAll, []trust.CRL{inter1, root3, fed1}},
+			{resourceAll, []trust.CRL{inter1, root3, fed1}},
 		} {
 			if got := pemCRLs(t, snap.sdsBundle(tc.name).crlPEM); !sameDERs(got, tc.want...) {
 				t.Errorf("%s: %d CRLs, want %d", tc.name, len(got), len(tc.want))
@@ -354,7 +354,7 @@ func TestManagerCRLs(t *testing.T) {
 		// Renewals keep the CRLs; when the last expire nothing is served.
 		time.Sleep(2 * time.Hour)
 		last := f.current()
-		if last.SVIDVersion() == snap.SVIDVersion() || len(last.CRLs()) != 0 || last.CRLVersion() != "" || last.sdsBundle(ResourceAll).crlPEM != nil {
+		if last.SVIDVersion() == snap.SVIDVersion() || len(last.CRLs()) != 0 || last.CRLVersion() != "" || last.sdsBundle(resourceAll).crlPEM != nil {
 			t.Errorf("2 hours later: %d CRLs (version %q), want a renewed certificate and none", len(last.CRLs()), last.CRLVersion())
 		}
 		if n := rejectedCRLs(t, reg, crlStale); n != 3 {

@@ -21,12 +21,12 @@ import (
 //     issuerKey) the agent remembers the highest CRL number it accepted and
 //     the CRL that carried it, for as long as it runs. A bundle whose newest
 //     valid CRL of that issuer has a lower number is refused
-//     (ErrCRLRollback); one with the same number but other content is
-//     refused too (ErrCRLConflict): a CRL issuer never signs two CRLs under
+//     (errCRLRollback); one with the same number but other content is
+//     refused too (errCRLConflict): a CRL issuer never signs two CRLs under
 //     one number.
 //   - Stripping: a bundle must carry, in each trust domain, a CRL of every
 //     issuer whose CRL the agent serves for that domain and that is still
-//     current (ErrCRLDropped). A held CRL is current at now when now is
+//     current (errCRLDropped). A held CRL is current at now when now is
 //     more than crlDropGrace before its NextUpdate (the root drops a CRL at
 //     NextUpdate by its own clock, which may run ahead of the agent's) and
 //     its issuer is still trusted by the new bundle for that trust domain:
@@ -49,9 +49,9 @@ const crlDropGrace = 5 * time.Minute
 
 // Errors of a trust bundle that would take the CRLs backwards.
 var (
-	ErrCRLRollback = errors.New("trust bundle carries an older CRL than one already accepted")
-	ErrCRLConflict = errors.New("trust bundle carries a CRL with the number of an accepted one but other content")
-	ErrCRLDropped  = errors.New("trust bundle omits a current CRL")
+	errCRLRollback = errors.New("trust bundle carries an older CRL than one already accepted")
+	errCRLConflict = errors.New("trust bundle carries a CRL with the number of an accepted one but other content")
+	errCRLDropped  = errors.New("trust bundle omits a current CRL")
 )
 
 // crlMark is the highest CRL number accepted from one issuer, with the CRL
@@ -73,9 +73,9 @@ func checkCRLProgress(marks map[[32]byte]crlMark, held, next map[spiffeid.TrustD
 			}
 			switch c := h.number.Cmp(m.number); {
 			case c < 0:
-				return fmt.Errorf("%w: issuer %q, CRL number %s, accepted %s", ErrCRLRollback, h.issuerName, h.number, m.number)
+				return fmt.Errorf("%w: issuer %q, CRL number %s, accepted %s", errCRLRollback, h.issuerName, h.number, m.number)
 			case c == 0 && !bytes.Equal(h.der, m.der):
-				return fmt.Errorf("%w: issuer %q, CRL number %s", ErrCRLConflict, h.issuerName, h.number)
+				return fmt.Errorf("%w: issuer %q, CRL number %s", errCRLConflict, h.issuerName, h.number)
 			}
 		}
 	}
@@ -85,7 +85,7 @@ func checkCRLProgress(marks map[[32]byte]crlMark, held, next map[spiffeid.TrustD
 			if !now.Add(crlDropGrace).Before(h.nextUpdate) || carriesIssuer(next[td], h.issuer) || !issuerTrusted(h, b, td, revoked, now) {
 				continue
 			}
-			return fmt.Errorf("%w: trust domain %s, issuer %q, CRL number %s valid until %s", ErrCRLDropped,
+			return fmt.Errorf("%w: trust domain %s, issuer %q, CRL number %s valid until %s", errCRLDropped,
 				td.Name(), h.issuerName, h.number, h.nextUpdate.UTC().Format(time.RFC3339))
 		}
 	}

@@ -21,10 +21,10 @@ import (
 	"github.com/meshca/meshca/trust"
 )
 
-// rejectedBundles returns the value of BundleRejectedMetricName for reason.
+// rejectedBundles returns the value of bundleRejectedMetricName for reason.
 func rejectedBundles(t testing.TB, g prometheus.Gatherer, reason string) float64 {
 	t.Helper()
-	return counterByReason(t, g, BundleRejectedMetricName, reason)
+	return counterByReason(t, g, bundleRejectedMetricName, reason)
 }
 
 // TestAgentRefusesCRLRollback plays an issuer that relays the root's
@@ -74,7 +74,7 @@ func TestAgentRefusesCRLRollback(t *testing.T) {
 		fi.pushBundle(bundle(tc.crls...))
 		ra.logs.waitFor(t, "trust bundle rejected", `"reason":"`+tc.reason+`"`, `"level":"WARN"`, `"sequence":10`)
 		if n := rejectedBundles(t, reg, tc.reason); n != 1 {
-			t.Errorf("%s{reason=%q} = %v, want 1", BundleRejectedMetricName, tc.reason, n)
+			t.Errorf("%s{reason=%q} = %v, want 1", bundleRejectedMetricName, tc.reason, n)
 		}
 		if snap, _ := ra.pub.Current(); !sameDERs(snap.CRLs(), crl200) {
 			t.Errorf("after the %s bundle the agent serves %d CRLs, want CRL 200", tc.reason, len(snap.CRLs()))
@@ -92,7 +92,7 @@ func TestAgentRefusesCRLRollback(t *testing.T) {
 	if err != nil || !sameDERs(r.GetCrl(), crl300) {
 		t.Errorf("Workload API after CRL 200: %v, %d CRLs, want CRL 300", err, len(r.GetCrl()))
 	}
-	if err := ra.Ready(); err != nil {
+	if err := ra.ready(); err != nil {
 		t.Errorf("not ready: %v", err)
 	}
 }
@@ -114,10 +114,10 @@ func TestManagerCRLCurrent(t *testing.T) {
 		if _, err := f.mgr.SetTrustBundle(bundle(f.tree.Bundle, inter, root1)); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.mgr.SetTrustBundle(bundle(f.tree.Bundle, root1)); !errors.Is(err, ErrCRLDropped) {
+		if _, err := f.mgr.SetTrustBundle(bundle(f.tree.Bundle, root1)); !errors.Is(err, errCRLDropped) {
 			t.Errorf("the intermediate's CRL left out while it is trusted: %v, want ErrCRLDropped", err)
 		}
-		if _, err := f.mgr.SetTrustBundle(bundle(f.tree.Bundle, inter)); !errors.Is(err, ErrCRLDropped) {
+		if _, err := f.mgr.SetTrustBundle(bundle(f.tree.Bundle, inter)); !errors.Is(err, errCRLDropped) {
 			t.Errorf("the root's CRL left out: %v, want ErrCRLDropped", err)
 		}
 		// The root CRL revokes the intermediate: its CRL may go.
@@ -135,7 +135,7 @@ func TestManagerCRLCurrent(t *testing.T) {
 		// The root CRL may go once it is about to expire (the root's clock
 		// may run ahead), not before.
 		time.Sleep(time.Hour - crlDropGrace - time.Minute)
-		if _, err := f.mgr.SetTrustBundle(bundle(f.tree.Bundle)); !errors.Is(err, ErrCRLDropped) {
+		if _, err := f.mgr.SetTrustBundle(bundle(f.tree.Bundle)); !errors.Is(err, errCRLDropped) {
 			t.Errorf("the root CRL left out 6 minutes before it expires: %v, want ErrCRLDropped", err)
 		}
 		time.Sleep(time.Minute + time.Second)
@@ -143,7 +143,7 @@ func TestManagerCRLCurrent(t *testing.T) {
 			t.Errorf("the root CRL left out 5 minutes before it expires: %v, want it accepted", err)
 		}
 		// A CRL numbered like one accepted before it expired is a rollback.
-		if _, err := f.mgr.SetTrustBundle(bundle(f.tree.Bundle, signCRL(t, f.tree.Root, 1, time.Now(), time.Hour))); !errors.Is(err, ErrCRLRollback) {
+		if _, err := f.mgr.SetTrustBundle(bundle(f.tree.Bundle, signCRL(t, f.tree.Root, 1, time.Now(), time.Hour))); !errors.Is(err, errCRLRollback) {
 			t.Errorf("root CRL 1 after 2: %v, want ErrCRLRollback", err)
 		}
 		// A root that leaves the bundle takes its CRL along.

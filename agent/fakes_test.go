@@ -34,8 +34,8 @@ type fakeFetcher struct {
 }
 
 var (
-	_ Fetcher   = (*fakeFetcher)(nil)
-	_ CRLSetter = (*fakeFetcher)(nil)
+	_ fetcher   = (*fakeFetcher)(nil)
+	_ crlSetter = (*fakeFetcher)(nil)
 )
 
 func (f *fakeFetcher) SetCRLs(ders [][]byte) error {

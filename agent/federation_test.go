@@ -91,7 +91,7 @@ func TestAgentFollowsIssuerBundle(t *testing.T) {
 	e := envoy(t, ra.cfg.SDSSocket, "node")
 	def := subscribe(t, e, ResourceDefault)
 	rootCA := subscribe(t, e, ResourceRootCA)
-	all := subscribe(t, e, ResourceAll)
+	all := subscribe(t, e, resourceAll)
 	other := subscribe(t, e, otherTD.IDString())
 	own := subscribe(t, e, "spiffe://cluster.local")
 	next(t, def)
@@ -150,7 +150,7 @@ func TestAgentFollowsIssuerBundle(t *testing.T) {
 	waitSource(t, src, otherTD, fed1, fed2)
 	waitSource(t, src, webID.TrustDomain(), root1, root2)
 	ra.logs.waitFor(t, "trust bundle updated", `"sequence":11`)
-	bundlePEM, err := os.ReadFile(filepath.Join(ra.cfg.OutputDir, BundleFile))
+	bundlePEM, err := os.ReadFile(filepath.Join(ra.cfg.OutputDir, bundleFile))
 	if err != nil || !strings.Contains(string(bundlePEM), pemStrings(root2)[0]) {
 		t.Errorf("bundle.pem does not hold the new root (%v)", err)
 	}
@@ -198,7 +198,7 @@ func TestAgentWithoutBundleService(t *testing.T) {
 	e := envoy(t, ra.cfg.SDSSocket, "node")
 	def := subscribe(t, e, ResourceDefault)
 	first := next(t, def)
-	if u := next(t, subscribe(t, e, ResourceAll)); !sameCerts(u.Roots, tree.Root.Certificate) {
+	if u := next(t, subscribe(t, e, resourceAll)); !sameCerts(u.Roots, tree.Root.Certificate) {
 		t.Errorf("ALL: %d roots, want the CA bundle file's root", len(u.Roots))
 	}
 	if u := next(t, def); u.Chain[0].Equal(first.Chain[0]) {
@@ -207,7 +207,7 @@ func TestAgentWithoutBundleService(t *testing.T) {
 	if n := strings.Count(ra.logs.String(), "does not publish trust bundles"); n != 1 {
 		t.Errorf("logged %d times, want once", n)
 	}
-	if err := ra.Ready(); err != nil {
+	if err := ra.ready(); err != nil {
 		t.Errorf("not ready: %v", err)
 	}
 }
@@ -230,7 +230,7 @@ func TestAgentBundleWatchDisabled(t *testing.T) {
 	defer testkit.Go(t, "Run", a.Run)()
 	e := envoy(t, cfg.SDSSocket, "node")
 	next(t, subscribe(t, e, ResourceDefault))
-	if u := next(t, subscribe(t, e, ResourceAll)); !sameCerts(u.Roots, tree.Root.Certificate) {
+	if u := next(t, subscribe(t, e, resourceAll)); !sameCerts(u.Roots, tree.Root.Certificate) {
 		t.Errorf("ALL: %d roots, want only the CA bundle file's root", len(u.Roots))
 	}
 	if calls := fi.watchCalls(); len(calls) != 0 {

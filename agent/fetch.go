@@ -44,16 +44,16 @@ const (
 
 // GenerateKey creates a private key of the given type (KeyECP256 when empty).
 func GenerateKey(keyType string) (crypto.Signer, error) {
-	gen, err := GenerateKeyFunc(keyType)
+	gen, err := generateKeyFunc(keyType)
 	if err != nil {
 		return nil, err
 	}
 	return gen()
 }
 
-// GenerateKeyFunc returns a generator of keys of the given type (KeyECP256
+// generateKeyFunc returns a generator of keys of the given type (KeyECP256
 // when empty), or an error for an unknown type.
-func GenerateKeyFunc(keyType string) (func() (crypto.Signer, error), error) {
+func generateKeyFunc(keyType string) (func() (crypto.Signer, error), error) {
 	switch keyType {
 	case "", KeyECP256:
 		return func() (crypto.Signer, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }, nil
@@ -230,8 +230,8 @@ func (c *Client) verifyConnection(cs tls.ConnectionState) error {
 	return check.VerifyConnection(cs)
 }
 
-// SetTokenFile makes every later bundle watch read its token from path.
-func (c *Client) SetTokenFile(path string) { c.tokenFile.Store(&path) }
+// setTokenFile makes every later bundle watch read its token from path.
+func (c *Client) setTokenFile(path string) { c.tokenFile.Store(&path) }
 
 // WatchBundle opens the issuer's trust bundle watch
 // (meshca.v1.BundleService/WatchBundle) on the connection Fetch uses, so the
@@ -293,7 +293,7 @@ type SVID struct {
 // it): an issuer holds an intermediate constrained to one trust domain, and
 // letting it add roots would turn one compromised issuer into a root for
 // every trust domain. New roots reach agents through the CA bundle file
-// and the bundle watch (BundleWatcher), which Manager turns into SetRoots.
+// and the bundle watch (bundleWatcher), which Manager turns into SetRoots.
 func (c *Client) Fetch(ctx context.Context, key crypto.Signer, token string, ttl time.Duration) (*SVID, error) {
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {

@@ -13,9 +13,9 @@ import (
 
 // File names written by WriteFiles.
 const (
-	CertFile   = "cert.pem"
-	KeyFile    = "key.pem"
-	BundleFile = "bundle.pem"
+	certFile   = "cert.pem"
+	keyFile    = "key.pem"
+	bundleFile = "bundle.pem"
 )
 
 // WriteFiles writes svid into dir as cert.pem (leaf then intermediates),
@@ -35,9 +35,9 @@ func WriteFiles(dir string, svid *SVID) error {
 		data []byte
 		mode os.FileMode
 	}{
-		{KeyFile, pemEncode(block), 0o600},
-		{CertFile, trust.EncodeCertificates(svid.Chain...), 0o644},
-		{BundleFile, trust.EncodeCertificates(svid.Roots...), 0o644},
+		{keyFile, pemEncode(block), 0o600},
+		{certFile, trust.EncodeCertificates(svid.Chain...), 0o644},
+		{bundleFile, trust.EncodeCertificates(svid.Roots...), 0o644},
 	}
 	for _, f := range files {
 		if err := renameio.WriteFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {

@@ -9,10 +9,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// HealthHandler serves GET /healthz (200 while the process serves HTTP at
+// healthHandler serves GET /healthz (200 while the process serves HTTP at
 // all) and GET /readyz (200 while m holds a valid certificate; 503 with the
 // reason otherwise). Bodies are one line of text.
-func HealthHandler(m *Manager) http.Handler {
+func healthHandler(m *manager) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -31,10 +31,10 @@ func HealthHandler(m *Manager) http.Handler {
 	return mux
 }
 
-// healthAndMetrics is HealthHandler plus GET /metrics from g; without g it
-// is HealthHandler.
-func healthAndMetrics(m *Manager, g prometheus.Gatherer) http.Handler {
-	health := HealthHandler(m)
+// healthAndMetrics is healthHandler plus GET /metrics from g; without g it
+// is healthHandler.
+func healthAndMetrics(m *manager, g prometheus.Gatherer) http.Handler {
+	health := healthHandler(m)
 	if g == nil {
 		return health
 	}

@@ -53,9 +53,9 @@ func newSVIDAt(t testing.TB, tree *testkit.Tree, id spiffeid.ID, now time.Time, 
 	return &SVID{Chain: []*x509.Certificate{leaf, tree.Intermediate.Certificate}, Key: key, Roots: tree.Bundle.Roots()}
 }
 
-func mustSnapshot(t testing.TB, svid *SVID, b *trust.Bundle) *Snapshot {
+func mustSnapshot(t testing.TB, svid *SVID, b *trust.Bundle) *snapshot {
 	t.Helper()
-	s, err := NewSnapshot(svid, b)
+	s, err := newSnapshot(svid, b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,9 +164,9 @@ func serveGRPC(t testing.TB, g *grpc.Server, shutdown func()) string {
 }
 
 // startSDS serves an SDS server over src and returns its socket path.
-func startSDS(t testing.TB, src Source, log *slog.Logger) string {
+func startSDS(t testing.TB, src source, log *slog.Logger) string {
 	t.Helper()
-	sds, err := NewSDSServer(SDSConfig{Source: src, Logger: log})
+	sds, err := newSDSServer(sdsConfig{Source: src, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,7 +73,7 @@ func TestAgentRefusesWrongLeaf(t *testing.T) {
 			if snap, _ := ra.pub.Current(); snap.SVID() != nil {
 				t.Errorf("the agent serves %s", snap.ID())
 			}
-			if err := ra.Ready(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			if err := ra.ready(); err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("Ready: %v, want %q", err, tc.want)
 			}
 		})

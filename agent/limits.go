@@ -22,9 +22,9 @@ import (
 // while Envoy (a handful of streams on one or two connections) and a few
 // application processes stay far below them.
 const (
-	DefaultMaxConnections          = 32
-	DefaultMaxStreamsPerConnection = 256
-	DefaultMaxStreams              = 1024
+	defaultMaxConnections          = 32
+	defaultMaxStreamsPerConnection = 256
+	defaultMaxStreams              = 1024
 )
 
 // StreamLimits bound what the clients of one of the agent's sockets may
@@ -33,22 +33,22 @@ const (
 type StreamLimits struct {
 	// MaxConnections caps the connections open at once; further ones are
 	// closed as soon as they are accepted. Zero means
-	// DefaultMaxConnections.
+	// defaultMaxConnections.
 	MaxConnections int
 	// MaxStreamsPerConnection is the HTTP/2 concurrent stream limit
 	// announced to each client (gRPC clients queue streams beyond it).
-	// Zero means DefaultMaxStreamsPerConnection.
+	// Zero means defaultMaxStreamsPerConnection.
 	MaxStreamsPerConnection int
 	// MaxStreams caps the streams open at once over all connections;
 	// further ones fail with ResourceExhausted. Zero means
-	// DefaultMaxStreams.
+	// defaultMaxStreams.
 	MaxStreams int
 }
 
 func (l StreamLimits) withDefaults() StreamLimits {
-	l.MaxConnections = cmp.Or(l.MaxConnections, DefaultMaxConnections)
-	l.MaxStreamsPerConnection = cmp.Or(l.MaxStreamsPerConnection, DefaultMaxStreamsPerConnection)
-	l.MaxStreams = cmp.Or(l.MaxStreams, DefaultMaxStreams)
+	l.MaxConnections = cmp.Or(l.MaxConnections, defaultMaxConnections)
+	l.MaxStreamsPerConnection = cmp.Or(l.MaxStreamsPerConnection, defaultMaxStreamsPerConnection)
+	l.MaxStreams = cmp.Or(l.MaxStreams, defaultMaxStreams)
 	return l
 }
 

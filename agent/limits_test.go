@@ -90,7 +90,7 @@ func TestStreamLimits(t *testing.T) {
 		t.Errorf("a fourth SDS stream: %v, want ResourceExhausted", err)
 	}
 	ra.logs.waitFor(t, "stream limit reached", `"socket":"sds"`)
-	if err := ra.Ready(); err != nil {
+	if err := ra.ready(); err != nil {
 		t.Errorf("not ready: %v", err)
 	}
 }

@@ -23,8 +23,8 @@ import (
 	"github.com/meshca/meshca/trust"
 )
 
-// Fetcher obtains certificates from an issuer. *Client is the real one.
-type Fetcher interface {
+// fetcher obtains certificates from an issuer. *Client is the real one.
+type fetcher interface {
 	// Fetch sends a CSR for key, authenticated by token, and returns the
 	// verified SVID.
 	Fetch(ctx context.Context, key crypto.Signer, token string, ttl time.Duration) (*SVID, error)
@@ -33,23 +33,23 @@ type Fetcher interface {
 	SetRoots(roots *trust.Bundle) error
 }
 
-var _ Fetcher = (*Client)(nil)
+var _ fetcher = (*Client)(nil)
 
-// CRLSetter is an optional capability of a Fetcher: it receives the
+// crlSetter is an optional capability of a Fetcher: it receives the
 // verified CRLs the Manager holds, so that it can refuse an issuer whose
 // intermediate the root revoked.
-type CRLSetter interface {
+type crlSetter interface {
 	SetCRLs(ders [][]byte) error
 }
 
-var _ CRLSetter = (*Client)(nil)
+var _ crlSetter = (*Client)(nil)
 
-// ManagerConfig configures a Manager.
-type ManagerConfig struct {
+// managerConfig configures a Manager.
+type managerConfig struct {
 	// Fetcher talks to the issuer. Required.
-	Fetcher Fetcher
+	Fetcher fetcher
 	// Publisher receives every new snapshot. Required.
-	Publisher *Publisher
+	Publisher *publisher
 	// TokenFile holds the bearer token; it is read for every renewal,
 	// because kubelet rotates projected tokens. Required.
 	TokenFile string
@@ -70,7 +70,7 @@ type ManagerConfig struct {
 	// OutputDir, when set, receives cert.pem, key.pem (0600) and bundle.pem
 	// after every renewal; empty means the key never touches the disk.
 	OutputDir string
-	// Registerer receives the agent's CRL metric (CRLRejectedMetricName);
+	// Registerer receives the agent's CRL metric (crlRejectedMetricName);
 	// nil means no metrics.
 	Registerer prometheus.Registerer
 	// Logger: nil means slog.Default().
@@ -78,7 +78,7 @@ type ManagerConfig struct {
 }
 
 // Validate reports the first problem with c. It does not change c.
-func (c ManagerConfig) Validate() error {
+func (c managerConfig) Validate() error {
 	switch {
 	case c.Fetcher == nil:
 		return errors.New("agent: fetcher is required")
@@ -91,21 +91,21 @@ func (c ManagerConfig) Validate() error {
 	case c.TTL < 0:
 		return fmt.Errorf("agent: ttl %v is negative", c.TTL)
 	}
-	if _, err := GenerateKeyFunc(c.KeyType); err != nil {
+	if _, err := generateKeyFunc(c.KeyType); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
 	return nil
 }
 
-// Manager keeps the agent's identity: it is the rotation.Renewer that
+// manager keeps the agent's identity: it is the rotation.Renewer that
 // fetches each new certificate and publishes it, and it knows whether the
 // agent is ready. Renew is called by one goroutine at a time; Ready may be
 // called concurrently.
-type Manager struct {
-	cfg     ManagerConfig
+type manager struct {
+	cfg     managerConfig
 	newKey  func() (crypto.Signer, error)
 	metrics *crlMetrics
-	// tokenFile is ManagerConfig.TokenFile until SetTokenFile.
+	// tokenFile is managerConfig.TokenFile until SetTokenFile.
 	tokenFile atomic.Pointer[string]
 
 	mu          sync.Mutex
@@ -142,34 +142,34 @@ type Manager struct {
 	revokedSerial string
 }
 
-var _ rotation.Renewer = (*Manager)(nil)
+var _ rotation.Renewer = (*manager)(nil)
 
 // withDefaults returns c with its zero fields replaced by their defaults.
-func (c ManagerConfig) withDefaults() ManagerConfig {
+func (c managerConfig) withDefaults() managerConfig {
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	return c
 }
 
-// NewManager reads the CA bundle file and publishes it, so that trust
+// newManager reads the CA bundle file and publishes it, so that trust
 // bundles can be served before the first certificate arrives.
-func NewManager(cfg ManagerConfig) (*Manager, error) {
+func newManager(cfg managerConfig) (*manager, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	newKey, _ := GenerateKeyFunc(cfg.KeyType)
+	newKey, _ := generateKeyFunc(cfg.KeyType)
 	metrics, err := newCRLMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	m := &Manager{cfg: cfg, newKey: newKey, metrics: metrics, crlMarks: map[[32]byte]crlMark{}, renewNow: make(chan struct{}, 1)}
+	m := &manager{cfg: cfg, newKey: newKey, metrics: metrics, crlMarks: map[[32]byte]crlMark{}, renewNow: make(chan struct{}, 1)}
 	m.tokenFile.Store(&cfg.TokenFile)
 	bundle, err := m.readBundle()
 	if err != nil {
 		return nil, err
 	}
 	m.fileRoots = bundle
-	snap, err := NewSnapshot(nil, bundle)
+	snap, err := newSnapshot(nil, bundle)
 	if err != nil {
 		return nil, err
 	}
@@ -184,7 +184,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 // bundles. On failure the current snapshot stays. Errors the issuer will
 // repeat (Unauthenticated, PermissionDenied, InvalidArgument) are marked
 // rotation.ErrRefused.
-func (m *Manager) Renew(ctx context.Context) (rotation.Validity, error) {
+func (m *manager) Renew(ctx context.Context) (rotation.Validity, error) {
 	v, err := m.renew(ctx)
 	m.mu.Lock()
 	m.lastErr, m.lastAttempt = err, time.Now()
@@ -192,7 +192,7 @@ func (m *Manager) Renew(ctx context.Context) (rotation.Validity, error) {
 	return v, err
 }
 
-func (m *Manager) renew(ctx context.Context) (rotation.Validity, error) {
+func (m *manager) renew(ctx context.Context) (rotation.Validity, error) {
 	fileBundle, err := m.readBundle()
 	if err != nil {
 		return rotation.Validity{}, err
@@ -240,43 +240,43 @@ func (m *Manager) renew(ctx context.Context) (rotation.Validity, error) {
 }
 
 // SetTokenFile makes every later renewal read the token from path.
-func (m *Manager) SetTokenFile(path string) { m.tokenFile.Store(&path) }
+func (m *manager) SetTokenFile(path string) { m.tokenFile.Store(&path) }
 
-// ErrWrongIdentity reports a certificate from the issuer that does not
+// errWrongIdentity reports a certificate from the issuer that does not
 // carry the identity the agent expects.
-var ErrWrongIdentity = errors.New("issued certificate carries an unexpected identity")
+var errWrongIdentity = errors.New("issued certificate carries an unexpected identity")
 
 // checkIdentityLocked returns the SPIFFE ID of leaf, a certificate just
-// fetched, or ErrWrongIdentity when it is not ManagerConfig.SPIFFEID (or,
+// fetched, or errWrongIdentity when it is not managerConfig.SPIFFEID (or,
 // without one, the identity of the certificates obtained before), or when
 // its trust domain is not one of the held trust bundle's own. The caller
 // holds trustMu.
-func (m *Manager) checkIdentityLocked(leaf *x509.Certificate) (spiffeid.ID, error) {
+func (m *manager) checkIdentityLocked(leaf *x509.Certificate) (spiffeid.ID, error) {
 	if len(leaf.URIs) != 1 {
-		return spiffeid.ID{}, fmt.Errorf("%w: %d URI SANs", ErrWrongIdentity, len(leaf.URIs))
+		return spiffeid.ID{}, fmt.Errorf("%w: %d URI SANs", errWrongIdentity, len(leaf.URIs))
 	}
 	id, err := spiffeid.FromURI(leaf.URIs[0])
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%w: %w", ErrWrongIdentity, err)
+		return spiffeid.ID{}, fmt.Errorf("%w: %w", errWrongIdentity, err)
 	}
 	want := m.cfg.SPIFFEID
 	if want.IsZero() {
 		want = m.id
 	}
 	if !want.IsZero() && id != want {
-		return spiffeid.ID{}, fmt.Errorf("%w: %s, want %s", ErrWrongIdentity, id, want)
+		return spiffeid.ID{}, fmt.Errorf("%w: %s, want %s", errWrongIdentity, id, want)
 	}
 	if m.trust != nil && !slices.ContainsFunc(m.trust.Domains, func(d trust.DomainBundle) bool {
 		return !d.Federated && d.TrustDomain == id.TrustDomain()
 	}) {
-		return spiffeid.ID{}, fmt.Errorf("%w: %s is not in a trust domain of the trust bundle", ErrWrongIdentity, id)
+		return spiffeid.ID{}, fmt.Errorf("%w: %s is not in a trust domain of the trust bundle", errWrongIdentity, id)
 	}
 	return id, nil
 }
 
 // setFileRoots records the CA bundle file's roots and gives the fetcher the
 // resulting trust anchors, which it returns.
-func (m *Manager) setFileRoots(file *trust.Bundle) (*trust.Bundle, error) {
+func (m *manager) setFileRoots(file *trust.Bundle) (*trust.Bundle, error) {
 	m.trustMu.Lock()
 	defer m.trustMu.Unlock()
 	m.fileRoots = file
@@ -293,7 +293,7 @@ func (m *Manager) setFileRoots(file *trust.Bundle) (*trust.Bundle, error) {
 // anchorsLocked returns the roots that authenticate the issuer and verify
 // what it issues: the CA bundle file's and the watched bundle's own. The
 // caller holds trustMu.
-func (m *Manager) anchorsLocked() (*trust.Bundle, error) {
+func (m *manager) anchorsLocked() (*trust.Bundle, error) {
 	roots := m.fileRoots.Roots()
 	if m.trust != nil {
 		if own := m.trust.OwnRoots(); own != nil {
@@ -310,7 +310,7 @@ func (m *Manager) anchorsLocked() (*trust.Bundle, error) {
 // publishLocked publishes svid (nil: none yet) with the current trust: its
 // Roots become the own trust domain's bundle. It returns the snapshot built
 // and whether it differed from the current one. The caller holds trustMu.
-func (m *Manager) publishLocked(svid *SVID) (*Snapshot, bool, error) {
+func (m *manager) publishLocked(svid *SVID) (*snapshot, bool, error) {
 	anchors, err := m.anchorsLocked()
 	if err != nil {
 		return nil, false, err
@@ -330,7 +330,7 @@ func (m *Manager) publishLocked(svid *SVID) (*Snapshot, bool, error) {
 		m.armCRLTimerLocked(expiry)
 		domains = withCRLs(m.trust.Domains, m.crls)
 	}
-	snap, err := NewFederatedSnapshot(svid, own, domains)
+	snap, err := newFederatedSnapshot(svid, own, domains)
 	if err != nil {
 		return nil, false, err
 	}
@@ -341,7 +341,7 @@ func (m *Manager) publishLocked(svid *SVID) (*Snapshot, bool, error) {
 // (zero: never), so that a CRL whose issuer stopped publishing is no longer
 // served once it has expired: a relying party would refuse every
 // certificate of that issuer over an expired CRL. The caller holds trustMu.
-func (m *Manager) armCRLTimerLocked(expiry time.Time) {
+func (m *manager) armCRLTimerLocked(expiry time.Time) {
 	if m.crlTimer != nil {
 		m.crlTimer.Stop()
 		m.crlTimer = nil
@@ -365,23 +365,23 @@ func (m *Manager) armCRLTimerLocked(expiry time.Time) {
 // Stop releases the timer that drops expired CRLs. Renew and
 // SetTrustBundle still work afterwards, but a held CRL is then dropped only
 // by them.
-func (m *Manager) Stop() {
+func (m *manager) Stop() {
 	m.trustMu.Lock()
 	defer m.trustMu.Unlock()
 	m.stopped = true
 	m.armCRLTimerLocked(time.Time{})
 }
 
-// ErrStaleBundle reports a trust bundle older than the one held.
-var ErrStaleBundle = errors.New("trust bundle is older than the one held")
+// errStaleBundle reports a trust bundle older than the one held.
+var errStaleBundle = errors.New("trust bundle is older than the one held")
 
-// ErrUntrustedBundle reports a trust bundle that would add trust no root
+// errUntrustedBundle reports a trust bundle that would add trust no root
 // the agent trusts vouches for: its signature does not verify, or it is
 // unsigned and adds a root or a trust domain.
-var ErrUntrustedBundle = errors.New("trust bundle is not vouched for by a trusted root")
+var errUntrustedBundle = errors.New("trust bundle is not vouched for by a trusted root")
 
-// TrustBundleSequence implements TrustUpdater.
-func (m *Manager) TrustBundleSequence() uint64 {
+// TrustBundleSequence implements trustUpdater.
+func (m *manager) TrustBundleSequence() uint64 {
 	m.trustMu.Lock()
 	defer m.trustMu.Unlock()
 	if m.trust == nil {
@@ -390,9 +390,9 @@ func (m *Manager) TrustBundleSequence() uint64 {
 	return m.trust.Sequence
 }
 
-// SetTrustBundle implements TrustUpdater: b becomes the agent's trust at
-// once, unless its sequence is lower than the held one's (ErrStaleBundle)
-// or it is not vouched for (ErrUntrustedBundle). The issuer only relays
+// SetTrustBundle implements trustUpdater: b becomes the agent's trust at
+// once, unless its sequence is lower than the held one's (errStaleBundle)
+// or it is not vouched for (errUntrustedBundle). The issuer only relays
 // bundles, so a bundle is accepted when it is signed by a root the agent
 // trusts now (the CA bundle file's and the held bundle's own roots), or
 // when it is unsigned and adds no trust (see addedTrust); an issuer can
@@ -407,14 +407,14 @@ func (m *Manager) TrustBundleSequence() uint64 {
 // the bundle they relay without changing its sequence, so a bundle with
 // the held sequence is applied too, and its CRLs replace the held ones.
 // Each CRL is checked with trust.VerifyCRL against its trust domain's roots;
-// one that fails is logged, counted (CRLRejectedMetricName) and dropped,
+// one that fails is logged, counted (crlRejectedMetricName) and dropped,
 // and the rest of b is applied regardless. Of the CRLs of one issuer only
 // the one with the highest number is served. A CRL is served until its
 // NextUpdate; then the snapshot is published again without it. A bundle
 // whose CRLs would go backwards (an older CRL of an issuer than one
 // accepted, or a current CRL left out) is refused whole with
-// ErrCRLRollback, ErrCRLConflict or ErrCRLDropped; see checkCRLProgress.
-func (m *Manager) SetTrustBundle(b *trust.TrustBundle) (bool, error) {
+// errCRLRollback, errCRLConflict or errCRLDropped; see checkCRLProgress.
+func (m *manager) SetTrustBundle(b *trust.TrustBundle) (bool, error) {
 	if b == nil {
 		return false, errors.New("trust bundle is nil")
 	}
@@ -422,7 +422,7 @@ func (m *Manager) SetTrustBundle(b *trust.TrustBundle) (bool, error) {
 	defer m.trustMu.Unlock()
 	prevTrust := m.trust
 	if prevTrust != nil && b.Sequence < prevTrust.Sequence {
-		return false, fmt.Errorf("%w: sequence %d, holding %d", ErrStaleBundle, b.Sequence, prevTrust.Sequence)
+		return false, fmt.Errorf("%w: sequence %d, holding %d", errStaleBundle, b.Sequence, prevTrust.Sequence)
 	}
 	if err := m.vouchedLocked(b); err != nil {
 		return false, err
@@ -442,12 +442,12 @@ func (m *Manager) SetTrustBundle(b *trust.TrustBundle) (bool, error) {
 	if err == nil {
 		err = m.cfg.Fetcher.SetRoots(anchors)
 	}
-	if cs, ok := m.cfg.Fetcher.(CRLSetter); ok && err == nil {
+	if cs, ok := m.cfg.Fetcher.(crlSetter); ok && err == nil {
 		err = cs.SetCRLs(heldDER(m.crls))
 	}
 	prev, _ := m.cfg.Publisher.Current()
 	var (
-		snap    *Snapshot
+		snap    *snapshot
 		changed bool
 	)
 	if err == nil {
@@ -477,11 +477,11 @@ func (m *Manager) SetTrustBundle(b *trust.TrustBundle) (bool, error) {
 // CRL of the CA that signed it lists its serial. The rotation loop then
 // renews at once (rotation.Config.RenewNow). It delivers once per revoked
 // SVID; a renewal that succeeds first drains it.
-func (m *Manager) RenewNow() <-chan struct{} { return m.renewNow }
+func (m *manager) RenewNow() <-chan struct{} { return m.renewNow }
 
 // checkRevokedLocked asks for a renewal at once when a held CRL revokes
 // the SVID of snap (if any). The caller holds trustMu.
-func (m *Manager) checkRevokedLocked(snap *Snapshot) {
+func (m *manager) checkRevokedLocked(snap *snapshot) {
 	svid := snap.SVID()
 	if svid == nil {
 		return
@@ -510,14 +510,14 @@ func (m *Manager) checkRevokedLocked(snap *Snapshot) {
 
 // vouchedLocked checks that b may replace the held trust: signed by a root
 // trusted now, or unsigned and adding nothing. The caller holds trustMu.
-func (m *Manager) vouchedLocked(b *trust.TrustBundle) error {
+func (m *manager) vouchedLocked(b *trust.TrustBundle) error {
 	trusted, err := m.anchorsLocked()
 	if err != nil {
 		return err
 	}
 	if b.IsSigned() {
 		if err := b.VerifySignature(trusted, time.Now()); err != nil {
-			return fmt.Errorf("%w: sequence %d: %w", ErrUntrustedBundle, b.Sequence, err)
+			return fmt.Errorf("%w: sequence %d: %w", errUntrustedBundle, b.Sequence, err)
 		}
 		return nil
 	}
@@ -525,11 +525,11 @@ func (m *Manager) vouchedLocked(b *trust.TrustBundle) error {
 		// Once a root vouches for the bundle, only a root may replace it:
 		// an unsigned one could remove trust or, with a huge sequence,
 		// make every later genuine bundle look stale.
-		return fmt.Errorf("%w: unsigned bundle %d after a signed one", ErrUntrustedBundle, b.Sequence)
+		return fmt.Errorf("%w: unsigned bundle %d after a signed one", errUntrustedBundle, b.Sequence)
 	}
 	snap, _ := m.cfg.Publisher.Current()
 	if why := addedTrust(b, trusted, m.trust, snap.ID().TrustDomain()); why != "" {
-		return fmt.Errorf("%w: unsigned bundle %d %s", ErrUntrustedBundle, b.Sequence, why)
+		return fmt.Errorf("%w: unsigned bundle %d %s", errUntrustedBundle, b.Sequence, why)
 	}
 	return nil
 }
@@ -578,7 +578,7 @@ func bundleContains(b *trust.Bundle, c *x509.Certificate) bool {
 // returned: the new certificate is valid and already served over the
 // sockets, and failing the renewal would only make the loop fetch another
 // one. The next renewal writes the files again.
-func (m *Manager) writeFiles(svid *SVID) {
+func (m *manager) writeFiles(svid *SVID) {
 	if m.cfg.OutputDir == "" {
 		return
 	}
@@ -587,7 +587,7 @@ func (m *Manager) writeFiles(svid *SVID) {
 	}
 }
 
-func (m *Manager) readBundle() (*trust.Bundle, error) { return readBundleFile(m.cfg.CABundleFile) }
+func (m *manager) readBundle() (*trust.Bundle, error) { return readBundleFile(m.cfg.CABundleFile) }
 
 // markRefused wraps issuer refusals that retrying soon cannot fix with
 // rotation.ErrRefused.
@@ -602,7 +602,7 @@ func markRefused(err error) error {
 // Ready reports nil while the agent holds a certificate that has not
 // expired, and otherwise an error that says why, including the last renewal
 // failure.
-func (m *Manager) Ready() error {
+func (m *manager) Ready() error {
 	snap, _ := m.cfg.Publisher.Current()
 	now := time.Now()
 	if snap.Valid(now) {

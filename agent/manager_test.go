@@ -30,32 +30,32 @@ import (
 type managerFixture struct {
 	tree       *testkit.Tree
 	fetcher    *fakeFetcher
-	pub        *Publisher
-	mgr        *Manager
+	pub        *publisher
+	mgr        *manager
 	tokenFile  string
 	bundleFile string
 	outDir     string
 	logs       *logBuffer
 }
 
-func startManager(t *testing.T, tweak func(*ManagerConfig)) *managerFixture {
+func startManager(t *testing.T, tweak func(*managerConfig)) *managerFixture {
 	t.Helper()
 	dir := t.TempDir()
 	f := &managerFixture{
-		tree: testkit.New(t, testkit.Options{Now: time.Now()}), pub: NewPublisher(), logs: &logBuffer{},
+		tree: testkit.New(t, testkit.Options{Now: time.Now()}), pub: newPublisher(), logs: &logBuffer{},
 		tokenFile: filepath.Join(dir, "token"), bundleFile: filepath.Join(dir, "bundle.pem"), outDir: filepath.Join(dir, "out"),
 	}
 	f.fetcher = &fakeFetcher{tree: f.tree, id: webID, ttl: time.Hour}
 	writeTestFile(t, f.tokenFile, "token-1")
 	writeTestFile(t, f.bundleFile, string(f.tree.Bundle.PEM()))
-	cfg := ManagerConfig{
+	cfg := managerConfig{
 		Fetcher: f.fetcher, Publisher: f.pub, TokenFile: f.tokenFile, CABundleFile: f.bundleFile, Logger: f.logs.logger(),
 	}
 	if tweak != nil {
 		tweak(&cfg)
 	}
 	var err error
-	if f.mgr, err = NewManager(cfg); err != nil {
+	if f.mgr, err = newManager(cfg); err != nil {
 		t.Fatal(err)
 	}
 	loop, err := rotation.New(rotation.Config{Renewer: f.mgr, Logger: f.logs.logger()})
@@ -67,7 +67,7 @@ func startManager(t *testing.T, tweak func(*ManagerConfig)) *managerFixture {
 	return f
 }
 
-func (f *managerFixture) current() *Snapshot {
+func (f *managerFixture) current() *snapshot {
 	s, _ := f.pub.Current()
 	return s
 }
@@ -84,7 +84,7 @@ func TestManagerRotatesForHoursOfFakeTime(t *testing.T) {
 		f := startManager(t, nil)
 		type change struct {
 			at   time.Time
-			snap *Snapshot
+			snap *snapshot
 		}
 		changes := []change{{time.Now(), f.current()}}
 		_, changed := f.pub.Current()
@@ -95,7 +95,7 @@ func TestManagerRotatesForHoursOfFakeTime(t *testing.T) {
 			}
 			select {
 			case <-changed:
-				var s *Snapshot
+				var s *snapshot
 				s, changed = f.pub.Current()
 				changes = append(changes, change{time.Now(), s})
 			default:
@@ -145,7 +145,7 @@ func TestManagerServesUntilExpiryThenNotReady(t *testing.T) {
 			}
 		}
 		rec := httptest.NewRecorder()
-		HealthHandler(f.mgr).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+		healthHandler(f.mgr).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
 		if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "expired at") {
 			t.Errorf("/readyz: %d %q, want 503 saying the certificate expired", rec.Code, rec.Body.String())
 		}
@@ -235,25 +235,25 @@ func TestManagerBundleChanges(t *testing.T) {
 
 func TestManagerWritesFiles(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		f := startManager(t, func(c *ManagerConfig) { c.OutputDir = filepath.Join(filepath.Dir(c.TokenFile), "out") })
+		f := startManager(t, func(c *managerConfig) { c.OutputDir = filepath.Join(filepath.Dir(c.TokenFile), "out") })
 		check := func() {
 			t.Helper()
 			snap := f.current()
-			cert, err := pemutil.ReadCertificateBundle(filepath.Join(f.outDir, CertFile))
+			cert, err := pemutil.ReadCertificateBundle(filepath.Join(f.outDir, certFile))
 			if err != nil {
 				t.Fatal(err)
 			}
 			if serialOf(cert[0]) != snap.SVIDVersion() {
 				t.Errorf("cert.pem holds serial %s, want %s", serialOf(cert[0]), snap.SVIDVersion())
 			}
-			key, err := pemutil.Read(filepath.Join(f.outDir, KeyFile))
+			key, err := pemutil.Read(filepath.Join(f.outDir, keyFile))
 			if err != nil {
 				t.Fatal(err)
 			}
 			if pub, err := keyutil.PublicKey(key); err != nil || !keyutil.Equal(pub, cert[0].PublicKey) {
 				t.Error("key.pem does not match cert.pem")
 			}
-			if fi, err := os.Stat(filepath.Join(f.outDir, KeyFile)); err != nil || fi.Mode().Perm() != 0o600 {
+			if fi, err := os.Stat(filepath.Join(f.outDir, keyFile)); err != nil || fi.Mode().Perm() != 0o600 {
 				t.Errorf("key.pem mode: %v %v, want 0600", fi.Mode().Perm(), err)
 			}
 		}
@@ -265,7 +265,7 @@ func TestManagerWritesFiles(t *testing.T) {
 
 func TestManagerKeys(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		f := startManager(t, func(c *ManagerConfig) { c.KeyType = KeyRSA2048 })
+		f := startManager(t, func(c *managerConfig) { c.KeyType = KeyRSA2048 })
 		time.Sleep(40 * time.Minute)
 		_, keys := f.fetcher.calls()
 		if len(keys) != 2 {
@@ -294,13 +294,13 @@ func TestHealthHandler(t *testing.T) {
 		dir := t.TempDir()
 		writeTestFile(t, filepath.Join(dir, "b.pem"), string(tree.Bundle.PEM()))
 		fetcher := &fakeFetcher{tree: tree, id: webID, ttl: time.Hour}
-		pub := NewPublisher()
-		m, err := NewManager(ManagerConfig{Fetcher: fetcher, Publisher: pub, TokenFile: filepath.Join(dir, "missing-token"),
+		pub := newPublisher()
+		m, err := newManager(managerConfig{Fetcher: fetcher, Publisher: pub, TokenFile: filepath.Join(dir, "missing-token"),
 			CABundleFile: filepath.Join(dir, "b.pem"), Logger: discardLogger()})
 		if err != nil {
 			t.Fatal(err)
 		}
-		h := HealthHandler(m)
+		h := healthHandler(m)
 		if code, body := get(h, "/healthz"); code != 200 || body != "ok\n" {
 			t.Errorf("/healthz: %d %q", code, body)
 		}

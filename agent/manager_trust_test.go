@@ -18,7 +18,7 @@ import (
 
 func TestManagerSetTrustBundle(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		f := startManager(t, func(c *ManagerConfig) { c.OutputDir = filepath.Join(filepath.Dir(c.TokenFile), "out") })
+		f := startManager(t, func(c *managerConfig) { c.OutputDir = filepath.Join(filepath.Dir(c.TokenFile), "out") })
 		fileRoot := f.tree.Root.Certificate
 		newRoot, err := ca.NewRoot(ca.RootConfig{Signer: testkit.Key(t, "manager-new-root"), CommonName: "new root"})
 		if err != nil {
@@ -65,7 +65,7 @@ func TestManagerSetTrustBundle(t *testing.T) {
 		if !sameCerts(f.fetcher.lastRoots().Roots(), fileRoot, newRoot.Certificate) {
 			t.Error("the issuer connection does not trust the new root")
 		}
-		if written, err := pemutil.ReadCertificateBundle(filepath.Join(f.outDir, BundleFile)); err != nil || !sameCerts(written, fileRoot, newRoot.Certificate) {
+		if written, err := pemutil.ReadCertificateBundle(filepath.Join(f.outDir, bundleFile)); err != nil || !sameCerts(written, fileRoot, newRoot.Certificate) {
 			t.Errorf("bundle.pem not rewritten with the new root (%v)", err)
 		}
 		if f.mgr.TrustBundleSequence() != 10 {
@@ -77,7 +77,7 @@ func TestManagerSetTrustBundle(t *testing.T) {
 		if ok, err := f.mgr.SetTrustBundle(bundle(11, []*x509.Certificate{fileRoot, newRoot.Certificate}, fed)); err != nil || ok {
 			t.Errorf("same content: %v %v, want no change", ok, err)
 		}
-		if _, err := f.mgr.SetTrustBundle(bundle(9, []*x509.Certificate{fileRoot})); !errors.Is(err, ErrStaleBundle) {
+		if _, err := f.mgr.SetTrustBundle(bundle(9, []*x509.Certificate{fileRoot})); !errors.Is(err, errStaleBundle) {
 			t.Errorf("older bundle: %v, want ErrStaleBundle", err)
 		}
 		if f.mgr.TrustBundleSequence() != 11 || f.current().FederatedVersion() != snap.FederatedVersion() {
@@ -153,7 +153,7 @@ func TestManagerAcceptsOnlyVouchedTrust(t *testing.T) {
 			t.Helper()
 			beforeSeq, before := f.mgr.TrustBundleSequence(), f.current()
 			beforeRoots := f.fetcher.lastRoots()
-			if _, err := f.mgr.SetTrustBundle(b); !errors.Is(err, ErrUntrustedBundle) {
+			if _, err := f.mgr.SetTrustBundle(b); !errors.Is(err, errUntrustedBundle) {
 				t.Errorf("%s: %v, want ErrUntrustedBundle", name, err)
 			}
 			after := f.current()

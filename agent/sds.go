@@ -21,16 +21,16 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// SDSConfig configures an SDS server.
-type SDSConfig struct {
+// sdsConfig configures an SDS server.
+type sdsConfig struct {
 	// Source provides what is served. Required.
-	Source Source
+	Source source
 	// Logger receives stream events and NACKs; nil means slog.Default().
 	Logger *slog.Logger
 }
 
 // Validate reports the first problem with c. It does not change c.
-func (c SDSConfig) Validate() error {
+func (c sdsConfig) Validate() error {
 	if c.Source == nil {
 		return errors.New("sds: source is required")
 	}
@@ -38,48 +38,48 @@ func (c SDSConfig) Validate() error {
 }
 
 // withDefaults returns c with its zero fields replaced by their defaults.
-func (c SDSConfig) withDefaults() SDSConfig {
+func (c sdsConfig) withDefaults() sdsConfig {
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	return c
 }
 
-// SDSServer implements Envoy's SecretDiscoveryService v3 (state of the world)
+// sdsServer implements Envoy's SecretDiscoveryService v3 (state of the world)
 // over the agent's Source, as PROTOCOLS.md describes: each response holds
 // exactly one resource per requested name; ACKs and NACKs are matched by
 // nonce and answered with nothing; requests with a stale nonce are ignored;
 // a new response is pushed when a subscribed secret changes.
-type SDSServer struct {
+type sdsServer struct {
 	secretv3.UnimplementedSecretDiscoveryServiceServer
-	cfg   SDSConfig
+	cfg   sdsConfig
 	stop  chan struct{}
 	once  sync.Once
 	nonce atomic.Uint64
 }
 
-var _ secretv3.SecretDiscoveryServiceServer = (*SDSServer)(nil)
+var _ secretv3.SecretDiscoveryServiceServer = (*sdsServer)(nil)
 
-// NewSDSServer returns a server; register it with Register.
-func NewSDSServer(cfg SDSConfig) (*SDSServer, error) {
+// newSDSServer returns a server; register it with Register.
+func newSDSServer(cfg sdsConfig) (*sdsServer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &SDSServer{cfg: cfg.withDefaults(), stop: make(chan struct{})}, nil
+	return &sdsServer{cfg: cfg.withDefaults(), stop: make(chan struct{})}, nil
 }
 
 // Register adds the service to g.
-func (s *SDSServer) Register(g *grpc.Server) { secretv3.RegisterSecretDiscoveryServiceServer(g, s) }
+func (s *sdsServer) Register(g *grpc.Server) { secretv3.RegisterSecretDiscoveryServiceServer(g, s) }
 
 // Shutdown ends every open stream with an OK status, so that a gRPC
 // GracefulStop can complete. Streams opened afterwards end at once.
-func (s *SDSServer) Shutdown() { s.once.Do(func() { close(s.stop) }) }
+func (s *sdsServer) Shutdown() { s.once.Do(func() { close(s.stop) }) }
 
 // DeltaSecrets is not supported: Envoy uses StreamSecrets for SDS.
-func (s *SDSServer) DeltaSecrets(grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
+func (s *sdsServer) DeltaSecrets(grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
 	return status.Error(codes.Unimplemented, "DeltaSecrets is not supported; use StreamSecrets")
 }
 
 // FetchSecrets answers one request with the named secrets.
-func (s *SDSServer) FetchSecrets(_ context.Context, req *discoveryv3.DiscoveryRequest) (*discoveryv3.DiscoveryResponse, error) {
+func (s *sdsServer) FetchSecrets(_ context.Context, req *discoveryv3.DiscoveryRequest) (*discoveryv3.DiscoveryResponse, error) {
 	if err := checkTypeURL(req); err != nil {
 		return nil, err
 	}
@@ -92,7 +92,7 @@ func (s *SDSServer) FetchSecrets(_ context.Context, req *discoveryv3.DiscoveryRe
 		return nil, sdsStatus(err)
 	}
 	return &discoveryv3.DiscoveryResponse{
-		VersionInfo: version, Resources: resources, TypeUrl: SecretTypeURL, Nonce: s.newNonce(),
+		VersionInfo: version, Resources: resources, TypeUrl: secretTypeURL, Nonce: s.newNonce(),
 	}, nil
 }
 
@@ -101,7 +101,7 @@ func (s *SDSServer) FetchSecrets(_ context.Context, req *discoveryv3.DiscoveryRe
 // under its mutex: this one pushes when the Source changes, a reader handles
 // requests (and answers a new subscription at once), so an ACK costs no
 // hand-over between goroutines.
-func (s *SDSServer) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) error {
+func (s *sdsServer) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) error {
 	st := &sdsStream{srv: s, send: stream.Send}
 	recvErr := make(chan error, 1)
 	go func() { recvErr <- st.readRequests(stream.Recv) }()
@@ -112,7 +112,7 @@ func (s *SDSServer) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Di
 	for {
 		select {
 		case <-changed:
-			var snap *Snapshot
+			var snap *snapshot
 			snap, changed = s.cfg.Source.Current()
 			if err := st.pushLocked(snap); err != nil {
 				return err
@@ -128,12 +128,12 @@ func (s *SDSServer) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Di
 	}
 }
 
-func (s *SDSServer) newNonce() string { return strconv.FormatUint(s.nonce.Add(1), 10) }
+func (s *sdsServer) newNonce() string { return strconv.FormatUint(s.nonce.Add(1), 10) }
 
 // sdsStream is the state of one StreamSecrets stream, shared by its handler
 // and reader goroutines under mu.
 type sdsStream struct {
-	srv  *SDSServer
+	srv  *sdsServer
 	send func(*discoveryv3.DiscoveryResponse) error
 
 	mu sync.Mutex
@@ -176,7 +176,7 @@ func (st *sdsStream) readRequests(recv func() (*discoveryv3.DiscoveryRequest, er
 }
 
 // pushLocked is push under the stream's mutex.
-func (st *sdsStream) pushLocked(snap *Snapshot) error {
+func (st *sdsStream) pushLocked(snap *snapshot) error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	return st.push(snap)
@@ -220,7 +220,7 @@ func (st *sdsStream) receive(req *discoveryv3.DiscoveryRequest) error {
 // push sends the subscribed secrets if they differ from what was last sent
 // on this stream. Names that cannot be served yet make it wait; an unknown
 // name ends the stream with InvalidArgument. The caller holds mu.
-func (st *sdsStream) push(snap *Snapshot) error {
+func (st *sdsStream) push(snap *snapshot) error {
 	if st.closed || len(st.names) == 0 {
 		return nil
 	}
@@ -238,7 +238,7 @@ func (st *sdsStream) push(snap *Snapshot) error {
 		return nil
 	}
 	resp := &discoveryv3.DiscoveryResponse{
-		VersionInfo: version, Resources: resources, TypeUrl: SecretTypeURL, Nonce: st.srv.newNonce(),
+		VersionInfo: version, Resources: resources, TypeUrl: secretTypeURL, Nonce: st.srv.newNonce(),
 	}
 	if err := st.send(resp); err != nil {
 		return fmt.Errorf("sds send: %w", err)
@@ -263,8 +263,8 @@ func (st *sdsStream) log(level slog.Level, msg string, attrs ...any) {
 }
 
 func checkTypeURL(req *discoveryv3.DiscoveryRequest) error {
-	if t := req.GetTypeUrl(); t != "" && t != SecretTypeURL {
-		return status.Errorf(codes.InvalidArgument, "type_url %q is not served; want %s", t, SecretTypeURL)
+	if t := req.GetTypeUrl(); t != "" && t != secretTypeURL {
+		return status.Errorf(codes.InvalidArgument, "type_url %q is not served; want %s", t, secretTypeURL)
 	}
 	return nil
 }

@@ -21,11 +21,11 @@ import (
 const (
 	ResourceDefault = "default"
 	ResourceRootCA  = "ROOTCA"
-	ResourceAll     = "ALL"
+	resourceAll     = "ALL"
 )
 
-// SecretTypeURL is the type of every SDS resource.
-const SecretTypeURL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+// secretTypeURL is the type of every SDS resource.
+const secretTypeURL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 var (
 	// errPending: the resource may exist but the agent cannot serve it yet
@@ -45,11 +45,11 @@ const (
 )
 
 // classify resolves name against snap at now.
-func classify(snap *Snapshot, name string, now time.Time) (resourceKind, error) {
+func classify(snap *snapshot, name string, now time.Time) (resourceKind, error) {
 	switch name {
 	case ResourceDefault:
 		return kindCertificate, availableCert(snap, now)
-	case ResourceRootCA, ResourceAll:
+	case ResourceRootCA, resourceAll:
 		if snap.Bundle() == nil {
 			return kindBundle, errPending
 		}
@@ -74,7 +74,7 @@ func classify(snap *Snapshot, name string, now time.Time) (resourceKind, error) 
 		strings.Join(slices.Sorted(maps.Keys(snap.byDomain)), ", "))
 }
 
-func availableCert(snap *Snapshot, now time.Time) error {
+func availableCert(snap *snapshot, now time.Time) error {
 	if !snap.Valid(now) {
 		return errPending
 	}
@@ -84,7 +84,7 @@ func availableCert(snap *Snapshot, now time.Time) error {
 // resolve builds the resources for names (one per name, in order) and the
 // version of the whole set. It fails with errUnknownResource if any name is
 // unknown, else with errPending if any is not available yet.
-func resolve(snap *Snapshot, names []string, now time.Time) ([]*anypb.Any, string, error) {
+func resolve(snap *snapshot, names []string, now time.Time) ([]*anypb.Any, string, error) {
 	kinds := make([]resourceKind, len(names))
 	var pending bool
 	for i, name := range names {
@@ -122,7 +122,7 @@ func resolve(snap *Snapshot, names []string, now time.Time) ([]*anypb.Any, strin
 }
 
 // buildSecret returns the Secret proto for name, of the given kind.
-func buildSecret(snap *Snapshot, name string, kind resourceKind) *tlsv3.Secret {
+func buildSecret(snap *snapshot, name string, kind resourceKind) *tlsv3.Secret {
 	if kind == kindCertificate {
 		return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
 			CertificateChain: inline(snap.chainPEM),
@@ -141,11 +141,11 @@ func buildSecret(snap *Snapshot, name string, kind resourceKind) *tlsv3.Secret {
 // ROOTCA and the own trust domain ID get the own trust domain's roots with
 // the CRLs of every own (non-federated) trust domain, ALL the roots and
 // CRLs of every trust domain, spiffe://<td> those of td.
-func (s *Snapshot) sdsBundle(name string) rootSet {
+func (s *snapshot) sdsBundle(name string) rootSet {
 	switch name {
 	case ResourceRootCA:
 		return s.own
-	case ResourceAll:
+	case resourceAll:
 		return s.all
 	}
 	return s.byDomain[name]

@@ -27,14 +27,14 @@ import (
 // certificates and a log to inspect.
 type sdsFixture struct {
 	tree *testkit.Tree
-	pub  *Publisher
+	pub  *publisher
 	path string
 	logs *logBuffer
 }
 
 func newSDSFixture(t *testing.T) *sdsFixture {
 	t.Helper()
-	f := &sdsFixture{tree: testkit.New(t, testkit.Options{}), pub: NewPublisher(), logs: &logBuffer{}}
+	f := &sdsFixture{tree: testkit.New(t, testkit.Options{}), pub: newPublisher(), logs: &logBuffer{}}
 	f.path = startSDS(t, f.pub, f.logs.logger())
 	return f
 }
@@ -81,7 +81,7 @@ func TestSDSResourceNames(t *testing.T) {
 		{ResourceDefault, true},
 		{webID.String(), true},
 		{ResourceRootCA, false},
-		{ResourceAll, false},
+		{resourceAll, false},
 		{"spiffe://cluster.local", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -205,7 +205,7 @@ func TestSDSStaleNonceIgnored(t *testing.T) {
 	}
 	// A request answering the first response, arriving after the second was
 	// sent, asks for ROOTCA instead: it must be ignored entirely.
-	stale := &discoveryv3.DiscoveryRequest{VersionInfo: "x", ResourceNames: []string{ResourceRootCA}, TypeUrl: SecretTypeURL, ResponseNonce: staleNonce}
+	stale := &discoveryv3.DiscoveryRequest{VersionInfo: "x", ResourceNames: []string{ResourceRootCA}, TypeUrl: secretTypeURL, ResponseNonce: staleNonce}
 	if err := s.Send(stale); err != nil {
 		t.Fatal(err)
 	}
@@ -296,7 +296,7 @@ func rawStream(t *testing.T) secretv3.SecretDiscoveryService_StreamSecretsClient
 
 func TestSDSSeveralNamesOnOneStream(t *testing.T) {
 	stream := rawStream(t)
-	if err := stream.Send(&discoveryv3.DiscoveryRequest{ResourceNames: []string{ResourceRootCA, ResourceDefault, ResourceRootCA}, TypeUrl: SecretTypeURL}); err != nil {
+	if err := stream.Send(&discoveryv3.DiscoveryRequest{ResourceNames: []string{ResourceRootCA, ResourceDefault, ResourceRootCA}, TypeUrl: secretTypeURL}); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := stream.Recv()
@@ -314,7 +314,7 @@ func TestSDSFetchSecrets(t *testing.T) {
 	fetch := func(names ...string) (*discoveryv3.DiscoveryResponse, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 		defer cancel()
-		return e.Client().FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{ResourceNames: names, TypeUrl: SecretTypeURL})
+		return e.Client().FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{ResourceNames: names, TypeUrl: secretTypeURL})
 	}
 	if _, err := fetch(ResourceDefault); status.Code(err) != codes.Unavailable {
 		t.Errorf("before the first certificate: %v, want Unavailable", err)
@@ -373,9 +373,9 @@ func TestSDSDeltaSecretsUnimplemented(t *testing.T) {
 
 func TestSDSShutdownEndsStreamsCleanly(t *testing.T) {
 	tree := testkit.New(t, testkit.Options{})
-	pub := NewPublisher()
+	pub := newPublisher()
 	pub.Publish(mustSnapshot(t, newSVID(t, tree, webID, time.Hour), tree.Bundle))
-	sds, err := NewSDSServer(SDSConfig{Source: pub, Logger: discardLogger()})
+	sds, err := newSDSServer(sdsConfig{Source: pub, Logger: discardLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -421,7 +421,7 @@ func TestSDSFederatedBundles(t *testing.T) {
 	fed1, fed2 := federatedRoot(t, "fed1"), federatedRoot(t, "fed2")
 	f.pub.Publish(mustFederatedSnapshot(t, svid, f.tree.Bundle, federatedOther(t, fed1)))
 	e := envoy(t, f.path, "node")
-	rootCA, all := subscribe(t, e, ResourceRootCA), subscribe(t, e, ResourceAll)
+	rootCA, all := subscribe(t, e, ResourceRootCA), subscribe(t, e, resourceAll)
 	other, own := subscribe(t, e, otherTD.IDString()), subscribe(t, e, "spiffe://cluster.local")
 	for _, tc := range []struct {
 		s    *sdstest.Subscription

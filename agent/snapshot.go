@@ -19,23 +19,23 @@ import (
 	"github.com/meshca/meshca/trust"
 )
 
-// Source is what the SDS and Workload API servers serve from: the agent's
+// source is what the SDS and Workload API servers serve from: the agent's
 // current identity, and a way to learn that it changed. It is the one seam
 // between renewal and serving (Istio calls its equivalent SecretManager), so
 // the servers are testable without a CA.
-type Source interface {
+type source interface {
 	// Current returns the current snapshot (never nil) and a channel that is
 	// closed once a newer snapshot is available. It does not block.
-	Current() (*Snapshot, <-chan struct{})
+	Current() (*snapshot, <-chan struct{})
 }
 
-// Snapshot is what the agent serves at one moment: its SVID, if it has one,
+// snapshot is what the agent serves at one moment: its SVID, if it has one,
 // the trust bundle of its own trust domain, and the bundles of the other
 // trust domains it knows of (federated meshes and the root's other trust
 // domains). It is immutable. Its private key must never be logged: Snapshot
 // has no String method that would print it, and callers must not print its
 // fields.
-type Snapshot struct {
+type snapshot struct {
 	svid   *SVID
 	bundle *trust.Bundle
 	id     spiffeid.ID
@@ -132,13 +132,13 @@ func shortHash(b ...[]byte) string {
 	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
-// NewSnapshot builds a snapshot without other trust domains; see
-// NewFederatedSnapshot.
-func NewSnapshot(svid *SVID, bundle *trust.Bundle) (*Snapshot, error) {
-	return NewFederatedSnapshot(svid, bundle, nil)
+// newSnapshot builds a snapshot without other trust domains; see
+// newFederatedSnapshot.
+func newSnapshot(svid *SVID, bundle *trust.Bundle) (*snapshot, error) {
+	return newFederatedSnapshot(svid, bundle, nil)
 }
 
-// NewFederatedSnapshot builds a snapshot. svid may be nil (no certificate
+// newFederatedSnapshot builds a snapshot. svid may be nil (no certificate
 // yet); bundle (the own trust domain's roots) may be nil only when svid is
 // nil too. The SVID's leaf must carry exactly one SPIFFE ID, and its key must
 // be PKCS#8-encodable. domains are the bundles of other trust domains, each
@@ -148,8 +148,8 @@ func NewSnapshot(svid *SVID, bundle *trust.Bundle) (*Snapshot, error) {
 // does, with trust.VerifyCRL) and keeps one per issuer. Those of own
 // (non-federated) domains are served with bundle, every domain's with its
 // roots, and all of them with ALL and over the Workload API.
-func NewFederatedSnapshot(svid *SVID, bundle *trust.Bundle, domains []trust.DomainBundle) (*Snapshot, error) {
-	s := &Snapshot{svid: svid, bundle: bundle}
+func newFederatedSnapshot(svid *SVID, bundle *trust.Bundle, domains []trust.DomainBundle) (*snapshot, error) {
+	s := &snapshot{svid: svid, bundle: bundle}
 	if bundle != nil {
 		s.bundlePEM = bundle.PEM()
 		for _, r := range bundle.Roots() {
@@ -168,7 +168,7 @@ func NewFederatedSnapshot(svid *SVID, bundle *trust.Bundle, domains []trust.Doma
 	return s, nil
 }
 
-func (s *Snapshot) setSVID(svid *SVID) error {
+func (s *snapshot) setSVID(svid *SVID) error {
 	if s.bundle == nil {
 		return errors.New("snapshot: an SVID needs a trust bundle")
 	}
@@ -196,7 +196,7 @@ func (s *Snapshot) setSVID(svid *SVID) error {
 
 // setDomains records the other trust domains and computes what is served
 // from them. It runs after setSVID, which tells the own trust domain.
-func (s *Snapshot) setDomains(domains []trust.DomainBundle) error {
+func (s *snapshot) setDomains(domains []trust.DomainBundle) error {
 	own := s.id.TrustDomain()
 	var all []*x509.Certificate
 	if s.bundle != nil {
@@ -262,28 +262,28 @@ func (s *Snapshot) setDomains(domains []trust.DomainBundle) error {
 
 // SVID returns the certificate and key, or nil before the first one. It may
 // have expired; see Valid.
-func (s *Snapshot) SVID() *SVID { return s.svid }
+func (s *snapshot) SVID() *SVID { return s.svid }
 
 // Bundle returns the own trust domain's bundle, or nil when none is known
 // yet.
-func (s *Snapshot) Bundle() *trust.Bundle { return s.bundle }
+func (s *snapshot) Bundle() *trust.Bundle { return s.bundle }
 
 // FederatedBundles returns the bundles of the other trust domains, sorted
 // by name, without the SVID's own. The slice is a copy.
-func (s *Snapshot) FederatedBundles() []trust.DomainBundle { return slices.Clone(s.domains) }
+func (s *snapshot) FederatedBundles() []trust.DomainBundle { return slices.Clone(s.domains) }
 
 // ID returns the SVID's SPIFFE ID; the zero ID when there is no SVID.
-func (s *Snapshot) ID() spiffeid.ID { return s.id }
+func (s *snapshot) ID() spiffeid.ID { return s.id }
 
 // Valid reports whether the snapshot holds a certificate that has not
 // expired at now. NotBefore is not checked: issuers backdate it, and a clock
 // slightly behind the issuer's must not stop serving.
-func (s *Snapshot) Valid(now time.Time) bool {
+func (s *snapshot) Valid(now time.Time) bool {
 	return s.svid != nil && now.Before(s.svid.Chain[0].NotAfter)
 }
 
 // NotAfter returns when the SVID expires; the zero time without one.
-func (s *Snapshot) NotAfter() time.Time {
+func (s *snapshot) NotAfter() time.Time {
 	if s.svid == nil {
 		return time.Time{}
 	}
@@ -291,27 +291,27 @@ func (s *Snapshot) NotAfter() time.Time {
 }
 
 // SVIDVersion identifies the SVID (its serial number, hex); "" without one.
-func (s *Snapshot) SVIDVersion() string { return s.svidVersion }
+func (s *snapshot) SVIDVersion() string { return s.svidVersion }
 
 // BundleVersion identifies the own bundle's content (a hash prefix); ""
 // without one.
-func (s *Snapshot) BundleVersion() string { return s.bundleVersion }
+func (s *snapshot) BundleVersion() string { return s.bundleVersion }
 
 // FederatedVersion identifies the other trust domains' bundles (a hash
 // prefix over names and roots); "" when there are none.
-func (s *Snapshot) FederatedVersion() string { return s.federatedVersion }
+func (s *snapshot) FederatedVersion() string { return s.federatedVersion }
 
 // CRLs returns the DER CRLs of every trust domain, without duplicates; nil
 // when there are none. The slice is a copy; the CRLs must not be modified.
-func (s *Snapshot) CRLs() [][]byte { return slices.Clone(s.crls) }
+func (s *snapshot) CRLs() [][]byte { return slices.Clone(s.crls) }
 
 // CRLVersion identifies the CRLs served (a hash prefix); "" when there are
 // none.
-func (s *Snapshot) CRLVersion() string { return s.crlVersion }
+func (s *snapshot) CRLVersion() string { return s.crlVersion }
 
 // cachedSDS returns the encoded resource for name, building it with build
 // the first time.
-func (s *Snapshot) cachedSDS(name string, build func() (*anypb.Any, error)) (*anypb.Any, error) {
+func (s *snapshot) cachedSDS(name string, build func() (*anypb.Any, error)) (*anypb.Any, error) {
 	s.sdsMu.Lock()
 	defer s.sdsMu.Unlock()
 	if a, ok := s.sdsCache[name]; ok {
@@ -328,27 +328,27 @@ func (s *Snapshot) cachedSDS(name string, build func() (*anypb.Any, error)) (*an
 	return a, nil
 }
 
-// Publisher holds the current snapshot and tells subscribers when it
+// publisher holds the current snapshot and tells subscribers when it
 // changes. It implements Source; Current is lock-free, so that a thousand
 // streams woken by one rotation do not queue on a mutex. The zero value is
-// not usable; call NewPublisher.
-type Publisher struct {
-	v *watch.Value[*Snapshot]
+// not usable; call newPublisher.
+type publisher struct {
+	v *watch.Value[*snapshot]
 }
 
-var _ Source = (*Publisher)(nil)
+var _ source = (*publisher)(nil)
 
-// NewPublisher returns a publisher holding an empty snapshot (no SVID, no
+// newPublisher returns a publisher holding an empty snapshot (no SVID, no
 // bundle).
-func NewPublisher() *Publisher { return &Publisher{v: watch.New(&Snapshot{})} }
+func newPublisher() *publisher { return &publisher{v: watch.New(&snapshot{})} }
 
 // Current implements Source.
-func (p *Publisher) Current() (*Snapshot, <-chan struct{}) { return p.v.Load() }
+func (p *publisher) Current() (*snapshot, <-chan struct{}) { return p.v.Load() }
 
 // Publish makes s current and wakes every subscriber, unless s has the same
 // SVID, bundles and CRLs as the current snapshot. It reports whether it did.
-func (p *Publisher) Publish(s *Snapshot) bool {
-	return p.v.Update(func(old *Snapshot) (*Snapshot, bool) {
+func (p *publisher) Publish(s *snapshot) bool {
+	return p.v.Update(func(old *snapshot) (*snapshot, bool) {
 		same := s.svidVersion == old.svidVersion && s.bundleVersion == old.bundleVersion &&
 			s.federatedVersion == old.federatedVersion && s.crlVersion == old.crlVersion
 		return s, !same

@@ -11,7 +11,7 @@ import (
 
 func TestPublisher(t *testing.T) {
 	tree := testkit.New(t, testkit.Options{})
-	p := NewPublisher()
+	p := newPublisher()
 	empty, changed := p.Current()
 	if empty.SVID() != nil || empty.Bundle() != nil || empty.Valid(time.Now()) {
 		t.Fatal("a new publisher holds something")
@@ -50,14 +50,14 @@ func TestPublisher(t *testing.T) {
 func TestNewSnapshot(t *testing.T) {
 	tree := testkit.New(t, testkit.Options{})
 	svid := newSVID(t, tree, webID, time.Hour)
-	if _, err := NewSnapshot(svid, nil); err == nil {
+	if _, err := newSnapshot(svid, nil); err == nil {
 		t.Error("SVID without a bundle accepted")
 	}
 	noURI := *svid
 	leaf := *svid.Chain[0]
 	leaf.URIs = nil
 	noURI.Chain = append([]*x509.Certificate{&leaf}, svid.Chain[1:]...)
-	if _, err := NewSnapshot(&noURI, tree.Bundle); err == nil {
+	if _, err := newSnapshot(&noURI, tree.Bundle); err == nil {
 		t.Error("leaf without a SPIFFE ID accepted")
 	}
 	s := mustSnapshot(t, svid, tree.Bundle)
@@ -96,7 +96,7 @@ func TestFederatedSnapshot(t *testing.T) {
 		t.Errorf("versions: own %s vs %s, federated %q vs %q", s.BundleVersion(), plain.BundleVersion(), s.FederatedVersion(), plain.FederatedVersion())
 	}
 
-	p := NewPublisher()
+	p := newPublisher()
 	p.Publish(s)
 	if p.Publish(mustFederatedSnapshot(t, svid, tree.Bundle, domains(fed1))) {
 		t.Error("the same federated bundles reported a change")
@@ -115,14 +115,14 @@ func TestFederatedSnapshot(t *testing.T) {
 		t.Errorf("without an SVID: %d domains, want 2", n)
 	}
 	dup := []trust.DomainBundle{{TrustDomain: otherTD, Roots: mustBundle(t, fed1)}, {TrustDomain: otherTD, Roots: mustBundle(t, fed2)}}
-	if _, err := NewFederatedSnapshot(svid, tree.Bundle, dup); err == nil {
+	if _, err := newFederatedSnapshot(svid, tree.Bundle, dup); err == nil {
 		t.Error("a trust domain listed twice was accepted")
 	}
 }
 
-func mustFederatedSnapshot(t testing.TB, svid *SVID, b *trust.Bundle, domains []trust.DomainBundle) *Snapshot {
+func mustFederatedSnapshot(t testing.TB, svid *SVID, b *trust.Bundle, domains []trust.DomainBundle) *snapshot {
 	t.Helper()
-	s, err := NewFederatedSnapshot(svid, b, domains)
+	s, err := newFederatedSnapshot(svid, b, domains)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,7 +40,7 @@ func TestAgentSetTokenFile(t *testing.T) {
 	for range 2 {
 		seen = nextUntil(t, def, "a renewal with the new token file", func(u *sdstest.Update) bool { return !u.Chain[0].Equal(seen) }).Chain[0]
 	}
-	if err := ra.Ready(); err != nil {
+	if err := ra.ready(); err != nil {
 		t.Errorf("not ready: %v", err)
 	}
 }

@@ -20,16 +20,16 @@ import (
 // the value "true" (SPIFFE Workload API spec; PROTOCOLS.md).
 const workloadHeader = "workload.spiffe.io"
 
-// WorkloadConfig configures a Workload API server.
-type WorkloadConfig struct {
+// workloadConfig configures a Workload API server.
+type workloadConfig struct {
 	// Source provides what is served. Required.
-	Source Source
+	Source source
 	// Logger receives stream events; nil means slog.Default().
 	Logger *slog.Logger
 }
 
 // Validate reports the first problem with c. It does not change c.
-func (c WorkloadConfig) Validate() error {
+func (c workloadConfig) Validate() error {
 	if c.Source == nil {
 		return errors.New("workload api: source is required")
 	}
@@ -37,36 +37,36 @@ func (c WorkloadConfig) Validate() error {
 }
 
 // withDefaults returns c with its zero fields replaced by their defaults.
-func (c WorkloadConfig) withDefaults() WorkloadConfig {
+func (c workloadConfig) withDefaults() workloadConfig {
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	return c
 }
 
-// WorkloadServer implements the X.509 half of the SPIFFE Workload API
+// workloadServer implements the X.509 half of the SPIFFE Workload API
 // (FetchX509SVID, FetchX509Bundles) over the agent's Source. Every caller of
 // the socket gets the agent's one identity: access is controlled by the
 // socket's file mode, not by workload attestation. JWT-SVIDs are not served
 // yet (Unimplemented).
-type WorkloadServer struct {
+type workloadServer struct {
 	workload.UnimplementedSpiffeWorkloadAPIServer
-	cfg  WorkloadConfig
+	cfg  workloadConfig
 	stop chan struct{}
 	once sync.Once
 }
 
-var _ workload.SpiffeWorkloadAPIServer = (*WorkloadServer)(nil)
+var _ workload.SpiffeWorkloadAPIServer = (*workloadServer)(nil)
 
-// NewWorkloadServer returns a server; NewGRPCServer and Register wire it.
-func NewWorkloadServer(cfg WorkloadConfig) (*WorkloadServer, error) {
+// newWorkloadServer returns a server; NewGRPCServer and Register wire it.
+func newWorkloadServer(cfg workloadConfig) (*workloadServer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &WorkloadServer{cfg: cfg.withDefaults(), stop: make(chan struct{})}, nil
+	return &workloadServer{cfg: cfg.withDefaults(), stop: make(chan struct{})}, nil
 }
 
 // ServerOptions are the gRPC server options the Workload API needs: the
 // security-header check on every method.
-func (w *WorkloadServer) ServerOptions() []grpc.ServerOption {
+func (w *workloadServer) ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			if err := checkWorkloadHeader(ctx); err != nil {
@@ -85,11 +85,11 @@ func (w *WorkloadServer) ServerOptions() []grpc.ServerOption {
 
 // Register adds the service to g, which must have been built with
 // ServerOptions.
-func (w *WorkloadServer) Register(g *grpc.Server) { workload.RegisterSpiffeWorkloadAPIServer(g, w) }
+func (w *workloadServer) Register(g *grpc.Server) { workload.RegisterSpiffeWorkloadAPIServer(g, w) }
 
 // Shutdown ends every open stream with an OK status, so that a gRPC
 // GracefulStop can complete. Streams opened afterwards end at once.
-func (w *WorkloadServer) Shutdown() { w.once.Do(func() { close(w.stop) }) }
+func (w *workloadServer) Shutdown() { w.once.Do(func() { close(w.stop) }) }
 
 func checkWorkloadHeader(ctx context.Context) error {
 	md, _ := metadata.FromIncomingContext(ctx)
@@ -104,8 +104,8 @@ func checkWorkloadHeader(ctx context.Context) error {
 // verified CRLs of every trust domain (crl, DER): once it holds a valid
 // one, and again after every change of certificate, bundles or CRLs. It never sends an empty list: until a valid certificate exists
 // the stream just waits.
-func (w *WorkloadServer) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
-	return w.watch(stream.Context(), func(snap *Snapshot) (string, func() error) {
+func (w *workloadServer) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
+	return w.watch(stream.Context(), func(snap *snapshot) (string, func() error) {
 		if !snap.Valid(time.Now()) {
 			return "", nil
 		}
@@ -128,8 +128,8 @@ func (w *WorkloadServer) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.
 // trust domains, keyed by trust domain ID (spiffe://td), with the verified
 // CRLs of every trust domain (crl, DER), and again after every change. It waits until the agent knows its trust domain (from its
 // first certificate).
-func (w *WorkloadServer) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
-	return w.watch(stream.Context(), func(snap *Snapshot) (string, func() error) {
+func (w *workloadServer) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
+	return w.watch(stream.Context(), func(snap *snapshot) (string, func() error) {
 		if snap.SVID() == nil || snap.Bundle() == nil {
 			return "", nil
 		}
@@ -146,7 +146,7 @@ func (w *WorkloadServer) FetchX509Bundles(_ *workload.X509BundlesRequest, stream
 // the stream should hold and how to send it ("" and nil when there is
 // nothing to send yet); watch sends whenever the version changes, until the
 // client leaves or the server shuts down.
-func (w *WorkloadServer) watch(ctx context.Context, next func(*Snapshot) (string, func() error)) error {
+func (w *workloadServer) watch(ctx context.Context, next func(*snapshot) (string, func() error)) error {
 	var sent string
 	for {
 		snap, changed := w.cfg.Source.Current()

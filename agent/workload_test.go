@@ -21,16 +21,16 @@ import (
 
 type workloadFixture struct {
 	tree *testkit.Tree
-	pub  *Publisher
-	srv  *WorkloadServer
+	pub  *publisher
+	srv  *workloadServer
 	path string
 }
 
 func newWorkloadFixture(t *testing.T) *workloadFixture {
 	t.Helper()
-	f := &workloadFixture{tree: testkit.New(t, testkit.Options{}), pub: NewPublisher()}
+	f := &workloadFixture{tree: testkit.New(t, testkit.Options{}), pub: newPublisher()}
 	var err error
-	if f.srv, err = NewWorkloadServer(WorkloadConfig{Source: f.pub, Logger: discardLogger()}); err != nil {
+	if f.srv, err = newWorkloadServer(workloadConfig{Source: f.pub, Logger: discardLogger()}); err != nil {
 		t.Fatal(err)
 	}
 	g := grpc.NewServer(f.srv.ServerOptions()...)

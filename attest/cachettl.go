@@ -4,13 +4,13 @@ import "time"
 
 // Cache lifetimes of attestation results.
 const (
-	// DefaultCacheTTL is how long a result is reused when nothing shorter
+	// defaultCacheTTL is how long a result is reused when nothing shorter
 	// applies (NewCached's default).
-	DefaultCacheTTL = 5 * time.Minute
-	// TokenReviewCacheTTL is the default in front of a TokenReview
+	defaultCacheTTL = 5 * time.Minute
+	// tokenReviewCacheTTL is the default in front of a TokenReview
 	// attestor: a token the API server revokes is accepted at most that
 	// much longer, which is the point of asking the API server.
-	TokenReviewCacheTTL = 10 * time.Second
+	tokenReviewCacheTTL = 10 * time.Second
 )
 
 // CacheTTL is the cache lifetime for an attestor: ttl when positive, else
@@ -21,8 +21,8 @@ func CacheTTL(ttl time.Duration, tokenReview bool) time.Duration {
 	case ttl > 0:
 		return ttl
 	case tokenReview:
-		return TokenReviewCacheTTL
+		return tokenReviewCacheTTL
 	default:
-		return DefaultCacheTTL
+		return defaultCacheTTL
 	}
 }

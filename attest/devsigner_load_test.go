@@ -25,7 +25,7 @@ func TestLoadDevSignerCreatesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatalf("LoadDevSigner after LoadOrCreateDevSigner: %v", err)
 	}
-	if loaded.KeyID() != created.KeyID() {
-		t.Fatalf("LoadDevSigner key %s, want the stored key %s", loaded.KeyID(), created.KeyID())
+	if loaded.keyID() != created.keyID() {
+		t.Fatalf("LoadDevSigner key %s, want the stored key %s", loaded.keyID(), created.keyID())
 	}
 }

@@ -160,9 +160,9 @@ func newDevSigner(key *ecdsa.PrivateKey) (*DevSigner, error) {
 	return &DevSigner{key: key, kid: kid, signer: signer}, nil
 }
 
-// KeyID returns the signer's "kid": the RFC 7638 SHA-256 thumbprint of its
+// keyID returns the signer's "kid": the RFC 7638 SHA-256 thumbprint of its
 // public key, base64url-encoded.
-func (d *DevSigner) KeyID() string { return d.kid }
+func (d *DevSigner) keyID() string { return d.kid }
 
 // KeySet returns a new key set holding only the signer's public key, suitable
 // for [StaticKeys] with [DevIssuer].

@@ -55,8 +55,8 @@ func TestLoadOrCreateDevSignerPersists(t *testing.T) {
 	if err != nil {
 		t.Fatalf("reload: %v", err)
 	}
-	if restarted.KeyID() != first.KeyID() {
-		t.Fatalf("kid changed across restart: %s -> %s", first.KeyID(), restarted.KeyID())
+	if restarted.keyID() != first.keyID() {
+		t.Fatalf("kid changed across restart: %s -> %s", first.keyID(), restarted.keyID())
 	}
 	if !restarted.key.Equal(first.key) {
 		t.Fatalf("key changed across restart")
@@ -127,7 +127,7 @@ func TestMintLayout(t *testing.T) {
 	if got := slices.Sorted(maps.Keys(hdr)); !slices.Equal(got, []string{"alg", "kid"}) {
 		t.Errorf("header keys = %v, want [alg kid]", got)
 	}
-	if hdr["alg"] != "ES256" || hdr["kid"] != s.KeyID() {
+	if hdr["alg"] != "ES256" || hdr["kid"] != s.keyID() {
 		t.Errorf("header = %v", hdr)
 	}
 	wantKeys := []string{"aud", "exp", "iat", "iss", "jti", "kubernetes.io", "nbf", "sub"}

@@ -41,7 +41,7 @@ func newFuzzJWKS(tb testing.TB) *JWKS {
 // rejection wraps ErrUnauthenticated (the key source cannot fail here), and
 // that every acceptance carries a well-formed identity.
 func FuzzJWKSAttest(f *testing.F) {
-	valid := signClaims(f, jose.ES256, trustedSigner().key, trustedSigner().KeyID(), validClaims(), nil)
+	valid := signClaims(f, jose.ES256, trustedSigner().key, trustedSigner().keyID(), validClaims(), nil)
 	f.Add(valid)
 	f.Add(mint(f, trustedSigner(), validSpec()))
 	f.Add(valid[:len(valid)/2])

@@ -15,11 +15,11 @@ import (
 // an unauthenticated caller can make us do.
 const MaxTokenSize = 16 << 10
 
-// MaxLeeway is the largest clock-skew allowance [JWKSConfig.Validate] accepts.
-const MaxLeeway = 60 * time.Second
+// maxLeeway is the largest clock-skew allowance [JWKSConfig.Validate] accepts.
+const maxLeeway = 60 * time.Second
 
-// DefaultLeeway is the clock-skew allowance used when [JWKSConfig.Leeway] is zero.
-const DefaultLeeway = 30 * time.Second
+// defaultLeeway is the clock-skew allowance used when [JWKSConfig.Leeway] is zero.
+const defaultLeeway = 30 * time.Second
 
 var (
 	defaultAudiences = []string{"meshca", "istio-ca"}
@@ -45,16 +45,16 @@ type KeySource interface {
 	Keys(ctx context.Context) (*jose.JSONWebKeySet, error)
 }
 
-// KeyRefresher is an optional [KeySource] capability. When a token names a
+// keyRefresher is an optional keySource capability. When a token names a
 // key ID the current set lacks (the signer rotated its key), [JWKS] calls
 // Refresh once and retries with the set it returns. Implementations rate-limit
 // refreshes themselves and return the set they already had when they do
 // not fetch.
-type KeyRefresher interface {
+type keyRefresher interface {
 	Refresh(ctx context.Context) (*jose.JSONWebKeySet, error)
 }
 
-// StaticKeys is a [KeySource] that always returns Set. A nil Set is an error
+// StaticKeys is a keySource that always returns Set. A nil Set is an error
 // (a misconfiguration), reported as unavailability rather than rejection.
 type StaticKeys struct {
 	Set *jose.JSONWebKeySet
@@ -118,8 +118,8 @@ func (c JWKSConfig) Validate() error {
 			return fmt.Errorf("jwks attestor: signature algorithm %q not allowed", alg)
 		}
 	}
-	if c.Leeway < 0 || c.Leeway > MaxLeeway {
-		return fmt.Errorf("jwks attestor: leeway %s outside [0, %s]", c.Leeway, MaxLeeway)
+	if c.Leeway < 0 || c.Leeway > maxLeeway {
+		return fmt.Errorf("jwks attestor: leeway %s outside [0, %s]", c.Leeway, maxLeeway)
 	}
 	return nil
 }
@@ -136,7 +136,7 @@ func (c JWKSConfig) withDefaults() JWKSConfig {
 		c.Algorithms = slices.Clone(asymmetricAlgorithms)
 	}
 	if c.Leeway == 0 {
-		c.Leeway = DefaultLeeway
+		c.Leeway = defaultLeeway
 	}
 	return c
 }
@@ -193,7 +193,7 @@ func (a *JWKS) attestAt(ctx context.Context, req Request, now time.Time) (Identi
 		return Identity{}, fmt.Errorf("%w: load token keys: %w", ErrUnavailable, err)
 	}
 	payload, err := verifySignature(jws, keys)
-	if r, ok := a.cfg.Keys.(KeyRefresher); ok && err != nil && unknownKeyID(jws, keys) {
+	if r, ok := a.cfg.Keys.(keyRefresher); ok && err != nil && unknownKeyID(jws, keys) {
 		if fresh, rerr := r.Refresh(ctx); rerr == nil && fresh != nil && fresh != keys {
 			payload, err = verifySignature(jws, fresh)
 		}

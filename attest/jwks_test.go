@@ -284,7 +284,7 @@ func TestJWKSConfigValidate(t *testing.T) {
 		wantErr string
 	}{
 		{name: "minimal", cfg: JWKSConfig{Issuer: DevIssuer, Keys: keys}},
-		{name: "max leeway", cfg: JWKSConfig{Issuer: DevIssuer, Keys: keys, Leeway: MaxLeeway}},
+		{name: "max leeway", cfg: JWKSConfig{Issuer: DevIssuer, Keys: keys, Leeway: maxLeeway}},
 		{name: "missing issuer", cfg: JWKSConfig{Keys: keys}, wantErr: "issuer is required"},
 		{name: "missing keys", cfg: JWKSConfig{Issuer: DevIssuer}, wantErr: "key source is required"},
 		{name: "leeway too large", cfg: JWKSConfig{Issuer: DevIssuer, Keys: keys, Leeway: 61 * time.Second}, wantErr: "leeway 1m1s outside"},
@@ -319,7 +319,7 @@ func TestNewJWKSDefaults(t *testing.T) {
 	if a.cfg.Audiences[0] != "custom" {
 		t.Errorf("attestor shares the caller's Audiences slice")
 	}
-	if a.cfg.Leeway != DefaultLeeway || len(a.cfg.Algorithms) != len(asymmetricAlgorithms) {
+	if a.cfg.Leeway != defaultLeeway || len(a.cfg.Algorithms) != len(asymmetricAlgorithms) {
 		t.Errorf("defaults not applied: leeway %s, %d algorithms", a.cfg.Leeway, len(a.cfg.Algorithms))
 	}
 

@@ -13,9 +13,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-// DefaultJWKSPath is where a Kubernetes API server publishes the public keys
+// defaultJWKSPath is where a Kubernetes API server publishes the public keys
 // of its service-account token issuer.
-const DefaultJWKSPath = "/openid/v1/jwks"
+const defaultJWKSPath = "/openid/v1/jwks"
 
 // RemoteKeysConfig configures [NewRemoteKeys].
 type RemoteKeysConfig struct {
@@ -61,9 +61,9 @@ func (c RemoteKeysConfig) Validate() error {
 	return nil
 }
 
-// RemoteKeys is a [KeySource] that fetches a cluster's service-account
+// RemoteKeys is a keySource that fetches a cluster's service-account
 // signing keys from its API server and keeps them fresh. It also implements
-// [KeyRefresher], so [JWKS] picks up a rotated key as soon as a token signed
+// keyRefresher, so [JWKS] picks up a rotated key as soon as a token signed
 // with it arrives. Safe for concurrent use.
 type RemoteKeys struct {
 	cfg RemoteKeysConfig
@@ -78,7 +78,7 @@ type RemoteKeys struct {
 
 var (
 	_ KeySource    = (*RemoteKeys)(nil)
-	_ KeyRefresher = (*RemoteKeys)(nil)
+	_ keyRefresher = (*RemoteKeys)(nil)
 )
 
 // NewRemoteKeys applies defaults to cfg and validates it. It does not fetch:
@@ -88,7 +88,7 @@ func NewRemoteKeys(cfg RemoteKeysConfig) (*RemoteKeys, error) {
 		return nil, err
 	}
 	if cfg.Path == "" {
-		cfg.Path = DefaultJWKSPath
+		cfg.Path = defaultJWKSPath
 	}
 	if cfg.RefreshInterval == 0 {
 		cfg.RefreshInterval = 5 * time.Minute
@@ -100,7 +100,7 @@ func NewRemoteKeys(cfg RemoteKeysConfig) (*RemoteKeys, error) {
 		cfg.MinRefreshInterval = 10 * time.Second
 	}
 	if cfg.Timeout == 0 {
-		cfg.Timeout = DefaultAPITimeout
+		cfg.Timeout = defaultAPITimeout
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

@@ -13,9 +13,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-// DefaultAPITimeout bounds each API server call of the Kubernetes attestors
+// defaultAPITimeout bounds each API server call of the Kubernetes attestors
 // when their Timeout is zero.
-const DefaultAPITimeout = 5 * time.Second
+const defaultAPITimeout = 5 * time.Second
 
 // TokenReviewConfig configures a [TokenReview] attestor.
 type TokenReviewConfig struct {
@@ -87,7 +87,7 @@ func NewTokenReview(cfg TokenReviewConfig) (*TokenReview, error) {
 		cfg.Audiences = slices.Clone(defaultAudiences)
 	}
 	if cfg.Timeout == 0 {
-		cfg.Timeout = DefaultAPITimeout
+		cfg.Timeout = defaultAPITimeout
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err

@@ -46,9 +46,9 @@ func (c KubeClientConfig) Validate() error {
 	return nil
 }
 
-// RESTConfig loads the client configuration (the kubeconfig file, or the
+// restConfig loads the client configuration (the kubeconfig file, or the
 // in-cluster service account) and applies c's limits.
-func (c *KubeClientConfig) RESTConfig() (*rest.Config, error) {
+func (c *KubeClientConfig) restConfig() (*rest.Config, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
@@ -86,7 +86,7 @@ func (c *KubeClientConfig) RESTConfig() (*rest.Config, error) {
 // NewKubeClient returns a clientset for the cluster c describes. It does not
 // contact the API server.
 func NewKubeClient(c KubeClientConfig) (kubernetes.Interface, error) {
-	rc, err := c.RESTConfig()
+	rc, err := c.restConfig()
 	if err != nil {
 		return nil, err
 	}

@@ -32,9 +32,9 @@ type RevocationSource interface {
 	Current() (*DenySet, <-chan struct{})
 }
 
-// RepublishInterval is how often an issuer sends its unchanged CRLs to the
+// republishInterval is how often an issuer sends its unchanged CRLs to the
 // root again, which keeps them in memory only.
-const RepublishInterval = time.Minute
+const republishInterval = time.Minute
 
 // CRLPublisher hands the issuer's CRLs to the root, which republishes them
 // to every cluster. *Upstream implements it.
@@ -362,7 +362,7 @@ func (s *CRLSigner) publish(ctx context.Context) {
 		if wake == nil && len(crls) > 0 {
 			// The root keeps CRLs in memory only: send them again now and
 			// then, so that a restarted root has them back soon.
-			wake = time.After(RepublishInterval)
+			wake = time.After(republishInterval)
 		}
 		select {
 		case <-ctx.Done():

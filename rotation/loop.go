@@ -62,9 +62,9 @@ func (c Config) withDefaults() Config {
 	if c.Jitter == nil {
 		c.Jitter = rand.Float64
 	}
-	c.MinBackoff = cmp.Or(c.MinBackoff, DefaultMinBackoff)
-	c.MaxBackoff = cmp.Or(c.MaxBackoff, DefaultMaxBackoff)
-	c.RefusedBackoff = cmp.Or(c.RefusedBackoff, DefaultRefusedBackoff)
+	c.MinBackoff = cmp.Or(c.MinBackoff, defaultMinBackoff)
+	c.MaxBackoff = cmp.Or(c.MaxBackoff, defaultMaxBackoff)
+	c.RefusedBackoff = cmp.Or(c.RefusedBackoff, defaultRefusedBackoff)
 	c.AttemptTimeout = cmp.Or(c.AttemptTimeout, defaultAttemptTimeout)
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	return c
@@ -122,7 +122,7 @@ func (l *Loop) attempt(ctx context.Context) time.Time {
 	if err == nil {
 		l.failures = 0
 		l.current = &v
-		next := RenewAt(now, v, l.cfg.Jitter())
+		next := renewAt(now, v, l.cfg.Jitter())
 		l.cfg.Logger.Info("certificate renewed", "not_after", v.NotAfter, "next_renewal", next)
 		return next
 	}

@@ -134,7 +134,7 @@ func TestLoopRefusedWaitsLong(t *testing.T) {
 		time.Sleep(11 * time.Minute)
 		stop()
 		got := intervals(r.callTimes())
-		if len(got) != 2 || got[0] != DefaultRefusedBackoff || got[1] != DefaultRefusedBackoff {
+		if len(got) != 2 || got[0] != defaultRefusedBackoff || got[1] != defaultRefusedBackoff {
 			t.Errorf("intervals after refusals %v, want [5m 5m]", got)
 		}
 		if !strings.Contains(logs.String(), "refused by the issuer") || !strings.Contains(logs.String(), "level=ERROR") {

@@ -10,15 +10,15 @@ import (
 // lifetime has passed, moved earlier or later by up to JitterFraction of the
 // lifetime so that a fleet issued at once does not renew at once.
 const (
-	RenewFraction  = 0.5
-	JitterFraction = 0.1
+	renewFraction  = 0.5
+	jitterFraction = 0.1
 )
 
 // Backoff defaults (see Config).
 const (
-	DefaultMinBackoff     = 100 * time.Millisecond
-	DefaultMaxBackoff     = 30 * time.Second
-	DefaultRefusedBackoff = 5 * time.Minute
+	defaultMinBackoff     = 100 * time.Millisecond
+	defaultMaxBackoff     = 30 * time.Second
+	defaultRefusedBackoff = 5 * time.Minute
 	// defaultAttemptTimeout bounds one Renew call (see Config).
 	defaultAttemptTimeout = 30 * time.Second
 	// backoffJitter spreads each retry delay over ±20% of itself.
@@ -36,7 +36,7 @@ type Validity struct {
 	NotBefore, NotAfter time.Time
 }
 
-// RenewAt returns when to renew a certificate with validity v that was
+// renewAt returns when to renew a certificate with validity v that was
 // obtained at now. jitter ∈ [0, 1) picks the point in the window: 0 gives 40%
 // of the lifetime, 0.5 gives 50%, values near 1 give 60%.
 //
@@ -44,7 +44,7 @@ type Validity struct {
 // NotBefore to tolerate clock skew, and that margin must not eat into the
 // renewal window (with a 30 s backdate, a 40 s certificate would otherwise
 // be "due" the moment it arrives). The result is never before now.
-func RenewAt(now time.Time, v Validity, jitter float64) time.Time {
+func renewAt(now time.Time, v Validity, jitter float64) time.Time {
 	start := v.NotBefore
 	if now.After(start) {
 		start = now
@@ -53,7 +53,7 @@ func RenewAt(now time.Time, v Validity, jitter float64) time.Time {
 	if life <= 0 {
 		return now
 	}
-	frac := RenewFraction + JitterFraction*(2*clampUnit(jitter)-1)
+	frac := renewFraction + jitterFraction*(2*clampUnit(jitter)-1)
 	return start.Add(time.Duration(float64(life) * frac))
 }
 

@@ -28,7 +28,7 @@ const HashSize = sha256.Size
 // encoding can change later without old and new bytes ever colliding.
 const canonicalVersion = 1
 
-// CanonicalAuditEvent returns the bytes of ev that the chain hashes. The
+// canonicalAuditEvent returns the bytes of ev that the chain hashes. The
 // encoding, version 1, is, in this order:
 //
 //	version  1 byte, = 1
@@ -40,7 +40,7 @@ const canonicalVersion = 1
 //
 // PrevHash and Hash are not part of it. No field can bleed into the next, so
 // two different events never have the same encoding.
-func CanonicalAuditEvent(ev AuditEvent) []byte {
+func canonicalAuditEvent(ev AuditEvent) []byte {
 	fields := [...]string{ev.Actor, ev.Action, ev.Cluster, ev.SPIFFEID, ev.Serial, ev.Detail}
 	n := 1 + 8 + 8
 	for _, f := range fields {
@@ -62,7 +62,7 @@ func CanonicalAuditEvent(ev AuditEvent) []byte {
 func ChainHash(prevHash []byte, ev AuditEvent) []byte {
 	h := sha256.New()
 	h.Write(prevHash)
-	h.Write(CanonicalAuditEvent(ev))
+	h.Write(canonicalAuditEvent(ev))
 	return h.Sum(nil)
 }
 
@@ -111,7 +111,7 @@ func (e *BrokenLinkError) Error() string {
 }
 
 // ChainVerifier checks events one by one, in sequence order. The zero value
-// expects a chain from its first event (Seq 1); [NewChainVerifier] starts
+// expects a chain from its first event (Seq 1); newChainVerifier starts
 // after a known head instead. A ChainVerifier is not safe for concurrent use.
 type ChainVerifier struct {
 	head    ChainHead
@@ -119,9 +119,9 @@ type ChainVerifier struct {
 	err     error
 }
 
-// NewChainVerifier returns a verifier that expects the event after head, for
+// newChainVerifier returns a verifier that expects the event after head, for
 // checking the rest of a chain from a trusted point (for example an anchor).
-func NewChainVerifier(head ChainHead) *ChainVerifier {
+func newChainVerifier(head ChainHead) *ChainVerifier {
 	return &ChainVerifier{head: head}
 }
 

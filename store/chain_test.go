@@ -56,7 +56,7 @@ func TestCanonicalAuditEventLayout(t *testing.T) {
 		0, 0, 0, 1, 'e',
 		0, 0, 0, 1, 'f',
 	}
-	if got := CanonicalAuditEvent(ev); !bytes.Equal(got, want) {
+	if got := canonicalAuditEvent(ev); !bytes.Equal(got, want) {
 		t.Fatalf("canonical encoding\n got %x\nwant %x", got, want)
 	}
 }
@@ -65,7 +65,7 @@ func TestCanonicalAuditEventFieldBoundaries(t *testing.T) {
 	// Without length prefixes these two would encode the same bytes.
 	a := AuditEvent{Actor: "ab", Action: "c"}
 	b := AuditEvent{Actor: "a", Action: "bc"}
-	if bytes.Equal(CanonicalAuditEvent(a), CanonicalAuditEvent(b)) {
+	if bytes.Equal(canonicalAuditEvent(a), canonicalAuditEvent(b)) {
 		t.Fatal("moving bytes between fields does not change the encoding")
 	}
 }
@@ -73,7 +73,7 @@ func TestCanonicalAuditEventFieldBoundaries(t *testing.T) {
 func TestChainHashIsSHA256OfPrevAndCanonical(t *testing.T) {
 	ev := AuditEvent{Seq: 7, Time: time.Unix(1700000000, 0), Actor: "x", Action: "y"}
 	prev := bytes.Repeat([]byte{0xab}, HashSize)
-	sum := sha256.Sum256(append(bytes.Clone(prev), CanonicalAuditEvent(ev)...))
+	sum := sha256.Sum256(append(bytes.Clone(prev), canonicalAuditEvent(ev)...))
 	if got := ChainHash(prev, ev); !bytes.Equal(got, sum[:]) {
 		t.Fatalf("ChainHash = %x, want %x", got, sum)
 	}
@@ -227,7 +227,7 @@ func TestChainVerifierStaysBroken(t *testing.T) {
 
 func TestNewChainVerifierResumesFromHead(t *testing.T) {
 	events := buildChain(5)
-	v := NewChainVerifier(HeadOf(events[1]))
+	v := newChainVerifier(HeadOf(events[1]))
 	for _, ev := range events[2:] {
 		if err := v.Verify(ev); err != nil {
 			t.Fatalf("seq %d: %v", ev.Seq, err)
@@ -239,7 +239,7 @@ func TestNewChainVerifierResumesFromHead(t *testing.T) {
 	// An anchor that does not match the stored chain is a break.
 	anchor := HeadOf(events[1])
 	anchor.Hash = bytes.Repeat([]byte{1}, HashSize)
-	err := NewChainVerifier(anchor).Verify(events[2])
+	err := newChainVerifier(anchor).Verify(events[2])
 	var broken *BrokenLinkError
 	if !errors.As(err, &broken) || broken.Seq != 3 {
 		t.Fatalf("Verify against wrong anchor = %v, want break at seq 3", err)

@@ -19,8 +19,8 @@ type Pruner interface {
 
 // Retention defaults.
 const (
-	DefaultRetentionGrace    = 7 * 24 * time.Hour
-	DefaultRetentionInterval = time.Hour
+	defaultRetentionGrace    = 7 * 24 * time.Hour
+	defaultRetentionInterval = time.Hour
 )
 
 // RetentionConfig configures [RunRetention].
@@ -57,10 +57,10 @@ func RunRetention(ctx context.Context, p Pruner, cfg RetentionConfig) error {
 		return err
 	}
 	if cfg.Grace == 0 {
-		cfg.Grace = DefaultRetentionGrace
+		cfg.Grace = defaultRetentionGrace
 	}
 	if cfg.Interval == 0 {
-		cfg.Interval = DefaultRetentionInterval
+		cfg.Interval = defaultRetentionInterval
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -29,8 +29,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 )
 
-// SecretTypeURL is the type of SDS resources.
-const SecretTypeURL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+// secretTypeURL is the type of SDS resources.
+const secretTypeURL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 // Envoy is one emulated Envoy process: a connection to an SDS server (like
 // Envoy's static "sds-grpc" cluster) and its node identity.
@@ -84,7 +84,7 @@ func (e *Envoy) Subscribe(ctx context.Context, name string) (*Subscription, erro
 	}
 	s := &Subscription{Name: name, stream: stream, cancel: cancel, recv: make(chan received, 16)}
 	go s.receive()
-	first := &discoveryv3.DiscoveryRequest{Node: e.Node, ResourceNames: []string{name}, TypeUrl: SecretTypeURL}
+	first := &discoveryv3.DiscoveryRequest{Node: e.Node, ResourceNames: []string{name}, TypeUrl: secretTypeURL}
 	if err := stream.Send(first); err != nil && !errors.Is(err, io.EOF) {
 		cancel()
 		return nil, fmt.Errorf("send first sds request: %w", err)
@@ -139,8 +139,8 @@ type Update struct {
 	CRLs []*x509.RevocationList
 }
 
-// ErrRejected wraps the reason a response was NACKed.
-var ErrRejected = errors.New("sds response rejected")
+// errRejected wraps the reason a response was NACKed.
+var errRejected = errors.New("sds response rejected")
 
 // Next receives the next response and handles it as Envoy does: ACK and
 // return it when valid; NACK and return an error wrapping ErrRejected when
@@ -155,7 +155,7 @@ func (s *Subscription) Next(ctx context.Context) (*Update, error) {
 		if err := s.NACK(resp, checkErr.Error()); err != nil {
 			return nil, err
 		}
-		return nil, fmt.Errorf("%w: %w", ErrRejected, checkErr)
+		return nil, fmt.Errorf("%w: %w", errRejected, checkErr)
 	}
 	if err := s.ACK(resp); err != nil {
 		return nil, err
@@ -167,7 +167,7 @@ func (s *Subscription) Next(ctx context.Context) (*Update, error) {
 func (s *Subscription) ACK(resp *discoveryv3.DiscoveryResponse) error {
 	s.accepted = resp.GetVersionInfo()
 	return s.Send(&discoveryv3.DiscoveryRequest{
-		VersionInfo: s.accepted, ResourceNames: []string{s.Name}, TypeUrl: SecretTypeURL, ResponseNonce: resp.GetNonce(),
+		VersionInfo: s.accepted, ResourceNames: []string{s.Name}, TypeUrl: secretTypeURL, ResponseNonce: resp.GetNonce(),
 	})
 }
 
@@ -175,7 +175,7 @@ func (s *Subscription) ACK(resp *discoveryv3.DiscoveryResponse) error {
 // resp's nonce and carries the reason.
 func (s *Subscription) NACK(resp *discoveryv3.DiscoveryResponse, reason string) error {
 	return s.Send(&discoveryv3.DiscoveryRequest{
-		VersionInfo: s.accepted, ResourceNames: []string{s.Name}, TypeUrl: SecretTypeURL, ResponseNonce: resp.GetNonce(),
+		VersionInfo: s.accepted, ResourceNames: []string{s.Name}, TypeUrl: secretTypeURL, ResponseNonce: resp.GetNonce(),
 		ErrorDetail: &status.Status{Code: int32(codes.Internal), Message: reason},
 	})
 }
@@ -186,7 +186,7 @@ func (s *Subscription) NACK(resp *discoveryv3.DiscoveryResponse, reason string) 
 func (s *Subscription) Rename(name string) error {
 	s.Name = name
 	return s.Send(&discoveryv3.DiscoveryRequest{
-		VersionInfo: s.accepted, ResourceNames: []string{name}, TypeUrl: SecretTypeURL, ResponseNonce: s.nonce,
+		VersionInfo: s.accepted, ResourceNames: []string{name}, TypeUrl: secretTypeURL, ResponseNonce: s.nonce,
 	})
 }
 
@@ -207,14 +207,14 @@ func (s *Subscription) Send(req *discoveryv3.DiscoveryRequest) error {
 // validation rules, and a certificate chain with its matching private key or
 // a CA bundle (with CRLs, if any, that parse), all inline PEM.
 func Check(resp *discoveryv3.DiscoveryResponse, name string) (*Update, error) {
-	if resp.GetTypeUrl() != SecretTypeURL {
+	if resp.GetTypeUrl() != secretTypeURL {
 		return nil, fmt.Errorf("response type_url %q", resp.GetTypeUrl())
 	}
 	if n := len(resp.GetResources()); n != 1 {
 		return nil, fmt.Errorf("unexpected SDS secrets length: %d", n)
 	}
 	res := resp.GetResources()[0]
-	if res.GetTypeUrl() != SecretTypeURL {
+	if res.GetTypeUrl() != secretTypeURL {
 		return nil, fmt.Errorf("resource type_url %q", res.GetTypeUrl())
 	}
 	var secret tlsv3.Secret

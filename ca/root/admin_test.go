@@ -46,7 +46,7 @@ func TestAdminService(t *testing.T) {
 	}
 	rootA := h.activeRoot()
 	if !strings.HasPrefix(resp.GetJoinToken(), JoinTokenPrefix) || len(resp.GetJoinToken()) < len(JoinTokenPrefix)+43 ||
-		resp.GetExpiresAtUnix() != h.clock.Now().Add(DefaultJoinTokenTTL).Unix() ||
+		resp.GetExpiresAtUnix() != h.clock.Now().Add(defaultJoinTokenTTL).Unix() ||
 		len(resp.GetRootSha256()) != 1 || resp.GetRootSha256()[0] != fingerprintHex(rootA) {
 		t.Fatalf("AddCluster response: expires %d, roots %v", resp.GetExpiresAtUnix(), resp.GetRootSha256())
 	}

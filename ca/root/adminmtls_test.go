@@ -43,7 +43,7 @@ func (h *harness) serveAdminMTLS() string {
 	}
 	lis := testkit.Listen(h.t)
 	root := h.root
-	testkit.Go(h.t, "ServeAdminMTLS", func(ctx context.Context) error { return root.ServeAdminMTLS(ctx, lis, m) })
+	testkit.Go(h.t, "ServeAdminMTLS", func(ctx context.Context) error { return root.serveAdminMTLS(ctx, lis, m) })
 	return lis.Addr().String()
 }
 

@@ -189,9 +189,9 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 	if replicas > store.MaxReplicas {
 		return nil, fmt.Errorf("%w: %d replicas: at most %d", grpcx.ErrInvalidArgument, replicas, store.MaxReplicas)
 	}
-	maxTTL := MaxJoinTokenTTL
+	maxTTL := maxJoinTokenTTL
 	if replicas > 1 {
-		maxTTL = MaxReplicaJoinTokenTTL
+		maxTTL = maxReplicaJoinTokenTTL
 	}
 	ttl := time.Duration(req.GetTokenTtlSeconds()) * time.Second
 	switch {

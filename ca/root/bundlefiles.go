@@ -30,12 +30,12 @@ func bundleRoots(roots []RootStatus) []*x509.Certificate {
 	return out
 }
 
-// WriteBundleFiles keeps dir/bundle.pem (the roots, for issuers'
+// writeBundleFiles keeps dir/bundle.pem (the roots, for issuers'
 // upstream.bundleFile and agents' --ca-bundle) and dir/bundle.spiffe.json
 // (the SPIFFE bundle of td, for another mesh's federation bundleFile) up to
 // date until ctx ends; then it returns nil. A failed write is logged and
 // tried again at the next change.
-func (r *Root) WriteBundleFiles(ctx context.Context, dir string, td spiffeid.TrustDomain, log *slog.Logger) error {
+func (r *Root) writeBundleFiles(ctx context.Context, dir string, td spiffeid.TrustDomain, log *slog.Logger) error {
 	pemPath := filepath.Join(dir, "bundle.pem")
 	jsonPath := filepath.Join(dir, "bundle.spiffe.json")
 	var last []byte

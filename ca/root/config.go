@@ -21,22 +21,22 @@ import (
 
 // Defaults applied by New to zero Config fields.
 const (
-	DefaultRootTTL          = ca.DefaultRootTTL
-	DefaultIntermediateTTL  = 48 * time.Hour
-	DefaultCredentialTTL    = 30 * 24 * time.Hour
-	DefaultPropagationDelay = time.Hour
-	DefaultTick             = 10 * time.Second
-	DefaultServingTTL       = 24 * time.Hour
-	DefaultJoinTokenTTL     = time.Hour
-	DefaultRefreshHint      = 5 * time.Minute
-	DefaultMaxRequestBytes  = 64 << 10
+	defaultRootTTL          = ca.DefaultRootTTL
+	defaultIntermediateTTL  = 48 * time.Hour
+	defaultCredentialTTL    = 30 * 24 * time.Hour
+	defaultPropagationDelay = time.Hour
+	defaultTick             = 10 * time.Second
+	defaultServingTTL       = 24 * time.Hour
+	defaultJoinTokenTTL     = time.Hour
+	defaultRefreshHint      = 5 * time.Minute
+	defaultMaxRequestBytes  = 64 << 10
 
-	// MaxJoinTokenTTL bounds a join token's life.
-	MaxJoinTokenTTL = 7 * 24 * time.Hour
-	// MaxReplicaJoinTokenTTL bounds a join token shared by several issuer
+	// maxJoinTokenTTL bounds a join token's life.
+	maxJoinTokenTTL = 7 * 24 * time.Hour
+	// maxReplicaJoinTokenTTL bounds a join token shared by several issuer
 	// replicas: it must outlive replacements of replicas, and is replaced
 	// (cluster add again, then the Secret) within this time.
-	MaxReplicaJoinTokenTTL = 90 * 24 * time.Hour
+	maxReplicaJoinTokenTTL = 90 * 24 * time.Hour
 )
 
 // Store is what the root service needs from storage: store.RootStore, the
@@ -217,8 +217,8 @@ func (c Config) Validate() error {
 			return fmt.Errorf("root server: negative %s %v", name, d)
 		}
 	}
-	if c.JoinTokenTTL > MaxJoinTokenTTL {
-		return fmt.Errorf("root server: join token ttl %v exceeds %v", c.JoinTokenTTL, MaxJoinTokenTTL)
+	if c.JoinTokenTTL > maxJoinTokenTTL {
+		return fmt.Errorf("root server: join token ttl %v exceeds %v", c.JoinTokenTTL, maxJoinTokenTTL)
 	}
 	if c.MaxRequestBytes < 0 {
 		return fmt.Errorf("root server: negative max request bytes %d", c.MaxRequestBytes)
@@ -230,16 +230,16 @@ func (c Config) Validate() error {
 }
 
 func (c Config) withDefaults() Config {
-	c.RootTTL = cmp.Or(c.RootTTL, DefaultRootTTL)
-	c.IntermediateTTL = cmp.Or(c.IntermediateTTL, DefaultIntermediateTTL)
-	c.CredentialTTL = cmp.Or(c.CredentialTTL, DefaultCredentialTTL)
-	c.PropagationDelay = cmp.Or(c.PropagationDelay, DefaultPropagationDelay)
-	c.Tick = cmp.Or(c.Tick, DefaultTick)
-	c.ServingTTL = cmp.Or(c.ServingTTL, DefaultServingTTL)
-	c.JoinTokenTTL = cmp.Or(c.JoinTokenTTL, DefaultJoinTokenTTL)
-	c.RefreshHint = cmp.Or(c.RefreshHint, DefaultRefreshHint)
+	c.RootTTL = cmp.Or(c.RootTTL, defaultRootTTL)
+	c.IntermediateTTL = cmp.Or(c.IntermediateTTL, defaultIntermediateTTL)
+	c.CredentialTTL = cmp.Or(c.CredentialTTL, defaultCredentialTTL)
+	c.PropagationDelay = cmp.Or(c.PropagationDelay, defaultPropagationDelay)
+	c.Tick = cmp.Or(c.Tick, defaultTick)
+	c.ServingTTL = cmp.Or(c.ServingTTL, defaultServingTTL)
+	c.JoinTokenTTL = cmp.Or(c.JoinTokenTTL, defaultJoinTokenTTL)
+	c.RefreshHint = cmp.Or(c.RefreshHint, defaultRefreshHint)
 	c.CRLValidity = cmp.Or(c.CRLValidity, ca.DefaultCRLValidity)
-	c.MaxRequestBytes = cmp.Or(c.MaxRequestBytes, DefaultMaxRequestBytes)
+	c.MaxRequestBytes = cmp.Or(c.MaxRequestBytes, defaultMaxRequestBytes)
 	if c.IssuerServingNames == nil {
 		c.IssuerServingNames = trust.DefaultServingNames
 	}

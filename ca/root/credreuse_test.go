@@ -112,7 +112,7 @@ func (h *credHarness) reuseCount(cluster string) float64 {
 		h.t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != ReuseMetricName {
+		if mf.GetName() != reuseMetricName {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
@@ -220,7 +220,7 @@ func TestCopiedCredentialReuse(t *testing.T) {
 
 			wantRejected(t, "renewal with a reused credential", tc.attack(h, thief, orig))
 			if n := h.reuseCount("east"); n != 1 {
-				t.Fatalf("%s = %v, want 1", ReuseMetricName, n)
+				t.Fatalf("%s = %v, want 1", reuseMetricName, n)
 			}
 			evs := h.audited("credential.reuse")
 			if len(evs) != 1 || evs[0].Cluster != "east" || evs[0].Serial == "" || !strings.Contains(evs[0].Detail, "revoked") {
@@ -247,7 +247,7 @@ func TestCopiedCredentialReuse(t *testing.T) {
 				t.Fatalf("renewal after the new enrolment, once the copy tried: %v", err)
 			}
 			if n := h.reuseCount("east"); n != 1 {
-				t.Fatalf("%s = %v after the new enrolment, want still 1", ReuseMetricName, n)
+				t.Fatalf("%s = %v after the new enrolment, want still 1", reuseMetricName, n)
 			}
 			if !strings.Contains(h.logs.String(), "credential of an earlier enrolment refused") {
 				t.Fatal("the refusal of the old credential was not logged")
@@ -294,7 +294,7 @@ func TestLostRenewalRetry(t *testing.T) {
 		t.Fatalf("publish with the new credential: %v", err)
 	}
 	if n := h.reuseCount("east"); n != 0 {
-		t.Fatalf("%s = %v after honest retries, want 0", ReuseMetricName, n)
+		t.Fatalf("%s = %v after honest retries, want 0", reuseMetricName, n)
 	}
 	if evs := h.audited("credential.confirm"); len(evs) != 1 {
 		t.Fatalf("credential.confirm audit events: %+v", evs)
@@ -310,7 +310,7 @@ func TestLostRenewalRetry(t *testing.T) {
 	}
 	wantRejected(t, "renewal with the predecessor of a used credential", h.newIntermediate(h.upstream(before, "")))
 	if n := h.reuseCount("east"); n != 1 {
-		t.Fatalf("%s = %v, want 1", ReuseMetricName, n)
+		t.Fatalf("%s = %v, want 1", reuseMetricName, n)
 	}
 }
 
@@ -491,7 +491,7 @@ func TestWatchWithPredecessorIsNoReuse(t *testing.T) {
 		t.Fatal("a credential two renewals old watched the bundle")
 	}
 	if n := h.reuseCount("east"); n != 0 {
-		t.Fatalf("%s = %v after bundle watches, want 0", ReuseMetricName, n)
+		t.Fatalf("%s = %v after bundle watches, want 0", reuseMetricName, n)
 	}
 	if err := h.newIntermediate(up); err != nil {
 		t.Fatalf("the issuer after the watches: %v", err)

@@ -101,9 +101,9 @@ func writeNewFile(path string, data []byte) (err error) {
 	return f.Sync()
 }
 
-// VaultKeyPrefix is the ref prefix of Vault Transit keys: a ref is
+// vaultKeyPrefix is the ref prefix of Vault Transit keys: a ref is
 // "vault:<key name>". It is never part of a key name.
-const VaultKeyPrefix = "vault:"
+const vaultKeyPrefix = "vault:"
 
 // DefaultVaultKeyName starts the name of every new Vault Transit key when
 // VaultKeys.Prefix is empty.
@@ -134,12 +134,12 @@ func (k VaultKeys) NewKey(ctx context.Context) (string, crypto.Signer, error) {
 	if err != nil {
 		return "", nil, err
 	}
-	return VaultKeyPrefix + name, signer, nil
+	return vaultKeyPrefix + name, signer, nil
 }
 
 // Load implements Keys.
 func (k VaultKeys) Load(ctx context.Context, ref string) (crypto.Signer, error) {
-	name, ok := strings.CutPrefix(ref, VaultKeyPrefix)
+	name, ok := strings.CutPrefix(ref, vaultKeyPrefix)
 	if !ok || name == "" {
 		return nil, fmt.Errorf("vault keys: ref %q does not name a Vault key", ref)
 	}

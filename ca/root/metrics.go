@@ -13,9 +13,9 @@ import (
 	"github.com/meshca/meshca/trust"
 )
 
-// ExpiryMetricName is the gauge of CA expiry times, shared with the issuer:
+// expiryMetricName is the gauge of CA expiry times, shared with the issuer:
 // labels kind (root, intermediate, credential), cluster and sha256.
-const ExpiryMetricName = "meshca_ca_expiry_timestamp_seconds"
+const expiryMetricName = "meshca_ca_expiry_timestamp_seconds"
 
 // warnInterval spaces the repeated warnings about one CA close to expiry.
 const warnInterval = time.Hour
@@ -37,17 +37,17 @@ func newExpiryMetrics(reg prometheus.Registerer) (*expiryMetrics, error) {
 		return nil, nil
 	}
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: ExpiryMetricName,
+		Name: expiryMetricName,
 		Help: "NotAfter of a CA certificate in Unix seconds, by kind (root, intermediate, credential), cluster and SHA-256.",
 	}, []string{"kind", "cluster", "sha256"})
 	if err := reg.Register(g); err != nil {
 		var are prometheus.AlreadyRegisteredError
 		if !errors.As(err, &are) {
-			return nil, fmt.Errorf("register %s: %w", ExpiryMetricName, err)
+			return nil, fmt.Errorf("register %s: %w", expiryMetricName, err)
 		}
 		existing, ok := are.ExistingCollector.(*prometheus.GaugeVec)
 		if !ok {
-			return nil, fmt.Errorf("register %s: registered as %T", ExpiryMetricName, are.ExistingCollector)
+			return nil, fmt.Errorf("register %s: registered as %T", expiryMetricName, are.ExistingCollector)
 		}
 		g = existing
 	}
@@ -113,10 +113,10 @@ func (r *Root) alarmLocked(ctx context.Context, now time.Time) {
 	}
 }
 
-// ReuseMetricName counts issuer credentials presented after the root had
+// reuseMetricName counts issuer credentials presented after the root had
 // replaced them and their successor had been used: two parties held
 // credentials of one cluster. Label: cluster.
-const ReuseMetricName = "meshca_root_credential_reuse_total"
+const reuseMetricName = "meshca_root_credential_reuse_total"
 
 // reuseCounter counts credential reuse. A nil *reuseCounter does nothing.
 type reuseCounter struct{ c *prometheus.CounterVec }
@@ -126,17 +126,17 @@ func newReuseCounter(reg prometheus.Registerer) (*reuseCounter, error) {
 		return nil, nil
 	}
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: ReuseMetricName,
+		Name: reuseMetricName,
 		Help: "Issuer credentials presented after they were replaced and their successor was used (a copy in use), by cluster.",
 	}, []string{"cluster"})
 	if err := reg.Register(c); err != nil {
 		var are prometheus.AlreadyRegisteredError
 		if !errors.As(err, &are) {
-			return nil, fmt.Errorf("register %s: %w", ReuseMetricName, err)
+			return nil, fmt.Errorf("register %s: %w", reuseMetricName, err)
 		}
 		existing, ok := are.ExistingCollector.(*prometheus.CounterVec)
 		if !ok {
-			return nil, fmt.Errorf("register %s: registered as %T", ReuseMetricName, are.ExistingCollector)
+			return nil, fmt.Errorf("register %s: registered as %T", reuseMetricName, are.ExistingCollector)
 		}
 		c = existing
 	}

@@ -129,7 +129,7 @@ func TestIssuerReplicasShareJoinToken(t *testing.T) {
 	}
 	wantRejected(t, "east-1 after its copy renewed", h.newIntermediate(r1))
 	if n := h.reuseCount("east"); n != 1 {
-		t.Fatalf("%s = %v, want 1", ReuseMetricName, n)
+		t.Fatalf("%s = %v, want 1", reuseMetricName, n)
 	}
 	if err := h.newIntermediate(again0); err != nil {
 		t.Fatalf("east-0 after east-1's reuse: %v", err)

@@ -365,7 +365,7 @@ func gaugeValue(t testing.TB, reg *prometheus.Registry, kind, sha string) float6
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != ExpiryMetricName {
+		if mf.GetName() != expiryMetricName {
 			continue
 		}
 		for _, m := range mf.GetMetric() {

@@ -75,11 +75,11 @@ func (r *Root) ServeAdmin(ctx context.Context, lis net.Listener) error {
 	return serve(ctx, srv, lis, make(chan struct{}))
 }
 
-// ServeAdminMTLS serves AdminService over mutual TLS on lis, to the admins
+// serveAdminMTLS serves AdminService over mutual TLS on lis, to the admins
 // m lets in (see adminapi.NewMTLS; build it with ServingCertificate, OwnRoots,
 // the Root itself as the deny-list and RootCRLs), until ctx ends. The audit
 // actor is the admin's SPIFFE ID.
-func (r *Root) ServeAdminMTLS(ctx context.Context, lis net.Listener, m *adminapi.MTLS) error {
+func (r *Root) serveAdminMTLS(ctx context.Context, lis net.Listener, m *adminapi.MTLS) error {
 	srv := grpc.NewServer(append(m.ServerOptions(), grpc.MaxRecvMsgSize(r.cfg.MaxRequestBytes))...)
 	meshcav1.RegisterAdminServiceServer(srv, newAdminService(r))
 	return serve(ctx, srv, m.Listener(lis), make(chan struct{}))
@@ -145,11 +145,11 @@ func newServingCerts(r *Root) (*servingCerts, error) {
 	return s, nil
 }
 
-// SVIDCertificate returns a tls.Config.GetCertificate callback that presents
+// svidCertificate returns a tls.Config.GetCertificate callback that presents
 // an X509-SVID for id, signed directly by the active root, key in memory
 // only, renewed like the serving certificate. The SPIFFE bundle endpoint
 // (profile https_spiffe) serves with it.
-func (r *Root) SVIDCertificate(id spiffeid.ID) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), error) {
+func (r *Root) svidCertificate(id spiffeid.ID) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("svid key: %w", err)

@@ -123,7 +123,7 @@ func (c StackConfig) AdminSocketPath() string {
 func (c StackConfig) rootConfig(db Store, fetcher *federation.Fetcher, reg prometheus.Registerer, log *slog.Logger) Config {
 	rc := c.Root
 	rc.Store, rc.Registerer, rc.Logger = db, reg, log
-	if rc.Tick == 0 && rc.PropagationDelay != 0 && rc.PropagationDelay < DefaultTick {
+	if rc.Tick == 0 && rc.PropagationDelay != 0 && rc.PropagationDelay < defaultTick {
 		rc.Tick = time.Second
 	}
 	if fetcher != nil {

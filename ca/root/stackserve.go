@@ -42,9 +42,9 @@ func (c StackConfig) serve(ctx context.Context, r *Root, fetcher *federation.Fet
 	g.Go(func() error { return r.Serve(ctx, ls.grpc) })
 	g.Go(func() error { return r.ServeAdmin(ctx, ls.admin) })
 	if ls.mtls != nil {
-		g.Go(func() error { return r.ServeAdminMTLS(ctx, ls.adminTLS, ls.mtls) })
+		g.Go(func() error { return r.serveAdminMTLS(ctx, ls.adminTLS, ls.mtls) })
 	}
-	g.Go(func() error { return r.WriteBundleFiles(ctx, c.DataDir, td, log) })
+	g.Go(func() error { return r.writeBundleFiles(ctx, c.DataDir, td, log) })
 	if fetcher != nil {
 		g.Go(func() error { return fetcher.Run(ctx) })
 	}
@@ -102,7 +102,7 @@ func (e Endpoint) new(r *Root, log *slog.Logger) (*federation.Endpoint, error) {
 		if err != nil {
 			return nil, err
 		}
-		get, err := r.SVIDCertificate(id)
+		get, err := r.svidCertificate(id)
 		if err != nil {
 			return nil, err
 		}

@@ -28,11 +28,11 @@ const (
 
 // Defaults applied by New to zero Config fields.
 const (
-	DefaultMount             = "transit"
-	DefaultTimeout           = 10 * time.Second
-	DefaultAppRoleMount      = "approle"
-	DefaultKubernetesMount   = "kubernetes"
-	DefaultKubernetesJWTFile = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+	defaultMount             = "transit"
+	defaultTimeout           = 10 * time.Second
+	defaultAppRoleMount      = "approle"
+	defaultKubernetesMount   = "kubernetes"
+	defaultKubernetesJWTFile = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 )
 
 // Config describes a Transit key used as a crypto.Signer. The zero value of
@@ -173,14 +173,14 @@ func (a AuthConfig) validate() error {
 
 // withDefaults returns c with every zero optional field set to its default.
 func (c Config) withDefaults() Config {
-	c.Mount = cmp.Or(c.Mount, DefaultMount)
+	c.Mount = cmp.Or(c.Mount, defaultMount)
 	c.KeyType = cmp.Or(c.KeyType, KeyTypeECDSAP256)
-	c.Timeout = cmp.Or(c.Timeout, DefaultTimeout)
+	c.Timeout = cmp.Or(c.Timeout, defaultTimeout)
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	c.Auth.Method = cmp.Or(c.Auth.Method, AuthToken)
-	c.Auth.AppRole.Mount = cmp.Or(c.Auth.AppRole.Mount, DefaultAppRoleMount)
-	c.Auth.Kubernetes.Mount = cmp.Or(c.Auth.Kubernetes.Mount, DefaultKubernetesMount)
-	c.Auth.Kubernetes.JWTFile = cmp.Or(c.Auth.Kubernetes.JWTFile, DefaultKubernetesJWTFile)
+	c.Auth.AppRole.Mount = cmp.Or(c.Auth.AppRole.Mount, defaultAppRoleMount)
+	c.Auth.Kubernetes.Mount = cmp.Or(c.Auth.Kubernetes.Mount, defaultKubernetesMount)
+	c.Auth.Kubernetes.JWTFile = cmp.Or(c.Auth.Kubernetes.JWTFile, defaultKubernetesJWTFile)
 	return c
 }
 

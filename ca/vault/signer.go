@@ -128,8 +128,8 @@ func (s *Signer) Close() error {
 // signs with: *ecdsa.PublicKey or *rsa.PublicKey.
 func (s *Signer) Public() crypto.PublicKey { return s.pub }
 
-// KeyVersion returns the Transit key version this Signer signs with.
-func (s *Signer) KeyVersion() int { return s.version }
+// keyVersion returns the Transit key version this Signer signs with.
+func (s *Signer) keyVersion() int { return s.version }
 
 // Sign signs digest, which must be the output of opts.HashFunc(), in Vault.
 // For an RSA key, *rsa.PSSOptions selects PSS and any other opts PKCS #1

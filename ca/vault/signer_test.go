@@ -86,8 +86,8 @@ func TestNewReusesKey(t *testing.T) {
 	if !a.Public().(*ecdsa.PublicKey).Equal(b.Public()) {
 		t.Fatal("second Signer has another public key")
 	}
-	if a.KeyVersion() != 1 {
-		t.Fatalf("key version %d, want 1", a.KeyVersion())
+	if a.keyVersion() != 1 {
+		t.Fatalf("key version %d, want 1", a.keyVersion())
 	}
 }
 

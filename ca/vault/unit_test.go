@@ -71,9 +71,9 @@ func TestConfigValidate(t *testing.T) {
 
 func TestWithDefaults(t *testing.T) {
 	c := Config{}.withDefaults()
-	if c.Mount != "transit" || c.KeyType != KeyTypeECDSAP256 || c.Timeout != DefaultTimeout ||
+	if c.Mount != "transit" || c.KeyType != KeyTypeECDSAP256 || c.Timeout != defaultTimeout ||
 		c.Auth.Method != AuthToken || c.Auth.AppRole.Mount != "approle" ||
-		c.Auth.Kubernetes.Mount != "kubernetes" || c.Auth.Kubernetes.JWTFile != DefaultKubernetesJWTFile || c.Logger == nil {
+		c.Auth.Kubernetes.Mount != "kubernetes" || c.Auth.Kubernetes.JWTFile != defaultKubernetesJWTFile || c.Logger == nil {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
 }

@@ -10,8 +10,8 @@ import (
 	"github.com/meshca/meshca/store"
 )
 
-// CertificateToProto converts a certificate record for the admin API.
-func CertificateToProto(c store.Certificate) *meshcav1.Certificate {
+// certificateToProto converts a certificate record for the admin API.
+func certificateToProto(c store.Certificate) *meshcav1.Certificate {
 	return &meshcav1.Certificate{
 		Serial: c.Serial, SpiffeId: c.SPIFFEID, Cluster: c.Cluster,
 		NotBefore: timestamp(c.NotBefore), NotAfter: timestamp(c.NotAfter),
@@ -28,8 +28,8 @@ func RevocationToProto(r store.Revocation) *meshcav1.Revocation {
 	}
 }
 
-// AuditEventToProto converts an audit event for the admin API.
-func AuditEventToProto(ev store.AuditEvent) *meshcav1.AuditEvent {
+// auditEventToProto converts an audit event for the admin API.
+func auditEventToProto(ev store.AuditEvent) *meshcav1.AuditEvent {
 	return &meshcav1.AuditEvent{
 		Seq: ev.Seq, Time: timestamp(ev.Time), Actor: ev.Actor, Action: ev.Action, Cluster: ev.Cluster,
 		SpiffeId: ev.SPIFFEID, Serial: ev.Serial, Detail: ev.Detail, HashHex: hex.EncodeToString(ev.Hash),

@@ -140,9 +140,9 @@ func (m *MTLS) Listener(lis net.Listener) net.Listener { return m.limits.Listene
 // call, and keepalive, idle, age, stream and handshake limits.
 func (m *MTLS) ServerOptions() []grpc.ServerOption {
 	return append([]grpc.ServerOption{
-		grpc.Creds(m.Credentials()),
+		grpc.Creds(m.credentials()),
 		grpc.ChainUnaryInterceptor(m.UnaryInterceptor()),
-		grpc.ChainStreamInterceptor(m.StreamInterceptor()),
+		grpc.ChainStreamInterceptor(m.streamInterceptor()),
 	}, m.limits.ServerOptions()...)
 }
 
@@ -169,9 +169,9 @@ func (m *MTLS) TLSConfig() *tls.Config {
 	}
 }
 
-// Credentials are the server transport credentials: TLSConfig, and the
+// credentials are the server transport credentials: TLSConfig, and the
 // verified SPIFFE ID as part of the AuthInfo, for Actor.
-func (m *MTLS) Credentials() credentials.TransportCredentials {
+func (m *MTLS) credentials() credentials.TransportCredentials {
 	return svidCredentials{TransportCredentials: credentials.NewTLS(m.TLSConfig())}
 }
 
@@ -186,8 +186,8 @@ func (m *MTLS) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	}
 }
 
-// StreamInterceptor is UnaryInterceptor for streams.
-func (m *MTLS) StreamInterceptor() grpc.StreamServerInterceptor {
+// streamInterceptor is UnaryInterceptor for streams.
+func (m *MTLS) streamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		if err := m.check(ss.Context(), info.FullMethod); err != nil {
 			return err

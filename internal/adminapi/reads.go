@@ -23,9 +23,9 @@ const (
 	DefaultListLimit = 1000
 	// MaxListLimit is the largest limit a request may name.
 	MaxListLimit = 10000
-	// DefaultAuditWindow is how far back ListAuditEvents looks when the
+	// defaultAuditWindow is how far back ListAuditEvents looks when the
 	// request names no since.
-	DefaultAuditWindow = time.Hour
+	defaultAuditWindow = time.Hour
 )
 
 // ReadStore is what Reads reads: the certificate records and the audit
@@ -116,7 +116,7 @@ func (r *Reads) listCertificates(ctx context.Context, req *meshcav1.ListCertific
 	}
 	resp := &meshcav1.ListCertificatesResponse{Certificates: make([]*meshcav1.Certificate, 0, len(certs))}
 	for _, c := range certs {
-		resp.Certificates = append(resp.Certificates, CertificateToProto(c))
+		resp.Certificates = append(resp.Certificates, certificateToProto(c))
 	}
 	return resp, nil
 }
@@ -145,7 +145,7 @@ func (r *Reads) getCertificate(ctx context.Context, req *meshcav1.GetCertificate
 	case err != nil:
 		return nil, fmt.Errorf("%w: get certificate %s: %w", grpcx.ErrUnavailable, serial, err)
 	}
-	resp := &meshcav1.GetCertificateResponse{Certificate: CertificateToProto(c)}
+	resp := &meshcav1.GetCertificateResponse{Certificate: certificateToProto(c)}
 	if rl, ok := r.st.(revocationLister); ok {
 		revs, err := rl.Revocations(ctx, r.now())
 		if err != nil {
@@ -229,7 +229,7 @@ func (r *Reads) listAuditEvents(ctx context.Context, req *meshcav1.ListAuditEven
 	if err != nil {
 		return nil, err
 	}
-	since := r.now().Add(-DefaultAuditWindow)
+	since := r.now().Add(-defaultAuditWindow)
 	if req.GetSince() != nil {
 		if err := req.GetSince().CheckValid(); err != nil {
 			return nil, fmt.Errorf("%w: since: %w", grpcx.ErrInvalidArgument, err)
@@ -243,7 +243,7 @@ func (r *Reads) listAuditEvents(ctx context.Context, req *meshcav1.ListAuditEven
 	events = events[:min(len(events), limit)]
 	resp := &meshcav1.ListAuditEventsResponse{Events: make([]*meshcav1.AuditEvent, 0, len(events))}
 	for _, ev := range events {
-		resp.Events = append(resp.Events, AuditEventToProto(ev))
+		resp.Events = append(resp.Events, auditEventToProto(ev))
 	}
 	return resp, nil
 }

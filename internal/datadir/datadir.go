@@ -13,14 +13,14 @@ import (
 	"strings"
 )
 
-// LockFile is the name of the lock file inside a data directory. It is left
+// lockFile is the name of the lock file inside a data directory. It is left
 // in place on exit: removing it would let a process that opened the old
 // file and one that created a new one both believe they hold the lock.
-const LockFile = "lock"
+const lockFile = "lock"
 
-// ErrInUse is returned (wrapped) by Acquire while another process holds the
+// errInUse is returned (wrapped) by Acquire while another process holds the
 // data directory.
-var ErrInUse = errors.New("in use by another meshca process")
+var errInUse = errors.New("in use by another meshca process")
 
 // Lock is an exclusive hold on a data directory.
 type Lock struct {
@@ -38,7 +38,7 @@ func Acquire(dir string) (*Lock, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	path := filepath.Join(dir, LockFile)
+	path := filepath.Join(dir, lockFile)
 	f, err := openLockFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("data dir lock: %w", err)
@@ -85,5 +85,5 @@ func inUse(dir, path string) error {
 			holder = "pid " + strconv.Itoa(pid)
 		}
 	}
-	return fmt.Errorf("data dir %s is %w (%s); stop it, or give this process its own data dir", dir, ErrInUse, holder)
+	return fmt.Errorf("data dir %s is %w (%s); stop it, or give this process its own data dir", dir, errInUse, holder)
 }

@@ -18,13 +18,13 @@ func TestAcquireRefusesASecondHolder(t *testing.T) {
 	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Fatalf("data dir: %v, mode %v; want 0700", err, fi.Mode().Perm())
 	}
-	if fi, err := os.Stat(filepath.Join(dir, LockFile)); err != nil || fi.Mode().Perm() != 0o600 {
+	if fi, err := os.Stat(filepath.Join(dir, lockFile)); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("lock file: %v; want mode 0600", err)
 	}
 
 	// A second open file description is refused, as another process's is.
 	_, err = Acquire(dir)
-	if !errors.Is(err, ErrInUse) {
+	if !errors.Is(err, errInUse) {
 		t.Fatalf("second Acquire: %v, want ErrInUse", err)
 	}
 	for _, want := range []string{dir, "pid " + strconv.Itoa(os.Getpid())} {
@@ -49,7 +49,7 @@ func TestAcquireDoesNotFollowASymlink(t *testing.T) {
 	if err := os.WriteFile(target, []byte("keep me"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Symlink(target, filepath.Join(dir, LockFile)); err != nil {
+	if err := os.Symlink(target, filepath.Join(dir, lockFile)); err != nil {
 		t.Fatal(err)
 	}
 	if l, err := Acquire(dir); err == nil {

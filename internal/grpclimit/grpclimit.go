@@ -30,18 +30,18 @@ import (
 // of many thousand pods: an agent holds one connection with one watch
 // stream and, now and then, one certificate request.
 const (
-	DefaultMaxConnections          = 16384
-	DefaultMaxConnectionsPerPeer   = 1024
-	DefaultMaxStreamsPerConnection = 256
-	DefaultMaxWatches              = 16384
-	DefaultMaxWatchesPerPeer       = 1024
-	DefaultMaxConnectionIdle       = 5 * time.Minute
-	DefaultMaxConnectionAge        = 30 * time.Minute
-	DefaultMaxConnectionAgeGrace   = time.Minute
-	DefaultKeepaliveTime           = time.Minute
-	DefaultKeepaliveTimeout        = 20 * time.Second
-	DefaultMinPingInterval         = 10 * time.Second
-	DefaultHandshakeTimeout        = 10 * time.Second
+	defaultMaxConnections          = 16384
+	defaultMaxConnectionsPerPeer   = 1024
+	defaultMaxStreamsPerConnection = 256
+	defaultMaxWatches              = 16384
+	defaultMaxWatchesPerPeer       = 1024
+	defaultMaxConnectionIdle       = 5 * time.Minute
+	defaultMaxConnectionAge        = 30 * time.Minute
+	defaultMaxConnectionAgeGrace   = time.Minute
+	defaultKeepaliveTime           = time.Minute
+	defaultKeepaliveTimeout        = 20 * time.Second
+	defaultMinPingInterval         = 10 * time.Second
+	defaultHandshakeTimeout        = 10 * time.Second
 )
 
 // ErrLimit is wrapped by the error of a watch refused for a cap. Servers
@@ -119,18 +119,18 @@ func (c Config) Validate() error {
 }
 
 func (c Config) withDefaults() Config {
-	c.MaxConnections = cmp.Or(c.MaxConnections, DefaultMaxConnections)
-	c.MaxConnectionsPerPeer = cmp.Or(c.MaxConnectionsPerPeer, DefaultMaxConnectionsPerPeer)
-	c.MaxWatches = cmp.Or(c.MaxWatches, DefaultMaxWatches)
-	c.MaxWatchesPerPeer = cmp.Or(c.MaxWatchesPerPeer, DefaultMaxWatchesPerPeer)
-	c.MaxStreamsPerConnection = cmp.Or(c.MaxStreamsPerConnection, DefaultMaxStreamsPerConnection)
-	c.MaxConnectionIdle = cmp.Or(c.MaxConnectionIdle, DefaultMaxConnectionIdle)
-	c.MaxConnectionAge = cmp.Or(c.MaxConnectionAge, DefaultMaxConnectionAge)
-	c.MaxConnectionAgeGrace = cmp.Or(c.MaxConnectionAgeGrace, DefaultMaxConnectionAgeGrace)
-	c.KeepaliveTime = cmp.Or(c.KeepaliveTime, DefaultKeepaliveTime)
-	c.KeepaliveTimeout = cmp.Or(c.KeepaliveTimeout, DefaultKeepaliveTimeout)
-	c.MinPingInterval = cmp.Or(c.MinPingInterval, DefaultMinPingInterval)
-	c.HandshakeTimeout = cmp.Or(c.HandshakeTimeout, DefaultHandshakeTimeout)
+	c.MaxConnections = cmp.Or(c.MaxConnections, defaultMaxConnections)
+	c.MaxConnectionsPerPeer = cmp.Or(c.MaxConnectionsPerPeer, defaultMaxConnectionsPerPeer)
+	c.MaxWatches = cmp.Or(c.MaxWatches, defaultMaxWatches)
+	c.MaxWatchesPerPeer = cmp.Or(c.MaxWatchesPerPeer, defaultMaxWatchesPerPeer)
+	c.MaxStreamsPerConnection = cmp.Or(c.MaxStreamsPerConnection, defaultMaxStreamsPerConnection)
+	c.MaxConnectionIdle = cmp.Or(c.MaxConnectionIdle, defaultMaxConnectionIdle)
+	c.MaxConnectionAge = cmp.Or(c.MaxConnectionAge, defaultMaxConnectionAge)
+	c.MaxConnectionAgeGrace = cmp.Or(c.MaxConnectionAgeGrace, defaultMaxConnectionAgeGrace)
+	c.KeepaliveTime = cmp.Or(c.KeepaliveTime, defaultKeepaliveTime)
+	c.KeepaliveTimeout = cmp.Or(c.KeepaliveTimeout, defaultKeepaliveTimeout)
+	c.MinPingInterval = cmp.Or(c.MinPingInterval, defaultMinPingInterval)
+	c.HandshakeTimeout = cmp.Or(c.HandshakeTimeout, defaultHandshakeTimeout)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}

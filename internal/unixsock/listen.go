@@ -12,9 +12,9 @@ import (
 	"time"
 )
 
-// MaxPathLen is the longest Unix socket path every platform accepts
+// maxPathLen is the longest Unix socket path every platform accepts
 // (sun_path is 104 bytes on the BSDs, 108 on Linux, with a NUL).
-const MaxPathLen = 103
+const maxPathLen = 103
 
 // Config describes one listening Unix socket.
 type Config struct {
@@ -43,8 +43,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.Path == "":
 		return errors.New("socket path is required")
-	case len(c.Path) > MaxPathLen:
-		return fmt.Errorf("socket path %s is %d bytes long; the limit is %d", c.Path, len(c.Path), MaxPathLen)
+	case len(c.Path) > maxPathLen:
+		return fmt.Errorf("socket path %s is %d bytes long; the limit is %d", c.Path, len(c.Path), maxPathLen)
 	case c.Mode&^os.ModePerm != 0 || c.DirMode&^os.ModePerm != 0:
 		return fmt.Errorf("socket %s: modes %v and %v: only permission bits", c.Path, c.Mode, c.DirMode)
 	case c.GID != nil && *c.GID < 0:
@@ -183,7 +183,7 @@ func (l *listener) admit(c net.Conn) bool {
 		l.cfg.Logger.Warn("connection refused: cannot read the peer's credentials", "socket", l.cfg.Name, "error", err.Error())
 		return false
 	}
-	if !l.cfg.Peers.Allows(cred) {
+	if !l.cfg.Peers.allows(cred) {
 		l.cfg.Logger.Warn("connection refused: peer uid and gid not allowed", "socket", l.cfg.Name,
 			"peer_uid", cred.UID, "peer_gid", cred.GID, "peer_pid", cred.PID)
 		return false

@@ -22,8 +22,8 @@ type PeerPolicy struct {
 // Enabled reports whether p checks anything.
 func (p PeerPolicy) Enabled() bool { return len(p.UIDs) > 0 || len(p.GIDs) > 0 }
 
-// Allows reports whether p serves the process c describes.
-func (p PeerPolicy) Allows(c Cred) bool {
+// allows reports whether p serves the process c describes.
+func (p PeerPolicy) allows(c Cred) bool {
 	return slices.Contains(p.UIDs, c.UID) || slices.Contains(p.GIDs, c.GID)
 }
 

@@ -48,7 +48,7 @@ type Checkpoint struct {
 	// Time is when the head was read, whole seconds, UTC.
 	Time time.Time
 	// KeyID is the lower-case hex SHA-256 of the signing key's
-	// SubjectPublicKeyInfo (DER); see [KeyID].
+	// SubjectPublicKeyInfo (DER); see keyID.
 	KeyID string
 }
 
@@ -84,8 +84,8 @@ func signedBytes(cp Checkpoint) []byte {
 	return binary.BigEndian.AppendUint64(b, uint64(cp.Time.Unix()))
 }
 
-// KeyID returns the lower-case hex SHA-256 of pub's SubjectPublicKeyInfo.
-func KeyID(pub crypto.PublicKey) (string, error) {
+// keyID returns the lower-case hex SHA-256 of pub's SubjectPublicKeyInfo.
+func keyID(pub crypto.PublicKey) (string, error) {
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
 		return "", fmt.Errorf("key id: %w", err)
@@ -103,7 +103,7 @@ func Sign(signer crypto.Signer, cp Checkpoint) ([]byte, error) {
 	if _, ok := signer.Public().(*ecdsa.PublicKey); !ok {
 		return nil, fmt.Errorf("sign checkpoint: the key is a %T, want ECDSA", signer.Public())
 	}
-	kid, err := KeyID(signer.Public())
+	kid, err := keyID(signer.Public())
 	if err != nil {
 		return nil, fmt.Errorf("sign checkpoint: %w", err)
 	}
@@ -124,10 +124,10 @@ func Sign(signer crypto.Signer, cp Checkpoint) ([]byte, error) {
 	return append(data, '\n'), nil
 }
 
-// Verify parses a checkpoint document and checks its signature with pub. It
+// verify parses a checkpoint document and checks its signature with pub. It
 // fails if the document is malformed, was signed by another key, or its
 // signature does not verify: a checkpoint that does not verify says nothing.
-func Verify(data []byte, pub crypto.PublicKey) (Checkpoint, error) {
+func verify(data []byte, pub crypto.PublicKey) (Checkpoint, error) {
 	cp, sig, err := parse(data)
 	if err != nil {
 		return Checkpoint{}, fmt.Errorf("verify checkpoint: %w", err)
@@ -136,7 +136,7 @@ func Verify(data []byte, pub crypto.PublicKey) (Checkpoint, error) {
 	if !ok {
 		return Checkpoint{}, fmt.Errorf("verify checkpoint: the key is a %T, want ECDSA", pub)
 	}
-	kid, err := KeyID(pub)
+	kid, err := keyID(pub)
 	if err != nil {
 		return Checkpoint{}, fmt.Errorf("verify checkpoint: %w", err)
 	}
@@ -156,7 +156,7 @@ func ReadFile(path string, pub crypto.PublicKey) (Checkpoint, error) {
 	if err != nil {
 		return Checkpoint{}, err
 	}
-	cp, err := Verify(data, pub)
+	cp, err := verify(data, pub)
 	if err != nil {
 		return Checkpoint{}, fmt.Errorf("%s: %w", path, err)
 	}

@@ -34,11 +34,11 @@ func TestSignVerifyRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cp, err := Verify(data, key.Public())
+	cp, err := verify(data, key.Public())
 	if err != nil {
 		t.Fatal(err)
 	}
-	kid, _ := KeyID(key.Public())
+	kid, _ := keyID(key.Public())
 	if cp.Name != "cluster/east" || cp.Head.Seq != 42 || !bytes.Equal(cp.Head.Hash, testHead.Hash) ||
 		!cp.Time.Equal(now.Truncate(time.Second)) || cp.KeyID != kid {
 		t.Fatalf("Verify = %+v", cp)
@@ -66,7 +66,7 @@ func TestVerifyRefusesForgeries(t *testing.T) {
 		return out
 	}
 	other := newKey(t)
-	otherKID, _ := KeyID(other.Public())
+	otherKID, _ := keyID(other.Public())
 	forged, err := Sign(other, Checkpoint{Name: "root", Head: testHead, Time: time.Unix(1e9, 0)})
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +82,7 @@ func TestVerifyRefusesForgeries(t *testing.T) {
 		{"key id claims the key", "invalid signature", func() []byte {
 			var m map[string]any
 			_ = json.Unmarshal(forged, &m)
-			m["key_id"], _ = KeyID(key.Public())
+			m["key_id"], _ = keyID(key.Public())
 			out, _ := json.Marshal(m)
 			return out
 		}()},
@@ -95,7 +95,7 @@ func TestVerifyRefusesForgeries(t *testing.T) {
 		{"not JSON", "parse", []byte("seq=42")},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Verify(tt.data, key.Public())
+			_, err := verify(tt.data, key.Public())
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("Verify = %v, want an error containing %q", err, tt.want)
 			}
@@ -129,5 +129,5 @@ func TestLoadOrCreateKey(t *testing.T) {
 }
 
 func TestValidateKeepsConfig(t *testing.T) {
-	testkit.ValidateKeepsConfig(t, &Config{})
+	testkit.ValidateKeepsConfig(t, &checkpointerConfig{})
 }

@@ -27,19 +27,19 @@ const (
 	PublicKeyFile = "checkpoint-key.pub.pem"
 )
 
-// DefaultInterval is how often a Checkpointer looks at the head.
-const DefaultInterval = time.Minute
+// defaultInterval is how often a Checkpointer looks at the head.
+const defaultInterval = time.Minute
 
-// DefaultKeep is how many checkpoint files a Checkpointer keeps: a week's
+// defaultKeep is how many checkpoint files a Checkpointer keeps: a week's
 // worth at one a minute.
-const DefaultKeep = 7 * 24 * 60
+const defaultKeep = 7 * 24 * 60
 
 // fileName matches the names of checkpoint files: the seq, zero-padded so
 // that names sort in seq order, and the time.
 var fileName = regexp.MustCompile(`^[0-9]{20}-[0-9]{8}T[0-9]{6}Z\.json$`)
 
-// Config configures a Checkpointer.
-type Config struct {
+// checkpointerConfig configures a Checkpointer.
+type checkpointerConfig struct {
 	// Head reads the audit chain's head, and the hash at the last
 	// checkpoint's seq before a later head is signed. Required.
 	Head store.AuditHeadReader
@@ -66,7 +66,7 @@ type Config struct {
 }
 
 // Validate reports whether c can be used by New.
-func (c Config) Validate() error {
+func (c checkpointerConfig) Validate() error {
 	switch {
 	case c.Head == nil:
 		return errors.New("checkpoint: no head reader")
@@ -84,27 +84,27 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Checkpointer signs a checkpoint whenever the chain's head has moved, at
+// checkpointer signs a checkpoint whenever the chain's head has moved, at
 // most once per Interval, and once more when it stops. It is not safe for
 // concurrent use: one goroutine calls Run.
-type Checkpointer struct {
-	cfg  Config
+type checkpointer struct {
+	cfg  checkpointerConfig
 	log  *slog.Logger
 	last store.ChainHead
 }
 
-// New checks cfg, creates cfg.Dir and writes the signer's public key there.
+// newCheckpointer checks cfg, creates cfg.Dir and writes the signer's public key there.
 // It also reads LatestFile, so that a restart does not sign the same head
 // again.
-func New(cfg Config) (*Checkpointer, error) {
+func newCheckpointer(cfg checkpointerConfig) (*checkpointer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if cfg.Interval == 0 {
-		cfg.Interval = DefaultInterval
+		cfg.Interval = defaultInterval
 	}
 	if cfg.Keep == 0 {
-		cfg.Keep = DefaultKeep
+		cfg.Keep = defaultKeep
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -119,7 +119,7 @@ func New(cfg Config) (*Checkpointer, error) {
 	if err := renameio.WriteFile(filepath.Join(cfg.Dir, PublicKeyFile), pub, 0o644); err != nil {
 		return nil, fmt.Errorf("checkpoint: %w", err)
 	}
-	c := &Checkpointer{cfg: cfg, log: cfg.Logger}
+	c := &checkpointer{cfg: cfg, log: cfg.Logger}
 	// A missing or foreign latest checkpoint only means the next one is
 	// signed at once.
 	if cp, err := ReadFile(filepath.Join(cfg.Dir, LatestFile), cfg.Signer.Public()); err == nil && cp.Name == cfg.Name {
@@ -133,7 +133,7 @@ func New(cfg Config) (*Checkpointer, error) {
 // that checkpoint's error. Failures along the way are logged, not returned:
 // a store outage must not stop the component. The store must stay open
 // until Run returns.
-func (c *Checkpointer) Run(ctx context.Context) error {
+func (c *checkpointer) Run(ctx context.Context) error {
 	c.tryCheckpoint(ctx)
 	t := time.NewTicker(c.cfg.Interval)
 	defer t.Stop()
@@ -150,7 +150,7 @@ func (c *Checkpointer) Run(ctx context.Context) error {
 	}
 }
 
-func (c *Checkpointer) tryCheckpoint(ctx context.Context) {
+func (c *checkpointer) tryCheckpoint(ctx context.Context) {
 	if _, err := c.Checkpoint(ctx); err != nil && ctx.Err() == nil {
 		c.log.Error("audit checkpoint failed", "chain", c.cfg.Name, "error", err)
 	}
@@ -187,7 +187,7 @@ func decide(last, head store.ChainHead) decision {
 // signs a checkpoint, writes it (a new file and LatestFile) and logs it. It
 // returns the path written, or "" if the head had not moved. A head that
 // moved back is reported as an error and not signed.
-func (c *Checkpointer) Checkpoint(ctx context.Context) (string, error) {
+func (c *checkpointer) Checkpoint(ctx context.Context) (string, error) {
 	head, err := c.cfg.Head.AuditHead(ctx)
 	if err != nil {
 		return "", fmt.Errorf("checkpoint: %w", err)
@@ -226,7 +226,7 @@ func (c *Checkpointer) Checkpoint(ctx context.Context) (string, error) {
 // before a later head is signed, so that a chain rewritten from an earlier
 // event, or cut short and then grown past it, is reported instead of
 // signed.
-func (c *Checkpointer) checkLast(ctx context.Context) error {
+func (c *checkpointer) checkLast(ctx context.Context) error {
 	if c.last.Seq == 0 {
 		return nil
 	}
@@ -245,7 +245,7 @@ func (c *Checkpointer) checkLast(ctx context.Context) error {
 }
 
 // prune removes the oldest checkpoint files beyond Keep.
-func (c *Checkpointer) prune() error {
+func (c *checkpointer) prune() error {
 	entries, err := os.ReadDir(c.cfg.Dir)
 	if err != nil {
 		return err

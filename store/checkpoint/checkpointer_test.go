@@ -75,7 +75,7 @@ func headAt(seq int64, epoch ...byte) store.ChainHead {
 
 // checkpointSeqs returns the seqs of the checkpoint files in dir, in order,
 // after verifying each with pub.
-func checkpointSeqs(t *testing.T, dir string, c *Checkpointer) []int64 {
+func checkpointSeqs(t *testing.T, dir string, c *checkpointer) []int64 {
 	t.Helper()
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -127,7 +127,7 @@ func TestRunCheckpointsWhileEventsArrive(t *testing.T) {
 		dir := t.TempDir()
 		var logs bytes.Buffer
 		head := &fakeHead{}
-		c, err := New(Config{Head: head, Signer: newKey(t), Dir: dir, Name: "cluster/east", Keep: 3,
+		c, err := newCheckpointer(checkpointerConfig{Head: head, Signer: newKey(t), Dir: dir, Name: "cluster/east", Keep: 3,
 			Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 		if err != nil {
 			t.Fatal(err)
@@ -140,7 +140,7 @@ func TestRunCheckpointsWhileEventsArrive(t *testing.T) {
 			if seq >= 0 {
 				head.set(seq)
 			}
-			time.Sleep(DefaultInterval)
+			time.Sleep(defaultInterval)
 			synctest.Wait()
 			if got := checkpointSeqs(t, dir, c); fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Fatalf("checkpoints %v, want %v", got, want)
@@ -190,15 +190,15 @@ func TestNewResumesFromLatest(t *testing.T) {
 	key := newKey(t)
 	head := &fakeHead{}
 	head.set(4)
-	cfg := Config{Head: head, Signer: key, Dir: dir, Name: "root"}
-	c, err := New(cfg)
+	cfg := checkpointerConfig{Head: head, Signer: key, Dir: dir, Name: "root"}
+	c, err := newCheckpointer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if path, err := c.Checkpoint(t.Context()); err != nil || path == "" {
 		t.Fatalf("first checkpoint: %q, %v", path, err)
 	}
-	c, err = New(cfg)
+	c, err = newCheckpointer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -91,7 +91,7 @@ func EncodePublicKey(pub crypto.PublicKey) ([]byte, error) {
 }
 
 // ReadPublicKey reads a PEM "PUBLIC KEY" file, such as the one a
-// [Checkpointer] writes next to its checkpoints.
+// checkpointer writes next to its checkpoints.
 func ReadPublicKey(path string) (crypto.PublicKey, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {

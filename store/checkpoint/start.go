@@ -34,7 +34,7 @@ func Start(head store.AuditHeadReader, cfg DirConfig, name string, log *slog.Log
 	if err != nil {
 		return nil, err
 	}
-	cp, err := New(Config{
+	cp, err := newCheckpointer(checkpointerConfig{
 		Head: head, Signer: key, Dir: cmp.Or(cfg.Dir, filepath.Join(cfg.DataDir, "audit-checkpoints")), Name: name,
 		Interval: cfg.Interval, Keep: cfg.Keep, Logger: log,
 	})

@@ -72,14 +72,14 @@ type Config struct {
 	GroupCommit store.GroupCommitConfig
 }
 
-// DefaultCommitWait is how long, under load, the writer waits for more
+// defaultCommitWait is how long, under load, the writer waits for more
 // writes before committing a batch. A commit costs about the same CPU
 // whatever its size (the fsync, the WAL header, the transaction), and
 // without the wait batches under load average under two writes; with it
 // they hold twenty to thirty, and issuance through gRPC with SQLite takes
 // about a third less time per certificate (docs/benchmarks.md, issuance section). A lightly loaded store
 // never waits (see store.GroupCommitConfig.MaxWait).
-const DefaultCommitWait = 5 * time.Millisecond
+const defaultCommitWait = 5 * time.Millisecond
 
 // walAutocheckpoint lets the WAL grow to 4000 pages (16 MiB) before the
 // writer copies it back into the database: index pages that many batches
@@ -192,7 +192,7 @@ func open(ctx context.Context, cfg Config) (_ *Store, err error) {
 		return nil, err
 	}
 	if cfg.GroupCommit.MaxWait == 0 {
-		cfg.GroupCommit.MaxWait = DefaultCommitWait
+		cfg.GroupCommit.MaxWait = defaultCommitWait
 	}
 	s.gc = store.NewGroupCommitter(cfg.GroupCommit, s.commitBatch)
 	return s, nil

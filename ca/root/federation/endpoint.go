@@ -22,12 +22,12 @@ import (
 
 // Endpoint defaults.
 const (
-	// DefaultRefreshHint is served when neither the trust bundle nor the
+	// defaultRefreshHint is served when neither the trust bundle nor the
 	// configuration says how often clients should poll.
-	DefaultRefreshHint = 5 * time.Minute
-	// DefaultShutdownTimeout bounds how long Serve waits for requests in
+	defaultRefreshHint = 5 * time.Minute
+	// defaultShutdownTimeout bounds how long Serve waits for requests in
 	// flight once its context is cancelled.
-	DefaultShutdownTimeout = 5 * time.Second
+	defaultShutdownTimeout = 5 * time.Second
 )
 
 // BundleSource is where the endpoint reads the trust bundle it serves: the
@@ -115,8 +115,8 @@ func (c EndpointConfig) Validate() error {
 
 // withDefaults returns c with its zero fields replaced by their defaults.
 func (c EndpointConfig) withDefaults() EndpointConfig {
-	c.RefreshHint = cmp.Or(c.RefreshHint, DefaultRefreshHint)
-	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, DefaultShutdownTimeout)
+	c.RefreshHint = cmp.Or(c.RefreshHint, defaultRefreshHint)
+	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, defaultShutdownTimeout)
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	return c
 }
@@ -164,9 +164,9 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 // a server of the caller's own.
 func (e *Endpoint) Handler() http.Handler { return e.handler }
 
-// TLSConfig returns the server TLS configuration of the endpoint's profile.
+// tlsConfig returns the server TLS configuration of the endpoint's profile.
 // Clients are not asked for certificates: a bundle is public.
-func (e *Endpoint) TLSConfig() *tls.Config {
+func (e *Endpoint) tlsConfig() *tls.Config {
 	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: e.getCert}
 }
 
@@ -183,7 +183,7 @@ func (e *Endpoint) Serve(ctx context.Context, lis net.Listener) error {
 	srv := &http.Server{
 		Protocols:         &protocols,
 		Handler:           e.handler,
-		TLSConfig:         e.TLSConfig(),
+		TLSConfig:         e.tlsConfig(),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      10 * time.Second,

@@ -50,7 +50,7 @@ func TestEndpointServesSPIFFEBundle(t *testing.T) {
 		wantHint   time.Duration
 	}{
 		{name: "bundle with its hint", td: b.td, bundle: withFed(90 * time.Second), method: http.MethodGet, path: "/", wantStatus: http.StatusOK, wantHint: 90 * time.Second},
-		{name: "default hint", td: b.td, bundle: withFed(0), method: http.MethodGet, path: "/", wantStatus: http.StatusOK, wantHint: DefaultRefreshHint},
+		{name: "default hint", td: b.td, bundle: withFed(0), method: http.MethodGet, path: "/", wantStatus: http.StatusOK, wantHint: defaultRefreshHint},
 		{name: "other path", td: b.td, bundle: withFed(0), method: http.MethodGet, path: "/bundle", wantStatus: http.StatusNotFound},
 		{name: "not GET", td: b.td, bundle: withFed(0), method: http.MethodPost, path: "/", wantStatus: http.StatusMethodNotAllowed},
 		{name: "federated domain is not ours to serve", td: c, bundle: withFed(0), method: http.MethodGet, path: "/", wantStatus: http.StatusInternalServerError},
@@ -163,7 +163,7 @@ func TestEndpointConfigValidate(t *testing.T) {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)
 				}
-				if d := tc.cfg.withDefaults(); d.RefreshHint != DefaultRefreshHint || d.ShutdownTimeout != DefaultShutdownTimeout || d.Logger == nil {
+				if d := tc.cfg.withDefaults(); d.RefreshHint != defaultRefreshHint || d.ShutdownTimeout != defaultShutdownTimeout || d.Logger == nil {
 					t.Error("defaults not applied")
 				}
 				return

@@ -22,15 +22,15 @@ import (
 
 // Fetcher defaults.
 const (
-	DefaultRefreshInterval    = 5 * time.Minute
-	DefaultMinRefreshInterval = time.Second
-	DefaultMaxRefreshInterval = time.Hour
-	DefaultFetchTimeout       = 30 * time.Second
+	defaultRefreshInterval    = 5 * time.Minute
+	defaultMinRefreshInterval = time.Second
+	defaultMaxRefreshInterval = time.Hour
+	defaultFetchTimeout       = 30 * time.Second
 )
 
-// ErrStaleBundle means an endpoint served a bundle whose sequence number is
+// errStaleBundle means an endpoint served a bundle whose sequence number is
 // lower than the one already held; it is ignored.
-var ErrStaleBundle = errors.New("bundle sequence number went back")
+var errStaleBundle = errors.New("bundle sequence number went back")
 
 // FetcherConfig configures a Fetcher.
 type FetcherConfig struct {
@@ -77,10 +77,10 @@ func (c FetcherConfig) Validate() error {
 
 // withDefaults returns c with its zero fields replaced by their defaults.
 func (c FetcherConfig) withDefaults() FetcherConfig {
-	c.RefreshInterval = cmp.Or(c.RefreshInterval, DefaultRefreshInterval)
-	c.MinRefreshInterval = cmp.Or(c.MinRefreshInterval, DefaultMinRefreshInterval)
-	c.MaxRefreshInterval = cmp.Or(c.MaxRefreshInterval, DefaultMaxRefreshInterval)
-	c.FetchTimeout = cmp.Or(c.FetchTimeout, DefaultFetchTimeout)
+	c.RefreshInterval = cmp.Or(c.RefreshInterval, defaultRefreshInterval)
+	c.MinRefreshInterval = cmp.Or(c.MinRefreshInterval, defaultMinRefreshInterval)
+	c.MaxRefreshInterval = cmp.Or(c.MaxRefreshInterval, defaultMaxRefreshInterval)
+	c.FetchTimeout = cmp.Or(c.FetchTimeout, defaultFetchTimeout)
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	return c
 }
@@ -285,7 +285,7 @@ func (r *relState) accept(b *spiffebundle.Bundle) (bool, error) {
 		newSeq, ok := b.SequenceNumber()
 		oldSeq, okOld := r.bundle.SequenceNumber()
 		if ok && okOld && newSeq < oldSeq {
-			return false, fmt.Errorf("%w: got %d, hold %d", ErrStaleBundle, newSeq, oldSeq)
+			return false, fmt.Errorf("%w: got %d, hold %d", errStaleBundle, newSeq, oldSeq)
 		}
 	}
 	changed := r.roots == nil || !bytes.Equal(r.roots.PEM(), roots.PEM())

@@ -102,7 +102,7 @@ func TestFederationFollowsRemoteRootRotation(t *testing.T) {
 			// A rolled-back bundle (lower sequence) is ignored.
 			b.publishAt(t, 2, r1.Certificate)
 			changed = f.Changed()
-			if err := f.Refresh(t.Context()); !errors.Is(err, ErrStaleBundle) {
+			if err := f.Refresh(t.Context()); !errors.Is(err, errStaleBundle) {
 				t.Fatalf("stale bundle: %v, want ErrStaleBundle", err)
 			}
 			expect("after a stale bundle", r2.Certificate)
@@ -315,13 +315,13 @@ func TestRefreshDelay(t *testing.T) {
 		failures int
 		want     time.Duration
 	}{
-		{"no hint", 0, 0, DefaultRefreshInterval},
+		{"no hint", 0, 0, defaultRefreshInterval},
 		{"hint", 90 * time.Second, 0, 90 * time.Second},
 		{"hint below minimum", 100 * time.Millisecond, 0, time.Second},
 		{"hint above maximum", 24 * time.Hour, 0, time.Hour},
 		{"first failure", 0, 1, time.Second},
 		{"third failure", 0, 3, 4 * time.Second},
-		{"many failures: back to the regular period", 0, 30, DefaultRefreshInterval},
+		{"many failures: back to the regular period", 0, 30, defaultRefreshInterval},
 		{"failures with a short hint", 2 * time.Second, 5, 2 * time.Second},
 	}
 	for _, tc := range tests {

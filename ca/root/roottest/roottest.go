@@ -36,8 +36,8 @@ import (
 // dial Addr (on 127.0.0.1) with it as the TLS server name.
 const ServerName = "root.test"
 
-// Option changes the root's configuration before New starts it.
-type Option func(*root.Config)
+// option changes the root's configuration before New starts it.
+type option func(*root.Config)
 
 // Clock is real time plus an offset; the zero value is real time.
 type Clock struct {
@@ -85,7 +85,7 @@ type Root struct {
 // than the 30s certificates are backdated by, so that clients on real time
 // accept what the root signs after Activate); opts change that before it
 // starts. Everything stops when the test ends.
-func New(t testing.TB, opts ...Option) *Root {
+func New(t testing.TB, opts ...option) *Root {
 	t.Helper()
 	r := &Root{t: t, Clock: &Clock{}}
 	db, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(t.TempDir(), "root.db"), Now: r.Clock.Now})

@@ -178,12 +178,12 @@ func chownToPostgres(dir string) error {
 	return os.Chown(dir, uid, gid)
 }
 
-// CPUTime returns the CPU time (user + system) the cluster's processes have
+// cpuTime returns the CPU time (user + system) the cluster's processes have
 // used so far: the postmaster, its live children (backends, WAL writer,
 // checkpointer, ...) and the children that have exited. Benchmarks add it to
 // their own process's CPU time, because the database's work per operation
 // runs outside the Go process. Linux only (it reads /proc).
-func (c *Cluster) CPUTime(tb testing.TB) time.Duration {
+func (c *Cluster) cpuTime(tb testing.TB) time.Duration {
 	tb.Helper()
 	pidFile, err := os.ReadFile(filepath.Join(c.data, "postmaster.pid"))
 	if err != nil {

@@ -20,7 +20,7 @@ func StartCPUMeter(tb testing.TB, c *Cluster) *CPUMeter {
 	tb.Helper()
 	m := &CPUMeter{cluster: c, self: benchcpu.Process(tb)}
 	if c != nil {
-		m.db = c.CPUTime(tb)
+		m.db = c.cpuTime(tb)
 	}
 	return m
 }
@@ -31,7 +31,7 @@ func (m *CPUMeter) Stop(tb testing.TB) (self, db time.Duration) {
 	tb.Helper()
 	self = benchcpu.Process(tb) - m.self
 	if m.cluster != nil {
-		db = m.cluster.CPUTime(tb) - m.db
+		db = m.cluster.cpuTime(tb) - m.db
 	}
 	return self, db
 }

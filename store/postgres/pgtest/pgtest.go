@@ -22,9 +22,9 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// EnvDSN names the environment variable with the admin DSN of the shared
+// envDSN names the environment variable with the admin DSN of the shared
 // test server.
-const EnvDSN = "MESHCA_TEST_POSTGRES_DSN"
+const envDSN = "MESHCA_TEST_POSTGRES_DSN"
 
 // DefaultDSN is the shared test server when EnvDSN is unset.
 const DefaultDSN = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
@@ -37,7 +37,7 @@ const connectTimeout = 10 * time.Second
 // and is skipped otherwise.
 func AdminDSN(tb testing.TB) string {
 	tb.Helper()
-	dsn := os.Getenv(EnvDSN)
+	dsn := os.Getenv(envDSN)
 	if dsn == "" {
 		dsn = DefaultDSN
 	}
@@ -83,15 +83,15 @@ func CreateDatabase(tb testing.TB, adminDSN string) string {
 			tb.Errorf("drop database %s: %v", name, err)
 		}
 	})
-	dsn, err := WithDatabase(adminDSN, name)
+	dsn, err := withDatabase(adminDSN, name)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	return dsn
 }
 
-// WithDatabase returns dsn (a postgres:// URL) pointed at database name.
-func WithDatabase(dsn, name string) (string, error) {
+// withDatabase returns dsn (a postgres:// URL) pointed at database name.
+func withDatabase(dsn, name string) (string, error) {
 	u, err := url.Parse(dsn)
 	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
 		return "", fmt.Errorf("pgtest: DSN %s is not a postgres:// URL", redact(dsn))
