@@ -42,14 +42,21 @@ func TestRunStackWritesBundleFiles(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("root not serving after 30s")
 	}
+	// The files are written one after the other by the stack's bundle
+	// loop: wait for both.
 	var pemData []byte
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		var err error
 		if pemData, err = os.ReadFile(filepath.Join(dir, "bundle.pem")); err == nil {
+			_, err = os.Stat(filepath.Join(dir, "bundle.spiffe.json"))
+		}
+		if err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no bundle.pem: %v", err)
+			cancel()
+			<-done
+			t.Fatalf("bundle files: %v", err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
