@@ -1,6 +1,7 @@
 package root
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"log/slog"
@@ -14,7 +15,7 @@ import (
 	"github.com/meshca/meshca/trust"
 )
 
-// bundleFilesPoll is how often WriteBundleFiles looks at the roots'
+// bundleFilesPoll is how often bundleFiles.follow looks at the roots'
 // states besides when the bundle changes.
 const bundleFilesPoll = 5 * time.Second
 
@@ -30,37 +31,54 @@ func bundleRoots(roots []RootStatus) []*x509.Certificate {
 	return out
 }
 
-// writeBundleFiles keeps dir/bundle.pem (the roots, for issuers'
+// bundleFiles keeps dir/bundle.pem (the roots, for issuers'
 // upstream.bundleFile and agents' --ca-bundle) and dir/bundle.spiffe.json
-// (the SPIFFE bundle of td, for another mesh's federation bundleFile) up to
-// date until ctx ends; then it returns nil. A failed write is logged and
-// tried again at the next change.
-func (r *Root) writeBundleFiles(ctx context.Context, dir string, td spiffeid.TrustDomain, log *slog.Logger) error {
-	pemPath := filepath.Join(dir, "bundle.pem")
-	jsonPath := filepath.Join(dir, "bundle.spiffe.json")
-	var last []byte
+// (the SPIFFE bundle of td, for another mesh's federation bundleFile). A
+// failed write is logged and tried again at the next change.
+type bundleFiles struct {
+	dir string
+	td  spiffeid.TrustDomain
+	log *slog.Logger
+	// last is the bundle.pem content written last.
+	last []byte
+}
+
+// write brings both files up to date with r's roots, when they changed.
+// The SPIFFE bundle goes first: whoever sees a new bundle.pem finds its
+// bundle.spiffe.json too.
+func (f *bundleFiles) write(r *Root) {
+	roots := bundleRoots(r.Roots())
+	if len(roots) == 0 {
+		return
+	}
+	pemData := trust.EncodeCertificates(roots...)
+	if bytes.Equal(pemData, f.last) {
+		return
+	}
+	sb := spiffebundle.FromX509Authorities(f.td, roots)
+	if b, _ := r.Current(); b != nil {
+		sb.SetSequenceNumber(b.Sequence)
+	}
+	js, err := sb.Marshal()
+	if err == nil {
+		err = renameio.WriteFile(filepath.Join(f.dir, "bundle.spiffe.json"), js, 0o644)
+	}
+	if err != nil {
+		f.log.Error("writing bundle.spiffe.json failed", "error", err)
+		return
+	}
+	if err := renameio.WriteFile(filepath.Join(f.dir, "bundle.pem"), pemData, 0o644); err != nil {
+		f.log.Error("writing bundle.pem failed", "error", err)
+		return
+	}
+	f.last = pemData
+}
+
+// follow keeps the files up to date until ctx ends; then it returns nil.
+func (f *bundleFiles) follow(ctx context.Context, r *Root) error {
 	for {
-		roots := bundleRoots(r.Roots())
-		b, changed := r.Current()
-		if len(roots) > 0 {
-			pemData := trust.EncodeCertificates(roots...)
-			if string(pemData) != string(last) {
-				if err := renameio.WriteFile(pemPath, pemData, 0o644); err != nil {
-					log.Error("writing bundle.pem failed", "error", err)
-				} else {
-					last = pemData
-				}
-				sb := spiffebundle.FromX509Authorities(td, roots)
-				if b != nil {
-					sb.SetSequenceNumber(b.Sequence)
-				}
-				if js, err := sb.Marshal(); err == nil {
-					if err := renameio.WriteFile(jsonPath, js, 0o644); err != nil {
-						log.Error("writing bundle.spiffe.json failed", "error", err)
-					}
-				}
-			}
-		}
+		_, changed := r.Current()
+		f.write(r)
 		select {
 		case <-ctx.Done():
 			return nil

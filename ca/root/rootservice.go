@@ -110,7 +110,10 @@ func (r *Root) enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshca
 	}
 	out, err := r.enrollIssue(ctx, st, c, replica, id, interCSR, credCSR.PublicKey)
 	if err != nil {
-		return nil, fmt.Errorf("cluster %s replica %q enrolled with a join token, which is now used: %w", c.Name, replica, err)
+		if replicas > 1 {
+			return nil, fmt.Errorf("cluster %s replica %s redeemed its join token, but enrolment failed: %w", c.Name, replica, err)
+		}
+		return nil, fmt.Errorf("cluster %s enrolled with a join token, which is now used: %w", c.Name, err)
 	}
 	r.log.InfoContext(ctx, "issuer enrolled", "cluster", c.Name, "replica", replica, "trust_domain", c.TrustDomain,
 		"serial", trust.SerialHex(out.intermediate.SerialNumber), "not_after", out.intermediate.NotAfter,

@@ -42,23 +42,12 @@ func TestRunStackWritesBundleFiles(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("root not serving after 30s")
 	}
-	// The files are written one after the other by the stack's bundle
-	// loop: wait for both.
-	var pemData []byte
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		var err error
-		if pemData, err = os.ReadFile(filepath.Join(dir, "bundle.pem")); err == nil {
-			_, err = os.Stat(filepath.Join(dir, "bundle.spiffe.json"))
-		}
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			cancel()
-			<-done
-			t.Fatalf("bundle files: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	// Both files are in place before the root listens.
+	pemData, err := os.ReadFile(filepath.Join(dir, "bundle.pem"))
+	if err != nil {
+		cancel()
+		<-done
+		t.Fatalf("bundle.pem once serving: %v", err)
 	}
 	roots, err := trust.ParseBundle(pemData)
 	if err != nil || len(roots.Roots()) != 1 {

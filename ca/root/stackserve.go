@@ -29,13 +29,17 @@ func (c StackConfig) serve(ctx context.Context, r *Root, fetcher *federation.Fet
 			return err
 		}
 	}
-	ls, err := c.openListeners(r, ep != nil, log)
-	if err != nil {
-		return err
-	}
 	td := c.BundleTrustDomain
 	if td.IsZero() {
 		td = spiffeid.RequireTrustDomainFromString("meshca.invalid")
+	}
+	// The bundle files are in place before the ports accept connections:
+	// whoever sees the root listening can read the roots to dial it with.
+	files := &bundleFiles{dir: c.DataDir, td: td, log: log}
+	files.write(r)
+	ls, err := c.openListeners(r, ep != nil, log)
+	if err != nil {
+		return err
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.Run(ctx) })
@@ -44,7 +48,7 @@ func (c StackConfig) serve(ctx context.Context, r *Root, fetcher *federation.Fet
 	if ls.mtls != nil {
 		g.Go(func() error { return r.serveAdminMTLS(ctx, ls.adminTLS, ls.mtls) })
 	}
-	g.Go(func() error { return r.writeBundleFiles(ctx, c.DataDir, td, log) })
+	g.Go(func() error { return files.follow(ctx, r) })
 	if fetcher != nil {
 		g.Go(func() error { return fetcher.Run(ctx) })
 	}
