@@ -1,0 +1,160 @@
+package ops_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/meshca/meshca/internal/ops"
+)
+
+func get(t *testing.T, h http.Handler, path string) (int, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	body, _ := io.ReadAll(rec.Result().Body)
+	return rec.Code, string(body)
+}
+
+func TestHandlerReportsTheFirstFailingCheck(t *testing.T) {
+	var storeDown atomic.Bool
+	checks := ops.Checks{
+		{Name: "store", Ready: func(context.Context) error {
+			if storeDown.Load() {
+				return errors.New("unreachable")
+			}
+			return nil
+		}},
+		{Name: "intermediate", Ready: func(context.Context) error { return nil }},
+	}
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "meshca_test_total", Help: "test"})
+	reg.MustRegister(c)
+	h := ops.Handler(reg, checks)
+
+	if code, body := get(t, h, "/healthz"); code != 200 || body != "ok\n" {
+		t.Fatalf("/healthz = %d %q", code, body)
+	}
+	if code, body := get(t, h, "/readyz"); code != 200 || body != "ready\n" {
+		t.Fatalf("/readyz = %d %q", code, body)
+	}
+	storeDown.Store(true)
+	if code, body := get(t, h, "/readyz"); code != 503 || body != "not ready: store: unreachable\n" {
+		t.Fatalf("/readyz with the store down = %d %q", code, body)
+	}
+	if code, _ := get(t, h, "/healthz"); code != 200 {
+		t.Fatalf("/healthz follows readiness: %d", code)
+	}
+	if code, body := get(t, h, "/metrics"); code != 200 || !strings.Contains(body, "meshca_test_total 0") {
+		t.Fatalf("/metrics = %d %q", code, body)
+	}
+	if code, _ := get(t, ops.Handler(nil, nil), "/metrics"); code != 404 {
+		t.Fatalf("/metrics without a gatherer = %d, want 404", code)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	if err := (ops.Config{}).Validate(); err == nil {
+		t.Fatal("no address: want an error")
+	}
+	if err := (ops.Config{Listen: ":0", Checks: ops.Checks{{Name: "x"}}}).Validate(); err == nil {
+		t.Fatal("check without a function: want an error")
+	}
+	if err := (ops.Config{Listen: ":0"}).Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFollowTracksReadinessAndDrains(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var down atomic.Bool
+		checks := ops.Checks{{Name: "store", Ready: func(context.Context) error {
+			if down.Load() {
+				return errors.New("unreachable")
+			}
+			return nil
+		}}}
+		hs := health.NewServer()
+		status := func() healthpb.HealthCheckResponse_ServingStatus {
+			r, err := hs.Check(context.Background(), &healthpb.HealthCheckRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r.Status
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() { ops.Follow(ctx, hs, checks, time.Second, nil); close(done) }()
+		synctest.Wait()
+		if got := status(); got != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("ready: %v", got)
+		}
+		down.Store(true)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if got := status(); got != healthpb.HealthCheckResponse_NOT_SERVING {
+			t.Fatalf("store down: %v", got)
+		}
+		down.Store(false)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if got := status(); got != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("store back: %v", got)
+		}
+		cancel()
+		<-done
+		if got := status(); got != healthpb.HealthCheckResponse_NOT_SERVING {
+			t.Fatalf("draining: %v", got)
+		}
+	})
+}
+
+func TestRegisterSharesACollector(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	opts := prometheus.CounterOpts{Name: "meshca_shared_total", Help: "shared"}
+	a, err := ops.Register(reg, prometheus.NewCounterVec(opts, []string{"result"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ops.Register(reg, prometheus.NewCounterVec(opts, []string{"result"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a != b {
+		t.Fatal("second registration did not return the first collector")
+	}
+	if _, err := ops.Register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "meshca_shared_total", Help: "other"}, []string{"x"})); err == nil {
+		t.Fatal("a different collector under the same name: want an error")
+	}
+}
+
+func TestRunServesUntilCancelled(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	addrc := make(chan string, 1)
+	errc := make(chan error, 1)
+	go func() { errc <- ops.Run(ctx, ops.Config{Listen: "127.0.0.1:0"}, func(a string) { addrc <- a }) }()
+	addr := <-addrc
+	resp, err := http.Get("http://" + addr + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	cancel()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
