@@ -158,3 +158,23 @@ func TestRunServesUntilCancelled(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestReadyGaugeFollowsChecks(t *testing.T) {
+	var down atomic.Bool
+	checks := ops.Checks{{Name: "store", Ready: func(context.Context) error {
+		if down.Load() {
+			return errors.New("unreachable")
+		}
+		return nil
+	}}}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(ops.ReadyGauge("issuer", checks))
+	h := ops.Handler(reg, checks)
+	if _, body := get(t, h, "/metrics"); !strings.Contains(body, `meshca_ready{component="issuer"} 1`) {
+		t.Fatalf("ready: %s", body)
+	}
+	down.Store(true)
+	if _, body := get(t, h, "/metrics"); !strings.Contains(body, `meshca_ready{component="issuer"} 0`) {
+		t.Fatalf("not ready: %s", body)
+	}
+}
