@@ -169,9 +169,13 @@ type Config struct {
 	// above Tick.
 	CRLValidity time.Duration
 
-	// Registerer receives the CA expiry gauge and the credential reuse
-	// counter; nil means no metrics.
+	// Registerer receives the root's metrics (CA expiry, enrolments,
+	// renewals, signing durations, bundle sequence, leadership, root CRL
+	// nextUpdate, credential reuse); nil means no metrics.
 	Registerer prometheus.Registerer
+	// ReadyInterval is how often Serve re-evaluates readiness (Checks) for
+	// its gRPC health service; zero means ops.FollowInterval (5s).
+	ReadyInterval time.Duration
 	// Logger receives events; nil means slog.Default(). It never receives
 	// keys or tokens.
 	Logger *slog.Logger

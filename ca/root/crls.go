@@ -78,7 +78,10 @@ func (r *Root) signRootCRLsLocked(ctx context.Context, now time.Time) {
 	serials = slices.Compact(serials)
 	key := strings.Join(serials, ",")
 	keep := map[[32]byte]*rootCRL{}
-	defer func() { r.rootCRLs = keep }()
+	defer func() {
+		r.rootCRLs = keep
+		r.service.setRootCRLs(keep)
+	}()
 	for _, s := range r.statuses {
 		if !s.State.InBundle() || now.Before(s.Cert.NotBefore) || !now.Before(s.Cert.NotAfter) {
 			continue

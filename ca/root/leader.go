@@ -36,6 +36,7 @@ func (r *Root) leadLocked(ctx context.Context) bool {
 	rs, ok := r.cfg.Store.(ReplicaStore)
 	if !ok {
 		r.leader = true
+		r.service.setLeader(true)
 		return true
 	}
 	r.leaseMu.Lock()
@@ -44,6 +45,7 @@ func (r *Root) leadLocked(ctx context.Context) bool {
 		err := r.lease.Held(ctx)
 		if err == nil {
 			r.leader = true
+			r.service.setLeader(true)
 			return true
 		}
 		r.log.WarnContext(ctx, "lost the leader lease", "error", err)
@@ -59,6 +61,7 @@ func (r *Root) leadLocked(ctx context.Context) bool {
 		r.log.InfoContext(ctx, "took the leader lease: this root server creates roots and signs root CRLs")
 	}
 	r.leader = r.lease != nil
+	r.service.setLeader(r.leader)
 	return r.leader
 }
 

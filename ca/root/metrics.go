@@ -2,13 +2,12 @@ package root
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/meshca/meshca/internal/ops"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/trust"
 )
@@ -36,20 +35,12 @@ func newExpiryMetrics(reg prometheus.Registerer) (*expiryMetrics, error) {
 	if reg == nil {
 		return nil, nil
 	}
-	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+	g, err := ops.Register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: expiryMetricName,
 		Help: "NotAfter of a CA certificate in Unix seconds, by kind (root, intermediate, credential), cluster and SHA-256.",
-	}, []string{"kind", "cluster", "sha256"})
-	if err := reg.Register(g); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if !errors.As(err, &are) {
-			return nil, fmt.Errorf("register %s: %w", expiryMetricName, err)
-		}
-		existing, ok := are.ExistingCollector.(*prometheus.GaugeVec)
-		if !ok {
-			return nil, fmt.Errorf("register %s: registered as %T", expiryMetricName, are.ExistingCollector)
-		}
-		g = existing
+	}, []string{"kind", "cluster", "sha256"}))
+	if err != nil {
+		return nil, err
 	}
 	return &expiryMetrics{gauge: g, ours: map[[3]string]bool{}}, nil
 }
@@ -125,20 +116,12 @@ func newReuseCounter(reg prometheus.Registerer) (*reuseCounter, error) {
 	if reg == nil {
 		return nil, nil
 	}
-	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+	c, err := ops.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: reuseMetricName,
 		Help: "Issuer credentials presented after they were replaced and their successor was used (a copy in use), by cluster.",
-	}, []string{"cluster"})
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if !errors.As(err, &are) {
-			return nil, fmt.Errorf("register %s: %w", reuseMetricName, err)
-		}
-		existing, ok := are.ExistingCollector.(*prometheus.CounterVec)
-		if !ok {
-			return nil, fmt.Errorf("register %s: registered as %T", reuseMetricName, are.ExistingCollector)
-		}
-		c = existing
+	}, []string{"cluster"}))
+	if err != nil {
+		return nil, err
 	}
 	return &reuseCounter{c: c}, nil
 }

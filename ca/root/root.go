@@ -33,6 +33,7 @@ type Root struct {
 	log     *slog.Logger
 	metrics *expiryMetrics
 	reuse   *reuseCounter
+	service *serviceMetrics
 	pub     publisher
 	// limits bound Serve's connections, streams and bundle watches.
 	limits *grpclimit.Limits
@@ -131,6 +132,9 @@ func New(ctx context.Context, cfg Config) (*Root, error) {
 	}
 	r.metrics = m
 	if r.reuse, err = newReuseCounter(cfg.Registerer); err != nil {
+		return nil, fmt.Errorf("root server: %w", err)
+	}
+	if r.service, err = newServiceMetrics(cfg.Registerer); err != nil {
 		return nil, fmt.Errorf("root server: %w", err)
 	}
 	if r.limits, err = grpclimit.New(cfg.Limits); err != nil {
@@ -404,6 +408,7 @@ func (r *Root) publishLocked(ctx context.Context, now time.Time) {
 		r.log.InfoContext(ctx, "trust bundle published", "sequence", b.Sequence, "trust_domains", len(b.Domains),
 			"signer_sha256", hex.EncodeToString(b.Signer[:]))
 	}
+	r.service.setSequence(st.bundle.Sequence)
 	r.state.Store(st)
 }
 
@@ -464,6 +469,7 @@ func (r *Root) signer(ctx context.Context, ref string) (crypto.Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: load key %s: %w", grpcx.ErrUnavailable, ref, err)
 	}
+	s = r.service.timed(s)
 	r.signers[ref] = s
 	return s, nil
 }
@@ -475,6 +481,7 @@ func (r *Root) createRootLocked(ctx context.Context, delay time.Duration, actor,
 	if err != nil {
 		return RootRecord{}, fmt.Errorf("%w: new root key: %w", grpcx.ErrUnavailable, err)
 	}
+	signer = r.service.timed(signer)
 	r.keysMu.Lock()
 	r.signers[ref] = signer
 	r.keysMu.Unlock()

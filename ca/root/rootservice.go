@@ -28,18 +28,20 @@ type rootService struct {
 func (s *rootService) Enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshcav1.EnrollResponse, error) {
 	resp, err := s.r.enroll(ctx, req)
 	if err != nil {
-		return nil, statusOf(ctx, s.r.log, "Enroll", err)
+		err = statusOf(ctx, s.r.log, "Enroll", err)
 	}
-	return resp, nil
+	s.r.service.enrolled(err)
+	return resp, err
 }
 
 // Renew implements meshcav1.RootServiceServer.
 func (s *rootService) Renew(ctx context.Context, req *meshcav1.RenewRequest) (*meshcav1.RenewResponse, error) {
 	resp, err := s.r.renew(ctx, req)
 	if err != nil {
-		return nil, statusOf(ctx, s.r.log, "Renew", err)
+		err = statusOf(ctx, s.r.log, "Renew", err)
 	}
-	return resp, nil
+	s.r.service.renewed(err)
+	return resp, err
 }
 
 // PublishCRLs implements meshcav1.RootServiceServer.

@@ -24,6 +24,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/internal/grpcx"
+	"github.com/meshca/meshca/internal/ops"
 	"github.com/meshca/meshca/trust"
 )
 
@@ -59,8 +60,17 @@ func (r *Root) Serve(ctx context.Context, lis net.Listener) error {
 	)...)
 	meshcav1.RegisterRootServiceServer(srv, &rootService{r: r})
 	meshcav1.RegisterBundleServiceServer(srv, &bundleService{r: r, stopping: stopping})
-	healthpb.RegisterHealthServer(srv, health.NewServer())
-	return serve(ctx, srv, r.limits.Listener(lis), stopping)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+	followed := make(chan struct{})
+	go func() {
+		defer close(followed)
+		ops.Follow(ctx, hs, r.Checks(), r.cfg.ReadyInterval, r.log)
+	}()
+	defer func() { <-followed }()
+	// Draining: health says NOT_SERVING before the graceful stop, so that
+	// load balancers stop sending new calls while in-flight ones finish.
+	return serve(ctx, srv, r.limits.Listener(lis), stopping, hs.Shutdown)
 }
 
 // ServeAdmin serves AdminService without TLS on lis, which should be a
@@ -72,7 +82,7 @@ func (r *Root) ServeAdmin(ctx context.Context, lis net.Listener) error {
 		grpc.MaxRecvMsgSize(r.cfg.MaxRequestBytes),
 	)
 	meshcav1.RegisterAdminServiceServer(srv, newAdminService(r))
-	return serve(ctx, srv, lis, make(chan struct{}))
+	return serve(ctx, srv, lis, make(chan struct{}), nil)
 }
 
 // serveAdminMTLS serves AdminService over mutual TLS on lis, to the admins
@@ -82,7 +92,7 @@ func (r *Root) ServeAdmin(ctx context.Context, lis net.Listener) error {
 func (r *Root) serveAdminMTLS(ctx context.Context, lis net.Listener, m *adminapi.MTLS) error {
 	srv := grpc.NewServer(append(m.ServerOptions(), grpc.MaxRecvMsgSize(r.cfg.MaxRequestBytes))...)
 	meshcav1.RegisterAdminServiceServer(srv, newAdminService(r))
-	return serve(ctx, srv, m.Listener(lis), make(chan struct{}))
+	return serve(ctx, srv, m.Listener(lis), make(chan struct{}), nil)
 }
 
 // ServingCertificate returns a tls.Config.GetCertificate callback with a
@@ -106,8 +116,16 @@ func (r *Root) OwnRoots() *trust.Bundle {
 	return b.OwnRoots()
 }
 
-func serve(ctx context.Context, srv *grpc.Server, lis net.Listener, stopping chan struct{}) error {
-	if err := grpcx.Serve(ctx, srv, lis, gracePeriod, func() { close(stopping) }); err != nil {
+// serve serves srv on lis until ctx ends. Before the graceful stop it
+// calls drain, when not nil, and closes stopping.
+func serve(ctx context.Context, srv *grpc.Server, lis net.Listener, stopping chan struct{}, drain func()) error {
+	before := func() {
+		if drain != nil {
+			drain()
+		}
+		close(stopping)
+	}
+	if err := grpcx.Serve(ctx, srv, lis, gracePeriod, before); err != nil {
 		close(stopping)
 		return fmt.Errorf("root server: %w", err)
 	}

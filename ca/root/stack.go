@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshca/meshca/ca/root/federation"
 	"github.com/meshca/meshca/internal/adminapi"
+	"github.com/meshca/meshca/internal/ops"
 	"github.com/meshca/meshca/internal/serverdir"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/checkpoint"
@@ -66,8 +67,12 @@ type StackConfig struct {
 	FederationRefresh time.Duration
 	// Endpoint, when set, serves this mesh's SPIFFE bundle endpoint.
 	Endpoint *Endpoint
-	// MetricsListen, when set, serves Prometheus metrics at /metrics.
+	// MetricsListen, when set, is the ops listener's address: /metrics,
+	// /healthz and /readyz (Root.Checks).
 	MetricsListen string
+	// MetricsServing, when set, is called with the ops listener's address
+	// once it accepts connections.
+	MetricsServing func(addr string)
 	// Serving, when set, is called once the root serves, with its gRPC
 	// address and its admin socket's path.
 	Serving func(addr, adminSocket string)
@@ -154,5 +159,8 @@ func RunStack(ctx context.Context, c StackConfig) error {
 		return err
 	}
 	defer r.Close()
+	if _, err := ops.Register(reg, ops.ReadyGauge("root", r.Checks())); err != nil {
+		return err
+	}
 	return c.serve(ctx, r, fetcher, reg, log)
 }

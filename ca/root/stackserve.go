@@ -2,20 +2,17 @@ package root
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/meshca/meshca/ca/root/federation"
 	"github.com/meshca/meshca/internal/adminapi"
+	"github.com/meshca/meshca/internal/ops"
 )
 
 // serve opens r's listeners and runs r, its bundle files, the federation
@@ -56,7 +53,8 @@ func (c StackConfig) serve(ctx context.Context, r *Root, fetcher *federation.Fet
 		g.Go(func() error { return ep.Serve(ctx, ls.federation) })
 	}
 	if c.MetricsListen != "" {
-		g.Go(func() error { return serveMetrics(ctx, c.MetricsListen, reg) })
+		oc := ops.Config{Listen: c.MetricsListen, Gatherer: reg, Checks: r.Checks(), Logger: log}
+		g.Go(func() error { return ops.Run(ctx, oc, c.MetricsServing) })
 	}
 	var epAddr string
 	if c.Endpoint != nil {
@@ -178,21 +176,4 @@ func (c StackConfig) openListeners(r *Root, federation bool, log *slog.Logger) (
 		return fail(err)
 	}
 	return ls, nil
-}
-
-// serveMetrics serves /metrics until ctx ends.
-func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry) error {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("metrics: %w", err)
-	}
-	return nil
 }
