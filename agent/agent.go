@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/meshca/meshca/internal/grpcx"
+	"github.com/meshca/meshca/internal/ops"
 	"github.com/meshca/meshca/internal/unixsock"
 	"github.com/meshca/meshca/rotation"
 	"github.com/meshca/meshca/trust"
@@ -98,14 +99,14 @@ type Config struct {
 	// OutputDir, when set, receives cert.pem, key.pem (0600) and bundle.pem
 	// after every renewal, written atomically; empty means no files.
 	OutputDir string
-	// HealthAddr is the TCP address of the /healthz and /readyz endpoints,
-	// normally on loopback; empty means no health server.
+	// HealthAddr is the TCP address of the /healthz, /readyz and /metrics
+	// endpoints (internal/ops.Handler), normally on loopback; empty means
+	// no health server.
 	HealthAddr string
 	// ShutdownTimeout bounds a graceful stop; zero means 5 s.
 	ShutdownTimeout time.Duration
-	// Registerer receives the agent's metrics
-	// (meshca_agent_crl_rejected_total, meshca_agent_bundle_rejected_total);
-	// nil means no metrics. When it is also a prometheus.Gatherer (such as a
+	// Registerer receives the agent's metrics (meshca_agent_*, and
+	// meshca_ready{component="agent"}); nil means no metrics. When it is also a prometheus.Gatherer (such as a
 	// *prometheus.Registry) and HealthAddr is set, the health server serves
 	// it at /metrics.
 	Registerer prometheus.Registerer
@@ -238,6 +239,9 @@ func New(cfg Config) (_ *Agent, err error) {
 	if a.manager, err = newManager(cfg.managerConfig(a.client, a.pub)); err != nil {
 		return nil, err
 	}
+	if _, err = ops.Register(cfg.Registerer, ops.ReadyGauge("agent", a.manager.checks())); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 	if a.loop, err = rotation.New(rotation.Config{Renewer: a.manager, RenewNow: a.manager.RenewNow(), Logger: cfg.Logger}); err != nil {
 		return nil, err
 	}
@@ -326,7 +330,7 @@ func (a *Agent) listen() (_ []server, err error) {
 		}
 	}()
 	if a.cfg.SDSSocket != "" {
-		sds, err := newSDSServer(sdsConfig{Source: a.pub, Logger: a.cfg.Logger})
+		sds, err := newSDSServer(sdsConfig{Source: a.pub, Registerer: a.cfg.Registerer, Logger: a.cfg.Logger})
 		if err != nil {
 			return nil, err
 		}
@@ -355,7 +359,7 @@ func (a *Agent) listen() (_ []server, err error) {
 	}
 	if a.cfg.HealthAddr != "" {
 		gatherer, _ := a.cfg.Registerer.(prometheus.Gatherer)
-		s, addr, err := httpServer(a.cfg.HealthAddr, healthAndMetrics(a.manager, gatherer))
+		s, addr, err := httpServer(a.cfg.HealthAddr, ops.Handler(gatherer, a.manager.checks()))
 		if err != nil {
 			return nil, err
 		}

@@ -64,7 +64,8 @@ type bundleWatcherConfig struct {
 	// RetryMax caps the reconnection delay; zero means 30 s (gRPC's
 	// reconnection cap in Client).
 	RetryMax time.Duration
-	// Registerer receives bundleRejectedMetricName; nil means no metrics.
+	// Registerer receives bundleRejectedMetricName and
+	// bundleUpdatesMetricName; nil means no metrics.
 	Registerer prometheus.Registerer
 	// Logger: nil means slog.Default().
 	Logger *slog.Logger
@@ -90,8 +91,9 @@ func (c bundleWatcherConfig) Validate() error {
 // issuer is unreachable. An issuer without BundleService (a plain Istio CA)
 // stops it for good: the agent then trusts the CA bundle file only.
 type bundleWatcher struct {
-	cfg      bundleWatcherConfig
-	rejected *prometheus.CounterVec // nil: no metrics
+	cfg bundleWatcherConfig
+	// rejected and updates are nil without metrics.
+	rejected, updates *prometheus.CounterVec
 	// jitter returns a random duration in [0, d); rand by default.
 	jitter func(d time.Duration) time.Duration
 }
@@ -119,7 +121,13 @@ func newBundleWatcher(cfg bundleWatcherConfig) (*bundleWatcher, error) {
 	if cfg.Registerer != nil {
 		var err error
 		w.rejected, err = registerCounterVec(cfg.Registerer, bundleRejectedMetricName,
-			"Trust bundles received from the issuer and refused, by reason.", bundleRejectReasons...)
+			"Trust bundles received from the issuer and refused, by reason.", "reason", bundleRejectReasons...)
+		if err != nil {
+			return nil, fmt.Errorf("bundle watch: %w", err)
+		}
+		w.updates, err = registerCounterVec(cfg.Registerer, bundleUpdatesMetricName,
+			"Trust bundles received from the issuer by result: ok (applied), error (refused; see "+bundleRejectedMetricName+").",
+			"result", resultOK, resultError)
 		if err != nil {
 			return nil, fmt.Errorf("bundle watch: %w", err)
 		}
@@ -170,6 +178,7 @@ func rejectReason(err error) (string, slog.Level) {
 func (w *bundleWatcher) reject(reason string) {
 	if w.rejected != nil {
 		w.rejected.WithLabelValues(reason).Inc()
+		w.updates.WithLabelValues(resultError).Inc()
 	}
 }
 
@@ -245,6 +254,9 @@ func (w *bundleWatcher) apply(pb *meshcav1.Bundle) {
 		return
 	}
 	if _, err = w.cfg.Updater.SetTrustBundle(b); err == nil {
+		if w.updates != nil {
+			w.updates.WithLabelValues(resultOK).Inc()
+		}
 		return
 	}
 	// An untrusted bundle comes from a compromised or misconfigured issuer,

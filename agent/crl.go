@@ -42,7 +42,7 @@ func newCRLMetrics(reg prometheus.Registerer) (*crlMetrics, error) {
 		return nil, nil
 	}
 	c, err := registerCounterVec(reg, crlRejectedMetricName,
-		"CRLs dropped from received trust bundles, by reason (invalid, untrusted, stale).", crlInvalid, crlUntrusted, crlStale)
+		"CRLs dropped from received trust bundles, by reason (invalid, untrusted, stale).", "reason", crlInvalid, crlUntrusted, crlStale)
 	if err != nil {
 		return nil, err
 	}

@@ -70,7 +70,9 @@ type managerConfig struct {
 	// OutputDir, when set, receives cert.pem, key.pem (0600) and bundle.pem
 	// after every renewal; empty means the key never touches the disk.
 	OutputDir string
-	// Registerer receives the agent's CRL metric (crlRejectedMetricName);
+	// Registerer receives the agent's CRL metric (crlRejectedMetricName),
+	// its renewals (renewalsMetricName) and its certificate's expiry
+	// (expiryMetricName);
 	// nil means no metrics.
 	Registerer prometheus.Registerer
 	// Logger: nil means slog.Default().
@@ -102,9 +104,10 @@ func (c managerConfig) Validate() error {
 // agent is ready. Renew is called by one goroutine at a time; Ready may be
 // called concurrently.
 type manager struct {
-	cfg     managerConfig
-	newKey  func() (crypto.Signer, error)
-	metrics *crlMetrics
+	cfg      managerConfig
+	newKey   func() (crypto.Signer, error)
+	metrics  *crlMetrics
+	renewals *renewalMetrics
 	// tokenFile is managerConfig.TokenFile until SetTokenFile.
 	tokenFile atomic.Pointer[string]
 
@@ -162,7 +165,11 @@ func newManager(cfg managerConfig) (*manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	m := &manager{cfg: cfg, newKey: newKey, metrics: metrics, crlMarks: map[[32]byte]crlMark{}, renewNow: make(chan struct{}, 1)}
+	renewals, err := newRenewalMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	m := &manager{cfg: cfg, newKey: newKey, metrics: metrics, renewals: renewals, crlMarks: map[[32]byte]crlMark{}, renewNow: make(chan struct{}, 1)}
 	m.tokenFile.Store(&cfg.TokenFile)
 	bundle, err := m.readBundle()
 	if err != nil {
@@ -189,6 +196,7 @@ func (m *manager) Renew(ctx context.Context) (rotation.Validity, error) {
 	m.mu.Lock()
 	m.lastErr, m.lastAttempt = err, time.Now()
 	m.mu.Unlock()
+	m.renewals.renewed(v.NotAfter, err)
 	return v, err
 }
 
@@ -613,9 +621,9 @@ func (m *manager) Ready() error {
 	m.mu.Unlock()
 	var why string
 	if snap.SVID() == nil {
-		why = "no certificate yet"
+		why = "none yet"
 	} else {
-		why = fmt.Sprintf("certificate %s (serial %s) expired at %s", snap.ID(), snap.SVIDVersion(), snap.NotAfter().UTC().Format(time.RFC3339))
+		why = fmt.Sprintf("%s (serial %s) expired at %s", snap.ID(), snap.SVIDVersion(), snap.NotAfter().UTC().Format(time.RFC3339))
 	}
 	switch {
 	case lastErr != nil:

@@ -16,6 +16,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -25,6 +26,9 @@ import (
 type sdsConfig struct {
 	// Source provides what is served. Required.
 	Source source
+	// Registerer receives the SDS metrics (streams, pushes, NACKs); nil
+	// means no metrics.
+	Registerer prometheus.Registerer
 	// Logger receives stream events and NACKs; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -50,10 +54,11 @@ func (c sdsConfig) withDefaults() sdsConfig {
 // a new response is pushed when a subscribed secret changes.
 type sdsServer struct {
 	secretv3.UnimplementedSecretDiscoveryServiceServer
-	cfg   sdsConfig
-	stop  chan struct{}
-	once  sync.Once
-	nonce atomic.Uint64
+	cfg     sdsConfig
+	metrics *sdsMetrics
+	stop    chan struct{}
+	once    sync.Once
+	nonce   atomic.Uint64
 }
 
 var _ secretv3.SecretDiscoveryServiceServer = (*sdsServer)(nil)
@@ -63,7 +68,11 @@ func newSDSServer(cfg sdsConfig) (*sdsServer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &sdsServer{cfg: cfg.withDefaults(), stop: make(chan struct{})}, nil
+	m, err := newSDSMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("sds: %w", err)
+	}
+	return &sdsServer{cfg: cfg.withDefaults(), metrics: m, stop: make(chan struct{})}, nil
 }
 
 // Register adds the service to g.
@@ -91,6 +100,7 @@ func (s *sdsServer) FetchSecrets(_ context.Context, req *discoveryv3.DiscoveryRe
 	if err != nil {
 		return nil, sdsStatus(err)
 	}
+	s.metrics.pushed()
 	return &discoveryv3.DiscoveryResponse{
 		VersionInfo: version, Resources: resources, TypeUrl: secretTypeURL, Nonce: s.newNonce(),
 	}, nil
@@ -102,6 +112,8 @@ func (s *sdsServer) FetchSecrets(_ context.Context, req *discoveryv3.DiscoveryRe
 // requests (and answers a new subscription at once), so an ACK costs no
 // hand-over between goroutines.
 func (s *sdsServer) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) error {
+	s.metrics.streamOpened()
+	defer s.metrics.streamClosed()
 	st := &sdsStream{srv: s, send: stream.Send}
 	recvErr := make(chan error, 1)
 	go func() { recvErr <- st.readRequests(stream.Recv) }()
@@ -203,6 +215,7 @@ func (st *sdsStream) receive(req *discoveryv3.DiscoveryRequest) error {
 		return nil
 	}
 	if detail := req.GetErrorDetail(); detail != nil {
+		st.srv.metrics.nacked()
 		st.log(slog.LevelWarn, "sds response rejected (NACK)", "resources", req.GetResourceNames(),
 			"rejected_version", st.sentVersion, "kept_version", req.GetVersionInfo(), "error", detail.GetMessage())
 	}
@@ -244,6 +257,7 @@ func (st *sdsStream) push(snap *snapshot) error {
 		return fmt.Errorf("sds send: %w", err)
 	}
 	st.sentVersion, st.sentNonce = version, resp.Nonce
+	st.srv.metrics.pushed()
 	return nil
 }
 
