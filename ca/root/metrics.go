@@ -126,6 +126,14 @@ func newReuseCounter(reg prometheus.Registerer) (*reuseCounter, error) {
 	return &reuseCounter{c: c}, nil
 }
 
+// known exports the series of an enrolled cluster (one with a valid
+// intermediate) at 0 until its first reuse, so that alerts see it.
+func (m *reuseCounter) known(cluster string) {
+	if m != nil {
+		m.c.WithLabelValues(cluster)
+	}
+}
+
 func (m *reuseCounter) inc(cluster string) {
 	if m != nil {
 		m.c.WithLabelValues(cluster).Inc()

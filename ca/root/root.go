@@ -312,6 +312,9 @@ func (r *Root) loadLocked(ctx context.Context) error {
 	r.storeDomains = domains
 	r.loadActiveLocked(ctx)
 	r.metrics.set(r.statuses, newest)
+	for cluster := range newest {
+		r.reuse.known(cluster)
+	}
 	r.publishLocked(ctx, now)
 	return nil
 }

@@ -64,8 +64,10 @@ type rootConfig struct {
 	// listed admin SPIFFE IDs holding an admin certificate signed directly
 	// by this root (`meshca admin credential issue`).
 	Admin adminTLSConfig `json:"admin,omitempty"`
-	// MetricsListen, when set, serves Prometheus metrics at /metrics (plain
-	// HTTP), e.g. 127.0.0.1:9090.
+	// MetricsListen, when set, is the ops listener (plain HTTP), e.g.
+	// 127.0.0.1:9090: Prometheus metrics at /metrics, liveness at /healthz
+	// and readiness at /readyz (store reachable, an active root that has
+	// not expired). Default: none.
 	MetricsListen string `json:"metricsListen,omitempty"`
 	// Limits bound the connections, streams and bundle watches of Listen.
 	Limits limitsConfig `json:"limits,omitempty"`
