@@ -1,7 +1,7 @@
 # Test-bed fragment: Prometheus's `prometheus` server and `promtool`, taken
-# from Debian's `prometheus` package (see shared TESTBED.md). The package is
-# downloaded and unpacked, never installed: no service is started and no
-# system file changes. The binaries are cached outside the checkout; tests
+# from Debian's `prometheus` package. The package is downloaded and
+# unpacked, never installed: no service is started and no system file
+# changes. The binaries are cached outside the checkout; tests
 # find them through the exported MESHCA_TEST_PROMTOOL and
 # MESHCA_TEST_PROMETHEUS (test/promtest), else at the cached paths below.
 
