@@ -37,20 +37,22 @@ func TestMetricNamesExist(t *testing.T) {
 	is := startObservedIssuer(t, r, "east", "east.example")
 	agentMetrics := startObservedAgent(t, is, r.bundle)
 
-	exported := promtest.Families{}
-	for name, addr := range map[string]string{"root": r.metrics, "issuer": is.metrics, "agent": agentMetrics} {
-		text, err := promtest.Scrape(context.Background(), "http://"+addr+"/metrics")
-		if err != nil {
-			t.Fatalf("scrape the %s: %v", name, err)
+	targets := map[string]string{"root": r.metrics, "issuer": is.metrics, "agent": agentMetrics}
+	used, documented := usedMetricNames(t), documentedMetrics(t)
+	// Some series appear a little after start: the root exports a
+	// cluster's series from its next re-evaluation (every 10 s) after the
+	// enrolment. Scrape until every name is there, or metricsWait passes.
+	var exported promtest.Families
+	deadline := time.Now().Add(metricsWait)
+	for {
+		exported = scrapeFamilies(t, targets)
+		if (allExported(exported, used) && allExported(exported, map[string][]string{"": documented})) || time.Now().After(deadline) {
+			break
 		}
-		fams := promtest.ParseFamilies(text)
-		if _, ok := fams["meshca_ready"]; !ok {
-			t.Errorf("the %s exports no meshca_ready", name)
-		}
-		exported.Add(fams)
+		time.Sleep(500 * time.Millisecond)
 	}
 
-	for use, names := range usedMetricNames(t) {
+	for use, names := range used {
 		for _, n := range names {
 			if _, ok := exported.Family(n); !ok {
 				t.Errorf("%s uses %s, which no running root, issuer or agent exports", use, n)
@@ -65,7 +67,6 @@ func TestMetricNamesExist(t *testing.T) {
 		}
 	}
 	slices.Sort(meshca)
-	documented := documentedMetrics(t)
 	for _, n := range meshca {
 		if !slices.Contains(documented, n) {
 			t.Errorf("%s is exported but not in docs/reference/metrics.md", n)
@@ -76,6 +77,41 @@ func TestMetricNamesExist(t *testing.T) {
 			t.Errorf("docs/reference/metrics.md documents %s, which no running root, issuer or agent exports", n)
 		}
 	}
+}
+
+// metricsWait bounds the wait for every metric to appear: two of the
+// root's re-evaluations and a busy machine.
+const metricsWait = 30 * time.Second
+
+// scrapeFamilies scrapes each named /metrics endpoint and returns the
+// union of their families; each must export meshca_ready.
+func scrapeFamilies(t *testing.T, targets map[string]string) promtest.Families {
+	t.Helper()
+	all := promtest.Families{}
+	for name, addr := range targets {
+		text, err := promtest.Scrape(context.Background(), "http://"+addr+"/metrics")
+		if err != nil {
+			t.Fatalf("scrape the %s: %v", name, err)
+		}
+		fams := promtest.ParseFamilies(text)
+		if _, ok := fams["meshca_ready"]; !ok {
+			t.Fatalf("the %s exports no meshca_ready", name)
+		}
+		all.Add(fams)
+	}
+	return all
+}
+
+// allExported says whether every name in names belongs to a family of fs.
+func allExported(fs promtest.Families, names map[string][]string) bool {
+	for _, ns := range names {
+		for _, n := range ns {
+			if _, ok := fs.Family(n); !ok {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // usedMetricNames maps "alert NAME" and "dashboard panel TITLE" to the
@@ -311,7 +347,7 @@ clusters:
 }
 
 // startObservedAgent starts the meshca-agent binary against is, trusting
-// the root bundle, and waits until it is ready (it holds a certificate).
+// the root bundle, serving SDS and the Workload API, and waits until it is ready (it holds a certificate).
 // It returns the address of its ops listener (--health-addr).
 func startObservedAgent(t *testing.T, is *observedIssuer, bundle string) string {
 	t.Helper()
@@ -323,7 +359,8 @@ func startObservedAgent(t *testing.T, is *observedIssuer, bundle string) string 
 	tokenFile := harness.WriteFile(t, filepath.Join(dir, "token"), token)
 	health := testkit.FreeAddr(t)
 	p := harness.Start(t, agentBinary(t), "agent", "--issuer", is.addr, "--server-name", "localhost", "--ca-bundle", bundle,
-		"--token-file", tokenFile, "--workload-socket", filepath.Join(dir, "agent.sock"), "--health-addr", health, "--ttl", "1h")
+		"--token-file", tokenFile, "--workload-socket", filepath.Join(dir, "agent.sock"), "--sds-socket", filepath.Join(dir, "sds.sock"),
+		"--health-addr", health, "--ttl", "1h")
 	client := &http.Client{Timeout: time.Second}
 	p.WaitFor(t, "agent ready", harness.StartTimeout, func() bool {
 		resp, err := client.Get("http://" + health + "/readyz")
