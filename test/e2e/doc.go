@@ -6,5 +6,8 @@
 //
 // Run with `go test ./test/e2e/...`. The binary is built once per run, or
 // taken from $MESHCA_BIN. openssl is required: without it the tests skip,
-// or fail when CI=true.
+// or fail when CI=true. The observability tests also run `meshca root
+// serve`, `meshca issuer serve` and the meshca-agent binary
+// ($MESHCA_AGENT_BIN), and Prometheus from the test bed (test/promtest),
+// under the same rule.
 package e2e
