@@ -74,9 +74,9 @@ func devStack(cfg devConfig) (stack.Config, error) {
 }
 
 // storeOpener opens the store cfg selects, for the issuer stack.
-func storeOpener(cfg storeConfig, dataDir string) func(context.Context) (stack.Store, error) {
-	return func(ctx context.Context) (stack.Store, error) {
-		db, err := openBackend(ctx, cfg, dataDir)
+func storeOpener(cfg storeConfig, dataDir string) func(context.Context, *store.Metrics) (stack.Store, error) {
+	return func(ctx context.Context, m *store.Metrics) (stack.Store, error) {
+		db, err := openBackendWithMetrics(ctx, cfg, dataDir, m)
 		if err != nil {
 			return nil, err // not a nil backend in the interface
 		}
