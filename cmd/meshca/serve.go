@@ -38,7 +38,7 @@ func issuerStack(cfg issuerConfig) (stack.Config, error) {
 	}
 	sc := stack.Config{
 		Name: "meshca issuer", TrustDomain: td, Cluster: cfg.Cluster, DataDir: cfg.DataDir, RootDir: cfg.Root.Dir,
-		Listen: cfg.Listen, Hosts: cfg.Hosts, IntermediateTTL: time.Duration(cfg.IntermediateTTL),
+		Listen: cfg.Listen, Hosts: cfg.Hosts, IntermediateTTL: time.Duration(cfg.IntermediateTTL), MetricsListen: cfg.MetricsListen,
 		LeafTTL: time.Duration(cfg.LeafTTL), LeafMinTTL: time.Duration(cfg.LeafMinTTL), LeafMaxTTL: time.Duration(cfg.LeafMaxTTL),
 		OpenStore: storeOpener(cfg.Store, cfg.DataDir), Retention: cfg.Store.Retention.store(),
 		Checkpoint:  cfg.Store.Checkpoint.dirConfig(cfg.DataDir),
@@ -65,7 +65,7 @@ func devStack(cfg devConfig) (stack.Config, error) {
 	}
 	return stack.Config{
 		Name: "meshca dev", TrustDomain: td, Cluster: cfg.Cluster, DataDir: cfg.DataDir,
-		Listen: cfg.Listen, Hosts: cfg.Hosts, IntermediateTTL: time.Duration(cfg.IntermediateTTL),
+		Listen: cfg.Listen, Hosts: cfg.Hosts, IntermediateTTL: time.Duration(cfg.IntermediateTTL), MetricsListen: cfg.MetricsListen,
 		LeafTTL: time.Duration(cfg.LeafTTL), LeafMinTTL: time.Duration(cfg.LeafMinTTL), LeafMaxTTL: time.Duration(cfg.LeafMaxTTL),
 		OpenStore: storeOpener(cfg.Store, cfg.DataDir), Retention: cfg.Store.Retention.store(),
 		Checkpoint:  cfg.Store.Checkpoint.dirConfig(cfg.DataDir),

@@ -51,21 +51,15 @@ func registerer(reg *prometheus.Registry) prometheus.Registerer {
 	return reg
 }
 
-// readiness are the stack's readiness checks: the store answers, a valid
-// intermediate is held, the CA has not expired and, with a central root,
-// the issuer is enrolled.
+// readiness are the stack's readiness checks, in the order /readyz reports
+// them: the store answers, the CA (some root of the bundle) has not
+// expired, a valid intermediate is held and, with a central root, the
+// issuer is enrolled. now is the clock they are judged at.
 func (p *parts) readiness(db Store, m *store.Metrics, up *issuer.Upstream, now func() time.Time) ops.Checks {
 	checks := ops.Checks{
 		{Name: "store", Ready: func(ctx context.Context) error {
 			if err := m.Probe(ctx, db); err != nil {
 				return fmt.Errorf("unreachable: %w", err)
-			}
-			return nil
-		}},
-		{Name: "intermediate", Ready: func(context.Context) error {
-			a := p.iss.Authority()
-			if t := now(); a == nil || t.Before(a.Certificate.NotBefore) || !t.Before(a.Certificate.NotAfter) {
-				return errNoIntermediate
 			}
 			return nil
 		}},
@@ -77,6 +71,13 @@ func (p *parts) readiness(db Store, m *store.Metrics, up *issuer.Upstream, now f
 				}
 			}
 			return errCAExpired
+		}},
+		{Name: "intermediate", Ready: func(context.Context) error {
+			a := p.iss.Authority()
+			if t := now(); a == nil || t.Before(a.Certificate.NotBefore) || !t.Before(a.Certificate.NotAfter) {
+				return errNoIntermediate
+			}
+			return nil
 		}},
 	}
 	if up != nil {
