@@ -91,26 +91,30 @@ func (p *parts) readiness(db Store, m *store.Metrics, up *issuer.Upstream, now f
 	return checks
 }
 
-// caState is what the CA metrics export now.
-func (p *parts) caState(up *issuer.Upstream, now time.Time) issuer.CAState {
+// caState is what the CA metrics export now, and a channel closed when the
+// CRLs change.
+func (p *parts) caState(up *issuer.Upstream, now time.Time) (issuer.CAState, <-chan struct{}) {
 	st := issuer.CAState{Held: p.iss.Held(now), Roots: p.iss.Bundle().Roots()}
-	st.CRLs, _ = p.crls.Current()
+	crls, changed := p.crls.Current()
+	st.CRLs = crls
 	if up != nil {
 		st.Credential = up.Credential()
 	}
-	return st
+	return st, changed
 }
 
-// runCAMetrics refreshes m from the stack's state now and every
-// caMetricsInterval until ctx ends.
+// runCAMetrics refreshes m from the stack's state now, whenever the CRLs
+// change and every caMetricsInterval (rotations) until ctx ends.
 func (p *parts) runCAMetrics(ctx context.Context, m *issuer.CAMetrics, up *issuer.Upstream) error {
 	t := time.NewTicker(caMetricsInterval)
 	defer t.Stop()
 	for {
-		m.Set(p.caState(up, time.Now()))
+		st, changed := p.caState(up, time.Now())
+		m.Set(st)
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-changed:
 		case <-t.C:
 		}
 	}
