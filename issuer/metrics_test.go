@@ -20,7 +20,7 @@ import (
 type revokedWeb struct{}
 
 func (revokedWeb) Revoked(id string) (store.Revocation, bool) { return store.Revocation{}, id == webID }
-func (revokedWeb) Stale(time.Time) bool                     { return false }
+func (revokedWeb) Stale(time.Time) bool                       { return false }
 
 // Each refused request is counted under its bounded reason: attestation
 // failures by the reason the attestor marked (an error outside its
