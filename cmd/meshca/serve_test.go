@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -44,6 +45,15 @@ func TestIssuerStackMapping(t *testing.T) {
 			}
 			if sc.Retention != nil || sc.AdminSocket.Path != "/s" || sc.AdminSocket.Mode != 0o666 {
 				t.Errorf("retention %+v, admin socket %+v", sc.Retention, sc.AdminSocket)
+			}
+		}},
+		{"metrics listener", base + "metricsListen: 127.0.0.1:9090\n", func(t *testing.T, cfg issuerConfig) {
+			sc, err := issuerStack(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sc.MetricsListen != "127.0.0.1:9090" {
+				t.Errorf("metrics listen = %q", sc.MetricsListen)
 			}
 		}},
 		{"default attestor not written back", "cluster: east\nclusters: [{name: east}]\n", func(t *testing.T, cfg issuerConfig) {
@@ -120,5 +130,16 @@ func TestRootStackMapping(t *testing.T) {
 			}
 			tc.check(t, sc)
 		})
+	}
+}
+
+// metricsListen must be host:port; empty (the default) means none.
+func TestIssuerMetricsListenValidated(t *testing.T) {
+	cfg := defaultIssuerConfig()
+	if err := decodeStrict([]byte("cluster: east\nclusters: [{name: east, attestor: dev}]\nmetricsListen: localhost\n"), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.validate(); err == nil || !strings.Contains(err.Error(), "metricsListen") {
+		t.Fatalf("validate = %v, want a metricsListen error", err)
 	}
 }
