@@ -155,7 +155,10 @@ type istioService struct {
 func (i *istioService) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
 	start := time.Now()
 	resp, err := i.createCertificate(ctx, req)
-	i.srv.iss.metrics.request(status.Code(err), time.Since(start))
+	if m := i.srv.iss.metrics; m != nil {
+		md, _ := metadata.FromIncomingContext(ctx)
+		m.request(firstValue(md, "clusterid"), status.Code(err), time.Since(start))
+	}
 	return resp, err
 }
 

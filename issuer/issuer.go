@@ -112,6 +112,10 @@ type Config struct {
 	// Metrics, when set, receives the issuer's metrics (requests by code,
 	// latency, attestation failures, denials); nil means no metrics.
 	Metrics prometheus.Registerer
+	// MetricsClusters are the other clusters this issuer attests (by
+	// name): a request whose clusterid names one is counted under it, any
+	// other under Cluster, so that callers cannot add label values.
+	MetricsClusters []string
 }
 
 // Validate reports the first problem with c, as New would resolve its
@@ -192,7 +196,7 @@ func New(cfg Config) (*Issuer, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	m, err := newMetrics(cfg.Metrics, cfg.Cluster)
+	m, err := newMetrics(cfg.Metrics, cfg.Cluster, cfg.MetricsClusters)
 	if err != nil {
 		return nil, fmt.Errorf("issuer: %w", err)
 	}
@@ -399,7 +403,7 @@ func (iss *Issuer) issue(ctx context.Context, req Request) (*x509.Certificate, *
 func (iss *Issuer) identify(ctx context.Context, token, clusterID string) (attest.Identity, spiffeid.ID, error) {
 	ident, err := iss.cfg.Attestor.Attest(ctx, attest.Request{Token: token, ClusterID: clusterID})
 	if err != nil {
-		iss.metrics.attestFailed(err)
+		iss.metrics.attestFailed(clusterID, err)
 		switch {
 		case errors.Is(err, attest.ErrUnavailable):
 			return attest.Identity{}, spiffeid.ID{}, fmt.Errorf("%w: %w", ErrUnavailable, err)

@@ -82,15 +82,19 @@ const numCodes = int(codes.Unauthenticated) + 1
 // metrics are the issuer's counters, their children resolved once so that
 // the hot path only adds. A nil *metrics records nothing.
 type metrics struct {
-	requests [numCodes]prometheus.Counter
+	// local is the issuer's own cluster, the label of requests naming no
+	// configured cluster.
+	local    string
+	requests map[string]*[numCodes]prometheus.Counter // by cluster
 	duration prometheus.Observer
-	attest   map[string]prometheus.Counter
+	attest   map[string]map[string]prometheus.Counter // by cluster, reason
 	denied   map[string]prometheus.Counter
 }
 
 // newMetrics registers the issuer's metrics with reg for the issuer's
-// cluster; a nil reg means no metrics (a nil *metrics).
-func newMetrics(reg prometheus.Registerer, cluster string) (*metrics, error) {
+// cluster and the other clusters it attests; a nil reg means no metrics
+// (a nil *metrics).
+func newMetrics(reg prometheus.Registerer, cluster string, others []string) (*metrics, error) {
 	if reg == nil {
 		return nil, nil
 	}
@@ -123,12 +127,21 @@ func newMetrics(reg prometheus.Registerer, cluster string) (*metrics, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &metrics{duration: duration, attest: map[string]prometheus.Counter{}, denied: map[string]prometheus.Counter{}}
-	for c := range numCodes {
-		m.requests[c] = requests.WithLabelValues(cluster, codes.Code(c).String())
-	}
-	for _, r := range attestReasons {
-		m.attest[r] = failures.WithLabelValues(cluster, r)
+	m := &metrics{local: cluster, duration: duration, requests: map[string]*[numCodes]prometheus.Counter{},
+		attest: map[string]map[string]prometheus.Counter{}, denied: map[string]prometheus.Counter{}}
+	for _, cl := range append([]string{cluster}, others...) {
+		if m.requests[cl] != nil {
+			continue
+		}
+		var byCode [numCodes]prometheus.Counter
+		for c := range numCodes {
+			byCode[c] = requests.WithLabelValues(cl, codes.Code(c).String())
+		}
+		m.requests[cl] = &byCode
+		m.attest[cl] = map[string]prometheus.Counter{}
+		for _, r := range attestReasons {
+			m.attest[cl][r] = failures.WithLabelValues(cl, r)
+		}
 	}
 	for _, r := range deniedReasons {
 		m.denied[r] = denied.WithLabelValues(r)
@@ -136,21 +149,32 @@ func newMetrics(reg prometheus.Registerer, cluster string) (*metrics, error) {
 	return m, nil
 }
 
-// request records one CreateCertificate call answered with code after d.
-func (m *metrics) request(code codes.Code, d time.Duration) {
+// cluster is the label value for a request naming clusterID: that cluster
+// when it is one of the configured ones, else the issuer's own (an alias,
+// or anything a caller made up, never becomes a label).
+func (m *metrics) cluster(clusterID string) string {
+	if _, ok := m.requests[clusterID]; ok {
+		return clusterID
+	}
+	return m.local
+}
+
+// request records one CreateCertificate call for clusterID answered with
+// code after d.
+func (m *metrics) request(clusterID string, code codes.Code, d time.Duration) {
 	if m == nil {
 		return
 	}
 	if int(code) < numCodes {
-		m.requests[code].Inc()
+		m.requests[m.cluster(clusterID)][code].Inc()
 	}
 	m.duration.Observe(d.Seconds())
 }
 
-// attestFailed records an attestation failure.
-func (m *metrics) attestFailed(err error) {
+// attestFailed records an attestation failure of a request for clusterID.
+func (m *metrics) attestFailed(clusterID string, err error) {
 	if m != nil {
-		m.attest[attestReason(err)].Inc()
+		m.attest[m.cluster(clusterID)][attestReason(err)].Inc()
 	}
 }
 

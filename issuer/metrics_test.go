@@ -95,3 +95,62 @@ func TestMetricsShareARegistry(t *testing.T) {
 		t.Fatalf("%s series = %d, %v; want the 17 codes exported once", issuer.RequestsMetric, n, err)
 	}
 }
+
+// Attestation failures are counted under the cluster a request names when
+// the issuer attests it, and under the issuer's own cluster otherwise: a
+// caller cannot add label values.
+func TestMetricsClusterLabel(t *testing.T) {
+	tree := testkit.New(t, testkit.Options{Now: t0})
+	reg := prometheus.NewPedanticRegistry()
+	iss, err := issuer.New(issuer.Config{
+		TrustDomain: tree.TrustDomain, Cluster: "east", Authority: tree.Intermediate, Bundle: tree.Bundle,
+		Attestor: &fakeAttestor{}, Recorder: &fakeRecorder{}, Metrics: reg, MetricsClusters: []string{"west"},
+		Now: func() time.Time { return t0.Add(time.Minute) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr := csrPEM(t, newKey(t), &x509.CertificateRequest{})
+	for _, cluster := range []string{"west", "made-up", ""} {
+		if _, err := iss.Issue(t.Context(), issuer.Request{Token: "x", ClusterID: cluster, CSR: csr}); err == nil {
+			t.Fatal("issued to an unknown token")
+		}
+	}
+	for cluster, want := range map[string]float64{"east": 2, "west": 1} {
+		got := testutil.ToFloat64(counterOf(t, reg, issuer.AttestationFailuresMetric, cluster, issuer.AttestInvalidToken))
+		if got != want {
+			t.Errorf("failures{cluster=%q} = %v, want %v", cluster, got, want)
+		}
+	}
+	if n, err := testutil.GatherAndCount(reg, issuer.AttestationFailuresMetric); err != nil || n != 14 {
+		t.Errorf("failure series = %d, %v; want 7 reasons for each of 2 clusters", n, err)
+	}
+}
+
+// counterOf is the series of the counter name with labels cluster and
+// reason, re-exported as a collector for testutil.ToFloat64.
+func counterOf(t *testing.T, reg prometheus.Gatherer, name, cluster, reason string) prometheus.Collector {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["cluster"] == cluster && labels["reason"] == reason {
+				c := prometheus.NewCounter(prometheus.CounterOpts{Name: "copy", Help: "copy"})
+				c.Add(m.GetCounter().GetValue())
+				return c
+			}
+		}
+	}
+	t.Fatalf("%s{cluster=%q,reason=%q} not exported", name, cluster, reason)
+	return nil
+}

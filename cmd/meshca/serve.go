@@ -49,6 +49,11 @@ func issuerStack(cfg issuerConfig) (stack.Config, error) {
 		},
 		Limits: cfg.Limits.grpclimit(),
 	}
+	for _, cl := range cfg.Clusters {
+		if cl.Name != cfg.Cluster {
+			sc.Clusters = append(sc.Clusters, cl.Name)
+		}
+	}
 	if u := cfg.Upstream; u.enabled() {
 		sc.Upstream = &stack.Upstream{Address: u.Address, ServerName: u.ServerName, BundleFile: u.BundleFile, JoinTokenFile: u.JoinTokenFile,
 			Replica: u.Replica}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -47,13 +48,13 @@ func TestIssuerStackMapping(t *testing.T) {
 				t.Errorf("retention %+v, admin socket %+v", sc.Retention, sc.AdminSocket)
 			}
 		}},
-		{"metrics listener", base + "metricsListen: 127.0.0.1:9090\n", func(t *testing.T, cfg issuerConfig) {
+		{"metrics listener", "cluster: east\nclusters: [{name: east, attestor: dev}, {name: west, attestor: dev}]\nmetricsListen: 127.0.0.1:9090\n", func(t *testing.T, cfg issuerConfig) {
 			sc, err := issuerStack(cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if sc.MetricsListen != "127.0.0.1:9090" {
-				t.Errorf("metrics listen = %q", sc.MetricsListen)
+			if sc.MetricsListen != "127.0.0.1:9090" || !slices.Equal(sc.Clusters, []string{"west"}) {
+				t.Errorf("metrics listen = %q, other clusters = %q", sc.MetricsListen, sc.Clusters)
 			}
 		}},
 		{"default attestor not written back", "cluster: east\nclusters: [{name: east}]\n", func(t *testing.T, cfg issuerConfig) {

@@ -49,6 +49,9 @@ type Config struct {
 	TrustDomain spiffeid.TrustDomain
 	// Cluster is the issuer's own cluster. Required.
 	Cluster string
+	// Clusters are the other clusters the issuer attests, by name: the
+	// cluster label values of its metrics besides Cluster.
+	Clusters []string
 	// DataDir holds bundle.pem, the admin socket by default, the upstream
 	// credential and, unless RootDir says otherwise, the local root key.
 	// It is locked for the life of Run. Required.
