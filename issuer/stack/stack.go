@@ -219,6 +219,13 @@ func (c Config) serve(ctx context.Context, src intermediateSource, att attest.At
 	if err != nil {
 		return err
 	}
+	checks := p.readiness(db, o.store, src.upstream, time.Now)
+	if o.reg != nil {
+		if err := o.reg.Register(ops.ReadyGauge("issuer", checks)); err != nil {
+			return fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	p.ops = c.opsRunner(p, o.reg, checks, src.upstream, log)
 	// bundle.pem is in place before the port accepts a connection: whoever
 	// sees the issuer listening can read the roots to dial it with.
 	bundlePath := filepath.Join(c.DataDir, "bundle.pem")
@@ -238,13 +245,6 @@ func (c Config) serve(ctx context.Context, src intermediateSource, att attest.At
 	if c.Serving != nil {
 		c.Serving(ls.grpc.Addr().String(), bundlePath)
 	}
-	checks := p.readiness(db, o.store, src.upstream, time.Now)
-	if o.reg != nil {
-		if err := o.reg.Register(ops.ReadyGauge("issuer", checks)); err != nil {
-			return fmt.Errorf("register metrics: %w", err)
-		}
-	}
-	p.ops = c.opsRunner(p, o.reg, checks, src.upstream, log)
 	if err := p.run(ctx, ls, bundlePath, db, c.Retention, log); err != nil {
 		return err
 	}
