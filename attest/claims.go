@@ -76,7 +76,7 @@ func parseClaims(payload []byte, cfg *JWKSConfig, now time.Time) (Identity, erro
 		return Identity{}, fmt.Errorf("%w: token issuer %q not accepted", ErrUnauthenticated, clip(c.Issuer))
 	}
 	if !slices.ContainsFunc(c.Audience, func(aud string) bool { return slices.Contains(cfg.Audiences, aud) }) {
-		return Identity{}, fmt.Errorf("%w: token audience %q not accepted", ErrUnauthenticated, clip(strings.Join(c.Audience, ",")))
+		return Identity{}, because(ErrAudience, fmt.Errorf("%w: token audience %q not accepted", ErrUnauthenticated, clip(strings.Join(c.Audience, ","))))
 	}
 	if err := checkTimes(&c, now, cfg.Leeway); err != nil {
 		return Identity{}, err
@@ -126,16 +126,16 @@ func checkTimes(c *tokenClaims, now time.Time, leeway time.Duration) error {
 		return fmt.Errorf("%w: token has no expiry", ErrUnauthenticated)
 	}
 	if exp := c.Expiry.Time(); now.After(exp.Add(leeway)) {
-		return fmt.Errorf("%w: token expired at %s", ErrUnauthenticated, exp.UTC().Format(time.RFC3339))
+		return because(ErrExpired, fmt.Errorf("%w: token expired at %s", ErrUnauthenticated, exp.UTC().Format(time.RFC3339)))
 	}
 	if c.NotBefore != nil {
 		if nbf := c.NotBefore.Time(); now.Add(leeway).Before(nbf) {
-			return fmt.Errorf("%w: token not valid before %s", ErrUnauthenticated, nbf.UTC().Format(time.RFC3339))
+			return because(ErrExpired, fmt.Errorf("%w: token not valid before %s", ErrUnauthenticated, nbf.UTC().Format(time.RFC3339)))
 		}
 	}
 	if c.IssuedAt != nil {
 		if iat := c.IssuedAt.Time(); now.Add(leeway).Before(iat) {
-			return fmt.Errorf("%w: token issued in the future at %s", ErrUnauthenticated, iat.UTC().Format(time.RFC3339))
+			return because(ErrExpired, fmt.Errorf("%w: token issued in the future at %s", ErrUnauthenticated, iat.UTC().Format(time.RFC3339)))
 		}
 	}
 	return nil

@@ -264,7 +264,7 @@ func usableKey(k *jose.JSONWebKey, alg string) bool {
 // an empty or oversized token. Errors wrap [ErrUnauthenticated].
 func checkRequest(req Request, cluster string) error {
 	if req.ClusterID != "" && req.ClusterID != cluster {
-		return fmt.Errorf("%w: unknown cluster %q", ErrUnauthenticated, clip(req.ClusterID))
+		return because(ErrUnknownCluster, fmt.Errorf("%w: unknown cluster %q", ErrUnauthenticated, clip(req.ClusterID)))
 	}
 	switch {
 	case req.Token == "":

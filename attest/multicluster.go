@@ -89,7 +89,7 @@ type multiCluster struct {
 func (m *multiCluster) Attest(ctx context.Context, req Request) (Identity, error) {
 	name, ok := m.names[req.ClusterID]
 	if !ok {
-		return Identity{}, fmt.Errorf("%w: unknown cluster %q", ErrUnauthenticated, clip(req.ClusterID))
+		return Identity{}, because(ErrUnknownCluster, fmt.Errorf("%w: unknown cluster %q", ErrUnauthenticated, clip(req.ClusterID)))
 	}
 	req.ClusterID = name
 	id, err := m.routes[name].Attest(ctx, req)

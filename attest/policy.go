@@ -84,7 +84,7 @@ func compilePolicy(c PolicyConfig) (*policy, error) {
 func (p *policy) check(ns, sa string) error {
 	for _, d := range p.deny {
 		if d.matches(ns, sa) {
-			return fmt.Errorf("%w: %s/%s is denied by policy entry %s/%s", ErrUnauthenticated, ns, sa, d.ns, d.sa)
+			return because(ErrNotAllowed, fmt.Errorf("%w: %s/%s is denied by policy entry %s/%s", ErrUnauthenticated, ns, sa, d.ns, d.sa))
 		}
 	}
 	if len(p.allow) == 0 {
@@ -95,7 +95,7 @@ func (p *policy) check(ns, sa string) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("%w: %s/%s is not in the policy's allow list", ErrUnauthenticated, ns, sa)
+	return because(ErrNotAllowed, fmt.Errorf("%w: %s/%s is not in the policy's allow list", ErrUnauthenticated, ns, sa))
 }
 
 // NewPolicy returns an Attestor that attests with next and then rejects

@@ -53,8 +53,8 @@ func parseTokenReview(st *authnv1.TokenReviewStatus, r *reviewRules) (Identity, 
 		return Identity{}, fmt.Errorf("%w: token review authenticated with error %q", ErrUnauthenticated, clip(st.Error))
 	}
 	if !slices.ContainsFunc(st.Audiences, func(a string) bool { return slices.Contains(r.audiences, a) }) {
-		return Identity{}, fmt.Errorf("%w: token review audiences %q do not include an accepted audience",
-			ErrUnauthenticated, clip(strings.Join(st.Audiences, ",")))
+		return Identity{}, because(ErrAudience, fmt.Errorf("%w: token review audiences %q do not include an accepted audience",
+			ErrUnauthenticated, clip(strings.Join(st.Audiences, ","))))
 	}
 	u := &st.User
 	ns, sa, ok := parseSubject(u.Username)

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/internal/grpclimit"
@@ -66,7 +67,13 @@ type Server struct {
 	// at once instead of holding the graceful stop for its whole timeout.
 	stopping chan struct{}
 	certs    *servingCerts
+	health   *health.Server
 }
+
+// Health returns the server's gRPC health service, SERVING until told
+// otherwise (ops.Follow keeps it in step with readiness); Serve turns it
+// to NOT_SERVING before it stops.
+func (s *Server) Health() *health.Server { return s.health }
 
 // GetCertificate returns the issuer's TLS serving certificate (a
 // tls.Config.GetCertificate callback), for other listeners of the issuer,
@@ -116,17 +123,22 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	meshcav1.RegisterBundleServiceServer(s.grpc, &bundleService{
 		srv: s, src: bundles, crls: cfg.CRLs, td: cfg.Issuer.cfg.TrustDomain, log: s.log, stopping: s.stopping,
 	})
-	hs := health.NewServer()
-	healthpb.RegisterHealthServer(s.grpc, hs)
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
 	return s, nil
 }
 
 // Serve accepts connections on lis, within the connection caps, until ctx
-// is cancelled, then stops gracefully: bundle watches end at once,
-// in-flight requests get up to 5 s to finish. It returns nil on a clean
-// shutdown.
+// is cancelled, then stops gracefully: the health service turns to
+// NOT_SERVING (health watchers learn it first), bundle watches end at
+// once, in-flight requests get up to 5 s to finish. It returns nil on a
+// clean shutdown.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
-	if err := grpcx.Serve(ctx, s.grpc, s.limits.Listener(lis), 5*time.Second, func() { close(s.stopping) }); err != nil {
+	beforeStop := func() {
+		s.health.Shutdown()
+		close(s.stopping)
+	}
+	if err := grpcx.Serve(ctx, s.grpc, s.limits.Listener(lis), 5*time.Second, beforeStop); err != nil {
 		return fmt.Errorf("issuer server: %w", err)
 	}
 	return nil
@@ -141,6 +153,16 @@ type istioService struct {
 // "authorization" metadata, optional "clusterid", PEM CSR, validity in
 // seconds; the response is the PEM chain, leaf first and root last.
 func (i *istioService) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
+	start := time.Now()
+	resp, err := i.createCertificate(ctx, req)
+	if m := i.srv.iss.metrics; m != nil {
+		md, _ := metadata.FromIncomingContext(ctx)
+		m.request(firstValue(md, "clusterid"), status.Code(err), time.Since(start))
+	}
+	return resp, err
+}
+
+func (i *istioService) createCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	token, err := bearerToken(md)
 	if err == nil {

@@ -26,6 +26,7 @@ import (
 	"github.com/meshca/meshca/internal/watch"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/trust"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -108,6 +109,13 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives one line per decision; nil means slog.Default().
 	Logger *slog.Logger
+	// Metrics, when set, receives the issuer's metrics (requests by code,
+	// latency, attestation failures, denials); nil means no metrics.
+	Metrics prometheus.Registerer
+	// MetricsClusters are the other clusters this issuer attests (by
+	// name): a request whose clusterid names one is counted under it, any
+	// other under Cluster, so that callers cannot add label values.
+	MetricsClusters []string
 }
 
 // Validate reports the first problem with c, as New would resolve its
@@ -169,7 +177,8 @@ type signing struct {
 
 // Issuer issues workload certificates. It is safe for concurrent use.
 type Issuer struct {
-	cfg Config
+	cfg     Config
+	metrics *metrics // nil without Config.Metrics
 	// signing is replaced by SetAuthority and SetPrepared, which wake its
 	// watchers; nil before the first SetAuthority.
 	signing watch.Value[*signing]
@@ -187,7 +196,11 @@ func New(cfg Config) (*Issuer, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	iss := &Issuer{cfg: cfg}
+	m, err := newMetrics(cfg.Metrics, cfg.Cluster, cfg.MetricsClusters)
+	if err != nil {
+		return nil, fmt.Errorf("issuer: %w", err)
+	}
+	iss := &Issuer{cfg: cfg, metrics: m}
 	if err := iss.SetAuthority(cfg.Authority, cfg.Bundle); err != nil {
 		return nil, err
 	}
@@ -390,6 +403,7 @@ func (iss *Issuer) issue(ctx context.Context, req Request) (*x509.Certificate, *
 func (iss *Issuer) identify(ctx context.Context, token, clusterID string) (attest.Identity, spiffeid.ID, error) {
 	ident, err := iss.cfg.Attestor.Attest(ctx, attest.Request{Token: token, ClusterID: clusterID})
 	if err != nil {
+		iss.metrics.attestFailed(clusterID, err)
 		switch {
 		case errors.Is(err, attest.ErrUnavailable):
 			return attest.Identity{}, spiffeid.ID{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
@@ -401,6 +415,7 @@ func (iss *Issuer) identify(ctx context.Context, token, clusterID string) (attes
 	}
 	id, err := spiffeid.FromSegments(iss.cfg.TrustDomain, "ns", ident.Namespace, "sa", ident.ServiceAccount)
 	if err != nil {
+		iss.metrics.deny(DeniedPolicy)
 		return attest.Identity{}, spiffeid.ID{}, fmt.Errorf("%w: identity %s/%s is not a valid SPIFFE path: %w", ErrPermissionDenied, ident.Namespace, ident.ServiceAccount, err)
 	}
 	if err := iss.checkRevoked(id); err != nil {
@@ -420,6 +435,7 @@ func (iss *Issuer) checkRevoked(id spiffeid.ID) error {
 		return fmt.Errorf("%w: %s: the revocation deny-list is stale (store unreachable?)", ErrUnavailable, id)
 	}
 	if _, revoked := dl.Revoked(id.String()); revoked {
+		iss.metrics.deny(DeniedRevoked)
 		return fmt.Errorf("%w: %s: identity revoked", ErrPermissionDenied, id)
 	}
 	return nil

@@ -204,6 +204,17 @@ func (u *Upstream) Cluster() string {
 	return u.cred.cluster
 }
 
+// Credential returns the leaf of the credential the root issued this
+// issuer (it authenticates renewals), or nil before enrolment.
+func (u *Upstream) Credential() *x509.Certificate {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.cred == nil {
+		return nil
+	}
+	return u.cred.leaf()
+}
+
 // NewIntermediate obtains a new intermediate CA from the root: by Enroll
 // with the join token when no usable credential is stored (storing the
 // credential it gets), otherwise by Renew authenticated with the credential

@@ -24,6 +24,9 @@ type GroupCommitConfig struct {
 	// few milliseconds under load multiplies the batch size
 	// (docs/benchmarks.md, issuance section). Negative is invalid.
 	MaxWait time.Duration
+	// Metrics, when set, observes every commit's duration and batch size
+	// and counts failed transactions; nil observes nothing.
+	Metrics *Metrics
 }
 
 const defaultMaxBatch = 256
@@ -247,7 +250,9 @@ func (g *GroupCommitter[T]) commitBatch(batch []*pending[T]) {
 	}
 	// The transaction must not be cut short by any one caller's ctx: the
 	// callers are waiting for it regardless (see Do).
+	start := time.Now()
 	itemErrs, err := g.commit(context.Background(), items)
+	g.cfg.Metrics.commit(len(items), time.Since(start), err)
 	if err == nil && itemErrs != nil && len(itemErrs) != len(items) {
 		// A backend bug. Failing items that may have committed is the safe
 		// direction: the caller withholds what it meant to record.

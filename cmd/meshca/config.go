@@ -20,6 +20,10 @@ type devConfig struct {
 	DataDir string `json:"dataDir,omitempty"`
 	// Listen is the gRPC address. Default 127.0.0.1:8443.
 	Listen string `json:"listen,omitempty"`
+	// MetricsListen, when set, serves /metrics, /healthz and /readyz over
+	// plain HTTP there, e.g. 127.0.0.1:9090; --metrics-listen overrides it.
+	// Default empty: no operations listener.
+	MetricsListen string `json:"metricsListen,omitempty"`
 	// TrustDomain of issued SPIFFE IDs. Default cluster.local.
 	TrustDomain string `json:"trustDomain,omitempty"`
 	// Cluster is the issuer's cluster name. Default dev.

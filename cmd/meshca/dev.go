@@ -47,6 +47,7 @@ DATA_DIR/bundle.pem, the root certificate clients must trust.`,
 	f.StringVar(&configPath, "config", "", "YAML config file (flags given explicitly override it)")
 	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the root key, dev token key, database and bundle.pem")
 	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "address to serve the Istio CA API on (TLS)")
+	f.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "address to serve /metrics, /healthz and /readyz on (plain HTTP; default none)")
 	f.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "trust domain of issued SPIFFE IDs")
 	f.StringSliceVar(&extraHosts, "host", nil, "DNS name or IP to add to the serving certificate's names (repeatable; added to the defaults, or to the config file's hosts)")
 	f.StringVar(&cfg.Store.DSN, "store-dsn", cfg.Store.DSN, "database: a postgres:// URL, or an SQLite file path (default DATA_DIR/meshca.db)")
@@ -63,6 +64,9 @@ func applyChangedFlags(cmd *cobra.Command, fileCfg *devConfig, flagCfg devConfig
 	}
 	if changed("listen") {
 		fileCfg.Listen = flagCfg.Listen
+	}
+	if changed("metrics-listen") {
+		fileCfg.MetricsListen = flagCfg.MetricsListen
 	}
 	if changed("trust-domain") {
 		fileCfg.TrustDomain = flagCfg.TrustDomain

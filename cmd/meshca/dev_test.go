@@ -3,6 +3,8 @@ package main
 import (
 	"slices"
 	"testing"
+
+	"github.com/spf13/cobra"
 )
 
 func TestFetchTargetMatchesTheServingNames(t *testing.T) {
@@ -33,5 +35,44 @@ func TestHostFlagAddsToHosts(t *testing.T) {
 	want := []string{"127.0.0.1", "localhost", "meshca.test"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("addHosts = %q, want %q", got, want)
+	}
+}
+
+// --metrics-listen overrides the config file's metricsListen, and reaches
+// the stack; without either there is no operations listener.
+func TestMetricsListenFlag(t *testing.T) {
+	if newDevCommand().Flags().Lookup("metrics-listen") == nil {
+		t.Fatal("meshca dev has no --metrics-listen flag")
+	}
+	for _, tt := range []struct {
+		name string
+		args []string
+		file string
+		want string
+	}{
+		{"none", nil, "", ""},
+		{"file", nil, "metricsListen: 127.0.0.1:9090\n", "127.0.0.1:9090"},
+		{"flag over file", []string{"--metrics-listen", "127.0.0.1:9191"}, "metricsListen: 127.0.0.1:9090\n", "127.0.0.1:9191"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cmd := &cobra.Command{}
+			flagCfg := defaultDevConfig()
+			cmd.Flags().StringVar(&flagCfg.MetricsListen, "metrics-listen", "", "")
+			if err := cmd.ParseFlags(tt.args); err != nil {
+				t.Fatal(err)
+			}
+			fileCfg := defaultDevConfig()
+			if err := decodeStrict([]byte(tt.file+"cluster: dev\n"), &fileCfg); err != nil {
+				t.Fatal(err)
+			}
+			applyChangedFlags(cmd, &fileCfg, flagCfg)
+			sc, err := devStack(fileCfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sc.MetricsListen != tt.want {
+				t.Fatalf("stack metrics listen = %q, want %q", sc.MetricsListen, tt.want)
+			}
+		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"time"
 
@@ -30,6 +31,10 @@ type issuerConfig struct {
 	// Listen is the gRPC (TLS) address. Default 127.0.0.1:15012; in a pod,
 	// set 0.0.0.0:15012.
 	Listen string `json:"listen,omitempty"`
+	// MetricsListen, when set, serves /metrics, /healthz and /readyz over
+	// plain HTTP there, e.g. 127.0.0.1:9090 (0.0.0.0:9090 in a pod, for
+	// Prometheus and the kubelet). Default empty: no operations listener.
+	MetricsListen string `json:"metricsListen,omitempty"`
 	// TrustDomain of issued SPIFFE IDs. Default cluster.local.
 	TrustDomain string `json:"trustDomain,omitempty"`
 	// Cluster is this issuer's own cluster: it names the intermediate, is
@@ -257,6 +262,9 @@ func (c issuerConfig) validate() error {
 	if c.Cluster == "" {
 		return errors.New("cluster is required")
 	}
+	if err := validateListen("metricsListen", c.MetricsListen); err != nil {
+		return err
+	}
 	if c.Upstream.enabled() {
 		if c.Root.Dir != "" {
 			return errors.New("root.dir and upstream are exclusive: with upstream, the root's key stays with the root")
@@ -339,4 +347,16 @@ func (c clusterConfig) attestor() string { return cmp.Or(c.Attestor, attestorTok
 // cacheTTL is the cluster's cache TTL with the attestor-specific default.
 func (c clusterConfig) cacheTTL() time.Duration {
 	return attest.CacheTTL(time.Duration(c.Cache.TTL), c.attestor() == attestorTokenReview)
+}
+
+// validateListen checks that addr, the value of field, is empty or a
+// host:port address.
+func validateListen(field, addr string) error {
+	if addr == "" {
+		return nil
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("%s %q: %w", field, addr, err)
+	}
+	return nil
 }

@@ -38,7 +38,7 @@ func issuerStack(cfg issuerConfig) (stack.Config, error) {
 	}
 	sc := stack.Config{
 		Name: "meshca issuer", TrustDomain: td, Cluster: cfg.Cluster, DataDir: cfg.DataDir, RootDir: cfg.Root.Dir,
-		Listen: cfg.Listen, Hosts: cfg.Hosts, IntermediateTTL: time.Duration(cfg.IntermediateTTL),
+		Listen: cfg.Listen, Hosts: cfg.Hosts, IntermediateTTL: time.Duration(cfg.IntermediateTTL), MetricsListen: cfg.MetricsListen,
 		LeafTTL: time.Duration(cfg.LeafTTL), LeafMinTTL: time.Duration(cfg.LeafMinTTL), LeafMaxTTL: time.Duration(cfg.LeafMaxTTL),
 		OpenStore: storeOpener(cfg.Store, cfg.DataDir), Retention: cfg.Store.Retention.store(),
 		Checkpoint:  cfg.Store.Checkpoint.dirConfig(cfg.DataDir),
@@ -48,6 +48,11 @@ func issuerStack(cfg issuerConfig) (stack.Config, error) {
 			CRLValidity: time.Duration(cfg.Revocation.CRLValidity),
 		},
 		Limits: cfg.Limits.grpclimit(),
+	}
+	for _, cl := range cfg.Clusters {
+		if cl.Name != cfg.Cluster {
+			sc.Clusters = append(sc.Clusters, cl.Name)
+		}
 	}
 	if u := cfg.Upstream; u.enabled() {
 		sc.Upstream = &stack.Upstream{Address: u.Address, ServerName: u.ServerName, BundleFile: u.BundleFile, JoinTokenFile: u.JoinTokenFile,
@@ -65,7 +70,7 @@ func devStack(cfg devConfig) (stack.Config, error) {
 	}
 	return stack.Config{
 		Name: "meshca dev", TrustDomain: td, Cluster: cfg.Cluster, DataDir: cfg.DataDir,
-		Listen: cfg.Listen, Hosts: cfg.Hosts, IntermediateTTL: time.Duration(cfg.IntermediateTTL),
+		Listen: cfg.Listen, Hosts: cfg.Hosts, IntermediateTTL: time.Duration(cfg.IntermediateTTL), MetricsListen: cfg.MetricsListen,
 		LeafTTL: time.Duration(cfg.LeafTTL), LeafMinTTL: time.Duration(cfg.LeafMinTTL), LeafMaxTTL: time.Duration(cfg.LeafMaxTTL),
 		OpenStore: storeOpener(cfg.Store, cfg.DataDir), Retention: cfg.Store.Retention.store(),
 		Checkpoint:  cfg.Store.Checkpoint.dirConfig(cfg.DataDir),
@@ -74,9 +79,9 @@ func devStack(cfg devConfig) (stack.Config, error) {
 }
 
 // storeOpener opens the store cfg selects, for the issuer stack.
-func storeOpener(cfg storeConfig, dataDir string) func(context.Context) (stack.Store, error) {
-	return func(ctx context.Context) (stack.Store, error) {
-		db, err := openBackend(ctx, cfg, dataDir)
+func storeOpener(cfg storeConfig, dataDir string) func(context.Context, *store.Metrics) (stack.Store, error) {
+	return func(ctx context.Context, m *store.Metrics) (stack.Store, error) {
+		db, err := openBackendWithMetrics(ctx, cfg, dataDir, m)
 		if err != nil {
 			return nil, err // not a nil backend in the interface
 		}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -44,6 +46,15 @@ func TestIssuerStackMapping(t *testing.T) {
 			}
 			if sc.Retention != nil || sc.AdminSocket.Path != "/s" || sc.AdminSocket.Mode != 0o666 {
 				t.Errorf("retention %+v, admin socket %+v", sc.Retention, sc.AdminSocket)
+			}
+		}},
+		{"metrics listener", "cluster: east\nclusters: [{name: east, attestor: dev}, {name: west, attestor: dev}]\nmetricsListen: 127.0.0.1:9090\n", func(t *testing.T, cfg issuerConfig) {
+			sc, err := issuerStack(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sc.MetricsListen != "127.0.0.1:9090" || !slices.Equal(sc.Clusters, []string{"west"}) {
+				t.Errorf("metrics listen = %q, other clusters = %q", sc.MetricsListen, sc.Clusters)
 			}
 		}},
 		{"default attestor not written back", "cluster: east\nclusters: [{name: east}]\n", func(t *testing.T, cfg issuerConfig) {
@@ -120,5 +131,16 @@ func TestRootStackMapping(t *testing.T) {
 			}
 			tc.check(t, sc)
 		})
+	}
+}
+
+// metricsListen must be host:port; empty (the default) means none.
+func TestIssuerMetricsListenValidated(t *testing.T) {
+	cfg := defaultIssuerConfig()
+	if err := decodeStrict([]byte("cluster: east\nclusters: [{name: east, attestor: dev}]\nmetricsListen: localhost\n"), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.validate(); err == nil || !strings.Contains(err.Error(), "metricsListen") {
+		t.Fatalf("validate = %v, want a metricsListen error", err)
 	}
 }

@@ -83,11 +83,18 @@ type backend interface {
 // openBackend opens the configured backend, running migrations, and warns
 // if a PostgreSQL role could disable the audit log's triggers.
 func openBackend(ctx context.Context, cfg storeConfig, dataDir string) (backend, error) {
+	return openBackendWithMetrics(ctx, cfg, dataDir, nil)
+}
+
+// openBackendWithMetrics is openBackend with the group commit reporting to
+// m (nil: no metrics).
+func openBackendWithMetrics(ctx context.Context, cfg storeConfig, dataDir string, m *store.Metrics) (backend, error) {
+	gc := store.GroupCommitConfig{Metrics: m}
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	if cfg.driver() == "postgres" {
-		s, err := postgres.Open(ctx, postgres.Config{DSN: cfg.DSN})
+		s, err := postgres.Open(ctx, postgres.Config{DSN: cfg.DSN, GroupCommit: gc})
 		if err != nil {
 			return nil, err // not a nil *postgres.Store in the interface
 		}
@@ -98,7 +105,7 @@ func openBackend(ctx context.Context, cfg storeConfig, dataDir string) (backend,
 	if path == "" {
 		path = filepath.Join(dataDir, "meshca.db")
 	}
-	return sqlite.Open(ctx, sqlite.Config{Path: path})
+	return sqlite.Open(ctx, sqlite.Config{Path: path, GroupCommit: gc})
 }
 
 // warnAuditOwner logs a warning when meshca runs as a database role that

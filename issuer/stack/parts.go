@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 
@@ -26,11 +27,16 @@ type parts struct {
 	relayed issuer.BundleSource // nil without a central root
 	srv     *issuer.Server
 	mtls    *adminapi.MTLS // nil without an admin mTLS listener
+	iss     *issuer.Issuer
+	ca      *issuer.CAMetrics // nil without metrics
+	// ops runs the operations listener, the health service's follower and
+	// the CA metrics until ctx ends; set by serve before run.
+	ops func(ctx context.Context) error
 }
 
 // build makes the stack's components over the store db, with the
 // intermediates of src and the attestor att; the deny-list is loaded.
-func (c Config) build(ctx context.Context, src intermediateSource, att attest.Attestor, db Store, log *slog.Logger) (*parts, error) {
+func (c Config) build(ctx context.Context, src intermediateSource, att attest.Attestor, db Store, reg prometheus.Registerer, log *slog.Logger) (*parts, error) {
 	p := &parts{}
 	var err error
 	if p.deny, err = issuer.NewDenyList(issuer.DenyListConfig{
@@ -43,9 +49,13 @@ func (c Config) build(ctx context.Context, src intermediateSource, att attest.At
 	}
 	iss, err := issuer.New(issuer.Config{
 		TrustDomain: c.TrustDomain, Cluster: c.Cluster, Authority: src.authority, Bundle: src.roots, Attestor: att, Recorder: db,
-		DefaultTTL: c.LeafTTL, MinTTL: c.LeafMinTTL, MaxTTL: c.LeafMaxTTL, DenyList: p.deny, Logger: log,
+		DefaultTTL: c.LeafTTL, MinTTL: c.LeafMinTTL, MaxTTL: c.LeafMaxTTL, DenyList: p.deny, Logger: log, Metrics: reg, MetricsClusters: c.Clusters,
 	})
 	if err != nil {
+		return nil, err
+	}
+	p.iss = iss
+	if p.ca, err = issuer.NewCAMetrics(reg, c.Cluster); err != nil {
 		return nil, err
 	}
 	if p.crls, err = issuer.NewCRLSigner(issuer.CRLSignerConfig{
@@ -85,6 +95,9 @@ func (c Config) build(ctx context.Context, src intermediateSource, att attest.At
 func (p *parts) run(ctx context.Context, ls listeners, bundlePath string, db Store, retention *store.RetentionConfig, log *slog.Logger) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return p.srv.Serve(gctx, ls.grpc) })
+	if p.ops != nil {
+		g.Go(func() error { return p.ops(gctx) })
+	}
 	g.Go(func() error { return p.deny.Run(gctx) })
 	g.Go(func() error { return p.crls.Run(gctx) })
 	g.Go(func() error { return p.admin.ServeUnix(gctx, ls.admin) })

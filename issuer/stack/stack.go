@@ -16,11 +16,13 @@ import (
 	"time"
 
 	"github.com/google/renameio/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/internal/grpclimit"
+	"github.com/meshca/meshca/internal/ops"
 	"github.com/meshca/meshca/internal/serverdir"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/checkpoint"
@@ -47,6 +49,9 @@ type Config struct {
 	TrustDomain spiffeid.TrustDomain
 	// Cluster is the issuer's own cluster. Required.
 	Cluster string
+	// Clusters are the other clusters the issuer attests, by name: the
+	// cluster label values of its metrics besides Cluster.
+	Clusters []string
 	// DataDir holds bundle.pem, the admin socket by default, the upstream
 	// credential and, unless RootDir says otherwise, the local root key.
 	// It is locked for the life of Run. Required.
@@ -61,9 +66,10 @@ type Config struct {
 	IntermediateTTL time.Duration
 	// LeafTTL, LeafMinTTL and LeafMaxTTL: see issuer.Config.
 	LeafTTL, LeafMinTTL, LeafMaxTTL time.Duration
-	// OpenStore opens the database (it runs after DataDir is locked).
-	// Required. Run closes it.
-	OpenStore func(ctx context.Context) (Store, error)
+	// OpenStore opens the database (it runs after DataDir is locked),
+	// passing m to its group commit (store.GroupCommitConfig.Metrics); m
+	// is nil without a metrics listener. Required. Run closes it.
+	OpenStore func(ctx context.Context, m *store.Metrics) (Store, error)
 	// Retention prunes expired certificates while the stack runs, when the
 	// store is a store.Pruner; nil disables it.
 	Retention *store.RetentionConfig
@@ -89,6 +95,13 @@ type Config struct {
 	// Serving, when set, is called once the stack serves, with the gRPC
 	// address and the path of bundle.pem.
 	Serving func(addr, bundlePath string)
+	// MetricsListen, when set, is the TCP address of the operations
+	// listener: /metrics, /healthz and /readyz (see package ops). Empty
+	// means none, and no metrics are collected.
+	MetricsListen string
+	// MetricsServing, when set, is called with the operations listener's
+	// bound address once it accepts connections.
+	MetricsServing func(addr string)
 	// Logger: nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -167,7 +180,16 @@ func Run(ctx context.Context, c Config) error {
 		return err
 	}
 	log := c.logger()
-	db, closeAll, err := serverdir.Open(ctx, c.DataDir, c.OpenStore, c.Checkpoint, "cluster/"+c.Cluster, log)
+	reg, err := c.newRegistry()
+	if err != nil {
+		return err
+	}
+	sm, err := store.NewMetrics(registerer(reg))
+	if err != nil {
+		return err
+	}
+	open := func(ctx context.Context) (Store, error) { return c.OpenStore(ctx, sm) }
+	db, closeAll, err := serverdir.Open(ctx, c.DataDir, open, c.Checkpoint, "cluster/"+c.Cluster, log)
 	if err != nil {
 		return err
 	}
@@ -180,16 +202,30 @@ func Run(ctx context.Context, c Config) error {
 	if err != nil {
 		return err
 	}
-	return c.serve(ctx, src, att, db, log)
+	return c.serve(ctx, src, att, db, opsState{reg: reg, store: sm}, log)
+}
+
+// opsState is what the operations listener serves: the registry (nil
+// without a metrics listener) and the store's metrics.
+type opsState struct {
+	reg   *prometheus.Registry
+	store *store.Metrics
 }
 
 // serve builds the components, writes bundle.pem, opens the listeners and
 // runs everything until ctx is done or a component fails.
-func (c Config) serve(ctx context.Context, src intermediateSource, att attest.Attestor, db Store, log *slog.Logger) error {
-	p, err := c.build(ctx, src, att, db, log)
+func (c Config) serve(ctx context.Context, src intermediateSource, att attest.Attestor, db Store, o opsState, log *slog.Logger) error {
+	p, err := c.build(ctx, src, att, db, registerer(o.reg), log)
 	if err != nil {
 		return err
 	}
+	checks := p.readiness(db, o.store, src.upstream, time.Now)
+	if o.reg != nil {
+		if err := o.reg.Register(ops.ReadyGauge("issuer", checks)); err != nil {
+			return fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	p.ops = c.opsRunner(p, o.reg, checks, src.upstream, log)
 	// bundle.pem is in place before the port accepts a connection: whoever
 	// sees the issuer listening can read the roots to dial it with.
 	bundlePath := filepath.Join(c.DataDir, "bundle.pem")

@@ -34,7 +34,7 @@ func runStack(t *testing.T, open func(ctx context.Context) (stack.Store, error),
 	cfg := stack.Config{
 		Name: "test issuer", TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), Cluster: "dev",
 		DataDir: dir, Listen: "127.0.0.1:0", Hosts: []string{"127.0.0.1"}, Retention: retention,
-		OpenStore: func(ctx context.Context) (stack.Store, error) {
+		OpenStore: func(ctx context.Context, _ *store.Metrics) (stack.Store, error) {
 			s, err := open(ctx)
 			db = s
 			return s, err
@@ -125,7 +125,7 @@ func TestRunPrunesExpiredCertificates(t *testing.T) {
 func TestValidateRefusesNegativeRetention(t *testing.T) {
 	cfg := stack.Config{
 		Name: "x", TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), Cluster: "dev", DataDir: t.TempDir(),
-		OpenStore: func(context.Context) (stack.Store, error) { return nil, errors.New("unused") },
+		OpenStore: func(context.Context, *store.Metrics) (stack.Store, error) { return nil, errors.New("unused") },
 		Attestor:  func() (attest.Attestor, error) { return refuseAll{}, nil },
 		Retention: &store.RetentionConfig{Grace: -time.Hour},
 	}

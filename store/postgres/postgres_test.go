@@ -236,3 +236,13 @@ func TestStalledTransactionReleasesChainHead(t *testing.T) {
 func TestValidateKeepsConfig(t *testing.T) {
 	testkit.ValidateKeepsConfig(t, &Config{})
 }
+
+func TestMetrics(t *testing.T) {
+	storetest.RunMetrics(t, func(t *testing.T, m *store.Metrics) storetest.MetricsUnderTest {
+		s, err := Open(t.Context(), Config{DSN: pgtest.NewDatabase(t), MaxConns: 4, GroupCommit: store.GroupCommitConfig{Metrics: m}})
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		return s
+	})
+}

@@ -356,3 +356,13 @@ func TestPragmas(t *testing.T) {
 func TestValidateKeepsConfig(t *testing.T) {
 	testkit.ValidateKeepsConfig(t, &Config{})
 }
+
+func TestMetrics(t *testing.T) {
+	storetest.RunMetrics(t, func(t *testing.T, m *store.Metrics) storetest.MetricsUnderTest {
+		s, err := Open(t.Context(), Config{Path: filepath.Join(t.TempDir(), "meshca.db"), GroupCommit: store.GroupCommitConfig{Metrics: m}})
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		return s
+	})
+}

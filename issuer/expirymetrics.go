@@ -1,0 +1,134 @@
+package issuer
+
+import (
+	"crypto/x509"
+	"encoding/hex"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/ops"
+	"github.com/meshca/meshca/trust"
+)
+
+// Names of the CA metrics every CA process exports.
+const (
+	// CAExpiryMetric is the NotAfter of a CA certificate, labelled kind
+	// (root, intermediate, credential), cluster and sha256. The root
+	// exports it too: in one process both share the series (ops.Register).
+	CAExpiryMetric = "meshca_ca_expiry_timestamp_seconds"
+	// CRLNextUpdateMetric is the nextUpdate of the CRLs a CA signs, labelled
+	// issuer (the cluster name for an issuer, "root" for the root).
+	CRLNextUpdateMetric = "meshca_crl_next_update_timestamp_seconds"
+)
+
+// Kinds of CAExpiryMetric.
+const (
+	KindRoot         = "root"
+	KindIntermediate = "intermediate"
+	KindCredential   = "credential"
+)
+
+// CAState is what CAMetrics exports: the CA certificates an issuer holds
+// and the CRLs it signs.
+type CAState struct {
+	// Held are the intermediates whose certificates may be in use
+	// (Issuer.Held).
+	Held []*ca.Authority
+	// Roots are the trusted roots (Issuer.Bundle().Roots()).
+	Roots []*x509.Certificate
+	// Credential is the upstream credential; nil without a central root.
+	Credential *x509.Certificate
+	// CRLs are the CRLs the issuer signs (CRLSigner.Current).
+	CRLs []trust.CRL
+}
+
+// CAMetrics exports the expiry of an issuer's CA certificates and the
+// nextUpdate of its CRLs. It deletes only the series it set, so that the
+// root in the same process keeps its own. A nil *CAMetrics does nothing.
+type CAMetrics struct {
+	cluster string
+	expiry  *prometheus.GaugeVec
+	crl     prometheus.Gauge
+	mu      sync.Mutex
+	ours    map[[3]string]bool
+}
+
+// NewCAMetrics registers the CA metrics of the issuer of cluster with reg;
+// a nil reg returns a nil *CAMetrics.
+func NewCAMetrics(reg prometheus.Registerer, cluster string) (*CAMetrics, error) {
+	if reg == nil {
+		return nil, nil
+	}
+	expiry, err := ops.Register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: CAExpiryMetric,
+		// The root registers the same help text: one process shares one
+		// collector only when the descriptions match.
+		Help: "NotAfter of a CA certificate in Unix seconds, by kind (root, intermediate, credential), cluster and SHA-256.",
+	}, []string{"kind", "cluster", "sha256"}))
+	if err != nil {
+		return nil, err
+	}
+	crls, err := ops.Register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: CRLNextUpdateMetric,
+		Help: "nextUpdate of the CRL a CA publishes in Unix seconds (the earliest, when it signs several), by issuer (cluster name, or root).",
+	}, []string{"issuer"}))
+	if err != nil {
+		return nil, err
+	}
+	return &CAMetrics{cluster: cluster, expiry: expiry, crl: crls.WithLabelValues(cluster), ours: map[[3]string]bool{}}, nil
+}
+
+// Set exports st, replacing what the previous Set exported.
+func (m *CAMetrics) Set(st CAState) {
+	if m == nil {
+		return
+	}
+	now := map[[3]string]float64{}
+	for _, a := range st.Held {
+		now[[3]string{KindIntermediate, m.cluster, sha256Hex(a.Certificate)}] = float64(a.Certificate.NotAfter.Unix())
+	}
+	for _, r := range st.Roots {
+		now[[3]string{KindRoot, "", sha256Hex(r)}] = float64(r.NotAfter.Unix())
+	}
+	if c := st.Credential; c != nil {
+		now[[3]string{KindCredential, m.cluster, sha256Hex(c)}] = float64(c.NotAfter.Unix())
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for l := range m.ours {
+		if _, ok := now[l]; !ok {
+			m.expiry.DeleteLabelValues(l[0], l[1], l[2])
+			delete(m.ours, l)
+		}
+	}
+	for l, v := range now {
+		m.expiry.WithLabelValues(l[0], l[1], l[2]).Set(v)
+		m.ours[l] = true
+	}
+	if next, ok := earliestNextUpdate(st.CRLs); ok {
+		m.crl.Set(float64(next.Unix()))
+	}
+}
+
+// earliestNextUpdate returns the earliest nextUpdate among crls that parse.
+func earliestNextUpdate(crls []trust.CRL) (time.Time, bool) {
+	var next time.Time
+	for _, c := range crls {
+		rl, err := x509.ParseRevocationList(c.DER)
+		if err != nil || rl.NextUpdate.IsZero() {
+			continue
+		}
+		if next.IsZero() || rl.NextUpdate.Before(next) {
+			next = rl.NextUpdate
+		}
+	}
+	return next, !next.IsZero()
+}
+
+func sha256Hex(c *x509.Certificate) string {
+	fp := trust.Fingerprint(c)
+	return hex.EncodeToString(fp[:])
+}

@@ -1,0 +1,91 @@
+package stack
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/internal/ops"
+	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/sqlite"
+)
+
+// refuse attests nobody: these tests issue nothing.
+type refuse struct{}
+
+func (refuse) Attest(context.Context, attest.Request) (attest.Identity, error) {
+	return attest.Identity{}, attest.ErrUnauthenticated
+}
+
+// readyz answers GET /readyz of checks.
+func readyz(t *testing.T, checks ops.Checks) (int, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	ops.Handler(nil, checks).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+	body, _ := io.ReadAll(rec.Result().Body)
+	return rec.Code, string(body)
+}
+
+// /readyz names what is wrong: the CA once every root expired, the
+// intermediate once it expired before its root, the store once closed.
+func TestReadinessReasons(t *testing.T) {
+	start := time.Now()
+	tree := testkit.New(t, testkit.Options{Now: start, RootTTL: 48 * time.Hour, IntermediateTTL: 24 * time.Hour, Cluster: "dev"})
+	db, err := sqlite.Open(t.Context(), sqlite.Config{Path: filepath.Join(t.TempDir(), "meshca.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := issuer.New(issuer.Config{
+		TrustDomain: tree.TrustDomain, Cluster: "dev", Authority: tree.Intermediate, Bundle: tree.Bundle,
+		Attestor: refuse{}, Recorder: db,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := store.NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &parts{iss: iss}
+	at := func(now time.Time) ops.Checks { return p.readiness(db, m, nil, func() time.Time { return now }) }
+	for _, tt := range []struct {
+		name string
+		now  time.Time
+		code int
+		body string
+	}{
+		{"fresh", start.Add(time.Hour), 200, "ready\n"},
+		{"intermediate expired", start.Add(30 * time.Hour), 503, "not ready: intermediate: no valid intermediate\n"},
+		{"root expired", start.Add(50 * time.Hour), 503, "not ready: ca: expired\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if code, body := readyz(t, at(tt.now)); code != tt.code || body != tt.body {
+				t.Fatalf("/readyz = %d %q, want %d %q", code, body, tt.code, tt.body)
+			}
+		})
+	}
+	up, err := issuer.NewUpstream(issuer.UpstreamConfig{
+		Address: "127.0.0.1:1", Roots: tree.Bundle, TrustDomain: tree.TrustDomain, Cluster: "dev", CredentialDir: t.TempDir(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, body := readyz(t, p.readiness(db, m, up, time.Now))
+	if want := "not ready: upstream: not enrolled\n"; code != 503 || body != want {
+		t.Fatalf("/readyz before enrolment = %d %q, want 503 %q", code, body, want)
+	}
+	db.Close()
+	code, body = readyz(t, at(start.Add(time.Hour)))
+	if want := "not ready: store: unreachable: "; code != 503 || len(body) < len(want) || body[:len(want)] != want {
+		t.Fatalf("/readyz with the store closed = %d %q, want 503 %q...", code, body, want)
+	}
+}
