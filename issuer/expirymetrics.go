@@ -13,18 +13,7 @@ import (
 	"github.com/meshca/meshca/trust"
 )
 
-// Names of the CA metrics every CA process exports.
-const (
-	// CAExpiryMetric is the NotAfter of a CA certificate, labelled kind
-	// (root, intermediate, credential), cluster and sha256. The root
-	// exports it too: in one process both share the series (ops.Register).
-	CAExpiryMetric = "meshca_ca_expiry_timestamp_seconds"
-	// CRLNextUpdateMetric is the nextUpdate of the CRLs a CA signs, labelled
-	// issuer (the cluster name for an issuer, "root" for the root).
-	CRLNextUpdateMetric = "meshca_crl_next_update_timestamp_seconds"
-)
-
-// Kinds of CAExpiryMetric.
+// Kinds of ops.CAExpiryMetric.
 const (
 	KindRoot         = "root"
 	KindIntermediate = "intermediate"
@@ -62,19 +51,11 @@ func NewCAMetrics(reg prometheus.Registerer, cluster string) (*CAMetrics, error)
 	if reg == nil {
 		return nil, nil
 	}
-	expiry, err := ops.Register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: CAExpiryMetric,
-		// The root registers the same help text: one process shares one
-		// collector only when the descriptions match.
-		Help: "NotAfter of a CA certificate in Unix seconds, by kind (root, intermediate, credential), cluster and SHA-256.",
-	}, []string{"kind", "cluster", "sha256"}))
+	expiry, err := ops.RegisterCAExpiry(reg)
 	if err != nil {
 		return nil, err
 	}
-	crls, err := ops.Register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: CRLNextUpdateMetric,
-		Help: "nextUpdate of the CRL a CA publishes in Unix seconds (the earliest, when it signs several), by issuer (cluster name, or root).",
-	}, []string{"issuer"}))
+	crls, err := ops.RegisterCRLNextUpdate(reg)
 	if err != nil {
 		return nil, err
 	}

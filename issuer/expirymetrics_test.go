@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/ops"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 )
@@ -24,7 +25,7 @@ func expirySeries(t *testing.T, reg prometheus.Gatherer) []string {
 	}
 	var out []string
 	for _, mf := range mfs {
-		if mf.GetName() != issuer.CAExpiryMetric {
+		if mf.GetName() != ops.CAExpiryMetric {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
@@ -53,7 +54,7 @@ func series(kind, cluster string, a *ca.Authority) string {
 func TestCAMetricsShareTheExpiryGauge(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	rootGauge := prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: issuer.CAExpiryMetric,
+		Name: ops.CAExpiryMetric,
 		Help: "NotAfter of a CA certificate in Unix seconds, by kind (root, intermediate, credential), cluster and SHA-256.",
 	}, []string{"kind", "cluster", "sha256"})
 	reg.MustRegister(rootGauge)

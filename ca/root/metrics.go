@@ -12,10 +12,6 @@ import (
 	"github.com/meshca/meshca/trust"
 )
 
-// expiryMetricName is the gauge of CA expiry times, shared with the issuer:
-// labels kind (root, intermediate, credential), cluster and sha256.
-const expiryMetricName = "meshca_ca_expiry_timestamp_seconds"
-
 // warnInterval spaces the repeated warnings about one CA close to expiry.
 const warnInterval = time.Hour
 
@@ -35,10 +31,7 @@ func newExpiryMetrics(reg prometheus.Registerer) (*expiryMetrics, error) {
 	if reg == nil {
 		return nil, nil
 	}
-	g, err := ops.Register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: expiryMetricName,
-		Help: "NotAfter of a CA certificate in Unix seconds, by kind (root, intermediate, credential), cluster and SHA-256.",
-	}, []string{"kind", "cluster", "sha256"}))
+	g, err := ops.RegisterCAExpiry(reg)
 	if err != nil {
 		return nil, err
 	}

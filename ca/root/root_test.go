@@ -17,6 +17,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/root/federation"
+	"github.com/meshca/meshca/internal/ops"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/store/sqlite"
 	"github.com/meshca/meshca/trust"
@@ -365,7 +366,7 @@ func gaugeValue(t testing.TB, reg *prometheus.Registry, kind, sha string) float6
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != expiryMetricName {
+		if mf.GetName() != ops.CAExpiryMetric {
 			continue
 		}
 		for _, m := range mf.GetMetric() {

@@ -13,17 +13,14 @@ import (
 	"github.com/meshca/meshca/internal/ops"
 )
 
-// Metric names of the root's service (see also expiryMetricName and
-// reuseMetricName).
+// Metric names of the root's service (see also reuseMetricName and the CA
+// metrics of internal/ops).
 const (
 	enrolmentsMetricName = "meshca_root_enrolments_total"
 	renewalsMetricName   = "meshca_root_renewals_total"
 	signerMetricName     = "meshca_root_signer_duration_seconds"
 	sequenceMetricName   = "meshca_root_bundle_sequence"
 	leaderMetricName     = "meshca_root_leader"
-	// crlNextUpdateMetricName is shared with the issuer: label issuer, the
-	// cluster whose issuer publishes the CRL, or "root" for the root CRLs.
-	crlNextUpdateMetricName = "meshca_crl_next_update_timestamp_seconds"
 )
 
 // Results of an enrolment or a renewal: ok; refused, the caller's fault
@@ -86,10 +83,7 @@ func newServiceMetrics(reg prometheus.Registerer) (*serviceMetrics, error) {
 	})); err != nil {
 		return nil, err
 	}
-	if m.crlNextUpdate, err = ops.Register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: crlNextUpdateMetricName,
-		Help: "NextUpdate of the CRL a CA publishes in Unix seconds, by issuer (a cluster name, or root for the earliest of the root CRLs).",
-	}, []string{"issuer"})); err != nil {
+	if m.crlNextUpdate, err = ops.RegisterCRLNextUpdate(reg); err != nil {
 		return nil, err
 	}
 	return m, nil

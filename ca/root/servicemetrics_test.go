@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/meshca/meshca/internal/ops"
 	"github.com/meshca/meshca/internal/testkit"
 )
 
@@ -108,8 +109,8 @@ func TestServiceMetricsFollowEnrolmentsAndRenewals(t *testing.T) {
 		next = float64(c.nextUpdate.Unix())
 	}
 	h.root.mu.Unlock()
-	if got := series(t, reg, crlNextUpdateMetricName, "issuer", "root").GetGauge().GetValue(); got != next || got == 0 {
-		t.Fatalf("%s{issuer=root} = %v, root CRL nextUpdate %v", crlNextUpdateMetricName, got, next)
+	if got := series(t, reg, ops.CRLNextUpdateMetric, "issuer", "root").GetGauge().GetValue(); got != next || got == 0 {
+		t.Fatalf("%s{issuer=root} = %v, root CRL nextUpdate %v", ops.CRLNextUpdateMetric, got, next)
 	}
 }
 
