@@ -64,9 +64,10 @@ type Store interface {
 	AppendAudit(ctx context.Context, ev store.AuditEvent) error
 }
 
-// ClusterLister is an optional capability of a Store: when it has it, every
-// registered cluster's trust domain is published, even before the cluster
-// enrols. Without it the bundle names the trust domains of clusters added
+// ClusterLister is an optional capability of a Store (both backends have
+// it): with it, every registered cluster's trust domain is published, even
+// before the cluster enrols, and the admin Status lists every registered
+// cluster. Without it the bundle names the trust domains of clusters added
 // since start, of clusters with a valid intermediate, and
 // Config.TrustDomains.
 type ClusterLister interface {
