@@ -256,9 +256,10 @@ func TestStatusIssuer(t *testing.T) {
 	}
 }
 
-// TestStatusRoot runs `meshca status` over the admin socket of a running
-// root stack with one registered cluster.
-func TestStatusRoot(t *testing.T) {
+// runRootStack runs a root stack (file keys, SQLite, checkpoints every
+// 50ms) on free ports until the test ends and returns its config.
+func runRootStack(t *testing.T) root.StackConfig {
+	t.Helper()
 	dir := t.TempDir()
 	serving := make(chan struct{})
 	cfg := root.StackConfig{
@@ -277,6 +278,14 @@ func TestStatusRoot(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("root stack not serving after 30s")
 	}
+	return cfg
+}
+
+// TestStatusRoot runs `meshca status` over the admin socket of a running
+// root stack with one registered cluster.
+func TestStatusRoot(t *testing.T) {
+	cfg := runRootStack(t)
+	dir := cfg.DataDir
 	socket := cfg.AdminSocketPath()
 	if _, err := runCommand(t, "admin", "--socket", socket, "cluster", "add", "east", "--trust-domain", "east.example"); err != nil {
 		t.Fatal(err)
