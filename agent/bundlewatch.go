@@ -211,7 +211,7 @@ func (w *bundleWatcher) Run(ctx context.Context) error {
 			// connection was replaced for new roots) is routine.
 			level = slog.LevelDebug
 		}
-		w.log(level, "trust bundle watch ended; reconnecting", "error", errString(err), "retry_in", delay, "failures", failures)
+		w.log(level, "trust bundle watch ended; reconnecting", "error", errString(err), "retry_in", delay.String(), "failures", failures)
 		t := time.NewTimer(delay)
 		select {
 		case <-t.C:

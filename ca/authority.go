@@ -20,10 +20,18 @@ import (
 	"github.com/meshca/meshca/trust"
 )
 
-// Defaults for CA lifetimes.
+// Defaults for CA lifetimes: the one place they are set, for every
+// component that mints roots or intermediates (the central root, an
+// issuer's local root, meshca dev).
 const (
-	DefaultRootTTL         = 10 * 365 * 24 * time.Hour
-	DefaultIntermediateTTL = 30 * 24 * time.Hour
+	DefaultRootTTL = 10 * 365 * 24 * time.Hour
+	// DefaultIntermediateTTL is the life of a cluster intermediate when its
+	// component's intermediateTTL is not set, under the central root and
+	// under a local root alike. An issuer prepares the next one at half of
+	// it, so under the central root it keeps issuing for about a day while
+	// the root is unreachable; a short life also bounds what a stolen
+	// intermediate key is worth.
+	DefaultIntermediateTTL = 48 * time.Hour
 	// backdate is subtracted from NotBefore so that peers whose clocks lag a
 	// little still accept a certificate that was just issued.
 	backdate = 30 * time.Second

@@ -34,6 +34,8 @@ type AdminStore interface {
 	// RecordIssuance is store.Store's: admin certificates are recorded like
 	// the certificates the issuer issues.
 	RecordIssuance(ctx context.Context, cert store.Certificate, ev store.AuditEvent) error
+	// AuditHead is store.AuditHeadReader's: Status reports the head.
+	AuditHead(ctx context.Context) (store.ChainHead, error)
 }
 
 // Refresher reloads the deny-list at once, so that a revocation made here
@@ -63,6 +65,20 @@ type AdminConfig struct {
 	Root *ca.Authority
 	// MaxRequestBytes bounds a request message; zero means 64 KiB.
 	MaxRequestBytes int
+	// Issuer is the issuer whose roots and intermediates Status reports;
+	// nil means Status reports none.
+	Issuer *Issuer
+	// Bundles is the bundle the issuer serves its agents, for Status's
+	// bundle sequence; nil means the issuer's own (that of Issuer).
+	Bundles BundleSource
+	// Upstream is the central root's address, for Status; empty for an
+	// issuer with a local root.
+	Upstream string
+	// Listening are the addresses Status reports.
+	Listening adminapi.Listening
+	// CheckpointDir is where the audit checkpoints are signed, for
+	// Status's last checkpoint; empty means Status reports none.
+	CheckpointDir string
 	// Now is the admin server's clock; nil means time.Now. It dates admin
 	// credentials and audit events and is the "now" of the read calls
 	// (active certificates, revocations, the audit window). It exists

@@ -190,7 +190,7 @@ func (s *CRLSigner) Run(ctx context.Context) error {
 				failures++
 				delay := rotation.Backoff(failures, s.cfg.Jitter(), s.cfg.MinBackoff, s.cfg.MaxBackoff)
 				s.cfg.Logger.Warn("signing CRLs failed; keeping the current ones", "error", err.Error(),
-					"failures", failures, "retry_in", delay)
+					"failures", failures, "retry_in", delay.String())
 				wake = time.After(delay)
 			default:
 				failures = 0
@@ -350,7 +350,7 @@ func (s *CRLSigner) publish(ctx context.Context) {
 				failures++
 				delay := rotation.Backoff(failures, s.cfg.Jitter(), s.cfg.MinBackoff, s.cfg.MaxBackoff)
 				s.cfg.Logger.Warn("publishing CRLs to the root failed; agents of this cluster have them already",
-					"error", err.Error(), "failures", failures, "retry_in", delay)
+					"error", err.Error(), "failures", failures, "retry_in", delay.String())
 				wake = time.After(delay)
 			default:
 				if gen != logged {

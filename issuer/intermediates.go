@@ -252,7 +252,7 @@ func (m *Intermediates) fail(now time.Time, msg string, err error) {
 	})
 	m.retryAt = now.Add(delay)
 	v := validity(m.current)
-	attrs := []any{"error", err.Error(), "failures", m.failures, "retry_in", delay,
+	attrs := []any{"error", err.Error(), "failures", m.failures, "retry_in", delay.String(),
 		"current_not_after", v.NotAfter, "current_expired", rotation.Expired(now, v)}
 	switch {
 	case refused || !now.Before(activateAt(v)):

@@ -616,7 +616,7 @@ func (u *Upstream) WatchBundle(ctx context.Context, fn func(*trust.TrustBundle))
 			level = slog.LevelInfo
 		}
 		u.cfg.Logger.Log(ctx, level, "trust bundle watch interrupted; reconnecting", "error", err.Error(),
-			"failures", failures, "retry_in", delay)
+			"failures", failures, "retry_in", delay.String())
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():

@@ -131,7 +131,7 @@ func (l *Loop) attempt(ctx context.Context) time.Time {
 	}
 	l.failures++
 	delay, refused := RetryDelay(err, l.failures, l.cfg.Jitter(), l.cfg)
-	attrs := []any{"error", err.Error(), "failures", l.failures, "retry_in", delay}
+	attrs := []any{"error", err.Error(), "failures", l.failures, "retry_in", delay.String()}
 	if l.current != nil {
 		attrs = append(attrs, "serving_until", l.current.NotAfter, "expired", Expired(now, *l.current))
 	} else {

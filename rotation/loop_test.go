@@ -241,3 +241,20 @@ func TestLoopRenewNow(t *testing.T) {
 		}
 	})
 }
+
+// A failed renewal logs when it is retried as a duration ("100ms"), not
+// as nanoseconds, in the JSON the agent and issuer log by default.
+func TestLoopLogsRetryAsDuration(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := &fakeRenewer{ttl: time.Hour, steps: []func(context.Context) (Validity, error){
+			func(context.Context) (Validity, error) { return Validity{}, errors.New("issuer: Unavailable") },
+		}}
+		var logs testkit.LogBuffer
+		stop := runLoop(t, Config{Renewer: r, Jitter: half, Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+		time.Sleep(time.Second)
+		stop()
+		if out := logs.String(); !strings.Contains(out, `"retry_in":"100ms"`) {
+			t.Errorf("retry log line without \"retry_in\":\"100ms\":\n%s", out)
+		}
+	})
+}

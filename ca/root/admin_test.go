@@ -46,9 +46,9 @@ func TestAdminService(t *testing.T) {
 	}
 	rootA := h.activeRoot()
 	if !strings.HasPrefix(resp.GetJoinToken(), JoinTokenPrefix) || len(resp.GetJoinToken()) < len(JoinTokenPrefix)+43 ||
-		resp.GetExpiresAtUnix() != h.clock.Now().Add(defaultJoinTokenTTL).Unix() ||
+		resp.GetExpiresAt().AsTime().Unix() != h.clock.Now().Add(defaultJoinTokenTTL).Unix() ||
 		len(resp.GetRootSha256()) != 1 || resp.GetRootSha256()[0] != fingerprintHex(rootA) {
-		t.Fatalf("AddCluster response: expires %d, roots %v", resp.GetExpiresAtUnix(), resp.GetRootSha256())
+		t.Fatalf("AddCluster response: expires %v, roots %v", resp.GetExpiresAt().AsTime(), resp.GetRootSha256())
 	}
 	ev := h.events("cluster.add")
 	if len(ev) != 1 || !strings.HasPrefix(ev[0].Actor, "admin:") || ev[0].Actor == "admin:unknown" {
@@ -92,7 +92,7 @@ func TestAdminService(t *testing.T) {
 	if err != nil {
 		t.Fatalf("RotateRoot: %v", err)
 	}
-	if rot.GetRoot().GetState() != string(RootPrepared) || rot.GetRoot().GetActivateAtUnix() != h.clock.Now().Unix()+30 {
+	if rot.GetRoot().GetState() != string(RootPrepared) || rot.GetRoot().GetActivateAt().AsTime().Unix() != h.clock.Now().Unix()+30 {
 		t.Fatalf("RotateRoot: %+v", rot.GetRoot())
 	}
 	if ev := h.events("root.create"); len(ev) != 2 || ev[1].Actor != h.events("cluster.add")[0].Actor {
@@ -108,7 +108,7 @@ func TestAdminService(t *testing.T) {
 	roots := list.GetRoots()
 	if len(roots) != 2 || roots[0].GetState() != "active" || roots[0].GetSha256() != fingerprintHex(rootA) ||
 		roots[1].GetState() != "prepared" || roots[1].GetSha256() != rot.GetRoot().GetSha256() ||
-		roots[0].GetKey() == "" || roots[0].GetNotAfterUnix() != rootA.NotAfter.Unix() {
+		roots[0].GetKey() == "" || !roots[0].GetNotAfter().AsTime().Equal(rootA.NotAfter) {
 		t.Fatalf("ListRoots: %+v", roots)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/internal/adminapi"
@@ -149,8 +150,8 @@ func (s *adminService) ListRoots(context.Context, *meshcav1.ListRootsRequest) (*
 func rootInfo(s RootStatus) *meshcav1.RootInfo {
 	return &meshcav1.RootInfo{
 		Sha256: fingerprintHex(s.Cert), Subject: s.Cert.Subject.String(),
-		NotBeforeUnix: s.Cert.NotBefore.Unix(), NotAfterUnix: s.Cert.NotAfter.Unix(),
-		AddedAtUnix: s.AddedAt.Unix(), ActivateAtUnix: s.ActivateAt.Unix(),
+		NotBefore: timestamppb.New(s.Cert.NotBefore), NotAfter: timestamppb.New(s.Cert.NotAfter),
+		AddedAt: timestamppb.New(s.AddedAt), ActivateAt: timestamppb.New(s.ActivateAt),
 		State: string(s.State), Key: s.KeyRef,
 	}
 }
@@ -227,7 +228,7 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 	r.addDomain(ctx, td)
 	r.log.InfoContext(ctx, "join token created", "actor", actor, "cluster", c.Name, "trust_domain", td.Name(),
 		"expires_at", expires, "replicas", replicas, "shares_trust_domain_with", sharing)
-	resp := &meshcav1.AddClusterResponse{JoinToken: token, ExpiresAtUnix: expires.Unix()}
+	resp := &meshcav1.AddClusterResponse{JoinToken: token, ExpiresAt: timestamppb.New(expires)}
 	for _, s := range r.Roots() {
 		if s.State.InBundle() {
 			resp.RootSha256 = append(resp.RootSha256, fingerprintHex(s.Cert))

@@ -22,7 +22,7 @@ import (
 // Defaults applied by New to zero Config fields.
 const (
 	defaultRootTTL          = ca.DefaultRootTTL
-	defaultIntermediateTTL  = 48 * time.Hour
+	defaultIntermediateTTL  = ca.DefaultIntermediateTTL
 	defaultCredentialTTL    = 30 * 24 * time.Hour
 	defaultPropagationDelay = time.Hour
 	defaultTick             = 10 * time.Second
@@ -64,9 +64,10 @@ type Store interface {
 	AppendAudit(ctx context.Context, ev store.AuditEvent) error
 }
 
-// ClusterLister is an optional capability of a Store: when it has it, every
-// registered cluster's trust domain is published, even before the cluster
-// enrols. Without it the bundle names the trust domains of clusters added
+// ClusterLister is an optional capability of a Store (both backends have
+// it): with it, every registered cluster's trust domain is published, even
+// before the cluster enrols, and the admin Status lists every registered
+// cluster. Without it the bundle names the trust domains of clusters added
 // since start, of clusters with a valid intermediate, and
 // Config.TrustDomains.
 type ClusterLister interface {
@@ -135,7 +136,7 @@ type Config struct {
 	// RootTTL is the lifetime of a new root; zero means 10 years.
 	RootTTL time.Duration
 	// IntermediateTTL is the lifetime of a cluster intermediate; zero means
-	// 48h. It is clamped to the root's NotAfter.
+	// ca.DefaultIntermediateTTL (48h). It is clamped to the root's NotAfter.
 	IntermediateTTL time.Duration
 	// CredentialTTL is the lifetime of an issuer credential; zero means 30
 	// days.
@@ -168,6 +169,10 @@ type Config struct {
 	// that follows. Zero means ca.DefaultCRLValidity (24h). Keep it well
 	// above Tick.
 	CRLValidity time.Duration
+
+	// Status is what the admin API's Status reports about the process the
+	// root runs in; zero means nothing beyond the root's own state.
+	Status StatusInfo
 
 	// Registerer receives the root's metrics (CA expiry, enrolments,
 	// renewals, signing durations, bundle sequence, leadership, root CRL

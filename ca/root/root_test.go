@@ -19,7 +19,6 @@ import (
 	"github.com/meshca/meshca/ca/root/federation"
 	"github.com/meshca/meshca/internal/ops"
 	"github.com/meshca/meshca/internal/testkit"
-	"github.com/meshca/meshca/store/sqlite"
 	"github.com/meshca/meshca/trust"
 )
 
@@ -233,8 +232,8 @@ func TestTrustDomainsAcrossRestart(t *testing.T) {
 	for _, listing := range []bool{false, true} {
 		t.Run(fmt.Sprintf("listing=%v", listing), func(t *testing.T) {
 			h := newHarness(t, func(c *Config) {
-				if listing {
-					c.Store = listingStore{c.Store.(*sqlite.Store)}
+				if !listing {
+					c.Store = storeOnly{c.Store}
 				}
 			})
 			h.addCluster("idle", "idle.example")

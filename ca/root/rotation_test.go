@@ -32,7 +32,7 @@ func TestRootRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	if rot.GetRoot().GetState() != string(RootPrepared) ||
-		rot.GetRoot().GetActivateAtUnix() != h.clock.Now().Add(h.cfg.PropagationDelay).Unix() {
+		rot.GetRoot().GetActivateAt().AsTime().Unix() != h.clock.Now().Add(h.cfg.PropagationDelay).Unix() {
 		t.Fatalf("RotateRoot: %+v, want prepared, active after the propagation delay", rot.GetRoot())
 	}
 	rootB := h.root.Roots()[1].Cert

@@ -33,7 +33,7 @@ type StackStore interface {
 // it. Zero values take the defaults of the components they are passed to.
 type StackConfig struct {
 	// Root configures the root; RunStack sets its Store, Federated,
-	// Registerer and Logger, and a Tick of 1s when PropagationDelay is
+	// Registerer, Logger and Status, and a Tick of 1s when PropagationDelay is
 	// shorter than DefaultTick (so that a short delay is honoured within a
 	// second or so).
 	Root Config
@@ -128,6 +128,17 @@ func (c StackConfig) AdminSocketPath() string {
 func (c StackConfig) rootConfig(db Store, fetcher *federation.Fetcher, reg prometheus.Registerer, log *slog.Logger) Config {
 	rc := c.Root
 	rc.Store, rc.Registerer, rc.Logger = db, reg, log
+	cp := c.Checkpoint
+	cp.DataDir = c.DataDir
+	rc.Status = StatusInfo{
+		Listening: adminapi.Listening{
+			GRPC: c.Listen, AdminSocket: c.AdminSocketPath(), AdminTLS: c.AdminTLSListen, Metrics: c.MetricsListen,
+		},
+		CheckpointDir: cp.Path(),
+	}
+	if !c.BundleTrustDomain.IsZero() {
+		rc.Status.TrustDomain = c.BundleTrustDomain.Name()
+	}
 	if rc.Tick == 0 && rc.PropagationDelay != 0 && rc.PropagationDelay < defaultTick {
 		rc.Tick = time.Second
 	}

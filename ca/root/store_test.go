@@ -90,32 +90,6 @@ func (s downRevocations) Revocations(ctx context.Context, now time.Time) ([]stor
 	return s.Store.Revocations(ctx, now)
 }
 
-// listingStore is the real store with the optional ClusterLister
-// capability, which neither backend has: it lists the clusters the audit
-// log says were added.
-type listingStore struct{ *sqlite.Store }
-
-var _ ClusterLister = listingStore{}
-
-func (s listingStore) Clusters(ctx context.Context) ([]store.Cluster, error) {
-	evs, err := s.AuditEvents(ctx, time.Time{})
-	if err != nil {
-		return nil, err
-	}
-	var out []store.Cluster
-	for _, ev := range evs {
-		if ev.Action != "cluster.add" || slices.ContainsFunc(out, func(c store.Cluster) bool { return c.Name == ev.Cluster }) {
-			continue
-		}
-		c, err := s.Cluster(ctx, ev.Cluster)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	return out, nil
-}
-
 // sec is t as the stores keep it: UTC, to the second.
 func sec(t time.Time) time.Time { return t.UTC().Truncate(time.Second) }
 

@@ -235,7 +235,7 @@ func (a *authenticator) run(stop <-chan struct{}) {
 			backoff = min(max(2*backoff, minRelogin), maxRelogin)
 			retry = true
 			a.cfg.Logger.Warn("vault: login failed; retrying", "method", a.cfg.Auth.Method,
-				"retry_in", backoff, "error", err)
+				"retry_in", backoff.String(), "error", err)
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -25,7 +26,8 @@ import (
 )
 
 // defaultAdminSocket is where `meshca root serve` listens for admin calls
-// with its default data dir.
+// with its default data dir (an issuer's is DATA_DIR/admin.sock of its
+// own data dir).
 const defaultAdminSocket = "./.meshca-root/admin.sock"
 
 // adminFlags are shared by every `meshca admin` subcommand.
@@ -46,7 +48,7 @@ func newAdminCommand() *cobra.Command {
 	f := &adminFlags{}
 	cmd := &cobra.Command{
 		Use:   "admin",
-		Short: "Administer a running root CA over its admin socket",
+		Short: "Administer a running root or issuer over its admin socket or admin mTLS listener",
 		Long: `meshca admin talks to a running "meshca root serve" over its Unix admin socket
 or a running "meshca issuer serve" over theirs (DATA_DIR/admin.sock; access is controlled
 by the socket's file permissions and the caller's Unix user). With --server it talks to
@@ -56,22 +58,28 @@ in --ca-bundle. Clusters, roots and cluster revocation are the root's; certifica
 their revocation and the issuer's audit log are an issuer's.
 Output is a table by default, JSON with -o json.`,
 	}
+	f.register(cmd.PersistentFlags())
+	cmd.AddCommand(newAdminClusterCommand(f), newAdminRootCommand(f), newAdminRevokeCommand(f), newAdminUnrevokeCommand(f),
+		newAdminRevocationsCommand(f), newAdminCertsCommand(f), newAdminAuditCommand(f), newAdminCredentialCommand(f))
+	return cmd
+}
+
+// register adds the flags of f to fs: persistent flags of `meshca admin`,
+// and the flags of `meshca status`.
+func (f *adminFlags) register(fs *pflag.FlagSet) {
 	def := os.Getenv("MESHCA_ADMIN_SOCKET")
 	if def == "" {
 		def = defaultAdminSocket
 	}
-	cmd.PersistentFlags().StringVar(&f.socket, "socket", def, "admin socket of the root (env MESHCA_ADMIN_SOCKET)")
-	cmd.PersistentFlags().StringVarP(&f.output, "output", "o", "table", "output format: table or json")
-	cmd.PersistentFlags().DurationVar(&f.timeout, "timeout", 30*time.Second, "deadline of the call")
-	cmd.PersistentFlags().StringVar(&f.server, "server", "", "HOST:PORT of the admin API over mutual TLS, instead of --socket")
-	cmd.PersistentFlags().StringVar(&f.serverName, "server-name", "", "name checked in the server's certificate (default: the host of --server)")
-	cmd.PersistentFlags().StringVar(&f.serverIdentity, "server-identity", "", `which meshca server --server must be: "root", or a cluster name for that cluster's issuer (default: the root or any cluster's issuer)`)
-	cmd.PersistentFlags().StringVar(&f.cert, "cert", "", "admin certificate (PEM) for --server")
-	cmd.PersistentFlags().StringVar(&f.key, "key", "", "private key (PEM) of --cert")
-	cmd.PersistentFlags().StringVar(&f.caBundle, "ca-bundle", "", "roots (PEM) that sign the server's certificate, for --server")
-	cmd.AddCommand(newAdminClusterCommand(f), newAdminRootCommand(f), newAdminRevokeCommand(f), newAdminUnrevokeCommand(f),
-		newAdminRevocationsCommand(f), newAdminCertsCommand(f), newAdminAuditCommand(f), newAdminCredentialCommand(f))
-	return cmd
+	fs.StringVar(&f.socket, "socket", def, "admin socket of the root or of an issuer (DATA_DIR/admin.sock; env MESHCA_ADMIN_SOCKET)")
+	fs.StringVarP(&f.output, "output", "o", "table", "output format: table or json (timestamps in RFC 3339)")
+	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "deadline of the call")
+	fs.StringVar(&f.server, "server", "", "HOST:PORT of the admin API over mutual TLS (admin.listen of the root or an issuer), instead of --socket")
+	fs.StringVar(&f.serverName, "server-name", "", "name checked in the server's certificate (default: the host of --server)")
+	fs.StringVar(&f.serverIdentity, "server-identity", "", `which meshca server --server must be: "root", or a cluster name for that cluster's issuer (default: the root or any cluster's issuer)`)
+	fs.StringVar(&f.cert, "cert", "", "admin certificate (PEM) for --server")
+	fs.StringVar(&f.key, "key", "", "private key (PEM) of --cert")
+	fs.StringVar(&f.caBundle, "ca-bundle", "", "roots (PEM) that sign the server's certificate, for --server")
 }
 
 // call dials the admin socket, or the admin API over mutual TLS with
@@ -127,7 +135,7 @@ given: the issuers of clusters sharing a trust domain can mint each other's iden
 				}
 				return f.print(cmd.OutOrStdout(), resp, func(w io.Writer) {
 					fmt.Fprintf(w, "cluster\t%s\ntrust domain\t%s\njoin token\t%s\nexpires\t%s\nroot sha256\t%s\n", args[0], td,
-						resp.GetJoinToken(), unixTime(resp.GetExpiresAtUnix()), strings.Join(resp.GetRootSha256(), ", "))
+						resp.GetJoinToken(), timeOf(resp.GetExpiresAt()), strings.Join(resp.GetRootSha256(), ", "))
 				})
 			})
 		},
@@ -186,7 +194,7 @@ expires): --force rotates anyway and puts one more root in the bundle.`,
 func printRoots(w io.Writer, roots ...*meshcav1.RootInfo) {
 	fmt.Fprintln(w, "SHA256\tSTATE\tNOT AFTER\tACTIVATES\tKEY")
 	for _, r := range roots {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", r.GetSha256(), r.GetState(), unixTime(r.GetNotAfterUnix()), unixTime(r.GetActivateAtUnix()), r.GetKey())
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", r.GetSha256(), r.GetState(), timeOf(r.GetNotAfter()), timeOf(r.GetActivateAt()), r.GetKey())
 	}
 }
 
@@ -215,13 +223,6 @@ func (f *adminFlags) printWith(out io.Writer, opts protojson.MarshalOptions, msg
 	return tw.Flush()
 }
 
-func unixTime(s int64) string {
-	if s == 0 {
-		return "-"
-	}
-	return time.Unix(s, 0).UTC().Format(time.RFC3339)
-}
-
 // verifyServer checks, during the handshake and before any admin call, that
 // --server is the meshca server --server-identity names: the root, a
 // cluster's issuer, or by default either.
@@ -246,7 +247,7 @@ func (f *adminFlags) dial() (*grpc.ClientConn, error) {
 			return nil, errors.New("--cert, --key and --ca-bundle go with --server")
 		}
 		if _, err := os.Stat(f.socket); err != nil {
-			return nil, fmt.Errorf("admin socket %s: %w (is meshca root serve running? set --socket)", f.socket, err)
+			return nil, fmt.Errorf("admin socket %s: %w (is meshca root serve or meshca issuer serve running? set --socket)", f.socket, err)
 		}
 		conn, err := grpc.NewClient("unix:"+f.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {

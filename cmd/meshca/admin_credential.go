@@ -27,7 +27,7 @@ func newAdminCredentialCommand(f *adminFlags) *cobra.Command {
 	var ttl time.Duration
 	issue := &cobra.Command{
 		Use:   "issue --spiffe-id ID --out DIR [--ttl DUR]",
-		Short: "Issue an admin certificate, signed directly by the root, into DIR",
+		Short: "Issue an admin certificate, signed directly by a root (the root's, or a standalone issuer's local root), into DIR",
 		Long: `Generates a key here (it never leaves this host), sends a CSR over the admin socket of
 the root, or of an issuer with a local root, and writes DIR/cert.pem, DIR/key.pem (0600)
 and DIR/bundle.pem (the roots, for --ca-bundle). The certificate is an X509-SVID for ID,

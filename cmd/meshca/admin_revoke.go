@@ -132,8 +132,11 @@ func newAdminCertsCommand(f *adminFlags) *cobra.Command {
 	list.Flags().Int32Var(&limit, "limit", 0, "at most this many (default 1000)")
 	show := &cobra.Command{
 		Use:   "show SERIAL",
-		Short: "Show one certificate record and whether it is revoked",
-		Args:  cobra.ExactArgs(1),
+		Short: "Show one certificate record and whether it is revoked (issuer socket)",
+		Long: `Shows the record of the certificate with serial SERIAL and, below it, the revocation in
+force that covers it (by serial or by SPIFFE ID), or "not revoked". With -o json the
+revocation is the "revoked" field, absent when the certificate is not revoked.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return f.call(cmd.Context(), func(ctx context.Context, c meshcav1.AdminServiceClient) error {
 				resp, err := c.GetCertificate(ctx, &meshcav1.GetCertificateRequest{Serial: args[0]})
@@ -142,9 +145,11 @@ func newAdminCertsCommand(f *adminFlags) *cobra.Command {
 				}
 				return f.print(cmd.OutOrStdout(), resp, func(w io.Writer) {
 					printCerts(w, resp.GetCertificate())
+					fmt.Fprintln(w)
 					if r := resp.GetRevoked(); r != nil {
-						fmt.Fprintln(w)
 						printRevocations(w, r)
+					} else {
+						fmt.Fprintln(w, "not revoked")
 					}
 				})
 			})

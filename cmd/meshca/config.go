@@ -38,13 +38,17 @@ type devConfig struct {
 	LeafMaxTTL duration `json:"leafMaxTTL,omitempty"`
 	// IntermediateTTL is the lifetime of each intermediate minted under
 	// the root; the next one is prepared at half of it and used from 1/6
-	// before the end. Default 30 days, minimum 30s.
+	// before the end. Default 48h (ca.DefaultIntermediateTTL, as under the
+	// central root), minimum 30s.
 	IntermediateTTL duration `json:"intermediateTTL,omitempty"`
 	// Store selects the database; the default is SQLite in DataDir.
 	Store storeConfig `json:"store,omitempty"`
 	// LogLevel is debug, info, warn or error; --log-level overrides it.
 	// Default info. SIGHUP reloads it.
 	LogLevel string `json:"logLevel,omitempty"`
+	// LogFormat is json (the default) or text; --log-format overrides it.
+	// Read at start: a change needs a restart.
+	LogFormat string `json:"logFormat,omitempty"`
 }
 
 func defaultDevConfig() devConfig {

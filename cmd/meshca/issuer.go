@@ -46,7 +46,7 @@ at once; the log names every other changed field, which needs a restart.`,
 			if err != nil {
 				return err
 			}
-			if err := cliconfig.ApplyLogLevel(cmd, cfg.LogLevel); err != nil {
+			if err := cliconfig.ApplyLogging(cmd, cfg.LogLevel, cfg.LogFormat); err != nil {
 				return err
 			}
 			live := &liveAttestor{}

@@ -50,7 +50,8 @@ type issuerConfig struct {
 	LeafMaxTTL duration `json:"leafMaxTTL,omitempty"`
 	// IntermediateTTL is the lifetime of each intermediate minted under
 	// Root; the next one is prepared at half of it and used from 1/6 before
-	// the end. Default 30 days, minimum 30s. With Upstream the root sets it.
+	// the end. Default 48h (ca.DefaultIntermediateTTL, as under the central
+	// root), minimum 30s. With Upstream the root sets it.
 	IntermediateTTL duration `json:"intermediateTTL,omitempty"`
 	// Root is a local file root CA key, for a self-contained issuer. Leave
 	// it empty when Upstream is set.
@@ -81,6 +82,9 @@ type issuerConfig struct {
 	// LogLevel is debug, info, warn or error; --log-level overrides it.
 	// Default info. SIGHUP reloads it.
 	LogLevel string `json:"logLevel,omitempty"`
+	// LogFormat is json (the default) or text; --log-format overrides it.
+	// Read at start: a change needs a restart.
+	LogFormat string `json:"logFormat,omitempty"`
 }
 
 // rootKeyConfig locates the file root CA.

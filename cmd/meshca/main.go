@@ -44,7 +44,7 @@ func newCLI() *cobra.Command {
 	}
 	cliconfig.SetupLogging(cli)
 	cli.AddCommand(newDevCommand(), newIssuerCommand(), newCertCommand(), agentcmd.New(), newVersionCommand())
-	cli.AddCommand(newMigrateCommand(), newAuditCommand(), newRootCACommand(), newAdminCommand())
+	cli.AddCommand(newMigrateCommand(), newAuditCommand(), newRootCACommand(), newAdminCommand(), newStatusCommand())
 	return cli
 }
 

@@ -12,13 +12,14 @@ import (
 	"github.com/meshca/meshca/cmd/internal/cliconfig"
 )
 
-// reloadOnHangup applies the log level of started, the configuration the
-// command runs with, and then, until the command's context is done,
+// reloadOnHangup applies the log level and format of started, the
+// configuration the command runs with (level and format return its
+// logLevel and logFormat), and then, until the command's context is done,
 // re-reads the configuration with load at every SIGHUP: the log level takes
 // effect, and the log names every other field that changed, which needs a
 // restart.
-func reloadOnHangup[T any](cmd *cobra.Command, path string, started T, load func() (T, error), level func(T) string) error {
-	if err := cliconfig.ApplyLogLevel(cmd, level(started)); err != nil {
+func reloadOnHangup[T any](cmd *cobra.Command, path string, started T, load func() (T, error), level, format func(T) string) error {
+	if err := cliconfig.ApplyLogging(cmd, level(started), format(started)); err != nil {
 		return err
 	}
 	go cliconfig.Reloader[T]{Cmd: cmd, Path: path, Load: load, LogLevel: level}.Run(cmd.Context(), started)
@@ -39,7 +40,8 @@ func reloadDev(cmd *cobra.Command, path string, cfg devConfig) error {
 		applyChangedFlags(cmd, &next, cfg)
 		return next, nil
 	}
-	return reloadOnHangup(cmd, path, cfg, load, func(c devConfig) string { return c.LogLevel })
+	return reloadOnHangup(cmd, path, cfg, load, func(c devConfig) string { return c.LogLevel },
+		func(c devConfig) string { return c.LogFormat })
 }
 
 // reloadRoot starts reloadOnHangup for `meshca root serve` running with cfg.
@@ -54,7 +56,8 @@ func reloadRoot(cmd *cobra.Command, path string, cfg rootConfig) error {
 		}
 		return next, nil
 	}
-	return reloadOnHangup(cmd, path, cfg, load, func(c rootConfig) string { return c.LogLevel })
+	return reloadOnHangup(cmd, path, cfg, load, func(c rootConfig) string { return c.LogLevel },
+		func(c rootConfig) string { return c.LogFormat })
 }
 
 // loadIssuerConfig reads and validates the issuer's config file.

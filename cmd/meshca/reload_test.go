@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +18,10 @@ import (
 	"github.com/meshca/meshca/internal/testkit"
 )
 
+// catchHangups runs cliconfig.CatchHangups once for the test binary: the
+// Reloaders of earlier tests may still be reading its channel.
+var catchHangups = sync.OnceFunc(cliconfig.CatchHangups)
+
 // hangupAndWait sends the process SIGHUP and waits for the n-th log line
 // containing msg, which it returns.
 func hangupAndWait(t *testing.T, logs *testkit.LogBuffer, msg string, n int) string {
@@ -24,6 +29,12 @@ func hangupAndWait(t *testing.T, logs *testkit.LogBuffer, msg string, n int) str
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
+	return waitLine(t, logs, msg, n)
+}
+
+// waitLine waits for the n-th log line containing msg and returns it.
+func waitLine(t *testing.T, logs *testkit.LogBuffer, msg string, n int) string {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		var found []string
@@ -82,7 +93,7 @@ func TestIssuerHangupReloadsClusters(t *testing.T) {
 		t.Fatalf("before the reload: %v", err)
 	}
 
-	cliconfig.CatchHangups()
+	catchHangups()
 	r := issuerReloader(&cobra.Command{}, path, started, live, log)
 	r.Logger = log
 	ctx, cancel := context.WithCancel(context.Background())
@@ -102,5 +113,114 @@ func TestIssuerHangupReloadsClusters(t *testing.T) {
 	}
 	if err := attestWeb(); err == nil {
 		t.Error("default/web attested after the reloaded policy denies it")
+	}
+}
+
+// loggingCommand is a command with the persistent logging flags, run as
+// the CLI runs it (args parsed, PersistentPreRunE done), logging to logs;
+// its context ends with the test. The default logger is restored after.
+func loggingCommand(t *testing.T, logs *testkit.LogBuffer, args ...string) *cobra.Command {
+	t.Helper()
+	prev := slog.Default()
+	t.Cleanup(func() { slog.SetDefault(prev) })
+	cmd := &cobra.Command{Use: "test"}
+	cliconfig.SetupLogging(cmd)
+	cmd.SetErr(logs)
+	if err := cmd.ParseFlags(args); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.PersistentPreRunE(cmd, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	cmd.SetContext(ctx)
+	return cmd
+}
+
+// TestRootHangupChangesLogLevel: `meshca root serve` starts at its config
+// file's logLevel and logFormat; a SIGHUP after the file's logLevel changed
+// changes the level at once, while a changed logFormat is named as needing
+// a restart.
+func TestRootHangupChangesLogLevel(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "root.yaml")
+	write := func(s string) {
+		if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	load := func() rootConfig {
+		cfg := defaultRootConfig()
+		if err := loadConfig(path, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	ctx := context.Background()
+	catchHangups()
+
+	logs := &testkit.LogBuffer{}
+	cmd := loggingCommand(t, logs)
+	write("logLevel: warn\nlogFormat: text\n")
+	if err := reloadRoot(cmd, path, load()); err != nil {
+		t.Fatal(err)
+	}
+	if slog.Default().Enabled(ctx, slog.LevelInfo) || !slog.Default().Enabled(ctx, slog.LevelWarn) {
+		t.Fatal("root not at the file's level warn")
+	}
+	slog.Warn("text line", "k", "v")
+	if !strings.Contains(logs.String(), `level=WARN msg="text line" k=v`) {
+		t.Fatalf("logFormat text not applied:\n%s", logs.String())
+	}
+	write("logLevel: debug\nlogFormat: json\n")
+	line := hangupAndWait(t, logs, "configuration reloaded", 1)
+	if !slog.Default().Enabled(ctx, slog.LevelDebug) || !strings.Contains(line, "log_level=DEBUG") {
+		t.Errorf("after SIGHUP with logLevel debug: debug enabled %v, log %s", slog.Default().Enabled(ctx, slog.LevelDebug), line)
+	}
+	if w := waitLine(t, logs, "only after a restart", 1); !strings.Contains(w, "logFormat") {
+		t.Errorf("changed logFormat not named as needing a restart: %s", w)
+	}
+}
+
+// TestIssuerHangupChangesLogLevel: the issuer's Reloader changes the level
+// of the default logger when the file's logLevel changes.
+func TestIssuerHangupChangesLogLevel(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "issuer.yaml")
+	write := func(level string) {
+		s := "dataDir: " + dir + "\ncluster: dev\nclusters: [{name: dev, attestor: dev}]\nlogLevel: " + level + "\n"
+		if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("info")
+	started, err := loadIssuerConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &testkit.LogBuffer{}
+	cmd := loggingCommand(t, logs)
+	if err := cliconfig.ApplyLogging(cmd, started.LogLevel, started.LogFormat); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if slog.Default().Enabled(ctx, slog.LevelDebug) {
+		t.Fatal("debug enabled at logLevel info")
+	}
+	catchHangups()
+	go issuerReloader(cmd, path, started, &liveAttestor{}, slog.Default()).Run(cmd.Context(), started)
+	write("debug")
+	line := hangupAndWait(t, logs, "configuration reloaded", 1)
+	if !slog.Default().Enabled(ctx, slog.LevelDebug) || !strings.Contains(line, `"reloaded":["logLevel"]`) {
+		t.Errorf("after SIGHUP with logLevel debug: debug enabled %v, log %s", slog.Default().Enabled(ctx, slog.LevelDebug), line)
+	}
+}
+
+// An unknown logFormat in the config file is an error naming the field.
+func TestLogFormatFromFileRefused(t *testing.T) {
+	cmd := loggingCommand(t, &testkit.LogBuffer{})
+	err := cliconfig.ApplyLogging(cmd, "", "yaml")
+	if err == nil || !strings.Contains(err.Error(), `logFormat: log format "yaml": want json or text`) {
+		t.Fatalf("ApplyLogging with logFormat yaml: %v", err)
 	}
 }

@@ -46,9 +46,10 @@ type rootConfig struct {
 	Key rootKeySource `json:"key,omitempty"`
 	// RootTTL is the life of each root. Default 87600h (10 years).
 	RootTTL duration `json:"rootTTL,omitempty"`
-	// IntermediateTTL is the life of each cluster intermediate. Default 48h:
-	// an issuer keeps issuing for about a day with the root unreachable
-	// (it renews at half-life).
+	// IntermediateTTL is the life of each cluster intermediate. Default 48h
+	// (ca.DefaultIntermediateTTL, as for an issuer's local root and meshca
+	// dev): an issuer keeps issuing for about a day with the root
+	// unreachable (it renews at half-life).
 	IntermediateTTL duration `json:"intermediateTTL,omitempty"`
 	// CredentialTTL is the life of an issuer's enrolment credential.
 	// Default 720h (30 days); it is renewed with the intermediate.
@@ -74,6 +75,9 @@ type rootConfig struct {
 	// LogLevel is debug, info, warn or error; --log-level overrides it.
 	// Default info. SIGHUP reloads it.
 	LogLevel string `json:"logLevel,omitempty"`
+	// LogFormat is json (the default) or text; --log-format overrides it.
+	// Read at start: a change needs a restart.
+	LogFormat string `json:"logFormat,omitempty"`
 }
 
 // rootKeySource is `key:` of the root config.

@@ -64,15 +64,13 @@ func (c Config) build(ctx context.Context, src intermediateSource, att attest.At
 	}); err != nil {
 		return nil, err
 	}
-	if p.admin, err = issuer.NewAdminServer(issuer.AdminConfig{
-		TrustDomain: c.TrustDomain, Cluster: c.Cluster, Store: db, DenyList: p.deny, Root: src.localRoot, Logger: log,
-	}); err != nil {
-		return nil, err
-	}
 	if p.loop, err = issuer.NewIntermediates(issuer.IntermediatesConfig{Issuer: iss, Root: src.root, Bundle: src.bundle, Logger: log}); err != nil {
 		return nil, err
 	}
 	p.relayed = src.relayed(p.loop)
+	if p.admin, err = issuer.NewAdminServer(c.adminConfig(iss, src, p, db, log)); err != nil {
+		return nil, err
+	}
 	if p.srv, err = issuer.NewServer(issuer.ServerConfig{
 		Issuer: iss, Hosts: c.Hosts, CRLs: p.crls, Bundles: p.relayed, Limits: c.Limits,
 	}); err != nil {
@@ -87,6 +85,22 @@ func (c Config) build(ctx context.Context, src intermediateSource, att attest.At
 		}
 	}
 	return p, nil
+}
+
+// adminConfig configures the admin API of the stack: over db, with the
+// issuer iss and what Status reports of the stack.
+func (c Config) adminConfig(iss *issuer.Issuer, src intermediateSource, p *parts, db Store, log *slog.Logger) issuer.AdminConfig {
+	cp := c.Checkpoint
+	cp.DataDir = c.DataDir
+	ac := issuer.AdminConfig{
+		TrustDomain: c.TrustDomain, Cluster: c.Cluster, Store: db, DenyList: p.deny, Root: src.localRoot, Logger: log,
+		Issuer: iss, Bundles: p.relayed, CheckpointDir: cp.Path(),
+		Listening: adminapi.Listening{GRPC: c.Listen, AdminSocket: c.adminSocket().Path, AdminTLS: c.AdminTLSListen},
+	}
+	if c.Upstream != nil {
+		ac.Upstream = c.Upstream.Address
+	}
+	return ac
 }
 
 // run serves on ls and runs the stack's loops (retention of db's expired

@@ -25,8 +25,9 @@ func (refuseAll) Attest(context.Context, attest.Request) (attest.Identity, error
 }
 
 // runStack runs a local-root stack over the store open returns until the
-// test ends; it returns once the stack serves, with the store it runs on.
-func runStack(t *testing.T, open func(ctx context.Context) (stack.Store, error), retention *store.RetentionConfig) stack.Store {
+// test ends; it returns once the stack serves, with the store it runs on
+// and its config.
+func runStack(t *testing.T, open func(ctx context.Context) (stack.Store, error), retention *store.RetentionConfig) (stack.Store, stack.Config) {
 	t.Helper()
 	dir := t.TempDir()
 	var db stack.Store
@@ -58,7 +59,7 @@ func runStack(t *testing.T, open func(ctx context.Context) (stack.Store, error),
 	case <-time.After(30 * time.Second):
 		t.Fatal("stack not serving after 30s")
 	}
-	return db
+	return db, cfg
 }
 
 // The stack prunes expired certificates while it runs: a certificate that
@@ -78,7 +79,7 @@ func TestRunPrunesExpiredCertificates(t *testing.T) {
 		}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			s := runStack(t, tt.open(t), &store.RetentionConfig{Grace: time.Hour, Interval: 50 * time.Millisecond})
+			s, _ := runStack(t, tt.open(t), &store.RetentionConfig{Grace: time.Hour, Interval: 50 * time.Millisecond})
 			now := time.Now()
 			old := store.Certificate{Serial: "01d", SPIFFEID: "spiffe://cluster.local/ns/a/sa/b", Cluster: "dev",
 				NotBefore: now.Add(-3 * time.Hour), NotAfter: now.Add(-2 * time.Hour), Fingerprint: "ff"}

@@ -35,7 +35,7 @@ func Start(head store.AuditHeadReader, cfg DirConfig, name string, log *slog.Log
 		return nil, err
 	}
 	cp, err := newCheckpointer(checkpointerConfig{
-		Head: head, Signer: key, Dir: cmp.Or(cfg.Dir, filepath.Join(cfg.DataDir, "audit-checkpoints")), Name: name,
+		Head: head, Signer: key, Dir: cfg.Path(), Name: name,
 		Interval: cfg.Interval, Keep: cfg.Keep, Logger: log,
 	})
 	if err != nil {
@@ -50,4 +50,21 @@ func Start(head store.AuditHeadReader, cfg DirConfig, name string, log *slog.Log
 		}
 	}()
 	return func() { cancel(); <-done }, nil
+}
+
+// Path is the directory Start writes the checkpoints of c to.
+func (c DirConfig) Path() string {
+	return cmp.Or(c.Dir, filepath.Join(c.DataDir, "audit-checkpoints"))
+}
+
+// Latest reads the newest checkpoint in dir (LatestFile) and verifies it
+// with the public key the checkpointer wrote beside it (PublicKeyFile).
+// It reports what this server signed last; an auditor verifies against a
+// key kept elsewhere instead.
+func Latest(dir string) (Checkpoint, error) {
+	pub, err := ReadPublicKey(filepath.Join(dir, PublicKeyFile))
+	if err != nil {
+		return Checkpoint{}, err
+	}
+	return ReadFile(filepath.Join(dir, LatestFile), pub)
 }

@@ -26,6 +26,22 @@ func (s *Store) Cluster(ctx context.Context, name string) (store.Cluster, error)
 	return c, nil
 }
 
+// Clusters lists the registered clusters by name (byte order).
+func (s *Store) Clusters(ctx context.Context) ([]store.Cluster, error) {
+	if s.closed.Load() {
+		return nil, fmt.Errorf("postgres: clusters: %w", store.ErrClosed)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+sqlq.ClusterColumns+` FROM clusters ORDER BY name COLLATE "C"`)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: clusters: %w", err)
+	}
+	cs, err := pgx.CollectRows(rows, collectable(sqlq.ScanCluster))
+	if err != nil {
+		return nil, fmt.Errorf("postgres: clusters: %w", err)
+	}
+	return cs, nil
+}
+
 // Intermediates lists the intermediates matching f by NotBefore ascending,
 // then Serial in byte order. No match is an empty result, not an error.
 func (s *Store) Intermediates(ctx context.Context, f store.IntermediateFilter) ([]store.Intermediate, error) {

@@ -25,6 +25,18 @@ func (s *Store) Cluster(ctx context.Context, name string) (store.Cluster, error)
 	return c, nil
 }
 
+// Clusters lists the registered clusters by name.
+func (s *Store) Clusters(ctx context.Context) ([]store.Cluster, error) {
+	if s.closed.Load() {
+		return nil, fmt.Errorf("sqlite: clusters: %w", store.ErrClosed)
+	}
+	cs, err := collect(ctx, s.r, sqlq.ScanCluster, `SELECT `+sqlq.ClusterColumns+` FROM clusters ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: clusters: %w", err)
+	}
+	return cs, nil
+}
+
 // Intermediates lists the intermediates matching f by NotBefore ascending,
 // then Serial. No match is an empty result, not an error.
 func (s *Store) Intermediates(ctx context.Context, f store.IntermediateFilter) ([]store.Intermediate, error) {

@@ -41,6 +41,7 @@ func RunRootStore(t *testing.T, open func(t *testing.T) RootStoreUnderTest) {
 		{"AddClusterAgainSameTrustDomain", testAddClusterAgainSameTrustDomain},
 		{"AddClusterOtherTrustDomain", testAddClusterOtherTrustDomain},
 		{"ClusterNotFound", testClusterNotFound},
+		{"Clusters", testClusters},
 		{"RedeemJoinToken", testRedeemJoinToken},
 		{"RedeemJoinTokenRefused", testRedeemJoinTokenRefused},
 		{"ConcurrentRedeemJoinToken", testConcurrentRedeemJoinToken},
@@ -145,6 +146,39 @@ func testAddClusterThenCluster(t *testing.T, s RootStoreUnderTest) {
 	if c, _, err := s.RedeemJoinToken(t.Context(), tok.Hash, t0, redeemEvent()); err != nil || c.Name != "east" {
 		t.Fatalf("RedeemJoinToken = %+v, %v; want cluster east", c, err)
 	}
+}
+
+// clusterLister is the backends' listing of registered clusters, which the
+// root's admin Status and bundle read.
+type clusterLister interface {
+	Clusters(ctx context.Context) ([]store.Cluster, error)
+}
+
+func testClusters(t *testing.T, s RootStoreUnderTest) {
+	var inner any = s
+	if w, ok := s.(*rootCloseOnce); ok {
+		inner = w.RootStoreUnderTest
+	}
+	l, ok := inner.(clusterLister)
+	if !ok {
+		t.Fatal("the store cannot list its clusters")
+	}
+	if cs, err := l.Clusters(t.Context()); err != nil || len(cs) != 0 {
+		t.Fatalf("Clusters of an empty store = %v, %v; want none", cs, err)
+	}
+	for i, name := range []string{"west", "east"} {
+		tok := joinToken(name, "tok-"+name, t0.Add(time.Hour))
+		if err := s.AddCluster(t.Context(), store.Cluster{Name: name, TrustDomain: []string{tdWest, tdEast}[i]}, tok,
+			adminEvent("cluster.add", name, "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cs, err := l.Clusters(t.Context())
+	if err != nil || len(cs) != 2 {
+		t.Fatalf("Clusters = %v, %v; want east and west", cs, err)
+	}
+	checkCluster(t, cs[0], "east", tdEast)
+	checkCluster(t, cs[1], "west", tdWest)
 }
 
 func testAddClusterAgainSameTrustDomain(t *testing.T, s RootStoreUnderTest) {

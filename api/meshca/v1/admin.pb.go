@@ -22,6 +22,614 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type StatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatusRequest) Reset() {
+	*x = StatusRequest{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusRequest) ProtoMessage() {}
+
+func (x *StatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
+func (*StatusRequest) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+type StatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// role is "root" or "issuer".
+	Role string `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	// trust_domain is the issuer's trust domain; on the root, the trust
+	// domain of its SPIFFE bundle (empty when it serves none).
+	TrustDomain string `protobuf:"bytes,2,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// cluster is the issuer's cluster; empty on the root.
+	Cluster string `protobuf:"bytes,3,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// upstream is the central root's address for an issuer under it; empty
+	// for an issuer with a local root, and on the root.
+	Upstream string           `protobuf:"bytes,4,opt,name=upstream,proto3" json:"upstream,omitempty"`
+	Listen   *ListenAddresses `protobuf:"bytes,5,opt,name=listen,proto3" json:"listen,omitempty"`
+	// roots are the roots in the trust bundle, oldest first.
+	Roots []*CACertificate `protobuf:"bytes,6,rep,name=roots,proto3" json:"roots,omitempty"`
+	// intermediates: on an issuer, those it holds (state "active",
+	// "prepared" or "previous"); on the root, the cluster intermediates it
+	// signed that are valid now.
+	Intermediates []*CACertificate `protobuf:"bytes,7,rep,name=intermediates,proto3" json:"intermediates,omitempty"`
+	// bundle_sequence is the sequence of the trust bundle served now.
+	BundleSequence uint64 `protobuf:"varint,8,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
+	// clusters are the registered clusters (root only).
+	Clusters []*ClusterStatus `protobuf:"bytes,9,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	// revocations counts the revocations in force.
+	Revocations int64        `protobuf:"varint,10,opt,name=revocations,proto3" json:"revocations,omitempty"`
+	Store       *StoreStatus `protobuf:"bytes,11,opt,name=store,proto3" json:"store,omitempty"`
+	Audit       *AuditStatus `protobuf:"bytes,12,opt,name=audit,proto3" json:"audit,omitempty"`
+	// time is the server's clock when it answered.
+	Time *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=time,proto3" json:"time,omitempty"`
+	// trust_domains are the trust domains of the root's own bundle (root
+	// only).
+	TrustDomains  []string `protobuf:"bytes,14,rep,name=trust_domains,json=trustDomains,proto3" json:"trust_domains,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatusResponse) Reset() {
+	*x = StatusResponse{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusResponse) ProtoMessage() {}
+
+func (x *StatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
+func (*StatusResponse) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *StatusResponse) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetUpstream() string {
+	if x != nil {
+		return x.Upstream
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetListen() *ListenAddresses {
+	if x != nil {
+		return x.Listen
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetRoots() []*CACertificate {
+	if x != nil {
+		return x.Roots
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetIntermediates() []*CACertificate {
+	if x != nil {
+		return x.Intermediates
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetBundleSequence() uint64 {
+	if x != nil {
+		return x.BundleSequence
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetClusters() []*ClusterStatus {
+	if x != nil {
+		return x.Clusters
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetRevocations() int64 {
+	if x != nil {
+		return x.Revocations
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetStore() *StoreStatus {
+	if x != nil {
+		return x.Store
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetAudit() *AuditStatus {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetTrustDomains() []string {
+	if x != nil {
+		return x.TrustDomains
+	}
+	return nil
+}
+
+// ListenAddresses are the addresses a server was configured to listen on;
+// empty when not configured (or not known to the admin API).
+type ListenAddresses struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GrpcAddr      string                 `protobuf:"bytes,1,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	AdminSocket   string                 `protobuf:"bytes,2,opt,name=admin_socket,json=adminSocket,proto3" json:"admin_socket,omitempty"`
+	AdminTlsAddr  string                 `protobuf:"bytes,3,opt,name=admin_tls_addr,json=adminTlsAddr,proto3" json:"admin_tls_addr,omitempty"`
+	MetricsAddr   string                 `protobuf:"bytes,4,opt,name=metrics_addr,json=metricsAddr,proto3" json:"metrics_addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListenAddresses) Reset() {
+	*x = ListenAddresses{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListenAddresses) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListenAddresses) ProtoMessage() {}
+
+func (x *ListenAddresses) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListenAddresses.ProtoReflect.Descriptor instead.
+func (*ListenAddresses) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListenAddresses) GetGrpcAddr() string {
+	if x != nil {
+		return x.GrpcAddr
+	}
+	return ""
+}
+
+func (x *ListenAddresses) GetAdminSocket() string {
+	if x != nil {
+		return x.AdminSocket
+	}
+	return ""
+}
+
+func (x *ListenAddresses) GetAdminTlsAddr() string {
+	if x != nil {
+		return x.AdminTlsAddr
+	}
+	return ""
+}
+
+func (x *ListenAddresses) GetMetricsAddr() string {
+	if x != nil {
+		return x.MetricsAddr
+	}
+	return ""
+}
+
+type CACertificate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sha256 is the lower-case hex SHA-256 of the certificate (DER).
+	Sha256  string `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Subject string `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
+	// serial is lower-case hexadecimal.
+	Serial    string                 `protobuf:"bytes,3,opt,name=serial,proto3" json:"serial,omitempty"`
+	NotBefore *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	NotAfter  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	// state: a root's "prepared", "active" or "retiring" (on an issuer,
+	// "active" marks the root its intermediate chains to); an intermediate's
+	// "active", "prepared" or "previous" (issuer) or "valid" (root).
+	State string `protobuf:"bytes,6,opt,name=state,proto3" json:"state,omitempty"`
+	// cluster is the cluster of an intermediate, on the root.
+	Cluster       string `protobuf:"bytes,7,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CACertificate) Reset() {
+	*x = CACertificate{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CACertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CACertificate) ProtoMessage() {}
+
+func (x *CACertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CACertificate.ProtoReflect.Descriptor instead.
+func (*CACertificate) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CACertificate) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *CACertificate) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *CACertificate) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *CACertificate) GetNotBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotBefore
+	}
+	return nil
+}
+
+func (x *CACertificate) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+func (x *CACertificate) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *CACertificate) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+type ClusterStatus struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	TrustDomain string                 `protobuf:"bytes,2,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// revoked is set for a cluster revoked on the root.
+	Revoked bool `protobuf:"varint,3,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	// intermediates counts its intermediates valid now.
+	Intermediates int32 `protobuf:"varint,4,opt,name=intermediates,proto3" json:"intermediates,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterStatus) Reset() {
+	*x = ClusterStatus{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterStatus) ProtoMessage() {}
+
+func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterStatus.ProtoReflect.Descriptor instead.
+func (*ClusterStatus) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ClusterStatus) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ClusterStatus) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *ClusterStatus) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+func (x *ClusterStatus) GetIntermediates() int32 {
+	if x != nil {
+		return x.Intermediates
+	}
+	return 0
+}
+
+type StoreStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// reachable is whether the store answered the status's reads; the
+	// reason of a failure is in the server's log.
+	Reachable     bool `protobuf:"varint,1,opt,name=reachable,proto3" json:"reachable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StoreStatus) Reset() {
+	*x = StoreStatus{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StoreStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StoreStatus) ProtoMessage() {}
+
+func (x *StoreStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StoreStatus.ProtoReflect.Descriptor instead.
+func (*StoreStatus) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *StoreStatus) GetReachable() bool {
+	if x != nil {
+		return x.Reachable
+	}
+	return false
+}
+
+type AuditStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// head_seq and head_hash (lower-case hex) are the last audit event; zero
+	// and empty for an empty log.
+	HeadSeq  int64  `protobuf:"varint,1,opt,name=head_seq,json=headSeq,proto3" json:"head_seq,omitempty"`
+	HeadHash string `protobuf:"bytes,2,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
+	// last_checkpoint is the newest signed audit checkpoint in the server's
+	// checkpoint directory, when there is one whose signature verifies.
+	LastCheckpoint *AuditCheckpoint `protobuf:"bytes,3,opt,name=last_checkpoint,json=lastCheckpoint,proto3" json:"last_checkpoint,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *AuditStatus) Reset() {
+	*x = AuditStatus{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditStatus) ProtoMessage() {}
+
+func (x *AuditStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditStatus.ProtoReflect.Descriptor instead.
+func (*AuditStatus) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *AuditStatus) GetHeadSeq() int64 {
+	if x != nil {
+		return x.HeadSeq
+	}
+	return 0
+}
+
+func (x *AuditStatus) GetHeadHash() string {
+	if x != nil {
+		return x.HeadHash
+	}
+	return ""
+}
+
+func (x *AuditStatus) GetLastCheckpoint() *AuditCheckpoint {
+	if x != nil {
+		return x.LastCheckpoint
+	}
+	return nil
+}
+
+type AuditCheckpoint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           int64                  `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Hash          string                 `protobuf:"bytes,2,opt,name=hash,proto3" json:"hash,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditCheckpoint) Reset() {
+	*x = AuditCheckpoint{}
+	mi := &file_meshca_v1_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditCheckpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditCheckpoint) ProtoMessage() {}
+
+func (x *AuditCheckpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditCheckpoint.ProtoReflect.Descriptor instead.
+func (*AuditCheckpoint) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *AuditCheckpoint) GetSeq() int64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AuditCheckpoint) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
+func (x *AuditCheckpoint) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
 type IssueAdminCredentialRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// spiffe_id is the admin identity, as listed in the server's
@@ -38,7 +646,7 @@ type IssueAdminCredentialRequest struct {
 
 func (x *IssueAdminCredentialRequest) Reset() {
 	*x = IssueAdminCredentialRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[0]
+	mi := &file_meshca_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -50,7 +658,7 @@ func (x *IssueAdminCredentialRequest) String() string {
 func (*IssueAdminCredentialRequest) ProtoMessage() {}
 
 func (x *IssueAdminCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[0]
+	mi := &file_meshca_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -63,7 +671,7 @@ func (x *IssueAdminCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCredentialRequest.ProtoReflect.Descriptor instead.
 func (*IssueAdminCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *IssueAdminCredentialRequest) GetSpiffeId() string {
@@ -102,7 +710,7 @@ type IssueAdminCredentialResponse struct {
 
 func (x *IssueAdminCredentialResponse) Reset() {
 	*x = IssueAdminCredentialResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[1]
+	mi := &file_meshca_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -114,7 +722,7 @@ func (x *IssueAdminCredentialResponse) String() string {
 func (*IssueAdminCredentialResponse) ProtoMessage() {}
 
 func (x *IssueAdminCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[1]
+	mi := &file_meshca_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -127,7 +735,7 @@ func (x *IssueAdminCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCredentialResponse.ProtoReflect.Descriptor instead.
 func (*IssueAdminCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *IssueAdminCredentialResponse) GetCertificate() []byte {
@@ -166,7 +774,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[2]
+	mi := &file_meshca_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -178,7 +786,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[2]
+	mi := &file_meshca_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -191,7 +799,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RevokeRequest) GetTarget() isRevokeRequest_Target {
@@ -267,7 +875,7 @@ type RevokeResponse struct {
 
 func (x *RevokeResponse) Reset() {
 	*x = RevokeResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[3]
+	mi := &file_meshca_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -279,7 +887,7 @@ func (x *RevokeResponse) String() string {
 func (*RevokeResponse) ProtoMessage() {}
 
 func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[3]
+	mi := &file_meshca_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -292,7 +900,7 @@ func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RevokeResponse) GetRevocation() *Revocation {
@@ -311,7 +919,7 @@ type UnrevokeRequest struct {
 
 func (x *UnrevokeRequest) Reset() {
 	*x = UnrevokeRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[4]
+	mi := &file_meshca_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -323,7 +931,7 @@ func (x *UnrevokeRequest) String() string {
 func (*UnrevokeRequest) ProtoMessage() {}
 
 func (x *UnrevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[4]
+	mi := &file_meshca_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -336,7 +944,7 @@ func (x *UnrevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnrevokeRequest.ProtoReflect.Descriptor instead.
 func (*UnrevokeRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UnrevokeRequest) GetSpiffeId() string {
@@ -354,7 +962,7 @@ type UnrevokeResponse struct {
 
 func (x *UnrevokeResponse) Reset() {
 	*x = UnrevokeResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[5]
+	mi := &file_meshca_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -366,7 +974,7 @@ func (x *UnrevokeResponse) String() string {
 func (*UnrevokeResponse) ProtoMessage() {}
 
 func (x *UnrevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[5]
+	mi := &file_meshca_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -379,7 +987,7 @@ func (x *UnrevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnrevokeResponse.ProtoReflect.Descriptor instead.
 func (*UnrevokeResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 type ListRevocationsRequest struct {
@@ -390,7 +998,7 @@ type ListRevocationsRequest struct {
 
 func (x *ListRevocationsRequest) Reset() {
 	*x = ListRevocationsRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[6]
+	mi := &file_meshca_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -402,7 +1010,7 @@ func (x *ListRevocationsRequest) String() string {
 func (*ListRevocationsRequest) ProtoMessage() {}
 
 func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[6]
+	mi := &file_meshca_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -415,7 +1023,7 @@ func (x *ListRevocationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevocationsRequest.ProtoReflect.Descriptor instead.
 func (*ListRevocationsRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 type ListRevocationsResponse struct {
@@ -427,7 +1035,7 @@ type ListRevocationsResponse struct {
 
 func (x *ListRevocationsResponse) Reset() {
 	*x = ListRevocationsResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[7]
+	mi := &file_meshca_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +1047,7 @@ func (x *ListRevocationsResponse) String() string {
 func (*ListRevocationsResponse) ProtoMessage() {}
 
 func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[7]
+	mi := &file_meshca_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +1060,7 @@ func (x *ListRevocationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRevocationsResponse.ProtoReflect.Descriptor instead.
 func (*ListRevocationsResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListRevocationsResponse) GetRevocations() []*Revocation {
@@ -479,7 +1087,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[8]
+	mi := &file_meshca_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -491,7 +1099,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[8]
+	mi := &file_meshca_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -504,7 +1112,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Revocation) GetKind() string {
@@ -570,7 +1178,7 @@ type ListCertificatesRequest struct {
 
 func (x *ListCertificatesRequest) Reset() {
 	*x = ListCertificatesRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[9]
+	mi := &file_meshca_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -582,7 +1190,7 @@ func (x *ListCertificatesRequest) String() string {
 func (*ListCertificatesRequest) ProtoMessage() {}
 
 func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[9]
+	mi := &file_meshca_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -595,7 +1203,7 @@ func (x *ListCertificatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesRequest.ProtoReflect.Descriptor instead.
 func (*ListCertificatesRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListCertificatesRequest) GetSpiffeId() string {
@@ -635,7 +1243,7 @@ type ListCertificatesResponse struct {
 
 func (x *ListCertificatesResponse) Reset() {
 	*x = ListCertificatesResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[10]
+	mi := &file_meshca_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -647,7 +1255,7 @@ func (x *ListCertificatesResponse) String() string {
 func (*ListCertificatesResponse) ProtoMessage() {}
 
 func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[10]
+	mi := &file_meshca_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -660,7 +1268,7 @@ func (x *ListCertificatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCertificatesResponse.ProtoReflect.Descriptor instead.
 func (*ListCertificatesResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListCertificatesResponse) GetCertificates() []*Certificate {
@@ -679,7 +1287,7 @@ type GetCertificateRequest struct {
 
 func (x *GetCertificateRequest) Reset() {
 	*x = GetCertificateRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[11]
+	mi := &file_meshca_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -691,7 +1299,7 @@ func (x *GetCertificateRequest) String() string {
 func (*GetCertificateRequest) ProtoMessage() {}
 
 func (x *GetCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[11]
+	mi := &file_meshca_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -704,7 +1312,7 @@ func (x *GetCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCertificateRequest.ProtoReflect.Descriptor instead.
 func (*GetCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetCertificateRequest) GetSerial() string {
@@ -725,7 +1333,7 @@ type GetCertificateResponse struct {
 
 func (x *GetCertificateResponse) Reset() {
 	*x = GetCertificateResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[12]
+	mi := &file_meshca_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -737,7 +1345,7 @@ func (x *GetCertificateResponse) String() string {
 func (*GetCertificateResponse) ProtoMessage() {}
 
 func (x *GetCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[12]
+	mi := &file_meshca_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -750,7 +1358,7 @@ func (x *GetCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCertificateResponse.ProtoReflect.Descriptor instead.
 func (*GetCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetCertificateResponse) GetCertificate() *Certificate {
@@ -782,7 +1390,7 @@ type Certificate struct {
 
 func (x *Certificate) Reset() {
 	*x = Certificate{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[13]
+	mi := &file_meshca_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -794,7 +1402,7 @@ func (x *Certificate) String() string {
 func (*Certificate) ProtoMessage() {}
 
 func (x *Certificate) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[13]
+	mi := &file_meshca_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -807,7 +1415,7 @@ func (x *Certificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
 func (*Certificate) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Certificate) GetSerial() string {
@@ -871,7 +1479,7 @@ type ListAuditEventsRequest struct {
 
 func (x *ListAuditEventsRequest) Reset() {
 	*x = ListAuditEventsRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[14]
+	mi := &file_meshca_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -883,7 +1491,7 @@ func (x *ListAuditEventsRequest) String() string {
 func (*ListAuditEventsRequest) ProtoMessage() {}
 
 func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[14]
+	mi := &file_meshca_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -896,7 +1504,7 @@ func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListAuditEventsRequest) GetSince() *timestamppb.Timestamp {
@@ -922,7 +1530,7 @@ type ListAuditEventsResponse struct {
 
 func (x *ListAuditEventsResponse) Reset() {
 	*x = ListAuditEventsResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[15]
+	mi := &file_meshca_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -934,7 +1542,7 @@ func (x *ListAuditEventsResponse) String() string {
 func (*ListAuditEventsResponse) ProtoMessage() {}
 
 func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[15]
+	mi := &file_meshca_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -947,7 +1555,7 @@ func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListAuditEventsResponse) GetEvents() []*AuditEvent {
@@ -974,7 +1582,7 @@ type AuditEvent struct {
 
 func (x *AuditEvent) Reset() {
 	*x = AuditEvent{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[16]
+	mi := &file_meshca_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -986,7 +1594,7 @@ func (x *AuditEvent) String() string {
 func (*AuditEvent) ProtoMessage() {}
 
 func (x *AuditEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[16]
+	mi := &file_meshca_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -999,7 +1607,7 @@ func (x *AuditEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEvent.ProtoReflect.Descriptor instead.
 func (*AuditEvent) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AuditEvent) GetSeq() int64 {
@@ -1073,7 +1681,7 @@ type VerifyAuditRequest struct {
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[17]
+	mi := &file_meshca_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1693,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[17]
+	mi := &file_meshca_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1706,7 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 type VerifyAuditResponse struct {
@@ -1120,7 +1728,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[18]
+	mi := &file_meshca_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1740,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[18]
+	mi := &file_meshca_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1753,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *VerifyAuditResponse) GetOk() bool {
@@ -1205,7 +1813,7 @@ type AddClusterRequest struct {
 
 func (x *AddClusterRequest) Reset() {
 	*x = AddClusterRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[19]
+	mi := &file_meshca_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1825,7 @@ func (x *AddClusterRequest) String() string {
 func (*AddClusterRequest) ProtoMessage() {}
 
 func (x *AddClusterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[19]
+	mi := &file_meshca_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +1838,7 @@ func (x *AddClusterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddClusterRequest.ProtoReflect.Descriptor instead.
 func (*AddClusterRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AddClusterRequest) GetName() string {
@@ -1269,9 +1877,9 @@ func (x *AddClusterRequest) GetReplicas() int32 {
 }
 
 type AddClusterResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JoinToken     string                 `protobuf:"bytes,1,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
-	ExpiresAtUnix int64                  `protobuf:"varint,2,opt,name=expires_at_unix,json=expiresAtUnix,proto3" json:"expires_at_unix,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	JoinToken string                 `protobuf:"bytes,1,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	// root_sha256 is the hex SHA-256 of every root in the bundle, for the
 	// issuer's configuration.
 	RootSha256    []string `protobuf:"bytes,3,rep,name=root_sha256,json=rootSha256,proto3" json:"root_sha256,omitempty"`
@@ -1281,7 +1889,7 @@ type AddClusterResponse struct {
 
 func (x *AddClusterResponse) Reset() {
 	*x = AddClusterResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[20]
+	mi := &file_meshca_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1293,7 +1901,7 @@ func (x *AddClusterResponse) String() string {
 func (*AddClusterResponse) ProtoMessage() {}
 
 func (x *AddClusterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[20]
+	mi := &file_meshca_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1306,7 +1914,7 @@ func (x *AddClusterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddClusterResponse.ProtoReflect.Descriptor instead.
 func (*AddClusterResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AddClusterResponse) GetJoinToken() string {
@@ -1316,11 +1924,11 @@ func (x *AddClusterResponse) GetJoinToken() string {
 	return ""
 }
 
-func (x *AddClusterResponse) GetExpiresAtUnix() int64 {
+func (x *AddClusterResponse) GetExpiresAt() *timestamppb.Timestamp {
 	if x != nil {
-		return x.ExpiresAtUnix
+		return x.ExpiresAt
 	}
-	return 0
+	return nil
 }
 
 func (x *AddClusterResponse) GetRootSha256() []string {
@@ -1345,7 +1953,7 @@ type RotateRootRequest struct {
 
 func (x *RotateRootRequest) Reset() {
 	*x = RotateRootRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[21]
+	mi := &file_meshca_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1357,7 +1965,7 @@ func (x *RotateRootRequest) String() string {
 func (*RotateRootRequest) ProtoMessage() {}
 
 func (x *RotateRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[21]
+	mi := &file_meshca_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1370,7 +1978,7 @@ func (x *RotateRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRootRequest.ProtoReflect.Descriptor instead.
 func (*RotateRootRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RotateRootRequest) GetPropagationDelaySeconds() int64 {
@@ -1396,7 +2004,7 @@ type RotateRootResponse struct {
 
 func (x *RotateRootResponse) Reset() {
 	*x = RotateRootResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[22]
+	mi := &file_meshca_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +2016,7 @@ func (x *RotateRootResponse) String() string {
 func (*RotateRootResponse) ProtoMessage() {}
 
 func (x *RotateRootResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[22]
+	mi := &file_meshca_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +2029,7 @@ func (x *RotateRootResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRootResponse.ProtoReflect.Descriptor instead.
 func (*RotateRootResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RotateRootResponse) GetRoot() *RootInfo {
@@ -1439,7 +2047,7 @@ type ListRootsRequest struct {
 
 func (x *ListRootsRequest) Reset() {
 	*x = ListRootsRequest{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[23]
+	mi := &file_meshca_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1451,7 +2059,7 @@ func (x *ListRootsRequest) String() string {
 func (*ListRootsRequest) ProtoMessage() {}
 
 func (x *ListRootsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[23]
+	mi := &file_meshca_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1464,7 +2072,7 @@ func (x *ListRootsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRootsRequest.ProtoReflect.Descriptor instead.
 func (*ListRootsRequest) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 type ListRootsResponse struct {
@@ -1476,7 +2084,7 @@ type ListRootsResponse struct {
 
 func (x *ListRootsResponse) Reset() {
 	*x = ListRootsResponse{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[24]
+	mi := &file_meshca_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1488,7 +2096,7 @@ func (x *ListRootsResponse) String() string {
 func (*ListRootsResponse) ProtoMessage() {}
 
 func (x *ListRootsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[24]
+	mi := &file_meshca_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1501,7 +2109,7 @@ func (x *ListRootsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRootsResponse.ProtoReflect.Descriptor instead.
 func (*ListRootsResponse) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListRootsResponse) GetRoots() []*RootInfo {
@@ -1512,13 +2120,13 @@ func (x *ListRootsResponse) GetRoots() []*RootInfo {
 }
 
 type RootInfo struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	Sha256         string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	Subject        string                 `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
-	NotBeforeUnix  int64                  `protobuf:"varint,3,opt,name=not_before_unix,json=notBeforeUnix,proto3" json:"not_before_unix,omitempty"`
-	NotAfterUnix   int64                  `protobuf:"varint,4,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
-	AddedAtUnix    int64                  `protobuf:"varint,5,opt,name=added_at_unix,json=addedAtUnix,proto3" json:"added_at_unix,omitempty"`
-	ActivateAtUnix int64                  `protobuf:"varint,6,opt,name=activate_at_unix,json=activateAtUnix,proto3" json:"activate_at_unix,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Sha256     string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Subject    string                 `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
+	NotBefore  *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	NotAfter   *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	AddedAt    *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=added_at,json=addedAt,proto3" json:"added_at,omitempty"`
+	ActivateAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=activate_at,json=activateAt,proto3" json:"activate_at,omitempty"`
 	// state is "prepared", "active" or "retiring" (in the bundle, no longer
 	// signing, until everything under it has expired).
 	State         string `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"`
@@ -1529,7 +2137,7 @@ type RootInfo struct {
 
 func (x *RootInfo) Reset() {
 	*x = RootInfo{}
-	mi := &file_meshca_v1_admin_proto_msgTypes[25]
+	mi := &file_meshca_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +2149,7 @@ func (x *RootInfo) String() string {
 func (*RootInfo) ProtoMessage() {}
 
 func (x *RootInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_meshca_v1_admin_proto_msgTypes[25]
+	mi := &file_meshca_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +2162,7 @@ func (x *RootInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootInfo.ProtoReflect.Descriptor instead.
 func (*RootInfo) Descriptor() ([]byte, []int) {
-	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_meshca_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RootInfo) GetSha256() string {
@@ -1571,32 +2179,32 @@ func (x *RootInfo) GetSubject() string {
 	return ""
 }
 
-func (x *RootInfo) GetNotBeforeUnix() int64 {
+func (x *RootInfo) GetNotBefore() *timestamppb.Timestamp {
 	if x != nil {
-		return x.NotBeforeUnix
+		return x.NotBefore
 	}
-	return 0
+	return nil
 }
 
-func (x *RootInfo) GetNotAfterUnix() int64 {
+func (x *RootInfo) GetNotAfter() *timestamppb.Timestamp {
 	if x != nil {
-		return x.NotAfterUnix
+		return x.NotAfter
 	}
-	return 0
+	return nil
 }
 
-func (x *RootInfo) GetAddedAtUnix() int64 {
+func (x *RootInfo) GetAddedAt() *timestamppb.Timestamp {
 	if x != nil {
-		return x.AddedAtUnix
+		return x.AddedAt
 	}
-	return 0
+	return nil
 }
 
-func (x *RootInfo) GetActivateAtUnix() int64 {
+func (x *RootInfo) GetActivateAt() *timestamppb.Timestamp {
 	if x != nil {
-		return x.ActivateAtUnix
+		return x.ActivateAt
 	}
-	return 0
+	return nil
 }
 
 func (x *RootInfo) GetState() string {
@@ -1617,7 +2225,53 @@ var File_meshca_v1_admin_proto protoreflect.FileDescriptor
 
 const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x15meshca/v1/admin.proto\x12\tmeshca.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"m\n" +
+	"\x15meshca/v1/admin.proto\x12\tmeshca.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n" +
+	"\rStatusRequest\"\xd3\x04\n" +
+	"\x0eStatusResponse\x12\x12\n" +
+	"\x04role\x18\x01 \x01(\tR\x04role\x12!\n" +
+	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12\x18\n" +
+	"\acluster\x18\x03 \x01(\tR\acluster\x12\x1a\n" +
+	"\bupstream\x18\x04 \x01(\tR\bupstream\x122\n" +
+	"\x06listen\x18\x05 \x01(\v2\x1a.meshca.v1.ListenAddressesR\x06listen\x12.\n" +
+	"\x05roots\x18\x06 \x03(\v2\x18.meshca.v1.CACertificateR\x05roots\x12>\n" +
+	"\rintermediates\x18\a \x03(\v2\x18.meshca.v1.CACertificateR\rintermediates\x12'\n" +
+	"\x0fbundle_sequence\x18\b \x01(\x04R\x0ebundleSequence\x124\n" +
+	"\bclusters\x18\t \x03(\v2\x18.meshca.v1.ClusterStatusR\bclusters\x12 \n" +
+	"\vrevocations\x18\n" +
+	" \x01(\x03R\vrevocations\x12,\n" +
+	"\x05store\x18\v \x01(\v2\x16.meshca.v1.StoreStatusR\x05store\x12,\n" +
+	"\x05audit\x18\f \x01(\v2\x16.meshca.v1.AuditStatusR\x05audit\x12.\n" +
+	"\x04time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12#\n" +
+	"\rtrust_domains\x18\x0e \x03(\tR\ftrustDomains\"\x9a\x01\n" +
+	"\x0fListenAddresses\x12\x1b\n" +
+	"\tgrpc_addr\x18\x01 \x01(\tR\bgrpcAddr\x12!\n" +
+	"\fadmin_socket\x18\x02 \x01(\tR\vadminSocket\x12$\n" +
+	"\x0eadmin_tls_addr\x18\x03 \x01(\tR\fadminTlsAddr\x12!\n" +
+	"\fmetrics_addr\x18\x04 \x01(\tR\vmetricsAddr\"\xfd\x01\n" +
+	"\rCACertificate\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x18\n" +
+	"\asubject\x18\x02 \x01(\tR\asubject\x12\x16\n" +
+	"\x06serial\x18\x03 \x01(\tR\x06serial\x129\n" +
+	"\n" +
+	"not_before\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
+	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12\x14\n" +
+	"\x05state\x18\x06 \x01(\tR\x05state\x12\x18\n" +
+	"\acluster\x18\a \x01(\tR\acluster\"\x86\x01\n" +
+	"\rClusterStatus\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
+	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12\x18\n" +
+	"\arevoked\x18\x03 \x01(\bR\arevoked\x12$\n" +
+	"\rintermediates\x18\x04 \x01(\x05R\rintermediates\"+\n" +
+	"\vStoreStatus\x12\x1c\n" +
+	"\treachable\x18\x01 \x01(\bR\treachable\"\x8a\x01\n" +
+	"\vAuditStatus\x12\x19\n" +
+	"\bhead_seq\x18\x01 \x01(\x03R\aheadSeq\x12\x1b\n" +
+	"\thead_hash\x18\x02 \x01(\tR\bheadHash\x12C\n" +
+	"\x0flast_checkpoint\x18\x03 \x01(\v2\x1a.meshca.v1.AuditCheckpointR\x0elastCheckpoint\"g\n" +
+	"\x0fAuditCheckpoint\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x03R\x03seq\x12\x12\n" +
+	"\x04hash\x18\x02 \x01(\tR\x04hash\x12.\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"m\n" +
 	"\x1bIssueAdminCredentialRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\x12\x1f\n" +
@@ -1704,13 +2358,14 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12*\n" +
 	"\x11token_ttl_seconds\x18\x03 \x01(\x03R\x0ftokenTtlSeconds\x12,\n" +
 	"\x12share_trust_domain\x18\x04 \x01(\bR\x10shareTrustDomain\x12\x1a\n" +
-	"\breplicas\x18\x05 \x01(\x05R\breplicas\"|\n" +
+	"\breplicas\x18\x05 \x01(\x05R\breplicas\"\xa6\x01\n" +
 	"\x12AddClusterResponse\x12\x1d\n" +
 	"\n" +
-	"join_token\x18\x01 \x01(\tR\tjoinToken\x12&\n" +
-	"\x0fexpires_at_unix\x18\x02 \x01(\x03R\rexpiresAtUnix\x12\x1f\n" +
+	"join_token\x18\x01 \x01(\tR\tjoinToken\x129\n" +
+	"\n" +
+	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1f\n" +
 	"\vroot_sha256\x18\x03 \x03(\tR\n" +
-	"rootSha256\"e\n" +
+	"rootSha256J\x04\b\x02\x10\x03R\x0fexpires_at_unix\"e\n" +
 	"\x11RotateRootRequest\x12:\n" +
 	"\x19propagation_delay_seconds\x18\x01 \x01(\x03R\x17propagationDelaySeconds\x12\x14\n" +
 	"\x05force\x18\x02 \x01(\bR\x05force\"=\n" +
@@ -1718,16 +2373,19 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\x04root\x18\x01 \x01(\v2\x13.meshca.v1.RootInfoR\x04root\"\x12\n" +
 	"\x10ListRootsRequest\">\n" +
 	"\x11ListRootsResponse\x12)\n" +
-	"\x05roots\x18\x01 \x03(\v2\x13.meshca.v1.RootInfoR\x05roots\"\x80\x02\n" +
+	"\x05roots\x18\x01 \x03(\v2\x13.meshca.v1.RootInfoR\x05roots\"\xa6\x03\n" +
 	"\bRootInfo\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x18\n" +
-	"\asubject\x18\x02 \x01(\tR\asubject\x12&\n" +
-	"\x0fnot_before_unix\x18\x03 \x01(\x03R\rnotBeforeUnix\x12$\n" +
-	"\x0enot_after_unix\x18\x04 \x01(\x03R\fnotAfterUnix\x12\"\n" +
-	"\radded_at_unix\x18\x05 \x01(\x03R\vaddedAtUnix\x12(\n" +
-	"\x10activate_at_unix\x18\x06 \x01(\x03R\x0eactivateAtUnix\x12\x14\n" +
+	"\asubject\x18\x02 \x01(\tR\asubject\x129\n" +
+	"\n" +
+	"not_before\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
+	"\tnot_after\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x125\n" +
+	"\badded_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\aaddedAt\x12;\n" +
+	"\vactivate_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"activateAt\x12\x14\n" +
 	"\x05state\x18\a \x01(\tR\x05state\x12\x10\n" +
-	"\x03key\x18\b \x01(\tR\x03key2\x8f\a\n" +
+	"\x03key\x18\b \x01(\tR\x03keyJ\x04\b\x03\x10\x04J\x04\b\x04\x10\x05J\x04\b\x05\x10\x06J\x04\b\x06\x10\aR\x0fnot_before_unixR\x0enot_after_unixR\radded_at_unixR\x10activate_at_unix2\xce\a\n" +
 	"\fAdminService\x12I\n" +
 	"\n" +
 	"AddCluster\x12\x1c.meshca.v1.AddClusterRequest\x1a\x1d.meshca.v1.AddClusterResponse\x12I\n" +
@@ -1741,7 +2399,8 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\x0eGetCertificate\x12 .meshca.v1.GetCertificateRequest\x1a!.meshca.v1.GetCertificateResponse\x12X\n" +
 	"\x0fListAuditEvents\x12!.meshca.v1.ListAuditEventsRequest\x1a\".meshca.v1.ListAuditEventsResponse\x12L\n" +
 	"\vVerifyAudit\x12\x1d.meshca.v1.VerifyAuditRequest\x1a\x1e.meshca.v1.VerifyAuditResponse\x12g\n" +
-	"\x14IssueAdminCredential\x12&.meshca.v1.IssueAdminCredentialRequest\x1a'.meshca.v1.IssueAdminCredentialResponseB1Z/github.com/meshca/meshca/api/meshca/v1;meshcav1b\x06proto3"
+	"\x14IssueAdminCredential\x12&.meshca.v1.IssueAdminCredentialRequest\x1a'.meshca.v1.IssueAdminCredentialResponse\x12=\n" +
+	"\x06Status\x12\x18.meshca.v1.StatusRequest\x1a\x19.meshca.v1.StatusResponseB1Z/github.com/meshca/meshca/api/meshca/v1;meshcav1b\x06proto3"
 
 var (
 	file_meshca_v1_admin_proto_rawDescOnce sync.Once
@@ -1755,78 +2414,104 @@ func file_meshca_v1_admin_proto_rawDescGZIP() []byte {
 	return file_meshca_v1_admin_proto_rawDescData
 }
 
-var file_meshca_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_meshca_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_meshca_v1_admin_proto_goTypes = []any{
-	(*IssueAdminCredentialRequest)(nil),  // 0: meshca.v1.IssueAdminCredentialRequest
-	(*IssueAdminCredentialResponse)(nil), // 1: meshca.v1.IssueAdminCredentialResponse
-	(*RevokeRequest)(nil),                // 2: meshca.v1.RevokeRequest
-	(*RevokeResponse)(nil),               // 3: meshca.v1.RevokeResponse
-	(*UnrevokeRequest)(nil),              // 4: meshca.v1.UnrevokeRequest
-	(*UnrevokeResponse)(nil),             // 5: meshca.v1.UnrevokeResponse
-	(*ListRevocationsRequest)(nil),       // 6: meshca.v1.ListRevocationsRequest
-	(*ListRevocationsResponse)(nil),      // 7: meshca.v1.ListRevocationsResponse
-	(*Revocation)(nil),                   // 8: meshca.v1.Revocation
-	(*ListCertificatesRequest)(nil),      // 9: meshca.v1.ListCertificatesRequest
-	(*ListCertificatesResponse)(nil),     // 10: meshca.v1.ListCertificatesResponse
-	(*GetCertificateRequest)(nil),        // 11: meshca.v1.GetCertificateRequest
-	(*GetCertificateResponse)(nil),       // 12: meshca.v1.GetCertificateResponse
-	(*Certificate)(nil),                  // 13: meshca.v1.Certificate
-	(*ListAuditEventsRequest)(nil),       // 14: meshca.v1.ListAuditEventsRequest
-	(*ListAuditEventsResponse)(nil),      // 15: meshca.v1.ListAuditEventsResponse
-	(*AuditEvent)(nil),                   // 16: meshca.v1.AuditEvent
-	(*VerifyAuditRequest)(nil),           // 17: meshca.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),          // 18: meshca.v1.VerifyAuditResponse
-	(*AddClusterRequest)(nil),            // 19: meshca.v1.AddClusterRequest
-	(*AddClusterResponse)(nil),           // 20: meshca.v1.AddClusterResponse
-	(*RotateRootRequest)(nil),            // 21: meshca.v1.RotateRootRequest
-	(*RotateRootResponse)(nil),           // 22: meshca.v1.RotateRootResponse
-	(*ListRootsRequest)(nil),             // 23: meshca.v1.ListRootsRequest
-	(*ListRootsResponse)(nil),            // 24: meshca.v1.ListRootsResponse
-	(*RootInfo)(nil),                     // 25: meshca.v1.RootInfo
-	(*timestamppb.Timestamp)(nil),        // 26: google.protobuf.Timestamp
+	(*StatusRequest)(nil),                // 0: meshca.v1.StatusRequest
+	(*StatusResponse)(nil),               // 1: meshca.v1.StatusResponse
+	(*ListenAddresses)(nil),              // 2: meshca.v1.ListenAddresses
+	(*CACertificate)(nil),                // 3: meshca.v1.CACertificate
+	(*ClusterStatus)(nil),                // 4: meshca.v1.ClusterStatus
+	(*StoreStatus)(nil),                  // 5: meshca.v1.StoreStatus
+	(*AuditStatus)(nil),                  // 6: meshca.v1.AuditStatus
+	(*AuditCheckpoint)(nil),              // 7: meshca.v1.AuditCheckpoint
+	(*IssueAdminCredentialRequest)(nil),  // 8: meshca.v1.IssueAdminCredentialRequest
+	(*IssueAdminCredentialResponse)(nil), // 9: meshca.v1.IssueAdminCredentialResponse
+	(*RevokeRequest)(nil),                // 10: meshca.v1.RevokeRequest
+	(*RevokeResponse)(nil),               // 11: meshca.v1.RevokeResponse
+	(*UnrevokeRequest)(nil),              // 12: meshca.v1.UnrevokeRequest
+	(*UnrevokeResponse)(nil),             // 13: meshca.v1.UnrevokeResponse
+	(*ListRevocationsRequest)(nil),       // 14: meshca.v1.ListRevocationsRequest
+	(*ListRevocationsResponse)(nil),      // 15: meshca.v1.ListRevocationsResponse
+	(*Revocation)(nil),                   // 16: meshca.v1.Revocation
+	(*ListCertificatesRequest)(nil),      // 17: meshca.v1.ListCertificatesRequest
+	(*ListCertificatesResponse)(nil),     // 18: meshca.v1.ListCertificatesResponse
+	(*GetCertificateRequest)(nil),        // 19: meshca.v1.GetCertificateRequest
+	(*GetCertificateResponse)(nil),       // 20: meshca.v1.GetCertificateResponse
+	(*Certificate)(nil),                  // 21: meshca.v1.Certificate
+	(*ListAuditEventsRequest)(nil),       // 22: meshca.v1.ListAuditEventsRequest
+	(*ListAuditEventsResponse)(nil),      // 23: meshca.v1.ListAuditEventsResponse
+	(*AuditEvent)(nil),                   // 24: meshca.v1.AuditEvent
+	(*VerifyAuditRequest)(nil),           // 25: meshca.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),          // 26: meshca.v1.VerifyAuditResponse
+	(*AddClusterRequest)(nil),            // 27: meshca.v1.AddClusterRequest
+	(*AddClusterResponse)(nil),           // 28: meshca.v1.AddClusterResponse
+	(*RotateRootRequest)(nil),            // 29: meshca.v1.RotateRootRequest
+	(*RotateRootResponse)(nil),           // 30: meshca.v1.RotateRootResponse
+	(*ListRootsRequest)(nil),             // 31: meshca.v1.ListRootsRequest
+	(*ListRootsResponse)(nil),            // 32: meshca.v1.ListRootsResponse
+	(*RootInfo)(nil),                     // 33: meshca.v1.RootInfo
+	(*timestamppb.Timestamp)(nil),        // 34: google.protobuf.Timestamp
 }
 var file_meshca_v1_admin_proto_depIdxs = []int32{
-	8,  // 0: meshca.v1.RevokeResponse.revocation:type_name -> meshca.v1.Revocation
-	8,  // 1: meshca.v1.ListRevocationsResponse.revocations:type_name -> meshca.v1.Revocation
-	26, // 2: meshca.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
-	26, // 3: meshca.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
-	13, // 4: meshca.v1.ListCertificatesResponse.certificates:type_name -> meshca.v1.Certificate
-	13, // 5: meshca.v1.GetCertificateResponse.certificate:type_name -> meshca.v1.Certificate
-	8,  // 6: meshca.v1.GetCertificateResponse.revoked:type_name -> meshca.v1.Revocation
-	26, // 7: meshca.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
-	26, // 8: meshca.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
-	26, // 9: meshca.v1.ListAuditEventsRequest.since:type_name -> google.protobuf.Timestamp
-	16, // 10: meshca.v1.ListAuditEventsResponse.events:type_name -> meshca.v1.AuditEvent
-	26, // 11: meshca.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
-	25, // 12: meshca.v1.RotateRootResponse.root:type_name -> meshca.v1.RootInfo
-	25, // 13: meshca.v1.ListRootsResponse.roots:type_name -> meshca.v1.RootInfo
-	19, // 14: meshca.v1.AdminService.AddCluster:input_type -> meshca.v1.AddClusterRequest
-	21, // 15: meshca.v1.AdminService.RotateRoot:input_type -> meshca.v1.RotateRootRequest
-	23, // 16: meshca.v1.AdminService.ListRoots:input_type -> meshca.v1.ListRootsRequest
-	2,  // 17: meshca.v1.AdminService.Revoke:input_type -> meshca.v1.RevokeRequest
-	4,  // 18: meshca.v1.AdminService.Unrevoke:input_type -> meshca.v1.UnrevokeRequest
-	6,  // 19: meshca.v1.AdminService.ListRevocations:input_type -> meshca.v1.ListRevocationsRequest
-	9,  // 20: meshca.v1.AdminService.ListCertificates:input_type -> meshca.v1.ListCertificatesRequest
-	11, // 21: meshca.v1.AdminService.GetCertificate:input_type -> meshca.v1.GetCertificateRequest
-	14, // 22: meshca.v1.AdminService.ListAuditEvents:input_type -> meshca.v1.ListAuditEventsRequest
-	17, // 23: meshca.v1.AdminService.VerifyAudit:input_type -> meshca.v1.VerifyAuditRequest
-	0,  // 24: meshca.v1.AdminService.IssueAdminCredential:input_type -> meshca.v1.IssueAdminCredentialRequest
-	20, // 25: meshca.v1.AdminService.AddCluster:output_type -> meshca.v1.AddClusterResponse
-	22, // 26: meshca.v1.AdminService.RotateRoot:output_type -> meshca.v1.RotateRootResponse
-	24, // 27: meshca.v1.AdminService.ListRoots:output_type -> meshca.v1.ListRootsResponse
-	3,  // 28: meshca.v1.AdminService.Revoke:output_type -> meshca.v1.RevokeResponse
-	5,  // 29: meshca.v1.AdminService.Unrevoke:output_type -> meshca.v1.UnrevokeResponse
-	7,  // 30: meshca.v1.AdminService.ListRevocations:output_type -> meshca.v1.ListRevocationsResponse
-	10, // 31: meshca.v1.AdminService.ListCertificates:output_type -> meshca.v1.ListCertificatesResponse
-	12, // 32: meshca.v1.AdminService.GetCertificate:output_type -> meshca.v1.GetCertificateResponse
-	15, // 33: meshca.v1.AdminService.ListAuditEvents:output_type -> meshca.v1.ListAuditEventsResponse
-	18, // 34: meshca.v1.AdminService.VerifyAudit:output_type -> meshca.v1.VerifyAuditResponse
-	1,  // 35: meshca.v1.AdminService.IssueAdminCredential:output_type -> meshca.v1.IssueAdminCredentialResponse
-	25, // [25:36] is the sub-list for method output_type
-	14, // [14:25] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	2,  // 0: meshca.v1.StatusResponse.listen:type_name -> meshca.v1.ListenAddresses
+	3,  // 1: meshca.v1.StatusResponse.roots:type_name -> meshca.v1.CACertificate
+	3,  // 2: meshca.v1.StatusResponse.intermediates:type_name -> meshca.v1.CACertificate
+	4,  // 3: meshca.v1.StatusResponse.clusters:type_name -> meshca.v1.ClusterStatus
+	5,  // 4: meshca.v1.StatusResponse.store:type_name -> meshca.v1.StoreStatus
+	6,  // 5: meshca.v1.StatusResponse.audit:type_name -> meshca.v1.AuditStatus
+	34, // 6: meshca.v1.StatusResponse.time:type_name -> google.protobuf.Timestamp
+	34, // 7: meshca.v1.CACertificate.not_before:type_name -> google.protobuf.Timestamp
+	34, // 8: meshca.v1.CACertificate.not_after:type_name -> google.protobuf.Timestamp
+	7,  // 9: meshca.v1.AuditStatus.last_checkpoint:type_name -> meshca.v1.AuditCheckpoint
+	34, // 10: meshca.v1.AuditCheckpoint.time:type_name -> google.protobuf.Timestamp
+	16, // 11: meshca.v1.RevokeResponse.revocation:type_name -> meshca.v1.Revocation
+	16, // 12: meshca.v1.ListRevocationsResponse.revocations:type_name -> meshca.v1.Revocation
+	34, // 13: meshca.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
+	34, // 14: meshca.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
+	21, // 15: meshca.v1.ListCertificatesResponse.certificates:type_name -> meshca.v1.Certificate
+	21, // 16: meshca.v1.GetCertificateResponse.certificate:type_name -> meshca.v1.Certificate
+	16, // 17: meshca.v1.GetCertificateResponse.revoked:type_name -> meshca.v1.Revocation
+	34, // 18: meshca.v1.Certificate.not_before:type_name -> google.protobuf.Timestamp
+	34, // 19: meshca.v1.Certificate.not_after:type_name -> google.protobuf.Timestamp
+	34, // 20: meshca.v1.ListAuditEventsRequest.since:type_name -> google.protobuf.Timestamp
+	24, // 21: meshca.v1.ListAuditEventsResponse.events:type_name -> meshca.v1.AuditEvent
+	34, // 22: meshca.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	34, // 23: meshca.v1.AddClusterResponse.expires_at:type_name -> google.protobuf.Timestamp
+	33, // 24: meshca.v1.RotateRootResponse.root:type_name -> meshca.v1.RootInfo
+	33, // 25: meshca.v1.ListRootsResponse.roots:type_name -> meshca.v1.RootInfo
+	34, // 26: meshca.v1.RootInfo.not_before:type_name -> google.protobuf.Timestamp
+	34, // 27: meshca.v1.RootInfo.not_after:type_name -> google.protobuf.Timestamp
+	34, // 28: meshca.v1.RootInfo.added_at:type_name -> google.protobuf.Timestamp
+	34, // 29: meshca.v1.RootInfo.activate_at:type_name -> google.protobuf.Timestamp
+	27, // 30: meshca.v1.AdminService.AddCluster:input_type -> meshca.v1.AddClusterRequest
+	29, // 31: meshca.v1.AdminService.RotateRoot:input_type -> meshca.v1.RotateRootRequest
+	31, // 32: meshca.v1.AdminService.ListRoots:input_type -> meshca.v1.ListRootsRequest
+	10, // 33: meshca.v1.AdminService.Revoke:input_type -> meshca.v1.RevokeRequest
+	12, // 34: meshca.v1.AdminService.Unrevoke:input_type -> meshca.v1.UnrevokeRequest
+	14, // 35: meshca.v1.AdminService.ListRevocations:input_type -> meshca.v1.ListRevocationsRequest
+	17, // 36: meshca.v1.AdminService.ListCertificates:input_type -> meshca.v1.ListCertificatesRequest
+	19, // 37: meshca.v1.AdminService.GetCertificate:input_type -> meshca.v1.GetCertificateRequest
+	22, // 38: meshca.v1.AdminService.ListAuditEvents:input_type -> meshca.v1.ListAuditEventsRequest
+	25, // 39: meshca.v1.AdminService.VerifyAudit:input_type -> meshca.v1.VerifyAuditRequest
+	8,  // 40: meshca.v1.AdminService.IssueAdminCredential:input_type -> meshca.v1.IssueAdminCredentialRequest
+	0,  // 41: meshca.v1.AdminService.Status:input_type -> meshca.v1.StatusRequest
+	28, // 42: meshca.v1.AdminService.AddCluster:output_type -> meshca.v1.AddClusterResponse
+	30, // 43: meshca.v1.AdminService.RotateRoot:output_type -> meshca.v1.RotateRootResponse
+	32, // 44: meshca.v1.AdminService.ListRoots:output_type -> meshca.v1.ListRootsResponse
+	11, // 45: meshca.v1.AdminService.Revoke:output_type -> meshca.v1.RevokeResponse
+	13, // 46: meshca.v1.AdminService.Unrevoke:output_type -> meshca.v1.UnrevokeResponse
+	15, // 47: meshca.v1.AdminService.ListRevocations:output_type -> meshca.v1.ListRevocationsResponse
+	18, // 48: meshca.v1.AdminService.ListCertificates:output_type -> meshca.v1.ListCertificatesResponse
+	20, // 49: meshca.v1.AdminService.GetCertificate:output_type -> meshca.v1.GetCertificateResponse
+	23, // 50: meshca.v1.AdminService.ListAuditEvents:output_type -> meshca.v1.ListAuditEventsResponse
+	26, // 51: meshca.v1.AdminService.VerifyAudit:output_type -> meshca.v1.VerifyAuditResponse
+	9,  // 52: meshca.v1.AdminService.IssueAdminCredential:output_type -> meshca.v1.IssueAdminCredentialResponse
+	1,  // 53: meshca.v1.AdminService.Status:output_type -> meshca.v1.StatusResponse
+	42, // [42:54] is the sub-list for method output_type
+	30, // [30:42] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_meshca_v1_admin_proto_init() }
@@ -1834,7 +2519,7 @@ func file_meshca_v1_admin_proto_init() {
 	if File_meshca_v1_admin_proto != nil {
 		return
 	}
-	file_meshca_v1_admin_proto_msgTypes[2].OneofWrappers = []any{
+	file_meshca_v1_admin_proto_msgTypes[10].OneofWrappers = []any{
 		(*RevokeRequest_Serial)(nil),
 		(*RevokeRequest_SpiffeId)(nil),
 		(*RevokeRequest_Cluster)(nil),
@@ -1845,7 +2530,7 @@ func file_meshca_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshca_v1_admin_proto_rawDesc), len(file_meshca_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

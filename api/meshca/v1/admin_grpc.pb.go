@@ -30,6 +30,7 @@ const (
 	AdminService_ListAuditEvents_FullMethodName      = "/meshca.v1.AdminService/ListAuditEvents"
 	AdminService_VerifyAudit_FullMethodName          = "/meshca.v1.AdminService/VerifyAudit"
 	AdminService_IssueAdminCredential_FullMethodName = "/meshca.v1.AdminService/IssueAdminCredential"
+	AdminService_Status_FullMethodName               = "/meshca.v1.AdminService/Status"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -77,6 +78,14 @@ type AdminServiceClient interface {
 	// TLS), and by an issuer only when it has a local root
 	// (FailedPrecondition, naming the root, otherwise).
 	IssueAdminCredential(ctx context.Context, in *IssueAdminCredentialRequest, opts ...grpc.CallOption) (*IssueAdminCredentialResponse, error)
+	// Status reports what the server is and how it is doing: its role, trust
+	// domain and cluster, the addresses it listens on, its roots and
+	// intermediates, the bundle sequence, the clusters (root), the number of
+	// revocations in force, whether its store answers, and the audit head and
+	// last signed checkpoint. Both the root and the issuers answer it. A
+	// store that does not answer is reported (store.reachable false, with
+	// the fields read from it left empty), not an error.
+	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 }
 
 type adminServiceClient struct {
@@ -197,6 +206,16 @@ func (c *adminServiceClient) IssueAdminCredential(ctx context.Context, in *Issue
 	return out, nil
 }
 
+func (c *adminServiceClient) Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StatusResponse)
+	err := c.cc.Invoke(ctx, AdminService_Status_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -242,6 +261,14 @@ type AdminServiceServer interface {
 	// TLS), and by an issuer only when it has a local root
 	// (FailedPrecondition, naming the root, otherwise).
 	IssueAdminCredential(context.Context, *IssueAdminCredentialRequest) (*IssueAdminCredentialResponse, error)
+	// Status reports what the server is and how it is doing: its role, trust
+	// domain and cluster, the addresses it listens on, its roots and
+	// intermediates, the bundle sequence, the clusters (root), the number of
+	// revocations in force, whether its store answers, and the audit head and
+	// last signed checkpoint. Both the root and the issuers answer it. A
+	// store that does not answer is reported (store.reachable false, with
+	// the fields read from it left empty), not an error.
+	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -284,6 +311,9 @@ func (UnimplementedAdminServiceServer) VerifyAudit(context.Context, *VerifyAudit
 }
 func (UnimplementedAdminServiceServer) IssueAdminCredential(context.Context, *IssueAdminCredentialRequest) (*IssueAdminCredentialResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method IssueAdminCredential not implemented")
+}
+func (UnimplementedAdminServiceServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -504,6 +534,24 @@ func _AdminService_IssueAdminCredential_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_Status_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).Status(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_Status_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).Status(ctx, req.(*StatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -554,6 +602,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "IssueAdminCredential",
 			Handler:    _AdminService_IssueAdminCredential_Handler,
+		},
+		{
+			MethodName: "Status",
+			Handler:    _AdminService_Status_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

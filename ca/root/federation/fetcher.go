@@ -219,7 +219,7 @@ func (f *Fetcher) poll(ctx context.Context, r *relState) {
 		if err != nil {
 			f.cfg.Logger.Warn("federated bundle fetch failed; keeping the last good bundle",
 				"trust_domain", r.rel.TrustDomain.Name(), "url", r.rel.URL, "error", err.Error(),
-				"failures", failures, "have_bundle", held, "retry_in", delay)
+				"failures", failures, "have_bundle", held, "retry_in", delay.String())
 		}
 		t.Reset(delay)
 	}

@@ -81,6 +81,8 @@ type agentConfig struct {
 	// LogLevel is debug, info, warn or error; --log-level overrides it.
 	// Default info. SIGHUP reloads it.
 	LogLevel string `json:"logLevel,omitempty"`
+	// LogFormat is json or text; --log-format overrides it. Read at start.
+	LogFormat string `json:"logFormat,omitempty"`
 }
 
 func defaultAgentConfig() agentConfig {
@@ -161,7 +163,7 @@ take effect at once; the log names every other changed field, which needs a rest
 			if err != nil {
 				return err
 			}
-			if err := cliconfig.ApplyLogLevel(cmd, merged.LogLevel); err != nil {
+			if err := cliconfig.ApplyLogging(cmd, merged.LogLevel, merged.LogFormat); err != nil {
 				return err
 			}
 			acfg, err := merged.agentConfig(slog.Default())

@@ -44,20 +44,32 @@ func LogLevel(cmd *cobra.Command, fileLevel string) (slog.Level, error) {
 	return level, nil
 }
 
-// ApplyLogLevel sets the level of the default logger (see SetupLogging) to
-// LogLevel(cmd, fileLevel); on error it changes nothing.
-func ApplyLogLevel(cmd *cobra.Command, fileLevel string) error {
+// ApplyLogging sets the level of the default logger (see SetupLogging) to
+// LogLevel(cmd, fileLevel) and its format to LogFormat(cmd, fileFormat);
+// on error it changes nothing. Call it before building the components
+// that keep slog.Default().
+func ApplyLogging(cmd *cobra.Command, fileLevel, fileFormat string) error {
 	level, err := LogLevel(cmd, fileLevel)
 	if err != nil {
 		return err
 	}
+	format, err := LogFormat(cmd, fileFormat)
+	if err != nil {
+		return err
+	}
+	h, err := newLogHandler(format, logOutput)
+	if err != nil {
+		return err
+	}
 	logLevel.Set(level)
+	slog.SetDefault(slog.New(h))
 	return nil
 }
 
 // Reloader re-reads a command's configuration at every SIGHUP while the
 // command runs. The log level (the configuration's logLevel, unless
-// --log-level was given) and the fields named in Live take effect at once;
+// --log-level was given) and the fields named in Live take effect at once
+// (logFormat does not: it is named as needing a restart);
 // every other field that differs from the configuration the command
 // started with is named in the log as taking effect only after a restart.
 // A configuration that fails to load, validate or apply is logged and
