@@ -20,6 +20,7 @@ import (
 	"github.com/meshca/meshca/ca/root"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer/stack"
+	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/checkpoint"
 	"github.com/meshca/meshca/store/sqlite"
 	"github.com/meshca/meshca/trust"
@@ -164,7 +165,7 @@ func runIssuerStack(t *testing.T) stack.Config {
 	cfg := stack.Config{
 		Name: "meshca issuer", TrustDomain: spiffeid.RequireTrustDomainFromString("east.example"), Cluster: "east",
 		DataDir: dir, Listen: testkit.FreeAddr(t), Hosts: []string{"127.0.0.1"},
-		OpenStore: func(ctx context.Context) (stack.Store, error) {
+		OpenStore: func(ctx context.Context, _ *store.Metrics) (stack.Store, error) {
 			return sqlite.Open(ctx, sqlite.Config{Path: filepath.Join(dir, "meshca.db")})
 		},
 		Checkpoint: checkpoint.DirConfig{Interval: 50 * time.Millisecond},

@@ -95,7 +95,7 @@ func (c Config) adminConfig(iss *issuer.Issuer, src intermediateSource, p *parts
 	ac := issuer.AdminConfig{
 		TrustDomain: c.TrustDomain, Cluster: c.Cluster, Store: db, DenyList: p.deny, Root: src.localRoot, Logger: log,
 		Issuer: iss, Bundles: p.relayed, CheckpointDir: cp.Path(),
-		Listening: adminapi.Listening{GRPC: c.Listen, AdminSocket: c.adminSocket().Path, AdminTLS: c.AdminTLSListen},
+		Listening: adminapi.Listening{GRPC: c.Listen, AdminSocket: c.adminSocket().Path, AdminTLS: c.AdminTLSListen, Metrics: c.MetricsListen},
 	}
 	if c.Upstream != nil {
 		ac.Upstream = c.Upstream.Address
