@@ -125,7 +125,7 @@ func TestRunStackOpsListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, body := getText(t, "http://"+ops+"/readyz")
-	if code != http.StatusServiceUnavailable || !strings.HasPrefix(body, "not ready: store: unreachable: ") {
+	if code != http.StatusServiceUnavailable || body != "not ready: store: unreachable\n" {
 		t.Fatalf("/readyz with the store closed = %d %q", code, body)
 	}
 	if _, body := getText(t, "http://"+ops+"/metrics"); !strings.Contains(body, `meshca_ready{component="root"} 0`) {

@@ -3,7 +3,6 @@ package root
 import (
 	"context"
 	"errors"
-	"fmt"
 
 	"github.com/meshca/meshca/internal/ops"
 )
@@ -16,7 +15,7 @@ type pinger interface {
 
 // Checks are the root's readiness conditions, in order:
 //
-//   - "store": the store answers ("store: unreachable: ...");
+//   - "store": the store answers ("store: unreachable"; the cause goes to the log);
 //   - "ca": a root may sign now ("ca: no active root", "ca: expired" when
 //     the active root's NotAfter has passed).
 //
@@ -37,7 +36,7 @@ func (r *Root) storeReady(ctx context.Context) error {
 		_, err = r.cfg.Store.Roots(ctx)
 	}
 	if err != nil {
-		return fmt.Errorf("unreachable: %w", err)
+		return ops.Hide("unreachable", err)
 	}
 	return nil
 }

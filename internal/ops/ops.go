@@ -19,7 +19,8 @@ type Check struct {
 	// Name says what is checked, e.g. "store" or "intermediate".
 	Name string
 	// Ready reports the condition; it should return within the context's
-	// deadline (a few seconds).
+	// deadline (a few seconds). Its error is shown on /readyz unless it
+	// comes from Hide.
 	Ready func(ctx context.Context) error
 }
 
@@ -30,13 +31,13 @@ type Checks []Check
 const checkTimeout = 5 * time.Second
 
 // Ready runs the checks in order and returns the first failure, named, or
-// nil when all hold.
+// nil when all hold. Public gives the part of a failure /readyz shows.
 func (cs Checks) Ready(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
 	for _, c := range cs {
 		if err := c.Ready(ctx); err != nil {
-			return fmt.Errorf("%s: %w", c.Name, err)
+			return &checkError{name: c.Name, err: err}
 		}
 	}
 	return nil
@@ -80,7 +81,7 @@ func Handler(g prometheus.Gatherer, checks Checks) http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if err := checks.Ready(r.Context()); err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintln(w, "not ready:", err)
+			fmt.Fprintln(w, "not ready:", Public(err))
 			return
 		}
 		fmt.Fprintln(w, "ready")

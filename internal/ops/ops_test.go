@@ -178,3 +178,19 @@ func TestReadyGaugeFollowsChecks(t *testing.T) {
 		t.Fatalf("not ready: %s", body)
 	}
 }
+
+func TestReadyzHidesWhatHideKeepsForTheLogs(t *testing.T) {
+	secret := errors.New(`failed to connect to user=meshca host=10.0.0.5 database=ca`)
+	checks := ops.Checks{{Name: "store", Ready: func(context.Context) error { return ops.Hide("unreachable", secret) }}}
+	code, body := get(t, ops.Handler(nil, checks), "/readyz")
+	if code != 503 || body != "not ready: store: unreachable\n" {
+		t.Fatalf("/readyz = %d %q", code, body)
+	}
+	err := checks.Ready(context.Background())
+	if !errors.Is(err, secret) || !strings.Contains(err.Error(), "host=10.0.0.5") {
+		t.Fatalf("Ready() = %v: the logs need the cause", err)
+	}
+	if got := ops.Public(err); got != "store: unreachable" {
+		t.Fatalf("Public = %q", got)
+	}
+}

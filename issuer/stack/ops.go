@@ -59,7 +59,7 @@ func (p *parts) readiness(db Store, m *store.Metrics, up *issuer.Upstream, now f
 	checks := ops.Checks{
 		{Name: "store", Ready: func(ctx context.Context) error {
 			if err := m.Probe(ctx, db); err != nil {
-				return fmt.Errorf("unreachable: %w", err)
+				return ops.Hide("unreachable", err)
 			}
 			return nil
 		}},
