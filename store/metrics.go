@@ -25,9 +25,12 @@ const (
 	// OpPing: reading the audit head, the readiness probe of the store,
 	// failed.
 	OpPing = "ping"
+	// OpRevocations: loading the revocations in force (an issuer's
+	// deny-list reload) failed.
+	OpRevocations = "revocations"
 )
 
-var errorOps = []string{OpCommit, OpPing}
+var errorOps = []string{OpCommit, OpPing, OpRevocations}
 
 // Metrics are a store's Prometheus metrics, shared by both backends: the
 // group commit observes its transactions (GroupCommitConfig.Metrics) and
@@ -63,7 +66,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	}
 	errs, err := ops.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: ErrorsMetric,
-		Help: "Store operations that failed, by operation (commit, ping).",
+		Help: "Store operations that failed, by operation (commit, ping, revocations).",
 	}, []string{"op"}))
 	if err != nil {
 		return nil, err
@@ -92,6 +95,17 @@ func (m *Metrics) commit(n int, d time.Duration, err error) {
 	m.batchSize.Observe(float64(n))
 	if err != nil {
 		m.errors[OpCommit].Inc()
+	}
+}
+
+// Failed counts one failed store operation op (one of the Op constants).
+// A nil *Metrics does nothing.
+func (m *Metrics) Failed(op string) {
+	if m == nil {
+		return
+	}
+	if c, ok := m.errors[op]; ok {
+		c.Inc()
 	}
 }
 

@@ -91,3 +91,54 @@ func TestReadinessReasons(t *testing.T) {
 		t.Fatalf("/readyz with the store closed = %d %q, want 503 %q", code, body, want)
 	}
 }
+
+// A deny-list reload that fails counts as a store error: the store alert
+// sees a store that stops answering the revocation query.
+func TestDenyListLoadFailuresAreStoreErrors(t *testing.T) {
+	ctx := context.Background()
+	db, err := sqlite.Open(ctx, sqlite.Config{Path: filepath.Join(t.TempDir(), "meshca.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	m, err := store.NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := countedLister{db, m}
+	if _, err := l.Revocations(ctx, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	failures := func() float64 { return storeErrors(t, reg, store.OpRevocations) }
+	if got := failures(); got != 0 {
+		t.Fatalf("after a good load: %v failures", got)
+	}
+	db.Close()
+	if _, err := l.Revocations(ctx, time.Now()); err == nil {
+		t.Fatal("a closed store listed revocations")
+	}
+	if got := failures(); got != 1 {
+		t.Fatalf("after a failed load: %v failures, want 1", got)
+	}
+}
+
+// storeErrors returns the value of meshca_store_errors_total{op} in reg.
+func storeErrors(t *testing.T, reg *prometheus.Registry, op string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != store.ErrorsMetric {
+			continue
+		}
+		for _, mt := range mf.GetMetric() {
+			if mt.GetLabel()[0].GetValue() == op {
+				return mt.GetCounter().GetValue()
+			}
+		}
+	}
+	t.Fatalf("%s{op=%q} not exported", store.ErrorsMetric, op)
+	return 0
+}

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 
@@ -36,11 +36,12 @@ type parts struct {
 
 // build makes the stack's components over the store db, with the
 // intermediates of src and the attestor att; the deny-list is loaded.
-func (c Config) build(ctx context.Context, src intermediateSource, att attest.Attestor, db Store, reg prometheus.Registerer, log *slog.Logger) (*parts, error) {
+func (c Config) build(ctx context.Context, src intermediateSource, att attest.Attestor, db Store, o opsState, log *slog.Logger) (*parts, error) {
+	reg := registerer(o.reg)
 	p := &parts{}
 	var err error
 	if p.deny, err = issuer.NewDenyList(issuer.DenyListConfig{
-		Store: db, Cluster: c.Cluster, PollInterval: c.Revocation.PollInterval, MaxStale: c.Revocation.MaxStale, Logger: log,
+		Store: countedLister{db, o.store}, Cluster: c.Cluster, PollInterval: c.Revocation.PollInterval, MaxStale: c.Revocation.MaxStale, Logger: log,
 	}); err != nil {
 		return nil, err
 	}
@@ -144,4 +145,18 @@ func adminCRLs(own *issuer.CRLSigner, relayed issuer.BundleSource, td spiffeid.T
 		}
 	}
 	return out
+}
+
+// countedLister counts the deny-list's failed loads as store errors.
+type countedLister struct {
+	issuer.RevocationLister
+	m *store.Metrics
+}
+
+func (l countedLister) Revocations(ctx context.Context, now time.Time) ([]store.Revocation, error) {
+	rs, err := l.RevocationLister.Revocations(ctx, now)
+	if err != nil {
+		l.m.Failed(store.OpRevocations)
+	}
+	return rs, err
 }

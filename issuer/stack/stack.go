@@ -215,7 +215,7 @@ type opsState struct {
 // serve builds the components, writes bundle.pem, opens the listeners and
 // runs everything until ctx is done or a component fails.
 func (c Config) serve(ctx context.Context, src intermediateSource, att attest.Attestor, db Store, o opsState, log *slog.Logger) error {
-	p, err := c.build(ctx, src, att, db, registerer(o.reg), log)
+	p, err := c.build(ctx, src, att, db, o, log)
 	if err != nil {
 		return err
 	}
