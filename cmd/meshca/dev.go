@@ -107,6 +107,9 @@ func runDev(ctx context.Context, cfg devConfig, out io.Writer) error {
 		return attest.NewCached(jwks, attest.CacheConfig{}), nil
 	}
 	sc.Serving = func(addr, bundlePath string) { printDevBanner(out, addr, cfg.DataDir, bundlePath, cfg.Hosts) }
+	sc.MetricsServing = func(addr string) {
+		fmt.Fprintf(out, "meshca dev serves /metrics, /healthz and /readyz on http://%s\n", addr)
+	}
 	setIssuerGC()
 	return stack.Run(ctx, sc)
 }
