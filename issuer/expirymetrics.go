@@ -3,7 +3,6 @@ package issuer
 import (
 	"crypto/x509"
 	"encoding/hex"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,10 +38,8 @@ type CAState struct {
 // root in the same process keeps its own. A nil *CAMetrics does nothing.
 type CAMetrics struct {
 	cluster string
-	expiry  *prometheus.GaugeVec
+	expiry  *ops.CAExpiry
 	crl     prometheus.Gauge
-	mu      sync.Mutex
-	ours    map[[3]string]bool
 }
 
 // NewCAMetrics registers the CA metrics of the issuer of cluster with reg;
@@ -51,7 +48,7 @@ func NewCAMetrics(reg prometheus.Registerer, cluster string) (*CAMetrics, error)
 	if reg == nil {
 		return nil, nil
 	}
-	expiry, err := ops.RegisterCAExpiry(reg)
+	expiry, err := ops.NewCAExpiry(reg)
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +56,7 @@ func NewCAMetrics(reg prometheus.Registerer, cluster string) (*CAMetrics, error)
 	if err != nil {
 		return nil, err
 	}
-	return &CAMetrics{cluster: cluster, expiry: expiry, crl: crls.WithLabelValues(cluster), ours: map[[3]string]bool{}}, nil
+	return &CAMetrics{cluster: cluster, expiry: expiry, crl: crls.WithLabelValues(cluster)}, nil
 }
 
 // Set exports st, replacing what the previous Set exported.
@@ -67,28 +64,17 @@ func (m *CAMetrics) Set(st CAState) {
 	if m == nil {
 		return
 	}
-	now := map[[3]string]float64{}
+	now := map[ops.CAKey]float64{}
 	for _, a := range st.Held {
-		now[[3]string{KindIntermediate, m.cluster, sha256Hex(a.Certificate)}] = float64(a.Certificate.NotAfter.Unix())
+		now[ops.CAKey{Kind: KindIntermediate, Cluster: m.cluster, SHA256: sha256Hex(a.Certificate)}] = float64(a.Certificate.NotAfter.Unix())
 	}
 	for _, r := range st.Roots {
-		now[[3]string{KindRoot, "", sha256Hex(r)}] = float64(r.NotAfter.Unix())
+		now[ops.CAKey{Kind: KindRoot, SHA256: sha256Hex(r)}] = float64(r.NotAfter.Unix())
 	}
 	if c := st.Credential; c != nil {
-		now[[3]string{KindCredential, m.cluster, sha256Hex(c)}] = float64(c.NotAfter.Unix())
+		now[ops.CAKey{Kind: KindCredential, Cluster: m.cluster, SHA256: sha256Hex(c)}] = float64(c.NotAfter.Unix())
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for l := range m.ours {
-		if _, ok := now[l]; !ok {
-			m.expiry.DeleteLabelValues(l[0], l[1], l[2])
-			delete(m.ours, l)
-		}
-	}
-	for l, v := range now {
-		m.expiry.WithLabelValues(l[0], l[1], l[2]).Set(v)
-		m.ours[l] = true
-	}
+	m.expiry.Set(now)
 	if next, ok := earliestNextUpdate(st.CRLs); ok {
 		m.crl.Set(float64(next.Unix()))
 	}

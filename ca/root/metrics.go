@@ -2,7 +2,6 @@ package root
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,51 +17,30 @@ const warnInterval = time.Hour
 // expiryMetrics exports the NotAfter of every root in the bundle and of the
 // newest valid intermediate of each cluster. A nil *expiryMetrics does
 // nothing.
-type expiryMetrics struct {
-	gauge *prometheus.GaugeVec
-	mu    sync.Mutex
-	// ours are the label sets this root set, so that stale ones are deleted
-	// without touching series someone else (an issuer in the same process)
-	// sets on a shared gauge.
-	ours map[[3]string]bool
-}
+type expiryMetrics struct{ e *ops.CAExpiry }
 
 func newExpiryMetrics(reg prometheus.Registerer) (*expiryMetrics, error) {
-	if reg == nil {
-		return nil, nil
-	}
-	g, err := ops.RegisterCAExpiry(reg)
-	if err != nil {
+	e, err := ops.NewCAExpiry(reg)
+	if err != nil || e == nil {
 		return nil, err
 	}
-	return &expiryMetrics{gauge: g, ours: map[[3]string]bool{}}, nil
+	return &expiryMetrics{e: e}, nil
 }
 
 func (m *expiryMetrics) set(roots []RootStatus, newest map[string]store.Intermediate) {
 	if m == nil {
 		return
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	now := map[[3]string]float64{}
+	now := map[ops.CAKey]float64{}
 	for _, s := range roots {
 		if s.State.InBundle() {
-			now[[3]string{"root", "", fingerprintHex(s.Cert)}] = float64(s.Cert.NotAfter.Unix())
+			now[ops.CAKey{Kind: "root", SHA256: fingerprintHex(s.Cert)}] = float64(s.Cert.NotAfter.Unix())
 		}
 	}
 	for cluster, in := range newest {
-		now[[3]string{"intermediate", cluster, in.Fingerprint}] = float64(in.NotAfter.Unix())
+		now[ops.CAKey{Kind: "intermediate", Cluster: cluster, SHA256: in.Fingerprint}] = float64(in.NotAfter.Unix())
 	}
-	for l := range m.ours {
-		if _, ok := now[l]; !ok {
-			m.gauge.DeleteLabelValues(l[0], l[1], l[2])
-			delete(m.ours, l)
-		}
-	}
-	for l, v := range now {
-		m.gauge.WithLabelValues(l[0], l[1], l[2]).Set(v)
-		m.ours[l] = true
-	}
+	m.e.Set(now)
 }
 
 // alarmLocked warns, at most once per warnInterval per root, about an

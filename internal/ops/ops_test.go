@@ -194,3 +194,36 @@ func TestReadyzHidesWhatHideKeepsForTheLogs(t *testing.T) {
 		t.Fatalf("Public = %q", got)
 	}
 }
+
+func TestCAExpiryReplacesOnlyItsOwnSeries(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	root, err := ops.NewCAExpiry(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := ops.NewCAExpiry(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := ops.CAKey{Kind: "root", SHA256: "aa"}
+	i1 := ops.CAKey{Kind: "intermediate", Cluster: "east", SHA256: "bb"}
+	i2 := ops.CAKey{Kind: "intermediate", Cluster: "east", SHA256: "cc"}
+	root.Set(map[ops.CAKey]float64{r: 100})
+	iss.Set(map[ops.CAKey]float64{i1: 10})
+	iss.Set(map[ops.CAKey]float64{i2: 20})
+	h := ops.Handler(reg, nil)
+	_, body := get(t, h, "/metrics")
+	for _, want := range []string{`sha256="aa"} 100`, `sha256="cc"} 20`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s:\n%s", want, body)
+		}
+	}
+	if strings.Contains(body, `sha256="bb"`) {
+		t.Errorf("the replaced intermediate is still exported:\n%s", body)
+	}
+	var none *ops.CAExpiry
+	none.Set(map[ops.CAKey]float64{r: 1}) // a nil CAExpiry does nothing
+	if e, err := ops.NewCAExpiry(nil); e != nil || err != nil {
+		t.Fatalf("NewCAExpiry(nil) = %v, %v", e, err)
+	}
+}
