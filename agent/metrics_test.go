@@ -22,27 +22,12 @@ import (
 // series.
 func metricValue(t testing.TB, g prometheus.Gatherer, name, label, value string) (v float64, ok bool) {
 	t.Helper()
-	families, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
+	var labels []string
+	if label != "" {
+		labels = []string{label, value}
 	}
-	for _, mf := range families {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			match := label == ""
-			for _, l := range m.GetLabel() {
-				match = match || l.GetName() == label && l.GetValue() == value
-			}
-			if !match {
-				continue
-			}
-			if c := m.GetCounter(); c != nil {
-				return c.GetValue(), true
-			}
-			return m.GetGauge().GetValue(), true
-		}
+	if m := testkit.Series(t, g, name, labels...); m != nil {
+		return testkit.Value(m), true
 	}
 	return 0, false
 }

@@ -131,26 +131,11 @@ func TestMetricsClusterLabel(t *testing.T) {
 // reason, re-exported as a collector for testutil.ToFloat64.
 func counterOf(t *testing.T, reg prometheus.Gatherer, name, cluster, reason string) prometheus.Collector {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	m := testkit.Series(t, reg, name, "cluster", cluster, "reason", reason)
+	if m == nil {
+		t.Fatalf("%s{cluster=%q,reason=%q} not exported", name, cluster, reason)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["cluster"] == cluster && labels["reason"] == reason {
-				c := prometheus.NewCounter(prometheus.CounterOpts{Name: "copy", Help: "copy"})
-				c.Add(m.GetCounter().GetValue())
-				return c
-			}
-		}
-	}
-	t.Fatalf("%s{cluster=%q,reason=%q} not exported", name, cluster, reason)
-	return nil
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "copy", Help: "copy"})
+	c.Add(testkit.Value(m))
+	return c
 }

@@ -18,27 +18,15 @@ import (
 // without labels); it fails the test when it is absent.
 func series(t testing.TB, reg *prometheus.Registry, name, label, value string) *dto.Metric {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	var labels []string
+	if label != "" {
+		labels = []string{label, value}
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if label == "" {
-				return m
-			}
-			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					return m
-				}
-			}
-		}
+	m := testkit.Series(t, reg, name, labels...)
+	if m == nil {
+		t.Fatalf("%s{%s=%q} is not exported", name, label, value)
 	}
-	t.Fatalf("%s{%s=%q} is not exported", name, label, value)
-	return nil
+	return m
 }
 
 func counterValue(t testing.TB, reg *prometheus.Registry, name, result string) float64 {

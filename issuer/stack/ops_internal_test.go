@@ -125,20 +125,9 @@ func TestDenyListLoadFailuresAreStoreErrors(t *testing.T) {
 // storeErrors returns the value of meshca_store_errors_total{op} in reg.
 func storeErrors(t *testing.T, reg *prometheus.Registry, op string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	m := testkit.Series(t, reg, store.ErrorsMetric, "op", op)
+	if m == nil {
+		t.Fatalf("%s{op=%q} not exported", store.ErrorsMetric, op)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != store.ErrorsMetric {
-			continue
-		}
-		for _, mt := range mf.GetMetric() {
-			if mt.GetLabel()[0].GetValue() == op {
-				return mt.GetCounter().GetValue()
-			}
-		}
-	}
-	t.Fatalf("%s{op=%q} not exported", store.ErrorsMetric, op)
-	return 0
+	return testkit.Value(m)
 }
