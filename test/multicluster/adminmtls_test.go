@@ -175,15 +175,23 @@ clusters:
 	if err := json.Unmarshal([]byte(out), &issued); err != nil || issued.Serial == "" {
 		t.Fatalf("credential issue printed %q: %v", out, err)
 	}
+	var shown string
 	call := func() error {
-		_, err := run(t, "admin", "--server", adminAddr, "--cert", filepath.Join(creds, "cert.pem"), "--key", filepath.Join(creds, "key.pem"),
+		out, err := run(t, "admin", "--server", adminAddr, "--cert", filepath.Join(creds, "cert.pem"), "--key", filepath.Join(creds, "key.pem"),
 			"--ca-bundle", filepath.Join(creds, "bundle.pem"), "certs", "show", issued.Serial)
+		shown = out
 		return err
 	}
 	if err := call(); err != nil {
 		t.Fatalf("issuer admin API with its admin certificate: %v", err)
 	}
+	if !strings.Contains(shown, issued.Serial) || !strings.Contains(shown, "not revoked") {
+		t.Fatalf("certs show of a valid certificate does not say \"not revoked\":\n%s", shown)
+	}
 	mustRun(t, "admin", "--socket", sock, "revoke", "--serial", issued.Serial)
+	if out := mustRun(t, "admin", "--socket", sock, "certs", "show", issued.Serial); strings.Contains(out, "not revoked") {
+		t.Fatalf("certs show of a revoked certificate says \"not revoked\":\n%s", out)
+	}
 	if err := call(); err == nil {
 		t.Fatal("the issuer admin API still answers a revoked admin certificate")
 	}
