@@ -154,3 +154,37 @@ func TestSimulateRefusesBadConfig(t *testing.T) {
 		}
 	}
 }
+
+// The replay path works end to end: a small fleet's curve, sampled and
+// compressed, replayed against an issuer on PostgreSQL, leaves every
+// sampled workload with a certificate verified under the issuer's root,
+// without a failed request.
+func TestReplayRenewsEveryWorkload(t *testing.T) {
+	s := startIssuer(t)
+	sim, err := Simulate(Config{Workloads: 2_000, TTL: 10 * time.Minute, Seed: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := samplePlan(sim, 10, 5)
+	if len(plan) != 200 {
+		t.Fatalf("sampled %d workloads, want 200", len(plan))
+	}
+	res := replay(t, s, plan, replayConfig{Sample: 10, Compress: 60, Clients: 4})
+	if len(res.done) != len(plan) {
+		t.Fatalf("%d of %d workloads renewed", len(res.done), len(plan))
+	}
+	for _, a := range res.attempts {
+		if !a.ok {
+			t.Errorf("workload %d failed: %s", a.workload, a.code)
+		}
+	}
+	if len(res.attempts) != len(plan) {
+		t.Fatalf("%d attempts for %d workloads", len(res.attempts), len(plan))
+	}
+	// Each success lands no earlier than its workload's simulated time.
+	for _, r := range sim.Requests {
+		if d, ok := res.done[r.Workload]; ok && d < r.At {
+			t.Fatalf("workload %d renewed at %v, before it asked at %v", r.Workload, d, r.At)
+		}
+	}
+}
