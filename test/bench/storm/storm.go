@@ -102,13 +102,14 @@ func Simulate(cfg Config) (Result, error) {
 	if ttl == 0 {
 		ttl = time.Hour
 	}
-	rng := rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x9e3779b97f4a7c15))
 	change := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	q := make(attempts, 0, cfg.Workloads)
+	jitter := make([]*rand.Rand, cfg.Workloads)
 	for w := range cfg.Workloads {
+		jitter[w] = jitterSource(cfg.Seed, w)
 		due := change
 		if cfg.Policy == Scheduled {
-			due = rotation.RenewAt(change, rotation.Validity{NotBefore: change, NotAfter: change.Add(ttl)}, rng.Float64())
+			due = rotation.RenewAt(change, rotation.Validity{NotBefore: change, NotAfter: change.Add(ttl)}, jitter[w].Float64())
 		}
 		q = append(q, Request{Workload: w, At: due.Sub(change), Attempt: 1})
 	}
@@ -125,11 +126,18 @@ func Simulate(cfg Config) (Result, error) {
 			res.Renewed[r.Workload] = r.At
 			continue
 		}
-		delay, _ := rotation.RetryDelay(errUnavailable, r.Attempt, rng.Float64(), rotation.Config{})
+		delay, _ := rotation.RetryDelay(errUnavailable, r.Attempt, jitter[r.Workload].Float64(), rotation.Config{})
 		heap.Push(&q, Request{Workload: r.Workload, At: r.At + delay, Attempt: r.Attempt + 1})
 	}
 	res.Arrivals = Buckets(res.Requests, time.Second)
 	return res, nil
+}
+
+// jitterSource is the jitter of one workload's rotation loop
+// (rotation.Config.Jitter): its draws go, in order, to RenewAt after each
+// renewal and to RetryDelay after each failure, as the loop's do.
+func jitterSource(seed uint64, workload int) *rand.Rand {
+	return rand.New(rand.NewPCG(seed, uint64(workload)))
 }
 
 // Buckets counts requests per width-long interval from zero, up to the
