@@ -4,7 +4,7 @@
 // after a failure), and replays the result against a real issuer
 // (BenchmarkRenewalStorm). The simulation is a pure event simulation: it
 // calls the decision functions the rotation loop calls, with the jitter the
-// loop would draw, from one seeded source.
+// loop would draw, from one seeded source per workload.
 package storm
 
 import (
