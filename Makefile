@@ -50,6 +50,7 @@ lint: tools
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -count 1 ./issuer/ ./store/... ./attest/ ./agent/
 	$(GO) test -run '^$$' -bench . -benchtime 20x -count 1 ./test/bench/
+	$(GO) test -run '^$$' -bench RenewalStorm -benchtime 1x -count 1 ./test/bench/storm/
 	$(GO) test -run '^$$' -bench IssuanceRatio -benchtime 10x -count 1 ./test/e2e/
 
 ## bench-agent-rss: resident memory of meshca-agent with 10 SDS streams, this checkout

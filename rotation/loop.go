@@ -122,7 +122,7 @@ func (l *Loop) attempt(ctx context.Context) time.Time {
 	if err == nil {
 		l.failures = 0
 		l.current = &v
-		next := renewAt(now, v, l.cfg.Jitter())
+		next := RenewAt(now, v, l.cfg.Jitter())
 		l.cfg.Logger.Info("certificate renewed", "not_after", v.NotAfter, "next_renewal", next)
 		return next
 	}

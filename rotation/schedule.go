@@ -36,7 +36,7 @@ type Validity struct {
 	NotBefore, NotAfter time.Time
 }
 
-// renewAt returns when to renew a certificate with validity v that was
+// RenewAt returns when to renew a certificate with validity v that was
 // obtained at now. jitter ∈ [0, 1) picks the point in the window: 0 gives 40%
 // of the lifetime, 0.5 gives 50%, values near 1 give 60%.
 //
@@ -44,7 +44,7 @@ type Validity struct {
 // NotBefore to tolerate clock skew, and that margin must not eat into the
 // renewal window (with a 30 s backdate, a 40 s certificate would otherwise
 // be "due" the moment it arrives). The result is never before now.
-func renewAt(now time.Time, v Validity, jitter float64) time.Time {
+func RenewAt(now time.Time, v Validity, jitter float64) time.Time {
 	start := v.NotBefore
 	if now.After(start) {
 		start = now

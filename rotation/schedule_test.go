@@ -34,7 +34,7 @@ func TestRenewAt(t *testing.T) {
 		{"expires exactly now", t0.Add(time.Hour), hour, 0.5, t0.Add(time.Hour)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := renewAt(tc.now, tc.v, tc.jitter)
+			got := RenewAt(tc.now, tc.v, tc.jitter)
 			// Jitter just below 1 and float arithmetic move it slightly.
 			if d := got.Sub(tc.want); d < -time.Millisecond || d > time.Millisecond {
 				t.Errorf("RenewAt = %v, want %v", got, tc.want)
@@ -50,7 +50,7 @@ func TestRenewAtWindow(t *testing.T) {
 	v := Validity{NotBefore: t0, NotAfter: t0.Add(24 * time.Hour)}
 	for i := range 1000 {
 		j := float64(i) / 1000
-		at := renewAt(t0, v, j)
+		at := RenewAt(t0, v, j)
 		if at.Before(t0.Add(9*time.Hour+36*time.Minute)) || at.After(t0.Add(14*time.Hour+24*time.Minute)) {
 			t.Fatalf("jitter %v: RenewAt = +%v, want within [40%%, 60%%] of 24h", j, at.Sub(t0))
 		}
