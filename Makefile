@@ -21,6 +21,8 @@ FUZZTIME    ?= 30s
 # to TESTBED_TARGETS and exports what tests need (addresses, binary paths).
 TESTBED_TARGETS :=
 -include test/testbed/*.mk
+# Benchmarks against other CAs (built on demand, not by `make test`).
+-include test/bench/peers/peers.mk
 
 all: build
 
@@ -44,6 +46,7 @@ lint: tools
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	cd test/interop && GOWORK=off $(GO) vet ./...
+	cd test/bench/peers && GOWORK=off $(GO) vet ./...
 	$(STATICCHECK) ./...
 
 ## bench: benchmarks that feed docs/benchmarks.md.
