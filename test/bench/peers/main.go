@@ -16,15 +16,14 @@ import (
 
 // config is the driver's command line.
 type config struct {
-	systems        []string
-	rounds, ops    int
-	clients        int
-	warmUp         int
-	meshcaBin      string
-	stepBin        string
-	spireBin       string
-	postgresDSN    string
-	keepLogsOnFail bool
+	systems     []string
+	rounds, ops int
+	clients     int
+	warmUp      int
+	meshcaBin   string
+	stepBin     string
+	spireBin    string
+	postgresDSN string
 }
 
 // allSystems is every system the driver knows, in report order.
