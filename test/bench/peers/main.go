@@ -24,6 +24,7 @@ type config struct {
 	stepBin     string
 	spireBin    string
 	postgresDSN string
+	keep        bool
 }
 
 // allSystems is every system the driver knows, in report order.
@@ -42,6 +43,7 @@ func main() {
 	flag.StringVar(&cfg.spireBin, "spire-server", os.Getenv("PEERS_SPIRE_BIN"), "spire-server binary (env PEERS_SPIRE_BIN)")
 	flag.StringVar(&cfg.postgresDSN, "postgres", envOr("MESHCA_TEST_POSTGRES_DSN", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"),
 		"PostgreSQL server for meshca-pg; a database is created on it and dropped (env MESHCA_TEST_POSTGRES_DSN)")
+	flag.BoolVar(&cfg.keep, "keep", false, "keep the servers' directories (configuration, logs, databases) and print where")
 	flag.Parse()
 	cfg.systems = strings.Split(systems, ",")
 	// The servers run in directories of their own: resolve relative paths
@@ -106,7 +108,11 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	if cfg.keep {
+		fmt.Fprintln(out, "# servers' directories kept in", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
 	systems, cleanup, err := startSystems(ctx, cfg, dir, ws)
 	defer cleanup()
 	if err != nil {

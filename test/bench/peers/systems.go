@@ -17,10 +17,11 @@ const (
 	doesMeshcaFresh = "as meshca-sqlite, but a new token every request: ES256 signature and claims checked each time"
 	doesMeshcaPG    = "as meshca-sqlite, committed to PostgreSQL (synchronous_commit=on: WAL flush per group commit); " +
 		"CPU includes the PostgreSQL backends"
-	doesStep = "TLS + HTTP/1.1 JSON; JWK one-time token (ES256 verify, claims, jti recorded to refuse reuse); " +
-		"CSR checks; sign; certificate stored in Badger (no fsync per write: SyncWrites off); a log line per request"
-	doesSpire = "no TLS, no caller authentication (local admin Unix socket); CSR checks; sign; " +
-		"nothing persisted for minted SVIDs"
+	doesStep = "TLS + HTTP/1.1 JSON; JWK one-time token (ES256 verify, claims); CSR checks; sign; " +
+		"two Badger transactions (the token's jti, to refuse reuse; the certificate and its provisioner), " +
+		"SyncWrites on (fsync per write batch); a log line per request, the certificate in it"
+	doesSpire = "no TLS, no caller authentication (local admin Unix socket); CSR checks; sign; validate the SVID; " +
+		"nothing persisted for minted SVIDs; no log line at the default level"
 )
 
 // startSystems starts the systems cfg names, each in its own directory
