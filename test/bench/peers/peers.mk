@@ -35,7 +35,7 @@ bench-peers-tools: $(STEPCA_BIN) $(SPIRE_BIN)
 $(STEPCA_BIN):
 	@mkdir -p $(CACHE_DIR)
 	@echo "building step-ca $(STEPCA_VERSION) (cold: ~25 minutes on a loaded 2-core machine)"
-	tmp=$$(mktemp -d $(STEPCA_DIR).tmp.XXXXXX) && trap 'rm -rf "$$tmp"' EXIT && \
+	tmp=$$(mktemp -d $(STEPCA_DIR).tmp.XXXXXX) && chmod 755 "$$tmp" && trap 'rm -rf "$$tmp"' EXIT && \
 		(cd "$$tmp" && GOWORK=off GOFLAGS= CGO_ENABLED=0 GOBIN="$$tmp" $(GO) install -trimpath \
 			-ldflags '-s -w' github.com/smallstep/certificates/cmd/step-ca@$(STEPCA_VERSION)) && \
 		{ mv -T "$$tmp" $(STEPCA_DIR) || test -x $@; }
@@ -47,7 +47,7 @@ $(STEPCA_BIN):
 $(SPIRE_BIN):
 	@mkdir -p $(CACHE_DIR)
 	@echo "building spire-server $(SPIRE_VERSION) (cold: ~50 minutes on a loaded 2-core machine)"
-	tmp=$$(mktemp -d $(SPIRE_DIR).tmp.XXXXXX) && trap 'rm -rf "$$tmp"' EXIT && \
+	tmp=$$(mktemp -d $(SPIRE_DIR).tmp.XXXXXX) && chmod 755 "$$tmp" && trap 'rm -rf "$$tmp"' EXIT && \
 		(cd test/bench/peers/tools/spire && GOWORK=off GOFLAGS= GOBIN="$$tmp" $(GO) install -mod=readonly \
 			-trimpath -ldflags '-s -w' github.com/spiffe/spire/cmd/spire-server) && \
 		{ mv -T "$$tmp" $(SPIRE_DIR) || test -x $@; }
