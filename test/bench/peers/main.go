@@ -134,8 +134,8 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 				return err
 			}
 			last := s.rounds[len(s.rounds)-1]
-			fmt.Fprintf(out, "round %d %-14s %7.0f certs/s %6.0f server-cpu-us/cert\n", r+1, s.name,
-				float64(last.ops)/last.wall.Seconds(), float64(last.cpu.Microseconds())/float64(last.ops))
+			fmt.Fprintf(out, "round %d %-14s %7.0f certs/s %6.0f server-cpu-us/cert (%d processes)\n", r+1, s.name,
+				float64(last.ops)/last.wall.Seconds(), float64(last.cpu.Microseconds())/float64(last.ops), last.procs)
 		}
 	}
 	fmt.Fprintf(out, "# load after: %s\n\n", loadAvg())

@@ -35,6 +35,8 @@ type roundResult struct {
 	ops  int
 	wall time.Duration
 	cpu  time.Duration
+	// procs is how many processes' CPU time was counted.
+	procs int
 }
 
 // clockTick is the unit of utime and stime in /proc/PID/stat: USER_HZ,
@@ -128,7 +130,7 @@ func (s *system) run(ctx context.Context, ops int) error {
 	if err := <-errs; err != nil {
 		return err
 	}
-	s.rounds = append(s.rounds, roundResult{ops: ops, wall: wall, cpu: cpuDelta(before, after)})
+	s.rounds = append(s.rounds, roundResult{ops: ops, wall: wall, cpu: cpuDelta(before, after), procs: len(after)})
 	s.latencies = append(s.latencies, lat...)
 	return nil
 }
