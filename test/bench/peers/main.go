@@ -125,6 +125,15 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "# %d clients, one connection each; %d rounds x %d certificates per system; GOMAXPROCS %d; load %s\n",
 		cfg.clients, cfg.rounds, cfg.ops, runtime.GOMAXPROCS(0), loadAvg())
+	idle, err := idleCPU(ctx, systems, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(out, "# idle server CPU (no requests, 5 s):")
+	for i, s := range systems {
+		fmt.Fprintf(out, " %s %.1f ms/s;", s.name, float64(idle[i].Microseconds())/1000)
+	}
+	fmt.Fprintln(out)
 	for r := range cfg.rounds {
 		// Rotate the order so that no system always follows the same one
 		// (a database's background work, the page cache, ...).

@@ -196,3 +196,27 @@ func percentile(d []time.Duration, q float64) time.Duration {
 	i := int(q*float64(len(d))+0.5) - 1
 	return d[min(max(i, 0), len(d)-1)]
 }
+
+// idleCPU measures, over d with no requests in flight, the CPU time per
+// second each system's processes use on their own (timers, background
+// work); rounds include it, so a reader can judge its share.
+func idleCPU(ctx context.Context, systems []*system, d time.Duration) ([]time.Duration, error) {
+	before := make([]map[int]time.Duration, len(systems))
+	for i, s := range systems {
+		pids, err := s.pids(ctx)
+		if err != nil {
+			return nil, err
+		}
+		before[i] = cpuOf(pids)
+	}
+	time.Sleep(d)
+	out := make([]time.Duration, len(systems))
+	for i, s := range systems {
+		pids, err := s.pids(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = time.Duration(float64(cpuDelta(before[i], cpuOf(pids))) / d.Seconds())
+	}
+	return out, nil
+}

@@ -20,7 +20,8 @@ const (
 	doesStep = "TLS + HTTP/1.1 JSON; JWK one-time token (ES256 verify, claims); CSR checks; sign; " +
 		"two Badger transactions (the token's jti, to refuse reuse; the certificate and its provisioner), " +
 		"SyncWrites on (fsync per write batch); a log line per request, the certificate in it"
-	doesSpire = "no TLS, no caller authentication (local admin Unix socket); CSR checks; sign; validate the SVID; " +
+	doesSpire = "no TLS, no caller authentication (local admin Unix socket; its Rego authorization policy is " +
+		"evaluated per call); CSR checks; sign; validate the SVID; " +
 		"nothing persisted for minted SVIDs; no log line at the default level"
 )
 
