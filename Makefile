@@ -35,6 +35,7 @@ test: testbed lint build unit e2e interop
 
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /test/e2e -e /test/multicluster)
+	cd test/bench/peers && GOWORK=off $(GO) test -race -count=1 ./...
 
 e2e: build
 	MESHCA_BIN=$(abspath $(BIN)) MESHCA_AGENT_BIN=$(abspath $(AGENT_BIN)) $(GO) test -count=1 -timeout 30m ./test/e2e/... ./test/multicluster/...

@@ -37,6 +37,8 @@ func startServer(name, dir, bin string, env []string, args ...string) (*server, 
 	cmd := exec.Command(bin, args...)
 	cmd.Dir, cmd.Stdout, cmd.Stderr = dir, f, f
 	cmd.Env = append(os.Environ(), env...)
+	// Should the driver die without stopping it, the server dies too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
