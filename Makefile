@@ -21,6 +21,8 @@ FUZZTIME    ?= 30s
 # to TESTBED_TARGETS and exports what tests need (addresses, binary paths).
 TESTBED_TARGETS :=
 -include test/testbed/*.mk
+# Benchmarks against other CAs (built on demand, not by `make test`).
+-include test/bench/peers/peers.mk
 
 all: build
 
@@ -33,6 +35,7 @@ test: testbed lint build unit e2e interop
 
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /test/e2e -e /test/multicluster)
+	cd test/bench/peers && GOWORK=off $(GO) test -race -count=1 ./...
 
 e2e: build
 	MESHCA_BIN=$(abspath $(BIN)) MESHCA_AGENT_BIN=$(abspath $(AGENT_BIN)) $(GO) test -count=1 -timeout 30m ./test/e2e/... ./test/multicluster/...
@@ -44,6 +47,7 @@ lint: tools
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	cd test/interop && GOWORK=off $(GO) vet ./...
+	cd test/bench/peers && GOWORK=off $(GO) vet ./...
 	$(STATICCHECK) ./...
 
 ## bench: benchmarks that feed docs/benchmarks.md.
