@@ -261,7 +261,7 @@ func (a *Authority) SignLeaf(req LeafRequest) (*x509.Certificate, error) {
 	if tmpl.SerialNumber, err = newSerial(); err != nil {
 		return nil, err
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.Certificate, req.PublicKey, a.Signer)
+	der, err := a.signLeaf(tmpl, req.PublicKey)
 	if err != nil {
 		return nil, fmt.Errorf("leaf: sign: %w", err)
 	}
@@ -270,6 +270,17 @@ func (a *Authority) SignLeaf(req LeafRequest) (*x509.Certificate, error) {
 		return nil, fmt.Errorf("leaf: parse: %w", err)
 	}
 	return cert, nil
+}
+
+// signLeaf returns the DER of tmpl signed by a for pub, its signature
+// verified against a.Certificate's public key: by signLeafDER for the
+// workload leaf under an ECDSA authority, by x509.CreateCertificate
+// otherwise.
+func (a *Authority) signLeaf(tmpl *x509.Certificate, pub crypto.PublicKey) ([]byte, error) {
+	if alg, hash, ok := a.leafDERSigner(); ok && leafDERShape(tmpl) {
+		return a.signLeafDER(tmpl, pub, alg, hash)
+	}
+	return x509.CreateCertificate(rand.Reader, tmpl, a.Certificate, pub, a.Signer)
 }
 
 // setValidity sets NotBefore/NotAfter for a certificate signed by a: ttl from
