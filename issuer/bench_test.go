@@ -118,13 +118,20 @@ func benchGRPC(b *testing.B, rec issuer.Recorder) {
 
 // BenchmarkIssuanceLatency500 sends requests at a fixed 500 per second
 // (open loop) and reports p50 and p99 latency of the whole gRPC path.
-func BenchmarkIssuanceLatency500(b *testing.B) {
-	const rate = 500
+func BenchmarkIssuanceLatency500(b *testing.B) { benchLatency(b, 500) }
+
+// BenchmarkIssuanceLatency1000 is BenchmarkIssuanceLatency500 at 1,000
+// requests per second, the rate the p99 target (< 10 ms) is set at.
+func BenchmarkIssuanceLatency1000(b *testing.B) { benchLatency(b, 1000) }
+
+// benchLatency sends b.N requests at a fixed rate per second (open loop)
+// over the whole gRPC path with SQLite, and reports p50 and p99 latency.
+func benchLatency(b *testing.B, rate int) {
 	w := newBenchWire(b)
 	csrs := benchCSRs()
 	lat := make([]time.Duration, b.N)
 	var wg sync.WaitGroup
-	tick := time.NewTicker(time.Second / rate)
+	tick := time.NewTicker(time.Second / time.Duration(rate))
 	defer tick.Stop()
 	b.ResetTimer()
 	for i := range b.N {
