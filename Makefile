@@ -72,6 +72,7 @@ bench-agent-rss: build
 fuzz:
 	$(GO) test ./issuer -run '^$$' -fuzz '^FuzzCheckCSR$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./attest -run '^$$' -fuzz '^FuzzJWKSAttest$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./ca -run '^$$' -fuzz '^FuzzLeafDER$$' -fuzztime $(FUZZTIME)
 
 ## testbed: install what the tests need and is not a Go module.
 testbed: $(TESTBED_TARGETS)

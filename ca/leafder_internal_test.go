@@ -19,7 +19,7 @@ import (
 	"github.com/meshca/meshca/test/benchcpu"
 )
 
-func mustKey(t *testing.T, c elliptic.Curve) *ecdsa.PrivateKey {
+func mustKey(t testing.TB, c elliptic.Curve) *ecdsa.PrivateKey {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(c, rand.Reader)
 	if err != nil {
@@ -30,7 +30,7 @@ func mustKey(t *testing.T, c elliptic.Curve) *ecdsa.PrivateKey {
 
 // testIntermediate returns an intermediate whose key is on curve c, under a
 // root whose key is on the same curve.
-func testIntermediate(t *testing.T, c elliptic.Curve, now time.Time) *Authority {
+func testIntermediate(t testing.TB, c elliptic.Curve, now time.Time) *Authority {
 	t.Helper()
 	root, err := NewRoot(RootConfig{Signer: mustKey(t, c), Now: now, TTL: 100 * 365 * 24 * time.Hour})
 	if err != nil {
