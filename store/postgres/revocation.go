@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -52,17 +51,9 @@ func (s *Store) revoke(ctx context.Context, r store.Revocation, ev store.AuditEv
 	ev = sqlq.WithTime(ev, now)
 	r, expires := sqlq.PrepareRevocation(r, now)
 	err := s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, deleteLiftedSQL, r.Kind, r.Value); err != nil {
-			return fmt.Errorf("delete lifted revocation: %w", err)
-		}
-		err := tx.QueryRow(ctx, insertRevocationSQL, sqlq.RevocationArgs(r, expires)...).Scan(&r.ID)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("revocation in force: %w", store.ErrAlreadyExists)
-		}
-		if err != nil {
-			return fmt.Errorf("insert revocation: %w", err)
-		}
-		return nil
+		var err error
+		r, err = sqlq.InsertRevocation(ctx, on{tx}, sqlq.Dollar, r, expires)
+		return err
 	})
 	if err != nil {
 		return store.Revocation{}, err
@@ -91,21 +82,13 @@ func (s *Store) unrevoke(ctx context.Context, kind, value string, ev store.Audit
 	now := s.now()
 	ev = sqlq.WithTime(ev, now)
 	return s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
-		// lifted_at stays non-zero, which is what marks the entry lifted,
-		// whatever the clock. Of two concurrent lifts the second waits for
-		// the first's row lock, then re-checks lifted_at and matches nothing.
-		var lifted store.Revocation
-		var revokedAt int64
-		err := tx.QueryRow(ctx, liftSQL, max(now.Unix(), 1), kind, value).Scan(&lifted.Cluster, &lifted.Reason, &lifted.RevokedBy, &revokedAt)
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			return fmt.Errorf("no revocation in force: %w", store.ErrNotFound)
-		case err != nil:
-			return fmt.Errorf("lift revocation: %w", err)
-		case kind != store.RevokeSPIFFEID:
-			return nil
+		// Of two concurrent lifts the second waits for the first's row
+		// lock, then re-checks lifted_at and matches nothing.
+		lifted, err := sqlq.Lift(ctx, on{tx}, sqlq.Dollar, kind, value, now)
+		if err != nil || kind != store.RevokeSPIFFEID {
+			return err
 		}
-		return keepCertificatesRevoked(ctx, tx, value, lifted, revokedAt, now)
+		return keepCertificatesRevoked(ctx, tx, value, lifted, now)
 	})
 }
 
@@ -119,7 +102,7 @@ func (s *Store) unrevoke(ctx context.Context, kind, value string, ev store.Audit
 //
 // A lifted revocation of one of those serials is deleted first, as Revoke
 // does; one in force is kept as it is.
-func keepCertificatesRevoked(ctx context.Context, tx pgx.Tx, id string, lifted store.Revocation, revokedAt int64, now time.Time) error {
+func keepCertificatesRevoked(ctx context.Context, tx pgx.Tx, id string, lifted store.Revocation, now time.Time) error {
 	const certs = `SELECT serial FROM certificates
 		WHERE spiffe_id = $1::text AND ($2::text = '' OR cluster = $2::text) AND not_after > $3::bigint`
 	if _, err := tx.Exec(ctx, `DELETE FROM revocations
@@ -133,7 +116,7 @@ func keepCertificatesRevoked(ctx context.Context, tx pgx.Tx, id string, lifted s
 		WHERE spiffe_id = $1::text AND ($2::text = '' OR cluster = $2::text) AND not_after > $3::bigint
 		ORDER BY not_after, serial
 		ON CONFLICT (kind, value) DO NOTHING`,
-		id, lifted.Cluster, now.Unix(), lifted.Reason, lifted.RevokedBy, revokedAt); err != nil {
+		id, lifted.Cluster, now.Unix(), lifted.Reason, lifted.RevokedBy, lifted.RevokedAt.Unix()); err != nil {
 		return fmt.Errorf("keep the certificates of %s revoked: %w", id, err)
 	}
 	return nil
@@ -145,20 +128,11 @@ func (s *Store) Revocations(ctx context.Context, now time.Time) ([]store.Revocat
 	if s.closed.Load() {
 		return nil, fmt.Errorf("postgres: revocations: %w", store.ErrClosed)
 	}
-	rows, err := s.pool.Query(ctx, revocationsSQL, now.Unix())
-	if err != nil {
-		return nil, fmt.Errorf("postgres: revocations: %w", err)
-	}
-	rs, err := pgx.CollectRows(rows, collectable(sqlq.ScanRevocation))
+	rs, err := sqlq.Collect(ctx, on{s.pool}, sqlq.ScanRevocation, revocationsSQL, now.Unix())
 	if err != nil {
 		return nil, fmt.Errorf("postgres: revocations: %w", err)
 	}
 	return rs, nil
 }
 
-var (
-	deleteLiftedSQL     = sqlq.DeleteLiftedSQL(sqlq.Dollar)
-	insertRevocationSQL = sqlq.InsertRevocationSQL(sqlq.Dollar)
-	liftSQL             = sqlq.LiftSQL(sqlq.Dollar)
-	revocationsSQL      = sqlq.RevocationsSQL(sqlq.Dollar)
-)
+var revocationsSQL = sqlq.RevocationsSQL(sqlq.Dollar)

@@ -3,7 +3,6 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"time"
 
@@ -46,17 +45,9 @@ func (s *Store) revoke(ctx context.Context, r store.Revocation, ev store.AuditEv
 	ev = sqlq.WithTime(ev, now)
 	r, expires := sqlq.PrepareRevocation(r, now)
 	err := s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, deleteLiftedSQL, r.Kind, r.Value); err != nil {
-			return fmt.Errorf("delete lifted revocation: %w", err)
-		}
-		err := tx.QueryRowContext(ctx, insertRevocationSQL, sqlq.RevocationArgs(r, expires)...).Scan(&r.ID)
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("revocation in force: %w", store.ErrAlreadyExists)
-		}
-		if err != nil {
-			return fmt.Errorf("insert revocation: %w", err)
-		}
-		return nil
+		var err error
+		r, err = sqlq.InsertRevocation(ctx, on{tx}, sqlq.Question, r, expires)
+		return err
 	})
 	if err != nil {
 		return store.Revocation{}, err
@@ -82,20 +73,11 @@ func (s *Store) unrevoke(ctx context.Context, kind, value string, ev store.Audit
 	now := s.now()
 	ev = sqlq.WithTime(ev, now)
 	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
-		// lifted_at stays non-zero, which is what marks the entry lifted,
-		// whatever the clock.
-		var lifted store.Revocation
-		var revokedAt int64
-		err := tx.QueryRowContext(ctx, liftSQL, max(now.Unix(), 1), kind, value).Scan(&lifted.Cluster, &lifted.Reason, &lifted.RevokedBy, &revokedAt)
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-			return fmt.Errorf("no revocation in force: %w", store.ErrNotFound)
-		case err != nil:
-			return fmt.Errorf("lift revocation: %w", err)
-		case kind != store.RevokeSPIFFEID:
-			return nil
+		lifted, err := sqlq.Lift(ctx, on{tx}, sqlq.Question, kind, value, now)
+		if err != nil || kind != store.RevokeSPIFFEID {
+			return err
 		}
-		return keepCertificatesRevoked(ctx, tx, value, lifted, revokedAt, now)
+		return keepCertificatesRevoked(ctx, tx, value, lifted, now)
 	})
 }
 
@@ -109,7 +91,7 @@ func (s *Store) unrevoke(ctx context.Context, kind, value string, ev store.Audit
 //
 // A lifted revocation of one of those serials is deleted first, as Revoke
 // does; one in force is kept as it is.
-func keepCertificatesRevoked(ctx context.Context, tx *sql.Tx, id string, lifted store.Revocation, revokedAt int64, now time.Time) error {
+func keepCertificatesRevoked(ctx context.Context, tx *sql.Tx, id string, lifted store.Revocation, now time.Time) error {
 	const certs = `SELECT serial FROM certificates
 		WHERE spiffe_id = ? AND (? = '' OR cluster = ?) AND not_after > ?`
 	args := []any{id, lifted.Cluster, lifted.Cluster, now.Unix()}
@@ -123,7 +105,7 @@ func keepCertificatesRevoked(ctx context.Context, tx *sql.Tx, id string, lifted 
 		WHERE spiffe_id = ? AND (? = '' OR cluster = ?) AND not_after > ?
 		ORDER BY not_after, serial
 		ON CONFLICT (kind, value) DO NOTHING`,
-		append([]any{lifted.Reason, lifted.RevokedBy, revokedAt}, args...)...); err != nil {
+		append([]any{lifted.Reason, lifted.RevokedBy, lifted.RevokedAt.Unix()}, args...)...); err != nil {
 		return fmt.Errorf("keep the certificates of %s revoked: %w", id, err)
 	}
 	return nil
@@ -142,9 +124,4 @@ func (s *Store) Revocations(ctx context.Context, now time.Time) ([]store.Revocat
 	return rs, nil
 }
 
-var (
-	deleteLiftedSQL     = sqlq.DeleteLiftedSQL(sqlq.Question)
-	insertRevocationSQL = sqlq.InsertRevocationSQL(sqlq.Question)
-	liftSQL             = sqlq.LiftSQL(sqlq.Question)
-	revocationsSQL      = sqlq.RevocationsSQL(sqlq.Question)
-)
+var revocationsSQL = sqlq.RevocationsSQL(sqlq.Question)

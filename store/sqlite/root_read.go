@@ -63,21 +63,3 @@ func (s *Store) Roots(ctx context.Context) ([]store.Root, error) {
 	}
 	return roots, nil
 }
-
-// collect runs query on db and scans every row with scan.
-func collect[T any](ctx context.Context, db *sql.DB, scan func(sqlq.Scanner) (T, error), query string, args ...any) ([]T, error) {
-	rows, err := db.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []T
-	for rows.Next() {
-		v, err := scan(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, v)
-	}
-	return out, rows.Err()
-}
