@@ -20,14 +20,9 @@ func (s *Store) PruneCertificates(ctx context.Context, expiredBefore time.Time) 
 	if s.closed.Load() {
 		return 0, fmt.Errorf("postgres: prune certificates: %w", store.ErrClosed)
 	}
-	total, err := sqlq.Prune(ctx, expiredBefore, func(ctx context.Context, cutoff, limit int64) (int64, error) {
-		tag, err := s.pool.Exec(ctx, pruneSQL, cutoff, limit)
-		return tag.RowsAffected(), err
-	})
+	total, err := sqlq.PruneOn(ctx, on{s.pool}, sqlq.Dollar, expiredBefore)
 	if err != nil {
 		return total, fmt.Errorf("postgres: prune certificates: %w", err)
 	}
 	return total, nil
 }
-
-var pruneSQL = sqlq.PruneSQL(sqlq.Dollar)

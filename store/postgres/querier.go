@@ -11,7 +11,8 @@ import (
 
 // pgxQuerier is what a pool, a connection and a transaction share.
 type pgxQuerier interface {
-	querier
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
@@ -41,4 +42,7 @@ func (o on) Query(ctx context.Context, query string, args []any, each func(sqlq.
 	return rows.Err()
 }
 
-var _ pgxQuerier = pgx.Tx(nil)
+// collect runs query on q and scans every row with scan.
+func collect[T any](ctx context.Context, q pgxQuerier, scan func(sqlq.Scanner) (T, error), query string, args ...any) ([]T, error) {
+	return sqlq.Collect(ctx, on{q}, scan, query, args...)
+}

@@ -2,11 +2,8 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/internal/sqlq"
@@ -18,13 +15,9 @@ func (s *Store) Certificate(ctx context.Context, serial string) (store.Certifica
 	if s.closed.Load() {
 		return store.Certificate{}, fmt.Errorf("postgres: certificate: %w", store.ErrClosed)
 	}
-	row := s.pool.QueryRow(ctx, `SELECT `+sqlq.CertColumns+` FROM certificates WHERE serial = $1`, serial)
-	c, err := sqlq.ScanCert(row)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return store.Certificate{}, fmt.Errorf("postgres: certificate %s: %w", serial, store.ErrNotFound)
-	}
+	c, err := sqlq.CertificateBySerial(ctx, on{s.pool}, sqlq.Dollar, serial)
 	if err != nil {
-		return store.Certificate{}, fmt.Errorf("postgres: certificate %s: %w", serial, err)
+		return store.Certificate{}, fmt.Errorf("postgres: %w", err)
 	}
 	return c, nil
 }
@@ -36,25 +29,11 @@ func (s *Store) Certificates(ctx context.Context, f store.CertificateFilter) ([]
 	if s.closed.Load() {
 		return nil, fmt.Errorf("postgres: certificates: %w", store.ErrClosed)
 	}
-	if f.Limit < 0 {
-		return nil, fmt.Errorf("postgres: certificates: negative limit %d", f.Limit)
-	}
-	q, args := sqlq.CertificatesQuery(f, sqlq.Dollar)
-	rows, err := s.pool.Query(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("postgres: certificates: %w", err)
-	}
-	certs, err := pgx.CollectRows(rows, collectable(sqlq.ScanCert))
+	certs, err := sqlq.Certificates(ctx, on{s.pool}, sqlq.Dollar, f)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: certificates: %w", err)
 	}
 	return certs, nil
-}
-
-// querier is what reads need from a pool, a connection or a transaction.
-type querier interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
 // AuditEvents returns the events with Time >= since, in sequence order. The
@@ -74,29 +53,8 @@ func (s *Store) AuditEvents(ctx context.Context, since time.Time) ([]store.Audit
 	return events, nil
 }
 
-// eachEvent calls fn for each event with Time >= since (all events for a
-// zero since) in sequence order, stopping at fn's first error. Rows are
-// streamed, so memory does not grow with the log.
-func eachEvent(ctx context.Context, q querier, since time.Time, fn func(store.AuditEvent) error) error {
-	sql, args := sqlq.EventsQuery(since, sqlq.Dollar)
-	rows, err := q.Query(ctx, sql, args...)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		ev, err := sqlq.ScanEvent(rows)
-		if err != nil {
-			return err
-		}
-		if err := fn(ev); err != nil {
-			return err
-		}
-	}
-	return rows.Err()
-}
-
-// collectable adapts a sqlq scan function to pgx.CollectRows.
-func collectable[T any](scan func(sqlq.Scanner) (T, error)) pgx.RowToFunc[T] {
-	return func(row pgx.CollectableRow) (T, error) { return scan(row) }
+// eachEvent calls fn for each event of q with Time >= since in sequence
+// order, as sqlq.EachEvent does.
+func eachEvent(ctx context.Context, q pgxQuerier, since time.Time, fn func(store.AuditEvent) error) error {
+	return sqlq.EachEvent(ctx, on{q}, sqlq.Dollar, since, fn)
 }

@@ -2,10 +2,7 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/internal/sqlq"
@@ -16,12 +13,9 @@ func (s *Store) Cluster(ctx context.Context, name string) (store.Cluster, error)
 	if s.closed.Load() {
 		return store.Cluster{}, fmt.Errorf("postgres: cluster: %w", store.ErrClosed)
 	}
-	c, err := sqlq.ScanCluster(s.pool.QueryRow(ctx, `SELECT `+sqlq.ClusterColumns+` FROM clusters WHERE name = $1`, name))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return store.Cluster{}, fmt.Errorf("postgres: cluster %s: %w", name, store.ErrNotFound)
-	}
+	c, err := sqlq.ClusterByName(ctx, on{s.pool}, sqlq.Dollar, name)
 	if err != nil {
-		return store.Cluster{}, fmt.Errorf("postgres: cluster %s: %w", name, err)
+		return store.Cluster{}, fmt.Errorf("postgres: %w", err)
 	}
 	return c, nil
 }
@@ -31,11 +25,7 @@ func (s *Store) Clusters(ctx context.Context) ([]store.Cluster, error) {
 	if s.closed.Load() {
 		return nil, fmt.Errorf("postgres: clusters: %w", store.ErrClosed)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT `+sqlq.ClusterColumns+` FROM clusters ORDER BY name COLLATE "C"`)
-	if err != nil {
-		return nil, fmt.Errorf("postgres: clusters: %w", err)
-	}
-	cs, err := pgx.CollectRows(rows, collectable(sqlq.ScanCluster))
+	cs, err := collect(ctx, s.pool, sqlq.ScanCluster, `SELECT `+sqlq.ClusterColumns+` FROM clusters ORDER BY name COLLATE "C"`)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: clusters: %w", err)
 	}
@@ -49,11 +39,7 @@ func (s *Store) Intermediates(ctx context.Context, f store.IntermediateFilter) (
 		return nil, fmt.Errorf("postgres: intermediates: %w", store.ErrClosed)
 	}
 	q, args := sqlq.IntermediatesQuery(f, sqlq.Dollar)
-	rows, err := s.pool.Query(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("postgres: intermediates: %w", err)
-	}
-	ins, err := pgx.CollectRows(rows, collectable(sqlq.ScanIntermediate))
+	ins, err := collect(ctx, s.pool, sqlq.ScanIntermediate, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: intermediates: %w", err)
 	}
@@ -66,11 +52,7 @@ func (s *Store) Roots(ctx context.Context) ([]store.Root, error) {
 	if s.closed.Load() {
 		return nil, fmt.Errorf("postgres: roots: %w", store.ErrClosed)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT `+sqlq.RootColumns+` FROM roots ORDER BY added_at ASC, fingerprint ASC`)
-	if err != nil {
-		return nil, fmt.Errorf("postgres: roots: %w", err)
-	}
-	roots, err := pgx.CollectRows(rows, collectable(sqlq.ScanRoot))
+	roots, err := collect(ctx, s.pool, sqlq.ScanRoot, `SELECT `+sqlq.RootColumns+` FROM roots ORDER BY added_at ASC, fingerprint ASC`)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: roots: %w", err)
 	}

@@ -21,17 +21,9 @@ func (s *Store) PruneCertificates(ctx context.Context, expiredBefore time.Time) 
 	if s.closed.Load() {
 		return 0, fmt.Errorf("sqlite: prune certificates: %w", store.ErrClosed)
 	}
-	total, err := sqlq.Prune(ctx, expiredBefore, func(ctx context.Context, cutoff, limit int64) (int64, error) {
-		res, err := s.w.ExecContext(ctx, pruneSQL, cutoff, limit)
-		if err != nil {
-			return 0, err
-		}
-		return res.RowsAffected()
-	})
+	total, err := sqlq.PruneOn(ctx, on{s.w}, sqlq.Question, expiredBefore)
 	if err != nil {
 		return total, fmt.Errorf("sqlite: prune certificates: %w", err)
 	}
 	return total, nil
 }
-
-var pruneSQL = sqlq.PruneSQL(sqlq.Question)

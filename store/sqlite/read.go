@@ -17,13 +17,9 @@ func (s *Store) Certificate(ctx context.Context, serial string) (store.Certifica
 	if s.closed.Load() {
 		return store.Certificate{}, fmt.Errorf("sqlite: certificate: %w", store.ErrClosed)
 	}
-	row := s.r.QueryRowContext(ctx, `SELECT `+sqlq.CertColumns+` FROM certificates WHERE serial = ?`, serial)
-	c, err := sqlq.ScanCert(row)
-	if errors.Is(err, sql.ErrNoRows) {
-		return store.Certificate{}, fmt.Errorf("sqlite: certificate %s: %w", serial, store.ErrNotFound)
-	}
+	c, err := sqlq.CertificateBySerial(ctx, on{s.r}, sqlq.Question, serial)
 	if err != nil {
-		return store.Certificate{}, fmt.Errorf("sqlite: certificate %s: %w", serial, err)
+		return store.Certificate{}, fmt.Errorf("sqlite: %w", err)
 	}
 	return c, nil
 }
@@ -35,11 +31,7 @@ func (s *Store) Certificates(ctx context.Context, f store.CertificateFilter) ([]
 	if s.closed.Load() {
 		return nil, fmt.Errorf("sqlite: certificates: %w", store.ErrClosed)
 	}
-	if f.Limit < 0 {
-		return nil, fmt.Errorf("sqlite: certificates: negative limit %d", f.Limit)
-	}
-	q, args := sqlq.CertificatesQuery(f, sqlq.Question)
-	certs, err := collect(ctx, s.r, sqlq.ScanCert, q, args...)
+	certs, err := sqlq.Certificates(ctx, on{s.r}, sqlq.Question, f)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: certificates: %w", err)
 	}
@@ -90,22 +82,7 @@ func (s *Store) eachEvent(ctx context.Context, since time.Time, fn func(store.Au
 	if s.closed.Load() {
 		return store.ErrClosed
 	}
-	q, args := sqlq.EventsQuery(since, sqlq.Question)
-	rows, err := s.r.QueryContext(ctx, q, args...)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		ev, err := sqlq.ScanEvent(rows)
-		if err != nil {
-			return err
-		}
-		if err := fn(ev); err != nil {
-			return err
-		}
-	}
-	return rows.Err()
+	return sqlq.EachEvent(ctx, on{s.r}, sqlq.Question, since, fn)
 }
 
 // AuditHead returns the seq and hash of the last audit event (the zero

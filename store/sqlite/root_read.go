@@ -2,8 +2,6 @@ package sqlite
 
 import (
 	"context"
-	"database/sql"
-	"errors"
 	"fmt"
 
 	"github.com/meshca/meshca/store"
@@ -15,12 +13,9 @@ func (s *Store) Cluster(ctx context.Context, name string) (store.Cluster, error)
 	if s.closed.Load() {
 		return store.Cluster{}, fmt.Errorf("sqlite: cluster: %w", store.ErrClosed)
 	}
-	c, err := sqlq.ScanCluster(s.r.QueryRowContext(ctx, `SELECT `+sqlq.ClusterColumns+` FROM clusters WHERE name = ?`, name))
-	if errors.Is(err, sql.ErrNoRows) {
-		return store.Cluster{}, fmt.Errorf("sqlite: cluster %s: %w", name, store.ErrNotFound)
-	}
+	c, err := sqlq.ClusterByName(ctx, on{s.r}, sqlq.Question, name)
 	if err != nil {
-		return store.Cluster{}, fmt.Errorf("sqlite: cluster %s: %w", name, err)
+		return store.Cluster{}, fmt.Errorf("sqlite: %w", err)
 	}
 	return c, nil
 }

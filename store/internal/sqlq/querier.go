@@ -98,3 +98,40 @@ func PruneOn(ctx context.Context, q Querier, ph Placeholder, expiredBefore time.
 		return q.Exec(ctx, query, cutoff, limit)
 	})
 }
+
+// Certificates reads the certificates matching f from q, as
+// CertificatesQuery orders them. A negative f.Limit is an error.
+func Certificates(ctx context.Context, q Querier, ph Placeholder, f store.CertificateFilter) ([]store.Certificate, error) {
+	if f.Limit < 0 {
+		return nil, fmt.Errorf("negative limit %d", f.Limit)
+	}
+	text, args := CertificatesQuery(f, ph)
+	return Collect(ctx, q, ScanCert, text, args...)
+}
+
+// EachEvent calls fn for each event in q with Time >= since (all events for
+// a zero since) in sequence order, stopping at fn's first error. Rows are
+// streamed, so memory does not grow with the log.
+func EachEvent(ctx context.Context, q Querier, ph Placeholder, since time.Time, fn func(store.AuditEvent) error) error {
+	text, args := EventsQuery(since, ph)
+	return q.Query(ctx, text, args, func(sc Scanner) error {
+		ev, err := ScanEvent(sc)
+		if err != nil {
+			return err
+		}
+		return fn(ev)
+	})
+}
+
+// ClusterByName reads the cluster called name from q; none wraps
+// store.ErrNotFound.
+func ClusterByName(ctx context.Context, q Querier, ph Placeholder, name string) (store.Cluster, error) {
+	c, err := ScanCluster(q.QueryRow(ctx, `SELECT `+ClusterColumns+` FROM clusters WHERE name = `+ph(1), name))
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.Cluster{}, fmt.Errorf("cluster %s: %w", name, store.ErrNotFound)
+	}
+	if err != nil {
+		return store.Cluster{}, fmt.Errorf("cluster %s: %w", name, err)
+	}
+	return c, nil
+}
