@@ -55,7 +55,7 @@ func (s *Store) addCluster(ctx context.Context, c store.Cluster, tok store.JoinT
 			return fmt.Errorf("registered with trust domain %s: %w", td, store.ErrAlreadyExists)
 		}
 		// The hash is not logged: it is enough to find the row.
-		return insertNew(ctx, tx, "join token",
+		return sqlq.InsertNew(ctx, on{tx}, "join token",
 			insertJoinTokenSQL,
 			tok.Hash, c.Name, tok.ExpiresAt.Unix(), now.Unix(), max(tok.Replicas, 1))
 	})
@@ -118,7 +118,7 @@ func (s *Store) recordIntermediate(ctx context.Context, in store.Intermediate, e
 	now := s.now()
 	ev = sqlq.WithTime(ev, now)
 	return s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
-		return insertNew(ctx, tx, "intermediate",
+		return sqlq.InsertNew(ctx, on{tx}, "intermediate",
 			insertIntermediateSQL, sqlq.IntermediateArgs(in, now.Unix())...)
 	})
 }
@@ -138,7 +138,7 @@ func (s *Store) addRoot(ctx context.Context, r store.Root, ev store.AuditEvent) 
 	}
 	ev = sqlq.WithTime(ev, s.now())
 	return s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
-		return insertNew(ctx, tx, "root",
+		return sqlq.InsertNew(ctx, on{tx}, "root",
 			insertRootSQL, sqlq.RootArgs(r)...)
 	})
 }
@@ -148,19 +148,6 @@ var (
 	insertIntermediateSQL = sqlq.InsertIntermediateSQL(sqlq.Dollar)
 	insertRootSQL         = sqlq.InsertRootSQL(sqlq.Dollar)
 )
-
-// insertNew runs an INSERT ... ON CONFLICT DO NOTHING of one row and turns
-// "no row inserted" into an error wrapping store.ErrAlreadyExists.
-func insertNew(ctx context.Context, tx pgx.Tx, what, sql string, args ...any) error {
-	tag, err := tx.Exec(ctx, sql, args...)
-	if err != nil {
-		return fmt.Errorf("insert %s: %w", what, err)
-	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("%s: %w", what, store.ErrAlreadyExists)
-	}
-	return nil
-}
 
 // writeTx runs fn and then appends ev, chained after the locked chain head,
 // in one transaction bounded by the commit timeout, and commits. ev is read

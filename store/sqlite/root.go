@@ -50,7 +50,7 @@ func (s *Store) addCluster(ctx context.Context, c store.Cluster, tok store.JoinT
 			return fmt.Errorf("registered with trust domain %s: %w", td, store.ErrAlreadyExists)
 		}
 		// The hash is not logged: it is enough to find the row.
-		return insertNew(ctx, tx, "join token",
+		return sqlq.InsertNew(ctx, on{tx}, "join token",
 			insertJoinTokenSQL,
 			tok.Hash, c.Name, tok.ExpiresAt.Unix(), now.Unix(), max(tok.Replicas, 1))
 	})
@@ -109,7 +109,7 @@ func (s *Store) recordIntermediate(ctx context.Context, in store.Intermediate, e
 	now := s.now()
 	ev = sqlq.WithTime(ev, now)
 	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
-		return insertNew(ctx, tx, "intermediate",
+		return sqlq.InsertNew(ctx, on{tx}, "intermediate",
 			insertIntermediateSQL, sqlq.IntermediateArgs(in, now.Unix())...)
 	})
 }
@@ -129,7 +129,7 @@ func (s *Store) addRoot(ctx context.Context, r store.Root, ev store.AuditEvent) 
 	}
 	ev = sqlq.WithTime(ev, s.now())
 	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
-		return insertNew(ctx, tx, "root",
+		return sqlq.InsertNew(ctx, on{tx}, "root",
 			insertRootSQL, sqlq.RootArgs(r)...)
 	})
 }
@@ -139,23 +139,6 @@ var (
 	insertIntermediateSQL = sqlq.InsertIntermediateSQL(sqlq.Question)
 	insertRootSQL         = sqlq.InsertRootSQL(sqlq.Question)
 )
-
-// insertNew runs an INSERT ... ON CONFLICT DO NOTHING of one row and turns
-// "no row inserted" into an error wrapping store.ErrAlreadyExists.
-func insertNew(ctx context.Context, tx *sql.Tx, what, query string, args ...any) error {
-	res, err := tx.ExecContext(ctx, query, args...)
-	if err != nil {
-		return fmt.Errorf("insert %s: %w", what, err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return fmt.Errorf("insert %s: %w", what, err)
-	}
-	if n == 0 {
-		return fmt.Errorf("%s: %w", what, store.ErrAlreadyExists)
-	}
-	return nil
-}
 
 // writeTx runs fn and then appends ev, chained after the current head, in
 // one transaction on the writer connection, and commits. ev is read after

@@ -135,3 +135,16 @@ func ClusterByName(ctx context.Context, q Querier, ph Placeholder, name string) 
 	}
 	return c, nil
 }
+
+// InsertNew runs an INSERT ... ON CONFLICT DO NOTHING of one row on q and
+// turns "no row inserted" into an error wrapping store.ErrAlreadyExists.
+func InsertNew(ctx context.Context, q Querier, what, query string, args ...any) error {
+	n, err := q.Exec(ctx, query, args...)
+	if err != nil {
+		return fmt.Errorf("insert %s: %w", what, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("%s: %w", what, store.ErrAlreadyExists)
+	}
+	return nil
+}
