@@ -10,32 +10,6 @@ import (
 	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
-// ClusterCredential returns the credential record of replica of the named
-// cluster, or an error wrapping store.ErrNotFound.
-func (s *Store) ClusterCredential(ctx context.Context, cluster, replica string) (store.ClusterCredential, error) {
-	if s.closed.Load() {
-		return store.ClusterCredential{}, fmt.Errorf("postgres: cluster credential: %w", store.ErrClosed)
-	}
-	c, err := sqlq.ClusterCredential(ctx, on{s.pool}, sqlq.Dollar, cluster, replica)
-	if err != nil {
-		return store.ClusterCredential{}, fmt.Errorf("postgres: %w", err)
-	}
-	return c, nil
-}
-
-// ClusterCredentials lists the credential records of every replica of the
-// named cluster, by replica.
-func (s *Store) ClusterCredentials(ctx context.Context, cluster string) ([]store.ClusterCredential, error) {
-	if s.closed.Load() {
-		return nil, fmt.Errorf("postgres: cluster credentials: %w", store.ErrClosed)
-	}
-	out, err := sqlq.ClusterCredentials(ctx, on{s.pool}, sqlq.Dollar, cluster)
-	if err != nil {
-		return nil, fmt.Errorf("postgres: %w", err)
-	}
-	return out, nil
-}
-
 // SwapClusterCredential replaces the record of next.Cluster and next.Replica
 // with next, with
 // ev, in one transaction, if the stored record has old's state (no record

@@ -48,6 +48,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 // Config configures Open.
@@ -99,6 +100,8 @@ func (c Config) Validate() error {
 // use, and any number of Stores, in any number of processes, may share one
 // database.
 type Store struct {
+	// Reads serves the plain reads from the pool.
+	sqlq.Reads
 	now           func() time.Time
 	commitTimeout time.Duration
 	pool          *pgxpool.Pool
@@ -154,6 +157,7 @@ func open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{now: cfg.Now, commitTimeout: cfg.CommitTimeout, pool: pool}
+	s.Reads = sqlq.Reads{Backend: "postgres", DB: on{pool}, Ph: sqlq.Dollar, ClusterOrder: `name COLLATE "C"`, Closed: &s.closed}
 	s.gc = store.NewGroupCommitter(cfg.GroupCommit, s.commitBatch)
 	return s, nil
 }

@@ -41,8 +41,3 @@ func (o on) Query(ctx context.Context, query string, args []any, each func(sqlq.
 	}
 	return rows.Err()
 }
-
-// collect runs query on q and scans every row with scan.
-func collect[T any](ctx context.Context, q pgxQuerier, scan func(sqlq.Scanner) (T, error), query string, args ...any) ([]T, error) {
-	return sqlq.Collect(ctx, on{q}, scan, query, args...)
-}

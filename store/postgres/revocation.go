@@ -121,18 +121,3 @@ func keepCertificatesRevoked(ctx context.Context, tx pgx.Tx, id string, lifted s
 	}
 	return nil
 }
-
-// Revocations lists the entries in force at now, by ID. None is an empty
-// result, not an error.
-func (s *Store) Revocations(ctx context.Context, now time.Time) ([]store.Revocation, error) {
-	if s.closed.Load() {
-		return nil, fmt.Errorf("postgres: revocations: %w", store.ErrClosed)
-	}
-	rs, err := sqlq.Collect(ctx, on{s.pool}, sqlq.ScanRevocation, revocationsSQL, now.Unix())
-	if err != nil {
-		return nil, fmt.Errorf("postgres: revocations: %w", err)
-	}
-	return rs, nil
-}
-
-var revocationsSQL = sqlq.RevocationsSQL(sqlq.Dollar)

@@ -9,32 +9,6 @@ import (
 	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
-// ClusterCredential returns the credential record of replica of the named
-// cluster, or an error wrapping store.ErrNotFound.
-func (s *Store) ClusterCredential(ctx context.Context, cluster, replica string) (store.ClusterCredential, error) {
-	if s.closed.Load() {
-		return store.ClusterCredential{}, fmt.Errorf("sqlite: cluster credential: %w", store.ErrClosed)
-	}
-	c, err := sqlq.ClusterCredential(ctx, on{s.r}, sqlq.Question, cluster, replica)
-	if err != nil {
-		return store.ClusterCredential{}, fmt.Errorf("sqlite: %w", err)
-	}
-	return c, nil
-}
-
-// ClusterCredentials lists the credential records of every replica of the
-// named cluster, by replica.
-func (s *Store) ClusterCredentials(ctx context.Context, cluster string) ([]store.ClusterCredential, error) {
-	if s.closed.Load() {
-		return nil, fmt.Errorf("sqlite: cluster credentials: %w", store.ErrClosed)
-	}
-	out, err := sqlq.ClusterCredentials(ctx, on{s.r}, sqlq.Question, cluster)
-	if err != nil {
-		return nil, fmt.Errorf("sqlite: %w", err)
-	}
-	return out, nil
-}
-
 // SwapClusterCredential replaces the record of next.Cluster and next.Replica
 // with next, with
 // ev, in one transaction, if the stored record has old's state (no record

@@ -11,33 +11,6 @@ import (
 	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
-// Certificate returns the certificate with the given serial, or an error
-// wrapping store.ErrNotFound.
-func (s *Store) Certificate(ctx context.Context, serial string) (store.Certificate, error) {
-	if s.closed.Load() {
-		return store.Certificate{}, fmt.Errorf("sqlite: certificate: %w", store.ErrClosed)
-	}
-	c, err := sqlq.CertificateBySerial(ctx, on{s.r}, sqlq.Question, serial)
-	if err != nil {
-		return store.Certificate{}, fmt.Errorf("sqlite: %w", err)
-	}
-	return c, nil
-}
-
-// Certificates lists the certificates matching f, newest first (NotBefore
-// descending, then Serial ascending). No match is an empty result, not an
-// error.
-func (s *Store) Certificates(ctx context.Context, f store.CertificateFilter) ([]store.Certificate, error) {
-	if s.closed.Load() {
-		return nil, fmt.Errorf("sqlite: certificates: %w", store.ErrClosed)
-	}
-	certs, err := sqlq.Certificates(ctx, on{s.r}, sqlq.Question, f)
-	if err != nil {
-		return nil, fmt.Errorf("sqlite: certificates: %w", err)
-	}
-	return certs, nil
-}
-
 // AuditEvents returns the events with Time >= since, in sequence order. The
 // events are not verified; see VerifyAuditChain.
 func (s *Store) AuditEvents(ctx context.Context, since time.Time) ([]store.AuditEvent, error) {

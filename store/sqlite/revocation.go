@@ -110,18 +110,3 @@ func keepCertificatesRevoked(ctx context.Context, tx *sql.Tx, id string, lifted 
 	}
 	return nil
 }
-
-// Revocations lists the entries in force at now, by ID. None is an empty
-// result, not an error.
-func (s *Store) Revocations(ctx context.Context, now time.Time) ([]store.Revocation, error) {
-	if s.closed.Load() {
-		return nil, fmt.Errorf("sqlite: revocations: %w", store.ErrClosed)
-	}
-	rs, err := collect(ctx, s.r, sqlq.ScanRevocation, revocationsSQL, now.Unix())
-	if err != nil {
-		return nil, fmt.Errorf("sqlite: revocations: %w", err)
-	}
-	return rs, nil
-}
-
-var revocationsSQL = sqlq.RevocationsSQL(sqlq.Question)

@@ -45,6 +45,7 @@ import (
 
 	"github.com/meshca/meshca/migrations"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 // Config configures Open.
@@ -106,6 +107,8 @@ func (c Config) Validate() error {
 // [store.RootStore] and [store.RevocationStore]. It is safe for concurrent
 // use.
 type Store struct {
+	// Reads serves the plain reads from the read-only connections.
+	sqlq.Reads
 	now    func() time.Time
 	path   string  // absolute path of the database file
 	w      *sql.DB // exactly one connection, for every write
@@ -188,6 +191,7 @@ func open(ctx context.Context, cfg Config) (_ *Store, err error) {
 	}
 	s.r.SetMaxOpenConns(cfg.MaxReaders)
 	s.r.SetMaxIdleConns(cfg.MaxReaders)
+	s.Reads = sqlq.Reads{Backend: "sqlite", DB: on{s.r}, Ph: sqlq.Question, ClusterOrder: "name", Closed: &s.closed}
 	if err := s.stmts.prepare(ctx, s.w); err != nil {
 		return nil, err
 	}
