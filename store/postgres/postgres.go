@@ -100,8 +100,10 @@ func (c Config) Validate() error {
 // use, and any number of Stores, in any number of processes, may share one
 // database.
 type Store struct {
-	// Reads serves the plain reads from the pool.
+	// Reads serves the plain reads from the pool, Writes the
+	// administrative writes through writeTx.
 	sqlq.Reads
+	sqlq.Writes
 	now           func() time.Time
 	commitTimeout time.Duration
 	pool          *pgxpool.Pool
@@ -157,6 +159,8 @@ func open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{now: cfg.Now, commitTimeout: cfg.CommitTimeout, pool: pool}
+	s.Writes = sqlq.Writes{Backend: "postgres", Ph: sqlq.Dollar, Now: cfg.Now, Tx: s.tx, CheckText: checkText,
+		Flag: func(b bool) any { return b }, KeepCertificatesRevoked: keepCertificatesRevoked}
 	s.Reads = sqlq.Reads{Backend: "postgres", DB: on{pool}, Ph: sqlq.Dollar, ClusterOrder: `name COLLATE "C"`, Closed: &s.closed}
 	s.gc = store.NewGroupCommitter(cfg.GroupCommit, s.commitBatch)
 	return s, nil
