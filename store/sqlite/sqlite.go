@@ -124,7 +124,10 @@ type Store struct {
 	direct sync.RWMutex
 }
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store  = (*Store)(nil)
+	_ store.Pruner = (*Store)(nil)
+)
 
 // Open opens (creating if needed) the database at cfg.Path, applies pending
 // migrations and starts the writer. The caller must Close the Store.
@@ -194,7 +197,8 @@ func open(ctx context.Context, cfg Config) (_ *Store, err error) {
 	s.r.SetMaxOpenConns(cfg.MaxReaders)
 	s.r.SetMaxIdleConns(cfg.MaxReaders)
 	s.Writes = sqlq.Writes{Backend: "sqlite", Ph: sqlq.Question, Now: cfg.Now, Tx: s.tx,
-		Flag: boolInt, KeepCertificatesRevoked: keepCertificatesRevoked}
+		Flag: boolInt, KeepCertificatesRevoked: keepCertificatesRevoked,
+		Prune: on{s.w}, Closed: &s.closed}
 	s.Reads = sqlq.Reads{Backend: "sqlite", DB: on{s.r}, Ph: sqlq.Question, ClusterOrder: "name", Closed: &s.closed}
 	if err := s.stmts.prepare(ctx, s.w); err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package sqlq
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshca/meshca/store"
@@ -34,6 +35,12 @@ type Writes struct {
 	// into one serial revocation per certificate of id recorded before the
 	// lift and not expired at now, within tx.
 	KeepCertificatesRevoked func(ctx context.Context, tx Querier, id string, lifted store.Revocation, now time.Time) error
+	// Prune runs PruneCertificates' chunks, each a transaction of its own:
+	// the pool for PostgreSQL, the writer connection for SQLite.
+	Prune Querier
+	// Closed is the Store's closed flag: pruning after Close wraps
+	// store.ErrClosed.
+	Closed *atomic.Bool
 }
 
 func (w *Writes) checkText(fields ...[2]string) error {
@@ -171,4 +178,21 @@ func (w *Writes) swapClusterCredential(ctx context.Context, old, next store.Clus
 	return w.Tx(ctx, &ev, func(ctx context.Context, tx Querier) error {
 		return SwapCredential(ctx, tx, w.Ph, w.Flag, old, next, now)
 	})
+}
+
+// PruneCertificates deletes the certificates whose NotAfter is strictly
+// before expiredBefore, in chunks of PruneChunk rows, each its own
+// transaction, so that pruning a large backlog never holds a lock, or one
+// long transaction, for long (on SQLite each chunk takes the writer only
+// between the group committer's batches). It returns how many it deleted
+// (also when it fails part way). Audit events are never deleted.
+func (w *Writes) PruneCertificates(ctx context.Context, expiredBefore time.Time) (int64, error) {
+	if w.Closed.Load() {
+		return 0, fmt.Errorf("%s: prune certificates: %w", w.Backend, store.ErrClosed)
+	}
+	total, err := PruneOn(ctx, w.Prune, w.Ph, expiredBefore)
+	if err != nil {
+		return total, fmt.Errorf("%s: prune certificates: %w", w.Backend, err)
+	}
+	return total, nil
 }
