@@ -111,10 +111,7 @@ type Store struct {
 	closed        atomic.Bool
 }
 
-var (
-	_ store.Store  = (*Store)(nil)
-	_ store.Pruner = (*Store)(nil)
-)
+var _ store.Store = (*Store)(nil)
 
 // Open connects to cfg.DSN, applies pending migrations (under an advisory
 // lock, so replicas may start together; see [Migrate]) and starts the

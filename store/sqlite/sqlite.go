@@ -124,10 +124,7 @@ type Store struct {
 	direct sync.RWMutex
 }
 
-var (
-	_ store.Store  = (*Store)(nil)
-	_ store.Pruner = (*Store)(nil)
-)
+var _ store.Store = (*Store)(nil)
 
 // Open opens (creating if needed) the database at cfg.Path, applies pending
 // migrations and starts the writer. The caller must Close the Store.

@@ -9,6 +9,8 @@ import (
 	"github.com/meshca/meshca/store"
 )
 
+var _ store.Pruner = (*Writes)(nil)
+
 // Writes implements the store's rare administrative writes (revocations,
 // intermediates, roots, cluster credentials), each its own transaction that
 // also appends its audit event; each backend embeds it in its Store and
