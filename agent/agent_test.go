@@ -83,17 +83,7 @@ func (ra *runningAgent) stop(t *testing.T) {
 
 func (ra *runningAgent) readyz(t *testing.T) (int, string) {
 	t.Helper()
-	c := &http.Client{Timeout: waitTimeout}
-	resp, err := c.Get("http://" + ra.boundHealthAddr() + "/readyz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(body)
+	return testkit.GetText(t, "http://"+ra.boundHealthAddr()+"/readyz")
 }
 
 func TestAgentWithRealIssuer(t *testing.T) {

@@ -2,55 +2,21 @@ package issuer_test
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	"net/url"
-	"sync"
 	"testing"
-)
 
-var (
-	keyMu    sync.Mutex
-	keyCache = map[string]crypto.Signer{}
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // testKey returns a cached key of the given kind: p256, p384, p224, rsa1024,
 // rsa2048, ed25519.
 func testKey(tb testing.TB, kind string) crypto.Signer {
 	tb.Helper()
-	keyMu.Lock()
-	defer keyMu.Unlock()
-	if k, ok := keyCache[kind]; ok {
-		return k
-	}
-	var k crypto.Signer
-	var err error
-	switch kind {
-	case "p256":
-		k, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	case "p384":
-		k, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	case "p224":
-		k, err = ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
-	case "rsa1024":
-		k, err = rsa.GenerateKey(rand.Reader, 1024)
-	case "rsa2048":
-		k, err = rsa.GenerateKey(rand.Reader, 2048)
-	case "ed25519":
-		_, k, err = ed25519.GenerateKey(rand.Reader)
-	default:
-		tb.Fatalf("unknown key kind %q", kind)
-	}
-	if err != nil {
-		tb.Fatal(err)
-	}
-	keyCache[kind] = k
-	return k
+	return testkit.KeyOf(tb, kind)
 }
 
 // csrPEM builds a PEM CSR for key with the names in tmpl.

@@ -227,42 +227,24 @@ func TestGroupCommitNoWaitByDefault(t *testing.T) {
 	})
 }
 
-func TestGroupCommitErrorFailsWholeBatch(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		errDisk := errors.New("disk full")
-		f := &fakeCommit{gate: make(chan struct{})}
-		f.result = func(batch []int) ([]error, error) {
-			if batch[0] == 0 {
-				return nil, nil
-			}
-			return nil, errDisk
-		}
-		g := startCommitter(t, GroupCommitConfig{}, f.commit)
-
-		ch := doAll(t.Context(), g, 0)
-		synctest.Wait()
-		ch2 := doAll(t.Context(), g, 1, 2, 3)
-		synctest.Wait()
-		close(f.gate)
-		if err := results(t, ch, 1)[0]; err != nil {
-			t.Fatalf("item 0: %v", err)
-		}
-		for item, err := range results(t, ch2, 3) {
-			if !errors.Is(err, errDisk) {
-				t.Errorf("item %d: err = %v, want %v", item, err, errDisk)
-			}
-		}
-		if got := f.sizes(); !slices.Equal(got, []int{1, 3}) {
-			t.Fatalf("batch sizes %v, want [1 3]", got)
-		}
-	})
-}
-
-func TestGroupCommitItemErrorsStayWithTheirItem(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		errDup := errors.New("duplicate")
-		f := &fakeCommit{gate: make(chan struct{})}
-		f.result = func(batch []int) ([]error, error) {
+// TestGroupCommitBatchErrors holds a first item's transaction open so that
+// items 1, 2 and 3 queue into one batch, then checks the error each of them
+// gets from the batch's outcome.
+func TestGroupCommitBatchErrors(t *testing.T) {
+	errDisk := errors.New("disk full")
+	errDup := errors.New("duplicate")
+	for _, tc := range []struct {
+		name string
+		// result is the backend's outcome for a batch of items > 0.
+		result func(batch []int) ([]error, error)
+		want   map[int]error
+	}{{
+		name:   "an error fails the whole batch",
+		result: func([]int) ([]error, error) { return nil, errDisk },
+		want:   map[int]error{1: errDisk, 2: errDisk, 3: errDisk},
+	}, {
+		name: "item errors stay with their item",
+		result: func(batch []int) ([]error, error) {
 			errs := make([]error, len(batch))
 			for i, it := range batch {
 				if it == 2 {
@@ -270,27 +252,39 @@ func TestGroupCommitItemErrorsStayWithTheirItem(t *testing.T) {
 				}
 			}
 			return errs, nil
-		}
-		g := startCommitter(t, GroupCommitConfig{}, f.commit)
+		},
+		want: map[int]error{1: nil, 2: errDup, 3: nil},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := &fakeCommit{gate: make(chan struct{})}
+				f.result = func(batch []int) ([]error, error) {
+					if batch[0] == 0 {
+						return nil, nil
+					}
+					return tc.result(batch)
+				}
+				g := startCommitter(t, GroupCommitConfig{}, f.commit)
 
-		ch := doAll(t.Context(), g, 0)
-		synctest.Wait()
-		ch2 := doAll(t.Context(), g, 1, 2, 3)
-		synctest.Wait()
-		close(f.gate)
-		results(t, ch, 1)
-		for item, err := range results(t, ch2, 3) {
-			if item == 2 && !errors.Is(err, errDup) {
-				t.Errorf("item 2: err = %v, want %v", err, errDup)
-			}
-			if item != 2 && err != nil {
-				t.Errorf("item %d: err = %v, want nil", item, err)
-			}
-		}
-		if got := f.sizes(); !slices.Equal(got, []int{1, 3}) {
-			t.Fatalf("batch sizes %v, want [1 3]: the bad item should share the batch", got)
-		}
-	})
+				ch := doAll(t.Context(), g, 0)
+				synctest.Wait()
+				ch2 := doAll(t.Context(), g, 1, 2, 3)
+				synctest.Wait()
+				close(f.gate)
+				if err := results(t, ch, 1)[0]; err != nil {
+					t.Fatalf("item 0: %v", err)
+				}
+				for item, err := range results(t, ch2, 3) {
+					if want := tc.want[item]; !errors.Is(err, want) {
+						t.Errorf("item %d: err = %v, want %v", item, err, want)
+					}
+				}
+				if got := f.sizes(); !slices.Equal(got, []int{1, 3}) {
+					t.Fatalf("batch sizes %v, want [1 3]: every item shares the batch", got)
+				}
+			})
+		})
+	}
 }
 
 func TestGroupCommitMismatchedItemErrorsFailAll(t *testing.T) {

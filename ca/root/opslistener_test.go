@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -22,21 +21,6 @@ import (
 	"github.com/meshca/meshca/store/sqlite"
 	"github.com/meshca/meshca/trust"
 )
-
-// getText GETs url and returns the status code and body.
-func getText(t testing.TB, url string) (int, string) {
-	t.Helper()
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(b)
-}
 
 // The ops listener of a root stack serves every root metric, counts a real
 // enrolment and renewal, and reports the store going away on /readyz.
@@ -79,7 +63,7 @@ func TestRunStackOpsListener(t *testing.T) {
 			t.Fatal("root not serving after 30s")
 		}
 	}
-	if code, body := getText(t, "http://"+ops+"/readyz"); code != 200 || body != "ready\n" {
+	if code, body := testkit.GetText(t, "http://"+ops+"/readyz"); code != 200 || body != "ready\n" {
 		t.Fatalf("/readyz = %d %q", code, body)
 	}
 
@@ -96,7 +80,7 @@ func TestRunStackOpsListener(t *testing.T) {
 	// The intermediate's expiry and the cluster's reuse counter appear at
 	// the next re-evaluation.
 	testkit.Eventually(t, 10*time.Second, "the intermediate's expiry and the cluster's reuse counter", func() error {
-		_, body := getText(t, "http://"+ops+"/metrics")
+		_, body := testkit.GetText(t, "http://"+ops+"/metrics")
 		for _, want := range []string{`meshca_ca_expiry_timestamp_seconds{cluster="east",kind="intermediate",`,
 			`meshca_root_credential_reuse_total{cluster="east"} 0`} {
 			if !strings.Contains(body, want) {
@@ -105,7 +89,7 @@ func TestRunStackOpsListener(t *testing.T) {
 		}
 		return nil
 	})
-	_, body := getText(t, "http://"+ops+"/metrics")
+	_, body := testkit.GetText(t, "http://"+ops+"/metrics")
 	for _, want := range []string{
 		`meshca_root_enrolments_total{result="ok"} 1`, `meshca_root_enrolments_total{result="refused"} 0`,
 		`meshca_root_enrolments_total{result="error"} 0`,
@@ -124,14 +108,14 @@ func TestRunStackOpsListener(t *testing.T) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	code, body := getText(t, "http://"+ops+"/readyz")
+	code, body := testkit.GetText(t, "http://"+ops+"/readyz")
 	if code != http.StatusServiceUnavailable || body != "not ready: store: unreachable\n" {
 		t.Fatalf("/readyz with the store closed = %d %q", code, body)
 	}
-	if _, body := getText(t, "http://"+ops+"/metrics"); !strings.Contains(body, `meshca_ready{component="root"} 0`) {
+	if _, body := testkit.GetText(t, "http://"+ops+"/metrics"); !strings.Contains(body, `meshca_ready{component="root"} 0`) {
 		t.Error(`/metrics with the store closed lacks meshca_ready{component="root"} 0`)
 	}
-	if code, _ := getText(t, "http://"+ops+"/healthz"); code != 200 {
+	if code, _ := testkit.GetText(t, "http://"+ops+"/healthz"); code != 200 {
 		t.Errorf("/healthz with the store closed = %d, want 200 (alive)", code)
 	}
 }

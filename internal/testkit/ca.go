@@ -3,8 +3,10 @@ package testkit
 import (
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"sync"
 	"testing"
 	"time"
@@ -22,14 +24,45 @@ var (
 // Key returns a process-wide cached ECDSA P-256 key for name.
 func Key(tb testing.TB, name string) crypto.Signer {
 	tb.Helper()
+	return cachedKey(tb, name, func() (crypto.Signer, error) {
+		return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	})
+}
+
+// KeyOf returns a process-wide cached key of the given kind: p256, p384,
+// p224, rsa1024, rsa2048 or ed25519, for tests of key-type handling.
+func KeyOf(tb testing.TB, kind string) crypto.Signer {
+	tb.Helper()
+	gen := map[string]func() (crypto.Signer, error){
+		"p256":    func() (crypto.Signer, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) },
+		"p384":    func() (crypto.Signer, error) { return ecdsa.GenerateKey(elliptic.P384(), rand.Reader) },
+		"p224":    func() (crypto.Signer, error) { return ecdsa.GenerateKey(elliptic.P224(), rand.Reader) },
+		"rsa1024": func() (crypto.Signer, error) { return rsa.GenerateKey(rand.Reader, 1024) },
+		"rsa2048": func() (crypto.Signer, error) { return rsa.GenerateKey(rand.Reader, 2048) },
+		"ed25519": func() (crypto.Signer, error) {
+			_, k, err := ed25519.GenerateKey(rand.Reader)
+			return k, err
+		},
+	}[kind]
+	if gen == nil {
+		tb.Fatalf("unknown key kind %q", kind)
+	}
+	// A space cannot start a name given to Key, so the two never share.
+	return cachedKey(tb, " "+kind, gen)
+}
+
+// cachedKey returns the key cached under name, generating it with gen the
+// first time.
+func cachedKey(tb testing.TB, name string, gen func() (crypto.Signer, error)) crypto.Signer {
+	tb.Helper()
 	keysMu.Lock()
 	defer keysMu.Unlock()
 	if k, ok := keys[name]; ok {
 		return k
 	}
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	k, err := gen()
 	if err != nil {
-		tb.Fatalf("generate key: %v", err)
+		tb.Fatalf("generate key %s: %v", name, err)
 	}
 	keys[name] = k
 	return k

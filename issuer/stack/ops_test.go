@@ -9,8 +9,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -29,6 +27,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer/stack"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/postgres"
@@ -114,16 +113,7 @@ func (s *opsStack) dial(t *testing.T) *grpc.ClientConn {
 // get returns the status and body of GET path on the operations listener.
 func (s *opsStack) get(t *testing.T, path string) (int, string) {
 	t.Helper()
-	resp, err := http.Get("http://" + s.opsAddr + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(body)
+	return testkit.GetText(t, "http://"+s.opsAddr+path)
 }
 
 func csr(t *testing.T) string {

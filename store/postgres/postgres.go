@@ -48,6 +48,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 // Config configures Open.
@@ -99,6 +100,10 @@ func (c Config) Validate() error {
 // use, and any number of Stores, in any number of processes, may share one
 // database.
 type Store struct {
+	// Reads serves the plain reads from the pool, Writes the
+	// administrative writes through writeTx.
+	sqlq.Reads
+	sqlq.Writes
 	now           func() time.Time
 	commitTimeout time.Duration
 	pool          *pgxpool.Pool
@@ -154,6 +159,10 @@ func open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{now: cfg.Now, commitTimeout: cfg.CommitTimeout, pool: pool}
+	s.Writes = sqlq.Writes{Backend: "postgres", Ph: sqlq.Dollar, Now: cfg.Now, Tx: s.tx, CheckText: checkText,
+		Flag: func(b bool) any { return b }, KeepCertificatesRevoked: keepCertificatesRevoked,
+		Prune: on{pool}, Closed: &s.closed}
+	s.Reads = sqlq.Reads{Backend: "postgres", DB: on{pool}, Ph: sqlq.Dollar, ClusterOrder: `name COLLATE "C"`, Closed: &s.closed}
 	s.gc = store.NewGroupCommitter(cfg.GroupCommit, s.commitBatch)
 	return s, nil
 }

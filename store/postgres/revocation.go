@@ -2,112 +2,14 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 var _ store.RevocationStore = (*Store)(nil)
-
-// Revocation writes are rare (an administrator acts), so, like the
-// RootStore writes, each runs a transaction of its own through writeTx.
-//
-// For writes an entry is in force until it is lifted (lifted_at = 0), so
-// Revoke and Unrevoke do not depend on any clock; one whose ExpiresAt has
-// passed still counts, it is only left out of Revocations.
-
-// Revoke records r with ev in one transaction and returns r as stored: ID
-// set, RevokedAt (the store's now when zero) and ExpiresAt at whole seconds
-// in UTC. An entry of the same kind and value not lifted, even one that has
-// expired, wraps store.ErrAlreadyExists and writes nothing. One that was
-// lifted is replaced: its row goes and r gets a new ID, larger than every ID
-// assigned before, so that whoever tracks the largest ID seen also sees it
-// come back. The lifted entry's history is in the audit log.
-//
-// Of concurrent revocations of one kind and value, from any number of
-// processes, exactly one succeeds: the others wait on the row (or the
-// unique index entry) the first one wrote, then find it in force.
-func (s *Store) Revoke(ctx context.Context, r store.Revocation, ev store.AuditEvent) (store.Revocation, error) {
-	out, err := s.revoke(ctx, r, ev)
-	if err != nil {
-		return store.Revocation{}, fmt.Errorf("postgres: revoke %s %s: %w", r.Kind, r.Value, err)
-	}
-	return out, nil
-}
-
-func (s *Store) revoke(ctx context.Context, r store.Revocation, ev store.AuditEvent) (store.Revocation, error) {
-	if err := r.Validate(); err != nil {
-		return store.Revocation{}, err
-	}
-	if err := checkText([][2]string{{"value", r.Value}, {"cluster", r.Cluster}, {"reason", r.Reason},
-		{"revoked by", r.RevokedBy}}); err != nil {
-		return store.Revocation{}, err
-	}
-	now := s.now()
-	ev = sqlq.WithTime(ev, now)
-	r, expires := sqlq.PrepareRevocation(r, now)
-	err := s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, deleteLiftedSQL, r.Kind, r.Value); err != nil {
-			return fmt.Errorf("delete lifted revocation: %w", err)
-		}
-		err := tx.QueryRow(ctx, insertRevocationSQL, sqlq.RevocationArgs(r, expires)...).Scan(&r.ID)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("revocation in force: %w", store.ErrAlreadyExists)
-		}
-		if err != nil {
-			return fmt.Errorf("insert revocation: %w", err)
-		}
-		return nil
-	})
-	if err != nil {
-		return store.Revocation{}, err
-	}
-	return r, nil
-}
-
-// Unrevoke lifts the entry of kind and value not lifted yet (expired or
-// not), with ev, in one transaction. None wraps store.ErrNotFound and
-// writes nothing. Lifting a SPIFFE ID keeps its certificates revoked: see
-// keepCertificatesRevoked.
-func (s *Store) Unrevoke(ctx context.Context, kind, value string, ev store.AuditEvent) error {
-	if err := s.unrevoke(ctx, kind, value, ev); err != nil {
-		return fmt.Errorf("postgres: unrevoke %s %s: %w", kind, value, err)
-	}
-	return nil
-}
-
-func (s *Store) unrevoke(ctx context.Context, kind, value string, ev store.AuditEvent) error {
-	if err := store.ValidateRevocationTarget(kind, value); err != nil {
-		return err
-	}
-	if err := checkText([][2]string{{"value", value}}); err != nil {
-		return err
-	}
-	now := s.now()
-	ev = sqlq.WithTime(ev, now)
-	return s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
-		// lifted_at stays non-zero, which is what marks the entry lifted,
-		// whatever the clock. Of two concurrent lifts the second waits for
-		// the first's row lock, then re-checks lifted_at and matches nothing.
-		var lifted store.Revocation
-		var revokedAt int64
-		err := tx.QueryRow(ctx, liftSQL, max(now.Unix(), 1), kind, value).Scan(&lifted.Cluster, &lifted.Reason, &lifted.RevokedBy, &revokedAt)
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			return fmt.Errorf("no revocation in force: %w", store.ErrNotFound)
-		case err != nil:
-			return fmt.Errorf("lift revocation: %w", err)
-		case kind != store.RevokeSPIFFEID:
-			return nil
-		}
-		return keepCertificatesRevoked(ctx, tx, value, lifted, revokedAt, now)
-	})
-}
 
 // keepCertificatesRevoked turns the lifted revocation of SPIFFE ID id into
 // one serial revocation per certificate of id recorded before the lift and
@@ -119,7 +21,7 @@ func (s *Store) unrevoke(ctx context.Context, kind, value string, ev store.Audit
 //
 // A lifted revocation of one of those serials is deleted first, as Revoke
 // does; one in force is kept as it is.
-func keepCertificatesRevoked(ctx context.Context, tx pgx.Tx, id string, lifted store.Revocation, revokedAt int64, now time.Time) error {
+func keepCertificatesRevoked(ctx context.Context, tx sqlq.Querier, id string, lifted store.Revocation, now time.Time) error {
 	const certs = `SELECT serial FROM certificates
 		WHERE spiffe_id = $1::text AND ($2::text = '' OR cluster = $2::text) AND not_after > $3::bigint`
 	if _, err := tx.Exec(ctx, `DELETE FROM revocations
@@ -133,32 +35,8 @@ func keepCertificatesRevoked(ctx context.Context, tx pgx.Tx, id string, lifted s
 		WHERE spiffe_id = $1::text AND ($2::text = '' OR cluster = $2::text) AND not_after > $3::bigint
 		ORDER BY not_after, serial
 		ON CONFLICT (kind, value) DO NOTHING`,
-		id, lifted.Cluster, now.Unix(), lifted.Reason, lifted.RevokedBy, revokedAt); err != nil {
+		id, lifted.Cluster, now.Unix(), lifted.Reason, lifted.RevokedBy, lifted.RevokedAt.Unix()); err != nil {
 		return fmt.Errorf("keep the certificates of %s revoked: %w", id, err)
 	}
 	return nil
 }
-
-// Revocations lists the entries in force at now, by ID. None is an empty
-// result, not an error.
-func (s *Store) Revocations(ctx context.Context, now time.Time) ([]store.Revocation, error) {
-	if s.closed.Load() {
-		return nil, fmt.Errorf("postgres: revocations: %w", store.ErrClosed)
-	}
-	rows, err := s.pool.Query(ctx, revocationsSQL, now.Unix())
-	if err != nil {
-		return nil, fmt.Errorf("postgres: revocations: %w", err)
-	}
-	rs, err := pgx.CollectRows(rows, collectable(sqlq.ScanRevocation))
-	if err != nil {
-		return nil, fmt.Errorf("postgres: revocations: %w", err)
-	}
-	return rs, nil
-}
-
-var (
-	deleteLiftedSQL     = sqlq.DeleteLiftedSQL(sqlq.Dollar)
-	insertRevocationSQL = sqlq.InsertRevocationSQL(sqlq.Dollar)
-	liftSQL             = sqlq.LiftSQL(sqlq.Dollar)
-	revocationsSQL      = sqlq.RevocationsSQL(sqlq.Dollar)
-)

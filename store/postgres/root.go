@@ -55,7 +55,7 @@ func (s *Store) addCluster(ctx context.Context, c store.Cluster, tok store.JoinT
 			return fmt.Errorf("registered with trust domain %s: %w", td, store.ErrAlreadyExists)
 		}
 		// The hash is not logged: it is enough to find the row.
-		return insertNew(ctx, tx, "join token",
+		return sqlq.InsertNew(ctx, on{tx}, "join token",
 			insertJoinTokenSQL,
 			tok.Hash, c.Name, tok.ExpiresAt.Unix(), now.Unix(), max(tok.Replicas, 1))
 	})
@@ -102,65 +102,9 @@ func (s *Store) RedeemJoinToken(ctx context.Context, hash string, now time.Time,
 	return c, replicas, nil
 }
 
-// RecordIntermediate records in with ev in one transaction. A serial
-// already recorded wraps store.ErrAlreadyExists.
-func (s *Store) RecordIntermediate(ctx context.Context, in store.Intermediate, ev store.AuditEvent) error {
-	if err := s.recordIntermediate(ctx, in, ev); err != nil {
-		return fmt.Errorf("postgres: record intermediate %s: %w", in.Serial, err)
-	}
-	return nil
-}
-
-func (s *Store) recordIntermediate(ctx context.Context, in store.Intermediate, ev store.AuditEvent) error {
-	if err := sqlq.CheckIntermediate(in); err != nil {
-		return err
-	}
-	now := s.now()
-	ev = sqlq.WithTime(ev, now)
-	return s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
-		return insertNew(ctx, tx, "intermediate",
-			insertIntermediateSQL, sqlq.IntermediateArgs(in, now.Unix())...)
-	})
-}
-
-// AddRoot records r with ev in one transaction. A fingerprint already
-// recorded wraps store.ErrAlreadyExists.
-func (s *Store) AddRoot(ctx context.Context, r store.Root, ev store.AuditEvent) error {
-	if err := s.addRoot(ctx, r, ev); err != nil {
-		return fmt.Errorf("postgres: add root %s: %w", r.Fingerprint, err)
-	}
-	return nil
-}
-
-func (s *Store) addRoot(ctx context.Context, r store.Root, ev store.AuditEvent) error {
-	if err := sqlq.CheckRoot(r); err != nil {
-		return err
-	}
-	ev = sqlq.WithTime(ev, s.now())
-	return s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
-		return insertNew(ctx, tx, "root",
-			insertRootSQL, sqlq.RootArgs(r)...)
-	})
-}
-
 var (
-	insertJoinTokenSQL    = sqlq.InsertJoinTokenSQL(sqlq.Dollar)
-	insertIntermediateSQL = sqlq.InsertIntermediateSQL(sqlq.Dollar)
-	insertRootSQL         = sqlq.InsertRootSQL(sqlq.Dollar)
+	insertJoinTokenSQL = sqlq.InsertJoinTokenSQL(sqlq.Dollar)
 )
-
-// insertNew runs an INSERT ... ON CONFLICT DO NOTHING of one row and turns
-// "no row inserted" into an error wrapping store.ErrAlreadyExists.
-func insertNew(ctx context.Context, tx pgx.Tx, what, sql string, args ...any) error {
-	tag, err := tx.Exec(ctx, sql, args...)
-	if err != nil {
-		return fmt.Errorf("insert %s: %w", what, err)
-	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("%s: %w", what, store.ErrAlreadyExists)
-	}
-	return nil
-}
 
 // writeTx runs fn and then appends ev, chained after the locked chain head,
 // in one transaction bounded by the commit timeout, and commits. ev is read
@@ -216,4 +160,9 @@ func (s *Store) runTx(ctx context.Context, ev *store.AuditEvent, fn func(ctx con
 		return commitError(err)
 	}
 	return nil
+}
+
+// tx runs fn through writeTx with the transaction as a sqlq.Querier.
+func (s *Store) tx(ctx context.Context, ev *store.AuditEvent, fn func(context.Context, sqlq.Querier) error) error {
+	return s.writeTx(ctx, ev, func(ctx context.Context, tx pgx.Tx) error { return fn(ctx, on{tx}) })
 }

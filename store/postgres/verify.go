@@ -92,7 +92,7 @@ var snapshot = pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadO
 // verifyChain checks every event in sequence order, then that the chain
 // passes through the anchors, then the end of the chain against the
 // recorded head.
-func verifyChain(ctx context.Context, q querier, anchors ...store.ChainHead) (store.ChainHead, error) {
+func verifyChain(ctx context.Context, q pgxQuerier, anchors ...store.ChainHead) (store.ChainHead, error) {
 	var recorded store.ChainHead
 	err := q.QueryRow(ctx, `SELECT seq, hash FROM audit_chain_head WHERE id`).Scan(&recorded.Seq, &recorded.Hash)
 	if errors.Is(err, pgx.ErrNoRows) {

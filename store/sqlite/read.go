@@ -11,41 +11,6 @@ import (
 	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
-// Certificate returns the certificate with the given serial, or an error
-// wrapping store.ErrNotFound.
-func (s *Store) Certificate(ctx context.Context, serial string) (store.Certificate, error) {
-	if s.closed.Load() {
-		return store.Certificate{}, fmt.Errorf("sqlite: certificate: %w", store.ErrClosed)
-	}
-	row := s.r.QueryRowContext(ctx, `SELECT `+sqlq.CertColumns+` FROM certificates WHERE serial = ?`, serial)
-	c, err := sqlq.ScanCert(row)
-	if errors.Is(err, sql.ErrNoRows) {
-		return store.Certificate{}, fmt.Errorf("sqlite: certificate %s: %w", serial, store.ErrNotFound)
-	}
-	if err != nil {
-		return store.Certificate{}, fmt.Errorf("sqlite: certificate %s: %w", serial, err)
-	}
-	return c, nil
-}
-
-// Certificates lists the certificates matching f, newest first (NotBefore
-// descending, then Serial ascending). No match is an empty result, not an
-// error.
-func (s *Store) Certificates(ctx context.Context, f store.CertificateFilter) ([]store.Certificate, error) {
-	if s.closed.Load() {
-		return nil, fmt.Errorf("sqlite: certificates: %w", store.ErrClosed)
-	}
-	if f.Limit < 0 {
-		return nil, fmt.Errorf("sqlite: certificates: negative limit %d", f.Limit)
-	}
-	q, args := sqlq.CertificatesQuery(f, sqlq.Question)
-	certs, err := collect(ctx, s.r, sqlq.ScanCert, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("sqlite: certificates: %w", err)
-	}
-	return certs, nil
-}
-
 // AuditEvents returns the events with Time >= since, in sequence order. The
 // events are not verified; see VerifyAuditChain.
 func (s *Store) AuditEvents(ctx context.Context, since time.Time) ([]store.AuditEvent, error) {
@@ -90,22 +55,7 @@ func (s *Store) eachEvent(ctx context.Context, since time.Time, fn func(store.Au
 	if s.closed.Load() {
 		return store.ErrClosed
 	}
-	q, args := sqlq.EventsQuery(since, sqlq.Question)
-	rows, err := s.r.QueryContext(ctx, q, args...)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		ev, err := sqlq.ScanEvent(rows)
-		if err != nil {
-			return err
-		}
-		if err := fn(ev); err != nil {
-			return err
-		}
-	}
-	return rows.Err()
+	return sqlq.EachEvent(ctx, on{s.r}, sqlq.Question, since, fn)
 }
 
 // AuditHead returns the seq and hash of the last audit event (the zero

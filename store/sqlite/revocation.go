@@ -2,8 +2,6 @@ package sqlite
 
 import (
 	"context"
-	"database/sql"
-	"errors"
 	"fmt"
 	"time"
 
@@ -12,92 +10,6 @@ import (
 )
 
 var _ store.RevocationStore = (*Store)(nil)
-
-// Revocation writes are rare (an administrator acts), so, like the
-// RootStore writes, each runs its own transaction through writeTx.
-//
-// For writes an entry is in force until it is lifted (lifted_at = 0), so
-// Revoke and Unrevoke do not depend on any clock; one whose ExpiresAt has
-// passed still counts, it is only left out of Revocations.
-
-// Revoke records r with ev in one transaction and returns r as stored: ID
-// set, RevokedAt (the store's now when zero) and ExpiresAt at whole seconds
-// in UTC. An entry of the same kind and value not lifted, even one that has
-// expired, wraps store.ErrAlreadyExists and writes nothing. One that was
-// lifted is replaced: its row goes and r gets a new ID, larger than every ID
-// assigned before, so that whoever tracks the largest ID seen also sees it
-// come back. The lifted entry's history is in the audit log.
-//
-// Revocations are serialized by the writer connection, so of concurrent
-// ones of one kind and value exactly one succeeds.
-func (s *Store) Revoke(ctx context.Context, r store.Revocation, ev store.AuditEvent) (store.Revocation, error) {
-	out, err := s.revoke(ctx, r, ev)
-	if err != nil {
-		return store.Revocation{}, fmt.Errorf("sqlite: revoke %s %s: %w", r.Kind, r.Value, err)
-	}
-	return out, nil
-}
-
-func (s *Store) revoke(ctx context.Context, r store.Revocation, ev store.AuditEvent) (store.Revocation, error) {
-	if err := r.Validate(); err != nil {
-		return store.Revocation{}, err
-	}
-	now := s.now()
-	ev = sqlq.WithTime(ev, now)
-	r, expires := sqlq.PrepareRevocation(r, now)
-	err := s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, deleteLiftedSQL, r.Kind, r.Value); err != nil {
-			return fmt.Errorf("delete lifted revocation: %w", err)
-		}
-		err := tx.QueryRowContext(ctx, insertRevocationSQL, sqlq.RevocationArgs(r, expires)...).Scan(&r.ID)
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("revocation in force: %w", store.ErrAlreadyExists)
-		}
-		if err != nil {
-			return fmt.Errorf("insert revocation: %w", err)
-		}
-		return nil
-	})
-	if err != nil {
-		return store.Revocation{}, err
-	}
-	return r, nil
-}
-
-// Unrevoke lifts the entry of kind and value not lifted yet (expired or
-// not), with ev, in one transaction. None wraps store.ErrNotFound and
-// writes nothing. Lifting a SPIFFE ID keeps its certificates revoked: see
-// keepCertificatesRevoked.
-func (s *Store) Unrevoke(ctx context.Context, kind, value string, ev store.AuditEvent) error {
-	if err := s.unrevoke(ctx, kind, value, ev); err != nil {
-		return fmt.Errorf("sqlite: unrevoke %s %s: %w", kind, value, err)
-	}
-	return nil
-}
-
-func (s *Store) unrevoke(ctx context.Context, kind, value string, ev store.AuditEvent) error {
-	if err := store.ValidateRevocationTarget(kind, value); err != nil {
-		return err
-	}
-	now := s.now()
-	ev = sqlq.WithTime(ev, now)
-	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
-		// lifted_at stays non-zero, which is what marks the entry lifted,
-		// whatever the clock.
-		var lifted store.Revocation
-		var revokedAt int64
-		err := tx.QueryRowContext(ctx, liftSQL, max(now.Unix(), 1), kind, value).Scan(&lifted.Cluster, &lifted.Reason, &lifted.RevokedBy, &revokedAt)
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-			return fmt.Errorf("no revocation in force: %w", store.ErrNotFound)
-		case err != nil:
-			return fmt.Errorf("lift revocation: %w", err)
-		case kind != store.RevokeSPIFFEID:
-			return nil
-		}
-		return keepCertificatesRevoked(ctx, tx, value, lifted, revokedAt, now)
-	})
-}
 
 // keepCertificatesRevoked turns the lifted revocation of SPIFFE ID id into
 // one serial revocation per certificate of id recorded before the lift and
@@ -109,42 +21,22 @@ func (s *Store) unrevoke(ctx context.Context, kind, value string, ev store.Audit
 //
 // A lifted revocation of one of those serials is deleted first, as Revoke
 // does; one in force is kept as it is.
-func keepCertificatesRevoked(ctx context.Context, tx *sql.Tx, id string, lifted store.Revocation, revokedAt int64, now time.Time) error {
+func keepCertificatesRevoked(ctx context.Context, tx sqlq.Querier, id string, lifted store.Revocation, now time.Time) error {
 	const certs = `SELECT serial FROM certificates
 		WHERE spiffe_id = ? AND (? = '' OR cluster = ?) AND not_after > ?`
 	args := []any{id, lifted.Cluster, lifted.Cluster, now.Unix()}
-	if _, err := tx.ExecContext(ctx, `DELETE FROM revocations
+	if _, err := tx.Exec(ctx, `DELETE FROM revocations
 		WHERE kind = 'serial' AND lifted_at <> 0 AND value IN (`+certs+`)`, args...); err != nil {
 		return fmt.Errorf("delete lifted serial revocations: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO revocations
+	if _, err := tx.Exec(ctx, `INSERT INTO revocations
 		(kind, value, cluster, reason, revoked_by, revoked_at, expires_at, lifted_at)
 		SELECT 'serial', serial, cluster, ?, ?, ?, not_after, 0 FROM certificates
 		WHERE spiffe_id = ? AND (? = '' OR cluster = ?) AND not_after > ?
 		ORDER BY not_after, serial
 		ON CONFLICT (kind, value) DO NOTHING`,
-		append([]any{lifted.Reason, lifted.RevokedBy, revokedAt}, args...)...); err != nil {
+		append([]any{lifted.Reason, lifted.RevokedBy, lifted.RevokedAt.Unix()}, args...)...); err != nil {
 		return fmt.Errorf("keep the certificates of %s revoked: %w", id, err)
 	}
 	return nil
 }
-
-// Revocations lists the entries in force at now, by ID. None is an empty
-// result, not an error.
-func (s *Store) Revocations(ctx context.Context, now time.Time) ([]store.Revocation, error) {
-	if s.closed.Load() {
-		return nil, fmt.Errorf("sqlite: revocations: %w", store.ErrClosed)
-	}
-	rs, err := collect(ctx, s.r, sqlq.ScanRevocation, revocationsSQL, now.Unix())
-	if err != nil {
-		return nil, fmt.Errorf("sqlite: revocations: %w", err)
-	}
-	return rs, nil
-}
-
-var (
-	deleteLiftedSQL     = sqlq.DeleteLiftedSQL(sqlq.Question)
-	insertRevocationSQL = sqlq.InsertRevocationSQL(sqlq.Question)
-	liftSQL             = sqlq.LiftSQL(sqlq.Question)
-	revocationsSQL      = sqlq.RevocationsSQL(sqlq.Question)
-)

@@ -50,7 +50,7 @@ func (s *Store) addCluster(ctx context.Context, c store.Cluster, tok store.JoinT
 			return fmt.Errorf("registered with trust domain %s: %w", td, store.ErrAlreadyExists)
 		}
 		// The hash is not logged: it is enough to find the row.
-		return insertNew(ctx, tx, "join token",
+		return sqlq.InsertNew(ctx, on{tx}, "join token",
 			insertJoinTokenSQL,
 			tok.Hash, c.Name, tok.ExpiresAt.Unix(), now.Unix(), max(tok.Replicas, 1))
 	})
@@ -93,69 +93,9 @@ func (s *Store) RedeemJoinToken(ctx context.Context, hash string, now time.Time,
 	return c, replicas, nil
 }
 
-// RecordIntermediate records in with ev in one transaction. A serial
-// already recorded wraps store.ErrAlreadyExists.
-func (s *Store) RecordIntermediate(ctx context.Context, in store.Intermediate, ev store.AuditEvent) error {
-	if err := s.recordIntermediate(ctx, in, ev); err != nil {
-		return fmt.Errorf("sqlite: record intermediate %s: %w", in.Serial, err)
-	}
-	return nil
-}
-
-func (s *Store) recordIntermediate(ctx context.Context, in store.Intermediate, ev store.AuditEvent) error {
-	if err := sqlq.CheckIntermediate(in); err != nil {
-		return err
-	}
-	now := s.now()
-	ev = sqlq.WithTime(ev, now)
-	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
-		return insertNew(ctx, tx, "intermediate",
-			insertIntermediateSQL, sqlq.IntermediateArgs(in, now.Unix())...)
-	})
-}
-
-// AddRoot records r with ev in one transaction. A fingerprint already
-// recorded wraps store.ErrAlreadyExists.
-func (s *Store) AddRoot(ctx context.Context, r store.Root, ev store.AuditEvent) error {
-	if err := s.addRoot(ctx, r, ev); err != nil {
-		return fmt.Errorf("sqlite: add root %s: %w", r.Fingerprint, err)
-	}
-	return nil
-}
-
-func (s *Store) addRoot(ctx context.Context, r store.Root, ev store.AuditEvent) error {
-	if err := sqlq.CheckRoot(r); err != nil {
-		return err
-	}
-	ev = sqlq.WithTime(ev, s.now())
-	return s.writeTx(ctx, &ev, func(tx *sql.Tx) error {
-		return insertNew(ctx, tx, "root",
-			insertRootSQL, sqlq.RootArgs(r)...)
-	})
-}
-
 var (
-	insertJoinTokenSQL    = sqlq.InsertJoinTokenSQL(sqlq.Question)
-	insertIntermediateSQL = sqlq.InsertIntermediateSQL(sqlq.Question)
-	insertRootSQL         = sqlq.InsertRootSQL(sqlq.Question)
+	insertJoinTokenSQL = sqlq.InsertJoinTokenSQL(sqlq.Question)
 )
-
-// insertNew runs an INSERT ... ON CONFLICT DO NOTHING of one row and turns
-// "no row inserted" into an error wrapping store.ErrAlreadyExists.
-func insertNew(ctx context.Context, tx *sql.Tx, what, query string, args ...any) error {
-	res, err := tx.ExecContext(ctx, query, args...)
-	if err != nil {
-		return fmt.Errorf("insert %s: %w", what, err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return fmt.Errorf("insert %s: %w", what, err)
-	}
-	if n == 0 {
-		return fmt.Errorf("%s: %w", what, store.ErrAlreadyExists)
-	}
-	return nil
-}
 
 // writeTx runs fn and then appends ev, chained after the current head, in
 // one transaction on the writer connection, and commits. ev is read after
@@ -192,4 +132,9 @@ func (s *Store) writeTx(ctx context.Context, ev *store.AuditEvent, fn func(tx *s
 		return fmt.Errorf("commit: %w", err)
 	}
 	return nil
+}
+
+// tx runs fn through writeTx with the transaction as a sqlq.Querier.
+func (s *Store) tx(ctx context.Context, ev *store.AuditEvent, fn func(context.Context, sqlq.Querier) error) error {
+	return s.writeTx(ctx, ev, func(tx *sql.Tx) error { return fn(ctx, on{tx}) })
 }

@@ -45,6 +45,7 @@ import (
 
 	"github.com/meshca/meshca/migrations"
 	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
 )
 
 // Config configures Open.
@@ -106,6 +107,10 @@ func (c Config) Validate() error {
 // [store.RootStore] and [store.RevocationStore]. It is safe for concurrent
 // use.
 type Store struct {
+	// Reads serves the plain reads from the read-only connections, Writes
+	// the administrative writes through writeTx.
+	sqlq.Reads
+	sqlq.Writes
 	now    func() time.Time
 	path   string  // absolute path of the database file
 	w      *sql.DB // exactly one connection, for every write
@@ -188,6 +193,10 @@ func open(ctx context.Context, cfg Config) (_ *Store, err error) {
 	}
 	s.r.SetMaxOpenConns(cfg.MaxReaders)
 	s.r.SetMaxIdleConns(cfg.MaxReaders)
+	s.Writes = sqlq.Writes{Backend: "sqlite", Ph: sqlq.Question, Now: cfg.Now, Tx: s.tx,
+		Flag: boolInt, KeepCertificatesRevoked: keepCertificatesRevoked,
+		Prune: on{s.w}, Closed: &s.closed}
+	s.Reads = sqlq.Reads{Backend: "sqlite", DB: on{s.r}, Ph: sqlq.Question, ClusterOrder: "name", Closed: &s.closed}
 	if err := s.stmts.prepare(ctx, s.w); err != nil {
 		return nil, err
 	}

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -102,18 +101,10 @@ func testConcurrentClusterCredentialSwap(t *testing.T, s RootStoreUnderTest) {
 	for _, from := range []store.ClusterCredential{{}, west} {
 		cluster := cmp.Or(from.Cluster, "east")
 		const n = 8
-		var wg sync.WaitGroup
-		start := make(chan struct{})
-		errs := make([]error, n)
-		for i := range n {
-			wg.Go(func() {
-				<-start
-				next := store.ClusterCredential{Cluster: cluster, Current: fmt.Sprintf("1%d", i), Previous: from.Current}
-				errs[i] = s.SwapClusterCredential(t.Context(), from, next, credentialEvent("credential.issue", cluster, next.Current))
-			})
-		}
-		close(start)
-		wg.Wait()
+		errs := allAtOnce(n, func(i int) error {
+			next := store.ClusterCredential{Cluster: cluster, Current: fmt.Sprintf("1%d", i), Previous: from.Current}
+			return s.SwapClusterCredential(t.Context(), from, next, credentialEvent("credential.issue", cluster, next.Current))
+		})
 		won := -1
 		for i, err := range errs {
 			switch {

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -436,20 +435,14 @@ func testAllKinds(t *testing.T, s RevocationStoreUnderTest) {
 
 func testConcurrentRevoke(t *testing.T, s RevocationStoreUnderTest) {
 	const n = 8
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	errs := make([]error, n)
 	got := make([]store.Revocation, n)
-	for i := range n {
-		wg.Go(func() {
-			<-start
-			r := newRevocation(store.RevokeSerial, "0a1b2c")
-			r.Reason = fmt.Sprint("attempt ", i)
-			got[i], errs[i] = s.Revoke(t.Context(), r, revokeEvent(r))
-		})
-	}
-	close(start)
-	wg.Wait()
+	errs := allAtOnce(n, func(i int) error {
+		r := newRevocation(store.RevokeSerial, "0a1b2c")
+		r.Reason = fmt.Sprint("attempt ", i)
+		var err error
+		got[i], err = s.Revoke(t.Context(), r, revokeEvent(r))
+		return err
+	})
 	winner := -1
 	for i, err := range errs {
 		switch {

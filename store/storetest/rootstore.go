@@ -298,19 +298,12 @@ func testRedeemJoinTokenRefused(t *testing.T, s RootStoreUnderTest) {
 func testConcurrentRedeemJoinToken(t *testing.T, s RootStoreUnderTest) {
 	mustAddCluster(t, s, "east", tdEast, "tok-east")
 	const n = 8
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	errs := make([]error, n)
-	for i := range n {
-		wg.Go(func() {
-			<-start
-			ev := redeemEvent()
-			ev.Detail = fmt.Sprint("attempt ", i)
-			_, _, errs[i] = s.RedeemJoinToken(t.Context(), tokenHash("tok-east"), t0, ev)
-		})
-	}
-	close(start)
-	wg.Wait()
+	errs := allAtOnce(n, func(i int) error {
+		ev := redeemEvent()
+		ev.Detail = fmt.Sprint("attempt ", i)
+		_, _, err := s.RedeemJoinToken(t.Context(), tokenHash("tok-east"), t0, ev)
+		return err
+	})
 	ok := 0
 	for i, err := range errs {
 		switch {

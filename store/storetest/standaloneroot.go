@@ -3,7 +3,6 @@ package storetest
 import (
 	"errors"
 	"fmt"
-	"sync"
 	"testing"
 
 	"github.com/meshca/meshca/store"
@@ -47,19 +46,12 @@ func testPinStandaloneRoot(t *testing.T, s RootStoreUnderTest) {
 // and only it is recorded.
 func testConcurrentPinStandaloneRoot(t *testing.T, s RootStoreUnderTest) {
 	const n = 8
-	var wg sync.WaitGroup
-	start := make(chan struct{})
 	got := make([]string, n)
-	errs := make([]error, n)
-	for i := range n {
-		wg.Go(func() {
-			<-start
-			fp := fmt.Sprintf("%064x", i+1)
-			got[i], errs[i] = s.PinStandaloneRoot(t.Context(), tdEast, "east", fp)
-		})
-	}
-	close(start)
-	wg.Wait()
+	errs := allAtOnce(n, func(i int) error {
+		var err error
+		got[i], err = s.PinStandaloneRoot(t.Context(), tdEast, "east", fmt.Sprintf("%064x", i+1))
+		return err
+	})
 	for i := range n {
 		if errs[i] != nil {
 			t.Fatalf("PinStandaloneRoot %d: %v", i, errs[i])

@@ -293,22 +293,13 @@ func testDuplicateSerial(t *testing.T, s store.Store) {
 	// the duplicate fails, and it leaves no trace.
 	const rounds, good = 3, 8
 	for r := range rounds {
-		var wg sync.WaitGroup
-		start := make(chan struct{})
-		errs := make([]error, good+1)
-		for i := range good + 1 {
-			wg.Go(func() {
-				<-start
-				if i == good {
-					errs[i] = s.RecordIssuance(t.Context(), dup, dupEvent)
-					return
-				}
-				c := newCert(fmt.Sprintf("r%dg%d", r, i), idDB, "west", t0, t0.Add(time.Hour))
-				errs[i] = s.RecordIssuance(t.Context(), c, issueEvent(c))
-			})
-		}
-		close(start)
-		wg.Wait()
+		errs := allAtOnce(good+1, func(i int) error {
+			if i == good {
+				return s.RecordIssuance(t.Context(), dup, dupEvent)
+			}
+			c := newCert(fmt.Sprintf("r%dg%d", r, i), idDB, "west", t0, t0.Add(time.Hour))
+			return s.RecordIssuance(t.Context(), c, issueEvent(c))
+		})
 		for i, err := range errs[:good] {
 			if err != nil {
 				t.Errorf("round %d: good write %d failed beside a duplicate: %v", r, i, err)
@@ -445,19 +436,13 @@ func testAuditEventsSince(t *testing.T, s store.Store) {
 
 func testConcurrentRecordIssuance(t *testing.T, s store.Store) {
 	const n = 32
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	errs := make([]error, n)
 	certs := make([]store.Certificate, n)
 	for i := range n {
 		certs[i] = newCert(fmt.Sprintf("cc%02x", i), idWeb, fmt.Sprint("cluster", i%3), t0, t0.Add(time.Hour))
-		wg.Go(func() {
-			<-start
-			errs[i] = s.RecordIssuance(t.Context(), certs[i], issueEvent(certs[i]))
-		})
 	}
-	close(start)
-	wg.Wait()
+	errs := allAtOnce(n, func(i int) error {
+		return s.RecordIssuance(t.Context(), certs[i], issueEvent(certs[i]))
+	})
 	for i, err := range errs {
 		if err != nil {
 			t.Errorf("RecordIssuance %d: %v", i, err)
@@ -518,4 +503,21 @@ func testAfterClose(t *testing.T, s store.Store) {
 			t.Errorf("%s after Close = %v, want ErrClosed", name, err)
 		}
 	}
+}
+
+// allAtOnce calls fn(i) for each i in [0, n), each in its own goroutine,
+// all released together so that they race, and returns each call's error.
+func allAtOnce(n int, fn func(i int) error) []error {
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			errs[i] = fn(i)
+		})
+	}
+	close(start)
+	wg.Wait()
+	return errs
 }
