@@ -42,7 +42,7 @@ type Proc struct {
 // messages. At the end of the test the process is stopped (Stop), its output
 // logged if the test failed, and the test fails if the output holds key
 // material or tokens. The process is killed if the test binary dies.
-func Start(t *testing.T, bin, name string, args ...string) *Proc {
+func Start(t testing.TB, bin, name string, args ...string) *Proc {
 	t.Helper()
 	p := &Proc{name: name, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
@@ -79,7 +79,7 @@ func (p *Proc) Err() error { return p.err }
 // Stop sends SIGTERM, waits for the process to exit and returns how it
 // exited. It fails the test (and kills the process) if the process takes
 // longer than StopTimeout. Once the process has exited it only returns how.
-func (p *Proc) Stop(t *testing.T) error {
+func (p *Proc) Stop(t testing.TB) error {
 	select {
 	case <-p.done:
 		return p.err

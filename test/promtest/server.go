@@ -8,23 +8,21 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/test/harness"
 )
 
 // Time bounds. The machine running tests may be busy; these are limits,
 // not expectations.
 const (
 	readyTimeout = 60 * time.Second // until the server answers /-/ready
-	stopGrace    = 10 * time.Second // SIGTERM to exit, before SIGKILL
 	callTimeout  = 10 * time.Second // one API call
 	portAttempts = 3                // listen addresses tried
 )
@@ -47,10 +45,7 @@ type Server struct {
 	// Addr is its host:port.
 	Addr string
 
-	cmd  *exec.Cmd
-	out  testkit.LogBuffer
-	done chan struct{}
-	err  error
+	proc *harness.Proc
 }
 
 // configFile is prometheus.yml.
@@ -119,23 +114,11 @@ func writeConfig(path string, cfg Config) error {
 
 func launch(tb testing.TB, bin, configPath, dataDir string) (*Server, error) {
 	tb.Helper()
-	s := &Server{Addr: testkit.FreeAddr(tb), done: make(chan struct{})}
-	s.cmd = exec.Command(bin, "--config.file="+configPath, "--storage.tsdb.path="+dataDir,
+	s := &Server{Addr: testkit.FreeAddr(tb)}
+	s.proc = harness.Start(tb, bin, "prometheus", "--config.file="+configPath, "--storage.tsdb.path="+dataDir,
 		"--web.listen-address="+s.Addr, "--log.level=info")
-	s.cmd.Stdout, s.cmd.Stderr = &s.out, &s.out
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := s.cmd.Start(); err != nil {
-		return nil, err
-	}
-	go func() { s.err = s.cmd.Wait(); close(s.done) }()
-	tb.Cleanup(func() {
-		s.stop(tb)
-		if tb.Failed() {
-			tb.Logf("--- prometheus output ---\n%s", s.out.String())
-		}
-	})
 	if err := s.waitReady(); err != nil {
-		return nil, fmt.Errorf("%w\n%s", err, s.out.String())
+		return nil, fmt.Errorf("%w\n%s", err, s.proc.Output())
 	}
 	return s, nil
 }
@@ -151,8 +134,8 @@ func (s *Server) waitReady() error {
 			}
 		}
 		select {
-		case <-s.done:
-			return fmt.Errorf("prometheus exited: %v", s.err)
+		case <-s.proc.Done():
+			return fmt.Errorf("prometheus exited: %v", s.proc.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
@@ -161,24 +144,8 @@ func (s *Server) waitReady() error {
 	}
 }
 
-func (s *Server) stop(tb testing.TB) {
-	select {
-	case <-s.done:
-		return
-	default:
-	}
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(stopGrace):
-		_ = s.cmd.Process.Kill()
-		<-s.done
-		tb.Errorf("prometheus did not stop within %v of SIGTERM", stopGrace)
-	}
-}
-
 // Output is what the server logged so far.
-func (s *Server) Output() string { return s.out.String() }
+func (s *Server) Output() string { return s.proc.Output() }
 
 // Alert is one alert of /api/v1/alerts.
 type Alert struct {
