@@ -14,12 +14,16 @@ STATICCHECK := $(CACHE_DIR)/staticcheck-$(STATICCHECK_VERSION)
 BENCHTIME   ?= 3s
 FUZZTIME    ?= 30s
 
-.PHONY: all build test unit e2e interop lint bench bench-agent-rss fuzz testbed tools generate clean
+.PHONY: all build test unit e2e interop lint bench bench-agent-rss fuzz testbed testbed-parts tools generate clean
 
 # Each test-bed component (PostgreSQL, kube-apiserver, Vault, ...) lives in a
 # fragment test/testbed/NAME.mk that defines a target `testbed-NAME`, adds it
 # to TESTBED_TARGETS and exports what tests need (addresses, binary paths).
 TESTBED_TARGETS :=
+# The parts build in parallel (`make testbed`); apt-get takes the package
+# lists and dpkg locks and fails at once when another holds them, so every
+# fragment runs it through this lock.
+APT_GET = flock $(CACHE_DIR)/apt.lock apt-get
 -include test/testbed/*.mk
 # Benchmarks against other CAs (built on demand, not by `make test`).
 -include test/bench/peers/peers.mk
@@ -74,10 +78,16 @@ fuzz:
 	$(GO) test ./attest -run '^$$' -fuzz '^FuzzJWKSAttest$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./ca -run '^$$' -fuzz '^FuzzLeafDER$$' -fuzztime $(FUZZTIME)
 
-## testbed: install what the tests need and is not a Go module.
-testbed: $(TESTBED_TARGETS)
-	@command -v openssl >/dev/null || { echo "installing openssl"; \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl) >/dev/null; }
+## testbed: install what the tests need and is not a Go module. The parts
+## build in parallel, so a cold set-up takes as long as its slowest part
+## (docs/benchmarks.md, "Test bed: cold set-up time"); TESTBED_JOBS bounds it.
+TESTBED_JOBS ?= 4
+testbed:
+	@$(MAKE) --no-print-directory -j$(TESTBED_JOBS) testbed-parts
+
+testbed-parts: $(TESTBED_TARGETS)
+	@command -v openssl >/dev/null || { echo "installing openssl"; mkdir -p $(CACHE_DIR); \
+		($(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq openssl) >/dev/null; }
 
 tools: $(STATICCHECK)
 

@@ -24,8 +24,8 @@ TESTBED_TARGETS += testbed-postgres
 ## (Debian) and starts the cluster only when needed, so it is idempotent.
 testbed-postgres:
 	@if [ ! -x $(PG_BIN)/postgres ]; then \
-		echo "installing postgresql-$(PG_MAJOR)"; \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-$(PG_MAJOR)) >/dev/null || exit 1; \
+		echo "installing postgresql-$(PG_MAJOR)"; mkdir -p $(CACHE_DIR); \
+		($(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq postgresql-$(PG_MAJOR)) >/dev/null || exit 1; \
 		echo "trusting user postgres on $(PG_HOST) (test machine; see TESTBED.md)"; \
 		sed -i '1i host all postgres $(PG_HOST)/32 trust' $(PG_HBA) || exit 1; \
 		pg_ctlcluster --skip-systemctl-redirect $(PG_MAJOR) main reload 2>/dev/null || true; \

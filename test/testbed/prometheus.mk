@@ -34,8 +34,8 @@ $(PROMETHEUS_DIR)/usr/bin/promtool:
 	@echo "unpacking Debian prometheus $(PROMETHEUS_DEB_VERSION) (no service is started)"
 	@tmp=$$(mktemp -d $(CACHE_DIR)/prometheus.tmp.XXXXXX) && trap 'rm -rf "$$tmp"' EXIT && \
 		cd "$$tmp" && \
-		{ apt-get download -qq prometheus=$(PROMETHEUS_DEB_VERSION) 2>/dev/null || \
-			{ apt-get update -qq >/dev/null && apt-get download -qq prometheus=$(PROMETHEUS_DEB_VERSION); }; } && \
+		{ $(APT_GET) download -qq prometheus=$(PROMETHEUS_DEB_VERSION) 2>/dev/null || \
+			{ $(APT_GET) update -qq >/dev/null && $(APT_GET) download -qq prometheus=$(PROMETHEUS_DEB_VERSION); }; } && \
 		dpkg -x prometheus_*.deb "$$tmp/root" && \
 		"$$tmp/root/usr/bin/promtool" --version >/dev/null && \
 		{ [ -e $(PROMETHEUS_DIR) ] || mv "$$tmp/root" $(PROMETHEUS_DIR); }
