@@ -21,9 +21,18 @@ type MultiClusterConfig struct {
 	// Aliases maps further names a caller may send as its cluster ID to a
 	// cluster name. istio-agent sends the Istio cluster name, which is often
 	// "Kubernetes" whatever the cluster is called. Nil means none. An alias
-	// must not be empty nor shadow a cluster name.
+	// must not be empty nor shadow a cluster name. IstioDefaultClusterID
+	// means Local unless a cluster or an alias claims it.
 	Aliases map[string]string
 }
+
+// IstioDefaultClusterID is the cluster ID istio-agent sends when nobody
+// named its cluster (Istio's default cluster name, CLUSTER_ID unset). An
+// injected sidecar sends it out of the box, so NewMultiCluster routes it to
+// the local cluster unless a cluster or an alias of the configuration
+// claims the name. It widens nothing: the local cluster's attestor still
+// checks the token.
+const IstioDefaultClusterID = "Kubernetes"
 
 // Validate reports the first problem with c.
 func (c MultiClusterConfig) Validate() error {
@@ -57,8 +66,8 @@ func (c MultiClusterConfig) Validate() error {
 
 // NewMultiCluster returns an Attestor that lets one issuer attest tokens
 // from several clusters. Each request goes to the attestor of the cluster
-// its ClusterID names (directly or through an alias; empty means Local),
-// with ClusterID rewritten to that cluster's name. An unknown cluster ID is
+// its ClusterID names (directly or through an alias; empty, and
+// IstioDefaultClusterID unless claimed, mean Local), with ClusterID rewritten to that cluster's name. An unknown cluster ID is
 // rejected with ErrUnauthenticated without calling anything. A token is
 // only ever checked by the cluster it claims to come from, so a token of
 // cluster B presented as cluster A fails A's review.
@@ -78,6 +87,9 @@ func NewMultiCluster(cfg MultiClusterConfig) (Attestor, error) {
 		names[alias] = name
 	}
 	names[""] = cfg.Local
+	if _, claimed := names[IstioDefaultClusterID]; !claimed {
+		names[IstioDefaultClusterID] = cfg.Local
+	}
 	return &multiCluster{routes: routes, names: names}, nil
 }
 

@@ -95,3 +95,39 @@ func TestMultiClusterConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+// An injected istio-agent sends "Kubernetes" unless its cluster was named;
+// it reaches the local cluster's attestor unless the configuration gives
+// the name to a cluster or an alias.
+func TestMultiClusterIstioDefaultClusterID(t *testing.T) {
+	tests := []struct {
+		name     string
+		clusters []string
+		aliases  map[string]string
+		want     string // attestor called for clusterid "Kubernetes"
+	}{
+		{name: "unclaimed means local", clusters: []string{"east", "west"}, want: "east<-east"},
+		{name: "an alias claims it", clusters: []string{"east", "west"}, aliases: map[string]string{IstioDefaultClusterID: "west"}, want: "west<-west"},
+		{name: "a cluster of that name", clusters: []string{"east", IstioDefaultClusterID}, want: "Kubernetes<-Kubernetes"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var seen []string
+			cfg := MultiClusterConfig{Clusters: map[string]Attestor{}, Local: "east", Aliases: tc.aliases}
+			for _, c := range tc.clusters {
+				cfg.Clusters[c] = clusterEcho(c, &seen)
+			}
+			m, err := NewMultiCluster(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			token := strings.SplitN(tc.want, "<-", 2)[0] + ":t"
+			if _, err := m.Attest(context.Background(), Request{Token: token, ClusterID: IstioDefaultClusterID}); err != nil {
+				t.Fatalf("Attest: %v", err)
+			}
+			if len(seen) != 1 || seen[0] != tc.want {
+				t.Fatalf("attestors called: %v, want [%s]", seen, tc.want)
+			}
+		})
+	}
+}

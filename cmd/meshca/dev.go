@@ -104,7 +104,11 @@ func runDev(ctx context.Context, cfg devConfig, out io.Writer) error {
 		if err != nil {
 			return nil, err
 		}
-		return attest.NewCached(jwks, attest.CacheConfig{}), nil
+		// Routed like an issuer's clusters, so that istio-agent's default
+		// cluster ID (attest.IstioDefaultClusterID) means this cluster.
+		return attest.NewMultiCluster(attest.MultiClusterConfig{
+			Clusters: map[string]attest.Attestor{cfg.Cluster: attest.NewCached(jwks, attest.CacheConfig{})}, Local: cfg.Cluster,
+		})
 	}
 	sc.Serving = func(addr, bundlePath string) { printDevBanner(out, addr, cfg.DataDir, bundlePath, cfg.Hosts) }
 	sc.MetricsServing = func(addr string) {
