@@ -107,13 +107,15 @@ func defaultPilotAgentPath() string {
 //	                           stub), customConfigFile (an empty file for the stub; without it
 //	                           the agent renders Envoy's bootstrap from
 //	                           ./var/lib/istio/envoy/envoy_bootstrap_tmpl.json, which only the
-//	                           proxyv2 image has), discoveryAddress, statusPort (a free port: the default
-//	                           15020 is fixed), terminationDrainDuration 0s (SIGTERM then stops
-//	                           at once instead of draining the absent Envoy for 5 s)
+//	                           proxyv2 image has), discoveryAddress, statusPort (a free port:
+//	                           the default 15020 is fixed and 0 fails validation),
+//	                           terminationDrainDuration 0s (SIGTERM then stops at once instead
+//	                           of draining the absent Envoy for 5 s)
 //
 // The root for the CA connection is meshca's bundle.pem at istioRootCertPath, where Kubernetes
-// mounts the istio-ca-root-cert ConfigMap; CA_ROOT_CA=<file> would do for the CA connection
-// alone, but the XDS proxy then still wants a root there (or XDS_ROOT_CA).
+// mounts the istio-ca-root-cert ConfigMap. CA_ROOT_CA=<file> alone is not enough: the XDS proxy
+// then fails the start ("root CA file for XDS does not exist", Agent.FindRootCAForXDS) unless
+// XDS_ROOT_CA=<file> is set too.
 func startPilotAgent(t testing.TB, bin string, dev *devServer, token string) *pilotAgent {
 	t.Helper()
 	dir := t.TempDir()
