@@ -62,13 +62,9 @@ func pilotAgentBinary(t testing.TB) string {
 // istio.io/istio version that test/testbed/istio/go.mod pins (a test binary carries no
 // dependency versions in its build information).
 func defaultPilotAgentPath() string {
-	version := "unknown"
-	if mod, err := os.ReadFile(filepath.Join("..", "testbed", "istio", "go.mod")); err == nil {
-		for line := range strings.Lines(string(mod)) {
-			if f := strings.Fields(strings.TrimPrefix(strings.TrimSpace(line), "require ")); len(f) >= 2 && f[0] == "istio.io/istio" {
-				version = f[1]
-			}
-		}
+	version, err := requiredVersion(filepath.Join("..", "testbed", "istio", "go.mod"), "istio.io/istio")
+	if err != nil {
+		version = "unknown"
 	}
 	cache := os.Getenv("XDG_CACHE_HOME")
 	if cache == "" {
@@ -76,6 +72,49 @@ func defaultPilotAgentPath() string {
 		cache = filepath.Join(home, ".cache")
 	}
 	return filepath.Join(cache, "meshca-testbed", "pilot-agent-"+version)
+}
+
+// requiredVersion returns the version of module that the go.mod file at path requires.
+func requiredVersion(path, module string) (string, error) {
+	mod, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	for line := range strings.Lines(string(mod)) {
+		f := strings.Fields(strings.TrimPrefix(strings.TrimSpace(line), "require "))
+		if len(f) >= 2 && f[0] == module {
+			return f[1], nil
+		}
+	}
+	return "", fmt.Errorf("%s does not require %s", path, module)
+}
+
+// TestIstioVersionsAgree holds the three places that name the Istio version to one value: this
+// module's go.mod (the CA client the tests link), test/testbed/istio/go.mod (the pilot-agent
+// the test bed builds) and ISTIO_VERSION in test/testbed/istio.mk (the cached binary's name).
+func TestIstioVersionsAgree(t *testing.T) {
+	here, err := requiredVersion("go.mod", "istio.io/istio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testbed, err := requiredVersion(filepath.Join("..", "testbed", "istio", "go.mod"), "istio.io/istio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk, err := os.ReadFile(filepath.Join("..", "testbed", "istio.mk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mkVersion string
+	for line := range strings.Lines(string(mk)) {
+		if name, value, ok := strings.Cut(line, ":="); ok && strings.TrimSpace(name) == "ISTIO_VERSION" {
+			mkVersion = strings.TrimSpace(value)
+		}
+	}
+	if here != testbed || mkVersion != testbed {
+		t.Errorf("istio.io/istio versions differ: test/interop/go.mod %q, test/testbed/istio/go.mod %q, istio.mk ISTIO_VERSION %q",
+			here, testbed, mkVersion)
+	}
 }
 
 // startPilotAgent runs Istio's sidecar agent against dev alone, with token as its projected
