@@ -14,7 +14,7 @@ STATICCHECK := $(CACHE_DIR)/staticcheck-$(STATICCHECK_VERSION)
 BENCHTIME   ?= 3s
 FUZZTIME    ?= 30s
 
-.PHONY: all build test unit e2e interop lint bench bench-agent-rss fuzz testbed testbed-parts tools generate clean
+.PHONY: all build test unit e2e interop lint bench bench-agent-rss bench-sidecar-rss fuzz testbed testbed-parts tools generate clean
 
 # Each test-bed component (PostgreSQL, kube-apiserver, Vault, ...) lives in a
 # fragment test/testbed/NAME.mk that defines a target `testbed-NAME`, adds it
@@ -44,7 +44,7 @@ unit:
 e2e: build
 	MESHCA_BIN=$(abspath $(BIN)) MESHCA_AGENT_BIN=$(abspath $(AGENT_BIN)) $(GO) test -count=1 -timeout 30m ./test/e2e/... ./test/multicluster/...
 
-interop: build
+interop: build testbed-istio
 	cd test/interop && MESHCA_BIN=$(abspath $(BIN)) GOWORK=off $(GO) test -count=1 ./...
 
 lint: tools
@@ -71,6 +71,12 @@ bench-agent-rss: build
 	MESHCA_BIN=$(abspath $(BIN)) MESHCA_AGENT_BIN=$(abspath $(AGENT_BIN)) MESHCA_AGENT_BASE_BIN=$$tmp/meshca-agent \
 		$(GO) test -count=1 -run '^$$' -bench AgentRSS -benchtime 3x -v ./test/e2e/; \
 	st=$$?; rm -rf $$tmp; exit $$st
+
+## bench-sidecar-rss: resident memory of meshca-agent and of Istio's pilot-agent serving the
+## same identity to 10 SDS streams, side by side in one run (docs/benchmarks.md).
+bench-sidecar-rss: build testbed-istio
+	cd test/interop && MESHCA_BIN=$(abspath $(BIN)) MESHCA_AGENT_BIN=$(abspath $(AGENT_BIN)) GOWORK=off \
+		$(GO) test -count=1 -run '^$$' -bench SidecarRSS -benchtime 3x -v .
 
 ## fuzz: run each fuzz target for FUZZTIME (the seed corpora also run in `make test`).
 fuzz:

@@ -17,7 +17,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -337,7 +336,7 @@ func csrSign(t *testing.T, c *citadel.CitadelClient, csrPEM []byte, ttl int64) (
 
 // meshcaBinary returns $MESHCA_BIN, or builds ../../cmd/meshca into a temporary directory.
 // A failed build fails the test: this test never skips.
-func meshcaBinary(t *testing.T) string {
+func meshcaBinary(t testing.TB) string {
 	t.Helper()
 	if bin := os.Getenv("MESHCA_BIN"); bin != "" {
 		abs, err := filepath.Abs(bin)
@@ -371,65 +370,23 @@ type devServer struct {
 	port        string
 	bundlePath  string
 	bundleRoots []*x509.Certificate
-	out         *lockedBuffer
+	proc        *proc
 }
 
-func (d *devServer) output() string { return "meshca dev output:\n" + d.out.String() }
+func (d *devServer) output() string { return d.proc.output() }
 
 // startDev runs `meshca dev` on a free loopback port and waits until it has written bundle.pem
 // and accepts TCP connections. It is stopped with SIGTERM when the test ends.
-func startDev(t *testing.T, bin string) *devServer {
+func startDev(t testing.TB, bin string) *devServer {
 	t.Helper()
-	d := &devServer{dataDir: t.TempDir(), port: freePort(t), out: &lockedBuffer{}}
+	d := &devServer{dataDir: t.TempDir(), port: freePort(t)}
 	d.bundlePath = filepath.Join(d.dataDir, "bundle.pem")
 	addr := net.JoinHostPort("127.0.0.1", d.port)
-
-	cmd := exec.Command(bin, "dev", "--data-dir", d.dataDir, "--listen", addr)
-	cmd.Stdout, cmd.Stderr = d.out, d.out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", cmd, err)
-	}
-	// exited is closed once the process has been reaped; waitErr is valid after that.
-	exited := make(chan struct{})
-	var waitErr error
-	exitReported := false
-	go func() {
-		waitErr = cmd.Wait()
-		close(exited)
-	}()
-
-	t.Cleanup(func() {
-		select {
-		case <-exited:
-			if !exitReported {
-				t.Errorf("meshca dev exited before the test ended: %v\n%s", waitErr, d.output())
-			}
-			return
-		default:
-		}
-		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Errorf("SIGTERM meshca dev: %v", err)
-		}
-		select {
-		case <-exited:
-			if waitErr != nil {
-				t.Logf("meshca dev exited after SIGTERM: %v", waitErr)
-			}
-		case <-time.After(stopTimeout):
-			_ = cmd.Process.Kill()
-			<-exited
-			t.Errorf("meshca dev did not exit within %v of SIGTERM; killed\n%s", stopTimeout, d.output())
-		}
-	})
+	d.proc = startProc(t, "meshca dev", exec.Command(bin, "dev", "--data-dir", d.dataDir, "--listen", addr))
 
 	deadline := time.Now().Add(startTimeout)
 	for {
-		select {
-		case <-exited:
-			exitReported = true
-			t.Fatalf("meshca dev exited during startup: %v\n%s", waitErr, d.output())
-		default:
-		}
+		d.proc.failIfExited(t)
 		if roots, ok := readBundle(d.bundlePath); ok && canDial(addr) {
 			d.bundleRoots = roots
 			t.Logf("meshca dev serving on %s (%d root(s) in bundle.pem)", addr, len(roots))
@@ -475,7 +432,7 @@ func canDial(addr string) bool {
 	return true
 }
 
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -486,7 +443,7 @@ func freePort(t *testing.T) string {
 }
 
 // mintToken runs `meshca dev token` and returns the JWT it prints.
-func mintToken(t *testing.T, bin, dataDir, ns, sa, audience string) string {
+func mintToken(t testing.TB, bin, dataDir, ns, sa, audience string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
