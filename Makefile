@@ -4,7 +4,12 @@
 GO          ?= go
 BIN         := bin/meshca
 # The agent alone, for sidecars: small in memory (see docs/benchmarks.md).
+# grpcnotrace leaves out gRPC's request tracing (and html/template); netgo
+# the cgo DNS resolver, so that the binary is static and maps no libc.
 AGENT_BIN   := bin/meshca-agent
+AGENT_TAGS  := grpcnotrace,netgo
+# How BASE's `make build` built the agent, for bench-agent-rss.
+BASE_AGENT_TAGS ?= grpcnotrace
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
 # Heavy tools and test-bed builds are cached outside the checkout.
@@ -32,7 +37,7 @@ all: build
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meshca
-	$(GO) build -trimpath -tags grpcnotrace -ldflags '$(LDFLAGS)' -o $(AGENT_BIN) ./cmd/meshca-agent
+	$(GO) build -trimpath -tags $(AGENT_TAGS) -ldflags '$(LDFLAGS)' -o $(AGENT_BIN) ./cmd/meshca-agent
 
 ## test: lint, then unit + integration (race detector), end-to-end and interop tests.
 test: testbed lint build unit e2e interop
@@ -62,11 +67,11 @@ bench:
 	$(GO) test -run '^$$' -bench IssuanceRatio -benchtime 10x -count 1 ./test/e2e/
 
 ## bench-agent-rss: resident memory of meshca-agent with 10 SDS streams, this checkout
-## against BASE (a commit; built in a temporary worktree) in the same run.
+## against BASE (a commit; built in a temporary worktree with BASE_AGENT_TAGS) in the same run.
 bench-agent-rss: build
 	@test -n "$(BASE)" || { echo "usage: make bench-agent-rss BASE=<commit>"; exit 2; }
 	tmp=$$(mktemp -d) && git worktree add --detach $$tmp/src $(BASE) >/dev/null && \
-	(cd $$tmp/src && $(GO) build -trimpath -tags grpcnotrace -o $$tmp/meshca-agent ./cmd/meshca-agent); \
+	(cd $$tmp/src && $(GO) build -trimpath -tags $(BASE_AGENT_TAGS) -o $$tmp/meshca-agent ./cmd/meshca-agent); \
 	st=$$?; git worktree remove --force $$tmp/src; [ $$st -eq 0 ] && \
 	MESHCA_BIN=$(abspath $(BIN)) MESHCA_AGENT_BIN=$(abspath $(AGENT_BIN)) MESHCA_AGENT_BASE_BIN=$$tmp/meshca-agent \
 		$(GO) test -count=1 -run '^$$' -bench AgentRSS -benchtime 3x -v ./test/e2e/; \

@@ -21,11 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	pb "istio.io/api/security/v1alpha1"
-
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"go.step.sm/crypto/keyutil"
-	"go.step.sm/crypto/pemutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/connectivity"
@@ -105,7 +101,6 @@ type Client struct {
 	crls   []*x509.RevocationList
 	crlDER [][]byte
 	conn   *grpc.ClientConn
-	api    pb.IstioCertificateServiceClient
 
 	// check is what every handshake verifies, CRLs included: it follows
 	// SetCRLs without a new connection. peer is the chain the issuer of the
@@ -174,7 +169,7 @@ func (c *Client) connectLocked(roots *trust.Bundle, crls []*x509.RevocationList)
 	if c.conn != nil {
 		_ = c.conn.Close() // nothing to do about a failed close of a replaced connection
 	}
-	c.roots, c.crls, c.conn, c.api = roots, crls, conn, pb.NewIstioCertificateServiceClient(conn)
+	c.roots, c.crls, c.conn = roots, crls, conn
 	return nil
 }
 
@@ -304,7 +299,7 @@ func (c *Client) Fetch(ctx context.Context, key crypto.Signer, token string, ttl
 		md.Set("clusterid", c.cfg.ClusterID)
 	}
 	c.mu.Lock()
-	conn, api, roots := c.conn, c.api, c.roots
+	conn, roots := c.conn, c.roots
 	c.mu.Unlock()
 	// Each Fetch is a deliberate attempt, paced by the caller: after failed
 	// connections, connect now rather than after gRPC's own reconnect
@@ -315,14 +310,14 @@ func (c *Client) Fetch(ctx context.Context, key crypto.Signer, token string, ttl
 	if conn.GetState() == connectivity.TransientFailure {
 		conn.ResetConnectBackoff()
 	}
-	resp, err := api.CreateCertificate(metadata.NewOutgoingContext(ctx, md), &pb.IstioCertificateRequest{
-		Csr:              string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
+	resp, err := createCertificate(metadata.NewOutgoingContext(ctx, md), conn, &certificateRequest{
+		CSR:              string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
 		ValidityDuration: int64(ttl / time.Second),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("issuer %s: %w", c.cfg.Address, err)
 	}
-	return verifyResponse(resp.GetCertChain(), key, roots)
+	return verifyResponse(resp.CertChain, key, roots)
 }
 
 func verifyResponse(pemChain []string, key crypto.Signer, roots *trust.Bundle) (*SVID, error) {
@@ -331,14 +326,14 @@ func verifyResponse(pemChain []string, key crypto.Signer, roots *trust.Bundle) (
 	}
 	certs := make([]*x509.Certificate, 0, len(pemChain))
 	for i, p := range pemChain {
-		cert, err := pemutil.ParseCertificate([]byte(p))
+		cert, err := trust.ParseCertificate([]byte(p))
 		if err != nil {
 			return nil, fmt.Errorf("issuer response certificate %d: %w", i, err)
 		}
 		certs = append(certs, cert)
 	}
 	leaf := certs[0]
-	if !keyutil.Equal(leaf.PublicKey, key.Public()) {
+	if pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(key.Public()) {
 		return nil, errors.New("issued certificate does not carry our public key")
 	}
 	if err := checkLeaf(leaf); err != nil {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"crypto/x509"
 	"encoding/pem"
 	"fmt"
 	"os"
@@ -8,7 +9,6 @@ import (
 
 	"github.com/google/renameio/v2"
 	"github.com/meshca/meshca/trust"
-	"go.step.sm/crypto/pemutil"
 )
 
 // File names written by WriteFiles.
@@ -26,10 +26,11 @@ func WriteFiles(dir string, svid *SVID) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create output directory: %w", err)
 	}
-	block, err := pemutil.Serialize(svid.Key, pemutil.WithPKCS8(true))
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(svid.Key)
 	if err != nil {
 		return fmt.Errorf("encode key: %w", err)
 	}
+	block := &pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}
 	files := []struct {
 		name string
 		data []byte

@@ -5,8 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-
-	"go.step.sm/crypto/pemutil"
 )
 
 // Bundle is a set of trusted root CA certificates. A Bundle is immutable:
@@ -45,7 +43,7 @@ func NewBundle(roots ...*x509.Certificate) (*Bundle, error) {
 
 // ParseBundle reads a bundle from concatenated PEM certificates.
 func ParseBundle(pemData []byte) (*Bundle, error) {
-	certs, err := pemutil.ParseCertificateBundle(pemData)
+	certs, err := ParseCertificates(pemData)
 	if err != nil {
 		return nil, fmt.Errorf("bundle: %w", err)
 	}

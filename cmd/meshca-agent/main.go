@@ -1,8 +1,10 @@
 // Command meshca-agent is `meshca agent` alone: the same command, flags and
 // configuration, in a binary that links nothing else (no CA, issuer, store,
 // Kubernetes or Vault code), so that a per-pod sidecar stays small in
-// memory. Build it with -tags grpcnotrace (as `make build` does), which
-// leaves out gRPC's request tracing and its html/template dependency.
+// memory. Build it with -tags grpcnotrace,netgo (as `make build` does):
+// grpcnotrace leaves out gRPC's request tracing and its html/template
+// dependency; netgo the cgo DNS resolver, so that the binary is static and
+// does not map the C library.
 package main
 
 import (

@@ -285,7 +285,7 @@ func agentBinary(t testing.TB) string {
 		return abs
 	}
 	bin := filepath.Join(t.TempDir(), "meshca-agent")
-	r := runWithin(t, buildTimeout, ".", "go", "build", "-trimpath", "-tags", "grpcnotrace", "-o", bin, "github.com/meshca/meshca/cmd/meshca-agent")
+	r := runWithin(t, buildTimeout, ".", "go", "build", "-trimpath", "-tags", "grpcnotrace,netgo", "-o", bin, "github.com/meshca/meshca/cmd/meshca-agent")
 	mustSucceed(t, "go build of meshca-agent", r)
 	return bin
 }
