@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"path"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -19,12 +20,6 @@ import (
 type JWTSignerRequest struct {
 	// PublicKey of the JWT signing key. Required.
 	PublicKey crypto.PublicKey
-	// TrustDomain and Cluster name the signer: the certificate's only URI
-	// SAN is trust.JWTSignerID(TrustDomain, Cluster). Both required; they
-	// must be those the intermediate was issued for, or no receiver
-	// accepts the authority (trust.VerifyJWTAuthority).
-	TrustDomain spiffeid.TrustDomain
-	Cluster     string
 	// NotAfter ends the certificate; zero means the authority's own
 	// NotAfter. It is clamped to the authority's NotAfter.
 	NotAfter time.Time
@@ -34,15 +29,21 @@ type JWTSignerRequest struct {
 
 // SignJWTSigner signs the certificate that authenticates a JWT-SVID
 // signing key: an end entity (no CA) for digital signatures only, without
-// extended key usages, naming trust.JWTSignerID(req.TrustDomain,
-// req.Cluster), valid within a's certificate. It fails with ErrCAExpired
+// extended key usages, valid within a's certificate, naming
+// trust.JWTSignerID of the trust domain and cluster that a names
+// (trust.IssuerServerID): the only name trust.VerifyJWTAuthority accepts
+// under a. a must be a cluster intermediate. It fails with ErrCAExpired
 // when a is not valid at req.Now. Its signature is verified against a's
 // key (x509.CreateCertificate does).
 func (a *Authority) SignJWTSigner(req JWTSignerRequest) (*x509.Certificate, error) {
 	if req.PublicKey == nil {
 		return nil, errors.New("jwt signer: public key is required")
 	}
-	id, err := trust.JWTSignerID(req.TrustDomain, req.Cluster)
+	td, cluster, ok := clusterOf(a.Certificate)
+	if !ok {
+		return nil, errors.New("jwt signer: the authority is no cluster intermediate")
+	}
+	id, err := trust.JWTSignerID(td, cluster)
 	if err != nil {
 		return nil, fmt.Errorf("jwt signer: %w", err)
 	}
@@ -77,4 +78,20 @@ func (a *Authority) SignJWTSigner(req JWTSignerRequest) (*x509.Certificate, erro
 		return nil, fmt.Errorf("jwt signer: parse: %w", err)
 	}
 	return cert, nil
+}
+
+// clusterOf returns the trust domain and cluster whose issuer c names
+// (trust.IssuerServerID); ok is false when it names none.
+func clusterOf(c *x509.Certificate) (td spiffeid.TrustDomain, cluster string, ok bool) {
+	for _, u := range c.URIs {
+		id, err := spiffeid.FromURI(u)
+		if err != nil {
+			continue
+		}
+		name := path.Base(id.Path())
+		if want, err := trust.IssuerServerID(id.TrustDomain(), name); err == nil && want == id {
+			return id.TrustDomain(), name, true
+		}
+	}
+	return spiffeid.TrustDomain{}, "", false
 }

@@ -20,13 +20,10 @@ import (
 )
 
 // jwtAuthority returns the JWT authority of key under tree's intermediate
-// (cluster "test"), its certificate naming cluster and valid for a day
-// from t0.
-func jwtAuthority(t *testing.T, tree *testkit.Tree, key crypto.Signer, cluster string) trust.JWTAuthority {
+// (cluster "test"), its certificate valid for a day from t0.
+func jwtAuthority(t *testing.T, tree *testkit.Tree, key crypto.Signer) trust.JWTAuthority {
 	t.Helper()
-	cert, err := tree.Intermediate.SignJWTSigner(ca.JWTSignerRequest{
-		PublicKey: key.Public(), TrustDomain: tree.TrustDomain, Cluster: cluster, NotAfter: t0.Add(24 * time.Hour), Now: t0,
-	})
+	cert, err := tree.Intermediate.SignJWTSigner(ca.JWTSignerRequest{PublicKey: key.Public(), NotAfter: t0.Add(24 * time.Hour), Now: t0})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,9 +46,7 @@ func authorityOf(t *testing.T, cert *x509.Certificate, pub crypto.PublicKey, abo
 func TestSignJWTSignerProfile(t *testing.T) {
 	tree := testkit.New(t, testkit.Options{Now: t0})
 	key := testkit.Key(t, "jwt-a")
-	cert, err := tree.Intermediate.SignJWTSigner(ca.JWTSignerRequest{
-		PublicKey: key.Public(), TrustDomain: tree.TrustDomain, Cluster: "test", Now: t0.Add(time.Hour),
-	})
+	cert, err := tree.Intermediate.SignJWTSigner(ca.JWTSignerRequest{PublicKey: key.Public(), Now: t0.Add(time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,18 +60,14 @@ func TestSignJWTSignerProfile(t *testing.T) {
 		t.Errorf("NotAfter = %v, want the intermediate's %v (zero NotAfter)", cert.NotAfter, tree.Intermediate.Certificate.NotAfter)
 	}
 	late := tree.Intermediate.Certificate.NotAfter.Add(time.Hour)
-	if cert, err = tree.Intermediate.SignJWTSigner(ca.JWTSignerRequest{
-		PublicKey: key.Public(), TrustDomain: tree.TrustDomain, Cluster: "test", NotAfter: late, Now: t0,
-	}); err != nil || !cert.NotAfter.Equal(tree.Intermediate.Certificate.NotAfter) {
+	if cert, err = tree.Intermediate.SignJWTSigner(ca.JWTSignerRequest{PublicKey: key.Public(), NotAfter: late, Now: t0}); err != nil || !cert.NotAfter.Equal(tree.Intermediate.Certificate.NotAfter) {
 		t.Errorf("a NotAfter past the intermediate's must be clamped to it: %v, %v", cert, err)
 	}
-	if _, err := tree.Intermediate.SignJWTSigner(ca.JWTSignerRequest{
-		PublicKey: key.Public(), TrustDomain: tree.TrustDomain, Cluster: "test", Now: late,
-	}); err == nil {
+	if _, err := tree.Intermediate.SignJWTSigner(ca.JWTSignerRequest{PublicKey: key.Public(), Now: late}); err == nil {
 		t.Error("an expired intermediate signed a JWT signer certificate")
 	}
-	if _, err := tree.Intermediate.SignJWTSigner(ca.JWTSignerRequest{PublicKey: key.Public(), TrustDomain: tree.TrustDomain, Now: t0}); err == nil {
-		t.Error("a JWT signer certificate without a cluster was signed")
+	if _, err := tree.Root.SignJWTSigner(ca.JWTSignerRequest{PublicKey: key.Public(), Now: t0}); err == nil {
+		t.Error("a root, which names no cluster, signed a JWT signer certificate")
 	}
 }
 
@@ -85,7 +76,7 @@ func TestVerifyJWTAuthority(t *testing.T) {
 	other := testkit.New(t, testkit.Options{Now: t0, RootKey: "root-other"})
 	key, key2 := testkit.Key(t, "jwt-a"), testkit.Key(t, "jwt-b")
 	now := t0.Add(time.Hour)
-	good := jwtAuthority(t, tree, key, "test")
+	good := jwtAuthority(t, tree, key)
 	if err := trust.VerifyJWTAuthority(good, tree.TrustDomain, tree.Bundle, now); err != nil {
 		t.Fatalf("a good authority was refused: %v", err)
 	}
@@ -110,9 +101,9 @@ func TestVerifyJWTAuthority(t *testing.T) {
 	}{
 		"wrong URI":                   {a: leafWith("spiffe://cluster.local/meshca/issuer/test"), want: "does not name"},
 		"workload leaf as authority":  {a: leafWith("spiffe://cluster.local/ns/default/sa/web"), want: "does not name"},
-		"signer of another cluster":   {a: jwtAuthority(t, tree, key, "other"), want: "does not name spiffe://cluster.local/meshca/jwt/test"},
+		"signer of another cluster":   {a: leafWith("spiffe://cluster.local/meshca/jwt/other"), want: "does not name spiffe://cluster.local/meshca/jwt/test"},
 		"wrong trust domain":          {a: good, td: "other.example", want: "of its trust domain"},
-		"untrusted root":              {a: jwtAuthority(t, other, key, "test"), want: "unknown authority"},
+		"untrusted root":              {a: jwtAuthority(t, other, key), want: "unknown authority"},
 		"CA certificate as authority": {a: authorityOf(t, tree.Intermediate.Certificate, tree.Intermediate.Signer.Public()), want: "not a signing end entity"},
 		"no chain":                    {a: trust.JWTAuthority{KeyID: good.KeyID, PublicKey: key.Public()}, want: "no certificate chain"},
 		"key mismatch": {a: func() trust.JWTAuthority {
@@ -158,7 +149,7 @@ func TestVerifyJWTAuthority(t *testing.T) {
 
 func TestJWTAuthorityProtoRoundTrip(t *testing.T) {
 	tree := testkit.New(t, testkit.Options{Now: t0})
-	a := jwtAuthority(t, tree, testkit.Key(t, "jwt-a"), "test")
+	a := jwtAuthority(t, tree, testkit.Key(t, "jwt-a"))
 	pa, err := a.ToProto()
 	if err != nil {
 		t.Fatal(err)
@@ -256,7 +247,7 @@ func TestDigestAndJWTAuthorities(t *testing.T) {
 	if !bytes.Equal(plain.Digest(), digestBeforeJWT(plain)) {
 		t.Fatal("the digest of a bundle without JWT authorities changed")
 	}
-	own := jwtAuthority(t, tree, testkit.Key(t, "jwt-a"), "test")
+	own := jwtAuthority(t, tree, testkit.Key(t, "jwt-a"))
 	if withOwn := bundle([]trust.JWTAuthority{own}, nil); !bytes.Equal(withOwn.Digest(), plain.Digest()) {
 		t.Error("an own domain's JWT authority changed the digest; issuers could not add theirs to the root's signed bundle")
 	}
