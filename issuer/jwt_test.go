@@ -231,3 +231,22 @@ func TestJWTConfigValidate(t *testing.T) {
 		t.Errorf("a good config was refused: %v", err)
 	}
 }
+
+// BenchmarkMintJWTSVID drives MintJWTSVID over TLS gRPC (JWKS attestation
+// cached, as in production) from benchParallelism×GOMAXPROCS concurrent
+// clients sharing one connection.
+func BenchmarkMintJWTSVID(b *testing.B) {
+	w := newWireOptions(b, wireOptions{cached: true, jwt: &issuer.JWTConfig{}})
+	ctx := metadata.NewOutgoingContext(context.Background(), bearer(w.token(b, attest.TokenSpec{})))
+	req := &meshcav1.MintJWTSVIDRequest{Audience: []string{"payments"}}
+	b.SetParallelism(benchParallelism)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := w.jwt.MintJWTSVID(ctx, req); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
