@@ -51,6 +51,10 @@ type wire struct {
 	// without wireOptions.jwt.
 	jwt     meshcav1.JWTSVIDServiceClient
 	bundles meshcav1.BundleServiceClient
+	// iss and keys are the server's issuer and JWT keys (keys nil
+	// without wireOptions.jwt).
+	iss  *issuer.Issuer
+	keys *issuer.JWTKeys
 	// reg holds the issuer's metrics.
 	reg *prometheus.Registry
 }
@@ -148,6 +152,7 @@ func newWireOptions(t testing.TB, opts wireOptions) *wire {
 	t.Cleanup(func() { w.conn.Close() })
 	w.client = pb.NewIstioCertificateServiceClient(w.conn)
 	w.bundles = meshcav1.NewBundleServiceClient(w.conn)
+	w.iss, w.keys = iss, keys
 	if keys != nil {
 		w.jwt = meshcav1.NewJWTSVIDServiceClient(w.conn)
 	}

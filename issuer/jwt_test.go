@@ -19,6 +19,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/store"
@@ -249,4 +250,77 @@ func BenchmarkMintJWTSVID(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestWatchBundleSendsPreparedJWTKey: when the next intermediate is
+// prepared, its JWT key reaches bundle watchers at once, in a bundle of
+// the sequence they hold, before any token is signed with it.
+func TestWatchBundleSendsPreparedJWTKey(t *testing.T) {
+	w := newWireOptions(t, wireOptions{jwt: &issuer.JWTConfig{}})
+	runInBackground(t, "JWTKeys.Run", w.keys.Run)
+	ctx, cancel := context.WithTimeout(metadata.NewOutgoingContext(t.Context(), bearer(w.token(t, attest.TokenSpec{}))), 10*time.Second)
+	defer cancel()
+	stream, err := w.bundles.WatchBundle(ctx, &meshcav1.WatchBundleRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv := func() *trust.TrustBundle {
+		t.Helper()
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tb, err := trust.TrustBundleFromProto(resp.GetBundle())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tb
+	}
+	kids := func(tb *trust.TrustBundle) []string {
+		d, _ := tb.Domain(w.tree.TrustDomain)
+		var out []string
+		for _, a := range d.JWTAuthorities {
+			if err := trust.VerifyJWTAuthority(a, w.tree.TrustDomain, w.tree.Bundle, time.Now()); err != nil {
+				t.Errorf("served authority %s: %v", a.KeyID, err)
+			}
+			out = append(out, a.KeyID)
+		}
+		return out
+	}
+	first := recv()
+	current := kids(first)
+	if len(current) != 1 {
+		t.Fatalf("first bundle has JWT keys %q, want the current intermediate's", current)
+	}
+
+	// The next intermediate, under the same root: the issuer holds it,
+	// prepared, without signing with it.
+	key := newKey(t)
+	cert, err := w.tree.Root.SignIntermediate(ca.IntermediateRequest{PublicKey: &key.PublicKey, TrustDomain: w.tree.TrustDomain, Cluster: "test",
+		ServingNames: testkit.TestServingNames, Now: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := ca.NewAuthority(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.iss.SetPrepared(next)
+	second := recv()
+	got := kids(second)
+	if second.Sequence != first.Sequence || len(got) != 2 || !slices.Contains(got, current[0]) {
+		t.Fatalf("after preparing: sequence %d keys %q; want sequence %d with the current key and the prepared one", second.Sequence, got, first.Sequence)
+	}
+	resp, err := w.mintJWT(t, bearer(w.token(t, attest.TokenSpec{})), &meshcav1.MintJWTSVIDRequest{Audience: []string{"a"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := jwtsvid.ParseAndValidate(resp.GetToken(), jwtBundle(t, second, w.tree.TrustDomain, w.tree.Bundle, time.Now()), []string{"a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := jwt.ParseSigned(resp.GetToken(), []jose.SignatureAlgorithm{jose.ES256})
+	if kid := tok.Headers[0].KeyID; kid != current[0] || svid.ID.String() != webID {
+		t.Errorf("signed with key %s before activation, want the current intermediate's %s", kid, current[0])
+	}
 }
