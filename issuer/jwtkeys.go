@@ -289,6 +289,10 @@ func (k *JWTKeys) keyOf(a *ca.Authority, now time.Time) (*jwtKey, error) {
 	if key := k.keys[a]; key != nil {
 		return key, nil
 	}
+	if c := a.Certificate; now.Before(c.NotBefore) || !now.Before(c.NotAfter) {
+		return nil, fmt.Errorf("%w: JWT-SVID key: intermediate %s is not valid at %s", ErrUnavailable,
+			trust.SerialHex(c.SerialNumber), now.UTC().Format(time.RFC3339))
+	}
 	priv, err := ecdsa.GenerateKey(elliptic.P256(), cryptorand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generate JWT-SVID key: %w", err)
