@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -86,6 +87,9 @@ type bundleService struct {
 	// crls and td, when crls is not nil: the issuer's CRLs and its trust
 	// domain.
 	crls CRLSource
+	// jwts, when not nil: the issuer's JWT authorities, added to td's
+	// entry like its CRLs.
+	jwts JWTSource
 	td   spiffeid.TrustDomain
 	log  *slog.Logger
 	// stopping ends every watch when the server shuts down.
@@ -99,30 +103,39 @@ type bundleService struct {
 
 type mergedBundle struct {
 	base *trust.TrustBundle
-	// crlsChanged identifies the CRLs merged: the source replaces the
-	// channel with every change.
-	crlsChanged <-chan struct{}
-	out         *trust.TrustBundle
+	// crlsChanged and jwtsChanged identify the CRLs and JWT authorities
+	// merged: the sources replace the channel with every change.
+	crlsChanged, jwtsChanged <-chan struct{}
+	out                      *trust.TrustBundle
 }
 
-// current returns the bundle to serve and two channels, either of which
-// is closed when it may change; the second is nil without a CRLSource.
-func (b *bundleService) current() (*trust.TrustBundle, <-chan struct{}, <-chan struct{}) {
-	tb, changed := b.src.Current()
-	if b.crls == nil || tb == nil {
-		return tb, changed, nil
+// current returns the bundle to serve and three channels, any of which
+// is closed when it may change; the second is nil without a CRLSource,
+// the third without a JWTSource.
+func (b *bundleService) current() (tb *trust.TrustBundle, changed, crlsChanged, jwtsChanged <-chan struct{}) {
+	tb, changed = b.src.Current()
+	if (b.crls == nil && b.jwts == nil) || tb == nil {
+		return tb, changed, nil, nil
 	}
-	crls, crlsChanged := b.crls.Current()
+	var crls []trust.CRL
+	if b.crls != nil {
+		crls, crlsChanged = b.crls.Current()
+	}
+	var jwts []trust.JWTAuthority
+	if b.jwts != nil {
+		jwts, jwtsChanged = b.jwts.Current()
+	}
 	b.memoMu.Lock()
 	defer b.memoMu.Unlock()
-	if b.memo.base != tb || b.memo.crlsChanged != crlsChanged {
-		b.memo = mergedBundle{base: tb, crlsChanged: crlsChanged, out: withCRLs(tb, b.td, crls)}
+	if b.memo.base != tb || b.memo.crlsChanged != crlsChanged || b.memo.jwtsChanged != jwtsChanged {
+		b.memo = mergedBundle{base: tb, crlsChanged: crlsChanged, jwtsChanged: jwtsChanged,
+			out: withJWTAuthorities(withCRLs(tb, b.td, crls), b.td, jwts)}
 	}
-	return b.memo.out, changed, crlsChanged
+	return b.memo.out, changed, crlsChanged, jwtsChanged
 }
 
 func (b *bundleService) GetBundle(ctx context.Context, _ *meshcav1.GetBundleRequest) (*meshcav1.GetBundleResponse, error) {
-	tb, _, _ := b.current()
+	tb, _, _, _ := b.current()
 	if tb == nil {
 		return nil, b.srv.status(ctx, "bundle request", errNoBundle)
 	}
@@ -130,9 +143,10 @@ func (b *bundleService) GetBundle(ctx context.Context, _ *meshcav1.GetBundleRequ
 }
 
 // WatchBundle sends the current bundle at once, unless the caller already
-// holds its sequence and it carries no CRLs (the caller's CRLs may be
-// older), then every newer one, and the same sequence again whenever its
-// CRLs change, until the caller goes away.
+// holds its sequence and it carries no CRLs or JWT authorities (the
+// caller's may be older), then every newer one, and the same sequence
+// again whenever its CRLs or JWT authorities change, until the caller goes
+// away.
 func (b *bundleService) WatchBundle(req *meshcav1.WatchBundleRequest, stream grpc.ServerStreamingServer[meshcav1.WatchBundleResponse]) error {
 	ctx := stream.Context()
 	id, err := b.srv.iss.authenticateWatch(ctx)
@@ -147,7 +161,7 @@ func (b *bundleService) WatchBundle(req *meshcav1.WatchBundleRequest, stream grp
 	last := req.GetKnownSequence()
 	var sent *trust.TrustBundle
 	for {
-		tb, changed, crlsChanged := b.current()
+		tb, changed, crlsChanged, jwtsChanged := b.current()
 		if tb != nil && shouldSend(tb, last, sent) {
 			if err := stream.Send(&meshcav1.WatchBundleResponse{Bundle: tb.ToProto()}); err != nil {
 				if !errors.Is(err, context.Canceled) && ctx.Err() == nil {
@@ -160,6 +174,7 @@ func (b *bundleService) WatchBundle(req *meshcav1.WatchBundleRequest, stream grp
 		select {
 		case <-changed:
 		case <-crlsChanged:
+		case <-jwtsChanged:
 		case <-ctx.Done():
 			return status.FromContextError(ctx.Err()).Err()
 		case <-b.stopping:
@@ -175,15 +190,17 @@ func shouldSend(tb *trust.TrustBundle, last uint64, sent *trust.TrustBundle) boo
 	case tb.Sequence > last:
 		return true
 	case sent == nil:
-		return tb.Sequence != last || hasCRLs(tb)
+		return tb.Sequence != last || hasRelayed(tb)
 	default:
 		return tb.Sequence == last && tb != sent && !tb.Equal(sent)
 	}
 }
 
-func hasCRLs(tb *trust.TrustBundle) bool {
+// hasRelayed reports whether tb carries CRLs or JWT authorities, which
+// change without a new sequence.
+func hasRelayed(tb *trust.TrustBundle) bool {
 	for _, d := range tb.Domains {
-		if len(d.CRLs) > 0 {
+		if len(d.CRLs) > 0 || len(d.JWTAuthorities) > 0 {
 			return true
 		}
 	}
@@ -250,4 +267,27 @@ func crlIssuerKey(c trust.CRL, rl *x509.RevocationList) string {
 	key.Write(rl.RawIssuer)
 	key.Write(rl.AuthorityKeyId)
 	return key.String()
+}
+
+// withJWTAuthorities returns tb with own added to the JWT authorities of
+// td's entry, before those tb has; an authority tb already names (the
+// root relaying this issuer's own, by key ID) is not repeated. tb is not
+// modified; its sequence and signature are kept: the root's signature does
+// not cover an own domain's authorities (trust.TrustBundle.Digest), each
+// authenticates itself by its chain. Without a domain td, tb is returned.
+func withJWTAuthorities(tb *trust.TrustBundle, td spiffeid.TrustDomain, own []trust.JWTAuthority) *trust.TrustBundle {
+	i := slices.IndexFunc(tb.Domains, func(d trust.DomainBundle) bool { return d.TrustDomain == td && !d.Federated })
+	if i < 0 || len(own) == 0 {
+		return tb
+	}
+	merged := slices.Clone(own)
+	for _, a := range tb.Domains[i].JWTAuthorities {
+		if !slices.ContainsFunc(own, func(o trust.JWTAuthority) bool { return o.KeyID == a.KeyID }) {
+			merged = append(merged, a)
+		}
+	}
+	out := *tb
+	out.Domains = slices.Clone(tb.Domains)
+	out.Domains[i].JWTAuthorities = merged
+	return &out
 }

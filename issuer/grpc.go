@@ -50,13 +50,18 @@ type ServerConfig struct {
 	// its trust domain's entry of the bundle served (see bundleService).
 	// Nil serves the bundle as it is.
 	CRLs CRLSource
+	// JWT, when set, mints JWT-SVIDs (meshca.v1.JWTSVIDService on the
+	// same port, authenticated like CreateCertificate), and its keys are
+	// added to the issuer's trust domain's entry of the bundle served, as
+	// CRLs are. Nil serves neither.
+	JWT *JWTKeys
 	// Limits bound connections, streams and bundle watches (see package
 	// grpclimit; zero fields mean its defaults).
 	Limits grpclimit.Config
 }
 
 // Server serves the Istio CA API (istio.v1.auth.IstioCertificateService),
-// the trust bundle (meshca.v1.BundleService) and the gRPC health service
+// JWT-SVIDs (meshca.v1.JWTSVIDService, with ServerConfig.JWT), the trust bundle (meshca.v1.BundleService) and the gRPC health service
 // over TLS, within the limits of ServerConfig.Limits.
 type Server struct {
 	iss    *Issuer
@@ -120,9 +125,12 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Bundles != nil {
 		bundles = cfg.Bundles
 	}
-	meshcav1.RegisterBundleServiceServer(s.grpc, &bundleService{
-		srv: s, src: bundles, crls: cfg.CRLs, td: cfg.Issuer.cfg.TrustDomain, log: s.log, stopping: s.stopping,
-	})
+	bs := &bundleService{srv: s, src: bundles, crls: cfg.CRLs, td: cfg.Issuer.cfg.TrustDomain, log: s.log, stopping: s.stopping}
+	if cfg.JWT != nil {
+		bs.jwts = cfg.JWT
+		meshcav1.RegisterJWTSVIDServiceServer(s.grpc, &jwtService{srv: s, keys: cfg.JWT})
+	}
+	meshcav1.RegisterBundleServiceServer(s.grpc, bs)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	return s, nil

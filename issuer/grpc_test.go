@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
@@ -46,6 +47,16 @@ type wire struct {
 	attestor issuer.Attestor
 	// denyList is the issuer's, nil without wireOptions.deny.
 	denyList issuer.DenyChecker
+	// jwt mints JWT-SVIDs and bundles serves the bundle; jwt is nil
+	// without wireOptions.jwt.
+	jwt     meshcav1.JWTSVIDServiceClient
+	bundles meshcav1.BundleServiceClient
+	// iss and keys are the server's issuer and JWT keys (keys nil
+	// without wireOptions.jwt).
+	iss  *issuer.Issuer
+	keys *issuer.JWTKeys
+	// reg holds the issuer's metrics.
+	reg *prometheus.Registry
 }
 
 func newWire(t *testing.T) *wire {
@@ -78,6 +89,11 @@ type wireOptions struct {
 	// deny, when set, is the issuer's deny-list, built over the wire's
 	// store; the wire keeps it in denyList.
 	deny func(db *sqlite.Store) issuer.DenyChecker
+	// jwt, when set, serves JWT-SVIDs configured so (its Issuer is set
+	// by the wire).
+	jwt *issuer.JWTConfig
+	// logger, when set, receives the issuer's logs.
+	logger *slog.Logger
 }
 
 func newWireOptions(t testing.TB, opts wireOptions) *wire {
@@ -104,18 +120,27 @@ func newWireOptions(t testing.TB, opts wireOptions) *wire {
 	if opts.deny != nil {
 		w.denyList = opts.deny(w.db)
 	}
+	w.reg = prometheus.NewRegistry()
 	iss, err := issuer.New(issuer.Config{
 		TrustDomain: w.tree.TrustDomain, Cluster: "dev", Authority: w.tree.Intermediate, Bundle: w.tree.Bundle,
 		Attestor: att, Recorder: cmp.Or[issuer.Recorder](opts.rec, w.db), DenyList: w.denyList, Now: opts.now,
-		Logger: slog.New(slog.NewJSONHandler(io.Discard, nil)),
+		Logger: cmp.Or(opts.logger, slog.New(slog.NewJSONHandler(io.Discard, nil))),
 		// Metrics on, as in production with a metrics listener: the
 		// benchmarks over this wire measure their cost too.
-		Metrics: prometheus.NewRegistry(),
+		Metrics: w.reg,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := issuer.NewServer(issuer.ServerConfig{Issuer: iss, Hosts: devHosts})
+	var keys *issuer.JWTKeys
+	if opts.jwt != nil {
+		jc := *opts.jwt
+		jc.Issuer = iss
+		if keys, err = issuer.NewJWTKeys(jc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv, err := issuer.NewServer(issuer.ServerConfig{Issuer: iss, Hosts: devHosts, JWT: keys})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,6 +151,11 @@ func newWireOptions(t testing.TB, opts wireOptions) *wire {
 	}
 	t.Cleanup(func() { w.conn.Close() })
 	w.client = pb.NewIstioCertificateServiceClient(w.conn)
+	w.bundles = meshcav1.NewBundleServiceClient(w.conn)
+	w.iss, w.keys = iss, keys
+	if keys != nil {
+		w.jwt = meshcav1.NewJWTSVIDServiceClient(w.conn)
+	}
 	return w
 }
 

@@ -18,6 +18,7 @@ const (
 	RequestDurationMetric     = "meshca_issuer_request_duration_seconds"
 	AttestationFailuresMetric = "meshca_issuer_attestation_failures_total"
 	DeniedMetric              = "meshca_issuer_denied_total"
+	JWTSVIDsMetric            = "meshca_issuer_jwt_svids_total"
 )
 
 // Reasons of meshca_issuer_attestation_failures_total: a fixed set, so that
@@ -89,6 +90,7 @@ type metrics struct {
 	duration prometheus.Observer
 	attest   map[string]map[string]prometheus.Counter // by cluster, reason
 	denied   map[string]prometheus.Counter
+	jwt      [numCodes]prometheus.Counter // by gRPC code
 }
 
 // newMetrics registers the issuer's metrics with reg for the issuer's
@@ -127,6 +129,13 @@ func newMetrics(reg prometheus.Registerer, cluster string, others []string) (*me
 	if err != nil {
 		return nil, err
 	}
+	jwts, err := ops.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: JWTSVIDsMetric,
+		Help: "MintJWTSVID calls by result (the gRPC status code).",
+	}, []string{"result"}))
+	if err != nil {
+		return nil, err
+	}
 	m := &metrics{local: cluster, duration: duration, requests: map[string]*[numCodes]prometheus.Counter{},
 		attest: map[string]map[string]prometheus.Counter{}, denied: map[string]prometheus.Counter{}}
 	for _, cl := range append([]string{cluster}, others...) {
@@ -145,6 +154,9 @@ func newMetrics(reg prometheus.Registerer, cluster string, others []string) (*me
 	}
 	for _, r := range deniedReasons {
 		m.denied[r] = denied.WithLabelValues(r)
+	}
+	for c := range numCodes {
+		m.jwt[c] = jwts.WithLabelValues(codes.Code(c).String())
 	}
 	return m, nil
 }
@@ -182,5 +194,12 @@ func (m *metrics) attestFailed(clusterID string, err error) {
 func (m *metrics) deny(reason string) {
 	if m != nil {
 		m.denied[reason].Inc()
+	}
+}
+
+// jwtSVID records one MintJWTSVID call answered with code.
+func (m *metrics) jwtSVID(code codes.Code) {
+	if m != nil && int(code) < numCodes {
+		m.jwt[code].Inc()
 	}
 }

@@ -383,26 +383,48 @@ func (u *Upstream) renew(ctx context.Context, cred *credential, key crypto.Signe
 // that it presents the credential the renewal leaves: once the root has
 // seen the new credential used, the one it replaced counts as a copy.
 func (u *Upstream) PublishCRLs(ctx context.Context, crls []trust.CRL) error {
+	req := &meshcav1.PublishCRLsRequest{}
+	for _, c := range crls {
+		req.Crls = append(req.Crls, &meshcav1.CRL{Der: c.DER, IssuerChain: c.IssuerChain})
+	}
+	return u.publish(ctx, "publish crls", req)
+}
+
+// publish sends req to RootService.PublishCRLs with the issuer
+// credential, after a renewal in progress.
+func (u *Upstream) publish(ctx context.Context, op string, req *meshcav1.PublishCRLsRequest) error {
 	u.renewMu.Lock()
 	defer u.renewMu.Unlock()
 	u.mu.Lock()
 	cred := u.cred
 	u.mu.Unlock()
 	if cred == nil {
-		return errors.New("publish crls: the issuer has not enrolled with the root")
-	}
-	req := &meshcav1.PublishCRLsRequest{}
-	for _, c := range crls {
-		req.Crls = append(req.Crls, &meshcav1.CRL{Der: c.DER, IssuerChain: c.IssuerChain})
+		return fmt.Errorf("%s: the issuer has not enrolled with the root", op)
 	}
 	err := u.call(cred.tlsCertificate(), func(c meshcav1.RootServiceClient) error {
 		_, err := c.PublishCRLs(ctx, req)
 		return err
 	})
 	if err != nil {
-		return rootError("publish crls", err, fmt.Sprintf("issuer credential %s rejected", u.files.certPath()))
+		return rootError(op, err, fmt.Sprintf("issuer credential %s rejected", u.files.certPath()))
 	}
 	return nil
+}
+
+// PublishJWTAuthorities hands the root this issuer's current JWT-SVID
+// keys with their chains (RootService.PublishCRLs, without CRLs), so that
+// the root publishes them to every cluster and keeps each until it
+// expires. Like PublishCRLs it makes one attempt; the caller retries.
+func (u *Upstream) PublishJWTAuthorities(ctx context.Context, as []trust.JWTAuthority) error {
+	req := &meshcav1.PublishCRLsRequest{}
+	for _, a := range as {
+		pa, err := a.ToProto()
+		if err != nil {
+			return fmt.Errorf("publish JWT authorities: %w", err)
+		}
+		req.JwtAuthorities = append(req.JwtAuthorities, pa)
+	}
+	return u.publish(ctx, "publish JWT authorities", req)
 }
 
 // tlsCertificate is the credential as a TLS client certificate.

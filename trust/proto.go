@@ -32,6 +32,13 @@ func (b *TrustBundle) ToProto() *meshcav1.Bundle {
 		for _, r := range d.Roots.Roots() {
 			td.X509Authorities = append(td.X509Authorities, r.Raw)
 		}
+		for _, a := range d.JWTAuthorities {
+			pa, err := a.ToProto()
+			if err != nil {
+				continue // a key that cannot be encoded was never decoded either
+			}
+			td.JwtAuthorities = append(td.JwtAuthorities, pa)
+		}
 		pb.TrustDomains = append(pb.TrustDomains, td)
 	}
 	return pb
@@ -90,11 +97,50 @@ func TrustBundleFromProto(pb *meshcav1.Bundle) (*TrustBundle, error) {
 		for _, c := range td.GetCrls() {
 			crls = append(crls, CRL{DER: c.GetDer(), IssuerChain: c.GetIssuerChain()})
 		}
-		b.Domains = append(b.Domains, DomainBundle{TrustDomain: name, Roots: roots, CRLs: crls, Federated: td.GetFederated()})
+		var jwts []JWTAuthority
+		for i, pa := range td.GetJwtAuthorities() {
+			a, err := JWTAuthorityFromProto(pa)
+			if err != nil {
+				return nil, fmt.Errorf("trust bundle: %s: JWT authority %d: %w", name, i, err)
+			}
+			jwts = append(jwts, a)
+		}
+		b.Domains = append(b.Domains, DomainBundle{TrustDomain: name, Roots: roots, CRLs: crls,
+			Federated: td.GetFederated(), JWTAuthorities: jwts})
 	}
 	if !own {
 		return nil, errors.New("trust bundle: no trust domain of its own")
 	}
 	slices.SortFunc(b.Domains, func(x, y DomainBundle) int { return cmp.Compare(x.TrustDomain.Name(), y.TrustDomain.Name()) })
 	return b, nil
+}
+
+// ToProto encodes a for the wire.
+func (a JWTAuthority) ToProto() (*meshcav1.JWTAuthority, error) {
+	der, err := x509.MarshalPKIXPublicKey(a.PublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("JWT authority %q: %w", a.KeyID, err)
+	}
+	pa := &meshcav1.JWTAuthority{KeyId: a.KeyID, PublicKey: der, CertificateChain: a.Chain}
+	if !a.ExpiresAt.IsZero() {
+		pa.ExpiresAtUnix = a.ExpiresAt.Unix()
+	}
+	return pa, nil
+}
+
+// JWTAuthorityFromProto decodes a JWT authority: a key ID and a public key
+// it can parse. It does not authenticate it (VerifyJWTAuthority does).
+func JWTAuthorityFromProto(pa *meshcav1.JWTAuthority) (JWTAuthority, error) {
+	if pa.GetKeyId() == "" {
+		return JWTAuthority{}, errors.New("no key ID")
+	}
+	pub, err := x509.ParsePKIXPublicKey(pa.GetPublicKey())
+	if err != nil {
+		return JWTAuthority{}, fmt.Errorf("key %q: %w", pa.GetKeyId(), err)
+	}
+	a := JWTAuthority{KeyID: pa.GetKeyId(), PublicKey: pub, Chain: pa.GetCertificateChain()}
+	if s := pa.GetExpiresAtUnix(); s != 0 {
+		a.ExpiresAt = time.Unix(s, 0)
+	}
+	return a, nil
 }

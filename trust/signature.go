@@ -37,7 +37,9 @@ const digestPrefix = "meshca-bundle-v2\x00"
 // Digest returns the SHA-256 of the canonical encoding of everything a
 // signature vouches for: Sequence, ActiveRoot and every domain (sorted by
 // name) with its name, Federated flag and roots (sorted by bytes, so that
-// their order does not matter). CRLs are not covered: each is signed by its
+// their order does not matter), and a federated domain's JWT authorities
+// (an own domain's authenticate themselves by their chains, as CRLs do).
+// CRLs are not covered: each is signed by its
 // issuer and checked on its own (VerifyCRL), so an issuer can add its own
 // to the root's bundle without breaking the root's signature. Every variable-length part
 // is length-prefixed, so that no two bundles encode alike. RefreshHint and
@@ -52,9 +54,16 @@ func (b *TrustBundle) Digest() []byte {
 	writeCount(&buf, len(domains))
 	for _, d := range domains {
 		writeBytes(&buf, []byte(d.TrustDomain.Name()))
-		if d.Federated {
+		// The flag byte tells what follows the roots: 2 marks a federated
+		// domain whose JWT authorities follow, so that bundles without
+		// any encode as they did before JWT authorities existed.
+		jwts := d.Federated && len(d.JWTAuthorities) > 0
+		switch {
+		case jwts:
+			buf.WriteByte(2)
+		case d.Federated:
 			buf.WriteByte(1)
-		} else {
+		default:
 			buf.WriteByte(0)
 		}
 		var roots [][]byte
@@ -64,6 +73,9 @@ func (b *TrustBundle) Digest() []byte {
 			}
 		}
 		writeSet(&buf, roots)
+		if jwts {
+			writeSet(&buf, jwtDigestParts(d.JWTAuthorities))
+		}
 	}
 	sum := sha256.Sum256(buf.Bytes())
 	return sum[:]
@@ -191,4 +203,24 @@ func verifyWith(pub crypto.PublicKey, digest, sig []byte) error {
 		return errors.New("invalid signature")
 	}
 	return nil
+}
+
+// jwtDigestParts encodes each JWT authority for Digest: key ID, PKIX key
+// and expiry, each length-prefixed. A key that cannot be encoded
+// contributes its ID alone and fails verification elsewhere.
+func jwtDigestParts(as []JWTAuthority) [][]byte {
+	parts := make([][]byte, 0, len(as))
+	for _, a := range as {
+		var p bytes.Buffer
+		writeBytes(&p, []byte(a.KeyID))
+		der, _ := x509.MarshalPKIXPublicKey(a.PublicKey)
+		writeBytes(&p, der)
+		var exp int64
+		if !a.ExpiresAt.IsZero() {
+			exp = a.ExpiresAt.Unix()
+		}
+		p.Write(binary.BigEndian.AppendUint64(nil, uint64(exp)))
+		parts = append(parts, p.Bytes())
+	}
+	return parts
 }

@@ -43,6 +43,9 @@ type DomainBundle struct {
 	CRLs []CRL
 	// Federated marks another mesh's bundle.
 	Federated bool
+	// JWTAuthorities verify the domain's JWT-SVIDs, as received: for an
+	// own domain check each with VerifyJWTAuthority before use.
+	JWTAuthorities []JWTAuthority
 }
 
 // Domain returns the bundle of td, or false.
@@ -89,8 +92,8 @@ func (b *TrustBundle) OwnRoots() *Bundle {
 // named by on the wire and in the store.
 func Fingerprint(c *x509.Certificate) [32]byte { return sha256.Sum256(c.Raw) }
 
-// Equal reports whether a and b carry the same domains, roots, CRLs and
-// active root, ignoring Sequence, RefreshHint and the signature.
+// Equal reports whether a and b carry the same domains, roots, CRLs, JWT
+// authorities and active root, ignoring Sequence, RefreshHint and the signature.
 func (b *TrustBundle) Equal(o *TrustBundle) bool {
 	if b == nil || o == nil {
 		return b == o
@@ -101,7 +104,7 @@ func (b *TrustBundle) Equal(o *TrustBundle) bool {
 	for i := range b.Domains {
 		x, y := b.Domains[i], o.Domains[i]
 		if x.TrustDomain != y.TrustDomain || x.Federated != y.Federated || !bytes.Equal(x.Roots.PEM(), y.Roots.PEM()) ||
-			!slices.EqualFunc(x.CRLs, y.CRLs, CRL.equal) {
+			!slices.EqualFunc(x.CRLs, y.CRLs, CRL.equal) || !slices.EqualFunc(x.JWTAuthorities, y.JWTAuthorities, JWTAuthority.equal) {
 			return false
 		}
 	}

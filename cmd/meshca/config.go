@@ -41,6 +41,8 @@ type devConfig struct {
 	// before the end. Default 48h (ca.DefaultIntermediateTTL, as under the
 	// central root), minimum 30s.
 	IntermediateTTL duration `json:"intermediateTTL,omitempty"`
+	// JWT tunes the JWT-SVIDs the issuer mints.
+	JWT jwtConfig `json:"jwt,omitempty"`
 	// Store selects the database; the default is SQLite in DataDir.
 	Store storeConfig `json:"store,omitempty"`
 	// LogLevel is debug, info, warn or error; --log-level overrides it.

@@ -54,6 +54,9 @@ func TestIssuerConfigValidate(t *testing.T) {
 		{"unknown limit", "limits: {maxStreams: 3}\n" + base + "  - {name: east}\n", `unknown field "limits.maxStreams"`},
 		{"short intermediates", "intermediateTTL: 10s\n" + base + "  - {name: east}\n", "intermediateTTL 10s is below the minimum 30s"},
 		{"negative intermediates", "intermediateTTL: -1h\n" + base + "  - {name: east}\n", "intermediateTTL -1h0m0s is below the minimum"},
+		{"JWT default above max", "jwt: {defaultTTL: 2h}\n" + base + "  - {name: east}\n", "jwt: defaultTTL 2h0m0s exceeds maxTTL 1h0m0s"},
+		{"negative JWT ttl", "jwt: {maxTTL: -1m}\n" + base + "  - {name: east}\n", "jwt: durations must not be negative"},
+		{"JWT issuer not https", "jwt: {issuer: \"http://oidc.example\"}\n" + base + "  - {name: east}\n", "is not an https URL"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := defaultIssuerConfig()

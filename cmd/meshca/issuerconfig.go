@@ -53,6 +53,8 @@ type issuerConfig struct {
 	// the end. Default 48h (ca.DefaultIntermediateTTL, as under the central
 	// root), minimum 30s. With Upstream the root sets it.
 	IntermediateTTL duration `json:"intermediateTTL,omitempty"`
+	// JWT tunes the JWT-SVIDs the issuer mints.
+	JWT jwtConfig `json:"jwt,omitempty"`
 	// Root is a local file root CA key, for a self-contained issuer. Leave
 	// it empty when Upstream is set.
 	Root rootKeyConfig `json:"root,omitempty"`
@@ -281,6 +283,9 @@ func (c issuerConfig) validate() error {
 	}
 	if ttl := time.Duration(c.IntermediateTTL); ttl != 0 && ttl < issuer.MinLocalIntermediateTTL {
 		return fmt.Errorf("intermediateTTL %s is below the minimum %s", ttl, issuer.MinLocalIntermediateTTL)
+	}
+	if err := c.JWT.validate(); err != nil {
+		return err
 	}
 	if err := c.Admin.validate(); err != nil {
 		return err

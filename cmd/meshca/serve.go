@@ -47,7 +47,7 @@ func issuerStack(cfg issuerConfig) (stack.Config, error) {
 			PollInterval: time.Duration(cfg.Revocation.PollInterval), MaxStale: time.Duration(cfg.Revocation.MaxStale),
 			CRLValidity: time.Duration(cfg.Revocation.CRLValidity),
 		},
-		Limits: cfg.Limits.grpclimit(),
+		Limits: cfg.Limits.grpclimit(), JWT: cfg.JWT.stack(),
 	}
 	for _, cl := range cfg.Clusters {
 		if cl.Name != cfg.Cluster {
@@ -74,7 +74,7 @@ func devStack(cfg devConfig) (stack.Config, error) {
 		LeafTTL: time.Duration(cfg.LeafTTL), LeafMinTTL: time.Duration(cfg.LeafMinTTL), LeafMaxTTL: time.Duration(cfg.LeafMaxTTL),
 		OpenStore: storeOpener(cfg.Store, cfg.DataDir), Retention: cfg.Store.Retention.store(),
 		Checkpoint:  cfg.Store.Checkpoint.dirConfig(cfg.DataDir),
-		AdminSocket: socketAllowConfig{}.unixConfig(""),
+		AdminSocket: socketAllowConfig{}.unixConfig(""), JWT: cfg.JWT.stack(),
 	}, nil
 }
 

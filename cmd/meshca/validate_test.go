@@ -15,6 +15,7 @@ trustDomain: example.org
 cluster: east
 hosts: [localhost]
 intermediateTTL: 2h
+jwt: {defaultTTL: 1m, maxTTL: 10m, issuer: "https://oidc.example"}
 upstream: {address: "root:15020", bundleFile: bundle.pem}
 admin: {listen: "127.0.0.1:0", spiffeIDs: ["spiffe://example.org/admin"]}
 revocation: {pollInterval: 1s}

@@ -22,6 +22,7 @@ import (
 type parts struct {
 	deny    *issuer.DenyList
 	crls    *issuer.CRLSigner
+	jwt     *issuer.JWTKeys
 	admin   *issuer.AdminServer
 	loop    *issuer.Intermediates
 	relayed issuer.BundleSource // nil without a central root
@@ -65,6 +66,11 @@ func (c Config) build(ctx context.Context, src intermediateSource, att attest.At
 	}); err != nil {
 		return nil, err
 	}
+	if p.jwt, err = issuer.NewJWTKeys(issuer.JWTConfig{
+		Issuer: iss, DefaultTTL: c.JWT.DefaultTTL, MaxTTL: c.JWT.MaxTTL, IssuerURL: c.JWT.IssuerURL, Publisher: src.jwtPublisher(), Logger: log,
+	}); err != nil {
+		return nil, err
+	}
 	if p.loop, err = issuer.NewIntermediates(issuer.IntermediatesConfig{Issuer: iss, Root: src.root, Bundle: src.bundle, Logger: log}); err != nil {
 		return nil, err
 	}
@@ -73,7 +79,7 @@ func (c Config) build(ctx context.Context, src intermediateSource, att attest.At
 		return nil, err
 	}
 	if p.srv, err = issuer.NewServer(issuer.ServerConfig{
-		Issuer: iss, Hosts: c.Hosts, CRLs: p.crls, Bundles: p.relayed, Limits: c.Limits,
+		Issuer: iss, Hosts: c.Hosts, CRLs: p.crls, JWT: p.jwt, Bundles: p.relayed, Limits: c.Limits,
 	}); err != nil {
 		return nil, err
 	}
@@ -115,6 +121,7 @@ func (p *parts) run(ctx context.Context, ls listeners, bundlePath string, db Sto
 	}
 	g.Go(func() error { return p.deny.Run(gctx) })
 	g.Go(func() error { return p.crls.Run(gctx) })
+	g.Go(func() error { return p.jwt.Run(gctx) })
 	g.Go(func() error { return p.admin.ServeUnix(gctx, ls.admin) })
 	if ls.adminTLS != nil {
 		g.Go(func() error { return p.admin.ServeMTLS(gctx, ls.adminTLS, p.mtls) })

@@ -53,6 +53,15 @@ func (src intermediateSource) publisher() issuer.CRLPublisher {
 	return src.upstream
 }
 
+// jwtPublisher is where the issuer's JWT-SVID keys go besides its own
+// bundle: the central root; nil for a local root.
+func (src intermediateSource) jwtPublisher() issuer.JWTPublisher {
+	if src.upstream == nil {
+		return nil
+	}
+	return src.upstream
+}
+
 // crlRoots are the roots the issuer signs CRLs with: the local root.
 func (src intermediateSource) crlRoots() []*ca.Authority {
 	if src.localRoot == nil {

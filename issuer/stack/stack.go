@@ -1,8 +1,8 @@
 // Package stack runs a whole cluster issuer in-process: the intermediate
 // (minted under a local file root, or obtained from the central root) and
 // the loop that rotates it, the issuer recording into a store, the
-// deny-list, CRLs, the admin API, audit checkpoints, store retention and
-// the gRPC server. `meshca issuer serve` and `meshca dev` run it; tests can
+// deny-list, CRLs, the JWT-SVID keys, the admin API, audit checkpoints,
+// store retention and the gRPC server. `meshca issuer serve` and `meshca dev` run it; tests can
 // too, without a process.
 package stack
 
@@ -66,6 +66,8 @@ type Config struct {
 	IntermediateTTL time.Duration
 	// LeafTTL, LeafMinTTL and LeafMaxTTL: see issuer.Config.
 	LeafTTL, LeafMinTTL, LeafMaxTTL time.Duration
+	// JWT tunes JWT-SVIDs; zero fields take issuer.JWTConfig's defaults.
+	JWT JWT
 	// OpenStore opens the database (it runs after DataDir is locked),
 	// passing m to its group commit (store.GroupCommitConfig.Metrics); m
 	// is nil without a metrics listener. Required. Run closes it.
@@ -120,6 +122,13 @@ type Upstream struct {
 	// issuer.UpstreamConfig.Replica); empty means the short host name,
 	// which in Kubernetes is the pod name.
 	Replica string
+}
+
+// JWT tunes JWT-SVIDs; see issuer.JWTConfig.
+type JWT struct {
+	DefaultTTL, MaxTTL time.Duration
+	// IssuerURL is the "iss" claim; empty means none.
+	IssuerURL string
 }
 
 // Revocation tunes the deny-list and CRLs; see issuer.DenyListConfig and
