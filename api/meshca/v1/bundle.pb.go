@@ -7,12 +7,11 @@
 package meshcav1
 
 import (
+	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
+	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
-
-	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
-	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 )
 
 const (
@@ -365,9 +364,17 @@ type TrustDomainBundle struct {
 	Crls []*CRL `protobuf:"bytes,3,rep,name=crls,proto3" json:"crls,omitempty"`
 	// federated is true for a bundle of another mesh, learned from its
 	// SPIFFE bundle endpoint.
-	Federated     bool `protobuf:"varint,4,opt,name=federated,proto3" json:"federated,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Federated bool `protobuf:"varint,4,opt,name=federated,proto3" json:"federated,omitempty"`
+	// jwt_authorities are the keys that verify this trust domain's
+	// JWT-SVIDs. For the root's own trust domains each one carries the
+	// certificate chain that authenticates it (issued by a cluster
+	// intermediate), so issuers add theirs as they do CRLs and they are not
+	// covered by the bundle signature; for a federated domain they come from
+	// its SPIFFE bundle endpoint, carry no chain, and the signature covers
+	// them (see trust.TrustBundle.Digest).
+	JwtAuthorities []*JWTAuthority `protobuf:"bytes,5,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *TrustDomainBundle) Reset() {
@@ -428,6 +435,94 @@ func (x *TrustDomainBundle) GetFederated() bool {
 	return false
 }
 
+func (x *TrustDomainBundle) GetJwtAuthorities() []*JWTAuthority {
+	if x != nil {
+		return x.JwtAuthorities
+	}
+	return nil
+}
+
+// JWTAuthority is one JWT-SVID verification key of a trust domain.
+type JWTAuthority struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// key_id is the key's JWT "kid": the unpadded base64url SHA-256 of
+	// public_key, so that it names the key and nothing else.
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// public_key is the verification key, PKIX (SubjectPublicKeyInfo) DER.
+	PublicKey []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// expires_at_unix is when the key stops verifying anything, in seconds
+	// since the epoch: no JWT-SVID it signed lives longer. Zero means the
+	// key's certificate decides (own domains), or no expiry was published
+	// (federated domains).
+	ExpiresAtUnix int64 `protobuf:"varint,3,opt,name=expires_at_unix,json=expiresAtUnix,proto3" json:"expires_at_unix,omitempty"`
+	// certificate_chain is the X.509 certificate of public_key and the CA
+	// certificates above it, DER, nearest first, root excluded. Its leaf
+	// names the key's signer (trust.JWTSignerID) and is signed, through the
+	// cluster intermediate, by a root of the trust domain. Empty for a
+	// federated domain's key.
+	CertificateChain [][]byte `protobuf:"bytes,4,rep,name=certificate_chain,json=certificateChain,proto3" json:"certificate_chain,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *JWTAuthority) Reset() {
+	*x = JWTAuthority{}
+	mi := &file_meshca_v1_bundle_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTAuthority) ProtoMessage() {}
+
+func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_meshca_v1_bundle_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTAuthority.ProtoReflect.Descriptor instead.
+func (*JWTAuthority) Descriptor() ([]byte, []int) {
+	return file_meshca_v1_bundle_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *JWTAuthority) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *JWTAuthority) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *JWTAuthority) GetExpiresAtUnix() int64 {
+	if x != nil {
+		return x.ExpiresAtUnix
+	}
+	return 0
+}
+
+func (x *JWTAuthority) GetCertificateChain() [][]byte {
+	if x != nil {
+		return x.CertificateChain
+	}
+	return nil
+}
+
 var File_meshca_v1_bundle_proto protoreflect.FileDescriptor
 
 const file_meshca_v1_bundle_proto_rawDesc = "" +
@@ -449,12 +544,19 @@ const file_meshca_v1_bundle_proto_rawDesc = "" +
 	"\rsigner_sha256\x18\x06 \x01(\fR\fsignerSha256\":\n" +
 	"\x03CRL\x12\x10\n" +
 	"\x03der\x18\x01 \x01(\fR\x03der\x12!\n" +
-	"\fissuer_chain\x18\x02 \x03(\fR\vissuerChain\"\xa3\x01\n" +
+	"\fissuer_chain\x18\x02 \x03(\fR\vissuerChain\"\xe5\x01\n" +
 	"\x11TrustDomainBundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12)\n" +
 	"\x10x509_authorities\x18\x02 \x03(\fR\x0fx509Authorities\x12\"\n" +
 	"\x04crls\x18\x03 \x03(\v2\x0e.meshca.v1.CRLR\x04crls\x12\x1c\n" +
-	"\tfederated\x18\x04 \x01(\bR\tfederated2\xa7\x01\n" +
+	"\tfederated\x18\x04 \x01(\bR\tfederated\x12@\n" +
+	"\x0fjwt_authorities\x18\x05 \x03(\v2\x17.meshca.v1.JWTAuthorityR\x0ejwtAuthorities\"\x99\x01\n" +
+	"\fJWTAuthority\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\x12&\n" +
+	"\x0fexpires_at_unix\x18\x03 \x01(\x03R\rexpiresAtUnix\x12+\n" +
+	"\x11certificate_chain\x18\x04 \x03(\fR\x10certificateChain2\xa7\x01\n" +
 	"\rBundleService\x12F\n" +
 	"\tGetBundle\x12\x1b.meshca.v1.GetBundleRequest\x1a\x1c.meshca.v1.GetBundleResponse\x12N\n" +
 	"\vWatchBundle\x12\x1d.meshca.v1.WatchBundleRequest\x1a\x1e.meshca.v1.WatchBundleResponse0\x01B1Z/github.com/meshca/meshca/api/meshca/v1;meshcav1b\x06proto3"
@@ -471,7 +573,7 @@ func file_meshca_v1_bundle_proto_rawDescGZIP() []byte {
 	return file_meshca_v1_bundle_proto_rawDescData
 }
 
-var file_meshca_v1_bundle_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_meshca_v1_bundle_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_meshca_v1_bundle_proto_goTypes = []any{
 	(*GetBundleRequest)(nil),    // 0: meshca.v1.GetBundleRequest
 	(*GetBundleResponse)(nil),   // 1: meshca.v1.GetBundleResponse
@@ -480,21 +582,23 @@ var file_meshca_v1_bundle_proto_goTypes = []any{
 	(*Bundle)(nil),              // 4: meshca.v1.Bundle
 	(*CRL)(nil),                 // 5: meshca.v1.CRL
 	(*TrustDomainBundle)(nil),   // 6: meshca.v1.TrustDomainBundle
+	(*JWTAuthority)(nil),        // 7: meshca.v1.JWTAuthority
 }
 var file_meshca_v1_bundle_proto_depIdxs = []int32{
 	4, // 0: meshca.v1.GetBundleResponse.bundle:type_name -> meshca.v1.Bundle
 	4, // 1: meshca.v1.WatchBundleResponse.bundle:type_name -> meshca.v1.Bundle
 	6, // 2: meshca.v1.Bundle.trust_domains:type_name -> meshca.v1.TrustDomainBundle
 	5, // 3: meshca.v1.TrustDomainBundle.crls:type_name -> meshca.v1.CRL
-	0, // 4: meshca.v1.BundleService.GetBundle:input_type -> meshca.v1.GetBundleRequest
-	2, // 5: meshca.v1.BundleService.WatchBundle:input_type -> meshca.v1.WatchBundleRequest
-	1, // 6: meshca.v1.BundleService.GetBundle:output_type -> meshca.v1.GetBundleResponse
-	3, // 7: meshca.v1.BundleService.WatchBundle:output_type -> meshca.v1.WatchBundleResponse
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	7, // 4: meshca.v1.TrustDomainBundle.jwt_authorities:type_name -> meshca.v1.JWTAuthority
+	0, // 5: meshca.v1.BundleService.GetBundle:input_type -> meshca.v1.GetBundleRequest
+	2, // 6: meshca.v1.BundleService.WatchBundle:input_type -> meshca.v1.WatchBundleRequest
+	1, // 7: meshca.v1.BundleService.GetBundle:output_type -> meshca.v1.GetBundleResponse
+	3, // 8: meshca.v1.BundleService.WatchBundle:output_type -> meshca.v1.WatchBundleResponse
+	7, // [7:9] is the sub-list for method output_type
+	5, // [5:7] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_meshca_v1_bundle_proto_init() }
@@ -508,7 +612,7 @@ func file_meshca_v1_bundle_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshca_v1_bundle_proto_rawDesc), len(file_meshca_v1_bundle_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,10 +22,16 @@ const (
 )
 
 type PublishCRLsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Crls          []*CRL                 `protobuf:"bytes,1,rep,name=crls,proto3" json:"crls,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Crls  []*CRL                 `protobuf:"bytes,1,rep,name=crls,proto3" json:"crls,omitempty"`
+	// jwt_authorities are the caller's current JWT-SVID keys, each with the
+	// certificate chain that authenticates it. The root checks each against
+	// the caller's cluster and its roots and publishes it, in the bundle of
+	// the caller's trust domain, until it expires, also after the caller
+	// stops naming it (JWT-SVIDs it signed may still be in use).
+	JwtAuthorities []*JWTAuthority `protobuf:"bytes,2,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *PublishCRLsRequest) Reset() {
@@ -61,6 +67,13 @@ func (*PublishCRLsRequest) Descriptor() ([]byte, []int) {
 func (x *PublishCRLsRequest) GetCrls() []*CRL {
 	if x != nil {
 		return x.Crls
+	}
+	return nil
+}
+
+func (x *PublishCRLsRequest) GetJwtAuthorities() []*JWTAuthority {
+	if x != nil {
+		return x.JwtAuthorities
 	}
 	return nil
 }
@@ -385,9 +398,10 @@ var File_meshca_v1_root_proto protoreflect.FileDescriptor
 
 const file_meshca_v1_root_proto_rawDesc = "" +
 	"\n" +
-	"\x14meshca/v1/root.proto\x12\tmeshca.v1\x1a\x16meshca/v1/bundle.proto\"8\n" +
+	"\x14meshca/v1/root.proto\x12\tmeshca.v1\x1a\x16meshca/v1/bundle.proto\"z\n" +
 	"\x12PublishCRLsRequest\x12\"\n" +
-	"\x04crls\x18\x01 \x03(\v2\x0e.meshca.v1.CRLR\x04crls\"\x15\n" +
+	"\x04crls\x18\x01 \x03(\v2\x0e.meshca.v1.CRLR\x04crls\x12@\n" +
+	"\x0fjwt_authorities\x18\x02 \x03(\v2\x17.meshca.v1.JWTAuthorityR\x0ejwtAuthorities\"\x15\n" +
 	"\x13PublishCRLsResponse\"\x9a\x01\n" +
 	"\rEnrollRequest\x12\x1d\n" +
 	"\n" +
@@ -435,23 +449,25 @@ var file_meshca_v1_root_proto_goTypes = []any{
 	(*RenewRequest)(nil),        // 4: meshca.v1.RenewRequest
 	(*RenewResponse)(nil),       // 5: meshca.v1.RenewResponse
 	(*CRL)(nil),                 // 6: meshca.v1.CRL
-	(*Bundle)(nil),              // 7: meshca.v1.Bundle
+	(*JWTAuthority)(nil),        // 7: meshca.v1.JWTAuthority
+	(*Bundle)(nil),              // 8: meshca.v1.Bundle
 }
 var file_meshca_v1_root_proto_depIdxs = []int32{
 	6, // 0: meshca.v1.PublishCRLsRequest.crls:type_name -> meshca.v1.CRL
-	7, // 1: meshca.v1.EnrollResponse.bundle:type_name -> meshca.v1.Bundle
-	7, // 2: meshca.v1.RenewResponse.bundle:type_name -> meshca.v1.Bundle
-	2, // 3: meshca.v1.RootService.Enroll:input_type -> meshca.v1.EnrollRequest
-	4, // 4: meshca.v1.RootService.Renew:input_type -> meshca.v1.RenewRequest
-	0, // 5: meshca.v1.RootService.PublishCRLs:input_type -> meshca.v1.PublishCRLsRequest
-	3, // 6: meshca.v1.RootService.Enroll:output_type -> meshca.v1.EnrollResponse
-	5, // 7: meshca.v1.RootService.Renew:output_type -> meshca.v1.RenewResponse
-	1, // 8: meshca.v1.RootService.PublishCRLs:output_type -> meshca.v1.PublishCRLsResponse
-	6, // [6:9] is the sub-list for method output_type
-	3, // [3:6] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	7, // 1: meshca.v1.PublishCRLsRequest.jwt_authorities:type_name -> meshca.v1.JWTAuthority
+	8, // 2: meshca.v1.EnrollResponse.bundle:type_name -> meshca.v1.Bundle
+	8, // 3: meshca.v1.RenewResponse.bundle:type_name -> meshca.v1.Bundle
+	2, // 4: meshca.v1.RootService.Enroll:input_type -> meshca.v1.EnrollRequest
+	4, // 5: meshca.v1.RootService.Renew:input_type -> meshca.v1.RenewRequest
+	0, // 6: meshca.v1.RootService.PublishCRLs:input_type -> meshca.v1.PublishCRLsRequest
+	3, // 7: meshca.v1.RootService.Enroll:output_type -> meshca.v1.EnrollResponse
+	5, // 8: meshca.v1.RootService.Renew:output_type -> meshca.v1.RenewResponse
+	1, // 9: meshca.v1.RootService.PublishCRLs:output_type -> meshca.v1.PublishCRLsResponse
+	7, // [7:10] is the sub-list for method output_type
+	4, // [4:7] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_meshca_v1_root_proto_init() }

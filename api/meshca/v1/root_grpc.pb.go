@@ -42,6 +42,7 @@ type RootServiceClient interface {
 	// intermediates (authenticated by the issuer credential), so that every
 	// cluster's agents receive them with the bundle. Each replaces the
 	// previous CRL of the same issuer when its CRL number is higher.
+	// The same call hands over the caller's JWT-SVID authorities.
 	PublishCRLs(ctx context.Context, in *PublishCRLsRequest, opts ...grpc.CallOption) (*PublishCRLsResponse, error)
 }
 
@@ -101,6 +102,7 @@ type RootServiceServer interface {
 	// intermediates (authenticated by the issuer credential), so that every
 	// cluster's agents receive them with the bundle. Each replaces the
 	// previous CRL of the same issuer when its CRL number is higher.
+	// The same call hands over the caller's JWT-SVID authorities.
 	PublishCRLs(context.Context, *PublishCRLsRequest) (*PublishCRLsResponse, error)
 	mustEmbedUnimplementedRootServiceServer()
 }
