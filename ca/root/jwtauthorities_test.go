@@ -109,7 +109,17 @@ func TestPublishJWTAuthorities(t *testing.T) {
 	addr := h.serve()
 	east := h.mustEnroll(addr, "east", "east.example")
 	west := h.mustEnroll(addr, "west", "west.example")
-	north := h.mustEnroll(addr, "north", "east.example")
+	// north shares east's trust domain: an issuer of one cluster must
+	// not publish keys of another even there.
+	resp, err := h.root.addCluster(context.Background(), &meshcav1.AddClusterRequest{Name: "north", TrustDomain: "east.example",
+		ShareTrustDomain: true}, "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	north, err := enroll(t, h.dial(addr, nil), resp.GetJoinToken())
+	if err != nil {
+		t.Fatal(err)
+	}
 	eastRoot := meshcav1.NewRootServiceClient(h.dial(addr, east.tlsCert()))
 	westRoot := meshcav1.NewRootServiceClient(h.dial(addr, west.tlsCert()))
 	northRoot := meshcav1.NewRootServiceClient(h.dial(addr, north.tlsCert()))
