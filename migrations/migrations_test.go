@@ -35,7 +35,7 @@ func TestSQLiteUpDownUp(t *testing.T) {
 	if len(p.ListSources()) == 0 {
 		t.Fatal("no embedded migrations")
 	}
-	wantTables := []string{"audit_events", "certificates", "cluster_credentials", "clusters", "intermediates", "issuer_crls", "join_tokens", "revocations", "root_crls", "roots", "standalone_roots"}
+	wantTables := []string{"audit_events", "certificates", "cluster_credentials", "clusters", "intermediates", "issuer_crls", "join_tokens", "jwt_authorities", "revocations", "root_crls", "roots", "standalone_roots"}
 
 	if _, err := p.Up(ctx); err != nil {
 		t.Fatalf("up: %v", err)

@@ -82,7 +82,7 @@ type ClusterLister interface {
 // enrolment, renewal, bundle watches and the other admin calls, and
 // publishes the stored root CRLs, so that all of them publish the same CRL
 // under the same number; every replica also stores the issuer CRLs it
-// accepts and relays those the others stored. Without this capability the root server assumes
+// accepts, and the JWT authorities, and relays those the others stored. Without this capability the root server assumes
 // it is the only one on its store.
 type ReplicaStore interface {
 	TryLeader(ctx context.Context) (store.Lease, bool, error)
@@ -92,6 +92,10 @@ type ReplicaStore interface {
 	// the replicas (issuercrls.go).
 	PutIssuerCRL(ctx context.Context, c store.IssuerCRL) error
 	IssuerCRLs(ctx context.Context, now time.Time) ([]store.IssuerCRL, error)
+	// PutJWTAuthority and JWTAuthorities share the JWT authorities issuers
+	// publish (jwtauthorities.go).
+	PutJWTAuthority(ctx context.Context, a store.JWTAuthority) error
+	JWTAuthorities(ctx context.Context, now time.Time) ([]store.JWTAuthority, error)
 }
 
 // Federated is a source of other meshes' bundles, published alongside the

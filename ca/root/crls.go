@@ -197,10 +197,12 @@ func (r *Root) domainCRLsLocked(td spiffeid.TrustDomain) []trust.CRL {
 
 // publishCRLs answers RootService.PublishCRLs. Every CRL must verify under
 // the in-bundle roots and be signed by an intermediate of the caller's
-// cluster; otherwise the whole call is refused. One that went stale or
-// whose issuer expired is skipped, and one whose CRL number is not above
-// the kept one of its issuer is ignored. Accepted CRLs are also stored for
-// the other root replicas (issuercrls.go).
+// cluster, and every JWT authority must verify under them with its
+// certificate issued by such an intermediate (jwtauthorities.go);
+// otherwise the whole call is refused. A CRL that went stale or whose
+// issuer expired is skipped, and one whose CRL number is not above the
+// kept one of its issuer is ignored. Accepted CRLs and JWT authorities are
+// also stored for the other root replicas (issuercrls.go).
 func (r *Root) publishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest) (*meshcav1.PublishCRLsResponse, error) {
 	st := r.state.Load()
 	caller, err := r.authenticate(ctx, st, useCredential)
@@ -233,13 +235,51 @@ func (r *Root) publishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest
 	if err != nil {
 		return nil, fmt.Errorf("%w: list intermediates of cluster %s: %w", grpcx.ErrUnavailable, c.Name, err)
 	}
+	in, err := checkIssuerCRLs(req.GetCrls(), c.Name, td, pool, inters, now)
+	if err != nil {
+		return nil, err
+	}
+	jwts, err := checkJWTAuthorities(req.GetJwtAuthorities(), c, td, pool, inters, now)
+	if err != nil {
+		r.refuseJWTAuthorities(ctx, caller, err)
+		return nil, err
+	}
+	r.storeIssuerCRLs(ctx, in)
+	r.storeJWTAuthorities(ctx, jwts)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	changed, newKeys := 0, 0
+	for _, got := range in {
+		if old, ok := r.issuerCRLs[got.serial]; ok && got.number.Cmp(old.number) <= 0 {
+			continue
+		}
+		r.issuerCRLs[got.serial] = got
+		changed++
+	}
+	for _, a := range jwts {
+		if r.addJWTAuthorityLocked(a) {
+			newKeys++
+		}
+	}
+	if changed > 0 || newKeys > 0 {
+		r.log.InfoContext(ctx, "issuer CRLs and JWT authorities published", "cluster", c.Name, "new", changed,
+			"received", len(req.GetCrls()), "new_jwt_authorities", newKeys, "received_jwt_authorities", len(jwts))
+		r.publishLocked(ctx, now)
+	}
+	return &meshcav1.PublishCRLsResponse{}, nil
+}
+
+// checkIssuerCRLs verifies the CRLs of a PublishCRLs call by cluster of
+// trust domain td and returns those to keep; one bad CRL fails them all.
+func checkIssuerCRLs(crls []*meshcav1.CRL, cluster string, td spiffeid.TrustDomain, pool *trust.Bundle,
+	inters []store.Intermediate, now time.Time) ([]issuerCRL, error) {
 	var in []issuerCRL
-	for i, p := range req.GetCrls() {
+	for i, p := range crls {
 		crl := trust.CRL{DER: bytes.Clone(p.GetDer())}
 		for _, der := range p.GetIssuerChain() {
 			crl.IssuerChain = append(crl.IssuerChain, bytes.Clone(der))
 		}
-		got, ok, err := checkIssuerCRL(crl, pool, inters, c.Name, now)
+		got, ok, err := checkIssuerCRL(crl, pool, inters, cluster, now)
 		if err != nil {
 			return nil, fmt.Errorf("crl %d: %w", i, err)
 		}
@@ -248,22 +288,7 @@ func (r *Root) publishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest
 			in = append(in, got)
 		}
 	}
-	r.storeIssuerCRLs(ctx, in)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	changed := 0
-	for _, got := range in {
-		if old, ok := r.issuerCRLs[got.serial]; ok && got.number.Cmp(old.number) <= 0 {
-			continue
-		}
-		r.issuerCRLs[got.serial] = got
-		changed++
-	}
-	if changed > 0 {
-		r.log.InfoContext(ctx, "issuer CRLs published", "cluster", c.Name, "new", changed, "received", len(req.GetCrls()))
-		r.publishLocked(ctx, now)
-	}
-	return &meshcav1.PublishCRLsResponse{}, nil
+	return in, nil
 }
 
 // checkIssuerCRL verifies one published CRL: ok is false when it is to be

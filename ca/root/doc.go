@@ -26,9 +26,10 @@
 // caller's credential, and the root accepts only the newest one (and the
 // one it replaced, until the newest is used); any other credential of the
 // cluster is a copy in use, which revokes the lineage (credential.go).
-// Issuers hand their own CRLs to PublishCRLs; the root keeps them in memory
-// only (issuers publish again when they reconnect) and relays them to every
-// cluster in their trust domain's entry.
+// Issuers hand their own CRLs and JWT-SVID keys to PublishCRLs; the root
+// verifies them, stores them for its other replicas (issuercrls.go,
+// jwtauthorities.go) and relays them to every cluster in their trust
+// domain's entry, each JWT key until it expires.
 //
 // Use: New, then run Run (the re-evaluation loop), Serve and ServeAdmin
 // side by side until the context ends; Close releases the keys afterwards.

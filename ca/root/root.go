@@ -61,6 +61,9 @@ type Root struct {
 	// issuerCRLs are the CRLs issuers published, by the serial of the
 	// intermediate that signed them; in memory only.
 	issuerCRLs map[string]issuerCRL
+	// jwtAuthorities are the JWT authorities issuers published, by key ID
+	// (jwtauthorities.go).
+	jwtAuthorities map[string]jwtAuthority
 	// leader is whether this replica held the leader lease at the last
 	// check (see leadLocked); storedCRLs are the root CRLs in the store at
 	// the last re-evaluation, by root fingerprint (hex).
@@ -122,6 +125,8 @@ func New(ctx context.Context, cfg Config) (*Root, error) {
 		rootCRLs:     map[[32]byte]*rootCRL{},
 		crlErrs:      map[[32]byte]string{},
 		issuerCRLs:   map[string]issuerCRL{},
+
+		jwtAuthorities: map[string]jwtAuthority{},
 	}
 	for _, name := range cfg.TrustDomains {
 		r.domains[spiffeid.RequireTrustDomainFromString(name)] = true
@@ -309,6 +314,7 @@ func (r *Root) loadLocked(ctx context.Context) error {
 	r.revs, r.revsAt = revs, now
 	r.statuses, r.lastUse = RootStates(recs, lastUse, now), lastUse
 	r.mergeStoredIssuerCRLsLocked(ctx, now, inters)
+	r.mergeStoredJWTAuthoritiesLocked(ctx, now, inters)
 	r.storeDomains = domains
 	r.loadActiveLocked(ctx)
 	r.metrics.set(r.statuses, newest)
@@ -343,12 +349,13 @@ func (r *Root) loadActiveLocked(ctx context.Context) {
 	}
 }
 
-// publishLocked builds the bundle from the current statuses, domains and
-// CRLs (re-signing the root CRLs when due), publishes it if it differs from
+// publishLocked builds the bundle from the current statuses, domains,
+// CRLs and JWT authorities (re-signing the root CRLs when due), publishes it if it differs from
 // the current one, and stores the state.
 func (r *Root) publishLocked(ctx context.Context, now time.Time) {
 	r.signRootCRLsLocked(ctx, now)
 	r.pruneIssuerCRLsLocked(ctx, now)
+	r.pruneJWTAuthoritiesLocked(ctx, now)
 	st := &state{statuses: r.statuses, active: r.active, clientCAs: x509.NewCertPool(), revoked: r.revs.clusters,
 		revokedSerials: r.revs.serials, revokedIDs: r.revs.ids, revsAt: r.revsAt}
 	for _, s := range r.statuses {
@@ -375,7 +382,8 @@ func (r *Root) publishLocked(ctx context.Context, now time.Time) {
 			for td := range set {
 				if !own[td] {
 					own[td] = true
-					b.Domains = append(b.Domains, trust.DomainBundle{TrustDomain: td, Roots: roots, CRLs: r.domainCRLsLocked(td)})
+					b.Domains = append(b.Domains, trust.DomainBundle{TrustDomain: td, Roots: roots, CRLs: r.domainCRLsLocked(td),
+						JWTAuthorities: r.domainJWTAuthoritiesLocked(td)})
 				}
 			}
 		}

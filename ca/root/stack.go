@@ -91,6 +91,9 @@ type Endpoint struct {
 	// ProfileHTTPSWeb (CertFile and KeyFile).
 	Profile           federation.Profile
 	CertFile, KeyFile string
+	// OIDCIssuer, when set, also serves OIDC discovery for the trust
+	// domain's JWT-SVIDs (see federation.EndpointConfig.OIDCIssuer).
+	OIDCIssuer string
 }
 
 // Validate reports the first problem with c. It does not change c.

@@ -96,7 +96,8 @@ func (c StackConfig) newFetcher(log *slog.Logger) (*federation.Fetcher, error) {
 
 // new makes the bundle endpoint, serving r's bundle.
 func (e Endpoint) new(r *Root, log *slog.Logger) (*federation.Endpoint, error) {
-	ec := federation.EndpointConfig{TrustDomain: e.TrustDomain, Source: r, Profile: e.Profile, Logger: log.With("component", "bundle-endpoint")}
+	ec := federation.EndpointConfig{TrustDomain: e.TrustDomain, Source: r, Profile: e.Profile, OIDCIssuer: e.OIDCIssuer,
+		Logger: log.With("component", "bundle-endpoint")}
 	if e.Profile == federation.ProfileHTTPSWeb {
 		ec.CertFile, ec.KeyFile = e.CertFile, e.KeyFile
 	} else {

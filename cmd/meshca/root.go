@@ -93,6 +93,7 @@ func rootStack(cfg rootConfig) (root.StackConfig, error) {
 	if f.Listen != "" {
 		sc.Endpoint = &root.Endpoint{
 			Listen: f.Listen, TrustDomain: sc.BundleTrustDomain, Profile: federation.Profile(f.profile()), CertFile: f.CertFile, KeyFile: f.KeyFile,
+			OIDCIssuer: f.OIDC.IssuerURL,
 		}
 	}
 	for _, r := range f.FederatesWith {

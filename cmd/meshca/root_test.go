@@ -44,6 +44,8 @@ func TestRootConfigValidate(t *testing.T) {
 		{"relationship without bundle", "federation:\n  federatesWith: [{trustDomain: b.example, url: 'https://b'}]\n", "needs bundleFile"},
 		{"relationship without url", "federation:\n  federatesWith: [{trustDomain: b.example, profile: https_web}]\n", "url is required"},
 		{"relationship twice", "federation:\n  federatesWith: [{trustDomain: b.example, url: 'https://b', profile: https_web}, {trustDomain: b.example, url: 'https://c', profile: https_web}]\n", "listed twice"},
+		{"oidc without endpoint", "federation: {oidc: {issuerURL: 'https://oidc.a.example'}}\n", "needs federation.listen"},
+		{"oidc over http", "federation: {listen: ':8443', trustDomain: a.example, oidc: {issuerURL: 'http://oidc.a.example'}}\n", "federation.oidc.issuerURL"},
 		{"unknown field", "key: {kind: file, path: /x}\n", `unknown field "key.path"`},
 		{"bad store", "store: {driver: mysql}\n", "mysql"},
 		{"negative connection cap", "limits: {maxConnections: -5}\n", "negative max connections"},

@@ -152,6 +152,16 @@ type federationConfig struct {
 	FederatesWith []federationRelationship `json:"federatesWith,omitempty"`
 	// RefreshInterval when the remote gives no hint. Default 5m.
 	RefreshInterval duration `json:"refreshInterval,omitempty"`
+	// OIDC serves OpenID Connect discovery for the trust domain's JWT-SVIDs
+	// on the bundle endpoint's listener.
+	OIDC federationOIDC `json:"oidc,omitempty"`
+}
+
+// federationOIDC configures OIDC discovery on the bundle endpoint.
+type federationOIDC struct {
+	// IssuerURL is the https URL under which the bundle endpoint's listener
+	// is reached for discovery; empty means no discovery.
+	IssuerURL string `json:"issuerURL,omitempty"`
 }
 
 type federationRelationship struct {
@@ -289,6 +299,14 @@ func (f federationConfig) validate() error {
 			}
 		default:
 			return fmt.Errorf("federation.profile %q: want https_spiffe or https_web", f.Profile)
+		}
+	}
+	if f.OIDC.IssuerURL != "" {
+		if f.Listen == "" {
+			return errors.New("federation.oidc.issuerURL needs federation.listen: discovery is served on the bundle endpoint")
+		}
+		if err := federation.CheckOIDCIssuer(f.OIDC.IssuerURL); err != nil {
+			return fmt.Errorf("federation.oidc.issuerURL: %w", err)
 		}
 	}
 	// The relationships' rules are the federation package's.

@@ -41,6 +41,7 @@ admin: {listen: "127.0.0.1:0", spiffeIDs: ["spiffe://example.org/admin"]}
 federation:
   listen: "127.0.0.1:0"
   trustDomain: example.org
+  oidc: {issuerURL: "https://oidc.example.org/mesh"}
   federatesWith:
   - {trustDomain: other.example, url: "https://other.example/bundle", bundleFile: other.pem}
 `

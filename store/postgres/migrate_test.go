@@ -20,7 +20,7 @@ import (
 )
 
 var wantTables = []string{"audit_chain_head", "audit_events", "certificates", "cluster_credentials", "clusters", "intermediates",
-	"issuer_crls", "join_tokens", "revocations", "root_crls", "roots", "standalone_roots"}
+	"issuer_crls", "join_tokens", "jwt_authorities", "revocations", "root_crls", "roots", "standalone_roots"}
 
 // tables lists the public schema's tables, leaving out goose's.
 func tables(t *testing.T, dsn string) []string {

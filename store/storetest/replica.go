@@ -19,6 +19,8 @@ type replicaStore interface {
 	RootCRLs(ctx context.Context) ([]store.RootCRL, error)
 	PutIssuerCRL(ctx context.Context, c store.IssuerCRL) error
 	IssuerCRLs(ctx context.Context, now time.Time) ([]store.IssuerCRL, error)
+	PutJWTAuthority(ctx context.Context, a store.JWTAuthority) error
+	JWTAuthorities(ctx context.Context, now time.Time) ([]store.JWTAuthority, error)
 }
 
 func asReplicaStore(t *testing.T, s RootStoreUnderTest) replicaStore {
@@ -143,5 +145,58 @@ func testIssuerCRLs(t *testing.T, s RootStoreUnderTest) {
 	}
 	if len(got[0].IssuerChain) != 2 || !bytes.Equal(got[0].IssuerChain[0], inter) || !bytes.Equal(got[0].IssuerChain[1], root) {
 		t.Fatalf("issuer chain came back as %d certificates, want the 2 stored", len(got[0].IssuerChain))
+	}
+}
+
+// testJWTAuthorities stores JWT authorities: a stored key keeps its
+// cluster, trust domain, key and chain, and only its expiry moves, and only
+// later; another cluster cannot take over its key ID; expired keys are not
+// listed, and are dropped at the next write.
+func testJWTAuthorities(t *testing.T, s RootStoreUnderTest) {
+	rs := asReplicaStore(t, s)
+	ctx := t.Context()
+	now := time.Now()
+	cert := testkit.Root(t, "jwt-authority-a", now, time.Hour).Certificate.Raw
+	inter := testkit.Root(t, "jwt-authority-b", now, time.Hour).Certificate.Raw
+	chain := [][]byte{cert, inter}
+	put := func(kid, cluster, key string, expires time.Time) error {
+		return rs.PutJWTAuthority(ctx, store.JWTAuthority{KeyID: kid, Cluster: cluster, TrustDomain: tdEast,
+			PublicKey: []byte(key), Chain: chain, ExpiresAt: expires})
+	}
+	hour, later, gone := now.Add(time.Hour), now.Add(2*time.Hour), now.Add(-time.Minute)
+	for _, c := range []struct {
+		kid, cluster, key string
+		expires           time.Time
+		want              error
+	}{
+		{"k1", "east", "key1", hour, nil},
+		{"k2", "west", "key2", hour, nil},
+		{"k1", "east", "key1", hour, store.ErrAlreadyExists},
+		{"k1", "east", "key1", now.Add(time.Minute), store.ErrAlreadyExists},
+		{"k1", "west", "other", later, store.ErrAlreadyExists},
+		{"k1", "east", "changed", later, nil},
+		{"k3", "east", "key3", gone, nil},
+	} {
+		if err := put(c.kid, c.cluster, c.key, c.expires); !errors.Is(err, c.want) {
+			t.Fatalf("PutJWTAuthority(%s, %s, %s) = %v, want %v", c.kid, c.cluster, c.expires, err, c.want)
+		}
+	}
+	if err := put("k4", "east", "key4", time.Time{}); err == nil {
+		t.Fatal("PutJWTAuthority without an expiry succeeded")
+	}
+	got, err := rs.JWTAuthorities(ctx, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].KeyID != "k1" || got[0].Cluster != "east" || string(got[0].PublicKey) != "key1" ||
+		got[0].TrustDomain != tdEast || got[0].ExpiresAt.Unix() != later.Unix() ||
+		got[1].KeyID != "k2" || got[1].Cluster != "west" || got[1].ExpiresAt.Unix() != hour.Unix() {
+		t.Fatalf("JWTAuthorities = %+v", got)
+	}
+	if len(got[0].Chain) != 2 || !bytes.Equal(got[0].Chain[0], cert) || !bytes.Equal(got[0].Chain[1], inter) {
+		t.Fatalf("chain came back as %d certificates, want the 2 stored", len(got[0].Chain))
+	}
+	if got, err := rs.JWTAuthorities(ctx, hour.Add(time.Second)); err != nil || len(got) != 1 || got[0].KeyID != "k1" {
+		t.Fatalf("JWTAuthorities after k2 expired = %+v, %v; want k1 alone", got, err)
 	}
 }

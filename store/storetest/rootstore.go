@@ -61,6 +61,7 @@ func RunRootStore(t *testing.T, open func(t *testing.T) RootStoreUnderTest) {
 		{"LeaderLease", testLeaderLease},
 		{"RootCRLs", testRootCRLs},
 		{"IssuerCRLs", testIssuerCRLs},
+		{"JWTAuthorities", testJWTAuthorities},
 	})
 }
 

@@ -66,6 +66,14 @@ type EndpointConfig struct {
 	// https_spiffe, unused for https_web.
 	SPIFFEID spiffeid.ID
 
+	// OIDCIssuer, when set, is the https URL under which the endpoint's
+	// listener is reachable for OpenID Connect discovery: it then also
+	// serves GET /.well-known/openid-configuration (issuer OIDCIssuer,
+	// jwks_uri OIDCIssuer + "/keys") and GET /keys (the JWKS of the trust
+	// domain's JWT-SVID keys), so that clouds accept the domain's
+	// JWT-SVIDs. Empty means no OIDC discovery.
+	OIDCIssuer string
+
 	// RefreshHint is served when the trust bundle carries none; zero means
 	// DefaultRefreshHint.
 	RefreshHint time.Duration
@@ -87,6 +95,11 @@ func (c EndpointConfig) Validate() error {
 		return errors.New("federation endpoint: bundle source is required")
 	case c.RefreshHint < 0 || c.ShutdownTimeout < 0:
 		return errors.New("federation endpoint: durations must not be negative")
+	}
+	if c.OIDCIssuer != "" {
+		if err := CheckOIDCIssuer(c.OIDCIssuer); err != nil {
+			return fmt.Errorf("federation endpoint: %w", err)
+		}
 	}
 	switch c.Profile {
 	case ProfileHTTPSWeb:
@@ -121,7 +134,8 @@ func (c EndpointConfig) withDefaults() EndpointConfig {
 	return c
 }
 
-// Endpoint serves one trust domain's bundle at "/" over HTTPS.
+// Endpoint serves one trust domain's bundle at "/" over HTTPS, and with
+// EndpointConfig.OIDCIssuer its OIDC discovery document and JWKS.
 type Endpoint struct {
 	cfg     EndpointConfig
 	handler http.Handler
@@ -143,6 +157,15 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/{$}", h)
+	if cfg.OIDCIssuer != "" {
+		o, err := newOIDCHandler(cfg.OIDCIssuer, cfg.TrustDomain, cfg.Source, cfg.RefreshHint)
+		if err != nil {
+			return nil, fmt.Errorf("federation endpoint: %w", err)
+		}
+		// A "GET" pattern also matches HEAD; other methods get 405.
+		mux.HandleFunc("GET "+oidcConfigPath, o.serveConfig)
+		mux.HandleFunc("GET "+oidcKeysPath, o.serveKeys)
+	}
 	e.handler = mux
 
 	switch {
@@ -248,8 +271,10 @@ func (s *spiffeSource) GetBundleForTrustDomain(td spiffeid.TrustDomain) (*spiffe
 	return b, nil
 }
 
-// toSPIFFEBundle returns the SPIFFE bundle of td's roots in tb, with tb's
-// sequence (when set) and refresh hint (or hint when tb has none).
+// toSPIFFEBundle returns the SPIFFE bundle of td's roots in tb as X.509
+// authorities and td's JWT authorities as jwt-svid keys, with tb's
+// sequence (when set) and refresh hint (or hint when tb has none). The
+// root puts only JWT authorities it verified into its own domains' entries.
 func toSPIFFEBundle(tb *trust.TrustBundle, td spiffeid.TrustDomain, hint time.Duration) (*spiffebundle.Bundle, error) {
 	d, ok := tb.Domain(td)
 	switch {
@@ -261,6 +286,11 @@ func toSPIFFEBundle(tb *trust.TrustBundle, td spiffeid.TrustDomain, hint time.Du
 		return nil, fmt.Errorf("trust domain %q has no roots", td)
 	}
 	b := spiffebundle.FromX509Authorities(td, d.Roots.Roots())
+	for _, a := range d.JWTAuthorities {
+		if err := b.AddJWTAuthority(a.KeyID, a.PublicKey); err != nil {
+			return nil, fmt.Errorf("trust domain %q: %w", td, err)
+		}
+	}
 	if tb.Sequence != 0 {
 		b.SetSequenceNumber(tb.Sequence)
 	}

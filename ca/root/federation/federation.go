@@ -2,9 +2,10 @@
 // an Endpoint serves the root's own trust bundle as a SPIFFE bundle (JSON,
 // with a sequence number and a refresh hint) and a Fetcher polls other
 // meshes' endpoints, keeping the last good bundle of each federated trust
-// domain. The wire format, the HTTP handler and the endpoint authentication
-// (profiles https_web and https_spiffe) are go-spiffe's; this package adds
-// the serving and polling around them.
+// domain, X.509 and jwt-svid keys alike. The wire format, the HTTP handler
+// and the endpoint authentication (profiles https_web and https_spiffe) are
+// go-spiffe's; this package adds the serving and polling around them, and
+// OIDC discovery of the own domain's JWT-SVID keys for cloud federation.
 package federation
 
 import (

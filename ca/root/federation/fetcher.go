@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -103,6 +104,7 @@ type relState struct {
 	mu     sync.Mutex
 	bundle *spiffebundle.Bundle // last good, or the initial bundle; nil if none yet
 	roots  *trust.Bundle        // bundle's X.509 authorities
+	jwts   []trust.JWTAuthority // bundle's JWT authorities, by key ID
 	status RelationshipStatus
 }
 
@@ -115,8 +117,9 @@ type RelationshipStatus struct {
 	// Sequence is its sequence number, zero when it has none.
 	HasBundle bool
 	Sequence  uint64
-	// Roots is the number of X.509 authorities held.
-	Roots int
+	// Roots is the number of X.509 authorities held; JWTAuthorities the
+	// number of jwt-svid keys.
+	Roots, JWTAuthorities int
 	// LastAttempt and LastSuccess are zero until the first (successful)
 	// fetch; LastError is the last fetch's error, empty after a success.
 	LastAttempt, LastSuccess time.Time
@@ -160,7 +163,7 @@ func (f *Fetcher) Domains() []trust.DomainBundle {
 }
 
 // Changed returns a channel that is closed when Domains next changes (a
-// root added or removed in some trust domain). Each change closes the
+// root or JWT authority added or removed in some trust domain). Each change closes the
 // channel and starts a new one.
 func (f *Fetcher) Changed() <-chan struct{} { return f.domains.Changed() }
 
@@ -245,7 +248,7 @@ func (f *Fetcher) fetch(ctx context.Context, r *relState) error {
 	if changed {
 		seq, _ := b.SequenceNumber()
 		f.cfg.Logger.Info("federated bundle updated", "trust_domain", r.rel.TrustDomain.Name(),
-			"sequence", seq, "roots", len(b.X509Authorities()))
+			"sequence", seq, "roots", len(b.X509Authorities()), "jwt_authorities", len(b.JWTAuthorities()))
 		f.publish()
 	}
 	return nil
@@ -269,7 +272,7 @@ func (r *relState) authOption() (federation.FetchOption, error) {
 }
 
 // accept makes b the held bundle if it is usable and not older than the
-// one held, and reports whether the roots changed.
+// one held, and reports whether its roots or JWT authorities changed.
 func (r *relState) accept(b *spiffebundle.Bundle) (bool, error) {
 	certs := b.X509Authorities()
 	if len(certs) == 0 {
@@ -288,9 +291,10 @@ func (r *relState) accept(b *spiffebundle.Bundle) (bool, error) {
 			return false, fmt.Errorf("%w: got %d, hold %d", errStaleBundle, newSeq, oldSeq)
 		}
 	}
-	changed := r.roots == nil || !bytes.Equal(r.roots.PEM(), roots.PEM())
-	r.bundle, r.roots = b, roots
-	r.status.HasBundle, r.status.Roots = true, len(roots.Roots())
+	jwts := jwtAuthorities(b)
+	changed := r.roots == nil || !bytes.Equal(r.roots.PEM(), roots.PEM()) || !slices.EqualFunc(r.jwts, jwts, sameJWTAuthority)
+	r.bundle, r.roots, r.jwts = b, roots, jwts
+	r.status.HasBundle, r.status.Roots, r.status.JWTAuthorities = true, len(roots.Roots()), len(jwts)
 	r.status.Sequence, _ = b.SequenceNumber()
 	return changed, nil
 }
@@ -335,7 +339,8 @@ func (f *Fetcher) collect() []trust.DomainBundle {
 	for _, r := range f.rels {
 		r.mu.Lock()
 		if r.roots != nil {
-			out = append(out, trust.DomainBundle{TrustDomain: r.rel.TrustDomain, Roots: r.roots, Federated: true})
+			out = append(out, trust.DomainBundle{TrustDomain: r.rel.TrustDomain, Roots: r.roots, Federated: true,
+				JWTAuthorities: slices.Clone(r.jwts)})
 		}
 		r.mu.Unlock()
 	}
@@ -344,6 +349,27 @@ func (f *Fetcher) collect() []trust.DomainBundle {
 
 func domainsEqual(a, b []trust.DomainBundle) bool {
 	return slices.EqualFunc(a, b, func(x, y trust.DomainBundle) bool {
-		return x.TrustDomain == y.TrustDomain && bytes.Equal(x.Roots.PEM(), y.Roots.PEM())
+		return x.TrustDomain == y.TrustDomain && bytes.Equal(x.Roots.PEM(), y.Roots.PEM()) &&
+			slices.EqualFunc(x.JWTAuthorities, y.JWTAuthorities, sameJWTAuthority)
 	})
+}
+
+// jwtAuthorities returns b's jwt-svid keys, by key ID. A federated mesh's
+// keys carry no chain and no expiry: the root's bundle signature vouches
+// for them, and they stay until that mesh's bundle drops them.
+func jwtAuthorities(b *spiffebundle.Bundle) []trust.JWTAuthority {
+	var out []trust.JWTAuthority
+	for kid, pub := range b.JWTAuthorities() {
+		out = append(out, trust.JWTAuthority{KeyID: kid, PublicKey: pub})
+	}
+	slices.SortFunc(out, func(x, y trust.JWTAuthority) int { return cmp.Compare(x.KeyID, y.KeyID) })
+	return out
+}
+
+// sameJWTAuthority reports whether a and b are the same key under the same
+// key ID.
+func sameJWTAuthority(a, b trust.JWTAuthority) bool {
+	x, errX := x509.MarshalPKIXPublicKey(a.PublicKey)
+	y, errY := x509.MarshalPKIXPublicKey(b.PublicKey)
+	return a.KeyID == b.KeyID && errX == nil && errY == nil && bytes.Equal(x, y)
 }

@@ -1,0 +1,64 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/meshca/meshca/store"
+	"github.com/meshca/meshca/store/internal/sqlq"
+)
+
+// PutJWTAuthority stores a, or moves the expiry of the stored key with its
+// key ID later. It wraps store.ErrAlreadyExists when nothing changed: the
+// stored key expires as late or later, or belongs to another cluster.
+// Expired keys are dropped on the way.
+func (s *Store) PutJWTAuthority(ctx context.Context, a store.JWTAuthority) error {
+	if err := s.putJWTAuthority(ctx, a); err != nil {
+		return fmt.Errorf("postgres: put JWT authority %s: %w", a.KeyID, err)
+	}
+	return nil
+}
+
+func (s *Store) putJWTAuthority(ctx context.Context, a store.JWTAuthority) error {
+	if err := a.Validate(); err != nil {
+		return err
+	}
+	if err := checkText([][2]string{{"key ID", a.KeyID}, {"cluster", a.Cluster}, {"trust domain", a.TrustDomain}}); err != nil {
+		return err
+	}
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	now := s.now()
+	if _, err := s.pool.Exec(ctx, sqlq.DeleteExpiredJWTAuthoritiesSQL(sqlq.Dollar), now.Unix()); err != nil {
+		return err
+	}
+	tag, err := s.pool.Exec(ctx, sqlq.PutJWTAuthoritySQL(sqlq.Dollar), sqlq.JWTAuthorityArgs(a, now)...)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("stored already, expiring as late or later or of another cluster: %w", store.ErrAlreadyExists)
+	}
+	return nil
+}
+
+// JWTAuthorities returns the stored JWT authorities unexpired at now, by
+// key ID.
+func (s *Store) JWTAuthorities(ctx context.Context, now time.Time) ([]store.JWTAuthority, error) {
+	if s.closed.Load() {
+		return nil, fmt.Errorf("postgres: JWT authorities: %w", store.ErrClosed)
+	}
+	rows, err := s.pool.Query(ctx, sqlq.JWTAuthoritiesSQL(sqlq.Dollar), now.Unix())
+	if err != nil {
+		return nil, fmt.Errorf("postgres: JWT authorities: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (store.JWTAuthority, error) { return sqlq.ScanJWTAuthority(row) })
+	if err != nil {
+		return nil, fmt.Errorf("postgres: JWT authorities: %w", err)
+	}
+	return out, nil
+}
