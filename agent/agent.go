@@ -343,7 +343,7 @@ func (a *Agent) listen() (_ []server, err error) {
 		servers = append(servers, s)
 	}
 	if a.cfg.WorkloadSocket != "" {
-		wl, err := newWorkloadServer(workloadConfig{Source: a.pub, Logger: a.cfg.Logger})
+		wl, err := newWorkloadServer(workloadConfig{Source: a.pub, Minter: a.client, Logger: a.cfg.Logger})
 		if err != nil {
 			return nil, err
 		}

@@ -33,13 +33,15 @@ import (
 )
 
 // fakeIssuer serves the Istio CA API and, unless built without it,
-// meshca.v1.BundleService over real TLS on loopback. Its serving
+// meshca.v1.BundleService and meshca.v1.JWTSVIDService (jwt_test.go) over
+// real TLS on loopback. Its serving
 // certificate and the leaves it issues come from an intermediate that a
 // test can switch to another root. It signs any CSR for webID; it checks no
 // token.
 type fakeIssuer struct {
 	pb.UnimplementedIstioCertificateServiceServer
 	meshcav1.UnimplementedBundleServiceServer
+	meshcav1.UnimplementedJWTSVIDServiceServer
 
 	addr       string
 	bundleFile string // the CA bundle file for agents: the first root
@@ -58,6 +60,11 @@ type fakeIssuer struct {
 	// calls counts requests that reached the server; tokens those that
 	// carried authorization metadata.
 	calls, tokens int
+	// jwtKey signs the JWT-SVIDs MintJWTSVID returns (nil: Unimplemented);
+	// jwtDenied refuses them (PermissionDenied); mints counts those signed.
+	jwtKey    *jwtKey
+	jwtDenied bool
+	mints     int
 }
 
 // record counts a request and whether it carried a token.
@@ -104,6 +111,7 @@ func newFakeIssuer(t *testing.T, tree *testkit.Tree, bundles bool) *fakeIssuer {
 	pb.RegisterIstioCertificateServiceServer(g, fi)
 	if bundles {
 		meshcav1.RegisterBundleServiceServer(g, fi)
+		meshcav1.RegisterJWTSVIDServiceServer(g, fi)
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

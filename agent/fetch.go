@@ -239,25 +239,36 @@ func (c *Client) WatchBundle(ctx context.Context, knownSequence uint64) (BundleS
 	c.mu.Lock()
 	conn := c.conn
 	c.mu.Unlock()
-	var md metadata.MD
-	if tokenFile := *c.tokenFile.Load(); tokenFile != "" {
-		token, err := ReadToken(tokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("watch bundle: %w", err)
-		}
-		md = metadata.Pairs("authorization", "Bearer "+token)
-	}
-	if c.cfg.ClusterID != "" {
-		md = metadata.Join(md, metadata.Pairs("clusterid", c.cfg.ClusterID))
-	}
-	if md != nil {
-		ctx = metadata.NewOutgoingContext(ctx, md)
+	ctx, err := c.withTokenFile(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("watch bundle: %w", err)
 	}
 	stream, err := meshcav1.NewBundleServiceClient(conn).WatchBundle(ctx, &meshcav1.WatchBundleRequest{KnownSequence: knownSequence})
 	if err != nil {
 		return nil, fmt.Errorf("issuer %s: watch bundle: %w", c.cfg.Address, err)
 	}
 	return stream, nil
+}
+
+// withTokenFile returns ctx with the outgoing metadata of a call
+// authenticated by the token of ClientConfig.TokenFile (none when it is
+// empty) and the cluster ID.
+func (c *Client) withTokenFile(ctx context.Context) (context.Context, error) {
+	var md metadata.MD
+	if tokenFile := *c.tokenFile.Load(); tokenFile != "" {
+		token, err := ReadToken(tokenFile)
+		if err != nil {
+			return nil, err
+		}
+		md = metadata.Pairs("authorization", "Bearer "+token)
+	}
+	if c.cfg.ClusterID != "" {
+		md = metadata.Join(md, metadata.Pairs("clusterid", c.cfg.ClusterID))
+	}
+	if md == nil {
+		return ctx, nil
+	}
+	return metadata.NewOutgoingContext(ctx, md), nil
 }
 
 // Close closes the connection.

@@ -70,7 +70,8 @@ type managerConfig struct {
 	// OutputDir, when set, receives cert.pem, key.pem (0600) and bundle.pem
 	// after every renewal; empty means the key never touches the disk.
 	OutputDir string
-	// Registerer receives the agent's CRL metric (crlRejectedMetricName),
+	// Registerer receives the agent's CRL and JWT authority metrics
+	// (crlRejectedMetricName, jwtRejectedMetricName),
 	// its renewals (renewalsMetricName) and its certificate's expiry
 	// (expiryMetricName);
 	// nil means no metrics.
@@ -107,6 +108,7 @@ type manager struct {
 	cfg      managerConfig
 	newKey   func() (crypto.Signer, error)
 	metrics  *crlMetrics
+	jwtStats *jwtMetrics
 	renewals *renewalMetrics
 	// tokenFile is managerConfig.TokenFile until SetTokenFile.
 	tokenFile atomic.Pointer[string]
@@ -128,11 +130,15 @@ type manager struct {
 	// crls are the verified CRLs of trust, by trust domain, newest of each
 	// issuer; those past NextUpdate are removed when a snapshot is built.
 	crls map[spiffeid.TrustDomain][]*heldCRL
+	// jwts are the JWT authorities of trust that the agent accepted, by
+	// trust domain, one per key ID; those past their expiry are removed
+	// when a snapshot is built.
+	jwts map[spiffeid.TrustDomain][]heldJWT
 	// crlMarks is the highest CRL number accepted from each CRL issuer
 	// (see checkCRLProgress).
 	crlMarks map[[32]byte]crlMark
-	// crlTimer republishes when the first held CRL expires; nil when none
-	// is held. stopped: Stop was called, no timer is armed again.
+	// crlTimer republishes when the first held CRL or JWT authority
+	// expires; nil when none that expires is held. stopped: Stop was called, no timer is armed again.
 	crlTimer *time.Timer
 	stopped  bool
 	// id is the identity of the certificates obtained so far; zero before
@@ -165,11 +171,15 @@ func newManager(cfg managerConfig) (*manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	jwtStats, err := newJWTMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 	renewals, err := newRenewalMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	m := &manager{cfg: cfg, newKey: newKey, metrics: metrics, renewals: renewals, crlMarks: map[[32]byte]crlMark{}, renewNow: make(chan struct{}, 1)}
+	m := &manager{cfg: cfg, newKey: newKey, metrics: metrics, jwtStats: jwtStats, renewals: renewals, crlMarks: map[[32]byte]crlMark{}, renewNow: make(chan struct{}, 1)}
 	m.tokenFile.Store(&cfg.TokenFile)
 	bundle, err := m.readBundle()
 	if err != nil {
@@ -334,9 +344,11 @@ func (m *manager) publishLocked(svid *SVID) (*snapshot, bool, error) {
 	}
 	var domains []trust.DomainBundle
 	if m.trust != nil {
-		expiry := pruneCRLs(m.crls, time.Now(), m.cfg.Logger, m.metrics)
+		now := time.Now()
+		expiry := pruneCRLs(m.crls, now, m.cfg.Logger, m.metrics)
+		expiry = earliest(expiry, pruneJWTAuthorities(m.jwts, now, m.cfg.Logger))
 		m.armCRLTimerLocked(expiry)
-		domains = withCRLs(m.trust.Domains, m.crls)
+		domains = withJWTAuthorities(withCRLs(m.trust.Domains, m.crls), m.jwts)
 	}
 	snap, err := newFederatedSnapshot(svid, own, domains)
 	if err != nil {
@@ -347,8 +359,9 @@ func (m *manager) publishLocked(svid *SVID) (*snapshot, bool, error) {
 
 // armCRLTimerLocked makes the current SVID be published again at expiry
 // (zero: never), so that a CRL whose issuer stopped publishing is no longer
-// served once it has expired: a relying party would refuse every
-// certificate of that issuer over an expired CRL. The caller holds trustMu.
+// served once it has expired (a relying party would refuse every
+// certificate of that issuer over an expired CRL), and an expired JWT
+// authority no longer validates anything. The caller holds trustMu.
 func (m *manager) armCRLTimerLocked(expiry time.Time) {
 	if m.crlTimer != nil {
 		m.crlTimer.Stop()
@@ -422,6 +435,13 @@ func (m *manager) TrustBundleSequence() uint64 {
 // whose CRLs would go backwards (an older CRL of an issuer than one
 // accepted, or a current CRL left out) is refused whole with
 // errCRLRollback, errCRLConflict or errCRLDropped; see checkCRLProgress.
+//
+// The JWT authorities of own trust domains are not covered by the
+// signature either: each is checked with trust.VerifyJWTAuthority against
+// its trust domain's roots, and one that fails is logged, counted
+// (jwtRejectedMetricName) and dropped alone; those of federated domains
+// are covered by it and taken as they are. Expired ones are dropped, on
+// receipt and while held; of several with one key ID one is kept.
 func (m *manager) SetTrustBundle(b *trust.TrustBundle) (bool, error) {
 	if b == nil {
 		return false, errors.New("trust bundle is nil")
@@ -444,8 +464,9 @@ func (m *manager) SetTrustBundle(b *trust.TrustBundle) (bool, error) {
 	if err := checkCRLProgress(m.crlMarks, m.crls, next, b, now); err != nil {
 		return false, err
 	}
-	prevCRLs := m.crls
+	prevCRLs, prevJWTs := m.crls, m.jwts
 	m.trust, m.crls = b, next
+	m.jwts = verifyJWTAuthorities(b, now, m.cfg.Logger, m.jwtStats)
 	anchors, err := m.anchorsLocked()
 	if err == nil {
 		err = m.cfg.Fetcher.SetRoots(anchors)
@@ -462,7 +483,7 @@ func (m *manager) SetTrustBundle(b *trust.TrustBundle) (bool, error) {
 		snap, changed, err = m.publishLocked(prev.SVID())
 	}
 	if err != nil {
-		m.trust, m.crls = prevTrust, prevCRLs
+		m.trust, m.crls, m.jwts = prevTrust, prevCRLs, prevJWTs
 		return false, err
 	}
 	recordCRLMarks(m.crlMarks, next)
@@ -476,7 +497,8 @@ func (m *manager) SetTrustBundle(b *trust.TrustBundle) (bool, error) {
 	}
 	m.cfg.Logger.Info("trust bundle updated", "sequence", b.Sequence, "own_roots", len(snap.Bundle().Roots()),
 		"own_bundle_changed", ownChanged, "trust_domains", federated, "federated_changed", prev.FederatedVersion() != snap.FederatedVersion(),
-		"crls", len(snap.CRLs()), "crls_changed", prev.CRLVersion() != snap.CRLVersion())
+		"crls", len(snap.CRLs()), "crls_changed", prev.CRLVersion() != snap.CRLVersion(),
+		"jwt_authorities", snap.jwtAuthorityCount(), "jwt_authorities_changed", prev.JWTVersion() != snap.JWTVersion())
 	m.checkRevokedLocked(snap)
 	return changed, nil
 }

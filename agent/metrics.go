@@ -8,8 +8,8 @@ import (
 	"github.com/meshca/meshca/internal/ops"
 )
 
-// Metric names of the agent (see also crlRejectedMetricName and
-// bundleRejectedMetricName).
+// Metric names of the agent (see also crlRejectedMetricName,
+// jwtRejectedMetricName and bundleRejectedMetricName).
 const (
 	expiryMetricName        = "meshca_agent_certificate_expiry_timestamp_seconds"
 	renewalsMetricName      = "meshca_agent_renewals_total"

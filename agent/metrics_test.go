@@ -113,7 +113,7 @@ func TestAgentMetricsFollowRenewalsSDSAndBundles(t *testing.T) {
 	// The health listener serves every agent metric and readiness.
 	body := scrape(t, "http://"+ra.boundHealthAddr()+"/metrics")
 	for _, name := range []string{expiryMetricName, renewalsMetricName, sdsStreamsMetricName, sdsPushesMetricName,
-		sdsNacksMetricName, bundleUpdatesMetricName, crlRejectedMetricName, bundleRejectedMetricName} {
+		sdsNacksMetricName, bundleUpdatesMetricName, crlRejectedMetricName, bundleRejectedMetricName, jwtRejectedMetricName} {
 		if !strings.Contains(body, "\n"+name) {
 			t.Errorf("/metrics lacks %s", name)
 		}

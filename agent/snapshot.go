@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -59,6 +60,12 @@ type snapshot struct {
 	// crls are the DER CRLs of every trust domain, without duplicates: the
 	// Workload API's crl fields.
 	crls [][]byte
+	// jwtBundles is the JWKS (JSON) of each trust domain ID; jwtSet holds
+	// the same keys for validation, jwtKeys counts them (snapshot_jwt.go).
+	jwtBundles map[string][]byte
+	jwtSet     *jwtbundle.Set
+	jwtKeys    int
+	jwtVersion string
 	// byDomain is the bundle of each trust domain ID the agent serves over
 	// SDS as spiffe://<td>, own included once the SVID is known.
 	byDomain map[string]rootSet
@@ -147,7 +154,9 @@ func newSnapshot(svid *SVID, bundle *trust.Bundle) (*snapshot, error) {
 // domains are served as they are: the caller has verified them (Manager
 // does, with trust.VerifyCRL) and keeps one per issuer. Those of own
 // (non-federated) domains are served with bundle, every domain's with its
-// roots, and all of them with ALL and over the Workload API.
+// roots, and all of them with ALL and over the Workload API. The JWT
+// authorities of every domain, the own included, are served as they are
+// too (verified by the caller) as JWT bundles.
 func newFederatedSnapshot(svid *SVID, bundle *trust.Bundle, domains []trust.DomainBundle) (*snapshot, error) {
 	s := &snapshot{svid: svid, bundle: bundle}
 	if bundle != nil {
@@ -163,6 +172,9 @@ func newFederatedSnapshot(svid *SVID, bundle *trust.Bundle, domains []trust.Doma
 		}
 	}
 	if err := s.setDomains(domains); err != nil {
+		return nil, err
+	}
+	if err := s.setJWTBundles(domains); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -346,11 +358,11 @@ func newPublisher() *publisher { return &publisher{v: watch.New(&snapshot{})} }
 func (p *publisher) Current() (*snapshot, <-chan struct{}) { return p.v.Load() }
 
 // Publish makes s current and wakes every subscriber, unless s has the same
-// SVID, bundles and CRLs as the current snapshot. It reports whether it did.
+// SVID, bundles, CRLs and JWT bundles as the current snapshot. It reports whether it did.
 func (p *publisher) Publish(s *snapshot) bool {
 	return p.v.Update(func(old *snapshot) (*snapshot, bool) {
 		same := s.svidVersion == old.svidVersion && s.bundleVersion == old.bundleVersion &&
-			s.federatedVersion == old.federatedVersion && s.crlVersion == old.crlVersion
+			s.federatedVersion == old.federatedVersion && s.crlVersion == old.crlVersion && s.jwtVersion == old.jwtVersion
 		return s, !same
 	})
 }

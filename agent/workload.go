@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshca/meshca/internal/grpcx"
 )
 
 // workloadHeader is the metadata every Workload API request must carry with
@@ -24,6 +26,9 @@ const workloadHeader = "workload.spiffe.io"
 type workloadConfig struct {
 	// Source provides what is served. Required.
 	Source source
+	// Minter obtains JWT-SVIDs from the issuer; nil means FetchJWTSVID is
+	// Unimplemented (JWT bundles are still served and validated against).
+	Minter jwtMinter
 	// Logger receives stream events; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -42,14 +47,16 @@ func (c workloadConfig) withDefaults() workloadConfig {
 	return c
 }
 
-// workloadServer implements the X.509 half of the SPIFFE Workload API
-// (FetchX509SVID, FetchX509Bundles) over the agent's Source. Every caller of
-// the socket gets the agent's one identity: access is controlled by the
-// socket's file mode, not by workload attestation. JWT-SVIDs are not served
-// yet (Unimplemented).
+// workloadServer implements the SPIFFE Workload API over the agent's
+// Source: X.509 (FetchX509SVID, FetchX509Bundles) and JWT (FetchJWTSVID,
+// FetchJWTBundles, ValidateJWTSVID; workload_jwt.go). Every caller of the
+// socket gets the agent's one identity: access is controlled by the
+// socket's file mode, not by workload attestation.
 type workloadServer struct {
 	workload.UnimplementedSpiffeWorkloadAPIServer
 	cfg  workloadConfig
+	errs grpcx.Mapper
+	jwts jwtCache
 	stop chan struct{}
 	once sync.Once
 }
@@ -61,7 +68,8 @@ func newWorkloadServer(cfg workloadConfig) (*workloadServer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &workloadServer{cfg: cfg.withDefaults(), stop: make(chan struct{})}, nil
+	cfg = cfg.withDefaults()
+	return &workloadServer{cfg: cfg, errs: grpcx.Mapper{Log: cfg.Logger, Event: "workload api request failed"}, stop: make(chan struct{})}, nil
 }
 
 // ServerOptions are the gRPC server options the Workload API needs: the

@@ -192,21 +192,32 @@ func TestWorkloadAPISecurityHeader(t *testing.T) {
 	}
 }
 
-func TestWorkloadAPIJWTMethodsUnimplemented(t *testing.T) {
+// TestWorkloadAPIJWTWithoutMinter serves the Workload API without an
+// issuer to mint JWT-SVIDs and without JWT authorities: FetchJWTSVID is
+// Unimplemented, FetchJWTBundles sends the own trust domain with no keys,
+// and ValidateJWTSVID refuses every token.
+func TestWorkloadAPIJWTWithoutMinter(t *testing.T) {
 	f := newWorkloadFixture(t)
 	f.rotate(t)
 	c := f.rawClient(t)
 	ctx, cancel := context.WithTimeout(withHeader(context.Background()), waitTimeout)
 	defer cancel()
-	if _, err := c.ValidateJWTSVID(ctx, &workload.ValidateJWTSVIDRequest{Audience: "a", Svid: "x"}); status.Code(err) != codes.Unimplemented {
-		t.Errorf("ValidateJWTSVID: %v", err)
+	if _, err := c.FetchJWTSVID(ctx, &workload.JWTSVIDRequest{Audience: []string{"a"}}); status.Code(err) != codes.Unimplemented {
+		t.Errorf("FetchJWTSVID: %v, want Unimplemented", err)
+	}
+	if _, err := c.ValidateJWTSVID(ctx, &workload.ValidateJWTSVIDRequest{Audience: "a", Svid: "x"}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("ValidateJWTSVID: %v, want InvalidArgument", err)
 	}
 	stream, err := c.FetchJWTBundles(ctx, &workload.JWTBundlesRequest{})
-	if err == nil {
-		_, err = stream.Recv()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if status.Code(err) != codes.Unimplemented {
-		t.Errorf("FetchJWTBundles: %v", err)
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(resp.GetBundles()["spiffe://cluster.local"]); len(resp.GetBundles()) != 1 || got != `{"keys":[]}` {
+		t.Errorf("FetchJWTBundles: %d trust domains, own %q; want the own one with no keys", len(resp.GetBundles()), got)
 	}
 }
 

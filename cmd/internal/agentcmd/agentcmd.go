@@ -139,11 +139,12 @@ func New() *cobra.Command {
 a private key locally, gets a certificate for it from the issuer with the token in
 --token-file, renews it at about half of its lifetime, and serves it to Envoy over SDS v3
 (--sds-socket; resources default, ROOTCA, ALL, the SPIFFE ID and the trust domain ID) and
-to applications over the SPIFFE Workload API (--workload-socket), and optionally as files
-(--out). Only the agent's user may use the sockets unless --workload-socket-group or
+to applications over the SPIFFE Workload API (--workload-socket; X.509- and JWT-SVIDs, the
+latter minted by the issuer), and optionally as files (--out). Only the agent's user may use the sockets unless --workload-socket-group or
 --workload-socket-mode open the Workload API to others; --*-allowed-uids/gids narrow them
 further. /readyz answers 200 only while it holds a valid certificate; /metrics on the same
-address exports meshca_agent_crl_rejected_total and meshca_agent_bundle_rejected_total.
+address exports meshca_agent_crl_rejected_total, meshca_agent_jwt_authority_rejected_total
+and meshca_agent_bundle_rejected_total.
 SIGTERM or SIGINT stops it gracefully. SIGHUP re-reads --config: logLevel and tokenFile
 take effect at once; the log names every other changed field, which needs a restart.`,
 		Args: cobra.NoArgs,
