@@ -42,6 +42,8 @@ type wire struct {
 	db     *sqlite.Store
 	client pb.IstioCertificateServiceClient
 	conn   *grpc.ClientConn
+	// addr is the server's address on loopback.
+	addr string
 	// dial opens another client connection to the server, closed when the
 	// test ends.
 	dial func(t testing.TB) *grpc.ClientConn
@@ -123,6 +125,7 @@ func newWireOptions(t testing.TB, opts wireOptions) *wire {
 		t.Fatal(err)
 	}
 	addr := testkit.Serve(t, "Serve", srv.Serve)
+	w.addr = addr
 	creds := credentials.NewTLS(&tls.Config{RootCAs: w.tree.Bundle.Pool(), ServerName: "istiod.istio-system.svc"})
 	w.dial = func(t testing.TB) *grpc.ClientConn {
 		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
