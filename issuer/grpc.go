@@ -119,6 +119,18 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		// waiting for the store's group commit are busy, hence 32 per core;
 		// grpc-go starts a goroutine when every worker is busy.
 		grpc.NumStreamWorkers(uint32(32*runtime.GOMAXPROCS(0))),
+		// Fixed flow-control windows. With grpc-go's default dynamic
+		// windows the server answers nearly every request's DATA frame with
+		// a connection window update and a bandwidth-estimation PING (one
+		// is sent whenever none is outstanding, and on loopback or a LAN
+		// its ACK is back before the next request), then reads the ACK:
+		// two frames out, one in and their syscalls per certificate, to
+		// size windows for bulk transfers this API never makes (a request
+		// is under MaxRequestBytes, a response a few KiB). Static windows
+		// of 1 MiB per connection and 64 KiB per stream send a window
+		// update every 256 KiB received instead, and no PINGs.
+		grpc.StaticConnWindowSize(1<<20),
+		grpc.StaticStreamWindowSize(64<<10),
 	)...)
 	pb.RegisterIstioCertificateServiceServer(s.grpc, &istioService{srv: s})
 	var bundles BundleSource = issuerBundles{iss: cfg.Issuer}

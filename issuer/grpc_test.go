@@ -43,6 +43,11 @@ type wire struct {
 	db     *sqlite.Store
 	client pb.IstioCertificateServiceClient
 	conn   *grpc.ClientConn
+	// addr is the server's address on loopback.
+	addr string
+	// dial opens another client connection to the server, closed when the
+	// test ends.
+	dial func(t testing.TB) *grpc.ClientConn
 	// attestor is what the server uses (JWKS, optionally cached).
 	attestor issuer.Attestor
 	// denyList is the issuer's, nil without wireOptions.deny.
@@ -145,11 +150,17 @@ func newWireOptions(t testing.TB, opts wireOptions) *wire {
 		t.Fatal(err)
 	}
 	addr := testkit.Serve(t, "Serve", srv.Serve)
+	w.addr = addr
 	creds := credentials.NewTLS(&tls.Config{RootCAs: w.tree.Bundle.Pool(), ServerName: "istiod.istio-system.svc"})
-	if w.conn, err = grpc.NewClient(addr, grpc.WithTransportCredentials(creds)); err != nil {
-		t.Fatal(err)
+	w.dial = func(t testing.TB) *grpc.ClientConn {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
 	}
-	t.Cleanup(func() { w.conn.Close() })
+	w.conn = w.dial(t)
 	w.client = pb.NewIstioCertificateServiceClient(w.conn)
 	w.bundles = meshcav1.NewBundleServiceClient(w.conn)
 	w.iss, w.keys = iss, keys
