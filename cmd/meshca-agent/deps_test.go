@@ -8,8 +8,9 @@ import (
 )
 
 // TestAgentLinksNoSigningCode keeps the sidecar small: the agent binary must
-// not link package ca (the signing core), step's certificate templates
-// (x509util → sprig) or html/template. Built as `make build` builds it (with
+// not link package ca (the signing core, with ca/upstream), smallstep's
+// certificate authority services (github.com/smallstep/certificates),
+// step's certificate templates (x509util → sprig) or html/template. Built as `make build` builds it (with
 // -tags grpcnotrace) none of them may appear; without the tag gRPC's request
 // tracing brings in html/template, but still neither ca nor sprig.
 func TestAgentLinksNoSigningCode(t *testing.T) {
@@ -21,11 +22,11 @@ func TestAgentLinksNoSigningCode(t *testing.T) {
 		{
 			name:      "as built",
 			args:      []string{"-tags", "grpcnotrace"},
-			forbidden: []string{"github.com/meshca/meshca/ca", "github.com/Masterminds/sprig", "html/template"},
+			forbidden: []string{"github.com/meshca/meshca/ca", "github.com/smallstep/certificates", "github.com/Masterminds/sprig", "html/template"},
 		},
 		{
 			name:      "default tags",
-			forbidden: []string{"github.com/meshca/meshca/ca", "github.com/Masterminds/sprig"},
+			forbidden: []string{"github.com/meshca/meshca/ca", "github.com/smallstep/certificates", "github.com/Masterminds/sprig"},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
