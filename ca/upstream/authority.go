@@ -15,9 +15,17 @@ import (
 	"time"
 
 	"github.com/smallstep/certificates/cas/apiv1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/grpcx"
 )
+
+// ErrRefused means the upstream answered and refused the request: an HTTP
+// 4xx from step-ca (a lifetime over the provisioner's maximum, a policy),
+// or a Cloud CAS status saying the caller may not do this. Retrying does
+// not help until the upstream's configuration changes.
+var ErrRefused = errors.New("refused by the upstream")
 
 // ErrBadCertificate means the upstream answered with something that cannot
 // serve as meshca's CA certificate; Issue returns nothing then.
@@ -100,8 +108,8 @@ const maxPathLen = 1
 
 // Issue makes a CSR with req.Signer, has the upstream sign a CA
 // certificate for it, and returns it after the checks the package
-// documentation lists. Failing to reach the upstream is grpcx.ErrUnavailable;
-// an unusable answer is ErrBadCertificate.
+// documentation lists. Failing to reach the upstream is grpcx.ErrUnavailable,
+// a refusal ErrRefused, an unusable answer ErrBadCertificate.
 func (a *Authority) Issue(ctx context.Context, req Request) (*Issued, error) {
 	if req.Signer == nil {
 		return nil, errors.New("upstream: signer is required")
@@ -128,13 +136,13 @@ func (a *Authority) Issue(ctx context.Context, req Request) (*Issued, error) {
 		return a.svc.CreateCertificate(&apiv1.CreateCertificateRequest{Template: tmpl, CSR: csr, Lifetime: a.ttl})
 	})
 	if err != nil {
-		return nil, fmt.Errorf("upstream %s: sign: %w: %w", a.typ, grpcx.ErrUnavailable, err)
+		return nil, fmt.Errorf("upstream %s: sign: %w: %w", a.typ, classify(err), err)
 	}
 	ca, err := call(ctx, func() (*apiv1.GetCertificateAuthorityResponse, error) {
 		return a.svc.GetCertificateAuthority(&apiv1.GetCertificateAuthorityRequest{})
 	})
 	if err != nil {
-		return nil, fmt.Errorf("upstream %s: root: %w: %w", a.typ, grpcx.ErrUnavailable, err)
+		return nil, fmt.Errorf("upstream %s: root: %w: %w", a.typ, classify(err), err)
 	}
 	if resp == nil || resp.Certificate == nil || ca == nil || ca.RootCertificate == nil {
 		return nil, fmt.Errorf("upstream %s: %w: empty answer", a.typ, ErrBadCertificate)
@@ -149,6 +157,22 @@ func (a *Authority) Issue(ctx context.Context, req Request) (*Issued, error) {
 		return nil, fmt.Errorf("upstream %s: %w", a.typ, err)
 	}
 	return issued, nil
+}
+
+// classify tells a refusal (ErrRefused) from a failure to get an answer
+// (grpcx.ErrUnavailable, also for a context that ended).
+func classify(err error) error {
+	var httpErr interface{ StatusCode() int }
+	if errors.As(err, &httpErr) && httpErr.StatusCode() >= 400 && httpErr.StatusCode() < 500 {
+		return ErrRefused
+	}
+	if st, ok := status.FromError(err); ok {
+		switch st.Code() {
+		case codes.InvalidArgument, codes.PermissionDenied, codes.FailedPrecondition, codes.NotFound, codes.OutOfRange:
+			return ErrRefused
+		}
+	}
+	return grpcx.ErrUnavailable
 }
 
 // call runs f and waits for it or for ctx, whichever ends first; f keeps

@@ -7,16 +7,25 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"math/big"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/smallstep/certificates/cas/apiv1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/internal/testkit"
 )
+
+// httpError is an HTTP error as step-ca's client returns it.
+type httpError int
+
+func (e httpError) Error() string   { return fmt.Sprintf("http status %d", int(e)) }
+func (e httpError) StatusCode() int { return int(e) }
 
 // fakeService signs templates as an upstream CA would: under root, or
 // under inter when set. It is the one seam Authority has to smallstep's
@@ -175,6 +184,30 @@ func TestIssueUpstreamFailures(t *testing.T) {
 		_, err := newAuthority(f, "fake", 0).Issue(context.Background(), Request{Signer: key})
 		if !errors.Is(err, grpcx.ErrUnavailable) || !strings.Contains(err.Error(), "connection refused") {
 			t.Fatalf("Issue() = %v, want ErrUnavailable with the cause", err)
+		}
+	})
+	t.Run("refused", func(t *testing.T) {
+		f := newFake(t, -1)
+		f.err = httpError(403)
+		_, err := newAuthority(f, "fake", 0).Issue(context.Background(), Request{Signer: key})
+		if !errors.Is(err, ErrRefused) || errors.Is(err, grpcx.ErrUnavailable) {
+			t.Fatalf("Issue() = %v, want ErrRefused only", err)
+		}
+	})
+	t.Run("server error", func(t *testing.T) {
+		f := newFake(t, -1)
+		f.err = httpError(503)
+		_, err := newAuthority(f, "fake", 0).Issue(context.Background(), Request{Signer: key})
+		if !errors.Is(err, grpcx.ErrUnavailable) || errors.Is(err, ErrRefused) {
+			t.Fatalf("Issue() = %v, want ErrUnavailable only", err)
+		}
+	})
+	t.Run("cloud status", func(t *testing.T) {
+		f := newFake(t, -1)
+		f.err = status.Error(codes.PermissionDenied, "pool policy forbids CA certificates")
+		_, err := newAuthority(f, "fake", 0).Issue(context.Background(), Request{Signer: key})
+		if !errors.Is(err, ErrRefused) {
+			t.Fatalf("Issue() = %v, want ErrRefused", err)
 		}
 	})
 	t.Run("context ends", func(t *testing.T) {

@@ -199,14 +199,21 @@ func TestStepCASRefusesUnusableAnswers(t *testing.T) {
 	}{
 		{"leaf template", steptest.Options{Template: steptest.LeafTemplate}, "not a CA certificate"},
 		{"intermediate path length 0", steptest.Options{IntermediatePathLen: -1}, "path length"},
-		{"provisioner maximum below MinTTL", steptest.Options{MaxTTL: 12 * time.Hour}, "sign"},
+		{"provisioner maximum below the lifetime asked", steptest.Options{MaxTTL: 48 * time.Hour}, "more than the authorized maximum"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			s := steptest.Start(t, tc.opts)
 			_, err := newStep(t, s).Issue(t.Context(), upstream.Request{Signer: testkit.Key(t, "meshca-ca-1")})
+			t.Logf("Issue: %v", err)
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
 				t.Fatalf("Issue() = %v, want an error containing %q", err, tc.err)
+			}
+			if !errors.Is(err, upstream.ErrBadCertificate) && !errors.Is(err, upstream.ErrRefused) {
+				t.Fatalf("Issue() = %v, want ErrBadCertificate or ErrRefused", err)
+			}
+			if errors.Is(err, grpcx.ErrUnavailable) {
+				t.Fatalf("Issue() = %v: a refusal or a bad answer is not an outage", err)
 			}
 		})
 	}
