@@ -160,6 +160,30 @@ func TestStepCASIssuesMeshCA(t *testing.T) {
 	verifyUnder(t, s.Root, leaf1, chain1)
 }
 
+// TestStepCASX5C obtains meshca's CA certificate through step-ca's X5C
+// provisioner: tokens signed by a key whose certificate chains to the
+// provisioner's roots.
+func TestStepCASX5C(t *testing.T) {
+	s := steptest.Start(t, steptest.Options{})
+	cfg := upstream.Config{Type: upstream.TypeStepCAS, StepCAS: upstream.StepCAS{
+		URL: s.URL, Fingerprint: s.Fingerprint, Provisioner: steptest.X5CProvisioner,
+		ProvisionerType: upstream.ProvisionerX5C, CertFile: s.X5CCertFile, KeyFile: s.X5CKeyFile,
+	}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	a, err := upstream.New(t.Context(), cfg)
+	if err != nil {
+		t.Fatalf("upstream.New: %v", err)
+	}
+	issued, err := a.Issue(t.Context(), upstream.Request{Signer: testkit.Key(t, "meshca-ca-1")})
+	if err != nil {
+		t.Fatalf("Issue: %v", err)
+	}
+	leaf, chain := issueLeaf(t, issued, "meshca-ca-1")
+	verifyUnder(t, s.Root, leaf, chain)
+}
+
 // TestStepCASOutage stops step-ca: obtaining a CA certificate fails as
 // unavailable while the CA already held keeps signing, and succeeds again
 // once step-ca is back.

@@ -1,7 +1,8 @@
 // Package steptest runs a real step-ca (smallstep/certificates) for tests:
 // its own PKI (root and intermediate, as `step ca init` makes them), a JWK
-// provisioner whose X.509 template issues CA certificates, and the embedded
-// database, all in a temporary directory, on a free loopback port.
+// and an X5C provisioner whose X.509 template issues CA certificates, and
+// the embedded database, all in a temporary directory, on a free loopback
+// port.
 package steptest
 
 import (
@@ -40,6 +41,11 @@ const Version = "v0.30.2"
 
 // Provisioner is the name of the JWK provisioner Start configures.
 const Provisioner = "meshca"
+
+// X5CProvisioner is the name of the X5C provisioner Start configures: it
+// accepts tokens signed by a key whose certificate chains to a root of its
+// own (Server.X5CCertFile, Server.X5CKeyFile).
+const X5CProvisioner = "meshca-x5c"
 
 // CATemplate is the provisioner's X.509 template: a CA certificate with
 // the CSR's subject and room for one CA below it (the cluster
@@ -108,6 +114,9 @@ type Server struct {
 	RootFile string
 	// KeyFile is the JWK provisioner's private key (unencrypted PEM).
 	KeyFile string
+	// X5CCertFile and X5CKeyFile are the certificate and key that sign
+	// tokens for the X5C provisioner.
+	X5CCertFile, X5CKeyFile string
 
 	bin, dir string
 	proc     *harness.Proc
@@ -197,11 +206,18 @@ func (s *Server) write(addr string, opts Options) error {
 	s.Fingerprint = hex.EncodeToString(sum[:])
 	s.RootFile = filepath.Join(s.dir, "root_ca.crt")
 	s.KeyFile = filepath.Join(s.dir, "provisioner.key")
-	conf, err := caJSON(s.dir, addr, &provKey.PublicKey, opts)
+	x5cRoot, x5cCert, x5cKey, err := x5cCredential(now)
+	if err != nil {
+		return err
+	}
+	s.X5CCertFile, s.X5CKeyFile = filepath.Join(s.dir, "x5c.crt"), filepath.Join(s.dir, "x5c.key")
+	conf, err := caJSON(s.dir, addr, &provKey.PublicKey, x5cRoot, opts)
 	if err != nil {
 		return err
 	}
 	files := map[string][]byte{
+		"x5c.crt":             x5cCert,
+		"x5c.key":             x5cKey,
 		"root_ca.crt":         pemBlock("CERTIFICATE", rootDER),
 		"intermediate_ca.crt": pemBlock("CERTIFICATE", intDER),
 		"intermediate_ca_key": pemKey(intKey),
@@ -216,8 +232,35 @@ func (s *Server) write(addr string, opts Options) error {
 	return nil
 }
 
-// caJSON is the ca.json of a standalone step-ca with one JWK provisioner.
-func caJSON(dir, addr string, provPub *ecdsa.PublicKey, opts Options) ([]byte, error) {
+// x5cCredential makes the X5C provisioner's root (PEM) and a client
+// certificate (PEM) and key (PEM) under it, valid longer than any lifetime
+// asked of step-ca: stepcas shortens a request to the certificate's life.
+func x5cCredential(now time.Time) (rootPEM, certPEM, keyPEM []byte, err error) {
+	rootKey, key := newKey(), newKey()
+	root := &x509.Certificate{
+		SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "test x5c provisioner root"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(10 * 365 * 24 * time.Hour),
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
+	}
+	rootDER, err := x509.CreateCertificate(rand.Reader, root, root, &rootKey.PublicKey, rootKey)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	leaf := &x509.Certificate{
+		SerialNumber: big.NewInt(4), Subject: pkix.Name{CommonName: "meshca root"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(5 * 365 * 24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leaf, root, &key.PublicKey, rootKey)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return pemBlock("CERTIFICATE", rootDER), pemBlock("CERTIFICATE", leafDER), pemKey(key), nil
+}
+
+// caJSON is the ca.json of a standalone step-ca with a JWK and an X5C
+// provisioner, both with the same template and limits.
+func caJSON(dir, addr string, provPub *ecdsa.PublicKey, x5cRoots []byte, opts Options) ([]byte, error) {
 	jwk := jose.JSONWebKey{Key: provPub, Algorithm: string(jose.ES256), Use: "sig"}
 	// The key ID is the key's RFC 7638 thumbprint, as `step crypto jwk
 	// create` sets it and stepcas computes it for the tokens it signs.
@@ -234,6 +277,11 @@ func caJSON(dir, addr string, provPub *ecdsa.PublicKey, opts Options) ([]byte, e
 	if tmpl == "" {
 		tmpl = CATemplate
 	}
+	claims := map[string]string{
+		"minTLSCertDuration": "5m", "maxTLSCertDuration": maxTTL.String(),
+		"defaultTLSCertDuration": min(maxTTL, 24*time.Hour).String(),
+	}
+	options := map[string]any{"x509": map[string]string{"template": tmpl}}
 	conf := map[string]any{
 		"root":     filepath.Join(dir, "root_ca.crt"),
 		"crt":      filepath.Join(dir, "intermediate_ca.crt"),
@@ -243,14 +291,10 @@ func caJSON(dir, addr string, provPub *ecdsa.PublicKey, opts Options) ([]byte, e
 		"logger":   map[string]string{"format": "text"},
 		"db":       map[string]string{"type": "badgerv2", "dataSource": filepath.Join(dir, "db")},
 		"authority": map[string]any{
-			"provisioners": []any{map[string]any{
-				"type": "JWK", "name": Provisioner, "key": jwk,
-				"claims": map[string]string{
-					"minTLSCertDuration": "5m", "maxTLSCertDuration": maxTTL.String(),
-					"defaultTLSCertDuration": min(maxTTL, 24*time.Hour).String(),
-				},
-				"options": map[string]any{"x509": map[string]string{"template": tmpl}},
-			}},
+			"provisioners": []any{
+				map[string]any{"type": "JWK", "name": Provisioner, "key": jwk, "claims": claims, "options": options},
+				map[string]any{"type": "X5C", "name": X5CProvisioner, "roots": x5cRoots, "claims": claims, "options": options},
+			},
 		},
 	}
 	return json.MarshalIndent(conf, "", "  ")
