@@ -13,9 +13,11 @@ import (
 // templates (x509util → sprig), step's PEM and key helpers (they bring
 // golang.org/x/crypto/ssh, scrypt and NaCl), and the generated Istio CA API
 // with the legacy protobuf runtime and reflect/protodesc that it needs
-// (agent/istioapi.go encodes the one call by hand).
+// (agent/istioapi.go encodes the one call by hand); smallstep's certificate
+// authority services (ca/upstream) never were, and must not be.
 var forbiddenAlways = []string{
 	"github.com/meshca/meshca/ca",
+	"github.com/smallstep/certificates",
 	"github.com/Masterminds/sprig",
 	"go.step.sm/crypto",
 	"golang.org/x/crypto/ssh",

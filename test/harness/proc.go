@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -44,6 +45,15 @@ type Proc struct {
 // material or tokens. The process is killed if the test binary dies.
 func Start(t testing.TB, bin, name string, args ...string) *Proc {
 	t.Helper()
+	return StartLogging(t, nil, bin, name, args...)
+}
+
+// StartLogging is Start for a process that logs some of the secrets Start
+// checks for by design, e.g. step-ca, which logs every one-time token it
+// redeems ("eyJ"): its output may hold those in allowed and is still
+// checked for the others.
+func StartLogging(t testing.TB, allowed []string, bin, name string, args ...string) *Proc {
+	t.Helper()
 	p := &Proc{name: name, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
@@ -58,7 +68,7 @@ func Start(t testing.TB, bin, name string, args ...string) *Proc {
 			t.Logf("--- %s output ---\n%s", name, p.out.String())
 		}
 		for _, secret := range secrets {
-			if strings.Contains(p.out.String(), secret) {
+			if !slices.Contains(allowed, secret) && strings.Contains(p.out.String(), secret) {
 				t.Errorf("%s logged secret material (%q)", name, secret)
 			}
 		}
