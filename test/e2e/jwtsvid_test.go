@@ -12,6 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -100,5 +101,51 @@ func TestDevMintsJWTSVID(t *testing.T) {
 	}
 	if !strings.Contains(srv.Stderr(), "JWT-SVID issued") {
 		t.Error("no log line for the JWT-SVID")
+	}
+}
+
+// TestAgentServesJWTSVIDs runs `meshca dev` and the agent as processes and
+// uses go-spiffe's Workload API client as an application would: a
+// JWTSource fetches a JWT-SVID that the issuer minted for the agent's
+// identity, validates it against the JWT bundle the agent serves, and the
+// agent's ValidateJWTSVID accepts it for its audience only.
+func TestAgentServesJWTSVIDs(t *testing.T) {
+	srv := startDev(t, devOptions{})
+	_, tokenFile := mintToken(t, srv.Dir, "token")
+	a := startAgent(t, srv, tokenFile, time.Hour)
+	ctx, cancel := context.WithTimeout(context.Background(), agentWaitTimeout)
+	defer cancel()
+	addr := workloadapi.WithClientOptions(workloadapi.WithAddr("unix://" + a.WorkloadSocket))
+
+	source, err := workloadapi.NewJWTSource(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer source.Close()
+	svid, err := source.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "payments"})
+	if err != nil {
+		t.Fatalf("FetchJWTSVID: %v", err)
+	}
+	if svid.ID != webID || len(svid.Audience) != 1 || svid.Audience[0] != "payments" {
+		t.Fatalf("JWT-SVID for %s, audience %v; want %s, [payments]", svid.ID, svid.Audience, webID)
+	}
+	if _, err := jwtsvid.ParseAndValidate(svid.Marshal(), source, []string{"payments"}); err != nil {
+		t.Fatalf("the token does not validate against the agent's JWT bundle: %v", err)
+	}
+	if _, err := jwtsvid.ParseAndValidate(svid.Marshal(), source, []string{"other"}); err == nil {
+		t.Fatal("a token for payments validated for another audience")
+	}
+
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+a.WorkloadSocket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	got, err := client.ValidateJWTSVID(ctx, svid.Marshal(), "payments")
+	if err != nil || got.ID != webID {
+		t.Fatalf("agent ValidateJWTSVID: %v, %v", got, err)
+	}
+	if _, err := client.ValidateJWTSVID(ctx, svid.Marshal(), "other"); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("agent ValidateJWTSVID for another audience: %v, want InvalidArgument", err)
 	}
 }
