@@ -263,4 +263,3 @@ func handler(q workqueue.TypedRateLimitingInterface[string], key func(metav1.Obj
 		DeleteFunc: add,
 	}
 }
-
