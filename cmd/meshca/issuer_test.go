@@ -54,6 +54,9 @@ func TestIssuerConfigValidate(t *testing.T) {
 		{"unknown limit", "limits: {maxStreams: 3}\n" + base + "  - {name: east}\n", `unknown field "limits.maxStreams"`},
 		{"short intermediates", "intermediateTTL: 10s\n" + base + "  - {name: east}\n", "intermediateTTL 10s is below the minimum 30s"},
 		{"negative intermediates", "intermediateTTL: -1h\n" + base + "  - {name: east}\n", "intermediateTTL -1h0m0s is below the minimum"},
+		{"root configmaps without lease namespace", "istioRootConfigMaps: {enabled: true}\n" + base + "  - {name: east}\n", "istioRootConfigMaps: rootcm config: lease namespace is required"},
+		{"root configmaps bad selector", "istioRootConfigMaps: {enabled: true, leaseNamespace: istio-system, selector: \"a in (\"}\n" + base + "  - {name: east}\n", "istioRootConfigMaps: rootcm config: selector"},
+		{"root configmaps bad namespace", "istioRootConfigMaps: {enabled: true, leaseNamespace: istio-system, namespaces: [Bad_NS]}\n" + base + "  - {name: east}\n", `namespace "Bad_NS"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := defaultIssuerConfig()
