@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -105,14 +106,28 @@ func TestRootConfigMaps(t *testing.T) {
 	leader.cut.Store(true)
 	cutAt := time.Now()
 	leaderWrites := leader.writes.Load()
+	var lastRenew, acquired time.Time // the old leader's last renewal; the new leader's acquisition
 	testkit.Eventually(t, rootcmLease+4*rootcmRetry+5*time.Second, "takeover", func() error {
-		if h := leaseHolder(t, c, leaseNS); h != followerID {
+		l := lease(t, c, leaseNS)
+		if h := ptrOr(l.Spec.HolderIdentity); h != followerID {
+			if h == leaderID && l.Spec.RenewTime != nil {
+				lastRenew = l.Spec.RenewTime.Time
+			}
 			return fmt.Errorf("lease held by %q", h)
+		}
+		if l.Spec.AcquireTime != nil {
+			acquired = l.Spec.AcquireTime.Time
 		}
 		return nil
 	})
 	took := time.Since(cutAt)
-	t.Logf("takeover %v after the leader was cut off (lease duration %v, retry %v)", took, rootcmLease, rootcmRetry)
+	gap := acquired.Sub(lastRenew)
+	t.Logf("takeover %v after the leader was cut off, %v after its last renewal (lease duration %v, retry %v)", took, gap, rootcmLease, rootcmRetry)
+	// The follower sees each renewal within a jittered retry period and
+	// takes over a lease duration after it, at its next retry.
+	if bound := rootcmLease + 3*rootcmRetry + 2*time.Second; lastRenew.IsZero() || acquired.IsZero() || gap > bound || gap < rootcmLease {
+		t.Errorf("takeover %v after the last renewal (renewed %v, acquired %v), want within [%v, %v]", gap, lastRenew, acquired, rootcmLease, bound)
+	}
 	editRootCM(t, c, ns1, "edited again")
 	waitRootCM(t, c, ns1, onlyB, "edit repaired by the new leader")
 	if follower.writes.Load() == 0 {
@@ -201,11 +216,24 @@ func editRootCM(tb testing.TB, c *kubetest.Cluster, ns, content string) {
 
 func leaseHolder(tb testing.TB, c *kubetest.Cluster, ns string) string {
 	tb.Helper()
+	return ptrOr(lease(tb, c, ns).Spec.HolderIdentity)
+}
+
+// lease returns the election's Lease; empty while there is none.
+func lease(tb testing.TB, c *kubetest.Cluster, ns string) *coordinationv1.Lease {
+	tb.Helper()
 	l, err := c.Admin.CoordinationV1().Leases(ns).Get(context.Background(), rootcm.DefaultLeaseName, metav1.GetOptions{})
-	if err != nil || l.Spec.HolderIdentity == nil {
+	if err != nil {
+		return &coordinationv1.Lease{}
+	}
+	return l
+}
+
+func ptrOr(s *string) string {
+	if s == nil {
 		return ""
 	}
-	return *l.Spec.HolderIdentity
+	return *s
 }
 
 // bundleSource is a settable rootcm.BundleSource of one own trust domain.
