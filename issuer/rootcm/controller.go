@@ -69,6 +69,10 @@ func (c *Controller) Run(ctx context.Context, bundles BundleSource) error {
 		LockConfig: resourcelock.ResourceLockConfig{Identity: c.cfg.Identity},
 	}
 	for ctx.Err() == nil {
+		// A term ends when the Lease is lost, or when writing fails for
+		// good: then this replica steps down (releasing the Lease) so that
+		// another one writes.
+		term, stepDown := context.WithCancel(ctx)
 		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 			Lock:            lock,
 			LeaseDuration:   c.cfg.LeaseDuration,
@@ -79,17 +83,20 @@ func (c *Controller) Run(ctx context.Context, bundles BundleSource) error {
 			Callbacks: leaderelection.LeaderCallbacks{
 				OnStartedLeading: func(lead context.Context) {
 					c.log.Info("leading: writing root ConfigMaps")
-					if err := c.lead(lead, bundles); err != nil {
-						c.log.Error("root ConfigMaps stopped", "err", err)
+					if err := c.lead(lead, bundles); err != nil && lead.Err() == nil {
+						c.log.Error("root ConfigMaps stopped; stepping down", "err", err)
+						stepDown()
 					}
 				},
 				OnStoppedLeading: func() { c.log.Info("not leading: root ConfigMap writes stopped") },
 			},
 		})
 		if err != nil {
+			stepDown()
 			return fmt.Errorf("rootcm: leader election: %w", err)
 		}
-		le.Run(ctx)
+		le.Run(term)
+		stepDown()
 	}
 	return nil
 }
