@@ -39,7 +39,8 @@ const (
 // ConfigMap appears in existing and new selected namespaces with every own
 // root, edits are repaired, deletions recreated, a root rotation followed;
 // when the leader is cut off from the API server the other takes over
-// within the lease duration and repairs again.
+// a lease duration after its last renewal and repairs again; a leader
+// that stops releases the Lease to the other at once.
 func TestRootConfigMaps(t *testing.T) {
 	c := east(t)
 	ctx := t.Context()
@@ -136,6 +137,21 @@ func TestRootConfigMaps(t *testing.T) {
 	if got := leader.writes.Load(); got != leaderWrites {
 		t.Errorf("the cut-off leader wrote %d more times", got-leaderWrites)
 	}
+
+	// A leader that stops gracefully releases the Lease: the first replica,
+	// reconnected, takes over at once instead of a lease duration later.
+	leader.cut.Store(false)
+	stoppedAt := time.Now()
+	follower.stop()
+	testkit.Eventually(t, rootcmLease+4*rootcmRetry+5*time.Second, "takeover after a release", func() error {
+		if h := leaseHolder(t, c, leaseNS); h != leaderID {
+			return fmt.Errorf("lease held by %q", h)
+		}
+		return nil
+	})
+	t.Logf("takeover %v after the leader stopped and released the Lease", time.Since(stoppedAt))
+	editRootCM(t, c, ns2, "edited a third time")
+	waitRootCM(t, c, ns2, onlyB, "edit repaired after the release")
 }
 
 // rootcmReplica is one replica's API client, with a count of its
