@@ -36,6 +36,10 @@ type issuerBundles struct{ iss *Issuer }
 
 var _ BundleSource = issuerBundles{}
 
+// LocalBundles is the BundleSource of iss's own roots: one trust domain,
+// the issuer's, following every root the issuer signs under.
+func LocalBundles(iss *Issuer) BundleSource { return issuerBundles{iss} }
+
 func (s issuerBundles) Current() (*trust.TrustBundle, <-chan struct{}) {
 	sig, replaced := s.iss.signing.Load()
 	return localTrustBundle(s.iss, sig), replaced

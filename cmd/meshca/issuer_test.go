@@ -57,6 +57,9 @@ func TestIssuerConfigValidate(t *testing.T) {
 		{"JWT default above max", "jwt: {defaultTTL: 2h}\n" + base + "  - {name: east}\n", "jwt: defaultTTL 2h0m0s exceeds maxTTL 1h0m0s"},
 		{"negative JWT ttl", "jwt: {maxTTL: -1m}\n" + base + "  - {name: east}\n", "jwt: durations must not be negative"},
 		{"JWT issuer not https", "jwt: {issuer: \"http://oidc.example\"}\n" + base + "  - {name: east}\n", "is not an https URL"},
+		{"root configmaps without lease namespace", "istioRootConfigMaps: {enabled: true}\n" + base + "  - {name: east}\n", "istioRootConfigMaps: rootcm config: lease namespace is required"},
+		{"root configmaps bad selector", "istioRootConfigMaps: {enabled: true, leaseNamespace: istio-system, selector: \"a in (\"}\n" + base + "  - {name: east}\n", "istioRootConfigMaps: rootcm config: selector"},
+		{"root configmaps bad namespace", "istioRootConfigMaps: {enabled: true, leaseNamespace: istio-system, namespaces: [Bad_NS]}\n" + base + "  - {name: east}\n", `namespace "Bad_NS"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := defaultIssuerConfig()

@@ -5,14 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/issuer/rootcm"
 )
 
 // Attestor kinds of a cluster in `meshca issuer serve`.
@@ -81,6 +85,9 @@ type issuerConfig struct {
 	// Required: at least the local one. SIGHUP reloads the clusters (their
 	// attestors, caches and policies) without a restart.
 	Clusters []clusterConfig `json:"clusters,omitempty"`
+	// IstioRootConfigMaps keeps Istio's istio-ca-root-cert ConfigMap in the
+	// namespaces of the issuer's own cluster. Default off.
+	IstioRootConfigMaps istioRootConfigMapsConfig `json:"istioRootConfigMaps,omitempty"`
 	// LogLevel is debug, info, warn or error; --log-level overrides it.
 	// Default info. SIGHUP reloads it.
 	LogLevel string `json:"logLevel,omitempty"`
@@ -88,6 +95,52 @@ type issuerConfig struct {
 	// Read at start: a change needs a restart.
 	LogFormat string `json:"logFormat,omitempty"`
 }
+
+// istioRootConfigMapsConfig maps to rootcm.Config (package issuer/rootcm):
+// one replica at a time, elected by a Lease, writes the ConfigMap (key
+// root-cert.pem, every root of the issuer's own trust domain) through the
+// own cluster's clusters[] kubeconfig (in-cluster by default).
+type istioRootConfigMapsConfig struct {
+	// Enabled turns the ConfigMaps on. Default false.
+	Enabled bool `json:"enabled,omitempty"`
+	// Namespaces, when set, are the only namespaces written. Default: all.
+	Namespaces []string `json:"namespaces,omitempty"`
+	// Selector is a namespace label selector, e.g. istio-injection=enabled.
+	// Default: every namespace.
+	Selector string `json:"selector,omitempty"`
+	// LeaseNamespace holds the Lease meshca-istio-root-configmaps. Required
+	// when Enabled (the issuer's own namespace).
+	LeaseNamespace string `json:"leaseNamespace,omitempty"`
+	// Identity names this replica in the Lease. Default: the short host
+	// name (the pod name).
+	Identity string `json:"identity,omitempty"`
+}
+
+// rootcmConfig maps c to the controller's config with the given client.
+func (c istioRootConfigMapsConfig) rootcmConfig(client kubernetes.Interface) rootcm.Config {
+	id := c.Identity
+	if id == "" {
+		host, _ := os.Hostname()
+		id, _, _ = strings.Cut(host, ".")
+	}
+	return rootcm.Config{Client: client, Namespaces: c.Namespaces, Selector: c.Selector, LeaseNamespace: c.LeaseNamespace, Identity: id}
+}
+
+// validate checks c without a client.
+func (c istioRootConfigMapsConfig) validate() error {
+	if !c.Enabled {
+		return nil
+	}
+	rc := c.rootcmConfig(placeholderClient)
+	if err := rc.Validate(); err != nil {
+		return fmt.Errorf("istioRootConfigMaps: %w", err)
+	}
+	return nil
+}
+
+// placeholderClient stands in for the API client when a config is
+// validated: it is never called.
+var placeholderClient kubernetes.Interface = &kubernetes.Clientset{}
 
 // rootKeyConfig locates the file root CA.
 type rootKeyConfig struct {
@@ -295,6 +348,9 @@ func (c issuerConfig) validate() error {
 	}
 	if c.Revocation.PollInterval < 0 || c.Revocation.MaxStale < 0 || c.Revocation.CRLValidity < 0 {
 		return errors.New("revocation: durations must not be negative")
+	}
+	if err := c.IstioRootConfigMaps.validate(); err != nil {
+		return err
 	}
 	if len(c.Clusters) == 0 {
 		return errors.New("clusters: at least the issuer's own cluster is required")

@@ -9,6 +9,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/issuer/rootcm"
 	"github.com/meshca/meshca/issuer/stack"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/checkpoint"
@@ -58,7 +60,31 @@ func issuerStack(cfg issuerConfig) (stack.Config, error) {
 		sc.Upstream = &stack.Upstream{Address: u.Address, ServerName: u.ServerName, BundleFile: u.BundleFile, JoinTokenFile: u.JoinTokenFile,
 			Replica: u.Replica}
 	}
+	if sc.RootConfigMaps, err = rootConfigMaps(cfg); err != nil {
+		return stack.Config{}, err
+	}
 	return sc, nil
+}
+
+// rootConfigMaps builds the istio-ca-root-cert controller of cfg, talking
+// to the own cluster's API server; nil when disabled. Nothing is contacted
+// before the stack runs it.
+func rootConfigMaps(cfg issuerConfig) (*rootcm.Controller, error) {
+	rc := cfg.IstioRootConfigMaps
+	if !rc.Enabled {
+		return nil, nil
+	}
+	kc := attest.KubeClientConfig{}
+	for _, cl := range cfg.Clusters {
+		if cl.Name == cfg.Cluster {
+			kc.Kubeconfig, kc.Context = cl.Kubeconfig, cl.Context
+		}
+	}
+	client, err := attest.NewKubeClient(kc)
+	if err != nil {
+		return nil, fmt.Errorf("istioRootConfigMaps: %w", err)
+	}
+	return rootcm.New(rc.rootcmConfig(client))
 }
 
 // devStack maps the dev config to the issuer stack's; the caller sets

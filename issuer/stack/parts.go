@@ -13,6 +13,7 @@ import (
 	"github.com/meshca/meshca/attest"
 	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/issuer/rootcm"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/trust"
 )
@@ -29,7 +30,8 @@ type parts struct {
 	srv     *issuer.Server
 	mtls    *adminapi.MTLS // nil without an admin mTLS listener
 	iss     *issuer.Issuer
-	ca      *issuer.CAMetrics // nil without metrics
+	ca      *issuer.CAMetrics  // nil without metrics
+	rootCMs *rootcm.Controller // nil unless Config.RootConfigMaps
 	// ops runs the operations listener, the health service's follower and
 	// the CA metrics until ctx ends; set by serve before run.
 	ops func(ctx context.Context) error
@@ -75,6 +77,7 @@ func (c Config) build(ctx context.Context, src intermediateSource, att attest.At
 		return nil, err
 	}
 	p.relayed = src.relayed(p.loop)
+	p.rootCMs = c.RootConfigMaps
 	if p.admin, err = issuer.NewAdminServer(c.adminConfig(iss, src, p, db, log)); err != nil {
 		return nil, err
 	}
@@ -129,6 +132,13 @@ func (p *parts) run(ctx context.Context, ls listeners, bundlePath string, db Sto
 	g.Go(func() error { return p.loop.Run(gctx) })
 	if p.relayed != nil {
 		g.Go(func() error { return issuer.FollowBundleFile(gctx, p.relayed, bundlePath, log) })
+	}
+	if p.rootCMs != nil {
+		var bundles issuer.BundleSource = issuer.LocalBundles(p.iss)
+		if p.relayed != nil {
+			bundles = p.relayed
+		}
+		g.Go(func() error { return p.rootCMs.Run(gctx, bundles) })
 	}
 	if pr, ok := db.(store.Pruner); ok && retention != nil {
 		g.Go(func() error { return store.RunRetention(gctx, pr, *retention) })

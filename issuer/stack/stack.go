@@ -24,6 +24,7 @@ import (
 	"github.com/meshca/meshca/internal/grpclimit"
 	"github.com/meshca/meshca/internal/ops"
 	"github.com/meshca/meshca/internal/serverdir"
+	"github.com/meshca/meshca/issuer/rootcm"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/checkpoint"
 )
@@ -104,6 +105,10 @@ type Config struct {
 	// MetricsServing, when set, is called with the operations listener's
 	// bound address once it accepts connections.
 	MetricsServing func(addr string)
+	// RootConfigMaps, when set, keeps Istio's istio-ca-root-cert ConfigMaps
+	// with the stack's bundle: the one relayed from the central root under
+	// Upstream, else the local root's. Nil means none are written.
+	RootConfigMaps *rootcm.Controller
 	// Logger: nil means slog.Default().
 	Logger *slog.Logger
 }

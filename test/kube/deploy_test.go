@@ -15,6 +15,8 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/issuer/rootcm"
 	"github.com/meshca/meshca/test/kubetest"
 )
 
@@ -53,6 +55,17 @@ func TestDeployManifests(t *testing.T) {
 		t.Errorf("issuer service account cannot read the JWKS: %v", err)
 	}
 
+	// The root ConfigMaps with the same identity: the shipped roles cover
+	// the Lease, the namespace and ConfigMap watches and the writes.
+	roots := testkit.New(t, testkit.Options{}).Bundle
+	ctl, err := rootcm.New(rootcm.Config{Client: issuerClient, Namespaces: []string{"shop"}, LeaseNamespace: "meshca-system",
+		LeaseName: "meshca-deploy-test", Identity: "meshca-issuer-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.Go(t, "root ConfigMaps", func(ctx context.Context) error { return ctl.Run(ctx, newBundleSource(t, roots.Roots()...)) })
+	waitRootCM(t, c, "shop", string(roots.PEM()), "root ConfigMap under the shipped RBAC")
+
 	c.ServiceAccount(t, "meshca-system", "unbound")
 	noRBAC := c.TokenClient(t, c.Token(t, "meshca-system", "unbound"))
 	newWire(t, newTokenReview(t, c, "east", attest.TokenReviewConfig{Client: noRBAC})).mustFail(t, tok, "", codes.Unavailable)
@@ -90,6 +103,10 @@ func create(c *kubetest.Cluster, obj runtime.Object) error {
 		_, err = c.Admin.RbacV1().ClusterRoles().Create(ctx, o, opts)
 	case *rbacv1.ClusterRoleBinding:
 		_, err = c.Admin.RbacV1().ClusterRoleBindings().Create(ctx, o, opts)
+	case *rbacv1.Role:
+		_, err = c.Admin.RbacV1().Roles(o.Namespace).Create(ctx, o, opts)
+	case *rbacv1.RoleBinding:
+		_, err = c.Admin.RbacV1().RoleBindings(o.Namespace).Create(ctx, o, opts)
 	default:
 		return fmt.Errorf("kind %T is not handled by this test", obj)
 	}

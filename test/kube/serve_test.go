@@ -41,10 +41,12 @@ func TestIssuerServe(t *testing.T) {
 	kubeconfig := filepath.Join(dir, "east.kubeconfig")
 	c.WriteKubeconfig(t, kubeconfig, "")
 	addr := testkit.FreeAddr(t)
+	rootsNS := c.Namespace(t)
 	config := filepath.Join(dir, "issuer.yaml")
 	writeFile(t, config, fmt.Sprintf(`dataDir: %s
 listen: %s
 cluster: east
+istioRootConfigMaps: {enabled: true, namespaces: [%s], leaseNamespace: %s}
 hosts: ["127.0.0.1", "istiod.istio-system.svc"]
 clusters:
   - name: east
@@ -60,7 +62,7 @@ clusters:
     audiences: ["istio-ca"]
     jwks:
       issuer: %s
-`, filepath.Join(dir, "data"), addr, kubeconfig, kubeconfig, kubetest.Issuer))
+`, filepath.Join(dir, "data"), addr, rootsNS, rootsNS, kubeconfig, kubeconfig, kubetest.Issuer))
 
 	p := harness.Start(t, bin, "issuer", "issuer", "serve", "--config", config)
 	p.WaitListening(t, addr)
@@ -70,6 +72,9 @@ clusters:
 		t.Fatal(err)
 	}
 	w := &wire{client: dialIssuer(t, addr, bundle), logs: p.Output}
+	// istioRootConfigMaps: the ConfigMap holds the issuer's roots, as
+	// bundle.pem does.
+	waitRootCM(t, c, rootsNS, string(bundle), "istio-ca-root-cert of meshca issuer serve")
 	wl := newWorkload(t, c)
 	tok := c.PodToken(t, wl.ns, wl.sa, wl.pod, audience)
 	w.mustIssue(t, tok, "Kubernetes", wl.spiffeID())

@@ -1,0 +1,47 @@
+package main
+
+import (
+	"os"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestIstioRootConfigMapsMapping holds the YAML of istioRootConfigMaps to
+// the controller's config and the stack: off by default, every field
+// carried over, the identity defaulting to the short host name.
+func TestIstioRootConfigMapsMapping(t *testing.T) {
+	cfg := defaultIssuerConfig()
+	if err := decodeStrict([]byte("cluster: east\nclusters: [{name: east}]\n"), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.validate(); err != nil {
+		t.Fatal(err)
+	}
+	sc, err := issuerStack(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc.RootConfigMaps != nil {
+		t.Error("root ConfigMaps on by default")
+	}
+
+	y := "istioRootConfigMaps: {enabled: true, leaseNamespace: meshca-system, namespaces: [a, b], selector: \"x=y\", identity: issuer-1}\n"
+	on := defaultIssuerConfig()
+	if err := decodeStrict([]byte(y+"cluster: east\nclusters: [{name: east}]\n"), &on); err != nil {
+		t.Fatal(err)
+	}
+	if err := on.validate(); err != nil {
+		t.Fatal(err)
+	}
+	rc := on.IstioRootConfigMaps.rootcmConfig(placeholderClient)
+	if rc.LeaseNamespace != "meshca-system" || rc.Identity != "issuer-1" || rc.Selector != "x=y" || !slices.Equal(rc.Namespaces, []string{"a", "b"}) {
+		t.Errorf("mapped %+v", rc)
+	}
+	on.IstioRootConfigMaps.Identity = ""
+	host, _ := os.Hostname()
+	short, _, _ := strings.Cut(host, ".")
+	if got := on.IstioRootConfigMaps.rootcmConfig(placeholderClient).Identity; got != short || got == "" {
+		t.Errorf("default identity %q, want the short host name %q", got, short)
+	}
+}

@@ -1,0 +1,4 @@
+package rootcm
+
+// OwnRootsPEM exposes ownRootsPEM to the external tests.
+var OwnRootsPEM = ownRootsPEM
