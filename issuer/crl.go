@@ -32,10 +32,6 @@ type RevocationSource interface {
 	Current() (*DenySet, <-chan struct{})
 }
 
-// republishInterval is how often an issuer sends its unchanged CRLs to the
-// root again, which keeps them in memory only.
-const republishInterval = time.Minute
-
 // CRLPublisher hands the issuer's CRLs to the root, which republishes them
 // to every cluster. *Upstream implements it.
 type CRLPublisher interface {
@@ -331,47 +327,22 @@ func (s *CRLSigner) setCurrent(held []*ca.Authority) {
 }
 
 // publish hands every new set of CRLs to the Publisher until ctx is
-// cancelled, retrying failures with backoff; a newer set replaces one
-// still being retried.
+// cancelled (see relay).
 func (s *CRLSigner) publish(ctx context.Context) {
-	var sent, logged uint64
-	failures := 0
-	for {
-		crls, changed, gen := s.snapshot()
-		var wake <-chan time.Time
-		if gen != sent && len(crls) > 0 {
-			actx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
-			err := s.cfg.Publisher.PublishCRLs(actx, crls)
-			cancel()
-			switch {
-			case ctx.Err() != nil:
-				return
-			case err != nil:
-				failures++
-				delay := rotation.Backoff(failures, s.cfg.Jitter(), s.cfg.MinBackoff, s.cfg.MaxBackoff)
-				s.cfg.Logger.Warn("publishing CRLs to the root failed; agents of this cluster have them already",
-					"error", err.Error(), "failures", failures, "retry_in", delay.String())
-				wake = time.After(delay)
-			default:
-				if gen != logged {
-					s.cfg.Logger.Info("CRLs published to the root", "crls", len(crls))
-				}
-				sent, logged, failures = gen, gen, 0
-			}
-		}
-		if wake == nil && len(crls) > 0 {
-			// The root keeps CRLs in memory only: send them again now and
-			// then, so that a restarted root has them back soon.
-			wake = time.After(republishInterval)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-changed:
-		case <-wake:
-			if failures == 0 {
-				sent = 0
-			}
-		}
+	type crlGen struct {
+		crls []trust.CRL
+		gen  uint64
 	}
+	relay[crlGen]{
+		what: "CRLs", countKey: "crls",
+		current: func() (crlGen, <-chan struct{}) {
+			crls, changed, gen := s.snapshot()
+			return crlGen{crls, gen}, changed
+		},
+		size:   func(v crlGen) int { return len(v.crls) },
+		same:   func(a, b crlGen) bool { return a.gen == b.gen },
+		send:   func(ctx context.Context, v crlGen) error { return s.cfg.Publisher.PublishCRLs(ctx, v.crls) },
+		jitter: s.cfg.Jitter, minBackoff: s.cfg.MinBackoff, maxBackoff: s.cfg.MaxBackoff,
+		attemptTimeout: s.cfg.AttemptTimeout, logger: s.cfg.Logger,
+	}.run(ctx)
 }

@@ -339,47 +339,17 @@ func (k *JWTKeys) publishLocked() {
 }
 
 // publish hands every new set of authorities to the Publisher until ctx
-// is cancelled, retrying failures with backoff, and sends an unchanged set
-// again every republishInterval, so that a root that lost it has it back.
+// is cancelled (see relay).
 func (k *JWTKeys) publish(ctx context.Context) {
-	var sent, logged []trust.JWTAuthority
-	failures := 0
-	for {
-		as, changed := k.Current()
-		var wake <-chan time.Time
-		if len(as) > 0 && !sameAuthorities(as, sent) {
-			actx, cancel := context.WithTimeout(ctx, k.cfg.AttemptTimeout)
-			err := k.cfg.Publisher.PublishJWTAuthorities(actx, as)
-			cancel()
-			switch {
-			case ctx.Err() != nil:
-				return
-			case err != nil:
-				failures++
-				delay := rotation.Backoff(failures, k.cfg.Jitter(), k.cfg.MinBackoff, k.cfg.MaxBackoff)
-				k.cfg.Logger.Warn("publishing JWT-SVID keys to the root failed; agents of this cluster have them already",
-					"error", err.Error(), "failures", failures, "retry_in", delay.String())
-				wake = time.After(delay)
-			default:
-				if !sameAuthorities(as, logged) {
-					k.cfg.Logger.Info("JWT-SVID keys published to the root", "keys", len(as))
-				}
-				sent, logged, failures = as, as, 0
-			}
-		}
-		if wake == nil && len(as) > 0 {
-			wake = time.After(republishInterval)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-changed:
-		case <-wake:
-			if failures == 0 {
-				sent = nil
-			}
-		}
-	}
+	relay[[]trust.JWTAuthority]{
+		what: "JWT-SVID keys", countKey: "keys",
+		current: k.Current,
+		size:    func(as []trust.JWTAuthority) int { return len(as) },
+		same:    sameAuthorities,
+		send:    k.cfg.Publisher.PublishJWTAuthorities,
+		jitter:  k.cfg.Jitter, minBackoff: k.cfg.MinBackoff, maxBackoff: k.cfg.MaxBackoff,
+		attemptTimeout: k.cfg.AttemptTimeout, logger: k.cfg.Logger,
+	}.run(ctx)
 }
 
 // sameAuthorities reports whether a and b name the same keys in order.
