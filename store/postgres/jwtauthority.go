@@ -29,18 +29,12 @@ func (s *Store) putJWTAuthority(ctx context.Context, a store.JWTAuthority) error
 	if err := checkText([][2]string{{"key ID", a.KeyID}, {"cluster", a.Cluster}, {"trust domain", a.TrustDomain}}); err != nil {
 		return err
 	}
-	if s.closed.Load() {
-		return store.ErrClosed
-	}
-	now := s.now()
-	if _, err := s.pool.Exec(ctx, sqlq.DeleteExpiredJWTAuthoritiesSQL(sqlq.Dollar), now.Unix()); err != nil {
-		return err
-	}
-	tag, err := s.pool.Exec(ctx, sqlq.PutJWTAuthoritySQL(sqlq.Dollar), sqlq.JWTAuthorityArgs(a, now)...)
+	stored, err := s.pruneThenPut(ctx, sqlq.DeleteExpiredJWTAuthoritiesSQL(sqlq.Dollar), sqlq.PutJWTAuthoritySQL(sqlq.Dollar),
+		func(now time.Time) []any { return sqlq.JWTAuthorityArgs(a, now) })
 	if err != nil {
 		return err
 	}
-	if tag.RowsAffected() == 0 {
+	if !stored {
 		return fmt.Errorf("stored already, expiring as late or later or of another cluster: %w", store.ErrAlreadyExists)
 	}
 	return nil

@@ -77,18 +77,12 @@ func (s *Store) putIssuerCRL(ctx context.Context, c store.IssuerCRL) error {
 	if err := checkText([][2]string{{"issuer serial", c.IssuerSerial}, {"cluster", c.Cluster}}); err != nil {
 		return err
 	}
-	if s.closed.Load() {
-		return store.ErrClosed
-	}
-	now := s.now()
-	if _, err := s.pool.Exec(ctx, sqlq.DeleteExpiredIssuerCRLsSQL(sqlq.Dollar), now.Unix()); err != nil {
-		return err
-	}
-	tag, err := s.pool.Exec(ctx, sqlq.PutIssuerCRLSQL(sqlq.Dollar), sqlq.IssuerCRLArgs(c, now)...)
+	stored, err := s.pruneThenPut(ctx, sqlq.DeleteExpiredIssuerCRLsSQL(sqlq.Dollar), sqlq.PutIssuerCRLSQL(sqlq.Dollar),
+		func(now time.Time) []any { return sqlq.IssuerCRLArgs(c, now) })
 	if err != nil {
 		return err
 	}
-	if tag.RowsAffected() == 0 {
+	if !stored {
 		return fmt.Errorf("a CRL numbered %d or higher is stored: %w", c.Number, store.ErrAlreadyExists)
 	}
 	return nil
@@ -109,4 +103,22 @@ func (s *Store) IssuerCRLs(ctx context.Context, now time.Time) ([]store.IssuerCR
 		return nil, fmt.Errorf("postgres: issuer CRLs: %w", err)
 	}
 	return out, nil
+}
+
+// pruneThenPut drops the rows that expired by now (prune, with now's Unix
+// seconds as its argument), then runs put, a conditional upsert, with
+// args(now). stored is false when put changed no row: the stored row wins.
+func (s *Store) pruneThenPut(ctx context.Context, prune, put string, args func(time.Time) []any) (stored bool, err error) {
+	if s.closed.Load() {
+		return false, store.ErrClosed
+	}
+	now := s.now()
+	if _, err := s.pool.Exec(ctx, prune, now.Unix()); err != nil {
+		return false, err
+	}
+	tag, err := s.pool.Exec(ctx, put, args(now)...)
+	if err != nil {
+		return false, err
+	}
+	return tag.RowsAffected() > 0, nil
 }

@@ -24,20 +24,12 @@ func (s *Store) putJWTAuthority(ctx context.Context, a store.JWTAuthority) error
 	if err := a.Validate(); err != nil {
 		return err
 	}
-	s.direct.RLock()
-	defer s.direct.RUnlock()
-	if s.closed.Load() {
-		return store.ErrClosed
-	}
-	now := s.now()
-	if _, err := s.w.ExecContext(ctx, sqlq.DeleteExpiredJWTAuthoritiesSQL(sqlq.Question), now.Unix()); err != nil {
-		return err
-	}
-	res, err := s.w.ExecContext(ctx, sqlq.PutJWTAuthoritySQL(sqlq.Question), sqlq.JWTAuthorityArgs(a, now)...)
+	stored, err := s.pruneThenPut(ctx, sqlq.DeleteExpiredJWTAuthoritiesSQL(sqlq.Question), sqlq.PutJWTAuthoritySQL(sqlq.Question),
+		func(now time.Time) []any { return sqlq.JWTAuthorityArgs(a, now) })
 	if err != nil {
 		return err
 	}
-	if n, err := res.RowsAffected(); err != nil || n == 0 {
+	if !stored {
 		return fmt.Errorf("stored already, expiring as late or later or of another cluster: %w", store.ErrAlreadyExists)
 	}
 	return nil

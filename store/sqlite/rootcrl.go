@@ -70,20 +70,12 @@ func (s *Store) putIssuerCRL(ctx context.Context, c store.IssuerCRL) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
-	s.direct.RLock()
-	defer s.direct.RUnlock()
-	if s.closed.Load() {
-		return store.ErrClosed
-	}
-	now := s.now()
-	if _, err := s.w.ExecContext(ctx, sqlq.DeleteExpiredIssuerCRLsSQL(sqlq.Question), now.Unix()); err != nil {
-		return err
-	}
-	res, err := s.w.ExecContext(ctx, sqlq.PutIssuerCRLSQL(sqlq.Question), sqlq.IssuerCRLArgs(c, now)...)
+	stored, err := s.pruneThenPut(ctx, sqlq.DeleteExpiredIssuerCRLsSQL(sqlq.Question), sqlq.PutIssuerCRLSQL(sqlq.Question),
+		func(now time.Time) []any { return sqlq.IssuerCRLArgs(c, now) })
 	if err != nil {
 		return err
 	}
-	if n, err := res.RowsAffected(); err != nil || n == 0 {
+	if !stored {
 		return fmt.Errorf("a CRL numbered %d or higher is stored: %w", c.Number, store.ErrAlreadyExists)
 	}
 	return nil
@@ -100,4 +92,25 @@ func (s *Store) IssuerCRLs(ctx context.Context, now time.Time) ([]store.IssuerCR
 		return nil, fmt.Errorf("sqlite: issuer CRLs: %w", err)
 	}
 	return out, nil
+}
+
+// pruneThenPut drops the rows that expired by now (prune, with now's Unix
+// seconds as its argument), then runs put, a conditional upsert, with
+// args(now). stored is false when put changed no row: the stored row wins.
+func (s *Store) pruneThenPut(ctx context.Context, prune, put string, args func(time.Time) []any) (stored bool, err error) {
+	s.direct.RLock()
+	defer s.direct.RUnlock()
+	if s.closed.Load() {
+		return false, store.ErrClosed
+	}
+	now := s.now()
+	if _, err := s.w.ExecContext(ctx, prune, now.Unix()); err != nil {
+		return false, err
+	}
+	res, err := s.w.ExecContext(ctx, put, args(now)...)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return err == nil && n > 0, nil
 }
