@@ -12,6 +12,10 @@ AGENT_TAGS  := grpcnotrace,netgo
 BASE_AGENT_TAGS ?= grpcnotrace
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
+# The tools module (tools/go.mod): helm and the image writer, kept out of
+# the project's go.mod; see docs/kubernetes.md.
+TOOLS       := $(GO) tool -modfile=tools/go.mod
+HELM        := $(TOOLS) helm
 # Heavy tools and test-bed builds are cached outside the checkout.
 CACHE_DIR   ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/meshca-testbed
 STATICCHECK_VERSION := v0.8.2
@@ -19,7 +23,7 @@ STATICCHECK := $(CACHE_DIR)/staticcheck-$(STATICCHECK_VERSION)
 BENCHTIME   ?= 3s
 FUZZTIME    ?= 30s
 
-.PHONY: all build test unit e2e interop lint bench bench-agent-rss bench-sidecar-rss fuzz testbed testbed-parts tools generate clean
+.PHONY: all build images images-verify chart-test manifests test unit e2e interop lint bench bench-agent-rss bench-sidecar-rss fuzz testbed testbed-parts tools generate clean
 
 # Each test-bed component (PostgreSQL, kube-apiserver, Vault, ...) lives in a
 # fragment test/testbed/NAME.mk that defines a target `testbed-NAME`, adds it
@@ -39,12 +43,47 @@ build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meshca
 	$(GO) build -trimpath -tags $(AGENT_TAGS) -ldflags '$(LDFLAGS)' -o $(AGENT_BIN) ./cmd/meshca-agent
 
+## images: OCI archives of meshca, meshca-agent and the pause sandbox
+## image in IMAGES_DIR, each with a CycloneDX SBOM; no daemon, no registry.
+## Reproducible: static binaries, every time SOURCE_DATE_EPOCH (the
+## commit's), so one commit gives the same bytes (images-verify checks).
+IMAGES_DIR        ?= bin/images
+IMAGE_REPO        ?= localhost
+IMAGE_TAG         ?= $(VERSION)
+PAUSE_TAG         ?= 3.10
+REVISION          ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+IMAGE_GOBUILD     := CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=auto -ldflags '$(LDFLAGS)'
+images:
+	@mkdir -p $(IMAGES_DIR)
+	$(IMAGE_GOBUILD) -o $(IMAGES_DIR)/meshca ./cmd/meshca
+	$(IMAGE_GOBUILD) -tags $(AGENT_TAGS) -o $(IMAGES_DIR)/meshca-agent ./cmd/meshca-agent
+	cd tools && CGO_ENABLED=0 GOWORK=off $(GO) build -trimpath -buildvcs=false -o ../$(IMAGES_DIR)/pause ./pause
+	cd tools && GOWORK=off $(GO) build -o ../$(IMAGES_DIR)/imagebuild ./imagebuild
+	@for img in meshca meshca-agent pause; do \
+		tag=$(IMAGE_TAG); [ $$img = pause ] && tag=$(PAUSE_TAG); \
+		SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(IMAGES_DIR)/imagebuild -name $(IMAGE_REPO)/$$img -tag $$tag \
+			-binary $(IMAGES_DIR)/$$img -version $(VERSION) -revision $(REVISION) -license-file LICENSE \
+			-out $(IMAGES_DIR)/$$img.oci.tar -sbom $(IMAGES_DIR)/$$img.cdx.json || exit 1; \
+	done
+
+## images-verify: build the images twice and compare the archives' bytes.
+images-verify:
+	@$(MAKE) --no-print-directory images IMAGES_DIR=$(IMAGES_DIR)/verify-a >/dev/null
+	@$(MAKE) --no-print-directory images IMAGES_DIR=$(IMAGES_DIR)/verify-b >/dev/null
+	@for img in meshca meshca-agent pause; do \
+		cmp $(IMAGES_DIR)/verify-a/$$img.oci.tar $(IMAGES_DIR)/verify-b/$$img.oci.tar || exit 1; \
+		cmp $(IMAGES_DIR)/verify-a/$$img.cdx.json $(IMAGES_DIR)/verify-b/$$img.cdx.json || exit 1; \
+		echo "$$img: $$(sha256sum < $(IMAGES_DIR)/verify-a/$$img.oci.tar | cut -c1-64) twice"; \
+	done
+
 ## test: lint, then unit + integration (race detector), end-to-end and interop tests.
 test: testbed lint build unit e2e interop
 
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /test/e2e -e /test/multicluster)
 	cd test/bench/peers && GOWORK=off $(GO) test -race -count=1 ./...
+	cd tools && GOWORK=off $(GO) test -count=1 ./...
 
 e2e: build
 	MESHCA_BIN=$(abspath $(BIN)) MESHCA_AGENT_BIN=$(abspath $(AGENT_BIN)) $(GO) test -count=1 -timeout 30m ./test/e2e/... ./test/multicluster/...
@@ -57,6 +96,7 @@ lint: tools
 	$(GO) vet ./...
 	cd test/interop && GOWORK=off $(GO) vet ./...
 	cd test/bench/peers && GOWORK=off $(GO) vet ./...
+	cd tools && GOWORK=off $(GO) vet ./...
 	$(STATICCHECK) ./...
 
 ## bench: benchmarks that feed docs/benchmarks.md.

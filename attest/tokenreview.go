@@ -20,7 +20,7 @@ const defaultAPITimeout = 5 * time.Second
 // TokenReviewConfig configures a [TokenReview] attestor.
 type TokenReviewConfig struct {
 	// Client talks to the cluster's API server with an identity that may
-	// create tokenreviews and get pods (deploy/rbac.yaml). Required; see
+	// create tokenreviews and get pods (deploy/kubernetes/rbac.yaml). Required; see
 	// [NewKubeClient].
 	Client kubernetes.Interface
 

@@ -15,12 +15,18 @@ import (
 	"syscall"
 
 	"github.com/meshca/meshca/cmd/internal/agentcmd"
+	"github.com/meshca/meshca/cmd/internal/buildinfo"
 	"github.com/meshca/meshca/cmd/internal/cliconfig"
 )
+
+// version is set at build time with -ldflags "-X main.version=..."; when
+// empty, `meshca-agent version` takes it from the Go build info.
+var version = ""
 
 func main() {
 	root := agentcmd.New()
 	root.Use = "meshca-agent"
+	root.AddCommand(buildinfo.Command("meshca-agent", version))
 	root.SilenceUsage, root.SilenceErrors = true, true
 	cliconfig.SetupLogging(root)
 	cliconfig.CatchHangups()

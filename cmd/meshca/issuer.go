@@ -34,7 +34,7 @@ func newIssuerServeCommand() *cobra.Command {
 service-account token with the attestor configured for the cluster named by the gRPC
 metadata "clusterid" (tokenreview, jwks or dev), signs certificates with an intermediate
 minted at start under the root key, and records them in the store. It writes
-DATA_DIR/bundle.pem, the root certificate clients must trust. See deploy/issuer.yaml.
+DATA_DIR/bundle.pem, the root certificate clients must trust. See deploy/examples/issuer.yaml.
 SIGHUP re-reads --config: logLevel and clusters (attestors, caches, policies) take effect
 at once; the log names every other changed field, which needs a restart.`,
 		Args: cobra.NoArgs,
@@ -54,7 +54,7 @@ at once; the log names every other changed field, which needs a restart.`,
 			return runIssuer(cmd.Context(), cfg, cmd.OutOrStdout(), live, reload)
 		},
 	}
-	cmd.Flags().StringVar(&configPath, "config", "", "YAML config file (required; see deploy/issuer.yaml)")
+	cmd.Flags().StringVar(&configPath, "config", "", "YAML config file (required; see deploy/examples/issuer.yaml)")
 	return cmd
 }
 

@@ -13,7 +13,7 @@ import (
 // TestIssuerExampleConfigs decodes and validates every example in deploy/,
 // so the documented configurations cannot rot.
 func TestIssuerExampleConfigs(t *testing.T) {
-	paths, err := filepath.Glob("../../deploy/issuer*.yaml")
+	paths, err := filepath.Glob("../../deploy/examples/issuer*.yaml")
 	if err != nil || len(paths) < 3 {
 		t.Fatalf("example configs: %v %v", paths, err)
 	}

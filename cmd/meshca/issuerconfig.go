@@ -27,7 +27,7 @@ const (
 )
 
 // issuerConfig is the YAML configuration of `meshca issuer serve`
-// (examples in deploy/issuer*.yaml). Unknown fields are errors.
+// (examples in deploy/examples/issuer*.yaml). Unknown fields are errors.
 type issuerConfig struct {
 	// DataDir holds bundle.pem, the SQLite database (by default) and, unless
 	// root.dir says otherwise, the root key. Default ./.meshca-issuer.

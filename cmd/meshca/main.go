@@ -10,16 +10,17 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/meshca/meshca/cmd/internal/agentcmd"
+	"github.com/meshca/meshca/cmd/internal/buildinfo"
 	"github.com/meshca/meshca/cmd/internal/cliconfig"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
+// version is set at build time with -ldflags "-X main.version=..."; when
+// empty, `meshca version` takes it from the Go build info.
 var version = ""
 
 func main() {
@@ -43,35 +44,7 @@ func newCLI() *cobra.Command {
 		SilenceErrors: true,
 	}
 	cliconfig.SetupLogging(cli)
-	cli.AddCommand(newDevCommand(), newIssuerCommand(), newCertCommand(), agentcmd.New(), newVersionCommand())
+	cli.AddCommand(newDevCommand(), newIssuerCommand(), newCertCommand(), agentcmd.New(), buildinfo.Command("meshca", version))
 	cli.AddCommand(newMigrateCommand(), newAuditCommand(), newRootCACommand(), newAdminCommand(), newStatusCommand())
 	return cli
-}
-
-func newVersionCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the meshca version",
-		Args:  cobra.NoArgs,
-		Run: func(cmd *cobra.Command, _ []string) {
-			fmt.Fprintln(cmd.OutOrStdout(), "meshca", buildVersion())
-		},
-	}
-}
-
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	v := info.Main.Version
-	for _, s := range info.Settings {
-		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-			v += " (" + s.Value[:12] + ")"
-		}
-	}
-	return v + " " + info.GoVersion
 }

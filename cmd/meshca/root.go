@@ -27,7 +27,7 @@ token from "meshca admin cluster add", then renew their name-constrained interme
 with the credential they received. The trust bundle (roots, and federated bundles) is
 published to issuers, which relay it to agents, and written to DATA_DIR/bundle.pem and
 DATA_DIR/bundle.spiffe.json. Admin commands reach it on DATA_DIR/admin.sock.
-See deploy/root.yaml and deploy/root-vault.yaml.`,
+See deploy/examples/root.yaml and deploy/examples/root-vault.yaml.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if configPath == "" {
@@ -46,7 +46,7 @@ See deploy/root.yaml and deploy/root-vault.yaml.`,
 			return runRoot(cmd.Context(), cfg, cmd.OutOrStdout())
 		},
 	}
-	serve.Flags().StringVar(&configPath, "config", "", "YAML config file (required; see deploy/root.yaml)")
+	serve.Flags().StringVar(&configPath, "config", "", "YAML config file (required; see deploy/examples/root.yaml)")
 	cmd.AddCommand(serve)
 	return cmd
 }

@@ -8,9 +8,9 @@ import (
 	"github.com/meshca/meshca/ca/root"
 )
 
-// TestRootExampleConfigs decodes and validates deploy/root*.yaml.
+// TestRootExampleConfigs decodes and validates deploy/examples/root*.yaml.
 func TestRootExampleConfigs(t *testing.T) {
-	paths, err := filepath.Glob("../../deploy/root*.yaml")
+	paths, err := filepath.Glob("../../deploy/examples/root*.yaml")
 	if err != nil || len(paths) < 2 {
 		t.Fatalf("example configs: %v %v", paths, err)
 	}

@@ -20,7 +20,7 @@ const (
 )
 
 // rootConfig is the YAML configuration of `meshca root serve` (examples in
-// deploy/root*.yaml). Unknown fields are errors.
+// deploy/examples/root*.yaml). Unknown fields are errors.
 type rootConfig struct {
 	// DataDir holds the admin socket, the SQLite database (by default) and,
 	// for key kind file, the root keys. Default ./.meshca-root.

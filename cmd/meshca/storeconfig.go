@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -23,6 +25,11 @@ type storeConfig struct {
 	// SQLite an empty DSN means DATA_DIR/meshca.db. It may hold a password:
 	// it is never logged.
 	DSN string `json:"dsn,omitempty"`
+	// DSNFile is a file holding the PostgreSQL DSN (surrounding space
+	// trimmed), e.g. a key of a Kubernetes Secret mounted read-only, so
+	// that the password stays out of the config. Read when the store
+	// opens; not with DSN. Setting it means driver postgres.
+	DSNFile string `json:"dsnFile,omitempty"`
 	// Retention prunes the records of expired certificates (never audit
 	// events) in the background while the store is open.
 	Retention retentionConfig `json:"retention,omitempty"`
@@ -48,6 +55,9 @@ func (c storeConfig) driver() string {
 	if c.Driver != "" {
 		return c.Driver
 	}
+	if c.DSNFile != "" {
+		return "postgres"
+	}
 	if strings.HasPrefix(c.DSN, "postgres://") || strings.HasPrefix(c.DSN, "postgresql://") {
 		return "postgres"
 	}
@@ -58,14 +68,45 @@ func (c storeConfig) validate() error {
 	switch d := c.driver(); {
 	case d != "sqlite" && d != "postgres":
 		return fmt.Errorf("store driver %q is not supported (want sqlite or postgres)", c.Driver)
-	case d == "postgres" && c.DSN == "":
-		return errors.New("store driver postgres needs a dsn")
+	case c.DSN != "" && c.DSNFile != "":
+		return errors.New("store: set dsn or dsnFile, not both")
+	case d != "postgres" && c.DSNFile != "":
+		return errors.New("store: dsnFile is for driver postgres")
+	case d == "postgres" && c.DSN == "" && c.DSNFile == "":
+		return errors.New("store driver postgres needs a dsn (or dsnFile)")
 	case c.Retention.Grace < 0 || c.Retention.Interval < 0:
 		return errors.New("store retention: grace and interval must not be negative")
 	case c.Checkpoint.Interval < 0 || c.Checkpoint.Keep < 0:
 		return errors.New("store checkpoint: interval and keep must not be negative")
 	}
 	return nil
+}
+
+// maxDSNFileSize bounds what postgresDSN reads.
+const maxDSNFileSize = 64 << 10
+
+// postgresDSN is DSN, or the content of DSNFile.
+func (c storeConfig) postgresDSN() (string, error) {
+	if c.DSNFile == "" {
+		return c.DSN, nil
+	}
+	f, err := os.Open(c.DSNFile)
+	if err != nil {
+		return "", fmt.Errorf("store dsnFile: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxDSNFileSize+1))
+	if err != nil {
+		return "", fmt.Errorf("store dsnFile: %w", err)
+	}
+	dsn := strings.TrimSpace(string(b))
+	switch {
+	case len(b) > maxDSNFileSize:
+		return "", fmt.Errorf("store dsnFile %s is larger than %d bytes", c.DSNFile, maxDSNFileSize)
+	case dsn == "":
+		return "", fmt.Errorf("store dsnFile %s is empty", c.DSNFile)
+	}
+	return dsn, nil
 }
 
 // backend is what both store backends implement.
@@ -94,7 +135,11 @@ func openBackendWithMetrics(ctx context.Context, cfg storeConfig, dataDir string
 		return nil, err
 	}
 	if cfg.driver() == "postgres" {
-		s, err := postgres.Open(ctx, postgres.Config{DSN: cfg.DSN, GroupCommit: gc})
+		dsn, err := cfg.postgresDSN()
+		if err != nil {
+			return nil, err
+		}
+		s, err := postgres.Open(ctx, postgres.Config{DSN: dsn, GroupCommit: gc})
 		if err != nil {
 			return nil, err // not a nil *postgres.Store in the interface
 		}

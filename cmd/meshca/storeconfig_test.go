@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +21,9 @@ func TestStoreConfigDriver(t *testing.T) {
 		{"postgresql url", storeConfig{DSN: "postgresql://meshca@db/meshca"}, "postgres", ""},
 		{"explicit postgres key=value", storeConfig{Driver: "postgres", DSN: "host=db dbname=meshca"}, "postgres", ""},
 		{"postgres without dsn", storeConfig{Driver: "postgres"}, "postgres", "needs a dsn"},
+		{"dsn file means postgres", storeConfig{DSNFile: "/etc/meshca/store/dsn"}, "postgres", ""},
+		{"dsn and dsn file", storeConfig{DSN: "postgres://db/m", DSNFile: "/etc/meshca/store/dsn"}, "postgres", "not both"},
+		{"dsn file with sqlite", storeConfig{Driver: "sqlite", DSNFile: "/etc/meshca/store/dsn"}, "sqlite", "for driver postgres"},
 		{"unknown driver", storeConfig{Driver: "mysql"}, "mysql", "not supported"},
 		{"negative grace", storeConfig{Retention: retentionConfig{Grace: duration(-time.Hour)}}, "sqlite", "negative"},
 		{"negative checkpoint interval", storeConfig{Checkpoint: checkpointConfig{Interval: duration(-time.Minute)}}, "sqlite", "store checkpoint"},
@@ -37,6 +42,36 @@ func TestStoreConfigDriver(t *testing.T) {
 				t.Fatalf("validate() = %v, want it to mention %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestStoreDSNFile: the DSN is read from the file, trimmed; a missing,
+// empty or oversized file is an error naming the file, never its content.
+func TestStoreDSNFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("dsn", "postgres://meshca:s3cret@db/meshca\n")
+	if got, err := (storeConfig{DSNFile: good}).postgresDSN(); err != nil || got != "postgres://meshca:s3cret@db/meshca" {
+		t.Errorf("postgresDSN = %q, %v", got, err)
+	}
+	if got, err := (storeConfig{DSN: "postgres://inline/db"}).postgresDSN(); err != nil || got != "postgres://inline/db" {
+		t.Errorf("inline postgresDSN = %q, %v", got, err)
+	}
+	for name, path := range map[string]string{
+		"missing":   filepath.Join(dir, "nope"),
+		"empty":     write("empty", " \n"),
+		"oversized": write("big", "postgres://x/"+strings.Repeat("a", maxDSNFileSize)),
+	} {
+		_, err := (storeConfig{DSNFile: path}).postgresDSN()
+		if err == nil || !strings.Contains(err.Error(), "dsnFile") || strings.Contains(err.Error(), "aaaa") {
+			t.Errorf("%s: postgresDSN error = %v", name, err)
+		}
 	}
 }
 

@@ -15,7 +15,7 @@ import (
 const repoRoot = "../.."
 
 // TestGitignoreCoversWhatTheDocsCreate: every file and directory that the
-// steps in README.md and deploy/ create in the working directory is ignored
+// steps in README.md and deploy/examples/ create in the working directory is ignored
 // by the checkout's .gitignore, and the quick start, followed in a git
 // checkout, leaves nothing for `git add .` to pick up.
 func TestGitignoreCoversWhatTheDocsCreate(t *testing.T) {
@@ -27,7 +27,7 @@ func TestGitignoreCoversWhatTheDocsCreate(t *testing.T) {
 	// The parser must at least find the quick start's own files.
 	for _, want := range []string{".meshca-dev", "token.jwt", "certs"} {
 		if !slices.Contains(paths, want) {
-			t.Fatalf("found %q in README.md and deploy/, not the quick start's %q", paths, want)
+			t.Fatalf("found %q in README.md and deploy/examples/, not the quick start's %q", paths, want)
 		}
 	}
 	t.Logf("documented paths: %q", paths)
@@ -78,7 +78,7 @@ var (
 var pathFlags = []string{"--out", "--data-dir", "--sds-socket", "--workload-socket", "--socket"}
 
 // documentedPaths returns the relative paths that the steps in README.md
-// and deploy/*.yaml create: redirect targets and the values of pathFlags
+// and deploy/examples/*.yaml create: redirect targets and the values of pathFlags
 // in shell commands, `./` paths in the README's prose, and the relative
 // state paths of the deploy configs.
 func documentedPaths(t *testing.T) []string {
@@ -116,7 +116,7 @@ func documentedPaths(t *testing.T) []string {
 		shellPaths(cmdline+line, add)
 		cmdline = ""
 	}
-	configs, err := filepath.Glob(filepath.Join(repoRoot, "deploy", "*.yaml"))
+	configs, err := filepath.Glob(filepath.Join(repoRoot, "deploy", "examples", "*.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

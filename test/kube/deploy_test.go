@@ -20,7 +20,7 @@ import (
 	"github.com/meshca/meshca/test/kubetest"
 )
 
-// TestDeployManifests applies deploy/rbac.yaml and deploy/workload.yaml to
+// TestDeployManifests applies deploy/kubernetes/rbac.yaml and deploy/kubernetes/workload.yaml to
 // a real API server, then attests the workload's token with the issuer's
 // service account: the RBAC shipped is enough, and without it the issuer
 // reports Unavailable (our fault), not Unauthenticated (the caller's).
@@ -30,8 +30,8 @@ func TestDeployManifests(t *testing.T) {
 	if _, err := c.Admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	apply(t, c, "../../deploy/rbac.yaml")
-	apply(t, c, "../../deploy/workload.yaml")
+	apply(t, c, "../../deploy/kubernetes/rbac.yaml")
+	apply(t, c, "../../deploy/kubernetes/workload.yaml")
 	pod, err := c.Admin.CoreV1().Pods("shop").Get(ctx, "web", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
