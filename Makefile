@@ -23,7 +23,7 @@ STATICCHECK := $(CACHE_DIR)/staticcheck-$(STATICCHECK_VERSION)
 BENCHTIME   ?= 3s
 FUZZTIME    ?= 30s
 
-.PHONY: all build images images-verify chart-test manifests test unit e2e interop lint bench bench-agent-rss bench-sidecar-rss fuzz testbed testbed-parts tools generate clean
+.PHONY: all build images images-verify manifests test unit e2e interop lint bench bench-agent-rss bench-sidecar-rss fuzz testbed testbed-parts tools generate clean
 
 # Each test-bed component (PostgreSQL, kube-apiserver, Vault, ...) lives in a
 # fragment test/testbed/NAME.mk that defines a target `testbed-NAME`, adds it
@@ -76,6 +76,12 @@ images-verify:
 		cmp $(IMAGES_DIR)/verify-a/$$img.cdx.json $(IMAGES_DIR)/verify-b/$$img.cdx.json || exit 1; \
 		echo "$$img: $$(sha256sum < $(IMAGES_DIR)/verify-a/$$img.oci.tar | cut -c1-64) twice"; \
 	done
+
+## manifests: regenerate what is made from the Helm chart (plain manifests
+## and kustomize base in deploy/kubernetes/, the chart's copy of the alert
+## rules); test/chart fails when they are out of date.
+manifests:
+	GOWORK=off $(GO) run ./test/chart/genmanifests
 
 ## test: lint, then unit + integration (race detector), end-to-end and interop tests.
 test: testbed lint build unit e2e interop

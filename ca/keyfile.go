@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"syscall"
+
 	"github.com/google/renameio/v2"
 	"go.step.sm/crypto/pemutil"
 )
@@ -46,13 +48,17 @@ func LoadOrCreateKeyFile(path string) (crypto.Signer, error) {
 }
 
 // LoadKeyFile reads a PEM private key (PKCS#8, SEC 1 or PKCS#1) from path.
-// The error wraps fs.ErrNotExist when the file is missing.
+// The error wraps fs.ErrNotExist when the file is missing. The file must
+// not be accessible by group or others, with one exception (see
+// platformSecret): a read-only file that root owns and that only its
+// group may also read, which is how the kubelet hands a Kubernetes Secret
+// to a non-root container.
 func LoadKeyFile(path string) (crypto.Signer, error) {
 	info, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("key file: %w", err)
 	}
-	if info.Mode().Perm()&0o077 != 0 {
+	if info.Mode().Perm()&0o077 != 0 && !platformSecret(info, os.Geteuid()) {
 		return nil, fmt.Errorf("key file %s has mode %v: it must not be accessible by group or others (chmod 600)", path, info.Mode().Perm())
 	}
 	key, err := pemutil.Read(path)
@@ -64,4 +70,15 @@ func LoadKeyFile(path string) (crypto.Signer, error) {
 		return nil, fmt.Errorf("key file %s: %T is not a signing key", path, key)
 	}
 	return signer, nil
+}
+
+// platformSecret reports whether info is a key file the platform provides
+// read-only to a process running as euid, not root: owned by root, readable
+// by root and by its group only (mode 0440 or 0400 under it, nothing
+// writable). The kubelet mounts a Secret so for a non-root container with
+// an fsGroup (the owner cannot be chosen), and only the pod's processes
+// are in that group.
+func platformSecret(info fs.FileInfo, euid int) bool {
+	st, ok := info.Sys().(*syscall.Stat_t)
+	return ok && euid != 0 && st.Uid == 0 && info.Mode().Perm()&^0o440 == 0
 }

@@ -61,7 +61,10 @@ func TestVersionOfPlainGoBuild(t *testing.T) {
 		t.Fatalf("meshca-agent version: %v", err)
 	}
 	got := strings.TrimSpace(string(out))
-	want := "meshca-agent (devel) commit " + commit + " date 2026-01-02T03:04:05Z modified go"
+	// The go command derives a pseudo-version from the commit (its date
+	// and hash), marked +dirty for the uncommitted change.
+	version := "v0.0.0-20260102030405-" + commit[:12] + "+dirty"
+	want := "meshca-agent " + version + " commit " + commit + " date 2026-01-02T03:04:05Z modified go"
 	if !strings.HasPrefix(got, want) {
 		t.Errorf("meshca-agent version = %q, want prefix %q", got, want)
 	}
