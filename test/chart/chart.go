@@ -9,10 +9,14 @@ package chart
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+
+	corev1 "k8s.io/api/core/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 )
 
 // Namespace is where the plain manifests install meshca.
@@ -40,6 +44,59 @@ func Tool(name string, args ...string) ([]byte, error) {
 		return stdout.Bytes(), fmt.Errorf("%s %v: %w\n%s", name, args, err, stderr.Bytes())
 	}
 	return stdout.Bytes(), nil
+}
+
+// ValueSets are the configurations the chart is tested with, as helm
+// arguments: each must render, pass the dry-run, and give meshca configs
+// that its own loader accepts (cmd/meshca's TestChartConfigs).
+var ValueSets = map[string][]string{
+	"default": nil,
+	"ha-postgres": {
+		"--set", "issuer.replicas=3", "--set", "issuer.store.driver=postgres",
+		"--set", "issuer.store.dsnSecret.name=meshca-db", "--set", "issuer.rootCA.existingSecret=meshca-root-ca",
+		"--set", "cluster=east", "--set", "trustDomain=east.example",
+	},
+	"upstream-with-root": {
+		"--set", "root.enabled=true", "--set", "root.persistence.existingClaim=meshca-root",
+		"--set", "issuer.mode=upstream", "--set", "issuer.upstream.bundleConfigMap=meshca-root-bundle",
+		"--set", "issuer.upstream.joinToken=mjt1.example", "--set", "issuer.istioRootConfigMaps.enabled=false",
+	},
+	"monitoring": {
+		"--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true",
+		"--set", "metrics.prometheusRule.labels.release=prometheus",
+	},
+	"host-network": {
+		"--set", "issuer.hostNetwork=true", "--set", "issuer.bindAddress=127.0.0.1", "--set", "issuer.port=16012",
+		"--set", "image.pullPolicy=Never", "--set", "image.tag=v0.1.0-test",
+		"--set", "issuer.extraConfig.leafMaxTTL=12h",
+	},
+}
+
+// Configs renders the chart with args and returns the meshca configuration
+// files its ConfigMaps carry (issuer.yaml, root.yaml), by file name.
+func Configs(args ...string) (map[string][]byte, error) {
+	out, err := Template(Namespace, args...)
+	if err != nil {
+		return nil, err
+	}
+	configs := map[string][]byte{}
+	d := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(out), 4096)
+	for {
+		var cm corev1.ConfigMap
+		if err := d.Decode(&cm); err == io.EOF {
+			return configs, nil
+		} else if err != nil {
+			return nil, err
+		}
+		if cm.Kind != "ConfigMap" {
+			continue
+		}
+		for _, key := range []string{"issuer.yaml", "root.yaml"} {
+			if v, ok := cm.Data[key]; ok {
+				configs[key] = []byte(v)
+			}
+		}
+	}
 }
 
 // Template renders the chart as release "meshca" in namespace with the

@@ -16,35 +16,10 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 )
 
-// valueSets are the configurations the chart is rendered with: each must
-// render, and each is what the dry-run and the config test load.
-var valueSets = map[string][]string{
-	"default": nil,
-	"ha-postgres": {
-		"--set", "issuer.replicas=3", "--set", "issuer.store.driver=postgres",
-		"--set", "issuer.store.dsnSecret.name=meshca-db", "--set", "issuer.rootCA.existingSecret=meshca-root-ca",
-		"--set", "cluster=east", "--set", "trustDomain=east.example",
-	},
-	"upstream-with-root": {
-		"--set", "root.enabled=true", "--set", "root.persistence.existingClaim=meshca-root",
-		"--set", "issuer.mode=upstream", "--set", "issuer.upstream.bundleConfigMap=meshca-root-bundle",
-		"--set", "issuer.upstream.joinToken=mjt1.example", "--set", "issuer.istioRootConfigMaps.enabled=false",
-	},
-	"monitoring": {
-		"--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true",
-		"--set", "metrics.prometheusRule.labels.release=prometheus",
-	},
-	"host-network": {
-		"--set", "issuer.hostNetwork=true", "--set", "issuer.bindAddress=127.0.0.1", "--set", "issuer.port=16012",
-		"--set", "image.pullPolicy=Never", "--set", "image.tag=v0.1.0-test",
-		"--set", "issuer.extraConfig.leafMaxTTL=12h",
-	},
-}
-
 // render renders one value set and splits it into objects.
 func render(t *testing.T, name string) []*unstructured.Unstructured {
 	t.Helper()
-	out, err := Template(Namespace, valueSets[name]...)
+	out, err := Template(Namespace, ValueSets[name]...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +55,7 @@ func find(objs []*unstructured.Unstructured, kind, name string) *unstructured.Un
 }
 
 func TestLint(t *testing.T) {
-	for name, args := range valueSets {
+	for name, args := range ValueSets {
 		t.Run(name, func(t *testing.T) {
 			if out, err := Tool("helm", append([]string{"lint", "--strict", ChartDir()}, args...)...); err != nil {
 				t.Fatalf("helm lint: %v\n%s", err, out)
@@ -131,7 +106,7 @@ func TestInvalidValuesRefused(t *testing.T) {
 // root filesystem, no capabilities, no privilege escalation and probes on
 // the operations endpoints.
 func TestPodsAreHardened(t *testing.T) {
-	for name := range valueSets {
+	for name := range ValueSets {
 		t.Run(name, func(t *testing.T) {
 			deployments := 0
 			for _, o := range render(t, name) {
