@@ -53,7 +53,7 @@ IMAGE_TAG         ?= $(VERSION)
 PAUSE_TAG         ?= 3.10
 REVISION          ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
-IMAGE_GOBUILD     := CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=auto -ldflags '$(LDFLAGS)'
+IMAGE_GOBUILD     := CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=auto -ldflags '$(LDFLAGS) -s -w'
 images:
 	@mkdir -p $(IMAGES_DIR)
 	$(IMAGE_GOBUILD) -o $(IMAGES_DIR)/meshca ./cmd/meshca
