@@ -12,6 +12,9 @@ AGENT_TAGS  := grpcnotrace,netgo
 BASE_AGENT_TAGS ?= grpcnotrace
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
+# Builds pass -buildvcs=auto: `meshca version` reads the commit from the Go
+# build info (vcs.revision, vcs.time, vcs.modified) in a git checkout, even
+# where GOFLAGS says -buildvcs=false, and a tree without git still builds.
 # The tools module (tools/go.mod): helm and the image writer, kept out of
 # the project's go.mod; see docs/kubernetes.md.
 TOOLS       := $(GO) tool -modfile=tools/go.mod
@@ -40,8 +43,8 @@ APT_GET = flock $(CACHE_DIR)/apt.lock apt-get
 all: build
 
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meshca
-	$(GO) build -trimpath -tags $(AGENT_TAGS) -ldflags '$(LDFLAGS)' -o $(AGENT_BIN) ./cmd/meshca-agent
+	$(GO) build -trimpath -buildvcs=auto -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meshca
+	$(GO) build -trimpath -buildvcs=auto -tags $(AGENT_TAGS) -ldflags '$(LDFLAGS)' -o $(AGENT_BIN) ./cmd/meshca-agent
 
 ## images: OCI archives of meshca, meshca-agent and the pause sandbox
 ## image in IMAGES_DIR, each with a CycloneDX SBOM; no daemon, no registry.
