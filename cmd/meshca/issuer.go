@@ -21,7 +21,7 @@ func newIssuerCommand() *cobra.Command {
 		Use:   "issuer",
 		Short: "Cluster issuer commands",
 	}
-	cmd.AddCommand(newIssuerServeCommand())
+	cmd.AddCommand(newIssuerServeCommand(), newIssuerInitRootCommand())
 	return cmd
 }
 
