@@ -259,3 +259,33 @@ func TestGeneratedFilesUpToDate(t *testing.T) {
 		}
 	}
 }
+
+// TestNotesSnippetMatchesExample: the sidecar snippet NOTES.txt prints for
+// the default values has the agent arguments, image and token audience of
+// deploy/kubernetes/workload-with-agent.yaml, the example the dry run
+// checks against the API server.
+func TestNotesSnippetMatchesExample(t *testing.T) {
+	out, err := Tool("helm", "install", "meshca", ChartDir(), "--namespace", Namespace, "--dry-run=client", "--set", "image.tag=0.1.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	notes := string(out[bytes.Index(out, []byte("NOTES:")):])
+	data, err := os.ReadFile(filepath.Join(Root(), "deploy", "kubernetes", "workload-with-agent.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := find(decode(t, data), "Pod", "web")
+	var spec corev1.PodSpec
+	raw, _, _ := unstructured.NestedMap(pod.Object, "spec")
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(raw, &spec); err != nil {
+		t.Fatal(err)
+	}
+	agent := spec.InitContainers[0]
+	want := append([]string{"image: " + agent.Image, "restartPolicy: Always",
+		"audience: " + spec.Volumes[0].Projected.Sources[0].ServiceAccountToken.Audience}, agent.Args...)
+	for _, w := range want {
+		if !strings.Contains(notes, w) {
+			t.Errorf("NOTES.txt lacks %q of the example:\n%s", w, notes)
+		}
+	}
+}
