@@ -2,10 +2,10 @@ package stack_test
 
 import (
 	"context"
-	"errors"
-	"log/slog"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
