@@ -202,3 +202,50 @@ func TestPluggedCARefusedByIssuer(t *testing.T) {
 		t.Errorf("New(Istio-shaped intermediate, ExternalCA) = %v", err)
 	}
 }
+
+// TestCRLSignerSkipsCAsWithoutCRLSign: a held CA whose key usage lacks CRL
+// signing (Istio's tools/certs intermediate, istiod's root) signs no CRL,
+// is logged once, and does not stop the CRLs of those that may.
+func TestCRLSignerSkipsCAsWithoutCRLSign(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		now := time.Now()
+		root, _ := testkit.IstioRoot(t, "plugged-root", "cluster.local", now.Add(-time.Hour), 10*365*24*time.Hour)
+		inter := testkit.IstioIntermediate(t, root, "plugged-first", now.Add(-time.Hour), now.Add(90*24*time.Hour))
+		files := testkit.WriteCACerts(t, t.TempDir(), inter, root.Certificate)
+		log, logs := captureLogs(t)
+		p, err := issuer.NewPluggedCA(issuer.PluggedCAConfig{Files: files, Logger: log}, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		iss := pluggedIssuer(t, p)
+		db := &memStore{}
+		dl := newDenyList(t, db, log)
+		// A root that may sign CRLs beside the plugged intermediate that may not.
+		crlRoot := testkit.Root(t, "plugged-crl-root", now.Add(-time.Hour), 1000*time.Hour)
+		signer, err := issuer.NewCRLSigner(issuer.CRLSignerConfig{
+			Issuer: iss, DenyList: dl, Store: db, Roots: []*ca.Authority{crlRoot}, Jitter: func() float64 { return 0.5 }, Logger: log,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runInBackground(t, "DenyList.Run", dl.Run)
+		runInBackground(t, "CRLSigner.Run", signer.Run)
+		synctest.Wait()
+		time.Sleep(48 * time.Hour) // several re-signings
+		synctest.Wait()
+		crls, _ := signer.Current()
+		if len(crls) != 1 {
+			t.Fatalf("%d CRLs, want the CRL-signing root's alone", len(crls))
+		}
+		rl, err := x509.ParseRevocationList(crls[0].DER)
+		if err != nil || rl.CheckSignatureFrom(crlRoot.Certificate) != nil {
+			t.Errorf("the CRL is not the root's: %v", err)
+		}
+		if n := strings.Count(logs.String(), "does not allow signing CRLs"); n != 1 {
+			t.Errorf("the intermediate without CRL signing was logged %d times, want once", n)
+		}
+		if strings.Contains(logs.String(), "signing a CRL failed") {
+			t.Error("the signer tried to sign a CRL with the intermediate")
+		}
+	})
+}
