@@ -54,7 +54,8 @@ func (c Config) build(ctx context.Context, src intermediateSource, att attest.At
 	}
 	iss, err := issuer.New(issuer.Config{
 		TrustDomain: c.TrustDomain, Cluster: c.Cluster, Authority: src.authority, Bundle: src.roots, ExternalCA: src.plugged != nil,
-		Attestor: att, Recorder: db, DefaultTTL: c.LeafTTL, MinTTL: c.LeafMinTTL, MaxTTL: c.LeafMaxTTL, DenyList: p.deny, Logger: log, Metrics: reg, MetricsClusters: c.Clusters,
+		Attestor: att, Recorder: db, DefaultTTL: c.LeafTTL, MinTTL: c.LeafMinTTL, MaxTTL: c.LeafMaxTTL, DenyList: p.deny,
+		Logger: log, Metrics: reg, MetricsClusters: c.Clusters,
 	})
 	if err != nil {
 		return nil, err

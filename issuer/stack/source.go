@@ -16,8 +16,9 @@ import (
 )
 
 // intermediateSource is where the stack's intermediates come from: the
-// central root when Upstream is set, else the local file root. Either way
-// an issuer.Intermediates loop rotates them.
+// central root when Upstream is set, else the local file root, and an
+// issuer.Intermediates loop rotates them; or an operator's intermediate
+// (Plugged), which nothing rotates.
 type intermediateSource struct {
 	// authority is the first intermediate, bundle the trust bundle
 	// received with it and roots that bundle's own roots.
@@ -38,9 +39,9 @@ type intermediateSource struct {
 	rootExpires time.Time
 }
 
-// newIntermediateSource obtains the first intermediate, from the central
-// root when c.Upstream is set, else from the local file root recorded in
-// db.
+// newIntermediateSource obtains the first intermediate: from the central
+// root when c.Upstream is set, the plugged one when c.Plugged is, else from
+// the local file root recorded in db.
 func newIntermediateSource(ctx context.Context, c Config, db Store, log *slog.Logger) (intermediateSource, error) {
 	switch {
 	case c.Upstream != nil:
