@@ -2,12 +2,15 @@ package stack_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -127,9 +130,12 @@ func TestIstioPluggedCACerts(t *testing.T) {
 	root, _ := testkit.IstioRoot(t, "cacerts-root", "cluster.local", now.Add(-time.Hour), 10*365*24*time.Hour)
 	inter := testkit.IstioIntermediate(t, root, "cacerts-inter", now.Add(-time.Hour), now.Add(365*24*time.Hour))
 	files := testkit.WriteCACerts(t, t.TempDir(), inter, root.Certificate)
+	opsAddr := make(chan string, 1)
 	addr, cfg, _ := serveIstio(t, func(c *stack.Config) {
 		c.Plugged = &issuer.PluggedCAConfig{Files: files, PollInterval: 100 * time.Millisecond}
+		c.MetricsListen, c.MetricsServing = "127.0.0.1:0", func(a string) { opsAddr <- a }
 	})
+	ops := <-opsAddr
 	chain := servedChain(t, addr, root.Certificate)
 	if len(chain) != 2 || !chain[1].Equal(inter.Certificate) {
 		t.Fatalf("served chain of %d certificates, want the serving certificate and ca-cert.pem", len(chain))
@@ -140,6 +146,19 @@ func TestIstioPluggedCACerts(t *testing.T) {
 	}
 	if string(bundle) != string(trust.EncodeCertificates(root.Certificate)) {
 		t.Error("bundle.pem is not root-cert.pem")
+	}
+
+	// Its expiry is exported like any intermediate's, for the alert that
+	// must warn the operator: meshca cannot renew it.
+	expiry := func(c *x509.Certificate) string {
+		return fmt.Sprintf(`meshca_ca_expiry_timestamp_seconds{cluster="dev",kind="intermediate",sha256="%x"} %s`,
+			sha256.Sum256(c.Raw), strconv.FormatFloat(float64(c.NotAfter.Unix()), 'g', -1, 64))
+	}
+	if code, body := testkit.GetText(t, "http://"+ops+"/metrics"); code != 200 || !strings.Contains(body, expiry(inter.Certificate)) {
+		t.Errorf("/metrics (%d) lacks %s", code, expiry(inter.Certificate))
+	}
+	if code, body := testkit.GetText(t, "http://"+ops+"/readyz"); code != 200 {
+		t.Errorf("/readyz = %d %s, want ready", code, body)
 	}
 
 	next := testkit.IstioIntermediate(t, root, "cacerts-next", now.Add(-time.Hour), now.Add(400*24*time.Hour))
