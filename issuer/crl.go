@@ -121,6 +121,8 @@ type CRLSigner struct {
 
 	// State owned by the Run goroutine.
 	signed map[*ca.Authority]signedCRL
+	// noCRLSign are the held authorities that may not sign CRLs, logged.
+	noCRLSign map[*ca.Authority]bool
 
 	current watch.Value[crlSet]
 }
@@ -144,7 +146,7 @@ func NewCRLSigner(cfg CRLSignerConfig) (*CRLSigner, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &CRLSigner{cfg: cfg.withDefaults(), signed: map[*ca.Authority]signedCRL{}}, nil
+	return &CRLSigner{cfg: cfg.withDefaults(), signed: map[*ca.Authority]signedCRL{}, noCRLSign: map[*ca.Authority]bool{}}, nil
 }
 
 // Current returns the CRLs of the held authorities, the current one's
@@ -213,6 +215,7 @@ func (s *CRLSigner) refresh(ctx context.Context, set *DenySet, now time.Time) (t
 			held = append(held, r)
 		}
 	}
+	held = s.maySignCRLs(held)
 	var due []*ca.Authority
 	for _, a := range held {
 		if sc, ok := s.signed[a]; !ok || sc.version != set.Version || !now.Before(sc.resignAt) {
@@ -256,6 +259,26 @@ func (s *CRLSigner) refresh(ctx context.Context, set *DenySet, now time.Time) (t
 		}
 	}
 	return next, nil
+}
+
+// maySignCRLs returns the authorities of held whose key usage allows CRL
+// signing. The others (istiod's self-signed root and the intermediates of
+// Istio's tools lack it) sign none, which is logged once per authority:
+// their revocations are enforced by the issuer's deny-list alone.
+func (s *CRLSigner) maySignCRLs(held []*ca.Authority) []*ca.Authority {
+	out := held[:0:0]
+	for _, a := range held {
+		if ca.MaySignCRLs(a.Certificate) {
+			out = append(out, a)
+			continue
+		}
+		if !s.noCRLSign[a] {
+			s.noCRLSign[a] = true
+			s.cfg.Logger.Warn("this CA's key usage does not allow signing CRLs; it publishes none",
+				"subject", a.Certificate.Subject.String(), "issuer_serial", trust.SerialHex(a.Certificate.SerialNumber))
+		}
+	}
+	return out
 }
 
 func earliest(a, b time.Time) time.Time {

@@ -87,6 +87,13 @@ type Config struct {
 	// Bundle holds the trusted roots; every issued chain must verify to one
 	// of them. Required.
 	Bundle *trust.Bundle
+	// ExternalCA says the authorities are an operator's intermediate CA
+	// rather than ones meshca minted (see PluggedCA, Istio's plug-in
+	// cacerts): they need not carry meshca's URI name constraint (if they
+	// have URI constraints, they must admit TrustDomain) and may outlive
+	// their root, as Istio's own tools make them. False means meshca's
+	// intermediates: constrained to exactly TrustDomain, within the root.
+	ExternalCA bool
 	// Attestor verifies bearer tokens. Required.
 	Attestor Attestor
 	// Recorder records every issued certificate. Required: there is no
@@ -224,14 +231,8 @@ func (iss *Issuer) SetAuthority(a *ca.Authority, b *trust.Bundle) error {
 	}
 	chain := chains[0]
 	root := chain[len(chain)-1]
-	for _, c := range chain[:len(chain)-1] {
-		if c.NotAfter.After(root.NotAfter) {
-			return fmt.Errorf("issuer: %q expires after its root %q", c.Subject.CommonName, root.Subject.CommonName)
-		}
-	}
-	td := iss.cfg.TrustDomain.Name()
-	if c := a.Certificate; len(c.PermittedURIDomains) != 1 || c.PermittedURIDomains[0] != td {
-		return fmt.Errorf("issuer: intermediate permits URI domains %q, want exactly %q", c.PermittedURIDomains, td)
+	if err := iss.checkShape(a.Certificate, chain); err != nil {
+		return err
 	}
 	next := &signing{
 		authority: a, bundle: b, root: root,
@@ -246,6 +247,34 @@ func (iss *Issuer) SetAuthority(a *ca.Authority, b *trust.Bundle) error {
 		}
 		return next, true
 	})
+	return nil
+}
+
+// checkShape checks what SetAuthority requires of the intermediate cert
+// whose verified chain (cert first, root last) is chain, beyond the chain:
+// meshca's own intermediates are constrained to exactly the trust domain
+// and end within their root; an external CA need only admit the trust
+// domain.
+func (iss *Issuer) checkShape(cert *x509.Certificate, chain []*x509.Certificate) error {
+	td := iss.cfg.TrustDomain.Name()
+	if iss.cfg.ExternalCA {
+		for _, c := range chain {
+			if len(c.PermittedURIDomains) > 0 && !slices.ContainsFunc(c.PermittedURIDomains, func(d string) bool { return domainMatches(td, d) }) ||
+				slices.ContainsFunc(c.ExcludedURIDomains, func(d string) bool { return domainMatches(td, d) }) {
+				return fmt.Errorf("issuer: %q does not permit SPIFFE IDs of trust domain %q (URI name constraints)", c.Subject, td)
+			}
+		}
+		return nil
+	}
+	root := chain[len(chain)-1]
+	for _, c := range chain[:len(chain)-1] {
+		if c.NotAfter.After(root.NotAfter) {
+			return fmt.Errorf("issuer: %q expires after its root %q", c.Subject.CommonName, root.Subject.CommonName)
+		}
+	}
+	if len(cert.PermittedURIDomains) != 1 || cert.PermittedURIDomains[0] != td {
+		return fmt.Errorf("issuer: intermediate permits URI domains %q, want exactly %q", cert.PermittedURIDomains, td)
+	}
 	return nil
 }
 

@@ -257,5 +257,7 @@ func TestValidateKeepsConfig(t *testing.T) {
 		&issuer.CRLSignerConfig{},
 		&issuer.IntermediatesConfig{},
 		&issuer.LocalRootConfig{},
+		&issuer.PluggedCAConfig{},
+		&issuer.PluggedCAConfig{Files: ca.PluggedFiles{CertFile: "c", KeyFile: "k", RootFile: "r"}, PollInterval: -time.Second},
 	)
 }

@@ -59,6 +59,12 @@ func TestIssuerConfigValidate(t *testing.T) {
 		{"JWT issuer not https", "jwt: {issuer: \"http://oidc.example\"}\n" + base + "  - {name: east}\n", "is not an https URL"},
 		{"root configmaps without lease namespace", "istioRootConfigMaps: {enabled: true}\n" + base + "  - {name: east}\n", "istioRootConfigMaps: rootcm config: lease namespace is required"},
 		{"root configmaps bad selector", "istioRootConfigMaps: {enabled: true, leaseNamespace: istio-system, selector: \"a in (\"}\n" + base + "  - {name: east}\n", "istioRootConfigMaps: rootcm config: selector"},
+		{"intermediate with root.dir", "intermediate: {certFile: c, keyFile: k, rootFile: r}\nroot: {dir: /r}\n" + base + "  - {name: east}\n", "intermediate excludes root.dir and upstream"},
+		{"intermediate with upstream", "intermediate: {certFile: c, keyFile: k, rootFile: r}\nupstream: {address: 'r:1', bundleFile: b}\n" + base + "  - {name: east}\n", "intermediate excludes root.dir and upstream"},
+		{"intermediate without key", "intermediate: {certFile: c, rootFile: r}\n" + base + "  - {name: east}\n", "intermediate: plugged CA: key file is required"},
+		{"intermediate without root", "intermediate: {certFile: c, keyFile: k, chainFile: ch}\n" + base + "  - {name: east}\n", "root file is required"},
+		{"intermediate with intermediateTTL", "intermediate: {certFile: c, keyFile: k, rootFile: r}\nintermediateTTL: 1h\n" + base + "  - {name: east}\n", "intermediateTTL does not apply"},
+		{"intermediate negative poll", "intermediate: {certFile: c, keyFile: k, rootFile: r, pollInterval: -1s}\n" + base + "  - {name: east}\n", "negative minimum life or poll interval"},
 		{"root configmaps bad namespace", "istioRootConfigMaps: {enabled: true, leaseNamespace: istio-system, namespaces: [Bad_NS]}\n" + base + "  - {name: east}\n", `namespace "Bad_NS"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

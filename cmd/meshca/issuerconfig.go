@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/issuer/rootcm"
@@ -60,8 +61,12 @@ type issuerConfig struct {
 	// JWT tunes the JWT-SVIDs the issuer mints.
 	JWT jwtConfig `json:"jwt,omitempty"`
 	// Root is a local file root CA key, for a self-contained issuer. Leave
-	// it empty when Upstream is set.
+	// it empty when Upstream or Intermediate is set.
 	Root rootKeyConfig `json:"root,omitempty"`
+	// Intermediate is an intermediate CA someone else issued and keeps
+	// (Istio's plug-in CA Secret cacerts): the issuer signs leaves with it
+	// directly and holds no root key. Exclusive with Root and Upstream.
+	Intermediate intermediateConfig `json:"intermediate,omitempty"`
 	// Upstream is the central root (`meshca root serve`): the issuer enrols
 	// with it, keeps its intermediate key in memory only, renews and
 	// rotates the intermediate, and relays the trust bundle to agents.
@@ -147,6 +152,54 @@ type rootKeyConfig struct {
 	// Dir holds root-key.pem and root.pem, created on first start. Empty
 	// means DataDir.
 	Dir string `json:"dir,omitempty"`
+}
+
+// intermediateConfig is `intermediate:`, mapped to issuer.PluggedCAConfig:
+// the files of Istio's cacerts Secret. meshca cannot renew the
+// intermediate (it has no key above it); it reads the files again every
+// pollInterval and switches to a replaced set once it passes every check.
+type intermediateConfig struct {
+	// CertFile is the intermediate's certificate (cacerts ca-cert.pem).
+	CertFile string `json:"certFile,omitempty"`
+	// KeyFile is its private key (ca-key.pem), mode 0600 or stricter.
+	KeyFile string `json:"keyFile,omitempty"`
+	// ChainFile is the chain from the intermediate up to the root
+	// (cert-chain.pem). Empty means the root signed the intermediate.
+	ChainFile string `json:"chainFile,omitempty"`
+	// RootFile holds the root(s) (root-cert.pem): bundle.pem, the bundle
+	// served to agents and the istio-ca-root-cert ConfigMaps.
+	RootFile string `json:"rootFile,omitempty"`
+	// MinRemaining is the life the intermediate must have left to be
+	// loaded. Default 24h.
+	MinRemaining duration `json:"minRemaining,omitempty"`
+	// PollInterval is how often the files are read again. Default 10s.
+	PollInterval duration `json:"pollInterval,omitempty"`
+}
+
+func (c intermediateConfig) enabled() bool { return c != intermediateConfig{} }
+
+// plugged maps c to the issuer's config.
+func (c intermediateConfig) plugged() issuer.PluggedCAConfig {
+	return issuer.PluggedCAConfig{
+		Files:        ca.PluggedFiles{CertFile: c.CertFile, KeyFile: c.KeyFile, ChainFile: c.ChainFile, RootFile: c.RootFile},
+		MinRemaining: time.Duration(c.MinRemaining), PollInterval: time.Duration(c.PollInterval),
+	}
+}
+
+// validate checks c (when set) against the rest of the issuer config.
+func (c intermediateConfig) validate(cfg issuerConfig) error {
+	switch {
+	case !c.enabled():
+		return nil
+	case cfg.Upstream.enabled() || cfg.Root.Dir != "":
+		return errors.New("intermediate excludes root.dir and upstream: the plugged intermediate is the issuer's only CA")
+	case cfg.IntermediateTTL != 0:
+		return errors.New("intermediateTTL does not apply to a plugged intermediate: meshca mints none")
+	}
+	if err := c.plugged().Validate(); err != nil {
+		return fmt.Errorf("intermediate: %w (certFile, keyFile and rootFile are required)", err)
+	}
+	return nil
 }
 
 // adminTLSConfig is `admin:`: the admin API over mutual TLS, for admins
@@ -333,6 +386,9 @@ func (c issuerConfig) validate() error {
 		}
 	} else if c.Upstream != (upstreamConfig{}) {
 		return errors.New("upstream.address is required when upstream is set")
+	}
+	if err := c.Intermediate.validate(c); err != nil {
+		return err
 	}
 	if ttl := time.Duration(c.IntermediateTTL); ttl != 0 && ttl < issuer.MinLocalIntermediateTTL {
 		return fmt.Errorf("intermediateTTL %s is below the minimum %s", ttl, issuer.MinLocalIntermediateTTL)

@@ -56,6 +56,10 @@ func issuerStack(cfg issuerConfig) (stack.Config, error) {
 			sc.Clusters = append(sc.Clusters, cl.Name)
 		}
 	}
+	if cfg.Intermediate.enabled() {
+		pc := cfg.Intermediate.plugged()
+		sc.Plugged = &pc
+	}
 	if u := cfg.Upstream; u.enabled() {
 		sc.Upstream = &stack.Upstream{Address: u.Address, ServerName: u.ServerName, BundleFile: u.BundleFile, JoinTokenFile: u.JoinTokenFile,
 			Replica: u.Replica}

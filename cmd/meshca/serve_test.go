@@ -39,6 +39,18 @@ func TestIssuerStackMapping(t *testing.T) {
 				t.Errorf("upstream = %+v", sc.Upstream)
 			}
 		}},
+		{"plugged intermediate", base + "intermediate: {certFile: /c/ca-cert.pem, keyFile: /c/ca-key.pem, chainFile: /c/cert-chain.pem, rootFile: /c/root-cert.pem, minRemaining: 48h}\n",
+			func(t *testing.T, cfg issuerConfig) {
+				sc, err := issuerStack(cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				p := sc.Plugged
+				if p == nil || p.Files.CertFile != "/c/ca-cert.pem" || p.Files.KeyFile != "/c/ca-key.pem" || p.Files.ChainFile != "/c/cert-chain.pem" ||
+					p.Files.RootFile != "/c/root-cert.pem" || p.MinRemaining != 48*time.Hour || p.PollInterval != 0 || sc.Upstream != nil || sc.RootDir != "" {
+					t.Errorf("stack = %+v, plugged = %+v", sc, p)
+				}
+			}},
 		{"retention off, socket shared", base + "store: {retention: {disabled: true}}\nadminSocketAllow: {uids: [7]}\nadminSocket: /s\n", func(t *testing.T, cfg issuerConfig) {
 			sc, err := issuerStack(cfg)
 			if err != nil {

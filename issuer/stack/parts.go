@@ -23,10 +23,11 @@ import (
 type parts struct {
 	deny    *issuer.DenyList
 	crls    *issuer.CRLSigner
-	jwt     *issuer.JWTKeys
+	jwt     *issuer.JWTKeys // nil on a plugged intermediate
 	admin   *issuer.AdminServer
-	loop    *issuer.Intermediates
-	relayed issuer.BundleSource // nil without a central root
+	loop    *issuer.Intermediates // nil on a plugged intermediate
+	plugged *issuer.PluggedCA     // nil unless on a plugged intermediate
+	relayed issuer.BundleSource   // nil without a central root
 	srv     *issuer.Server
 	mtls    *adminapi.MTLS // nil without an admin mTLS listener
 	iss     *issuer.Issuer
@@ -52,8 +53,9 @@ func (c Config) build(ctx context.Context, src intermediateSource, att attest.At
 		return nil, fmt.Errorf("load the deny-list: %w", err)
 	}
 	iss, err := issuer.New(issuer.Config{
-		TrustDomain: c.TrustDomain, Cluster: c.Cluster, Authority: src.authority, Bundle: src.roots, Attestor: att, Recorder: db,
-		DefaultTTL: c.LeafTTL, MinTTL: c.LeafMinTTL, MaxTTL: c.LeafMaxTTL, DenyList: p.deny, Logger: log, Metrics: reg, MetricsClusters: c.Clusters,
+		TrustDomain: c.TrustDomain, Cluster: c.Cluster, Authority: src.authority, Bundle: src.roots, ExternalCA: src.plugged != nil,
+		Attestor: att, Recorder: db, DefaultTTL: c.LeafTTL, MinTTL: c.LeafMinTTL, MaxTTL: c.LeafMaxTTL, DenyList: p.deny,
+		Logger: log, Metrics: reg, MetricsClusters: c.Clusters,
 	})
 	if err != nil {
 		return nil, err
@@ -68,15 +70,9 @@ func (c Config) build(ctx context.Context, src intermediateSource, att attest.At
 	}); err != nil {
 		return nil, err
 	}
-	if p.jwt, err = issuer.NewJWTKeys(issuer.JWTConfig{
-		Issuer: iss, DefaultTTL: c.JWT.DefaultTTL, MaxTTL: c.JWT.MaxTTL, IssuerURL: c.JWT.IssuerURL, Publisher: src.jwtPublisher(), Logger: log,
-	}); err != nil {
+	if err := c.buildRotation(p, src, log); err != nil {
 		return nil, err
 	}
-	if p.loop, err = issuer.NewIntermediates(issuer.IntermediatesConfig{Issuer: iss, Root: src.root, Bundle: src.bundle, Logger: log}); err != nil {
-		return nil, err
-	}
-	p.relayed = src.relayed(p.loop)
 	p.rootCMs = c.RootConfigMaps
 	if p.admin, err = issuer.NewAdminServer(c.adminConfig(iss, src, p, db, log)); err != nil {
 		return nil, err
@@ -95,6 +91,29 @@ func (c Config) build(ctx context.Context, src intermediateSource, att attest.At
 		}
 	}
 	return p, nil
+}
+
+// buildRotation makes what renews the issuer's CAs: the intermediates loop
+// and the JWT-SVID keys, or, on a plugged intermediate, only the follower
+// of its files.
+func (c Config) buildRotation(p *parts, src intermediateSource, log *slog.Logger) error {
+	if src.plugged != nil {
+		p.plugged = src.plugged
+		log.Warn("serving on a plugged intermediate CA: meshca cannot renew it, and issues no JWT-SVIDs",
+			"serial", trust.SerialHex(src.authority.Certificate.SerialNumber), "not_after", src.authority.Certificate.NotAfter)
+		return nil
+	}
+	var err error
+	if p.jwt, err = issuer.NewJWTKeys(issuer.JWTConfig{
+		Issuer: p.iss, DefaultTTL: c.JWT.DefaultTTL, MaxTTL: c.JWT.MaxTTL, IssuerURL: c.JWT.IssuerURL, Publisher: src.jwtPublisher(), Logger: log,
+	}); err != nil {
+		return err
+	}
+	if p.loop, err = issuer.NewIntermediates(issuer.IntermediatesConfig{Issuer: p.iss, Root: src.root, Bundle: src.bundle, Logger: log}); err != nil {
+		return err
+	}
+	p.relayed = src.relayed(p.loop)
+	return nil
 }
 
 // adminConfig configures the admin API of the stack: over db, with the
@@ -124,14 +143,23 @@ func (p *parts) run(ctx context.Context, ls listeners, bundlePath string, db Sto
 	}
 	g.Go(func() error { return p.deny.Run(gctx) })
 	g.Go(func() error { return p.crls.Run(gctx) })
-	g.Go(func() error { return p.jwt.Run(gctx) })
+	if p.jwt != nil {
+		g.Go(func() error { return p.jwt.Run(gctx) })
+	}
 	g.Go(func() error { return p.admin.ServeUnix(gctx, ls.admin) })
 	if ls.adminTLS != nil {
 		g.Go(func() error { return p.admin.ServeMTLS(gctx, ls.adminTLS, p.mtls) })
 	}
-	g.Go(func() error { return p.loop.Run(gctx) })
-	if p.relayed != nil {
+	if p.loop != nil {
+		g.Go(func() error { return p.loop.Run(gctx) })
+	}
+	switch {
+	case p.relayed != nil:
 		g.Go(func() error { return issuer.FollowBundleFile(gctx, p.relayed, bundlePath, log) })
+	case p.plugged != nil:
+		// A reload may bring other roots (root-cert.pem replaced too).
+		g.Go(func() error { return p.plugged.Run(gctx, p.iss) })
+		g.Go(func() error { return issuer.FollowBundleFile(gctx, issuer.LocalBundles(p.iss), bundlePath, log) })
 	}
 	if p.rootCMs != nil {
 		var bundles issuer.BundleSource = issuer.LocalBundles(p.iss)

@@ -16,8 +16,9 @@ import (
 )
 
 // intermediateSource is where the stack's intermediates come from: the
-// central root when Upstream is set, else the local file root. Either way
-// an issuer.Intermediates loop rotates them.
+// central root when Upstream is set, else the local file root, and an
+// issuer.Intermediates loop rotates them; or an operator's intermediate
+// (Plugged), which nothing rotates.
 type intermediateSource struct {
 	// authority is the first intermediate, bundle the trust bundle
 	// received with it and roots that bundle's own roots.
@@ -30,18 +31,48 @@ type intermediateSource struct {
 	upstream *issuer.Upstream
 	// localRoot is the local file root (it signs a CRL too); nil upstream.
 	localRoot *ca.Authority
+	// plugged is the operator's intermediate, followed in its files; nil
+	// unless Config.Plugged. root is nil then: nothing mints
+	// intermediates.
+	plugged *issuer.PluggedCA
 	// rootExpires is logged at start.
 	rootExpires time.Time
 }
 
-// newIntermediateSource obtains the first intermediate, from the central
-// root when c.Upstream is set, else from the local file root recorded in
-// db.
+// newIntermediateSource obtains the first intermediate: from the central
+// root when c.Upstream is set, the plugged one when c.Plugged is, else from
+// the local file root recorded in db.
 func newIntermediateSource(ctx context.Context, c Config, db Store, log *slog.Logger) (intermediateSource, error) {
-	if c.Upstream != nil {
+	switch {
+	case c.Upstream != nil:
 		return enrol(ctx, c, log)
+	case c.Plugged != nil:
+		return pluggedIntermediate(*c.Plugged, log)
 	}
 	return localIntermediate(ctx, c, db)
+}
+
+// pluggedIntermediate loads the operator's intermediate; it is never
+// rotated by the stack, only reloaded from its files.
+func pluggedIntermediate(pc issuer.PluggedCAConfig, log *slog.Logger) (intermediateSource, error) {
+	if pc.Logger == nil {
+		pc.Logger = log
+	}
+	p, err := issuer.NewPluggedCA(pc, time.Now())
+	if err != nil {
+		return intermediateSource{}, err
+	}
+	roots, err := p.Roots()
+	if err != nil {
+		return intermediateSource{}, err
+	}
+	var rootExpires time.Time
+	for _, r := range roots.Roots() {
+		if r.NotAfter.After(rootExpires) {
+			rootExpires = r.NotAfter
+		}
+	}
+	return intermediateSource{authority: p.Authority(), roots: roots, plugged: p, rootExpires: rootExpires}, nil
 }
 
 // publisher is where the issuer's CRLs go besides its agents: the central

@@ -24,6 +24,7 @@ import (
 	"github.com/meshca/meshca/internal/grpclimit"
 	"github.com/meshca/meshca/internal/ops"
 	"github.com/meshca/meshca/internal/serverdir"
+	"github.com/meshca/meshca/issuer"
 	"github.com/meshca/meshca/issuer/rootcm"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/checkpoint"
@@ -81,6 +82,13 @@ type Config struct {
 	Checkpoint checkpoint.DirConfig
 	// Upstream, when set, replaces the local file root by the central root.
 	Upstream *Upstream
+	// Plugged, when set, replaces the local file root by an intermediate
+	// CA someone else issued and keeps (Istio's plug-in cacerts): the
+	// issuer signs leaves with it directly, follows its files
+	// (issuer.PluggedCA) and mints no intermediates, no JWT-SVIDs (their
+	// keys' certificates need an intermediate naming the cluster) and no
+	// CRLs above it. Exclusive with Upstream and RootDir.
+	Plugged *issuer.PluggedCAConfig
 	// AdminSocket is the admin API's Unix socket; an empty Path means
 	// DATA_DIR/admin.sock.
 	AdminSocket adminapi.UnixConfig
@@ -159,11 +167,18 @@ func (c Config) Validate() error {
 		return errors.New("stack: attestor is required")
 	case c.Upstream != nil && (c.Upstream.Address == "" || c.Upstream.BundleFile == ""):
 		return errors.New("stack: upstream needs an address and a bundle file")
+	case c.Plugged != nil && (c.Upstream != nil || c.RootDir != ""):
+		return errors.New("stack: a plugged intermediate excludes upstream and a root dir")
 	case c.AdminTLSListen != "" && len(c.Admins) == 0:
 		return errors.New("stack: admin mTLS needs at least one admin")
 	}
 	if c.Retention != nil {
 		if err := c.Retention.Validate(); err != nil {
+			return err
+		}
+	}
+	if c.Plugged != nil {
+		if err := c.Plugged.Validate(); err != nil {
 			return err
 		}
 	}

@@ -156,8 +156,15 @@ func TestIstioVersionsAgree(t *testing.T) {
 // XDS_ROOT_CA=<file> is set too.
 func startPilotAgent(t testing.TB, bin string, dev *devServer, token string) *pilotAgent {
 	t.Helper()
+	return startPilotAgentFor(t, bin, dev.port, dev.bundlePath, serviceAcct, token)
+}
+
+// startPilotAgentFor is startPilotAgent for service account sa of namespace, against the Istio
+// CA API at 127.0.0.1:caPort, with rootPath's certificates as its istio-ca-root-cert mount.
+func startPilotAgentFor(t testing.TB, bin, caPort, rootPath, sa, token string) *pilotAgent {
+	t.Helper()
 	dir := t.TempDir()
-	bundle, err := os.ReadFile(dev.bundlePath)
+	bundle, err := os.ReadFile(rootPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,10 +189,10 @@ func startPilotAgent(t testing.TB, bin string, dev *devServer, token string) *pi
 	cmd.Dir = dir
 	cmd.Env = []string{
 		"PATH=" + os.Getenv("PATH"),
-		"CA_ADDR=" + net.JoinHostPort("127.0.0.1", dev.port),
+		"CA_ADDR=" + net.JoinHostPort("127.0.0.1", caPort),
 		"POD_NAME=interop-test",
 		"POD_NAMESPACE=" + namespace,
-		"SERVICE_ACCOUNT=" + serviceAcct,
+		"SERVICE_ACCOUNT=" + sa,
 		"TRUST_DOMAIN=" + trustDomain,
 		"ISTIO_META_CLUSTER_ID=Kubernetes",
 		"CLOUD_PLATFORM=none",
