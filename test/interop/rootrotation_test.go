@@ -326,7 +326,10 @@ func handshake(client, server snapshot) error {
 // them succeeds both ways.
 type rotationObserver struct {
 	a, b                 *workloadView
-	observations, fails  int
+	observations int
+	// fails counts failed checks: two verifications and two handshakes
+	// per observation.
+	fails int
 	crossed              int // verifications whose anchor was not the peer leaf's own root
 	firstErrs            []string
 	sawSingleAnchorCross bool
@@ -494,7 +497,7 @@ func TestPilotAgentsThroughRootRotation(t *testing.T) {
 	t.Logf("%d observations, %d failures, %d verifications through a cross certificate (a single-anchor ROOTCA: %v); renewals: %s %d, %s %d",
 		obs.observations, obs.fails, obs.crossed, obs.sawSingleAnchorCross, views[0].name, views[0].renewals(), views[1].name, views[1].renewals())
 	if obs.fails != 0 {
-		t.Fatalf("%d of %d observations failed; first:\n%s", obs.fails, obs.observations, strings.Join(obs.firstErrs, "\n"))
+		t.Fatalf("%d checks failed in %d observations (four checks each); first:\n%s", obs.fails, obs.observations, strings.Join(obs.firstErrs, "\n"))
 	}
 	if !obs.sawSingleAnchorCross {
 		t.Error("no observation had a workload whose ROOTCA held one root verify a peer certificate under the other: " +
