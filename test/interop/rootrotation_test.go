@@ -325,11 +325,11 @@ func handshake(client, server snapshot) error {
 // ROOTCA verifies the other's default chain and that mutual TLS between
 // them succeeds both ways.
 type rotationObserver struct {
-	a, b                 *workloadView
+	a, b         *workloadView
 	observations int
 	// fails counts failed checks: two verifications and two handshakes
 	// per observation.
-	fails int
+	fails                int
 	crossed              int // verifications whose anchor was not the peer leaf's own root
 	firstErrs            []string
 	sawSingleAnchorCross bool
