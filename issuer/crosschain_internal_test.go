@@ -238,6 +238,19 @@ func TestCrossSignedKeepsOnlyLinks(t *testing.T) {
 			t.Errorf("link %s is not its subject's key signed by its issuer", cc.Certificate.SerialNumber)
 		}
 	}
+	// The name of a root is not enough: a root of the same name but another
+	// key, certified by a bundle root, links nothing.
+	impostor := testkit.Root(t, "xchain-impostor", w.now.Add(-time.Hour), 24*time.Hour)
+	if !bytes.Equal(impostor.Certificate.RawSubject, w.newRoot.Certificate.RawSubject) {
+		t.Fatal("the impostor root should carry the new root's name")
+	}
+	byOld, err := w.oldRoot.CrossSign(ca.CrossRequest{Subject: impostor.Certificate, Now: w.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(w.bundle(t, byOld).CrossSigned()); n != 0 {
+		t.Errorf("kept %d cross certificates for a key the bundle does not hold", n)
+	}
 	// A bundle holding only the new root keeps no link to the old one.
 	only, err := trust.NewBundle(w.newRoot.Certificate)
 	if err != nil {
