@@ -82,11 +82,17 @@ type RootConfig struct {
 	Now time.Time
 }
 
+// rootTemplate's path length 2 leaves room for one cross certificate
+// (another root's key, signed by this one during a rotation; see CrossSign)
+// above a cluster intermediate. crypto/x509 counts every CA certificate
+// below a root against its path length, also a cross certificate between
+// two roots of one name, which RFC 5280 exempts as self-issued: a root of
+// path length 1 anchors no cross-signed chain for a Go verifier.
 const rootTemplate = `{
 	"subject": {{ toJson .Subject }},
 	"issuer": {{ toJson .Subject }},
 	"keyUsage": ["certSign", "crlSign"],
-	"basicConstraints": {"isCA": true, "maxPathLen": 1}
+	"basicConstraints": {"isCA": true, "maxPathLen": 2}
 }`
 
 // NewRoot creates a self-signed root CA certificate for cfg.Signer.

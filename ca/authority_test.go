@@ -27,8 +27,8 @@ func TestNewRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := root.Certificate
-	if !c.IsCA || c.MaxPathLen != 1 {
-		t.Errorf("IsCA=%v MaxPathLen=%d, want CA with path length 1", c.IsCA, c.MaxPathLen)
+	if !c.IsCA || c.MaxPathLen != 2 {
+		t.Errorf("IsCA=%v MaxPathLen=%d, want CA with path length 2 (a cross certificate and an intermediate)", c.IsCA, c.MaxPathLen)
 	}
 	if err := c.CheckSignatureFrom(c); err != nil {
 		t.Errorf("root is not self-signed: %v", err)

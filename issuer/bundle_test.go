@@ -159,6 +159,18 @@ func TestIssuerRelaysRootBundleAndFollowsRootRotation(t *testing.T) {
 	if err := second.VerifySignature(initial, time.Now()); err != nil {
 		t.Fatalf("the bundle bringing a new root is not signed by the old one: %v", err)
 	}
+	// While the new root is prepared, chains under the old one carry the
+	// old root certified by the new one: the new root alone verifies them.
+	if n := len(second.OwnRoots().CrossSigned()); n != 2 {
+		t.Fatalf("bundle with a prepared root carries %d cross certificates, want 2 (one each way)", n)
+	}
+	chain, err := iss.Issue(t.Context(), issuer.Request{Token: goodToken, CSR: csrPEM(t, testKey(t, "p256"), nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := verifyUnder(chain, root1); err != nil {
+		t.Errorf("a chain under the old root does not verify against the prepared root alone: %v", err)
+	}
 	r.Activate(root1)
 	third := next()
 	if third.Sequence <= second.Sequence || third.ActiveRoot != trust.Fingerprint(root1) {
@@ -174,13 +186,23 @@ func TestIssuerRelaysRootBundleAndFollowsRootRotation(t *testing.T) {
 		}
 		return nil
 	})
-	chain, err := iss.Issue(t.Context(), issuer.Request{Token: goodToken, CSR: csrPEM(t, testKey(t, "p256"), nil)})
+	chain, err = iss.Issue(t.Context(), issuer.Request{Token: goodToken, CSR: csrPEM(t, testKey(t, "p256"), nil)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	verifyChain(t, chain, third)
-	if !chain[2].Equal(root1) {
-		t.Errorf("issued chain ends at %q, want the new root", chain[2].Subject.CommonName)
+	if !chain[len(chain)-1].Equal(root1) {
+		t.Errorf("issued chain ends at %q, want the new root", chain[len(chain)-1].Subject.CommonName)
+	}
+	// ... and under the new root, the new root certified by the old one:
+	// a relying party still on the old root alone verifies them.
+	if len(chain) != 4 || !bytes.Equal(chain[2].RawSubjectPublicKeyInfo, root1.RawSubjectPublicKeyInfo) {
+		t.Errorf("issued chain has %d certificates, want leaf, intermediate, cross certificate, root", len(chain))
+	}
+	for _, old := range initial.Roots() {
+		if err := verifyUnder(chain, old); err != nil {
+			t.Errorf("a chain under the new root does not verify against the old root alone: %v", err)
+		}
 	}
 
 	// The serving certificate follows the new intermediate at once.
@@ -193,6 +215,13 @@ func TestIssuerRelaysRootBundleAndFollowsRootRotation(t *testing.T) {
 	if len(peerCerts) < 2 || !peerCerts[1].Equal(iss.Authority().Certificate) {
 		t.Error("serving certificate is not signed by the new intermediate")
 	}
+	// A client that trusts only the old root (istio-agent's CA connection
+	// until its root-cert.pem follows) still reaches the issuer.
+	conn, err = tls.Dial("tcp", addr, &tls.Config{RootCAs: initial.Pool(), ServerName: "localhost", NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatalf("a client on the old root alone: %v", err)
+	}
+	conn.Close()
 
 	resp, err := agent.GetBundle(t.Context(), &meshcav1.GetBundleRequest{})
 	if err != nil {

@@ -167,11 +167,15 @@ func (c Config) withDefaults() Config {
 type signing struct {
 	authority *ca.Authority
 	bundle    *trust.Bundle
-	// chain is what follows the leaf in a response, root excluded.
+	// chain is what follows the leaf in a response, roots excluded: the
+	// intermediates up to the root, then the cross certificates that
+	// certify that root under the bundle's other roots (see crossFor).
 	chain []*x509.Certificate
 	// root is the bundle root the authority chains to; it ends a response.
 	root *x509.Certificate
-	// tailPEM is chain then root, PEM-encoded once for every response.
+	// tailPEM is chain, one PEM certificate per entry, then one last entry
+	// holding root and the bundle's other roots (see rootsPEM), encoded
+	// once for every response.
 	tailPEM []string
 	// previous are the authorities signed with before, newest first, that
 	// had not expired when this signing replaced theirs: certificates they
@@ -236,11 +240,12 @@ func (iss *Issuer) SetAuthority(a *ca.Authority, b *trust.Bundle) error {
 	}
 	next := &signing{
 		authority: a, bundle: b, root: root,
-		chain: append([]*x509.Certificate(nil), chain[:len(chain)-1]...),
+		chain: slices.Concat(chain[:len(chain)-1], iss.crossFor(a, chain, b)),
 	}
-	for _, c := range chain {
+	for _, c := range next.chain {
 		next.tailPEM = append(next.tailPEM, certPEM(c))
 	}
+	next.tailPEM = append(next.tailPEM, rootsPEM(root, b))
 	iss.signing.Update(func(prev *signing) (*signing, bool) {
 		if prev != nil {
 			next.previous = heldBefore(prev, a, iss.cfg.Now())

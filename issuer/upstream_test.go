@@ -98,6 +98,19 @@ func verifyChain(t testing.TB, chain []*x509.Certificate, tb *trust.TrustBundle)
 	}
 }
 
+// verifyUnder verifies chain[0] through chain[1:] against anchor alone,
+// at the middle of the leaf's life.
+func verifyUnder(chain []*x509.Certificate, anchor *x509.Certificate) error {
+	roots, inters := x509.NewCertPool(), x509.NewCertPool()
+	roots.AddCert(anchor)
+	for _, c := range chain[1:] {
+		inters.AddCert(c)
+	}
+	_, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}, CurrentTime: midLife(chain[0])})
+	return err
+}
+
 func midLife(c *x509.Certificate) time.Time { return c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) / 2) }
 
 func readCert(t testing.TB, path string) *x509.Certificate {

@@ -15,6 +15,9 @@ import (
 type Bundle struct {
 	roots []*x509.Certificate
 	pool  *x509.CertPool
+	// cross are the cross certificates between roots (WithCrossSigned);
+	// they are not anchors and stay out of pool.
+	cross []CrossCert
 }
 
 // NewBundle returns a bundle of roots. Duplicates are dropped; every

@@ -24,6 +24,9 @@ func (b *TrustBundle) ToProto() *meshcav1.Bundle {
 		pb.Signature = b.Signature
 		pb.SignerSha256 = b.Signer[:]
 	}
+	for _, c := range b.CrossSigned {
+		pb.CrossCertificates = append(pb.CrossCertificates, c.Raw)
+	}
 	for _, d := range b.Domains {
 		td := &meshcav1.TrustDomainBundle{TrustDomain: d.TrustDomain.Name(), Federated: d.Federated}
 		for _, c := range d.CRLs {
@@ -70,6 +73,13 @@ func TrustBundleFromProto(pb *meshcav1.Bundle) (*TrustBundle, error) {
 	}
 	if (len(b.Signature) == 0) != (b.Signer == [32]byte{}) {
 		return nil, errors.New("trust bundle: a signature needs its signer's hash and the other way round")
+	}
+	for i, der := range pb.GetCrossCertificates() {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("trust bundle: cross certificate %d: %w", i, err)
+		}
+		b.CrossSigned = append(b.CrossSigned, c)
 	}
 	own := false
 	for _, td := range pb.GetTrustDomains() {

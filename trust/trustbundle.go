@@ -32,6 +32,12 @@ type TrustBundle struct {
 	// Signer is the Fingerprint of the root that made Signature; zero when
 	// unsigned.
 	Signer [32]byte
+	// CrossSigned are cross certificates between the own roots, as
+	// received (see Bundle.WithCrossSigned, which OwnRoots applies: one
+	// that does not link two own roots is left out). Like CRLs they are
+	// not covered by Signature: each authenticates itself by a root's
+	// signature, and it links keys the signed roots already hold.
+	CrossSigned []*x509.Certificate
 }
 
 // DomainBundle is the trust anchors of one trust domain.
@@ -73,7 +79,8 @@ func (b *TrustBundle) AllRoots() *Bundle {
 }
 
 // OwnRoots returns the roots of the non-federated domains (the root CA's
-// own roots), nil when there are none.
+// own roots) with the cross certificates among CrossSigned that link two of
+// them, nil when there are none.
 func (b *TrustBundle) OwnRoots() *Bundle {
 	var own []*x509.Certificate
 	for _, d := range b.Domains {
@@ -85,7 +92,7 @@ func (b *TrustBundle) OwnRoots() *Bundle {
 	if err != nil {
 		return nil
 	}
-	return out
+	return out.WithCrossSigned(b.CrossSigned...)
 }
 
 // Fingerprint is the SHA-256 of a certificate's DER, the form roots are
@@ -93,12 +100,14 @@ func (b *TrustBundle) OwnRoots() *Bundle {
 func Fingerprint(c *x509.Certificate) [32]byte { return sha256.Sum256(c.Raw) }
 
 // Equal reports whether a and b carry the same domains, roots, CRLs, JWT
-// authorities and active root, ignoring Sequence, RefreshHint and the signature.
+// authorities, cross certificates and active root, ignoring Sequence,
+// RefreshHint and the signature.
 func (b *TrustBundle) Equal(o *TrustBundle) bool {
 	if b == nil || o == nil {
 		return b == o
 	}
-	if b.ActiveRoot != o.ActiveRoot || len(b.Domains) != len(o.Domains) {
+	if b.ActiveRoot != o.ActiveRoot || len(b.Domains) != len(o.Domains) ||
+		!slices.EqualFunc(b.CrossSigned, o.CrossSigned, func(x, y *x509.Certificate) bool { return x.Equal(y) }) {
 		return false
 	}
 	for i := range b.Domains {

@@ -104,6 +104,11 @@ type state struct {
 	revsAt         time.Time
 	// rootCRLs are the current root CRLs.
 	rootCRLs []trust.CRL
+	// crossUntil is the earliest end of the published cross certificates
+	// that certify the active root under a newer one; zero when there are
+	// none. Intermediates the active root signs end by then, so that
+	// nothing under it outlives the trust those certificates extend.
+	crossUntil time.Time
 }
 
 // New loads the roots from cfg.Store, creates the first root when there is
@@ -259,11 +264,12 @@ func (r *Root) loadLocked(ctx context.Context) error {
 	}
 	recs := make([]RootRecord, 0, len(rows))
 	for _, row := range rows {
-		cert, err := x509.ParseCertificate(row.DER)
-		if err != nil {
-			return fmt.Errorf("root %s: %w", row.Fingerprint, err)
+		certs, err := x509.ParseCertificates(row.DER)
+		if err != nil || len(certs) == 0 {
+			return fmt.Errorf("root %s: %w", row.Fingerprint, cmp.Or(err, errors.New("no certificate")))
 		}
-		recs = append(recs, RootRecord{Cert: cert, KeyRef: row.KeyRef, AddedAt: row.AddedAt, ActivateAt: row.ActivateAt})
+		recs = append(recs, RootRecord{Cert: certs[0], KeyRef: row.KeyRef, AddedAt: row.AddedAt, ActivateAt: row.ActivateAt,
+			Cross: certs[1:]})
 	}
 	// The store orders by AddedAt with second precision; the order that
 	// decides which root is newest is the activation time.
@@ -378,6 +384,7 @@ func (r *Root) publishLocked(ctx context.Context, now time.Time) {
 	b := &trust.TrustBundle{ActiveRoot: st.activeFP, RefreshHint: r.cfg.RefreshHint}
 	own := map[spiffeid.TrustDomain]bool{}
 	if roots, err := trust.NewBundle(inBundle...); err == nil {
+		b.CrossSigned, st.crossUntil = crossSignedLocked(r.statuses, roots, st.activeFP, now)
 		for _, set := range []map[spiffeid.TrustDomain]bool{r.domains, r.storeDomains} {
 			for td := range set {
 				if !own[td] {
@@ -508,13 +515,18 @@ func (r *Root) createRootLocked(ctx context.Context, delay time.Duration, actor,
 		Cert: root.Certificate, KeyRef: ref,
 		AddedAt: now.UTC().Truncate(time.Second), ActivateAt: now.Add(delay).UTC().Truncate(time.Second),
 	}
+	rec.Cross = r.crossSignLocked(ctx, root, rec.ActivateAt, now)
 	fp := fingerprintHex(rec.Cert)
+	ders := [][]byte{rec.Cert.Raw}
+	for _, c := range rec.Cross {
+		ders = append(ders, c.Raw)
+	}
 	err = r.cfg.Store.AddRoot(ctx, store.Root{
-		Fingerprint: fp, DER: rec.Cert.Raw, KeyRef: ref, AddedAt: rec.AddedAt, ActivateAt: rec.ActivateAt,
+		Fingerprint: fp, DER: store.JoinDER(ders), KeyRef: ref, AddedAt: rec.AddedAt, ActivateAt: rec.ActivateAt,
 	}, store.AuditEvent{
 		Time: now, Actor: actor, Action: "root.create",
-		Detail: fmt.Sprintf("root sha256 %s, key %s, not after %s, activates at %s%s", fp, ref,
-			rec.Cert.NotAfter.UTC().Format(time.RFC3339), rec.ActivateAt.Format(time.RFC3339), note),
+		Detail: fmt.Sprintf("root sha256 %s, key %s, not after %s, activates at %s, %d cross certificates%s", fp, ref,
+			rec.Cert.NotAfter.UTC().Format(time.RFC3339), rec.ActivateAt.Format(time.RFC3339), len(rec.Cross), note),
 	})
 	if err != nil {
 		return RootRecord{}, fmt.Errorf("%w: record root: %w", grpcx.ErrUnavailable, err)

@@ -33,6 +33,10 @@ type RootRecord struct {
 	// AddedAt is when it joined the bundle; ActivateAt when it may start
 	// signing.
 	AddedAt, ActivateAt time.Time
+	// Cross are the cross certificates minted with this root (crosssign.go):
+	// its subject and key signed by each root then in the bundle, and
+	// theirs signed by it. They are stored after the root's own DER.
+	Cross []*x509.Certificate
 }
 
 // RootStatus is a root with its state at some instant.

@@ -235,10 +235,14 @@ func (r *Root) issue(ctx context.Context, st *state, c store.Cluster, interCSR *
 	}
 	root := st.active
 	now := r.cfg.Now()
+	ttl := r.cfg.IntermediateTTL
+	if left := st.crossUntil.Sub(now); left > 0 && left < ttl {
+		ttl = left // see state.crossUntil
+	}
 	var out issued
 	out.intermediate, err = root.SignIntermediate(ca.IntermediateRequest{
 		PublicKey: interCSR.PublicKey, TrustDomain: td, Cluster: c.Name, ServingNames: names,
-		TTL: r.cfg.IntermediateTTL, Now: now,
+		TTL: ttl, Now: now,
 	})
 	if err != nil {
 		return issued{}, fmt.Errorf("%w: sign intermediate: %w", grpcx.ErrUnavailable, err)

@@ -328,9 +328,9 @@ func TestPilotAgentMigration(t *testing.T) {
 			rootPath := filepath.Join(t.TempDir(), "root-cert.pem")
 			writeFile(t, rootPath, root.certPEM, 0o644)
 
-			legacyPA := startPilotAgentFor(t, agentBin, serveIstiodCA(t, root, legacyID), rootPath, legacyAcct, "istiod-token")
+			legacyPA := startPilotAgentFor(t, agentBin, pilotAgentSpec{caPort: serveIstiodCA(t, root, legacyID), bundlePath: rootPath, token: "istiod-token", serviceAccount: legacyAcct})
 			token := mintToken(t, bin, iss.devKeyDir, namespace, serviceAcct, istioAudience)
-			meshcaPA := startPilotAgentFor(t, agentBin, iss.port, iss.bundlePath, serviceAcct, token)
+			meshcaPA := startPilotAgentFor(t, agentBin, pilotAgentSpec{caPort: iss.port, bundlePath: iss.bundlePath, token: token, serviceAccount: serviceAcct})
 			legacy, migrated := readSDS(t, legacyPA), readSDS(t, meshcaPA)
 
 			// pilot-agent's default chain is the whole CA response, root included.

@@ -156,19 +156,28 @@ func TestIstioVersionsAgree(t *testing.T) {
 // XDS_ROOT_CA=<file> is set too.
 func startPilotAgent(t testing.TB, bin string, dev *devServer, token string) *pilotAgent {
 	t.Helper()
-	return startPilotAgentFor(t, bin, dev.port, dev.bundlePath, serviceAcct, token)
+	return startPilotAgentFor(t, bin, pilotAgentSpec{caPort: dev.port, bundlePath: dev.bundlePath, token: token, serviceAccount: serviceAcct})
 }
 
-// startPilotAgentFor is startPilotAgent for service account sa of namespace, against the Istio
-// CA API at 127.0.0.1:caPort, with rootPath's certificates as its istio-ca-root-cert mount.
-func startPilotAgentFor(t testing.TB, bin, caPort, rootPath, sa, token string) *pilotAgent {
+// pilotAgentSpec is what differs between the pilot-agents of one test.
+type pilotAgentSpec struct {
+	// caPort is the loopback port of meshca's Istio CA API; bundlePath the
+	// PEM roots copied to the agent's root-cert.pem.
+	caPort, bundlePath    string
+	token, serviceAccount string
+	// env is added to the environment (e.g. SECRET_TTL).
+	env []string
+}
+
+// startPilotAgentFor is startPilotAgent for one workload of spec.
+func startPilotAgentFor(t testing.TB, bin string, spec pilotAgentSpec) *pilotAgent {
 	t.Helper()
 	dir := t.TempDir()
-	bundle, err := os.ReadFile(rootPath)
+	bundle, err := os.ReadFile(spec.bundlePath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, filepath.Join(dir, istioTokenPath), []byte(token), 0o600)
+	writeFile(t, filepath.Join(dir, istioTokenPath), []byte(spec.token), 0o600)
 	writeFile(t, filepath.Join(dir, istioRootCertPath), bundle, 0o644)
 	stub := filepath.Join(dir, "envoy-stub")
 	writeFile(t, stub, []byte("#!/bin/sh\n# Stands in for Envoy: waits until pilot-agent kills it.\nexec sleep 1000000\n"), 0o755)
@@ -187,18 +196,18 @@ func startPilotAgentFor(t testing.TB, bin, caPort, rootPath, sa, token string) *
 	}
 	cmd := exec.Command(bin, "proxy", "sidecar")
 	cmd.Dir = dir
-	cmd.Env = []string{
+	cmd.Env = append([]string{
 		"PATH=" + os.Getenv("PATH"),
-		"CA_ADDR=" + net.JoinHostPort("127.0.0.1", caPort),
+		"CA_ADDR=" + net.JoinHostPort("127.0.0.1", spec.caPort),
 		"POD_NAME=interop-test",
 		"POD_NAMESPACE=" + namespace,
-		"SERVICE_ACCOUNT=" + sa,
+		"SERVICE_ACCOUNT=" + spec.serviceAccount,
 		"TRUST_DOMAIN=" + trustDomain,
 		"ISTIO_META_CLUSTER_ID=Kubernetes",
 		"CLOUD_PLATFORM=none",
 		"PROXY_CONFIG=" + string(proxyConfig),
-	}
-	p := &pilotAgent{proc: startProc(t, "pilot-agent", cmd), dir: dir, sdsSocket: filepath.Join(dir, istioSDSSocketPath)}
+	}, spec.env...)
+	p := &pilotAgent{proc: startProc(t, "pilot-agent "+spec.serviceAccount, cmd), dir: dir, sdsSocket: filepath.Join(dir, istioSDSSocketPath)}
 	deadline := time.Now().Add(startTimeout)
 	for {
 		p.failIfExited(t)

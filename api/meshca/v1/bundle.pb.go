@@ -216,10 +216,20 @@ type Bundle struct {
 	// whose SHA-256 is signer_sha256. Issuers relay it unchanged, so an agent
 	// accepts new roots or federated domains only when a root it already
 	// trusts vouches for them; a compromised issuer cannot add trust.
-	Signature     []byte `protobuf:"bytes,5,opt,name=signature,proto3" json:"signature,omitempty"`
-	SignerSha256  []byte `protobuf:"bytes,6,opt,name=signer_sha256,json=signerSha256,proto3" json:"signer_sha256,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Signature    []byte `protobuf:"bytes,5,opt,name=signature,proto3" json:"signature,omitempty"`
+	SignerSha256 []byte `protobuf:"bytes,6,opt,name=signer_sha256,json=signerSha256,proto3" json:"signer_sha256,omitempty"`
+	// cross_certificates are DER cross certificates between the root's own
+	// roots during a rotation: the subject and key of one root of the own
+	// trust domains, signed by another (old root by new, new by old). Issuers
+	// put the one for the root their intermediate chains to into every chain
+	// they return, so that a relying party anchored on either root alone
+	// verifies leaves of both. Not covered by signature: each authenticates
+	// itself by a root's signature and links keys the signed roots already
+	// hold; a receiver keeps only those that link two of its own roots
+	// (trust.Bundle.WithCrossSigned).
+	CrossCertificates [][]byte `protobuf:"bytes,7,rep,name=cross_certificates,json=crossCertificates,proto3" json:"cross_certificates,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Bundle) Reset() {
@@ -290,6 +300,13 @@ func (x *Bundle) GetSignature() []byte {
 func (x *Bundle) GetSignerSha256() []byte {
 	if x != nil {
 		return x.SignerSha256
+	}
+	return nil
+}
+
+func (x *Bundle) GetCrossCertificates() [][]byte {
+	if x != nil {
+		return x.CrossCertificates
 	}
 	return nil
 }
@@ -534,14 +551,15 @@ const file_meshca_v1_bundle_proto_rawDesc = "" +
 	"\x12WatchBundleRequest\x12%\n" +
 	"\x0eknown_sequence\x18\x01 \x01(\x04R\rknownSequence\"@\n" +
 	"\x13WatchBundleResponse\x12)\n" +
-	"\x06bundle\x18\x01 \x01(\v2\x11.meshca.v1.BundleR\x06bundle\"\x8a\x02\n" +
+	"\x06bundle\x18\x01 \x01(\v2\x11.meshca.v1.BundleR\x06bundle\"\xb9\x02\n" +
 	"\x06Bundle\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12A\n" +
 	"\rtrust_domains\x18\x02 \x03(\v2\x1c.meshca.v1.TrustDomainBundleR\ftrustDomains\x12,\n" +
 	"\x12active_root_sha256\x18\x03 \x01(\fR\x10activeRootSha256\x120\n" +
 	"\x14refresh_hint_seconds\x18\x04 \x01(\x03R\x12refreshHintSeconds\x12\x1c\n" +
 	"\tsignature\x18\x05 \x01(\fR\tsignature\x12#\n" +
-	"\rsigner_sha256\x18\x06 \x01(\fR\fsignerSha256\":\n" +
+	"\rsigner_sha256\x18\x06 \x01(\fR\fsignerSha256\x12-\n" +
+	"\x12cross_certificates\x18\a \x03(\fR\x11crossCertificates\":\n" +
 	"\x03CRL\x12\x10\n" +
 	"\x03der\x18\x01 \x01(\fR\x03der\x12!\n" +
 	"\fissuer_chain\x18\x02 \x03(\fR\vissuerChain\"\xe5\x01\n" +

@@ -1,0 +1,118 @@
+package ca
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.step.sm/crypto/keyutil"
+)
+
+// crossPathLen is the path length of a cross certificate: one cluster
+// intermediate below it, as below the root it copies. It also stops a chain
+// from running through two cross certificates (old → new → old).
+const crossPathLen = 1
+
+// CrossRequest asks one root to certify another root's subject and key.
+type CrossRequest struct {
+	// Subject is the other root: a self-signed CA certificate with a key of
+	// its own. Required.
+	Subject *x509.Certificate
+	// NotAfter, when set, ends the certificate earlier than the two roots
+	// do; zero means the earlier of the two roots' NotAfter.
+	NotAfter time.Time
+	// Now is the issuance time; zero means time.Now().
+	Now time.Time
+}
+
+// CrossSign signs req.Subject's subject and public key with a's root key: a
+// cross certificate, with which a relying party that anchors on a's root
+// alone verifies chains ending in req.Subject (and the other way round with
+// the certificate req.Subject's key signs for a). The certificate is a CA
+// with path length 1, no other extension than the key identifiers, and lies
+// within the validity of both roots and before req.NotAfter. a must be a
+// root (its own certificate self-signed, no chain above it). The result is
+// checked before it is returned: signed by a, for req.Subject's subject and
+// key.
+func (a *Authority) CrossSign(req CrossRequest) (*x509.Certificate, error) {
+	s := req.Subject
+	switch {
+	case s == nil:
+		return nil, errors.New("cross certificate: subject root is required")
+	case len(a.Chain) != 0 || a.Certificate.CheckSignatureFrom(a.Certificate) != nil:
+		return nil, fmt.Errorf("cross certificate: signer %q is not a self-signed root", a.Certificate.Subject)
+	case !s.IsCA || !s.BasicConstraintsValid || s.CheckSignatureFrom(s) != nil:
+		return nil, fmt.Errorf("cross certificate: subject %q is not a self-signed root", s.Subject)
+	case keyutil.Equal(s.PublicKey, a.Certificate.PublicKey):
+		return nil, errors.New("cross certificate: subject and signer share one key")
+	}
+	now := req.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	notBefore := latest(a.Certificate.NotBefore, s.NotBefore, now.Add(-backdate))
+	notAfter := earliest(a.Certificate.NotAfter, s.NotAfter)
+	if !req.NotAfter.IsZero() {
+		notAfter = earliest(notAfter, req.NotAfter)
+	}
+	if !notAfter.After(now) || !notAfter.After(notBefore) {
+		return nil, fmt.Errorf("%w: no time left for a cross certificate of %q (until %s)", ErrCAExpired, s.Subject,
+			notAfter.UTC().Format(time.RFC3339))
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		RawSubject:   s.RawSubject,
+		SubjectKeyId: s.SubjectKeyId,
+		// Set by hand: two roots usually share one name, and for a subject
+		// equal to its issuer x509.CreateCertificate leaves the authority
+		// key identifier out, which verifiers then need to tell the roots
+		// apart.
+		AuthorityKeyId:        a.Certificate.SubjectKeyId,
+		NotBefore:             notBefore.UTC(),
+		NotAfter:              notAfter.UTC(),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLen:            crossPathLen,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.Certificate, s.PublicKey, a.Signer)
+	if err != nil {
+		return nil, fmt.Errorf("cross certificate: sign: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("cross certificate: parse: %w", err)
+	}
+	if !bytes.Equal(cert.RawSubject, s.RawSubject) || !keyutil.Equal(cert.PublicKey, s.PublicKey) ||
+		cert.CheckSignatureFrom(a.Certificate) != nil {
+		return nil, errors.New("cross certificate: result does not certify the subject root under the signer")
+	}
+	return cert, nil
+}
+
+func latest(ts ...time.Time) time.Time {
+	out := ts[0]
+	for _, t := range ts[1:] {
+		if t.After(out) {
+			out = t
+		}
+	}
+	return out
+}
+
+func earliest(ts ...time.Time) time.Time {
+	out := ts[0]
+	for _, t := range ts[1:] {
+		if t.Before(out) {
+			out = t
+		}
+	}
+	return out
+}
