@@ -35,10 +35,9 @@ NODE_TOOLS_HASH := $(shell cat test/testbed/node/go.sum test/testbed/node/pause/
 	test/testbed/node/imagepack/*.go 2>/dev/null | sha256sum | cut -c1-12)
 IMAGEPACK_BIN   := $(CACHE_DIR)/imagepack-$(NODE_TOOLS_HASH)
 PAUSE_IMAGE     := $(CACHE_DIR)/pause-image-$(NODE_TOOLS_HASH).tar
+PAUSE_IMAGE_REF := localhost/meshca-pause:$(NODE_TOOLS_HASH)
 export MESHCA_IMAGEPACK_BIN ?= $(IMAGEPACK_BIN)
 export MESHCA_PAUSE_IMAGE ?= $(PAUSE_IMAGE)
-# The sandbox image's name; containerd is configured to use it, never pull it.
-export MESHCA_PAUSE_IMAGE_REF ?= localhost/meshca-pause:$(NODE_TOOLS_HASH)
 
 TESTBED_TARGETS += testbed-node
 .PHONY: testbed-node
@@ -97,5 +96,5 @@ $(PAUSE_IMAGE): $(IMAGEPACK_BIN)
 	tmp=$(CACHE_DIR)/pause.tmp.$$$$ && trap 'rm -rf "$$tmp"' EXIT && mkdir -p "$$tmp" && \
 		(cd test/testbed/node && GOWORK=off CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath \
 			-ldflags '-s -w' -o "$$tmp/pause" ./pause) && \
-		$(IMAGEPACK_BIN) -binary "$$tmp/pause" -ref $(MESHCA_PAUSE_IMAGE_REF) -user 65535 -o "$$tmp/image.tar" && \
+		$(IMAGEPACK_BIN) -binary "$$tmp/pause" -ref $(PAUSE_IMAGE_REF) -user 65535 -o "$$tmp/image.tar" && \
 		mv -f "$$tmp/image.tar" $@

@@ -1,0 +1,108 @@
+package nodetest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"testing"
+	"time"
+
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshca/meshca/internal/testkit"
+)
+
+// TestPodProjectedToken runs a real pod on a real kubelet: a locally built
+// image, host network, a projected service-account token for audience
+// meshca. The test reads the token the kubelet mounted through the pod's
+// own server and has the API server review it: it names the pod.
+func TestPodProjectedToken(t *testing.T) {
+	n := Start(t)
+	ns := n.Namespace(t)
+	const ref = "localhost/nodetest-tokenserver:test"
+	n.BuildImage(t, "./testdata/tokenserver", ref)
+
+	addr := testkit.FreeAddr(t)
+	expiry := int64(600)
+	nonRoot, uid := true, int64(65532)
+	pod, err := n.Admin.CoreV1().Pods(ns).Create(context.Background(), &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "tokenserver"},
+		Spec: corev1.PodSpec{
+			HostNetwork: true,
+			Containers: []corev1.Container{{
+				Name: "app", Image: ref, ImagePullPolicy: corev1.PullNever,
+				Args:         []string{"-listen", addr, "-token", "/var/run/secrets/meshca/token"},
+				VolumeMounts: []corev1.VolumeMount{{Name: "meshca-token", MountPath: "/var/run/secrets/meshca", ReadOnly: true}},
+				SecurityContext: &corev1.SecurityContext{
+					RunAsNonRoot: &nonRoot, RunAsUser: &uid, ReadOnlyRootFilesystem: &nonRoot,
+					AllowPrivilegeEscalation: new(bool),
+					Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+					SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+				},
+			}},
+			Volumes: []corev1.Volume{{Name: "meshca-token", VolumeSource: corev1.VolumeSource{
+				Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{
+					ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: "meshca", ExpirationSeconds: &expiry, Path: "token"},
+				}}},
+			}}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	pod = n.WaitPodRunning(t, ns, pod.Name)
+	t.Logf("pod running %.1fs after creation", time.Since(start).Seconds())
+
+	var token string
+	testkit.Eventually(t, 30*time.Second, "token served by the pod", func() error {
+		var err error
+		token, err = get("http://" + addr + "/token")
+		return err
+	})
+
+	review, err := n.Admin.AuthenticationV1().TokenReviews().Create(context.Background(), &authnv1.TokenReview{
+		Spec: authnv1.TokenReviewSpec{Token: token, Audiences: []string{"meshca"}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := review.Status
+	if !st.Authenticated {
+		t.Fatalf("token from the pod not authenticated: %s", st.Error)
+	}
+	if want := "system:serviceaccount:" + ns + ":default"; st.User.Username != want {
+		t.Errorf("username %q, want %q", st.User.Username, want)
+	}
+	if got := st.User.Extra["authentication.kubernetes.io/pod-name"]; len(got) != 1 || got[0] != pod.Name {
+		t.Errorf("pod-name %v, want %s", got, pod.Name)
+	}
+	if got := st.User.Extra["authentication.kubernetes.io/pod-uid"]; len(got) != 1 || got[0] != string(pod.UID) {
+		t.Errorf("pod-uid %v, want %s", got, pod.UID)
+	}
+	if len(st.Audiences) != 1 || st.Audiences[0] != "meshca" {
+		t.Errorf("audiences %v, want [meshca]", st.Audiences)
+	}
+}
+
+// get returns the body of a 200 answer to GET url.
+func get(url string) (string, error) {
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET %s: %s: %s", url, strconv.Itoa(resp.StatusCode), body)
+	}
+	return string(body), nil
+}

@@ -1,0 +1,278 @@
+// Package nodetest runs a real single-node Kubernetes cluster for tests:
+// etcd and kube-apiserver (test/kubetest), kube-controller-manager,
+// kube-scheduler, containerd with runc, and a kubelet, all on 127.0.0.1,
+// built by the test bed (test/testbed/node.mk). Pods run for real: the
+// kubelet mounts projected service-account tokens it requests from the API
+// server. Pods use the host's network (hostNetwork: true; there is no CNI
+// plugin and no kube-proxy) and locally imported images (ImportImage,
+// PackImage; imagePullPolicy: Never), as no registry can be reached.
+//
+// Every node keeps its files, sockets and cgroups apart from any other
+// node's, so two test runs do not collide, and its clean-up stops the
+// processes, kills the containers and their shims, unmounts what the
+// kubelet and containerd mounted and removes the cgroups, also when the
+// test failed. It is test support only; production code never imports it.
+package nodetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/test/harness"
+	"github.com/meshca/meshca/test/kubetest"
+)
+
+// NodeName is the node's name. The kubelet refuses a loopback node IP, so
+// the API server reaches it by this host name (which resolves to
+// 127.0.0.1), and its serving certificate is for it.
+const NodeName = "localhost"
+
+// Time bounds. The machine running tests may be busy; these are limits,
+// not expectations.
+const (
+	containerdReadyTimeout = 60 * time.Second
+	nodeReadyTimeout       = 3 * time.Minute
+	// PodStartTimeout bounds how long a pod may take to run.
+	PodStartTimeout = 2 * time.Minute
+)
+
+// Node is a running single-node cluster.
+type Node struct {
+	*kubetest.Cluster
+	// ReadyAfter is how long the node took from Start until Ready.
+	ReadyAfter time.Duration
+
+	bins   Binaries
+	dir    layout
+	cgroup string // cgroup root, below every hierarchy
+}
+
+// Start starts a node for tb and tears it down in tb.Cleanup.
+func Start(tb testing.TB) *Node {
+	tb.Helper()
+	bins := FindBinaries(tb)
+	t0 := time.Now()
+	cluster := kubetest.Start(tb, kubetest.Options{Name: "node", APIServerArgs: []string{
+		// The kubelet reads its pods' secrets and requests their tokens:
+		// the Node authorizer and NodeRestriction allow that and no more.
+		"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+		"--allow-privileged=true", "--kubelet-preferred-address-types=Hostname,InternalIP",
+	}})
+	root, err := os.MkdirTemp("", "meshca-node-")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	n := &Node{Cluster: cluster, bins: bins, dir: layout{root: root}}
+	n.cgroup = cgroupName(root)
+	// Registered before any process starts, so that it runs after they are
+	// all stopped (cleanups run last-in first-out).
+	tb.Cleanup(func() {
+		if err := n.teardown(); err != nil {
+			tb.Errorf("node teardown: %v", err)
+		}
+	})
+	n.startContainerd(tb)
+	n.ImportImage(tb, bins.PauseImage)
+	n.startControlPlane(tb)
+	n.startKubelet(tb)
+	n.waitReady(tb)
+	n.ReadyAfter = time.Since(t0)
+	tb.Logf("node %s ready %.1fs after start", NodeName, n.ReadyAfter.Seconds())
+	return n
+}
+
+func (n *Node) startContainerd(tb testing.TB) {
+	tb.Helper()
+	l := n.dir
+	err := writeFiles(map[string][]byte{
+		l.path("containerd.toml"):                   []byte(containerdConfig(l, n.bins.Runc, n.bins.PauseRef)),
+		l.path("cni", "conf", "10-meshca.conflist"): []byte(cniConfig),
+		l.path("cni", "bin", ".keep"):               nil,
+		l.path("containerd", "tmp", ".keep"):        nil,
+		l.path("s", ".keep"):                        nil,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// containerd finds its shim on PATH.
+	tb.Setenv("PATH", filepath.Dir(n.bins.Shim)+string(os.PathListSeparator)+os.Getenv("PATH"))
+	p := harness.Start(tb, n.bins.Containerd, "containerd", "--config", l.path("containerd.toml"), "--log-level", "warn")
+	testkit.Eventually(tb, containerdReadyTimeout, "containerd serving", func() error {
+		select {
+		case <-p.Done():
+			tb.Fatalf("containerd exited: %v\n%s", p.Err(), p.Output())
+		default:
+		}
+		_, err := n.ctr("version")
+		return err
+	})
+}
+
+// ctr runs ctr against the node's containerd in the k8s.io namespace (the
+// CRI's) and returns its output.
+func (n *Node) ctr(args ...string) (string, error) {
+	return harness.Run(n.bins.Ctr, append([]string{"--address", n.dir.containerdSock(), "--namespace", "k8s.io"}, args...)...)
+}
+
+// ImportImage imports the OCI archive at path into the node's image store.
+// Pods use it by its name (ImageRef) with imagePullPolicy: Never.
+func (n *Node) ImportImage(tb testing.TB, path string) {
+	tb.Helper()
+	if out, err := n.ctr("images", "import", "--platform", "linux/amd64", path); err != nil {
+		tb.Fatalf("import image %s: %v\n%s", path, err, out)
+	}
+}
+
+// startControlPlane starts kube-controller-manager (service-account tokens
+// per controller, the "default" ServiceAccount and kube-root-ca.crt in
+// every namespace, Deployments, garbage collection) and kube-scheduler.
+// Neither serves HTTPS (--secure-port=0), so nothing listens on a fixed
+// port.
+func (n *Node) startControlPlane(tb testing.TB) {
+	tb.Helper()
+	cm := n.kubeconfig(tb, "controller-manager", "system:kube-controller-manager")
+	harness.Start(tb, n.bins.ControllerManager, "kube-controller-manager",
+		"--kubeconfig="+cm, "--leader-elect=false", "--secure-port=0",
+		"--use-service-account-credentials=true", "--root-ca-file="+n.CAFile(), "--v=1")
+	sched := n.kubeconfig(tb, "scheduler", "system:kube-scheduler")
+	harness.Start(tb, n.bins.Scheduler, "kube-scheduler",
+		"--kubeconfig="+sched, "--leader-elect=false", "--secure-port=0", "--v=1")
+}
+
+// kubeconfig writes a kubeconfig for user (client certificate of the
+// cluster CA) and returns its path.
+func (n *Node) kubeconfig(tb testing.TB, name, user string, groups ...string) string {
+	tb.Helper()
+	cert, key, err := n.ClientCert(user, groups...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	path := n.dir.path(name + ".kubeconfig")
+	if err := n.WriteCertKubeconfig(path, cert, key); err != nil {
+		tb.Fatal(err)
+	}
+	return path
+}
+
+func (n *Node) startKubelet(tb testing.TB) {
+	tb.Helper()
+	l := n.dir
+	kc := n.kubeconfig(tb, "kubelet", "system:node:"+NodeName, "system:nodes")
+	cert, key, err := n.ServingCert(NodeName, []string{NodeName}, localhostIPs)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := n.makeCgroups(); err != nil {
+		tb.Fatal(err)
+	}
+	certFile, keyFile := l.path("kubelet-serving.pem"), l.path("kubelet-serving-key.pem")
+	cfg, err := kubeletConfig(l, testkit.FreePort(tb), n.CAFile(), certFile, keyFile, "/"+n.cgroup)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := writeFiles(map[string][]byte{
+		certFile: cert, keyFile: key, l.path("kubelet.yaml"): cfg, l.path("pod-logs", ".keep"): nil,
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	harness.Start(tb, n.bins.Kubelet, "kubelet",
+		"--config="+l.path("kubelet.yaml"), "--kubeconfig="+kc, "--root-dir="+l.kubeletRoot(),
+		"--hostname-override="+NodeName, "--v=1")
+}
+
+func (n *Node) waitReady(tb testing.TB) {
+	tb.Helper()
+	testkit.Eventually(tb, nodeReadyTimeout, "node "+NodeName+" Ready", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		node, err := n.Admin.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, c := range node.Status.Conditions {
+			if c.Type == corev1.NodeReady {
+				if c.Status == corev1.ConditionTrue {
+					return nil
+				}
+				return fmt.Errorf("%s: %s", c.Reason, c.Message)
+			}
+		}
+		return errors.New("no Ready condition yet")
+	})
+}
+
+// Namespace creates a namespace with a fresh random name and waits until
+// the controller manager has given it its "default" ServiceAccount and the
+// kube-root-ca.crt ConfigMap, without which no pod starts.
+func (n *Node) Namespace(tb testing.TB) string {
+	tb.Helper()
+	ns := n.Cluster.Namespace(tb)
+	testkit.Eventually(tb, time.Minute, "namespace "+ns+" set up", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := n.Admin.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{}); err != nil {
+			return err
+		}
+		_, err := n.Admin.CoreV1().ConfigMaps(ns).Get(ctx, "kube-root-ca.crt", metav1.GetOptions{})
+		return err
+	})
+	return ns
+}
+
+// WaitPodRunning waits until pod ns/name runs (phase Running, every
+// container started) and returns it. It fails the test at once if the pod
+// fails, with the pod's status.
+func (n *Node) WaitPodRunning(tb testing.TB, ns, name string) *corev1.Pod {
+	tb.Helper()
+	var pod *corev1.Pod
+	testkit.Eventually(tb, PodStartTimeout, "pod "+ns+"/"+name+" running", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		var err error
+		if pod, err = n.Admin.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{}); err != nil {
+			return err
+		}
+		if pod.Status.Phase == corev1.PodFailed || pod.Status.Phase == corev1.PodSucceeded {
+			tb.Fatalf("pod %s/%s ended: %s %s", ns, name, pod.Status.Phase, pod.Status.Message)
+		}
+		if pod.Status.Phase != corev1.PodRunning {
+			return fmt.Errorf("phase %s: %s", pod.Status.Phase, podWaiting(pod))
+		}
+		for _, cs := range pod.Status.ContainerStatuses {
+			if cs.State.Running == nil {
+				return fmt.Errorf("container %s not running: %s", cs.Name, podWaiting(pod))
+			}
+		}
+		return nil
+	})
+	return pod
+}
+
+// podWaiting says why a pod's containers wait, for failure messages.
+func podWaiting(pod *corev1.Pod) string {
+	s := ""
+	for _, c := range pod.Status.Conditions {
+		if c.Status != corev1.ConditionTrue && c.Message != "" {
+			s += string(c.Type) + ": " + c.Message + "; "
+		}
+	}
+	for _, cs := range pod.Status.ContainerStatuses {
+		if w := cs.State.Waiting; w != nil {
+			s += cs.Name + ": " + w.Reason + " " + w.Message + "; "
+		}
+		if t := cs.LastTerminationState.Terminated; t != nil {
+			s += cs.Name + " last exit " + strconv.Itoa(int(t.ExitCode)) + " " + t.Reason + "; "
+		}
+	}
+	return s
+}

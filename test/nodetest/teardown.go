@@ -1,0 +1,260 @@
+package nodetest
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/meshca/meshca/test/harness"
+)
+
+// containerLogLinks is where the kubelet links every container's log, a
+// path it does not let us move.
+const containerLogLinks = "/var/log/containers"
+
+// teardown removes what the node left once its processes are stopped:
+// containers (by runc, whose state is the node's own), the shims (found by
+// their containerd address, which is the node's own), every mount under the
+// node's directory (deepest first), the node's cgroups (leaves first), the
+// kubelet's log links into the node's directory, and the directory. It goes
+// on after an error and returns them all.
+func (n *Node) teardown() error {
+	var errs []error
+	errs = append(errs, n.killContainers())
+	errs = append(errs, killShims(n.dir.containerdSock()))
+	errs = append(errs, unmountUnder(n.dir.root))
+	errs = append(errs, n.removeCgroups())
+	errs = append(errs, removeLinksInto(containerLogLinks, n.dir.root))
+	if err := os.RemoveAll(n.dir.root); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// killContainers force-deletes every container runc knows in the node's
+// runc state directory (containerd keeps one per namespace).
+func (n *Node) killContainers() error {
+	nsDirs, err := os.ReadDir(n.dir.runcRoot())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, ns := range nsDirs {
+		root := filepath.Join(n.dir.runcRoot(), ns.Name())
+		ids, err := harness.Run(n.bins.Runc, "--root", root, "list", "--quiet")
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for id := range strings.FieldsSeq(ids) {
+			if _, err := harness.Run(n.bins.Runc, "--root", root, "delete", "--force", id); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// killShims kills every containerd-shim-runc-v2 serving the containerd at
+// address. Shims outlive containerd by design; theirs is found in their
+// command line (-address ADDRESS).
+func killShims(address string) error {
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return err
+	}
+	var killed []int
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(bytes.TrimRight(cmdline, "\x00")), "\x00")
+		if !strings.HasSuffix(args[0], "containerd-shim-runc-v2") {
+			continue
+		}
+		if i := slices.Index(args, "-address"); i >= 0 && i+1 < len(args) && args[i+1] == address {
+			if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {
+				killed = append(killed, pid)
+			}
+		}
+	}
+	// Wait (bounded) until they are gone, so that their mounts are free.
+	deadline := time.Now().Add(10 * time.Second)
+	for _, pid := range killed {
+		for syscall.Kill(pid, 0) == nil && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// unmountUnder unmounts every mount point at or below dir, deepest first;
+// a busy mount is detached (lazily unmounted) rather than left.
+func unmountUnder(dir string) error {
+	points, err := mountPoints(func(point, _ string) bool {
+		return point == dir || strings.HasPrefix(point, dir+"/")
+	})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, p := range points {
+		if err := syscall.Unmount(p, 0); err != nil {
+			if err := syscall.Unmount(p, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) {
+				errs = append(errs, fmt.Errorf("unmount %s: %w", p, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// mountPoints returns the mount points of this mount namespace for which
+// keep(point, fstype) holds, deepest (longest) first, each once.
+func mountPoints(keep func(point, fstype string) bool) ([]string, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	return parseMountInfo(data, keep)
+}
+
+// parseMountInfo is mountPoints on the contents of a mountinfo file.
+func parseMountInfo(data []byte, keep func(point, fstype string) bool) ([]string, error) {
+	var points []string
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for sc.Scan() {
+		// ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+		f := strings.Fields(sc.Text())
+		sep := slices.Index(f, "-")
+		if len(f) < 5 || sep < 0 || sep+1 >= len(f) {
+			continue
+		}
+		point := unescapeMount(f[4])
+		if keep(point, f[sep+1]) && !slices.Contains(points, point) {
+			points = append(points, point)
+		}
+	}
+	slices.SortStableFunc(points, func(a, b string) int { return len(b) - len(a) })
+	return points, sc.Err()
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// cgroupHierarchies are the mount points of every cgroup hierarchy (v1
+// controllers and the v2 tree of the hybrid layout).
+func cgroupHierarchies() ([]string, error) {
+	return mountPoints(func(_, fstype string) bool { return fstype == "cgroup" || fstype == "cgroup2" })
+}
+
+// makeCgroups creates the node's cgroup root in every hierarchy; the
+// kubelet requires it to exist and puts its pod cgroups below it.
+func (n *Node) makeCgroups() error {
+	hs, err := cgroupHierarchies()
+	if err != nil {
+		return err
+	}
+	for _, h := range hs {
+		if err := os.Mkdir(filepath.Join(h, n.cgroup), 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("cgroup %s: %w", n.cgroup, err)
+		}
+	}
+	return nil
+}
+
+// removeCgroups removes the node's cgroups in every hierarchy, leaves
+// first. A cgroup that still holds a process cannot be removed: that is an
+// error, as it means a container survived.
+func (n *Node) removeCgroups() error {
+	hs, err := cgroupHierarchies()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, h := range hs {
+		root := filepath.Join(h, n.cgroup)
+		var dirs []string
+		_ = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, path)
+			}
+			return nil
+		})
+		slices.Reverse(dirs) // children after their parent in a walk
+		for _, d := range dirs {
+			if err := removeCgroup(d); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeCgroup removes one empty cgroup, retrying briefly while the kernel
+// finishes taking its last killed processes out of it.
+func removeCgroup(dir string) error {
+	var err error
+	for range 50 {
+		if err = syscall.Rmdir(dir); err == nil || errors.Is(err, syscall.ENOENT) {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("remove cgroup %s: %w", dir, err)
+}
+
+// removeLinksInto removes the symbolic links in dir that point below
+// target.
+func removeLinksInto(dir, target string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		if dest, err := os.Readlink(p); err == nil && strings.HasPrefix(dest, target+"/") {
+			if err := os.Remove(p); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
