@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,9 +22,44 @@ import (
 // TestPodProjectedToken runs a real pod on a real kubelet: a locally built
 // image, host network, a projected service-account token for audience
 // meshca. The test reads the token the kubelet mounted through the pod's
-// own server and has the API server review it: it names the pod.
+// own server and has the API server review it: it names the pod. Once the
+// node is torn down, nothing of it is left.
 func TestPodProjectedToken(t *testing.T) {
-	n := Start(t)
+	var n *Node
+	t.Run("pod", func(t *testing.T) {
+		n = Start(t)
+		podProjectedToken(t, n)
+	})
+	if n != nil {
+		checkTornDown(t, n)
+	}
+}
+
+// checkTornDown fails t if anything of the stopped node n is left: its
+// directory, a mount below it, a shim, a cgroup.
+func checkTornDown(t *testing.T, n *Node) {
+	if _, err := os.Stat(n.dir.root); !os.IsNotExist(err) {
+		t.Errorf("node directory %s left: %v", n.dir.root, err)
+	}
+	mounts, err := mountPoints(func(point, _ string) bool { return strings.HasPrefix(point, n.dir.root+"/") })
+	if err != nil || len(mounts) > 0 {
+		t.Errorf("mounts left under %s: %q %v", n.dir.root, mounts, err)
+	}
+	hs, err := cgroupHierarchies()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hs {
+		if _, err := os.Stat(filepath.Join(h, n.cgroup)); !os.IsNotExist(err) {
+			t.Errorf("cgroup %s left in %s: %v", n.cgroup, h, err)
+		}
+	}
+	if pids := shims(n.dir.containerdSock()); len(pids) > 0 {
+		t.Errorf("shims left: %v", pids)
+	}
+}
+
+func podProjectedToken(t *testing.T, n *Node) {
 	ns := n.Namespace(t)
 	const ref = "localhost/nodetest-tokenserver:test"
 	n.BuildImage(t, "./testdata/tokenserver", ref)

@@ -68,21 +68,38 @@ func (n *Node) killContainers() error {
 }
 
 // killShims kills every containerd-shim-runc-v2 serving the containerd at
-// address. Shims outlive containerd by design; theirs is found in their
-// command line (-address ADDRESS).
+// address and waits (bounded) until they are gone, so that their mounts are
+// free. Shims outlive containerd by design.
 func killShims(address string) error {
-	procs, err := os.ReadDir("/proc")
-	if err != nil {
-		return err
+	pids := shims(address)
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
-	var killed []int
+	deadline := time.Now().Add(10 * time.Second)
+	for _, pid := range pids {
+		for syscall.Kill(pid, 0) == nil && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if left := shims(address); len(left) > 0 {
+		return fmt.Errorf("shims %v still running after SIGKILL", left)
+	}
+	return nil
+}
+
+// shims returns the process ids of the containerd-shim-runc-v2 processes
+// serving the containerd at address, found by their command line
+// (-address ADDRESS).
+func shims(address string) []int {
+	procs, _ := os.ReadDir("/proc")
+	var pids []int
 	for _, p := range procs {
 		pid, err := strconv.Atoi(p.Name())
 		if err != nil {
 			continue
 		}
 		cmdline, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
-		if err != nil {
+		if err != nil || len(cmdline) == 0 {
 			continue
 		}
 		args := strings.Split(string(bytes.TrimRight(cmdline, "\x00")), "\x00")
@@ -90,19 +107,10 @@ func killShims(address string) error {
 			continue
 		}
 		if i := slices.Index(args, "-address"); i >= 0 && i+1 < len(args) && args[i+1] == address {
-			if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {
-				killed = append(killed, pid)
-			}
+			pids = append(pids, pid)
 		}
 	}
-	// Wait (bounded) until they are gone, so that their mounts are free.
-	deadline := time.Now().Add(10 * time.Second)
-	for _, pid := range killed {
-		for syscall.Kill(pid, 0) == nil && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	return nil
+	return pids
 }
 
 // unmountUnder unmounts every mount point at or below dir, deepest first;
