@@ -25,21 +25,25 @@ func (l layout) runcRoot() string       { return l.path("runc") }
 func (l layout) kubeletRoot() string    { return l.path("kubelet") }
 func (l layout) podLogs() string        { return l.path("pod-logs") }
 
-// containerdConfig is containerd's configuration (format version 3): its
-// own root, state, sockets and runc state; CRI with the local sandbox image,
-// runc as the runtime, and the three settings this kind of machine needs.
-// NRI and the /opt installer are off, as they use fixed host paths.
-func containerdConfig(l layout, runc, pauseRef string) string {
+// containerdConfig is containerd's configuration (format version 4, that of
+// containerd 2.4): its own root, state, sockets, runc state and CDI
+// directory; CRI with
+// the local sandbox image, runc as the runtime, and the settings this kind
+// of machine needs. NRI, the /opt installer and the image verifiers are off,
+// as they use fixed host paths. containerd 2.4 always adds
+// /etc/containerd/conf.d/*.toml to the imports, so Start refuses to run
+// where such files exist.
+func containerdConfig(l layout, shim, runc, pauseRef string) string {
 	q := func(s string) string { b, _ := json.Marshal(s); return string(b) }
-	return fmt.Sprintf(`version = 3
+	return fmt.Sprintf(`version = 4
 root = %[1]s
 state = %[2]s
 temp = %[3]s
-disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
+disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt", "io.containerd.image-verifier.v1.bindir"]
 
-[grpc]
+[plugins."io.containerd.server.v1.grpc"]
   address = %[4]s
-[ttrpc]
+[plugins."io.containerd.server.v1.ttrpc"]
   address = %[5]s
 
 [plugins."io.containerd.shim.v1.manager"]
@@ -58,12 +62,13 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
   # Even root lacks CAP_SYS_RESOURCE here: lowering a process's
   # oom_score_adj is refused, so never ask for less than containerd's own.
   restrict_oom_score_adj = true
-  enable_cdi = false
+  cdi_spec_dirs = [%[12]s]
   netns_mounts_under_state_dir = true
   [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"
     [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+      runtime_path = %[13]s
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
         BinaryName = %[8]s
         Root = %[9]s
@@ -74,8 +79,12 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt"]
     conf_dir = %[11]s
 `, q(l.path("containerd", "root")), q(l.path("containerd", "state")), q(l.path("containerd", "tmp")),
 		q(l.containerdSock()), q(l.containerdSock()+".ttrpc"), q(l.path("s")), q(pauseRef),
-		q(runc), q(l.runcRoot()), q(l.path("cni", "bin")), q(l.path("cni", "conf")))
+		q(runc), q(l.runcRoot()), q(l.path("cni", "bin")), q(l.path("cni", "conf")), q(l.path("cdi")), q(shim))
 }
+
+// hostContainerdDropIns are the configuration files containerd 2.4 reads
+// besides the one it is given, whatever that one says.
+const hostContainerdDropIns = "/etc/containerd/conf.d/*.toml"
 
 // cniConfig is a network configuration that makes containerd report the
 // pod network ready (without one the node never becomes Ready). Pods of this
@@ -130,6 +139,16 @@ func writeFiles(files map[string][]byte) error {
 			return err
 		}
 		if err := os.WriteFile(path, data, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// mkdirs creates each directory (mode 0700) with its parents.
+func mkdirs(dirs ...string) error {
+	for _, d := range dirs {
+		if err := os.MkdirAll(d, 0o700); err != nil {
 			return err
 		}
 	}

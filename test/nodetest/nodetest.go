@@ -93,19 +93,20 @@ func Start(tb testing.TB) *Node {
 
 func (n *Node) startContainerd(tb testing.TB) {
 	tb.Helper()
+	if dropIns, _ := filepath.Glob(hostContainerdDropIns); len(dropIns) > 0 {
+		tb.Fatalf("containerd would read this host's %v into the test node's configuration", dropIns)
+	}
 	l := n.dir
 	err := writeFiles(map[string][]byte{
-		l.path("containerd.toml"):                   []byte(containerdConfig(l, n.bins.Runc, n.bins.PauseRef)),
+		l.path("containerd.toml"):                   []byte(containerdConfig(l, n.bins.Shim, n.bins.Runc, n.bins.PauseRef)),
 		l.path("cni", "conf", "10-meshca.conflist"): []byte(cniConfig),
-		l.path("cni", "bin", ".keep"):               nil,
-		l.path("containerd", "tmp", ".keep"):        nil,
-		l.path("s", ".keep"):                        nil,
 	})
+	if err == nil {
+		err = mkdirs(l.path("cni", "bin"), l.path("cdi"), l.path("containerd", "tmp"), l.path("s"))
+	}
 	if err != nil {
 		tb.Fatal(err)
 	}
-	// containerd finds its shim on PATH.
-	tb.Setenv("PATH", filepath.Dir(n.bins.Shim)+string(os.PathListSeparator)+os.Getenv("PATH"))
 	p := harness.Start(tb, n.bins.Containerd, "containerd", "--config", l.path("containerd.toml"), "--log-level", "warn")
 	testkit.Eventually(tb, containerdReadyTimeout, "containerd serving", func() error {
 		select {
@@ -181,8 +182,11 @@ func (n *Node) startKubelet(tb testing.TB) {
 		tb.Fatal(err)
 	}
 	if err := writeFiles(map[string][]byte{
-		certFile: cert, keyFile: key, l.path("kubelet.yaml"): cfg, l.path("pod-logs", ".keep"): nil,
+		certFile: cert, keyFile: key, l.path("kubelet.yaml"): cfg,
 	}); err != nil {
+		tb.Fatal(err)
+	}
+	if err := mkdirs(l.podLogs()); err != nil {
 		tb.Fatal(err)
 	}
 	harness.Start(tb, n.bins.Kubelet, "kubelet",
