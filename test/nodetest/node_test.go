@@ -22,8 +22,9 @@ import (
 // TestPodProjectedToken runs a real pod on a real kubelet: a locally built
 // image, host network, a projected service-account token for audience
 // meshca. The test reads the token the kubelet mounted through the pod's
-// own server and has the API server review it: it names the pod. Once the
-// node is torn down, nothing of it is left.
+// own server and has the API server review it: it names the pod. The pod
+// keeps running through a kubelet restart. Once the node is torn down,
+// nothing of it is left.
 func TestPodProjectedToken(t *testing.T) {
 	var n *Node
 	t.Run("pod", func(t *testing.T) {
@@ -124,6 +125,17 @@ func podProjectedToken(t *testing.T, n *Node) {
 	}
 	if len(st.Audiences) != 1 || st.Audiences[0] != "meshca" {
 		t.Errorf("audiences %v, want [meshca]", st.Audiences)
+	}
+
+	// A kubelet restart leaves the running container alone.
+	before := pod.Status.ContainerStatuses[0].ContainerID
+	n.RestartKubelet(t)
+	if _, err := get("http://" + addr + "/token"); err != nil {
+		t.Errorf("pod not serving after the kubelet's restart: %v", err)
+	}
+	pod = n.WaitPodRunning(t, ns, pod.Name)
+	if cs := pod.Status.ContainerStatuses[0]; cs.ContainerID != before || cs.RestartCount != 0 {
+		t.Errorf("container %s (restarts %d) after the kubelet's restart, want %s not restarted", cs.ContainerID, cs.RestartCount, before)
 	}
 }
 

@@ -56,6 +56,11 @@ type Node struct {
 	bins   Binaries
 	dir    layout
 	cgroup string // cgroup root, below every hierarchy
+	// kubelet is the running kubelet and kubeletArgs its command line;
+	// startTB is Start's tb, whose cleanup stops a restarted kubelet.
+	kubelet     *harness.Proc
+	kubeletArgs []string
+	startTB     testing.TB
 }
 
 // Start starts a node for tb and tears it down in tb.Cleanup.
@@ -73,7 +78,7 @@ func Start(tb testing.TB) *Node {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	n := &Node{Cluster: cluster, bins: bins, dir: layout{root: root}}
+	n := &Node{Cluster: cluster, bins: bins, dir: layout{root: root}, startTB: tb}
 	n.cgroup = cgroupName(root)
 	// Registered before any process starts, so that it runs after they are
 	// all stopped (cleanups run last-in first-out).
@@ -192,13 +197,37 @@ func (n *Node) startKubelet(tb testing.TB) {
 	if err := mkdirs(l.podLogs()); err != nil {
 		tb.Fatal(err)
 	}
-	harness.Start(tb, n.bins.Kubelet, "kubelet",
-		"--config="+l.path("kubelet.yaml"), "--kubeconfig="+kc, "--root-dir="+l.kubeletRoot(),
-		"--hostname-override="+NodeName, "--v=1")
+	n.kubeletArgs = []string{
+		"--config=" + l.path("kubelet.yaml"), "--kubeconfig=" + kc, "--root-dir=" + l.kubeletRoot(),
+		"--hostname-override=" + NodeName, "--v=1",
+	}
+	n.kubelet = harness.Start(tb, n.bins.Kubelet, "kubelet", n.kubeletArgs...)
+}
+
+// RestartKubelet stops the kubelet (SIGTERM) and starts it again with the
+// same configuration, as after a kubelet crash or upgrade, and returns once
+// the new kubelet has reported the node Ready. Pods keep running meanwhile:
+// their containers belong to containerd.
+func (n *Node) RestartKubelet(tb testing.TB) {
+	tb.Helper()
+	if err := n.kubelet.Stop(tb); err != nil {
+		tb.Logf("kubelet stopped: %v", err)
+	}
+	restarted := time.Now()
+	n.kubelet = harness.Start(n.startTB, n.bins.Kubelet, "kubelet", n.kubeletArgs...)
+	n.waitHeartbeat(tb, restarted)
 }
 
 func (n *Node) waitReady(tb testing.TB) {
 	tb.Helper()
+	n.waitHeartbeat(tb, time.Time{})
+}
+
+// waitHeartbeat waits until the node is Ready by a status the kubelet
+// posted after since (status times have whole seconds).
+func (n *Node) waitHeartbeat(tb testing.TB, since time.Time) {
+	tb.Helper()
+	since = since.Truncate(time.Second)
 	testkit.Eventually(tb, nodeReadyTimeout, "node "+NodeName+" Ready", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -207,12 +236,16 @@ func (n *Node) waitReady(tb testing.TB) {
 			return err
 		}
 		for _, c := range node.Status.Conditions {
-			if c.Type == corev1.NodeReady {
-				if c.Status == corev1.ConditionTrue {
-					return nil
-				}
+			if c.Type != corev1.NodeReady {
+				continue
+			}
+			if c.Status != corev1.ConditionTrue {
 				return fmt.Errorf("%s: %s", c.Reason, c.Message)
 			}
+			if !c.LastHeartbeatTime.After(since) {
+				return fmt.Errorf("no status from the kubelet since %s", since.Format(time.RFC3339))
+			}
+			return nil
 		}
 		return errors.New("no Ready condition yet")
 	})
