@@ -67,6 +67,9 @@ type Node struct {
 func Start(tb testing.TB) *Node {
 	tb.Helper()
 	bins := FindBinaries(tb)
+	if err := sweepStale(bins.Runc); err != nil {
+		tb.Logf("remains of an earlier test node: %v", err)
+	}
 	t0 := time.Now()
 	cluster := kubetest.Start(tb, kubetest.Options{Name: "node", APIServerArgs: []string{
 		// The kubelet reads its pods' secrets and requests their tokens:

@@ -40,6 +40,38 @@ func (n *Node) teardown() error {
 	return errors.Join(errs...)
 }
 
+// staleAge is how old a node directory must be before sweepStale may take
+// it for the remains of a dead test: a live node starts its containerd
+// within moments of making its directory.
+const staleAge = 2 * time.Minute
+
+// sweepStale tears down the remains of nodes whose test died without
+// cleaning up (a `go test -timeout` panic runs no cleanups): node
+// directories older than staleAge whose containerd no longer runs. It uses
+// runc to delete their containers.
+func sweepStale(runc string) error {
+	dirs, err := filepath.Glob(filepath.Join(os.TempDir(), "meshca-node-*"))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, dir := range dirs {
+		st, err := os.Stat(dir)
+		if err != nil || !st.IsDir() || time.Since(st.ModTime()) < staleAge {
+			continue
+		}
+		cfg := filepath.Join(dir, "containerd.toml")
+		if len(processesWith(func(args []string) bool { return slices.Contains(args, cfg) })) > 0 {
+			continue
+		}
+		n := &Node{bins: Binaries{Runc: runc}, dir: layout{root: dir}, cgroup: cgroupName(dir)}
+		if err := n.teardown(); err != nil {
+			errs = append(errs, fmt.Errorf("stale node %s: %w", dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // killContainers force-deletes every container runc knows in the node's
 // runc state directory (containerd keeps one per namespace).
 func (n *Node) killContainers() error {
@@ -91,6 +123,18 @@ func killShims(address string) error {
 // serving the containerd at address, found by their command line
 // (-address ADDRESS).
 func shims(address string) []int {
+	return processesWith(func(args []string) bool {
+		if !strings.HasSuffix(args[0], "containerd-shim-runc-v2") {
+			return false
+		}
+		i := slices.Index(args, "-address")
+		return i >= 0 && i+1 < len(args) && args[i+1] == address
+	})
+}
+
+// processesWith returns the ids of the processes whose command line
+// (never empty) satisfies match.
+func processesWith(match func(args []string) bool) []int {
 	procs, _ := os.ReadDir("/proc")
 	var pids []int
 	for _, p := range procs {
@@ -102,11 +146,7 @@ func shims(address string) []int {
 		if err != nil || len(cmdline) == 0 {
 			continue
 		}
-		args := strings.Split(string(bytes.TrimRight(cmdline, "\x00")), "\x00")
-		if !strings.HasSuffix(args[0], "containerd-shim-runc-v2") {
-			continue
-		}
-		if i := slices.Index(args, "-address"); i >= 0 && i+1 < len(args) && args[i+1] == address {
+		if match(strings.Split(string(bytes.TrimRight(cmdline, "\x00")), "\x00")) {
 			pids = append(pids, pid)
 		}
 	}
