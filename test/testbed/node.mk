@@ -13,6 +13,7 @@ ifeq ($(.DEFAULT_GOAL),)
 .DEFAULT_GOAL := all
 endif
 
+# KUBE_VERSION and KUBE_LDFLAGS come from kube.mk, included before this file.
 KUBELET_BIN            := $(CACHE_DIR)/kubelet-$(KUBE_VERSION)
 KUBE_CONTROLLER_MANAGER_BIN := $(CACHE_DIR)/kube-controller-manager-$(KUBE_VERSION)
 KUBE_SCHEDULER_BIN     := $(CACHE_DIR)/kube-scheduler-$(KUBE_VERSION)
