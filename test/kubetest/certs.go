@@ -24,6 +24,7 @@ type pki struct {
 	adminCert, adminKey    []byte // PEM
 	servingCert, servingKy string // file paths
 	caFile, saKeyFile      string
+	adminFile, adminKyFile string // the admin certificate and key, for the API server's calls to kubelets
 }
 
 // newPKI writes the cluster's keys and certificates into dir. Every cluster
@@ -67,8 +68,10 @@ func newPKI(dir, name string) (*pki, error) {
 	p.servingCert = filepath.Join(dir, "serving.pem")
 	p.servingKy = filepath.Join(dir, "serving-key.pem")
 	p.saKeyFile = filepath.Join(dir, "sa-key.pem")
+	p.adminFile, p.adminKyFile = filepath.Join(dir, "admin.pem"), filepath.Join(dir, "admin-key.pem")
 	for path, data := range map[string][]byte{
 		p.caFile: p.caPEM, p.servingCert: servingCert, p.servingKy: servingKey,
+		p.adminFile: p.adminCert, p.adminKyFile: p.adminKey,
 	} {
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			return nil, err

@@ -195,6 +195,10 @@ func (c *Cluster) start(ctx context.Context, etcdBin string, extraArgs []string)
 		"--service-account-key-file=" + c.pki.saKeyFile, "--service-account-signing-key-file=" + c.pki.saKeyFile,
 		"--service-account-issuer=" + Issuer, "--api-audiences=" + Issuer,
 		"--service-cluster-ip-range=10.96.0.0/16", "--authorization-mode=RBAC", "--profiling=false",
+		// For a cluster with a kubelet (test/nodetest): logs and exec go
+		// from the API server to the kubelet, verified both ways by the CA.
+		"--kubelet-client-certificate=" + c.pki.adminFile, "--kubelet-client-key=" + c.pki.adminKyFile,
+		"--kubelet-certificate-authority=" + c.pki.caFile,
 	}
 	c.apiArgs = withFlags(c.apiArgs, extraArgs)
 	c.AdminConfig = &rest.Config{

@@ -127,6 +127,12 @@ func podProjectedToken(t *testing.T, n *Node) {
 		t.Errorf("audiences %v, want [meshca]", st.Audiences)
 	}
 
+	// The API server reads the container's log from the kubelet.
+	logs, err := n.Admin.CoreV1().Pods(ns).GetLogs(pod.Name, &corev1.PodLogOptions{}).DoRaw(context.Background())
+	if err != nil || !strings.Contains(string(logs), "tokenserver: serving") {
+		t.Errorf("pod log through the API server: %q, %v", logs, err)
+	}
+
 	// A kubelet restart leaves the running container alone.
 	before := pod.Status.ContainerStatuses[0].ContainerID
 	n.RestartKubelet(t)

@@ -22,5 +22,6 @@ func main() {
 		}
 		w.Write(b)
 	})
+	log.Printf("tokenserver: serving %s on %s", *token, *listen)
 	log.Fatal(http.ListenAndServe(*listen, nil))
 }
