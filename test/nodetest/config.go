@@ -61,6 +61,8 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.internal.v1.opt",
 [plugins."io.containerd.cri.v1.runtime"]
   # Even root lacks CAP_SYS_RESOURCE here: lowering a process's
   # oom_score_adj is refused, so never ask for less than containerd's own.
+  # Without this every sandbox fails: "runc init error(s): nsexec[...]:
+  # failed to update /proc/self/oom_score_adj: Permission denied".
   restrict_oom_score_adj = true
   cdi_spec_dirs = [%[12]s]
   netns_mounts_under_state_dir = true
