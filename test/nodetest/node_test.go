@@ -75,6 +75,7 @@ func podProjectedToken(t *testing.T, n *Node) {
 			Containers: []corev1.Container{{
 				Name: "app", Image: ref, ImagePullPolicy: corev1.PullNever,
 				Args:         []string{"-listen", addr, "-token", "/var/run/secrets/meshca/token"},
+				Env:          n.APIServerEnv(),
 				VolumeMounts: []corev1.VolumeMount{{Name: "meshca-token", MountPath: "/var/run/secrets/meshca", ReadOnly: true}},
 				SecurityContext: &corev1.SecurityContext{
 					RunAsNonRoot: &nonRoot, RunAsUser: &uid, ReadOnlyRootFilesystem: &nonRoot,
@@ -125,6 +126,11 @@ func podProjectedToken(t *testing.T, n *Node) {
 	}
 	if len(st.Audiences) != 1 || st.Audiences[0] != "meshca" {
 		t.Errorf("audiences %v, want [meshca]", st.Audiences)
+	}
+
+	// The pod reaches the API server with its in-cluster configuration.
+	if v, err := get("http://" + addr + "/apiserver-version"); err != nil || !strings.Contains(v, `"gitVersion": "v1.37.2"`) {
+		t.Errorf("API server version from inside the pod: %q, %v", v, err)
 	}
 
 	// The API server reads the container's log from the kubelet.

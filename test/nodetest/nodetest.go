@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -270,6 +271,22 @@ func (n *Node) Namespace(tb testing.TB) string {
 		return err
 	})
 	return ns
+}
+
+// APIServerEnv is what a pod's containers need to reach the API server
+// with their in-cluster configuration: the Service address Kubernetes
+// injects (the first address of 10.96.0.0/16) is not routed here, as no
+// kube-proxy runs, so host-network pods go to 127.0.0.1 directly. The
+// serving certificate is valid for 127.0.0.1.
+func (n *Node) APIServerEnv() []corev1.EnvVar {
+	u, err := url.Parse(n.URL)
+	if err != nil {
+		panic("nodetest: API server URL " + n.URL + ": " + err.Error())
+	}
+	return []corev1.EnvVar{
+		{Name: "KUBERNETES_SERVICE_HOST", Value: u.Hostname()},
+		{Name: "KUBERNETES_SERVICE_PORT", Value: u.Port()},
+	}
 }
 
 // WaitPodRunning waits until pod ns/name runs (phase Running, every
