@@ -60,7 +60,8 @@ $(KUBELET_BIN) $(KUBE_CONTROLLER_MANAGER_BIN) $(KUBE_SCHEDULER_BIN): $(CACHE_DIR
 		mv -f "$$tmp" $@
 
 # containerd and its shim as upstream's Makefile builds them static (the
-# shim without gRPC); ctr imports the test images.
+# shim without gRPC); ctr imports the test images. A directory cannot be
+# replaced atomically: if another build renamed its own first, keep that.
 CONTAINERD_PKG := github.com/containerd/containerd/v2
 CONTAINERD_LDFLAGS := -s -w -X $(CONTAINERD_PKG)/version.Version=$(CONTAINERD_VERSION) \
 	-X $(CONTAINERD_PKG)/version.Package=github.com/containerd/containerd
@@ -72,7 +73,7 @@ $(CONTAINERD_DIR):
 			-ldflags '$(CONTAINERD_LDFLAGS)' -o "$$tmp/" $(CONTAINERD_PKG)/cmd/containerd $(CONTAINERD_PKG)/cmd/ctr && \
 		GOWORK=off CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath -tags urfave_cli_no_docs,no_grpc \
 			-ldflags '$(CONTAINERD_LDFLAGS)' -o "$$tmp/" $(CONTAINERD_PKG)/cmd/containerd-shim-runc-v2 && \
-		mv -T "$$tmp" $@
+		{ mv -T "$$tmp" $@ 2>/dev/null || test -x $@/containerd-shim-runc-v2; }
 
 # runc needs cgo (its nsenter is C) and libseccomp: without the seccomp tag
 # it refuses every container whose spec has a seccomp profile, which is what
