@@ -168,3 +168,38 @@ func get(url string) (string, error) {
 	}
 	return string(body), nil
 }
+
+// TestTwoNodes runs two nodes at once, as two test runs on one machine
+// would, each with a pod: both become Ready and run their pods, and both
+// teardowns, running at the same time, leave nothing behind.
+func TestTwoNodes(t *testing.T) {
+	nodes := make([]*Node, 2)
+	t.Run("group", func(t *testing.T) {
+		for i := range nodes {
+			t.Run(strconv.Itoa(i), func(t *testing.T) {
+				t.Parallel()
+				n := Start(t)
+				nodes[i] = n
+				ns := n.Namespace(t)
+				_, err := n.Admin.CoreV1().Pods(ns).Create(context.Background(), &corev1.Pod{
+					ObjectMeta: metav1.ObjectMeta{Name: "sandbox-only"},
+					Spec: corev1.PodSpec{HostNetwork: true, Containers: []corev1.Container{{
+						Name: "pause", Image: n.bins.PauseRef, ImagePullPolicy: corev1.PullNever,
+					}}},
+				}, metav1.CreateOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				n.WaitPodRunning(t, ns, "sandbox-only")
+			})
+		}
+	})
+	if nodes[0] != nil && nodes[1] != nil && nodes[0].dir.root == nodes[1].dir.root {
+		t.Errorf("both nodes in %s", nodes[0].dir.root)
+	}
+	for _, n := range nodes {
+		if n != nil {
+			checkTornDown(t, n)
+		}
+	}
+}
