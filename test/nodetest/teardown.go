@@ -17,9 +17,13 @@ import (
 	"github.com/meshca/meshca/test/harness"
 )
 
-// containerLogLinks is where the kubelet links every container's log, a
-// path it does not let us move.
-const containerLogLinks = "/var/log/containers"
+// containerLogLinks is where the kubelet links every container's log, and
+// devicePlugins where it serves device-plugin registration (a socket and a
+// checkpoint): host paths it does not let us move.
+const (
+	containerLogLinks = "/var/log/containers"
+	devicePlugins     = "/var/lib/kubelet/device-plugins"
+)
 
 // teardown removes what the node left once its processes are stopped:
 // containers (by runc, whose state is the node's own), the shims (found by
@@ -34,6 +38,7 @@ func (n *Node) teardown() error {
 	errs = append(errs, unmountUnder(n.dir.root))
 	errs = append(errs, n.removeCgroups())
 	errs = append(errs, removeLinksInto(containerLogLinks, n.dir.root))
+	errs = append(errs, removeKubeletHostPaths())
 	if err := os.RemoveAll(n.dir.root); err != nil {
 		errs = append(errs, err)
 	}
@@ -283,6 +288,26 @@ func removeCgroup(dir string) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("remove cgroup %s: %w", dir, err)
+}
+
+// removeKubeletHostPaths removes the kubelet's fixed host paths once no
+// kubelet runs on the machine (another node's, or a real one, still uses
+// them): the device-plugin socket and checkpoint, then those directories and
+// the log-link directory if they are empty.
+func removeKubeletHostPaths() error {
+	if len(processesWith(func(args []string) bool { return strings.HasPrefix(filepath.Base(args[0]), "kubelet") })) > 0 {
+		return nil
+	}
+	var errs []error
+	for _, f := range []string{"kubelet.sock", "kubelet_internal_checkpoint"} {
+		if err := os.Remove(filepath.Join(devicePlugins, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	for _, d := range []string{devicePlugins, filepath.Dir(devicePlugins), containerLogLinks} {
+		_ = os.Remove(d) // only if empty
+	}
+	return errors.Join(errs...)
 }
 
 // removeLinksInto removes the symbolic links in dir that point below
