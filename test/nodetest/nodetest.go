@@ -7,11 +7,16 @@
 // plugin and no kube-proxy) and locally imported images (ImportImage,
 // PackImage; imagePullPolicy: Never), as no registry can be reached.
 //
-// Every node keeps its files, sockets and cgroups apart from any other
-// node's, so two test runs do not collide, and its clean-up stops the
+// Every node keeps its files, sockets, ports and cgroups apart from any
+// other node's, so two test runs do not collide, and its clean-up stops the
 // processes, kills the containers and their shims, unmounts what the
 // kubelet and containerd mounted and removes the cgroups, also when the
-// test failed. It is test support only; production code never imports it.
+// test failed; the next Start sweeps what a killed test left. Two host
+// paths are shared, as the kubelet fixes them: /var/log/containers (links
+// named after each container) and /var/lib/kubelet/device-plugins (a
+// registration socket the last kubelet started owns; no device plugins run
+// here). It needs root. It is test support only; production code never
+// imports it.
 package nodetest
 
 import (

@@ -29,8 +29,9 @@ const (
 // containers (by runc, whose state is the node's own), the shims (found by
 // their containerd address, which is the node's own), every mount under the
 // node's directory (deepest first), the node's cgroups (leaves first), the
-// kubelet's log links into the node's directory, and the directory. It goes
-// on after an error and returns them all.
+// kubelet's log links into the node's directory and, when no kubelet is left
+// running, its other fixed host paths; then the directory. It goes on after
+// an error and returns them all.
 func (n *Node) teardown() error {
 	var errs []error
 	errs = append(errs, n.killContainers())
