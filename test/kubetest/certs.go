@@ -18,10 +18,13 @@ import (
 // pki is what one test cluster needs: a CA that signs the serving and the
 // admin client certificates, and the service-account token signing key.
 type pki struct {
+	caCert                 *x509.Certificate
+	caKey                  *ecdsa.PrivateKey
 	caPEM                  []byte
 	adminCert, adminKey    []byte // PEM
 	servingCert, servingKy string // file paths
 	caFile, saKeyFile      string
+	adminFile, adminKyFile string // the admin certificate and key, for the API server's calls to kubelets
 }
 
 // newPKI writes the cluster's keys and certificates into dir. Every cluster
@@ -44,7 +47,7 @@ func newPKI(dir, name string) (*pki, error) {
 		return nil, fmt.Errorf("kubetest CA: %w", err)
 	}
 	caCert, _ := x509.ParseCertificate(caDER)
-	p := &pki{caPEM: pemBlock("CERTIFICATE", caDER)}
+	p := &pki{caCert: caCert, caKey: caKey, caPEM: pemBlock("CERTIFICATE", caDER)}
 
 	servingCert, servingKey, err := leaf(caCert, caKey, &x509.Certificate{
 		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "kube-apiserver"},
@@ -65,8 +68,10 @@ func newPKI(dir, name string) (*pki, error) {
 	p.servingCert = filepath.Join(dir, "serving.pem")
 	p.servingKy = filepath.Join(dir, "serving-key.pem")
 	p.saKeyFile = filepath.Join(dir, "sa-key.pem")
+	p.adminFile, p.adminKyFile = filepath.Join(dir, "admin.pem"), filepath.Join(dir, "admin-key.pem")
 	for path, data := range map[string][]byte{
 		p.caFile: p.caPEM, p.servingCert: servingCert, p.servingKy: servingKey,
+		p.adminFile: p.adminCert, p.adminKyFile: p.adminKey,
 	} {
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			return nil, err
@@ -76,6 +81,33 @@ func newPKI(dir, name string) (*pki, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// ClientCert returns a new client certificate and its key (PEM), signed by
+// the cluster's CA, for user cn in groups: how a kubelet
+// (system:node:NAME in system:nodes) or a controller authenticates.
+func (c *Cluster) ClientCert(cn string, groups ...string) (certPEM, keyPEM []byte, err error) {
+	return c.pki.issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: cn, Organization: groups},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+}
+
+// ServingCert returns a new TLS serving certificate and its key (PEM),
+// signed by the cluster's CA, for the given names and IP addresses.
+func (c *Cluster) ServingCert(cn string, dnsNames []string, ips []net.IP) (certPEM, keyPEM []byte, err error) {
+	return c.pki.issue(&x509.Certificate{
+		Subject: pkix.Name{CommonName: cn}, DNSNames: dnsNames, IPAddresses: ips,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+}
+
+// issue signs tmpl with a random serial number.
+func (p *pki) issue(tmpl *x509.Certificate) (certPEM, keyPEM []byte, err error) {
+	if tmpl.SerialNumber, err = rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127)); err != nil {
+		return nil, nil, err
+	}
+	return leaf(p.caCert, p.caKey, tmpl)
 }
 
 // newSigningKey writes a new ECDSA P-256 service-account signing key (ES256

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -91,6 +92,11 @@ type Options struct {
 	// Dir holds data, certificates and logs. Required for New; Start uses
 	// t.TempDir().
 	Dir string
+	// APIServerArgs are extra kube-apiserver flags, "--name=value" each. A
+	// flag the cluster sets already is replaced, not repeated (for example
+	// "--authorization-mode=Node,RBAC" for a cluster with a kubelet). Nil
+	// means none.
+	APIServerArgs []string
 }
 
 // Cluster is a running etcd + kube-apiserver pair.
@@ -146,7 +152,7 @@ func New(ctx context.Context, apiserverBin, etcdBin string, opts Options) (*Clus
 		opts.Name = "kube"
 	}
 	c := &Cluster{Name: opts.Name, dir: opts.Dir, apiBin: apiserverBin}
-	if err := c.start(ctx, etcdBin); err != nil {
+	if err := c.start(ctx, etcdBin, opts.APIServerArgs); err != nil {
 		if cerr := c.Close(); cerr != nil {
 			err = errors.Join(err, cerr)
 		}
@@ -155,7 +161,7 @@ func New(ctx context.Context, apiserverBin, etcdBin string, opts Options) (*Clus
 	return c, nil
 }
 
-func (c *Cluster) start(ctx context.Context, etcdBin string) error {
+func (c *Cluster) start(ctx context.Context, etcdBin string, extraArgs []string) error {
 	var err error
 	if c.pki, err = newPKI(c.dir, c.Name); err != nil {
 		return err
@@ -189,7 +195,12 @@ func (c *Cluster) start(ctx context.Context, etcdBin string) error {
 		"--service-account-key-file=" + c.pki.saKeyFile, "--service-account-signing-key-file=" + c.pki.saKeyFile,
 		"--service-account-issuer=" + Issuer, "--api-audiences=" + Issuer,
 		"--service-cluster-ip-range=10.96.0.0/16", "--authorization-mode=RBAC", "--profiling=false",
+		// For a cluster with a kubelet (test/nodetest): logs and exec go
+		// from the API server to the kubelet, verified both ways by the CA.
+		"--kubelet-client-certificate=" + c.pki.adminFile, "--kubelet-client-key=" + c.pki.adminKyFile,
+		"--kubelet-certificate-authority=" + c.pki.caFile,
 	}
+	c.apiArgs = withFlags(c.apiArgs, extraArgs)
 	c.AdminConfig = &rest.Config{
 		Host: c.URL, QPS: 1000, Burst: 2000, Timeout: 30 * time.Second,
 		TLSClientConfig: rest.TLSClientConfig{CAData: c.CAPEM, CertData: c.pki.adminCert, KeyData: c.pki.adminKey},
@@ -199,6 +210,22 @@ func (c *Cluster) start(ctx context.Context, etcdBin string) error {
 	}
 	return c.StartAPIServer(ctx)
 }
+
+// withFlags returns args with extra appended, after dropping every flag of
+// args that extra sets again.
+func withFlags(args, extra []string) []string {
+	out := make([]string, 0, len(args)+len(extra))
+	for _, a := range args {
+		name, _, _ := strings.Cut(a, "=")
+		if !slices.ContainsFunc(extra, func(e string) bool { return strings.HasPrefix(e, name+"=") }) {
+			out = append(out, a)
+		}
+	}
+	return append(out, extra...)
+}
+
+// CAFile is the path of the cluster CA's certificate (PEM).
+func (c *Cluster) CAFile() string { return c.pki.caFile }
 
 func (c *Cluster) waitEtcd(ctx context.Context, url string) error {
 	ctx, cancel := context.WithTimeout(ctx, etcdReadyTimeout)

@@ -154,13 +154,24 @@ func (c *Cluster) WriteKubeconfig(tb testing.TB, path, token string) {
 	if token == "" {
 		user = &clientcmdapi.AuthInfo{ClientCertificateData: c.pki.adminCert, ClientKeyData: c.pki.adminKey}
 	}
+	if err := c.writeKubeconfig(path, user); err != nil {
+		tb.Fatalf("write kubeconfig: %v", err)
+	}
+}
+
+// WriteCertKubeconfig writes a kubeconfig file for the cluster to path that
+// authenticates with the given client certificate and key (PEM), for
+// example from ClientCert.
+func (c *Cluster) WriteCertKubeconfig(path string, certPEM, keyPEM []byte) error {
+	return c.writeKubeconfig(path, &clientcmdapi.AuthInfo{ClientCertificateData: certPEM, ClientKeyData: keyPEM})
+}
+
+func (c *Cluster) writeKubeconfig(path string, user *clientcmdapi.AuthInfo) error {
 	cfg := clientcmdapi.Config{
 		Clusters:       map[string]*clientcmdapi.Cluster{c.Name: {Server: c.URL, CertificateAuthorityData: c.CAPEM}},
 		AuthInfos:      map[string]*clientcmdapi.AuthInfo{c.Name: user},
 		Contexts:       map[string]*clientcmdapi.Context{c.Name: {Cluster: c.Name, AuthInfo: c.Name}},
 		CurrentContext: c.Name,
 	}
-	if err := clientcmd.WriteToFile(cfg, path); err != nil {
-		tb.Fatalf("write kubeconfig: %v", err)
-	}
+	return clientcmd.WriteToFile(cfg, path)
 }

@@ -1,0 +1,102 @@
+# Test-bed fragment: a real single-node Kubernetes cluster. The control plane
+# and node binaries (kube-controller-manager, kube-scheduler, kubelet) are
+# built from the pinned module test/testbed/kube, like kube-apiserver in
+# kube.mk; the container runtime (containerd v2, runc) from the pinned module
+# test/testbed/node; the pod sandbox ("pause") image by the small program in
+# test/testbed/node/pauseimage. Everything is cached outside the checkout
+# under versioned names. Tests (test/nodetest) find the binaries through the
+# exported MESHCA_* variables.
+
+# Fragments are included before the main Makefile's first target: keep `all`
+# the default goal.
+ifeq ($(.DEFAULT_GOAL),)
+.DEFAULT_GOAL := all
+endif
+
+# KUBE_VERSION and KUBE_LDFLAGS come from kube.mk, included before this file.
+KUBELET_BIN            := $(CACHE_DIR)/kubelet-$(KUBE_VERSION)
+KUBE_CONTROLLER_MANAGER_BIN := $(CACHE_DIR)/kube-controller-manager-$(KUBE_VERSION)
+KUBE_SCHEDULER_BIN     := $(CACHE_DIR)/kube-scheduler-$(KUBE_VERSION)
+export MESHCA_KUBELET_BIN ?= $(KUBELET_BIN)
+export MESHCA_KUBE_CONTROLLER_MANAGER_BIN ?= $(KUBE_CONTROLLER_MANAGER_BIN)
+export MESHCA_KUBE_SCHEDULER_BIN ?= $(KUBE_SCHEDULER_BIN)
+
+# The container runtime, pinned in test/testbed/node/go.mod. containerd's
+# directory holds containerd, containerd-shim-runc-v2 and ctr.
+CONTAINERD_VERSION := v2.4.2
+RUNC_VERSION       := v1.5.3
+CONTAINERD_DIR     := $(CACHE_DIR)/containerd-$(CONTAINERD_VERSION)
+RUNC_BIN           := $(CACHE_DIR)/runc-$(RUNC_VERSION)
+export MESHCA_CONTAINERD_DIR ?= $(CONTAINERD_DIR)
+export MESHCA_RUNC_BIN ?= $(RUNC_BIN)
+
+# The pod sandbox image and the packer that made it are our own code: their
+# cached names carry a hash of their sources, so a change builds new ones.
+NODE_TOOLS_HASH := $(shell cat test/testbed/node/go.sum test/testbed/node/pause/*.go \
+	test/testbed/node/imagepack/*.go 2>/dev/null | sha256sum | cut -c1-12)
+IMAGEPACK_BIN   := $(CACHE_DIR)/imagepack-$(NODE_TOOLS_HASH)
+PAUSE_IMAGE     := $(CACHE_DIR)/pause-image-$(NODE_TOOLS_HASH).tar
+PAUSE_IMAGE_REF := localhost/meshca-pause:$(NODE_TOOLS_HASH)
+export MESHCA_IMAGEPACK_BIN ?= $(IMAGEPACK_BIN)
+export MESHCA_PAUSE_IMAGE ?= $(PAUSE_IMAGE)
+
+TESTBED_TARGETS += testbed-node
+.PHONY: testbed-node
+
+## testbed-node: build (once; cached) kubelet, kube-controller-manager,
+## kube-scheduler, containerd, runc and the pause image.
+testbed-node: $(KUBELET_BIN) $(KUBE_CONTROLLER_MANAGER_BIN) $(KUBE_SCHEDULER_BIN) \
+	$(CONTAINERD_DIR) $(RUNC_BIN) $(IMAGEPACK_BIN) $(PAUSE_IMAGE)
+
+# Like kube.mk's binaries: versioned names, never rebuilt, built to a
+# temporary name of their own (two `make test` runs may build at once) and
+# renamed, so an interrupted build leaves nothing behind.
+$(KUBELET_BIN) $(KUBE_CONTROLLER_MANAGER_BIN) $(KUBE_SCHEDULER_BIN): $(CACHE_DIR)/%-$(KUBE_VERSION):
+	@mkdir -p $(CACHE_DIR)
+	@echo "building $* $(KUBE_VERSION) (cold: see docs/benchmarks.md)"
+	tmp=$@.tmp.$$$$ && trap 'rm -f "$$tmp"' EXIT && \
+		(cd test/testbed/kube && GOWORK=off CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath \
+			-ldflags '$(KUBE_LDFLAGS)' -o "$$tmp" k8s.io/kubernetes/cmd/$*) && \
+		mv -f "$$tmp" $@
+
+# containerd and its shim as upstream's Makefile builds them static (the
+# shim without gRPC); ctr imports the test images. A directory cannot be
+# replaced atomically: if another build renamed its own first, keep that.
+CONTAINERD_PKG := github.com/containerd/containerd/v2
+CONTAINERD_LDFLAGS := -s -w -X $(CONTAINERD_PKG)/version.Version=$(CONTAINERD_VERSION) \
+	-X $(CONTAINERD_PKG)/version.Package=github.com/containerd/containerd
+$(CONTAINERD_DIR):
+	@mkdir -p $(CACHE_DIR)
+	@echo "building containerd $(CONTAINERD_VERSION)"
+	tmp=$@.tmp.$$$$ && trap 'rm -rf "$$tmp"' EXIT && mkdir -p "$$tmp" && cd test/testbed/node && \
+		GOWORK=off CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath -tags urfave_cli_no_docs \
+			-ldflags '$(CONTAINERD_LDFLAGS)' -o "$$tmp/" $(CONTAINERD_PKG)/cmd/containerd $(CONTAINERD_PKG)/cmd/ctr && \
+		GOWORK=off CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath -tags urfave_cli_no_docs,no_grpc \
+			-ldflags '$(CONTAINERD_LDFLAGS)' -o "$$tmp/" $(CONTAINERD_PKG)/cmd/containerd-shim-runc-v2 && \
+		{ mv -T "$$tmp" $@ 2>/dev/null || test -x $@/containerd-shim-runc-v2; }
+
+# runc needs cgo (its nsenter is C) and libseccomp: without the seccomp tag
+# it refuses every container whose spec has a seccomp profile, which is what
+# `seccompProfile: RuntimeDefault` (a hardened pod) gives it.
+$(RUNC_BIN):
+	@mkdir -p $(CACHE_DIR)
+	@test -e /usr/include/seccomp.h || { echo "installing libseccomp-dev"; \
+		($(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq libseccomp-dev) >/dev/null; }
+	@echo "building runc $(RUNC_VERSION)"
+	tmp=$@.tmp.$$$$ && trap 'rm -f "$$tmp"' EXIT && \
+		(cd test/testbed/node && GOWORK=off CGO_ENABLED=1 $(GO) build -mod=readonly -trimpath -buildmode=pie \
+			-tags seccomp,urfave_cli_no_docs -ldflags '-s -w' -o "$$tmp" github.com/opencontainers/runc) && \
+		mv -f "$$tmp" $@
+
+$(IMAGEPACK_BIN):
+	@mkdir -p $(CACHE_DIR)
+	tmp=$@.tmp.$$$$ && trap 'rm -f "$$tmp"' EXIT && \
+		(cd test/testbed/node && GOWORK=off CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath -o "$$tmp" ./imagepack) && \
+		mv -f "$$tmp" $@
+
+$(PAUSE_IMAGE): $(IMAGEPACK_BIN)
+	tmp=$(CACHE_DIR)/pause.tmp.$$$$ && trap 'rm -rf "$$tmp"' EXIT && mkdir -p "$$tmp" && \
+		(cd test/testbed/node && GOWORK=off CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath \
+			-ldflags '-s -w' -o "$$tmp/pause" ./pause) && \
+		$(IMAGEPACK_BIN) -binary "$$tmp/pause" -ref $(PAUSE_IMAGE_REF) -user 65535 -o "$$tmp/image.tar" && \
+		mv -f "$$tmp/image.tar" $@
