@@ -127,7 +127,7 @@ func newMetrics(reg prometheus.Registerer, cluster string, others []string) (*me
 	}
 	denied, err := ops.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: DeniedMetric,
-		Help: "Certificate requests of attested workloads refused, by reason (revoked, policy).",
+		Help: "Certificate requests of attested workloads refused, by reason (revoked, policy, names).",
 	}, []string{"reason"}))
 	if err != nil {
 		return nil, err

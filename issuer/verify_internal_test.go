@@ -173,7 +173,7 @@ func TestVerifyDNSNames(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			tmpl := &x509.Certificate{
 				SerialNumber: big.NewInt(9), URIs: []*url.URL{id.URL()}, DNSNames: tc.leafNames,
-				NotBefore: now.Add(-time.Minute), NotAfter: now.Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
+				NotBefore: tree.Intermediate.Certificate.NotBefore, NotAfter: now.Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
 				ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, BasicConstraintsValid: true,
 			}
 			der, err := x509.CreateCertificate(rand.Reader, tmpl, tree.Intermediate.Certificate, key.Public(), tree.Intermediate.Signer)
