@@ -43,9 +43,9 @@ type DNSGrant struct {
 	DNSNames []string
 }
 
-// validateDNSGrants reports the first problem with grants for an issuer of
-// td; it changes nothing.
-func validateDNSGrants(grants []DNSGrant, td spiffeid.TrustDomain) error {
+// ValidateDNSGrants reports the first problem with grants for an issuer of
+// td (Config.Validate calls it); it changes nothing.
+func ValidateDNSGrants(grants []DNSGrant, td spiffeid.TrustDomain) error {
 	if len(grants) > MaxDNSGrants {
 		return fmt.Errorf("issuer: %d DNS grants; at most %d", len(grants), MaxDNSGrants)
 	}

@@ -14,6 +14,3 @@ func ServedBundle(src BundleSource, jwts JWTSource, td spiffeid.TrustDomain) *tr
 	tb, _, _, _ := b.current()
 	return tb
 }
-
-// ValidateDNSGrants is Config.Validate's check of DNSGrants alone.
-var ValidateDNSGrants = validateDNSGrants

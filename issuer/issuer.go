@@ -144,7 +144,7 @@ func (c Config) Validate() error {
 	case c.DefaultTTL < c.MinTTL || c.DefaultTTL > c.MaxTTL:
 		return fmt.Errorf("issuer: default ttl %v is outside [%v, %v]", c.DefaultTTL, c.MinTTL, c.MaxTTL)
 	}
-	return validateDNSGrants(c.DNSGrants, c.TrustDomain)
+	return ValidateDNSGrants(c.DNSGrants, c.TrustDomain)
 }
 
 // withDefaults returns c with its zero fields replaced by their defaults.
