@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"regexp"
 	"slices"
 	"time"
@@ -141,7 +142,7 @@ func ValidateClusterDNSNames(names []string) error {
 		return fmt.Errorf("%d DNS names: at most %d", len(names), MaxClusterDNSNames)
 	}
 	for i, n := range names {
-		if !dnsNameRE.MatchString(n) || len(n) > 253 {
+		if !dnsNameRE.MatchString(n) || len(n) > 253 || net.ParseIP(n) != nil {
 			return fmt.Errorf("DNS name %q: want a lower-case DNS name without wildcards", n)
 		}
 		if slices.Contains(names[:i], n) {

@@ -186,6 +186,10 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 		return nil, fmt.Errorf("%w: trust domain %s is held by cluster %s: their issuers could mint each other's identities; "+
 			"ask for it explicitly (share trust domain) if that is meant", grpcx.ErrFailedPrecondition, td.Name(), strings.Join(sharing, ", "))
 	}
+	dnsNames, err := r.clusterDNSNames(req.GetDnsNames())
+	if err != nil {
+		return nil, err
+	}
 	replicas := int(max(req.GetReplicas(), 1))
 	if replicas > store.MaxReplicas {
 		return nil, fmt.Errorf("%w: %d replicas: at most %d", grpcx.ErrInvalidArgument, replicas, store.MaxReplicas)
@@ -209,13 +213,16 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 	token := JoinTokenPrefix + base64.RawURLEncoding.EncodeToString(secret)
 	now := r.cfg.Now()
 	expires := now.Add(ttl).UTC().Truncate(time.Second)
-	c := store.Cluster{Name: req.GetName(), TrustDomain: td.Name()}
+	c := store.Cluster{Name: req.GetName(), TrustDomain: td.Name(), DNSNames: dnsNames}
 	detail := fmt.Sprintf("trust domain %s, join token expires at %s", td.Name(), expires.Format(time.RFC3339))
 	if replicas > 1 {
 		detail += fmt.Sprintf(", shared by up to %d issuer replicas", replicas)
 	}
 	if len(sharing) > 0 {
 		detail += ", trust domain shared with cluster " + strings.Join(sharing, ", ")
+	}
+	if len(dnsNames) > 0 {
+		detail += ", workload DNS names " + strings.Join(dnsNames, " ")
 	}
 	err = r.cfg.Store.AddCluster(ctx, c, store.JoinToken{Hash: hashToken(token), Cluster: c.Name, ExpiresAt: expires, Replicas: replicas},
 		store.AuditEvent{Time: now, Actor: actor, Action: "cluster.add", Cluster: c.Name, Detail: detail})
@@ -224,6 +231,13 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 		return nil, fmt.Errorf("%w: cluster %s: %w", grpcx.ErrAlreadyExists, c.Name, err)
 	case err != nil:
 		return nil, fmt.Errorf("%w: add cluster: %w", grpcx.ErrUnavailable, err)
+	}
+	if req.GetReplaceDnsNames() {
+		err := r.cfg.Store.SetClusterDNSNames(ctx, c.Name, dnsNames, store.AuditEvent{Time: now, Actor: actor, Action: "cluster.dns_names",
+			Cluster: c.Name, Detail: "workload DNS names: " + strings.Join(dnsNames, " ")})
+		if err != nil {
+			return nil, fmt.Errorf("%w: set DNS names of cluster %s: %w", grpcx.ErrUnavailable, c.Name, err)
+		}
 	}
 	r.addDomain(ctx, td)
 	r.log.InfoContext(ctx, "join token created", "actor", actor, "cluster", c.Name, "trust_domain", td.Name(),
@@ -235,6 +249,29 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 		}
 	}
 	return resp, nil
+}
+
+// clusterDNSNames checks the workload DNS names an administrator gives a
+// cluster: valid, unique, and none of them the root's own serving names
+// (or a parent domain of one), which no cluster may vouch for.
+func (r *Root) clusterDNSNames(names []string) ([]string, error) {
+	if err := store.ValidateClusterDNSNames(names); err != nil {
+		return nil, fmt.Errorf("%w: %w", grpcx.ErrInvalidArgument, err)
+	}
+	for _, n := range names {
+		if r.isOwnHost(n) {
+			return nil, fmt.Errorf("%w: DNS name %q is the root's own (or contains one of its serving names)", grpcx.ErrInvalidArgument, n)
+		}
+		for _, o := range names {
+			if strings.HasSuffix(o, "."+n) {
+				return nil, fmt.Errorf("%w: DNS name %q is beneath %q: a name constraint cannot admit both exactly", grpcx.ErrInvalidArgument, o, n)
+			}
+		}
+	}
+	if len(names) == 0 {
+		return nil, nil
+	}
+	return names, nil
 }
 
 // holders returns the names of the registered clusters other than name in
