@@ -1,6 +1,7 @@
 package issuer
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -129,23 +130,50 @@ func (iss *Issuer) dnsAllowed(cluster string, id spiffeid.ID) []string {
 	return nil
 }
 
-// checkDNSPermitted refuses DNS names that a CA of the signing chain does
-// not admit: the issuer's configuration grants them, but its intermediate
-// was not minted for them (the cluster's record on the root lacks them, or
-// the intermediate predates the grant). The intermediate must carry a DNS
-// constraint admitting each name (one without any, minted before they
-// existed, admits no workload DNS name); CAs above it may be
-// unconstrained. That is not the caller's fault, and a later intermediate
-// may carry the names: Unavailable.
+// checkDNSPermitted refuses DNS names that the signing chain was not made
+// for: the issuer's configuration grants them, but the intermediate does
+// not admit each as a workload DNS name, that is exactly (the name
+// permitted, its subdomains excluded: ca.IntermediateRequest's
+// WorkloadDNSNames). A name the intermediate admits only as one of the
+// issuer's serving names does not count: under a central root the
+// cluster's record decides which names workloads may have. CAs above the
+// intermediate must admit the names too. That is not the caller's fault,
+// and a later intermediate may carry the names: Unavailable.
 func (s *signing) checkDNSPermitted(names []string) error {
 	for _, n := range names {
+		inter := s.authority.Certificate
+		if !admitsWorkloadDNS(inter, n) {
+			return fmt.Errorf("%w: intermediate %q (serial %s) was not made for the granted DNS name %q; "+
+				"the cluster's record on the root (meshca admin cluster add --dns-name) or the local root's dnsGrants must list it",
+				ErrUnavailable, inter.Subject.CommonName, trust.SerialHex(inter.SerialNumber), n)
+		}
 		for _, c := range s.chain {
-			if c.Equal(s.authority.Certificate) && len(c.PermittedDNSDomains) == 0 || !permits(c, n, nil) {
-				return fmt.Errorf("%w: intermediate %q (serial %s) does not permit the granted DNS name %q; "+
-					"the cluster's record on the root (or the local root's configuration) must list it",
-					ErrUnavailable, c.Subject.CommonName, trust.SerialHex(c.SerialNumber), n)
+			if !permits(c, n, nil) {
+				return fmt.Errorf("%w: CA %q does not permit the granted DNS name %q", ErrUnavailable, c.Subject.CommonName, n)
 			}
 		}
 	}
 	return nil
+}
+
+// admitsWorkloadDNS reports whether intermediate c admits n exactly: n
+// permitted and its subdomains excluded.
+func admitsWorkloadDNS(c *x509.Certificate, n string) bool {
+	return slices.Contains(c.PermittedDNSDomains, n) && slices.Contains(c.ExcludedDNSDomains, "."+n)
+}
+
+// warnUnadmitted logs the granted DNS names intermediate c does not admit:
+// requests for them fail until an intermediate does, which an operator
+// should hear of before istiod does.
+func (iss *Issuer) warnUnadmitted(c *x509.Certificate) {
+	var missing []string
+	for _, n := range DNSGrantNames(iss.cfg.DNSGrants) {
+		if !admitsWorkloadDNS(c, n) {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) > 0 {
+		iss.cfg.Logger.Warn("the intermediate does not admit DNS names that dnsGrants grant; requests for them fail until one does "+
+			"(under a central root: meshca admin cluster add --dns-name)", "names", missing, "serial", trust.SerialHex(c.SerialNumber))
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/ca/root/roottest"
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
 )
@@ -138,13 +139,14 @@ func TestDNSGrantNeedsTheIntermediate(t *testing.T) {
 		ask         string
 	}{
 		{"intermediate lacks the name", istiodNames, nil, "istiod.istio-system.svc.cluster.local"},
+		{"a serving name of the intermediate, not a workload name", istiodNames, nil, "istiod.istio-system.svc"},
 		{"intermediate admits only the parent exactly", []string{"x.istiod.istio-system.svc"}, istiodNames[:1], "x.istiod.istio-system.svc"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newDNSFixture(t, tc.grant, tc.workloadDNS)
 			_, err := f.iss.Issue(context.Background(), issuer.Request{Token: istiodToken,
 				CSR: csrPEM(t, testKey(t, "p256"), &x509.CertificateRequest{DNSNames: []string{tc.ask}})})
-			if !errors.Is(err, issuer.ErrUnavailable) || !strings.Contains(err.Error(), "does not permit the granted DNS name") {
+			if !errors.Is(err, issuer.ErrUnavailable) || !strings.Contains(err.Error(), "was not made for the granted DNS name") {
 				t.Fatalf("err = %v, want Unavailable: the intermediate does not permit it", err)
 			}
 			if f.rec.count() != 0 {
@@ -196,4 +198,80 @@ func manyNames(n int) []string {
 		out[i] = "n" + strings.Repeat("x", i) + ".svc"
 	}
 	return out
+}
+
+// Under a central root the root decides: the cluster's record lists the
+// workload DNS names, the intermediate the root signs admits them, and the
+// issuer issues a granted name only when both agree.
+func TestDNSGrantUnderCentralRoot(t *testing.T) {
+	r := roottest.New(t)
+	for _, tc := range []struct {
+		cluster, td string
+		record      []string
+		ask         []string
+		want        error
+	}{
+		{"east", "cluster.local", istiodNames, istiodNames, nil},
+		// The issuer grants a name the root's record lacks.
+		{"west", "cluster.local", istiodNames[:1], istiodNames[1:], issuer.ErrUnavailable},
+		// The root's record has no names at all; istiod.istio-system.svc is
+		// only one of the issuer's serving names, which does not count.
+		{"north", "cluster.local", nil, istiodNames[:1], issuer.ErrUnavailable},
+	} {
+		t.Run(tc.cluster, func(t *testing.T) {
+			up := mustUpstream(t, upstreamConfig(r, t.TempDir(), r.AddClusterDNS(tc.cluster, tc.td, tc.record...), nil))
+			a, tb := mustIntermediate(t, up)
+			rec := &fakeRecorder{}
+			iss, err := issuer.New(issuer.Config{
+				TrustDomain: up.TrustDomain(), Cluster: up.Cluster(), Authority: a, Bundle: tb.OwnRoots(),
+				Attestor: &fakeAttestor{identities: map[string]attest.Identity{
+					istiodToken: {Cluster: tc.cluster, Namespace: "istio-system", ServiceAccount: "istiod"},
+				}},
+				Recorder:  rec,
+				DNSGrants: []issuer.DNSGrant{{SPIFFEID: spiffeid.RequireFromString(istiodID), DNSNames: istiodNames}},
+				Now:       r.Clock.Now,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			chain, err := iss.Issue(context.Background(), issuer.Request{Token: istiodToken,
+				CSR: csrPEM(t, testKey(t, "p256"), &x509.CertificateRequest{DNSNames: tc.ask})})
+			if tc.want != nil {
+				if !errors.Is(err, tc.want) || rec.count() != 0 {
+					t.Fatalf("err = %v (recorded %d), want %v and nothing recorded", err, rec.count(), tc.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			inters := x509.NewCertPool()
+			inters.AddCert(chain[1])
+			for _, n := range tc.ask {
+				if _, err := chain[0].Verify(x509.VerifyOptions{DNSName: n, Roots: r.Roots().Pool(), Intermediates: inters,
+					CurrentTime: r.Clock.Now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+					t.Errorf("leaf for %s under the central root: %v", n, err)
+				}
+			}
+		})
+	}
+}
+
+// An intermediate that does not admit a granted name is reported when the
+// issuer takes it up, before any request fails.
+func TestDNSGrantWarnsOfUnadmittedNames(t *testing.T) {
+	tree := testkit.New(t, testkit.Options{Now: t0, WorkloadDNSNames: istiodNames[:1]})
+	log, logs := captureLogs(t)
+	_, err := issuer.New(issuer.Config{
+		TrustDomain: tree.TrustDomain, Cluster: "dev", Authority: tree.Intermediate, Bundle: tree.Bundle,
+		Attestor: &fakeAttestor{}, Recorder: &fakeRecorder{}, Logger: log, Now: func() time.Time { return t0.Add(time.Minute) },
+		DNSGrants: []issuer.DNSGrant{{SPIFFEID: spiffeid.RequireFromString(istiodID), DNSNames: istiodNames}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := logs.String()
+	if !strings.Contains(out, "does not admit DNS names") || !strings.Contains(out, `"names":["`+istiodNames[1]+`"]`) {
+		t.Errorf("log does not name exactly the unadmitted name:\n%s", out)
+	}
 }

@@ -237,6 +237,7 @@ func (iss *Issuer) SetAuthority(a *ca.Authority, b *trust.Bundle) error {
 	if c := a.Certificate; len(c.PermittedURIDomains) != 1 || c.PermittedURIDomains[0] != td {
 		return fmt.Errorf("issuer: intermediate permits URI domains %q, want exactly %q", c.PermittedURIDomains, td)
 	}
+	iss.warnUnadmitted(a.Certificate)
 	next := &signing{
 		authority: a, bundle: b, root: root,
 		chain: append([]*x509.Certificate(nil), chain[:len(chain)-1]...),
