@@ -398,6 +398,9 @@ type ClusterStatus struct {
 	Revoked bool `protobuf:"varint,3,opt,name=revoked,proto3" json:"revoked,omitempty"`
 	// intermediates counts its intermediates valid now.
 	Intermediates int32 `protobuf:"varint,4,opt,name=intermediates,proto3" json:"intermediates,omitempty"`
+	// dns_names are the workload DNS names its intermediates admit exactly
+	// (cluster add --dns-name).
+	DnsNames      []string `protobuf:"bytes,5,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -458,6 +461,13 @@ func (x *ClusterStatus) GetIntermediates() int32 {
 		return x.Intermediates
 	}
 	return 0
+}
+
+func (x *ClusterStatus) GetDnsNames() []string {
+	if x != nil {
+		return x.DnsNames
+	}
+	return nil
 }
 
 type StoreStatus struct {
@@ -2278,12 +2288,13 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"not_before\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
 	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12\x14\n" +
 	"\x05state\x18\x06 \x01(\tR\x05state\x12\x18\n" +
-	"\acluster\x18\a \x01(\tR\acluster\"\x86\x01\n" +
+	"\acluster\x18\a \x01(\tR\acluster\"\xa3\x01\n" +
 	"\rClusterStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12\x18\n" +
 	"\arevoked\x18\x03 \x01(\bR\arevoked\x12$\n" +
-	"\rintermediates\x18\x04 \x01(\x05R\rintermediates\"+\n" +
+	"\rintermediates\x18\x04 \x01(\x05R\rintermediates\x12\x1b\n" +
+	"\tdns_names\x18\x05 \x03(\tR\bdnsNames\"+\n" +
 	"\vStoreStatus\x12\x1c\n" +
 	"\treachable\x18\x01 \x01(\bR\treachable\"\x8a\x01\n" +
 	"\vAuditStatus\x12\x19\n" +
