@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -59,6 +60,11 @@ func (c *LocalRootConfig) Validate() error {
 		return errors.New("local root: cluster is required")
 	case c.TTL != 0 && c.TTL < MinLocalIntermediateTTL:
 		return fmt.Errorf("local root: intermediate TTL %s is below the minimum %s", c.TTL, MinLocalIntermediateTTL)
+	}
+	for _, n := range c.WorkloadDNSNames {
+		if !trust.ValidDNSName(n) || net.ParseIP(n) != nil {
+			return fmt.Errorf("local root: workload DNS name %q is not a lower-case DNS name", n)
+		}
 	}
 	return nil
 }
