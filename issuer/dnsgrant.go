@@ -23,10 +23,10 @@ const (
 // DNSGrant is the one exception to "a workload certificate names its
 // SPIFFE ID and nothing else": the identity it names may also have the DNS
 // names it lists, and only those. It exists for istiod, whose serving
-// certificate must carry istiod.istio-system.svc. The names must also be
-// permitted by the issuer's intermediate (under a central root, the
-// cluster's record on the root lists them); the issuer checks both before
-// signing.
+// certificate must carry istiod.istio-system.svc. The intermediate must
+// also admit each name exactly, as a workload DNS name (under a central
+// root the cluster's record on the root lists them; a local root takes
+// them from the grants); the issuer checks both before signing.
 type DNSGrant struct {
 	// SPIFFEID is the identity, spiffe://<trust domain>/ns/<namespace>/sa/<service
 	// account>, in the issuer's trust domain. Required.
