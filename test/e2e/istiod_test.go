@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/test/harness"
 	"github.com/meshca/meshca/trust"
 )
 
@@ -146,5 +148,79 @@ func TestAgentIstiodCertificate(t *testing.T) {
 	}
 	if !strings.Contains(srv.Output(), `"reason":"names"`) && !strings.Contains(srv.Output(), "may not have DNS names") {
 		t.Errorf("meshca dev's log does not name the refusal:\n%s", srv.Output())
+	}
+}
+
+// Under a central root the root decides: `meshca admin cluster add
+// --dns-name` puts istiod's names in the cluster's record, the issuer's
+// dnsGrants give them to istio-system/istiod, and `meshca agent
+// --dns-name` writes files whose certificate a TLS client trusting the
+// root's bundle accepts for istiod.istio-system.svc.
+func TestAgentIstiodCertificateUnderRoot(t *testing.T) {
+	r := startObservedRoot(t)
+	args := []string{"admin", "--socket", r.socket, "-o", "json", "cluster", "add", "east", "--trust-domain", "east.example"}
+	for _, n := range istiodDNSNames {
+		args = append(args, "--dns-name", n)
+	}
+	out, err := harness.Run(meshcaBin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var added struct {
+		JoinToken string `json:"join_token"`
+	}
+	if err := json.Unmarshal([]byte(out), &added); err != nil || added.JoinToken == "" {
+		t.Fatalf("cluster add printed %q (%v), want a join token", out, err)
+	}
+	if status, err := harness.Run(meshcaBin, "status", "--socket", r.socket); err != nil || !strings.Contains(status, strings.Join(istiodDNSNames, ",")) {
+		t.Errorf("root status does not list east's DNS names (%v):\n%s", err, status)
+	}
+	token := harness.WriteFile(t, filepath.Join(t.TempDir(), "join-token"), added.JoinToken+"\n")
+	dir, addr := t.TempDir(), testkit.FreeAddr(t)
+	cfg := harness.WriteFile(t, filepath.Join(t.TempDir(), "issuer.yaml"), fmt.Sprintf(`dataDir: %s
+listen: %s
+trustDomain: east.example
+cluster: east
+hosts: ["127.0.0.1", "localhost"]
+upstream:
+  address: %s
+  serverName: %s
+  bundleFile: %s
+  joinTokenFile: %s
+clusters:
+  - name: east
+    attestor: dev
+dnsGrants:
+  - namespace: istio-system
+    serviceAccount: istiod
+    dnsNames: [istiod.istio-system.svc, istiod.istio-system.svc.cluster.local]
+`, dir, addr, r.addr, observedRootHost, r.bundle, token))
+	is := harness.Start(t, meshcaBin, "issuer east", "issuer", "serve", "--config", cfg)
+	is.WaitListening(t, addr)
+
+	jwt, err := harness.Run(meshcaBin, "dev", "token", "--data-dir", dir, "--namespace", "istio-system", "--service-account", "istiod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	work := t.TempDir()
+	tokenFile, outDir := harness.WriteFile(t, filepath.Join(work, "token"), jwt), filepath.Join(work, "out")
+	agentArgs := []string{"agent", "--issuer", addr, "--server-name", "localhost", "--ca-bundle", r.bundle, "--token-file", tokenFile,
+		"--issuer-cluster", "east", "--out", outDir, "--health-addr", ""}
+	for _, n := range istiodDNSNames {
+		agentArgs = append(agentArgs, "--dns-name", n)
+	}
+	a := harness.Start(t, meshcaBin, "meshca agent", agentArgs...)
+	a.WaitFor(t, "istiod's files", harness.StartTimeout, func() bool { return fileExists(filepath.Join(outDir, "bundle.pem")) })
+
+	srv := istiodServer(t, outDir)
+	leaf, err := dialIstiod(srv, r.bundle, "istiod.istio-system.svc")
+	if err != nil {
+		t.Fatalf("TLS to istiod.istio-system.svc, trusting the root's bundle: %v", err)
+	}
+	if !slices.Equal(leaf.DNSNames, istiodDNSNames) || leaf.URIs[0].String() != "spiffe://east.example/ns/istio-system/sa/istiod" {
+		t.Errorf("served certificate names DNS %q URIs %v", leaf.DNSNames, leaf.URIs)
+	}
+	if _, err := dialIstiod(srv, r.bundle, "x.istiod.istio-system.svc"); err == nil {
+		t.Error("TLS for x.istiod.istio-system.svc accepted")
 	}
 }
