@@ -194,17 +194,9 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 	if replicas > store.MaxReplicas {
 		return nil, fmt.Errorf("%w: %d replicas: at most %d", grpcx.ErrInvalidArgument, replicas, store.MaxReplicas)
 	}
-	maxTTL := maxJoinTokenTTL
-	if replicas > 1 {
-		maxTTL = maxReplicaJoinTokenTTL
-	}
-	ttl := time.Duration(req.GetTokenTtlSeconds()) * time.Second
-	switch {
-	case req.GetTokenTtlSeconds() == 0:
-		ttl = r.cfg.JoinTokenTTL
-	case req.GetTokenTtlSeconds() < 0 || ttl > maxTTL || ttl/time.Second != time.Duration(req.GetTokenTtlSeconds()):
-		return nil, fmt.Errorf("%w: token ttl %ds: must be between 1s and %v", grpcx.ErrInvalidArgument,
-			req.GetTokenTtlSeconds(), maxTTL)
+	ttl, err := r.joinTokenTTL(req.GetTokenTtlSeconds(), replicas)
+	if err != nil {
+		return nil, err
 	}
 	secret := make([]byte, 32)
 	if _, err := rand.Read(secret); err != nil {
@@ -233,10 +225,8 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 		return nil, fmt.Errorf("%w: add cluster: %w", grpcx.ErrUnavailable, err)
 	}
 	if req.GetReplaceDnsNames() {
-		err := r.cfg.Store.SetClusterDNSNames(ctx, c.Name, dnsNames, store.AuditEvent{Time: now, Actor: actor, Action: "cluster.dns_names",
-			Cluster: c.Name, Detail: "workload DNS names: " + strings.Join(dnsNames, " ")})
-		if err != nil {
-			return nil, fmt.Errorf("%w: set DNS names of cluster %s: %w", grpcx.ErrUnavailable, c.Name, err)
+		if err := r.replaceDNSNames(ctx, c, actor, now); err != nil {
+			return nil, err
 		}
 	}
 	r.addDomain(ctx, td)
@@ -249,6 +239,34 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 		}
 	}
 	return resp, nil
+}
+
+// joinTokenTTL is the life of a join token asked for with seconds (zero:
+// the configured default) for a token of replicas.
+func (r *Root) joinTokenTTL(seconds int64, replicas int) (time.Duration, error) {
+	maxTTL := maxJoinTokenTTL
+	if replicas > 1 {
+		maxTTL = maxReplicaJoinTokenTTL
+	}
+	ttl := time.Duration(seconds) * time.Second
+	switch {
+	case seconds == 0:
+		return r.cfg.JoinTokenTTL, nil
+	case seconds < 0 || ttl > maxTTL || ttl/time.Second != time.Duration(seconds):
+		return 0, fmt.Errorf("%w: token ttl %ds: must be between 1s and %v", grpcx.ErrInvalidArgument, seconds, maxTTL)
+	}
+	return ttl, nil
+}
+
+// replaceDNSNames makes c.DNSNames the registered cluster's workload DNS
+// names, audited; its next intermediate admits them.
+func (r *Root) replaceDNSNames(ctx context.Context, c store.Cluster, actor string, now time.Time) error {
+	err := r.cfg.Store.SetClusterDNSNames(ctx, c.Name, c.DNSNames, store.AuditEvent{Time: now, Actor: actor, Action: "cluster.dns_names",
+		Cluster: c.Name, Detail: "workload DNS names: " + strings.Join(c.DNSNames, " ")})
+	if err != nil {
+		return fmt.Errorf("%w: set DNS names of cluster %s: %w", grpcx.ErrUnavailable, c.Name, err)
+	}
+	return nil
 }
 
 // clusterDNSNames checks the workload DNS names an administrator gives a
