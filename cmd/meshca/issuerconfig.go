@@ -60,9 +60,9 @@ type issuerConfig struct {
 	// JWT tunes the JWT-SVIDs the issuer mints.
 	JWT jwtConfig `json:"jwt,omitempty"`
 	// DNSGrants name the identities whose certificates may carry DNS
-	// names, and which: istiod's serving names, say. Under upstream the cluster's record on the root
-	// (`meshca admin cluster add --dns-name`) must list them too. Default none: every
-	// DNS name in a CSR is refused.
+	// names, and which: istiod's serving names, say. Under Upstream the
+	// cluster's record on the root (meshca admin cluster add --dns-name)
+	// must list them too. Default none: every DNS name in a CSR is refused.
 	DNSGrants []dnsGrantConfig `json:"dnsGrants,omitempty"`
 	// Root is a local file root CA key, for a self-contained issuer. Leave
 	// it empty when Upstream is set.
