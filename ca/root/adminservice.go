@@ -186,7 +186,7 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 		return nil, fmt.Errorf("%w: trust domain %s is held by cluster %s: their issuers could mint each other's identities; "+
 			"ask for it explicitly (share trust domain) if that is meant", grpcx.ErrFailedPrecondition, td.Name(), strings.Join(sharing, ", "))
 	}
-	dnsNames, err := r.clusterDNSNames(req.GetDnsNames())
+	dnsNames, err := r.clusterDNSNames(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -258,6 +258,26 @@ func (r *Root) joinTokenTTL(seconds int64, replicas int) (time.Duration, error) 
 	return ttl, nil
 }
 
+// keepsDNSNames refuses DNS names given for a registered cluster whose
+// names differ, unless replace is set: they would not be stored, and an
+// administrator must not believe they were.
+func (r *Root) keepsDNSNames(ctx context.Context, name string, dnsNames []string, replace bool) error {
+	if replace || len(dnsNames) == 0 {
+		return nil
+	}
+	c, err := r.cfg.Store.Cluster(ctx, name)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("%w: read cluster %s: %w", grpcx.ErrUnavailable, name, err)
+	case !slices.Equal(c.DNSNames, dnsNames):
+		return fmt.Errorf("%w: cluster %s is registered with DNS names %q: to change them, replace them explicitly (replace DNS names)",
+			grpcx.ErrFailedPrecondition, name, c.DNSNames)
+	}
+	return nil
+}
+
 // replaceDNSNames makes c.DNSNames the registered cluster's workload DNS
 // names, audited; its next intermediate admits them.
 func (r *Root) replaceDNSNames(ctx context.Context, c store.Cluster, actor string, now time.Time) error {
@@ -269,10 +289,13 @@ func (r *Root) replaceDNSNames(ctx context.Context, c store.Cluster, actor strin
 	return nil
 }
 
-// clusterDNSNames checks the workload DNS names an administrator gives a
-// cluster: valid, unique, and none of them the root's own serving names
-// (or a parent domain of one), which no cluster may vouch for.
-func (r *Root) clusterDNSNames(names []string) ([]string, error) {
+// clusterDNSNames checks the workload DNS names req gives its cluster:
+// valid, unique, none beneath another, none of them the root's own serving
+// names (or a parent domain of one), which no cluster may vouch for, and,
+// for a registered cluster, its own unless they replace them
+// (keepsDNSNames).
+func (r *Root) clusterDNSNames(ctx context.Context, req *meshcav1.AddClusterRequest) ([]string, error) {
+	names := req.GetDnsNames()
 	if err := store.ValidateClusterDNSNames(names); err != nil {
 		return nil, fmt.Errorf("%w: %w", grpcx.ErrInvalidArgument, err)
 	}
@@ -288,6 +311,9 @@ func (r *Root) clusterDNSNames(names []string) ([]string, error) {
 	}
 	if len(names) == 0 {
 		return nil, nil
+	}
+	if err := r.keepsDNSNames(ctx, req.GetName(), names, req.GetReplaceDnsNames()); err != nil {
+		return nil, err
 	}
 	return names, nil
 }

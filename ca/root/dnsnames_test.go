@@ -100,7 +100,8 @@ func TestClusterDNSNamesRefused(t *testing.T) {
 }
 
 // replace_dns_names changes an existing cluster's names (audited); the
-// next intermediate admits the new ones, not the old.
+// next intermediate admits the new ones, not the old. Other names without
+// it are refused, not silently dropped.
 func TestClusterDNSNamesReplaced(t *testing.T) {
 	h := newHarness(t, nil)
 	conn := h.dial(h.serve(), nil)
@@ -109,14 +110,20 @@ func TestClusterDNSNamesReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	again := []string{"istiod-remote.istio-system.svc"}
-	resp, err := h.root.addCluster(ctx, &meshcav1.AddClusterRequest{Name: "east", TrustDomain: "east.example", DnsNames: again}, "admin:test")
-	if err != nil {
-		t.Fatal(err)
+	_, err := h.root.addCluster(ctx, &meshcav1.AddClusterRequest{Name: "east", TrustDomain: "east.example", DnsNames: again}, "admin:test")
+	if !errors.Is(err, grpcx.ErrFailedPrecondition) {
+		t.Fatalf("other names without replace: err = %v, want FailedPrecondition", err)
 	}
 	if c, _ := h.root.cfg.Store.Cluster(ctx, "east"); !slices.Equal(c.DNSNames, istiodDNS) {
-		t.Fatalf("names %q after an add without replace, want %q kept", c.DNSNames, istiodDNS)
+		t.Fatalf("names %q after a refused add, want %q kept", c.DNSNames, istiodDNS)
 	}
-	resp, err = h.root.addCluster(ctx, &meshcav1.AddClusterRequest{Name: "east", TrustDomain: "east.example", DnsNames: again, ReplaceDnsNames: true}, "admin:test")
+	// The same names, or none, need no replace: a join token for another replica.
+	for _, names := range [][]string{istiodDNS, nil} {
+		if _, err := h.root.addCluster(ctx, &meshcav1.AddClusterRequest{Name: "east", TrustDomain: "east.example", DnsNames: names}, "admin:test"); err != nil {
+			t.Fatalf("add again with %q: %v", names, err)
+		}
+	}
+	resp, err := h.root.addCluster(ctx, &meshcav1.AddClusterRequest{Name: "east", TrustDomain: "east.example", DnsNames: again, ReplaceDnsNames: true}, "admin:test")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -125,8 +125,9 @@ given: the issuers of clusters sharing a trust domain can mint each other's iden
 
 --dns-name (repeatable) lists the workload DNS names the cluster's intermediates admit,
 each exactly (not its subdomains): istiod's serving names, which the issuer's dnsGrants
-then give to istiod alone. They are stored with a new cluster; for an existing one add
---replace-dns-names (with no --dns-name: none), and its next intermediate admits them.`,
+then give to istiod alone. They are stored with a new cluster. An existing cluster keeps
+its own: other names are refused unless --replace-dns-names is given (with no --dns-name:
+none), and then its next intermediate admits them.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if td == "" {

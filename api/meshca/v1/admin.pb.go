@@ -1819,8 +1819,9 @@ type AddClusterRequest struct {
 	Replicas int32 `protobuf:"varint,5,opt,name=replicas,proto3" json:"replicas,omitempty"`
 	// dns_names are the workload DNS names the cluster's intermediates admit,
 	// each exactly (istiod's serving names): lower-case DNS names, no
-	// wildcards. They are stored with a new cluster; an existing one keeps
-	// its own unless replace_dns_names is set.
+	// wildcards. They are stored with a new cluster; for an existing one
+	// other names than its own are FailedPrecondition unless
+	// replace_dns_names is set.
 	DnsNames []string `protobuf:"bytes,6,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
 	// replace_dns_names makes dns_names (even none) the existing cluster's
 	// names; its next intermediate admits them.
