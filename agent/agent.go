@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -58,6 +59,12 @@ type Config struct {
 	// ClusterID; when both are empty any cluster's issuer is accepted, and
 	// New logs a warning.
 	IssuerCluster string
+	// DNSNames are asked for in every CSR, for a workload that serves
+	// under DNS names (istiod: istiod.istio-system.svc); the issuer grants
+	// them only to identities its configuration names (dnsGrants) and
+	// refuses the request otherwise. Lower-case DNS names, no wildcards,
+	// no repeats. Nil asks for none: a SPIFFE-ID-only certificate.
+	DNSNames []string
 	// KeyType is KeyECP256 (the default when empty) or KeyRSA2048.
 	KeyType string
 	// TTL is the certificate lifetime requested; zero means the issuer's
@@ -174,6 +181,14 @@ func (c *Config) validate() error {
 	if _, err := generateKeyFunc(c.KeyType); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
+	for i, n := range c.DNSNames {
+		if !trust.ValidDNSName(n) || net.ParseIP(n) != nil {
+			return fmt.Errorf("agent: DNS name %q: want a lower-case DNS name without wildcards", n)
+		}
+		if slices.Contains(c.DNSNames[:i], n) {
+			return fmt.Errorf("agent: DNS name %q is given twice", n)
+		}
+	}
 	return nil
 }
 
@@ -223,7 +238,7 @@ func New(cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	a.client, err = NewClient(ClientConfig{Address: cfg.IssuerAddress, ServerName: cfg.ServerName, Roots: roots,
-		ClusterID: cfg.ClusterID, IssuerCluster: cfg.IssuerCluster, TokenFile: cfg.TokenFile})
+		ClusterID: cfg.ClusterID, IssuerCluster: cfg.IssuerCluster, TokenFile: cfg.TokenFile, DNSNames: cfg.DNSNames})
 	if err != nil {
 		return nil, err
 	}

@@ -83,6 +83,11 @@ type ClientConfig struct {
 	// read for every watch (Fetch is given its token). Empty sends none:
 	// meshca's issuer then refuses the watch.
 	TokenFile string
+	// DNSNames are asked for as DNS SANs in every CSR; an issued leaf must
+	// carry exactly these and verify as a server certificate for each.
+	// The issuer grants them only to identities its configuration names
+	// (istiod's serving names). Nil asks for none.
+	DNSNames []string
 }
 
 // reconnectBackoff paces gRPC's reconnection to the issuer; its cap matches
@@ -301,7 +306,7 @@ type SVID struct {
 // every trust domain. New roots reach agents through the CA bundle file
 // and the bundle watch (bundleWatcher), which Manager turns into SetRoots.
 func (c *Client) Fetch(ctx context.Context, key crypto.Signer, token string, ttl time.Duration) (*SVID, error) {
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{DNSNames: c.cfg.DNSNames}, key)
 	if err != nil {
 		return nil, fmt.Errorf("create csr: %w", err)
 	}
@@ -328,10 +333,10 @@ func (c *Client) Fetch(ctx context.Context, key crypto.Signer, token string, ttl
 	if err != nil {
 		return nil, fmt.Errorf("issuer %s: %w", c.cfg.Address, err)
 	}
-	return verifyResponse(resp.CertChain, key, roots)
+	return verifyResponse(resp.CertChain, key, roots, c.cfg.DNSNames)
 }
 
-func verifyResponse(pemChain []string, key crypto.Signer, roots *trust.Bundle) (*SVID, error) {
+func verifyResponse(pemChain []string, key crypto.Signer, roots *trust.Bundle, dnsNames []string) (*SVID, error) {
 	if len(pemChain) < 2 {
 		return nil, fmt.Errorf("issuer returned %d certificates, want leaf ... root", len(pemChain))
 	}
@@ -350,6 +355,9 @@ func verifyResponse(pemChain []string, key crypto.Signer, roots *trust.Bundle) (
 	if err := checkLeaf(leaf); err != nil {
 		return nil, err
 	}
+	if !slices.Equal(leaf.DNSNames, dnsNames) {
+		return nil, fmt.Errorf("issued certificate has DNS names %q, want %q", leaf.DNSNames, dnsNames)
+	}
 	inters := x509.NewCertPool()
 	for _, c := range certs[1 : len(certs)-1] {
 		inters.AddCert(c)
@@ -357,6 +365,12 @@ func verifyResponse(pemChain []string, key crypto.Signer, roots *trust.Bundle) (
 	_, err := leaf.Verify(x509.VerifyOptions{Roots: roots.Pool(), Intermediates: inters, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 	if err != nil {
 		return nil, fmt.Errorf("issued certificate does not verify against the CA bundle: %w", err)
+	}
+	for _, n := range dnsNames {
+		_, err := leaf.Verify(x509.VerifyOptions{DNSName: n, Roots: roots.Pool(), Intermediates: inters, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+		if err != nil {
+			return nil, fmt.Errorf("issued certificate does not verify as a server certificate for %s: %w", n, err)
+		}
 	}
 	return &SVID{Chain: certs[:len(certs)-1], Key: key, Roots: roots.Roots()}, nil
 }

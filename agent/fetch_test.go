@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -74,7 +75,7 @@ func TestVerifyResponse(t *testing.T) {
 		{"not PEM", []string{"x", "y"}, 0, "certificate 0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			svid, err := verifyResponse(tc.chain, key, tree.Bundle)
+			svid, err := verifyResponse(tc.chain, key, tree.Bundle, nil)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tc.wantErr)
@@ -93,7 +94,7 @@ func TestVerifyResponse(t *testing.T) {
 		})
 	}
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if _, err := verifyResponse(pemStrings(leaf, tree.Intermediate.Certificate, tree.Root.Certificate), other, tree.Bundle); err == nil ||
+	if _, err := verifyResponse(pemStrings(leaf, tree.Intermediate.Certificate, tree.Root.Certificate), other, tree.Bundle, nil); err == nil ||
 		!strings.Contains(err.Error(), "our public key") {
 		t.Errorf("leaf for another key: %v", err)
 	}
@@ -113,5 +114,48 @@ func TestClientSetRoots(t *testing.T) {
 	bundle, _ := otherRoot(t, tree)
 	if err := c.SetRoots(bundle); err != nil || c.conn == conn || c.roots != bundle {
 		t.Errorf("new roots kept the old connection (%v)", err)
+	}
+}
+
+// A response to a CSR with DNS names must carry exactly those names and
+// verify as a server certificate for each; one without them, with others,
+// or with DNS names nobody asked for is refused.
+func TestVerifyResponseDNSNames(t *testing.T) {
+	names := []string{"istiod.istio-system.svc"}
+	tree := testkit.New(t, testkit.Options{WorkloadDNSNames: names})
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := func(dns ...string) []string {
+		leaf, err := tree.Intermediate.SignLeaf(ca.LeafRequest{PublicKey: key.Public(), URIs: []*url.URL{webID.URL()}, DNSNames: dns, TTL: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pemStrings(leaf, tree.Intermediate.Certificate, tree.Root.Certificate)
+	}
+	for _, tc := range []struct {
+		name    string
+		chain   []string
+		asked   []string
+		wantErr string
+	}{
+		{"the names asked for", chain(names...), names, ""},
+		{"names missing", chain(), names, "want"},
+		{"names not asked for", chain(names...), nil, "want"},
+		{"a name outside the intermediate's constraints", chain("x.istiod.istio-system.svc"), []string{"x.istiod.istio-system.svc"}, "excluded by constraint"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			svid, err := verifyResponse(tc.chain, key, tree.Bundle, tc.asked)
+			if tc.wantErr == "" {
+				if err != nil || !slices.Equal(svid.Chain[0].DNSNames, names) {
+					t.Fatalf("err = %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("err = %v, want %q", err, tc.wantErr)
+			}
+		})
 	}
 }

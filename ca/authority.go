@@ -143,6 +143,10 @@ type IntermediateRequest struct {
 	// may vouch for (critical name constraints). Nil means none: no DNS
 	// name and no IP address verifies under the intermediate.
 	ServingNames []string
+	// WorkloadDNSNames are DNS names that workload leaves, not only the
+	// issuer's serving certificate, may carry (istiod's, say). Each is
+	// permitted exactly, without its subdomains. Nil means none.
+	WorkloadDNSNames []string
 	// TTL is the requested lifetime; zero means DefaultIntermediateTTL. The
 	// result never outlives the signing CA.
 	TTL time.Duration
@@ -162,8 +166,9 @@ const intermediateTemplate = `{
 }`
 
 // SignIntermediate signs a CA certificate with path length 0 that may only
-// issue SPIFFE IDs in req.TrustDomain and serving certificates for
-// req.ServingNames, and that names its cluster's issuer (trust.IssuerServerID).
+// issue SPIFFE IDs in req.TrustDomain, serving certificates for
+// req.ServingNames and the DNS names req.WorkloadDNSNames, and that names
+// its cluster's issuer (trust.IssuerServerID).
 func (a *Authority) SignIntermediate(req IntermediateRequest) (*x509.Certificate, error) {
 	if req.PublicKey == nil {
 		return nil, errors.New("intermediate: public key is required")
@@ -197,7 +202,7 @@ func (a *Authority) SignIntermediate(req IntermediateRequest) (*x509.Certificate
 		return nil, fmt.Errorf("intermediate: %w", err)
 	}
 	tmpl.URIs = []*url.URL{id.URL()}
-	if err := constrainServingNames(tmpl, req.ServingNames); err != nil {
+	if err := constrainNames(tmpl, req.ServingNames, req.WorkloadDNSNames); err != nil {
 		return nil, fmt.Errorf("intermediate: %w", err)
 	}
 	if err := a.setValidity(tmpl, req.Now, req.TTL); err != nil {

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"slices"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -30,11 +31,18 @@ const maxRSABits = 8192
 //   - URI SANs empty or exactly id;
 //   - no DNS, IP or email SANs and no subject common name.
 //
-// Errors wrap ErrInvalidRequest, except a well-formed SPIFFE ID other than id,
-// which wraps ErrPermissionDenied. The certificate meshca issues takes its
-// names from the attested identity, never from the CSR: the CSR contributes
-// only its public key.
+// Errors wrap ErrInvalidRequest, except a well-formed SPIFFE ID other than
+// id or a DNS name, which wrap ErrPermissionDenied. The certificate meshca
+// issues takes its names from the attested identity, never from the CSR:
+// the CSR contributes only its public key.
 func CheckCSR(pemCSR []byte, id spiffeid.ID) (*x509.CertificateRequest, error) {
+	return checkCSR(pemCSR, id, nil)
+}
+
+// checkCSR is CheckCSR for an identity that may have the DNS names in
+// allowed (see DNSGrant): the CSR's DNS SANs, if any, must each be one of
+// them, without repeats; they are the only names taken from the CSR.
+func checkCSR(pemCSR []byte, id spiffeid.ID, allowed []string) (*x509.CertificateRequest, error) {
 	if len(pemCSR) == 0 {
 		return nil, fmt.Errorf("%w: csr is empty", ErrInvalidRequest)
 	}
@@ -61,7 +69,7 @@ func CheckCSR(pemCSR []byte, id spiffeid.ID) (*x509.CertificateRequest, error) {
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("%w: csr signature is invalid: %v", ErrInvalidRequest, err)
 	}
-	if err := checkNames(csr, id); err != nil {
+	if err := checkNames(csr, id, allowed); err != nil {
 		return nil, err
 	}
 	return csr, nil
@@ -84,12 +92,13 @@ func checkKey(pub any) error {
 	return nil
 }
 
-func checkNames(csr *x509.CertificateRequest, id spiffeid.ID) error {
+func checkNames(csr *x509.CertificateRequest, id spiffeid.ID, allowed []string) error {
+	if err := checkDNSNames(csr.DNSNames, id, allowed); err != nil {
+		return err
+	}
 	switch {
 	case csr.Subject.CommonName != "":
 		return fmt.Errorf("%w: csr must not have a subject common name (got %q)", ErrInvalidRequest, csr.Subject.CommonName)
-	case len(csr.DNSNames) > 0:
-		return fmt.Errorf("%w: csr must not have DNS SANs (got %q)", ErrInvalidRequest, csr.DNSNames)
 	case len(csr.IPAddresses) > 0:
 		return fmt.Errorf("%w: csr must not have IP SANs (got %v)", ErrInvalidRequest, csr.IPAddresses)
 	case len(csr.EmailAddresses) > 0:
@@ -105,6 +114,30 @@ func checkNames(csr *x509.CertificateRequest, id spiffeid.ID) error {
 	}
 	if got != id {
 		return fmt.Errorf("%w: csr asks for %s but the caller attested as %s", ErrPermissionDenied, got, id)
+	}
+	return nil
+}
+
+// checkDNSNames refuses DNS SANs that id may not have: any, unless allowed
+// lists them all. The refusal names what the caller asked for, never what
+// the issuer would allow.
+func checkDNSNames(names []string, id spiffeid.ID, allowed []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	if len(allowed) == 0 {
+		return fmt.Errorf("%w: %s may not have DNS names in its certificate (csr asks for %q)", ErrPermissionDenied, id, names)
+	}
+	if len(names) > len(allowed) {
+		return fmt.Errorf("%w: csr asks for %d DNS names; %s may not have that many", ErrPermissionDenied, len(names), id)
+	}
+	for i, n := range names {
+		if slices.Contains(names[:i], n) {
+			return fmt.Errorf("%w: csr asks for DNS name %q twice", ErrInvalidRequest, n)
+		}
+		if !slices.Contains(allowed, n) {
+			return fmt.Errorf("%w: %s may not have DNS name %q in its certificate", ErrPermissionDenied, id, n)
+		}
 	}
 	return nil
 }

@@ -278,7 +278,7 @@ func TestGRPCErrorCodes(t *testing.T) {
 		{"basic auth", metadata.Pairs("authorization", "Basic "+good), p256CSR, codes.Unauthenticated, "authentication failed"},
 		{"unknown cluster", metadata.Pairs("authorization", "Bearer "+good, "clusterid", "west"), p256CSR, codes.Unauthenticated, "authentication failed"},
 		{"forged URI SAN", bearer(good), csrPEM(t, testKey(t, "p256"), &x509.CertificateRequest{URIs: []*url.URL{mustURL(t, "spiffe://cluster.local/ns/kube-system/sa/admin")}}), codes.PermissionDenied, "caller attested as spiffe://cluster.local/ns/default/sa/web"},
-		{"DNS SAN", bearer(good), csrPEM(t, testKey(t, "p256"), &x509.CertificateRequest{DNSNames: []string{"evil.example"}}), codes.InvalidArgument, "DNS SANs"},
+		{"DNS SAN", bearer(good), csrPEM(t, testKey(t, "p256"), &x509.CertificateRequest{DNSNames: []string{"evil.example"}}), codes.PermissionDenied, "may not have DNS names"},
 		{"RSA-1024", bearer(good), csrPEM(t, testKey(t, "rsa1024"), nil), codes.InvalidArgument, "1024 bits"},
 		{"garbage PEM", bearer(good), []byte("garbage"), codes.InvalidArgument, "not PEM"},
 		{"oversized CSR", bearer(good), []byte(strings.Repeat("A", 20<<10)), codes.InvalidArgument, "the limit is 16384"},

@@ -119,6 +119,10 @@ type Config struct {
 	// Metrics, when set, receives the issuer's metrics (requests by code,
 	// latency, attestation failures, denials); nil means no metrics.
 	Metrics prometheus.Registerer
+	// DNSGrants name the identities that may have DNS names in their
+	// certificates, and which (see DNSGrant). Nil means none: every DNS
+	// name in a CSR is refused.
+	DNSGrants []DNSGrant
 	// MetricsClusters are the other clusters this issuer attests (by
 	// name): a request whose clusterid names one is counted under it, any
 	// other under Cluster, so that callers cannot add label values.
@@ -147,7 +151,7 @@ func (c Config) Validate() error {
 	case c.DefaultTTL < c.MinTTL || c.DefaultTTL > c.MaxTTL:
 		return fmt.Errorf("issuer: default ttl %v is outside [%v, %v]", c.DefaultTTL, c.MinTTL, c.MaxTTL)
 	}
-	return nil
+	return ValidateDNSGrants(c.DNSGrants, c.TrustDomain)
 }
 
 // withDefaults returns c with its zero fields replaced by their defaults.
@@ -238,6 +242,7 @@ func (iss *Issuer) SetAuthority(a *ca.Authority, b *trust.Bundle) error {
 	if err := iss.checkShape(a.Certificate, chain); err != nil {
 		return err
 	}
+	iss.warnUnadmitted(a.Certificate)
 	next := &signing{
 		authority: a, bundle: b, root: root,
 		chain: slices.Concat(chain[:len(chain)-1], iss.crossFor(a, chain, b)),
@@ -405,19 +410,23 @@ func (iss *Issuer) issue(ctx context.Context, req Request) (*x509.Certificate, *
 	if err != nil {
 		return nil, nil, err
 	}
-	csr, err := CheckCSR(req.CSR, id)
+	csr, err := checkCSR(req.CSR, id, iss.dnsAllowed(ident.Cluster, id))
 	if err != nil {
+		iss.metrics.deniedNames(err)
 		return nil, nil, fmt.Errorf("%s: %w", id, err)
 	}
 	s := iss.current()
+	if err := s.checkDNSPermitted(csr.DNSNames); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", id, err)
+	}
 	now := iss.cfg.Now()
 	leaf, err := s.authority.SignLeaf(ca.LeafRequest{
-		PublicKey: csr.PublicKey, URIs: []*url.URL{id.URL()}, TTL: iss.clampTTL(req.TTL), Now: now,
+		PublicKey: csr.PublicKey, URIs: []*url.URL{id.URL()}, DNSNames: csr.DNSNames, TTL: iss.clampTTL(req.TTL), Now: now,
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: sign %s: %w", ErrUnavailable, id, err)
 	}
-	if err := s.verify(leaf, csr.PublicKey, id, now); err != nil {
+	if err := s.verify(leaf, csr.PublicKey, id, csr.DNSNames, now); err != nil {
 		return nil, nil, fmt.Errorf("verify issued certificate for %s: %w", id, err)
 	}
 	if err := iss.record(ctx, leaf, id, ident, now); err != nil {
@@ -494,6 +503,9 @@ func (iss *Issuer) record(ctx context.Context, leaf *x509.Certificate, id spiffe
 		Time: now, Actor: "system:serviceaccount:" + ident.Namespace + ":" + ident.ServiceAccount,
 		Action: "certificate.issue", Cluster: iss.cfg.Cluster, SPIFFEID: id.String(), Serial: serial,
 		Detail: fmt.Sprintf("pod=%s not_after=%s", ident.PodName, leaf.NotAfter.UTC().Format(time.RFC3339)),
+	}
+	if len(leaf.DNSNames) > 0 {
+		ev.Detail += " dns=" + strings.Join(leaf.DNSNames, ",")
 	}
 	return iss.cfg.Recorder.RecordIssuance(ctx, cert, ev)
 }

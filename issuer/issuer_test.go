@@ -120,7 +120,7 @@ func TestIssueRejections(t *testing.T) {
 		{"foreign trust domain URI SAN", issuer.Request{Token: goodToken, CSR: csrPEM(t, p256, &x509.CertificateRequest{URIs: []*url.URL{mustURL(t, "spiffe://other.example/ns/default/sa/web")}})}, issuer.ErrPermissionDenied, "other.example"},
 		{"non-SPIFFE URI SAN", issuer.Request{Token: goodToken, CSR: csrPEM(t, p256, &x509.CertificateRequest{URIs: []*url.URL{mustURL(t, "https://example.com/x")}})}, issuer.ErrInvalidRequest, "not a SPIFFE ID"},
 		{"two URI SANs", issuer.Request{Token: goodToken, CSR: csrPEM(t, p256, &x509.CertificateRequest{URIs: []*url.URL{mustURL(t, webID), mustURL(t, webID)}})}, issuer.ErrInvalidRequest, "2 URI SANs"},
-		{"DNS SAN", issuer.Request{Token: goodToken, CSR: csrPEM(t, p256, &x509.CertificateRequest{DNSNames: []string{"kubernetes.default.svc"}})}, issuer.ErrInvalidRequest, "DNS SANs"},
+		{"DNS SAN", issuer.Request{Token: goodToken, CSR: csrPEM(t, p256, &x509.CertificateRequest{DNSNames: []string{"kubernetes.default.svc"}})}, issuer.ErrPermissionDenied, "may not have DNS names"},
 		{"IP SAN", issuer.Request{Token: goodToken, CSR: csrPEM(t, p256, &x509.CertificateRequest{IPAddresses: []net.IP{net.IPv4(10, 0, 0, 1)}})}, issuer.ErrInvalidRequest, "IP SANs"},
 		{"email SAN", issuer.Request{Token: goodToken, CSR: csrPEM(t, p256, &x509.CertificateRequest{EmailAddresses: []string{"a@b.c"}})}, issuer.ErrInvalidRequest, "email SANs"},
 		{"common name", issuer.Request{Token: goodToken, CSR: csrPEM(t, p256, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "admin"}})}, issuer.ErrInvalidRequest, "common name"},

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -36,6 +37,10 @@ type LocalRootConfig struct {
 	// certificate, which each intermediate is constrained to; empty means
 	// no DNS or IP name at all.
 	ServingNames []string
+	// WorkloadDNSNames are the DNS names the issuer grants to workloads
+	// (DNSGrantNames of its Config.DNSGrants): each intermediate admits
+	// each of them exactly. Empty means none.
+	WorkloadDNSNames []string
 	// TTL is each intermediate's lifetime; zero means
 	// ca.DefaultIntermediateTTL, otherwise at least MinLocalIntermediateTTL.
 	// An intermediate never outlives Root: near its end it is cut short.
@@ -55,6 +60,11 @@ func (c *LocalRootConfig) Validate() error {
 		return errors.New("local root: cluster is required")
 	case c.TTL != 0 && c.TTL < MinLocalIntermediateTTL:
 		return fmt.Errorf("local root: intermediate TTL %s is below the minimum %s", c.TTL, MinLocalIntermediateTTL)
+	}
+	for _, n := range c.WorkloadDNSNames {
+		if !trust.ValidDNSName(n) || net.ParseIP(n) != nil {
+			return fmt.Errorf("local root: workload DNS name %q is not a lower-case DNS name", n)
+		}
 	}
 	return nil
 }
@@ -101,7 +111,7 @@ func (r *LocalRoot) NewIntermediate(context.Context) (*ca.Authority, *trust.Trus
 	}
 	cert, err := r.cfg.Root.SignIntermediate(ca.IntermediateRequest{
 		PublicKey: key.Public(), TrustDomain: r.cfg.TrustDomain, Cluster: r.cfg.Cluster,
-		ServingNames: r.cfg.ServingNames, TTL: r.cfg.TTL, Now: time.Now(),
+		ServingNames: r.cfg.ServingNames, WorkloadDNSNames: r.cfg.WorkloadDNSNames, TTL: r.cfg.TTL, Now: time.Now(),
 	})
 	if err != nil {
 		return nil, nil, err

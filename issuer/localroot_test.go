@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"net"
+	"slices"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -169,5 +170,32 @@ func TestLocalRootConfigRefusesShortTTL(t *testing.T) {
 	}
 	if _, err := issuer.NewLocalRoot(issuer.LocalRootConfig{Root: tree.Intermediate, TrustDomain: tree.TrustDomain, Cluster: "dev"}); err == nil {
 		t.Error("an intermediate accepted as the local root")
+	}
+}
+
+// A local root mints intermediates that admit the granted DNS names
+// exactly, and refuses names that are not DNS names.
+func TestLocalRootWorkloadDNSNames(t *testing.T) {
+	tree := testkit.New(t, testkit.Options{})
+	names := []string{"istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local"}
+	lr, err := issuer.NewLocalRoot(issuer.LocalRootConfig{Root: tree.Root, TrustDomain: tree.TrustDomain, Cluster: "dev",
+		ServingNames: []string{"localhost"}, WorkloadDNSNames: names})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _, err := lr.NewIntermediate(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := a.Certificate
+	if want := []string{"localhost", names[0], names[1]}; !slices.Equal(c.PermittedDNSDomains, want) ||
+		!slices.Equal(c.ExcludedDNSDomains, []string{"." + names[0], "." + names[1]}) {
+		t.Errorf("intermediate permits %q, excludes %q", c.PermittedDNSDomains, c.ExcludedDNSDomains)
+	}
+	for _, bad := range []string{"*.istio-system.svc", "10.0.0.1", "Istiod.svc"} {
+		if _, err := issuer.NewLocalRoot(issuer.LocalRootConfig{Root: tree.Root, TrustDomain: tree.TrustDomain, Cluster: "dev",
+			WorkloadDNSNames: []string{bad}}); err == nil {
+			t.Errorf("workload DNS name %q accepted", bad)
+		}
 	}
 }

@@ -49,13 +49,16 @@ const (
 	// DeniedPolicy: the attested identity may not have a certificate (its
 	// namespace or service account makes no valid SPIFFE ID).
 	DeniedPolicy = "policy"
+	// DeniedNames: the CSR asks for names the identity may not have: a
+	// DNS name without a DNSGrant for it, or another SPIFFE ID.
+	DeniedNames = "names"
 )
 
 // attestReasons and deniedReasons are exported at 0 from the start.
 var (
 	attestReasons = []string{AttestInvalidToken, AttestExpired, AttestAudience, AttestUnknownCluster, AttestNotAllowed,
 		AttestUnavailable, AttestOther}
-	deniedReasons = []string{DeniedRevoked, DeniedPolicy}
+	deniedReasons = []string{DeniedRevoked, DeniedPolicy, DeniedNames}
 )
 
 // attestReason classifies an attestation error into attestReasons.
@@ -124,7 +127,7 @@ func newMetrics(reg prometheus.Registerer, cluster string, others []string) (*me
 	}
 	denied, err := ops.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: DeniedMetric,
-		Help: "Certificate requests of attested workloads refused, by reason (revoked, policy).",
+		Help: "Certificate requests of attested workloads refused, by reason (revoked, policy, names).",
 	}, []string{"reason"}))
 	if err != nil {
 		return nil, err
@@ -194,6 +197,14 @@ func (m *metrics) attestFailed(clusterID string, err error) {
 func (m *metrics) deny(reason string) {
 	if m != nil {
 		m.denied[reason].Inc()
+	}
+}
+
+// deniedNames counts a CSR refusal that is a denial (DeniedNames), not a
+// malformed request.
+func (m *metrics) deniedNames(err error) {
+	if errors.Is(err, ErrPermissionDenied) {
+		m.deny(DeniedNames)
 	}
 }
 

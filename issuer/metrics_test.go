@@ -24,12 +24,13 @@ func (revokedWeb) Stale(time.Time) bool                       { return false }
 
 // Each refused request is counted under its bounded reason: attestation
 // failures by the reason the attestor marked (an error outside its
-// contract is "other"), denials as revoked or policy.
+// contract is "other"), denials as revoked, policy or names.
 func TestMetricsCountRefusals(t *testing.T) {
 	tree := testkit.New(t, testkit.Options{Now: t0})
 	attestor := &fakeAttestor{identities: map[string]attest.Identity{
 		goodToken: {Cluster: "dev", Namespace: "default", ServiceAccount: "web"},
 		"bad-ns":  {Cluster: "dev", Namespace: "Not A Label!", ServiceAccount: "web"},
+		"db":      {Cluster: "dev", Namespace: "default", ServiceAccount: "db"},
 	}}
 	reg := prometheus.NewPedanticRegistry()
 	iss, err := issuer.New(issuer.Config{
@@ -58,6 +59,11 @@ func TestMetricsCountRefusals(t *testing.T) {
 			t.Fatalf("token %q, attestor error %v: issued", c.token, c.err)
 		}
 	}
+	attestor.err = nil
+	dnsCSR := csrPEM(t, newKey(t), &x509.CertificateRequest{DNSNames: []string{"istiod.istio-system.svc"}})
+	if _, err := iss.Issue(t.Context(), issuer.Request{Token: "db", CSR: dnsCSR}); err == nil {
+		t.Fatal("a DNS name without a grant: issued")
+	}
 	want := `
 # HELP meshca_issuer_attestation_failures_total Workload credentials that failed attestation, by cluster and reason ([invalid_token expired audience unknown_cluster not_allowed unavailable other]).
 # TYPE meshca_issuer_attestation_failures_total counter
@@ -68,8 +74,9 @@ meshca_issuer_attestation_failures_total{cluster="dev",reason="not_allowed"} 1
 meshca_issuer_attestation_failures_total{cluster="dev",reason="other"} 1
 meshca_issuer_attestation_failures_total{cluster="dev",reason="unavailable"} 1
 meshca_issuer_attestation_failures_total{cluster="dev",reason="unknown_cluster"} 1
-# HELP meshca_issuer_denied_total Certificate requests of attested workloads refused, by reason (revoked, policy).
+# HELP meshca_issuer_denied_total Certificate requests of attested workloads refused, by reason (revoked, policy, names).
 # TYPE meshca_issuer_denied_total counter
+meshca_issuer_denied_total{reason="names"} 1
 meshca_issuer_denied_total{reason="policy"} 1
 meshca_issuer_denied_total{reason="revoked"} 1
 `

@@ -16,9 +16,10 @@ import (
 // verify checks, before anything leaves the issuer, that leaf is exactly the
 // certificate meant for id and pub, and that it is valid under the signing
 // chain: what RFC 5280 path validation checks for a leaf whose only name is
-// one URI.
+// one URI, and the DNS names dns.
 //
-//   - The leaf: exactly one URI SAN, id, and no other name; not a CA; no
+//   - The leaf: exactly one URI SAN, id, the DNS names dns and no other
+//     name; not a CA; no
 //     unhandled critical extension; the requested public key; client and
 //     server authentication.
 //   - Issuer binding: the leaf names the intermediate as issuer, by subject
@@ -26,7 +27,10 @@ import (
 //   - Validity: every certificate of the chain is valid now, and the leaf
 //     does not outlive the intermediate.
 //   - Every CA of the chain: its URI name constraints admit id's trust
-//     domain, and its extended key usages (if any) admit the leaf's.
+//     domain, its DNS name constraints each of dns, and its extended key
+//     usages (if any) admit the leaf's.
+//   - A leaf with DNS names (rare: istiod's, see DNSGrant) is verified by
+//     crypto/x509 too, for each name, signature included.
 //
 // The leaf's signature is not checked a second time: [ca.Authority.SignLeaf]
 // only returns certificates whose signature x509.CreateCertificate has
@@ -36,12 +40,15 @@ import (
 // verified in SetAuthority. A signature check is the most expensive step of
 // issuance, so doing it once instead of twice is worth a fifth of the
 // issuer's CPU (docs/benchmarks.md, issuance section).
-func (s *signing) verify(leaf *x509.Certificate, pub crypto.PublicKey, id spiffeid.ID, now time.Time) error {
+func (s *signing) verify(leaf *x509.Certificate, pub crypto.PublicKey, id spiffeid.ID, dns []string, now time.Time) error {
 	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id.String() {
 		return fmt.Errorf("leaf URI SANs %v, want exactly %s", leaf.URIs, id)
 	}
-	if len(leaf.DNSNames)+len(leaf.IPAddresses)+len(leaf.EmailAddresses) > 0 || len(leaf.Subject.CommonName) > 0 {
-		return errors.New("leaf carries names other than its SPIFFE ID")
+	if !slices.Equal(leaf.DNSNames, dns) {
+		return fmt.Errorf("leaf DNS names %q, want %q", leaf.DNSNames, dns)
+	}
+	if len(leaf.IPAddresses)+len(leaf.EmailAddresses) > 0 || len(leaf.Subject.CommonName) > 0 {
+		return errors.New("leaf carries names other than its SPIFFE ID and granted DNS names")
 	}
 	if leaf.IsCA {
 		return errors.New("leaf is a CA")
@@ -82,9 +89,34 @@ func (s *signing) verify(leaf *x509.Certificate, pub crypto.PublicKey, id spiffe
 		if slices.ContainsFunc(c.ExcludedURIDomains, func(d string) bool { return domainMatches(host, d) }) {
 			return fmt.Errorf("%s is within URI domains %q excludes", id, c.Subject)
 		}
+		for _, n := range dns {
+			if !permits(c, n, nil) {
+				return fmt.Errorf("DNS name %q is outside the name constraints of %q", n, c.Subject)
+			}
+		}
 		if len(c.ExtKeyUsage) > 0 && !slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageAny) &&
 			(!slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageServerAuth) || !slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageClientAuth)) {
 			return fmt.Errorf("%q does not permit client and server authentication", c.Subject)
+		}
+	}
+	return s.verifyDNS(leaf, dns, now)
+}
+
+// verifyDNS has crypto/x509 verify leaf's chain to the bundle as a server
+// certificate for each of dns.
+func (s *signing) verifyDNS(leaf *x509.Certificate, dns []string, now time.Time) error {
+	if len(dns) == 0 {
+		return nil
+	}
+	inters := x509.NewCertPool()
+	for _, c := range s.chain {
+		inters.AddCert(c)
+	}
+	for _, n := range dns {
+		_, err := leaf.Verify(x509.VerifyOptions{DNSName: n, Roots: s.bundle.Pool(), Intermediates: inters, CurrentTime: now,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+		if err != nil {
+			return fmt.Errorf("leaf for DNS name %q: %w", n, err)
 		}
 	}
 	return nil

@@ -92,7 +92,7 @@ func TestVerifyRejectsWhatTheChainWould(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			leaf := sign(tc.signer, tc.leaf)
-			err := s.verify(leaf, tc.pub, spiffeid.RequireFromString(tc.id), now)
+			err := s.verify(leaf, tc.pub, spiffeid.RequireFromString(tc.id), nil, now)
 			if (err == nil) != tc.ok {
 				t.Fatalf("verify err = %v, want ok=%v", err, tc.ok)
 			}
@@ -142,5 +142,51 @@ func TestCertPEMMatchesEncodingPEM(t *testing.T) {
 		if got := certPEM(&x509.Certificate{Raw: raw}); got != want {
 			t.Errorf("%d bytes: certPEM =\n%s\nwant\n%s", n, got, want)
 		}
+	}
+}
+
+// A leaf with DNS names passes only with exactly the names asked for, each
+// inside every CA's DNS name constraints: a signer that ignored them (a
+// forged leaf under an intermediate that does not admit the name) is
+// caught before anything leaves.
+func TestVerifyDNSNames(t *testing.T) {
+	now := time.Now()
+	tree := testkit.New(t, testkit.Options{Now: now, WorkloadDNSNames: []string{"istiod.istio-system.svc"}})
+	iss := &Issuer{cfg: Config{TrustDomain: tree.TrustDomain, Now: func() time.Time { return now }}}
+	if err := iss.SetAuthority(tree.Intermediate, tree.Bundle); err != nil {
+		t.Fatal(err)
+	}
+	s := iss.current()
+	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/istio-system/sa/istiod")
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	for _, tc := range []struct {
+		name       string
+		leafNames  []string
+		askedNames []string
+		ok         bool
+	}{
+		{"granted name", []string{"istiod.istio-system.svc"}, []string{"istiod.istio-system.svc"}, true},
+		{"name outside the constraints", []string{"x.istiod.istio-system.svc"}, []string{"x.istiod.istio-system.svc"}, false},
+		{"other name than asked", []string{"istiod.istio-system.svc"}, []string{"meshca.meshca-system.svc"}, false},
+		{"names not asked for", []string{"istiod.istio-system.svc"}, nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tmpl := &x509.Certificate{
+				SerialNumber: big.NewInt(9), URIs: []*url.URL{id.URL()}, DNSNames: tc.leafNames,
+				NotBefore: tree.Intermediate.Certificate.NotBefore, NotAfter: now.Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
+				ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, BasicConstraintsValid: true,
+			}
+			der, err := x509.CreateCertificate(rand.Reader, tmpl, tree.Intermediate.Certificate, key.Public(), tree.Intermediate.Signer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			leaf, err := x509.ParseCertificate(der)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.verify(leaf, key.Public(), id, tc.askedNames, now); (err == nil) != tc.ok {
+				t.Fatalf("verify err = %v, want ok=%v", err, tc.ok)
+			}
+		})
 	}
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"regexp"
+	"slices"
 	"time"
 )
 
@@ -11,6 +14,11 @@ import (
 type Cluster struct {
 	Name        string
 	TrustDomain string
+	// DNSNames are the workload DNS names the root lets the cluster's
+	// intermediates admit, each exactly (istiod's serving names): lower-case
+	// DNS names without wildcards, at most MaxClusterDNSNames. Nil means
+	// none.
+	DNSNames []string
 	// CreatedAt has second precision, UTC; the store sets it on insert.
 	CreatedAt time.Time
 }
@@ -75,10 +83,15 @@ type RootStore interface {
 	// AddCluster registers c, or finds it if a cluster of that name exists
 	// with the same trust domain, and stores tok for it. A cluster of that
 	// name with another trust domain is an error wrapping ErrAlreadyExists,
-	// and nothing is written.
+	// and nothing is written. c.DNSNames are stored with a new cluster; an
+	// existing one keeps its own (SetClusterDNSNames changes them).
 	AddCluster(ctx context.Context, c Cluster, tok JoinToken, ev AuditEvent) error
 	// Cluster returns the named cluster or ErrNotFound.
 	Cluster(ctx context.Context, name string) (Cluster, error)
+	// SetClusterDNSNames replaces the named cluster's DNSNames (nil or
+	// empty: none) and appends ev in one transaction. An unknown cluster
+	// wraps ErrNotFound, and nothing is written.
+	SetClusterDNSNames(ctx context.Context, name string, dnsNames []string, ev AuditEvent) error
 	// RedeemJoinToken marks the token with this hash used and returns its
 	// cluster and its Replicas (at least 1), appending ev (with Cluster
 	// filled in) in the same transaction. A token that is unknown, expired
@@ -118,6 +131,31 @@ type RootStore interface {
 // MaxReplicas bounds JoinToken.Replicas.
 const MaxReplicas = 64
 
+// MaxClusterDNSNames bounds Cluster.DNSNames.
+const MaxClusterDNSNames = 32
+
+// ValidateClusterDNSNames reports what makes names unfit for
+// Cluster.DNSNames: too many, a repeat, or one that is not a lower-case DNS
+// name of letters, digits and hyphens (no wildcard, no space).
+func ValidateClusterDNSNames(names []string) error {
+	if len(names) > MaxClusterDNSNames {
+		return fmt.Errorf("%d DNS names: at most %d", len(names), MaxClusterDNSNames)
+	}
+	for i, n := range names {
+		if !dnsNameRE.MatchString(n) || len(n) > 253 || net.ParseIP(n) != nil {
+			return fmt.Errorf("DNS name %q: want a lower-case DNS name without wildcards", n)
+		}
+		if slices.Contains(names[:i], n) {
+			return fmt.Errorf("DNS name %q is given twice", n)
+		}
+	}
+	return nil
+}
+
+// dnsNameRE is a lower-case DNS name: labels of letters, digits and inner
+// hyphens, at most 63 characters each.
+var dnsNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
+
 // ValidateAddCluster reports what makes an AddCluster call invalid (backends
 // call it before writing): empty names, an empty token hash, or a token for
 // another cluster.
@@ -132,5 +170,5 @@ func ValidateAddCluster(c Cluster, tok JoinToken) error {
 	case tok.Replicas < 0 || tok.Replicas > MaxReplicas:
 		return fmt.Errorf("join token for %d replicas: want 1 to %d", tok.Replicas, MaxReplicas)
 	}
-	return nil
+	return ValidateClusterDNSNames(c.DNSNames)
 }

@@ -68,7 +68,7 @@ func SplitServingNames(names []string) (dns []string, ips []net.IP, err error) {
 			ips = append(ips, ip)
 			continue
 		}
-		if !validDNSName(n) {
+		if !ValidDNSName(n) {
 			return nil, nil, fmt.Errorf("serving name %q is not a DNS name or IP address", n)
 		}
 		dns = append(dns, n)
@@ -76,7 +76,9 @@ func SplitServingNames(names []string) (dns []string, ips []net.IP, err error) {
 	return dns, ips, nil
 }
 
-func validDNSName(n string) bool {
+// ValidDNSName reports whether n is a lower-case DNS name of letters,
+// digits and hyphens, without wildcards, empty labels or a trailing dot.
+func ValidDNSName(n string) bool {
 	if n == "" || len(n) > 253 || strings.HasPrefix(n, ".") || strings.HasSuffix(n, ".") {
 		return false
 	}

@@ -186,21 +186,17 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 		return nil, fmt.Errorf("%w: trust domain %s is held by cluster %s: their issuers could mint each other's identities; "+
 			"ask for it explicitly (share trust domain) if that is meant", grpcx.ErrFailedPrecondition, td.Name(), strings.Join(sharing, ", "))
 	}
+	dnsNames, err := r.clusterDNSNames(ctx, req)
+	if err != nil {
+		return nil, err
+	}
 	replicas := int(max(req.GetReplicas(), 1))
 	if replicas > store.MaxReplicas {
 		return nil, fmt.Errorf("%w: %d replicas: at most %d", grpcx.ErrInvalidArgument, replicas, store.MaxReplicas)
 	}
-	maxTTL := maxJoinTokenTTL
-	if replicas > 1 {
-		maxTTL = maxReplicaJoinTokenTTL
-	}
-	ttl := time.Duration(req.GetTokenTtlSeconds()) * time.Second
-	switch {
-	case req.GetTokenTtlSeconds() == 0:
-		ttl = r.cfg.JoinTokenTTL
-	case req.GetTokenTtlSeconds() < 0 || ttl > maxTTL || ttl/time.Second != time.Duration(req.GetTokenTtlSeconds()):
-		return nil, fmt.Errorf("%w: token ttl %ds: must be between 1s and %v", grpcx.ErrInvalidArgument,
-			req.GetTokenTtlSeconds(), maxTTL)
+	ttl, err := r.joinTokenTTL(req.GetTokenTtlSeconds(), replicas)
+	if err != nil {
+		return nil, err
 	}
 	secret := make([]byte, 32)
 	if _, err := rand.Read(secret); err != nil {
@@ -209,13 +205,16 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 	token := JoinTokenPrefix + base64.RawURLEncoding.EncodeToString(secret)
 	now := r.cfg.Now()
 	expires := now.Add(ttl).UTC().Truncate(time.Second)
-	c := store.Cluster{Name: req.GetName(), TrustDomain: td.Name()}
+	c := store.Cluster{Name: req.GetName(), TrustDomain: td.Name(), DNSNames: dnsNames}
 	detail := fmt.Sprintf("trust domain %s, join token expires at %s", td.Name(), expires.Format(time.RFC3339))
 	if replicas > 1 {
 		detail += fmt.Sprintf(", shared by up to %d issuer replicas", replicas)
 	}
 	if len(sharing) > 0 {
 		detail += ", trust domain shared with cluster " + strings.Join(sharing, ", ")
+	}
+	if len(dnsNames) > 0 {
+		detail += ", workload DNS names " + strings.Join(dnsNames, " ")
 	}
 	err = r.cfg.Store.AddCluster(ctx, c, store.JoinToken{Hash: hashToken(token), Cluster: c.Name, ExpiresAt: expires, Replicas: replicas},
 		store.AuditEvent{Time: now, Actor: actor, Action: "cluster.add", Cluster: c.Name, Detail: detail})
@@ -224,6 +223,11 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 		return nil, fmt.Errorf("%w: cluster %s: %w", grpcx.ErrAlreadyExists, c.Name, err)
 	case err != nil:
 		return nil, fmt.Errorf("%w: add cluster: %w", grpcx.ErrUnavailable, err)
+	}
+	if req.GetReplaceDnsNames() {
+		if err := r.replaceDNSNames(ctx, c, actor, now); err != nil {
+			return nil, err
+		}
 	}
 	r.addDomain(ctx, td)
 	r.log.InfoContext(ctx, "join token created", "actor", actor, "cluster", c.Name, "trust_domain", td.Name(),
@@ -235,6 +239,83 @@ func (r *Root) addCluster(ctx context.Context, req *meshcav1.AddClusterRequest, 
 		}
 	}
 	return resp, nil
+}
+
+// joinTokenTTL is the life of a join token asked for with seconds (zero:
+// the configured default) for a token of replicas.
+func (r *Root) joinTokenTTL(seconds int64, replicas int) (time.Duration, error) {
+	maxTTL := maxJoinTokenTTL
+	if replicas > 1 {
+		maxTTL = maxReplicaJoinTokenTTL
+	}
+	ttl := time.Duration(seconds) * time.Second
+	switch {
+	case seconds == 0:
+		return r.cfg.JoinTokenTTL, nil
+	case seconds < 0 || ttl > maxTTL || ttl/time.Second != time.Duration(seconds):
+		return 0, fmt.Errorf("%w: token ttl %ds: must be between 1s and %v", grpcx.ErrInvalidArgument, seconds, maxTTL)
+	}
+	return ttl, nil
+}
+
+// keepsDNSNames refuses DNS names given for a registered cluster whose
+// names differ, unless replace is set: they would not be stored, and an
+// administrator must not believe they were.
+func (r *Root) keepsDNSNames(ctx context.Context, name string, dnsNames []string, replace bool) error {
+	if replace || len(dnsNames) == 0 {
+		return nil
+	}
+	c, err := r.cfg.Store.Cluster(ctx, name)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("%w: read cluster %s: %w", grpcx.ErrUnavailable, name, err)
+	case !slices.Equal(c.DNSNames, dnsNames):
+		return fmt.Errorf("%w: cluster %s is registered with DNS names %q: to change them, replace them explicitly (replace DNS names)",
+			grpcx.ErrFailedPrecondition, name, c.DNSNames)
+	}
+	return nil
+}
+
+// replaceDNSNames makes c.DNSNames the registered cluster's workload DNS
+// names, audited; its next intermediate admits them.
+func (r *Root) replaceDNSNames(ctx context.Context, c store.Cluster, actor string, now time.Time) error {
+	err := r.cfg.Store.SetClusterDNSNames(ctx, c.Name, c.DNSNames, store.AuditEvent{Time: now, Actor: actor, Action: "cluster.dns_names",
+		Cluster: c.Name, Detail: "workload DNS names: " + strings.Join(c.DNSNames, " ")})
+	if err != nil {
+		return fmt.Errorf("%w: set DNS names of cluster %s: %w", grpcx.ErrUnavailable, c.Name, err)
+	}
+	return nil
+}
+
+// clusterDNSNames checks the workload DNS names req gives its cluster:
+// valid, unique, none beneath another, none of them the root's own serving
+// names (or a parent domain of one), which no cluster may vouch for, and,
+// for a registered cluster, its own unless they replace them
+// (keepsDNSNames).
+func (r *Root) clusterDNSNames(ctx context.Context, req *meshcav1.AddClusterRequest) ([]string, error) {
+	names := req.GetDnsNames()
+	if err := store.ValidateClusterDNSNames(names); err != nil {
+		return nil, fmt.Errorf("%w: %w", grpcx.ErrInvalidArgument, err)
+	}
+	for _, n := range names {
+		if r.isOwnHost(n) {
+			return nil, fmt.Errorf("%w: DNS name %q is the root's own (or contains one of its serving names)", grpcx.ErrInvalidArgument, n)
+		}
+		for _, o := range names {
+			if strings.HasSuffix(o, "."+n) {
+				return nil, fmt.Errorf("%w: DNS name %q is beneath %q: a name constraint cannot admit both exactly", grpcx.ErrInvalidArgument, o, n)
+			}
+		}
+	}
+	if len(names) == 0 {
+		return nil, nil
+	}
+	if err := r.keepsDNSNames(ctx, req.GetName(), names, req.GetReplaceDnsNames()); err != nil {
+		return nil, err
+	}
+	return names, nil
 }
 
 // holders returns the names of the registered clusters other than name in

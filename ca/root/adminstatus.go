@@ -130,7 +130,7 @@ func (r *Root) clusterStatus(ctx context.Context, inters []store.Intermediate) (
 	out := make([]*meshcav1.ClusterStatus, 0, len(clusters))
 	for _, c := range clusters {
 		out = append(out, &meshcav1.ClusterStatus{
-			Name: c.Name, TrustDomain: c.TrustDomain, Revoked: revoked[c.Name], Intermediates: count[c.Name],
+			Name: c.Name, TrustDomain: c.TrustDomain, Revoked: revoked[c.Name], Intermediates: count[c.Name], DnsNames: c.DNSNames,
 		})
 	}
 	return out, nil

@@ -53,6 +53,7 @@ type Store interface {
 	AuditEvents(ctx context.Context, since time.Time) ([]store.AuditEvent, error)
 	AddCluster(ctx context.Context, c store.Cluster, tok store.JoinToken, ev store.AuditEvent) error
 	Cluster(ctx context.Context, name string) (store.Cluster, error)
+	SetClusterDNSNames(ctx context.Context, name string, dnsNames []string, ev store.AuditEvent) error
 	RedeemJoinToken(ctx context.Context, hash string, now time.Time, ev store.AuditEvent) (store.Cluster, int, error)
 	RecordIntermediate(ctx context.Context, in store.Intermediate, ev store.AuditEvent) error
 	Intermediates(ctx context.Context, f store.IntermediateFilter) ([]store.Intermediate, error)

@@ -242,12 +242,12 @@ func (r *Root) issue(ctx context.Context, st *state, c store.Cluster, interCSR *
 	var out issued
 	out.intermediate, err = root.SignIntermediate(ca.IntermediateRequest{
 		PublicKey: interCSR.PublicKey, TrustDomain: td, Cluster: c.Name, ServingNames: names,
-		TTL: ttl, Now: now,
+		WorkloadDNSNames: c.DNSNames, TTL: ttl, Now: now,
 	})
 	if err != nil {
 		return issued{}, fmt.Errorf("%w: sign intermediate: %w", grpcx.ErrUnavailable, err)
 	}
-	if err := verifyIntermediate(out.intermediate, root.Certificate, td, c.Name, now); err != nil {
+	if err := verifyIntermediate(out.intermediate, root.Certificate, td, c.Name, c.DNSNames, now); err != nil {
 		return issued{}, err
 	}
 	sum := sha256.Sum256(out.intermediate.Raw)
@@ -259,8 +259,9 @@ func (r *Root) issue(ctx context.Context, st *state, c store.Cluster, interCSR *
 		Fingerprint: hex.EncodeToString(sum[:]), DER: out.intermediate.Raw,
 	}, store.AuditEvent{
 		Time: now, Actor: actor, Action: "intermediate.issue", Cluster: c.Name, Serial: serial,
-		Detail: fmt.Sprintf("trust domain %s, root sha256 %s, not after %s, serving names %s", td.Name(),
-			fingerprintHex(root.Certificate), out.intermediate.NotAfter.UTC().Format("2006-01-02T15:04:05Z"), strings.Join(names, " ")),
+		Detail: fmt.Sprintf("trust domain %s, root sha256 %s, not after %s, serving names %s%s", td.Name(),
+			fingerprintHex(root.Certificate), out.intermediate.NotAfter.UTC().Format("2006-01-02T15:04:05Z"), strings.Join(names, " "),
+			workloadDNSDetail(c.DNSNames)),
 	})
 	if err != nil {
 		return issued{}, fmt.Errorf("%w: record intermediate: %w", grpcx.ErrUnavailable, err)
@@ -285,10 +286,18 @@ func verifyCredential(cred, root *x509.Certificate, id spiffeid.ID, now time.Tim
 	return nil
 }
 
+// workloadDNSDetail is the audit detail's part on workload DNS names.
+func workloadDNSDetail(names []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	return ", workload DNS names " + strings.Join(names, " ")
+}
+
 // verifyIntermediate checks an intermediate just signed: it chains to root,
-// is a CA of path length 0 that may only issue into td, and names cluster's
-// issuer.
-func verifyIntermediate(inter, root *x509.Certificate, td spiffeid.TrustDomain, cluster string, now time.Time) error {
+// is a CA of path length 0 that may only issue into td, names cluster's
+// issuer, and admits each of workloadDNS exactly (not its subdomains).
+func verifyIntermediate(inter, root *x509.Certificate, td spiffeid.TrustDomain, cluster string, workloadDNS []string, now time.Time) error {
 	pool := x509.NewCertPool()
 	pool.AddCert(root)
 	_, err := inter.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
@@ -303,6 +312,11 @@ func verifyIntermediate(inter, root *x509.Certificate, td spiffeid.TrustDomain, 
 	case !inter.IsCA, !inter.MaxPathLenZero, inter.MaxPathLen != 0, !inter.PermittedDNSDomainsCritical,
 		!slices.Equal(inter.PermittedURIDomains, []string{td.Name()}):
 		return fmt.Errorf("%w: intermediate is not a path-length-0 CA constrained to %s", errSelfCheck, td)
+	}
+	for _, n := range workloadDNS {
+		if !slices.Contains(inter.PermittedDNSDomains, n) || !slices.Contains(inter.ExcludedDNSDomains, "."+n) {
+			return fmt.Errorf("%w: intermediate does not admit exactly the workload DNS name %s", errSelfCheck, n)
+		}
 	}
 	return nil
 }

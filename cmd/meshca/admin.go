@@ -104,6 +104,8 @@ func newAdminClusterCommand(f *adminFlags) *cobra.Command {
 	var ttl time.Duration
 	var share bool
 	var replicas int32
+	var dnsNames []string
+	var replaceDNS bool
 	add := &cobra.Command{
 		Use:   "add NAME --trust-domain TD",
 		Short: "Register a cluster (or find it) and print a join token for its issuer",
@@ -119,7 +121,13 @@ another cluster add; a replica that has not renewed for an intermediate lifetime
 counts towards N. Treat it like the issuers' keys; replace it before it expires.
 
 A trust domain another cluster already holds is refused unless --share-trust-domain is
-given: the issuers of clusters sharing a trust domain can mint each other's identities.`,
+given: the issuers of clusters sharing a trust domain can mint each other's identities.
+
+--dns-name (repeatable) lists the workload DNS names the cluster's intermediates admit,
+each exactly (not its subdomains): istiod's serving names, which the issuer's dnsGrants
+then give to istiod alone. They are stored with a new cluster. An existing cluster keeps
+its own: other names are refused unless --replace-dns-names is given (with no --dns-name:
+none), and then its next intermediate admits them.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if td == "" {
@@ -128,7 +136,7 @@ given: the issuers of clusters sharing a trust domain can mint each other's iden
 			return f.call(cmd.Context(), func(ctx context.Context, c meshcav1.AdminServiceClient) error {
 				resp, err := c.AddCluster(ctx, &meshcav1.AddClusterRequest{
 					Name: args[0], TrustDomain: td, TokenTtlSeconds: int64(ttl / time.Second), ShareTrustDomain: share,
-					Replicas: replicas,
+					Replicas: replicas, DnsNames: dnsNames, ReplaceDnsNames: replaceDNS,
 				})
 				if err != nil {
 					return err
@@ -145,6 +153,8 @@ given: the issuers of clusters sharing a trust domain can mint each other's iden
 	add.Flags().BoolVar(&share, "share-trust-domain", false, "allow a trust domain another cluster already holds")
 	add.Flags().Int32Var(&replicas, "replicas", 1, "issuer replicas that share the join token, each enrolling under its own name "+
 		"(upstream.replica); above 1 the token stays valid until it expires (--ttl up to 90 days)")
+	add.Flags().StringArrayVar(&dnsNames, "dns-name", nil, "workload DNS name the cluster's intermediates admit exactly, e.g. istiod.istio-system.svc (repeatable)")
+	add.Flags().BoolVar(&replaceDNS, "replace-dns-names", false, "make --dns-name the existing cluster's names (none without --dns-name)")
 	cmd.AddCommand(add)
 	return cmd
 }

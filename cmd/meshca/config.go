@@ -43,6 +43,10 @@ type devConfig struct {
 	IntermediateTTL duration `json:"intermediateTTL,omitempty"`
 	// JWT tunes the JWT-SVIDs the issuer mints.
 	JWT jwtConfig `json:"jwt,omitempty"`
+	// DNSGrants name the identities whose certificates may carry DNS
+	// names, and which: istiod's serving names, say. Default none: every
+	// DNS name in a CSR is refused.
+	DNSGrants []dnsGrantConfig `json:"dnsGrants,omitempty"`
 	// Store selects the database; the default is SQLite in DataDir.
 	Store storeConfig `json:"store,omitempty"`
 	// LogLevel is debug, info, warn or error; --log-level overrides it.

@@ -60,6 +60,11 @@ type issuerConfig struct {
 	IntermediateTTL duration `json:"intermediateTTL,omitempty"`
 	// JWT tunes the JWT-SVIDs the issuer mints.
 	JWT jwtConfig `json:"jwt,omitempty"`
+	// DNSGrants name the identities whose certificates may carry DNS
+	// names, and which: istiod's serving names, say. Under Upstream the
+	// cluster's record on the root (meshca admin cluster add --dns-name)
+	// must list them too. Default none: every DNS name in a CSR is refused.
+	DNSGrants []dnsGrantConfig `json:"dnsGrants,omitempty"`
 	// Root is a local file root CA key, for a self-contained issuer. Leave
 	// it empty when Upstream or Intermediate is set.
 	Root rootKeyConfig `json:"root,omitempty"`
@@ -426,7 +431,14 @@ func (c issuerConfig) validate() error {
 	if !slices.ContainsFunc(c.Clusters, func(cl clusterConfig) bool { return cl.Name == c.Cluster }) {
 		return fmt.Errorf("cluster %q is not in clusters", c.Cluster)
 	}
-	return nil
+	for i, g := range c.DNSGrants {
+		if g.Cluster != "" && !slices.ContainsFunc(c.Clusters, func(cl clusterConfig) bool { return cl.Name == g.Cluster }) {
+			return fmt.Errorf("dnsGrants[%d]: cluster %q is not in clusters", i, g.Cluster)
+		}
+	}
+	td, _ := spiffeid.TrustDomainFromString(c.TrustDomain)
+	_, err := dnsGrants(c.DNSGrants, td)
+	return err
 }
 
 func (c clusterConfig) validate() error {

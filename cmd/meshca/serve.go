@@ -67,6 +67,9 @@ func issuerStack(cfg issuerConfig) (stack.Config, error) {
 	if sc.RootConfigMaps, err = rootConfigMaps(cfg); err != nil {
 		return stack.Config{}, err
 	}
+	if sc.DNSGrants, err = dnsGrants(cfg.DNSGrants, td); err != nil {
+		return stack.Config{}, err
+	}
 	return sc, nil
 }
 
@@ -98,8 +101,12 @@ func devStack(cfg devConfig) (stack.Config, error) {
 	if err != nil {
 		return stack.Config{}, fmt.Errorf("trust domain %q: %w", cfg.TrustDomain, err)
 	}
+	grants, err := dnsGrants(cfg.DNSGrants, td)
+	if err != nil {
+		return stack.Config{}, err
+	}
 	return stack.Config{
-		Name: "meshca dev", TrustDomain: td, Cluster: cfg.Cluster, DataDir: cfg.DataDir,
+		Name: "meshca dev", TrustDomain: td, Cluster: cfg.Cluster, DataDir: cfg.DataDir, DNSGrants: grants,
 		Listen: cfg.Listen, Hosts: cfg.Hosts, IntermediateTTL: time.Duration(cfg.IntermediateTTL), MetricsListen: cfg.MetricsListen,
 		LeafTTL: time.Duration(cfg.LeafTTL), LeafMinTTL: time.Duration(cfg.LeafMinTTL), LeafMaxTTL: time.Duration(cfg.LeafMaxTTL),
 		OpenStore: storeOpener(cfg.Store, cfg.DataDir), Retention: cfg.Store.Retention.store(),

@@ -81,9 +81,10 @@ func printStatus(w io.Writer, s *meshcav1.StatusResponse) {
 	printCACerts(w, "INTERMEDIATE", s.GetIntermediates())
 	if s.GetRole() == "root" {
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "CLUSTER\tTRUST DOMAIN\tVALID INTERMEDIATES\tREVOKED")
+		fmt.Fprintln(w, "CLUSTER\tTRUST DOMAIN\tVALID INTERMEDIATES\tREVOKED\tDNS NAMES")
 		for _, c := range s.GetClusters() {
-			fmt.Fprintf(w, "%s\t%s\t%d\t%t\n", c.GetName(), c.GetTrustDomain(), c.GetIntermediates(), c.GetRevoked())
+			fmt.Fprintf(w, "%s\t%s\t%d\t%t\t%s\n", c.GetName(), c.GetTrustDomain(), c.GetIntermediates(), c.GetRevoked(),
+				orDash(strings.Join(c.GetDnsNames(), ",")))
 		}
 	}
 }

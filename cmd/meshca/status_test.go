@@ -45,10 +45,11 @@ type statusJSON struct {
 	Intermediates  []caCertJSON `json:"intermediates"`
 	BundleSequence uint64       `json:"bundle_sequence,string"`
 	Clusters       []struct {
-		Name          string `json:"name"`
-		TrustDomain   string `json:"trust_domain"`
-		Revoked       bool   `json:"revoked"`
-		Intermediates int    `json:"intermediates"`
+		Name          string   `json:"name"`
+		TrustDomain   string   `json:"trust_domain"`
+		Revoked       bool     `json:"revoked"`
+		Intermediates int      `json:"intermediates"`
+		DNSNames      []string `json:"dns_names"`
 	} `json:"clusters"`
 	Revocations int64 `json:"revocations,string"`
 	Store       struct {
@@ -328,8 +329,8 @@ func TestStatusRoot(t *testing.T) {
 		regexp.MustCompile(`(?m)^trust domain +mesh\.example$`),
 		regexp.MustCompile(`(?m)^metrics listen +` + regexp.QuoteMeta(cfg.MetricsListen) + `$`),
 		regexp.MustCompile(`(?m)^revocations in force +0$`),
-		regexp.MustCompile(`(?m)^CLUSTER +TRUST DOMAIN +VALID INTERMEDIATES +REVOKED$`),
-		regexp.MustCompile(`(?m)^east +east\.example +0 +false$`),
+		regexp.MustCompile(`(?m)^CLUSTER +TRUST DOMAIN +VALID INTERMEDIATES +REVOKED +DNS NAMES$`),
+		regexp.MustCompile(`(?m)^east +east\.example +0 +false +-$`),
 		regexp.MustCompile(`(?m)^` + roots[0] + ` +active +- `),
 	} {
 		if !want.MatchString(out) {

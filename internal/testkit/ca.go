@@ -102,6 +102,9 @@ type Options struct {
 	// ServingNames are the DNS names and IPs the intermediate may vouch
 	// for; nil means TestServingNames.
 	ServingNames []string
+	// WorkloadDNSNames are DNS names the intermediate admits exactly in
+	// workload leaves (ca.IntermediateRequest); nil means none.
+	WorkloadDNSNames []string
 }
 
 // TestServingNames are the names a test intermediate may vouch for by
@@ -138,7 +141,7 @@ func New(tb testing.TB, opts Options) *Tree {
 	ikey := Key(tb, "intermediate-"+opts.TrustDomain)
 	icert, err := root.SignIntermediate(ca.IntermediateRequest{
 		PublicKey: ikey.Public(), TrustDomain: td, Cluster: opts.Cluster, ServingNames: opts.ServingNames,
-		TTL: opts.IntermediateTTL, Now: opts.Now,
+		WorkloadDNSNames: opts.WorkloadDNSNames, TTL: opts.IntermediateTTL, Now: opts.Now,
 	})
 	if err != nil {
 		tb.Fatalf("intermediate: %v", err)

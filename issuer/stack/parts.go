@@ -56,6 +56,7 @@ func (c Config) build(ctx context.Context, src intermediateSource, att attest.At
 		TrustDomain: c.TrustDomain, Cluster: c.Cluster, Authority: src.authority, Bundle: src.roots, ExternalCA: src.plugged != nil,
 		Attestor: att, Recorder: db, DefaultTTL: c.LeafTTL, MinTTL: c.LeafMinTTL, MaxTTL: c.LeafMaxTTL, DenyList: p.deny,
 		Logger: log, Metrics: reg, MetricsClusters: c.Clusters,
+		DNSGrants: c.DNSGrants,
 	})
 	if err != nil {
 		return nil, err

@@ -119,7 +119,8 @@ func localIntermediate(ctx context.Context, c Config, db Store) (intermediateSou
 		return intermediateSource{}, err
 	}
 	local, err := issuer.NewLocalRoot(issuer.LocalRootConfig{
-		Root: root, TrustDomain: c.TrustDomain, Cluster: c.Cluster, ServingNames: c.Hosts, TTL: c.IntermediateTTL,
+		Root: root, TrustDomain: c.TrustDomain, Cluster: c.Cluster, ServingNames: c.Hosts,
+		WorkloadDNSNames: issuer.DNSGrantNames(c.DNSGrants), TTL: c.IntermediateTTL,
 	})
 	if err != nil {
 		return intermediateSource{}, err

@@ -64,6 +64,11 @@ type Config struct {
 	// Listen is the gRPC (TLS) address; Hosts the serving names.
 	Listen string
 	Hosts  []string
+	// DNSGrants name the identities that may have DNS names in their
+	// certificates (issuer.DNSGrant). The local root's intermediates admit
+	// exactly those names; under Upstream the cluster's record on the
+	// root must list them. Nil means none.
+	DNSGrants []issuer.DNSGrant
 	// IntermediateTTL is the life of the intermediates of the local root.
 	IntermediateTTL time.Duration
 	// LeafTTL, LeafMinTTL and LeafMaxTTL: see issuer.Config.
@@ -171,6 +176,9 @@ func (c Config) Validate() error {
 		return errors.New("stack: a plugged intermediate excludes upstream and a root dir")
 	case c.AdminTLSListen != "" && len(c.Admins) == 0:
 		return errors.New("stack: admin mTLS needs at least one admin")
+	}
+	if err := issuer.ValidateDNSGrants(c.DNSGrants, c.TrustDomain); err != nil {
+		return err
 	}
 	if c.Retention != nil {
 		if err := c.Retention.Validate(); err != nil {

@@ -43,8 +43,8 @@ func (s *Store) addCluster(ctx context.Context, c store.Cluster, tok store.JoinT
 	return s.writeTx(ctx, &ev, func(ctx context.Context, tx pgx.Tx) error {
 		// Of two concurrent first registrations, the second waits here for
 		// the first to commit and then finds its row.
-		if _, err := tx.Exec(ctx, `INSERT INTO clusters (name, trust_domain, created_at) VALUES ($1, $2, $3)
-			ON CONFLICT (name) DO NOTHING`, c.Name, c.TrustDomain, now.Unix()); err != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO clusters (name, trust_domain, created_at, dns_names) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (name) DO NOTHING`, c.Name, c.TrustDomain, now.Unix(), sqlq.JoinDNSNames(c.DNSNames)); err != nil {
 			return fmt.Errorf("insert cluster: %w", err)
 		}
 		var td string

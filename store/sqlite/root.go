@@ -40,8 +40,8 @@ func (s *Store) addCluster(ctx context.Context, c store.Cluster, tok store.JoinT
 		err := tx.QueryRowContext(ctx, `SELECT trust_domain FROM clusters WHERE name = ?`, c.Name).Scan(&td)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
-			if _, err := tx.ExecContext(ctx, `INSERT INTO clusters (name, trust_domain, created_at) VALUES (?, ?, ?)`,
-				c.Name, c.TrustDomain, now.Unix()); err != nil {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO clusters (name, trust_domain, created_at, dns_names) VALUES (?, ?, ?, ?)`,
+				c.Name, c.TrustDomain, now.Unix(), sqlq.JoinDNSNames(c.DNSNames)); err != nil {
 				return fmt.Errorf("insert cluster: %w", err)
 			}
 		case err != nil:

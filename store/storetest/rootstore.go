@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -41,6 +42,7 @@ func RunRootStore(t *testing.T, open func(t *testing.T) RootStoreUnderTest) {
 		{"AddClusterAgainSameTrustDomain", testAddClusterAgainSameTrustDomain},
 		{"AddClusterOtherTrustDomain", testAddClusterOtherTrustDomain},
 		{"ClusterNotFound", testClusterNotFound},
+		{"ClusterDNSNames", testClusterDNSNames},
 		{"Clusters", testClusters},
 		{"RedeemJoinToken", testRedeemJoinToken},
 		{"RedeemJoinTokenRefused", testRedeemJoinTokenRefused},
@@ -193,7 +195,7 @@ func testAddClusterAgainSameTrustDomain(t *testing.T, s RootStoreUnderTest) {
 	if err != nil {
 		t.Fatalf("Cluster: %v", err)
 	}
-	if again != first {
+	if !reflect.DeepEqual(again, first) {
 		t.Errorf("Cluster after the second AddCluster = %+v, want it unchanged: %+v", again, first)
 	}
 	// Both tokens work, once each.
@@ -256,7 +258,7 @@ func testRedeemJoinToken(t *testing.T, s RootStoreUnderTest) {
 	if err != nil {
 		t.Fatalf("Cluster: %v", err)
 	}
-	if c != want {
+	if !reflect.DeepEqual(c, want) {
 		t.Errorf("RedeemJoinToken returned %+v, want the stored cluster %+v", c, want)
 	}
 	events := verifyChain(t, s, 3)
@@ -626,4 +628,64 @@ func testRootAfterClose(t *testing.T, s RootStoreUnderTest) {
 			t.Errorf("%s after Close = %v, want ErrClosed", name, err)
 		}
 	}
+}
+
+// A cluster's DNS names are stored with it, kept by a second AddCluster,
+// replaced (and cleared) by SetClusterDNSNames with its audit event;
+// invalid names and unknown clusters write nothing.
+func testClusterDNSNames(t *testing.T, s RootStoreUnderTest) {
+	ctx := t.Context()
+	names := []string{"istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local"}
+	c := store.Cluster{Name: "east", TrustDomain: tdEast, DNSNames: names}
+	if err := s.AddCluster(ctx, c, joinToken("east", "tok-1", t0.Add(time.Hour)), adminEvent("cluster.add", "east", "")); err != nil {
+		t.Fatalf("AddCluster: %v", err)
+	}
+	check := func(want []string) {
+		t.Helper()
+		got, err := s.Cluster(ctx, "east")
+		if err != nil {
+			t.Fatalf("Cluster: %v", err)
+		}
+		if !reflect.DeepEqual(got.DNSNames, want) {
+			t.Fatalf("DNS names %q, want %q", got.DNSNames, want)
+		}
+		var inner any = s
+		if w, ok := s.(*rootCloseOnce); ok {
+			inner = w.RootStoreUnderTest
+		}
+		l, ok := inner.(clusterLister)
+		if !ok {
+			t.Fatal("the store cannot list its clusters")
+		}
+		all, err := l.Clusters(ctx)
+		if err != nil || len(all) != 1 || !reflect.DeepEqual(all[0].DNSNames, want) {
+			t.Fatalf("Clusters = %+v, %v; want DNS names %q", all, err, want)
+		}
+	}
+	check(names)
+	c.DNSNames = []string{"other.svc"}
+	if err := s.AddCluster(ctx, c, joinToken("east", "tok-2", t0.Add(time.Hour)), adminEvent("cluster.add", "east", "")); err != nil {
+		t.Fatalf("AddCluster again: %v", err)
+	}
+	check(names)
+	ev := adminEvent("cluster.dns_names", "east", "istiod-remote.istio-system.svc")
+	if err := s.SetClusterDNSNames(ctx, "east", []string{"istiod-remote.istio-system.svc"}, ev); err != nil {
+		t.Fatalf("SetClusterDNSNames: %v", err)
+	}
+	check([]string{"istiod-remote.istio-system.svc"})
+	events := verifyChain(t, s, 3)
+	checkEvent(t, events[2], ev)
+	for _, bad := range [][]string{{"*.istio-system.svc"}, {"a b"}, {"Upper.svc"}, {"a.svc", "a.svc"}} {
+		if err := s.SetClusterDNSNames(ctx, "east", bad, adminEvent("cluster.dns_names", "east", "")); err == nil {
+			t.Errorf("SetClusterDNSNames(%q) accepted", bad)
+		}
+	}
+	if err := s.SetClusterDNSNames(ctx, "west", names, adminEvent("cluster.dns_names", "west", "")); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("SetClusterDNSNames(unknown cluster) = %v, want ErrNotFound", err)
+	}
+	verifyChain(t, s, 3)
+	if err := s.SetClusterDNSNames(ctx, "east", nil, adminEvent("cluster.dns_names", "east", "")); err != nil {
+		t.Fatalf("SetClusterDNSNames(none): %v", err)
+	}
+	check(nil)
 }

@@ -398,6 +398,9 @@ type ClusterStatus struct {
 	Revoked bool `protobuf:"varint,3,opt,name=revoked,proto3" json:"revoked,omitempty"`
 	// intermediates counts its intermediates valid now.
 	Intermediates int32 `protobuf:"varint,4,opt,name=intermediates,proto3" json:"intermediates,omitempty"`
+	// dns_names are the workload DNS names its intermediates admit exactly
+	// (cluster add --dns-name).
+	DnsNames      []string `protobuf:"bytes,5,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -458,6 +461,13 @@ func (x *ClusterStatus) GetIntermediates() int32 {
 		return x.Intermediates
 	}
 	return 0
+}
+
+func (x *ClusterStatus) GetDnsNames() []string {
+	if x != nil {
+		return x.DnsNames
+	}
+	return nil
 }
 
 type StoreStatus struct {
@@ -1806,9 +1816,18 @@ type AddClusterRequest struct {
 	// credential at once through this token. Zero or one: a one-time token,
 	// used up by the first enrolment. More: a join secret that the replicas
 	// share, redeemable until it expires; each enrolment names its replica.
-	Replicas      int32 `protobuf:"varint,5,opt,name=replicas,proto3" json:"replicas,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Replicas int32 `protobuf:"varint,5,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	// dns_names are the workload DNS names the cluster's intermediates admit,
+	// each exactly (istiod's serving names): lower-case DNS names, no
+	// wildcards. They are stored with a new cluster; for an existing one
+	// other names than its own are FailedPrecondition unless
+	// replace_dns_names is set.
+	DnsNames []string `protobuf:"bytes,6,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
+	// replace_dns_names makes dns_names (even none) the existing cluster's
+	// names; its next intermediate admits them.
+	ReplaceDnsNames bool `protobuf:"varint,7,opt,name=replace_dns_names,json=replaceDnsNames,proto3" json:"replace_dns_names,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *AddClusterRequest) Reset() {
@@ -1874,6 +1893,20 @@ func (x *AddClusterRequest) GetReplicas() int32 {
 		return x.Replicas
 	}
 	return 0
+}
+
+func (x *AddClusterRequest) GetDnsNames() []string {
+	if x != nil {
+		return x.DnsNames
+	}
+	return nil
+}
+
+func (x *AddClusterRequest) GetReplaceDnsNames() bool {
+	if x != nil {
+		return x.ReplaceDnsNames
+	}
+	return false
 }
 
 type AddClusterResponse struct {
@@ -2256,12 +2289,13 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"not_before\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
 	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12\x14\n" +
 	"\x05state\x18\x06 \x01(\tR\x05state\x12\x18\n" +
-	"\acluster\x18\a \x01(\tR\acluster\"\x86\x01\n" +
+	"\acluster\x18\a \x01(\tR\acluster\"\xa3\x01\n" +
 	"\rClusterStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12\x18\n" +
 	"\arevoked\x18\x03 \x01(\bR\arevoked\x12$\n" +
-	"\rintermediates\x18\x04 \x01(\x05R\rintermediates\"+\n" +
+	"\rintermediates\x18\x04 \x01(\x05R\rintermediates\x12\x1b\n" +
+	"\tdns_names\x18\x05 \x03(\tR\bdnsNames\"+\n" +
 	"\vStoreStatus\x12\x1c\n" +
 	"\treachable\x18\x01 \x01(\bR\treachable\"\x8a\x01\n" +
 	"\vAuditStatus\x12\x19\n" +
@@ -2352,13 +2386,15 @@ const file_meshca_v1_admin_proto_rawDesc = "" +
 	"\x06events\x18\x02 \x01(\x03R\x06events\x12\x18\n" +
 	"\aproblem\x18\x03 \x01(\tR\aproblem\x12\x19\n" +
 	"\bhead_seq\x18\x04 \x01(\x03R\aheadSeq\x12\x1b\n" +
-	"\thead_hash\x18\x05 \x01(\tR\bheadHash\"\xc0\x01\n" +
+	"\thead_hash\x18\x05 \x01(\tR\bheadHash\"\x89\x02\n" +
 	"\x11AddClusterRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12*\n" +
 	"\x11token_ttl_seconds\x18\x03 \x01(\x03R\x0ftokenTtlSeconds\x12,\n" +
 	"\x12share_trust_domain\x18\x04 \x01(\bR\x10shareTrustDomain\x12\x1a\n" +
-	"\breplicas\x18\x05 \x01(\x05R\breplicas\"\xa6\x01\n" +
+	"\breplicas\x18\x05 \x01(\x05R\breplicas\x12\x1b\n" +
+	"\tdns_names\x18\x06 \x03(\tR\bdnsNames\x12*\n" +
+	"\x11replace_dns_names\x18\a \x01(\bR\x0freplaceDnsNames\"\xa6\x01\n" +
 	"\x12AddClusterResponse\x12\x1d\n" +
 	"\n" +
 	"join_token\x18\x01 \x01(\tR\tjoinToken\x129\n" +

@@ -223,7 +223,15 @@ func (r *Root) Active() *x509.Certificate {
 // one-time join token.
 func (r *Root) AddCluster(name, td string) string {
 	r.t.Helper()
-	resp, err := r.admin.AddCluster(context.Background(), &meshcav1.AddClusterRequest{Name: name, TrustDomain: td, ShareTrustDomain: true})
+	return r.AddClusterDNS(name, td)
+}
+
+// AddClusterDNS is AddCluster for a cluster whose record lists workload
+// DNS names (meshca admin cluster add --dns-name).
+func (r *Root) AddClusterDNS(name, td string, dnsNames ...string) string {
+	r.t.Helper()
+	resp, err := r.admin.AddCluster(context.Background(), &meshcav1.AddClusterRequest{Name: name, TrustDomain: td, ShareTrustDomain: true,
+		DnsNames: dnsNames})
 	if err != nil {
 		r.t.Fatalf("add cluster %s: %v", name, err)
 	}

@@ -44,6 +44,10 @@ type agentConfig struct {
 	// in the issuer's intermediate, checked before the token is sent).
 	// Default: ClusterID; when both are empty, any cluster's issuer.
 	IssuerCluster string `json:"issuerCluster,omitempty"`
+	// DNSNames are asked for as DNS SANs in every CSR (istiod's serving
+	// names); the issuer grants them only to identities its dnsGrants
+	// name. Default: none.
+	DNSNames []string `json:"dnsNames,omitempty"`
 	// KeyType is ec-p256 (default) or rsa-2048.
 	KeyType string `json:"keyType,omitempty"`
 	// TTL is the requested certificate lifetime. Default: the issuer's.
@@ -187,6 +191,7 @@ take effect at once; the log names every other changed field, which needs a rest
 		f.IntVar(p, fl.name, *p, fl.usage)
 	}
 	f.DurationVar(&ttl, "ttl", 0, "requested certificate lifetime (0: the issuer's default)")
+	f.StringArrayVar(&cfg.DNSNames, "dns-name", nil, "DNS name to ask for in the certificate, e.g. istiod.istio-system.svc (repeatable; the issuer's dnsGrants must grant it to this identity)")
 	return cmd
 }
 
@@ -213,6 +218,9 @@ func mergeAgentConfig(flagCfg agentConfig, configPath string, changed func(strin
 	if changed("ttl") {
 		cfg.TTL = flagCfg.TTL
 	}
+	if changed("dns-name") {
+		cfg.DNSNames = flagCfg.DNSNames
+	}
 	return cfg, nil
 }
 
@@ -220,7 +228,7 @@ func mergeAgentConfig(flagCfg agentConfig, configPath string, changed func(strin
 func (c agentConfig) agentConfig(log *slog.Logger) (agent.Config, error) {
 	cfg := agent.Config{
 		IssuerAddress: c.Issuer, ServerName: c.ServerName, CABundleFile: c.CABundle, TokenFile: c.TokenFile,
-		ClusterID: c.ClusterID, IssuerCluster: c.IssuerCluster, KeyType: c.KeyType, TTL: time.Duration(c.TTL),
+		ClusterID: c.ClusterID, IssuerCluster: c.IssuerCluster, KeyType: c.KeyType, TTL: time.Duration(c.TTL), DNSNames: c.DNSNames,
 		SDSSocket: c.SDSSocket, WorkloadSocket: c.WorkloadSocket, OutputDir: c.OutDir, HealthAddr: c.HealthAddr,
 		ShutdownTimeout: time.Duration(c.ShutdownTimeout), Logger: log, WorkloadSocketGroup: c.WorkloadSocketGroup,
 		Limits: agent.StreamLimits{MaxConnections: c.MaxConnections, MaxStreamsPerConnection: c.MaxStreamsPerConnection, MaxStreams: c.MaxStreams},

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -134,10 +135,47 @@ func TestAgentFlagsOverrideFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := agentConfig{Issuer: "flag:2", CABundle: "/file.pem", TokenFile: "/t", SDSSocket: "/s", TTL: cliconfig.Duration(5 * time.Minute), KeyType: "ec-p256"}
-	if got != want {
+	if !reflect.DeepEqual(got, want) {
 		t.Errorf("merged %+v, want %+v", got, want)
 	}
-	if noFile, _ := mergeAgentConfig(flags, "", nil); noFile != flags {
+	if noFile, _ := mergeAgentConfig(flags, "", nil); !reflect.DeepEqual(noFile, flags) {
 		t.Errorf("without a file: %+v, want the flags %+v", noFile, flags)
+	}
+}
+
+// --dns-name replaces the file's dnsNames; without it the file's stay.
+func TestAgentDNSNamesFlag(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.yaml")
+	if err := os.WriteFile(path, []byte("issuer: i:1\ncaBundle: /b\ntokenFile: /t\noutDir: /o\ndnsNames: [istiod.istio-system.svc]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	flags := defaultAgentConfig()
+	flags.DNSNames = []string{"istiod-remote.istio-system.svc"}
+	for _, tc := range []struct {
+		changed bool
+		want    []string
+	}{
+		{false, []string{"istiod.istio-system.svc"}},
+		{true, []string{"istiod-remote.istio-system.svc"}},
+	} {
+		got, err := mergeAgentConfig(flags, path, func(name string) bool { return tc.changed && name == "dns-name" })
+		if err != nil {
+			t.Fatal(err)
+		}
+		acfg, err := got.agentConfig(slog.Default())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(acfg.DNSNames, tc.want) {
+			t.Errorf("flag changed %v: DNS names %q, want %q", tc.changed, acfg.DNSNames, tc.want)
+		}
+	}
+	bad := defaultAgentConfig()
+	bad.Issuer, bad.CABundle, bad.TokenFile, bad.OutDir = "i:1", "/b", "/t", "/o"
+	for _, names := range [][]string{{"*.istio-system.svc"}, {"a.svc", "a.svc"}, {"10.0.0.1"}} {
+		bad.DNSNames = names
+		if _, err := bad.agentConfig(slog.Default()); err == nil {
+			t.Errorf("DNS names %q accepted", names)
+		}
 	}
 }

@@ -21,7 +21,7 @@ import (
 const (
 	CertColumns         = `serial, spiffe_id, cluster, not_before, not_after, fingerprint, pod_uid`
 	EventColumns        = `seq, time, actor, action, cluster, spiffe_id, serial, detail, prev_hash, hash`
-	ClusterColumns      = `name, trust_domain, created_at`
+	ClusterColumns      = `name, trust_domain, created_at, dns_names`
 	IntermediateColumns = `serial, cluster, trust_domain, root_fingerprint, not_before, not_after, fingerprint, certificate`
 	RootColumns         = `fingerprint, certificate, key_ref, added_at, activate_at`
 )
@@ -84,10 +84,12 @@ func ScanEvent(sc Scanner) (store.AuditEvent, error) {
 func ScanCluster(sc Scanner) (store.Cluster, error) {
 	var c store.Cluster
 	var created int64
-	if err := sc.Scan(&c.Name, &c.TrustDomain, &created); err != nil {
+	var dns string
+	if err := sc.Scan(&c.Name, &c.TrustDomain, &created, &dns); err != nil {
 		return store.Cluster{}, err
 	}
 	c.CreatedAt = FromUnix(created)
+	c.DNSNames = SplitDNSNames(dns)
 	return c, nil
 }
 
@@ -224,3 +226,15 @@ func Question(int) string { return "?" }
 
 // Dollar is the PostgreSQL placeholder.
 func Dollar(n int) string { return "$" + strconv.Itoa(n) }
+
+// JoinDNSNames is the dns_names column of a cluster: its names separated
+// by spaces, which no DNS name contains.
+func JoinDNSNames(names []string) string { return strings.Join(names, " ") }
+
+// SplitDNSNames reads the dns_names column; nil for none.
+func SplitDNSNames(col string) []string {
+	if f := strings.Fields(col); len(f) > 0 {
+		return f
+	}
+	return nil
+}

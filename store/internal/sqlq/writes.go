@@ -198,3 +198,33 @@ func (w *Writes) PruneCertificates(ctx context.Context, expiredBefore time.Time)
 	}
 	return total, nil
 }
+
+// SetClusterDNSNames replaces the DNS names of the named cluster and
+// appends ev in one transaction; an unknown cluster wraps store.ErrNotFound
+// and writes nothing.
+func (w *Writes) SetClusterDNSNames(ctx context.Context, name string, dnsNames []string, ev store.AuditEvent) error {
+	if err := w.setClusterDNSNames(ctx, name, dnsNames, ev); err != nil {
+		return fmt.Errorf("%s: set DNS names of cluster %s: %w", w.Backend, name, err)
+	}
+	return nil
+}
+
+func (w *Writes) setClusterDNSNames(ctx context.Context, name string, dnsNames []string, ev store.AuditEvent) error {
+	if err := store.ValidateClusterDNSNames(dnsNames); err != nil {
+		return err
+	}
+	if err := w.checkText([2]string{"name", name}); err != nil {
+		return err
+	}
+	ev = WithTime(ev, w.Now())
+	return w.Tx(ctx, &ev, func(ctx context.Context, tx Querier) error {
+		n, err := tx.Exec(ctx, `UPDATE clusters SET dns_names = `+w.Ph(1)+` WHERE name = `+w.Ph(2), JoinDNSNames(dnsNames), name)
+		if err != nil {
+			return fmt.Errorf("update cluster: %w", err)
+		}
+		if n == 0 {
+			return fmt.Errorf("cluster %s: %w", name, store.ErrNotFound)
+		}
+		return nil
+	})
+}
