@@ -136,7 +136,7 @@ func issueLeaf(t *testing.T, iss *Issuer, w crossWorld) *x509.Certificate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.verify(leaf, key.Public(), id, w.now); err != nil {
+	if err := s.verify(leaf, key.Public(), id, nil, w.now); err != nil {
 		t.Fatalf("issuer's own check: %v", err)
 	}
 	return leaf
