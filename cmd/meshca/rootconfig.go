@@ -56,6 +56,11 @@ type rootConfig struct {
 	CredentialTTL duration `json:"credentialTTL,omitempty"`
 	// Rotation of roots.
 	Rotation rootRotationConfig `json:"rotation,omitempty"`
+	// Upstream, when set, has an upstream PKI (step-ca, Google Cloud CAS)
+	// issue each root's CA certificate for the key `key:` keeps; its root
+	// becomes the trust anchor. rootTTL then does not apply, and rotation
+	// is automatic.
+	Upstream upstreamPKIConfig `json:"upstream,omitempty"`
 	// Store selects the database; the default is SQLite in DataDir. Several
 	// root replicas must share one PostgreSQL.
 	Store storeConfig `json:"store,omitempty"`
@@ -199,6 +204,9 @@ func (c rootConfig) validate() error {
 		return errors.New("hosts: at least one serving name is required")
 	}
 	if err := c.Limits.validate(); err != nil {
+		return err
+	}
+	if err := c.Upstream.config().Validate(); err != nil {
 		return err
 	}
 	for name, d := range map[string]duration{"rootTTL": c.RootTTL, "intermediateTTL": c.IntermediateTTL,
