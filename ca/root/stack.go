@@ -183,6 +183,7 @@ func RunStack(ctx context.Context, c StackConfig) error {
 		if err != nil {
 			return fmt.Errorf("root stack: %w", err)
 		}
+		defer up.Close()
 		rc.Upstream = up
 	}
 	r, err := New(ctx, rc)

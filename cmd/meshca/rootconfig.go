@@ -257,11 +257,16 @@ func (c rootConfig) vaultConfig(keyName string) vault.Config {
 	return vault.Config{
 		Address: v.Address, Namespace: v.Namespace, Mount: v.Mount, KeyName: keyName, KeyType: v.KeyType,
 		CACertFile: v.CACertFile, Timeout: time.Duration(v.Timeout),
-		Auth: vault.AuthConfig{
-			Method: v.Auth.Method, TokenFile: v.Auth.TokenFile,
-			AppRole:    vault.AppRoleConfig{RoleID: v.Auth.RoleID, SecretIDFile: v.Auth.SecretIDFile, Mount: v.Auth.Mount},
-			Kubernetes: vault.KubernetesConfig{Role: v.Auth.Role, JWTFile: v.Auth.JWTFile, Mount: v.Auth.Mount},
-		},
+		Auth: v.Auth.config(),
+	}
+}
+
+// config maps `auth:` of a Vault connection onto ca/vault's.
+func (a vaultAuthConfig) config() vault.AuthConfig {
+	return vault.AuthConfig{
+		Method: a.Method, TokenFile: a.TokenFile,
+		AppRole:    vault.AppRoleConfig{RoleID: a.RoleID, SecretIDFile: a.SecretIDFile, Mount: a.Mount},
+		Kubernetes: vault.KubernetesConfig{Role: a.Role, JWTFile: a.JWTFile, Mount: a.Mount},
 	}
 }
 

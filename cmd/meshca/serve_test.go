@@ -124,6 +124,14 @@ func TestRootStackMapping(t *testing.T) {
 					t.Errorf("upstream = %+v", sc.Upstream)
 				}
 			}},
+		{"upstream vaultpki", "upstream:\n  type: vaultpki\n  vaultpki: {address: 'https://vault:8200', mount: pki-mesh, issuer: corp, caCertFile: ca.pem, auth: {method: approle, roleID: r, secretIDFile: s}}\n",
+			func(t *testing.T, sc root.StackConfig) {
+				v := sc.Upstream.VaultPKI
+				if sc.Upstream.Type != upstream.TypeVaultPKI || v.Address != "https://vault:8200" || v.Mount != "pki-mesh" || v.Issuer != "corp" ||
+					v.CACertFile != "ca.pem" || v.Auth.Method != "approle" || v.Auth.AppRole.RoleID != "r" || v.Auth.AppRole.SecretIDFile != "s" {
+					t.Errorf("upstream = %+v", sc.Upstream)
+				}
+			}},
 		{"upstream cloudcas", "upstream:\n  type: cloudcas\n  cloudcas: {certificateAuthority: projects/p/locations/l/caPools/pool/certificateAuthorities/ca, credentialsFile: sa.json}\n",
 			func(t *testing.T, sc root.StackConfig) {
 				c := sc.Upstream.CloudCAS

@@ -10,7 +10,7 @@ import (
 // issues meshca's CA certificates instead of meshca self-signing them.
 // Absent means self-signed roots. See the README, "Upstream PKI".
 type upstreamPKIConfig struct {
-	// Type is stepcas or cloudcas.
+	// Type is stepcas, vaultpki or cloudcas.
 	Type string `json:"type,omitempty"`
 	// TTL is the lifetime asked for meshca's CA certificate. Default 2160h
 	// (90 days), at least 24h; renewed with a third of it left.
@@ -19,6 +19,20 @@ type upstreamPKIConfig struct {
 	StepCAS upstreamStepCAS `json:"stepcas,omitempty"`
 	// CloudCAS configures type cloudcas.
 	CloudCAS upstreamCloudCAS `json:"cloudcas,omitempty"`
+	// VaultPKI configures type vaultpki.
+	VaultPKI upstreamVaultPKI `json:"vaultpki,omitempty"`
+}
+
+// upstreamVaultPKI is `upstream.vaultpki:` (upstream.VaultPKI); its auth
+// is as `key.vault.auth:`.
+type upstreamVaultPKI struct {
+	Address     string          `json:"address,omitempty"`
+	Namespace   string          `json:"namespace,omitempty"`
+	CACertFile  string          `json:"caCertFile,omitempty"`
+	Mount       string          `json:"mount,omitempty"`
+	Issuer      string          `json:"issuer,omitempty"`
+	Fingerprint string          `json:"fingerprint,omitempty"`
+	Auth        vaultAuthConfig `json:"auth,omitempty"`
 }
 
 // upstreamStepCAS is `upstream.stepcas:` (upstream.StepCAS).
@@ -41,8 +55,8 @@ type upstreamCloudCAS struct {
 // config maps u onto ca/upstream's Config; the zero u is the zero Config
 // (no upstream). Validate the result.
 func (u upstreamPKIConfig) config() upstream.Config {
-	s, c := u.StepCAS, u.CloudCAS
-	return upstream.Config{
+	s, c, v := u.StepCAS, u.CloudCAS, u.VaultPKI
+	cfg := upstream.Config{
 		Type: u.Type, TTL: time.Duration(u.TTL),
 		StepCAS: upstream.StepCAS{
 			URL: s.URL, Fingerprint: s.Fingerprint, Provisioner: s.Provisioner, ProvisionerType: s.ProvisionerType,
@@ -50,4 +64,11 @@ func (u upstreamPKIConfig) config() upstream.Config {
 		},
 		CloudCAS: upstream.CloudCAS{CertificateAuthority: c.CertificateAuthority, CredentialsFile: c.CredentialsFile},
 	}
+	if v != (upstreamVaultPKI{}) {
+		cfg.VaultPKI = upstream.VaultPKI{
+			Address: v.Address, Namespace: v.Namespace, CACertFile: v.CACertFile, Mount: v.Mount, Issuer: v.Issuer,
+			Fingerprint: v.Fingerprint, Auth: v.Auth.config(),
+		}
+	}
+	return cfg
 }
