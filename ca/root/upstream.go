@@ -112,21 +112,17 @@ func rootDER(rec RootRecord) []byte {
 // certificate, the upstream's intermediates and its root.
 func parseRootRow(row store.Root) (RootRecord, error) {
 	certs, err := x509.ParseCertificates(row.DER)
-	if err != nil || len(certs) == 0 {
-		return RootRecord{}, fmt.Errorf("root %s: certificate: %w", row.Fingerprint, cmpErr(err, errors.New("empty")))
+	switch {
+	case err != nil:
+		return RootRecord{}, fmt.Errorf("root %s: certificate: %w", row.Fingerprint, err)
+	case len(certs) == 0:
+		return RootRecord{}, fmt.Errorf("root %s: no certificate", row.Fingerprint)
 	}
 	rec := RootRecord{Cert: certs[0], KeyRef: row.KeyRef, AddedAt: row.AddedAt, ActivateAt: row.ActivateAt}
 	if n := len(certs); n > 1 {
 		rec.Chain, rec.Anchor = certs[1:n-1], certs[n-1]
 	}
 	return rec, nil
-}
-
-func cmpErr(err, fallback error) error {
-	if err != nil {
-		return err
-	}
-	return fallback
 }
 
 // ownDomain is the part of every own trust domain's bundle that comes from

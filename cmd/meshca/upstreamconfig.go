@@ -64,11 +64,9 @@ func (u upstreamPKIConfig) config() upstream.Config {
 		},
 		CloudCAS: upstream.CloudCAS{CertificateAuthority: c.CertificateAuthority, CredentialsFile: c.CredentialsFile},
 	}
-	if v != (upstreamVaultPKI{}) {
-		cfg.VaultPKI = upstream.VaultPKI{
-			Address: v.Address, Namespace: v.Namespace, CACertFile: v.CACertFile, Mount: v.Mount, Issuer: v.Issuer,
-			Fingerprint: v.Fingerprint, Auth: v.Auth.config(),
-		}
+	cfg.VaultPKI = upstream.VaultPKI{
+		Address: v.Address, Namespace: v.Namespace, CACertFile: v.CACertFile, Mount: v.Mount, Issuer: v.Issuer,
+		Fingerprint: v.Fingerprint, Auth: v.Auth.config(),
 	}
 	return cfg
 }
