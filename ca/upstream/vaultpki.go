@@ -89,9 +89,16 @@ func (p *vaultPKI) CreateCertificate(req *apiv1.CreateCertificateRequest) (*apiv
 	if err != nil {
 		return nil, err
 	}
-	chain, err := secretChain(secret)
+	all, err := secretChain(secret)
 	if err != nil {
 		return nil, err
+	}
+	// ca_chain may start with the certificate just signed.
+	var chain []*x509.Certificate
+	for _, c := range all {
+		if !c.Equal(cert) {
+			chain = append(chain, c)
+		}
 	}
 	return &apiv1.CreateCertificateResponse{Certificate: cert, CertificateChain: chain}, nil
 }
