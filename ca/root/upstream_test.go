@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"net/url"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -23,8 +25,10 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/upstream"
+	"github.com/meshca/meshca/ca/vault"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/test/steptest"
+	"github.com/meshca/meshca/test/vaulttest"
 	"github.com/meshca/meshca/trust"
 )
 
@@ -329,4 +333,60 @@ func TestUpstreamCertificatesAreNotMeshca(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestUpstreamRootVaultPKI runs the root under a real Vault PKI mount
+// (vaultpki): the bundle anchors on the mount's root, meshca's CA is its
+// authority, a workload certificate under a cluster intermediate verifies
+// with openssl against Vault's root alone, and an administrator's rotation
+// gets the next CA from Vault.
+func TestUpstreamRootVaultPKI(t *testing.T) {
+	v := vaulttest.Start(t)
+	ctx := t.Context()
+	mount := vaulttest.KeyName(t)
+	if err := v.Admin.Sys().MountWithContext(ctx, mount, &vaultapi.MountInput{
+		Type: "pki", Config: vaultapi.MountConfigInput{MaxLeaseTTL: "87600h"},
+	}); err != nil {
+		t.Fatalf("mount pki: %v", err)
+	}
+	gen, err := v.Admin.Logical().WriteWithContext(ctx, mount+"/root/generate/internal",
+		map[string]any{"common_name": "vault upstream root", "ttl": "87600h", "key_type": "ec", "key_bits": 256})
+	if err != nil {
+		t.Fatalf("generate root: %v", err)
+	}
+	block, _ := pem.Decode([]byte(gen.Data["certificate"].(string)))
+	if block == nil {
+		t.Fatal("no root certificate in Vault's answer")
+	}
+	vaultRoot := mustParse(t, block.Bytes)
+	role := v.AppRole(t, mount, fmt.Sprintf(`
+path "%[1]s/issuer/default/sign-intermediate" { capabilities = ["update"] }
+path "%[1]s/issuer/default/json" { capabilities = ["read"] }
+`, mount), nil)
+	up, err := upstream.New(ctx, upstream.Config{Type: upstream.TypeVaultPKI, TTL: upstreamTTL, VaultPKI: upstream.VaultPKI{
+		Address: v.Addr, CACertFile: v.CAFile, Mount: mount,
+		Auth: vault.AuthConfig{Method: vault.AuthAppRole, AppRole: vault.AppRoleConfig{
+			RoleID: role.RoleID, SecretIDFile: role.SecretIDFile, Mount: role.Mount}},
+	}})
+	if err != nil {
+		t.Fatalf("upstream.New: %v", err)
+	}
+	t.Cleanup(func() { _ = up.Close() })
+
+	h := newHarness(t, func(c *Config) { c.Upstream = up; c.TrustDomains = []string{"east.example"} })
+	first := h.activeRoot()
+	wantUpstreamBundle(t, h, vaultRoot, first)
+	_, inter := h.enrollChain(h.serve(), "east", "east.example")
+	leaf, err := inter.SignLeaf(ca.LeafRequest{PublicKey: newKey(t).Public(),
+		URIs: []*url.URL{spiffeid.RequireFromString("spiffe://east.example/ns/default/sa/web").URL()}, TTL: time.Hour, Now: h.clock.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opensslVerify(t, vaultRoot, leaf, append([]*x509.Certificate{inter.Certificate}, inter.Chain...))
+
+	next, err := h.root.rotate(ctx, 0, "admin:test", false)
+	if err != nil || next.Anchor == nil || !next.Anchor.Equal(vaultRoot) {
+		t.Fatalf("rotate under Vault PKI: %v", err)
+	}
+	wantUpstreamBundle(t, h, vaultRoot, first, next.Cert)
 }
