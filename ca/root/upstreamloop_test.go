@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -28,7 +29,9 @@ type fakeUpstream struct {
 
 	mu    sync.Mutex
 	down  bool
-	calls []time.Time
+	// refuse makes Issue answer with a refusal instead.
+	refuse bool
+	calls  []time.Time
 }
 
 var _ Upstream = (*fakeUpstream)(nil)
@@ -59,6 +62,9 @@ func (f *fakeUpstream) Issue(_ context.Context, req upstream.Request) (*upstream
 	f.calls = append(f.calls, time.Now())
 	if f.down {
 		return nil, fmt.Errorf("fake upstream: %w: connection refused", grpcx.ErrUnavailable)
+	}
+	if f.refuse {
+		return nil, fmt.Errorf("fake upstream: %w: lifetime over the provisioner's maximum", upstream.ErrRefused)
 	}
 	now := time.Now()
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(len(f.calls) + 1)), Subject: pkix.Name{CommonName: "meshca CA"},
@@ -136,6 +142,46 @@ func TestUpstreamRenewalLoop(t *testing.T) {
 		synctest.Wait()
 		if a := r.state.Load().active; a == nil || !a.Certificate.Equal(roots[1].Cert) {
 			t.Fatal("the renewed CA did not become active after the propagation delay")
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestUpstreamRefusalNeedsTheOperator: a refusal is logged as an error for
+// the operator and retried after about an hour, not at the next tick.
+func TestUpstreamRefusalNeedsTheOperator(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		up := newFakeUpstream(t, 30*time.Hour)
+		logs := &testkit.LogBuffer{}
+		r, err := New(t.Context(), Config{
+			Store: openSQLite(t, time.Now), Keys: FileKeys{Dir: t.TempDir()}, Hosts: []string{"localhost"},
+			TrustDomains: []string{"east.example"}, Upstream: up, Tick: time.Minute,
+			Logger: slog.New(slog.NewTextHandler(logs, nil)),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		up.mu.Lock()
+		up.refuse = true
+		up.mu.Unlock()
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- r.Run(ctx) }()
+		time.Sleep(22 * time.Hour)
+		synctest.Wait()
+		calls := up.callTimes()[1:]
+		if len(calls) < 2 || len(calls) > 3 {
+			t.Fatalf("%d requests in 2 h after a refusal, want 2 or 3 (about an hour apart)", len(calls))
+		}
+		if gap := calls[1].Sub(calls[0]); gap < 48*time.Minute || gap > 73*time.Minute {
+			t.Fatalf("retry %v after a refusal, want about an hour", gap)
+		}
+		if n := strings.Count(logs.String(), "level=ERROR msg=\"the upstream PKI refused meshca's next CA certificate: the operator must change"); n != len(calls) {
+			t.Fatalf("%d refusals logged as errors for the operator, want %d:\n%s", n, len(calls), logs.String())
 		}
 		cancel()
 		if err := <-done; err != nil {
