@@ -309,12 +309,14 @@ func (m *manager) setFileRoots(file *trust.Bundle) (*trust.Bundle, error) {
 }
 
 // anchorsLocked returns the roots that authenticate the issuer and verify
-// what it issues: the CA bundle file's and the watched bundle's own. The
-// caller holds trustMu.
+// what it issues and the bundles it relays: the CA bundle file's and the
+// watched bundle's own authorities (meshca's CAs: under an upstream PKI
+// not its root, which also vouches for certificates that are not
+// meshca's). The caller holds trustMu.
 func (m *manager) anchorsLocked() (*trust.Bundle, error) {
 	roots := m.fileRoots.Roots()
 	if m.trust != nil {
-		if own := m.trust.OwnRoots(); own != nil {
+		if own := m.trust.OwnAuthorities(); own != nil {
 			roots = append(roots, own.Roots()...)
 		}
 	}

@@ -208,6 +208,17 @@ func domainRoots(tb *trust.TrustBundle, td spiffeid.TrustDomain) (*trust.Bundle,
 	return d.Roots, nil
 }
 
+// domainAuthorities returns meshca's own CAs for td (DomainBundle.OwnCAs):
+// what signs credentials directly. Under an upstream PKI they are not the
+// roots, whose owner also vouches for certificates that are not meshca's.
+func domainAuthorities(tb *trust.TrustBundle, td spiffeid.TrustDomain) (*trust.Bundle, error) {
+	d, ok := tb.Domain(td)
+	if !ok || d.Federated {
+		return nil, fmt.Errorf("the bundle has no roots of its own for trust domain %q", td.Name())
+	}
+	return d.OwnCAs(), nil
+}
+
 func parseChain(ders [][]byte, what string) ([]*x509.Certificate, error) {
 	if len(ders) == 0 {
 		return nil, fmt.Errorf("%s: empty chain", what)
@@ -236,7 +247,7 @@ func verifyCredential(ders [][]byte, key crypto.Signer, tb *trust.TrustBundle, t
 	if err != nil {
 		return nil, fmt.Errorf("credential: cluster %q: %w", cluster, err)
 	}
-	roots, err := domainRoots(tb, td)
+	roots, err := domainAuthorities(tb, td)
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf("credential: %w", err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -308,16 +309,17 @@ func (m *Intermediates) applyBundle(tb *trust.TrustBundle) {
 		"active_root_sha256", hex.EncodeToString(tb.ActiveRoot[:]))
 }
 
-// rootOf returns the fingerprint of the root in tb's own domains that a's
-// chain ends under, zero when there is none.
+// rootOf returns the fingerprint of the meshca root (one of tb's own
+// authorities) that a's chain runs through, nearest first; zero when there
+// is none. Under an upstream PKI the chain goes on above it.
 func rootOf(a *ca.Authority, tb *trust.TrustBundle) [32]byte {
-	top := a.Certificate
-	if len(a.Chain) > 0 {
-		top = a.Chain[len(a.Chain)-1]
+	own := tb.OwnAuthorities()
+	if own == nil {
+		return [32]byte{}
 	}
-	if own := tb.OwnRoots(); own != nil {
+	for _, c := range append([]*x509.Certificate{a.Certificate}, a.Chain...) {
 		for _, r := range own.Roots() {
-			if bytes.Equal(top.RawIssuer, r.RawSubject) && top.CheckSignatureFrom(r) == nil {
+			if bytes.Equal(c.RawIssuer, r.RawSubject) && c.CheckSignatureFrom(r) == nil {
 				return trust.Fingerprint(r)
 			}
 		}

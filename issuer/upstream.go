@@ -448,7 +448,7 @@ func (u *Upstream) credentialDue(cred *credential) string {
 	if tb == nil || tb.ActiveRoot == ([32]byte{}) {
 		return ""
 	}
-	for _, r := range tb.OwnRoots().Roots() {
+	for _, r := range tb.OwnAuthorities().Roots() {
 		if trust.Fingerprint(r) == tb.ActiveRoot && leaf.CheckSignatureFrom(r) == nil {
 			return ""
 		}
@@ -507,10 +507,12 @@ func (u *Upstream) acceptBundle(tb *trust.TrustBundle) bool {
 	}
 	prev := u.bundle
 	u.bundle = tb
-	own := tb.OwnRoots()
+	// meshca's own CAs, not the anchors: under an upstream PKI its root
+	// also vouches for certificates that are not meshca's.
+	own := tb.OwnAuthorities()
 	u.trusted = mergeRoots(u.cfg.Roots, own)
 	u.mu.Unlock()
-	if own != nil && (prev == nil || prev.OwnRoots() == nil || !bytes.Equal(prev.OwnRoots().PEM(), own.PEM())) {
+	if own != nil && (prev == nil || prev.OwnAuthorities() == nil || !bytes.Equal(prev.OwnAuthorities().PEM(), own.PEM())) {
 		if err := u.files.writeRoots(own); err != nil {
 			u.cfg.Logger.Warn("remembering the root certificates failed", "error", err.Error())
 		}

@@ -66,9 +66,12 @@ type IntermediateFilter struct {
 // bundle and which one signs is decided from these records and the clock
 // (package ca), not stored.
 type Root struct {
-	// Fingerprint is the lower-case hex SHA-256 of DER; the primary key.
+	// Fingerprint is the lower-case hex SHA-256 of the root's certificate
+	// (the first of DER); the primary key.
 	Fingerprint string
-	DER         []byte
+	// DER is the root's certificate; under an upstream PKI it is followed
+	// by the upstream's intermediates and root (JoinDER).
+	DER []byte
 	// KeyRef names the key: a file path or "vault:<transit key name>".
 	KeyRef string
 	// AddedAt is when the root joined the bundle; ActivateAt is when it

@@ -35,6 +35,10 @@ func (b *TrustBundle) ToProto() *meshcav1.Bundle {
 		for _, r := range d.Roots.Roots() {
 			td.X509Authorities = append(td.X509Authorities, r.Raw)
 		}
+		if d.Authorities != nil {
+			td.MeshcaAuthorities = rawDER(d.Authorities.Roots())
+			td.UpstreamChain = rawDER(d.UpstreamChain)
+		}
 		for _, a := range d.JWTAuthorities {
 			pa, err := a.ToProto()
 			if err != nil {
@@ -103,6 +107,10 @@ func TrustBundleFromProto(pb *meshcav1.Bundle) (*TrustBundle, error) {
 			return nil, fmt.Errorf("trust bundle: %s: %w", name, err)
 		}
 		own = own || !td.GetFederated()
+		authorities, chain, err := parseAuthorities(td)
+		if err != nil {
+			return nil, fmt.Errorf("trust bundle: %s: %w", name, err)
+		}
 		var crls []CRL
 		for _, c := range td.GetCrls() {
 			crls = append(crls, CRL{DER: c.GetDer(), IssuerChain: c.GetIssuerChain()})
@@ -116,13 +124,51 @@ func TrustBundleFromProto(pb *meshcav1.Bundle) (*TrustBundle, error) {
 			jwts = append(jwts, a)
 		}
 		b.Domains = append(b.Domains, DomainBundle{TrustDomain: name, Roots: roots, CRLs: crls,
-			Federated: td.GetFederated(), JWTAuthorities: jwts})
+			Federated: td.GetFederated(), JWTAuthorities: jwts, Authorities: authorities, UpstreamChain: chain})
 	}
 	if !own {
 		return nil, errors.New("trust bundle: no trust domain of its own")
 	}
 	slices.SortFunc(b.Domains, func(x, y DomainBundle) int { return cmp.Compare(x.TrustDomain.Name(), y.TrustDomain.Name()) })
 	return b, nil
+}
+
+// parseAuthorities decodes a domain's meshca authorities and upstream
+// chain: CA certificates each; a chain without authorities is refused.
+func parseAuthorities(td *meshcav1.TrustDomainBundle) (*Bundle, []*x509.Certificate, error) {
+	parse := func(what string, ders [][]byte) ([]*x509.Certificate, error) {
+		var out []*x509.Certificate
+		for i, der := range ders {
+			c, err := x509.ParseCertificate(der)
+			if err != nil {
+				return nil, fmt.Errorf("%s %d: %w", what, i, err)
+			}
+			if !c.IsCA {
+				return nil, fmt.Errorf("%s %d: %q is not a CA certificate", what, i, c.Subject)
+			}
+			out = append(out, c)
+		}
+		return out, nil
+	}
+	auths, err := parse("meshca authority", td.GetMeshcaAuthorities())
+	if err != nil {
+		return nil, nil, err
+	}
+	chain, err := parse("upstream CA", td.GetUpstreamChain())
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(auths) == 0 {
+		if len(chain) != 0 {
+			return nil, nil, errors.New("an upstream chain without meshca authorities")
+		}
+		return nil, nil, nil
+	}
+	b, err := NewBundle(auths...)
+	if err != nil {
+		return nil, nil, err
+	}
+	return b, chain, nil
 }
 
 // ToProto encodes a for the wire.

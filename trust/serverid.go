@@ -107,6 +107,11 @@ type ServerCheck struct {
 	// by a trusted root CA and naming RootServerURI. Cluster and
 	// TrustDomain are then ignored.
 	Root bool
+	// Authorities, for Root, are meshca's own CAs (TrustBundle.
+	// OwnAuthorities): the serving certificate's issuer must be one of
+	// them, wherever the chain ends. Nil means the trusted root the chain
+	// ends at must have signed it directly (no upstream PKI).
+	Authorities *Bundle
 	// Cluster requires the issuer of this cluster: the CA that signed the
 	// serving certificate names it (IssuerServerID). Empty means the issuer
 	// of any cluster.
@@ -152,8 +157,12 @@ func (c ServerCheck) VerifyChain(chain []*x509.Certificate) error {
 	}
 	leaf := chain[0]
 	if c.Root {
-		if len(chain) != 2 || !hasURI(leaf, RootServerURI) {
-			return fmt.Errorf("%w: want the meshca root (%s signed directly by a root CA), got %s", ErrWrongServer, RootServerURI, describe(chain))
+		direct := len(chain) == 2
+		if c.Authorities != nil {
+			direct = c.Authorities.contains(chain[1])
+		}
+		if !direct || !hasURI(leaf, RootServerURI) {
+			return fmt.Errorf("%w: want the meshca root (%s signed directly by a meshca root CA), got %s", ErrWrongServer, RootServerURI, describe(chain))
 		}
 		return nil
 	}

@@ -37,7 +37,8 @@ const digestPrefix = "meshca-bundle-v2\x00"
 // Digest returns the SHA-256 of the canonical encoding of everything a
 // signature vouches for: Sequence, ActiveRoot and every domain (sorted by
 // name) with its name, Federated flag and roots (sorted by bytes, so that
-// their order does not matter), and a federated domain's JWT authorities
+// their order does not matter), its meshca Authorities and UpstreamChain
+// when it has Authorities, and a federated domain's JWT authorities
 // (an own domain's authenticate themselves by their chains, as CRLs do).
 // CRLs are not covered: each is signed by its
 // issuer and checked on its own (VerifyCRL), so an issuer can add its own
@@ -57,15 +58,21 @@ func (b *TrustBundle) Digest() []byte {
 		// The flag byte tells what follows the roots: 2 marks a federated
 		// domain whose JWT authorities follow, so that bundles without
 		// any encode as they did before JWT authorities existed.
+		// Bit 4 marks meshca authorities distinct from the roots, whose
+		// set and upstream chain follow last, so that a bundle without an
+		// upstream PKI encodes as it did before.
 		jwts := d.Federated && len(d.JWTAuthorities) > 0
+		var flag byte
 		switch {
 		case jwts:
-			buf.WriteByte(2)
+			flag = 2
 		case d.Federated:
-			buf.WriteByte(1)
-		default:
-			buf.WriteByte(0)
+			flag = 1
 		}
+		if d.Authorities != nil {
+			flag |= 4
+		}
+		buf.WriteByte(flag)
 		var roots [][]byte
 		if d.Roots != nil {
 			for _, r := range d.Roots.Roots() {
@@ -76,9 +83,21 @@ func (b *TrustBundle) Digest() []byte {
 		if jwts {
 			writeSet(&buf, jwtDigestParts(d.JWTAuthorities))
 		}
+		if d.Authorities != nil {
+			writeSet(&buf, rawDER(d.Authorities.Roots()))
+			writeSet(&buf, rawDER(d.UpstreamChain))
+		}
 	}
 	sum := sha256.Sum256(buf.Bytes())
 	return sum[:]
+}
+
+func rawDER(certs []*x509.Certificate) [][]byte {
+	out := make([][]byte, 0, len(certs))
+	for _, c := range certs {
+		out = append(out, c.Raw)
+	}
+	return out
 }
 
 func writeCount(buf *bytes.Buffer, n int) {
@@ -121,9 +140,14 @@ func (b *TrustBundle) CheckSignatureFrom(pub crypto.PublicKey, sig []byte) error
 // IsSigned reports whether b carries a signature.
 func (b *TrustBundle) IsSigned() bool { return len(b.Signature) != 0 }
 
-// VerifySignature checks that b was signed by one of trusted's roots (found
-// by b.Signer) and that the signature covers b's current content. It fails
-// with ErrUnsigned, ErrUntrustedSigner (also for a signer root that is not
+// VerifySignature checks that b was signed by one of trusted's CAs (found
+// by b.Signer) and that the signature covers b's current content. trusted
+// are meshca's own CAs the receiver already trusts (TrustBundle.
+// OwnAuthorities of the last accepted bundle, or configured roots): never
+// an upstream PKI's root, which also vouches for certificates that are
+// not meshca's. When b has Authorities of its own (an upstream PKI), the
+// signer must also chain to b's own roots through its upstream chain. It
+// fails with ErrUnsigned, ErrUntrustedSigner (also for a signer that is not
 // valid at now) or ErrBadSignature.
 func (b *TrustBundle) VerifySignature(trusted *Bundle, now time.Time) error {
 	if !b.IsSigned() {
@@ -145,8 +169,33 @@ func (b *TrustBundle) VerifySignature(trusted *Bundle, now time.Time) error {
 		return fmt.Errorf("%w: signer sha256 %s is not valid now (valid %s to %s)", ErrUntrustedSigner, hex.EncodeToString(b.Signer[:]),
 			signer.NotBefore.UTC().Format(time.RFC3339), signer.NotAfter.UTC().Format(time.RFC3339))
 	}
+	if err := b.checkSignerChain(signer, now); err != nil {
+		return fmt.Errorf("%w: signer sha256 %s: %w", ErrUntrustedSigner, hex.EncodeToString(b.Signer[:]), err)
+	}
 	if err := b.CheckSignatureFrom(signer.PublicKey, b.Signature); err != nil {
 		return fmt.Errorf("%w: signer sha256 %s, sequence %d: %w", ErrBadSignature, hex.EncodeToString(b.Signer[:]), b.Sequence, err)
+	}
+	return nil
+}
+
+// checkSignerChain requires a signer that chains to b's own roots when b
+// separates meshca's authorities from its roots (an upstream PKI).
+func (b *TrustBundle) checkSignerChain(signer *x509.Certificate, now time.Time) error {
+	separate := false
+	for _, d := range b.Domains {
+		separate = separate || !d.Federated && d.Authorities != nil
+	}
+	roots := b.OwnRoots()
+	if !separate || roots == nil {
+		return nil
+	}
+	inters := x509.NewCertPool()
+	for _, c := range b.OwnUpstreamChain() {
+		inters.AddCert(c)
+	}
+	if _, err := signer.Verify(x509.VerifyOptions{Roots: roots.Pool(), Intermediates: inters, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return fmt.Errorf("does not chain to the bundle's roots: %w", err)
 	}
 	return nil
 }

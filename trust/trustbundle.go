@@ -43,7 +43,22 @@ type TrustBundle struct {
 // DomainBundle is the trust anchors of one trust domain.
 type DomainBundle struct {
 	TrustDomain spiffeid.TrustDomain
-	Roots       *Bundle
+	// Roots are the trust anchors: chains of the domain's certificates
+	// end here. Under an upstream PKI they are the upstream's root.
+	Roots *Bundle
+	// Authorities are meshca's own CA certificates (the root service's
+	// roots), the parents a check that means "signed directly by a meshca
+	// root" asks for: admin certificates, the root's serving certificate,
+	// issuer credentials, the bundle's signer. Nil means Roots (meshca
+	// self-signs its roots); under an upstream PKI they are CAs the
+	// upstream issued, which chain to Roots through UpstreamChain. Use
+	// OwnCAs rather than reading it.
+	Authorities *Bundle
+	// UpstreamChain holds the upstream's intermediate CAs between
+	// Authorities and Roots, for building chains only: never trusted by
+	// themselves. Empty without an upstream, or when the upstream root
+	// signs meshca's CAs itself.
+	UpstreamChain []*x509.Certificate
 	// CRLs are revocation lists issued under Roots, as received: check each
 	// with VerifyCRL before use.
 	CRLs []CRL
@@ -52,6 +67,14 @@ type DomainBundle struct {
 	// JWTAuthorities verify the domain's JWT-SVIDs, as received: for an
 	// own domain check each with VerifyJWTAuthority before use.
 	JWTAuthorities []JWTAuthority
+}
+
+// OwnCAs returns d's Authorities, or its Roots when it has none.
+func (d DomainBundle) OwnCAs() *Bundle {
+	if d.Authorities != nil {
+		return d.Authorities
+	}
+	return d.Roots
 }
 
 // Domain returns the bundle of td, or false.
@@ -95,6 +118,39 @@ func (b *TrustBundle) OwnRoots() *Bundle {
 	return out.WithCrossSigned(b.CrossSigned...)
 }
 
+// OwnAuthorities returns meshca's own CA certificates of the non-federated
+// domains (DomainBundle.OwnCAs: without an upstream PKI, the same as
+// OwnRoots), nil when there are none. It is what a check that means
+// "signed directly by a meshca root" trusts.
+func (b *TrustBundle) OwnAuthorities() *Bundle {
+	var own []*x509.Certificate
+	for _, d := range b.Domains {
+		if !d.Federated {
+			own = append(own, d.OwnCAs().Roots()...)
+		}
+	}
+	out, err := NewBundle(own...)
+	if err != nil {
+		return nil
+	}
+	return out
+}
+
+// OwnUpstreamChain returns the upstream intermediates of the non-federated
+// domains, without duplicates, for building chains from OwnAuthorities to
+// OwnRoots.
+func (b *TrustBundle) OwnUpstreamChain() []*x509.Certificate {
+	var out []*x509.Certificate
+	for _, d := range b.Domains {
+		for _, c := range d.UpstreamChain {
+			if !d.Federated && !slices.ContainsFunc(out, c.Equal) {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
 // Fingerprint is the SHA-256 of a certificate's DER, the form roots are
 // named by on the wire and in the store.
 func Fingerprint(c *x509.Certificate) [32]byte { return sha256.Sum256(c.Raw) }
@@ -113,6 +169,8 @@ func (b *TrustBundle) Equal(o *TrustBundle) bool {
 	for i := range b.Domains {
 		x, y := b.Domains[i], o.Domains[i]
 		if x.TrustDomain != y.TrustDomain || x.Federated != y.Federated || !bytes.Equal(x.Roots.PEM(), y.Roots.PEM()) ||
+			(x.Authorities == nil) != (y.Authorities == nil) || x.Authorities != nil && !bytes.Equal(x.Authorities.PEM(), y.Authorities.PEM()) ||
+			!slices.EqualFunc(x.UpstreamChain, y.UpstreamChain, (*x509.Certificate).Equal) ||
 			!slices.EqualFunc(x.CRLs, y.CRLs, CRL.equal) || !slices.EqualFunc(x.JWTAuthorities, y.JWTAuthorities, JWTAuthority.equal) {
 			return false
 		}

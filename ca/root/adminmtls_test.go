@@ -35,7 +35,7 @@ func (h *harness) serveAdminMTLS() string {
 		h.t.Fatal(err)
 	}
 	m, err := adminapi.NewMTLS(adminapi.MTLSConfig{
-		GetCertificate: get, Roots: h.root.OwnRoots, Admins: []spiffeid.ID{spiffeid.RequireFromString(opsAdmin)},
+		GetCertificate: get, Roots: h.root.OwnAuthorities, Admins: []spiffeid.ID{spiffeid.RequireFromString(opsAdmin)},
 		Revocations: h.root, CRLs: h.root.RootCRLs, Now: h.clock.Now, Logger: h.cfg.Logger,
 	})
 	if err != nil {

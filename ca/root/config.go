@@ -135,6 +135,16 @@ type Config struct {
 	// Federated supplies other meshes' bundles; nil means none.
 	Federated Federated
 
+	// Upstream, when set, issues every new root's CA certificate from an
+	// upstream PKI for a key Keys creates, instead of self-signing it: the
+	// upstream's root becomes the trust anchor of the bundle (its Roots),
+	// meshca's CAs its Authorities. Rotation is then automatic whatever
+	// AutoRotate says; a failed request leaves the active CA signing and is
+	// retried with backoff (from Tick up to an hour). Nil means self-signed
+	// roots. RootTTL does not apply under an upstream (upstream.Config.TTL
+	// does).
+	Upstream Upstream
+
 	// RootCommonName is the subject CN of new roots; empty means
 	// "meshca root CA".
 	RootCommonName string

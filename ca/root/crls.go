@@ -127,7 +127,7 @@ func (r *Root) signRootCRL(ctx context.Context, s RootStatus, serials []string, 
 	if err != nil {
 		return nil, err
 	}
-	a, err := ca.NewAuthority(s.Cert, key)
+	a, err := ca.NewAuthority(s.Cert, key, s.Chain...)
 	if err != nil {
 		return nil, fmt.Errorf("root authority: %w", err)
 	}

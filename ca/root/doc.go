@@ -6,6 +6,13 @@
 // RootService (enrolment and renewal of cluster issuers, and their CRLs) and
 // BundleService over TLS, AdminService on a Unix socket.
 //
+// A root is self-signed, or under an upstream PKI (Config.Upstream,
+// upstream.go) a CA certificate the upstream issues for the root's key:
+// then the upstream's root is the bundle's trust anchor (Roots) and
+// meshca's CAs its Authorities, which every "signed directly by a root"
+// check uses; renewal is the usual rotation, retried with backoff while
+// the upstream fails.
+//
 // Revocation on the root is of whole clusters (AdminService.Revoke with a
 // cluster): the cluster and its unexpired intermediates enter the store's
 // deny-list, its issuer can no longer enrol, renew or publish CRLs

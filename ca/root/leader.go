@@ -101,7 +101,7 @@ func (r *Root) storedCRL(ctx context.Context, s RootStatus) *rootCRL {
 	if !ok {
 		return nil
 	}
-	c, err := parseRootCRL(row.DER, s.Cert)
+	c, err := parseRootCRL(row.DER, s.RootRecord)
 	if err != nil {
 		r.log.ErrorContext(ctx, "ignoring a stored root CRL", "sha256", row.RootFingerprint, "error", err)
 		return nil
@@ -109,8 +109,10 @@ func (r *Root) storedCRL(ctx context.Context, s RootStatus) *rootCRL {
 	return c
 }
 
-// parseRootCRL parses a root CRL signed by root.
-func parseRootCRL(der []byte, root *x509.Certificate) (*rootCRL, error) {
+// parseRootCRL parses a root CRL signed by rec's root; under an upstream
+// PKI it carries the chain from that root to the anchor.
+func parseRootCRL(der []byte, rec RootRecord) (*rootCRL, error) {
+	root := rec.Cert
 	rl, err := x509.ParseRevocationList(der)
 	if err != nil {
 		return nil, err
@@ -126,8 +128,12 @@ func parseRootCRL(der []byte, root *x509.Certificate) (*rootCRL, error) {
 		serials = append(serials, trust.SerialHex(e.SerialNumber))
 	}
 	slices.Sort(serials)
+	var chain [][]byte
+	if rec.Anchor != nil {
+		chain = rawChain(append([]*x509.Certificate{rec.Cert}, rec.Chain...))
+	}
 	return &rootCRL{
-		crl: trust.CRL{DER: der}, number: rl.Number, serials: strings.Join(serials, ","),
+		crl: trust.CRL{DER: der, IssuerChain: chain}, number: rl.Number, serials: strings.Join(serials, ","),
 		renewAt: rl.ThisUpdate.Add(rl.NextUpdate.Sub(rl.ThisUpdate) / 2), nextUpdate: rl.NextUpdate,
 	}, nil
 }

@@ -78,6 +78,12 @@ type Root struct {
 	keysMu  sync.Mutex
 	signers map[string]crypto.Signer
 
+	// upstreamRetry delays the next automatic rotation after a failed
+	// request to the upstream PKI; pendingKey is the key that request was
+	// for. Both are guarded by mu.
+	upstreamRetry upstreamRetry
+	pendingKey    *pendingKey
+
 	// leaseMu guards lease, the held leader lease (nil: none).
 	leaseMu sync.Mutex
 	lease   store.Lease
@@ -92,7 +98,9 @@ type state struct {
 	active   *ca.Authority
 	activeFP [32]byte
 	// clientCAs are all recorded roots that have not expired: the anchors
-	// of issuer credentials.
+	// of issuer credentials. Under an upstream PKI they are meshca's own
+	// CAs, never the upstream's root, which also issues certificates that
+	// are not meshca's.
 	clientCAs *x509.CertPool
 	bundle    *trust.TrustBundle
 	// revoked are the revoked cluster names; never modified.
@@ -239,15 +247,20 @@ func (r *Root) refreshLocked(ctx context.Context) error {
 		return err
 	}
 	now := r.cfg.Now()
-	if r.cfg.AutoRotate && lead && shouldRotate(r.statuses, now) {
+	if r.cfg.autoRotate() && lead && shouldRotate(r.statuses, now) && r.rotationDue(now) {
 		rec, err := r.createRootLocked(ctx, r.cfg.PropagationDelay, "system:auto-rotate", "")
-		if err != nil {
+		switch {
+		case err != nil && r.cfg.Upstream != nil:
+			r.rotationFailedLocked(ctx, now, err)
+		case err != nil:
 			return fmt.Errorf("automatic root rotation: %w", err)
-		}
-		r.log.InfoContext(ctx, "rotated the root automatically", "sha256", fingerprintHex(rec.Cert),
-			"activate_at", rec.ActivateAt)
-		if err := r.loadLocked(ctx); err != nil {
-			return err
+		default:
+			r.upstreamRetry = upstreamRetry{}
+			r.log.InfoContext(ctx, "rotated the root automatically", "sha256", fingerprintHex(rec.Cert),
+				"activate_at", rec.ActivateAt)
+			if err := r.loadLocked(ctx); err != nil {
+				return err
+			}
 		}
 	}
 	r.alarmLocked(ctx, now)
@@ -264,12 +277,11 @@ func (r *Root) loadLocked(ctx context.Context) error {
 	}
 	recs := make([]RootRecord, 0, len(rows))
 	for _, row := range rows {
-		certs, err := x509.ParseCertificates(row.DER)
-		if err != nil || len(certs) == 0 {
-			return fmt.Errorf("root %s: %w", row.Fingerprint, cmp.Or(err, errors.New("no certificate")))
+		rec, err := parseRootRow(row)
+		if err != nil {
+			return err
 		}
-		recs = append(recs, RootRecord{Cert: certs[0], KeyRef: row.KeyRef, AddedAt: row.AddedAt, ActivateAt: row.ActivateAt,
-			Cross: certs[1:]})
+		recs = append(recs, rec)
 	}
 	// The store orders by AddedAt with second precision; the order that
 	// decides which root is newest is the activation time.
@@ -347,7 +359,7 @@ func (r *Root) loadActiveLocked(ctx context.Context) {
 	r.active = nil
 	signer, err := r.signer(ctx, rec.KeyRef)
 	if err == nil {
-		r.active, err = ca.NewAuthority(rec.Cert, signer)
+		r.active, err = ca.NewAuthority(rec.Cert, signer, rec.Chain...)
 	}
 	if err != nil {
 		r.log.ErrorContext(ctx, "cannot load the active root's key", "sha256", fingerprintHex(rec.Cert),
@@ -369,10 +381,12 @@ func (r *Root) publishLocked(ctx context.Context, now time.Time) {
 			st.rootCRLs = append(st.rootCRLs, c.crl)
 		}
 	}
-	var inBundle []*x509.Certificate
+	var inBundle, anchors, chain []*x509.Certificate
 	for _, s := range r.statuses {
 		if s.State.InBundle() {
 			inBundle = append(inBundle, s.Cert)
+			anchors = append(anchors, s.anchor())
+			chain = append(chain, s.Chain...)
 		}
 		if s.State == RootActive {
 			st.activeFP = trust.Fingerprint(s.Cert)
@@ -383,14 +397,17 @@ func (r *Root) publishLocked(ctx context.Context, now time.Time) {
 	}
 	b := &trust.TrustBundle{ActiveRoot: st.activeFP, RefreshHint: r.cfg.RefreshHint}
 	own := map[spiffeid.TrustDomain]bool{}
-	if roots, err := trust.NewBundle(inBundle...); err == nil {
-		b.CrossSigned, st.crossUntil = crossSignedLocked(r.statuses, roots, st.activeFP, now)
+	if tmpl, err := ownDomain(inBundle, anchors, chain); err == nil {
+		if roots, err := trust.NewBundle(inBundle...); err == nil {
+			b.CrossSigned, st.crossUntil = crossSignedLocked(r.statuses, roots, st.activeFP, now)
+		}
 		for _, set := range []map[spiffeid.TrustDomain]bool{r.domains, r.storeDomains} {
 			for td := range set {
 				if !own[td] {
 					own[td] = true
-					b.Domains = append(b.Domains, trust.DomainBundle{TrustDomain: td, Roots: roots, CRLs: r.domainCRLsLocked(td),
-						JWTAuthorities: r.domainJWTAuthoritiesLocked(td)})
+					d := tmpl
+					d.TrustDomain, d.CRLs, d.JWTAuthorities = td, r.domainCRLsLocked(td), r.domainJWTAuthoritiesLocked(td)
+					b.Domains = append(b.Domains, d)
 				}
 			}
 		}
@@ -442,7 +459,7 @@ func (r *Root) bundleSignerLocked(ctx context.Context, prev *trust.TrustBundle, 
 	if r.active == nil || prev == nil || !prev.IsSigned() || prev.Signer == trust.Fingerprint(r.active.Certificate) {
 		return r.active
 	}
-	if own := prev.OwnRoots(); own != nil && slices.ContainsFunc(own.Roots(), r.active.Certificate.Equal) {
+	if own := prev.OwnAuthorities(); own != nil && slices.ContainsFunc(own.Roots(), r.active.Certificate.Equal) {
 		return r.active
 	}
 	for _, s := range r.statuses {
@@ -453,7 +470,7 @@ func (r *Root) bundleSignerLocked(ctx context.Context, prev *trust.TrustBundle, 
 		if err != nil {
 			break
 		}
-		if a, err := ca.NewAuthority(s.Cert, key); err == nil {
+		if a, err := ca.NewAuthority(s.Cert, key, s.Chain...); err == nil {
 			return a
 		}
 	}
@@ -492,37 +509,38 @@ func (r *Root) signer(ctx context.Context, ref string) (crypto.Signer, error) {
 	return s, nil
 }
 
-// createRootLocked creates a key and a self-signed root and records it,
-// active after delay. note, when set, ends the audit event's detail.
+// createRootLocked creates a key and a root for it (self-signed, or
+// issued by Config.Upstream) and records it, active after delay. note,
+// when set, ends the audit event's detail. A failed attempt keeps the key
+// for the next one.
 func (r *Root) createRootLocked(ctx context.Context, delay time.Duration, actor, note string) (RootRecord, error) {
-	ref, signer, err := r.cfg.Keys.NewKey(ctx)
+	ref, signer, err := r.newRootKeyLocked(ctx)
 	if err != nil {
-		return RootRecord{}, fmt.Errorf("%w: new root key: %w", grpcx.ErrUnavailable, err)
-	}
-	signer = r.service.timed(signer)
-	r.keysMu.Lock()
-	r.signers[ref] = signer
-	r.keysMu.Unlock()
-	now := r.cfg.Now()
-	root, err := ca.NewRoot(ca.RootConfig{Signer: signer, CommonName: r.cfg.RootCommonName, TTL: r.cfg.RootTTL, Now: now})
-	if err != nil {
-		return RootRecord{}, fmt.Errorf("%w: new root: %w", grpcx.ErrUnavailable, err)
-	}
-	if err := verifySelfSigned(root.Certificate, now); err != nil {
 		return RootRecord{}, err
 	}
-	rec := RootRecord{
-		Cert: root.Certificate, KeyRef: ref,
-		AddedAt: now.UTC().Truncate(time.Second), ActivateAt: now.Add(delay).UTC().Truncate(time.Second),
+	now := r.cfg.Now()
+	rec, err := r.newCACert(ctx, signer, now)
+	if err != nil {
+		return RootRecord{}, err
 	}
-	rec.Cross = r.crossSignLocked(ctx, root, rec.ActivateAt, now)
+	rec.KeyRef = ref
+	rec.AddedAt, rec.ActivateAt = now.UTC().Truncate(time.Second), now.Add(delay).UTC().Truncate(time.Second)
+	if rec.Anchor == nil {
+		// Self-signed: the new root and the roots in the bundle certify
+		// each other. Under an upstream every meshca CA chains to the same
+		// anchor, so no cross certificate is needed.
+		if auth, aerr := ca.NewAuthority(rec.Cert, signer); aerr == nil {
+			rec.Cross = r.crossSignLocked(ctx, auth, rec.ActivateAt, now)
+		} else {
+			r.log.WarnContext(ctx, "cannot cross-sign the new root", "error", aerr.Error())
+		}
+	}
 	fp := fingerprintHex(rec.Cert)
-	ders := [][]byte{rec.Cert.Raw}
-	for _, c := range rec.Cross {
-		ders = append(ders, c.Raw)
+	if rec.Anchor != nil {
+		note = fmt.Sprintf(", issued by %q under upstream root sha256 %s", rec.Cert.Issuer.String(), fingerprintHex(rec.Anchor)) + note
 	}
 	err = r.cfg.Store.AddRoot(ctx, store.Root{
-		Fingerprint: fp, DER: store.JoinDER(ders), KeyRef: ref, AddedAt: rec.AddedAt, ActivateAt: rec.ActivateAt,
+		Fingerprint: fp, DER: rootDER(rec), KeyRef: ref, AddedAt: rec.AddedAt, ActivateAt: rec.ActivateAt,
 	}, store.AuditEvent{
 		Time: now, Actor: actor, Action: "root.create",
 		Detail: fmt.Sprintf("root sha256 %s, key %s, not after %s, activates at %s, %d cross certificates%s", fp, ref,
@@ -531,6 +549,7 @@ func (r *Root) createRootLocked(ctx context.Context, delay time.Duration, actor,
 	if err != nil {
 		return RootRecord{}, fmt.Errorf("%w: record root: %w", grpcx.ErrUnavailable, err)
 	}
+	r.pendingKey = nil
 	return rec, nil
 }
 

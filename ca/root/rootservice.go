@@ -123,7 +123,7 @@ func (r *Root) enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshca
 	return &meshcav1.EnrollResponse{
 		Cluster: c.Name, TrustDomain: c.TrustDomain,
 		CredentialChain:   [][]byte{out.credential.Raw},
-		IntermediateChain: [][]byte{out.intermediate.Raw},
+		IntermediateChain: out.intermediateChain(),
 		Bundle:            out.bundle.ToProto(),
 		Replicas:          int32(replicas), //nolint:gosec // at most store.MaxReplicas
 	}, nil
@@ -193,7 +193,7 @@ func (r *Root) renew(ctx context.Context, req *meshcav1.RenewRequest) (*meshcav1
 		"not_after", out.intermediate.NotAfter, "root_sha256", hex.EncodeToString(st.activeFP[:]),
 		"credential_serial", trust.SerialHex(cred.SerialNumber), "replaced_credential_serial", caller.serial)
 	return &meshcav1.RenewResponse{
-		IntermediateChain: [][]byte{out.intermediate.Raw}, CredentialChain: [][]byte{cred.Raw}, Bundle: out.bundle.ToProto(),
+		IntermediateChain: out.intermediateChain(), CredentialChain: [][]byte{cred.Raw}, Bundle: out.bundle.ToProto(),
 	}, nil
 }
 

@@ -25,9 +25,16 @@ const (
 	RootRetired RootState = "retired"
 )
 
-// RootRecord is one root the root service created.
+// RootRecord is one root the root service created: a self-signed root, or
+// under an upstream PKI (Config.Upstream) a CA certificate the upstream
+// issued for a key meshca holds.
 type RootRecord struct {
 	Cert *x509.Certificate
+	// Chain holds the upstream's intermediates above Cert, nearest first;
+	// Anchor is the upstream's root. Both are empty for a self-signed
+	// root.
+	Chain  []*x509.Certificate
+	Anchor *x509.Certificate
 	// KeyRef names the key (a file path or "vault:<key>").
 	KeyRef string
 	// AddedAt is when it joined the bundle; ActivateAt when it may start
@@ -37,6 +44,15 @@ type RootRecord struct {
 	// its subject and key signed by each root then in the bundle, and
 	// theirs signed by it. They are stored after the root's own DER.
 	Cross []*x509.Certificate
+}
+
+// anchor returns the trust anchor r chains to: the upstream's root, or r
+// itself when it is self-signed.
+func (r RootRecord) anchor() *x509.Certificate {
+	if r.Anchor != nil {
+		return r.Anchor
+	}
+	return r.Cert
 }
 
 // RootStatus is a root with its state at some instant.

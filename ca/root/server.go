@@ -116,6 +116,18 @@ func (r *Root) OwnRoots() *trust.Bundle {
 	return b.OwnRoots()
 }
 
+// OwnAuthorities returns meshca's own CAs of the published bundle
+// (trust.TrustBundle.OwnAuthorities: the roots, or under an upstream PKI
+// the CAs it issued meshca), nil when there are none yet. Admin
+// certificates must be signed directly by one of them.
+func (r *Root) OwnAuthorities() *trust.Bundle {
+	b, _ := r.Current()
+	if b == nil {
+		return nil
+	}
+	return b.OwnAuthorities()
+}
+
 // serve serves srv on lis until ctx ends. Before the graceful stop it
 // calls drain, when not nil, and closes stopping.
 func serve(ctx context.Context, srv *grpc.Server, lis net.Listener, stopping chan struct{}, drain func()) error {
@@ -236,7 +248,7 @@ func (s *servingCerts) sign(st *state, now time.Time) (*tls.Certificate, error) 
 		return nil, fmt.Errorf("%w: serving certificate: %w", errSelfCheck, err)
 	}
 	return &tls.Certificate{
-		Certificate: [][]byte{leaf.Raw, st.active.Certificate.Raw},
+		Certificate: append([][]byte{leaf.Raw, st.active.Certificate.Raw}, rawChain(st.active.Chain)...),
 		PrivateKey:  s.key,
 		Leaf:        leaf,
 	}, nil

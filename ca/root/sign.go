@@ -104,7 +104,20 @@ func credentialID(c store.Cluster, replica string) (spiffeid.ID, error) {
 // issued is what one Enroll or Renew signed.
 type issued struct {
 	intermediate, credential *x509.Certificate
-	bundle                   *trust.TrustBundle
+	// chain holds the CAs above intermediate up to the trust anchor,
+	// anchor excluded (caChain); empty for a self-signed root.
+	chain  []*x509.Certificate
+	bundle *trust.TrustBundle
+}
+
+// intermediateChain is the chain an issuer receives: the intermediate and
+// the CAs above it.
+func (o issued) intermediateChain() [][]byte {
+	out := [][]byte{o.intermediate.Raw}
+	for _, c := range o.chain {
+		out = append(out, c.Raw)
+	}
+	return out
 }
 
 // signCredential signs and verifies an issuer credential for replica of
@@ -266,6 +279,7 @@ func (r *Root) issue(ctx context.Context, st *state, c store.Cluster, interCSR *
 	if err != nil {
 		return issued{}, fmt.Errorf("%w: record intermediate: %w", grpcx.ErrUnavailable, err)
 	}
+	out.chain = caChain(root)
 	r.addDomain(ctx, td)
 	out.bundle, _ = r.Current()
 	return out, nil

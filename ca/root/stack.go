@@ -3,6 +3,7 @@ package root
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca/root/federation"
+	"github.com/meshca/meshca/ca/upstream"
 	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/internal/ops"
 	"github.com/meshca/meshca/internal/serverdir"
@@ -76,6 +78,10 @@ type StackConfig struct {
 	// Serving, when set, is called once the root serves, with its gRPC
 	// address and its admin socket's path.
 	Serving func(addr, adminSocket string)
+	// Upstream, when enabled, is the upstream PKI that issues the roots'
+	// CA certificates (Config.Upstream); RunStack connects to it before
+	// the first root is created. The zero value means self-signed roots.
+	Upstream upstream.Config
 	// Logger: nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -107,6 +113,9 @@ func (c StackConfig) Validate() error {
 		return errors.New("root stack: admin mTLS needs at least one admin")
 	case c.Endpoint != nil && (c.Endpoint.Listen == "" || c.Endpoint.TrustDomain.IsZero()):
 		return errors.New("root stack: the bundle endpoint needs an address and a trust domain")
+	}
+	if err := c.Upstream.Validate(); err != nil {
+		return fmt.Errorf("root stack: %w", err)
 	}
 	return c.Root.Limits.Validate()
 }
@@ -168,7 +177,16 @@ func RunStack(ctx context.Context, c StackConfig) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	r, err := New(ctx, c.rootConfig(db, fetcher, reg, log))
+	rc := c.rootConfig(db, fetcher, reg, log)
+	if c.Upstream.Enabled() {
+		up, err := upstream.New(ctx, c.Upstream)
+		if err != nil {
+			return fmt.Errorf("root stack: %w", err)
+		}
+		defer up.Close()
+		rc.Upstream = up
+	}
+	r, err := New(ctx, rc)
 	if err != nil {
 		return err
 	}

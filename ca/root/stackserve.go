@@ -160,7 +160,7 @@ func (c StackConfig) openListeners(r *Root, federation bool, log *slog.Logger) (
 			return fail(err)
 		}
 		if ls.mtls, err = adminapi.NewMTLS(adminapi.MTLSConfig{
-			GetCertificate: get, Roots: r.OwnRoots, Admins: c.Admins, Revocations: r, CRLs: r.RootCRLs, Logger: log,
+			GetCertificate: get, Roots: r.OwnAuthorities, Admins: c.Admins, Revocations: r, CRLs: r.RootCRLs, Logger: log,
 		}); err != nil {
 			return fail(err)
 		}

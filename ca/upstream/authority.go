@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -65,6 +66,8 @@ func New(ctx context.Context, cfg Config) (*Authority, error) {
 		svc, err = newStepCAS(ctx, cfg.StepCAS)
 	case TypeCloudCAS:
 		svc, err = newCloudCAS(ctx, cfg.CloudCAS)
+	case TypeVaultPKI:
+		svc, err = newVaultPKI(ctx, cfg.VaultPKI)
 	default:
 		return nil, errors.New("upstream: no upstream configured")
 	}
@@ -78,6 +81,15 @@ func New(ctx context.Context, cfg Config) (*Authority, error) {
 // in errors and ttl is as Config.TTL (zero: DefaultTTL).
 func newAuthority(svc Service, typ string, ttl time.Duration) *Authority {
 	return &Authority{svc: svc, ttl: cmp.Or(ttl, DefaultTTL), typ: typ}
+}
+
+// Close releases what the upstream's client holds (a Vault token's
+// renewal); Issue must not be called after it.
+func (a *Authority) Close() error {
+	if c, ok := a.svc.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
 }
 
 // Request asks for a CA certificate for a key meshca holds.

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"strings"
 	"time"
+
+	"github.com/meshca/meshca/ca/vault"
 )
 
 // Types of upstream authority, as Config.Type names them.
@@ -17,6 +20,9 @@ const (
 	// TypeCloudCAS is a Google Cloud Certificate Authority Service CA
 	// (cas/cloudcas).
 	TypeCloudCAS = "cloudcas"
+	// TypeVaultPKI is a Vault PKI secrets engine, through meshca's own
+	// adapter (its issuer's sign-intermediate endpoint).
+	TypeVaultPKI = "vaultpki"
 	// TypeVaultCAS is recognised only to be refused with the reason (see
 	// the package documentation).
 	TypeVaultCAS = "vaultcas"
@@ -43,7 +49,8 @@ const (
 // Config selects the upstream authority and says how to reach it. The
 // zero value (Type empty) means no upstream: meshca self-signs its roots.
 type Config struct {
-	// Type is TypeStepCAS or TypeCloudCAS; empty means no upstream.
+	// Type is TypeStepCAS, TypeVaultPKI or TypeCloudCAS; empty means no
+	// upstream.
 	Type string
 	// TTL is the lifetime asked for meshca's CA certificate; zero means
 	// DefaultTTL. The upstream may shorten it (a step-ca provisioner's
@@ -53,6 +60,38 @@ type Config struct {
 	StepCAS StepCAS
 	// CloudCAS configures Type TypeCloudCAS; it must be zero otherwise.
 	CloudCAS CloudCAS
+	// VaultPKI configures Type TypeVaultPKI; it must be zero otherwise.
+	VaultPKI VaultPKI
+}
+
+// VaultPKI is a Vault PKI secrets engine upstream. The token's policy
+// needs update on MOUNT/issuer/ISSUER/sign-intermediate and read on
+// MOUNT/issuer/ISSUER/json.
+type VaultPKI struct {
+	// Address of Vault, e.g. https://vault.example:8200. Required.
+	Address string
+	// Namespace is the Vault Enterprise namespace; empty means the root
+	// namespace.
+	Namespace string
+	// Auth is how to log in, as for the Vault Transit root keys (token or
+	// token file, AppRole, Kubernetes). Required.
+	Auth vault.AuthConfig
+	// CACertFile holds the CAs of Vault's TLS certificate; empty means the
+	// system roots.
+	CACertFile string
+	// TLSServerName overrides the name checked in Vault's certificate;
+	// empty means the host of Address.
+	TLSServerName string
+	// Mount is the PKI secrets engine's path; empty means "pki".
+	Mount string
+	// Issuer is the issuer's name or ID in the mount; empty means the
+	// mount's default issuer. Its chain must end at a self-signed root
+	// (the mount's own root, or one imported with the issuer).
+	Issuer string
+	// Fingerprint, when set, is the hex SHA-256 of that root: the trust
+	// anchor is refused when it differs. Empty means the root is whatever
+	// the issuer's chain ends at, as authenticated by Vault's TLS.
+	Fingerprint string
 }
 
 // StepCAS is a step-ca upstream. Its provisioner decides what the issued
@@ -108,26 +147,39 @@ func (c Config) Validate() error {
 	}
 	switch c.Type {
 	case "":
-		if c.TTL != 0 || c.StepCAS != (StepCAS{}) || c.CloudCAS != (CloudCAS{}) {
+		if c.TTL != 0 || c.StepCAS != (StepCAS{}) || c.CloudCAS != (CloudCAS{}) || c.VaultPKI != (VaultPKI{}) {
 			return errors.New("upstream: options given without a type")
 		}
 		return nil
-	case TypeStepCAS:
-		if c.CloudCAS != (CloudCAS{}) {
-			return errors.New("upstream: cloudcas options given for type stepcas")
-		}
-		return c.StepCAS.validate()
-	case TypeCloudCAS:
-		if c.StepCAS != (StepCAS{}) {
-			return errors.New("upstream: stepcas options given for type cloudcas")
-		}
-		return c.CloudCAS.validate()
 	case TypeVaultCAS:
 		return errors.New("upstream: type vaultcas cannot issue meshca's CA certificate: it signs with Vault's " +
-			"pki/sign/ROLE endpoint, which never makes a CA certificate; use stepcas or cloudcas")
-	default:
-		return fmt.Errorf("upstream: unknown type %q (want %s or %s)", c.Type, TypeStepCAS, TypeCloudCAS)
+			"pki/sign/ROLE endpoint, which never makes a CA certificate; use vaultpki (pki/issuer/REF/sign-intermediate)")
 	}
+	if err := c.othersZero(); err != nil {
+		return err
+	}
+	switch c.Type {
+	case TypeStepCAS:
+		return c.StepCAS.validate()
+	case TypeCloudCAS:
+		return c.CloudCAS.validate()
+	case TypeVaultPKI:
+		return c.VaultPKI.validate()
+	default:
+		return fmt.Errorf("upstream: unknown type %q (want %s, %s or %s)", c.Type, TypeStepCAS, TypeVaultPKI, TypeCloudCAS)
+	}
+}
+
+// othersZero refuses options of another type than c.Type.
+func (c Config) othersZero() error {
+	for typ, zero := range map[string]bool{
+		TypeStepCAS: c.StepCAS == (StepCAS{}), TypeCloudCAS: c.CloudCAS == (CloudCAS{}), TypeVaultPKI: c.VaultPKI == (VaultPKI{}),
+	} {
+		if typ != c.Type && !zero {
+			return fmt.Errorf("upstream: %s options given for type %s", typ, c.Type)
+		}
+	}
+	return nil
 }
 
 func (s StepCAS) validate() error {
@@ -162,6 +214,19 @@ func (s StepCAS) validate() error {
 		return fmt.Errorf("upstream stepcas: provisionerType is required (%s or %s)", ProvisionerJWK, ProvisionerX5C)
 	default:
 		return fmt.Errorf("upstream stepcas: unknown provisionerType %q (want %s or %s)", s.ProvisionerType, ProvisionerJWK, ProvisionerX5C)
+	}
+	return nil
+}
+
+func (v VaultPKI) validate() error {
+	if b, err := hex.DecodeString(v.Fingerprint); v.Fingerprint != "" && (err != nil || len(b) != 32) {
+		return fmt.Errorf("upstream vaultpki: fingerprint %q: want the hex SHA-256 of the issuer's root (64 digits)", v.Fingerprint)
+	}
+	if strings.ContainsAny(v.Mount, " ") || strings.Contains(v.Issuer, "/") {
+		return fmt.Errorf("upstream vaultpki: mount %q or issuer %q is not a path segment", v.Mount, v.Issuer)
+	}
+	if err := (vault.Config{Address: v.Address, Auth: v.Auth}).ValidateConnection(); err != nil {
+		return fmt.Errorf("upstream vaultpki: %w", err)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/ca/vault"
 	"github.com/meshca/meshca/internal/testkit"
 )
 
@@ -12,6 +13,10 @@ const fp = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789ABCDEF"
 
 func stepJWK() StepCAS {
 	return StepCAS{URL: "https://ca.example:9000", Fingerprint: fp, Provisioner: "meshca", ProvisionerType: ProvisionerJWK, KeyFile: "/k"}
+}
+
+func testVaultPKI() VaultPKI {
+	return VaultPKI{Address: "https://vault:8200", Mount: "pki-meshca", Auth: vault.AuthConfig{TokenFile: "/t"}}
 }
 
 const cloudCA = "projects/p/locations/europe-west1/caPools/pool/certificateAuthorities/ca"
@@ -47,6 +52,14 @@ func TestValidate(t *testing.T) {
 		{"jwk without key or password", Config{Type: TypeStepCAS, StepCAS: with(func(s *StepCAS) { s.KeyFile = "" })}, "needs keyFile, or passwordFile"},
 		{"jwk with cert", Config{Type: TypeStepCAS, StepCAS: with(func(s *StepCAS) { s.CertFile = "/c" })}, "x5c provisioners only"},
 		{"x5c without cert", Config{Type: TypeStepCAS, StepCAS: with(func(s *StepCAS) { *s = x5c; s.CertFile = "" })}, "needs certFile and keyFile"},
+		{"vaultpki token", Config{Type: TypeVaultPKI, VaultPKI: testVaultPKI()}, ""},
+		{"vaultpki approle", Config{Type: TypeVaultPKI, VaultPKI: VaultPKI{Address: "https://vault:8200", Auth: vault.AuthConfig{
+			Method: vault.AuthAppRole, AppRole: vault.AppRoleConfig{RoleID: "r", SecretIDFile: "/s"}}}}, ""},
+		{"vaultpki without address", Config{Type: TypeVaultPKI, VaultPKI: VaultPKI{Auth: testVaultPKI().Auth}}, "address is required"},
+		{"vaultpki without login", Config{Type: TypeVaultPKI, VaultPKI: VaultPKI{Address: "https://vault:8200"}}, "token"},
+		{"vaultpki bad fingerprint", Config{Type: TypeVaultPKI, VaultPKI: func() VaultPKI { v := testVaultPKI(); v.Fingerprint = "ab"; return v }()}, "64 digits"},
+		{"vaultpki issuer path", Config{Type: TypeVaultPKI, VaultPKI: func() VaultPKI { v := testVaultPKI(); v.Issuer = "a/b"; return v }()}, "path segment"},
+		{"vault options on stepcas", Config{Type: TypeStepCAS, StepCAS: stepJWK(), VaultPKI: testVaultPKI()}, "vaultpki options"},
 		{"cloudcas bad name", Config{Type: TypeCloudCAS, CloudCAS: CloudCAS{CertificateAuthority: "projects/p/ca"}}, "certificateAuthority"},
 	}
 	for _, tc := range cases {
@@ -69,6 +82,7 @@ func TestValidateKeepsConfig(t *testing.T) {
 	testkit.ValidateKeepsConfig(t,
 		&Config{Type: TypeStepCAS, StepCAS: stepJWK()},
 		&Config{Type: TypeCloudCAS, CloudCAS: CloudCAS{CertificateAuthority: cloudCA}},
+		&Config{Type: TypeVaultPKI, VaultPKI: testVaultPKI()},
 		&Config{Type: "bad", TTL: time.Hour},
 	)
 }

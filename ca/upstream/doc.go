@@ -1,7 +1,9 @@
 // Package upstream obtains meshca's CA certificate from an existing PKI
 // instead of self-signing it, through smallstep's certificate authority
 // services (github.com/smallstep/certificates/cas/apiv1): step-ca
-// ("stepcas", a JWK or X5C provisioner) and Google Cloud CAS ("cloudcas").
+// ("stepcas", a JWK or X5C provisioner) and Google Cloud CAS ("cloudcas"),
+// and through meshca's own adapter of the same apiv1 calls, a Vault PKI
+// secrets engine ("vaultpki", pki/issuer/REF/sign-intermediate).
 //
 // The CA key never leaves meshca: the caller hands Issue a crypto.Signer
 // (a key file, or a Vault Transit key), Issue makes a CSR with it and asks
@@ -16,6 +18,7 @@
 //
 // Vault PKI through smallstep's "vaultcas" is refused by Config.Validate:
 // vaultcas signs with Vault's pki/sign/ROLE endpoint, and Vault never makes
-// a CA certificate there (only pki/root/sign-intermediate does, which
-// vaultcas does not call).
+// a CA certificate there (only the sign-intermediate endpoints do, which
+// vaultcas does not call). "vaultpki" calls them, logged in as meshca's
+// Vault Transit keys are (ca/vault.Client).
 package upstream

@@ -28,8 +28,9 @@ const (
 
 // Defaults applied by New to zero Config fields.
 const (
-	defaultMount             = "transit"
-	defaultTimeout           = 10 * time.Second
+	defaultMount = "transit"
+	// DefaultTimeout bounds each Vault call when Config.Timeout is zero.
+	DefaultTimeout           = 10 * time.Second
 	defaultAppRoleMount      = "approle"
 	defaultKubernetesMount   = "kubernetes"
 	defaultKubernetesJWTFile = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -120,15 +121,8 @@ type KubernetesConfig struct {
 
 // Validate reports the first problem with c without contacting Vault.
 func (c Config) Validate() error {
-	if c.Address == "" {
-		return errors.New("vault: address is required")
-	}
-	u, err := url.Parse(c.Address)
-	if err != nil {
-		return fmt.Errorf("vault: address: %w", err)
-	}
-	if (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "unix") || (u.Host == "" && u.Scheme != "unix") {
-		return fmt.Errorf("vault: address %q must be an http(s):// or unix:// URL", c.Address)
+	if err := c.ValidateConnection(); err != nil {
+		return err
 	}
 	if c.KeyName == "" {
 		return errors.New("vault: key name is required")
@@ -138,6 +132,22 @@ func (c Config) Validate() error {
 	}
 	if _, err := keyTypeOf(c.KeyType); err != nil {
 		return fmt.Errorf("vault: %w", err)
+	}
+	return nil
+}
+
+// ValidateConnection reports the first problem with what NewClient uses
+// (address, bounds, login) without contacting Vault or changing c.
+func (c Config) ValidateConnection() error {
+	if c.Address == "" {
+		return errors.New("vault: address is required")
+	}
+	u, err := url.Parse(c.Address)
+	if err != nil {
+		return fmt.Errorf("vault: address: %w", err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "unix") || (u.Host == "" && u.Scheme != "unix") {
+		return fmt.Errorf("vault: address %q must be an http(s):// or unix:// URL", c.Address)
 	}
 	if c.Timeout < 0 {
 		return fmt.Errorf("vault: negative timeout %v", c.Timeout)
@@ -175,7 +185,7 @@ func (a AuthConfig) validate() error {
 func (c Config) withDefaults() Config {
 	c.Mount = cmp.Or(c.Mount, defaultMount)
 	c.KeyType = cmp.Or(c.KeyType, KeyTypeECDSAP256)
-	c.Timeout = cmp.Or(c.Timeout, defaultTimeout)
+	c.Timeout = cmp.Or(c.Timeout, DefaultTimeout)
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	c.Auth.Method = cmp.Or(c.Auth.Method, AuthToken)
 	c.Auth.AppRole.Mount = cmp.Or(c.Auth.AppRole.Mount, defaultAppRoleMount)

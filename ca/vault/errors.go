@@ -75,7 +75,7 @@ func statusOf(err error) int {
 // cause, probing sys/health to tell a sealed Vault from another 503. An
 // error from a cancelled ctx is returned as is: the caller gave up, Vault
 // did not fail.
-func (s *Signer) classify(ctx context.Context, err error) error {
+func (s *Client) classify(ctx context.Context, err error) error {
 	var re *api.ResponseError
 	if errors.As(err, &re) {
 		e := &vaultError{msg: strings.Replace(err.Error(), re.Error(), shortResponse(re), 1), err: err}
@@ -98,7 +98,7 @@ func (s *Signer) classify(ctx context.Context, err error) error {
 }
 
 // sealed reports whether sys/health says Vault is sealed.
-func (s *Signer) sealed() bool {
+func (s *Client) sealed() bool {
 	ctx, cancel := context.WithTimeout(context.Background(), min(healthProbeTimeout, s.cfg.Timeout))
 	defer cancel()
 	h, err := s.client.Sys().HealthWithContext(ctx)

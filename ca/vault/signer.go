@@ -5,35 +5,22 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/rsa"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
-	"sync"
-
-	"github.com/hashicorp/vault/api"
 )
 
 // Signer is a crypto.Signer whose private key is a non-exportable Vault
 // Transit key. It is safe for concurrent use. Close stops its token
 // renewal.
 type Signer struct {
-	cfg     Config
-	client  *api.Client
-	auth    *authenticator
+	*Client
 	pub     crypto.PublicKey
 	version int // the Transit key version whose public key is pub
-
-	stop      chan struct{}
-	done      chan struct{}
-	closeOnce sync.Once
 }
 
 var _ crypto.Signer = (*Signer)(nil)
@@ -49,79 +36,16 @@ func New(ctx context.Context, cfg Config) (*Signer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg = cfg.withDefaults()
-	client, err := newClient(cfg)
+	c, err := dial(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("vault: %w", err)
+		return nil, err
 	}
-	s := &Signer{
-		cfg:    cfg,
-		client: client,
-		auth:   newAuthenticator(cfg, client),
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
-	}
-	// The sentinels name Vault ("vault is sealed: ..."): no prefix here.
-	if err := s.auth.login(ctx); err != nil {
-		return nil, s.classify(ctx, err)
-	}
+	s := &Signer{Client: c}
 	if err := s.loadKey(ctx); err != nil {
-		return nil, fmt.Errorf("transit key %s/%s: %w", cfg.Mount, cfg.KeyName, err)
+		_ = c.Close()
+		return nil, fmt.Errorf("transit key %s/%s: %w", c.cfg.Mount, c.cfg.KeyName, err)
 	}
-	go func() {
-		defer close(s.done)
-		s.auth.run(s.stop)
-	}()
 	return s, nil
-}
-
-// newClient builds a Vault client from cfg alone: the VAULT_* environment
-// variables that api.NewClient would otherwise honour (token, namespace,
-// TLS skip-verify) do not apply.
-func newClient(cfg Config) (*api.Client, error) {
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.MaxIdleConnsPerHost = 64 // Sign is called concurrently
-	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: cfg.TLSServerName}
-	if cfg.CACertFile != "" {
-		pemBytes, err := os.ReadFile(cfg.CACertFile)
-		if err != nil {
-			return nil, fmt.Errorf("tls ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pemBytes) {
-			return nil, fmt.Errorf("tls ca: no certificate in %s", cfg.CACertFile)
-		}
-		tlsConfig.RootCAs = pool
-	}
-	transport.TLSClientConfig = tlsConfig
-	client, err := api.NewClient(&api.Config{
-		Address: cfg.Address,
-		HttpClient: &http.Client{
-			Transport: transport,
-			// Vault redirects to the active node; the client follows
-			// with the token itself (as api.DefaultConfig does).
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
-		MaxRetries: cfg.MaxRetries,
-		Timeout:    cfg.Timeout,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("client: %w", err)
-	}
-	client.ClearToken()
-	client.ClearNamespace()
-	if cfg.Namespace != "" {
-		client.SetNamespace(cfg.Namespace)
-	}
-	return client, nil
-}
-
-// Close stops renewing the token. It does not revoke it: the token lapses
-// at its TTL. Close is idempotent; Sign must not be called after it.
-func (s *Signer) Close() error {
-	s.closeOnce.Do(func() { close(s.stop) })
-	<-s.done
-	return nil
 }
 
 // Public returns the public key of the Transit key version this Signer
@@ -165,36 +89,6 @@ func (s *Signer) SignContext(ctx context.Context, digest []byte, opts crypto.Sig
 		return nil, fmt.Errorf("transit sign: key version %d: %w", s.version, err)
 	}
 	return sig, nil
-}
-
-// call reads path (body nil) or writes body to it. When Vault rejects the
-// token (403) it logs in again once and retries, so that an expired or
-// revoked token costs one failed call. Errors are classified.
-func (s *Signer) call(ctx context.Context, path string, body map[string]any) (*api.Secret, error) {
-	do := func() (*api.Secret, error) {
-		if body == nil {
-			return s.client.Logical().ReadWithContext(ctx, path)
-		}
-		return s.client.Logical().WriteWithContext(ctx, path, body)
-	}
-	gen := s.auth.generation()
-	secret, err := do()
-	if statusOf(err) != http.StatusForbidden {
-		if err != nil {
-			return nil, s.classify(ctx, err)
-		}
-		return secret, nil
-	}
-	if lerr := s.auth.relogin(ctx, gen); lerr != nil {
-		if errors.Is(lerr, errCannotRelogin) {
-			return nil, s.classify(ctx, err)
-		}
-		return nil, fmt.Errorf("%w; login again: %w", s.classify(ctx, err), s.classify(ctx, lerr))
-	}
-	if secret, err = do(); err != nil {
-		return nil, s.classify(ctx, err)
-	}
-	return secret, nil
 }
 
 // hashNames maps the hashes Transit accepts for prehashed input.

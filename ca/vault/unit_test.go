@@ -71,7 +71,7 @@ func TestConfigValidate(t *testing.T) {
 
 func TestWithDefaults(t *testing.T) {
 	c := Config{}.withDefaults()
-	if c.Mount != "transit" || c.KeyType != KeyTypeECDSAP256 || c.Timeout != defaultTimeout ||
+	if c.Mount != "transit" || c.KeyType != KeyTypeECDSAP256 || c.Timeout != DefaultTimeout ||
 		c.Auth.Method != AuthToken || c.Auth.AppRole.Mount != "approle" ||
 		c.Auth.Kubernetes.Mount != "kubernetes" || c.Auth.Kubernetes.JWTFile != defaultKubernetesJWTFile || c.Logger == nil {
 		t.Fatalf("defaults not applied: %+v", c)
@@ -224,7 +224,7 @@ func TestCheckKey(t *testing.T) {
 }
 
 func TestClassify(t *testing.T) {
-	s := &Signer{}
+	s := &Client{}
 	denied := &api.ResponseError{HTTPMethod: "PUT", URL: "http://v/x", StatusCode: http.StatusForbidden, Errors: []string{"permission denied"}}
 	err := s.classify(context.Background(), fmt.Errorf("context: %w", denied))
 	if !errors.Is(err, ErrPermissionDenied) || strings.Contains(err.Error(), "\n") ||

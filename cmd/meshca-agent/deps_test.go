@@ -14,10 +14,12 @@ import (
 // golang.org/x/crypto/ssh, scrypt and NaCl), and the generated Istio CA API
 // with the legacy protobuf runtime and reflect/protodesc that it needs
 // (agent/istioapi.go encodes the one call by hand); smallstep's certificate
-// authority services (ca/upstream) never were, and must not be.
+// authority services and the Vault client the upstream PKIs use
+// (ca/upstream) never were, and must not be.
 var forbiddenAlways = []string{
 	"github.com/meshca/meshca/ca",
 	"github.com/smallstep/certificates",
+	"github.com/hashicorp/vault",
 	"github.com/Masterminds/sprig",
 	"go.step.sm/crypto",
 	"golang.org/x/crypto/ssh",

@@ -82,6 +82,7 @@ func rootStack(cfg rootConfig) (root.StackConfig, error) {
 		Listen: cfg.Listen, AdminSocket: cfg.AdminSocketAllow.unixConfig(cfg.AdminSocket),
 		AdminTLSListen: cfg.Admin.Listen, Admins: adminIDs(cfg.Admin),
 		FederationRefresh: time.Duration(cfg.Federation.RefreshInterval), MetricsListen: cfg.MetricsListen,
+		Upstream: cfg.Upstream.config(),
 	}
 	f := cfg.Federation
 	var err error

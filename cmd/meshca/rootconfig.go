@@ -56,6 +56,11 @@ type rootConfig struct {
 	CredentialTTL duration `json:"credentialTTL,omitempty"`
 	// Rotation of roots.
 	Rotation rootRotationConfig `json:"rotation,omitempty"`
+	// Upstream, when set, has an upstream PKI (step-ca, Google Cloud CAS)
+	// issue each root's CA certificate for the key `key:` keeps; its root
+	// becomes the trust anchor. rootTTL then does not apply, and rotation
+	// is automatic.
+	Upstream upstreamPKIConfig `json:"upstream,omitempty"`
 	// Store selects the database; the default is SQLite in DataDir. Several
 	// root replicas must share one PostgreSQL.
 	Store storeConfig `json:"store,omitempty"`
@@ -201,6 +206,9 @@ func (c rootConfig) validate() error {
 	if err := c.Limits.validate(); err != nil {
 		return err
 	}
+	if err := c.Upstream.config().Validate(); err != nil {
+		return err
+	}
 	for name, d := range map[string]duration{"rootTTL": c.RootTTL, "intermediateTTL": c.IntermediateTTL,
 		"credentialTTL": c.CredentialTTL, "rotation.propagationDelay": c.Rotation.PropagationDelay} {
 		if d < 0 {
@@ -249,11 +257,16 @@ func (c rootConfig) vaultConfig(keyName string) vault.Config {
 	return vault.Config{
 		Address: v.Address, Namespace: v.Namespace, Mount: v.Mount, KeyName: keyName, KeyType: v.KeyType,
 		CACertFile: v.CACertFile, Timeout: time.Duration(v.Timeout),
-		Auth: vault.AuthConfig{
-			Method: v.Auth.Method, TokenFile: v.Auth.TokenFile,
-			AppRole:    vault.AppRoleConfig{RoleID: v.Auth.RoleID, SecretIDFile: v.Auth.SecretIDFile, Mount: v.Auth.Mount},
-			Kubernetes: vault.KubernetesConfig{Role: v.Auth.Role, JWTFile: v.Auth.JWTFile, Mount: v.Auth.Mount},
-		},
+		Auth: v.Auth.config(),
+	}
+}
+
+// config maps `auth:` of a Vault connection onto ca/vault's.
+func (a vaultAuthConfig) config() vault.AuthConfig {
+	return vault.AuthConfig{
+		Method: a.Method, TokenFile: a.TokenFile,
+		AppRole:    vault.AppRoleConfig{RoleID: a.RoleID, SecretIDFile: a.SecretIDFile, Mount: a.Mount},
+		Kubernetes: vault.KubernetesConfig{Role: a.Role, JWTFile: a.JWTFile, Mount: a.Mount},
 	}
 }
 

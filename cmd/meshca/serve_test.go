@@ -8,6 +8,7 @@ import (
 
 	"github.com/meshca/meshca/ca/root"
 	"github.com/meshca/meshca/ca/root/federation"
+	"github.com/meshca/meshca/ca/upstream"
 )
 
 // issuerStack maps the issuer's YAML into the stack's config, defaults
@@ -119,6 +120,37 @@ func TestRootStackMapping(t *testing.T) {
 					t.Errorf("bundle trust domain %v, trust domains %v", sc.BundleTrustDomain, sc.Root.TrustDomains)
 				}
 			}},
+		{"upstream stepcas jwk", "upstream:\n  type: stepcas\n  ttl: 720h\n  stepcas: {url: 'https://ca.example:9000', fingerprint: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa, provisioner: meshca, provisionerType: jwk, keyFile: /etc/p.key}\n",
+			func(t *testing.T, sc root.StackConfig) {
+				want := upstream.Config{Type: upstream.TypeStepCAS, TTL: 720 * time.Hour, StepCAS: upstream.StepCAS{
+					URL: "https://ca.example:9000", Fingerprint: strings.Repeat("a", 64), Provisioner: "meshca",
+					ProvisionerType: upstream.ProvisionerJWK, KeyFile: "/etc/p.key"}}
+				if sc.Upstream != want {
+					t.Errorf("upstream = %+v, want %+v", sc.Upstream, want)
+				}
+			}},
+		{"upstream stepcas x5c", "upstream:\n  type: stepcas\n  stepcas: {url: 'https://ca.example', fingerprint: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa, provisioner: x, provisionerType: x5c, keyFile: k.pem, certFile: c.pem, passwordFile: pw}\n",
+			func(t *testing.T, sc root.StackConfig) {
+				s := sc.Upstream.StepCAS
+				if sc.Upstream.Type != upstream.TypeStepCAS || s.CertFile != "c.pem" || s.KeyFile != "k.pem" || s.PasswordFile != "pw" || s.ProvisionerType != "x5c" {
+					t.Errorf("upstream = %+v", sc.Upstream)
+				}
+			}},
+		{"upstream vaultpki", "upstream:\n  type: vaultpki\n  vaultpki: {address: 'https://vault:8200', mount: pki-mesh, issuer: corp, caCertFile: ca.pem, auth: {method: approle, roleID: r, secretIDFile: s}}\n",
+			func(t *testing.T, sc root.StackConfig) {
+				v := sc.Upstream.VaultPKI
+				if sc.Upstream.Type != upstream.TypeVaultPKI || v.Address != "https://vault:8200" || v.Mount != "pki-mesh" || v.Issuer != "corp" ||
+					v.CACertFile != "ca.pem" || v.Auth.Method != "approle" || v.Auth.AppRole.RoleID != "r" || v.Auth.AppRole.SecretIDFile != "s" {
+					t.Errorf("upstream = %+v", sc.Upstream)
+				}
+			}},
+		{"upstream cloudcas", "upstream:\n  type: cloudcas\n  cloudcas: {certificateAuthority: projects/p/locations/l/caPools/pool/certificateAuthorities/ca, credentialsFile: sa.json}\n",
+			func(t *testing.T, sc root.StackConfig) {
+				c := sc.Upstream.CloudCAS
+				if sc.Upstream.Type != upstream.TypeCloudCAS || c.CredentialsFile != "sa.json" || c.CertificateAuthority != "projects/p/locations/l/caPools/pool/certificateAuthorities/ca" {
+					t.Errorf("upstream = %+v", sc.Upstream)
+				}
+			}},
 		{"short propagation delay", "rotation: {propagationDelay: 2s, auto: false}\n", func(t *testing.T, sc root.StackConfig) {
 			if sc.Root.PropagationDelay != 2*time.Second || sc.Root.AutoRotate {
 				t.Errorf("root = %+v", sc.Root)
@@ -142,6 +174,27 @@ func TestRootStackMapping(t *testing.T) {
 				t.Errorf("config changed by the mapping")
 			}
 			tc.check(t, sc)
+		})
+	}
+}
+
+// A root config with a bad upstream is refused with the reason.
+func TestRootUpstreamValidated(t *testing.T) {
+	for name, tc := range map[string]struct{ yaml, want string }{
+		"vaultcas":          {"upstream: {type: vaultcas}\n", "pki/sign/ROLE"},
+		"no type":           {"upstream: {ttl: 720h}\n", "without a type"},
+		"short ttl":         {"upstream: {type: cloudcas, ttl: 1h, cloudcas: {certificateAuthority: projects/p/locations/l/caPools/x/certificateAuthorities/y}}\n", "ttl"},
+		"http url":          {"upstream: {type: stepcas, stepcas: {url: 'http://ca', fingerprint: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa, provisioner: p, provisionerType: jwk, keyFile: k}}\n", "https"},
+		"bad cloud ca name": {"upstream: {type: cloudcas, cloudcas: {certificateAuthority: my-ca}}\n", "certificateAuthority"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg := defaultRootConfig()
+			if err := decodeStrict([]byte(tc.yaml), &cfg); err != nil {
+				t.Fatal(err)
+			}
+			if err := cfg.validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("validate = %v, want an error naming %q", err, tc.want)
+			}
 		})
 	}
 }

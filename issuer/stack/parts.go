@@ -85,7 +85,7 @@ func (c Config) build(ctx context.Context, src intermediateSource, att attest.At
 	}
 	if c.AdminTLSListen != "" {
 		if p.mtls, err = adminapi.NewMTLS(adminapi.MTLSConfig{
-			GetCertificate: p.srv.GetCertificate, Roots: iss.Bundle, Admins: c.Admins, Revocations: p.deny,
+			GetCertificate: p.srv.GetCertificate, Roots: func() *trust.Bundle { return adminRoots(iss, p.relayed) }, Admins: c.Admins, Revocations: p.deny,
 			CRLs: func() []trust.CRL { return adminCRLs(p.crls, p.relayed, c.TrustDomain) }, Logger: log,
 		}); err != nil {
 			return nil, err
@@ -191,6 +191,20 @@ func adminCRLs(own *issuer.CRLSigner, relayed issuer.BundleSource, td spiffeid.T
 		}
 	}
 	return out
+}
+
+// adminRoots are the CAs that sign admin certificates: meshca's own CAs
+// of the relayed bundle (its authorities: under an upstream PKI, never the
+// upstream's root), else the issuer's own roots.
+func adminRoots(iss *issuer.Issuer, relayed issuer.BundleSource) *trust.Bundle {
+	if relayed != nil {
+		if b, _ := relayed.Current(); b != nil {
+			if own := b.OwnAuthorities(); own != nil {
+				return own
+			}
+		}
+	}
+	return iss.Bundle()
 }
 
 // countedLister counts the deny-list's failed loads as store errors.

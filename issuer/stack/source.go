@@ -173,7 +173,7 @@ func enrol(ctx context.Context, c Config, log *slog.Logger) (intermediateSource,
 		return intermediateSource{}, err
 	}
 	var rootExpires time.Time
-	if own := tb.OwnRoots(); own != nil {
+	if own := tb.OwnAuthorities(); own != nil {
 		for _, r := range own.Roots() {
 			if r.NotAfter.After(rootExpires) {
 				rootExpires = r.NotAfter

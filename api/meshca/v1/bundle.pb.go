@@ -371,7 +371,8 @@ type TrustDomainBundle struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// trust_domain is the trust domain name, e.g. "east.example".
 	TrustDomain string `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
-	// x509_authorities are DER root certificates.
+	// x509_authorities are DER root certificates: the trust anchors. Under
+	// an upstream PKI they are the upstream's root.
 	X509Authorities [][]byte `protobuf:"bytes,2,rep,name=x509_authorities,json=x509Authorities,proto3" json:"x509_authorities,omitempty"`
 	// crls are the certificate revocation lists issued under these roots:
 	// the root's (revoked intermediates) and each cluster intermediate's
@@ -390,8 +391,17 @@ type TrustDomainBundle struct {
 	// its SPIFFE bundle endpoint, carry no chain, and the signature covers
 	// them (see trust.TrustBundle.Digest).
 	JwtAuthorities []*JWTAuthority `protobuf:"bytes,5,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// meshca_authorities are meshca's own CA certificates (DER) when they
+	// are not the x509_authorities: under an upstream PKI, the CAs it
+	// issued meshca. Checks that mean "signed directly by a meshca root"
+	// (admin certificates, the root's serving certificate, the bundle's
+	// signer) ask for one of them. Empty means x509_authorities.
+	MeshcaAuthorities [][]byte `protobuf:"bytes,6,rep,name=meshca_authorities,json=meshcaAuthorities,proto3" json:"meshca_authorities,omitempty"`
+	// upstream_chain are the upstream PKI's intermediate CAs (DER) between
+	// meshca_authorities and x509_authorities, for building chains only.
+	UpstreamChain [][]byte `protobuf:"bytes,7,rep,name=upstream_chain,json=upstreamChain,proto3" json:"upstream_chain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TrustDomainBundle) Reset() {
@@ -455,6 +465,20 @@ func (x *TrustDomainBundle) GetFederated() bool {
 func (x *TrustDomainBundle) GetJwtAuthorities() []*JWTAuthority {
 	if x != nil {
 		return x.JwtAuthorities
+	}
+	return nil
+}
+
+func (x *TrustDomainBundle) GetMeshcaAuthorities() [][]byte {
+	if x != nil {
+		return x.MeshcaAuthorities
+	}
+	return nil
+}
+
+func (x *TrustDomainBundle) GetUpstreamChain() [][]byte {
+	if x != nil {
+		return x.UpstreamChain
 	}
 	return nil
 }
@@ -562,13 +586,15 @@ const file_meshca_v1_bundle_proto_rawDesc = "" +
 	"\x12cross_certificates\x18\a \x03(\fR\x11crossCertificates\":\n" +
 	"\x03CRL\x12\x10\n" +
 	"\x03der\x18\x01 \x01(\fR\x03der\x12!\n" +
-	"\fissuer_chain\x18\x02 \x03(\fR\vissuerChain\"\xe5\x01\n" +
+	"\fissuer_chain\x18\x02 \x03(\fR\vissuerChain\"\xbb\x02\n" +
 	"\x11TrustDomainBundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12)\n" +
 	"\x10x509_authorities\x18\x02 \x03(\fR\x0fx509Authorities\x12\"\n" +
 	"\x04crls\x18\x03 \x03(\v2\x0e.meshca.v1.CRLR\x04crls\x12\x1c\n" +
 	"\tfederated\x18\x04 \x01(\bR\tfederated\x12@\n" +
-	"\x0fjwt_authorities\x18\x05 \x03(\v2\x17.meshca.v1.JWTAuthorityR\x0ejwtAuthorities\"\x99\x01\n" +
+	"\x0fjwt_authorities\x18\x05 \x03(\v2\x17.meshca.v1.JWTAuthorityR\x0ejwtAuthorities\x12-\n" +
+	"\x12meshca_authorities\x18\x06 \x03(\fR\x11meshcaAuthorities\x12%\n" +
+	"\x0eupstream_chain\x18\a \x03(\fR\rupstreamChain\"\x99\x01\n" +
 	"\fJWTAuthority\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1d\n" +
 	"\n" +

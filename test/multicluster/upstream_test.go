@@ -1,0 +1,118 @@
+package multicluster
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshca/meshca/test/steptest"
+)
+
+// TestRootUnderStepCA runs `meshca root serve` with its CA certificate
+// from a real step-ca, an issuer under it and a workload: the workload's
+// certificate chain ends at step-ca's root and openssl accepts it holding
+// only that root. A rotation of meshca's CA goes to step-ca again and
+// issuance continues under the new CA; with step-ca stopped the rotation
+// fails (the cause in the root's log) while the workload keeps being renewed, and once
+// step-ca is back the rotation succeeds.
+func TestRootUnderStepCA(t *testing.T) {
+	s := steptest.Start(t, steptest.Options{})
+	root := startRoot(t, fmt.Sprintf(`rotation: {propagationDelay: 3s}
+upstream:
+  type: stepcas
+  ttl: 240h
+  stepcas: {url: %q, fingerprint: %s, provisioner: %s, provisionerType: jwk, keyFile: %s}
+`, s.URL, s.Fingerprint, steptest.Provisioner, s.KeyFile))
+	east := startIssuer(t, root, "east", "east.example", "")
+	w := startWorkload(t, east, root.BundlePath(), "shop", "frontend", 6*time.Second)
+	first := activeRoot(t, root)
+	wantUnderStepCA(t, s, w, first)
+
+	// meshca's CA rotates under step-ca; the issuer moves under the new
+	// one and the workload's chain still ends at step-ca's root.
+	if err := root.admin(t, nil, "root", "rotate"); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the new CA active", 60*time.Second, func() bool { r := activeRoot(t, root); return r != "" && r != first })
+	second := activeRoot(t, root)
+	waitUntil(t, "the workload's certificate under the new CA", 120*time.Second, func() bool { return caOf(t, w) == second })
+	wantUnderStepCA(t, s, w, second)
+
+	// step-ca down: rotating fails, issuance under the current CA goes on.
+	s.Stop(t)
+	err := root.admin(t, nil, "root", "rotate", "--force")
+	if err == nil || !strings.Contains(err.Error(), "Unavailable") {
+		t.Fatalf("root rotate with step-ca stopped = %v, want Unavailable", err)
+	}
+	if !strings.Contains(root.Output(), "CA certificate from the upstream: upstream stepcas") {
+		t.Fatal("the root did not log the upstream as the cause")
+	}
+	renewals(t, w, 2, 30*time.Second)
+	s.Restart(t)
+	waitUntil(t, "root rotate to work again after step-ca's restart", 60*time.Second, func() bool {
+		return root.admin(t, nil, "root", "rotate", "--force") == nil
+	})
+	if n := len(root.roots(t)); n != 3 {
+		t.Errorf("%d roots after two successful rotations, want 3", n)
+	}
+}
+
+// caOf is the fingerprint of meshca's CA in w's chain: the certificate
+// above its cluster intermediate.
+func caOf(t *testing.T, w *workload) string {
+	t.Helper()
+	svid, err := w.Source.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(svid.Certificates) < 3 {
+		return ""
+	}
+	return fingerprint(svid.Certificates[2])
+}
+
+// wantUnderStepCA checks w's chain: leaf, cluster intermediate, meshca's
+// CA ca, step-ca's intermediate; openssl verifies it against step-ca's
+// root alone, and not without the chain.
+func wantUnderStepCA(t *testing.T, s *steptest.Server, w *workload, ca string) {
+	t.Helper()
+	svid, err := w.Source.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs := svid.Certificates
+	if len(certs) != 4 || fingerprint(certs[2]) != ca {
+		t.Fatalf("chain of %d certificates, CA %s; want leaf, intermediate, meshca's CA %s, step-ca's intermediate", len(certs),
+			caOf(t, w), ca)
+	}
+	bin, err := exec.LookPath("openssl")
+	if err != nil {
+		t.Fatal("openssl not found; `make testbed` installs it")
+	}
+	dir := t.TempDir()
+	write := func(name string, cs ...*x509.Certificate) string {
+		var b []byte
+		for _, c := range cs {
+			b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+		}
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	leaf, chain := write("leaf.pem", certs[0]), write("chain.pem", certs[1:]...)
+	out, err := exec.Command(bin, "verify", "-CAfile", s.RootFile, "-untrusted", chain, leaf).CombinedOutput()
+	if err != nil || string(out) != leaf+": OK\n" {
+		t.Fatalf("openssl verify -CAfile upstream-root.pem -untrusted chain.pem leaf.pem: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(bin, "verify", "-CAfile", s.RootFile, leaf).CombinedOutput(); err == nil {
+		t.Fatalf("openssl verified the leaf without its chain:\n%s", out)
+	}
+}

@@ -1,0 +1,146 @@
+package trust_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"math/big"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/trust"
+)
+
+// upstreamCA signs a CA certificate for key under parent, as an upstream
+// PKI does for meshca (path length 1).
+func upstreamCA(t *testing.T, parent *ca.Authority, key string, now time.Time) *ca.Authority {
+	t.Helper()
+	k := testkit.Key(t, key)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(now.UnixNano()), Subject: pkix.Name{CommonName: key},
+		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(48 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		MaxPathLen: 1, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent.Certificate, k.Public(), parent.Signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := ca.NewAuthority(c, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// TestUpstreamAuthorities: a bundle whose meshca CAs are not its roots
+// keeps them apart through the wire, covers them and the upstream chain
+// with its signature, and accepts as signer only a meshca CA the receiver
+// trusts that chains to the bundle's roots.
+func TestUpstreamAuthorities(t *testing.T) {
+	now := time.Now()
+	upRoot := testkit.Root(t, "upstream-root", now, 100*24*time.Hour)
+	meshCA := upstreamCA(t, upRoot, "meshca-ca", now)
+	other := upstreamCA(t, upRoot, "other-ca", now)
+	td := spiffeid.RequireTrustDomainFromString("east.example")
+	b := &trust.TrustBundle{Sequence: 3, ActiveRoot: trust.Fingerprint(meshCA.Certificate), Domains: []trust.DomainBundle{{
+		TrustDomain: td, Roots: mustBundle(t, upRoot.Certificate), Authorities: mustBundle(t, meshCA.Certificate),
+	}}}
+	if err := ca.SignTrustBundle(b, meshCA.Signer, meshCA.Certificate); err != nil {
+		t.Fatal(err)
+	}
+	rt, err := trust.TrustBundleFromProto(b.ToProto())
+	if err != nil || !rt.Equal(b) || !bytes.Equal(rt.Digest(), b.Digest()) {
+		t.Fatalf("round trip: %v", err)
+	}
+	if got := rt.OwnAuthorities().Roots(); len(got) != 1 || !got[0].Equal(meshCA.Certificate) {
+		t.Fatal("OwnAuthorities is not meshca's CA")
+	}
+	if got := rt.OwnRoots().Roots(); len(got) != 1 || !got[0].Equal(upRoot.Certificate) {
+		t.Fatal("OwnRoots is not the upstream root")
+	}
+	if err := rt.VerifySignature(rt.OwnAuthorities(), now); err != nil {
+		t.Fatalf("signed by meshca's CA: %v", err)
+	}
+	// The upstream root as the trusted set: the signer is not in it.
+	if err := rt.VerifySignature(rt.OwnRoots(), now); !errors.Is(err, trust.ErrUntrustedSigner) {
+		t.Fatalf("trusting the upstream root only: %v", err)
+	}
+
+	// Swapping the authorities or the chain breaks the signature.
+	swapped := *rt
+	swapped.Domains = []trust.DomainBundle{rt.Domains[0]}
+	swapped.Domains[0].Authorities = mustBundle(t, meshCA.Certificate, other.Certificate)
+	if err := swapped.VerifySignature(rt.OwnAuthorities(), now); !errors.Is(err, trust.ErrBadSignature) {
+		t.Fatalf("authorities added after signing: %v", err)
+	}
+	swapped.Domains[0].Authorities = rt.Domains[0].Authorities
+	swapped.Domains[0].UpstreamChain = []*x509.Certificate{other.Certificate}
+	if err := swapped.VerifySignature(rt.OwnAuthorities(), now); !errors.Is(err, trust.ErrBadSignature) {
+		t.Fatalf("upstream chain added after signing: %v", err)
+	}
+
+	// A signer trusted by the receiver that does not chain to the roots.
+	stranger := testkit.Root(t, "stranger-root", now, time.Hour)
+	c := *rt
+	c.Domains = []trust.DomainBundle{rt.Domains[0]}
+	c.Domains[0].Authorities = mustBundle(t, stranger.Certificate)
+	if err := ca.SignTrustBundle(&c, stranger.Signer, stranger.Certificate); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.VerifySignature(mustBundle(t, stranger.Certificate), now); !errors.Is(err, trust.ErrUntrustedSigner) ||
+		!strings.Contains(err.Error(), "chain") {
+		t.Fatalf("a signer outside the bundle's roots: %v", err)
+	}
+
+	// The root's serving certificate must come from an authority.
+	for name, tc := range map[string]struct {
+		parent *ca.Authority
+		ok     bool
+	}{"meshca CA": {meshCA, true}, "another CA of the upstream": {other, false}} {
+		leaf, err := tc.parent.SignLeaf(ca.LeafRequest{PublicKey: testkit.Key(t, "serving").Public(), URIs: []*url.URL{trust.RootServerURI},
+			TTL: time.Hour, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = trust.ServerCheck{Root: true, Authorities: rt.OwnAuthorities()}.VerifyChain(
+			[]*x509.Certificate{leaf, tc.parent.Certificate, upRoot.Certificate})
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: ServerCheck = %v", name, err)
+		}
+	}
+}
+
+// A bundle from the wire with a non-CA authority or an upstream chain
+// without authorities is refused.
+func TestUpstreamAuthoritiesFromProto(t *testing.T) {
+	now := time.Now()
+	upRoot := testkit.Root(t, "upstream-root", now, 100*24*time.Hour)
+	meshCA := upstreamCA(t, upRoot, "meshca-ca", now)
+	leaf, err := meshCA.SignLeaf(ca.LeafRequest{PublicKey: testkit.Key(t, "leaf").Public(), TTL: time.Hour,
+		URIs: []*url.URL{spiffeid.RequireFromString("spiffe://east.example/x").URL()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &trust.TrustBundle{Sequence: 1, Domains: []trust.DomainBundle{{TrustDomain: spiffeid.RequireTrustDomainFromString("east.example"),
+		Roots: mustBundle(t, upRoot.Certificate), Authorities: mustBundle(t, meshCA.Certificate)}}}
+	pb := b.ToProto()
+	pb.TrustDomains[0].MeshcaAuthorities = append(pb.TrustDomains[0].MeshcaAuthorities, leaf.Raw)
+	if _, err := trust.TrustBundleFromProto(pb); err == nil || !strings.Contains(err.Error(), "not a CA") {
+		t.Fatalf("a leaf among the authorities: %v", err)
+	}
+	pb = b.ToProto()
+	pb.TrustDomains[0].UpstreamChain, pb.TrustDomains[0].MeshcaAuthorities = [][]byte{meshCA.Certificate.Raw}, nil
+	if _, err := trust.TrustBundleFromProto(pb); err == nil || !strings.Contains(err.Error(), "without meshca authorities") {
+		t.Fatalf("an upstream chain without authorities: %v", err)
+	}
+}
