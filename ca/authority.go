@@ -53,6 +53,11 @@ type Authority struct {
 	// including the root. It is empty for a root or for an intermediate
 	// signed directly by a root.
 	Chain []*x509.Certificate
+	// Until, when set, is an end no certificate this CA signs outlives and
+	// after which it signs nothing: the earliest end of the certificates
+	// above it when one of them ends before Certificate (an operator's
+	// intermediate that outlives its root). Zero: Certificate's NotAfter.
+	Until time.Time
 }
 
 // NewAuthority pairs a CA certificate with its signer after checking that the
@@ -302,17 +307,21 @@ func (a *Authority) setValidity(tmpl *x509.Certificate, now time.Time, ttl time.
 		now = time.Now()
 	}
 	parent := a.Certificate
-	if now.Before(parent.NotBefore) || !now.Before(parent.NotAfter) {
+	end := parent.NotAfter
+	if !a.Until.IsZero() && a.Until.Before(end) {
+		end = a.Until
+	}
+	if now.Before(parent.NotBefore) || !now.Before(end) {
 		return fmt.Errorf("%w: %q is valid from %s to %s", ErrCAExpired, parent.Subject.CommonName,
-			parent.NotBefore.UTC().Format(time.RFC3339), parent.NotAfter.UTC().Format(time.RFC3339))
+			parent.NotBefore.UTC().Format(time.RFC3339), end.UTC().Format(time.RFC3339))
 	}
 	notBefore := now.Add(-backdate)
 	if notBefore.Before(parent.NotBefore) {
 		notBefore = parent.NotBefore
 	}
 	notAfter := now.Add(ttl)
-	if notAfter.After(parent.NotAfter) {
-		notAfter = parent.NotAfter
+	if notAfter.After(end) {
+		notAfter = end
 	}
 	tmpl.NotBefore, tmpl.NotAfter = notBefore.UTC(), notAfter.UTC()
 	return nil

@@ -137,18 +137,28 @@ func LoadPluggedCA(f PluggedFiles, now time.Time, minRemaining time.Duration) (*
 			return nil, fmt.Errorf("plugged CA: %s: %w", f.ChainFile, err)
 		}
 	}
-	path, err := verifyPluggedPath(f, cert, pathBetween(cert, chain), roots, now)
+	path, root, err := verifyPluggedPath(f, cert, pathBetween(cert, chain), roots, now)
 	if err != nil {
 		return nil, err
 	}
-	if left := cert.NotAfter.Sub(now); left < minRemaining {
+	// An operator's intermediate may outlive its root (Istio's tools/certs
+	// gives both the same lifetime): what it signs ends with the earliest
+	// certificate of its path, and so does its usable life.
+	end := cert
+	for _, c := range append(slices.Clone(path), root) {
+		if c.NotAfter.Before(end.NotAfter) {
+			end = c
+		}
+	}
+	if left := end.NotAfter.Sub(now); left < minRemaining {
 		return nil, fmt.Errorf("plugged CA: %s (%s) expires at %s, in %s: at least %s must be left",
-			f.CertFile, cert.Subject, cert.NotAfter.UTC().Format(time.RFC3339), left.Round(time.Second), minRemaining)
+			f.CertFile, end.Subject, end.NotAfter.UTC().Format(time.RFC3339), left.Round(time.Second), minRemaining)
 	}
 	a, err := NewAuthority(cert, signer, path...)
 	if err != nil {
 		return nil, fmt.Errorf("plugged CA: %w", err)
 	}
+	a.Until = end.NotAfter
 	return &PluggedCA{Authority: a, Roots: roots}, nil
 }
 
@@ -182,8 +192,9 @@ func pathBetween(cert *x509.Certificate, chain []*x509.Certificate) []*x509.Cert
 
 // verifyPluggedPath verifies cert up to roots through inters at now and
 // requires inters to be exactly the CAs of one verified path, each allowed
-// to sign certificates. It returns that path without cert and the root.
-func verifyPluggedPath(f PluggedFiles, cert *x509.Certificate, inters, roots []*x509.Certificate, now time.Time) ([]*x509.Certificate, error) {
+// to sign certificates. It returns that path without cert and the root,
+// and the root it reached.
+func verifyPluggedPath(f PluggedFiles, cert *x509.Certificate, inters, roots []*x509.Certificate, now time.Time) ([]*x509.Certificate, *x509.Certificate, error) {
 	rootPool, interPool := x509.NewCertPool(), x509.NewCertPool()
 	for _, r := range roots {
 		rootPool.AddCert(r)
@@ -195,30 +206,35 @@ func verifyPluggedPath(f PluggedFiles, cert *x509.Certificate, inters, roots []*
 		Roots: rootPool, Intermediates: interPool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("plugged CA: %s does not chain through %s to a root of %s at %s: %w",
+		return nil, nil, fmt.Errorf("plugged CA: %s does not chain through %s to a root of %s at %s: %w",
 			f.CertFile, orNone(f.ChainFile), f.RootFile, now.UTC().Format(time.RFC3339), err)
 	}
 	for _, c := range chains {
+		if len(c) < 2 {
+			// cert is itself one of the roots: a self-signed CA is not an
+			// intermediate, and nothing would sit above the leaves it signs.
+			return nil, nil, fmt.Errorf("plugged CA: %s is a root of %s, not an intermediate below one", f.CertFile, f.RootFile)
+		}
 		mid := c[1 : len(c)-1]
 		if !slices.EqualFunc(mid, inters, (*x509.Certificate).Equal) {
 			continue
 		}
 		for _, ca := range mid {
 			if !maySign(ca) {
-				return nil, fmt.Errorf("plugged CA: %s: %s: key usage lacks certificate signing", f.ChainFile, ca.Subject)
+				return nil, nil, fmt.Errorf("plugged CA: %s: %s: key usage lacks certificate signing", f.ChainFile, ca.Subject)
 			}
 		}
 		// crypto/x509 verified cert as an end entity; it signs certificates,
 		// so every CA above counts it among the CAs below itself.
 		for i, above := range c[1:] {
 			if above.MaxPathLen >= 0 && i+1 > above.MaxPathLen {
-				return nil, fmt.Errorf("plugged CA: %s (path length %d) admits %d CA(s) below it, but %s is CA number %d below it",
+				return nil, nil, fmt.Errorf("plugged CA: %s (path length %d) admits %d CA(s) below it, but %s is CA number %d below it",
 					above.Subject, above.MaxPathLen, above.MaxPathLen, f.CertFile, i+1)
 			}
 		}
-		return slices.Clone(mid), nil
+		return slices.Clone(mid), c[len(c)-1], nil
 	}
-	return nil, fmt.Errorf("plugged CA: %s holds %d certificate(s) between %s and the root that are not its path to a root of %s",
+	return nil, nil, fmt.Errorf("plugged CA: %s holds %d certificate(s) between %s and the root that are not its path to a root of %s",
 		orNone(f.ChainFile), len(inters), f.CertFile, f.RootFile)
 }
 

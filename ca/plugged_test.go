@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"math/big"
 	"os"
 	"strings"
@@ -174,6 +175,9 @@ func TestLoadPluggedCARefuses(t *testing.T) {
 		{"missing middle CA", belowPathLen0, func(t *testing.T, f ca.PluggedFiles) {
 			writeFile(t, f.ChainFile, trust.EncodeCertificates(belowPathLen0.Certificate, root.Certificate))
 		}, now, "does not chain"},
+		{"the root itself as ca-cert.pem", root, func(t *testing.T, f ca.PluggedFiles) {
+			writeFile(t, f.ChainFile, trust.EncodeCertificates(root.Certificate))
+		}, now, "is a root of"},
 		{"path length exceeded", belowPathLen0, nil, now, "path length 0"},
 		{"outside the name constraints above", outside, nil, now, "does not chain"},
 		{"no certificate signing", noCertSign, nil, now, "lacks certificate signing"},
@@ -208,5 +212,36 @@ func TestLoadPluggedCARefuses(t *testing.T) {
 				t.Error("a CA was returned with the error")
 			}
 		})
+	}
+}
+
+// TestPluggedCAEndsWithItsRoot: an operator's intermediate may outlive its
+// root (Istio's tools/certs makes both the same length, the intermediate
+// a little later); what it signs must not outlive the root, its usable
+// life is the root's, and after the root's end it signs nothing.
+func TestPluggedCAEndsWithItsRoot(t *testing.T) {
+	now := time.Now()
+	root := signCA(t, nil, testkit.Key(t, "ends-root"), "root", now, 48*time.Hour, nil)
+	inter := signCA(t, root, testkit.Key(t, "ends-inter"), "inter", now, 1000*time.Hour, nil)
+	files := testkit.WriteCACerts(t, t.TempDir(), inter, root.Certificate)
+
+	if _, err := ca.LoadPluggedCA(files, now, 72*time.Hour); err == nil || !strings.Contains(err.Error(), "at least 72h0m0s must be left") {
+		t.Errorf("LoadPluggedCA with 72h minimum and a root ending in 48h: err = %v, want the minimum refused", err)
+	}
+	p, err := ca.LoadPluggedCA(files, now, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := testkit.Key(t, "ends-leaf")
+	leaf, err := p.Authority.SignLeaf(ca.LeafRequest{PublicKey: key.Public(), TTL: 100 * time.Hour, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !leaf.NotAfter.Equal(root.Certificate.NotAfter) {
+		t.Errorf("leaf NotAfter = %s, want the root's end %s", leaf.NotAfter, root.Certificate.NotAfter)
+	}
+	_, err = p.Authority.SignLeaf(ca.LeafRequest{PublicKey: key.Public(), TTL: time.Hour, Now: root.Certificate.NotAfter.Add(time.Minute)})
+	if !errors.Is(err, ca.ErrCAExpired) {
+		t.Errorf("SignLeaf after the root's end: err = %v, want ErrCAExpired", err)
 	}
 }
