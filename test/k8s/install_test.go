@@ -23,12 +23,12 @@ import (
 
 // Image names and tag of the suite: built here from this checkout.
 const (
-	imageTag     = "e2e"
-	meshcaImage  = "localhost/meshca"
-	agentImage   = "localhost/meshca-agent"
-	appImage     = "localhost/mtlsapp:" + imageTag
-	releaseName  = "meshca"
-	trustDomain  = "cluster.local"
+	imageTag      = "e2e"
+	meshcaImage   = "localhost/meshca"
+	agentImage    = "localhost/meshca-agent"
+	appImage      = "localhost/mtlsapp:" + imageTag
+	releaseName   = "meshca"
+	trustDomain   = "cluster.local"
 	tokenAudience = "istio-ca"
 )
 

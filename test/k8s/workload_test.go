@@ -79,8 +79,8 @@ func (w *workload) start(t *testing.T, r *release, peer *workload) {
 			}},
 			Containers: []corev1.Container{{
 				Name: "app", Image: appImage, ImagePullPolicy: corev1.PullNever,
-				Args: []string{"-listen", w.listen, "-status", w.status, "-peer", peer.listen, "-peer-id", peer.id()},
-				Env:  []corev1.EnvVar{{Name: "SPIFFE_ENDPOINT_SOCKET", Value: "unix:///var/run/meshca/sockets/agent.sock"}},
+				Args:            []string{"-listen", w.listen, "-status", w.status, "-peer", peer.listen, "-peer-id", peer.id()},
+				Env:             []corev1.EnvVar{{Name: "SPIFFE_ENDPOINT_SOCKET", Value: "unix:///var/run/meshca/sockets/agent.sock"}},
 				SecurityContext: hardened,
 				VolumeMounts:    []corev1.VolumeMount{{Name: "meshca-sockets", MountPath: "/var/run/meshca/sockets", ReadOnly: true}},
 			}},
