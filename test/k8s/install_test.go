@@ -30,6 +30,8 @@ const (
 	releaseName   = "meshca"
 	trustDomain   = "cluster.local"
 	tokenAudience = "istio-ca"
+	// issuerReplicas run on the one node, on the host network.
+	issuerReplicas = 2
 )
 
 // buildImages builds meshca and meshca-agent as `make images` does (static,
@@ -112,7 +114,7 @@ func install(t *testing.T, n *nodetest.Node, meshcaBin string, deny []string) *r
 		"image":       map[string]any{"repository": meshcaImage, "agentRepository": agentImage, "tag": imageTag, "pullPolicy": "Never"},
 		"trustDomain": trustDomain,
 		"issuer": map[string]any{
-			"replicas": 1, "hostNetwork": true, "bindAddress": "0.0.0.0", "port": port,
+			"replicas": issuerReplicas, "hostNetwork": true, "bindAddress": "0.0.0.0", "port": port,
 			"store":       map[string]any{"driver": "postgres", "dsnSecret": map[string]any{"name": "meshca-db"}},
 			"rootCA":      map[string]any{"existingSecret": "meshca-root-ca"},
 			"attestation": map[string]any{"policy": map[string]any{"deny": deny}},
@@ -129,6 +131,14 @@ func install(t *testing.T, n *nodetest.Node, meshcaBin string, deny []string) *r
 		t.Fatal(err)
 	}
 	r.helm(t, "install", releaseName, chart.ChartDir(), "--wait", "--timeout", "3m")
+	// Both replicas run on the one node, sharing its ports.
+	d, err := n.Admin.AppsV1().Deployments(r.ns).Get(ctx, releaseName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Status.ReadyReplicas != issuerReplicas {
+		t.Fatalf("issuer Deployment has %d ready replicas, want %d", d.Status.ReadyReplicas, issuerReplicas)
+	}
 	t.Cleanup(func() {
 		if _, err := r.run("uninstall", releaseName, "--wait", "--timeout", "2m"); err != nil {
 			t.Errorf("helm uninstall: %v", err)
