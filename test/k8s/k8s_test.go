@@ -43,11 +43,8 @@ func TestInstallAndMutualTLS(t *testing.T) {
 		})
 		t.Logf("%s: SVID %.1fs after the pod's creation", w.name, time.Since(w.created).Seconds())
 	}
-	for _, c := range [][2]*workload{{a, b}, {b, a}} {
-		from, to := c[0], c[1]
-		got, err := get("http://" + from.status + "/call")
-		if want := "hello " + from.id() + " from " + to.id(); err != nil || got != want {
-			t.Errorf("%s calling %s over mutual TLS: %q, %v; want %q", from.name, to.name, got, err, want)
-		}
-	}
+	checkMutualTLS(t, a, b)
+
+	t.Run("denied service account", func(t *testing.T) { checkDenied(t, r, ns, a) })
+	t.Run("kubelet restart", func(t *testing.T) { checkKubeletRestart(t, r, a, b) })
 }
