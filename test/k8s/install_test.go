@@ -117,7 +117,7 @@ func install(t *testing.T, n *nodetest.Node, meshcaBin string, deny []string) *r
 			"replicas": issuerReplicas, "hostNetwork": true, "bindAddress": "0.0.0.0", "port": port,
 			"store":       map[string]any{"driver": "postgres", "dsnSecret": map[string]any{"name": "meshca-db"}},
 			"rootCA":      map[string]any{"existingSecret": "meshca-root-ca"},
-			"attestation": map[string]any{"policy": map[string]any{"deny": deny}},
+			"attestation": map[string]any{"policy": map[string]any{"deny": deny}, "cacheTTL": "5s"},
 			"extraEnv":    env,
 		},
 		"metrics": map[string]any{"port": testkit.FreePort(t)},

@@ -79,10 +79,15 @@ func (w *workload) start(t *testing.T, r *release, peer *workload) {
 			}},
 			Containers: []corev1.Container{{
 				Name: "app", Image: appImage, ImagePullPolicy: corev1.PullNever,
-				Args:            []string{"-listen", w.listen, "-status", w.status, "-peer", peer.listen, "-peer-id", peer.id()},
+				Args: []string{"-listen", w.listen, "-status", w.status, "-peer", peer.listen, "-peer-id", peer.id(),
+					"-token-file", "/var/run/meshca/token/token"},
 				Env:             []corev1.EnvVar{{Name: "SPIFFE_ENDPOINT_SOCKET", Value: "unix:///var/run/meshca/sockets/agent.sock"}},
 				SecurityContext: hardened,
-				VolumeMounts:    []corev1.VolumeMount{{Name: "meshca-sockets", MountPath: "/var/run/meshca/sockets", ReadOnly: true}},
+				VolumeMounts: []corev1.VolumeMount{
+					{Name: "meshca-sockets", MountPath: "/var/run/meshca/sockets", ReadOnly: true},
+					// For the test only: the app serves the token on /token.
+					{Name: "meshca-token", MountPath: "/var/run/meshca/token", ReadOnly: true},
+				},
 			}},
 			Volumes: []corev1.Volume{
 				{Name: "meshca-token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{

@@ -9,7 +9,8 @@
 // client whose SVID has -peer-id. -status serves plain HTTP to the test on
 // the node: /svid is the current SVID chain (PEM), /call makes one mutual
 // TLS request to -peer and returns its answer (502 with the error if it
-// fails).
+// fails), /token the pod's projected token at -token-file, if set (so
+// that the test can present it after the pod is gone).
 package main
 
 import (
@@ -36,13 +37,14 @@ func main() {
 	status := flag.String("status", "", "plain HTTP address for the test")
 	peer := flag.String("peer", "", "the peer's mutual TLS address")
 	peerID := flag.String("peer-id", "", "the peer's SPIFFE ID")
+	tokenFile := flag.String("token-file", "", "the pod's projected token, served on /token")
 	flag.Parse()
-	if err := run(*listen, *status, *peer, *peerID); err != nil {
+	if err := run(*listen, *status, *peer, *peerID, *tokenFile); err != nil {
 		log.Fatalf("mtlsapp: %v", err)
 	}
 }
 
-func run(listen, status, peer, peerIDText string) error {
+func run(listen, status, peer, peerIDText, tokenFile string) error {
 	peerID, err := spiffeid.FromString(peerIDText)
 	if err != nil {
 		return fmt.Errorf("-peer-id: %w", err)
@@ -105,6 +107,18 @@ func run(listen, status, peer, peerIDText string) error {
 			return
 		}
 		_, _ = w.Write(body)
+	})
+	mux.HandleFunc("/token", func(w http.ResponseWriter, _ *http.Request) {
+		if tokenFile == "" {
+			http.NotFound(w, nil)
+			return
+		}
+		token, err := os.ReadFile(tokenFile)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write(token)
 	})
 	statusServer := &http.Server{Addr: status, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 
