@@ -72,6 +72,8 @@ type release struct {
 	issuerAddr, serverName string
 	root                   *x509.Certificate
 	values                 map[string]any
+	// uninstalled: the test has run `helm uninstall` itself.
+	uninstalled bool
 }
 
 // install creates the release's namespace, a PostgreSQL database and its
@@ -140,6 +142,9 @@ func install(t *testing.T, n *nodetest.Node, meshcaBin string, deny []string) *r
 		t.Fatalf("issuer Deployment has %d ready replicas, want %d", d.Status.ReadyReplicas, issuerReplicas)
 	}
 	t.Cleanup(func() {
+		if r.uninstalled {
+			return
+		}
 		if _, err := r.run("uninstall", releaseName, "--wait", "--timeout", "2m"); err != nil {
 			t.Errorf("helm uninstall: %v", err)
 		}
