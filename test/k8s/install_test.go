@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -32,6 +33,8 @@ const (
 	tokenAudience = "istio-ca"
 	// issuerReplicas run on the one node, on the host network.
 	issuerReplicas = 2
+	// leafTTL is the workloads' certificate lifetime.
+	leafTTL = 30 * time.Second
 )
 
 // buildImages builds meshca and meshca-agent as `make images` does (static,
@@ -121,6 +124,10 @@ func install(t *testing.T, n *nodetest.Node, meshcaBin string, deny []string) *r
 			"rootCA":      map[string]any{"existingSecret": "meshca-root-ca"},
 			"attestation": map[string]any{"policy": map[string]any{"deny": deny}, "cacheTTL": "5s"},
 			"extraEnv":    env,
+			// Short-lived leaves: the sidecars renew every few seconds,
+			// also while the issuer is upgraded.
+			"leafTTL":     leafTTL.String(),
+			"extraConfig": map[string]any{"leafMinTTL": leafTTL.String()},
 		},
 		"metrics": map[string]any{"port": testkit.FreePort(t)},
 	}
@@ -132,7 +139,7 @@ func install(t *testing.T, n *nodetest.Node, meshcaBin string, deny []string) *r
 	if err := n.WriteCertKubeconfig(r.kubeconfig, cert, key); err != nil {
 		t.Fatal(err)
 	}
-	r.helm(t, "install", releaseName, chart.ChartDir(), "--wait", "--timeout", "3m")
+	r.helm(t, "install", releaseName, chartDir(), "--wait", "--timeout", "3m")
 	// Both replicas run on the one node, sharing its ports.
 	d, err := n.Admin.AppsV1().Deployments(r.ns).Get(ctx, releaseName, metav1.GetOptions{})
 	if err != nil {
@@ -174,6 +181,8 @@ func (r *release) run(args ...string) (string, error) {
 	out, err := chart.Tool("helm", append(args, "--kubeconfig", r.kubeconfig, "--namespace", r.ns)...)
 	return string(out), err
 }
+
+func chartDir() string { return chart.ChartDir() }
 
 func parseCert(t *testing.T, pemBytes []byte) *x509.Certificate {
 	t.Helper()

@@ -47,6 +47,7 @@ func TestInstallAndMutualTLS(t *testing.T) {
 
 	t.Run("denied service account", func(t *testing.T) { checkDenied(t, r, ns, a) })
 	t.Run("kubelet restart", func(t *testing.T) { checkKubeletRestart(t, r, a, b) })
+	t.Run("helm upgrade", func(t *testing.T) { checkUpgrade(t, r, a, b) })
 	t.Run("deleted pod's token", func(t *testing.T) { checkDeletedPodToken(t, r, a) })
 	t.Run("uninstall", func(t *testing.T) { checkUninstall(t, r) })
 }
