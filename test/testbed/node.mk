@@ -4,9 +4,8 @@
 # kube.mk; the container runtime (containerd v2, runc) from the pinned module
 # test/testbed/node; the pod sandbox ("pause") image from tools/pause, packed
 # by tools/imagebuild (what `make images` uses, in the tools module).
-# Everything is cached outside the checkout
-# under versioned names. Tests (test/nodetest) find the binaries through the
-# exported MESHCA_* variables.
+# Everything is cached outside the checkout under versioned names. Tests
+# (test/nodetest) find the binaries through the exported MESHCA_* variables.
 
 # Fragments are included before the main Makefile's first target: keep `all`
 # the default goal.
@@ -35,8 +34,8 @@ export MESHCA_RUNC_BIN ?= $(RUNC_BIN)
 # (tools/imagebuild, tools/pause): their cached names carry a hash of their
 # sources, so a change builds new ones. Tests pack their own images with the
 # same packer (MESHCA_IMAGEBUILD_BIN).
-NODE_TOOLS_HASH := $(shell cat tools/go.sum tools/pause/*.go tools/imagebuild/*.go \
-	2>/dev/null | sha256sum | cut -c1-12)
+NODE_TOOLS_HASH := $(shell cat tools/go.mod tools/go.sum $(filter-out %_test.go,$(wildcard \
+	tools/pause/*.go tools/imagebuild/*.go)) 2>/dev/null | sha256sum | cut -c1-12)
 IMAGEBUILD_BIN  := $(CACHE_DIR)/imagebuild-$(NODE_TOOLS_HASH)
 PAUSE_IMAGE     := $(CACHE_DIR)/pause-image-$(NODE_TOOLS_HASH).tar
 export MESHCA_IMAGEBUILD_BIN ?= $(IMAGEBUILD_BIN)
