@@ -83,6 +83,26 @@ func run(listen, status, peer, peerIDText, tokenFile string) error {
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: tlsconfig.MTLSClientConfig(source, source, authorize),
 	}}
+	mux := statusHandler(source, client, peer, tokenFile)
+	statusServer := &http.Server{Addr: status, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+
+	errs := make(chan error, 2)
+	go func() { errs <- server.ListenAndServeTLS("", "") }()
+	go func() { errs <- statusServer.ListenAndServe() }()
+	log.Printf("mtlsapp: serving mutual TLS on %s, status on %s", listen, status)
+	select {
+	case err := <-errs:
+		return err
+	case <-ctx.Done():
+		_ = server.Close()
+		_ = statusServer.Close()
+		return nil
+	}
+}
+
+// statusHandler serves the test: /svid, /call (through client, to peer)
+// and /token.
+func statusHandler(source *workloadapi.X509Source, client *http.Client, peer, tokenFile string) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/svid", func(w http.ResponseWriter, _ *http.Request) {
 		svid, err := source.GetX509SVID()
@@ -120,18 +140,5 @@ func run(listen, status, peer, peerIDText, tokenFile string) error {
 		}
 		_, _ = w.Write(token)
 	})
-	statusServer := &http.Server{Addr: status, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-
-	errs := make(chan error, 2)
-	go func() { errs <- server.ListenAndServeTLS("", "") }()
-	go func() { errs <- statusServer.ListenAndServe() }()
-	log.Printf("mtlsapp: serving mutual TLS on %s, status on %s", listen, status)
-	select {
-	case err := <-errs:
-		return err
-	case <-ctx.Done():
-		_ = server.Close()
-		_ = statusServer.Close()
-		return nil
-	}
+	return mux
 }
