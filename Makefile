@@ -90,7 +90,7 @@ manifests:
 test: testbed lint build unit e2e interop
 
 unit:
-	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /test/e2e -e /test/multicluster)
+	$(GO) test -race -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e /test/e2e -e /test/multicluster)
 	cd test/bench/peers && GOWORK=off $(GO) test -race -count=1 ./...
 	cd tools && GOWORK=off $(GO) test -count=1 ./...
 

@@ -40,6 +40,12 @@ type issuerConfig struct {
 	// plain HTTP there, e.g. 127.0.0.1:9090 (0.0.0.0:9090 in a pod, for
 	// Prometheus and the kubelet). Default empty: no operations listener.
 	MetricsListen string `json:"metricsListen,omitempty"`
+	// ReusePort opens listen and metricsListen with SO_REUSEPORT, so that
+	// several issuers of the same user share those ports on one host and
+	// the kernel spreads connections among them: replicas of a
+	// host-network pod on one node. Each replica's probe may then be
+	// answered by another. Default false: a port in use is an error.
+	ReusePort bool `json:"reusePort,omitempty"`
 	// TrustDomain of issued SPIFFE IDs. Default cluster.local.
 	TrustDomain string `json:"trustDomain,omitempty"`
 	// Cluster is this issuer's own cluster: it names the intermediate, is

@@ -40,7 +40,7 @@ func issuerStack(cfg issuerConfig) (stack.Config, error) {
 	}
 	sc := stack.Config{
 		Name: "meshca issuer", TrustDomain: td, Cluster: cfg.Cluster, DataDir: cfg.DataDir, RootDir: cfg.Root.Dir,
-		Listen: cfg.Listen, Hosts: cfg.Hosts, IntermediateTTL: time.Duration(cfg.IntermediateTTL), MetricsListen: cfg.MetricsListen,
+		Listen: cfg.Listen, ReusePort: cfg.ReusePort, Hosts: cfg.Hosts, IntermediateTTL: time.Duration(cfg.IntermediateTTL), MetricsListen: cfg.MetricsListen,
 		LeafTTL: time.Duration(cfg.LeafTTL), LeafMinTTL: time.Duration(cfg.LeafMinTTL), LeafMaxTTL: time.Duration(cfg.LeafMaxTTL),
 		OpenStore: storeOpener(cfg.Store, cfg.DataDir), Retention: cfg.Store.Retention.store(),
 		Checkpoint:  cfg.Store.Checkpoint.dirConfig(cfg.DataDir),

@@ -47,6 +47,9 @@ func (cs Checks) Ready(ctx context.Context) error {
 type Config struct {
 	// Listen is the TCP address of the listener. Required.
 	Listen string
+	// ReusePort opens it with SO_REUSEPORT (ListenTCP). False: a port
+	// already bound is an error.
+	ReusePort bool
 	// Gatherer provides /metrics; nil serves no metrics.
 	Gatherer prometheus.Gatherer
 	// Checks decide /readyz.
@@ -94,7 +97,7 @@ func Handler(g prometheus.Gatherer, checks Checks) http.Handler {
 
 // listen opens c.Listen (":0" picks a port).
 func (c Config) listen() (net.Listener, error) {
-	lis, err := net.Listen("tcp", c.Listen)
+	lis, err := ListenTCP(c.Listen, c.ReusePort)
 	if err != nil {
 		return nil, fmt.Errorf("ops listener: %w", err)
 	}

@@ -134,7 +134,7 @@ func (c Config) opsRunner(p *parts, reg *prometheus.Registry, checks ops.Checks,
 		if reg != nil {
 			g.Go(func() error { return p.runCAMetrics(gctx, p.ca, up) })
 			g.Go(func() error {
-				return ops.Run(gctx, ops.Config{Listen: c.MetricsListen, Gatherer: reg, Checks: checks, Logger: log}, c.MetricsServing)
+				return ops.Run(gctx, ops.Config{Listen: c.MetricsListen, ReusePort: c.ReusePort, Gatherer: reg, Checks: checks, Logger: log}, c.MetricsServing)
 			})
 		}
 		return g.Wait()

@@ -115,6 +115,10 @@ type Config struct {
 	// listener: /metrics, /healthz and /readyz (see package ops). Empty
 	// means none, and no metrics are collected.
 	MetricsListen string
+	// ReusePort opens the gRPC and operations listeners with SO_REUSEPORT
+	// (ops.ListenTCP), so that replicas on one host network share their
+	// ports. False: a port already bound is an error.
+	ReusePort bool
 	// MetricsServing, when set, is called with the operations listener's
 	// bound address once it accepts connections.
 	MetricsServing func(addr string)
@@ -308,7 +312,7 @@ func (l listeners) close() {
 func (c Config) openListeners(withTLS bool) (listeners, error) {
 	var ls listeners
 	var err error
-	if ls.grpc, err = net.Listen("tcp", c.Listen); err != nil {
+	if ls.grpc, err = ops.ListenTCP(c.Listen, c.ReusePort); err != nil {
 		return listeners{}, fmt.Errorf("listen: %w", err)
 	}
 	if ls.admin, err = c.adminSocket().Listen(); err != nil {

@@ -226,6 +226,30 @@ func TestRendering(t *testing.T) {
 		if hn, _, _ := unstructured.NestedBool(d.Object, "spec", "template", "spec", "hostNetwork"); !hn {
 			t.Error("hostNetwork is not set")
 		}
+		// No declared ports (they would be host ports: one replica per
+		// node); probes by number; the replicas share the ports.
+		cs, _, _ := unstructured.NestedSlice(d.Object, "spec", "template", "spec", "containers")
+		issuer := cs[0].(map[string]any)
+		if ports, ok := issuer["ports"]; ok {
+			t.Errorf("host-network issuer declares ports %v", ports)
+		}
+		if port, _, _ := unstructured.NestedFieldNoCopy(issuer, "readinessProbe", "httpGet", "port"); fmt.Sprint(port) != "9090" {
+			t.Errorf("readiness probe port %v, want 9090", port)
+		}
+		configs, err := Configs(ValueSets["host-network"]...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(configs["issuer.yaml"]), "reusePort: true") {
+			t.Errorf("host-network issuer.yaml lacks reusePort: true:\n%s", configs["issuer.yaml"])
+		}
+		def, err := Configs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(def["issuer.yaml"]), "reusePort") {
+			t.Error("pod-network issuer.yaml sets reusePort")
+		}
 	})
 }
 

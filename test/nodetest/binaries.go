@@ -26,9 +26,9 @@ const (
 	// containerd-shim-runc-v2 and ctr.
 	EnvContainerdDir = "MESHCA_CONTAINERD_DIR"
 	EnvRunc          = "MESHCA_RUNC_BIN"
-	// EnvImagepack is test/testbed/node/imagepack, which packs a static
-	// binary into an OCI archive.
-	EnvImagepack = "MESHCA_IMAGEPACK_BIN"
+	// EnvImagebuild is tools/imagebuild, which packs a static binary into
+	// an OCI archive (what `make images` runs).
+	EnvImagebuild = "MESHCA_IMAGEBUILD_BIN"
 	// EnvPauseImage is the OCI archive of the pod sandbox image.
 	EnvPauseImage = "MESHCA_PAUSE_IMAGE"
 )
@@ -38,8 +38,8 @@ const (
 type Binaries struct {
 	APIServer, Etcd, Kubelet, ControllerManager, Scheduler string
 	Containerd, Shim, Ctr, Runc                            string
-	// Imagepack packs a static binary into an image (PackImage).
-	Imagepack string
+	// Imagebuild packs a static binary into an image (PackImage).
+	Imagebuild string
 	// PauseImage is the sandbox image's OCI archive; PauseRef its name,
 	// read from the archive.
 	PauseImage, PauseRef string
@@ -79,9 +79,9 @@ func findBinaries(b Binaries) (Binaries, error) {
 	b.Runc = envOr(EnvRunc, filepath.Join(dir, "runc-"+RuncVersion))
 	// The packer and the pause image are named by a hash of their sources
 	// (node.mk); without the variables, take the newest.
-	b.Imagepack = envOr(EnvImagepack, newest(filepath.Join(dir, "imagepack-*")))
+	b.Imagebuild = envOr(EnvImagebuild, newest(filepath.Join(dir, "imagebuild-*")))
 	b.PauseImage = envOr(EnvPauseImage, newest(filepath.Join(dir, "pause-image-*.tar")))
-	for _, p := range []string{b.Kubelet, b.ControllerManager, b.Scheduler, b.Containerd, b.Shim, b.Ctr, b.Runc, b.Imagepack, b.PauseImage} {
+	for _, p := range []string{b.Kubelet, b.ControllerManager, b.Scheduler, b.Containerd, b.Shim, b.Ctr, b.Runc, b.Imagebuild, b.PauseImage} {
 		if st, err := os.Stat(p); err != nil || st.IsDir() {
 			return b, fmt.Errorf("%s not found", p)
 		}

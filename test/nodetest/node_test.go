@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -23,13 +24,15 @@ import (
 // image, host network, a projected service-account token for audience
 // meshca. The test reads the token the kubelet mounted through the pod's
 // own server and has the API server review it: it names the pod. The pod
-// keeps running through a kubelet restart. Once the node is torn down,
-// nothing of it is left.
+// keeps running through a kubelet restart. meshca-agent, built and packed
+// as `make images` does, runs in a hardened pod. Once the node is torn
+// down, nothing of it is left.
 func TestPodProjectedToken(t *testing.T) {
 	var n *Node
 	t.Run("pod", func(t *testing.T) {
 		n = Start(t)
 		podProjectedToken(t, n)
+		agentImageRuns(t, n)
 	})
 	if n != nil {
 		checkTornDown(t, n)
@@ -148,6 +151,59 @@ func podProjectedToken(t *testing.T, n *Node) {
 	pod = n.WaitPodRunning(t, ns, pod.Name)
 	if cs := pod.Status.ContainerStatuses[0]; cs.ContainerID != before || cs.RestartCount != 0 {
 		t.Errorf("container %s (restarts %d) after the kubelet's restart, want %s not restarted", cs.ContainerID, cs.RestartCount, before)
+	}
+}
+
+// agentImageRuns builds meshca-agent as `make images` does (static, the
+// agent's build tags), packs it with tools/imagebuild, imports it and runs
+// `meshca-agent version` in a pod with a read-only root filesystem, as a
+// non-root user, without capabilities: the image's entrypoint is the
+// binary and needs nothing else from the image.
+func agentImageRuns(t *testing.T, n *Node) {
+	bin := filepath.Join(t.TempDir(), "meshca-agent")
+	cmd := exec.Command("go", "build", "-trimpath", "-tags", "grpcnotrace,netgo",
+		"-ldflags", "-X main.version=v9.9.9-node -s -w", "-o", bin, "../../cmd/meshca-agent")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build meshca-agent: %v\n%s", err, out)
+	}
+	const ref = "localhost/meshca-agent:nodetest"
+	n.ImportImage(t, n.PackImage(t, bin, ref))
+	ns := n.Namespace(t)
+	yes := true
+	pod, err := n.Admin.CoreV1().Pods(ns).Create(context.Background(), &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "agent-version"},
+		Spec: corev1.PodSpec{
+			HostNetwork: true, RestartPolicy: corev1.RestartPolicyNever,
+			Containers: []corev1.Container{{
+				Name: "agent", Image: ref, ImagePullPolicy: corev1.PullNever, Args: []string{"version"},
+				SecurityContext: &corev1.SecurityContext{
+					RunAsNonRoot: &yes, ReadOnlyRootFilesystem: &yes, AllowPrivilegeEscalation: new(bool),
+					Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+					SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+				},
+			}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, PodStartTimeout, "meshca-agent version pod succeeded", func() error {
+		p, err := n.Admin.CoreV1().Pods(ns).Get(context.Background(), pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if p.Status.Phase == corev1.PodFailed {
+			t.Fatalf("meshca-agent version pod failed: %s", podWaiting(p))
+		}
+		if p.Status.Phase != corev1.PodSucceeded {
+			return fmt.Errorf("phase %s: %s", p.Status.Phase, podWaiting(p))
+		}
+		return nil
+	})
+	logs, err := n.Admin.CoreV1().Pods(ns).GetLogs(pod.Name, &corev1.PodLogOptions{}).DoRaw(context.Background())
+	if err != nil || !strings.HasPrefix(string(logs), "meshca-agent v9.9.9-node ") {
+		t.Errorf("meshca-agent version in the pod printed %q, %v", logs, err)
 	}
 }
 

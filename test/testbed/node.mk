@@ -2,10 +2,10 @@
 # and node binaries (kube-controller-manager, kube-scheduler, kubelet) are
 # built from the pinned module test/testbed/kube, like kube-apiserver in
 # kube.mk; the container runtime (containerd v2, runc) from the pinned module
-# test/testbed/node; the pod sandbox ("pause") image by the small program in
-# test/testbed/node/pauseimage. Everything is cached outside the checkout
-# under versioned names. Tests (test/nodetest) find the binaries through the
-# exported MESHCA_* variables.
+# test/testbed/node; the pod sandbox ("pause") image from tools/pause, packed
+# by tools/imagebuild (what `make images` uses, in the tools module).
+# Everything is cached outside the checkout under versioned names. Tests
+# (test/nodetest) find the binaries through the exported MESHCA_* variables.
 
 # Fragments are included before the main Makefile's first target: keep `all`
 # the default goal.
@@ -30,14 +30,15 @@ RUNC_BIN           := $(CACHE_DIR)/runc-$(RUNC_VERSION)
 export MESHCA_CONTAINERD_DIR ?= $(CONTAINERD_DIR)
 export MESHCA_RUNC_BIN ?= $(RUNC_BIN)
 
-# The pod sandbox image and the packer that made it are our own code: their
-# cached names carry a hash of their sources, so a change builds new ones.
-NODE_TOOLS_HASH := $(shell cat test/testbed/node/go.sum test/testbed/node/pause/*.go \
-	test/testbed/node/imagepack/*.go 2>/dev/null | sha256sum | cut -c1-12)
-IMAGEPACK_BIN   := $(CACHE_DIR)/imagepack-$(NODE_TOOLS_HASH)
+# The pod sandbox image and the packer that made it are our own code
+# (tools/imagebuild, tools/pause): their cached names carry a hash of their
+# sources, so a change builds new ones. Tests pack their own images with the
+# same packer (MESHCA_IMAGEBUILD_BIN).
+NODE_TOOLS_HASH := $(shell cat tools/go.mod tools/go.sum $(filter-out %_test.go,$(wildcard \
+	tools/pause/*.go tools/imagebuild/*.go)) 2>/dev/null | sha256sum | cut -c1-12)
+IMAGEBUILD_BIN  := $(CACHE_DIR)/imagebuild-$(NODE_TOOLS_HASH)
 PAUSE_IMAGE     := $(CACHE_DIR)/pause-image-$(NODE_TOOLS_HASH).tar
-PAUSE_IMAGE_REF := localhost/meshca-pause:$(NODE_TOOLS_HASH)
-export MESHCA_IMAGEPACK_BIN ?= $(IMAGEPACK_BIN)
+export MESHCA_IMAGEBUILD_BIN ?= $(IMAGEBUILD_BIN)
 export MESHCA_PAUSE_IMAGE ?= $(PAUSE_IMAGE)
 
 TESTBED_TARGETS += testbed-node
@@ -46,7 +47,7 @@ TESTBED_TARGETS += testbed-node
 ## testbed-node: build (once; cached) kubelet, kube-controller-manager,
 ## kube-scheduler, containerd, runc and the pause image.
 testbed-node: $(KUBELET_BIN) $(KUBE_CONTROLLER_MANAGER_BIN) $(KUBE_SCHEDULER_BIN) \
-	$(CONTAINERD_DIR) $(RUNC_BIN) $(IMAGEPACK_BIN) $(PAUSE_IMAGE)
+	$(CONTAINERD_DIR) $(RUNC_BIN) $(IMAGEBUILD_BIN) $(PAUSE_IMAGE)
 
 # Like kube.mk's binaries: versioned names, never rebuilt, built to a
 # temporary name of their own (two `make test` runs may build at once) and
@@ -88,15 +89,19 @@ $(RUNC_BIN):
 			-tags seccomp,urfave_cli_no_docs -ldflags '-s -w' -o "$$tmp" github.com/opencontainers/runc) && \
 		mv -f "$$tmp" $@
 
-$(IMAGEPACK_BIN):
+$(IMAGEBUILD_BIN):
 	@mkdir -p $(CACHE_DIR)
 	tmp=$@.tmp.$$$$ && trap 'rm -f "$$tmp"' EXIT && \
-		(cd test/testbed/node && GOWORK=off CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath -o "$$tmp" ./imagepack) && \
+		(cd tools && GOWORK=off CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath -o "$$tmp" ./imagebuild) && \
 		mv -f "$$tmp" $@
 
-$(PAUSE_IMAGE): $(IMAGEPACK_BIN)
+# Named localhost/meshca-pause:HASH, dated at the epoch: the same sources
+# give the same image.
+$(PAUSE_IMAGE): $(IMAGEBUILD_BIN)
 	tmp=$(CACHE_DIR)/pause.tmp.$$$$ && trap 'rm -rf "$$tmp"' EXIT && mkdir -p "$$tmp" && \
-		(cd test/testbed/node && GOWORK=off CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath \
+		(cd tools && GOWORK=off CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath -buildvcs=false \
 			-ldflags '-s -w' -o "$$tmp/pause" ./pause) && \
-		$(IMAGEPACK_BIN) -binary "$$tmp/pause" -ref $(PAUSE_IMAGE_REF) -user 65535 -o "$$tmp/image.tar" && \
+		SOURCE_DATE_EPOCH=0 $(IMAGEBUILD_BIN) -name localhost/meshca-pause -tag $(NODE_TOOLS_HASH) \
+			-binary "$$tmp/pause" -version $(NODE_TOOLS_HASH) -revision $(NODE_TOOLS_HASH) \
+			-out "$$tmp/image.tar" >/dev/null && \
 		mv -f "$$tmp/image.tar" $@

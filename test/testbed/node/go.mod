@@ -1,14 +1,13 @@
 // This module pins the container runtime of meshca's single-node test
-// cluster (containerd v2, its runc shim, ctr, and runc) and builds the pod
-// sandbox image (pauseimage). It is built by test/testbed/node.mk and never
-// imported by meshca.
+// cluster (containerd v2, its runc shim, ctr, and runc). It is built by
+// test/testbed/node.mk and never imported by meshca; the pod sandbox image
+// comes from tools/pause and tools/imagebuild.
 module github.com/meshca/meshca/test/testbed/node
 
 go 1.26.6
 
 require (
 	github.com/containerd/containerd/v2 v2.4.2
-	github.com/google/go-containerregistry v0.21.6
 	github.com/opencontainers/runc v1.5.3
 )
 

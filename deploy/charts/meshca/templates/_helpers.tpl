@@ -94,15 +94,15 @@ driver: sqlite
 {{/* The operations probes, on the metrics port of the container. */}}
 {{- define "meshca.probes" -}}
 startupProbe:
-  httpGet: {path: /healthz, port: metrics}
+  httpGet: {path: /healthz, port: {{ .Values.metrics.port }}}
   periodSeconds: 2
   failureThreshold: 60
 livenessProbe:
-  httpGet: {path: /healthz, port: metrics}
+  httpGet: {path: /healthz, port: {{ .Values.metrics.port }}}
   periodSeconds: 10
   failureThreshold: 3
 readinessProbe:
-  httpGet: {path: /readyz, port: metrics}
+  httpGet: {path: /readyz, port: {{ .Values.metrics.port }}}
   periodSeconds: 5
   failureThreshold: 2
 {{- end -}}
