@@ -146,7 +146,9 @@ type Config struct {
 	Upstream Upstream
 
 	// RootCommonName is the subject CN of new roots; empty means
-	// "meshca root CA".
+	// "meshca root CA". Each self-signed root's subject also carries a
+	// serialNumber derived from its key (ca.NewRoot), so no two share a
+	// name.
 	RootCommonName string
 	// RootTTL is the lifetime of a new root; zero means 10 years.
 	RootTTL time.Duration
