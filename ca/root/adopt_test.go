@@ -57,6 +57,14 @@ func TestAdoptIstiodRoot(t *testing.T) {
 	if ev := h.events("root.adopt"); len(ev) != 1 || !strings.Contains(ev[0].Detail, files.CertFile) {
 		t.Errorf("audit events root.adopt: %+v", ev)
 	}
+	// istiod's root may not sign CRLs: none is published for it, said once.
+	if crls := h.root.RootCRLs(); len(crls) != 0 {
+		t.Errorf("%d root CRLs published for a root without CRL signing", len(crls))
+	}
+	h.refresh()
+	if n := strings.Count(h.logs.String(), "does not allow signing CRLs"); n != 1 {
+		t.Errorf("the missing CRL signing was logged %d times, want once", n)
+	}
 	addr := h.serve()
 	iss := h.mustEnroll(addr, "east", "cluster.local")
 	if !signedBy(iss.inter, istiod.Certificate, h.clock.Now()) {
