@@ -5,7 +5,9 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math/big"
@@ -79,7 +81,9 @@ func NewAuthority(cert *x509.Certificate, signer crypto.Signer, chain ...*x509.C
 type RootConfig struct {
 	// Signer holds the root key. Required.
 	Signer crypto.Signer
-	// CommonName of the root; empty means "meshca root CA".
+	// CommonName of the root; empty means "meshca root CA". The subject
+	// also holds O=meshca and a serialNumber derived from the key
+	// (rootSubject).
 	CommonName string
 	// TTL is the root's lifetime; zero means DefaultRootTTL (10 years).
 	TTL time.Duration
@@ -89,10 +93,9 @@ type RootConfig struct {
 
 // rootTemplate's path length 2 leaves room for one cross certificate
 // (another root's key, signed by this one during a rotation; see CrossSign)
-// above a cluster intermediate. crypto/x509 counts every CA certificate
-// below a root against its path length, also a cross certificate between
-// two roots of one name, which RFC 5280 exempts as self-issued: a root of
-// path length 1 anchors no cross-signed chain for a Go verifier.
+// above a cluster intermediate, and no more: with the cross certificate's
+// own path length 1 it stops a chain through two cross certificates in
+// every verifier, because no two roots share a name (rootSubject).
 const rootTemplate = `{
 	"subject": {{ toJson .Subject }},
 	"issuer": {{ toJson .Subject }},
@@ -115,7 +118,11 @@ func NewRoot(cfg RootConfig) (*Authority, error) {
 		now = time.Now()
 	}
 	data := x509util.NewTemplateData()
-	data.SetSubject(x509util.Subject{CommonName: cfg.CommonName, Organization: []string{"meshca"}})
+	subject, err := rootSubject(cfg.CommonName, cfg.Signer.Public())
+	if err != nil {
+		return nil, err
+	}
+	data.SetSubject(subject)
 	tmpl, err := fromTemplate(rootTemplate, data, cfg.Signer.Public())
 	if err != nil {
 		return nil, fmt.Errorf("root: %w", err)
@@ -130,6 +137,29 @@ func NewRoot(cfg RootConfig) (*Authority, error) {
 		return nil, fmt.Errorf("root: sign: %w", err)
 	}
 	return &Authority{Certificate: cert, Signer: cfg.Signer}, nil
+}
+
+// rootSubject names a new root: the common name, O=meshca, and as
+// serialNumber (X.520's attribute for telling apart entities that share a
+// name) the first 8 bytes, in hex, of the SHA-256 of the root's public key.
+//
+// Two roots therefore never share a name, so a cross certificate between
+// them is never "self-issued" (RFC 5280 6.1: issuer equal to subject).
+// OpenSSL and BoringSSL (Envoy) leave self-issued certificates out of the
+// path length count, so between roots of one name a chain could run
+// through two cross certificates (A by B, then B by C) and carry trust
+// further than the pairs that were minted; with distinct names the cross
+// certificates' path length 1 forbids that in every verifier, as it does
+// in crypto/x509. The suffix comes from the key, not from chance, so a
+// root re-made for the same key (a retried creation) keeps its name, and
+// the common name stays what operators configure and search for.
+func rootSubject(commonName string, pub crypto.PublicKey) (x509util.Subject, error) {
+	spki, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return x509util.Subject{}, fmt.Errorf("root: public key: %w", err)
+	}
+	sum := sha256.Sum256(spki)
+	return x509util.Subject{CommonName: commonName, Organization: []string{"meshca"}, SerialNumber: hex.EncodeToString(sum[:8])}, nil
 }
 
 // IntermediateRequest asks a root for a per-cluster intermediate CA.

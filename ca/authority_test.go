@@ -3,7 +3,9 @@ package ca_test
 import (
 	"crypto"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"io"
 	"math/big"
@@ -41,6 +43,28 @@ func TestNewRoot(t *testing.T) {
 	}
 	if c.Subject.CommonName != "meshca root CA" {
 		t.Errorf("CommonName = %q", c.Subject.CommonName)
+	}
+}
+
+// TestNewRootNames: every key gets its own root name (serialNumber from the
+// key's SHA-256), so no cross certificate between two roots is self-issued;
+// the same key keeps its name.
+func TestNewRootNames(t *testing.T) {
+	a := testkit.Root(t, "root", t0, time.Hour)
+	again := testkit.Root(t, "root", t0.Add(time.Minute), time.Hour)
+	b := testkit.Root(t, "root-other", t0, time.Hour)
+	spki := sha256.Sum256(a.Certificate.RawSubjectPublicKeyInfo)
+	if got, want := a.Certificate.Subject.SerialNumber, hex.EncodeToString(spki[:8]); got != want {
+		t.Errorf("serialNumber = %q, want %q (SHA-256 of the key, first 8 bytes)", got, want)
+	}
+	if a.Certificate.Subject.CommonName != "meshca root CA" || !slices.Equal(a.Certificate.Subject.Organization, []string{"meshca"}) {
+		t.Errorf("subject %q lost the common name or organization", a.Certificate.Subject)
+	}
+	if string(a.Certificate.RawSubject) != string(again.Certificate.RawSubject) {
+		t.Errorf("one key, two names: %q and %q", a.Certificate.Subject, again.Certificate.Subject)
+	}
+	if string(a.Certificate.RawSubject) == string(b.Certificate.RawSubject) {
+		t.Errorf("two keys share the root name %q", a.Certificate.Subject)
 	}
 }
 

@@ -13,7 +13,10 @@ import (
 
 // crossPathLen is the path length of a cross certificate: one cluster
 // intermediate below it, as below the root it copies. It also stops a chain
-// from running through two cross certificates (old → new → old).
+// from running through two cross certificates (A by B, then B by C; or old
+// → new → old) in every verifier, because a cross certificate is never
+// self-issued (CrossSign refuses two roots of one name, and NewRoot gives
+// every root its own), so OpenSSL and BoringSSL count it as crypto/x509 does.
 const crossPathLen = 1
 
 // CrossRequest asks one root to certify another root's subject and key.
@@ -34,7 +37,11 @@ type CrossRequest struct {
 // the certificate req.Subject's key signs for a). The certificate is a CA
 // with path length 1, no other extension than the key identifiers, and lies
 // within the validity of both roots and before req.NotAfter. a must be a
-// root (its own certificate self-signed, no chain above it). The result is
+// root (its own certificate self-signed, no chain above it) whose name
+// differs from req.Subject's: a cross certificate between roots of one
+// name would be self-issued, which OpenSSL and BoringSSL exempt from path
+// length limits (RFC 5280 6.1.4), letting chains run through several
+// cross certificates. The result is
 // checked before it is returned: signed by a, for req.Subject's subject and
 // key.
 func (a *Authority) CrossSign(req CrossRequest) (*x509.Certificate, error) {
@@ -48,6 +55,9 @@ func (a *Authority) CrossSign(req CrossRequest) (*x509.Certificate, error) {
 		return nil, fmt.Errorf("cross certificate: subject %q is not a self-signed root", s.Subject)
 	case keyutil.Equal(s.PublicKey, a.Certificate.PublicKey):
 		return nil, errors.New("cross certificate: subject and signer share one key")
+	case bytes.Equal(s.RawSubject, a.Certificate.RawSubject):
+		return nil, fmt.Errorf("cross certificate: subject and signer share the name %q; the certificate would be self-issued, "+
+			"outside the path length limits of OpenSSL and BoringSSL", s.Subject)
 	}
 	now := req.Now
 	if now.IsZero() {
@@ -70,10 +80,9 @@ func (a *Authority) CrossSign(req CrossRequest) (*x509.Certificate, error) {
 		SerialNumber: serial,
 		RawSubject:   s.RawSubject,
 		SubjectKeyId: s.SubjectKeyId,
-		// Set by hand: two roots usually share one name, and for a subject
-		// equal to its issuer x509.CreateCertificate leaves the authority
-		// key identifier out, which verifiers then need to tell the roots
-		// apart.
+		// Set by hand, so that the certificate names the signing root's
+		// key whatever x509.CreateCertificate derives (it leaves the
+		// identifier out when subject and issuer names are equal).
 		AuthorityKeyId:        a.Certificate.SubjectKeyId,
 		NotBefore:             notBefore.UTC(),
 		NotAfter:              notAfter.UTC(),

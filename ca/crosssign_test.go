@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
+	"math/big"
 	"net/url"
 	"testing"
 	"time"
@@ -219,6 +220,19 @@ func TestCrossSignConstraintsHold(t *testing.T) {
 
 func TestCrossSignRefuses(t *testing.T) {
 	f := newCrossFixture(t)
+	// A root of the old root's name with another key: a cross certificate
+	// to it would be self-issued.
+	k := testkit.Key(t, "cross-namesake")
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), RawSubject: f.oldRoot.Certificate.RawSubject, IsCA: true,
+		BasicConstraintsValid: true, MaxPathLen: 2, KeyUsage: x509.KeyUsageCertSign, NotBefore: t0.Add(-time.Hour), NotAfter: t0.Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	namesake, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name   string
 		signer *ca.Authority
@@ -228,6 +242,7 @@ func TestCrossSignRefuses(t *testing.T) {
 		{"itself", f.oldRoot, ca.CrossRequest{Subject: f.oldRoot.Certificate, Now: t0}},
 		{"subject is an intermediate", f.oldRoot, ca.CrossRequest{Subject: f.newInter.Certificate, Now: t0}},
 		{"signer is an intermediate", f.newInter, ca.CrossRequest{Subject: f.oldRoot.Certificate, Now: t0}},
+		{"same name", f.oldRoot, ca.CrossRequest{Subject: namesake, Now: t0}},
 		{"signer expired", f.oldRoot, ca.CrossRequest{Subject: f.newRoot.Certificate, Now: f.oldRoot.Certificate.NotAfter.Add(time.Hour)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

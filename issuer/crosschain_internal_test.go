@@ -240,11 +240,22 @@ func TestCrossSignedKeepsOnlyLinks(t *testing.T) {
 	}
 	// The name of a root is not enough: a root of the same name but another
 	// key, certified by a bundle root, links nothing.
-	impostor := testkit.Root(t, "xchain-impostor", w.now.Add(-time.Hour), 24*time.Hour)
-	if !bytes.Equal(impostor.Certificate.RawSubject, w.newRoot.Certificate.RawSubject) {
+	key := testkit.Key(t, "xchain-impostor")
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(12), RawSubject: w.newRoot.Certificate.RawSubject,
+		NotBefore: w.now.Add(-time.Hour), NotAfter: w.now.Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true, MaxPathLen: 2,
+		KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	impostor, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(impostor.RawSubject, w.newRoot.Certificate.RawSubject) {
 		t.Fatal("the impostor root should carry the new root's name")
 	}
-	byOld, err := w.oldRoot.CrossSign(ca.CrossRequest{Subject: impostor.Certificate, Now: w.now})
+	byOld, err := w.oldRoot.CrossSign(ca.CrossRequest{Subject: impostor, Now: w.now})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -145,8 +145,20 @@ type Config struct {
 	// does).
 	Upstream Upstream
 
+	// Adopt, when set, names an existing self-signed root (istiod's
+	// istio-ca-secret, say) that New takes over as the first root, active
+	// at once, when the store holds no root yet; later roots are created
+	// by rotation and cross-signed with it as with any root (adopt.go).
+	// Its key is copied into Keys, which must be a KeyImporter (FileKeys);
+	// no Upstream. With roots in the store, the file's certificate must be
+	// one of them (nothing is done) or New fails. Nil means New creates
+	// the first root.
+	Adopt *AdoptRoot
+
 	// RootCommonName is the subject CN of new roots; empty means
-	// "meshca root CA".
+	// "meshca root CA". Each self-signed root's subject also carries a
+	// serialNumber derived from its key (ca.NewRoot), so no two share a
+	// name.
 	RootCommonName string
 	// RootTTL is the lifetime of a new root; zero means 10 years.
 	RootTTL time.Duration
@@ -250,7 +262,7 @@ func (c Config) Validate() error {
 	if err := c.Limits.Validate(); err != nil {
 		return fmt.Errorf("root server: %w", err)
 	}
-	return nil
+	return c.Adopt.validate(c)
 }
 
 func (c Config) withDefaults() Config {

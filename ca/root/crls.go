@@ -87,6 +87,14 @@ func (r *Root) signRootCRLsLocked(ctx context.Context, now time.Time) {
 			continue
 		}
 		fp := trust.Fingerprint(s.Cert)
+		if !ca.MaySignCRLs(s.Cert) {
+			// An adopted root, istiod's: its key usage lacks CRL signing.
+			if r.crlErrs[fp] == "" {
+				r.crlErrs[fp] = "no CRL signing"
+				r.log.InfoContext(ctx, "this root's key usage does not allow signing CRLs; no root CRL for it", "sha256", fingerprintHex(s.Cert))
+			}
+			continue
+		}
 		old := newerCRL(r.rootCRLs[fp], r.storedCRL(ctx, s))
 		if !r.leader {
 			// The leader signs; a follower publishes what it stored.

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"net/url"
+	"strings"
 	"testing"
 	"time"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
+	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/trust"
 )
@@ -141,4 +144,85 @@ func minTime(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+// TestCrossCertificatesDoNotChain: after a forced rotation A → B → C every
+// root has its own name, so no cross certificate is self-issued, and the
+// cross certificates' path length stops a chain through two of them (A by
+// B, then B by C) in OpenSSL (which exempts self-issued certificates from
+// the count, as BoringSSL in Envoy does) as in crypto/x509, while each
+// minted pair still links its two roots.
+func TestCrossCertificatesDoNotChain(t *testing.T) {
+	h := newHarness(t, nil)
+	addr := h.serve()
+	iss := h.mustEnroll(addr, "east", "east.example")
+	rootA := h.activeRoot()
+	ctx := context.Background()
+	if _, err := h.root.rotate(ctx, 0, "admin:test", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.root.rotate(ctx, 0, "admin:test", true); err != nil {
+		t.Fatal(err)
+	}
+	statuses := h.root.Roots()
+	if len(statuses) != 3 {
+		t.Fatalf("%d roots after two rotations, want 3", len(statuses))
+	}
+	rootB, rootC := statuses[1].Cert, statuses[2].Cert
+	for i, x := range []*x509.Certificate{rootA, rootB, rootC} {
+		for _, y := range []*x509.Certificate{rootA, rootB, rootC}[i+1:] {
+			if bytes.Equal(x.RawSubject, y.RawSubject) {
+				t.Fatalf("two roots share the name %q", x.Subject)
+			}
+		}
+	}
+	b, _ := h.root.Current()
+	if len(b.CrossSigned) != 6 {
+		t.Fatalf("bundle carries %d cross certificates, want 6 (each pair of three roots, both ways)", len(b.CrossSigned))
+	}
+	for _, c := range b.CrossSigned {
+		if bytes.Equal(c.RawSubject, c.RawIssuer) {
+			t.Errorf("cross certificate %q is self-issued", c.Subject)
+		}
+	}
+	aByB, bByC, aByC := crossOf(b, rootA, rootB), crossOf(b, rootB, rootC), crossOf(b, rootA, rootC)
+	if aByB == nil || bByC == nil || aByC == nil {
+		t.Fatal("the bundle lacks a minted cross certificate")
+	}
+	u, _ := url.Parse("spiffe://east.example/ns/default/sa/web")
+	now := h.clock.Now()
+	leaf, err := iss.authority(t).SignLeaf(ca.LeafRequest{PublicKey: newKey(t).Public(), URIs: []*url.URL{u}, TTL: time.Hour, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		anchor *x509.Certificate
+		chain  []*x509.Certificate
+		ok     bool
+	}{
+		{"A's leaf, anchor B, A by B", rootB, []*x509.Certificate{iss.inter, aByB}, true},
+		{"A's leaf, anchor C, A by C", rootC, []*x509.Certificate{iss.inter, aByC}, true},
+		{"A's leaf, anchor C, A by B then B by C", rootC, []*x509.Certificate{iss.inter, aByB, bByC}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			anchors, inters := x509.NewCertPool(), x509.NewCertPool()
+			anchors.AddCert(tc.anchor)
+			for _, c := range tc.chain {
+				inters.AddCert(c)
+			}
+			_, goErr := leaf.Verify(x509.VerifyOptions{Roots: anchors, Intermediates: inters, CurrentTime: now,
+				KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+			if (goErr == nil) != tc.ok {
+				t.Errorf("crypto/x509: %v, want ok=%v", goErr, tc.ok)
+			}
+			out, sslErr := runOpenSSLVerify(t, tc.anchor, leaf, tc.chain, now)
+			if (sslErr == nil) != tc.ok {
+				t.Errorf("openssl verify: %v, want ok=%v\n%s", sslErr, tc.ok, out)
+			}
+			if !tc.ok && !strings.Contains(out, "path length") {
+				t.Errorf("openssl refused for another reason than the path length:\n%s", out)
+			}
+		})
+	}
 }

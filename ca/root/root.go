@@ -165,23 +165,43 @@ func New(ctx context.Context, cfg Config) (*Root, error) {
 	if err != nil {
 		return nil, fmt.Errorf("root server: list roots: %w", err)
 	}
-	if len(roots) == 0 {
-		if !r.leadLocked(ctx) {
-			_ = r.Close()
-			return nil, fmt.Errorf("root server: first root: %w", errNotLeader)
-		}
-		rec, err := r.createRootLocked(ctx, 0, "system:root-init", "")
-		if err != nil {
-			_ = r.Close()
-			return nil, fmt.Errorf("root server: first root: %w", err)
-		}
-		r.log.InfoContext(ctx, "created the first root", "sha256", fingerprintHex(rec.Cert), "key", rec.KeyRef)
+	if err := r.firstRootLocked(ctx, roots); err != nil {
+		_ = r.Close()
+		return nil, fmt.Errorf("root server: first root: %w", err)
 	}
 	if err := r.refreshLocked(ctx); err != nil {
 		_ = r.Close()
 		return nil, fmt.Errorf("root server: %w", err)
 	}
 	return r, nil
+}
+
+// firstRootLocked creates or adopts (Config.Adopt) the first root when the
+// store holds none; with roots in the store it only checks that an
+// adopted root is one of them.
+func (r *Root) firstRootLocked(ctx context.Context, roots []store.Root) error {
+	switch {
+	case len(roots) != 0 && r.cfg.Adopt != nil:
+		return checkAdoptedAmong(r.cfg.Adopt, roots)
+	case len(roots) != 0:
+		return nil
+	case !r.leadLocked(ctx):
+		return errNotLeader
+	case r.cfg.Adopt != nil:
+		rec, err := r.adoptRootLocked(ctx)
+		if err != nil {
+			return err
+		}
+		r.log.InfoContext(ctx, "adopted the first root", "sha256", fingerprintHex(rec.Cert), "subject", rec.Cert.Subject.String(),
+			"key", rec.KeyRef, "from", r.cfg.Adopt.CertFile)
+		return nil
+	}
+	rec, err := r.createRootLocked(ctx, 0, "system:root-init", "")
+	if err != nil {
+		return err
+	}
+	r.log.InfoContext(ctx, "created the first root", "sha256", fingerprintHex(rec.Cert), "key", rec.KeyRef)
+	return nil
 }
 
 // Current returns the published bundle (never nil) and a channel that is

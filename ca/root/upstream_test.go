@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -206,6 +207,16 @@ func (h *harness) dialPool(addr string, pool *x509.CertPool, cert *tls.Certifica
 
 func opensslVerify(t *testing.T, root, leaf *x509.Certificate, chain []*x509.Certificate) {
 	t.Helper()
+	if out, err := runOpenSSLVerify(t, root, leaf, chain, time.Time{}); err != nil {
+		t.Fatalf("openssl verify: %v\n%s", err, out)
+	}
+}
+
+// runOpenSSLVerify runs `openssl verify` on leaf with chain as untrusted
+// certificates and root as the only anchor, at the time at (zero: now). It
+// returns openssl's output, and an error unless openssl accepted the leaf.
+func runOpenSSLVerify(t *testing.T, root, leaf *x509.Certificate, chain []*x509.Certificate, at time.Time) (string, error) {
+	t.Helper()
 	bin, err := exec.LookPath("openssl")
 	if err != nil {
 		if os.Getenv("CI") == "true" {
@@ -225,11 +236,16 @@ func opensslVerify(t *testing.T, root, leaf *x509.Certificate, chain []*x509.Cer
 		}
 		return p
 	}
-	rootFile, chainFile, leafFile := write("upstream-root.pem", root), write("chain.pem", chain...), write("leaf.pem", leaf)
-	out, err := exec.Command(bin, "verify", "-CAfile", rootFile, "-untrusted", chainFile, leafFile).CombinedOutput()
-	if err != nil || string(out) != leafFile+": OK\n" {
-		t.Fatalf("openssl verify: %v\n%s", err, out)
+	rootFile, chainFile, leafFile := write("anchor.pem", root), write("chain.pem", chain...), write("leaf.pem", leaf)
+	args := []string{"verify", "-CAfile", rootFile, "-untrusted", chainFile}
+	if !at.IsZero() {
+		args = append(args, "-attime", strconv.FormatInt(at.Unix(), 10))
 	}
+	out, err := exec.Command(bin, append(args, leafFile)...).CombinedOutput()
+	if err == nil && string(out) != leafFile+": OK\n" {
+		err = errors.New("unexpected output")
+	}
+	return string(out), err
 }
 
 // TestUpstreamCertificatesAreNotMeshca is the attack: a CA the same step-ca

@@ -76,7 +76,7 @@ func rootStack(cfg rootConfig) (root.StackConfig, error) {
 			Keys: cfg.keys(), Hosts: cfg.Hosts, IssuerServingNames: cfg.IssuerServingNames, TrustDomains: trustDomains,
 			RootTTL: time.Duration(cfg.RootTTL), IntermediateTTL: time.Duration(cfg.IntermediateTTL),
 			CredentialTTL: time.Duration(cfg.CredentialTTL), PropagationDelay: time.Duration(cfg.Rotation.PropagationDelay),
-			AutoRotate: cfg.autoRotate(), Limits: cfg.Limits.grpclimit(),
+			AutoRotate: cfg.autoRotate(), Limits: cfg.Limits.grpclimit(), Adopt: cfg.AdoptRoot.config(),
 		},
 		DataDir: cfg.DataDir, OpenStore: rootStoreOpener(cfg.Store, cfg.DataDir), Checkpoint: cfg.Store.Checkpoint.dirConfig(cfg.DataDir),
 		Listen: cfg.Listen, AdminSocket: cfg.AdminSocketAllow.unixConfig(cfg.AdminSocket),

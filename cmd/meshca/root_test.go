@@ -48,6 +48,10 @@ func TestRootConfigValidate(t *testing.T) {
 		{"oidc over http", "federation: {listen: ':8443', trustDomain: a.example, oidc: {issuerURL: 'http://oidc.a.example'}}\n", "federation.oidc.issuerURL"},
 		{"unknown field", "key: {kind: file, path: /x}\n", `unknown field "key.path"`},
 		{"bad store", "store: {driver: mysql}\n", "mysql"},
+		{"adopt without key file", "adoptRoot: {certFile: /r/ca-cert.pem}\n", "adoptRoot: certFile and keyFile are required"},
+		{"adopt with vault keys", vault + "adoptRoot: {certFile: /r/ca-cert.pem, keyFile: /r/ca-key.pem}\n", "adoptRoot needs key.kind file"},
+		{"adopt under upstream", "upstream: {type: stepcas, stepcas: {url: 'https://ca:9000', fingerprint: ab, provisioner: p, provisionerType: jwk}}\n" +
+			"adoptRoot: {certFile: /r/ca-cert.pem, keyFile: /r/ca-key.pem}\n", "adoptRoot and upstream exclude each other"},
 		{"negative connection cap", "limits: {maxConnections: -5}\n", "negative max connections"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/root"
 	"github.com/meshca/meshca/ca/root/federation"
 	"github.com/meshca/meshca/ca/vault"
@@ -44,6 +45,11 @@ type rootConfig struct {
 	IssuerServingNames []string `json:"issuerServingNames,omitempty"`
 	// Key says where root keys live.
 	Key rootKeySource `json:"key,omitempty"`
+	// AdoptRoot, when set, makes an existing self-signed root (istiod's
+	// istio-ca-secret) the first root when the store holds none; later
+	// roots come from rotation, cross-signed with it. Needs key kind file
+	// and no upstream. Default: none (meshca creates its first root).
+	AdoptRoot *adoptRootConfig `json:"adoptRoot,omitempty"`
 	// RootTTL is the life of each root. Default 87600h (10 years).
 	RootTTL duration `json:"rootTTL,omitempty"`
 	// IntermediateTTL is the life of each cluster intermediate. Default 48h
@@ -129,6 +135,43 @@ type vaultAuthConfig struct {
 	Mount string `json:"mount,omitempty"`
 }
 
+// adoptRootConfig is `adoptRoot:`.
+type adoptRootConfig struct {
+	// CertFile holds the root certificate (PEM), e.g. ca-cert.pem of
+	// istio-ca-secret. Required.
+	CertFile string `json:"certFile,omitempty"`
+	// KeyFile holds its private key (PEM; PKCS#1, PKCS#8 or SEC 1), mode
+	// 0600 or a kubelet Secret file. Required.
+	KeyFile string `json:"keyFile,omitempty"`
+	// MinRemaining is the life the root must have left. Default 720h.
+	MinRemaining duration `json:"minRemaining,omitempty"`
+}
+
+// config maps `adoptRoot:` onto the root service's; nil when not set.
+func (a *adoptRootConfig) config() *root.AdoptRoot {
+	if a == nil {
+		return nil
+	}
+	return &root.AdoptRoot{AdoptFiles: ca.AdoptFiles{CertFile: a.CertFile, KeyFile: a.KeyFile}, MinRemaining: time.Duration(a.MinRemaining)}
+}
+
+func (a *adoptRootConfig) validate(c rootConfig) error {
+	if a == nil {
+		return nil
+	}
+	switch {
+	case a.CertFile == "" || a.KeyFile == "":
+		return errors.New("adoptRoot: certFile and keyFile are required")
+	case a.MinRemaining < 0:
+		return errors.New("adoptRoot.minRemaining is negative")
+	case c.Key.Kind == rootKeyVault:
+		return errors.New("adoptRoot needs key.kind file: the adopted root's key is copied into the key store, and a Vault Transit key cannot be imported")
+	case c.Upstream.Type != "":
+		return errors.New("adoptRoot and upstream exclude each other: under an upstream PKI the upstream's root is the trust anchor")
+	}
+	return nil
+}
+
 // rootRotationConfig is `rotation:`.
 type rootRotationConfig struct {
 	// Auto rotates the root when less than a third of its life remains.
@@ -204,6 +247,9 @@ func (c rootConfig) validate() error {
 		return errors.New("hosts: at least one serving name is required")
 	}
 	if err := c.Limits.validate(); err != nil {
+		return err
+	}
+	if err := c.AdoptRoot.validate(c); err != nil {
 		return err
 	}
 	if err := c.Upstream.config().Validate(); err != nil {

@@ -54,6 +54,13 @@ func (r *rootServer) bundlePath() string { return filepath.Join(r.dir, "bundle.p
 
 func startRootServer(t *testing.T, bin string) *rootServer {
 	t.Helper()
+	return startRootServerWith(t, bin, "")
+}
+
+// startRootServerWith starts the root with extra appended to its
+// configuration.
+func startRootServerWith(t *testing.T, bin, extra string) *rootServer {
+	t.Helper()
 	r := &rootServer{dir: t.TempDir(), bin: bin}
 	r.addr = net.JoinHostPort("127.0.0.1", freePort(t))
 	r.socket = filepath.Join(r.dir, "admin.sock")
@@ -67,7 +74,7 @@ intermediateTTL: %s
 rotation:
   auto: false
   propagationDelay: %s
-`, r.dir, r.addr, r.socket, rootHost, rotationInterTTL, rotationPropagation), 0o600)
+%s`, r.dir, r.addr, r.socket, rootHost, rotationInterTTL, rotationPropagation, extra), 0o600)
 	r.proc = startProc(t, "meshca root", exec.Command(bin, "root", "serve", "--config", cfg))
 	waitFor(t, r.proc, "the root serving with bundle.pem", func() bool {
 		_, ok := readBundle(r.bundlePath())
@@ -377,6 +384,60 @@ func (o *rotationObserver) fail(msg string) {
 	}
 }
 
+// rotationRun observes two workloads (obs) every 250 ms while a root
+// rotates, keeping each pilot-agent's root-cert.pem equal to the root's
+// bundle.pem as the istio-ca-root-cert ConfigMap's mount would.
+type rotationRun struct {
+	t          *testing.T
+	obs        *rotationObserver
+	bundlePath string
+	agents     []*pilotAgent
+	// procs must keep running; logs are printed when a wait times out.
+	procs, logs []*proc
+}
+
+func (r *rotationRun) mirrorRoots() {
+	bundle, err := os.ReadFile(r.bundlePath)
+	if err != nil || len(bundle) == 0 {
+		return
+	}
+	for _, pa := range r.agents {
+		path := filepath.Join(pa.dir, istioRootCertPath)
+		if cur, _ := os.ReadFile(path); !bytes.Equal(cur, bundle) {
+			writeFile(r.t, path+".tmp", bundle, 0o644)
+			if err := os.Rename(path+".tmp", path); err != nil {
+				r.t.Fatal(err)
+			}
+		}
+	}
+}
+
+// until observes every 250 ms until cond holds, failing after timeout.
+func (r *rotationRun) until(what string, timeout time.Duration, cond func() bool) {
+	r.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		r.mirrorRoots()
+		r.obs.observe(r.t)
+		if cond() {
+			r.t.Logf("%s (%d observations so far, %d failures)", what, r.obs.observations, r.obs.fails)
+			return
+		}
+		for _, p := range r.procs {
+			p.failIfExited(r.t)
+		}
+		if time.Now().After(deadline) {
+			var out []string
+			for _, p := range r.logs {
+				out = append(out, p.output())
+			}
+			r.t.Fatalf("no %s within %v; failures %d: %s\n%s", what, timeout, r.obs.fails, strings.Join(r.obs.firstErrs, "\n"),
+				strings.Join(out, "\n"))
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
 // TestPilotAgentsThroughRootRotation runs two Istio pilot-agents (no istiod)
 // against a meshca issuer under `meshca root serve`, and drives a full root
 // rotation: prepared → active → retiring → gone. At every observation each
@@ -407,42 +468,9 @@ func TestPilotAgentsThroughRootRotation(t *testing.T) {
 		views = append(views, watchWorkload(t, ctx, sa, pa))
 	}
 	obs := &rotationObserver{}
-	mirrorRoots := func() {
-		bundle, err := os.ReadFile(root.bundlePath())
-		if err != nil || len(bundle) == 0 {
-			return
-		}
-		for _, pa := range agents {
-			path := filepath.Join(pa.dir, istioRootCertPath)
-			if cur, _ := os.ReadFile(path); !bytes.Equal(cur, bundle) {
-				writeFile(t, path+".tmp", bundle, 0o644)
-				if err := os.Rename(path+".tmp", path); err != nil {
-					t.Fatal(err)
-				}
-			}
-		}
-	}
-	// observeUntil observes every 250 ms until cond holds.
-	observeUntil := func(what string, timeout time.Duration, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(timeout)
-		for {
-			mirrorRoots()
-			obs.observe(t)
-			if cond() {
-				t.Logf("%s (%d observations so far, %d failures)", what, obs.observations, obs.fails)
-				return
-			}
-			for _, p := range []*proc{root.proc, is.proc, agents[0].proc, agents[1].proc} {
-				p.failIfExited(t)
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("no %s within %v; failures %d: %s\n%s\n%s", what, timeout, obs.fails, strings.Join(obs.firstErrs, "\n"),
-					is.proc.output(), root.proc.output())
-			}
-			time.Sleep(250 * time.Millisecond)
-		}
-	}
+	run := &rotationRun{t: t, obs: obs, bundlePath: root.bundlePath(), agents: agents,
+		procs: []*proc{root.proc, is.proc, agents[0].proc, agents[1].proc}, logs: []*proc{is.proc, root.proc}}
+	observeUntil := run.until
 	rootsOf := func(v *workloadView) []string {
 		s, _ := v.snapshot()
 		return fingerprints(s.roots)
