@@ -66,7 +66,8 @@ func (f *fakeFetcher) Fetch(_ context.Context, key crypto.Signer, token string, 
 	if f.extra != nil {
 		roots = append(roots, f.extra)
 	}
-	return &SVID{Chain: []*x509.Certificate{leaf, f.tree.Intermediate.Certificate}, Key: key, Roots: roots}, nil
+	chain := append([]*x509.Certificate{leaf, f.tree.Intermediate.Certificate}, f.tree.Intermediate.Chain...)
+	return &SVID{Chain: chain, Key: key, Roots: roots}, nil
 }
 
 func (f *fakeFetcher) SetRoots(b *trust.Bundle) error {

@@ -327,11 +327,42 @@ func (m *manager) anchorsLocked() (*trust.Bundle, error) {
 	return b, nil
 }
 
-// publishLocked publishes svid (nil: none yet) with the current trust: its
-// Roots become the own trust domain's bundle. It returns the snapshot built
-// and whether it differed from the current one. The caller holds trustMu.
-func (m *manager) publishLocked(svid *SVID) (*snapshot, bool, error) {
+// workloadAnchorsLocked returns the own trust domain's roots served to
+// workloads (SDS ROOTCA, the Workload API's X.509 bundle, bundle.pem). They
+// are anchorsLocked's, except under an upstream PKI (the watched bundle has
+// Authorities of its own): then meshca's CAs among them are replaced by the
+// bundle's own Roots, the upstream's root, which workloads anchor on as
+// relying parties outside the mesh do. Their chains carry meshca's CA and the
+// upstream's intermediates up to it. The issuer connection and the bundles
+// and CRLs the agent accepts keep trusting anchorsLocked's. The caller holds
+// trustMu.
+func (m *manager) workloadAnchorsLocked() (*trust.Bundle, error) {
 	anchors, err := m.anchorsLocked()
+	if err != nil || m.trust == nil || !slices.ContainsFunc(m.trust.Domains, func(d trust.DomainBundle) bool {
+		return !d.Federated && d.Authorities != nil
+	}) {
+		return anchors, err
+	}
+	own := m.trust.OwnAuthorities()
+	roots := slices.DeleteFunc(anchors.Roots(), func(r *x509.Certificate) bool { return bundleContains(own, r) })
+	for _, d := range m.trust.Domains {
+		if !d.Federated {
+			roots = append(roots, d.Roots.Roots()...)
+		}
+	}
+	b, err := trust.NewBundle(roots...)
+	if err != nil {
+		return nil, fmt.Errorf("trust bundle: %w", err)
+	}
+	return b, nil
+}
+
+// publishLocked publishes svid (nil: none yet) with the current trust: its
+// Roots become the own trust domain's bundle (workloadAnchorsLocked). It
+// returns the snapshot built and whether it differed from the current one.
+// The caller holds trustMu.
+func (m *manager) publishLocked(svid *SVID) (*snapshot, bool, error) {
+	anchors, err := m.workloadAnchorsLocked()
 	if err != nil {
 		return nil, false, err
 	}
