@@ -38,8 +38,10 @@ type Config struct {
 	ServerName string
 	// CABundleFile holds the roots (PEM) that authenticate the issuer and
 	// anchor the served trust bundle; re-read for every renewal. Required.
-	// It is the bootstrap trust: the own roots of the bundle the issuer
-	// publishes are added to it (see DisableBundleWatch).
+	// It is the bootstrap trust: the own authorities of the bundle the
+	// issuer publishes are added to it (see DisableBundleWatch). Under an
+	// upstream PKI workloads are served the bundle's own roots (the
+	// upstream's root) in place of meshca's CAs.
 	CABundleFile string
 	// DisableBundleWatch turns off following the trust bundle the issuer
 	// publishes (meshca.v1.BundleService/WatchBundle) and its federated

@@ -450,10 +450,11 @@ func (m *manager) TrustBundleSequence() uint64 {
 // bundles, so a bundle is accepted when it is signed by a root the agent
 // trusts now (the CA bundle file's and the held bundle's own roots), or
 // when it is unsigned and adds no trust (see addedTrust); an issuer can
-// then at most withdraw trust, never extend it. Its own roots, with the CA
-// bundle file's, authenticate the issuer from now on and make the own trust
-// domain's bundle; its other trust domains are served as federated
-// bundles. The current SVID is published again with them, so that a new
+// then at most withdraw trust, never extend it. Its own authorities
+// (meshca's CAs), with the CA bundle file's, authenticate the issuer from
+// now on (anchorsLocked), and its own roots make the own trust domain's
+// bundle (workloadAnchorsLocked); its other trust domains are served as
+// federated bundles. The current SVID is published again with them, so that a new
 // root reaches Envoy and applications before any issuer uses it. It reports
 // whether anything served changed.
 //

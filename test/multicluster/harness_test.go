@@ -186,6 +186,8 @@ type workload struct {
 	ID     spiffeid.ID
 	Source *workloadapi.X509Source
 	Socket string
+	// SDSSocket is the agent's Envoy SDS socket.
+	SDSSocket string
 	// CRLs, when set (watchCRLs), makes probes check peers against the
 	// CRLs this workload's agent delivers.
 	CRLs *crlWatch
@@ -218,9 +220,11 @@ func startWorkload(t *testing.T, is *issuerProc, caBundle, ns, sa string, ttl ti
 	tokenOut := mustRun(t, "dev", "token", "--data-dir", is.Dir, "--namespace", ns, "--service-account", sa, "--ttl", "24h")
 	tokenFile := harness.WriteFile(t, filepath.Join(dir, "token"), tokenOut)
 	socket := filepath.Join(dir, "agent.sock")
-	w := &workload{ID: spiffeid.RequireFromString(fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", is.TrustDomain, ns, sa)), Socket: socket}
+	w := &workload{ID: spiffeid.RequireFromString(fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", is.TrustDomain, ns, sa)), Socket: socket,
+		SDSSocket: filepath.Join(dir, "sds.sock")}
 	w.Proc = start(t, "agent "+w.ID.String(), "agent", "--issuer", is.Addr, "--server-name", "localhost", "--ca-bundle", caBundle,
-		"--token-file", tokenFile, "--workload-socket", socket, "--health-addr", "", "--ttl", ttl.String(), "--log-level", "debug")
+		"--token-file", tokenFile, "--workload-socket", socket, "--sds-socket", w.SDSSocket, "--health-addr", "", "--ttl", ttl.String(),
+		"--log-level", "debug")
 	w.WaitFor(t, "workload socket", harness.StartTimeout, func() bool { _, err := os.Stat(socket); return err == nil })
 	ctx, cancel := context.WithTimeout(context.Background(), harness.StartTimeout)
 	defer cancel()

@@ -1,6 +1,7 @@
 package multicluster
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
@@ -11,13 +12,19 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
+	"github.com/meshca/meshca/agent/sdstest"
+	"github.com/meshca/meshca/test/harness"
 	"github.com/meshca/meshca/test/steptest"
 )
 
 // TestRootUnderStepCA runs `meshca root serve` with its CA certificate
 // from a real step-ca, an issuer under it and a workload: the workload's
 // certificate chain ends at step-ca's root and openssl accepts it holding
-// only that root. A rotation of meshca's CA goes to step-ca again and
+// only that root; the agent gives the workload step-ca's root as its anchor
+// (Workload API bundle and SDS ROOTCA), and the chain verifies against the
+// root it serves. A rotation of meshca's CA goes to step-ca again and
 // issuance continues under the new CA; with step-ca stopped the rotation
 // fails (the cause in the root's log) while the workload keeps being renewed, and once
 // step-ca is back the rotation succeeds.
@@ -33,6 +40,7 @@ upstream:
 	w := startWorkload(t, east, root.BundlePath(), "shop", "frontend", 6*time.Second)
 	first := activeRoot(t, root)
 	wantUnderStepCA(t, s, w, first)
+	wantAnchoredOnStepCA(t, s, w)
 
 	// meshca's CA rotates under step-ca; the issuer moves under the new
 	// one and the workload's chain still ends at step-ca's root.
@@ -43,6 +51,7 @@ upstream:
 	second := activeRoot(t, root)
 	waitUntil(t, "the workload's certificate under the new CA", 120*time.Second, func() bool { return caOf(t, w) == second })
 	wantUnderStepCA(t, s, w, second)
+	wantAnchoredOnStepCA(t, s, w)
 
 	// step-ca down: rotating fails, issuance under the current CA goes on.
 	s.Stop(t)
@@ -60,6 +69,59 @@ upstream:
 	})
 	if n := len(root.roots(t)); n != 3 {
 		t.Errorf("%d roots after two successful rotations, want 3", n)
+	}
+}
+
+// wantAnchoredOnStepCA checks what w's agent gives it to anchor on: step-ca's
+// root alone, over the Workload API and as SDS ROOTCA (once the agent holds
+// the trust bundle; before, its CA bundle file's meshca CA), and that w's
+// chain verifies against that served root with crypto/x509 and openssl.
+func wantAnchoredOnStepCA(t *testing.T, s *steptest.Server, w *workload) {
+	t.Helper()
+	td := w.ID.TrustDomain()
+	waitUntil(t, "the Workload API bundle to be step-ca's root", 30*time.Second, func() bool {
+		b, err := w.Source.GetX509BundleForTrustDomain(td)
+		return err == nil && len(b.X509Authorities()) == 1 && b.HasX509Authority(s.Root)
+	})
+	envoy, err := sdstest.Dial(w.SDSSocket, &corev3.Node{Id: "sidecar~127.0.0.1~frontend.shop~shop.svc.cluster.local", Cluster: "frontend"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer envoy.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), harness.StartTimeout)
+	defer cancel()
+	sub, err := envoy.Subscribe(ctx, "ROOTCA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	rootCA, err := sub.Next(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rootCA.Roots) != 1 || !rootCA.Roots[0].Equal(s.Root) {
+		t.Fatalf("SDS ROOTCA holds %d certificates, want step-ca's root alone", len(rootCA.Roots))
+	}
+	svid, err := w.Source.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs := svid.Certificates
+	anchors, inters := x509.NewCertPool(), x509.NewCertPool()
+	anchors.AddCert(rootCA.Roots[0])
+	for _, c := range certs[1:] {
+		inters.AddCert(c)
+	}
+	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: anchors, Intermediates: inters,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Fatalf("the SVID does not verify against the served ROOTCA: %v", err)
+	}
+	dir := t.TempDir()
+	rootFile, leaf, chain := writePEM(t, dir, "rootca.pem", rootCA.Roots...), writePEM(t, dir, "leaf.pem", certs[0]),
+		writePEM(t, dir, "chain.pem", certs[1:]...)
+	out, err := exec.Command(opensslBin(t), "verify", "-CAfile", rootFile, "-untrusted", chain, leaf).CombinedOutput()
+	if err != nil || string(out) != leaf+": OK\n" {
+		t.Fatalf("openssl verify -CAfile served-rootca.pem -untrusted chain.pem leaf.pem: %v\n%s", err, out)
 	}
 }
 
@@ -91,23 +153,8 @@ func wantUnderStepCA(t *testing.T, s *steptest.Server, w *workload, ca string) {
 		t.Fatalf("chain of %d certificates, CA %s; want leaf, intermediate, meshca's CA %s, step-ca's intermediate", len(certs),
 			caOf(t, w), ca)
 	}
-	bin, err := exec.LookPath("openssl")
-	if err != nil {
-		t.Fatal("openssl not found; `make testbed` installs it")
-	}
-	dir := t.TempDir()
-	write := func(name string, cs ...*x509.Certificate) string {
-		var b []byte
-		for _, c := range cs {
-			b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-		}
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	leaf, chain := write("leaf.pem", certs[0]), write("chain.pem", certs[1:]...)
+	bin, dir := opensslBin(t), t.TempDir()
+	leaf, chain := writePEM(t, dir, "leaf.pem", certs[0]), writePEM(t, dir, "chain.pem", certs[1:]...)
 	out, err := exec.Command(bin, "verify", "-CAfile", s.RootFile, "-untrusted", chain, leaf).CombinedOutput()
 	if err != nil || string(out) != leaf+": OK\n" {
 		t.Fatalf("openssl verify -CAfile upstream-root.pem -untrusted chain.pem leaf.pem: %v\n%s", err, out)
@@ -115,4 +162,27 @@ func wantUnderStepCA(t *testing.T, s *steptest.Server, w *workload, ca string) {
 	if out, err := exec.Command(bin, "verify", "-CAfile", s.RootFile, leaf).CombinedOutput(); err == nil {
 		t.Fatalf("openssl verified the leaf without its chain:\n%s", out)
 	}
+}
+
+func opensslBin(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("openssl")
+	if err != nil {
+		t.Fatal("openssl not found; `make testbed` installs it")
+	}
+	return bin
+}
+
+// writePEM writes certs as PEM to dir/name and returns its path.
+func writePEM(t *testing.T, dir, name string, certs ...*x509.Certificate) string {
+	t.Helper()
+	var b []byte
+	for _, c := range certs {
+		b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
