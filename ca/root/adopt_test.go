@@ -92,7 +92,7 @@ func TestAdoptIstiodRoot(t *testing.T) {
 	if err := verifyAt(leaf, next, h.clock.Now(), iss.inter, istiodByNew); err != nil {
 		t.Errorf("crypto/x509: leaf under the adopted root, anchor the new root: %v", err)
 	}
-	if out, err := runOpenSSLVerify(t, next, leaf, []*x509.Certificate{iss.inter, istiodByNew}, h.clock.Now()); err != nil {
+	if out, err := testkit.OpenSSLVerify(t, []*x509.Certificate{next}, []*x509.Certificate{iss.inter, istiodByNew}, leaf, h.clock.Now()); err != nil {
 		t.Errorf("openssl: leaf under the adopted root, anchor the new root: %v\n%s", err, out)
 	}
 

@@ -11,6 +11,7 @@ import (
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/trust"
 )
@@ -216,7 +217,7 @@ func TestCrossCertificatesDoNotChain(t *testing.T) {
 			if (goErr == nil) != tc.ok {
 				t.Errorf("crypto/x509: %v, want ok=%v", goErr, tc.ok)
 			}
-			out, sslErr := runOpenSSLVerify(t, tc.anchor, leaf, tc.chain, now)
+			out, sslErr := testkit.OpenSSLVerify(t, []*x509.Certificate{tc.anchor}, tc.chain, leaf, now)
 			if (sslErr == nil) != tc.ok {
 				t.Errorf("openssl verify: %v, want ok=%v\n%s", sslErr, tc.ok, out)
 			}

@@ -8,10 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -27,6 +23,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/upstream"
 	"github.com/meshca/meshca/ca/vault"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/test/steptest"
 	"github.com/meshca/meshca/test/vaulttest"
@@ -207,45 +204,9 @@ func (h *harness) dialPool(addr string, pool *x509.CertPool, cert *tls.Certifica
 
 func opensslVerify(t *testing.T, root, leaf *x509.Certificate, chain []*x509.Certificate) {
 	t.Helper()
-	if out, err := runOpenSSLVerify(t, root, leaf, chain, time.Time{}); err != nil {
+	if out, err := testkit.OpenSSLVerify(t, []*x509.Certificate{root}, chain, leaf, time.Time{}); err != nil {
 		t.Fatalf("openssl verify: %v\n%s", err, out)
 	}
-}
-
-// runOpenSSLVerify runs `openssl verify` on leaf with chain as untrusted
-// certificates and root as the only anchor, at the time at (zero: now). It
-// returns openssl's output, and an error unless openssl accepted the leaf.
-func runOpenSSLVerify(t *testing.T, root, leaf *x509.Certificate, chain []*x509.Certificate, at time.Time) (string, error) {
-	t.Helper()
-	bin, err := exec.LookPath("openssl")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("openssl not found")
-		}
-		t.Skip("openssl not found")
-	}
-	dir := t.TempDir()
-	write := func(name string, certs ...*x509.Certificate) string {
-		var b []byte
-		for _, c := range certs {
-			b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-		}
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	rootFile, chainFile, leafFile := write("anchor.pem", root), write("chain.pem", chain...), write("leaf.pem", leaf)
-	args := []string{"verify", "-CAfile", rootFile, "-untrusted", chainFile}
-	if !at.IsZero() {
-		args = append(args, "-attime", strconv.FormatInt(at.Unix(), 10))
-	}
-	out, err := exec.Command(bin, append(args, leafFile)...).CombinedOutput()
-	if err == nil && string(out) != leafFile+": OK\n" {
-		err = errors.New("unexpected output")
-	}
-	return string(out), err
 }
 
 // TestUpstreamCertificatesAreNotMeshca is the attack: a CA the same step-ca

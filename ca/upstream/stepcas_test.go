@@ -3,12 +3,8 @@ package upstream_test
 import (
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -83,41 +79,14 @@ func verifyUnder(t *testing.T, root *x509.Certificate, leaf *x509.Certificate, c
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		t.Fatalf("leaf does not verify under the upstream root: %v", err)
 	}
-	openssl := opensslBin(t)
-	dir := t.TempDir()
-	write := func(name string, certs ...*x509.Certificate) string {
-		var b []byte
-		for _, c := range certs {
-			b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-		}
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	rootFile, chainFile, leafFile := write("upstream-root.pem", root), write("chain.pem", chain...), write("leaf.pem", leaf)
-	out, err := exec.Command(openssl, "verify", "-CAfile", rootFile, "-untrusted", chainFile, leafFile).CombinedOutput()
-	if err != nil || string(out) != leafFile+": OK\n" {
+	if out, err := testkit.OpenSSLVerify(t, []*x509.Certificate{root}, chain, leaf, time.Time{}); err != nil {
 		t.Fatalf("openssl verify: %v\n%s", err, out)
 	}
 	// Without the chain the leaf must not verify: the anchor alone does
 	// not vouch for it.
-	if out, err := exec.Command(openssl, "verify", "-CAfile", rootFile, leafFile).CombinedOutput(); err == nil {
+	if out, err := testkit.OpenSSLVerify(t, []*x509.Certificate{root}, nil, leaf, time.Time{}); err == nil {
 		t.Fatalf("openssl verified the leaf without its chain:\n%s", out)
 	}
-}
-
-func opensslBin(t *testing.T) string {
-	t.Helper()
-	p, err := exec.LookPath("openssl")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("openssl not found; `make testbed` installs it")
-		}
-		t.Skip("openssl not found")
-	}
-	return p
 }
 
 // TestStepCASIssuesMeshCA obtains meshca's CA certificate from a real

@@ -3,11 +3,7 @@ package multicluster
 import (
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +11,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
 	"github.com/meshca/meshca/agent/sdstest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/test/harness"
 	"github.com/meshca/meshca/test/steptest"
 )
@@ -116,11 +113,7 @@ func wantAnchoredOnStepCA(t *testing.T, s *steptest.Server, w *workload) {
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		t.Fatalf("the SVID does not verify against the served ROOTCA: %v", err)
 	}
-	dir := t.TempDir()
-	rootFile, leaf, chain := writePEM(t, dir, "rootca.pem", rootCA.Roots...), writePEM(t, dir, "leaf.pem", certs[0]),
-		writePEM(t, dir, "chain.pem", certs[1:]...)
-	out, err := exec.Command(opensslBin(t), "verify", "-CAfile", rootFile, "-untrusted", chain, leaf).CombinedOutput()
-	if err != nil || string(out) != leaf+": OK\n" {
+	if out, err := testkit.OpenSSLVerify(t, rootCA.Roots, certs[1:], certs[0], time.Time{}); err != nil {
 		t.Fatalf("openssl verify -CAfile served-rootca.pem -untrusted chain.pem leaf.pem: %v\n%s", err, out)
 	}
 }
@@ -153,36 +146,11 @@ func wantUnderStepCA(t *testing.T, s *steptest.Server, w *workload, ca string) {
 		t.Fatalf("chain of %d certificates, CA %s; want leaf, intermediate, meshca's CA %s, step-ca's intermediate", len(certs),
 			caOf(t, w), ca)
 	}
-	bin, dir := opensslBin(t), t.TempDir()
-	leaf, chain := writePEM(t, dir, "leaf.pem", certs[0]), writePEM(t, dir, "chain.pem", certs[1:]...)
-	out, err := exec.Command(bin, "verify", "-CAfile", s.RootFile, "-untrusted", chain, leaf).CombinedOutput()
-	if err != nil || string(out) != leaf+": OK\n" {
+	anchor := []*x509.Certificate{s.Root}
+	if out, err := testkit.OpenSSLVerify(t, anchor, certs[1:], certs[0], time.Time{}); err != nil {
 		t.Fatalf("openssl verify -CAfile upstream-root.pem -untrusted chain.pem leaf.pem: %v\n%s", err, out)
 	}
-	if out, err := exec.Command(bin, "verify", "-CAfile", s.RootFile, leaf).CombinedOutput(); err == nil {
+	if out, err := testkit.OpenSSLVerify(t, anchor, nil, certs[0], time.Time{}); err == nil {
 		t.Fatalf("openssl verified the leaf without its chain:\n%s", out)
 	}
-}
-
-func opensslBin(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("openssl")
-	if err != nil {
-		t.Fatal("openssl not found; `make testbed` installs it")
-	}
-	return bin
-}
-
-// writePEM writes certs as PEM to dir/name and returns its path.
-func writePEM(t *testing.T, dir, name string, certs ...*x509.Certificate) string {
-	t.Helper()
-	var b []byte
-	for _, c := range certs {
-		b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }
