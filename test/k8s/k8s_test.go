@@ -46,6 +46,7 @@ func TestInstallAndMutualTLS(t *testing.T) {
 	checkMutualTLS(t, a, b)
 
 	t.Run("denied service account", func(t *testing.T) { checkDenied(t, r, ns, a) })
+	t.Run("revoke", func(t *testing.T) { checkRevoke(t, r, ns, a, b) })
 	t.Run("kubelet restart", func(t *testing.T) { checkKubeletRestart(t, r, a, b) })
 	t.Run("helm upgrade", func(t *testing.T) { checkUpgrade(t, r, a, b) })
 	t.Run("deleted pod's token", func(t *testing.T) { checkDeletedPodToken(t, r, a) })

@@ -11,10 +11,14 @@
 // TLS request to -peer and returns its answer (502 with the error if it
 // fails), /token the pod's projected token at -token-file, if set (so
 // that the test can present it after the pod is gone).
+//
+// Both ends also refuse a peer whose certificate is on a CRL the agent
+// delivers over the Workload API (the crl field), within the handshake.
 package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/pem"
 	"flag"
 	"fmt"
@@ -64,9 +68,18 @@ func run(listen, status, peer, peerIDText, tokenFile string) error {
 	}
 	log.Printf("mtlsapp: SVID %s", self.ID)
 
-	// The handshake's checks are go-spiffe's: the peer's chain verified
-	// against the bundle of its trust domain, and its ID authorized.
-	authorize := tlsconfig.AuthorizeID(peerID)
+	// The handshake's checks are go-spiffe's (the peer's chain verified
+	// against the bundle of its trust domain, and its ID authorized) and
+	// then the CRLs'.
+	revocations := &crls{}
+	go revocations.watch(ctx, os.Getenv("SPIFFE_ENDPOINT_SOCKET"))
+	authorizeID := tlsconfig.AuthorizeID(peerID)
+	authorize := func(id spiffeid.ID, chains [][]*x509.Certificate) error {
+		if err := authorizeID(id, chains); err != nil {
+			return err
+		}
+		return revocations.check(chains[0])
+	}
 	server := &http.Server{
 		Addr:              listen,
 		TLSConfig:         tlsconfig.MTLSServerConfig(source, source, authorize),
@@ -80,8 +93,11 @@ func run(listen, status, peer, peerIDText, tokenFile string) error {
 			fmt.Fprintf(w, "hello %s from %s", id, self.ID)
 		}),
 	}
+	// Every call is a new handshake: a kept-alive connection would carry
+	// on past the peer's revocation, which is checked only in handshakes.
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: tlsconfig.MTLSClientConfig(source, source, authorize),
+		TLSClientConfig:   tlsconfig.MTLSClientConfig(source, source, authorize),
+		DisableKeepAlives: true,
 	}}
 	mux := statusHandler(source, client, peer, tokenFile)
 	statusServer := &http.Server{Addr: status, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
