@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"crypto/x509"
 	"errors"
 	"time"
@@ -37,6 +38,19 @@ type IssuerCRL struct {
 	// IssuerNotAfter is when the intermediate expires; the row is dropped
 	// then. Second precision, UTC.
 	IssuerNotAfter time.Time
+}
+
+// IssuerCRLStore keeps the newest CRL of each intermediate, shared between
+// the replicas of a store: root replicas relay the CRLs issuers publish
+// through it, and the replicas of a standalone issuer share their own
+// (issuer.SharedCRLs). Both backends implement it.
+type IssuerCRLStore interface {
+	// PutIssuerCRL stores c unless the stored CRL of its intermediate has
+	// the same or a higher number (then it fails with an error wrapping
+	// ErrAlreadyExists).
+	PutIssuerCRL(ctx context.Context, c IssuerCRL) error
+	// IssuerCRLs returns the stored CRLs of intermediates unexpired at now.
+	IssuerCRLs(ctx context.Context, now time.Time) ([]IssuerCRL, error)
 }
 
 // Validate reports what makes c unfit to store.

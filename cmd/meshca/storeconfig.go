@@ -116,6 +116,7 @@ type backend interface {
 	store.RevocationStore
 	store.AuditHeadReader
 	store.StandaloneRootStore
+	store.IssuerCRLStore
 	VerifyAuditChain(ctx context.Context) error
 	// VerifyAuditHead is what the admin API's VerifyAudit reports from.
 	VerifyAuditHead(ctx context.Context) (store.ChainHead, error)

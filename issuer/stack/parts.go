@@ -23,7 +23,8 @@ import (
 type parts struct {
 	deny    *issuer.DenyList
 	crls    *issuer.CRLSigner
-	jwt     *issuer.JWTKeys // nil on a plugged intermediate
+	shared  *issuer.SharedCRLs // nil unless on a local root: every replica's CRLs
+	jwt     *issuer.JWTKeys    // nil on a plugged intermediate
 	admin   *issuer.AdminServer
 	loop    *issuer.Intermediates // nil on a plugged intermediate
 	plugged *issuer.PluggedCA     // nil unless on a plugged intermediate
@@ -71,6 +72,15 @@ func (c Config) build(ctx context.Context, src intermediateSource, att attest.At
 	}); err != nil {
 		return nil, err
 	}
+	var served issuer.CRLSource = p.crls
+	if src.localRoot != nil {
+		if p.shared, err = issuer.NewSharedCRLs(issuer.SharedCRLsConfig{
+			Own: p.crls, Store: db, Root: src.localRoot.Certificate, Cluster: c.Cluster, PollInterval: c.Revocation.PollInterval, Logger: log,
+		}); err != nil {
+			return nil, err
+		}
+		served = p.shared
+	}
 	if err := c.buildRotation(p, src, log); err != nil {
 		return nil, err
 	}
@@ -79,7 +89,7 @@ func (c Config) build(ctx context.Context, src intermediateSource, att attest.At
 		return nil, err
 	}
 	if p.srv, err = issuer.NewServer(issuer.ServerConfig{
-		Issuer: iss, Hosts: c.Hosts, CRLs: p.crls, JWT: p.jwt, Bundles: p.relayed, Limits: c.Limits,
+		Issuer: iss, Hosts: c.Hosts, CRLs: served, JWT: p.jwt, Bundles: p.relayed, Limits: c.Limits,
 	}); err != nil {
 		return nil, err
 	}
@@ -144,6 +154,9 @@ func (p *parts) run(ctx context.Context, ls listeners, bundlePath string, db Sto
 	}
 	g.Go(func() error { return p.deny.Run(gctx) })
 	g.Go(func() error { return p.crls.Run(gctx) })
+	if p.shared != nil {
+		g.Go(func() error { return p.shared.Run(gctx) })
+	}
 	if p.jwt != nil {
 		g.Go(func() error { return p.jwt.Run(gctx) })
 	}

@@ -37,6 +37,7 @@ type Store interface {
 	store.RevocationStore
 	store.AuditHeadReader
 	store.StandaloneRootStore
+	store.IssuerCRLStore
 	// VerifyAuditHead is what the admin API's VerifyAudit reports from.
 	VerifyAuditHead(ctx context.Context) (store.ChainHead, error)
 }

@@ -2,7 +2,9 @@ package stack_test
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -10,6 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer/stack"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/postgres"
@@ -133,4 +136,27 @@ func TestValidateRefusesNegativeRetention(t *testing.T) {
 	if err := cfg.Validate(); err == nil {
 		t.Fatal("Validate accepted a negative retention grace")
 	}
+}
+
+// A standalone stack stores the CRLs of its intermediates for the other
+// replicas on its store (issuer.SharedCRLs).
+func TestRunStoresItsCRLsForTheOtherReplicas(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "meshca.db")
+	s, _ := runStack(t, func(ctx context.Context) (stack.Store, error) { return sqlite.Open(ctx, sqlite.Config{Path: path}) }, nil)
+	testkit.Eventually(t, 20*time.Second, "the stack's CRL in the store", func() error {
+		rows, err := s.IssuerCRLs(t.Context(), time.Now())
+		if err != nil {
+			return err
+		}
+		for _, r := range rows {
+			rl, err := x509.ParseRevocationList(r.DER)
+			if err != nil {
+				return err
+			}
+			if r.Cluster == "dev" && len(r.IssuerChain) > 0 && rl.Number.Int64() == r.Number {
+				return nil
+			}
+		}
+		return fmt.Errorf("%d stored CRLs, none of cluster dev", len(rows))
+	})
 }
