@@ -63,7 +63,7 @@ func checkRevoke(t *testing.T, r *release, ns string, a, b *workload) {
 	if t.Failed() {
 		t.FailNow()
 	}
-	token, err := get("http://" + revoked.status + "/token")
+	token, err := testkit.Get("http://" + revoked.status + "/token")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func checkRevoke(t *testing.T, r *release, ns string, a, b *workload) {
 	// the store), and the app checks the peer's chain against it. The
 	// message is the app's CRL check, not an expiry.
 	testkit.Eventually(t, crlWithin, peer.name+" refusing "+revoked.name, func() error {
-		_, err := get("http://" + peer.status + "/call")
+		_, err := testkit.Get("http://" + peer.status + "/call")
 		if err == nil {
 			return errors.New("the call to the revoked workload still succeeds")
 		}

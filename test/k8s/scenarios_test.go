@@ -9,6 +9,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // deniedFor is how long a denied workload is watched: its sidecar must
@@ -94,7 +96,7 @@ func checkMutualTLS(t *testing.T, a, b *workload) {
 	t.Helper()
 	for _, c := range [][2]*workload{{a, b}, {b, a}} {
 		from, to := c[0], c[1]
-		got, err := get("http://" + from.status + "/call")
+		got, err := testkit.Get("http://" + from.status + "/call")
 		if want := fmt.Sprintf("hello %s from %s", from.id(), to.id()); err != nil || got != want {
 			t.Errorf("%s calling %s over mutual TLS: %q, %v; want %q", from.name, to.name, got, err, want)
 		}

@@ -29,7 +29,7 @@ import (
 // issuer refuses the token: pod binding, after at most the attestation
 // cache's TTL.
 func checkDeletedPodToken(t *testing.T, r *release, w *workload) {
-	token, err := get("http://" + w.status + "/token")
+	token, err := testkit.Get("http://" + w.status + "/token")
 	if err != nil {
 		t.Fatal(err)
 	}

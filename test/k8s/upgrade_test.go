@@ -40,7 +40,7 @@ func checkUpgrade(t *testing.T, r *release, ws ...*workload) {
 			}
 			for _, w := range ws {
 				calls.Add(1)
-				if _, err := get("http://" + w.status + "/call"); err != nil {
+				if _, err := testkit.Get("http://" + w.status + "/call"); err != nil {
 					failed.Add(1)
 					t.Logf("%s: call during the upgrade failed: %v", w.name, err)
 				}
@@ -91,7 +91,7 @@ type renewals struct{ ok, failed int }
 
 func (w *workload) renewals(t *testing.T) renewals {
 	t.Helper()
-	body, err := get("http://127.0.0.1:" + strconv.Itoa(w.health) + "/metrics")
+	body, err := testkit.Get("http://127.0.0.1:" + strconv.Itoa(w.health) + "/metrics")
 	if err != nil {
 		t.Fatalf("%s: sidecar metrics: %v", w.name, err)
 	}

@@ -5,8 +5,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"io"
-	"net/http"
 	"strconv"
 	"testing"
 	"time"
@@ -107,7 +105,7 @@ func (w *workload) start(t *testing.T, r *release, peer *workload) {
 
 // svid is w's current X509-SVID chain as the app holds it.
 func (w *workload) svid() ([]*x509.Certificate, error) {
-	body, err := get("http://" + w.status + "/svid")
+	body, err := testkit.Get("http://" + w.status + "/svid")
 	if err != nil {
 		return nil, err
 	}
@@ -146,22 +144,4 @@ func (w *workload) checkSVID(chain []*x509.Certificate, root *x509.Certificate) 
 		return fmt.Errorf("%s: SVID names %v, want %s", w.name, uris, w.id())
 	}
 	return nil
-}
-
-// get returns the body of a 200 answer to GET url.
-func get(url string) (string, error) {
-	c := http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("GET %s: %s: %s", url, resp.Status, body)
-	}
-	return string(body), nil
 }

@@ -3,8 +3,6 @@ package nodetest
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -104,7 +102,7 @@ func podProjectedToken(t *testing.T, n *Node) {
 	var token string
 	testkit.Eventually(t, 30*time.Second, "token served by the pod", func() error {
 		var err error
-		token, err = get("http://" + addr + "/token")
+		token, err = testkit.Get("http://" + addr + "/token")
 		return err
 	})
 
@@ -132,7 +130,7 @@ func podProjectedToken(t *testing.T, n *Node) {
 	}
 
 	// The pod reaches the API server with its in-cluster configuration.
-	if v, err := get("http://" + addr + "/apiserver-version"); err != nil || !strings.Contains(v, `"gitVersion": "v1.37.2"`) {
+	if v, err := testkit.Get("http://" + addr + "/apiserver-version"); err != nil || !strings.Contains(v, `"gitVersion": "v1.37.2"`) {
 		t.Errorf("API server version from inside the pod: %q, %v", v, err)
 	}
 
@@ -145,7 +143,7 @@ func podProjectedToken(t *testing.T, n *Node) {
 	// A kubelet restart leaves the running container alone.
 	before := pod.Status.ContainerStatuses[0].ContainerID
 	n.RestartKubelet(t)
-	if _, err := get("http://" + addr + "/token"); err != nil {
+	if _, err := testkit.Get("http://" + addr + "/token"); err != nil {
 		t.Errorf("pod not serving after the kubelet's restart: %v", err)
 	}
 	pod = n.WaitPodRunning(t, ns, pod.Name)
@@ -205,24 +203,6 @@ func agentImageRuns(t *testing.T, n *Node) {
 	if err != nil || !strings.HasPrefix(string(logs), "meshca-agent v9.9.9-node ") {
 		t.Errorf("meshca-agent version in the pod printed %q, %v", logs, err)
 	}
-}
-
-// get returns the body of a 200 answer to GET url.
-func get(url string) (string, error) {
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("GET %s: %s: %s", url, strconv.Itoa(resp.StatusCode), body)
-	}
-	return string(body), nil
 }
 
 // TestTwoNodes runs two nodes at once, as two test runs on one machine
