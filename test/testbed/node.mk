@@ -13,13 +13,9 @@ ifeq ($(.DEFAULT_GOAL),)
 .DEFAULT_GOAL := all
 endif
 
-# KUBE_VERSION and KUBE_LDFLAGS come from kube.mk, included before this file.
-KUBELET_BIN            := $(CACHE_DIR)/kubelet-$(KUBE_VERSION)
-KUBE_CONTROLLER_MANAGER_BIN := $(CACHE_DIR)/kube-controller-manager-$(KUBE_VERSION)
-KUBE_SCHEDULER_BIN     := $(CACHE_DIR)/kube-scheduler-$(KUBE_VERSION)
-export MESHCA_KUBELET_BIN ?= $(KUBELET_BIN)
-export MESHCA_KUBE_CONTROLLER_MANAGER_BIN ?= $(KUBE_CONTROLLER_MANAGER_BIN)
-export MESHCA_KUBE_SCHEDULER_BIN ?= $(KUBE_SCHEDULER_BIN)
+# KUBELET_BIN, KUBE_CONTROLLER_MANAGER_BIN and KUBE_SCHEDULER_BIN (and their
+# rule, one `go build` with kube-apiserver) come from kube.mk, included
+# before this file.
 
 # The container runtime, pinned in test/testbed/node/go.mod. containerd's
 # directory holds containerd, containerd-shim-runc-v2 and ctr.
@@ -48,17 +44,6 @@ TESTBED_TARGETS += testbed-node
 ## kube-scheduler, containerd, runc and the pause image.
 testbed-node: $(KUBELET_BIN) $(KUBE_CONTROLLER_MANAGER_BIN) $(KUBE_SCHEDULER_BIN) \
 	$(CONTAINERD_DIR) $(RUNC_BIN) $(IMAGEBUILD_BIN) $(PAUSE_IMAGE)
-
-# Like kube.mk's binaries: versioned names, never rebuilt, built to a
-# temporary name of their own (two `make test` runs may build at once) and
-# renamed, so an interrupted build leaves nothing behind.
-$(KUBELET_BIN) $(KUBE_CONTROLLER_MANAGER_BIN) $(KUBE_SCHEDULER_BIN): $(CACHE_DIR)/%-$(KUBE_VERSION):
-	@mkdir -p $(CACHE_DIR)
-	@echo "building $* $(KUBE_VERSION) (cold: see docs/benchmarks.md)"
-	tmp=$@.tmp.$$$$ && trap 'rm -f "$$tmp"' EXIT && \
-		(cd test/testbed/kube && GOWORK=off CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath \
-			-ldflags '$(KUBE_LDFLAGS)' -o "$$tmp" k8s.io/kubernetes/cmd/$*) && \
-		mv -f "$$tmp" $@
 
 # containerd and its shim as upstream's Makefile builds them static (the
 # shim without gRPC); ctr imports the test images. A directory cannot be
