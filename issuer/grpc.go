@@ -55,6 +55,9 @@ type ServerConfig struct {
 	// added to the issuer's trust domain's entry of the bundle served, as
 	// CRLs are. Nil serves neither.
 	JWT *JWTKeys
+	// JWTAuthorities, when set with JWT, are the JWT authorities served in
+	// the bundle instead of JWT's own (a *SharedJWTs: every replica's).
+	JWTAuthorities JWTSource
 	// Limits bound connections, streams and bundle watches (see package
 	// grpclimit; zero fields mean its defaults).
 	Limits grpclimit.Config
@@ -140,6 +143,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	bs := &bundleService{srv: s, src: bundles, crls: cfg.CRLs, td: cfg.Issuer.cfg.TrustDomain, log: s.log, stopping: s.stopping}
 	if cfg.JWT != nil {
 		bs.jwts = cfg.JWT
+		if cfg.JWTAuthorities != nil {
+			bs.jwts = cfg.JWTAuthorities
+		}
 		meshcav1.RegisterJWTSVIDServiceServer(s.grpc, &jwtService{srv: s, keys: cfg.JWT})
 	}
 	meshcav1.RegisterBundleServiceServer(s.grpc, bs)

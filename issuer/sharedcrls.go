@@ -104,20 +104,7 @@ func (s *SharedCRLs) Current() ([]trust.CRL, <-chan struct{}) {
 // cancelled; then it returns nil. A failed store call keeps what is served
 // and is tried again at the next poll. Call it once.
 func (s *SharedCRLs) Run(ctx context.Context) error {
-	var stored <-chan struct{} // Own's change channel of the last stored set
-	for {
-		own, changed := s.cfg.Own.Current()
-		if changed != stored && s.put(ctx, own) {
-			stored = changed
-		}
-		s.merge(ctx, own, time.Now())
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-changed:
-		case <-time.After(s.cfg.PollInterval):
-		}
-	}
+	return runShared(ctx, s.cfg.PollInterval, s.cfg.Own.Current, s.put, s.merge)
 }
 
 // put stores the CRLs of own that an intermediate signed (each replica

@@ -20,11 +20,14 @@ import (
 )
 
 // crlReplica is one standalone issuer replica: its own intermediate from the
-// shared local root, over the shared store.
+// shared local root, over the shared store, with its CRLs and JWT-SVID keys
+// shared through the store.
 type crlReplica struct {
 	iss    *issuer.Issuer
 	dl     *issuer.DenyList
 	shared *issuer.SharedCRLs
+	jwt    *issuer.JWTKeys
+	jwts   *issuer.SharedJWTs
 	inter  *ca.Authority
 }
 
@@ -59,10 +62,23 @@ func newCRLReplica(t *testing.T, local *issuer.LocalRoot, db *sqlite.Store, root
 	if err != nil {
 		t.Fatal(err)
 	}
+	keys, err := issuer.NewJWTKeys(issuer.JWTConfig{Issuer: iss, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwts, err := issuer.NewSharedJWTs(issuer.SharedJWTsConfig{
+		Own: keys, Store: db, Root: root.Certificate, TrustDomain: tb.Domains[0].TrustDomain, Cluster: "dev",
+		PollInterval: 50 * time.Millisecond, Logger: log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	runInBackground(t, "DenyList.Run", dl.Run)
 	runInBackground(t, "CRLSigner.Run", signer.Run)
 	runInBackground(t, "SharedCRLs.Run", shared.Run)
-	return &crlReplica{iss: iss, dl: dl, shared: shared, inter: inter}
+	runInBackground(t, "JWTKeys.Run", keys.Run)
+	runInBackground(t, "SharedJWTs.Run", jwts.Run)
+	return &crlReplica{iss: iss, dl: dl, shared: shared, jwt: keys, jwts: jwts, inter: inter}
 }
 
 // Two replicas of a standalone issuer share one store and one local root,

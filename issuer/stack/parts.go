@@ -25,6 +25,7 @@ type parts struct {
 	crls    *issuer.CRLSigner
 	shared  *issuer.SharedCRLs // nil unless on a local root: every replica's CRLs
 	jwt     *issuer.JWTKeys    // nil on a plugged intermediate
+	jwts    *issuer.SharedJWTs // nil unless on a local root with JWT keys: every replica's keys
 	admin   *issuer.AdminServer
 	loop    *issuer.Intermediates // nil on a plugged intermediate
 	plugged *issuer.PluggedCA     // nil unless on a plugged intermediate
@@ -84,12 +85,22 @@ func (c Config) build(ctx context.Context, src intermediateSource, att attest.At
 	if err := c.buildRotation(p, src, log); err != nil {
 		return nil, err
 	}
+	var servedJWTs issuer.JWTSource
+	if src.localRoot != nil && p.jwt != nil {
+		if p.jwts, err = issuer.NewSharedJWTs(issuer.SharedJWTsConfig{
+			Own: p.jwt, Store: db, Root: src.localRoot.Certificate, TrustDomain: c.TrustDomain, Cluster: c.Cluster,
+			PollInterval: c.Revocation.PollInterval, Logger: log,
+		}); err != nil {
+			return nil, err
+		}
+		servedJWTs = p.jwts
+	}
 	p.rootCMs = c.RootConfigMaps
 	if p.admin, err = issuer.NewAdminServer(c.adminConfig(iss, src, p, db, log)); err != nil {
 		return nil, err
 	}
 	if p.srv, err = issuer.NewServer(issuer.ServerConfig{
-		Issuer: iss, Hosts: c.Hosts, CRLs: served, JWT: p.jwt, Bundles: p.relayed, Limits: c.Limits,
+		Issuer: iss, Hosts: c.Hosts, CRLs: served, JWT: p.jwt, JWTAuthorities: servedJWTs, Bundles: p.relayed, Limits: c.Limits,
 	}); err != nil {
 		return nil, err
 	}
@@ -159,6 +170,9 @@ func (p *parts) run(ctx context.Context, ls listeners, bundlePath string, db Sto
 	}
 	if p.jwt != nil {
 		g.Go(func() error { return p.jwt.Run(gctx) })
+	}
+	if p.jwts != nil {
+		g.Go(func() error { return p.jwts.Run(gctx) })
 	}
 	g.Go(func() error { return p.admin.ServeUnix(gctx, ls.admin) })
 	if ls.adminTLS != nil {
