@@ -119,8 +119,9 @@ type Store struct {
 	gc     *store.GroupCommitter[write]
 	closed atomic.Bool
 	// direct is held shared by each write that runs its own transaction
-	// instead of going through gc (see writeTx, writeDirect), and exclusively by Close,
-	// so that Close waits for those writes before closing the database.
+	// or statement instead of going through gc (see writeTx, writeDirect),
+	// and exclusively by Close, so that Close waits for those writes before
+	// closing the database.
 	direct sync.RWMutex
 }
 
