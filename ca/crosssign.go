@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"go.step.sm/crypto/keyutil"
@@ -63,10 +64,10 @@ func (a *Authority) CrossSign(req CrossRequest) (*x509.Certificate, error) {
 	if now.IsZero() {
 		now = time.Now()
 	}
-	notBefore := latest(a.Certificate.NotBefore, s.NotBefore, now.Add(-backdate))
-	notAfter := earliest(a.Certificate.NotAfter, s.NotAfter)
-	if !req.NotAfter.IsZero() {
-		notAfter = earliest(notAfter, req.NotAfter)
+	notBefore := slices.MaxFunc([]time.Time{a.Certificate.NotBefore, s.NotBefore, now.Add(-backdate)}, time.Time.Compare)
+	notAfter := slices.MinFunc([]time.Time{a.Certificate.NotAfter, s.NotAfter}, time.Time.Compare)
+	if !req.NotAfter.IsZero() && req.NotAfter.Before(notAfter) {
+		notAfter = req.NotAfter
 	}
 	if !notAfter.After(now) || !notAfter.After(notBefore) {
 		return nil, fmt.Errorf("%w: no time left for a cross certificate of %q (until %s)", ErrCAExpired, s.Subject,
@@ -104,24 +105,4 @@ func (a *Authority) CrossSign(req CrossRequest) (*x509.Certificate, error) {
 		return nil, errors.New("cross certificate: result does not certify the subject root under the signer")
 	}
 	return cert, nil
-}
-
-func latest(ts ...time.Time) time.Time {
-	out := ts[0]
-	for _, t := range ts[1:] {
-		if t.After(out) {
-			out = t
-		}
-	}
-	return out
-}
-
-func earliest(ts ...time.Time) time.Time {
-	out := ts[0]
-	for _, t := range ts[1:] {
-		if t.Before(out) {
-			out = t
-		}
-	}
-	return out
 }

@@ -109,15 +109,7 @@ func newAdminRigWith(t *testing.T, root *ca.Authority) *adminRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.ServeUnix(ctx, lis) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("ServeUnix: %v", err)
-		}
-	})
+	runInBackground(t, "ServeUnix", func(ctx context.Context) error { return srv.ServeUnix(ctx, lis) })
 	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -1,9 +1,6 @@
 package issuer_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"log/slog"
 	"strings"
@@ -22,19 +19,6 @@ import (
 
 const opsAdmin = "spiffe://east.example/ns/ops/sa/admin"
 
-func adminCSR(t *testing.T) []byte {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der
-}
-
 // TestIssuerAdminCredential: an issuer with a local root signs admin
 // certificates with the root itself, records them for its cluster, and
 // revokes them by serial onto the deny-list the admin API over mutual TLS
@@ -42,7 +26,7 @@ func adminCSR(t *testing.T) []byte {
 func TestIssuerAdminCredential(t *testing.T) {
 	t.Run("upstream", func(t *testing.T) {
 		rig := newAdminRig(t)
-		_, err := rig.client.IssueAdminCredential(t.Context(), &meshcav1.IssueAdminCredentialRequest{SpiffeId: opsAdmin, Csr: adminCSR(t)})
+		_, err := rig.client.IssueAdminCredential(t.Context(), &meshcav1.IssueAdminCredentialRequest{SpiffeId: opsAdmin, Csr: testkit.CSR(t)})
 		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "root") {
 			t.Fatalf("IssueAdminCredential without a local root: %v; want FailedPrecondition naming the root", err)
 		}
@@ -50,7 +34,7 @@ func TestIssuerAdminCredential(t *testing.T) {
 	t.Run("local root", func(t *testing.T) {
 		tree := testkit.New(t, testkit.Options{TrustDomain: "east.example", Now: adminT0.Add(-time.Hour)})
 		rig := newAdminRigWith(t, tree.Root)
-		resp, err := rig.client.IssueAdminCredential(t.Context(), &meshcav1.IssueAdminCredentialRequest{SpiffeId: opsAdmin, Csr: adminCSR(t)})
+		resp, err := rig.client.IssueAdminCredential(t.Context(), &meshcav1.IssueAdminCredentialRequest{SpiffeId: opsAdmin, Csr: testkit.CSR(t)})
 		if err != nil {
 			t.Fatalf("IssueAdminCredential: %v", err)
 		}

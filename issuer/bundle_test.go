@@ -2,7 +2,6 @@ package issuer_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -127,15 +126,7 @@ func TestIssuerRelaysRootBundleAndFollowsRootRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- loop.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	runInBackground(t, "Intermediates.Run", loop.Run)
 	addr := serveIssuer(t, iss, loop)
 	agent := bundleClient(t, addr, tb.OwnRoots().Pool())
 	next := watchBundles(t, agent, 0)

@@ -154,18 +154,10 @@ func newDenyList(t *testing.T, lister issuer.RevocationLister, log *slog.Logger)
 }
 
 // runInBackground runs fn(ctx) until the test ends and checks it returns
-// nil.
+// nil (testkit.Go, whose early stop these tests do not need).
 func runInBackground(t *testing.T, name string, fn func(context.Context) error) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- fn(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("%s returned %v, want nil", name, err)
-		}
-	})
+	testkit.Go(t, name, fn)
 }
 
 func TestDenyListFollowsTheStore(t *testing.T) {

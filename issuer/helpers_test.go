@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/meshca/meshca/internal/testkit"
 )
 
@@ -22,6 +25,23 @@ func captureLogs(t testing.TB) (*slog.Logger, *testkit.LogBuffer) {
 		}
 	})
 	return slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
+}
+
+// wantRefused fails unless err is a gRPC status of code whose message
+// contains msg; an Unauthenticated message must be exactly msg, so that it
+// tells the caller nothing about why.
+func wantRefused(t testing.TB, err error, code codes.Code, msg string) {
+	t.Helper()
+	st := status.Convert(err)
+	if st.Code() != code {
+		t.Fatalf("code %v (%q), want %v", st.Code(), st.Message(), code)
+	}
+	if code == codes.Unauthenticated && st.Message() != msg {
+		t.Errorf("Unauthenticated message %q leaks detail; want exactly %q", st.Message(), msg)
+	}
+	if !strings.Contains(st.Message(), msg) {
+		t.Errorf("message %q, want it to contain %q", st.Message(), msg)
+	}
 }
 
 // assertNoSecrets fails if logs contain key material or any of secrets.

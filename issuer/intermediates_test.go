@@ -75,16 +75,9 @@ func newRotationRig(t *testing.T, interTTL time.Duration) *rotationRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- g.loop.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run returned %v, want nil", err)
-		}
-		assertNoSecrets(t, g.logs.String())
-	})
+	// Cleanups run last first: the loop stops before its logs are checked.
+	t.Cleanup(func() { assertNoSecrets(t, g.logs.String()) })
+	runInBackground(t, "Run", g.loop.Run)
 	return g
 }
 

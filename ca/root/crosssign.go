@@ -3,6 +3,7 @@ package root
 import (
 	"context"
 	"crypto/x509"
+	"slices"
 	"time"
 
 	"github.com/meshca/meshca/ca"
@@ -74,7 +75,7 @@ func (r *Root) lastUseBoundLocked(s RootStatus, activateAt time.Time) time.Time 
 	if s.State == RootRetiring {
 		return r.lastUse[trust.Fingerprint(s.Cert)]
 	}
-	return latest(activateAt, s.ActivateAt).Add(r.cfg.IntermediateTTL)
+	return slices.MaxFunc([]time.Time{activateAt, s.ActivateAt}, time.Time.Compare).Add(r.cfg.IntermediateTTL)
 }
 
 // crossSignedLocked returns the recorded cross certificates that link two
@@ -102,11 +103,4 @@ func crossSignedLocked(statuses []RootStatus, inBundle *trust.Bundle, activeFP [
 		}
 	}
 	return out, until
-}
-
-func latest(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
 }

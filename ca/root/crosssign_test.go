@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -53,7 +54,7 @@ func TestRootRotationCrossCertificates(t *testing.T) {
 	if bByA == nil || aByB == nil {
 		t.Fatal("the bundle lacks the new root under the old one or the old root under the new one")
 	}
-	if !bByA.NotAfter.Equal(minTime(rootA.NotAfter, rootB.NotAfter)) {
+	if !bByA.NotAfter.Equal(slices.MinFunc([]time.Time{rootA.NotAfter, rootB.NotAfter}, time.Time.Compare)) {
 		t.Errorf("new root under the old one ends %s, want the earlier root's end", bByA.NotAfter)
 	}
 	if want := activateAt.Add(h.cfg.IntermediateTTL); !aByB.NotAfter.Equal(want) {
@@ -138,13 +139,6 @@ func TestCrossSignedLeftOutWhenUnlinked(t *testing.T) {
 	if got, _ := crossSignedLocked(statuses, both, trust.Fingerprint(rootA), until.Add(time.Second)); len(got) != 1 {
 		t.Errorf("after the old root's cross certificate expired, %d are published, want the other one alone", len(got))
 	}
-}
-
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
 }
 
 // TestCrossCertificatesDoNotChain: after a forced rotation A → B → C every

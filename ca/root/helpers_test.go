@@ -76,6 +76,13 @@ func (h *harness) start() *Root {
 	return r
 }
 
+// replica is another Root on the harness's store, keys and clock: a
+// second replica of the same root service.
+func (h *harness) replica() *harness {
+	h.t.Helper()
+	return &harness{t: h.t, clock: h.clock, db: h.db, cfg: h.cfg, logs: h.logs, root: h.start()}
+}
+
 func (h *harness) refresh() {
 	h.t.Helper()
 	if err := h.root.refresh(context.Background()); err != nil {
@@ -113,7 +120,13 @@ func (h *harness) rootsPool() *x509.CertPool {
 // presenting cert when it is not nil.
 func (h *harness) dial(addr string, cert *tls.Certificate) *grpc.ClientConn {
 	h.t.Helper()
-	cfg := &tls.Config{RootCAs: h.rootsPool(), ServerName: "localhost", Time: h.clock.Now, MinVersion: tls.VersionTLS12}
+	return h.dialPool(addr, h.rootsPool(), cert)
+}
+
+// dialPool connects to addr trusting pool, presenting cert when not nil.
+func (h *harness) dialPool(addr string, pool *x509.CertPool, cert *tls.Certificate) *grpc.ClientConn {
+	h.t.Helper()
+	cfg := &tls.Config{RootCAs: pool, ServerName: "localhost", Time: h.clock.Now, MinVersion: tls.VersionTLS12}
 	if cert != nil {
 		cfg.Certificates = []tls.Certificate{*cert}
 	}

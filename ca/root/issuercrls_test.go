@@ -18,15 +18,7 @@ func TestIssuerCRLsReachEveryReplica(t *testing.T) {
 	east := h.mustEnroll(addr, "east", "east.example")
 	eastRoot := meshcav1.NewRootServiceClient(h.dial(addr, east.tlsCert()))
 	ctx := context.Background()
-	newReplica := func() *harness {
-		r, err := New(ctx, h.cfg)
-		if err != nil {
-			t.Fatalf("second replica: %v", err)
-		}
-		t.Cleanup(func() { _ = r.Close() })
-		return &harness{t: t, clock: h.clock, db: h.db, cfg: h.cfg, logs: h.logs, root: r}
-	}
-	other := newReplica()
+	other := h.replica()
 	if got := domainCRLs(t, other, "east.example"); len(got) != 0 {
 		t.Fatalf("the other replica relays %d issuer CRLs before any was published", len(got))
 	}
@@ -43,7 +35,7 @@ func TestIssuerCRLsReachEveryReplica(t *testing.T) {
 	if !sameCRLs(domainCRLs(t, other, "east.example"), crl10) {
 		t.Fatal("the other replica does not relay the CRL published to the first after its re-evaluation")
 	}
-	if !sameCRLs(domainCRLs(t, newReplica(), "east.example"), crl10) {
+	if !sameCRLs(domainCRLs(t, h.replica(), "east.example"), crl10) {
 		t.Fatal("a root started after the publication does not relay the stored CRL")
 	}
 

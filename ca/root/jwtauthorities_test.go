@@ -269,15 +269,7 @@ func TestJWTAuthoritiesReachEveryReplica(t *testing.T) {
 	east := h.mustEnroll(addr, "east", "east.example")
 	eastRoot := meshcav1.NewRootServiceClient(h.dial(addr, east.tlsCert()))
 	ctx := context.Background()
-	newReplica := func() *harness {
-		r, err := New(ctx, h.cfg)
-		if err != nil {
-			t.Fatalf("second replica: %v", err)
-		}
-		t.Cleanup(func() { _ = r.Close() })
-		return &harness{t: t, clock: h.clock, db: h.db, cfg: h.cfg, logs: h.logs, root: r}
-	}
-	other := newReplica()
+	other := h.replica()
 	now := h.clock.Now()
 	a := newJWTSigner(t, east, signerURI(t, "east.example", "east"), now, now.Add(20*time.Minute))
 	if _, err := eastRoot.PublishCRLs(ctx, jwtProtos(t, a.authority)); err != nil {
@@ -293,7 +285,7 @@ func TestJWTAuthoritiesReachEveryReplica(t *testing.T) {
 	}
 	b, _ := other.root.Current()
 	wantBundleSigned(t, other, b)
-	if got := domainJWTs(t, newReplica(), "east.example"); len(got) != 1 {
+	if got := domainJWTs(t, h.replica(), "east.example"); len(got) != 1 {
 		t.Fatal("a root started after the publication does not publish the stored key")
 	}
 

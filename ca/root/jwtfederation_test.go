@@ -2,14 +2,10 @@ package root
 
 import (
 	"context"
-	"crypto"
 	"crypto/x509"
 	"testing"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
-	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
@@ -19,36 +15,6 @@ import (
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/trust"
 )
-
-// mintJWTSVID signs a JWT-SVID for sub under s's key, as an issuer does.
-func (s jwtSigner) mint(t testing.TB, sub spiffeid.ID, now time.Time, aud ...string) string {
-	t.Helper()
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: s.key},
-		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", s.authority.KeyID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := jwt.Signed(signer).Claims(jwt.Claims{Subject: sub.String(), Audience: aud,
-		IssuedAt: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(now.Add(5 * time.Minute))}).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
-}
-
-// jwtBundlesOf is what an agent of b validates JWT-SVIDs against: every
-// trust domain's JWT authorities.
-func jwtBundlesOf(b *trust.TrustBundle) *jwtbundle.Set {
-	set := jwtbundle.NewSet()
-	for _, d := range b.Domains {
-		keys := map[string]crypto.PublicKey{}
-		for _, a := range d.JWTAuthorities {
-			keys[a.KeyID] = a.PublicKey
-		}
-		set.Add(jwtbundle.FromJWTAuthorities(d.TrustDomain, keys))
-	}
-	return set
-}
 
 // TestFederatedMeshValidatesJWTSVID: mesh A's issuer hands its JWT key to
 // A's root; A's SPIFFE bundle endpoint serves it; mesh B's root fetches it
@@ -120,7 +86,9 @@ func TestFederatedMeshValidatesJWTSVID(t *testing.T) {
 	}
 
 	workload := spiffeid.RequireFromPath(tdA, "/ns/default/sa/client")
-	svid, err := jwtsvid.ParseAndValidate(key.mint(t, workload, time.Now(), "b-service"), jwtBundlesOf(b), []string{"b-service"})
+	bundles := testkit.JWTBundles(b.Domains)
+	tok := testkit.JWTSVID(t, key.key, key.authority.KeyID, workload, time.Now(), "b-service")
+	svid, err := jwtsvid.ParseAndValidate(tok, bundles, []string{"b-service"})
 	if err != nil {
 		t.Fatalf("A's JWT-SVID does not validate against B's bundle: %v", err)
 	}
@@ -128,7 +96,8 @@ func TestFederatedMeshValidatesJWTSVID(t *testing.T) {
 		t.Fatalf("validated ID %s, want %s", svid.ID, workload)
 	}
 	other := newJWTSigner(t, east, signerURI(t, "a.example", "east"), now, time.Time{})
-	if _, err := jwtsvid.ParseAndValidate(other.mint(t, workload, time.Now(), "b-service"), jwtBundlesOf(b), []string{"b-service"}); err == nil {
+	tok = testkit.JWTSVID(t, other.key, other.authority.KeyID, workload, time.Now(), "b-service")
+	if _, err := jwtsvid.ParseAndValidate(tok, bundles, []string{"b-service"}); err == nil {
 		t.Fatal("a JWT-SVID under a key A never published validated against B's bundle")
 	}
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
@@ -185,21 +184,6 @@ func wantUpstreamBundle(t *testing.T, h *harness, root *x509.Certificate, want .
 	if err != nil || !rt.Equal(b) || rt.VerifySignature(b.OwnAuthorities(), h.clock.Now()) != nil {
 		t.Fatalf("bundle after the wire: %v", err)
 	}
-}
-
-// dialPool connects to addr trusting pool, presenting cert when not nil.
-func (h *harness) dialPool(addr string, pool *x509.CertPool, cert *tls.Certificate) *grpc.ClientConn {
-	h.t.Helper()
-	cfg := &tls.Config{RootCAs: pool, ServerName: "localhost", Time: h.clock.Now, MinVersion: tls.VersionTLS12}
-	if cert != nil {
-		cfg.Certificates = []tls.Certificate{*cert}
-	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.t.Cleanup(func() { _ = conn.Close() })
-	return conn
 }
 
 func opensslVerify(t *testing.T, root, leaf *x509.Certificate, chain []*x509.Certificate) {

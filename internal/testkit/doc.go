@@ -2,6 +2,8 @@
 // once: CA trees built in one line (keys generated once per process and
 // reused, so tests stay fast), a log buffer safe for concurrent writers,
 // Eventually for conditions reached on real time, free ports and listeners,
-// the meshca binary for process tests, and Go for a server or loop that runs
-// in the background until the test ends.
+// the meshca binary for process tests, Go for a server or loop that runs
+// in the background until the test ends, and what workloads send and relying
+// parties check: key-only CSRs, JWT-SVIDs and the JWT bundles to validate
+// them against.
 package testkit

@@ -2,12 +2,8 @@ package stack_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -116,24 +112,11 @@ func (s *opsStack) get(t *testing.T, path string) (int, string) {
 	return testkit.GetText(t, "http://"+s.opsAddr+path)
 }
 
-func csr(t *testing.T) string {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
-}
-
 // request calls CreateCertificate with token and returns its code.
 func request(t *testing.T, client pb.IstioCertificateServiceClient, token string) codes.Code {
 	t.Helper()
 	ctx := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+token)
-	_, err := client.CreateCertificate(ctx, &pb.IstioCertificateRequest{Csr: csr(t), ValidityDuration: 3600})
+	_, err := client.CreateCertificate(ctx, &pb.IstioCertificateRequest{Csr: string(testkit.CSRPEM(t)), ValidityDuration: 3600})
 	return status.Code(err)
 }
 

@@ -111,7 +111,10 @@ type Store struct {
 	closed        atomic.Bool
 }
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store               = (*Store)(nil)
+	_ store.StandaloneRootStore = (*Store)(nil)
+)
 
 // Open connects to cfg.DSN, applies pending migrations (under an advisory
 // lock, so replicas may start together; see [Migrate]) and starts the
@@ -161,10 +164,18 @@ func open(ctx context.Context, cfg Config) (*Store, error) {
 	s := &Store{now: cfg.Now, commitTimeout: cfg.CommitTimeout, pool: pool}
 	s.Writes = sqlq.Writes{Backend: "postgres", Ph: sqlq.Dollar, Now: cfg.Now, Tx: s.tx, CheckText: checkText,
 		Flag: func(b bool) any { return b }, KeepCertificatesRevoked: keepCertificatesRevoked,
-		Prune: on{pool}, Closed: &s.closed}
+		Direct: s.direct, Prune: on{pool}, Closed: &s.closed}
 	s.Reads = sqlq.Reads{Backend: "postgres", DB: on{pool}, Ph: sqlq.Dollar, ClusterOrder: `name COLLATE "C"`, Closed: &s.closed}
 	s.gc = store.NewGroupCommitter(cfg.GroupCommit, s.commitBatch)
 	return s, nil
+}
+
+// direct runs fn on the pool unless the Store is closed.
+func (s *Store) direct(fn func(sqlq.Querier) error) error {
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	return fn(on{s.pool})
 }
 
 const idleInTxTimeout = "idle_in_transaction_session_timeout"

@@ -34,10 +34,5 @@ func (o on) Query(ctx context.Context, query string, args []any, each func(sqlq.
 		return err
 	}
 	defer rows.Close()
-	for rows.Next() {
-		if err := each(rows); err != nil {
-			return err
-		}
-	}
-	return rows.Err()
+	return sqlq.EachRow(rows, each)
 }

@@ -2,9 +2,6 @@ package postgres_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -56,32 +53,12 @@ func newFleet(tb testing.TB) *fleet {
 	return f
 }
 
-var (
-	csrOnce sync.Once
-	csrs    [][]byte
-	csrErr  error
-)
-
-// testCSRs returns 16 ECDSA P-256 CSRs, generated once per process.
+// testCSRs returns 16 ECDSA P-256 CSRs.
 func testCSRs(tb testing.TB) [][]byte {
 	tb.Helper()
-	csrOnce.Do(func() {
-		for range 16 {
-			key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-			if err != nil {
-				csrErr = err
-				return
-			}
-			der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-			if err != nil {
-				csrErr = err
-				return
-			}
-			csrs = append(csrs, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
-		}
-	})
-	if csrErr != nil {
-		tb.Fatal(csrErr)
+	csrs := make([][]byte, 16)
+	for i := range csrs {
+		csrs[i] = testkit.CSRPEM(tb)
 	}
 	return csrs
 }

@@ -35,15 +35,5 @@ func (o on) Query(ctx context.Context, query string, args []any, each func(sqlq.
 		return err
 	}
 	defer rows.Close()
-	for rows.Next() {
-		if err := each(rows); err != nil {
-			return err
-		}
-	}
-	return rows.Err()
-}
-
-// collect runs query on db and scans every row with scan.
-func collect[T any](ctx context.Context, db *sql.DB, scan func(sqlq.Scanner) (T, error), query string, args ...any) ([]T, error) {
-	return sqlq.Collect(ctx, on{db}, scan, query, args...)
+	return sqlq.EachRow(rows, each)
 }

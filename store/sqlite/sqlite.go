@@ -119,12 +119,16 @@ type Store struct {
 	gc     *store.GroupCommitter[write]
 	closed atomic.Bool
 	// direct is held shared by each write that runs its own transaction
-	// instead of going through gc (see writeTx), and exclusively by Close,
-	// so that Close waits for those writes before closing the database.
+	// or statement instead of going through gc (see writeTx, writeDirect),
+	// and exclusively by Close, so that Close waits for those writes before
+	// closing the database.
 	direct sync.RWMutex
 }
 
-var _ store.Store = (*Store)(nil)
+var (
+	_ store.Store               = (*Store)(nil)
+	_ store.StandaloneRootStore = (*Store)(nil)
+)
 
 // Open opens (creating if needed) the database at cfg.Path, applies pending
 // migrations and starts the writer. The caller must Close the Store.
@@ -195,7 +199,7 @@ func open(ctx context.Context, cfg Config) (_ *Store, err error) {
 	s.r.SetMaxIdleConns(cfg.MaxReaders)
 	s.Writes = sqlq.Writes{Backend: "sqlite", Ph: sqlq.Question, Now: cfg.Now, Tx: s.tx,
 		Flag: boolInt, KeepCertificatesRevoked: keepCertificatesRevoked,
-		Prune: on{s.w}, Closed: &s.closed}
+		Direct: s.writeDirect, Prune: on{s.w}, Closed: &s.closed}
 	s.Reads = sqlq.Reads{Backend: "sqlite", DB: on{s.r}, Ph: sqlq.Question, ClusterOrder: "name", Closed: &s.closed}
 	if err := s.stmts.prepare(ctx, s.w); err != nil {
 		return nil, err
@@ -205,6 +209,18 @@ func open(ctx context.Context, cfg Config) (_ *Store, err error) {
 	}
 	s.gc = store.NewGroupCommitter(cfg.GroupCommit, s.commitBatch)
 	return s, nil
+}
+
+// writeDirect runs fn on the writer connection, which the group-commit
+// batches and writeTx also take one at a time, unless the Store is closed;
+// Close waits for it.
+func (s *Store) writeDirect(fn func(sqlq.Querier) error) error {
+	s.direct.RLock()
+	defer s.direct.RUnlock()
+	if s.closed.Load() {
+		return store.ErrClosed
+	}
+	return fn(on{s.w})
 }
 
 // createFile creates path with mode 0600 unless it exists, so the database

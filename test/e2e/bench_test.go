@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -116,15 +114,7 @@ func measure(b *testing.B, goroutines int, op func(i int64) error) (wall, cpu ti
 func benchCSRs(b *testing.B) []string {
 	csrs := make([]string, 64)
 	for i := range csrs {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			b.Fatal(err)
-		}
-		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-		if err != nil {
-			b.Fatal(err)
-		}
-		csrs[i] = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+		csrs[i] = string(testkit.CSRPEM(b))
 	}
 	return csrs
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -158,24 +157,14 @@ func TestAgentIstiodCertificate(t *testing.T) {
 // root's bundle accepts for istiod.istio-system.svc.
 func TestAgentIstiodCertificateUnderRoot(t *testing.T) {
 	r := startObservedRoot(t)
-	args := []string{"admin", "--socket", r.socket, "-o", "json", "cluster", "add", "east", "--trust-domain", "east.example"}
+	var dnsArgs []string
 	for _, n := range istiodDNSNames {
-		args = append(args, "--dns-name", n)
+		dnsArgs = append(dnsArgs, "--dns-name", n)
 	}
-	out, err := harness.Run(meshcaBin, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var added struct {
-		JoinToken string `json:"join_token"`
-	}
-	if err := json.Unmarshal([]byte(out), &added); err != nil || added.JoinToken == "" {
-		t.Fatalf("cluster add printed %q (%v), want a join token", out, err)
-	}
+	token := r.joinTokenFile(t, "east", "east.example", dnsArgs...)
 	if status, err := harness.Run(meshcaBin, "status", "--socket", r.socket); err != nil || !strings.Contains(status, strings.Join(istiodDNSNames, ",")) {
 		t.Errorf("root status does not list east's DNS names (%v):\n%s", err, status)
 	}
-	token := harness.WriteFile(t, filepath.Join(t.TempDir(), "join-token"), added.JoinToken+"\n")
 	dir, addr := t.TempDir(), testkit.FreeAddr(t)
 	cfg := harness.WriteFile(t, filepath.Join(t.TempDir(), "issuer.yaml"), fmt.Sprintf(`dataDir: %s
 listen: %s

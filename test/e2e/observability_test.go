@@ -309,11 +309,13 @@ type observedIssuer struct {
 	addr, dir, metrics string
 }
 
-// startObservedIssuer registers cluster (trust domain td) with r and
-// starts its issuer with the dev attestor and metricsListen.
-func startObservedIssuer(t *testing.T, r *observedRoot, cluster, td string) *observedIssuer {
+// joinTokenFile registers cluster (trust domain td) with r by `meshca admin
+// cluster add`, with args added to its flags, and returns a file holding
+// the join token it printed.
+func (r *observedRoot) joinTokenFile(t *testing.T, cluster, td string, args ...string) string {
 	t.Helper()
-	out, err := harness.Run(meshcaBin, "admin", "--socket", r.socket, "-o", "json", "cluster", "add", cluster, "--trust-domain", td)
+	out, err := harness.Run(meshcaBin, append([]string{"admin", "--socket", r.socket, "-o", "json",
+		"cluster", "add", cluster, "--trust-domain", td}, args...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,7 +325,14 @@ func startObservedIssuer(t *testing.T, r *observedRoot, cluster, td string) *obs
 	if err := json.Unmarshal([]byte(out), &added); err != nil || added.JoinToken == "" {
 		t.Fatalf("cluster add printed %q (%v), want a join token", out, err)
 	}
-	token := harness.WriteFile(t, filepath.Join(t.TempDir(), "join-token"), added.JoinToken+"\n")
+	return harness.WriteFile(t, filepath.Join(t.TempDir(), "join-token"), added.JoinToken+"\n")
+}
+
+// startObservedIssuer registers cluster (trust domain td) with r and
+// starts its issuer with the dev attestor and metricsListen.
+func startObservedIssuer(t *testing.T, r *observedRoot, cluster, td string) *observedIssuer {
+	t.Helper()
+	token := r.joinTokenFile(t, cluster, td)
 	is := &observedIssuer{addr: testkit.FreeAddr(t), dir: t.TempDir(), metrics: testkit.FreeAddr(t)}
 	cfg := harness.WriteFile(t, filepath.Join(t.TempDir(), "issuer.yaml"), fmt.Sprintf(`dataDir: %s
 listen: %s

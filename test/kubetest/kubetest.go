@@ -25,6 +25,8 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // Versions and environment variables of the test bed.
@@ -62,12 +64,7 @@ func Binaries(tb testing.TB) (apiserver, etcd string) {
 }
 
 func findBinaries() (apiserver, etcd string, err error) {
-	cache := os.Getenv("XDG_CACHE_HOME")
-	if cache == "" {
-		home, _ := os.UserHomeDir()
-		cache = filepath.Join(home, ".cache")
-	}
-	dir := filepath.Join(cache, "meshca-testbed")
+	dir := testkit.TestbedDir()
 	apiserver = envOr(EnvAPIServer, filepath.Join(dir, "kube-apiserver-"+KubeVersion))
 	etcd = envOr(EnvEtcd, filepath.Join(dir, "etcd-"+EtcdVersion))
 	for _, p := range []string{apiserver, etcd} {

@@ -154,7 +154,7 @@ clusters:
 func startUpstreamDeployment(t *testing.T, root *rootProc, dsn string) *haDeployment {
 	t.Helper()
 	d := &haDeployment{name: "east", dsn: dsn}
-	token := replicasJoinToken(t, root, "east", "east.example", 2)
+	token := root.joinToken(t, "east", "east.example", "--replicas", "2")
 	startReplicas(t, d, []string{"east-0", "east-1"}, func(i int, _, _ string) string {
 		return fmt.Sprintf(`trustDomain: east.example
 cluster: east
@@ -171,22 +171,6 @@ clusters:
 `, root.Addr, rootHost, root.BundlePath(), token, i, d.devKeys)
 	})
 	return d
-}
-
-// replicasJoinToken registers cluster with td for n issuer replicas and
-// returns a file holding the one join token they all use.
-func replicasJoinToken(t *testing.T, r *rootProc, cluster, td string, n int) string {
-	t.Helper()
-	var resp struct {
-		JoinToken string `json:"join_token"`
-	}
-	if err := r.admin(t, &resp, "cluster", "add", cluster, "--trust-domain", td, "--replicas", fmt.Sprint(n)); err != nil {
-		t.Fatal(err)
-	}
-	if resp.JoinToken == "" {
-		t.Fatal("cluster add printed no join token")
-	}
-	return harness.WriteFile(t, filepath.Join(t.TempDir(), cluster+"-token"), resp.JoinToken+"\n")
 }
 
 // storedSerials returns the serials of the certificates of haNamespace in

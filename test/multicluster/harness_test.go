@@ -110,13 +110,14 @@ func (r *rootProc) admin(t *testing.T, out any, args ...string) error {
 	return nil
 }
 
-// joinToken registers cluster with td and returns a file holding a token.
-func (r *rootProc) joinToken(t *testing.T, cluster, td string) string {
+// joinToken registers cluster with td, with args added to the flags of
+// `cluster add`, and returns a file holding a token.
+func (r *rootProc) joinToken(t *testing.T, cluster, td string, args ...string) string {
 	t.Helper()
 	var resp struct {
 		JoinToken string `json:"join_token"`
 	}
-	if err := r.admin(t, &resp, "cluster", "add", cluster, "--trust-domain", td); err != nil {
+	if err := r.admin(t, &resp, append([]string{"cluster", "add", cluster, "--trust-domain", td}, args...)...); err != nil {
 		t.Fatal(err)
 	}
 	if resp.JoinToken == "" {

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/test/kubetest"
 )
 
@@ -62,12 +63,7 @@ func FindBinaries(tb testing.TB) Binaries {
 }
 
 func findBinaries(b Binaries) (Binaries, error) {
-	cache := os.Getenv("XDG_CACHE_HOME")
-	if cache == "" {
-		home, _ := os.UserHomeDir()
-		cache = filepath.Join(home, ".cache")
-	}
-	dir := filepath.Join(cache, "meshca-testbed")
+	dir := testkit.TestbedDir()
 	kube := func(name string) string { return filepath.Join(dir, name+"-"+kubetest.KubeVersion) }
 	b.Kubelet = envOr(EnvKubelet, kube("kubelet"))
 	b.ControllerManager = envOr(EnvControllerManager, kube("kube-controller-manager"))

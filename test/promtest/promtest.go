@@ -14,11 +14,11 @@
 package promtest
 
 import (
-	"fmt"
-	"os"
 	"path/filepath"
 	"runtime"
 	"testing"
+
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // Version and environment variables of the test bed.
@@ -46,24 +46,7 @@ func Prometheus(tb testing.TB) string {
 // under CI=true, where `make test` must have installed it.
 func Bin(tb testing.TB, env, name string) string {
 	tb.Helper()
-	bin := os.Getenv(env)
-	if bin == "" {
-		cache := os.Getenv("XDG_CACHE_HOME")
-		if cache == "" {
-			home, _ := os.UserHomeDir()
-			cache = filepath.Join(home, ".cache")
-		}
-		bin = filepath.Join(cache, "meshca-testbed", "prometheus-"+Version, "usr", "bin", name)
-	}
-	if st, err := os.Stat(bin); err == nil && !st.IsDir() {
-		return bin
-	}
-	msg := fmt.Sprintf("%s not found (%s=%q): `make test` or `make testbed-prometheus` installs it", name, env, bin)
-	if os.Getenv("CI") == "true" {
-		tb.Fatal(msg)
-	}
-	tb.Skip(msg)
-	return ""
+	return testkit.TestbedBin(tb, env, filepath.Join("prometheus-"+Version, "usr", "bin", name), name, "testbed-prometheus")
 }
 
 // Dir is the absolute path of deploy/observability in this checkout.

@@ -18,7 +18,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
-	"fmt"
 	"math/big"
 	"net/http"
 	"os"
@@ -70,24 +69,7 @@ const LeafTemplate = `{
 // or fails it under CI=true, where `make test` must have built it.
 func Bin(tb testing.TB) string {
 	tb.Helper()
-	bin := os.Getenv(EnvBin)
-	if bin == "" {
-		cache := os.Getenv("XDG_CACHE_HOME")
-		if cache == "" {
-			home, _ := os.UserHomeDir()
-			cache = filepath.Join(home, ".cache")
-		}
-		bin = filepath.Join(cache, "meshca-testbed", "step-ca-"+Version, "step-ca")
-	}
-	if st, err := os.Stat(bin); err == nil && !st.IsDir() {
-		return bin
-	}
-	msg := fmt.Sprintf("step-ca binary not found (%s=%q): `make test` or `make testbed-stepca` builds it", EnvBin, bin)
-	if os.Getenv("CI") == "true" {
-		tb.Fatal(msg)
-	}
-	tb.Skip(msg)
-	return ""
+	return testkit.TestbedBin(tb, EnvBin, filepath.Join("step-ca-"+Version, "step-ca"), "step-ca binary", "testbed-stepca")
 }
 
 // Options shape the step-ca Start runs. The zero value is a CA-issuing

@@ -73,24 +73,7 @@ const (
 // or fails it under CI=true, where `make test` must have built it.
 func Bin(tb testing.TB) string {
 	tb.Helper()
-	bin := os.Getenv(EnvBin)
-	if bin == "" {
-		cache := os.Getenv("XDG_CACHE_HOME")
-		if cache == "" {
-			home, _ := os.UserHomeDir()
-			cache = filepath.Join(home, ".cache")
-		}
-		bin = filepath.Join(cache, "meshca-testbed", "vault-"+Version)
-	}
-	if st, err := os.Stat(bin); err == nil && !st.IsDir() {
-		return bin
-	}
-	msg := fmt.Sprintf("Vault binary not found (%s=%q): `make test` or `make testbed-vault` builds it", EnvBin, bin)
-	if os.Getenv("CI") == "true" {
-		tb.Fatal(msg)
-	}
-	tb.Skip(msg)
-	return ""
+	return testkit.TestbedBin(tb, EnvBin, "vault-"+Version, "Vault binary", "testbed-vault")
 }
 
 // Server is a Vault server on loopback started by a test: a dev server

@@ -1,7 +1,6 @@
 package federation
 
 import (
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -14,11 +13,11 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
-	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/trust"
 )
 
@@ -48,19 +47,7 @@ func (k jwtKey) authority() trust.JWTAuthority {
 // mint signs a JWT-SVID for sub with audience aud, as an issuer does.
 func (k jwtKey) mint(tb testing.TB, sub spiffeid.ID, aud ...string) string {
 	tb.Helper()
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: k.priv},
-		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", k.kid))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	now := time.Now()
-	tok, err := jwt.Signed(signer).Claims(jwt.Claims{
-		Subject: sub.String(), Audience: aud, IssuedAt: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(now.Add(5 * time.Minute)),
-	}).Serialize()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return tok
+	return testkit.JWTSVID(tb, k.priv, k.kid, sub, time.Now(), aud...)
 }
 
 // publishJWT makes m's root server publish its roots and keys.
@@ -76,20 +63,6 @@ func (m *mesh) publishJWT(tb testing.TB, keys ...jwtKey) {
 	}
 	m.seq++
 	m.src.set(&trust.TrustBundle{Sequence: m.seq, Domains: []trust.DomainBundle{d}})
-}
-
-// jwtSource is the JWT bundles a relying party of the other mesh gets from
-// the federated domains held: what its agents validate JWT-SVIDs against.
-func jwtSource(domains []trust.DomainBundle) *jwtbundle.Set {
-	set := jwtbundle.NewSet()
-	for _, d := range domains {
-		keys := map[string]crypto.PublicKey{}
-		for _, a := range d.JWTAuthorities {
-			keys[a.KeyID] = a.PublicKey
-		}
-		set.Add(jwtbundle.FromJWTAuthorities(d.TrustDomain, keys))
-	}
-	return set
 }
 
 // TestFederatedJWTSVIDs: mesh A's bundle endpoint serves A's JWT keys as
@@ -122,14 +95,14 @@ func TestFederatedJWTSVIDs(t *testing.T) {
 	}
 	workload := spiffeid.RequireFromPath(a.td, "/ns/default/sa/client")
 	tok := k1.mint(t, workload, "b-service")
-	svid, err := jwtsvid.ParseAndValidate(tok, jwtSource(d), []string{"b-service"})
+	svid, err := jwtsvid.ParseAndValidate(tok, testkit.JWTBundles(d), []string{"b-service"})
 	if err != nil {
 		t.Fatalf("A's JWT-SVID does not validate against B's view: %v", err)
 	}
 	if svid.ID != workload {
 		t.Fatalf("validated ID %s, want %s", svid.ID, workload)
 	}
-	if _, err := jwtsvid.ParseAndValidate(newJWTKey(t).mint(t, workload, "b-service"), jwtSource(d), []string{"b-service"}); err == nil {
+	if _, err := jwtsvid.ParseAndValidate(newJWTKey(t).mint(t, workload, "b-service"), testkit.JWTBundles(d), []string{"b-service"}); err == nil {
 		t.Fatal("a JWT-SVID under a key A never published validated")
 	}
 
@@ -139,7 +112,7 @@ func TestFederatedJWTSVIDs(t *testing.T) {
 	if err := f.Refresh(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := jwtsvid.ParseAndValidate(k2.mint(t, workload, "b-service"), jwtSource(f.Domains()), []string{"b-service"}); err != nil {
+	if _, err := jwtsvid.ParseAndValidate(k2.mint(t, workload, "b-service"), testkit.JWTBundles(f.Domains()), []string{"b-service"}); err != nil {
 		t.Fatalf("a JWT-SVID under A's new key does not validate once published: %v", err)
 	}
 	a.publishJWT(t, k2)
@@ -150,7 +123,7 @@ func TestFederatedJWTSVIDs(t *testing.T) {
 	if !closed(changed) {
 		t.Fatal("A dropping a key did not announce a change")
 	}
-	if _, err := jwtsvid.ParseAndValidate(tok, jwtSource(f.Domains()), []string{"b-service"}); err == nil {
+	if _, err := jwtsvid.ParseAndValidate(tok, testkit.JWTBundles(f.Domains()), []string{"b-service"}); err == nil {
 		t.Fatal("a JWT-SVID under A's retired key still validates after A dropped it")
 	}
 }

@@ -1,6 +1,8 @@
 package sqlq
 
 import (
+	"context"
+	"fmt"
 	"time"
 
 	"github.com/meshca/meshca/store"
@@ -48,4 +50,40 @@ func ScanIssuerCRL(sc Scanner) (store.IssuerCRL, error) {
 	var err error
 	c.IssuerChain, err = store.SplitDER(chain)
 	return c, err
+}
+
+// PutIssuerCRL stores c as the CRL of its issuer unless the stored one has
+// the same or a higher number; then it wraps store.ErrAlreadyExists. Rows
+// of expired issuers are dropped on the way.
+func (w *Writes) PutIssuerCRL(ctx context.Context, c store.IssuerCRL) error {
+	if err := w.putIssuerCRL(ctx, c); err != nil {
+		return fmt.Errorf("%s: put issuer CRL %s: %w", w.Backend, c.IssuerSerial, err)
+	}
+	return nil
+}
+
+func (w *Writes) putIssuerCRL(ctx context.Context, c store.IssuerCRL) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	if err := w.checkText([2]string{"issuer serial", c.IssuerSerial}, [2]string{"cluster", c.Cluster}); err != nil {
+		return err
+	}
+	stored, err := w.pruneThenPut(ctx, DeleteExpiredIssuerCRLsSQL(w.Ph), PutIssuerCRLSQL(w.Ph),
+		func(now time.Time) []any { return IssuerCRLArgs(c, now) })
+	if err != nil {
+		return err
+	}
+	if !stored {
+		return fmt.Errorf("a CRL numbered %d or higher is stored: %w", c.Number, store.ErrAlreadyExists)
+	}
+	return nil
+}
+
+// IssuerCRLs returns the stored CRLs of issuers that have not expired at
+// now, by issuer serial.
+func (r *Reads) IssuerCRLs(ctx context.Context, now time.Time) ([]store.IssuerCRL, error) {
+	return read(r, "issuer CRLs", true, func() ([]store.IssuerCRL, error) {
+		return Collect(ctx, r.DB, ScanIssuerCRL, IssuerCRLsSQL(r.Ph), now.Unix())
+	})
 }

@@ -1,6 +1,8 @@
 package sqlq
 
 import (
+	"context"
+	"fmt"
 	"time"
 
 	"github.com/meshca/meshca/store"
@@ -47,4 +49,42 @@ func ScanJWTAuthority(sc Scanner) (store.JWTAuthority, error) {
 	var err error
 	a.Chain, err = store.SplitDER(chain)
 	return a, err
+}
+
+// PutJWTAuthority stores a, or moves the expiry of the stored key with its
+// key ID later. It wraps store.ErrAlreadyExists when nothing changed: the
+// stored key expires as late or later, or belongs to another cluster.
+// Expired keys are dropped on the way.
+func (w *Writes) PutJWTAuthority(ctx context.Context, a store.JWTAuthority) error {
+	if err := w.putJWTAuthority(ctx, a); err != nil {
+		return fmt.Errorf("%s: put JWT authority %s: %w", w.Backend, a.KeyID, err)
+	}
+	return nil
+}
+
+func (w *Writes) putJWTAuthority(ctx context.Context, a store.JWTAuthority) error {
+	if err := a.Validate(); err != nil {
+		return err
+	}
+	if err := w.checkText([2]string{"key ID", a.KeyID}, [2]string{"cluster", a.Cluster},
+		[2]string{"trust domain", a.TrustDomain}); err != nil {
+		return err
+	}
+	stored, err := w.pruneThenPut(ctx, DeleteExpiredJWTAuthoritiesSQL(w.Ph), PutJWTAuthoritySQL(w.Ph),
+		func(now time.Time) []any { return JWTAuthorityArgs(a, now) })
+	if err != nil {
+		return err
+	}
+	if !stored {
+		return fmt.Errorf("stored already, expiring as late or later or of another cluster: %w", store.ErrAlreadyExists)
+	}
+	return nil
+}
+
+// JWTAuthorities returns the stored JWT authorities unexpired at now, by
+// key ID.
+func (r *Reads) JWTAuthorities(ctx context.Context, now time.Time) ([]store.JWTAuthority, error) {
+	return read(r, "JWT authorities", true, func() ([]store.JWTAuthority, error) {
+		return Collect(ctx, r.DB, ScanJWTAuthority, JWTAuthoritiesSQL(r.Ph), now.Unix())
+	})
 }

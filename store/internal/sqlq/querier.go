@@ -24,6 +24,25 @@ type Querier interface {
 	Query(ctx context.Context, query string, args []any, each func(Scanner) error) error
 }
 
+// Rows is a result being read: *sql.Rows or pgx.Rows.
+type Rows interface {
+	Scanner
+	Next() bool
+	Err() error
+}
+
+// EachRow calls each for every row of rows in order, stopping at its first
+// error, and returns that error or the one that ended rows. The caller
+// closes rows.
+func EachRow(rows Rows, each func(Scanner) error) error {
+	for rows.Next() {
+		if err := each(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
 // Collect runs query on q and scans every row with scan.
 func Collect[T any](ctx context.Context, q Querier, scan func(Scanner) (T, error), query string, args ...any) ([]T, error) {
 	var out []T

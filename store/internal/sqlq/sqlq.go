@@ -2,9 +2,10 @@
 // share apart from their drivers and transactions: the column lists, the
 // scanning of a row into a store type, the read queries built from a filter
 // with the backend's placeholder, the whole-second time conversions, the
-// chunked prune loop, and the plain reads (Reads) and administrative writes
-// (Writes) themselves, run over a Querier each backend adapts its driver
-// to. Each backend keeps its own connections, transactions, group-committed
+// chunked prune loop, and the plain reads (Reads), the administrative
+// writes and the single-statement CRL, JWT authority and standalone-root
+// writes (Writes) themselves, run over a Querier each backend adapts its
+// driver to. Each backend keeps its own connections, transactions, group-committed
 // issuance writes and dialect-specific statements.
 package sqlq
 

@@ -37,6 +37,11 @@ type Writes struct {
 	// into one serial revocation per certificate of id recorded before the
 	// lift and not expired at now, within tx.
 	KeepCertificatesRevoked func(ctx context.Context, tx Querier, id string, lifted store.Revocation, now time.Time) error
+	// Direct runs fn, outside any transaction, on the connection the
+	// single-statement writes that append no audit event use: the pool for
+	// PostgreSQL; for SQLite the writer connection, which Close waits for.
+	// After Close it returns store.ErrClosed without calling fn.
+	Direct func(fn func(q Querier) error) error
 	// Prune runs PruneCertificates' chunks, each a transaction of its own:
 	// the pool for PostgreSQL, the writer connection for SQLite.
 	Prune Querier
@@ -227,4 +232,20 @@ func (w *Writes) setClusterDNSNames(ctx context.Context, name string, dnsNames [
 		}
 		return nil
 	})
+}
+
+// pruneThenPut drops the rows that expired by now (prune, with now's Unix
+// seconds as its argument), then runs put, a conditional upsert, with
+// args(now). stored is false when put changed no row: the stored row wins.
+func (w *Writes) pruneThenPut(ctx context.Context, prune, put string, args func(time.Time) []any) (stored bool, err error) {
+	err = w.Direct(func(q Querier) error {
+		now := w.Now()
+		if _, err := q.Exec(ctx, prune, now.Unix()); err != nil {
+			return err
+		}
+		n, err := q.Exec(ctx, put, args(now)...)
+		stored = n > 0
+		return err
+	})
+	return stored, err
 }
