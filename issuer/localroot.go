@@ -60,6 +60,9 @@ type LocalRootConfig struct {
 	// RenewBackoff is the first wait after a failed renewal; it doubles up
 	// to an hour (rotation.CARetry). Zero means a minute.
 	RenewBackoff time.Duration
+	// Now is the clock renewals are decided and checked by; nil means
+	// time.Now. Run looks at it at least every RenewBackoff.
+	Now func() time.Time
 	// Logger receives renewals and their failures; nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -125,7 +128,10 @@ func NewLocalRoot(cfg LocalRootConfig) (*LocalRoot, error) {
 	cfg.TTL = cmp.Or(cfg.TTL, ca.DefaultIntermediateTTL)
 	cfg.RenewBackoff = cmp.Or(cfg.RenewBackoff, time.Minute)
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
-	st, err := newLocalCA(cfg, cfg.Root, cfg.Anchor, time.Now())
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	st, err := newLocalCA(cfg, cfg.Root, cfg.Anchor, cfg.Now())
 	if err != nil {
 		return nil, err
 	}

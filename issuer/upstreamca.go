@@ -35,7 +35,7 @@ type UpstreamCA struct {
 const renewAttemptTimeout = time.Minute
 
 // Run renews the root's certificate from the upstream PKI (Renewer) once
-// less than a third of its life is left (rotation.CADue), for the same key
+// less than a third of its life is left (rotation.CADueAt), for the same key
 // and subject, until ctx is cancelled; then it returns nil. A failed
 // renewal is logged and retried with backoff (rotation.CARetry) while the
 // current root keeps signing intermediates. Each renewal replaces the
@@ -55,11 +55,11 @@ func (r *LocalRoot) Run(ctx context.Context) error {
 		if retryAt.After(at) {
 			at = retryAt
 		}
-		if wait := time.Until(at); wait > 0 {
+		if wait := at.Sub(r.cfg.Now()); wait > 0 {
 			select {
 			case <-ctx.Done():
 				return nil
-			case <-time.After(wait):
+			case <-time.After(min(wait, r.cfg.RenewBackoff)):
 			}
 			continue
 		}
@@ -73,7 +73,7 @@ func (r *LocalRoot) Run(ctx context.Context) error {
 		}
 		failures++
 		delay, refused := rotation.RetryDelay(err, failures, rand.Float64(), rotation.CARetry(r.cfg.RenewBackoff))
-		retryAt = time.Now().Add(delay)
+		retryAt = r.cfg.Now().Add(delay)
 		attrs := []any{"error", err.Error(), "failures", failures, "retry_in", delay.String(),
 			"current_not_after", st.root.Certificate.NotAfter, "current_sha256", fingerprintHex(st.root.Certificate)}
 		if refused {
@@ -88,7 +88,7 @@ func (r *LocalRoot) Run(ctx context.Context) error {
 // renew obtains the next certificate of st's root and makes it current.
 func (r *LocalRoot) renew(ctx context.Context, st localCA) error {
 	actx, cancel := context.WithTimeout(ctx, renewAttemptTimeout)
-	u, err := r.cfg.Renewer.RenewCA(actx, time.Now())
+	u, err := r.cfg.Renewer.RenewCA(actx, r.cfg.Now())
 	cancel()
 	if err != nil {
 		return err
@@ -96,7 +96,7 @@ func (r *LocalRoot) renew(ctx context.Context, st localCA) error {
 	if err := sameCA(st.root, u.CA); err != nil {
 		return fmt.Errorf("%w: %w", rotation.ErrRefused, err)
 	}
-	next, err := newLocalCA(r.cfg, u.CA, u.Anchor, time.Now())
+	next, err := newLocalCA(r.cfg, u.CA, u.Anchor, r.cfg.Now())
 	if err != nil {
 		return fmt.Errorf("%w: %w", rotation.ErrRefused, err)
 	}
