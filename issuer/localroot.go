@@ -29,8 +29,9 @@ const MinLocalIntermediateTTL = 30 * time.Second
 
 // LocalRootConfig configures a LocalRoot.
 type LocalRootConfig struct {
-	// Root signs the intermediates: a self-signed root whose key is held
-	// in this process. Required.
+	// Root signs the intermediates: a CA whose key is held in this
+	// process, self-signed, or certified by an upstream PKI (Anchor).
+	// Required.
 	Root *ca.Authority
 	// TrustDomain and Cluster are the issuer's; each intermediate permits
 	// only SPIFFE IDs in TrustDomain and names the cluster's issuer
@@ -219,6 +220,9 @@ func (r *LocalRoot) CA() *ca.Authority {
 	st, _ := r.state.Load()
 	return st.root
 }
+
+// Changed returns a channel closed when a renewal replaces the root.
+func (r *LocalRoot) Changed() <-chan struct{} { return r.state.Changed() }
 
 // NewIntermediate mints an intermediate with a new P-256 key that stays in
 // memory, under the current root; its chain carries the root and the

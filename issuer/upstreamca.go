@@ -31,6 +31,27 @@ type UpstreamCA struct {
 	Anchor *x509.Certificate
 }
 
+// CASource supplies a CA that may be renewed: a *LocalRoot (its current
+// certificate), or FixedCA.
+type CASource interface {
+	// CA returns the current CA.
+	CA() *ca.Authority
+	// Changed returns a channel closed when CA changes; nil when it never
+	// does.
+	Changed() <-chan struct{}
+}
+
+// FixedCA is the CASource of a CA that never changes.
+func FixedCA(a *ca.Authority) CASource { return fixedCA{a} }
+
+type fixedCA struct{ a *ca.Authority }
+
+func (f fixedCA) CA() *ca.Authority { return f.a }
+
+func (fixedCA) Changed() <-chan struct{} { return nil }
+
+var _ CASource = (*LocalRoot)(nil)
+
 // renewAttemptTimeout bounds one request to the upstream.
 const renewAttemptTimeout = time.Minute
 
