@@ -1,6 +1,7 @@
 package issuer_test
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -251,4 +252,71 @@ func wantLogLine(t *testing.T, logs string, substrs ...string) {
 		}
 	}
 	t.Errorf("no log line with %q", substrs)
+}
+
+// TestCRLSignerFollowsRenewedRoot: the CRL of a standalone issuer's CA
+// under an upstream PKI is signed again under the renewed certificate as
+// soon as the renewal lands, and the previous certificate's goes.
+func TestCRLSignerFollowsRenewedRoot(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		log, _ := captureLogs(t)
+		upRoot := testkit.Root(t, "upstream-root", time.Now(), 400*24*time.Hour)
+		key := testkit.Key(t, "standalone-ca")
+		first := certifyCA(upRoot, key, time.Now())
+		td := testkit.New(t, testkit.Options{}).TrustDomain
+		local, err := issuer.NewLocalRoot(issuer.LocalRootConfig{
+			Root: first, Anchor: upRoot.Certificate, Renewer: &fakeUpstreamCA{upRoot: upRoot, key: key}, TrustDomain: td, Cluster: "east",
+			Logger: log,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		inter, tb, err := local.NewIntermediate(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		db := &memStore{}
+		dl := newDenyList(t, db, log)
+		iss, err := issuer.New(issuer.Config{
+			TrustDomain: td, Cluster: "east", Authority: inter, Bundle: tb.OwnRoots(), Attestor: &fakeAttestor{},
+			Recorder: db, DenyList: dl, Logger: log,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		crls, err := issuer.NewCRLSigner(issuer.CRLSignerConfig{Issuer: iss, DenyList: dl, Store: db, Root: local, Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Loaded once: a deny-list polling through the 60 days would only
+		// cost time here.
+		if err := dl.Refresh(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		runInBackground(t, "CRLSigner.Run", crls.Run)
+		runInBackground(t, "LocalRoot.Run", local.Run)
+		synctest.Wait()
+		signedUnder := func(c *x509.Certificate) bool {
+			cur, _ := crls.Current()
+			for _, crl := range cur {
+				if len(crl.IssuerChain) > 0 && bytes.Equal(crl.IssuerChain[0], c.Raw) {
+					return true
+				}
+			}
+			return false
+		}
+		if !signedUnder(first.Certificate) {
+			t.Fatal("no CRL of the CA under its first certificate")
+		}
+		due := rotation.CADueAt(rotation.Validity{NotBefore: first.Certificate.NotBefore, NotAfter: first.Certificate.NotAfter})
+		time.Sleep(time.Until(due) + time.Second)
+		synctest.Wait()
+		renewed := local.CA().Certificate
+		if renewed.Equal(first.Certificate) {
+			t.Fatal("not renewed")
+		}
+		if !signedUnder(renewed) || signedUnder(first.Certificate) {
+			t.Error("the CA's CRL does not follow the renewed certificate at once")
+		}
+	})
 }
