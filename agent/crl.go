@@ -112,7 +112,8 @@ func crlReason(err error) string {
 }
 
 // verifyCRLs checks every CRL of every domain of b against that domain's
-// roots at now. A CRL that fails is logged, counted and dropped; nothing
+// own CAs at now (trust.DomainBundle.OwnCAs: under an upstream PKI
+// meshca's CAs, not the upstream's root, which vouches for other CAs too). A CRL that fails is logged, counted and dropped; nothing
 // else of b is affected. For each issuer only its newest CRL is kept, in
 // every domain that carried one of its CRLs. The result maps each domain
 // with CRLs to them, without duplicates.
@@ -121,7 +122,7 @@ func verifyCRLs(b *trust.TrustBundle, now time.Time, log *slog.Logger, metrics *
 	issuers := map[spiffeid.TrustDomain][][32]byte{}
 	for _, d := range b.Domains {
 		for i, c := range d.CRLs {
-			rl, issuer, err := trust.VerifyCRL(c, d.Roots, now)
+			rl, issuer, err := trust.VerifyCRL(c, d.OwnCAs(), now)
 			if err != nil {
 				reason := crlReason(err)
 				metrics.reject(reason)

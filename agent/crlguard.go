@@ -137,8 +137,9 @@ func issuerTrusted(h *heldCRL, b *trust.TrustBundle, td spiffeid.TrustDomain, re
 	if !ok || d.Roots == nil {
 		return false
 	}
+	cas := d.OwnCAs()
 	if h.byRoot {
-		return bundleContains(d.Roots, h.issuerCert)
+		return bundleContains(cas, h.issuerCert)
 	}
 	chain := []*x509.Certificate{h.issuerCert}
 	inters := x509.NewCertPool()
@@ -150,7 +151,7 @@ func issuerTrusted(h *heldCRL, b *trust.TrustBundle, td spiffeid.TrustDomain, re
 		inters.AddCert(c)
 		chain = append(chain, c)
 	}
-	if _, err := h.issuerCert.Verify(x509.VerifyOptions{Roots: d.Roots.Pool(), Intermediates: inters, CurrentTime: now,
+	if _, err := h.issuerCert.Verify(x509.VerifyOptions{Roots: cas.Pool(), Intermediates: inters, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		return false
 	}

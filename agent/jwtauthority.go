@@ -70,7 +70,8 @@ var errJWTExpired = errors.New("JWT authority expired")
 // acceptJWTAuthority decides whether the agent may use authority a of
 // domain d at now, and until when. An own (not federated) domain's
 // authority authenticates itself: trust.VerifyJWTAuthority against the
-// domain's roots, and it expires with its certificate at the latest. A
+// domain's own CAs (under an upstream PKI meshca's CAs, never the
+// upstream's root, which vouches for CAs that are not meshca's), and it expires with its certificate at the latest. A
 // federated domain's authority is vouched for by the root's signature over
 // the bundle (the caller checked it) and is taken as it is. Either must
 // hold a key that can be published as a JWK (ECDSA, RSA or Ed25519) and
@@ -91,7 +92,7 @@ func acceptJWTAuthority(a trust.JWTAuthority, d trust.DomainBundle, now time.Tim
 	if d.Federated {
 		return h, nil
 	}
-	if err := trust.VerifyJWTAuthority(a, d.TrustDomain, d.Roots, now); err != nil {
+	if err := trust.VerifyJWTAuthority(a, d.TrustDomain, d.OwnCAs(), now); err != nil {
 		return heldJWT{}, err
 	}
 	leaf, err := x509.ParseCertificate(a.Chain[0]) // VerifyJWTAuthority parsed it

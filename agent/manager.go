@@ -461,7 +461,8 @@ func (m *manager) TrustBundleSequence() uint64 {
 // CRLs are not covered by the root's signature: issuers add their own to
 // the bundle they relay without changing its sequence, so a bundle with
 // the held sequence is applied too, and its CRLs replace the held ones.
-// Each CRL is checked with trust.VerifyCRL against its trust domain's roots;
+// Each CRL is checked with trust.VerifyCRL against its trust domain's own
+// CAs (trust.DomainBundle.OwnCAs: meshca's, never an upstream PKI's root);
 // one that fails is logged, counted (crlRejectedMetricName) and dropped,
 // and the rest of b is applied regardless. Of the CRLs of one issuer only
 // the one with the highest number is served. A CRL is served until its
@@ -472,7 +473,7 @@ func (m *manager) TrustBundleSequence() uint64 {
 //
 // The JWT authorities of own trust domains are not covered by the
 // signature either: each is checked with trust.VerifyJWTAuthority against
-// its trust domain's roots, and one that fails is logged, counted
+// its trust domain's own CAs, and one that fails is logged, counted
 // (jwtRejectedMetricName) and dropped alone; those of federated domains
 // are covered by it and taken as they are. Expired ones are dropped, on
 // receipt and while held; of several with one key ID one is kept.

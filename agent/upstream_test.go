@@ -7,10 +7,12 @@ import (
 	"crypto/x509/pkix"
 	"math/big"
 	"path/filepath"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.step.sm/crypto/pemutil"
 
 	"github.com/meshca/meshca/ca"
@@ -29,7 +31,17 @@ type upstreamTree struct {
 func newUpstreamTree(t testing.TB, now time.Time) upstreamTree {
 	t.Helper()
 	upRoot := testkit.Root(t, "upstream-root", now, 100*24*time.Hour)
-	k := testkit.Key(t, "meshca-ca")
+	meshCA := upstreamCA(t, upRoot, "meshca-ca", now)
+	return upstreamTree{upRoot: upRoot, meshCA: meshCA, tree: &testkit.Tree{
+		Root: meshCA, Intermediate: upstreamIntermediate(t, meshCA, "intermediate-upstream", now),
+		Bundle: mustBundle(t, meshCA.Certificate), TrustDomain: webID.TrustDomain()}}
+}
+
+// upstreamCA is a CA the upstream root signs for key, named "meshca CA"
+// and with room for one CA below it, as the upstream signs meshca's.
+func upstreamCA(t testing.TB, upRoot *ca.Authority, key string, now time.Time) *ca.Authority {
+	t.Helper()
+	k := testkit.Key(t, key)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(now.UnixNano()), Subject: pkix.Name{CommonName: "meshca CA"},
 		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(60 * 24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
 		MaxPathLen: 1, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
@@ -41,22 +53,28 @@ func newUpstreamTree(t testing.TB, now time.Time) upstreamTree {
 	if err != nil {
 		t.Fatal(err)
 	}
-	meshCA, err := ca.NewAuthority(cert, k, upRoot.Certificate)
+	a, err := ca.NewAuthority(cert, k, upRoot.Certificate)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ikey := testkit.Key(t, "intermediate-upstream")
-	icert, err := meshCA.SignIntermediate(ca.IntermediateRequest{PublicKey: ikey.Public(), TrustDomain: webID.TrustDomain(),
+	return a
+}
+
+// upstreamIntermediate is the intermediate of cluster "test" that parent
+// signs for key; its chain carries parent.
+func upstreamIntermediate(t testing.TB, parent *ca.Authority, key string, now time.Time) *ca.Authority {
+	t.Helper()
+	ikey := testkit.Key(t, key)
+	icert, err := parent.SignIntermediate(ca.IntermediateRequest{PublicKey: ikey.Public(), TrustDomain: webID.TrustDomain(),
 		Cluster: "test", ServingNames: testkit.TestServingNames, TTL: 30 * 24 * time.Hour, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
-	inter, err := ca.NewAuthority(icert, ikey, meshCA.Certificate)
+	inter, err := ca.NewAuthority(icert, ikey, parent.Certificate)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return upstreamTree{upRoot: upRoot, meshCA: meshCA, tree: &testkit.Tree{
-		Root: meshCA, Intermediate: inter, Bundle: mustBundle(t, meshCA.Certificate), TrustDomain: webID.TrustDomain()}}
+	return inter
 }
 
 // Under an upstream PKI workloads anchor on the upstream's root (SDS
@@ -174,4 +192,71 @@ func TestClientRefusesIssuerOnlyUnderUpstreamRoot(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestManagerRefusesOtherCAsOfTheUpstream: under an upstream PKI the
+// bundle's Roots are the upstream's root, which vouches for every CA the
+// upstream issues, not only meshca's. A CRL or a JWT authority signed
+// under another CA the same upstream issued (named like meshca's, with a
+// cluster intermediate for the trust domain below it) is refused: the
+// agent checks them against meshca's own CAs (Authorities), and keeps the
+// genuine ones.
+func TestManagerRefusesOtherCAsOfTheUpstream(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		now := time.Now()
+		up := newUpstreamTree(t, now)
+		rogueCA := upstreamCA(t, up.upRoot, "rogue-upstream-ca", now)
+		rogue := &testkit.Tree{Root: rogueCA, Intermediate: upstreamIntermediate(t, rogueCA, "rogue-intermediate", now),
+			Bundle: mustBundle(t, up.upRoot.Certificate), TrustDomain: webID.TrustDomain()}
+		dir := t.TempDir()
+		caFile := filepath.Join(dir, "ca.pem")
+		writeTestFile(t, filepath.Join(dir, "token"), "token-1")
+		writeTestFile(t, caFile, string(up.tree.Bundle.PEM()))
+		reg := prometheus.NewRegistry()
+		pub := newPublisher()
+		m, err := newManager(managerConfig{Fetcher: &fakeFetcher{tree: up.tree, id: webID, ttl: time.Hour}, Publisher: pub,
+			TokenFile: filepath.Join(dir, "token"), CABundleFile: caFile, OutputDir: filepath.Join(dir, "out"),
+			Logger: discardLogger(), Registerer: reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Stop()
+		if _, err := m.Renew(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+
+		genuineCA, genuineInter := signCRL(t, up.meshCA, 1, now, time.Hour, 5), signCRL(t, up.tree.Intermediate, 1, now, time.Hour, 6)
+		rogueCACRL, rogueInterCRL := signCRL(t, rogueCA, 2, now, time.Hour), signCRL(t, rogue.Intermediate, 2, now, time.Hour)
+		genuineJWT := newJWTKey(t, up.tree, time.Time{})
+		rogueJWT := newJWTKey(t, rogue, time.Time{})
+		// The rogue's chain reaches the upstream root: its intermediate,
+		// then the rogue CA.
+		rogueJWT.auth.Chain = append(rogueJWT.auth.Chain, rogueCA.Certificate.Raw)
+		if err := trust.VerifyJWTAuthority(rogueJWT.auth, webID.TrustDomain(), mustBundle(t, up.upRoot.Certificate), now); err != nil {
+			t.Fatalf("the rogue JWT authority does not even chain to the upstream root: %v", err)
+		}
+
+		b := &trust.TrustBundle{Sequence: 4, ActiveRoot: trust.Fingerprint(up.meshCA.Certificate), Domains: []trust.DomainBundle{{
+			TrustDomain: webID.TrustDomain(), Roots: mustBundle(t, up.upRoot.Certificate), Authorities: mustBundle(t, up.meshCA.Certificate),
+			CRLs:           []trust.CRL{genuineCA, genuineInter, rogueCACRL, rogueInterCRL},
+			JWTAuthorities: []trust.JWTAuthority{genuineJWT.auth, rogueJWT.auth},
+		}}}
+		if _, err := m.SetTrustBundle(signedBy(t, b, up.meshCA)); err != nil {
+			t.Fatal(err)
+		}
+		snap, _ := pub.Current()
+		if !sameDERs(snap.CRLs(), genuineCA, genuineInter) {
+			t.Errorf("the agent serves %d CRLs, want the 2 of meshca's CA and intermediate", len(snap.CRLs()))
+		}
+		if n := rejectedCRLs(t, reg, crlUntrusted); n != 2 {
+			t.Errorf("untrusted CRLs counted %v, want 2 (the rogue CA's and its intermediate's)", n)
+		}
+		jwks := string(snap.JWTBundles()[webID.TrustDomain().IDString()])
+		if !strings.Contains(jwks, genuineJWT.auth.KeyID) || strings.Contains(jwks, rogueJWT.auth.KeyID) {
+			t.Errorf("JWT bundle %s: want the genuine key %s and not the rogue %s", jwks, genuineJWT.auth.KeyID, rogueJWT.auth.KeyID)
+		}
+		if v, _ := metricValue(t, reg, jwtRejectedMetricName, "reason", jwtInvalid); v != 1 {
+			t.Errorf("%s{reason=invalid} = %v, want 1 (the rogue)", jwtRejectedMetricName, v)
+		}
+	})
 }

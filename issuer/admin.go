@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/store"
@@ -60,9 +59,10 @@ type AdminConfig struct {
 	// DenyList is refreshed after each change. Required.
 	DenyList Refresher
 	// Root is the issuer's local root, which signs admin certificates
-	// (IssueAdminCredential); nil for an issuer under the central root, which
-	// has no root key: admin certificates are then issued on the root.
-	Root *ca.Authority
+	// (IssueAdminCredential) with its current CA; nil for an issuer under
+	// the central root, which has no root key: admin certificates are then
+	// issued on the root.
+	Root CASource
 	// MaxRequestBytes bounds a request message; zero means 64 KiB.
 	MaxRequestBytes int
 	// Issuer is the issuer whose roots and intermediates Status reports;
@@ -391,7 +391,8 @@ func (s *AdminServer) issueAdminCredential(ctx context.Context, req *meshcav1.Is
 		return nil, fmt.Errorf("%w: %w", grpcx.ErrInvalidArgument, err)
 	}
 	now := s.cfg.Now()
-	cert, err := adminapi.SignCredential(s.cfg.Root, cr, now)
+	root := s.cfg.Root.CA()
+	cert, err := adminapi.SignCredential(root, cr, now)
 	if err != nil {
 		return nil, err
 	}
@@ -410,6 +411,6 @@ func (s *AdminServer) issueAdminCredential(ctx context.Context, req *meshcav1.Is
 	s.cfg.Logger.InfoContext(ctx, "admin credential issued", "actor", actor, "spiffe_id", cr.ID.String(), "serial", serial,
 		"cluster", s.cfg.Cluster, "not_after", cert.NotAfter)
 	return &meshcav1.IssueAdminCredentialResponse{
-		Certificate: cert.Raw, Roots: [][]byte{s.cfg.Root.Certificate.Raw}, Serial: serial,
+		Certificate: cert.Raw, Roots: [][]byte{root.Certificate.Raw}, Serial: serial,
 	}, nil
 }

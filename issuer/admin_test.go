@@ -99,7 +99,7 @@ func newAdminRigWith(t *testing.T, root *ca.Authority) *adminRig {
 	rig := &adminRig{db: db, refresh: &fakeRefresher{}}
 	srv, err := issuer.NewAdminServer(issuer.AdminConfig{
 		TrustDomain: spiffeid.RequireTrustDomainFromString("east.example"), Cluster: "east",
-		Store: db, DenyList: rig.refresh, Root: root, Now: now, Logger: slog.New(slog.DiscardHandler),
+		Store: db, DenyList: rig.refresh, Root: fixedOrNone(root), Now: now, Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -370,4 +370,12 @@ func TestAdminConfigValidate(t *testing.T) {
 			t.Errorf("%s: NewAdminServer accepted it", name)
 		}
 	}
+}
+
+// fixedOrNone is root as a CASource, nil for no root.
+func fixedOrNone(root *ca.Authority) issuer.CASource {
+	if root == nil {
+		return nil
+	}
+	return issuer.FixedCA(root)
 }

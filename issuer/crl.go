@@ -57,11 +57,13 @@ type CRLSignerConfig struct {
 	// at half of it, and at once when the deny-list or the intermediate
 	// changes. Zero means ca.DefaultCRLValidity (24 h).
 	Validity time.Duration
-	// Roots, when set, also sign a CRL each (the same list): an issuer with
-	// its own local root passes it, so that a relying party that wants a
-	// CRL for every CA of a chain (Envoy) finds one for the root too. With
-	// a central root, the root publishes its own.
-	Roots []*ca.Authority
+	// Root, when set, also signs a CRL (the same list): an issuer with its
+	// own local root passes it, so that a relying party that wants a CRL
+	// for every CA of a chain (Envoy) finds one for the root too. With a
+	// central root, the root publishes its own. Its current CA signs, and
+	// a renewal (a LocalRoot under an upstream PKI) has the new one sign
+	// at once.
+	Root CASource
 	// Publisher, when set, receives every new set of CRLs (the root, in
 	// upstream mode). Failures are retried with backoff and never block
 	// signing or issuance.
@@ -177,6 +179,10 @@ func (s *CRLSigner) Run(ctx context.Context) error {
 	for {
 		set, denyChanged := s.cfg.DenyList.Current()
 		authChanged := s.cfg.Issuer.authorityChanged()
+		var rootChanged <-chan struct{}
+		if s.cfg.Root != nil {
+			rootChanged = s.cfg.Root.Changed()
+		}
 		now := time.Now()
 		var wake <-chan time.Time
 		if set.Version != 0 {
@@ -202,6 +208,7 @@ func (s *CRLSigner) Run(ctx context.Context) error {
 			return nil
 		case <-denyChanged:
 		case <-authChanged:
+		case <-rootChanged:
 		case <-wake:
 		}
 	}
@@ -210,8 +217,8 @@ func (s *CRLSigner) Run(ctx context.Context) error {
 // refresh signs what is due at now and returns when to look again.
 func (s *CRLSigner) refresh(ctx context.Context, set *DenySet, now time.Time) (time.Time, error) {
 	held := s.cfg.Issuer.Held(now)
-	for _, r := range s.cfg.Roots {
-		if !now.Before(r.Certificate.NotBefore) && now.Before(r.Certificate.NotAfter) {
+	if s.cfg.Root != nil {
+		if r := s.cfg.Root.CA(); !now.Before(r.Certificate.NotBefore) && now.Before(r.Certificate.NotAfter) {
 			held = append(held, r)
 		}
 	}

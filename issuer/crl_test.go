@@ -367,7 +367,7 @@ func TestCRLSignedByLocalRoot(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		g := newCRLRig(t, 48*time.Hour, nil)
 		signer, err := issuer.NewCRLSigner(issuer.CRLSignerConfig{
-			Issuer: g.iss, DenyList: g.dl, Store: g.db, Roots: []*ca.Authority{g.tree.Root}, Jitter: func() float64 { return 0.5 },
+			Issuer: g.iss, DenyList: g.dl, Store: g.db, Root: issuer.FixedCA(g.tree.Root), Jitter: func() float64 { return 0.5 },
 		})
 		if err != nil {
 			t.Fatal(err)

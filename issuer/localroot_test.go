@@ -78,7 +78,7 @@ func TestLocalRootRotatesIntermediates(t *testing.T) {
 			t.Fatal(err)
 		}
 		crls, err := issuer.NewCRLSigner(issuer.CRLSignerConfig{
-			Issuer: iss, DenyList: dl, Store: db, Roots: []*ca.Authority{tree.Root}, Jitter: func() float64 { return 0.5 }, Logger: log,
+			Issuer: iss, DenyList: dl, Store: db, Root: issuer.FixedCA(tree.Root), Jitter: func() float64 { return 0.5 }, Logger: log,
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -223,7 +223,7 @@ func TestCRLSignerSkipsCAsWithoutCRLSign(t *testing.T) {
 		// A root that may sign CRLs beside the plugged intermediate that may not.
 		crlRoot := testkit.Root(t, "plugged-crl-root", now.Add(-time.Hour), 1000*time.Hour)
 		signer, err := issuer.NewCRLSigner(issuer.CRLSignerConfig{
-			Issuer: iss, DenyList: dl, Store: db, Roots: []*ca.Authority{crlRoot}, Jitter: func() float64 { return 0.5 }, Logger: log,
+			Issuer: iss, DenyList: dl, Store: db, Root: issuer.FixedCA(crlRoot), Jitter: func() float64 { return 0.5 }, Logger: log,
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -26,9 +26,11 @@ type SharedCRLsConfig struct {
 	Own CRLSource
 	// Store is shared by the replicas. Required.
 	Store store.IssuerCRLStore
-	// Root is the local root every replica's intermediates chain to; a
-	// stored CRL whose issuer does not is never served. Required.
-	Root *x509.Certificate
+	// Root is the local root every replica's intermediates chain to (its
+	// current CA, asked at every read: a LocalRoot renewed under an
+	// upstream PKI); a stored CRL whose issuer does not is never served.
+	// Required.
+	Root CASource
 	// Cluster names the rows this replica writes and reads. Required.
 	Cluster string
 	// PollInterval is how often the stored CRLs are read; zero means
@@ -46,7 +48,7 @@ func (c SharedCRLsConfig) Validate() error {
 	switch {
 	case c.Own == nil || c.Store == nil:
 		return errors.New("shared CRLs: own CRLs and store are required")
-	case c.Root == nil || !c.Root.IsCA:
+	case c.Root == nil || c.Root.CA() == nil || !c.Root.CA().Certificate.IsCA:
 		return errors.New("shared CRLs: a CA root is required")
 	case c.Cluster == "":
 		return errors.New("shared CRLs: cluster is required")
@@ -63,8 +65,7 @@ func (c SharedCRLsConfig) Validate() error {
 // against the root first, so that an agent connected to any replica gets
 // the CRL of the intermediate that signed a revoked certificate.
 type SharedCRLs struct {
-	cfg   SharedCRLsConfig
-	roots *trust.Bundle
+	cfg SharedCRLsConfig
 
 	// State owned by the Run goroutine: the verified stored CRLs, and the
 	// rows refused (logged once each).
@@ -85,11 +86,7 @@ func NewSharedCRLs(cfg SharedCRLsConfig) (*SharedCRLs, error) {
 	cfg.PollInterval = cmp.Or(cfg.PollInterval, DefaultSharedCRLPollInterval)
 	cfg.AttemptTimeout = cmp.Or(cfg.AttemptTimeout, 30*time.Second)
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
-	roots, err := trust.NewBundle(cfg.Root)
-	if err != nil {
-		return nil, fmt.Errorf("shared CRLs: %w", err)
-	}
-	return &SharedCRLs{cfg: cfg, roots: roots, refused: map[string]bool{}}, nil
+	return &SharedCRLs{cfg: cfg, refused: map[string]bool{}}, nil
 }
 
 // Current returns this replica's CRLs and the verified stored ones, the
@@ -176,12 +173,16 @@ func (s *SharedCRLs) merge(ctx context.Context, own []trust.CRL, now time.Time) 
 // once per issuer and number.
 func (s *SharedCRLs) verified(rows []store.IssuerCRL, now time.Time) []trust.CRL {
 	var out []trust.CRL
+	roots, rootErr := trust.NewBundle(s.cfg.Root.CA().Certificate)
 	for _, r := range rows {
 		if r.Cluster != s.cfg.Cluster {
 			continue
 		}
 		c := trust.CRL{DER: r.DER, IssuerChain: r.IssuerChain}
-		_, _, err := trust.VerifyCRL(c, s.roots, now)
+		err := rootErr
+		if err == nil {
+			_, _, err = trust.VerifyCRL(c, roots, now)
+		}
 		if err == nil && len(c.IssuerChain) > 0 {
 			out = append(out, c)
 			continue

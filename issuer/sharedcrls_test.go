@@ -52,12 +52,12 @@ func newCRLReplica(t *testing.T, local *issuer.LocalRoot, db *sqlite.Store, root
 	if err != nil {
 		t.Fatal(err)
 	}
-	signer, err := issuer.NewCRLSigner(issuer.CRLSignerConfig{Issuer: iss, DenyList: dl, Store: db, Roots: []*ca.Authority{root}, Logger: log})
+	signer, err := issuer.NewCRLSigner(issuer.CRLSignerConfig{Issuer: iss, DenyList: dl, Store: db, Root: issuer.FixedCA(root), Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	shared, err := issuer.NewSharedCRLs(issuer.SharedCRLsConfig{
-		Own: signer, Store: db, Root: root.Certificate, Cluster: "dev", PollInterval: 50 * time.Millisecond, Logger: log,
+		Own: signer, Store: db, Root: issuer.FixedCA(root), Cluster: "dev", PollInterval: 50 * time.Millisecond, Logger: log,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +67,7 @@ func newCRLReplica(t *testing.T, local *issuer.LocalRoot, db *sqlite.Store, root
 		t.Fatal(err)
 	}
 	jwts, err := issuer.NewSharedJWTs(issuer.SharedJWTsConfig{
-		Own: keys, Store: db, Root: root.Certificate, TrustDomain: tb.Domains[0].TrustDomain, Cluster: "dev",
+		Own: keys, Store: db, Root: issuer.FixedCA(root), TrustDomain: tb.Domains[0].TrustDomain, Cluster: "dev",
 		PollInterval: 50 * time.Millisecond, Logger: log,
 	})
 	if err != nil {

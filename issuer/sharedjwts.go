@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"log/slog"
 	"slices"
 	"time"
@@ -32,10 +31,11 @@ type SharedJWTsConfig struct {
 	Own JWTSource
 	// Store is shared by the replicas. Required.
 	Store JWTAuthorityStore
-	// Root is the local root every replica's intermediates chain to; a
-	// stored authority whose certificate does not is never served.
+	// Root is the local root every replica's intermediates chain to (its
+	// current CA, asked at every read, as SharedCRLsConfig.Root); a stored
+	// authority whose certificate does not chain to it is never served.
 	// Required.
-	Root *x509.Certificate
+	Root CASource
 	// TrustDomain is the domain whose JWT-SVIDs the keys sign. Required.
 	TrustDomain spiffeid.TrustDomain
 	// Cluster names the rows this replica writes and reads. Required.
@@ -55,7 +55,7 @@ func (c SharedJWTsConfig) Validate() error {
 	switch {
 	case c.Own == nil || c.Store == nil:
 		return errors.New("shared JWT keys: own keys and store are required")
-	case c.Root == nil || !c.Root.IsCA:
+	case c.Root == nil || c.Root.CA() == nil || !c.Root.CA().Certificate.IsCA:
 		return errors.New("shared JWT keys: a CA root is required")
 	case c.TrustDomain.IsZero() || c.Cluster == "":
 		return errors.New("shared JWT keys: trust domain and cluster are required")
@@ -73,8 +73,7 @@ func (c SharedJWTsConfig) Validate() error {
 // from another; and a key outlives the replica that made it (a restart)
 // for as long as its tokens can.
 type SharedJWTs struct {
-	cfg   SharedJWTsConfig
-	roots *trust.Bundle
+	cfg SharedJWTsConfig
 
 	// State owned by the Run goroutine: the verified stored authorities,
 	// and the rows refused (logged once each).
@@ -95,11 +94,7 @@ func NewSharedJWTs(cfg SharedJWTsConfig) (*SharedJWTs, error) {
 	cfg.PollInterval = cmp.Or(cfg.PollInterval, DefaultSharedCRLPollInterval)
 	cfg.AttemptTimeout = cmp.Or(cfg.AttemptTimeout, 30*time.Second)
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
-	roots, err := trust.NewBundle(cfg.Root)
-	if err != nil {
-		return nil, fmt.Errorf("shared JWT keys: %w", err)
-	}
-	return &SharedJWTs{cfg: cfg, roots: roots, refused: map[string]bool{}}, nil
+	return &SharedJWTs{cfg: cfg, refused: map[string]bool{}}, nil
 }
 
 // Current returns this replica's JWT authorities and the verified stored
@@ -171,6 +166,7 @@ func (s *SharedJWTs) merge(ctx context.Context, own []trust.JWTAuthority, now ti
 // current at now. A row refused is logged once per key.
 func (s *SharedJWTs) verified(rows []store.JWTAuthority, now time.Time) []trust.JWTAuthority {
 	var out []trust.JWTAuthority
+	roots, rootErr := trust.NewBundle(s.cfg.Root.CA().Certificate)
 	for _, r := range rows {
 		if r.Cluster != s.cfg.Cluster || r.TrustDomain != s.cfg.TrustDomain.Name() {
 			continue
@@ -178,7 +174,10 @@ func (s *SharedJWTs) verified(rows []store.JWTAuthority, now time.Time) []trust.
 		pub, err := x509.ParsePKIXPublicKey(r.PublicKey)
 		a := trust.JWTAuthority{KeyID: r.KeyID, PublicKey: pub, ExpiresAt: r.ExpiresAt, Chain: r.Chain}
 		if err == nil {
-			err = trust.VerifyJWTAuthority(a, s.cfg.TrustDomain, s.roots, now)
+			err = rootErr
+		}
+		if err == nil {
+			err = trust.VerifyJWTAuthority(a, s.cfg.TrustDomain, roots, now)
 		}
 		if err == nil {
 			out = append(out, a)

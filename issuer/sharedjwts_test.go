@@ -101,7 +101,7 @@ func TestSharedJWTsConfigValidate(t *testing.T) {
 	t.Cleanup(func() { _ = db.Close() })
 	w := newWireOptions(t, wireOptions{jwt: &issuer.JWTConfig{}})
 	good := func() issuer.SharedJWTsConfig {
-		return issuer.SharedJWTsConfig{Own: w.keys, Store: db, Root: tree.Root.Certificate, TrustDomain: tree.TrustDomain, Cluster: "dev"}
+		return issuer.SharedJWTsConfig{Own: w.keys, Store: db, Root: issuer.FixedCA(tree.Root), TrustDomain: tree.TrustDomain, Cluster: "dev"}
 	}
 	if err := good().Validate(); err != nil {
 		t.Fatalf("a complete config: %v", err)
@@ -110,10 +110,12 @@ func TestSharedJWTsConfigValidate(t *testing.T) {
 		mod  func(*issuer.SharedJWTsConfig)
 		want string
 	}{
-		"no own keys":      {func(c *issuer.SharedJWTsConfig) { c.Own = nil }, "own keys and store are required"},
-		"no store":         {func(c *issuer.SharedJWTsConfig) { c.Store = nil }, "own keys and store are required"},
-		"no root":          {func(c *issuer.SharedJWTsConfig) { c.Root = nil }, "a CA root is required"},
-		"leaf as root":     {func(c *issuer.SharedJWTsConfig) { c.Root = &x509.Certificate{} }, "a CA root is required"},
+		"no own keys": {func(c *issuer.SharedJWTsConfig) { c.Own = nil }, "own keys and store are required"},
+		"no store":    {func(c *issuer.SharedJWTsConfig) { c.Store = nil }, "own keys and store are required"},
+		"no root":     {func(c *issuer.SharedJWTsConfig) { c.Root = nil }, "a CA root is required"},
+		"leaf as root": {func(c *issuer.SharedJWTsConfig) {
+			c.Root = issuer.FixedCA(&ca.Authority{Certificate: &x509.Certificate{}})
+		}, "a CA root is required"},
 		"no cluster":       {func(c *issuer.SharedJWTsConfig) { c.Cluster = "" }, "trust domain and cluster are required"},
 		"negative poll":    {func(c *issuer.SharedJWTsConfig) { c.PollInterval = -time.Second }, "negative poll interval"},
 		"negative timeout": {func(c *issuer.SharedJWTsConfig) { c.AttemptTimeout = -time.Second }, "negative poll interval or timeout"},

@@ -144,3 +144,58 @@ func TestUpstreamAuthoritiesFromProto(t *testing.T) {
 		t.Fatalf("an upstream chain without authorities: %v", err)
 	}
 }
+
+// TestSignerTrustedByKey: trust is in meshca's CA key. A bundle signed by
+// a certificate the receiver does not hold is accepted when it is one of
+// the bundle's authorities and the receiver trusts a valid certificate
+// for the same key (the upstream renewed it, or another replica holds its
+// own for the shared key); not when the trusted certificate for that key
+// has expired, nor when the signer's key is not trusted.
+func TestSignerTrustedByKey(t *testing.T) {
+	now := time.Now()
+	upRoot := testkit.Root(t, "upstream-root", now, 100*24*time.Hour)
+	held := upstreamCA(t, upRoot, "meshca-ca", now)
+	renewed := upstreamCA(t, upRoot, "meshca-ca", now.Add(time.Hour))
+	expired := upstreamCA(t, upRoot, "meshca-ca", now.Add(-72*time.Hour))
+	other := upstreamCA(t, upRoot, "other-ca", now)
+	td := spiffeid.RequireTrustDomainFromString("east.example")
+	signed := func(signer *ca.Authority) *trust.TrustBundle {
+		b := &trust.TrustBundle{Sequence: 3, Domains: []trust.DomainBundle{{
+			TrustDomain: td, Roots: mustBundle(t, upRoot.Certificate), Authorities: mustBundle(t, signer.Certificate),
+		}}}
+		if err := ca.SignTrustBundle(b, signer.Signer, signer.Certificate); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		name    string
+		signer  *ca.Authority
+		trusted *ca.Authority
+		ok      bool
+	}{
+		{"renewed certificate of the held key", renewed, held, true},
+		{"held certificate", held, held, true},
+		{"only an expired certificate of the key is trusted", renewed, expired, false},
+		{"another key of the same upstream", other, held, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := signed(tc.signer).VerifySignature(mustBundle(t, tc.trusted.Certificate), now.Add(2*time.Hour))
+			if (err == nil) != tc.ok || (err != nil && !errors.Is(err, trust.ErrUntrustedSigner)) {
+				t.Errorf("VerifySignature: %v, want accepted %v", err, tc.ok)
+			}
+		})
+	}
+	// A signer named by fingerprint but outside the bundle's authorities
+	// is not looked up by key.
+	b := signed(renewed)
+	b.Domains[0].Authorities = mustBundle(t, held.Certificate)
+	if err := ca.SignTrustBundle(b, renewed.Signer, renewed.Certificate); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.VerifySignature(mustBundle(t, held.Certificate), now.Add(2*time.Hour)); err == nil {
+		// held is trusted and holds the key, but the bundle names renewed,
+		// which it does not carry.
+		t.Error("a signer the bundle does not carry was accepted")
+	}
+}

@@ -146,21 +146,22 @@ func (b *TrustBundle) IsSigned() bool { return len(b.Signature) != 0 }
 // OwnAuthorities of the last accepted bundle, or configured roots): never
 // an upstream PKI's root, which also vouches for certificates that are
 // not meshca's. When b has Authorities of its own (an upstream PKI), the
-// signer must also chain to b's own roots through its upstream chain. It
-// fails with ErrUnsigned, ErrUntrustedSigner (also for a signer that is not
-// valid at now) or ErrBadSignature.
+// signer must also chain to b's own roots through its upstream chain.
+//
+// Trust is in the CA's key: a signer that is not one of trusted but one of
+// b's own authorities is accepted when one of trusted, valid at now, holds
+// the same public key (signedByTrustedKey) — an upstream PKI renews
+// meshca's CA certificate for the same key, and replicas of a standalone
+// issuer hold certificates of their own for one shared key. It fails with
+// ErrUnsigned, ErrUntrustedSigner (also for a signer that is not valid at
+// now) or ErrBadSignature.
 func (b *TrustBundle) VerifySignature(trusted *Bundle, now time.Time) error {
 	if !b.IsSigned() {
 		return ErrUnsigned
 	}
-	var signer *x509.Certificate
-	if trusted != nil {
-		for _, r := range trusted.Roots() {
-			if Fingerprint(r) == b.Signer {
-				signer = r
-				break
-			}
-		}
+	signer := findCert(trusted, b.Signer)
+	if signer == nil {
+		signer = b.signedByTrustedKey(trusted, now)
 	}
 	if signer == nil {
 		return fmt.Errorf("%w: signer sha256 %s", ErrUntrustedSigner, hex.EncodeToString(b.Signer[:]))
@@ -174,6 +175,39 @@ func (b *TrustBundle) VerifySignature(trusted *Bundle, now time.Time) error {
 	}
 	if err := b.CheckSignatureFrom(signer.PublicKey, b.Signature); err != nil {
 		return fmt.Errorf("%w: signer sha256 %s, sequence %d: %w", ErrBadSignature, hex.EncodeToString(b.Signer[:]), b.Sequence, err)
+	}
+	return nil
+}
+
+// findCert returns the certificate of set with fingerprint fp, or nil.
+func findCert(set *Bundle, fp [32]byte) *x509.Certificate {
+	if set == nil {
+		return nil
+	}
+	for _, r := range set.Roots() {
+		if Fingerprint(r) == fp {
+			return r
+		}
+	}
+	return nil
+}
+
+// signedByTrustedKey returns b's own authority named by b.Signer when a
+// certificate of trusted that is valid at now holds its public key, else
+// nil.
+func (b *TrustBundle) signedByTrustedKey(trusted *Bundle, now time.Time) *x509.Certificate {
+	signer := findCert(b.OwnAuthorities(), b.Signer)
+	if signer == nil || trusted == nil {
+		return nil
+	}
+	pub, ok := signer.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
+	if !ok {
+		return nil
+	}
+	for _, r := range trusted.Roots() {
+		if pub.Equal(r.PublicKey) && !now.Before(r.NotBefore) && now.Before(r.NotAfter) {
+			return signer
+		}
 	}
 	return nil
 }

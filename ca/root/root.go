@@ -21,6 +21,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/grpclimit"
 	"github.com/meshca/meshca/internal/grpcx"
+	"github.com/meshca/meshca/rotation"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/trust"
 )
@@ -660,7 +661,7 @@ func shouldRotate(roots []RootStatus, now time.Time) bool {
 		return false
 	}
 	c := roots[i].Cert
-	return c.NotAfter.Sub(now) < c.NotAfter.Sub(c.NotBefore)/3
+	return rotation.CADue(now, rotation.Validity{NotBefore: c.NotBefore, NotAfter: c.NotAfter})
 }
 
 func verifySelfSigned(c *x509.Certificate, now time.Time) error {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -26,10 +25,6 @@ type Upstream interface {
 }
 
 var _ Upstream = (*upstream.Authority)(nil)
-
-// maxUpstreamBackoff bounds the wait between failed requests to the
-// upstream for the next CA certificate.
-const maxUpstreamBackoff = time.Hour
 
 // upstreamRetry is the state of failed automatic renewals under an
 // upstream PKI: the next attempt waits until at.
@@ -66,13 +61,8 @@ func (r *Root) newCACert(ctx context.Context, signer crypto.Signer, now time.Tim
 	if err == nil {
 		err = upstream.Check(in, signer.Public(), now)
 	}
-	switch {
-	case errors.Is(err, upstream.ErrRefused), errors.Is(err, upstream.ErrBadCertificate):
-		return RootRecord{}, fmt.Errorf("%w: %w: CA certificate from the upstream: %w", grpcx.ErrFailedPrecondition, rotation.ErrRefused, err)
-	case err != nil && !errors.Is(err, grpcx.ErrUnavailable):
-		return RootRecord{}, fmt.Errorf("%w: CA certificate from the upstream: %w", grpcx.ErrUnavailable, err)
-	case err != nil:
-		return RootRecord{}, fmt.Errorf("CA certificate from the upstream: %w", err)
+	if err != nil {
+		return RootRecord{}, fmt.Errorf("CA certificate from the upstream: %w", upstream.RenewalError(err))
 	}
 	return RootRecord{Cert: in.Certificate, Chain: in.Chain, Anchor: in.Root}, nil
 }
@@ -210,14 +200,12 @@ func (r *Root) rotationDue(now time.Time) bool {
 }
 
 // rotationFailedLocked schedules the next attempt after a failed automatic
-// rotation under an upstream PKI (rotation.RetryDelay: from Tick doubling
-// up to an hour; an hour after a refusal) and logs it: the active CA keeps
+// rotation under an upstream PKI (rotation.CARetry: from Tick doubling up
+// to an hour; an hour after a refusal) and logs it: the active CA keeps
 // signing meanwhile.
 func (r *Root) rotationFailedLocked(ctx context.Context, now time.Time, err error) {
 	r.upstreamRetry.failures++
-	delay, refused := rotation.RetryDelay(err, r.upstreamRetry.failures, rand.Float64(), rotation.Config{
-		MinBackoff: r.cfg.Tick, MaxBackoff: maxUpstreamBackoff, RefusedBackoff: maxUpstreamBackoff,
-	})
+	delay, refused := rotation.RetryDelay(err, r.upstreamRetry.failures, rand.Float64(), rotation.CARetry(r.cfg.Tick))
 	r.upstreamRetry.at = now.Add(delay)
 	attrs := []any{"error", err.Error(), "failures", r.upstreamRetry.failures, "retry_in", delay.String()}
 	if r.active != nil {

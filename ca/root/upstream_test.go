@@ -23,6 +23,7 @@ import (
 	"github.com/meshca/meshca/ca/upstream"
 	"github.com/meshca/meshca/ca/vault"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/rotation"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/test/steptest"
 	"github.com/meshca/meshca/test/vaulttest"
@@ -139,7 +140,7 @@ func TestUpstreamRoot(t *testing.T) {
 	h.enrollChain(addr, "south", "south.example") // issuance continues
 
 	s.Restart(t)
-	h.clock.Advance(maxUpstreamBackoff)
+	h.clock.Advance(rotation.MaxCABackoff)
 	h.refresh()
 	st := h.root.Roots()
 	last := st[len(st)-1]

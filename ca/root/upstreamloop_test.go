@@ -18,6 +18,7 @@ import (
 	"github.com/meshca/meshca/ca/upstream"
 	"github.com/meshca/meshca/internal/grpcx"
 	"github.com/meshca/meshca/internal/testkit"
+	"github.com/meshca/meshca/rotation"
 )
 
 // fakeUpstream is an upstream PKI in memory: a self-signed root that
@@ -122,7 +123,7 @@ func TestUpstreamRenewalLoop(t *testing.T) {
 			t.Fatalf("%d requests in 2 h with the upstream down, want a handful (backoff from %v up to an hour), not one per tick", len(calls), tick)
 		}
 		for i := 1; i < len(calls); i++ {
-			gap, want := calls[i].Sub(calls[i-1]), min(tick<<(i-1), maxUpstreamBackoff)
+			gap, want := calls[i].Sub(calls[i-1]), min(tick<<(i-1), rotation.MaxCABackoff)
 			if gap < want*4/5 || gap > want*6/5+tick {
 				t.Fatalf("attempt %d came %v after the previous one, want about %v", i+1, gap, want)
 			}
@@ -132,7 +133,7 @@ func TestUpstreamRenewalLoop(t *testing.T) {
 		}
 
 		up.setDown(false)
-		time.Sleep(maxUpstreamBackoff + tick)
+		time.Sleep(rotation.MaxCABackoff + tick)
 		synctest.Wait()
 		roots := r.Roots()
 		if len(roots) != 2 || roots[1].State != RootPrepared && roots[1].State != RootActive || !roots[1].Anchor.Equal(up.root) {

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshca/meshca/internal/grpcx"
+	"github.com/meshca/meshca/rotation"
 )
 
 // ErrRefused means the upstream answered and refused the request: an HTTP
@@ -268,4 +269,19 @@ func readPassword(path string) (string, error) {
 		return "", fmt.Errorf("password file: %w", err)
 	}
 	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
+// RenewalError classifies err, from Issue or Check, for a loop that
+// renews meshca's CA certificate (rotation.RetryDelay): a refusal or an
+// unusable answer wraps rotation.ErrRefused and grpcx.ErrFailedPrecondition
+// (the operator must change the upstream's configuration or meshca's),
+// anything else grpcx.ErrUnavailable (retry with backoff).
+func RenewalError(err error) error {
+	switch {
+	case errors.Is(err, ErrRefused), errors.Is(err, ErrBadCertificate):
+		return fmt.Errorf("%w: %w: %w", grpcx.ErrFailedPrecondition, rotation.ErrRefused, err)
+	case !errors.Is(err, grpcx.ErrUnavailable):
+		return fmt.Errorf("%w: %w", grpcx.ErrUnavailable, err)
+	}
+	return err
 }

@@ -124,3 +124,34 @@ current-context: c
 		t.Fatal(err)
 	}
 }
+
+// upstreamPKI is mapped onto the stack over root.dir (its refusals are
+// in TestIssuerUpstreamConfig).
+func TestIssuerUpstreamPKIStack(t *testing.T) {
+	base := "cluster: east\nclusters: [{name: east, attestor: dev}]\n"
+	cfg := defaultIssuerConfig()
+	if err := decodeStrict([]byte(base+stepUpstreamPKI+"root: {dir: /keys}\n"), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.validate(); err != nil {
+		t.Fatalf("valid upstreamPKI: %v", err)
+	}
+	sc, err := issuerStack(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc.UpstreamPKI == nil || sc.UpstreamPKI.Type != "stepcas" || sc.UpstreamPKI.StepCAS.Provisioner != "meshca" || sc.RootDir != "/keys" || sc.Upstream != nil {
+		t.Errorf("stack config %+v: want the step-ca upstream PKI over root.dir", sc.UpstreamPKI)
+	}
+	cfg = defaultIssuerConfig()
+	if err := decodeStrict([]byte(base), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if sc, err := issuerStack(cfg); err != nil || sc.UpstreamPKI != nil {
+		t.Errorf("without upstreamPKI: %v, upstream PKI %+v", err, sc.UpstreamPKI)
+	}
+}
+
+// stepUpstreamPKI is a valid upstreamPKI: step-ca through a JWK provisioner.
+var stepUpstreamPKI = "upstreamPKI: {type: stepcas, stepcas: {url: 'https://ca.example:9000', fingerprint: '" + strings.Repeat("ab", 32) +
+	"', provisioner: meshca, provisionerType: jwk, keyFile: k.pem}}\n"

@@ -82,6 +82,14 @@ type issuerConfig struct {
 	// with it, keeps its intermediate key in memory only, renews and
 	// rotates the intermediate, and relays the trust bundle to agents.
 	Upstream upstreamConfig `json:"upstream,omitempty"`
+	// UpstreamPKI has an existing PKI (step-ca, Vault PKI, Google Cloud
+	// CAS) certify the key of Root instead of meshca self-signing it, as
+	// `upstream:` of `meshca root serve` does for the central root: the
+	// upstream's root is the workloads' trust anchor, the certificate is
+	// renewed with a third of its life left, and replicas sharing the
+	// store share the key (root.dir). Exclusive with Upstream (the central
+	// root) and Intermediate. See the README, "Upstream PKI".
+	UpstreamPKI upstreamPKIConfig `json:"upstreamPKI,omitempty"`
 	// Store selects the database; the default is SQLite in DataDir.
 	// Replicas of one cluster's issuer share one PostgreSQL: certificates,
 	// audit log and revocations.
@@ -398,6 +406,9 @@ func (c issuerConfig) validate() error {
 	} else if c.Upstream != (upstreamConfig{}) {
 		return errors.New("upstream.address is required when upstream is set")
 	}
+	if err := c.validateUpstreamPKI(); err != nil {
+		return err
+	}
 	if err := c.Intermediate.validate(c); err != nil {
 		return err
 	}
@@ -445,6 +456,29 @@ func (c issuerConfig) validate() error {
 	td, _ := spiffeid.TrustDomainFromString(c.TrustDomain)
 	_, err := dnsGrants(c.DNSGrants, td)
 	return err
+}
+
+// validateUpstreamPKI checks upstreamPKI: an upstream PKI certifies the
+// issuer's own root key, so it excludes the central root (upstream), whose
+// root holds the key above the issuer, and a plugged intermediate.
+func (c issuerConfig) validateUpstreamPKI() error {
+	pki := c.UpstreamPKI.config()
+	switch {
+	case !pki.Enabled():
+		if err := pki.Validate(); err != nil {
+			return fmt.Errorf("upstreamPKI: %w", err)
+		}
+		return nil
+	case c.Upstream != (upstreamConfig{}):
+		return errors.New("upstreamPKI and upstream exclude each other: upstream is the central meshca root, which certifies the issuer " +
+			"itself; configure the upstream PKI on the root (`meshca root serve`, upstream:) instead, or drop upstream: for a standalone issuer")
+	case c.Intermediate.enabled():
+		return errors.New("upstreamPKI and intermediate exclude each other: the plugged intermediate is the issuer's only CA")
+	}
+	if err := pki.Validate(); err != nil {
+		return fmt.Errorf("upstreamPKI: %w", err)
+	}
+	return nil
 }
 
 func (c clusterConfig) validate() error {

@@ -88,6 +88,18 @@ func TestIssuerUpstreamConfig(t *testing.T) {
 		{"no bundle", base + "upstream: {address: 'r:15020'}\n", "upstream.bundleFile is required"},
 		{"root dir too", base + "root: {dir: /x}\nupstream: {address: 'r:15020', bundleFile: b.pem}\n", "exclusive"},
 		{"no address", base + "upstream: {bundleFile: b.pem}\n", "upstream.address is required"},
+		// upstreamPKI certifies the standalone issuer's own root key.
+		{"upstreamPKI with the central root", base + stepUpstreamPKI + "upstream: {address: 'r:15020', bundleFile: b.pem}\n",
+			"upstreamPKI and upstream exclude each other"},
+		{"upstreamPKI with a plugged intermediate", base + stepUpstreamPKI + "intermediate: {certFile: c, keyFile: k, rootFile: r}\n",
+			"upstreamPKI and intermediate exclude each other"},
+		{"upstreamPKI options without a type", base + "upstreamPKI: {ttl: 48h}\n", "upstreamPKI: upstream: options given without a type"},
+		{"upstreamPKI vaultcas", base + "upstreamPKI: {type: vaultcas}\n", "upstreamPKI: upstream: type vaultcas cannot issue"},
+		{"upstreamPKI short ttl", base + "upstreamPKI: {type: cloudcas, ttl: 1h, cloudcas: {certificateAuthority: x}}\n", "upstreamPKI: upstream: ttl 1h0m0s"},
+		{"upstreamPKI stepcas without fingerprint",
+			base + "upstreamPKI: {type: stepcas, stepcas: {url: 'https://ca.example', provisioner: p, provisionerType: jwk, keyFile: k}}\n",
+			"upstreamPKI: upstream stepcas: fingerprint"},
+		{"upstreamPKI unknown field", base + "upstreamPKI: {type: stepcas, stepcas: {address: x}}\n", `unknown field "upstreamPKI.stepcas.address"`},
 	} {
 		cfg := defaultIssuerConfig()
 		err := decodeStrict([]byte(tc.yaml), &cfg)

@@ -60,6 +60,9 @@ func issuerStack(cfg issuerConfig) (stack.Config, error) {
 		pc := cfg.Intermediate.plugged()
 		sc.Plugged = &pc
 	}
+	if pki := cfg.UpstreamPKI.config(); pki.Enabled() {
+		sc.UpstreamPKI = &pki
+	}
 	if u := cfg.Upstream; u.enabled() {
 		sc.Upstream = &stack.Upstream{Address: u.Address, ServerName: u.ServerName, BundleFile: u.BundleFile, JoinTokenFile: u.JoinTokenFile,
 			Replica: u.Replica}

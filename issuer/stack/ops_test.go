@@ -66,6 +66,14 @@ func runOpsStack(t *testing.T, open func(ctx context.Context, m *store.Metrics) 
 		Serving:        func(addr, bundlePath string) { s.grpcAddr, s.bundlePath = addr, bundlePath; close(serving) },
 		MetricsServing: func(addr string) { s.opsAddr = addr; close(opsServing) },
 	}
+	s.start(t, cfg, serving, opsServing)
+	return s
+}
+
+// start runs cfg until the test ends (or cancel) and returns once every
+// one of ready is closed.
+func (s *opsStack) start(t *testing.T, cfg stack.Config, ready ...chan struct{}) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	s.cancel = cancel
 	go func() { s.done <- stack.Run(ctx, cfg) }()
@@ -75,16 +83,15 @@ func runOpsStack(t *testing.T, open func(ctx context.Context, m *store.Metrics) 
 			t.Errorf("Run: %v", err)
 		}
 	})
-	for _, ch := range []chan struct{}{serving, opsServing} {
+	for _, ch := range ready {
 		select {
 		case <-ch:
 		case err := <-s.done:
 			t.Fatalf("Run returned before serving: %v", err)
-		case <-time.After(30 * time.Second):
-			t.Fatal("stack not serving after 30s")
+		case <-time.After(60 * time.Second):
+			t.Fatal("stack not serving after 60s")
 		}
 	}
-	return s
 }
 
 // dial connects to the stack's gRPC port, trusting its bundle.pem.

@@ -29,12 +29,15 @@ type parts struct {
 	admin   *issuer.AdminServer
 	loop    *issuer.Intermediates // nil on a plugged intermediate
 	plugged *issuer.PluggedCA     // nil unless on a plugged intermediate
-	relayed issuer.BundleSource   // nil without a central root
-	srv     *issuer.Server
-	mtls    *adminapi.MTLS // nil without an admin mTLS listener
-	iss     *issuer.Issuer
-	ca      *issuer.CAMetrics  // nil without metrics
-	rootCMs *rootcm.Controller // nil unless Config.RootConfigMaps
+	relayed issuer.BundleSource   // nil without a central root or an upstream PKI
+	// renewing renews the local root's certificate from an upstream PKI;
+	// nil without one.
+	renewing *issuer.LocalRoot
+	srv      *issuer.Server
+	mtls     *adminapi.MTLS // nil without an admin mTLS listener
+	iss      *issuer.Issuer
+	ca       *issuer.CAMetrics  // nil without metrics
+	rootCMs  *rootcm.Controller // nil unless Config.RootConfigMaps
 	// ops runs the operations listener, the health service's follower and
 	// the CA metrics until ctx ends; set by serve before run.
 	ops func(ctx context.Context) error
@@ -68,7 +71,7 @@ func (c Config) build(ctx context.Context, src intermediateSource, att attest.At
 		return nil, err
 	}
 	if p.crls, err = issuer.NewCRLSigner(issuer.CRLSignerConfig{
-		Issuer: iss, DenyList: p.deny, Store: db, Validity: c.Revocation.CRLValidity, Roots: src.crlRoots(),
+		Issuer: iss, DenyList: p.deny, Store: db, Validity: c.Revocation.CRLValidity, Root: src.localCA(),
 		Publisher: src.publisher(), Logger: log,
 	}); err != nil {
 		return nil, err
@@ -76,7 +79,7 @@ func (c Config) build(ctx context.Context, src intermediateSource, att attest.At
 	var served issuer.CRLSource = p.crls
 	if src.localRoot != nil {
 		if p.shared, err = issuer.NewSharedCRLs(issuer.SharedCRLsConfig{
-			Own: p.crls, Store: db, Root: src.localRoot.Certificate, Cluster: c.Cluster, PollInterval: c.Revocation.PollInterval, Logger: log,
+			Own: p.crls, Store: db, Root: src.localCA(), Cluster: c.Cluster, PollInterval: c.Revocation.PollInterval, Logger: log,
 		}); err != nil {
 			return nil, err
 		}
@@ -88,7 +91,7 @@ func (c Config) build(ctx context.Context, src intermediateSource, att attest.At
 	var servedJWTs issuer.JWTSource
 	if src.localRoot != nil && p.jwt != nil {
 		if p.jwts, err = issuer.NewSharedJWTs(issuer.SharedJWTsConfig{
-			Own: p.jwt, Store: db, Root: src.localRoot.Certificate, TrustDomain: c.TrustDomain, Cluster: c.Cluster,
+			Own: p.jwt, Store: db, Root: src.localCA(), TrustDomain: c.TrustDomain, Cluster: c.Cluster,
 			PollInterval: c.Revocation.PollInterval, Logger: log,
 		}); err != nil {
 			return nil, err
@@ -134,7 +137,7 @@ func (c Config) buildRotation(p *parts, src intermediateSource, log *slog.Logger
 	if p.loop, err = issuer.NewIntermediates(issuer.IntermediatesConfig{Issuer: p.iss, Root: src.root, Bundle: src.bundle, Logger: log}); err != nil {
 		return err
 	}
-	p.relayed = src.relayed(p.loop)
+	p.relayed, p.renewing = src.relayed(p.loop), src.renewing
 	return nil
 }
 
@@ -144,7 +147,7 @@ func (c Config) adminConfig(iss *issuer.Issuer, src intermediateSource, p *parts
 	cp := c.Checkpoint
 	cp.DataDir = c.DataDir
 	ac := issuer.AdminConfig{
-		TrustDomain: c.TrustDomain, Cluster: c.Cluster, Store: db, DenyList: p.deny, Root: src.localRoot, Logger: log,
+		TrustDomain: c.TrustDomain, Cluster: c.Cluster, Store: db, DenyList: p.deny, Root: src.localCA(), Logger: log,
 		Issuer: iss, Bundles: p.relayed, CheckpointDir: cp.Path(),
 		Listening: adminapi.Listening{GRPC: c.Listen, AdminSocket: c.adminSocket().Path, AdminTLS: c.AdminTLSListen, Metrics: c.MetricsListen},
 	}
@@ -180,6 +183,9 @@ func (p *parts) run(ctx context.Context, ls listeners, bundlePath string, db Sto
 	}
 	if p.loop != nil {
 		g.Go(func() error { return p.loop.Run(gctx) })
+	}
+	if p.renewing != nil {
+		g.Go(func() error { return p.renewing.Run(gctx) })
 	}
 	switch {
 	case p.relayed != nil:

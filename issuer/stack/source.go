@@ -31,6 +31,12 @@ type intermediateSource struct {
 	upstream *issuer.Upstream
 	// localRoot is the local file root (it signs a CRL too); nil upstream.
 	localRoot *ca.Authority
+	// renewing is the local root under an upstream PKI (Config.UpstreamPKI):
+	// it renews its certificate (Run) and serves its bundle. Nil otherwise.
+	renewing *issuer.LocalRoot
+	// close releases what the source holds (the upstream PKI's client);
+	// nil when nothing.
+	close func()
 	// plugged is the operator's intermediate, followed in its files; nil
 	// unless Config.Plugged. root is nil then: nothing mints
 	// intermediates.
@@ -49,7 +55,7 @@ func newIntermediateSource(ctx context.Context, c Config, db Store, log *slog.Lo
 	case c.Plugged != nil:
 		return pluggedIntermediate(*c.Plugged, log)
 	}
-	return localIntermediate(ctx, c, db)
+	return localIntermediate(ctx, c, db, log)
 }
 
 // pluggedIntermediate loads the operator's intermediate; it is never
@@ -93,35 +99,80 @@ func (src intermediateSource) jwtPublisher() issuer.JWTPublisher {
 	return src.upstream
 }
 
-// crlRoots are the roots the issuer signs CRLs with: the local root.
-func (src intermediateSource) crlRoots() []*ca.Authority {
-	if src.localRoot == nil {
-		return nil
+// localCA is the local root's current CA: the renewing LocalRoot under an
+// upstream PKI, else the file root; nil without a local root.
+func (src intermediateSource) localCA() issuer.CASource {
+	switch {
+	case src.renewing != nil:
+		return src.renewing
+	case src.localRoot != nil:
+		return issuer.FixedCA(src.localRoot)
 	}
-	return []*ca.Authority{src.localRoot}
+	return nil
 }
 
 // relayed is the bundle the issuer serves to agents when it relays the
-// central root's, nil when it serves its own (issuer.ServerConfig.Bundles).
+// central root's, or its local root's under an upstream PKI; nil when it
+// serves its own roots (issuer.ServerConfig.Bundles).
 func (src intermediateSource) relayed(loop *issuer.Intermediates) issuer.BundleSource {
-	if src.upstream == nil {
-		return nil
+	switch {
+	case src.upstream != nil:
+		return loop
+	case src.renewing != nil:
+		return src.renewing
 	}
-	return loop
+	return nil
+}
+
+// bundlePEM is what bundle.pem holds at start: meshca's own CAs of the
+// first bundle, as FollowBundleFile keeps it (under an upstream PKI never
+// the upstream's root), else the issuer's roots.
+func (src intermediateSource) bundlePEM() []byte {
+	if src.bundle != nil {
+		if own := src.bundle.OwnAuthorities(); own != nil {
+			return own.PEM()
+		}
+	}
+	return src.roots.PEM()
 }
 
 // localIntermediate mints the first in-memory intermediate under the file
-// root db records for every replica (standaloneRoot), for the serving
-// names c.Hosts; its LocalRoot mints the next ones.
-func localIntermediate(ctx context.Context, c Config, db Store) (intermediateSource, error) {
-	root, err := standaloneRoot(ctx, c, db)
-	if err != nil {
-		return intermediateSource{}, err
+// root db records for every replica (standaloneRoot), or, with
+// c.UpstreamPKI, under the root key db records certified by the upstream
+// (connectUpstreamPKI), for the serving names c.Hosts; its LocalRoot mints
+// the next ones.
+func localIntermediate(ctx context.Context, c Config, db Store, log *slog.Logger) (intermediateSource, error) {
+	lc := issuer.LocalRootConfig{
+		TrustDomain: c.TrustDomain, Cluster: c.Cluster, ServingNames: c.Hosts,
+		WorkloadDNSNames: issuer.DNSGrantNames(c.DNSGrants), TTL: c.IntermediateTTL, Logger: log,
 	}
-	local, err := issuer.NewLocalRoot(issuer.LocalRootConfig{
-		Root: root, TrustDomain: c.TrustDomain, Cluster: c.Cluster, ServingNames: c.Hosts,
-		WorkloadDNSNames: issuer.DNSGrantNames(c.DNSGrants), TTL: c.IntermediateTTL,
-	})
+	var closeUpstream func()
+	if c.UpstreamPKI != nil {
+		u, renewer, closer, err := connectUpstreamPKI(ctx, c, db, log)
+		if err != nil {
+			return intermediateSource{}, err
+		}
+		lc.Root, lc.Anchor, lc.Renewer, closeUpstream = u.CA, u.Anchor, renewer, closer
+	} else {
+		root, err := standaloneRoot(ctx, c, db)
+		if err != nil {
+			return intermediateSource{}, err
+		}
+		lc.Root = root
+	}
+	src, err := localSource(ctx, lc)
+	if err != nil && closeUpstream != nil {
+		closeUpstream()
+	}
+	src.close = closeUpstream
+	return src, err
+}
+
+// localSource mints the first intermediate under the local root lc
+// configures.
+func localSource(ctx context.Context, lc issuer.LocalRootConfig) (intermediateSource, error) {
+	root := lc.Root
+	local, err := issuer.NewLocalRoot(lc)
 	if err != nil {
 		return intermediateSource{}, err
 	}
@@ -132,9 +183,13 @@ func localIntermediate(ctx context.Context, c Config, db Store) (intermediateSou
 	if err := rootLeavesAnHour(inter, root, time.Now()); err != nil {
 		return intermediateSource{}, err
 	}
-	return intermediateSource{
+	src := intermediateSource{
 		authority: inter, bundle: tb, roots: tb.OwnRoots(), root: local, localRoot: root, rootExpires: root.Certificate.NotAfter,
-	}, nil
+	}
+	if lc.Renewer != nil {
+		src.renewing = local
+	}
+	return src, nil
 }
 
 // rootLeavesAnHour refuses to start with an intermediate cut short by its

@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/attest"
+	"github.com/meshca/meshca/ca/upstream"
 	"github.com/meshca/meshca/internal/adminapi"
 	"github.com/meshca/meshca/internal/grpclimit"
 	"github.com/meshca/meshca/internal/ops"
@@ -89,6 +90,13 @@ type Config struct {
 	Checkpoint checkpoint.DirConfig
 	// Upstream, when set, replaces the local file root by the central root.
 	Upstream *Upstream
+	// UpstreamPKI, when set, has an upstream PKI (package ca/upstream:
+	// step-ca, Vault PKI, Cloud CAS) certify the local root's key instead
+	// of self-signing it, and renew that certificate: the upstream's root
+	// becomes the workloads' trust anchor, the local root their issuer's
+	// CA. The key stays in RootDir, pinned in the store by its public key.
+	// Exclusive with Upstream and Plugged.
+	UpstreamPKI *upstream.Config
 	// Plugged, when set, replaces the local file root by an intermediate
 	// CA someone else issued and keeps (Istio's plug-in cacerts): the
 	// issuer signs leaves with it directly, follows its files
@@ -180,6 +188,8 @@ func (c Config) Validate() error {
 		return errors.New("stack: upstream needs an address and a bundle file")
 	case c.Plugged != nil && (c.Upstream != nil || c.RootDir != ""):
 		return errors.New("stack: a plugged intermediate excludes upstream and a root dir")
+	case c.UpstreamPKI != nil && (c.Upstream != nil || c.Plugged != nil):
+		return errors.New("stack: an upstream PKI certifies the local root: it excludes the central root (upstream) and a plugged intermediate")
 	case c.AdminTLSListen != "" && len(c.Admins) == 0:
 		return errors.New("stack: admin mTLS needs at least one admin")
 	}
@@ -194,6 +204,14 @@ func (c Config) Validate() error {
 	if c.Plugged != nil {
 		if err := c.Plugged.Validate(); err != nil {
 			return err
+		}
+	}
+	if c.UpstreamPKI != nil {
+		if err := c.UpstreamPKI.Validate(); err != nil {
+			return err
+		}
+		if !c.UpstreamPKI.Enabled() {
+			return errors.New("stack: upstream PKI without a type")
 		}
 	}
 	return c.Limits.Validate()
@@ -241,6 +259,9 @@ func Run(ctx context.Context, c Config) error {
 	if err != nil {
 		return err
 	}
+	if src.close != nil {
+		defer src.close()
+	}
 	att, err := c.Attestor()
 	if err != nil {
 		return err
@@ -272,7 +293,7 @@ func (c Config) serve(ctx context.Context, src intermediateSource, att attest.At
 	// bundle.pem is in place before the port accepts a connection: whoever
 	// sees the issuer listening can read the roots to dial it with.
 	bundlePath := filepath.Join(c.DataDir, "bundle.pem")
-	if err := renameio.WriteFile(bundlePath, src.roots.PEM(), 0o644); err != nil {
+	if err := renameio.WriteFile(bundlePath, src.bundlePEM(), 0o644); err != nil {
 		return fmt.Errorf("write bundle: %w", err)
 	}
 	ls, err := c.openListeners(p.mtls != nil)

@@ -3,7 +3,6 @@ package stack
 import (
 	"cmp"
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 
@@ -11,7 +10,6 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/store"
-	"github.com/meshca/meshca/trust"
 )
 
 // sharedRootAdvice tells the operator of a refused replica what to do.
@@ -72,7 +70,4 @@ func sameRoot(recorded string, root *ca.Authority, td spiffeid.TrustDomain, clus
 }
 
 // rootFingerprint is the lower-case hex SHA-256 of the root's DER.
-func rootFingerprint(root *ca.Authority) string {
-	sum := trust.Fingerprint(root.Certificate)
-	return hex.EncodeToString(sum[:])
-}
+func rootFingerprint(root *ca.Authority) string { return fingerprint(root.Certificate) }
