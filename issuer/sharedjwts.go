@@ -16,21 +16,12 @@ import (
 	"github.com/meshca/meshca/trust"
 )
 
-// JWTAuthorityStore keeps JWT authorities shared by the replicas of a
-// standalone issuer. The SQL stores implement it.
-type JWTAuthorityStore interface {
-	// PutJWTAuthority stores a, or moves the stored key's expiry later.
-	PutJWTAuthority(ctx context.Context, a store.JWTAuthority) error
-	// JWTAuthorities returns the stored authorities unexpired at now.
-	JWTAuthorities(ctx context.Context, now time.Time) ([]store.JWTAuthority, error)
-}
-
 // SharedJWTsConfig configures a SharedJWTs.
 type SharedJWTsConfig struct {
 	// Own supplies this replica's JWT authorities (a *JWTKeys). Required.
 	Own JWTSource
 	// Store is shared by the replicas. Required.
-	Store JWTAuthorityStore
+	Store store.JWTAuthorityStore
 	// Root is the local root every replica's intermediates chain to (its
 	// current CA, asked at every read, as SharedCRLsConfig.Root); a stored
 	// authority whose certificate does not chain to it is never served.

@@ -1,13 +1,26 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"time"
 )
 
-// JWTAuthority is a JWT-SVID verification key an issuer handed to the root,
-// kept in the store so that every root replica publishes it (see
-// ReplicaStore in ca/root) until it expires.
+// JWTAuthorityStore keeps JWT authorities shared between the replicas of a
+// store: root replicas publish the keys issuers hand them through it, and
+// the replicas of a standalone issuer share their own (issuer.SharedJWTs).
+// Both backends implement it.
+type JWTAuthorityStore interface {
+	// PutJWTAuthority stores a, or moves the expiry of the stored key with
+	// its key ID later when the cluster is the same.
+	PutJWTAuthority(ctx context.Context, a JWTAuthority) error
+	// JWTAuthorities returns the stored authorities unexpired at now.
+	JWTAuthorities(ctx context.Context, now time.Time) ([]JWTAuthority, error)
+}
+
+// JWTAuthority is a JWT-SVID verification key an issuer handed to the root
+// or a standalone replica made, kept in the store so that every replica
+// publishes it (see JWTAuthorityStore) until it expires.
 type JWTAuthority struct {
 	// KeyID is the key's JWT "kid"; it names the key.
 	KeyID string

@@ -93,10 +93,9 @@ type ReplicaStore interface {
 	// the replicas (issuercrls.go).
 	PutIssuerCRL(ctx context.Context, c store.IssuerCRL) error
 	IssuerCRLs(ctx context.Context, now time.Time) ([]store.IssuerCRL, error)
-	// PutJWTAuthority and JWTAuthorities share the JWT authorities issuers
-	// publish (jwtauthorities.go).
-	PutJWTAuthority(ctx context.Context, a store.JWTAuthority) error
-	JWTAuthorities(ctx context.Context, now time.Time) ([]store.JWTAuthority, error)
+	// JWTAuthorityStore shares the JWT authorities issuers publish
+	// (jwtauthorities.go).
+	store.JWTAuthorityStore
 }
 
 // Federated is a source of other meshes' bundles, published alongside the

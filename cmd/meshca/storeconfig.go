@@ -117,6 +117,7 @@ type backend interface {
 	store.AuditHeadReader
 	store.StandaloneRootStore
 	store.IssuerCRLStore
+	store.JWTAuthorityStore
 	VerifyAuditChain(ctx context.Context) error
 	// VerifyAuditHead is what the admin API's VerifyAudit reports from.
 	VerifyAuditHead(ctx context.Context) (store.ChainHead, error)

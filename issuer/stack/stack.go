@@ -39,7 +39,7 @@ type Store interface {
 	store.AuditHeadReader
 	store.StandaloneRootStore
 	store.IssuerCRLStore
-	issuer.JWTAuthorityStore
+	store.JWTAuthorityStore
 	// VerifyAuditHead is what the admin API's VerifyAudit reports from.
 	VerifyAuditHead(ctx context.Context) (store.ChainHead, error)
 }

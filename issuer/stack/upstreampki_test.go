@@ -66,7 +66,7 @@ func (s *opsStack) issue(t *testing.T) []*x509.Certificate {
 	}
 	ctx := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+token)
 	resp, err := pb.NewIstioCertificateServiceClient(s.dial(t)).CreateCertificate(ctx,
-		&pb.IstioCertificateRequest{Csr: csr(t), ValidityDuration: 3600})
+		&pb.IstioCertificateRequest{Csr: string(testkit.CSRPEM(t)), ValidityDuration: 3600})
 	if err != nil {
 		t.Fatalf("CreateCertificate: %v", err)
 	}
