@@ -138,6 +138,13 @@ type istioRootConfigMapsConfig struct {
 	// Identity names this replica in the Lease. Default: the short host
 	// name (the pod name).
 	Identity string `json:"identity,omitempty"`
+	// OwnerClusterRole names a ClusterRole that owns the ConfigMaps and the
+	// Lease: they carry an ownerReference to it, and Kubernetes' garbage
+	// collector deletes them when it is deleted (the Helm chart names its
+	// own, so that `helm uninstall` removes them). Nothing is written while
+	// it does not exist. Default: none, the objects stay until deleted by
+	// hand.
+	OwnerClusterRole string `json:"ownerClusterRole,omitempty"`
 }
 
 // rootcmConfig maps c to the controller's config with the given client.
@@ -147,7 +154,8 @@ func (c istioRootConfigMapsConfig) rootcmConfig(client kubernetes.Interface) roo
 		host, _ := os.Hostname()
 		id, _, _ = strings.Cut(host, ".")
 	}
-	return rootcm.Config{Client: client, Namespaces: c.Namespaces, Selector: c.Selector, LeaseNamespace: c.LeaseNamespace, Identity: id}
+	return rootcm.Config{Client: client, Namespaces: c.Namespaces, Selector: c.Selector, LeaseNamespace: c.LeaseNamespace, Identity: id,
+		OwnerClusterRole: c.OwnerClusterRole}
 }
 
 // validate checks c without a client.

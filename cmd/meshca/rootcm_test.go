@@ -26,7 +26,7 @@ func TestIstioRootConfigMapsMapping(t *testing.T) {
 		t.Error("root ConfigMaps on by default")
 	}
 
-	y := "istioRootConfigMaps: {enabled: true, leaseNamespace: meshca-system, namespaces: [a, b], selector: \"x=y\", identity: issuer-1}\n"
+	y := "istioRootConfigMaps: {enabled: true, leaseNamespace: meshca-system, namespaces: [a, b], selector: \"x=y\", identity: issuer-1, ownerClusterRole: meshca-istio-root-cert}\n"
 	on := defaultIssuerConfig()
 	if err := decodeStrict([]byte(y+"cluster: east\nclusters: [{name: east}]\n"), &on); err != nil {
 		t.Fatal(err)
@@ -35,7 +35,7 @@ func TestIstioRootConfigMapsMapping(t *testing.T) {
 		t.Fatal(err)
 	}
 	rc := on.IstioRootConfigMaps.rootcmConfig(placeholderClient)
-	if rc.LeaseNamespace != "meshca-system" || rc.Identity != "issuer-1" || rc.Selector != "x=y" || !slices.Equal(rc.Namespaces, []string{"a", "b"}) {
+	if rc.LeaseNamespace != "meshca-system" || rc.Identity != "issuer-1" || rc.Selector != "x=y" || rc.OwnerClusterRole != "meshca-istio-root-cert" || !slices.Equal(rc.Namespaces, []string{"a", "b"}) {
 		t.Errorf("mapped %+v", rc)
 	}
 	on.IstioRootConfigMaps.Identity = ""

@@ -11,15 +11,28 @@
 // them here would make every workload trust another mesh's leaves as its
 // own.
 //
-// A ConfigMap of that name that meshca did not write (istiod's, say) is
-// taken over, as Istio's own namespace controller does: its key is
-// overwritten and it is labelled app.kubernetes.io/managed-by=meshca. Other
-// keys and labels are left as they are.
+// The controller writes only ConfigMaps it owns: those it created, labelled
+// app.kubernetes.io/managed-by=meshca and controlled by no other object
+// than its owner (below). A ConfigMap of that name that someone else wrote
+// (istiod's, a tenant's) is left exactly as it is, never relabelled,
+// overwritten or deleted: the namespace keeps the trust anchor its owner
+// put there.
+//
+// Owner (Config.OwnerClusterRole): when set, every object the controller
+// writes, the ConfigMaps in all namespaces and the Lease, carries an
+// ownerReference to that ClusterRole (a cluster-scoped object may own
+// objects in every namespace). Deleting the ClusterRole (uninstalling the
+// Helm release that made it) then has Kubernetes' garbage collector delete
+// them, including any that a replica still running writes afterwards: it
+// writes them with the same reference, to an owner that no longer exists.
+// While the owner does not exist nothing is written. Without an owner, what
+// the controller wrote stays until deleted by hand.
 //
 // RBAC the issuer's service account needs: namespaces get/list/watch;
 // configmaps get/list/watch/create/update (cluster-wide: the ConfigMap
 // watch spans every namespace, filtered by name); leases
-// (coordination.k8s.io) get/create/update in LeaseNamespace.
+// (coordination.k8s.io) get/create/update in LeaseNamespace; with an owner,
+// clusterroles get/list/watch restricted (resourceNames) to the owner.
 package rootcm
 
 import (
@@ -28,6 +41,7 @@ import (
 	"log/slog"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/validation/path"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
@@ -76,6 +90,12 @@ type Config struct {
 	// values. A replica that stops renewing is replaced within
 	// LeaseDuration.
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
+	// OwnerClusterRole names the ClusterRole that owns every object the
+	// controller writes (see the package documentation): the ConfigMaps and
+	// the Lease get an ownerReference to it, and nothing is written while
+	// it does not exist. Empty: no owner; the objects stay until deleted by
+	// hand.
+	OwnerClusterRole string
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -108,6 +128,11 @@ func (c Config) Validate() error {
 	if c.Key != "" {
 		if msgs := validation.IsConfigMapKey(c.Key); len(msgs) > 0 {
 			errs = append(errs, fmt.Errorf("key %q: %s", c.Key, msgs[0]))
+		}
+	}
+	if c.OwnerClusterRole != "" {
+		if msgs := path.IsValidPathSegmentName(c.OwnerClusterRole); len(msgs) > 0 {
+			errs = append(errs, fmt.Errorf("owner ClusterRole %q: %s", c.OwnerClusterRole, msgs[0]))
 		}
 	}
 	if c.LeaseDuration < 0 || c.RenewDeadline < 0 || c.RetryPeriod < 0 {

@@ -2,6 +2,7 @@ package rootcm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -12,9 +13,9 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/informers"
 	listersv1 "k8s.io/client-go/listers/core/v1"
+	rbaclisters "k8s.io/client-go/listers/rbac/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/meshca/meshca/trust"
@@ -63,11 +64,8 @@ func New(cfg Config) (*Controller, error) {
 // then campaigns again. On return the Lease is released if held. It returns
 // nil when ctx is done.
 func (c *Controller) Run(ctx context.Context, bundles BundleSource) error {
-	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metav1.ObjectMeta{Namespace: c.cfg.LeaseNamespace, Name: c.cfg.LeaseName},
-		Client:     c.cfg.Client.CoordinationV1(),
-		LockConfig: resourcelock.ResourceLockConfig{Identity: c.cfg.Identity},
-	}
+	lock := &leaseLock{client: c.cfg.Client, namespace: c.cfg.LeaseNamespace, name: c.cfg.LeaseName,
+		identity: c.cfg.Identity, owner: c.cfg.OwnerClusterRole}
 	for ctx.Err() == nil {
 		// A term ends when the Lease is lost, or when writing fails for
 		// good: then this replica steps down (releasing the Lease) so that
@@ -107,7 +105,9 @@ type leader struct {
 	queue workqueue.TypedRateLimitingInterface[string]
 	nss   listersv1.NamespaceLister
 	cms   listersv1.ConfigMapLister
-	pem   atomic.Pointer[string]
+	// owners lists the owner ClusterRole; nil without an owner.
+	owners rbaclisters.ClusterRoleLister
+	pem    atomic.Pointer[string]
 }
 
 // lead writes the ConfigMaps until ctx (the term) ends.
@@ -132,11 +132,21 @@ func (c *Controller) lead(ctx context.Context, bundles BundleSource) error {
 	if _, err := cmInf.Informer().AddEventHandler(handler(l.queue, func(o metav1.Object) string { return o.GetNamespace() })); err != nil {
 		return fmt.Errorf("configmap handler: %w", err)
 	}
-	nsFactory.Start(ctx.Done())
-	cmFactory.Start(ctx.Done())
-	defer nsFactory.Shutdown()
-	defer cmFactory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), nsInf.Informer().HasSynced, cmInf.Informer().HasSynced) {
+	synced := []cache.InformerSynced{nsInf.Informer().HasSynced, cmInf.Informer().HasSynced}
+	factories := []informers.SharedInformerFactory{nsFactory, cmFactory}
+	if c.cfg.OwnerClusterRole != "" {
+		ownerFactory, ownerSynced, err := l.watchOwner()
+		if err != nil {
+			return err
+		}
+		synced = append(synced, ownerSynced)
+		factories = append(factories, ownerFactory)
+	}
+	for _, f := range factories {
+		f.Start(ctx.Done())
+		defer f.Shutdown()
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return ctx.Err()
 	}
 
@@ -151,6 +161,29 @@ func (c *Controller) lead(ctx context.Context, bundles BundleSource) error {
 	l.queue.ShutDown()
 	wg.Wait()
 	return nil
+}
+
+// watchOwner sets up the informer of the owner ClusterRole alone (RBAC may
+// restrict the watch to its name): any change of it, or a new one of that
+// name, queues every namespace; while it is deleted nothing is written.
+func (l *leader) watchOwner() (informers.SharedInformerFactory, cache.InformerSynced, error) {
+	name := l.c.cfg.OwnerClusterRole
+	f := informers.NewSharedInformerFactoryWithOptions(l.c.cfg.Client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
+		}))
+	inf := f.Rbac().V1().ClusterRoles()
+	l.owners = inf.Lister()
+	if _, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { l.enqueueAll() },
+		UpdateFunc: func(_, _ any) { l.enqueueAll() },
+		DeleteFunc: func(any) {
+			l.c.log.Warn("owner ClusterRole deleted: root ConfigMaps are no longer written", "owner", name)
+		},
+	}); err != nil {
+		return nil, nil, fmt.Errorf("owner handler: %w", err)
+	}
+	return f, inf.Informer().HasSynced, nil
 }
 
 // followBundles publishes each new bundle's PEM and queues every namespace,
@@ -229,6 +262,13 @@ func (l *leader) sync(ctx context.Context, ns string) error {
 	if !l.c.sel.selected(nsObj) {
 		return nil
 	}
+	owner, err := l.owner()
+	if errors.Is(err, errNoOwner) {
+		return nil // nothing is written without the owner; its return queues everything
+	}
+	if err != nil {
+		return err
+	}
 	cur, err := l.cms.ConfigMaps(ns).Get(l.c.cfg.Name)
 	if apierrors.IsNotFound(err) {
 		cur, err = nil, nil
@@ -236,7 +276,10 @@ func (l *leader) sync(ctx context.Context, ns string) error {
 	if err != nil {
 		return fmt.Errorf("get configmap: %w", err)
 	}
-	what, obj := plan(ns, cur, target{name: l.c.cfg.Name, key: l.c.cfg.Key, pem: *pem})
+	what, obj := plan(ns, cur, target{name: l.c.cfg.Name, key: l.c.cfg.Key, pem: *pem, owner: owner})
+	if what == opNone && cur != nil && !owned(cur, owner) {
+		l.c.log.Debug("root ConfigMap not ours: left as it is", "namespace", ns, "labels", cur.Labels)
+	}
 	cms := l.c.cfg.Client.CoreV1().ConfigMaps(ns)
 	switch what {
 	case opCreate:
@@ -251,6 +294,22 @@ func (l *leader) sync(ctx context.Context, ns string) error {
 	}
 	l.c.log.Info("root ConfigMap written", "namespace", ns, "op", what.String())
 	return nil
+}
+
+// owner returns the reference the written ConfigMaps carry: nil without
+// an owner, errNoOwner while the owner does not exist or is being deleted.
+func (l *leader) owner() (*metav1.OwnerReference, error) {
+	if l.owners == nil {
+		return nil, nil
+	}
+	cr, err := l.owners.Get(l.c.cfg.OwnerClusterRole)
+	if apierrors.IsNotFound(err) || (err == nil && cr.DeletionTimestamp != nil) {
+		return nil, errNoOwner
+	}
+	if err != nil {
+		return nil, fmt.Errorf("owner ClusterRole: %w", err)
+	}
+	return ownerRef(cr), nil
 }
 
 // handler queues the namespace key(o) of every added, changed or deleted

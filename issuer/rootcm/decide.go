@@ -1,7 +1,6 @@
 package rootcm
 
 import (
-	"maps"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -15,7 +14,7 @@ type op int
 const (
 	opNone   op = iota // as wanted, or not ours to write
 	opCreate           // missing
-	opUpdate           // present with other content, or unlabelled
+	opUpdate           // ours, with other content or without the owner's reference
 )
 
 func (o op) String() string {
@@ -26,6 +25,9 @@ func (o op) String() string {
 type target struct {
 	name, key string
 	pem       string
+	// owner is the reference every written ConfigMap carries; nil without
+	// an owner (Config.OwnerClusterRole unset).
+	owner *metav1.OwnerReference
 }
 
 // selection decides which namespaces get the ConfigMap.
@@ -47,27 +49,34 @@ func (s selection) selected(ns *corev1.Namespace) bool {
 }
 
 // plan returns what namespace ns needs given its current ConfigMap (nil when
-// absent) and, for opCreate and opUpdate, the object to write. An update
-// starts from a copy of cur (its resourceVersion makes the write fail on a
-// concurrent change) and changes only t.key and the managed-by label.
+// absent) and, for opCreate and opUpdate, the object to write. Only a
+// ConfigMap that owned reports as ours is ever updated. An update starts
+// from a copy of cur (its resourceVersion makes the write fail on a
+// concurrent change) and changes only t.key and, when missing, the owner's
+// reference.
 func plan(ns string, cur *corev1.ConfigMap, t target) (op, *corev1.ConfigMap) {
 	if t.pem == "" {
 		return opNone, nil
 	}
 	if cur == nil {
-		return opCreate, &corev1.ConfigMap{
+		cm := &corev1.ConfigMap{
 			ObjectMeta: metav1.ObjectMeta{
 				Name: t.name, Namespace: ns,
 				Labels: map[string]string{ManagedByLabel: ManagedByValue},
 			},
 			Data: map[string]string{t.key: t.pem},
 		}
+		if t.owner != nil {
+			cm.OwnerReferences = []metav1.OwnerReference{*t.owner}
+		}
+		return opCreate, cm
 	}
-	if cur.DeletionTimestamp != nil {
-		return opNone, nil // recreated once the deletion is seen
+	if cur.DeletionTimestamp != nil || !owned(cur, t.owner) {
+		return opNone, nil // recreated once the deletion is seen; or not ours
 	}
 	_, binary := cur.BinaryData[t.key]
-	if cur.Data[t.key] == t.pem && cur.Labels[ManagedByLabel] == ManagedByValue && !binary {
+	missingRef := t.owner != nil && metav1.GetControllerOfNoCopy(cur) == nil
+	if cur.Data[t.key] == t.pem && !binary && !missingRef {
 		return opNone, nil
 	}
 	next := cur.DeepCopy()
@@ -76,12 +85,23 @@ func plan(ns string, cur *corev1.ConfigMap, t target) (op, *corev1.ConfigMap) {
 	}
 	next.Data[t.key] = t.pem
 	delete(next.BinaryData, t.key) // a key may not be in both
-	next.Labels = maps.Clone(next.Labels)
-	if next.Labels == nil {
-		next.Labels = map[string]string{}
+	if missingRef {
+		next.OwnerReferences = append(next.OwnerReferences, *t.owner)
 	}
-	next.Labels[ManagedByLabel] = ManagedByValue
 	return opUpdate, next
+}
+
+// owned reports whether cm is the controller's to write: labelled
+// app.kubernetes.io/managed-by=meshca, and controlled by no object or by
+// owner (matched by UID: an owner deleted and made again is another one).
+// A ConfigMap controlled by a former owner is left to the garbage
+// collector, which deletes it; it is then created anew.
+func owned(cm *corev1.ConfigMap, owner *metav1.OwnerReference) bool {
+	if cm.Labels[ManagedByLabel] != ManagedByValue {
+		return false
+	}
+	ctl := metav1.GetControllerOfNoCopy(cm)
+	return ctl == nil || (owner != nil && ctl.UID == owner.UID)
 }
 
 // newSelection builds the selection of c; c must be valid.

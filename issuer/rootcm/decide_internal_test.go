@@ -5,6 +5,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 func TestPlan(t *testing.T) {
@@ -16,9 +17,13 @@ func TestPlan(t *testing.T) {
 			Data:       data,
 		}
 	}
-	now := metav1.Now()
+	now, yes := metav1.Now(), true
 	deleting := cm(map[string]string{"root-cert.pem": "OLD"}, managed)
 	deleting.DeletionTimestamp = &now
+	controlled := func(c *corev1.ConfigMap, uid string) *corev1.ConfigMap {
+		c.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Namespace", Name: "x", UID: types.UID(uid), Controller: &yes}}
+		return c
+	}
 	binary := cm(map[string]string{}, managed)
 	binary.BinaryData = map[string][]byte{"root-cert.pem": []byte("ROOTS")}
 
@@ -38,11 +43,10 @@ func TestPlan(t *testing.T) {
 			wantData: map[string]string{"x": "y", "root-cert.pem": "ROOTS"}, wantLbl: managed},
 		{name: "nil data", cur: cm(nil, managed), want: opUpdate,
 			wantData: map[string]string{"root-cert.pem": "ROOTS"}, wantLbl: managed},
-		{name: "foreign (istiod's) taken over, labels kept", cur: cm(map[string]string{"root-cert.pem": "ROOTS"}, map[string]string{"istio.io/config": "true"}),
-			want: opUpdate, wantData: map[string]string{"root-cert.pem": "ROOTS"},
-			wantLbl: map[string]string{"istio.io/config": "true", ManagedByLabel: ManagedByValue}},
-		{name: "managed-by someone else", cur: cm(map[string]string{"root-cert.pem": "ROOTS"}, map[string]string{ManagedByLabel: "istiod"}),
-			want: opUpdate, wantData: map[string]string{"root-cert.pem": "ROOTS"}, wantLbl: managed},
+		{name: "foreign (istiod's) left alone", cur: cm(map[string]string{"root-cert.pem": "ISTIOD"}, map[string]string{"istio.io/config": "true"}), want: opNone},
+		{name: "unlabelled left alone", cur: cm(map[string]string{"root-cert.pem": "OTHER"}, nil), want: opNone},
+		{name: "managed-by someone else left alone", cur: cm(map[string]string{"root-cert.pem": "OTHER"}, map[string]string{ManagedByLabel: "istiod"}), want: opNone},
+		{name: "ours but controlled by another object", cur: controlled(cm(map[string]string{"root-cert.pem": "OLD"}, managed), "other-uid"), want: opNone},
 		{name: "key in binaryData moves to data", cur: binary, want: opUpdate,
 			wantData: map[string]string{"root-cert.pem": "ROOTS"}, wantLbl: managed},
 		{name: "being deleted", cur: deleting, want: opNone},
@@ -81,6 +85,68 @@ func TestPlan(t *testing.T) {
 			}
 			if got == opUpdate && obj.ResourceVersion != "7" {
 				t.Errorf("update without the read resourceVersion: %q", obj.ResourceVersion)
+			}
+		})
+	}
+}
+
+// TestPlanWithOwner: with an owner, every ConfigMap written carries its
+// reference; one of ours without it is adopted (its other references
+// kept); one controlled by a former owner (another UID) or by anything
+// else, or not labelled as ours, is not touched.
+func TestPlanWithOwner(t *testing.T) {
+	yes := true
+	owner := &metav1.OwnerReference{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "ClusterRole", Name: "meshca-istio-root-cert", UID: "uid-1", Controller: &yes}
+	tg := target{name: "istio-ca-root-cert", key: "root-cert.pem", pem: "ROOTS", owner: owner}
+	managed := map[string]string{ManagedByLabel: ManagedByValue}
+	cm := func(data, labels map[string]string, refs ...metav1.OwnerReference) *corev1.ConfigMap {
+		return &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Name: tg.name, Namespace: "web", ResourceVersion: "7", Labels: labels, OwnerReferences: refs},
+			Data:       data,
+		}
+	}
+	formerOwner := *owner
+	formerOwner.UID = "uid-0"
+	listed := metav1.OwnerReference{APIVersion: "v1", Kind: "ConfigMap", Name: "inventory", UID: "uid-9"} // not a controller
+	roots := map[string]string{"root-cert.pem": "ROOTS"}
+
+	for _, tc := range []struct {
+		name     string
+		cur      *corev1.ConfigMap
+		want     op
+		wantRefs []metav1.OwnerReference
+	}{
+		{"missing", nil, opCreate, []metav1.OwnerReference{*owner}},
+		{"ours, up to date", cm(roots, managed, *owner), opNone, nil},
+		{"ours, edited", cm(map[string]string{"root-cert.pem": "EVIL"}, managed, *owner), opUpdate, []metav1.OwnerReference{*owner}},
+		{"ours, written without an owner: adopted", cm(roots, managed), opUpdate, []metav1.OwnerReference{*owner}},
+		{"ours with another, non-controller reference", cm(roots, managed, listed), opUpdate, []metav1.OwnerReference{listed, *owner}},
+		{"controlled by a former owner", cm(map[string]string{"root-cert.pem": "OLD"}, managed, formerOwner), opNone, nil},
+		{"istiod's", cm(map[string]string{"root-cert.pem": "ISTIOD"}, nil), opNone, nil},
+		{"istiod's with our owner's reference but no label", cm(map[string]string{"root-cert.pem": "ISTIOD"}, nil, *owner), opNone, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, obj := plan("web", tc.cur, tg)
+			if got != tc.want {
+				t.Fatalf("op = %v, want %v", got, tc.want)
+			}
+			if got == opNone {
+				return
+			}
+			if len(obj.OwnerReferences) != len(tc.wantRefs) {
+				t.Fatalf("owner references %+v, want %+v", obj.OwnerReferences, tc.wantRefs)
+			}
+			for i, r := range obj.OwnerReferences {
+				w := tc.wantRefs[i]
+				if r.UID != w.UID || r.Kind != w.Kind || r.Name != w.Name || r.APIVersion != w.APIVersion || (r.Controller == nil) != (w.Controller == nil) {
+					t.Errorf("owner reference %d: %+v, want %+v", i, r, w)
+				}
+			}
+			if obj.Data[tg.key] != "ROOTS" || obj.Labels[ManagedByLabel] != ManagedByValue {
+				t.Errorf("data %v labels %v", obj.Data, obj.Labels)
+			}
+			if r := metav1.GetControllerOfNoCopy(obj); r == nil || r.UID != owner.UID || r.BlockOwnerDeletion != nil && *r.BlockOwnerDeletion {
+				t.Errorf("controller %+v, want the owner, not blocking its deletion", r)
 			}
 		})
 	}

@@ -78,6 +78,7 @@ func TestInvalidValuesRefused(t *testing.T) {
 		{"bad duration", []string{"--set", "issuer.leafTTL=forever"}, "/issuer/leafTTL"},
 		{"bad mode", []string{"--set", "issuer.mode=central"}, "/issuer/mode"},
 		{"bad port", []string{"--set", "issuer.port=70000"}, "/issuer/port"},
+		{"negative minReadySeconds", []string{"--set", "issuer.minReadySeconds=-1"}, "/issuer/minReadySeconds"},
 		{"no audiences", []string{"--set", "issuer.attestation.audiences=null"}, "audiences"},
 		{"bad bind address", []string{"--set", "issuer.bindAddress=everywhere"}, "/issuer/bindAddress"},
 		{"bad pull policy", []string{"--set", "image.pullPolicy=Sometimes"}, "/image/pullPolicy"},
@@ -164,8 +165,17 @@ func TestRendering(t *testing.T) {
 		if len(ports) == 0 || fmt.Sprint(ports[0].(map[string]any)["port"]) != "15012" {
 			t.Errorf("Service ports %v, want 15012 first", ports)
 		}
-		if find(objs, "Role", "meshca-leader") == nil || find(objs, "ClusterRole", "meshca-meshca-system-istio-root-cert") == nil {
-			t.Error("the root ConfigMaps' RBAC is missing")
+		owner := find(objs, "ClusterRole", "meshca-meshca-system-istio-root-cert")
+		if find(objs, "Role", "meshca-leader") == nil || owner == nil {
+			t.Fatal("the root ConfigMaps' RBAC is missing")
+		}
+		checkOwnerRole(t, owner)
+		configs, err := Configs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(configs["issuer.yaml"]), "ownerClusterRole: "+owner.GetName()+"\n") {
+			t.Errorf("issuer.yaml does not name the ClusterRole %s as the owner:\n%s", owner.GetName(), configs["issuer.yaml"])
 		}
 	})
 	t.Run("ha-postgres", func(t *testing.T) {
@@ -251,6 +261,29 @@ func TestRendering(t *testing.T) {
 			t.Error("pod-network issuer.yaml sets reusePort")
 		}
 	})
+}
+
+// checkOwnerRole: the owner of the root ConfigMaps may read itself, by
+// name, and no other RBAC object, and may not change or delete anything of
+// RBAC.
+func checkOwnerRole(t *testing.T, owner *unstructured.Unstructured) {
+	t.Helper()
+	rules, _, _ := unstructured.NestedSlice(owner.Object, "rules")
+	var rbacRules []map[string]any
+	for _, r := range rules {
+		rule := r.(map[string]any)
+		if fmt.Sprint(rule["apiGroups"]) == "[rbac.authorization.k8s.io]" {
+			rbacRules = append(rbacRules, rule)
+		}
+	}
+	if len(rbacRules) != 1 {
+		t.Fatalf("%d rules on RBAC objects, want the one reading the owner: %v", len(rbacRules), rules)
+	}
+	r := rbacRules[0]
+	if fmt.Sprint(r["resources"]) != "[clusterroles]" || fmt.Sprint(r["resourceNames"]) != "["+owner.GetName()+"]" ||
+		fmt.Sprint(r["verbs"]) != "[get list watch]" {
+		t.Errorf("owner rule %v, want get/list/watch of clusterroles named %s only", r, owner.GetName())
+	}
 }
 
 // TestGeneratedFilesUpToDate: the checked-in manifests, kustomize base and

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,8 +34,13 @@ const (
 	tokenAudience = "istio-ca"
 	// issuerReplicas run on the one node, on the host network.
 	issuerReplicas = 2
-	// leafTTL is the workloads' certificate lifetime.
+	// leafTTL is the issuer's default certificate lifetime, what most
+	// workloads of the suite get.
 	leafTTL = 30 * time.Second
+	// renewTTL is the lifetime the long-running workloads (a and b)
+	// request (meshca-agent --ttl), the issuer's minimum: they renew every
+	// 4 to 6 s, also while the issuer is upgraded.
+	renewTTL = 10 * time.Second
 )
 
 // buildImages builds meshca and meshca-agent as `make images` does (static,
@@ -77,6 +83,9 @@ type release struct {
 	values                 map[string]any
 	// uninstalled: the test has run `helm uninstall` itself.
 	uninstalled bool
+	// baseline is what the release's namespace held before the install
+	// (namespaceObjects): what uninstall must leave, and only that.
+	baseline map[string]bool
 }
 
 // install creates the release's namespace, a PostgreSQL database and its
@@ -127,7 +136,7 @@ func install(t *testing.T, n *nodetest.Node, meshcaBin string, deny []string) *r
 			// Short-lived leaves: the sidecars renew every few seconds,
 			// also while the issuer is upgraded.
 			"leafTTL":     leafTTL.String(),
-			"extraConfig": map[string]any{"leafMinTTL": leafTTL.String()},
+			"extraConfig": map[string]any{"leafMinTTL": renewTTL.String()},
 		},
 		"metrics": map[string]any{"port": testkit.FreePort(t)},
 	}
@@ -139,6 +148,17 @@ func install(t *testing.T, n *nodetest.Node, meshcaBin string, deny []string) *r
 	if err := n.WriteCertKubeconfig(r.kubeconfig, cert, key); err != nil {
 		t.Fatal(err)
 	}
+	// The namespace's own objects, made by the controller manager, are
+	// part of the baseline.
+	testkit.Eventually(t, time.Minute, "the namespace's default objects", func() error {
+		r.baseline = r.namespaceObjects(t)
+		for _, want := range []string{"serviceaccounts " + r.ns + "/default", "configmaps " + r.ns + "/kube-root-ca.crt"} {
+			if !r.baseline[want] {
+				return fmt.Errorf("no %s yet", want)
+			}
+		}
+		return nil
+	})
 	r.helm(t, "install", releaseName, chartDir(), "--wait", "--timeout", "3m")
 	// Both replicas run on the one node, sharing its ports.
 	d, err := n.Admin.AppsV1().Deployments(r.ns).Get(ctx, releaseName, metav1.GetOptions{})

@@ -22,14 +22,17 @@ const svidWithin = 60 * time.Second
 // CA from a Secret, TokenReview attestation with pod binding) and starts
 // two workload pods with the sidecar: each gets an SVID for its service
 // account under the chart's root, and they talk to each other over
-// SPIFFE mutual TLS.
+// SPIFFE mutual TLS. An istio-ca-root-cert ConfigMap meshca did not write
+// is there from before the install to after the uninstall, untouched.
 func TestInstallAndMutualTLS(t *testing.T) {
 	n := nodetest.Start(t)
 	meshca := buildImages(t, n)
+	foreign := foreignRootCM(t, n)
 	r := install(t, n, meshca, []string{"*/denied"})
 
 	ns := n.Namespace(t)
 	a, b := newWorkload(t, ns, "a"), newWorkload(t, ns, "b")
+	a.ttl, b.ttl = renewTTL, renewTTL
 	a.start(t, r, b)
 	b.start(t, r, a)
 	for _, w := range []*workload{a, b} {
@@ -50,5 +53,5 @@ func TestInstallAndMutualTLS(t *testing.T) {
 	t.Run("kubelet restart", func(t *testing.T) { checkKubeletRestart(t, r, a, b) })
 	t.Run("helm upgrade", func(t *testing.T) { checkUpgrade(t, r, a, b) })
 	t.Run("deleted pod's token", func(t *testing.T) { checkDeletedPodToken(t, r, a) })
-	t.Run("uninstall", func(t *testing.T) { checkUninstall(t, r) })
+	t.Run("uninstall", func(t *testing.T) { checkUninstall(t, r, foreign) })
 }

@@ -24,6 +24,9 @@ type workload struct {
 	listen, status string
 	health         int
 	created        time.Time
+	// ttl is the certificate lifetime the sidecar requests; zero: the
+	// issuer's default.
+	ttl time.Duration
 }
 
 func (w *workload) id() string { return "spiffe://" + trustDomain + "/ns/" + w.ns + "/sa/" + w.sa }
@@ -53,6 +56,16 @@ func (w *workload) start(t *testing.T, r *release, peer *workload) {
 		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: path, Port: intstr.FromInt(w.health)}},
 			PeriodSeconds: 1, FailureThreshold: 60}
 	}
+	args := []string{
+		"--issuer=" + r.issuerAddr, "--server-name=" + r.serverName,
+		"--ca-bundle=/var/run/meshca/root/root-cert.pem",
+		"--token-file=/var/run/meshca/token/token",
+		"--workload-socket=/var/run/meshca/sockets/agent.sock",
+		"--health-addr=:" + strconv.Itoa(w.health),
+	}
+	if w.ttl > 0 {
+		args = append(args, "--ttl="+w.ttl.String())
+	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: w.name},
 		Spec: corev1.PodSpec{
@@ -60,14 +73,8 @@ func (w *workload) start(t *testing.T, r *release, peer *workload) {
 			InitContainers: []corev1.Container{{
 				Name: "meshca-agent", Image: agentImage + ":" + imageTag, ImagePullPolicy: corev1.PullNever,
 				RestartPolicy: &always,
-				Args: []string{
-					"--issuer=" + r.issuerAddr, "--server-name=" + r.serverName,
-					"--ca-bundle=/var/run/meshca/root/root-cert.pem",
-					"--token-file=/var/run/meshca/token/token",
-					"--workload-socket=/var/run/meshca/sockets/agent.sock",
-					"--health-addr=:" + strconv.Itoa(w.health),
-				},
-				StartupProbe: probe("/readyz"), LivenessProbe: probe("/healthz"),
+				Args:          args,
+				StartupProbe:  probe("/readyz"), LivenessProbe: probe("/healthz"),
 				SecurityContext: hardened,
 				VolumeMounts: []corev1.VolumeMount{
 					{Name: "meshca-token", MountPath: "/var/run/meshca/token", ReadOnly: true},

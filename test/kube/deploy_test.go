@@ -55,16 +55,30 @@ func TestDeployManifests(t *testing.T) {
 		t.Errorf("issuer service account cannot read the JWKS: %v", err)
 	}
 
-	// The root ConfigMaps with the same identity: the shipped roles cover
-	// the Lease, the namespace and ConfigMap watches and the writes.
+	// The root ConfigMaps with the same identity, owned by the shipped
+	// role: the shipped roles cover the Lease, the namespace, ConfigMap
+	// and owner watches (the owner's restricted to its name) and the
+	// writes.
 	roots := testkit.New(t, testkit.Options{}).Bundle
+	const ownerRole = "meshca-issuer-istio-root-cert"
 	ctl, err := rootcm.New(rootcm.Config{Client: issuerClient, Namespaces: []string{"shop"}, LeaseNamespace: "meshca-system",
-		LeaseName: "meshca-deploy-test", Identity: "meshca-issuer-0"})
+		LeaseName: "meshca-deploy-test", Identity: "meshca-issuer-0", OwnerClusterRole: ownerRole})
 	if err != nil {
 		t.Fatal(err)
 	}
 	testkit.Go(t, "root ConfigMaps", func(ctx context.Context) error { return ctl.Run(ctx, newBundleSource(t, roots.Roots()...)) })
-	waitRootCM(t, c, "shop", string(roots.PEM()), "root ConfigMap under the shipped RBAC")
+	owner, err := c.Admin.RbacV1().ClusterRoles().Get(ctx, ownerRole, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOwnedCM(t, c, "shop", string(roots.PEM()), owner.UID, "root ConfigMap under the shipped RBAC")
+	l, err := c.Admin.CoordinationV1().Leases("meshca-system").Get(ctx, "meshca-deploy-test", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkOwned(l.ObjectMeta, owner.UID); err != nil {
+		t.Errorf("Lease: %v", err)
+	}
 
 	c.ServiceAccount(t, "meshca-system", "unbound")
 	noRBAC := c.TokenClient(t, c.Token(t, "meshca-system", "unbound"))

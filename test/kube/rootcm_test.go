@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -75,6 +76,9 @@ func TestRootConfigMaps(t *testing.T) {
 	ns2 := labelledNamespace(t, c, label)
 	waitRootCM(t, c, ns2, bothPEM, "new namespace")
 
+	if cm, err := c.Admin.CoreV1().ConfigMaps(ns1).Get(ctx, rootcm.DefaultName, metav1.GetOptions{}); err != nil || len(cm.OwnerReferences) > 0 {
+		t.Errorf("without an owner: ConfigMap %v, %v; want no owner references", cm, err)
+	}
 	editRootCM(t, c, ns1, "not a root")
 	waitRootCM(t, c, ns1, bothPEM, "edit repaired")
 	if err := c.Admin.CoreV1().ConfigMaps(ns2).Delete(ctx, rootcm.DefaultName, metav1.DeleteOptions{}); err != nil {
@@ -154,12 +158,22 @@ func TestRootConfigMaps(t *testing.T) {
 	waitRootCM(t, c, ns2, onlyB, "edit repaired after the release")
 }
 
-// rootcmReplica is one replica's API client, with a count of its
-// ConfigMap writes and a switch that cuts it off from the API server.
+// rootcmReplica is one replica's API client, with a count and the paths
+// of its ConfigMap writes and a switch that cuts it off from the API
+// server.
 type rootcmReplica struct {
 	writes atomic.Int64
 	cut    atomic.Bool
 	stop   func()
+	mu     sync.Mutex
+	paths  []string // METHOD path of every ConfigMap write
+}
+
+// written returns the METHOD path of every ConfigMap write so far.
+func (r *rootcmReplica) written() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.paths)
 }
 
 func (r *rootcmReplica) client(tb testing.TB, admin *rest.Config) kubernetes.Interface {
@@ -172,6 +186,9 @@ func (r *rootcmReplica) client(tb testing.TB, admin *rest.Config) kubernetes.Int
 			}
 			if req.Method != http.MethodGet && strings.Contains(req.URL.Path, "/configmaps") {
 				r.writes.Add(1)
+				r.mu.Lock()
+				r.paths = append(r.paths, req.Method+" "+req.URL.Path)
+				r.mu.Unlock()
 			}
 			return rt.RoundTrip(req)
 		})

@@ -7,6 +7,12 @@
 {{- end -}}
 {{- end -}}
 
+{{/* The ClusterRole of the istio-ca-root-cert writer; it owns what the
+issuer writes there (ConfigMaps, Lease), so deleting it deletes them. */}}
+{{- define "meshca.rootCertRole" -}}
+{{- printf "%s-%s-istio-root-cert" (include "meshca.fullname" .) .Release.Namespace -}}
+{{- end -}}
+
 {{- define "meshca.rootname" -}}
 {{- printf "%s-root" (include "meshca.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
