@@ -10,6 +10,8 @@ import (
 	"math/big"
 	"net/url"
 	"runtime"
+	"runtime/trace"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -26,6 +28,7 @@ import (
 	"github.com/meshca/meshca/store/postgres"
 	"github.com/meshca/meshca/store/postgres/pgtest"
 	"github.com/meshca/meshca/test/benchcpu"
+	"github.com/meshca/meshca/test/openloop"
 )
 
 // benchCSRs returns n distinct ECDSA P-256 CSRs (PEM), generated once.
@@ -158,11 +161,11 @@ func benchGRPC(b *testing.B, rec issuer.Recorder) {
 // BenchmarkIssuanceLatency500 sends requests at a fixed 500 per second
 // (open loop) and reports p50 and p99 latency of the whole gRPC path with
 // SQLite, each request timed from its scheduled send instant.
-func BenchmarkIssuanceLatency500(b *testing.B) { benchLatency(b, 500, newBenchWire(b)) }
+func BenchmarkIssuanceLatency500(b *testing.B) { benchLatency(b, 500, newLatencyWire(b, nil)) }
 
 // BenchmarkIssuanceLatency1000 is BenchmarkIssuanceLatency500 at 1,000
 // requests per second, the rate the p99 target (< 10 ms) is set at.
-func BenchmarkIssuanceLatency1000(b *testing.B) { benchLatency(b, 1000, newBenchWire(b)) }
+func BenchmarkIssuanceLatency1000(b *testing.B) { benchLatency(b, 1000, newLatencyWire(b, nil)) }
 
 // BenchmarkIssuanceLatency1000Postgres is BenchmarkIssuanceLatency1000 with
 // the issuer recording into PostgreSQL (a database of its own on the shared
@@ -173,13 +176,23 @@ func BenchmarkIssuanceLatency1000Postgres(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { s.Close() })
-	benchLatency(b, 1000, newBenchWireRecorder(b, s))
+	benchLatency(b, 1000, newLatencyWire(b, s))
+}
+
+// newLatencyWire is a benchWire whose server-side phases are timed (see
+// phaseClock), recording into rec, or SQLite when rec is nil.
+func newLatencyWire(b *testing.B, rec issuer.Recorder) *benchWire {
+	clock := newPhaseClock(b.N)
+	w := newBenchWireOptions(b, wireOptions{cached: true, rec: rec, wrap: clock.wrap})
+	w.clock = clock
+	return w
 }
 
 // benchLatency sends b.N requests over w at a fixed rate per second (see
-// openLoop) and reports latency from each request's scheduled instant, how
-// far the sender fell behind, and the rate achieved. Every request must
-// succeed.
+// openloop.Loop) and reports latency from each request's scheduled instant, how
+// far the sender fell behind, and the rate achieved; it logs where the time
+// of the median and of the slowest requests went (see phaseClock). Every
+// request must succeed.
 func benchLatency(b *testing.B, rate int, w *benchWire) {
 	csrs := benchCSRs()
 	// Warm the connection and the attestation cache of every agent, as a
@@ -191,8 +204,12 @@ func benchLatency(b *testing.B, rate int, w *benchWire) {
 	}
 	var failed atomic.Int64
 	b.ResetTimer()
-	res := openLoop{Rate: rate}.run(b.N, func(i int) {
-		if _, err := w.issue(int64(i), csrs[i%len(csrs)]); err != nil {
+	res := openloop.Loop{Rate: rate}.Run(b.N, func(i int) {
+		a := w.agents[i%len(w.agents)]
+		ctx := metadata.AppendToOutgoingContext(a.ctx, seqKey, strconv.Itoa(i))
+		// A region per request for `go tool trace` (with -trace).
+		defer trace.StartRegion(ctx, "request").End()
+		if _, err := a.client.CreateCertificate(ctx, &pb.IstioCertificateRequest{Csr: string(csrs[i%len(csrs)])}); err != nil {
 			if failed.Add(1) == 1 {
 				b.Error(err)
 			}
@@ -202,7 +219,8 @@ func benchLatency(b *testing.B, rate int, w *benchWire) {
 	if n := failed.Load(); n > 0 {
 		b.Fatalf("%d of %d requests failed", n, b.N)
 	}
-	res.report(b, rate)
+	res.Report(b, rate)
+	w.clock.logPhases(b, res, time.Second/time.Duration(rate))
 }
 
 // benchWire drives the server like a fleet of agents: each of benchAgents
@@ -211,6 +229,9 @@ type benchWire struct {
 	*wire
 	tokens []string
 	agents []benchAgent
+	// clock, when set, times the server-side phases of requests that
+	// carry seqKey.
+	clock *phaseClock
 }
 
 type benchAgent struct {
@@ -224,8 +245,12 @@ const benchAgents = 16
 func newBenchWire(b *testing.B) *benchWire { return newBenchWireRecorder(b, nil) }
 
 func newBenchWireRecorder(b *testing.B, rec issuer.Recorder) *benchWire {
+	return newBenchWireOptions(b, wireOptions{cached: true, rec: rec})
+}
+
+func newBenchWireOptions(b *testing.B, opts wireOptions) *benchWire {
 	b.Helper()
-	w := newWireRecorder(b, true, rec)
+	w := newWireOptions(b, opts)
 	bw := &benchWire{wire: w}
 	for i := range benchAgents {
 		tok := w.token(b, attest.TokenSpec{Namespace: "bench", ServiceAccount: fmt.Sprintf("sa-%d", i)})

@@ -99,6 +99,9 @@ type wireOptions struct {
 	jwt *issuer.JWTConfig
 	// logger, when set, receives the issuer's logs.
 	logger *slog.Logger
+	// wrap, when set, wraps the issuer's attestor and recorder (to time
+	// them, say).
+	wrap func(issuer.Attestor, issuer.Recorder) (issuer.Attestor, issuer.Recorder)
 }
 
 func newWireOptions(t testing.TB, opts wireOptions) *wire {
@@ -126,9 +129,13 @@ func newWireOptions(t testing.TB, opts wireOptions) *wire {
 		w.denyList = opts.deny(w.db)
 	}
 	w.reg = prometheus.NewRegistry()
+	rec := cmp.Or[issuer.Recorder](opts.rec, w.db)
+	if opts.wrap != nil {
+		att, rec = opts.wrap(att, rec)
+	}
 	iss, err := issuer.New(issuer.Config{
 		TrustDomain: w.tree.TrustDomain, Cluster: "dev", Authority: w.tree.Intermediate, Bundle: w.tree.Bundle,
-		Attestor: att, Recorder: cmp.Or[issuer.Recorder](opts.rec, w.db), DenyList: w.denyList, Now: opts.now,
+		Attestor: att, Recorder: rec, DenyList: w.denyList, Now: opts.now,
 		Logger: cmp.Or(opts.logger, slog.New(slog.NewJSONHandler(io.Discard, nil))),
 		// Metrics on, as in production with a metrics listener: the
 		// benchmarks over this wire measure their cost too.

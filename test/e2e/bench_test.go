@@ -68,7 +68,7 @@ func BenchmarkIssuanceRatio(b *testing.B) {
 	defer debug.SetGCPercent(debug.SetGCPercent(400))
 	csrs := benchCSRs(b)
 	floor := newFloor(b, csrs)
-	whole := newWholePath(b, csrs)
+	whole := newWholePath(b, csrs, devOptions{})
 	var floorWall, floorCPU, wholeWall, serverCPU, clientCPU time.Duration
 	b.ResetTimer()
 	for range b.N {
@@ -155,10 +155,10 @@ type wholePath struct {
 	issue func(i int64) error
 }
 
-// newWholePath starts `meshca dev` and returns a warmed-up issuance
-// operation against it and its process ID.
-func newWholePath(b *testing.B, csrs []string) wholePath {
-	srv := startDev(b, devOptions{})
+// newWholePath starts `meshca dev` with opts and returns a warmed-up
+// issuance operation against it and its process ID.
+func newWholePath(b *testing.B, csrs []string, opts devOptions) wholePath {
+	srv := startDev(b, opts)
 	pool := x509.NewCertPool()
 	bundle, err := os.ReadFile(srv.BundlePath())
 	if err != nil || !pool.AppendCertsFromPEM(bundle) {
