@@ -176,7 +176,7 @@ func TestLocalRootRenewsUnderUpstream(t *testing.T) {
 		case <-time.After(rotation.MaxCABackoff * 2):
 			t.Fatal("no renewal within two hours of the upstream's return")
 		}
-		b1, changed := local.Current()
+		b1, _ := local.Current()
 		renewed := b1.OwnAuthorities().Roots()
 		if len(renewed) != 1 || renewed[0].Equal(first.Certificate) || !renewed[0].PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(key.Public()) {
 			t.Fatal("the renewed bundle's authority is not a new certificate for meshca's key")

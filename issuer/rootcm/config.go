@@ -41,7 +41,7 @@ import (
 	"log/slog"
 	"time"
 
-	"k8s.io/apimachinery/pkg/api/validation/path"
+	"k8s.io/apimachinery/pkg/api/validate/content"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
@@ -131,7 +131,7 @@ func (c Config) Validate() error {
 		}
 	}
 	if c.OwnerClusterRole != "" {
-		if msgs := path.IsValidPathSegmentName(c.OwnerClusterRole); len(msgs) > 0 {
+		if msgs := content.IsPathSegmentName(c.OwnerClusterRole); len(msgs) > 0 {
 			errs = append(errs, fmt.Errorf("owner ClusterRole %q: %s", c.OwnerClusterRole, msgs[0]))
 		}
 	}
