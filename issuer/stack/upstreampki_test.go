@@ -122,7 +122,7 @@ func TestStandaloneIssuerUnderStepCA(t *testing.T) {
 
 	cfg, _ := pkiStackConfig(t, up, dbPath, t.TempDir())
 	err := stack.Run(t.Context(), cfg)
-	if err == nil || !strings.Contains(err.Error(), "is not the root the store records") {
-		t.Errorf("a replica with another root key: %v, want it refused", err)
+	if err == nil || !strings.Contains(err.Error(), "holds no root key: refusing to create another") {
+		t.Errorf("a replica without the root key: %v, want it refused", err)
 	}
 }
