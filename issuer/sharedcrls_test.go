@@ -81,12 +81,10 @@ func newCRLReplica(t *testing.T, local *issuer.LocalRoot, db *sqlite.Store, root
 	return &crlReplica{iss: iss, dl: dl, shared: shared, jwt: keys, jwts: jwts, inter: inter}
 }
 
-// Two replicas of a standalone issuer share one store and one local root,
-// each signing with its own intermediate: crlReplica A's served bundle
-// carries the CRL of B's intermediate, listing a certificate B signed once
-// it is revoked; a stored CRL that no intermediate of the root signed is
-// never served.
-func TestStandaloneReplicasServeEachOthersCRLs(t *testing.T) {
+// twoReplicas starts two replicas of a standalone issuer on one SQLite store
+// and one local root, logging to logs.
+func twoReplicas(t *testing.T) (*testkit.Tree, *sqlite.Store, *testkit.LogBuffer, *crlReplica, *crlReplica) {
+	t.Helper()
 	tree := testkit.New(t, testkit.Options{})
 	log, logs := captureLogs(t)
 	db, err := sqlite.Open(t.Context(), sqlite.Config{Path: filepath.Join(t.TempDir(), "meshca.db")})
@@ -98,8 +96,16 @@ func TestStandaloneReplicasServeEachOthersCRLs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := newCRLReplica(t, local, db, tree.Root, log)
-	b := newCRLReplica(t, local, db, tree.Root, log)
+	return tree, db, logs, newCRLReplica(t, local, db, tree.Root, log), newCRLReplica(t, local, db, tree.Root, log)
+}
+
+// Two replicas of a standalone issuer share one store and one local root,
+// each signing with its own intermediate: crlReplica A's served bundle
+// carries the CRL of B's intermediate, listing a certificate B signed once
+// it is revoked; a stored CRL that no intermediate of the root signed is
+// never served.
+func TestStandaloneReplicasServeEachOthersCRLs(t *testing.T) {
+	tree, db, logs, a, b := twoReplicas(t)
 	agent := bundleClient(t, serveIssuerConfig(t, issuer.ServerConfig{Issuer: a.iss, CRLs: a.shared}), tree.Bundle.Pool())
 	next := watchBundles(t, agent, 0)
 

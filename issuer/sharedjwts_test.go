@@ -23,19 +23,7 @@ import (
 // replica A serves, and a key stored as if by a replica but certified
 // under another root is never served.
 func TestStandaloneReplicasServeEachOthersJWTKeys(t *testing.T) {
-	tree := testkit.New(t, testkit.Options{})
-	log, logs := captureLogs(t)
-	db, err := sqlite.Open(t.Context(), sqlite.Config{Path: filepath.Join(t.TempDir(), "meshca.db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	local, err := issuer.NewLocalRoot(issuer.LocalRootConfig{Root: tree.Root, TrustDomain: tree.TrustDomain, Cluster: "dev", ServingNames: devHosts})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := newCRLReplica(t, local, db, tree.Root, log)
-	b := newCRLReplica(t, local, db, tree.Root, log)
+	tree, db, logs, a, b := twoReplicas(t)
 	agent := bundleClient(t, serveIssuerConfig(t, issuer.ServerConfig{Issuer: a.iss, CRLs: a.shared, JWT: a.jwt, JWTAuthorities: a.jwts}), tree.Bundle.Pool())
 	next := watchBundles(t, agent, 0)
 
