@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -62,6 +63,9 @@ func checkUpgrade(t *testing.T, r *release, ws ...*workload) {
 			}
 		}
 	}()
+	var halted sync.Once
+	halt := func() { halted.Do(func() { close(stop); <-done }) }
+	defer halt() // also when a check below ends the test early
 	rollout := watchRollout(r, oldPods, ws)
 	start := time.Now()
 	issuer := r.values["issuer"].(map[string]any)
@@ -100,8 +104,7 @@ func checkUpgrade(t *testing.T, r *release, ws ...*workload) {
 			return nil
 		})
 	}
-	close(stop)
-	<-done
+	halt()
 	for _, w := range ws {
 		now := w.renewals(t)
 		t.Logf("%s: renewals %+v before, %+v after", w.name, before[w], now)
@@ -120,6 +123,8 @@ func checkUpgrade(t *testing.T, r *release, ws ...*workload) {
 type rolloutWatch struct {
 	stopped chan struct{}
 	done    chan struct{}
+	// ended is closed by the sampler when it has seen the switch's end.
+	ended chan struct{}
 	// Written by the sampler until done.
 	start, end  time.Time
 	atStart     map[*workload]renewals
@@ -140,12 +145,14 @@ type switchResult struct {
 }
 
 func watchRollout(r *release, oldPods map[string]bool, ws []*workload) *rolloutWatch {
-	rw := &rolloutWatch{stopped: make(chan struct{}), done: make(chan struct{})}
+	rw := &rolloutWatch{stopped: make(chan struct{}), done: make(chan struct{}), ended: make(chan struct{})}
 	go func() {
 		defer close(rw.done)
 		for {
 			select {
 			case <-rw.stopped:
+				return
+			case <-rw.ended:
 				return
 			case <-time.After(samplePeriod):
 			}
@@ -189,14 +196,26 @@ func (rw *rolloutWatch) sample(r *release, oldPods map[string]bool, ws []*worklo
 		rw.start, rw.atStart, rw.sawOld = now, counts, old > 0
 	case !rw.start.IsZero() && old == 0:
 		rw.end, rw.atEnd = now, counts
+		close(rw.ended)
 	}
 	return nil
 }
 
-// stop ends the watch and returns the switch; it fails t when the switch
-// was not seen whole.
+// switchEndWait bounds how long stop waits for the sampler to see the
+// switch's end: old replicas that Kubernetes has stopped listing as the
+// Deployment's may still be terminating, and the switch lasts until they
+// are gone.
+const switchEndWait = 90 * time.Second
+
+// stop waits for the sampler to see the switch's end (at most
+// switchEndWait), ends the watch and returns the switch; it fails t when
+// the switch was not seen whole.
 func (rw *rolloutWatch) stop(t *testing.T) switchResult {
 	t.Helper()
+	select {
+	case <-rw.ended:
+	case <-time.After(switchEndWait):
+	}
 	close(rw.stopped)
 	<-rw.done
 	// A sample that failed is skipped: the next one moves the switch's
