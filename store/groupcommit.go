@@ -13,10 +13,10 @@ type GroupCommitConfig struct {
 	// MaxBatch is the most items committed in one transaction. Zero means
 	// 256; 1 turns batching off (one transaction per item).
 	MaxBatch int
-	// MaxWait is how long the writer, having taken the first item of a batch,
-	// waits for more before committing, when the store is under load: when,
-	// at the recent rate of writes, the wait would collect several more (see
-	// underLoad). A lightly loaded store never waits, so a lone writer pays
+	// MaxWait is how long, counted from when the first item of a batch was
+	// queued, the writer waits for more before committing, when the store is
+	// under load: when, at the recent rate of writes, the wait would collect
+	// several more (see underLoad). A lightly loaded store never waits, so a lone writer pays
 	// no latency. Zero means the writer never waits: it takes whatever is
 	// queued and commits. Batches still form then, from the items that queue
 	// up while the previous transaction commits, but a fast commit leaves
@@ -79,9 +79,10 @@ type GroupCommitter[T any] struct {
 // withdraw it while it is queued, the writer may take it into a batch, never
 // both.
 type pending[T any] struct {
-	item  T
-	state atomic.Int32
-	done  chan error // buffered; receives exactly one result once taken
+	item   T
+	queued time.Time // when Do queued it: the start of its commit window
+	state  atomic.Int32
+	done   chan error // buffered; receives exactly one result once taken
 }
 
 const (
@@ -124,7 +125,7 @@ func (g *GroupCommitter[T]) Do(ctx context.Context, item T) error {
 		return ErrClosed
 	default:
 	}
-	p := &pending[T]{item: item, done: make(chan error, 1)}
+	p := &pending[T]{item: item, queued: time.Now(), done: make(chan error, 1)}
 	select {
 	case g.queue <- p:
 	case <-ctx.Done():
@@ -204,9 +205,13 @@ func (g *GroupCommitter[T]) collect(first *pending[T]) []*pending[T] {
 	now := time.Now()
 	underLoad := g.underLoad(now)
 	defer func() { g.lastBatch, g.lastCollect = len(batch), now }()
+	// The window runs from when the first item was queued, not from now:
+	// an item queued while the previous batch committed has already waited
+	// that long, so its wait for the commit stays within MaxWait plus one
+	// commit however the batches fall.
 	var deadline <-chan time.Time
-	if underLoad {
-		t := time.NewTimer(g.cfg.MaxWait)
+	if wait := first.queued.Add(g.cfg.MaxWait).Sub(now); underLoad && wait > 0 {
+		t := time.NewTimer(wait)
 		defer t.Stop()
 		deadline = t.C
 	}

@@ -18,6 +18,8 @@ import (
 // "in flight" while more items queue up.
 type fakeCommit struct {
 	gate chan struct{}
+	// delay is how long each commit takes (fake time in a bubble).
+	delay time.Duration
 	// result, when set, decides the outcome of each batch.
 	result func(batch []int) ([]error, error)
 
@@ -29,6 +31,7 @@ func (f *fakeCommit) commit(ctx context.Context, batch []int) ([]error, error) {
 	if f.gate != nil {
 		<-f.gate
 	}
+	time.Sleep(f.delay)
 	f.mu.Lock()
 	f.batches = append(f.batches, slices.Clone(batch))
 	f.mu.Unlock()
@@ -210,6 +213,41 @@ func TestGroupCommitMaxWait(t *testing.T) {
 		}
 		if got := f.sizes(); !slices.Equal(got, []int{1, 1, 5, 1, 1}) {
 			t.Fatalf("batch sizes %v, want [1 1 5 1 1]", got)
+		}
+	})
+}
+
+// TestGroupCommitWindowStartsAtQueueing checks that the wait for a batch
+// to fill counts from when its first item was queued: items that queued
+// while the previous batch was committing have already waited, so none
+// waits longer than MaxWait and its own commit.
+func TestGroupCommitWindowStartsAtQueueing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const maxWait, commitTime = 20 * time.Millisecond, 5 * time.Millisecond
+		f := &fakeCommit{delay: commitTime}
+		g := startCommitter(t, GroupCommitConfig{MaxWait: maxWait}, f.commit)
+
+		// Item 0 finds the store idle and commits at once, for 5ms; items 1
+		// to 20 queue meanwhile, a rate that makes the writer wait for more.
+		ch := doAll(t.Context(), g, 0)
+		synctest.Wait()
+		queued := time.Now()
+		later := make([]int, 20)
+		for i := range later {
+			later[i] = i + 1
+		}
+		ch2 := doAll(t.Context(), g, later...)
+		results(t, ch, 1)
+		for item, err := range results(t, ch2, 20) {
+			if err != nil {
+				t.Fatalf("item %d: %v", item, err)
+			}
+		}
+		if waited, want := time.Since(queued), maxWait+commitTime; waited != want {
+			t.Fatalf("items queued during a commit were committed after %v, want MaxWait + one commit = %v", waited, want)
+		}
+		if got := f.sizes(); !slices.Equal(got, []int{1, 20}) {
+			t.Fatalf("batch sizes %v, want [1 20]", got)
 		}
 	})
 }
