@@ -115,9 +115,11 @@ func TestLocalRootRenewsUnderUpstream(t *testing.T) {
 		up := &fakeUpstreamCA{upRoot: upRoot, key: key}
 		first := certifyCA(upRoot, key, start)
 		tree := testkit.New(t, testkit.Options{})
+		var kept []*x509.Certificate // what Renewed was given
 		local, err := issuer.NewLocalRoot(issuer.LocalRootConfig{
 			Root: first, Anchor: upRoot.Certificate, Renewer: up, TrustDomain: tree.TrustDomain, Cluster: "east",
 			RenewBackoff: time.Minute, Logger: log,
+			Renewed: func(u issuer.UpstreamCA) { kept = append(kept, u.CA.Certificate) },
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -181,6 +183,9 @@ func TestLocalRootRenewsUnderUpstream(t *testing.T) {
 		if len(renewed) != 1 || renewed[0].Equal(first.Certificate) || !renewed[0].PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(key.Public()) {
 			t.Fatal("the renewed bundle's authority is not a new certificate for meshca's key")
 		}
+		if len(kept) != 1 || !kept[0].Equal(renewed[0]) {
+			t.Errorf("Renewed was given %d certificates, want the renewed one", len(kept))
+		}
 		if b1.Sequence != b0.Sequence {
 			t.Errorf("sequence %d after renewal, want %d: replicas renewing at other times must serve one sequence", b1.Sequence, b0.Sequence)
 		}
@@ -214,6 +219,9 @@ func TestLocalRootRenewsUnderUpstream(t *testing.T) {
 		wantLogLine(t, logs.String(), "the upstream PKI refused to renew", "not for meshca's CA key")
 		if b, _ := local.Current(); b != b1 {
 			t.Error("a certificate for another key replaced the bundle")
+		}
+		if len(kept) != 1 {
+			t.Error("a refused certificate was given to Renewed, to be kept for the next start")
 		}
 		time.Sleep(rotation.MaxCABackoff * 3 / 4)
 		synctest.Wait()

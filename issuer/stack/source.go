@@ -152,7 +152,7 @@ func localIntermediate(ctx context.Context, c Config, db Store, log *slog.Logger
 		if err != nil {
 			return intermediateSource{}, err
 		}
-		lc.Root, lc.Anchor, lc.Renewer, closeUpstream = u.CA, u.Anchor, renewer, closer
+		lc.Root, lc.Anchor, lc.Renewer, lc.Renewed, closeUpstream = u.CA, u.Anchor, renewer, renewer.keep, closer
 	} else {
 		root, err := standaloneRoot(ctx, c, db)
 		if err != nil {

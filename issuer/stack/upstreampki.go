@@ -43,8 +43,8 @@ type caIssuer interface {
 }
 
 // pkiRenewer is the issuer.CARenewer of a standalone issuer under an
-// upstream PKI: it has the upstream certify the root key and keeps the
-// answer in file for the next start.
+// upstream PKI: it has the upstream certify the root key, and keep keeps
+// the answer the LocalRoot accepted in file for the next start.
 type pkiRenewer struct {
 	up     caIssuer
 	signer crypto.Signer
@@ -56,8 +56,7 @@ var _ issuer.CARenewer = pkiRenewer{}
 
 // RenewCA asks the upstream for a CA certificate for the root key. A
 // refusal or an unusable answer wraps rotation.ErrRefused
-// (upstream.RenewalError). Failing to keep it in the file is logged: the
-// certificate is good, the next start asks the upstream again.
+// (upstream.RenewalError).
 func (p pkiRenewer) RenewCA(ctx context.Context, now time.Time) (issuer.UpstreamCA, error) {
 	in, err := p.up.Issue(ctx, upstream.Request{Signer: p.signer, Now: now})
 	if err != nil {
@@ -67,11 +66,17 @@ func (p pkiRenewer) RenewCA(ctx context.Context, now time.Time) (issuer.Upstream
 	if err != nil {
 		return issuer.UpstreamCA{}, upstream.RenewalError(err)
 	}
-	certs := append(append([]*x509.Certificate{in.Certificate}, in.Chain...), in.Root)
+	return u, nil
+}
+
+// keep writes u, the CA certificate in use, its chain and the upstream's
+// root, to the file the next start reads (cachedCA). Failing is logged:
+// the certificate is good, the next start asks the upstream again.
+func (p pkiRenewer) keep(u issuer.UpstreamCA) {
+	certs := append(append([]*x509.Certificate{u.CA.Certificate}, u.CA.Chain...), u.Anchor)
 	if err := renameio.WriteFile(p.file, trust.EncodeCertificates(certs...), 0o644); err != nil {
 		p.log.Warn("cannot keep the CA certificate from the upstream PKI; the next start asks the upstream again", "file", p.file, "error", err.Error())
 	}
-	return u, nil
 }
 
 func upstreamCA(in *upstream.Issued, signer crypto.Signer) (issuer.UpstreamCA, error) {
@@ -141,6 +146,7 @@ func upstreamPKIRoot(ctx context.Context, c Config, db store.StandaloneRootStore
 	if err != nil {
 		return issuer.UpstreamCA{}, pkiRenewer{}, fmt.Errorf("CA certificate from the upstream PKI: %w", err)
 	}
+	r.keep(u)
 	log.Info("obtained meshca's CA certificate from the upstream PKI", "sha256", fingerprint(u.CA.Certificate),
 		"not_after", u.CA.Certificate.NotAfter, "anchor_sha256", fingerprint(u.Anchor))
 	return u, r, nil
