@@ -116,6 +116,10 @@ type manager struct {
 	mu          sync.Mutex
 	lastErr     error
 	lastAttempt time.Time
+	// filesHold is the SVID the output files last received, filesErr why
+	// the last write failed (nil when it did not).
+	filesHold *SVID
+	filesErr  error
 
 	// trustMu serializes changes of trust and every Publish, so that a
 	// renewal and a bundle update cannot publish out of order.
@@ -250,7 +254,6 @@ func (m *manager) renew(ctx context.Context) (rotation.Validity, error) {
 	case <-m.renewNow: // asked for the certificate just replaced
 	default:
 	}
-	m.writeFiles(snap.SVID())
 	leaf := svid.Chain[0]
 	m.cfg.Logger.Info("certificate obtained", "spiffe_id", snap.ID().String(), "serial", trust.SerialHex(leaf.SerialNumber),
 		"not_after", leaf.NotAfter, "bundle_changed", prev.BundleVersion() != snap.BundleVersion())
@@ -386,6 +389,12 @@ func (m *manager) publishLocked(svid *SVID) (*snapshot, bool, error) {
 	snap, err := newFederatedSnapshot(svid, own, domains)
 	if err != nil {
 		return nil, false, err
+	}
+	// The files change before the sockets do, so that whoever sees the new
+	// certificate served, or the agent ready, finds it in the files too.
+	if prev, _ := m.cfg.Publisher.Current(); snap.SVID() != nil &&
+		(prev.SVIDVersion() != snap.SVIDVersion() || prev.BundleVersion() != snap.BundleVersion()) {
+		m.writeFiles(snap.SVID())
 	}
 	return snap, m.cfg.Publisher.Publish(snap), nil
 }
@@ -523,9 +532,6 @@ func (m *manager) SetTrustBundle(b *trust.TrustBundle) (bool, error) {
 	}
 	recordCRLMarks(m.crlMarks, next)
 	ownChanged := prev.BundleVersion() != snap.BundleVersion()
-	if ownChanged && snap.SVID() != nil {
-		m.writeFiles(snap.SVID())
-	}
 	var federated []string
 	for _, d := range snap.FederatedBundles() {
 		federated = append(federated, d.TrustDomain.Name())
@@ -640,16 +646,42 @@ func bundleContains(b *trust.Bundle, c *x509.Certificate) bool {
 }
 
 // writeFiles writes the optional output files. A failure is logged, not
-// returned: the new certificate is valid and already served over the
-// sockets, and failing the renewal would only make the loop fetch another
-// one. The next renewal writes the files again.
+// returned: the new certificate is valid and is served over the sockets
+// regardless, and failing the renewal would only make the loop fetch
+// another one. The next renewal or bundle change writes the files again;
+// until then Ready reports them (filesReady).
 func (m *manager) writeFiles(svid *SVID) {
 	if m.cfg.OutputDir == "" {
 		return
 	}
-	if err := WriteFiles(m.cfg.OutputDir, svid); err != nil {
-		m.cfg.Logger.Error("writing certificate files failed; they are stale until the next renewal", "dir", m.cfg.OutputDir, "error", err.Error())
+	err := WriteFiles(m.cfg.OutputDir, svid)
+	m.mu.Lock()
+	if m.filesErr = err; err == nil {
+		m.filesHold = svid
 	}
+	m.mu.Unlock()
+	if err != nil {
+		m.cfg.Logger.Error("writing certificate files failed; they are stale until the next renewal or bundle change", "dir", m.cfg.OutputDir, "error", err.Error())
+	}
+}
+
+// filesReady reports nil unless the agent keeps output files and they
+// hold no certificate that is valid at now: a reader that waits for
+// readiness (istiod reading its files, say) must find them in place.
+func (m *manager) filesReady(now time.Time) error {
+	if m.cfg.OutputDir == "" {
+		return nil
+	}
+	m.mu.Lock()
+	held, err := m.filesHold, m.filesErr
+	m.mu.Unlock()
+	switch {
+	case held != nil && now.Before(held.Chain[0].NotAfter):
+		return nil
+	case err != nil:
+		return fmt.Errorf("the certificate files in %s are not written: %w", m.cfg.OutputDir, err)
+	}
+	return fmt.Errorf("the certificate files in %s are not written yet", m.cfg.OutputDir)
 }
 
 func (m *manager) readBundle() (*trust.Bundle, error) { return readBundleFile(m.cfg.CABundleFile) }
@@ -665,13 +697,13 @@ func markRefused(err error) error {
 }
 
 // Ready reports nil while the agent holds a certificate that has not
-// expired, and otherwise an error that says why, including the last renewal
-// failure.
+// expired (and its output files hold one, when it keeps them), and
+// otherwise an error that says why, including the last renewal failure.
 func (m *manager) Ready() error {
 	snap, _ := m.cfg.Publisher.Current()
 	now := time.Now()
 	if snap.Valid(now) {
-		return nil
+		return m.filesReady(now)
 	}
 	m.mu.Lock()
 	lastErr, lastAttempt := m.lastErr, m.lastAttempt

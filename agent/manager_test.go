@@ -162,6 +162,35 @@ func TestManagerServesUntilExpiryThenNotReady(t *testing.T) {
 	})
 }
 
+// TestManagerNotReadyWithoutFiles checks that an agent keeping output
+// files is not ready until they hold its certificate: a reader that waits
+// for readiness must find them.
+func TestManagerNotReadyWithoutFiles(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		blocker := filepath.Join(t.TempDir(), "blocker")
+		writeTestFile(t, blocker, "a file where the output directory's parent should be")
+		out := filepath.Join(blocker, "out")
+		f := startManager(t, func(c *managerConfig) { c.OutputDir = out })
+		if !f.current().Valid(time.Now()) {
+			t.Fatal("no certificate after the first renewal")
+		}
+		err := f.mgr.Ready()
+		if err == nil || !strings.Contains(err.Error(), "not written") {
+			t.Fatalf("Ready with the files unwritable: %v, want an error saying they are not written", err)
+		}
+		if err := os.Remove(blocker); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(40 * time.Minute) // past the renewal of the 1h certificate
+		if err := f.mgr.Ready(); err != nil {
+			t.Fatalf("not ready after the renewal wrote the files: %v", err)
+		}
+		if _, err := os.Stat(filepath.Join(out, bundleFile)); err != nil {
+			t.Fatalf("ready without %s: %v", bundleFile, err)
+		}
+	})
+}
+
 func TestManagerRefusalBacksOffLong(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := startManager(t, nil)

@@ -91,8 +91,11 @@ func TestAgentIstiodCertificate(t *testing.T) {
 	a := startAgentCmd(t, argv, srv, istiodToken, 4*time.Second)
 
 	fi, err := os.Stat(filepath.Join(a.OutDir, "key.pem"))
-	if err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("key.pem: %v, mode %v, want 0600", err, fi.Mode().Perm())
+	if err != nil {
+		t.Fatalf("key.pem once the agent is ready: %v", err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key.pem mode %v, want 0600", fi.Mode().Perm())
 	}
 	addr := istiodServer(t, a.OutDir)
 	bundle := filepath.Join(a.OutDir, "bundle.pem")
