@@ -102,7 +102,37 @@ func launchDev(t testing.TB, opts devOptions) (*devServer, error) {
 		}
 	}
 	args = append(args, opts.Args...)
-	return launchServer(t, "meshca dev", opts.Dir, addr, dataDir, args)
+	s, err := launchServer(t, "meshca dev", opts.Dir, addr, dataDir, args)
+	if err != nil {
+		return nil, err
+	}
+	// The banner is printed once the port is bound, so it may reach stdout
+	// a moment after the server accepts connections; tests read it whole.
+	if err := s.waitStdout(devBannerEnd); err != nil {
+		s.kill()
+		return nil, err
+	}
+	return s, nil
+}
+
+// devBannerEnd is the last line of the banner `meshca dev` prints.
+const devBannerEnd = "Stop with Ctrl-C."
+
+// waitStdout polls until stdout holds want, the process exits, or
+// readyTimeout passes.
+func (s *devServer) waitStdout(want string) error {
+	deadline := time.Now().Add(readyTimeout)
+	for !strings.Contains(s.Stdout(), want) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%q not printed within %v:\n%s", want, readyTimeout, s.Output())
+		}
+		select {
+		case <-s.done:
+			return fmt.Errorf("exited before printing %q: %v\n%s", want, s.err, s.Output())
+		case <-time.After(pollInterval):
+		}
+	}
+	return nil
 }
 
 // launchServer runs meshca with args in dir, a server that logs
