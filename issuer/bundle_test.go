@@ -120,13 +120,7 @@ func TestIssuerRelaysRootBundleAndFollowsRootRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	loop, err := issuer.NewIntermediates(issuer.IntermediatesConfig{
-		Issuer: iss, Root: up, Bundle: tb, MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Logger: log,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runInBackground(t, "Intermediates.Run", loop.Run)
+	loop := runIntermediates(t, iss, up, tb, log)
 	addr := serveIssuer(t, iss, loop)
 	agent := bundleClient(t, addr, tb.OwnRoots().Pool())
 	next := watchBundles(t, agent, 0)

@@ -133,13 +133,7 @@ func TestIssuerRelaysBundleWithItsCRLs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	loop, err := issuer.NewIntermediates(issuer.IntermediatesConfig{
-		Issuer: iss, Root: up, Bundle: tb, MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Logger: log,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runInBackground(t, "Intermediates.Run", loop.Run)
+	loop := runIntermediates(t, iss, up, tb, log)
 	runInBackground(t, "DenyList.Run", dl.Run)
 	runInBackground(t, "CRLSigner.Run", signer.Run)
 	agent := bundleClient(t, serveIssuerConfig(t, issuer.ServerConfig{Issuer: iss, Bundles: loop, CRLs: signer}), tb.OwnRoots().Pool())

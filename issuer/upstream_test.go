@@ -51,6 +51,21 @@ func mustUpstream(t testing.TB, cfg issuer.UpstreamConfig) *issuer.Upstream {
 	return up
 }
 
+// runIntermediates runs, until the test ends, the loop that keeps iss on
+// an intermediate from up (whose first intermediate came with tb), with
+// backoffs short enough for a test.
+func runIntermediates(t *testing.T, iss *issuer.Issuer, up *issuer.Upstream, tb *trust.TrustBundle, log *slog.Logger) *issuer.Intermediates {
+	t.Helper()
+	loop, err := issuer.NewIntermediates(issuer.IntermediatesConfig{
+		Issuer: iss, Root: up, Bundle: tb, MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Logger: log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runInBackground(t, "Intermediates.Run", loop.Run)
+	return loop
+}
+
 func mustIntermediate(t testing.TB, up *issuer.Upstream) (*ca.Authority, *trust.TrustBundle) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -190,6 +190,13 @@ func (s *issuerSide) authority(t testing.TB) *ca.Authority {
 	return a
 }
 
+// rootClient is a RootService client of the root at addr that presents
+// s's credential.
+func (h *harness) rootClient(addr string, s *issuerSide) meshcav1.RootServiceClient {
+	h.t.Helper()
+	return meshcav1.NewRootServiceClient(h.dial(addr, s.tlsCert()))
+}
+
 // mustEnroll registers cluster with trust domain td and enrols it over
 // the root service at addr.
 func (h *harness) mustEnroll(addr, cluster, td string) *issuerSide {

@@ -16,7 +16,7 @@ func TestIssuerCRLsReachEveryReplica(t *testing.T) {
 	h := newHarness(t, nil)
 	addr := h.serve()
 	east := h.mustEnroll(addr, "east", "east.example")
-	eastRoot := meshcav1.NewRootServiceClient(h.dial(addr, east.tlsCert()))
+	eastRoot := h.rootClient(addr, east)
 	ctx := context.Background()
 	other := h.replica()
 	if got := domainCRLs(t, other, "east.example"); len(got) != 0 {

@@ -120,9 +120,9 @@ func TestPublishJWTAuthorities(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eastRoot := meshcav1.NewRootServiceClient(h.dial(addr, east.tlsCert()))
-	westRoot := meshcav1.NewRootServiceClient(h.dial(addr, west.tlsCert()))
-	northRoot := meshcav1.NewRootServiceClient(h.dial(addr, north.tlsCert()))
+	eastRoot := h.rootClient(addr, east)
+	westRoot := h.rootClient(addr, west)
+	northRoot := h.rootClient(addr, north)
 	bg := context.Background()
 	now := h.clock.Now()
 
@@ -267,7 +267,7 @@ func TestJWTAuthoritiesReachEveryReplica(t *testing.T) {
 	h := newHarness(t, nil)
 	addr := h.serve()
 	east := h.mustEnroll(addr, "east", "east.example")
-	eastRoot := meshcav1.NewRootServiceClient(h.dial(addr, east.tlsCert()))
+	eastRoot := h.rootClient(addr, east)
 	ctx := context.Background()
 	other := h.replica()
 	now := h.clock.Now()

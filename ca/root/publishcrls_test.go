@@ -88,8 +88,8 @@ func TestPublishCRLs(t *testing.T) {
 	addr := h.serve()
 	east := h.mustEnroll(addr, "east", "east.example")
 	west := h.mustEnroll(addr, "west", "west.example")
-	eastRoot := meshcav1.NewRootServiceClient(h.dial(addr, east.tlsCert()))
-	westRoot := meshcav1.NewRootServiceClient(h.dial(addr, west.tlsCert()))
+	eastRoot := h.rootClient(addr, east)
+	westRoot := h.rootClient(addr, west)
 	bg := context.Background()
 	now := h.clock.Now()
 
@@ -217,7 +217,7 @@ func TestPublishedCRLDroppedWhenIssuerExpires(t *testing.T) {
 	}
 	now := h.clock.Now()
 	old, cur := issuerCRLFor(t, east, 1, now, 0), issuerCRLFor(t, next, 1, now, 0)
-	client := meshcav1.NewRootServiceClient(h.dial(addr, east.tlsCert()))
+	client := h.rootClient(addr, east)
 	if _, err := client.PublishCRLs(context.Background(), crlProtos(old, cur)); err != nil {
 		t.Fatal(err)
 	}

@@ -183,7 +183,7 @@ func TestRevokeCluster(t *testing.T) {
 	}
 	_, err = enroll(t, h.dial(addr, nil), spareToken)
 	wantCode(t, err, codes.PermissionDenied)
-	_, err = meshcav1.NewRootServiceClient(h.dial(addr, east.tlsCert())).PublishCRLs(bg, &meshcav1.PublishCRLsRequest{})
+	_, err = h.rootClient(addr, east).PublishCRLs(bg, &meshcav1.PublishCRLsRequest{})
 	wantCode(t, err, codes.PermissionDenied)
 	if _, err := renew(t, h.dial(addr, west.tlsCert()), west, false); err != nil {
 		t.Fatalf("Renew of another cluster: %v", err)

@@ -32,19 +32,11 @@ func TestChartConfigs(t *testing.T) {
 				}
 				switch file {
 				case "issuer.yaml":
-					cfg := defaultIssuerConfig()
-					if err := loadConfig(path, &cfg); err != nil {
-						t.Fatalf("issuer.yaml: %v\n%s", err, data)
-					}
-					if err := cfg.validate(); err != nil {
+					if _, err := loadValidated(defaultIssuerConfig, path); err != nil {
 						t.Fatalf("issuer.yaml: %v\n%s", err, data)
 					}
 				case "root.yaml":
-					cfg := defaultRootConfig()
-					if err := loadConfig(path, &cfg); err != nil {
-						t.Fatalf("root.yaml: %v\n%s", err, data)
-					}
-					if err := cfg.validate(); err != nil {
+					if _, err := loadValidated(defaultRootConfig, path); err != nil {
 						t.Fatalf("root.yaml: %v\n%s", err, data)
 					}
 				}

@@ -13,21 +13,7 @@ import (
 // TestIssuerExampleConfigs decodes and validates every example in deploy/,
 // so the documented configurations cannot rot.
 func TestIssuerExampleConfigs(t *testing.T) {
-	paths, err := filepath.Glob("../../deploy/examples/issuer*.yaml")
-	if err != nil || len(paths) < 3 {
-		t.Fatalf("example configs: %v %v", paths, err)
-	}
-	for _, p := range paths {
-		t.Run(filepath.Base(p), func(t *testing.T) {
-			cfg := defaultIssuerConfig()
-			if err := loadConfig(p, &cfg); err != nil {
-				t.Fatal(err)
-			}
-			if err := cfg.validate(); err != nil {
-				t.Fatal(err)
-			}
-		})
-	}
+	checkExampleConfigs(t, "../../deploy/examples/issuer*.yaml", 3, defaultIssuerConfig)
 }
 
 func TestIssuerConfigValidate(t *testing.T) {
@@ -68,11 +54,7 @@ func TestIssuerConfigValidate(t *testing.T) {
 		{"root configmaps bad namespace", "istioRootConfigMaps: {enabled: true, leaseNamespace: istio-system, namespaces: [Bad_NS]}\n" + base + "  - {name: east}\n", `namespace "Bad_NS"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := defaultIssuerConfig()
-			err := decodeStrict([]byte(tc.yaml), &cfg)
-			if err == nil {
-				err = cfg.validate()
-			}
+			_, err := decodeValidated(defaultIssuerConfig, tc.yaml)
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Errorf("err = %v, want it to mention %q", err, tc.wantErr)
 			}
@@ -129,13 +111,7 @@ current-context: c
 // in TestIssuerUpstreamConfig).
 func TestIssuerUpstreamPKIStack(t *testing.T) {
 	base := "cluster: east\nclusters: [{name: east, attestor: dev}]\n"
-	cfg := defaultIssuerConfig()
-	if err := decodeStrict([]byte(base+stepUpstreamPKI+"root: {dir: /keys}\n"), &cfg); err != nil {
-		t.Fatal(err)
-	}
-	if err := cfg.validate(); err != nil {
-		t.Fatalf("valid upstreamPKI: %v", err)
-	}
+	cfg := mustDecodeValidated(t, defaultIssuerConfig, base+stepUpstreamPKI+"root: {dir: /keys}\n")
 	sc, err := issuerStack(cfg)
 	if err != nil {
 		t.Fatal(err)

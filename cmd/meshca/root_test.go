@@ -1,7 +1,6 @@
 package main
 
 import (
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -10,21 +9,7 @@ import (
 
 // TestRootExampleConfigs decodes and validates deploy/examples/root*.yaml.
 func TestRootExampleConfigs(t *testing.T) {
-	paths, err := filepath.Glob("../../deploy/examples/root*.yaml")
-	if err != nil || len(paths) < 2 {
-		t.Fatalf("example configs: %v %v", paths, err)
-	}
-	for _, p := range paths {
-		t.Run(filepath.Base(p), func(t *testing.T) {
-			cfg := defaultRootConfig()
-			if err := loadConfig(p, &cfg); err != nil {
-				t.Fatal(err)
-			}
-			if err := cfg.validate(); err != nil {
-				t.Fatal(err)
-			}
-		})
-	}
+	checkExampleConfigs(t, "../../deploy/examples/root*.yaml", 2, defaultRootConfig)
 }
 
 func TestRootConfigValidate(t *testing.T) {
@@ -55,11 +40,7 @@ func TestRootConfigValidate(t *testing.T) {
 		{"negative connection cap", "limits: {maxConnections: -5}\n", "negative max connections"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := defaultRootConfig()
-			err := decodeStrict([]byte(tc.yaml), &cfg)
-			if err == nil {
-				err = cfg.validate()
-			}
+			_, err := decodeValidated(defaultRootConfig, tc.yaml)
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Errorf("err = %v, want it to mention %q", err, tc.wantErr)
 			}
@@ -101,11 +82,7 @@ func TestIssuerUpstreamConfig(t *testing.T) {
 			"upstreamPKI: upstream stepcas: fingerprint"},
 		{"upstreamPKI unknown field", base + "upstreamPKI: {type: stepcas, stepcas: {address: x}}\n", `unknown field "upstreamPKI.stepcas.address"`},
 	} {
-		cfg := defaultIssuerConfig()
-		err := decodeStrict([]byte(tc.yaml), &cfg)
-		if err == nil {
-			err = cfg.validate()
-		}
+		_, err := decodeValidated(defaultIssuerConfig, tc.yaml)
 		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 			t.Errorf("%s: err = %v, want it to mention %q", tc.name, err, tc.wantErr)
 		}

@@ -11,13 +11,7 @@ import (
 // the controller's config and the stack: off by default, every field
 // carried over, the identity defaulting to the short host name.
 func TestIstioRootConfigMapsMapping(t *testing.T) {
-	cfg := defaultIssuerConfig()
-	if err := decodeStrict([]byte("cluster: east\nclusters: [{name: east}]\n"), &cfg); err != nil {
-		t.Fatal(err)
-	}
-	if err := cfg.validate(); err != nil {
-		t.Fatal(err)
-	}
+	cfg := mustDecodeValidated(t, defaultIssuerConfig, "cluster: east\nclusters: [{name: east}]\n")
 	sc, err := issuerStack(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -27,13 +21,7 @@ func TestIstioRootConfigMapsMapping(t *testing.T) {
 	}
 
 	y := "istioRootConfigMaps: {enabled: true, leaseNamespace: meshca-system, namespaces: [a, b], selector: \"x=y\", identity: issuer-1, ownerClusterRole: meshca-istio-root-cert}\n"
-	on := defaultIssuerConfig()
-	if err := decodeStrict([]byte(y+"cluster: east\nclusters: [{name: east}]\n"), &on); err != nil {
-		t.Fatal(err)
-	}
-	if err := on.validate(); err != nil {
-		t.Fatal(err)
-	}
+	on := mustDecodeValidated(t, defaultIssuerConfig, y+"cluster: east\nclusters: [{name: east}]\n")
 	rc := on.IstioRootConfigMaps.rootcmConfig(placeholderClient)
 	if rc.LeaseNamespace != "meshca-system" || rc.Identity != "issuer-1" || rc.Selector != "x=y" || rc.OwnerClusterRole != "meshca-istio-root-cert" || !slices.Equal(rc.Namespaces, []string{"a", "b"}) {
 		t.Errorf("mapped %+v", rc)

@@ -80,13 +80,7 @@ func TestIssuerStackMapping(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := defaultIssuerConfig()
-			if err := decodeStrict([]byte(tc.yaml), &cfg); err != nil {
-				t.Fatal(err)
-			}
-			if err := cfg.validate(); err != nil {
-				t.Fatal(err)
-			}
+			cfg := mustDecodeValidated(t, defaultIssuerConfig, tc.yaml)
 			tc.check(t, cfg)
 		})
 	}
@@ -158,13 +152,7 @@ func TestRootStackMapping(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := defaultRootConfig()
-			if err := decodeStrict([]byte(tc.yaml), &cfg); err != nil {
-				t.Fatal(err)
-			}
-			if err := cfg.validate(); err != nil {
-				t.Fatal(err)
-			}
+			cfg := mustDecodeValidated(t, defaultRootConfig, tc.yaml)
 			before := cfg.Federation.Profile
 			sc, err := rootStack(cfg)
 			if err != nil {
@@ -188,11 +176,7 @@ func TestRootUpstreamValidated(t *testing.T) {
 		"bad cloud ca name": {"upstream: {type: cloudcas, cloudcas: {certificateAuthority: my-ca}}\n", "certificateAuthority"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			cfg := defaultRootConfig()
-			if err := decodeStrict([]byte(tc.yaml), &cfg); err != nil {
-				t.Fatal(err)
-			}
-			if err := cfg.validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			if _, err := decodeValidated(defaultRootConfig, tc.yaml); err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("validate = %v, want an error naming %q", err, tc.want)
 			}
 		})
@@ -201,11 +185,8 @@ func TestRootUpstreamValidated(t *testing.T) {
 
 // metricsListen must be host:port; empty (the default) means none.
 func TestIssuerMetricsListenValidated(t *testing.T) {
-	cfg := defaultIssuerConfig()
-	if err := decodeStrict([]byte("cluster: east\nclusters: [{name: east, attestor: dev}]\nmetricsListen: localhost\n"), &cfg); err != nil {
-		t.Fatal(err)
-	}
-	if err := cfg.validate(); err == nil || !strings.Contains(err.Error(), "metricsListen") {
+	_, err := decodeValidated(defaultIssuerConfig, "cluster: east\nclusters: [{name: east, attestor: dev}]\nmetricsListen: localhost\n")
+	if err == nil || !strings.Contains(err.Error(), "metricsListen") {
 		t.Fatalf("validate = %v, want a metricsListen error", err)
 	}
 }

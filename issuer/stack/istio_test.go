@@ -32,7 +32,13 @@ import (
 func serveIstio(t *testing.T, set func(*stack.Config)) (string, *stack.Config, *testkit.LogBuffer) {
 	t.Helper()
 	logs := &testkit.LogBuffer{}
-	addr := make(chan string, 1)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("logs:\n%s", logs.String())
+		}
+	})
+	var addr string
+	serving := make(chan struct{})
 	cfg := stack.Config{
 		Name: "test issuer", TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), Cluster: "dev",
 		DataDir: t.TempDir(), Listen: "127.0.0.1:0", Hosts: []string{"istiod.istio-system.svc", "127.0.0.1"},
@@ -40,31 +46,12 @@ func serveIstio(t *testing.T, set func(*stack.Config)) (string, *stack.Config, *
 			return sqlite.Open(ctx, sqlite.Config{Path: filepath.Join(t.TempDir(), "meshca.db")})
 		},
 		Attestor: func() (attest.Attestor, error) { return refuseAll{}, nil },
-		Serving:  func(a, _ string) { addr <- a },
+		Serving:  func(a, _ string) { addr = a; close(serving) },
 		Logger:   slog.New(slog.NewTextHandler(logs, nil)),
 	}
 	set(&cfg)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- stack.Run(ctx, cfg) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("logs:\n%s", logs.String())
-		}
-	})
-	select {
-	case a := <-addr:
-		return a, &cfg, logs
-	case err := <-done:
-		t.Fatalf("Run returned before serving: %v\n%s", err, logs.String())
-	case <-time.After(30 * time.Second):
-		t.Fatal("stack not serving after 30s")
-	}
-	return "", nil, nil
+	startStack(t, cfg, 30*time.Second, serving)
+	return addr, &cfg, logs
 }
 
 // servedChain dials addr as istio-agent does (server name

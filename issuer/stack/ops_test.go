@@ -49,7 +49,7 @@ func runOpsStack(t *testing.T, open func(ctx context.Context, m *store.Metrics) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &opsStack{signer: signer, done: make(chan error, 1)}
+	s := &opsStack{signer: signer}
 	serving, opsServing := make(chan struct{}), make(chan struct{})
 	cfg := stack.Config{
 		Name: "test issuer", TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), Cluster: "dev",
@@ -74,24 +74,7 @@ func runOpsStack(t *testing.T, open func(ctx context.Context, m *store.Metrics) 
 // one of ready is closed.
 func (s *opsStack) start(t *testing.T, cfg stack.Config, ready ...chan struct{}) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(t.Context())
-	s.cancel = cancel
-	go func() { s.done <- stack.Run(ctx, cfg) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-s.done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	for _, ch := range ready {
-		select {
-		case <-ch:
-		case err := <-s.done:
-			t.Fatalf("Run returned before serving: %v", err)
-		case <-time.After(60 * time.Second):
-			t.Fatal("stack not serving after 60s")
-		}
-	}
+	s.cancel, s.done = startStack(t, cfg, 60*time.Second, ready...)
 }
 
 // dial connects to the stack's gRPC port, trusting its bundle.pem.

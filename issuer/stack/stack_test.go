@@ -46,8 +46,19 @@ func runStack(t *testing.T, open func(ctx context.Context) (stack.Store, error),
 		Attestor: func() (attest.Attestor, error) { return refuseAll{}, nil },
 		Serving:  func(string, string) { close(serving) },
 	}
+	startStack(t, cfg, 30*time.Second, serving)
+	return db, cfg
+}
+
+// startStack runs cfg until the test ends and returns once every one of
+// ready is closed; Run returning first, or a wait longer than timeout,
+// fails the test. cancel stops the stack earlier; done receives what Run
+// returned, and whoever takes it must put it back for the cleanup, which
+// reports an error.
+func startStack(t *testing.T, cfg stack.Config, timeout time.Duration, ready ...chan struct{}) (cancel context.CancelFunc, done chan error) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
+	done = make(chan error, 1)
 	go func() { done <- stack.Run(ctx, cfg) }()
 	t.Cleanup(func() {
 		cancel()
@@ -55,14 +66,16 @@ func runStack(t *testing.T, open func(ctx context.Context) (stack.Store, error),
 			t.Errorf("Run: %v", err)
 		}
 	})
-	select {
-	case <-serving:
-	case err := <-done:
-		t.Fatalf("Run returned before serving: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("stack not serving after 30s")
+	for _, ch := range ready {
+		select {
+		case <-ch:
+		case err := <-done:
+			t.Fatalf("Run returned before serving: %v", err)
+		case <-time.After(timeout):
+			t.Fatalf("stack not serving after %v", timeout)
+		}
 	}
-	return db, cfg
+	return cancel, done
 }
 
 // The stack prunes expired certificates while it runs: a certificate that

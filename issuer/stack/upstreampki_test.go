@@ -32,7 +32,7 @@ func pkiStackConfig(t *testing.T, up upstream.Config, dbPath, rootDir string) (s
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &opsStack{signer: signer, done: make(chan error, 1)}
+	s := &opsStack{signer: signer}
 	return stack.Config{
 		Name: "test issuer", TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local"), Cluster: "dev",
 		DataDir: dir, RootDir: rootDir, Listen: "127.0.0.1:0", Hosts: []string{"127.0.0.1"}, UpstreamPKI: &up,
