@@ -58,8 +58,9 @@ type LocalRootConfig struct {
 	// Renewer renews Root's certificate from the upstream (see Run).
 	// Required with Anchor, nil without.
 	Renewer CARenewer
-	// Renewed, when set, is called with each renewal Run has made current
-	// (e.g. to keep it for the next start), never with one it refused.
+	// Renewed, when set, is called with each renewal Run accepts, just
+	// before it becomes current (e.g. to keep it for the next start), never
+	// with one it refused.
 	Renewed func(UpstreamCA)
 	// RenewBackoff is the first wait after a failed renewal; it doubles up
 	// to an hour (rotation.CARetry). Zero means a minute.

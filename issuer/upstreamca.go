@@ -121,10 +121,10 @@ func (r *LocalRoot) renew(ctx context.Context, st localCA) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", rotation.ErrRefused, err)
 	}
-	r.state.Store(next)
 	if r.cfg.Renewed != nil {
 		r.cfg.Renewed(u)
 	}
+	r.state.Store(next)
 	r.cfg.Logger.Info("renewed meshca's CA certificate from the upstream PKI", "sha256", fingerprintHex(u.CA.Certificate),
 		"not_after", u.CA.Certificate.NotAfter, "renew_at", rotation.CADueAt(caValidity(u.CA)),
 		"previous_sha256", fingerprintHex(st.root.Certificate), "anchor_sha256", fingerprintHex(u.Anchor))
