@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -26,9 +27,35 @@ const (
 	RunTimeout = time.Minute
 )
 
-// secrets are what no process's log may contain: PEM private keys, JWTs
-// and join tokens.
-var secrets = []string{"PRIVATE KEY", "eyJ", "mjt1."}
+// secrets are what no process's log may contain, by name: PEM private
+// keys, JWTs (a JSON header, a payload and the dots after them, so that
+// base64 text that merely holds "eyJ", such as a key id, is not one) and
+// join tokens.
+var secrets = []struct {
+	name string
+	re   *regexp.Regexp
+}{
+	{"PRIVATE KEY", regexp.MustCompile(`PRIVATE KEY`)},
+	{"eyJ", regexp.MustCompile(`eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.`)},
+	{"mjt1.", regexp.MustCompile(`mjt1\.`)},
+}
+
+// findSecrets returns, for each secret in out whose name is not in
+// allowed, the name and the line it stands in, cut at the secret so that
+// the report does not repeat it.
+func findSecrets(out string, allowed []string) []string {
+	var found []string
+	for _, s := range secrets {
+		if slices.Contains(allowed, s.name) {
+			continue
+		}
+		if loc := s.re.FindStringIndex(out); loc != nil {
+			start := strings.LastIndexByte(out[:loc[0]], '\n') + 1
+			found = append(found, fmt.Sprintf("%q in: %s…", s.name, out[max(start, loc[0]-200):loc[0]]))
+		}
+	}
+	return found
+}
 
 // Proc is a running process. Its stdout and stderr go to one buffer.
 type Proc struct {
@@ -67,10 +94,8 @@ func StartLogging(t testing.TB, allowed []string, bin, name string, args ...stri
 		if t.Failed() {
 			t.Logf("--- %s output ---\n%s", name, p.out.String())
 		}
-		for _, secret := range secrets {
-			if !slices.Contains(allowed, secret) && strings.Contains(p.out.String(), secret) {
-				t.Errorf("%s logged secret material (%q)", name, secret)
-			}
+		for _, f := range findSecrets(p.out.String(), allowed) {
+			t.Errorf("%s logged secret material: %s", name, f)
 		}
 	})
 	return p
