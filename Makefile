@@ -19,6 +19,15 @@ LDFLAGS     := -X main.version=$(VERSION)
 # the project's go.mod; see docs/kubernetes.md.
 TOOLS       := $(GO) tool -modfile=tools/go.mod
 HELM        := $(TOOLS) helm
+# One build configuration for everything but the race detector: static
+# (CGO_ENABLED=0) and -trimpath, as release images are built. vet,
+# staticcheck, `make build`, the end-to-end tests, the binaries and images
+# tests build (internal/testkit.GoCommand) and the test bed's Go builds then
+# share one compile cache: a cold `make test` compiles the module graph once
+# plainly and once for the race detector (which needs cgo), not once per
+# configuration (docs/benchmarks.md, "Cold make test").
+export CGO_ENABLED := 0
+export GOFLAGS += -trimpath
 # Heavy tools and test-bed builds are cached outside the checkout.
 CACHE_DIR   ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/meshca-testbed
 STATICCHECK_VERSION := v0.8.2
@@ -43,8 +52,8 @@ APT_GET = flock $(CACHE_DIR)/apt.lock apt-get
 all: build
 
 build:
-	$(GO) build -trimpath -buildvcs=auto -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meshca
-	$(GO) build -trimpath -buildvcs=auto -tags $(AGENT_TAGS) -ldflags '$(LDFLAGS)' -o $(AGENT_BIN) ./cmd/meshca-agent
+	$(GO) build -buildvcs=auto -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meshca
+	$(GO) build -buildvcs=auto -tags $(AGENT_TAGS) -ldflags '$(LDFLAGS)' -o $(AGENT_BIN) ./cmd/meshca-agent
 
 ## images: OCI archives of meshca, meshca-agent and the pause sandbox
 ## image in IMAGES_DIR, each with a CycloneDX SBOM; no daemon, no registry.
@@ -89,9 +98,13 @@ manifests:
 ## test: lint, then unit + integration (race detector), end-to-end and interop tests.
 test: testbed lint build unit e2e interop
 
-unit:
-	$(GO) test -race -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e /test/e2e -e /test/multicluster)
-	cd test/bench/peers && GOWORK=off $(GO) test -race -count=1 ./...
+# The race detector needs cgo. Tests that run meshca take the binaries
+# `make build` made rather than building their own.
+RACE_TEST   := CGO_ENABLED=1 $(GO) test -race -count=1
+unit: build
+	MESHCA_BIN=$(abspath $(BIN)) MESHCA_AGENT_BIN=$(abspath $(AGENT_BIN)) \
+		$(RACE_TEST) -timeout 30m $$($(GO) list ./... | grep -v -e /test/e2e -e /test/multicluster)
+	cd test/bench/peers && GOWORK=off $(RACE_TEST) ./...
 	cd tools && GOWORK=off $(GO) test -count=1 ./...
 
 e2e: build

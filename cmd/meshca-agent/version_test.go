@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // TestVersionOfPlainGoBuild builds meshca-agent as a user would with `go
@@ -15,8 +18,7 @@ import (
 // tree committed afresh: the go command stamps VCS information only where
 // .git is a directory, which it is not in a linked worktree.
 func TestVersionOfPlainGoBuild(t *testing.T) {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
+	if _, err := exec.LookPath("go"); err != nil {
 		t.Fatalf("the go command is needed to build meshca-agent: %v", err)
 	}
 	top := git(t, "", "rev-parse", "--show-toplevel")
@@ -50,9 +52,9 @@ func TestVersionOfPlainGoBuild(t *testing.T) {
 	}
 
 	bin := filepath.Join(t.TempDir(), "meshca-agent")
-	build := exec.Command(goBin, "build", "-trimpath", "-buildvcs=true", "-tags", "grpcnotrace,netgo", "-o", bin, "./cmd/meshca-agent")
+	build := testkit.GoCommand(context.Background(), "build", "-buildvcs=true", "-tags", "grpcnotrace,netgo", "-o", bin, "./cmd/meshca-agent")
 	build.Dir = repo
-	build.Env = append(os.Environ(), "GIT_COMMITTER_DATE=2026-01-02T03:04:05Z")
+	build.Env = append(build.Env, "GIT_COMMITTER_DATE=2026-01-02T03:04:05Z")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}

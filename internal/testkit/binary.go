@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"time"
 )
@@ -32,7 +31,7 @@ func MeshcaBinary(dir string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
 	defer cancel()
 	// `go test` puts its own GOROOT/bin first on PATH, so this is the same go.
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/meshca/meshca/cmd/meshca")
+	cmd := GoCommand(ctx, "build", "-o", bin, "github.com/meshca/meshca/cmd/meshca")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build github.com/meshca/meshca/cmd/meshca: %w\n%s", err, out)
 	}

@@ -8,13 +8,13 @@ package chart
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 
+	"github.com/meshca/meshca/internal/testkit"
 	corev1 "k8s.io/api/core/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 )
@@ -23,10 +23,7 @@ import (
 const Namespace = "meshca-system"
 
 // Root is the checkout's top directory.
-func Root() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..")
-}
+func Root() string { return testkit.ModuleRoot() }
 
 // ChartDir is deploy/charts/meshca.
 func ChartDir() string { return filepath.Join(Root(), "deploy", "charts", "meshca") }
@@ -34,9 +31,9 @@ func ChartDir() string { return filepath.Join(Root(), "deploy", "charts", "meshc
 // Tool runs `go tool -modfile=tools/go.mod NAME ARGS...` in the checkout
 // and returns its standard output; a failure carries standard error.
 func Tool(name string, args ...string) ([]byte, error) {
-	cmd := exec.Command("go", append([]string{"tool", "-modfile=" + filepath.Join(Root(), "tools", "go.mod"), name}, args...)...)
+	cmd := testkit.GoCommand(context.Background(), append([]string{"tool", "-modfile=" + filepath.Join(Root(), "tools", "go.mod"), name}, args...)...)
 	cmd.Dir = Root()
-	cmd.Env = append(os.Environ(), "GOWORK=off", "HELM_CACHE_HOME="+os.TempDir()+"/meshca-helm-cache",
+	cmd.Env = append(cmd.Env, "GOWORK=off", "HELM_CACHE_HOME="+os.TempDir()+"/meshca-helm-cache",
 		"HELM_CONFIG_HOME="+os.TempDir()+"/meshca-helm-config", "HELM_DATA_HOME="+os.TempDir()+"/meshca-helm-data")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -52,12 +52,11 @@ func buildImages(t *testing.T, n *nodetest.Node) string {
 	dir := t.TempDir()
 	build := func(name string, tags ...string) string {
 		bin := filepath.Join(dir, name)
-		args := []string{"build", "-trimpath", "-ldflags", "-X main.version=v0.0.0-e2e -s -w", "-o", bin}
+		args := []string{"build", "-ldflags", "-X main.version=v0.0.0-e2e -s -w", "-o", bin}
 		if len(tags) > 0 {
 			args = append(args, "-tags", tags[0])
 		}
-		cmd := exec.Command("go", append(args, "../../cmd/"+name)...)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		cmd := testkit.GoCommand(context.Background(), append(args, "../../cmd/"+name)...)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("build %s: %v\n%s", name, err, out)
 		}

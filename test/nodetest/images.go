@@ -1,11 +1,14 @@
 package nodetest
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/meshca/meshca/internal/testkit"
 )
 
 // BuildImage builds the Go main package pkg (a path as `go build` takes it,
@@ -16,8 +19,7 @@ import (
 func (n *Node) BuildImage(tb testing.TB, pkg, ref string) {
 	tb.Helper()
 	bin := filepath.Join(tb.TempDir(), filepath.Base(pkg))
-	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, pkg)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	cmd := testkit.GoCommand(context.Background(), "build", "-o", bin, pkg)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		tb.Fatalf("build %s: %v\n%s", pkg, err, out)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -159,9 +158,8 @@ func podProjectedToken(t *testing.T, n *Node) {
 // binary and needs nothing else from the image.
 func agentImageRuns(t *testing.T, n *Node) {
 	bin := filepath.Join(t.TempDir(), "meshca-agent")
-	cmd := exec.Command("go", "build", "-trimpath", "-tags", "grpcnotrace,netgo",
+	cmd := testkit.GoCommand(context.Background(), "build", "-tags", "grpcnotrace,netgo",
 		"-ldflags", "-X main.version=v9.9.9-node -s -w", "-o", bin, "../../cmd/meshca-agent")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build meshca-agent: %v\n%s", err, out)
 	}

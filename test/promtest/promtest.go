@@ -15,7 +15,6 @@ package promtest
 
 import (
 	"path/filepath"
-	"runtime"
 	"testing"
 
 	"github.com/meshca/meshca/internal/testkit"
@@ -50,10 +49,7 @@ func Bin(tb testing.TB, env, name string) string {
 }
 
 // Dir is the absolute path of deploy/observability in this checkout.
-func Dir() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..", "deploy", "observability")
-}
+func Dir() string { return filepath.Join(testkit.ModuleRoot(), "deploy", "observability") }
 
 // Paths of the files in Dir.
 var (
