@@ -95,8 +95,12 @@ images-verify:
 manifests:
 	GOWORK=off $(GO) run ./test/chart/genmanifests
 
-## test: lint, then unit + integration (race detector), end-to-end and interop tests.
-test: testbed lint build unit e2e interop
+## test: lint, then unit + integration (race detector), then the end-to-end
+## and interop suites side by side: both mostly wait on the processes they
+## start (a third of the CPU or less), so together they take about the
+## longer one's time; each suite's output is printed whole when it ends.
+test: testbed lint build unit
+	@$(MAKE) --no-print-directory -j2 --output-sync=target e2e interop
 
 # The race detector needs cgo. Tests that run meshca take the binaries
 # `make build` made rather than building their own.
