@@ -31,8 +31,9 @@ func newCrossFixture(t *testing.T) crossFixture {
 	f := crossFixture{trustDomain: td}
 	f.oldRoot = testkit.Root(t, "cross-old", t0.Add(-24*time.Hour), 30*24*time.Hour)
 	f.newRoot = testkit.Root(t, "cross-new", t0, 60*24*time.Hour)
-	f.oldInter = intermediateUnder(t, f.oldRoot, "cross-old-inter", td)
-	f.newInter = intermediateUnder(t, f.newRoot, "cross-new-inter", td)
+	req := ca.IntermediateRequest{TrustDomain: td, Cluster: "east", Now: t0}
+	f.oldInter = testkit.Intermediate(t, f.oldRoot, "cross-old-inter", req)
+	f.newInter = testkit.Intermediate(t, f.newRoot, "cross-new-inter", req)
 	f.oldLeaf = leafUnder(t, f.oldInter, td.Name())
 	f.newLeaf = leafUnder(t, f.newInter, td.Name())
 	var err error
@@ -43,20 +44,6 @@ func newCrossFixture(t *testing.T) crossFixture {
 		t.Fatal(err)
 	}
 	return f
-}
-
-func intermediateUnder(t *testing.T, root *ca.Authority, key string, td spiffeid.TrustDomain) *ca.Authority {
-	t.Helper()
-	k := testkit.Key(t, key)
-	c, err := root.SignIntermediate(ca.IntermediateRequest{PublicKey: k.Public(), TrustDomain: td, Cluster: "east", Now: t0})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := ca.NewAuthority(c, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
 }
 
 func leafUnder(t *testing.T, in *ca.Authority, td string) *x509.Certificate {

@@ -37,15 +37,7 @@ func signCA(t *testing.T, parent *ca.Authority, key crypto.Signer, name string, 
 			chain = append([]*x509.Certificate{parent.Certificate}, parent.Chain...)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuerCert, key.Public(), signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &ca.Authority{Certificate: cert, Signer: key, Chain: chain}
+	return &ca.Authority{Certificate: testkit.Certificate(t, tmpl, issuerCert, key.Public(), signer), Signer: key, Chain: chain}
 }
 
 func writeFile(t *testing.T, path string, data []byte) {

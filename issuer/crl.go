@@ -13,7 +13,6 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/watch"
-	"github.com/meshca/meshca/rotation"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/trust"
 )
@@ -110,6 +109,11 @@ func (c CRLSignerConfig) withDefaults() CRLSignerConfig {
 	return c
 }
 
+// newRetry returns the pacing, after failures, of a loop run with c.
+func (c CRLSignerConfig) newRetry() retry {
+	return retry{jitter: c.Jitter, minDelay: c.MinBackoff, maxDelay: c.MaxBackoff, logger: c.Logger}
+}
+
 // CRLSigner keeps one current CRL per authority the issuer holds (the
 // current intermediate and previous ones until they expire), each listing
 // the revoked serials of the cluster and the serials of the unexpired
@@ -175,7 +179,7 @@ func (s *CRLSigner) Run(ctx context.Context) error {
 		go func() { defer close(published); s.publish(ctx) }()
 		defer func() { <-published }()
 	}
-	failures := 0
+	rt := s.cfg.newRetry()
 	for {
 		set, denyChanged := s.cfg.DenyList.Current()
 		authChanged := s.cfg.Issuer.authorityChanged()
@@ -191,16 +195,9 @@ func (s *CRLSigner) Run(ctx context.Context) error {
 			case ctx.Err() != nil:
 				return nil
 			case err != nil:
-				failures++
-				delay := rotation.Backoff(failures, s.cfg.Jitter(), s.cfg.MinBackoff, s.cfg.MaxBackoff)
-				s.cfg.Logger.Warn("signing CRLs failed; keeping the current ones", "error", err.Error(),
-					"failures", failures, "retry_in", delay.String())
-				wake = time.After(delay)
+				wake = rt.failed(ctx, slog.LevelWarn, "signing CRLs failed; keeping the current ones", err)
 			default:
-				failures = 0
-				if !next.IsZero() {
-					wake = time.After(next.Sub(now))
-				}
+				wake = rt.succeeded(now, next)
 			}
 		}
 		select {
@@ -369,10 +366,10 @@ func (s *CRLSigner) publish(ctx context.Context) {
 			crls, changed, gen := s.snapshot()
 			return crlGen{crls, gen}, changed
 		},
-		size:   func(v crlGen) int { return len(v.crls) },
-		same:   func(a, b crlGen) bool { return a.gen == b.gen },
-		send:   func(ctx context.Context, v crlGen) error { return s.cfg.Publisher.PublishCRLs(ctx, v.crls) },
-		jitter: s.cfg.Jitter, minBackoff: s.cfg.MinBackoff, maxBackoff: s.cfg.MaxBackoff,
-		attemptTimeout: s.cfg.AttemptTimeout, logger: s.cfg.Logger,
+		size:           func(v crlGen) int { return len(v.crls) },
+		same:           func(a, b crlGen) bool { return a.gen == b.gen },
+		send:           func(ctx context.Context, v crlGen) error { return s.cfg.Publisher.PublishCRLs(ctx, v.crls) },
+		retry:          s.cfg.newRetry(),
+		attemptTimeout: s.cfg.AttemptTimeout,
 	}.run(ctx)
 }

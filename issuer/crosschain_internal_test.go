@@ -34,8 +34,9 @@ func newCrossWorld(t *testing.T, crossEnd time.Time) crossWorld {
 	w := crossWorld{now: time.Now(), td: spiffeid.RequireTrustDomainFromString("cluster.local")}
 	w.oldRoot = testkit.Root(t, "xchain-old", w.now.Add(-time.Hour), 24*time.Hour)
 	w.newRoot = testkit.Root(t, "xchain-new", w.now.Add(-time.Minute), 48*time.Hour)
-	w.oldInter = interUnder(t, w.oldRoot, "xchain-old-inter", w.td, w.now)
-	w.newInter = interUnder(t, w.newRoot, "xchain-new-inter", w.td, w.now)
+	req := ca.IntermediateRequest{TrustDomain: w.td, Cluster: "east", ServingNames: testkit.TestServingNames, TTL: 2 * time.Hour, Now: w.now}
+	w.oldInter = testkit.Intermediate(t, w.oldRoot, "xchain-old-inter", req)
+	w.newInter = testkit.Intermediate(t, w.newRoot, "xchain-new-inter", req)
 	var err error
 	if w.newByOld, err = w.oldRoot.CrossSign(ca.CrossRequest{Subject: w.newRoot.Certificate, Now: w.now}); err != nil {
 		t.Fatal(err)
@@ -44,21 +45,6 @@ func newCrossWorld(t *testing.T, crossEnd time.Time) crossWorld {
 		t.Fatal(err)
 	}
 	return w
-}
-
-func interUnder(t *testing.T, root *ca.Authority, key string, td spiffeid.TrustDomain, now time.Time) *ca.Authority {
-	t.Helper()
-	k := testkit.Key(t, key)
-	c, err := root.SignIntermediate(ca.IntermediateRequest{PublicKey: k.Public(), TrustDomain: td, Cluster: "east",
-		ServingNames: testkit.TestServingNames, TTL: 2 * time.Hour, Now: now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := ca.NewAuthority(c, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
 }
 
 func (w crossWorld) bundle(t *testing.T, cross ...*x509.Certificate) *trust.Bundle {

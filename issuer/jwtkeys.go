@@ -18,7 +18,6 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/watch"
-	"github.com/meshca/meshca/rotation"
 	"github.com/meshca/meshca/trust"
 )
 
@@ -117,6 +116,11 @@ func (c JWTConfig) withDefaults() JWTConfig {
 	return c
 }
 
+// newRetry returns the pacing, after failures, of a loop run with c.
+func (c JWTConfig) newRetry() retry {
+	return retry{jitter: c.Jitter, minDelay: c.MinBackoff, maxDelay: c.MaxBackoff, logger: c.Logger}
+}
+
 // JWTKeys holds the issuer's JWT-SVID signing keys and mints JWT-SVIDs
 // (see Mint). There is one key per intermediate: an ECDSA P-256 key made
 // in memory (never stored or logged) with a certificate that the
@@ -195,23 +199,16 @@ func (k *JWTKeys) Run(ctx context.Context) error {
 		go func() { defer close(published); k.publish(ctx) }()
 		defer func() { <-published }()
 	}
-	failures := 0
+	rt := k.cfg.newRetry()
 	for {
 		changed := k.cfg.Issuer.authorityChanged()
 		now := k.cfg.Issuer.cfg.Now()
 		next, err := k.refresh(now)
 		var wake <-chan time.Time
-		switch {
-		case err != nil:
-			failures++
-			delay := rotation.Backoff(failures, k.cfg.Jitter(), k.cfg.MinBackoff, k.cfg.MaxBackoff)
-			k.cfg.Logger.Error("preparing a JWT-SVID key failed", "error", err.Error(), "failures", failures, "retry_in", delay.String())
-			wake = time.After(delay)
-		default:
-			failures = 0
-			if !next.IsZero() {
-				wake = time.After(next.Sub(now))
-			}
+		if err != nil {
+			wake = rt.failed(ctx, slog.LevelError, "preparing a JWT-SVID key failed", err)
+		} else {
+			wake = rt.succeeded(now, next)
 		}
 		select {
 		case <-ctx.Done():
@@ -343,12 +340,12 @@ func (k *JWTKeys) publishLocked() {
 func (k *JWTKeys) publish(ctx context.Context) {
 	relay[[]trust.JWTAuthority]{
 		what: "JWT-SVID keys", countKey: "keys",
-		current: k.Current,
-		size:    func(as []trust.JWTAuthority) int { return len(as) },
-		same:    sameAuthorities,
-		send:    k.cfg.Publisher.PublishJWTAuthorities,
-		jitter:  k.cfg.Jitter, minBackoff: k.cfg.MinBackoff, maxBackoff: k.cfg.MaxBackoff,
-		attemptTimeout: k.cfg.AttemptTimeout, logger: k.cfg.Logger,
+		current:        k.Current,
+		size:           func(as []trust.JWTAuthority) int { return len(as) },
+		same:           sameAuthorities,
+		send:           k.cfg.Publisher.PublishJWTAuthorities,
+		retry:          k.cfg.newRetry(),
+		attemptTimeout: k.cfg.AttemptTimeout,
 	}.run(ctx)
 }
 

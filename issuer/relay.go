@@ -4,8 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"time"
-
-	"github.com/meshca/meshca/rotation"
 )
 
 // republishInterval is how often an issuer sends what it relays to the
@@ -34,16 +32,15 @@ type relay[T any] struct {
 	// send hands a value to the root.
 	send func(context.Context, T) error
 
-	jitter                 func() float64
-	minBackoff, maxBackoff time.Duration
-	attemptTimeout         time.Duration
-	logger                 *slog.Logger
+	// retry paces the sends after a failure; its logger also receives
+	// the successes.
+	retry          retry
+	attemptTimeout time.Duration
 }
 
 func (r relay[T]) run(ctx context.Context) {
 	var sent, logged T
 	var haveSent, haveLogged bool
-	failures := 0
 	for {
 		v, changed := r.current()
 		var wake <-chan time.Time
@@ -55,16 +52,13 @@ func (r relay[T]) run(ctx context.Context) {
 			case ctx.Err() != nil:
 				return
 			case err != nil:
-				failures++
-				delay := rotation.Backoff(failures, r.jitter(), r.minBackoff, r.maxBackoff)
-				r.logger.Warn("publishing "+r.what+" to the root failed; agents of this cluster have them already",
-					"error", err.Error(), "failures", failures, "retry_in", delay.String())
-				wake = time.After(delay)
+				wake = r.retry.failed(ctx, slog.LevelWarn,
+					"publishing "+r.what+" to the root failed; agents of this cluster have them already", err)
 			default:
 				if !haveLogged || !r.same(v, logged) {
-					r.logger.Info(r.what+" published to the root", r.countKey, r.size(v))
+					r.retry.logger.Info(r.what+" published to the root", r.countKey, r.size(v))
 				}
-				sent, logged, haveSent, haveLogged, failures = v, v, true, true, 0
+				sent, logged, haveSent, haveLogged, r.retry.failures = v, v, true, true, 0
 			}
 		}
 		if wake == nil && r.size(v) > 0 {
@@ -75,7 +69,7 @@ func (r relay[T]) run(ctx context.Context) {
 			return
 		case <-changed:
 		case <-wake:
-			if failures == 0 {
+			if r.retry.failures == 0 {
 				haveSent = false
 			}
 		}

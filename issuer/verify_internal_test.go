@@ -53,15 +53,7 @@ func TestVerifyRejectsWhatTheChainWould(t *testing.T) {
 		if l.edit != nil {
 			l.edit(tmpl)
 		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, signer.Certificate, key.Public(), signer.Signer)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
+		return testkit.Certificate(t, tmpl, signer.Certificate, key.Public(), signer.Signer)
 	}
 	const id = "spiffe://cluster.local/ns/a/sa/b"
 	hour := now.Add(time.Hour)

@@ -2,11 +2,8 @@ package trust_test
 
 import (
 	"bytes"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
-	"math/big"
 	"net/url"
 	"strings"
 	"testing"
@@ -19,29 +16,6 @@ import (
 	"github.com/meshca/meshca/trust"
 )
 
-// upstreamCA signs a CA certificate for key under parent, as an upstream
-// PKI does for meshca (path length 1).
-func upstreamCA(t *testing.T, parent *ca.Authority, key string, now time.Time) *ca.Authority {
-	t.Helper()
-	k := testkit.Key(t, key)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(now.UnixNano()), Subject: pkix.Name{CommonName: key},
-		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(48 * time.Hour), IsCA: true, BasicConstraintsValid: true,
-		MaxPathLen: 1, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent.Certificate, k.Public(), parent.Signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := ca.NewAuthority(c, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
-}
-
 // TestUpstreamAuthorities: a bundle whose meshca CAs are not its roots
 // keeps them apart through the wire, covers them and the upstream chain
 // with its signature, and accepts as signer only a meshca CA the receiver
@@ -49,8 +23,8 @@ func upstreamCA(t *testing.T, parent *ca.Authority, key string, now time.Time) *
 func TestUpstreamAuthorities(t *testing.T) {
 	now := time.Now()
 	upRoot := testkit.Root(t, "upstream-root", now, 100*24*time.Hour)
-	meshCA := upstreamCA(t, upRoot, "meshca-ca", now)
-	other := upstreamCA(t, upRoot, "other-ca", now)
+	meshCA := testkit.UpstreamCA(t, upRoot, "meshca-ca", 1, now)
+	other := testkit.UpstreamCA(t, upRoot, "other-ca", 1, now)
 	td := spiffeid.RequireTrustDomainFromString("east.example")
 	b := &trust.TrustBundle{Sequence: 3, ActiveRoot: trust.Fingerprint(meshCA.Certificate), Domains: []trust.DomainBundle{{
 		TrustDomain: td, Roots: mustBundle(t, upRoot.Certificate), Authorities: mustBundle(t, meshCA.Certificate),
@@ -125,7 +99,7 @@ func TestUpstreamAuthorities(t *testing.T) {
 func TestUpstreamAuthoritiesFromProto(t *testing.T) {
 	now := time.Now()
 	upRoot := testkit.Root(t, "upstream-root", now, 100*24*time.Hour)
-	meshCA := upstreamCA(t, upRoot, "meshca-ca", now)
+	meshCA := testkit.UpstreamCA(t, upRoot, "meshca-ca", 1, now)
 	leaf, err := meshCA.SignLeaf(ca.LeafRequest{PublicKey: testkit.Key(t, "leaf").Public(), TTL: time.Hour,
 		URIs: []*url.URL{spiffeid.RequireFromString("spiffe://east.example/x").URL()}})
 	if err != nil {
@@ -154,10 +128,10 @@ func TestUpstreamAuthoritiesFromProto(t *testing.T) {
 func TestSignerTrustedByKey(t *testing.T) {
 	now := time.Now()
 	upRoot := testkit.Root(t, "upstream-root", now, 100*24*time.Hour)
-	held := upstreamCA(t, upRoot, "meshca-ca", now)
-	renewed := upstreamCA(t, upRoot, "meshca-ca", now.Add(time.Hour))
-	expired := upstreamCA(t, upRoot, "meshca-ca", now.Add(-72*time.Hour))
-	other := upstreamCA(t, upRoot, "other-ca", now)
+	held := testkit.UpstreamCA(t, upRoot, "meshca-ca", 1, now)
+	renewed := testkit.UpstreamCA(t, upRoot, "meshca-ca", 1, now.Add(time.Hour))
+	expired := testkit.UpstreamCA(t, upRoot, "meshca-ca", 1, now.Add(-72*time.Hour))
+	other := testkit.UpstreamCA(t, upRoot, "other-ca", 1, now)
 	td := spiffeid.RequireTrustDomainFromString("east.example")
 	signed := func(signer *ca.Authority) *trust.TrustBundle {
 		b := &trust.TrustBundle{Sequence: 3, Domains: []trust.DomainBundle{{

@@ -1,7 +1,6 @@
 package trust_test
 
 import (
-	"crypto/rand"
 	"crypto/x509"
 	"errors"
 	"math/big"
@@ -27,14 +26,7 @@ func serverChain(t *testing.T, a *ca.Authority, roots *trust.Bundle, dns []strin
 		NotBefore: t0.Add(-time.Minute), NotAfter: t0.Add(time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.Certificate, testkit.Key(t, "server").Public(), a.Signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
+	leaf := testkit.Certificate(t, tmpl, a.Certificate, testkit.Key(t, "server").Public(), a.Signer)
 	inters := x509.NewCertPool()
 	for _, c := range append([]*x509.Certificate{a.Certificate}, a.Chain...) {
 		if !slices.ContainsFunc(roots.Roots(), c.Equal) {

@@ -161,18 +161,16 @@ func (r *Root) signRootCRL(ctx context.Context, s RootStatus, serials []string, 
 // issuer expired, or whose cluster or issuer is revoked.
 func (r *Root) pruneIssuerCRLsLocked(ctx context.Context, now time.Time) {
 	for k, c := range r.issuerCRLs {
-		_, interRevoked := r.revs.inters[c.serial]
-		why := ""
+		var why string
 		switch {
 		case !now.Before(c.nextUpdate):
 			why = "next update passed"
 		case !now.Before(c.issuerNotAfter):
 			why = "issuer expired"
-		case r.revs.clusters[c.cluster]:
-			why = "cluster revoked"
-		case interRevoked:
-			why = "issuer revoked"
 		default:
+			why = r.revs.revokedIssuer(c.cluster, c.serial)
+		}
+		if why == "" {
 			continue
 		}
 		delete(r.issuerCRLs, k)

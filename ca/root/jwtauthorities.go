@@ -215,16 +215,11 @@ func (r *Root) inBundleRootsLocked() (*trust.Bundle, error) {
 // whose cluster or issuing intermediate is revoked.
 func (r *Root) pruneJWTAuthoritiesLocked(ctx context.Context, now time.Time) {
 	for k, a := range r.jwtAuthorities {
-		_, interRevoked := r.revs.inters[a.interSerial]
-		why := ""
-		switch {
-		case !now.Before(a.authority.ExpiresAt):
-			why = "expired"
-		case r.revs.clusters[a.cluster]:
-			why = "cluster revoked"
-		case interRevoked:
-			why = "issuer revoked"
-		default:
+		why := "expired"
+		if now.Before(a.authority.ExpiresAt) {
+			why = r.revs.revokedIssuer(a.cluster, a.interSerial)
+		}
+		if why == "" {
 			continue
 		}
 		delete(r.jwtAuthorities, k)

@@ -78,6 +78,20 @@ func (v revocations) with(rs ...store.Revocation) revocations {
 	return out
 }
 
+// revokedIssuer returns why what an issuer of cluster relays under its
+// intermediate interSerial (a CRL, a JWT authority) must be dropped:
+// "cluster revoked" or "issuer revoked"; empty when neither is.
+func (v revocations) revokedIssuer(cluster, interSerial string) string {
+	_, interRevoked := v.inters[interSerial]
+	switch {
+	case v.clusters[cluster]:
+		return "cluster revoked"
+	case interRevoked:
+		return "issuer revoked"
+	}
+	return ""
+}
+
 // loadRevocations reads the deny-list in force at now and revokes every
 // intermediate in inters (those valid at now) of a revoked cluster that is
 // not revoked yet: one signed by a Renew that raced with the revocation, or

@@ -64,15 +64,7 @@ func sign(t *testing.T, tmpl, parent *x509.Certificate, key crypto.Signer, pub c
 	if parent == nil {
 		parent = tmpl
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return testkit.Certificate(t, tmpl, parent, pub, key)
 }
 
 func (f *fakeService) CreateCertificate(req *apiv1.CreateCertificateRequest) (*apiv1.CreateCertificateResponse, error) {

@@ -7,6 +7,9 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
 	"sync"
 	"testing"
 	"time"
@@ -155,4 +158,61 @@ func New(tb testing.TB, opts Options) *Tree {
 		tb.Fatalf("bundle: %v", err)
 	}
 	return &Tree{Root: root, Intermediate: inter, Bundle: bundle, TrustDomain: td}
+}
+
+// Certificate signs tmpl for pub with signer, the key of parent (tmpl
+// itself for a self-signed certificate), and returns it parsed.
+func Certificate(tb testing.TB, tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) *x509.Certificate {
+	tb.Helper()
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
+// Authority returns cert, its key and its chain as an Authority
+// (ca.NewAuthority), failing tb if they do not make one.
+func Authority(tb testing.TB, cert *x509.Certificate, key crypto.Signer, chain ...*x509.Certificate) *ca.Authority {
+	tb.Helper()
+	a, err := ca.NewAuthority(cert, key, chain...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return a
+}
+
+// Intermediate signs req under parent for the cached key named key (it
+// sets req.PublicKey) and returns the intermediate as an Authority.
+func Intermediate(tb testing.TB, parent *ca.Authority, key string, req ca.IntermediateRequest) *ca.Authority {
+	tb.Helper()
+	k := Key(tb, key)
+	req.PublicKey = k.Public()
+	c, err := parent.SignIntermediate(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return Authority(tb, c, k)
+}
+
+// UpstreamCA signs a CA certificate for the cached key named key under
+// parent, as an upstream PKI signs its intermediates and meshca's CA:
+// issued at now for 48 hours, with path length pathLen (-1:
+// unconstrained). A nil parent makes a self-signed root. chain is what
+// lies above parent.
+func UpstreamCA(tb testing.TB, parent *ca.Authority, key string, pathLen int, now time.Time, chain ...*x509.Certificate) *ca.Authority {
+	tb.Helper()
+	k := Key(tb, key)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(now.UnixNano()), Subject: pkix.Name{CommonName: key},
+		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(48 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		MaxPathLen: pathLen, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
+	parentCert, signer := tmpl, k
+	if parent != nil {
+		parentCert, signer = parent.Certificate, parent.Signer
+	}
+	return Authority(tb, Certificate(tb, tmpl, parentCert, k.Public(), signer), k, chain...)
 }

@@ -41,7 +41,7 @@ func IstioRoot(tb testing.TB, keyName, org string, now time.Time, ttl time.Durat
 		NotBefore: now, NotAfter: now.Add(ttl),
 		KeyUsage: x509.KeyUsageCertSign, IsCA: true, BasicConstraintsValid: true,
 	}
-	cert := create(tb, tmpl, tmpl, key.Public(), key)
+	cert := Certificate(tb, tmpl, tmpl, key.Public(), key)
 	a, err := ca.NewAuthority(cert, key)
 	if err != nil {
 		tb.Fatal(err)
@@ -64,7 +64,7 @@ func IstioIntermediate(tb testing.TB, parent *ca.Authority, keyName string, notB
 		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageCertSign,
 		IsCA:     true, BasicConstraintsValid: true, MaxPathLenZero: true,
 	}
-	cert := create(tb, tmpl, parent.Certificate, key.Public(), parent.Signer)
+	cert := Certificate(tb, tmpl, parent.Certificate, key.Public(), parent.Signer)
 	var above []*x509.Certificate // Authority.Chain leaves the root out
 	if !bytes.Equal(parent.Certificate.RawSubject, parent.Certificate.RawIssuer) {
 		above = append([]*x509.Certificate{parent.Certificate}, parent.Chain...)
@@ -126,17 +126,4 @@ func serial(tb testing.TB) *big.Int {
 		tb.Fatal(err)
 	}
 	return n
-}
-
-func create(tb testing.TB, tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) *x509.Certificate {
-	tb.Helper()
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return c
 }

@@ -169,24 +169,11 @@ func TestAgentIstiodCertificateUnderRoot(t *testing.T) {
 		t.Errorf("root status does not list east's DNS names (%v):\n%s", err, status)
 	}
 	dir, addr := t.TempDir(), testkit.FreeAddr(t)
-	cfg := harness.WriteFile(t, filepath.Join(t.TempDir(), "issuer.yaml"), fmt.Sprintf(`dataDir: %s
-listen: %s
-trustDomain: east.example
-cluster: east
-hosts: ["127.0.0.1", "localhost"]
-upstream:
-  address: %s
-  serverName: %s
-  bundleFile: %s
-  joinTokenFile: %s
-clusters:
-  - name: east
-    attestor: dev
-dnsGrants:
+	cfg := harness.WriteFile(t, filepath.Join(t.TempDir(), "issuer.yaml"), r.issuerYAML(dir, addr, "east", "east.example", token, `dnsGrants:
   - namespace: istio-system
     serviceAccount: istiod
     dnsNames: [istiod.istio-system.svc, istiod.istio-system.svc.cluster.local]
-`, dir, addr, r.addr, observedRootHost, r.bundle, token))
+`))
 	is := harness.Start(t, meshcaBin, "issuer east", "issuer", "serve", "--config", cfg)
 	is.WaitListening(t, addr)
 

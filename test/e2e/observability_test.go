@@ -303,6 +303,27 @@ func startObservedRoot(t *testing.T) *observedRoot {
 	return r
 }
 
+// issuerYAML is the configuration of an issuer of cluster (trust domain td)
+// with data directory dir, serving at addr, that enrols with r using the
+// join token in tokenFile and attests its own cluster's tokens with the
+// dev attestor; extra, further top-level keys, is appended.
+func (r *observedRoot) issuerYAML(dir, addr, cluster, td, tokenFile, extra string) string {
+	return fmt.Sprintf(`dataDir: %s
+listen: %s
+trustDomain: %s
+cluster: %s
+hosts: ["127.0.0.1", "localhost"]
+upstream:
+  address: %s
+  serverName: %s
+  bundleFile: %s
+  joinTokenFile: %s
+clusters:
+  - name: %s
+    attestor: dev
+%s`, dir, addr, td, cluster, r.addr, observedRootHost, r.bundle, tokenFile, cluster, extra)
+}
+
 // observedIssuer is a running `meshca issuer serve` enrolled with a root.
 type observedIssuer struct {
 	*harness.Proc
@@ -334,21 +355,8 @@ func startObservedIssuer(t *testing.T, r *observedRoot, cluster, td string) *obs
 	t.Helper()
 	token := r.joinTokenFile(t, cluster, td)
 	is := &observedIssuer{addr: testkit.FreeAddr(t), dir: t.TempDir(), metrics: testkit.FreeAddr(t)}
-	cfg := harness.WriteFile(t, filepath.Join(t.TempDir(), "issuer.yaml"), fmt.Sprintf(`dataDir: %s
-listen: %s
-trustDomain: %s
-cluster: %s
-hosts: ["127.0.0.1", "localhost"]
-metricsListen: %s
-upstream:
-  address: %s
-  serverName: %s
-  bundleFile: %s
-  joinTokenFile: %s
-clusters:
-  - name: %s
-    attestor: dev
-`, is.dir, is.addr, td, cluster, is.metrics, r.addr, observedRootHost, r.bundle, token, cluster))
+	cfg := harness.WriteFile(t, filepath.Join(t.TempDir(), "issuer.yaml"),
+		r.issuerYAML(is.dir, is.addr, cluster, td, token, "metricsListen: "+is.metrics+"\n"))
 	is.Proc = harness.Start(t, meshcaBin, "issuer "+cluster, "issuer", "serve", "--config", cfg)
 	is.WaitListening(t, is.addr)
 	is.WaitListening(t, is.metrics)
