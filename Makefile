@@ -25,7 +25,7 @@ HELM        := $(TOOLS) helm
 # tests build (internal/testkit.GoCommand) and the test bed's Go builds then
 # share one compile cache: a cold `make test` compiles the module graph once
 # plainly and once for the race detector (which needs cgo), not once per
-# configuration (docs/benchmarks.md, "Cold make test").
+# configuration (docs/benchmarks.md, "Cold `make test`").
 export CGO_ENABLED := 0
 export GOFLAGS += -trimpath
 # Heavy tools and test-bed builds are cached outside the checkout.
