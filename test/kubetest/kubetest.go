@@ -164,7 +164,7 @@ func (c *Cluster) start(ctx context.Context, etcdBin string, extraArgs []string)
 		return err
 	}
 	c.CAPEM = c.pki.caPEM
-	ports, err := freePorts(3)
+	ports, err := testkit.FreePorts(3)
 	if err != nil {
 		return err
 	}

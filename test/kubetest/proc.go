@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"syscall"
@@ -89,26 +88,4 @@ func (p *proc) tail(n int) string {
 		}
 	}
 	return string(b)
-}
-
-// freePorts returns n distinct free TCP ports on 127.0.0.1. They are free
-// when returned; another process could take one before it is used, which
-// on a test machine only costs a failed start.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var lis []net.Listener
-	defer func() {
-		for _, l := range lis {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		lis = append(lis, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }

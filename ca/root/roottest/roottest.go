@@ -27,6 +27,7 @@ import (
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/ca/root"
 	"github.com/meshca/meshca/internal/adminapi"
+	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/store"
 	"github.com/meshca/meshca/store/sqlite"
 	"github.com/meshca/meshca/trust"
@@ -158,7 +159,9 @@ func (r *Root) Serve() {
 	r.t.Helper()
 	addr := r.Addr
 	if addr == "" {
-		addr = "127.0.0.1:0"
+		// A port outside the ephemeral range, which other processes are
+		// unlikely to take while Stop has it closed.
+		addr = testkit.FreeAddr(r.t)
 	}
 	var lis net.Listener
 	var err error
