@@ -25,12 +25,15 @@ import (
 
 // Image names and tag of the suite: built here from this checkout.
 const (
-	imageTag      = "e2e"
-	meshcaImage   = "localhost/meshca"
-	agentImage    = "localhost/meshca-agent"
-	appImage      = "localhost/mtlsapp:" + imageTag
-	releaseName   = "meshca"
-	trustDomain   = "cluster.local"
+	imageTag    = "e2e"
+	meshcaImage = "localhost/meshca"
+	agentImage  = "localhost/meshca-agent"
+	appImage    = "localhost/mtlsapp:" + imageTag
+	releaseName = "meshca"
+	trustDomain = "cluster.local"
+	// chartCluster is the chart's default cluster name, which the issuer's
+	// intermediate names and the sidecars require.
+	chartCluster  = "cluster1"
 	tokenAudience = "istio-ca"
 	// issuerReplicas run on the one node, on the host network.
 	issuerReplicas = 2

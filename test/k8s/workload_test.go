@@ -57,7 +57,7 @@ func (w *workload) start(t *testing.T, r *release, peer *workload) {
 			PeriodSeconds: 1, FailureThreshold: 60}
 	}
 	args := []string{
-		"--issuer=" + r.issuerAddr, "--server-name=" + r.serverName,
+		"--issuer=" + r.issuerAddr, "--server-name=" + r.serverName, "--cluster-id=" + chartCluster,
 		"--ca-bundle=/var/run/meshca/root/root-cert.pem",
 		"--token-file=/var/run/meshca/token/token",
 		"--workload-socket=/var/run/meshca/sockets/agent.sock",
