@@ -45,7 +45,8 @@ func parseCredentialPath(path string) (cluster, replica string, ok bool) {
 	return cluster, replica, true
 }
 
-// parseCSR parses a DER PKCS#10 request and checks its signature and key.
+// parseCSR parses a DER PKCS#10 request and checks its key, then its
+// signature.
 // The subject is ignored: the root decides every name, but takes an
 // intermediate CSR's DNS and IP SANs as the serving names its issuer asks
 // for (Root.servingNames).
@@ -57,11 +58,14 @@ func parseCSR(what string, der []byte) (*x509.CertificateRequest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", grpcx.ErrInvalidArgument, what, err)
 	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("%w: %s: signature: %w", grpcx.ErrInvalidArgument, what, err)
-	}
+	// The key first: Enroll is unauthenticated until the join token is
+	// redeemed, and checking the signature of an unbounded RSA key costs
+	// a modular exponentiation of its size.
 	if err := checkPublicKey(csr.PublicKey); err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", grpcx.ErrInvalidArgument, what, err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("%w: %s: signature: %w", grpcx.ErrInvalidArgument, what, err)
 	}
 	return csr, nil
 }
