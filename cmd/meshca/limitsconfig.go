@@ -40,6 +40,12 @@ type limitsConfig struct {
 	// HandshakeTimeout bounds the TLS handshake of a new connection.
 	// Default 10s.
 	HandshakeTimeout duration `json:"handshakeTimeout,omitempty"`
+	// RequestTimeout ends a call whose request message has not arrived
+	// that long after its headers. Default 10s.
+	RequestTimeout duration `json:"requestTimeout,omitempty"`
+	// MaxHeaderListSize bounds one call's headers in bytes; a call with
+	// more is reset. Default 32768 (32 KiB).
+	MaxHeaderListSize uint32 `json:"maxHeaderListSize,omitempty"`
 }
 
 func (l limitsConfig) grpclimit() grpclimit.Config {
@@ -51,6 +57,7 @@ func (l limitsConfig) grpclimit() grpclimit.Config {
 		MaxConnectionAgeGrace: time.Duration(l.MaxConnectionAgeGrace),
 		KeepaliveTime:         time.Duration(l.KeepaliveTime), KeepaliveTimeout: time.Duration(l.KeepaliveTimeout),
 		MinPingInterval: time.Duration(l.MinPingInterval), HandshakeTimeout: time.Duration(l.HandshakeTimeout),
+		RequestTimeout: time.Duration(l.RequestTimeout), MaxHeaderListSize: l.MaxHeaderListSize,
 	}
 }
 

@@ -42,6 +42,10 @@ const (
 	defaultKeepaliveTimeout        = 20 * time.Second
 	defaultMinPingInterval         = 10 * time.Second
 	defaultHandshakeTimeout        = 10 * time.Second
+	defaultRequestTimeout          = 10 * time.Second
+	// A call's largest legitimate header is its bearer token, which
+	// attestation caps at 16 KiB; gRPC's own headers add well under 1 KiB.
+	defaultMaxHeaderListSize = 32 << 10
 )
 
 // ErrLimit is wrapped by the error of a watch refused for a cap. Servers
@@ -90,6 +94,17 @@ type Config struct {
 	// HandshakeTimeout bounds the TLS handshake and the HTTP/2 preface of
 	// a new connection. Zero means 10s.
 	HandshakeTimeout time.Duration
+	// RequestTimeout bounds the time from a call's headers to its first
+	// request message; a call still waiting then is ended. Without it, a
+	// call whose message never comes holds its stream and headers until
+	// the connection's age ends it. Zero means 10s.
+	RequestTimeout time.Duration
+	// MaxHeaderListSize bounds the headers of one call (HTTP/2
+	// SETTINGS_MAX_HEADER_LIST_SIZE, after HPACK decoding); a call with
+	// more is refused before anything holds them (the call is reset or the
+	// connection closed). Zero means 32 KiB, twice the largest token
+	// attestation accepts; grpc-go's own default is 16 MiB.
+	MaxHeaderListSize uint32
 	// Logger receives refusals (at most one line per cap and second); nil
 	// means slog.Default().
 	Logger *slog.Logger
@@ -109,7 +124,7 @@ func (c Config) Validate() error {
 		"max connection idle": c.MaxConnectionIdle, "max connection age": c.MaxConnectionAge,
 		"max connection age grace": c.MaxConnectionAgeGrace, "keepalive time": c.KeepaliveTime,
 		"keepalive timeout": c.KeepaliveTimeout, "min ping interval": c.MinPingInterval,
-		"handshake timeout": c.HandshakeTimeout,
+		"handshake timeout": c.HandshakeTimeout, "request timeout": c.RequestTimeout,
 	} {
 		if d < 0 {
 			return fmt.Errorf("limits: negative %s %v", name, d)
@@ -131,6 +146,8 @@ func (c Config) withDefaults() Config {
 	c.KeepaliveTimeout = cmp.Or(c.KeepaliveTimeout, defaultKeepaliveTimeout)
 	c.MinPingInterval = cmp.Or(c.MinPingInterval, defaultMinPingInterval)
 	c.HandshakeTimeout = cmp.Or(c.HandshakeTimeout, defaultHandshakeTimeout)
+	c.RequestTimeout = cmp.Or(c.RequestTimeout, defaultRequestTimeout)
+	c.MaxHeaderListSize = cmp.Or(c.MaxHeaderListSize, defaultMaxHeaderListSize)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -161,12 +178,17 @@ func New(cfg Config) (*Limits, error) {
 }
 
 // ServerOptions are the gRPC server options of the limits: keepalive
-// parameters and enforcement, streams per connection, handshake timeout.
+// parameters and enforcement, streams per connection, header size,
+// handshake and request timeouts.
 func (l *Limits) ServerOptions() []grpc.ServerOption {
 	c := l.cfg
 	return []grpc.ServerOption{
 		grpc.ConnectionTimeout(c.HandshakeTimeout),
 		grpc.MaxConcurrentStreams(c.MaxStreamsPerConnection),
+		grpc.MaxHeaderListSize(c.MaxHeaderListSize),
+		grpc.InTapHandle(l.startRequestTimer),
+		grpc.ChainUnaryInterceptor(requestArrived),
+		grpc.ChainStreamInterceptor(firstRequestArrives),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			MaxConnectionIdle: c.MaxConnectionIdle, MaxConnectionAge: c.MaxConnectionAge,
 			MaxConnectionAgeGrace: c.MaxConnectionAgeGrace, Time: c.KeepaliveTime, Timeout: c.KeepaliveTimeout,

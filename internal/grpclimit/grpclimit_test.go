@@ -130,6 +130,7 @@ func TestConfigValidate(t *testing.T) {
 		"negative idle":          {MaxConnectionIdle: -time.Second},
 		"negative handshake":     {HandshakeTimeout: -time.Second},
 		"negative ping interval": {MinPingInterval: -time.Second},
+		"negative request time":  {RequestTimeout: -time.Second},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := grpclimit.New(cfg); err == nil {
