@@ -194,6 +194,8 @@ type signing struct {
 type Issuer struct {
 	cfg     Config
 	metrics *metrics // nil without Config.Metrics
+	// attestLimit bounds each caller's failed attestations.
+	attestLimit *attestLimiter
 	// signing is replaced by SetAuthority and SetPrepared, which wake its
 	// watchers; nil before the first SetAuthority.
 	signing watch.Value[*signing]
@@ -215,7 +217,7 @@ func New(cfg Config) (*Issuer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("issuer: %w", err)
 	}
-	iss := &Issuer{cfg: cfg, metrics: m}
+	iss := &Issuer{cfg: cfg, metrics: m, attestLimit: newAttestLimiter()}
 	if err := iss.SetAuthority(cfg.Authority, cfg.Bundle); err != nil {
 		return nil, err
 	}
@@ -444,8 +446,16 @@ func (iss *Issuer) issue(ctx context.Context, req Request) (*x509.Certificate, *
 // identify attests a bearer token and returns the workload's identity and
 // SPIFFE ID; a revoked identity is refused (ErrPermissionDenied).
 func (iss *Issuer) identify(ctx context.Context, token, clusterID string) (attest.Identity, spiffeid.ID, error) {
+	if !iss.attestLimit.allowed(ctx, iss.cfg.Now()) {
+		err := grpcx.Mark(fmt.Errorf("attest: caller %s: %w", grpcx.PeerAddr(ctx), errAttestLimited), ErrUnauthenticated)
+		iss.metrics.attestFailed(clusterID, err)
+		return attest.Identity{}, spiffeid.ID{}, err
+	}
 	ident, err := iss.cfg.Attestor.Attest(ctx, attest.Request{Token: token, ClusterID: clusterID})
 	if err != nil {
+		if errors.Is(err, attest.ErrUnauthenticated) {
+			iss.attestLimit.failed(ctx, iss.cfg.Now())
+		}
 		iss.metrics.attestFailed(clusterID, err)
 		switch {
 		case errors.Is(err, attest.ErrUnavailable):

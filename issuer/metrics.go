@@ -38,6 +38,9 @@ const (
 	// AttestUnavailable: the attestor could not decide (API server or JWKS
 	// endpoint unreachable).
 	AttestUnavailable = "unavailable"
+	// AttestRateLimited: the caller's address failed attestation too often
+	// lately; the request was refused without attesting its token.
+	AttestRateLimited = "rate_limited"
 	// AttestOther: an error outside the attestor's contract.
 	AttestOther = "other"
 )
@@ -57,13 +60,15 @@ const (
 // attestReasons and deniedReasons are exported at 0 from the start.
 var (
 	attestReasons = []string{AttestInvalidToken, AttestExpired, AttestAudience, AttestUnknownCluster, AttestNotAllowed,
-		AttestUnavailable, AttestOther}
+		AttestUnavailable, AttestRateLimited, AttestOther}
 	deniedReasons = []string{DeniedRevoked, DeniedPolicy, DeniedNames}
 )
 
 // attestReason classifies an attestation error into attestReasons.
 func attestReason(err error) string {
 	switch {
+	case errors.Is(err, errAttestLimited):
+		return AttestRateLimited
 	case errors.Is(err, attest.ErrUnavailable):
 		return AttestUnavailable
 	case !errors.Is(err, attest.ErrUnauthenticated):

@@ -65,13 +65,14 @@ func TestMetricsCountRefusals(t *testing.T) {
 		t.Fatal("a DNS name without a grant: issued")
 	}
 	want := `
-# HELP meshca_issuer_attestation_failures_total Workload credentials that failed attestation, by cluster and reason ([invalid_token expired audience unknown_cluster not_allowed unavailable other]).
+# HELP meshca_issuer_attestation_failures_total Workload credentials that failed attestation, by cluster and reason ([invalid_token expired audience unknown_cluster not_allowed unavailable rate_limited other]).
 # TYPE meshca_issuer_attestation_failures_total counter
 meshca_issuer_attestation_failures_total{cluster="dev",reason="audience"} 0
 meshca_issuer_attestation_failures_total{cluster="dev",reason="expired"} 0
 meshca_issuer_attestation_failures_total{cluster="dev",reason="invalid_token"} 1
 meshca_issuer_attestation_failures_total{cluster="dev",reason="not_allowed"} 1
 meshca_issuer_attestation_failures_total{cluster="dev",reason="other"} 1
+meshca_issuer_attestation_failures_total{cluster="dev",reason="rate_limited"} 0
 meshca_issuer_attestation_failures_total{cluster="dev",reason="unavailable"} 1
 meshca_issuer_attestation_failures_total{cluster="dev",reason="unknown_cluster"} 1
 # HELP meshca_issuer_denied_total Certificate requests of attested workloads refused, by reason (revoked, policy, names).
@@ -129,8 +130,8 @@ func TestMetricsClusterLabel(t *testing.T) {
 			t.Errorf("failures{cluster=%q} = %v, want %v", cluster, got, want)
 		}
 	}
-	if n, err := testutil.GatherAndCount(reg, issuer.AttestationFailuresMetric); err != nil || n != 14 {
-		t.Errorf("failure series = %d, %v; want 7 reasons for each of 2 clusters", n, err)
+	if n, err := testutil.GatherAndCount(reg, issuer.AttestationFailuresMetric); err != nil || n != 16 {
+		t.Errorf("failure series = %d, %v; want 8 reasons for each of 2 clusters", n, err)
 	}
 }
 
