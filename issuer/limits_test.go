@@ -111,7 +111,7 @@ func TestWatchBundleRequiresAWorkloadCredential(t *testing.T) {
 	// A tree under an unrelated root.
 	stranger := limitIssuer(t, testkit.New(t, testkit.Options{RootKey: "stranger"}))
 
-	for _, tc := range []struct {
+	for i, tc := range []struct {
 		name string
 		tok  string
 		cert *tls.Certificate
@@ -125,7 +125,10 @@ func TestWatchBundleRequiresAWorkloadCredential(t *testing.T) {
 		{"SVID of the trust domain", "", svid(t, iss), codes.OK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			conn := dialIssuer(t, addr, "127.0.0.1", tree, tc.tok, tc.cert)
+			// Each case is another caller, at an address of its own: the
+			// refused ones spend their address's allowance of failed
+			// attestations, which would hold up the next case's token.
+			conn := dialIssuer(t, addr, fmt.Sprintf("127.0.0.%d", 10+i), tree, tc.tok, tc.cert)
 			// The attack of many streams on few connections: every one
 			// is refused, none is held.
 			n := 1
