@@ -490,8 +490,8 @@ func is(want uint64) func(*trust.TrustBundle) error {
 // of the root whose clock is behind, which takes over the root's address.
 func TestUpstreamWatchBundleFollowsSequence(t *testing.T) {
 	r, up, held, logs := enrol(t)
-	// The root's clock runs 20 s ahead of the replica's (real time): within
-	// the 30 s certificates are backdated by, so TLS works either way.
+	// The root's clock runs 20 s ahead of real time: within the 30 s
+	// certificates are backdated by, so TLS works either way.
 	r.Clock.Advance(20 * time.Second)
 	next := watchUpstream(t, up)
 
@@ -502,8 +502,11 @@ func TestUpstreamWatchBundleFollowsSequence(t *testing.T) {
 	}
 
 	// A replica on the same store numbers its bundles by its own clock
-	// (milliseconds): older ones.
-	replica := roottest.New(t, func(c *root.Config) { c.Store, c.Keys = r.Store, r.Config.Keys })
+	// (milliseconds): older ones. Its clock starts 10 s before the bundle
+	// held, however long the test took to get here.
+	behind := &roottest.Clock{}
+	behind.Advance(time.UnixMilli(int64(prev.Sequence)).Add(-10 * time.Second).Sub(time.Now()))
+	replica := roottest.New(t, func(c *root.Config) { c.Store, c.Keys, c.Now = r.Store, r.Config.Keys, behind.Now })
 	older := replica.Bundle().Sequence
 	if older >= prev.Sequence {
 		t.Fatalf("the replica publishes bundle %d, want one older than %d", older, prev.Sequence)
@@ -519,7 +522,7 @@ func TestUpstreamWatchBundleFollowsSequence(t *testing.T) {
 		return nil
 	})
 
-	replica.Clock.Advance(40 * time.Second) // 20 s ahead: its next bundle jumps ahead
+	behind.Advance(40 * time.Second) // 30 s ahead of the bundle held: the next one jumps ahead
 	replica.AddCluster("south", "south.example")
 	ahead := replica.Bundle().Sequence
 	if ahead < prev.Sequence+10_000 {
