@@ -65,6 +65,10 @@ type fakeIssuer struct {
 	jwtKey    *jwtKey
 	jwtDenied bool
 	mints     int
+	// mintHold, when not nil, holds every mint until it is closed;
+	// mintStarted receives one value per mint held.
+	mintHold    chan struct{}
+	mintStarted chan struct{}
 }
 
 // record counts a request and whether it carried a token.
@@ -137,7 +141,12 @@ func (fi *fakeIssuer) setCA(t *testing.T, root, inter *ca.Authority) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaf, err := inter.SignLeaf(ca.LeafRequest{PublicKey: key.Public(), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, TTL: time.Hour})
+	req := ca.LeafRequest{PublicKey: key.Public(), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, TTL: time.Hour,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	if id, ok := trust.ServingServerID(inter.Certificate); ok {
+		req.URIs = []*url.URL{id.URL()}
+	}
+	leaf, err := inter.SignLeaf(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,6 +154,14 @@ func (fi *fakeIssuer) setCA(t *testing.T, root, inter *ca.Authority) {
 	defer fi.mu.Unlock()
 	fi.root, fi.inter = root, inter
 	fi.serving = &tls.Certificate{Certificate: [][]byte{leaf.Raw, inter.Certificate.Raw}, PrivateKey: key, Leaf: leaf}
+}
+
+// setServing makes the issuer present leaf (with key), under its current
+// intermediate, at every later handshake.
+func (fi *fakeIssuer) setServing(leaf *x509.Certificate, key crypto.Signer) {
+	fi.mu.Lock()
+	defer fi.mu.Unlock()
+	fi.serving = &tls.Certificate{Certificate: [][]byte{leaf.Raw, fi.inter.Certificate.Raw}, PrivateKey: key, Leaf: leaf}
 }
 
 // setMint makes the issuer mint leaves with mint (nil: good ones).

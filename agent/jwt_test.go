@@ -100,6 +100,21 @@ func (fi *fakeIssuer) mintCount() int {
 	return fi.mints
 }
 
+// holdMints holds every mint from now on until release is called;
+// started receives one value per mint that reached the issuer.
+func (fi *fakeIssuer) holdMints() (started <-chan struct{}, release func()) {
+	fi.mu.Lock()
+	defer fi.mu.Unlock()
+	hold, st := make(chan struct{}), make(chan struct{}, 1024)
+	fi.mintHold, fi.mintStarted = hold, st
+	return st, func() {
+		fi.mu.Lock()
+		defer fi.mu.Unlock()
+		fi.mintHold, fi.mintStarted = nil, nil
+		close(hold)
+	}
+}
+
 // MintJWTSVID signs a JWT-SVID for webID with the current key, for a
 // caller with a bearer token, for the TTL asked (default 5 min).
 func (fi *fakeIssuer) MintJWTSVID(ctx context.Context, req *meshcav1.MintJWTSVIDRequest) (*meshcav1.MintJWTSVIDResponse, error) {
@@ -116,6 +131,13 @@ func (fi *fakeIssuer) MintJWTSVID(ctx context.Context, req *meshcav1.MintJWTSVID
 		return nil, status.Error(codes.PermissionDenied, "identity revoked")
 	case len(req.GetAudience()) == 0:
 		return nil, status.Error(codes.InvalidArgument, "no audience")
+	}
+	fi.mu.Lock()
+	hold, started := fi.mintHold, fi.mintStarted
+	fi.mu.Unlock()
+	if hold != nil {
+		started <- struct{}{}
+		<-hold
 	}
 	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
 	if ttl <= 0 {

@@ -39,8 +39,8 @@ type StreamLimits struct {
 	// announced to each client (gRPC clients queue streams beyond it).
 	// Zero means defaultMaxStreamsPerConnection.
 	MaxStreamsPerConnection int
-	// MaxStreams caps the streams open at once over all connections;
-	// further ones fail with ResourceExhausted. Zero means
+	// MaxStreams caps the streams and unary calls open at once over all
+	// connections; further ones fail with ResourceExhausted. Zero means
 	// defaultMaxStreams.
 	MaxStreams int
 }
@@ -59,8 +59,9 @@ func (l StreamLimits) validate() error {
 	return nil
 }
 
-// streamGate counts the streams open on one gRPC server and refuses those
-// beyond its cap.
+// streamGate counts the streams and unary calls open on one gRPC server
+// and refuses those beyond its cap. A unary call holds its HTTP/2 stream
+// (and whatever its handler does) as long as a stream does.
 type streamGate struct {
 	name string
 	max  int64
@@ -77,10 +78,29 @@ func (l StreamLimits) serverOptions(name string, log *slog.Logger) []grpc.Server
 	return []grpc.ServerOption{
 		grpc.MaxConcurrentStreams(uint32(l.MaxStreamsPerConnection)),
 		grpc.ChainStreamInterceptor(g.intercept),
+		grpc.ChainUnaryInterceptor(g.interceptUnary),
 	}
 }
 
 func (g *streamGate) intercept(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if err := g.enter(); err != nil {
+		return err
+	}
+	defer g.leave()
+	return h(srv, ss)
+}
+
+func (g *streamGate) interceptUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if err := g.enter(); err != nil {
+		return nil, err
+	}
+	defer g.leave()
+	return h(ctx, req)
+}
+
+// enter takes a slot, or fails with ResourceExhausted when none is free;
+// leave gives a taken one back.
+func (g *streamGate) enter() error {
 	if g.open.Add(1) > g.max {
 		g.open.Add(-1)
 		if g.full.CompareAndSwap(false, true) {
@@ -88,12 +108,13 @@ func (g *streamGate) intercept(srv any, ss grpc.ServerStream, _ *grpc.StreamServ
 		}
 		return status.Error(codes.ResourceExhausted, "too many open streams")
 	}
-	defer func() {
-		if g.open.Add(-1) < g.max && g.full.CompareAndSwap(true, false) {
-			g.log.Info("accepting streams again", "socket", g.name)
-		}
-	}()
-	return h(srv, ss)
+	return nil
+}
+
+func (g *streamGate) leave() {
+	if g.open.Add(-1) < g.max && g.full.CompareAndSwap(true, false) {
+		g.log.Info("accepting streams again", "socket", g.name)
+	}
 }
 
 // cappedListener accepts no more than maxConns connections at a time; it

@@ -62,6 +62,10 @@ func TestStreamLimits(t *testing.T) {
 	if _, err := open(c2); status.Code(err) != codes.ResourceExhausted {
 		t.Errorf("a fourth stream: %v, want ResourceExhausted", err)
 	}
+	// A unary call holds a stream too.
+	if _, err := c2.ValidateJWTSVID(withHeader(ctx), &workload.ValidateJWTSVIDRequest{Audience: "a", Svid: "a.b.c"}); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("a unary call beside three streams: %v, want ResourceExhausted", err)
+	}
 	ra.logs.waitFor(t, "stream limit reached", `"socket":"workload api"`, `"max_streams":3`)
 	if _, err := open(dial()); status.Code(err) != codes.Unavailable {
 		t.Errorf("a third connection: %v, want Unavailable", err)

@@ -3,11 +3,16 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
+	"errors"
 	"math/big"
+	"net/url"
 	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/testkit"
@@ -76,6 +81,57 @@ func TestClientRefusesIssuerOfAnotherCluster(t *testing.T) {
 	}
 	if _, tokens := fi.received(); tokens != 1 {
 		t.Fatalf("east received %d tokens, want 1", tokens)
+	}
+}
+
+// istiod holds a workload certificate for istiod.istio-system.svc (a DNS
+// grant) from the same intermediate that signs the issuer's serving
+// certificate, and the issuer serves under that name too. Presenting it to
+// an agent that dials the issuer as istiod.istio-system.svc gets through
+// hostname and chain verification, but the agent refuses the handshake
+// before sending its token: the certificate does not name the issuer.
+func TestClientRefusesWorkloadCertificateForIssuerName(t *testing.T) {
+	tree := testkit.New(t, testkit.Options{Now: time.Now(), Cluster: "west", WorkloadDNSNames: []string{"istiod.istio-system.svc"}})
+	fi := newFakeIssuer(t, tree, true)
+	istiod := spiffeid.RequireFromPath(tree.TrustDomain, "/ns/istio-system/sa/istiod")
+	key := testkit.Key(t, "istiod")
+	leaf, err := tree.Intermediate.SignLeaf(ca.LeafRequest{
+		PublicKey: key.Public(), URIs: []*url.URL{istiod.URL()}, DNSNames: []string{"istiod.istio-system.svc"}, TTL: time.Hour,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inters := x509.NewCertPool()
+	inters.AddCert(tree.Intermediate.Certificate)
+	if _, err := leaf.Verify(x509.VerifyOptions{DNSName: "istiod.istio-system.svc", Roots: tree.Bundle.Pool(), Intermediates: inters,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+		t.Fatalf("istiod's certificate does not verify for the issuer's name, the attack needs it to: %v", err)
+	}
+	fi.setServing(leaf, key)
+	cfg := ClientConfig{Roots: tree.Bundle, ClusterID: "west", ServerName: "istiod.istio-system.svc"}
+	err = fetchFrom(t, fi, cfg)
+	if !errors.Is(err, trust.ErrWrongServer) && (err == nil || !strings.Contains(err.Error(), trust.ErrWrongServer.Error())) {
+		t.Fatalf("Fetch from istiod posing as the issuer: %v, want a refused handshake", err)
+	}
+	if calls, tokens := fi.received(); calls != 0 || tokens != 0 {
+		t.Fatalf("istiod received %d requests and %d tokens", calls, tokens)
+	}
+	// The issuer's own serving certificate, as issuer/serving.go makes it.
+	server, _ := trust.ServingServerID(tree.Intermediate.Certificate)
+	leaf, err = tree.Intermediate.SignLeaf(ca.LeafRequest{
+		PublicKey: key.Public(), URIs: []*url.URL{server.URL()}, DNSNames: []string{"istiod.istio-system.svc"}, TTL: time.Hour,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi.setServing(leaf, key)
+	fi.dropConnections()
+	if err := fetchFrom(t, fi, cfg); err != nil {
+		t.Fatalf("Fetch from the issuer: %v", err)
+	}
+	if _, tokens := fi.received(); tokens != 1 {
+		t.Fatalf("the issuer received %d tokens, want 1", tokens)
 	}
 }
 

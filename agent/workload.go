@@ -7,9 +7,11 @@ import (
 	"log/slog"
 	"maps"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"golang.org/x/sync/singleflight"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -57,8 +59,12 @@ type workloadServer struct {
 	cfg  workloadConfig
 	errs grpcx.Mapper
 	jwts jwtCache
-	stop chan struct{}
-	once sync.Once
+	// mints merges concurrent mints of one audience set; minting counts
+	// the distinct mints in flight (maxConcurrentMints).
+	mints   singleflight.Group
+	minting atomic.Int32
+	stop    chan struct{}
+	once    sync.Once
 }
 
 var _ workload.SpiffeWorkloadAPIServer = (*workloadServer)(nil)

@@ -31,9 +31,16 @@ const (
 	maxJWTSVIDLen = 16 << 10
 	// maxJWTCacheEntries bounds the JWT-SVIDs cached, one per audience set.
 	maxJWTCacheEntries = 256
-	// mintTimeout bounds a call to the issuer for a caller without a
-	// deadline of its own.
+	// mintTimeout bounds a call to the issuer.
 	mintTimeout = 15 * time.Second
+	// maxConcurrentMints bounds the distinct JWT-SVID mints (audience sets
+	// not cached) in flight to the issuer; a FetchJWTSVID beyond it fails
+	// with ResourceExhausted. Each mint is a MintJWTSVID at the issuer with
+	// the pod's token, so whoever can open the socket must not fan out one
+	// per audience: a workload asks for a few audiences, once per half a
+	// token's lifetime, and concurrent requests for one audience set share
+	// one mint.
+	maxConcurrentMints = 8
 )
 
 // FetchJWTSVID returns a JWT-SVID of the agent's identity for the audiences
@@ -73,23 +80,49 @@ func (w *workloadServer) fetchJWTSVID(ctx context.Context, req *workload.JWTSVID
 			return jwtResponse(id, token), nil
 		}
 	}
+	ch := w.mints.DoChan(key, func() (any, error) {
+		// Shared by every caller of this audience set: one leaving early
+		// does not cancel it for the others.
+		return w.mint(context.WithoutCancel(ctx), snap, key, audience)
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return jwtResponse(id, r.Val.(string)), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// mint asks the issuer for a JWT-SVID for audience, checks it against
+// snap and caches it under key, unless maxConcurrentMints mints are in
+// flight already.
+func (w *workloadServer) mint(ctx context.Context, snap *snapshot, key string, audience []string) (string, error) {
+	if w.minting.Add(1) > maxConcurrentMints {
+		w.minting.Add(-1)
+		return "", fmt.Errorf("%w: %d JWT-SVIDs of other audiences are being minted; retry", grpcx.ErrResourceExhausted, maxConcurrentMints)
+	}
+	defer w.minting.Add(-1)
 	ctx, cancel := context.WithTimeout(ctx, mintTimeout)
 	defer cancel()
+	now := time.Now()
 	token, err := w.cfg.Minter.MintJWTSVID(ctx, audience, 0)
 	if err != nil {
-		return nil, issuerError(err)
+		return "", issuerError(err)
 	}
 	svid, err := checkMinted(token, snap, audience)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	issuedAt := now
 	if iat, ok := svid.Claims["iat"].(float64); ok {
 		issuedAt = time.Unix(int64(iat), 0)
 	}
 	w.jwts.put(key, token, jwtRefreshAt(issuedAt, svid.Expiry), now)
-	w.cfg.Logger.Debug("JWT-SVID minted", "spiffe_id", id.String(), "audiences", len(audience), "expires_at", svid.Expiry)
-	return jwtResponse(id, token), nil
+	w.cfg.Logger.Debug("JWT-SVID minted", "spiffe_id", snap.ID().String(), "audiences", len(audience), "expires_at", svid.Expiry)
+	return token, nil
 }
 
 // jwtAudience checks the audiences of a request and returns them sorted,

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -59,7 +60,7 @@ func (s *servingCerts) get() (*tls.Certificate, error) {
 	if s.current != nil && now.Before(s.renewAt) && s.signedBy == sig.authority {
 		return s.current, nil
 	}
-	req := ca.LeafRequest{PublicKey: s.key.Public(), TTL: s.ttl, Now: now}
+	req := servingRequest(s.key.Public(), sig.authority.Certificate, s.ttl, now)
 	var dropped []string
 	for _, h := range s.hosts {
 		ip := net.ParseIP(h)
@@ -93,6 +94,20 @@ func (s *servingCerts) get() (*tls.Certificate, error) {
 	s.current, s.signedBy = cert, sig.authority
 	s.renewAt = leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
 	return cert, nil
+}
+
+// servingRequest starts the request for a serving certificate under
+// intermediate: for server authentication only, naming as its one URI SAN
+// the issuer identity the intermediate names (trust.ServingServerID). That
+// URI is what tells meshca's clients this certificate from a workload's
+// under the same intermediate with the same DNS name (a DNS grant): a
+// workload certificate's only URI is its own /ns/.../sa/... SPIFFE ID.
+func servingRequest(pub crypto.PublicKey, intermediate *x509.Certificate, ttl time.Duration, now time.Time) ca.LeafRequest {
+	req := ca.LeafRequest{PublicKey: pub, TTL: ttl, Now: now, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	if id, ok := trust.ServingServerID(intermediate); ok {
+		req.URIs = []*url.URL{id.URL()}
+	}
+	return req
 }
 
 // permits reports whether CA certificate c may vouch for the serving name

@@ -1,15 +1,19 @@
 package issuer_test
 
 import (
+	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"log/slog"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/meshca/meshca/internal/testkit"
 	"github.com/meshca/meshca/issuer"
+	"github.com/meshca/meshca/trust"
 )
 
 // An issuer configured to serve under a name its intermediate was not
@@ -40,4 +44,60 @@ func TestServingCertificateStaysWithinIntermediate(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "permits none of the serving names") {
 		t.Fatalf("NewServer with only foreign names: %v, want a refusal", err)
 	}
+}
+
+// istiod's DNS-granted certificate and the issuer's serving certificate
+// come from the same intermediate and verify for the same host name; only
+// the serving certificate passes meshca's server check, and no workload can
+// get a certificate naming the issuer's identity.
+func TestServingCertificateIsNotAWorkloadCertificate(t *testing.T) {
+	f := newDNSFixture(t, istiodNames, istiodNames)
+	srv, err := issuer.NewServer(issuer.ServerConfig{Issuer: f.iss, Hosts: []string{"istiod.istio-system.svc"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serving, err := srv.GetCertificate(&tls.ClientHelloInfo{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(serving.Leaf.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}) {
+		t.Errorf("serving certificate usages %v, want server authentication only", serving.Leaf.ExtKeyUsage)
+	}
+	istiod, err := f.iss.Issue(context.Background(), issuer.Request{Token: istiodToken,
+		CSR: csrPEM(t, testKey(t, "p256"), &x509.CertificateRequest{DNSNames: istiodNames[:1]})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := trust.ServerCheck{Cluster: "test"} // the testkit intermediate's cluster
+	for name, tc := range map[string]struct {
+		leaf *x509.Certificate
+		ok   bool
+	}{"serving": {serving.Leaf, true}, "istiod": {istiod[0], false}} {
+		chain := verifiedFor(t, f, tc.leaf, "istiod.istio-system.svc")
+		if err := check.VerifyChain(chain); (err == nil) != tc.ok {
+			t.Errorf("%s certificate: server check %v, want ok=%v", name, err, tc.ok)
+		}
+	}
+	// The one URI a serving certificate must carry, asked for by a workload.
+	id, _ := trust.ServingServerID(f.tree.Intermediate.Certificate)
+	before := f.rec.count()
+	chain, err := f.iss.Issue(context.Background(), issuer.Request{Token: istiodToken,
+		CSR: csrPEM(t, testKey(t, "p256"), &x509.CertificateRequest{URIs: []*url.URL{id.URL()}, DNSNames: istiodNames[:1]})})
+	if err == nil || chain != nil || f.rec.count() != before {
+		t.Fatalf("a CSR naming %s: chain %v, err %v, recorded %d", id, chain, err, f.rec.count()-before)
+	}
+}
+
+// verifiedFor verifies leaf, signed by f's intermediate, as a server
+// certificate for host and returns its chain.
+func verifiedFor(t *testing.T, f *fixture, leaf *x509.Certificate, host string) []*x509.Certificate {
+	t.Helper()
+	inters := x509.NewCertPool()
+	inters.AddCert(f.tree.Intermediate.Certificate)
+	chains, err := leaf.Verify(x509.VerifyOptions{DNSName: host, Roots: f.tree.Bundle.Pool(), Intermediates: inters,
+		CurrentTime: f.now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	if err != nil {
+		t.Fatalf("%v does not verify for %s: %v", leaf.URIs, host, err)
+	}
+	return chains[0]
 }

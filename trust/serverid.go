@@ -22,6 +22,11 @@ import (
 //     intermediate, and the root wrote IssuerServerID(trust domain,
 //     cluster) into that intermediate. An intermediate has path length 0,
 //     so no other cluster's issuer can make a CA that names this cluster;
+//   - that serving certificate names IssuerServerID too, as its only URI
+//     SAN. The same intermediate signs workload certificates, some of
+//     them with DNS names the issuer also serves under (istiod's, by a DNS
+//     grant); a workload certificate's only URI SAN is its own
+//     spiffe://<td>/ns/<namespace>/sa/<account>, so it never passes;
 //   - the root presents a serving certificate signed directly by a root
 //     CA and naming RootServerURI. Intermediates cannot mint it: it has no
 //     host, so it fails every URI name constraint, and it must sit directly
@@ -114,7 +119,9 @@ type ServerCheck struct {
 	Authorities *Bundle
 	// Cluster requires the issuer of this cluster: the CA that signed the
 	// serving certificate names it (IssuerServerID). Empty means the issuer
-	// of any cluster.
+	// of any cluster. Either way the serving certificate must name the
+	// same issuer as its only URI SAN (ServingServerID), which no
+	// workload certificate does.
 	Cluster string
 	// TrustDomain, when not zero, requires the issuer's intermediate to be
 	// of this trust domain too.
@@ -177,7 +184,37 @@ func (c ServerCheck) VerifyChain(chain []*x509.Certificate) error {
 		}
 		return fmt.Errorf("%w: want the issuer of cluster %q, got the issuer of %s/%s", ErrWrongServer, want, td.Name(), cluster)
 	}
+	return checkServingLeaf(leaf, td, cluster)
+}
+
+// checkServingLeaf requires leaf, signed by the intermediate of cluster's
+// issuer in td, to be that issuer's serving certificate rather than a
+// workload certificate the same intermediate signed: its only URI SAN is
+// the issuer's identity.
+func checkServingLeaf(leaf *x509.Certificate, td spiffeid.TrustDomain, cluster string) error {
+	id, err := IssuerServerID(td, cluster)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrWrongServer, err)
+	}
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id.String() {
+		return fmt.Errorf("%w: want the serving certificate of the issuer of %s/%s (URI SAN %s), got a certificate with URI SANs %v under its intermediate",
+			ErrWrongServer, td.Name(), cluster, id, leaf.URIs)
+	}
 	return nil
+}
+
+// ServingServerID returns the URI SAN a cluster's issuer puts in its
+// serving certificate signed by intermediate: the issuer identity the
+// intermediate names (IssuerServerID). ok is false when the intermediate
+// names none (a plug-in CA's); meshca's clients then refuse the issuer
+// whatever its serving certificate says.
+func ServingServerID(intermediate *x509.Certificate) (id spiffeid.ID, ok bool) {
+	td, cluster, ok := issuerCluster(intermediate)
+	if !ok {
+		return spiffeid.ID{}, false
+	}
+	id, err := IssuerServerID(td, cluster)
+	return id, err == nil
 }
 
 // checkRevoked refuses a chain with a CA that a held CRL of its issuer

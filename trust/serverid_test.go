@@ -91,7 +91,27 @@ func TestSplitServingNamesRejectsBadNames(t *testing.T) {
 func TestServerCheck(t *testing.T) {
 	east := testkit.New(t, testkit.Options{Now: t0, Cluster: "east", TrustDomain: "mesh.example"})
 	td := spiffeid.RequireTrustDomainFromString("mesh.example")
-	eastChain, err := serverChain(t, east.Intermediate, east.Bundle, []string{"localhost"}, nil, nil)
+	eastID, ok := trust.ServingServerID(east.Intermediate.Certificate)
+	if want, _ := trust.IssuerServerID(td, "east"); !ok || eastID != want {
+		t.Fatalf("ServingServerID = %v, %v; want %v", eastID, ok, want)
+	}
+	eastChain, err := serverChain(t, east.Intermediate, east.Bundle, []string{"localhost"}, nil, []*url.URL{eastID.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Workload certificates under east's intermediate, for the host the
+	// issuer serves under (a DNS grant), or with no URI at all, or with the
+	// issuer's identity beside a workload's: none is the issuer's.
+	workload := spiffeid.RequireFromPath(td, "/ns/istio-system/sa/istiod")
+	workloadChain, err := serverChain(t, east.Intermediate, east.Bundle, []string{"localhost"}, nil, []*url.URL{workload.URL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bareChain, err := serverChain(t, east.Intermediate, east.Bundle, []string{"localhost"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bothChain, err := serverChain(t, east.Intermediate, east.Bundle, []string{"localhost"}, nil, []*url.URL{workload.URL(), eastID.URL()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,6 +138,10 @@ func TestServerCheck(t *testing.T) {
 		ok    bool
 	}{
 		{"east for east", trust.ServerCheck{Cluster: "east"}, eastChain, true},
+		{"workload under east for east", trust.ServerCheck{Cluster: "east"}, workloadChain, false},
+		{"workload under east for any issuer", trust.ServerCheck{}, workloadChain, false},
+		{"leaf without URI for east", trust.ServerCheck{Cluster: "east"}, bareChain, false},
+		{"leaf naming a workload and east for east", trust.ServerCheck{Cluster: "east"}, bothChain, false},
 		{"east with trust domain", trust.ServerCheck{Cluster: "east", TrustDomain: td}, eastChain, true},
 		{"east for west", trust.ServerCheck{Cluster: "west"}, eastChain, false},
 		{"east leaf naming west", trust.ServerCheck{Cluster: "west"}, forged, false},
@@ -142,7 +166,8 @@ func TestServerCheck(t *testing.T) {
 // lists, and only that one.
 func TestServerCheckRevokedIntermediate(t *testing.T) {
 	tree := testkit.New(t, testkit.Options{Now: t0, Cluster: "west"})
-	chain, err := serverChain(t, tree.Intermediate, tree.Bundle, []string{"localhost"}, nil, nil)
+	west, _ := trust.ServingServerID(tree.Intermediate.Certificate)
+	chain, err := serverChain(t, tree.Intermediate, tree.Bundle, []string{"localhost"}, nil, []*url.URL{west.URL()})
 	if err != nil {
 		t.Fatal(err)
 	}
