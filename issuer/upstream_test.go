@@ -505,7 +505,7 @@ func TestUpstreamWatchBundleFollowsSequence(t *testing.T) {
 	// (milliseconds): older ones. Its clock starts 10 s before the bundle
 	// held, however long the test took to get here.
 	behind := &roottest.Clock{}
-	behind.Advance(time.UnixMilli(int64(prev.Sequence)).Add(-10 * time.Second).Sub(time.Now()))
+	behind.Advance(time.Until(time.UnixMilli(int64(prev.Sequence)).Add(-10 * time.Second)))
 	replica := roottest.New(t, func(c *root.Config) { c.Store, c.Keys, c.Now = r.Store, r.Config.Keys, behind.Now })
 	older := replica.Bundle().Sequence
 	if older >= prev.Sequence {
