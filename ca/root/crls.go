@@ -208,7 +208,9 @@ func (r *Root) domainCRLsLocked(td spiffeid.TrustDomain) []trust.CRL {
 // otherwise the whole call is refused. A CRL that went stale or whose
 // issuer expired is skipped, and one whose CRL number is not above the
 // kept one of its issuer is ignored. Accepted CRLs and JWT authorities are
-// also stored for the other root replicas (issuercrls.go).
+// also stored for the other root replicas (issuercrls.go). A call that
+// would have the root hold more of the cluster's CRLs or JWT authorities
+// than its limit (heldcap.go) is refused with FailedPrecondition.
 func (r *Root) publishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest) (*meshcav1.PublishCRLsResponse, error) {
 	st := r.state.Load()
 	caller, err := r.authenticate(ctx, st, useCredential)
@@ -250,10 +252,28 @@ func (r *Root) publishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest
 		r.refuseJWTAuthorities(ctx, caller, err)
 		return nil, err
 	}
+	limit, err := r.heldLimit(ctx, c, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.acceptPublished(ctx, c.Name, in, jwts, limit, now); err != nil {
+		return nil, err
+	}
 	r.storeIssuerCRLs(ctx, in)
 	r.storeJWTAuthorities(ctx, jwts)
+	return &meshcav1.PublishCRLsResponse{}, nil
+}
+
+// acceptPublished keeps the verified CRLs and JWT authorities of a
+// PublishCRLs call of cluster and publishes a new bundle if any is new. A
+// call that would take the cluster past limit (heldcap.go) changes
+// nothing.
+func (r *Root) acceptPublished(ctx context.Context, cluster string, in []issuerCRL, jwts []jwtAuthority, limit int, now time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if err := r.checkHeldLocked(cluster, in, jwts, limit, now); err != nil {
+		return err
+	}
 	changed, newKeys := 0, 0
 	for _, got := range in {
 		if old, ok := r.issuerCRLs[got.serial]; ok && got.number.Cmp(old.number) <= 0 {
@@ -268,11 +288,11 @@ func (r *Root) publishCRLs(ctx context.Context, req *meshcav1.PublishCRLsRequest
 		}
 	}
 	if changed > 0 || newKeys > 0 {
-		r.log.InfoContext(ctx, "issuer CRLs and JWT authorities published", "cluster", c.Name, "new", changed,
-			"received", len(req.GetCrls()), "new_jwt_authorities", newKeys, "received_jwt_authorities", len(jwts))
+		r.log.InfoContext(ctx, "issuer CRLs and JWT authorities published", "cluster", cluster, "new", changed,
+			"received", len(in), "new_jwt_authorities", newKeys, "received_jwt_authorities", len(jwts))
 		r.publishLocked(ctx, now)
 	}
-	return &meshcav1.PublishCRLsResponse{}, nil
+	return nil
 }
 
 // checkIssuerCRLs verifies the CRLs of a PublishCRLs call by cluster of

@@ -47,8 +47,8 @@ func (r *Root) storeIssuerCRLs(ctx context.Context, in []issuerCRL) {
 
 // mergeStoredIssuerCRLsLocked adds the stored issuer CRLs newer than the
 // held ones, each verified under the in-bundle roots and against the
-// unexpired intermediates inters of its cluster. It reports whether any
-// was added.
+// unexpired intermediates inters of its cluster, as long as the cluster
+// holds fewer than maxHeldPerCluster. It reports whether any was added.
 func (r *Root) mergeStoredIssuerCRLsLocked(ctx context.Context, now time.Time, inters []store.Intermediate) bool {
 	rs, ok := r.cfg.Store.(ReplicaStore)
 	if !ok {
@@ -79,8 +79,13 @@ func (r *Root) mergeStoredIssuerCRLsLocked(ctx context.Context, now time.Time, i
 		domain[in.Serial] = in.TrustDomain
 	}
 	added := false
+	held := r.heldLocked(now)
 	for _, row := range rows {
-		if old, ok := r.issuerCRLs[row.IssuerSerial]; ok && big.NewInt(row.Number).Cmp(old.number) <= 0 {
+		old, kept := r.issuerCRLs[row.IssuerSerial]
+		if kept && big.NewInt(row.Number).Cmp(old.number) <= 0 {
+			continue
+		}
+		if n := held[row.Cluster]; !kept && n.crls >= maxHeldPerCluster {
 			continue
 		}
 		got, ok, err := checkIssuerCRL(trust.CRL{DER: row.DER, IssuerChain: row.IssuerChain}, pool, byCluster[row.Cluster], row.Cluster, now)
@@ -95,6 +100,11 @@ func (r *Root) mergeStoredIssuerCRLsLocked(ctx context.Context, now time.Time, i
 		got.trustDomain = td
 		r.issuerCRLs[got.serial] = got
 		added = true
+		if !kept {
+			n := held[got.cluster]
+			n.crls++
+			held[got.cluster] = n
+		}
 	}
 	return added
 }

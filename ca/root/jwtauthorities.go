@@ -148,7 +148,8 @@ func (r *Root) storeJWTAuthorities(ctx context.Context, in []jwtAuthority) {
 // mergeStoredJWTAuthoritiesLocked adds the stored JWT authorities this
 // replica lacks (or holds with an earlier expiry), each verified again
 // under the in-bundle roots and against the unexpired intermediates inters
-// of its cluster.
+// of its cluster, as long as the cluster holds fewer than
+// maxHeldPerCluster.
 func (r *Root) mergeStoredJWTAuthoritiesLocked(ctx context.Context, now time.Time, inters []store.Intermediate) {
 	rs, ok := r.cfg.Store.(ReplicaStore)
 	if !ok {
@@ -170,8 +171,13 @@ func (r *Root) mergeStoredJWTAuthoritiesLocked(ctx context.Context, now time.Tim
 	for _, in := range inters {
 		byCluster[in.Cluster] = append(byCluster[in.Cluster], in)
 	}
+	held := r.heldLocked(now)
 	for _, row := range rows {
-		if old, ok := r.jwtAuthorities[row.KeyID]; ok && !old.authority.ExpiresAt.Before(row.ExpiresAt) {
+		old, kept := r.jwtAuthorities[row.KeyID]
+		if kept && !old.authority.ExpiresAt.Before(row.ExpiresAt) {
+			continue
+		}
+		if n := held[row.Cluster]; !kept && n.jwts >= maxHeldPerCluster {
 			continue
 		}
 		got, err := storedJWTAuthority(row, pool, byCluster[row.Cluster], now)
@@ -179,8 +185,10 @@ func (r *Root) mergeStoredJWTAuthoritiesLocked(ctx context.Context, now time.Tim
 			r.log.WarnContext(ctx, "ignoring a stored JWT authority", "cluster", row.Cluster, "kid", row.KeyID, "error", err)
 			continue
 		}
-		if !r.revs.clusters[got.cluster] {
-			r.addJWTAuthorityLocked(got)
+		if !r.revs.clusters[got.cluster] && r.addJWTAuthorityLocked(got) && !kept {
+			n := held[got.cluster]
+			n.jwts++
+			held[got.cluster] = n
 		}
 	}
 }

@@ -3,6 +3,8 @@ package root
 import (
 	"cmp"
 	"context"
+	"crypto"
+	"crypto/x509"
 	"fmt"
 	"strings"
 	"time"
@@ -28,13 +30,10 @@ func liveLineage(rec store.ClusterCredential, now time.Time, window time.Duratio
 	return !rec.Revoked && rec.UpdatedAt.After(now.Add(-window))
 }
 
-// admitReplica decides whether replica of cluster c may enrol with a join
-// token of replicas: it must be named, and fewer than replicas other
-// replicas of c may hold a live lineage whose current credential is not
-// revoked. A replica enrolling again under
-// its own name (it lost its credential) replaces its lineage and takes no
-// new place.
-func (r *Root) admitReplica(ctx context.Context, c store.Cluster, replica string, replicas int, now time.Time) error {
+// checkReplicaName reports what is wrong with the name replica enrolling
+// with a join token of cluster c for replicas: each replica must name
+// itself.
+func checkReplicaName(c store.Cluster, replica string, replicas int) error {
 	switch {
 	case replica == "":
 		return fmt.Errorf("%w: the join token of cluster %s is for %d replicas: each replica must name itself (upstream.replica)",
@@ -43,6 +42,15 @@ func (r *Root) admitReplica(ctx context.Context, c store.Cluster, replica string
 		return fmt.Errorf("%w: replica name %q: use 1 to 63 lower-case letters, digits and '-', not at either end",
 			grpcx.ErrInvalidArgument, replica)
 	}
+	return nil
+}
+
+// admitReplica decides whether replica of cluster c may enrol with a join
+// token of replicas: fewer than replicas other replicas of c may hold a
+// live lineage whose current credential is not revoked. A replica
+// enrolling again under its own name (it lost its credential) replaces its
+// lineage and takes no new place. The caller holds replicaMu.
+func (r *Root) admitReplica(ctx context.Context, c store.Cluster, replica string, replicas int, now time.Time) error {
 	recs, err := r.cfg.Store.ClusterCredentials(ctx, c.Name)
 	if err != nil {
 		return fmt.Errorf("%w: credential records of cluster %s: %w", grpcx.ErrUnavailable, c.Name, err)
@@ -72,4 +80,35 @@ func (r *Root) admitReplica(ctx context.Context, c store.Cluster, replica string
 	return fmt.Errorf("%w: cluster %s has %d live issuer replicas (%s), the most its join token admits: "+
 		"revoke a gone replica's credential, wait %s after one stopped, or add the cluster again with more --replicas",
 		grpcx.ErrFailedPrecondition, c.Name, len(live), strings.Join(live, ", "), r.cfg.IntermediateTTL)
+}
+
+// startLineage signs the first credential of a new lineage of replica of
+// cluster c, which redeemed a join token of replicas, and records the
+// lineage. With a token of several replicas the replica must be admitted
+// first (admitReplica), and admission and recording happen under
+// replicaMu, so that concurrent enrolments through this root server
+// cannot together exceed replicas. Root servers sharing a store do not
+// serialise each other here.
+func (r *Root) startLineage(ctx context.Context, st *state, c store.Cluster, replica string, replicas int, credPub crypto.PublicKey) (*x509.Certificate, error) {
+	if replicas > 1 {
+		r.replicaMu.Lock()
+		defer r.replicaMu.Unlock()
+		// A token of several replicas stays valid: refusing here burns
+		// nothing.
+		if err := r.admitReplica(ctx, c, replica, replicas, r.cfg.Now()); err != nil {
+			return nil, err
+		}
+	}
+	cred, err := r.signCredential(st, c, replica, credPub)
+	if err != nil {
+		return nil, err
+	}
+	key := lineageKey{c.Name, replica}
+	lineage := func(old store.ClusterCredential, found bool) store.ClusterCredential {
+		return afterEnrol(old, found, key, cred)
+	}
+	if err := r.swapUntilDone(ctx, key, lineage, r.credentialIssued("join-token", c, cred, st.active.Certificate)); err != nil {
+		return nil, fmt.Errorf("%w: record credential: %w", grpcx.ErrUnavailable, err)
+	}
+	return cred, nil
 }

@@ -3,14 +3,17 @@ package root
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"go.step.sm/crypto/pemutil"
+	"google.golang.org/grpc/codes"
 
 	meshcav1 "github.com/meshca/meshca/api/meshca/v1"
 	"github.com/meshca/meshca/internal/grpcx"
@@ -223,4 +226,54 @@ func enrollRequest(t *testing.T, token, replica string) *meshcav1.EnrollRequest 
 	t.Helper()
 	return &meshcav1.EnrollRequest{JoinToken: token, Replica: replica,
 		CredentialCsr: csrFor(t, newKey(t)), IntermediateCsr: csrFor(t, newKey(t))}
+}
+
+// TestConcurrentReplicaEnrolmentsBounded: replicas+extra issuers enrolling
+// at once with one token for replicas, each under a new name, over the
+// root service: exactly replicas of them are admitted, the others refused
+// with FailedPrecondition.
+func TestConcurrentReplicaEnrolmentsBounded(t *testing.T) {
+	const replicas, extra = 3, 9
+	h := newHarness(t, nil)
+	addr := h.serve()
+	resp, err := h.root.addCluster(context.Background(), &meshcav1.AddClusterRequest{
+		Name: "east", TrustDomain: "east.example", Replicas: replicas, TokenTtlSeconds: int64(24 * time.Hour / time.Second),
+	}, "admin:test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := meshcav1.NewRootServiceClient(h.dial(addr, nil))
+	reqs := make([]*meshcav1.EnrollRequest, replicas+extra)
+	for i := range reqs {
+		reqs[i] = enrollRequest(t, resp.GetJoinToken(), fmt.Sprintf("east-%d", i))
+	}
+	start := make(chan struct{})
+	errs := make(chan error, len(reqs))
+	var wg sync.WaitGroup
+	for _, req := range reqs {
+		wg.Go(func() {
+			<-start
+			_, err := client.Enroll(context.Background(), req)
+			errs <- err
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	admitted := 0
+	for err := range errs {
+		if err == nil {
+			admitted++
+			continue
+		}
+		wantCode(t, err, codes.FailedPrecondition)
+	}
+	recs, err := h.db.ClusterCredentials(context.Background(), "east")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if admitted != replicas || len(recs) != replicas {
+		t.Fatalf("%d of %d concurrent enrolments admitted, %d lineages recorded; want %d and %d",
+			admitted, len(reqs), len(recs), replicas, replicas)
+	}
 }

@@ -75,6 +75,9 @@ type Root struct {
 
 	// addMu serializes cluster registrations.
 	addMu sync.Mutex
+	// replicaMu serializes the admission of an issuer replica with the
+	// recording of its new lineage (replicas.go).
+	replicaMu sync.Mutex
 
 	keysMu  sync.Mutex
 	signers map[string]crypto.Signer

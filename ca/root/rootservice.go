@@ -98,7 +98,7 @@ func (r *Root) enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshca
 	if replicas > 1 {
 		// A token of several replicas stays valid: refusing here burns
 		// nothing.
-		if err := r.admitReplica(ctx, c, replica, replicas, now); err != nil {
+		if err := checkReplicaName(c, replica, replicas); err != nil {
 			return nil, err
 		}
 	} else {
@@ -110,7 +110,7 @@ func (r *Root) enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshca
 	if err != nil {
 		return nil, err
 	}
-	out, err := r.enrollIssue(ctx, st, c, replica, id, interCSR, credCSR.PublicKey)
+	out, err := r.enrollIssue(ctx, st, c, replica, replicas, id, interCSR, credCSR.PublicKey)
 	if err != nil {
 		if replicas > 1 {
 			return nil, fmt.Errorf("cluster %s replica %s redeemed its join token, but enrolment failed: %w", c.Name, replica, err)
@@ -130,20 +130,13 @@ func (r *Root) enroll(ctx context.Context, req *meshcav1.EnrollRequest) (*meshca
 }
 
 // enrollIssue signs a credential and an intermediate for replica of
-// cluster c, which has just redeemed a join token. The credential starts a
-// new lineage: every earlier credential of that replica, and a revocation
-// of its lineage after a reuse, is replaced.
-func (r *Root) enrollIssue(ctx context.Context, st *state, c store.Cluster, replica string, id spiffeid.ID, interCSR *x509.CertificateRequest, credPub crypto.PublicKey) (issued, error) {
-	cred, err := r.signCredential(st, c, replica, credPub)
+// cluster c, which has just redeemed a join token of replicas. The
+// credential starts a new lineage: every earlier credential of that
+// replica, and a revocation of its lineage after a reuse, is replaced.
+func (r *Root) enrollIssue(ctx context.Context, st *state, c store.Cluster, replica string, replicas int, id spiffeid.ID, interCSR *x509.CertificateRequest, credPub crypto.PublicKey) (issued, error) {
+	cred, err := r.startLineage(ctx, st, c, replica, replicas, credPub)
 	if err != nil {
 		return issued{}, err
-	}
-	key := lineageKey{c.Name, replica}
-	lineage := func(old store.ClusterCredential, found bool) store.ClusterCredential {
-		return afterEnrol(old, found, key, cred)
-	}
-	if err := r.swapUntilDone(ctx, key, lineage, r.credentialIssued("join-token", c, cred, st.active.Certificate)); err != nil {
-		return issued{}, fmt.Errorf("%w: record credential: %w", grpcx.ErrUnavailable, err)
 	}
 	out, err := r.issue(ctx, st, c, interCSR, id.String())
 	out.credential = cred
