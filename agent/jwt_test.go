@@ -258,10 +258,10 @@ func wantCode(t *testing.T, what string, err error, code codes.Code) {
 	}
 }
 
-// TestJWTSVIDFetchAndValidate fetches a JWT-SVID through the agent with
-// go-spiffe's JWTSource, validates it through the agent and locally
-// against the JWT bundle the agent serves, and checks what is refused.
-func TestJWTSVIDFetchAndValidate(t *testing.T) {
+// startJWTFixture is a running agent, its key pushed to its issuer, which
+// mints JWT-SVIDs under k.
+func startJWTFixture(t *testing.T) (*jwtFixture, *jwtKey) {
+	t.Helper()
 	tree := testkit.New(t, testkit.Options{})
 	k := newJWTKey(t, tree, time.Time{})
 	f := &jwtFixture{tree: tree, reg: prometheus.NewRegistry()}
@@ -269,6 +269,14 @@ func TestJWTSVIDFetchAndValidate(t *testing.T) {
 	f.fi.setJWTKey(k)
 	f.push(t, k.auth)
 	f.ra = startAgentWith(t, f.fi.addr, f.fi.bundleFile, dummyToken(t), time.Hour, func(c *Config) { c.Registerer = f.reg })
+	return f, k
+}
+
+// TestJWTSVIDFetchAndValidate fetches a JWT-SVID through the agent with
+// go-spiffe's JWTSource, validates it through the agent and locally
+// against the JWT bundle the agent serves, and checks what is refused.
+func TestJWTSVIDFetchAndValidate(t *testing.T) {
+	f, k := startJWTFixture(t)
 	src := f.source(t)
 	waitJWTKeys(t, src, k.auth.KeyID)
 	ctx := validateCtx(t)
@@ -310,7 +318,7 @@ func TestJWTSVIDFetchAndValidate(t *testing.T) {
 
 	_, err = workloadapi.ValidateJWTSVID(ctx, svid.Marshal(), "other.example.com", workloadapi.WithAddr(f.addr()))
 	wantCode(t, "validate for another audience", err, codes.InvalidArgument)
-	unknown := newJWTKey(t, tree, time.Time{})
+	unknown := newJWTKey(t, f.tree, time.Time{})
 	_, err = workloadapi.ValidateJWTSVID(ctx, unknown.mustSign(t, "sts.example.com"), "sts.example.com", workloadapi.WithAddr(f.addr()))
 	wantCode(t, "validate a token of a key not in the bundle", err, codes.InvalidArgument)
 

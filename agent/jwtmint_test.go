@@ -4,29 +4,19 @@ import (
 	"context"
 	"fmt"
 	"testing"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-
-	"github.com/meshca/meshca/internal/testkit"
 )
 
 // newMintFixture is a running agent, holding its certificate, whose issuer
 // mints JWT-SVIDs; it returns the fixture and a Workload API client.
 func newMintFixture(t *testing.T) (*jwtFixture, workload.SpiffeWorkloadAPIClient) {
 	t.Helper()
-	tree := testkit.New(t, testkit.Options{})
-	k := newJWTKey(t, tree, time.Time{})
-	f := &jwtFixture{tree: tree, reg: prometheus.NewRegistry()}
-	f.fi = newFakeIssuer(t, tree, true)
-	f.fi.setJWTKey(k)
-	f.push(t, k.auth)
-	f.ra = startAgentWith(t, f.fi.addr, f.fi.bundleFile, dummyToken(t), time.Hour, func(c *Config) { c.Registerer = f.reg })
+	f, k := startJWTFixture(t)
 	waitJWTKeys(t, f.source(t), k.auth.KeyID)
 	conn, err := grpc.NewClient(f.addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
