@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -33,14 +34,15 @@ const (
 var errAttestLimited = errors.New("failed attestation too often; refused without attesting")
 
 // attestLimiter is the per-address allowance of failed attestations.
+// Every request looks its caller up (allowed), so that read takes no lock
+// and allocates nothing; only a failure (failed) locks.
 type attestLimiter struct {
+	peers sync.Map // netip.Addr → *rate.Limiter
 	mu    sync.Mutex
-	peers map[string]*rate.Limiter
+	n     int // entries in peers, under mu
 }
 
-func newAttestLimiter() *attestLimiter {
-	return &attestLimiter{peers: map[string]*rate.Limiter{}}
-}
+func newAttestLimiter() *attestLimiter { return &attestLimiter{} }
 
 // allowed reports whether the caller of ctx may have its token attested
 // at now: it has failed attestation less than its allowance.
@@ -49,10 +51,8 @@ func (l *attestLimiter) allowed(ctx context.Context, now time.Time) bool {
 	if !ok {
 		return true
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	lim := l.peers[key]
-	return lim == nil || lim.TokensAt(now) >= 1
+	v, ok := l.peers.Load(key)
+	return !ok || v.(*rate.Limiter).TokensAt(now) >= 1
 }
 
 // failed spends one of the allowance of the caller of ctx at now.
@@ -63,44 +63,49 @@ func (l *attestLimiter) failed(ctx context.Context, now time.Time) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	lim := l.peers[key]
-	if lim == nil {
-		if len(l.peers) >= failedAttestPeers {
+	v, ok := l.peers.Load(key)
+	if !ok {
+		if l.n >= failedAttestPeers {
 			l.forgetRefilled(now)
 		}
-		lim = rate.NewLimiter(rate.Every(failedAttestEvery), failedAttestBurst)
-		l.peers[key] = lim
+		v = rate.NewLimiter(rate.Every(failedAttestEvery), failedAttestBurst)
+		l.peers.Store(key, v)
+		l.n++
 	}
-	lim.AllowN(now, 1)
+	v.(*rate.Limiter).AllowN(now, 1)
 }
 
 // forgetRefilled drops the addresses whose allowance is full at now:
 // remembering them changes nothing. If every address is still limited, all
-// are forgotten rather than memory growing without bound.
+// are forgotten rather than memory growing without bound. The caller holds
+// mu.
 func (l *attestLimiter) forgetRefilled(now time.Time) {
-	for k, lim := range l.peers {
-		if lim.TokensAt(now) >= failedAttestBurst {
-			delete(l.peers, k)
+	l.peers.Range(func(k, v any) bool {
+		if v.(*rate.Limiter).TokensAt(now) >= failedAttestBurst {
+			l.peers.Delete(k)
+			l.n--
 		}
-	}
-	if len(l.peers) >= failedAttestPeers {
-		clear(l.peers)
+		return true
+	})
+	if l.n >= failedAttestPeers {
+		l.peers.Clear()
+		l.n = 0
 	}
 }
 
 // callerIP is the IP address of the gRPC caller of ctx; false for a call
 // that did not come over the network (a test, an in-process caller).
-func callerIP(ctx context.Context) (string, bool) {
+func callerIP(ctx context.Context) (netip.Addr, bool) {
 	p, ok := peer.FromContext(ctx)
 	if !ok || p.Addr == nil {
-		return "", false
+		return netip.Addr{}, false
 	}
 	if tcp, ok := p.Addr.(*net.TCPAddr); ok {
-		return tcp.IP.String(), true
+		return tcp.AddrPort().Addr().Unmap(), true
 	}
-	host, _, err := net.SplitHostPort(p.Addr.String())
+	ap, err := netip.ParseAddrPort(p.Addr.String())
 	if err != nil {
-		return "", false
+		return netip.Addr{}, false
 	}
-	return host, true
+	return ap.Addr().Unmap(), true
 }
